@@ -1,0 +1,10 @@
+"""netslim: compress trained PyTorch networks and prove the result."""
+from __future__ import annotations
+
+from .core.config import MethodConfig, apply, register
+from .core.errors import NetslimError
+from .core.serialize import load, save
+from .models import build_model
+
+__version__ = "0.1.0"
+__all__ = ["MethodConfig", "NetslimError", "apply", "build_model", "load", "register", "save", "__version__"]

@@ -1,0 +1,113 @@
+"""Method configs and the handler registry.
+
+A config is a frozen, validated pydantic model with no runtime state; a handler is the
+function that applies it. ``register(Config)`` ties them together and ``apply`` is the
+one entry point: a recipe is just a list of configs.
+
+Handlers have the signature ``handler(model, config, ctx) -> model``; ``ctx`` is a
+:class:`netslim.core.context.StepContext` giving data, device and the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from .errors import NetslimError, unknown_name
+
+
+class MethodConfig(BaseModel):
+    """Base class of every method config. Subclasses set ``method`` (the recipe name)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: ClassVar[str] = ""
+    # Steps that end a recipe phase, e.g. 'export'; others check order against them.
+    description: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **self.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type[MethodConfig]
+    handler: Callable[..., Any]
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(config_cls: type[MethodConfig]) -> Callable[[Callable], Callable]:
+    """Decorator: ``@register(MagnitudeConfig) def apply_magnitude(model, cfg, ctx): ...``."""
+    name = config_cls.method
+    if not name:
+        raise TypeError(f"{config_cls.__name__}.method must be set before registering")
+
+    def deco(handler: Callable) -> Callable:
+        if name in _METHODS and _METHODS[name].handler is not handler:
+            raise TypeError(f"method {name!r} is registered twice")
+        _METHODS[name] = Method(name, config_cls, handler)
+        return handler
+
+    return deco
+
+
+def methods() -> dict[str, Method]:
+    _load_builtin_methods()
+    return dict(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise unknown_name("method", name, _METHODS)
+    return _METHODS[name]
+
+
+def _load_builtin_methods() -> None:
+    # Explicit list: no scanning of modules for names. Each family module registers
+    # its configs at import.
+    from netslim import recipe  # noqa: F401  (train/evaluate/export steps)
+
+
+def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        given = e.get("input")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown field {field!r}")
+        elif e["type"] == "missing":
+            parts.append(f"field {field!r} is required")
+        else:
+            parts.append(f"field {field!r} {e['msg'][0].lower() + e['msg'][1:]}; got {given!r}")
+    return f"{owner}: " + "; ".join(parts) + "."
+
+
+def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
+    """Build a validated config from ``{"method": name, **params}``.
+
+    ``where`` prefixes error messages (e.g. "recipe step 2").
+    """
+    if not isinstance(data, Mapping):
+        raise NetslimError(f"{where}: expected a mapping with a 'method' key; got {data!r}.")
+    params = dict(data)
+    name = params.pop("method", None)
+    if name is None:
+        raise NetslimError(f"{where}: missing 'method'; allowed values: {', '.join(sorted(methods()))}.")
+    try:
+        method = get_method(str(name))
+    except NetslimError as e:
+        raise NetslimError(f"{where}: {e}") from None
+    try:
+        return method.config_cls(**params)
+    except pydantic.ValidationError as err:
+        raise NetslimError(_format_validation_error(err, f"{where} (method {name!r})")) from None
+
+
+def apply(model, config: MethodConfig, ctx):
+    """Apply any registered method config to ``model``; returns the (possibly new) model."""
+    return get_method(config.method).handler(model, config, ctx)

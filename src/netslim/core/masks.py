@@ -1,0 +1,76 @@
+"""Masks that survive training and can be made permanent.
+
+A mask is a ``torch.nn.utils.parametrize`` parametrization: the module's ``weight``
+becomes ``original * mask`` on every access, so optimizer updates (momentum, weight
+decay included) never revive a masked weight in the forward pass, and the gradient of
+masked entries is zero. ``make_permanent`` bakes the product into a plain parameter.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import NetslimError
+
+
+class Mask(nn.Module):
+    """Parametrization ``w -> w * mask`` with the mask stored as a buffer."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().clone().to(torch.bool))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask.to(w.dtype)
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:
+        if isinstance(p, Mask):
+            return p.mask
+    return None
+
+
+def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> None:
+    """Attach (or replace) the mask of ``module.<name>``; the original is zeroed too.
+
+    Zeroing the stored original keeps optimizer moments of masked entries inert and
+    makes ``make_permanent`` exact. On a shape mismatch nothing is changed.
+    """
+    tensor = getattr(module, name)
+    if mask.shape != tensor.shape:
+        raise NetslimError(
+            f"Mask shape {tuple(mask.shape)} does not match {type(module).__name__}.{name} "
+            f"of shape {tuple(tensor.shape)}."
+        )
+    existing = get_mask(module, name)
+    if existing is not None:
+        existing.copy_(mask.to(existing.device, torch.bool))
+    else:
+        parametrize.register_parametrization(module, name, Mask(mask.to(tensor.device)))
+    with torch.no_grad():
+        orig = module.parametrizations[name].original
+        orig.mul_(get_mask(module, name).to(orig.dtype))
+
+
+def masked_params(model: nn.Module) -> list[str]:
+    """Qualified names ``module.param`` of every masked tensor."""
+    out = []
+    for mname, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for pname in module.parametrizations:
+                if get_mask(module, pname) is not None:
+                    out.append(f"{mname}.{pname}" if mname else pname)
+    return out
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Bake every mask into its tensor (zeros stay), removing the parametrizations."""
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            for pname in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+    return model

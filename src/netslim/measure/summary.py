@@ -1,0 +1,41 @@
+"""The metrics block ``M`` of a report: metric, params, non-zeros, MACs, bytes, latency."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .counts import count_nonzero, count_params, macs_per_layer
+from .latency import measure_latency
+
+
+def size_on_disk(model: nn.Module, path: str | os.PathLike | None = None) -> int:
+    """Bytes of the artifact at ``path``; without a path, of a temporary ``netslim.save``."""
+    if path is not None:
+        return Path(path).stat().st_size
+    from netslim.core.serialize import save
+
+    with tempfile.TemporaryDirectory() as d:
+        return save(model, Path(d) / "m.safetensors").stat().st_size
+
+
+def model_summary(model: nn.Module, task, *, artifact: str | os.PathLike | None = None,
+                  batch_size: int = 64, threads: int | None = None, repeats: int = 20,
+                  evaluate: bool = True, split: str = "test") -> dict[str, Any]:
+    """``{metric, params, nonzero, macs, size_bytes, latency_ms_b1, latency_ms_bN}``."""
+    model.eval()
+    out: dict[str, Any] = {}
+    if evaluate:
+        out.update({k: v for k, v in task.evaluate(model, split).items() if k == task.metric})
+    out["params"] = count_params(model)
+    out["nonzero"] = count_nonzero(model)
+    out["macs"] = int(sum(macs_per_layer(model, task.example_inputs(1)).values()))
+    out["size_bytes"] = size_on_disk(model, artifact)
+    out["latency_ms_b1"] = measure_latency(model, task.example_inputs(1), repeats=repeats, threads=threads).median_ms
+    out["latency_ms_bN"] = measure_latency(model, task.example_inputs(batch_size), repeats=max(5, repeats // 2),
+                                           threads=threads).median_ms
+    out["batch_N"] = batch_size
+    return out

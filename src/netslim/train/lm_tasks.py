@@ -1,0 +1,1 @@
+"""Text tasks (causal-LM perplexity, encoder fidelity) on the Python docs corpus."""

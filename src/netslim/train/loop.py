@@ -1,0 +1,190 @@
+"""A plain training loop with callbacks at step and epoch boundaries.
+
+Schedules of later methods (gradual pruning, RigL updates, QAT freezing) hook in as
+:class:`Callback` objects; ``extra_loss`` lets a callback add a penalty (L0, BN-L1).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from netslim.core.config import MethodConfig
+from netslim.core.errors import NetslimError
+from netslim.train.progress import progress
+from netslim.train.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(MethodConfig):
+    """Training hyper-parameters (the ``train`` recipe step)."""
+
+    method = "train"
+    epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: float | None = Field(None, gt=0)
+    select_best: bool = Field(True, description="restore the weights with the best validation metric")
+    eval_split: str = "val"
+    seed: int = 0
+
+
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning after compression: the same loop with gentler defaults."""
+
+    method = "finetune"
+    epochs: int = Field(2, ge=0)
+    lr: float = Field(0.01, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+
+
+@dataclass
+class TrainState:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    task: Task
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    loss: float = float("nan")
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop: bool = False
+    # A callback that is still changing the model's structure (e.g. a sparsity schedule)
+    # sets this False so that best-on-validation never restores an earlier structure.
+    can_checkpoint: bool = True
+
+
+class Callback:
+    """Hooks into :func:`fit`. Override what you need; all default to no-ops."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+    def on_step_begin(self, state: TrainState) -> None: ...
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None: return None
+    def on_after_backward(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm scales (standard practice; they don't overfit).
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if not decay and not no_decay:
+        raise NetslimError("Cannot train: the model has no trainable parameters.")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, warmup: int) -> float:
+    """Multiplier of the base LR at ``step`` (linear warm-up, then the schedule)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    t = (step - warmup) / max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    # onecycle (after warm-up): linear decay to zero
+    return max(0.0, 1.0 - t)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train ``model`` in place on ``task``; returns a summary with the per-epoch history."""
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps) if total else cfg.max_steps
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    opt = make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    state = TrainState(model, opt, task, total)
+    best_metric, best_state = None, None
+    sign = 1 if task.higher_is_better else -1
+    started = time.perf_counter()
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    model.train()
+    epochs = cfg.epochs if cfg.epochs else 1
+    while state.step < total and not state.stop and state.epoch < epochs + (1 if cfg.max_steps else 0):
+        loss_sum, n = 0.0, 0
+        batches = progress(task.train_batches(state.epoch, cfg.batch_size), f"epoch {state.epoch + 1}", steps_per_epoch)
+        for batch in batches:
+            if state.step >= total or state.stop:
+                break
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * lr_factor(cfg, state.step, total, warmup)
+            for cb in callbacks:
+                cb.on_step_begin(state)
+            with _autocast(cfg, device):
+                loss = task.loss(model, batch)
+                for cb in callbacks:
+                    extra = cb.extra_loss(state)
+                    if extra is not None:
+                        loss = loss + extra
+            if not torch.isfinite(loss):
+                raise NetslimError(f"Training diverged at step {state.step} (loss={loss.item()}); lower 'lr'.")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            for cb in callbacks:
+                cb.on_after_backward(state)
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            state.step += 1
+            state.loss = loss.item()
+            loss_sum, n = loss_sum + state.loss, n + 1
+            for cb in callbacks:
+                cb.on_step_end(state)
+        metrics = task.evaluate(model, cfg.eval_split)
+        entry = {"epoch": state.epoch + 1, "step": state.step, "train_loss": loss_sum / max(n, 1),
+                 **{f"{cfg.eval_split}_{k}": v for k, v in metrics.items()}}
+        state.history.append(entry)
+        log.info("epoch %d: %s", state.epoch + 1, entry)
+        value = metrics[task.metric]
+        if cfg.select_best and state.can_checkpoint and (best_metric is None or sign * value > sign * best_metric):
+            best_metric, best_state = value, copy.deepcopy(model.state_dict())
+        state.epoch += 1
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        model.train()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    if cfg.select_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"steps": state.step, "epochs": state.epoch, "seconds": time.perf_counter() - started,
+            "best_" + task.metric: best_metric, "history": state.history}
