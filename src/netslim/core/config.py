@@ -23,8 +23,10 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: ClassVar[str] = ""
-    # Steps that end a recipe phase, e.g. 'export'; others check order against them.
-    description: ClassVar[str] = ""
+    # Whole-recipe validation (netslim.recipe.spec.validate_order):
+    requires: ClassVar[tuple[str, ...]] = ()  # methods that must run earlier
+    freezes: ClassVar[bool] = False           # after it, nothing may change weights
+    modifies_weights: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **self.model_dump(mode="json")}

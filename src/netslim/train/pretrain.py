@@ -1,0 +1,61 @@
+"""Baseline training of zoo models, with one default configuration per model.
+
+``netslim train NAME`` and the benchmarks both use :func:`train_baseline`, so the
+checkpoint the demo compresses is the one BENCHMARKS.md describes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from netslim.core.errors import NetslimError
+from netslim.models import build_model, model_entry
+from netslim.train.loop import TrainConfig, fit
+from netslim.train.tasks import get_task
+
+# Hyper-parameters per zoo model: chosen to reach the issue's targets on 2 CPU cores
+# (bf16 autocast: AMX makes it ~2x faster than fp32 with no accuracy cost).
+DEFAULT_TRAINING: dict[str, dict] = {
+    "lenet300": {"epochs": 15, "lr": 0.05, "batch_size": 128, "weight_decay": 1e-4},
+    "lenet5": {"epochs": 15, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4},
+    "resnet20": {"epochs": 30, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16",
+                 "warmup_epochs": 1},
+    "mobilenetv2": {"epochs": 30, "lr": 0.1, "batch_size": 128, "weight_decay": 4e-5, "amp": "bf16",
+                    "warmup_epochs": 1},
+    "vgg11bn": {"epochs": 20, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16",
+                "warmup_epochs": 1},
+}
+# Random crop + flip: helps the conv nets, hurts nothing; the MLP trains on plain images.
+AUGMENT = {"lenet300": False, "lenet5": False, "resnet20": True, "mobilenetv2": True, "vgg11bn": True}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NETSLIM_CACHE", Path.home() / ".cache" / "netslim"))
+
+
+def checkpoint_path(name: str) -> Path:
+    return cache_dir() / "models" / f"{name}.safetensors"
+
+
+def baseline_config(name: str, **overrides) -> TrainConfig:
+    if name not in DEFAULT_TRAINING:
+        raise NetslimError(
+            f"Model {name!r} has no training recipe; trainable zoo models: {', '.join(sorted(DEFAULT_TRAINING))}."
+        )
+    return TrainConfig(**{**DEFAULT_TRAINING[name], **overrides})
+
+
+def train_baseline(name: str, *, task=None, seed: int = 0, **overrides) -> tuple[nn.Module, dict]:
+    """Train zoo model ``name`` from scratch on its dataset; returns (model, fit summary)."""
+    entry = model_entry(name)
+    if entry.pretrained:
+        raise NetslimError(f"Model {name!r} comes pretrained from its package; there is nothing to train.")
+    task = task or get_task(entry.dataset, augment=AUGMENT.get(name, False), seed=seed)
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(name)
+    summary = fit(model, task, baseline_config(name, seed=seed, **overrides))
+    return model, summary
