@@ -69,10 +69,21 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-def _load_builtin_methods() -> None:
-    # Explicit list: no scanning of modules for names. Each family module registers
-    # its configs at import.
-    from netslim import recipe  # noqa: F401  (train/evaluate/export steps)
+# Technique families, imported explicitly (never discovered by scanning): each module
+# registers its configs, module types, exporters and loaders at import.
+FAMILIES: tuple[str, ...] = (
+    "netslim.recipe.steps",
+)
+
+
+def load_families() -> None:
+    import importlib
+
+    for name in FAMILIES:
+        importlib.import_module(name)
+
+
+_load_builtin_methods = load_families
 
 
 def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:

@@ -75,6 +75,9 @@ def build_arch(arch: dict, device: str | torch.device = "cpu") -> nn.Module:
 
 def _ensure_archs() -> None:
     import netslim.models  # noqa: F401  (registers 'zoo' and, lazily, 'hf')
+    from netslim.core.config import load_families
+
+    load_families()  # module types and loaders of every technique family
 
 
 # ------------------------------------------------------------------------- modules
@@ -291,6 +294,7 @@ def _existing(path) -> Path:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the module saved at ``path``. Never unpickles anything."""
     path = _existing(path)
+    _ensure_archs()
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, fn in _LOADERS.items():
