@@ -28,6 +28,11 @@ class MethodConfig(BaseModel):
     freezes: ClassVar[bool] = False           # after it, nothing may change weights
     modifies_weights: ClassVar[bool] = True
 
+    @classmethod
+    def example(cls) -> "MethodConfig":
+        """A small valid instance for contract tests (configs with required fields override)."""
+        return cls()
+
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **self.model_dump(mode="json")}
 

@@ -34,7 +34,9 @@ def count_nonzero(model: nn.Module) -> int:
 def _tensors(model: nn.Module):
     """Effective parameters: masked tensors counted as their masked value; shared once."""
     seen = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
+        if "parametrizations" in mname.split("."):
+            continue  # originals and masks of a parametrization: counted through the owner
         for name, p in list(module.named_parameters(recurse=False)):
             if id(p) not in seen:
                 seen.add(id(p))

@@ -44,6 +44,10 @@ class TrainConfig(MethodConfig):
     eval_split: str = "val"
     seed: int = 0
 
+    @classmethod
+    def example(cls) -> "TrainConfig":
+        return cls(epochs=1, max_steps=2, batch_size=32)
+
 
 class FinetuneConfig(TrainConfig):
     """Fine-tuning after compression: the same loop with gentler defaults."""
