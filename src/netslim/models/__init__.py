@@ -1,7 +1,7 @@
 """Model zoo: CNNs for Fashion-MNIST and Hugging Face models from local packages."""
 from __future__ import annotations
 
-from . import cnn
+from . import cnn, hf
 from .registry import ModelEntry, build_model, model_entry, model_names, register_model
 
 _FM = "fashion-mnist"
@@ -12,5 +12,8 @@ register_model(ModelEntry("resnet20", cnn.ResNetCifar, "classification", _FM, "C
 register_model(ModelEntry("mobilenetv2", cnn.MobileNetV2, "classification", _FM,
                           "small MobileNetV2: depthwise convs, inverted residuals"))
 register_model(ModelEntry("vgg11bn", cnn.VGG11BN, "classification", _FM, "VGG-11 with BN, half width"))
+
+# Names only: transformers is imported when one of these models is built (extra `netslim[llm]`).
+hf.register_hf_models()
 
 __all__ = ["ModelEntry", "build_model", "model_entry", "model_names", "register_model"]
