@@ -1,0 +1,30 @@
+"""Quantization: quantizer core and observers, weight-only packed int8/int4, dynamic int8, bf16.
+
+Public API (recipe method names in brackets):
+
+* :class:`QScheme`, :func:`quantize`, :func:`dequantize`, :func:`fake_quantize`, :func:`make_observer`
+* :class:`WeightOnlyConfig` / :func:`quantize_weights` [weight_only]; :class:`QuantizedLinear`
+  (the one packed format RTN, HQQ and GPTQ write), :class:`QuantizedEmbedding`
+* :class:`PTQInt8Config` / :func:`ptq_int8` [ptq_int8]: BN folding, calibration, real int8 Conv2d/Linear
+* :class:`QATConfig` [qat]: :func:`prepare_qat` (LSQ/STE fake quant) -> train -> :func:`convert_qat`
+* :class:`MixedPrecisionConfig` [mixed_precision]: sensitivity (KL or Hessian trace) + exact bit allocation
+* :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]; :class:`BF16Config` / :func:`bf16_linears` [bf16]
+"""
+from netslim.quantize.dynamic import (BF16Config, BF16Linear, DynamicInt8Config, DynamicInt8Linear,
+                                      bf16_linears, dynamic_int8)
+from netslim.quantize.core import QParams, QScheme, dequantize, fake_quantize, qparams_from_range, quantize
+from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
+from netslim.quantize.ptq import PTQInt8Config, fold_bn, ptq_int8
+from netslim.quantize.qat import LSQ, QATConfig, QATConv2d, QATLinear, convert_qat, prepare_qat
+from netslim.quantize.mixed import MixedPrecisionConfig, allocate_bits, mixed_precision
+from netslim.quantize.observers import OBSERVERS, make_observer
+from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights
+
+__all__ = [
+    "MixedPrecisionConfig", "allocate_bits", "mixed_precision",
+    "LSQ", "QATConfig", "QATConv2d", "QATLinear", "convert_qat", "prepare_qat",
+    "Int8Conv2d", "Int8Linear", "PTQInt8Config", "fold_bn", "ptq_int8",
+    "BF16Config", "BF16Linear", "DynamicInt8Config", "DynamicInt8Linear", "bf16_linears", "dynamic_int8",
+    "OBSERVERS", "QParams", "QScheme", "QuantizedEmbedding", "QuantizedLinear", "WeightOnlyConfig", "dequantize",
+    "fake_quantize", "make_observer", "qparams_from_range", "quantize", "quantize_weights",
+]

@@ -1,0 +1,174 @@
+"""Post-training static int8 for CNNs: BN folding, ReLU fusion, calibration, conversion.
+
+1. Trace one calibration batch with hooks to find, by tensor identity, each Conv2d whose
+   output feeds straight into a BatchNorm2d (folded into the conv) and each Conv/Linear
+   (or folded pair) whose output feeds straight into an ``nn.ReLU`` (fused into the kernel).
+   Registration order is never trusted: only what the forward pass really does.
+2. Observe every selected layer's input and (post-ReLU) output over the calibration set.
+3. Replace the layers by :class:`Int8Conv2d` / :class:`Int8Linear` (per-channel symmetric
+   int8 weights, per-tensor uint8 activations); folded BNs and fused ReLUs become Identity.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from netslim.core.config import MethodConfig, register
+from netslim.core.errors import NetslimError
+from netslim.core.selectors import select, settings_for
+from netslim.core.surgery import get_module, replace_module
+
+from .core import QScheme
+from .int8_modules import Int8Conv2d, Int8Linear
+from .observers import OBSERVERS, make_observer
+
+log = logging.getLogger(__name__)
+
+
+class PTQInt8Config(MethodConfig):
+    """Static int8 (weights and activations) with calibration; real int8 kernels on CPU."""
+
+    method = "ptq_int8"
+    freezes = True
+    observer: Literal[tuple(OBSERVERS)] = "minmax"  # type: ignore[valid-type]
+    calibration_samples: int = Field(512, ge=1)
+    batch_size: int = Field(64, ge=1)
+    weight_bits: dict[str, int] = Field(
+        default_factory=dict, description="selector -> weight bits (2..8, default 8; e.g. from mixed precision)")
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _bits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: b for k, b in v.items() if b not in range(2, 9)}
+        if bad:
+            raise ValueError(f"bits must be ints in [2, 8]; got {bad}")
+        return v
+
+
+@torch.no_grad()
+def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tuple[dict, dict]:
+    """{conv: bn} to fold and {layer: relu} to fuse, from one traced forward pass."""
+    produced: dict[int, str] = {}  # id(output tensor) -> producing module name
+    consumers: dict[str, str] = {}  # module name -> name of the module that produced its input
+    alive: list[torch.Tensor] = []  # why: a freed output's id can be reused by a later tensor
+    hooks = []
+    for n, m in model.named_modules():
+        if n in names or isinstance(m, (nn.BatchNorm2d, nn.ReLU)):
+            def hook(mod, inp, out, n=n):
+                if inp and isinstance(inp[0], torch.Tensor) and id(inp[0]) in produced:
+                    consumers[n] = produced[id(inp[0])]
+                produced[id(out)] = n
+                alive.append(out)
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    mods = dict(model.named_modules())
+    fold = {src: n for n, src in consumers.items()
+            if isinstance(mods[n], nn.BatchNorm2d) and isinstance(mods.get(src), nn.Conv2d)}
+    after = {bn: conv for conv, bn in fold.items()}
+    fuse = {}
+    for n, src in consumers.items():
+        if isinstance(mods[n], nn.ReLU):
+            layer = after.get(src, src)
+            if layer in names:
+                fuse[layer] = n
+    return fold, fuse
+
+
+@torch.no_grad()
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """conv <- bn(conv): w' = w * g / sqrt(v + eps), b' = (b - mu) * g / sqrt(v + eps) + beta."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    factor = gamma / std  # (out,)
+    b = conv.bias if conv.bias is not None else torch.zeros_like(std)
+    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((b - bn.running_mean) * factor + beta)
+
+
+def _calibrate(model, names, fuse, batches, observer: str) -> dict[str, tuple]:
+    scheme = QScheme(8, symmetric=False)
+    obs = {n: (make_observer(observer, scheme), make_observer(observer, scheme)) for n in names}
+    hooks = []
+    for n in names:
+        def hook(mod, inp, out, n=n):
+            obs[n][0].observe(inp[0])
+            obs[n][1].observe(torch.relu(out) if n in fuse else out)
+        hooks.append(get_module(model, n).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for n, (i, o) in obs.items():
+        qi, qo = i.qparams(), o.qparams()
+        out[n] = (float(qi.scale), float(qi.zero_point), float(qo.scale), float(qo.zero_point))
+    return out
+
+
+def quantize_weight_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel codes in [-(2^(b-1)-1), 2^(b-1)-1]: (O, ...) -> int8 (O, ...), scale (O,)."""
+    qmax = 2 ** (bits - 1) - 1
+    rows = w.detach().float().reshape(w.shape[0], -1)
+    scale = rows.abs().amax(dim=1).clamp_min(1e-12) / qmax
+    q = torch.clamp(torch.round(rows / scale[:, None]), -qmax, qmax).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8) -> nn.Module:
+    w = layer.weight.detach().float()
+    q, s = quantize_weight_rows(w, bits)
+    bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    if isinstance(layer, nn.Conv2d):
+        if not isinstance(layer.padding, tuple) or layer.padding_mode != "zeros":
+            raise NetslimError(f"ptq_int8 supports numeric zero padding only; got {layer.padding!r}/{layer.padding_mode}.")
+        new = Int8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
+                         list(layer.padding), list(layer.dilation), layer.groups, relu, bits)
+    else:
+        new = Int8Linear(layer.in_features, layer.out_features, relu, bits)
+    new.set_quantized(q, s, bias, act)
+    return new
+
+
+def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | None = None, ctx=None) -> nn.Module:
+    """Static int8 PTQ of ``model`` in place; ``calibration`` is a (N, ...) input tensor."""
+    cfg = cfg or PTQInt8Config()
+    model.eval()
+    names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
+    if not names:
+        raise NetslimError("ptq_int8: the model has no Conv2d or Linear layer to quantize.")
+    batches = list(calibration.split(cfg.batch_size))
+    fold, fuse = _trace_pairs(model, names, batches[0])
+    for conv, bn in fold.items():
+        fold_bn(get_module(model, conv), get_module(model, bn))
+        replace_module(model, bn, nn.Identity())
+    acts = _calibrate(model, names, fuse, batches, cfg.observer)
+    for n in names:
+        mod = get_module(model, n)
+        bits = settings_for(n, mod, cfg.weight_bits) or 8
+        replace_module(model, n, _convert(mod, n in fuse, acts[n], bits))
+    for relu in fuse.values():
+        replace_module(model, relu, nn.Identity())
+    if ctx is not None:
+        ctx.notes["ptq_int8"] = {"layers": len(names), "folded_bn": len(fold), "fused_relu": len(fuse),
+                                 "observer": cfg.observer, "engine": "onednn"}
+    return model
+
+
+@register(PTQInt8Config)
+def _apply_ptq(model, cfg: PTQInt8Config, ctx):
+    calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+    return ptq_int8(model, calib.to(next(model.parameters()).device), cfg, ctx)

@@ -1,0 +1,203 @@
+"""Weight-only int8 / int4 / int2: packed group-wise codes, dequantized on the fly.
+
+:class:`QuantizedLinear` and :class:`QuantizedEmbedding` store only the packed codes
+(uint8), fp16 scales and zero points; ``forward`` rebuilds the float weight for that call
+and drops it (nothing cached, so the memory and file stay ~bits/32 of fp32). RTN, HQQ
+(here) and GPTQ (LLM one-shot) all produce this format through
+:meth:`QuantizedLinear.from_codes`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from netslim.core.config import MethodConfig, register
+from netslim.core.errors import NetslimError
+from netslim.core.selectors import select
+from netslim.core.serialize import register_module
+from netslim.core.surgery import get_module, replace_module
+from netslim.measure.counts import register_macs
+
+from .packing import (PARAM_DTYPE, check_group, check_pack_bits, dequantize_groups, pack, quantize_groups,
+                      unpack)
+
+log = logging.getLogger(__name__)
+
+
+class _Packed(nn.Module):
+    """Shared storage of a packed (rows, cols) weight: ``weight_packed``, ``scales``, ``zeros``."""
+
+    def __init__(self, rows: int, cols: int, bits: int, group_size: int | None, device=None):
+        super().__init__()
+        check_pack_bits(bits, type(self).__name__)
+        g = check_group(cols, group_size, type(self).__name__)
+        self.bits, self.group_size, self.weight_bits = bits, group_size, bits
+        self.register_buffer("weight_packed", torch.zeros(rows, cols * bits // 8, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(rows, cols // g, dtype=PARAM_DTYPE, device=device))
+        self.register_buffer("zeros", torch.zeros(rows, cols // g, dtype=PARAM_DTYPE, device=device))
+
+    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """Fill from unpacked codes (R, C) in ``[0, 2^bits)`` and (R, C/g) scale / zero."""
+        if codes.shape != (self.weight_packed.shape[0], self.weight_packed.shape[1] * 8 // self.bits):
+            raise NetslimError(f"codes of shape {tuple(codes.shape)} do not fit {type(self).__name__} {self.extra_repr()}.")
+        if scale.shape != self.scales.shape or zero.shape != self.zeros.shape:
+            raise NetslimError(f"scale/zero must have shape {tuple(self.scales.shape)}; got "
+                               f"{tuple(scale.shape)} / {tuple(zero.shape)}.")
+        if int(codes.min()) < 0 or int(codes.max()) >= 2**self.bits:
+            raise NetslimError(f"codes must lie in [0, {2**self.bits - 1}] for {self.bits}-bit storage.")
+        dev = self.weight_packed.device
+        self.weight_packed.copy_(pack(codes.to(dev), self.bits))
+        self.scales.copy_(scale.to(dev, PARAM_DTYPE))
+        self.zeros.copy_(zero.to(dev, PARAM_DTYPE))
+
+    def codes(self) -> torch.Tensor:
+        return unpack(self.weight_packed, self.bits)  # (R, C) uint8
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_groups(self.codes(), self.scales, self.zeros, dtype)
+
+    @property
+    def storage_bits(self) -> float:
+        """Bits per weight on disk, scales and zero points included."""
+        n = self.weight_packed.numel() * 8 // self.bits
+        return (self.weight_packed.numel() * 8 + (self.scales.numel() + self.zeros.numel()) * 16) / n
+
+
+class QuantizedLinear(_Packed):
+    """``y = x @ dequant(W).T + b`` with W stored as packed group-wise codes."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = 128,
+                 bias: bool = True, device=None):
+        super().__init__(out_features, in_features, bits, group_size, device)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
+                   group_size: int | None, bias: torch.Tensor | None = None) -> "QuantizedLinear":
+        """The entry point for any rounding method (RTN, HQQ, GPTQ): codes (out, in) uint8."""
+        out_f, in_f = codes.shape
+        m = cls(in_f, out_f, bits, group_size, bias is not None, device=codes.device)
+        m.set_codes(codes, scale, zero)
+        if bias is not None:
+            m.bias = nn.Parameter(bias.detach().clone())
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, bits: int = 4, group_size: int | None = 128,
+                   symmetric: bool = False, method: str = "rtn") -> "QuantizedLinear":
+        codes, scale, zero = quantize_groups(linear.weight, bits, group_size, symmetric=symmetric, method=method)
+        return cls.from_codes(codes, scale, zero, bits=bits, group_size=group_size, bias=linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
+        return F.linear(x, self.dequantize_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+class QuantizedEmbedding(_Packed):
+    """An embedding table stored packed; only the looked-up rows are dequantized."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4, group_size: int | None = 128,
+                 padding_idx: int | None = None, device=None):
+        super().__init__(num_embeddings, embedding_dim, bits, group_size, device)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, *, bits: int = 4, group_size: int | None = 128,
+                   symmetric: bool = False, method: str = "rtn") -> "QuantizedEmbedding":
+        codes, scale, zero = quantize_groups(emb.weight, bits, group_size, symmetric=symmetric, method=method)
+        m = cls(emb.num_embeddings, emb.embedding_dim, bits, group_size, emb.padding_idx, device=codes.device)
+        m.set_codes(codes, scale, zero)
+        return m
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (...) -> (..., dim)
+        flat = ids.reshape(-1)
+        rows = dequantize_groups(unpack(self.weight_packed[flat], self.bits), self.scales[flat], self.zeros[flat])
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+
+def _lin_kwargs(m: QuantizedLinear) -> dict:
+    return {"in_features": m.in_features, "out_features": m.out_features, "bits": m.bits,
+            "group_size": m.group_size, "bias": m.bias is not None}
+
+
+def _emb_kwargs(m: QuantizedEmbedding) -> dict:
+    return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "bits": m.bits,
+            "group_size": m.group_size, "padding_idx": m.padding_idx}
+
+
+register_module(QuantizedLinear, _lin_kwargs)
+register_module(QuantizedEmbedding, _emb_kwargs)
+register_macs(QuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
+
+
+# ---------------------------------------------------------------------------- method
+class WeightOnlyConfig(MethodConfig):
+    """Weight-only quantization of Linear (and optionally Embedding) layers into packed codes.
+
+    ``group_size`` None means one group per output row (per channel). Layers whose input
+    width the group size does not divide are skipped and reported.
+    """
+
+    method = "weight_only"
+    freezes = True  # packed buffers are not trainable
+    bits: Literal[2, 4, 8] = 4
+    group_size: int | None = Field(128, description="32, 64, 128 (any divisor of in_features) or None")
+    symmetric: bool = False
+    rounding: Literal["rtn", "hqq"] = "rtn"
+    embeddings: bool = Field(False, description="also quantize nn.Embedding tables")
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def example(cls) -> "WeightOnlyConfig":
+        return cls(group_size=None)  # per channel: fits every layer of the small zoo models
+
+    @field_validator("group_size")
+    @classmethod
+    def _positive(cls, v: int | None) -> int | None:
+        if v is not None and (v < 8 or v & (v - 1)):
+            raise ValueError("must be a power of two >= 8 (32, 64, 128 usual) or None for per channel")
+        return v
+
+
+def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
+    """Replace the selected Linear/Embedding layers of ``model`` (in place) by packed ones."""
+    cfg = cfg or WeightOnlyConfig()
+    types = (nn.Linear, nn.Embedding) if cfg.embeddings else (nn.Linear,)
+    names = select(model, cfg.include, cfg.exclude, types=types)
+    done = []
+    for name in names:
+        mod = get_module(model, name)
+        cols = mod.in_features if isinstance(mod, nn.Linear) else mod.embedding_dim
+        if cfg.group_size is not None and cols % cfg.group_size:
+            reason = f"group_size {cfg.group_size} does not divide its {cols} input features"
+            log.info("weight_only: skipping %s: %s", name, reason)
+            if ctx is not None:
+                ctx.skip(name, reason)
+            continue
+        cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
+        replace_module(model, name, cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size,
+                                                   symmetric=cfg.symmetric, method=cfg.rounding))
+        done.append(name)
+    if not done:
+        raise NetslimError(f"weight_only quantized no layer: none of {len(names)} selected layers fits "
+                           f"group_size={cfg.group_size}.")
+    if ctx is not None:
+        ctx.notes["weight_only"] = {"layers": len(done), "bits": cfg.bits, "group_size": cfg.group_size,
+                                    "rounding": cfg.rounding, "skipped": len(names) - len(done)}
+    return model
+
+
+@register(WeightOnlyConfig)
+def _apply_weight_only(model, cfg: WeightOnlyConfig, ctx):
+    with torch.no_grad():
+        return quantize_weights(model, cfg, ctx)
