@@ -1,0 +1,81 @@
+"""The ``distill`` step: trains through fit, leaves no adapters, checks teacher/student fit."""
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import netslim
+from netslim.core.config import apply, make_config
+from netslim.core.context import StepContext
+from netslim.core.errors import NetslimError
+from netslim.distill import DistillConfig, DistillTask, distill
+
+
+def test_config_round_trips_through_yaml():
+    cfg = DistillConfig(teacher="reference", temperature=2.0, alpha=0.5, epochs=1, hints={"layer3": "layer3"})
+    assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    with pytest.raises(NetslimError, match="'alpha'"):
+        make_config({"method": "distill", "alpha": 2})
+
+
+def test_alpha_zero_task_loss_equals_the_plain_task_loss(tiny_mlp, fmnist_small):
+    batch = next(fmnist_small.train_batches(0, 32))
+    teacher = netslim.build_model("lenet300")
+    wrapped = DistillTask(fmnist_small, teacher, DistillConfig(alpha=0.0))
+    torch.testing.assert_close(wrapped.loss(tiny_mlp, batch), fmnist_small.loss(tiny_mlp, batch))
+    same = DistillTask(fmnist_small, tiny_mlp, DistillConfig(alpha=1.0))
+    assert same.loss(tiny_mlp, batch).abs().item() < 1e-5  # teacher = student: no soft loss
+
+
+def _convnet(width: int) -> nn.Module:
+    # (B, 1, 28, 28) -> "features" (B, width, 7, 7) -> logits (B, 10)
+    return nn.Sequential(nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
+def test_distill_trains_the_student_only(fmnist_small):
+    torch.manual_seed(0)
+    teacher, student = _convnet(8), _convnet(4)
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in student.state_dict().items()}
+    summary = distill(student, teacher, task=fmnist_small, epochs=1, max_steps=3, batch_size=32,
+                      hints={"3": "3"})
+    assert summary["steps"] == 3
+    assert [n for n, _ in student.named_children()] == [str(i) for i in range(7)]  # no adapter left
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
+    assert any(not torch.equal(v, student.state_dict()[k]) for k, v in s_before.items())
+
+
+def test_mismatched_outputs_are_refused_before_training(tiny_mlp, fmnist_small):
+    teacher = netslim.build_model("lenet300", num_classes=7)
+    with pytest.raises(NetslimError, match=r"teacher \(2, 7\), student \(2, 10\)"):
+        distill(tiny_mlp, teacher, task=fmnist_small, max_steps=1)
+
+
+def test_hint_features_of_different_resolution_are_refused(fmnist_small):
+    student, teacher = _convnet(4), _convnet(8)
+    with pytest.raises(NetslimError, match="Hint '1'"):
+        distill(student, teacher, task=fmnist_small, max_steps=1, hints={"1": "3"})
+
+
+def test_recipe_step_uses_the_reference_teacher(tiny_mlp, fmnist_small, tmp_path):
+    ref = tmp_path / "ref.safetensors"
+    netslim.save(tiny_mlp, ref)
+    ctx = StepContext(task=fmnist_small, out_dir=tmp_path, reference=lambda: netslim.load(ref))
+    model = apply(tiny_mlp, DistillConfig(epochs=1, max_steps=2, batch_size=32), ctx)
+    assert ctx.notes["distill"]["steps"] == 2 and ctx.notes["distill"]["teacher"] == "reference"
+    assert isinstance(model.fc1, nn.Linear)
+    with pytest.raises(NetslimError, match="'teacher'.*no such file"):
+        apply(model, DistillConfig(teacher=str(tmp_path / "missing.safetensors"), max_steps=1), ctx)
+
+
+def test_fresh_student_from_the_current_model(tiny_mlp, fmnist_small, tmp_path):
+    ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
+    cfg = DistillConfig(teacher="current", student="lenet300", max_steps=1,
+                        batch_size=16)
+    student = apply(tiny_mlp, cfg, ctx)
+    assert student.netslim_arch == {"name": "lenet300", "kwargs": {}} and student is not tiny_mlp
+    with pytest.raises(NetslimError, match="set 'student'"):
+        apply(tiny_mlp, DistillConfig(teacher="current", max_steps=1), ctx)
