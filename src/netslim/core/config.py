@@ -78,6 +78,15 @@ def get_method(name: str) -> Method:
 # registers its configs, module types, exporters and loaders at import.
 FAMILIES: tuple[str, ...] = (
     "netslim.recipe.steps",
+    "netslim.lowrank",
+    "netslim.distill",
+    "netslim.prune",
+    "netslim.quantize",
+    "netslim.prune.dynamic",
+    "netslim.prune.l0",
+    "netslim.prune.movement",
+    "netslim.prune.obd",
+    "netslim.codec",
 )
 
 

@@ -1,0 +1,23 @@
+"""Deep Compression's codec: weight sharing, sparse index coding, Huffman coding, ``.nsz``.
+
+Importing this family registers the ``share`` method, the ``nsz`` export format, the
+``.nsz`` loader (by magic bytes) and the shared-weight module types.
+"""
+from netslim.core.export import register_exporter
+from netslim.core.serialize import register_loader
+
+from .container import MAGIC, decode, encode_model, export_nsz, load_nsz, model_from_bytes, nsz_breakdown, read_nsz_info
+from .kmeans import cluster_1d
+from .modules import SharedConv2d, SharedLinear, SharedWeight
+from .pipeline import bit_exact, dense_param_bytes, run_share
+from .sharing import CentroidFinetune, ShareConfig, finetune_centroids, on_centroids, round_codebooks, share_weights
+
+register_exporter("nsz", export_nsz, ".nsz")
+register_loader(MAGIC, load_nsz)
+
+__all__ = [
+    "CentroidFinetune", "MAGIC", "ShareConfig", "SharedConv2d", "SharedLinear", "SharedWeight", "bit_exact",
+    "cluster_1d", "decode", "dense_param_bytes", "encode_model", "export_nsz", "finetune_centroids", "load_nsz",
+    "model_from_bytes", "nsz_breakdown", "on_centroids", "read_nsz_info", "round_codebooks", "run_share",
+    "share_weights",
+]
