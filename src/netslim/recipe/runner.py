@@ -19,7 +19,7 @@ from netslim.core.config import apply
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import atomic_write, load, read_description, save
-from netslim.measure import layer_table, model_summary
+from netslim.measure import interleaved_latency, layer_table, model_summary
 from netslim.models import build_model, model_entry
 from netslim.recipe.spec import Recipe
 from netslim.train.tasks import get_task
@@ -60,6 +60,19 @@ def _measure(model, task, recipe: Recipe, artifact: Path) -> dict[str, Any]:
     m = recipe.measure
     return model_summary(model, task, artifact=artifact, batch_size=m.batch_size, threads=m.threads,
                          repeats=m.repeats)
+
+
+def _paired_latency(baseline, final, task, recipe: Recipe) -> dict[str, dict[str, float]]:
+    """Baseline and final latency measured A/B interleaved in one run (shared machines drift:
+    two measurements minutes apart are not comparable)."""
+    m = recipe.measure
+    rounds, reps = 5, max(2, m.repeats // 5)
+    out: dict[str, dict[str, float]] = {"baseline": {}, "final": {}}
+    for key, batch in (("latency_ms_b1", 1), ("latency_ms_bN", m.batch_size)):
+        t = interleaved_latency({"baseline": baseline.eval(), "final": final.eval()}, task.example_inputs(batch),
+                                rounds=rounds, repeats=reps, threads=m.threads)
+        out["baseline"][key], out["final"][key] = t["baseline"], t["final"]
+    return out
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = None,
@@ -128,9 +141,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = N
 
     artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
     final = _measure(model, task, recipe, artifact)
+    baseline = dict(state["baseline"])
+    paired = _paired_latency(load(reference_path), model, task, recipe)
+    baseline.update(paired["baseline"])
+    final.update(paired["final"])
     report = {
         "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": dataset,
-        "metric": task.metric, "artifact": str(artifact), "baseline": state["baseline"], "final": final,
+        "metric": task.metric, "artifact": str(artifact), "baseline": baseline, "final": final,
+        "latency_protocol": "baseline and final: A/B interleaved, 5 rounds, median; steps: one measurement each",
         "steps": state["steps"],
         "layers": [r.as_dict() for r in layer_table(model, task.example_inputs(1))],
         "skipped": ctx.skipped,
