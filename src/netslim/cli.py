@@ -91,6 +91,10 @@ def _artifact_task(artifact: Path, dataset: Optional[str], limit: Optional[int])
 
     model = load(artifact)
     info = read_description(artifact).get("info", {}) if artifact.suffix == ".safetensors" else {}
+    if artifact.suffix == ".nsz":
+        from netslim.codec import read_nsz_info
+
+        info = read_nsz_info(artifact)
     ds = dataset or info.get("dataset")
     if ds is None:
         raise NetslimError(f"{artifact} does not record its dataset; pass --dataset.")
@@ -123,8 +127,13 @@ def bench(artifact: Path, batch_size: int = typer.Option(64), threads: Optional[
 
 @app.command()
 def inspect(artifact: Path, dataset: Optional[str] = typer.Option(None)):
-    """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs."""
+    """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go)."""
     from netslim.measure import layer_table
+
+    if artifact.suffix == ".nsz":  # Huffman-coded: weight, index, table and codebook bits per tensor
+        from netslim.codec.inspect import breakdown_table
+
+        console.print(_table(str(artifact), *breakdown_table(artifact)))
 
     model, task = _artifact_task(artifact, dataset, None)
     rows = layer_table(model, task.example_inputs(1))

@@ -8,6 +8,7 @@ import netslim
 from netslim.codec import (MAGIC, SharedConv2d, SharedLinear, encode_model, export_nsz, model_from_bytes,
                            nsz_breakdown, round_codebooks, share_weights)
 from netslim.codec.container import VERSION
+from netslim.codec.inspect import breakdown_table
 from netslim.core.errors import NetslimError
 from netslim.core.masks import set_mask
 from netslim.core.export import exporter
@@ -69,6 +70,17 @@ def test_breakdown_reports_bits_per_layer(shared_cnn, tmp_path):
     assert 0 < fc1["huffman_saving"] < 1 and fc1["index_bits"] > 0
     assert rows["conv1"]["index_bits"] == 0                      # dense: no positions stored
     assert sum(r["record_bytes"] for r in rows.values()) < path.stat().st_size
+
+
+def test_inspect_table_totals_match_the_breakdown(shared_cnn, tmp_path):
+    path = export_nsz(shared_cnn, tmp_path / "m.nsz")
+    header, rows = breakdown_table(path)
+    assert all(len(r) == len(header) for r in rows)
+    records = nsz_breakdown(path)
+    assert [r[0] for r in rows[:-1]] == [r["name"] for r in records] and rows[-1][0] == "(total)"
+    col = header.index("weight bits")
+    assert rows[-1][col] == f"{sum(r['weight_bits'] for r in records):,}"
+    assert rows[-1][header.index("record B")].endswith(f"of {path.stat().st_size:,} file")
 
 
 @pytest.fixture(scope="module")

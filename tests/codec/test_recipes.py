@@ -35,3 +35,8 @@ def test_pipeline_runs_and_the_nsz_reloads_with_the_same_accuracy(tmp_path):
     stages = {r["stage"]: r for r in notes["stages"]}
     assert stages["huffman (.nsz)"]["bytes"] < stages["quantized (fixed-width)"]["bytes"] < stages["dense fp32"]["bytes"]
     assert report["final"]["accuracy"] == stages["huffman (.nsz)"]["accuracy"]  # lossless coding
+    kinds = [p["kind"] for p in notes["tradeoff"]]
+    assert kinds == ["dense", "quantization only (no fine-tuning)", "pruning only", "pruning + quantization"]
+    table = (tmp_path / "run" / "deep_compression.md").read_text()
+    assert "| huffman (.nsz) | " + f"{artifact.stat().st_size:,}" in table
+    assert (tmp_path / "run" / "plots" / "deep_compression.png").stat().st_size > 0

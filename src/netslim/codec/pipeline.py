@@ -25,6 +25,7 @@ from .container import encode_model, model_from_bytes
 from .modules import SharedWeight
 from .records import RecordStats
 from .sharing import ShareConfig, finetune_centroids, on_centroids, round_codebooks, round_dense, share_weights
+from .stage_report import write_stage_report
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def run_share(model: nn.Module, cfg: ShareConfig, ctx) -> nn.Module:
     task = getattr(ctx, "task", None)
     dense = dense_param_bytes(model)
     reference = getattr(ctx, "reference", None)
-    pruned_bytes, pruned_stats = encode_model(model)
+    info = getattr(ctx, "info", None) or None   # what ``export`` writes: stage bytes == file bytes
+    pruned_bytes, pruned_stats = encode_model(model, info)
     pruned = {"accuracy": _accuracy(model, task), "fixed": fixed_width_bytes(pruned_stats), "nsz": len(pruned_bytes),
               "dense_accuracy": _accuracy(reference(), task) if reference is not None else None}
     shared = share_weights(model, cfg)
@@ -103,13 +105,35 @@ def run_share(model: nn.Module, cfg: ShareConfig, ctx) -> nn.Module:
         round_codebooks(model)
     if cfg.dense == "float16":
         round_dense(model)
-    data, stats = encode_model(model)
+    data, stats = encode_model(model, info)
     quantized = {"accuracy": _accuracy(model, task), "fixed": fixed_width_bytes(stats)}
-    ctx.notes[cfg.method] = {
+    stages = _stage_rows(dense, pruned, quantized, data)
+    notes = ctx.notes[cfg.method] = {
         "layers": shared["layers"], "accuracy_before_finetune": clustered_accuracy, "finetune": train,
-        "stages": _stage_rows(dense, pruned, quantized, data), "entropy": entropy_summary(stats),
+        "stages": stages, "entropy": entropy_summary(stats),
         "records": [s.as_dict() for s in stats], "on_centroids": on_centroids(model),
         "nsz_bit_exact": bit_exact(model, data),
+        "tradeoff": [dict(kind="pruning only", ratio=stages[2]["ratio"], accuracy=pruned["accuracy"]),
+                     dict(kind="pruning + quantization", ratio=stages[-1]["ratio"], accuracy=quantized["accuracy"])],
     }
-    log.info("share: %s", ctx.notes[cfg.method]["stages"])
+    if reference is not None:
+        notes["tradeoff"] = _reference_points(reference, cfg, task, dense, pruned["dense_accuracy"]) + notes["tradeoff"]
+    if getattr(ctx, "out_dir", None) is not None:
+        notes["report"] = write_stage_report(ctx.out_dir, notes)
+    log.info("share: %s", stages)
     return model
+
+
+def _reference_points(reference, cfg: ShareConfig, task, dense: int, accuracy: float | None) -> list[dict[str, Any]]:
+    """The dense model as .nsz, and quantization alone: the dense model shared with the
+    same settings, without pruning and without centroid fine-tuning."""
+    ref = reference()
+    points = [dict(kind="dense", ratio=round(dense / len(encode_model(ref)[0]), 2), accuracy=accuracy)]
+    share_weights(ref, cfg)
+    if cfg.codebook == "float16":
+        round_codebooks(ref)
+    if cfg.dense == "float16":
+        round_dense(ref)
+    points.append(dict(kind="quantization only (no fine-tuning)", ratio=round(dense / len(encode_model(ref)[0]), 2),
+                       accuracy=_accuracy(ref, task)))
+    return points

@@ -129,8 +129,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = N
         seconds = time.perf_counter() - t0
         ckpt = out / "checkpoints" / f"step{i + 1:02d}_{step.method}.safetensors"
         save(model, ckpt, info)
-        if state["checkpoint"] and (out / state["checkpoint"]).exists():
-            (out / state["checkpoint"]).unlink()
+        previous = state["checkpoint"]
         record = {"method": step.method, "params": step.model_dump(mode="json"), "seconds": seconds,
                   "metrics": _measure(model, task, recipe, ckpt), "notes": ctx.notes}
         state["steps"].append(record)
@@ -138,6 +137,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = N
         state["skipped"] = ctx.skipped
         state["artifacts"] = [str(p) for p in ctx.artifacts]
         _write_json(state_path, state)
+        # Only once the state names the new checkpoint: a run killed in between resumes cleanly.
+        if previous and previous != state["checkpoint"] and (out / previous).exists():
+            (out / previous).unlink()
 
     artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
     final = _measure(model, task, recipe, artifact)
