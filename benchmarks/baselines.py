@@ -37,7 +37,7 @@ from netslim.train.tasks import get_task
 MODELS = ("lenet300", "lenet5", "resnet20", "mobilenetv2", "vgg11bn")
 TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
           "mobilenetv2": "MobileNetV2", "vgg11bn": "VGG11-BN"}
-TARGETS = {"lenet300": 0.89, "lenet5": 0.90, "resnet20": 0.92, "mobilenetv2": 0.92, "vgg11bn": 0.92}
+TARGETS = {"lenet300": 0.89, "lenet5": 0.90, "resnet20": 0.92}  # the issue sets none for mobilenetv2 / vgg11bn
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "baselines.json"
 BATCH_N = 64
@@ -128,10 +128,10 @@ def markdown_table(results: dict) -> str:
             continue
         m, t = r["metrics"], r["training"]
         acc = m["test_accuracy"]
-        tgt = TARGETS[name]
-        mark = "" if acc >= tgt else " (miss)"
+        tgt = TARGETS.get(name)
+        mark = "" if tgt is None or acc >= tgt else " (miss)"
         rows.append(
-            f"| {TITLES[name]} | {100 * acc:.2f} %{mark} | {100 * tgt:.0f} % | {t.get('epochs', '?')} | "
+            f"| {TITLES[name]} | {100 * acc:.2f} %{mark} | {'—' if tgt is None else f'{100 * tgt:.0f} %'} | {t.get('epochs', '?')} | "
             f"{fmt_time(t.get('seconds'))} | {fmt_count(m['params'])} | {fmt_count(m['macs'])} | "
             f"{m['size_bytes'] / 1024:.0f} KiB | {m['latency_b1']['median_ms']:.2f} ms | "
             f"{m[f'latency_b{BATCH_N}']['median_ms']:.1f} ms |"
