@@ -1,0 +1,34 @@
+"""Structured pruning that physically shrinks models (recipe methods in brackets).
+
+* :func:`netslim.core.graph.trace_graph`: coupled-channel groups of a traceable CNN;
+  :func:`transformer_graph`: attention-head and FFN-neuron groups of a Hugging Face model;
+* :func:`group_scores` (l1, l2, bn_scale, taylor, random) and :func:`choose_keep`
+  (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
+* :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
+* :func:`prune_channels` [channels], :func:`prune_heads`, :func:`prune_ffn` [heads, ffn],
+  :func:`drop_layers` [layers].
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .channels import plan_channels, prune_channels, total_macs
+from .importance import CRITERIA, group_scores
+from .plan import PrunePlan, apply_plan, plan_from_keep
+from .select import choose_keep
+from .hf import transformer_graph
+from .steps import ChannelsConfig, FFNConfig, HeadsConfig, LayersConfig
+from .transformer import block_influence, drop_layers, plan_transformer, prune_ffn, prune_heads
+
+
+def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Module:
+    """Apply the prune plans stored in an artifact's ``info["prune_plans"]`` to a fresh original model."""
+    for p in plans:
+        apply_plan(model, PrunePlan.from_dict(p), mode)
+    return model
+
+
+__all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",
+           "block_influence", "choose_keep", "drop_layers", "group_scores", "plan_channels", "plan_from_keep",
+           "plan_transformer", "prune_channels", "prune_ffn", "prune_heads", "replay", "total_macs",
+           "transformer_graph"]

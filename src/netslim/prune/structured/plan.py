@@ -1,0 +1,189 @@
+"""Prune plans: which indices each parameter keeps, applied as masks or physically.
+
+A :class:`PrunePlan` is plain JSON data — ``(module, param, dim, keep)`` entries plus, for
+Hugging Face models, config updates and module attributes — so it is stored with the
+artifact (``info["prune_plans"]``) and replays on a fresh copy of the original model.
+
+* ``apply_plan(model, plan, mode="mask")``: zeroes every pruned slice through
+  :func:`netslim.core.masks.set_mask` (reversible, trainable, for verification);
+* ``apply_plan(model, plan, mode="shrink")``: builds smaller modules (Conv, BN, Linear,
+  LayerNorm, GPT-2 Conv1D, ...) with the kept slices and puts them in place.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from netslim.core.errors import NetslimError, bad_param
+from netslim.core.graph import DependencyGraph, Group, unit_indices
+from netslim.core.masks import set_mask
+from netslim.core.surgery import get_module, replace_module
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrunePlan:
+    entries: list[dict[str, Any]] = field(default_factory=list)  # {"module","param","dim","keep"}
+    groups: list[dict[str, Any]] = field(default_factory=list)   # {"name","kind","size","kept"} per pruned group
+    config: dict[str, Any] = field(default_factory=dict)         # HF config updates
+    attrs: list[dict[str, Any]] = field(default_factory=list)    # {"module","attr","value"}
+    drop_layers: list[int] = field(default_factory=list)         # whole transformer blocks removed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries, "groups": self.groups, "config": self.config,
+                "attrs": self.attrs, "drop_layers": self.drop_layers}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrunePlan":
+        if not isinstance(data, dict):
+            raise NetslimError(f"A prune plan must be a JSON object; got {type(data).__name__}.")
+        return cls(list(data.get("entries", [])), list(data.get("groups", [])), dict(data.get("config", {})),
+                   list(data.get("attrs", [])), list(data.get("drop_layers", [])))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries or self.drop_layers)
+
+
+def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> PrunePlan:
+    """Expand kept *units* per group id into kept *indices* per parameter slot."""
+    by_id = {g.id: g for g in graph.groups}
+    space_group: dict[int, Group] = {}
+    for g in graph.groups:
+        for slot, i in g.slots:
+            space_group[slot.layout[i].space] = g
+    plan = PrunePlan()
+    for gid, kept in keep.items():
+        g = by_id[gid]
+        if not g.prunable:
+            raise NetslimError(f"Group {g.name!r} is locked ({g.locked}); it cannot be pruned.")
+        if len(kept) < g.size:
+            plan.groups.append({"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(kept))})
+    for slot in graph.slots:
+        parts, changed = [], False
+        for i, seg in enumerate(slot.layout):
+            g = space_group[seg.space]
+            units = keep.get(g.id)
+            if units is None or len(units) == seg.units:
+                units = torch.arange(seg.units)
+            else:
+                changed = True
+            parts.append(unit_indices(slot.layout, i, torch.as_tensor(units, dtype=torch.long).sort().values))
+        if changed:
+            plan.entries.append({"module": slot.module, "param": slot.param, "dim": slot.dim,
+                                 "keep": torch.cat(parts).tolist()})
+    return plan
+
+
+# ------------------------------------------------------------------------ apply
+def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Module:
+    """Apply ``plan`` to ``model`` in place; returns the model (``mode``: shrink | mask)."""
+    if mode not in ("shrink", "mask"):
+        raise bad_param("apply_plan", "mode", "one of 'shrink', 'mask'", mode)
+    by_module: dict[str, list[dict]] = {}
+    for e in plan.entries:
+        by_module.setdefault(e["module"], []).append(e)
+    if mode == "mask":
+        if plan.drop_layers:
+            raise NetslimError("A plan that drops whole blocks cannot be applied as masks; use mode='shrink'.")
+        for name, entries in by_module.items():
+            _mask_module(get_module(model, name), entries)
+        return model
+    # Build every new module first: a plan that does not fit raises before the model changes.
+    news = {name: _shrunk(get_module(model, name), entries, name) for name, entries in by_module.items()}
+    for name, new in news.items():
+        if isinstance(new, dict):  # a module without shape attributes: its tensors are swapped in place
+            _swap_tensors(get_module(model, name), new)
+        else:
+            replace_module(model, name, new)
+    for a in plan.attrs:
+        setattr(get_module(model, a["module"]), a["attr"], a["value"])
+    if plan.config and hasattr(model, "config"):
+        for k, v in plan.config.items():
+            setattr(model.config, k, v)
+    if plan.drop_layers:
+        from .hf import drop_blocks
+
+        drop_blocks(model, plan.drop_layers)
+    return model
+
+
+def _mask_module(module: nn.Module, entries: list[dict]) -> None:
+    masks: dict[str, torch.Tensor] = {}
+    for e in entries:
+        t = getattr(module, e["param"])
+        if not isinstance(t, nn.Parameter) and e["param"] in dict(module.named_buffers(recurse=False)):
+            continue  # running stats: the zeroed affine parameters already silence the channel
+        m = masks.setdefault(e["param"], torch.ones_like(t, dtype=torch.bool))
+        drop = torch.ones(t.shape[e["dim"]], dtype=torch.bool, device=t.device)
+        drop[torch.as_tensor(e["keep"], dtype=torch.long, device=t.device)] = False
+        shape = [1] * t.dim()
+        shape[e["dim"]] = -1
+        m &= ~drop.view(shape)
+    for pname, m in masks.items():
+        set_mask(module, m, pname)
+
+
+def _sliced_state(module: nn.Module, entries: list[dict], where: str) -> dict[str, torch.Tensor]:
+    state = {k: v for k, v in module.state_dict().items() if "." not in k}
+    for e in entries:
+        if e["param"] not in state:
+            raise NetslimError(f"Prune plan: module {where!r} has no parameter or buffer {e['param']!r}.")
+        t = state[e["param"]]
+        keep = torch.as_tensor(e["keep"], dtype=torch.long, device=t.device)
+        if keep.numel() == 0:
+            raise NetslimError(f"Prune plan would remove every slice of {where}.{e['param']} (dim {e['dim']}).")
+        if int(keep.max()) >= t.shape[e["dim"]]:
+            raise NetslimError(
+                f"Prune plan does not fit {where}.{e['param']}: index {int(keep.max())} on dim {e['dim']} "
+                f"of shape {tuple(t.shape)} (was it made for another model?)."
+            )
+        state[e["param"]] = t.index_select(e["dim"], keep)
+    return state
+
+
+def _swap_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for k, v in state.items():
+        cur = getattr(module, k)
+        if isinstance(cur, nn.Parameter):
+            setattr(module, k, nn.Parameter(v, requires_grad=cur.requires_grad))
+        elif cur is not None:
+            setattr(module, k, v)
+
+
+def _shrunk(module: nn.Module, entries: list[dict], where: str) -> nn.Module | dict[str, torch.Tensor]:
+    state = _sliced_state(module, entries, where)
+    w = state.get("weight")
+    p = next(iter(module.parameters()), None)
+    kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
+    if isinstance(module, nn.Conv1d | nn.Conv2d):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        groups = w.shape[0] if depthwise else module.groups
+        new = type(module)(w.shape[1] * groups, w.shape[0], module.kernel_size, module.stride, module.padding,
+                           module.dilation, groups, module.bias is not None, module.padding_mode, **kw)
+    elif isinstance(module, nn.Linear):
+        new = nn.Linear(w.shape[1], w.shape[0], module.bias is not None, **kw)
+    elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+        n = state["running_mean"].shape[0] if "running_mean" in state else w.shape[0]
+        new = type(module)(n, module.eps, module.momentum, module.affine, module.track_running_stats, **kw)
+    elif isinstance(module, nn.LayerNorm):
+        new = nn.LayerNorm(w.shape[0], module.eps, module.elementwise_affine, module.bias is not None, **kw)
+    elif type(module).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D: weight (in, out)
+        new = type(module)(w.shape[1], w.shape[0])
+        new.to(**kw)
+    else:
+        return state  # a module without shape attributes (e.g. an RMSNorm): sliced in place later
+    try:
+        new.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # a plan whose indices fit but whose slices disagree with each other
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise NetslimError(f"Prune plan does not fit module {where!r}: {detail}") from None
+    new.train(module.training)
+    for (n1, p1), (_, p2) in zip(module.named_parameters(), new.named_parameters()):
+        p2.requires_grad_(p1.requires_grad)
+    return new

@@ -1,0 +1,217 @@
+"""Recipe steps of structured pruning: ``channels`` (CNNs), ``heads``, ``ffn``, ``layers`` (transformers).
+
+```yaml
+- method: channels
+  target_macs: 0.5        # keep half of the MACs (or: ratio: 0.3, the share of channels removed)
+  criterion: taylor       # l1 | l2 | bn_scale | taylor | random
+  scope: global           # global | uniform   (or ratios: {"layer3.*": 0.5})
+  iterations: 2           # prune in steps, fine-tuning between them
+  finetune: {epochs: 1, lr: 0.01}
+```
+
+Every step shrinks the model physically and appends its prune plan to the artifact's
+``info["prune_plans"]`` (replayable with :func:`netslim.prune.structured.replay`).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from netslim.core.config import MethodConfig, register
+from netslim.train.loop import FinetuneConfig, fit
+
+from .channels import prune_channels, total_macs
+from .importance import BNSparsity
+
+log = logging.getLogger(__name__)
+Criterion = Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"]
+
+
+class _StructuredBase(MethodConfig):
+    criterion: Criterion = "l2"
+    calibration_batches: int = Field(8, ge=1, description="taylor: batches of the training split")
+    calibration_batch_size: int = Field(64, ge=1)
+    iterations: int = Field(1, ge=1, le=50, description="prune in this many equal steps")
+    finetune: FinetuneConfig | None = Field(None, description="fine-tuning after each iteration")
+    min_keep_ratio: float = Field(0.1, gt=0, le=1)
+    round_to: int = Field(1, ge=1, description="kept counts rounded up to a multiple of this")
+    on_empty: Literal["clamp", "fail"] = "clamp"
+    exclude: tuple[str, ...] = ()
+
+
+class ChannelsConfig(_StructuredBase):
+    """Channel/filter pruning of a traceable CNN, physically removing coupled channel groups."""
+
+    method = "channels"
+    ratio: float | None = Field(None, ge=0, lt=1, description="share of channels removed")
+    target_macs: float | None = Field(None, gt=0, lt=1, description="share of MACs kept")
+    scope: Literal["global", "uniform"] = "global"
+    ratios: dict[str, float] = Field(default_factory=dict, description="{selector: share removed}, per layer")
+    bn_l1: float = Field(0.0, ge=0, description="network slimming: L1 penalty on BN scales while fine-tuning")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if sum(x is not None and x != {} for x in (self.ratio, self.target_macs, self.ratios or None)) != 1:
+            raise ValueError("give exactly one of 'ratio', 'target_macs' or 'ratios'")
+        bad = {k: v for k, v in self.ratios.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"'ratios' values must be in [0, 1]; got {bad}")
+        return self
+
+    @classmethod
+    def example(cls) -> "ChannelsConfig":
+        return cls(ratio=0.25)
+
+
+def _taylor_batches(task, cfg: _StructuredBase, seed: int):
+    return list(itertools.islice(task.train_batches(seed, cfg.calibration_batch_size), cfg.calibration_batches))
+
+
+def _record(ctx, name: str, report: dict) -> None:
+    ctx.info.setdefault("prune_plans", []).append(report["plan"])
+    for s in report.get("skipped", []):
+        ctx.skip(s["name"], s["reason"])
+    note = {k: v for k, v in report.items() if k not in ("plan", "skipped")}
+    ctx.notes.setdefault(name, []).append(note)
+
+
+@register(ChannelsConfig)
+def run_channels(model, cfg: ChannelsConfig, ctx):
+    task = ctx.task
+    example = task.example_inputs(1)
+    base_macs = total_macs(model, example)
+    for it in range(1, cfg.iterations + 1):
+        kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
+                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
+        frac = it / cfg.iterations
+        if cfg.target_macs is not None:
+            # geometric steps towards the target: each iteration removes the same share of MACs
+            goal = cfg.target_macs ** frac * base_macs
+            kwargs["target_macs"] = min(0.999, goal / total_macs(model, example))
+        elif cfg.ratio is not None:
+            # keep (1 - ratio)^(it/n) of the original channels after iteration it
+            kwargs["ratio"] = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
+        else:
+            kwargs["ratios"] = {k: 1 - (1 - v) ** (1 / cfg.iterations) for k, v in cfg.ratios.items()}
+        if cfg.criterion in ("taylor", "activation"):
+            kwargs.update(batches=_taylor_batches(task, cfg, ctx.seed + it), loss_fn=task.loss)
+        model, report = prune_channels(model, example, **kwargs)
+        report["iteration"] = it
+        _record(ctx, "channels", report)
+        log.info("channels iteration %d: %d -> %d params", it, report["params_before"], report["params_after"])
+        if cfg.finetune is not None:
+            callbacks = [BNSparsity(cfg.bn_l1)] if cfg.bn_l1 else []
+            summary = fit(model.to(ctx.device), task, cfg.finetune, callbacks)
+            report_ft = {k: v for k, v in summary.items() if k != "history"}
+            ctx.notes["channels"][-1]["finetune"] = report_ft
+    return model
+
+
+# ---------------------------------------------------------------------- transformers
+class _TransformerBase(_StructuredBase):
+    ratio: float = Field(..., ge=0, lt=1, description="share of units removed")
+    scope: Literal["global", "uniform"] = Field(
+        "uniform", description="uniform: the same count in every block (the HF config can say it)")
+
+
+class HeadsConfig(_TransformerBase):
+    """Remove attention heads (Llama GQA: whole key/value groups) of a Hugging Face transformer."""
+
+    method = "heads"
+
+    @classmethod
+    def example(cls) -> "HeadsConfig":
+        return cls(ratio=0.25)
+
+
+class FFNConfig(_TransformerBase):
+    """Remove FFN intermediate neurons of every block of a Hugging Face transformer."""
+
+    method = "ffn"
+
+    @classmethod
+    def example(cls) -> "FFNConfig":
+        return cls(ratio=0.25)
+
+
+class LayersConfig(MethodConfig):
+    """Drop whole transformer blocks: the ones that change their input least (block influence)."""
+
+    method = "layers"
+    count: int | None = Field(None, ge=1, description="number of blocks removed, chosen on calibration data")
+    indices: tuple[int, ...] | None = Field(None, description="or exactly these blocks")
+    calibration_samples: int = Field(16, ge=1)
+    finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.count is None) == (self.indices is None):
+            raise ValueError("give exactly one of 'count' or 'indices'")
+        return self
+
+    @classmethod
+    def example(cls) -> "LayersConfig":
+        return cls(count=1)
+
+
+def _not_transformer(model, ctx, method: str) -> bool:
+    from .hf import _is_hf
+
+    if _is_hf(model):
+        return False
+    ctx.skip(type(model).__name__, f"{method}: not a Hugging Face transformer (use method 'channels')")
+    return True
+
+
+def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
+    if _not_transformer(model, ctx, cfg.method):
+        return model
+    for it in range(1, cfg.iterations + 1):
+        kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
+                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
+        if cfg.criterion in ("taylor", "activation"):
+            kwargs.update(batches=_taylor_batches(ctx.task, cfg, ctx.seed + it), loss_fn=ctx.task.loss)
+        model, report = fn(model, 1 - (1 - cfg.ratio) ** (1 / cfg.iterations), **kwargs)
+        report["iteration"] = it
+        _record(ctx, note, report)
+        if cfg.finetune is not None:
+            summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)
+            ctx.notes[note][-1]["finetune"] = {k: v for k, v in summary.items() if k != "history"}
+    return model
+
+
+@register(HeadsConfig)
+def run_heads(model, cfg: HeadsConfig, ctx):
+    from .transformer import prune_heads
+
+    return _run_transformer(model, cfg, ctx, prune_heads, "heads")
+
+
+@register(FFNConfig)
+def run_ffn(model, cfg: FFNConfig, ctx):
+    from .transformer import prune_ffn
+
+    return _run_transformer(model, cfg, ctx, prune_ffn, "ffn")
+
+
+@register(LayersConfig)
+def run_layers(model, cfg: LayersConfig, ctx):
+    from .transformer import drop_layers
+
+    if _not_transformer(model, ctx, cfg.method):
+        return model
+    if cfg.indices is not None:
+        model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
+    else:
+        inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+        batches = [{k: v[i:i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:i + 4]
+                   for i in range(0, cfg.calibration_samples, 4)]
+        model, report = drop_layers(model, cfg.count, batches)
+    _record(ctx, "layers", report)
+    if cfg.finetune is not None:
+        summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)
+        ctx.notes["layers"][-1]["finetune"] = {k: v for k, v in summary.items() if k != "history"}
+    return model

@@ -1,0 +1,125 @@
+"""Attention heads, FFN neurons and whole blocks of Hugging Face transformers.
+
+``prune_heads(model, ratio=1/3)``, ``prune_ffn(model, ratio=0.5)``: physically smaller
+q/k/v/o and FFN projections (see :mod:`.hf` for the groups). ``scope="uniform"`` (the
+default here) removes the same count from every block, which lets the model config say it
+and ``from_pretrained`` reload it. ``drop_layers(model, 4, inputs)`` removes the blocks that
+change their input least (block influence, 1 - cosine(input, output), as in ShortGPT).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from netslim.core.errors import NetslimError, bad_param
+from netslim.measure.counts import count_params
+
+from .channels import excluded_groups
+from .hf import _block_list, transformer_graph, hf_fixups
+from .importance import group_scores
+from .plan import PrunePlan, apply_plan, plan_from_keep
+from .select import choose_keep
+
+log = logging.getLogger(__name__)
+
+
+def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: str = "l2", scope: str = "uniform",
+                     min_keep_ratio: float = 0.1, round_to: int = 1, on_empty: str = "clamp",
+                     exclude: Iterable[str] = (), batches: Iterable[Any] | None = None,
+                     loss_fn: Callable | None = None, seed: int = 0) -> tuple[PrunePlan, Any]:
+    """Prune plan removing ``ratio`` of the ``kind`` ("head" or "neuron") units."""
+    if kind not in ("head", "neuron"):
+        raise bad_param("plan_transformer", "kind", "one of 'head', 'neuron'", kind)
+    if not 0 <= ratio < 1:
+        raise bad_param("plan_transformer", "ratio", "a float in [0, 1)", ratio)
+    graph = transformer_graph(model, kinds=(kind,))
+    scores = group_scores(model, graph, criterion, batches=batches, loss_fn=loss_fn, seed=seed)
+    only = {g.id for g in graph.prunable()} - excluded_groups(model, graph, exclude)
+    keep = choose_keep(model, graph, scores, ratio, scope=scope, min_keep_ratio=min_keep_ratio,
+                       round_to=round_to, on_empty=on_empty, only=only)
+    plan = plan_from_keep(graph, keep)
+    plan.config, plan.attrs = hf_fixups(model, graph, keep)
+    return plan, graph
+
+
+def _report(model: nn.Module, plan: PrunePlan, graph, before: int) -> dict[str, Any]:
+    if plan.groups and not plan.config:
+        log.warning("the model config cannot express these counts (blocks differ, or BERT heads): "
+                    "netslim.load reloads the model, from_pretrained does not")
+    return {"params_before": before, "params_after": count_params(model), "groups": plan.groups,
+            "config": plan.config, "skipped": graph.skipped, "plan": plan.to_dict(),
+            "from_pretrained": bool(plan.config) or not plan.groups}
+
+
+def prune_heads(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove ``ratio`` of the attention heads (Llama GQA: of the key/value groups); returns (model, report)."""
+    before = count_params(model)
+    plan, graph = plan_transformer(model, "head", ratio, **kwargs)
+    apply_plan(model, plan, "shrink")
+    return model, _report(model, plan, graph, before)
+
+
+def prune_ffn(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove ``ratio`` of the FFN intermediate neurons of every block; returns (model, report)."""
+    before = count_params(model)
+    plan, graph = plan_transformer(model, "neuron", ratio, **kwargs)
+    apply_plan(model, plan, "shrink")
+    return model, _report(model, plan, graph, before)
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, batches: Iterable[Any]) -> torch.Tensor:
+    """Per block: mean over tokens of 1 - cos(block input, block output) (low = removable)."""
+    blocks, _, _ = _block_list(model)
+    sums = torch.zeros(len(blocks))
+    counts = torch.zeros(len(blocks))
+    hooks = []
+
+    def hook(i):
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("hidden_states")
+            y = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)  # (B, T)
+            sums[i] += (1 - cos).sum().cpu()
+            counts[i] += cos.numel()
+        return fn
+
+    for i, blk in enumerate(blocks):
+        hooks.append(blk.register_forward_hook(hook(i), with_kwargs=True))
+    was = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(**batch) if isinstance(batch, dict) else model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return sums / counts.clamp_min(1)
+
+
+def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = None, *,
+                indices: list[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove ``count`` whole blocks, the least influential on ``batches`` (or the given ``indices``)."""
+    blocks, _, _ = _block_list(model)
+    n = len(blocks)
+    if indices is None:
+        if not isinstance(count, int) or not 0 < count < n:
+            raise bad_param("drop_layers", "count", f"an int in [1, {n - 1}] (the model has {n} blocks)", count)
+        if batches is None:
+            raise NetslimError("drop_layers: block influence needs calibration batches (or give 'indices').")
+        influence = block_influence(model, batches)
+        indices = sorted(torch.argsort(influence)[:count].tolist())
+    else:
+        influence = None
+        if any(not 0 <= i < n for i in indices) or len(set(indices)) >= n:
+            raise bad_param("drop_layers", "indices", f"distinct block indices in [0, {n - 1}], not all", indices)
+    before = count_params(model)
+    plan = PrunePlan(drop_layers=sorted(int(i) for i in indices))
+    apply_plan(model, plan, "shrink")
+    return model, {"params_before": before, "params_after": count_params(model), "dropped": plan.drop_layers,
+                   "influence": influence.tolist() if influence is not None else None, "plan": plan.to_dict(),
+                   "skipped": []}
