@@ -84,16 +84,17 @@ def run_dst(cls, model, task, s: float, name: str, args) -> dict[str, Any]:
 def run_movement_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fields = train_fields(name, args)
     cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50), **fields)
-    run_movement(model, cfg, StepContext(task=task, out_dir=None))
+    run_movement(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)"}
 
 
 def run_l0_row(model, task, s: float, name: str, args) -> dict[str, Any]:
-    cfg = L0Config(sparsity=s, exact=True, **train_fields(name, args))
-    ctx = StepContext(task=task, out_dir=None)
+    l0_opts = {k: v for k, v in (("gate_lr", args.gate_lr), ("lambda_lr", args.lambda_lr)) if v}
+    cfg = L0Config(sparsity=s, exact=True, **l0_opts, **train_fields(name, args))
+    ctx = StepContext(task=task, out_dir=None, device=args.device)
     run_l0(model, cfg, ctx)
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)",
-            "expected_density_end": ctx.notes["l0"]["expected_density_end"]}
+            **{k: ctx.notes["l0"][k] for k in ("expected_density_end", "gate_sparsity", "lambda_end")}}
 
 
 def run_obd_row(model, task, s: float, name: str, args) -> dict[str, Any]:
@@ -135,15 +136,23 @@ def save_row(path: Path, key: str, row: dict[str, Any], header: dict[str, Any]) 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, default=str)))
 
 
+def machine(device: torch.device) -> str:
+    version = torch.__version__.split("+")[0]
+    if device.type == "cuda":  # accuracy runs only; every timing in these tables is the CPU's
+        return f"{torch.cuda.get_device_name(device)} (accuracy runs on GPU), torch {version}"
+    return f"2-core AMD EPYC (AMX), shared, torch {version} CPU"
+
+
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     name = args.model
-    base = netslim.load(checkpoint_path(name))
+    args.device = torch.device(args.device)
+    base = netslim.load(checkpoint_path(name)).to(args.device)
     limit = {"limit": args.limit} if args.limit else {}
     task = get_task(model_entry(name).dataset, augment=AUGMENT.get(name, False), seed=0, **limit)
     dense_acc = task.evaluate(base, "test")["accuracy"]
     header = {"description": "Issue 3 method comparison (benchmarks/prune_compare.py)",
-              "machine": "2-core AMD EPYC (AMX), shared, torch " + torch.__version__.split("+")[0] + " CPU",
+              "machine": machine(args.device),
               "date": dt.date.today().isoformat(), "rows": {}}
     print(f"[{name}] dense test accuracy {dense_acc:.4f}", flush=True)
     for s in args.sparsity:
@@ -156,7 +165,8 @@ def run(args) -> None:
             acc = task.evaluate(model, "test")["accuracy"]
             row = {"model": name, "sparsity": s, "method": method, "test_accuracy": acc, "dense_accuracy": dense_acc,
                    "drop_pt": round(100 * (dense_acc - acc), 2), "achieved_sparsity": achieved_sparsity(model),
-                   "seconds": round(seconds, 1), "threads": args.threads, "limit": args.limit, **extra}
+                   "seconds": round(seconds, 1), "threads": args.threads, "limit": args.limit,
+                   "device": str(args.device), **extra}
             key = f"{name}/{s}/{method}" + (f"/{args.dst_from}" if method in ("rigl", "set") else "")
             save_row(args.out, key, row, header)
             print(f"[{key}] acc {acc:.4f} (dense {dense_acc:.4f}, drop {row['drop_pt']} pt) sparsity "
@@ -202,6 +212,9 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cap per training run (smoke runs)")
     p.add_argument("--limit", type=int, default=None, help="data subset (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where to train (cuda: accuracy rows only, never timings)")
+    p.add_argument("--gate-lr", type=float, default=None, help="L0 gate learning rate (default: L0Config's)")
+    p.add_argument("--lambda-lr", type=float, default=None, help="L0 multiplier ascent rate (default: L0Config's)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="print the merged markdown table and exit")
     args = p.parse_args()

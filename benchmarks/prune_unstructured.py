@@ -18,6 +18,9 @@ Sections (``--only``; default: all, in this order):
 
     NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/prune_unstructured.py
     NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/prune_unstructured.py --only speed
+    .venv/bin/netslim compress recipes/prune_lenet300_95.yaml --out /tmp/run95      # the documented run,
+    .venv/bin/python benchmarks/prune_unstructured.py --only lenet300 --from-run /tmp/run95   # then its size
+    .venv/bin/python benchmarks/prune_unstructured.py --only compare --model resnet20 --sparsity 0.8 --epochs 2
     .venv/bin/python benchmarks/prune_unstructured.py --only compare --limit 2000 --max-steps 20 \\
         --out /tmp/p.json --compare-out /tmp/c.json                                   # smoke run
 """
@@ -163,11 +166,16 @@ def run_lenet300(args) -> None:
     from netslim.recipe.runner import run_recipe
     from netslim.recipe.spec import load_recipe
 
-    recipe = load_recipe(ROOT.parent / "recipes" / "prune_lenet300_95.yaml")
-    out_dir = Path(tempfile.mkdtemp(prefix="prune_lenet300_95_"))
-    t0 = time.perf_counter()
-    report = run_recipe(recipe, out_dir, data_options={"limit": args.limit} if args.limit else None)
-    seconds = time.perf_counter() - t0
+    if args.from_run:  # the output folder of `netslim compress recipes/prune_lenet300_95.yaml --out DIR`
+        out_dir = args.from_run
+        report = json.loads((out_dir / "report.json").read_text())
+        seconds = sum(s["seconds"] for s in report["steps"])
+    else:
+        recipe = load_recipe(ROOT.parent / "recipes" / "prune_lenet300_95.yaml")
+        out_dir = Path(tempfile.mkdtemp(prefix="prune_lenet300_95_"))
+        t0 = time.perf_counter()
+        report = run_recipe(recipe, out_dir, data_options={"limit": args.limit} if args.limit else None)
+        seconds = time.perf_counter() - t0
     result = {"recipe": "recipes/prune_lenet300_95.yaml", "out_dir": str(out_dir), "seconds": round(seconds, 1),
               "dense_accuracy": report["baseline"]["accuracy"], "test_accuracy": report["final"]["accuracy"],
               "drop_pt": round(100 * (report["baseline"]["accuracy"] - report["final"]["accuracy"]), 2),
@@ -177,8 +185,26 @@ def run_lenet300(args) -> None:
               "budget_epochs": sum(s["params"].get("epochs", 0) for s in report["steps"])}
     pruned = _gradual_model_from_report(out_dir)
     result["size"] = run_size(pruned, args)
+    result["round_trip"] = round_trip(out_dir, report, args)
     print(json.dumps({k: v for k, v in result.items() if k not in ("baseline", "final", "layers")}, indent=1))
     save_result(args.out, "lenet300_95", result, DESCRIPTION)
+
+
+def round_trip(out_dir: Path, report: dict[str, Any], args) -> dict[str, Any]:
+    """The sparse file, loaded, re-saved and loaded again: same tensors bit for bit, and the
+    accuracy the report measured on the in-memory model."""
+    path = next(out_dir.glob("*.sparse.safetensors"))
+    first = netslim.load(path)
+    with tempfile.TemporaryDirectory() as d:
+        second = netslim.load(save_sparse(first, Path(d) / "again.sparse.safetensors"))
+    a, b = first.state_dict(), second.state_dict()
+    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = task_for("lenet300", args).splits["test"][0][:1000]
+    with torch.no_grad():
+        same_out = torch.equal(first.eval()(x), second.eval()(x))
+    acc = task_for("lenet300", args).evaluate(first, "test")["accuracy"]
+    return {"tensors_bit_exact": same, "outputs_bit_exact": same_out, "accuracy_loaded": acc,
+            "accuracy_in_report": report["final"]["accuracy"]}
 
 
 def _gradual_model_from_report(out_dir: Path) -> nn.Module:
@@ -199,13 +225,13 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     """Gradual cubic pruning to ``sparsity`` for ``epochs`` then ``ft_epochs`` of fine-tuning."""
     base = DEFAULT_TRAINING[name]
     task = task_for(name, args)
-    model = netslim.load(checkpoint_path(name))
+    model = netslim.load(checkpoint_path(name)).to(args.device)
     dense = task.evaluate(model, "test")["accuracy"]
     fields = {"lr": args.lr, "batch_size": base["batch_size"], "weight_decay": base["weight_decay"],
               "amp": base.get("amp", "none"), "max_steps": args.max_steps}
     cfg = GradualConfig(sparsity=sparsity, epochs=epochs, frequency=args.frequency, **fields)
     t0 = time.perf_counter()
-    run_gradual(model, cfg, StepContext(task=task, out_dir=None))
+    run_gradual(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
     after_gradual = task.evaluate(model, "test")["accuracy"]
     ft = FinetuneConfig(epochs=ft_epochs, **{**fields, "lr": args.lr / 4})
     if ft_epochs:
@@ -214,7 +240,8 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     row = {"model": name, "dense_accuracy": dense, "test_accuracy": acc, "drop_pt": round(100 * (dense - acc), 2),
            "accuracy_after_gradual": after_gradual, "sparsity": global_sparsity(model),
            "layers": sparsity_report(model)["layers"], "gradual": cfg.to_dict(), "finetune": ft.to_dict(),
-           "budget_epochs": epochs + ft_epochs, "seconds": round(time.perf_counter() - t0, 1)}
+           "budget_epochs": epochs + ft_epochs, "seconds": round(time.perf_counter() - t0, 1),
+           "device": str(args.device)}
     print(f"[{name}] {100 * sparsity:g} %: acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) "
           f"sparsity {row['sparsity']:.4f} {row['seconds']} s", flush=True)
     return row
@@ -222,13 +249,13 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
 
 # ----------------------------------------------------------------------------- compare
 def compare_rows(args) -> None:
-    name = "lenet300"
+    name = args.model
     task = task_for(name, args)
-    base_model = netslim.load(checkpoint_path(name))
+    base_model = netslim.load(checkpoint_path(name)).to(args.device)
     dense = task.evaluate(base_model, "test")["accuracy"]
     base = DEFAULT_TRAINING[name]
     fields = {"lr": args.lr, "batch_size": base["batch_size"], "weight_decay": base["weight_decay"],
-              "max_steps": args.max_steps}
+              "amp": base.get("amp", "none"), "max_steps": args.max_steps}
     e = args.epochs
     for s in args.sparsity:
         runs = {
@@ -239,20 +266,21 @@ def compare_rows(args) -> None:
                                        args.frequency, **fields), f"{e} fine-tune (+baseline)", e),
             "lottery": lambda m: _step(run_lottery, m, task, LotteryConfig(
                 sparsity=s, rounds=args.lottery_rounds, init="reset", rewind_step=0,
-                **{**fields, "epochs": args.lottery_epochs, "lr": base["lr"]}),
+                **{**fields, "epochs": args.lottery_epochs, "lr": base["lr"],
+                   "warmup_epochs": base.get("warmup_epochs", 0.0)}),
                 f"{(args.lottery_rounds + 1) * args.lottery_epochs} from scratch "
                 f"({args.lottery_rounds + 1} x {args.lottery_epochs})", (args.lottery_rounds + 1) * args.lottery_epochs),
         }
         for method in args.methods:
             torch.manual_seed(0)
-            model = netslim.load(checkpoint_path(name))
+            model = netslim.load(checkpoint_path(name)).to(args.device)
             t0 = time.perf_counter()
             extra = runs[method](model)
             acc = task.evaluate(model, "test")["accuracy"]
             row = {"model": name, "sparsity": s, "method": method, "test_accuracy": acc, "dense_accuracy": dense,
                    "drop_pt": round(100 * (dense - acc), 2), "achieved_sparsity": global_sparsity(model),
                    "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads, "limit": args.limit,
-                   **extra}
+                   "device": str(args.device), **extra}
             save_result(args.compare_out, f"{name}/{s}/{method}", row,
                         "Issue 3 method comparison, rows of benchmarks/prune_unstructured.py (3a)")
             print(f"[{name}/{s}/{method}] acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) sparsity "
@@ -269,7 +297,7 @@ def _one_shot(model, task, s, fields, e) -> dict[str, Any]:
 
 
 def _step(handler, model, task, cfg, budget: str, epochs: int) -> dict[str, Any]:
-    handler(model, cfg, StepContext(task=task, out_dir=None))
+    handler(model, cfg, StepContext(task=task, out_dir=None, device=next(model.parameters()).device))
     return {"config": cfg.to_dict(), "budget_epochs": epochs, "budget": budget}
 
 
@@ -290,9 +318,21 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["one-shot", "imp", "gradual", "lottery"])
     p.add_argument("--limit", type=int, default=None, help="data subset (smoke runs)")
     p.add_argument("--max-steps", type=int, default=None, help="cap per training run (smoke runs)")
+    p.add_argument("--from-run", type=Path, default=None,
+                   help="lenet300 section: read the output folder of `netslim compress` instead of running")
+    p.add_argument("--model", default="lenet300", help="model of the compare section")
+    p.add_argument("--lenet5-epochs", type=int, nargs=2, default=[8, 2], metavar=("PRUNE", "FINETUNE"),
+                   help="LeNet-5 section: epochs of gradual pruning, then of fine-tuning")
+    p.add_argument("--resnet-epochs", type=int, nargs=2, default=[4, 1], metavar=("PRUNE", "FINETUNE"),
+                   help="ResNet-20 section: epochs of gradual pruning, then of fine-tuning")
+    p.add_argument("--device", default="cpu", help="where to train (cuda: accuracy sections only, never speed)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--compare-out", type=Path, default=COMPARE_OUT)
     args = p.parse_args()
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda":
+        global MACHINE
+        MACHINE = f"{torch.cuda.get_device_name(args.device)} (accuracy runs on GPU), torch {torch.__version__}"
     torch.set_num_threads(args.threads)
     for section in args.only:
         if section == "speed":
@@ -300,10 +340,12 @@ def main() -> None:
         elif section == "lenet300":
             run_lenet300(args)
         elif section == "lenet5":
-            save_result(args.out, "lenet5_93", prune_and_finetune("lenet5", 0.93, args, epochs=8, ft_epochs=2),
+            save_result(args.out, "lenet5_93", prune_and_finetune("lenet5", 0.93, args, epochs=args.lenet5_epochs[0],
+                                                                 ft_epochs=args.lenet5_epochs[1]),
                         DESCRIPTION)
         elif section == "resnet20":
-            save_result(args.out, "resnet20_80", prune_and_finetune("resnet20", 0.8, args, epochs=4, ft_epochs=1),
+            save_result(args.out, "resnet20_80", prune_and_finetune("resnet20", 0.8, args, epochs=args.resnet_epochs[0],
+                                                                     ft_epochs=args.resnet_epochs[1]),
                         DESCRIPTION)
         elif section == "compare":
             compare_rows(args)

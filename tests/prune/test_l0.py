@@ -88,12 +88,20 @@ def test_penalty_drives_expected_l0_down_toward_target(tiny_mlp, fmnist_small):
     end = float(expected_density(gates))
     assert start > 0.98 and end < start - 0.2
     assert cb.lam > cfg.lambda_init  # the multiplier grew while the model was too dense
-    # the penalty's gradient points every gate down (descent lowers expected L0)
+    # above the target the penalty's gradient points every gate down (descent lowers expected L0)
     for g in gates.values():
+        g.log_alpha.data.fill_(3.0)  # density ~0.99 > target 0.5
         g.log_alpha.grad = None
         g.log_alpha.requires_grad_(True)  # on_train_end froze the gates
-    cb.extra_loss(type("S", (), {"step": 10**6})()).backward()
+    at_end = type("S", (), {"step": 10**6})()
+    cb.extra_loss(at_end).backward()
     assert all((g.log_alpha.grad > 0).all() for g in gates.values())
+    # at or below the target it is off: nothing but the data moves the gates
+    for g in gates.values():
+        g.log_alpha.data.fill_(-3.0)  # density ~0.34 < 0.5
+        g.log_alpha.grad = None
+    cb.extra_loss(at_end).backward()
+    assert all((g.log_alpha.grad == 0).all() for g in gates.values())
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -123,3 +131,12 @@ def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
             make_config({"method": "l0", **bad})
     with pytest.raises(NetslimError, match="no prunable layers"):
         l0_prune(nn.Sequential(nn.Flatten()), fmnist_small, **short(1))
+
+
+def test_gates_do_not_run_away_past_the_target(tiny_mlp, fmnist_small):
+    # With the penalty on below the target, lam (wound up while the gates lagged) kept pushing
+    # them down: this run ended at density 0.12 for a 0.5 target. Penalty off below it: ~0.34.
+    cfg = L0Config(sparsity=0.5, warmup_fraction=0.0, gate_lr=0.1, lambda_lr=0.2, epochs=4, batch_size=64, lr=0.01)
+    gates = attach_gates(prunable_layers(tiny_mlp), cfg)
+    fit(tiny_mlp, fmnist_small, cfg.train_config(), [L0Gates(gates, cfg)])
+    assert 0.25 < float(expected_density(gates)) < 0.6

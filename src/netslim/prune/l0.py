@@ -22,7 +22,10 @@ penalty's is ``lam / N``, so the ``lam`` that balances them spans orders of magn
 across models; a multiplicative update finds it in tens of steps, and it shrinks back as
 fast once the model is sparser than the target (so the data can reopen useful gates).
 The relative gap keeps the controller as responsive at 95 % sparsity as at 50 %, and
-bounding it to (-1, 1) makes ``lam`` shrink as fast as it grew (no wind-up overshoot). The gates descend with their own Adam optimizer (``gate_lr``, no weight decay).
+bounding it to (-1, 1) makes ``lam`` shrink as fast as it grew. While the expected
+density is at or below the target the penalty is switched off altogether (only the data
+moves the gates): without that, the gates' lag behind the ramp winds ``lam`` up and they
+overshoot far past the target before it has shrunk back. The gates descend with their own Adam optimizer (``gate_lr``, no weight decay).
 
 **At the end** the deterministic gates become a :class:`~netslim.core.masks.Mask`: weights
 are scaled by their gate value and the mask keeps ``z > 0``; with ``exact: true`` the mask
@@ -157,6 +160,12 @@ class L0Gates(Callback):
     def extra_loss(self, state: TrainState) -> torch.Tensor:
         d = expected_density(self.gates)
         self.density = float(d.detach())
+        if self.density <= self.target_density(state.step):
+            # Penalty off below the target. Why: Adam moves every gate whose data gradient is
+            # small at the same full speed once lam dominates, and lam needs ~100 steps to
+            # shrink back, so the gates overshoot (LeNet-300, 4 epochs: 98 % closed for a 95 %
+            # target, -5 pt) and closed gates get no data gradient to reopen.
+            return d * 0.0
         return self.lam * d
 
     def on_after_backward(self, state: TrainState) -> None:
@@ -210,10 +219,13 @@ def l0_train(model: nn.Module, task, *, cfg: L0Config) -> dict[str, Any]:
         summary = fit(model, task, cfg.train_config(), [cb])
     finally:
         end_density = float(expected_density(gates))
+        with torch.no_grad():  # what the gates alone closed, before ``exact`` fixes the count
+            closed = sum(int((g.eval().gate() == 0).sum()) * g.cover for g in gates.values())
         masks = gates_to_masks(layers, gates, cfg)
     zeros = sum(int((~m).sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    return summary | {"sparsity": zeros / total, "expected_density_end": end_density, "lambda_trace": cb.trace}
+    return summary | {"sparsity": zeros / total, "expected_density_end": end_density, "gate_sparsity": closed / total,
+                      "lambda_end": cb.lam, "lambda_trace": cb.trace}
 
 
 @register(L0Config)
