@@ -87,6 +87,8 @@ FAMILIES: tuple[str, ...] = (
     "netslim.prune.movement",
     "netslim.prune.obd",
     "netslim.codec",
+    "netslim.prune.structured",
+    "netslim.prune.oneshot", "netslim.quantize.gptq",
 )
 
 

@@ -1,0 +1,368 @@
+"""Sequential, block-by-block calibration of decoder-stack language models.
+
+One-shot methods (SparseGPT, Wanda, GPTQ) need the inputs of every Linear for a
+calibration set. Capturing them for the whole model at once costs
+``blocks x tokens x hidden`` floats (the out-of-memory failure users report), so
+:func:`run_sequential` works one decoder block at a time:
+
+1. run the embeddings once, stopping at block 0, to capture its inputs (and the extra
+   arguments the model passes to every block: masks, rotary embeddings, positions);
+2. for block i: ``compress(i, name, block, feed)`` -- ``feed()`` runs the calibration set
+   through the block (forward hooks collect statistics), then the method rewrites it;
+3. run the calibration set through the *compressed* block: its outputs are the inputs of
+   block i+1 (errors of earlier blocks are seen and corrected by later ones).
+
+Live memory is one block's calibration inputs and outputs (optionally on disk, see
+:class:`ActivationStore`) plus the block itself; the model's other blocks stay untouched
+where they are (a model on the CPU can have its block moved to ``device`` for the work).
+
+Supported decoder stacks (:func:`decoder_blocks`): ``model.layers`` (Llama, Mistral,
+Qwen2/3, Gemma, Phi), ``transformer.h`` (GPT-2), ``model.decoder.layers`` (OPT).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import NetslimError, bad_param
+
+log = logging.getLogger(__name__)
+
+DECODER_PATHS: dict[str, str] = {
+    "model.layers": "Llama / Mistral / Qwen2 / Qwen3 / Gemma / Phi",
+    "transformer.h": "GPT-2",
+    "model.decoder.layers": "OPT",
+}
+MIN_CALIBRATION_TOKENS = 256  # below this a per-layer Hessian is mostly damping, not data
+
+
+# ------------------------------------------------------------------------- structure
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, ModuleList)`` of the model's decoder blocks; a clear error otherwise."""
+    for path in DECODER_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj):
+            return path, obj
+    families = "; ".join(f"{p} ({f})" for p, f in DECODER_PATHS.items())
+    raise NetslimError(f"{type(model).__name__} is not a supported decoder stack: one-shot LLM compression needs "
+                       f"a causal LM with its blocks at one of: {families}.")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a Linear with its weight stored (in, out); masked ones too."""
+    from torch.nn.utils import parametrize
+
+    return parametrize.type_before_parametrizations(module).__name__ == "Conv1D"
+
+
+def is_linear(module: nn.Module) -> bool:
+    """nn.Linear or transformers' Conv1D."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def weight_2d(module: nn.Module) -> torch.Tensor:
+    """The weight as (out, in), detached (a view; Conv1D's is transposed)."""
+    w = module.weight.detach()
+    return w.T if is_conv1d(module) else w
+
+
+def set_weight_2d(module: nn.Module, w: torch.Tensor) -> None:
+    """Write an (out, in) weight back into ``module`` (in place, keeping dtype and device)."""
+    with torch.no_grad():
+        from torch.nn.utils import parametrize
+
+        # A masked layer: write the stored original (the mask multiplies it on access).
+        target = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
+        target.copy_((w.T if is_conv1d(module) else w).to(target.dtype))
+
+
+def context_length(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    return None
+
+
+def check_calibration(model: nn.Module, ids: torch.Tensor) -> None:
+    """Bad-input checks: a (N, L) int tensor, enough tokens, L within the model's context."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32):
+        raise NetslimError(f"Calibration inputs must be token ids of shape (num_samples, seq_len); got "
+                           f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))}.")
+    ctx = context_length(model)
+    if ctx is not None and ids.shape[1] > ctx:
+        raise bad_param("calibration", "seq_len", f"<= the model's context length {ctx}", ids.shape[1])
+    if ids.numel() < MIN_CALIBRATION_TOKENS:
+        raise bad_param("calibration", "num_samples * seq_len", f">= {MIN_CALIBRATION_TOKENS} tokens", ids.numel())
+
+
+def calibration_from_task(task: Any, num_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """``num_samples`` blocks of ``seq_len`` tokens from the calibration split of a text task."""
+    tok = getattr(task, "tokenizer", None)
+    if tok is None:
+        raise NetslimError("One-shot LLM compression needs a text task with a tokenizer (e.g. dataset 'pydocs'); "
+                           f"got {type(task).__name__}.")
+    from netslim.data.pydocs import calibration_blocks
+
+    return calibration_blocks(tok, num_samples, seq_len=seq_len, seed=seed, root=getattr(task, "root", None))
+
+
+def calibration_for(ctx: Any, method: str, num_samples: int, seq_len: int) -> Any:
+    """A step's calibration inputs: token blocks for a text task, ``task.calibration_inputs`` otherwise.
+
+    Token blocks come from the whole calibration split (not limited by the task's
+    ``limit``, which only shortens evaluation).
+    """
+    task = getattr(ctx, "task", None)
+    if task is None:
+        raise NetslimError(f"Method {method!r} needs calibration data: give the step a task (dataset).")
+    seed = getattr(ctx, "seed", 0)
+    if getattr(task, "tokenizer", None) is not None:
+        return calibration_from_task(task, num_samples, seq_len, seed)
+    return task.calibration_inputs(num_samples, seed)  # e.g. images for the zoo models
+
+
+# ---------------------------------------------------------------------- activations
+class ActivationStore:
+    """Per-batch block activations, in memory or (``directory``) as files on disk.
+
+    With a directory only the batch being processed is in memory: the calibration set's
+    activations can be far larger than RAM allows.
+    """
+
+    def __init__(self, directory: Path | None = None):
+        self.dir = directory
+        self._items: list[torch.Tensor | Path] = []
+
+    def append(self, x: torch.Tensor) -> None:
+        if self.dir is None:
+            self._items.append(x)
+            return
+        from safetensors.torch import save_file
+
+        path = self.dir / f"act_{id(self)}_{len(self._items)}.safetensors"
+        save_file({"x": x.detach().contiguous().cpu()}, str(path))
+        self._items.append(path)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, i: int) -> torch.Tensor:
+        item = self._items[i]
+        if isinstance(item, torch.Tensor):
+            return item
+        from safetensors.torch import load_file
+
+        return load_file(str(item))["x"]
+
+    def release(self) -> None:
+        for item in self._items:
+            if isinstance(item, Path):
+                item.unlink(missing_ok=True)
+        self._items.clear()
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: nothing after block 0 needs to run."""
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int,
+                         store: ActivationStore) -> list[tuple[tuple, dict]]:
+    """Fill ``store`` with block 0's hidden-state inputs; return the other (args, kwargs) per batch."""
+    extras: list[tuple[tuple, dict]] = []
+
+    def hook(_mod, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        store.append(hidden.detach())
+        extras.append((tuple(args[1:]), dict(kwargs)))
+        raise _Stop
+
+    dev = next(model.parameters()).device
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in range(0, len(ids), batch_size):
+            try:
+                model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return extras
+
+
+def _call_block(block: nn.Module, x: torch.Tensor, extra: tuple[tuple, dict], device: torch.device) -> torch.Tensor:
+    args, kwargs = extra
+    out = block(x.to(device), *_to(args, device), **_to(kwargs, device))
+    return out[0] if isinstance(out, (tuple, list)) else out  # older transformers return tuples
+
+
+# ----------------------------------------------------------------------- the engine
+CompressFn = Callable[[int, str, nn.Module, Callable[[], None]], None]
+
+
+@torch.no_grad()
+def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *, batch_size: int = 4,
+                   device: str | torch.device | None = None, offload_dir: str | Path | None = None,
+                   propagate: bool = True, desc: str = "one-shot") -> ActivationStore:
+    """Compress ``model``'s decoder blocks one at a time on calibration token ids (N, L).
+
+    ``compress(i, name, block, feed)``: ``feed()`` runs every calibration batch through the
+    block (the callback's forward hooks see each Linear's inputs); the callback then changes
+    the block in place (or through ``replace_module`` on the block). With ``propagate`` the
+    next block sees the compressed block's outputs (sequential error propagation), else
+    the original block's. ``offload_dir`` keeps activations on disk. Returns the last
+    block's outputs (N/batch_size tensors (B, L, hidden)).
+    """
+    check_calibration(model, ids)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise bad_param("run_sequential", "batch_size", "an int >= 1", batch_size)
+    name, blocks = decoder_blocks(model)
+    home = next(model.parameters()).device
+    work = torch.device(device) if device is not None else home
+    from netslim.train.progress import progress  # lazy: core does not import train at load time
+
+    tmp = tempfile.TemporaryDirectory(dir=offload_dir, prefix="netslim-act-") if offload_dir is not None else None
+    where = Path(tmp.name) if tmp is not None else None
+    try:
+        inputs = ActivationStore(where)
+        extras = capture_block_inputs(model, blocks[0], ids, batch_size, inputs)
+        for i in progress(range(len(blocks)), desc=f"{desc}: blocks", total=len(blocks)):
+            block = blocks[i].to(work)
+
+            def feed(block=block) -> None:
+                for b in range(len(inputs)):
+                    _call_block(block, inputs.get(b), extras[b], work)
+
+            if not propagate:  # the next block sees the original (uncompressed) outputs
+                outputs = _forward_all(block, inputs, extras, work, where)
+            compress(i, f"{name}.{i}", block, feed)
+            if propagate:
+                outputs = _forward_all(blocks[i], inputs, extras, work, where)
+            blocks[i].to(home)
+            inputs.release()
+            inputs = outputs
+        if where is not None:  # the folder goes away below: hand back the last outputs in memory
+            final = ActivationStore()
+            for b in range(len(inputs)):
+                final.append(inputs.get(b))
+            inputs = final
+        return inputs
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _forward_all(block: nn.Module, inputs: ActivationStore, extras: list, work: torch.device,
+                 where: Path | None) -> ActivationStore:
+    out = ActivationStore(where)
+    for b in range(len(inputs)):
+        x = inputs.get(b)
+        out.append(_call_block(block, x, extras[b], work).to(x.device))
+    return out
+
+
+def block_linears(block: nn.Module, prefix: str, include: Any = None, exclude: Any = None) -> list[tuple[str, nn.Module]]:
+    """``[(qualified name, module)]`` of the block's Linear / Conv1D layers the selectors keep."""
+    from .selectors import _as_list, matches
+
+    inc, exc = _as_list(include), _as_list(exclude)
+    out = []
+    for n, m in block.named_modules():
+        full = f"{prefix}.{n}" if prefix else n
+        if not n or not is_linear(m):
+            continue
+        if inc and not any(matches(s, full, m) for s in inc):
+            continue
+        if any(matches(s, full, m) for s in exc):
+            continue
+        out.append((full, m))
+    return out
+
+
+def collect_hessians(layers: list[tuple[str, nn.Module]], feed: Callable[[], None],
+                     diag_only: bool = False) -> dict[str, torch.Tensor]:
+    """Run ``feed`` with hooks on ``layers``; ``{name: H (in, in)}`` or ``{name: diag H (in,)}``."""
+    from .obs import HessianAccumulator, SharedInput
+
+    shared = SharedInput()
+    accs: dict[str, HessianAccumulator] = {}
+    handles = []
+    for name, mod in layers:
+        cols = weight_2d(mod).shape[1]
+        acc = accs[name] = HessianAccumulator(cols, mod.weight.device, diag_only)
+
+        def hook(_m, args, _out, acc=acc):
+            prod, n = shared.product(args[0], diag_only)
+            acc.add_product(prod, n)
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        feed()
+    finally:
+        for h in handles:
+            h.remove()
+        shared.clear()
+    return {n: a.value() for n, a in accs.items()}
+
+
+# ------------------------------------------------------------------- method driver
+BlockFn = Callable[[nn.Module, str, list[tuple[str, nn.Module]], Callable[[], None]], None]
+
+
+def _is_transformers(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("transformers.")
+
+
+@torch.no_grad()
+def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any = None, exclude: Any = None,
+                    batch_size: int = 4, device: str | torch.device | None = None,
+                    offload_dir: str | Path | None = None, propagate: bool = True, desc: str = "one-shot") -> None:
+    """Call ``fn(root, prefix, layers, feed)`` per unit of work: each decoder block of an LLM.
+
+    ``layers`` are ``(name relative to root, module)`` of the selected Linear/Conv1D layers.
+    A Hugging Face model must be a supported decoder stack (:func:`decoder_blocks`); any
+    other model (small zoo networks) is one unit: all its Linear layers calibrated at once
+    from ``calib`` (a tensor of model inputs), which is fine when the activations are small.
+    """
+    if _is_transformers(model) or isinstance(calib, torch.Tensor) and calib.dtype == torch.long:
+        decoder_blocks(model)  # the supported-families error, before any work
+
+        def per_block(i: int, name: str, block: nn.Module, feed: Callable[[], None]) -> None:
+            layers = [(full[len(name) + 1:], m) for full, m in block_linears(block, name, include, exclude)]
+            if layers:
+                fn(block, name, layers, feed)
+
+        run_sequential(model, calib, per_block, batch_size=batch_size, device=device, offload_dir=offload_dir,
+                       propagate=propagate, desc=desc)
+        return
+    layers = block_linears(model, "", include, exclude)
+    if not layers:
+        raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (include={include!r}, "
+                           f"exclude={exclude!r}); nothing to compress.")
+    dev = next(model.parameters()).device
+
+    def feed() -> None:
+        for i in range(0, len(calib), batch_size):
+            model(calib[i:i + batch_size].to(dev))
+
+    fn(model, "", [(n.lstrip("."), m) for n, m in layers], feed)

@@ -1,0 +1,287 @@
+"""One-shot pruning of LLMs from a calibration set: Wanda, SparseGPT, and magnitude as the reference.
+
+All three prune each Linear of a decoder block to ``sparsity`` (unstructured, compared
+within each output row) or to N:M (``n`` kept of every ``m`` consecutive inputs), block by block through :func:`netslim.core.layerwise.compress_blocks`
+(calibration activations of one block in memory at a time). Results are
+:class:`~netslim.core.masks.Mask` parametrizations with the surviving weights updated
+(SparseGPT) or untouched (Wanda, magnitude): ``make_permanent`` / ``sparsify`` follow.
+
+* magnitude: score ``|W|``; no data.
+* Wanda (Sun et al. 2023): score ``|W_ij| · ||X_j||₂`` (per-input activation norm);
+  optional OWL (Yin et al. 2023): blocks with more outlier scores (> ``owl_threshold`` ×
+  their mean) keep more weights, sparsities spread by ±``owl_lambda`` around the target.
+* SparseGPT (Frantar & Alistarh 2023): OBS column loop on ``H = 2XᵀX/n`` with adaptive
+  mask selection per column block, surviving weights updated to cancel the error.
+
+```yaml
+- method: sparsegpt
+  sparsity: 0.5        # or n: 2, m: 4
+  num_samples: 128
+  seq_len: 512
+```
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from netslim.core.config import MethodConfig, register
+from netslim.core.errors import NetslimError
+from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
+                                    block_linears, weight_2d, set_weight_2d)
+from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.prune._api import Selector, as_config, check_fraction
+from netslim.prune.criteria import apply_masks, sparsity_report
+from netslim.prune.nm import nm_mask
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------- configs
+class _PatternFields(MethodConfig):
+    """What to prune: ``sparsity`` (unstructured) or ``n`` kept of every ``m`` (N:M)."""
+
+    sparsity: float = Field(0.5, description="fraction pruned per layer, in [0, 1); ignored with n/m")
+    n: int | None = Field(None, ge=1, description="N:M: weights kept per group")
+    m: int | None = Field(None, ge=2, description="N:M: group size along the input dim")
+    include: Selector = None
+    exclude: Selector = None
+
+    @field_validator("sparsity")
+    @classmethod
+    def _fraction(cls, v):
+        return check_fraction(v)
+
+    @model_validator(mode="after")
+    def _nm(self):
+        if (self.n is None) != (self.m is None):
+            raise ValueError("'n' and 'm' go together (N:M keeps n of every m weights); give both or neither")
+        if self.n is not None and self.n >= self.m:
+            raise ValueError("'n' must be < 'm' (N:M keeps n of every m weights)")
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return None if self.n is None else (self.n, self.m)
+
+
+class _CalibrationFields(_PatternFields):
+    num_samples: int = Field(128, ge=1, description="calibration sequences")
+    seq_len: int = Field(512, ge=2, description="tokens per calibration sequence")
+    batch_size: int = Field(4, ge=1, description="sequences per forward pass")
+    sequential: bool = Field(True, description="next block sees the compressed block's outputs")
+    offload_dir: str | None = Field(None, description="keep block activations in files here, not in RAM")
+    device: str | None = Field(None, description="where each block is processed (default: the model's)")
+
+
+class OneShotMagnitudeConfig(_PatternFields):
+    """Magnitude pruning per output row (the reference for Wanda / SparseGPT); needs no data."""
+
+    method = "magnitude_oneshot"
+
+
+class _OWLFields(_CalibrationFields):
+    owl: bool = Field(False, description="OWL non-uniform per-block sparsity from outlier ratios (unstructured)")
+    owl_threshold: float = Field(5.0, gt=0, description="outlier: Wanda score > threshold x block mean")
+    owl_lambda: float = Field(0.08, ge=0, lt=0.5, description="max deviation of a block's sparsity")
+    owl_samples: int = Field(16, ge=1, description="calibration sequences of the OWL statistics pass")
+
+
+class WandaConfig(_OWLFields):
+    """Wanda: prune the lowest |W|·||X||₂ per output row (or per N:M group)."""
+
+    method = "wanda"
+
+
+class SparseGPTConfig(_OWLFields):
+    """SparseGPT: OBS pruning with weight updates; ``damp`` x mean(diag H) is added to H."""
+
+    method = "sparsegpt"
+    damp: float = Field(0.01, ge=0, description="relative Hessian damping")
+    blocksize: int = Field(128, ge=1, description="columns per lazy-update block (mask selection unit)")
+
+
+# ------------------------------------------------------------------ per-layer math
+def row_mask(scores: torch.Tensor, sparsity: float, *, nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """Keep-mask (out, in): the lowest ``round(sparsity * in)`` scores of each row pruned, or N:M."""
+    if nm is not None:
+        return nm_mask(scores, *nm)
+    k = int(round(sparsity * scores.shape[1]))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k:
+        idx = torch.topk(scores, k, dim=1, largest=False).indices  # (out, k): least important (topk: 10x a sort)
+        keep.scatter_(1, idx, False)
+    return keep
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float, *, nm: tuple[int, int] | None = None) -> torch.Tensor:
+    return row_mask(w.abs().float(), sparsity, nm=nm)
+
+
+def wanda_mask(w: torch.Tensor, sq_norms: torch.Tensor, *, sparsity: float = 0.5,
+               nm: tuple[int, int] | None = None) -> torch.Tensor:
+    """``w`` (out, in), ``sq_norms`` (in,) = Σ x_j² (any positive multiple) -> keep-mask."""
+    return row_mask(wanda_scores(w, sq_norms), sparsity, nm=nm)
+
+
+def wanda_scores(w: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+    return w.abs().float() * sq_norms.float().clamp_min(0).sqrt()[None, :]  # (out, in)
+
+
+def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
+                    damp: float = 0.01, blocksize: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT on one layer: ``w`` (out, in), ``h`` (in, in) -> (new weight, keep-mask)."""
+    w = w.detach().float().clone()
+    u, _dead, _lam = inverse_cholesky(h, w, damp)
+    w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=nm, blocksize=blocksize)
+    return w_new, keep
+
+
+def _check_nm_fits(layers: list[tuple[str, nn.Module]], nm: tuple[int, int] | None) -> None:
+    if nm is None:
+        return
+    for name, mod in layers:
+        cols = weight_2d(mod).shape[1]
+        if cols % nm[1]:
+            raise NetslimError(f"N:M needs the input width to be a multiple of m={nm[1]}; {name} has {cols}. "
+                               f"Exclude it (exclude: [{name!r}]) or pick another m.")
+
+
+def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Attach (out, in) keep-masks, transposed for Conv1D layers (weight stored (in, out))."""
+    fixed = {}
+    for name, keep in masks.items():
+        mod = root.get_submodule(name)
+        fixed[name] = keep.T if is_conv1d(mod) else keep
+    apply_masks(root, fixed)
+
+
+# ------------------------------------------------------------------------ drivers
+def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: list[float] | None = None) -> None:
+    counter = iter(range(10**9))
+
+    def per_block(root, prefix, layers, feed):
+        i = next(counter)
+        _check_nm_fits(layers, cfg.nm)
+        fn(root, layers, feed, cfg.sparsity if sparsities is None else sparsities[i])
+
+    was_training = model.training
+    model.eval()
+    try:
+        compress_blocks(model, calib, per_block, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
+                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method)
+    finally:
+        model.train(was_training)
+
+
+def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, **kwargs: Any) -> nn.Module:
+    """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM)."""
+    cfg = as_config(WandaConfig, cfg, kwargs)
+    sparsities = owl_sparsities(model, calib, cfg=cfg) if cfg.owl and cfg.nm is None else None
+
+    def fn(root, layers, feed, sparsity):
+        norms = collect_hessians(layers, feed, diag_only=True)
+        _masks_for(root, {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers})
+
+    _run(model, calib, cfg, fn, sparsities)
+    return model
+
+
+def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, **kwargs: Any) -> nn.Module:
+    """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM)."""
+    cfg = as_config(SparseGPTConfig, cfg, kwargs)
+    sparsities = owl_sparsities(model, calib, cfg=cfg) if cfg.owl and cfg.nm is None else None
+
+    def fn(root, layers, feed, sparsity):
+        hs = collect_hessians(layers, feed)
+        masks = {}
+        for name, mod in layers:
+            w = weight_2d(mod).float().clone()
+            u, _dead, _lam = inverse_cholesky(hs[name], w, cfg.damp)
+            w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=cfg.nm, blocksize=cfg.blocksize)
+            set_weight_2d(mod, w_new)
+            masks[name] = keep
+        _masks_for(root, masks)
+
+    _run(model, calib, cfg, fn, sparsities)
+    return model
+
+
+def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, **kwargs: Any) -> nn.Module:
+    """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise)."""
+    cfg = as_config(OneShotMagnitudeConfig, cfg, kwargs)
+    try:
+        from netslim.core.layerwise import decoder_blocks
+
+        prefix, blocks = decoder_blocks(model)
+        roots = [(blocks[i], f"{prefix}.{i}") for i in range(len(blocks))]
+    except NetslimError:
+        if type(model).__module__.startswith("transformers."):
+            raise
+        roots = [(model, "")]
+    done = 0
+    for root, prefix in roots:
+        layers = [(full[len(prefix) + 1:] if prefix else full, m)
+                  for full, m in block_linears(root, prefix, cfg.include, cfg.exclude)]
+        _check_nm_fits(layers, cfg.nm)
+        if layers:
+            _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers})
+            done += len(layers)
+    if not done:
+        raise NetslimError(f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, "
+                           f"exclude={cfg.exclude!r}).")
+    return model
+
+
+def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields) -> list[float]:
+    """OWL per-block sparsities: more outliers -> denser; mean = ``cfg.sparsity`` (dense statistics pass)."""
+    ratios: list[float] = []
+
+    def stats(i, name, block, feed):
+        layers = [(full[len(name) + 1:], m) for full, m in block_linears(block, name, cfg.include, cfg.exclude)]
+        norms = collect_hessians(layers, feed, diag_only=True)
+        scores = torch.cat([wanda_scores(weight_2d(m), norms[n]).flatten() for n, m in layers])
+        ratios.append(float((scores > cfg.owl_threshold * scores.mean()).float().mean()))
+
+    if not (isinstance(calib, torch.Tensor) and calib.dtype == torch.long):
+        raise NetslimError("OWL needs a decoder-stack LLM with token-id calibration inputs.")
+    run_sequential(model, calib[: cfg.owl_samples], stats, batch_size=cfg.batch_size, device=cfg.device,
+                   desc="owl statistics")
+    r = torch.tensor(ratios, dtype=torch.float64)
+    spread = (r - r.min()) / (r.max() - r.min()).clamp_min(1e-12) * (2 * cfg.owl_lambda)  # in [0, 2λ]
+    density = spread - spread.mean() + (1 - cfg.sparsity)
+    out = (1 - density).clamp(0.0, 0.99).tolist()
+    log.info("OWL outlier ratios %s -> sparsities %s", [round(x, 4) for x in ratios], [round(x, 3) for x in out])
+    return out
+
+
+# ------------------------------------------------------------------------ handlers
+def _report(model: nn.Module, cfg: MethodConfig, ctx: Any) -> None:
+    if ctx is not None and hasattr(ctx, "notes"):
+        ctx.notes[cfg.method] = sparsity_report(model)["global"]
+
+
+@register(WandaConfig)
+def _apply_wanda(model, cfg: WandaConfig, ctx):
+    wanda(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg)
+    _report(model, cfg, ctx)
+    return model
+
+
+@register(SparseGPTConfig)
+def _apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
+    sparsegpt(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg)
+    _report(model, cfg, ctx)
+    return model
+
+
+@register(OneShotMagnitudeConfig)
+def _apply_magnitude_oneshot(model, cfg: OneShotMagnitudeConfig, ctx):
+    with torch.no_grad():
+        magnitude_oneshot(model, cfg=cfg)
+    _report(model, cfg, ctx)
+    return model

@@ -1,0 +1,227 @@
+"""GPTQ (Frantar et al. 2023): Hessian-aware rounding of LLM weights, block by block.
+
+Each Linear of a decoder block is rounded column by column to a 2/3/4/8-bit group-wise
+grid; the rounding error of a column is pushed onto the columns not yet rounded through
+the inverse Hessian of the layer objective (:func:`netslim.core.obs.obs_solve`). The
+result is written in the one packed weight-only format (:class:`QuantizedLinear`, the
+same as RTN / HQQ): codes, fp16 scale and zero per group of ``group_size`` consecutive
+inputs. 3-bit codes are stored in 4-bit slots (the packing holds 2/4/8 bits per code).
+
+* ``act_order``: columns with the largest Hessian diagonal go first (they get the most
+  freedom to absorb error). Group parameters are then computed up front from the
+  original weights ("static groups"), so groups stay consecutive columns as the format
+  requires; without it, each group's parameters come from the *updated* weights when
+  the loop reaches it (the reference behaviour).
+* ``clip_search``: each group's range is shrunk by the factor (1.0 ... 0.8) with the
+  smallest |w - q|^2.4 (GPTQ's "mse" option).
+* ``sparsity`` / ``n``, ``m``: SparseGPT pruning and GPTQ rounding in one pass (N:M turns
+  ``act_order`` off: its groups are consecutive original columns).
+
+```yaml
+- method: gptq
+  bits: 4
+  group_size: 64
+  act_order: true
+```
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from netslim.core.config import MethodConfig, register
+from netslim.core.errors import NetslimError
+from netslim.core.layerwise import calibration_for, is_conv1d, collect_hessians, compress_blocks, weight_2d
+from netslim.core.masks import get_mask
+from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.surgery import replace_module
+
+from .packing import PARAM_DTYPE, check_group, codes_for, minmax_params
+from .weight_only import QuantizedLinear
+
+log = logging.getLogger(__name__)
+
+CLIP_GRID = torch.linspace(1.0, 0.8, 11).tolist()
+CLIP_NORM = 2.4  # GPTQ's error norm for the range search: between mean-square and max error
+
+
+class GPTQConfig(MethodConfig):
+    """GPTQ weight-only quantization of an LLM's decoder-block Linears into packed codes."""
+
+    method = "gptq"
+    freezes = True  # packed buffers are not trainable
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int | None = Field(128, description="divisor of in_features (32, 64, 128) or None (per channel)")
+    symmetric: bool = False
+    act_order: bool = True
+    clip_search: bool = False
+    damp: float = Field(0.01, ge=0, description="relative Hessian damping")
+    blocksize: int = Field(128, ge=1, description="columns per lazy-update block")
+    sparsity: float = Field(0.0, ge=0, lt=1, description="joint SparseGPT pruning in the same pass")
+    n: int | None = Field(None, ge=1)
+    m: int | None = Field(None, ge=2)
+    num_samples: int = Field(128, ge=1)
+    seq_len: int = Field(512, ge=2)
+    batch_size: int = Field(4, ge=1)
+    sequential: bool = True
+    offload_dir: str | None = None
+    device: str | None = None
+    include: str | list[str] | None = None
+    exclude: str | list[str] | None = None
+
+    @classmethod
+    def example(cls) -> "GPTQConfig":
+        return cls(group_size=None, num_samples=16)  # per channel: fits every zoo model's Linear
+
+    @field_validator("group_size")
+    @classmethod
+    def _pow2(cls, v):
+        if v is not None and (v < 8 or v & (v - 1)):
+            raise ValueError("must be a power of two >= 8 (32, 64, 128 usual) or None for per channel")
+        return v
+
+    @model_validator(mode="after")
+    def _nm(self):
+        if (self.n is None) != (self.m is None):
+            raise ValueError("'n' and 'm' go together (N:M keeps n of every m weights); give both or neither")
+        if self.n is not None and self.n >= self.m:
+            raise ValueError("'n' must be < 'm'")
+        return self
+
+
+# ------------------------------------------------------------------ group parameters
+def group_params(groups: torch.Tensor, bits: int, symmetric: bool, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G, g) weights -> fp16-exact (scale, zero) (G,), min-max or with the clipping search."""
+    best = minmax_params(groups, bits, symmetric)
+    if not clip_search:
+        return best
+    best_err = _grid_err(groups, *best, bits)
+    for p in CLIP_GRID[1:]:
+        s, z = minmax_params(groups * p, bits, symmetric)  # range [p*lo, p*hi]
+        e = _grid_err(groups, s, z, bits)
+        better = e < best_err
+        best = (torch.where(better, s, best[0]), torch.where(better, z, best[1]))
+        best_err = torch.where(better, e, best_err)
+    return best
+
+
+def _grid_err(groups, scale, zero, bits):
+    q = codes_for(groups, scale, zero, bits)
+    return ((q - zero[:, None]) * scale[:, None] - groups).abs().pow(CLIP_NORM).sum(1)
+
+
+class _Rounder:
+    """The quantizer callback of :func:`obs_solve`; records codes and group parameters."""
+
+    def __init__(self, w: torch.Tensor, bits: int, g: int, symmetric: bool, clip: bool,
+                 perm: torch.Tensor | None, static: bool):
+        rows, cols = w.shape
+        self.bits, self.g, self.symmetric, self.clip = bits, g, symmetric, clip
+        self.perm = perm.tolist() if perm is not None else None
+        self.codes = torch.zeros(rows, cols, dtype=torch.uint8, device=w.device)
+        self.scale = torch.ones(rows, cols // g, device=w.device)
+        self.zero = torch.zeros(rows, cols // g, device=w.device)
+        self.static = static
+        if static:  # every group's parameters from the original weights, up front
+            s, z = group_params(w.float().reshape(-1, g), bits, symmetric, clip)  # (R * C/g,)
+            self.scale, self.zero = s.view(rows, -1), z.view(rows, -1)
+
+    def __call__(self, j: int, col: torch.Tensor, w1: torch.Tensor, i: int) -> torch.Tensor:
+        c = self.perm[j] if self.perm is not None else j   # original column index
+        grp = c // self.g
+        if not self.static and c % self.g == 0:             # entering a group: params of updated weights
+            s, z = group_params(w1[:, i:i + self.g], self.bits, self.symmetric, self.clip)
+            self.scale[:, grp], self.zero[:, grp] = s, z
+        s, z = self.scale[:, grp], self.zero[:, grp]
+        q = codes_for(col[:, None], s, z, self.bits)[:, 0]  # (R,)
+        self.codes[:, c] = q.to(torch.uint8)
+        return (q - z) * s
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size: int | None = 128,
+                  symmetric: bool = False, act_order: bool = True, clip_search: bool = False, damp: float = 0.01,
+                  blocksize: int = 128, sparsity: float = 0.0, nm: tuple[int, int] | None = None,
+                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ on one layer: ``w`` (R, C), ``h`` (C, C) -> (codes uint8 (R, C), scale, zero fp16 (R, C/g), Ŵ (R, C)).
+
+    ``keep`` (R, C): an existing sparsity mask whose zeros must stay zero.
+    """
+    rows, cols = w.shape
+    g = check_group(cols, group_size, "gptq")
+    w = w.detach().float().clone()
+    w[:, torch.diag(h) == 0] = 0  # dead inputs: any value is exact on this data; 0 keeps the grid small
+    act_order = act_order and nm is None  # N:M groups are consecutive *original* columns: no permutation
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else None
+    static = act_order or g > blocksize
+    bs = blocksize if static else max(g, blocksize // g * g)  # a dynamic group must sit inside one block
+    rounder = _Rounder(w, bits, g, symmetric, clip_search, perm, static)
+    hp = h if perm is None else h[perm][:, perm]
+    wp = w if perm is None else w[:, perm]
+    fixed = None if keep is None else ~(keep if perm is None else keep[:, perm])
+    u, _dead, _lam = inverse_cholesky(hp, wp, damp)
+    w_hat, _keep, _loss = obs_solve(wp, u, sparsity=sparsity, nm=nm, quantizer=rounder, blocksize=bs,
+                                    fixed_prune=fixed)
+    if perm is not None:
+        w_hat = w_hat[:, torch.argsort(perm)]
+    return rounder.codes, rounder.scale.to(PARAM_DTYPE), rounder.zero.to(PARAM_DTYPE), w_hat
+
+
+def _bias(mod: nn.Module) -> torch.Tensor | None:
+    return None if getattr(mod, "bias", None) is None else mod.bias.detach()
+
+
+def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, **kwargs: Any) -> nn.Module:
+    """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM)."""
+    if cfg is None:
+        cfg = GPTQConfig(**kwargs)
+    storage_bits = 4 if cfg.bits == 3 else cfg.bits
+    nm = None if cfg.n is None else (cfg.n, cfg.m)
+    done: list[str] = []
+
+    def fn(root, prefix, layers, feed):
+        fits = []
+        for name, mod in layers:
+            cols = weight_2d(mod).shape[1]
+            if cfg.group_size is not None and cols % cfg.group_size:
+                reason = f"group_size {cfg.group_size} does not divide its {cols} input features"
+                log.info("gptq: skipping %s.%s: %s", prefix, name, reason)
+                if ctx is not None:
+                    ctx.skip(f"{prefix}.{name}" if prefix else name, reason)
+                continue
+            fits.append((name, mod))
+        hs = collect_hessians(fits, feed)
+        for name, mod in fits:
+            keep = get_mask(mod)
+            if keep is not None and is_conv1d(mod):
+                keep = keep.T
+            codes, scale, zero, _w = gptq_quantize(
+                weight_2d(mod), hs[name], bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
+                act_order=cfg.act_order, clip_search=cfg.clip_search, damp=cfg.damp, blocksize=cfg.blocksize,
+                sparsity=cfg.sparsity, nm=nm, keep=keep)
+            new = QuantizedLinear.from_codes(codes, scale, zero, bits=storage_bits, group_size=cfg.group_size,
+                                             bias=_bias(mod))
+            replace_module(root, name, new.to(mod.weight.device))
+            done.append(f"{prefix}.{name}" if prefix else name)
+
+    was_training = model.training
+    model.eval()
+    try:
+        compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
+                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq")
+    finally:
+        model.train(was_training)
+    if not done:
+        raise NetslimError(f"gptq quantized no layer: none of the selected layers fits group_size={cfg.group_size}.")
+    if ctx is not None and hasattr(ctx, "notes"):
+        ctx.notes["gptq"] = {"layers": len(done), "bits": cfg.bits, "storage_bits": storage_bits,
+                             "group_size": cfg.group_size, "act_order": cfg.act_order}
+    return model
+
+
+@register(GPTQConfig)
+def _apply_gptq(model, cfg: GPTQConfig, ctx):
+    return gptq(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx)
