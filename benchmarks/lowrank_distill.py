@@ -19,6 +19,8 @@ import argparse
 import copy
 import datetime as dt
 import json
+import os
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -89,6 +91,9 @@ def svd_lenet300(args) -> dict:
 
 
 def prune_distill(args) -> dict:
+    """95 %-sparse LeNet-300: plain fine-tuning vs distillation from the unpruned model, same
+    epochs / lr / batches. T and α are chosen on the validation split (seed 0); the test
+    accuracy is then reported over seeds for the chosen and for the default (T=4, α=0.9)."""
     from netslim.prune.unstructured import magnitude_prune
 
     task = get_task("fashion-mnist")
@@ -96,16 +101,26 @@ def prune_distill(args) -> dict:
     res: dict = {"baseline_acc": _acc(base, task), "sparsity": 0.95, "epochs": args.ft_epochs, "lr": 0.01}
     pruned = magnitude_prune(copy.deepcopy(base), sparsity=0.95)
     res["pruned_acc"] = _acc(pruned, task)
-    ft, kd = [], []
-    for seed in range(args.seeds):
+
+    def run_kd(seed, t, a, split="test"):
         train = _train_task(seed)
         m = copy.deepcopy(pruned)
-        fit(m, train, FinetuneConfig(epochs=args.ft_epochs, lr=0.01, seed=seed))
-        ft.append(_acc(m, task))
+        distill(m, base, task=train, epochs=args.ft_epochs, lr=0.01, seed=seed, temperature=t, alpha=a)
+        return _acc(m, task) if split == "test" else round(train.evaluate(m, "val")["accuracy"] * 100, 2)
+
+    grid = [(4.0, 0.9), (4.0, 0.5), (2.0, 0.5), (1.0, 0.5)]
+    res["val_seed0"] = [{"temperature": t, "alpha": a, "val": run_kd(0, t, a, "val")} for t, a in grid]
+    best = max(res["val_seed0"], key=lambda r: r["val"])
+    chosen = (best["temperature"], best["alpha"])
+    res["chosen"] = {"temperature": chosen[0], "alpha": chosen[1]}
+    ft, kd, kd_default = [], [], []
+    for seed in _seeds(args):
         m = copy.deepcopy(pruned)
-        distill(m, base, task=train, epochs=args.ft_epochs, lr=0.01, seed=seed, temperature=4.0, alpha=0.9)
-        kd.append(_acc(m, task))
-    res["finetune"], res["distill"] = _spread(ft), _spread(kd)
+        fit(m, _train_task(seed), FinetuneConfig(epochs=args.ft_epochs, lr=0.01, seed=seed))
+        ft.append(_acc(m, task))
+        kd.append(run_kd(seed, *chosen))
+        kd_default.append(kd[-1] if chosen == (4.0, 0.9) else run_kd(seed, 4.0, 0.9))
+    res["finetune"], res["distill"], res["distill_T4_a0.9"] = _spread(ft), _spread(kd), _spread(kd_default)
     return res
 
 
@@ -138,32 +153,182 @@ def svd_minilm(args) -> dict:
     return res
 
 
-def kd_resnet20(args) -> dict:
+def _seeds(args) -> range:
+    return range(args.seed_start, args.seed_start + args.seeds)
+
+
+def _channels_last(m: torch.nn.Module) -> torch.nn.Module:
+    """oneDNN's NHWC convs are faster per step on CPU (as in netslim.train.pretrain)."""
+    return m.to(memory_format=torch.channels_last)
+
+
+def _resnet20_teacher():
     path = checkpoint_path("resnet20")
-    if not path.is_file():
-        return {"skipped": f"no ResNet-20 checkpoint at {path}"}
+    return netslim.load(path) if path.is_file() else None
+
+
+def kd_resnet20(args) -> dict:
+    teacher = _resnet20_teacher()
+    if teacher is None:
+        return {"skipped": "no ResNet-20 checkpoint"}
     task = get_task("fashion-mnist")
-    teacher = netslim.load(path)
-    res: dict = {"teacher_acc": _acc(teacher, task), "epochs": args.kd_epochs, "student": "resnet20 width=8"}
+    res: dict = {"teacher_acc": _acc(teacher, task), "teacher_params": count_params(teacher),
+                 "epochs": args.kd_epochs, "lr": 0.05, "temperature": 4.0, "alpha": 0.9,
+                 "student": "resnet20 width=8", "seeds": list(_seeds(args))}
+    _channels_last(teacher)
     plain, kd = [], []
-    for seed in range(args.seeds):
+    for seed in _seeds(args):
         cfg = dict(epochs=args.kd_epochs, lr=0.05, seed=seed, amp="bf16")
         train = _train_task(seed, augment=True)
         torch.manual_seed(seed)
         s = netslim.build_model("resnet20", width=8)
         init = copy.deepcopy(s.state_dict())
-        fit(s, train, TrainConfig(**cfg))
+        fit(_channels_last(s), train, TrainConfig(**cfg))
         plain.append(_acc(s, task))
         s.load_state_dict(init)
-        distill(s, teacher, task=train, temperature=4.0, alpha=0.9, **cfg)
+        distill(_channels_last(s), teacher, task=train, temperature=4.0, alpha=0.9, **cfg)
         kd.append(_acc(s, task))
     res["student_params"] = count_params(s)
     res["no_kd"], res["kd"] = _spread(plain), _spread(kd)
     return res
 
 
+def svd_resnet20(args) -> dict:
+    """Before fine-tuning: plain vs data-aware channel SVD over global budgets, Tucker-2 by energy;
+    then the 2x budget (data-aware) fine-tuned briefly, per seed."""
+    base = _resnet20_teacher()
+    if base is None:
+        return {"skipped": "no ResNet-20 checkpoint"}
+    task = get_task("fashion-mnist")
+    calib = task.calibration_inputs(512, seed=0)
+    example = task.example_inputs(1)
+    res: dict = {"baseline_acc": _acc(base, task), "baseline_params": count_params(base)}
+
+    def convs(m):
+        return {n: getattr(mod, "rank", getattr(mod, "ranks", "dense")) for n, mod in m.named_modules()
+                if type(mod).__name__ in ("LowRankConv2d", "TuckerConv2d", "LowRankLinear")}
+
+    if args.table:
+        res["budgets"], res["tucker"] = [], []
+        for target in (0.35, 0.5, 0.7):
+            row = {"target": target}
+            for aware in (False, True):
+                m = copy.deepcopy(base)
+                svd_compress(m, select="budget", target=target, data_aware=aware, example=example,
+                             calibration=calib)
+                key = "data_aware" if aware else "plain"
+                row[key], row["params_" + key], row["ranks_" + key] = _acc(m, task), count_params(m), convs(m)
+            res["budgets"].append(row)
+        for energy in (0.8, 0.9):
+            m = copy.deepcopy(base)
+            svd_compress(m, select="energy", energy=energy, conv_scheme="tucker", example=example)
+            res["tucker"].append({"energy": energy, "acc": _acc(m, task), "params": count_params(m)})
+    finetuned = []
+    for seed in _seeds(args):
+        m = copy.deepcopy(base)
+        svd_compress(m, select="budget", target=0.5, data_aware=True, example=example, calibration=calib)
+        res["before_ft_2x"] = _acc(m, task)
+        fit(_channels_last(m), _train_task(seed, augment=True),
+            FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, seed=seed, amp="bf16"))
+        finetuned.append(_acc(m.to(memory_format=torch.contiguous_format), task))
+    if finetuned:
+        res["finetuned_2x"] = {"target": 0.5, "data_aware": True, "epochs": args.ft_epochs, "lr": args.ft_lr,
+                               "seeds": list(_seeds(args)), "params": count_params(m), **_spread(finetuned)}
+    return res
+
+def _mlp(h1: int, h2: int) -> torch.nn.Module:
+    """A LeNet-300-100-shaped MLP with hidden widths h1, h2 (the small dense baseline)."""
+    nn = torch.nn
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
+                         nn.Linear(h2, 10))
+
+
+def _mlp_width_for(params: int) -> tuple[int, int]:
+    """Largest h1 (h2 = h1 // 3, LeNet-300-100's ratio) whose MLP has <= ``params`` params."""
+    h1 = 3
+    while count_params(_mlp(h1 + 1, (h1 + 1) // 3)) <= params:
+        h1 += 1
+    return h1, h1 // 3
+
+
+def train_big(args) -> dict:
+    """Train LeNet-300-100 briefly, SVD it to a share of its params, fine-tune; vs a small dense MLP
+    with the same final params trained (a) the same epochs, (b) the same training MACs."""
+    task = get_task("fashion-mnist")
+    calib = task.calibration_inputs(512, seed=0)
+    example = task.example_inputs(1)
+    big_epochs, ft_epochs, lr = args.big_epochs, 1, 0.05
+    res: dict = {"big_epochs": big_epochs, "ft_epochs": ft_epochs, "lr": lr, "rows": []}
+    for target in (0.25, 0.1):
+        big_acc, comp_acc, same_ep, same_mac = [], [], [], []
+        for seed in range(args.seeds):
+            train = _train_task(seed)
+            torch.manual_seed(seed)
+            big = netslim.build_model("lenet300")
+            big_params = count_params(big)
+            fit(big, train, TrainConfig(epochs=big_epochs, lr=lr, seed=seed))
+            big_acc.append(_acc(big, task))
+            svd_compress(big, select="budget", target=target, data_aware=True, example=example,
+                         calibration=calib)
+            final = count_params(big)
+            fit(big, train, FinetuneConfig(epochs=ft_epochs, lr=0.01, seed=seed))
+            comp_acc.append(_acc(big, task))
+            h1, h2 = _mlp_width_for(final)
+            # Training MACs of an MLP ∝ its params: big_epochs × big + ft × final.
+            mac_epochs = round((big_epochs * big_params + ft_epochs * final) / count_params(_mlp(h1, h2)))
+            for epochs, acc in ((big_epochs + ft_epochs, same_ep), (mac_epochs, same_mac)):
+                torch.manual_seed(seed)
+                small = _mlp(h1, h2)
+                fit(small, train, TrainConfig(epochs=epochs, lr=lr, seed=seed))
+                acc.append(_acc(small, task))
+        res["rows"].append({"target": target, "big_params": big_params, "compressed_params": final,
+                            "small_widths": [h1, h2], "small_params": count_params(_mlp(h1, h2)),
+                            "small_epochs_same_macs": mac_epochs, "big_before_svd": _spread(big_acc),
+                            "big_svd_finetuned": _spread(comp_acc), "small_same_epochs": _spread(same_ep),
+                            "small_same_macs": _spread(same_mac)})
+    return res
+
+
+def activation_rank_lenet300(args) -> dict:
+    """Rank pruning measured after the ReLU vs before it (identity), same tolerance, no training."""
+    from netslim.lowrank import activation_rank
+
+    task = get_task("fashion-mnist")
+    base = netslim.load(checkpoint_path("lenet300"))
+    calib = task.calibration_inputs(512, seed=0)
+    res: dict = {"baseline_acc": _acc(base, task), "baseline_params": count_params(base), "rows": []}
+    for tol in (0.02, 0.05, 0.1, 0.2):
+        row = {"tolerance": tol}
+        for act in ("relu", "identity"):
+            m = copy.deepcopy(base)
+            activation_rank(m, calib, tolerance=tol, activation=act, exclude=("fc3",))
+            row[act] = {"acc": _acc(m, task), "params": count_params(m),
+                        "ranks": {n: getattr(m, n).rank if hasattr(getattr(m, n), "rank") else "dense"
+                                  for n in ("fc1", "fc2")}}
+        res["rows"].append(row)
+    return res
+
+
+def svd_minilm_calib(args) -> dict:
+    """Data-aware MiniLM FFN SVD: fidelity vs calibration size, damping and FFN budget."""
+    task = get_task("pydocs-sentences")
+    base = netslim.build_model("minilm").eval()
+    example = task.example_inputs(1)
+    ffn = r"re:encoder\.layer\.\d+\.(intermediate|output)\.dense"
+    rows = []
+    for n, damping, target in ((2000, 0.01, 0.7), (2000, 0.01, 0.8)):
+        m = copy.deepcopy(base)
+        svd_compress(m, select="budget", target=target, target_scope="selected", include=(ffn,), data_aware=True,
+                     damping=damping, example=example, calibration=task.calibration_inputs(n, seed=0))
+        rows.append({"calibration_sentences": n, "damping": damping, "target": target,
+                     "fidelity": round(task.evaluate(m, "test")["fidelity"], 4)})
+        print(rows[-1], flush=True)
+    return {"rows": rows}
+
 SECTIONS = {"svd_lenet300": svd_lenet300, "prune_distill": prune_distill, "svd_minilm": svd_minilm,
-            "kd_resnet20": kd_resnet20}
+            "kd_resnet20": kd_resnet20, "train_big": train_big,
+            "svd_resnet20": svd_resnet20, "activation_rank": activation_rank_lenet300,
+            "svd_minilm_calib": svd_minilm_calib}
 
 
 def main() -> None:
@@ -172,6 +337,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--kd-epochs", type=int, default=5)
+    ap.add_argument("--seed-start", type=int, default=0)
+    ap.add_argument("--table", action=argparse.BooleanOptionalAction, default=True,
+                    help="svd_resnet20: the before-fine-tuning table")
+    ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
+    ap.add_argument("--big-epochs", type=int, default=3)
     ap.add_argument("--minilm-calib", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -183,8 +354,10 @@ def main() -> None:
         res = SECTIONS[name](args)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         res["date"] = dt.date.today().isoformat()
-        res["command"] = f"benchmarks/lowrank_distill.py --only {name} --seeds {args.seeds}"
-        results[name] = res
+        res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        res["command"] = "benchmarks/lowrank_distill.py " + " ".join(sys.argv[1:])
+        res["seeds_run"] = list(_seeds(args))
+        results[name + args.tag] = res
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         print(json.dumps({name: res}, indent=2), flush=True)
 

@@ -1,4 +1,4 @@
-"""Dynamic int8 (torch._int_mm) and bf16 Linear: oracle vs fake-quant, save/load, recipes."""
+"""Dynamic int8 (oneDNN qlinear on CPU, torch._int_mm elsewhere) and bf16: oracles, save/load, recipes."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,18 @@ from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.quantize.core import QScheme, fake_quantize, qparams_from_range
+from netslim.quantize import dynamic
 from netslim.quantize.dynamic import BF16Linear, DynamicInt8Linear, int8_matmul
+
+
+@pytest.fixture(params=["onednn", "int_mm"])
+def kernel(request, monkeypatch):
+    """Run a test on the CPU oneDNN path and on the portable torch._int_mm path."""
+    if request.param == "int_mm":
+        monkeypatch.setattr(dynamic, "_onednn_ok", lambda: False)
+    elif not dynamic._onednn_ok():
+        pytest.skip("this torch build has no oneDNN qlinear")
+    return request.param
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 7, 5), (33, 100, 10)])
@@ -21,12 +32,12 @@ def test_int8_matmul_is_exact(shape):
     assert torch.equal(int8_matmul(a, b.t()), a.int() @ b.int().t())
 
 
-def test_int8_linear_matches_fake_quant_model():
+def test_int8_linear_matches_fake_quant_model(kernel):
     """Real int8 execution == fake-quant (per-token activations, per-channel weights) in fp32."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 32)
     x = torch.randn(2, 5, 64)
-    q = DynamicInt8Linear.from_float(lin)
+    q = DynamicInt8Linear.from_float(lin, activations="per_token")
     w_fq = fake_quantize(lin.weight, qparams_from_range(
         -lin.weight.abs().amax(1), lin.weight.abs().amax(1), QScheme(8, True, "channel")))
     # core's symmetric scale uses the half-width 127.5, dynamic int8 uses 127: compare to
@@ -39,10 +50,11 @@ def test_int8_linear_matches_fake_quant_model():
     assert (x @ w_fq.T + lin.bias - lin(x)).abs().max() < 0.05
 
 
-def test_zero_rows_and_bad_weight():
+@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
+def test_zero_rows_and_bad_weight(kernel, activations):
     lin = nn.Linear(16, 4)
-    q = DynamicInt8Linear.from_float(lin)
-    out = q(torch.zeros(3, 16))  # an all-zero token must not give NaN
+    q = DynamicInt8Linear.from_float(lin, activations=activations)
+    out = q(torch.zeros(3, 16))  # an all-zero input must not give NaN
     assert torch.isfinite(out).all() and torch.allclose(out, lin.bias.expand(3, 4))
     with torch.no_grad():
         lin.weight[0, 0] = float("nan")
@@ -51,7 +63,7 @@ def test_zero_rows_and_bad_weight():
 
 
 @pytest.mark.parametrize("method,cls,extra", [("dynamic_int8", DynamicInt8Linear, {}),
-                                              ("dynamic_int8", DynamicInt8Linear, {"kernel": "onednn"}),
+                                              ("dynamic_int8", DynamicInt8Linear, {"activations": "per_token"}),
                                               ("bf16", BF16Linear, {})])
 def test_recipe_step_save_load(tiny_mlp, tmp_path, method, cls, extra):
     x = torch.randn(4, 1, 28, 28)
@@ -69,16 +81,86 @@ def test_recipe_step_save_load(tiny_mlp, tmp_path, method, cls, extra):
     assert ratio < (0.27 if method == "dynamic_int8" else 0.52)
 
 
-def test_onednn_kernel_matches_per_tensor_reference(tmp_path):
+def test_per_tensor_matches_quantize_per_tensor_oracle(kernel, tmp_path):
+    """CPU: asymmetric uint8 per tensor (torch's dynamic scheme, in one pass); elsewhere symmetric int8."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 32)
-    q = DynamicInt8Linear.from_float(lin, kernel="onednn")
-    x = torch.randn(10, 64)
-    sx = x.abs().max() / 127  # one scale for the whole tensor (asymmetric in oneDNN: loose bound)
-    ref = (torch.round(x / sx) * sx) @ q.dequantize_weight().T + lin.bias
-    assert (q(x) - ref).abs().max() < 0.04
-    model = nn.Sequential(q)
+    q = DynamicInt8Linear.from_float(lin)  # per_tensor is the default
+    x = torch.randn(10, 64) * 3
+    if kernel == "onednn":  # asymmetric uint8 over [min(x, 0), max(x, 0)], as torch's dynamic quantization
+        lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+        scale = (hi - lo) / 255
+        xq = torch.fake_quantize_per_tensor_affine(x, scale, round(-lo / scale), 0, 255)
+        torch_own = torch.quantize_per_tensor_dynamic(x, torch.quint8, False)
+        assert abs(torch_own.q_scale() - scale) < 1e-6 * scale and abs(torch_own.q_zero_point() - round(-lo / scale)) <= 1
+    else:
+        sx = x.abs().max() / 127
+        xq = torch.round(x / sx) * sx
+    ref = xq @ q.dequantize_weight().T + lin.bias
+    assert torch.allclose(q(x), ref, atol=1e-4)
+    with torch.inference_mode():  # inference tensors have no version counter: same result
+        assert torch.allclose(q(x), ref, atol=1e-4)
     with pytest.raises(NetslimError):  # a plain Sequential has no zoo arch to save against
-        netslim.save(model, tmp_path / "x.safetensors")
-    with pytest.raises(NetslimError, match="kernel"):
-        DynamicInt8Linear(4, 4, kernel="cuda-magic")
+        netslim.save(nn.Sequential(q), tmp_path / "x.safetensors")
+    with pytest.raises(NetslimError, match="activations"):
+        DynamicInt8Linear(4, 4, activations="per_group")
+
+
+@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
+def test_shared_input_quantized_once_never_stale(kernel, activations, monkeypatch):
+    """q/k/v-style Linears reading one tensor share its quantization; a changed tensor is re-quantized."""
+    torch.manual_seed(0)
+    a, b = (DynamicInt8Linear.from_float(nn.Linear(32, 8), activations=activations) for _ in range(2))
+    calls = []
+    real = dynamic._quantize_fresh
+    monkeypatch.setattr(dynamic, "_quantize_fresh", lambda *args: calls.append(1) or real(*args))
+    x = torch.randn(5, 32)
+    ya = a(x)
+    b(x)
+    assert len(calls) == 1
+    x.mul_(-2.0)  # in place: the version changes, the codes must be recomputed
+    assert torch.equal(a(x), a(x.clone())) and not torch.allclose(ya, a(x))
+    assert torch.equal(b(x), b(x.clone()))
+    before = len(calls)
+    with torch.inference_mode():  # inference tensors have no version counter: identity still shares
+        xi = torch.randn(5, 32)
+        a(xi), b(xi)
+        assert len(calls) == before + 1
+        assert torch.equal(b(xi), b(xi.clone()))
+
+
+def test_bf16_whole_model_scope(tiny_mlp, tmp_path):
+    x = torch.randn(4, 1, 28, 28)
+    ref = tiny_mlp(x)
+    ctx = StepContext(task=None, out_dir=tmp_path)
+    model = apply(tiny_mlp, make_config({"method": "bf16", "scope": "model"}), ctx)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert isinstance(model.fc1, nn.Linear)  # plain modules: the artifact is an ordinary bf16 state dict
+    y = model(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and (y.float() - ref).abs().max() < 0.02 * ref.abs().max() + 0.02
+    path = netslim.save(model, tmp_path / "bf16.safetensors")
+    back = netslim.load(path)
+    assert next(back.parameters()).dtype == torch.bfloat16 and torch.equal(back(x.bfloat16()), y)
+    with pytest.raises(Exception, match="scope"):
+        apply(tiny_mlp, make_config({"method": "bf16", "scope": "model", "exclude": ["fc3"]}), ctx)
+
+
+@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
+def test_tiny_bert_int8_with_embeddings_round_trips(tmp_path, activations):
+    """A transformer end to end: close to fp32, int8 embedding tables, ~4x smaller, same after load."""
+    from netslim.quantize import DynamicInt8Config, QuantizedEmbedding, dynamic_int8
+
+    torch.manual_seed(0)
+    model = netslim.build_model("tiny-bert").eval()
+    ids = torch.randint(5, 200, (3, 16))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ref = model(**inputs).last_hidden_state
+    fp32 = netslim.save(model, tmp_path / "fp32.safetensors").stat().st_size
+    q = dynamic_int8(model, DynamicInt8Config(activations=activations, embeddings=True))
+    assert isinstance(q.embeddings.word_embeddings, QuantizedEmbedding)
+    y = q(**inputs).last_hidden_state
+    cos = torch.nn.functional.cosine_similarity(y, ref, dim=-1)
+    assert cos.min() > 0.98
+    path = netslim.save(q, tmp_path / "q.safetensors")
+    assert path.stat().st_size < 0.3 * fp32
+    assert torch.equal(netslim.load(path)(**inputs).last_hidden_state, y)

@@ -8,7 +8,8 @@ Public API (recipe method names in brackets):
 * :class:`PTQInt8Config` / :func:`ptq_int8` [ptq_int8]: BN folding, calibration, real int8 Conv2d/Linear
 * :class:`QATConfig` [qat]: :func:`prepare_qat` (LSQ/STE fake quant) -> train -> :func:`convert_qat`
 * :class:`MixedPrecisionConfig` [mixed_precision]: sensitivity (KL or Hessian trace) + exact bit allocation
-* :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]; :class:`BF16Config` / :func:`bf16_linears` [bf16]
+* :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]: oneDNN int8 GEMM on CPU, per-tensor or
+  per-token activations; :class:`BF16Config` / :func:`bf16_linears` [bf16]: Linear layers or the whole model
 """
 from netslim.quantize.dynamic import (BF16Config, BF16Linear, DynamicInt8Config, DynamicInt8Linear,
                                       bf16_linears, dynamic_int8)

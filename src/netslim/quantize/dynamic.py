@@ -1,23 +1,30 @@
 """Dynamic int8 and bf16 inference for Linear-heavy models (transformers, MLPs).
 
 * :class:`DynamicInt8Linear`: int8 weights (symmetric, per output channel) and int8
-  activations quantized per token at run time (symmetric, absmax); the matmul runs on
-  ``torch._int_mm`` (int8 x int8 -> int32: VNNI/AMX on CPU, tensor cores on CUDA) and the
-  int32 result is rescaled by ``s_token * s_channel``.
-  ``kernel="onednn"`` instead runs one fused oneDNN op (CPU only) with *per-tensor*
-  activation scales: fewer passes over memory, less fidelity on outlier-heavy activations.
-* :class:`BF16Linear`: the weight stored in bf16 and the matmul run in bf16 (AMX on this
-  CPU); activations are cast in and out, so the rest of the model stays fp32.
+  activations quantized at run time, per tensor (default, fastest) or per token.
+  On CPU the GEMM is oneDNN's ``qlinear_pointwise`` (uint8 x int8 -> fp32 with the weight
+  scales, and per tensor the bias, fused into the GEMM epilogue); elsewhere ``torch._int_mm``
+  (int8 x int8 -> int32, tensor cores on CUDA) followed by a float rescale.
+  Why the fusion matters: at MiniLM's shapes one elementwise pass over the (tokens, features)
+  activations costs about as much as the int8 GEMM itself, so a path that quantizes, converts
+  int32 -> fp32, multiplies by two scales and adds the bias in separate passes is slower than
+  fp32 (measured 0.8x); every pass removed is speed.
+* Inputs shared by several Linears (BERT's query/key/value all read the same hidden states)
+  are quantized once: a one-entry cache keyed by the tensor's identity and version.
+* :class:`BF16Linear`: the weight stored in bf16 and the matmul run in bf16; activations are
+  cast in and out, so the rest of the model stays fp32. ``BF16Config(scope="model")`` instead
+  casts the whole model (every floating parameter and buffer) to bf16.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
+import weakref
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
 from pydantic import Field
 from torch import nn
 
@@ -28,27 +35,26 @@ from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
 
-from .int8_modules import _engine
-
 log = logging.getLogger(__name__)
-# torch 2.13 flags quantized-tensor creation as deprecated; quantize_per_channel is used here
-# only as a fused float -> int8 kernel, so silence exactly that message.
+# torch 2.13 flags quantized-tensor creation as deprecated; quantize_per_* is used here only
+# as a fused float -> int8 kernel, so silence exactly that message.
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
-KERNELS = ("int_mm", "onednn")
+ACTIVATIONS = ("per_tensor", "per_token")
 QMAX = 127  # symmetric int8 without -128: |q| <= 127 keeps x and -x symmetric
+U8_ZERO = 128  # oneDNN takes uint8 activations: symmetric int8 codes shifted by 128
 
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax int8 per row: (M, K) float -> (M, K) int8, (M, 1) float32 scale."""
-    lo, hi = torch.aminmax(x.float(), dim=1, keepdim=True)  # one pass for both ends
-    scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX     # (M, 1)
+    x = x.float()
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)          # one pass for both ends
+    scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
     if x.device.type == "cpu":
-        # One fused pass (scale, round half to even, saturate) instead of four elementwise ops;
-        # |x / scale| <= 127 by construction, so -128 never occurs.
+        # One fused pass (scale, round half to even, saturate); |x / scale| <= 127 by construction.
         zeros = torch.zeros(x.shape[0], dtype=torch.long)
-        q = torch.quantize_per_channel(x.float(), scale.squeeze(1).double(), zeros, 0, torch.qint8).int_repr()
+        q = torch.quantize_per_channel(x, scale.squeeze(1).double(), zeros, 0, torch.qint8).int_repr()
     else:
-        q = torch.round(x.float() * (1.0 / scale)).clamp_(-QMAX, QMAX).to(torch.int8)
+        q = torch.round(x * (1.0 / scale)).clamp_(-QMAX, QMAX).to(torch.int8)
     return q, scale
 
 
@@ -66,16 +72,77 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(a, b_t)
 
 
+def _onednn_ok() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+
+
+# ------------------------------------------------------------- activation quantization
+_CACHE = threading.local()  # one entry per thread: (weakref to the input, its key, the codes)
+
+
+def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> tuple:
+    """Quantize ``x`` (..., K) once for every Linear that reads this very tensor.
+
+    Reuse needs the same tensor object, storage, shape and (outside inference mode) version;
+    an inference tensor modified in place between two Linears that read it would be reused
+    stale - no transformer block does that (the residual stream is rebuilt, not updated).
+
+    Returns (codes (M, K), scale, zero): oneDNN path uint8 codes, a float scale and int zero
+    (per tensor) or (M, 1) scales and zero 128 (per token); ``_int_mm`` path int8 codes,
+    (M, 1) or (1, 1) scales and zero 0.
+    """
+    try:
+        version = x._version
+    except RuntimeError:  # inference tensors keep no version counter: identity and storage only
+        version = None
+    entry = getattr(_CACHE, "entry", None)
+    key = (mode, onednn, version, x.data_ptr(), x.shape, x.dtype)
+    if entry is not None and entry[0]() is x and entry[1] == key:
+        return entry[2]
+    out = _quantize_fresh(x.reshape(-1, x.shape[-1]).float().contiguous(), mode, onednn)
+    _CACHE.entry = (weakref.ref(x), key, out)
+    return out
+
+
+def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: (M, K) fp32 contiguous
+    if onednn and mode == "per_tensor":
+        scale, zero = _u8_qparams(*torch.aminmax(x2))  # one pass; torch's own dynamic op takes two
+        return (torch.quantize_per_tensor(x2, scale, zero, torch.quint8).int_repr(), scale, zero)
+    if onednn:
+        lo, hi = torch.aminmax(x2, dim=1, keepdim=True)
+        scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
+        zeros = torch.full((x2.shape[0],), U8_ZERO, dtype=torch.long)
+        codes = torch.quantize_per_channel(x2, scale.squeeze(1).double(), zeros, 0, torch.quint8).int_repr()
+        return (codes, scale, U8_ZERO)
+    if mode == "per_tensor":
+        scale = (x2.abs().amax().clamp_min(1e-12) / QMAX).reshape(1, 1)
+        return (torch.round(x2 / scale).clamp_(-QMAX, QMAX).to(torch.int8), scale, 0)
+    codes, scale = quantize_per_row(x2)
+    return (codes, scale, 0)
+
+
+def _u8_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[float, int]:
+    """Asymmetric uint8 (scale, zero point) of [lo, hi] widened to include 0 (so 0 is exact).
+
+    The same scheme as torch's ``quantize_per_tensor_dynamic``; the scale's floor keeps its
+    reciprocal finite in float32 kernels (an all-zero input gets any valid scale).
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)
+    return scale, int(min(max(round(-lo / scale), 0), 255))
+
+
 class DynamicInt8Linear(nn.Module):
-    """Linear with int8 per-channel weights and per-token dynamic int8 activations."""
+    """Linear with int8 per-channel weights and dynamically quantized int8 activations."""
 
     weight_bits = 8
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "int_mm", device=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "per_tensor",
+                 device=None):
         super().__init__()
-        if kernel not in KERNELS:
-            raise bad_param("DynamicInt8Linear", "kernel", f"one of {', '.join(KERNELS)}", kernel)
-        self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
+        if activations not in ACTIVATIONS:
+            raise bad_param("DynamicInt8Linear", "activations", f"one of {', '.join(ACTIVATIONS)}", activations)
+        self.in_features, self.out_features, self.activations = in_features, out_features, activations
         self._packed = None
         # (out, in) row-major: passed to _int_mm as its transpose (K, N) column-major,
         # the layout the CPU kernel handles fastest (measured: no copy per call).
@@ -84,11 +151,11 @@ class DynamicInt8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, kernel: str = "int_mm") -> "DynamicInt8Linear":
+    def from_float(cls, linear: nn.Linear, activations: str = "per_tensor") -> "DynamicInt8Linear":
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise NetslimError("Cannot quantize a Linear weight with NaN or Inf values.")
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel, device=w.device)
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, device=w.device)
         q, s = quantize_per_row(w)
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s.squeeze(1))
@@ -100,34 +167,39 @@ class DynamicInt8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
+        self._packed = None  # weights changed: repack on next use
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def _onednn(self, x2: torch.Tensor) -> torch.Tensor:
-        """One fused oneDNN op: per-tensor dynamic activation quantization, int8 GEMM, fp32 out."""
-        if self._packed is None:
-            zeros = torch.zeros(self.out_features, dtype=torch.long)
-            qw = torch._make_per_channel_quantized_tensor(self.weight_int8.cpu(), self.weight_scale.double().cpu(),
-                                                          zeros, 0)
-            bias = None if self.bias is None else self.bias.detach().float().cpu()
-            with _engine("onednn"):
-                self._packed = torch.ops.quantized.linear_prepack(qw, bias)
-        with _engine("onednn"):
-            return torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed, False)
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
+        if self._packed is None:  # derived data, rebuilt after load: oneDNN's blocked weight layout
+            self._packed = (torch.ops.onednn.qlinear_prepack(self.weight_int8, None),
+                            torch.zeros(self.out_features, dtype=torch.long),
+                            None if self.bias is None else self.bias.detach().float())
+        wpk, wzero, bias = self._packed
+        codes, scale, zero = _quantize_input(x, self.activations, True)
+        if self.activations == "per_tensor":  # the whole dequantization and bias in the GEMM epilogue
+            return torch.ops.onednn.qlinear_pointwise(codes, scale, zero, wpk, self.weight_scale, wzero, bias,
+                                                      1.0, 0, torch.float32, "none", [], "")
+        # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more pass
+        y = torch.ops.onednn.qlinear_pointwise(codes, 1.0, zero, wpk, self.weight_scale, wzero, None,
+                                               1.0, 0, torch.float32, "none", [], "")  # (M, N)
+        scale = scale.detach()  # the int8 GEMM is not differentiable anyway
+        return y.mul_(scale) if bias is None else torch.addcmul(bias, y, scale, out=y)
+
+    def _int_mm(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
+        codes, scale, _ = _quantize_input(x, self.activations, False)
+        acc = int8_matmul(codes, self.weight_int8.t())               # (M, N) int32
+        y = torch.mul(acc, self.weight_scale).mul_(scale)             # int32 * fp32 -> fp32, then in place
+        return y if self.bias is None else y.add_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         lead = x.shape[:-1]
-        if self.kernel == "onednn" and x.device.type == "cpu":
-            return self._onednn(x.reshape(-1, self.in_features)).to(x.dtype).reshape(*lead, self.out_features)
-        xq, sx = quantize_per_row(x.reshape(-1, self.in_features))  # (M, K) int8, (M, 1)
-        acc = int8_matmul(xq, self.weight_int8.t())                    # (M, N) int32
-        y = torch.mul(acc, self.weight_scale).mul_(sx)                 # int32 * fp32 -> fp32 in one pass, then in place
-        if self.bias is not None:
-            y.add_(self.bias)
+        y = self._onednn(x) if x.device.type == "cpu" and _onednn_ok() else self._int_mm(x)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"activations={self.activations}")
 
 
 class BF16Linear(nn.Module):
@@ -157,29 +229,35 @@ def _kw(m) -> dict:
     return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
 
 
-register_module(DynamicInt8Linear, lambda m: {**_kw(m), "kernel": m.kernel})
+register_module(DynamicInt8Linear, lambda m: {**_kw(m), "activations": m.activations})
 register_module(BF16Linear, _kw)
 for _cls in (DynamicInt8Linear, BF16Linear):
     register_macs(_cls, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
 
 
 class DynamicInt8Config(MethodConfig):
-    """Dynamic int8: int8 weights per channel, activations quantized per token at run time."""
+    """Dynamic int8: int8 weights per channel, activations quantized at run time."""
 
     method = "dynamic_int8"
     freezes = True
-    kernel: Literal["int_mm", "onednn"] = Field(
-        "int_mm", description="int_mm: per-token activations, torch._int_mm (any device); "
-        "onednn: per-tensor activations, one fused oneDNN op (CPU only)")
+    activations: Literal["per_tensor", "per_token"] = Field(
+        "per_tensor", description="per_tensor: one scale per call, fully fused GEMM (fastest); per_token: one "
+        "scale per row, robust to outlier tokens, one extra elementwise pass")
+    embeddings: bool = Field(
+        False, description="also store nn.Embedding tables as int8 per row (weight-only: looked-up rows are "
+        "dequantized); for BERT-style models the word table is most of the file")
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
 
 class BF16Config(MethodConfig):
-    """bf16 weights and matmuls for the selected Linear layers (half the bytes, AMX speed)."""
+    """bf16 weights and matmuls (half the bytes; bf16 dot products on AVX512-BF16 / AMX CPUs)."""
 
     method = "bf16"
     freezes = True
+    scope: Literal["linear", "model"] = Field(
+        "linear", description="linear: the selected Linear layers, fp32 in and out; model: every floating "
+        "parameter and buffer, so the whole forward runs in bf16 (outputs are bf16)")
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
@@ -194,27 +272,53 @@ def _swap_linears(model: nn.Module, cfg, cls, **kwargs) -> list[str]:
     return names
 
 
+def _int8_embeddings(model: nn.Module, cfg: DynamicInt8Config) -> int:
+    from .weight_only import QuantizedEmbedding  # the packed weight-only format, 8 bits, one group per row
+
+    names = select(model, cfg.include, cfg.exclude, types=(nn.Embedding,))
+    with torch.no_grad():
+        for name in names:
+            emb = get_module(model, name)
+            replace_module(model, name, QuantizedEmbedding.from_float(emb, bits=8, group_size=None, symmetric=True))
+    return len(names)
+
+
 def dynamic_int8(model: nn.Module, cfg: DynamicInt8Config | None = None) -> nn.Module:
     """Replace the selected Linear layers by :class:`DynamicInt8Linear` (in place)."""
     cfg = cfg or DynamicInt8Config()
-    _swap_linears(model, cfg, DynamicInt8Linear, kernel=cfg.kernel)
+    _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
+    if cfg.embeddings:
+        _int8_embeddings(model, cfg)
     return model
 
 
+def _bf16(model: nn.Module, cfg: BF16Config) -> int:
+    if cfg.scope == "linear":
+        return len(_swap_linears(model, cfg, BF16Linear))
+    if cfg.include is not None or cfg.exclude:
+        raise NetslimError("bf16: include/exclude select Linear layers and apply to scope 'linear' only; "
+                           "got them with scope 'model'.")
+    model.to(torch.bfloat16)  # floating parameters and buffers only; integer buffers keep their dtype
+    return sum(1 for m in model.modules() if isinstance(m, nn.Linear))
+
+
 def bf16_linears(model: nn.Module, cfg: BF16Config | None = None) -> nn.Module:
-    """Replace the selected Linear layers by :class:`BF16Linear` (in place)."""
-    _swap_linears(model, cfg or BF16Config(), BF16Linear)
+    """bf16 for the selected Linear layers (``scope="linear"``) or the whole model (in place)."""
+    _bf16(model, cfg or BF16Config())
     return model
 
 
 @register(DynamicInt8Config)
 def _apply_dynamic(model, cfg: DynamicInt8Config, ctx):
-    names = _swap_linears(model, cfg, DynamicInt8Linear, kernel=cfg.kernel)
-    ctx.notes["dynamic_int8"] = {"layers": len(names), "kernel": cfg.kernel}
+    names = _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
+    n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
+    kernel = "onednn qlinear" if _onednn_ok() else "torch._int_mm"
+    ctx.notes["dynamic_int8"] = {"layers": len(names), "embeddings": n_emb, "activations": cfg.activations,
+                                 "cpu_kernel": kernel}
     return model
 
 
 @register(BF16Config)
 def _apply_bf16(model, cfg: BF16Config, ctx):
-    ctx.notes["bf16"] = {"layers": len(_swap_linears(model, cfg, BF16Linear))}
+    ctx.notes["bf16"] = {"scope": cfg.scope, "linear_layers": _bf16(model, cfg)}
     return model

@@ -3,7 +3,11 @@
 Each module takes a float input, quantizes it with its calibrated per-tensor scale (uint8,
 asymmetric), runs the int8 kernel with per-channel int8 weights and an int32 bias
 accumulator, requantizes to its calibrated output scale (optionally with a fused ReLU)
-and returns float. Stored: int8 weights, fp32 per-channel weight scales, fp32 bias and the
+and returns float - or, with ``quant_out`` (set by PTQ when the output's only consumer is
+another int8 layer), returns the quantized tensor itself, which the next layer takes as is:
+at CIFAR-sized shapes a float round trip (dequantize, quantize) costs more than the conv.
+Activations stay in the layout the kernel produces (channels-last): forcing NCHW between
+layers costs two copies per layer. Stored: int8 weights, fp32 per-channel weight scales, fp32 bias and the
 four activation parameters - plain tensors, no pickled packed objects. The oneDNN packed
 weight is rebuilt lazily on first use (derived data, not saved).
 
@@ -39,8 +43,10 @@ def _engine(name: str = ENGINE):
 
 
 class _Int8Base(nn.Module):
-    def _init_qparams(self, out_ch: int, wshape: tuple, relu: bool, weight_bits: int, device) -> None:
+    def _init_qparams(self, out_ch: int, wshape: tuple, relu: bool, weight_bits: int, device,
+                      quant_out: bool = False) -> None:
         self.relu, self.weight_bits = relu, weight_bits  # weight_bits < 8: narrower codes in int8 containers
+        self.quant_out = quant_out
         self.register_buffer("weight_int8", torch.zeros(wshape, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_ch, device=device))
         self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0], device=device))  # in s, z, out s, z
@@ -71,8 +77,16 @@ class _Int8Base(nn.Module):
         return self.weight_int8.float() * self.weight_scale.reshape(shape)
 
     def _quant_in(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_quantized:  # from a chained int8 producer: already on this layer's input grid
+            return x
         s, z = float(self.act_qparams[0]), int(self.act_qparams[1])
-        return torch.quantize_per_tensor(x.float().contiguous(), s, z, torch.quint8)
+        return torch.quantize_per_tensor(x.float(), s, z, torch.quint8)  # keeps the memory format
+
+    def _out(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return y if self.quant_out else y.dequantize().to(dtype)
+
+    def _float_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x.dequantize() if x.is_quantized else x
 
     def _fake(self, y: torch.Tensor) -> torch.Tensor:
         """Float emulation of the output requantization (non-CPU devices)."""
@@ -88,13 +102,13 @@ class _Int8Base(nn.Module):
 class Int8Conv2d(_Int8Base):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int],
                  padding: list[int], dilation: list[int], groups: int = 1, relu: bool = False, weight_bits: int = 8,
-                 device=None):
+                 quant_out: bool = False, device=None):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.padding, self.dilation = list(padding), list(dilation)
         self._init_qparams(out_channels, (out_channels, in_channels // groups, *kernel_size), relu, weight_bits,
-                           device)
+                           device, quant_out)
 
     def _pack(self):
         if self._packed is None:
@@ -106,20 +120,21 @@ class Int8Conv2d(_Int8Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float -> (B, O, H', W') float
         if x.device.type != "cpu":
-            y = F.conv2d(self._fake_input(x), self.dequantize_weight(), self.bias, self.stride, self.padding,
-                         self.dilation, self.groups)
+            y = F.conv2d(self._fake_input(self._float_in(x)), self.dequantize_weight(), self.bias, self.stride,
+                         self.padding, self.dilation, self.groups)
             return self._fake(y).to(x.dtype)
         op = torch.ops.quantized.conv2d_relu if self.relu else torch.ops.quantized.conv2d
         with _engine():
             y = op(self._quant_in(x), self._pack(), float(self.act_qparams[2]), int(self.act_qparams[3]))
-        return y.dequantize().to(x.dtype)
+        return self._out(y, torch.float32 if x.is_quantized else x.dtype)
 
 
 class Int8Linear(_Int8Base):
-    def __init__(self, in_features: int, out_features: int, relu: bool = False, weight_bits: int = 8, device=None):
+    def __init__(self, in_features: int, out_features: int, relu: bool = False, weight_bits: int = 8,
+                 quant_out: bool = False, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_qparams(out_features, (out_features, in_features), relu, weight_bits, device)
+        self._init_qparams(out_features, (out_features, in_features), relu, weight_bits, device, quant_out)
 
     def _pack(self):
         if self._packed is None:
@@ -129,19 +144,20 @@ class Int8Linear(_Int8Base):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) float -> (..., out) float
         if x.device.type != "cpu":
-            return self._fake(F.linear(self._fake_input(x), self.dequantize_weight(), self.bias)).to(x.dtype)
+            y = F.linear(self._fake_input(self._float_in(x)), self.dequantize_weight(), self.bias)
+            return self._fake(y).to(x.dtype)
         op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
         with _engine():
             y = op(self._quant_in(x), self._pack(), float(self.act_qparams[2]), int(self.act_qparams[3]))
-        return y.dequantize().to(x.dtype)
+        return self._out(y, torch.float32 if x.is_quantized else x.dtype)
 
 
 register_module(Int8Conv2d, lambda m: {
     "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
     "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups, "relu": m.relu,
-    "weight_bits": m.weight_bits})
+    "weight_bits": m.weight_bits, "quant_out": m.quant_out})
 register_module(Int8Linear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-                                       "relu": m.relu, "weight_bits": m.weight_bits})
+                                       "relu": m.relu, "weight_bits": m.weight_bits, "quant_out": m.quant_out})
 register_macs(Int8Linear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
 register_macs(Int8Conv2d, lambda m, inputs, out: int(out.numel()) * (m.in_channels // m.groups)
               * m.kernel_size[0] * m.kernel_size[1])

@@ -11,11 +11,14 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
@@ -51,23 +54,50 @@ class PTQInt8Config(MethodConfig):
         return v
 
 
+class _UseCounter(TorchFunctionMode):
+    """Counts, per tensor id, every torch function call that takes the tensor (methods too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.uses: Counter = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor):
+                self.uses[id(leaf)] += 1
+        return func(*args, **kwargs)
+
+
 @torch.no_grad()
-def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tuple[dict, dict]:
-    """{conv: bn} to fold and {layer: relu} to fuse, from one traced forward pass."""
+def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tuple[dict, dict, dict]:
+    """{conv: bn} to fold, {layer: relu} to fuse and {producer: consumer} int8 chains, from one forward.
+
+    A chain: the producer's final output (after its folded BN and fused ReLU) is used by
+    exactly one torch call in the whole forward, and that call is the consumer layer's
+    own op - then the tensor may stay quantized between the two. Every use counts
+    (functional adds, ``.dim()`` checks, ...), so any doubt means no chain.
+    """
     produced: dict[int, str] = {}  # id(output tensor) -> producing module name
     consumers: dict[str, str] = {}  # module name -> name of the module that produced its input
+    outputs: dict[str, torch.Tensor] = {}
     alive: list[torch.Tensor] = []  # why: a freed output's id can be reused by a later tensor
     hooks = []
     for n, m in model.named_modules():
         if n in names or isinstance(m, (nn.BatchNorm2d, nn.ReLU)):
             def hook(mod, inp, out, n=n):
-                if inp and isinstance(inp[0], torch.Tensor) and id(inp[0]) in produced:
-                    consumers[n] = produced[id(inp[0])]
+                if inp and isinstance(inp[0], torch.Tensor):
+                    alive.append(inp[0])
+                    if id(inp[0]) in produced:
+                        consumers[n] = produced[id(inp[0])]
                 produced[id(out)] = n
+                outputs[n] = out
                 alive.append(out)
             hooks.append(m.register_forward_hook(hook))
+    counter = _UseCounter()
     try:
-        model(batch)
+        with counter:
+            model(batch)
     finally:
         for h in hooks:
             h.remove()
@@ -81,7 +111,13 @@ def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tup
             layer = after.get(src, src)
             if layer in names:
                 fuse[layer] = n
-    return fold, fuse
+    chain = {}
+    for n in names:
+        last = fuse.get(n, fold.get(n, n))  # the module whose output leaves the fused unit
+        users = [c for c, src in consumers.items() if src == last and c in names]
+        if n in outputs and len(users) == 1 and counter.uses[id(outputs[last])] == 1:
+            chain[n] = users[0]
+    return fold, fuse, chain
 
 
 @torch.no_grad()
@@ -128,7 +164,7 @@ def quantize_weight_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
     return q.reshape(w.shape), scale
 
 
-def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8) -> nn.Module:
+def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out: bool = False) -> nn.Module:
     w = layer.weight.detach().float()
     q, s = quantize_weight_rows(w, bits)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
@@ -136,9 +172,9 @@ def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8) -> nn.Modu
         if not isinstance(layer.padding, tuple) or layer.padding_mode != "zeros":
             raise NetslimError(f"ptq_int8 supports numeric zero padding only; got {layer.padding!r}/{layer.padding_mode}.")
         new = Int8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
-                         list(layer.padding), list(layer.dilation), layer.groups, relu, bits)
+                         list(layer.padding), list(layer.dilation), layer.groups, relu, bits, quant_out)
     else:
-        new = Int8Linear(layer.in_features, layer.out_features, relu, bits)
+        new = Int8Linear(layer.in_features, layer.out_features, relu, bits, quant_out)
     new.set_quantized(q, s, bias, act)
     return new
 
@@ -151,19 +187,22 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
     if not names:
         raise NetslimError("ptq_int8: the model has no Conv2d or Linear layer to quantize.")
     batches = list(calibration.split(cfg.batch_size))
-    fold, fuse = _trace_pairs(model, names, batches[0])
+    fold, fuse, chain = _trace_pairs(model, names, batches[0])
     for conv, bn in fold.items():
         fold_bn(get_module(model, conv), get_module(model, bn))
         replace_module(model, bn, nn.Identity())
     acts = _calibrate(model, names, fuse, batches, cfg.observer)
+    for producer, consumer in chain.items():  # the consumer reads the producer's output grid as is
+        acts[consumer] = acts[producer][2:] + acts[consumer][2:]
     for n in names:
         mod = get_module(model, n)
         bits = settings_for(n, mod, cfg.weight_bits) or 8
-        replace_module(model, n, _convert(mod, n in fuse, acts[n], bits))
+        replace_module(model, n, _convert(mod, n in fuse, acts[n], bits, quant_out=n in chain))
     for relu in fuse.values():
         replace_module(model, relu, nn.Identity())
     if ctx is not None:
         ctx.notes["ptq_int8"] = {"layers": len(names), "folded_bn": len(fold), "fused_relu": len(fuse),
+                                 "int8_chains": len(chain),
                                  "observer": cfg.observer, "engine": "onednn"}
     return model
 

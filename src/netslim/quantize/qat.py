@@ -134,7 +134,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, *, weight_bits: int = 4
         raise NetslimError(f"The 'weight_bits' parameter of QAT must be an int in [2, 8]; got {weight_bits!r}.")
     model.eval()
     names = select(model, include, exclude, types=(nn.Conv2d, nn.Linear))
-    fold, _ = _trace_pairs(model, names, example)
+    fold, _, _ = _trace_pairs(model, names, example)
     for conv, bn in fold.items():
         fold_bn(get_module(model, conv), get_module(model, bn))
         replace_module(model, bn, nn.Identity())
@@ -157,7 +157,7 @@ def convert_qat(model: nn.Module, calibration: torch.Tensor, batch_size: int = 6
     if not names:
         raise NetslimError("convert_qat: the model has no QAT layer; run prepare_qat first.")
     batches = list(calibration.split(batch_size))
-    _, fuse = _trace_pairs(model, names, batches[0])
+    _, fuse, _ = _trace_pairs(model, names, batches[0])
     outs = {n: make_observer("minmax") for n in names}
     hooks = [get_module(model, n).register_forward_hook(
         lambda m, i, o, n=n: outs[n].observe(torch.relu(o) if n in fuse else o)) for n in names]
