@@ -21,9 +21,10 @@ def test_shipped_recipes_parse(name):
 
 def test_pipeline_runs_and_the_nsz_reloads_with_the_same_accuracy(tmp_path):
     data = yaml.safe_load((RECIPES / "deep_compression_lenet300.yaml").read_text())
-    prune = {**data["steps"][0], "epochs": 1, "max_steps": 6, "frequency": 2, "end_step": 4}
-    share = {**data["steps"][1], "finetune": {"epochs": 1, "max_steps": 3}}
-    recipe = parse_recipe({**data, "steps": [prune, share, data["steps"][2]]})
+    step = {s["method"]: s for s in data["steps"]}  # the shipped steps, shortened
+    prune = {**step["gradual"], "epochs": 1, "max_steps": 6, "frequency": 2, "end_step": 4}
+    share = {**step["share"], "finetune": {"epochs": 1, "max_steps": 3}}
+    recipe = parse_recipe({**data, "steps": [prune, share, step["export"]]})
     torch.manual_seed(0)
     model_path = netslim.save(build_model("lenet300"), tmp_path / "lenet300.safetensors",
                               {"model": "lenet300", "dataset": "fashion-mnist"})
