@@ -144,7 +144,7 @@ def resnet20(args) -> dict:
     rows = {}
     for name, m in variants.items():
         rows[name] = {"accuracy": task.evaluate(m, "test")["accuracy"], "bytes": _size(m)}
-        bits = [(mod.weight_bits, mod.weight_int8.numel()) for mod in m.modules() if hasattr(mod, "weight_int8")]
+        bits = [(mod.weight_bits, mod.weight_numel) for mod in m.modules() if hasattr(mod, "weight_numel")]
         if bits:
             rows[name]["avg_weight_bits"] = sum(b * n for b, n in bits) / sum(n for _, n in bits)
             rows[name]["bits_per_layer"] = [b for b, _ in bits]

@@ -55,8 +55,8 @@ def test_mixed_precision_end_to_end(fmnist_small, tmp_path):
     calib = fmnist_small.calibration_inputs(64)
     q = mixed_precision(model, calib, MixedPrecisionConfig(avg_bits=5.0))
     layers = [m for m in q.modules() if isinstance(m, (Int8Conv2d, Int8Linear))]
-    sizes = [m.weight_int8.numel() for m in layers]
+    sizes = [m.weight_numel for m in layers]
     avg = sum(m.weight_bits * s for m, s in zip(layers, sizes)) / sum(sizes)
     assert avg <= 5.0 and len({m.weight_bits for m in layers}) >= 2
     loaded = netslim.load(netslim.save(q, tmp_path / "mp.safetensors"))
-    assert [m.weight_bits for m in loaded.modules() if hasattr(m, "weight_int8")] == [m.weight_bits for m in layers]
+    assert [m.weight_bits for m in loaded.modules() if hasattr(m, "weight_bits")] == [m.weight_bits for m in layers]

@@ -7,9 +7,15 @@ and returns float - or, with ``quant_out`` (set by PTQ when the output's only co
 another int8 layer), returns the quantized tensor itself, which the next layer takes as is:
 at CIFAR-sized shapes a float round trip (dequantize, quantize) costs more than the conv.
 Activations stay in the layout the kernel produces (channels-last): forcing NCHW between
-layers costs two copies per layer. Stored: int8 weights, fp32 per-channel weight scales, fp32 bias and the
-four activation parameters - plain tensors, no pickled packed objects. The oneDNN packed
-weight is rebuilt lazily on first use (derived data, not saved).
+layers costs two copies per layer. Stored: the weight codes, fp32 per-channel weight scales, fp32 bias and
+the four activation parameters - plain tensors, no pickled packed objects. 8-bit weights are
+an int8 tensor ``weight_int8``; narrower ones (``weight_bits`` 2..7, from QAT or mixed
+precision) are stored **packed** in ``weight_packed`` - the codes offset by ``2^(bits-1)`` to
+``[0, 2^bits)``, flattened, padded to a multiple of 8 codes and packed as one bit stream with
+:func:`netslim.quantize.packing.pack` (two 4-bit codes per byte), so a 4-bit layer takes half
+the bytes of an 8-bit one. They are unpacked into int8 when the kernel's weight is built:
+compute is int8 whatever the stored width. The oneDNN packed weight is rebuilt lazily on
+first use (derived data, not saved).
 
 The int8 kernels are CPU-only; on other devices the module runs the same arithmetic as
 fake quantization in float (same results up to rounding, no speed-up).
@@ -23,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netslim.core.errors import NetslimError
 from netslim.core.serialize import register_module
 from netslim.measure.counts import register_macs
+
+from .packing import check_stream_bits, pack, unpack
 
 # torch 2.13 flags quantized-tensor creation as deprecated; those tensors are the int8
 # kernels' calling convention here, so silence exactly that message (once, not per call).
@@ -45,17 +54,52 @@ def _engine(name: str = ENGINE):
 class _Int8Base(nn.Module):
     def _init_qparams(self, out_ch: int, wshape: tuple, relu: bool, weight_bits: int, device,
                       quant_out: bool = False) -> None:
-        self.relu, self.weight_bits = relu, weight_bits  # weight_bits < 8: narrower codes in int8 containers
-        self.quant_out = quant_out
-        self.register_buffer("weight_int8", torch.zeros(wshape, dtype=torch.int8, device=device))
+        check_stream_bits(weight_bits, f"{type(self).__name__}.weight_bits")
+        self.relu, self.weight_bits, self.quant_out = relu, weight_bits, quant_out
+        self.weight_shape = tuple(wshape)
+        if weight_bits == 8:
+            self.register_buffer("weight_int8", torch.zeros(wshape, dtype=torch.int8, device=device))
+        else:  # packed bit stream of (code + 2^(bits-1)), padded to whole groups of 8 codes
+            nbytes = -(-self.weight_numel // 8) * weight_bits
+            self.register_buffer("weight_packed", torch.zeros(nbytes, dtype=torch.uint8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_ch, device=device))
         self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0], device=device))  # in s, z, out s, z
         self.bias = nn.Parameter(torch.zeros(out_ch, device=device))
         self._packed = None
 
+    @property
+    def weight_numel(self) -> int:
+        n = 1
+        for d in self.weight_shape:
+            n *= d
+        return n
+
+    def int_weight(self) -> torch.Tensor:
+        """The signed weight codes as int8, shape ``weight_shape`` (unpacked when stored packed)."""
+        if self.weight_bits == 8:
+            return self.weight_int8
+        codes = unpack(self.weight_packed.reshape(1, -1), self.weight_bits)[0, :self.weight_numel]
+        return (codes.to(torch.int16) - 2 ** (self.weight_bits - 1)).to(torch.int8).reshape(self.weight_shape)
+
+    def _store_codes(self, codes: torch.Tensor) -> None:
+        if tuple(codes.shape) != self.weight_shape:
+            raise NetslimError(f"{type(self).__name__}: weight codes of shape {tuple(codes.shape)} do not fit "
+                               f"{self.weight_shape}.")
+        lo, hi = -(2 ** (self.weight_bits - 1)), 2 ** (self.weight_bits - 1) - 1
+        if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
+            raise NetslimError(f"{type(self).__name__}: {self.weight_bits}-bit weight codes must lie in "
+                               f"[{lo}, {hi}]; got [{int(codes.min())}, {int(codes.max())}].")
+        if self.weight_bits == 8:
+            self.weight_int8.copy_(codes)
+            return
+        flat = codes.reshape(-1).to(torch.int16) + 2 ** (self.weight_bits - 1)  # [0, 2^bits)
+        pad = self.weight_packed.numel() * 8 // self.weight_bits - flat.numel()
+        flat = torch.cat([flat, flat.new_zeros(pad)]).to(torch.uint8)
+        self.weight_packed.copy_(pack(flat.reshape(1, -1), self.weight_bits)[0])
+
     def set_quantized(self, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
                       act: tuple[float, float, float, float]) -> None:
-        self.weight_int8.copy_(w_int8)
+        self._store_codes(w_int8)
         self.weight_scale.copy_(w_scale)
         self.bias.data.copy_(bias)
         self.act_qparams.copy_(torch.tensor(act))
@@ -69,12 +113,12 @@ class _Int8Base(nn.Module):
         zeros = torch.zeros(self.weight_scale.numel(), dtype=torch.long)
         with warnings.catch_warnings():  # torch marks quantized tensors as deprecated; they are the kernel's API
             warnings.simplefilter("ignore")
-            return torch._make_per_channel_quantized_tensor(self.weight_int8.cpu(), self.weight_scale.double().cpu(),
+            return torch._make_per_channel_quantized_tensor(self.int_weight().cpu(), self.weight_scale.double().cpu(),
                                                             zeros, 0)
 
     def dequantize_weight(self) -> torch.Tensor:
-        shape = (-1,) + (1,) * (self.weight_int8.dim() - 1)
-        return self.weight_int8.float() * self.weight_scale.reshape(shape)
+        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)
+        return self.int_weight().float() * self.weight_scale.reshape(shape)
 
     def _quant_in(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_quantized:  # from a chained int8 producer: already on this layer's input grid

@@ -4,6 +4,12 @@ The packed weight-only format (shared by RTN, HQQ and GPTQ — "one format, one 
 
 * ``codes``: unsigned integers in ``[0, 2^bits - 1]``, shape ``(rows, cols)``, packed
   ``8 // bits`` per byte along the last dim, low bits first (:func:`pack`);
+
+:func:`pack` is one little-endian bit stream per row: code ``j`` occupies stream bits
+``[j*bits, (j+1)*bits)``, byte ``k`` holds stream bits ``[8k, 8k+8)``. For 2, 4 and 8 bits
+that is exactly "``8 // bits`` codes per byte, low bits first"; 3, 5, 6 and 7 bits (used by
+the static int8 modules for mixed-precision widths) straddle bytes the same way. The
+weight-only Linear keeps to :data:`PACK_BITS`.
 * ``scale``, ``zero``: fp16, shape ``(rows, cols // group_size)``;
 * ``w = (code - zero) * scale`` for each group of ``group_size`` consecutive columns.
 
@@ -40,11 +46,14 @@ def check_group(cols: int, group_size: int | None, owner: str = "weight-only qua
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``(R, C)`` codes in ``[0, 2^bits)`` -> ``(R, C * bits / 8)`` uint8."""
-    check_pack_bits(bits)
+    """``(R, C)`` codes in ``[0, 2^bits)`` -> ``(R, C * bits / 8)`` uint8 (any width 2..8)."""
+    check_stream_bits(bits)
+    if (codes.shape[-1] * bits) % 8:
+        raise NetslimError(f"Cannot pack {codes.shape[-1]} {bits}-bit codes into whole bytes: "
+                           f"columns x bits must be a multiple of 8.")
+    if 8 % bits:
+        return _pack_stream(codes, bits)
     per = 8 // bits
-    if codes.shape[-1] % per:
-        raise NetslimError(f"Cannot pack {codes.shape[-1]} columns {per} per byte: the count must divide.")
     c = codes.to(torch.uint8).reshape(*codes.shape[:-1], -1, per)  # (R, C/per, per)
     out = torch.zeros(c.shape[:-1], dtype=torch.uint8, device=codes.device)
     for i in range(per):
@@ -54,12 +63,40 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack`: ``(R, B)`` uint8 -> ``(R, B * 8 / bits)`` uint8 codes."""
+    if 8 % bits:
+        return _unpack_stream(packed, bits)
     per = 8 // bits
     if per == 1:
         return packed
     mask = (1 << bits) - 1
     parts = [(packed >> (bits * i)) & mask for i in range(per)]  # per x (R, B)
     return torch.stack(parts, dim=-1).reshape(*packed.shape[:-1], -1)
+
+
+STREAM_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def check_stream_bits(bits: int, owner: str = "pack") -> int:
+    if isinstance(bits, bool) or bits not in STREAM_BITS:
+        raise bad_param(owner, "bits", f"one of {', '.join(map(str, STREAM_BITS))}", bits)
+    return bits
+
+
+def _pack_stream(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Widths that do not divide 8: expand to single bits, regroup by 8 (low bit first)."""
+    shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
+    stream = (codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1       # (R, C, bits)
+    octets = stream.reshape(*codes.shape[:-1], -1, 8)                   # (R, C*bits/8, 8)
+    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32))
+    return (octets.to(torch.int32) * weights).sum(-1).to(torch.uint8)
+
+
+def _unpack_stream(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    stream = (packed.unsqueeze(-1) >> shifts) & 1                       # (R, B, 8)
+    groups = stream.reshape(*packed.shape[:-1], -1, bits)               # (R, B*8/bits, bits)
+    weights = (1 << torch.arange(bits, device=packed.device, dtype=torch.int32))
+    return (groups.to(torch.int32) * weights).sum(-1).to(torch.uint8)
 
 
 def round_params(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

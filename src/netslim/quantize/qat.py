@@ -5,7 +5,8 @@ Conv2d / Linear for :class:`QATConv2d` / :class:`QATLinear`: per-channel signed 
 per-tensor activations, each with a learnable step size (LSQ, Esser et al. 2020) and a
 straight-through estimator for rounding. ``convert_qat`` reads the learned steps, observes
 output ranges, and builds :class:`Int8Conv2d` / :class:`Int8Linear` (weights of
-``weight_bits`` < 8 are stored in int8 containers and reported with their real width).
+``weight_bits`` < 8 are stored packed at their real width - two 4-bit codes per byte - and
+unpacked to int8 for the int8 kernels).
 """
 from __future__ import annotations
 
