@@ -1,0 +1,29 @@
+"""Options shared by the search steps: where and how trials run, and the channel space."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+
+
+class TrialOptions(BaseModel):
+    """``backend: ray`` needs ``netslim[search]``; ``address`` None = a local Ray runtime."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    backend: Literal["serial", "ray"] = "serial"
+    address: str | None = Field(None, description="Ray cluster address (None: local runtime)")
+    workers: int = Field(2, ge=1, description="CPUs of the local Ray runtime")
+    threads: int = Field(1, ge=1, description="torch threads inside each trial (same in both backends)")
+    log: str | None = Field("trials.jsonl", description="JSONL trial log under the run's search/ folder "
+                                                        "(resume); null: no log")
+
+
+class ChannelSpaceOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ratios: tuple[float, ...] = Field(DEFAULT_RATIOS, description="share of each group's channels removed")
+    criterion: Literal["l1", "l2", "bn_scale", "random"] = "l2"
+    min_keep_ratio: float = Field(0.1, gt=0, le=1)
+    round_to: int = Field(1, ge=1)
+    exclude: tuple[str, ...] = ()
