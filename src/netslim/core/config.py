@@ -89,6 +89,7 @@ FAMILIES: tuple[str, ...] = (
     "netslim.codec",
     "netslim.prune.structured",
     "netslim.prune.oneshot", "netslim.quantize.gptq",
+    "netslim.search",
 )
 
 
