@@ -158,9 +158,9 @@ def _fill_slack(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
             c = cost({**pol, n: k})
             if c > budget:
                 continue
-            gain = losses[n][pol[n]] - losses[n][k]
-            if gain <= 0:
-                continue
+            # A step back that measured no gain still costs nothing in metric and gives the
+            # fine-tuning more capacity: take it too, after every step that measured a gain.
+            gain = max(losses[n][pol[n]] - losses[n][k], 0.0) + 1e-9
             rate = gain / max(c - cur, 1e-12)
             if best is None or rate > best[0]:
                 best = (rate, n, c)
