@@ -10,6 +10,8 @@ Public API (recipe method names in brackets):
 * :class:`MixedPrecisionConfig` [mixed_precision]: sensitivity (KL or Hessian trace) + exact bit allocation
 * :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]: oneDNN int8 GEMM on CPU, per-tensor or
   per-token activations; :class:`BF16Config` / :func:`bf16_linears` [bf16]: Linear layers or the whole model
+* :func:`export_onnx` / :func:`check_onnx` (recipe ``export`` format ``onnx``): QDQ ONNX of the static int8
+  layers, checked in ONNX Runtime
 """
 from netslim.quantize.dynamic import (BF16Config, BF16Linear, DynamicInt8Config, DynamicInt8Linear,
                                       bf16_linears, dynamic_int8)
@@ -19,9 +21,11 @@ from netslim.quantize.ptq import PTQInt8Config, fold_bn, ptq_int8
 from netslim.quantize.qat import LSQ, QATConfig, QATConv2d, QATLinear, convert_qat, prepare_qat
 from netslim.quantize.mixed import MixedPrecisionConfig, allocate_bits, mixed_precision
 from netslim.quantize.observers import OBSERVERS, make_observer
+from netslim.quantize.onnx_export import check_onnx, export_onnx
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights
 
 __all__ = [
+    "check_onnx", "export_onnx",
     "MixedPrecisionConfig", "allocate_bits", "mixed_precision",
     "LSQ", "QATConfig", "QATConv2d", "QATLinear", "convert_qat", "prepare_qat",
     "Int8Conv2d", "Int8Linear", "PTQInt8Config", "fold_bn", "ptq_int8",
