@@ -369,7 +369,36 @@ def _register_gpt2() -> None:
 
     register_module(Conv1D, lambda m: {"nf": m.nf, "nx": m.nx})
     register_macs(Conv1D, lambda m, inputs, out: int(out.numel() // m.nf) * m.nx * m.nf)  # weight (nx, nf)
+    # The attention as a module type: structured pruning changes its head count (num_heads,
+    # split_size, c_attn/c_proj widths), which GPT-2's config cannot say.
+    register_module(GPT2Attention, _gpt2_attention_kwargs, _gpt2_attention_build)
     register_macs(GPT2Attention, lambda m, inputs, out: _attention_macs(m.num_heads * m.head_dim, out))
+
+
+_GPT2_ATTN_CONFIG = ("n_embd", "n_head", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
+                     "reorder_and_upcast_attn", "attn_pdrop", "resid_pdrop")
+
+
+def _gpt2_attention_kwargs(m: nn.Module) -> dict:
+    return {"config": {k: getattr(m.config, k) for k in _GPT2_ATTN_CONFIG},
+            "attn_implementation": m.config._attn_implementation, "layer_idx": m.layer_idx,
+            "is_cross_attention": m.is_cross_attention, "num_heads": m.num_heads}
+
+
+def _gpt2_attention_build(kw: dict) -> nn.Module:
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+    from transformers.pytorch_utils import Conv1D
+
+    cfg = GPT2Config(**kw["config"])
+    cfg._attn_implementation = kw["attn_implementation"]
+    m = GPT2Attention(cfg, is_cross_attention=kw["is_cross_attention"], layer_idx=kw["layer_idx"])
+    n = int(kw["num_heads"])
+    if n != m.num_heads:  # pruned heads: head_dim and scaling stay, the widths follow the count
+        m.num_heads, m.split_size = n, n * m.head_dim
+        m.c_attn = Conv1D(3 * n * m.head_dim, m.embed_dim)
+        m.c_proj = Conv1D(m.embed_dim, n * m.head_dim)
+    return m
 
 
 _FAMILIES = {"llama": _register_llama, "bert": _register_bert, "gpt2": _register_gpt2}
