@@ -33,7 +33,7 @@ import netslim
 from netslim.core.serialize import atomic_write
 from netslim.measure import count_params, interleaved_latency
 from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, total_macs
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.train.loop import Callback, FinetuneConfig, fit
 from netslim.train.pretrain import cache_dir, checkpoint_path
 from netslim.train.tasks import get_task
 
@@ -57,52 +57,169 @@ def _size(model) -> int:
         return netslim.save(model, Path(d) / "m.safetensors").stat().st_size
 
 
-def cnn(args) -> dict:
+class _Resume(Callback):
+    """Fine-tuning that survives the 10-minute job limit: the model and optimizer state are
+    checkpointed after every epoch, training stops while the next epoch would still end
+    inside ``budget`` seconds of the job, and the next run of the same command resumes
+    (same step, same LR schedule, same epoch's data)."""
+
+    def __init__(self, path: Path, t0: float, budget: float):
+        self.path, self.t0, self.budget, self.stopped, self.seconds = path, t0, budget, False, 0.0
+
+    def on_train_begin(self, state) -> None:
+        self.last = time.perf_counter()
+        if self.path.is_file():
+            ck = torch.load(self.path, weights_only=True)
+            state.model.load_state_dict(ck["model"])
+            state.optimizer.load_state_dict(ck["optimizer"])
+            state.step, state.epoch, state.history = ck["step"], ck["epoch"], list(ck["history"])
+            self.seconds = float(ck["seconds"])
+            print(f"resumed at epoch {state.epoch}", flush=True)
+
+    def on_epoch_end(self, state) -> None:
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        self.seconds += took
+        ck = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "step": state.step,
+              "epoch": state.epoch, "history": state.history, "seconds": self.seconds}
+        atomic_write(self.path, lambda tmp: torch.save(ck, tmp))
+        print(f"epoch {state.epoch}: {took:.0f} s, {state.history[-1]}", flush=True)
+        if now - self.t0 + 1.2 * took > self.budget and state.step < state.total_steps:
+            state.stop, self.stopped = True, True
+
+
+def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
+    """Fine-tune ``model`` with the one budget every method gets, save, reload, measure.
+
+    None when the job's time budget ran out first (rerun the same command to resume)."""
     task = get_task("fashion-mnist", augment=True)
-    base = netslim.load(checkpoint_path(args.model))
     acc = lambda m: round(task.evaluate(m, "test")["accuracy"] * 100, 2)  # noqa: E731
     x1 = task.example_inputs(1)
-    before = {"accuracy": acc(base), "params": count_params(base), "macs": total_macs(base, x1), "bytes": _size(base)}
-    kwargs = {}
-    if args.criterion == "taylor":
-        import itertools
-        kwargs = {"batches": list(itertools.islice(task.train_batches(0, 64), 16)), "loss_fn": task.loss}
-    t0 = time.perf_counter()
-    model, report = prune_channels(copy.deepcopy(base), x1, target_macs=args.macs, criterion=args.criterion,
-                                   scope=args.scope, round_to=args.round_to, **kwargs)
-    prune_s = time.perf_counter() - t0
-    pruned_acc = acc(model)
-    ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4)
-    summary = fit(model.to(memory_format=torch.channels_last), task, ft)
+    # select_best off: a resumed run cannot restore a best epoch of an earlier job; the last
+    # epoch's weights are what every method reports
+    ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4,
+                        select_best=False)
+    resume = _Resume(_artifact(f"{args.model}_{args.tag}").with_suffix(".ckpt"), t0, args.budget)
+    summary = fit(model.to(memory_format=torch.channels_last), task, ft, [resume])
+    if resume.stopped:
+        return None
     model = model.to(memory_format=torch.contiguous_format)
-    path = netslim.save(model, _artifact(f"{args.model}_{args.tag}"), info={"prune_plans": [report["plan"]]})
+    extra = dict(state["extra"])
+    path = netslim.save(model, _artifact(f"{args.model}_{args.tag}"), info=extra.pop("info", None))
     back = netslim.load(path)
-    after = {"accuracy_pruned_no_ft": pruned_acc, "accuracy": acc(back), "params": count_params(back),
+    resume.path.unlink(missing_ok=True)  # finished: the next run of this command starts afresh
+    before = state["before"]
+    after = {"accuracy_pruned_no_ft": state["pruned_acc"], "accuracy": acc(back), "params": count_params(back),
              "macs": total_macs(back, x1), "bytes": path.stat().st_size}
-    return {"model": args.model, "criterion": args.criterion, "scope": args.scope, "target_macs": args.macs,
-            "round_to": args.round_to, "finetune": ft.model_dump(mode="json"), "finetune_seconds": summary["seconds"],
-            "prune_seconds": round(prune_s, 2), "before": before, "after": after,
-            "groups": report["groups"], "artifact": str(path),
+    return {"model": args.model, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
+            "finetune_seconds": round(resume.seconds, 1), "history": summary["history"],
+            "prune_seconds": state["prune_s"], "before": before, "after": after, "artifact": str(path), **extra,
             "ratios": {k: round(after[k] / before[k], 4) for k in ("params", "macs", "bytes")},
             "accuracy_drop": round(before["accuracy"] - after["accuracy"], 2)}
 
 
+def _pruned_run(args, prune) -> dict | None:
+    """Baseline metrics, ``prune(base, task, x1) -> (model, extra)``, fine-tune; resumable."""
+    t0 = time.perf_counter()
+    task = get_task("fashion-mnist", augment=True)
+    base = netslim.load(checkpoint_path(args.model))
+    x1 = task.example_inputs(1)
+    meta_path = _artifact(f"{args.model}_{args.tag}").with_suffix(".json")
+    ts = time.perf_counter()
+    model, extra = prune(base, task, x1)  # deterministic: a resumed run rebuilds the same shapes
+    prune_s = round(time.perf_counter() - ts, 2)
+    if meta_path.is_file():
+        state = json.loads(meta_path.read_text())
+    else:
+        before = {"accuracy": round(task.evaluate(base, "test")["accuracy"] * 100, 2),
+                  "params": count_params(base), "macs": total_macs(base, x1), "bytes": _size(base)}
+        state = {"before": before, "pruned_acc": round(task.evaluate(model, "test")["accuracy"] * 100, 2),
+                 "prune_s": prune_s, "extra": extra}
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(state)))
+    out = _finetune_and_report(args, model, state, t0)
+    if out is not None:
+        meta_path.unlink(missing_ok=True)
+    return out
+
+
+def cnn(args) -> dict | None:
+    def prune(base, task, x1):
+        kwargs = {}
+        if args.criterion in ("taylor", "activation"):
+            import itertools
+            kwargs = {"batches": list(itertools.islice(task.train_batches(0, 64), 16)), "loss_fn": task.loss}
+        model, report = prune_channels(copy.deepcopy(base), x1, target_macs=args.macs, criterion=args.criterion,
+                                       scope=args.scope, round_to=args.round_to, **kwargs)
+        return model, {"method": "netslim", "criterion": args.criterion, "scope": args.scope,
+                       "round_to": args.round_to, "pruned_share": report.get("ratio"), "groups": report["groups"],
+                       "info": {"prune_plans": [report["plan"]]}}
+
+    return _pruned_run(args, prune)
+
+
+def torch_pruning(args) -> dict | None:
+    """The same model, MAC target and fine-tuning budget through Torch-Pruning (bench extra only).
+
+    Its standard recipe: ``MetaPruner`` with group L2 magnitude (``GroupMagnitudeImportance``,
+    mean-normalised, the counterpart of netslim's ``l2``), global ranking, the classifier left
+    whole; its ``pruning_ratio`` is bisected until MACs (counted by the same netslim counter)
+    reach the target, as netslim bisects its own global ratio.
+    """
+    import torch_pruning as tp
+
+    def prune(base, task, x1):
+        last = [m for m in base.modules() if isinstance(m, torch.nn.Linear)][-1]
+        ignored_name = next(n for n, m in base.named_modules() if m is last)
+        target = args.macs * total_macs(base, x1)
+
+        def pruned(ratio: float):
+            m = copy.deepcopy(base).eval()
+            imp = tp.importance.GroupMagnitudeImportance(p=1 if args.criterion == "l1" else 2)
+            pr = tp.pruner.MetaPruner(m, x1, importance=imp, global_pruning=args.scope == "global",
+                                      pruning_ratio=ratio, ignored_layers=[m.get_submodule(ignored_name)],
+                                      round_to=args.round_to if args.round_to > 1 else None)
+            pr.step()
+            return m
+
+        lo, hi, model = 0.0, 0.95, None
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            cand = pruned(mid)
+            if total_macs(cand, x1) <= target:
+                hi, model = mid, cand
+            else:
+                lo = mid
+        return model, {"method": f"torch-pruning {tp.__version__}",
+                       "criterion": f"GroupMagnitudeImportance(p={1 if args.criterion == 'l1' else 2})",
+                       "scope": args.scope, "pruning_ratio": round(hi, 4), "round_to": args.round_to}
+
+    return _pruned_run(args, prune)
+
+
 def latency(args) -> dict:
+    """Baseline vs every saved artifact (``--tag`` may list several, comma-separated), interleaved."""
     torch.set_num_threads(args.threads)
     base = netslim.load(checkpoint_path(args.model))
-    pruned = netslim.load(_artifact(f"{args.model}_{args.tag}"))
+    tags = args.tag.split(",")
+    missing = [t for t in tags if not _artifact(f"{args.model}_{t}").is_file()]
+    tags = [t for t in tags if t not in missing]  # e.g. a fine-tune still being resumed
+    models = {"base": base} | {t: netslim.load(_artifact(f"{args.model}_{t}")) for t in tags}
     task = get_task("fashion-mnist")
-    out = {"model": args.model, "tag": args.tag, "threads": args.threads}
+    x1 = task.example_inputs(1)
+    out = {"model": args.model, "tags": tags, "missing": missing, "threads": args.threads,
+           "macs": {k: total_macs(m, x1) for k, m in models.items()}}
     for b in (64, 1):
         x = task.example_inputs(b)
-        t = interleaved_latency({"base": base, "pruned": pruned}, x, rounds=args.rounds,
-                                repeats=20 if b == 1 else 10, threads=args.threads)
-        out[f"b{b}"] = {k: round(v, 4) for k, v in t.items()} | {"speedup": round(t["base"] / t["pruned"], 3)}
+        t = interleaved_latency(models, x, rounds=args.rounds, repeats=20 if b == 1 else 10, threads=args.threads)
+        out[f"b{b}"] = {k: round(v, 4) for k, v in t.items()} | {
+            f"speedup_{k}": round(t["base"] / t[k], 3) for k in tags}
     # per-call overhead at batch 1: the part of its time that does not scale with the batch,
     # 1 - (t64 / 64) / t1 (Python, dispatch, small-kernel launch costs)
-    for k in ("base", "pruned"):
+    for k in models:
         out["b1"][f"overhead_share_{k}"] = round(1 - out["b64"][k] / 64 / out["b1"][k], 3)
-    out["macs_ratio"] = round(total_macs(base, task.example_inputs(1)) / total_macs(pruned, task.example_inputs(1)), 3)
+    out["macs_reduction"] = {k: round(out["macs"]["base"] / out["macs"][k], 3) for k in tags}
+    out["b64_speedup_over_macs_reduction"] = {
+        k: round(out["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags}
     return out
 
 
@@ -135,43 +252,53 @@ def minilm(args) -> dict:
 
 
 def smollm2(args) -> dict:
+    """``--what ffn``: -25 % FFN neurons (activation criterion; ``--with-l2`` adds the L2 control);
+    ``--what layers``: drop the 4 least influential of 30 blocks. Both: perplexity on the pydocs
+    test split and a ``save_pretrained`` -> ``LlamaForCausalLM.from_pretrained`` reload check."""
     from netslim.models import build_model
     from transformers import LlamaForCausalLM
 
     task = get_task("pydocs", limit=args.blocks)
-    base = build_model("smollm2")
+    base = build_model("smollm2")  # weights dequantised from the SmolLM2-135M-Instruct Q4_1 GGUF
     t0 = time.perf_counter()
     ppl_base = task.evaluate(base, "test")["perplexity"]
     eval_s = time.perf_counter() - t0
-    out = {"blocks_512": args.blocks, "ppl_base": ppl_base, "eval_seconds": round(eval_s, 1),
-           "params_base": count_params(base)}
-    n = min(8, args.blocks)
+    out = {"what": args.what, "blocks_512": args.blocks, "ppl_base": ppl_base, "eval_seconds": round(eval_s, 1),
+           "params_base": count_params(base), "bytes_base": _size(base)}
+    n = 8
     calib = task.calibration_inputs(n, seed=0)  # (n, 512) token blocks of the calibration split
     batches = [calib[i:i + 2] for i in range(0, n, 2)]
-    model, _ = prune_ffn(copy.deepcopy(base), 0.25, criterion="l2")
-    out["ffn25_l2"] = {"ppl": task.evaluate(model, "test")["perplexity"]}
-    model, r = prune_ffn(copy.deepcopy(base), 0.25, criterion="activation", batches=batches)
-    out["ffn25"] = {"criterion": "activation", "ppl": task.evaluate(model, "test")["perplexity"],
-                    "params": count_params(model), "config": r["config"]}
+    if args.what == "ffn":
+        if args.with_l2:
+            model, _ = prune_ffn(copy.deepcopy(base), 0.25, criterion="l2")
+            out["ffn25_l2"] = {"ppl": task.evaluate(model, "test")["perplexity"]}
+            del model
+        model, r = prune_ffn(copy.deepcopy(base), 0.25, criterion="activation", batches=batches)
+        res = {"criterion": "activation", "calibration_blocks_512": n, "config": r["config"]}
+    else:
+        model, r = drop_layers(copy.deepcopy(base), 4, batches)
+        res = {"criterion": "block influence (1 - cos)", "dropped": r["dropped"],
+               "num_hidden_layers": model.config.num_hidden_layers}
+    res.update(ppl=task.evaluate(model, "test")["perplexity"], params=count_params(model))
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
+        res["bytes_save_pretrained"] = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
         back = LlamaForCausalLM.from_pretrained(d, local_files_only=True).eval()
-        ids = task.example_inputs(1)["input_ids"][:, :64]
+        ids = task.example_inputs(1)["input_ids"][:, :128]
         with torch.no_grad():
-            out["ffn25"]["from_pretrained_max_abs_diff"] = float((back(ids).logits - model(ids).logits).abs().max())
-    del model, back
-    model, r = drop_layers(copy.deepcopy(base), 4, batches)
-    out["drop4"] = {"ppl": task.evaluate(model, "test")["perplexity"], "params": count_params(model),
-                    "dropped": r["dropped"], "num_hidden_layers": model.config.num_hidden_layers}
+            res["from_pretrained_max_abs_diff"] = float((back(ids).logits - model(ids).logits).abs().max())
+        res["from_pretrained_config"] = {k: getattr(back.config, k) for k in
+                                         ("intermediate_size", "num_hidden_layers", "num_attention_heads")}
+    out["ffn25" if args.what == "ffn" else "drop4"] = res
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "latency", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "latency", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
-    p.add_argument("--criterion", default="l2", help="cnn: l2 etc.; minilm: activation (default there) or l2")
+    p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
     p.add_argument("--scope", default="global")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--epochs", type=int, default=4)
@@ -179,15 +306,24 @@ def main() -> None:
     p.add_argument("--tag", default="2x")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--budget", type=float, default=540, help="cnn/torch_pruning: seconds this job may run")
     p.add_argument("--sentences", type=int, default=500)
     p.add_argument("--blocks", type=int, default=16)
+    p.add_argument("--what", choices=["ffn", "layers"], default="ffn", help="smollm2: which pruning")
+    p.add_argument("--with-l2", action="store_true", help="smollm2 ffn: also the L2-norm control")
     args = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = {"cnn": cnn, "latency": latency, "minilm": minilm, "smollm2": smollm2}[args.part](args)
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "latency": latency, "minilm": minilm,
+             "smollm2": smollm2}
+    result = parts[args.part](args)
+    if result is None:
+        print("time budget reached: fine-tuning checkpointed; run the same command again to resume")
+        return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    key = args.part if args.part in ("minilm", "smollm2") else f"{args.part}_{args.model}_{args.tag}"
+    key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}"}.get(
+        args.part, f"{args.part}_{args.model}_{args.tag}")
     _merge(key, {"command": "benchmarks/structured.py " + " ".join(os.sys.argv[1:]), **result})
     print(json.dumps(result, indent=1)[:3000])
 

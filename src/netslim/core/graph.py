@@ -9,8 +9,14 @@ C x H x W map into a Linear, a head of ``head_dim`` rows). Residual sums *unite*
 (every member of a sum shares channels): a :class:`Group` is a union of spaces, pruned as
 one unit with one importance score.
 
-CNNs are traced with ``torch.fx`` (:func:`trace_graph`); Hugging Face transformers are
-walked by module structure (:mod:`netslim.prune.structured.hf`). Anything the tracer does
+CNNs are traced with ``torch.fx`` (:func:`trace_graph`), each tensor's units tracked on
+one *axis* (dim 1 of conv maps, the last dim of Linear inputs, so tokens ``(B, T, F)`` work
+too: conv patch embedding -> ``flatten(2).transpose(1, 2)`` -> Linear/MLP blocks). A
+timm-style attention module (``qkv``/``proj`` Linears, ``num_heads``, ``head_dim``) is a leaf
+whose heads are one group, admitted only after a functional check that removing a head
+equals zeroing it. LayerNorm statistics span all its features, so a LayerNorm's input
+features are never pruned (removing one renormalises the others). Hugging Face transformers
+are walked by module structure (:mod:`netslim.prune.structured.hf`). Anything the tracer does
 not understand locks the spaces it touches (with the reason in ``graph.skipped``): the graph
 prunes only what is provably safe.
 """
@@ -56,6 +62,9 @@ class Group:
     kind: str = "channel"  # channel | head | neuron
     slots: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, segment index)
     locked: str | None = None
+    # module attributes that count the group's units: {"module", "attr", "per_unit"};
+    # after pruning, attr = kept units * per_unit (e.g. an attention's num_heads)
+    attrs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -84,6 +93,7 @@ class GraphBuilder:
         self.locks: dict[int, str] = {}
         self.slots: list[Slot] = []
         self.skipped: list[dict[str, str]] = []
+        self.attrs: list[tuple[int, dict[str, Any]]] = []
 
     def space(self, units: int, name: str, kind: str = "channel") -> int:
         self.parent.append(len(self.parent))
@@ -120,6 +130,10 @@ class GraphBuilder:
     def add(self, module: str, param: str, dim: int, layout: tuple[Segment, ...], role: str = "out") -> None:
         self.slots.append(Slot(module, param, dim, tuple(layout), role))
 
+    def attr(self, space: int, module: str, attr: str, per_unit: int = 1) -> None:
+        """``module.attr`` counts the units of ``space`` (times ``per_unit``)."""
+        self.attrs.append((space, {"module": module, "attr": attr, "per_unit": int(per_unit)}))
+
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append({"name": name, "reason": reason})
 
@@ -132,6 +146,8 @@ class GraphBuilder:
         for slot in self.slots:
             for i, seg in enumerate(slot.layout):
                 roots[self.find(seg.space)].slots.append((slot, i))
+        for space, a in self.attrs:
+            roots[self.find(space)].attrs.append(a)
         groups = [g for g in roots.values() if g.slots]
         for i, g in enumerate(groups):
             g.id = i
@@ -139,12 +155,65 @@ class GraphBuilder:
 
 
 # ------------------------------------------------------------------------ fx tracing
-_PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
+_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
                  nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d,
                  nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AvgPool1d)
 _PASS_FUNCTIONS = {F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.hardswish, F.dropout, F.max_pool2d,
                    F.avg_pool2d, F.adaptive_avg_pool2d, torch.relu, torch.sigmoid, torch.tanh, F.leaky_relu}
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float"}
+_REDUCE = {"mean", "sum", "amax"}
+_LN_LOCK = "LayerNorm statistics span these features (removing one renormalises the others)"
+
+
+def is_attention_leaf(m: nn.Module) -> bool:
+    """A timm-style self-attention: fused ``qkv`` and ``proj`` Linears, ``num_heads`` x ``head_dim``."""
+    qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
+    n, hd = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
+    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(n, int)
+            and isinstance(hd, int) and qkv.out_features == 3 * n * hd and proj.in_features == n * hd)
+
+
+@torch.no_grad()
+def check_attention_leaf(m: nn.Module) -> str | None:
+    """None when removing a head (and lowering ``num_heads``) equals zeroing its slices; else why not.
+
+    The forward is user code: this check is what makes its heads provably prunable.
+    """
+    import copy
+
+    n, hd, dim = m.num_heads, m.head_dim, m.qkv.in_features
+    if n < 2:
+        return "a single head"
+    p = m.qkv.weight
+    x = torch.randn(2, 5, dim, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+    rows = (torch.arange(1, n) * hd).view(-1, 1) + torch.arange(hd).view(1, -1)
+    keep_q = rows.reshape(-1).to(p.device)  # every head but head 0, within one third
+    keep_qkv = torch.cat([keep_q + k * n * hd for k in range(3)])
+    zeroed = copy.deepcopy(m).eval()
+    drop = torch.ones(3 * n * hd, dtype=torch.bool, device=p.device)
+    drop[keep_qkv] = False
+    zeroed.qkv.weight[drop] = 0
+    if zeroed.qkv.bias is not None:
+        zeroed.qkv.bias[drop] = 0
+    zeroed.proj.weight[:, drop[: n * hd]] = 0
+    shrunk = copy.deepcopy(m).eval()
+    q = nn.Linear(dim, 3 * (n - 1) * hd, m.qkv.bias is not None).to(p.device, p.dtype)
+    q.weight.copy_(m.qkv.weight[keep_qkv])
+    if m.qkv.bias is not None:
+        q.bias.copy_(m.qkv.bias[keep_qkv])
+    o = nn.Linear((n - 1) * hd, m.proj.out_features, m.proj.bias is not None).to(p.device, p.dtype)
+    o.weight.copy_(m.proj.weight[:, keep_q])
+    if m.proj.bias is not None:
+        o.bias.copy_(m.proj.bias)
+    shrunk.qkv, shrunk.proj, shrunk.num_heads = q, o, n - 1
+    try:
+        y0, y1 = zeroed(x), shrunk(x)
+    except Exception as e:  # noqa: BLE001 - a forward that hard-codes the width
+        return f"its forward fails with one head fewer ({type(e).__name__}: {e})"
+    y0, y1 = (y[0] if isinstance(y, tuple) else y for y in (y0, y1))
+    if y0.shape != y1.shape or not torch.allclose(y0, y1, atol=1e-5, rtol=1e-4):
+        return "removing a head does not equal zeroing it (the forward does not follow num_heads)"
+    return None
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, torch.sub}
 
 
@@ -159,7 +228,22 @@ class _Tracer:
     def __init__(self, gm: fx.GraphModule, b: GraphBuilder):
         self.gm, self.b = gm, b
         self.layout: dict[fx.Node, tuple[Segment, ...]] = {}
+        self.axis: dict[fx.Node, int] = {}  # which dim of the node's tensor the layout describes
+        self.opaque_nodes: set[fx.Node] = set()  # outputs of ops not understood: a locked layout on any axis
         self.calls: dict[str, int] = {}
+
+    def set(self, node: fx.Node, layout: tuple[Segment, ...], axis: int = 1) -> None:
+        self.layout[node], self.axis[node] = layout, axis
+
+    def follows(self, node: fx.Node, src: Any) -> bool:
+        """``node`` keeps ``src``'s units on the same axis (same rank, batch and unit count)."""
+        if not isinstance(src, fx.Node) or src not in self.layout:
+            return False
+        a, si, so = self.axis[src], _shape(src), _shape(node)
+        if si is None or so is None or len(si) != len(so) or si[0] != so[0] or si[a] != so[a]:
+            return False
+        self.set(node, self.layout[src], a)
+        return True
 
     def new(self, node: fx.Node, units: int, name: str, lock: str | None = None) -> tuple[Segment, ...]:
         s = self.b.space(units, name)
@@ -173,14 +257,22 @@ class _Tracer:
             self.b.lock_layout(self.layout.get(arg), reason)
         shape = _shape(node)
         if shape is not None and len(shape) >= 2:
-            self.layout[node] = self.new(node, shape[1], str(node.target), lock=reason)
+            self.set(node, self.new(node, shape[1], str(node.target), lock=reason))
+            self.opaque_nodes.add(node)
+
+    def on_axis(self, src: Any, axis: int) -> None:
+        """An opaque tensor read along another axis: give it a locked layout there."""
+        shape = _shape(src)
+        if src in self.opaque_nodes and shape is not None and self.axis[src] != axis % len(shape):
+            reason = self.b.locks.get(self.b.find(self.layout[src][0].space), "opaque op")
+            self.set(src, self.new(src, shape[axis], str(src.target), lock=reason), axis % len(shape))
 
     def run(self) -> None:
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 shape = _shape(node)
                 if shape is not None and len(shape) >= 2:
-                    self.layout[node] = self.new(node, shape[1], node.name, lock="model input")
+                    self.set(node, self.new(node, shape[1], node.name, lock="model input"))
             elif node.op == "output":
                 for arg in node.all_input_nodes:
                     self.b.lock_layout(self.layout.get(arg), "model output")
@@ -191,7 +283,7 @@ class _Tracer:
             elif node.op == "get_attr":
                 shape = _shape(node)
                 if shape is not None and len(shape) >= 2:
-                    self.layout[node] = self.new(node, shape[1], node.name, lock="constant tensor")
+                    self.set(node, self.new(node, shape[1], node.name, lock="constant tensor"))
 
     # -- modules
     def module(self, node: fx.Node) -> None:
@@ -202,19 +294,34 @@ class _Tracer:
             self.b.skip(name, "module called more than once (shared weights)")
             return self.opaque(node, f"{name} is called more than once")
         src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if src is not None and isinstance(m, nn.Linear | nn.LayerNorm) or is_attention_leaf(m):
+            self.on_axis(src, -1)
         lin = self.layout.get(src) if src is not None else None
+        if lin is not None and self.axis[src] != 1 and isinstance(m, nn.Conv2d | nn.Conv1d | nn.BatchNorm2d
+                                                                  | nn.BatchNorm1d):
+            self.b.skip(name, "its channel dim does not carry the traced units")
+            return self.opaque(node, f"{name}: units not on dim 1")
         if isinstance(m, nn.Conv2d | nn.Conv1d):
             return self.conv(node, name, m, lin)
         if isinstance(m, nn.Linear):
             return self.linear(node, name, m, src, lin)
+        if is_attention_leaf(m):
+            return self.attention(node, name, m, src, lin)
         if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and lin is not None:
             for p in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(m, p, None) is not None:
                     self.b.add(name, p, 0, lin)
-            self.layout[node] = lin
+            self.set(node, lin)
             return None
-        if isinstance(m, _PASS_MODULES) and lin is not None:
-            self.layout[node] = lin
+        if isinstance(m, nn.LayerNorm) and lin is not None and len(m.normalized_shape) == 1 \
+                and self.axis[src] == len(_shape(src) or ()) - 1:
+            for p in ("weight", "bias"):
+                if getattr(m, p, None) is not None:
+                    self.b.add(name, p, 0, lin)
+            self.b.lock_layout(lin, _LN_LOCK)
+            self.set(node, lin, self.axis[src])
+            return None
+        if isinstance(m, _ELEMENTWISE_MODULES) and self.follows(node, src):
             return None
         if isinstance(m, nn.Flatten):
             return self.flatten(node, src, lin, m.start_dim, m.end_dim)
@@ -239,32 +346,68 @@ class _Tracer:
         self.b.add(name, "weight", 0, out)
         if bias:
             self.b.add(name, "bias", 0, out)
-        self.layout[node] = out
+        self.set(node, out)
         return None
 
-    def linear(self, node, name: str, m, src, lin) -> None:
+    def _features_in(self, src, lin, width: int) -> bool:
+        """``src`` carries traced units on its last dim, ``width`` indices in all."""
         shape = _shape(src) if src is not None else None
-        if lin is None or shape is None or len(shape) != 2 or sum(s.width for s in lin) != m.in_features:
-            # (B, T, F) inputs have features on the last dim, not dim 1: not handled by the fx path.
-            self.b.skip(name, "Linear input is not a traced (batch, features) tensor")
+        return (lin is not None and shape is not None and len(shape) >= 2 and self.axis[src] == len(shape) - 1
+                and sum(s.width for s in lin) == width)
+
+    def linear(self, node, name: str, m, src, lin) -> None:
+        if not self._features_in(src, lin, m.in_features):
+            self.b.skip(name, "Linear input features (last dim) are not traced")
             return self.opaque(node, f"{name}: input not traced")
         self.b.add(name, "weight", 1, lin, role="in")
         out = self.new(node, m.out_features, name)
         self.b.add(name, "weight", 0, out)
         if m.bias is not None:
             self.b.add(name, "bias", 0, out)
-        self.layout[node] = out
+        self.set(node, out, len(_shape(node)) - 1)
+        return None
+
+    def attention(self, node, name: str, m, src, lin) -> None:
+        """A timm-style attention leaf: input features -> qkv; heads -> proj; proj rows out."""
+        reason = None if self._features_in(src, lin, m.qkv.in_features) else "input features are not traced"
+        reason = reason or check_attention_leaf(m)
+        if reason is not None:
+            self.b.skip(name, f"attention heads kept: {reason}")
+            return self.opaque(node, f"attention {name}: {reason}")
+        n, hd = m.num_heads, m.head_dim
+        self.b.add(f"{name}.qkv", "weight", 1, lin, role="in")
+        h = self.b.space(n, name, "head")
+        seg = Segment(h, n, hd)
+        self.b.add(f"{name}.qkv", "weight", 0, (seg, seg, seg))  # rows: q heads | k heads | v heads
+        if m.qkv.bias is not None:
+            self.b.add(f"{name}.qkv", "bias", 0, (seg, seg, seg))
+        self.b.add(f"{name}.proj", "weight", 1, (seg,), role="in")
+        self.b.attr(h, name, "num_heads")
+        out = self.new(node, m.proj.out_features, f"{name}.proj")
+        self.b.add(f"{name}.proj", "weight", 0, out)
+        if m.proj.bias is not None:
+            self.b.add(f"{name}.proj", "bias", 0, out)
+        self.set(node, out, len(_shape(node)) - 1)
         return None
 
     def flatten(self, node, src, lin, start: int, end: int) -> None:
         shape = _shape(src) if src is not None else None
-        if lin is None or shape is None or start != 1 or end not in (-1, len(shape) - 1):
+        if lin is not None and shape is not None:
+            start, end = start % len(shape), end % len(shape)
+            a = self.axis[src]
+            if a < start:  # e.g. (B, C, H, W).flatten(2): the channels stay where they are
+                self.set(node, lin, a)
+                return None
+            if a > end:
+                self.set(node, lin, a - (end - start))
+                return None
+        if lin is None or shape is None or start != 1 or end != len(shape) - 1 or self.axis[src] != 1:
             return self.opaque(node, "flatten that does not keep the batch dim")
         spatial = 1
         for d in shape[2:]:
             spatial *= int(d)
         # channel c of (B, C, H, W) becomes features [c*H*W, (c+1)*H*W) of (B, C*H*W)
-        self.layout[node] = tuple(Segment(s.space, s.units, s.factor * spatial) for s in lin)
+        self.set(node, tuple(Segment(s.space, s.units, s.factor * spatial) for s in lin))
         return None
 
     # -- functions and methods
@@ -278,16 +421,19 @@ class _Tracer:
             return
         if t in _ADD or (t in (operator.mul, torch.mul) and len(tensors) == 2):
             return self.add(node, tensors)
-        if t in (operator.mul, operator.truediv, torch.mul) and len(tensors) == 1:
+        if t in (operator.mul, operator.truediv, torch.mul) and len(tensors) == 1 and not any(
+                isinstance(a, fx.Node) and a not in self.layout for a in node.args):
             if _shape(tensors[0]) == out_shape:  # scaling by a python number
-                self.layout[node] = self.layout[tensors[0]]
+                self.set(node, self.layout[tensors[0]], self.axis[tensors[0]])
                 return None
         if (t in _PASS_FUNCTIONS or (node.op == "call_method" and t in _PASS_METHODS)) and tensors:
-            src = node.args[0]
-            if isinstance(src, fx.Node) and src in self.layout and _shape(src) is not None:
-                if out_shape[:2] == _shape(src)[:2]:
-                    self.layout[node] = self.layout[src]
-                    return None
+            if self.follows(node, node.args[0]):
+                return None
+        if (t is torch.transpose or (node.op == "call_method" and t == "transpose")) and tensors:
+            return self.transpose(node)
+        if (getattr(t, "__name__", None) in _REDUCE and node.op == "call_function" and t in
+                (torch.mean, torch.sum, torch.amax)) or (node.op == "call_method" and t in _REDUCE):
+            return self.reduce(node)
         if t is torch.flatten or (node.op == "call_method" and t == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
             end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
@@ -306,18 +452,55 @@ class _Tracer:
         shapes = [_shape(a) for a in tensors]
         if len(tensors) == 1 and shapes[0] == _shape(node) and not any(
                 isinstance(a, fx.Node) and a not in self.layout for a in node.args):
-            self.layout[node] = self.layout[tensors[0]]  # x + python number
+            self.set(node, self.layout[tensors[0]], self.axis[tensors[0]])  # x + python number
+            return None
+        full = [a for a, s in zip(tensors, shapes) if s == _shape(node)]
+        if len(tensors) == 2 and len(full) == 1:
+            # x + a broadcast tensor (a bias, a position table): units stay where x has them,
+            # but the other operand cannot be sliced with them: lock
+            for a in tensors:
+                self.b.lock_layout(self.layout[a], "added to a broadcast tensor")
+            self.set(node, self.layout[full[0]], self.axis[full[0]])
             return None
         if len(tensors) == 1 or any(s != _shape(node) for s in shapes):  # broadcasting: not a channel sum
             return self.opaque(node, "broadcasting add/mul")
         a, b = (self.layout[x] for x in tensors)
-        if [(s.units, s.factor) for s in a] != [(s.units, s.factor) for s in b]:
+        if self.axis[tensors[0]] != self.axis[tensors[1]] or \
+                [(s.units, s.factor) for s in a] != [(s.units, s.factor) for s in b]:
             self.b.lock_layout(a, "sum of differently concatenated tensors")
             self.b.lock_layout(b, "sum of differently concatenated tensors")
         else:
             for sa, sb in zip(a, b):
                 self.b.union(sa.space, sb.space)  # members of a sum share channels
-        self.layout[node] = a
+        self.set(node, a, self.axis[tensors[0]])
+        return None
+
+    def transpose(self, node: fx.Node) -> None:
+        src = node.args[0]
+        shape = _shape(src)
+        dims = list(node.args[1:3]) or [node.kwargs.get("dim0"), node.kwargs.get("dim1")]
+        if shape is None or any(not isinstance(d, int) for d in dims):
+            return self.opaque(node, "transpose with unknown dims")
+        d0, d1 = (d % len(shape) for d in dims)
+        if 0 in (d0, d1):
+            return self.opaque(node, "transpose of the batch dim")
+        a = self.axis[src]
+        self.set(node, self.layout[src], d1 if a == d0 else d0 if a == d1 else a)
+        return None
+
+    def reduce(self, node: fx.Node) -> None:
+        """mean/sum/amax over dims other than the units' (e.g. global pooling, token mean)."""
+        src = node.args[0]
+        shape = _shape(src)
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if shape is None or dims is None:
+            return self.opaque(node, "reduction over every dim")
+        dims = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+        a = self.axis[src]
+        if a in dims or 0 in dims:
+            return self.opaque(node, "reduction over the units or the batch")
+        self.set(node, self.layout[src], a if keep else a - sum(d < a for d in dims))
         return None
 
     def cat(self, node: fx.Node) -> None:
@@ -326,10 +509,18 @@ class _Tracer:
         out_shape = _shape(node)
         if dim < 0:
             dim += len(out_shape)
-        if dim != 1 or not all(isinstance(x, fx.Node) and x in self.layout for x in items):
-            return self.opaque(node, "concatenation not along channels")
-        self.layout[node] = tuple(seg for x in items for seg in self.layout[x])  # index offsets
+        if not all(isinstance(x, fx.Node) and x in self.layout for x in items) or any(
+                self.axis[x] != dim for x in items):
+            return self.opaque(node, "concatenation not along the traced units")
+        self.set(node, tuple(seg for x in items for seg in self.layout[x]), dim)  # index offsets
         return None
+
+
+class _LeafTracer(fx.Tracer):
+    """Attention modules stay leaves: their reshapes into heads are handled as one unit."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_attention_leaf(m) or super().is_leaf_module(m, qualname)
 
 
 def trace_graph(model: nn.Module, example_inputs: Any) -> DependencyGraph:
@@ -342,7 +533,7 @@ def trace_graph(model: nn.Module, example_inputs: Any) -> DependencyGraph:
 
     b = GraphBuilder()
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _LeafTracer().trace(model))
         was = model.training
         model.eval()
         with torch.no_grad():

@@ -11,8 +11,12 @@ Per block, two kinds of groups:
   columns. Llama: gate/up rows, down columns. GPT-2: c_fc columns, c_proj rows (Conv1D
   stores weights as (in, out)).
 
-GPT-2 heads are not pruned (listed in ``skipped``): its attention keeps ``split_size`` as a
-plain attribute that a reloaded model would not get back.
+* GPT-2 (fused q|k|v ``Conv1D``, weight (in, out)): one head is ``head_dim`` columns in each
+  of the three thirds of ``c_attn`` (a three-segment layout of one space) and ``head_dim``
+  rows of ``c_proj``; the attention's ``num_heads`` and ``split_size`` follow. GPT-2's config
+  cannot say it (its head size is ``n_embd / n_head``): pruned heads reload with
+  ``netslim.load`` (the attention is a registered module type whose spec carries its head
+  count), not with ``from_pretrained``; pruned FFN neurons (``n_inner``) reload with both.
 
 When every block ends with the same count, the model config is updated
 (``intermediate_size``, Llama's ``num_attention_heads``/``num_key_value_heads``), so the
@@ -86,6 +90,17 @@ def _gpt2_mlp(b: GraphBuilder, name: str, m: nn.Module) -> None:
     b.add(f"{name}.c_proj", "weight", 0, lay, role="in")
 
 
+def _gpt2_attention(b: GraphBuilder, name: str, m: nn.Module) -> None:
+    n, hd = m.num_heads, m.head_dim
+    s = b.space(n, name, "head")
+    seg = Segment(s, n, hd)
+    b.add(f"{name}.c_attn", "weight", 1, (seg, seg, seg))  # columns: q heads | k heads | v heads
+    b.add(f"{name}.c_attn", "bias", 0, (seg, seg, seg))
+    b.add(f"{name}.c_proj", "weight", 0, (seg,), role="in")
+    b.attr(s, name, "num_heads")
+    b.attr(s, name, "split_size", hd)  # forward splits c_attn's output into q, k, v by it
+
+
 def transformer_graph(model: nn.Module, kinds: tuple[str, ...] = ("head", "neuron")) -> DependencyGraph:
     """Head and FFN-neuron groups of a Hugging Face BERT, Llama (GQA) or GPT-2 model."""
     b = GraphBuilder()
@@ -109,7 +124,10 @@ def transformer_graph(model: nn.Module, kinds: tuple[str, ...] = ("head", "neuro
         elif cls == "GPT2Attention":
             found = True
             if "head" in kinds:
-                b.skip(name, "GPT-2 attention heads are kept: its split_size attribute would not survive reload")
+                if getattr(m, "is_cross_attention", False) or m.split_size != m.num_heads * m.head_dim:
+                    b.skip(name, "GPT-2 cross-attention (separate q_attn) is kept")
+                else:
+                    _gpt2_attention(b, name, m)
         elif all(hasattr(m, p) for p in ("gate_proj", "up_proj", "down_proj")) and isinstance(m.up_proj, nn.Linear):
             found = True
             if "neuron" in kinds:
@@ -147,6 +165,7 @@ def hf_fixups(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Te
             if hasattr(m, "attention_head_size"):  # BERT: informative attributes, not used by forward
                 attrs += [{"module": g.name, "attr": "num_attention_heads", "value": n},
                           {"module": g.name, "attr": "all_head_size", "value": n * m.attention_head_size}]
+
     cfg = model.config
     heads, neurons = _uniform(counts["head"]), _uniform(counts["neuron"])
     if neurons is not None and any(g.id in keep for g in graph.groups if g.kind == "neuron"):

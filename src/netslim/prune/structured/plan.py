@@ -64,6 +64,8 @@ def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> Pru
             raise NetslimError(f"Group {g.name!r} is locked ({g.locked}); it cannot be pruned.")
         if len(kept) < g.size:
             plan.groups.append({"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(kept))})
+            plan.attrs += [{"module": a["module"], "attr": a["attr"], "value": int(len(kept)) * a["per_unit"]}
+                           for a in g.attrs]
     for slot in graph.slots:
         parts, changed = [], False
         for i, seg in enumerate(slot.layout):

@@ -41,13 +41,14 @@ def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: st
     keep = choose_keep(model, graph, scores, ratio, scope=scope, min_keep_ratio=min_keep_ratio,
                        round_to=round_to, on_empty=on_empty, only=only)
     plan = plan_from_keep(graph, keep)
-    plan.config, plan.attrs = hf_fixups(model, graph, keep)
+    plan.config, attrs = hf_fixups(model, graph, keep)
+    plan.attrs += attrs
     return plan, graph
 
 
 def _report(model: nn.Module, plan: PrunePlan, graph, before: int) -> dict[str, Any]:
     if plan.groups and not plan.config:
-        log.warning("the model config cannot express these counts (blocks differ, or BERT heads): "
+        log.warning("the model config cannot express these counts (blocks differ, BERT or GPT-2 heads): "
                     "netslim.load reloads the model, from_pretrained does not")
     return {"params_before": before, "params_after": count_params(model), "groups": plan.groups,
             "config": plan.config, "skipped": graph.skipped, "plan": plan.to_dict(),
