@@ -196,6 +196,31 @@ def torch_pruning(args) -> dict | None:
     return _pruned_run(args, prune)
 
 
+def criteria(args) -> dict:
+    """Which criterion and scope to fine-tune: accuracy right after pruning to ``--macs`` (no
+    fine-tuning, validation split) for each, plus the MACs reached and the share of channels kept."""
+    import itertools
+
+    task = get_task("fashion-mnist", augment=True)
+    base = netslim.load(checkpoint_path(args.model))
+    x1 = task.example_inputs(1)
+    macs0 = total_macs(base, x1)
+    batches = list(itertools.islice(task.train_batches(0, 64), 16))
+    out = {"model": args.model, "target_macs": args.macs, "split": "val",
+           "base_accuracy": round(task.evaluate(base, "val")["accuracy"] * 100, 2), "runs": []}
+    for crit in ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
+        for scope in ("global", "uniform"):
+            kw = {"batches": batches, "loss_fn": task.loss} if crit in ("taylor", "activation") else {}
+            model, rep = prune_channels(copy.deepcopy(base), x1, target_macs=args.macs, criterion=crit,
+                                        scope=scope, **kw)
+            out["runs"].append({"criterion": crit, "scope": scope,
+                                "accuracy": round(task.evaluate(model, "val")["accuracy"] * 100, 2),
+                                "macs_ratio": round(total_macs(model, x1) / macs0, 4),
+                                "params": count_params(model)})
+            print(out["runs"][-1], flush=True)
+    return out
+
+
 def latency(args) -> dict:
     """Baseline vs every saved artifact (``--tag`` may list several, comma-separated), interleaved."""
     torch.set_num_threads(args.threads)
@@ -295,7 +320,7 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "latency", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "criteria", "latency", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
@@ -315,7 +340,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "latency": latency, "minilm": minilm,
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "criteria": criteria, "latency": latency, "minilm": minilm,
              "smollm2": smollm2}
     result = parts[args.part](args)
     if result is None:
