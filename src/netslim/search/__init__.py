@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from .allocate import UnreachableBudget, brute_force, greedy_allocate, knapsack, repair
 from .channels import ChannelSpace
+from .nas import NASConfig, NASSpace
 from .sensitivity import SensitivityTable, bits_sensitivity, channel_sensitivity, sparsity_sensitivity
 from .steps import NetAdaptConfig, SearchChannelsConfig
 from .trials import TrialLog, TrialRunner, trial_seed
 
-__all__ = ["ChannelSpace", "NetAdaptConfig", "SearchChannelsConfig", "SensitivityTable", "TrialLog",
+__all__ = ["ChannelSpace", "NASConfig", "NASSpace", "NetAdaptConfig", "SearchChannelsConfig", "SensitivityTable", "TrialLog",
            "TrialRunner", "UnreachableBudget", "bits_sensitivity", "brute_force", "channel_sensitivity",
            "greedy_allocate", "knapsack", "repair", "sparsity_sensitivity", "trial_seed"]
