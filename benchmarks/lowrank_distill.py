@@ -124,7 +124,19 @@ def prune_distill(args) -> dict:
     return res
 
 
+MINILM_VARIANTS = {  # name -> svd options on top of the FFN budget
+    "plain": {"data_aware": False},
+    "data_aware": {"data_aware": True},
+    "sequential": {"data_aware": True, "sequential": True},
+    "output_alloc": {"data_aware": True, "allocation": "output"},
+    "output_alloc_sequential": {"data_aware": True, "allocation": "output", "sequential": True},
+}
+
+
 def svd_minilm(args) -> dict:
+    """MiniLM FFN Linears at ``--minilm-target`` of their params: fidelity before any training per
+    variant (plain / data-aware / + sequential refit / + output-sensitivity allocation), then
+    interleaved latency of the original against the last variant."""
     task = get_task("pydocs-sentences")
     base = netslim.build_model("minilm").eval()
     calib = task.calibration_inputs(args.minilm_calib, seed=0)
@@ -136,20 +148,26 @@ def svd_minilm(args) -> dict:
                    if (".intermediate.dense" in n or (".output.dense" in n and "attention" not in n))
                    and n.endswith("weight"))
 
-    res = {"ffn_params_before": ffn_params(base), "params_before": count_params(base), "target": 0.7}
+    res = {"ffn_params_before": ffn_params(base), "params_before": count_params(base),
+           "target": args.minilm_target, "calibration_sentences": args.minilm_calib,
+           "damping": args.minilm_damping, "variants": {}}
     models = {"original": base}
-    for aware in (False, True):
+    for key in args.minilm_variants:
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
-        svd_compress(m, select="budget", target=0.7, target_scope="selected", include=(ffn,), data_aware=aware,
-                     example=example, calibration=calib)
-        key = "data_aware" if aware else "plain"
-        res[key] = {"fidelity": round(task.evaluate(m, "test")["fidelity"], 4), "ffn_params": ffn_params(m),
-                    "params": count_params(m), "compress_s": round(time.perf_counter() - t0, 1)}
-        models[key] = m
-    lat_inputs = task.example_inputs(8)
-    res["latency_ms_b8"] = {k: round(v, 2) for k, v in interleaved_latency(
-        {"original": base, "data_aware": models["data_aware"]}, lat_inputs, rounds=5, repeats=5).items()}
+        svd_compress(m, select="budget", target=args.minilm_target, target_scope="selected", include=(ffn,),
+                     damping=args.minilm_damping, example=example, calibration=calib, **MINILM_VARIANTS[key])
+        res["variants"][key] = {"fidelity": round(task.evaluate(m, "test")["fidelity"], 4),
+                                "ffn_params": ffn_params(m), "params": count_params(m),
+                                "compress_s": round(time.perf_counter() - t0, 1),
+                                "ranks": {n: mod.rank for n, mod in m.named_modules()
+                                          if type(mod).__name__ == "LowRankLinear"}}
+        print(key, res["variants"][key], flush=True)
+        models = {"original": base, key: m}
+    if args.minilm_latency and len(models) > 1:
+        lat_inputs = task.example_inputs(8)
+        res["latency_ms_b8"] = {k: round(v, 2) for k, v in interleaved_latency(
+            models, lat_inputs, rounds=5, repeats=5).items()}
     return res
 
 
@@ -343,7 +361,11 @@ def main() -> None:
     ap.add_argument("--ft-lr", type=float, default=0.01)
     ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
     ap.add_argument("--big-epochs", type=int, default=3)
-    ap.add_argument("--minilm-calib", type=int, default=128)
+    ap.add_argument("--minilm-calib", type=int, default=256)
+    ap.add_argument("--minilm-target", type=float, default=0.7)
+    ap.add_argument("--minilm-damping", type=float, default=0.01)
+    ap.add_argument("--minilm-variants", nargs="+", default=list(MINILM_VARIANTS), choices=list(MINILM_VARIANTS))
+    ap.add_argument("--minilm-latency", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()

@@ -105,3 +105,90 @@ def layer_geometry(model: nn.Module, names: Sequence[str], example: Any) -> dict
             h.remove()
         model.train(was_training)
     return geo
+
+
+def _main_output(out: Any) -> torch.Tensor:
+    """The tensor a model's outputs are compared by: logits, last hidden states or the tensor."""
+    for attr in ("logits", "last_hidden_state"):
+        if hasattr(out, attr):
+            return getattr(out, attr)
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, inputs: Any, batch_size: int = 64) -> list[torch.Tensor]:
+    """Per batch, the model's main output as float rows (padding tokens dropped): [(N_b, D)]."""
+    outs = []
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    try:
+        for batch in _chunks(inputs, batch_size):
+            if isinstance(batch, dict):
+                y = _main_output(model(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                                          for k, v in batch.items()}))
+                mask = batch.get("attention_mask")
+            else:
+                y, mask = _main_output(model(batch.to(dev))), None
+            y = y.float()
+            if mask is not None and y.ndim == 3 and tuple(y.shape[:2]) == tuple(mask.shape):
+                outs.append(y[mask.to(y.device).bool()])  # (tokens, D)
+            else:
+                outs.append(y.reshape(y.shape[0], -1))  # (B, D)
+    finally:
+        model.train(was_training)
+    return outs
+
+
+def output_distortion(model: nn.Module, reference: list[torch.Tensor], inputs: Any, batch_size: int = 64) -> float:
+    """‖f(x) − f_ref(x)‖² / ‖f_ref(x)‖² over ``inputs``, with ``reference`` from :func:`model_outputs`."""
+    err = ref = 0.0
+    for y, r in zip(model_outputs(model, inputs, batch_size), reference):
+        err += float((y - r).double().pow(2).sum())
+        ref += float(r.double().pow(2).sum())
+    return err / max(ref, 1e-300)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has its input."""
+
+
+@torch.no_grad()
+def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any, batch_size: int = 64,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For layer ``name``: ``(X̂ᵀX̂, XᵀX̂)`` (float64, n×n), X the rows the layer gets in ``original``
+    and X̂ those it gets in ``current`` (e.g. after earlier layers were factorized), same inputs."""
+    rows: dict[str, torch.Tensor] = {}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(key):
+        def fn(m, args):
+            rows[key] = _rows(m, args[0].detach(), mask[0]).double()  # (N, n)
+            raise _Stop  # nothing after this layer is needed
+        return fn
+
+    handles = [get_module(original, name).register_forward_pre_hook(hook("x")),
+               get_module(current, name).register_forward_pre_hook(hook("xh"))]
+    states = (original.training, current.training)
+    original.eval()
+    current.eval()
+    gram = cross = None
+    try:
+        for batch in _chunks(inputs, batch_size):
+            mask[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
+            for model in (original, current):
+                try:
+                    _run(model, batch)
+                except _Stop:
+                    pass
+            x, xh = rows.pop("x"), rows.pop("xh")
+            g, c = xh.T @ xh, x.T @ xh
+            gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+    finally:
+        for h in handles:
+            h.remove()
+        original.train(states[0])
+        current.train(states[1])
+    return gram, cross

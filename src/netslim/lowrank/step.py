@@ -14,10 +14,13 @@ not reduce both its parameters and its MACs.
 """
 from __future__ import annotations
 
+import copy
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydantic
+import torch
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -26,10 +29,10 @@ from netslim.core.errors import NetslimError
 from netslim.core.selectors import select, settings_for
 from netslim.core.surgery import replace_module
 
-from .calib import input_grams, layer_geometry
+from .calib import input_grams, layer_geometry, model_outputs, output_distortion, paired_grams
 from .conv import conv_matrix, factorize_conv, supported, tucker2, tucker_energy_ranks
 from .rank import LayerBudget, allocate_ranks, break_even_rank, energy_rank, energy_share
-from .svd import check_rank, factorize_linear, spectrum, whitening_factor
+from .svd import check_rank, damped_cholesky, factorize_linear, linalg_threads, spectrum, whitening_factor
 
 Selector = str | tuple[str, ...] | None
 
@@ -51,6 +54,14 @@ class SVDConfig(MethodConfig):
     data_aware: bool = False
     calibration_samples: int = Field(256, ge=1)
     damping: float = Field(0.01, ge=0, description="whitening: λ = damping × mean diag(XXᵀ)")
+    allocation: Literal["spectrum", "output"] = Field(
+        "spectrum", description="select=budget: compare layers by the share of their own output energy a rank "
+        "loses ('spectrum'), or by that share scaled by the layer's measured effect on the model's output "
+        "('output': one probe per layer on calibration inputs)")
+    probe_samples: int = Field(64, ge=1, description="allocation=output: calibration samples per probe")
+    sequential: bool = Field(False, description="data_aware: factorize layers in forward order, each refit to "
+                             "reproduce the original layer's outputs from the inputs the already-factorized "
+                             "model gives it")
     include: Selector = None
     exclude: Selector = None
 
@@ -64,6 +75,10 @@ class SVDConfig(MethodConfig):
             raise ValueError("select 'budget' works with conv_scheme 'channel' or 'spatial', not 'tucker'")
         if self.data_aware and self.conv_scheme != "channel":
             raise ValueError("data_aware needs conv_scheme 'channel'")
+        if self.sequential and not self.data_aware:
+            raise ValueError("sequential needs data_aware: true")
+        if self.allocation == "output" and self.select != "budget":
+            raise ValueError("allocation 'output' needs select 'budget'")
         bad = {k: v for k, v in self.ranks.items() if v < 1}
         if bad:
             raise ValueError(f"'ranks' must be >= 1; got {bad}")
@@ -84,6 +99,7 @@ class Candidate:
     sigma: Any = None
     costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (per_rank, dense)
     geometry: dict[str, int] = field(default_factory=dict)
+    sensitivity: float = 1.0  # allocation=output: model-output distortion per unit of layer error
 
     @property
     def top(self) -> int:
@@ -140,8 +156,9 @@ def _fixed_ranks(c: Candidate, cfg: SVDConfig) -> int | None:
 
 def _choose_ranks(cands: list[Candidate], cfg: SVDConfig, totals: dict[str, float]) -> dict[str, int | None]:
     if cfg.select == "budget":
-        layers = {c.name: LayerBudget(tuple(energy_share(c.sigma)), *c.costs[cfg.target_metric],
-                                      max_rank=_break_even(c)) for c in cands if _break_even(c) >= 1}
+        layers = {c.name: LayerBudget(tuple(c.sensitivity * e for e in energy_share(c.sigma)),
+                                      *c.costs[cfg.target_metric], max_rank=_break_even(c))
+                  for c in cands if _break_even(c) >= 1}
         dense = sum(lay.dense for lay in layers.values())
         total = totals[cfg.target_metric] if cfg.target_scope == "model" else dense
         budget = cfg.target * total - (total - dense)
@@ -161,6 +178,8 @@ def _prepare(model: nn.Module, cands: list[Candidate], cfg: SVDConfig, example, 
     missing = [c.name for c in cands if c.name not in geo]
     if missing:  # a layer the forward pass never calls cannot be costed or calibrated
         raise NetslimError(f"svd: layers {', '.join(missing)} are not called in a forward pass; exclude them.")
+    order = {name: i for i, name in enumerate(geo)}  # hooks fire in forward order
+    cands.sort(key=lambda c: order[c.name])
     grams = {}
     if cfg.data_aware:
         if calibration is None:
@@ -203,13 +222,73 @@ def _tucker_saves(c: Candidate, ranks: tuple[int, int]) -> str | None:
 
 
 # --------------------------------------------------------------------------- apply
-def _replace(model: nn.Module, c: Candidate, rank: int) -> nn.Module:
+def _replace(model: nn.Module, c: Candidate, rank: int, *, module: nn.Module | None = None,
+             whitening=None) -> nn.Module:
+    """Put the rank-``rank`` factorization of ``module`` (default: the layer) in the layer's place."""
+    module = c.module if module is None else module
+    whitening = c.whitening if whitening is None else whitening
     if c.kind == "linear":
-        new = factorize_linear(c.module, rank, whitening=c.whitening, name=c.name)
+        new = factorize_linear(module, rank, whitening=whitening, name=c.name)
     else:
-        new = factorize_conv(c.module, rank, scheme=c.kind, whitening=c.whitening, name=c.name)
+        new = factorize_conv(module, rank, scheme=c.kind, whitening=whitening, name=c.name)
     replace_module(model, c.name, new)
     return new
+
+
+def _head(inputs: Any, n: int) -> Any:
+    if isinstance(inputs, dict):
+        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return inputs[:n]
+
+
+def _probe_sensitivity(model: nn.Module, cands: list[Candidate], ranks: dict[str, int | None], cfg: SVDConfig,
+                       calibration: Any) -> None:
+    """allocation=output: ``c.sensitivity`` = D / e, D the relative distortion of the model's
+    output when only layer ``c`` is factorized (at its spectrum-allocated rank, or half its
+    break-even rank where that kept it dense) and e the share of its spectrum that rank drops.
+
+    The greedy allocator then compares layers by estimated model-output error instead of
+    each layer's own relative error. Layers whose probe drops nothing get the median.
+    """
+    probe = _head(calibration, cfg.probe_samples)
+    ref = model_outputs(model, probe)
+    measured: dict[str, float] = {}
+    for c in cands:
+        top = _break_even(c)
+        if top < 1:
+            continue
+        r = ranks.get(c.name) or max(1, top // 2)
+        dropped = sum(energy_share(c.sigma)[r:])
+        if dropped <= 1e-12:
+            continue
+        _replace(model, c, r)
+        try:
+            measured[c.name] = output_distortion(model, ref, probe) / dropped
+        finally:
+            replace_module(model, c.name, c.module)
+    fallback = statistics.median(measured.values()) if measured else 1.0
+    for c in cands:
+        c.sensitivity = measured.get(c.name, fallback)
+
+
+def _refit(original: nn.Module, model: nn.Module, c: Candidate, rank: int, cfg: SVDConfig,
+           calibration: Any) -> nn.Module:
+    """sequential: the rank-``rank`` W' minimising ‖X Wᵀ − X̂ W'ᵀ‖² + λ‖W' − W‖², X the layer's
+    inputs in the original model and X̂ in ``model`` (earlier layers already factorized).
+
+    With L Lᵀ = X̂ᵀX̂ + λI this is the truncated SVD of W* L mapped back by L⁻¹, where
+    W* = W (XᵀX̂ + λI)(L Lᵀ)⁻¹ is the unconstrained optimum (W* = W when X̂ = X)."""
+    gram, cross = paired_grams(original, model, c.name, calibration)
+    L, lam = damped_cholesky(gram, cfg.damping)
+    w = c.matrix.detach().double()  # (m, n)
+    eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+    rhs = (cross.to(w.device) + lam * eye).T @ w.T  # (n, m)
+    with linalg_threads(w.device):
+        target = torch.cholesky_solve(rhs, L.to(w.device)).T  # (m, n) = W*
+    module = copy.deepcopy(c.module)
+    with torch.no_grad():
+        module.weight.copy_(target.reshape(module.weight.shape).to(module.weight.dtype))
+    return _replace(model, c, rank, module=module, whitening=L)
 
 
 def _layer_note(c: Candidate, rank: int) -> dict[str, Any]:
@@ -228,11 +307,17 @@ def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, ski
     from netslim.measure import count_params, macs_per_layer
 
     skip = skip or (lambda name, reason: None)
+    if cfg.allocation == "output" and calibration is None:
+        raise NetslimError("svd with allocation='output' needs calibration inputs (a task or `calibration=`).")
     cands = _candidates(model, cfg, skip)
     _prepare(model, cands, cfg, example, calibration)
     totals = {"params": count_params(model), "macs": sum(macs_per_layer(model, example).values())}
     svd_cands = [c for c in cands if c.kind != "tucker"]
     ranks = _choose_ranks(svd_cands, cfg, totals) if svd_cands else {}
+    if cfg.allocation == "output" and svd_cands:
+        _probe_sensitivity(model, svd_cands, ranks, cfg, calibration)
+        ranks = _choose_ranks(svd_cands, cfg, totals)
+    original = copy.deepcopy(model) if cfg.sequential else None
     notes: dict[str, Any] = {}
     for c in cands:
         if c.kind == "tucker":
@@ -253,15 +338,19 @@ def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, ski
             skip(c.name, f"rank {r} would not reduce params and MACs (break-even rank {_break_even(c)} "
                          f"for a {c.matrix.shape[0]}x{c.matrix.shape[1]} matrix)")
             continue
-        _replace(model, c, r)
-        notes[c.name] = _layer_note(c, r)
+        if original is not None:
+            _refit(original, model, c, r, cfg, calibration)
+        else:
+            _replace(model, c, r)
+        notes[c.name] = _layer_note(c, r) | ({"sensitivity": c.sensitivity} if cfg.allocation == "output" else {})
     return {"layers": notes, "params_before": totals["params"], "params_after": count_params(model)}
 
 
 @register(SVDConfig)
 def run_svd(model: nn.Module, cfg: SVDConfig, ctx) -> nn.Module:
     task = ctx.task
-    calibration = task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed) if cfg.data_aware else None
+    calibration = (task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+                   if cfg.data_aware or cfg.allocation == "output" else None)
     ctx.notes[cfg.method] = compress(model, cfg, example=task.example_inputs(1), calibration=calibration,
                                      skip=ctx.skip)
     return model

@@ -77,6 +77,11 @@ def whitening_factor(gram: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
 
     Retries with 10× more damping (up to 4 times) when the Cholesky fails numerically.
     """
+    return damped_cholesky(gram, damping)[0]
+
+
+def damped_cholesky(gram: torch.Tensor, damping: float = 0.01) -> tuple[torch.Tensor, float]:
+    """:func:`whitening_factor` and the λ it used: ``(L, λ)`` with L Lᵀ = gram + λI."""
     g = gram.double()  # (n, n)
     scale = float(torch.diagonal(g).mean()) or 1.0
     lam = max(damping, 1e-8) * scale
@@ -85,7 +90,7 @@ def whitening_factor(gram: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
         with linalg_threads(g.device):
             L, info = torch.linalg.cholesky_ex(g + lam * eye)
         if int(info) == 0:
-            return L
+            return L, lam
         lam *= 10
     raise NetslimError(f"Cannot whiten calibration inputs: their Gram matrix is not positive definite "
                        f"even with damping {lam / scale:.3g}; increase 'damping'.")
