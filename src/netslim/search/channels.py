@@ -43,7 +43,7 @@ class ChannelSpace:
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, options: Sequence[float],
                  criterion: str = "l2", min_keep_ratio: float = 0.1, round_to: int = 1,
-                 exclude: Iterable[str] = (), metric: str = "macs", latency=None):
+                 exclude: Iterable[str] = (), metric: str = "macs", latency=None, calibrate: bool = True):
         if metric not in METRICS:
             raise bad_param("ChannelSpace", "metric", f"one of {', '.join(METRICS)}", metric)
         if metric == "latency" and latency is None:
@@ -65,6 +65,12 @@ class ChannelSpace:
         self.layer_macs = macs_per_layer(model, example_inputs)
         self._zeros = {g.id: torch.zeros(g.size) for g in self.groups}
         self._cost = lru_cache(maxsize=65536)(self._cost_uncached)
+        self.calibration: dict[str, Any] | None = None
+        if metric == "latency" and calibrate:
+            # Calibrate the lookup table on the dense model and the uniform policies, timed for real.
+            samples = [(self.shapes(plan_from_keep(self.graph, self._keep(u))), self.apply(u))
+                       for u in ({n: r for n in self.names} for r in self.options if r > 0)]
+            self.calibration = latency.calibrate(model, example_inputs, samples)
 
     def __getstate__(self) -> dict:  # trials ship the space to Ray workers: drop the cache
         state = dict(self.__dict__)

@@ -3,10 +3,14 @@
 The latency of a candidate is predicted as ``overhead + sum over Conv2d/Linear layers of
 LUT[layer shape]``, where a shape is (type, in, out, kernel, stride, padding, groups,
 input H x W, batch) and each entry is the median time of that layer alone, measured once
-and stored in a JSON file (so later searches reuse it). ``overhead`` is the measured
-latency of the dense model minus its LUT sum: everything the table does not cover (BN,
-activations, Python dispatch), assumed constant under pruning. The final model is always
-timed for real as well, so the prediction error is reported, not hidden.
+and stored in a JSON file (so later searches reuse it).
+
+What the table does not cover (BN, activations, dispatch) is not constant under pruning:
+BN and activations shrink with the channels too. So the prediction is *calibrated*:
+``latency ~ alpha + beta * LUT sum``, fitted by least squares on a few models timed for
+real (the dense model and uniform prunings, A/B interleaved); without calibration,
+``overhead`` = dense measured latency minus its LUT sum. The final model is always timed
+for real as well, so the prediction error is reported, not hidden.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from netslim.core.serialize import atomic_write
-from netslim.measure.latency import measure_latency
+from netslim.measure.latency import interleaved_latency, measure_latency
 
 
 class LatencyTable:
@@ -32,6 +36,7 @@ class LatencyTable:
             self.table = json.loads(self.path.read_text())
         self._hw: dict[int, dict[str, tuple[int, int]]] = {}
         self._overhead: dict[int, float] = {}
+        self._fit: dict[int, tuple[float, float]] = {}
         self.measured = 0
 
     def _input_hw(self, model: nn.Module, example: Any) -> dict[str, tuple[int, int]]:
@@ -85,8 +90,27 @@ class LatencyTable:
                 total += self.lookup(self._key(m, cin, cout, hw.get(name)))
         return total
 
+    def calibrate(self, model: nn.Module, example: Any, samples: list[tuple[dict, nn.Module]],
+                  rounds: int = 5) -> dict[str, float]:
+        """Fit ``alpha + beta * LUT sum`` on real timings of ``model`` and ``samples`` ((shapes, pruned model))."""
+        import numpy as np
+
+        x = example[: self.batch_size]
+        models = {"dense": model, **{f"s{i}": m for i, (_, m) in enumerate(samples)}}
+        real = interleaved_latency(models, x, rounds=rounds, repeats=max(5, self.repeats // 4), threads=self.threads)
+        sums = [self.layer_sum(model, example)] + [self.layer_sum(model, example, sh) for sh, _ in samples]
+        a = np.vstack([np.ones(len(sums)), sums]).T
+        alpha, beta = np.linalg.lstsq(a, np.array(list(real.values())), rcond=None)[0]
+        self._fit[id(model)] = (float(alpha), float(beta))
+        pred = [alpha + beta * s for s in sums]
+        return {"alpha": float(alpha), "beta": float(beta), "measured_ms": list(real.values()),
+                "predicted_ms": [float(p) for p in pred]}
+
     def predict(self, model: nn.Module, example: Any, shapes: dict[str, tuple[int, int]] | None = None) -> float:
         """Predicted latency (ms) of ``model`` with its Conv/Linear layers resized to ``shapes``."""
+        if id(model) in self._fit:
+            alpha, beta = self._fit[id(model)]
+            return alpha + beta * self.layer_sum(model, example, shapes)
         if id(model) not in self._overhead:
             dense = measure_latency(model, example[: self.batch_size], warmup=5, repeats=max(self.repeats, 50),
                                     threads=self.threads).median_ms
