@@ -24,6 +24,7 @@ from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.models import build_model  # noqa: E402
 from netslim.quantize import (DynamicInt8Config, PTQInt8Config, WeightOnlyConfig, check_onnx, dynamic_int8,  # noqa: E402
                               export_onnx, ptq_int8, quantize_weights)
+from netslim.quantize.onnx_export import onnx_session, run_onnx  # noqa: E402
 from netslim.quantize.qat import convert_qat, prepare_qat  # noqa: E402
 
 
@@ -55,7 +56,15 @@ def test_static_int8_qdq_matches_pytorch(fmnist_small, tmp_path, name, variant):
     assert exact["max_abs_diff"] <= 1.001 * exact["last_output_step"] and exact["frac_differ"] < 0.01, exact
     res = check_onnx(q, path, x)
     assert res["mean_abs_diff"] <= 2 * res["last_output_step"], res
-    assert res["argmax_agreement"] >= (1.0 if variant == "ptq" else 0.9), res
+    # untrained models: logits within a few steps of each other, so a one-step move can flip a row;
+    # PTQ (fine input grids): a prediction may only change where PyTorch's top-2 logits lie within
+    # 2 output steps; QAT W4 (coarse learned input steps, up to 9 steps apart): >= 90 % agree
+    assert res["argmax_agreement"] >= 0.9, res
+    if variant == "ptq":
+        ref, got = q(x), run_onnx(onnx_session(path), x)
+        top2 = ref.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * res["last_output_step"]
+        assert torch.equal(got.argmax(1)[clear], ref.argmax(1)[clear])
     # the int8 weights dominate: the ONNX file is no bigger than ~1.2x the int8 weight bytes + 40 KB
     weight_bytes = sum(m.weight_numel for m in q.modules() if hasattr(m, "weight_numel"))
     assert path.stat().st_size < 1.2 * weight_bytes + 40_000

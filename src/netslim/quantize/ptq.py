@@ -7,11 +7,14 @@
 2. Observe every selected layer's input and (post-ReLU) output over the calibration set.
 3. Replace the layers by :class:`Int8Conv2d` / :class:`Int8Linear` (per-channel symmetric
    int8 weights, per-tensor uint8 activations); folded BNs and fused ReLUs become Identity.
+4. Registered residual blocks become :class:`Int8Residual` (quantized add + ReLU), and every
+   output whose only reader takes quantized input is handed over quantized
+   (:mod:`netslim.quantize.int8_blocks`): int8 from the first layer to the classifier.
 """
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Literal
 
 import torch
@@ -26,6 +29,7 @@ from netslim.core.selectors import select, settings_for
 from netslim.core.surgery import get_module, replace_module
 
 from .core import QScheme
+from .int8_blocks import Int8Residual, find_handoffs, find_residuals
 from .int8_modules import Int8Conv2d, Int8Linear
 from .observers import OBSERVERS, make_observer
 
@@ -132,15 +136,19 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter((b - bn.running_mean) * factor + beta)
 
 
-def _calibrate(model, names, fuse, batches, observer: str) -> dict[str, tuple]:
+def _calibrate(model, names, fuse, batches, observer: str, outputs: list[str] = ()) -> tuple[dict, dict]:
+    """(in s, in z, out s, z) per layer, and (s, z) of the output of each module in ``outputs``."""
     scheme = QScheme(8, symmetric=False)
     obs = {n: (make_observer(observer, scheme), make_observer(observer, scheme)) for n in names}
+    outs = {n: make_observer(observer, scheme) for n in outputs}
     hooks = []
     for n in names:
         def hook(mod, inp, out, n=n):
             obs[n][0].observe(inp[0])
             obs[n][1].observe(torch.relu(out) if n in fuse else out)
         hooks.append(get_module(model, n).register_forward_hook(hook))
+    for n in outputs:
+        hooks.append(get_module(model, n).register_forward_hook(lambda mod, inp, out, n=n: outs[n].observe(out)))
     try:
         with torch.no_grad():
             for b in batches:
@@ -152,7 +160,8 @@ def _calibrate(model, names, fuse, batches, observer: str) -> dict[str, tuple]:
     for n, (i, o) in obs.items():
         qi, qo = i.qparams(), o.qparams()
         out[n] = (float(qi.scale), float(qi.zero_point), float(qo.scale), float(qo.zero_point))
-    return out
+    grids = {n: (float(o.qparams().scale), float(o.qparams().zero_point)) for n, o in outs.items()}
+    return out, grids
 
 
 def quantize_weight_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,6 +188,17 @@ def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out:
     return new
 
 
+def _block_flows_as_declared(block: str, spec, fuse: dict, chain: dict) -> bool:
+    """The traced forward matches the registered ``relu?(body(x) + shortcut(x))``: each body conv
+    feeds only the next one (after its folded BN / fused ReLU) and the last one's output is not
+    fused with a ReLU (it goes to the add). Otherwise the block stays plain int8 layers."""
+    body = [f"{block}.{c}" for c in spec.body]
+    ok = all(chain.get(a) == b for a, b in zip(body, body[1:])) and body[-1] not in fuse
+    if not ok:
+        log.info("ptq_int8: %s does not run as its registered residual form; kept as separate int8 layers", block)
+    return ok
+
+
 def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | None = None, ctx=None) -> nn.Module:
     """Static int8 PTQ of ``model`` in place; ``calibration`` is a (N, ...) input tensor."""
     cfg = cfg or PTQInt8Config()
@@ -191,19 +211,42 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
     for conv, bn in fold.items():
         fold_bn(get_module(model, conv), get_module(model, bn))
         replace_module(model, bn, nn.Identity())
-    acts = _calibrate(model, names, fuse, batches, cfg.observer)
+    blocks = {b: spec for b, spec in find_residuals(model, names).items()
+              if _block_flows_as_declared(b, spec, fuse, chain)}
+    body = {b: [f"{b}.{c}" for c in spec.body] for b, spec in blocks.items()}
+    shortcut = {b: [c for c in names if c.startswith(f"{b}.{spec.shortcut}.")] for b, spec in blocks.items()}
+    in_block = {c for b in blocks for c in body[b] + shortcut[b]}
+    top = [n for n in names if n not in in_block]
+    producers = {n: fuse.get(n, fold.get(n, n)) for n in top} | {b: b for b in blocks}
+    handoff = find_handoffs(model, producers, set(top) | set(blocks), batches[0][:8])
+    acts, block_out = _calibrate(model, names, fuse, batches, cfg.observer, outputs=list(blocks))
     for producer, consumer in chain.items():  # the consumer reads the producer's output grid as is
         acts[consumer] = acts[producer][2:] + acts[consumer][2:]
+    for b in blocks:  # the shortcut conv reads the block input on the body's grid
+        for c in shortcut[b]:
+            acts[c] = acts[body[b][0]][:2] + acts[c][2:]
+    for producer, consumer in handoff.items():
+        grid = block_out[producer] if producer in blocks else acts[producer][2:]
+        for r in [body[consumer][0], *shortcut[consumer]] if consumer in blocks else [consumer]:
+            acts[r] = grid + acts[r][2:]
+    # the add takes quantized operands: the body's last conv and the shortcut conv hand over
+    quantized_out = set(chain) | set(handoff) | {c for b in blocks for c in [body[b][-1], *shortcut[b]]}
     for n in names:
         mod = get_module(model, n)
         bits = settings_for(n, mod, cfg.weight_bits) or 8
-        replace_module(model, n, _convert(mod, n in fuse, acts[n], bits, quant_out=n in chain))
+        replace_module(model, n, _convert(mod, n in fuse, acts[n], bits, quant_out=n in quantized_out))
     for relu in fuse.values():
         replace_module(model, relu, nn.Identity())
+    for b, spec in blocks.items():
+        block = get_module(model, b)
+        main = nn.Sequential(OrderedDict((c, getattr(block, c)) for c in spec.body))
+        new = Int8Residual(main, getattr(block, spec.shortcut), spec.relu, quant_out=b in handoff)
+        new.act_qparams.copy_(torch.tensor(acts[body[b][0]][:2] + block_out[b]))
+        replace_module(model, b, new)
     if ctx is not None:
         ctx.notes["ptq_int8"] = {"layers": len(names), "folded_bn": len(fold), "fused_relu": len(fuse),
-                                 "int8_chains": len(chain),
-                                 "observer": cfg.observer, "engine": "onednn"}
+                                 "int8_chains": len(chain), "int8_residual_blocks": len(blocks),
+                                 "quantized_handoffs": len(handoff), "observer": cfg.observer, "engine": "onednn"}
     return model
 
 
