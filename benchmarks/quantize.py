@@ -51,41 +51,91 @@ def _torch_ao_dynamic(model, engine: str):
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def _torchao_int8(model):
+    """torchao's Int8DynamicActivationInt8WeightConfig on the Linear layers (a peer, imported here only)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    m = copy.deepcopy(model)
+    quantize_(m, Int8DynamicActivationInt8WeightConfig())
+    return m
+
+
+class _OrtEncoder(torch.nn.Module):
+    """An ONNX Runtime session behind the encoder's call signature (returns ``(last_hidden_state,)``)."""
+
+    def __init__(self, path: Path, threads: int):
+        super().__init__()
+        from netslim.quantize.onnx_export import onnx_session
+
+        self.session = onnx_session(path, threads=threads)
+
+    def forward(self, input_ids, attention_mask, **_):
+        from netslim.quantize.onnx_export import run_onnx
+
+        return (run_onnx(self.session, {"input_ids": input_ids, "attention_mask": attention_mask}),)
+
+
+def _ort_variants(fp32, int8, example: dict, threads: int, tmp: Path) -> tuple[dict, dict]:
+    """ONNX Runtime's own dynamic int8 (quantize_dynamic on the fp32 export, default settings) and
+    netslim's dynamic int8 exported to ONNX; returns (variants, file sizes)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from netslim.quantize import export_onnx
+
+    fp32_path = export_onnx(fp32, tmp / "minilm_fp32.onnx", example)
+    ort_path = tmp / "minilm_ort_int8.onnx"
+    quantize_dynamic(fp32_path, ort_path)  # defaults: QInt8 weights per tensor, uint8 activations
+    ns_path = export_onnx(int8, tmp / "minilm_netslim_int8.onnx", example)
+    names = {"onnxruntime quantize_dynamic (default)": ort_path, "netslim dynamic_int8 -> ONNX (ORT)": ns_path}
+    return ({k: _OrtEncoder(p, threads) for k, p in names.items()},
+            {k: p.stat().st_size for k, p in names.items()} | {"onnx fp32": fp32_path.stat().st_size})
+
+
 def minilm(args) -> dict:
+    """All int8 peers and bf16 in one run: fidelity (mean cosine to fp32) and batch-32 latency, interleaved."""
     from netslim.quantize import BF16Config, DynamicInt8Config, bf16_linears, dynamic_int8
     from netslim.train.tasks import get_task
 
-    task = get_task("pydocs-sentences", limit=args.sentences)
-    fp32 = build_model("minilm").eval()
+    task = get_task("pydocs-sentences", model_name=args.encoder, limit=args.sentences)
+    fp32 = build_model(args.encoder).eval()
+    int8 = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(embeddings=True))
     variants = {"fp32": fp32,
-                "netslim dynamic_int8 (per-tensor activations)": dynamic_int8(
-                    copy.deepcopy(fp32), DynamicInt8Config(embeddings=True)),
+                "netslim dynamic_int8 (per-tensor activations)": int8,
                 "netslim dynamic_int8 (per-token activations)": dynamic_int8(
                     copy.deepcopy(fp32), DynamicInt8Config(activations="per_token", embeddings=True)),
-                "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")),
-                "netslim bf16 (Linear layers only)": bf16_linears(copy.deepcopy(fp32))}
+                "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model"))}
     default_engine = torch.backends.quantized.engine
     ao_name = f"torch.ao quantize_dynamic ({default_engine}, default)"
     variants[ao_name] = _torch_ao_dynamic(fp32, default_engine)
+    variants["torchao Int8DynamicActivationInt8WeightConfig"] = _torchao_int8(fp32)
+    inputs = task.example_inputs(args.batch)
+    tmp = Path(tempfile.mkdtemp(prefix="netslim_minilm_onnx_"))
+    ort, onnx_bytes = _ort_variants(fp32, int8, {k: v[:2] for k, v in inputs.items()}, args.threads, tmp)
+    variants |= ort
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}
     rows = {}
     for name, m in variants.items():
         torch.backends.quantized.engine = default_engine
         with torch.inference_mode():
             rows[name] = {"fidelity": task.evaluate(m, "test")["fidelity"]}
-        if name != ao_name:  # torch.ao modules hold packed C++ objects: not a netslim artifact
+        if name.startswith(("fp32", "netslim dynamic_int8 (", "netslim bf16")):
             rows[name]["bytes"] = _size(m)
+        elif name in onnx_bytes:
+            rows[name]["bytes"] = onnx_bytes[name]
         logging.info("%s: %s", name, rows[name])
-    inputs = task.example_inputs(args.batch)
     load = os.getloadavg()
     with torch.inference_mode():
         ms = interleaved_latency(variants, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
     for name in rows:
         rows[name] |= {"latency_ms": ms[name], "speedup": ms["fp32"] / ms[name]}
-    return {"model": "minilm", "batch": args.batch, "seq_len": inputs["input_ids"].shape[1],
+    return {"model": args.encoder, "batch": args.batch, "seq_len": inputs["input_ids"].shape[1],
             "sentences": args.sentences, "threads": args.threads, "loadavg_before_after": [load, os.getloadavg()],
-            "rows": rows,
-            "not_run": {"torchao Int8DynamicActivationInt8WeightConfig": "not run (not installed)",
-                        "onnxruntime dynamic int8": "not run (not installed)"}}
+            "onnx_fp32_bytes": onnx_bytes["onnx fp32"], "rows": rows,
+            "notes": {"torchao": "quantize_(model, Int8DynamicActivationInt8WeightConfig()) on the Linear layers",
+                      "onnxruntime": "onnxruntime.quantization.quantize_dynamic(fp32 export) with default "
+                                     "options; sessions with intra_op_num_threads = threads, full graph "
+                                     "optimisation", "torch.ao": f"engine {default_engine}, qint8 weights"}}
 
 
 def smollm2(args) -> dict:
@@ -121,7 +171,12 @@ def smollm2(args) -> dict:
 
 
 def resnet20(args) -> dict:
-    """fp32 vs static int8 PTQ vs uniform 4-bit vs mixed 4-bit (same average), trained checkpoint."""
+    """fp32 vs static int8 PTQ vs uniform 4-bit vs mixed 4-bit (same average), trained checkpoint.
+
+    ``--only`` picks variants by substring (fp32 always); latency (fp32, channels-last fp32,
+    int8 PTQ minmax, interleaved) only when the int8 PTQ (minmax) row is built and not
+    ``--no-latency`` - accuracy-only parts run on one core, the timing part on both.
+    """
     from netslim.quantize import MixedPrecisionConfig, PTQInt8Config, mixed_precision, ptq_int8
     from netslim.train.pretrain import checkpoint_path
     from netslim.train.tasks import get_task
@@ -129,18 +184,34 @@ def resnet20(args) -> dict:
     task = get_task("fashion-mnist")
     fp32 = netslim.load(checkpoint_path(args.model)).eval()
     calib = task.calibration_inputs(512, seed=0)
-    variants = {"fp32": fp32,
-                "int8 PTQ (minmax)": ptq_int8(copy.deepcopy(fp32), calib),
-                "int8 PTQ (percentile)": ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(observer="percentile")),
-                "uniform W4A8": ptq_int8(copy.deepcopy(fp32), calib,
-                                         PTQInt8Config(weight_bits={"type:Conv2d": 4, "type:Linear": 4}))}
     notes = {}
+
+    def mixed(sens: str, avg: float, widths: list[int]):
+        def build():
+            ctx = SimpleNamespace(notes={})  # mixed_precision records per-layer sensitivity and bits here
+            m = mixed_precision(copy.deepcopy(fp32), calib,
+                                MixedPrecisionConfig(avg_bits=avg, sensitivity=sens, choices=widths), ctx)
+            notes[f"{sens} {widths}"] = ctx.notes["mixed_precision"]
+            return m
+        return build
+
+    builders = {
+        "int8 PTQ (minmax)": lambda: ptq_int8(copy.deepcopy(fp32), calib),
+        "int8 PTQ (percentile)": lambda: ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(observer="percentile")),
+        "uniform W4A8": lambda: ptq_int8(copy.deepcopy(fp32), calib,
+                                         PTQInt8Config(weight_bits={"type:Conv2d": 4, "type:Linear": 4})),
+        "uniform W3A8": lambda: ptq_int8(copy.deepcopy(fp32), calib,
+                                         PTQInt8Config(weight_bits={"type:Conv2d": 3, "type:Linear": 3})),
+    }
     for sens in ("kl", "hessian"):
-        ctx = SimpleNamespace(notes={})  # mixed_precision records per-layer sensitivity and bits here
-        variants[f"mixed W{{2,4,8}}A8 avg<=4 ({sens})"] = mixed_precision(
-            copy.deepcopy(fp32), calib, MixedPrecisionConfig(avg_bits=4.0, sensitivity=sens), ctx)
-        notes[sens] = ctx.notes["mixed_precision"]
-    _sensitivity_plot(notes, ROOT / "results" / "quantize_mixed_sensitivity.png")
+        builders[f"mixed W{{2,4,8}}A8 avg<=4 ({sens})"] = mixed(sens, 4.0, [2, 4, 8])
+        builders[f"mixed W{{2..8}}A8 avg<=4 ({sens})"] = mixed(sens, 4.0, [2, 3, 4, 5, 6, 8])
+        builders[f"mixed W{{2..8}}A8 avg<=3 ({sens})"] = mixed(sens, 3.0, [2, 3, 4, 5, 6, 8])
+    if args.only:
+        builders = {k: v for k, v in builders.items() if any(o in k for o in args.only)}
+    variants = {"fp32": fp32} | {k: b() for k, b in builders.items()}
+    if notes:
+        _sensitivity_plot(notes, ROOT / "results" / f"quantize_mixed_sensitivity{args.tag}.png")
     rows = {}
     for name, m in variants.items():
         rows[name] = {"accuracy": task.evaluate(m, "test")["accuracy"], "bytes": _size(m)}
@@ -148,15 +219,18 @@ def resnet20(args) -> dict:
         if bits:
             rows[name]["avg_weight_bits"] = sum(b * n for b, n in bits) / sum(n for _, n in bits)
             rows[name]["bits_per_layer"] = [b for b, _ in bits]
-    # fp32 also in channels-last, oneDNN's preferred conv layout: the strongest float baseline
-    timed = {"fp32": fp32, "fp32 channels-last": copy.deepcopy(fp32).to(memory_format=torch.channels_last),
-             "int8 PTQ (minmax)": variants["int8 PTQ (minmax)"]}
-    x = task.example_inputs(args.batch)
+        rows[name]["size_vs_fp32"] = rows[name]["bytes"] / rows["fp32"]["bytes"]
+        logging.info("%s: %s", name, {k: v for k, v in rows[name].items() if k != "bits_per_layer"})
     load = os.getloadavg()
-    with torch.inference_mode():
-        ms = interleaved_latency(timed, x, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
-    for name in timed:
-        rows.setdefault(name, {}).update(latency_ms=ms[name], speedup=ms["fp32"] / ms[name])
+    if "int8 PTQ (minmax)" in variants and not args.no_latency:
+        # fp32 also in channels-last, oneDNN's preferred conv layout: the strongest float baseline
+        timed = {"fp32": fp32, "fp32 channels-last": copy.deepcopy(fp32).to(memory_format=torch.channels_last),
+                 "int8 PTQ (minmax)": variants["int8 PTQ (minmax)"]}
+        x = task.example_inputs(args.batch)
+        with torch.inference_mode():
+            ms = interleaved_latency(timed, x, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
+        for name in timed:
+            rows.setdefault(name, {}).update(latency_ms=ms[name], speedup=ms["fp32"] / ms[name])
     return {"model": args.model, "batch": args.batch, "threads": args.threads, "rows": rows,
             "loadavg_before_after": [load, os.getloadavg()], "mixed_precision": notes}
 
@@ -194,14 +268,18 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*")
+    p.add_argument("--no-latency", action="store_true", help="resnet20: accuracy and size only (one core)")
     p.add_argument("--tag", default="", help="suffix of the results file (parts run as separate jobs)")
     p.add_argument("--model", default="resnet20", help="zoo checkpoint for the resnet20 part (smoke: lenet5)")
+    p.add_argument("--encoder", default="minilm", help="encoder of the minilm part (smoke: tiny-bert)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.part == "resnet20" and args.batch == 32:
         args.batch = 64
     result = {"minilm": minilm, "smollm2": smollm2, "resnet20": resnet20}[args.part](args)
-    path = _write((args.part if args.model == "resnet20" else f"{args.part}_{args.model}") + args.tag, result)
+    smoke = (args.part == "resnet20" and args.model != "resnet20") or (args.part == "minilm" and args.encoder != "minilm")
+    suffix = f"_{args.model if args.part == 'resnet20' else args.encoder}" if smoke else ""
+    path = _write(args.part + suffix + args.tag, result)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write(f"\nwritten {path}\n")
     return 0
