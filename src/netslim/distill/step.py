@@ -153,14 +153,15 @@ class DistillTask(Task):
         if not root.calls:
             raise NetslimError(f"Task {self.inner.name!r} computed its loss without calling the model.")
         t_feats = {t: _Capture(get_module(self.teacher, t), False) for t in cfg.hints.values()}
-        soft = hard.new_zeros(())
         try:
+            # Only the teacher's forward runs without autograd: the distance to the student's
+            # output must stay in the graph, or the soft term would add no gradient at all.
             with torch.no_grad():
-                for args, kwargs, out in root.calls:
-                    soft = soft + output_distance(out, self.teacher(*args, **kwargs), kwargs, cfg)
+                t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         finally:
             for c in t_feats.values():
                 c.remove()
+        soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
         loss = (1 - cfg.alpha) * hard + cfg.alpha * soft / len(root.calls)
         if cfg.hints:
             loss = loss + cfg.hint_weight * self._hints(model, feats, t_feats)
@@ -184,10 +185,15 @@ def _key(name: str) -> str:
 
 @torch.no_grad()
 def _features(model: nn.Module, names, task: Task, example) -> dict[str, torch.Tensor]:
+    # Eval mode for the shape probe: a train-mode pass would update BatchNorm running
+    # statistics of the student from two examples.
     caps = {n: _Capture(get_module(model, n), False) for n in names}
+    was_training = model.training
+    model.eval()
     try:
         out = task.forward(model, example)
     finally:
+        model.train(was_training)
         for c in caps.values():
             c.remove()
     return {"__output__": out, **{n: c.calls[-1][2] for n, c in caps.items() if c.calls}}
