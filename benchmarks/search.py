@@ -224,99 +224,155 @@ def cmd_mixed(args) -> None:
 
 
 def cmd_mbv2(args) -> None:
-    """MobileNetV2 at a measured-latency budget (batch 1): uniform vs NetAdapt vs CEM (AMC-style)."""
+    """MobileNetV2 at a measured-latency budget (batch 1): uniform vs NetAdapt vs CEM (AMC-style).
+
+    ``--phase search`` (a timing job: the lookup table, its calibration and the final A/B latency
+    are timed): uniform / CEM / NetAdapt policies under the predicted budget, trials logged under
+    OUT/mbv2_* so a job killed at its time limit resumes; then the four shapes timed interleaved.
+    ``--phase finetune`` (accuracy only): the same short fine-tuning of every pruned model.
+    """
+    from netslim.core.errors import NetslimError
     from netslim.measure.latency import interleaved_latency
     from netslim.recipe.runner import open_model
-    from netslim.search.api import make_runner
-    from netslim.search.cem import cem_search, policy_accuracy
+    from netslim.search.api import channel_policy, make_space, netadapt_policy
     from netslim.search.channels import ChannelSpace
     from netslim.search.evaluate import Subset, short_finetune
-    from netslim.search.latency import LatencyTable
-    from netslim.search.netadapt import candidate_trial, netadapt
-    from netslim.search.options import TrialOptions
-    from netslim.search.sensitivity import default_cache_dir
+    from netslim.search.options import ChannelSpaceOptions, TrialOptions
+    from netslim.search.steps import NetAdaptConfig, SearchChannelsConfig
     from netslim.train.tasks import get_task
+
+    import netslim
 
     torch.set_num_threads(THREADS)
     model, _ = open_model("mobilenetv2")
     task = get_task("fashion-mnist")
     x = task.example_inputs(1)
-    lut = LatencyTable(default_cache_dir() / "latency_table.json", batch_size=1, threads=1, repeats=30)
+    na_path = OUT / "mbv2_netadapt.safetensors"
+    if args.phase == "finetune":
+        prior = load_results()["mobilenetv2_latency"]
+        space = ChannelSpace(model, x, options=ChannelSpaceOptions().ratios, metric="macs")  # plans only
+        train = Subset.from_task(task, "train", 5000, seed=0)
+        models = {n: space.apply(p) for n, p in prior["policies"].items() if n != "netadapt"}
+        if prior.get("netadapt_error") is None:
+            models["netadapt"] = netslim.load(na_path)
+        rows = load_results().get("mobilenetv2_finetune", {}).get("results", {})  # resumable, one model a time
+        if "dense" not in rows:
+            rows["dense"] = {"test_acc": task.evaluate(model)["accuracy"]}
+        for name, m in models.items():
+            if name in rows and not args.redo:
+                continue
+            t0 = time.perf_counter()
+            short_finetune(m, train, steps=args.ft_steps, lr=0.01, seed=1)
+            rows[name] = {"test_acc_ft": task.evaluate(m)["accuracy"], "seconds": time.perf_counter() - t0}
+            print(name, rows[name], flush=True)
+            save_part("mobilenetv2_finetune", {
+                "protocol": f"{args.ft_steps} SGD steps (batch 64, cosine lr 0.01, 5000-image train subset, seed 1) "
+                            "for every pruned model, then the 10k test set; NetAdapt's model also had its "
+                            "per-iteration short fine-tunes during the search", "results": rows})
+        return
+    trials = TrialOptions(threads=THREADS, log="trials.jsonl")
     t0 = time.perf_counter()
-    space = ChannelSpace(model, x, options=(0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75), metric="latency",
-                         latency=lut)
+    space = make_space(model, task, ChannelSpaceOptions(), "latency", 1)
     t_cal = time.perf_counter() - t0
     dense = space.dense_cost()
     budget = args.budget * dense
-    val = Subset.from_task(task, "val", args.val, seed=0)
-    train = Subset.from_task(task, "train", 5000, seed=0)
-    trials = TrialOptions(threads=THREADS, log=None)
     lo, hi = 0.0, 0.9
     for _ in range(20):  # uniform: the smallest common ratio that meets the predicted budget
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if space.cost({n: mid for n in space.names}) <= budget else (mid, hi)
     policies = {"uniform": {n: hi for n in space.names}}
-    t0 = time.perf_counter()
-    runner = make_runner(policy_accuracy, {"space": space, "val": val}, trials, seed=0, out_dir=None, fingerprint=None)
-    res = cem_search(space, runner, budget, generations=args.generations, population=args.population, seed=0)
-    policies["cem"] = res.best
-    t_cem = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runner = make_runner(candidate_trial, None, trials, seed=0, out_dir=None, fingerprint=None)
-    na = netadapt(space, runner, budget, step=args.step, train=train, val=val, finetune_steps=args.na_steps, lr=0.01)
-    t_na = time.perf_counter() - t0
-    models = {"dense": model, "uniform": space.apply(policies["uniform"]), "cem": space.apply(policies["cem"]),
-              "netadapt": na.model}
-    rows = {}
-    for name, m in models.items():
-        rows[name] = {"test_acc_no_ft": task.evaluate(m)["accuracy"], "predicted_ms": space.cost(
-            policies[name]) if name in policies else (na.cost if name == "netadapt" else dense)}
-        if name != "dense":
-            short_finetune(m, train, steps=args.ft_steps, lr=0.01, seed=1)
-            rows[name]["test_acc_ft"] = task.evaluate(m)["accuracy"]
-    lat = interleaved_latency(models, x, rounds=7, repeats=20, threads=1)
-    for name in models:
-        rows[name]["measured_ms_b1"] = lat[name]
-        rows[name]["measured_share"] = lat[name] / lat["dense"]
-    lut.save()
+    info: dict = {}
+    cfg = SearchChannelsConfig(target="latency", budget=args.budget, strategy="cem", val_samples=args.val,
+                               population=args.population, generations=args.generations, trials=trials)
+    (OUT / "mbv2_cem").mkdir(parents=True, exist_ok=True)
+    policies["cem"], cem = channel_policy(space, task, cfg, seed=0, out_dir=OUT / "mbv2_cem")
+    info["cem"] = {k: cem[k] for k in ("reward", "trials", "resumed_trials", "seconds")}
+    na_cfg = NetAdaptConfig(target="latency", budget=args.budget, step=args.step, finetune_steps=args.na_steps,
+                            train_samples=5000, val_samples=args.val, trials=trials)
+    (OUT / "mbv2_netadapt").mkdir(parents=True, exist_ok=True)
+    models = {"dense": model, "uniform": space.apply(policies["uniform"]), "cem": space.apply(policies["cem"])}
+    try:
+        policies["netadapt"], na, models["netadapt"] = netadapt_policy(space, task, na_cfg, seed=0,
+                                                                       out_dir=OUT / "mbv2_netadapt")
+        info["netadapt"] = {k: na[k] for k in ("iterations", "trials", "resumed_trials", "seconds")}
+        info["netadapt"]["accuracy_per_iteration"] = [h["accuracy"] for h in na["history"]]
+        netslim.save(models["netadapt"], na_path, {"model": "mobilenetv2", "dataset": "fashion-mnist"})
+        na_error = None
+    except NetslimError as e:
+        na_error = str(e)
+    space.latency.save()
+    val = Subset.from_task(task, "val", args.val, seed=0)
+    from netslim.search.evaluate import accuracy
+
+    lat = interleaved_latency(models, x, rounds=args.rounds, repeats=20, threads=1)
+    rows = {name: {"predicted_ms": space.cost(policies[name]) if name in policies else dense,
+                   "measured_ms_b1": lat[name], "measured_share": lat[name] / lat["dense"],
+                   "val_acc_no_ft": accuracy(m, val)} for name, m in models.items()}
     save_part("mobilenetv2_latency", {
         "budget_share": args.budget, "predicted_dense_ms": dense, "calibration": space.calibration,
-        "calibration_seconds": t_cal, "cem_seconds": t_cem, "netadapt_seconds": t_na,
-        "netadapt_iterations": len(na.history), "policies": {**policies, "netadapt": na.policy},
-        "protocol": "batch 1, 1 thread; predicted = calibrated LUT; measured = interleaved A/B, 7 rounds x 20, median; "
-                    f"fine-tune: {args.ft_steps} SGD steps (batch 64, 5000-image train subset) for every pruned "
-                    f"model (NetAdapt's also had {args.na_steps} steps per iteration during the search)",
+        "calibration_seconds": t_cal, "search": info, "netadapt_error": na_error, "policies": policies,
+        "protocol": "batch 1, 1 thread; predicted = lookup table calibrated on the dense model and uniform "
+                    f"prunings; measured = interleaved A/B, {args.rounds} rounds x 20, median; CEM reward = "
+                    f"val accuracy ({args.val} images) without fine-tuning; NetAdapt: {args.na_steps} SGD steps per "
+                    f"candidate, step {args.step} of the dense latency per iteration",
         "results": rows})
     print(json.dumps(rows, indent=1))
 
 
 def cmd_nas(args) -> None:
-    from netslim.search.nas import NASConfig, nas_search
+    """Evolutionary NAS (proxy-trained candidates, resumable trial log), then the chosen architecture
+    trained from scratch for ``--final-steps``; Pareto plot against the compressed ResNet-20 points."""
+    import statistics
+
+    from netslim.measure.counts import macs_per_layer
+    from netslim.recipe.runner import open_model
+    from netslim.search.evaluate import Subset, short_finetune
+    from netslim.search.nas import NASConfig, NASSpace, nas_search
     from netslim.search.options import TrialOptions
     from netslim.search.report import pareto_markdown, pareto_plot
     from netslim.train.tasks import get_task
 
+    torch.set_num_threads(THREADS)
     task = get_task("fashion-mnist")
+    x = task.example_inputs(1)
+    big, _ = open_model("resnet20")
+    big_macs = sum(macs_per_layer(big, x).values())
     cfg = NASConfig(population=args.population, generations=args.generations, train_samples=args.train,
-                    train_steps=args.steps, val_samples=args.val,
-                    trials=TrialOptions(backend=args.backend, workers=2, threads=1 if args.backend == "ray" else 2,
-                                        log="nas_trials.jsonl"))
+                    train_steps=args.steps, val_samples=args.val, max_cost=args.max_cost * big_macs,
+                    trials=TrialOptions(backend=args.backend, workers=2, threads=THREADS, log="nas_trials.jsonl"))
     OUT.mkdir(parents=True, exist_ok=True)
     res = nas_search(task, cfg, seed=0, out_dir=OUT)
     pts = [{"label": str(p["genotype"]), **p} for p in res["points"]]
-    compressed = []
     prior = load_results()
-    for key in ("resnet20_ft_seed0",):
-        for name, r in prior.get(key, {}).get("results", {}).items():
-            compressed.append({"label": f"resnet20 {name} 2x", "macs": r["macs"], "accuracy": r["test_acc"]})
-    pareto_plot({"NAS candidates (proxy accuracy, val)": pts, "ResNet-20 compressed 2x (test, fine-tuned)": compressed},
-                OUT / "nas_pareto.png", cost="macs", title="accuracy vs MACs: searched vs compressed")
+    compressed: dict[str, list] = {}
+    for key, part in prior.items():
+        if key.startswith("resnet20_ft_seed"):
+            for name, r in part.get("results", {}).items():
+                compressed.setdefault(name, []).append(r)
+    comp_pts = [{"label": f"resnet20 {name} 2x", "macs": rs[0]["macs"], "seeds": len(rs),
+                 "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
+    comp_pts.append({"label": "resnet20 dense", "macs": big_macs, "accuracy": task.evaluate(big)["accuracy"]})
+    trained = []
+    if args.final_steps:
+        torch.manual_seed(0)
+        chosen = NASSpace.build(res["best"]["genotype"])
+        t0 = time.perf_counter()
+        short_finetune(chosen, Subset.from_task(task, "train", 10 ** 9, seed=0), steps=args.final_steps, lr=0.05,
+                       batch_size=64, seed=0)
+        trained.append({"label": f"NAS best {res['best']['genotype']}", "macs": res["best"]["macs"],
+                        "params": res["best"]["params"], "accuracy": task.evaluate(chosen)["accuracy"],
+                        "train_steps": args.final_steps, "train_seconds": time.perf_counter() - t0})
+    pareto_plot({"NAS candidates (proxy: val acc after a short training)": pts,
+                 f"NAS best trained ({args.final_steps} steps, test)": trained,
+                 "ResNet-20 dense / compressed 2x (test, fine-tuned)": comp_pts},
+                OUT / "nas_pareto.png", cost="macs", title="accuracy vs MACs: searched vs compressed big model")
     (OUT / "nas_pareto.md").write_text(pareto_markdown(pts, "macs", "accuracy") + "\n")
     save_part("nas", {"config": cfg.model_dump(mode="json"), "seconds": res["seconds"], "trials": res["trials"],
-                      "pareto": res["pareto"], "best": res["best"], "points": res["points"],
-                      "note": "proxy: trained from scratch for train_steps SGD steps on a train subset, "
-                              "accuracy on a validation subset"})
-    print(json.dumps(res["pareto"], indent=1, default=str))
+                      "resumed_trials": res["resumed_trials"], "pareto": res["pareto"], "best": res["best"],
+                      "points": res["points"], "trained": trained, "compressed": comp_pts,
+                      "note": "proxy: trained from scratch for train_steps SGD steps on a train subset, accuracy on "
+                              "a validation subset; 'trained': the chosen architecture from scratch, test accuracy"})
+    print(json.dumps({"pareto": res["pareto"], "trained": trained, "compressed": comp_pts}, indent=1, default=str))
 
 
 def main() -> None:
@@ -342,20 +398,25 @@ def main() -> None:
     a = sub.add_parser("mixed")
     a.add_argument("--avg-bits", type=float, nargs="+", default=[3.0, 4.0])
     a = sub.add_parser("mbv2")
+    a.add_argument("--phase", choices=("search", "finetune"), default="search")
     a.add_argument("--budget", type=float, default=0.6)
-    a.add_argument("--val", type=int, default=500)
+    a.add_argument("--val", type=int, default=300)
     a.add_argument("--population", type=int, default=12)
     a.add_argument("--generations", type=int, default=4)
     a.add_argument("--step", type=float, default=0.1)
-    a.add_argument("--na-steps", type=int, default=20)
-    a.add_argument("--ft-steps", type=int, default=200)
+    a.add_argument("--na-steps", type=int, default=10)
+    a.add_argument("--rounds", type=int, default=7)
+    a.add_argument("--ft-steps", type=int, default=100)
+    a.add_argument("--redo", action="store_true")
     a = sub.add_parser("nas")
     a.add_argument("--population", type=int, default=6)
     a.add_argument("--generations", type=int, default=3)
     a.add_argument("--train", type=int, default=5000)
     a.add_argument("--steps", type=int, default=100)
     a.add_argument("--val", type=int, default=500)
-    a.add_argument("--backend", default="ray")
+    a.add_argument("--max-cost", type=float, default=0.5, help="share of ResNet-20's MACs for the chosen arch")
+    a.add_argument("--final-steps", type=int, default=0, help="train the chosen architecture this many steps")
+    a.add_argument("--backend", default="serial")
     args = p.parse_args()
     {"prep": cmd_prep, "finetune": cmd_finetune, "ray": cmd_ray, "mixed": cmd_mixed, "mbv2": cmd_mbv2,
      "nas": cmd_nas}[args.cmd](args)
