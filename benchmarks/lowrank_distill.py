@@ -10,6 +10,8 @@ Sections (``--only`` picks some; results merge into benchmarks/results/lowrank_d
   fidelity before any training, interleaved latency.
 * ``kd_resnet20``: half-width ResNet-20 trained from scratch with vs without KD from the
   trained ResNet-20 (needs its checkpoint), per seed.
+* ``prune_distill_resnet20``: ResNet-20 channel-pruned to half its MACs, then fine-tuning vs
+  distillation from the unpruned model, same epochs / lr / batches, per seed.
 
     NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/lowrank_distill.py --only svd_lenet300
 """
@@ -211,6 +213,37 @@ def kd_resnet20(args) -> dict:
     return res
 
 
+def prune_distill_resnet20(args) -> dict:
+    """ResNet-20 channel-pruned to ``--pd-macs`` of its MACs (global L2, shrunk), then plain
+    fine-tuning vs distillation from the unpruned model (T 4, α ``--pd-alpha``): same epochs,
+    lr, batches, augmentation and data order per seed."""
+    from netslim.prune.structured.channels import prune_channels
+
+    teacher = _resnet20_teacher()
+    if teacher is None:
+        return {"skipped": "no ResNet-20 checkpoint"}
+    task = get_task("fashion-mnist")
+    pruned, report = prune_channels(copy.deepcopy(teacher), task.example_inputs(1), target_macs=args.pd_macs,
+                                    criterion="l2", scope="global")
+    res: dict = {"baseline_acc": _acc(teacher, task), "params_before": report["params_before"],
+                 "params_after": report["params_after"], "macs_kept": round(report["macs_after"] / report[
+                     "macs_before"], 4), "pruned_acc": _acc(pruned, task), "epochs": args.kd_epochs,
+                 "lr": args.pd_lr, "temperature": 4.0, "alpha": args.pd_alpha}
+    _channels_last(teacher)
+    ft, kd = [], []
+    for seed in _seeds(args):
+        cfg = dict(epochs=args.kd_epochs, lr=args.pd_lr, seed=seed, amp="bf16")
+        m = _channels_last(copy.deepcopy(pruned))
+        fit(m, _train_task(seed, augment=True), FinetuneConfig(**cfg))
+        ft.append(_acc(m, task))
+        m = _channels_last(copy.deepcopy(pruned))
+        distill(m, teacher, task=_train_task(seed, augment=True), temperature=4.0, alpha=args.pd_alpha, **cfg)
+        kd.append(_acc(m, task))
+        print({"seed": seed, "finetune": ft[-1], "distill": kd[-1]}, flush=True)
+    res["finetune"], res["distill"] = _spread(ft), _spread(kd)
+    return res
+
+
 def svd_resnet20(args) -> dict:
     """Before fine-tuning: plain vs data-aware channel SVD over global budgets, Tucker-2 by energy;
     then the 2x budget (data-aware) fine-tuned briefly, per seed."""
@@ -346,7 +379,7 @@ def svd_minilm_calib(args) -> dict:
 SECTIONS = {"svd_lenet300": svd_lenet300, "prune_distill": prune_distill, "svd_minilm": svd_minilm,
             "kd_resnet20": kd_resnet20, "train_big": train_big,
             "svd_resnet20": svd_resnet20, "activation_rank": activation_rank_lenet300,
-            "svd_minilm_calib": svd_minilm_calib}
+            "svd_minilm_calib": svd_minilm_calib, "prune_distill_resnet20": prune_distill_resnet20}
 
 
 def main() -> None:
@@ -359,6 +392,9 @@ def main() -> None:
     ap.add_argument("--table", action=argparse.BooleanOptionalAction, default=True,
                     help="svd_resnet20: the before-fine-tuning table")
     ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--pd-macs", type=float, default=0.5, help="prune_distill_resnet20: share of MACs kept")
+    ap.add_argument("--pd-lr", type=float, default=0.02, help="prune_distill_resnet20: recovery lr (both arms)")
+    ap.add_argument("--pd-alpha", type=float, default=0.9, help="prune_distill_resnet20: soft-loss weight")
     ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
     ap.add_argument("--big-epochs", type=int, default=3)
     ap.add_argument("--minilm-calib", type=int, default=256)
