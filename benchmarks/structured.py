@@ -42,10 +42,15 @@ OUT = ROOT / "results" / "structured.json"
 
 
 def _merge(key: str, value: dict) -> None:
-    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    data[key] = {**value, "date": dt.date.today().isoformat(), "torch": torch.__version__,
-                 "load_avg": os.getloadavg()[0], "machine": platform.processor() or platform.machine()}
-    atomic_write(OUT, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+    import fcntl
+
+    # parts run as concurrent jobs: the read-modify-write of the shared JSON is serialised
+    with open(cache_dir() / "bench" / "structured.json.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        data[key] = {**value, "date": dt.date.today().isoformat(), "torch": torch.__version__,
+                     "load_avg": os.getloadavg()[0], "machine": platform.processor() or platform.machine()}
+        atomic_write(OUT, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
 
 
 def _artifact(name: str) -> Path:
@@ -110,7 +115,8 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
     resume.path.unlink(missing_ok=True)  # finished: the next run of this command starts afresh
     before = state["before"]
     after = {"accuracy_pruned_no_ft": state["pruned_acc"], "accuracy": acc(back), "params": count_params(back),
-             "macs": total_macs(back, x1), "bytes": path.stat().st_size}
+             "macs": total_macs(back, x1), "bytes": path.stat().st_size,
+             "bytes_without_plan": _size(back)}  # the stored prune plan (keep indices) is part of "bytes"
     return {"model": args.model, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
             "finetune_seconds": round(resume.seconds, 1), "history": summary["history"],
             "prune_seconds": state["prune_s"], "before": before, "after": after, "artifact": str(path), **extra,
