@@ -217,14 +217,15 @@ def run_row(row: str, args) -> dict:
 
     register_hf_models()
     task = CausalLMTask(model_name=args.model, seq_len=512, limit=args.eval_blocks)
+    import psutil
+
+    rss_before_model = psutil.Process().memory_info().rss  # interpreter + torch + transformers + tokenizer
     model = build_model(args.model)
     fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
     import gc
 
     gc.collect()
     _malloc_trim()  # give the GGUF loading's freed heap back to the OS, so RSS shows what is live
-    import psutil
-
     rss_loaded = psutil.Process().memory_info().rss
     step = ROWS[row]
     seconds, compress_peak, extra = 0.0, rss_loaded, {}
@@ -259,11 +260,12 @@ def run_row(row: str, args) -> dict:
     if "process_peak_rss_mb" in extra:  # llmc row: the compressing process is the llmc one
         rss_peak = extra.pop("process_peak_rss_mb") * 2**20
         rss_loaded = extra.pop("rss_after_load_mb") * 2**20
+        rss_before_model = extra.pop("rss_before_model_mb", 0) * 2**20  # 0: an older llmc_run.py
     ppl = task.evaluate(model)["perplexity"]
     sample = task.generate_sample(model, PROMPT, max_new_tokens=args.gen_tokens) if args.gen_tokens else ""
     return {"row": row, "model": args.model, "step": step, "perplexity": ppl, "compress_s": round(seconds, 1),
             "process_peak_rss_mb": round(rss_peak / 2**20), "rss_after_load_mb": round(rss_loaded / 2**20),
-            "compress_peak_rss_mb": round(compress_peak / 2**20),
+            "compress_peak_rss_mb": round(compress_peak / 2**20), "rss_before_model_mb": round(rss_before_model / 2**20),
             "fp32_model_mb": round(fp32_bytes / 2**20), "num_samples": args.num_samples if calib else 0,
             "eval_tokens": args.eval_blocks * 512, "threads": args.threads, "sample": sample,
             "load_avg": os.getloadavg()[0], **extra}

@@ -88,14 +88,15 @@ def main() -> None:
     from safetensors.torch import load_file, save_file
 
     ids = load_file(args.calib)["input_ids"]  # (N, L) int64
+    import psutil
+
+    rss_before_model = psutil.Process().memory_info().rss  # interpreter + torch + transformers + llmcompressor
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model_dir)
     ds = Dataset.from_dict({"input_ids": ids.tolist()})
     with torch.no_grad():  # same figure as netslim's process computes: both load the same model
         logits = model(input_ids=ids[:1], use_cache=False).logits[0, :-1].float()
         first_nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
-    import psutil
-
     rss_loaded = psutil.Process().memory_info().rss
     mod = modifier(args.method)
     t0 = time.perf_counter()
@@ -109,7 +110,8 @@ def main() -> None:
     save_file(weights, str(tmp))
     os.replace(tmp, args.weights)
     res = {"compress_s": round(seconds, 1), "compress_peak_rss_mb": round(peak.peak / 2**20),
-           "rss_after_load_mb": round(rss_loaded / 2**20), "first_nll_llmc": round(first_nll, 5),
+           "rss_after_load_mb": round(rss_loaded / 2**20),
+           "rss_before_model_mb": round(rss_before_model / 2**20), "first_nll_llmc": round(first_nll, 5),
            "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
            "modifier": repr(mod), "llmcompressor": llmcompressor.__version__,
            "transformers": transformers.__version__, "torch": torch.__version__,
