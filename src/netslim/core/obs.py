@@ -86,23 +86,29 @@ def inverse_cholesky(h: torch.Tensor, w: torch.Tensor, damp: float = 0.01,
     if not torch.isfinite(h).all():
         raise NetslimError("The calibration Hessian has NaN/Inf entries: the block's inputs overflowed; "
                            "check the model in float32 and the calibration tokens.")
-    h = h.double().clone()  # float64: C <= a few thousand, and the factorisation must not fail on rounding
-    dead = torch.diag(h) == 0
+    # float64: C <= a few thousand, and the factorisation must not fail on rounding. At most three
+    # (C, C) float64 matrices live at once (H, a factor, the inverse): no identity, no H + λI copy.
+    h = h.to(torch.float64, copy=True)
+    diag = h.diagonal()                                          # a view: damping is added in place
+    dead = diag == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0
-    mean_diag = float(torch.diag(h).mean())
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    mean_diag = float(diag.mean())
     lam = damp * mean_diag if damp > 0 else 0.0
+    added = 0.0
     for attempt in range(max_tries):
-        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
+        diag.add_(lam - added)
+        added = lam
+        chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            hinv = torch.cholesky_inverse(chol)
-            u, info = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info) == 0 and torch.isfinite(u).all():
+            chol = torch.cholesky_inverse(chol)                  # H^-1 (the factor is dropped)
+            chol, info = torch.linalg.cholesky_ex(chol, upper=True)
+            if int(info) == 0 and torch.isfinite(chol).all():
                 if attempt:
                     log.warning("Hessian was singular: damping raised to %.3g (x%d of the requested)",
                                 lam, 10**attempt)
-                return u.float(), dead, lam
+                return chol.float(), dead, lam
+        del chol
         lam = max(lam * 10, 1e-6 * max(mean_diag, 1.0))
     raise NetslimError(f"The calibration Hessian stays singular even with damping {lam:.3g} "
                        f"(mean diagonal {mean_diag:.3g}): the layer's inputs are (nearly) linearly dependent. "
