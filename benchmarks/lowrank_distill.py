@@ -132,6 +132,8 @@ MINILM_VARIANTS = {  # name -> svd options on top of the FFN budget
     "sequential": {"data_aware": True, "sequential": True},
     "output_alloc": {"data_aware": True, "allocation": "output"},
     "output_alloc_sequential": {"data_aware": True, "allocation": "output", "sequential": True},
+    "output_aware": {"data_aware": True, "output_aware": True},
+    "output_aware_sequential": {"data_aware": True, "output_aware": True, "sequential": True},
 }
 
 

@@ -109,6 +109,7 @@ def test_output_allocation_gives_rank_to_the_layer_the_output_depends_on():
     ({"select": "budget", "target": 0.5, "sequential": True}, "sequential needs data_aware"),
     ({"select": "energy", "allocation": "output"}, "allocation 'output' needs select 'budget'"),
     ({"select": "budget", "target": 0.5, "allocation": "best"}, "allocation"),
+    ({"select": "budget", "target": 0.5, "output_aware": True}, "output_aware needs data_aware"),
 ])
 def test_invalid_refine_options_name_the_field(bad, match):
     with pytest.raises(NetslimError, match=match):
@@ -118,3 +119,64 @@ def test_invalid_refine_options_name_the_field(bad, match):
 def test_output_allocation_without_calibration_is_a_clear_error():
     with pytest.raises(NetslimError, match="allocation='output' needs calibration"):
         svd_compress(_mlp(), select="budget", target=0.5, allocation="output", example=torch.randn(1, 32))
+
+
+# ------------------------------------------------------------------ output-aware (two-sided)
+def _lower(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, n, generator=g, dtype=torch.float64).tril(-1) * 0.3
+            + torch.diag(torch.rand(n, generator=g, dtype=torch.float64) + 0.2))
+
+
+def test_two_sided_factors_reach_the_eckart_young_bound():
+    """‖Rᵀ(W − AB)L‖² must equal the dropped σ² of Rᵀ W L (the optimum), beat the one-sided
+    factors in that norm, and reproduce W at full rank."""
+    from netslim.lowrank import svd_factors
+    from netslim.lowrank.svd import spectrum
+
+    torch.manual_seed(0)
+    w = torch.randn(20, 16, dtype=torch.float64)
+    L, R = _lower(16, 1), _lower(20, 2)
+    sigma = spectrum(w, L, R)
+    for r in (3, 8):
+        a, b = svd_factors(w, r, L, R)
+        err = float((R.T @ (w - a @ b) @ L).pow(2).sum())
+        assert err == pytest.approx(float(sigma[r:].pow(2).sum()), rel=1e-9)
+        a1, b1 = svd_factors(w, r, L)
+        assert err < float((R.T @ (w - a1 @ b1) @ L).pow(2).sum())
+    a, b = svd_factors(w, 16, L, R)
+    torch.testing.assert_close(a @ b, w)
+
+
+def test_output_gradient_grams_estimate_the_gauss_newton_metric():
+    """For y = W₂(W₁x): ∂(vᵀy)/∂(W₁x) = W₂ᵀv, so E[GᵀG]/N = W₂ᵀW₂ (and I for the last layer);
+    the model's parameters keep requires_grad False and get no .grad."""
+    from netslim.lowrank.calib import output_gradient_grams
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 5)).requires_grad_(False)
+    n = 40_000
+    grams = output_gradient_grams(model, ["0", "1"], torch.randn(n, 6), batch_size=4096)
+    w2 = model[1].weight.double()
+    est, want = grams["0"] / n, w2.T @ w2
+    assert float((est - want).norm() / want.norm()) < 0.03
+    assert float((grams["1"] / n - torch.eye(5, dtype=torch.float64)).norm()) < 0.05
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_output_aware_lowers_the_error_at_the_model_output():
+    """Layer 0 feeds a last layer that reads mostly a few of its outputs: weighting by the
+    output's sensitivity spends the rank there and cuts the model's output error."""
+    torch.manual_seed(0)
+    x = _correlated_inputs(2048, 32)
+    original = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 6)).eval()
+    with torch.no_grad():
+        original[2].weight.mul_(torch.logspace(0, -2, 48)[torch.randperm(48)])  # anisotropic reader
+    one, two = copy.deepcopy(original), copy.deepcopy(original)
+    opts = dict(select="rank", ranks={"0": 4}, data_aware=True, calibration=x, damping=1e-4)
+    svd_compress(one, **opts)
+    svd_compress(two, output_aware=True, **opts)
+    with torch.no_grad():
+        ref = original(x)
+        e_one, e_two = (float((m(x) - ref).pow(2).sum()) for m in (one, two))
+    assert e_two < 0.7 * e_one, (e_two, e_one)

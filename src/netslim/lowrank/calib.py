@@ -192,3 +192,74 @@ def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any
         original.train(states[0])
         current.train(states[1])
     return gram, cross
+
+
+def _forward(model: nn.Module, batch: Any) -> Any:
+    dev = _device(model)
+    if isinstance(batch, dict):
+        return model(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    return model(batch.to(dev))
+
+
+def _output_rows(module: nn.Module, g: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A layer's output (or its gradient) as rows of output features: (N, out)."""
+    if isinstance(module, nn.Conv2d):
+        return g.movedim(1, -1).reshape(-1, g.shape[1])  # (B·H·W, out)
+    if mask is not None and g.ndim == 3 and tuple(g.shape[:2]) == tuple(mask.shape):
+        return g[mask.to(g.device).bool()]  # (tokens, out)
+    return g.reshape(-1, g.shape[-1])
+
+
+def output_gradient_grams(model: nn.Module, names: Sequence[str], inputs: Any, batch_size: int = 16,
+                          seed: int = 0) -> dict[str, torch.Tensor]:
+    """``{name: GᵀG}`` (float64, out×out): G the rows of ∂(vᵀ f(x))/∂(layer output), v ~ N(0, I)
+    drawn per output element (zero on padding tokens), f the model's main output.
+
+    In expectation over v this is the Gauss-Newton metric Jᵀ J of ‖f(x) − f_ref(x)‖² with
+    respect to the layer's output: which output directions of the layer the model's output
+    is sensitive to. One backward pass per batch; the model's parameters are not modified
+    and get no ``.grad``.
+    """
+    grams: dict[str, torch.Tensor] = {}
+    outs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    modules = {n: get_module(model, n) for n in names}
+
+    def hook(name):
+        def fn(m, args, out):
+            outs[name].append(out)
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    # The layers' outputs must be in the autograd graph even for a frozen model: let their
+    # weights require grad for the duration (autograd.grad below never writes .grad).
+    flags = [(p, p.requires_grad) for n in names for p in modules[n].parameters()]
+    for p, _ in flags:
+        p.requires_grad_(True)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for batch in _chunks(inputs, batch_size):
+                mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+                y = _main_output(_forward(model, batch)).float()
+                v = torch.randn(y.shape, generator=gen).to(y.device)
+                if mask is not None and y.ndim == 3 and tuple(y.shape[:2]) == tuple(mask.shape):
+                    v = v * mask.to(y.device, y.dtype).unsqueeze(-1)
+                keys = [(n, i) for n in names for i in range(len(outs[n]))]
+                grads = torch.autograd.grad((y * v).sum(), [outs[n][i] for n, i in keys], allow_unused=True)
+                for (n, _), g in zip(keys, grads):
+                    if g is None:
+                        continue
+                    rows = _output_rows(modules[n], g.detach(), mask).double()  # (N, out)
+                    gram = rows.T @ rows
+                    grams[n] = grams[n] + gram if n in grams else gram
+                for n in names:
+                    outs[n].clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return grams

@@ -105,10 +105,12 @@ def conv_matrix(weight: torch.Tensor, scheme: Scheme) -> torch.Tensor:
 
 
 def factorize_conv(conv: nn.Conv2d, rank: int, *, scheme: Scheme = "channel",
-                   whitening: torch.Tensor | None = None, name: str = "Conv2d") -> LowRankConv2d:
+                   whitening: torch.Tensor | None = None, out_whitening: torch.Tensor | None = None,
+                   name: str = "Conv2d") -> LowRankConv2d:
     """A :class:`LowRankConv2d` of rank ``rank`` approximating ``conv`` (full rank: exact).
 
-    ``whitening`` (channel scheme only) is L for the conv's unfolded input patches.
+    ``whitening`` (channel scheme only) is L for the conv's unfolded input patches,
+    ``out_whitening`` R for its output channels (see :func:`netslim.lowrank.svd.svd_factors`).
     """
     if not isinstance(conv, nn.Conv2d):
         raise NetslimError(f"factorize_conv needs an nn.Conv2d; {name!r} is a {type(conv).__name__}.")
@@ -117,13 +119,13 @@ def factorize_conv(conv: nn.Conv2d, rank: int, *, scheme: Scheme = "channel",
     why = supported(conv)
     if why:
         raise NetslimError(f"Cannot factorize {name!r}: {why}.")
-    if whitening is not None and scheme != "channel":
+    if (whitening is not None or out_whitening is not None) and scheme != "channel":
         raise NetslimError("Data-aware factorization of convs needs scheme 'channel'; got 'spatial'.")
     w = conv.weight  # (out, in, kh, kw)
     out_c, in_c, kh, kw = w.shape
     mat = conv_matrix(w, scheme)
     check_rank(rank, tuple(mat.shape), f"{name!r} ({scheme} scheme)")
-    A, B = svd_factors(mat, rank, whitening)  # (rows, r), (r, cols)
+    A, B = svd_factors(mat, rank, whitening, out_whitening)  # (rows, r), (r, cols)
     with torch.device(w.device):
         out = LowRankConv2d(in_c, out_c, (kh, kw), rank, conv.stride, conv.padding, conv.dilation,
                             bias=conv.bias is not None, scheme=scheme)

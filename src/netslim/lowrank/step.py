@@ -5,6 +5,7 @@
   select: budget          # rank | energy | budget
   target: 0.5             # keep 50 % of the model's params (target_metric: params | macs)
   data_aware: true        # whiten with calibration inputs (SVD-LLM) instead of plain SVD
+  output_aware: false     # also weight by the model output's sensitivity (two-sided, K-FAC style)
   exclude: [fc3]
 ```
 
@@ -29,7 +30,8 @@ from netslim.core.errors import NetslimError
 from netslim.core.selectors import select, settings_for
 from netslim.core.surgery import replace_module
 
-from .calib import input_grams, layer_geometry, model_outputs, output_distortion, paired_grams
+from .calib import (input_grams, layer_geometry, model_outputs, output_distortion, output_gradient_grams,
+                    paired_grams)
 from .conv import conv_matrix, factorize_conv, supported, tucker2, tucker_energy_ranks
 from .rank import LayerBudget, allocate_ranks, break_even_rank, energy_rank, energy_share
 from .svd import check_rank, damped_cholesky, factorize_linear, linalg_threads, spectrum, whitening_factor
@@ -62,6 +64,10 @@ class SVDConfig(MethodConfig):
     sequential: bool = Field(False, description="data_aware: factorize layers in forward order, each refit to "
                              "reproduce the original layer's outputs from the inputs the already-factorized "
                              "model gives it")
+    output_aware: bool = Field(False, description="data_aware: also weight each layer's output error by the "
+                               "model output's sensitivity to it (Gram of output gradients along random "
+                               "directions, one backward pass per calibration batch); ranks are then "
+                               "allocated by estimated model-output error")
     include: Selector = None
     exclude: Selector = None
 
@@ -77,6 +83,8 @@ class SVDConfig(MethodConfig):
             raise ValueError("data_aware needs conv_scheme 'channel'")
         if self.sequential and not self.data_aware:
             raise ValueError("sequential needs data_aware: true")
+        if self.output_aware and not self.data_aware:
+            raise ValueError("output_aware needs data_aware: true")
         if self.allocation == "output" and self.select != "budget":
             raise ValueError("allocation 'output' needs select 'budget'")
         bad = {k: v for k, v in self.ranks.items() if v < 1}
@@ -96,6 +104,7 @@ class Candidate:
     kind: str  # "linear" | "channel" | "spatial" | "tucker"
     matrix: Any = None  # (m, n) weight view for the SVD kinds
     whitening: Any = None
+    out_whitening: Any = None  # output_aware: R, R Rᵀ = output-gradient Gram + λI
     sigma: Any = None
     costs: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (per_rank, dense)
     geometry: dict[str, int] = field(default_factory=dict)
@@ -185,6 +194,8 @@ def _prepare(model: nn.Module, cands: list[Candidate], cfg: SVDConfig, example, 
         if calibration is None:
             raise NetslimError("svd with data_aware=true needs calibration inputs (a task or `calibration=`).")
         grams = input_grams(model, [c.name for c in cands if c.kind != "tucker"], calibration)
+    out_grams = (output_gradient_grams(model, [c.name for c in cands if c.kind != "tucker"], calibration)
+                 if cfg.output_aware else {})
     for c in cands:
         c.geometry = geo[c.name]
         if c.kind == "tucker":
@@ -192,7 +203,13 @@ def _prepare(model: nn.Module, cands: list[Candidate], cfg: SVDConfig, example, 
         c.costs = _costs(c, geo[c.name])
         if c.name in grams:
             c.whitening = whitening_factor(grams[c.name], cfg.damping)
-        c.sigma = spectrum(c.matrix, c.whitening)
+        if c.name in out_grams:
+            c.out_whitening = whitening_factor(out_grams[c.name], cfg.damping)
+        c.sigma = spectrum(c.matrix, c.whitening, c.out_whitening)
+        if cfg.output_aware:
+            # σ² of Rᵀ W L estimate model-output error in the same units for every layer: let
+            # the allocator compare absolute, not per-layer relative, energies.
+            c.sensitivity = float((c.sigma ** 2).sum())
 
 
 # ------------------------------------------------------------------------- Tucker-2
@@ -228,9 +245,10 @@ def _replace(model: nn.Module, c: Candidate, rank: int, *, module: nn.Module | N
     module = c.module if module is None else module
     whitening = c.whitening if whitening is None else whitening
     if c.kind == "linear":
-        new = factorize_linear(module, rank, whitening=whitening, name=c.name)
+        new = factorize_linear(module, rank, whitening=whitening, out_whitening=c.out_whitening, name=c.name)
     else:
-        new = factorize_conv(module, rank, scheme=c.kind, whitening=whitening, name=c.name)
+        new = factorize_conv(module, rank, scheme=c.kind, whitening=whitening, out_whitening=c.out_whitening,
+                             name=c.name)
     replace_module(model, c.name, new)
     return new
 

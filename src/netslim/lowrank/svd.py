@@ -9,6 +9,12 @@ Data-aware (SVD-LLM, Wang et al. 2024): with calibration inputs X (n×N) and
 ``W L`` and mapping back with ``L⁻¹`` minimises the output error instead of the weight error;
 the dropped σ² of ``W L`` are exactly that output error. λ (``damping`` × mean diagonal)
 keeps L invertible when inputs are rank-deficient (dead pixels, padding).
+
+Output-aware (two-sided): with G = Σ gᵀg the Gram of the gradients of the model's output
+(along random directions) with respect to the layer's output, ``G + λI = R Rᵀ``, the error
+that reaches the model's output is ≈ ``‖Rᵀ(W − W')L‖_F`` (Gauss-Newton, Kronecker-factored
+as in K-FAC), so the SVD of ``Rᵀ W L`` is truncated instead and mapped back by ``R⁻ᵀ`` and
+``L⁻¹``. Its σ² are then estimates of model-output error, comparable across layers.
 """
 from __future__ import annotations
 
@@ -96,34 +102,51 @@ def damped_cholesky(gram: torch.Tensor, damping: float = 0.01) -> tuple[torch.Te
                        f"even with damping {lam / scale:.3g}; increase 'damping'.")
 
 
-def spectrum(weight: torch.Tensor, whitening: torch.Tensor | None = None) -> torch.Tensor:
-    """Singular values (descending, float64) of ``W`` or of ``W L`` (data-aware)."""
+def _weighted(weight: torch.Tensor, whitening: torch.Tensor | None,
+              out_whitening: torch.Tensor | None) -> torch.Tensor:
+    """``Rᵀ W L`` (float64) with whichever factors are given."""
     w = weight.detach().double()  # (m, n)
     if whitening is not None:
-        w = w @ whitening.to(w.device)
+        w = w @ whitening.to(w.device).double()
+    if out_whitening is not None:
+        w = out_whitening.to(w.device).double().T @ w
+    return w
+
+
+def spectrum(weight: torch.Tensor, whitening: torch.Tensor | None = None,
+             out_whitening: torch.Tensor | None = None) -> torch.Tensor:
+    """Singular values (descending, float64) of ``W``, ``W L`` (data-aware) or ``Rᵀ W L``
+    (output-aware)."""
+    w = _weighted(weight, whitening, out_whitening)
     with linalg_threads(w.device):
         return torch.linalg.svdvals(w)
 
 
 def svd_factors(weight: torch.Tensor, rank: int, whitening: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                out_whitening: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, B)`` with ``A @ B`` the best rank-``rank`` approximation of ``weight`` (m×n).
 
-    With ``whitening`` (L from :func:`whitening_factor`) best means least ‖(W − AB)L‖_F.
-    Computed in float64; returned in the weight's dtype.
+    With ``whitening`` (L from :func:`whitening_factor`) best means least ‖(W − AB)L‖_F;
+    with ``out_whitening`` (R, lower-triangular, R Rᵀ = output-gradient Gram + λI) as well,
+    least ‖Rᵀ(W − AB)L‖_F. Computed in float64; returned in the weight's dtype.
     """
     check_rank(rank, tuple(weight.shape), "a weight")
     w = weight.detach().double()  # (m, n)
-    target = w @ whitening.to(w.device) if whitening is not None else w
+    target = _weighted(w, whitening, out_whitening)
     with linalg_threads(w.device):
         U, S, Vh = torch.linalg.svd(target, full_matrices=False)  # (m, k), (k,), (k, n)
     root = S[:rank].sqrt()
     A = U[:, :rank] * root  # (m, r)
     B = root[:, None] * Vh[:rank]  # (r, n)
+    if out_whitening is not None:
+        # R⁻ᵀ A without forming the inverse: solve Rᵀ Z = A (Rᵀ is upper-triangular).
+        with linalg_threads(w.device):
+            A = torch.linalg.solve_triangular(out_whitening.to(w.device).double().T, A, upper=True)
     if whitening is not None:
         # B L⁻¹ without forming the inverse: solve Lᵀ Z = Bᵀ, B' = Zᵀ.
         with linalg_threads(w.device):
-            B = torch.linalg.solve_triangular(whitening.to(w.device).T, B.T, upper=True).T
+            B = torch.linalg.solve_triangular(whitening.to(w.device).double().T, B.T, upper=True).T
+    if whitening is not None or out_whitening is not None:
         # Rebalance each rank-1 term so that ‖A[:, i]‖ = ‖B[i]‖, as in plain SVD. Without it,
         # L's scale (~√N × input std) ends up in A and 1/L's in B, and SGD fine-tuning of the
         # lopsided pair diverged (LeNet-300 2x: 89.4 % -> 77.6 % after one epoch).
@@ -133,12 +156,12 @@ def svd_factors(weight: torch.Tensor, rank: int, whitening: torch.Tensor | None 
 
 
 def factorize_linear(layer: nn.Linear, rank: int, *, whitening: torch.Tensor | None = None,
-                     name: str = "Linear") -> LowRankLinear:
+                     out_whitening: torch.Tensor | None = None, name: str = "Linear") -> LowRankLinear:
     """A :class:`LowRankLinear` of rank ``rank`` approximating ``layer`` (full rank: exact)."""
     if not isinstance(layer, nn.Linear):
         raise NetslimError(f"factorize_linear needs an nn.Linear; {name!r} is a {type(layer).__name__}.")
     check_rank(rank, tuple(layer.weight.shape), repr(name))
-    A, B = svd_factors(layer.weight, rank, whitening)
+    A, B = svd_factors(layer.weight, rank, whitening, out_whitening)
     w = layer.weight
     with torch.device(w.device):
         out = LowRankLinear(layer.in_features, layer.out_features, rank, bias=layer.bias is not None)
