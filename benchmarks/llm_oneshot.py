@@ -41,6 +41,8 @@ ROWS = {
     "sparsegpt24": {"method": "sparsegpt", "n": 2, "m": 4},
     "sparsegpt50_owl": {"method": "sparsegpt", "sparsity": 0.5, "owl": True},
     "sparsegpt50_offload": {"method": "sparsegpt", "sparsity": 0.5, "offload_dir": "/tmp"},
+    # the memory row: one sequence per forward (small transients), block activations on disk
+    "sparsegpt50_lowmem": {"method": "sparsegpt", "sparsity": 0.5, "batch_size": 1, "offload_dir": "/tmp"},
     "rtn_g64": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": False},
     "rtn_g64_sym": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": True},
     "rtn_g32": {"method": "weight_only", "bits": 4, "group_size": 32, "symmetric": False},
@@ -243,7 +245,8 @@ def run_row(row: str, args) -> dict:
     elif step is not None:
         step = dict(step)
         if step["method"] in CALIBRATED:
-            step.update(num_samples=args.num_samples, seq_len=512, batch_size=args.batch_size)
+            step.update(num_samples=args.num_samples, seq_len=512)
+            step.setdefault("batch_size", args.batch_size)  # a row may fix its own (the memory row)
         if step["method"] == "weight_only":
             step["include"] = [BLOCKS]
         cfg = make_config(step)
