@@ -274,6 +274,27 @@ def run_row(row: str, args) -> dict:
             "load_avg": os.getloadavg()[0], **extra}
 
 
+def table(path: str, num_samples: int) -> str:
+    """Markdown table of the latest JSON line per row (at ``num_samples`` calibration sequences) in ``path``."""
+    latest: dict[str, dict] = {}
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if r.get("model") == "smollm2" and r["num_samples"] in (0, num_samples):
+            latest[r["row"]] = r
+    out = ["| row | perplexity | compress s | load avg | RSS before model MB | RSS loaded MB | peak RSS "
+           "compressing MB | peak - before model MB | greedy sample |", "|---" * 9 + "|"]
+    for name in ROWS:
+        r = latest.get(name)
+        if r is None:
+            continue
+        before = r.get("rss_before_model_mb")
+        sample = r["sample"].replace("\n", " ").replace("|", "\\|").strip()
+        out.append(f"| {name} | {r['perplexity']:.2f} | {r['compress_s']:.1f} | {r['load_avg']:.1f} | "
+                   f"{before if before else '-'} | {r['rss_after_load_mb']} | {r['compress_peak_rss_mb']} | "
+                   f"{r['compress_peak_rss_mb'] - before if before else '-'} | {sample[:70]} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", default="dense")
@@ -288,7 +309,11 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2", help="tiny-llama: a quick smoke test of the script")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--prepare", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.out, args.num_samples))
+        return
     rows = args.rows.split(",")
     if args.prepare:
         prepare(args)
