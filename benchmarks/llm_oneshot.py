@@ -36,6 +36,7 @@ ROWS = {
     "magnitude24": {"method": "magnitude_oneshot", "n": 2, "m": 4},
     "wanda50": {"method": "wanda", "sparsity": 0.5},
     "wanda50_owl": {"method": "wanda", "sparsity": 0.5, "owl": True},
+    "wanda50_b4": {"method": "wanda", "sparsity": 0.5, "batch_size": 4},  # same method, other summation order
     "wanda24": {"method": "wanda", "n": 2, "m": 4},
     "sparsegpt50": {"method": "sparsegpt", "sparsity": 0.5},
     "sparsegpt24": {"method": "sparsegpt", "n": 2, "m": 4},
