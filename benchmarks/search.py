@@ -247,15 +247,16 @@ def cmd_mbv2(args) -> None:
     model, _ = open_model("mobilenetv2")
     task = get_task("fashion-mnist")
     x = task.example_inputs(1)
-    na_path = OUT / "mbv2_netadapt.safetensors"
+    t = args.tag
+    na_path = OUT / f"mbv2{t}_netadapt.safetensors"
     if args.phase == "finetune":
-        prior = load_results()["mobilenetv2_latency"]
+        prior = load_results()[f"mobilenetv2_latency{t}"]
         space = ChannelSpace(model, x, options=ChannelSpaceOptions().ratios, metric="macs")  # plans only
         train = Subset.from_task(task, "train", 5000, seed=0)
         models = {n: space.apply(p) for n, p in prior["policies"].items() if n != "netadapt"}
         if prior.get("netadapt_error") is None:
             models["netadapt"] = netslim.load(na_path)
-        rows = load_results().get("mobilenetv2_finetune", {}).get("results", {})  # resumable, one model a time
+        rows = load_results().get(f"mobilenetv2_finetune{t}", {}).get("results", {})  # resumable, one model a time
         if "dense" not in rows:
             rows["dense"] = {"test_acc": task.evaluate(model)["accuracy"]}
         for name, m in models.items():
@@ -265,7 +266,7 @@ def cmd_mbv2(args) -> None:
             short_finetune(m, train, steps=args.ft_steps, lr=0.01, seed=1)
             rows[name] = {"test_acc_ft": task.evaluate(m)["accuracy"], "seconds": time.perf_counter() - t0}
             print(name, rows[name], flush=True)
-            save_part("mobilenetv2_finetune", {
+            save_part(f"mobilenetv2_finetune{t}", {
                 "protocol": f"{args.ft_steps} SGD steps (batch 64, cosine lr 0.01, 5000-image train subset, seed 1) "
                             "for every pruned model, then the 10k test set; NetAdapt's model also had its "
                             "per-iteration short fine-tunes during the search", "results": rows})
@@ -284,16 +285,16 @@ def cmd_mbv2(args) -> None:
     info: dict = {}
     cfg = SearchChannelsConfig(target="latency", budget=args.budget, strategy="cem", val_samples=args.val,
                                population=args.population, generations=args.generations, trials=trials)
-    (OUT / "mbv2_cem").mkdir(parents=True, exist_ok=True)
-    policies["cem"], cem = channel_policy(space, task, cfg, seed=0, out_dir=OUT / "mbv2_cem")
+    (OUT / f"mbv2{t}_cem").mkdir(parents=True, exist_ok=True)
+    policies["cem"], cem = channel_policy(space, task, cfg, seed=0, out_dir=OUT / f"mbv2{t}_cem")
     info["cem"] = {k: cem[k] for k in ("reward", "trials", "resumed_trials", "seconds")}
     na_cfg = NetAdaptConfig(target="latency", budget=args.budget, step=args.step, finetune_steps=args.na_steps,
                             train_samples=5000, val_samples=args.val, trials=trials)
-    (OUT / "mbv2_netadapt").mkdir(parents=True, exist_ok=True)
+    (OUT / f"mbv2{t}_netadapt").mkdir(parents=True, exist_ok=True)
     models = {"dense": model, "uniform": space.apply(policies["uniform"]), "cem": space.apply(policies["cem"])}
     try:
         policies["netadapt"], na, models["netadapt"] = netadapt_policy(space, task, na_cfg, seed=0,
-                                                                       out_dir=OUT / "mbv2_netadapt")
+                                                                       out_dir=OUT / f"mbv2{t}_netadapt")
         info["netadapt"] = {k: na[k] for k in ("iterations", "trials", "resumed_trials", "seconds")}
         info["netadapt"]["accuracy_per_iteration"] = [h["accuracy"] for h in na["history"]]
         netslim.save(models["netadapt"], na_path, {"model": "mobilenetv2", "dataset": "fashion-mnist"})
@@ -308,7 +309,7 @@ def cmd_mbv2(args) -> None:
     rows = {name: {"predicted_ms": space.cost(policies[name]) if name in policies else dense,
                    "measured_ms_b1": lat[name], "measured_share": lat[name] / lat["dense"],
                    "val_acc_no_ft": accuracy(m, val)} for name, m in models.items()}
-    save_part("mobilenetv2_latency", {
+    save_part(f"mobilenetv2_latency{t}", {
         "budget_share": args.budget, "predicted_dense_ms": dense, "calibration": space.calibration,
         "calibration_seconds": t_cal, "search": info, "netadapt_error": na_error, "policies": policies,
         "protocol": "batch 1, 1 thread; predicted = lookup table calibrated on the dense model and uniform "
@@ -399,11 +400,12 @@ def main() -> None:
     a.add_argument("--avg-bits", type=float, nargs="+", default=[3.0, 4.0])
     a = sub.add_parser("mbv2")
     a.add_argument("--phase", choices=("search", "finetune"), default="search")
+    a.add_argument("--tag", default="", help="suffix of the result keys and output folders")
     a.add_argument("--budget", type=float, default=0.6)
     a.add_argument("--val", type=int, default=300)
     a.add_argument("--population", type=int, default=12)
     a.add_argument("--generations", type=int, default=4)
-    a.add_argument("--step", type=float, default=0.1)
+    a.add_argument("--step", type=float, default=0.05)
     a.add_argument("--na-steps", type=int, default=10)
     a.add_argument("--rounds", type=int, default=7)
     a.add_argument("--ft-steps", type=int, default=100)
