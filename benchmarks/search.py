@@ -248,7 +248,9 @@ def cmd_mbv2(args) -> None:
     task = get_task("fashion-mnist")
     x = task.example_inputs(1)
     t = args.tag
-    na_path = OUT / f"mbv2{t}_netadapt.safetensors"
+    from netslim.search.sensitivity import default_cache_dir
+
+    na_path = default_cache_dir() / f"bench_mbv2{t}_netadapt.safetensors"  # a model: kept out of results/
     if args.phase == "finetune":
         prior = load_results()[f"mobilenetv2_latency{t}"]
         space = ChannelSpace(model, x, options=ChannelSpaceOptions().ratios, metric="macs")  # plans only
