@@ -353,7 +353,8 @@ def main() -> None:
         print("time budget reached: fine-tuning checkpointed; run the same command again to resume")
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}"}.get(
+    key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
+           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
     _merge(key, {"command": "benchmarks/structured.py " + " ".join(os.sys.argv[1:]), **result})
     print(json.dumps(result, indent=1)[:3000])
