@@ -9,12 +9,14 @@ artifact knows how to build their base.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from torch import nn
 
 import netslim
+from netslim.core.errors import NetslimError
 from netslim.core.graph import check_attention_leaf, trace_graph
 from netslim.core.serialize import read_description, register_module
 from netslim.models import build_model
@@ -309,3 +311,26 @@ def test_layernorm_features_are_locked_but_the_ffn_behind_it_prunes():
     masked = apply_plan(copy.deepcopy(model), plan, "mask")
     with torch.no_grad():
         torch.testing.assert_close(shrunk(x), masked(x), atol=1e-5, rtol=1e-5)
+
+
+def test_plan_json_is_compact_and_decodes_exactly():
+    """Shared kept-index lists are stored once, increasing ones as bitmasks; both decode to the
+    exact entries, and plans written with inline lists (older artifacts) still load."""
+    model = build_model("resnet20")
+    graph = trace_graph(model, X[:1])
+    plan = _half(graph)
+    d = plan.to_dict()
+    assert len(d["keeps"]) < len(d["entries"]) and all(isinstance(k, str) for k in d["keeps"])
+    again = PrunePlan.from_dict(json.loads(json.dumps(d)))
+    assert again.entries == plan.entries
+    inline = {**d, "entries": plan.entries}
+    del inline["keeps"]
+    assert PrunePlan.from_dict(inline).entries == plan.entries
+    odd = PrunePlan([{"module": "fc", "param": "weight", "dim": 1, "keep": [3, 1, 200, 0]},
+                     {"module": "fc", "param": "bias", "dim": 0, "keep": []},
+                     {"module": "fc", "param": "x", "dim": 0, "keep": [0, 7, 8, 1000]}])
+    assert PrunePlan.from_dict(odd.to_dict()).entries == odd.entries
+    with pytest.raises(NetslimError, match="keep list 5"):
+        PrunePlan.from_dict({"keeps": ["f"], "entries": [{"module": "fc", "param": "weight", "dim": 0, "keep": 5}]})
+    with pytest.raises(NetslimError, match="hex bitmask"):
+        PrunePlan.from_dict({"keeps": ["xyz"], "entries": [{"module": "fc", "param": "weight", "dim": 0, "keep": 0}]})

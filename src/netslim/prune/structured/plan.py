@@ -35,19 +35,62 @@ class PrunePlan:
     drop_layers: list[int] = field(default_factory=list)         # whole transformer blocks removed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entries": self.entries, "groups": self.groups, "config": self.config,
+        """Plain JSON, compact: the slots of one group (a conv's rows, its BN's four vectors, the
+        next conv's columns) share one kept-index list, stored once in ``keeps`` and referenced
+        by position; an increasing list is stored as the hex digits of its bitmask."""
+        keeps: list[Any] = []
+        where: dict[tuple[int, ...], int] = {}
+        entries = []
+        for e in self.entries:
+            k = tuple(int(i) for i in e["keep"])
+            if k not in where:
+                where[k] = len(keeps)
+                keeps.append(_encode_keep(k))
+            entries.append({**e, "keep": where[k]})
+        return {"keeps": keeps, "entries": entries, "groups": self.groups, "config": self.config,
                 "attrs": self.attrs, "drop_layers": self.drop_layers}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrunePlan":
+        """Inverse of :meth:`to_dict`; also reads plans whose entries hold their index lists inline."""
         if not isinstance(data, dict):
             raise NetslimError(f"A prune plan must be a JSON object; got {type(data).__name__}.")
-        return cls(list(data.get("entries", [])), list(data.get("groups", [])), dict(data.get("config", {})),
+        keeps = [_decode_keep(k) for k in data.get("keeps", [])]
+        entries = []
+        for e in data.get("entries", []):
+            k = e.get("keep")
+            if isinstance(k, int):
+                if not 0 <= k < len(keeps):
+                    raise NetslimError(f"Prune plan entry {e.get('module')!r}.{e.get('param')!r} refers to "
+                                       f"keep list {k}; the plan has {len(keeps)}.")
+                e = {**e, "keep": keeps[k]}
+            entries.append(e)
+        return cls(entries, list(data.get("groups", [])), dict(data.get("config", {})),
                    list(data.get("attrs", [])), list(data.get("drop_layers", [])))
 
     @property
     def empty(self) -> bool:
         return not (self.entries or self.drop_layers)
+
+
+def _encode_keep(keep: tuple[int, ...]) -> str | list[int]:
+    if all(a < b for a, b in zip(keep, keep[1:])) and (not keep or keep[0] >= 0):
+        mask = bytearray(keep[-1] // 8 + 1 if keep else 1)
+        for i in keep:
+            mask[i // 8] |= 1 << (i % 8)
+        return format(int.from_bytes(mask, "little"), "x")
+    return list(keep)  # not increasing (never made by plan_from_keep, but a plan may be written by hand)
+
+
+def _decode_keep(code: str | list[int]) -> list[int]:
+    if isinstance(code, list):
+        return [int(i) for i in code]
+    try:
+        bits = int(code, 16)
+    except (TypeError, ValueError):
+        raise NetslimError(f"Prune plan: a keep list must be a list of indices or a hex bitmask; got {code!r}.") \
+            from None
+    return [i for i, b in enumerate(reversed(bin(bits)[2:])) if b == "1"]
 
 
 def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> PrunePlan:
