@@ -254,6 +254,33 @@ def latency(args) -> dict:
     return out
 
 
+def sizes(args) -> dict:
+    """File sizes of the baseline and of every saved artifact (``--tag`` may list several), each
+    re-saved with its prune plans as this version of netslim stores them, and without them."""
+    from netslim.core.serialize import read_description
+    from netslim.prune.structured import PrunePlan
+
+    base = netslim.load(checkpoint_path(args.model))
+    out = {"model": args.model, "base": {"params": count_params(base), "bytes": _size(base)}}
+    for tag in args.tag.split(","):
+        path = _artifact(f"{args.model}_{tag}")
+        if not path.is_file():
+            out[tag] = "missing"
+            continue
+        model = netslim.load(path)
+        plans = read_description(path)["info"].get("prune_plans") or []
+        plans = [PrunePlan.from_dict(p).to_dict() for p in plans]
+        with tempfile.TemporaryDirectory() as d:
+            size = netslim.save(model, Path(d) / "m.safetensors", info={"prune_plans": plans}).stat().st_size
+        row = {"params": count_params(model), "bytes": size, "bytes_without_plan": _size(model),
+               "plan_json_bytes": len(json.dumps(plans))}
+        row["ratios"] = {"params": round(row["params"] / out["base"]["params"], 4),
+                         "bytes": round(size / out["base"]["bytes"], 4),
+                         "bytes_without_plan": round(row["bytes_without_plan"] / out["base"]["bytes"], 4)}
+        out[tag] = row
+    return out
+
+
 def minilm(args) -> dict:
     from netslim.models import build_model
 
@@ -326,7 +353,7 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "criteria", "latency", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "criteria", "latency", "sizes", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
@@ -346,15 +373,15 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "criteria": criteria, "latency": latency, "minilm": minilm,
-             "smollm2": smollm2}
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "criteria": criteria, "latency": latency, "sizes": sizes,
+             "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
     if result is None:
         print("time budget reached: fine-tuning checkpointed; run the same command again to resume")
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
-           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}"}.get(
+           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}", "sizes": f"sizes_{args.model}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
     _merge(key, {"command": "benchmarks/structured.py " + " ".join(os.sys.argv[1:]), **result})
     print(json.dumps(result, indent=1)[:3000])
