@@ -217,3 +217,32 @@ def test_onnx_export_of_int8_resnet20_matches_onnxruntime(fmnist_small, tmp_path
     assert exact["mean_abs_diff"] <= 0.5 * exact["last_output_step"] and exact["argmax_agreement"] >= 0.95, exact
     fused = check_onnx(q, path, x)  # ORT's QLinear kernels: their own fixed-point requantization
     assert fused["mean_abs_diff"] <= 2 * fused["last_output_step"] and fused["argmax_agreement"] >= 0.9, fused
+
+
+class _MyBlock(nn.Module):
+    """A user's residual block (no shortcut conv, no final ReLU), registered by type."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.a, self.bn_a, self.act = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+        self.b, self.bn_b = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.skip = nn.Identity()
+
+    def forward(self, x):
+        return self.bn_b(self.b(self.act(self.bn_a(self.a(x))))) + self.skip(x)
+
+
+@torch.no_grad()
+def test_user_registered_block_converts_and_zoo_block_still_does():
+    from netslim.quantize.int8_blocks import register_residual
+
+    register_residual(_MyBlock, ("a", "b"), "skip", relu=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _MyBlock(8), BasicBlock(8, 8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    _randomize_bn(model)
+    x = torch.randn(16, 3, 10, 10)
+    q = ptq_int8(copy.deepcopy(model), torch.randn(128, 3, 10, 10))
+    assert isinstance(q[2], Int8Residual) and not q[2].relu and isinstance(q[3], Int8Residual)
+    ref, y = model(x), q(x)
+    assert ((y - ref).abs().mean() / ref.abs().mean()) < 0.05

@@ -52,10 +52,11 @@ def register_residual(cls: type, body: tuple[str, ...], shortcut: str, relu: boo
 
 
 def residual_spec(module: nn.Module) -> ResidualSpec | None:
-    if not _RESIDUALS:
-        from netslim.models.cnn import BasicBlock  # the zoo's block: conv1 -> conv2, shortcut, ReLU
+    from netslim.models.cnn import BasicBlock  # the zoo's block: conv1 -> conv2, shortcut, ReLU
 
-        register_residual(BasicBlock, ("conv1", "conv2"), "shortcut", relu=True)
+    # why setdefault here, not at import: models imports nothing from quantize; a user's own
+    # registration (before or after) must not hide the zoo's block
+    _RESIDUALS.setdefault(BasicBlock, ResidualSpec(("conv1", "conv2"), "shortcut", True))
     return _RESIDUALS.get(type(module))
 
 
