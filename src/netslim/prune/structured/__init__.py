@@ -2,7 +2,7 @@
 
 * :func:`netslim.core.graph.trace_graph`: coupled-channel groups of a traceable CNN;
   :func:`transformer_graph`: attention-head and FFN-neuron groups of a Hugging Face model;
-* :func:`group_scores` (l1, l2, bn_scale, taylor, random) and :func:`choose_keep`
+* :func:`group_scores` (l1, l2, bn_scale, taylor, activation, random) and :func:`choose_keep`
   (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
 * :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
 * :func:`prune_channels` [channels], :func:`prune_heads`, :func:`prune_ffn` [heads, ffn],
