@@ -6,8 +6,12 @@ benchmarks/results/structured.json):
 * ``cnn``: a trained zoo CNN (``--model resnet20`` | ``mobilenetv2``) pruned to ``--macs``
   of its MACs (global L2 or ``--criterion``), fine-tuned ``--epochs``; accuracy before /
   after pruning / after fine-tuning, params, MACs, file size. Saves the artifact.
-* ``latency``: the saved artifact vs the baseline, interleaved medians at batch 64 and 1,
-  plus the share of batch-1 time that does not scale with the batch (per-call overhead).
+* ``torch_pruning``: the same model, MAC target and fine-tuning through Torch-Pruning
+  (``--tag`` must differ from the netslim run's, e.g. ``tp2x``).
+* ``latency``: the saved artifacts (``--tag 2x,tp2x``) vs the baseline, interleaved medians at
+  batch 64 and 1, plus the share of batch-1 time that does not scale with the batch (per-call
+  overhead); keyed by ``--threads``.
+* ``sizes``: file bytes of the artifacts with their prune plans as stored now, and without them.
 * ``minilm``: 50 % FFN neurons + 1/3 of heads; embedding fidelity (mean cosine to the
   unpruned encoder on pydocs test sentences) and latency.
 * ``smollm2``: 25 % FFN neurons, and separately 4 of 30 blocks dropped; perplexity on the
