@@ -378,6 +378,41 @@ def cmd_nas(args) -> None:
     print(json.dumps({"pareto": res["pareto"], "trained": trained, "compressed": comp_pts}, indent=1, default=str))
 
 
+def cmd_nas_plot(args) -> None:
+    """Pareto plot / table from the NAS trial log as it stands (no training): for a search that has
+    not finished, the proxy-trained candidates so far against the compressed ResNet-20 points."""
+    import statistics
+
+    from netslim.search.report import pareto, pareto_markdown, pareto_plot
+
+    lines = (OUT / "nas_trials.jsonl").read_text().splitlines()[1:]
+    pts = []
+    for line in lines:
+        rec = json.loads(line)
+        g = rec["params"]
+        pts.append({"label": ",".join(f"{k}={v}" for k, v in sorted(g.items())), "genotype": g, **rec["result"]})
+    prior = load_results()
+    compressed: dict[str, list] = {}
+    for key, part in prior.items():
+        if key.startswith("resnet20_ft_seed"):
+            for name, r in part.get("results", {}).items():
+                compressed.setdefault(name, []).append(r)
+    comp_pts = [{"label": f"resnet20 {name} 2x", "macs": rs[0]["macs"], "seeds": len(rs),
+                 "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
+    comp_pts.append({"label": "resnet20 dense", "macs": prior["resnet20_prep"]["dense_macs"],
+                     "accuracy": prior["resnet20_mixed_bits"]["dense_test_acc"]})
+    pareto_plot({f"NAS candidates ({len(pts)} trials; proxy: val acc after 100 steps from scratch)": pts,
+                 "ResNet-20 dense / compressed 2x (test, trained + fine-tuned)": comp_pts},
+                OUT / "nas_pareto_partial.png", cost="macs", title="accuracy vs MACs (NAS proxy vs compressed)")
+    (OUT / "nas_pareto_partial.md").write_text(pareto_markdown(pts, "macs", "accuracy") + "\n")
+    save_part("nas_partial", {"trials": len(pts), "pareto": pareto(pts, "macs", "accuracy"), "points": pts,
+                              "compressed": comp_pts,
+                              "note": "from the trial log of an unfinished search; candidate accuracy is the proxy "
+                                      "(100 SGD steps from scratch, 500 val images), not comparable in level with "
+                                      "the compressed points (fully trained, fine-tuned, test set)"})
+    print(pareto_markdown(pts, "macs", "accuracy"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -421,9 +456,10 @@ def main() -> None:
     a.add_argument("--max-cost", type=float, default=0.5, help="share of ResNet-20's MACs for the chosen arch")
     a.add_argument("--final-steps", type=int, default=0, help="train the chosen architecture this many steps")
     a.add_argument("--backend", default="serial")
+    sub.add_parser("nas-plot")
     args = p.parse_args()
     {"prep": cmd_prep, "finetune": cmd_finetune, "ray": cmd_ray, "mixed": cmd_mixed, "mbv2": cmd_mbv2,
-     "nas": cmd_nas}[args.cmd](args)
+     "nas": cmd_nas, "nas-plot": cmd_nas_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":
