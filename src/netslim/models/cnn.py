@@ -93,9 +93,9 @@ class ResNetCifar(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 project (linear)."""
+    """MobileNetV2 block: 1x1 expand -> kxk depthwise (3x3 in the zoo model) -> 1x1 project (linear)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int = 3):
         super().__init__()
         hidden = cin * expand
         self.use_residual = stride == 1 and cin == cout
@@ -103,7 +103,8 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
             nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)

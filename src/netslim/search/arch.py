@@ -11,25 +11,7 @@ from torch import nn
 
 from netslim.core.errors import bad_param
 from netslim.models import ModelEntry, register_model
-from netslim.models.cnn import MobileNetV2
-
-
-class MBBlock(nn.Module):
-    """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 linear project."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, kernel: int):
-        super().__init__()
-        hidden = cin * expand
-        self.use_residual = stride == 1 and cin == cout
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
-        layers += [nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return x + self.conv(x) if self.use_residual else self.conv(x)
+from netslim.models.cnn import InvertedResidual, MobileNetV2
 
 
 class MBNet(nn.Module):
@@ -49,7 +31,7 @@ class MBNet(nn.Module):
         for i, (t, c, n, s) in enumerate(MobileNetV2.SETTINGS):
             cout = max(8, int(c * width_mult))
             for j in range(min(n, depth)):
-                blocks.append(MBBlock(cin, cout, s if j == 0 else 1, 1 if i == 0 else expansion, kernel))
+                blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, 1 if i == 0 else expansion, kernel))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Conv2d(cin, last_channel, 1, bias=False), nn.BatchNorm2d(last_channel),
