@@ -325,7 +325,6 @@ def cmd_mbv2(args) -> None:
 def cmd_nas(args) -> None:
     """Evolutionary NAS (proxy-trained candidates, resumable trial log), then the chosen architecture
     trained from scratch for ``--final-steps``; Pareto plot against the compressed ResNet-20 points."""
-    import statistics
 
     from netslim.measure.counts import macs_per_layer
     from netslim.recipe.runner import open_model
@@ -347,13 +346,7 @@ def cmd_nas(args) -> None:
     res = nas_search(task, cfg, seed=0, out_dir=OUT)
     pts = [{"label": str(p["genotype"]), **p} for p in res["points"]]
     prior = load_results()
-    compressed: dict[str, list] = {}
-    for key, part in prior.items():
-        if key.startswith("resnet20_ft_seed"):
-            for name, r in part.get("results", {}).items():
-                compressed.setdefault(name, []).append(r)
-    comp_pts = [{"label": f"resnet20 {name} 2x", "macs": rs[0]["macs"], "seeds": len(rs),
-                 "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
+    comp_pts = compressed_points(prior)
     comp_pts.append({"label": "resnet20 dense", "macs": big_macs, "accuracy": task.evaluate(big)["accuracy"]})
     trained = []
     if args.final_steps:
@@ -378,10 +371,22 @@ def cmd_nas(args) -> None:
     print(json.dumps({"pareto": res["pareto"], "trained": trained, "compressed": comp_pts}, indent=1, default=str))
 
 
+def compressed_points(prior: dict) -> list[dict]:
+    """The fine-tuned ResNet-20 2x policies of the ``finetune`` parts, averaged over seeds, as Pareto points."""
+    import statistics
+
+    compressed: dict[str, list] = {}
+    for key, part in prior.items():
+        if key.startswith("resnet20_ft_seed"):
+            for name, r in part.get("results", {}).items():
+                compressed.setdefault(name, []).append(r)
+    return [{"label": f"resnet20 {name} 2x", "macs": rs[0]["macs"], "seeds": len(rs),
+             "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
+
+
 def cmd_nas_plot(args) -> None:
     """Pareto plot / table from the NAS trial log as it stands (no training): for a search that has
     not finished, the proxy-trained candidates so far against the compressed ResNet-20 points."""
-    import statistics
 
     from netslim.search.report import pareto, pareto_markdown, pareto_plot
 
@@ -392,13 +397,7 @@ def cmd_nas_plot(args) -> None:
         g = rec["params"]
         pts.append({"label": ",".join(f"{k}={v}" for k, v in sorted(g.items())), "genotype": g, **rec["result"]})
     prior = load_results()
-    compressed: dict[str, list] = {}
-    for key, part in prior.items():
-        if key.startswith("resnet20_ft_seed"):
-            for name, r in part.get("results", {}).items():
-                compressed.setdefault(name, []).append(r)
-    comp_pts = [{"label": f"resnet20 {name} 2x", "macs": rs[0]["macs"], "seeds": len(rs),
-                 "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
+    comp_pts = compressed_points(prior)
     comp_pts.append({"label": "resnet20 dense", "macs": prior["resnet20_prep"]["dense_macs"],
                      "accuracy": prior["resnet20_mixed_bits"]["dense_test_acc"]})
     pareto_plot({f"NAS candidates ({len(pts)} trials; proxy: val acc after 100 steps from scratch)": pts,
