@@ -99,17 +99,28 @@ def _unpack_stream(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return (groups.to(torch.int32) * weights).sum(-1).to(torch.uint8)
 
 
-def round_params(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero as they will be stored (fp16), back in float32. Scale stays > 0."""
+def round_params(scale: torch.Tensor, zero: torch.Tensor, *,
+                 nearest_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero as they will be stored (fp16), back in float32. Scale stays > 0.
+
+    By default the scale is rounded *up* to the next fp16, so no group's extremes clip.
+    ``nearest_scale=True`` rounds it to the nearest fp16 instead (smaller average error; a
+    group's extreme code may then clip by < 0.05 % of its range — for callers whose codes are
+    clamped anyway, e.g. GPTQ, whose error feedback absorbs it).
+    """
     tiny = torch.finfo(PARAM_DTYPE).tiny
     s16 = scale.float().clamp_min(tiny).to(PARAM_DTYPE)
-    # Round the scale up, never down: a smaller stored scale would clip the group's extremes.
-    s16 = torch.where(s16.float() < scale, torch.nextafter(s16, torch.full_like(s16, float("inf"))), s16)
+    if not nearest_scale:  # round up, never down: a smaller stored scale would clip the group's extremes
+        s16 = torch.where(s16.float() < scale, torch.nextafter(s16, torch.full_like(s16, float("inf"))), s16)
     return s16.float(), zero.to(PARAM_DTYPE).float()
 
 
-def minmax_params(groups: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest parameters of each group: ``groups`` (G, g) -> scale, zero (G,)."""
+def minmax_params(groups: torch.Tensor, bits: int, symmetric: bool, *,
+                  nearest_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest parameters of each group: ``groups`` (G, g) -> scale, zero (G,).
+
+    ``nearest_scale``: see :func:`round_params` (default: the scale is rounded up to fp16).
+    """
     qmax = 2**bits - 1
     lo = groups.amin(dim=1).clamp_max(0)
     hi = groups.amax(dim=1).clamp_min(0)
@@ -123,7 +134,7 @@ def minmax_params(groups: torch.Tensor, bits: int, symmetric: bool) -> tuple[tor
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale is exact
     if zero is None:
         zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
-    return round_params(scale, zero)
+    return round_params(scale, zero, nearest_scale=nearest_scale)
 
 
 def codes_for(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
