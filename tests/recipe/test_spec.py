@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -68,3 +70,21 @@ def test_order_validation_uses_requires_and_freezes():
     with pytest.raises(NetslimError, match="step 2 .*'finetune'.*after 'test_freeze' froze"):
         parse_recipe({"steps": [{"method": "test_freeze"}, {"method": "finetune"}]})
     parse_recipe({"steps": [{"method": "test_freeze"}, {"method": "test_needs_freeze"}, {"method": "evaluate"}]})
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_recipe_validates(path):
+    r = load_recipe(path)
+    assert r.name == path.stem and r.steps
+    assert parse_recipe(yaml.safe_load(yaml.safe_dump(r.to_dict()))) == r
+
+
+def test_masked_sparse_recipes_bake_masks_before_export():
+    # Recipes that train with masks must bake them (`sparsify`) before timing and export:
+    # a parametrized model runs weight * mask on every call and times slower than dense.
+    for name in ("rigl_lenet300_90", "lottery_lenet300", "nm24_resnet20", "prune_lenet300_95"):
+        methods = [s.method for s in load_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml").steps]
+        assert "sparsify" in methods and methods.index("sparsify") < methods.index("export"), name
