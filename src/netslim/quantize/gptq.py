@@ -12,6 +12,10 @@ inputs. 3-bit codes are stored in 4-bit slots (the packing holds 2/4/8 bits per 
   original weights ("static groups"), so groups stay consecutive columns as the format
   requires; without it, each group's parameters come from the *updated* weights when
   the loop reaches it (the reference behaviour).
+* ``scale_rounding``: the fp16 scale of the packed format is rounded to the ``"nearest"``
+  fp16 (default) or ``"up"`` (the RTN default: no group clips). GPTQ's codes are clamped
+  and its error feedback absorbs the clip of an extreme code (< 0.05 % of the range), so
+  nearest gives the lower layer error (block 0 of SmolLM2: 6.5752 vs 6.5807 rounded up).
 * ``clip_search``: each group's range is shrunk by the factor (1.0 ... 0.8) with the
   smallest |w - q|^2.4 (GPTQ's "mse" option).
 * ``sparsity`` / ``n``, ``m``: SparseGPT pruning and GPTQ rounding in one pass (N:M turns
@@ -34,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from netslim.core.config import MethodConfig, register
-from netslim.core.errors import NetslimError
+from netslim.core.errors import NetslimError, bad_param
 from netslim.core.layerwise import calibration_for, is_conv1d, collect_hessians, compress_blocks, weight_2d
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
@@ -59,6 +63,7 @@ class GPTQConfig(MethodConfig):
     symmetric: bool = False
     act_order: bool = True
     clip_search: bool = False
+    scale_rounding: Literal["nearest", "up"] = "nearest"
     damp: float = Field(0.01, ge=0, description="relative Hessian damping")
     blocksize: int = Field(128, ge=1, description="columns per lazy-update block")
     sparsity: float = Field(0.0, ge=0, lt=1, description="joint SparseGPT pruning in the same pass")
@@ -94,14 +99,15 @@ class GPTQConfig(MethodConfig):
 
 
 # ------------------------------------------------------------------ group parameters
-def group_params(groups: torch.Tensor, bits: int, symmetric: bool, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(groups: torch.Tensor, bits: int, symmetric: bool, clip_search: bool,
+                 nearest_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, g) weights -> fp16-exact (scale, zero) (G,), min-max or with the clipping search."""
-    best = minmax_params(groups, bits, symmetric)
+    best = minmax_params(groups, bits, symmetric, nearest_scale=nearest_scale)
     if not clip_search:
         return best
     best_err = _grid_err(groups, *best, bits)
     for p in CLIP_GRID[1:]:
-        s, z = minmax_params(groups * p, bits, symmetric)  # range [p*lo, p*hi]
+        s, z = minmax_params(groups * p, bits, symmetric, nearest_scale=nearest_scale)  # range [p*lo, p*hi]
         e = _grid_err(groups, s, z, bits)
         better = e < best_err
         best = (torch.where(better, s, best[0]), torch.where(better, z, best[1]))
@@ -118,23 +124,23 @@ class _Rounder:
     """The quantizer callback of :func:`obs_solve`; records codes and group parameters."""
 
     def __init__(self, w: torch.Tensor, bits: int, g: int, symmetric: bool, clip: bool,
-                 perm: torch.Tensor | None, static: bool):
+                 perm: torch.Tensor | None, static: bool, nearest: bool):
         rows, cols = w.shape
-        self.bits, self.g, self.symmetric, self.clip = bits, g, symmetric, clip
+        self.bits, self.g, self.symmetric, self.clip, self.nearest = bits, g, symmetric, clip, nearest
         self.perm = perm.tolist() if perm is not None else None
         self.codes = torch.zeros(rows, cols, dtype=torch.uint8, device=w.device)
         self.scale = torch.ones(rows, cols // g, device=w.device)
         self.zero = torch.zeros(rows, cols // g, device=w.device)
         self.static = static
         if static:  # every group's parameters from the original weights, up front
-            s, z = group_params(w.float().reshape(-1, g), bits, symmetric, clip)  # (R * C/g,)
+            s, z = group_params(w.float().reshape(-1, g), bits, symmetric, clip, nearest)  # (R * C/g,)
             self.scale, self.zero = s.view(rows, -1), z.view(rows, -1)
 
     def __call__(self, j: int, col: torch.Tensor, w1: torch.Tensor, i: int) -> torch.Tensor:
         c = self.perm[j] if self.perm is not None else j   # original column index
         grp = c // self.g
         if not self.static and c % self.g == 0:             # entering a group: params of updated weights
-            s, z = group_params(w1[:, i:i + self.g], self.bits, self.symmetric, self.clip)
+            s, z = group_params(w1[:, i:i + self.g], self.bits, self.symmetric, self.clip, self.nearest)
             self.scale[:, grp], self.zero[:, grp] = s, z
         s, z = self.scale[:, grp], self.zero[:, grp]
         q = codes_for(col[:, None], s, z, self.bits)[:, 0]  # (R,)
@@ -145,11 +151,14 @@ class _Rounder:
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size: int | None = 128,
                   symmetric: bool = False, act_order: bool = True, clip_search: bool = False, damp: float = 0.01,
                   blocksize: int = 128, sparsity: float = 0.0, nm: tuple[int, int] | None = None,
-                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  keep: torch.Tensor | None = None, scale_rounding: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ on one layer: ``w`` (R, C), ``h`` (C, C) -> (codes uint8 (R, C), scale, zero fp16 (R, C/g), Ŵ (R, C)).
 
-    ``keep`` (R, C): an existing sparsity mask whose zeros must stay zero.
+    ``keep`` (R, C): an existing sparsity mask whose zeros must stay zero. ``scale_rounding``:
+    ``"nearest"`` or ``"up"`` (fp16 rounding of each group's scale, see the module doc).
     """
+    if scale_rounding not in ("nearest", "up"):
+        raise bad_param("gptq", "scale_rounding", "'nearest' or 'up'", scale_rounding)
     rows, cols = w.shape
     g = check_group(cols, group_size, "gptq")
     w = w.detach().float().clone()
@@ -158,7 +167,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else None
     static = act_order or g > blocksize
     bs = blocksize if static else max(g, blocksize // g * g)  # a dynamic group must sit inside one block
-    rounder = _Rounder(w, bits, g, symmetric, clip_search, perm, static)
+    rounder = _Rounder(w, bits, g, symmetric, clip_search, perm, static, scale_rounding == "nearest")
     hp = h if perm is None else h[perm][:, perm]
     wp = w if perm is None else w[:, perm]
     fixed = None if keep is None else ~(keep if perm is None else keep[:, perm])
@@ -201,7 +210,7 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
             codes, scale, zero, _w = gptq_quantize(
                 weight_2d(mod), hs[name], bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
                 act_order=cfg.act_order, clip_search=cfg.clip_search, damp=cfg.damp, blocksize=cfg.blocksize,
-                sparsity=cfg.sparsity, nm=nm, keep=keep)
+                sparsity=cfg.sparsity, nm=nm, keep=keep, scale_rounding=cfg.scale_rounding)
             new = QuantizedLinear.from_codes(codes, scale, zero, bits=storage_bits, group_size=cfg.group_size,
                                              bias=_bias(mod))
             replace_module(root, name, new.to(mod.weight.device))
