@@ -6,6 +6,8 @@ average, date) and is short enough for one queued job (<= 10 min on 2 cores):
 
     python benchmarks/search.py prep            # ResNet-20: sensitivity, knapsack + CEM policies at 2x MACs
     python benchmarks/search.py finetune --seed 0   # (and 1, 2) the same fine-tuning for every policy
+    python benchmarks/search.py cem-fill        # prep's CEM search again, with the fill-back step
+    python benchmarks/search.py finetune --seed 0 --policies cem_fill
     python benchmarks/search.py ray             # CEM search serially and on 2 Ray workers
 """
 from __future__ import annotations
@@ -98,8 +100,9 @@ def cmd_prep(args) -> None:
     t0 = time.perf_counter()
     knap = space.policy(allocate_from_sensitivity(space, table, budget, "knapsack"))
     t_knap = time.perf_counter() - t0
-    cfg = SearchChannelsConfig(budget=args.budget, strategy="cem", val_samples=args.val, population=args.population,
-                               generations=args.generations, trials=TrialOptions(threads=THREADS, log="cem_trials.jsonl"))
+    cfg = SearchChannelsConfig(budget=args.budget, strategy="cem", fill_back="none", val_samples=args.val,
+                               population=args.population, generations=args.generations,
+                               trials=TrialOptions(threads=THREADS, log="cem_trials.jsonl"))  # as recorded: no fill-back
     cem, info = channel_policy(space, task, cfg, seed=0, out_dir=OUT)
     policies = {"knapsack": knap, "cem": cem}
     rows = {}
@@ -118,6 +121,46 @@ def cmd_prep(args) -> None:
                                                 for h in info["history"]],
                                 "sensitivity": table.to_dict(), "policies": rows})
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "policy"} for k, v in rows.items()}, indent=1))
+
+
+def cmd_cem_fill(args) -> None:
+    """The CEM (AMC-style) search of ``prep`` again, with the fill-back step: every projected
+    policy gets its slack back, most sensitive groups first (same budget, population,
+    generations, validation images and seed; the sensitivity curves come from prep's cache)."""
+    from netslim.prune.structured import total_macs
+    from netslim.search.api import channel_policy
+    from netslim.search.options import TrialOptions
+    from netslim.search.steps import SearchChannelsConfig
+
+    torch.set_num_threads(THREADS)
+    prep = load_results()["resnet20_prep"]
+    model, task, space = resnet20_setup()
+    x = task.example_inputs(1)
+    dense = space.dense_cost()
+    out = OUT / "resnet20_cem_fill"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = SearchChannelsConfig(budget=prep["budget_share"], strategy="cem", fill_back="sensitivity",
+                               val_samples=prep["val_samples"], population=args.population,
+                               generations=args.generations, trials=TrialOptions(threads=THREADS, log="trials.jsonl"))
+    pol, info = channel_policy(space, task, cfg, seed=0, out_dir=out)
+    m = space.apply(pol)
+    row = {"policy": pol, "macs": total_macs(m, x), "macs_share": total_macs(m, x) / dense,
+           "test_acc_no_ft": task.evaluate(m)["accuracy"]}
+    costs = [c / dense for h in info["history"] for c in h["costs"]]
+    save_part("resnet20_cem_fill", {
+        "budget_share": prep["budget_share"], "dense_macs": dense, "val_samples": prep["val_samples"],
+        "cem": {k: v for k, v in info.items() if k != "history"},
+        "cem_history": [{k: h[k] for k in ("generation", "best", "mean")} for h in info["history"]],
+        "sampled_macs_share": {"min": min(costs), "mean": sum(costs) / len(costs), "max": max(costs)},
+        "policies": {"cem_fill": row}})
+    print(json.dumps({k: v for k, v in row.items() if k != "policy"}, indent=1), costs[:5])
+
+
+def _policy(results: dict, name: str) -> dict:
+    for key in ("resnet20_prep", "resnet20_cem_fill"):
+        if name in results.get(key, {}).get("policies", {}):
+            return results[key]["policies"][name]["policy"]
+    raise SystemExit(f"no policy {name!r} in resnet20_prep / resnet20_cem_fill: run 'prep' / 'cem-fill' first")
 
 
 def cmd_finetune(args) -> None:
@@ -139,7 +182,7 @@ def cmd_finetune(args) -> None:
         if name in ("uniform", "global"):
             m, _ = structured_policy_model(model, task, name, prep["budget_share"])
         else:
-            m = space.apply(prep["policies"][name]["policy"])
+            m = space.apply(_policy(load_results(), name))
         t0 = time.perf_counter()
         summary = fit(m, task, ft)
         out[name] = {"test_acc": task.evaluate(m)["accuracy"], "macs": total_macs(m, x),
@@ -156,7 +199,8 @@ def cmd_ray(args) -> None:
     model, task, space = resnet20_setup()
     out = {}
     for backend in ("serial", "ray"):
-        cfg = SearchChannelsConfig(budget=0.5, strategy="cem", val_samples=args.val, population=args.population,
+        cfg = SearchChannelsConfig(budget=0.5, strategy="cem", fill_back="none", val_samples=args.val,
+                                   population=args.population,
                                    generations=args.generations,
                                    trials=TrialOptions(backend=backend, workers=2, threads=1, log=None))
         t0 = time.perf_counter()
@@ -286,7 +330,8 @@ def cmd_mbv2(args) -> None:
     policies = {"uniform": {n: hi for n in space.names}}
     info: dict = {}
     cfg = SearchChannelsConfig(target="latency", budget=args.budget, strategy="cem", val_samples=args.val,
-                               population=args.population, generations=args.generations, trials=trials)
+                               population=args.population, generations=args.generations, trials=trials,
+                               fill_back=args.fill_back)
     (OUT / f"mbv2{t}_cem").mkdir(parents=True, exist_ok=True)
     policies["cem"], cem = channel_policy(space, task, cfg, seed=0, out_dir=OUT / f"mbv2{t}_cem")
     info["cem"] = {k: cem[k] for k in ("reward", "trials", "resumed_trials", "seconds")}
@@ -316,7 +361,7 @@ def cmd_mbv2(args) -> None:
         "calibration_seconds": t_cal, "search": info, "netadapt_error": na_error, "policies": policies,
         "protocol": "batch 1, 1 thread; predicted = lookup table calibrated on the dense model and uniform "
                     f"prunings; measured = interleaved A/B, {args.rounds} rounds x 20, median; CEM reward = "
-                    f"val accuracy ({args.val} images) without fine-tuning; NetAdapt: {args.na_steps} SGD steps per "
+                    f"val accuracy ({args.val} images) without fine-tuning, fill-back {args.fill_back}; NetAdapt: {args.na_steps} SGD steps per "
                     f"candidate, step {args.step} of the dense latency per iteration",
         "results": rows})
     print(json.dumps(rows, indent=1))
@@ -427,6 +472,9 @@ def main() -> None:
     a.add_argument("--lr", type=float, default=0.01)
     a.add_argument("--policies", default="knapsack,cem,uniform,global")
     a.add_argument("--redo", action="store_true", help="re-run policies already in the results")
+    a = sub.add_parser("cem-fill")
+    a.add_argument("--population", type=int, default=16)
+    a.add_argument("--generations", type=int, default=5)
     a = sub.add_parser("ray")
     a.add_argument("--val", type=int, default=500)
     a.add_argument("--population", type=int, default=8)
@@ -442,6 +490,8 @@ def main() -> None:
     a.add_argument("--population", type=int, default=12)
     a.add_argument("--generations", type=int, default=4)
     a.add_argument("--step", type=float, default=0.05)
+    a.add_argument("--fill-back", choices=("sensitivity", "none"), default="sensitivity",
+                   help="CEM: give the projection's slack back (the first, untagged run had none)")
     a.add_argument("--na-steps", type=int, default=10)
     a.add_argument("--rounds", type=int, default=7)
     a.add_argument("--ft-steps", type=int, default=100)
@@ -457,7 +507,7 @@ def main() -> None:
     a.add_argument("--backend", default="serial")
     sub.add_parser("nas-plot")
     args = p.parse_args()
-    {"prep": cmd_prep, "finetune": cmd_finetune, "ray": cmd_ray, "mixed": cmd_mixed, "mbv2": cmd_mbv2,
+    {"prep": cmd_prep, "cem-fill": cmd_cem_fill, "finetune": cmd_finetune, "ray": cmd_ray, "mixed": cmd_mixed, "mbv2": cmd_mbv2,
      "nas": cmd_nas, "nas-plot": cmd_nas_plot}[args.cmd](args)
 
 

@@ -142,12 +142,17 @@ def greedy_allocate(losses: Mapping[str, Sequence[float]], cost: Callable[[dict[
             break
         pol[best[1]] += 1
         cur = cost(pol)
-    return _fill_slack(pol, losses, cost, budget)
+    return fill_slack(pol, losses, cost, budget)
 
 
-def _fill_slack(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
+def fill_slack(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
                 cost: Callable[[dict[str, int]], float], budget: float) -> dict[str, int]:
-    """Spend the slack: undo the compression steps that gain most per unit of cost and still fit."""
+    """Spend the slack: undo the compression steps that gain most per unit of cost and still fit.
+
+    Stops when no single step back (one option of one layer) fits the budget, so the slack left
+    is smaller than the cost of the cheapest remaining step back. ``losses`` gives the gain of a
+    step (the sensitivity curves); layers where it measured none are restored last.
+    """
     cur = cost(pol)
     while True:
         best = None
@@ -175,4 +180,4 @@ def repair(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
     """Make a policy found on a surrogate cost fit the exact cost, then spend any slack."""
     if cost(pol) > budget:
         return greedy_allocate(losses, cost, budget, start=pol)
-    return _fill_slack(dict(pol), losses, cost, budget)
+    return fill_slack(dict(pol), losses, cost, budget)

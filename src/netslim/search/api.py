@@ -73,10 +73,17 @@ def channel_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path |
     if cfg.strategy == "cem":
         fp = {"search": "cem", "options": list(space.options), "budget": budget, "target": cfg.target,
               "val": len(val), "population": cfg.population, "generations": cfg.generations, "seed": seed}
+        losses = None
+        if cfg.fill_back == "sensitivity":
+            fp["fill_back"] = "sensitivity"  # (absent for 'none': logs of searches without fill-back still resume)
+            table = sensitivity_for(space, val, seed=seed, out_dir=out_dir,
+                                    shared_cache=cfg.sensitivity_cache == "shared")
+            losses = {n: table.losses(n) for n in space.names}
+            info["fill_back"] = "sensitivity"
         runner = make_runner(policy_accuracy, {"space": space, "val": val}, cfg.trials, seed=seed,
                              out_dir=out_dir, fingerprint=fp)
         res = cem_search(space, runner, budget, generations=cfg.generations, population=cfg.population,
-                         elite=cfg.elite, seed=seed)
+                         elite=cfg.elite, seed=seed, fill_back=losses)
         policy = res.best
         info.update({"reward": res.best_reward, "history": res.history, "trials": runner.next_index,
                      "resumed_trials": runner.resumed})

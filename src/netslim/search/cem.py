@@ -14,20 +14,27 @@ the cross-entropy method (CEM), for three reasons that matter here:
 
 The agent keeps one categorical distribution per group over the ratio options. Each sample
 is *projected* onto the budget (like AMC's action clipping): while it costs too much, the
-group whose next step saves the most cost is compressed one option further. The elite
-samples' option frequencies, smoothed, become the next distribution.
+group whose next step saves the most cost is compressed one option further. That step can
+overshoot by a whole option of the largest group, and samples the agent drew below the budget
+stay there, so the projection alone undershoots the budget (ResNet-20 at 0.5x MACs: 0.43x).
+With ``fill_back`` (the sensitivity curves' losses per group and option) every projected
+sample then gets the slack back: channels are restored, one option of one group at a time,
+to the groups that lose most per unit of cost (:func:`~netslim.search.allocate.fill_slack`)
+until no single step back fits, i.e. the policy sits within one option step of the budget.
+The elite samples' option frequencies (of the evaluated, filled-back policies), smoothed,
+become the next distribution.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from netslim.core.errors import bad_param
 
-from .allocate import unreachable
+from .allocate import fill_slack, unreachable
 from .evaluate import accuracy
 
 
@@ -57,6 +64,23 @@ def project(space, choice: dict[str, int], budget: float) -> dict[str, int]:
     return choice
 
 
+def fit_budget(space, choice: dict[str, int], budget: float,
+               fill_back: Mapping[str, Sequence[float]] | None = None) -> dict[str, int]:
+    """The agent's action made to fit ``budget``: projected (compressed until it fits), then,
+    with ``fill_back`` (loss per option of every group), restored most-sensitive-first until
+    no single option step back of any group fits."""
+    choice = project(space, choice, budget)
+    if fill_back is None:
+        return choice
+    missing = [n for n in space.names if n not in fill_back]
+    if missing:
+        raise bad_param("cem_search", "fill_back", "a loss list for every group of the space", missing)
+    bad = [n for n in space.names if len(fill_back[n]) != len(space.options)]
+    if bad:
+        raise bad_param("cem_search", "fill_back", f"{len(space.options)} losses (one per option) per group", bad)
+    return fill_slack(choice, fill_back, lambda c: space.cost(space.policy(c)), budget)
+
+
 def policy_accuracy(shared: dict, params: dict, seed: int) -> dict:
     """Trial: accuracy of the original model pruned by ``params['policy']``, no fine-tuning."""
     space = shared["space"]
@@ -65,8 +89,12 @@ def policy_accuracy(shared: dict, params: dict, seed: int) -> dict:
 
 
 def cem_search(space, runner, budget: float, *, generations: int = 6, population: int = 16,
-               elite: float = 0.25, smoothing: float = 0.7, seed: int = 0) -> CEMResult:
-    """Maximise accuracy-without-fine-tuning over policies with ``space.cost <= budget``."""
+               elite: float = 0.25, smoothing: float = 0.7, seed: int = 0,
+               fill_back: Mapping[str, Sequence[float]] | None = None) -> CEMResult:
+    """Maximise accuracy-without-fine-tuning over policies with ``space.cost <= budget``.
+
+    ``fill_back``: per group, the loss at each option (sensitivity curves); given, every
+    sampled policy is filled back up to the budget (see :func:`fit_budget`)."""
     for name, v, rule in (("generations", generations, "an int >= 1"), ("population", population, "an int >= 2")):
         if v < (1 if name == "generations" else 2):
             raise bad_param("cem_search", name, rule, v)
@@ -85,7 +113,7 @@ def cem_search(space, runner, budget: float, *, generations: int = 6, population
         samples = []
         for _ in range(population):
             choice = {n: int(rng.choice(k, p=probs[n])) for n in space.names}
-            samples.append(project(space, choice, budget))
+            samples.append(fit_budget(space, choice, budget, fill_back))
         params = [{"policy": space.policy(c)} for c in samples]
         results = runner.run(params)
         order = sorted(range(population), key=lambda i: (-results[i]["accuracy"], i))

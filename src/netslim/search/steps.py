@@ -45,6 +45,10 @@ class SearchChannelsConfig(MethodConfig):
     population: int = Field(16, ge=2, description="cem: policies per generation")
     generations: int = Field(6, ge=1, description="cem: generations")
     elite: float = Field(0.25, gt=0, le=1, description="cem: share of a generation kept as elite")
+    fill_back: Literal["sensitivity", "none"] = Field(
+        "sensitivity", description="cem: after projecting each sampled policy onto the budget, restore channels "
+                                   "to the most sensitive groups (sensitivity curves) until no step back fits; "
+                                   "none: the projection alone (AMC's action clipping), which undershoots")
     latency_batch: int = Field(1, ge=1, description="target latency: batch size of the lookup table")
     sensitivity_cache: Literal["shared", "run"] = Field(
         "shared", description="shared: $NETSLIM_CACHE/search (reused by later searches); run: OUT/search")
