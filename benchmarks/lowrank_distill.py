@@ -215,10 +215,23 @@ def kd_resnet20(args) -> dict:
     return res
 
 
+def _pd_variant(spec: str) -> dict:
+    """``T:alpha[:hint_weight]`` -> distill overrides; a hint weight > 0 adds FitNets hints on the
+    three stage outputs (1×1 adapters, least-squares initialised: pruning shrank the widths)."""
+    parts = [float(v) for v in spec.split(":")]
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"--pd-variants: expected 'T:alpha' or 'T:alpha:hint_weight', got {spec!r}")
+    kw = {"temperature": parts[0], "alpha": parts[1]}
+    if len(parts) == 3 and parts[2] > 0:
+        kw.update(hints={s: s for s in ("layer1", "layer2", "layer3")}, hint_weight=parts[2])
+    return kw
+
+
 def prune_distill_resnet20(args) -> dict:
     """ResNet-20 channel-pruned to ``--pd-macs`` of its MACs (global L2, shrunk), then plain
-    fine-tuning vs distillation from the unpruned model (T 4, α ``--pd-alpha``): same epochs,
-    lr, batches, augmentation and data order per seed."""
+    fine-tuning vs distillation from the unpruned model (each ``--pd-variants`` entry): same
+    epochs, lr, batches, augmentation and data order per seed. Test accuracy of the epoch best
+    on validation, and that validation accuracy (for choosing a variant without the test set)."""
     from netslim.prune.structured.channels import prune_channels
 
     teacher = _resnet20_teacher()
@@ -227,22 +240,33 @@ def prune_distill_resnet20(args) -> dict:
     task = get_task("fashion-mnist")
     pruned, report = prune_channels(copy.deepcopy(teacher), task.example_inputs(1), target_macs=args.pd_macs,
                                     criterion="l2", scope="global")
+    variants = args.pd_variants or [f"4:{args.pd_alpha}"]
     res: dict = {"baseline_acc": _acc(teacher, task), "params_before": report["params_before"],
                  "params_after": report["params_after"], "macs_kept": round(report["macs_after"] / report[
                      "macs_before"], 4), "pruned_acc": _acc(pruned, task), "epochs": args.kd_epochs,
-                 "lr": args.pd_lr, "temperature": 4.0, "alpha": args.pd_alpha}
+                 "lr": args.pd_lr, "variants": variants}
     _channels_last(teacher)
-    ft, kd = [], []
+    test: dict[str, list] = {}
+    val: dict[str, list] = {}
     for seed in _seeds(args):
         cfg = dict(epochs=args.kd_epochs, lr=args.pd_lr, seed=seed, amp="bf16")
-        m = _channels_last(copy.deepcopy(pruned))
-        fit(m, _train_task(seed, augment=True), FinetuneConfig(**cfg))
-        ft.append(_acc(m, task))
-        m = _channels_last(copy.deepcopy(pruned))
-        distill(m, teacher, task=_train_task(seed, augment=True), temperature=4.0, alpha=args.pd_alpha, **cfg)
-        kd.append(_acc(m, task))
-        print({"seed": seed, "finetune": ft[-1], "distill": kd[-1]}, flush=True)
-    res["finetune"], res["distill"] = _spread(ft), _spread(kd)
+        row = {"seed": seed}
+        arms = ([("finetune", None)] if "finetune" in args.pd_arms else []) + \
+            ([(f"distill_{v}", v) for v in variants] if "distill" in args.pd_arms else [])
+        for name, spec in arms:
+            m = _channels_last(copy.deepcopy(pruned))
+            train = _train_task(seed, augment=True)
+            if spec is None:
+                summary = fit(m, train, FinetuneConfig(**cfg))
+            else:
+                summary = distill(m, teacher, task=train, **_pd_variant(spec), **cfg)
+            test.setdefault(name, []).append(_acc(m, task))
+            val.setdefault(name, []).append(round(summary["best_accuracy"] * 100, 2))
+            row[name] = (test[name][-1], val[name][-1])
+        print(row, flush=True)
+    for name in test:
+        res[name] = _spread(test[name])
+        res[name + "_val"] = _spread(val[name])
     return res
 
 
@@ -397,6 +421,9 @@ def main() -> None:
     ap.add_argument("--pd-macs", type=float, default=0.5, help="prune_distill_resnet20: share of MACs kept")
     ap.add_argument("--pd-lr", type=float, default=0.02, help="prune_distill_resnet20: recovery lr (both arms)")
     ap.add_argument("--pd-alpha", type=float, default=0.9, help="prune_distill_resnet20: soft-loss weight")
+    ap.add_argument("--pd-variants", nargs="*", default=None,
+                    help="prune_distill_resnet20: distill settings 'T:alpha[:hint_weight]' (default 4:<pd-alpha>)")
+    ap.add_argument("--pd-arms", nargs="+", default=["finetune", "distill"], choices=["finetune", "distill"])
     ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
     ap.add_argument("--big-epochs", type=int, default=3)
     ap.add_argument("--minilm-calib", type=int, default=256)

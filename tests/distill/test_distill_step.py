@@ -140,3 +140,100 @@ def test_shape_probe_leaves_batchnorm_statistics_alone(fmnist_small):
     check_compatible(student, _convnet(8), fmnist_small, DistillConfig())
     assert student.training
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+
+
+def _mixed_pair(mix: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+    """Student conv stack whose feature '2' (3 channels) maps linearly onto the teacher's (5 channels):
+    the teacher's conv '2' is ``mix`` (5×3) applied to the student's output channels."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 3, 3, 2, 1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
+    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 5, 3, 2, 1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 10))
+    with torch.no_grad():
+        teacher[0].load_state_dict(student[0].state_dict())
+        teacher[2].weight.copy_(torch.einsum("ts,sihw->tihw", mix, student[2].weight))
+        teacher[2].bias.copy_(mix @ student[2].bias)
+    return student, teacher
+
+
+def _hint_gap(student, teacher, adapter, x) -> float:
+    from netslim.distill.losses import hint_loss
+
+    with torch.no_grad():
+        return hint_loss(student[:3](x), teacher[:3](x), adapter).item()
+
+
+def test_hint_loss_is_zero_for_a_student_equal_to_the_teacher_and_trains_the_adapter(fmnist_small):
+    from netslim.distill.losses import hint_loss
+
+    x = fmnist_small.splits["val"][0][:16]
+    student, teacher = _mixed_pair(torch.randn(5, 3))
+    f = student[:3](x)
+    assert hint_loss(f, f.clone()).item() == 0.0
+    adapter = nn.Conv2d(3, 5, 1, bias=False)
+    loss = hint_loss(f, teacher[:3](x), adapter)
+    loss.backward()
+    assert loss.item() > 0 and adapter.weight.grad is not None and adapter.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_least_squares_adapter_recovers_the_linear_map_between_features(fmnist_small):
+    """Oracle: teacher feature = M · student feature exactly, so the fitted 1×1 adapter is M
+    and its hint loss ~0, where PyTorch's random init leaves a large loss."""
+    from netslim.distill.step import check_compatible, init_adapters
+
+    mix = torch.randn(5, 3)
+    student, teacher = _mixed_pair(mix)
+    cfg = DistillConfig(hints={"2": "2"}, adapter_samples=64)
+    adapters = check_compatible(student, teacher, fmnist_small, cfg)
+    x = fmnist_small.splits["val"][0][:64]
+    random_gap = _hint_gap(student, teacher, adapters["2"], x)
+    init_adapters(adapters, student, teacher, fmnist_small, cfg)
+    torch.testing.assert_close(adapters["2"].weight[:, :, 0, 0], mix, atol=1e-3, rtol=1e-3)
+    assert _hint_gap(student, teacher, adapters["2"], x) < 1e-5 * max(random_gap, 1e-3)
+    untouched = check_compatible(student, teacher, fmnist_small, cfg.model_copy(update={"adapter_init": "random"}))
+    w = untouched["2"].weight.clone()
+    init_adapters(untouched, student, teacher, fmnist_small, cfg.model_copy(update={"adapter_init": "random"}))
+    assert torch.equal(untouched["2"].weight, w)
+
+
+def test_fit_adapter_on_linear_features_and_rank_deficient_inputs():
+    from netslim.distill.step import fit_adapter
+
+    torch.manual_seed(0)
+    s = torch.randn(200, 4)
+    s[:, 3] = s[:, 0]  # rank-deficient: the ridge term keeps the solve finite
+    m = torch.randn(6, 4)
+    a = fit_adapter(nn.Linear(4, 6, bias=False), s, s @ m.T)
+    assert torch.isfinite(a.weight).all()
+    torch.testing.assert_close(s @ a.weight.T, s @ m.T, atol=1e-3, rtol=1e-3)
+
+
+def test_adapter_init_sees_train_mode_features_and_leaves_batchnorm_alone(fmnist_small):
+    """A student with stale BatchNorm statistics: the adapter is fitted to the batch-statistics
+    features that training will produce, and the running statistics are restored."""
+    from netslim.distill.losses import hint_loss
+    from netslim.distill.step import check_compatible, init_adapters
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(1, 3, 3, 2, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                            nn.Flatten(), nn.Linear(3, 10))
+    with torch.no_grad():
+        student[1].running_mean.fill_(5.0)  # stale: eval-mode features differ from train-mode ones
+    teacher = _convnet(5)
+    cfg = DistillConfig(hints={"2": "1"}, adapter_samples=64)
+    adapters = check_compatible(student, teacher, fmnist_small, cfg)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    init_adapters(adapters, student, teacher, fmnist_small, cfg)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+    from netslim.distill.step import fit_adapter
+
+    x = fmnist_small.calibration_inputs(64, seed=0)  # the samples init_adapters used (seed = cfg.seed)
+    with torch.no_grad():
+        t = teacher[:2](x)
+        eval_fit = fit_adapter(nn.Conv2d(3, 5, 1, bias=False), student.eval()[:3](x), t)
+        s_train = student.train()[:3](x)  # batch statistics, as in training
+        train_gap = hint_loss(s_train, t, adapters["2"]).item()
+        assert train_gap < 0.9 * hint_loss(s_train, t, eval_fit).item()
+        assert train_gap < hint_loss(s_train, t, check_compatible(student, teacher, fmnist_small, cfg)["2"]).item()

@@ -7,6 +7,7 @@
   alpha: 0.9              # weight of the soft loss; 1 - alpha on the task's own loss
   epochs: 3
   hints: {layer3: layer3} # optional FitNets hints: student module -> teacher module
+  adapter_init: lstsq     # hint adapters start as the least-squares map student -> teacher features
 ```
 
 It reuses :func:`netslim.train.loop.fit` through a :class:`DistillTask`, a Task wrapper
@@ -69,6 +70,11 @@ class DistillConfig(FinetuneConfig):
     hints: dict[str, str] = Field(default_factory=dict, description="student module -> teacher module")
     hint_loss: Literal["mse", "attention"] = "mse"
     hint_weight: float = Field(1.0, ge=0)
+    adapter_init: Literal["lstsq", "random"] = Field(
+        "lstsq", description="hint adapters (where widths differ): 'lstsq' starts from the ridge least-squares "
+        "map of the student's features onto the teacher's on calibration data (a pruned student's kept "
+        "channels then start matched, not scrambled); 'random' = PyTorch's default init")
+    adapter_samples: int = Field(256, ge=1, description="calibration samples for adapter_init 'lstsq'")
     epochs: int = Field(3, ge=0)
 
 
@@ -184,16 +190,20 @@ def _key(name: str) -> str:
 
 
 @torch.no_grad()
-def _features(model: nn.Module, names, task: Task, example) -> dict[str, torch.Tensor]:
-    # Eval mode for the shape probe: a train-mode pass would update BatchNorm running
-    # statistics of the student from two examples.
+def _features(model: nn.Module, names, task: Task, example, train: bool = False) -> dict[str, torch.Tensor]:
+    """Output and named modules' outputs. Eval mode by default (the shape probe: a train-mode
+    pass would update BatchNorm running statistics from two examples); ``train=True`` gives the
+    features training will see (batch statistics) and then restores every buffer."""
     caps = {n: _Capture(get_module(model, n), False) for n in names}
     was_training = model.training
-    model.eval()
+    buffers = [(b, b.clone()) for b in model.buffers()] if train else []
+    model.train(train)
     try:
         out = task.forward(model, example)
     finally:
         model.train(was_training)
+        for b, saved in buffers:
+            b.copy_(saved)
         for c in caps.values():
             c.remove()
     return {"__output__": out, **{n: c.calls[-1][2] for n, c in caps.items() if c.calls}}
@@ -209,6 +219,45 @@ def _adapter(name: str, s: torch.Tensor, t: torch.Tensor) -> nn.Module:
         return nn.Linear(s.shape[-1], t.shape[-1], bias=False)
     raise NetslimError(f"Hint {name!r}: student feature {tuple(s.shape)} and teacher feature {tuple(t.shape)} "
                        "can only differ in channels (dim 1 of a feature map, or the last dim).")
+
+
+def _rows(feat: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
+    """Feature -> (N, channels) rows in the layout the adapter maps (dim 1 of a map, else last)."""
+    if isinstance(adapter, nn.Conv2d):
+        return feat.movedim(1, -1).reshape(-1, feat.shape[1])
+    return feat.reshape(-1, feat.shape[-1])
+
+
+@torch.no_grad()
+def fit_adapter(adapter: nn.Module, student_feat: torch.Tensor, teacher_feat: torch.Tensor,
+                ridge: float = 1e-4) -> nn.Module:
+    """Set a bias-free 1×1-conv / Linear adapter to argmin_A ‖A·s − t‖² + λ‖A‖² over all positions
+    (λ = ``ridge`` × mean eigenvalue of SᵀS, so rank-deficient features stay solvable)."""
+    if not isinstance(adapter, (nn.Conv2d, nn.Linear)):
+        return adapter
+    s = _rows(student_feat, adapter).double()  # (N, Cs)
+    t = _rows(teacher_feat, adapter).double()  # (N, Ct)
+    gram = s.T @ s  # (Cs, Cs)
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    a = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), s.T @ t)
+    adapter.weight.copy_(a.T.reshape(adapter.weight.shape).to(adapter.weight.dtype))
+    return adapter
+
+
+def init_adapters(adapters: dict[str, nn.Module], student: nn.Module, teacher: nn.Module, task: Task,
+                  cfg: DistillConfig) -> None:
+    """``adapter_init: lstsq``: fit each learned adapter on ``adapter_samples`` calibration inputs
+    (one batch; BatchNorm buffers are left as they were)."""
+    names = [s for s in cfg.hints if _key(s) in adapters and any(True for _ in adapters[_key(s)].parameters())]
+    if not names or cfg.adapter_init != "lstsq":
+        return
+    inputs = task.calibration_inputs(cfg.adapter_samples, seed=cfg.seed)
+    # The student's features as training sees them (train mode: a pruned model's BatchNorm
+    # running statistics can be far from its batch statistics); the teacher runs in eval mode.
+    s = _features(student, names, task, inputs, train=True)
+    t = _features(teacher, [cfg.hints[n] for n in names], task, inputs)
+    for name in names:
+        fit_adapter(adapters[_key(name)], s[name], t[cfg.hints[name]])
 
 
 def check_compatible(student: nn.Module, teacher: nn.Module, task: Task, cfg: DistillConfig) -> dict[str, nn.Module]:
@@ -264,8 +313,9 @@ def distill(student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = 
         raise NetslimError(_format_validation_error(err, "DistillConfig")) from None
     device = next(student.parameters()).device
     teacher = teacher.to(device).eval().requires_grad_(False)
-    adapters = {k: a for k, a in check_compatible(student, teacher, task, cfg).items()
+    adapters = {k: a.to(device) for k, a in check_compatible(student, teacher, task, cfg).items()
                 if any(True for _ in a.parameters())}
+    init_adapters(adapters, student, teacher, task, cfg)
     # Wrap only when there is something to learn besides the student: tasks may rely on
     # the student's own attributes (e.g. a Hugging Face config).
     trained = WithAdapters(student, adapters).to(device) if adapters else student
