@@ -1,5 +1,6 @@
 """Coverage, one architecture each: GPT-2 (fused q|k|v Conv1D), a ViT-style patch-embedding
-transformer, a DenseNet-style concatenation block, a grouped conv.
+transformer, a DenseNet-style concatenation block, a grouped conv (its own channels pruned alike
+in every group).
 
 Each: ~50 % of every prunable group removed -> forward works, output shape unchanged, params
 fewer, ``netslim.save``/``netslim.load`` round-trip, masked model == shrunk model (1e-5).
@@ -18,43 +19,14 @@ from torch import nn
 import netslim
 from netslim.core.errors import NetslimError
 from netslim.core.graph import check_attention_leaf, trace_graph
-from netslim.core.serialize import read_description, register_module
+from netslim.core.serialize import register_module
 from netslim.models import build_model
 from netslim.models.registry import ModelEntry, register_model
 from netslim.prune.structured import (PrunePlan, apply_plan, plan_from_keep, plan_transformer, prune_channels,
-                                      prune_ffn, prune_heads, replay, transformer_graph)
+                                      prune_ffn, prune_heads, transformer_graph)
+from structured_helpers import X, check_mask_equals_shrink, half_plan, n_params, randomize_bn
 
 IDS = {"input_ids": torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))}
-X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-
-
-def _params(m):
-    return sum(p.numel() for p in m.parameters())
-
-
-def _half(graph, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return plan_from_keep(graph, {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)]
-                                  for g in graph.prunable()})
-
-
-def _check(model, plan, x, tmp_path, out=lambda m, x: m(x)):
-    """The five properties of the issue's coverage list, for one plan."""
-    masked = apply_plan(copy.deepcopy(model), plan, "mask")
-    shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
-    with torch.no_grad():
-        y, y_mask, y_ref = out(shrunk, x), out(masked, x), out(model, x)
-    assert y.shape == y_ref.shape
-    torch.testing.assert_close(y, y_mask, atol=1e-5, rtol=1e-5)
-    assert _params(shrunk) < _params(model)
-    path = netslim.save(shrunk, tmp_path / "m.safetensors", info={"prune_plans": [plan.to_dict()]})
-    back = netslim.load(path)
-    with torch.no_grad():
-        torch.testing.assert_close(out(back, x), y, atol=1e-6, rtol=1e-6)
-    again = replay(copy.deepcopy(model), read_description(path)["info"]["prune_plans"])
-    with torch.no_grad():
-        torch.testing.assert_close(out(again, x), y, atol=0, rtol=0)
-    return shrunk
 
 
 # ------------------------------------------------------------------------------ GPT-2
@@ -70,7 +42,7 @@ def test_gpt2_heads_slice_fused_qkv_per_third(tmp_path):
     c_attn = next(e for e in plan.entries if e["module"] == "transformer.h.0.attn.c_attn" and e["param"] == "weight")
     heads = [list(range(h * 16, h * 16 + 16)) for h in (1, 3)]
     assert c_attn["dim"] == 1 and c_attn["keep"] == [i + third * 64 for third in range(3) for h in heads for i in h]
-    shrunk = _check(model, plan, IDS, tmp_path, _logits)
+    shrunk = check_mask_equals_shrink(model, plan, IDS, tmp_path, _logits)
     attn = shrunk.transformer.h[0].attn
     assert (attn.num_heads, attn.split_size, attn.head_dim) == (2, 32, 16)
     assert attn.c_attn.weight.shape == (64, 96) and attn.c_proj.weight.shape == (32, 64)
@@ -92,7 +64,7 @@ def test_gpt2_heads_and_ffn_reload(tmp_path):
     assert not r_heads["from_pretrained"] and model.transformer.h[1].attn.num_heads == 2
     y = _logits(model, IDS)
     # the blocks lose about half their weights (the 1024 x 64 position table is not prunable)
-    assert y.shape == _logits(ref, IDS).shape and _params(model.transformer.h) < 0.6 * _params(ref.transformer.h)
+    assert y.shape == _logits(ref, IDS).shape and n_params(model.transformer.h) < 0.6 * n_params(ref.transformer.h)
     back = netslim.load(netslim.save(model, tmp_path / "g.safetensors"))
     with torch.no_grad():
         torch.testing.assert_close(_logits(back, IDS), y, atol=1e-6, rtol=1e-6)
@@ -161,19 +133,9 @@ register_model(ModelEntry("test-tiny-vit", TinyViT, "classification", "fashion-m
 register_module(Attention, lambda m: {"dim": m.proj.out_features, "num_heads": m.num_heads, "head_dim": m.head_dim})
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 def test_vit_channels_ffn_and_heads(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(build_model("test-tiny-vit"))
+    model = randomize_bn(build_model("test-tiny-vit"))
     graph = trace_graph(model, X)
     kinds = {g.name: g.kind for g in graph.prunable()}
     # the conv stem's channels, each block's heads and FFN neurons; nothing else
@@ -183,15 +145,15 @@ def test_vit_channels_ffn_and_heads(tmp_path):
     stream = next(g for g in graph.groups if g.name == "patch")
     assert stream.locked and any(s.module == "blocks.1.attn.proj" for s, _ in stream.slots)
     assert any(s.module == "blocks.1.norm2" for s, _ in stream.slots)
-    plan = _half(graph)
+    plan = half_plan(graph)
     assert {a["attr"]: a["value"] for a in plan.attrs if a["module"] == "blocks.0.attn"} == {"num_heads": 2}
-    shrunk = _check(model, plan, X, tmp_path)
+    shrunk = check_mask_equals_shrink(model, plan, X, tmp_path)
     assert shrunk.blocks[0].attn.qkv.out_features == 3 * 2 * 8 and shrunk.blocks[0].fc1.out_features == 32
     assert shrunk.stem[0].out_channels == 8 and shrunk.patch.in_channels == 8
 
 
 def test_vit_prune_channels_end_to_end():
-    model = _randomize_bn(build_model("test-tiny-vit"))
+    model = randomize_bn(build_model("test-tiny-vit"))
     y = model(X)
     model, report = prune_channels(model, X, ratio=0.5, scope="uniform")
     assert model(X).shape == y.shape and report["params_after"] < report["params_before"]
@@ -205,7 +167,7 @@ def test_attention_whose_forward_ignores_num_heads_is_skipped():
     assert not any(g.kind == "head" for g in graph.prunable())
     assert any(s["name"] == "blocks.0.attn" and "attention heads kept" in s["reason"] for s in graph.skipped)
     # what is left (the stem, the FFNs) still prunes, and the model still runs
-    plan = _half(graph)
+    plan = half_plan(graph)
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
     with torch.no_grad():
         assert shrunk(X).shape == model(X).shape
@@ -253,7 +215,7 @@ register_model(ModelEntry("test-grouped", GroupedNet, "classification", "fashion
 
 def test_densenet_concat_block(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(build_model("test-densenet-block"))
+    model = randomize_bn(build_model("test-densenet-block"))
     graph = trace_graph(model, X)
     assert not graph.skipped
     stem = next(g for g in graph.groups if g.name == "stem")
@@ -265,23 +227,28 @@ def test_densenet_concat_block(tmp_path):
     keep = {(e["module"], e["param"]): e["keep"] for e in plan.entries}
     assert keep[("trans.2", "weight")] == list(range(8)) + [8, 13] + list(range(14, 20))  # offsets 8 and 14
     assert keep[("l2.0", "running_var")] == list(range(8)) + [8, 13]
-    plan = _half(graph)
-    shrunk = _check(model, plan, X, tmp_path)
+    plan = half_plan(graph)
+    shrunk = check_mask_equals_shrink(model, plan, X, tmp_path)
     assert shrunk.trans[2].in_channels == 4 + 3 + 3 and shrunk.fc.in_features == 6
 
 
-def test_grouped_conv_keeps_its_channels_and_prunes_around_it(tmp_path):
+def test_grouped_conv_prunes_its_channels_alike_in_every_group(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(build_model("test-grouped"))
+    model = randomize_bn(build_model("test-grouped"))
     graph = trace_graph(model, X)
-    assert graph.skipped == [{"name": "g", "reason": "grouped conv (groups=2): its channels are kept"}]
-    locked = {g.name for g in graph.groups if not g.prunable}
-    assert "c1" in locked and "g" in locked  # both sides of the grouped conv
-    plan = _half(graph)
-    assert {g["name"] for g in plan.groups} == {"c2", "c3"}
-    shrunk = _check(model, plan, X, tmp_path)
-    assert shrunk.g.weight.shape == model.g.weight.shape and shrunk.c1.out_channels == 8
-    assert shrunk.c2.out_channels == 6 and shrunk.c3.out_channels == 3 and shrunk.fc.in_features == 3
+    assert not graph.skipped
+    # groups=2: c1's channels (g's input) and g's own channels are pruned as positions within
+    # each half, so both groups of g keep the same number of input and output channels
+    sizes = {g.name: g.size for g in graph.prunable()}
+    assert sizes == {"c1": 4, "g": 4, "c2": 12, "c3": 6}
+    plan = half_plan(graph)
+    keep = {(e["module"], e["param"], e["dim"]): e["keep"] for e in plan.entries}
+    kept_g = keep[("g", "weight", 0)]
+    assert len(kept_g) == 4 and [i - 4 for i in kept_g[2:]] == kept_g[:2]  # the same positions in both halves
+    assert keep[("g", "weight", 1)] == [i for i in keep[("c1", "weight", 0)] if i < 4]  # positions within a group
+    shrunk = check_mask_equals_shrink(model, plan, X, tmp_path)
+    assert (shrunk.g.in_channels, shrunk.g.out_channels, shrunk.g.groups) == (4, 4, 2)
+    assert shrunk.g.weight.shape == (4, 2, 3, 3) and shrunk.c1.out_channels == 4 and shrunk.c2.in_channels == 4
 
 
 def test_plan_attrs_round_trip_as_json():
@@ -305,7 +272,7 @@ def test_layernorm_features_are_locked_but_the_ffn_behind_it_prunes():
     graph = trace_graph(model, x)
     a = next(g for g in graph.groups if g.name == "a")
     assert "LayerNorm" in a.locked and ("ln", "weight", 0) in {(s.module, s.param, s.dim) for s, _ in a.slots}
-    plan = _half(graph)
+    plan = half_plan(graph)
     assert [g["name"] for g in plan.groups] == ["b"]
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
     masked = apply_plan(copy.deepcopy(model), plan, "mask")
@@ -318,7 +285,7 @@ def test_plan_json_is_compact_and_decodes_exactly():
     exact entries, and plans written with inline lists (older artifacts) still load."""
     model = build_model("resnet20")
     graph = trace_graph(model, X[:1])
-    plan = _half(graph)
+    plan = half_plan(graph)
     d = plan.to_dict()
     assert len(d["keeps"]) < len(d["entries"]) and all(isinstance(k, str) for k in d["keeps"])
     again = PrunePlan.from_dict(json.loads(json.dumps(d)))

@@ -11,46 +11,23 @@ import netslim
 from netslim.core.graph import trace_graph
 from netslim.models import build_model
 from netslim.prune.structured import PrunePlan, apply_plan, plan_from_keep, replay
-
-X = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-
-
-def _randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics, so that a wrongly sliced BN changes the output."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
-
-
-def _half_plan(model, graph, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    keep = {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)] for g in graph.prunable()}
-    return plan_from_keep(graph, keep)
-
-
-def _params(m):
-    return sum(p.numel() for p in m.parameters())
+from structured_helpers import X, half_plan, n_params, randomize_bn
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5", "resnet20", "mobilenetv2", "vgg11bn"])
 def test_zoo_masked_equals_shrunk_and_round_trips(name, tmp_path):
     torch.manual_seed(0)
-    model = _randomize_bn(build_model(name))
+    model = randomize_bn(build_model(name))
     graph = trace_graph(model, X)
     assert graph.prunable() and not graph.skipped
-    plan = _half_plan(model, graph)
+    plan = half_plan(graph)
     masked = apply_plan(copy.deepcopy(model), plan, "mask")
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
     with torch.no_grad():
         y_mask, y_shrunk = masked(X), shrunk(X)
     assert y_shrunk.shape == model(X).shape
     torch.testing.assert_close(y_shrunk, y_mask, atol=1e-5, rtol=1e-5)
-    assert _params(shrunk) < 0.6 * _params(model)
+    assert n_params(shrunk) < 0.6 * n_params(model)
     path = netslim.save(shrunk, tmp_path / "m.safetensors", info={"prune_plans": [plan.to_dict()]})
     back = netslim.load(path)
     with torch.no_grad():
@@ -78,7 +55,7 @@ def test_residual_members_share_one_group():
 
 
 def test_depthwise_conv_follows_its_input_channels():
-    model = _randomize_bn(build_model("mobilenetv2"))
+    model = randomize_bn(build_model("mobilenetv2"))
     graph = trace_graph(model, X)
     g = next(g for g in graph.groups if g.name == "blocks.1.conv.0")  # expand 1x1 -> depthwise -> project
     mods = {s.module for s, _ in g.slots}
@@ -136,19 +113,20 @@ class GroupedNet(nn.Module):
 @pytest.mark.parametrize("cls", [DenseBlock, GroupedNet])
 def test_concat_and_grouped_conv(cls):
     torch.manual_seed(0)
-    model = _randomize_bn(cls())
+    model = randomize_bn(cls())
     graph = trace_graph(model, X)
-    plan = _half_plan(model, graph)
+    plan = half_plan(graph)
     assert not plan.empty
     masked = apply_plan(copy.deepcopy(model), plan, "mask")
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
     with torch.no_grad():
         torch.testing.assert_close(shrunk(X), masked(X), atol=1e-5, rtol=1e-5)
-    assert _params(shrunk) < _params(model)
+    assert n_params(shrunk) < n_params(model)
     if cls is GroupedNet:
-        # the grouped conv's channels are kept (and said so); the ones after it are pruned
-        assert any(s["name"] == "g" and "grouped" in s["reason"] for s in graph.skipped)
-        assert shrunk.g.weight.shape == model.g.weight.shape and shrunk.c2.out_channels == 6
+        # the grouped conv's channels are pruned alike in both of its groups, through the
+        # flatten into the Linear as well (each channel = a 28x28 block of features)
+        assert not graph.skipped and shrunk.g.groups == 2 and shrunk.g.out_channels == 4
+        assert shrunk.c1.out_channels == 4 and shrunk.fc.in_features == 3 * 28 * 28
     else:
         assert shrunk.head.in_channels < 15
 
@@ -173,7 +151,7 @@ def test_untraceable_model_is_left_whole_with_a_reason():
 
 def test_plan_is_plain_json_and_rejects_a_foreign_model():
     model = build_model("resnet20")
-    plan = _half_plan(model, trace_graph(model, X))
+    plan = half_plan(trace_graph(model, X))
     import json
 
     again = PrunePlan.from_dict(json.loads(json.dumps(plan.to_dict())))

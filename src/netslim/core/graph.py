@@ -23,8 +23,9 @@ prunes only what is provably safe.
 from __future__ import annotations
 
 import logging
+import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -94,6 +95,7 @@ class GraphBuilder:
         self.slots: list[Slot] = []
         self.skipped: list[dict[str, str]] = []
         self.attrs: list[tuple[int, dict[str, Any]]] = []
+        self.periods: dict[int, int] = {}  # space -> number of tiles (see ``tile``)
 
     def space(self, units: int, name: str, kind: str = "channel") -> int:
         self.parent.append(len(self.parent))
@@ -137,12 +139,44 @@ class GraphBuilder:
     def skip(self, name: str, reason: str) -> None:
         self.skipped.append({"name": name, "reason": reason})
 
+    def tile(self, s: int, tiles: int) -> None:
+        """``space`` must be pruned alike in each of ``tiles`` equal consecutive blocks (the
+        channel groups of a grouped conv): its unit becomes a *position within a block*, so
+        unit j stands for channels j, j + C/tiles, j + 2C/tiles, ... and every block keeps the
+        same positions. A slot whose segment already spans one block (a grouped conv's
+        per-group input slice, ``C/tiles`` units) indexes positions directly."""
+        self.periods[s] = math.lcm(self.periods.get(s, 1), int(tiles))
+
+    def _tiles(self) -> dict[int, int]:
+        """Tiles per root space: the lcm over its members (tiling by 4 implies tiling by 2)."""
+        out: dict[int, int] = {}
+        for s, t in self.periods.items():
+            r = self.find(s)
+            out[r] = math.lcm(out.get(r, 1), t)
+        for r, t in list(out.items()):
+            if self.size[r] % t:
+                self.lock(r, f"grouped convs split these {self.size[r]} channels into {t} groups unevenly")
+                del out[r]
+        return out
+
+    def _tiled(self, layout: tuple[Segment, ...], tiles: dict[int, int]) -> tuple[Segment, ...]:
+        out = []
+        for seg in layout:
+            r = self.find(seg.space)
+            block = self.size[r] // tiles.get(r, 1)
+            # a full-size segment becomes `tiles` blocks; a one-group slice stays one block
+            out += [Segment(seg.space, block, seg.factor)] * (seg.units // block) if r in tiles else [seg]
+        return tuple(out)
+
     def build(self, kind: str = "fx") -> DependencyGraph:
+        tiles = self._tiles()
         roots: dict[int, Group] = {}
         for s in range(len(self.parent)):
             r = self.find(s)
             if r not in roots:
-                roots[r] = Group(len(roots), self.name[r], self.size[r], self.kind[r], locked=self.locks.get(r))
+                roots[r] = Group(len(roots), self.name[r], self.size[r] // tiles.get(r, 1), self.kind[r],
+                                 locked=self.locks.get(r))
+        self.slots = [replace(slot, layout=self._tiled(slot.layout, tiles)) for slot in self.slots]
         for slot in self.slots:
             for i, seg in enumerate(slot.layout):
                 roots[self.find(seg.space)].slots.append((slot, i))
@@ -341,13 +375,29 @@ class _Tracer:
         elif m.groups == m.in_channels == m.out_channels:
             out = lin  # depthwise: channel c in -> channel c out, one filter per channel
         else:
-            self.b.skip(name, f"grouped conv (groups={m.groups}): its channels are kept")
-            return self.opaque(node, f"grouped conv {name}")
+            out = self.grouped_conv(node, name, m, lin)
         self.b.add(name, "weight", 0, out)
         if bias:
             self.b.add(name, "bias", 0, out)
         self.set(node, out)
         return None
+
+    def grouped_conv(self, node, name: str, m, lin) -> tuple[Segment, ...]:
+        """groups = G (not depthwise): weight (C_out, C_in/G, k, k); output block g reads only
+        input block g, and every block must keep as many channels as the others. So both its
+        output channels and its input's channels are *tiled* G times (see ``GraphBuilder.tile``):
+        the same positions go in every block, which keeps the conv a valid G-group conv."""
+        g = m.groups
+        out = self.new(node, m.out_channels, name)
+        self.b.tile(out[0].space, g)
+        if len(lin) == 1 and lin[0].factor == 1:
+            # weight dim 1 indexes the position within a block: one block-sized segment
+            self.b.add(name, "weight", 1, (Segment(lin[0].space, lin[0].units // g),), role="in")
+            self.b.tile(lin[0].space, g)
+        else:
+            self.b.skip(name, f"grouped conv (groups={g}) reads a concatenation: its input channels are kept")
+            self.b.lock_layout(lin, f"input of grouped conv {name} is a concatenation")
+        return out
 
     def _features_in(self, src, lin, width: int) -> bool:
         """``src`` carries traced units on its last dim, ``width`` indices in all."""
