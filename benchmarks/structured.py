@@ -101,13 +101,13 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
     """Fine-tune ``model`` with the one budget every method gets, save, reload, measure.
 
     None when the job's time budget ran out first (rerun the same command to resume)."""
-    task = get_task("fashion-mnist", augment=True)
+    task = get_task("fashion-mnist", augment=True, seed=args.seed)
     acc = lambda m: round(task.evaluate(m, "test")["accuracy"] * 100, 2)  # noqa: E731
     x1 = task.example_inputs(1)
     # select_best off: a resumed run cannot restore a best epoch of an earlier job; the last
     # epoch's weights are what every method reports
     ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4,
-                        select_best=False)
+                        select_best=False, seed=args.seed)
     resume = _Resume(_artifact(f"{args.model}_{args.tag}").with_suffix(".ckpt"), t0, args.budget)
     summary = fit(model.to(memory_format=torch.channels_last), task, ft, [resume])
     if resume.stopped:
@@ -121,7 +121,7 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
     after = {"accuracy_pruned_no_ft": state["pruned_acc"], "accuracy": acc(back), "params": count_params(back),
              "macs": total_macs(back, x1), "bytes": path.stat().st_size,
              "bytes_without_plan": _size(back)}  # the stored prune plan (keep indices) is part of "bytes"
-    return {"model": args.model, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
+    return {"model": args.model, "seed": args.seed, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
             "finetune_seconds": round(resume.seconds, 1), "history": summary["history"],
             "prune_seconds": state["prune_s"], "before": before, "after": after, "artifact": str(path), **extra,
             "ratios": {k: round(after[k] / before[k], 4) for k in ("params", "macs", "bytes")},
@@ -131,7 +131,7 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
 def _pruned_run(args, prune) -> dict | None:
     """Baseline metrics, ``prune(base, task, x1) -> (model, extra)``, fine-tune; resumable."""
     t0 = time.perf_counter()
-    task = get_task("fashion-mnist", augment=True)
+    task = get_task("fashion-mnist", augment=True, seed=args.seed)
     base = netslim.load(checkpoint_path(args.model))
     x1 = task.example_inputs(1)
     meta_path = _artifact(f"{args.model}_{args.tag}").with_suffix(".json")
@@ -231,8 +231,43 @@ def criteria(args) -> dict:
     return out
 
 
+def _variant(model, variant: str):
+    """A copy of ``model`` prepared for timing, the same way for every model compared:
+    ``fold``: BatchNorms folded into the convs before them (``torch.fx.experimental.optimization.fuse``,
+    eval mode); ``cl``: weights in channels_last (NHWC) memory format (the input too)."""
+    from torch.fx.experimental.optimization import fuse
+
+    m = copy.deepcopy(model).eval()
+    if "fold" in variant:
+        m = fuse(m)
+    if "cl" in variant:
+        m = m.to(memory_format=torch.channels_last)
+    return m
+
+
+def _timings(models: dict, task, args, variant: str) -> dict:
+    """Interleaved medians at batch 64 and 1, speedups over "base", the per-call overhead share."""
+    tags = [k for k in models if k != "base"]
+    out: dict = {}
+    for b in (64, 1):
+        x = task.example_inputs(b)
+        if "cl" in variant:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t = interleaved_latency(models, x, rounds=args.rounds, repeats=20 if b == 1 else 10, threads=args.threads)
+        out[f"b{b}"] = {k: round(v, 4) for k, v in t.items()} | {
+            f"speedup_{k}": round(t["base"] / t[k], 3) for k in tags}
+    # per-call overhead at batch 1: the part of its time that does not scale with the batch,
+    # 1 - (t64 / 64) / t1 (Python, dispatch, small-kernel launch costs)
+    for k in models:
+        out["b1"][f"overhead_share_{k}"] = round(1 - out["b64"][k] / 64 / out["b1"][k], 3)
+    return out
+
+
 def latency(args) -> dict:
-    """Baseline vs every saved artifact (``--tag`` may list several, comma-separated), interleaved."""
+    """Baseline vs every saved artifact (``--tag`` may list several, comma-separated), interleaved.
+
+    ``--variants plain,cl,fold,fold+cl`` times every model in each preparation (see
+    :func:`_variant`); each variant is its own interleaved comparison, like with like."""
     torch.set_num_threads(args.threads)
     base = netslim.load(checkpoint_path(args.model))
     tags = args.tag.split(",")
@@ -242,19 +277,25 @@ def latency(args) -> dict:
     task = get_task("fashion-mnist")
     x1 = task.example_inputs(1)
     out = {"model": args.model, "tags": tags, "missing": missing, "threads": args.threads,
-           "macs": {k: total_macs(m, x1) for k, m in models.items()}}
-    for b in (64, 1):
-        x = task.example_inputs(b)
-        t = interleaved_latency(models, x, rounds=args.rounds, repeats=20 if b == 1 else 10, threads=args.threads)
-        out[f"b{b}"] = {k: round(v, 4) for k, v in t.items()} | {
-            f"speedup_{k}": round(t["base"] / t[k], 3) for k in tags}
-    # per-call overhead at batch 1: the part of its time that does not scale with the batch,
-    # 1 - (t64 / 64) / t1 (Python, dispatch, small-kernel launch costs)
-    for k in models:
-        out["b1"][f"overhead_share_{k}"] = round(1 - out["b64"][k] / 64 / out["b1"][k], 3)
+           "macs": {k: total_macs(m, x1) for k, m in models.items()},
+           "channels": {k: [m.out_channels for m in v.modules() if isinstance(m, torch.nn.Conv2d)]
+                        for k, v in models.items()}}
     out["macs_reduction"] = {k: round(out["macs"]["base"] / out["macs"][k], 3) for k in tags}
-    out["b64_speedup_over_macs_reduction"] = {
-        k: round(out["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags}
+    variants = args.variants.split(",") if args.variants else ["plain"]
+    x = task.example_inputs(8)
+    for variant in variants:
+        prepared = {k: _variant(m, variant) for k, m in models.items()}
+        with torch.no_grad():  # a preparation must not change what the model computes
+            err = max(float((prepared[k](x.contiguous(memory_format=torch.channels_last) if "cl" in variant else x)
+                             - models[k](x)).abs().max()) for k in models)
+        res = _timings(prepared, task, args, variant) | {"max_abs_output_diff": err}
+        res["b64_speedup_over_macs_reduction"] = {
+            k: round(res["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags}
+        if args.variants:
+            out[variant] = res
+        else:
+            out |= res
+        print(variant, json.dumps({b: res[b] for b in ("b64", "b1")}), flush=True)
     return out
 
 
@@ -368,6 +409,10 @@ def main() -> None:
     p.add_argument("--tag", default="2x")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--variants", default="", help="latency: comma-separated preparations of every model: "
+                   "plain, cl (channels_last), fold (BN folded), fold+cl")
+    p.add_argument("--seed", type=int, default=0, help="cnn/torch_pruning: fine-tuning seed (data order, "
+                   "augmentation and the 5,000-image validation hold-out; the test set is fixed)")
     p.add_argument("--budget", type=float, default=540, help="cnn/torch_pruning: seconds this job may run")
     p.add_argument("--sentences", type=int, default=500)
     p.add_argument("--blocks", type=int, default=16)
@@ -385,7 +430,8 @@ def main() -> None:
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
-           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}", "sizes": f"sizes_{args.model}"}.get(
+           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}" + (
+               f"_{args.variants.replace(',', '_')}" if args.variants else ""), "sizes": f"sizes_{args.model}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
     _merge(key, {"command": "benchmarks/structured.py " + " ".join(os.sys.argv[1:]), **result})
     print(json.dumps(result, indent=1)[:3000])
