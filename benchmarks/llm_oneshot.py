@@ -44,6 +44,10 @@ ROWS = {
     "sparsegpt50_offload": {"method": "sparsegpt", "sparsity": 0.5, "offload_dir": "/tmp"},
     # the memory row: one sequence per forward (small transients), block activations on disk
     "sparsegpt50_lowmem": {"method": "sparsegpt", "sparsity": 0.5, "batch_size": 1, "offload_dir": "/tmp"},
+    # + every block but the current one parked on disk, zeros baked in (no 1-byte-per-weight mask buffers)
+    "sparsegpt50_stream": {"method": "sparsegpt", "sparsity": 0.5, "batch_size": 1, "offload_dir": "/tmp",
+                           "offload_blocks": True, "permanent": True},
+    "sparsegpt24_exact": {"method": "sparsegpt", "n": 2, "m": 4, "nm_select": "exact"},  # exact 2:4 pattern choice
     "rtn_g64": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": False},
     "rtn_g64_sym": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": True},
     "rtn_g32": {"method": "weight_only", "bits": 4, "group_size": 32, "symmetric": False},

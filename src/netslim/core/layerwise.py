@@ -15,6 +15,9 @@ calibration set. Capturing them for the whole model at once costs
 Live memory is one block's calibration inputs and outputs (optionally on disk, see
 :class:`ActivationStore`) plus the block itself; the model's other blocks stay untouched
 where they are (a model on the CPU can have its block moved to ``device`` for the work).
+With ``offload_blocks`` the other blocks' tensors wait in files too (:class:`BlockStore`):
+during the pass memory holds the embeddings, one block and its work, and at the end
+the compressed blocks come back.
 
 Supported decoder stacks (:func:`decoder_blocks`): ``model.layers`` (Llama, Mistral,
 Qwen2/3, Gemma, Phi), ``transformer.h`` (GPT-2), ``model.decoder.layers`` (OPT).
@@ -171,6 +174,66 @@ class ActivationStore:
         self._items.clear()
 
 
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise; a no-op elsewhere)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class BlockStore:
+    """A module's tensors (parameters and buffers, masks included) parked in a file.
+
+    ``park`` writes them and leaves empty tensors in their place (the module cannot run
+    until ``restore``); ``restore`` loads them back into fresh, file-independent memory
+    with their dtype, device and ``Parameter`` identity kept (optimizers, tied references
+    and parametrizations stay valid).
+    """
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+        self.parked: dict[int, Path] = {}
+
+    @staticmethod
+    def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                out[name] = t
+        return out
+
+    def park(self, key: int, module: nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        tensors = self._tensors(module)
+        path = self.dir / f"block_{key}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp))
+        tmp.replace(path)
+        for t in tensors.values():
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        self.parked[key] = path
+
+    def restore(self, key: int, module: nn.Module) -> None:
+        from safetensors.torch import safe_open
+
+        path = self.parked.pop(key)
+        tensors = self._tensors(module)
+        with safe_open(str(path), framework="pt") as f:
+            for name, t in tensors.items():
+                src = f.get_tensor(name)  # backed by the file's mapping: copy into plain memory
+                t.data = torch.empty(src.shape, dtype=src.dtype, device=t.device).copy_(src)
+                del src
+        path.unlink(missing_ok=True)
+
+
 class _Stop(Exception):
     """Raised by the capture hook: nothing after block 0 needs to run."""
 
@@ -223,19 +286,25 @@ CompressFn = Callable[[int, str, nn.Module, Callable[[], None]], None]
 @torch.no_grad()
 def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *, batch_size: int = 4,
                    device: str | torch.device | None = None, offload_dir: str | Path | None = None,
-                   propagate: bool = True, desc: str = "one-shot") -> ActivationStore:
+                   propagate: bool = True, desc: str = "one-shot", offload_blocks: bool = False,
+                   return_outputs: bool = True) -> ActivationStore | None:
     """Compress ``model``'s decoder blocks one at a time on calibration token ids (N, L).
 
     ``compress(i, name, block, feed)``: ``feed()`` runs every calibration batch through the
     block (the callback's forward hooks see each Linear's inputs); the callback then changes
     the block in place (or through ``replace_module`` on the block). With ``propagate`` the
     next block sees the compressed block's outputs (sequential error propagation), else
-    the original block's. ``offload_dir`` keeps activations on disk. Returns the last
-    block's outputs (N/batch_size tensors (B, L, hidden)).
+    the original block's. ``offload_dir`` keeps activations on disk; with ``offload_blocks``
+    also every block but the one being compressed (they are all back in place when this
+    returns, also after an error). Returns the last block's outputs (N/batch_size tensors
+    (B, L, hidden)), or None without ``return_outputs``.
     """
     check_calibration(model, ids)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise bad_param("run_sequential", "batch_size", "an int >= 1", batch_size)
+    if offload_blocks and offload_dir is None:
+        raise bad_param("run_sequential", "offload_blocks", "False unless offload_dir is given (blocks are "
+                        "parked in files there)", offload_blocks)
     name, blocks = decoder_blocks(model)
     home = next(model.parameters()).device
     work = torch.device(device) if device is not None else home
@@ -243,10 +312,18 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
 
     tmp = tempfile.TemporaryDirectory(dir=offload_dir, prefix="netslim-act-") if offload_dir is not None else None
     where = Path(tmp.name) if tmp is not None else None
+    parked = BlockStore(where) if offload_blocks else None
+    inputs = None
     try:
+        if parked is not None:  # only block 0 stays: capture stops before block 1
+            for j in range(1, len(blocks)):
+                parked.park(j, blocks[j])
+            release_memory()
         inputs = ActivationStore(where)
         extras = capture_block_inputs(model, blocks[0], ids, batch_size, inputs)
         for i in progress(range(len(blocks)), desc=f"{desc}: blocks", total=len(blocks)):
+            if parked is not None and i in parked.parked:
+                parked.restore(i, blocks[i])
             block = blocks[i].to(work)
 
             def feed(block=block) -> None:
@@ -261,6 +338,12 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
             blocks[i].to(home)
             inputs.release()
             inputs = outputs
+            if parked is not None:
+                parked.park(i, blocks[i])
+                release_memory()
+        if not return_outputs:
+            inputs.release()
+            return None
         if where is not None:  # the folder goes away below: hand back the last outputs in memory
             final = ActivationStore()
             for b in range(len(inputs)):
@@ -268,6 +351,11 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
             inputs = final
         return inputs
     finally:
+        if parked is not None:  # every block back in place, also after an error
+            if inputs is not None and inputs.dir is not None:  # activation files first: less on disk at once
+                inputs.release()
+            for j in sorted(parked.parked):
+                parked.restore(j, blocks[j])
         if tmp is not None:
             tmp.cleanup()
 
@@ -336,7 +424,8 @@ def _is_transformers(model: nn.Module) -> bool:
 @torch.no_grad()
 def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any = None, exclude: Any = None,
                     batch_size: int = 4, device: str | torch.device | None = None,
-                    offload_dir: str | Path | None = None, propagate: bool = True, desc: str = "one-shot") -> None:
+                    offload_dir: str | Path | None = None, propagate: bool = True, desc: str = "one-shot",
+                    offload_blocks: bool = False) -> None:
     """Call ``fn(root, prefix, layers, feed)`` per unit of work: each decoder block of an LLM.
 
     ``layers`` are ``(name relative to root, module)`` of the selected Linear/Conv1D layers.
@@ -353,7 +442,7 @@ def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any =
                 fn(block, name, layers, feed)
 
         run_sequential(model, calib, per_block, batch_size=batch_size, device=device, offload_dir=offload_dir,
-                       propagate=propagate, desc=desc)
+                       propagate=propagate, desc=desc, offload_blocks=offload_blocks, return_outputs=False)
         return
     layers = block_linears(model, "", include, exclude)
     if not layers:

@@ -19,6 +19,7 @@ one matmul per block (the "lazy batch" trick: the same result, far fewer passes 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Callable
 
@@ -125,14 +126,47 @@ def _block_mask(w1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Ten
     return mask.view_as(w1)
 
 
+NM_SELECT = ("diag", "exact")
+
+
+def _nm_patterns(n: int, m: int, device: torch.device) -> torch.Tensor:
+    """Every way to prune ``m - n`` of ``m`` columns: (K, m) bool, True = pruned."""
+    pats = list(itertools.combinations(range(m), m - n))
+    out = torch.zeros(len(pats), m, dtype=torch.bool, device=device)
+    for k, p in enumerate(pats):
+        out[k, list(p)] = True
+    return out
+
+
+def _nm_exact(wg: torch.Tensor, ug: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """Per row, the N:M pattern whose sequential OBS loss inside the group is lowest.
+
+    ``wg`` (R, m) the group's current weights, ``ug`` (m, m) its block of U, ``patterns``
+    (K, m). Pruning column k of the group costs ``(w_k'/U_kk)²`` where ``w_k'`` already holds
+    the updates of the group's earlier pruned columns — the exact loss the column loop will
+    add, where the diagonal rule (w²/U_kk², picked before any update) ignores those updates.
+    Returns the (R, m) prune mask.
+    """
+    x = wg[:, None, :].expand(-1, patterns.shape[0], -1).clone()   # (R, K, m)
+    loss = torch.zeros(x.shape[:2], device=wg.device)               # (R, K)
+    pf = patterns.to(wg.dtype)
+    for k in range(wg.shape[1]):
+        e = x[:, :, k] / ug[k, k] * pf[:, k]                         # (R, K): 0 where column k is kept
+        loss += e.pow(2)
+        x[:, :, k:] -= e[:, :, None] * ug[k, k:]
+    return patterns[loss.argmin(dim=1)]
+
+
 def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tuple[int, int] | None = None,
               quantizer: Quantizer | None = None, blocksize: int = 128,
-              fixed_prune: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+              fixed_prune: torch.Tensor | None = None, nm_select: str = "diag") -> tuple[torch.Tensor, torch.Tensor, float]:
     """SparseGPT / GPTQ column loop on ``w`` (R, C) with ``u`` = upper Cholesky of H^-1 (C, C).
 
     Masks are chosen adaptively per block of ``blocksize`` columns from the *updated*
     weights: unstructured ``sparsity`` over the block, or ``nm = (n, m)``: n pruned of every
-    m consecutive columns, per row (picked when the loop reaches the group). ``quantizer``
+    m consecutive columns, per row (picked when the loop reaches the group; ``nm_select``
+    "diag": the m - n lowest w²/U_jj² (SparseGPT's rule), "exact": the pattern with the lowest
+    OBS loss inside the group, see :func:`_nm_exact`; without a quantizer). ``quantizer``
     rounds each surviving column. ``fixed_prune`` (R, C) marks weights that must stay zero
     (an earlier pruning step's mask, kept through quantization). Returns (new W (R, C), keep mask (R, C), objective loss
     Σ (w - q)² / U[j,j]² / 2 — the OBS estimate of the added layer error).
@@ -143,6 +177,10 @@ def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tu
     loss = torch.zeros(rows, device=w.device)
     if nm is not None and blocksize % nm[1]:
         raise NetslimError(f"blocksize {blocksize} must be a multiple of m={nm[1]} for N:M masks.")
+    if nm_select not in NM_SELECT:
+        raise NetslimError(f"The 'nm_select' parameter of obs_solve must be one of {', '.join(NM_SELECT)}; "
+                           f"got {nm_select!r}.")
+    patterns = _nm_patterns(*nm, w.device) if nm is not None and nm_select == "exact" else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         w1 = w[:, i1:i2].clone()                                   # (R, b): eager updates here
@@ -156,9 +194,12 @@ def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tu
             col = w1[:, i]
             if nm is not None and i % nm[1] == 0:
                 m = nm[1]
-                sal = (w1[:, i:i + m] / d[i:i + m]).pow(2)          # (R, m)
-                idx = torch.topk(sal, m - nm[0], dim=1, largest=False).indices
-                prune1[:, i:i + m].scatter_(1, idx, True)
+                if patterns is not None and quantizer is None and fixed_prune is None:
+                    prune1[:, i:i + m] = _nm_exact(w1[:, i:i + m], u1[i:i + m, i:i + m], patterns)
+                else:
+                    sal = (w1[:, i:i + m] / d[i:i + m]).pow(2)      # (R, m)
+                    idx = torch.topk(sal, m - nm[0], dim=1, largest=False).indices
+                    prune1[:, i:i + m].scatter_(1, idx, True)
             q = col.masked_fill(prune1[:, i], 0.0)
             if quantizer is not None:
                 q = quantizer(i1 + i, q, w1, i).masked_fill(prune1[:, i], 0.0)

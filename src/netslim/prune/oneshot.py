@@ -23,7 +23,7 @@ within each output row) or to N:M (``n`` kept of every ``m`` consecutive inputs)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -50,6 +50,8 @@ class _PatternFields(MethodConfig):
     m: int | None = Field(None, ge=2, description="N:M: group size along the input dim")
     include: Selector = None
     exclude: Selector = None
+    permanent: bool = Field(False, description="bake the zeros into the weights (made-permanent state, no mask "
+                                               "buffers: 1 byte per weight less) instead of Mask parametrizations")
 
     @field_validator("sparsity")
     @classmethod
@@ -75,6 +77,7 @@ class _CalibrationFields(_PatternFields):
     batch_size: int = Field(4, ge=1, description="sequences per forward pass")
     sequential: bool = Field(True, description="next block sees the compressed block's outputs")
     offload_dir: str | None = Field(None, description="keep block activations in files here, not in RAM")
+    offload_blocks: bool = Field(False, description="also park every block but the current one in offload_dir")
     device: str | None = Field(None, description="where each block is processed (default: the model's)")
 
 
@@ -103,6 +106,9 @@ class SparseGPTConfig(_OWLFields):
     method = "sparsegpt"
     damp: float = Field(0.01, ge=0, description="relative Hessian damping")
     blocksize: int = Field(128, ge=1, description="columns per lazy-update block (mask selection unit)")
+    nm_select: Literal["diag", "exact"] = Field(
+        "diag", description="N:M pattern per group: 'diag' = SparseGPT's lowest w²/[H⁻¹]_jj², "
+                            "'exact' = lowest OBS loss of the whole pattern inside the group")
 
 
 # ------------------------------------------------------------------ per-layer math
@@ -133,11 +139,11 @@ def wanda_scores(w: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
 
 
 def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
-                    damp: float = 0.01, blocksize: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                    damp: float = 0.01, blocksize: int = 128, nm_select: str = "diag") -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one layer: ``w`` (out, in), ``h`` (in, in) -> (new weight, keep-mask)."""
     w = w.detach().float().clone()
     u, _dead, _lam = inverse_cholesky(h, w, damp)
-    w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=nm, blocksize=blocksize)
+    w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=nm, blocksize=blocksize, nm_select=nm_select)
     return w_new, keep
 
 
@@ -151,8 +157,16 @@ def _check_nm_fits(layers: list[tuple[str, nn.Module]], nm: tuple[int, int] | No
                                f"Exclude it (exclude: [{name!r}]) or pick another m.")
 
 
-def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Attach (out, in) keep-masks, transposed for Conv1D layers (weight stored (in, out))."""
+def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor], permanent: bool = False) -> None:
+    """Attach (out, in) keep-masks, transposed for Conv1D layers (weight stored (in, out)).
+
+    ``permanent``: zero the pruned weights in place instead (no parametrization, no mask kept).
+    """
+    if permanent:
+        for name, keep in masks.items():
+            mod = root.get_submodule(name)
+            set_weight_2d(mod, weight_2d(mod) * keep.to(mod.weight.dtype))
+        return
     fixed = {}
     for name, keep in masks.items():
         mod = root.get_submodule(name)
@@ -173,7 +187,8 @@ def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: 
     model.eval()
     try:
         compress_blocks(model, calib, per_block, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
-                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method)
+                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
+                        offload_blocks=cfg.offload_blocks)
     finally:
         model.train(was_training)
 
@@ -185,7 +200,8 @@ def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, **kwa
 
     def fn(root, layers, feed, sparsity):
         norms = collect_hessians(layers, feed, diag_only=True)
-        _masks_for(root, {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers})
+        _masks_for(root, {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers},
+                   cfg.permanent)
 
     _run(model, calib, cfg, fn, sparsities)
     return model
@@ -202,10 +218,11 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
         for name, mod in layers:
             w = weight_2d(mod).float().clone()
             u, _dead, _lam = inverse_cholesky(hs[name], w, cfg.damp)
-            w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=cfg.nm, blocksize=cfg.blocksize)
-            set_weight_2d(mod, w_new)
+            w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=cfg.nm, blocksize=cfg.blocksize,
+                                           nm_select=cfg.nm_select)
+            set_weight_2d(mod, w_new)  # pruned entries are exact zeros already
             masks[name] = keep
-        _masks_for(root, masks)
+        _masks_for(root, masks, cfg.permanent)
 
     _run(model, calib, cfg, fn, sparsities)
     return model
@@ -229,7 +246,8 @@ def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = 
                   for full, m in block_linears(root, prefix, cfg.include, cfg.exclude)]
         _check_nm_fits(layers, cfg.nm)
         if layers:
-            _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers})
+            _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers},
+                       cfg.permanent)
             done += len(layers)
     if not done:
         raise NetslimError(f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, "

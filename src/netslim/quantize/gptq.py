@@ -74,6 +74,7 @@ class GPTQConfig(MethodConfig):
     batch_size: int = Field(4, ge=1)
     sequential: bool = True
     offload_dir: str | None = None
+    offload_blocks: bool = Field(False, description="also park every block but the current one in offload_dir")
     device: str | None = None
     include: str | list[str] | None = None
     exclude: str | list[str] | None = None
@@ -220,7 +221,8 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
     model.eval()
     try:
         compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
-                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq")
+                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq",
+                        offload_blocks=cfg.offload_blocks)
     finally:
         model.train(was_training)
     if not done:
