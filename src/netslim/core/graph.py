@@ -7,7 +7,9 @@ several segments is a concatenation (``torch.cat`` along channels, GPT-2's fused
 a segment with ``factor > 1`` maps one unit to ``factor`` consecutive indices (flatten of a
 C x H x W map into a Linear, a head of ``head_dim`` rows). Residual sums *unite* spaces
 (every member of a sum shares channels): a :class:`Group` is a union of spaces, pruned as
-one unit with one importance score.
+one unit with one importance score. A space split into the G channel groups of a grouped
+conv is *tiled*: its unit is a position within a group, the same in every group (so each
+group keeps as many channels as the others and the conv stays a G-group conv).
 
 CNNs are traced with ``torch.fx`` (:func:`trace_graph`), each tensor's units tracked on
 one *axis* (dim 1 of conv maps, the last dim of Linear inputs, so tokens ``(B, T, F)`` work
