@@ -16,24 +16,13 @@ from netslim.quantize.int8_blocks import Int8Residual
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear, _Int8Base
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-
-
-def _two_block_net() -> nn.Module:
+def _two_block_net(randomize_bn) -> nn.Module:
     """Stem, an identity-shortcut block, a strided block with a 1x1 conv + BN shortcut, classifier."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                           BasicBlock(8, 8), BasicBlock(8, 16, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(16, 5)).eval()
-    _randomize_bn(model)
-    return model
+    return randomize_bn(model)
 
 
 def _fq(t: torch.Tensor, s: float, z: float) -> torch.Tensor:
@@ -71,8 +60,8 @@ def _float_outputs(model: nn.Module, x: torch.Tensor, idx: list[int]) -> dict:
 
 
 @torch.no_grad()
-def test_int8_residual_matches_fake_quant_oracle_and_float_block():
-    model = _two_block_net()
+def test_int8_residual_matches_fake_quant_oracle_and_float_block(randomize_bn):
+    model = _two_block_net(randomize_bn)
     x = torch.randn(32, 3, 12, 12)
     ref = _float_outputs(model, x, [3, 4])
     q = ptq_int8(copy.deepcopy(model), torch.randn(128, 3, 12, 12))
@@ -94,10 +83,10 @@ def test_int8_residual_matches_fake_quant_oracle_and_float_block():
 
 
 @torch.no_grad()
-def test_resnet20_runs_int8_end_to_end_and_handoffs_change_nothing(fmnist_small):
+def test_resnet20_runs_int8_end_to_end_and_handoffs_change_nothing(fmnist_small, randomize_bn):
     torch.manual_seed(0)
     model = build_model("resnet20").eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x, calib = fmnist_small.example_inputs(16), fmnist_small.calibration_inputs(64, seed=0)
     q = ptq_int8(copy.deepcopy(model), calib)
     blocks = [n for n, m in q.named_modules() if isinstance(m, Int8Residual)]
@@ -122,10 +111,10 @@ def test_resnet20_runs_int8_end_to_end_and_handoffs_change_nothing(fmnist_small)
 
 
 @torch.no_grad()
-def test_ptq_resnet20_save_load_roundtrip(fmnist_small, tmp_path):
+def test_ptq_resnet20_save_load_roundtrip(fmnist_small, tmp_path, randomize_bn):
     torch.manual_seed(0)
     model = build_model("resnet20").eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = fmnist_small.example_inputs(32)
     ref = model(x)
     q = ptq_int8(copy.deepcopy(model), fmnist_small.calibration_inputs(64, seed=0))
@@ -181,8 +170,8 @@ def test_handoff_through_max_pool_and_flatten(fmnist_small):
 
 
 @torch.no_grad()
-def test_block_not_running_as_registered_stays_plain_layers():
-    model = _two_block_net()
+def test_block_not_running_as_registered_stays_plain_layers(randomize_bn):
+    model = _two_block_net(randomize_bn)
     model[3].relu1 = nn.Dropout(0.0)  # conv1's output now meets a call between it and conv2: no chain
     x = torch.randn(16, 3, 12, 12)
     q = ptq_int8(copy.deepcopy(model), torch.randn(128, 3, 12, 12))
@@ -192,14 +181,14 @@ def test_block_not_running_as_registered_stays_plain_layers():
     assert ((y - ref).abs().mean() / ref.abs().mean()) < 0.05
 
 
-def test_onnx_export_of_int8_resnet20_matches_onnxruntime(fmnist_small, tmp_path):
+def test_onnx_export_of_int8_resnet20_matches_onnxruntime(fmnist_small, tmp_path, randomize_bn):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from netslim.quantize import check_onnx, export_onnx
 
     torch.manual_seed(0)
     model = build_model("resnet20").eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     q = ptq_int8(copy.deepcopy(model), fmnist_small.calibration_inputs(64, seed=0))
     path = export_onnx(q, tmp_path / "r20.onnx", fmnist_small.example_inputs(2))
     proto = onnx.load(str(path))
@@ -233,14 +222,14 @@ class _MyBlock(nn.Module):
 
 
 @torch.no_grad()
-def test_user_registered_block_converts_and_zoo_block_still_does():
+def test_user_registered_block_converts_and_zoo_block_still_does(randomize_bn):
     from netslim.quantize.int8_blocks import register_residual
 
     register_residual(_MyBlock, ("a", "b"), "skip", relu=False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _MyBlock(8), BasicBlock(8, 8),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.randn(16, 3, 10, 10)
     q = ptq_int8(copy.deepcopy(model), torch.randn(128, 3, 10, 10))
     assert isinstance(q[2], Int8Residual) and not q[2].relu and isinstance(q[3], Int8Residual)

@@ -17,20 +17,10 @@ from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
 from netslim.quantize.ptq import PTQInt8Config, fold_bn, ptq_int8
 
 
-def _randomize_bn(model):
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-
-
-def test_fold_bn_is_exact():
+def test_fold_bn_is_exact(randomize_bn):
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8).eval()
-    _randomize_bn(nn.Sequential(bn))
+    randomize_bn(nn.Sequential(bn))
     x = torch.randn(2, 3, 9, 9)
     ref = bn(conv(x))
     fold_bn(conv, bn)
@@ -52,10 +42,10 @@ def test_int8_module_matches_fake_quant_emulation(fmnist_small):
     assert (real - emulated).abs().gt(step / 2).float().mean() < 0.01
 
 
-def test_resnet20_int8_keeps_predictions_and_roundtrips(fmnist_small, tmp_path):
+def test_resnet20_int8_keeps_predictions_and_roundtrips(fmnist_small, tmp_path, randomize_bn):
     torch.manual_seed(0)
     model = build_model("resnet20").eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = fmnist_small.example_inputs(32)
     ref = model(x)
     fp32_size = netslim.save(model, tmp_path / "fp32.safetensors").stat().st_size
