@@ -1,6 +1,6 @@
 """Issue 5 — quantization benchmarks (not tests). Results: benchmarks/results/quantize_<part>.json.
 
-    .venv/bin/python benchmarks/quantize.py minilm     # dynamic int8 vs bf16 vs torch.ao, batch 32
+    .venv/bin/python benchmarks/quantize.py minilm     # dynamic int8 vs bf16 vs torch.ao / torchao / ORT, batch 32
     .venv/bin/python benchmarks/quantize.py smollm2    # weight-only int4/int8 perplexity and size
     NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/quantize.py resnet20   # PTQ / W4 / mixed, batch 64
 
@@ -98,19 +98,28 @@ def minilm(args) -> dict:
 
     task = get_task("pydocs-sentences", model_name=args.encoder, limit=args.sentences)
     fp32 = build_model(args.encoder).eval()
-    int8 = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(embeddings=True))
+
+    def int8(activations: str, body: str, **kw):
+        return dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(activations=activations, embeddings=True,
+                                                                   compute_dtype=body, **kw))
+
     variants = {"fp32": fp32,
-                "netslim dynamic_int8 (per-tensor activations)": int8,
-                "netslim dynamic_int8 (per-token activations)": dynamic_int8(
-                    copy.deepcopy(fp32), DynamicInt8Config(activations="per_token", embeddings=True)),
+                # the recipe's setting (recipes/int8_minilm.yaml): int8 GEMMs inside a bf16 body
+                "netslim dynamic_int8 (per-tensor activations, bf16 body)": int8("per_tensor", "bfloat16"),
+                "netslim dynamic_int8 (per-token activations, bf16 body)": int8("per_token", "bfloat16"),
+                "netslim dynamic_int8 (per-tensor activations, fp32 body)": int8("per_tensor", "float32"),
+                "netslim dynamic_int8 (per-tensor activations, fp32 body, GELU unfused)": int8(
+                    "per_tensor", "float32", fuse_activations=False),
+                "netslim dynamic_int8 (per-token activations, fp32 body)": int8("per_token", "float32"),
                 "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model"))}
+    recipe_int8 = variants["netslim dynamic_int8 (per-tensor activations, bf16 body)"]
     default_engine = torch.backends.quantized.engine
     ao_name = f"torch.ao quantize_dynamic ({default_engine}, default)"
     variants[ao_name] = _torch_ao_dynamic(fp32, default_engine)
     variants["torchao Int8DynamicActivationInt8WeightConfig"] = _torchao_int8(fp32)
     inputs = task.example_inputs(args.batch)
     tmp = Path(tempfile.mkdtemp(prefix="netslim_minilm_onnx_"))
-    ort, onnx_bytes = _ort_variants(fp32, int8, {k: v[:2] for k, v in inputs.items()}, args.threads, tmp)
+    ort, onnx_bytes = _ort_variants(fp32, recipe_int8, {k: v[:2] for k, v in inputs.items()}, args.threads, tmp)
     variants |= ort
     if args.only:
         variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}

@@ -1,6 +1,8 @@
 """Dynamic int8 (oneDNN qlinear on CPU, torch._int_mm elsewhere) and bf16: oracles, save/load, recipes."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -164,3 +166,68 @@ def test_tiny_bert_int8_with_embeddings_round_trips(tmp_path, activations):
     path = netslim.save(q, tmp_path / "q.safetensors")
     assert path.stat().st_size < 0.3 * fp32
     assert torch.equal(netslim.load(path)(**inputs).last_hidden_state, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("post_op,algo", [("none", None), ("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_fused_epilogue_equals_dequantized_reference(kernel, dtype, post_op, algo):
+    """int8 GEMM with bias and GELU in its epilogue == GELU(dequant(x) @ dequant(W).T + b), bf16 in -> bf16 out."""
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 40)
+    q = DynamicInt8Linear.from_float(lin, post_op=post_op)
+    x = (torch.randn(3, 11, 96) * 2).to(dtype)
+    y = q(x)
+    assert y.dtype == dtype and y.shape == (3, 11, 40)
+    xf = x.float().reshape(-1, 96)
+    if kernel == "onednn":  # asymmetric uint8 per tensor
+        lo, hi = min(xf.min().item(), 0.0), max(xf.max().item(), 0.0)
+        scale = (hi - lo) / 255
+        xq = torch.fake_quantize_per_tensor_affine(xf, scale, round(-lo / scale), 0, 255)
+    else:
+        sx = xf.abs().max() / 127
+        xq = torch.round(xf / sx) * sx
+    ref = xq @ q.dequantize_weight().T + lin.bias
+    ref = ref if algo is None else torch.nn.functional.gelu(ref, approximate=algo)
+    # fp32: the same arithmetic; bf16: the output rounded once to bf16 (2^-8 relative)
+    tol = 1e-4 if dtype == torch.float32 else 2 ** -8 * ref.abs().max().item()
+    assert (y.float().reshape(-1, 40) - ref).abs().max() <= tol
+    with pytest.raises(NetslimError, match="post_op"):
+        DynamicInt8Linear(4, 4, post_op="relu6")
+
+
+def test_gelu_detection():
+    assert dynamic._gelu_kind(nn.GELU()) == "gelu"
+    assert dynamic._gelu_kind(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert dynamic._gelu_kind(nn.ReLU()) is None and dynamic._gelu_kind(nn.SiLU()) is None
+
+
+@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
+def test_tiny_bert_bf16_body_and_fused_gelu(kernel, tmp_path, activations):
+    """int8 Linears inside a bf16 body: close to fp32, fusion == unfused, parameters where they belong, reload equal."""
+    from netslim.quantize import DynamicInt8Config, dynamic_int8
+
+    torch.manual_seed(0)
+    model = netslim.build_model("tiny-bert").eval()
+    ids = torch.randint(5, 200, (3, 16))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ref = model(**inputs).last_hidden_state
+    make = lambda **kw: dynamic_int8(copy.deepcopy(model), DynamicInt8Config(activations=activations, **kw))  # noqa: E731
+    fp32_fused, fp32_plain = make(), make(fuse_activations=False)
+    inter = fp32_fused.encoder.layer[0].intermediate
+    assert inter.dense.post_op == "gelu" and isinstance(inter.intermediate_act_fn, nn.Identity)
+    assert fp32_plain.encoder.layer[0].intermediate.dense.post_op == "none"
+    assert torch.allclose(fp32_fused(**inputs).last_hidden_state, fp32_plain(**inputs).last_hidden_state, atol=1e-4)
+    q = make(compute_dtype="bfloat16", embeddings=True)
+    layer = q.encoder.layer[0]
+    assert layer.output.LayerNorm.weight.dtype == torch.bfloat16
+    assert layer.attention.self.query.weight_scale.dtype == torch.float32  # oneDNN's scales stay fp32
+    assert layer.attention.self.query.bias.dtype == torch.float32
+    y = q(**inputs).last_hidden_state
+    assert y.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(y.float(), ref, dim=-1).min() > 0.99
+    path = netslim.save(q, tmp_path / "q.safetensors")
+    back = netslim.load(path)
+    assert back.embeddings.word_embeddings.out_dtype == "bfloat16"
+    assert torch.equal(back(**inputs).last_hidden_state, y)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        DynamicInt8Config(compute_dtype="float16")

@@ -124,3 +124,23 @@ def test_recipe_export_step_writes_onnx(fmnist_small, tmp_path):
     assert ctx.artifacts == [tmp_path / "q.onnx"] and ctx.notes["export"]["format"] == "onnx"
     res = check_onnx(q, ctx.artifacts[0], fmnist_small.example_inputs(16), optimize=False)
     assert res["max_abs_diff"] <= 1.001 * res["last_output_step"] and res["frac_differ"] < 0.01
+
+
+def test_dynamic_int8_bf16_body_with_fused_gelu_exports(tmp_path):
+    """A bf16 body exports in fp32, the epilogue GELU as a graph op: ORT matches the fp32-body model."""
+    torch.manual_seed(0)
+    fp32 = build_model("tiny-bert").eval()
+    ids = torch.randint(5, 200, (2, 16))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    body32 = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config())  # GELU fused, fp32 body
+    bf = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(compute_dtype="bfloat16"))
+    assert bf.encoder.layer[0].intermediate.dense.post_op == "gelu"
+    path = export_onnx(bf, tmp_path / "bf.onnx", example)
+    _, ops = _initializer_dtypes(path)
+    assert "Gelu" in ops or "Erf" in ops
+    got = run_onnx(onnx_session(path), example)
+    ref = body32(**example).last_hidden_state
+    # the exported body holds the bf16-rounded LayerNorm weights, computed in fp32
+    assert (got - ref).abs().max() <= 1e-2 * ref.abs().max()
+    cos = torch.nn.functional.cosine_similarity(got, bf(**example).last_hidden_state.float(), dim=-1)
+    assert cos.min() > 0.999

@@ -9,7 +9,8 @@ Public API (recipe method names in brackets):
 * :class:`QATConfig` [qat]: :func:`prepare_qat` (LSQ/STE fake quant) -> train -> :func:`convert_qat`
 * :class:`MixedPrecisionConfig` [mixed_precision]: sensitivity (KL or Hessian trace) + exact bit allocation
 * :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]: oneDNN int8 GEMM on CPU, per-tensor or
-  per-token activations; :class:`BF16Config` / :func:`bf16_linears` [bf16]: Linear layers or the whole model
+  per-token activations, fp32 or bf16 body, GELU in the GEMM epilogue; :class:`BF16Config` /
+  :func:`bf16_linears` [bf16]: Linear layers or the whole model
 * :func:`export_onnx` / :func:`check_onnx` (recipe ``export`` format ``onnx``): QDQ ONNX of the static int8
   layers, checked in ONNX Runtime
 """

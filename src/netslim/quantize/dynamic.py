@@ -10,7 +10,14 @@
   int32 -> fp32, multiplies by two scales and adds the bias in separate passes is slower than
   fp32 (measured 0.8x); every pass removed is speed.
 * Inputs shared by several Linears (BERT's query/key/value all read the same hidden states)
-  are quantized once: a one-entry cache keyed by the tensor's identity and version.
+  are quantized once: a one-entry cache keyed by the tensor's identity and version. On CPU
+  the quantization is a native C kernel (:mod:`.act_quant`) that reads fp32 or bf16 as stored
+  and writes the uint8 codes (torch's own path takes three passes and fp32 only).
+* ``compute_dtype="bfloat16"``: the int8 Linears take and return bf16 (the GEMM writes bf16
+  from its epilogue) and everything between them - attention, softmax, LayerNorm, residual
+  adds - runs in bf16: int8 GEMMs plus bf16 elementwise passes, each half the bytes.
+* A GELU right after a converted Linear (HF ``*Intermediate`` blocks) runs in the GEMM
+  epilogue (``post_op``): one fewer pass over the widest activation of the block.
 * :class:`BF16Linear`: the weight stored in bf16 and the matmul run in bf16; activations are
   cast in and out, so the rest of the model stays fp32. ``BF16Config(scope="model")`` instead
   casts the whole model (every floating parameter and buffer) to bf16.
@@ -19,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 import weakref
 from typing import Literal
 
@@ -35,13 +41,12 @@ from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
 
+from .act_quant import QMAX, U8_ZERO, native_ok, quantize_u8_per_row, quantize_u8_per_tensor
+
 log = logging.getLogger(__name__)
-# torch 2.13 flags quantized-tensor creation as deprecated; quantize_per_* is used here only
-# as a fused float -> int8 kernel, so silence exactly that message.
-warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
 ACTIVATIONS = ("per_tensor", "per_token")
-QMAX = 127  # symmetric int8 without -128: |q| <= 127 keeps x and -x symmetric
-U8_ZERO = 128  # oneDNN takes uint8 activations: symmetric int8 codes shifted by 128
+POST_OPS = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}  # name -> oneDNN's GELU algorithm
+_OUT_DTYPES = (torch.float32, torch.bfloat16)  # body dtypes the oneDNN GEMM writes directly
 
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +94,7 @@ def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> tuple:
 
     Returns (codes (M, K), scale, zero): oneDNN path uint8 codes, a float scale and int zero
     (per tensor) or (M, 1) scales and zero 128 (per token); ``_int_mm`` path int8 codes,
-    (M, 1) or (1, 1) scales and zero 0.
+    (M, 1) or (1, 1) scales and zero 0. The oneDNN path reads fp32 and bf16 as they are.
     """
     try:
         version = x._version
@@ -99,20 +104,18 @@ def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> tuple:
     key = (mode, onednn, version, x.data_ptr(), x.shape, x.dtype)
     if entry is not None and entry[0]() is x and entry[1] == key:
         return entry[2]
-    out = _quantize_fresh(x.reshape(-1, x.shape[-1]).float().contiguous(), mode, onednn)
+    x2 = x.reshape(-1, x.shape[-1])
+    x2 = (x2 if onednn and x2.dtype in _OUT_DTYPES else x2.float()).contiguous()
+    out = _quantize_fresh(x2, mode, onednn)
     _CACHE.entry = (weakref.ref(x), key, out)
     return out
 
 
-def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: (M, K) fp32 contiguous
+def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: (M, K) contiguous
     if onednn and mode == "per_tensor":
-        scale, zero = _u8_qparams(*torch.aminmax(x2))  # one pass; torch's own dynamic op takes two
-        return (torch.quantize_per_tensor(x2, scale, zero, torch.quint8).int_repr(), scale, zero)
+        return quantize_u8_per_tensor(x2)
     if onednn:
-        lo, hi = torch.aminmax(x2, dim=1, keepdim=True)
-        scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
-        zeros = torch.full((x2.shape[0],), U8_ZERO, dtype=torch.long)
-        codes = torch.quantize_per_channel(x2, scale.squeeze(1).double(), zeros, 0, torch.quint8).int_repr()
+        codes, scale = quantize_u8_per_row(x2)
         return (codes, scale, U8_ZERO)
     if mode == "per_tensor":
         scale = (x2.abs().amax().clamp_min(1e-12) / QMAX).reshape(1, 1)
@@ -121,28 +124,20 @@ def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: 
     return (codes, scale, 0)
 
 
-def _u8_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[float, int]:
-    """Asymmetric uint8 (scale, zero point) of [lo, hi] widened to include 0 (so 0 is exact).
-
-    The same scheme as torch's ``quantize_per_tensor_dynamic``; the scale's floor keeps its
-    reciprocal finite in float32 kernels (an all-zero input gets any valid scale).
-    """
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-    scale = max((hi - lo) / 255.0, 1e-8)
-    return scale, int(min(max(round(-lo / scale), 0), 255))
-
-
 class DynamicInt8Linear(nn.Module):
     """Linear with int8 per-channel weights and dynamically quantized int8 activations."""
 
     weight_bits = 8
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "per_tensor",
-                 device=None):
+                 post_op: str = "none", device=None):
         super().__init__()
         if activations not in ACTIVATIONS:
             raise bad_param("DynamicInt8Linear", "activations", f"one of {', '.join(ACTIVATIONS)}", activations)
+        if post_op not in POST_OPS:
+            raise bad_param("DynamicInt8Linear", "post_op", f"one of {', '.join(POST_OPS)}", post_op)
         self.in_features, self.out_features, self.activations = in_features, out_features, activations
+        self.post_op = post_op  # an activation applied to the output (fused into the GEMM epilogue per tensor)
         self._packed = None
         # (out, in) row-major: passed to _int_mm as its transpose (K, N) column-major,
         # the layout the CPU kernel handles fastest (measured: no copy per call).
@@ -151,11 +146,12 @@ class DynamicInt8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, activations: str = "per_tensor") -> "DynamicInt8Linear":
+    def from_float(cls, linear: nn.Linear, activations: str = "per_tensor", post_op: str = "none") -> "DynamicInt8Linear":
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise NetslimError("Cannot quantize a Linear weight with NaN or Inf values.")
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, device=w.device)
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, post_op,
+                device=w.device)
         q, s = quantize_per_row(w)
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s.squeeze(1))
@@ -170,36 +166,46 @@ class DynamicInt8Linear(nn.Module):
         self._packed = None  # weights changed: repack on next use
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def _onednn(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) fp32 / bf16 -> (M, N) in x's dtype
         if self._packed is None:  # derived data, rebuilt after load: oneDNN's blocked weight layout
             self._packed = (torch.ops.onednn.qlinear_prepack(self.weight_int8, None),
                             torch.zeros(self.out_features, dtype=torch.long),
                             None if self.bias is None else self.bias.detach().float())
         wpk, wzero, bias = self._packed
+        out_dtype = x.dtype if x.dtype in _OUT_DTYPES else torch.float32  # bf16 in, bf16 out: no cast pass
         codes, scale, zero = _quantize_input(x, self.activations, True)
-        if self.activations == "per_tensor":  # the whole dequantization and bias in the GEMM epilogue
+        if self.activations == "per_tensor":  # dequantization, bias and activation in the GEMM epilogue
+            algo = POST_OPS[self.post_op]
             return torch.ops.onednn.qlinear_pointwise(codes, scale, zero, wpk, self.weight_scale, wzero, bias,
-                                                      1.0, 0, torch.float32, "none", [], "")
-        # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more pass
+                                                      1.0, 0, out_dtype, "none" if algo is None else "gelu", [],
+                                                      "" if algo is None else algo)
+        # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more
+        # pass, in fp32 (a bf16 GEMM output would be rounded twice); the activation can't go before it
         y = torch.ops.onednn.qlinear_pointwise(codes, 1.0, zero, wpk, self.weight_scale, wzero, None,
                                                1.0, 0, torch.float32, "none", [], "")  # (M, N)
         scale = scale.detach()  # the int8 GEMM is not differentiable anyway
-        return y.mul_(scale) if bias is None else torch.addcmul(bias, y, scale, out=y)
+        out = y if out_dtype == torch.float32 else torch.empty_like(y, dtype=out_dtype)
+        y = torch.mul(y, scale, out=out) if bias is None else torch.addcmul(bias, y, scale, out=out)
+        return self._activation(y)
 
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
         codes, scale, _ = _quantize_input(x, self.activations, False)
         acc = int8_matmul(codes, self.weight_int8.t())               # (M, N) int32
         y = torch.mul(acc, self.weight_scale).mul_(scale)             # int32 * fp32 -> fp32, then in place
-        return y if self.bias is None else y.add_(self.bias)
+        return self._activation(y if self.bias is None else y.add_(self.bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
+    def _activation(self, y: torch.Tensor) -> torch.Tensor:
+        algo = POST_OPS[self.post_op]
+        return y if algo is None else F.gelu(y, approximate=algo)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out), x's dtype
         lead = x.shape[:-1]
         y = self._onednn(x) if x.device.type == "cpu" and _onednn_ok() else self._int_mm(x)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"activations={self.activations}")
+                f"activations={self.activations}" + ("" if self.post_op == "none" else f", post_op={self.post_op}"))
 
 
 class BF16Linear(nn.Module):
@@ -229,7 +235,8 @@ def _kw(m) -> dict:
     return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
 
 
-register_module(DynamicInt8Linear, lambda m: {**_kw(m), "activations": m.activations})
+register_module(DynamicInt8Linear, lambda m: {**_kw(m), "activations": m.activations,
+                                               **({} if m.post_op == "none" else {"post_op": m.post_op})})
 register_module(BF16Linear, _kw)
 for _cls in (DynamicInt8Linear, BF16Linear):
     register_macs(_cls, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
@@ -246,6 +253,15 @@ class DynamicInt8Config(MethodConfig):
     embeddings: bool = Field(
         False, description="also store nn.Embedding tables as int8 per row (weight-only: looked-up rows are "
         "dequantized); for BERT-style models the word table is most of the file")
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of everything between the int8 Linears (attention, softmax, LayerNorm, "
+        "GELU, residual adds) and of the Linears' inputs and outputs. bfloat16 halves the bytes of those "
+        "passes and runs attention's matmuls in bf16 (AVX512-BF16 / AMX); int8 weights, their scales and "
+        "the Linear biases keep their dtype; the model's outputs are bf16")
+    fuse_activations: bool = Field(
+        True, description="a GELU that directly follows a converted Linear (Hugging Face '*Intermediate' "
+        "blocks: dense -> intermediate_act_fn) runs in the int8 GEMM's epilogue (per_tensor; per_token "
+        "applies it after the token scale) and its module becomes Identity")
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
@@ -283,12 +299,69 @@ def _int8_embeddings(model: nn.Module, cfg: DynamicInt8Config) -> int:
     return len(names)
 
 
+def _gelu_kind(act: nn.Module) -> str | None:
+    """"gelu" / "gelu_tanh" when ``act`` computes that GELU (checked on a probe), else None."""
+    probe = torch.linspace(-8, 8, 513)
+    try:
+        with torch.no_grad():
+            y = act(probe)
+    except (RuntimeError, TypeError):
+        return None
+    for kind, algo in (("gelu", "none"), ("gelu_tanh", "tanh")):
+        if isinstance(y, torch.Tensor) and y.shape == probe.shape and torch.allclose(
+                y, F.gelu(probe, approximate=algo), atol=1e-6, rtol=0):
+            return kind
+    return None
+
+
+def _fuse_activations(model: nn.Module, names: list[str]) -> list[str]:
+    """GELU into the epilogue of the converted Linears that feed it directly (HF '*Intermediate' blocks).
+
+    Such a block holds exactly ``dense`` and ``intermediate_act_fn`` and computes act(dense(x));
+    the activation module becomes Identity, the Linear's ``post_op`` the GELU it computed.
+    """
+    fused = []
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = get_module(model, parent_name) if parent_name else model
+        act = getattr(parent, "intermediate_act_fn", None)
+        if (child != "dense" or not type(parent).__name__.endswith("Intermediate") or not isinstance(act, nn.Module)
+                or set(dict(parent.named_children())) != {"dense", "intermediate_act_fn"}):
+            continue
+        kind = _gelu_kind(act)
+        if kind is not None:
+            get_module(model, name).post_op = kind
+            parent.intermediate_act_fn = nn.Identity()
+            fused.append(name)
+    return fused
+
+
+def _cast_body(model: nn.Module, dtype: torch.dtype) -> None:
+    """Every floating parameter and buffer outside the int8 modules to ``dtype``; int8 embeddings emit it."""
+    from .weight_only import QuantizedEmbedding, _Packed
+
+    for m in model.modules():
+        if isinstance(m, QuantizedEmbedding):
+            m.out_dtype = str(dtype).removeprefix("torch.")
+        elif not isinstance(m, (DynamicInt8Linear, _Packed)):  # int8 codes, fp32 scales and biases stay
+            m._apply(lambda t: t.to(dtype) if t.is_floating_point() else t, recurse=False)
+
+
+def _convert_dynamic(model: nn.Module, cfg: DynamicInt8Config) -> dict:
+    names = _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
+    fused = _fuse_activations(model, names) if cfg.fuse_activations else []
+    n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
+    if cfg.compute_dtype != "float32":
+        _cast_body(model, getattr(torch, cfg.compute_dtype))
+    return {"layers": len(names), "embeddings": n_emb, "activations": cfg.activations,
+            "compute_dtype": cfg.compute_dtype, "fused_activations": len(fused),
+            "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm",
+            "activation_quantizer": "native C" if native_ok(torch.empty(1)) else "torch"}
+
+
 def dynamic_int8(model: nn.Module, cfg: DynamicInt8Config | None = None) -> nn.Module:
     """Replace the selected Linear layers by :class:`DynamicInt8Linear` (in place)."""
-    cfg = cfg or DynamicInt8Config()
-    _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
-    if cfg.embeddings:
-        _int8_embeddings(model, cfg)
+    _convert_dynamic(model, cfg or DynamicInt8Config())
     return model
 
 
@@ -310,11 +383,7 @@ def bf16_linears(model: nn.Module, cfg: BF16Config | None = None) -> nn.Module:
 
 @register(DynamicInt8Config)
 def _apply_dynamic(model, cfg: DynamicInt8Config, ctx):
-    names = _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
-    n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
-    kernel = "onednn qlinear" if _onednn_ok() else "torch._int_mm"
-    ctx.notes["dynamic_int8"] = {"layers": len(names), "embeddings": n_emb, "activations": cfg.activations,
-                                 "cpu_kernel": kernel}
+    ctx.notes["dynamic_int8"] = _convert_dynamic(model, cfg)
     return model
 
 

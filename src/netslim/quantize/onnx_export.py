@@ -21,7 +21,8 @@ export as float.
 :class:`DynamicInt8Linear` exports as ``DequantizeLinear`` of its int8 weight and, per tensor,
 a run-time ``QuantizeLinear`` / ``DequantizeLinear`` of the input whose scale and zero point
 are computed in the graph exactly as netslim does (min/max widened to 0, uint8); per token
-as the equivalent Div / Round / Clip / Mul. The packed weight-only modules
+as the equivalent Div / Round / Clip / Mul; a GELU fused into its epilogue follows as a Gelu
+(Erf) node, and a bf16 body exports in fp32. The packed weight-only modules
 (:class:`QuantizedLinear`, :class:`QuantizedEmbedding`) keep their packed uint8 codes as the
 initializer; the graph unpacks them with integer Div / Mod (torch.onnx mistypes uint8
 bit masks) and dequantizes ``(code - zero) * scale`` per group. Any other module holding integer tensors is refused up front,
@@ -131,6 +132,7 @@ class _DynamicQDQ(nn.Module):
         self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.long))
         self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         self.per_token = m.activations == "per_token"
+        self.gelu = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}[m.post_op]  # fused into the int8 GEMM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         qd = _qd()
@@ -146,7 +148,8 @@ class _DynamicQDQ(nn.Module):
             zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int64)
             xq = qd.quantize_per_tensor.tensor(x, scale, zero, 0, 255, torch.uint8)
             x = qd.dequantize_per_tensor.tensor(xq, scale, zero, 0, 255, torch.uint8)
-        return F.linear(x, w, self.bias)
+        y = F.linear(x, w, self.bias)
+        return y if self.gelu is None else F.gelu(y, approximate=self.gelu)
 
 
 class _ResidualTwin(nn.Module):
@@ -219,6 +222,9 @@ def onnx_twin(model: nn.Module) -> nn.Module:
     from netslim.core.surgery import replace_module
 
     twin = copy.deepcopy(model).eval()
+    # A bf16 body (DynamicInt8Config compute_dtype) exports as fp32: ONNX Runtime's CPU provider
+    # has no bf16 LayerNorm / MatMul / Softmax kernels, and the twins compute in fp32.
+    twin._apply(lambda t: t.float() if t.dtype == torch.bfloat16 else t)
     for name, m in list(twin.named_modules()):
         make = _TWINS.get(type(m))
         if make is not None:

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from netslim.core.config import MethodConfig, register
-from netslim.core.errors import NetslimError
+from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
@@ -105,10 +105,15 @@ class QuantizedLinear(_Packed):
 class QuantizedEmbedding(_Packed):
     """An embedding table stored packed; only the looked-up rows are dequantized."""
 
+    OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4, group_size: int | None = 128,
-                 padding_idx: int | None = None, device=None):
+                 padding_idx: int | None = None, out_dtype: str = "float32", device=None):
         super().__init__(num_embeddings, embedding_dim, bits, group_size, device)
+        if out_dtype not in self.OUT_DTYPES:
+            raise bad_param("QuantizedEmbedding", "out_dtype", f"one of {', '.join(self.OUT_DTYPES)}", out_dtype)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.out_dtype = out_dtype  # dtype of the looked-up rows (the model body's dtype)
 
     @classmethod
     def from_float(cls, emb: nn.Embedding, *, bits: int = 4, group_size: int | None = 128,
@@ -120,7 +125,8 @@ class QuantizedEmbedding(_Packed):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (...) -> (..., dim)
         flat = ids.reshape(-1)
-        rows = dequantize_groups(unpack(self.weight_packed[flat], self.bits), self.scales[flat], self.zeros[flat])
+        rows = dequantize_groups(unpack(self.weight_packed[flat], self.bits), self.scales[flat], self.zeros[flat],
+                                 self.OUT_DTYPES[self.out_dtype])
         return rows.reshape(*ids.shape, self.embedding_dim)
 
 
@@ -131,7 +137,8 @@ def _lin_kwargs(m: QuantizedLinear) -> dict:
 
 def _emb_kwargs(m: QuantizedEmbedding) -> dict:
     return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "bits": m.bits,
-            "group_size": m.group_size, "padding_idx": m.padding_idx}
+            "group_size": m.group_size, "padding_idx": m.padding_idx,
+            **({} if m.out_dtype == "float32" else {"out_dtype": m.out_dtype})}
 
 
 register_module(QuantizedLinear, _lin_kwargs)
