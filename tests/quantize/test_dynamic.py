@@ -231,3 +231,12 @@ def test_tiny_bert_bf16_body_and_fused_gelu(kernel, tmp_path, activations):
     assert torch.equal(back(**inputs).last_hidden_state, y)
     with pytest.raises(ValueError, match="compute_dtype"):
         DynamicInt8Config(compute_dtype="float16")
+
+
+def test_deepcopy_after_forward(kernel):
+    """A converted model that has run (oneDNN's opaque packed weight cached) still deep-copies (ONNX export does)."""
+    q = DynamicInt8Linear.from_float(nn.Linear(16, 8), post_op="gelu")
+    x = torch.randn(4, 16)
+    y = q(x)
+    c = copy.deepcopy(q)
+    assert torch.equal(c(x), y) and c.post_op == "gelu"

@@ -166,6 +166,9 @@ class DynamicInt8Linear(nn.Module):
         self._packed = None  # weights changed: repack on next use
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def __getstate__(self):  # copy.deepcopy / pickle: oneDNN's packed weight is opaque (no storage)
+        return {**self.__dict__, "_packed": None}  # derived data, rebuilt on first use
+
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) fp32 / bf16 -> (M, N) in x's dtype
         if self._packed is None:  # derived data, rebuilt after load: oneDNN's blocked weight layout
             self._packed = (torch.ops.onednn.qlinear_prepack(self.weight_int8, None),
