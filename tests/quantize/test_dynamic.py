@@ -240,3 +240,58 @@ def test_deepcopy_after_forward(kernel):
     y = q(x)
     c = copy.deepcopy(q)
     assert torch.equal(c(x), y) and c.post_op == "gelu"
+
+
+@pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
+def test_siblings_share_one_gemm_equal_to_separate_linears(activations, monkeypatch):
+    """q/k/v-style Linears on one input: from the second call one GEMM over their stacked weights,
+    equal to the three separate Linears; a changed call pattern unlinks them and stays correct."""
+    if not dynamic._onednn_ok():
+        pytest.skip("this torch build has no oneDNN qlinear")
+    torch.manual_seed(0)
+    lins = [nn.Linear(48, 16), nn.Linear(48, 16), nn.Linear(48, 24, bias=False)]
+    mods = [DynamicInt8Linear.from_float(lin, activations=activations) for lin in lins]
+    alone = copy.deepcopy(mods)
+    gemms = []
+    real = DynamicInt8Linear._group_weights
+    monkeypatch.setattr(DynamicInt8Linear, "_group_weights", lambda self, g: gemms.append(len(g)) or real(self, g))
+
+    def separate(x):
+        monkeypatch.setattr(dynamic, "_LEARN_GROUPS", False)
+        out = [m(x) for m in alone]
+        monkeypatch.setattr(dynamic, "_LEARN_GROUPS", True)
+        return out
+
+    x1, x2 = torch.randn(2, 7, 48), torch.randn(2, 7, 48).bfloat16()
+    first = [m(x1) for m in mods]           # learns the group: three GEMMs
+    assert mods[0]._followers == mods[1:] and all(m._leader is mods[0] for m in mods[1:])
+    gemms.clear()
+    second = [m(x2) for m in mods]          # one GEMM for all three
+    assert gemms == [3]
+    for got, ref in zip(first + second, separate(x1) + separate(x2)):
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        assert torch.allclose(got.float(), ref.float(), atol=1e-5, rtol=1e-5)
+    y = mods[1](x1 * 2)                     # key alone on another tensor: computed by itself, unlinked
+    assert torch.allclose(y, separate(x1 * 2)[1], atol=1e-5) and mods[1]._leader is None
+    assert mods[0]._followers == [mods[2]]
+
+
+def test_tiny_bert_learns_qkv_groups_and_keeps_outputs(monkeypatch, tmp_path):
+    from netslim.quantize import DynamicInt8Config, dynamic_int8
+
+    if not dynamic._onednn_ok():
+        pytest.skip("this torch build has no oneDNN qlinear")
+    torch.manual_seed(0)
+    q = dynamic_int8(netslim.build_model("tiny-bert").eval(), DynamicInt8Config(compute_dtype="bfloat16"))
+    ids = torch.randint(5, 200, (3, 16))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    monkeypatch.setattr(dynamic, "_LEARN_GROUPS", False)
+    ref = q(**inputs).last_hidden_state
+    monkeypatch.setattr(dynamic, "_LEARN_GROUPS", True)
+    q(**inputs)
+    attn = q.encoder.layer[0].attention.self
+    assert attn.query._followers == [attn.key, attn.value]
+    assert not q.encoder.layer[0].output.dense._followers  # different inputs: never grouped
+    assert torch.equal(q(**inputs).last_hidden_state, ref)  # the same int32 sums and epilogue per column
+    assert torch.equal(netslim.load(netslim.save(q, tmp_path / "q.safetensors"))(**inputs).last_hidden_state,
+                       q(**inputs).last_hidden_state)

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = ("per_tensor", "per_token")
 POST_OPS = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}  # name -> oneDNN's GELU algorithm
 _OUT_DTYPES = (torch.float32, torch.bfloat16)  # body dtypes the oneDNN GEMM writes directly
+_LEARN_GROUPS = True  # Linears reading one input share one GEMM (tests switch it off for the oracle)
 
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,18 +83,29 @@ def _onednn_ok() -> bool:
 
 
 # ------------------------------------------------------------- activation quantization
-_CACHE = threading.local()  # one entry per thread: (weakref to the input, its key, the codes)
+_CACHE = threading.local()  # one _Shared entry per thread: the last quantized input
 
 
-def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> tuple:
+class _Shared:
+    """One quantized input, the Linears that read it (in call order) and outputs computed for them."""
+
+    __slots__ = ("ref", "key", "codes", "readers", "ready")
+
+    def __init__(self, x: torch.Tensor, key: tuple, codes: tuple):
+        self.ref, self.key, self.codes = weakref.ref(x), key, codes
+        self.readers: list = []     # DynamicInt8Linear modules that read this input, in order
+        self.ready: dict = {}       # id(module) -> its output, from a fused GEMM of its group
+
+
+def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> _Shared:
     """Quantize ``x`` (..., K) once for every Linear that reads this very tensor.
 
     Reuse needs the same tensor object, storage, shape and (outside inference mode) version;
     an inference tensor modified in place between two Linears that read it would be reused
     stale - no transformer block does that (the residual stream is rebuilt, not updated).
 
-    Returns (codes (M, K), scale, zero): oneDNN path uint8 codes, a float scale and int zero
-    (per tensor) or (M, 1) scales and zero 128 (per token); ``_int_mm`` path int8 codes,
+    ``.codes`` is (codes (M, K), scale, zero): oneDNN path uint8 codes, a float scale and int
+    zero (per tensor) or (M, 1) scales and zero 128 (per token); ``_int_mm`` path int8 codes,
     (M, 1) or (1, 1) scales and zero 0. The oneDNN path reads fp32 and bf16 as they are.
     """
     try:
@@ -102,13 +114,12 @@ def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> tuple:
         version = None
     entry = getattr(_CACHE, "entry", None)
     key = (mode, onednn, version, x.data_ptr(), x.shape, x.dtype)
-    if entry is not None and entry[0]() is x and entry[1] == key:
-        return entry[2]
+    if entry is not None and entry.ref() is x and entry.key == key:
+        return entry
     x2 = x.reshape(-1, x.shape[-1])
     x2 = (x2 if onednn and x2.dtype in _OUT_DTYPES else x2.float()).contiguous()
-    out = _quantize_fresh(x2, mode, onednn)
-    _CACHE.entry = (weakref.ref(x), key, out)
-    return out
+    _CACHE.entry = _Shared(x, key, _quantize_fresh(x2, mode, onednn))
+    return _CACHE.entry
 
 
 def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: (M, K) contiguous
@@ -139,6 +150,9 @@ class DynamicInt8Linear(nn.Module):
         self.in_features, self.out_features, self.activations = in_features, out_features, activations
         self.post_op = post_op  # an activation applied to the output (fused into the GEMM epilogue per tensor)
         self._packed = None
+        # Siblings reading the same input (BERT's query/key/value), learned from the calls: the
+        # first reader (leader) runs one GEMM over all their weights; not saved, relearned on use.
+        self._leader, self._followers = None, []
         # (out, in) row-major: passed to _int_mm as its transpose (K, N) column-major,
         # the layout the CPU kernel handles fastest (measured: no copy per call).
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
@@ -163,36 +177,73 @@ class DynamicInt8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None  # weights changed: repack on next use
+        self._packed = None  # weights changed: repack on next use (the key also tracks the siblings')
         return super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):  # copy.deepcopy / pickle: oneDNN's packed weight is opaque (no storage)
         return {**self.__dict__, "_packed": None}  # derived data, rebuilt on first use
 
+    def _group_weights(self, group: list) -> tuple:
+        """oneDNN-packed weight, zero points, scales and bias of ``group`` stacked along the outputs."""
+        key = tuple((id(m), m.weight_int8.data_ptr(), m.weight_int8._version) for m in group)
+        if self._packed is None or self._packed[0] != key:  # derived data, rebuilt after load / new weights
+            w = torch.cat([m.weight_int8 for m in group]) if len(group) > 1 else self.weight_int8
+            biases = [m.bias for m in group]
+            bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
+            if bias is None and any(b is not None for b in biases):  # some with, some without: zeros for those
+                bias = torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float()
+                                  for m in group])
+            scales = torch.cat([m.weight_scale for m in group]) if len(group) > 1 else self.weight_scale
+            self._packed = (key, torch.ops.onednn.qlinear_prepack(w, None),
+                            torch.zeros(w.shape[0], dtype=torch.long), scales, bias)
+        return self._packed[1:]
+
+    def _relink(self, entry: _Shared) -> None:
+        """Learn (or unlearn) which earlier reader of this input runs this Linear's GEMM."""
+        if self._leader is not None:  # a leader's fused output was expected and missed: the pattern changed
+            if self in self._leader._followers:
+                self._leader._followers.remove(self)
+            self._leader = None
+        first = entry.readers[0] if entry.readers else None
+        if (_LEARN_GROUPS and first is not None and first is not self and first._leader is None
+                and not self._followers and first.activations == self.activations
+                and first.post_op == self.post_op and self not in first._followers):
+            first._followers.append(self)
+            object.__setattr__(self, "_leader", first)  # a plain reference, not a submodule
+        entry.readers.append(self)
+
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) fp32 / bf16 -> (M, N) in x's dtype
-        if self._packed is None:  # derived data, rebuilt after load: oneDNN's blocked weight layout
-            self._packed = (torch.ops.onednn.qlinear_prepack(self.weight_int8, None),
-                            torch.zeros(self.out_features, dtype=torch.long),
-                            None if self.bias is None else self.bias.detach().float())
-        wpk, wzero, bias = self._packed
+        entry = _quantize_input(x, self.activations, True)
+        done = entry.ready.pop(id(self), None)
+        if done is not None:  # computed by this input's first reader, in one GEMM with it
+            return done
+        self._relink(entry)
+        group = [self, *self._followers]
+        wpk, wzero, wscale, bias = self._group_weights(group)
         out_dtype = x.dtype if x.dtype in _OUT_DTYPES else torch.float32  # bf16 in, bf16 out: no cast pass
-        codes, scale, zero = _quantize_input(x, self.activations, True)
+        codes, scale, zero = entry.codes
         if self.activations == "per_tensor":  # dequantization, bias and activation in the GEMM epilogue
             algo = POST_OPS[self.post_op]
-            return torch.ops.onednn.qlinear_pointwise(codes, scale, zero, wpk, self.weight_scale, wzero, bias,
-                                                      1.0, 0, out_dtype, "none" if algo is None else "gelu", [],
-                                                      "" if algo is None else algo)
-        # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more
-        # pass, in fp32 (a bf16 GEMM output would be rounded twice); the activation can't go before it
-        y = torch.ops.onednn.qlinear_pointwise(codes, 1.0, zero, wpk, self.weight_scale, wzero, None,
-                                               1.0, 0, torch.float32, "none", [], "")  # (M, N)
-        scale = scale.detach()  # the int8 GEMM is not differentiable anyway
-        out = y if out_dtype == torch.float32 else torch.empty_like(y, dtype=out_dtype)
-        y = torch.mul(y, scale, out=out) if bias is None else torch.addcmul(bias, y, scale, out=out)
-        return self._activation(y)
+            y = torch.ops.onednn.qlinear_pointwise(codes, scale, zero, wpk, wscale, wzero, bias,
+                                                   1.0, 0, out_dtype, "none" if algo is None else "gelu", [],
+                                                   "" if algo is None else algo)
+        else:
+            # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more
+            # pass, in fp32 (a bf16 GEMM output would be rounded twice); the activation can't go before it
+            y = torch.ops.onednn.qlinear_pointwise(codes, 1.0, zero, wpk, wscale, wzero, None,
+                                                   1.0, 0, torch.float32, "none", [], "")  # (M, N)
+            scale = scale.detach()  # the int8 GEMM is not differentiable anyway
+            out = y if out_dtype == torch.float32 else torch.empty_like(y, dtype=out_dtype)
+            y = self._activation(torch.mul(y, scale, out=out) if bias is None
+                                 else torch.addcmul(bias, y, scale, out=out))
+        if len(group) == 1:
+            return y
+        parts = y.split([m.out_features for m in group], dim=1)  # column views of the fused output
+        entry.ready.update((id(m), part) for m, part in zip(group[1:], parts[1:]))
+        return parts[0]
 
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
-        codes, scale, _ = _quantize_input(x, self.activations, False)
+        codes, scale, _ = _quantize_input(x, self.activations, False).codes
         acc = int8_matmul(codes, self.weight_int8.t())               # (M, N) int32
         y = torch.mul(acc, self.weight_scale).mul_(scale)             # int32 * fp32 -> fp32, then in place
         return self._activation(y if self.bias is None else y.add_(self.bias))
