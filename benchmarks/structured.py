@@ -263,6 +263,27 @@ def _timings(models: dict, task, args, variant: str) -> dict:
     return out
 
 
+@torch.inference_mode()
+def _profile(models: dict, task, variant: str, calls: int = 10) -> dict:
+    """Where a batch-64 call spends its time: self CPU ms per call by aten op (top 6 per model),
+    from ``torch.profiler`` (which adds its own overhead: for shares, not for speedups)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = task.example_inputs(64)
+    if "cl" in variant:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for k, m in models.items():
+        m(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                m(x)
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        out[k] = {e.key: round(e.self_cpu_time_total / 1e3 / calls, 3) for e in ops[:6]} | {
+            "total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)}
+    return out
+
+
 def latency(args) -> dict:
     """Baseline vs every saved artifact (``--tag`` may list several, comma-separated), interleaved.
 
@@ -291,6 +312,8 @@ def latency(args) -> dict:
         res = _timings(prepared, task, args, variant) | {"max_abs_output_diff": err}
         res["b64_speedup_over_macs_reduction"] = {
             k: round(res["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags}
+        if args.profile:
+            res["profile_b64_ms"] = _profile(prepared, task, variant)
         if args.variants:
             out[variant] = res
         else:
@@ -411,6 +434,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--variants", default="", help="latency: comma-separated preparations of every model: "
                    "plain, cl (channels_last), fold (BN folded), fold+cl")
+    p.add_argument("--profile", action="store_true", help="latency: per-op self CPU time at batch 64")
     p.add_argument("--seed", type=int, default=0, help="cnn/torch_pruning: fine-tuning seed (data order, "
                    "augmentation and the 5,000-image validation hold-out; the test set is fixed)")
     p.add_argument("--budget", type=float, default=540, help="cnn/torch_pruning: seconds this job may run")
