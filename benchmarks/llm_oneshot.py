@@ -61,6 +61,8 @@ ROWS = {
     "llmc_wanda50": {"llmc": "wanda50"},
     "llmc_gptq_g64": {"llmc": "gptq_g64"},
     "llmc_gptq_g64_sym": {"llmc": "gptq_g64_sym"},
+    "llmc_wanda50_owl": {"llmc": "wanda50_owl"},
+    "llmc_gptq_g64_mse": {"llmc": "gptq_g64_mse"},
 }
 CALIBRATED = ("wanda", "sparsegpt", "gptq")
 BLOCKS = "re:model[.]layers[.].*"  # decoder blocks only: the tied embedding / LM head stays (as ignore=lm_head)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm_oneshot import PeakRSS  # noqa: E402  (stdlib-only module: importable from either venv)
 
 IGNORE = ["re:.*lm_head"]
-METHODS = ("sparsegpt50", "sparsegpt24", "wanda50", "gptq_g64", "gptq_g64_sym")
+METHODS = ("sparsegpt50", "sparsegpt24", "wanda50", "wanda50_owl", "gptq_g64", "gptq_g64_sym", "gptq_g64_mse")
 
 
 def modifier(method: str):
@@ -42,15 +42,19 @@ def modifier(method: str):
 
         return SparseGPTModifier(sparsity=0.5, mask_structure="2:4" if method.endswith("24") else "0:0",
                                  block_size=128, dampening_frac=0.01, targets=["Linear"], ignore=IGNORE)
-    if method == "wanda50":
+    if method in ("wanda50", "wanda50_owl"):
         from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
 
-        return WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"], ignore=IGNORE)
-    if method in ("gptq_g64", "gptq_g64_sym"):
+        # OWL as netslim's wanda50_owl row: outlier = score > 5 x the block's mean, sparsities 0.5 +- 0.08
+        owl = {"sparsity_profile": "owl", "owl_m": 5, "owl_lmbda": 0.08} if method.endswith("_owl") else {}
+        return WandaPruningModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"], ignore=IGNORE, **owl)
+    if method in ("gptq_g64", "gptq_g64_sym", "gptq_g64_mse"):
         from llmcompressor.modifiers.gptq import GPTQModifier
 
         weights = {"num_bits": 4, "type": "int", "symmetric": method.endswith("_sym"), "strategy": "group",
                    "group_size": 64}  # asymmetric by default, as netslim's gptq_g64 row
+        if method.endswith("_mse"):  # range shrink search by |w - q|^2.4 (as netslim's clip_search)
+            weights["observer"] = "mse"
         return GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
                             ignore=IGNORE, block_size=128, dampening_frac=0.01, actorder="static")
     raise SystemExit(f"unknown --method {method!r}; known: {', '.join(METHODS)}")
