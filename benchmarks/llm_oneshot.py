@@ -52,6 +52,7 @@ ROWS = {
     "rtn_g64_sym": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": True},
     "rtn_g32": {"method": "weight_only", "bits": 4, "group_size": 32, "symmetric": False},
     "gptq_g64": {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True},
+    "gptq_g64_up": {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True, "scale_rounding": "up"},
     "gptq_g64_noact": {"method": "gptq", "bits": 4, "group_size": 64, "act_order": False},
     "gptq_g64_clip": {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True, "clip_search": True},
     "gptq_g64_sym": {"method": "gptq", "bits": 4, "group_size": 64, "act_order": True, "symmetric": True},
