@@ -138,6 +138,9 @@ def minilm(args) -> dict:
         ms = interleaved_latency(variants, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
     for name in rows:
         rows[name] |= {"latency_ms": ms[name], "speedup": ms["fp32"] / ms[name]}
+    profiled = [k for k in ("fp32", "netslim dynamic_int8 (per-tensor activations, bf16 body)",
+                            "netslim bf16 (whole model)") if k in variants]
+    _profile({k: variants[k] for k in profiled}, inputs, ROOT / "results" / f"quantize_minilm{args.tag}_profile.txt")
     return {"model": args.encoder, "batch": args.batch, "seq_len": inputs["input_ids"].shape[1],
             "sentences": args.sentences, "threads": args.threads, "loadavg_before_after": [load, os.getloadavg()],
             "onnx_fp32_bytes": onnx_bytes["onnx fp32"], "rows": rows,
@@ -145,6 +148,20 @@ def minilm(args) -> dict:
                       "onnxruntime": "onnxruntime.quantization.quantize_dynamic(fp32 export) with default "
                                      "options; sessions with intra_op_num_threads = threads, full graph "
                                      "optimisation", "torch.ao": f"engine {default_engine}, qint8 weights"}}
+
+
+def _profile(models: dict, inputs: dict, path: Path) -> None:
+    """torch.profiler table (self CPU time by op) of one forward per model, after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    parts = []
+    with torch.inference_mode():
+        for name, m in models.items():
+            m(**inputs)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                m(**inputs)
+            parts.append(f"== {name}\n{prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=14)}")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(parts)))
 
 
 def smollm2(args) -> dict:

@@ -67,17 +67,22 @@ def quantize_u8_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """(M, K) fp32 / bf16 -> (uint8 codes (M, K), scale, zero point). Not differentiable."""
     x2 = x2.detach()
     if native_ok(x2):
-        lib, kind, n, threads = _lib(), _KINDS[x2.dtype], x2.numel(), torch.get_num_threads()
-        lohi = torch.empty(2)
-        getattr(lib, f"netslim_minmax_{kind}")(n, x2.data_ptr(), lohi.data_ptr(), threads)
-        scale, zero = u8_qparams(*lohi.tolist())
-        codes = torch.empty(x2.shape, dtype=torch.uint8)
-        # 1 / scale in float32, as torch's quantize kernel multiplies by it
-        getattr(lib, f"netslim_quant_u8_{kind}")(n, x2.data_ptr(), 1.0 / scale, zero, codes.data_ptr(), threads)
-        return codes, scale, zero
+        with torch.profiler.record_function("netslim::quantize_u8_per_tensor"):  # ctypes: invisible otherwise
+            return _native_per_tensor(x2)
     x2 = x2.float()
     scale, zero = u8_qparams(*torch.aminmax(x2))
     return torch.quantize_per_tensor(x2, scale, zero, torch.quint8).int_repr(), scale, zero
+
+
+def _native_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    lib, kind, n, threads = _lib(), _KINDS[x2.dtype], x2.numel(), torch.get_num_threads()
+    lohi = torch.empty(2)
+    getattr(lib, f"netslim_minmax_{kind}")(n, x2.data_ptr(), lohi.data_ptr(), threads)
+    scale, zero = u8_qparams(*lohi.tolist())
+    codes = torch.empty(x2.shape, dtype=torch.uint8)
+    # 1 / scale in float32, as torch's quantize kernel multiplies by it
+    getattr(lib, f"netslim_quant_u8_{kind}")(n, x2.data_ptr(), 1.0 / scale, zero, codes.data_ptr(), threads)
+    return codes, scale, zero
 
 
 def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +92,9 @@ def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, k = x2.shape
         codes = torch.empty(m, k, dtype=torch.uint8)
         scales = torch.empty(m, 1)
-        getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(m, k, x2.data_ptr(), codes.data_ptr(),
-                                                               scales.data_ptr(), torch.get_num_threads())
+        with torch.profiler.record_function("netslim::quantize_u8_per_row"):
+            getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(m, k, x2.data_ptr(), codes.data_ptr(),
+                                                                   scales.data_ptr(), torch.get_num_threads())
         return codes, scales
     x2 = x2.float()
     lo, hi = torch.aminmax(x2, dim=1, keepdim=True)
