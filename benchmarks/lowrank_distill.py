@@ -244,7 +244,7 @@ def prune_distill_resnet20(args) -> dict:
     res: dict = {"baseline_acc": _acc(teacher, task), "params_before": report["params_before"],
                  "params_after": report["params_after"], "macs_kept": round(report["macs_after"] / report[
                      "macs_before"], 4), "pruned_acc": _acc(pruned, task), "epochs": args.kd_epochs,
-                 "lr": args.pd_lr, "variants": variants}
+                 "lr": args.pd_lr, "variants": variants, "teacher_split": args.pd_teacher_split}
     _channels_last(teacher)
     test: dict[str, list] = {}
     val: dict[str, list] = {}
@@ -255,7 +255,11 @@ def prune_distill_resnet20(args) -> dict:
             ([(f"distill_{v}", v) for v in variants] if "distill" in args.pd_arms else [])
         for name, spec in arms:
             m = _channels_last(copy.deepcopy(pruned))
-            train = _train_task(seed, augment=True)
+            train = _train_task(0 if args.pd_teacher_split else seed, augment=True)
+            # --pd-teacher-split: train/val split of the teacher's training (seed 0), batch order and
+            # augmentation by ``seed`` (ImageClassification draws them from ``.seed``). Otherwise the
+            # val split of seed S != 0 is ~90 % images the teacher was trained on.
+            train.seed = seed
             if spec is None:
                 summary = fit(m, train, FinetuneConfig(**cfg))
             else:
@@ -423,6 +427,8 @@ def main() -> None:
     ap.add_argument("--pd-alpha", type=float, default=0.9, help="prune_distill_resnet20: soft-loss weight")
     ap.add_argument("--pd-variants", nargs="*", default=None,
                     help="prune_distill_resnet20: distill settings 'T:alpha[:hint_weight]' (default 4:<pd-alpha>)")
+    ap.add_argument("--pd-teacher-split", action="store_true",
+                    help="prune_distill_resnet20: keep the teacher's train/val split, vary only the order")
     ap.add_argument("--pd-arms", nargs="+", default=["finetune", "distill"], choices=["finetune", "distill"])
     ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
     ap.add_argument("--big-epochs", type=int, default=3)
