@@ -8,6 +8,8 @@ benchmarks/results/structured.json):
   after pruning / after fine-tuning, params, MACs, file size. Saves the artifact.
 * ``torch_pruning``: the same model, MAC target and fine-tuning through Torch-Pruning
   (``--tag`` must differ from the netslim run's, e.g. ``tp2x``).
+* ``tp_scores``: why the two keep different channels: both L2 group importances per group
+  (rank correlation, spread) and the channels each artifact kept.
 * ``latency``: the saved artifacts (``--tag 2x,tp2x``) vs the baseline, interleaved medians at
   batch 64 and 1, plus the share of batch-1 time that does not scale with the batch (per-call
   overhead); keyed by ``--threads``.
@@ -204,6 +206,42 @@ def torch_pruning(args) -> dict | None:
                        "scope": args.scope, "pruning_ratio": round(hi, 4), "round_to": args.round_to}
 
     return _pruned_run(args, prune)
+
+
+def tp_scores(args) -> dict:
+    """Why netslim and Torch-Pruning keep different channels at the same MACs: per group, the
+    two L2 group importances (each mean-normalised) on the trained model — their rank
+    correlation and spread (std of the normalised scores) — and the channels each saved
+    artifact (``--tag netslim_tag,tp_tag``) kept per conv."""
+    import torch_pruning as tp
+    from netslim.core.graph import trace_graph
+    from netslim.prune.structured import group_scores
+
+    model = netslim.load(checkpoint_path(args.model)).eval()
+    x1 = get_task("fashion-mnist").example_inputs(1)
+    graph = trace_graph(model, x1)
+    ours = group_scores(model, graph, "l2")
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x1)
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    # the same without BatchNorm scales in the group (netslim's l2 scores weights only)
+    imp_w = tp.importance.GroupMagnitudeImportance(p=2, target_types=[torch.nn.modules.conv._ConvNd, torch.nn.Linear])
+    rank = lambda t: torch.argsort(torch.argsort(t)).float()  # noqa: E731
+    rows = []
+    for g in graph.prunable():
+        a = ours[g.id] / ours[g.id].mean()
+        grp = dg.get_pruning_group(model.get_submodule(g.name), tp.prune_conv_out_channels, idxs=list(range(g.size)))
+        b, c = (i(grp).float().cpu() for i in (imp, imp_w))
+        rho = lambda u, v: round(float(torch.corrcoef(torch.stack([rank(u), rank(v)]))[0, 1]), 3)  # noqa: E731
+        rows.append({"group": g.name, "size": g.size, "spearman": rho(a, b), "std_netslim": round(float(a.std()), 3),
+                     "std_tp": round(float(b.std()), 3), "spearman_tp_without_bn": rho(a, c),
+                     "std_tp_without_bn": round(float(c.std()), 3)})
+    kept = {}
+    for tag in args.tag.split(","):
+        m = netslim.load(_artifact(f"{args.model}_{tag}"))
+        kept[tag] = {n: c.out_channels for n, c in m.named_modules() if isinstance(c, torch.nn.Conv2d)}
+    return {"model": args.model, "groups": rows, "kept_out_channels": kept,
+            "base_out_channels": {n: c.out_channels for n, c in model.named_modules()
+                                  if isinstance(c, torch.nn.Conv2d)}}
 
 
 def criteria(args) -> dict:
@@ -421,7 +459,7 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "criteria", "latency", "sizes", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "latency", "sizes", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
@@ -446,7 +484,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "criteria": criteria, "latency": latency, "sizes": sizes,
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "latency": latency, "sizes": sizes,
              "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
     if result is None:
