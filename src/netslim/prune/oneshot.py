@@ -4,7 +4,9 @@ All three prune each Linear of a decoder block to ``sparsity`` (unstructured, co
 within each output row) or to N:M (``n`` kept of every ``m`` consecutive inputs), block by block through :func:`netslim.core.layerwise.compress_blocks`
 (calibration activations of one block in memory at a time). Results are
 :class:`~netslim.core.masks.Mask` parametrizations with the surviving weights updated
-(SparseGPT) or untouched (Wanda, magnitude): ``make_permanent`` / ``sparsify`` follow.
+(SparseGPT) or untouched (Wanda, magnitude): ``make_permanent`` / ``sparsify`` follow;
+``permanent: true`` bakes the zeros in at once (no mask buffers: the lowest-memory pass,
+with ``offload_dir`` + ``offload_blocks`` parking activations and idle blocks on disk).
 
 * magnitude: score ``|W|``; no data.
 * Wanda (Sun et al. 2023): score ``|W_ij| · ||X_j||₂`` (per-input activation norm);
