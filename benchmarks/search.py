@@ -429,9 +429,74 @@ def compressed_points(prior: dict) -> list[dict]:
              "accuracy": statistics.mean(r["test_acc"] for r in rs)} for name, rs in compressed.items()]
 
 
+NAS_RESNET20 = {"family": "resnet", "depth": 20, "width": 16}  # the ResNet-20 architecture, in the NAS space
+
+
+def _nas_arch(name: str) -> dict:
+    if name == "resnet20":
+        return dict(NAS_RESNET20)
+    if name == "best":
+        nas = load_results().get("nas")
+        if nas is None:
+            raise SystemExit("no finished NAS search in the results: run 'nas' first")
+        return dict(nas["best"]["genotype"])
+    raise SystemExit(f"--arch must be best or resnet20; got {name!r}")
+
+
+def cmd_nas_train(args) -> None:
+    """The NAS-chosen architecture or the ResNet-20 architecture, trained from scratch with the same
+    budget (``--steps`` SGD steps, batch 64, cosine lr 0.05, full train set, seed 0), test accuracy.
+    Like for like: same training for both, unlike the pretrained + fine-tuned compressed ResNet-20."""
+    from netslim.search.evaluate import Subset, short_finetune
+    from netslim.search.nas import NASSpace, describe
+    from netslim.train.tasks import get_task
+
+    torch.set_num_threads(THREADS)
+    task = get_task("fashion-mnist")
+    rows = load_results().get("nas_trained", {}).get("results", {})
+    train = Subset.from_task(task, "train", 10 ** 9, seed=0)
+    for name in args.arch.split(","):
+        geno = _nas_arch(name)
+        label = f"{name}:{args.steps}" + (f":s{args.seed}" if args.seed else "")
+        if label in rows and not args.redo:
+            continue
+        torch.manual_seed(args.seed)
+        model = NASSpace.build(geno)
+        t0 = time.perf_counter()
+        short_finetune(model, train, steps=args.steps, lr=args.lr,
+                       batch_size=64, seed=args.seed)
+        rows[label] = {"genotype": geno, "steps": args.steps, "lr": args.lr, "seed": args.seed,
+                       "test_acc": task.evaluate(model)["accuracy"], "train_seconds": time.perf_counter() - t0,
+                       **describe(model, task.example_inputs(1))}
+        print(label, rows[label], flush=True)
+        save_part("nas_trained", {"protocol": "from scratch: steps x batch 64 SGD (momentum 0.9, wd 5e-4, cosine lr) "
+                                              "on the full train set, seed; 10k test set", "results": rows})
+
+
+def cmd_nas_latency(args) -> None:
+    """Batch-1 latency (1 thread) of the NAS-chosen architecture vs ResNet-20 dense and its searched 2x
+    channel pruning, interleaved A/B in one run (a timing job: exclusive lane)."""
+    from netslim.measure.latency import interleaved_latency
+    from netslim.search.nas import NASSpace, describe
+    from netslim.train.tasks import get_task
+
+    torch.set_num_threads(1)
+    task = get_task("fashion-mnist")
+    x = task.example_inputs(1)
+    model, _, space = resnet20_setup()
+    models = {"resnet20 dense": model, "resnet20 knapsack 2x": space.apply(_policy(load_results(), "knapsack")),
+              "NAS best": NASSpace.build(_nas_arch("best")).eval()}
+    lat = interleaved_latency(models, x, rounds=args.rounds, repeats=20, threads=1)
+    rows = {k: {"measured_ms_b1": v, "share_of_resnet20": v / lat["resnet20 dense"], **describe(models[k], x)}
+            for k, v in lat.items()}
+    save_part("nas_latency", {"genotype": _nas_arch("best"), "results": rows,
+                              "protocol": f"batch 1, 1 thread, interleaved A/B, {args.rounds} rounds x 20, median"})
+    print(json.dumps(rows, indent=1))
+
+
 def cmd_nas_plot(args) -> None:
-    """Pareto plot / table from the NAS trial log as it stands (no training): for a search that has
-    not finished, the proxy-trained candidates so far against the compressed ResNet-20 points."""
+    """Pareto plot / table from the NAS trial log as it stands (no training): the proxy-trained
+    candidates so far against the compressed ResNet-20 points and the ``nas-train`` results."""
 
     from netslim.search.report import pareto, pareto_markdown, pareto_plot
 
@@ -445,15 +510,22 @@ def cmd_nas_plot(args) -> None:
     comp_pts = compressed_points(prior)
     comp_pts.append({"label": "resnet20 dense", "macs": prior["resnet20_prep"]["dense_macs"],
                      "accuracy": prior["resnet20_mixed_bits"]["dense_test_acc"]})
-    pareto_plot({f"NAS candidates ({len(pts)} trials; proxy: val acc after 100 steps from scratch)": pts,
-                 "ResNet-20 dense / compressed 2x (test, trained + fine-tuned)": comp_pts},
-                OUT / "nas_pareto_partial.png", cost="macs", title="accuracy vs MACs (NAS proxy vs compressed)")
-    (OUT / "nas_pareto_partial.md").write_text(pareto_markdown(pts, "macs", "accuracy") + "\n")
-    save_part("nas_partial", {"trials": len(pts), "pareto": pareto(pts, "macs", "accuracy"), "points": pts,
-                              "compressed": comp_pts,
-                              "note": "from the trial log of an unfinished search; candidate accuracy is the proxy "
+    series = {f"NAS candidates ({len(pts)} trials; proxy: val acc after 100 steps from scratch)": pts,
+              "ResNet-20 dense / compressed 2x (test, trained + fine-tuned)": comp_pts}
+    trained = [{"label": k, "macs": r["macs"], "accuracy": r["test_acc"]}
+               for k, r in prior.get("nas_trained", {}).get("results", {}).items()]
+    if trained:
+        series["from scratch, same steps (test): NAS best / ResNet-20 arch"] = trained
+    name = args.name
+    pareto_plot(series, OUT / f"{name}.png", cost="macs", title="accuracy vs MACs (NAS vs compressed ResNet-20)")
+    (OUT / f"{name}.md").write_text(pareto_markdown(pts, "macs", "accuracy") + "\n")
+    save_part({"nas_pareto_partial": "nas_partial"}.get(name, name), {
+                              "trials": len(pts), "pareto": pareto(pts, "macs", "accuracy"), "points": pts,
+                              "compressed": comp_pts, "trained": trained,
+                              "note": f"from the trial log ({len(pts)} trials); candidate accuracy is the proxy "
                                       "(100 SGD steps from scratch, 500 val images), not comparable in level with "
-                                      "the compressed points (fully trained, fine-tuned, test set)"})
+                                      "the compressed points (fully trained, fine-tuned, test set); 'trained': "
+                                      "nas-train (same from-scratch budget for NAS best and the ResNet-20 arch)"})
     print(pareto_markdown(pts, "macs", "accuracy"))
 
 
@@ -505,10 +577,20 @@ def main() -> None:
     a.add_argument("--max-cost", type=float, default=0.5, help="share of ResNet-20's MACs for the chosen arch")
     a.add_argument("--final-steps", type=int, default=0, help="train the chosen architecture this many steps")
     a.add_argument("--backend", default="serial")
-    sub.add_parser("nas-plot")
+    a = sub.add_parser("nas-plot")
+    a.add_argument("--name", default="nas_pareto_partial", help="file stem under OUT (and result key)")
+    a = sub.add_parser("nas-train")
+    a.add_argument("--arch", default="best", help="comma-separated: best (the NAS choice), resnet20")
+    a.add_argument("--steps", type=int, default=1000)
+    a.add_argument("--lr", type=float, default=0.05)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--redo", action="store_true")
+    a = sub.add_parser("nas-latency")
+    a.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
     {"prep": cmd_prep, "cem-fill": cmd_cem_fill, "finetune": cmd_finetune, "ray": cmd_ray, "mixed": cmd_mixed, "mbv2": cmd_mbv2,
-     "nas": cmd_nas, "nas-plot": cmd_nas_plot}[args.cmd](args)
+     "nas": cmd_nas, "nas-plot": cmd_nas_plot,
+     "nas-train": cmd_nas_train, "nas-latency": cmd_nas_latency}[args.cmd](args)
 
 
 if __name__ == "__main__":
