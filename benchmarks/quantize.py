@@ -29,7 +29,7 @@ from netslim.measure.latency import interleaved_latency
 from netslim.models import build_model
 
 ROOT = Path(__file__).resolve().parent
-MACHINE = "2-core AMD EPYC (AMX), shared, torch 2.13.0 CPU"
+MACHINE = "2-core AMD EPYC (AVX-512 VNNI + BF16, no AMX), shared, torch 2.13.0 CPU"
 
 
 def _write(part: str, result: dict) -> Path:
