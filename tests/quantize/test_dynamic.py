@@ -14,6 +14,7 @@ from netslim.core.errors import NetslimError
 from netslim.quantize.core import QScheme, fake_quantize, qparams_from_range
 from netslim.quantize import dynamic
 from netslim.quantize.dynamic import BF16Linear, DynamicInt8Linear, int8_matmul
+from netslim.quantize.int8_body import gelu_kind
 
 
 @pytest.fixture(params=["onednn", "int_mm"])
@@ -196,9 +197,9 @@ def test_fused_epilogue_equals_dequantized_reference(kernel, dtype, post_op, alg
 
 
 def test_gelu_detection():
-    assert dynamic._gelu_kind(nn.GELU()) == "gelu"
-    assert dynamic._gelu_kind(nn.GELU(approximate="tanh")) == "gelu_tanh"
-    assert dynamic._gelu_kind(nn.ReLU()) is None and dynamic._gelu_kind(nn.SiLU()) is None
+    assert gelu_kind(nn.GELU()) == "gelu"
+    assert gelu_kind(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert gelu_kind(nn.ReLU()) is None and gelu_kind(nn.SiLU()) is None
 
 
 @pytest.mark.parametrize("activations", ["per_tensor", "per_token"])

@@ -10,14 +10,17 @@
   int32 -> fp32, multiplies by two scales and adds the bias in separate passes is slower than
   fp32 (measured 0.8x); every pass removed is speed.
 * Inputs shared by several Linears (BERT's query/key/value all read the same hidden states)
-  are quantized once: a one-entry cache keyed by the tensor's identity and version. On CPU
+  are quantized once: a one-entry cache keyed by the tensor's identity and version; and on
+  CPU the Linears found reading one tensor run as one GEMM over their stacked weights (learned
+  from the calls, nothing saved: the state dict is that of separate Linears). On CPU
   the quantization is a native C kernel (:mod:`.act_quant`) that reads fp32 or bf16 as stored
   and writes the uint8 codes (torch's own path takes three passes and fp32 only).
 * ``compute_dtype="bfloat16"``: the int8 Linears take and return bf16 (the GEMM writes bf16
   from its epilogue) and everything between them - attention, softmax, LayerNorm, residual
   adds - runs in bf16: int8 GEMMs plus bf16 elementwise passes, each half the bytes.
 * A GELU right after a converted Linear (HF ``*Intermediate`` blocks) runs in the GEMM
-  epilogue (``post_op``): one fewer pass over the widest activation of the block.
+  epilogue (``post_op``): one fewer pass over the widest activation of the block. The model
+  surgery for both (:mod:`.int8_body`) runs in :func:`dynamic_int8`.
 * :class:`BF16Linear`: the weight stored in bf16 and the matmul run in bf16; activations are
   cast in and out, so the rest of the model stays fp32. ``BF16Config(scope="model")`` instead
   casts the whole model (every floating parameter and buffer) to bf16.
@@ -185,15 +188,13 @@ class DynamicInt8Linear(nn.Module):
 
     def _group_weights(self, group: list) -> tuple:
         """oneDNN-packed weight, zero points, scales and bias of ``group`` stacked along the outputs."""
-        key = tuple((id(m), m.weight_int8.data_ptr(), m.weight_int8._version) for m in group)
+        key = tuple((id(m), *((t.data_ptr(), t._version) for t in (m.weight_int8, m.weight_scale, m.bias)
+                                if t is not None)) for m in group)
         if self._packed is None or self._packed[0] != key:  # derived data, rebuilt after load / new weights
-            w = torch.cat([m.weight_int8 for m in group]) if len(group) > 1 else self.weight_int8
-            biases = [m.bias for m in group]
-            bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
-            if bias is None and any(b is not None for b in biases):  # some with, some without: zeros for those
-                bias = torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float()
-                                  for m in group])
-            scales = torch.cat([m.weight_scale for m in group]) if len(group) > 1 else self.weight_scale
+            w = torch.cat([m.weight_int8 for m in group])                       # (sum N, K)
+            scales = torch.cat([m.weight_scale for m in group])
+            bias = None if all(m.bias is None for m in group) else torch.cat(  # zeros where a member has none
+                [torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float() for m in group])
             self._packed = (key, torch.ops.onednn.qlinear_prepack(w, None),
                             torch.zeros(w.shape[0], dtype=torch.long), scales, bias)
         return self._packed[1:]
@@ -353,60 +354,14 @@ def _int8_embeddings(model: nn.Module, cfg: DynamicInt8Config) -> int:
     return len(names)
 
 
-def _gelu_kind(act: nn.Module) -> str | None:
-    """"gelu" / "gelu_tanh" when ``act`` computes that GELU (checked on a probe), else None."""
-    probe = torch.linspace(-8, 8, 513)
-    try:
-        with torch.no_grad():
-            y = act(probe)
-    except (RuntimeError, TypeError):
-        return None
-    for kind, algo in (("gelu", "none"), ("gelu_tanh", "tanh")):
-        if isinstance(y, torch.Tensor) and y.shape == probe.shape and torch.allclose(
-                y, F.gelu(probe, approximate=algo), atol=1e-6, rtol=0):
-            return kind
-    return None
-
-
-def _fuse_activations(model: nn.Module, names: list[str]) -> list[str]:
-    """GELU into the epilogue of the converted Linears that feed it directly (HF '*Intermediate' blocks).
-
-    Such a block holds exactly ``dense`` and ``intermediate_act_fn`` and computes act(dense(x));
-    the activation module becomes Identity, the Linear's ``post_op`` the GELU it computed.
-    """
-    fused = []
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = get_module(model, parent_name) if parent_name else model
-        act = getattr(parent, "intermediate_act_fn", None)
-        if (child != "dense" or not type(parent).__name__.endswith("Intermediate") or not isinstance(act, nn.Module)
-                or set(dict(parent.named_children())) != {"dense", "intermediate_act_fn"}):
-            continue
-        kind = _gelu_kind(act)
-        if kind is not None:
-            get_module(model, name).post_op = kind
-            parent.intermediate_act_fn = nn.Identity()
-            fused.append(name)
-    return fused
-
-
-def _cast_body(model: nn.Module, dtype: torch.dtype) -> None:
-    """Every floating parameter and buffer outside the int8 modules to ``dtype``; int8 embeddings emit it."""
-    from .weight_only import QuantizedEmbedding, _Packed
-
-    for m in model.modules():
-        if isinstance(m, QuantizedEmbedding):
-            m.out_dtype = str(dtype).removeprefix("torch.")
-        elif not isinstance(m, (DynamicInt8Linear, _Packed)):  # int8 codes, fp32 scales and biases stay
-            m._apply(lambda t: t.to(dtype) if t.is_floating_point() else t, recurse=False)
-
-
 def _convert_dynamic(model: nn.Module, cfg: DynamicInt8Config) -> dict:
+    from .int8_body import cast_body, fuse_activations  # they import this module's Linear
+
     names = _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
-    fused = _fuse_activations(model, names) if cfg.fuse_activations else []
+    fused = fuse_activations(model, names) if cfg.fuse_activations else []
     n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
     if cfg.compute_dtype != "float32":
-        _cast_body(model, getattr(torch, cfg.compute_dtype))
+        cast_body(model, getattr(torch, cfg.compute_dtype))
     return {"layers": len(names), "embeddings": n_emb, "activations": cfg.activations,
             "compute_dtype": cfg.compute_dtype, "fused_activations": len(fused),
             "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm",
