@@ -1,4 +1,6 @@
 """Sparse storage and execution: CSR round-trips, kernel == dense, smaller files, sparsify."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,7 +71,7 @@ def test_sparse_linear_handles_leading_dims_and_no_bias():
 
 def test_kernel_is_compiled_here():
     # The dev machine has gcc; CI without one uses the fallback (covered above).
-    if not kernels.shutil.which("gcc"):
+    if not shutil.which("gcc"):
         pytest.skip("no C compiler")
     assert kernels.kernel_available()
 

@@ -46,11 +46,15 @@ def _build(source: Path, out: Path, compiler: str) -> None:
             os.unlink(tmp)
 
 
-@lru_cache(maxsize=None)
 def c_library(source: Path, name: str) -> ctypes.CDLL | None:
     """The compiled ``source`` (built on first use into the cache as ``name_<hash>.so``), or None."""
-    if os.environ.get("NETSLIM_NO_EXT"):
+    if os.environ.get("NETSLIM_NO_EXT"):  # checked on every call: tests toggle it at run time
         return None
+    return _compiled(source, name)
+
+
+@lru_cache(maxsize=None)
+def _compiled(source: Path, name: str) -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         log.info("no C compiler found; %s uses its torch fallback", name)

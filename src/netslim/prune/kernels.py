@@ -1,78 +1,31 @@
 """CSR x dense products on CPU: a small C kernel when a compiler is available, torch otherwise.
 
-The C source (``csrc/spmm.c``) is compiled once with ``gcc -O3 -march=native -fopenmp``
-into ``$NETSLIM_CACHE/ext/`` (keyed by source, flags and CPU) and called through
-ctypes -- no torch headers, so the build takes about a second. Without a compiler, with
+The C source (``csrc/spmm.c``) is compiled once per machine by
+:func:`netslim.core.native.c_library` and called through ctypes. Without a compiler, with
 ``NETSLIM_NO_EXT=1``, or for non-CPU / non-fp32 tensors, :func:`csr_matmul` falls back to
 ``torch.sparse`` (correct everywhere, slower on CPU at batch 1).
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from netslim.core.native import c_library
+
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "spmm.c"
 _PARALLEL_WORK = 8_000_000  # multiply-adds from which the kernel uses all torch threads
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-
-
-def _cpu_tag() -> str:
-    """What -march=native depends on: the CPU's feature flags."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _library_path(compiler: str) -> Path:
-    from netslim.train.pretrain import cache_dir
-
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join([compiler, *_FLAGS, _cpu_tag()]).encode()).hexdigest()[:16]
-    return cache_dir() / "ext" / f"netslim_spmm_{key}.so"
-
-
-def _build(out: Path, compiler: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *_FLAGS, "-o", tmp, str(_SOURCE)], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, out)  # atomic: concurrent builders never load a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("NETSLIM_NO_EXT"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        log.info("no C compiler found; sparse layers use the torch.sparse fallback")
-        return None
-    try:
-        path = _library_path(compiler)  # reads the C source: a wheel without it falls back
-        if not path.is_file():
-            _build(path, compiler)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("building the sparse kernel failed (%s); using the torch.sparse fallback", e)
+    lib = c_library(_SOURCE, "netslim_spmm")  # None: no compiler, NETSLIM_NO_EXT=1 or a failed build
+    if lib is None:
         return None
     i64, p, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for name in ("netslim_spmv_u16", "netslim_spmv_i32"):
