@@ -250,7 +250,7 @@ def main() -> None:
         args.section.write_text(section_markdown(json.loads(args.out.read_text())))
         return
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results.update({"machine": "2-core AMD EPYC (AMX), shared, torch 2.13.0 CPU", "torch": torch.__version__,
+    results.update({"machine": "2-core AMD EPYC (AVX-512 VNNI/BF16, no AMX), shared, torch 2.13.0 CPU", "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "date": dt.date.today().isoformat()})
     results.setdefault("models", {})
     for name in [m for m in args.models.split(",") if m]:

@@ -140,7 +140,7 @@ def machine(device: torch.device) -> str:
     version = torch.__version__.split("+")[0]
     if device.type == "cuda":  # accuracy runs only; every timing in these tables is the CPU's
         return f"{torch.cuda.get_device_name(device)} (accuracy runs on GPU), torch {version}"
-    return f"2-core AMD EPYC (AMX), shared, torch {version} CPU"
+    return f"2-core AMD EPYC (AVX-512 VNNI/BF16, no AMX), shared, torch {version} CPU"
 
 
 def run(args) -> None:

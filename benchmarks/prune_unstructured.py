@@ -54,7 +54,7 @@ from netslim.train.tasks import get_task
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "prune_unstructured_3a.json"
 COMPARE_OUT = ROOT / "results" / "prune_compare_3a.json"
-MACHINE = "2-core AMD EPYC (AMX), shared, torch " + torch.__version__.split("+")[0] + " CPU"
+MACHINE = "2-core AMD EPYC (AVX-512 VNNI/BF16, no AMX), shared, torch " + torch.__version__.split("+")[0] + " CPU"
 SECTIONS = ("speed", "lenet300", "lenet5", "resnet20", "compare")
 
 
