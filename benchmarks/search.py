@@ -302,18 +302,20 @@ def cmd_mbv2(args) -> None:
         models = {n: space.apply(p) for n, p in prior["policies"].items() if n != "netadapt"}
         if prior.get("netadapt_error") is None:
             models["netadapt"] = netslim.load(na_path)
-        rows = load_results().get(f"mobilenetv2_finetune{t}", {}).get("results", {})  # resumable, one model a time
+        key = f"mobilenetv2_finetune{t}" + (f"_s{args.ft_seed}" if args.ft_seed != 1 else "")
+        rows = load_results().get(key, {}).get("results", {})  # resumable, one model a time
         if "dense" not in rows:
             rows["dense"] = {"test_acc": task.evaluate(model)["accuracy"]}
         for name, m in models.items():
             if name in rows and not args.redo:
                 continue
             t0 = time.perf_counter()
-            short_finetune(m, train, steps=args.ft_steps, lr=0.01, seed=1)
+            short_finetune(m, train, steps=args.ft_steps, lr=0.01, seed=args.ft_seed)
             rows[name] = {"test_acc_ft": task.evaluate(m)["accuracy"], "seconds": time.perf_counter() - t0}
             print(name, rows[name], flush=True)
-            save_part(f"mobilenetv2_finetune{t}", {
-                "protocol": f"{args.ft_steps} SGD steps (batch 64, cosine lr 0.01, 5000-image train subset, seed 1) "
+            save_part(key, {
+                "protocol": f"{args.ft_steps} SGD steps (batch 64, cosine lr 0.01, 5000-image train subset, "
+                            f"seed {args.ft_seed}) "
                             "for every pruned model, then the 10k test set; NetAdapt's model also had its "
                             "per-iteration short fine-tunes during the search", "results": rows})
         return
@@ -567,6 +569,7 @@ def main() -> None:
     a.add_argument("--na-steps", type=int, default=10)
     a.add_argument("--rounds", type=int, default=7)
     a.add_argument("--ft-steps", type=int, default=100)
+    a.add_argument("--ft-seed", type=int, default=1, help="finetune phase: data-order seed (results key _sN unless 1)")
     a.add_argument("--redo", action="store_true")
     a = sub.add_parser("nas")
     a.add_argument("--population", type=int, default=6)
