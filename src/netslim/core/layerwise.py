@@ -338,7 +338,7 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
             blocks[i].to(home)
             inputs.release()
             inputs = outputs
-            if parked is not None:
+            if parked is not None and i + 1 < len(blocks):  # the last one would be restored at once
                 parked.park(i, blocks[i])
                 release_memory()
         if not return_outputs:

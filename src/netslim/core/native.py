@@ -48,7 +48,7 @@ def _build(source: Path, out: Path, compiler: str) -> None:
 
 def c_library(source: Path, name: str) -> ctypes.CDLL | None:
     """The compiled ``source`` (built on first use into the cache as ``name_<hash>.so``), or None."""
-    if os.environ.get("NETSLIM_NO_EXT"):  # checked on every call: tests toggle it at run time
+    if os.environ.get("NETSLIM_NO_EXT"):  # outside the build cache: clearing a caller's cache re-reads it
         return None
     return _compiled(source, name)
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .errors import NetslimError
+from .errors import NetslimError, bad_param
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,7 @@ def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tu
     if nm is not None and blocksize % nm[1]:
         raise NetslimError(f"blocksize {blocksize} must be a multiple of m={nm[1]} for N:M masks.")
     if nm_select not in NM_SELECT:
-        raise NetslimError(f"The 'nm_select' parameter of obs_solve must be one of {', '.join(NM_SELECT)}; "
-                           f"got {nm_select!r}.")
+        raise bad_param("obs_solve", "nm_select", f"one of {', '.join(NM_SELECT)}", nm_select)
     patterns = _nm_patterns(*nm, w.device) if nm is not None and nm_select == "exact" else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)

@@ -8,7 +8,6 @@ The C source (``csrc/spmm.c``) is compiled once per machine by
 from __future__ import annotations
 
 import ctypes
-import logging
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +16,6 @@ import torch
 
 from netslim.core.native import c_library
 
-log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "spmm.c"
 _PARALLEL_WORK = 8_000_000  # multiply-adds from which the kernel uses all torch threads
 

@@ -224,7 +224,8 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
                                            nm_select=cfg.nm_select)
             set_weight_2d(mod, w_new)  # pruned entries are exact zeros already
             masks[name] = keep
-        _masks_for(root, masks, cfg.permanent)
+        if not cfg.permanent:  # permanent: the zeros written above are the whole result
+            _masks_for(root, masks)
 
     _run(model, calib, cfg, fn, sparsities)
     return model

@@ -58,7 +58,7 @@ from netslim.core.errors import NetslimError
 from netslim.core.export import register_exporter
 from netslim.core.serialize import atomic_write
 
-from .dynamic import DynamicInt8Linear
+from .dynamic import POST_OPS, DynamicInt8Linear
 from .int8_blocks import Int8Residual
 from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base
 from .weight_only import QuantizedEmbedding, QuantizedLinear
@@ -132,7 +132,7 @@ class _DynamicQDQ(nn.Module):
         self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.long))
         self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         self.per_token = m.activations == "per_token"
-        self.gelu = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}[m.post_op]  # fused into the int8 GEMM
+        self.gelu = POST_OPS[m.post_op]  # fused into the int8 GEMM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         qd = _qd()
