@@ -85,6 +85,20 @@ def _native_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     return codes, scale, zero
 
 
+def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax int8 per row: (M, K) float -> (M, K) int8, (M, 1) float32 scale."""
+    x = x.float()
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)          # one pass for both ends
+    scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
+    if x.device.type == "cpu":
+        # One fused pass (scale, round half to even, saturate); |x / scale| <= 127 by construction.
+        zeros = torch.zeros(x.shape[0], dtype=torch.long)
+        q = torch.quantize_per_channel(x, scale.squeeze(1).double(), zeros, 0, torch.qint8).int_repr()
+    else:
+        q = torch.round(x * (1.0 / scale)).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale
+
+
 def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, K) fp32 / bf16 -> (uint8 codes (M, K) = symmetric int8 + 128, fp32 scales (M, 1)). Not differentiable."""
     x2 = x2.detach()
@@ -96,9 +110,5 @@ def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(m, k, x2.data_ptr(), codes.data_ptr(),
                                                                    scales.data_ptr(), torch.get_num_threads())
         return codes, scales
-    x2 = x2.float()
-    lo, hi = torch.aminmax(x2, dim=1, keepdim=True)
-    scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
-    zeros = torch.full((x2.shape[0],), U8_ZERO, dtype=torch.long, device=x2.device)
-    codes = torch.quantize_per_channel(x2, scale.squeeze(1).double(), zeros, 0, torch.quint8).int_repr()
-    return codes, scale
+    q, scale = quantize_per_row(x2)
+    return (q.to(torch.int16) + U8_ZERO).to(torch.uint8), scale

@@ -44,27 +44,13 @@ from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
 
-from .act_quant import QMAX, U8_ZERO, native_ok, quantize_u8_per_row, quantize_u8_per_tensor
+from .act_quant import QMAX, U8_ZERO, native_ok, quantize_per_row, quantize_u8_per_row, quantize_u8_per_tensor
 
 log = logging.getLogger(__name__)
 ACTIVATIONS = ("per_tensor", "per_token")
 POST_OPS = {"none": None, "gelu": "none", "gelu_tanh": "tanh"}  # name -> oneDNN's GELU algorithm
 _OUT_DTYPES = (torch.float32, torch.bfloat16)  # body dtypes the oneDNN GEMM writes directly
 _LEARN_GROUPS = True  # Linears reading one input share one GEMM (tests switch it off for the oracle)
-
-
-def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric absmax int8 per row: (M, K) float -> (M, K) int8, (M, 1) float32 scale."""
-    x = x.float()
-    lo, hi = torch.aminmax(x, dim=1, keepdim=True)          # one pass for both ends
-    scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
-    if x.device.type == "cpu":
-        # One fused pass (scale, round half to even, saturate); |x / scale| <= 127 by construction.
-        zeros = torch.zeros(x.shape[0], dtype=torch.long)
-        q = torch.quantize_per_channel(x, scale.squeeze(1).double(), zeros, 0, torch.qint8).int_repr()
-    else:
-        q = torch.round(x * (1.0 / scale)).clamp_(-QMAX, QMAX).to(torch.int8)
-    return q, scale
 
 
 def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:

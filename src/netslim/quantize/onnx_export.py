@@ -138,7 +138,7 @@ class _DynamicQDQ(nn.Module):
         qd = _qd()
         w = qd.dequantize_per_channel(self.w_int8, self.w_scale, self.w_zero, 0, -127, 127, torch.int8)
         x = x.float()
-        if self.per_token:  # symmetric, one scale per row (dynamic.quantize_per_row)
+        if self.per_token:  # symmetric, one scale per row (act_quant.quantize_per_row)
             scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
             x = torch.clamp(torch.round(x / scale), -127, 127) * scale
         else:               # uint8, [min, max] widened to 0 (dynamic._u8_qparams)
