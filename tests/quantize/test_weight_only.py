@@ -137,3 +137,27 @@ def test_tiny_llama_int4_with_embeddings_roundtrips(tmp_path):
     path = netslim.save(q, tmp_path / "llama.safetensors")
     with torch.no_grad():
         assert torch.equal(netslim.load(path)(input_ids=ids).logits, out)
+
+
+def test_second_weight_only_step_converts_only_float_layers():
+    # int8 embeddings after int4 Linears (GPTQ's blocks, then the tied table): the packed
+    # Linear is left bit-identical, and a recipe may chain the two steps.
+    from netslim.quantize.weight_only import QuantizedEmbedding
+    from netslim.recipe import parse_recipe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 64))
+    quantize_weights(model, WeightOnlyConfig(bits=4, group_size=32))
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    table = model[0].weight.detach().clone()
+    quantize_weights(model, WeightOnlyConfig(bits=8, group_size=None, embeddings=True))
+    assert isinstance(model[0], QuantizedEmbedding) and isinstance(model[1], QuantizedLinear)
+    assert all(torch.equal(before[k], v) for k, v in model[1].state_dict().items())
+    ids = torch.arange(50)
+    step = table.abs().amax(dim=1, keepdim=True) / 127
+    assert ((model[0](ids) - table).abs() <= step / 2 + 1e-6).all()
+    steps = [{"method": "weight_only", "bits": 4, "group_size": 32},
+             {"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True}]
+    assert len(parse_recipe({"name": "r", "steps": steps}).steps) == 2
+    with pytest.raises(NetslimError, match="changes weights after 'weight_only' froze them"):
+        parse_recipe({"name": "r", "steps": [steps[0], {"method": "finetune", "epochs": 1}]})

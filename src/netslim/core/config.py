@@ -27,6 +27,9 @@ class MethodConfig(BaseModel):
     requires: ClassVar[tuple[str, ...]] = ()  # methods that must run earlier
     freezes: ClassVar[bool] = False           # after it, nothing may change weights
     modifies_weights: ClassVar[bool] = True
+    # Converts only layers still in float form and leaves converted ones (packed, sparse)
+    # alone, so it may follow a freezing step (e.g. int8 embeddings after GPTQ's blocks).
+    float_layers_only: ClassVar[bool] = False
 
     @classmethod
     def example(cls) -> "MethodConfig":

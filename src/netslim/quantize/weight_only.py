@@ -156,6 +156,7 @@ class WeightOnlyConfig(MethodConfig):
 
     method = "weight_only"
     freezes = True  # packed buffers are not trainable
+    float_layers_only = True  # selects nn.Linear / nn.Embedding only: packed layers are left as they are
     bits: Literal[2, 4, 8] = 4
     group_size: int | None = Field(128, description="32, 64, 128 (any divisor of in_features) or None")
     symmetric: bool = False

@@ -67,14 +67,15 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 def validate_order(recipe: Recipe, source: str) -> None:
     """Whole-recipe checks: each step's ``requires`` must appear earlier; nothing that
-    changes weights may follow a step that froze them (``freezes``)."""
+    changes weights may follow a step that froze them (``freezes``), except steps that only
+    convert layers still in float form (``float_layers_only``)."""
     seen: list[str] = []
     frozen_by: str | None = None
     for i, step in enumerate(recipe.steps, start=1):
         for need in getattr(step, "requires", ()):
             if need not in seen:
                 raise NetslimError(f"{source}: step {i} ({step.method!r}) needs a {need!r} step before it.")
-        if frozen_by and getattr(step, "modifies_weights", True):
+        if frozen_by and getattr(step, "modifies_weights", True) and not getattr(step, "float_layers_only", False):
             raise NetslimError(
                 f"{source}: step {i} ({step.method!r}) changes weights after {frozen_by!r} froze them; "
                 "move it before that step."
