@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,16 +175,24 @@ class ActivationStore:
         self._items.clear()
 
 
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def release_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise; a no-op elsewhere)."""
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class BlockStore:

@@ -248,8 +248,10 @@ def init_adapters(adapters: dict[str, nn.Module], student: nn.Module, teacher: n
                   cfg: DistillConfig) -> None:
     """``adapter_init: lstsq``: fit each learned adapter on ``adapter_samples`` calibration inputs
     (one batch; BatchNorm buffers are left as they were)."""
+    if cfg.adapter_init != "lstsq":
+        return
     names = [s for s in cfg.hints if _key(s) in adapters and any(True for _ in adapters[_key(s)].parameters())]
-    if not names or cfg.adapter_init != "lstsq":
+    if not names:
         return
     inputs = task.calibration_inputs(cfg.adapter_samples, seed=cfg.seed)
     # The student's features as training sees them (train mode: a pruned model's BatchNorm

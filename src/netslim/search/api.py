@@ -70,14 +70,16 @@ def channel_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path |
     budget = cfg.budget * space.dense_cost()
     info: dict[str, Any] = {"strategy": cfg.strategy, "target": cfg.target, "budget_share": cfg.budget,
                             "budget": budget}
+    table = None  # the sensitivity curves: the knapsack's input, or the CEM agent's fill-back order
+    if cfg.strategy != "cem" or cfg.fill_back == "sensitivity":
+        table = sensitivity_for(space, val, seed=seed, out_dir=out_dir,
+                                shared_cache=cfg.sensitivity_cache == "shared")
     if cfg.strategy == "cem":
         fp = {"search": "cem", "options": list(space.options), "budget": budget, "target": cfg.target,
               "val": len(val), "population": cfg.population, "generations": cfg.generations, "seed": seed}
         losses = None
         if cfg.fill_back == "sensitivity":
             fp["fill_back"] = "sensitivity"  # (absent for 'none': logs of searches without fill-back still resume)
-            table = sensitivity_for(space, val, seed=seed, out_dir=out_dir,
-                                    shared_cache=cfg.sensitivity_cache == "shared")
             losses = {n: table.losses(n) for n in space.names}
             info["fill_back"] = "sensitivity"
         runner = make_runner(policy_accuracy, {"space": space, "val": val}, cfg.trials, seed=seed,
@@ -91,8 +93,6 @@ def channel_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path |
                   for h in res.history for c, r in zip(h["costs"], h["rewards"])]
         _pareto_outputs(points, out_dir, space.metric)
     else:
-        table = sensitivity_for(space, val, seed=seed, out_dir=out_dir,
-                                shared_cache=cfg.sensitivity_cache == "shared")
         choice = allocate_from_sensitivity(space, table, budget, cfg.strategy)
         policy = space.policy(choice)
         info.update({"predicted_loss": sum(table.losses(n)[k] for n, k in choice.items()),
