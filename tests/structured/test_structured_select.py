@@ -39,6 +39,18 @@ def test_bn_scale_prunes_the_channels_with_small_gamma_first():
     assert set(range(32)) - set(keep[g.id].tolist()) == {3, 9}
 
 
+def test_l2_bn_adds_the_squared_bn_scales_to_the_weight_norms():
+    # oracle: conv0 rows, BN gamma^2, conv1 columns (the next conv reads the group's channels)
+    model = build_model("vgg11bn").eval()
+    graph = trace_graph(model, X)
+    g = next(g for g in graph.groups if g.name == "features.0")
+    conv0, bn, conv1 = model.features[0], model.features[1], model.features[4]
+    weights = conv0.weight.flatten(1).pow(2).sum(1) + conv1.weight.transpose(0, 1).flatten(1).pow(2).sum(1)
+    l2, l2_bn = (group_scores(model, graph, c)[g.id] for c in ("l2", "l2_bn"))
+    torch.testing.assert_close(l2_bn - l2, bn.weight.detach().pow(2))
+    torch.testing.assert_close(l2, weights.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_taylor_scores_zero_for_dead_units():
     model = build_model("lenet300")
     with torch.no_grad():

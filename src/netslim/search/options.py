@@ -23,7 +23,7 @@ class TrialOptions(BaseModel):
 class ChannelSpaceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     ratios: tuple[float, ...] = Field(DEFAULT_RATIOS, description="share of each group's channels removed")
-    criterion: Literal["l1", "l2", "bn_scale", "random"] = "l2"
+    criterion: Literal["l1", "l2", "l2_bn", "bn_scale", "random"] = "l2"
     min_keep_ratio: float = Field(0.1, gt=0, le=1)
     round_to: int = Field(1, ge=1)
     exclude: tuple[str, ...] = ()

@@ -102,7 +102,7 @@ def prune_channels(model: nn.Module, example_inputs: Any, **kwargs: Any) -> tupl
     """Prune coupled channel groups of a traceable CNN physically; returns ``(model, report)``.
 
     Keyword arguments: ``ratio`` (share of channels removed) or ``target_macs`` (share of
-    MACs kept), ``criterion`` (l1, l2, bn_scale, taylor, random), ``scope`` (global,
+    MACs kept), ``criterion`` (l1, l2, l2_bn, bn_scale, taylor, activation, random), ``scope`` (global,
     uniform), ``ratios`` ({selector: ratio}, per layer), ``min_keep_ratio``, ``round_to``,
     ``on_empty`` (clamp, fail), ``exclude`` (selectors), ``batches`` + ``loss_fn`` (taylor).
     """

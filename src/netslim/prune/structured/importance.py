@@ -2,6 +2,9 @@
 
 * ``l1`` / ``l2``: norm of every weight slice of the group (producers' rows and consumers'
   columns alike, as Torch-Pruning's group magnitude does);
+* ``l2_bn``: ``l2`` plus the squared BatchNorm scales (gamma^2) of the group, the terms
+  Torch-Pruning's ``GroupMagnitudeImportance(p=2)`` adds; where gammas are alike from channel
+  to channel they flatten a group's scores, so a global ranking takes fewer of its channels;
 * ``bn_scale``: |gamma| of the group's BatchNorm layers (network slimming, Liu et al. 2017);
   groups without a BatchNorm fall back to ``l2``;
 * ``taylor``: first-order Taylor, (sum over the group's slices of w * dL/dw)^2 per unit and
@@ -27,7 +30,7 @@ from netslim.core.errors import bad_param
 from netslim.core.graph import DependencyGraph, Group, slot_view
 from netslim.train.loop import Callback
 
-CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation", "random")
+CRITERIA = ("l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random")
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -46,12 +49,13 @@ def _norm_scores(model: nn.Module, g: Group, p: int) -> torch.Tensor:
     return total
 
 
-def _bn_scores(model: nn.Module, g: Group) -> torch.Tensor | None:
+def _bn_scores(model: nn.Module, g: Group, p: int = 1) -> torch.Tensor | None:
+    """Sum of |gamma|^p over the group's BatchNorm slots (None when it has none)."""
     total, found = torch.zeros(g.size), False
     for slot, i in g.slots:
         m = model.get_submodule(slot.module)
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and slot.param == "weight":
-            total += slot_view(m.weight.detach(), slot, i).abs().sum(1).float().cpu()
+            total += slot_view(m.weight.detach(), slot, i).abs().pow(p).sum(1).float().cpu()
             found = True
     return total if found else None
 
@@ -151,6 +155,8 @@ def group_scores(model: nn.Module, graph: DependencyGraph, criterion: str = "l2"
     for g in groups:
         s = _bn_scores(model, g) if criterion == "bn_scale" else None
         out[g.id] = s if s is not None else _norm_scores(model, g, 1 if criterion == "l1" else 2)
+        if criterion == "l2_bn" and (bn := _bn_scores(model, g, p=2)) is not None:
+            out[g.id] = out[g.id] + bn
     return out
 
 
