@@ -2,16 +2,17 @@
 
 * :func:`netslim.core.graph.trace_graph`: coupled-channel groups of a traceable CNN;
   :func:`transformer_graph`: attention-head and FFN-neuron groups of a Hugging Face model;
-* :func:`group_scores` (l1, l2, bn_scale, taylor, activation, random) and :func:`choose_keep`
+* :func:`group_scores` (l1, l2, l2_bn, bn_scale, taylor, activation, random) and :func:`choose_keep`
   (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
 * :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
 * :func:`prune_channels` [channels], :func:`prune_heads`, :func:`prune_ffn` [heads, ffn],
-  :func:`drop_layers` [layers].
+  :func:`drop_layers` [layers]; CNN residual blocks: :func:`drop_residual_blocks` [layers].
 """
 from __future__ import annotations
 
 from torch import nn
 
+from .blocks import drop_residual_blocks, residual_block_influence, residual_blocks
 from .channels import plan_channels, prune_channels, total_macs
 from .importance import CRITERIA, group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
@@ -29,6 +30,7 @@ def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Modu
 
 
 __all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",
-           "block_influence", "choose_keep", "drop_layers", "group_scores", "plan_channels", "plan_from_keep",
-           "plan_transformer", "prune_channels", "prune_ffn", "prune_heads", "replay", "total_macs",
+           "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores", "plan_channels", "plan_from_keep",
+           "plan_transformer", "prune_channels", "prune_ffn", "prune_heads", "replay", "residual_block_influence",
+           "residual_blocks", "total_macs",
            "transformer_graph"]

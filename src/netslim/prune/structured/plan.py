@@ -33,6 +33,7 @@ class PrunePlan:
     config: dict[str, Any] = field(default_factory=dict)         # HF config updates
     attrs: list[dict[str, Any]] = field(default_factory=list)    # {"module","attr","value"}
     drop_layers: list[int] = field(default_factory=list)         # whole transformer blocks removed
+    drop_modules: list[str] = field(default_factory=list)        # CNN residual blocks replaced by identity
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON, compact: the slots of one group (a conv's rows, its BN's four vectors, the
@@ -48,7 +49,7 @@ class PrunePlan:
                 keeps.append(_encode_keep(k))
             entries.append({**e, "keep": where[k]})
         return {"keeps": keeps, "entries": entries, "groups": self.groups, "config": self.config,
-                "attrs": self.attrs, "drop_layers": self.drop_layers}
+                "attrs": self.attrs, "drop_layers": self.drop_layers, "drop_modules": self.drop_modules}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrunePlan":
@@ -66,11 +67,12 @@ class PrunePlan:
                 e = {**e, "keep": keeps[k]}
             entries.append(e)
         return cls(entries, list(data.get("groups", [])), dict(data.get("config", {})),
-                   list(data.get("attrs", [])), list(data.get("drop_layers", [])))
+                   list(data.get("attrs", [])), list(data.get("drop_layers", [])),
+                   [str(n) for n in data.get("drop_modules", [])])
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.drop_layers)
+        return not (self.entries or self.drop_layers or self.drop_modules)
 
 
 def _encode_keep(keep: tuple[int, ...]) -> str | list[int]:
@@ -134,7 +136,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
     for e in plan.entries:
         by_module.setdefault(e["module"], []).append(e)
     if mode == "mask":
-        if plan.drop_layers:
+        if plan.drop_layers or plan.drop_modules:
             raise NetslimError("A plan that drops whole blocks cannot be applied as masks; use mode='shrink'.")
         for name, entries in by_module.items():
             _mask_module(get_module(model, name), entries)
@@ -155,6 +157,9 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
         from .hf import drop_blocks
 
         drop_blocks(model, plan.drop_layers)
+    for name in plan.drop_modules:
+        get_module(model, name)  # a plan made for another model fails here, by name
+        replace_module(model, name, nn.Identity())
     return model
 
 

@@ -3,7 +3,7 @@
 ```yaml
 - method: channels
   target_macs: 0.5        # keep half of the MACs (or: ratio: 0.3, the share of channels removed)
-  criterion: taylor       # l1 | l2 | bn_scale | taylor | random
+  criterion: taylor       # l1 | l2 | l2_bn | bn_scale | taylor | activation | random
   scope: global           # global | uniform   (or ratios: {"layer3.*": 0.5})
   iterations: 2           # prune in steps, fine-tuning between them
   finetune: {epochs: 1, lr: 0.01}
@@ -21,13 +21,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from netslim.core.config import MethodConfig, register
+from netslim.core.errors import bad_param
 from netslim.train.loop import FinetuneConfig, fit
 
 from .channels import prune_channels, total_macs
 from .importance import BNSparsity
 
 log = logging.getLogger(__name__)
-Criterion = Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"]
+Criterion = Literal["l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random"]
 
 
 class _StructuredBase(MethodConfig):
@@ -138,18 +139,22 @@ class FFNConfig(_TransformerBase):
 
 
 class LayersConfig(MethodConfig):
-    """Drop whole transformer blocks: the ones that change their input least (block influence)."""
+    """Drop whole blocks, the ones that change their input least (block influence): transformer
+    blocks of a Hugging Face model, or residual blocks (``y = f(x) + x``) of a CNN, which become
+    the identity."""
 
     method = "layers"
     count: int | None = Field(None, ge=1, description="number of blocks removed, chosen on calibration data")
-    indices: tuple[int, ...] | None = Field(None, description="or exactly these blocks")
+    indices: tuple[int, ...] | None = Field(None, description="or exactly these blocks (CNNs: positions in "
+                                            "the list of removable residual blocks)")
+    names: tuple[str, ...] | None = Field(None, description="CNNs: or exactly these residual blocks, by module name")
     calibration_samples: int = Field(16, ge=1)
     finetune: FinetuneConfig | None = None
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.count is None) == (self.indices is None):
-            raise ValueError("give exactly one of 'count' or 'indices'")
+        if sum(v is not None for v in (self.count, self.indices, self.names)) != 1:
+            raise ValueError("give exactly one of 'count', 'indices' or 'names'")
         return self
 
     @classmethod
@@ -197,13 +202,35 @@ def run_ffn(model, cfg: FFNConfig, ctx):
     return _run_transformer(model, cfg, ctx, prune_ffn, "ffn")
 
 
+def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
+    from .blocks import drop_residual_blocks, residual_blocks
+
+    example = ctx.task.example_inputs(1)
+    names = cfg.names
+    if cfg.indices is not None:
+        candidates = residual_blocks(model, example)
+        bad = [i for i in cfg.indices if not 0 <= i < len(candidates)]
+        if bad:
+            raise bad_param("layers", "indices", f"positions in [0, {len(candidates) - 1}] of the removable "
+                            f"residual blocks {candidates}", list(cfg.indices))
+        names = tuple(candidates[i] for i in cfg.indices)
+    if names is not None:
+        return drop_residual_blocks(model, example, names=list(names))
+    x = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+    return drop_residual_blocks(model, example, cfg.count, batches=[x[i:i + 64] for i in range(0, len(x), 64)])
+
+
 @register(LayersConfig)
 def run_layers(model, cfg: LayersConfig, ctx):
+    from .hf import _is_hf
     from .transformer import drop_layers
 
-    if _not_transformer(model, ctx, cfg.method):
-        return model
-    if cfg.indices is not None:
+    if not _is_hf(model):
+        model, report = _drop_cnn_blocks(model, cfg, ctx)
+    elif cfg.names is not None:
+        raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
+                        "residual blocks)", list(cfg.names))
+    elif cfg.indices is not None:
         model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
     else:
         inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)

@@ -1,0 +1,135 @@
+"""Whole residual blocks of CNNs: ``y = f(x) + x`` blocks replaced by the identity.
+
+A residual block whose output has its input's shape can be removed without touching any other
+layer: replacing it by ``nn.Identity`` keeps every shape valid (Veit et al. 2016 show residual
+networks degrade gracefully when single blocks go). Candidates are found by tracing each module
+with ``torch.fx``: its input must reach an addition directly (through identity shortcuts only)
+and its output shape must equal its input shape on the example inputs. Which blocks go is either
+given by name or chosen as the ones that change their input least (block influence,
+1 - cosine(input, output) over channels at every position, the CNN form of ShortGPT's measure).
+
+Depth is the granularity that speeds up small-channel CNNs where width does not: a 16-channel
+convolution at 28x28 runs far below the CPU's peak, and cutting its channels to 8 saves little
+time, while removing the block saves all of it (see BENCHMARKS.md, issue 4).
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import fx, nn
+
+from netslim.core.errors import NetslimError, bad_param
+from netslim.measure.counts import count_params
+
+from .plan import PrunePlan, apply_plan
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+_PASS = (nn.Identity, nn.Dropout)  # shortcut modules that return their input
+
+
+def _is_input(node: fx.Node, root: nn.Module, placeholder: fx.Node) -> bool:
+    while node is not placeholder:
+        if node.op == "call_module" and isinstance(root.get_submodule(node.target), _PASS) and node.args:
+            node = node.args[0]
+        else:
+            return False
+    return True
+
+
+def _adds_its_input(module: nn.Module) -> bool:
+    try:
+        graph = fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - untraceable modules are simply not candidates
+        return False
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        return False
+    for n in graph.nodes:
+        is_add = (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        if is_add and any(isinstance(a, fx.Node) and _is_input(a, module, inputs[0]) for a in n.args[:2]):
+            return True
+    return False
+
+
+@torch.no_grad()
+def residual_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
+    """Names of the modules that can be replaced by the identity (in the model's order)."""
+    shapes: dict[str, tuple[tuple, tuple]] = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+        return fn
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+             if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
+    was = model.training
+    model.eval()
+    try:
+        model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    names = [n for n, (i, o) in shapes.items() if i == o and list(model.get_submodule(n).parameters())]
+    return [n for n in names if _adds_its_input(model.get_submodule(n))]
+
+
+@torch.no_grad()
+def residual_block_influence(model: nn.Module, names: Sequence[str], batches: Iterable[Any]) -> torch.Tensor:
+    """Per block: mean over samples and positions of 1 - cos(block input, block output) over channels."""
+    sums = torch.zeros(len(names))
+    counts = torch.zeros(len(names))
+
+    def hook(i):
+        def fn(module, args, output):
+            cos = nn.functional.cosine_similarity(args[0].float(), output.float(), dim=1)
+            sums[i] += (1 - cos).sum().cpu()
+            counts[i] += cos.numel()
+        return fn
+
+    hooks = [model.get_submodule(n).register_forward_hook(hook(i)) for i, n in enumerate(names)]
+    was = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return sums / counts.clamp_min(1)
+
+
+def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | None = None, *,
+                         names: Sequence[str] | None = None, batches: Iterable[Any] | None = None,
+                         ) -> tuple[nn.Module, dict[str, Any]]:
+    """Replace ``count`` residual blocks (the least influential on ``batches``) or the blocks
+    ``names`` by the identity, in place; returns ``(model, report)`` with the plan."""
+    candidates = residual_blocks(model, example_inputs)
+    if not candidates:
+        raise NetslimError(f"{type(model).__name__} has no residual block (y = f(x) + x with the input's shape) "
+                           "that can be removed.")
+    influence = None
+    if names is not None:
+        bad = [n for n in names if n not in candidates]
+        if bad or not names or len(set(names)) != len(names):
+            raise bad_param("drop_residual_blocks", "names", f"distinct names among {candidates}", list(names))
+        chosen = list(names)
+    else:
+        if not isinstance(count, int) or not 0 < count <= len(candidates):
+            raise bad_param("drop_residual_blocks", "count", f"an int in [1, {len(candidates)}] "
+                            f"(removable blocks: {candidates})", count)
+        if batches is None:
+            raise NetslimError("drop_residual_blocks: block influence needs calibration batches (or give 'names').")
+        influence = residual_block_influence(model, candidates, batches)
+        chosen = [candidates[i] for i in sorted(torch.argsort(influence)[:count].tolist())]
+    before = count_params(model)
+    plan = PrunePlan(drop_modules=chosen)
+    apply_plan(model, plan, "shrink")
+    return model, {"params_before": before, "params_after": count_params(model), "dropped": chosen,
+                   "candidates": candidates, "plan": plan.to_dict(), "skipped": [],
+                   "influence": None if influence is None else dict(zip(candidates, influence.tolist()))}
