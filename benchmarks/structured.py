@@ -38,7 +38,8 @@ import torch
 import netslim
 from netslim.core.serialize import atomic_write
 from netslim.measure import count_params, interleaved_latency
-from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, total_macs
+from netslim.prune.structured import (drop_layers, drop_residual_blocks, prune_channels, prune_ffn, prune_heads,
+                                     total_macs)
 from netslim.train.loop import Callback, FinetuneConfig, fit
 from netslim.train.pretrain import cache_dir, checkpoint_path
 from netslim.train.tasks import get_task
@@ -154,17 +155,84 @@ def _pruned_run(args, prune) -> dict | None:
     return out
 
 
+def _stage_ratios(widths: str) -> dict[str, float]:
+    """ResNet-20 per-stage widths "s1,i1,s2,i2,s3,i3" (the residual stream and the blocks' inner
+    channels of stages 1-3, out of 16/16/32/32/64/64) as a per-layer plan {selector: share removed}."""
+    w = [int(v) for v in widths.split(",")]
+    full = (16, 16, 32, 32, 64, 64)
+    if len(w) != 6 or not all(0 < k <= f for k, f in zip(w, full)):
+        raise SystemExit(f"--widths: six channel counts 's1,i1,s2,i2,s3,i3' up to {full}; got {widths!r}")
+    r = [1 - k / f for k, f in zip(w, full)]
+    # the stream of stage 1 is the stem's group; those of stages 2 and 3 are named after their first
+    # block's conv2 (which, with the shortcut, produces them)
+    return {"conv1": r[0], "layer1.*.conv1": r[1], "layer2.0.conv2": r[2], "layer2.*.conv1": r[3],
+            "layer3.0.conv2": r[4], "layer3.*.conv1": r[5]}
+
+
+def _per_layer_plan(args) -> dict[str, float] | None:
+    if args.widths:
+        if args.model != "resnet20":
+            raise SystemExit("--widths names ResNet-20's stages; use --ratios for other models")
+        return _stage_ratios(args.widths)
+    return json.loads(args.ratios) if args.ratios else None
+
+
+def plans(args) -> dict:
+    """Latency of candidate per-layer plans before any training (time does not depend on the
+    weights' values): each ``--widths`` candidate (``;``-separated) shrinks the trained base,
+    then base and candidates are timed interleaved at batch 64 in every ``--variants`` preparation."""
+    torch.set_num_threads(args.threads)
+    base = netslim.load(checkpoint_path(args.model))
+    task = get_task("fashion-mnist")
+    x1 = task.example_inputs(1)
+    models = {"base": base}
+    for spec in args.widths.split(";"):  # "widths" or "widths|block,block" (blocks dropped first)
+        widths, _, drop = spec.partition("|")
+        m = copy.deepcopy(base)
+        if drop:
+            m = drop_residual_blocks(m, x1, names=drop.split(","))[0]
+        if widths:
+            m = prune_channels(m, x1, ratios=_stage_ratios(widths), min_keep_ratio=1e-6)[0]
+        models[spec] = m
+    macs = {k: total_macs(m, x1) for k, m in models.items()}
+    out = {"model": args.model, "threads": args.threads, "widths": list(models)[1:],
+           "macs_share": {k: round(macs[k] / macs["base"], 4) for k in models if k != "base"}}
+    x = task.example_inputs(64)
+    for variant in (args.variants or "plain,fold+cl").split(","):
+        prepared = {k: _variant(m, variant) for k, m in models.items()}
+        xv = x.contiguous(memory_format=torch.channels_last) if "cl" in variant else x
+        t = interleaved_latency(prepared, xv, rounds=args.rounds, repeats=10, threads=args.threads)
+        out[variant] = {"b64_ms": {k: round(v, 3) for k, v in t.items()},
+                        "speedup": {k: round(t["base"] / t[k], 3) for k in models if k != "base"}}
+        print(variant, json.dumps(out[variant]["speedup"]), flush=True)
+    return out
+
+
 def cnn(args) -> dict | None:
     def prune(base, task, x1):
         kwargs = {}
         if args.criterion in ("taylor", "activation"):
             import itertools
             kwargs = {"batches": list(itertools.islice(task.train_batches(0, 64), 16)), "loss_fn": task.loss}
-        model, report = prune_channels(copy.deepcopy(base), x1, target_macs=args.macs, criterion=args.criterion,
-                                       scope=args.scope, round_to=args.round_to, **kwargs)
-        return model, {"method": "netslim", "criterion": args.criterion, "scope": args.scope,
+        model, plans, extra = copy.deepcopy(base), [], {}
+        if args.drop:  # whole residual blocks first, then channels of what is left
+            model, rep = drop_residual_blocks(model, x1, names=args.drop.split(","))
+            plans.append(rep["plan"])
+            extra["dropped_blocks"] = rep["dropped"]
+        # --ratios / --widths: a per-layer plan ({selector: share removed}) instead of the global MAC target
+        per_layer = _per_layer_plan(args)
+        target = {"ratios": per_layer} if per_layer else {
+            "target_macs": args.macs * total_macs(base, x1) / total_macs(model, x1), "scope": args.scope}
+        model, report = prune_channels(model, x1, criterion=args.criterion, round_to=args.round_to,
+                                       **target, **kwargs)
+        plans.append(report["plan"])
+        # keys of their own: "ratios" and "target_macs" of the report say something else
+        plan_args = {{"ratios": "layer_ratios", "target_macs": "channels_target_macs"}.get(k, k): v
+                     for k, v in target.items()}
+        return model, {"method": "netslim", "criterion": args.criterion, **plan_args, **extra,
+                       **({"widths": args.widths} if args.widths else {}),
                        "round_to": args.round_to, "pruned_share": report.get("ratio"), "groups": report["groups"],
-                       "info": {"prune_plans": [report["plan"]]}}
+                       "info": {"prune_plans": plans}}
 
     return _pruned_run(args, prune)
 
@@ -459,11 +527,19 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "latency", "sizes", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "plans", "latency", "sizes",
+                                    "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
     p.add_argument("--scope", default="global")
+    p.add_argument("--ratios", default="", help='cnn: per-layer plan as JSON {selector: share removed}, e.g. '
+                   '\'{"conv1": 0.5, "layer1.*.conv1": 0.5}\' (replaces --macs/--scope)')
+    p.add_argument("--drop", default="", help="cnn: residual blocks replaced by the identity before channel "
+                   "pruning, comma-separated module names (e.g. layer1.1,layer1.2)")
+    p.add_argument("--widths", default="", help="cnn/plans, ResNet-20: kept channels per stage 's1,i1,s2,i2,s3,i3' "
+                   "(residual stream and inner channels of stages 1-3); plans: several, ';'-separated, each optionally "
+                   "followed by '|' and blocks to drop")
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
@@ -484,7 +560,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "latency": latency, "sizes": sizes,
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "plans": plans,
+             "latency": latency, "sizes": sizes,
              "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
     if result is None:
@@ -492,6 +569,7 @@ def main() -> None:
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
+           "plans": f"plans_{args.model}_t{args.threads}",
            "latency": f"latency_{args.model}_{args.tag}_t{args.threads}" + (
                f"_{args.variants.replace(',', '_')}" if args.variants else ""), "sizes": f"sizes_{args.model}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
