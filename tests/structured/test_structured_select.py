@@ -155,3 +155,20 @@ def test_activation_score_is_column_norm_times_input_rms():
         h = model.relu2(model.fc2(model.relu1(model.fc1(model.flatten(batch[0])))))  # fc3's input (16, 100)
     oracle = model.fc3.weight.norm(dim=0) * h.pow(2).mean(0).sqrt()
     torch.testing.assert_close(s, oracle.detach(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill", [0.0, 1.0])
+def test_finetune_with_distillation_uses_the_unpruned_teacher(fmnist_small, tmp_path, distill):
+    # oracle: nothing pruned (ratio 0), so the student starts equal to its teacher; with the soft
+    # loss alone (weight 1) every gradient is zero and the weights stay put, while plain
+    # fine-tuning (weight 0) moves them
+    torch.manual_seed(0)
+    model = build_model("lenet300")  # no BatchNorm, no dropout: train and eval outputs agree
+    before = copy.deepcopy(model)
+    ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
+    cfg = make_config({"method": "channels", "ratio": 0.0, "distill": distill,
+                       "finetune": {"epochs": 1, "max_steps": 3, "batch_size": 32, "lr": 0.1, "amp": "none",
+                                    "weight_decay": 0.0}})
+    model = apply(model, cfg, ctx)
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(model.parameters(), before.parameters()))
+    assert (moved < 1e-6) if distill == 1.0 else (moved > 1e-3)

@@ -7,6 +7,7 @@
   scope: global           # global | uniform   (or ratios: {"layer3.*": 0.5})
   iterations: 2           # prune in steps, fine-tuning between them
   finetune: {epochs: 1, lr: 0.01}
+  distill: 0.5            # fine-tune with the unpruned model's soft targets (KD weight; 0 = plain)
 ```
 
 Every step shrinks the model physically and appends its prune plan to the artifact's
@@ -37,6 +38,10 @@ class _StructuredBase(MethodConfig):
     calibration_batch_size: int = Field(64, ge=1)
     iterations: int = Field(1, ge=1, le=50, description="prune in this many equal steps")
     finetune: FinetuneConfig | None = Field(None, description="fine-tuning after each iteration")
+    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets (Hinton KD) of the "
+                           "unpruned model (the model before the recipe; outside a recipe, the model entering "
+                           "this step) with this weight; 0 = plain fine-tuning")
+    distill_temperature: float = Field(4.0, gt=0)
     min_keep_ratio: float = Field(0.1, gt=0, le=1)
     round_to: int = Field(1, ge=1, description="kept counts rounded up to a multiple of this")
     on_empty: Literal["clamp", "fail"] = "clamp"
@@ -71,6 +76,27 @@ def _taylor_batches(task, cfg: _StructuredBase, seed: int):
     return list(itertools.islice(task.train_batches(seed, cfg.calibration_batch_size), cfg.calibration_batches))
 
 
+def _finetune(model, cfg: _StructuredBase, ctx, teacher, callbacks=()) -> dict:
+    """The fine-tune after a pruning iteration; with ``cfg.distill``, from ``teacher``'s soft targets."""
+    task = ctx.task
+    if cfg.distill:
+        from netslim.distill.step import DistillConfig, DistillTask
+
+        task = DistillTask(task, teacher, DistillConfig(alpha=cfg.distill, temperature=cfg.distill_temperature))
+    summary = fit(model.to(ctx.device), task, cfg.finetune, list(callbacks))
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+def _teacher(model, cfg: _StructuredBase, ctx):
+    import copy
+
+    if not cfg.distill or cfg.finetune is None:
+        return None
+    reference = getattr(ctx, "reference", None)
+    teacher = reference() if reference is not None else copy.deepcopy(model)
+    return teacher.to(ctx.device).eval().requires_grad_(False)
+
+
 def _record(ctx, name: str, report: dict) -> None:
     ctx.info.setdefault("prune_plans", []).append(report["plan"])
     for s in report.get("skipped", []):
@@ -84,6 +110,7 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
     task = ctx.task
     example = task.example_inputs(1)
     base_macs = total_macs(model, example)
+    teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
         kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
                       round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
@@ -105,9 +132,7 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
         log.info("channels iteration %d: %d -> %d params", it, report["params_before"], report["params_after"])
         if cfg.finetune is not None:
             callbacks = [BNSparsity(cfg.bn_l1)] if cfg.bn_l1 else []
-            summary = fit(model.to(ctx.device), task, cfg.finetune, callbacks)
-            report_ft = {k: v for k, v in summary.items() if k != "history"}
-            ctx.notes["channels"][-1]["finetune"] = report_ft
+            ctx.notes["channels"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher, callbacks)
     return model
 
 
@@ -174,6 +199,7 @@ def _not_transformer(model, ctx, method: str) -> bool:
 def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
     if _not_transformer(model, ctx, cfg.method):
         return model
+    teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
         kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
                       round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
@@ -183,8 +209,7 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
         report["iteration"] = it
         _record(ctx, note, report)
         if cfg.finetune is not None:
-            summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)
-            ctx.notes[note][-1]["finetune"] = {k: v for k, v in summary.items() if k != "history"}
+            ctx.notes[note][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
     return model
 
 
