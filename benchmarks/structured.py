@@ -100,7 +100,7 @@ class _Resume(Callback):
             state.stop, self.stopped = True, True
 
 
-def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
+def _finetune_and_report(args, model, state: dict, t0: float, teacher=None) -> dict | None:
     """Fine-tune ``model`` with the one budget every method gets, save, reload, measure.
 
     None when the job's time budget ran out first (rerun the same command to resume)."""
@@ -112,7 +112,12 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
     ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4,
                         select_best=False, seed=args.seed)
     resume = _Resume(_artifact(f"{args.model}_{args.tag}").with_suffix(".ckpt"), t0, args.budget)
-    summary = fit(model.to(memory_format=torch.channels_last), task, ft, [resume])
+    train_task = task
+    if args.distill:  # soft targets of the unpruned model (Hinton KD), weight args.distill, T = 4
+        from netslim.distill.step import DistillConfig, DistillTask
+
+        train_task = DistillTask(task, teacher.eval(), DistillConfig(alpha=args.distill, temperature=4.0))
+    summary = fit(model.to(memory_format=torch.channels_last), train_task, ft, [resume])
     if resume.stopped:
         return None
     model = model.to(memory_format=torch.contiguous_format)
@@ -125,6 +130,7 @@ def _finetune_and_report(args, model, state: dict, t0: float) -> dict | None:
              "macs": total_macs(back, x1), "bytes": path.stat().st_size,
              "bytes_without_plan": _size(back)}  # the stored prune plan (keep indices) is part of "bytes"
     return {"model": args.model, "seed": args.seed, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
+            "distill_alpha": args.distill,
             "finetune_seconds": round(resume.seconds, 1), "history": summary["history"],
             "prune_seconds": state["prune_s"], "before": before, "after": after, "artifact": str(path), **extra,
             "ratios": {k: round(after[k] / before[k], 4) for k in ("params", "macs", "bytes")},
@@ -149,7 +155,7 @@ def _pruned_run(args, prune) -> dict | None:
         state = {"before": before, "pruned_acc": round(task.evaluate(model, "test")["accuracy"] * 100, 2),
                  "prune_s": prune_s, "extra": extra}
         atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(state)))
-    out = _finetune_and_report(args, model, state, t0)
+    out = _finetune_and_report(args, model, state, t0, teacher=base)
     if out is not None:
         meta_path.unlink(missing_ok=True)
     return out
@@ -535,6 +541,8 @@ def main() -> None:
     p.add_argument("--scope", default="global")
     p.add_argument("--ratios", default="", help='cnn: per-layer plan as JSON {selector: share removed}, e.g. '
                    '\'{"conv1": 0.5, "layer1.*.conv1": 0.5}\' (replaces --macs/--scope)')
+    p.add_argument("--distill", type=float, default=0.0, help="cnn: fine-tune with soft targets of the unpruned "
+                   "model (KD, T = 4) with this weight (0: plain fine-tuning, as Torch-Pruning's runs)")
     p.add_argument("--drop", default="", help="cnn: residual blocks replaced by the identity before channel "
                    "pruning, comma-separated module names (e.g. layer1.1,layer1.2)")
     p.add_argument("--widths", default="", help="cnn/plans, ResNet-20: kept channels per stage 's1,i1,s2,i2,s3,i3' "
@@ -569,7 +577,7 @@ def main() -> None:
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
-           "plans": f"plans_{args.model}_t{args.threads}",
+           "plans": f"plans_{args.model}_{args.tag}_t{args.threads}",
            "latency": f"latency_{args.model}_{args.tag}_t{args.threads}" + (
                f"_{args.variants.replace(',', '_')}" if args.variants else ""), "sizes": f"sizes_{args.model}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
