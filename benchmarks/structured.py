@@ -10,6 +10,9 @@ benchmarks/results/structured.json):
   (``--tag`` must differ from the netslim run's, e.g. ``tp2x``).
 * ``tp_scores``: why the two keep different channels: both L2 group importances per group
   (rank correlation, spread) and the channels each artifact kept.
+* ``convs``: each ResNet-20 3x3 conv shape alone at batch 64 (why width alone buys little time);
+* ``plans``: latency of candidate per-layer plans (``--widths``, with blocks to drop) before any
+  training, to choose a plan that is fast as well as small;
 * ``latency``: the saved artifacts (``--tag 2x,tp2x``) vs the baseline, interleaved medians at
   batch 64 and 1, plus the share of batch-1 time that does not scale with the batch (per-call
   overhead); keyed by ``--threads``.
@@ -181,6 +184,39 @@ def _per_layer_plan(args) -> dict[str, float] | None:
             raise SystemExit("--widths names ResNet-20's stages; use --ratios for other models")
         return _stage_ratios(args.widths)
     return json.loads(args.ratios) if args.ratios else None
+
+
+def convs(args) -> dict:
+    """Why width alone buys little time on ResNet-20: each 3x3 conv (+ BN + ReLU) shape of its
+    stages alone at batch 64, interleaved, in NCHW and channels_last; ms and MMAC per ms."""
+    import itertools
+    import statistics
+
+    torch.set_num_threads(args.threads)
+    cells = {}
+    for hw, chans in ((28, (8, 16)), (14, (8, 16, 32)), (7, (16, 32, 48, 64))):
+        for ci, co, cl in itertools.product(chans, chans, (False, True)):
+            layer = torch.nn.Sequential(torch.nn.Conv2d(ci, co, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(co),
+                                        torch.nn.ReLU()).eval()
+            x = torch.randn(64, ci, hw, hw)
+            if cl:
+                layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            cells[f"{hw}x{hw} {ci}->{co} {'cl' if cl else 'nchw'}"] = (layer, x, ci * co * 9 * hw * hw * 64)
+    times: dict[str, list[float]] = {k: [] for k in cells}
+    with torch.inference_mode():
+        for layer, x, _ in cells.values():
+            layer(x)
+        for _ in range(args.rounds):
+            for k, (layer, x, _) in cells.items():
+                t = time.perf_counter()
+                for _ in range(10):
+                    layer(x)
+                times[k].append((time.perf_counter() - t) / 10 * 1e3)
+    out = {}
+    for k, (_, _, macs) in cells.items():
+        ms = statistics.median(times[k])
+        out[k] = {"ms": round(ms, 3), "mmac_per_ms": round(macs / 1e6 / ms, 1)}
+    return {"threads": args.threads, "batch": 64, "convs": out}
 
 
 def plans(args) -> dict:
@@ -377,7 +413,7 @@ def _timings(models: dict, task, args, variant: str) -> dict:
 
 @torch.inference_mode()
 def _profile(models: dict, task, variant: str, calls: int = 10) -> dict:
-    """Where a batch-64 call spends its time: self CPU ms per call by aten op (top 6 per model),
+    """Where a batch-64 call spends its time: self CPU ms per call by aten op and input shape (top 8),
     from ``torch.profiler`` (which adds its own overhead: for shares, not for speedups)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -387,12 +423,13 @@ def _profile(models: dict, task, variant: str, calls: int = 10) -> dict:
     out = {}
     for k, m in models.items():
         m(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(calls):
                 m(x)
-        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-        out[k] = {e.key: round(e.self_cpu_time_total / 1e3 / calls, 3) for e in ops[:6]} | {
-            "total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)}
+        ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        # keyed by op and first input's shape: which layer a slow op is
+        out[k] = {f"{e.key} {e.input_shapes[0] if e.input_shapes else ''}": round(e.self_cpu_time_total / 1e3 / calls, 3)
+                  for e in ops[:8]} | {"total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)}
     return out
 
 
@@ -533,8 +570,8 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "plans", "latency", "sizes",
-                                    "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "convs", "plans", "latency",
+                                    "sizes", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
@@ -568,7 +605,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "plans": plans,
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "convs": convs, "plans": plans,
              "latency": latency, "sizes": sizes,
              "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
@@ -577,7 +614,7 @@ def main() -> None:
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
-           "plans": f"plans_{args.model}_{args.tag}_t{args.threads}",
+           "plans": f"plans_{args.model}_{args.tag}_t{args.threads}", "convs": f"convs_t{args.threads}",
            "latency": f"latency_{args.model}_{args.tag}_t{args.threads}" + (
                f"_{args.variants.replace(',', '_')}" if args.variants else ""), "sizes": f"sizes_{args.model}"}.get(
         args.part, f"{args.part}_{args.model}_{args.tag}")
