@@ -30,7 +30,8 @@ def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Modu
 
 
 __all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",
-           "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores", "plan_channels", "plan_from_keep",
+           "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores", "plan_channels",
+           "plan_from_keep",
            "plan_transformer", "prune_channels", "prune_ffn", "prune_heads", "replay", "residual_block_influence",
            "residual_blocks", "total_macs",
            "transformer_graph"]

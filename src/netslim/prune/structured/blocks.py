@@ -47,7 +47,8 @@ def _adds_its_input(module: nn.Module) -> bool:
     if len(inputs) != 1:
         return False
     for n in graph.nodes:
-        is_add = (n.op == "call_function" and n.target in _ADDS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        is_add = ((n.op == "call_function" and n.target in _ADDS)
+                  or (n.op == "call_method" and n.target in ("add", "add_")))
         if is_add and any(isinstance(a, fx.Node) and _is_input(a, module, inputs[0]) for a in n.args[:2]):
             return True
     return False
@@ -79,29 +80,41 @@ def residual_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
 
 
 @torch.no_grad()
-def residual_block_influence(model: nn.Module, names: Sequence[str], batches: Iterable[Any]) -> torch.Tensor:
-    """Per block: mean over samples and positions of 1 - cos(block input, block output) over channels."""
-    sums = torch.zeros(len(names))
-    counts = torch.zeros(len(names))
+def mean_influence(model: nn.Module, blocks: Sequence[nn.Module], batches: Iterable[Any], dim: int) -> torch.Tensor:
+    """Per block: mean of 1 - cos(block input, block output) along ``dim`` (channels of a CNN,
+    hidden size of a transformer) over every other position of ``batches``; low = removable.
+    A batch is a tensor, an ``(inputs, target)`` pair or a dict of keyword inputs."""
+    sums = torch.zeros(len(blocks))
+    counts = torch.zeros(len(blocks))
 
     def hook(i):
-        def fn(module, args, output):
-            cos = nn.functional.cosine_similarity(args[0].float(), output.float(), dim=1)
+        def fn(module, args, kwargs, output):
+            x = args[0] if args else kwargs.get("hidden_states")
+            y = output[0] if isinstance(output, tuple) else output
+            cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=dim)
             sums[i] += (1 - cos).sum().cpu()
             counts[i] += cos.numel()
         return fn
 
-    hooks = [model.get_submodule(n).register_forward_hook(hook(i)) for i, n in enumerate(names)]
+    hooks = [blk.register_forward_hook(hook(i), with_kwargs=True) for i, blk in enumerate(blocks)]
     was = model.training
     model.eval()
     try:
         for batch in batches:
-            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            if isinstance(batch, dict):
+                model(**batch)
+            else:
+                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
     finally:
         for h in hooks:
             h.remove()
         model.train(was)
     return sums / counts.clamp_min(1)
+
+
+def residual_block_influence(model: nn.Module, names: Sequence[str], batches: Iterable[Any]) -> torch.Tensor:
+    """Per residual block ``names``: 1 - cos(input, output) over channels, averaged over positions."""
+    return mean_influence(model, [model.get_submodule(n) for n in names], batches, dim=1)
 
 
 def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | None = None, *,

@@ -17,6 +17,7 @@ from torch import nn
 from netslim.core.errors import NetslimError, bad_param
 from netslim.measure.counts import count_params
 
+from .blocks import mean_influence
 from .channels import excluded_groups
 from .hf import _block_list, transformer_graph, hf_fixups
 from .importance import group_scores
@@ -71,35 +72,10 @@ def prune_ffn(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module,
     return model, _report(model, plan, graph, before)
 
 
-@torch.no_grad()
 def block_influence(model: nn.Module, batches: Iterable[Any]) -> torch.Tensor:
     """Per block: mean over tokens of 1 - cos(block input, block output) (low = removable)."""
     blocks, _, _ = _block_list(model)
-    sums = torch.zeros(len(blocks))
-    counts = torch.zeros(len(blocks))
-    hooks = []
-
-    def hook(i):
-        def fn(module, args, kwargs, output):
-            x = args[0] if args else kwargs.get("hidden_states")
-            y = output[0] if isinstance(output, tuple) else output
-            cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)  # (B, T)
-            sums[i] += (1 - cos).sum().cpu()
-            counts[i] += cos.numel()
-        return fn
-
-    for i, blk in enumerate(blocks):
-        hooks.append(blk.register_forward_hook(hook(i), with_kwargs=True))
-    was = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model(**batch) if isinstance(batch, dict) else model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return sums / counts.clamp_min(1)
+    return mean_influence(model, list(blocks), batches, dim=-1)
 
 
 def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = None, *,
