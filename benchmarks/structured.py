@@ -428,7 +428,8 @@ def _profile(models: dict, task, variant: str, calls: int = 10) -> dict:
                 m(x)
         ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
         # keyed by op and first input's shape: which layer a slow op is
-        out[k] = {f"{e.key} {e.input_shapes[0] if e.input_shapes else ''}": round(e.self_cpu_time_total / 1e3 / calls, 3)
+        shape = lambda e: e.input_shapes[0] if e.input_shapes else ""  # noqa: E731
+        out[k] = {f"{e.key} {shape(e)}": round(e.self_cpu_time_total / 1e3 / calls, 3)
                   for e in ops[:8]} | {"total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)}
     return out
 
@@ -605,7 +606,8 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "convs": convs, "plans": plans,
+    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "convs": convs,
+             "plans": plans,
              "latency": latency, "sizes": sizes,
              "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
