@@ -30,7 +30,7 @@ def test_recipes_state_their_targets():
     search = load_recipe(RECIPES / "search_resnet20_macs2x.yaml").steps[0]
     assert (search.method, search.target, search.budget) == ("search_channels", "macs", 0.5)
     # the same fine-tuning as the uniform / global-ranking recipe it is compared with
-    baseline = load_recipe(RECIPES / "channels_resnet20_2x.yaml").steps[0]
+    baseline = next(s for s in load_recipe(RECIPES / "channels_resnet20_2x.yaml").steps if s.method == "channels")
     assert search.finetune.to_dict() == baseline.finetune.to_dict()
 
     na = load_recipe(RECIPES / "netadapt_mobilenetv2.yaml")

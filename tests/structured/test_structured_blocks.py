@@ -109,6 +109,10 @@ def test_recipe_step_layers_on_a_cnn(fmnist_small, tmp_path):
     assert isinstance(model.layer1[0], nn.Identity)
     model = apply(build_model("resnet20"), make_config({"method": "layers", "names": ["layer3.1"]}), ctx)
     assert isinstance(model.layer3[1], nn.Identity)
+    # nothing removable: the model passes unchanged and the report says why
+    lenet = build_model("lenet300")
+    assert apply(lenet, make_config({"method": "layers", "count": 1}), ctx) is lenet
+    assert "no residual block" in ctx.skipped[-1]["reason"] and len(ctx.notes["layers"]) == 3
 
 
 def test_bad_input_names_the_allowed_blocks():

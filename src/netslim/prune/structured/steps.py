@@ -231,9 +231,13 @@ def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
     from .blocks import drop_residual_blocks, residual_blocks
 
     example = ctx.task.example_inputs(1)
+    candidates = residual_blocks(model, example)
+    if not candidates and cfg.names is None:  # nothing provably removable: skipped, with the reason
+        ctx.skip(type(model).__name__, "layers: not a Hugging Face transformer and no residual block "
+                 "(y = f(x) + x with the input's shape) to remove")
+        return model, None
     names = cfg.names
     if cfg.indices is not None:
-        candidates = residual_blocks(model, example)
         bad = [i for i in cfg.indices if not 0 <= i < len(candidates)]
         if bad:
             raise bad_param("layers", "indices", f"positions in [0, {len(candidates) - 1}] of the removable "
@@ -252,6 +256,8 @@ def run_layers(model, cfg: LayersConfig, ctx):
 
     if not _is_hf(model):
         model, report = _drop_cnn_blocks(model, cfg, ctx)
+        if report is None:
+            return model
     elif cfg.names is not None:
         raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
                         "residual blocks)", list(cfg.names))
