@@ -15,7 +15,7 @@ from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import read_description
 from netslim.models import build_model
-from netslim.prune.structured import (PrunePlan, apply_plan, drop_residual_blocks, prune_channels,
+from netslim.prune.structured import (PrunePlan, apply_plan, block_costs, drop_residual_blocks, prune_channels,
                                       residual_block_influence, residual_blocks, replay, total_macs)
 
 RESNET20_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
@@ -84,6 +84,24 @@ def test_influence_ranks_a_silenced_block_first():
     assert (influence[[i for i, n in enumerate(RESNET20_BLOCKS) if n != "layer2.2"]] > 1e-3).all()
     _, report = drop_residual_blocks(model, X, 1, batches=[X])
     assert report["dropped"] == ["layer2.2"]
+
+
+def test_influence_per_ms_removes_slow_blocks_first():
+    model = randomize_bn(build_model("resnet20"))
+    influence = residual_block_influence(model, RESNET20_BLOCKS, [X])
+    most = RESNET20_BLOCKS[int(influence.argmax())]
+    # the most influential block, made a million times slower than the rest, has the lowest
+    # influence per ms: it goes first; by influence alone it stays
+    costs = {n: 1e6 if n == most else 1.0 for n in RESNET20_BLOCKS}
+    _, by_ms = drop_residual_blocks(copy.deepcopy(model), X, 1, batches=[X], by="influence_per_ms", costs=costs)
+    _, by_inf = drop_residual_blocks(copy.deepcopy(model), X, 1, batches=[X])
+    assert by_ms["dropped"] == [most] and by_inf["dropped"] != [most]
+    measured = block_costs(model, RESNET20_BLOCKS, X, repeats=3)
+    assert set(measured) == set(RESNET20_BLOCKS) and all(0 < v < 1e4 for v in measured.values())
+    with pytest.raises(NetslimError, match="costs"):
+        drop_residual_blocks(copy.deepcopy(model), X, 1, batches=[X], by="influence_per_ms", costs={"layer1.0": 1.0})
+    with pytest.raises(NetslimError, match="by"):
+        drop_residual_blocks(copy.deepcopy(model), X, 1, batches=[X], by="flops")
 
 
 def test_blocks_then_channels_replay_on_the_original(tmp_path):

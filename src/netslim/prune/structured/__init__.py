@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .blocks import drop_residual_blocks, residual_block_influence, residual_blocks
+from .blocks import block_costs, drop_residual_blocks, residual_block_influence, residual_blocks
 from .channels import plan_channels, prune_channels, total_macs
 from .importance import CRITERIA, group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
@@ -30,8 +30,6 @@ def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Modu
 
 
 __all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",
-           "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores", "plan_channels",
-           "plan_from_keep",
-           "plan_transformer", "prune_channels", "prune_ffn", "prune_heads", "replay", "residual_block_influence",
-           "residual_blocks", "total_macs",
-           "transformer_graph"]
+           "block_costs", "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores",
+           "plan_channels", "plan_from_keep", "plan_transformer", "prune_channels", "prune_ffn", "prune_heads",
+           "replay", "residual_block_influence", "residual_blocks", "total_macs", "transformer_graph"]

@@ -173,6 +173,9 @@ class LayersConfig(MethodConfig):
     indices: tuple[int, ...] | None = Field(None, description="or exactly these blocks (CNNs: positions in "
                                             "the list of removable residual blocks)")
     names: tuple[str, ...] | None = Field(None, description="CNNs: or exactly these residual blocks, by module name")
+    by: Literal["influence", "influence_per_ms"] = Field(
+        "influence", description="with 'count', CNNs: least influence, or least influence per ms the block "
+        "takes (measured), which removes slow blocks first among equally unimportant ones")
     calibration_samples: int = Field(16, ge=1)
     finetune: FinetuneConfig | None = None
 
@@ -246,7 +249,8 @@ def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
     if names is not None:
         return drop_residual_blocks(model, example, names=list(names))
     x = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-    return drop_residual_blocks(model, example, cfg.count, batches=[x[i:i + 64] for i in range(0, len(x), 64)])
+    return drop_residual_blocks(model, example, cfg.count, batches=[x[i:i + 64] for i in range(0, len(x), 64)],
+                                by=cfg.by)
 
 
 @register(LayersConfig)
@@ -261,6 +265,9 @@ def run_layers(model, cfg: LayersConfig, ctx):
     elif cfg.names is not None:
         raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
                         "residual blocks)", list(cfg.names))
+    elif cfg.by != "influence":
+        raise bad_param("layers", "by", "'influence' for a transformer ('influence_per_ms' is for CNN "
+                        "residual blocks)", cfg.by)
     elif cfg.indices is not None:
         model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
     else:
