@@ -11,6 +11,7 @@ benchmarks/results/structured.json):
 * ``tp_scores``: why the two keep different channels: both L2 group importances per group
   (rank correlation, spread) and the channels each artifact kept.
 * ``convs``: each ResNet-20 3x3 conv shape alone at batch 64 (why width alone buys little time);
+* ``blocks``: which residual blocks ``layers`` picks by itself (influence, influence per ms);
 * ``plans``: latency of candidate per-layer plans (``--widths``, with blocks to drop) before any
   training, to choose a plan that is fast as well as small;
 * ``latency``: the saved artifacts (``--tag 2x,tp2x``) vs the baseline, interleaved medians at
@@ -217,6 +218,23 @@ def convs(args) -> dict:
         ms = statistics.median(times[k])
         out[k] = {"ms": round(ms, 3), "mmac_per_ms": round(macs / 1e6 / ms, 1)}
     return {"threads": args.threads, "batch": 64, "convs": out}
+
+
+def blocks(args) -> dict:
+    """Which residual blocks ``layers`` with ``count: 2`` removes on its own: block influence on 64
+    calibration images, each block's measured ms at batch 64, and the picks by influence and by
+    influence per ms (both cores; the costs are timings)."""
+    torch.set_num_threads(args.threads)
+    base = netslim.load(checkpoint_path(args.model))
+    x = get_task("fashion-mnist").calibration_inputs(64, seed=0)
+    out = {"model": args.model, "threads": args.threads}
+    for by in ("influence", "influence_per_ms"):
+        _, rep = drop_residual_blocks(copy.deepcopy(base), x[:1], 2, batches=[x], by=by)
+        out[f"dropped_by_{by}"] = rep["dropped"]
+        out["influence"] = {k: round(v, 4) for k, v in rep["influence"].items()}
+        if rep["costs_ms"]:
+            out["costs_ms"] = {k: round(v, 3) for k, v in rep["costs_ms"].items()}
+    return out
 
 
 def plans(args) -> dict:
@@ -571,8 +589,8 @@ def smollm2(args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "convs", "plans", "latency",
-                                    "sizes", "minilm", "smollm2"])
+    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "convs", "blocks", "plans",
+                                    "latency", "sizes", "minilm", "smollm2"])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
@@ -607,7 +625,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "convs": convs,
-             "plans": plans,
+             "blocks": blocks, "plans": plans,
              "latency": latency, "sizes": sizes,
              "minilm": minilm, "smollm2": smollm2}
     result = parts[args.part](args)
