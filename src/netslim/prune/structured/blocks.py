@@ -14,8 +14,9 @@ time, while removing the block saves all of it (see BENCHMARKS.md, issue 4).
 """
 from __future__ import annotations
 
+import contextlib
 import operator
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import fx, nn
@@ -28,6 +29,19 @@ from .plan import PrunePlan, apply_plan
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _PASS = (nn.Identity, nn.Dropout)  # shortcut modules that return their input
+
+
+@contextlib.contextmanager
+def _hooked_eval(model: nn.Module, hooks: list) -> Iterator[None]:
+    """Run ``model`` in eval mode with ``hooks`` registered; removes them and restores the mode."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
 
 
 def _is_input(node: fx.Node, root: nn.Module, placeholder: fx.Node) -> bool:
@@ -68,14 +82,8 @@ def residual_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
 
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
              if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
-    was = model.training
-    model.eval()
-    try:
+    with _hooked_eval(model, hooks):
         model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     names = [n for n, (i, o) in shapes.items() if i == o and list(model.get_submodule(n).parameters())]
     return [n for n in names if _adds_its_input(model.get_submodule(n))]
 
@@ -98,18 +106,12 @@ def mean_influence(model: nn.Module, blocks: Sequence[nn.Module], batches: Itera
         return fn
 
     hooks = [blk.register_forward_hook(hook(i), with_kwargs=True) for i, blk in enumerate(blocks)]
-    was = model.training
-    model.eval()
-    try:
+    with _hooked_eval(model, hooks):
         for batch in batches:
             if isinstance(batch, dict):
                 model(**batch)
             else:
                 model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     return sums / counts.clamp_min(1)
 
 
@@ -125,14 +127,8 @@ def block_costs(model: nn.Module, names: Sequence[str], inputs: Any, repeats: in
     seen: dict[str, torch.Tensor] = {}
     hooks = [model.get_submodule(n).register_forward_pre_hook(
         lambda m, args, n=n: seen.__setitem__(n, args[0].detach().clone())) for n in names]
-    was = model.training
-    model.eval()
-    try:
+    with _hooked_eval(model, hooks):
         model(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     return {n: measure_latency(model.get_submodule(n), seen[n], warmup=3, repeats=repeats).median_ms for n in names}
 
 
