@@ -19,7 +19,9 @@ console = Console()
 
 
 def recipes_dir() -> Path:
-    return Path(os.environ.get("NETSLIM_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
+    """``$NETSLIM_RECIPES`` if set, else the recipes shipped inside the package (works from a wheel)."""
+    env = os.environ.get("NETSLIM_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parent / "recipes"
 
 
 def _recipe_path(ref: str) -> Path:
@@ -144,7 +146,7 @@ def inspect(artifact: Path, dataset: Optional[str] = typer.Option(None)):
 
 @app.command()
 def recipes():
-    """List the shipped recipes."""
+    """List the shipped recipes; 'model' is the zoo model a recipe is tied to, or 'any (--model)'."""
     import yaml
 
     rows = []
@@ -153,8 +155,12 @@ def recipes():
             d = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError:
             d = {"description": "(malformed YAML)"}
-        rows.append([p.stem, str(d.get("model", "-")), str(d.get("description", "")).strip().splitlines()[0]
-                     if d.get("description") else ""])
+        if not isinstance(d, dict):
+            d = {"description": "(not a recipe mapping)"}
+        # A recipe without `model:` is about a technique: it runs on whatever --model names.
+        model = str(d["model"]) if d.get("model") else "any (--model)"
+        desc = str(d.get("description") or "").strip()
+        rows.append([p.stem, model, desc.splitlines()[0] if desc else ""])
     console.print(_table(f"recipes in {recipes_dir()}", ["recipe", "model", "description"], rows))
 
 
