@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,16 +53,18 @@ def test_dtype_is_preserved(tmp_path):
     assert m2.fc1.weight.dtype == torch.bfloat16
 
 
-def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     m = build_model("lenet300")
     netslim.save(m, tmp_path / "a.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
-    class Bad(nn.Module):
-        pass
+    def fail_midway(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial")  # a half-written temp file, then the failure
+        raise OSError("disk full")
 
-    with pytest.raises(NetslimError, match="does not know how to rebuild"):
-        netslim.save(Bad(), tmp_path / "b.safetensors")
+    monkeypatch.setattr("netslim.core.serialize.save_file", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        netslim.save(m, tmp_path / "b.safetensors")
     assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
 
 

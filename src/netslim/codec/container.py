@@ -208,11 +208,11 @@ def decode(data: bytes, where: str = "nsz data") -> tuple[dict, dict[str, torch.
     return header, state, stats
 
 
-def model_from_bytes(data: bytes, where: str = "nsz data") -> nn.Module:
+def model_from_bytes(data: bytes, where: str = "nsz data", base=None) -> nn.Module:
     header, state, _ = decode(data, where)
     desc = header["desc"]
     try:
-        model = build_arch(desc["arch"])
+        model = build_arch(desc["arch"], base=base)
         restore_structure(model, desc)
     except (KeyError, TypeError) as e:
         raise NetslimError(f"{where}: cannot rebuild the architecture ({e}).") from None
@@ -223,10 +223,10 @@ def model_from_bytes(data: bytes, where: str = "nsz data") -> nn.Module:
     return model.eval()
 
 
-def load_nsz(path: str | os.PathLike) -> nn.Module:
-    """``netslim.load`` for ``.nsz`` files (registered by magic)."""
+def load_nsz(path: str | os.PathLike, base=None) -> nn.Module:
+    """``netslim.load`` for ``.nsz`` files (registered by magic); ``base`` as in ``netslim.load``."""
     path = Path(path)
-    return model_from_bytes(path.read_bytes(), str(path))
+    return model_from_bytes(path.read_bytes(), str(path), base=base)
 
 
 def export_nsz(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> Path:

@@ -3,7 +3,10 @@
 An artifact is a safetensors file whose metadata holds a JSON description:
 
 * ``arch``: how to build the base model (``{"kind": "zoo", ...}`` or ``{"kind": "hf", ...}``),
-  produced and consumed by builders registered with :func:`register_arch`;
+  produced and consumed by builders registered with :func:`register_arch`; a model no
+  registered kind claims (a user's own class) is ``{"kind": "user", "class": ..., "ref": ...}``:
+  netslim cannot build it and never imports code named in a file, so ``load(path, base=...)``
+  takes a fresh instance of the user's class and replays the stored structure onto it;
 * ``modules``: every module whose type or constructor arguments differ from the freshly
   built base (a shrunk Linear, a factorized layer, a sparse or int8 module), as a spec
   rebuilt through :func:`register_module` — never pickle, never an import by string;
@@ -22,7 +25,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 from safetensors import SafetensorError
@@ -51,26 +54,49 @@ def register_arch(kind: str, describe: Callable, build: Callable) -> None:
     _ARCHS[kind] = ArchKind(describe, build)
 
 
+USER_KIND = "user"
+Base = Union[nn.Module, Callable[[], nn.Module], None]  # a user model's fresh instance, or its factory
+
+
 def describe_arch(model: nn.Module) -> dict:
     _ensure_archs()
     for kind, a in _ARCHS.items():
         desc = a.describe(model)
         if desc is not None:
             return {"kind": kind, **desc}
-    raise NetslimError(
-        f"Cannot save a {type(model).__name__}: netslim does not know how to rebuild it. "
-        "Build models with netslim.models.build_model(...) or load a Hugging Face model "
-        "through netslim.models."
-    )
+    # A class netslim cannot build (the user's own): named, never imported on load.
+    cls = parametrize.type_before_parametrizations(model)
+    return {"kind": USER_KIND, "class": cls.__qualname__, "ref": getattr(model, "netslim_ref", None)}
 
 
-def build_arch(arch: dict, device: str | torch.device = "cpu") -> nn.Module:
+def build_arch(arch: dict, device: str | torch.device = "cpu", base: Base = None) -> nn.Module:
+    """The base model of ``arch``; a user model (kind "user") is ``base`` (an instance or a factory)."""
     _ensure_archs()
     kind = arch.get("kind")
+    if kind == USER_KIND:
+        return _user_base(arch, base)
     if kind not in _ARCHS:
-        raise unknown_name("architecture kind", kind, _ARCHS)
+        raise unknown_name("architecture kind", kind, [*_ARCHS, USER_KIND])
     with torch.device(device):
         return _ARCHS[kind].build(arch)
+
+
+def _user_base(arch: dict, base: Base) -> nn.Module:
+    cls, ref = arch.get("class"), arch.get("ref")
+    if base is None:
+        made = f" (made from {ref})" if ref else ""
+        raise NetslimError(
+            f"This artifact holds a model of the user class {cls!r}{made}; netslim never imports code named in "
+            "a file, so give it a fresh instance: netslim.load(path, base=YourClass()) in Python, or "
+            "--model path/to/file.py:factory on the command line."
+        )
+    model = base() if callable(base) and not isinstance(base, nn.Module) else base
+    if not isinstance(model, nn.Module):
+        raise NetslimError(f"base must be an nn.Module or a function returning one; got {type(model).__name__}.")
+    got = parametrize.type_before_parametrizations(model).__qualname__
+    if got != cls:
+        raise NetslimError(f"The artifact holds a {cls!r} model but base is a {got!r}; pass an instance of {cls}.")
+    return model
 
 
 def _ensure_archs() -> None:
@@ -223,15 +249,40 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 atomic_write = _atomic_write
 
 
+def _leaf_specs(model: nn.Module) -> dict[str, dict]:
+    """Specs of every registered module that is not inside another registered one.
+
+    A user model's base cannot be built here, so instead of the modules that differ from
+    it, every module netslim knows is recorded; unknown ones (the user's own blocks) are
+    walked through and rebuilt by the user's class on load.
+    """
+    out: dict[str, dict] = {}
+
+    def walk(prefix: str, m: nn.Module) -> None:
+        name = _type_name(parametrize.type_before_parametrizations(m))
+        if prefix and name in _MODULES and not isinstance(m, _CONTAINERS):
+            out[prefix] = _spec_unparametrized(m, prefix)
+            return
+        for k, c in m.named_children():
+            if k != "parametrizations":
+                walk(f"{prefix}.{k}" if prefix else k, c)
+
+    walk("", model)
+    return out
+
+
 def describe(model: nn.Module, info: dict | None = None) -> dict:
     """The JSON description stored beside the tensors."""
     arch = describe_arch(model)
-    with torch.device("meta"):
-        base = build_arch(arch, device="meta")
+    if arch["kind"] == USER_KIND:
+        modules = _leaf_specs(model)
+    else:
+        with torch.device("meta"):
+            base = build_arch(arch, device="meta")
+        modules = _changed_modules(model, base)
     return {
         "format": "netslim", "version": FORMAT_VERSION, "arch": arch,
-        "modules": _changed_modules(model, base), "masks": masked_params(model),
-        "info": info or {},
+        "modules": modules, "masks": masked_params(model), "info": info or {},
     }
 
 
@@ -256,11 +307,11 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
     return path
 
 
-_LOADERS: dict[bytes, Callable[[Path], nn.Module]] = {}
+_LOADERS: dict[bytes, Callable[..., nn.Module]] = {}
 
 
-def register_loader(magic: bytes, fn: Callable[[Path], nn.Module]) -> None:
-    """Another artifact format, recognised by the first bytes of the file."""
+def register_loader(magic: bytes, fn: Callable[..., nn.Module]) -> None:
+    """Another artifact format, recognised by the first bytes of the file: ``fn(path, base=None)``."""
     _LOADERS[magic] = fn
 
 
@@ -291,17 +342,21 @@ def _existing(path) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the module saved at ``path``. Never unpickles anything."""
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: Base = None) -> nn.Module:
+    """Rebuild the module saved at ``path``. Never unpickles anything.
+
+    ``base``: for a model of the user's own class, a fresh instance (or a function that makes
+    one); the stored structure (shrunk, quantized, sparse layers) is replayed onto it.
+    """
     path = _existing(path)
     _ensure_archs()
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, fn in _LOADERS.items():
         if head.startswith(magic):
-            return fn(path).to(device)
+            return fn(path, base=base).to(device)
     desc = read_description(path)
-    model = build_arch(desc["arch"])
+    model = build_arch(desc["arch"], base=base)
     restore_structure(model, desc)
     try:
         state = load_file(str(path))

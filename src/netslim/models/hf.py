@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,13 +43,10 @@ from netslim.measure.counts import register_macs
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VOCAB = 512  # > the 256 bytes + specials of the byte tokenizer; a round size like real vocabularies
 
-# Classes that "hf" artifacts may name. Built by attribute lookup on the transformers module,
-# only for these names: an artifact can never make netslim import an arbitrary string.
-HF_CLASSES = frozenset({
-    "LlamaForCausalLM", "LlamaModel", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-    "GemmaForCausalLM", "PhiForCausalLM", "OPTForCausalLM", "GPT2LMHeadModel", "GPT2Model",
-    "BertModel", "BertForMaskedLM", "BertForSequenceClassification", "DistilBertModel", "RobertaModel",
-})
+# Artifacts name their transformers class; it is looked up as an attribute of the
+# transformers module and must be a PreTrainedModel subclass, so an artifact can never make
+# netslim import an arbitrary string (see :func:`hf_class`).
+_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]{0,99}$")
 
 
 # --------------------------------------------------------------------- transformers
@@ -284,10 +283,29 @@ _TOKENIZERS = {
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name: str):
-    """The tokenizer of HF model ``name`` (shared per process: treat it as read-only)."""
-    if name not in _TOKENIZERS:
-        raise unknown_name("Hugging Face model (for its tokenizer)", name, _TOKENIZERS)
-    return _TOKENIZERS[name]()
+    """The tokenizer of HF model ``name`` — a built-in name or a model directory holding
+    tokenizer files (shared per process: treat it as read-only)."""
+    if name in _TOKENIZERS:
+        return _TOKENIZERS[name]()
+    path = Path(name)
+    if path.is_dir():
+        return _directory_tokenizer(path)
+    raise unknown_name("Hugging Face model (for its tokenizer; or a model directory)", name, _TOKENIZERS)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json",
+                    "spiece.model")
+
+
+def _directory_tokenizer(path: Path):
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise NetslimError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
+                           "tokenizer beside the model (tokenizer.save_pretrained(dir)).")
+    tf = transformers_module()
+    try:
+        return tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NetslimError(f"{path}: cannot load its tokenizer: {str(e).splitlines()[0][:200]}") from None
 
 
 # ------------------------------------------------------------------ sentence embeddings
@@ -305,6 +323,17 @@ def sentence_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> to
 
 
 # ------------------------------------------------------------------- "hf" architecture
+def hf_class(name: Any) -> type:
+    """The transformers model class called ``name`` (a PreTrainedModel subclass), or a NetslimError."""
+    tf = transformers_module()
+    cls = getattr(tf, name, None) if isinstance(name, str) and _CLASS_NAME.match(name) else None
+    if not (isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel)):
+        shown = repr(name)[:100]
+        raise NetslimError(f"Unknown Hugging Face model class {shown}: transformers {tf.__version__} has no such "
+                           "model class (expected a name like LlamaForCausalLM or BertModel).")
+    return cls
+
+
 def describe_hf(model: nn.Module) -> dict | None:
     """``{"class", "config", "source"}`` of a transformers model; None for anything else."""
     if "transformers" not in sys.modules:  # then it cannot be a transformers model
@@ -314,23 +343,17 @@ def describe_hf(model: nn.Module) -> dict | None:
     if not isinstance(model, PreTrainedModel):
         return None
     cls = parametrize.type_before_parametrizations(model).__name__
-    if cls not in HF_CLASSES:
-        raise NetslimError(
-            f"Cannot save a {cls}: netslim rebuilds only these Hugging Face classes: {', '.join(sorted(HF_CLASSES))}."
-        )
+    hf_class(cls)  # a transformers class netslim can rebuild, or a clear error
     register_hf_types(model.config.model_type)
     return {"class": cls, "config": model.config.to_dict(), "source": getattr(model, "netslim_source", None)}
 
 
 def build_hf(arch: dict) -> nn.Module:
     """A randomly initialised model of ``arch["class"]`` from ``arch["config"]`` (weights come later)."""
-    name = arch.get("class")
-    if name not in HF_CLASSES:
-        raise unknown_name("Hugging Face model class", name, HF_CLASSES)
+    cls = hf_class(arch.get("class"))
     if not isinstance(arch.get("config"), dict):
-        raise NetslimError(f"A Hugging Face architecture needs its config as a JSON object; got {arch.get('config')!r}.")
-    tf = transformers_module()
-    cls = getattr(tf, name)
+        raise NetslimError("A Hugging Face architecture needs its config as a JSON object; "
+                           f"got {type(arch.get('config')).__name__}.")
     model = cls(cls.config_class.from_dict(dict(arch["config"])))
     register_hf_types(model.config.model_type)
     if arch.get("source"):

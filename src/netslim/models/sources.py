@@ -1,0 +1,299 @@
+"""Where a model comes from: one resolver for everything ``--model`` / ``model=`` accepts.
+
+:func:`open_model` takes
+
+* an ``nn.Module`` (the Python API): used as it is;
+* a zoo name (``resnet20``: the trained checkpoint from the cache; ``minilm``: packaged weights);
+* a netslim artifact (``.safetensors`` with a netslim description, or ``.nsz``);
+* a Hugging Face model directory (``config.json`` + safetensors, as ``save_pretrained``
+  writes it): loaded offline with the class named in ``config.architectures``; its tokenizer
+  / image processor come from the same directory;
+* ``path/to/file.py:factory``: the user's own code, imported because the user named it on
+  the command line or in the call, plus optional weights (safetensors, or a ``.pt`` state
+  dict read with ``torch.load(weights_only=True)``). Artifacts never name code to import:
+  loading one of a user model needs ``base=`` (see :func:`netslim.core.serialize.load`).
+
+It returns an :class:`OpenedModel`: the model, a short name for reports, the default
+dataset (zoo models only), the tokenizer / processor ``source`` and ``base`` (what
+``netslim.load`` needs to rebuild artifacts of this model: a factory for user models).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from netslim.core.errors import NetslimError
+from netslim.core.serialize import load, read_description
+
+_FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass
+class OpenedModel:
+    model: nn.Module
+    name: str                                 # for reports: zoo name, directory or file name
+    dataset: str | None = None                # default dataset (zoo models)
+    source: str | None = None                 # tokenizer / image processor: built-in name or HF directory
+    base: Callable[[], nn.Module] | None = None  # fresh base for artifacts of user models
+    info: dict[str, Any] = field(default_factory=dict)  # the artifact's stored info, when opened from one
+
+
+def is_factory_ref(ref: str) -> bool:
+    return bool(_FACTORY.match(str(ref)))
+
+
+def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None) -> OpenedModel:
+    """Resolve ``ref`` (see the module docstring). ``base``: for an artifact of a user model,
+    its fresh instance, a factory, or a ``file.py:factory`` reference."""
+    if isinstance(ref, nn.Module):
+        return _module(ref, weights)
+    if not isinstance(ref, (str, Path)):
+        raise NetslimError(f"A model is an nn.Module, a zoo name, an artifact path, a Hugging Face directory or "
+                           f"file.py:factory; got {type(ref).__name__}.")
+    text = str(ref)
+    if is_factory_ref(text):
+        return _factory(text, weights)
+    if weights is not None:
+        raise NetslimError(f"--weights goes with --model path/to/file.py:factory; got --model {text[:200]!r}.")
+    path = Path(text)
+    if path.is_dir():
+        return open_hf_dir(path)
+    if path.is_file():
+        return _artifact(path, base)
+    if path.suffix or "/" in text:
+        raise NetslimError(f"Model {text[:200]!r} does not exist: give a zoo name, an artifact file, a Hugging Face "
+                           "model directory or path/to/file.py:factory.")
+    return _zoo(text)
+
+
+# ------------------------------------------------------------------------------ kinds
+def _zoo(name: str) -> OpenedModel:
+    from netslim.models import build_model, model_entry
+    from netslim.train.pretrain import checkpoint_path
+
+    try:
+        entry = model_entry(name)
+    except NetslimError as e:
+        raise NetslimError(f"{e} A model may also be an artifact file, a Hugging Face model directory or "
+                           "path/to/file.py:factory.") from None
+    source = name if entry.pretrained else None
+    if entry.pretrained:
+        return OpenedModel(build_model(name), name, entry.dataset, source)
+    ckpt = checkpoint_path(name)
+    if not ckpt.is_file():
+        raise NetslimError(f"No trained checkpoint for model {name!r} at {ckpt}; run `netslim train {name}` first "
+                           "(or pass an artifact path with --model).")
+    return OpenedModel(load(ckpt), name, entry.dataset)
+
+
+def _artifact(path: Path, base: Any) -> OpenedModel:
+    info: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        desc = read_description(path)
+        info = desc.get("info", {})
+        arch = desc.get("arch", {})
+    elif path.suffix == ".nsz":
+        from netslim.codec import read_nsz_info
+
+        info, arch = read_nsz_info(path), {}
+    else:
+        raise NetslimError(f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, a Hugging Face "
+                           "directory or path/to/file.py:factory).")
+    factory = _base_factory(base)
+    model = load(path, base=factory)
+    source = info.get("source") or (arch.get("source") if isinstance(arch.get("source"), str) else None)
+    return OpenedModel(model, info.get("model", path.stem), info.get("dataset"), source, factory, info)
+
+
+def _base_factory(base: Any) -> Callable[[], nn.Module] | None:
+    if base is None:
+        return None
+    if isinstance(base, nn.Module):
+        return lambda: copy.deepcopy(base)
+    if isinstance(base, (str, Path)):
+        if not is_factory_ref(str(base)):
+            raise NetslimError(f"base must be path/to/file.py:factory; got {str(base)[:200]!r}.")
+        file, name = _split_factory(str(base))
+        return lambda: _call_factory(file, name)
+    if callable(base):
+        return base
+    raise NetslimError(f"base must be an nn.Module, a factory or file.py:factory; got {type(base).__name__}.")
+
+
+def _module(model: nn.Module, weights) -> OpenedModel:
+    if weights is not None:
+        model = load_weights(model, weights)
+    source = module_source(model)
+    from netslim.core.serialize import USER_KIND, describe_arch
+
+    base = None
+    if describe_arch(model)["kind"] == USER_KIND:
+        snapshot = copy.deepcopy(model)  # the base of its artifacts: a class netslim cannot build
+        base = lambda: copy.deepcopy(snapshot)  # noqa: E731
+    return OpenedModel(model, type(model).__name__, None, source, base)
+
+
+def module_source(model: nn.Module) -> str | None:
+    """Where a module's tokenizer / processor come from: netslim's record, else the directory
+    an HF model was loaded from by the user (``from_pretrained(dir)``)."""
+    source = getattr(model, "netslim_source", None)
+    path = getattr(model, "name_or_path", None)
+    if source is None and path and Path(str(path)).is_dir():
+        source = str(Path(str(path)).resolve())
+        model.netslim_source = source
+    return source
+
+
+# ------------------------------------------------------------------- user factories
+def _split_factory(ref: str) -> tuple[Path, str]:
+    m = _FACTORY.match(ref)
+    file, name = Path(m["file"]), m["name"]
+    if not file.is_file():
+        raise NetslimError(f"Model file {str(file)!r} (from {ref!r}) does not exist.")
+    return file.resolve(), name
+
+
+def _call_factory(file: Path, name: str) -> nn.Module:
+    # A unique module name per file: two users' model.py files never shadow each other.
+    mod_name = "netslim_user_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+    module = sys.modules.get(mod_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # the user's code: report it as bad input, one line
+            del sys.modules[mod_name]
+            raise NetslimError(f"Importing {file} failed: {type(e).__name__}: {str(e)[:200]}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        names = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise NetslimError(f"{file} has no function {name!r}; callables there: {', '.join(names[:12]) or '(none)'}.")
+    try:
+        model = fn()
+    except Exception as e:
+        raise NetslimError(f"{file}:{name}() failed: {type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(model, nn.Module):
+        raise NetslimError(f"{file}:{name}() must return a torch.nn.Module; it returned {type(model).__name__}.")
+    return model
+
+
+def _factory(ref: str, weights) -> OpenedModel:
+    file, name = _split_factory(ref)
+    model = _call_factory(file, name)
+    info: dict[str, Any] = {}
+    if weights is not None:
+        model = load_weights(model, weights)
+        if Path(weights).suffix == ".safetensors" and _is_netslim_artifact(Path(weights)):
+            info = read_description(weights).get("info", {})  # e.g. the data it was trained on
+    model.netslim_ref = f"{file}:{name}"
+    return OpenedModel(model.eval(), f"{file.stem}:{name}", None, None, lambda: _call_factory(file, name), info)
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
+    """``model`` with the weights of file ``weights``: safetensors, a state dict read with
+    ``torch.load(weights_only=True)``, or a netslim artifact of this model's class (whose stored
+    structure, e.g. pruned layers, is replayed onto ``model``)."""
+    path = Path(weights)
+    if not path.is_file():
+        raise NetslimError(f"Weights file {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            if _is_netslim_artifact(path):
+                return load(path, base=model)
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise NetslimError(f"{path}: not a readable safetensors file: {str(e)[:200]}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a bad or unsafe file
+            raise NetslimError(f"{path}: not a state dict torch.load(weights_only=True) can read: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise NetslimError(f"{path}: expected a state dict (parameter name -> tensor).")
+    _load_strict(model, state, path)
+    return model
+
+
+def _is_netslim_artifact(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return "netslim" in (f.metadata() or {})
+
+
+def _load_strict(model: nn.Module, state: dict, path: Path) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
+        for k in sorted(shapes)[:3]:
+            parts.append(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise NetslimError(f"Weights {path} do not match the model ({type(model).__name__}): {'; '.join(parts)}.")
+    model.load_state_dict(state, strict=True)
+
+
+# -------------------------------------------------------------- Hugging Face directories
+def hf_dir_config(path: Path) -> dict:
+    """``config.json`` of a model directory, checked: a JSON object naming one architecture."""
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise NetslimError(f"{path} is not a Hugging Face model directory: it has no config.json "
+                           "(write one with model.save_pretrained(dir)).")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NetslimError(f"{cfg_path}: not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict):
+        raise NetslimError(f"{cfg_path}: expected a JSON object; got {type(cfg).__name__}.")
+    archs = cfg.get("architectures")
+    if not (isinstance(archs, list) and archs and isinstance(archs[0], str)):
+        raise NetslimError(f"{cfg_path} names no model class in 'architectures' (e.g. [\"LlamaForCausalLM\"]).")
+    return cfg
+
+
+def open_hf_dir(path: Path) -> OpenedModel:
+    """A ``save_pretrained`` directory, loaded offline in fp32 with its own class."""
+    from netslim.models.hf import _finish, _quiet_loading, hf_class
+
+    path = path.resolve()
+    cfg = hf_dir_config(path)
+    cls = hf_class(cfg["architectures"][0])
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        hint = f" (found {', '.join(others[:3])}: netslim reads weights from safetensors only)" if others else ""
+        raise NetslimError(f"{path} has no weights: expected model.safetensors or a sharded "
+                           f"model.safetensors.index.json{hint}.")
+    try:
+        with _quiet_loading():
+            model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise NetslimError(f"{path}: transformers cannot load it as {cls.__name__}: "
+                           f"{str(e).strip().splitlines()[0][:200]}") from None
+    model = _finish(model, str(path))
+    return OpenedModel(model, path.name, None, str(path))
