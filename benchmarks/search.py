@@ -60,12 +60,12 @@ def _save_part_locked(key: str, data: dict, atomic_write) -> None:
 
 
 def resnet20_setup(seed: int = 0):
-    from netslim.recipe.runner import open_model
+    from netslim.models.sources import open_model
     from netslim.search.api import make_space
     from netslim.search.options import ChannelSpaceOptions
     from netslim.train.tasks import get_task
 
-    model, _ = open_model("resnet20")
+    model = open_model("resnet20").model
     task = get_task("fashion-mnist", seed=seed)
     space = make_space(model, task, ChannelSpaceOptions(), "macs")
     return model, task, space
@@ -219,13 +219,13 @@ def cmd_mixed(args) -> None:
     """Per-layer weight bits from the KL sensitivity curves (exact knapsack) vs uniform bits, equal size."""
     from netslim.core.selectors import select
     from netslim.quantize.ptq import quantize_weight_rows
-    from netslim.recipe.runner import open_model
+    from netslim.models.sources import open_model
     from netslim.search.allocate import knapsack
     from netslim.search.sensitivity import bits_sensitivity, default_cache_dir
     from netslim.train.tasks import get_task
 
     torch.set_num_threads(THREADS)
-    model, _ = open_model("resnet20")
+    model = open_model("resnet20").model
     task = get_task("fashion-mnist")
     names = select(model, None, None, types=(torch.nn.Conv2d, torch.nn.Linear))
     sizes = {n: model.get_submodule(n).weight.numel() for n in names}
@@ -277,7 +277,7 @@ def cmd_mbv2(args) -> None:
     """
     from netslim.core.errors import NetslimError
     from netslim.measure.latency import interleaved_latency
-    from netslim.recipe.runner import open_model
+    from netslim.models.sources import open_model
     from netslim.search.api import channel_policy, make_space, netadapt_policy
     from netslim.search.channels import ChannelSpace
     from netslim.search.evaluate import Subset, short_finetune
@@ -288,7 +288,7 @@ def cmd_mbv2(args) -> None:
     import netslim
 
     torch.set_num_threads(THREADS)
-    model, _ = open_model("mobilenetv2")
+    model = open_model("mobilenetv2").model
     task = get_task("fashion-mnist")
     x = task.example_inputs(1)
     t = args.tag
@@ -374,7 +374,7 @@ def cmd_nas(args) -> None:
     trained from scratch for ``--final-steps``; Pareto plot against the compressed ResNet-20 points."""
 
     from netslim.measure.counts import macs_per_layer
-    from netslim.recipe.runner import open_model
+    from netslim.models.sources import open_model
     from netslim.search.evaluate import Subset, short_finetune
     from netslim.search.nas import NASConfig, NASSpace, nas_search
     from netslim.search.options import TrialOptions
@@ -384,7 +384,7 @@ def cmd_nas(args) -> None:
     torch.set_num_threads(THREADS)
     task = get_task("fashion-mnist")
     x = task.example_inputs(1)
-    big, _ = open_model("resnet20")
+    big = open_model("resnet20").model
     big_macs = sum(macs_per_layer(big, x).values())
     cfg = NASConfig(population=args.population, generations=args.generations, train_samples=args.train,
                     train_steps=args.steps, val_samples=args.val, max_cost=args.max_cost * big_macs,

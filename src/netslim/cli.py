@@ -11,24 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from netslim.api import recipe_path as _recipe_path
+from netslim.api import recipes_dir  # noqa: F401  (netslim.cli.recipes_dir: where `recipes` looks)
 from netslim.core.errors import NetslimError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="netslim: compress trained PyTorch networks and prove the result.")
 console = Console()
-
-
-def recipes_dir() -> Path:
-    """``$NETSLIM_RECIPES`` if set, else the recipes shipped inside the package (works from a wheel)."""
-    env = os.environ.get("NETSLIM_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent / "recipes"
-
-
-def _recipe_path(ref: str) -> Path:
-    p = Path(ref)
-    if p.exists() or p.suffix in (".yaml", ".yml"):
-        return p
-    return recipes_dir() / f"{ref}.yaml"
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
@@ -44,35 +33,56 @@ def _limit_options(limit: Optional[int]) -> dict:
     return {"limit": limit} if limit else {}
 
 
-@app.command()
-def train(model: str = typer.Argument(..., help="zoo model name, e.g. lenet300"),
-          epochs: Optional[int] = typer.Option(None, help="override the model's default epochs"),
-          out: Optional[Path] = typer.Option(None, help="where to write (default: the checkpoint cache)"),
-          skip_existing: bool = typer.Option(False, help="do nothing if the checkpoint exists"),
-          seed: int = typer.Option(0), limit: Optional[int] = typer.Option(None, help="train on a data subset")):
-    """Train a zoo model from scratch on its dataset and save the checkpoint."""
-    from netslim.core.serialize import save
-    from netslim.models import model_entry
-    from netslim.train.pretrain import AUGMENT, checkpoint_path, train_baseline
-    from netslim.train.tasks import get_task
+_MODEL_HELP = "zoo name, artifact, Hugging Face model directory, or path/to/file.py:factory"
+_DATA_HELP = "your data: an image folder, a CSV/JSONL file, text files (.txt/.md), or a folder of them"
+_TASK_HELP = "auto | image-classification | text-classification | causal-lm | embedding (default: inferred)"
 
-    entry = model_entry(model)
-    path = out or checkpoint_path(model)
-    if skip_existing and path.is_file():
-        console.print(f"checkpoint exists: {path}")
-        return
-    task = get_task(entry.dataset, augment=AUGMENT.get(model, False), seed=seed, **_limit_options(limit))
-    overrides = {"epochs": epochs} if epochs is not None else {}
-    net, summary = train_baseline(model, task=task, seed=seed, **overrides)
-    save(net, path, {"model": model, "dataset": entry.dataset})
-    test = task.evaluate(net, "test")
-    console.print(f"trained {model}: {summary['epochs']} epochs in {summary['seconds']:.0f} s; "
-                  f"test {task.metric} {test[task.metric]:.4f}; saved {path}")
+
+def _data(data: Optional[str], task: Optional[str]):
+    if data is None:
+        if task is not None:
+            raise NetslimError("--task goes with --data PATH.")
+        return None
+    return {"path": data, **({"task": task} if task else {})}
+
+
+def _check_limit(limit: Optional[int]) -> None:
+    if limit is not None and limit < 1:
+        raise NetslimError(f"--limit must be an int >= 1; got {limit}.")
+
+
+@app.command()
+def train(model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help=_MODEL_HELP),
+          model: Optional[str] = typer.Option(None, "--model", help="the model (instead of the argument)"),
+          data: Optional[str] = typer.Option(None, help=_DATA_HELP),
+          task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+          weights: Optional[Path] = typer.Option(None, help="initial weights for file.py:factory models"),
+          epochs: Optional[int] = typer.Option(None, help="override the default epochs"),
+          lr: Optional[float] = typer.Option(None, help="override the default learning rate"),
+          batch_size: Optional[int] = typer.Option(None, help="override the default batch size"),
+          out: Optional[Path] = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
+          skip_existing: bool = typer.Option(False, help="do nothing if the output exists"),
+          seed: int = typer.Option(0), limit: Optional[int] = typer.Option(None, help="train on a data subset")):
+    """Train a model on its dataset (zoo) or on your data (--data) and save the artifact."""
+    from netslim.train.user import train_model
+
+    ref = model or model_arg
+    if ref is None or (model and model_arg and model != model_arg):
+        raise NetslimError("Give the model once: netslim train MODEL or netslim train --model MODEL.")
+    _check_limit(limit)
+    overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
+    result = train_model(ref, data=_data(data, task), weights=weights, out=out, seed=seed, limit=limit,
+                         skip_existing=skip_existing, **overrides)
+    console.print(result)
 
 
 @app.command()
 def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped recipe name"),
-             model: Optional[str] = typer.Option(None, help="zoo model name or artifact path"),
+             model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
+             data: Optional[str] = typer.Option(None, help=_DATA_HELP),
+             task: Optional[str] = typer.Option(None, help=_TASK_HELP),
+             weights: Optional[Path] = typer.Option(None, help="weights for a file.py:factory model"),
+             base: Optional[str] = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
              out: Path = typer.Option(Path("runs/latest"), help="output directory"),
              resume: bool = typer.Option(False, help="continue after the last completed step"),
              limit: Optional[int] = typer.Option(None, help="use a data subset (smoke runs)")):
@@ -80,65 +90,93 @@ def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped
     from netslim.recipe import load_recipe, run_recipe
     from netslim.report import summary_rows
 
+    _check_limit(limit)
     rec = load_recipe(_recipe_path(recipe))
-    report = run_recipe(rec, out, model_ref=model, resume=resume, data_options=_limit_options(limit))
+    report = run_recipe(rec, out, model_ref=model, resume=resume, data_options=_limit_options(limit),
+                        data=_data(data, task), weights=weights, base=base)
     console.print(_table(f"{report['recipe']}: {report['model']} on {report['dataset']}",
                          ["quantity", "baseline", "compressed", "ratio"], [list(r) for r in summary_rows(report)]))
     console.print(f"artifact: {report['artifact']}\nreport: {out / 'report.html'}")
 
 
-def _artifact_task(artifact: Path, dataset: Optional[str], limit: Optional[int]):
-    from netslim.core.serialize import load, read_description
-    from netslim.train.tasks import get_task
+def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset: Optional[str],
+          data: Optional[str], task: Optional[str], limit: Optional[int]):
+    """The model and task of ``eval`` / ``bench`` / ``inspect``, and a line saying which data."""
+    from netslim.models.sources import open_model
+    from netslim.recipe.inputs import resolve_task
 
-    model = load(artifact)
-    info = read_description(artifact).get("info", {}) if artifact.suffix == ".safetensors" else {}
-    if artifact.suffix == ".nsz":
-        from netslim.codec import read_nsz_info
+    _check_limit(limit)
+    opened = open_model(artifact, weights=weights, base=model)
+    t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit))
+    return opened.model, t, _data_line(opened.info.get("data"), t)
 
-        info = read_nsz_info(artifact)
-    ds = dataset or info.get("dataset")
-    if ds is None:
-        raise NetslimError(f"{artifact} does not record its dataset; pass --dataset.")
-    options = _limit_options(limit)
-    if info.get("model") and ds.startswith("pydocs"):
-        options["model_name"] = info["model"]
-    return model, get_task(ds, **options)
+
+def _data_line(stored: Optional[dict], task) -> str:
+    spec = getattr(task, "spec", None)
+    if spec is None:
+        return f"data: {task.describe().get('dataset', '?')}"
+    line = f"data: {spec.path} ({spec.task}, sha256 {str(spec.sha256)[:12]})"
+    if stored and stored.get("sha256"):
+        if stored.get("path") != spec.path:
+            return line + "; not the data of the run that made this artifact (--data given)"
+        same = stored["sha256"] == spec.sha256
+        return line + ("; the data of the run that made this artifact" if same
+                       else f"; WARNING: changed since the run (was sha256 {stored['sha256'][:12]})")
+    return line
+
+
+_ART_HELP = "artifact (.safetensors/.nsz), zoo name, Hugging Face directory or file.py:factory"
+_BASE_HELP = "path/to/file.py:factory: rebuilds artifacts of your own model class"
 
 
 @app.command(name="eval")
-def eval_(artifact: Path, dataset: Optional[str] = typer.Option(None), split: str = typer.Option("test"),
-          limit: Optional[int] = typer.Option(None)):
-    """Evaluate an artifact on its dataset."""
-    model, task = _artifact_task(artifact, dataset, limit)
-    res = task.evaluate(model, split)
+def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
+          model: Optional[str] = typer.Option(None, help=_BASE_HELP),
+          weights: Optional[Path] = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
+          dataset: Optional[str] = typer.Option(None, help="a named dataset instead of the stored one"),
+          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
+          split: str = typer.Option("test"), limit: Optional[int] = typer.Option(None)):
+    """Evaluate a model on the data it was made on (stored in the artifact), or on --data."""
+    net, t, line = _open(artifact, model, weights, dataset, data, task, limit)
+    res = t.evaluate(net, split)
+    console.print(line)
     console.print(" ".join(f"{k}={v:.4f}" for k, v in res.items()))
 
 
 @app.command()
-def bench(artifact: Path, batch_size: int = typer.Option(64), threads: Optional[int] = typer.Option(None),
-          repeats: int = typer.Option(30), dataset: Optional[str] = typer.Option(None)):
+def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
+          model: Optional[str] = typer.Option(None, help=_BASE_HELP),
+          batch_size: int = typer.Option(64), threads: Optional[int] = typer.Option(None),
+          repeats: int = typer.Option(30), dataset: Optional[str] = typer.Option(None),
+          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None)):
     """Measure an artifact: metric, params, non-zeros, MACs, bytes on disk, latency."""
     from netslim.measure import model_summary
 
-    model, task = _artifact_task(artifact, dataset, None)
-    s = model_summary(model, task, artifact=artifact, batch_size=batch_size, threads=threads, repeats=repeats)
+    for name, v in (("--batch-size", batch_size), ("--repeats", repeats), ("--threads", threads)):
+        if v is not None and v < 1:
+            raise NetslimError(f"{name} must be an int >= 1; got {v}.")
+    net, t, line = _open(artifact, model, None, dataset, data, task, None)
+    path = Path(artifact) if Path(artifact).is_file() else None
+    s = model_summary(net, t, artifact=path, batch_size=batch_size, threads=threads, repeats=repeats)
+    console.print(line)
     console.print(_table(str(artifact), ["quantity", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else f"{v:,}"]
                                                                   for k, v in s.items()]))
 
 
 @app.command()
-def inspect(artifact: Path, dataset: Optional[str] = typer.Option(None)):
+def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
+            model: Optional[str] = typer.Option(None, help=_BASE_HELP),
+            dataset: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=_DATA_HELP)):
     """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go)."""
     from netslim.measure import layer_table
 
-    if artifact.suffix == ".nsz":  # Huffman-coded: weight, index, table and codebook bits per tensor
+    if artifact.endswith(".nsz") and Path(artifact).is_file():  # Huffman-coded: bits per tensor
         from netslim.codec.inspect import breakdown_table
 
-        console.print(_table(str(artifact), *breakdown_table(artifact)))
+        console.print(_table(str(artifact), *breakdown_table(Path(artifact))))
 
-    model, task = _artifact_task(artifact, dataset, None)
-    rows = layer_table(model, task.example_inputs(1))
+    net, t, _ = _open(artifact, model, None, dataset, data, None, None)
+    rows = layer_table(net, t.example_inputs(1))
     console.print(_table(str(artifact), ["layer", "type", "shape", "params", "nonzero", "bits", "macs"],
                          [[r.name, r.type, "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.nonzero:,}",
                            f"{r.bits:g}", f"{r.macs:,}"] for r in rows]))

@@ -14,42 +14,17 @@ from typing import Any
 
 import torch
 from torch import nn
-
 from netslim.core.config import apply
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
-from netslim.core.serialize import atomic_write, load, read_description, save
+from netslim.core.serialize import atomic_write, load, save
 from netslim.measure import interleaved_latency, layer_table, model_summary
-from netslim.models import build_model, model_entry
+from netslim.models.sources import open_model as resolve_model
 from netslim.recipe.spec import Recipe
-from netslim.train.tasks import get_task
+from netslim.recipe.inputs import resolve_task, run_info
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
-
-
-def open_model(ref: str) -> tuple[nn.Module, dict[str, Any]]:
-    """A model by zoo name (trained checkpoint from the cache, or packaged weights) or path.
-
-    Returns the model and its info (``model``, ``dataset``) used to pick the task.
-    """
-    from netslim.train.pretrain import checkpoint_path
-
-    path = Path(ref)
-    if path.suffix or path.exists():
-        model = load(path)
-        info = read_description(path).get("info", {}) if path.suffix == ".safetensors" else {}
-        return model, {"model": info.get("model", path.stem), "dataset": info.get("dataset")}
-    entry = model_entry(ref)
-    if entry.pretrained:
-        return build_model(ref), {"model": ref, "dataset": entry.dataset}
-    ckpt = checkpoint_path(ref)
-    if not ckpt.is_file():
-        raise NetslimError(
-            f"No trained checkpoint for model {ref!r} at {ckpt}; run `netslim train {ref}` first "
-            "(or pass an artifact path with --model)."
-        )
-    return load(ckpt), {"model": ref, "dataset": entry.dataset}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -75,44 +50,63 @@ def _paired_latency(baseline, final, task, recipe: Recipe) -> dict[str, dict[str
     return out
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = None,
-               resume: bool = False, data_options: dict | None = None) -> dict[str, Any]:
-    """Execute ``recipe``; returns the report dict (also written to OUT/report.*)."""
+def _model_key(ref: Any) -> str:
+    return str(ref) if isinstance(ref, (str, Path)) else f"<{type(ref).__name__} object>"
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Execute ``recipe``; returns the report dict (also written to OUT/report.*). Keywords as
+    :func:`execute_recipe`."""
+    return execute_recipe(recipe, out_dir, **kwargs)[0]
+
+
+def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None, resume: bool = False,
+                   data_options: dict | None = None, data: Any = None, weights: str | Path | None = None,
+                   base: Any = None) -> tuple[dict[str, Any], nn.Module]:
+    """Execute ``recipe``; returns ``(report, final model)`` (the report is also in OUT/report.*).
+
+    ``model_ref``: anything :func:`netslim.models.sources.open_model` accepts (default: the
+    recipe's ``model:``); ``data``: the user's data (see :mod:`netslim.recipe.inputs`);
+    ``data_options``: run-level options such as ``limit``. Model and data are resolved before
+    ``out_dir`` is created: bad input leaves nothing behind.
+    """
     out = Path(out_dir)
-    ref = model_ref or recipe.model
+    ref = model_ref if model_ref is not None else recipe.model
     if ref is None:
         raise NetslimError("No model given: set 'model:' in the recipe or pass --model NAME|PATH.")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NetslimError(f"--out {str(out)!r} exists and is not a directory.")
     state_path = out / STATE
     state: dict[str, Any] = {}
     if resume:
         if not state_path.is_file():
             raise NetslimError(f"Cannot resume: {state_path} does not exist (no earlier run in {out}).")
         state = json.loads(state_path.read_text())
-        if state.get("recipe") != recipe.to_dict() or state.get("model_ref") != ref:
+        if state.get("recipe") != recipe.to_dict() or state.get("model_ref") != _model_key(ref):
             raise NetslimError(f"Cannot resume: {out} holds a run of a different recipe or model.")
 
-    model, info = open_model(ref)
-    dataset = recipe.dataset or info.get("dataset")
-    if dataset is None:
-        raise NetslimError(f"Model {ref!r} names no dataset; set 'dataset:' in the recipe.")
-    options = {**recipe.data, **(data_options or {})}
-    task = get_task(dataset, **options)
-    info = {"model": info["model"], "dataset": dataset, "recipe": recipe.name}
+    opened = resolve_model(ref, weights=weights, base=base)
+    model = opened.model
     reference_path = out / "baseline.safetensors"
-    ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info,
-                      reference=lambda: load(reference_path))
+    reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
+    task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
+                        options=data_options, reference=reference)
+    info = run_info(opened, task, recipe.name)
+    dataset = info["dataset"]
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
     torch.manual_seed(recipe.seed)
 
     if not state:
         save(model, reference_path, info)
-        state = {"recipe": recipe.to_dict(), "model_ref": ref, "data": options,
+        state = {"recipe": recipe.to_dict(), "model_ref": _model_key(ref), "data": info.get("data") or
+                 info.get("data_options", {}),
                  "baseline": _measure(model, task, recipe, reference_path), "steps": [], "checkpoint": None,
                  "skipped": []}
         _write_json(state_path, state)
     else:
         if state["checkpoint"]:
-            model = load(out / state["checkpoint"])
+            model = load(out / state["checkpoint"], base=opened.base)
         ctx.skipped.extend(state.get("skipped", []))
         ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
 
@@ -144,7 +138,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = N
     artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
     final = _measure(model, task, recipe, artifact)
     baseline = dict(state["baseline"])
-    paired = _paired_latency(load(reference_path), model, task, recipe)
+    paired = _paired_latency(reference(), model, task, recipe)
     baseline.update(paired["baseline"])
     final.update(paired["final"])
     report = {
@@ -158,4 +152,4 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: str | None = N
     from netslim.report import write_report
 
     write_report(report, out)
-    return report
+    return report, model

@@ -1,0 +1,138 @@
+"""The Python front door: ``netslim.compress`` (a whole recipe) and ``netslim.apply`` (one method).
+
+```python
+import netslim
+result = netslim.compress("my_model_dir", "gptq_w4g128", data="corpus.txt")
+result.model, result.report["final"], result.artifact
+```
+
+``model`` is anything ``--model`` accepts (an ``nn.Module``, a zoo name, an artifact, a
+Hugging Face directory, ``"file.py:factory"``); ``data`` is a path (image folder, CSV/JSONL,
+text files), a ``{path: ..., task: ...}`` mapping, a ``DataLoader``, a tensor, an ``(X, y)``
+pair or a ``Task``; ``recipe`` is a YAML path, a shipped recipe name, a mapping, or a list of
+method configs (``MethodConfig`` objects or ``{"method": ..., ...}`` mappings).
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from netslim.core.config import MethodConfig, make_config
+from netslim.core.config import apply as apply_config
+from netslim.core.context import StepContext
+from netslim.core.errors import NetslimError
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module        # the compressed model, in memory
+    report: dict[str, Any]  # the content of OUT/report.json
+    artifact: Path          # the file the run wrote last (its export, else OUT/model.safetensors)
+    out_dir: Path
+
+
+def load_any_recipe(recipe: Any):
+    """A :class:`~netslim.recipe.spec.Recipe` from a path, a shipped name, a mapping or a list of configs."""
+    from netslim.recipe import load_recipe, parse_recipe
+    from netslim.recipe.spec import Recipe
+
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, MethodConfig):
+        recipe = [recipe]
+    if isinstance(recipe, (str, Path)):
+        return load_recipe(recipe_path(str(recipe)))
+    if isinstance(recipe, Mapping):
+        return parse_recipe(dict(recipe), "recipe")
+    if isinstance(recipe, Sequence):
+        steps = [s.to_dict() if isinstance(s, MethodConfig) else s for s in recipe]
+        return parse_recipe({"name": "recipe", "steps": steps}, "recipe")
+    raise NetslimError(f"recipe must be a path, a shipped recipe name, a mapping or a list of method configs; "
+                       f"got {type(recipe).__name__}.")
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: ``$NETSLIM_RECIPES``, else the package's own ``recipes`` folder."""
+    import os
+
+    return Path(os.environ.get("NETSLIM_RECIPES", Path(__file__).resolve().parent / "recipes"))
+
+
+def recipe_path(ref: str) -> Path:
+    """A recipe file: an existing path, or the shipped recipe of that name."""
+    p = Path(ref)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    return recipes_dir() / f"{ref}.yaml"
+
+
+def compress(model: Any, recipe: Any, data: Any = None, out: str | Path | None = None, *,
+             weights: str | Path | None = None, limit: int | None = None, resume: bool = False) -> CompressResult:
+    """Run ``recipe`` on ``model`` with ``data``; writes OUT/report.{json,md,html} and the artifact.
+
+    ``out``: the output folder (default: a new temporary folder, named in the result).
+    ``model`` may be omitted (None) when the recipe names one.
+    """
+    from netslim.recipe.runner import execute_recipe
+
+    rec = load_any_recipe(recipe)
+    out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"netslim-{rec.name}-"))
+    report, final = execute_recipe(rec, out_dir, model_ref=model, data=data, weights=weights, resume=resume,
+                                   data_options={"limit": limit} if limit is not None else None)
+    return CompressResult(final, report, Path(report["artifact"]), out_dir)
+
+
+def apply(model: nn.Module, config: Any = None, ctx: StepContext | None = None, *, data: Any = None,
+          **options: Any) -> nn.Module:
+    """Apply one registered method to ``model``; returns the (possibly new) model.
+
+    ``config``: a ``MethodConfig``, a ``{"method": ..., ...}`` mapping, or a method name with
+    its options as keywords (``netslim.apply(model, "magnitude", sparsity=0.5)``). Without a
+    recipe context, ``data`` (anything ``compress`` takes) supplies calibration / training
+    data; a method that needs data and gets none says so.
+    """
+    cfg = _config(config, options)
+    if ctx is None:
+        ctx = _context(model, data)
+    elif data is not None:
+        raise NetslimError("apply: pass either ctx (a recipe step context) or data, not both.")
+    return apply_config(model, cfg, ctx)
+
+
+def _config(config: Any, options: Mapping[str, Any]) -> MethodConfig:
+    if isinstance(config, MethodConfig):
+        if options:
+            return make_config({**config.to_dict(), **options}, f"method {config.method!r}")
+        return config
+    if isinstance(config, str):
+        return make_config({"method": config, **options}, f"method {config!r}")
+    if isinstance(config, Mapping):
+        return make_config({**config, **options}, "config")
+    raise NetslimError(f"apply: config must be a MethodConfig, a mapping or a method name; got "
+                       f"{type(config).__name__}.")
+
+
+class _NoData:
+    """Stands in for the task when ``apply`` got no data: any use says what is missing."""
+
+    def __getattr__(self, name: str):
+        raise NetslimError(
+            f"This method needs data (it asked for task.{name}): pass data= (an image folder, a CSV/JSONL file, "
+            "text files, a DataLoader, a tensor of inputs or a Task)."
+        )
+
+
+def _context(model: nn.Module, data: Any) -> StepContext:
+    from netslim.models.sources import OpenedModel, module_source
+    from netslim.recipe.inputs import resolve_task
+
+    task: Any = _NoData()
+    if data is not None:
+        task = resolve_task(OpenedModel(model, type(model).__name__, source=module_source(model)), data=data)
+    out = Path(tempfile.mkdtemp(prefix="netslim-apply-"))
+    return StepContext(task=task, out_dir=out, info={"model": type(model).__name__})
