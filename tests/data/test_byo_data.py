@@ -31,7 +31,7 @@ PAGE = """Page {i}
 The {name} module number {i} explains how the scheduler of section {section} hands out work to its workers.
 
 Another paragraph of page {i} in {section}, long enough to pass the length filter of the task.
-
+{extra}
 Short.
 
 This sentence is the same in every page of the fake corpus, so it is dropped everywhere.
@@ -42,6 +42,13 @@ Example::
 """
 # section -> number of files; "tiny" (2 kept paragraphs) stays under --min-class.
 SECTIONS = {"library": 12, "tutorial": 10, "howto": 8, "tiny": 1}
+SPLITS = ("train", "val", "test")
+
+
+def _extra(i: int, section: str) -> str:
+    """0 to 3 more paragraphs on a page of the large sections, so files differ in size."""
+    n = 0 if section in ("tiny", "top") else i % 4
+    return "".join(f"\nExtra paragraph {k} of page {i} in {section}, also long enough to be kept.\n" for k in range(n))
 
 
 @pytest.fixture
@@ -52,15 +59,23 @@ def fake_sources(tmp_path) -> Path:
         for _ in range(n):
             path = root / section / f"page{i}.rst.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(PAGE.format(i=i, name=f"mod{i}", section=section))
+            path.write_text(PAGE.format(i=i, name=f"mod{i}", section=section, extra=_extra(i, section)))
             i += 1
-    (root / "glossary.rst.txt").write_text(PAGE.format(i=i, name="glossary", section="top"))
+    (root / "glossary.rst.txt").write_text(PAGE.format(i=i, name="glossary", section="top", extra=""))
     return root
 
 
 def _records(out: Path) -> dict[str, list[dict]]:
-    return {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()]
-            for s in ("train", "val", "test")}
+    return {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()] for s in SPLITS}
+
+
+def _split_of_file(splits: dict[str, list[dict]]) -> dict[str, set[str]]:
+    """file -> the splits its rows are in."""
+    out: dict[str, set[str]] = {}
+    for name, rows in splits.items():
+        for r in rows:
+            out.setdefault(r["file"], set()).add(name)
+    return out
 
 
 def test_images_layout_and_pixels_equal_the_idx_source(tmp_path, capsys):
@@ -96,24 +111,85 @@ def test_existing_output_is_skipped_unless_forced(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["imgs"]  # no temporary left behind
 
 
-def test_docs_jsonl_splits_by_file_labels_by_section_and_merges_small_classes(fake_sources, tmp_path, capsys):
+def test_docs_jsonl_labels_by_section_and_merges_small_classes(fake_sources, tmp_path, capsys):
     out = tmp_path / "docs"
     assert byo.main(["docs-jsonl", str(out), "--root", str(fake_sources), "--min-class", "10"]) == 0
     printed = capsys.readouterr().out
-    splits = _records(out)
-    everything = [r for rows in splits.values() for r in rows]
-    for name, rows in splits.items():
-        for r in rows:
-            assert byo.SPLIT_NAMES[pydocs.split_of(r["file"])] == name  # the file's own split, hence one split
-            section = r["file"].split("/")[0]
-            # tiny (2 paragraphs) and the top-level glossary page (2) merge into "other" (5 < 10: dropped)
-            assert r["label"] == section and section in ("library", "tutorial", "howto")
-    per_file = {r["file"] for r in everything}
-    assert len(per_file) == 30  # every page of library / tutorial / howto, none of the others
+    everything = [r for rows in _records(out).values() for r in rows]
+    for r in everything:
+        section = r["file"].split("/")[0]
+        # tiny (2 paragraphs) and the top-level glossary page (2) merge into "other" (4 < 10: dropped)
+        assert r["label"] == section and section in ("library", "tutorial", "howto")
+    assert len({r["file"] for r in everything}) == 30  # every page of library / tutorial / howto, none of the others
     texts = [r["text"] for r in everything]
     assert len(texts) == len(set(texts)) and not any("same in every page" in t for t in texts)
     assert not any("Short" in t or "code that" in t or t.endswith("..") for t in texts)
-    assert "| library |" in printed and "Rules" in (out / "README.md").read_text()
+    assert "| library |" in printed and "stratified split" in printed
+
+
+def test_stratified_split_puts_each_file_in_one_split_and_every_label_in_every_split(fake_sources, tmp_path, capsys):
+    out = tmp_path / "docs"
+    assert byo.main(["docs-jsonl", str(out), "--root", str(fake_sources), "--min-class", "3"]) == 0
+    splits = _records(out)
+    per_file = _split_of_file(splits)
+    assert all(len(names) == 1 for names in per_file.values())  # (1) no file in two splits
+    labels = {r["label"] for rows in splits.values() for r in rows}
+    assert labels == {"library", "tutorial", "howto", "other"}
+    for label in labels:
+        files = {r["file"] for rows in splits.values() for r in rows if r["label"] == label}
+        present = {name for name, rows in splits.items() if any(r["label"] == label for r in rows)}
+        # (2) >= 3 files: in all three splits; "other" (tiny page + glossary: 2 files): val and train
+        assert present == (set(SPLITS) if len(files) >= 3 else {"train", "val"}), label
+    for label in ("library", "tutorial", "howto"):  # test and val: <= 10 % of the label each
+        rows = [r for rows in splits.values() for r in rows if r["label"] == label]
+        for name in ("test", "val"):
+            assert 0 < 10 * sum(r["label"] == label for r in splits[name]) <= len(rows), (label, name)
+    readme = (out / "README.md").read_text()
+    assert "--split stratified" in readme and "SHA-1 hex digest" in readme and "| library |" in readme
+
+
+def _in_sha1_order(*sizes: int) -> dict[str, int]:
+    """File name -> size, the names ordered so that their SHA-1 order is the order of ``sizes``."""
+    names = sorted((f"f{i}.rst.txt" for i in range(len(sizes))), key=byo.path_hash)
+    return dict(zip(names, sizes))
+
+
+def _splits(sizes: dict[str, int]) -> list[str]:
+    got = byo.stratified_split(sizes)
+    return [got[rel] for rel in sizes]
+
+
+def test_stratified_split_rule_by_hand():
+    # 10 % of 100 = 10: test takes 5 and 4 (skipping 50, which does not fit) and stops with 2 files left;
+    # for val nothing fits, so it takes the smaller of 50 and 41; train the rest.
+    assert _splits(_in_sha1_order(5, 50, 4, 41)) == ["test", "train", "test", "val"]
+    # A first file far below 10 % (10.2): the reserves keep one file each for val and train.
+    assert _splits(_in_sha1_order(1, 1, 100)) == ["test", "val", "train"]
+    assert _splits(_in_sha1_order(50, 30, 20)) == ["train", "val", "test"]  # nothing fits: the smallest
+    assert _splits(_in_sha1_order(5, 5)) == ["val", "train"]  # 2 files: no test
+    assert _splits(_in_sha1_order(5)) == ["train"]
+    sizes = _in_sha1_order(*[10] * 100)  # 1000 paragraphs: exactly 10 files each to test and val
+    assert _splits(sizes) == ["test"] * 10 + ["val"] * 10 + ["train"] * 80
+    assert byo.stratified_split(dict(reversed(sizes.items()))) == byo.stratified_split(sizes)  # order-free
+
+
+def test_docs_jsonl_is_deterministic(fake_sources, tmp_path):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert byo.main(["docs-jsonl", str(out), "--root", str(fake_sources), "--min-class", "3"]) == 0
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "README.md"):  # (3) byte for byte
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_split_hash_reproduces_pydocs_split_of(fake_sources, tmp_path):
+    out = tmp_path / "docs"
+    assert byo.main(["docs-jsonl", str(out), "--root", str(fake_sources), "--min-class", "3", "--split", "hash"]) == 0
+    splits = _records(out)
+    for name, rows in splits.items():
+        for r in rows:  # (4) the file's own pydocs split, whatever its label
+            assert byo.SPLIT_NAMES[pydocs.split_of(r["file"])] == name
+    assert len(_split_of_file(splits)) == 32
+    assert "--split hash" in (out / "README.md").read_text()
 
 
 def test_docs_jsonl_keeps_other_when_it_is_large_enough(fake_sources, tmp_path):
