@@ -15,7 +15,6 @@ Nothing here is cached on disk: the corpus is ~12 MB and tokenises in seconds.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -24,14 +23,13 @@ from typing import Any, Iterator
 import torch
 
 from netslim.core.errors import NetslimError, bad_param, unknown_name
+from netslim.data import files
 
 DEFAULT_ROOT = "/usr/share/doc/python3.11/html/_sources"
 ENV_VAR = "NETSLIM_TEXT"
 PATTERN = "**/*.rst.txt"
 SPLITS = ("calibration", "validation", "test")
-# Upper bounds (exclusive) of each split's hash bucket in [0, 100): 80 / 10 / 10.
-_BUCKETS = (("calibration", 80), ("validation", 90), ("test", 100))
-_ENCODE_CHUNK = 16  # documents per tokenizer call: batched (fast) but stops early with num_blocks
+_FROM_HASH_SPLIT = dict(zip(files.SPLITS, SPLITS))  # the hash rule's 80 / 10 / 10 buckets, named here
 
 
 # --------------------------------------------------------------------------- files
@@ -47,9 +45,8 @@ def corpus_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def split_of(relpath: str) -> str:
-    """The split of a file, from the SHA-1 of its root-relative POSIX path."""
-    bucket = int(hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:8], 16) % 100
-    return next(name for name, upper in _BUCKETS if bucket < upper)
+    """The split of a file, from the SHA-1 of its root-relative POSIX path (:func:`files.hash_split`)."""
+    return _FROM_HASH_SPLIT[files.hash_split(relpath)]
 
 
 def _check_split(split: str) -> None:
@@ -73,24 +70,6 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------- token blocks
-def _separator_id(tokenizer: Any) -> int:
-    for attr in ("eos_token_id", "sep_token_id"):
-        tid = getattr(tokenizer, attr, None)
-        if isinstance(tid, int):
-            return tid
-    raise NetslimError(f"Tokenizer {type(tokenizer).__name__} has no EOS (or SEP) token to separate documents.")
-
-
-def _token_stream(tokenizer: Any, files: list[Path]) -> Iterator[list[int]]:
-    """Token ids of each document followed by the separator, in file order."""
-    sep = _separator_id(tokenizer)
-    for i in range(0, len(files), _ENCODE_CHUNK):
-        texts = [read_text(p) for p in files[i : i + _ENCODE_CHUNK]]
-        # verbose=False: documents are longer than model_max_length on purpose; blocks cut them.
-        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-            yield [*ids, sep]
-
-
 def token_blocks(tokenizer: Any, split: str, *, seq_len: int = 512, num_blocks: int | None = None,
                  root: str | os.PathLike | None = None) -> torch.Tensor:
     """Documents of ``split`` joined with EOS and cut into ``(N, seq_len)`` int64 blocks.
@@ -103,16 +82,9 @@ def token_blocks(tokenizer: Any, split: str, *, seq_len: int = 512, num_blocks: 
         raise bad_param("token_blocks", "seq_len", "an int >= 2", seq_len)
     if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 1):
         raise bad_param("token_blocks", "num_blocks", "None or an int >= 1", num_blocks)
-    want = None if num_blocks is None else num_blocks * seq_len
-    ids: list[int] = []
-    for doc in _token_stream(tokenizer, list_files(split, root)):
-        ids.extend(doc)
-        if want is not None and len(ids) >= want:
-            break
-    n = len(ids) // seq_len if want is None else min(len(ids), want) // seq_len
-    if n == 0:
-        raise NetslimError(f"Text split {split!r} has {len(ids)} tokens: fewer than one block of {seq_len}.")
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)  # (N, L)
+    documents = (read_text(p) for p in list_files(split, root))
+    return files.token_blocks(tokenizer, documents, seq_len=seq_len, num_blocks=num_blocks,
+                              what=f"Text split {split!r}")
 
 
 def calibration_blocks(tokenizer: Any, num_samples: int, *, seq_len: int = 512, seed: int = 0,

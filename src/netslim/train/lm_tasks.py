@@ -9,13 +9,18 @@
 Task splits map to corpus splits (see :mod:`netslim.data.pydocs`): "train" and
 "calibration" -> calibration, "val" (or "validation") -> validation, "test" -> test.
 
+Both classes also serve other text: a subclass overrides :meth:`CausalLMTask.documents` /
+:meth:`EmbeddingTask.corpus_sentences` and passes its own ``tokenizer`` (and, for fidelity, a
+``reference`` callable returning the unmodified model), as :mod:`netslim.train.file_tasks`
+does for a user's files.
+
 Importing this module registers both datasets and imports no transformers: tokenizers and
 reference models are loaded by the constructors and on first use.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +57,13 @@ def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
 
 
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int, fixed: bool = False) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (B, T): T = ``max_length`` if ``fixed``, else the longest."""
+    enc = tokenizer(texts, padding="max_length" if fixed else True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
 # ------------------------------------------------------------------------ causal LM
 class CausalLMTask(Task):
     """Perplexity of a causal LM on fixed-length blocks of the Python docs.
@@ -59,7 +71,8 @@ class CausalLMTask(Task):
     Options: ``model_name`` (whose tokenizer; default "smollm2"), ``seq_len`` (512: long
     enough for real context, short enough for CPU), ``limit`` (at most this many blocks per
     split, taken from the start of the split: for quick runs; None = all), ``seed``
-    (training order, calibration draws), ``eval_batch_size``, ``root`` (corpus folder).
+    (training order, calibration draws), ``eval_batch_size``, ``root`` (corpus folder),
+    ``tokenizer`` (use this one instead of ``model_name``'s).
     """
 
     name = "pydocs"
@@ -67,7 +80,7 @@ class CausalLMTask(Task):
     higher_is_better = False
 
     def __init__(self, model_name: str = "smollm2", seq_len: int = 512, limit: int | None = None, seed: int = 0,
-                 eval_batch_size: int = 4, root: str | None = None):
+                 eval_batch_size: int = 4, root: str | None = None, *, tokenizer: Any = None):
         owner = "CausalLMTask"
         _positive(owner, "limit", limit, allow_none=True)
         _positive(owner, "eval_batch_size", eval_batch_size)
@@ -75,18 +88,29 @@ class CausalLMTask(Task):
             raise bad_param(owner, "seq_len", "an int >= 2", seq_len)
         self.model_name, self.seq_len, self.limit, self.seed = model_name, seq_len, limit, seed
         self.eval_batch_size, self.root = eval_batch_size, root
-        self.tokenizer = _tokenizer(model_name)
+        self.tokenizer = tokenizer if tokenizer is not None else _tokenizer(model_name)
         self._blocks: dict[str, torch.Tensor] = {}
+
+    def documents(self, corpus: str) -> Iterable[str]:
+        """The texts of a corpus split ("calibration", "validation", "test"), in order."""
+        from netslim.data.pydocs import list_files, read_text
+
+        return (read_text(p) for p in list_files(corpus, self.root))
 
     def blocks(self, split: str) -> torch.Tensor:
         """Token blocks (N, seq_len) of a split, tokenised once per task."""
-        from netslim.data.pydocs import token_blocks
+        from netslim.data.files import token_blocks
 
         corpus = _corpus_split(split)
         if corpus not in self._blocks:
-            self._blocks[corpus] = token_blocks(self.tokenizer, corpus, seq_len=self.seq_len,
-                                                num_blocks=self.limit, root=self.root)
+            what, fix = self._too_short(corpus)
+            self._blocks[corpus] = token_blocks(self.tokenizer, self.documents(corpus), seq_len=self.seq_len,
+                                                num_blocks=self.limit, what=what, fix=fix)
         return self._blocks[corpus]
+
+    def _too_short(self, corpus: str) -> tuple[str, str]:
+        """The name of a split in the "fewer than one block" error, and the fix appended to it."""
+        return f"Text split {corpus!r}", ""
 
     def train_batches(self, epoch: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         x = self.blocks("train")
@@ -171,7 +195,9 @@ class EmbeddingTask(Task):
     ``max_length`` (128 tokens: truncation, and the fixed padded length of
     ``example_inputs`` / ``calibration_inputs``), ``limit`` (sentences per split, 2000 by
     default: evenly spread over the split so every document area is represented; None =
-    all), ``seed``, ``eval_batch_size``, ``root``.
+    all), ``seed``, ``eval_batch_size``, ``root``, ``tokenizer`` (instead of
+    ``model_name``'s), ``reference`` (returns the unmodified model; default: build
+    ``model_name`` from the zoo).
     """
 
     name = "pydocs-sentences"
@@ -179,33 +205,37 @@ class EmbeddingTask(Task):
     higher_is_better = True
 
     def __init__(self, model_name: str = "minilm", max_length: int = 128, limit: int | None = 2000, seed: int = 0,
-                 eval_batch_size: int = 64, root: str | None = None):
+                 eval_batch_size: int = 64, root: str | None = None, *, tokenizer: Any = None,
+                 reference: Callable[[], nn.Module] | None = None):
         owner = "EmbeddingTask"
         _positive(owner, "max_length", max_length)
         _positive(owner, "limit", limit, allow_none=True)
         _positive(owner, "eval_batch_size", eval_batch_size)
         self.model_name, self.max_length, self.limit, self.seed = model_name, max_length, limit, seed
         self.eval_batch_size, self.root = eval_batch_size, root
-        self.tokenizer = _tokenizer(model_name)
+        self.tokenizer = tokenizer if tokenizer is not None else _tokenizer(model_name)
         self._sentences: dict[str, list[str]] = {}
         self._reference: dict[str, torch.Tensor] = {}
         self._reference_model: nn.Module | None = None
+        self._build_reference = reference
+
+    def corpus_sentences(self, corpus: str) -> list[str]:
+        """Every sentence of a corpus split ("calibration", "validation", "test"), in order."""
+        from netslim.data.pydocs import sentences
+
+        return sentences(corpus, root=self.root)
 
     def sentences(self, split: str) -> list[str]:
-        from netslim.data.pydocs import sentences
+        from netslim.data.files import spread
 
         corpus = _corpus_split(split)
         if corpus not in self._sentences:
-            every = sentences(corpus, root=self.root)
-            n = len(every) if self.limit is None else min(self.limit, len(every))
-            self._sentences[corpus] = [every[i * len(every) // n] for i in range(n)]
+            self._sentences[corpus] = spread(self.corpus_sentences(corpus), self.limit)
         return self._sentences[corpus]
 
     def encode(self, texts: list[str], fixed: bool = False) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` (B, T): T = max_length if ``fixed``, else the longest."""
-        enc = self.tokenizer(texts, padding="max_length" if fixed else True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return encode_texts(self.tokenizer, texts, self.max_length, fixed)
 
     @torch.no_grad()
     def embed(self, model: nn.Module, texts: list[str]) -> torch.Tensor:
@@ -235,7 +265,8 @@ class EmbeddingTask(Task):
             if self._reference_model is None:
                 from netslim.models import build_model
 
-                self._reference_model = build_model(self.model_name)
+                build = self._build_reference or (lambda: build_model(self.model_name))
+                self._reference_model = build()
             self._reference[corpus] = self.embed(self._reference_model, self.sentences(corpus))
         return self._reference[corpus]
 
