@@ -103,11 +103,17 @@ def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset:
           data: Optional[str], task: Optional[str], limit: Optional[int]):
     """The model and task of ``eval`` / ``bench`` / ``inspect``, and a line saying which data."""
     from netslim.models.sources import open_model
-    from netslim.recipe.inputs import resolve_task
+    from netslim.recipe.inputs import resolve_task, stored_reference
 
     _check_limit(limit)
     opened = open_model(artifact, weights=weights, base=model)
-    t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit))
+    reference = stored_reference(opened)
+    t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit),
+                     reference=reference)
+    if t.metric == "fidelity" and reference is None and opened.info.get("recipe"):
+        raise NetslimError(f"{artifact}: fidelity compares to the run's original model, whose file "
+                           f"{opened.info.get('reference', '(not recorded)')!r} is gone; score it against "
+                           "another original with netslim.compress or re-run the recipe.")
     return opened.model, t, _data_line(opened.info.get("data"), t)
 
 

@@ -91,7 +91,7 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
     task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
                         options=data_options, reference=reference)
-    info = run_info(opened, task, recipe.name)
+    info = run_info(opened, task, recipe.name, reference_path)
     dataset = info["dataset"]
     out.mkdir(parents=True, exist_ok=True)
     ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)

@@ -263,9 +263,10 @@ class EmbeddingTask(Task):
         corpus = _corpus_split(split)
         if corpus not in self._reference:
             if self._reference_model is None:
-                from netslim.models import build_model
+                from netslim.models.sources import open_model
 
-                build = self._build_reference or (lambda: build_model(self.model_name))
+                # A zoo name or a model directory: the original weights, as packaged / saved.
+                build = self._build_reference or (lambda: open_model(self.model_name).model)
                 self._reference_model = build()
             self._reference[corpus] = self.embed(self._reference_model, self.sentences(corpus))
         return self._reference[corpus]
