@@ -376,8 +376,18 @@ def bf16_linears(model: nn.Module, cfg: BF16Config | None = None) -> nn.Module:
     return model
 
 
+def _conv1d_layers(model: nn.Module, cfg) -> list[str]:
+    """Selected transformers Conv1D layers (GPT-2): Linears in function, left as they are here."""
+    from netslim.core.layerwise import is_conv1d
+
+    return [n for n in select(model, cfg.include, cfg.exclude, required=False) if is_conv1d(get_module(model, n))]
+
+
 @register(DynamicInt8Config)
 def _apply_dynamic(model, cfg: DynamicInt8Config, ctx):
+    for name in _conv1d_layers(model, cfg):  # no silent partial conversion: the report lists them
+        ctx.skip(name, "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
+                       "converted, only nn.Linear layers are; it stays fp32")
     ctx.notes["dynamic_int8"] = _convert_dynamic(model, cfg)
     return model
 

@@ -199,6 +199,27 @@ def _not_transformer(model, ctx, method: str) -> bool:
     return True
 
 
+_UNITS = {"heads": ("head", "attention-head", "BERT-style self.query/key/value, Llama-style q/k/v/o_proj with "
+                     "num_key_value_groups, GPT-2 c_attn"),
+          "ffn": ("neuron", "FFN", "gate/up/down_proj, BERT-style intermediate.dense + output.dense, GPT-2 "
+                  "c_fc + c_proj")}
+
+
+def _nothing_pruned(model, cfg: _TransformerBase, ratio: float) -> str:
+    """Why a heads / ffn pass removed nothing (no rule for this family, or a ratio that rounds to 0)."""
+    from .hf import transformer_graph
+
+    kind, what, known = _UNITS[cfg.method]
+    sizes = sorted({g.size for g in transformer_graph(model, kinds=(kind,)).prunable()})
+    if not sizes:
+        return (f"{cfg.method}: no {what} rule for model_type {model.config.model_type!r} "
+                f"(netslim knows {known}); nothing removed")
+    gqa = " (key/value groups)" if kind == "head" and getattr(model.config, "num_key_value_heads", None) else ""
+    excluded = " or 'exclude' covers them" if cfg.exclude else ""
+    return (f"{cfg.method}: ratio {ratio:.3g} removes no {kind}: blocks have {'/'.join(map(str, sizes))} "
+            f"{kind}s{gqa}, too few for that share{excluded}; raise the ratio")
+
+
 def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
     if _not_transformer(model, ctx, cfg.method):
         return model
@@ -208,8 +229,11 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
                       round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
         if cfg.criterion in ("taylor", "activation"):
             kwargs.update(batches=_taylor_batches(ctx.task, cfg, ctx.seed + it), loss_fn=ctx.task.loss)
-        model, report = fn(model, 1 - (1 - cfg.ratio) ** (1 / cfg.iterations), **kwargs)
+        ratio = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
+        model, report = fn(model, ratio, **kwargs)
         report["iteration"] = it
+        if not report["groups"] and not report["skipped"]:  # no silent no-op: say why nothing changed
+            report["skipped"] = [{"name": type(model).__name__, "reason": _nothing_pruned(model, cfg, ratio)}]
         _record(ctx, note, report)
         if cfg.finetune is not None:
             ctx.notes[note][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
