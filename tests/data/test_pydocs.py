@@ -122,14 +122,17 @@ def test_block_arguments_are_validated(tmp_path):
         pydocs.token_blocks(FakeTokenizer(), "test", seq_len=10**7, root=root)
 
 
-def test_calibration_blocks_are_seeded_draws_of_the_calibration_split(tmp_path):
+def test_calibration_tokens_are_seeded_draws_of_the_whole_calibration_split(tmp_path):
+    from netslim.train.lm_tasks import CausalLMTask
+
     root = make_corpus(tmp_path)
     tok = FakeTokenizer()
+    task = CausalLMTask(tokenizer=tok, root=str(root), seq_len=16, limit=1)  # limit: evaluation only
     every = pydocs.token_blocks(tok, "calibration", seq_len=64, root=root)
-    a = pydocs.calibration_blocks(tok, 5, seq_len=64, seed=1, root=root)
+    a = task.calibration_tokens(5, 64, seed=1)
     assert a.shape == (5, 64)
-    assert torch.equal(a, pydocs.calibration_blocks(tok, 5, seq_len=64, seed=1, root=root))
-    assert not torch.equal(a, pydocs.calibration_blocks(tok, 5, seq_len=64, seed=2, root=root))
+    assert torch.equal(a, task.calibration_tokens(5, 64, seed=1))
+    assert not torch.equal(a, task.calibration_tokens(5, 64, seed=2))
     rows = {tuple(r) for r in every.tolist()}
     assert all(tuple(r) in rows for r in a.tolist())
 

@@ -110,14 +110,13 @@ def check_calibration(model: nn.Module, ids: torch.Tensor) -> None:
 
 
 def calibration_from_task(task: Any, num_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """``num_samples`` blocks of ``seq_len`` tokens from the calibration split of a text task."""
-    tok = getattr(task, "tokenizer", None)
-    if tok is None:
-        raise NetslimError("One-shot LLM compression needs a text task with a tokenizer (e.g. dataset 'pydocs'); "
-                           f"got {type(task).__name__}.")
-    from netslim.data.pydocs import calibration_blocks
-
-    return calibration_blocks(tok, num_samples, seq_len=seq_len, seed=seed, root=getattr(task, "root", None))
+    """``num_samples`` blocks of ``seq_len`` tokens from the calibration split of a text task (its
+    ``calibration_tokens``: the task's own text — the user's files, or the pydocs corpus)."""
+    draw = getattr(task, "calibration_tokens", None)
+    if draw is None:
+        raise NetslimError("One-shot LLM compression needs a causal-LM text task (text files via --data, or "
+                           f"dataset 'pydocs'); got {type(task).__name__}.")
+    return draw(num_samples, seq_len, seed)
 
 
 def calibration_for(ctx: Any, method: str, num_samples: int, seq_len: int) -> Any:
@@ -130,7 +129,7 @@ def calibration_for(ctx: Any, method: str, num_samples: int, seq_len: int) -> An
     if task is None:
         raise NetslimError(f"Method {method!r} needs calibration data: give the step a task (dataset).")
     seed = getattr(ctx, "seed", 0)
-    if getattr(task, "tokenizer", None) is not None:
+    if getattr(task, "calibration_tokens", None) is not None:
         return calibration_from_task(task, num_samples, seq_len, seed)
     return task.calibration_inputs(num_samples, seed)  # e.g. images for the zoo models
 

@@ -87,19 +87,6 @@ def token_blocks(tokenizer: Any, split: str, *, seq_len: int = 512, num_blocks: 
                               what=f"Text split {split!r}")
 
 
-def calibration_blocks(tokenizer: Any, num_samples: int, *, seq_len: int = 512, seed: int = 0,
-                       pool: int | None = None, root: str | os.PathLike | None = None) -> torch.Tensor:
-    """``num_samples`` blocks of the calibration split, drawn without replacement by ``seed``.
-
-    ``pool`` limits the draw to the first ``pool`` blocks (quick runs); by default every
-    block of the split is a candidate, so the set covers the whole split, not its first files.
-    """
-    from netslim.data.calibration import take_samples
-
-    blocks = token_blocks(tokenizer, "calibration", seq_len=seq_len, num_blocks=pool, root=root)
-    return take_samples(blocks, num_samples, seed)  # (num_samples, L), in corpus order
-
-
 # ------------------------------------------------------------------------ sentences
 # Directives whose indented body is code or markup, not prose.
 _CODE_DIRECTIVES = {

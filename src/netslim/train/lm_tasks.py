@@ -164,6 +164,17 @@ class CausalLMTask(Task):
 
         return take_samples(self.blocks("calibration"), num_samples, seed)  # (n, seq_len)
 
+    def calibration_tokens(self, num_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+        """``num_samples`` blocks of ``seq_len`` tokens drawn (by ``seed``) from this task's whole
+        calibration split — the one-shot LLM methods' calibration set. Not shortened by ``limit``
+        (which only shortens evaluation) and cut at the step's own ``seq_len``."""
+        from netslim.data.calibration import take_samples
+        from netslim.data.files import token_blocks
+
+        what, fix = self._too_short("calibration")
+        blocks = token_blocks(self.tokenizer, self.documents("calibration"), seq_len=seq_len, what=what, fix=fix)
+        return take_samples(blocks, num_samples, seed)  # (n, seq_len), in corpus order
+
     @torch.no_grad()
     def generate_sample(self, model: nn.Module, prompt: str, max_new_tokens: int = 32) -> str:
         """Greedy continuation of ``prompt`` (for reports: what the compressed model says)."""
