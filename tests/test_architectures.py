@@ -27,13 +27,12 @@ from PIL import Image
 
 import netslim
 from netslim.api import recipe_path
-from netslim.core.errors import NetslimError
 from netslim.core.layerwise import calibration_for, is_conv1d
 from netslim.models.sources import open_model
 from netslim.prune.criteria import PRUNABLE_TYPES, effective_weight
 from netslim.quantize.dynamic import DynamicInt8Linear
 from netslim.quantize.weight_only import QuantizedLinear
-from netslim.recipe.inputs import resolve_task
+from netslim.recipe.inputs import resolve_task, stored_reference
 
 tf = pytest.importorskip("transformers")
 
@@ -122,21 +121,12 @@ def data(tmp_path_factory):
             for i in range(n):
                 pixels = np.clip(base + g.integers(-30, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels, "RGB").save(root / "imgs" / split / label / f"{i}.png")
-    # One-shot calibration (gptq, sparsegpt, wanda) reads the built-in corpus ($NETSLIM_TEXT, else
-    # the Python docs), not --data: test_calibration_comes_from_the_users_text pins that bug. Until
-    # it is fixed, the built-in corpus is made of the same kind of text, so these runs neither
-    # depend on python3.11-doc nor spend seconds tokenising it.
-    (root / "corpus").mkdir()
-    for i in range(12):
-        (root / "corpus" / f"part{i}.rst.txt").write_text(_prose(10, seed=i + 1))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NETSLIM_TEXT", str(root / "corpus"))
-        yield {
-            "text": {"path": str(root / "corpus.txt"), "seq_len": SEQ_LEN, "limit": 4},
-            "labelled": {"path": str(root / "labelled.jsonl"), "max_length": 32, "limit": 6},
-            "sentences": {"path": str(root / "corpus.txt"), "max_length": 32, "limit": 6},
-            "images": {"path": str(root / "imgs")},
-        }
+    return {
+        "text": {"path": str(root / "corpus.txt"), "seq_len": SEQ_LEN, "limit": 4},
+        "labelled": {"path": str(root / "labelled.jsonl"), "max_length": 32, "limit": 6},
+        "sentences": {"path": str(root / "corpus.txt"), "max_length": 32, "limit": 6},
+        "images": {"path": str(root / "imgs")},
+    }
 
 
 # -------------------------------------------------------------------------- recipes
@@ -242,20 +232,19 @@ def test_method_changes_the_model_or_says_why(model_dirs, data, tmp_path, arch, 
         after = result.model.state_dict()
         assert all(torch.equal(after[k], v) for k, v in before.state_dict().items())  # left as it was
         assert report["final"]["params"] == report["baseline"]["params"]
-    # `netslim eval ARTIFACT`: the artifact alone, scored on the data stored in it
+    # `netslim eval ARTIFACT`: the artifact alone, scored on the data stored in it (fidelity: against
+    # the run's original model, which the artifact names)
     opened = open_model(str(result.artifact))
-    # fidelity compares with the user's original model: the directory the run started from
-    original = (lambda: open_model(str(model_dir)).model) if report["metric"] == "fidelity" else None
+    original = stored_reference(opened)
+    assert original is not None or report["metric"] != "fidelity"
     task = resolve_task(opened, reference=original)
     assert task.spec.path == str(Path(data[data_key]["path"]).resolve())  # the run's own data, not a default
     score = task.evaluate(opened.model, "test")[report["metric"]]
     assert score == pytest.approx(report["final"][report["metric"]], rel=1e-6, abs=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=(NetslimError, AssertionError),
-                   reason="core.layerwise.calibration_from_task draws gptq/sparsegpt/wanda calibration blocks "
-                          "from the built-in corpus ($NETSLIM_TEXT or the Python docs), not from --data")
 def test_calibration_comes_from_the_users_text(model_dirs, data, monkeypatch):
+    """gptq / sparsegpt / wanda calibrate on the train split of --data: no built-in corpus needed."""
     monkeypatch.setenv("NETSLIM_TEXT", str(Path(data["text"]["path"]).parent / "no_such_corpus"))
     opened = open_model(str(model_dirs("llama")))
     task = resolve_task(opened, data=data["text"])
