@@ -11,7 +11,8 @@ from torch import nn
 from netslim.core.errors import NetslimError
 from netslim.data import files
 from netslim.data.files import SPLITS
-from netslim.train.file_tasks import DataSpec, model_kind, open_data, parse_data_spec, task_from_object
+from netslim.train.file_tasks import DataSpec, open_data, parse_data_spec
+from netslim.train.object_tasks import model_kind, task_from_object
 
 tf = pytest.importorskip("transformers")
 
@@ -351,10 +352,10 @@ def test_embedding_fidelity_against_the_users_original(tmp_path):
 
 
 @pytest.mark.parametrize("setup, model_name, task, match", [
-    ("text", "tiny-bert", "causal-lm", "task 'causal-lm' does not fit a embedding model.*set task: embedding"),
-    ("text", "tiny-llama", "embedding", "task 'embedding' does not fit a causal_lm model.*set task: causal-lm"),
-    ("images", "tiny-llama", "auto", "task 'image-classification' does not fit a causal_lm model"),
-    ("labelled", "tiny-llama", "auto", "task 'text-classification' does not fit a causal_lm.*set task: causal-lm"),
+    ("text", "tiny-bert", "causal-lm", "task 'causal-lm' does not fit an encoder \\(BertModel\\).*set --task embedding"),
+    ("text", "tiny-llama", "embedding", "task 'embedding' does not fit a causal LM.*set --task causal-lm"),
+    ("images", "tiny-llama", "auto", "task 'image-classification' does not fit a causal LM \\(LlamaForCausalLM\\)"),
+    ("labelled", "tiny-llama", "auto", "task 'text-classification' does not fit a causal LM.*set --task causal-lm"),
     ("images", "tiny-llama", "causal-lm", "d' holds no tables .* or text files"),
     ("text", "tiny-llama", "text-classification", r"d\.txt': expected tables \(\.csv"),
     ("labelled", "tiny-llama", "image-classification", r"d\.jsonl': expected class subfolders of images \(.*"
@@ -377,7 +378,7 @@ def test_tasks_that_do_not_fit_the_model(tmp_path, setup, model_name, task, matc
 
 def test_text_for_a_plain_module_says_what_fits(tmp_path):
     (tmp_path / "d.txt").write_text(_prose(10))
-    with pytest.raises(NetslimError, match="text without labels scores a causal LM .* got a module model"):
+    with pytest.raises(NetslimError, match="text without labels scores a causal LM .* got a plain nn.Module \\(MeanSign\\)"):
         open_data(DataSpec(path=str(tmp_path / "d.txt")), MeanSign())
 
 

@@ -71,6 +71,7 @@ TEXT_SUFFIXES = (".txt", ".md")
 DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json")
 # Pillow modes read as one channel.
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+_GLOB = re.compile(r"[*?\[]")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _ENCODE_CHUNK = 16  # documents per tokenizer call: batched, yet stops early when blocks are full
 
@@ -233,7 +234,9 @@ def data_kind(path: Path, kinds: Sequence[str] = KINDS) -> str:
     """``"datasets"``, ``"images"``, ``"table"`` or ``"text"``: what a data path holds, looking
     only for ``kinds`` (in the order of the module docstring); an error when it holds none."""
     if not path.exists():
-        raise NetslimError(f"Data path {str(path)!r} does not exist.")
+        hint = " (wildcards are not expanded: give the folder that holds the files)" if _GLOB.search(str(path)) else ""
+        raise NetslimError(f"Data path {str(path)!r} does not exist{hint}; give an image folder, a CSV / JSONL / "
+                           "parquet file, text files (.txt, .md) or a folder of them.")
     wanted = " or ".join(_KIND_TEXT[k] for k in KINDS if k in kinds)
     if path.is_file():
         kind = next((k for k in ("table", "text") if path.suffix.lower() in _KIND_SUFFIXES[k]), None)
@@ -478,7 +481,8 @@ def read_table(path: Path, hasher: ContentHash) -> Table:
 def require_column(table: Table, column: str, *, field: str) -> None:
     if column not in table.columns:
         raise NetslimError(f"{table.where}: no column {column!r} (the {field}); columns present: "
-                           f"{shorten(', '.join(table.columns) or '(none)')}.")
+                           f"{shorten(', '.join(table.columns) or '(none)')}; name the right one with {field}: in "
+                           "the data options (a recipe's data:).")
 
 
 def _value(row: Row, column: str) -> Any:

@@ -19,6 +19,7 @@ dataset (zoo models only), the tokenizer / processor ``source`` and ``base`` (wh
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -160,7 +161,8 @@ def _split_factory(ref: str) -> tuple[Path, str]:
     m = _FACTORY.match(ref)
     file, name = Path(m["file"]), m["name"]
     if not file.is_file():
-        raise NetslimError(f"Model file {str(file)!r} (from {ref!r}) does not exist.")
+        raise NetslimError(f"Model file {str(file)!r} (from {ref!r}) does not exist; give path/to/file.py:function "
+                           "with the path of your model's .py file (relative to the current directory, or absolute).")
     return file.resolve(), name
 
 
@@ -208,7 +210,8 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
     structure, e.g. pruned layers, is replayed onto ``model``)."""
     path = Path(weights)
     if not path.is_file():
-        raise NetslimError(f"Weights file {str(path)!r} does not exist.")
+        raise NetslimError(f"Weights file {str(path)!r} does not exist; --weights takes a .safetensors file, a "
+                           "torch.save'd state dict (.pt) or a netslim artifact of this model.")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -223,14 +226,29 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a bad or unsafe file
-            raise NetslimError(f"{path}: not a state dict torch.load(weights_only=True) can read: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+            raise NetslimError(f"Weights {path}: torch.load(weights_only=True) cannot read it ({_load_reason(e)}); "
+                               f"{_SAVE_STATE}.") from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise NetslimError(f"{path}: expected a state dict (parameter name -> tensor).")
+            raise NetslimError(f"Weights {path}: expected a state dict (parameter name -> tensor); got "
+                               f"{type(state).__name__} holding other values; {_SAVE_STATE}.")
     _load_strict(model, state, path)
     return model
+
+
+_SAVE_STATE = "save them with torch.save(model.state_dict(), path) or as .safetensors"
+
+
+def _load_reason(err: BaseException) -> str:
+    """The useful line of a ``torch.load`` error (its first lines are advice about ``weights_only``)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        tail = text.split("WeightsUnpickler error:", 1)[1]
+        line = next((ln.strip() for ln in tail.splitlines() if ln.strip()), "")
+        text = line.split(" Please use", 1)[0]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "") or type(err).__name__
+    return f"{type(err).__name__}: {line[:200]}"
 
 
 def _is_netslim_artifact(path: Path) -> bool:
@@ -254,7 +272,8 @@ def _load_strict(model: nn.Module, state: dict, path: Path) -> None:
                          + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
         for k in sorted(shapes)[:3]:
             parts.append(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        raise NetslimError(f"Weights {path} do not match the model ({type(model).__name__}): {'; '.join(parts)}.")
+        raise NetslimError(f"Weights {path} do not match the model ({type(model).__name__}): {'; '.join(parts)}; "
+                           "give weights saved from this model's class (same layers and sizes).")
     model.load_state_dict(state, strict=True)
 
 
@@ -278,22 +297,71 @@ def hf_dir_config(path: Path) -> dict:
 
 
 def open_hf_dir(path: Path) -> OpenedModel:
-    """A ``save_pretrained`` directory, loaded offline in fp32 with its own class."""
-    from netslim.models.hf import _finish, _quiet_loading, hf_class
+    """A ``save_pretrained`` directory, loaded offline in fp32 with its own class; its weights
+    must cover the model exactly (transformers would initialise missing ones at random)."""
+    from safetensors import SafetensorError
+
+    from netslim.models.hf import _finish, _quiet_loading
 
     path = path.resolve()
     cfg = hf_dir_config(path)
-    cls = hf_class(cfg["architectures"][0])
+    cls = _dir_class(path, cfg["architectures"][0])
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = f" (found {', '.join(others[:3])}: netslim reads weights from safetensors only)" if others else ""
         raise NetslimError(f"{path} has no weights: expected model.safetensors or a sharded "
-                           f"model.safetensors.index.json{hint}.")
+                           f"model.safetensors.index.json{hint}; write them with model.save_pretrained(dir).")
     try:
-        with _quiet_loading():
-            model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise NetslimError(f"{path}: transformers cannot load it as {cls.__name__}: "
-                           f"{str(e).strip().splitlines()[0][:200]}") from None
+        with _quiet_loading(), _transformers_errors_only():
+            model, loading = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                                 output_loading_info=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise NetslimError(f"{path}: transformers cannot load it as {cls.__name__}: {why}; re-save it with "
+                           "model.save_pretrained(dir).") from None
+    _check_loading(path, cls.__name__, loading)
     model = _finish(model, str(path))
     return OpenedModel(model, path.name, None, str(path))
+
+
+def _dir_class(path: Path, name: str) -> type:
+    from netslim.models.hf import hf_class
+
+    try:
+        return hf_class(name)
+    except NetslimError as e:
+        raise NetslimError(f"{path / 'config.json'}: {str(e).rstrip('.')}; fix 'architectures' or install a "
+                           "transformers version that has this class.") from None
+
+
+@contextlib.contextmanager
+def _transformers_errors_only():
+    """transformers' loading report (missing / unexpected keys) is not printed: :func:`_check_loading`
+    turns what matters in it into one error."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _check_loading(path: Path, cls_name: str, loading: dict) -> None:
+    """An error when weights were missing or of another shape (extra tensors in the file are ignored)."""
+    missing = sorted(loading.get("missing_keys") or ())
+    mismatched = sorted(loading.get("mismatched_keys") or ())
+    errors = list(loading.get("error_msgs") or ())
+    if not (missing or mismatched or errors):
+        return
+    parts = []
+    if missing:
+        more = f" (+{len(missing) - 3})" if len(missing) > 3 else ""
+        parts.append(f"no tensor for {', '.join(missing[:3])}{more}")
+    for key, file_shape, model_shape in mismatched[:3]:
+        parts.append(f"{key}: file {tuple(file_shape)} vs config {tuple(model_shape)}")
+    if errors:
+        parts.append(str(errors[0]).strip().splitlines()[0][:200])
+    raise NetslimError(f"{path}: the weights do not match config.json ({cls_name}): {'; '.join(parts)}; save model "
+                       "and config together with model.save_pretrained(dir).")

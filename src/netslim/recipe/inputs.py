@@ -4,7 +4,10 @@ Data comes, in this order of precedence, from
 
 1. ``data`` given to the run (CLI ``--data``, ``netslim.compress(data=...)``): a path or a
    ``{path: ..., task: ..., ...}`` mapping (the user's files, :mod:`netslim.train.file_tasks`),
-   or, from Python, a ``DataLoader``, a tensor, an ``(X, y)`` pair or a ``Task``;
+   or, from Python, a ``DataLoader``, a tensor, an ``(X, y)`` pair or a ``Task``
+   (:mod:`netslim.train.object_tasks`). The recipe's ``data:`` options that are data-file
+   options (columns, sizes, ``seq_len``, ...) apply to these files too; what ``data`` itself
+   sets wins;
 2. the recipe's ``data:`` when it has a ``path`` (files), else the recipe's ``dataset:``
    with ``data:`` as that dataset's options;
 3. the dataset an artifact was made on (its stored data spec or dataset name);
@@ -56,17 +59,14 @@ def resolve_task(opened: OpenedModel, *, data: Any = None, recipe_data: Mapping[
             raise NetslimError(f"Data options {sorted(options)} apply to data files, not to a {type(data).__name__}.")
         if isinstance(data, Task):
             return data
-        from netslim.train.file_tasks import task_from_object
+        from netslim.train.object_tasks import task_from_object
 
         return task_from_object(data, opened.model)
     if data is not None or "path" in recipe_data:
-        base = {} if data is not None else recipe_data
-        if data is not None and isinstance(data, Mapping):
-            base = dict(data)
-        elif data is not None:
-            base = {"path": str(data)}
-            # Recipe-level data options (columns, sizes) still apply to the user's own path.
-            base.update({k: v for k, v in recipe_data.items() if k != "path"})
+        base = recipe_data
+        if data is not None:
+            given = dict(data) if isinstance(data, Mapping) else {"path": str(data)}
+            base = {**_file_options(recipe_data), **given}  # what the run's own data says wins
         spec = file_spec(base, options, where="--data" if data is not None else "recipe data")
         return _open_files(spec, opened, reference)
     stored = opened.info.get("data") if opened.info else None
@@ -83,7 +83,18 @@ def resolve_task(opened: OpenedModel, *, data: Any = None, recipe_data: Mapping[
                     **recipe_data, **options}
     if name in _TEXT_DATASETS and opened.source and "model_name" not in task_options:
         task_options["model_name"] = opened.source  # the model's own tokenizer
+    if name == "pydocs-sentences" and reference is not None:
+        task_options["reference"] = reference  # fidelity to this run's original, not a stock model
     return get_task(name, **task_options)
+
+
+def _file_options(recipe_data: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's data options that apply to a user's files too (columns, sizes, seq_len, ...):
+    the DataSpec fields other than ``path``; the rest (e.g. ``augment``) are options of the
+    recipe's own dataset."""
+    from netslim.train.file_tasks import DataSpec
+
+    return {k: v for k, v in recipe_data.items() if k in DataSpec.model_fields and k != "path"}
 
 
 def _open_files(spec, opened: OpenedModel, reference):
@@ -104,9 +115,23 @@ def task_info(task) -> dict[str, Any]:
     return out
 
 
-def run_info(opened: OpenedModel, task, recipe: str | None = None) -> dict[str, Any]:
-    """The ``info`` block every artifact of a run carries: model, data, tokenizer source."""
+def run_info(opened: OpenedModel, task, recipe: str | None = None,
+             reference: str | Path | None = None) -> dict[str, Any]:
+    """The ``info`` block every artifact of a run carries: model, data, tokenizer source, and
+    the run's unmodified model (``reference``: what fidelity is measured against)."""
     info: dict[str, Any] = {"model": opened.name, **task_info(task), "source": opened.source}
     if recipe is not None:
         info["recipe"] = recipe
+    if reference is not None:
+        info["reference"] = str(Path(reference).resolve())
     return info
+
+
+def stored_reference(opened: OpenedModel) -> Callable[[], nn.Module] | None:
+    """The original model of the run that made an artifact (its ``baseline.safetensors``), if still there."""
+    from netslim.core.serialize import load
+
+    path = opened.info.get("reference") if opened.info else None
+    if not path or not Path(path).is_file():
+        return None
+    return lambda: load(path, base=opened.base)

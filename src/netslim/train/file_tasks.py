@@ -1,8 +1,8 @@
 """A user's own data as a :class:`~netslim.train.tasks.Task`, so that every method runs on it.
 
 * :func:`open_data` turns a :class:`DataSpec` (a path plus options) into a task, inferring the
-  task from the data and the model; :func:`task_from_object` does the same for a
-  ``DataLoader``, a tensor pair ``(X, y)``, a tensor ``X`` or a ``Task`` (the Python API).
+  task from the data and the model. In-memory data (a ``DataLoader``, tensors, a ``Task``):
+  :func:`netslim.train.object_tasks.task_from_object`.
 * Which files are read and how they are split: :mod:`netslim.data.files`.
 
 Task from data and model (``task: auto``)
@@ -18,7 +18,7 @@ Task from data and model (``task: auto``)
   the user's *original* model, ``reference()``) for a transformers encoder without a head.
 
 A task that does not fit the model is an error naming the task, the model kind and the fix.
-:func:`model_kind` decides the kind from the class and config alone.
+:func:`~netslim.train.object_tasks.model_kind` decides the kind from the class and config alone.
 
 Images
 ------
@@ -59,14 +59,13 @@ for images and rows. The task's ``spec`` is resolved: absolute ``path``, ``task`
 spec carried (compare the two to tell whether the data changed since). ``describe()`` gives
 ``{"dataset": "files", "metric": ..., "data": <resolved spec>}``, and
 ``open_data(DataSpec(**d["data"]), model)`` rebuilds the same task. Same data and seed:
-same splits, same batches. In-memory data (:func:`task_from_object`) serves every split alike.
+same splits, same batches.
 """
 from __future__ import annotations
 
 import copy
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -74,30 +73,33 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 
 import pydantic
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from torch import nn
 
 from netslim.core.config import _format_validation_error
-from netslim.core.errors import NetslimError, unknown_name
+from netslim.core.errors import NetslimError
 from netslim.data import files
 from netslim.data.calibration import take_samples
 from netslim.data.files import SPLITS
-from netslim.train.lm_tasks import CausalLMTask, EmbeddingTask, _corpus_split, _logits, encode_texts
-from netslim.train.tasks import Task, _device_of
+from netslim.train.lm_tasks import CausalLMTask, EmbeddingTask, _corpus_split, encode_texts
+from netslim.train.object_tasks import ClassifierTask, TensorClassificationTask, describe_spec, epoch_order, model_kind
+from netslim.train.tasks import Task
 
 TaskName = Literal["auto", "image-classification", "text-classification", "causal-lm", "embedding"]
-MODEL_KINDS = ("causal_lm", "text_classification", "image_classification", "embedding", "module")
 _FITS = {"image-classification": ("image_classification", "module"), "text-classification": ("text_classification",),
          "causal-lm": ("causal_lm",), "embedding": ("embedding",)}
+# How messages name a model kind and a task setting (CLI --task, recipe data: {task: ...}).
+_KIND_WORDS = {"causal_lm": "a causal LM", "text_classification": "a sequence classifier",
+               "image_classification": "an image classifier", "embedding": "an encoder",
+               "module": "a plain nn.Module"}
 _FIXES = {
     "image-classification": "image folders need a model mapping (N, C, H, W) images to class logits "
                             "(your CNN, or a *ForImageClassification)",
     "text-classification": "text classification needs a *ForSequenceClassification with num_labels = the "
-                           "number of classes; to score text only, set task: causal-lm or embedding",
-    "causal-lm": "perplexity needs a causal LM (*ForCausalLM / *LMHeadModel); for an encoder set task: embedding",
+                           "number of classes; to score text only, set --task causal-lm or embedding",
+    "causal-lm": "perplexity needs a causal LM (*ForCausalLM / *LMHeadModel); for an encoder set --task embedding",
     "embedding": "embedding fidelity needs a transformers encoder without a head (AutoModel, e.g. BertModel); "
-                 "for a causal LM set task: causal-lm",
+                 "for a causal LM set --task causal-lm",
 }
 
 
@@ -178,147 +180,15 @@ def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = 
 
 
 # ----------------------------------------------------------------------- the model
-def model_kind(model: nn.Module) -> str:
-    """One of :data:`MODEL_KINDS`, from the model's class and config (it is never run)."""
-    if "transformers" not in sys.modules:  # then it cannot be a transformers model
-        return "module"
-    from torch.nn.utils import parametrize
-    from transformers import PreTrainedModel
-
-    if not isinstance(model, PreTrainedModel):
-        return "module"
-    name = parametrize.type_before_parametrizations(model).__name__
-    for suffixes, kind in ((("ForCausalLM", "LMHeadModel"), "causal_lm"),
-                           (("ForSequenceClassification",), "text_classification"),
-                           (("ForImageClassification",), "image_classification")):
-        if name.endswith(suffixes):
-            return kind
-    # A bare text encoder (or decoder) embeds; a vision or encoder-decoder base model does not.
-    other = getattr(model.config, "is_encoder_decoder", False) or \
-        any(hasattr(model.config, a) for a in ("num_channels", "image_size"))
-    return "embedding" if name.endswith("Model") and not other else "module"
-
-
 def _check_fit(task: str, model: nn.Module, where: str) -> None:
     kind = model_kind(model)
     if kind not in _FITS[task]:
-        raise NetslimError(f"{where}: task {task!r} does not fit a {kind} model ({type(model).__name__}); "
+        raise NetslimError(f"{where}: task {task!r} does not fit {_KIND_WORDS[kind]} ({type(model).__name__}); "
                            f"{_FIXES[task]}.")
 
 
-# ------------------------------------------------------------------- classification
-def _to(inputs: Any, dev: torch.device) -> Any:
-    return {k: v.to(dev) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(dev)
-
-
-def _rows(inputs: Any, idx: torch.Tensor) -> Any:
-    return {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs[idx]
-
-
-def _epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
-    """Index batches of one epoch: a seeded shuffle, full batches only (one short batch if n < batch_size)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    for i in range(0, max(1, n - batch_size + 1), batch_size):
-        yield perm[i : i + batch_size]
-
-
-def _describe(task: Task) -> dict[str, Any]:
-    """``{"dataset": "files", "metric", "data": resolved spec}``; ``"in-memory"`` without a spec."""
-    if task.spec is None:
-        return {"dataset": "in-memory", "metric": task.metric}
-    return {"dataset": "files", "metric": task.metric, "data": task.spec.model_dump(mode="json")}
-
-
-class _Classifier(Task):
-    """Cross-entropy and accuracy over ``(inputs, labels)`` batches; subclasses give the batches."""
-
-    name, metric = "files", "accuracy"
-    labelled = True
-    spec: DataSpec | None = None
-    classes: tuple[str, ...] = ()
-
-    def _eval_batches(self, split: str) -> Iterator[tuple[Any, torch.Tensor]]:
-        raise NotImplementedError
-
-    def _need_labels(self) -> None:
-        if not self.labelled:
-            raise NetslimError("This data has inputs but no labels: training and evaluation need labels; pass "
-                               "(X, y), a DataLoader of (x, y) batches, or a data path.")
-
-    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        """Class logits (B, K)."""
-        return _logits(super().forward(model, _to(inputs, _device_of(model))))
-
-    def loss(self, model: nn.Module, batch: tuple[Any, torch.Tensor]) -> torch.Tensor:
-        self._need_labels()
-        inputs, y = batch
-        out = self.forward(model, inputs)
-        return F.cross_entropy(out, y.to(out.device))
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        self._need_labels()
-        if split not in files.SPLIT_NAMES:
-            raise unknown_name("split", split, files.SPLIT_NAMES)
-        was_training = model.training
-        model.eval()
-        correct, count, loss_sum = 0, 0, 0.0
-        try:
-            for inputs, y in self._eval_batches(files.SPLIT_NAMES[split]):
-                out = self.forward(model, inputs).float()            # (B, K)
-                y = y.to(out.device)
-                loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-                correct += (out.argmax(-1) == y).sum().item()
-                count += len(y)
-        finally:
-            model.train(was_training)
-        return {"accuracy": correct / max(count, 1), "loss": loss_sum / max(count, 1)}
-
-    describe = _describe
-
-
-class TensorClassificationTask(_Classifier):
-    """Inputs held in memory per split (a tensor, or a dict of tensors sharing the first dim) and
-    int64 labels (None: inputs only, for calibration). ``splits[split] = (inputs, labels)``."""
-
-    def __init__(self, splits: Mapping[str, tuple[Any, torch.Tensor | None]], *, seed: int = 0,
-                 spec: DataSpec | None = None, classes: tuple[str, ...] = (), eval_batch_size: int = 256):
-        self.splits, self.seed, self.spec, self.classes = dict(splits), seed, spec, tuple(classes)
-        self.eval_batch_size = eval_batch_size
-        self.labelled = all(y is not None for _, y in self.splits.values())
-        if not self.labelled:
-            self.metric = "none"
-        if spec is None:
-            self.name = "in-memory"
-
-    def _size(self, split: str) -> int:
-        x = self.splits[split][0]
-        return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
-
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Any, torch.Tensor]]:
-        self._need_labels()
-        x, y = self.splits["train"]
-        for idx in _epoch_order(len(y), batch_size, self.seed, epoch):
-            yield _rows(x, idx), y[idx]
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return max(1, self._size("train") // batch_size)
-
-    def _eval_batches(self, split: str) -> Iterator[tuple[Any, torch.Tensor]]:
-        x, y = self.splits[split]
-        for i in range(0, len(y), self.eval_batch_size):
-            idx = torch.arange(i, min(i + self.eval_batch_size, len(y)))
-            yield _rows(x, idx), y[idx]
-
-    def example_inputs(self, batch_size: int) -> Any:
-        return _rows(self.splits["test"][0], torch.arange(batch_size) % self._size("test"))  # repeats if short
-
-    def calibration_inputs(self, num_samples: int, seed: int = 0) -> Any:
-        idx = take_samples(torch.arange(self._size("train")), num_samples, seed)
-        return _rows(self.splits["train"][0], idx)
-
-
-class TextClassificationTask(_Classifier):
+# --------------------------------------------------------------------- text classification
+class TextClassificationTask(ClassifierTask):
     """Texts and label ids per split; batches are tokenised on the fly (padded to the longest)."""
 
     def __init__(self, tokenizer: Any, splits: Mapping[str, tuple[list[str], torch.Tensor]], *, spec: DataSpec,
@@ -331,7 +201,7 @@ class TextClassificationTask(_Classifier):
 
     def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         texts, y = self.splits["train"]
-        for idx in _epoch_order(len(texts), batch_size, self.seed, epoch):
+        for idx in epoch_order(len(texts), batch_size, self.seed, epoch):
             yield self._encode([texts[i] for i in idx.tolist()]), y[idx]
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -352,82 +222,6 @@ class TextClassificationTask(_Classifier):
         return self._encode([texts[i] for i in idx.tolist()], fixed=True)  # (n, max_length)
 
 
-def _split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """``(inputs, labels or None)`` of one DataLoader batch."""
-    if isinstance(batch, Mapping):
-        return {k: v for k, v in batch.items() if k != "labels"}, batch.get("labels")
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        return batch[0], (batch[1] if len(batch) == 2 else None)
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    raise NetslimError(f"DataLoader batches must be (x, y), x, or a dict of tensors (optional 'labels'); "
-                       f"got {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list))
-                                                        else "") + ".")
-
-
-def _concat(parts: list[Any]) -> Any:
-    if not isinstance(parts[0], Mapping):
-        return torch.cat(parts)
-    shapes = {k: {tuple(p[k].shape[1:]) for p in parts} for k in parts[0]}
-    for k, s in shapes.items():
-        if len(s) > 1:
-            raise NetslimError(f"DataLoader batches differ in the shape of {k!r} ({', '.join(map(str, sorted(s)))}); "
-                               "pad every batch to one length (padding='max_length') to draw calibration inputs.")
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-class LoaderTask(_Classifier):
-    """A user's ``DataLoader``: the same batches, in the loader's own order and batch size, for
-    training, every split and the first rows of calibration / example inputs."""
-
-    name = "in-memory"
-
-    def __init__(self, loader: Any):
-        first = next(iter(loader), None)
-        if first is None:
-            raise NetslimError("The DataLoader yields no batches.")
-        self.loader = loader
-        self.labelled = _split_batch(first)[1] is not None
-        if not self.labelled:
-            self.metric = "none"
-
-    def _batches(self) -> Iterator[tuple[Any, torch.Tensor | None]]:
-        return (_split_batch(b) for b in self.loader)
-
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[tuple[Any, torch.Tensor]]:
-        self._need_labels()
-        return self._batches()  # the loader's batch size, not batch_size
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        try:
-            return len(self.loader)
-        except TypeError:  # an IterableDataset without __len__: count one pass
-            return sum(1 for _ in self.loader)
-
-    def _eval_batches(self, split: str) -> Iterator[tuple[Any, torch.Tensor]]:
-        return self._batches()
-
-    def _first_rows(self, n: int) -> tuple[Any, int]:
-        parts, have = [], 0
-        for inputs, _ in self._batches():
-            parts.append(inputs)
-            have += len(next(iter(inputs.values()))) if isinstance(inputs, Mapping) else len(inputs)
-            if have >= n:
-                break
-        return _concat(parts), have
-
-    def example_inputs(self, batch_size: int) -> Any:
-        x, have = self._first_rows(batch_size)
-        return _rows(x, torch.arange(batch_size) % have)
-
-    def calibration_inputs(self, num_samples: int, seed: int = 0) -> Any:
-        """The first ``num_samples`` rows the loader yields (its order decides, not ``seed``)."""
-        x, have = self._first_rows(num_samples)
-        if have < num_samples:
-            raise NetslimError(f"The DataLoader yields {have} samples; asked for {num_samples} calibration samples.")
-        return _rows(x, torch.arange(num_samples))
-
-
 # --------------------------------------------------------------------------- text
 class TextFilesLMTask(CausalLMTask):
     """:class:`CausalLMTask` on a user's texts (``texts[split]``: the documents of each split)."""
@@ -446,7 +240,7 @@ class TextFilesLMTask(CausalLMTask):
         split = next(s for s in SPLITS if _corpus_split(s) == corpus)
         return f"{self.spec.path}: split {split!r}", f" (seq_len={self.seq_len}); set seq_len lower or give more text"
 
-    describe = _describe
+    describe = describe_spec
 
 
 class TextFilesEmbeddingTask(EmbeddingTask):
@@ -463,7 +257,7 @@ class TextFilesEmbeddingTask(EmbeddingTask):
     def corpus_sentences(self, corpus: str) -> list[str]:
         return self.units[corpus]
 
-    describe = _describe
+    describe = describe_spec
 
 
 # ------------------------------------------------------------------------ sources
@@ -724,10 +518,12 @@ def _infer_task(spec: DataSpec, kind: str, table: files.Table | None, model: nn.
     mk = model_kind(model)
     if mk in ("causal_lm", "embedding"):
         return "causal-lm" if mk == "causal_lm" else "embedding"
+    if table is not None and mk == "text_classification":  # a classifier and a table: the label column is missing
+        files.require_column(table, spec.label_column, field="label_column")
     labels = "" if table is None else f" (no {spec.label_column!r} column for text classification)"
     raise NetslimError(f"data {spec.path!r}: text without labels{labels} scores a causal LM (perplexity) or an encoder "
-                       f"(embedding fidelity); got a {mk} model ({type(model).__name__}). Give a *ForCausalLM or an "
-                       "encoder, or a table with a label column.")
+                       f"(embedding fidelity); got {_KIND_WORDS[mk]} ({type(model).__name__}). Give a *ForCausalLM or "
+                       "an encoder, or a table with a label column.")
 
 
 def open_data(spec: DataSpec, model: nn.Module, *, source: str | None = None,
@@ -773,34 +569,3 @@ def open_data(spec: DataSpec, model: nn.Module, *, source: str | None = None,
     return TextFilesEmbeddingTask(tokenizer, _sentences(texts, spec.path), spec=spec, reference=reference)
 
 
-# ---------------------------------------------------------------- in-memory data
-def task_from_object(obj: Any, model: nn.Module) -> Task:
-    """A task for the Python API's ``data=``: a Task as it is; a ``DataLoader``; ``(X, y)``;
-    ``X`` alone (inputs for calibration only; training and evaluation need labels).
-
-    In-memory data serves every split (train, val, test) alike; to hold out a test set,
-    pass a data path or a Task.
-    """
-    if isinstance(obj, Task):
-        return obj
-    if isinstance(obj, torch.utils.data.DataLoader):
-        return LoaderTask(obj)
-    if isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[1], torch.Tensor):
-        x, y = obj
-        n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
-        if y.ndim != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or len(y) != n:
-            raise NetslimError(f"data (X, y): y must be a 1-D integer tensor of {n} class ids; got {y.dtype} of "
-                               f"shape {tuple(y.shape)}.")
-        num = getattr(getattr(model, "config", None), "num_labels", None)
-        if num is not None and model_kind(model).endswith("classification") and len(y) \
-                and not 0 <= y.min() <= y.max() < num:
-            raise NetslimError(f"data (X, y): labels span [{int(y.min())}, {int(y.max())}]; the model has "
-                               f"num_labels={num}: labels must lie in [0, {num}).")
-        return TensorClassificationTask(dict.fromkeys(SPLITS, (x, y.long())))
-    if isinstance(obj, torch.Tensor) or (isinstance(obj, Mapping) and obj
-                                         and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        if isinstance(obj, Mapping) and "labels" in obj:
-            return task_from_object(({k: v for k, v in obj.items() if k != "labels"}, obj["labels"]), model)
-        return TensorClassificationTask(dict.fromkeys(SPLITS, (obj, None)))
-    raise NetslimError(f"data: expected a path, a DataLoader, (X, y) tensors, a tensor X, a dict of tensors or a "
-                       f"Task; got {type(obj).__name__}.")
