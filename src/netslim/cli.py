@@ -39,9 +39,16 @@ _TASK_HELP = "auto | image-classification | text-classification | causal-lm | em
 
 
 def _data(data: Optional[str], task: Optional[str]):
-    if data is None:
-        if task is not None:
+    if task is not None:
+        import typing
+
+        from netslim.train.file_tasks import TaskName
+
+        if task not in typing.get_args(TaskName):
+            raise NetslimError(f"--task must be one of {', '.join(typing.get_args(TaskName))}; got {task[:100]!r}.")
+        if data is None:
             raise NetslimError("--task goes with --data PATH.")
+    if data is None:
         return None
     return {"path": data, **({"task": task} if task else {})}
 

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from torch import nn
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import load, read_description
 
+log = logging.getLogger(__name__)
 _FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -348,9 +350,20 @@ def _transformers_errors_only():
         hf_logging.set_verbosity(level)
 
 
+# Task heads put on a pretrained body (a new classifier to fine-tune, an unused pooler): their
+# absence is what transformers' own "newly initialized" warning is about, not a broken file.
+_HEAD_PREFIXES = ("classifier.", "score.", "pooler.", "qa_outputs.", "bert.pooler.", "roberta.pooler.")
+
+
 def _check_loading(path: Path, cls_name: str, loading: dict) -> None:
-    """An error when weights were missing or of another shape (extra tensors in the file are ignored)."""
+    """An error when weights were missing or of another shape (extra tensors in the file are ignored);
+    a missing task head / pooler is initialised at random, with a warning that names it."""
     missing = sorted(loading.get("missing_keys") or ())
+    heads = [k for k in missing if k.startswith(_HEAD_PREFIXES) or ".pooler." in k]
+    if heads:
+        log.warning("%s: %s not in the weights; initialised at random (train it: netslim train %s --data ...)",
+                    path, ", ".join(heads[:4]) + (f" (+{len(heads) - 4})" if len(heads) > 4 else ""), path)
+        missing = [k for k in missing if k not in heads]
     mismatched = sorted(loading.get("mismatched_keys") or ())
     errors = list(loading.get("error_msgs") or ())
     if not (missing or mismatched or errors):
