@@ -103,8 +103,12 @@ def test_per_tensor_matches_quantize_per_tensor_oracle(kernel, tmp_path):
     assert torch.allclose(q(x), ref, atol=1e-4)
     with torch.inference_mode():  # inference tensors have no version counter: same result
         assert torch.allclose(q(x), ref, atol=1e-4)
-    with pytest.raises(NetslimError):  # a plain Sequential has no zoo arch to save against
-        netslim.save(nn.Sequential(q), tmp_path / "x.safetensors")
+    # A plain Sequential is a user model: it saves, and loads onto a fresh (float) instance.
+    path = netslim.save(nn.Sequential(q), tmp_path / "x.safetensors")
+    with pytest.raises(NetslimError, match="base="):
+        netslim.load(path)
+    again = netslim.load(path, base=nn.Sequential(nn.Linear(64, 32)))
+    assert isinstance(again[0], DynamicInt8Linear) and torch.equal(again(x), q(x))
     with pytest.raises(NetslimError, match="activations"):
         DynamicInt8Linear(4, 4, activations="per_group")
 
