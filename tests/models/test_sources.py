@@ -190,3 +190,23 @@ def test_bad_hf_directories_are_one_clear_error(tmp_path):
 
     with pytest.raises(NetslimError, match="has no tokenizer files"):
         load_tokenizer(str(no_tok))
+
+
+def test_masked_lm_directory_is_scored_by_fidelity_of_its_hidden_states(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from netslim.models.hf import TINY_VOCAB, byte_tokenizer
+
+    torch.manual_seed(0)
+    d = tmp_path / "mlm"
+    BertForMaskedLM(BertConfig(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, pad_token_id=256)).save_pretrained(d)
+    byte_tokenizer("bert").save_pretrained(d)
+    text = tmp_path / "notes.txt"
+    text.write_text("\n".join(f"Sentence number {i} talks about topic {i % 7} at some length." for i in range(300)))
+    recipe = {"name": "mlm", "measure": {"batch_size": 2, "repeats": 1},
+              "steps": [{"method": "magnitude", "sparsity": 0.6}, {"method": "export"}]}
+    result = netslim.compress(str(d), recipe, data=str(text), out=tmp_path / "out")
+    rep = result.report
+    assert rep["metric"] == "fidelity" and rep["baseline"]["fidelity"] == pytest.approx(1.0, abs=1e-6)
+    assert 0 < rep["final"]["fidelity"] < 0.9999  # pruned: measured against the original, not itself

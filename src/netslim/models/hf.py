@@ -317,8 +317,10 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def sentence_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """L2-normalised mean-pooled embeddings (B, H) of an encoder's last hidden state."""
-    out = model(**inputs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, H)
+    masked_lm = type(model).__name__.endswith("ForMaskedLM")  # its first output is vocabulary logits
+    out = model(**inputs, output_hidden_states=True) if masked_lm else model(**inputs)
+    hidden = out.hidden_states[-1] if masked_lm else \
+        (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])  # (B, T, H)
     return F.normalize(mean_pool(hidden.float(), inputs["attention_mask"]), dim=-1)
 
 

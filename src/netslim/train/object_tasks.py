@@ -48,6 +48,8 @@ def model_kind(model: nn.Module) -> str:
                            (("ForImageClassification",), "image_classification")):
         if name.endswith(suffixes):
             return kind
+    if name.endswith("ForMaskedLM"):  # an encoder with its MLM head: fidelity of its last hidden states
+        return "embedding"
     # A bare text encoder (or decoder) embeds; a vision or encoder-decoder base model does not.
     other = getattr(model.config, "is_encoder_decoder", False) or \
         any(hasattr(model.config, a) for a in ("num_channels", "image_size"))
