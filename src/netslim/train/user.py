@@ -7,8 +7,9 @@ trains on the given data with stated defaults, overridable:
 
 * Hugging Face transformers: AdamW, lr 5e-5, weight decay 0.01, 3 epochs, batch 32, 10 %
   warm-up then cosine (the usual fine-tuning setting);
-* other modules: SGD with Nesterov momentum 0.9, lr 0.05, weight decay 5e-4, 10 epochs,
-  batch 128, cosine.
+* other modules: AdamW, lr 1e-3, weight decay 0.01, 10 epochs, batch 128, cosine (robust on
+  a model nobody tuned for: SGD at the zoo's lr 0.05 collapsed the journey CNN to chance
+  level in one 5-epoch run, BENCHMARKS.md issue 17).
 
 The weights with the best validation metric are kept; the artifact records the data spec
 (path, task, columns, split rule, content hash), so ``netslim eval`` re-scores the same data.
@@ -25,7 +26,7 @@ from netslim.core.serialize import save
 
 HF_DEFAULTS = {"optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.01, "epochs": 3, "batch_size": 32,
                "warmup_epochs": 0.1}
-MODULE_DEFAULTS = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "epochs": 10, "batch_size": 128}
+MODULE_DEFAULTS = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "epochs": 10, "batch_size": 128}
 
 
 def _is_transformers(model) -> bool:
