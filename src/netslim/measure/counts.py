@@ -1,54 +1,51 @@
 """Parameter, non-zero and MAC counts, per layer and in total."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from netslim.core.errors import NetslimError
+
+from .storage import stored_modules
+
 
 @dataclass
 class LayerStats:
+    """One layer as stored (see :mod:`netslim.measure.storage` for every definition)."""
+
     name: str
     type: str
-    shape: list[int]
-    params: int
-    nonzero: int
-    bits: float      # storage bits per weight of the main tensor (32 for fp32)
+    shape: list[int]     # logical shape of the main weight
+    params: int          # elements (weights at their logical shape + biases), never packed bytes
+    nonzero: int         # non-zeros among ``params``
+    bits: float          # bits of one stored weight value (fp32 32, bf16 16, int4 4, shared log2 k)
     macs: int
+    kind: str = ""       # storage kind: "dense fp32", "masked fp32", "sparse CSR fp32", "packed int4", ...
+    sparsity: float = 0.0  # zeros of the main weight / its elements
+    stored_bytes: int = 0  # bytes of every tensor the layer saves (codes, indices, scales, masks, bias)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(t.numel() for t in _tensors(model))
+    """Parameters as elements (an int4 or CSR layer counts its logical weight), tied once."""
+    return sum(s.params for _, _, s in stored_modules(model))
 
 
 def count_nonzero(model: nn.Module) -> int:
-    return sum(int(torch.count_nonzero(t)) for t in _tensors(model))
+    return sum(s.nonzero for _, _, s in stored_modules(model))
 
 
-def _tensors(model: nn.Module):
-    """Effective parameters: masked tensors counted as their masked value; shared once."""
-    seen = set()
-    for mname, module in model.named_modules():
-        if "parametrizations" in mname.split("."):
-            continue  # originals and masks of a parametrization: counted through the owner
-        for name, p in list(module.named_parameters(recurse=False)):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield p.detach()
-        if parametrize.is_parametrized(module):
-            for name in module.parametrizations:
-                yield getattr(module, name).detach()
-        for name, b in module.named_buffers(recurse=False):
-            # Packed/quantized weights of later methods live in buffers named *weight*.
-            if "weight" in name and id(b) not in seen:
-                seen.add(id(b))
-                yield b.detach()
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model saves (the file adds its header / description)."""
+    return sum(s.stored_bytes for _, _, s in stored_modules(model))
 
 
 # ----------------------------------------------------------------------- MACs
@@ -111,33 +108,35 @@ def macs_per_layer(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     return counts
 
 
-def _weight_bits(module: nn.Module) -> float:
-    bits = getattr(module, "weight_bits", None)  # quantized modules report their own
-    if bits is not None:
-        return float(bits)
-    w = getattr(module, "weight", None)
-    return float(torch.finfo(w.dtype).bits if w is not None and w.is_floating_point() else 32)
-
-
 def layer_table(model: nn.Module, example_inputs: Any) -> list[LayerStats]:
-    """One row per module that holds a weight (or is counted for MACs)."""
+    """One row per module that stores a weight (or is counted for MACs), from the tensors
+    it actually holds: the rows of the report and of ``netslim inspect``."""
     macs = macs_per_layer(model, example_inputs)
     rows = []
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if not isinstance(w, torch.Tensor) and name not in macs:
+    for name, module, s in stored_modules(model):
+        if not s.kind and name not in macs:
             continue
-        if ".parametrizations." in name:
-            continue
-        own = [p.detach() for p in module.parameters(recurse=False)]
-        if parametrize.is_parametrized(module):  # masked tensors count as their masked value
-            own += [getattr(module, n).detach() for n in module.parametrizations]
-        own += [b for n, b in module.named_buffers(recurse=False) if "weight" in n]
         rows.append(LayerStats(
-            name=name, type=parametrize.type_before_parametrizations(module).__name__,
-            shape=list(w.shape) if isinstance(w, torch.Tensor) else [],
-            params=sum(t.numel() for t in own),
-            nonzero=sum(int(torch.count_nonzero(t)) for t in own),
-            bits=_weight_bits(module), macs=int(macs.get(name, 0)),
-        ))
+            name=name, type=parametrize.type_before_parametrizations(module).__name__, shape=s.shape,
+            params=s.params, nonzero=s.nonzero, bits=s.bits, macs=int(macs.get(name, 0)), kind=s.kind,
+            sparsity=s.sparsity, stored_bytes=s.stored_bytes))
     return rows
+
+
+LOADABLE = (".safetensors", ".nsz")  # artifact formats netslim reads back (ONNX, GGUF, ... are not)
+
+
+def artifact_layer_table(artifact: str | os.PathLike, example_inputs: Any, *, model: nn.Module | None = None,
+                         base: Any = None) -> list[LayerStats]:
+    """:func:`layer_table` of the model as stored in ``artifact`` (read back with
+    ``netslim.load``, as ``netslim inspect`` does), so a sparse or Huffman-coded export is
+    described by what the file holds, not by the in-memory model that wrote it. ``model``
+    stands in for artifacts in formats netslim does not read; ``base`` as for ``load``."""
+    path = Path(artifact)
+    if path.is_file() and path.name.endswith(LOADABLE):
+        from netslim.core.serialize import load
+
+        return layer_table(load(path, base=base), example_inputs)
+    if model is None:
+        raise NetslimError(f"{path}: not a netslim artifact (.safetensors / .nsz) and no model given to describe.")
+    return layer_table(model, example_inputs)

@@ -1,4 +1,4 @@
-"""CPU latency (warm-up, median of repeats, fixed threads) and peak memory."""
+"""CPU latency (warm-up, median and quartiles of repeats, fixed threads) and peak memory."""
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +31,62 @@ class Timing:
     p90_ms: float
     repeats: int
     threads: int
+    q1_ms: float = 0.0   # quartiles of the repeats: the spread every reported latency carries
+    q3_ms: float = 0.0
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {**self.__dict__, "iqr_ms": self.iqr_ms}
+
+
+def timing_of(times: list[float], threads: int) -> Timing:
+    """Median, quartiles and 10th / 90th percentiles of per-call times (ms)."""
+    if len(times) < 2:
+        return Timing(times[0], times[0], times[0], len(times), threads, times[0], times[0])
+    dec = statistics.quantiles(times, n=10)
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return Timing(statistics.median(times), dec[0], dec[-1], len(times), threads, q1, q3)
+
+
+class Latency(float):
+    """A median latency (ms) that carries the spread of its repeats (``q1_ms``, ``q3_ms``,
+    ``iqr_ms``, ``repeats``): arithmetic, ``round`` and JSON see the plain median, so code
+    that takes a float keeps working while a report can show the spread."""
+
+    q1_ms: float
+    q3_ms: float
+    repeats: int
+
+    def __new__(cls, median_ms: float, q1_ms: float, q3_ms: float, repeats: int) -> "Latency":
+        obj = super().__new__(cls, median_ms)
+        obj.q1_ms, obj.q3_ms, obj.repeats = q1_ms, q3_ms, repeats
+        return obj
+
+    @classmethod
+    def of(cls, timing: Timing) -> "Latency":
+        return cls(timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats)
+
+    def __reduce__(self):  # copy / pickle keep the spread
+        return type(self), (float(self), self.q1_ms, self.q3_ms, self.repeats)
+
+    @property
+    def median_ms(self) -> float:
+        return float(self)
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+
+def latency_fields(key: str, value: Any) -> dict[str, float]:
+    """``{key: median, key_iqr: IQR}`` for a :class:`Latency` (or ``Timing``); ``{key: value}``
+    for a bare number (its spread unknown)."""
+    median = getattr(value, "median_ms", value)
+    iqr = getattr(value, "iqr_ms", None)
+    return {key: float(median)} if iqr is None else {key: float(median), f"{key}_iqr": float(iqr)}
 
 
 def _call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
@@ -43,42 +96,58 @@ def _call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
 
 
 @torch.inference_mode()
+def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """Per-call wall times (ms) of ``model(inputs)`` in eval mode, after ``warmup`` calls."""
+    was_training = model.training
+    model.eval()
+    fn = _call(model, inputs)
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    model.train(was_training)
+    return times
+
+
 def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 5, repeats: int = 30,
                     threads: int | None = None, min_seconds: float = 0.0) -> Timing:
-    """Median wall time of ``model(inputs)`` in eval mode.
+    """Median wall time of ``model(inputs)`` in eval mode, with its quartiles.
 
     ``threads`` pins torch's intra-op threads for the measurement (None: current).
     Repeats continue until both ``repeats`` and ``min_seconds`` are reached.
     """
-    was_training = model.training
-    model.eval()
-    fn = _call(model, inputs)
     with fixed_threads(threads):
-        for _ in range(warmup):
-            fn()
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < repeats or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times = _sample(model, inputs, warmup, repeats, min_seconds)
         used = torch.get_num_threads()
-    model.train(was_training)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return Timing(statistics.median(times), q[0], q[-1], len(times), used)
+    return timing_of(times, used)
+
+
+def interleaved_timings(models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5, repeats: int = 10,
+                        threads: int | None = None) -> dict[str, Timing]:
+    """A/B(/C...) timing: rounds alternate between models; median and quartiles over the
+    repeats of all rounds pooled (the spread includes the drift between rounds)."""
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    with fixed_threads(threads):
+        for _ in range(rounds):
+            for k, m in models.items():
+                samples[k] += _sample(m, inputs, 2, repeats)
+        used = torch.get_num_threads()
+    return {k: timing_of(v, used) for k, v in samples.items()}
 
 
 def interleaved_latency(models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5,
-                        repeats: int = 10, threads: int | None = None) -> dict[str, float]:
-    """A/B(/C...) timing: rounds alternate between models; median over all repeats (ms).
+                        repeats: int = 10, threads: int | None = None) -> dict[str, Latency]:
+    """A/B(/C...) timing: rounds alternate between models; median over all repeats (ms),
+    each a :class:`Latency` that also carries its quartiles.
 
     Shared, noisy machines drift; interleaving keeps the comparison fair.
     """
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            samples[k].append(measure_latency(m, inputs, warmup=2, repeats=repeats, threads=threads).median_ms)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    t = interleaved_timings(models, inputs, rounds=rounds, repeats=repeats, threads=threads)
+    return {k: Latency.of(v) for k, v in t.items()}
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .counts import count_nonzero, count_params, macs_per_layer
-from .latency import measure_latency
+from .latency import Latency, latency_fields, measure_latency
 
 
 def size_on_disk(model: nn.Module, path: str | os.PathLike | None = None) -> int:
@@ -25,7 +25,11 @@ def size_on_disk(model: nn.Module, path: str | os.PathLike | None = None) -> int
 def model_summary(model: nn.Module, task, *, artifact: str | os.PathLike | None = None,
                   batch_size: int = 64, threads: int | None = None, repeats: int = 20,
                   evaluate: bool = True, split: str = "test") -> dict[str, Any]:
-    """``{metric, params, nonzero, macs, size_bytes, latency_ms_b1, latency_ms_bN}``."""
+    """``{metric, params, nonzero, macs, size_bytes, latency_ms_b1, latency_ms_bN}``.
+
+    ``size_bytes`` is the size of the file at ``artifact`` (or of a temporary save); each
+    latency is a :class:`Latency` (median) with its spread beside it (``latency_ms_b1_iqr``).
+    """
     model.eval()
     out: dict[str, Any] = {}
     if evaluate:
@@ -34,8 +38,9 @@ def model_summary(model: nn.Module, task, *, artifact: str | os.PathLike | None 
     out["nonzero"] = count_nonzero(model)
     out["macs"] = int(sum(macs_per_layer(model, task.example_inputs(1)).values()))
     out["size_bytes"] = size_on_disk(model, artifact)
-    out["latency_ms_b1"] = measure_latency(model, task.example_inputs(1), repeats=repeats, threads=threads).median_ms
-    out["latency_ms_bN"] = measure_latency(model, task.example_inputs(batch_size), repeats=max(5, repeats // 2),
-                                           threads=threads).median_ms
+    for key, batch, reps in (("latency_ms_b1", 1, repeats), ("latency_ms_bN", batch_size, max(5, repeats // 2))):
+        t = measure_latency(model, task.example_inputs(batch), repeats=reps, threads=threads)
+        out.update(latency_fields(key, t))
+        out[key] = Latency.of(t)
     out["batch_N"] = batch_size
     return out
