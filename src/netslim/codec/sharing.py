@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pydantic
@@ -66,6 +66,8 @@ class ShareConfig(MethodConfig):
     """Per-layer k-means weight sharing with centroid fine-tuning."""
 
     method = "share"
+    # Read by netslim.recipe.preflight: what a later pruning / quantizing step would find instead.
+    converts_layers: ClassVar[str] = "replaced them by shared-weight layers (each weight tied to a k-means centroid)"
     bits: int | dict[str, int] = Field(
         default_factory=lambda: {"type:Conv2d": 8, "type:Linear": 5},
         description="bits per cluster index (k = 2^bits): one int, or selector -> int")
@@ -94,6 +96,10 @@ class ShareConfig(MethodConfig):
     @classmethod
     def example(cls) -> "ShareConfig":
         return cls(bits=3, algorithm="lloyd", finetune=CentroidFinetune(epochs=1, max_steps=2))
+
+    def preflight(self, model, task) -> list[dict] | None:
+        """Before a recipe runs: some selected layer gets a width from 'bits'; returns the skipped ones."""
+        return None if model is None else _plan(model, self)[1]
 
 
 def as_share_config(cfg: ShareConfig | None, overrides: dict[str, Any]) -> ShareConfig:
@@ -147,25 +153,32 @@ def share_weights(model: nn.Module, cfg: ShareConfig | None = None, **overrides:
     Returns ``{"layers": {name: facts}, "skipped": [{name, reason}]}``.
     """
     cfg = as_share_config(cfg, overrides)
-    names = select(model, cfg.include, cfg.exclude, types=SHAREABLE)
-    layers, skipped = {}, []
-    for name in names:
+    todo, skipped = _plan(model, cfg)
+    layers = {}
+    for name, bits in todo:
+        new, facts = share_layer(get_module(model, name), bits=bits, cfg=cfg)
+        replace_module(model, name, new)
+        layers[name] = facts
+        log.info("shared %s: %s", name, facts)
+    return {"layers": layers, "skipped": skipped}
+
+
+def _plan(model: nn.Module, cfg: ShareConfig) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """``([(name, bits)] to share, [{name, reason}] skipped)``; raises when nothing would be shared."""
+    todo, skipped = [], []
+    for name in select(model, cfg.include, cfg.exclude, types=SHAREABLE):
         module = get_module(model, name)
         bits = _bits_for(name, module, cfg)
         if bits is None:
             skipped.append({"name": name, "reason": "no selector of 'bits' matches it"})
-            continue
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        elif isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
             skipped.append({"name": name, "reason": f"padding_mode {module.padding_mode!r} is not supported"})
-            continue
-        new, facts = share_layer(module, bits=bits, cfg=cfg)
-        replace_module(model, name, new)
-        layers[name] = facts
-        log.info("shared %s: %s", name, facts)
-    if not layers:
-        raise NetslimError(f"share: no layer was shared (include={cfg.include!r}, exclude={cfg.exclude!r}, "
+        else:
+            todo.append((name, bits))
+    if not todo:
+        raise NetslimError(f"share: no layer would be shared (include={cfg.include!r}, exclude={cfg.exclude!r}, "
                            f"bits={cfg.bits!r}); supported types: Linear, Conv2d.")
-    return {"layers": layers, "skipped": skipped}
+    return todo, skipped
 
 
 def finetune_centroids(model: nn.Module, task, *, cfg: CentroidFinetune | None = None) -> dict[str, Any]:

@@ -429,6 +429,18 @@ def _is_transformers(model: nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.")
 
 
+def planned_linears(model: nn.Module, include: Any = None, exclude: Any = None, *,
+                    token_inputs: bool = False) -> list[tuple[str, nn.Module]]:
+    """The ``(qualified name, module)`` of the layers :func:`compress_blocks` will visit, found
+    without running anything (recipe preflight): the Linear / Conv1D layers of each decoder block
+    of an LLM (a Hugging Face model, or any model calibrated on token ids, that is no supported
+    decoder stack raises the supported-families error), else of the whole model."""
+    if _is_transformers(model) or token_inputs:
+        prefix, blocks = decoder_blocks(model)
+        return [pair for i, block in enumerate(blocks) for pair in block_linears(block, f"{prefix}.{i}", include, exclude)]
+    return block_linears(model, "", include, exclude)
+
+
 @torch.no_grad()
 def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any = None, exclude: Any = None,
                     batch_size: int = 4, device: str | torch.device | None = None,

@@ -34,13 +34,28 @@ def _kind(sel: str) -> str:
     return "exact"
 
 
+def _shown(sel: str, limit: int = 200) -> str:
+    return repr(sel) if len(sel) <= limit else f"{sel[:limit]!r}… ({len(sel):,} chars)"
+
+
+def regex_error(sel: str) -> str | None:
+    """Why a ``re:`` selector does not compile (None when it does, or is not a regex)."""
+    if _kind(sel) != "regex":
+        return None
+    try:
+        re.compile(sel[3:])
+    except re.error as e:
+        return f"selector {_shown(sel)} is not a valid regular expression: {e}"
+    return None
+
+
 def matches(sel: str, name: str, module: nn.Module) -> bool:
     kind = _kind(sel)
     if kind == "regex":
         try:
             return re.fullmatch(sel[3:], name) is not None
         except re.error as e:
-            raise NetslimError(f"Selector {sel!r} is not a valid regular expression: {e}.") from None
+            raise NetslimError(f"Selector {_shown(sel)} is not a valid regular expression: {e}.") from None
     if kind == "type":
         want = sel[5:]
         cls = type(module)
@@ -77,9 +92,7 @@ def select(
         for sel in inc:
             if not any(matches(sel, n, m) for n, m in named):
                 kinds = ", ".join(sorted({type(m).__name__ for _, m in named})) or "none"
-                raise NetslimError(
-                    f"Selector {sel!r} matches no module of the supported types ({kinds})."
-                )
+                raise NetslimError(f"Selector {_shown(sel)} matches no module of the supported types ({kinds}).")
     out = []
     for n, m in named:
         if inc and not any(matches(s, n, m) for s in inc):
@@ -88,6 +101,41 @@ def select(
             continue
         out.append(n)
     return out
+
+
+def selector_problems(model: nn.Module | None, selectors: str | Sequence[str] | None) -> list[str]:
+    """What is wrong with ``selectors``, without touching ``model``: a ``re:`` pattern that
+    does not compile, or (with a model) a selector that matches no module of it.
+
+    One message per bad selector, naming it and a few of the modules there are; [] when
+    all resolve.
+    """
+    problems, named = [], None
+    for sel in _as_list(selectors):
+        if not isinstance(sel, str):
+            problems.append(f"a selector must be a string; got a {type(sel).__name__}")
+            continue
+        bad = regex_error(sel)
+        if bad or model is None:
+            problems += [bad] if bad else []
+            continue
+        if named is None:
+            named = [(n, m) for n, m in model.named_modules() if n]
+        if not any(matches(sel, n, m) for n, m in named):
+            problems.append(f"selector {_shown(sel)} matches no module of {type(model).__name__}; "
+                            f"{_some_modules(named, sel)}")
+    return problems
+
+
+def _some_modules(named: list[tuple[str, nn.Module]], sel: str, shown: int = 8) -> str:
+    """A hint for a selector that matched nothing: the types present for ``type:``, else layer names."""
+    if _kind(sel) == "type":
+        kinds = sorted({type(m).__name__ for _, m in named})
+        return f"types present: {', '.join(kinds[:20]) or 'none'}" + (" ..." if len(kinds) > 20 else "")
+    # layers (modules holding parameters themselves) say more than containers
+    layers = [n for n, m in named if next(m.parameters(recurse=False), None) is not None] or [n for n, _ in named]
+    more = f" ... ({len(layers)} in all)" if len(layers) > shown else ""
+    return f"modules there: {', '.join(layers[:shown]) or 'none'}{more}"
 
 
 def settings_for(name: str, module: nn.Module, table: Mapping[str, T]) -> T | None:

@@ -77,6 +77,21 @@ class DistillConfig(FinetuneConfig):
     adapter_samples: int = Field(256, ge=1, description="calibration samples for adapter_init 'lstsq'")
     epochs: int = Field(3, ge=0)
 
+    @property
+    def keeps_modules(self) -> bool:
+        """A fresh ``student`` replaces the model (netslim.recipe.preflight)."""
+        return self.student is None
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: a ``student`` is a zoo model name."""
+        if self.student is not None:
+            from netslim.models.registry import model_entry
+
+            try:
+                model_entry(self.student)
+            except NetslimError as e:
+                raise NetslimError(f"field 'student': {e}") from None
+
 
 def _pool(out: Any, kwargs: dict) -> torch.Tensor:
     """Sentence embeddings from an encoder output: mask-weighted mean of the last hidden states."""

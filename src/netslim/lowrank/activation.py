@@ -59,6 +59,11 @@ class ActivationRankConfig(MethodConfig):
     include: Selector = None
     exclude: Selector = None
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the selectors resolve to Linear layers."""
+        if model is not None:
+            select(model, self.include, self.exclude, types=(nn.Linear,))
+
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, name: str, inputs: Any, batch_size: int = 64) -> torch.Tensor:

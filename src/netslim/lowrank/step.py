@@ -96,6 +96,11 @@ class SVDConfig(MethodConfig):
     def example(cls) -> "SVDConfig":
         return cls(select="energy", energy=0.9)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the selectors resolve to Linear / Conv2d layers."""
+        if model is not None:
+            select(model, self.include, self.exclude, types=(nn.Linear, nn.Conv2d))
+
 
 @dataclass
 class Candidate:

@@ -2,7 +2,7 @@
 validating selectors and fractions with the house error messages."""
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pydantic
 from pydantic import Field, field_validator
@@ -49,6 +49,11 @@ class PruneTargetFields(MethodConfig):
     exclude: Selector = None
     min_sparsity: float = Field(0.0, description="per-layer lower bound, in [0, 1)")
     max_sparsity: float | None = Field(None, description="per-layer upper bound, in [0, 1]")
+    keeps_modules: ClassVar[bool] = True  # masks: names, types and shapes stay (netslim.recipe.preflight)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs (netslim.recipe.preflight): the selected layers resolve."""
+        return prunable_preflight(self, model)
 
     @field_validator("min_sparsity")
     @classmethod
@@ -100,3 +105,11 @@ def need_task(ctx, method: str):
     if task is None:
         raise NetslimError(f"Method {method!r} trains the model and needs a task (dataset); none was given.")
     return task
+
+
+def prunable_preflight(cfg: MethodConfig, model) -> None:
+    """The preflight of a step that masks ``prunable_layers``: its selectors leave some."""
+    if model is not None:
+        from netslim.prune.criteria import prunable_layers
+
+        prunable_layers(model, cfg.include, cfg.exclude)

@@ -39,7 +39,8 @@ from torch import nn
 from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.masks import Mask, get_mask, make_permanent, set_mask
-from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task, total_steps
+from netslim.prune._api import (Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight,
+                               total_steps)
 from netslim.prune.criteria import prunable_layers, sparsity_report
 from netslim.train.loop import Callback, TrainState, fit
 
@@ -166,9 +167,17 @@ class _DynamicSparseConfig(TrainFields):
     def _sparsity(cls, v: float) -> float:
         return check_fraction(v)
 
+    keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
+
     @classmethod
     def example(cls):
         return cls(sparsity=0.5, frequency=2, epochs=1, max_steps=6, batch_size=64)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers resolve and mask updates end within the run."""
+        prunable_preflight(self, model)
+        if task is not None:
+            _check_end_step(self, total_steps(task, self.train_config()))
 
 
 class RigLConfig(_DynamicSparseConfig):
@@ -296,9 +305,7 @@ def dynamic_sparse_train(model: nn.Module, task, *, cfg: _DynamicSparseConfig) -
     """Train ``model`` sparse (in place) with SET or RigL; returns the fit summary + updates."""
     layers = prunable_layers(model, cfg.include, cfg.exclude)  # validates before touching weights
     train_cfg = cfg.train_config()
-    if cfg.end_step is not None and cfg.end_step > total_steps(task, train_cfg):
-        raise NetslimError(f"The 'end_step' parameter of {type(cfg).__name__} must be <= the number of training "
-                           f"steps ({total_steps(task, train_cfg)}); got {cfg.end_step}.")
+    _check_end_step(cfg, total_steps(task, train_cfg))
     if cfg.from_scratch:
         _reinitialise(model, cfg.seed)
     masks = initial_masks(layers, cfg)
@@ -307,6 +314,12 @@ def dynamic_sparse_train(model: nn.Module, task, *, cfg: _DynamicSparseConfig) -
     cb = DynamicSparsity(layers, cfg)
     summary = fit(model, task, train_cfg, [cb])
     return summary | {"mask_updates": cb.updates}
+
+
+def _check_end_step(cfg: _DynamicSparseConfig, steps: int) -> None:
+    if cfg.end_step is not None and cfg.end_step > steps:
+        raise NetslimError(f"The 'end_step' parameter of {type(cfg).__name__} must be <= the number of training "
+                           f"steps ({steps}); got {cfg.end_step}.")
 
 
 def _run(model: nn.Module, cfg: _DynamicSparseConfig, ctx) -> nn.Module:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -46,7 +46,7 @@ from torch.nn.utils import parametrize
 
 from netslim.core.config import register
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task
+from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight
 from netslim.prune.criteria import masks_from_scores, prunable_layers, sparsity_report
 from netslim.train.loop import Callback, TrainState, fit
 
@@ -99,9 +99,15 @@ class L0Config(TrainFields):
     def _sparsity(cls, v: float) -> float:
         return check_fraction(v)
 
+    keeps_modules: ClassVar[bool] = True  # gates end as masks (netslim.recipe.preflight)
+
     @classmethod
     def example(cls) -> "L0Config":
         return cls(sparsity=0.5, epochs=1, max_steps=6, batch_size=64)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers resolve."""
+        prunable_preflight(self, model)
 
 
 def attach_gates(layers: list[tuple[str, nn.Module]], cfg: L0Config) -> dict[str, HardConcreteGate]:

@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.prune._api import PruneTargetFields, TrainFields, as_config, check_fraction, need_task, total_steps
-from netslim.prune.criteria import apply_masks, current_mask, prunable_layers, sparsity_report
+from netslim.prune.criteria import apply_masks, current_mask, sparsity_report
 from netslim.prune.schedules import _Ctx, imp_sparsities
 from netslim.prune.unstructured import target_masks
 from netslim.train.loop import Callback, TrainState, fit
@@ -65,6 +65,15 @@ class LotteryConfig(PruneTargetFields, TrainFields):
     @classmethod
     def example(cls) -> "LotteryConfig":
         return cls(sparsity=0.5, epochs=1, max_steps=2, rewind_step=1)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the rewind point lies within one training run; the layers resolve."""
+        if task is not None:
+            steps = total_steps(task, self.train_config())
+            if self.rewind_step >= max(1, steps):
+                raise bad_param("LotteryConfig", "rewind_step", f"< the steps of one training run ({steps})",
+                                self.rewind_step)
+        super().preflight(model, task)
 
 
 # ------------------------------------------------------------------------ rewind points
@@ -127,10 +136,7 @@ def reset_weights(model: nn.Module, seed: int) -> None:
 def run_lottery(model: nn.Module, cfg: LotteryConfig, ctx) -> nn.Module:
     task = need_task(ctx, cfg.method)
     train_cfg = cfg.train_config()
-    if cfg.rewind_step >= max(1, total_steps(task, train_cfg)):
-        raise bad_param("LotteryConfig", "rewind_step", f"< the steps of one training run "
-                        f"({total_steps(task, train_cfg)})", cfg.rewind_step)
-    prunable_layers(model, cfg.include, cfg.exclude)  # fail before training on bad selectors
+    cfg.preflight(model, task)  # fail before training on a late rewind point or bad selectors
     if cfg.init == "reset":
         reset_weights(model, cfg.seed)
     recorder = RecordAt(cfg.rewind_step)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -42,7 +42,8 @@ from torch import nn
 from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task, total_steps
+from netslim.prune._api import (Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight,
+                               total_steps)
 from netslim.prune.criteria import masks_from_scores, prunable_layers, sparsity_report
 from netslim.prune.dynamic import DenseGradTap, original, reset_optimizer_entries
 from netslim.prune.schedules import cubic_sparsity
@@ -82,9 +83,17 @@ class MovementConfig(TrainFields):
                              f"({self.start_step + self.frequency}): the schedule ends before it starts")
         return self
 
+    keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
+
     @classmethod
     def example(cls) -> "MovementConfig":
         return cls(sparsity=0.5, frequency=2, epochs=1, max_steps=6, batch_size=64)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers resolve and the schedule fits in the run."""
+        prunable_preflight(self, model)
+        if task is not None:
+            movement_schedule(self, total_steps(task, self.train_config()))
 
 
 def movement_schedule(cfg: MovementConfig, steps: int) -> tuple[int, int]:

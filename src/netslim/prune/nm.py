@@ -13,7 +13,7 @@ multiple of M; layers where it is not are skipped and listed in the report.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -36,12 +36,18 @@ class NMConfig(MethodConfig):
     include: Selector = None
     exclude: Selector = None
     seed: int = 0
+    keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
 
     @model_validator(mode="after")
     def _n_le_m(self):
         if self.n > self.m:
             raise ValueError("'n' must be <= 'm' (N:M keeps N of every M weights)")
         return self
+
+    def preflight(self, model, task) -> list[dict] | None:
+        """Before a recipe runs: the layers resolve and some have an input dim divisible by ``m``;
+        returns the ones that will be skipped."""
+        return None if model is None else fitting_layers(prunable_layers(model, self.include, self.exclude), self.m)[1]
 
 
 def to_groups(t: torch.Tensor, m: int) -> torch.Tensor:
@@ -68,19 +74,26 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return from_groups(keep, scores.shape)
 
 
+def fitting_layers(layers: list[tuple[str, nn.Module]], m: int) -> tuple[list[tuple[str, nn.Module]], list[dict]]:
+    """``(layers whose input dim is a multiple of m, [{name, reason}] of the others)``; raises
+    when none fits."""
+    usable, skipped = [], []
+    for name, module in layers:
+        if module.weight.shape[1] % m:
+            skipped.append({"name": name, "reason": f"input dim {module.weight.shape[1]} is not a multiple of m={m}"})
+        else:
+            usable.append((name, module))
+    if not usable:
+        dims = ", ".join(f"{n} {mod.weight.shape[1]}" for n, mod in layers[:6]) + (" ..." if len(layers) > 6 else "")
+        raise NetslimError(f"No selected layer has an input dim divisible by 'm'={m} ({dims}); nothing to prune.")
+    return usable, skipped
+
+
 @register(NMConfig)
 def run_nm(model: nn.Module, cfg: NMConfig, ctx=None) -> nn.Module:
-    layers = prunable_layers(model, cfg.include, cfg.exclude)
-    usable = []
-    for name, module in layers:
-        if module.weight.shape[1] % cfg.m:
-            reason = f"input dim {module.weight.shape[1]} is not a multiple of m={cfg.m}"
-            if ctx is not None:
-                ctx.skip(name, reason)
-            continue
-        usable.append((name, module))
-    if not usable:
-        raise NetslimError(f"No selected layer has an input dim divisible by 'm'={cfg.m}; nothing to prune.")
+    usable, skipped = fitting_layers(prunable_layers(model, cfg.include, cfg.exclude), cfg.m)
+    for s in skipped if ctx is not None else ():
+        ctx.skip(s["name"], s["reason"])
     scores = score_layers(usable, cfg.criterion, cfg.seed)
     apply_masks(model, {name: nm_mask(s, cfg.n, cfg.m) for name, s in scores.items()})
     if ctx is not None:

@@ -17,7 +17,7 @@ layer-wise, with per-layer bounds). Already-masked weights are zero, so score ze
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
-from netslim.prune._api import Selector, as_config, check_fraction, need_task
+from netslim.prune._api import Selector, as_config, check_fraction, need_task, prunable_preflight
 from netslim.prune.criteria import apply_masks, masks_from_scores, prunable_layers, sparsity_report
 
 
@@ -53,9 +53,15 @@ class OBDConfig(MethodConfig):
     def _upper(cls, v):
         return check_fraction(v, closed=True)
 
+    keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
+
     @classmethod
     def example(cls) -> "OBDConfig":
         return cls(sparsity=0.5, num_samples=16, batch_size=4)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers resolve."""
+        prunable_preflight(self, model)
 
 
 def weight_param(module: nn.Module) -> torch.Tensor:

@@ -25,7 +25,7 @@ with ``offload_dir`` + ``offload_blocks`` parking activations and idle blocks on
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -34,7 +34,7 @@ from torch import nn
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
-                                    block_linears, weight_2d, set_weight_2d)
+                                    block_linears, planned_linears, weight_2d, set_weight_2d)
 from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.prune._api import Selector, as_config, check_fraction
 from netslim.prune.criteria import apply_masks, sparsity_report
@@ -72,8 +72,23 @@ class _PatternFields(MethodConfig):
     def nm(self) -> tuple[int, int] | None:
         return None if self.n is None else (self.n, self.m)
 
+    keeps_modules: ClassVar[bool] = True  # masks or zeros in place (netslim.recipe.preflight)
+    calibrates: ClassVar[bool] = False    # token-id calibration makes a model a decoder stack
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers the method visits exist and fit N:M."""
+        if model is None:
+            return
+        tokens = self.calibrates and getattr(task, "calibration_tokens", None) is not None
+        layers = planned_linears(model, self.include, self.exclude, token_inputs=tokens)
+        if not layers:
+            raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (include={self.include!r}, "
+                               f"exclude={self.exclude!r}); nothing to prune.")
+        _check_nm_fits(layers, self.nm)
+
 
 class _CalibrationFields(_PatternFields):
+    calibrates: ClassVar[bool] = True
     num_samples: int = Field(128, ge=1, description="calibration sequences")
     seq_len: int = Field(512, ge=2, description="tokens per calibration sequence")
     batch_size: int = Field(4, ge=1, description="sequences per forward pass")

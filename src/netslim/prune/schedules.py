@@ -127,6 +127,12 @@ class GradualConfig(PruneTargetFields, TrainFields):
     def example(cls) -> "GradualConfig":
         return cls(sparsity=0.5, epochs=1, max_steps=4, frequency=1, end_step=2)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the layers resolve and the schedule fits in the run."""
+        super().preflight(model, task)
+        if task is not None:
+            gradual_schedule(self, total_steps(task, self.train_config()))
+
 
 class CubicPruning(Callback):
     """Re-prunes to :func:`cubic_sparsity` every ``dt`` steps from ``t0`` to ``t0 + n dt``.

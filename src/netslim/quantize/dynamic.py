@@ -306,6 +306,11 @@ class DynamicInt8Config(MethodConfig):
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: some nn.Linear layer is selected."""
+        if model is not None:
+            _linear_names(model, self)
+
 
 class BF16Config(MethodConfig):
     """bf16 weights and matmuls (half the bytes; bf16 dot products on AVX512-BF16 / AMX CPUs)."""
@@ -318,11 +323,28 @@ class BF16Config(MethodConfig):
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: include / exclude fit the scope; some nn.Linear layer is selected."""
+        _check_scope(self)
+        if model is not None and self.scope == "linear":
+            _linear_names(model, self)
 
-def _swap_linears(model: nn.Module, cfg, cls, **kwargs) -> list[str]:
+
+def _check_scope(cfg: BF16Config) -> None:
+    if cfg.scope == "model" and (cfg.include is not None or cfg.exclude):
+        raise NetslimError("bf16: include/exclude select Linear layers and apply to scope 'linear' only; "
+                           "got them with scope 'model'.")
+
+
+def _linear_names(model: nn.Module, cfg) -> list[str]:
     names = select(model, cfg.include, cfg.exclude, types=(nn.Linear,))
     if not names:
         raise NetslimError(f"{cfg.method}: the model has no nn.Linear layer to convert.")
+    return names
+
+
+def _swap_linears(model: nn.Module, cfg, cls, **kwargs) -> list[str]:
+    names = _linear_names(model, cfg)
     with torch.no_grad():
         for name in names:
             replace_module(model, name, cls.from_float(get_module(model, name), **kwargs))
@@ -363,9 +385,7 @@ def dynamic_int8(model: nn.Module, cfg: DynamicInt8Config | None = None) -> nn.M
 def _bf16(model: nn.Module, cfg: BF16Config) -> int:
     if cfg.scope == "linear":
         return len(_swap_linears(model, cfg, BF16Linear))
-    if cfg.include is not None or cfg.exclude:
-        raise NetslimError("bf16: include/exclude select Linear layers and apply to scope 'linear' only; "
-                           "got them with scope 'model'.")
+    _check_scope(cfg)
     model.to(torch.bfloat16)  # floating parameters and buffers only; integer buffers keep their dtype
     return sum(1 for m in model.modules() if isinstance(m, nn.Linear))
 

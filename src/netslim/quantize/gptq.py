@@ -31,6 +31,7 @@ inputs. 3-bit codes are stored in 4-bit slots (the packing holds 2/4/8 bits per 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal
 
 import torch
@@ -39,7 +40,8 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.core.layerwise import calibration_for, is_conv1d, collect_hessians, compress_blocks, weight_2d
+from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, planned_linears,
+                                    weight_2d)
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.core.surgery import replace_module
@@ -97,6 +99,46 @@ class GPTQConfig(MethodConfig):
         if self.n is not None and self.n >= self.m:
             raise ValueError("'n' must be < 'm'")
         return self
+
+    def preflight(self, model, task) -> list[dict] | None:
+        """Before a recipe runs: the model is a supported decoder stack (Hugging Face models), some
+        selected layer fits ``group_size`` (and N:M); returns the layers that will be skipped."""
+        if model is None:
+            return None
+        tokens = getattr(task, "calibration_tokens", None) is not None
+        layers = planned_linears(model, self.include, self.exclude, token_inputs=tokens)
+        if not layers:
+            raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (gptq takes those of "
+                               "the decoder blocks, then include / exclude); nothing to quantize.")
+        skipped = [{"name": n, "reason": why} for n, m in layers if (why := group_misfit(m, self.group_size))]
+        if len(skipped) == len(layers):
+            widths = sorted({weight_2d(m).shape[1] for _, m in layers})
+            hint = "" if tokens else (" (gptq is for the Linear layers of an LLM's decoder blocks; for a CNN, "
+                                      "ptq_int8 or weight_only fit)")
+            raise NetslimError(f"The 'group_size' parameter of gptq fits no selected layer: group_size "
+                               f"{self.group_size} divides none of the input widths {widths[:8]} of the "
+                               f"{len(layers)} layers; use {_common_group(widths)}{hint}.")
+        if self.m is not None:
+            bad = [n for n, m in layers if not group_misfit(m, self.group_size) and weight_2d(m).shape[1] % self.m]
+            if bad:
+                raise bad_param("gptq", "m", f"a divisor of every selected layer's input width ({bad[0]} has "
+                                f"{weight_2d(model.get_submodule(bad[0])).shape[1]})", self.m)
+        return skipped
+
+
+def group_misfit(module: nn.Module, group_size: int | None) -> str | None:
+    """Why gptq leaves ``module`` in float (its input width is no multiple of ``group_size``), or None."""
+    cols = weight_2d(module).shape[1]
+    if group_size is not None and cols % group_size:
+        return f"group_size {group_size} does not divide its {cols} input features"
+    return None
+
+
+def _common_group(widths: list[int]) -> str:
+    """The largest usable group size dividing every width, or per channel (None)."""
+    g = math.gcd(*widths) if widths else 0
+    g &= -g  # its largest power-of-two divisor
+    return f"group_size {g} (divides every width)" if g >= 8 else "group_size null (per channel)"
 
 
 # ------------------------------------------------------------------ group parameters
@@ -195,9 +237,8 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
     def fn(root, prefix, layers, feed):
         fits = []
         for name, mod in layers:
-            cols = weight_2d(mod).shape[1]
-            if cfg.group_size is not None and cols % cfg.group_size:
-                reason = f"group_size {cfg.group_size} does not divide its {cols} input features"
+            reason = group_misfit(mod, cfg.group_size)
+            if reason:
                 log.info("gptq: skipping %s.%s: %s", prefix, name, reason)
                 if ctx is not None:
                     ctx.skip(f"{prefix}.{name}" if prefix else name, reason)

@@ -26,7 +26,7 @@ from netslim.core.errors import NetslimError
 from netslim.core.selectors import select
 from netslim.core.surgery import get_module
 
-from .ptq import PTQInt8Config, ptq_int8, quantize_weight_rows
+from .ptq import PTQInt8Config, ptq_int8, quantize_weight_rows, static_int8_preflight
 
 
 def _qdq(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -107,13 +107,26 @@ class MixedPrecisionConfig(MethodConfig):
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the widths offered can meet the budget; see
+        :func:`~netslim.quantize.ptq.static_int8_preflight` for the rest."""
+        _check_choices(self)
+        static_int8_preflight(self, model, task)
+
+
+def _check_choices(cfg: MixedPrecisionConfig) -> None:
+    bad = [b for b in cfg.choices if b not in range(2, 9)]
+    if bad or not cfg.choices:
+        raise NetslimError(f"The 'choices' parameter of MixedPrecisionConfig must be widths in [2, 8]; got {cfg.choices}.")
+    if cfg.avg_bits < min(cfg.choices):
+        raise NetslimError(f"The 'avg_bits' parameter of MixedPrecisionConfig must be >= the smallest width "
+                           f"offered in 'choices' ({min(cfg.choices)}); got {cfg.avg_bits}.")
+
 
 def mixed_precision(model: nn.Module, calibration: torch.Tensor, cfg: MixedPrecisionConfig | None = None,
                     ctx=None) -> nn.Module:
     cfg = cfg or MixedPrecisionConfig()
-    bad = [b for b in cfg.choices if b not in range(2, 9)]
-    if bad or not cfg.choices:
-        raise NetslimError(f"The 'choices' parameter of MixedPrecisionConfig must be widths in [2, 8]; got {cfg.choices}.")
+    _check_choices(cfg)
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
     batch = calibration[:256]
     fn = kl_sensitivity if cfg.sensitivity == "kl" else hessian_sensitivity

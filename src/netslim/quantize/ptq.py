@@ -57,6 +57,39 @@ class PTQInt8Config(MethodConfig):
             raise ValueError(f"bits must be ints in [2, 8]; got {bad}")
         return v
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: see :func:`static_int8_preflight`."""
+        static_int8_preflight(self, model, task)
+
+
+def static_int8_preflight(cfg: MethodConfig, model: nn.Module | None, task) -> None:
+    """Recipe preflight of the static int8 steps (ptq_int8, qat, mixed_precision): they calibrate
+    on a tensor of model inputs and convert the selected Conv2d / Linear layers (zero padding)."""
+    if task is not None:
+        sample = task.calibration_inputs(1, seed=0)
+        if not isinstance(sample, torch.Tensor):
+            keys = f" ({', '.join(map(str, sample))})" if isinstance(sample, dict) else ""
+            raise NetslimError(f"{cfg.method} calibrates static int8 activations on one tensor of model inputs "
+                               f"(images, token ids); this task's inputs are a {type(sample).__name__}{keys}. "
+                               "For a transformer, use dynamic_int8 (activations quantized at run time) or "
+                               "weight_only.")
+    if model is None:
+        return
+    names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
+    if not names:
+        raise NetslimError(f"{cfg.method}: the model has no Conv2d or Linear layer to quantize.")
+    for name in names:
+        why = padding_problem(get_module(model, name))
+        if why:
+            raise NetslimError(f"{cfg.method}: layer {name!r}: {why}; exclude it (exclude: [{name!r}]).")
+
+
+def padding_problem(layer: nn.Module) -> str | None:
+    """Why the int8 kernels cannot run ``layer`` (a Conv2d without numeric zero padding), or None."""
+    if isinstance(layer, nn.Conv2d) and (not isinstance(layer.padding, tuple) or layer.padding_mode != "zeros"):
+        return f"int8 convolutions support numeric zero padding only; got {layer.padding!r}/{layer.padding_mode}"
+    return None
+
 
 class _UseCounter(TorchFunctionMode):
     """Counts, per tensor id, every torch function call that takes the tensor (methods too)."""
@@ -178,8 +211,8 @@ def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out:
     q, s = quantize_weight_rows(w, bits)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
     if isinstance(layer, nn.Conv2d):
-        if not isinstance(layer.padding, tuple) or layer.padding_mode != "zeros":
-            raise NetslimError(f"ptq_int8 supports numeric zero padding only; got {layer.padding!r}/{layer.padding_mode}.")
+        if padding_problem(layer):
+            raise NetslimError(f"ptq_int8: {padding_problem(layer)}.")
         new = Int8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
                          list(layer.padding), list(layer.dilation), layer.groups, relu, bits, quant_out)
     else:

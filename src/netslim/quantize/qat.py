@@ -27,7 +27,7 @@ from netslim.train.loop import FinetuneConfig, fit
 
 from .int8_modules import Int8Conv2d, Int8Linear
 from .observers import make_observer
-from .ptq import _trace_pairs, fold_bn
+from .ptq import _trace_pairs, fold_bn, static_int8_preflight
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +202,10 @@ class QATConfig(MethodConfig):
     calibration_samples: int = Field(512, ge=1)
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: see :func:`~netslim.quantize.ptq.static_int8_preflight`."""
+        static_int8_preflight(self, model, task)
 
 
 @register(QATConfig)

@@ -176,32 +176,47 @@ class WeightOnlyConfig(MethodConfig):
             raise ValueError("must be a power of two >= 8 (32, 64, 128 usual) or None for per channel")
         return v
 
+    def preflight(self, model, task) -> list[dict] | None:
+        """Before a recipe runs: some selected layer fits ``group_size``; returns the ones skipped."""
+        return None if model is None else _plan(model, self)[1]
 
-def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
-    """Replace the selected Linear/Embedding layers of ``model`` (in place) by packed ones."""
-    cfg = cfg or WeightOnlyConfig()
+
+def _plan(model: nn.Module, cfg: WeightOnlyConfig) -> tuple[list[str], list[dict]]:
+    """``(names to quantize, [{name, reason}] of the selected layers group_size does not fit)``;
+    raises when nothing fits."""
     types = (nn.Linear, nn.Embedding) if cfg.embeddings else (nn.Linear,)
     names = select(model, cfg.include, cfg.exclude, types=types)
-    done = []
+    fits, skipped = [], []
     for name in names:
         mod = get_module(model, name)
         cols = mod.in_features if isinstance(mod, nn.Linear) else mod.embedding_dim
         if cfg.group_size is not None and cols % cfg.group_size:
-            reason = f"group_size {cfg.group_size} does not divide its {cols} input features"
-            log.info("weight_only: skipping %s: %s", name, reason)
-            if ctx is not None:
-                ctx.skip(name, reason)
-            continue
+            skipped.append({"name": name, "reason": f"group_size {cfg.group_size} does not divide its {cols} "
+                                                    "input features"})
+        else:
+            fits.append(name)
+    if not fits:
+        raise NetslimError(f"weight_only quantizes no layer: none of {len(names)} selected layers fits "
+                           f"group_size={cfg.group_size}.")
+    return fits, skipped
+
+
+def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
+    """Replace the selected Linear/Embedding layers of ``model`` (in place) by packed ones."""
+    cfg = cfg or WeightOnlyConfig()
+    done, skipped = _plan(model, cfg)
+    for s in skipped:
+        log.info("weight_only: skipping %s: %s", s["name"], s["reason"])
+        if ctx is not None:
+            ctx.skip(s["name"], s["reason"])
+    for name in done:
+        mod = get_module(model, name)
         cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
         replace_module(model, name, cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size,
                                                    symmetric=cfg.symmetric, method=cfg.rounding))
-        done.append(name)
-    if not done:
-        raise NetslimError(f"weight_only quantized no layer: none of {len(names)} selected layers fits "
-                           f"group_size={cfg.group_size}.")
     if ctx is not None:
         ctx.notes["weight_only"] = {"layers": len(done), "bits": cfg.bits, "group_size": cfg.group_size,
-                                    "rounding": cfg.rounding, "skipped": len(names) - len(done)}
+                                    "rounding": cfg.rounding, "skipped": len(skipped)}
     return model
 
 

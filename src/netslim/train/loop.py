@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 from pydantic import Field
@@ -43,6 +43,7 @@ class TrainConfig(MethodConfig):
     select_best: bool = Field(True, description="restore the weights with the best validation metric")
     eval_split: str = "val"
     seed: int = 0
+    keeps_modules: ClassVar[bool] = True  # trains the parameters there are (netslim.recipe.preflight)
 
     @classmethod
     def example(cls) -> "TrainConfig":

@@ -132,6 +132,22 @@ def block_costs(model: nn.Module, names: Sequence[str], inputs: Any, repeats: in
     return {n: measure_latency(model.get_submodule(n), seen[n], warmup=3, repeats=repeats).median_ms for n in names}
 
 
+def check_block_choice(model: nn.Module, candidates: Sequence[str], count: int | None = None,
+                       names: Sequence[str] | None = None) -> None:
+    """``names`` (distinct residual blocks among ``candidates``) or ``count`` (at most as many as
+    there are) can be dropped; raises otherwise."""
+    if not candidates:
+        raise NetslimError(f"{type(model).__name__} has no residual block (y = f(x) + x with the input's shape) "
+                           "that can be removed.")
+    if names is not None:
+        bad = [n for n in names if n not in candidates]
+        if bad or not names or len(set(names)) != len(names):
+            raise bad_param("drop_residual_blocks", "names", f"distinct names among {list(candidates)}", list(names))
+    elif not isinstance(count, int) or not 0 < count <= len(candidates):
+        raise bad_param("drop_residual_blocks", "count", f"an int in [1, {len(candidates)}] "
+                        f"(removable blocks: {list(candidates)})", count)
+
+
 def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | None = None, *,
                          names: Sequence[str] | None = None, batches: Iterable[Any] | None = None,
                          by: str = "influence", costs: dict[str, float] | None = None,
@@ -146,19 +162,11 @@ def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | Non
     if by not in ("influence", "influence_per_ms"):
         raise bad_param("drop_residual_blocks", "by", "'influence' or 'influence_per_ms'", by)
     candidates = residual_blocks(model, example_inputs)
-    if not candidates:
-        raise NetslimError(f"{type(model).__name__} has no residual block (y = f(x) + x with the input's shape) "
-                           "that can be removed.")
+    check_block_choice(model, candidates, count, names)
     influence = None
     if names is not None:
-        bad = [n for n in names if n not in candidates]
-        if bad or not names or len(set(names)) != len(names):
-            raise bad_param("drop_residual_blocks", "names", f"distinct names among {candidates}", list(names))
         chosen = list(names)
     else:
-        if not isinstance(count, int) or not 0 < count <= len(candidates):
-            raise bad_param("drop_residual_blocks", "count", f"an int in [1, {len(candidates)}] "
-                            f"(removable blocks: {candidates})", count)
         if batches is None:
             raise NetslimError("drop_residual_blocks: block influence needs calibration batches (or give 'names').")
         batches = list(batches)

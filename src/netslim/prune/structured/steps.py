@@ -189,6 +189,23 @@ class LayersConfig(MethodConfig):
     def example(cls) -> "LayersConfig":
         return cls(count=1)
 
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: the blocks named, indexed or counted can be dropped (a CNN's
+        removable residual blocks come from one forward pass on ``task.example_inputs(1)``)."""
+        from .blocks import check_block_choice, residual_blocks
+        from .hf import _is_hf
+        from .transformer import check_layer_choice
+
+        if model is None:
+            return
+        if _is_hf(model):
+            _check_transformer_options(self)
+            check_layer_choice(model, self.count, self.indices)
+        elif task is not None:
+            candidates = residual_blocks(model, task.example_inputs(1))
+            if candidates or self.names is not None:  # none and no names: skipped at run time
+                check_block_choice(model, candidates, self.count, _cnn_block_names(self, candidates))
+
 
 def _not_transformer(model, ctx, method: str) -> bool:
     from .hf import _is_hf
@@ -263,18 +280,32 @@ def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
         ctx.skip(type(model).__name__, "layers: not a Hugging Face transformer and no residual block "
                  "(y = f(x) + x with the input's shape) to remove")
         return model, None
-    names = cfg.names
-    if cfg.indices is not None:
-        bad = [i for i in cfg.indices if not 0 <= i < len(candidates)]
-        if bad:
-            raise bad_param("layers", "indices", f"positions in [0, {len(candidates) - 1}] of the removable "
-                            f"residual blocks {candidates}", list(cfg.indices))
-        names = tuple(candidates[i] for i in cfg.indices)
+    names = _cnn_block_names(cfg, candidates)
     if names is not None:
         return drop_residual_blocks(model, example, names=list(names))
     x = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
     return drop_residual_blocks(model, example, cfg.count, batches=[x[i:i + 64] for i in range(0, len(x), 64)],
                                 by=cfg.by)
+
+
+def _cnn_block_names(cfg: LayersConfig, candidates: list[str]) -> tuple[str, ...] | None:
+    """The residual blocks ``cfg`` names directly or by position (None: chosen by ``count``)."""
+    if cfg.indices is None:
+        return cfg.names
+    bad = [i for i in cfg.indices if not 0 <= i < len(candidates)]
+    if bad:
+        raise bad_param("layers", "indices", f"positions in [0, {len(candidates) - 1}] of the removable "
+                        f"residual blocks {candidates}", list(cfg.indices))
+    return tuple(candidates[i] for i in cfg.indices)
+
+
+def _check_transformer_options(cfg: LayersConfig) -> None:
+    if cfg.names is not None:
+        raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
+                        "residual blocks)", list(cfg.names))
+    if cfg.by != "influence":
+        raise bad_param("layers", "by", "'influence' for a transformer ('influence_per_ms' is for CNN "
+                        "residual blocks)", cfg.by)
 
 
 @register(LayersConfig)
@@ -286,19 +317,15 @@ def run_layers(model, cfg: LayersConfig, ctx):
         model, report = _drop_cnn_blocks(model, cfg, ctx)
         if report is None:
             return model
-    elif cfg.names is not None:
-        raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
-                        "residual blocks)", list(cfg.names))
-    elif cfg.by != "influence":
-        raise bad_param("layers", "by", "'influence' for a transformer ('influence_per_ms' is for CNN "
-                        "residual blocks)", cfg.by)
-    elif cfg.indices is not None:
-        model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
     else:
-        inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-        batches = [{k: v[i:i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:i + 4]
-                   for i in range(0, cfg.calibration_samples, 4)]
-        model, report = drop_layers(model, cfg.count, batches)
+        _check_transformer_options(cfg)
+        if cfg.indices is not None:
+            model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
+        else:
+            inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+            batches = [{k: v[i:i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:i + 4]
+                       for i in range(0, cfg.calibration_samples, 4)]
+            model, report = drop_layers(model, cfg.count, batches)
     _record(ctx, "layers", report)
     if cfg.finetune is not None:
         summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)

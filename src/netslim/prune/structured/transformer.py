@@ -9,7 +9,7 @@ change their input least (block influence, 1 - cosine(input, output), as in Shor
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -78,22 +78,28 @@ def block_influence(model: nn.Module, batches: Iterable[Any]) -> torch.Tensor:
     return mean_influence(model, list(blocks), batches, dim=-1)
 
 
-def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = None, *,
-                indices: list[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Remove ``count`` whole blocks, the least influential on ``batches`` (or the given ``indices``)."""
-    blocks, _, _ = _block_list(model)
-    n = len(blocks)
+def check_layer_choice(model: nn.Module, count: int | None, indices: Sequence[int] | None = None) -> None:
+    """``indices`` (block positions, not all of them) or ``count`` (fewer than there are) can be
+    dropped from the transformer ``model``; raises otherwise."""
+    n = len(_block_list(model)[0])
     if indices is None:
         if not isinstance(count, int) or not 0 < count < n:
             raise bad_param("drop_layers", "count", f"an int in [1, {n - 1}] (the model has {n} blocks)", count)
+    elif any(not 0 <= i < n for i in indices) or len(set(indices)) >= n:
+        raise bad_param("drop_layers", "indices", f"distinct block indices in [0, {n - 1}], not all", list(indices))
+
+
+def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = None, *,
+                indices: list[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Remove ``count`` whole blocks, the least influential on ``batches`` (or the given ``indices``)."""
+    check_layer_choice(model, count, indices)
+    if indices is None:
         if batches is None:
             raise NetslimError("drop_layers: block influence needs calibration batches (or give 'indices').")
         influence = block_influence(model, batches)
         indices = sorted(torch.argsort(influence)[:count].tolist())
     else:
         influence = None
-        if any(not 0 <= i < n for i in indices) or len(set(indices)) >= n:
-            raise bad_param("drop_layers", "indices", f"distinct block indices in [0, {n - 1}], not all", indices)
     before = count_params(model)
     plan = PrunePlan(drop_layers=sorted(int(i) for i in indices))
     apply_plan(model, plan, "shrink")
