@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -30,7 +30,7 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _limit_options(limit: Optional[int]) -> dict:
-    return {"limit": limit} if limit else {}
+    return {"limit": limit} if limit is not None else {}
 
 
 _MODEL_HELP = "zoo name, artifact, Hugging Face model directory, or path/to/file.py:factory"
@@ -53,9 +53,29 @@ def _data(data: Optional[str], task: Optional[str]):
     return {"path": data, **({"task": task} if task else {})}
 
 
-def _check_limit(limit: Optional[int]) -> None:
-    if limit is not None and limit < 1:
-        raise NetslimError(f"--limit must be an int >= 1; got {limit}.")
+# Numbers are range-checked while the command line is parsed (one line, exit 2, before any work).
+_MAX_SEED = 2**63 - 1  # torch.manual_seed's range
+
+
+def _bounded(name: str, lo: float, hi: float | None = None, kind: type = int) -> Callable[[Any], Any]:
+    """An option callback: ``name`` must be a ``kind`` in [lo, hi] (hi None: no upper bound;
+    ``kind`` float: lo exclusive, finite)."""
+    what = "an int" if kind is int else "a number"
+    rule = (f">= {lo}" if kind is int else f"> {lo}") if hi is None else f"in [{lo}, {hi:,}]"
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        ok = (lo <= value if kind is int else lo < value < float("inf")) and (hi is None or value <= hi)
+        if not ok:
+            raise NetslimError(f"{name} must be {what} {rule}; got {value}.")
+        return value
+
+    return check
+
+
+def _limit(help: str = "use a data subset: at most N samples per split") -> Any:
+    return typer.Option(None, callback=_bounded("--limit", 1), help=help)
 
 
 @app.command()
@@ -64,19 +84,22 @@ def train(model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", hel
           data: Optional[str] = typer.Option(None, help=_DATA_HELP),
           task: Optional[str] = typer.Option(None, help=_TASK_HELP),
           weights: Optional[Path] = typer.Option(None, help="initial weights for file.py:factory models"),
-          epochs: Optional[int] = typer.Option(None, help="override the default epochs"),
-          lr: Optional[float] = typer.Option(None, help="override the default learning rate"),
-          batch_size: Optional[int] = typer.Option(None, help="override the default batch size"),
+          epochs: Optional[int] = typer.Option(None, callback=_bounded("--epochs", 0, 10_000),
+                                                help="override the default epochs"),
+          lr: Optional[float] = typer.Option(None, callback=_bounded("--lr", 0, kind=float),
+                                             help="override the default learning rate"),
+          batch_size: Optional[int] = typer.Option(None, callback=_bounded("--batch-size", 1, 1 << 20),
+                                                    help="override the default batch size"),
           out: Optional[Path] = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
           skip_existing: bool = typer.Option(False, help="do nothing if the output exists"),
-          seed: int = typer.Option(0), limit: Optional[int] = typer.Option(None, help="train on a data subset")):
+          seed: int = typer.Option(0, callback=_bounded("--seed", 0, _MAX_SEED)),
+          limit: Optional[int] = _limit("train on a data subset")):
     """Train a model on its dataset (zoo) or on your data (--data) and save the artifact."""
     from netslim.train.user import train_model
 
     ref = model or model_arg
     if ref is None or (model and model_arg and model != model_arg):
         raise NetslimError("Give the model once: netslim train MODEL or netslim train --model MODEL.")
-    _check_limit(limit)
     overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     result = train_model(ref, data=_data(data, task), weights=weights, out=out, seed=seed, limit=limit,
                          skip_existing=skip_existing, **overrides)
@@ -92,14 +115,15 @@ def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped
              base: Optional[str] = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
              out: Path = typer.Option(Path("runs/latest"), help="output directory"),
              resume: bool = typer.Option(False, help="continue after the last completed step"),
-             limit: Optional[int] = typer.Option(None, help="use a data subset (smoke runs)")):
+             force: bool = typer.Option(False, help="replace the run in OUT, or resume one whose recipe, model "
+                                                    "or data differ (recorded in the report)"),
+             limit: Optional[int] = _limit("use a data subset (smoke runs)")):
     """Run a compression recipe; writes the artifact and OUT/report.{json,md,html}."""
     from netslim.recipe import load_recipe, run_recipe
     from netslim.report import summary_rows
 
-    _check_limit(limit)
     rec = load_recipe(_recipe_path(recipe))
-    report = run_recipe(rec, out, model_ref=model, resume=resume, data_options=_limit_options(limit),
+    report = run_recipe(rec, out, model_ref=model, resume=resume, force=force, data_options=_limit_options(limit),
                         data=_data(data, task), weights=weights, base=base)
     console.print(_table(f"{report['recipe']}: {report['model']} on {report['dataset']}",
                          ["quantity", "baseline", "compressed", "ratio"], [list(r) for r in summary_rows(report)]))
@@ -112,7 +136,6 @@ def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset:
     from netslim.models.sources import open_model
     from netslim.recipe.inputs import resolve_task, stored_reference
 
-    _check_limit(limit)
     opened = open_model(artifact, weights=weights, base=model)
     reference = stored_reference(opened)
     t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit),
@@ -138,6 +161,13 @@ def _data_line(stored: Optional[dict], task) -> str:
     return line
 
 
+def _split(value: str) -> str:
+    if value not in _SPLITS:
+        raise NetslimError(f"--split must be one of {', '.join(_SPLITS)}; got {value[:50]!r}.")
+    return value
+
+
+_SPLITS = ("train", "val", "test")
 _ART_HELP = "artifact (.safetensors/.nsz), zoo name, Hugging Face directory or file.py:factory"
 _BASE_HELP = "path/to/file.py:factory: rebuilds artifacts of your own model class"
 
@@ -148,7 +178,7 @@ def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
           weights: Optional[Path] = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
           dataset: Optional[str] = typer.Option(None, help="a named dataset instead of the stored one"),
           data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
-          split: str = typer.Option("test"), limit: Optional[int] = typer.Option(None)):
+          split: str = typer.Option("test", callback=_split), limit: Optional[int] = _limit()):
     """Evaluate a model on the data it was made on (stored in the artifact), or on --data."""
     net, t, line = _open(artifact, model, weights, dataset, data, task, limit)
     res = t.evaluate(net, split)
@@ -159,15 +189,14 @@ def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
 @app.command()
 def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
           model: Optional[str] = typer.Option(None, help=_BASE_HELP),
-          batch_size: int = typer.Option(64), threads: Optional[int] = typer.Option(None),
-          repeats: int = typer.Option(30), dataset: Optional[str] = typer.Option(None),
+          batch_size: int = typer.Option(64, callback=_bounded("--batch-size", 1, 65_536)),
+          threads: Optional[int] = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
+          repeats: int = typer.Option(30, callback=_bounded("--repeats", 1, 10_000)),
+          dataset: Optional[str] = typer.Option(None),
           data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None)):
     """Measure an artifact: metric, params, non-zeros, MACs, bytes on disk, latency."""
     from netslim.measure import model_summary
 
-    for name, v in (("--batch-size", batch_size), ("--repeats", repeats), ("--threads", threads)):
-        if v is not None and v < 1:
-            raise NetslimError(f"{name} must be an int >= 1; got {v}.")
     net, t, line = _open(artifact, model, None, dataset, data, task, None)
     path = Path(artifact) if Path(artifact).is_file() else None
     s = model_summary(net, t, artifact=path, batch_size=batch_size, threads=threads, repeats=repeats)
@@ -198,14 +227,14 @@ def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
 @app.command()
 def recipes():
     """List the shipped recipes; 'model' is the zoo model a recipe is tied to, or 'any (--model)'."""
-    import yaml
+    from netslim.recipe.spec import load_yaml
 
     rows = []
     for p in sorted(recipes_dir().glob("*.yaml")):
         try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError:
-            d = {"description": "(malformed YAML)"}
+            d = load_yaml(p) or {}
+        except NetslimError:
+            d = {"description": "(unreadable: not a recipe file)"}
         if not isinstance(d, dict):
             d = {"description": "(not a recipe mapping)"}
         # A recipe without `model:` is about a technique: it runs on whatever --model names.
@@ -216,21 +245,38 @@ def recipes():
 
 
 def main() -> None:
+    """Run the CLI. Bad input and usage errors: one line on stderr, ``netslim: error: ...``,
+    exit code 2. ``netslim`` alone prints the help on stdout and exits 0."""
     logging.basicConfig(level=os.environ.get("NETSLIM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app(standalone_mode=False)
-    except NetslimError as e:
-        print(f"netslim: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:  # typer/click usage errors
-        import click
+    try:  # typer 0.29 (pinned) raises its own click fork's exceptions, not the click package's
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    except ImportError:  # older typer: click's
+        from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    try:
+        rc = app(standalone_mode=False, prog_name="netslim")
+    except NetslimError as e:
+        _fail(str(e))
+    except NoArgsIsHelpError as e:
+        print(e.format_message())
+        sys.exit(0)
+    except UsageError as e:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _fail(e.format_message() + hint)
+    except ClickException as e:  # e.g. a file option that cannot be opened
+        _fail(e.format_message())
+    except typer.Abort:
+        _fail("aborted", code=130)
+    if isinstance(rc, int) and rc:  # typer.Exit(code), Ctrl-C (130)
+        sys.exit(rc)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One line on stderr (newlines folded, at most 2000 characters), then exit ``code``."""
+    from netslim.core.errors import clip
+
+    print(f"netslim: error: {clip(' '.join(message.split()), 2000)}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

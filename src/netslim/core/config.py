@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
-from .errors import NetslimError, unknown_name
+from .errors import NetslimError, clip, shown, unknown_name
 
 
 class MethodConfig(BaseModel):
@@ -107,17 +107,20 @@ _load_builtin_methods = load_families
 
 
 def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
+    """One line for a pydantic error; every echoed value (field names included: an unknown
+    key is the user's text) goes through :func:`~netslim.core.errors.shown`."""
     parts = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(config)"
-        given = e.get("input")
+    for e in err.errors(include_url=False)[:5]:
+        field = clip(".".join(str(p) for p in e["loc"]) or "(config)")
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown field {field!r}")
         elif e["type"] == "missing":
             parts.append(f"field {field!r} is required")
         else:
-            parts.append(f"field {field!r} {e['msg'][0].lower() + e['msg'][1:]}; got {given!r}")
-    return f"{owner}: " + "; ".join(parts) + "."
+            msg = clip(e["msg"][0].lower() + e["msg"][1:])
+            parts.append(f"field {field!r} {msg}; got {shown(e.get('input'))}")
+    more = err.error_count() - len(parts)
+    return f"{owner}: " + "; ".join(parts) + (f"; and {more} more error(s)" if more > 0 else "") + "."
 
 
 def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
@@ -126,7 +129,7 @@ def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
     ``where`` prefixes error messages (e.g. "recipe step 2").
     """
     if not isinstance(data, Mapping):
-        raise NetslimError(f"{where}: expected a mapping with a 'method' key; got {data!r}.")
+        raise NetslimError(f"{where}: expected a mapping with a 'method' key; got {shown(data)}.")
     params = dict(data)
     name = params.pop("method", None)
     if name is None:

@@ -25,6 +25,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
@@ -36,9 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netslim.core.errors import NetslimError, unknown_name
+from netslim.core.errors import NetslimError, shown, unknown_name
 from netslim.core.serialize import register_module
 from netslim.measure.counts import register_macs
+
+log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_VOCAB = 512  # > the 256 bytes + specials of the byte tokenizer; a round size like real vocabularies
@@ -347,16 +350,45 @@ def describe_hf(model: nn.Module) -> dict | None:
     cls = parametrize.type_before_parametrizations(model).__name__
     hf_class(cls)  # a transformers class netslim can rebuild, or a clear error
     register_hf_types(model.config.model_type)
-    return {"class": cls, "config": model.config.to_dict(), "source": getattr(model, "netslim_source", None)}
+    config = safe_attn_config(model.config.to_dict())
+    return {"class": cls, "config": config, "source": getattr(model, "netslim_source", None)}
+
+
+# The attention kernels a stored config may name. Anything else ("flash_attention_2", a Hub
+# kernel such as "kernels-community/flash-attn") would make transformers import or download
+# code when the model is built: it is replaced by "sdpa" (same maths, in torch) with a warning.
+SAFE_ATTN = ("eager", "sdpa")
+_ATTN_KEYS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal")
+
+
+def safe_attn(value: Any, where: str = "config") -> Any:
+    """``value`` if it is None, "eager" or "sdpa" (or a per-sub-config dict of them), else "sdpa"."""
+    if value is None or value in SAFE_ATTN:
+        return value
+    if isinstance(value, dict):  # {"": main, "text_config": ...}: one level, as transformers takes it
+        return {k: v if v is None or v in SAFE_ATTN else safe_attn(str(v)[:200], where) for k, v in value.items()}
+    log.warning("%s: attention implementation %s replaced by 'sdpa' (only %s are loaded from a file; "
+                "nothing is fetched or imported)", where, shown(value, 80), " / ".join(SAFE_ATTN))
+    return "sdpa"
+
+
+def safe_attn_config(config: Any, depth: int = 0) -> Any:
+    """A copy of a (nested) config dict whose attention-implementation keys are :func:`safe_attn`."""
+    if not isinstance(config, dict) or depth > 8:
+        return config
+    return {k: safe_attn(v, f"config {k!r}") if k in _ATTN_KEYS else safe_attn_config(v, depth + 1)
+            for k, v in config.items()}
 
 
 def build_hf(arch: dict) -> nn.Module:
-    """A randomly initialised model of ``arch["class"]`` from ``arch["config"]`` (weights come later)."""
+    """A randomly initialised model of ``arch["class"]`` from ``arch["config"]`` (weights come later).
+
+    The stored config never chooses a kernel to fetch: see :data:`SAFE_ATTN`."""
     cls = hf_class(arch.get("class"))
     if not isinstance(arch.get("config"), dict):
         raise NetslimError("A Hugging Face architecture needs its config as a JSON object; "
                            f"got {type(arch.get('config')).__name__}.")
-    model = cls(cls.config_class.from_dict(dict(arch["config"])))
+    model = cls(cls.config_class.from_dict(safe_attn_config(dict(arch["config"]))))
     register_hf_types(model.config.model_type)
     if arch.get("source"):
         model.netslim_source = arch["source"]
@@ -416,7 +448,7 @@ def _gpt2_attention_build(kw: dict) -> nn.Module:
     from transformers.pytorch_utils import Conv1D
 
     cfg = GPT2Config(**kw["config"])
-    cfg._attn_implementation = kw["attn_implementation"]
+    cfg._attn_implementation = safe_attn(kw["attn_implementation"], "GPT2Attention")
     m = GPT2Attention(cfg, is_cross_attention=kw["is_cross_attention"], layer_idx=kw["layer_idx"])
     n = int(kw["num_heads"])
     if n != m.num_heads:  # pruned heads: head_dim and scaling stay, the widths follow the count

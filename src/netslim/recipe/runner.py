@@ -6,8 +6,10 @@ checkpoints add up fast).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,15 +18,22 @@ import torch
 from torch import nn
 from netslim.core.config import apply
 from netslim.core.context import StepContext
-from netslim.core.errors import NetslimError
+from netslim.core.errors import NetslimError, clip, shown
 from netslim.core.serialize import atomic_write, load, save
 from netslim.measure import interleaved_latency, layer_table, model_summary
 from netslim.models.sources import open_model as resolve_model
-from netslim.recipe.spec import Recipe
 from netslim.recipe.inputs import resolve_task, run_info
+from netslim.recipe.spec import Recipe, check_data_options
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
+LOCK = ".netslim.lock"      # flock-ed for a run's lifetime; the OS drops it when the process ends
+MAX_STATE_BYTES = 64 << 20  # state.json holds per-step metrics: kilobytes
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -61,55 +70,105 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, **kwargs: Any) -> dict[str, 
 
 
 def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None, resume: bool = False,
-                   data_options: dict | None = None, data: Any = None, weights: str | Path | None = None,
-                   base: Any = None) -> tuple[dict[str, Any], nn.Module]:
+                   force: bool = False, data_options: dict | None = None, data: Any = None,
+                   weights: str | Path | None = None, base: Any = None) -> tuple[dict[str, Any], nn.Module]:
     """Execute ``recipe``; returns ``(report, final model)`` (the report is also in OUT/report.*).
 
     ``model_ref``: anything :func:`netslim.models.sources.open_model` accepts (default: the
     recipe's ``model:``); ``data``: the user's data (see :mod:`netslim.recipe.inputs`);
     ``data_options``: run-level options such as ``limit``. Model and data are resolved before
-    ``out_dir`` is created: bad input leaves nothing behind.
+    ``out_dir`` is created: bad input leaves nothing behind. OUT is locked for the whole run
+    (``OUT/.netslim.lock``: a second run into it fails at once). A fresh run refuses an OUT that
+    holds another run's state, ``resume`` one whose recipe, model or data differ; ``force``
+    overrides both (a forced resume is recorded in the state and the report).
     """
     out = Path(out_dir)
     ref = model_ref if model_ref is not None else recipe.model
     if ref is None:
         raise NetslimError("No model given: set 'model:' in the recipe or pass --model NAME|PATH.")
-    if out.exists() and not out.is_dir():
-        raise NetslimError(f"--out {str(out)!r} exists and is not a directory.")
-    state_path = out / STATE
-    state: dict[str, Any] = {}
-    if resume:
-        if not state_path.is_file():
-            raise NetslimError(f"Cannot resume: {state_path} does not exist (no earlier run in {out}).")
-        state = json.loads(state_path.read_text())
-        if state.get("recipe") != recipe.to_dict() or state.get("model_ref") != _model_key(ref):
-            raise NetslimError(f"Cannot resume: {out} holds a run of a different recipe or model.")
+    check_data_options(data_options, "data options")
+    _check_out_path(out)
+    # Fail before the model loads; checked again (data too, then acted on) once OUT is locked.
+    stored_state(out, _fingerprint(recipe, ref, None, data_options), resume=resume, force=force, dry=True)
 
     opened = resolve_model(ref, weights=weights, base=base)
-    model = opened.model
     reference_path = out / "baseline.safetensors"
     reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
     task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
                         options=data_options, reference=reference)
     info = run_info(opened, task, recipe.name, reference_path)
-    dataset = info["dataset"]
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
-    torch.manual_seed(recipe.seed)
+    with _locked(out):
+        fingerprint = _fingerprint(recipe, ref, info, data_options)
+        state = stored_state(out, fingerprint, resume=resume, force=force)
+        ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
+        torch.manual_seed(recipe.seed)
+        model = opened.model
+        if not state:
+            save(model, reference_path, info)
+            state = {**fingerprint, "baseline": _measure(model, task, recipe, reference_path), "steps": [],
+                     "checkpoint": None, "skipped": []}
+            _write_json(out / STATE, state)
+        else:
+            if state["checkpoint"]:
+                model = load(out / state["checkpoint"], base=opened.base)
+            ctx.skipped.extend(state.get("skipped", []))
+            ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
+        model = _run_steps(model, recipe, ctx, state, out)
+        return _finish(model, recipe, ctx, state, reference), model
 
-    if not state:
-        save(model, reference_path, info)
-        state = {"recipe": recipe.to_dict(), "model_ref": _model_key(ref), "data": info.get("data") or
-                 info.get("data_options", {}),
-                 "baseline": _measure(model, task, recipe, reference_path), "steps": [], "checkpoint": None,
-                 "skipped": []}
-        _write_json(state_path, state)
-    else:
-        if state["checkpoint"]:
-            model = load(out / state["checkpoint"], base=opened.base)
-        ctx.skipped.extend(state.get("skipped", []))
-        ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
 
+def _fingerprint(recipe: Recipe, ref: Any, info: dict | None, data_options: dict | None) -> dict[str, Any]:
+    """What a resumed run must share with the stored one (``info`` None: the part known before
+    the model and data are opened)."""
+    keys = {"recipe": recipe.to_dict(), "model_ref": _model_key(ref)}
+    if info is not None:
+        keys.update(dataset=info["dataset"], data=info.get("data") or info.get("data_options", {}),
+                    data_options=dict(data_options or {}))
+    return json.loads(json.dumps(keys, default=str))  # as stored: comparable with state.json
+
+
+def stored_state(out: Path, fingerprint: dict[str, Any], *, resume: bool, force: bool,
+                 dry: bool = False) -> dict[str, Any]:
+    """The state to continue (``{}``: a fresh run), after checking OUT/state.json against
+    ``fingerprint``; with ``force`` a differing resume is recorded, a fresh run replaces the
+    old one (``dry``: check only, change nothing)."""
+    path = out / STATE
+    if not resume:
+        if not (path.exists() or path.is_symlink()):
+            return {}
+        if not force:
+            raise NetslimError(f"{out} holds another run ({path}): --resume continues it, --force replaces it "
+                               "(or choose another --out).")
+        if not dry:
+            _discard_run(out, path)
+        return {}
+    if not path.is_file():
+        raise NetslimError(f"Cannot resume: {path} does not exist (no earlier run in {out}).")
+    state = _read_state(path, out)
+    differ = [k for k, v in fingerprint.items() if k in state and state[k] != v]
+    if differ and not force:
+        names = " / ".join(_WHAT[k] for k in differ)
+        raise NetslimError(f"Cannot resume: {out} holds a run with a different {names} than this one "
+                           f"(stored in {path}); --force resumes anyway, or start a fresh run in another --out.")
+    done = [r["method"] for r in state["steps"]]
+    planned = [s["method"] for s in fingerprint["recipe"]["steps"]]
+    if done != planned[:len(done)]:
+        raise NetslimError(f"Cannot resume, even with --force: the steps done in {out} ({', '.join(done)}) are "
+                           f"not the first steps of this recipe ({', '.join(planned)}).")
+    if differ and not dry:
+        note = {"resumed_with_different": [_WHAT[k] for k in differ], "previous": {k: state[k] for k in differ}}
+        log.warning("%s: resuming with a different %s (--force)", out, " / ".join(note["resumed_with_different"]))
+        state = {**state, **fingerprint, "forced": [*state.get("forced", []), note]}
+        _write_json(path, state)
+    return state
+
+
+_WHAT = {"recipe": "recipe", "model_ref": "model", "dataset": "dataset", "data": "data",
+         "data_options": "data options (--limit)"}
+
+
+def _run_steps(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, out: Path) -> nn.Module:
+    """Apply the steps not done yet, a checkpoint and the state after each."""
     for i, step in enumerate(recipe.steps):
         if i < len(state["steps"]):
             continue  # done in an earlier run
@@ -122,19 +181,24 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
             raise NetslimError(f"step {i + 1} ({step.method}): {e}") from None
         seconds = time.perf_counter() - t0
         ckpt = out / "checkpoints" / f"step{i + 1:02d}_{step.method}.safetensors"
-        save(model, ckpt, info)
+        save(model, ckpt, ctx.info)
         previous = state["checkpoint"]
         record = {"method": step.method, "params": step.model_dump(mode="json"), "seconds": seconds,
-                  "metrics": _measure(model, task, recipe, ckpt), "notes": ctx.notes}
+                  "metrics": _measure(model, ctx.task, recipe, ckpt), "notes": ctx.notes}
         state["steps"].append(record)
         state["checkpoint"] = str(ckpt.relative_to(out))
         state["skipped"] = ctx.skipped
         state["artifacts"] = [str(p) for p in ctx.artifacts]
-        _write_json(state_path, state)
+        _write_json(out / STATE, state)
         # Only once the state names the new checkpoint: a run killed in between resumes cleanly.
         if previous and previous != state["checkpoint"] and (out / previous).exists():
             (out / previous).unlink()
+    return model
 
+
+def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, reference) -> dict[str, Any]:
+    """The final artifact, its measurements beside the baseline's, and OUT/report.*."""
+    task, info, out = ctx.task, ctx.info, ctx.out_dir
     artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
     final = _measure(model, task, recipe, artifact)
     baseline = dict(state["baseline"])
@@ -142,14 +206,141 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     baseline.update(paired["baseline"])
     final.update(paired["final"])
     report = {
-        "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": dataset,
+        "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": info["dataset"],
         "metric": task.metric, "artifact": str(artifact), "baseline": baseline, "final": final,
         "latency_protocol": "baseline and final: A/B interleaved, 5 rounds, median; steps: one measurement each",
         "steps": state["steps"],
         "layers": [r.as_dict() for r in layer_table(model, task.example_inputs(1))],
         "skipped": ctx.skipped,
     }
+    if state.get("forced"):
+        report["forced_resume"] = state["forced"]
     from netslim.report import write_report
 
     write_report(report, out)
-    return report, model
+    return report
+
+
+# ----------------------------------------------------------------- the output directory
+def _check_out_path(out: Path) -> None:
+    """OUT, or the first of its parents that exists, must be a directory."""
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "--out" if p == out else f"--out {str(out)!r}: its parent"
+                raise NetslimError(f"{what} {str(p)!r} exists and is not a directory.")
+            return
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """Create OUT, check it is writable and hold ``OUT/.netslim.lock`` (flock, non-blocking) while
+    the run lasts: a second run into OUT fails at once; a crashed run's lock is gone with it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise NetslimError(f"--out {str(out)!r} cannot be created or written ({e.strerror or e}); "
+                           "choose another --out.") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise NetslimError(f"{out} is in use by another netslim run (pid {owner}); wait for it to end "
+                                   "or choose another --out.") from None
+            except OSError as e:  # a file system without locks: run, unprotected
+                log.warning("%s: cannot lock %s (%s); concurrent runs into it are not detected", out, LOCK, e)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_state(path: Path, out: Path) -> dict[str, Any]:
+    """OUT/state.json, checked well enough to resume from (a NetslimError otherwise)."""
+    def corrupt(why: str) -> NetslimError:
+        return NetslimError(f"Cannot resume: {path} is unreadable or corrupt ({clip(why, 160)}); start a fresh "
+                            "run with --force (it replaces the old one) or in another --out.")
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_BYTES + 1)
+        if len(raw) > MAX_STATE_BYTES:
+            raise corrupt(f"larger than {MAX_STATE_BYTES:,} bytes")
+        state = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+        if isinstance(e, NetslimError):
+            raise
+        raise corrupt(f"{type(e).__name__}: {e}") from None
+    problem = _state_problem(state, out)
+    if problem:
+        raise corrupt(problem)
+    return state
+
+
+_STATE_TYPES = {"recipe": dict, "model_ref": str, "baseline": dict, "steps": list, "skipped": list}
+
+
+def _state_problem(state: Any, out: Path) -> str | None:
+    """What is wrong with a parsed state.json, or None."""
+    if not isinstance(state, dict):
+        return f"a JSON {type(state).__name__}, not an object"
+    for key, kind in _STATE_TYPES.items():
+        if not isinstance(state.get(key), kind):
+            return f"{key!r} is missing or not a JSON {'object' if kind is dict else kind.__name__}"
+    if not _metrics(state["baseline"]):
+        return "'baseline' is not a mapping of metric names to values"
+    for i, rec in enumerate(state["steps"], 1):
+        if not (isinstance(rec, dict) and isinstance(rec.get("method"), str) and _metrics(rec.get("metrics"))
+                and isinstance(rec.get("seconds"), (int, float))):
+            return f"step record {i} is not {{method, seconds, metrics, ...}}"
+    if not all(isinstance(x, dict) for x in state["skipped"]):
+        return "'skipped' is not a list of {name, reason} objects"
+    planned = state["recipe"].get("steps")
+    planned = [s.get("method") if isinstance(s, dict) else None for s in planned] if isinstance(planned, list) else []
+    done = [r["method"] for r in state["steps"]]
+    if not planned or done != planned[:len(done)]:
+        return "its completed steps are not those of its recipe"
+    ckpt, artifacts = state.get("checkpoint"), state.get("artifacts", [])
+    if ckpt is not None and not (isinstance(ckpt, str) and (out / ckpt).is_file() and _inside(out, out / ckpt)):
+        return f"its checkpoint {shown(ckpt, 80)} is not a file in {out}"
+    if not isinstance(artifacts, list):
+        return "'artifacts' is not a list"
+    for name in artifacts:  # written by export steps into OUT, named as the run named them
+        if not (isinstance(name, str) and Path(name).is_file() and _inside(out, Path(name))):
+            return f"its artifact {shown(name, 80)} is not a file in {out}"
+    return None
+
+
+def _metrics(d: Any) -> bool:
+    """A non-empty ``{name: value}`` with numbers where ``_measure`` always puts them."""
+    return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and all(
+        d.get(k) is None or isinstance(d.get(k), (int, float)) for k in ("params", "nonzero", "size_bytes"))
+
+
+def _inside(out: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(out.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _discard_run(out: Path, path: Path) -> None:
+    """--force on a fresh run: remove what the old run left that would mix with the new one
+    (its state, its latest checkpoint, its report); nothing outside OUT, no other file."""
+    try:
+        ckpt = _read_state(path, out).get("checkpoint")
+    except NetslimError:  # a corrupt state: no checkpoint to trust
+        ckpt = None
+    try:
+        if isinstance(ckpt, str) and _inside(out / "checkpoints", out / ckpt):
+            (out / ckpt).unlink(missing_ok=True)
+        for name in (STATE, "report.json", "report.md", "report.html"):
+            (out / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise NetslimError(f"--force: cannot remove the old run in {out} ({e.strerror or e}).") from None
+    log.warning("%s: replacing the run that was there (--force)", out)

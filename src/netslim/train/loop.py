@@ -24,25 +24,32 @@ from netslim.train.tasks import Task
 log = logging.getLogger(__name__)
 
 
+# Upper bounds on counts, so that a typo (``epochs: 1000000000000``) is an error, not a run
+# that never ends; far above any real run (the shipped recipes use <= 30 epochs).
+MAX_EPOCHS = 10_000
+MAX_STEPS = 100_000_000
+MAX_BATCH = 1 << 20
+
+
 class TrainConfig(MethodConfig):
     """Training hyper-parameters (the ``train`` recipe step)."""
 
     method = "train"
-    epochs: int = Field(10, ge=0)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke runs)")
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="stop after this many steps (smoke runs)")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_clip: float | None = Field(None, gt=0)
     select_best: bool = Field(True, description="restore the weights with the best validation metric")
     eval_split: str = "val"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)  # torch.manual_seed's range
     keeps_modules: ClassVar[bool] = True  # trains the parameters there are (netslim.recipe.preflight)
 
     @classmethod
@@ -54,9 +61,9 @@ class FinetuneConfig(TrainConfig):
     """Fine-tuning after compression: the same loop with gentler defaults."""
 
     method = "finetune"
-    epochs: int = Field(2, ge=0)
+    epochs: int = Field(2, ge=0, le=MAX_EPOCHS)
     lr: float = Field(0.01, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
 
 
 @dataclass
