@@ -19,3 +19,20 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = compile(BLOCKS[index], f"README.md python block {index + 1}", "exec")
     exec(code, {"__name__": f"readme_block_{index + 1}"})
+
+
+def test_the_files_the_readme_names_for_the_demo_are_the_ones_it_writes():
+    """``make demo`` runs recipes/demo.yaml into runs/demo: every ``runs/demo/<file>`` the README
+    names is a file that run writes (the report, or the export step's filename + format suffix)."""
+    from netslim.core.config import load_families
+    from netslim.core.export import exporter
+    from netslim.recipe import load_recipe
+
+    load_families()
+    recipe = load_recipe(README.parent / "recipes" / "demo.yaml")
+    written = {"report.html", "report.json", "report.md", "baseline.safetensors", "state.json"}
+    for step in recipe.steps:
+        if step.method == "export":
+            written.add(step.filename + exporter(step.format)[1])
+    named = set(re.findall(r"runs/demo/([\w.-]+\.\w+)", README.read_text(encoding="utf-8")))
+    assert named and named <= written, sorted(named - written)

@@ -218,10 +218,10 @@ def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
         console.print(_table(str(artifact), *breakdown_table(Path(artifact))))
 
     net, t, _ = _open(artifact, model, None, dataset, data, None, None)
-    rows = layer_table(net, t.example_inputs(1))
-    console.print(_table(str(artifact), ["layer", "type", "shape", "params", "nonzero", "bits", "macs"],
-                         [[r.name, r.type, "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.nonzero:,}",
-                           f"{r.bits:g}", f"{r.macs:,}"] for r in rows]))
+    from netslim.report import layer_rows
+
+    rows = layer_table(net, t.example_inputs(1))  # the same rows and columns as the report's layer table
+    console.print(_table(str(artifact), *layer_rows([r.as_dict() for r in rows])))
 
 
 @app.command()

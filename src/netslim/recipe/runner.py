@@ -20,9 +20,10 @@ from netslim.core.config import apply
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError, clip, shown
 from netslim.core.serialize import atomic_write, load, save
-from netslim.measure import interleaved_latency, layer_table, model_summary
+from netslim.measure import artifact_layer_table, interleaved_latency, model_summary
 from netslim.models.sources import open_model as resolve_model
 from netslim.recipe.inputs import resolve_task, run_info
+from netslim.recipe.preflight import check_recipe
 from netslim.recipe.spec import Recipe, check_data_options
 
 try:
@@ -96,6 +97,7 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
     task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
                         options=data_options, reference=reference)
+    check_recipe(recipe, opened.model, task)  # everything knowable before work: selectors, N:M, schedules
     info = run_info(opened, task, recipe.name, reference_path)
     with _locked(out):
         fingerprint = _fingerprint(recipe, ref, info, data_options)
@@ -114,7 +116,7 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
             ctx.skipped.extend(state.get("skipped", []))
             ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
         model = _run_steps(model, recipe, ctx, state, out)
-        return _finish(model, recipe, ctx, state, reference), model
+        return _finish(model, recipe, ctx, state, reference, opened.base), model
 
 
 def _fingerprint(recipe: Recipe, ref: Any, info: dict | None, data_options: dict | None) -> dict[str, Any]:
@@ -196,7 +198,7 @@ def _run_steps(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, 
     return model
 
 
-def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, reference) -> dict[str, Any]:
+def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, reference, base) -> dict[str, Any]:
     """The final artifact, its measurements beside the baseline's, and OUT/report.*."""
     task, info, out = ctx.task, ctx.info, ctx.out_dir
     artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
@@ -208,9 +210,11 @@ def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, ref
     report = {
         "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": info["dataset"],
         "metric": task.metric, "artifact": str(artifact), "baseline": baseline, "final": final,
-        "latency_protocol": "baseline and final: A/B interleaved, 5 rounds, median; steps: one measurement each",
+        "latency_protocol": "baseline and final: A/B interleaved, 5 rounds, median and IQR of all repeats pooled; "
+                            "steps: one measurement each (median, IQR)",
         "steps": state["steps"],
-        "layers": [r.as_dict() for r in layer_table(model, task.example_inputs(1))],
+        "layers": [r.as_dict() for r in artifact_layer_table(artifact, task.example_inputs(1), model=model,
+                                                             base=base)],
         "skipped": ctx.skipped,
     }
     if state.get("forced"):
