@@ -16,12 +16,29 @@ An artifact is a safetensors file whose metadata holds a JSON description:
 
 Other container formats (e.g. the Huffman-coded ``.nsz``) plug in with
 :func:`register_loader` keyed by their magic bytes.
+
+Integrity and validation (the file format is in :mod:`netslim.core.artifact_schema`):
+:func:`save` stores a **SHA-256** of the description JSON and of every tensor's raw bytes
+(with its dtype and shape) in the safetensors metadata entry ``"netslim.sha256"``.
+:func:`load` reads nothing it has not checked, in this order, before building anything:
+the safetensors header (sizes against the file's byte count), the checksums (``verify=True``,
+the default; ``verify=False`` - the CLI's ``--no-verify`` - skips only the hashing, for
+speed on trusted files: a flipped data byte then loads as a different weight), the
+description against its pydantic schema, then the model is built on the **meta device**
+(no memory) under a budget of modules and elements bounded by the file's own tensors and
+its state dict compared with the header's names, shapes and integer dtypes; only then is it
+built for real and filled. Layers holding index data (sparse CSR, packed integer codes) check
+their tensors when loaded. Files written before checksums existed load with one warning.
+Every failure is a :class:`NetslimError` naming the file and the field.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +48,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.modules import module as _torch_module
 from torch.nn.utils import parametrize
 
-from .errors import NetslimError, unknown_name
+from .artifact_schema import (ALGORITHM, DESCRIPTION_KEY, DTYPES, FORMAT_VERSION, INTEGRITY_KEY, Header,
+                              hash_threads, integrity_record, parse_description, read_header, read_integrity,
+                              validate_description, verify_description, verify_integrity)
+from .errors import NetslimError, clip, shown, unknown_name
 from .masks import Mask, masked_params
 from .surgery import get_module, replace_module
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+MAX_MODULE_DEPTH = 32  # module specs nested in module specs (containers, Int8Residual bodies)
+# What a constructor may raise on arguments from a file: reported as a NetslimError naming the field.
+_BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
+                ZeroDivisionError, AssertionError, RecursionError, NotImplementedError)
 
 
 # --------------------------------------------------------------------------- archs
@@ -177,18 +202,46 @@ def module_spec(module: nn.Module, where: str = "") -> dict:
     return {"type": name, "kwargs": _MODULES[name].to_kwargs(module)}
 
 
+_NESTING = threading.local()
+
+
 def build_module(spec: dict, where: str = "") -> nn.Module:
-    name = spec.get("type")
+    """The module ``spec`` describes (see :func:`module_spec`); NetslimError naming ``where`` if it cannot be."""
+    depth = getattr(_NESTING, "depth", 0)
+    if depth >= MAX_MODULE_DEPTH:
+        raise NetslimError(f"Module spec {shown(where)} is nested deeper than {MAX_MODULE_DEPTH} levels.")
+    _NESTING.depth = depth + 1
+    try:
+        return _build_module(spec, where)
+    finally:
+        _NESTING.depth = depth
+
+
+def _build_module(spec: dict, where: str) -> nn.Module:
+    name = spec.get("type") if isinstance(spec, dict) else None
     if name in (_type_name(c) for c in _CONTAINERS):
-        children = {k: build_module(s, f"{where}.{k}") for k, s in spec.get("children", {}).items()}
+        specs = spec.get("children", {})
+        if not isinstance(specs, dict):
+            raise NetslimError(f"Module spec {shown(where)}: 'children' must be an object; "
+                               f"got {type(specs).__name__}.")
+        children = {k: build_module(s, f"{where}.{k}") for k, s in specs.items()}
         if name == _type_name(nn.ModuleDict):
             return nn.ModuleDict(children)
         if name == _type_name(nn.Sequential):
             return nn.Sequential(OrderedDict(children))
         return nn.ModuleList(list(children.values()))
-    if name not in _MODULES:
-        raise unknown_name(f"module type (at {where!r})", name, _MODULES)
-    return _MODULES[name].from_kwargs(spec["kwargs"])
+    if not isinstance(name, str) or name not in _MODULES:
+        raise unknown_name(f"module type (at {shown(where)})", name, _MODULES)
+    kwargs = spec.get("kwargs")
+    if not isinstance(kwargs, dict):
+        raise NetslimError(f"Module spec {shown(where)}: 'kwargs' must be an object; got {type(kwargs).__name__}.")
+    try:
+        return _MODULES[name].from_kwargs(kwargs)
+    except NetslimError as e:
+        raise NetslimError(f"Module {shown(where)} ({name.rpartition('.')[2]}): {e}") from None
+    except _BUILD_ERRORS as e:
+        raise NetslimError(f"Module {shown(where)} ({name.rpartition('.')[2]}) cannot be built from its kwargs: "
+                           f"{type(e).__name__}: {clip(str(e))}") from None
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -287,7 +340,7 @@ def describe(model: nn.Module, info: dict | None = None) -> dict:
 
 
 def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` (safetensors + JSON description), atomically."""
+    """Write ``model`` to ``path`` (safetensors + JSON description + SHA-256 checksums), atomically."""
     path = Path(path)
     desc = describe(model, info)
     tensors: dict[str, torch.Tensor] = {}
@@ -303,7 +356,10 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
             seen[key] = k
         tensors[k] = t.to("cpu").contiguous()
     desc["aliases"] = aliases
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"netslim": json.dumps(desc)}))
+    desc["checksums"] = ALGORITHM
+    text = json.dumps(desc)
+    metadata = {DESCRIPTION_KEY: text, INTEGRITY_KEY: integrity_record(text, tensors)}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
@@ -315,23 +371,22 @@ def register_loader(magic: bytes, fn: Callable[..., nn.Module]) -> None:
     _LOADERS[magic] = fn
 
 
-def read_description(path: str | os.PathLike) -> dict:
-    """The JSON description of a safetensors artifact, without loading tensors."""
-    from safetensors import safe_open
+def read_description(path: str | os.PathLike, *, verify: bool = True) -> dict:
+    """The validated JSON description of a safetensors artifact, without loading tensors.
 
+    ``verify``: check the description's SHA-256 (when the file has checksums). The marker
+    that the file carries checksums (``"checksums"``) describes the file, not the model, and
+    is left out: a description written elsewhere without the record is a file without checksums.
+    """
     path = _existing(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise NetslimError(f"{path} is not a readable netslim artifact: {e}.") from None
-    if "netslim" not in meta:
-        raise NetslimError(f"{path} is a safetensors file without a netslim description; save it with netslim.save.")
-    desc = json.loads(meta["netslim"])
-    if desc.get("version", 0) > FORMAT_VERSION:
-        raise NetslimError(
-            f"{path} was written by a newer netslim (format {desc['version']}); this one reads <= {FORMAT_VERSION}."
-        )
+    header = read_header(path)
+    text, raw = parse_description(header)
+    if verify:
+        record = _integrity(header, raw)
+        if record is not None:
+            verify_description(header, record, text)
+    desc = validate_description(header, raw)
+    desc.pop("checksums", None)
     return desc
 
 
@@ -342,11 +397,17 @@ def _existing(path) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: Base = None) -> nn.Module:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: Base = None,
+         verify: bool = True) -> nn.Module:
     """Rebuild the module saved at ``path``. Never unpickles anything.
 
     ``base``: for a model of the user's own class, a fresh instance (or a function that makes
     one); the stored structure (shrunk, quantized, sparse layers) is replayed onto it.
+    ``verify``: check the SHA-256 of the description and of every tensor before building
+    anything (default). ``False`` skips the hashing (the CLI's ``--no-verify``): faster on
+    large trusted files, but a corrupted data byte then loads silently as a different weight;
+    every structural check (header, schema, shapes, index ranges) still runs. Formats
+    registered with :func:`register_loader` (``.nsz``) check their own CRCs either way.
     """
     path = _existing(path)
     _ensure_archs()
@@ -355,25 +416,159 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: B
     for magic, fn in _LOADERS.items():
         if head.startswith(magic):
             return fn(path, base=base).to(device)
-    desc = read_description(path)
-    model = build_arch(desc["arch"], base=base)
-    restore_structure(model, desc)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise NetslimError(f"{path}: cannot read tensors: {e}.") from None
-    load_state(model, state, desc, where=str(path))
+    header = read_header(path)
+    text, raw = parse_description(header)
+    if verify:
+        record = _integrity(header, raw)
+        if record is not None:
+            verify_integrity(header, record, text, hash_threads())
+    desc = validate_description(header, raw)
+    check_against_header(desc, header, base)
+    where = str(path)
+    with _errors_in(where, "arch"):
+        model = build_arch(desc["arch"], base=base)
+        restore_structure(model, desc)
+    load_state(model, _read_tensors(path), desc, where=where)
     model.eval()
     return model.to(device)
+
+
+_warned_unverified = False
+
+
+def _integrity(header: Header, raw: dict):
+    """The integrity record; None (with one warning per process) for a file saved before checksums."""
+    global _warned_unverified
+    record = read_integrity(header)
+    if record is None and raw.get("checksums") is not None:
+        raise NetslimError(f"{header.path}: its description says it carries checksums but the metadata "
+                           f"{INTEGRITY_KEY!r} is missing: the file is corrupted.")
+    if record is None and not _warned_unverified:
+        _warned_unverified = True
+        log.warning("%s has no checksums (saved by a netslim before they were stored): loaded unverified. "
+                    "Save it again to add them.", header.path)
+    return record
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError) as e:
+        raise NetslimError(f"{path}: cannot read tensors: {clip(str(e))}.") from None
+
+
+@contextlib.contextmanager
+def _errors_in(where: str, field: str):
+    """Exceptions of building from a file's description as NetslimErrors naming the file (and
+    ``field`` for a constructor's own exception; netslim's messages name theirs)."""
+    try:
+        yield
+    except NetslimError as e:
+        raise NetslimError(str(e) if where in str(e) else f"{where}: {e}") from None
+    except _BUILD_ERRORS as e:
+        raise NetslimError(f"{where}: field {field!r}: cannot build the model: {type(e).__name__}: "
+                           f"{clip(str(e))}") from None
+
+
+# ----------------------------------------------------------- the plan, against the header
+def check_against_header(desc: dict, header: Header, base: Base = None) -> None:
+    """Build what ``desc`` describes on the meta device (no memory) and compare its tensors
+    with the header's, before anything is allocated.
+
+    Construction runs under a budget (:func:`_budget`) so that a description asking for a
+    billion layers stops after a few thousand. For a user model (whose base is the caller's
+    instance) the recorded modules are built and checked one by one.
+    """
+    where = str(header.path)
+    expected = {k: (e.dtype, e.shape) for k, e in header.tensors.items()}
+    for alias, target in desc["aliases"].items():
+        expected[alias] = expected[target]
+    arch = desc["arch"]
+    with _errors_in(where, "modules" if arch["kind"] == USER_KIND else "arch"), _budget(header), \
+            torch.device("meta"):
+        if arch["kind"] != USER_KIND:
+            model = build_arch(arch, device="meta")
+            restore_structure(model, desc)
+            _compare(model.state_dict(), expected, where, arch, complete=True)
+            return
+        for name, spec in desc["modules"].items():
+            module = build_module(spec, name)
+            _attach_masks(module, desc["masks"], prefix=f"{name}.")
+            _compare(module.state_dict(prefix=f"{name}."), expected, where, arch, complete=False)
+
+
+@contextlib.contextmanager
+def _budget(header: Header):
+    """Fail construction that registers more tensor elements or modules than the file's own
+    tensors could account for (4x their elements + 2^26 for non-persistent buffers; 16 modules per tensor)."""
+    max_elements = 4 * header.total_elements + 2**26
+    max_modules = 16 * len(header.tensors) + 4096
+    me, seen = threading.get_ident(), {"elements": 0, "modules": 0}
+
+    def count(kind: str, n: int, limit: int) -> None:
+        if threading.get_ident() != me:  # another thread building its own model
+            return
+        seen[kind] += n
+        if seen[kind] > limit:
+            raise NetslimError(f"the description (fields 'arch', 'modules') asks for more than {limit} {kind}, "
+                               f"more than the file's {len(header.tensors)} tensors ({header.total_elements} "
+                               "elements) account for")
+
+    def on_tensor(module, name, t):
+        if t is not None:
+            count("elements", t.numel(), max_elements)
+
+    def on_module(module, name, sub):
+        count("modules", 1, max_modules)
+
+    handles = [_torch_module.register_module_parameter_registration_hook(on_tensor),
+               _torch_module.register_module_buffer_registration_hook(on_tensor),
+               _torch_module.register_module_module_registration_hook(on_module)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _compare(state: dict, expected: dict, where: str, arch: dict, complete: bool) -> None:
+    what = f"{where} does not match its architecture ({arch.get('name') or arch.get('class')})"
+    for k, t in state.items():
+        if k not in expected:
+            raise NetslimError(f"{what}: missing tensor {shown(k)}.")
+        dtype, shape = expected[k]
+        if tuple(t.shape) != shape:
+            raise NetslimError(f"{what}: tensor {shown(k)} is {list(shape)} in the file; the description "
+                               f"builds {list(t.shape)}.")
+        stored = DTYPES[dtype][0]
+        if (stored.is_floating_point != t.dtype.is_floating_point) or (not t.dtype.is_floating_point
+                                                                       and stored != t.dtype):
+            raise NetslimError(f"{what}: tensor {shown(k)} is {dtype} in the file; the layer holds {t.dtype}.")
+    extra = sorted(set(expected) - set(state)) if complete else []
+    if extra:
+        raise NetslimError(f"{what}: unexpected tensor {shown(extra[0])}.")
 
 
 def restore_structure(model: nn.Module, desc: dict) -> None:
     """Replace changed modules and re-attach masks as the description says."""
     for name, spec in desc.get("modules", {}).items():
         replace_module(model, name, build_module(spec, name))
-    for qual in desc.get("masks", []):
-        mname, _, pname = qual.rpartition(".")
-        module = get_module(model, mname)
+    _attach_masks(model, desc.get("masks", []))
+
+
+def _attach_masks(model: nn.Module, masks: list[str], prefix: str = "") -> None:
+    """Mask parametrizations on the parameters ``masks`` names (only those under ``prefix``,
+    relative to it: ``model`` is then the module at that prefix)."""
+    for i, qual in enumerate(masks):
+        if not qual.startswith(prefix):
+            continue
+        mname, _, pname = qual[len(prefix):].rpartition(".")
+        try:
+            module = get_module(model, mname)
+        except NetslimError as e:
+            raise NetslimError(f"field 'masks[{i}]': {e}") from None
+        if pname not in dict(module.named_parameters(recurse=False)):
+            raise NetslimError(f"field 'masks[{i}]': {shown(qual)} is not a parameter of the model.")
         parametrize.register_parametrization(module, pname, Mask(torch.ones_like(getattr(module, pname), dtype=torch.bool)))
 
 
@@ -383,6 +578,8 @@ def load_state(model: nn.Module, state: dict, desc: dict, where: str) -> None:
             state[alias] = state[target]
     try:
         model.load_state_dict(state, strict=True, assign=True)
+    except NetslimError as e:  # a layer's own load-time check (sparse indices, packed code shapes)
+        raise NetslimError(str(e) if where in str(e) else f"{where}: {e}") from None
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:4])

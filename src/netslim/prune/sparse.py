@@ -11,6 +11,9 @@
 * The ``sparse`` export format: masks made permanent, every Linear/Conv2d whose CSR form
   is smaller than its dense weight stored as above, in an ordinary netslim safetensors
   artifact -- ``netslim.load`` rebuilds the modules (``register_module``), bit-exactly.
+* Loading a layer validates its CSR arrays (:func:`~netslim.prune.kernels.validate_csr`:
+  row pointers from 0 to nnz, non-decreasing; column indices in range and sorted per row)
+  before any kernel or decode sees them; the C kernel checks them again on every call.
 
 Both modules hold buffers, not parameters: they are for inference, after training.
 """
@@ -23,15 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netslim.core.artifact_schema import loaded
 from netslim.core.errors import NetslimError
 from netslim.core.export import register_exporter
 from netslim.core.masks import get_mask
 from netslim.core.serialize import register_module, save
 from netslim.core.surgery import replace_module
 from netslim.measure.counts import register_macs
-from netslim.prune.kernels import csr_matmul, fast_path_ok, prepare_csr
-
-U16_LIMIT = 65536  # column indices are stored as int16 and read as unsigned
+from netslim.prune.kernels import U16_LIMIT, csr_matmul, fast_path_ok, prepare_csr, validate_csr
 
 
 # ------------------------------------------------------------------------- CSR encoding
@@ -110,9 +112,20 @@ class _CSRWeight(nn.Module):
         self._reset_caches()
         return super()._apply(fn, recurse)
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._reset_caches()
-        return super()._load_from_state_dict(*args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if loaded(state_dict, prefix, ("crow", "col_idx", "weight_values")):
+            self.check_storage(prefix[:-1] or type(self).__name__)
+
+    def check_storage(self, where: str) -> None:
+        """NetslimError (naming ``where`` and the field) unless the buffers are a valid CSR form
+        of this layer's (rows, cols) weight - run on load, before any kernel sees them."""
+        want = torch.int16 if self.index_bits == 16 else torch.int32
+        if self.col_idx.dtype != want:
+            raise NetslimError(f"{where}: field 'col_idx' must be {want} for index_bits={self.index_bits}; "
+                               f"got {self.col_idx.dtype}.")
+        validate_csr(self.crow, self.col_idx, self.weight_values, (self.rows, self.cols), where)
 
 
 # --------------------------------------------------------------------------- SparseLinear

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from netslim.core.artifact_schema import check_layer_tensors, check_positive, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import select
@@ -165,9 +166,15 @@ class DynamicInt8Linear(nn.Module):
     def dequantize_weight(self) -> torch.Tensor:
         return self.weight_int8.float() * self.weight_scale[:, None]
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._packed = None  # weights changed: repack on next use (the key also tracks the siblings')
-        return super()._load_from_state_dict(*args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if loaded(state_dict, prefix, ("weight_int8", "weight_scale")):
+            where = prefix[:-1] or type(self).__name__
+            check_layer_tensors(where, {
+                "weight_int8": (self.weight_int8, (self.out_features, self.in_features), torch.int8),
+                "weight_scale": (self.weight_scale, (self.out_features,), None)})
+            check_positive(where, "weight_scale", self.weight_scale)
 
     def __getstate__(self):  # copy.deepcopy / pickle: oneDNN's packed weight is opaque (no storage)
         return {**self.__dict__, "_packed": None}  # derived data, rebuilt on first use

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netslim.core.artifact_schema import check_layer_tensors, check_positive, loaded
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import register_module
 from netslim.measure.counts import register_macs
@@ -105,9 +106,28 @@ class _Int8Base(nn.Module):
         self.act_qparams.copy_(torch.tensor(act))
         self._packed = None
 
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._packed = None  # weights changed: repack on next use
-        return super()._load_from_state_dict(*args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        codes = "weight_int8" if self.weight_bits == 8 else "weight_packed"
+        if loaded(state_dict, prefix, (codes, "weight_scale", "act_qparams")):
+            self._check_loaded(prefix[:-1] or type(self).__name__)
+
+    def _check_loaded(self, where: str) -> None:
+        """Loaded tensors against the constructor's shapes; scales > 0, zero points in [0, 255]."""
+        if self.weight_bits == 8:
+            codes = {"weight_int8": (self.weight_int8, self.weight_shape, torch.int8)}
+        else:
+            nbytes = -(-self.weight_numel // 8) * self.weight_bits
+            codes = {"weight_packed": (self.weight_packed, (nbytes,), torch.uint8)}
+        check_layer_tensors(where, {**codes, "weight_scale": (self.weight_scale, (self.weight_shape[0],), None),
+                                    "act_qparams": (self.act_qparams, (4,), None)})
+        check_positive(where, "weight_scale", self.weight_scale)
+        check_positive(where, "act_qparams", self.act_qparams[0::2])  # input, output scales
+        zeros = self.act_qparams[1::2]
+        if not bool(((zeros >= 0) & (zeros <= 255) & (zeros == zeros.round())).all()):
+            raise NetslimError(f"{where}: field 'act_qparams' zero points must be integers in [0, 255]; "
+                               f"got {zeros.tolist()}.")
 
     def _qweight(self) -> torch.Tensor:
         zeros = torch.zeros(self.weight_scale.numel(), dtype=torch.long)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.core.artifact_schema import check_layer_tensors, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import select
@@ -37,9 +38,18 @@ class _Packed(nn.Module):
         check_pack_bits(bits, type(self).__name__)
         g = check_group(cols, group_size, type(self).__name__)
         self.bits, self.group_size, self.weight_bits = bits, group_size, bits
+        self._declared = (rows, cols, g)  # what loaded tensors are checked against
         self.register_buffer("weight_packed", torch.zeros(rows, cols * bits // 8, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.ones(rows, cols // g, dtype=PARAM_DTYPE, device=device))
         self.register_buffer("zeros", torch.zeros(rows, cols // g, dtype=PARAM_DTYPE, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if loaded(state_dict, prefix, ("weight_packed", "scales", "zeros")):
+            rows, cols, g = self._declared
+            check_layer_tensors(prefix[:-1] or type(self).__name__, {
+                "weight_packed": (self.weight_packed, (rows, cols * self.bits // 8), torch.uint8),
+                "scales": (self.scales, (rows, cols // g), None), "zeros": (self.zeros, (rows, cols // g), None)})
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Fill from unpacked codes (R, C) in ``[0, 2^bits)`` and (R, C/g) scale / zero."""

@@ -7,9 +7,37 @@
  *   spmv: y[r]       = bias[r] + sum_j val[j] * x[col[j]]                  (batch 1)
  *   spmm: y[b, r]    = bias[r] + sum_j val[j] * xt[col[j], b]  b < B        (xt: (cols, B))
  *
+ * Memory safety. The caller (netslim.prune.kernels) guarantees the array lengths: crow has
+ * rows + 1 entries, col and val nnz, x cols (xt cols x B), y B x rows. Whatever the index
+ * *values* are, no kernel reads outside those arrays: before computing, each one checks the
+ * CSR structure - crow[0] == 0, crow non-decreasing, crow[rows] <= nnz, every column index
+ * used in [0, cols) - and on a violation returns non-zero without computing (y untouched).
+ * The check is two vectorised passes (rows int32, then nnz indices, a max-reduction) that
+ * bring the indices into cache for the product: ~0.5 us (~6 %) per batch-1 call on a
+ * LeNet-300 layer, nothing measurable batched. Loaded layers are validated in Python as well
+ * (netslim.prune.sparse), with messages naming the layer; this is the last line.
+ *
  * Built by netslim.prune.kernels with -O3 -march=native -fopenmp; loaded through ctypes.
  */
 #include <stdint.h>
+
+/* Non-zero when (crow, col) is not a CSR structure of a (rows, cols) matrix with <= nnz entries. */
+#define CSR_INVALID(KIND, IDX_T, UIDX_T)                                                   \
+    static int64_t csr_invalid_##KIND(int64_t rows, int64_t cols, int64_t nnz,             \
+                                      const int32_t *crow, const IDX_T *col) {             \
+        if (crow[0] != 0 || (int64_t)crow[rows] > nnz) return 1;                           \
+        int32_t decreasing = 0;                                                            \
+        for (int64_t r = 0; r < rows; ++r) decreasing |= crow[r + 1] < crow[r];            \
+        if (decreasing) return 1;                                                          \
+        /* unsigned: a negative int32 index becomes >= 2^31 > cols */                      \
+        UIDX_T m = 0;                                                                      \
+        const int64_t n = crow[rows];                                                      \
+        for (int64_t j = 0; j < n; ++j) m = (UIDX_T)col[j] > m ? (UIDX_T)col[j] : m;       \
+        return n > 0 && (int64_t)m >= cols;                                                \
+    }
+
+CSR_INVALID(u16, uint16_t, uint16_t)
+CSR_INVALID(i32, int32_t, uint32_t)
 
 #define SPMV_BODY(IDX_T)                                                                  \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                     \
@@ -31,15 +59,17 @@
         y[r] = (bias ? bias[r] : 0.f) + ((a0 + a1) + (a2 + a3));                           \
     }
 
-void netslim_spmv_u16(int64_t rows, const int32_t *crow, const uint16_t *col, const float *val,
-                      const float *x, const float *bias, float *y, int nthreads) {
-    SPMV_BODY(uint16_t)
-}
+#define SPMV_FN(KIND, IDX_T)                                                              \
+    int64_t netslim_spmv_##KIND(int64_t rows, int64_t cols, int64_t nnz, const int32_t *crow,  \
+                                const IDX_T *col, const float *val, const float *x,            \
+                                const float *bias, float *y, int nthreads) {                   \
+        if (csr_invalid_##KIND(rows, cols, nnz, crow, col)) return 1;                          \
+        SPMV_BODY(IDX_T)                                                                       \
+        return 0;                                                                              \
+    }
 
-void netslim_spmv_i32(int64_t rows, const int32_t *crow, const int32_t *col, const float *val,
-                      const float *x, const float *bias, float *y, int nthreads) {
-    SPMV_BODY(int32_t)
-}
+SPMV_FN(u16, uint16_t)
+SPMV_FN(i32, int32_t)
 
 /* Batched: each row accumulates 64 (then 16, then 1) batch columns in vector registers
  * (GCC/Clang vector extensions: AVX-512 with -march=native, split on narrower ISAs); the
@@ -47,7 +77,7 @@ void netslim_spmv_i32(int64_t rows, const int32_t *crow, const int32_t *col, con
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned loads */
 
-#define SPMM_BODY(IDX_T)                                                                  \
+#define SPMM_BODY                                                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                     \
     for (int64_t r = 0; r < rows; ++r) {                                                   \
         const int32_t s = crow[r], e = crow[r + 1];                                        \
@@ -78,14 +108,16 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned l
         }                                                                                  \
     }
 
-void netslim_spmm_u16(int64_t rows, int64_t B, const int32_t *crow, const uint16_t *col,
-                      const float *val, const float *xt, const float *bias, float *y, int nthreads) {
-    SPMM_BODY(uint16_t)
-}
+#define SPMM_FN(KIND, IDX_T)                                                              \
+    int64_t netslim_spmm_##KIND(int64_t rows, int64_t cols, int64_t nnz, int64_t B,            \
+                                const int32_t *crow, const IDX_T *col, const float *val,       \
+                                const float *xt, const float *bias, float *y, int nthreads) {  \
+        if (csr_invalid_##KIND(rows, cols, nnz, crow, col)) return 1;                          \
+        SPMM_BODY                                                                              \
+        return 0;                                                                              \
+    }
 
-void netslim_spmm_i32(int64_t rows, int64_t B, const int32_t *crow, const int32_t *col,
-                      const float *val, const float *xt, const float *bias, float *y, int nthreads) {
-    SPMM_BODY(int32_t)
-}
+SPMM_FN(u16, uint16_t)
+SPMM_FN(i32, int32_t)
 
-int netslim_kernel_version(void) { return 1; }
+int netslim_kernel_version(void) { return 2; }
