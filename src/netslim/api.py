@@ -72,17 +72,20 @@ def recipe_path(ref: str) -> Path:
 
 
 def compress(model: Any, recipe: Any, data: Any = None, out: str | Path | None = None, *,
-             weights: str | Path | None = None, limit: int | None = None, resume: bool = False) -> CompressResult:
+             weights: str | Path | None = None, limit: int | None = None, resume: bool = False,
+             force: bool = False, verify: bool = True) -> CompressResult:
     """Run ``recipe`` on ``model`` with ``data``; writes OUT/report.{json,md,html} and the artifact.
 
     ``out``: the output folder (default: a new temporary folder, named in the result).
-    ``model`` may be omitted (None) when the recipe names one.
+    ``model`` may be omitted (None) when the recipe names one; an ``nn.Module`` is compressed in
+    place. ``resume`` / ``force`` / ``verify`` as the CLI's ``--resume`` / ``--force`` / ``--no-verify``.
     """
     from netslim.recipe.runner import execute_recipe
 
     rec = load_any_recipe(recipe)
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"netslim-{rec.name}-"))
     report, final = execute_recipe(rec, out_dir, model_ref=model, data=data, weights=weights, resume=resume,
+                                   force=force, verify=verify,
                                    data_options={"limit": limit} if limit is not None else None)
     return CompressResult(final, report, Path(report["artifact"]), out_dir)
 

@@ -34,6 +34,7 @@ def _limit_options(limit: Optional[int]) -> dict:
 
 
 _MODEL_HELP = "zoo name, artifact, Hugging Face model directory, or path/to/file.py:factory"
+_NO_VERIFY_HELP = "skip the SHA-256 checks of netslim artifacts (faster loads of trusted files)"
 _DATA_HELP = "your data: an image folder, a CSV/JSONL file, text files (.txt/.md), or a folder of them"
 _TASK_HELP = "auto | image-classification | text-classification | causal-lm | embedding (default: inferred)"
 
@@ -117,26 +118,27 @@ def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped
              resume: bool = typer.Option(False, help="continue after the last completed step"),
              force: bool = typer.Option(False, help="replace the run in OUT, or resume one whose recipe, model "
                                                     "or data differ (recorded in the report)"),
-             limit: Optional[int] = _limit("use a data subset (smoke runs)")):
+             limit: Optional[int] = _limit("use a data subset (smoke runs)"),
+             no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Run a compression recipe; writes the artifact and OUT/report.{json,md,html}."""
     from netslim.recipe import load_recipe, run_recipe
     from netslim.report import summary_rows
 
     rec = load_recipe(_recipe_path(recipe))
     report = run_recipe(rec, out, model_ref=model, resume=resume, force=force, data_options=_limit_options(limit),
-                        data=_data(data, task), weights=weights, base=base)
+                        data=_data(data, task), weights=weights, base=base, verify=not no_verify)
     console.print(_table(f"{report['recipe']}: {report['model']} on {report['dataset']}",
                          ["quantity", "baseline", "compressed", "ratio"], [list(r) for r in summary_rows(report)]))
     console.print(f"artifact: {report['artifact']}\nreport: {out / 'report.html'}")
 
 
 def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset: Optional[str],
-          data: Optional[str], task: Optional[str], limit: Optional[int]):
+          data: Optional[str], task: Optional[str], limit: Optional[int], verify: bool = True):
     """The model and task of ``eval`` / ``bench`` / ``inspect``, and a line saying which data."""
     from netslim.models.sources import open_model
     from netslim.recipe.inputs import resolve_task, stored_reference
 
-    opened = open_model(artifact, weights=weights, base=model)
+    opened = open_model(artifact, weights=weights, base=model, verify=verify)
     reference = stored_reference(opened)
     t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit),
                      reference=reference)
@@ -178,9 +180,10 @@ def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
           weights: Optional[Path] = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
           dataset: Optional[str] = typer.Option(None, help="a named dataset instead of the stored one"),
           data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
-          split: str = typer.Option("test", callback=_split), limit: Optional[int] = _limit()):
+          split: str = typer.Option("test", callback=_split), limit: Optional[int] = _limit(),
+          no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Evaluate a model on the data it was made on (stored in the artifact), or on --data."""
-    net, t, line = _open(artifact, model, weights, dataset, data, task, limit)
+    net, t, line = _open(artifact, model, weights, dataset, data, task, limit, not no_verify)
     res = t.evaluate(net, split)
     console.print(line)
     console.print(" ".join(f"{k}={v:.4f}" for k, v in res.items()))
@@ -193,11 +196,12 @@ def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
           threads: Optional[int] = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
           repeats: int = typer.Option(30, callback=_bounded("--repeats", 1, 10_000)),
           dataset: Optional[str] = typer.Option(None),
-          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None)):
+          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
+          no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Measure an artifact: metric, params, non-zeros, MACs, bytes on disk, latency."""
     from netslim.measure import model_summary
 
-    net, t, line = _open(artifact, model, None, dataset, data, task, None)
+    net, t, line = _open(artifact, model, None, dataset, data, task, None, not no_verify)
     path = Path(artifact) if Path(artifact).is_file() else None
     s = model_summary(net, t, artifact=path, batch_size=batch_size, threads=threads, repeats=repeats)
     console.print(line)
@@ -208,7 +212,8 @@ def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
 @app.command()
 def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
             model: Optional[str] = typer.Option(None, help=_BASE_HELP),
-            dataset: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=_DATA_HELP)):
+            dataset: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=_DATA_HELP),
+            no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go)."""
     from netslim.measure import layer_table
 
@@ -217,7 +222,7 @@ def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
 
         console.print(_table(str(artifact), *breakdown_table(Path(artifact))))
 
-    net, t, _ = _open(artifact, model, None, dataset, data, None, None)
+    net, t, _ = _open(artifact, model, None, dataset, data, None, None, not no_verify)
     from netslim.report import layer_rows
 
     rows = layer_table(net, t.example_inputs(1))  # the same rows and columns as the report's layer table

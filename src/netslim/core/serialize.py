@@ -587,5 +587,8 @@ def load_state(model: nn.Module, state: dict, desc: dict, where: str) -> None:
             f"{where} does not match its architecture ({desc['arch'].get('name') or desc['arch'].get('class')}): {detail}"
         ) from None
     tie = getattr(model, "tie_weights", None)
-    if callable(tie) and desc.get("aliases"):
+    # Tied tensors were restored from one stored copy above; re-tying is only for the plain
+    # case: a mask parametrization on a tied weight (magnitude on an LM head) breaks
+    # transformers' tie_weights, and the aliased values are already the same.
+    if callable(tie) and desc.get("aliases") and not desc.get("masks"):
         tie()

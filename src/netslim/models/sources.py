@@ -56,9 +56,10 @@ def is_factory_ref(ref: str) -> bool:
     return bool(_FACTORY.match(str(ref)))
 
 
-def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None) -> OpenedModel:
+def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None, verify: bool = True) -> OpenedModel:
     """Resolve ``ref`` (see the module docstring). ``base``: for an artifact of a user model,
-    its fresh instance, a factory, or a ``file.py:factory`` reference."""
+    its fresh instance, a factory, or a ``file.py:factory`` reference. ``verify``: check the
+    SHA-256 checksums of netslim artifacts (``--no-verify`` turns it off)."""
     if isinstance(ref, nn.Module):
         return _module(ref, weights)
     if not isinstance(ref, (str, Path)):
@@ -66,14 +67,14 @@ def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None)
                            f"file.py:factory; got {type(ref).__name__}.")
     text = str(ref)
     if is_factory_ref(text):
-        return _factory(text, weights)
+        return _factory(text, weights, verify)
     if weights is not None:
         raise NetslimError(f"--weights goes with --model path/to/file.py:factory; got --model {text[:200]!r}.")
     path = Path(text)
     if path.is_dir():
         return open_hf_dir(path)
     if path.is_file():
-        return _artifact(path, base)
+        return _artifact(path, base, verify)
     if path.suffix or "/" in text:
         raise NetslimError(f"Model {text[:200]!r} does not exist: give a zoo name, an artifact file, a Hugging Face "
                            "model directory or path/to/file.py:factory.")
@@ -100,10 +101,10 @@ def _zoo(name: str) -> OpenedModel:
     return OpenedModel(load(ckpt), name, entry.dataset)
 
 
-def _artifact(path: Path, base: Any) -> OpenedModel:
+def _artifact(path: Path, base: Any, verify: bool = True) -> OpenedModel:
     info: dict[str, Any] = {}
     if path.suffix == ".safetensors":
-        desc = read_description(path)
+        desc = read_description(path, verify=verify)
         info = desc.get("info", {})
         arch = desc.get("arch", {})
     elif path.suffix == ".nsz":
@@ -114,7 +115,7 @@ def _artifact(path: Path, base: Any) -> OpenedModel:
         raise NetslimError(f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, a Hugging Face "
                            "directory or path/to/file.py:factory).")
     factory = _base_factory(base)
-    model = load(path, base=factory)
+    model = load(path, base=factory, verify=verify)
     source = info.get("source") or (arch.get("source") if isinstance(arch.get("source"), str) else None)
     return OpenedModel(model, info.get("model", path.stem), info.get("dataset"), source, factory, info)
 
@@ -194,19 +195,19 @@ def _call_factory(file: Path, name: str) -> nn.Module:
     return model
 
 
-def _factory(ref: str, weights) -> OpenedModel:
+def _factory(ref: str, weights, verify: bool = True) -> OpenedModel:
     file, name = _split_factory(ref)
     model = _call_factory(file, name)
     info: dict[str, Any] = {}
     if weights is not None:
-        model = load_weights(model, weights)
+        model = load_weights(model, weights, verify=verify)
         if Path(weights).suffix == ".safetensors" and _is_netslim_artifact(Path(weights)):
-            info = read_description(weights).get("info", {})  # e.g. the data it was trained on
+            info = read_description(weights, verify=verify).get("info", {})  # e.g. the data it was trained on
     model.netslim_ref = f"{file}:{name}"
     return OpenedModel(model.eval(), f"{file.stem}:{name}", None, None, lambda: _call_factory(file, name), info)
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
+def load_weights(model: nn.Module, weights: str | Path, *, verify: bool = True) -> nn.Module:
     """``model`` with the weights of file ``weights``: safetensors, a state dict read with
     ``torch.load(weights_only=True)``, or a netslim artifact of this model's class (whose stored
     structure, e.g. pruned layers, is replayed onto ``model``)."""
@@ -220,7 +221,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> nn.Module:
 
         try:
             if _is_netslim_artifact(path):
-                return load(path, base=model)
+                return load(path, base=model, verify=verify)
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise NetslimError(f"{path}: not a readable safetensors file: {str(e)[:200]}") from None

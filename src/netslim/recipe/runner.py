@@ -72,7 +72,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, **kwargs: Any) -> dict[str, 
 
 def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None, resume: bool = False,
                    force: bool = False, data_options: dict | None = None, data: Any = None,
-                   weights: str | Path | None = None, base: Any = None) -> tuple[dict[str, Any], nn.Module]:
+                   weights: str | Path | None = None, base: Any = None,
+                   verify: bool = True) -> tuple[dict[str, Any], nn.Module]:
     """Execute ``recipe``; returns ``(report, final model)`` (the report is also in OUT/report.*).
 
     ``model_ref``: anything :func:`netslim.models.sources.open_model` accepts (default: the
@@ -81,7 +82,8 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     ``out_dir`` is created: bad input leaves nothing behind. OUT is locked for the whole run
     (``OUT/.netslim.lock``: a second run into it fails at once). A fresh run refuses an OUT that
     holds another run's state, ``resume`` one whose recipe, model or data differ; ``force``
-    overrides both (a forced resume is recorded in the state and the report).
+    overrides both (a forced resume is recorded in the state and the report). ``verify``: check the
+    SHA-256 checksums of an artifact given as the model.
     """
     out = Path(out_dir)
     ref = model_ref if model_ref is not None else recipe.model
@@ -92,7 +94,7 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     # Fail before the model loads; checked again (data too, then acted on) once OUT is locked.
     stored_state(out, _fingerprint(recipe, ref, None, data_options), resume=resume, force=force, dry=True)
 
-    opened = resolve_model(ref, weights=weights, base=base)
+    opened = resolve_model(ref, weights=weights, base=base, verify=verify)
     reference_path = out / "baseline.safetensors"
     reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
     task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
