@@ -124,7 +124,7 @@ def _entry(path: Path, name: str, e: Any) -> TensorEntry:
     if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
         raise NetslimError(f"{where} must have exactly dtype, shape and data_offsets; got {shown(e)}.")
     dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise NetslimError(f"{where}: field 'dtype' must be one of {', '.join(DTYPES)}; got {shown(dtype)}.")
     if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_nat(d) for d in shape)):
         raise NetslimError(f"{where}: field 'shape' must be a list of <= {MAX_DIMS} non-negative integers; "
@@ -361,7 +361,29 @@ def validate_description(header: Header, raw: dict) -> dict:
         if big is not None:
             raise NetslimError(f"{path}: invalid description: field {big[0]!r} is {shown(big[1])}, more than this "
                                f"file's {bound} stored elements could fill.")
+    _check_geometry(path, desc["modules"], "modules")
     return desc
+
+
+# Window geometry of convolution / pooling specs: no real layer uses a kernel, stride, padding or
+# dilation over this many positions, and a crafted padding of 10^5 passes every size bound yet
+# makes the forward pass run for minutes.
+MAX_WINDOW = 1024
+_WINDOW_KEYS = ("kernel_size", "stride", "padding", "dilation", "output_padding")
+
+
+def _check_geometry(path: Path, obj: Any, where: str) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in _WINDOW_KEYS and not isinstance(v, str):
+                values = v if isinstance(v, list) else [v]
+                if any(isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_WINDOW for x in values):
+                    raise NetslimError(f"{path}: invalid description: field {where}.{k} is {shown(v)}; a convolution "
+                                       f"or pooling window is at most {MAX_WINDOW} positions.")
+            _check_geometry(path, v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_geometry(path, v, f"{where}[{i}]")
 
 
 def size_bound(header: Header) -> int:

@@ -131,6 +131,9 @@ def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
     if not isinstance(data, Mapping):
         raise NetslimError(f"{where}: expected a mapping with a 'method' key; got {shown(data)}.")
     params = dict(data)
+    bad = [k for k in params if not isinstance(k, str)]
+    if bad:
+        raise NetslimError(f"{where}: field names must be strings; got {shown(bad[0])}.")
     name = params.pop("method", None)
     if name is None:
         raise NetslimError(f"{where}: missing 'method'; allowed values: {', '.join(sorted(methods()))}.")

@@ -72,6 +72,9 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     raw_steps = data.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise NetslimError(f"{source}: 'steps' must be a non-empty list of {{method: ..., ...}} mappings.")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise NetslimError(f"{source}: recipe keys must be strings; got {shown(bad[0])}.")
     check_data_options(data.get("data"), f"{source}: data")
     steps = tuple(make_config(s, f"{source}: step {i + 1}") for i, s in enumerate(raw_steps))
     try:
