@@ -300,3 +300,15 @@ def test_tiny_bert_learns_qkv_groups_and_keeps_outputs(monkeypatch, tmp_path):
     assert torch.equal(q(**inputs).last_hidden_state, ref)  # the same int32 sums and epilogue per column
     assert torch.equal(netslim.load(netslim.save(q, tmp_path / "q.safetensors"))(**inputs).last_hidden_state,
                        q(**inputs).last_hidden_state)
+
+
+def test_a_model_loaded_under_inference_mode_runs(tmp_path):
+    """Weights loaded inside torch.inference_mode are inference tensors (no version counter):
+    the packed-weight cache keys on identity and storage instead."""
+    torch.manual_seed(0)
+    q = DynamicInt8Linear.from_float(nn.Linear(64, 32))
+    path = netslim.save(nn.Sequential(q), tmp_path / "q.safetensors")
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        m = netslim.load(path, base=nn.Sequential(nn.Linear(64, 32)))
+        assert torch.equal(m(x), q(x))

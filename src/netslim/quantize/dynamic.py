@@ -98,10 +98,7 @@ def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> _Shared:
     zero (per tensor) or (M, 1) scales and zero 128 (per token); ``_int_mm`` path int8 codes,
     (M, 1) or (1, 1) scales and zero 0. The oneDNN path reads fp32 and bf16 as they are.
     """
-    try:
-        version = x._version
-    except RuntimeError:  # inference tensors keep no version counter: identity and storage only
-        version = None
+    version = _version(x)
     entry = getattr(_CACHE, "entry", None)
     key = (mode, onednn, version, x.data_ptr(), x.shape, x.dtype)
     if entry is not None and entry.ref() is x and entry.key == key:
@@ -110,6 +107,15 @@ def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> _Shared:
     x2 = (x2 if onednn and x2.dtype in _OUT_DTYPES else x2.float()).contiguous()
     _CACHE.entry = _Shared(x, key, _quantize_fresh(x2, mode, onednn))
     return _CACHE.entry
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """A tensor's in-place version counter; None for inference tensors (created under
+    ``torch.inference_mode``, e.g. weights loaded there), which keep none: identity and storage only."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: (M, K) contiguous
@@ -181,7 +187,7 @@ class DynamicInt8Linear(nn.Module):
 
     def _group_weights(self, group: list) -> tuple:
         """oneDNN-packed weight, zero points, scales and bias of ``group`` stacked along the outputs."""
-        key = tuple((id(m), *((t.data_ptr(), t._version) for t in (m.weight_int8, m.weight_scale, m.bias)
+        key = tuple((id(m), *((t.data_ptr(), _version(t)) for t in (m.weight_int8, m.weight_scale, m.bias)
                                 if t is not None)) for m in group)
         if self._packed is None or self._packed[0] != key:  # derived data, rebuilt after load / new weights
             w = torch.cat([m.weight_int8 for m in group])                       # (sum N, K)
