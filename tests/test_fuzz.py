@@ -207,6 +207,8 @@ def test_every_method_schema_makes_a_valid_example():
     """The harness reaches past parsing: every registered method's own example is a valid recipe
     step (so an error in the fuzz tests comes from the drawn values, not the method)."""
     for name, method in methods().items():
+        if not method.config_cls.__module__.startswith("netslim."):
+            continue  # methods other test modules register for themselves (with their own prerequisites)
         cfg = method.config_cls.example()
         assert isinstance(parse_recipe({"steps": [cfg.to_dict()]}), Recipe), name
 

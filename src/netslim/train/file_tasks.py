@@ -68,7 +68,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import pydantic
@@ -150,20 +149,6 @@ class DataSpec(BaseModel):
         return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
 
 
-class _Capped(str):
-    def __repr__(self) -> str:
-        return str(self)
-
-
-def _capped_errors(err: pydantic.ValidationError) -> SimpleNamespace:
-    # Given values are quoted in messages: a long one (a pasted text) is cut to ~200 characters.
-    def cap(v: Any) -> Any:
-        r = repr(v)
-        return v if len(r) <= 200 else _Capped(r[:200] + "...")
-    capped = [{**e, "input": cap(e.get("input"))} for e in err.errors()]
-    return SimpleNamespace(errors=lambda: capped)
-
-
 def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = "data") -> DataSpec:
     """A :class:`DataSpec` from a path, a mapping (a recipe's ``data:``) or a spec."""
     if isinstance(value, DataSpec):
@@ -176,7 +161,7 @@ def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = 
     try:
         return DataSpec(**value)
     except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(_capped_errors(err), where)) from None
+        raise NetslimError(_format_validation_error(err, where)) from None  # echoed values are capped there
 
 
 # ----------------------------------------------------------------------- the model
