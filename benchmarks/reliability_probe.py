@@ -297,7 +297,7 @@ def recipe_texts() -> dict[str, tuple[bytes, str]]:
                               "    sparsity: 0.5\n").encode(),
     }
     expect = {"control_utf8_bom": (b"\xef\xbb\xbf" + ok, "ok"), "control_ok": (ok, "ok"),
-              "control_anchors": (b"m: &m {batch_size: 4, repeats: 1}\nmeasure: *m\n" + ok[ok.index(b"steps"):], "ok")}
+              "control_anchors": (b"name: &n probe\ndescription: *n\n" + ok[ok.index(b"measure"):], "ok")}
     return {**{k: (v, "error") for k, v in texts.items()}, **expect}
 
 

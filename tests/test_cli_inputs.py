@@ -157,8 +157,8 @@ CASES = [
     ("labels_for_a_causal_lm", R + " --model {d}/llama --data {d}/labelled.jsonl",
      r"data '{d}/labelled\.jsonl': task 'text-classification' does not fit a causal LM.*--task causal-lm"),
     # ----------------------------------------------------------------- options
-    ("limit_zero", R + " " + CNN + " --data {d}/imgs --limit 0", r"--limit must be an int >= 1; got 0\."),
-    ("limit_negative", R + " " + CNN + " --data {d}/imgs --limit -5", r"--limit must be an int >= 1; got -5\."),
+    ("limit_zero", R + " " + CNN + " --data {d}/imgs --limit 0", r"--limit must be an int in \[1, 2,147,483,647\]; got 0\."),
+    ("limit_negative", R + " " + CNN + " --data {d}/imgs --limit -5", r"--limit must be an int in \[1, 2,147,483,647\]; got -5\."),
     ("task_bogus", R + " " + CNN + " --data {d}/imgs --task bogus",
      r"--task must be one of auto, image-classification, text-classification, causal-lm, embedding; got 'bogus'"),
     # ------------------------------------------------------- other commands
@@ -167,11 +167,11 @@ CASES = [
     ("train_perplexity_for_an_encoder", "train --model {d}/bert --data {d}/corpus.txt --task causal-lm "
      "--out {out}/m.safetensors", r"task 'causal-lm' does not fit an encoder \(BertModel\)"),
     ("train_limit_zero", "train " + CNN + " --data {d}/imgs --limit 0 --out {out}/m.safetensors",
-     r"--limit must be an int >= 1; got 0\."),
+     r"--limit must be an int in \[1, 2,147,483,647\]; got 0\."),
     ("eval_mixed_sizes", "eval {d}/cnn.py:build --data {d}/mixed_sizes",
      r"Image folder '{d}/mixed_sizes': images differ"),
     ("eval_limit_negative", "eval {d}/cnn.py:build --data {d}/imgs --limit -5",
-     r"--limit must be an int >= 1; got -5\."),
+     r"--limit must be an int in \[1, 2,147,483,647\]; got -5\."),
     ("eval_hf_without_weights", "eval {d}/no_weights --data {d}/corpus.txt", r"{d}/no_weights has no weights"),
 ]
 # The same inputs, well formed: these run (so the recipe, the files and the harness are sound, and

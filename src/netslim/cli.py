@@ -14,6 +14,7 @@ from rich.table import Table
 from netslim.api import recipe_path as _recipe_path
 from netslim.api import recipes_dir  # noqa: F401  (netslim.cli.recipes_dir: where `recipes` looks)
 from netslim.core.errors import NetslimError
+from netslim.recipe.spec import MAX_LIMIT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="netslim: compress trained PyTorch networks and prove the result.")
@@ -76,7 +77,7 @@ def _bounded(name: str, lo: float, hi: float | None = None, kind: type = int) ->
 
 
 def _limit(help: str = "use a data subset: at most N samples per split") -> Any:
-    return typer.Option(None, callback=_bounded("--limit", 1), help=help)
+    return typer.Option(None, callback=_bounded("--limit", 1, MAX_LIMIT), help=help)
 
 
 @app.command()

@@ -157,10 +157,11 @@ def test_messages_from_configs_and_names_are_capped():
 
 # --------------------------------------------------------- values that could run forever
 @pytest.mark.parametrize("recipe, pattern", [
-    ({"data": {"limit": -5}}, r"'limit' must be an int >= 1.*got -5"),
-    ({"data": {"limit": 0}}, r"'limit' must be an int >= 1.*got 0"),
-    ({"data": {"limit": "all"}}, r"'limit' must be an int >= 1.*got 'all'"),
-    ({"data": {"limit": True}}, r"'limit' must be an int >= 1.*got True"),
+    ({"data": {"limit": -5}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got -5"),
+    ({"data": {"limit": 2**31}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 2147483648"),
+    ({"data": {"limit": 0}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 0"),
+    ({"data": {"limit": "all"}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 'all'"),
+    ({"data": {"limit": True}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got True"),
     ({"steps": [{"method": "finetune", "epochs": 10**12}]}, r"'epochs'.*less than or equal to 10000"),
     ({"steps": [{"method": "train", "max_steps": 10**12}]}, r"'max_steps'.*less than or equal to"),
     ({"steps": [{"method": "finetune", "warmup_epochs": 1e9}]}, r"'warmup_epochs'.*less than or equal to"),

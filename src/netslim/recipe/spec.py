@@ -107,8 +107,12 @@ def validate_order(recipe: Recipe, source: str) -> None:
         seen.append(step.method)
 
 
+MAX_LIMIT = 2**31 - 1  # samples per split: beyond any data set, and still an int32 index
+
+
 def check_data_options(options: Any, where: str = "data") -> None:
-    """Run-level data options (``data:`` of a recipe, ``--limit``): ``limit`` is a count >= 1.
+    """Run-level data options (``data:`` of a recipe, ``--limit``): ``limit`` is a count in
+    [1, :data:`MAX_LIMIT`].
 
     ``limit: 0`` or ``-5`` used to mean "all" / "all but 5" through slicing."""
     if options is None:
@@ -116,8 +120,9 @@ def check_data_options(options: Any, where: str = "data") -> None:
     if not isinstance(options, dict):
         raise NetslimError(f"{where}: data options must be a mapping; got {type(options).__name__}.")
     limit = options.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise NetslimError(f"{where}: 'limit' must be an int >= 1 (the number of samples per split); "
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT):
+        raise NetslimError(f"{where}: 'limit' must be an int in [1, {MAX_LIMIT:,}] (the number of samples per "
+                           f"split); "
                            f"got {shown(limit)}.")
 
 
