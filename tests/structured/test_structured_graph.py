@@ -144,9 +144,29 @@ class Untraceable(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def test_untraceable_model_is_left_whole_with_a_reason():
-    graph = trace_graph(Untraceable(), X)
-    assert not graph.prunable() and "cannot trace" in graph.skipped[0]["reason"]
+class Gate(nn.Module):
+    def forward(self, y):
+        return y * 2 if y.sum() > 0 else y  # data-dependent control flow
+
+
+class UntraceableInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.gate, self.c2, self.fc = nn.Conv2d(1, 4, 3), Gate(), nn.Conv2d(4, 6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.c2(self.gate(self.c(x))).mean((2, 3)))
+
+
+def test_untraceable_model_says_which_module_stopped_the_trace():
+    with pytest.raises(netslim.NetslimError, match="its own forward stopped the trace"):
+        trace_graph(Untraceable(), X)
+    with pytest.raises(netslim.NetslimError, match=r"module 'gate' \(Gate\) stopped the trace.*exclude: \['gate'\]"):
+        trace_graph(UntraceableInside(), X)
+    # excluded, it is one opaque layer: the channels around it are kept, the rest prunes
+    graph = trace_graph(UntraceableInside(), X, leaves=("gate",))
+    assert [g.name for g in graph.prunable()] == ["c2"]
+    assert any(s["name"] == "gate" for s in graph.skipped)
 
 
 def test_plan_is_plain_json_and_rejects_a_foreign_model():

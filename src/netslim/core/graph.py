@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .errors import NetslimError
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,9 @@ class DependencyGraph:
     groups: list[Group]
     slots: list[Slot]
     skipped: list[dict[str, str]]
-    kind: str = "fx"  # fx | hf
+    kind: str = "fx"  # fx | hf | export
+    # attention owner -> (args, kwargs) of one real call: where head groups are checked
+    calls: dict[str, Any] = field(default_factory=dict)
 
     def prunable(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
@@ -569,32 +573,62 @@ class _Tracer:
 
 
 class _LeafTracer(fx.Tracer):
-    """Attention modules stay leaves: their reshapes into heads are handled as one unit."""
+    """Attention modules stay leaves: their reshapes into heads are handled as one unit. So do
+    the modules ``leaves`` matches (an excluded module fx cannot trace: one opaque layer). The
+    stack of modules being traced names the one that stopped a failed trace."""
+
+    def __init__(self, leaves: tuple[str, ...] = ()):
+        super().__init__()
+        self.leaves, self.stack = tuple(leaves), []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_attention_leaf(m) or super().is_leaf_module(m, qualname)
+        from .selectors import matches
+
+        return (is_attention_leaf(m) or any(matches(sel, qualname, m) for sel in self.leaves)
+                or super().is_leaf_module(m, qualname))
+
+    def call_module(self, m, forward, args, kwargs):
+        self.stack.append(self.path_of_module(m))
+        out = super().call_module(m, forward, args, kwargs)
+        self.stack.pop()
+        return out
 
 
-def trace_graph(model: nn.Module, example_inputs: Any) -> DependencyGraph:
-    """Dependency graph of a traceable model (``example_inputs``: one batch, for shapes).
+def _is_hf(model: nn.Module) -> bool:
+    return hasattr(model, "config") and hasattr(model.config, "model_type")
 
-    A model that ``torch.fx`` cannot trace gives a graph with no groups and the reason in
-    ``skipped``: nothing is pruned rather than something broken.
+
+def trace_graph(model: nn.Module, example_inputs: Any, *, leaves: tuple[str, ...] = ()) -> DependencyGraph:
+    """Dependency graph of ``model`` (``example_inputs``: one batch — a tensor, a tuple, or a
+    dict of keyword inputs — for shapes).
+
+    ``torch.fx`` first (module-level; the zoo and most user CNNs), then ``torch.export``
+    (:func:`netslim.core.trace.export_graph`): Hugging Face models, and models fx cannot
+    follow. A model neither can trace raises one NetslimError naming the module that stopped
+    the trace and how to exclude it (``leaves``: module selectors traced as opaque layers).
     """
     from torch.fx.passes.shape_prop import ShapeProp
 
+    from .trace import export_graph, trace_error
+
+    if _is_hf(model) or isinstance(example_inputs, dict):
+        return export_graph(model, example_inputs)
     b = GraphBuilder()
+    tracer = _LeafTracer(leaves)
     try:
-        gm = fx.GraphModule(model, _LeafTracer().trace(model))
+        gm = fx.GraphModule(model, tracer.trace(model))
         was = model.training
         model.eval()
         with torch.no_grad():
             ShapeProp(gm).propagate(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
         model.train(was)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means "not provably safe"
-        b.skip(type(model).__name__, f"torch.fx cannot trace the model ({type(e).__name__}: {e})")
-        log.warning("structured pruning: cannot trace %s: %s", type(model).__name__, e)
-        return b.build()
+    except Exception as e:  # noqa: BLE001 - fx cannot follow it: the generic path may
+        where = tracer.stack[-1] if tracer.stack else None
+        log.info("torch.fx cannot trace %s (%s): trying torch.export", type(model).__name__, e)
+        try:
+            return export_graph(model, example_inputs)
+        except NetslimError:
+            raise trace_error(model, where, e) from None
     _Tracer(gm, b).run()
     return b.build()
 

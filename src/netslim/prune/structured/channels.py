@@ -12,10 +12,11 @@ from typing import Any, Callable, Iterable, Mapping
 from torch import nn
 
 from netslim.core.errors import NetslimError, bad_param
-from netslim.core.graph import DependencyGraph, trace_graph
+from netslim.core.graph import DependencyGraph
 from netslim.core.selectors import matches
 from netslim.measure.counts import count_params, macs_per_layer
 
+from .generic import nothing_removed, report_empty, structured_graph
 from .importance import group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
@@ -39,9 +40,20 @@ def estimate_macs(model: nn.Module, layer_macs: Mapping[str, int], plan: PrunePl
     return sum(m * share.get(name, 1.0) for name, m in layer_macs.items())
 
 
+def check_exclude(model: nn.Module, exclude: Iterable[str]) -> None:
+    """Every ``exclude`` selector matches a module of ``model``; NetslimError naming the one that does not."""
+    names = [(n, m) for n, m in model.named_modules() if n]
+    for sel in exclude or ():
+        if not any(matches(sel, n, m) for n, m in names):
+            sample = ", ".join(n for n, _ in names[:4])
+            raise NetslimError(f"exclude selector {sel!r} matches no module of {type(model).__name__} (module names "
+                               f"look like {sample}, ...; a selector is a name, a glob, 're:' + regex or a type).")
+
+
 def excluded_groups(model: nn.Module, graph: DependencyGraph, exclude: Iterable[str]) -> set[int]:
     """Ids of groups with any slot in a module matched by ``exclude`` selectors."""
     exclude = list(exclude or ())
+    check_exclude(model, exclude)
     out = set()
     for g in graph.prunable():
         for slot, _ in g.slots:
@@ -65,7 +77,8 @@ def plan_channels(model: nn.Module, example_inputs: Any, *, ratio: float | None 
         raise bad_param("plan_channels", "ratio", "a float in [0, 1)", ratio)
     if target_macs is not None and not 0 < target_macs < 1:
         raise bad_param("plan_channels", "target_macs", "a float in (0, 1)", target_macs)
-    graph = trace_graph(model, example_inputs)
+    check_exclude(model, exclude)
+    graph = structured_graph(model, example_inputs, exclude)
     scores = group_scores(model, graph, criterion, batches=batches, loss_fn=loss_fn, seed=seed)
     only = {g.id for g in graph.prunable()} - excluded_groups(model, graph, exclude)
 
@@ -108,11 +121,17 @@ def prune_channels(model: nn.Module, example_inputs: Any, **kwargs: Any) -> tupl
     """
     params_before = count_params(model)
     plan, graph, info = plan_channels(model, example_inputs, **kwargs)
+    skipped = list(graph.skipped)
+    if plan.empty:  # no silent no-op: say which groups were locked or excluded, and why
+        why = nothing_removed(graph, "channels", None, kwargs.get("ratio") or 0.0,
+                              excluded_groups(model, graph, kwargs.get("exclude", ())))
+        report_empty(why, kwargs.get("on_empty", "clamp"), "channels")
+        skipped += why
     apply_plan(model, plan, "shrink")
     report = {
         **info, "params_before": params_before, "params_after": count_params(model),
         "macs_after": total_macs(model, example_inputs), "groups": plan.groups,
         "locked": [{"group": g.name, "reason": g.locked} for g in graph.groups if not g.prunable],
-        "skipped": graph.skipped, "plan": plan.to_dict(),
+        "skipped": skipped, "plan": plan.to_dict(),
     }
     return model, report

@@ -159,8 +159,10 @@ def hf_fixups(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Te
     counts: dict[str, list[int]] = {"head": [], "neuron": []}
     for g in graph.groups:
         n = len(keep[g.id]) if g.id in keep else g.size
+        if g.kind not in counts or not g.prunable:
+            continue
         counts[g.kind].append(n)
-        if g.kind == "head" and g.id in keep:
+        if g.kind == "head" and g.id in keep and graph.kind == "hf":  # the generic graph finds its own attrs
             m = model.get_submodule(g.name)
             if hasattr(m, "attention_head_size"):  # BERT: informative attributes, not used by forward
                 attrs += [{"module": g.name, "attr": "num_attention_heads", "value": n},
@@ -168,9 +170,10 @@ def hf_fixups(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Te
 
     cfg = model.config
     heads, neurons = _uniform(counts["head"]), _uniform(counts["neuron"])
-    if neurons is not None and any(g.id in keep for g in graph.groups if g.kind == "neuron"):
-        for key in ("intermediate_size", "n_inner"):
-            if getattr(cfg, key, None) is not None or (key == "n_inner" and cfg.model_type == "gpt2"):
+    pruned = [g for g in graph.groups if g.kind == "neuron" and g.id in keep]
+    if neurons is not None and pruned:
+        for key in ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "d_ff", "ffn_hidden_size"):
+            if getattr(cfg, key, None) == pruned[0].size or (key == "n_inner" and cfg.model_type == "gpt2"):
                 config[key] = neurons
                 break
     llama_like = hasattr(cfg, "num_key_value_heads") and getattr(cfg, "head_dim", None)

@@ -18,8 +18,9 @@ from netslim.core.errors import NetslimError, bad_param
 from netslim.measure.counts import count_params
 
 from .blocks import mean_influence
-from .channels import excluded_groups
-from .hf import _block_list, transformer_graph, hf_fixups
+from .channels import check_exclude, excluded_groups
+from .generic import nothing_removed, report_empty, structured_graph
+from .hf import _block_list, _is_hf, transformer_graph, hf_fixups
 from .importance import group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
@@ -27,23 +28,44 @@ from .select import choose_keep
 log = logging.getLogger(__name__)
 
 
+def unit_graph(model: nn.Module, kind: str, example_inputs: Any = None):
+    """The generic graph (:func:`structured_graph`) with its ``kind`` groups; a Hugging Face model
+    that cannot be traced falls back on the hand-written family rules (:func:`transformer_graph`)."""
+    try:
+        return structured_graph(model, example_inputs)
+    except NetslimError as e:
+        if not _is_hf(model):
+            raise
+        graph = transformer_graph(model, kinds=(kind,))
+        graph.skipped.insert(0, {"name": type(model).__name__, "reason": f"{e} (family rules used instead)"})
+        return graph
+
+
 def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: str = "l2", scope: str = "uniform",
                      min_keep_ratio: float = 0.1, round_to: int = 1, on_empty: str = "clamp",
                      exclude: Iterable[str] = (), batches: Iterable[Any] | None = None,
-                     loss_fn: Callable | None = None, seed: int = 0) -> tuple[PrunePlan, Any]:
+                     loss_fn: Callable | None = None, seed: int = 0,
+                     example_inputs: Any = None) -> tuple[PrunePlan, Any]:
     """Prune plan removing ``ratio`` of the ``kind`` ("head" or "neuron") units."""
     if kind not in ("head", "neuron"):
         raise bad_param("plan_transformer", "kind", "one of 'head', 'neuron'", kind)
     if not 0 <= ratio < 1:
         raise bad_param("plan_transformer", "ratio", "a float in [0, 1)", ratio)
-    graph = transformer_graph(model, kinds=(kind,))
+    check_exclude(model, exclude)
+    graph = unit_graph(model, kind, example_inputs)
+    mine = {g.id for g in graph.prunable() if g.kind == kind}
+    excluded = excluded_groups(model, graph, exclude) & mine
     scores = group_scores(model, graph, criterion, batches=batches, loss_fn=loss_fn, seed=seed)
-    only = {g.id for g in graph.prunable()} - excluded_groups(model, graph, exclude)
     keep = choose_keep(model, graph, scores, ratio, scope=scope, min_keep_ratio=min_keep_ratio,
-                       round_to=round_to, on_empty=on_empty, only=only)
+                       round_to=round_to, on_empty=on_empty, only=mine - excluded)
     plan = plan_from_keep(graph, keep)
-    plan.config, attrs = hf_fixups(model, graph, keep)
+    plan.config, attrs = hf_fixups(model, graph, keep) if _is_hf(model) else ({}, [])
     plan.attrs += attrs
+    if plan.empty:  # no silent no-op
+        what = {"head": "heads", "neuron": "ffn"}[kind]
+        why = nothing_removed(graph, what, (kind,), ratio, excluded)
+        report_empty(why, on_empty, what)
+        graph.skipped = [*graph.skipped, *why]
     return plan, graph
 
 
