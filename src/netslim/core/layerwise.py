@@ -24,6 +24,7 @@ Qwen2/3, Gemma, Phi), ``transformer.h`` (GPT-2), ``model.decoder.layers`` (OPT).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from functools import lru_cache
@@ -258,8 +259,9 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int,
-                         store: ActivationStore) -> list[tuple[tuple, dict]]:
-    """Fill ``store`` with block 0's hidden-state inputs; return the other (args, kwargs) per batch."""
+                         store: ActivationStore, device: torch.device | None = None) -> list[tuple[tuple, dict]]:
+    """Fill ``store`` with block 0's hidden-state inputs; return the other (args, kwargs) per batch.
+    ``device``: where the ids go (default: the model's first parameter's)."""
     extras: list[tuple[tuple, dict]] = []
 
     def hook(_mod, args, kwargs):
@@ -268,7 +270,7 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
         extras.append((tuple(args[1:]), dict(kwargs)))
         raise _Stop
 
-    dev = next(model.parameters()).device
+    dev = device if device is not None else next(model.parameters()).device
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for i in range(0, len(ids), batch_size):
@@ -295,7 +297,7 @@ CompressFn = Callable[[int, str, nn.Module, Callable[[], None]], None]
 def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *, batch_size: int = 4,
                    device: str | torch.device | None = None, offload_dir: str | Path | None = None,
                    propagate: bool = True, desc: str = "one-shot", offload_blocks: bool = False,
-                   return_outputs: bool = True) -> ActivationStore | None:
+                   return_outputs: bool = True, stream: Any = None, calibrating: bool = True) -> ActivationStore | None:
     """Compress ``model``'s decoder blocks one at a time on calibration token ids (N, L).
 
     ``compress(i, name, block, feed)``: ``feed()`` runs every calibration batch through the
@@ -306,16 +308,32 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
     also every block but the one being compressed (they are all back in place when this
     returns, also after an error). Returns the last block's outputs (N/batch_size tensors
     (B, L, hidden)), or None without ``return_outputs``.
+
+    ``stream`` (a :class:`netslim.core.stream_io.BlockStream`): the model is a skeleton on the
+    meta device; each block's tensors are read just before its turn and written out and
+    released after it, the embedding only while block 0's inputs are captured, and the
+    stream's memory budget decides whether activations stay in memory or go to disk.
+    Under ``torch.distributed`` each rank calibrates on its share of ``ids``
+    (:mod:`netslim.core.distributed`) and every compressed block is rank 0's.
+    ``calibrating=False``: a plain forward of ``ids`` (evaluation), no minimum token count.
     """
-    check_calibration(model, ids)
+    from . import distributed
+
+    if calibrating:
+        check_calibration(model, ids)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise bad_param("run_sequential", "batch_size", "an int >= 1", batch_size)
-    if offload_blocks and offload_dir is None:
+    if offload_blocks and offload_dir is None and stream is None:
         raise bad_param("run_sequential", "offload_blocks", "False unless offload_dir is given (blocks are "
                         "parked in files there)", offload_blocks)
     name, blocks = decoder_blocks(model)
-    home = next(model.parameters()).device
+    if calibrating:
+        ids = distributed.shard_rows(ids)
+    home = stream.device if stream is not None else next(model.parameters()).device
     work = torch.device(device) if device is not None else home
+    if stream is not None:
+        offload_dir = stream.activations_dir(model, blocks, ids, batch_size, offload_dir)
+        offload_blocks = False  # blocks are on disk already: read one at a time
     from netslim.train.progress import progress  # lazy: core does not import train at load time
 
     tmp = tempfile.TemporaryDirectory(dir=offload_dir, prefix="netslim-act-") if offload_dir is not None else None
@@ -328,10 +346,13 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
                 parked.park(j, blocks[j])
             release_memory()
         inputs = ActivationStore(where)
-        extras = capture_block_inputs(model, blocks[0], ids, batch_size, inputs)
+        with stream.outer(blocks) if stream is not None else contextlib.nullcontext():
+            extras = capture_block_inputs(model, blocks[0], ids, batch_size, inputs, device=home)
         for i in progress(range(len(blocks)), desc=f"{desc}: blocks", total=len(blocks)):
             if parked is not None and i in parked.parked:
                 parked.restore(i, blocks[i])
+            if stream is not None:
+                stream.load(i, f"{name}.{i}", blocks[i])
             block = blocks[i].to(work)
 
             def feed(block=block) -> None:
@@ -341,11 +362,15 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
             if not propagate:  # the next block sees the original (uncompressed) outputs
                 outputs = _forward_all(block, inputs, extras, work, where)
             compress(i, f"{name}.{i}", block, feed)
+            if calibrating:
+                distributed.broadcast_module(blocks[i])  # every rank continues with rank 0's block
             if propagate:
                 outputs = _forward_all(blocks[i], inputs, extras, work, where)
             blocks[i].to(home)
             inputs.release()
             inputs = outputs
+            if stream is not None:
+                stream.done(i, f"{name}.{i}", blocks[i])
             if parked is not None and i + 1 < len(blocks):  # the last one would be restored at once
                 parked.park(i, blocks[i])
                 release_memory()
@@ -364,6 +389,8 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
                 inputs.release()
             for j in sorted(parked.parked):
                 parked.restore(j, blocks[j])
+        if stream is not None:  # after an error: no block keeps its tensors
+            stream.release_all(blocks)
         if tmp is not None:
             tmp.cleanup()
 
@@ -418,6 +445,10 @@ def collect_hessians(layers: list[tuple[str, nn.Module]], feed: Callable[[], Non
         for h in handles:
             h.remove()
         shared.clear()
+    from .distributed import all_reduce_mean
+
+    for acc in accs.values():  # under torch.distributed: the statistics of every rank's samples
+        acc.h, acc.n = all_reduce_mean(acc.h, acc.n)
     return {n: a.value() for n, a in accs.items()}
 
 
@@ -445,13 +476,14 @@ def planned_linears(model: nn.Module, include: Any = None, exclude: Any = None, 
 def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any = None, exclude: Any = None,
                     batch_size: int = 4, device: str | torch.device | None = None,
                     offload_dir: str | Path | None = None, propagate: bool = True, desc: str = "one-shot",
-                    offload_blocks: bool = False) -> None:
+                    offload_blocks: bool = False, stream: Any = None) -> None:
     """Call ``fn(root, prefix, layers, feed)`` per unit of work: each decoder block of an LLM.
 
     ``layers`` are ``(name relative to root, module)`` of the selected Linear/Conv1D layers.
     A Hugging Face model must be a supported decoder stack (:func:`decoder_blocks`); any
     other model (small zoo networks) is one unit: all its Linear layers calibrated at once
     from ``calib`` (a tensor of model inputs), which is fine when the activations are small.
+    ``stream``: the model's tensors are on disk (see :func:`run_sequential`).
     """
     if _is_transformers(model) or isinstance(calib, torch.Tensor) and calib.dtype == torch.long:
         decoder_blocks(model)  # the supported-families error, before any work
@@ -462,8 +494,12 @@ def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any =
                 fn(block, name, layers, feed)
 
         run_sequential(model, calib, per_block, batch_size=batch_size, device=device, offload_dir=offload_dir,
-                       propagate=propagate, desc=desc, offload_blocks=offload_blocks, return_outputs=False)
+                       propagate=propagate, desc=desc, offload_blocks=offload_blocks, return_outputs=False,
+                       stream=stream)
         return
+    if stream is not None:
+        raise NetslimError(f"Streaming works on decoder-stack LLMs calibrated on token ids; {type(model).__name__} "
+                           "is not one: set stream: false.")
     layers = block_linears(model, "", include, exclude)
     if not layers:
         raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (include={include!r}, "

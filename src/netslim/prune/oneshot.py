@@ -36,6 +36,7 @@ from netslim.core.errors import NetslimError
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
                                     block_linears, planned_linears, weight_2d, set_weight_2d)
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.stream_io import register_streaming
 from netslim.prune._api import Selector, as_config, check_fraction
 from netslim.prune.criteria import apply_masks, sparsity_report
 from netslim.prune.nm import nm_mask
@@ -192,7 +193,8 @@ def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor], permanent: bool 
 
 
 # ------------------------------------------------------------------------ drivers
-def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: list[float] | None = None) -> None:
+def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: list[float] | None = None,
+         stream: Any = None) -> None:
     counter = iter(range(10**9))
 
     def per_block(root, prefix, layers, feed):
@@ -205,29 +207,33 @@ def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: 
     try:
         compress_blocks(model, calib, per_block, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
                         device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
-                        offload_blocks=cfg.offload_blocks)
+                        offload_blocks=cfg.offload_blocks, stream=stream)
     finally:
         model.train(was_training)
 
 
-def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM)."""
+def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, stream: Any = None,
+          **kwargs: Any) -> nn.Module:
+    """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
+    ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = as_config(WandaConfig, cfg, kwargs)
-    sparsities = owl_sparsities(model, calib, cfg=cfg) if cfg.owl and cfg.nm is None else None
+    sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
         norms = collect_hessians(layers, feed, diag_only=True)
         _masks_for(root, {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers},
                    cfg.permanent)
 
-    _run(model, calib, cfg, fn, sparsities)
+    _run(model, calib, cfg, fn, sparsities, stream)
     return model
 
 
-def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, **kwargs: Any) -> nn.Module:
-    """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM)."""
+def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, stream: Any = None,
+              **kwargs: Any) -> nn.Module:
+    """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
+    ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = as_config(SparseGPTConfig, cfg, kwargs)
-    sparsities = owl_sparsities(model, calib, cfg=cfg) if cfg.owl and cfg.nm is None else None
+    sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
         hs = collect_hessians(layers, feed)
@@ -242,13 +248,18 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
         if not cfg.permanent:  # permanent: the zeros written above are the whole result
             _masks_for(root, masks)
 
-    _run(model, calib, cfg, fn, sparsities)
+    _run(model, calib, cfg, fn, sparsities, stream)
     return model
 
 
-def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise)."""
+def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, stream: Any = None,
+                      **kwargs: Any) -> nn.Module:
+    """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise).
+    ``stream``: the model's tensors are on disk; each block is read, pruned, written, released."""
     cfg = as_config(OneShotMagnitudeConfig, cfg, kwargs)
+    if stream is not None:
+        _stream_magnitude(model, cfg, stream)
+        return model
     try:
         from netslim.core.layerwise import decoder_blocks
 
@@ -273,7 +284,27 @@ def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = 
     return model
 
 
-def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields) -> list[float]:
+def _stream_magnitude(model: nn.Module, cfg: OneShotMagnitudeConfig, stream: Any) -> None:
+    """magnitude_oneshot over a streamed model: one block in memory at a time."""
+    from netslim.core.layerwise import decoder_blocks
+
+    prefix, blocks = decoder_blocks(model)
+    per_block = {f"{prefix}.{i}": block_linears(b, f"{prefix}.{i}", cfg.include, cfg.exclude)
+                 for i, b in enumerate(blocks)}
+    names = [full for layers in per_block.values() for full, _ in layers]
+    if not names:
+        raise NetslimError(f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, "
+                           f"exclude={cfg.exclude!r}).")
+    _check_nm_fits([(n, m) for layers in per_block.values() for n, m in layers], cfg.nm)
+
+    def prune(unit: str, root: nn.Module, members: list[str]) -> None:
+        layers = [(full[len(unit) + 1:], root.get_submodule(full[len(unit) + 1:])) for full in members]
+        _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers}, cfg.permanent)
+
+    stream.each_unit(names, prune)
+
+
+def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields, stream: Any = None) -> list[float]:
     """OWL per-block sparsities: more outliers -> denser; mean = ``cfg.sparsity`` (dense statistics pass)."""
     ratios: list[float] = []
 
@@ -286,7 +317,7 @@ def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields) -> list[flo
     if not (isinstance(calib, torch.Tensor) and calib.dtype == torch.long):
         raise NetslimError("OWL needs a decoder-stack LLM with token-id calibration inputs.")
     run_sequential(model, calib[: cfg.owl_samples], stats, batch_size=cfg.batch_size, device=cfg.device,
-                   desc="owl statistics")
+                   desc="owl statistics", stream=None if stream is None else stream.reader())
     r = torch.tensor(ratios, dtype=torch.float64)
     spread = (r - r.min()) / (r.max() - r.min()).clamp_min(1e-12) * (2 * cfg.owl_lambda)  # in [0, 2λ]
     density = spread - spread.mean() + (1 - cfg.sparsity)
@@ -321,3 +352,20 @@ def _apply_magnitude_oneshot(model, cfg: OneShotMagnitudeConfig, ctx):
         magnitude_oneshot(model, cfg=cfg)
     _report(model, cfg, ctx)
     return model
+
+
+# ---------------------------------------------------------- streamed (model on disk)
+@register_streaming(WandaConfig, solver="diag")
+def _stream_wanda(sm, cfg: WandaConfig, ctx, stream):
+    wanda(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, stream=stream)
+
+
+@register_streaming(SparseGPTConfig, solver="hessian")
+def _stream_sparsegpt(sm, cfg: SparseGPTConfig, ctx, stream):
+    sparsegpt(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, stream=stream)
+
+
+@register_streaming(OneShotMagnitudeConfig)
+def _stream_magnitude_oneshot(sm, cfg: OneShotMagnitudeConfig, ctx, stream):
+    with torch.no_grad():
+        magnitude_oneshot(sm.model, cfg=cfg, stream=stream)

@@ -44,6 +44,7 @@ from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians
                                     weight_2d)
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.stream_io import register_streaming
 from netslim.core.surgery import replace_module
 
 from .packing import PARAM_DTYPE, check_group, codes_for, minmax_params
@@ -226,8 +227,10 @@ def _bias(mod: nn.Module) -> torch.Tensor | None:
     return None if getattr(mod, "bias", None) is None else mod.bias.detach()
 
 
-def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, **kwargs: Any) -> nn.Module:
-    """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM)."""
+def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, stream: Any = None,
+         **kwargs: Any) -> nn.Module:
+    """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM).
+    ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     if cfg is None:
         cfg = GPTQConfig(**kwargs)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
@@ -263,7 +266,7 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
     try:
         compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
                         device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq",
-                        offload_blocks=cfg.offload_blocks)
+                        offload_blocks=cfg.offload_blocks, stream=stream)
     finally:
         model.train(was_training)
     if not done:
@@ -277,3 +280,8 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
 @register(GPTQConfig)
 def _apply_gptq(model, cfg: GPTQConfig, ctx):
     return gptq(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx)
+
+
+@register_streaming(GPTQConfig, solver="hessian")
+def _stream_gptq(sm, cfg: GPTQConfig, ctx, stream):
+    gptq(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx, stream=stream)

@@ -1,0 +1,82 @@
+"""Open a model for streaming: a Hugging Face directory or a netslim artifact, built on the
+meta device with its tensors left on disk (:class:`netslim.core.streaming.StreamedModel`).
+
+The structure is the one :func:`netslim.models.sources.open_hf_dir` builds (same class,
+config and fp32 parameters), so a streamed run and an in-memory run of the same recipe
+compute the same numbers; the weights are checked against the model before any work
+(:func:`netslim.core.streaming.check_source`: missing or extra tensors, shapes, the index).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netslim.core.errors import NetslimError, shown
+from netslim.core.streaming import (StreamedModel, TensorSource, alias_groups, check_source, hf_buffer_init,
+                                    open_artifact)
+from netslim.models.sources import OpenedModel
+
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+
+
+def open_streamed(ref: Any, *, verify: bool = True) -> tuple[OpenedModel, StreamedModel]:
+    """``(opened, streamed)`` for a Hugging Face directory or a netslim ``.safetensors`` artifact;
+    ``opened.model`` is the meta-device skeleton. Anything else: a NetslimError saying so."""
+    path = Path(str(ref)) if isinstance(ref, (str, Path)) else None
+    if path is not None and path.is_dir():
+        sm = open_hf_dir_streamed(path)
+        return OpenedModel(sm.model, path.resolve().name, None, str(path.resolve())), sm
+    if path is not None and path.is_file() and path.suffix == ".safetensors":
+        sm = open_artifact(path, verify=verify)
+        info = sm.info
+        source = info.get("source") or getattr(sm.model, "netslim_source", None)
+        return OpenedModel(sm.model, info.get("model", path.stem), info.get("dataset"), source, None, info), sm
+    what = type(ref).__name__ if path is None else shown(str(ref))
+    raise NetslimError(f"stream: true needs the model's weights on disk as safetensors (a Hugging Face model "
+                       f"directory or a netslim .safetensors artifact); got {what}. Save it with "
+                       "model.save_pretrained(dir), or set stream: false to load it in memory.")
+
+
+def open_hf_dir_streamed(path: Path) -> StreamedModel:
+    """A ``save_pretrained`` directory as a skeleton of its class (fp32, as :func:`open_hf_dir`)."""
+    from netslim.models.hf import _finish, safe_attn_config
+    from netslim.models.sources import _dir_class, hf_dir_config
+
+    path = path.resolve()
+    cfg = hf_dir_config(path)
+    if cfg.get("quantization_config") is not None:
+        raise NetslimError(f"{path} holds quantized weights (config.json 'quantization_config'): streaming reads "
+                           "float checkpoints; set stream: false to load it in memory.")
+    cls = _dir_class(path, cfg["architectures"][0])
+    source = TensorSource.open(path)  # the index and every shard checked
+    try:
+        config = cls.config_class.from_dict(safe_attn_config(cfg))
+    except (ValueError, TypeError, KeyError) as e:
+        raise NetslimError(f"{path / 'config.json'}: transformers cannot read it as {cls.config_class.__name__}: "
+                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}.") from None
+    config._name_or_path = str(path)
+    with torch.device("meta"):
+        model = cls(config)
+    model.name_or_path = str(path)
+    model = _finish(model, str(path))
+    groups = alias_groups(model)
+    check_source(model, source, groups)
+    return StreamedModel(model, source, groups, path, init_buffers=hf_buffer_init(model))
+
+
+def fp32_bytes_on_disk(ref: Any) -> int | None:
+    """fp32 bytes of the floating tensors a Hugging Face directory or artifact holds (from the
+    headers, nothing loaded): what loading it in memory costs; None for anything else."""
+    path = Path(str(ref)) if isinstance(ref, (str, Path)) else None
+    if path is None or not (path.is_dir() or (path.is_file() and path.suffix == ".safetensors")):
+        return None
+    try:
+        if path.is_dir() and "quantization_config" in json.loads((path / "config.json").read_text("utf-8")):
+            return None  # a quantized directory: loaded in memory by its own reader
+        source = TensorSource.open(path)
+    except (NetslimError, OSError, ValueError):
+        return None
+    return sum(4 * source.entry(n).numel for n in source.names if source.entry(n).dtype in FLOAT_DTYPES)
