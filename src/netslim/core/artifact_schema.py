@@ -302,6 +302,7 @@ class Description(_Strict):
     masks: list[StrictStr] = []
     aliases: dict[str, StrictStr] = {}
     info: dict[str, JsonValue] = {}
+    plans: list[dict[str, JsonValue]] = []  # structured prune plans, replayed on the base (issue 22)
     checksums: Optional[Literal["sha256"]] = None
 
     @field_validator("arch")

@@ -324,19 +324,61 @@ def _leaf_specs(model: nn.Module) -> dict[str, dict]:
     return out
 
 
+# --------------------------------------------------------------- structured prune plans
+_PLAN_REPLAY: list[Callable[[nn.Module, list], nn.Module]] = []
+
+
+def register_plan_replay(fn: Callable[[nn.Module, list], nn.Module]) -> None:
+    """How the plans a model records in ``model.netslim_plans`` (structured pruning) are replayed
+    on its freshly built base when loading (registered by ``netslim.prune.structured``)."""
+    _PLAN_REPLAY[:] = [fn]
+
+
+def _replay_plans(model: nn.Module, plans: list) -> None:
+    if plans:
+        if not _PLAN_REPLAY:
+            raise NetslimError("This artifact holds structured prune plans; netslim.prune.structured is not loaded.")
+        _PLAN_REPLAY[0](model, plans)
+
+
+def _plans_and_base_arch(model: nn.Module, arch: dict) -> tuple[list, dict]:
+    """The model's recorded plans and ``arch`` as it was before them (config values they changed
+    put back): base + plans rebuilds every shape and count the plans changed, whatever the class."""
+    plans = list(getattr(model, "netslim_plans", None) or [])
+    if plans and isinstance(arch.get("config"), dict):
+        config = dict(arch["config"])
+        for rec in reversed(plans):
+            config.update(rec.get("config_before") or {})
+        arch = {**arch, "config": config}
+    return plans, arch
+
+
 def describe(model: nn.Module, info: dict | None = None) -> dict:
     """The JSON description stored beside the tensors."""
     arch = describe_arch(model)
+    plans, base_arch = _plans_and_base_arch(model, arch)
     if arch["kind"] == USER_KIND:
         modules = _leaf_specs(model)
     else:
-        with torch.device("meta"):
-            base = build_arch(arch, device="meta")
+        base = None
+        if plans:
+            try:
+                with torch.device("meta"):
+                    base = build_arch(base_arch, device="meta")
+                    _replay_plans(base, plans)
+                arch = base_arch
+            except (NetslimError, *_BUILD_ERRORS) as e:  # a model changed after its plans: specs alone
+                log.debug("prune plans do not replay on the base (%s): saved as module specs", e)
+                base, plans = None, []
+        if base is None:
+            with torch.device("meta"):
+                base = build_arch(arch, device="meta")
         modules = _changed_modules(model, base)
-    return {
-        "format": "netslim", "version": FORMAT_VERSION, "arch": arch,
-        "modules": modules, "masks": masked_params(model), "info": info or {},
-    }
+    desc = {"format": "netslim", "version": FORMAT_VERSION, "arch": arch,
+            "modules": modules, "masks": masked_params(model), "info": info or {}}
+    if plans:
+        desc["plans"] = plans
+    return desc
 
 
 def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> Path:
@@ -427,6 +469,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: B
     where = str(path)
     with _errors_in(where, "arch"):
         model = build_arch(desc["arch"], base=base)
+        _replay_plans(model, desc.get("plans", []))
         restore_structure(model, desc)
     load_state(model, _read_tensors(path), desc, where=where)
     model.eval()
@@ -488,6 +531,7 @@ def check_against_header(desc: dict, header: Header, base: Base = None) -> None:
             torch.device("meta"):
         if arch["kind"] != USER_KIND:
             model = build_arch(arch, device="meta")
+            _replay_plans(model, desc.get("plans", []))
             restore_structure(model, desc)
             _compare(model.state_dict(), expected, where, arch, complete=True)
             return

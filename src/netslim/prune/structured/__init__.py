@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from netslim.core.serialize import register_plan_replay
+
 from .blocks import block_costs, drop_residual_blocks, residual_block_influence, residual_blocks
 from .channels import plan_channels, prune_channels, total_macs
 from .importance import CRITERIA, group_scores
@@ -27,6 +29,14 @@ def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Modu
     for p in plans:
         apply_plan(model, PrunePlan.from_dict(p), mode)
     return model
+
+
+def _replay_records(model: nn.Module, records: list[dict]) -> nn.Module:
+    """netslim.load: the plans a saved model went through (``netslim_plans``), onto its base."""
+    return replay(model, [r["plan"] for r in records])
+
+
+register_plan_replay(_replay_records)
 
 
 __all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",

@@ -143,6 +143,8 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
         return model
     # Build every new module first: a plan that does not fit raises before the model changes.
     news = {name: _shrunk(get_module(model, name), entries, name) for name, entries in by_module.items()}
+    config = getattr(model, "config", None)
+    before = config.to_dict() if hasattr(config, "to_dict") else {}
     for name, new in news.items():
         if isinstance(new, dict):  # a module without shape attributes: its tensors are swapped in place
             _swap_tensors(get_module(model, name), new)
@@ -160,6 +162,11 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
     for name in plan.drop_modules:
         get_module(model, name)  # a plan made for another model fails here, by name
         replace_module(model, name, nn.Identity())
+    after = config.to_dict() if hasattr(config, "to_dict") else {}
+    # What was done, for netslim.save: the base model + these plans rebuild it (the config
+    # values they changed are put back to build the base)
+    model.__dict__.setdefault("netslim_plans", []).append(
+        {"plan": plan.to_dict(), "config_before": {k: before.get(k) for k in after if after[k] != before.get(k)}})
     return model
 
 
@@ -185,15 +192,15 @@ def _sliced_state(module: nn.Module, entries: list[dict], where: str) -> dict[st
         if e["param"] not in state:
             raise NetslimError(f"Prune plan: module {where!r} has no parameter or buffer {e['param']!r}.")
         t = state[e["param"]]
-        keep = torch.as_tensor(e["keep"], dtype=torch.long, device=t.device)
-        if keep.numel() == 0:
+        idx = [int(i) for i in e["keep"]]  # checked in Python: the model may be on the meta device
+        if not idx:
             raise NetslimError(f"Prune plan would remove every slice of {where}.{e['param']} (dim {e['dim']}).")
-        if int(keep.max()) >= t.shape[e["dim"]]:
+        if max(idx) >= t.shape[e["dim"]] or min(idx) < 0:
             raise NetslimError(
-                f"Prune plan does not fit {where}.{e['param']}: index {int(keep.max())} on dim {e['dim']} "
+                f"Prune plan does not fit {where}.{e['param']}: index {max(idx)} on dim {e['dim']} "
                 f"of shape {tuple(t.shape)} (was it made for another model?)."
             )
-        state[e["param"]] = t.index_select(e["dim"], keep)
+        state[e["param"]] = t.index_select(e["dim"], torch.tensor(idx, dtype=torch.long, device=t.device))
     return state
 
 
@@ -206,11 +213,33 @@ def _swap_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             setattr(module, k, v)
 
 
+_OWN_CONSTRUCTOR = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _shrunk_subclass(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A Conv/Linear subclass (e.g. transformers' EfficientNetDepthwiseConv2d) whose constructor
+    takes other arguments: a copy with the sliced tensors and its size attributes updated."""
+    import copy
+
+    w = state["weight"]
+    new = copy.deepcopy(module)
+    _swap_tensors(new, state)
+    if isinstance(module, nn.Linear):
+        new.in_features, new.out_features = w.shape[1], w.shape[0]
+    else:
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        new.groups = w.shape[0] if depthwise else module.groups
+        new.in_channels, new.out_channels = w.shape[1] * new.groups, w.shape[0]
+    return new
+
+
 def _shrunk(module: nn.Module, entries: list[dict], where: str) -> nn.Module | dict[str, torch.Tensor]:
     state = _sliced_state(module, entries, where)
     w = state.get("weight")
     p = next(iter(module.parameters()), None)
     kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
+    if type(module) not in _OWN_CONSTRUCTOR and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
+        return _shrunk_subclass(module, state)
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         groups = w.shape[0] if depthwise else module.groups
