@@ -110,77 +110,17 @@ def minilm() -> nn.Module:
 
 
 def smollm2() -> nn.Module:
-    """SmolLM2-135M-Instruct, dequantized from its Q4_1 GGUF to fp32 (134.5M params)."""
-    tf = transformers_module()
-    config, state = read_llama_gguf(smollm2_gguf())
-    model = tf.LlamaForCausalLM(config)
-    missing = set(model.state_dict()) - set(state) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
-    if missing:
-        raise NetslimError(f"{SMOLLM2_GGUF} lacks tensors for {', '.join(sorted(missing)[:3])}.")
-    model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    return _finish(model, "smollm2")
+    """SmolLM2-135M-Instruct, dequantized from its Q4_1 GGUF to fp32 (134.5M params).
 
-
-def read_llama_gguf(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
-    """``(LlamaConfig, fp32 state dict)`` of a llama-architecture GGUF file.
-
-    transformers' own GGUF path needs ``accelerate`` and parses the file three times
-    (~15 s for SmolLM2); this reads it once (~5 s) with the ``gguf`` package. Tensor names
-    come from gguf's name map; q/k rows are un-permuted (llama.cpp interleaves the rotary
-    halves of each head on export). ``tests/models/test_hf.py`` checks the result against
-    transformers' ``load_gguf_checkpoint``.
+    Read by :func:`netslim.models.gguf_io.load_gguf_model` (one pass with the ``gguf`` package;
+    transformers' own GGUF path needs ``accelerate`` and parses the file three times) with
+    ``packed=False``: every tensor dense fp32, the Q8_0 embedding included, as the zoo model
+    has always been. ``tests/models/test_hf.py`` checks it against transformers' ``load_gguf_checkpoint``.
     """
-    tf = transformers_module()
-    try:
-        from gguf import MODEL_ARCH, GGUFReader, GGUFValueType, dequantize, get_tensor_name_map
-    except ImportError:
-        raise NetslimError("Reading GGUF files needs the optional dependencies: pip install netslim[llm].") from None
-    reader = GGUFReader(str(path))
-    # Scalars only: the vocabulary arrays are large and belong to the tokenizer.
-    meta = {k: f.contents() for k, f in reader.fields.items() if f.types and f.types[0] != GGUFValueType.ARRAY}
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise NetslimError(f"{path.name}: netslim reads GGUF architecture 'llama' only; got {arch!r}.")
-    heads, hidden = meta["llama.attention.head_count"], meta["llama.embedding_length"]
-    kv_heads = meta.get("llama.attention.head_count_kv", heads)
-    tensor_names = {t.name for t in reader.tensors}
-    config = tf.LlamaConfig(
-        vocab_size=meta.get("llama.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data),
-        hidden_size=hidden, intermediate_size=meta["llama.feed_forward_length"],
-        num_hidden_layers=meta["llama.block_count"], num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=meta.get("llama.rope.dimension_count", hidden // heads),
-        max_position_embeddings=meta["llama.context_length"],
-        rms_norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
-        rope_theta=meta.get("llama.rope.freq_base", 10000.0),
-        tie_word_embeddings="output.weight" not in tensor_names,  # no separate head: it is the embedding
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
-    )
-    with torch.device("meta"):
-        keys = list(tf.LlamaForCausalLM(config).state_dict())
-    names = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    to_hf = {}
-    for key in keys:
-        base, _, suffix = key.rpartition(".")
-        gguf_name = names.get_name(base)
-        if gguf_name is not None:
-            to_hf[f"{gguf_name}.{suffix}"] = key
-    state = {}
-    for t in reader.tensors:
-        if t.name not in to_hf:  # e.g. rope_freqs: recomputed by the model
-            continue
-        w = torch.tensor(dequantize(t.data, t.tensor_type), dtype=torch.float32)  # (out, in), a copy
-        if ".attn_q." in t.name or ".attn_k." in t.name:
-            w = _unpermute_rotary(w, heads if ".attn_q." in t.name else kv_heads)
-        state[to_hf[t.name]] = w
-    return config, state
+    from netslim.models.gguf_io import load_gguf_model
 
-
-def _unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    # llama.cpp stores each head's rows as (dim/2, 2) pairs; HF wants the two halves in blocks.
-    half = w.shape[0] // n_heads // 2
-    return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    model = load_gguf_model(smollm2_gguf(), packed=False, source="smollm2")
+    return _finish(model, "smollm2")
 
 
 def _seeded(cls_name: str, config_name: str, seed: int, **config: Any) -> nn.Module:
@@ -286,14 +226,19 @@ _TOKENIZERS = {
 
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name: str):
-    """The tokenizer of HF model ``name`` — a built-in name or a model directory holding
-    tokenizer files (shared per process: treat it as read-only)."""
+    """The tokenizer of HF model ``name`` — a built-in name, a model directory holding
+    tokenizer files or a GGUF file (shared per process: treat it as read-only)."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]()
     path = Path(name)
     if path.is_dir():
         return _directory_tokenizer(path)
-    raise unknown_name("Hugging Face model (for its tokenizer; or a model directory)", name, _TOKENIZERS)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from netslim.models.gguf_io import gguf_tokenizer
+
+        return gguf_tokenizer(path)
+    raise unknown_name("Hugging Face model (for its tokenizer; or a model directory or .gguf file)", name,
+                       _TOKENIZERS)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json",

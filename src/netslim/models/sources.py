@@ -5,9 +5,13 @@
 * an ``nn.Module`` (the Python API): used as it is;
 * a zoo name (``resnet20``: the trained checkpoint from the cache; ``minilm``: packaged weights);
 * a netslim artifact (``.safetensors`` with a netslim description, or ``.nsz``);
+* an ``.onnx`` file, run by ONNX Runtime (:class:`netslim.models.onnx_model.OnnxModel`);
+* a llama.cpp ``.gguf`` file of a Llama-family LM (:func:`open_gguf`);
 * a Hugging Face model directory (``config.json`` + safetensors, as ``save_pretrained``
   writes it): loaded offline with the class named in ``config.architectures``; its tokenizer
-  / image processor come from the same directory;
+  / image processor come from the same directory; a compressed-tensors directory (int4 / int8
+  from llm-compressor or ``format: hf``) gets netslim's own packed layers with the file's codes
+  (:func:`netslim.export.compressed.open_compressed_dir`);
 * ``path/to/file.py:factory``: the user's own code, imported because the user named it on
   the command line or in the call, plus optional weights (safetensors, or a ``.pt`` state
   dict read with ``torch.load(weights_only=True)``). Artifacts never name code to import:
@@ -73,6 +77,8 @@ def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None,
     path = Path(text)
     if path.is_dir():
         return open_hf_dir(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return open_gguf(path)
     if path.is_file():
         return _artifact(path, base, verify)
     if path.suffix or "/" in text:
@@ -111,13 +117,26 @@ def _artifact(path: Path, base: Any, verify: bool = True) -> OpenedModel:
         from netslim.codec import read_nsz_info
 
         info, arch = read_nsz_info(path), {}
+    elif path.suffix.lower() == ".onnx":  # run by ONNX Runtime (netslim.models.onnx_model)
+        from netslim.models.onnx_model import open_onnx
+
+        return open_onnx(path, _base_factory(base))
     else:
-        raise NetslimError(f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, a Hugging Face "
-                           "directory or path/to/file.py:factory).")
+        raise NetslimError(f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, .gguf, .onnx, a "
+                           "Hugging Face directory or path/to/file.py:factory).")
     factory = _base_factory(base)
     model = load(path, base=factory, verify=verify)
     source = info.get("source") or (arch.get("source") if isinstance(arch.get("source"), str) else None)
     return OpenedModel(model, info.get("model", path.stem), info.get("dataset"), source, factory, info)
+
+
+def open_gguf(path: Path) -> OpenedModel:
+    """A llama.cpp GGUF file of a Llama-family LM (netslim.models.gguf_io): Q4_0 / Q8_0 layers as
+    netslim packed layers with the file's codes, the rest dense fp32; the tokenizer is the file's."""
+    from netslim.models.gguf_io import load_gguf_model
+
+    path = path.resolve()
+    return OpenedModel(load_gguf_model(path), path.name, None, str(path))
 
 
 def _base_factory(base: Any) -> Callable[[], nn.Module] | None:
@@ -314,6 +333,12 @@ def open_hf_dir(path: Path) -> OpenedModel:
         hint = f" (found {', '.join(others[:3])}: netslim reads weights from safetensors only)" if others else ""
         raise NetslimError(f"{path} has no weights: expected model.safetensors or a sharded "
                            f"model.safetensors.index.json{hint}; write them with model.save_pretrained(dir).")
+    from netslim.export.compressed import is_compressed_tensors, open_compressed_dir
+
+    if is_compressed_tensors(cfg):  # llm-compressor's or format: hf's int4 / int8: into netslim's packed layers
+        with _quiet_loading(), _transformers_errors_only():
+            model = open_compressed_dir(path, cfg)
+        return OpenedModel(_finish(model, str(path)), path.name, None, str(path))
     try:
         with _quiet_loading(), _transformers_errors_only():
             model, loading = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
