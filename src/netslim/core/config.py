@@ -93,6 +93,7 @@ FAMILIES: tuple[str, ...] = (
     "netslim.prune.structured",
     "netslim.prune.oneshot", "netslim.quantize.gptq",
     "netslim.search",
+    "netslim.export.gguf",
 )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.export import export_formats, exporter
@@ -41,6 +41,11 @@ class ExportConfig(MethodConfig):
     modifies_weights = False
     format: str = "safetensors"
     filename: str = Field("model", pattern=r"^[A-Za-z0-9_.-]+$", description="file name without suffix")
+    # gguf only (llama.cpp): tensor type of the weight matrices, and whether layers off the Q4_0
+    # grid may be quantized again (netslim.export.gguf explains both).
+    dtype: Literal["f32", "f16", "q8_0", "q4_0"] | None = Field(None, description="gguf: f16 (default), f32, "
+                                                                "q8_0 or q4_0")
+    requantize: bool = Field(False, description="gguf q4_0: re-quantize layers off the Q4_0 grid instead of refusing")
 
     @field_validator("format")
     @classmethod
@@ -49,11 +54,25 @@ class ExportConfig(MethodConfig):
             raise ValueError(f"must be one of {', '.join(export_formats())}")
         return v
 
+    @model_validator(mode="after")
+    def _gguf_options(self):
+        if self.format != "gguf" and (self.dtype is not None or self.requantize):
+            raise ValueError(f"'dtype' and 'requantize' are options of format 'gguf'; format is {self.format!r}")
+        if self.requantize and self.dtype != "q4_0":
+            raise ValueError("'requantize' goes with dtype 'q4_0' (q8_0 quantizes any layer it cannot copy)")
+        return self
+
+    def format_options(self) -> dict:
+        """Options handed to the exporter (only those given)."""
+        return {k: getattr(self, k) for k in ("dtype", "requantize") if getattr(self, k) not in (None, False)}
+
 
 @register(ExportConfig)
 def run_export(model, cfg: ExportConfig, ctx):
     write, suffix = exporter(cfg.format)
-    path = write(model, ctx.out_dir / f"{cfg.filename}{suffix}", ctx.info)
+    # An exporter returns the path, or (path, notes) to add to the step's notes.
+    result = write(model, ctx.out_dir / f"{cfg.filename}{suffix}", ctx.info, **cfg.format_options())
+    path, extra = result if isinstance(result, tuple) else (result, {})
     ctx.artifacts.append(path)
-    ctx.notes["export"] = {"path": str(path), "format": cfg.format, "size_bytes": path.stat().st_size}
+    ctx.notes["export"] = {"path": str(path), "format": cfg.format, "size_bytes": path.stat().st_size, **extra}
     return model
