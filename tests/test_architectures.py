@@ -164,15 +164,16 @@ CASES = [
       for m in ("gptq", "sparsegpt", "wanda", "dynamic_int8", "heads", "ffn")],
     ("llama", "text", "heads@0.25", r"heads: ratio 0.25 removes no head: blocks have 2 heads \(key/value groups\)"),
     ("starcoder2", "text", "heads", CHANGED),  # Llama-style attention: the same rule applies
-    ("starcoder2", "text", "ffn", r"ffn: no FFN rule for model_type 'starcoder2'"),  # c_fc/c_proj Linears
+    ("starcoder2", "text", "ffn", CHANGED),  # c_fc/c_proj Linears: the generic graph (issue 22) finds them
     *[(arch, d, m, CHANGED) for arch, d in (("bert-cls", "labelled"), ("roberta-cls", "labelled"),
                                             ("bert", "sentences"))  # the bare encoder: embedding fidelity
       for m in ("heads", "ffn", "dynamic_int8", "magnitude")],
     ("vit", "images", "magnitude", CHANGED),
     ("vit", "images", "dynamic_int8", CHANGED),
-    ("vit", "images", "heads", NO_RULE_VIT),  # transformers 5 ViT: q/k/v/o_proj without num_key_value_groups
-    ("vit", "images", "ffn", NO_RULE_VIT),  # ... and an fc1/fc2 MLP
-    ("vit", "images", "channels", r"torch\.fx cannot trace the model"),
+    # issue 22: the generic graph (torch.export) prunes what no family rule knew
+    ("vit", "images", "heads", CHANGED),
+    ("vit", "images", "ffn", CHANGED),
+    ("vit", "images", "channels", CHANGED),
 ]
 # changed, and the layers the method leaves alone are listed in report["skipped"] with the reason
 PARTIAL = {("gpt2", "dynamic_int8"): r"dynamic_int8: a transformers Conv1D .* is not converted"}
