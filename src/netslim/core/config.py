@@ -94,6 +94,7 @@ FAMILIES: tuple[str, ...] = (
     "netslim.prune.oneshot", "netslim.quantize.gptq",
     "netslim.search",
     "netslim.export.gguf",
+    "netslim.export.hf",
 )
 
 

@@ -13,9 +13,13 @@ from .latency import Latency, latency_fields, measure_latency
 
 
 def size_on_disk(model: nn.Module, path: str | os.PathLike | None = None) -> int:
-    """Bytes of the artifact at ``path``; without a path, of a temporary ``netslim.save``."""
+    """Bytes of the artifact at ``path`` (a directory: the sum of its files); without a path,
+    of a temporary ``netslim.save``."""
     if path is not None:
-        return Path(path).stat().st_size
+        path = Path(path)
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
     from netslim.core.serialize import save
 
     with tempfile.TemporaryDirectory() as d:

@@ -11,7 +11,7 @@
   writes it): loaded offline with the class named in ``config.architectures``; its tokenizer
   / image processor come from the same directory; a compressed-tensors directory (int4 / int8
   from llm-compressor or ``format: hf``) gets netslim's own packed layers with the file's codes
-  (:func:`netslim.export.compressed.open_compressed_dir`);
+  (:func:`netslim.export.compressed_dir.open_compressed_dir`);
 * ``path/to/file.py:factory``: the user's own code, imported because the user named it on
   the command line or in the call, plus optional weights (safetensors, or a ``.pt`` state
   dict read with ``torch.load(weights_only=True)``). Artifacts never name code to import:
@@ -333,7 +333,7 @@ def open_hf_dir(path: Path) -> OpenedModel:
         hint = f" (found {', '.join(others[:3])}: netslim reads weights from safetensors only)" if others else ""
         raise NetslimError(f"{path} has no weights: expected model.safetensors or a sharded "
                            f"model.safetensors.index.json{hint}; write them with model.save_pretrained(dir).")
-    from netslim.export.compressed import is_compressed_tensors, open_compressed_dir
+    from netslim.export.compressed_dir import is_compressed_tensors, open_compressed_dir
 
     if is_compressed_tensors(cfg):  # llm-compressor's or format: hf's int4 / int8: into netslim's packed layers
         with _quiet_loading(), _transformers_errors_only():

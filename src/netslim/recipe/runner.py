@@ -316,7 +316,7 @@ def _state_problem(state: Any, out: Path) -> str | None:
     if not isinstance(artifacts, list):
         return "'artifacts' is not a list"
     for name in artifacts:  # written by export steps into OUT, named as the run named them
-        if not (isinstance(name, str) and Path(name).is_file() and _inside(out, Path(name))):
+        if not (isinstance(name, str) and Path(name).exists() and _inside(out, Path(name))):  # file or hf dir
             return f"its artifact {shown(name, 80)} is not a file in {out}"
     return None
 

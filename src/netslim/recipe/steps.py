@@ -69,10 +69,12 @@ class ExportConfig(MethodConfig):
 
 @register(ExportConfig)
 def run_export(model, cfg: ExportConfig, ctx):
+    from netslim.measure.summary import size_on_disk  # a directory (format: hf): the sum of its files
+
     write, suffix = exporter(cfg.format)
     # An exporter returns the path, or (path, notes) to add to the step's notes.
     result = write(model, ctx.out_dir / f"{cfg.filename}{suffix}", ctx.info, **cfg.format_options())
     path, extra = result if isinstance(result, tuple) else (result, {})
     ctx.artifacts.append(path)
-    ctx.notes["export"] = {"path": str(path), "format": cfg.format, "size_bytes": path.stat().st_size, **extra}
+    ctx.notes["export"] = {"path": str(path), "format": cfg.format, "size_bytes": size_on_disk(model, path), **extra}
     return model
