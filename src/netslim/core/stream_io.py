@@ -79,16 +79,28 @@ def available_memory() -> int:
 
 
 def _cgroup_room() -> int | None:
+    """The memory cgroup's limit less its usage (cgroup v2, else v1), read only; None without a limit."""
     try:
-        rel = next(line.split(":", 2)[2].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()
-                   if line.startswith("0::"))
-        base = Path("/sys/fs/cgroup") / rel.lstrip("/")
-        limit = (base / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(0, int(limit) - int((base / "memory.current").read_text().strip()))
-    except (OSError, StopIteration, ValueError):
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
         return None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # v2
+            files = (Path("/sys/fs/cgroup") / rel.lstrip("/"), "memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # v1
+            files = (Path("/sys/fs/cgroup/memory") / rel.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        base, limit_file, usage_file = files
+        try:
+            limit = (base / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 2**60:
+                continue
+            return max(0, int(limit) - int((base / usage_file).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 # ----------------------------------------------------------------------- the need
@@ -339,8 +351,8 @@ def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLi
                            f"methods: {', '.join(streaming_methods())}); {IN_MEMORY_HINT}.")
     fn, solver = found
     writer = ArtifactWriter(out_path) if is_main() else None
-    io = BlockStream(sm, writer, budget=budget, solver=solver, scratch=Path(out_path).parent,
-                     device=getattr(cfg, "device", None) or "cpu")
+    # Tensors are read into CPU memory; a step's ``device`` (CUDA) is where each block is worked on.
+    io = BlockStream(sm, writer, budget=budget, solver=solver, scratch=Path(out_path).parent)
     try:
         fn(sm, cfg, ctx, io)
         if writer is not None:

@@ -15,16 +15,22 @@ from typing import Any
 import torch
 
 from netslim.core.errors import NetslimError, shown
-from netslim.core.streaming import (StreamedModel, TensorSource, alias_groups, check_source, hf_buffer_init,
-                                    open_artifact)
+from netslim.core.streaming import (INDEX, SINGLE, StreamedModel, TensorSource, alias_groups, check_source,
+                                    hf_buffer_init, open_artifact)
 from netslim.models.sources import OpenedModel
 
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
 
 
 def open_streamed(ref: Any, *, verify: bool = True) -> tuple[OpenedModel, StreamedModel]:
-    """``(opened, streamed)`` for a Hugging Face directory or a netslim ``.safetensors`` artifact;
-    ``opened.model`` is the meta-device skeleton. Anything else: a NetslimError saying so."""
+    """``(opened, streamed)`` for a Hugging Face directory, a netslim ``.safetensors`` artifact or a
+    zoo language model (:func:`zoo_dir`); ``opened.model`` is the meta-device skeleton. Anything
+    else: a NetslimError saying so."""
+    zoo = _zoo_llm(ref)
+    if zoo is not None:
+        sm = open_hf_dir_streamed(zoo_dir(zoo.name))
+        sm.model.netslim_source = zoo.name  # tokenizer and reports: the zoo model's own
+        return OpenedModel(sm.model, zoo.name, zoo.dataset, zoo.name), sm
     path = Path(str(ref)) if isinstance(ref, (str, Path)) else None
     if path is not None and path.is_dir():
         sm = open_hf_dir_streamed(path)
@@ -36,8 +42,8 @@ def open_streamed(ref: Any, *, verify: bool = True) -> tuple[OpenedModel, Stream
         return OpenedModel(sm.model, info.get("model", path.stem), info.get("dataset"), source, None, info), sm
     what = type(ref).__name__ if path is None else shown(str(ref))
     raise NetslimError(f"stream: true needs the model's weights on disk as safetensors (a Hugging Face model "
-                       f"directory or a netslim .safetensors artifact); got {what}. Save it with "
-                       "model.save_pretrained(dir), or set stream: false to load it in memory.")
+                       f"directory, a netslim .safetensors artifact or a zoo language model); got {what}. Save it "
+                       "with model.save_pretrained(dir), or set stream: false to load it in memory.")
 
 
 def open_hf_dir_streamed(path: Path) -> StreamedModel:
@@ -65,6 +71,51 @@ def open_hf_dir_streamed(path: Path) -> StreamedModel:
     groups = alias_groups(model)
     check_source(model, source, groups)
     return StreamedModel(model, source, groups, path, init_buffers=hf_buffer_init(model))
+
+
+def _zoo_llm(ref: Any):
+    """The zoo entry of ``ref`` when it names a pretrained causal LM (smollm2), else None."""
+    if not isinstance(ref, str) or "/" in ref or Path(ref).exists():
+        return None
+    from netslim.models import model_entry
+
+    try:
+        entry = model_entry(ref)
+    except NetslimError:
+        return None
+    return entry if entry.pretrained and entry.task == "causal_lm" else None
+
+
+def zoo_dir(name: str) -> Path:
+    """A zoo language model as a ``save_pretrained`` directory in the cache
+    (``$NETSLIM_CACHE/stream/<name>``), so that a streamed run reads it block by block. Written
+    once, by a child process (building the model in memory costs this process nothing), into a
+    temporary folder renamed when complete."""
+    import os
+    import subprocess
+    import sys
+
+    from netslim.train.pretrain import cache_dir
+
+    target = cache_dir() / "stream" / name
+    if (target / "config.json").is_file() and any((target / f).is_file() for f in (SINGLE, INDEX)):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+    code = ("import sys; from netslim.models import build_model; "
+            "build_model(sys.argv[1]).save_pretrained(sys.argv[2])")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, name, str(tmp)], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+            raise NetslimError(f"Writing zoo model {name!r} as safetensors for streaming failed: {last}")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def fp32_bytes_on_disk(ref: Any) -> int | None:

@@ -16,15 +16,21 @@ from typing import Any
 
 import torch
 from torch import nn
+from netslim.core import distributed
 from netslim.core.config import apply
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError, clip, shown
 from netslim.core.serialize import atomic_write, load, save
+from netslim.core.streaming import StreamedModel
 from netslim.measure import artifact_layer_table, interleaved_latency, model_summary
+from netslim.measure.memory import PeakMemory, current_rss, fp32_bytes, high_water_rss
+from netslim.models.sources import is_factory_ref
 from netslim.models.sources import open_model as resolve_model
+from netslim.recipe import streamed
 from netslim.recipe.inputs import resolve_task, run_info
 from netslim.recipe.preflight import check_recipe
 from netslim.recipe.spec import Recipe, check_data_options
+from netslim.recipe.steps import ExportConfig
 
 try:
     import fcntl
@@ -41,8 +47,10 @@ def _write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str)))
 
 
-def _measure(model, task, recipe: Recipe, artifact: Path) -> dict[str, Any]:
+def _measure(model, task, recipe: Recipe, artifact: Path | None, memory: dict | None = None) -> dict[str, Any]:
     m = recipe.measure
+    if isinstance(model, StreamedModel):
+        return streamed.streamed_summary(model, task, m, artifact, (memory or {}).get("memory_budget"))
     return model_summary(model, task, artifact=artifact, batch_size=m.batch_size, threads=m.threads,
                          repeats=m.repeats)
 
@@ -94,31 +102,91 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     # Fail before the model loads; checked again (data too, then acted on) once OUT is locked.
     stored_state(out, _fingerprint(recipe, ref, None, data_options), resume=resume, force=force, dry=True)
 
-    opened = resolve_model(ref, weights=weights, base=base, verify=verify)
+    rss_before_model = current_rss()
+    main = _distributed(recipe)
+    sm = _open_streamed(recipe, ref, weights, verify)  # the model stays on disk (netslim.recipe.streamed)
+    opened = sm[0] if sm else resolve_model(ref, weights=weights, base=base, verify=verify)
+    sm = sm[1] if sm else None
     reference_path = out / "baseline.safetensors"
-    reference = lambda: load(reference_path, base=opened.base)  # noqa: E731
+    reference = None if sm else lambda: load(reference_path, base=opened.base)  # noqa: E731
     task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
                         options=data_options, reference=reference)
     check_recipe(recipe, opened.model, task)  # everything knowable before work: selectors, N:M, schedules
-    info = run_info(opened, task, recipe.name, reference_path)
-    with _locked(out):
+    if sm is not None:
+        streamed.check_task(task)
+        streamed.check_budget(recipe, sm, task, streamed.budget_of(recipe))
+    info = run_info(opened, task, recipe.name, sm.path if sm else reference_path)
+    with _locked(out) if main else contextlib.nullcontext():
         fingerprint = _fingerprint(recipe, ref, info, data_options)
-        state = stored_state(out, fingerprint, resume=resume, force=force)
+        state = stored_state(out, fingerprint, resume=resume, force=force, dry=not main)
         ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
         torch.manual_seed(recipe.seed)
-        model = opened.model
-        if not state:
-            save(model, reference_path, info)
-            state = {**fingerprint, "baseline": _measure(model, task, recipe, reference_path), "steps": [],
-                     "checkpoint": None, "skipped": []}
+        model = sm if sm is not None else opened.model
+        memory = {"fp32_model_bytes": fp32_bytes(opened.model), "rss_before_model_bytes": rss_before_model,
+                  "memory_budget": streamed.budget_of(recipe) if sm is not None else None}
+        if not main:  # another rank of a torchrun: it calibrates with rank 0 and writes nothing
+            state = {"steps": [], "checkpoint": None} if not state else state
+        elif not state:
+            with PeakMemory() as mem:
+                if sm is None:
+                    save(model, reference_path, info)
+                baseline = _measure(model, task, recipe, reference_path if sm is None else None, memory)
+            state = {**fingerprint, "baseline": baseline, "steps": [], "checkpoint": None, "skipped": [],
+                     "memory": {**memory, "baseline": mem.as_dict(memory["fp32_model_bytes"])}}
             _write_json(out / STATE, state)
         else:
             if state["checkpoint"]:
-                model = load(out / state["checkpoint"], base=opened.base)
+                model = streamed.reopen(out / state["checkpoint"]) if sm is not None else \
+                    load(out / state["checkpoint"], base=opened.base)
             ctx.skipped.extend(state.get("skipped", []))
             ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
-        model = _run_steps(model, recipe, ctx, state, out)
-        return _finish(model, recipe, ctx, state, reference, opened.base), model
+        model = _run_steps(model, recipe, ctx, state, out, memory, main)
+        final_model = model.model if isinstance(model, StreamedModel) else model
+        if not main:
+            distributed.barrier()  # rank 0 measures and reports
+            return {}, final_model
+        report = _finish(model, recipe, ctx, state, reference, opened.base, memory)
+        distributed.barrier()
+        return report, final_model
+
+
+def _distributed(recipe: Recipe) -> bool:
+    """Join a torchrun process group (``WORLD_SIZE`` > 1); True on the rank that writes files.
+    Distributed runs calibrate one-shot steps across ranks; other weight-changing steps run in
+    one process only (a NetslimError naming the first, before any work)."""
+    if not distributed.init_from_env():
+        return True
+    from netslim.core.stream_io import streaming_methods
+
+    ok = set(streaming_methods()) | {"evaluate", "export"}
+    bad = [f"step {i} ({s.method})" for i, s in enumerate(recipe.steps, 1) if s.method not in ok]
+    if bad:
+        raise NetslimError(f"Under torchrun netslim distributes the calibration of one-shot steps "
+                           f"({', '.join(sorted(ok - {'evaluate', 'export'}))}); {bad[0]} runs in one process: "
+                           "start it without torchrun.")
+    size = distributed.world()[1]
+    for i, s in enumerate(recipe.steps, 1):
+        n = getattr(s, "num_samples", None)
+        if isinstance(n, int) and n % size:
+            raise NetslimError(f"step {i} ({s.method}): num_samples {n} must be a multiple of the number of "
+                               f"processes ({size}) so that every rank calibrates on an equal share; use "
+                               f"{max(size, n // size * size)} or {(n // size + 1) * size}, or another --nproc-per-node.")
+    return distributed.is_main()
+
+
+def _open_streamed(recipe: Recipe, ref: Any, weights: Any, verify: bool):
+    """``(opened, streamed model)`` when the run streams (``stream: true``, or ``auto`` and the model
+    is too large for memory), else None."""
+    if isinstance(ref, nn.Module) or weights is not None or is_factory_ref(str(ref)):
+        if recipe.stream is True:
+            raise NetslimError("stream: true reads the model's weights from disk (a Hugging Face directory or a "
+                               "netslim .safetensors artifact); this model is built in memory: set stream: false.")
+        return None
+    if not streamed.wants_stream(recipe, ref):
+        return None
+    from netslim.models.streamed import open_streamed
+
+    return open_streamed(ref, verify=verify)
 
 
 def _fingerprint(recipe: Recipe, ref: Any, info: dict | None, data_options: dict | None) -> dict[str, Any]:
@@ -171,26 +239,43 @@ _WHAT = {"recipe": "recipe", "model_ref": "model", "dataset": "dataset", "data":
          "data_options": "data options (--limit)"}
 
 
-def _run_steps(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, out: Path) -> nn.Module:
-    """Apply the steps not done yet, a checkpoint and the state after each."""
+def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: Path, memory: dict,
+               main: bool = True) -> Any:
+    """Apply the steps not done yet, a checkpoint and the state after each (on the rank that
+    writes files); peak memory and time of each step and of its measurement recorded."""
     for i, step in enumerate(recipe.steps):
         if i < len(state["steps"]):
             continue  # done in an earlier run
         log.info("step %d/%d: %s", i + 1, len(recipe.steps), step.method)
         ctx.notes = {}
-        t0 = time.perf_counter()
-        try:
-            model = apply(model, step, ctx)
-        except NetslimError as e:
-            raise NetslimError(f"step {i + 1} ({step.method}): {e}") from None
-        seconds = time.perf_counter() - t0
         ckpt = out / "checkpoints" / f"step{i + 1:02d}_{step.method}.safetensors"
-        save(model, ckpt, ctx.info)
+        t0 = time.perf_counter()
+        wrote = True
+        with PeakMemory() as mem:
+            try:
+                if isinstance(model, StreamedModel):
+                    model, wrote = streamed.stream_apply(model, step, ctx, ckpt, memory["memory_budget"])
+                elif main or step.method not in ("evaluate", "export"):
+                    model = apply(model, step, ctx)
+            except NetslimError as e:
+                raise NetslimError(f"step {i + 1} ({step.method}): {e}") from None
+            seconds = time.perf_counter() - t0
+            if main and not isinstance(model, StreamedModel):
+                save(model, ckpt, ctx.info)
+        if not main:
+            state["steps"].append({"method": step.method})
+            continue
         previous = state["checkpoint"]
+        if not wrote:  # a streamed evaluate / export: the model and its checkpoint are the previous step's
+            ckpt = out / previous if previous else None
+        with PeakMemory() as measured:
+            metrics = _measure(model, ctx.task, recipe, ckpt, memory)
         record = {"method": step.method, "params": step.model_dump(mode="json"), "seconds": seconds,
-                  "metrics": _measure(model, ctx.task, recipe, ckpt), "notes": ctx.notes}
+                  "metrics": metrics, "notes": ctx.notes,
+                  "memory": {"step": mem.as_dict(memory["fp32_model_bytes"]),
+                             "measure": measured.as_dict(memory["fp32_model_bytes"])}}
         state["steps"].append(record)
-        state["checkpoint"] = str(ckpt.relative_to(out))
+        state["checkpoint"] = str(ckpt.relative_to(out)) if ckpt is not None else None
         state["skipped"] = ctx.skipped
         state["artifacts"] = [str(p) for p in ctx.artifacts]
         _write_json(out / STATE, state)
@@ -200,24 +285,36 @@ def _run_steps(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, 
     return model
 
 
-def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, reference, base) -> dict[str, Any]:
+def _finish(model: Any, recipe: Recipe, ctx: StepContext, state: dict, reference, base,
+            memory: dict) -> dict[str, Any]:
     """The final artifact, its measurements beside the baseline's, and OUT/report.*."""
     task, info, out = ctx.task, ctx.info, ctx.out_dir
-    artifact = ctx.artifacts[-1] if ctx.artifacts else save(model, out / "model.safetensors", info)
-    final = _measure(model, task, recipe, artifact)
-    baseline = dict(state["baseline"])
-    paired = _paired_latency(reference(), model, task, recipe)
-    baseline.update(paired["baseline"])
-    final.update(paired["final"])
+    sm = model if isinstance(model, StreamedModel) else None
+    with PeakMemory() as mem:
+        if ctx.artifacts:
+            artifact = ctx.artifacts[-1]
+        elif sm is not None:
+            artifact = streamed.export_streamed(sm, ExportConfig(filename="model"), ctx, memory["memory_budget"])
+        else:
+            artifact = save(model, out / "model.safetensors", info)
+        final = _measure(model, task, recipe, artifact, memory)
+        baseline = dict(state["baseline"])
+        if sm is None and recipe.measure.paired:
+            paired = _paired_latency(reference(), model, task, recipe)
+            baseline.update(paired["baseline"])
+            final.update(paired["final"])
+        if sm is None:
+            layers = artifact_layer_table(artifact, task.example_inputs(1), model=model, base=base)
+        else:
+            layers = streamed.streamed_layers(streamed.reopen(artifact), task.example_inputs(1), macs_model=sm.model)[0]
     report = {
         "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": info["dataset"],
         "metric": task.metric, "artifact": str(artifact), "baseline": baseline, "final": final,
-        "latency_protocol": "baseline and final: A/B interleaved, 5 rounds, median and IQR of all repeats pooled; "
-                            "steps: one measurement each (median, IQR)",
+        "latency_protocol": _latency_protocol(recipe, sm is not None),
         "steps": state["steps"],
-        "layers": [r.as_dict() for r in artifact_layer_table(artifact, task.example_inputs(1), model=model,
-                                                             base=base)],
+        "layers": [r.as_dict() for r in layers],
         "skipped": ctx.skipped,
+        "memory": memory_report(state, memory, mem.as_dict(memory["fp32_model_bytes"]), streamed=sm is not None),
     }
     if state.get("forced"):
         report["forced_resume"] = state["forced"]
@@ -225,6 +322,34 @@ def _finish(model: nn.Module, recipe: Recipe, ctx: StepContext, state: dict, ref
 
     write_report(report, out)
     return report
+
+
+def _latency_protocol(recipe: Recipe, stream: bool) -> str:
+    if stream:
+        return f"baseline, steps and final: {streamed.LATENCY_PROTOCOL}"
+    if not recipe.measure.paired:
+        return ("baseline, steps and final: one measurement each (median, IQR), one model in memory at a time "
+                "(measure.paired: false)")
+    return ("baseline and final: A/B interleaved, 5 rounds, median and IQR of all repeats pooled; "
+            "steps: one measurement each (median, IQR)")
+
+
+def memory_report(state: dict, memory: dict, final: dict, streamed: bool = False) -> dict[str, Any]:
+    """Peak RSS (and CUDA memory) and wall time of every stage of the run, against the model's fp32 bytes."""
+    stages = []
+    if state.get("memory", {}).get("baseline"):
+        stages.append({"stage": "baseline (save + measure)", **state["memory"]["baseline"]})
+    for i, s in enumerate(state["steps"], 1):
+        for part in ("step", "measure"):
+            if s.get("memory", {}).get(part):
+                stages.append({"stage": f"step {i} ({s['method']}){' measure' if part == 'measure' else ''}",
+                               **s["memory"][part]})
+    stages.append({"stage": "final (artifact + measure)", **final})
+    hwm = max([high_water_rss() or 0, *(s["peak_rss_bytes"] for s in stages)])  # the kernel's can trail a sample
+    fp32 = memory["fp32_model_bytes"]
+    return {"fp32_model_bytes": fp32, "rss_before_model_bytes": memory["rss_before_model_bytes"],
+            "process_peak_rss_bytes": hwm, "process_peak_rss_x_fp32": round(hwm / fp32, 3) if hwm and fp32 else None,
+            "streamed": streamed, "memory_budget": memory.get("memory_budget"), "stages": stages}
 
 
 # ----------------------------------------------------------------- the output directory

@@ -20,7 +20,7 @@ duplicate keys in a mapping.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
@@ -41,6 +41,8 @@ class MeasureOptions(BaseModel):
     batch_size: int = Field(64, ge=1, le=65_536, description="the N of latency_ms_bN")
     repeats: int = Field(20, ge=1, le=10_000)
     threads: int | None = Field(None, ge=1, le=4096)
+    paired: bool = Field(True, description="baseline and final latency A/B interleaved, both models in memory "
+                                           "at once (false: each timed alone, one model in memory)")
 
 
 class Recipe(BaseModel):
@@ -52,6 +54,10 @@ class Recipe(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     measure: MeasureOptions = MeasureOptions()
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # Streaming (netslim.recipe.streamed): the model stays on disk, one decoder block in memory.
+    stream: bool | Literal["auto"] = Field("auto", description="true: stream from disk; auto: when the model's "
+                                           "fp32 size exceeds half the available memory")
+    memory_budget: str | int | None = Field(None, description="working memory of a streamed step, e.g. 2GiB")
     steps: tuple[MethodConfig, ...]
 
     @field_validator("data")
@@ -60,8 +66,21 @@ class Recipe(BaseModel):
         check_data_options(data, "data")
         return data
 
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        from netslim.core.stream_io import parse_bytes
+
+        parse_bytes(v)  # a size it can read, or a NetslimError (a ValueError: pydantic reports the field)
+        return v
+
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude={"steps"})
+        for key, default in (("stream", "auto"), ("memory_budget", None)):  # unchanged fingerprints without them
+            if d.get(key) == default:
+                d.pop(key)
+        if d["measure"].get("paired") is True:
+            d["measure"].pop("paired")
         d["steps"] = [s.to_dict() for s in self.steps]
         return d
 

@@ -178,6 +178,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     kinds = [[k["kind"], fmt(k["layers"]), fmt(k["params"]), fmt(k["stored_bytes"]),
               f"{k['stored_bytes'] / total:.1%}"] for k in report["storage_by_kind"]]
     skipped = [[s["name"], s["reason"]] for s in report["skipped"]]
+    memory = memory_rows(report.get("memory"))
     return [
         ("Summary", ["quantity", "baseline", "final", "final / baseline"], [list(r) for r in summary_rows(report)]),
         ("Steps", ["#", "method", "seconds", metric, "params", "non-zeros", "checkpoint bytes (final: artifact bytes)",
@@ -185,4 +186,25 @@ def sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
         ("Layers", *layer_rows(report["layers"])),
         ("Size by storage kind", ["kind", "layers", "params", "stored bytes", "share"], kinds),
         ("Skipped modules", ["module", "reason"], skipped or [["(none)", ""]]),
+        *([("Memory and time", MEMORY_HEADER, memory)] if memory else []),
     ]
+
+
+MEMORY_HEADER = ["stage", "seconds", "peak RSS, MB", "peak RSS / fp32 model", "peak CUDA, MB"]
+
+
+def memory_rows(memory: dict[str, Any] | None) -> list[list[str]]:
+    """One row per stage of the run (measured peak RSS, its ratio to the model's fp32 bytes, peak
+    CUDA memory, wall time), then the process's peak and what it held before the model."""
+    if not memory:
+        return []
+    mb = lambda b: "-" if b is None else f"{b / 2**20:,.0f}"  # noqa: E731
+    rows = [[s["stage"], f"{s['seconds']:.1f}", mb(s["peak_rss_bytes"]), fmt(s.get("peak_rss_x_fp32")),
+             mb(s.get("peak_cuda_bytes"))] for s in memory.get("stages", [])]
+    fp32 = memory.get("fp32_model_bytes") or 0
+    rows.append(["whole run (process high-water mark)", "", mb(memory.get("process_peak_rss_bytes")),
+                 fmt(memory.get("process_peak_rss_x_fp32")), ""])
+    rows.append([f"before the model was opened (fp32 model: {mb(fp32)} MB"
+                 f"{', streamed' if memory.get('streamed') else ''})", "", mb(memory.get("rss_before_model_bytes")),
+                 fmt(round(memory["rss_before_model_bytes"] / fp32, 3)) if fp32 else "-", ""])
+    return rows
