@@ -41,6 +41,19 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
+STREAMED_RECIPE = {"name": "dist", "stream": True, "data": {"seq_len": 64, "limit": 2},
+                   "measure": {"batch_size": 1, "repeats": 1, "paired": False},
+                   "steps": [{"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
+                             {"method": "export"}]}
+
+
+def _streamed_run(model_dir: Path, corpus: Path, out: Path) -> dict:
+    from netslim.recipe.runner import execute_recipe
+    from netslim.recipe.spec import parse_recipe
+
+    return execute_recipe(parse_recipe(STREAMED_RECIPE), out, model_ref=str(model_dir), data=str(corpus))[0]
+
+
 def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -57,8 +70,18 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         except NetslimError as e:
             message = str(e)
         Path(f"{out}/error_{rank}.txt").write_text(message)
+        os.environ["WORLD_SIZE"] = str(world)  # what torchrun sets: the runner joins the existing group
+        report = _streamed_run(Path(out) / "model", Path(out) / "corpus.txt", Path(out) / "run")
+        Path(f"{out}/run_{rank}.txt").write_text("report" if report else "no report")
     finally:
         dist.destroy_process_group()
+
+
+def _model_dir(path: Path) -> None:
+    from netslim.models.hf import byte_tokenizer
+
+    tiny_llama().save_pretrained(path)
+    byte_tokenizer("causal").save_pretrained(path)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +89,9 @@ def ranks(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("dist")
+    _model_dir(out / "model")
+    (out / "corpus.txt").write_text("".join(f"Line {i} of a text to calibrate and score a model on.\n"
+                                            for i in range(300)))
     env = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
@@ -113,3 +139,18 @@ def test_samples_that_do_not_divide_over_the_ranks(ranks):
     for r in (0, 1):
         msg = (ranks / f"error_{r}.txt").read_text()
         assert "calibration num_samples (5) must be a multiple of the number of processes (2)" in msg
+
+
+def test_a_torchrun_of_a_streamed_recipe_writes_once_what_one_process_writes(ranks, tmp_path):
+    assert (ranks / "run_0.txt").read_text() == "report" and (ranks / "run_1.txt").read_text() == "no report"
+    files = sorted(p.name for p in (ranks / "run").iterdir())
+    assert files == [".netslim.lock", "checkpoints", "model.safetensors", "plots", "report.html", "report.json",
+                     "report.md", "state.json"]
+    single = _streamed_run(ranks / "model", ranks / "corpus.txt", tmp_path / "single")
+    a, b = load_file(ranks / "run" / "model.safetensors"), load_file(single["artifact"])
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+        else:
+            assert (a[k] == b[k]).float().mean() > 0.999, k

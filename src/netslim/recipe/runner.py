@@ -253,9 +253,11 @@ def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: P
         wrote = True
         with PeakMemory() as mem:
             try:
-                if isinstance(model, StreamedModel):
+                if not main and step.method in ("evaluate", "export"):
+                    pass  # another rank of a torchrun: rank 0 scores and writes
+                elif isinstance(model, StreamedModel):
                     model, wrote = streamed.stream_apply(model, step, ctx, ckpt, memory["memory_budget"])
-                elif main or step.method not in ("evaluate", "export"):
+                else:
                     model = apply(model, step, ctx)
             except NetslimError as e:
                 raise NetslimError(f"step {i + 1} ({step.method}): {e}") from None
