@@ -68,7 +68,7 @@ def test_ct_pack_is_compressed_tensors_pack_to_int32(bits, cols):
     signed = (codes.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8)
     ours = ct_pack(codes, bits)
     assert torch.equal(ours, pack_to_int32(signed, bits))
-    assert torch.equal(ct_unpack(ours, bits, cols), codes)
+    assert torch.equal(ct_unpack(ours, bits, cols=cols), codes)
     assert torch.equal(unpack_from_int32(ours, bits, torch.Size([5, cols])), signed)
     # zero points (rows, groups) are packed along dim 0
     zp, zp_signed = codes.t(), signed.t().contiguous()

@@ -65,7 +65,7 @@ def ct_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return words[:, :-(-cols * bits // 32)].contiguous()
 
 
-def ct_unpack(words: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+def ct_unpack(words: torch.Tensor, bits: int, *, cols: int) -> torch.Tensor:
     """Inverse of :func:`ct_pack`: int32 ``(R, W)`` -> uint8 codes ``(R, cols)``."""
     rows = words.shape[0]
     w = words.to(torch.int64) & 0xFFFFFFFF
@@ -307,7 +307,7 @@ def _fp16_exact(scale: torch.Tensor, key: str, where: str) -> torch.Tensor:
     return s16
 
 
-def read_layer(module: nn.Module, group: Group, get, where: str) -> nn.Module:
+def read_layer(module: nn.Module, group: Group, *, get, where: str) -> nn.Module:
     """netslim's layer for the skeleton ``module`` (an nn.Linear / nn.Embedding) from its
     compressed-tensors tensors (``get(local_name) -> Tensor | None``)."""
     s, fmt = group.scheme, group.format
@@ -326,7 +326,7 @@ def read_layer(module: nn.Module, group: Group, get, where: str) -> nn.Module:
         if shape.tolist() != [rows, cols]:
             raise NetslimError(f"{where}: 'weight_shape' is {shape.tolist()}; the model has {[rows, cols]}.")
         words = _tensor(get, "weight_packed", (rows, -(-cols * s.bits // 32)), (torch.int32,), where)
-        signed = ct_unpack(words, s.bits, cols).to(torch.int16) - half   # (R, C)
+        signed = ct_unpack(words, s.bits, cols=cols).to(torch.int16) - half   # (R, C)
     else:
         signed = _tensor(get, "weight", (rows, cols), (torch.int8,), where).to(torch.int16)
         if int(signed.min()) < -half or int(signed.max()) >= half:
@@ -356,7 +356,7 @@ def _zero_points(get, fmt: str, bits: int, shape: tuple, where: str) -> torch.Te
     half = 2 ** (bits - 1)
     if fmt == PACK and len(shape) == 2:
         words = _tensor(get, "weight_zero_point", (-(-shape[0] * bits // 32), shape[1]), (torch.int32,), where)
-        return ct_unpack(words.t(), bits, shape[0]).t().to(torch.int16) - half
+        return ct_unpack(words.t(), bits, cols=shape[0]).t().to(torch.int16) - half
     zp = get("weight_zero_point")
     zp = _tensor(get, "weight_zero_point", shape, (zp.dtype,) if zp is not None else (), where)
     zf = zp.double()

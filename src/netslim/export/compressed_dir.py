@@ -39,7 +39,7 @@ def _matches(name: str, module: nn.Module, target: str) -> bool:
     return target == name or any(c.__name__ == target for c in type(module).__mro__)
 
 
-def match_targets(model: nn.Module, groups: list[Group], ignore: list[str], where: str) -> dict[str, Group]:
+def match_targets(model: nn.Module, groups: list[Group], *, ignore: list[str], where: str) -> dict[str, Group]:
     """Linear / Embedding modules a group targets and ``ignore`` leaves (compressed-tensors
     quantizes no other type); a module two groups claim is an error."""
     out: dict[str, Group] = {}
@@ -102,13 +102,14 @@ def open_compressed_dir(path: Path, cfg: dict) -> nn.Module:
     plain = {k: v for k, v in cfg.items() if k not in ("quantization_config", "dtype", "torch_dtype")}
     model = cls(cls.config_class.from_dict(safe_attn_config(plain))).float().eval()  # weights come below
     files = DirTensors(path)
-    targets = match_targets(model, groups, ignore, where)
+    targets = match_targets(model, groups, ignore=ignore, where=where)
     if not targets:
         raise NetslimError(f"{where}: no Linear or Embedding layer of {cls.__name__} matches the quantization "
                            "config's targets.")
     for name, group in targets.items():
         get = lambda local, n=name: files.get(f"{n}.{local}")  # noqa: E731
-        replace_module(model, name, read_layer(get_module(model, name), group, get, f"{path}: layer {name!r}"))
+        layer = read_layer(get_module(model, name), group, get=get, where=f"{path}: layer {name!r}")
+        replace_module(model, name, layer)
     _load_dense(model, files, set(targets), path)
     return model
 

@@ -92,8 +92,9 @@ class Plan:
     generation_config: Any = None
 
 
-def save_hf(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write ``model`` as a Hugging Face directory at ``path`` (see the module docstring)."""
+def save_hf(model: nn.Module, path: str | os.PathLike, *, info: dict | None = None) -> Path:
+    """Write ``model`` as a Hugging Face directory at ``path`` (see the module docstring); ``info``:
+    a run's info block, whose ``source`` names the tokenizer (default: the model's own record)."""
     return export_hf(model, Path(path), info)[0]
 
 
