@@ -155,3 +155,16 @@ def test_bad_streaming_input_is_one_line_and_writes_nothing(inputs, tmp_path, ca
     assert code == 2 and err.count("\n") == 1 and err.startswith("netslim: error: "), err
     assert re.search(expected, err), err
     assert not out.exists()
+
+
+def test_every_shipped_recipe_that_streams_can_stream():
+    from netslim.api import recipes_dir
+    from netslim.recipe import load_recipe
+    from netslim.recipe.streamed import blockers
+
+    streamed = [load_recipe(p) for p in sorted(recipes_dir().glob("*.yaml"))]
+    streamed = [r for r in streamed if r.stream is True]
+    assert len(streamed) >= 6  # the SmolLM2 one-shot and weight-only recipes
+    for r in streamed:
+        assert not blockers(r), r.name
+        assert r.measure.batch_size == 1 and r.measure.repeats <= 3 and r.data.get("eval_batch_size") == 1, r.name
