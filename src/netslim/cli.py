@@ -171,7 +171,7 @@ def _split(value: str) -> str:
 
 
 _SPLITS = ("train", "val", "test")
-_ART_HELP = "artifact (.safetensors/.nsz), zoo name, Hugging Face directory or file.py:factory"
+_ART_HELP = "artifact (.safetensors/.nsz/.onnx), zoo name, Hugging Face directory or file.py:factory"
 _BASE_HELP = "path/to/file.py:factory: rebuilds artifacts of your own model class"
 
 
@@ -215,17 +215,25 @@ def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
             model: Optional[str] = typer.Option(None, help=_BASE_HELP),
             dataset: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=_DATA_HELP),
             no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
-    """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go)."""
+    """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go;
+    .onnx: its ops, QDQ layers and the ONNX Runtime check made at export)."""
     from netslim.measure import layer_table
+    from netslim.report import layer_rows
 
+    if artifact.lower().endswith(".onnx") and Path(artifact).is_file():  # the graph as stored; no data needed
+        from netslim.models.onnx_model import OnnxModel, onnx_overview
+
+        onnx_model = OnnxModel(Path(artifact))
+        console.print(_table(f"{artifact} (ONNX)", ["quantity", "value"], onnx_overview(onnx_model)))
+        rows = layer_table(onnx_model, onnx_model.example_inputs(1))
+        console.print(_table(str(artifact), *layer_rows([r.as_dict() for r in rows])))
+        return
     if artifact.endswith(".nsz") and Path(artifact).is_file():  # Huffman-coded: bits per tensor
         from netslim.codec.inspect import breakdown_table
 
         console.print(_table(str(artifact), *breakdown_table(Path(artifact))))
 
     net, t, _ = _open(artifact, model, None, dataset, data, None, None, not no_verify)
-    from netslim.report import layer_rows
-
     rows = layer_table(net, t.example_inputs(1))  # the same rows and columns as the report's layer table
     console.print(_table(str(artifact), *layer_rows([r.as_dict() for r in rows])))
 

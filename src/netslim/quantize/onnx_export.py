@@ -1,5 +1,14 @@
 """ONNX export in QDQ form, and a check of the exported file in ONNX Runtime.
 
+What the graph takes and returns: :mod:`netslim.quantize.onnx_io` (a Hugging Face causal LM,
+encoder or classifier exports through a wrapper: token tensors in, ``logits`` /
+``last_hidden_state`` out, no KV cache, symbolic batch and sequence). The file's metadata
+``netslim`` holds the run's description (model, data, task kind, inputs, outputs, the check made
+at export) so that ``netslim eval / bench / inspect`` open it (:mod:`netslim.models.onnx_model`).
+The check and its stated tolerances: :mod:`netslim.quantize.onnx_runtime`; the recipe step
+(``export: {format: onnx}``) runs it on 8 test rows of the run's data and records it in the
+step's notes.
+
 The static int8 modules (:class:`Int8Conv2d` / :class:`Int8Linear`, from PTQ, QAT or mixed
 precision) are swapped, in a copy of the model, for export twins that spell out their
 arithmetic with the ``quantized_decomposed`` ops - which ``torch.onnx`` (dynamo) lowers to
@@ -14,7 +23,8 @@ its body and shortcut layers' own twins, a float ``Add`` [+ ``Relu``] and Q/DQ o
 unit) need no node: the consumer's input grid is the producer's output grid, so its Q/DQ is exact.
 
 The weight is an **int8 initializer** (codes of any width 2..8 unpacked to int8: the file
-stores 8 bits per weight), so the file is about as small as the int8 artifact; ONNX Runtime
+stores 8 bits per weight, and an int8 zero point per channel), so the file is about as small
+as the int8 artifact; ONNX Runtime
 fuses the pattern into ``QLinearConv`` / ``QLinearMatMul`` integer kernels. Float modules
 export as float.
 
@@ -28,7 +38,8 @@ initializer; the graph unpacks them with integer Div / Mod (torch.onnx mistypes 
 bit masks) and dequantizes ``(code - zero) * scale`` per group. Any other module holding integer tensors is refused up front,
 naming the module and what is supported.
 
-Tolerance (see :func:`check_onnx`, tests in tests/quantize/test_onnx.py):
+Tolerance (see :func:`check_onnx`, tests in tests/quantize/test_onnx.py; the bounds the recipe
+step applies: :mod:`netslim.quantize.onnx_runtime`):
 
 * ONNX Runtime with graph optimisations off evaluates the QDQ graph op by op and reproduces
   PyTorch's static int8 output up to one-step flips (a value on a rounding boundary: oneDNN's
@@ -46,7 +57,11 @@ Tolerance (see :func:`check_onnx`, tests in tests/quantize/test_onnx.py):
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,13 +69,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netslim.core.errors import NetslimError
+from netslim.core.errors import NetslimError, clip
 from netslim.core.export import register_exporter
 from netslim.core.serialize import atomic_write
+from netslim.models.onnx_model import onnx_description, set_description
 
 from .dynamic import POST_OPS, DynamicInt8Linear
 from .int8_blocks import Int8Residual
 from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base
+from .onnx_io import graph_module
+from .onnx_runtime import check_graph, check_onnx, onnx_session, run_onnx  # noqa: F401  (public here too)
 from .weight_only import QuantizedEmbedding, QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -86,7 +104,7 @@ class _QDQ(nn.Module):
         super().__init__()
         self.register_buffer("w_int8", m.int_weight().detach().clone())
         self.register_buffer("w_scale", m.weight_scale.detach().float().clone())
-        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.long))
+        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8))  # DequantizeLinear reads int8 zero points
         self.bias = nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         a = [float(v) for v in m.act_qparams]
         self.in_s, self.in_z, self.out_s, self.out_z = a[0], int(a[1]), a[2], int(a[3])
@@ -129,7 +147,7 @@ class _DynamicQDQ(nn.Module):
         super().__init__()
         self.register_buffer("w_int8", m.weight_int8.detach().clone())
         self.register_buffer("w_scale", m.weight_scale.detach().float().clone())
-        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.long))
+        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8))  # DequantizeLinear reads int8 zero points
         self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         self.per_token = m.activations == "per_token"
         self.gelu = POST_OPS[m.post_op]  # fused into the int8 GEMM
@@ -253,115 +271,210 @@ def _as_args(example: Any) -> tuple[tuple, dict]:
 
 
 def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *,
-                dynamic_dims: dict[int, str] | None = None) -> Path:
+                dynamic_dims: dict[int, str] | None = None, info: dict | None = None) -> Path:
     """Write ``model`` as ONNX (QDQ for the int8 layers) to ``path`` atomically; returns the path.
 
     ``example_inputs``: a tensor or a dict of tensors (keyword inputs, e.g. a tokenizer's).
-    ``dynamic_dims``: input dims left symbolic, by name (a name shared by several inputs is one
-    symbol); default ``{0: "batch"}`` for a tensor and ``{0: "batch", 1: "sequence"}`` for a
-    dict of token tensors; ``{}`` exports fixed shapes.
+    A Hugging Face model exports through :func:`netslim.quantize.onnx_io.graph_module`: token
+    tensors in, ``logits`` / ``last_hidden_state`` out, no KV cache. ``dynamic_dims``: input
+    dims left symbolic, by name (a name shared by several inputs is one symbol); default
+    ``{0: "batch"}`` for a tensor and ``{0: "batch", 1: "sequence"}`` for a dict of token
+    tensors; ``{}`` exports fixed shapes. ``info``: the run's description (model, data, ...),
+    stored with the graph's inputs and outputs in the file's metadata ``netslim`` so that
+    ``netslim eval`` re-scores the file on the same data.
     """
+    return write_onnx(model, path, example_inputs, dynamic_dims=dynamic_dims, info=info)[0]
+
+
+def write_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *, dynamic_dims: dict[int, str] | None = None,
+               info: dict | None = None, check_inputs: Any = None) -> tuple[Path, dict | None]:
+    """:func:`export_onnx`, and with ``check_inputs`` the ONNX Runtime check of the graph on them
+    (:func:`check_graph`) before anything is written: ``(path, check or None)``. The check is
+    stored in the file's description too."""
+    import onnx
+
     path = Path(path)
     _qd()  # why first: torch.onnx builds its op table at export start; ops registered later have no ONNX function
-    twin = onnx_twin(model)
-    args, kwargs = _as_args(example_inputs)
+    spec = graph_module(model, example_inputs)
+    twin = onnx_twin(spec.module)
+    proto = _trace(twin, spec, dynamic_dims, type(model).__name__)
+    for node in proto.graph.node:  # per-node debug metadata (source stack, FX node text): ~45 % of a small file
+        del node.metadata_props[:]
+    del proto.graph.value_info[:]  # intermediate shapes: optional, ~10 % of a small file; ORT infers its own
+    if spec.kind == "module" and len(proto.graph.output) == 1:
+        _rename_value(proto, proto.graph.output[0].name, "output")  # not the last op's name (dequantize_per_tensor_3)
+    outputs = list(spec.outputs) if spec.kind != "module" else [o.name for o in proto.graph.output]
+    example = spec.example if isinstance(spec.example, dict) else {proto.graph.input[0].name: spec.example}
+    desc = onnx_description(spec.kind, example, outputs, config=spec.config, info=info,
+                            packed_bits=_packed_bits(twin, proto))
+    check = None
+    if check_inputs is not None:
+        check = desc["ort_check"] = check_graph(model, spec, proto.SerializeToString(), check_inputs)
+    set_description(proto, desc)
+    atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    return path, check
+
+
+def _trace(twin: nn.Module, spec, dynamic_dims: dict[int, str] | None, who: str):
+    """The optimised ModelProto of ``twin`` traced on ``spec.example`` (torch.onnx, dynamo)."""
+    args, kwargs = _as_args(spec.example)
     if dynamic_dims is None:
         dynamic_dims = {0: "batch"} if args else {0: "batch", 1: "sequence"}
     dims = {n: torch.export.Dim(n, min=1 if d == 0 else 2) for d, n in dynamic_dims.items()}
 
-    def spec(t: torch.Tensor) -> dict:
+    def dims_of(t: torch.Tensor) -> dict:
         return {d: dims[n] for d, n in dynamic_dims.items() if d < t.dim()}
 
-    dyn = (spec(args[0]),) if args else {k: spec(v) for k, v in kwargs.items()}
-    if not dynamic_dims:
-        dyn = None
+    dyn = ((dims_of(args[0]),) if args else {k: dims_of(v) for k, v in kwargs.items()}) if dynamic_dims else None
+    names = {"input_names": ["pixel_values"] if spec.kind == "image_classification" else None,
+             "output_names": list(spec.outputs) if spec.kind != "module" else None}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():
             program = torch.onnx.export(twin, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dyn,
-                                        optimize=False, verbose=False, custom_translation_table=_translations())
-        # why a small input_size_limit: the default (8192) folds the unpack + dequantize of small
-        # layers into float initializers - the file would silently hold fp32 weights for them
-        import onnxscript.optimizer
+                                        optimize=False, verbose=False, custom_translation_table=_translations(),
+                                        **names)
+            # why a small input_size_limit: the default (8192) folds the unpack + dequantize of small
+            # layers into float initializers - the file would silently hold fp32 weights for them
+            import onnxscript.optimizer
 
-        onnxscript.optimizer.optimize_ir(program.model, input_size_limit=64)
-    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:  # torch.export / onnx lowering
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NetslimError(f"ONNX export of {type(model).__name__} failed: {first}") from e
-    atomic_write(path, lambda tmp: _save_lean(program, tmp))
-    return path
-
-
-def _save_lean(program, tmp: str) -> None:
-    """Save without the per-node debug metadata (source stack, FX node text): ~45 % of a small file."""
-    import onnx
-
-    program.save(tmp)
-    proto = onnx.load(tmp)
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-    onnx.save(proto, tmp)
+            names = _folded_names(program.model.graph)
+            onnxscript.optimizer.optimize_ir(program.model, input_size_limit=64)
+            return _rename(program.model_proto, names)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError, AssertionError) as e:  # torch.export / lowering
+        raise NetslimError(f"ONNX export of {who} failed: {_export_reason(e)}") from None
 
 
-def _numpy_feed(session, example: Any) -> dict:
-    names = [i.name for i in session.get_inputs()]
-    if isinstance(example, torch.Tensor):
-        return {names[0]: example.detach().cpu().numpy()}
-    return {k: v.detach().cpu().numpy() for k, v in example.items() if k in names}
+_LAYOUT_OPS = ("Transpose", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity")
 
 
-def onnx_session(path: str | Path, threads: int | None = None, optimize: bool = True):
-    """An ONNX Runtime CPU session; ``optimize``: full graph optimisation (QDQ pairs fuse into
-    integer kernels), else the graph runs op by op as written."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise NetslimError("onnxruntime is not installed: pip install 'netslim[export]'.") from None
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session, example: Any) -> torch.Tensor:
-    """First output of ``session`` on ``example`` (tensor or dict) as a torch tensor."""
-    return torch.from_numpy(session.run(None, _numpy_feed(session, example))[0])
-
-
-@torch.no_grad()
-def check_onnx(model: nn.Module, path: str | Path, example_inputs: Any, optimize: bool = True) -> dict[str, float]:
-    """Compare ONNX Runtime on ``path`` with ``model`` in PyTorch on the same inputs
-    (``optimize``: ORT's fused integer kernels, else the graph op by op).
-
-    Returns max / mean absolute difference of the first output, the largest output scale
-    of the model's last int8 layer (the unit of the tolerance) and, for 2-D outputs, the
-    fraction of rows whose argmax agrees.
-    """
-    model.eval()
-    ref = model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
-    ref = ref if isinstance(ref, torch.Tensor) else ref[0]
-    got = run_onnx(onnx_session(path, optimize=optimize), example_inputs)
-    diff = (got.float() - ref.float()).abs()
-    out = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-           "frac_differ": float((diff > 1e-6).float().mean()), "ref_abs_max": float(ref.abs().max())}
-    steps = [float(m.act_qparams[2]) for m in model.modules() if isinstance(m, _Int8Base)]
-    if steps:
-        out["last_output_step"] = steps[-1]
-    if ref.dim() == 2:
-        out["argmax_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+def _folded_names(graph) -> dict[str, str]:
+    """Output name -> initializer name of layout ops on a weight (``Transpose(W)`` of ``F.linear``):
+    the optimiser folds them into new initializers called ``val_N``, which :func:`_rename`
+    gives their weight's name back (the layer names of ``netslim inspect``)."""
+    origin = {name: name for name in graph.initializers}
+    out = {}
+    for node in graph:
+        if node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None \
+                and node.inputs[0].name in origin and len(node.outputs) == 1:
+            origin[node.outputs[0].name] = out[node.outputs[0].name] = origin[node.inputs[0].name]
     return out
 
 
-def _export_step(model: nn.Module, path: Path, info: dict) -> Path:
-    """The recipe ``export`` step's ``onnx`` format: example shape from the run's dataset."""
+def _rename(proto, names: dict[str, str]):
+    taken = {i.name for i in proto.graph.initializer} | {n for node in proto.graph.node for n in node.output}
+    mapping = {}
+    for init in proto.graph.initializer:
+        target = names.get(init.name)
+        if target and target not in taken:
+            mapping[init.name] = init.name = target
+            taken.add(target)
+    if mapping:
+        for node in proto.graph.node:
+            node.input[:] = [mapping.get(n, n) for n in node.input]
+        for vi in proto.graph.value_info:
+            vi.name = mapping.get(vi.name, vi.name)
+    return proto
+
+
+def _rename_value(proto, old: str, new: str) -> None:
+    g = proto.graph
+    if old == new or any(new in (*n.input, *n.output) for n in g.node) or new in {i.name for i in g.initializer}:
+        return
+    for node in g.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for vi in (*g.output, *g.value_info):
+        if vi.name == old:
+            vi.name = new
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.export prints partial graphs and warnings to stderr on failure: the CLI's error is one line."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                   if n == "torch" or n.startswith(("torch.", "onnxscript"))]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _export_reason(e: BaseException) -> str:
+    """The innermost cause of a torch.onnx failure, first line (the outer ones are generic advice)."""
+    inner = e
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip()
+    line = text.splitlines()[0] if text else ""
+    hint = ""
+    if "data-dependent" in text:
+        hint = " (the forward branches on tensor values, which a graph cannot express)"
+    return f"{type(inner).__name__}: {clip(line, 300)}{hint}"
+
+
+def _packed_bits(twin: nn.Module, proto) -> dict[str, int]:
+    """Initializer name of each packed weight -> its bits per code (the graph unpacks them)."""
+    names = {i.name for i in proto.graph.initializer}
+    out = {}
+    for name, m in twin.named_modules():
+        key = f"{name}.weight_packed" if name else "weight_packed"
+        if isinstance(m, _PackedTwin) and key in names:
+            out[key] = int(m.bits)
+    return out
+
+
+# -------------------------------------------------------------------------- recipe step
+def export_step(model: nn.Module, path: Path, info: dict, **options: Any) -> tuple[Path, dict]:
+    """The recipe ``export`` step's ``onnx`` format: ``(path, notes)``.
+
+    The run's task, rebuilt from ``info`` as ``netslim eval`` rebuilds it (a named dataset with
+    its options, or the stored spec of the user's files), gives the traced example (2 rows)
+    and the check batch (8 rows of the test split; 2 for a causal LM). ``notes``:
+    ``{"ort_check": ...}`` (:func:`netslim.quantize.onnx_runtime.check_graph`), and
+    ``{"warnings": [...]}`` when the difference exceeds the stated tolerance (also logged).
+    """
+    from netslim.train.object_tasks import model_kind
+
+    if options:
+        raise NetslimError(f"export format 'onnx' takes no options; got {', '.join(sorted(options))}.")
+    task = _task_from_info(model, info or {})
+    rows = 2 if model_kind(model) == "causal_lm" else 8
+    path, check = write_onnx(model, path, task.example_inputs(2), info=info, check_inputs=task.example_inputs(rows))
+    notes: dict[str, Any] = {"ort_check": check}
+    if not check["within_tolerance"]:
+        t = check["tolerance"]
+        warning = (f"ONNX Runtime check of {path.name}: {t['metric']} {check[t['metric']]:.3g} vs the PyTorch model "
+                   f"exceeds the stated tolerance {t['bound']:.3g} ({t['rule']}).")
+        log.warning("%s", warning)
+        notes["warnings"] = [warning]
+    return path, notes
+
+
+def _task_from_info(model: nn.Module, info: dict) -> Any:
+    """The run's task from its ``info`` (what artifacts store for ``netslim eval``)."""
     from netslim.train.tasks import get_task
 
-    dataset = (info or {}).get("dataset")
-    if not dataset:
-        raise NetslimError("ONNX export needs example inputs: the run's info names no 'dataset'.")
-    example = get_task(dataset).example_inputs(2)
-    return export_onnx(model, path, example)
+    data = info.get("data")
+    if isinstance(data, dict):  # the user's files: read again (for the example rows only)
+        from netslim.train.file_tasks import open_data, parse_data_spec
+
+        return open_data(parse_data_spec(data, "the run's data"), model, source=info.get("source"),
+                         reference=lambda: model)
+    dataset = info.get("dataset")
+    if not isinstance(dataset, str) or dataset in ("in-memory", "files"):
+        raise NetslimError("ONNX export needs example inputs from the run's data, and this run's data is "
+                           f"{'in memory' if dataset == 'in-memory' else 'not recorded'}; export with "
+                           "netslim.quantize.export_onnx(model, path, example_inputs) instead.")
+    options = dict(info.get("data_options") or {})
+    if dataset in ("pydocs", "pydocs-sentences") and isinstance(info.get("source"), str):
+        options.setdefault("model_name", info["source"])
+    return get_task(dataset, **options)
 
 
-register_exporter("onnx", _export_step, ".onnx")
+register_exporter("onnx", export_step, ".onnx")

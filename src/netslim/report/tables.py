@@ -63,7 +63,7 @@ def normalised(report: dict[str, Any]) -> dict[str, Any]:
     rep = {**report, "baseline": with_spread(report["baseline"]), "final": with_spread(report["final"]),
            "steps": [{**s, "metrics": with_spread(s["metrics"])} for s in report["steps"]]}
     rep["definitions"] = definitions(rep)
-    rep["warnings"] = latency_warnings(rep)
+    rep["warnings"] = step_warnings(rep) + latency_warnings(rep)
     rep["storage_by_kind"] = storage_by_kind(rep["layers"])
     return rep
 
@@ -73,6 +73,19 @@ def _blocks(report: dict[str, Any]):
     for i, s in enumerate(report["steps"]):
         yield f"step {i + 1} ({s['method']})", s["metrics"]
     yield "final", report["final"]
+
+
+def step_warnings(report: dict[str, Any]) -> list[str]:
+    """What steps flagged in their notes: ``notes["warnings"]`` or ``notes[<key>]["warnings"]``
+    (a list of sentences; e.g. the ONNX export's Runtime check above its tolerance)."""
+    lines = []
+    for i, s in enumerate(report["steps"]):
+        notes = s.get("notes") if isinstance(s.get("notes"), dict) else {}
+        for block in (notes, *(v for v in notes.values() if isinstance(v, dict))):
+            found = block.get("warnings")
+            if isinstance(found, list):
+                lines += [f"step {i + 1} ({s['method']}): {w}" for w in found if isinstance(w, str)]
+    return lines
 
 
 def latency_warnings(report: dict[str, Any]) -> list[str]:

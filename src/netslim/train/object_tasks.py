@@ -35,6 +35,9 @@ MODEL_KINDS = ("causal_lm", "text_classification", "image_classification", "embe
 # ----------------------------------------------------------------------- the model
 def model_kind(model: nn.Module) -> str:
     """One of :data:`MODEL_KINDS`, from the model's class and config (it is never run)."""
+    declared = getattr(model, "netslim_model_kind", None)  # a model run elsewhere (an .onnx file) says its kind
+    if declared in MODEL_KINDS:
+        return declared
     if "transformers" not in sys.modules:  # then it cannot be a transformers model
         return "module"
     from torch.nn.utils import parametrize
