@@ -4,11 +4,13 @@ Part ``big``: a random-initialised Llama-architecture model of >= 1B parameters 
 geometry: hidden 2048, 22 blocks, 32 heads / 4 KV heads, FFN 5632, vocab 32000) written as
 sharded safetensors under ``--work`` one tensor at a time (the writer never holds the model),
 then ``netslim compress`` with GPTQ w4 g128 and with SparseGPT 50 % (``stream: true``), each
-run under a hard limit on the process of ``--limit-x`` (0.5) x the model's fp32 bytes:
-``systemd-run --user --scope -p MemoryMax=...`` where a user systemd answers, else
-``prlimit --as=...`` (an address-space limit: stricter than resident memory). The JSON says
-which. Peak RSS of each run comes from ``wait4`` (ru_maxrss); time per block and each stage's
-measured peak from the run's report.
+run under a hard memory limit below the model's fp32 bytes: ``systemd-run --user --scope -p
+MemoryMax=`` 0.5 x fp32 where a user systemd answers, else ``prlimit --as=`` 0.75 x fp32 (an
+address-space limit: torch, transformers and glibc reserve ~1 GB of address space beyond what
+is resident, so the same figure as for resident memory would stop the interpreter, not the
+model); ``--limit-x`` overrides. The JSON says which. Target: peak RSS <= 0.5 x fp32, read
+from ``wait4`` (ru_maxrss); time per block and each stage's measured peak from the report.
+``memory_budget`` = 0.5 x fp32 less 0.4 GB (interpreter and libraries).
 
 Part ``smollm2``: the shipped recipe ``sparsegpt_smollm2_50`` (``stream: true``) and the same
 recipe with ``stream: false``: identical perplexity (and artifact tensors), peak RSS of each and
@@ -103,24 +105,24 @@ def write_corpus(path: Path, lines: int) -> Path:
 
 
 # --------------------------------------------------------------------- the limit
-def limiter(limit_bytes: int | None) -> tuple[list[str], str]:
-    """The command prefix that caps a run's memory, and how it does it."""
-    if limit_bytes is None:
-        return [], "none"
+def limiter(fp32: int, limit_x: float | None) -> tuple[list[str], str, int]:
+    """The command prefix that caps a run's memory below ``fp32`` bytes, how, and the limit."""
     probe = subprocess.run(["systemd-run", "--user", "--scope", "-q", "true"], capture_output=True) \
         if shutil.which("systemd-run") else None
     if probe is not None and probe.returncode == 0:
-        return (["systemd-run", "--user", "--scope", "-q", "-p", f"MemoryMax={limit_bytes}", "-p", "MemorySwapMax=0"],
-                f"systemd-run --user --scope MemoryMax={limit_bytes}")
+        limit = int((limit_x or 0.5) * fp32)
+        return (["systemd-run", "--user", "--scope", "-q", "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0"],
+                f"systemd-run --user --scope MemoryMax={limit}", limit)
     if shutil.which("prlimit"):
-        return ["prlimit", f"--as={limit_bytes}"], f"prlimit --as={limit_bytes} (address space)"
+        limit = int((limit_x or 0.75) * fp32)
+        return ["prlimit", f"--as={limit}"], f"prlimit --as={limit} (address space)", limit
     raise SystemExit("no way to limit memory here (neither systemd-run --user nor prlimit works)")
 
 
 def run(cmd: list[str], prefix: list[str] = ()) -> dict:
     """Run ``cmd`` from the repo root: wall seconds, peak RSS (bytes, wait4), exit code, last lines."""
-    env = {**os.environ, "NETSLIM_PROGRESS": "0", "COLUMNS": "160", "OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    env = {**os.environ, "NETSLIM_PROGRESS": "0", "COLUMNS": "160", "MALLOC_ARENA_MAX": "2",  # fewer 64 MB arenas
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
     full = [*prefix, *map(str, cmd)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(full, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -168,13 +170,13 @@ def part_big(work: Path, tiny: bool, samples: int, seq_len: int, limit_x: float)
     fp32 = write_random_llama(model, geometry, 2**20 if tiny else 1 << 30)
     made = round(time.perf_counter() - t0, 1)
     corpus = write_corpus(work / "corpus.txt", 4000 if tiny else 40000)
-    limit = None if tiny else int(limit_x * fp32)
-    prefix, how = limiter(limit if limit else 3 << 30)
-    # What the step may use beyond the interpreter and libraries (~0.4 GB of the limit).
-    budget = "256MiB" if tiny else f"{max(256, (limit - (600 << 20)) >> 20)}MiB"
+    prefix, how, limit = limiter(3 << 30, 1.0) if tiny else limiter(fp32, limit_x)
+    # What a step may use beyond the interpreter and libraries (~0.4 GB): the RSS target less that.
+    budget = "256MiB" if tiny else f"{max(256, (fp32 // 2 - (400 << 20)) >> 20)}MiB"
     data = {"seq_len": seq_len, "limit": 2 if tiny else 4, "eval_batch_size": 1}
     out: dict = {"model": {"path": str(model), "geometry": geometry, "fp32_bytes": fp32, "written_seconds": made},
-                 "limit": {"bytes": limit, "how": how, "x_fp32": None if tiny else limit_x}, "memory_budget": budget}
+                 "limit": {"bytes": limit, "how": how, "x_fp32": None if tiny else round(limit / fp32, 3)},
+                 "memory_budget": budget}
     for name, step, export in (
         ("gptq_w4g128", {"method": "gptq", "bits": 4, "group_size": 128 if not tiny else 64, "num_samples": samples,
                          "seq_len": seq_len, "batch_size": 1}, {"filename": "gptq"}),
@@ -234,7 +236,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a 2-block model and short runs: checks the script")
     ap.add_argument("--samples", type=int, default=16, help="calibration sequences of the 1B runs")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--limit-x", type=float, default=0.5, help="hard memory limit as a multiple of fp32 bytes")
+    ap.add_argument("--limit-x", type=float, default=None,
+                    help="hard limit as a multiple of fp32 bytes (default 0.5 with systemd-run, 0.75 with prlimit --as)")
     args = ap.parse_args()
     work = args.work / ("tiny" if args.tiny else "real")
     work.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,8 @@ def block_need(block: nn.Module, config: Any, tokens: tuple[int, int], batch_siz
     ``weights`` (and the compressed copy being written), the solver's ``statistics`` (a
     Hessian per Linear for SparseGPT / GPTQ, a diagonal for Wanda) and ``solve`` (the largest
     layer's factorisation), ``batch`` (one batch's forward), and ``activations`` per sample
-    set: ``in_memory`` (inputs and outputs of the whole calibration set) or ``on_disk`` (one batch)."""
+    set: ``in_memory`` (inputs and outputs of the whole calibration set) or ``on_disk`` (one batch).
+    ``weights`` carries a quarter more for what the step adds (1-byte masks, new layers)."""
     from .layerwise import block_linears, weight_2d
 
     n, length = tokens
@@ -119,9 +120,9 @@ def block_need(block: nn.Module, config: Any, tokens: tuple[int, int], batch_siz
     inter = int(getattr(config, "intermediate_size", 0) or max((r for r, _ in shapes), default=hidden))
     heads = int(getattr(config, "num_attention_heads", 0) or 1)
     stats = solve = 0
-    if solver == "hessian":
+    if solver == "hessian":  # the largest layer: three float64 (C, C) in the factorisation, U and a permuted H
         stats = sum(4 * c * c for _, c in shapes)
-        solve = max((3 * 8 * c * c + 4 * c * c + 3 * 4 * r * c for r, c in shapes), default=0)
+        solve = max((3 * 8 * c * c + 2 * 4 * c * c + 3 * 4 * r * c for r, c in shapes), default=0)
     elif solver == "diag":
         stats = sum(4 * c for _, c in shapes)
         solve = max((2 * 4 * r * c for r, c in shapes), default=0)
@@ -131,7 +132,7 @@ def block_need(block: nn.Module, config: Any, tokens: tuple[int, int], batch_siz
     batch = 4 * b * length * (6 * hidden + 3 * inter) + 4 * b * heads * length * length
     sample = 4 * length * hidden
     weights = module_bytes(block)
-    return {"weights": weights + weights // 2, "statistics": stats, "solve": solve, "batch": batch,
+    return {"weights": weights + weights // 4, "statistics": stats, "solve": solve, "batch": batch,
             "in_memory": 2 * n * sample, "on_disk": 2 * b * sample}
 
 
