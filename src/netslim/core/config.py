@@ -91,7 +91,7 @@ FAMILIES: tuple[str, ...] = (
     "netslim.prune.obd",
     "netslim.codec",
     "netslim.prune.structured",
-    "netslim.prune.oneshot", "netslim.quantize.gptq",
+    "netslim.prune.oneshot", "netslim.quantize.gptq", "netslim.quantize.sparse_gptq",
     "netslim.search",
     "netslim.export.gguf",
     "netslim.export.hf",
@@ -150,5 +150,13 @@ def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
 
 
 def apply(model, config: MethodConfig, ctx):
-    """Apply any registered method config to ``model``; returns the (possibly new) model."""
-    return get_method(config.method).handler(model, config, ctx)
+    """Apply any registered method config to ``model``; returns the (possibly new) model.
+
+    Then the invariants declared on the model hold, or the step fails naming itself: layers
+    pruned N:M by an earlier step are still N:M (:mod:`netslim.core.patterns`)."""
+    from .patterns import check_patterns
+
+    model = get_method(config.method).handler(model, config, ctx)
+    if model is not None and hasattr(model, "get_submodule"):
+        check_patterns(model, config.method)
+    return model

@@ -381,9 +381,44 @@ def describe(model: nn.Module, info: dict | None = None) -> dict:
     return desc
 
 
+_STORAGE_FORMS: dict[type, Callable[[nn.Module], nn.Module | None]] = {}
+
+
+def register_storage_form(cls: type, form: Callable[[nn.Module], nn.Module | None]) -> None:
+    """Teach :func:`save` a more compact stored form of a module type: ``form(module)`` returns
+    the module to write in its place (an equivalent one, rebuilt by ``load``) or None to write
+    it as it is. Applies to instances of exactly ``cls`` (e.g. a quantized layer whose codes
+    are mostly zeros: :mod:`netslim.quantize.sparse_lowbit`)."""
+    _STORAGE_FORMS[cls] = form
+
+
+def _storage_forms(model: nn.Module) -> dict[str, nn.Module]:
+    out = {}
+    for name, m in model.named_modules():
+        form = _STORAGE_FORMS.get(type(m))
+        if name and form is not None:
+            new = form(m)
+            if new is not None:
+                out[name] = new
+    return out
+
+
 def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) -> Path:
-    """Write ``model`` to ``path`` (safetensors + JSON description + SHA-256 checksums), atomically."""
-    path = Path(path)
+    """Write ``model`` to ``path`` (safetensors + JSON description + SHA-256 checksums), atomically.
+
+    Modules with a registered storage form (:func:`register_storage_form`) are written in that
+    form when it applies; ``model`` itself is left as it was."""
+    swapped: dict[str, nn.Module] = {}
+    try:
+        for name, new in _storage_forms(model).items():
+            swapped[name] = replace_module(model, name, new)
+        return _save(model, Path(path), info)
+    finally:
+        for name, old in reversed(list(swapped.items())):
+            replace_module(model, name, old)
+
+
+def _save(model: nn.Module, path: Path, info: dict | None) -> Path:
     desc = describe(model, info)
     tensors: dict[str, torch.Tensor] = {}
     seen: dict[tuple, str] = {}

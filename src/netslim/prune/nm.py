@@ -21,6 +21,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.patterns import declare_nm
 from netslim.prune._api import Selector, as_config
 from netslim.prune.criteria import apply_masks, prunable_layers, sparsity_report
 from netslim.prune.unstructured import score_layers
@@ -96,6 +97,7 @@ def run_nm(model: nn.Module, cfg: NMConfig, ctx=None) -> nn.Module:
         ctx.skip(s["name"], s["reason"])
     scores = score_layers(usable, cfg.criterion, cfg.seed)
     apply_masks(model, {name: nm_mask(s, cfg.n, cfg.m) for name, s in scores.items()})
+    declare_nm(model, list(scores), cfg.n, cfg.m)  # later steps must keep it (netslim.core.patterns)
     if ctx is not None:
         ctx.notes[cfg.method] = sparsity_report(model)
     return model

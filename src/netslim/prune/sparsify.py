@@ -1,10 +1,17 @@
-"""The ``sparsify`` step: run a Linear layer sparse only where that was measured faster.
+"""The ``sparsify`` step: run a layer sparse only where that was measured faster.
 
-Masks are made permanent first. For every selected Linear, a dense copy (plain F.linear
+Masks are made permanent first. For every selected float Linear, a dense copy (plain F.linear
 on the pruned weight) and a :class:`~netslim.prune.sparse.SparseLinear` are timed on
 random inputs at each batch size in ``batch_sizes`` (interleaved, medians); the layer
 becomes sparse only if it is at least ``min_speedup`` times faster at *every* batch
 size. Every other layer is listed in the report's skipped modules with its timings.
+
+Static int8 layers (after ``ptq_int8`` / ``qat``: Int8Linear and Int8Conv2d, pruned zeros at
+code 0) are timed the same way, dense int8 (oneDNN) against the sparse int8 kernel
+(:mod:`netslim.quantize.sparse_int8`), each with its input as it arrives in the model
+(shape, quantized hand-off, memory format; recorded from one forward pass of the task's
+example inputs), and become :class:`~netslim.quantize.sparse_lowbit.SparseInt8Linear` /
+``SparseInt8Conv2d`` with ``kernel: sparse`` only where faster at every batch size.
 
 ```yaml
 - method: sparsify
@@ -23,10 +30,11 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.masks import make_permanent
-from netslim.core.surgery import replace_module
+from netslim.core.selectors import select
+from netslim.core.surgery import get_module, replace_module
 from netslim.measure.latency import interleaved_latency
 from netslim.prune._api import Selector, as_config
-from netslim.prune.criteria import prunable_layers
+from netslim.prune.criteria import PRUNABLE_TYPES, prunable_layers
 from netslim.prune.kernels import kernel_available
 from netslim.prune.sparse import SparseLinear, baked_copy
 
@@ -69,11 +77,20 @@ def time_layer(layer: nn.Linear, cfg: SparsifyConfig) -> dict[str, Any]:
     return out
 
 
+def _float_layers(model: nn.Module, cfg: SparsifyConfig, quantized: list[str]) -> list[tuple[str, nn.Module]]:
+    if not any(isinstance(m, PRUNABLE_TYPES) for m in model.modules()) and quantized:
+        return []  # a fully quantized model: only int8 layers to decide
+    return prunable_layers(model, cfg.include, cfg.exclude)
+
+
 @register(SparsifyConfig)
-def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None) -> nn.Module:
+def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None, example: Any = None) -> nn.Module:
     make_permanent(model)
-    layers = prunable_layers(model, cfg.include, cfg.exclude)
+    quantized = _static_int8_names(model, cfg)
+    layers = _float_layers(model, cfg, quantized)
     notes: dict[str, Any] = {"kernel": "compiled" if kernel_available() else "torch.sparse fallback", "layers": {}}
+    if quantized:
+        _sparsify_int8(model, quantized, cfg, ctx, notes, example)
     for name, layer in layers:
         if not isinstance(layer, nn.Linear):
             _skip(ctx, name, f"{type(layer).__name__}: no sparse kernel (runs dense; export 'sparse' stores it compactly)")
@@ -92,11 +109,47 @@ def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None) -> nn.Module:
     return model
 
 
+def _static_int8_names(model: nn.Module, cfg: SparsifyConfig) -> list[str]:
+    from netslim.quantize.sparse_select import STATIC_TYPES
+
+    return select(model, cfg.include, cfg.exclude, types=STATIC_TYPES, required=False)
+
+
+def _sparsify_int8(model: nn.Module, names: list[str], cfg: SparsifyConfig, ctx, notes: dict, example) -> None:
+    """Dense int8 vs sparse int8 per static int8 layer (see the module docstring)."""
+    from netslim.quantize.sparse_select import record_inputs, time_static_layer, unsupported
+
+    if example is None and ctx is not None and getattr(ctx, "task", None) is not None:
+        example = ctx.task.example_inputs(2)
+    seen = record_inputs(model, names, example) if example is not None else {}
+    notes["int8_layers"] = {}
+    for name in names:
+        layer = get_module(model, name)
+        why = unsupported(layer)
+        if why is None and name not in seen and not hasattr(layer, "in_features"):
+            why = "no example input to learn its input shape (give the step a task, or example= in Python)"
+        if why is not None:
+            _skip(ctx, name, f"int8 layer kept dense: {why}")
+            continue
+        result = time_static_layer(layer, seen.get(name), cfg.batch_sizes, rounds=cfg.rounds, repeats=cfg.repeats,
+                                   threads=cfg.threads, min_speedup=cfg.min_speedup)
+        module = result.pop("module")
+        notes["int8_layers"][name] = result
+        if result["faster"]:
+            replace_module(model, name, module)
+        else:
+            speed = ", ".join(f"b{b}: {t['speedup']:.2f}x" for b, t in result["timings"].items())
+            _skip(ctx, name, f"sparse int8 not faster enough than dense int8 (dense/sparse {speed}; need >= "
+                             f"{cfg.min_speedup}x at density {result['density']:.1%}, quads "
+                             f"{result['quad_density']:.1%})")
+
+
 def _skip(ctx, name: str, reason: str) -> None:
     if ctx is not None:
         ctx.skip(name, reason)
 
 
-def sparsify(model: nn.Module, cfg: SparsifyConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Make masks permanent and run Linear layers sparse where measured faster (in place)."""
-    return run_sparsify(model, as_config(SparsifyConfig, cfg, kwargs))
+def sparsify(model: nn.Module, cfg: SparsifyConfig | None = None, example: Any = None, **kwargs: Any) -> nn.Module:
+    """Make masks permanent and run Linear (and static int8) layers sparse where measured faster
+    (in place); ``example``: a batch of model inputs (the input shapes of int8 convolutions)."""
+    return run_sparsify(model, as_config(SparsifyConfig, cfg, kwargs), example=example)

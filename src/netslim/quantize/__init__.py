@@ -11,6 +11,9 @@ Public API (recipe method names in brackets):
 * :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]: oneDNN int8 GEMM on CPU, per-tensor or
   per-token activations, fp32 or bf16 body, GELU in the GEMM epilogue; :class:`BF16Config` /
   :func:`bf16_linears` [bf16]: Linear layers or the whole model
+* :class:`SparseInt8Linear`, :class:`SparseInt8Conv2d`, :class:`SparseQuantizedLinear`: pruned + quantized
+  layers stored as an index (bitmask or N:M) plus the non-zero codes; ``netslim.save`` writes a quantized
+  layer that way when it is smaller; the sparse int8 kernel runs where ``sparsify`` measured it faster
 * :func:`export_onnx` / :func:`check_onnx` (recipe ``export`` format ``onnx``): QDQ ONNX of the static int8
   layers, checked in ONNX Runtime
 """
@@ -24,9 +27,10 @@ from netslim.quantize.mixed import MixedPrecisionConfig, allocate_bits, mixed_pr
 from netslim.quantize.observers import OBSERVERS, make_observer
 from netslim.quantize.onnx_export import check_onnx, export_onnx
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights
+from netslim.quantize.sparse_lowbit import SparseInt8Conv2d, SparseInt8Linear, SparseQuantizedLinear
 
 __all__ = [
-    "check_onnx", "export_onnx",
+    "check_onnx", "export_onnx", "SparseInt8Conv2d", "SparseInt8Linear", "SparseQuantizedLinear",
     "MixedPrecisionConfig", "allocate_bits", "mixed_precision",
     "LSQ", "QATConfig", "QATConv2d", "QATLinear", "convert_qat", "prepare_qat",
     "Int8Conv2d", "Int8Linear", "PTQInt8Config", "fold_bn", "ptq_int8",

@@ -252,6 +252,8 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
             keep = get_mask(mod)
             if keep is not None and is_conv1d(mod):
                 keep = keep.T
+            if keep is None and bool((weight_2d(mod) == 0).any()):  # zeros made permanent earlier stay zeros
+                keep = weight_2d(mod) != 0
             codes, scale, zero, _w = gptq_quantize(
                 weight_2d(mod), hs[name], bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
                 act_order=cfg.act_order, clip_search=cfg.clip_search, damp=cfg.damp, blocksize=cfg.blocksize,

@@ -58,15 +58,22 @@ class _Int8Base(nn.Module):
         check_stream_bits(weight_bits, f"{type(self).__name__}.weight_bits")
         self.relu, self.weight_bits, self.quant_out = relu, weight_bits, quant_out
         self.weight_shape = tuple(wshape)
-        if weight_bits == 8:
-            self.register_buffer("weight_int8", torch.zeros(wshape, dtype=torch.int8, device=device))
-        else:  # packed bit stream of (code + 2^(bits-1)), padded to whole groups of 8 codes
-            nbytes = -(-self.weight_numel // 8) * weight_bits
-            self.register_buffer("weight_packed", torch.zeros(nbytes, dtype=torch.uint8, device=device))
+        self._init_codes(device)
         self.register_buffer("weight_scale", torch.ones(out_ch, device=device))
         self.register_buffer("act_qparams", torch.tensor([1.0, 0.0, 1.0, 0.0], device=device))  # in s, z, out s, z
         self.bias = nn.Parameter(torch.zeros(out_ch, device=device))
         self._packed = None
+
+    def _init_codes(self, device) -> None:
+        """The weight-code buffers (a sparse subclass registers its own: :mod:`.sparse_lowbit`)."""
+        if self.weight_bits == 8:
+            self.register_buffer("weight_int8", torch.zeros(self.weight_shape, dtype=torch.int8, device=device))
+        else:  # packed bit stream of (code + 2^(bits-1)), padded to whole groups of 8 codes
+            nbytes = -(-self.weight_numel // 8) * self.weight_bits
+            self.register_buffer("weight_packed", torch.zeros(nbytes, dtype=torch.uint8, device=device))
+
+    def _code_names(self) -> tuple[str, ...]:
+        return ("weight_int8",) if self.weight_bits == 8 else ("weight_packed",)
 
     @property
     def weight_numel(self) -> int:
@@ -109,18 +116,13 @@ class _Int8Base(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._packed = None  # weights changed: repack on next use
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        codes = "weight_int8" if self.weight_bits == 8 else "weight_packed"
-        if loaded(state_dict, prefix, (codes, "weight_scale", "act_qparams")):
+        if loaded(state_dict, prefix, (*self._code_names(), "weight_scale", "act_qparams")):
             self._check_loaded(prefix[:-1] or type(self).__name__)
 
     def _check_loaded(self, where: str) -> None:
         """Loaded tensors against the constructor's shapes; scales > 0, zero points in [0, 255]."""
-        if self.weight_bits == 8:
-            codes = {"weight_int8": (self.weight_int8, self.weight_shape, torch.int8)}
-        else:
-            nbytes = -(-self.weight_numel // 8) * self.weight_bits
-            codes = {"weight_packed": (self.weight_packed, (nbytes,), torch.uint8)}
-        check_layer_tensors(where, {**codes, "weight_scale": (self.weight_scale, (self.weight_shape[0],), None),
+        self._check_codes(where)
+        check_layer_tensors(where, {"weight_scale": (self.weight_scale, (self.weight_shape[0],), None),
                                     "act_qparams": (self.act_qparams, (4,), None)})
         check_positive(where, "weight_scale", self.weight_scale)
         check_positive(where, "act_qparams", self.act_qparams[0::2])  # input, output scales
@@ -128,6 +130,14 @@ class _Int8Base(nn.Module):
         if not bool(((zeros >= 0) & (zeros <= 255) & (zeros == zeros.round())).all()):
             raise NetslimError(f"{where}: field 'act_qparams' zero points must be integers in [0, 255]; "
                                f"got {zeros.tolist()}.")
+
+    def _check_codes(self, where: str) -> None:
+        if self.weight_bits == 8:
+            codes = {"weight_int8": (self.weight_int8, self.weight_shape, torch.int8)}
+        else:
+            nbytes = -(-self.weight_numel // 8) * self.weight_bits
+            codes = {"weight_packed": (self.weight_packed, (nbytes,), torch.uint8)}
+        check_layer_tensors(where, codes)
 
     def _qweight(self) -> torch.Tensor:
         zeros = torch.zeros(self.weight_scale.numel(), dtype=torch.long)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -165,7 +166,10 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     beta = bn.bias if bn.affine else torch.zeros_like(std)
     factor = gamma / std  # (out,)
     b = conv.bias if conv.bias is not None else torch.zeros_like(std)
-    conv.weight.mul_(factor.reshape(-1, 1, 1, 1))
+    # a masked conv: scale the stored original (its pruned entries are zeros and stay zeros);
+    # ``conv.weight`` is then a product recomputed on every access, scaling it would be lost
+    weight = conv.parametrizations.weight.original if parametrize.is_parametrized(conv, "weight") else conv.weight
+    weight.mul_(factor.reshape(-1, 1, 1, 1))
     conv.bias = nn.Parameter((b - bn.running_mean) * factor + beta)
 
 
@@ -206,6 +210,32 @@ def quantize_weight_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
     return q.reshape(w.shape), scale
 
 
+def bake_masks(model: nn.Module, names: list[str]) -> None:
+    """Masks of the layers about to be frozen to int8 become plain zeros in their weights: the
+    symmetric weight grid maps them to code 0, so the pruned entries stay pruned in the int8 layer.
+
+    Each masked layer is replaced by a plain copy (not ``remove_parametrizations``: a deep copy
+    of a parametrized module shares its generated class, and removing the parametrization from
+    one would delete the other's ``weight``)."""
+    for name in names:
+        layer = get_module(model, name)
+        if not parametrize.is_parametrized(layer, "weight"):
+            continue
+        w = layer.weight.detach()
+        if isinstance(layer, nn.Conv2d):
+            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                              layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+                              device=w.device, dtype=w.dtype)
+        else:
+            plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device=w.device,
+                              dtype=w.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(w)
+            if layer.bias is not None:
+                plain.bias.copy_(layer.bias.detach())
+        replace_module(model, name, plain.train(layer.training))
+
+
 def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out: bool = False) -> nn.Module:
     w = layer.weight.detach().float()
     q, s = quantize_weight_rows(w, bits)
@@ -239,6 +269,7 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
     if not names:
         raise NetslimError("ptq_int8: the model has no Conv2d or Linear layer to quantize.")
+    bake_masks(model, names)
     batches = list(calibration.split(cfg.batch_size))
     fold, fuse, chain = _trace_pairs(model, names, batches[0])
     for conv, bn in fold.items():

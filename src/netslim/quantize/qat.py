@@ -20,6 +20,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.masks import get_mask, set_mask
 from netslim.core.selectors import select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
@@ -28,6 +29,7 @@ from netslim.train.loop import FinetuneConfig, fit
 from .int8_modules import Int8Conv2d, Int8Linear
 from .observers import make_observer
 from .ptq import _trace_pairs, fold_bn, static_int8_preflight
+from .qat_prune import QATPrune, run_with_pruning
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +124,13 @@ def _to_qat(layer: nn.Module, weight_bits: int) -> nn.Module:
     else:
         new = QATLinear(layer.in_features, layer.out_features, layer.bias is not None, weight_bits=weight_bits,
                         device=dev)
-    new.load_state_dict(layer.state_dict(), strict=False)
+    with torch.no_grad():  # the effective weight: a masked layer's pruned entries are zeros
+        new.weight.copy_(layer.weight.detach())
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach())
+    mask = get_mask(layer)
+    if mask is not None:  # masks stay fixed through QAT: LSQ maps 0 to 0, and its gradient is 0
+        set_mask(new, mask)
     new.weight_fq(new.weight.detach())  # initialise the weight steps from the trained weights
     return new
 
@@ -200,6 +208,8 @@ class QATConfig(MethodConfig):
     act_bits: Literal[8] = 8
     finetune: FinetuneConfig = FinetuneConfig(epochs=3, lr=0.001, optimizer="adamw", weight_decay=0.0)
     calibration_samples: int = Field(512, ge=1)
+    prune: QATPrune | None = Field(None, description="prune while training quantized (joint, or quantize -> prune); "
+                                   "masks already on the model stay fixed either way")
     include: list[str] | None = None
     exclude: list[str] = Field(default_factory=list)
 
@@ -213,8 +223,15 @@ def _apply_qat(model, cfg: QATConfig, ctx):
     calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed).to(ctx.device)
     model = prepare_qat(model.to(ctx.device), calib[:64], weight_bits=cfg.weight_bits, include=cfg.include,
                         exclude=cfg.exclude)
-    summary = fit(model, ctx.task, cfg.finetune)
+    events = None
+    if cfg.prune is None:
+        summary = fit(model, ctx.task, cfg.finetune)
+    else:
+        qat_layers = [n for n, m in model.named_modules() if isinstance(m, (QATConv2d, QATLinear))]
+        summary, events = run_with_pruning(model, ctx.task, cfg.finetune, cfg.prune, qat_layers, None, fit)
     model = convert_qat(model.cpu(), calib.cpu())
     ctx.notes["qat"] = {"weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits,
                         "finetune": {k: v for k, v in summary.items() if k != "history"}}
+    if events is not None:
+        ctx.notes["qat"]["prune_events"] = events
     return model

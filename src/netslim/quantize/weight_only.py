@@ -39,17 +39,31 @@ class _Packed(nn.Module):
         g = check_group(cols, group_size, type(self).__name__)
         self.bits, self.group_size, self.weight_bits = bits, group_size, bits
         self._declared = (rows, cols, g)  # what loaded tensors are checked against
-        self.register_buffer("weight_packed", torch.zeros(rows, cols * bits // 8, dtype=torch.uint8, device=device))
+        self._init_codes(device)
         self.register_buffer("scales", torch.ones(rows, cols // g, dtype=PARAM_DTYPE, device=device))
         self.register_buffer("zeros", torch.zeros(rows, cols // g, dtype=PARAM_DTYPE, device=device))
 
+    def _init_codes(self, device) -> None:
+        """The code buffer (a sparse subclass registers its own: :mod:`.sparse_lowbit`)."""
+        rows, cols, _ = self._declared
+        self.register_buffer("weight_packed", torch.zeros(rows, cols * self.bits // 8, dtype=torch.uint8,
+                                                          device=device))
+
+    def _code_fields(self) -> dict:
+        rows, cols, _ = self._declared
+        return {"weight_packed": (self.weight_packed, (rows, cols * self.bits // 8), torch.uint8)}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if loaded(state_dict, prefix, ("weight_packed", "scales", "zeros")):
+        if loaded(state_dict, prefix, (*self._code_fields(), "scales", "zeros")):
             rows, cols, g = self._declared
-            check_layer_tensors(prefix[:-1] or type(self).__name__, {
-                "weight_packed": (self.weight_packed, (rows, cols * self.bits // 8), torch.uint8),
-                "scales": (self.scales, (rows, cols // g), None), "zeros": (self.zeros, (rows, cols // g), None)})
+            where = prefix[:-1] or type(self).__name__
+            check_layer_tensors(where, {**self._code_fields(), "scales": (self.scales, (rows, cols // g), None),
+                                        "zeros": (self.zeros, (rows, cols // g), None)})
+            self._check_loaded_codes(where)
+
+    def _check_loaded_codes(self, where: str) -> None:
+        """Checks beyond shapes and dtypes (none for dense packed codes: every byte is valid)."""
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Fill from unpacked codes (R, C) in ``[0, 2^bits)`` and (R, C/g) scale / zero."""
@@ -208,7 +222,28 @@ def _plan(model: nn.Module, cfg: WeightOnlyConfig) -> tuple[list[str], list[dict
     if not fits:
         raise NetslimError(f"weight_only quantizes no layer: none of {len(names)} selected layers fits "
                            f"group_size={cfg.group_size}.")
+    if cfg.rounding == "hqq":
+        _refuse_sparse_hqq(model, fits)
     return fits, skipped
+
+
+SPARSE_SHARE = 0.1  # a layer with a mask or at least this share of exact zeros is a pruned layer
+
+
+def _refuse_sparse_hqq(model: nn.Module, names: list[str]) -> None:
+    """HQQ's zero points are floats: no code stands for 0.0, so a pruned weight would come back
+    non-zero (and the sparse low-bit storage could not leave it out). Refused before any layer changes."""
+    from netslim.core.masks import get_mask
+
+    for name in names:
+        mod = get_module(model, name)
+        w = mod.weight.detach()
+        share = float((w == 0).float().mean()) if w.numel() else 0.0
+        if get_mask(mod) is not None or share >= SPARSE_SHARE:
+            raise NetslimError(f"weight_only (rounding 'hqq'): layer {name!r} is pruned ({share:.0%} zeros); HQQ's "
+                               "float zero points have no code for 0.0, so its pruned weights would not stay zero "
+                               "and its sparse format cannot carry the scheme; use rounding 'rtn' (integer zero "
+                               "points) or exclude the layer.")
 
 
 def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
