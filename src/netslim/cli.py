@@ -128,6 +128,8 @@ def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped
     rec = load_recipe(_recipe_path(recipe))
     report = run_recipe(rec, out, model_ref=model, resume=resume, force=force, data_options=_limit_options(limit),
                         data=_data(data, task), weights=weights, base=base, verify=not no_verify)
+    if not report:  # another rank of a torchrun: rank 0 writes and prints the report
+        return
     console.print(_table(f"{report['recipe']}: {report['model']} on {report['dataset']}",
                          ["quantity", "baseline", "compressed", "ratio"], [list(r) for r in summary_rows(report)]))
     console.print(f"artifact: {report['artifact']}\nreport: {out / 'report.html'}")
