@@ -168,3 +168,4 @@ def test_every_shipped_recipe_that_streams_can_stream():
     for r in streamed:
         assert not blockers(r), r.name
         assert r.measure.batch_size == 1 and r.measure.repeats <= 3 and r.data.get("eval_batch_size") == 1, r.name
+
