@@ -105,6 +105,7 @@ def test_the_report_shows_memory_and_time(runs):
     md = Path(runs[True]["artifact"]).parent / "report.md"
     text = md.read_text()
     assert "## Memory and time" in text and "peak RSS / fp32 model" in text and "step 1 (sparsegpt)" in text
+    assert "baseline.safetensors" not in text and "the input model's safetensors" in text  # no copy was written
 
 
 def test_a_streamed_run_resumes_from_its_checkpoint(runs, inputs):

@@ -41,6 +41,8 @@ class ArtifactWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # spill of a run killed while writing
+            stale.unlink(missing_ok=True)
         self._spill: dict[int, tuple[str, BinaryIO]] = {}
         self._entries: dict[str, tuple[str, list[int], int, int, int]] = {}  # dtype, shape, group, offset, nbytes
         self._digests: dict[str, bytes] = {}

@@ -110,10 +110,20 @@ def _label(report: dict[str, Any], key: str) -> str:
     return "latency b1" if key == "latency_ms_b1" else f"latency b{report['baseline'].get('batch_N', 'N')}"
 
 
+def baseline_file(report: dict[str, Any], long: bool = False) -> str:
+    """What the baseline's bytes are the size of: OUT/baseline.safetensors, or for a streamed run
+    (which writes no copy of its input) the input model's own safetensors files."""
+    if (report.get("memory") or {}).get("streamed"):
+        return ("size of the input model's safetensors files (a streamed run reads them in place and writes no "
+                "baseline copy)") if long else "the input model's safetensors"
+    return "file size of OUT/baseline.safetensors (the input model as netslim saves it)" if long else \
+        "baseline.safetensors"
+
+
 def definitions(report: dict[str, Any]) -> dict[str, str]:
     artifact = Path(str(report["artifact"])).name
     return {
-        "baseline bytes": "file size of OUT/baseline.safetensors (the input model as netslim saves it)",
+        "baseline bytes": baseline_file(report, long=True),
         "step bytes": "file size of the step's checkpoint OUT/checkpoints/stepNN_<method>.safetensors: the model "
                       "as the run holds it (dense tensors; a masked layer stores its weight and its mask)",
         "final bytes": f"file size of the artifact {artifact} (the run's last export, else OUT/model.safetensors); "
@@ -149,7 +159,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     b, f = with_spread(report["baseline"]), with_spread(report["final"])
     rows = []
     labels = {report["metric"]: report["metric"], "params": "params (elements)", "nonzero": "non-zeros",
-              "macs": "MACs", "size_bytes": f"bytes on disk (file: baseline.safetensors / "
+              "macs": "MACs", "size_bytes": f"bytes on disk (file: {baseline_file(report)} / "
                                             f"{Path(str(report['artifact'])).name})"}
     for key in (report["metric"], "params", "nonzero", "macs", "size_bytes", *LATENCY_KEYS):
         bv, fv = b.get(key), f.get(key)

@@ -14,7 +14,7 @@ from typing import Any
 from netslim.core.serialize import atomic_write
 
 from .plots import layer_plots, tradeoff_plot
-from .tables import normalised, sections
+from .tables import baseline_file, normalised, sections
 
 __all__ = ["write_report"]
 
@@ -28,7 +28,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _tradeoff_points(report: dict[str, Any]) -> list[tuple[str, float, Any]]:
     metric = report["metric"]
-    points = [("baseline (baseline.safetensors)", report["baseline"]["size_bytes"], report["baseline"].get(metric))]
+    points = [(f"baseline ({baseline_file(report)})", report["baseline"]["size_bytes"], report["baseline"].get(metric))]
     points += [(f"step {i + 1}: {s['method']} (checkpoint)", s["metrics"]["size_bytes"], s["metrics"].get(metric))
                for i, s in enumerate(report["steps"])]
     points.append((f"final: {Path(str(report['artifact'])).name}", report["final"]["size_bytes"],
