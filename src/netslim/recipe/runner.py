@@ -186,7 +186,13 @@ def _open_streamed(recipe: Recipe, ref: Any, weights: Any, verify: bool):
         return None
     from netslim.models.streamed import open_streamed
 
-    return open_streamed(ref, verify=verify)
+    try:
+        return open_streamed(ref, verify=verify)
+    except NetslimError as e:
+        if recipe.stream is True:
+            raise
+        log.warning("stream: auto: %s cannot stream (%s); loading it in memory", ref, e)  # its own errors follow
+        return None
 
 
 def _fingerprint(recipe: Recipe, ref: Any, info: dict | None, data_options: dict | None) -> dict[str, Any]:
