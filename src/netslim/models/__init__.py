@@ -1,7 +1,7 @@
 """Model zoo: CNNs for Fashion-MNIST and Hugging Face models from local packages."""
 from __future__ import annotations
 
-from . import cnn, hf
+from . import cnn, hf, minilm_docs
 from .registry import ModelEntry, build_model, model_entry, model_names, register_model
 
 _FM = "fashion-mnist"
@@ -15,5 +15,8 @@ register_model(ModelEntry("vgg11bn", cnn.VGG11BN, "classification", _FM, "VGG-11
 
 # Names only: transformers is imported when one of these models is built (extra `netslim[llm]`).
 hf.register_hf_models()
+register_model(ModelEntry("minilm-docs", minilm_docs.minilm_docs, "classification", "docs-sections",
+                          "all-MiniLM-L6-v2 + classification head over the docs-sections labels (train it)",
+                          self_described=True))
 
 __all__ = ["ModelEntry", "build_model", "model_entry", "model_names", "register_model"]

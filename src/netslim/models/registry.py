@@ -20,6 +20,9 @@ class ModelEntry:
     description: str = ""
     pretrained: bool = False       # True: weights come from a package (HF), no training needed
     defaults: dict[str, Any] = field(default_factory=dict)
+    # True: the model describes itself to netslim.save (a transformers model: class + config), so
+    # no zoo arch is recorded and its artifacts rebuild from the config, not by this builder.
+    self_described: bool = False
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -50,7 +53,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
                 f"Model {name!r} does not take {', '.join(map(repr, bad))}; allowed: {', '.join(params) or '(none)'}."
             )
     model = entry.builder(**{**entry.defaults, **kwargs})
-    if not entry.pretrained:
+    if not (entry.pretrained or entry.self_described):
         # HF models describe themselves through their config instead (see models.hf).
         model.netslim_arch = {"name": name, "kwargs": {**entry.defaults, **kwargs}}
     return model

@@ -154,7 +154,7 @@ def dataset_names() -> list[str]:
 
 def _load_optional_tasks() -> None:
     # Text tasks live beside the HF models; importing them needs no transformers.
-    from netslim.train import lm_tasks  # noqa: F401
+    from netslim.train import docs_task, lm_tasks  # noqa: F401
 
 
 def perplexity(nll_sum: float, tokens: int) -> float:

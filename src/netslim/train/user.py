@@ -72,15 +72,14 @@ def train_model(ref: Any, *, data: Any = None, weights=None, out: str | Path | N
 
 def _train_zoo(name: str, *, out, seed: int, limit: int | None, skip_existing: bool, **overrides: Any) -> str:
     from netslim.models import model_entry
-    from netslim.train.pretrain import AUGMENT, checkpoint_path, train_baseline
+    from netslim.train.pretrain import augment_option, checkpoint_path, train_baseline
     from netslim.train.tasks import get_task
 
     entry = model_entry(name)
     path = Path(out) if out is not None else checkpoint_path(name)
     if skip_existing and path.is_file():
         return f"checkpoint exists: {path}"
-    task = get_task(entry.dataset, augment=AUGMENT.get(name, False), seed=seed,
-                    **({"limit": limit} if limit else {}))
+    task = get_task(entry.dataset, seed=seed, **augment_option(name), **({"limit": limit} if limit else {}))
     net, summary = train_baseline(name, task=task, seed=seed, **overrides)
     save(net, path, {"model": name, "dataset": entry.dataset})
     test = task.evaluate(net, "test")
