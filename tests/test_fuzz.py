@@ -345,8 +345,36 @@ def _nsz_model() -> torch.nn.Module:
     return m
 
 
+def _lowbit8() -> torch.nn.Module:
+    """Issue 21: pruned + static int4/int8 in the sparse low-bit storage (bitmask; fc2 2:4 with 2-bit
+    indices), conv2 and fc1 on the sparse int8 kernel."""
+    from netslim.prune import magnitude_prune, nm_prune
+    from netslim.quantize.ptq import PTQInt8Config, ptq_int8
+    from netslim.quantize.sparse_lowbit import sparse_static
+
+    torch.manual_seed(0)
+    model = netslim.build_model("lenet5").eval()
+    magnitude_prune(model, sparsity=0.8, scope="layer", exclude="fc2")
+    nm_prune(model, n=2, m=4, include="fc2")
+    model = ptq_int8(model, torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
+                     PTQInt8Config(weight_bits={"conv1": 4, "fc1": 4}))
+    model.conv2, model.fc1 = sparse_static(model.conv2, "sparse"), sparse_static(model.fc1, "sparse")
+    return model
+
+
+def _lowbit4() -> torch.nn.Module:
+    """Issue 21: pruned + weight-only int4 (per channel) in the sparse low-bit storage."""
+    from netslim.prune import magnitude_prune
+    from netslim.quantize.weight_only import WeightOnlyConfig, quantize_weights
+
+    model = _lenet300()
+    magnitude_prune(model, sparsity=0.7, scope="layer")
+    return quantize_weights(model, WeightOnlyConfig(bits=4, group_size=None))
+
+
 BUILDERS = {"plain": _lenet300, "sparse": _sparse, "int4": _int4, "dyn8": _dyn8, "static8": _static8,
-            "nsz": _nsz_model}
+            "nsz": _nsz_model, "lowbit8": _lowbit8, "lowbit4": _lowbit4}
+RUNS = ("sparse", "static8", "dyn8", "int4", "lowbit8", "lowbit4")  # formats whose loaded models run a forward pass
 FORMATS = tuple(BUILDERS)
 
 
@@ -576,13 +604,13 @@ def test_damaged_artifact_is_rejected_or_identical(artifacts, worker, tmp_path_f
         data = damage(data, fmt, op)
     path = tmp_path_factory.getbasetemp() / f"damaged_{artifacts[fmt].name}"
     path.write_bytes(data)
-    out = worker.load(path, fmt, run=fmt in ("sparse", "static8", "dyn8", "int4"))
+    out = worker.load(path, fmt, run=fmt in RUNS)
     _assert_rejected_or_identical(out, path, ops)
     if out["load"] == "same" and "forward" in out:
         assert out["forward"] == "ok", f"{ops}: {out}"
 
 
-@pytest.mark.parametrize("fmt", ["sparse", "static8", "dyn8", "int4"])
+@pytest.mark.parametrize("fmt", RUNS)
 @fuzz_settings(60)
 @given(ops=st.lists(DAMAGE, min_size=1, max_size=2))
 def test_damaged_artifact_unverified_never_reaches_a_kernel_unchecked(artifacts, worker, tmp_path_factory, fmt, ops):

@@ -206,7 +206,7 @@ def test_layer_table_reports_sparse_bits_and_nonzeros(tmp_path):
     fc1 = rows["fc1"]
     assert "sparse int4 static (bitmask)" in str(fc1) and fc1["bits"] == 4
     assert fc1["nonzero"] <= loaded.fc1.nnz + loaded.fc1.out_features  # weight non-zeros (+ bias)
-    stored = loaded.fc1.weight_index.numel() + loaded.fc1.weight_nz.numel()
+    stored = loaded.fc1.weight_sparse.numel()
     assert stored < loaded.fc1.weight_numel // 2  # less than the dense int4 codes
 
 

@@ -21,7 +21,6 @@ The orders of pruning and quantization a QAT step can run (the issue-21 order st
 """
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +28,6 @@ from torch import nn
 
 from netslim.train.loop import Callback, FinetuneConfig, TrainState
 
-log = logging.getLogger(__name__)
 
 
 class QATPrune(BaseModel):
@@ -103,7 +101,8 @@ def run_with_pruning(model: nn.Module, task, finetune: FinetuneConfig, prune: QA
         prune_now(model, prune, include, exclude)
         return summary, [(summary.get("steps", -1), prune.sparsity)]
     steps = task.steps_per_epoch(finetune.batch_size) * finetune.epochs
-    steps = min(steps, finetune.max_steps) if finetune.max_steps is not None and steps else (finetune.max_steps or steps)
+    if finetune.max_steps is not None:
+        steps = min(steps, finetune.max_steps) if steps else finetune.max_steps
     callback = QATPruning(prune, include, exclude, steps)
     summary = fit(model, task, finetune, callbacks=[callback])
     if not callback.events or callback.events[-1][1] < prune.sparsity - 1e-9:  # a run shorter than the schedule

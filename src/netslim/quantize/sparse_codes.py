@@ -159,7 +159,8 @@ def _unpack_stream(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ encode / decode
-def encode(codes: torch.Tensor, fill: torch.Tensor, layout: Layout, bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def encode(codes: torch.Tensor, fill: torch.Tensor, layout: Layout,
+           bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Unsigned ``codes`` (uint8, the weight's shape, < 2^bits) without the positions equal to
     ``fill`` (uint8, broadcast to the shape) -> (index uint8 (I,), values uint8 (V,), nnz)."""
     fill = fill.expand_as(codes)
@@ -194,21 +195,21 @@ def decode(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, layout
 
 
 def check_stored(where: str, index: torch.Tensor, values: torch.Tensor, layout: Layout, bits: int,
-                 shape: tuple[int, ...], nnz: int) -> None:
+                 shape: tuple[int, ...], nnz: int, fields: tuple[str, str] = ("weight_index", "weight_nz")) -> None:
     """NetslimError (naming ``where`` and the field) unless the stored tensors are a valid
     encoding of a ``shape`` weight with ``nnz`` kept codes of ``bits``: run on load."""
     numel = math.prod(shape)
     if not 0 <= nnz <= numel:
         raise NetslimError(f"{where}: field 'nnz' must lie in [0, {numel}]; got {nnz}.")
-    for field, t, want in (("weight_index", index, index_bytes(layout, shape, nnz)),
-                           ("weight_nz", values, value_bytes(layout, shape, nnz, bits))):
+    for field, t, want in ((fields[0], index, index_bytes(layout, shape, nnz)),
+                           (fields[1], values, value_bytes(layout, shape, nnz, bits))):
         if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
             raise NetslimError(f"{where}: field {field!r} must be uint8 of {want} bytes; "
                                f"got {t.dtype} {list(t.shape)}.")
     if layout.kind == "mask":
         kept = int(unpack_bits(index, numel).sum())
         if kept != nnz:
-            raise NetslimError(f"{where}: field 'weight_index' marks {kept} kept positions; the layer stores {nnz}.")
+            raise NetslimError(f"{where}: field {fields[0]!r} marks {kept} kept positions; the layer stores {nnz}.")
         return
     if not nm_fits(shape, layout.m):
         raise NetslimError(f"{where}: a {layout.describe()} layout needs an input dim divisible by {layout.m}; "
@@ -217,7 +218,7 @@ def check_stored(where: str, index: torch.Tensor, values: torch.Tensor, layout: 
         raise NetslimError(f"{where}: field 'nnz' ({nnz}) exceeds the {layout.describe()} slots.")
     pos = _unpack_stream(index, layout.index_bits, slots(layout, shape, nnz)).long().reshape(-1, layout.n)
     if pos.numel() and (int(pos.max()) >= layout.m or (layout.n > 1 and not bool((pos[:, 1:] > pos[:, :-1]).all()))):
-        raise NetslimError(f"{where}: field 'weight_index' must hold positions in [0, {layout.m}) increasing "
+        raise NetslimError(f"{where}: field {fields[0]!r} must hold positions in [0, {layout.m}) increasing "
                            f"within each group of {layout.m}.")
 
 

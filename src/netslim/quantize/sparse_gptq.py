@@ -29,7 +29,6 @@ prunes a frozen model); ``order: quantize_first`` is that order.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import torch
@@ -48,7 +47,6 @@ from .gptq import GPTQConfig, group_misfit, gptq_quantize
 from .packing import PARAM_DTYPE, check_group, codes_for
 from .weight_only import QuantizedLinear
 
-log = logging.getLogger(__name__)
 ORDERS = ("prune_first", "quantize_first", "joint")
 
 
@@ -93,7 +91,7 @@ class _FixedGrid:
 
 
 def sparse_gptq_layer(w: torch.Tensor, h: torch.Tensor, cfg: SparseGPTQConfig,
-                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """One layer ``w`` (R, C), ``h`` (C, C) -> (codes uint8, scale fp16, zero fp16, Ŵ) in ``cfg.order``.
 
     ``keep``: zeros of an earlier pruning step that must stay zero (combined with this step's pruning)."""
@@ -168,7 +166,8 @@ def sparse_gptq(model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = 
         declare_nm(model, done, *cfg.nm)
     if ctx is not None and hasattr(ctx, "notes"):
         rel = sorted(errors.values())
-        ctx.notes[cfg.method] = {"order": cfg.order, "layers": len(done), "bits": cfg.bits, "storage_bits": storage_bits,
+        ctx.notes[cfg.method] = {"order": cfg.order, "layers": len(done), "bits": cfg.bits,
+                                 "storage_bits": storage_bits,
                                  "group_size": cfg.group_size, "sparsity": None if cfg.nm else cfg.sparsity,
                                  "nm": list(cfg.nm) if cfg.nm else None,
                                  "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2],

@@ -55,7 +55,8 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("netslim_sq8_pack_linear_u8", "netslim_sq8_pack_linear_f32", "netslim_sq8_pack_conv_u8",
                  "netslim_sq8_pack_conv_f32"):
         getattr(lib, name).restype = None
-    requant = [p, c_int, f32, p, p, f32, c_int, c_int, c_int, p, c_int]  # x4, zin, sin, wscale, bias, sout, zout, relu, mode, out, threads
+    # x4, zin, sin, wscale, bias, sout, zout, relu, mode, out, threads
+    requant = [p, c_int, f32, p, p, f32, c_int, c_int, c_int, p, c_int]
     lib.netslim_sq8_linear.argtypes = [i64] * 4 + [p] * 4 + requant
     lib.netslim_sq8_conv.argtypes = [i64] * 12 + [p] * 4 + requant
     lib.netslim_sq8_linear.restype = lib.netslim_sq8_conv.restype = i64
@@ -231,7 +232,8 @@ def conv2d(x: torch.Tensor, q: Quads, rq: Requant, g: ConvGeometry, mode: str = 
     threads = _threads(batch * ho * wph * q.qw.numel())
     strides = xa.stride()
     fn = lib.netslim_sq8_pack_conv_u8 if xa.dtype == torch.uint8 else lib.netslim_sq8_pack_conv_f32
-    fn(batch, c, h, w, xa.data_ptr(), *strides, ph, pw, s, hph, wph, plane, _inverse(s_in), z_in, x4.data_ptr(), threads)
+    fn(batch, c, h, w, xa.data_ptr(), *strides, ph, pw, s, hph, wph, plane, _inverse(s_in), z_in, x4.data_ptr(),
+       threads)
     m = MODES[mode]
     out = torch.empty(batch, q.rows, ho, wo, dtype=_OUT_DTYPES[m])
     rq = Requant(s_in, z_in, rq.weight_scale, rq.bias, rq.out_scale, rq.out_zero, rq.relu)

@@ -57,42 +57,62 @@ def _check_kernel(kernel: str, owner: str) -> str:
     return kernel
 
 
+FIELDS = ("weight_sparse (index)", "weight_sparse (codes)")
+
+
 class _SparseCodes:
-    """Buffers ``weight_index`` / ``weight_nz`` coding a weight of ``_shape()`` (see :mod:`.sparse_codes`)."""
+    """One uint8 buffer ``weight_sparse``: the index (bitmask or N:M slots) then the non-zero codes,
+    coding a weight of ``_shape()`` (see :mod:`.sparse_codes`). One tensor, not two: every tensor
+    costs ~140 bytes of file header (entry and checksum), a tenth of a small sparse layer."""
 
     def _init_sparse(self, nnz: int, layout: str, n: int, m: int, device) -> None:
         owner = type(self).__name__
         self.layout = sc.check_layout(layout, n, m, owner)
         shape, bits = self._shape(), self._bits()
         if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= math.prod(shape):
-            raise NetslimError(f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; got {nnz!r}.")
+            raise NetslimError(f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; "
+                               f"got {nnz!r}.")
         if self.layout.kind == "nm" and not sc.nm_fits(shape, self.layout.m):
             raise NetslimError(f"{owner}: a {self.layout.describe()} layout needs an input dim divisible by "
                                f"{self.layout.m}; the weight is {list(shape)}.")
         self.nnz = nnz
-        self.register_buffer("weight_index", torch.zeros(sc.index_bytes(self.layout, shape, nnz), dtype=torch.uint8,
-                                                         device=device))
-        self.register_buffer("weight_nz", torch.zeros(sc.value_bytes(self.layout, shape, nnz, bits),
-                                                      dtype=torch.uint8, device=device))
+        self._index_bytes = sc.index_bytes(self.layout, shape, nnz)
+        self.register_buffer("weight_sparse", torch.zeros(self._sparse_bytes(), dtype=torch.uint8, device=device))
+
+    def _sparse_bytes(self) -> int:
+        return self._index_bytes + sc.value_bytes(self.layout, self._shape(), self.nnz, self._bits())
+
+    @property
+    def weight_index(self) -> torch.Tensor:
+        return self.weight_sparse[:self._index_bytes]
+
+    @property
+    def weight_nz(self) -> torch.Tensor:
+        return self.weight_sparse[self._index_bytes:]
 
     def _set_sparse(self, codes: torch.Tensor) -> None:
         """Fill from unsigned codes of ``_shape()`` (the layout and nnz are the constructor's)."""
         index, values, nnz = sc.encode(codes, self._fill(), self.layout, self._bits())
         if nnz != self.nnz:
             raise NetslimError(f"{type(self).__name__}: {nnz} non-zero codes for a layer built for {self.nnz}.")
-        self.weight_index.copy_(index)
-        self.weight_nz.copy_(values)
+        self.weight_sparse.copy_(torch.cat([index, values]).to(self.weight_sparse.device))
 
     def unsigned_codes(self) -> torch.Tensor:
         return sc.decode(self.weight_index, self.weight_nz, self._fill(), self.layout, self._bits(), self._shape(),
                          self.nnz)
 
     def _check_sparse(self, where: str) -> None:
-        sc.check_stored(where, self.weight_index, self.weight_nz, self.layout, self._bits(), self._shape(), self.nnz)
+        t = self.weight_sparse
+        if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != self._sparse_bytes():
+            raise NetslimError(f"{where}: field 'weight_sparse' must be uint8 of {self._sparse_bytes()} bytes; "
+                               f"got {t.dtype} {list(t.shape)}.")
+        sc.check_stored(where, self.weight_index, self.weight_nz, self.layout, self._bits(), self._shape(), self.nnz,
+                        FIELDS)
 
     def _sparse_kwargs(self) -> dict:
-        kw = {"nnz": self.nnz, "layout": self.layout.kind}
-        return kw | ({"n": self.layout.n, "m": self.layout.m} if self.layout.kind == "nm" else {})
+        """Constructor arguments of the storage (defaults left out: every byte of the header counts)."""
+        return {"nnz": self.nnz} | ({"layout": "nm", "n": self.layout.n, "m": self.layout.m}
+                                    if self.layout.kind == "nm" else {})
 
     @property
     def index_layout(self) -> str:
@@ -113,10 +133,10 @@ class _SparseStatic(_SparseCodes):
         return self.weight_bits
 
     def _fill(self) -> torch.Tensor:
-        return torch.tensor(2 ** (self.weight_bits - 1), dtype=torch.uint8, device=self.weight_index.device)
+        return torch.tensor(2 ** (self.weight_bits - 1), dtype=torch.uint8, device=self.weight_sparse.device)
 
     def _code_names(self) -> tuple[str, ...]:
-        return ("weight_index", "weight_nz")
+        return ("weight_sparse",)
 
     def _check_codes(self, where: str) -> None:
         self._check_sparse(where)
@@ -276,9 +296,7 @@ class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
         return self.zeros.round().to(torch.uint8).repeat_interleave(g, dim=1)  # (R, C)
 
     def _code_fields(self) -> dict:
-        shape, bits = self._shape(), self.bits
-        return {"weight_index": (self.weight_index, (sc.index_bytes(self.layout, shape, self.nnz),), torch.uint8),
-                "weight_nz": (self.weight_nz, (sc.value_bytes(self.layout, shape, self.nnz, bits),), torch.uint8)}
+        return {"weight_sparse": (self.weight_sparse, (self._sparse_bytes(),), torch.uint8)}
 
     def _check_loaded_codes(self, where: str) -> None:
         z = self.zeros.float()
@@ -299,7 +317,7 @@ class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
     @property
     def storage_bits(self) -> float:
         n = math.prod(self._shape())
-        stored = self.weight_index.numel() + self.weight_nz.numel()
+        stored = self.weight_sparse.numel()
         return (stored * 8 + (self.scales.numel() + self.zeros.numel()) * 16) / n
 
     def extra_repr(self) -> str:
@@ -359,8 +377,12 @@ def fill_violations(layer: nn.Module, keep: torch.Tensor) -> int:
     raise NetslimError(f"fill_violations: {type(layer).__name__} is not a quantized layer.")
 
 
-register_module(SparseInt8Linear, lambda m: _static_kwargs(m) | m._sparse_kwargs() | {"kernel": m.kernel})
-register_module(SparseInt8Conv2d, lambda m: _static_kwargs(m) | m._sparse_kwargs() | {"kernel": m.kernel})
+def _sparse_static_kwargs(m: _SparseStatic) -> dict:
+    return _static_kwargs(m) | m._sparse_kwargs() | ({"kernel": m.kernel} if m.kernel != "dense" else {})
+
+
+register_module(SparseInt8Linear, _sparse_static_kwargs)
+register_module(SparseInt8Conv2d, _sparse_static_kwargs)
 register_module(SparseQuantizedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                                                   "bits": m.bits, "group_size": m.group_size,
                                                   "bias": m.bias is not None} | m._sparse_kwargs())
@@ -379,7 +401,7 @@ def _weight_row(m: nn.Module, state: dict) -> Weight:
     what = "static" if isinstance(m, _SparseStatic) else ("packed" if m.group_size is None
                                                           else f"packed g{m.group_size}")
     return Weight(f"sparse int{bits} {what} ({m.layout.describe()})", list(m._shape()), m.nnz, bits,
-                  ("weight_index", "weight_nz"))
+                  ("weight_sparse",))
 
 
 for _cls in (SparseInt8Linear, SparseInt8Conv2d, SparseQuantizedLinear):
