@@ -108,7 +108,9 @@ def test_streamed_sparsegpt_is_the_in_memory_result(tmp_path, kind):
     ("Qwen2", {"method": "magnitude_oneshot", "n": 2, "m": 4, "permanent": True}, True),
     ("Qwen2", {"method": "weight_only", "bits": 4, "group_size": 32, "embeddings": True}, True),
     ("Llama", {"method": "dynamic_int8", "embeddings": True}, False),
-], ids=["gptq-tied", "wanda-owl", "magnitude-nm-permanent", "weight_only-embeddings-tied", "dynamic_int8"])
+    ("Llama", {"method": "weight_only", "bits": 4, "group_size": 64, "rounding": "hqq"}, False),
+], ids=["gptq-tied", "wanda-owl", "magnitude-nm-permanent", "weight_only-embeddings-tied", "dynamic_int8",
+        "weight_only-hqq"])
 def test_every_streamed_method_is_the_in_memory_result(tmp_path, kind, step, tied):
     a, b, _ = _both(tmp_path, kind, step, tied)
     assert_same_artifact(a, b)

@@ -16,16 +16,20 @@ from netslim.core.stream_io import IN_MEMORY_HINT, register_streaming
 from netslim.core.surgery import get_module, replace_module
 
 from .dynamic import DynamicInt8Config, DynamicInt8Linear, _conv1d_layers, _linear_names, _onednn_ok
-from .weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, _plan
+from .weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, _plan, _refuse_sparse_hqq
 
 
 @register_streaming(WeightOnlyConfig)
 def _stream_weight_only(sm, cfg: WeightOnlyConfig, ctx, stream) -> None:
-    names, skipped = _plan(sm.model, cfg)  # selection and group checks on the skeleton: shapes only
+    # Selection and group checks on the skeleton (shapes only); HQQ's check of pruned layers reads
+    # weights, so it runs per unit once the unit's tensors are read.
+    names, skipped = _plan(sm.model, cfg.model_copy(update={"rounding": "rtn"}))
     for s in skipped:
         ctx.skip(s["name"], s["reason"])
 
     def convert(unit: str, root: nn.Module, members: list[str]) -> None:
+        if cfg.rounding == "hqq":
+            _refuse_sparse_hqq(sm.model, members)
         with torch.no_grad():
             for name in members:
                 mod = get_module(sm.model, name)
