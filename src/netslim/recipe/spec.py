@@ -11,6 +11,12 @@ steps:
   - method: export
 ```
 
+Optional run-level keys: ``measure: {batch_size, repeats, threads, paired}`` (``paired: false``
+times baseline and final one at a time: one model in memory); ``stream: true | false | auto``
+and ``memory_budget: 2GiB`` (:mod:`netslim.recipe.streamed`: the model stays on disk and one
+decoder block is in memory at a time; ``auto`` streams a model whose fp32 size exceeds half the
+available memory when every step can stream).
+
 Reading a recipe file is bounded (``load_recipe``): at most 1 MiB, UTF-8 (a BOM is fine),
 nesting at most 50 levels deep, at most 10,000 values once aliases are expanded (YAML
 anchors and aliases are allowed, but a "billion laughs" file stops at the budget, while
