@@ -238,6 +238,8 @@ def _refuse_sparse_hqq(model: nn.Module, names: list[str]) -> None:
     for name in names:
         mod = get_module(model, name)
         w = mod.weight.detach()
+        if w.is_meta:  # a streamed run's skeleton: the streamed step checks each layer once it is read
+            continue
         share = float((w == 0).float().mean()) if w.numel() else 0.0
         if get_mask(mod) is not None or share >= SPARSE_SHARE:
             raise NetslimError(f"weight_only (rounding 'hqq'): layer {name!r} is pruned ({share:.0%} zeros); HQQ's "
