@@ -6,7 +6,8 @@
   (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
 * :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
 * :func:`prune_channels` [channels], :func:`prune_heads`, :func:`prune_ffn` [heads, ffn],
-  :func:`drop_layers` [layers]; CNN residual blocks: :func:`drop_residual_blocks` [layers].
+  :func:`drop_layers` [layers]; CNN residual blocks: :func:`drop_residual_blocks` [layers];
+* :func:`prune_width` [width]: the hidden size (residual stream) of a transformer.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from .importance import CRITERIA, group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
 from .hf import transformer_graph
-from .steps import ChannelsConfig, FFNConfig, HeadsConfig, LayersConfig
+from .steps import ChannelsConfig, FFNConfig, HeadsConfig, LayersConfig, WidthConfig
 from .transformer import block_influence, drop_layers, plan_transformer, prune_ffn, prune_heads
+from .width import WIDTH_RULES, plan_width, prune_width
 
 
 def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Module:
@@ -39,7 +41,8 @@ def _replay_records(model: nn.Module, records: list[dict]) -> nn.Module:
 register_plan_replay(_replay_records)
 
 
-__all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "apply_plan",
+__all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "WIDTH_RULES",
+           "WidthConfig", "apply_plan", "plan_width", "prune_width",
            "block_costs", "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores",
            "plan_channels", "plan_from_keep", "plan_transformer", "prune_channels", "prune_ffn", "prune_heads",
            "replay", "residual_block_influence", "residual_blocks", "total_macs", "transformer_graph"]

@@ -143,6 +143,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
         return model
     # Build every new module first: a plan that does not fit raises before the model changes.
     news = {name: _shrunk(get_module(model, name), entries, name) for name, entries in by_module.items()}
+    aliases = _tied_aliases(model)
     config = getattr(model, "config", None)
     before = config.to_dict() if hasattr(config, "to_dict") else {}
     for name, new in news.items():
@@ -150,6 +151,7 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
             _swap_tensors(get_module(model, name), new)
         else:
             replace_module(model, name, new)
+    _retie(model, aliases)
     for a in plan.attrs:
         setattr(get_module(model, a["module"]), a["attr"], a["value"])
     if plan.config and hasattr(model, "config"):
@@ -168,6 +170,37 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
     model.__dict__.setdefault("netslim_plans", []).append(
         {"plan": plan.to_dict(), "config_before": {k: before.get(k) for k in after if after[k] != before.get(k)}})
     return model
+
+
+def _tied_aliases(model: nn.Module) -> list[tuple[nn.Parameter, list[tuple[str, str]]]]:
+    """Parameters known under several names (a tied embedding and LM head): (tensor, [(module, param)])."""
+    names: dict[int, tuple[nn.Parameter, list[tuple[str, str]]]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        module, _, param = n.rpartition(".")
+        names.setdefault(id(p), (p, []))[1].append((module, param))
+    return [v for v in names.values() if len(v[1]) > 1]
+
+
+def _retie(model: nn.Module, aliases: list[tuple[nn.Parameter, list[tuple[str, str]]]]) -> None:
+    """A plan slices a tied tensor through one of its names (e.g. the input embedding's columns of
+    a width plan): the other names get the same new tensor, and their modules' sizes follow."""
+    for old, names in aliases:
+        owners = [(get_module(model, m), p) for m, p in names]
+        new = [getattr(mod, p) for mod, p in owners if getattr(mod, p) is not old]
+        if not new:
+            continue
+        for mod, p in owners:
+            if getattr(mod, p) is old:
+                setattr(mod, p, new[0])
+                _sizes_from_weight(mod)
+
+
+def _sizes_from_weight(module: nn.Module) -> None:
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear) and w is not None:
+        module.out_features, module.in_features = w.shape
+    elif isinstance(module, nn.Embedding) and w is not None:
+        module.num_embeddings, module.embedding_dim = w.shape
 
 
 def _mask_module(module: nn.Module, entries: list[dict]) -> None:
@@ -240,6 +273,13 @@ def _shrunk(module: nn.Module, entries: list[dict], where: str) -> nn.Module | d
     kw = {"device": p.device, "dtype": p.dtype} if p is not None else {}
     if type(module) not in _OWN_CONSTRUCTOR and isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear):
         return _shrunk_subclass(module, state)
+    if isinstance(module, nn.Embedding):  # a width plan's columns (subclasses scale or offset: copy them)
+        import copy
+
+        new = copy.deepcopy(module)
+        _swap_tensors(new, state)
+        _sizes_from_weight(new)
+        return new
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         groups = w.shape[0] if depthwise else module.groups

@@ -1,4 +1,4 @@
-"""Recipe steps of structured pruning: ``channels`` (CNNs), ``heads``, ``ffn``, ``layers`` (transformers).
+"""Recipe steps of structured pruning: ``channels`` (CNNs), ``heads``, ``ffn``, ``layers``, ``width`` (transformers).
 
 ```yaml
 - method: channels
@@ -12,6 +12,15 @@
 
 Every step shrinks the model physically and appends its prune plan to the artifact's
 ``info["prune_plans"]`` (replayable with :func:`netslim.prune.structured.replay`).
+
+Transformer steps (``heads``, ``ffn``, ``layers``, ``width``) distil from the unpruned model
+while they fine-tune: ``distill`` weighs the soft targets of its logits, ``distill_hidden`` the
+hidden-state loss (relative MSE of every block output to the teacher block it came from, on the
+teacher dims it kept: :mod:`netslim.distill.layerwise`)::
+
+    finetune: {epochs: 1, optimizer: adamw, lr: 5.0e-5}
+    distill: 0.5          # (1 - 0.5) x task loss + 0.5 x KD(logits, T = distill_temperature)
+    distill_hidden: 1.0   # + 1.0 x hidden-state loss
 """
 from __future__ import annotations
 
@@ -76,10 +85,28 @@ def _taylor_batches(task, cfg: _StructuredBase, seed: int):
     return list(itertools.islice(task.train_batches(seed, cfg.calibration_batch_size), cfg.calibration_batches))
 
 
-def _finetune(model, cfg: _StructuredBase, ctx, teacher, callbacks=()) -> dict:
-    """The fine-tune after a pruning iteration; with ``cfg.distill``, from ``teacher``'s soft targets."""
+def _distills(cfg) -> bool:
+    return bool(cfg.distill or getattr(cfg, "distill_hidden", 0.0))
+
+
+def _check_distill(cfg) -> None:
+    """Distillation happens while fine-tuning: asking for it without ``finetune`` is an error, not a no-op."""
+    if _distills(cfg) and cfg.finetune is None:
+        raise ValueError("'distill' / 'distill_hidden' weigh the losses of the fine-tune: give 'finetune' too")
+
+
+def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
+    """The fine-tune after a pruning iteration; with ``cfg.distill`` / ``cfg.distill_hidden``, from
+    ``teacher``'s soft targets and (transformers) hidden states."""
+    from .generic import is_hf
+
     task = ctx.task
-    if cfg.distill:
+    if teacher is not None and is_hf(model):
+        from netslim.distill.layerwise import layerwise_task
+
+        task = layerwise_task(task, model, teacher.to(ctx.device), alpha=cfg.distill,
+                              temperature=cfg.distill_temperature, hidden_weight=getattr(cfg, "distill_hidden", 0.0))
+    elif teacher is not None:
         from netslim.distill.step import DistillConfig, DistillTask
 
         task = DistillTask(task, teacher, DistillConfig(alpha=cfg.distill, temperature=cfg.distill_temperature))
@@ -87,10 +114,10 @@ def _finetune(model, cfg: _StructuredBase, ctx, teacher, callbacks=()) -> dict:
     return {k: v for k, v in summary.items() if k != "history"}
 
 
-def _teacher(model, cfg: _StructuredBase, ctx):
+def _teacher(model, cfg, ctx):
     import copy
 
-    if not cfg.distill or cfg.finetune is None:
+    if not _distills(cfg) or cfg.finetune is None:
         return None
     reference = getattr(ctx, "reference", None)
     teacher = reference() if reference is not None else copy.deepcopy(model)
@@ -137,10 +164,21 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
 
 
 # ---------------------------------------------------------------------- transformers
+def _hidden_field():
+    return Field(0.0, ge=0, description="transformers: weight of the hidden-state loss while fine-tuning (relative "
+                 "MSE of every block output to the unpruned block it came from); 0 = none")
+
+
 class _TransformerBase(_StructuredBase):
     ratio: float = Field(..., ge=0, lt=1, description="share of units removed")
     scope: Literal["global", "uniform"] = Field(
         "uniform", description="uniform: the same count in every block (the HF config can say it)")
+    distill_hidden: float = _hidden_field()
+
+    @model_validator(mode="after")
+    def _distill_needs_finetune(self):
+        _check_distill(self)
+        return self
 
 
 class HeadsConfig(_TransformerBase):
@@ -178,11 +216,16 @@ class LayersConfig(MethodConfig):
         "takes (measured), which removes slow blocks first among equally unimportant ones")
     calibration_samples: int = Field(16, ge=1)
     finetune: FinetuneConfig | None = None
+    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets of the unpruned model "
+                           "with this weight; 0 = plain fine-tuning")
+    distill_temperature: float = Field(4.0, gt=0)
+    distill_hidden: float = _hidden_field()
 
     @model_validator(mode="after")
     def _one(self):
         if sum(v is not None for v in (self.count, self.indices, self.names)) != 1:
             raise ValueError("give exactly one of 'count', 'indices' or 'names'")
+        _check_distill(self)
         return self
 
     @classmethod
@@ -313,6 +356,7 @@ def run_layers(model, cfg: LayersConfig, ctx):
     from .hf import _is_hf
     from .transformer import drop_layers
 
+    teacher = _teacher(model, cfg, ctx)
     if not _is_hf(model):
         model, report = _drop_cnn_blocks(model, cfg, ctx)
         if report is None:
@@ -328,6 +372,65 @@ def run_layers(model, cfg: LayersConfig, ctx):
             model, report = drop_layers(model, cfg.count, batches)
     _record(ctx, "layers", report)
     if cfg.finetune is not None:
-        summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)
-        ctx.notes["layers"][-1]["finetune"] = {k: v for k, v in summary.items() if k != "history"}
+        ctx.notes["layers"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
+    return model
+
+
+# ---------------------------------------------------------------------------- width
+class WidthConfig(MethodConfig):
+    """Hidden-size pruning of a Hugging Face transformer (BERT, GPT-2, Llama family): the residual
+    stream narrower in the embeddings, every block, every norm and the head; config updated."""
+
+    method = "width"
+    hidden_size: int | None = Field(None, ge=1, description="the new width (BERT / GPT-2: a multiple of the "
+                                    "head size; whole heads go with it)")
+    ratio: float | None = Field(None, ge=0, lt=1, description="or the share of hidden dims removed")
+    criterion: Literal["activation", "l2", "taylor", "random"] = Field(
+        "activation", description="activation: RMS of every norm's output per dim on calibration data (Minitron)")
+    calibration_batches: int = Field(8, ge=1)
+    calibration_batch_size: int = Field(16, ge=1)
+    norm_correction: bool = Field(True, description="rescale each norm by its mean statistic ratio (kept dims / "
+                                  "all dims) on calibration data")
+    finetune: FinetuneConfig | None = None
+    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets of the unpruned model "
+                           "with this weight; 0 = plain fine-tuning")
+    distill_temperature: float = Field(4.0, gt=0)
+    distill_hidden: float = _hidden_field()
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.hidden_size is None) == (self.ratio is None):
+            raise ValueError("give exactly one of 'hidden_size' or 'ratio'")
+        _check_distill(self)
+        return self
+
+    @classmethod
+    def example(cls) -> "WidthConfig":
+        return cls(ratio=0.25)
+
+    def preflight(self, model, task) -> None:
+        """Before a recipe runs: a transformer family with a width rule and a width its config can say
+        (checked on shapes only; outside a recipe, a model that is not a transformer is skipped)."""
+        from .width import target_width
+
+        if model is not None:
+            target_width(model, self.hidden_size, self.ratio)
+
+
+@register(WidthConfig)
+def run_width(model, cfg: WidthConfig, ctx):
+    from .width import prune_width
+
+    if _not_transformer(model, ctx, cfg.method):
+        return model
+    teacher = _teacher(model, cfg, ctx)
+    batches = None
+    if cfg.criterion in ("activation", "taylor") or cfg.norm_correction:
+        batches = _taylor_batches(ctx.task, cfg, ctx.seed)
+    model, report = prune_width(model, cfg.hidden_size, ratio=cfg.ratio, criterion=cfg.criterion, batches=batches,
+                                loss_fn=ctx.task.loss, seed=ctx.seed, norm_correction=cfg.norm_correction)
+    _record(ctx, "width", report)
+    log.info("width %d: %d -> %d params", report["hidden_size"], report["params_before"], report["params_after"])
+    if cfg.finetune is not None:
+        ctx.notes["width"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
     return model
