@@ -91,6 +91,7 @@ FAMILIES: tuple[str, ...] = (
     "netslim.prune.obd",
     "netslim.codec",
     "netslim.prune.structured",
+    "netslim.prune.cofi",
     "netslim.prune.oneshot", "netslim.quantize.gptq", "netslim.quantize.sparse_gptq",
     "netslim.search",
     "netslim.export.gguf",

@@ -210,9 +210,11 @@ def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
 def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activation",
                batches: Iterable[Any] | None = None, loss_fn: Callable | None = None, seed: int = 0,
                example_inputs: Any = None, graph: DependencyGraph | None = None,
-               keep: torch.Tensor | None = None) -> tuple[PrunePlan, dict[str, Any]]:
+               keep: torch.Tensor | None = None, coupled: bool = True) -> tuple[PrunePlan, dict[str, Any]]:
     """The prune plan of a width ``hidden_size`` (see the module docstring). ``keep``: the hidden
-    dims to keep, instead of ranking them (CoFi's learned masks)."""
+    dims to keep, instead of ranking them (CoFi's learned masks). ``coupled=False``: cut only the
+    residual stream, not what the config sizes with it (BERT / GPT-2 heads, BERT's pooler): CoFi's
+    per-block head counts reload with ``netslim.load`` only anyway; the config states the width."""
     if criterion not in WIDTH_CRITERIA:
         raise bad_param("width", "criterion", f"one of {', '.join(WIDTH_CRITERIA)}", criterion)
     rule = width_rule(model)
@@ -226,12 +228,15 @@ def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activati
     if len(keep) != hidden_size:
         raise NetslimError(f"width: {len(keep)} kept dims for a width of {hidden_size}.")
     keeps = {g.id: keep}
-    for h in graph.groups:  # other spaces the config sizes by hidden_size (BERT's pooler): the same width
+    for h in graph.groups if coupled else ():  # other spaces the config sizes by hidden_size (BERT's pooler)
         if h is not g and h.kind == "channel" and h.size == d and h.prunable:
             crit = "activation" if criterion == "activation" else criterion
             keeps[h.id] = _top(group_scores(model, DependencyGraph([h], graph.slots, [], graph.kind), crit,
                                             batches=batches, loss_fn=loss_fn, seed=seed)[h.id], hidden_size)
-    keeps.update(_head_keeps(model, graph, rule, hidden_size, criterion, batches, loss_fn, seed))
+    if coupled:
+        keeps.update(_head_keeps(model, graph, rule, hidden_size, criterion, batches, loss_fn, seed))
+    else:
+        rule = replace(rule, heads_key=None)
     saved = {gid: graph.groups[gid].locked for gid in keeps}
     for gid in keeps:  # width accepts the renormalisation the lock protects; verify_width checks the rest
         graph.groups[gid].locked = None
@@ -297,6 +302,8 @@ def _config(model: nn.Module, rule: WidthRule, width: int) -> tuple[dict[str, An
             if hasattr(m, "attention_head_size") and hasattr(m, "all_head_size"):  # BERT: informative
                 attrs += [{"module": name, "attr": "num_attention_heads", "value": width // hd},
                           {"module": name, "attr": "all_head_size", "value": width}]
+    elif WIDTH_RULES[cfg.model_type].heads_key is not None:
+        pass  # coupled=False: BERT / GPT-2 heads keep their own size, which their config cannot state
     elif getattr(cfg, "head_dim", None) is None:
         config["head_dim"] = d // int(cfg.num_attention_heads)
     else:
@@ -405,16 +412,17 @@ def apply_corrections(model: nn.Module, factors: dict[str, float]) -> None:
 def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: float | None = None,
                 criterion: str = "activation", batches: Iterable[Any] | None = None,
                 loss_fn: Callable | None = None, seed: int = 0, norm_correction: bool = True,
-                example_inputs: Any = None, keep: torch.Tensor | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                example_inputs: Any = None, keep: torch.Tensor | None = None,
+                coupled: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """Make the residual stream ``hidden_size`` wide (or ``ratio`` narrower), in place; returns
     ``(model, report)`` with the plan, the kept dims and the norm factors."""
-    width = target_width(model, hidden_size, ratio)
+    width = target_width(model, hidden_size, ratio) if coupled else _free_width(model, hidden_size)
     batches = list(batches) if batches is not None else None
     if example_inputs is None:
         example_inputs = _inputs_of(batches[0]) if batches else example_inputs_for(model)
     before = count_params(model)
     plan, info = plan_width(model, width, criterion=criterion, batches=batches, loss_fn=loss_fn, seed=seed,
-                            example_inputs=example_inputs, keep=keep)
+                            example_inputs=example_inputs, keep=keep, coupled=coupled)
     norms = norm_names(model, info["residual"])
     diff = verify_width(model, plan, info["keep"], norms, example_inputs)
     factors = norm_corrections(model, norms, info["keep"], batches) if norm_correction and batches else {}
@@ -427,6 +435,14 @@ def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: floa
                    "groups": plan.groups, "config": plan.config, "plan": plan.to_dict(), "skipped": skipped,
                    "verified_max_diff": diff, "norm_factors": factors,
                    "from_pretrained": config_shapes_match(model)}
+
+
+def _free_width(model: nn.Module, hidden_size: int | None) -> int:
+    width_rule(model)
+    d = int(model.config.hidden_size)
+    if not isinstance(hidden_size, int) or not 1 <= hidden_size < d:
+        raise bad_param("width", "hidden_size", f"an int in [1, {d - 1}]", hidden_size)
+    return hidden_size
 
 
 def config_shapes_match(model: nn.Module) -> bool:
