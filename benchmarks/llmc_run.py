@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--result", required=True, help="output JSON of the figures")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-compressed", default=None,
+                    help="also save the model as llm-compressor's compressed-tensors directory here (issue 18)")
     args = ap.parse_args()
 
     import torch
@@ -113,6 +115,10 @@ def main() -> None:
     tmp = Path(args.weights).with_suffix(".tmp")
     save_file(weights, str(tmp))
     os.replace(tmp, args.weights)
+    if args.save_compressed:  # llm-compressor's own output, as its users ship it
+        out_dir = Path(args.save_compressed)
+        model.save_pretrained(out_dir, save_compressed=True)
+        tokenizer.save_pretrained(out_dir)
     res = {"compress_s": round(seconds, 1), "compress_peak_rss_mb": round(peak.peak / 2**20),
            "rss_after_load_mb": round(rss_loaded / 2**20),
            "rss_before_model_mb": round(rss_before_model / 2**20), "first_nll_llmc": round(first_nll, 5),
