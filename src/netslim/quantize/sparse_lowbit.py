@@ -273,6 +273,22 @@ def dense_static(layer: _Int8Base) -> _Int8Base:
     return new
 
 
+def densify(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with every sparse layer replaced by its dense equivalent (same codes):
+    for comparisons of the two storage forms. ``netslim.save`` then writes dense codes only
+    where the sparse form is not smaller."""
+    from netslim.core.surgery import replace_module
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, _SparseStatic):
+            replace_module(model, name, dense_static(m))
+        elif isinstance(m, SparseQuantizedLinear):
+            dense = QuantizedLinear.from_codes(m.codes(), m.scales, m.zeros, bits=m.bits, group_size=m.group_size,
+                                               bias=m.bias)
+            replace_module(model, name, dense)
+    return model
+
+
 # --------------------------------------------------------------------- weight-only packed
 class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
     """A :class:`QuantizedLinear` whose packed codes are stored sparse (fill: each group's zero point)."""
