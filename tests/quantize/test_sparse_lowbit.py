@@ -398,3 +398,14 @@ def test_sparse_kernel_layers_match_the_dense_int8_layers():
         serialize.replace_module(fast, name, sparse)
     y = fast(X)
     assert (y.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+def test_sparse_layers_export_to_onnx_as_their_dense_twins(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from netslim.quantize.onnx_export import check_onnx, export_onnx
+
+    loaded = netslim.load(netslim.save(_pruned_int8(4), tmp_path / "s.safetensors"))
+    assert isinstance(loaded.fc1, SparseInt8Linear)
+    path = export_onnx(loaded, tmp_path / "s.onnx", X[:2])
+    check = check_onnx(loaded, path, X[:4])
+    assert check["within_tolerance"], check

@@ -45,6 +45,7 @@ from netslim.measure.storage import Weight, register_storage
 from . import sparse_codes as sc
 from . import sparse_int8
 from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base
+from .onnx_export import register_onnx_twin
 from .packing import PARAM_DTYPE
 from .weight_only import QuantizedLinear
 
@@ -273,19 +274,24 @@ def dense_static(layer: _Int8Base) -> _Int8Base:
     return new
 
 
+def dense_layer(m: nn.Module) -> nn.Module:
+    """The dense layer holding the same codes as the sparse layer ``m`` (``m`` itself otherwise)."""
+    if isinstance(m, _SparseStatic):
+        return dense_static(m)
+    if isinstance(m, SparseQuantizedLinear):
+        return QuantizedLinear.from_codes(m.codes(), m.scales, m.zeros, bits=m.bits, group_size=m.group_size,
+                                          bias=m.bias)
+    return m
+
+
 def densify(model: nn.Module) -> nn.Module:
     """``model`` (in place) with every sparse layer replaced by its dense equivalent (same codes):
-    for comparisons of the two storage forms. ``netslim.save`` then writes dense codes only
-    where the sparse form is not smaller."""
+    for comparisons of the two storage forms (the benchmark's dense int4 file)."""
     from netslim.core.surgery import replace_module
 
     for name, m in list(model.named_modules()):
-        if isinstance(m, _SparseStatic):
-            replace_module(model, name, dense_static(m))
-        elif isinstance(m, SparseQuantizedLinear):
-            dense = QuantizedLinear.from_codes(m.codes(), m.scales, m.zeros, bits=m.bits, group_size=m.group_size,
-                                               bias=m.bias)
-            replace_module(model, name, dense)
+        if isinstance(m, (_SparseStatic, SparseQuantizedLinear)):
+            replace_module(model, name, dense_layer(m))
     return model
 
 
@@ -422,3 +428,15 @@ def _weight_row(m: nn.Module, state: dict) -> Weight:
 
 for _cls in (SparseInt8Linear, SparseInt8Conv2d, SparseQuantizedLinear):
     register_storage(_cls, _weight_row)
+
+
+def _onnx_twin(m: nn.Module) -> nn.Module:
+    """ONNX: the export twin of the dense layer with the same codes (QDQ / packed; ONNX has no sparse int8)."""
+    from .onnx_export import _TWINS
+
+    dense = dense_layer(m)
+    return _TWINS[type(dense)](dense)
+
+
+for _cls in (SparseInt8Linear, SparseInt8Conv2d, SparseQuantizedLinear):
+    register_onnx_twin(_cls, _onnx_twin)
