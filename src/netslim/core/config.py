@@ -30,6 +30,9 @@ class MethodConfig(BaseModel):
     # Converts only layers still in float form and leaves converted ones (packed, sparse)
     # alone, so it may follow a freezing step (e.g. int8 embeddings after GPTQ's blocks).
     float_layers_only: ClassVar[bool] = False
+    # Under torchrun (netslim.train.parallel): every rank runs the step, training data-parallel with
+    # rank 0's pruning decisions. Steps without it run on rank 0 alone (one-shot calibrations excepted).
+    data_parallel: ClassVar[bool] = False
 
     @classmethod
     def example(cls) -> "MethodConfig":

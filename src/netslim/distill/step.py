@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from netslim.core.config import _format_validation_error, register
+from netslim.core.distributed import unwrap
 from netslim.core.errors import NetslimError
 from netslim.core.surgery import get_module
 from netslim.train.loop import FinetuneConfig, fit
@@ -162,8 +163,11 @@ class DistillTask(Task):
         return self.inner.forward(model, inputs)
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """``model``: the student (or :class:`WithAdapters`), or under torchrun its DDP wrapper (called
+        for the forward pass so that gradients are averaged; hooks and adapters are the inner model's)."""
         cfg = self.cfg
-        student = model.student if isinstance(model, WithAdapters) else model
+        inner = unwrap(model)
+        student = inner.student if isinstance(inner, WithAdapters) else inner
         root = _Capture(model, with_inputs=True)
         feats = {s: _Capture(get_module(student, s), False) for s in cfg.hints}
         try:
@@ -185,7 +189,7 @@ class DistillTask(Task):
         soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
         loss = (1 - cfg.alpha) * hard + cfg.alpha * soft / len(root.calls)
         if cfg.hints:
-            loss = loss + cfg.hint_weight * self._hints(model, feats, t_feats)
+            loss = loss + cfg.hint_weight * self._hints(inner, feats, t_feats)
         return loss
 
     def _hints(self, model, feats, t_feats) -> torch.Tensor:

@@ -25,6 +25,9 @@ The dense gradient RigL needs is read only at update steps, from a tensor hook o
 output of the layer's :class:`~netslim.core.masks.Mask` parametrization (the gradient of
 the *masked* weight, ``dL/dW'``, which is dense even where the mask is zero; the stored
 original's gradient is that times the mask).
+
+Under ``torchrun`` (data-parallel training) the dense gradients are averaged over the ranks
+before growing, and every mask update is rank 0's, broadcast before it is applied.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.core import distributed
 from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.masks import Mask, get_mask, make_permanent, set_mask
@@ -168,6 +172,7 @@ class _DynamicSparseConfig(TrainFields):
         return check_fraction(v)
 
     keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
+    data_parallel: ClassVar[bool] = True  # under torchrun: masks decided on rank 0 and broadcast
 
     @classmethod
     def example(cls):
@@ -227,6 +232,8 @@ class DynamicSparsity(Callback):
         if not self.is_update(state.step):
             return
         self.tap.stop()
+        # Each rank tapped the gradient of its share of the batch: average them (layer order).
+        distributed.all_reduce_mean_([self.tap.grads[n] for n, _ in self.layers if n in self.tap.grads])
         frac = self.fraction(state.step)
         moved = sum(self.update_layer(name, module, frac, state.optimizer) for name, module in self.layers)
         self.updates.append({"step": state.step, "fraction": frac, "moved": moved})
@@ -250,6 +257,7 @@ class DynamicSparsity(Callback):
         new = keep.clone()
         new[torch.topk(grow_score, n, sorted=False).indices] = True
         new = new.view_as(old)
+        distributed.broadcast_tensors([new])  # rank 0's decision on every rank
         born, died = new & ~old, old & ~new
         set_mask(module, new)  # zeroes the stored weight where the new mask is 0
         w.masked_fill_(born, 0.0)  # grown connections start at zero
@@ -308,7 +316,7 @@ def dynamic_sparse_train(model: nn.Module, task, *, cfg: _DynamicSparseConfig) -
     _check_end_step(cfg, total_steps(task, train_cfg))
     if cfg.from_scratch:
         _reinitialise(model, cfg.seed)
-    masks = initial_masks(layers, cfg)
+    masks = distributed.from_main(initial_masks(layers, cfg))
     for name, module in layers:
         set_mask(module, masks[name])
     cb = DynamicSparsity(layers, cfg)

@@ -44,6 +44,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from netslim.core import distributed
 from netslim.core.config import register
 from netslim.core.masks import get_mask, set_mask
 from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight
@@ -100,6 +101,9 @@ class L0Config(TrainFields):
         return check_fraction(v)
 
     keeps_modules: ClassVar[bool] = True  # gates end as masks (netslim.recipe.preflight)
+    # Under torchrun the gates' gradients are averaged by DDP (the gate noise is the same draw on
+    # every rank: one sample per weight, as in one process); the final masks are rank 0's.
+    data_parallel: ClassVar[bool] = True
 
     @classmethod
     def example(cls) -> "L0Config":
@@ -201,6 +205,7 @@ def gates_to_masks(layers: list[tuple[str, nn.Module]], gates: dict[str, HardCon
         keep = masks_from_scores(scores, cfg.sparsity, scope="global")
     else:
         keep = {n: zn > 0 for n, zn in z.items()}
+    distributed.from_main(keep)  # rank 0's decision on every rank
     for (name, module), gate in zip(layers, gates.values()):
         prior = get_mask(module)
         mean_gate = torch.sigmoid(gate.log_alpha).expand_as(module.weight)

@@ -30,13 +30,14 @@ weights stay zero.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from netslim.core import distributed
 from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.prune._api import PruneTargetFields, TrainFields, as_config, check_fraction, need_task, total_steps
@@ -52,6 +53,7 @@ class LotteryConfig(PruneTargetFields, TrainFields):
     """Lottery ticket: train, prune, rewind survivors, retrain; ``rounds`` times."""
 
     method = "lottery"
+    data_parallel: ClassVar[bool] = True  # under torchrun: each round's masks are rank 0's
     sparsity: float = Field(0.9, description="final sparsity, in [0, 1)")
     rounds: int = Field(1, ge=1, description="prune/rewind/retrain rounds (trainings: rounds + 1)")
     init: Literal["given", "reset"] = Field("given", description="where the initialisation comes from")
@@ -142,7 +144,7 @@ def run_lottery(model: nn.Module, cfg: LotteryConfig, ctx) -> nn.Module:
     recorder = RecordAt(cfg.rewind_step)
     history = [_train(model, task, train_cfg, [recorder], "dense", 0.0)]
     for r, s in enumerate(imp_sparsities(cfg.sparsity, cfg.rounds), start=1):
-        apply_masks(model, target_masks(model, cfg, s, seed=cfg.seed + r))
+        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.seed + r)))
         rewind(model, recorder.weights)
         history.append(_train(model, task, train_cfg, [], f"round {r}", s))
     ctx.notes[cfg.method] = {"trainings": history, "rewind_step": cfg.rewind_step, "init": cfg.init,

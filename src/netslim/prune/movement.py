@@ -16,6 +16,10 @@ the straight-through form of the paper's learned scores with a unit learning rat
   from S at each step, on the same unit-step scale as the movement term. Sparsity is an
   outcome of ``reg_lambda`` and ``threshold`` (reported), not a target.
 
+Under ``torchrun`` (data-parallel training) the dense gradients are averaged over the ranks
+before they move the scores (which then agree on every rank), and every new mask is rank
+0's, broadcast before it is applied.
+
 A pruned weight's stored value is zero (``set_mask`` zeroes it), so its score stops
 moving; if it re-enters the top-k later it grows back from zero. Weights that were
 already masked when the step began score -inf and stay pruned.
@@ -39,6 +43,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from netslim.core import distributed
 from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.core.masks import get_mask, set_mask
@@ -84,6 +89,7 @@ class MovementConfig(TrainFields):
         return self
 
     keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
+    data_parallel: ClassVar[bool] = True  # under torchrun: scores from averaged gradients, masks from rank 0
 
     @classmethod
     def example(cls) -> "MovementConfig":
@@ -137,6 +143,8 @@ class MovementPruning(Callback):
     @torch.no_grad()
     def on_after_backward(self, state: TrainState) -> None:
         self.tap.stop()
+        # Each rank tapped the gradient of its share of the batch: average them (layer order).
+        distributed.all_reduce_mean_([self.tap.grads[n] for n, _ in self.layers if n in self.tap.grads])
         for name, module in self.layers:
             if name in self.tap.grads:
                 # (out, in[, kh, kw]): S -= W * dL/dW'
@@ -153,9 +161,10 @@ class MovementPruning(Callback):
                 state.can_checkpoint = True
 
     def new_masks(self, step: int) -> dict[str, torch.Tensor]:
+        """The masks at ``step``: rank 0's under torchrun (broadcast)."""
         if self.cfg.mode == "soft":
-            return {n: s > self.cfg.threshold for n, s in self.scores.items()}
-        return masks_from_scores(self.scores, self.target(step), scope=self.cfg.scope)
+            return distributed.from_main({n: s > self.cfg.threshold for n, s in self.scores.items()})
+        return distributed.from_main(masks_from_scores(self.scores, self.target(step), scope=self.cfg.scope))
 
     def remask(self, masks: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> None:
         for name, module in self.layers:

@@ -29,11 +29,12 @@ training; the rest of the run fine-tunes at the final sparsity.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from netslim.core import distributed
 from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.prune._api import PruneTargetFields, TrainFields, as_config, check_fraction, need_task, total_steps
@@ -64,6 +65,7 @@ class IMPConfig(PruneTargetFields, TrainFields):
     """Iterative magnitude pruning: ``rounds`` x (prune, fine-tune ``epochs``) to ``sparsity``."""
 
     method = "imp"
+    data_parallel: ClassVar[bool] = True  # under torchrun: each round's masks are rank 0's
     sparsity: float = Field(0.9, description="final sparsity, in [0, 1)")
     rounds: int = Field(3, ge=1)
 
@@ -82,7 +84,7 @@ def run_imp(model: nn.Module, cfg: IMPConfig, ctx) -> nn.Module:
     task = need_task(ctx, cfg.method)
     history = []
     for r, s in enumerate(imp_sparsities(cfg.sparsity, cfg.rounds), start=1):
-        apply_masks(model, target_masks(model, cfg, s, seed=cfg.seed + r))
+        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.seed + r)))
         summary = fit(model, task, cfg.train_config())
         history.append({"round": r, "sparsity": s, "best_" + task.metric: summary["best_" + task.metric],
                         "steps": summary["steps"]})
@@ -101,6 +103,7 @@ class GradualConfig(PruneTargetFields, TrainFields):
     """Gradual magnitude pruning on the cubic schedule during ``epochs`` of training."""
 
     method = "gradual"
+    data_parallel: ClassVar[bool] = True  # under torchrun: each pruning event's masks are rank 0's
     sparsity: float = Field(0.9, description="final sparsity s_f, in [0, 1)")
     initial_sparsity: float = Field(0.0, description="s_i, applied at start_step, in [0, 1)")
     start_step: int = Field(0, ge=0, description="t0: first pruning step")
@@ -153,7 +156,8 @@ class CubicPruning(Callback):
         if t < self.t0 or t > last or (t - self.t0) % self.dt:
             return
         s = cubic_sparsity(t, self.cfg.initial_sparsity, self.cfg.sparsity, self.t0, self.n, self.dt)
-        apply_masks(state.model, target_masks(state.model, self.cfg, s, seed=self.cfg.seed + t))
+        masks = target_masks(state.model, self.cfg, s, seed=self.cfg.seed + t)
+        apply_masks(state.model, distributed.from_main(masks))  # rank 0's decision on every rank
         self.events.append((t, s))
         if t == last:
             state.can_checkpoint = True

@@ -11,7 +11,7 @@ unpacked to int8 for the int8 kernels).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +204,9 @@ class QATConfig(MethodConfig):
 
     method = "qat"
     freezes = True
+    # Under torchrun every rank prepares and converts alike (the same calibration rows) and
+    # fine-tunes data-parallel; prune events take rank 0's masks.
+    data_parallel: ClassVar[bool] = True
     weight_bits: int = Field(4, ge=2, le=8)
     act_bits: Literal[8] = 8
     finetune: FinetuneConfig = FinetuneConfig(epochs=3, lr=0.001, optimizer="adamw", weight_decay=0.0)

@@ -54,10 +54,12 @@ def _target(prune: QATPrune, include, exclude):
 
 def prune_now(model: nn.Module, prune: QATPrune, include, exclude, sparsity: float | None = None) -> None:
     """Mask the selected (QAT) layers to ``sparsity`` (default: the final one) by magnitude."""
+    from netslim.core.distributed import from_main
     from netslim.prune import apply_masks, target_masks
 
     cfg = _target(prune, include, exclude)
-    apply_masks(model, target_masks(model, cfg, prune.sparsity if sparsity is None else sparsity))
+    masks = target_masks(model, cfg, prune.sparsity if sparsity is None else sparsity)
+    apply_masks(model, from_main(masks))  # under torchrun: rank 0's decision on every rank
 
 
 class QATPruning(Callback):

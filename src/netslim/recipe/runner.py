@@ -3,6 +3,21 @@
 ``OUT/state.json`` records completed steps; ``resume=True`` reloads the last step's
 checkpoint and continues after it. Only the latest checkpoint is kept (LLM-sized
 checkpoints add up fast).
+
+Under ``torchrun --nproc-per-node N [--nnodes M] -m netslim compress ...`` every rank runs the
+recipe and only rank 0 writes (checkpoints, state, artifacts, report). A step runs:
+
+* data-parallel on every rank when its config says so (``data_parallel``: train, finetune,
+  distill, qat, gradual, imp, lottery, movement, rigl, set, l0; :mod:`netslim.train.parallel`);
+  afterwards every rank is checked to hold the same weights and masks, bit for bit;
+* on every rank with the calibration split across them for the one-shot methods
+  (:mod:`netslim.core.distributed`);
+* on rank 0 alone otherwise (pruning, quantization, factorisation, searches): the other ranks
+  wait and load its checkpoint.
+
+``evaluate`` and ``export`` run on rank 0. ``--resume`` works the same: every rank loads the
+last checkpoint. Batch sizes that the number of processes does not divide, and calibration
+``num_samples`` likewise, are refused before any work.
 """
 from __future__ import annotations
 
@@ -116,16 +131,16 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
         streamed.check_task(task)
         streamed.check_budget(recipe, sm, task, streamed.budget_of(recipe))
     info = run_info(opened, task, recipe.name, sm.path if sm else reference_path)
-    with _locked(out) if main else contextlib.nullcontext():
-        fingerprint = _fingerprint(recipe, ref, info, data_options)
-        state = stored_state(out, fingerprint, resume=resume, force=force, dry=not main)
+    fingerprint = _fingerprint(recipe, ref, info, data_options)
+    with contextlib.ExitStack() as run_lock:
+        state = _open_out(out, fingerprint, run_lock, resume=resume, force=force, main=main)
         ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
         torch.manual_seed(recipe.seed)
         model = sm if sm is not None else opened.model
         memory = {"fp32_model_bytes": fp32_bytes(opened.model), "rss_before_model_bytes": rss_before_model,
                   "memory_budget": streamed.budget_of(recipe) if sm is not None else None}
-        if not main:  # another rank of a torchrun: it calibrates with rank 0 and writes nothing
-            state = {"steps": [], "checkpoint": None} if not state else state
+        if not main and not state:  # another rank of a torchrun: it works with rank 0 and writes nothing
+            state = {"steps": [], "checkpoint": None}
         elif not state:
             with PeakMemory() as mem:
                 if sm is None:
@@ -140,7 +155,8 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
                     load(out / state["checkpoint"], base=opened.base)
             ctx.skipped.extend(state.get("skipped", []))
             ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
-        model = _run_steps(model, recipe, ctx, state, out, memory, main)
+        distributed.barrier()  # torchrun: rank 0 has written the baseline (a teacher / reference) and state
+        model = _run_steps(model, recipe, ctx, state, out, memory, main, base=opened.base)
         final_model = model.model if isinstance(model, StreamedModel) else model
         if not main:
             distributed.barrier()  # rank 0 measures and reports
@@ -152,26 +168,47 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
 
 def _distributed(recipe: Recipe) -> bool:
     """Join a torchrun process group (``WORLD_SIZE`` > 1); True on the rank that writes files.
-    Distributed runs calibrate one-shot steps across ranks; other weight-changing steps run in
-    one process only (a NetslimError naming the first, before any work)."""
+    Refuses, before any work, a data-parallel step whose batch size the number of processes does
+    not divide, and a calibration ``num_samples`` likewise."""
     if not distributed.init_from_env():
         return True
-    from netslim.core.stream_io import streaming_methods
+    from netslim.train.parallel import batch_sizes, check_batch_size
 
-    ok = set(streaming_methods()) | {"evaluate", "export"}
-    bad = [f"step {i} ({s.method})" for i, s in enumerate(recipe.steps, 1) if s.method not in ok]
-    if bad:
-        raise NetslimError(f"Under torchrun netslim distributes the calibration of one-shot steps "
-                           f"({', '.join(sorted(ok - {'evaluate', 'export'}))}); {bad[0]} runs in one process: "
-                           "start it without torchrun.")
     size = distributed.world()[1]
     for i, s in enumerate(recipe.steps, 1):
+        if _mode(s) == "data-parallel":
+            for where, batch in batch_sizes(s):
+                try:
+                    check_batch_size(batch, size, where)
+                except NetslimError as e:
+                    raise NetslimError(f"step {i} ({s.method}): {e}") from None
         n = getattr(s, "num_samples", None)
         if isinstance(n, int) and n % size:
             raise NetslimError(f"step {i} ({s.method}): num_samples {n} must be a multiple of the number of "
                                f"processes ({size}) so that every rank calibrates on an equal share; use "
                                f"{max(size, n // size * size)} or {(n // size + 1) * size}, or another --nproc-per-node.")
     return distributed.is_main()
+
+
+def _open_out(out: Path, fingerprint: dict, stack: contextlib.ExitStack, *, resume: bool, force: bool,
+              main: bool) -> dict[str, Any]:
+    """Lock OUT (held until ``stack`` closes) and return the state to continue (:func:`stored_state`).
+    Under torchrun rank 0 alone does both, and every rank gets its state or its error: the others
+    never read OUT while rank 0 writes it."""
+    if distributed.world()[1] == 1:
+        stack.enter_context(_locked(out))
+        return stored_state(out, fingerprint, resume=resume, force=force)
+    message, state = None, None
+    if main:
+        try:
+            stack.enter_context(_locked(out))
+            state = stored_state(out, fingerprint, resume=resume, force=force)
+        except NetslimError as e:
+            message = str(e)
+    message, state = distributed.broadcast_object((message, state))
+    if message is not None:
+        raise NetslimError(message)
+    return state
 
 
 def _open_streamed(recipe: Recipe, ref: Any, weights: Any, verify: bool):
@@ -245,31 +282,56 @@ _WHAT = {"recipe": "recipe", "model_ref": "model", "dataset": "dataset", "data":
          "data_options": "data options (--limit)"}
 
 
+def _mode(step) -> str:
+    """How a step runs under torchrun (see the module docstring)."""
+    from netslim.core.stream_io import streaming_methods
+
+    if step.method in ("evaluate", "export"):
+        return "rank 0"
+    if getattr(type(step), "data_parallel", False):
+        return "data-parallel"
+    return "calibration split" if step.method in streaming_methods() else "rank 0 alone"
+
+
 def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: Path, memory: dict,
-               main: bool = True) -> Any:
+               main: bool = True, base: Any = None) -> Any:
     """Apply the steps not done yet, a checkpoint and the state after each (on the rank that
-    writes files); peak memory and time of each step and of its measurement recorded."""
+    writes files); peak memory and time of each step and of its measurement recorded. Under
+    torchrun, each step as :func:`_mode` says."""
+    ranks = distributed.world()[1]
     for i, step in enumerate(recipe.steps):
         if i < len(state["steps"]):
             continue  # done in an earlier run
         log.info("step %d/%d: %s", i + 1, len(recipe.steps), step.method)
         ctx.notes = {}
         ckpt = out / "checkpoints" / f"step{i + 1:02d}_{step.method}.safetensors"
+        mode = _mode(step) if ranks > 1 else "one process"
+        if isinstance(model, StreamedModel) and mode != "rank 0":
+            mode = "calibration split"  # a streamed run: every step streams
         t0 = time.perf_counter()
         wrote = True
         with PeakMemory() as mem:
             try:
-                if not main and step.method in ("evaluate", "export"):
-                    pass  # another rank of a torchrun: rank 0 scores and writes
+                if not main and mode in ("rank 0", "rank 0 alone"):
+                    pass  # another rank of a torchrun: rank 0 scores and writes, or runs the step
                 elif isinstance(model, StreamedModel):
                     model, wrote = streamed.stream_apply(model, step, ctx, ckpt, memory["memory_budget"])
+                elif mode == "rank 0 alone":
+                    with distributed.alone():
+                        model = apply(model, step, ctx)
                 else:
                     model = apply(model, step, ctx)
+                if mode == "data-parallel":
+                    distributed.check_identical(model, f"step {i + 1} ({step.method})")
             except NetslimError as e:
                 raise NetslimError(f"step {i + 1} ({step.method}): {e}") from None
             seconds = time.perf_counter() - t0
             if main and not isinstance(model, StreamedModel):
                 save(model, ckpt, ctx.info)
+        if mode == "rank 0 alone":
+            distributed.barrier()  # its checkpoint is written: the other ranks continue from it
+            if not main:
+                model = load(ckpt, base=base)
         if not main:
             state["steps"].append({"method": step.method})
             continue
@@ -282,6 +344,8 @@ def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: P
                   "metrics": metrics, "notes": ctx.notes,
                   "memory": {"step": mem.as_dict(memory["fp32_model_bytes"]),
                              "measure": measured.as_dict(memory["fp32_model_bytes"])}}
+        if ranks > 1:
+            record["torchrun"] = {"processes": ranks, "ran": mode}
         state["steps"].append(record)
         state["checkpoint"] = str(ckpt.relative_to(out)) if ckpt is not None else None
         state["skipped"] = ctx.skipped

@@ -2,6 +2,8 @@
 
 Schedules of later methods (gradual pruning, RigL updates, QAT freezing) hook in as
 :class:`Callback` objects; ``extra_loss`` lets a callback add a penalty (L0, BN-L1).
+Under ``torch.distributed`` (e.g. ``torchrun``) the same loop trains data-parallel:
+see :mod:`netslim.train.parallel`.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig
 from netslim.core.errors import NetslimError
+from netslim.train.parallel import DataParallel
 from netslim.train.progress import progress
 from netslim.train.tasks import Task
 
@@ -51,6 +54,7 @@ class TrainConfig(MethodConfig):
     eval_split: str = "val"
     seed: int = Field(0, ge=0, le=2**63 - 1)  # torch.manual_seed's range
     keeps_modules: ClassVar[bool] = True  # trains the parameters there are (netslim.recipe.preflight)
+    data_parallel: ClassVar[bool] = True  # under torchrun: every rank trains (netslim.train.parallel)
 
     @classmethod
     def example(cls) -> "TrainConfig":
@@ -130,9 +134,13 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train ``model`` in place on ``task``; returns a summary with the per-epoch history."""
+    """Train ``model`` in place on ``task``; returns a summary with the per-epoch history.
+
+    Under an initialised process group of N > 1 ranks: data-parallel, ``cfg.batch_size`` rows per
+    step over all ranks (:mod:`netslim.train.parallel`)."""
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device
+    par = DataParallel(model, cfg.batch_size)  # checks the batch divides over the ranks
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
@@ -151,7 +159,9 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
     epochs = cfg.epochs if cfg.epochs else 1
     while state.step < total and not state.stop and state.epoch < epochs + (1 if cfg.max_steps else 0):
         loss_sum, n = 0.0, 0
-        batches = progress(task.train_batches(state.epoch, cfg.batch_size), f"epoch {state.epoch + 1}", steps_per_epoch)
+        batches = task.train_batches(state.epoch, cfg.batch_size)
+        if par.main:
+            batches = progress(batches, f"epoch {state.epoch + 1}", steps_per_epoch)
         for batch in batches:
             if state.step >= total or state.stop:
                 break
@@ -160,13 +170,14 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
             for cb in callbacks:
                 cb.on_step_begin(state)
             with _autocast(cfg, device):
-                loss = task.loss(model, batch)
+                loss = task.loss(par.net(), par.shard(batch))
                 for cb in callbacks:
                     extra = cb.extra_loss(state)
                     if extra is not None:
                         loss = loss + extra
-            if not torch.isfinite(loss):
-                raise NetslimError(f"Training diverged at step {state.step} (loss={loss.item()}); lower 'lr'.")
+            value = par.loss_value(loss)  # the mean over the ranks
+            if not math.isfinite(value):
+                raise NetslimError(f"Training diverged at step {state.step} (loss={value}); lower 'lr'.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             for cb in callbacks:
@@ -177,11 +188,11 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
             scaler.step(opt)
             scaler.update()
             state.step += 1
-            state.loss = loss.item()
+            state.loss = value
             loss_sum, n = loss_sum + state.loss, n + 1
             for cb in callbacks:
                 cb.on_step_end(state)
-        metrics = task.evaluate(model, cfg.eval_split)
+        metrics = par.evaluate(task, cfg.eval_split)  # rank 0's, on every rank
         entry = {"epoch": state.epoch + 1, "step": state.step, "train_loss": loss_sum / max(n, 1),
                  **{f"{cfg.eval_split}_{k}": v for k, v in metrics.items()}}
         state.history.append(entry)
@@ -197,6 +208,8 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
         cb.on_train_end(state)
     if cfg.select_best and best_state is not None:
         model.load_state_dict(best_state)
+    par.finish()  # rank 0's buffers everywhere; every rank checked to hold the same weights
     model.eval()
-    return {"steps": state.step, "epochs": state.epoch, "seconds": time.perf_counter() - started,
-            "best_" + task.metric: best_metric, "history": state.history}
+    summary = {"steps": state.step, "epochs": state.epoch, "seconds": time.perf_counter() - started,
+               "best_" + task.metric: best_metric, "history": state.history}
+    return summary | ({"processes": par.size} if par.active else {})
