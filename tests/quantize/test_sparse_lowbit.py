@@ -300,7 +300,8 @@ def test_qat_prune_orders_reach_the_sparsity(prune, fmnist_small, tmp_path):
 
 # ------------------------------------------------------------------------------- kernel
 KERNEL_CASES = [  # (kind, shape args, sparsity or "2:4", stride, padding, dilation)
-    ("linear", (1, 30, 7), 0.8, 1, 0, 1), ("linear", (64, 100, 33), 0.5, 1, 0, 1),
+    ("linear", (1, 30, 7), 0.8, 1, 0, 1), ("linear", (1, 300, 9), 0.3, 1, 0, 1),  # batch 1: gathered quads
+    ("linear", (64, 100, 33), 0.5, 1, 0, 1),
     ("linear", (5, 64, 16), "2:4", 1, 0, 1), ("conv", (2, 16, 9, 9, 5, 3), 0.7, 1, 1, 1),
     ("conv", (3, 5, 8, 7, 4, 3), 0.9, 2, 1, 1), ("conv", (2, 8, 10, 10, 3, 3), "2:4", 1, 2, 2),
     ("conv", (1, 8, 6, 6, 3, 1), 0.5, 2, 0, 1),

@@ -97,6 +97,21 @@ static void accumulate(int32_t *acc, int64_t P, const uint32_t *base, const int6
 #endif
 }
 
+/* sum_j dot4(x[idx[j]], w[j]): batch 1, the quads' words gathered 16 at a time. */
+static int32_t dot_row(const uint32_t *x, const int32_t *idx, const int32_t *w, int32_t n) {
+    int32_t j = 0, total = 0;
+#ifdef NETSLIM_VNNI
+    __m512i a = _mm512_setzero_si512();
+    for (; j + 16 <= n; j += 16) {
+        const __m512i xv = _mm512_i32gather_epi32(_mm512_loadu_si512(idx + j), (const void *)x, 4);
+        a = _mm512_dpbusd_epi32(a, xv, _mm512_loadu_si512(w + j));
+    }
+    total = _mm512_reduce_add_epi32(a);
+#endif
+    for (; j < n; ++j) total += dot4(x[idx[j]], w[j]);
+    return total;
+}
+
 /* The affine parameters around the integer product (see the header). */
 typedef struct {
     int mode, relu, zin, zout;
@@ -190,8 +205,11 @@ void netslim_sq8_pack_linear_f32(int64_t B, int64_t K, const float *x, int64_t l
                             if (yy < 0 || yy >= H) continue;                                              \
                             const T *src = x + b * sb + 4 * c4 * sc + yy * sh + (j0 * s + px - pad_w) * sw; \
                             uint8_t *dst = plane + (i * Wph + j0) * 4;                                    \
-                            for (int64_t j = j0; j < j1; ++j, src += s * sw, dst += 4)                    \
-                                for (int64_t t = 0; t < nc; ++t) dst[t] = LOAD(src[t * sc]);              \
+                            if (sizeof(T) == 1 && sc == 1 && nc == 4) /* channels-last codes: 4-byte words */ \
+                                for (int64_t j = j0; j < j1; ++j, src += s * sw, dst += 4) memcpy(dst, src, 4); \
+                            else                                                                          \
+                                for (int64_t j = j0; j < j1; ++j, src += s * sw, dst += 4)                \
+                                    for (int64_t t = 0; t < nc; ++t) dst[t] = LOAD(src[t * sc]);          \
                         }                                                                                 \
                     }                                                                                     \
     }
@@ -228,8 +246,12 @@ int64_t netslim_sq8_linear(int64_t rows, int64_t K4, int64_t nq, int64_t B, cons
             _Pragma("omp for schedule(static)")
             for (int64_t r = 0; r < rows; ++r) {
                 const int32_t s0 = rowptr[r], n = rowptr[r + 1] - s0;
-                for (int32_t j = 0; j < n; ++j) off[j] = (int64_t)qidx[s0 + j] * B;
-                accumulate(acc, B, (const uint32_t *)x4, off, qw + s0, n);
+                if (B == 1) {  /* one position: a sparse dot product over the row's quads */
+                    acc[0] = dot_row((const uint32_t *)x4, qidx + s0, qw + s0, n);
+                } else {
+                    for (int32_t j = 0; j < n; ++j) off[j] = (int64_t)qidx[s0 + j] * B;
+                    accumulate(acc, B, (const uint32_t *)x4, off, qw + s0, n);
+                }
                 requant_span(&rq, r, acc, B, out, r, rows);
             }
         }
