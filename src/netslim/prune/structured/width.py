@@ -434,7 +434,7 @@ def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: floa
     return model, {"params_before": before, "params_after": count_params(model), "hidden_size": width,
                    "groups": plan.groups, "config": plan.config, "plan": plan.to_dict(), "skipped": skipped,
                    "verified_max_diff": diff, "norm_factors": factors,
-                   "from_pretrained": config_shapes_match(model)}
+                   "from_pretrained": coupled and config_shapes_match(model)}
 
 
 def _free_width(model: nn.Module, hidden_size: int | None) -> int:
