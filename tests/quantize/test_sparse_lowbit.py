@@ -52,12 +52,29 @@ def _roundtrip(codes, fill, layout, bits):
 
 
 # ------------------------------------------------------------------------------- codec
+def _gaps(codes, fill):
+    return sc.Layout("gaps", size=len(sc._gap_index(codes != fill)[0]))
+
+
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_bitmask_layout_roundtrips_bit_exact_at_every_width(bits):
+def test_bitmask_and_gap_layouts_roundtrip_bit_exact_at_every_width(bits):
     codes, fill = _codes((13, 37), bits, 0.3, seed=bits)
     _roundtrip(codes, fill, sc.Layout("mask"), bits)
+    _roundtrip(codes, fill, _gaps(codes, fill), bits)
     conv, cfill = _codes((6, 5, 3, 3), bits, 0.45, seed=bits + 10)
     _roundtrip(conv, cfill, sc.Layout("mask"), bits)
+    _roundtrip(conv, cfill, _gaps(conv, cfill), bits)
+
+
+def test_gap_coding_is_chosen_where_sparse_enough_and_is_smaller():
+    codes, fill = _codes((64, 144), 8, 0.12, seed=1)
+    layout = sc.choose_layout(codes != fill, 8, codes.numel())
+    nnz = int((codes != fill).sum())
+    assert layout.kind == "gaps"
+    assert sc.stored_bytes(layout, (64, 144), nnz, 8) < 0.85 * sc.stored_bytes(sc.Layout("mask"), (64, 144), nnz, 8)
+    assert sc.choose_layout(codes != fill, 8, codes.numel(), gaps=False).kind == "mask"
+    half, hfill = _codes((64, 144), 8, 0.5, seed=2)
+    assert sc.choose_layout(half != hfill, 8, half.numel()).kind == "mask"  # at 50 % a bitmask is smaller
 
 
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8), (3, 8), (5, 16)])
@@ -97,6 +114,8 @@ def test_codec_roundtrip_property(rows, cols, bits, keep, seed, per_group):
     codes = torch.randint(0, 2**bits, (rows, cols), generator=g).to(torch.uint8)
     codes = torch.where(torch.rand(rows, cols, generator=g) < keep, codes, fill)
     _roundtrip(codes, fill, sc.Layout("mask"), bits)
+    if bool((codes != fill).any()):
+        _roundtrip(codes, fill, _gaps(codes, fill), bits)
     for m in sc.NM_GROUPS:
         n = int(sc.group_view(codes != fill, m).sum(1).max()) if cols % m == 0 else 0
         if 1 <= n < m:
@@ -115,6 +134,11 @@ def test_damaged_storage_is_rejected_before_decoding():
             sc.check_stored("fc", flipped, values, sc.Layout("mask"), 4, (8, 16), nnz)
     with pytest.raises(NetslimError, match="'weight_nz' must be uint8 of"):
         sc.check_stored("fc", index, values[:-1], sc.Layout("mask"), 4, (8, 16), nnz)
+    gaps = _gaps(codes, fill)
+    gindex, gvalues, _ = sc.encode(codes, fill, gaps, 4)
+    for cut in (gindex[:-1], torch.cat([gindex, torch.zeros(3, dtype=torch.uint8)])):
+        with pytest.raises(NetslimError):  # truncated, or trailing bytes
+            sc.check_stored("fc", cut, gvalues, sc.Layout("gaps", size=cut.numel()), 4, (8, 16), nnz)
     nm = sc.Layout("nm", 2, 4)
     pos = torch.tensor([[1, 0]] * 32, dtype=torch.uint8)  # decreasing slots within a group
     bad = sc._pack_stream(pos, 2)
@@ -138,13 +162,13 @@ def _bits_cfg(bits):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 def test_pruned_static_int8_roundtrips_sparse_and_smaller(bits, tmp_path, monkeypatch):
-    q = _pruned_int8(bits)
+    q = _pruned_int8(bits, sparsity=0.9 if bits % 2 else 0.6)  # at 90 % the coded gaps, at 60 % a bitmask
     ref, codes = q(X), {n: m.int_weight().clone() for n, m in q.named_modules() if hasattr(m, "int_weight")}
     path = netslim.save(q, tmp_path / "sparse.safetensors")
     assert isinstance(q.conv2, Int8Conv2d) and type(q.conv2) is Int8Conv2d  # the live model is left as it was
     loaded = netslim.load(path)
     assert isinstance(loaded.conv2, SparseInt8Conv2d) and isinstance(loaded.fc1, SparseInt8Linear)
-    assert loaded.fc1.weight_bits == bits and loaded.fc1.layout.kind == "mask"
+    assert loaded.fc1.weight_bits == bits and loaded.fc1.layout.kind == ("gaps" if bits % 2 else "mask")
     for name, c in codes.items():
         assert torch.equal(loaded.get_submodule(name).int_weight(), c), name
     assert torch.equal(loaded(X), ref)
@@ -204,7 +228,7 @@ def test_layer_table_reports_sparse_bits_and_nonzeros(tmp_path):
     loaded = netslim.load(netslim.save(q, tmp_path / "s.safetensors"))
     rows = {r.name: r.as_dict() for r in layer_table(loaded, X[:1])}
     fc1 = rows["fc1"]
-    assert "sparse int4 static (bitmask)" in str(fc1) and fc1["bits"] == 4
+    assert fc1["kind"] == f"sparse int4 static ({loaded.fc1.layout.describe()})" and fc1["bits"] == 4
     assert fc1["nonzero"] <= loaded.fc1.nnz + loaded.fc1.out_features  # weight non-zeros (+ bias)
     stored = loaded.fc1.weight_sparse.numel()
     assert stored < loaded.fc1.weight_numel // 2  # less than the dense int4 codes

@@ -8,6 +8,11 @@ only the other codes and where they are loses nothing. Two index layouts:
 
 * ``mask``: one bit per position (row-major over the weight as stored, least significant
   bit first), ``ceil(numel / 8)`` bytes; the kept codes follow in the same order.
+* ``gaps``: the positions as Huffman-coded gaps between kept positions (the compact index
+  coding of :mod:`netslim.codec.indices`: escape symbols for long runs, the width and the
+  row- or column-major scan chosen per layer); the kept codes follow in scan order. Below
+  ~30 % density it takes fewer bytes than a bitmask (about 0.6 bit per position at 15 %);
+  decoding it costs a Huffman pass at load, once.
 * ``nm`` (n, m): the positions run in groups of ``m`` consecutive inputs (for a convolution:
   ``m`` consecutive input channels at one kernel position, :func:`netslim.prune.nm.to_groups`)
   and every group has exactly ``n`` slots; each slot stores its position in the group in
@@ -19,8 +24,9 @@ Codes are stored unsigned (a signed ``b``-bit code plus ``2^(b-1)``) and packed 
 stream of ``bits`` per code (:func:`netslim.quantize.packing.pack`), zero-padded to whole
 groups of 8 codes. ``decode(encode(codes)) == codes`` bit for bit, whatever the codes.
 
-:func:`choose_layout` picks the bitmask, or an N:M layout every group fits when that costs at
-most 10 % more (the pattern a kernel can rely on), or None when the dense codes are no larger. :func:`check_stored`
+:func:`choose_layout` picks the bitmask or the gap coding, whichever is smaller, or an N:M
+layout every group fits when that costs at most 10 % more (the pattern a kernel can rely on),
+or None when the dense codes are no larger. :func:`check_stored`
 validates stored tensors before anything decodes them: byte counts, the bitmask's
 population count against the declared number of kept codes, N:M slot positions in range and
 increasing.
@@ -37,31 +43,36 @@ from netslim.core.errors import NetslimError
 from .packing import pack, unpack
 
 NM_GROUPS = (4, 8, 16)  # m values tried by choose_layout (index widths 2, 3, 4 bits)
-LAYOUTS = ("mask", "nm")
+LAYOUTS = ("mask", "gaps", "nm")
+GAPS_BELOW = 0.35  # densities from which the gap coding is tried (above it a bitmask is smaller)
 
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str   # "mask" or "nm"
+    kind: str   # "mask", "gaps" or "nm"
     n: int = 0  # nm: slots per group
     m: int = 0  # nm: positions per group
+    size: int = 0  # gaps: bytes of the coded index
 
     @property
     def index_bits(self) -> int:
         return max(2, math.ceil(math.log2(self.m))) if self.kind == "nm" else 1
 
     def describe(self) -> str:
-        return f"{self.n}:{self.m}" if self.kind == "nm" else "bitmask"
+        return {"nm": f"{self.n}:{self.m}", "gaps": "coded gaps"}.get(self.kind, "bitmask")
 
 
-def check_layout(kind: str, n: int, m: int, owner: str) -> Layout:
+def check_layout(kind: str, n: int, m: int, owner: str, size: int = 0) -> Layout:
     """A valid :class:`Layout` from constructor arguments (e.g. read from a file)."""
     if kind not in LAYOUTS:
         raise NetslimError(f"The 'layout' parameter of {owner} must be one of {', '.join(LAYOUTS)}; got {kind!r}.")
     if kind == "nm" and not (m in NM_GROUPS and isinstance(n, int) and 1 <= n < m):
         raise NetslimError(f"The 'n'/'m' parameters of {owner} must satisfy m in {NM_GROUPS} and 1 <= n < m; "
                            f"got n={n!r}, m={m!r}.")
-    return Layout(kind, n, m) if kind == "nm" else Layout("mask")
+    if kind == "gaps" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise NetslimError(f"The 'index_bytes' parameter of {owner} must be a positive int for layout 'gaps'; "
+                           f"got {size!r}.")
+    return {"nm": Layout("nm", n, m), "gaps": Layout("gaps", size=size)}.get(kind, Layout("mask"))
 
 
 def _stream_bytes(count: int, bits: int) -> int:
@@ -75,6 +86,8 @@ def slots(layout: Layout, shape: tuple[int, ...], nnz: int) -> int:
 
 
 def index_bytes(layout: Layout, shape: tuple[int, ...], nnz: int) -> int:
+    if layout.kind == "gaps":
+        return layout.size
     numel = math.prod(shape)
     return -(-numel // 8) if layout.kind == "mask" else _stream_bytes(slots(layout, shape, nnz), layout.index_bits)
 
@@ -108,14 +121,20 @@ def nm_fits(shape: tuple[int, ...], m: int) -> bool:
 NM_PREFERENCE = 1.1  # an N:M layout within 10 % of the bitmask's bytes is kept: its pattern is a guarantee
 
 
-def choose_layout(keep: torch.Tensor, bits: int, dense_bytes: int) -> Layout | None:
+def choose_layout(keep: torch.Tensor, bits: int, dense_bytes: int, gaps: bool = True) -> Layout | None:
     """The index layout for the kept positions ``keep`` (bool, the weight's shape): the smallest
-    N:M layout every group fits when it takes at most :data:`NM_PREFERENCE` x the bitmask's bytes
-    (a 2:4 layer whose kept weights partly round to code 0 stays 2:4: fixed slots per row, the
-    layout an N:M kernel reads), else the bitmask; None unless fewer bytes than ``dense_bytes``."""
+    N:M layout every group fits when it takes at most :data:`NM_PREFERENCE` x the bytes of the
+    bitmask or gap coding (a 2:4 layer whose kept weights partly round to code 0 stays 2:4: fixed
+    slots per row, the layout an N:M kernel reads), else the smaller of those two; None unless
+    fewer bytes than ``dense_bytes``. ``gaps``: consider the gap coding (a layer that decodes its
+    codes on every call - weight-only - keeps to the bitmask's cheap decode)."""
     shape, nnz = tuple(keep.shape), int(keep.sum())
     mask = Layout("mask")
     best, cost = mask, stored_bytes(mask, shape, nnz, bits)
+    if gaps and keep.numel() and nnz / keep.numel() < GAPS_BELOW:
+        gaps = Layout("gaps", size=len(_gap_index(keep)[0]))
+        if stored_bytes(gaps, shape, nnz, bits) < cost:
+            best, cost = gaps, stored_bytes(gaps, shape, nnz, bits)
     nm_best = None
     for m in NM_GROUPS:
         if not nm_fits(shape, m) or not keep.numel():
@@ -129,6 +148,31 @@ def choose_layout(keep: torch.Tensor, bits: int, dense_bytes: int) -> Layout | N
     if nm_best is not None and nm_best[0] <= NM_PREFERENCE * cost:
         best, cost = nm_best[1], nm_best[0]
     return best if cost < dense_bytes else None
+
+
+# ------------------------------------------------------------------------- gap coding
+def _gap_index(keep: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    """(coded index bytes, flat row-major positions in the order their codes are stored)."""
+    import numpy as np
+
+    from netslim.codec.bitio import Writer
+    from netslim.codec.indices import write_positions
+
+    w = Writer()
+    _, order = write_positions(w, keep.reshape(-1).cpu().numpy(), shape=tuple(keep.shape))
+    return w.getvalue(), torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+
+
+def _gap_positions(index: torch.Tensor, shape: tuple[int, ...], where: str = "weight") -> torch.Tensor:
+    """Flat positions (in stored order) decoded from a gap index; CorruptError (a NetslimError) if invalid."""
+    from netslim.codec.bitio import Reader
+    from netslim.codec.indices import read_positions
+
+    r = Reader(bytes(index.cpu().numpy()), where)
+    positions, _ = read_positions(r, numel=math.prod(shape), shape=shape)
+    if r.remaining():
+        raise r.fail(f"{r.remaining()} bytes follow the coded positions")
+    return torch.from_numpy(positions.astype("int64"))
 
 
 # ------------------------------------------------------------------------- bit helpers
@@ -168,6 +212,10 @@ def encode(codes: torch.Tensor, fill: torch.Tensor, layout: Layout,
     nnz = int(keep.sum())
     if layout.kind == "mask":
         return pack_bits(keep), _pack_stream(codes[keep], bits), nnz
+    if layout.kind == "gaps":
+        data, order = _gap_index(keep)
+        index = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return index, _pack_stream(codes.reshape(-1)[order.to(codes.device)], bits), nnz
     g, keep_g = group_view(codes, layout.m), group_view(keep, layout.m)           # (G, m)
     if keep_g.numel() and int(keep_g.sum(1).max()) > layout.n:
         raise NetslimError(f"The codes do not fit the {layout.describe()} layout: a group of {layout.m} holds "
@@ -188,6 +236,9 @@ def decode(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, layout
     if layout.kind == "mask":
         out[unpack_bits(index, math.prod(shape)).reshape(shape)] = vals
         return out
+    if layout.kind == "gaps":
+        out.view(-1)[_gap_positions(index, shape).to(out.device)] = vals
+        return out
     pos = _unpack_stream(index, layout.index_bits, count).long().reshape(-1, layout.n)   # (G, n)
     g = group_view(out, layout.m).clone()
     g.scatter_(1, pos, vals.reshape(-1, layout.n))
@@ -206,8 +257,9 @@ def check_stored(where: str, index: torch.Tensor, values: torch.Tensor, layout: 
         if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
             raise NetslimError(f"{where}: field {field!r} must be uint8 of {want} bytes; "
                                f"got {t.dtype} {list(t.shape)}.")
-    if layout.kind == "mask":
-        kept = int(unpack_bits(index, numel).sum())
+    if layout.kind in ("mask", "gaps"):
+        kept = (int(unpack_bits(index, numel).sum()) if layout.kind == "mask"
+                else len(_gap_positions(index, shape, f"{where}: field {fields[0]!r}")))
         if kept != nnz:
             raise NetslimError(f"{where}: field {fields[0]!r} marks {kept} kept positions; the layer stores {nnz}.")
         return
@@ -227,4 +279,8 @@ def kept_mask(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, lay
     """Positions whose code differs from the fill (bool, ``shape``)."""
     if layout.kind == "mask":
         return unpack_bits(index, math.prod(shape)).reshape(shape)
+    if layout.kind == "gaps":
+        keep = torch.zeros(math.prod(shape), dtype=torch.bool)
+        keep[_gap_positions(index, shape)] = True
+        return keep.reshape(shape)
     return decode(index, values, fill, layout, bits, shape, nnz) != fill.expand(shape)

@@ -16,14 +16,16 @@ bias and activation parameters unchanged:
   group-wise or per channel, asymmetric: the code of 0.0 is the group's zero point, which
   must be an integer - HQQ's float zero points cannot keep a pruned weight at 0). Like
   :class:`~netslim.quantize.weight_only.QuantizedLinear` it dequantizes on the fly: only the
-  sparse codes stay in memory.
+  sparse codes stay in memory (so it keeps to the bitmask and N:M layouts, cheap to decode
+  on every call; the static layers, decoded once, may also take the Huffman-coded gaps).
 
 **The storage rule** (:func:`compact_form`, registered with
 :func:`netslim.core.serialize.register_storage_form`): ``netslim.save`` writes a quantized
 layer in its sparse form when the index plus the non-zero codes take strictly fewer bytes
 than its dense codes - with a bitmask that needs more than ``1 / bits`` of the codes at
-the fill value (12.5 % zeros at 8 bits, 25 % at 4 bits) - in the N:M layout when that is no
-larger than the bitmask. ``netslim.load`` rebuilds the sparse module (validated first:
+the fill value (12.5 % zeros at 8 bits, 25 % at 4 bits); the index is the smaller of the
+bitmask and the coded gaps (static layers below 35 % density), or an N:M layout when every
+group fits one and it costs at most 10 % more. ``netslim.load`` rebuilds the sparse module (validated first:
 byte counts, the bitmask's population against ``nnz``, N:M positions) with identical codes.
 
 Masks survive quantization: a pruned weight is 0.0 before quantization and every netslim
@@ -66,9 +68,9 @@ class _SparseCodes:
     coding a weight of ``_shape()`` (see :mod:`.sparse_codes`). One tensor, not two: every tensor
     costs ~140 bytes of file header (entry and checksum), a tenth of a small sparse layer."""
 
-    def _init_sparse(self, nnz: int, layout: str, n: int, m: int, device) -> None:
+    def _init_sparse(self, nnz: int, layout: str, n: int, m: int, device, index_bytes: int = 0) -> None:
         owner = type(self).__name__
-        self.layout = sc.check_layout(layout, n, m, owner)
+        self.layout = sc.check_layout(layout, n, m, owner, index_bytes)
         shape, bits = self._shape(), self._bits()
         if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= math.prod(shape):
             raise NetslimError(f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; "
@@ -112,8 +114,9 @@ class _SparseCodes:
 
     def _sparse_kwargs(self) -> dict:
         """Constructor arguments of the storage (defaults left out: every byte of the header counts)."""
-        return {"nnz": self.nnz} | ({"layout": "nm", "n": self.layout.n, "m": self.layout.m}
-                                    if self.layout.kind == "nm" else {})
+        extra = {"nm": {"layout": "nm", "n": self.layout.n, "m": self.layout.m},
+                 "gaps": {"layout": "gaps", "index_bytes": self.layout.size}}.get(self.layout.kind, {})
+        return {"nnz": self.nnz} | extra
 
     @property
     def index_layout(self) -> str:
@@ -191,10 +194,10 @@ class SparseInt8Linear(_SparseStatic, Int8Linear):
 
     def __init__(self, in_features: int, out_features: int, relu: bool = False, weight_bits: int = 8,
                  quant_out: bool = False, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
-                 kernel: str = "dense", device=None):
+                 index_bytes: int = 0, kernel: str = "dense", device=None):
         super().__init__(in_features, out_features, relu, weight_bits, quant_out, device)
         self.kernel = _check_kernel(kernel, type(self).__name__)
-        self._init_sparse(nnz, layout, n, m, device)
+        self._init_sparse(nnz, layout, n, m, device, index_bytes)
         self._reset()
 
     def _geometry_ok(self) -> bool:
@@ -218,11 +221,11 @@ class SparseInt8Conv2d(_SparseStatic, Int8Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int],
                  padding: list[int], dilation: list[int], groups: int = 1, relu: bool = False, weight_bits: int = 8,
                  quant_out: bool = False, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
-                 kernel: str = "dense", device=None):
+                 index_bytes: int = 0, kernel: str = "dense", device=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, relu,
                          weight_bits, quant_out, device)
         self.kernel = _check_kernel(kernel, type(self).__name__)
-        self._init_sparse(nnz, layout, n, m, device)
+        self._init_sparse(nnz, layout, n, m, device, index_bytes)
         self._reset()
 
     def _geometry_ok(self) -> bool:
@@ -255,7 +258,7 @@ def sparse_static(layer: _Int8Base, kernel: str = "dense", layout: sc.Layout | N
     layout = layout or sc.choose_layout(keep.cpu(), layer.weight_bits, 1 << 62)
     cls = SparseInt8Conv2d if isinstance(layer, Int8Conv2d) else SparseInt8Linear
     kw = _static_kwargs(layer) | {"nnz": int(keep.sum()), "layout": layout.kind, "n": layout.n, "m": layout.m,
-                                  "kernel": kernel}
+                                  "index_bytes": layout.size, "kernel": kernel}
     new = cls(**kw, device=layer.weight_scale.device)
     new._set_sparse(codes)
     with torch.no_grad():
@@ -300,9 +303,10 @@ class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
     """A :class:`QuantizedLinear` whose packed codes are stored sparse (fill: each group's zero point)."""
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = 128,
-                 bias: bool = True, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0, device=None):
+                 bias: bool = True, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
+                 index_bytes: int = 0, device=None):
         super().__init__(in_features, out_features, bits, group_size, bias, device)
-        self._init_sparse(nnz, layout, n, m, device)
+        self._init_sparse(nnz, layout, n, m, device, index_bytes)
 
     def _init_codes(self, device) -> None:
         """Registered by :meth:`_init_sparse` once the layout is known."""
@@ -361,9 +365,9 @@ def sparse_weight_only(layer: QuantizedLinear, layout: sc.Layout | None = None) 
     codes = layer.codes()
     fill = layer.zeros.round().to(torch.uint8).repeat_interleave(g, dim=1)
     keep = codes != fill
-    layout = layout or sc.choose_layout(keep.cpu(), layer.bits, 1 << 62)
+    layout = layout or sc.choose_layout(keep.cpu(), layer.bits, 1 << 62, gaps=False)
     new = SparseQuantizedLinear(cols, rows, layer.bits, layer.group_size, layer.bias is not None, int(keep.sum()),
-                                layout.kind, layout.n, layout.m, device=codes.device)
+                                layout.kind, layout.n, layout.m, layout.size, device=codes.device)
     new.set_codes(codes, layer.scales, layer.zeros)
     if layer.bias is not None:
         new.bias = nn.Parameter(layer.bias.detach().clone())
@@ -384,7 +388,7 @@ def compact_form(layer: nn.Module) -> nn.Module | None:
     if type(layer) is QuantizedLinear and integral_zeros(layer):
         g = layer._declared[2]
         keep = layer.codes() != layer.zeros.round().to(torch.uint8).repeat_interleave(g, dim=1)
-        layout = sc.choose_layout(keep.cpu(), layer.bits, layer.weight_packed.numel())
+        layout = sc.choose_layout(keep.cpu(), layer.bits, layer.weight_packed.numel(), gaps=False)
         return None if layout is None else sparse_weight_only(layer, layout)
     return None
 
