@@ -66,6 +66,15 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def requested_world() -> int:
+    """The number of processes of this run: the process group's size, else the ``WORLD_SIZE``
+    torchrun sets (known before the group is joined), else 1."""
+    if _dist() is not None:
+        return world()[1]
+    size = os.environ.get("WORLD_SIZE", "")
+    return int(size) if size.isdigit() and int(size) > 1 else 1
+
+
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment);
     gloo on CPU, nccl when CUDA is available. Returns whether this process is distributed."""

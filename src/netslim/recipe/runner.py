@@ -168,13 +168,13 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
 
 def _distributed(recipe: Recipe) -> bool:
     """Join a torchrun process group (``WORLD_SIZE`` > 1); True on the rank that writes files.
-    Refuses, before any work, a data-parallel step whose batch size the number of processes does
-    not divide, and a calibration ``num_samples`` likewise."""
-    if not distributed.init_from_env():
+    Refuses, before any work (and before the group is joined), a data-parallel step whose batch size
+    the number of processes does not divide, and a calibration ``num_samples`` likewise."""
+    size = distributed.requested_world()
+    if size == 1:
         return True
     from netslim.train.parallel import batch_sizes, check_batch_size
 
-    size = distributed.world()[1]
     for i, s in enumerate(recipe.steps, 1):
         if _mode(s) == "data-parallel":
             for where, batch in batch_sizes(s):
@@ -187,6 +187,7 @@ def _distributed(recipe: Recipe) -> bool:
             raise NetslimError(f"step {i} ({s.method}): num_samples {n} must be a multiple of the number of "
                                f"processes ({size}) so that every rank calibrates on an equal share; use "
                                f"{max(size, n // size * size)} or {(n // size + 1) * size}, or another --nproc-per-node.")
+    distributed.init_from_env()
     return distributed.is_main()
 
 

@@ -88,12 +88,17 @@ class DataParallel:
         return self._ddp
 
     def _wrap(self) -> nn.Module:
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
         dev = next(self.model.parameters()).device
+        # Buffers are not synced before each forward (rank 0's are copied at the end): newer torch
+        # spells it forward_sync_buffers, older versions broadcast_buffers.
+        known = inspect.signature(DistributedDataParallel.__init__).parameters
+        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": False}
         return DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None,
-                                       process_group=distributed.group_for(dev), broadcast_buffers=False,
-                                       static_graph=True)
+                                       process_group=distributed.group_for(dev), static_graph=True, **no_sync)
 
     def shard(self, batch: Any) -> Any:
         return distributed.shard_batch(batch) if self.active else batch
