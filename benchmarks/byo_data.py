@@ -196,13 +196,12 @@ def read_labels(folder: Path) -> list[str]:
 
 def write_minilm_classifier(tmp: Path, labels_dir: Path) -> str:
     from netslim.models.hf import minilm_dir
+    from netslim.models.minilm_docs import minilm_docs
 
     tf = _quiet_transformers()
     labels = read_labels(labels_dir)
     torch.manual_seed(0)  # the untrained head is the same on every run
-    model = tf.BertForSequenceClassification.from_pretrained(
-        str(minilm_dir()), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)}, local_files_only=True, dtype=torch.float32)
+    model = minilm_docs(labels)  # the zoo's minilm-docs over these labels, as a save_pretrained directory
     model.save_pretrained(tmp, safe_serialization=True)
     tf.AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True).save_pretrained(tmp)
     return f"BertForSequenceClassification, {len(labels)} labels ({', '.join(labels)}), untrained head"

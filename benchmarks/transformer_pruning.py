@@ -123,7 +123,7 @@ class Run:
         return round(self.task.evaluate(model.to(self.device), "test")["accuracy"] * 100, 2)
 
     def recover(self, model: nn.Module, epochs: float) -> dict:
-        t = layerwise_task(self.task, model, self.base_model(), alpha=0.5, temperature=4.0, hidden_weight=1.0)
+        t = layerwise_task(self.task, model, teacher=self.base_model(), alpha=0.5, temperature=4.0, hidden_weight=1.0)
         s = fit(model.to(self.device), t, self.train_cfg(epochs))
         return {"steps": s["steps"], "seconds": round(s["seconds"], 1)}
 

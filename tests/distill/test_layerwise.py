@@ -42,7 +42,7 @@ def test_relative_mse_is_scale_free_and_skips_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     junk = s.clone()
     junk[0, 3:] = 1e6  # padding positions do not count
-    assert relative_mse(junk, t, mask) == pytest.approx(float(relative_mse(s, t, mask)))
+    assert relative_mse(junk, t, mask=mask) == pytest.approx(float(relative_mse(s, t, mask=mask)))
     assert float(relative_mse(t, t)) == 0.0
 
 

@@ -12,7 +12,7 @@ import netslim
 from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
-from netslim.prune.cofi import CoFiConfig, check_reachable, cofi_prune, make_permanent
+from netslim.prune.cofi import CoFiConfig, check_reachable, cofi_prune, shrink_to_masks
 from netslim.prune.cofi_masks import CoFiMasks, cofi_structure, install_hooks, size_of
 from netslim.prune.l0 import BETA, GAMMA, ZETA, HardConcreteGate
 from netslim.train.object_tasks import TensorClassificationTask
@@ -121,7 +121,7 @@ def test_size_of_fixed_masks_counts_the_shrunk_matrices(name):
     struct, masks = _random_masks(model, seed=3)
     z = masks.final()
     left = size_of(struct, z)
-    make_permanent(model, struct, z)
+    shrink_to_masks(model, struct, z=z)
     counted = 0
     for block in struct.blocks:
         for m in model.get_submodule(block).modules():
@@ -162,7 +162,7 @@ def test_masks_at_each_granularity_shrink_the_right_tensors(name, key, tmp_path)
     for h in handles:
         h.remove()
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    report = make_permanent(model, struct, z)
+    report = shrink_to_masks(model, struct, z=z)
     after = {n: tuple(p.shape) for n, p in model.named_parameters()}
     changed = {n for n in shapes if after.get(n) != shapes[n]}
     block = {"attention": 1, "ffn": 0, "heads": 0, "neurons": 1}.get(key)
@@ -235,3 +235,19 @@ def test_a_target_no_mask_can_reach_fails_before_work():
     with pytest.raises(NetslimError, match="'exclude_layers'"):
         cofi_structure(model, {"input_ids": IDS[:2]}, (5,))
     check_reachable(struct, CoFiConfig(sparsity=0.95))  # every granularity: reachable
+
+
+def test_cli_unreachable_cofi_target_is_exit_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "c.yaml"
+    recipe.write_text("name: c\nsteps:\n  - method: cofi\n    sparsity: 0.9\n    prune: [heads, neurons]\n"
+                      "    exclude_layers: [0]\n  - method: evaluate\n")
+    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(recipe), "--model", "tiny-llama",
+                           "--out", str(tmp_path / "run"), "--limit", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "sparsity 0.9 cannot be reached" in lines[0] and "at most 0.5" in lines[0]
+    assert not (tmp_path / "run").exists()

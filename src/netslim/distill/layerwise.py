@@ -41,7 +41,7 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def relative_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``sum ||s - t||^2 / sum ||t||^2`` over tokens (B, T, D); ``mask`` (B, T) drops padding tokens."""
     if student.shape != teacher.shape:
         raise NetslimError(f"Hidden-state distillation: student block output {tuple(student.shape)} and teacher "
@@ -137,7 +137,7 @@ class LayerwiseDistillTask(DistillTask):
     def _hidden(self, student: list[torch.Tensor], teacher: list[torch.Tensor], mask) -> torch.Tensor:
         if self.dynamic is not None:
             return self._dynamic(student, teacher, mask)
-        terms = [relative_mse(s, self._teacher_feature(teacher[j]), mask)
+        terms = [relative_mse(s, self._teacher_feature(teacher[j]), mask=mask)
                  for s, j in zip(student, self.layer_map) if j is not None]
         if not terms:
             raise NetslimError("Hidden-state distillation: no student block is matched to a teacher block.")
@@ -150,12 +150,12 @@ class LayerwiseDistillTask(DistillTask):
         for t in self.dynamic:
             target = self._teacher_feature(teacher[t])
             with torch.no_grad():  # the matching itself is not differentiated (CoFi's argmin)
-                best = min(cands, key=lambda j: float(relative_mse(mapped[j], target, mask)))
-            terms.append(relative_mse(mapped[best], target, mask))
+                best = min(cands, key=lambda j: float(relative_mse(mapped[j], target, mask=mask)))
+            terms.append(relative_mse(mapped[best], target, mask=mask))
         return torch.stack(terms).mean()
 
 
-def layerwise_task(task: Task, student: nn.Module, teacher: nn.Module, *, alpha: float, temperature: float,
+def layerwise_task(task: Task, student: nn.Module, *, teacher: nn.Module, alpha: float, temperature: float,
                    hidden_weight: float) -> Task:
     """:class:`LayerwiseDistillTask` for a pruned ``student`` of ``teacher`` (blocks and dims by :func:`lineage`)."""
     layer_map, dims = lineage(student, teacher) if hidden_weight else ([], None)

@@ -231,7 +231,7 @@ def cofi_train(model: nn.Module, task, *, cfg: CoFiConfig, teacher: nn.Module | 
     expected_end = float(masks.expected_sparsity())
     z = masks.final((1 - cfg.sparsity) * struct.full_size() if cfg.exact else None)
     batches = _calibration(task, cfg) if cfg.norm_correction and "hidden" in z else None
-    report = make_permanent(model, struct, z, batches=batches)
+    report = shrink_to_masks(model, struct, z=z, batches=batches)
     return {k: v for k, v in summary.items() if k != "history"} | report | {
         "expected_sparsity_end": expected_end, "target_sparsity": cfg.sparsity, "lagrangian_trace": cb.trace}
 
@@ -248,8 +248,8 @@ def _closed(z: dict[str, Any], layer_key: str, unit_key: str, i: int) -> bool:
     return (layer_key in z and float(z[layer_key][i]) == 0.0) or (unit_key in z and not bool((z[unit_key][i] > 0).any()))
 
 
-def make_permanent(model: nn.Module, struct: CoFiStructure, z: dict[str, Any], *,
-                   batches: list[Any] | None = None) -> dict[str, Any]:
+def shrink_to_masks(model: nn.Module, struct: CoFiStructure, *, z: dict[str, Any],
+                    batches: list[Any] | None = None) -> dict[str, Any]:
     """Fold the fixed masks ``z`` into ``model`` and shrink it (module docstring); returns the report."""
     from netslim.prune.structured.hf import hf_fixups
     from netslim.prune.structured.plan import apply_plan, plan_from_keep
@@ -258,7 +258,7 @@ def make_permanent(model: nn.Module, struct: CoFiStructure, z: dict[str, Any], *
 
     before = count_params(model)
     size_full, size_left = struct.full_size(), size_of(struct, z)
-    fold(model, struct, z)
+    fold(model, struct, z=z)
     n = len(struct.blocks)
     dead_att = [i for i in range(n) if _closed(z, "attention", "heads", i)]
     dead_ffn = [i for i in range(n) if _closed(z, "ffn", "neurons", i)]
@@ -326,7 +326,7 @@ def run_cofi(model: nn.Module, cfg: CoFiConfig, ctx) -> nn.Module:
     if cfg.finetune is not None:
         from netslim.distill.layerwise import layerwise_task
 
-        ft_task = task if teacher is None else layerwise_task(task, model, teacher, alpha=cfg.distill,
+        ft_task = task if teacher is None else layerwise_task(task, model, teacher=teacher, alpha=cfg.distill,
                                                               temperature=cfg.distill_temperature,
                                                               hidden_weight=cfg.distill_hidden)
         ft = fit(model, ft_task, cfg.finetune)
@@ -347,5 +347,5 @@ def cofi_prune(model: nn.Module, task, *, teacher: nn.Module | None = None, cfg:
     return model, cofi_train(model, task, cfg=cfg, teacher=teacher)
 
 
-__all__ = ["CoFiConfig", "CoFiLagrangian", "check_reachable", "cofi_prune", "cofi_train", "make_permanent",
-           "max_sparsity"]
+__all__ = ["CoFiConfig", "CoFiLagrangian", "check_reachable", "cofi_prune", "cofi_train", "max_sparsity",
+           "shrink_to_masks"]

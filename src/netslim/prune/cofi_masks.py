@@ -260,7 +260,7 @@ class CoFiMasks(nn.Module):
             if key in self.gates:
                 out[key] = [_keep_top(g, int(round(float(g.prob_nonzero().sum())))) for g in self.gates[key]]
         out = self._exclude(out)
-        return out if target_size is None else fit_to_size(self, out, target_size)
+        return out if target_size is None else fit_to_size(self, out, target=target_size)
 
 
 def _value(g: HardConcreteGate) -> torch.Tensor:
@@ -281,7 +281,7 @@ def _keep_top(g: HardConcreteGate, k: int, forced: set[int] = frozenset()) -> to
     return torch.where(keep, _value(g), torch.zeros_like(la))
 
 
-def fit_to_size(masks: CoFiMasks, z: dict[str, Any], target: float) -> dict[str, Any]:
+def fit_to_size(masks: CoFiMasks, z: dict[str, Any], *, target: float) -> dict[str, Any]:
     """Close open heads / neurons / hidden dims by ascending ``log_alpha`` while the size is above
     ``target``, then reopen closed ones by descending ``log_alpha`` where they still fit."""
     s = masks.struct
@@ -383,7 +383,7 @@ def _scale(t: torch.Tensor, dim: int, v: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def fold(model: nn.Module, struct: CoFiStructure, z: dict[str, Any]) -> None:
+def fold(model: nn.Module, struct: CoFiStructure, *, z: dict[str, Any]) -> None:
     """Multiply the fixed gate values ``z`` into the weights, so the hook-free model computes the
     masked one (closed units become zeros, removed later by the plans)."""
     for i, (h, f) in enumerate(zip(struct.heads, struct.neurons)):

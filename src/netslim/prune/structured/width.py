@@ -340,7 +340,7 @@ def _kept_norm(norm: nn.Module, name: str, plan: PrunePlan) -> nn.Module:
     return new
 
 
-def width_reference(model: nn.Module, plan: PrunePlan, keep: torch.Tensor, norms: list[str]) -> nn.Module:
+def width_reference(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms: list[str]) -> nn.Module:
     """A copy of ``model`` with the plan's slices zeroed and every norm over the kept features only:
     what the shrunk model must compute (its removed dims read as zeros)."""
     ref = apply_plan(copy.deepcopy(model), PrunePlan(plan.entries), "mask")
@@ -353,10 +353,10 @@ def width_reference(model: nn.Module, plan: PrunePlan, keep: torch.Tensor, norms
 
 
 @torch.no_grad()
-def verify_width(model: nn.Module, plan: PrunePlan, keep: torch.Tensor, norms: list[str], example_inputs: Any,
+def verify_width(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms: list[str], example_inputs: Any,
                  atol: float = 1e-4) -> float:
     """Raise unless the shrunk model equals :func:`width_reference` on ``example_inputs``; returns the max diff."""
-    ref = width_reference(model, plan, keep, norms).eval()
+    ref = width_reference(model, plan, keep=keep, norms=norms).eval()
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink").eval()
     x = _inputs_of(example_inputs)
     y0 = _first_tensor(ref(**x) if isinstance(x, dict) else ref(x))
@@ -386,7 +386,7 @@ def _stat(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def norm_corrections(model: nn.Module, norms: list[str], keep: torch.Tensor,
+def norm_corrections(model: nn.Module, norms: list[str], *, keep: torch.Tensor,
                      batches: list[Any]) -> dict[str, float]:
     """Per norm: mean over calibration tokens of stat(kept features) / stat(all features), measured
     on the inputs it gets in ``model`` (unpruned); norms of an unknown kind are left out."""
@@ -424,8 +424,8 @@ def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: floa
     plan, info = plan_width(model, width, criterion=criterion, batches=batches, loss_fn=loss_fn, seed=seed,
                             example_inputs=example_inputs, keep=keep, coupled=coupled)
     norms = norm_names(model, info["residual"])
-    diff = verify_width(model, plan, info["keep"], norms, example_inputs)
-    factors = norm_corrections(model, norms, info["keep"], batches) if norm_correction and batches else {}
+    diff = verify_width(model, plan, keep=info["keep"], norms=norms, example_inputs=example_inputs)
+    factors = norm_corrections(model, norms, keep=info["keep"], batches=batches) if norm_correction and batches else {}
     apply_plan(model, plan, "shrink")
     apply_corrections(model, factors)
     skipped = list(info["graph"].skipped)
