@@ -126,3 +126,11 @@ def test_every_transformer_step_distills_logits_and_hidden_states(step, tmp_path
         assert seen["map"] == [0, 1, 2]
     assert (seen["dims"] is None) == (step["method"] != "width")
     assert model(**t.example_inputs(2)).logits.shape == (2, 3)
+
+
+def test_hidden_distillation_of_a_cnn_is_refused_before_work():
+    from netslim.models import build_model
+
+    cfg = make_config({"method": "layers", "count": 1, "distill_hidden": 1.0, "finetune": {"epochs": 1}})
+    with pytest.raises(NetslimError, match="'distill_hidden' matches transformer block outputs"):
+        cfg.preflight(build_model("resnet20"), None)

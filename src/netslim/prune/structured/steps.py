@@ -31,7 +31,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from netslim.core.config import MethodConfig, register
-from netslim.core.errors import bad_param
+from netslim.core.errors import NetslimError, bad_param
 from netslim.train.loop import FinetuneConfig, fit
 
 from .channels import prune_channels, total_macs
@@ -108,6 +108,10 @@ def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
                               temperature=cfg.distill_temperature, hidden_weight=getattr(cfg, "distill_hidden", 0.0))
     elif teacher is not None:
         from netslim.distill.step import DistillConfig, DistillTask
+
+        if getattr(cfg, "distill_hidden", 0.0):
+            raise NetslimError(f"{cfg.method}: 'distill_hidden' matches transformer block outputs; a "
+                               f"{type(model).__name__} has none (use 'distill', or method distill with hints).")
 
         task = DistillTask(task, teacher, DistillConfig(alpha=cfg.distill, temperature=cfg.distill_temperature))
     summary = fit(model.to(ctx.device), task, cfg.finetune, list(callbacks))
@@ -244,7 +248,11 @@ class LayersConfig(MethodConfig):
         if _is_hf(model):
             _check_transformer_options(self)
             check_layer_choice(model, self.count, self.indices)
-        elif task is not None:
+            return
+        if self.distill_hidden:
+            raise NetslimError("layers: 'distill_hidden' matches transformer block outputs; a "
+                               f"{type(model).__name__} has none (use 'distill').")
+        if task is not None:
             candidates = residual_blocks(model, task.example_inputs(1))
             if candidates or self.names is not None:  # none and no names: skipped at run time
                 check_block_choice(model, candidates, self.count, _cnn_block_names(self, candidates))
