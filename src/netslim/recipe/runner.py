@@ -345,8 +345,9 @@ def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: P
                   "metrics": metrics, "notes": ctx.notes,
                   "memory": {"step": mem.as_dict(memory["fp32_model_bytes"]),
                              "measure": measured.as_dict(memory["fp32_model_bytes"])}}
-        if ranks > 1:
-            record["torchrun"] = {"processes": ranks, "ran": mode}
+        if ranks > 1:  # how it ran; "identical": every rank ended with the same weights and masks, bit for bit
+            record["torchrun"] = {"processes": ranks, "ran": mode} | (
+                {"identical": True} if mode == "data-parallel" else {})
         state["steps"].append(record)
         state["checkpoint"] = str(ckpt.relative_to(out)) if ckpt is not None else None
         state["skipped"] = ctx.skipped
