@@ -78,6 +78,13 @@ def _structured():
     return m
 
 
+def _bert_heads():  # 2 of 4 heads per block pruned + FFN: the config cannot hold 2 heads of size 16
+    m = bert()
+    prune_heads(m, 0.5)
+    prune_ffn(m, 0.25)
+    return m
+
+
 def _gpt2_ffn():
     m = gpt2()
     prune_ffn(m, 0.5)
@@ -103,6 +110,7 @@ CASES = {
     "llama_structured": (_structured, "tiny-llama"),
     "gpt2_ffn": (_gpt2_ffn, "tiny-gpt2"),
     "bert_unstructured": (lambda: magnitude_prune(bert(), sparsity=0.5), "tiny-bert"),
+    "bert_heads": (lambda: _bert_heads(), "tiny-bert"),
     "llama_2of4_csr": (_nm_sparse, "tiny-llama"),
     "llama_int4_g32_sym": (lambda: _wo(llama(), bits=4, group_size=32, symmetric=True), None),
     "llama_int4_g32_asym": (lambda: _wo(llama(), bits=4, group_size=32), None),
@@ -309,8 +317,15 @@ def test_refuses_per_token_dynamic_int8(tmp_path):
     _refused(dynamic_int8(bert(), DynamicInt8Config(activations="per_token")), tmp_path, "per_tensor")
 
 
-def test_refuses_pruned_bert_heads_the_config_cannot_express(tmp_path):
-    m = bert()
+def test_pruned_bert_heads_are_written_as_zero_heads(exported):
+    refs, notes, loaded, _ = exported
+    assert notes["bert_heads"]["pruned_heads"]["heads_kept"] == {"encoder.layer.0": 2, "encoder.layer.1": 2}
+    assert "bert_heads" not in EXACT  # the output projection's GEMM runs over more (zero) columns
+    torch.testing.assert_close(loaded["bert_heads"]["out"], refs["bert_heads"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_refuses_pruned_gpt2_heads_the_config_cannot_express(tmp_path):
+    m = gpt2()
     prune_heads(m, 0.5)
     _refused(m, tmp_path, "netslim.load")
 

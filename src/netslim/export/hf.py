@@ -8,10 +8,11 @@ llm-compressor checkpoint does). What each kind of compression becomes:
 
 * **structured pruning** (heads, FFN neurons, blocks): the shrunk tensors with the model config
   netslim already updated (``intermediate_size`` / ``n_inner``, Llama's head counts,
-  ``num_hidden_layers``). Where the config cannot say it - sizes differing per block, pruned
-  heads of BERT / GPT-2 (their head size is ``hidden / heads``), a block part replaced by
-  Identity - the export is refused (one line) before anything is written: ``netslim.load`` /
-  ``format: safetensors`` keep those models.
+  ``num_hidden_layers``). Pruned heads of BERT-style models (head size ``hidden / heads``, no
+  ``pruned_heads`` in transformers 5) are written back as all-zero heads: identical outputs, the
+  notes say so, those bytes are not saved. Where the config cannot say it - sizes differing per
+  block, GPT-2's fused heads, a block part replaced by Identity - the export is refused (one
+  line) before anything is written: ``netslim.load`` / ``format: safetensors`` keep those models.
 * **unstructured / N:M sparsity**: masks made permanent and :class:`SparseLinear` decoded,
   so the zeros sit in dense tensors. The sparse compressed-tensors formats (``sparse-bitmask``,
   ``sparse-24-bitmask``) would be smaller on disk, but compressed-tensors 0.20 / transformers 5
@@ -129,10 +130,18 @@ def plan_hf(model: nn.Module, info: dict | None = None) -> Plan:
     if tied and out_name is not None:
         plan.dense.pop(f"{out_name}.weight", None)
         plan.quantized.pop(out_name, None)
+    padded = _pad_pruned_heads(fresh, plan)
     _check_against(fresh, plan, skip={f"{out_name}.weight"} if tied else set())
     dtype = _body_dtype(plan)
     fresh.config.dtype = dtype
     plan.notes = _notes(plan, tied, out_name, dtype, walker.sparse)
+    if padded:
+        plan.notes["pruned_heads"] = {
+            "heads_kept": padded, "written_as": "zero heads",
+            "why": f"{plan.cls_name}'s config derives the head size from hidden_size / num_attention_heads and "
+                   "transformers 5 has no pruned_heads, so the removed heads are written back as all-zero query / "
+                   "key / value rows and output columns: the same outputs, but those bytes are not saved (format: "
+                   "safetensors keeps the smaller model)"}
     plan.write_tokenizer, plan.notes["tokenizer"] = _tokenizer(model, info)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         plan.generation_config = model.generation_config
@@ -285,6 +294,51 @@ def _loading_route(plan: Plan) -> None:
         plan.dequantize.append("asymmetric zero points")
     if any(q.embedding for q in plan.quantized.values()):
         plan.dequantize.append("quantized embeddings")
+
+
+_HEAD_ROWS = ("query", "key", "value", "q_lin", "k_lin", "v_lin")  # projections whose rows are heads
+_HEAD_COLS = ("output.dense", "out_lin")                           # projections whose columns are heads
+
+
+def _pad_pruned_heads(fresh: nn.Module, plan: Plan) -> dict[str, int]:
+    """Pruned heads of a model whose config cannot hold them (BERT-style: head size =
+    hidden / heads, no ``head_dim``): append all-zero heads to the float query / key / value rows
+    and attention-output columns until each block has the config's head count. A zero head's
+    scores are constant, its values zero, and its output columns zero, so the outputs are those of
+    the pruned model. Applied only when every projection of a block lost the same whole number of
+    heads; anything else is left to :func:`_check_against` to refuse. ``{block: heads kept}``."""
+    cfg = fresh.config
+    if getattr(cfg, "head_dim", None) is not None or not getattr(cfg, "num_attention_heads", None):
+        return {}
+    size = cfg.hidden_size // cfg.num_attention_heads
+    expected = {k: tuple(t.shape) for k, t in fresh.state_dict().items()}
+    pads: dict[str, list[tuple[str, int, int]]] = {}  # block -> (tensor, dim, zero units to add)
+    for k, t in plan.dense.items():
+        want = expected.get(k)
+        if want is None or tuple(t.shape) == want or t.dim() != len(want) or "attention." not in k:
+            continue
+        module, leaf = k.rsplit(".", 1)
+        rows = module.endswith(_HEAD_ROWS) and leaf in ("weight", "bias")
+        cols = module.endswith(_HEAD_COLS) and leaf == "weight" and t.dim() == 2
+        dim = 0 if rows else 1 if cols else None
+        if dim is None or any(a != b for i, (a, b) in enumerate(zip(t.shape, want)) if i != dim):
+            return {}
+        missing = want[dim] - t.shape[dim]
+        if missing <= 0 or missing % size:
+            return {}
+        pads.setdefault(k.split("attention.", 1)[0], []).append((k, dim, missing))
+    kept = {}
+    for block, items in pads.items():
+        if len({m for _, _, m in items}) != 1 or len(items) < 7:  # q, k, v (weight + bias) and output
+            return {}
+        kept[block.rstrip(".")] = cfg.num_attention_heads - items[0][2] // size
+    for items in pads.values():
+        for k, dim, missing in items:
+            t = plan.dense[k].detach()
+            shape = list(t.shape)
+            shape[dim] = missing
+            plan.dense[k] = torch.cat([t, t.new_zeros(shape)], dim=dim)
+    return kept
 
 
 def _check_against(fresh: nn.Module, plan: Plan, skip: set[str]) -> None:
