@@ -1,8 +1,8 @@
 """Pruned *and* quantized layers, stored sparse and low-bit, run sparse where that is faster.
 
-One storage form per quantized layer kind, the codes coded by :mod:`.sparse_codes` (a
-bitmask or an N:M index plus only the non-zero codes, at their bit width), the scales,
-bias and activation parameters unchanged:
+One storage form per quantized layer kind, the codes coded by :mod:`.sparse_codes` (an
+index of the kept positions - bitmask, Huffman-coded gaps or N:M slots - plus only their
+codes, at their bit width), the scales, bias and activation parameters unchanged:
 
 * :class:`SparseInt8Linear` / :class:`SparseInt8Conv2d` - static int8 (PTQ, QAT, mixed
   precision; weights of 2..8 bits, symmetric per channel: the code of 0.0 is 0). They
@@ -25,8 +25,9 @@ layer in its sparse form when the index plus the non-zero codes take strictly fe
 than its dense codes - with a bitmask that needs more than ``1 / bits`` of the codes at
 the fill value (12.5 % zeros at 8 bits, 25 % at 4 bits); the index is the smaller of the
 bitmask and the coded gaps (static layers below 35 % density), or an N:M layout when every
-group fits one and it costs at most 10 % more. ``netslim.load`` rebuilds the sparse module (validated first:
-byte counts, the bitmask's population against ``nnz``, N:M positions) with identical codes.
+group fits one and it costs at most 10 % more. ``netslim.load`` rebuilds the sparse module
+with identical codes, validated first (byte counts; the bitmask's population or the decoded
+gaps against ``nnz``; N:M slot positions increasing within each group).
 
 Masks survive quantization: a pruned weight is 0.0 before quantization and every netslim
 quantizer maps 0.0 to the fill code (symmetric schemes to 0; asymmetric ones to an integer
