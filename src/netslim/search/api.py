@@ -31,7 +31,8 @@ def make_runner(fn, shared: Any, trials: TrialOptions, *, seed: int, out_dir: Pa
                 fingerprint: Any) -> TrialRunner:
     log_path = Path(out_dir) / trials.log if (out_dir is not None and trials.log) else None
     return TrialRunner(fn, shared, seed=seed, backend=trials.backend, address=trials.address,
-                       workers=trials.workers, threads=trials.threads, log_path=log_path, fingerprint=fingerprint)
+                       workers=trials.workers, threads=trials.threads, retries=trials.retries, log_path=log_path,
+                       fingerprint=fingerprint)
 
 
 def sensitivity_for(space: ChannelSpace, val: Subset, *, seed: int, out_dir: Path | None, shared_cache: bool = True):
@@ -88,7 +89,7 @@ def channel_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path |
                          elite=cfg.elite, seed=seed, fill_back=losses)
         policy = res.best
         info.update({"reward": res.best_reward, "history": res.history, "trials": runner.next_index,
-                     "resumed_trials": runner.resumed})
+                     "resumed_trials": runner.resumed, "retried_trials": runner.retried})
         points = [{"label": f"g{h['generation']}", "cost": c, "accuracy": r}
                   for h in res.history for c, r in zip(h["costs"], h["rewards"])]
         _pareto_outputs(points, out_dir, space.metric)
@@ -124,7 +125,7 @@ def netadapt_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path 
     _pareto_outputs(points, out_dir, space.metric)
     info = {"strategy": "netadapt", "target": cfg.target, "budget_share": cfg.budget, "budget": budget,
             "iterations": len(res.history), "history": res.history, "trials": runner.next_index,
-            "resumed_trials": runner.resumed, "seconds": time.perf_counter() - t0}
+            "resumed_trials": runner.resumed, "retried_trials": runner.retried, "seconds": time.perf_counter() - t0}
     return res.policy, info, res.model
 
 

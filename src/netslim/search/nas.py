@@ -197,7 +197,7 @@ def nas_search(task, cfg: NASConfig, *, seed: int, out_dir=None) -> dict[str, An
                            f"evaluated costs {lowest:,.6g}. Raise max_cost or widen the ranges toward smaller nets.")
     best = max(eligible, key=lambda p: (p["accuracy"], -p[key]))
     return {"points": points, "pareto": front, "best": best, "cost_key": key, "trials": runner.next_index,
-            "resumed_trials": runner.resumed, "seconds": time.perf_counter() - t0}
+            "resumed_trials": runner.resumed, "retried_trials": runner.retried, "seconds": time.perf_counter() - t0}
 
 
 def _latency_fn(task):

@@ -9,13 +9,20 @@ DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 class TrialOptions(BaseModel):
-    """``backend: ray`` needs ``netslim[search]``; ``address`` None = a local Ray runtime."""
+    """Where a search's trials run. ``backend: ray`` needs ``netslim[search]``; ``address`` None
+    starts a local Ray runtime with ``workers`` CPUs; on a cluster (see
+    :mod:`netslim.search.trials`), ``address: HEAD:6379`` (or ``ray://HEAD:10001``, ``auto``)::
+
+        trials: {backend: ray, address: "10.0.0.1:6379", retries: 2}
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     backend: Literal["serial", "ray"] = "serial"
-    address: str | None = Field(None, description="Ray cluster address (None: local runtime)")
-    workers: int = Field(2, ge=1, description="CPUs of the local Ray runtime")
+    address: str | None = Field(None, description="Ray cluster address: HOST:PORT, ray://HOST:PORT or auto "
+                                                  "(None: a local runtime)")
+    workers: int = Field(2, ge=1, description="CPUs of the local Ray runtime (a cluster's CPUs decide there)")
     threads: int = Field(1, ge=1, description="torch threads inside each trial (same in both backends)")
+    retries: int = Field(2, ge=0, le=100, description="times a trial whose Ray worker or node died is run again")
     log: str | None = Field("trials.jsonl", description="JSONL trial log under the run's search/ folder "
                                                         "(resume); null: no log")
 

@@ -10,6 +10,24 @@ see the same results and so take the same decisions.
 Every finished trial is appended to a JSONL log (one line per trial, flushed and fsync'ed).
 A search that is started again with the same log skips the trials recorded there: a killed
 search resumes where it stopped. A truncated last line (a kill mid-write) is dropped.
+
+A Ray worker (or node) that dies while running a trial loses only that trial: it is submitted
+again (``retries`` times; netslim counts them, Ray's own task retries are off), and since a
+trial's result depends only on its parameters and seed, the search takes the decisions it would
+have taken undisturbed. Beyond ``retries`` the search stops with an error; the finished trials
+are in the log and the same search started again resumes after them.
+
+**On a Ray cluster** (``trials: {backend: ray, address: ...}`` in a search step, or
+``TrialRunner(address=...)``): start the cluster with ``ray start --head --port 6379`` on one
+machine and ``ray start --address HEAD:6379`` on the others, each with the same Python, torch
+and netslim installed (``pip install 'netslim[search]'``; the local runtime puts this checkout's
+``src`` on the workers' path, a cluster's workers import the netslim they have). Then
+``address`` is ``HEAD:6379`` (join as a driver on a cluster machine), ``ray://HEAD:10001`` (Ray
+Client from elsewhere) or ``auto`` (the cluster this machine runs). ``workers`` sizes only a
+local runtime: on a cluster, the cluster's CPUs decide how many trials run at once (one CPU
+each); ``threads`` stays the torch threads inside each trial, everywhere. What trials share
+(model, data subsets) is shipped from the driver once per search with ``ray.put``. An address
+that does not answer fails at once with the reason.
 """
 from __future__ import annotations
 
@@ -31,6 +49,10 @@ from netslim.core.serialize import atomic_write
 log = logging.getLogger(__name__)
 TrialFn = Callable[[Any, dict, int], dict]
 BACKENDS = ("serial", "ray")
+
+
+class WorkerLost(Exception):
+    """A trial's worker process (or its node) died before returning a result: the trial may run again."""
 
 
 def trial_seed(search_seed: int, index: int) -> int:
@@ -122,22 +144,28 @@ class TrialRunner:
 
     ``backend``: "serial" (default, no extra dependency) or "ray" (``netslim[search]``);
     ``address``: None starts a local Ray runtime with ``workers`` CPUs, otherwise the
-    cluster address given to ``ray.init``. ``threads``: intra-op threads inside each trial
-    (the same in both backends so that floating-point results agree bit for bit).
+    cluster address given to ``ray.init`` (see the module docstring). ``threads``: intra-op
+    threads inside each trial (the same in both backends so that floating-point results agree
+    bit for bit). ``retries``: how many times a trial whose worker died is submitted again.
+    ``resumed`` / ``retried`` count the trials read back from the log / run again.
     """
 
     def __init__(self, fn: TrialFn, shared: Any, *, seed: int = 0, backend: str = "serial",
-                 address: str | None = None, workers: int = 2, threads: int = 1,
+                 address: str | None = None, workers: int = 2, threads: int = 1, retries: int = 2,
                  log_path: str | os.PathLike | None = None, fingerprint: Any = None):
         if backend not in BACKENDS:
             raise bad_param("TrialRunner", "backend", f"one of {', '.join(BACKENDS)}", backend)
         if workers < 1:
             raise bad_param("TrialRunner", "workers", "an int >= 1", workers)
+        if retries < 0:
+            raise bad_param("TrialRunner", "retries", "an int >= 0", retries)
         self.fn, self.shared, self.seed = fn, shared, seed
         self.backend, self.address, self.workers, self.threads = backend, address, workers, threads
+        self.retries = retries
         self.next_index = 0
         self.log = TrialLog.open(log_path, canonical(fingerprint)) if log_path else None
         self.resumed = 0
+        self.retried = 0
         self._ray = None
         self._shared_ref = None
         self._remote = None
@@ -162,36 +190,52 @@ class TrialRunner:
             else:
                 todo.append((i, p))
         if todo:
-            fresh = self._run_ray(todo) if self.backend == "ray" else self._run_serial(todo)
-            for (i, p), r in zip(todo, fresh):
-                results[i] = r
+            results.update(self._run_serial(todo) if self.backend == "serial" else self._run_pool(todo))
         return [results[i] for i in indices]
 
-    def _run_serial(self, todo: list[tuple[int, dict]]) -> list[dict]:
-        out = []
+    def _run_serial(self, todo: list[tuple[int, dict]]) -> dict[int, dict]:
+        out = {}
         for i, p in todo:
-            r = run_one(self.fn, self.shared, p, trial_seed(self.seed, i), self.threads)
-            if self.log:
-                self.log.add(i, p, trial_seed(self.seed, i), r)
-            out.append(r)
+            out[i] = run_one(self.fn, self.shared, p, trial_seed(self.seed, i), self.threads)
+            self._record(i, p, out[i])
         return out
 
-    def _run_ray(self, todo: list[tuple[int, dict]]) -> list[dict]:
+    def _record(self, index: int, params: dict, result: dict) -> None:
+        if self.log:
+            self.log.add(index, params, trial_seed(self.seed, index), result)
+
+    def _run_pool(self, todo: list[tuple[int, dict]]) -> dict[int, dict]:
+        """Every trial of ``todo`` on the worker pool, each recorded as soon as it finishes (a kill of
+        the search loses only the running ones); a trial whose worker died is submitted again."""
+        pool = self._pool()
+        attempts = dict.fromkeys((i for i, _ in todo), 0)
+        pending = {pool.submit(i, p): (i, p) for i, p in todo}
+        done: dict[int, dict] = {}
+        while pending:
+            handle, outcome = pool.next_done(list(pending))
+            i, p = pending.pop(handle)
+            if isinstance(outcome, WorkerLost):
+                attempts[i] += 1
+                if attempts[i] > self.retries:
+                    kept = (f"the {len(self.log.records)} finished trials are recorded in {str(self.log.path)!r}: "
+                            "start the same search again to resume after them" if self.log else
+                            "no trial log keeps the finished ones (set 'log' to make the search resumable)")
+                    raise NetslimError(f"Trial {i}: its worker died {attempts[i]} times ({outcome}); {kept}, or "
+                                       "raise 'retries'.")
+                log.warning("trial %d: its worker died (%s); running it again (%d/%d)", i, outcome, attempts[i],
+                            self.retries)
+                self.retried += 1
+                pending[pool.submit(i, p)] = (i, p)
+                continue
+            done[i] = outcome
+            self._record(i, p, outcome)
+        return done
+
+    def _pool(self) -> "RayPool":
         ray = self._ensure_ray()
         if self._shared_ref is None:
             self._shared_ref = ray.put(self.shared)
-        refs = {self._remote.remote(self.fn, self._shared_ref, p, trial_seed(self.seed, i), self.threads): (i, p)
-                for i, p in todo}
-        done: dict[int, dict] = {}
-        pending = list(refs)
-        while pending:  # record each trial as soon as it finishes: a kill loses only running ones
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                i, p = refs[ref]
-                done[i] = ray.get(ref)
-                if self.log:
-                    self.log.add(i, p, trial_seed(self.seed, i), done[i])
-        return [done[i] for i, _ in todo]
+        return RayPool(ray, self._remote, self.fn, self._shared_ref, self.seed, self.threads)
 
     def _ensure_ray(self):
         if self._ray is not None:
@@ -200,12 +244,37 @@ class TrialRunner:
         if not ray.is_initialized():
             init_ray(ray, self.address, self.workers)
         self._ray = ray
-        self._remote = ray.remote(num_cpus=1)(run_one)
+        # Ray's own retries are off: netslim resubmits a lost trial itself (counted, logged, bounded).
+        self._remote = ray.remote(num_cpus=1, max_retries=0)(run_one)
         return ray
 
     def close(self) -> None:
         """Free the shared object; the Ray runtime stays up for later searches in this process."""
         self._shared_ref = None
+
+
+class RayPool:
+    """Trials as Ray tasks: ``submit`` -> an object ref; ``next_done`` -> the first finished ref and
+    its result, or :class:`WorkerLost` when its worker or node died (an error raised by the trial
+    itself propagates)."""
+
+    def __init__(self, ray, remote, fn: TrialFn, shared_ref, seed: int, threads: int):
+        self.ray, self.remote, self.fn, self.shared_ref = ray, remote, fn, shared_ref
+        self.seed, self.threads = seed, threads
+        ex = ray.exceptions
+        # A dead worker, node or raylet, an OOM kill, a lost result: the trial itself did not fail.
+        self.lost = tuple(getattr(ex, n) for n in ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError",
+                                                   "OutOfMemoryError", "ObjectLostError") if hasattr(ex, n))
+
+    def submit(self, index: int, params: dict):
+        return self.remote.remote(self.fn, self.shared_ref, params, trial_seed(self.seed, index), self.threads)
+
+    def next_done(self, handles: list) -> tuple[Any, dict | WorkerLost]:
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        try:
+            return ready[0], self.ray.get(ready[0])
+        except self.lost as e:
+            return ready[0], WorkerLost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip())
 
 
 def import_ray():
