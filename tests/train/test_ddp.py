@@ -158,8 +158,23 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         os.environ["WORLD_SIZE"] = str(world)  # what torchrun sets: the runner joins the existing group
         report = _run_recipe(Path(out) / "run")
         Path(f"{out}/run_{rank}.json").write_text(json.dumps({"report": bool(report), "writes": writes}))
+        Path(f"{out}/unshared_{rank}.txt").write_text(_unshared_out(Path(out) / f"node{rank}", rank))
     finally:
         dist.destroy_process_group()
+
+
+def _unshared_out(out: Path, rank: int) -> str:
+    """Each rank opens its own --out (as two machines without a shared file system would)."""
+    import contextlib
+
+    from netslim.recipe.runner import _open_out
+
+    with contextlib.ExitStack() as lock:
+        try:
+            _open_out(out, {}, lock, resume=False, force=False, main=rank == 0)
+            return ""
+        except NetslimError as e:
+            return str(e)
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +262,10 @@ def test_under_torchrun_rank_0_alone_writes_what_one_process_writes(ranks, tmp_p
             assert torch.isclose(a[k], b[k], rtol=1e-3, atol=1e-4).float().mean() > 0.97, k
         else:
             assert (a[k] == b[k]).float().mean() > 0.98, k
+
+
+def test_an_out_the_other_ranks_cannot_see_is_refused(ranks):
+    assert (ranks / "unshared_0.txt").read_text() == ""
+    msg = (ranks / "unshared_1.txt").read_text()
+    assert msg.startswith(f"--out {str(ranks / 'node1')!r}: rank 1 does not see the files rank 0 writes there; "
+                          "with several machines (torchrun --nnodes) --out must be on a file system they all share")

@@ -209,6 +209,10 @@ def _open_out(out: Path, fingerprint: dict, stack: contextlib.ExitStack, *, resu
     message, state = distributed.broadcast_object((message, state))
     if message is not None:
         raise NetslimError(message)
+    if not main and not (out / LOCK).is_file():  # rank 0 holds it by now
+        raise NetslimError(f"--out {str(out)!r}: rank {distributed.world()[0]} does not see the files rank 0 writes "
+                           "there; with several machines (torchrun --nnodes) --out must be on a file system they "
+                           "all share: the other ranks read rank 0's checkpoints from it.")
     return state
 
 
