@@ -162,8 +162,8 @@ def baseline(run: Run) -> dict:
     accs, rows = [], []
     for seed in run.args.seeds:
         model, summary = run.train_seed(seed)
-        if seed == run.args.seeds[0]:
-            run.base = model
+        if seed == run.args.seeds[0] and not run.args.checkpoint:
+            run.base = model  # the base of the other sections (unless --checkpoint names one)
         accs.append(run.acc(model))
         rows.append({"seed": seed, "test_accuracy": accs[-1], "best_val_accuracy": summary.get("best_accuracy"),
                      "seconds": round(summary["seconds"], 1)})
@@ -175,9 +175,11 @@ def baseline(run: Run) -> dict:
 
 
 def _calibration(run: Run, n: int = 8, batch: int = 16) -> list:
+    """Training batches on the run's device (activation statistics read them as they are)."""
     import itertools
 
-    return list(itertools.islice(run.task.train_batches(123, batch), n))
+    return [({k: v.to(run.device) for k, v in x.items()}, y.to(run.device))
+            for x, y in itertools.islice(run.task.train_batches(123, batch), n)]
 
 
 def heads(run: Run) -> dict:

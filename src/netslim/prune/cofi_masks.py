@@ -114,9 +114,9 @@ def _units(model: nn.Module, g: Group, hidden: int) -> Units:
 def cofi_structure(model: nn.Module, example_inputs: Any = None, exclude_layers=()) -> CoFiStructure:
     """Blocks, their head and neuron groups, the residual norms and writers of ``model``."""
     from netslim.prune.structured.generic import structured_graph
-    from netslim.prune.structured.width import norm_names, residual_group
+    from netslim.prune.structured.width import norm_names, on_device, residual_group
 
-    graph = structured_graph(model, example_inputs)
+    graph = structured_graph(model, None if example_inputs is None else on_device(model, example_inputs))
     hidden = int(model.config.hidden_size)
     blocks = _block_names(model)
     res = residual_group(model, graph)

@@ -110,8 +110,11 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
     was = model.training
     model.eval()
     try:
+        dev = next(model.parameters()).device
         for batch in batches:
             x = _inputs_of(batch)
+            x = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) \
+                else x.to(dev)  # calibration data may live on the CPU, the model elsewhere
             model(**x) if isinstance(x, dict) else model(x)
     finally:
         for h in hooks:

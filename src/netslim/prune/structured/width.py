@@ -139,8 +139,16 @@ def norm_names(model: nn.Module, group: Group) -> list[str]:
     return sorted({s.module for s, _ in group.slots if _is_norm(model, s.module)})
 
 
+def on_device(model: nn.Module, inputs: Any) -> Any:
+    """Model inputs (a tensor, a dict of them, or a batch whose first item they are) on ``model``'s device."""
+    x = _inputs_of(inputs)
+    dev = next(model.parameters()).device
+    return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) \
+        else x.to(dev)
+
+
 def _run(model: nn.Module, batch: Any) -> None:
-    x = _inputs_of(batch)
+    x = on_device(model, batch)
     model(**x) if isinstance(x, dict) else model(x)
 
 
@@ -220,7 +228,7 @@ def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activati
     rule = width_rule(model)
     d = int(model.config.hidden_size)
     batches = list(batches) if batches is not None else None
-    graph = graph or structured_graph(model, example_inputs)
+    graph = graph or structured_graph(model, None if example_inputs is None else on_device(model, example_inputs))
     g = residual_group(model, graph)
     if keep is None:
         keep = _top(_scores(model, graph, g, criterion, batches, loss_fn, seed), hidden_size)
@@ -358,7 +366,7 @@ def verify_width(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms
     """Raise unless the shrunk model equals :func:`width_reference` on ``example_inputs``; returns the max diff."""
     ref = width_reference(model, plan, keep=keep, norms=norms).eval()
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink").eval()
-    x = _inputs_of(example_inputs)
+    x = on_device(model, example_inputs)
     y0 = _first_tensor(ref(**x) if isinstance(x, dict) else ref(x))
     y1 = _first_tensor(shrunk(**x) if isinstance(x, dict) else shrunk(x))
     if y0 is None or y1 is None or y0.shape != y1.shape:
