@@ -269,3 +269,41 @@ def test_an_out_the_other_ranks_cannot_see_is_refused(ranks):
     msg = (ranks / "unshared_1.txt").read_text()
     assert msg.startswith(f"--out {str(ranks / 'node1')!r}: rank 1 does not see the files rank 0 writes there; "
                           "with several machines (torchrun --nnodes) --out must be on a file system they all share")
+
+
+def test_a_batch_is_split_into_equal_contiguous_row_shares(monkeypatch):
+    from netslim.core import distributed
+
+    batch = ({"input_ids": torch.arange(12).view(6, 2), "scale": torch.tensor(2.0)}, torch.arange(6), None)
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(distributed, "world", lambda r=rank: (r, 3))
+        (inputs, y, none) = distributed.shard_batch(batch)
+        assert torch.equal(y, torch.arange(6)[2 * rank:2 * rank + 2]) and none is None
+        assert torch.equal(inputs["input_ids"], batch[0]["input_ids"][2 * rank:2 * rank + 2])
+        assert inputs["scale"] is batch[0]["scale"]  # a 0-d tensor is not rows
+    monkeypatch.setattr(distributed, "world", lambda: (0, 4))
+    with pytest.raises(NetslimError, match="A training batch of 6 rows cannot be split evenly over 4 processes"):
+        distributed.shard_batch(batch)
+    with pytest.raises(NetslimError, match="sharing their first .batch. dimension.*got first dimensions \\[5, 6\\]"):
+        distributed.shard_batch((torch.zeros(6, 2), torch.zeros(5)))
+    with pytest.raises(NetslimError, match="Cannot split a training batch holding a str"):
+        distributed.shard_batch((["a", "b"], torch.zeros(2)))
+
+
+def test_the_batch_sizes_a_step_trains_with_are_found_nested_too():
+    from netslim.core.config import make_config
+    from netslim.train.parallel import batch_sizes, check_batch_size
+
+    found = {m: list(batch_sizes(make_config(c))) for m, c in {
+        "finetune": {"method": "finetune", "batch_size": 30},
+        "rigl": {"method": "rigl", "batch_size": 48},
+        "qat": {"method": "qat", "finetune": {"batch_size": 20}},
+        "magnitude": {"method": "magnitude", "sparsity": 0.5}}.items()}
+    assert found == {"finetune": [("batch_size", 30)], "rigl": [("batch_size", 48)],
+                     "qat": [("finetune.batch_size", 20)], "magnitude": []}
+    check_batch_size(48, 4)
+    with pytest.raises(NetslimError, match=r"finetune.batch_size 20 must be a multiple of the number of processes "
+                                           r"\(8\).*use 16 or 24, or another --nproc-per-node"):
+        check_batch_size(20, 8, "finetune.batch_size")
+    with pytest.raises(NetslimError, match=r"batch_size 3 .* \(4\).*use 4,"):
+        check_batch_size(3, 4)

@@ -210,7 +210,8 @@ def mean_scalar(value: float) -> float:
 
 def shard_batch(batch: Any) -> Any:
     """This rank's equal, contiguous share of the rows of one training batch (a tensor, or a
-    tuple / list / mapping of them sharing the first dimension; ``None`` and numbers are kept).
+    tuple / list / mapping of them sharing the first dimension; ``None``, numbers and 0-d tensors
+    are kept whole).
 
     Every rank draws the same global batch (the task's seeded order), so the shards are disjoint
     and together are the batch one process would train on: a distributed sampler whose global
@@ -241,7 +242,7 @@ def _leaves(batch: Any) -> Iterator[torch.Tensor]:
     elif isinstance(batch, (tuple, list)):
         for v in batch:
             yield from _leaves(v)
-    elif not (batch is None or isinstance(batch, (bool, int, float, str))):
+    elif not (batch is None or isinstance(batch, (bool, int, float))):  # a str: a row or not? refuse
         raise NetslimError(f"Cannot split a training batch holding a {type(batch).__name__} over processes; "
                            "batches must be tensors, or tuples / lists / dicts of tensors.")
 
