@@ -136,8 +136,9 @@ def nothing_removed(graph: DependencyGraph, what: str, kinds: tuple[str, ...] | 
         return [{"name": "(model)", "reason": reason + (f" ({extra})" if extra else "")}]
     if free:
         sizes = "/".join(str(s) for s in sorted({g.size for g in free}))
-        return [{"name": "(model)", "reason": f"{what}: ratio {ratio:.3g} removes no unit: groups have {sizes} "
-                                              "units, too few for that share; raise the ratio"}]
+        unit = {("head",): "head", ("neuron",): "neuron"}.get(kinds or (), "channel" if what == "channels" else "unit")
+        return [{"name": "(model)", "reason": f"{what}: ratio {ratio:.3g} removes no {unit}: groups have {sizes} "
+                                              f"{unit}s, too few for that share; raise the ratio"}]
     out = []
     if excluded:
         out.append({"name": "(model)", "reason": f"{what}: 'exclude' covers {len(excluded)} group(s)"})
