@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,17 @@ def _heads_dict(model) -> dict:
     return heads
 
 
+PEER_TIMEOUT_S = 30  # Torch-Pruning 1.6.1 loops for ever building Falcon's and Llama's graphs (tiny models: < 5 s otherwise)
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _too_long(signum, frame):
+    raise _TooLong
+
+
 def _torch_pruning(family: str, kind: str) -> dict:
     try:
         import torch_pruning as tp
@@ -88,16 +100,24 @@ def _torch_pruning(family: str, kind: str) -> dict:
     heads = _heads_dict(model) if kind == "heads" else {}
     if kind == "heads" and not heads:
         return {"status": "skipped", "reason": "no q/k/v Linears for its num_heads"}
+    if kind == "heads":  # heads only: every Linear but the q/k/v projections is kept as a pruning root
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m not in heads]
+    signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(PEER_TIMEOUT_S)
     try:
         pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=0.0 if kind == "heads" else 0.5, ignored_layers=head,
+                                      pruning_ratio=0.5, ignored_layers=head,
                                       num_heads=heads, prune_head_dims=False, prune_num_heads=kind == "heads",
                                       head_pruning_ratio=0.5, global_pruning=False,
                                       output_transform=lambda y: y.logits if hasattr(y, "logits") else y)
         pruner.step()
         y = out(model, x)
+    except _TooLong:
+        return {"status": "hang", "reason": f"stopped after {PEER_TIMEOUT_S} s (building its dependency graph)"}
     except Exception as e:  # noqa: BLE001 - a peer's failure is a result
         return {"status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+    finally:
+        signal.alarm(0)
     after = n_params(model)
     if after >= before:
         return {"status": "skipped", "reason": "nothing removed"}
