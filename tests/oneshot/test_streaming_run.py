@@ -141,7 +141,10 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
      "dir", r"memory_budget 1 MiB is below what one decoder block needs: about .* raise memory_budget to at least"),
     ({"memory_budget": "lots", "steps": [{"method": "sparsegpt"}]}, "dir",
      r"field 'memory_budget'.*must be a size such as 2GiB"),
-], ids=["method", "export-format", "built-in-memory", "budget-below-one-block", "budget-not-a-size"])
+    ({"stream": True, "steps": [{"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True}]},
+     "dir", r"step 1 \(weight_only with embeddings: true\) cannot stream: a quantized embedding / LM head"),
+], ids=["method", "export-format", "built-in-memory", "budget-below-one-block", "budget-not-a-size",
+        "quantized-embeddings"])
 def test_bad_streaming_input_is_one_line_and_writes_nothing(inputs, tmp_path, capsys, recipe, model, expected):
     import re
 
