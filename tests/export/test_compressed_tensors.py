@@ -234,16 +234,27 @@ def test_schemes_netslim_cannot_hold_are_one_clear_line(case, tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_scales_fp16_cannot_hold_are_refused(tmp_path):
-    path = _exported(tmp_path, bits=4, group_size=32, symmetric=True)
+def test_scales_fp16_cannot_hold_load_as_exact_float_weights(tmp_path, caplog):
+    """llm-compressor keeps an fp32 model's scales in fp32: such a layer opens as a float Linear
+    holding (q - zero) * scale in fp32, with a warning; the other layers stay packed."""
+    model = _quantize(_llama(), bits=4, group_size=32, symmetric=True)
+    path = save_hf(model, tmp_path / "hf")
     from safetensors.torch import load_file, save_file
 
     t = load_file(path / "model.safetensors")
     key = "model.layers.0.mlp.up_proj.weight_scale"
     t[key] = t[key].float() * (1 + 1e-6)  # fp32 values between fp16 ones
     save_file(t, path / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(NetslimError, match="fp16 cannot hold exactly"):
-        open_model(str(path))
+    with caplog.at_level("WARNING"):
+        opened = open_model(str(path)).model
+    layer = opened.model.layers[0].mlp.up_proj
+    assert type(layer) is torch.nn.Linear and "not fp16 values" in caplog.text
+    src = model.model.layers[0].mlp.up_proj
+    want = src.dequantize_weight(torch.float32).view(src.out_features, -1, 32)
+    scale = t[key].view(src.out_features, -1, 1)
+    want = (want / src.scales.float().unsqueeze(-1) * scale).reshape(src.out_features, -1)  # same codes, new scales
+    torch.testing.assert_close(layer.weight, want, rtol=1e-6, atol=1e-7)
+    assert isinstance(opened.model.layers[0].mlp.down_proj, QuantizedLinear)
 
 
 def test_damaged_tensors_are_one_clear_line(tmp_path):

@@ -32,6 +32,7 @@ exactly is a :class:`NetslimError` naming it. Neither direction needs the
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ from netslim.core.errors import NetslimError, shown
 from netslim.quantize.dynamic import DynamicInt8Linear
 from netslim.quantize.packing import PARAM_DTYPE, pack, unpack
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear
+
+log = logging.getLogger(__name__)
 
 QUANT_METHOD = "compressed-tensors"
 PACK, INT, NAIVE = "pack-quantized", "int-quantized", "naive-quantized"
@@ -298,13 +301,33 @@ def _tensor(get, key: str, shape: tuple, dtypes: tuple, where: str) -> torch.Ten
     return t
 
 
-def _fp16_exact(scale: torch.Tensor, key: str, where: str) -> torch.Tensor:
+def _fp16_exact(scale: torch.Tensor, key: str, where: str) -> torch.Tensor | None:
+    """``scale`` in fp16, or None when fp16 cannot hold its values exactly (e.g. llm-compressor's
+    fp32 scales of an fp32 model); non-finite scales are an error."""
+    if not bool(torch.isfinite(scale).all()):
+        raise NetslimError(f"{where}: {key!r} holds non-finite values.")
     s16 = scale.to(PARAM_DTYPE)
-    if not bool(torch.isfinite(scale).all()) or not bool((s16.to(scale.dtype) == scale).all()):
-        raise NetslimError(f"{where}: {key!r} holds values fp16 cannot hold exactly ({scale.dtype}); netslim's packed "
-                           "layers store fp16 scales, so it reads compressed-tensors scales in fp16 (or bf16 / fp32 "
-                           "values fp16 represents).")
-    return s16
+    return s16 if bool((s16.to(scale.dtype) == scale).all()) else None
+
+
+def _dense_layer(module: nn.Module, signed: torch.Tensor, zp: torch.Tensor, scale: torch.Tensor, n_groups: int,
+                 bias: torch.Tensor | None, where: str) -> nn.Module:
+    """The float layer of codes whose scales fp16 cannot hold: ``(q - zero) * scale`` computed in
+    the scales' own precision (as compressed-tensors decompresses), stored as fp32 weights."""
+    rows, cols = signed.shape
+    q = signed.to(torch.float64).view(rows, n_groups, -1)
+    z = zp.to(torch.float64).expand(rows, n_groups).unsqueeze(-1)
+    w = ((q - z).to(scale.dtype) * scale.expand(rows, n_groups).unsqueeze(-1)).reshape(rows, cols).float()
+    if isinstance(module, nn.Embedding):
+        new = nn.Embedding(rows, cols, module.padding_idx)
+    else:
+        new = nn.Linear(cols, rows, bias is not None)
+        if bias is not None:
+            new.bias = nn.Parameter(_tensor(lambda k: bias, "bias", (rows,), (), where).float().clone())
+    new.weight = nn.Parameter(w)
+    log.warning("%s: its %s scales are not fp16 values, which netslim's packed layers store: loaded as exact "
+                "float weights (dense in memory)", where, str(scale.dtype).replace("torch.", ""))
+    return new
 
 
 def read_layer(module: nn.Module, group: Group, *, get, where: str) -> nn.Module:
@@ -335,15 +358,18 @@ def read_layer(module: nn.Module, group: Group, *, get, where: str) -> nn.Module
     if not s.symmetric:
         zp = _zero_points(get, fmt, s.bits, pshape, where).reshape(-1, n_groups)
     expand = (rows, n_groups)
+    bias = get("bias")
+    if (bias is None) != (getattr(module, "bias", None) is None):
+        raise NetslimError(f"{where}: the bias is {'missing' if bias is None else 'unexpected'}.")
+    scales = _fp16_exact(scale, "weight_scale", where)
+    if scales is None:
+        return _dense_layer(module, signed, zp, scale, n_groups, bias, where)
+    scales = scales.expand(expand).contiguous()
     codes = (signed + 2 ** (slot - 1)).to(torch.uint8)
     zeros = (zp + 2 ** (slot - 1)).expand(expand).to(PARAM_DTYPE)
-    scales = _fp16_exact(scale, "weight_scale", where).expand(expand).contiguous()
-    bias = get("bias")
     if emb:
         new = QuantizedEmbedding(rows, cols, slot, s.group_size, module.padding_idx)
     else:
-        if (bias is None) != (module.bias is None):
-            raise NetslimError(f"{where}: the bias is {'missing' if bias is None else 'unexpected'}.")
         new = QuantizedLinear(cols, rows, slot, s.group_size, bias is not None)
         if bias is not None:
             new.bias = nn.Parameter(_tensor(get, "bias", (rows,), (), where).float().clone())

@@ -3,8 +3,10 @@
 The directory's ``config.json`` names the transformers class and carries the
 ``quantization_config``; every layer a config group targets becomes netslim's own
 :class:`QuantizedLinear` / :class:`QuantizedEmbedding` / :class:`DynamicInt8Linear` holding
-the file's very codes, scales and zero points (:func:`netslim.export.compressed.read_layer`),
-every other tensor is loaded as it is, so ``netslim eval / bench / inspect`` measure the model
+the file's very codes, scales and zero points (:func:`netslim.export.compressed.read_layer`)
+- except a layer whose scales fp16 cannot hold (llm-compressor keeps an fp32 model's scales in
+fp32; netslim's packed layers store fp16): it opens as a float layer holding ``(q - zero) *
+scale`` exactly, with a warning (dense in memory) - every other tensor is loaded as it is, so ``netslim eval / bench / inspect`` measure the model
 as stored and further recipe steps run on it. Nothing read is trusted: the schemes are checked
 before any tensor is read (:func:`~netslim.export.compressed.parse_config`), each tensor against
 the shape and dtype its layer needs, ``re:`` targets against patterns that could backtrack for
