@@ -61,14 +61,16 @@ def main() -> None:
     ckpt = lo.hf_checkpoint(build_model("smollm2"), prep)
     ct_dir = work / "llmc_gptq_g64"
     t0 = time.perf_counter()
-    proc = subprocess.run([args.llmc_python, str(Path(__file__).parent / "llmc_run.py"), "--method", "gptq_g64",
+    reuse = (ct_dir / "config.json").exists() and (work / "llmc.json").exists()  # llm-compressor's run is kept
+    proc = None if reuse else subprocess.run([args.llmc_python, str(Path(__file__).parent / "llmc_run.py"), "--method", "gptq_g64",
                            "--model-dir", str(ckpt), "--calib", str(calib), "--weights", str(work / "w.safetensors"),
                            "--result", str(work / "llmc.json"), "--threads", str(args.threads), "--batch-size", "4",
                            "--save-compressed", str(ct_dir)], capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc is not None and proc.returncode != 0:
         sys.exit(f"llm-compressor failed:\n{proc.stderr[-4000:]}")
     llmc = json.loads((work / "llmc.json").read_text())
-    llmc["wall_s"] = round(time.perf_counter() - t0, 1)
+    if proc is not None:
+        llmc["wall_s"] = round(time.perf_counter() - t0, 1)
     config = json.loads((ct_dir / "config.json").read_text())
 
     task = CausalLMTask(model_name="smollm2", seq_len=512, limit=args.eval_blocks, eval_batch_size=args.eval_batch)
