@@ -32,7 +32,6 @@ exactly is a :class:`NetslimError` naming it. Neither direction needs the
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +43,6 @@ from netslim.core.errors import NetslimError, shown
 from netslim.quantize.dynamic import DynamicInt8Linear
 from netslim.quantize.packing import PARAM_DTYPE, pack, unpack
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear
-
-log = logging.getLogger(__name__)
 
 QUANT_METHOD = "compressed-tensors"
 PACK, INT, NAIVE = "pack-quantized", "int-quantized", "naive-quantized"
@@ -325,8 +322,7 @@ def _dense_layer(module: nn.Module, signed: torch.Tensor, zp: torch.Tensor, scal
         if bias is not None:
             new.bias = nn.Parameter(_tensor(lambda k: bias, "bias", (rows,), (), where).float().clone())
     new.weight = nn.Parameter(w)
-    log.warning("%s: its %s scales are not fp16 values, which netslim's packed layers store: loaded as exact "
-                "float weights (dense in memory)", where, str(scale.dtype).replace("torch.", ""))
+    new.netslim_float_scales = str(scale.dtype).replace("torch.", "")  # open_compressed_dir warns once
     return new
 
 

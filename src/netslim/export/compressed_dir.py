@@ -15,6 +15,7 @@ long, shard names against the directory.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from netslim.core.surgery import get_module, replace_module
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear
 
 from .compressed import QUANT_METHOD, SUFFIXES, Group, parse_config, read_layer
+
+log = logging.getLogger(__name__)
 
 
 def is_compressed_tensors(cfg: dict) -> bool:
@@ -108,10 +111,17 @@ def open_compressed_dir(path: Path, cfg: dict) -> nn.Module:
     if not targets:
         raise NetslimError(f"{where}: no Linear or Embedding layer of {cls.__name__} matches the quantization "
                            "config's targets.")
+    floats = []
     for name, group in targets.items():
         get = lambda local, n=name: files.get(f"{n}.{local}")  # noqa: E731
         layer = read_layer(get_module(model, name), group, get=get, where=f"{path}: layer {name!r}")
         replace_module(model, name, layer)
+        if getattr(layer, "netslim_float_scales", None):
+            floats.append(name)
+    if floats:
+        log.warning("%s: %d of %d quantized layers (e.g. %r) have %s scales that are not fp16 values, which netslim's "
+                    "packed layers store: loaded as exact float weights (dense in memory)", path, len(floats),
+                    len(targets), floats[0], get_module(model, floats[0]).netslim_float_scales)
     _load_dense(model, files, set(targets), path)
     return model
 
