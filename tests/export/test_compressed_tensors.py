@@ -145,6 +145,10 @@ def test_export_then_open_model_gives_the_same_layers_and_logits(case, tmp_path)
     for name, m in model.named_modules():
         if isinstance(m, (QuantizedLinear, QuantizedEmbedding, DynamicInt8Linear)):
             got = mods[name]
+            if case == "llama_int8_g32_mixed_emb" and isinstance(m, QuantizedEmbedding):
+                # a second scheme under dequantize-on-load is written as exact float weights (hf.py)
+                assert type(got) is nn.Embedding and torch.equal(got.weight, m.dequantize_weight(torch.float32))
+                continue
             assert type(got) is type(m), name
             for k, v in m.state_dict().items():
                 assert torch.equal(got.state_dict()[k], v), f"{name}.{k}"

@@ -121,18 +121,30 @@ CASES = {
     "llama_gptq_g32": (_gptq, None),
     "gpt2_int8_tied_embeddings": (lambda: _wo(gpt2(), bits=8, group_size=None, embeddings=True), None),
     "bert_int4_asym": (lambda: _wo(bert(), bits=4, group_size=32), None),
+    # gptq_int8emb_smollm2's shape: int4 asym blocks + tied int8 embedding (two schemes, dequantize on load)
+    "llama_int4_asym_int8_tied_emb": (lambda: _wo(_wo(llama(tie=True), bits=4, group_size=32), bits=8,
+                                                  group_size=None, embeddings=True), None),
     "bert_w8a8": (lambda: dynamic_int8(bert(), DynamicInt8Config(activations="per_tensor")), None),
 }
 EXACT = {"llama_dense", "llama_structured", "gpt2_ffn", "bert_unstructured", "llama_int4_g32_sym",
          "llama_int4_g128_sym", "llama_int8_channel_sym"}
 
 
-def fp16_decoded(model: nn.Module) -> nn.Module:
+def fp16_decoded(model: nn.Module, exact: set[str] = frozenset()) -> nn.Module:
     """``model`` with every packed layer replaced by a float one holding fp16((code - zero) * scale):
-    the weights transformers computes when it decodes compressed-tensors layers at load time."""
+    the weights transformers computes when it decodes compressed-tensors layers at load time
+    (layers in ``exact``: the exporter wrote them as exact float weights, so fp32 values)."""
     model = copy.deepcopy(model)
     for name, m in list(model.named_modules()):
-        if isinstance(m, (QuantizedLinear, QuantizedEmbedding)):
+        if isinstance(m, (QuantizedLinear, QuantizedEmbedding)) and name in exact:
+            w = m.dequantize_weight(torch.float32)
+            new = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx) if isinstance(
+                m, QuantizedEmbedding) else nn.Linear(m.in_features, m.out_features, m.bias is not None)
+            if isinstance(new, nn.Linear) and m.bias is not None:
+                new.bias = nn.Parameter(m.bias.detach().clone())
+            new.weight = nn.Parameter(w)
+            replace_module(model, name, new)
+        elif isinstance(m, (QuantizedLinear, QuantizedEmbedding)):
             n_groups = m.scales.shape[1]
             c = m.codes().to(torch.float16).view(m.scales.shape[0], n_groups, -1)
             w = ((c - m.zeros.unsqueeze(-1)) * m.scales.unsqueeze(-1)).reshape(c.shape[0], -1).float()
@@ -191,7 +203,10 @@ def exported(tmp_path_factory):
         model = build()
         path, notes[name] = export_hf(model, root / name, {"source": source} if source else None)
         packed = any(isinstance(m, (QuantizedLinear, QuantizedEmbedding)) for m in model.modules())
-        refs[name] = (_out(model), _out(fp16_decoded(model)) if packed else None)
+        exact = set(notes[name].get("dequantized_layers", {}).get("layers", []))
+        if "model.embed_tokens" in exact and notes[name].get("tied_embeddings"):
+            exact.add("lm_head")  # transformers ties it to the exact embedding
+        refs[name] = (_out(model), _out(fp16_decoded(model, exact)) if packed else None)
         dirs.append(path)
     dirs.append(_bitmask_dir(root))
     return refs, notes, load_plainly(dirs, root / "out.pt"), root
@@ -214,6 +229,14 @@ def test_plain_transformers_gives_netslims_logits(case, exported):
         torch.testing.assert_close(got["out"], ref, atol=2e-3 * float(ref.abs().max()), rtol=0)
     else:  # the CSR kernel sums in another order
         torch.testing.assert_close(got["out"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_second_scheme_under_dequantize_is_written_as_float(exported):
+    _, notes, loaded, _ = exported
+    n = notes["llama_int4_asym_int8_tied_emb"]
+    assert n["dequantized_layers"]["layers"] == ["model.embed_tokens"]
+    assert n["quantization"]["schemes"] == {"int4 g32 asym (pack-quantized)": 15}  # 14 block Linears + lm_head
+    assert loaded["llama_int4_asym_int8_tied_emb"]["missing"] == []
 
 
 def test_tokenizer_and_notes(exported):

@@ -88,6 +88,7 @@ class Plan:
     quantized: dict[str, QLayer] = field(default_factory=dict)
     dequantize: list[str] = field(default_factory=list)        # why transformers decodes at load time
     dense_embeddings: list[str] = field(default_factory=list)  # quantized embeddings written dequantized
+    dense_mixed: list[str] = field(default_factory=list)  # layers of a second scheme written dequantized
     notes: dict[str, Any] = field(default_factory=dict)
     write_tokenizer: Callable[[Path], None] | None = None
     generation_config: Any = None
@@ -294,6 +295,24 @@ def _loading_route(plan: Plan) -> None:
         plan.dequantize.append("asymmetric zero points")
     if any(q.embedding for q in plan.quantized.values()):
         plan.dequantize.append("quantized embeddings")
+    schemes = Counter()
+    for q in plan.quantized.values():
+        m = q.module
+        schemes[q.scheme] += m.num_embeddings * m.embedding_dim if q.embedding else m.out_features * m.in_features
+    if plan.dequantize and len(schemes) > 1:
+        # transformers 5.23 decodes every dense layer with ONE scheme (its get_dense_scheme: the first
+        # config group), so a second scheme would be decoded on the wrong grid: keep the scheme that
+        # holds the most weights quantized, write the others as their exact dequantized weights.
+        keep = schemes.most_common(1)[0][0]
+        for name, q in list(plan.quantized.items()):
+            if q.scheme != keep:
+                plan.dense[f"{name}.weight"] = q.module.dequantize_weight(torch.float32)
+                if getattr(q.module, "bias", None) is not None:
+                    plan.dense[f"{name}.bias"] = q.module.bias
+                plan.dense_mixed.append(name)
+                del plan.quantized[name]
+        if not any(q.embedding for q in plan.quantized.values()) and "quantized embeddings" in plan.dequantize:
+            plan.dequantize.remove("quantized embeddings")
 
 
 _HEAD_ROWS = ("query", "key", "value", "q_lin", "k_lin", "v_lin")  # projections whose rows are heads
@@ -398,6 +417,12 @@ def _notes(plan: Plan, tied: bool, out_name: str | None, dtype: torch.dtype, spa
             "why": "written as dense float weights (their exact dequantized values): transformers loads quantized "
                    "embeddings only by decoding every layer at load time, which would drop the W8A8 layers' "
                    "activation quantization"}
+    if plan.dense_mixed:
+        notes["dequantized_layers"] = {
+            "layers": plan.dense_mixed,
+            "why": "transformers 5 decodes every layer of a dequantize-on-load checkpoint with one scheme (its first "
+                   "config group), so the layers of the other quantization scheme(s) are written as their exact "
+                   "dequantized float weights; netslim.load / format: safetensors keep them quantized"}
     if sparse[0]:
         notes["sparsity"] = {
             "layers": sparse[0], "zeros": round(sparse[1] / max(sparse[2], 1), 4), "format": "dense",
