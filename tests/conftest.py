@@ -43,3 +43,25 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("NETSLIM_CACHE", str(d))
     return d
+
+
+@pytest.fixture(scope="session")
+def fork_ranks():
+    """``fork_ranks(worker, out)``: run ``worker(rank, 2, out/"init", out)`` in 2 forked processes
+    (one OpenMP thread each, the caller's setting restored): the 2-rank gloo tests' launcher."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    def run(worker, out, nprocs: int = 2) -> None:
+        env = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            mp.start_processes(worker, args=(nprocs, str(out / "init"), str(out)), nprocs=nprocs, start_method="fork")
+        finally:
+            if env is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env
+
+    return run

@@ -85,22 +85,12 @@ def _model_dir(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
+def ranks(tmp_path_factory, fork_ranks):
     out = tmp_path_factory.mktemp("dist")
     _model_dir(out / "model")
     (out / "corpus.txt").write_text("".join(f"Line {i} of a text to calibrate and score a model on.\n"
                                             for i in range(300)))
-    env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        mp.start_processes(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, start_method="fork")
-    finally:
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
+    fork_ranks(_worker, out)
     return out
 
 

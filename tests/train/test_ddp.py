@@ -178,19 +178,9 @@ def _unshared_out(out: Path, rank: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    import torch.multiprocessing as mp
-
+def ranks(tmp_path_factory, fork_ranks):
     out = tmp_path_factory.mktemp("ddp")
-    env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        mp.start_processes(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, start_method="fork")
-    finally:
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
+    fork_ranks(_worker, out)
     return out
 
 
