@@ -206,7 +206,7 @@ def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, b
 
 
 # ------------------------------------------------------------------------------ LLM runs
-LLM_ORDERS = ("dense_gptq", "prune_first", "quantize_first", "joint")
+LLM_ORDERS = ("dense_gptq", "sparsegpt_fp32", "prune_first", "quantize_first", "joint")
 
 
 def llm_recipe(case: str, tiny: bool) -> dict:
@@ -214,10 +214,15 @@ def llm_recipe(case: str, tiny: bool) -> dict:
     step = dict(rec["steps"][0])
     if case == "dense_gptq":
         step = {k: v for k, v in step.items() if k not in ("order", "sparsity")} | {"method": "gptq"}
+    elif case == "sparsegpt_fp32":  # the perplexity the combined model is held to (within 10 %)
+        keep = ("sparsity", "num_samples", "seq_len", "batch_size")
+        step = {k: v for k, v in step.items() if k in keep} | {"method": "sparsegpt"}
     else:
         step["order"] = case
     if tiny:
-        step.update(group_size=32, num_samples=8, seq_len=32, batch_size=4)
+        step.update(num_samples=8, seq_len=32, batch_size=4)
+        if "group_size" in step:
+            step["group_size"] = 32
         rec.update(data={"limit": 4}, model=None, dataset="pydocs")
     rec.update(name=f"smollm2_{case}", steps=[step, {"method": "evaluate"}, {"method": "export", "filename": "model"}])
     return rec
