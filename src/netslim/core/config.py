@@ -10,7 +10,7 @@ Handlers have the signature ``handler(model, config, ctx) -> model``; ``ctx`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict
@@ -129,6 +129,33 @@ def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
     return f"{owner}: " + "; ".join(parts) + (f"; and {more} more error(s)" if more > 0 else "") + "."
 
 
+C = TypeVar("C", bound=BaseModel)
+
+
+def build_config(cls: type[C], cfg: C | None = None, overrides: Mapping[str, Any] | None = None,
+                 where: str | None = None) -> C:
+    """The one way to build a config from a call: ``cfg`` (an instance of ``cls`` or None)
+    updated with ``overrides`` (keyword arguments or a dict), validated, errors in the house
+    style (one :class:`NetslimError` line naming ``where`` - default the class name - and the
+    field). Every plain-Python entry point and every config-from-dict site uses it.
+
+    >>> build_config(MagnitudeConfig, None, {"sparsity": 0.5})            # doctest: +SKIP
+    """
+    if cfg is not None and not isinstance(cfg, cls):
+        what = f" (method {cls.method!r})" if getattr(cls, "method", "") else ""
+        raise NetslimError(f"Expected a {cls.__name__}{what}; got {type(cfg).__name__}.")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise NetslimError(f"{where or cls.__name__}: expected a mapping of fields; got {shown(overrides)}.")
+    data = {**(cfg.model_dump() if cfg is not None else {}), **(overrides or {})}
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise NetslimError(f"{where or cls.__name__}: field names must be strings; got {shown(bad[0])}.")
+    try:
+        return cls(**data)
+    except pydantic.ValidationError as err:
+        raise NetslimError(_format_validation_error(err, where or cls.__name__)) from None
+
+
 def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
     """Build a validated config from ``{"method": name, **params}``.
 
@@ -147,10 +174,7 @@ def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
         method = get_method(str(name))
     except NetslimError as e:
         raise NetslimError(f"{where}: {e}") from None
-    try:
-        return method.config_cls(**params)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, f"{where} (method {name!r})")) from None
+    return build_config(method.config_cls, None, params, f"{where} (method {name!r})")
 
 
 def apply(model, config: MethodConfig, ctx):

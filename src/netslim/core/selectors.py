@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Iterable, Mapping, Sequence, TypeVar
+from typing import Annotated, Iterable, Mapping, Sequence, TypeVar
 
+from pydantic import BeforeValidator
 from torch import nn
 
 from .errors import NetslimError
@@ -47,6 +48,27 @@ def regex_error(sel: str) -> str | None:
     except re.error as e:
         return f"selector {_shown(sel)} is not a valid regular expression: {e}"
     return None
+
+
+def _normalize_selector(value):
+    """Pydantic "before" validator of :data:`Selector`: a string or a list / tuple of strings
+    becomes a tuple of strings (None stays None); a ``re:`` pattern must compile."""
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise ValueError("must be a selector string or a list of them (exact name, glob, 're:' regex, 'type:' class)")
+    for sel in items:
+        problem = regex_error(sel)
+        if problem:
+            raise ValueError(problem)
+    return tuple(items)
+
+
+# The one selector type of every config field that picks modules (``include`` / ``exclude`` /
+# per-layer keys): a string or a list of strings in a recipe, a tuple of strings (or None) on
+# the validated config.
+Selector = Annotated[tuple[str, ...] | None, BeforeValidator(_normalize_selector)]
 
 
 def matches(sel: str, name: str, module: nn.Module) -> bool:
