@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
-from .streaming import StreamedModel, materialize, module_bytes, release
+from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
 
 Solver = Literal["hessian", "diag", "none"]
 GC_BYTES = 16 << 20  # blocks larger than this: a full garbage collection after each (~0.3 s with transformers loaded)
@@ -228,7 +228,7 @@ class BlockStream:
         from .layerwise import _malloc_trim, release_memory
 
         if self.writer is not None:
-            self.writer.add_module(block, f"{name}.")
+            self.writer.add_module(block, f"{name}.", alias_groups(self.sm.model))
         big = module_bytes(block) > GC_BYTES
         release(block, self.sm.model)
         if big:
@@ -300,7 +300,7 @@ class BlockStream:
                 fn(n, old, [n])
                 new = get_module(model, n)
                 if self.writer is not None:
-                    self.writer.add_module(new, f"{n}.")
+                    self.writer.add_module(new, f"{n}.", alias_groups(model))
             finally:
                 release(old, model)
                 release(get_module(model, n), model)

@@ -73,11 +73,21 @@ class ArtifactWriter:
         self._digests[name] = _tensor_digest(name, dtype, t.shape, data)
         self.bytes_written += len(data)
 
-    def add_module(self, module: nn.Module, prefix: str) -> None:
+    def add_module(self, module: nn.Module, prefix: str, heads: dict[str, str] | None = None) -> None:
         """Every tensor of ``module``'s state dict under ``prefix``; tensors sharing storage are
-        stored once, as :func:`netslim.core.serialize.save` does (the others become aliases)."""
+        stored once, as :func:`netslim.core.serialize.save` does (the others become aliases).
+
+        ``heads`` (``key -> first key`` of the whole model's tied groups, as
+        :func:`netslim.core.streaming.alias_groups`): a tensor tied to a key outside ``module``
+        (an LM head tied to the embedding) is stored once under its group's first key."""
         seen: dict[tuple, str] = {}
         for k, t in module.state_dict(prefix=prefix).items():
+            head = (heads or {}).get(k, k)
+            if head != k:
+                if head not in self:
+                    self.add(head, t)
+                self.aliases[k] = head
+                continue
             key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.numel() else None
             if key is not None and key in seen:
                 self.aliases[k] = seen[key]
