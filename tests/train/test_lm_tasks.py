@@ -39,9 +39,11 @@ def corpus(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------ causal LM
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
-def test_perplexity_is_exp_of_token_mean_nll(name, corpus):
-    # 5 blocks in batches of 2: an uneven last batch must not change the token weighting.
+@pytest.mark.parametrize("name,chunk", [("tiny-llama", 256), ("tiny-gpt2", 256), ("tiny-llama", 7)])
+def test_perplexity_is_exp_of_token_mean_nll(name, chunk, corpus, monkeypatch):
+    # 5 blocks in batches of 2: an uneven last batch must not change the token weighting; a
+    # cross-entropy chunk (CE_CHUNK) that splits batches and rows mid-way must not either.
+    monkeypatch.setattr("netslim.train.lm_tasks.CE_CHUNK", chunk)
     task = CausalLMTask(model_name=name, seq_len=32, limit=5, eval_batch_size=2, root=corpus)
     model = build_model(name)
     blocks = task.blocks("test")

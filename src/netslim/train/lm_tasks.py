@@ -53,6 +53,9 @@ def _positive(owner: str, field: str, value: Any, allow_none: bool = False) -> N
         raise bad_param(owner, field, "an int >= 1" + (" or None" if allow_none else ""), value)
 
 
+CE_CHUNK = 256  # tokens per cross-entropy call in nll: SmolLM2's 49,152-word log-softmax is 48 MiB, not 96 per block
+
+
 def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
 
@@ -142,8 +145,11 @@ class CausalLMTask(Task):
         try:
             for i in range(0, len(x), self.eval_batch_size):
                 ids = x[i : i + self.eval_batch_size].to(dev)                       # (B, L)
-                logits = self.forward(model, ids)[:, :-1].float()                     # (B, L-1, V)
-                total += F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+                logits = self.forward(model, ids)[:, :-1].float().flatten(0, 1)      # (B * (L-1), V)
+                target = ids[:, 1:].flatten()
+                for j in range(0, len(target), CE_CHUNK):  # log-softmax a chunk at a time: not a 2nd logits copy
+                    total += F.cross_entropy(logits[j : j + CE_CHUNK], target[j : j + CE_CHUNK],
+                                             reduction="sum").item()
                 count += ids[:, 1:].numel()
         finally:
             model.train(was_training)
