@@ -14,14 +14,14 @@ time, while removing the block saves all of it (see BENCHMARKS.md, issue 4).
 """
 from __future__ import annotations
 
-import contextlib
 import operator
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import fx, nn
 
 from netslim.core.errors import NetslimError, bad_param
+from netslim.core.hooks import eval_mode
 from netslim.measure.counts import count_params
 from netslim.measure.latency import measure_latency
 
@@ -29,19 +29,6 @@ from .plan import PrunePlan, apply_plan
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _PASS = (nn.Identity, nn.Dropout)  # shortcut modules that return their input
-
-
-@contextlib.contextmanager
-def _hooked_eval(model: nn.Module, hooks: list) -> Iterator[None]:
-    """Run ``model`` in eval mode with ``hooks`` registered; removes them and restores the mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
 
 
 def _is_input(node: fx.Node, root: nn.Module, placeholder: fx.Node) -> bool:
@@ -80,9 +67,9 @@ def residual_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
                 shapes[name] = (tuple(args[0].shape), tuple(output.shape))
         return fn
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-             if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
-    with _hooked_eval(model, hooks):
+    hooks = {m: hook(n) for n, m in model.named_modules()
+             if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
+    with eval_mode(model, hooks):
         model(example_inputs)
     names = [n for n, (i, o) in shapes.items() if i == o and list(model.get_submodule(n).parameters())]
     return [n for n in names if _adds_its_input(model.get_submodule(n))]
@@ -105,8 +92,7 @@ def mean_influence(model: nn.Module, blocks: Sequence[nn.Module], batches: Itera
             counts[i] += cos.numel()
         return fn
 
-    hooks = [blk.register_forward_hook(hook(i), with_kwargs=True) for i, blk in enumerate(blocks)]
-    with _hooked_eval(model, hooks):
+    with eval_mode(model, [(blk, hook(i)) for i, blk in enumerate(blocks)], kind="forward_kwargs"):
         for batch in batches:
             if isinstance(batch, dict):
                 model(**batch)
@@ -125,9 +111,8 @@ def block_costs(model: nn.Module, names: Sequence[str], inputs: Any, repeats: in
     """Milliseconds of each block ``names`` alone on the input it receives when ``model`` runs
     ``inputs`` (median of ``repeats`` calls, current threads): what removing it saves."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: seen.__setitem__(n, args[0].detach().clone())) for n in names]
-    with _hooked_eval(model, hooks):
+    hooks = {n: lambda m, args, n=n: seen.__setitem__(n, args[0].detach().clone()) for n in names}
+    with eval_mode(model, hooks, kind="pre"):
         model(inputs)
     return {n: measure_latency(model.get_submodule(n), seen[n], warmup=3, repeats=repeats).median_ms for n in names}
 

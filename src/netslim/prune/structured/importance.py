@@ -28,6 +28,7 @@ from torch import nn
 
 from netslim.core.errors import bad_param
 from netslim.core.graph import DependencyGraph, Group, slot_view
+from netslim.core.hooks import eval_mode
 from netslim.train.loop import Callback
 
 CRITERIA = ("l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random")
@@ -65,22 +66,20 @@ def taylor_scores(model: nn.Module, graph: DependencyGraph, batches: Iterable[An
     """Accumulated (sum_slice w * g)^2 per unit over ``batches`` (gradients are cleared after)."""
     groups = graph.prunable()
     scores = {g.id: torch.zeros(g.size) for g in groups}
-    was = model.training
-    model.eval()  # BN statistics stay as they are; the gradient is what we want
-    for batch in batches:
-        model.zero_grad(set_to_none=True)
-        loss_fn(model, batch).backward()
-        with torch.no_grad():
-            for g in groups:
-                per = torch.zeros(g.size)
-                for slot, i in g.slots:
-                    t = getattr(model.get_submodule(slot.module), slot.param)
-                    if not isinstance(t, nn.Parameter) or t.grad is None:
-                        continue
-                    per += slot_view(t * t.grad, slot, i).sum(1).float().cpu()
-                scores[g.id] += per.pow(2)
+    with eval_mode(model):  # BN statistics stay as they are; the gradient is what we want
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            with torch.no_grad():
+                for g in groups:
+                    per = torch.zeros(g.size)
+                    for slot, i in g.slots:
+                        t = getattr(model.get_submodule(slot.module), slot.param)
+                        if not isinstance(t, nn.Parameter) or t.grad is None:
+                            continue
+                        per += slot_view(t * t.grad, slot, i).sum(1).float().cpu()
+                    scores[g.id] += per.pow(2)
     model.zero_grad(set_to_none=True)
-    model.train(was)
     return scores
 
 
@@ -105,21 +104,14 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
             n[name] = n.get(name, 0) + x.numel() // x.shape[-1]
         return fn
 
-    hooks = [model.get_submodule(c).register_forward_pre_hook(
-        hook(c, isinstance(model.get_submodule(c), nn.Conv1d | nn.Conv2d))) for c in consumers]
-    was = model.training
-    model.eval()
-    try:
+    hooks = {c: hook(c, isinstance(model.get_submodule(c), nn.Conv1d | nn.Conv2d)) for c in consumers}
+    with eval_mode(model, hooks, kind="pre"):
         dev = next(model.parameters()).device
         for batch in batches:
             x = _inputs_of(batch)
             x = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) \
                 else x.to(dev)  # calibration data may live on the CPU, the model elsewhere
             model(**x) if isinstance(x, dict) else model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     out = {}
     for g in groups:
         total = torch.zeros(g.size)

@@ -47,6 +47,7 @@ from torch import nn
 
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.graph import DependencyGraph, Group
+from netslim.core.hooks import eval_mode
 from netslim.measure.counts import count_params
 
 from .generic import _first_tensor, example_inputs_for, is_hf, structured_graph
@@ -169,19 +170,11 @@ def _norm_stats(model: nn.Module, names: list[str], batches: list[Any],
             out[name] = out.get(name, 0) + v
         return record
 
-    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) if pre else
-             model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model, {n: hook(n) for n in names}, kind="pre" if pre else "forward"):
         for batch in batches:
             first = _inputs_of(batch)
             current["mask"] = first.get("attention_mask") if isinstance(first, dict) else None
             _run(model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
     return out
 
 
