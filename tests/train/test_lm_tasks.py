@@ -39,7 +39,7 @@ def corpus(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------ causal LM
-@pytest.mark.parametrize("name,chunk", [("tiny-llama", 256), ("tiny-gpt2", 256), ("tiny-llama", 7)])
+@pytest.mark.parametrize("name,chunk", [("tiny-llama", 64), ("tiny-gpt2", 64), ("tiny-llama", 7)])
 def test_perplexity_is_exp_of_token_mean_nll(name, chunk, corpus, monkeypatch):
     # 5 blocks in batches of 2: an uneven last batch must not change the token weighting; a
     # cross-entropy chunk (CE_CHUNK) that splits batches and rows mid-way must not either.
