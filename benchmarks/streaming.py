@@ -253,7 +253,13 @@ def main() -> None:
         result["smollm2"] = part_smollm2(work, args.tiny)
     RESULTS.mkdir(parents=True, exist_ok=True)
     dest = RESULTS / f"issue19_streaming{'_tiny' if args.tiny else ''}.json"
-    dest.write_text(json.dumps(result, indent=2, default=str))
+    if dest.is_file() and not args.tiny:  # one part per run: keep the other part's record
+        previous = json.loads(dest.read_text())
+        result = {**previous, **result, "part_dates": {**previous.get("part_dates", {}),
+                                                       **{p: result["date"] for p in parts}}}
+    tmp = dest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(dest)
     print(f"wrote {dest}")
 
 
