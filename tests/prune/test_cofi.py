@@ -12,8 +12,9 @@ import netslim
 from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import hooked
 from netslim.prune.cofi import CoFiConfig, check_reachable, cofi_prune, shrink_to_masks
-from netslim.prune.cofi_masks import CoFiMasks, cofi_structure, install_hooks, size_of
+from netslim.prune.cofi_masks import CoFiMasks, cofi_structure, mask_hooks, size_of
 from netslim.prune.l0 import BETA, GAMMA, ZETA, HardConcreteGate
 from netslim.train.object_tasks import TensorClassificationTask
 
@@ -157,10 +158,8 @@ def test_masks_at_each_granularity_shrink_the_right_tensors(name, key, tmp_path)
     z = _closed(struct, key)
     masks = CoFiMasks(struct, (), 0.9)
     masks.set_values(z)
-    handles = install_hooks(model, masks)
-    masked = _logits(model)
-    for h in handles:
-        h.remove()
+    with hooked(mask_hooks(model, masks), root=model):
+        masked = _logits(model)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     report = shrink_to_masks(model, struct, z=z)
     after = {n: tuple(p.shape) for n, p in model.named_parameters()}

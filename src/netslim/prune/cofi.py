@@ -44,11 +44,12 @@ from torch import nn
 
 from netslim.core.config import register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import hooked
 from netslim.measure.counts import count_params
 from netslim.prune._api import TrainFields, check_fraction, need_task
 from netslim.train.loop import Callback, FinetuneConfig, TrainState, fit
 
-from .cofi_masks import GRANULARITIES, CoFiMasks, CoFiStructure, cofi_structure, fold, install_hooks, size_of
+from .cofi_masks import GRANULARITIES, CoFiMasks, CoFiStructure, cofi_structure, fold, mask_hooks, size_of
 
 log = logging.getLogger(__name__)
 Granularity = Literal["attention", "heads", "ffn", "neurons", "hidden"]
@@ -222,12 +223,8 @@ def cofi_train(model: nn.Module, task, *, cfg: CoFiConfig, teacher: nn.Module | 
     masks = CoFiMasks(struct, cfg.prune, cfg.init_keep, device)
     dtask, transform = _distill_task(task, model, teacher, cfg, masks)
     cb = CoFiLagrangian(masks, cfg, list(transform.parameters()) if transform is not None else [])
-    handles = install_hooks(model, masks)
-    try:
+    with hooked(mask_hooks(model, masks), root=model):
         summary = fit(model, dtask, cfg.train_config(), [cb])
-    finally:
-        for h in handles:
-            h.remove()
     expected_end = float(masks.expected_sparsity())
     z = masks.final((1 - cfg.sparsity) * struct.full_size() if cfg.exact else None)
     batches = _calibration(task, cfg) if cfg.norm_correction and "hidden" in z else None

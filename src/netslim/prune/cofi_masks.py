@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -336,10 +336,11 @@ def size_of(struct: CoFiStructure, z: dict[str, Any]) -> int:
 
 
 # ------------------------------------------------------------------------------ hooks
-def install_hooks(model: nn.Module, masks: CoFiMasks) -> list:
-    """Forward hooks applying ``masks.z``; the root pre-hook samples the gates once per forward."""
+def mask_hooks(model: nn.Module, masks: CoFiMasks) -> list[tuple[str, Callable, str]]:
+    """Forward hooks applying ``masks.z`` (for :func:`netslim.core.hooks.hooked` with ``root=model``);
+    the root pre-hook samples the gates once per forward."""
     s = masks.struct
-    handles = [model.register_forward_pre_hook(lambda m, a: masks.sample(model.training))]
+    hooks = [("", lambda m, a: masks.sample(model.training), "pre")]
 
     def reader(key: str, i: int, factor: int):
         def pre(module, args):
@@ -362,16 +363,15 @@ def install_hooks(model: nn.Module, masks: CoFiMasks) -> list:
 
     owners: dict[str, tuple[str, int]] = {}
     for i, (h, f) in enumerate(zip(s.heads, s.neurons)):
-        handles.append(model.get_submodule(h.reader).register_forward_pre_hook(reader("heads", i, h.factor)))
-        handles.append(model.get_submodule(f.reader).register_forward_pre_hook(reader("neurons", i, f.factor)))
+        hooks += [(h.reader, reader("heads", i, h.factor), "pre"), (f.reader, reader("neurons", i, f.factor), "pre")]
         owners[h.reader], owners[f.reader] = ("attention", i), ("ffn", i)
     writers = {m for m, _, _ in s.writers}
     for name in sorted(writers | set(owners) | set(s.norms)):
         key, i = owners.get(name, (None, None))
         if name in owners and name not in writers:
             raise NetslimError(f"CoFi: {name} reads a head / neuron group but does not write the residual stream.")
-        handles.append(model.get_submodule(name).register_forward_hook(writer(key, i)))
-    return handles
+        hooks.append((name, writer(key, i), "forward"))
+    return hooks
 
 
 # ------------------------------------------------------------------------------ fold

@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode
 from netslim.prune._api import Selector, as_config, check_fraction, need_task, prunable_preflight
 from netslim.prune.criteria import apply_masks, masks_from_scores, prunable_layers, sparsity_report
 
@@ -77,10 +78,8 @@ def fisher_diagonal(model: nn.Module, task, *, layers: list[tuple[str, nn.Module
     params = {n: weight_param(m) for n, m in layers}
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     n_batches = math.ceil(num_samples / batch_size)
-    was_training = model.training
-    model.eval()  # BN running stats, no dropout: the network as deployed
     seen = 0
-    try:
+    with eval_mode(model):  # BN running stats, no dropout: the network as deployed
         for batch in task.train_batches(0, batch_size):
             if seen == n_batches:
                 break
@@ -89,8 +88,6 @@ def fisher_diagonal(model: nn.Module, task, *, layers: list[tuple[str, nn.Module
                 if g is not None:
                     fisher[name].add_(g.float().square(), alpha=batch_size)  # b * g_mean^2 ~ E[g_n^2]
             seen += 1
-    finally:
-        model.train(was_training)
     if seen < n_batches:
         raise NetslimError(f"The 'num_samples' parameter of OBD must be at most the training set size "
                            f"({seen * batch_size}); got {num_samples}.")

@@ -33,6 +33,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
                                     block_linears, planned_linears, weight_2d, set_weight_2d)
 from netslim.core.obs import inverse_cholesky, obs_solve
@@ -202,14 +203,10 @@ def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: 
         _check_nm_fits(layers, cfg.nm)
         fn(root, layers, feed, cfg.sparsity if sparsities is None else sparsities[i])
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         compress_blocks(model, calib, per_block, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
                         device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
                         offload_blocks=cfg.offload_blocks, stream=stream)
-    finally:
-        model.train(was_training)
 
 
 def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, stream: Any = None,
