@@ -40,6 +40,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
+from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, planned_linears,
                                     weight_2d)
 from netslim.core.masks import get_mask
@@ -263,14 +264,10 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
             replace_module(root, name, new.to(mod.weight.device))
             done.append(f"{prefix}.{name}" if prefix else name)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
                         device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq",
                         offload_blocks=cfg.offload_blocks, stream=stream)
-    finally:
-        model.train(was_training)
     if not done:
         raise NetslimError(f"gptq quantized no layer: none of the selected layers fits group_size={cfg.group_size}.")
     if ctx is not None and hasattr(ctx, "notes"):

@@ -28,6 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from netslim.core.hooks import hooked
 from netslim.core.serialize import build_module, module_spec, register_module
 from netslim.core.surgery import get_module
 
@@ -140,7 +141,7 @@ def find_handoffs(model: nn.Module, producers: dict[str, str], int8_units: set[s
     units = int8_units | {n for n, m in mods.items() if n and isinstance(m, PASS_THROUGH)
                           and not any(n.startswith(u + ".") for u in int8_units)}
     tracer = _UseTracer()
-    inputs, outputs, alive, hooks = {}, {}, [], []
+    inputs, outputs, alive, hooks = {}, {}, [], []  # hooks: (module, hook, kind)
     for n in units | set(producers.values()):
         m = mods[n]
 
@@ -156,13 +157,9 @@ def find_handoffs(model: nn.Module, producers: dict[str, str], int8_units: set[s
                 tracer.stack.pop()
             outputs[n] = out
             alive.append(out)  # why: a freed tensor's id could be reused by a later one
-        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        with tracer:
-            model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks += [(m, pre, "pre"), (m, post, "forward")]
+    with hooked(hooks), tracer:
+        model(batch)
 
     def consumer(out_module: str, depth: int = 0) -> str | None:
         t = outputs.get(out_module)

@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_leaves
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import hooked
 from netslim.core.selectors import select, settings_for
 from netslim.core.surgery import get_module, replace_module
 
@@ -120,25 +121,22 @@ def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tup
     consumers: dict[str, str] = {}  # module name -> name of the module that produced its input
     outputs: dict[str, torch.Tensor] = {}
     alive: list[torch.Tensor] = []  # why: a freed output's id can be reused by a later tensor
-    hooks = []
-    for n, m in model.named_modules():
-        if n in names or isinstance(m, (nn.BatchNorm2d, nn.ReLU)):
-            def hook(mod, inp, out, n=n):
-                if inp and isinstance(inp[0], torch.Tensor):
-                    alive.append(inp[0])
-                    if id(inp[0]) in produced:
-                        consumers[n] = produced[id(inp[0])]
-                produced[id(out)] = n
-                outputs[n] = out
-                alive.append(out)
-            hooks.append(m.register_forward_hook(hook))
+
+    def hook(n):
+        def fn(mod, inp, out):
+            if inp and isinstance(inp[0], torch.Tensor):
+                alive.append(inp[0])
+                if id(inp[0]) in produced:
+                    consumers[n] = produced[id(inp[0])]
+            produced[id(out)] = n
+            outputs[n] = out
+            alive.append(out)
+        return fn
+
+    hooks = {m: hook(n) for n, m in model.named_modules() if n in names or isinstance(m, (nn.BatchNorm2d, nn.ReLU))}
     counter = _UseCounter()
-    try:
-        with counter:
-            model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    with hooked(hooks), counter:
+        model(batch)
     mods = dict(model.named_modules())
     fold = {src: n for n, src in consumers.items()
             if isinstance(mods[n], nn.BatchNorm2d) and isinstance(mods.get(src), nn.Conv2d)}
@@ -178,21 +176,17 @@ def _calibrate(model, names, fuse, batches, observer: str, outputs: list[str] = 
     scheme = QScheme(8, symmetric=False)
     obs = {n: (make_observer(observer, scheme), make_observer(observer, scheme)) for n in names}
     outs = {n: make_observer(observer, scheme) for n in outputs}
-    hooks = []
-    for n in names:
-        def hook(mod, inp, out, n=n):
+
+    def hook(n):
+        def fn(mod, inp, out):
             obs[n][0].observe(inp[0])
             obs[n][1].observe(torch.relu(out) if n in fuse else out)
-        hooks.append(get_module(model, n).register_forward_hook(hook))
-    for n in outputs:
-        hooks.append(get_module(model, n).register_forward_hook(lambda mod, inp, out, n=n: outs[n].observe(out)))
-    try:
-        with torch.no_grad():
-            for b in batches:
-                model(b)
-    finally:
-        for h in hooks:
-            h.remove()
+        return fn
+
+    hooks = [(n, hook(n)) for n in names] + [(n, lambda mod, inp, out, n=n: outs[n].observe(out)) for n in outputs]
+    with hooked(hooks, root=model), torch.no_grad():
+        for b in batches:
+            model(b)
     out = {}
     for n, (i, o) in obs.items():
         qi, qo = i.qparams(), o.qparams()

@@ -20,6 +20,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import hooked
 from netslim.core.masks import get_mask, set_mask
 from netslim.core.selectors import select
 from netslim.core.serialize import register_module
@@ -168,14 +169,10 @@ def convert_qat(model: nn.Module, calibration: torch.Tensor, batch_size: int = 6
     batches = list(calibration.split(batch_size))
     _, fuse, _ = _trace_pairs(model, names, batches[0])
     outs = {n: make_observer("minmax") for n in names}
-    hooks = [get_module(model, n).register_forward_hook(
-        lambda m, i, o, n=n: outs[n].observe(torch.relu(o) if n in fuse else o)) for n in names]
-    try:
+    with hooked({n: lambda m, i, o, n=n: outs[n].observe(torch.relu(o) if n in fuse else o) for n in names},
+                root=model):
         for b in batches:
             model(b)
-    finally:
-        for h in hooks:
-            h.remove()
     for n in names:
         replace_module(model, n, _from_qat(get_module(model, n), n in fuse, outs[n].qparams()))
     for relu in fuse.values():

@@ -37,6 +37,7 @@ from torch import nn
 
 from netslim.core.config import register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks, is_conv1d, weight_2d
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, layer_error, obs_solve
@@ -151,14 +152,10 @@ def sparse_gptq(model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = 
             replace_module(root, name, new.to(mod.weight.device))
             done.append(full)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
                         device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
                         offload_blocks=cfg.offload_blocks)
-    finally:
-        model.train(was_training)
     if not done:
         raise NetslimError(f"{cfg.method} changed no layer: none of the selected layers fits group_size="
                            f"{cfg.group_size}" + (f" and m={cfg.nm[1]}." if cfg.nm else "."))

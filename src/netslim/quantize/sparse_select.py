@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim.core.hooks import hooked
 from netslim.measure.latency import interleaved_latency
 
 from . import sparse_int8
@@ -38,20 +39,18 @@ class SeenInput:
 def record_inputs(model: nn.Module, names: list[str], example: Any) -> dict[str, SeenInput]:
     """How each named layer's input arrives in one forward pass of ``example`` (a batch)."""
     seen: dict[str, SeenInput] = {}
-    hooks = []
-    for name in names:
-        def hook(mod, inp, name=name):
+
+    def hook(name):
+        def fn(mod, inp):
             x = inp[0]
             q = x.is_quantized
             cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             seen[name] = SeenInput(tuple(x.shape[1:]), q, cl, float(x.q_scale()) if q else 1.0,
                                    int(x.q_zero_point()) if q else 0)
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
+        return fn
+
+    with hooked({n: hook(n) for n in names}, root=model, kind="pre"):
         model(example)
-    finally:
-        for h in hooks:
-            h.remove()
     return seen
 
 
