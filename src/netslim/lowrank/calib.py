@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from netslim.core.hooks import eval_mode
 from netslim.core.surgery import get_module
 
 from .conv import unfold_patches
@@ -57,26 +58,18 @@ def input_grams(model: nn.Module, names: Sequence[str], inputs: Any, batch_size:
     """``{name: XᵀX}`` (float64, n×n) of each layer's inputs over ``inputs``, plus "count"."""
     grams: dict[str, torch.Tensor] = {}
     mask: list[torch.Tensor | None] = [None]  # the current batch's attention mask, if any
-    hooks = []
-    for name in names:
-        module = get_module(model, name)
 
-        def hook(m, args, name=name):
+    def hook(name):
+        def fn(m, args):
             rows = _rows(m, args[0].detach(), mask[0]).double()  # (N, n)
             g = rows.T @ rows
             grams[name] = grams[name] + g if name in grams else g
+        return fn
 
-        hooks.append(module.register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model, [(get_module(model, n), hook(n)) for n in names], kind="pre"):
         for batch in _chunks(inputs, batch_size):
             mask[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
             _run(model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     return grams
 
 
@@ -85,25 +78,19 @@ def layer_geometry(model: nn.Module, names: Sequence[str], example: Any) -> dict
     """Per layer, for one forward of ``example``: positions (tokens or output pixels) per
     sample and, for convs, input/output heights and widths."""
     geo: dict[str, dict[str, int]] = {}
-    hooks = []
-    for name in names:
-        def hook(m, args, out, name=name):
+
+    def hook(name):
+        def fn(m, args, out):
             x = args[0]
             if isinstance(m, nn.Conv2d):
                 geo[name] = {"h_in": x.shape[-2], "w_in": x.shape[-1], "h_out": out.shape[-2],
                              "w_out": out.shape[-1], "positions": out.shape[-2] * out.shape[-1]}
             else:
                 geo[name] = {"positions": out.numel() // (out.shape[-1] * max(1, x.shape[0]))}
+        return fn
 
-        hooks.append(get_module(model, name).register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model, [(get_module(model, n), hook(n)) for n in names]):
         _run(model, example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     return geo
 
 
@@ -121,10 +108,8 @@ def _main_output(out: Any) -> torch.Tensor:
 def model_outputs(model: nn.Module, inputs: Any, batch_size: int = 64) -> list[torch.Tensor]:
     """Per batch, the model's main output as float rows (padding tokens dropped): [(N_b, D)]."""
     outs = []
-    was_training = model.training
-    model.eval()
     dev = _device(model)
-    try:
+    with eval_mode(model):
         for batch in _chunks(inputs, batch_size):
             if isinstance(batch, dict):
                 y = _main_output(model(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v
@@ -137,8 +122,6 @@ def model_outputs(model: nn.Module, inputs: Any, batch_size: int = 64) -> list[t
                 outs.append(y[mask.to(y.device).bool()])  # (tokens, D)
             else:
                 outs.append(y.reshape(y.shape[0], -1))  # (B, D)
-    finally:
-        model.train(was_training)
     return outs
 
 
@@ -169,13 +152,9 @@ def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any
             raise _Stop  # nothing after this layer is needed
         return fn
 
-    handles = [get_module(original, name).register_forward_pre_hook(hook("x")),
-               get_module(current, name).register_forward_pre_hook(hook("xh"))]
-    states = (original.training, current.training)
-    original.eval()
-    current.eval()
     gram = cross = None
-    try:
+    with eval_mode(original, [(get_module(original, name), hook("x"))], kind="pre"), \
+            eval_mode(current, [(get_module(current, name), hook("xh"))], kind="pre"):
         for batch in _chunks(inputs, batch_size):
             mask[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
             for model in (original, current):
@@ -186,11 +165,6 @@ def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any
             x, xh = rows.pop("x"), rows.pop("xh")
             g, c = xh.T @ xh, x.T @ xh
             gram, cross = (g, c) if gram is None else (gram + g, cross + c)
-    finally:
-        for h in handles:
-            h.remove()
-        original.train(states[0])
-        current.train(states[1])
     return gram, cross
 
 
@@ -229,17 +203,14 @@ def output_gradient_grams(model: nn.Module, names: Sequence[str], inputs: Any, b
             outs[name].append(out)
         return fn
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     # The layers' outputs must be in the autograd graph even for a frozen model: let their
     # weights require grad for the duration (autograd.grad below never writes .grad).
     flags = [(p, p.requires_grad) for n in names for p in modules[n].parameters()]
     for p, _ in flags:
         p.requires_grad_(True)
     gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with eval_mode(model, [(modules[n], hook(n)) for n in names], grad=True):
             for batch in _chunks(inputs, batch_size):
                 mask = batch.get("attention_mask") if isinstance(batch, dict) else None
                 y = _main_output(_forward(model, batch)).float()
@@ -257,9 +228,6 @@ def output_gradient_grams(model: nn.Module, names: Sequence[str], inputs: Any, b
                 for n in names:
                     outs[n].clear()
     finally:
-        for h in handles:
-            h.remove()
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
     return grams
