@@ -34,6 +34,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, _format_validation_error, register
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode
 from netslim.core.selectors import select
 from netslim.core.surgery import get_module, replace_module
 
@@ -77,16 +78,10 @@ def layer_outputs(model: nn.Module, name: str, inputs: Any, batch_size: int = 64
             z = z[mask[0].to(z.device).bool()]  # (tokens, m)
         rows.append(z.reshape(-1, z.shape[-1]).double())
 
-    handle = get_module(model, name).register_forward_hook(hook)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model, [(get_module(model, name), hook)]):
         for batch in _chunks(inputs, batch_size):
             mask[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
             _run(model, batch)
-    finally:
-        handle.remove()
-        model.train(was_training)
     if not rows:
         raise NetslimError(f"activation_rank: layer {name!r} is not called in a forward pass; exclude it.")
     return torch.cat(rows)
