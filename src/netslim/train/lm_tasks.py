@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netslim.core.errors import bad_param, unknown_name
+from netslim.core.hooks import eval_mode
 from netslim.train.tasks import Task, _device_of, register_task
 
 _SPLITS = {"train": "calibration", "calibration": "calibration", "val": "validation", "validation": "validation",
@@ -138,11 +139,9 @@ class CausalLMTask(Task):
     def nll(self, model: nn.Module, split: str = "test") -> tuple[float, int]:
         """Summed next-token NLL (nats) over every block of ``split``, and the token count."""
         x = self.blocks(split)
-        was_training = model.training
-        model.eval()
         dev = _device_of(model)
         total, count = 0.0, 0
-        try:
+        with eval_mode(model):
             for i in range(0, len(x), self.eval_batch_size):
                 ids = x[i : i + self.eval_batch_size].to(dev)                       # (B, L)
                 logits = self.forward(model, ids)[:, :-1].float().flatten(0, 1)      # (B * (L-1), V)
@@ -151,8 +150,6 @@ class CausalLMTask(Task):
                     total += F.cross_entropy(logits[j : j + CE_CHUNK], target[j : j + CE_CHUNK],
                                              reduction="sum").item()
                 count += ids[:, 1:].numel()
-        finally:
-            model.train(was_training)
         return total, count
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
@@ -185,19 +182,15 @@ class CausalLMTask(Task):
     def generate_sample(self, model: nn.Module, prompt: str, max_new_tokens: int = 32) -> str:
         """Greedy continuation of ``prompt`` (for reports: what the compressed model says)."""
         _positive("generate_sample", "max_new_tokens", max_new_tokens)
-        was_training = model.training
-        model.eval()
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]  # (1, T)
         start = ids.shape[1]
-        try:
+        with eval_mode(model):
             # No KV cache: a few dozen tokens, and it works for any module that maps ids to logits.
             for _ in range(max_new_tokens):
                 nxt = self.forward(model, ids)[0, -1].argmax().view(1, 1).cpu()
                 ids = torch.cat([ids, nxt], dim=1)
                 if nxt.item() == self.tokenizer.eos_token_id:
                     break
-        finally:
-            model.train(was_training)
         return self.tokenizer.decode(ids[0, start:], skip_special_tokens=True)
 
     def describe(self) -> dict[str, Any]:
@@ -261,16 +254,12 @@ class EmbeddingTask(Task):
 
         # Batches of similar length waste less compute on padding; the order is restored below.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        was_training = model.training
-        model.eval()
         dev = _device_of(model)
         parts = []
-        try:
+        with eval_mode(model):
             for i in range(0, len(order), self.eval_batch_size):
                 enc = self.encode([texts[j] for j in order[i : i + self.eval_batch_size]])
                 parts.append(sentence_embeddings(model, {k: v.to(dev) for k, v in enc.items()}).cpu())
-        finally:
-            model.train(was_training)
         out = torch.empty(len(texts), parts[0].shape[1])
         out[torch.tensor(order)] = torch.cat(parts)
         return out

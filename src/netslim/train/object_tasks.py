@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netslim.core.errors import NetslimError, unknown_name
+from netslim.core.hooks import eval_mode
 from netslim.data import files
 from netslim.data.calibration import take_samples
 from netslim.data.files import SPLITS
@@ -113,18 +114,14 @@ class ClassifierTask(Task):
         self._need_labels()
         if split not in files.SPLIT_NAMES:
             raise unknown_name("split", split, files.SPLIT_NAMES)
-        was_training = model.training
-        model.eval()
         correct, count, loss_sum = 0, 0, 0.0
-        try:
+        with eval_mode(model):
             for inputs, y in self._eval_batches(files.SPLIT_NAMES[split]):
                 out = self.forward(model, inputs).float()            # (B, K)
                 y = y.to(out.device)
                 loss_sum += F.cross_entropy(out, y, reduction="sum").item()
                 correct += (out.argmax(-1) == y).sum().item()
                 count += len(y)
-        finally:
-            model.train(was_training)
         return {"accuracy": correct / max(count, 1), "loss": loss_sum / max(count, 1)}
 
     describe = describe_spec

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netslim.core.errors import NetslimError, unknown_name
+from netslim.core.hooks import eval_mode
 
 
 class Task(ABC):
@@ -106,16 +107,14 @@ class ImageClassification(Task):
         if split not in self.splits:
             raise unknown_name("split", split, self.splits)
         x, y = self.splits[split]
-        was_training = model.training
-        model.eval()
         dev = _device_of(model)
         correct, loss_sum = 0, 0.0
-        for i in range(0, len(x), self.eval_batch_size):
-            xb, yb = x[i : i + self.eval_batch_size].to(dev), y[i : i + self.eval_batch_size].to(dev)
-            out = model(xb).float()
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
-        model.train(was_training)
+        with eval_mode(model):
+            for i in range(0, len(x), self.eval_batch_size):
+                xb, yb = x[i : i + self.eval_batch_size].to(dev), y[i : i + self.eval_batch_size].to(dev)
+                out = model(xb).float()
+                loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+                correct += (out.argmax(1) == yb).sum().item()
         return {"accuracy": correct / len(x), "loss": loss_sum / len(x)}
 
     def example_inputs(self, batch_size: int) -> torch.Tensor:
