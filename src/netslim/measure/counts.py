@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode
 
 from .storage import stored_modules
 
@@ -86,25 +87,16 @@ def _counter_for(module: nn.Module) -> MacsFn | None:
 def macs_per_layer(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     """MACs of each counted module for one forward pass on ``example_inputs``."""
     counts: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        fn = _counter_for(module)
-        if fn is None:
-            continue
 
-        def hook(m, inputs, output, name=name, fn=fn):
+    def hook(name, fn):
+        def count(m, inputs, output):
             out = output[0] if isinstance(output, tuple) else output
             counts[name] = counts.get(name, 0) + fn(m, inputs, out)
+        return count
 
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
+    counters = ((name, module, _counter_for(module)) for name, module in model.named_modules())
+    with eval_mode(model, {module: hook(name, fn) for name, module, fn in counters if fn is not None}):
         model(**example_inputs) if isinstance(example_inputs, dict) else model(example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     return counts
 
 

@@ -12,6 +12,8 @@ import psutil
 import torch
 from torch import nn
 
+from netslim.core.hooks import eval_mode
+
 
 @contextlib.contextmanager
 def fixed_threads(n: int | None) -> Iterator[None]:
@@ -98,18 +100,16 @@ def _call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
 @torch.inference_mode()
 def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
     """Per-call wall times (ms) of ``model(inputs)`` in eval mode, after ``warmup`` calls."""
-    was_training = model.training
-    model.eval()
     fn = _call(model, inputs)
-    for _ in range(warmup):
-        fn()
     times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was_training)
+    with eval_mode(model):
+        for _ in range(warmup):
+            fn()
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return times
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netslim.core.hooks import eval_mode
+
 
 @dataclass(frozen=True)
 class Subset:
@@ -37,14 +39,12 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: Subset, batch_size: int = 500) -> float:
-    was = model.training
-    model.eval()
     dev = _device(model)
     correct = 0
-    for i in range(0, len(data), batch_size):
-        out = model(data.x[i:i + batch_size].to(dev))
-        correct += int((out.argmax(1) == data.y[i:i + batch_size].to(dev)).sum())
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, len(data), batch_size):
+            out = model(data.x[i:i + batch_size].to(dev))
+            correct += int((out.argmax(1) == data.y[i:i + batch_size].to(dev)).sum())
     return correct / max(len(data), 1)
 
 

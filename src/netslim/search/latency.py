@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim.core.hooks import eval_mode
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency, measure_latency
 
@@ -43,12 +44,10 @@ class LatencyTable:
         key = id(model)
         if key not in self._hw:
             hw: dict[str, tuple[int, int]] = {}
-            hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: hw.__setitem__(n, tuple(a[0].shape[2:4])))
-                     for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-            with torch.no_grad():
-                model.eval()(example[:1])
-            for h in hooks:
-                h.remove()
+            hooks = {m: lambda mod, a, n=n: hw.__setitem__(n, tuple(a[0].shape[2:4]))
+                     for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+            with eval_mode(model, hooks, kind="pre", grad=False):
+                model(example[:1])
             self._hw[key] = hw
         return self._hw[key]
 
