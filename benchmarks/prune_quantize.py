@@ -233,8 +233,8 @@ def loaded_peak_rss_mb(path: Path) -> dict:
     transformers imported first: peak RSS before and after the load and their difference
     (``model``), and the resident set before and after (``resident_model``: what stays)."""
     code = ("import gc, json, resource, sys, psutil, netslim, transformers\n"
-            "from netslim.core.serialize import _ensure_archs\n"
-            "_ensure_archs()\n"
+            "from netslim.core.registry import load_sources\n"
+            "load_sources()\n"
             "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
             "rss = lambda: (gc.collect(), psutil.Process().memory_info().rss / 2**20)[1]\n"
             "before, rss0 = peak(), rss()\n"

@@ -54,10 +54,10 @@ DRIVER = textwrap.dedent('''
     # What the commands import, imported once before the forks (the test checks that it prints nothing).
     import PIL.Image, PIL.PngImagePlugin, transformers
     import netslim.cli, netslim.recipe.runner, netslim.models.sources, netslim.report, netslim.train.user
-    from netslim.core.config import load_families
+    from netslim.core.registry import load_sources
     from transformers import BertForSequenceClassification, BertModel, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    load_families()  # the method families (importing them registers them)
+    load_sources()  # the method families (importing them registers them)
     cases, folder = json.load(open(sys.argv[1])), sys.argv[2]
     results = {}
     for name, argv in cases:

@@ -1,11 +1,51 @@
-"""netslim: compress trained PyTorch networks and prove the result."""
+"""netslim: compress trained PyTorch networks and prove the result.
+
+Methods register themselves where they live (``@netslim.register(MyConfig)`` on a handler
+``(model, cfg, ctx) -> model``); core finds them through sources it loads on the first
+lookup (:mod:`netslim.core.registry`): the families below, then the plugins of installed
+distributions (entry-point group ``netslim.plugins``). ``import netslim`` loads none of them.
+"""
 from __future__ import annotations
 
-from .api import CompressResult, apply, compress
-from .core.config import MethodConfig, register
-from .core.errors import NetslimError
-from .core.serialize import load, save
-from .models import build_model
+from functools import partial
+from importlib import import_module
+
+from .core import registry as _registry
+
+# The method families shipped with netslim, imported (never discovered by scanning) on the
+# first lookup; each registers its configs, module types, formats and loaders at import.
+BUILTIN_FAMILIES: tuple[str, ...] = (
+    "netslim.models",  # architecture kinds 'zoo' and 'hf'
+    "netslim.recipe.steps",
+    "netslim.lowrank",
+    "netslim.distill",
+    "netslim.prune",
+    "netslim.quantize",
+    "netslim.prune.dynamic",
+    "netslim.prune.l0",
+    "netslim.prune.movement",
+    "netslim.prune.obd",
+    "netslim.codec",
+    "netslim.prune.structured",
+    "netslim.prune.cofi",
+    "netslim.prune.oneshot",
+    "netslim.quantize.gptq",
+    "netslim.quantize.sparse_gptq",
+    "netslim.quantize.stream",
+    "netslim.search",
+    "netslim.export.gguf",
+    "netslim.export.hf",
+)
+for _name in BUILTIN_FAMILIES:
+    _registry.add_source(_name, partial(import_module, _name))
+del _name
+_registry.add_entry_points(_registry.PLUGIN_GROUP)
+
+from .api import CompressResult, apply, compress  # noqa: E402
+from .core.config import MethodConfig, register  # noqa: E402
+from .core.errors import NetslimError  # noqa: E402
+from .core.serialize import load, save  # noqa: E402
+from .models import build_model  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["CompressResult", "MethodConfig", "NetslimError", "apply", "build_model", "compress", "load", "register",

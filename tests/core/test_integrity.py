@@ -262,8 +262,8 @@ def test_corrupt_safetensors_header_is_one_netslim_error(tmp_path, header):
 _MEMORY = r"""
 import json, resource, sys, time, netslim
 from netslim.core.errors import NetslimError
-from netslim.core.serialize import _ensure_archs
-_ensure_archs()
+from netslim.core.registry import load_sources
+load_sources()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = {"results": [], "seconds": 0.0}
 for path in sys.argv[1:]:

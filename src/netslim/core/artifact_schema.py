@@ -39,7 +39,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr, ValidationError, field_validator,
@@ -294,6 +294,13 @@ class _UserArch(_Arch):
 _ARCH_KINDS: dict[str, type[_Arch]] = {"zoo": _ZooArch, "hf": _HFArch, "user": _UserArch}
 
 
+class History(_Strict):
+    """The steps applied to the model, in order, and the last one that froze its weights."""
+
+    applied: list[Annotated[StrictStr, Field(max_length=100)]] = Field(max_length=10_000)
+    frozen_by: Optional[Annotated[StrictStr, Field(max_length=100)]] = None
+
+
 class Description(_Strict):
     format: Literal["netslim"]
     version: StrictInt = Field(ge=1, le=FORMAT_VERSION)
@@ -303,6 +310,7 @@ class Description(_Strict):
     aliases: dict[str, StrictStr] = {}
     info: dict[str, JsonValue] = {}
     plans: list[dict[str, JsonValue]] = []  # structured prune plans, replayed on the base (issue 22)
+    history: Optional[History] = None  # steps applied (netslim.core.history.StepHistory)
     checksums: Optional[Literal["sha256"]] = None
 
     @field_validator("arch")

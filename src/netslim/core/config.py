@@ -15,7 +15,9 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
+from . import registry
 from .errors import NetslimError, clip, shown, unknown_name
+from .history import StepHistory
 
 
 class MethodConfig(BaseModel):
@@ -23,7 +25,7 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     method: ClassVar[str] = ""
-    # Whole-recipe validation (netslim.recipe.spec.validate_order):
+    # The ordering rule (netslim.core.history), checked by apply() and by recipe validation:
     requires: ClassVar[tuple[str, ...]] = ()  # methods that must run earlier
     freezes: ClassVar[bool] = False           # after it, nothing may change weights
     modifies_weights: ClassVar[bool] = True
@@ -54,62 +56,51 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(config_cls: type[MethodConfig]) -> Callable[[Callable], Callable]:
-    """Decorator: ``@register(MagnitudeConfig) def apply_magnitude(model, cfg, ctx): ...``."""
+    """Decorator, the one way a method joins netslim (``netslim.register``):
+    ``@register(MagnitudeConfig) def run_magnitude(model, cfg, ctx) -> model``.
+
+    netslim's families call it where they live; so does a user's own module or a plugin
+    (:mod:`netslim.core.registry`), without editing netslim. A name already taken raises a
+    :class:`NetslimError` naming both handlers (outside netslim's own modules the registry's
+    sources are loaded first, so a clash with a built-in method is caught at the decorator)."""
+    if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig)):
+        raise NetslimError(f"register: expected a MethodConfig subclass; got {shown(config_cls)}.")
     name = config_cls.method
-    if not name:
-        raise TypeError(f"{config_cls.__name__}.method must be set before registering")
+    if not isinstance(name, str) or not name:
+        raise NetslimError(f"register: {config_cls.__name__}.method must be set to the method's name (e.g. "
+                           "method: ClassVar[str] = 'my_method'); it is empty.")
 
     def deco(handler: Callable) -> Callable:
-        if name in _METHODS and _METHODS[name].handler is not handler:
-            raise TypeError(f"method {name!r} is registered twice")
+        if not callable(handler):
+            raise NetslimError(f"register({config_cls.__name__}): the handler must be a function "
+                               f"(model, cfg, ctx) -> model; got {shown(handler)}.")
+        if not registry.loading() and not _where(handler).startswith("netslim."):
+            registry.load_sources()
+        old = _METHODS.get(name)
+        if old is not None and old.handler is not handler:
+            raise NetslimError(f"Method {name!r} is registered twice: by {_where(old.handler)} and by "
+                               f"{_where(handler)}; give {config_cls.__name__}.method another name.")
         _METHODS[name] = Method(name, config_cls, handler)
         return handler
 
     return deco
 
 
+def _where(handler: Callable) -> str:
+    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', type(handler).__name__)}"
+
+
 def methods() -> dict[str, Method]:
-    _load_builtin_methods()
+    registry.load_sources()
     return dict(_METHODS)
 
 
 def get_method(name: str) -> Method:
-    _load_builtin_methods()
+    registry.load_sources()
     if name not in _METHODS:
-        raise unknown_name("method", name, _METHODS)
+        err = unknown_name("method", name, _METHODS)
+        raise type(err)(str(err) + registry.failure_note())
     return _METHODS[name]
-
-
-# Technique families, imported explicitly (never discovered by scanning): each module
-# registers its configs, module types, exporters and loaders at import.
-FAMILIES: tuple[str, ...] = (
-    "netslim.recipe.steps",
-    "netslim.lowrank",
-    "netslim.distill",
-    "netslim.prune",
-    "netslim.quantize",
-    "netslim.prune.dynamic",
-    "netslim.prune.l0",
-    "netslim.prune.movement",
-    "netslim.prune.obd",
-    "netslim.codec",
-    "netslim.prune.structured",
-    "netslim.prune.cofi",
-    "netslim.prune.oneshot", "netslim.quantize.gptq", "netslim.quantize.sparse_gptq",
-    "netslim.search",
-    "netslim.export.gguf",
-    "netslim.export.hf",
-)
-
-
-def load_families() -> None:
-    import importlib
-
-    for name in FAMILIES:
-        importlib.import_module(name)
-
-
-_load_builtin_methods = load_families
 
 
 def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
@@ -180,11 +171,21 @@ def make_config(data: Mapping[str, Any], where: str = "config") -> MethodConfig:
 def apply(model, config: MethodConfig, ctx):
     """Apply any registered method config to ``model``; returns the (possibly new) model.
 
-    Then the invariants declared on the model hold, or the step fails naming itself: layers
-    pruned N:M by an earlier step are still N:M (:mod:`netslim.core.patterns`)."""
+    Before: the step must be allowed after what already ran on the model (``requires``,
+    ``freezes``: :class:`~netslim.core.history.StepHistory`, recorded on the model), else one
+    NetslimError naming both steps. After: the step is recorded, and the invariants declared on
+    the model hold, or the step fails naming itself: layers pruned N:M by an earlier step are
+    still N:M (:mod:`netslim.core.patterns`)."""
     from .patterns import check_patterns
 
-    model = get_method(config.method).handler(model, config, ctx)
+    method = get_method(config.method)
+    history = StepHistory.of(model)
+    problem = history.problem(config)
+    if problem:
+        raise NetslimError(f"Method {config.method!r} {problem} (steps applied to this model: "
+                           f"{', '.join(history.applied) or 'none'}).")
+    model = method.handler(model, config, ctx)
     if model is not None and hasattr(model, "get_submodule"):
         check_patterns(model, config.method)
+        history.after(config).store(model)
     return model

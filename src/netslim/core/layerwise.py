@@ -334,7 +334,7 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
     if stream is not None:
         offload_dir = stream.activations_dir(model, blocks, ids, batch_size, offload_dir)
         offload_blocks = False  # blocks are on disk already: read one at a time
-    from netslim.train.progress import progress  # lazy: core does not import train at load time
+    from .progress import progress  # lazy: tqdm is imported only by the runs that show a bar
 
     tmp = tempfile.TemporaryDirectory(dir=offload_dir, prefix="netslim-act-") if offload_dir is not None else None
     where = Path(tmp.name) if tmp is not None else None

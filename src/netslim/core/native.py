@@ -19,6 +19,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from .cache import cache_dir
+
 log = logging.getLogger(__name__)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 
@@ -59,8 +61,6 @@ def _compiled(source: Path, name: str) -> ctypes.CDLL | None:
     if compiler is None:
         log.info("no C compiler found; %s uses its torch fallback", name)
         return None
-    from netslim.train.pretrain import cache_dir
-
     try:
         key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *FLAGS, cpu_tag()]).encode()).hexdigest()[:16]
         path = cache_dir() / "ext" / f"{name}_{key}.so"

@@ -12,10 +12,14 @@ An artifact is a safetensors file whose metadata holds a JSON description:
   rebuilt through :func:`register_module` — never pickle, never an import by string;
 * ``masks``: tensors that carry a :class:`~netslim.core.masks.Mask` parametrization;
 * ``aliases``: tied tensors stored once;
-* ``info``: free-form facts (task, metrics, recipe) for reports.
+* ``info``: free-form facts (task, metrics, recipe) for reports;
+* ``history``: the steps applied to the model and the one that froze it
+  (:class:`~netslim.core.history.StepHistory`), so a loaded model keeps the ordering rule.
 
 Other container formats (e.g. the Huffman-coded ``.nsz``) plug in with
-:func:`register_loader` keyed by their magic bytes.
+:func:`register_loader` keyed by their magic bytes. Every register_* here is filled by the
+modules that define the types, found through :mod:`netslim.core.registry` (its sources are
+loaded before save, load and any architecture lookup).
 
 Integrity and validation (the file format is in :mod:`netslim.core.artifact_schema`):
 :func:`save` stores a **SHA-256** of the description JSON and of every tensor's raw bytes
@@ -55,7 +59,9 @@ from .artifact_schema import (ALGORITHM, DESCRIPTION_KEY, DTYPES, FORMAT_VERSION
                               hash_threads, integrity_record, parse_description, read_header, read_integrity,
                               validate_description, verify_description, verify_integrity)
 from .errors import NetslimError, clip, shown, unknown_name
+from .history import StepHistory
 from .masks import Mask, masked_params
+from .registry import failure_note, load_sources
 from .surgery import get_module, replace_module
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,7 @@ Base = Union[nn.Module, Callable[[], nn.Module], None]  # a user model's fresh i
 
 
 def describe_arch(model: nn.Module) -> dict:
-    _ensure_archs()
+    load_sources()
     for kind, a in _ARCHS.items():
         desc = a.describe(model)
         if desc is not None:
@@ -96,7 +102,7 @@ def describe_arch(model: nn.Module) -> dict:
 
 def build_arch(arch: dict, device: str | torch.device = "cpu", base: Base = None) -> nn.Module:
     """The base model of ``arch``; a user model (kind "user") is ``base`` (an instance or a factory)."""
-    _ensure_archs()
+    load_sources()
     kind = arch.get("kind")
     if kind == USER_KIND:
         return _user_base(arch, base)
@@ -122,13 +128,6 @@ def _user_base(arch: dict, base: Base) -> nn.Module:
     if got != cls:
         raise NetslimError(f"The artifact holds a {cls!r} model but base is a {got!r}; pass an instance of {cls}.")
     return model
-
-
-def _ensure_archs() -> None:
-    import netslim.models  # noqa: F401  (registers 'zoo' and, lazily, 'hf')
-    from netslim.core.config import load_families
-
-    load_families()  # module types and loaders of every technique family
 
 
 # ------------------------------------------------------------------------- modules
@@ -192,6 +191,8 @@ for _cls in (nn.GELU, nn.Identity, nn.Flatten):
 def module_spec(module: nn.Module, where: str = "") -> dict:
     """JSON spec that rebuilds ``module`` (structure only, not weights)."""
     name = _type_name(type(module))
+    if name not in _MODULES:
+        load_sources()
     if isinstance(module, _CONTAINERS):
         return {"type": name, "children": {k: module_spec(c, f"{where}.{k}") for k, c in module.named_children()}}
     if name not in _MODULES:
@@ -230,8 +231,11 @@ def _build_module(spec: dict, where: str) -> nn.Module:
         if name == _type_name(nn.Sequential):
             return nn.Sequential(OrderedDict(children))
         return nn.ModuleList(list(children.values()))
+    if isinstance(name, str) and name not in _MODULES:
+        load_sources()
     if not isinstance(name, str) or name not in _MODULES:
-        raise unknown_name(f"module type (at {shown(where)})", name, _MODULES)
+        err = unknown_name(f"module type (at {shown(where)})", name, _MODULES)
+        raise type(err)(str(err) + failure_note())
     kwargs = spec.get("kwargs")
     if not isinstance(kwargs, dict):
         raise NetslimError(f"Module spec {shown(where)}: 'kwargs' must be an object; got {type(kwargs).__name__}.")
@@ -378,6 +382,9 @@ def describe(model: nn.Module, info: dict | None = None) -> dict:
             "modules": modules, "masks": masked_params(model), "info": info or {}}
     if plans:
         desc["plans"] = plans
+    history = StepHistory.of(model)
+    if history.applied:
+        desc["history"] = history.to_json()
     return desc
 
 
@@ -408,6 +415,7 @@ def save(model: nn.Module, path: str | os.PathLike, info: dict | None = None) ->
 
     Modules with a registered storage form (:func:`register_storage_form`) are written in that
     form when it applies; ``model`` itself is left as it was."""
+    load_sources()  # storage forms, module types
     swapped: dict[str, nn.Module] = {}
     try:
         for name, new in _storage_forms(model).items():
@@ -487,7 +495,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: B
     registered with :func:`register_loader` (``.nsz``) check their own CRCs either way.
     """
     path = _existing(path)
-    _ensure_archs()
+    load_sources()  # loaders of other formats, architectures, module types
     with open(path, "rb") as f:
         head = f.read(16)
     for magic, fn in _LOADERS.items():
@@ -629,10 +637,12 @@ def _compare(state: dict, expected: dict, where: str, arch: dict, complete: bool
 
 
 def restore_structure(model: nn.Module, desc: dict) -> None:
-    """Replace changed modules and re-attach masks as the description says."""
+    """Replace changed modules, re-attach masks and record the step history as the description says."""
     for name, spec in desc.get("modules", {}).items():
         replace_module(model, name, build_module(spec, name))
     _attach_masks(model, desc.get("masks", []))
+    if desc.get("history"):
+        StepHistory.from_json(desc["history"]).store(model)
 
 
 def _attach_masks(model: nn.Module, masks: list[str], prefix: str = "") -> None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
+from .registry import load_sources
 from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
 
 Solver = Literal["hessian", "diag", "none"]
@@ -308,9 +309,7 @@ class BlockStream:
 
 # ------------------------------------------------------------------ the registry
 StreamFn = Callable[[StreamedModel, Any, Any, BlockStream], None]
-_STREAMERS: dict[str, tuple[StreamFn, Solver]] = {}
-# The families that register streaming implementations, imported explicitly (never discovered).
-STREAMING_FAMILIES = ("netslim.prune.oneshot", "netslim.quantize.gptq", "netslim.quantize.stream")
+_STREAMERS: dict[str, tuple[StreamFn, Solver]] = {}  # filled where the methods live (netslim.core.registry)
 IN_MEMORY_HINT = "set stream: false to run the recipe with the whole model in memory"
 
 
@@ -325,15 +324,12 @@ def register_streaming(config_cls: type, solver: Solver = "none") -> Callable[[S
 
 
 def streamer(method: str) -> tuple[StreamFn, Solver] | None:
-    import importlib
-
-    for name in STREAMING_FAMILIES:
-        importlib.import_module(name)
+    load_sources()
     return _STREAMERS.get(method)
 
 
 def streaming_methods() -> list[str]:
-    streamer("")
+    load_sources()
     return sorted(_STREAMERS)
 
 

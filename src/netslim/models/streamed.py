@@ -95,7 +95,7 @@ def zoo_dir(name: str) -> Path:
     import subprocess
     import sys
 
-    from netslim.train.pretrain import cache_dir
+    from netslim.core.cache import cache_dir
 
     target = cache_dir() / "stream" / name
     if (target / "config.json").is_file() and any((target / f).is_file() for f in (SINGLE, INDEX)):

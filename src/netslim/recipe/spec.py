@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from netslim.core.config import MethodConfig, make_config
 from netslim.core.errors import NetslimError, clip, shown
+from netslim.core.history import StepHistory
 
 MAX_RECIPE_BYTES = 1 << 20   # a recipe is a page of YAML; 1 MiB is ~1000x the largest shipped one
 MAX_YAML_DEPTH = 50          # shipped recipes nest 4 levels deep
@@ -113,23 +114,15 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def validate_order(recipe: Recipe, source: str) -> None:
-    """Whole-recipe checks: each step's ``requires`` must appear earlier; nothing that
-    changes weights may follow a step that froze them (``freezes``), except steps that only
-    convert layers still in float form (``float_layers_only``)."""
-    seen: list[str] = []
-    frozen_by: str | None = None
+    """Whole-recipe check, before any work, of the rule :func:`netslim.core.config.apply` enforces
+    step by step (:class:`~netslim.core.history.StepHistory`): each step's ``requires`` must
+    appear earlier; nothing that changes weights may follow a step that froze them."""
+    history = StepHistory()
     for i, step in enumerate(recipe.steps, start=1):
-        for need in getattr(step, "requires", ()):
-            if need not in seen:
-                raise NetslimError(f"{source}: step {i} ({step.method!r}) needs a {need!r} step before it.")
-        if frozen_by and getattr(step, "modifies_weights", True) and not getattr(step, "float_layers_only", False):
-            raise NetslimError(
-                f"{source}: step {i} ({step.method!r}) changes weights after {frozen_by!r} froze them; "
-                "move it before that step."
-            )
-        if getattr(step, "freezes", False):
-            frozen_by = step.method
-        seen.append(step.method)
+        problem = history.problem(step)
+        if problem:
+            raise NetslimError(f"{source}: step {i} ({step.method!r}) {problem}.")
+        history = history.after(step)
 
 
 MAX_LIMIT = 2**31 - 1  # samples per split: beyond any data set, and still an int32 index

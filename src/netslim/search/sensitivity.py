@@ -91,7 +91,7 @@ def cache_path(model: nn.Module, knob: str, options: Sequence[float], eval_key: 
 
 
 def default_cache_dir() -> Path:
-    from netslim.train.pretrain import cache_dir
+    from netslim.core.cache import cache_dir
 
     return cache_dir() / "search"
 

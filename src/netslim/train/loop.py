@@ -21,7 +21,7 @@ from torch import nn
 from netslim.core.config import MethodConfig
 from netslim.core.errors import NetslimError
 from netslim.train.parallel import DataParallel
-from netslim.train.progress import progress
+from netslim.core.progress import progress
 from netslim.train.tasks import Task
 
 log = logging.getLogger(__name__)

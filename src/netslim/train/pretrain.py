@@ -5,11 +5,11 @@ checkpoint the demo compresses is the one BENCHMARKS.md describes.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
 
+from netslim.core.cache import cache_dir  # noqa: F401  (re-exported: its home was here)
 from netslim.core.errors import NetslimError
 from netslim.models import build_model, model_entry
 from netslim.train.loop import TrainConfig, fit
@@ -45,10 +45,6 @@ CHANNELS_LAST = {"resnet20", "mobilenetv2", "vgg11bn"}
 def augment_option(name: str) -> dict:
     """``{"augment": ...}`` for the image models, nothing for the others (their tasks take no such option)."""
     return {"augment": AUGMENT[name]} if name in AUGMENT else {}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NETSLIM_CACHE", Path.home() / ".cache" / "netslim"))
 
 
 def checkpoint_path(name: str) -> Path:

@@ -1,0 +1,68 @@
+"""What ran on a model: the one ordering rule, checked from state on the model.
+
+A method config declares (ClassVars of :class:`~netslim.core.config.MethodConfig`) which
+methods must run before it (``requires``), whether it freezes the weights (``freezes``: after
+it, nothing may change them), whether it changes weights at all (``modifies_weights``) and
+whether it converts only layers still in float form (``float_layers_only``: it may follow a
+freezing step, e.g. int8 embeddings after GPTQ's blocks).
+
+:func:`netslim.core.config.apply` records every step it runs on the model
+(:class:`StepHistory`, the plain attribute ``netslim_history``) and refuses a step that breaks
+the rule, naming both steps; the recipe validator (``netslim.recipe.spec.validate_order``)
+runs the same rule over a whole recipe before any work. Artifacts keep the history (the
+description's ``history`` field), so a loaded model still refuses a pruning step after GPTQ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import NetslimError, shown
+
+ATTR = "netslim_history"
+
+
+@dataclass(frozen=True)
+class StepHistory:
+    applied: tuple[str, ...] = ()  # method names, in the order they ran
+    frozen_by: str | None = None   # the last step that froze the weights
+
+    def problem(self, step: Any) -> str | None:
+        """Why ``step`` (a config or config class) may not run now, or None: each of its
+        ``requires`` must have run; nothing that changes weights may follow a freezing step,
+        except steps that only convert layers still in float form."""
+        for need in getattr(step, "requires", ()):
+            if need not in self.applied:
+                return f"needs a {need!r} step before it"
+        if (self.frozen_by and getattr(step, "modifies_weights", True)
+                and not getattr(step, "float_layers_only", False)):
+            return f"changes weights after {self.frozen_by!r} froze them; move it before that step"
+        return None
+
+    def after(self, step: Any) -> "StepHistory":
+        """The history once ``step`` has run."""
+        return StepHistory((*self.applied, step.method), step.method if getattr(step, "freezes", False)
+                           else self.frozen_by)
+
+    @classmethod
+    def of(cls, model: Any) -> "StepHistory":
+        """The history recorded on ``model`` (empty for a model no netslim step ran on)."""
+        got = getattr(model, "__dict__", {}).get(ATTR)
+        return got if isinstance(got, StepHistory) else cls()
+
+    def store(self, model: Any) -> None:
+        model.__dict__[ATTR] = self  # a plain attribute (not a submodule, not state)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"applied": list(self.applied), "frozen_by": self.frozen_by}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "StepHistory":
+        """From a description's ``history`` field (``{"applied": [str, ...], "frozen_by": str | null}``)."""
+        applied = data.get("applied") if isinstance(data, dict) else None
+        frozen_by = data.get("frozen_by") if isinstance(data, dict) else None
+        if (not isinstance(applied, list) or not all(isinstance(m, str) for m in applied)
+                or not (frozen_by is None or isinstance(frozen_by, str))):
+            raise NetslimError(f"field 'history' must be {{'applied': [method names], 'frozen_by': a method name or "
+                               f"null}}; got {shown(data)}.")
+        return cls(tuple(applied), frozen_by)

@@ -1,0 +1,91 @@
+"""Where core's registries get their entries: *sources*, loaded on the first lookup.
+
+Core keeps plain registries - methods (:func:`netslim.core.config.register`), architectures,
+module types, loaders and storage forms (:mod:`netslim.core.serialize`), exporters
+(:mod:`netslim.core.export`), streamed steps (:mod:`netslim.core.stream_io`) - and imports
+nothing above it. What fills them lives above core and registers itself where it lives, at
+import; the layer above tells core how to import it by adding sources:
+
+* ``netslim/__init__.py`` adds one source per method family shipped with netslim (each
+  imports a package or module, which registers its configs, module types and formats);
+* :func:`add_entry_points` adds the ``netslim.plugins`` entry-point group: each entry point
+  of an installed distribution (``[project.entry-points."netslim.plugins"]
+  my_method = "my_package.netslim_plugin"``) is a source that imports the object it names.
+
+Every lookup (``methods()``, ``save``, ``load``, ``ExportConfig(format=...)``, ...) first calls
+:func:`load_sources`, which runs each pending source once, in the order added; ``import
+netslim`` alone loads none. A source that raises is reported with one warning line naming it
+and skipped - one broken plugin does not break ``netslim.load`` - and is listed by
+:func:`failed_sources` (an unknown-name error mentions it: :func:`failure_note`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from importlib import metadata
+from typing import Any, Callable
+
+from .errors import clip
+
+log = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "netslim.plugins"
+
+_PENDING: list[tuple[str, Callable[[], Any]]] = []
+_FAILED: dict[str, str] = {}
+_LOCK = threading.RLock()  # re-entrant: a source's import may look something up (the nested call goes on)
+_LOADING = threading.local()
+
+
+def add_source(name: str, load: Callable[[], Any]) -> None:
+    """Run ``load()`` (it imports what registers) before the next lookup; ``name`` names it in reports."""
+    with _LOCK:
+        _PENDING.append((name, load))
+
+
+def add_entry_points(group: str = PLUGIN_GROUP) -> None:
+    """Each entry point of ``group`` becomes a source (listed on the first lookup, not now):
+    loading one imports the module (or object) it names."""
+    def expand() -> None:
+        seen = set()
+        for ep in sorted(metadata.entry_points(group=group), key=lambda e: (e.name, e.value)):
+            if (ep.name, ep.value) not in seen:  # a distribution found twice on sys.path
+                seen.add((ep.name, ep.value))
+                add_source(f"plugin {ep.name!r} ({ep.value})", ep.load)
+
+    add_source(f"entry points of group {group!r}", expand)
+
+
+def loading() -> bool:
+    """True while this thread runs a source (what registers then is netslim's or a plugin's own import)."""
+    return getattr(_LOADING, "depth", 0) > 0
+
+
+def load_sources() -> None:
+    """Run the pending sources, each once (see the module docstring); cheap when none is pending."""
+    if not _PENDING:
+        return
+    with _LOCK:
+        while _PENDING:
+            name, load = _PENDING.pop(0)
+            _LOADING.depth = getattr(_LOADING, "depth", 0) + 1
+            try:
+                load()
+            except Exception as e:  # reported and skipped: one broken plugin must not break netslim.load
+                _FAILED[name] = clip(f"{type(e).__name__}: {' '.join(str(e).split())}")
+                log.warning("netslim: %s failed to load and is skipped (what it registers is unavailable): %s",
+                            name, _FAILED[name])
+            finally:
+                _LOADING.depth -= 1
+
+
+def failed_sources() -> dict[str, str]:
+    """Sources that raised when loaded: name -> the error, in one line."""
+    return dict(_FAILED)
+
+
+def failure_note() -> str:
+    """`` Not loaded: plugin 'x' (...): ImportError: ...`` for an unknown-name message, or ''."""
+    if not _FAILED:
+        return ""
+    return " Not loaded (failed at import): " + "; ".join(f"{k}: {v}" for k, v in _FAILED.items()) + "."
