@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import hooked
 from netslim.train.tasks import Task
 
 from .step import DistillConfig, DistillTask, _Capture, output_distance
@@ -102,22 +103,16 @@ class LayerwiseDistillTask(DistillTask):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         cfg = self.cfg
         student_blocks = blocks_of(model) if self.hidden_weight else []
-        root = _Capture(model, with_inputs=True)
-        s_caps = [_Capture(b, False) for b in student_blocks]
-        try:
+        root = _Capture(with_inputs=True)
+        s_caps = [_Capture(False) for _ in student_blocks]
+        with hooked([(model, root), *zip(student_blocks, s_caps)], kind="forward_kwargs"):
             hard = self.inner.loss(model, batch)
-        finally:
-            for c in (root, *s_caps):
-                c.remove()
         if not root.calls:
             raise NetslimError(f"Task {self.inner.name!r} computed its loss without calling the model.")
-        t_caps = [_Capture(b, False) for b in (self.teacher_blocks if self.hidden_weight else [])]
-        try:
-            with torch.no_grad():
-                t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
-        finally:
-            for c in t_caps:
-                c.remove()
+        t_blocks = self.teacher_blocks if self.hidden_weight else []
+        t_caps = [_Capture(False) for _ in t_blocks]
+        with hooked(list(zip(t_blocks, t_caps)), kind="forward_kwargs"), torch.no_grad():
+            t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         loss = (1 - cfg.alpha) * hard
         if cfg.alpha:
             soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))

@@ -32,6 +32,7 @@ from torch import nn
 from netslim.core.config import _format_validation_error, register
 from netslim.core.distributed import unwrap
 from netslim.core.errors import NetslimError
+from netslim.core.hooks import eval_mode, hooked
 from netslim.core.surgery import get_module
 from netslim.train.loop import FinetuneConfig, fit
 from netslim.train.tasks import Task
@@ -123,18 +124,15 @@ def output_distance(student: Any, teacher: Any, kwargs: dict, cfg: DistillConfig
 
 
 class _Capture:
-    """Forward hooks recording a module's calls (inputs and output)."""
+    """A forward hook (kind "forward_kwargs" of :mod:`netslim.core.hooks`) recording a module's
+    calls (inputs and output)."""
 
-    def __init__(self, module: nn.Module, with_inputs: bool):
+    def __init__(self, with_inputs: bool):
         self.calls: list[tuple[tuple, dict, Any]] = []
         self.with_inputs = with_inputs
-        self.handle = module.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs, out):
+    def __call__(self, module, args, kwargs, out) -> None:
         self.calls.append((args, kwargs, out) if self.with_inputs else ((), {}, out))
-
-    def remove(self) -> None:
-        self.handle.remove()
 
 
 class DistillTask(Task):
@@ -168,24 +166,18 @@ class DistillTask(Task):
         cfg = self.cfg
         inner = unwrap(model)
         student = inner.student if isinstance(inner, WithAdapters) else inner
-        root = _Capture(model, with_inputs=True)
-        feats = {s: _Capture(get_module(student, s), False) for s in cfg.hints}
-        try:
+        root = _Capture(with_inputs=True)
+        feats = {s: _Capture(False) for s in cfg.hints}
+        with hooked([(model, root), *((get_module(student, s), c) for s, c in feats.items())], kind="forward_kwargs"):
             hard = self.inner.loss(model, batch)
-        finally:
-            for c in (root, *feats.values()):
-                c.remove()
         if not root.calls:
             raise NetslimError(f"Task {self.inner.name!r} computed its loss without calling the model.")
-        t_feats = {t: _Capture(get_module(self.teacher, t), False) for t in cfg.hints.values()}
-        try:
-            # Only the teacher's forward runs without autograd: the distance to the student's
-            # output must stay in the graph, or the soft term would add no gradient at all.
-            with torch.no_grad():
-                t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
-        finally:
-            for c in t_feats.values():
-                c.remove()
+        t_feats = {t: _Capture(False) for t in cfg.hints.values()}
+        # Only the teacher's forward runs without autograd: the distance to the student's
+        # output must stay in the graph, or the soft term would add no gradient at all.
+        with hooked([(get_module(self.teacher, t), c) for t, c in t_feats.items()], kind="forward_kwargs"), \
+                torch.no_grad():
+            t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
         loss = (1 - cfg.alpha) * hard + cfg.alpha * soft / len(root.calls)
         if cfg.hints:
@@ -213,18 +205,15 @@ def _features(model: nn.Module, names, task: Task, example, train: bool = False)
     """Output and named modules' outputs. Eval mode by default (the shape probe: a train-mode
     pass would update BatchNorm running statistics from two examples); ``train=True`` gives the
     features training will see (batch statistics) and then restores every buffer."""
-    caps = {n: _Capture(get_module(model, n), False) for n in names}
-    was_training = model.training
+    caps = {n: _Capture(False) for n in names}
     buffers = [(b, b.clone()) for b in model.buffers()] if train else []
-    model.train(train)
     try:
-        out = task.forward(model, example)
+        with eval_mode(model, [(get_module(model, n), c) for n, c in caps.items()], kind="forward_kwargs",
+                       training=train):
+            out = task.forward(model, example)
     finally:
-        model.train(was_training)
         for b, saved in buffers:
             b.copy_(saved)
-        for c in caps.values():
-            c.remove()
     return {"__output__": out, **{n: c.calls[-1][2] for n, c in caps.items() if c.calls}}
 
 
