@@ -5,15 +5,24 @@ Two schemes, each a native C kernel (``csrc/dynq.c``, built once by
 fallback (other devices, no compiler, ``NETSLIM_NO_EXT=1``):
 
 * :func:`quantize_u8_per_tensor`: asymmetric uint8 over [min(x, 0), max(x, 0)] (torch's
-  dynamic scheme): one min/max pass and one quantize pass. The torch fallback takes three
+  dynamic scheme): one native call (a min/max pass, the scale and zero point, a quantize
+  pass; on the calling thread for small inputs). The torch fallback takes three passes
   (``aminmax``, ``quantize_per_tensor`` and the ``int_repr`` copy) and, for bf16, a cast first.
 * :func:`quantize_u8_per_row`: symmetric per row, codes shifted by 128 (oneDNN wants uint8
   activations): one pass, each row quantized while it sits in L1.
 
 Both return codes of shape (M, K) for an (M, K) input.
+
+Per-call overhead matters as much as the passes: at batch 1 an activation is a few thousand
+elements (MiniLM: 22 tokens x 384), scanned in about a microsecond, while a parallel region's
+wake-up and barrier, each extra ctypes call and each small tensor allocated around it cost
+several. So the per-tensor kernel is one ctypes call that returns the scale and zero point
+itself, small inputs never enter a parallel region (``GRAIN`` in ``csrc/dynq.c``), and the
+``torch.profiler`` label around it is only pushed while a profiler is recording.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import warnings
 from functools import lru_cache
@@ -30,6 +39,7 @@ QMAX = 127      # symmetric int8 without -128: |q| <= 127 keeps x and -x symmetr
 U8_ZERO = 128   # oneDNN takes uint8 activations: symmetric int8 codes shifted by 128
 _SOURCE = Path(__file__).with_name("csrc") / "dynq.c"
 _KINDS = {torch.float32: "f32", torch.bfloat16: "bf16"}
+_NO_LABEL = contextlib.nullcontext()
 
 
 @lru_cache(maxsize=1)
@@ -37,12 +47,11 @@ def _lib() -> ctypes.CDLL | None:
     lib = c_library(_SOURCE, "netslim_dynq")
     if lib is None:
         return None
-    i64, p, f32, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    i64, p, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     for k in _KINDS.values():
-        getattr(lib, f"netslim_minmax_{k}").argtypes = [i64, p, p, c_int]
-        getattr(lib, f"netslim_quant_u8_{k}").argtypes = [i64, p, f32, c_int, p, c_int]
+        getattr(lib, f"netslim_dynq_u8_{k}").argtypes = [i64, p, p, p, c_int]
         getattr(lib, f"netslim_rows_u8_{k}").argtypes = [i64, i64, p, p, p, c_int]
-        for f in ("minmax", "quant_u8", "rows_u8"):
+        for f in ("dynq_u8", "rows_u8"):
             getattr(lib, f"netslim_{f}_{k}").restype = None
     return lib
 
@@ -63,26 +72,30 @@ def u8_qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(min(max(round(-lo / scale), 0), 255))
 
 
+def _profiling() -> bool:
+    """True while a torch.profiler records (ctypes calls are invisible to it without a label)."""
+    return torch._C._autograd._profiler_enabled()
+
+
 def quantize_u8_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """(M, K) fp32 / bf16 -> (uint8 codes (M, K), scale, zero point). Not differentiable."""
     x2 = x2.detach()
     if native_ok(x2):
-        with torch.profiler.record_function("netslim::quantize_u8_per_tensor"):  # ctypes: invisible otherwise
-            return _native_per_tensor(x2)
+        if _profiling():
+            with torch.profiler.record_function("netslim::quantize_u8_per_tensor"):
+                return _native_per_tensor(x2)
+        return _native_per_tensor(x2)
     x2 = x2.float()
     scale, zero = u8_qparams(*torch.aminmax(x2))
     return torch.quantize_per_tensor(x2, scale, zero, torch.quint8).int_repr(), scale, zero
 
 
 def _native_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    lib, kind, n, threads = _lib(), _KINDS[x2.dtype], x2.numel(), torch.get_num_threads()
-    lohi = torch.empty(2)
-    getattr(lib, f"netslim_minmax_{kind}")(n, x2.data_ptr(), lohi.data_ptr(), threads)
-    scale, zero = u8_qparams(*lohi.tolist())
     codes = torch.empty(x2.shape, dtype=torch.uint8)
-    # 1 / scale in float32, as torch's quantize kernel multiplies by it
-    getattr(lib, f"netslim_quant_u8_{kind}")(n, x2.data_ptr(), 1.0 / scale, zero, codes.data_ptr(), threads)
-    return codes, scale, zero
+    qp = (ctypes.c_double * 2)()  # the kernel writes (scale, zero point): u8_qparams of x's range
+    getattr(_lib(), f"netslim_dynq_u8_{_KINDS[x2.dtype]}")(x2.numel(), x2.data_ptr(), codes.data_ptr(), qp,
+                                                            torch.get_num_threads())
+    return codes, qp[0], int(qp[1])
 
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +119,7 @@ def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, k = x2.shape
         codes = torch.empty(m, k, dtype=torch.uint8)
         scales = torch.empty(m, 1)
-        with torch.profiler.record_function("netslim::quantize_u8_per_row"):
+        with torch.profiler.record_function("netslim::quantize_u8_per_row") if _profiling() else _NO_LABEL:
             getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(m, k, x2.data_ptr(), codes.data_ptr(),
                                                                    scales.data_ptr(), torch.get_num_threads())
         return codes, scales
