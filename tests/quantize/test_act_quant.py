@@ -74,3 +74,41 @@ def test_native_and_fallback_agree_and_autograd_inputs_work(monkeypatch):
     fallback = quantize_u8_per_tensor(x)
     assert torch.equal(native[0], fallback[0]) and native[1:] == fallback[1:]
     assert not act_quant.native_ok(x.t())  # non-contiguous: the fallback takes it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_tensor_parallel_and_serial_paths_agree(dtype):
+    """Above 2 x GRAIN (65,536) elements the kernel splits the scan over threads, below it runs on
+    the calling thread: codes, scale and zero point are torch's either way and for 1 or 2 threads."""
+    if act_quant._lib() is None:
+        pytest.skip("no C compiler: the native kernels are not built")
+    torch.manual_seed(1)
+    big = torch.randn(333, 401) * 2 - 0.3       # 133,533 elements: 2 threads' chunks of odd length
+    big[300, 400] = -25.0                       # the minimum sits in the last thread's chunk
+    old = torch.get_num_threads()
+    try:
+        for x in (big.to(dtype), big[:7].to(dtype)):
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(quantize_u8_per_tensor(x))
+            lo, hi = torch.aminmax(x.float())
+            scale, zero = u8_qparams(lo, hi)
+            ref = torch.quantize_per_tensor(x.float(), scale, zero, torch.quint8).int_repr()
+            for codes, s, z in results:
+                assert (s, z) == (scale, zero) and torch.equal(codes, ref)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_profiler_sees_the_native_call():
+    if act_quant._lib() is None:
+        pytest.skip("no C compiler: the native kernels are not built")
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(8, 64)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        quantize_u8_per_tensor(x)
+        quantize_u8_per_row(x)
+    names = {e.key for e in prof.key_averages()}
+    assert {"netslim::quantize_u8_per_tensor", "netslim::quantize_u8_per_row"} <= names
