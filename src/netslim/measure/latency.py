@@ -98,8 +98,10 @@ def _call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
 
 
 @torch.inference_mode()
-def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
-    """Per-call wall times (ms) of ``model(inputs)`` in eval mode, after ``warmup`` calls."""
+def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0,
+            number: int = 1) -> list[float]:
+    """Per-call wall times (ms) of ``model(inputs)`` in eval mode, after ``warmup`` calls; each
+    sample the mean of a block of ``number`` back-to-back calls."""
     fn = _call(model, inputs)
     times: list[float] = []
     with eval_mode(model):
@@ -108,8 +110,9 @@ def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_second
         start = time.perf_counter()
         while len(times) < repeats or time.perf_counter() - start < min_seconds:
             t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(number):
+                fn()
+            times.append((time.perf_counter() - t0) * 1e3 / number)
     return times
 
 
@@ -127,14 +130,20 @@ def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 5, repeats: 
 
 
 def interleaved_timings(models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5, repeats: int = 10,
-                        threads: int | None = None) -> dict[str, Timing]:
+                        threads: int | None = None, number: int | dict[str, int] = 1) -> dict[str, Timing]:
     """A/B(/C...) timing: rounds alternate between models; median and quartiles over the
-    repeats of all rounds pooled (the spread includes the drift between rounds)."""
+    repeats of all rounds pooled (the spread includes the drift between rounds).
+
+    ``number``: calls per timed block (one value, or one per model), each repeat being a block's
+    mean, as in ``torch.utils.benchmark``'s blocked measurements: blocks of a few milliseconds
+    keep the timer's and the scheduler's jitter out of fast calls' medians and IQRs.
+    """
     samples: dict[str, list[float]] = {k: [] for k in models}
     with fixed_threads(threads):
         for _ in range(rounds):
             for k, m in models.items():
-                samples[k] += _sample(m, inputs, 2, repeats)
+                n = number.get(k, 1) if isinstance(number, dict) else number
+                samples[k] += _sample(m, inputs, 2, repeats, number=n)
         used = torch.get_num_threads()
     return {k: timing_of(v, used) for k, v in samples.items()}
 
