@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import NetslimError
+from .hooks import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -617,11 +618,8 @@ def trace_graph(model: nn.Module, example_inputs: Any, *, leaves: tuple[str, ...
     tracer = _LeafTracer(leaves)
     try:
         gm = fx.GraphModule(model, tracer.trace(model))
-        was = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model, grad=False):
             ShapeProp(gm).propagate(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
-        model.train(was)
     except Exception as e:  # noqa: BLE001 - fx cannot follow it: the generic path may
         where = tracer.stack[-1] if tracer.stack else None
         log.info("torch.fx cannot trace %s (%s): trying torch.export", type(model).__name__, e)

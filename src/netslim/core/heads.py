@@ -27,6 +27,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_map
 
+from .hooks import eval_mode
 from .trace import _ATTENTION, Core, _op, example_call
 
 log = logging.getLogger(__name__)
@@ -126,20 +127,11 @@ def find_heads(model: nn.Module, example_inputs: Any, cores: list[Core]) -> None
         return fn
 
     for c in cores:
-        for m in c.ins:
-            hooks.append(model.get_submodule(m).register_forward_hook(as_leaf(m)))
-        hooks.append(model.get_submodule(c.out).register_forward_pre_hook(grab_ctx(c.out)))
-        hooks.append(model.get_submodule(c.owner).register_forward_pre_hook(grab_call(c.owner), with_kwargs=True))
+        hooks += [(m, as_leaf(m)) for m in c.ins]
+        hooks += [(c.out, grab_ctx(c.out), "pre"), (c.owner, grab_call(c.owner), "pre_kwargs")]
     args, kwargs = example_call(model, example_inputs)
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            model(*args, **kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    with eval_mode(model, hooks, grad=True):
+        model(*args, **kwargs)
     for c in cores:
         try:
             _layout(model, c, [leaves.get(m) for m in c.ins], ctx.get(c.out))

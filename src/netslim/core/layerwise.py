@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
+from .hooks import hooked
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +272,12 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
         raise _Stop
 
     dev = device if device is not None else next(model.parameters()).device
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with hooked([(first, hook, "pre_kwargs")]):
         for i in range(0, len(ids), batch_size):
             try:
                 model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False)
             except _Stop:
                 pass
-    finally:
-        handle.remove()
     return extras
 
 
@@ -429,7 +427,7 @@ def collect_hessians(layers: list[tuple[str, nn.Module]], feed: Callable[[], Non
 
     shared = SharedInput()
     accs: dict[str, HessianAccumulator] = {}
-    handles = []
+    hooks = []
     for name, mod in layers:
         cols = weight_2d(mod).shape[1]
         acc = accs[name] = HessianAccumulator(cols, mod.weight.device, diag_only)
@@ -438,12 +436,11 @@ def collect_hessians(layers: list[tuple[str, nn.Module]], feed: Callable[[], Non
             prod, n = shared.product(args[0], diag_only)
             acc.add_product(prod, n)
 
-        handles.append(mod.register_forward_hook(hook))
+        hooks.append((mod, hook))
     try:
-        feed()
+        with hooked(hooks):
+            feed()
     finally:
-        for h in handles:
-            h.remove()
         shared.clear()
     from .distributed import all_reduce_mean
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
+from .hooks import hooked
 from .registry import load_sources
 from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
 
@@ -198,7 +199,7 @@ class BlockStream:
         inside = {id(m) for m in blocks.modules()}
         model = self.sm.model
         made: list[nn.Module] = []
-        handles = []
+        hooks = {}
         for name, mod in model.named_modules():
             if id(mod) in inside or not (mod._parameters or mod._buffers):
                 continue
@@ -208,12 +209,11 @@ class BlockStream:
                     materialize(self.sm, m, name, recurse=False)
                     made.append(m)
 
-            handles.append(mod.register_forward_pre_hook(pre))
+            hooks[mod] = pre
         try:
-            yield
+            with hooked(hooks, kind="pre"):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             for m in made:
                 release(m, model)
 

@@ -39,6 +39,7 @@ import torch
 from torch import fx, nn
 
 from .errors import NetslimError
+from .hooks import eval_mode
 from .graph import DependencyGraph, GraphBuilder, Segment
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,16 @@ def example_call(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
 class TraceStack:
     """Forward pre/post hooks that know which module is running: the one that stopped a trace."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self):
         self.stack: list[str] = []
         self.last: str | None = None
-        self.handles = []
+
+    def hooks(self, model: nn.Module) -> list[tuple[nn.Module, Any, str]]:
+        """The hooks to register (:mod:`netslim.core.hooks`) while ``model`` runs."""
+        out = []
         for name, m in model.named_modules():
-            self.handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: self._push(n)))
-            self.handles.append(m.register_forward_hook(lambda mod, a, o, n=name: self._pop()))
+            out += [(m, lambda mod, a, n=name: self._push(n), "pre"), (m, lambda mod, a, o: self._pop(), "forward")]
+        return out
 
     def _push(self, name: str) -> None:
         self.stack.append(name)
@@ -143,26 +147,17 @@ class TraceStack:
     def culprit(self) -> str | None:
         return self.stack[-1] if self.stack else self.last
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
 
 def export_program(model: nn.Module, example_inputs: Any):
     """``torch.export`` of one eval-mode forward; NetslimError naming the module that stopped it."""
     args, kwargs = example_call(model, example_inputs)
-    was = model.training
-    model.eval()
-    stack = TraceStack(model)
+    stack = TraceStack()
     try:
-        with torch.no_grad():
+        with eval_mode(model, stack.hooks(model), grad=False):
             return torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:  # noqa: BLE001 - any failure is reported as one line naming the module
         where = stack.culprit()
         raise trace_error(model, where, e) from None
-    finally:
-        stack.remove()
-        model.train(was)
 
 
 def trace_error(model: nn.Module, where: str | None, e: BaseException) -> NetslimError:
