@@ -180,10 +180,7 @@ def apply(model, config: MethodConfig, ctx):
 
     method = get_method(config.method)
     history = StepHistory.of(model)
-    problem = history.problem(config)
-    if problem:
-        raise NetslimError(f"Method {config.method!r} {problem} (steps applied to this model: "
-                           f"{', '.join(history.applied) or 'none'}).")
+    history.check(config)
     model = method.handler(model, config, ctx)
     if model is not None and hasattr(model, "get_submodule"):
         check_patterns(model, config.method)

@@ -6,11 +6,12 @@ it, nothing may change them), whether it changes weights at all (``modifies_weig
 whether it converts only layers still in float form (``float_layers_only``: it may follow a
 freezing step, e.g. int8 embeddings after GPTQ's blocks).
 
-:func:`netslim.core.config.apply` records every step it runs on the model
-(:class:`StepHistory`, the plain attribute ``netslim_history``) and refuses a step that breaks
-the rule, naming both steps; the recipe validator (``netslim.recipe.spec.validate_order``)
-runs the same rule over a whole recipe before any work. Artifacts keep the history (the
-description's ``history`` field), so a loaded model still refuses a pruning step after GPTQ.
+:func:`netslim.core.config.apply` (and :func:`netslim.core.stream_io.stream_step` for a
+streamed model) records on the model each step that changed or froze it (:class:`StepHistory`,
+the plain attribute ``netslim_history``) and refuses a step that breaks the rule, naming both
+steps; the recipe validator (``netslim.recipe.spec.validate_order``) runs the same rule over a
+whole recipe before any work. Artifacts keep the history (the description's ``history``
+field), so a loaded model still refuses a pruning step after GPTQ.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ ATTR = "netslim_history"
 
 @dataclass(frozen=True)
 class StepHistory:
-    applied: tuple[str, ...] = ()  # method names, in the order they ran
+    applied: tuple[str, ...] = ()  # the steps that changed or froze the model, in the order they ran
     frozen_by: str | None = None   # the last step that froze the weights
 
     def problem(self, step: Any) -> str | None:
@@ -39,10 +40,20 @@ class StepHistory:
             return f"changes weights after {self.frozen_by!r} froze them; move it before that step"
         return None
 
+    def check(self, step: Any) -> None:
+        """One NetslimError naming ``step`` and the step it conflicts with, when :meth:`problem` finds one."""
+        problem = self.problem(step)
+        if problem:
+            raise NetslimError(f"Method {step.method!r} {problem} (steps applied to this model: "
+                               f"{', '.join(self.applied) or 'none'}).")
+
     def after(self, step: Any) -> "StepHistory":
-        """The history once ``step`` has run."""
-        return StepHistory((*self.applied, step.method), step.method if getattr(step, "freezes", False)
-                           else self.frozen_by)
+        """The history once ``step`` has run: recorded if it changed or froze the model (``evaluate``
+        and ``export`` leave it as it was, in memory and streamed alike)."""
+        freezes = getattr(step, "freezes", False)
+        if not (freezes or getattr(step, "modifies_weights", True)):
+            return self
+        return StepHistory((*self.applied, step.method), step.method if freezes else self.frozen_by)
 
     @classmethod
     def of(cls, model: Any) -> "StepHistory":

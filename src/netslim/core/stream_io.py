@@ -30,6 +30,7 @@ from torch import nn
 
 from .errors import NetslimError, bad_param
 from .hooks import hooked
+from .history import StepHistory
 from .registry import load_sources
 from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
 
@@ -342,6 +343,8 @@ def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLi
     from .stream_writer import ArtifactWriter
     from .streaming import open_artifact
 
+    history = StepHistory.of(sm.model)
+    history.check(cfg)  # the rule apply() enforces in memory
     found = streamer(cfg.method)
     if found is None:
         raise NetslimError(f"Method {cfg.method!r} cannot stream (it needs the whole model in memory; streamed "
@@ -352,6 +355,7 @@ def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLi
     io = BlockStream(sm, writer, budget=budget, solver=solver, scratch=Path(out_path).parent)
     try:
         fn(sm, cfg, ctx, io)
+        history.after(cfg).store(sm.model)  # written into the description by io.finish
         if writer is not None:
             io.finish(getattr(ctx, "info", None))
     except BaseException:
