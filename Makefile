@@ -34,9 +34,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# `make bench`: every command whose figures BENCHMARKS.md quotes (days on 2 CPU cores), then
+# BENCHMARKS.md recomposed from the records; `make bench BENCH_ARGS=--quick` runs the documented
+# subset (about 15 minutes; benchmarks/README.md), BENCH_ARGS="ID ..." some runs, --dry-run lists them.
 bench: setup
 	$(PIP) install -c constraints.txt -e ".[bench]"
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/compose.py
 
 clean:
 	rm -rf runs .pytest_cache
