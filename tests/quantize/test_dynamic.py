@@ -148,8 +148,11 @@ def test_bf16_whole_model_scope(tiny_mlp, tmp_path):
     path = netslim.save(model, tmp_path / "bf16.safetensors")
     back = netslim.load(path)
     assert next(back.parameters()).dtype == torch.bfloat16 and torch.equal(back(x.bfloat16()), y)
+    with pytest.raises(NetslimError, match="after 'bf16' froze them"):  # model is tiny_mlp, now frozen
+        apply(tiny_mlp, make_config({"method": "bf16", "scope": "model"}), ctx)
     with pytest.raises(Exception, match="scope"):
-        apply(tiny_mlp, make_config({"method": "bf16", "scope": "model", "exclude": ["fc3"]}), ctx)
+        apply(netslim.build_model("lenet300"), make_config({"method": "bf16", "scope": "model", "exclude": ["fc3"]}),
+              ctx)
 
 
 @pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
