@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import record
+
 # Runs in the child: transformers only. Perplexity = exp(summed next-token NLL / tokens), the
 # blocks in batches of --eval-batch, exactly as netslim's CausalLMTask.nll sums them.
 PLAIN = r"""
@@ -54,15 +56,8 @@ print(json.dumps({"perplexity": math.exp(total / count), "tokens": count, "load_
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "transformers", "compressed-tensors"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    """The package versions a record carries (``record.versions``; kept for ``import_llmc.py``)."""
+    return record.versions()
 
 
 def fp32_bytes(model) -> int:
@@ -121,6 +116,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/netslim_export_hf")
     ap.add_argument("--out", default=None, help="default benchmarks/results/issue18_hf.json (--tiny: in --workdir)")
     args = ap.parse_args()
+    rec = record.start("export_hf")
     args.model = "tiny-llama" if args.tiny else "smollm2"
     args.seq_len = 512
     args.group_size = args.group_size or (32 if args.tiny else 128)
@@ -165,11 +161,9 @@ def main() -> None:
         "relative_difference": abs(theirs["perplexity"] - ours) / ours,
         "directory_bytes": dir_bytes, "weights_file_bytes": weights, "fp32_bytes": dense,
         "directory_vs_fp32": dir_bytes / dense, "netslim_eval_s": round(eval_s, 1), "export_s": round(export_s, 1),
-        "transformers": theirs, "export_notes": notes, "threads": args.threads, "versions": _versions(),
-        "load_avg": os.getloadavg()[0],
+        "transformers": theirs, "export_notes": notes, "threads": args.threads,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    record.write(out, record.finish(rec, result))
     print(json.dumps({k: result[k] for k in ("netslim_perplexity", "transformers_perplexity", "relative_difference",
                                              "directory_bytes", "fp32_bytes", "directory_vs_fp32")}))
     print(f"wrote {out}")

@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
-import os
-import sys
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from netslim.core.serialize import atomic_write
+import record
 from netslim.distill import distill
 from netslim.lowrank import svd_compress
 from netslim.measure import count_params, interleaved_latency
@@ -441,17 +438,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    for name in args.only:
-        t0 = time.perf_counter()
+    for name in args.only:  # one record per section, under its key (+ --tag) of the shared file
+        rec = record.start(name + args.tag)
         res = SECTIONS[name](args)
-        res["wall_s"] = round(time.perf_counter() - t0, 1)
-        res["date"] = dt.date.today().isoformat()
-        res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
-        res["command"] = "benchmarks/lowrank_distill.py " + " ".join(sys.argv[1:])
         res["seeds_run"] = list(_seeds(args))
-        results[name + args.tag] = res
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        record.update(args.out, name + args.tag, record.finish(rec, res))
         print(json.dumps({name: res}, indent=2), flush=True)
 
 

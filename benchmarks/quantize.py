@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -24,19 +22,17 @@ from types import SimpleNamespace
 import torch
 
 import netslim
+import record
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
 from netslim.models import build_model
 
 ROOT = Path(__file__).resolve().parent
-MACHINE = "2-core AMD EPYC (AVX-512 VNNI + BF16, no AMX), shared, torch 2.13.0 CPU"
 
 
-def _write(part: str, result: dict) -> Path:
-    result = {"machine": MACHINE, "date": str(dt.date.today()), "torch": torch.__version__, **result}
-    path = ROOT / "results" / f"quantize_{part}.json"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-    return path
+def _write(part: str, result: dict, rec: dict) -> Path:
+    """benchmarks/results/quantize_<part>.json: the run's record (``record.py``) with ``result`` as its metrics."""
+    return record.write(ROOT / "results" / f"quantize_{part}.json", record.finish(rec, result))
 
 
 def _size(model) -> int:
@@ -133,7 +129,6 @@ def minilm(args) -> dict:
         elif name in onnx_bytes:
             rows[name]["bytes"] = onnx_bytes[name]
         logging.info("%s: %s", name, rows[name])
-    load = os.getloadavg()
     with torch.inference_mode():
         ms = interleaved_latency(variants, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
     for name in rows:
@@ -142,7 +137,7 @@ def minilm(args) -> dict:
                             "netslim bf16 (whole model)") if k in variants]
     _profile({k: variants[k] for k in profiled}, inputs, ROOT / "results" / f"quantize_minilm{args.tag}_profile.txt")
     return {"model": args.encoder, "batch": args.batch, "seq_len": inputs["input_ids"].shape[1],
-            "sentences": args.sentences, "threads": args.threads, "loadavg_before_after": [load, os.getloadavg()],
+            "sentences": args.sentences, "threads": args.threads,
             "onnx_fp32_bytes": onnx_bytes["onnx fp32"], "rows": rows,
             "notes": {"torchao": "quantize_(model, Int8DynamicActivationInt8WeightConfig()) on the Linear layers",
                       "onnxruntime": "onnxruntime.quantization.quantize_dynamic(fp32 export) with default "
@@ -192,7 +187,8 @@ def smollm2(args) -> dict:
         rows[name]["size_vs_fp32"] = rows[name]["bytes"] / base_bytes
         logging.info("%s: %s", name, rows[name])
         del m
-        _write(f"smollm2{args.tag}", {"model": "smollm2", "blocks": args.blocks, "rows": rows, "partial": True})
+        _write(f"smollm2{args.tag}", {"model": "smollm2", "blocks": args.blocks, "rows": rows, "partial": True},
+               args.record)
     return {"model": "smollm2", "blocks": args.blocks, "rows": rows}
 
 
@@ -247,7 +243,6 @@ def resnet20(args) -> dict:
             rows[name]["bits_per_layer"] = [b for b, _ in bits]
         rows[name]["size_vs_fp32"] = rows[name]["bytes"] / rows["fp32"]["bytes"]
         logging.info("%s: %s", name, {k: v for k, v in rows[name].items() if k != "bits_per_layer"})
-    load = os.getloadavg()
     if "int8 PTQ (minmax)" in variants and not args.no_latency:
         # fp32 also in channels-last, oneDNN's preferred conv layout: the strongest float baseline
         timed = {"fp32": fp32, "fp32 channels-last": copy.deepcopy(fp32).to(memory_format=torch.channels_last),
@@ -258,7 +253,7 @@ def resnet20(args) -> dict:
         for name in timed:
             rows.setdefault(name, {}).update(latency_ms=ms[name], speedup=ms["fp32"] / ms[name])
     return {"model": args.model, "batch": args.batch, "threads": args.threads, "rows": rows,
-            "loadavg_before_after": [load, os.getloadavg()], "mixed_precision": notes}
+            "mixed_precision": notes}
 
 
 def _sensitivity_plot(notes: dict, path: Path) -> None:
@@ -302,10 +297,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.part == "resnet20" and args.batch == 32:
         args.batch = 64
-    result = {"minilm": minilm, "smollm2": smollm2, "resnet20": resnet20}[args.part](args)
     smoke = (args.part == "resnet20" and args.model != "resnet20") or (args.part == "minilm" and args.encoder != "minilm")
     suffix = f"_{args.model if args.part == 'resnet20' else args.encoder}" if smoke else ""
-    path = _write(args.part + suffix + args.tag, result)
+    args.record = record.start(f"quantize_{args.part}{suffix}{args.tag}")
+    result = {"minilm": minilm, "smollm2": smollm2, "resnet20": resnet20}[args.part](args)
+    path = _write(args.part + suffix + args.tag, result, args.record)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write(f"\nwritten {path}\n")
     return 0

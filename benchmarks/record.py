@@ -49,7 +49,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 # CPU features the figures depend on (int8 / bf16 kernels, AMX tiles); reported present or absent.
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
          "amx_tile", "amx_int8", "amx_bf16")
-VERSIONED = ("torch", "transformers", "numpy", "safetensors", "onnxruntime", "netslim")
+VERSIONED = ("torch", "transformers", "compressed-tensors", "numpy", "safetensors", "onnxruntime", "netslim")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -171,15 +171,16 @@ def start(name: str, argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def finish(rec: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Close ``rec``: load average after, end time, wall seconds, thread settings; ``metrics`` merged in."""
+    """Close ``rec``: load average after, end time, wall seconds, thread settings, and ``metrics`` (replacing
+    earlier ones). May be called again: a script that writes partial results finishes the record each time."""
     rec["load_avg"]["after"] = _loadavg()
     rec["finished_utc"] = _now()
-    rec["wall_s"] = round(time.time() - rec.pop("_t0", time.time()), 1)
+    rec["wall_s"] = round(time.time() - rec.get("_t0", time.time()), 1)
     torch = sys.modules.get("torch")
     rec["threads"] = {**({"torch": torch.get_num_threads()} if torch is not None else {}),
                       **{k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
-    if metrics:
-        rec["metrics"].update(metrics)
+    if metrics is not None:
+        rec["metrics"] = dict(metrics)
     return rec
 
 

@@ -129,3 +129,17 @@ def test_dry_run_prints_every_command(capsys):
         assert (f"# {r.id} " in out) == r.quick
     assert "benchmarks/quantize.py resnet20 --only minmax" in out
     assert run_all.main(["--dry-run", "journeys"]) == 0 and "journeys.py a b c" in capsys.readouterr().out
+
+
+def test_generated_tables_read_records_of_the_new_schema(tmp_path):
+    """A converted script (quantize.py) writes its rows under ``metrics``; the table reads them and the header."""
+    rows = {"fp32": {"accuracy": 0.939, "bytes": 1000, "size_vs_fp32": 1.0, "latency_ms": 14.0, "speedup": 1.0},
+            "fp32 channels-last": {"latency_ms": 13.0, "speedup": 1.08},
+            "int8 PTQ (minmax)": {"accuracy": 0.9384, "bytes": 267, "size_vs_fp32": 0.267, "latency_ms": 5.0,
+                                  "speedup": 2.8}}
+    for name in ("quantize_resnet20_int8_rerun2.json", "quantize_resnet20_int8_rerun.json"):
+        rec = record.start(name[:-5], argv=["benchmarks/quantize.py", "resnet20"])
+        record.write(tmp_path / name, record.finish(rec, {"model": "resnet20", "threads": 2, "rows": rows}))
+    table = reference_tables.int8_resnet20(tmp_path)
+    assert "**2.80x**" in table and "2.60x" in table and rec["started_utc"][:10] in table
+    assert f"{rec['load_avg']['before'][0]:.1f} → {rec['load_avg']['after'][0]:.1f}" in table
