@@ -34,7 +34,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# `make bench`: every command whose figures BENCHMARKS.md quotes (days on 2 CPU cores), then
+# `make bench`: every command whose figures BENCHMARKS.md quotes (many hours on 2 CPU cores), then
 # BENCHMARKS.md recomposed from the records; `make bench BENCH_ARGS=--quick` runs the documented
 # subset (about 15 minutes; benchmarks/README.md), BENCH_ARGS="ID ..." some runs, --dry-run lists them.
 bench: setup

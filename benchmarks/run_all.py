@@ -13,7 +13,8 @@ id a reference table names is defined here.
     .venv/bin/python benchmarks/run_all.py --technique quantization
     .venv/bin/python benchmarks/run_all.py --check                 # each script's options exist (runs --help)
 
-Everything takes days on 2 CPU cores (many runs train; the LLM ones take 5-15 minutes each).
+Everything takes many hours on 2 CPU cores: the wall times recorded add up to over 9 hours, and a
+third of the runs have none recorded (``--list``).
 ``--quick`` is the documented subset that fits in about 15 minutes on that machine (the sum of the
 wall times recorded for these runs, or estimated where marked ``~``; it prints the real total):
 it re-measures the SparseLinear kernel, the LeNet-300 95 % method comparison (all but RigL / SET),
@@ -103,14 +104,18 @@ RUNS: tuple[Run, ...] = (
         ("benchmarks/prune_unstructured.py --only lenet5 --lenet5-epochs 12 3 --threads 1",),
         ("prune_unstructured_3a.json",), minutes=4.2),
     Run("prune-compare-lenet300-magnitude", "unstructured",
-        ("benchmarks/prune_unstructured.py --only compare --sparsity 0.9 0.95",), ("prune_compare_3a.json",),
-        minutes=9.7),
+        ("benchmarks/prune_unstructured.py --only compare --sparsity 0.9 0.95 --threads 1",),
+        ("prune_compare_3a.json",), minutes=9.7,
+        note="--threads 1 as its rows record (the history section's command leaves it out)"),
     Run("prune-compare-lenet300", "sparse-training",
-        ("benchmarks/prune_compare.py --model lenet300 --sparsity 0.9 0.95 --epochs 4 --scratch-epochs 20",),
-        ("prune_compare.json",), minutes=15.5),
+        ("benchmarks/prune_compare.py --model lenet300 --sparsity 0.9 0.95 --epochs 4 --scratch-epochs 20 "
+         "--threads 1",),
+        ("prune_compare.json",), minutes=15.5,
+        note="--threads 1 as its rows record (the history section's command leaves it out)"),
     Run("prune-compare-lenet300-95-quick", "unstructured",
-        ("benchmarks/prune_unstructured.py --only compare --sparsity 0.95",
-         "benchmarks/prune_compare.py --model lenet300 --sparsity 0.95 --epochs 4 --methods obd movement l0"),
+        ("benchmarks/prune_unstructured.py --only compare --sparsity 0.95 --threads 1",
+         "benchmarks/prune_compare.py --model lenet300 --sparsity 0.95 --epochs 4 --methods obd movement l0 "
+         "--threads 1"),
         ("prune_compare_3a.json", "prune_compare.json"), minutes=3.0, quick=True,
         note="the 95 % rows of the two runs above; RigL / SET (3.5-3.8 min each) left out"),
     Run("prune-compare-resnet20-magnitude", "unstructured",
