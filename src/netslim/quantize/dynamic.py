@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import lru_cache
 import weakref
 from typing import Literal
 
@@ -68,7 +69,8 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(a, b_t)
 
 
-def _onednn_ok() -> bool:
+@lru_cache(maxsize=1)
+def _onednn_ok() -> bool:  # asked on every forward: cached (a build property, fixed for the process)
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
 
 
@@ -131,6 +133,25 @@ def _quantize_fresh(x2: torch.Tensor, mode: str, onednn: bool) -> tuple:  # x2: 
     return (codes, scale, 0)
 
 
+def _weights_key(group: list) -> tuple:
+    """Identity, storage and in-place version of every tensor a packed weight is built from.
+
+    Checked on every forward, so written without generators, ``Module.__getattr__`` or helper
+    calls (at batch 1 a Linear's Python is a measurable part of its time)."""
+    key = []
+    for m in group:
+        buffers, bias = m._buffers, m._parameters.get("bias")
+        key.append(id(m))
+        for t in (buffers["weight_int8"], buffers["weight_scale"], bias):
+            if t is not None:
+                try:
+                    version = t._version
+                except RuntimeError:  # an inference tensor keeps no version counter
+                    version = None
+                key += (t.data_ptr(), version)
+    return tuple(key)
+
+
 class DynamicInt8Linear(nn.Module):
     """Linear with int8 per-channel weights and dynamically quantized int8 activations."""
 
@@ -187,8 +208,7 @@ class DynamicInt8Linear(nn.Module):
 
     def _group_weights(self, group: list) -> tuple:
         """oneDNN-packed weight, zero points, scales and bias of ``group`` stacked along the outputs."""
-        key = tuple((id(m), *((t.data_ptr(), _version(t)) for t in (m.weight_int8, m.weight_scale, m.bias)
-                                if t is not None)) for m in group)
+        key = _weights_key(group)
         if self._packed is None or self._packed[0] != key:  # derived data, rebuilt after load / new weights
             w = torch.cat([m.weight_int8 for m in group])                       # (sum N, K)
             scales = torch.cat([m.weight_scale for m in group])
