@@ -87,11 +87,9 @@ TEXT = {"bert", "roberta", "distilbert", "albert", "electra", "gpt2", "gpt_neo",
 CNN = {"resnet", "convnext", "mobilenet_v2", "regnet", "efficientnet"}
 # heads kept, with the reason the graph gives
 HEADS_KEPT = {"bloom": "forward fails with one head fewer",  # ALiBi slopes are built for the config's head count
-              "swin": "forward fails with one head fewer",  # a relative-position bias table per head
-              "falcon": "no attention"}  # its attention is traced through ops the graph does not follow
-CHANNELS_KEPT = {"falcon": "matmul"}
-FFN_KEPT = {"falcon": "no ffn", "resnet": "locked", "regnet": "locked", "mobilenet_v2": "no ffn",
-            "efficientnet": "no ffn"}
+              "swin": "forward fails with one head fewer"}  # a relative-position bias table per head
+CHANNELS_KEPT: dict[str, str] = {}
+FFN_KEPT = {"resnet": "locked", "regnet": "locked", "mobilenet_v2": "no ffn", "efficientnet": "no ffn"}
 
 
 def build(name: str):

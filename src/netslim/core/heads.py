@@ -28,7 +28,7 @@ from torch import fx, nn
 from torch.utils._pytree import tree_map
 
 from .hooks import eval_mode
-from .trace import _ATTENTION, Core, _op, example_call
+from .trace import _ATTENTION, Core, _op, dense_parts, example_call
 
 log = logging.getLogger(__name__)
 _MAX_WALK = 4000
@@ -37,11 +37,10 @@ _SIZE_ATTRS = {"head_dim", "head_size", "attention_head_size", "dim_head", "kv_h
 
 
 def _projection(node: fx.Node, params: dict[str, str]) -> str | None:
-    """The module of a linear / addmm (Conv1D) node with a parameter weight."""
-    op = _op(node) if node.op == "call_function" else None
-    w = node.args[1] if op == "linear" else node.args[2] if op == "addmm" and len(node.args) > 2 else None
-    if isinstance(w, fx.Node) and w.op == "placeholder" and w.name in params:
-        return params[w.name].rpartition(".")[0]
+    """The module of a dense layer node (linear, addmm, matmul: :func:`dense_parts`) with a parameter weight."""
+    parts = dense_parts(node) if node.op == "call_function" else None
+    if parts is not None and parts[1].name in params:
+        return params[parts[1].name].rpartition(".")[0]
     return None
 
 

@@ -7,8 +7,9 @@ name, so a slot is ``(module, param, dim)`` no matter what class owns the parame
 tensor is given the layout of one *axis* (as :mod:`netslim.core.graph` does), and the rules are
 about ops, not classes:
 
-* ``linear`` / ``addmm`` (transformers' ``Conv1D``) / ``conv*`` (depthwise and grouped
-  included): input columns are an ``in`` slot of the input's layout, output rows a new space;
+* ``linear`` / ``addmm`` (transformers' ``Conv1D``) / ``matmul`` by a parameter or its transpose
+  (``x @ self.weight.T``, Falcon's Linear) / ``conv*`` (depthwise and grouped included): input
+  columns are an ``in`` slot of the input's layout, output rows a new space;
 * ``batch_norm`` / ``layer_norm`` / ``group_norm`` / ``rms_norm``: their vectors follow the
   channels; statistics over the units (LayerNorm, GroupNorm, RMSNorm written as
   ``pow -> mean``) lock them, as removing one renormalises the others;
@@ -86,6 +87,39 @@ def _shape(node: Any) -> tuple[int, ...] | None:
 
 def _prod(xs) -> int:
     return math.prod(int(x) for x in xs)
+
+
+def _is_transpose_2d(node: fx.Node) -> bool:
+    """``W.T`` / ``W.t()`` / ``W.transpose(0, 1)`` / ``W.permute(1, 0)`` of a 2-D tensor."""
+    if node.op != "call_function" or not node.args or len(_shape(node.args[0]) or ()) != 2:
+        return False
+    op = _op(node)
+    if op in ("t", "numpy_T"):
+        return True
+    if op == "transpose" and len(node.args) >= 3:
+        return node.args[1] % 2 != node.args[2] % 2
+    return op == "permute" and [d % 2 for d in node.args[1]] == [1, 0]
+
+
+def dense_parts(node: fx.Node) -> tuple[Any, fx.Node, Any, int] | None:
+    """``(input, weight, bias, dim of the weight's output features)`` of a dense layer whose weight
+    is a graph input: ``linear`` (weight (out, in)), ``addmm`` (transformers' ``Conv1D``: bias, x,
+    weight (in, out)), ``matmul`` by a weight or its transpose (``x @ self.weight.T``: Falcon's
+    Linear; a bias, if any, is added after). None for anything else."""
+    op = _op(node) if node.op == "call_function" else None
+    if op == "linear" and len(node.args) >= 2:
+        x, w, bias, out_dim = node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else None, 0
+    elif op == "addmm" and len(node.args) >= 3:
+        bias, x, w, out_dim = node.args[0], node.args[1], node.args[2], 1
+    elif op == "matmul" and len(node.args) >= 2:
+        x, w, bias, out_dim = node.args[0], node.args[1], None, 1
+        if isinstance(w, fx.Node) and _is_transpose_2d(w):
+            w, out_dim = w.args[0], 0
+    else:
+        return None
+    if not isinstance(w, fx.Node) or w.op != "placeholder" or len(_shape(w) or ()) != 2:
+        return None
+    return x, w, bias, out_dim
 
 
 @dataclass
@@ -194,6 +228,7 @@ class _AtenTracer:
         self.core_out = {c.out: c for c in cores if c.reason is None}
         self.head_space: dict[int, int] = {}  # id(core) -> space
         self.param_slots: dict[tuple[str, str, int], tuple[Segment, ...]] = {}
+        self.core_rows: dict[fx.Node, tuple[Segment, ...]] = {}  # in-projection node -> its head rows
         self.unsupported: set[str] = set()
 
     # -- helpers
@@ -266,11 +301,11 @@ class _AtenTracer:
         op = _op(node)
         if op in _NO_OUTPUT:
             return
-        if op in ("linear", "addmm") and self._weight_module(node) in self.core_out \
-                and any(a in self.core_nodes for a in node.all_input_nodes):
+        if self._weight_module(node) in self.core_out and any(a in self.core_nodes for a in node.all_input_nodes):
             return self.out_projection(node)
         if any(a in self.core_nodes for a in node.all_input_nodes):
             # inside an attention core: heads are handled by the core as a whole
+            self.core_bias(node)
             for a in node.all_input_nodes:
                 if a in self.layout:
                     self.b.lock_layout(self.layout[a], "read inside an attention core")
@@ -289,73 +324,77 @@ class _AtenTracer:
             return self.view(node)
         if op in _REDUCE:
             return self.reduce(node)
+        self.unsupported_op(node, op)
+        return None
+
+    def unsupported_op(self, node: fx.Node, op: str | None) -> None:
         tensors = [a for a in node.all_input_nodes if a in self.layout or a in self.parts]
         if tensors:
             if op not in self.unsupported:
                 self.unsupported.add(op)
                 self.b.skip(node.name, f"op {op} is not understood: the units reaching it are kept")
             self.opaque(node, f"unsupported op {op}")
-        return None
 
     def _weight_module(self, node: fx.Node) -> str | None:
-        w = node.args[1] if _op(node) == "linear" else node.args[2] if len(node.args) > 2 else None
-        p = self.param(w)
+        parts = dense_parts(node)
+        p = self.param(parts[1]) if parts else None
         return p[0] if p else None
 
     # -- layers
-    def op_linear(self, node: fx.Node) -> None:
-        x, w = node.args[0], node.args[1]
-        bias = node.args[2] if len(node.args) > 2 else None
+    def dense(self, node: fx.Node, x: Any, w: fx.Node, bias: Any, out_dim: int) -> None:
+        """A dense layer (:func:`dense_parts`): input columns an ``in`` slot of the input's layout
+        (units on its last dim), output rows a new space, or a core's head rows."""
         p = self.param(w)
-        if p is None:
-            return self.opaque(node, "linear with a computed weight")
-        out_f, in_f = _shape(w)
-        lin = self.lay(x)
-        xs = _shape(x)
+        in_dim = 1 - out_dim
+        in_f, out_f = _shape(w)[in_dim], _shape(w)[out_dim]
+        lin, xs = self.lay(x), _shape(x)
         if lin is not None:
             if xs is not None and self.axis[x] == len(xs) - 1 and sum(s.width for s in lin) == in_f:
-                self.slot(w, 1, lin, role="in")
-            else:
-                self.b.lock_layout(lin, f"{p[0]}: input features not on the last dim")
-        if p[0] in self.core_in:
-            self.core_nodes.add(node)
-            core = self.core_in[p[0]]
-            seg = self._core_rows(core, p[0])
-            self.slot(w, 0, seg)
-            if self.param(bias):
-                self.slot(bias, 0, seg)
-            return None
-        out = self.new(out_f, p[0], _kind(p[0]))
-        self.slot(w, 0, out)
-        if self.param(bias):
-            self.slot(bias, 0, out)
-        self.set(node, out, len(_shape(node)) - 1)
-        return None
-
-    def op_addmm(self, node: fx.Node) -> None:
-        """transformers' Conv1D: ``addmm(bias, x (N, in), weight (in, out))``."""
-        bias, x, w = node.args[:3]
-        p = self.param(w)
-        if p is None or self.param(bias) is None:
-            return self.opaque(node, "matrix product with a computed weight")
-        in_f, out_f = _shape(w)
-        lin = self.lay(x)
-        if lin is not None:
-            if self.axis[x] == 1 and sum(s.width for s in lin) == in_f:
-                self.slot(w, 0, lin, role="in")
+                self.slot(w, in_dim, lin, role="in")
             else:
                 self.b.lock_layout(lin, f"{p[0]}: input features not on the last dim")
         if p[0] in self.core_in:
             self.core_nodes.add(node)
             seg = self._core_rows(self.core_in[p[0]], p[0])
-            self.slot(w, 1, seg)
-            self.slot(bias, 0, seg)
+            self.slot(w, out_dim, seg)
+            if self.param(bias):
+                self.slot(bias, 0, seg)
+            self.core_rows[node] = seg
             return None
         out = self.new(out_f, p[0], _kind(p[0]))
-        self.slot(w, 1, out)
-        self.slot(bias, 0, out)
-        self.set(node, out, 1)
+        self.slot(w, out_dim, out)
+        if self.param(bias):
+            self.slot(bias, 0, out)
+        self.set(node, out, len(_shape(node)) - 1)
         return None
+
+    def core_bias(self, node: fx.Node) -> None:
+        """``x @ W.T + b`` where ``x @ W.T`` is a core's in-projection: ``b`` follows its head rows."""
+        if _op(node) not in ("add", "add_") or len(node.args) < 2:
+            return
+        for a, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if a in self.core_rows and self.param(b) is not None and len(_shape(b) or ()) == 1:
+                self.slot(b, 0, self.core_rows[a])
+
+    def op_linear(self, node: fx.Node) -> None:
+        parts = dense_parts(node)
+        if parts is None or self.param(parts[1]) is None:
+            return self.opaque(node, "linear with a computed weight")
+        return self.dense(node, *parts)
+
+    def op_addmm(self, node: fx.Node) -> None:
+        """transformers' Conv1D: ``addmm(bias, x (N, in), weight (in, out))``."""
+        parts = dense_parts(node)
+        if parts is None or self.param(parts[1]) is None or self.param(parts[2]) is None:
+            return self.opaque(node, "matrix product with a computed weight")
+        return self.dense(node, *parts)
+
+    def op_matmul(self, node: fx.Node) -> None:
+        """``x @ W`` / ``x @ W.T`` with a parameter ``W`` is a dense layer; other products are not understood."""
+        parts = dense_parts(node)
+        if parts is None or self.param(parts[1]) is None or len(_shape(node) or ()) < 2:
+            return self.unsupported_op(node, "matmul")
+        return self.dense(node, *parts)
 
     def _core_rows(self, core: Core, module: str) -> tuple[Segment, ...]:
         s = self._head_space(core)
@@ -371,15 +410,13 @@ class _AtenTracer:
 
     def out_projection(self, node: fx.Node) -> None:
         core = self.core_out[self._weight_module(node)]
-        is_linear = _op(node) == "linear"
-        w = node.args[1] if is_linear else node.args[2]
-        bias = (node.args[2] if len(node.args) > 2 else None) if is_linear else node.args[0]
+        _, w, bias, out_dim = dense_parts(node)
         s = self._head_space(core)
-        self.slot(w, 1 if is_linear else 0, tuple(Segment(s, u, f) for u, f in core.cols), role="in")
+        self.slot(w, 1 - out_dim, tuple(Segment(s, u, f) for u, f in core.cols), role="in")
         p = self.param(w)
-        out_f = _shape(w)[0 if is_linear else 1]
+        out_f = _shape(w)[out_dim]
         out = self.new(out_f, p[0], _kind(p[0]))
-        self.slot(w, 0 if is_linear else 1, out)
+        self.slot(w, out_dim, out)
         if self.param(bias):
             self.slot(bias, 0, out)
         self.set(node, out, len(_shape(node)) - 1)
