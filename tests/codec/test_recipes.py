@@ -22,7 +22,8 @@ def test_shipped_recipes_parse(name):
 def test_pipeline_runs_and_the_nsz_reloads_with_the_same_accuracy(tmp_path):
     data = yaml.safe_load((RECIPES / "deep_compression_lenet300.yaml").read_text())
     step = {s["method"]: s for s in data["steps"]}  # the shipped steps, shortened
-    prune = {**step["gradual"], "epochs": 1, "max_steps": 6, "frequency": 2, "end_step": 4}
+    prune = {**step["gradual"], "finetune": {**step["gradual"]["finetune"], "epochs": 1, "max_steps": 6},
+             "frequency": 2, "end_step": 4}
     share = {**step["share"], "finetune": {"epochs": 1, "max_steps": 3}}
     recipe = parse_recipe({**data, "steps": [prune, share, step["export"]]})
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import torch
 
 import netslim
 from netslim.codec import SharedConv2d, SharedLinear, ShareConfig, finetune_centroids, on_centroids, share_weights
-from netslim.codec.sharing import CentroidFinetune, round_codebooks
+from netslim.codec.sharing import round_codebooks
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
 from netslim.prune import magnitude_prune
@@ -42,7 +42,9 @@ def test_centroid_finetuning_keeps_weights_on_centroids_and_pruned_at_zero(tiny_
     share_weights(tiny_mlp, bits=3)
     codebooks = {n: getattr(tiny_mlp, n).codebook.detach().clone() for n in keep}
     indices = {n: getattr(tiny_mlp, n).weight_index.clone() for n in keep}
-    finetune_centroids(tiny_mlp, fmnist_small, cfg=CentroidFinetune(epochs=1, max_steps=15, lr=1e-3))
+    cfg = ShareConfig(finetune={"epochs": 1, "max_steps": 15, "lr": 1e-3}).finetune
+    assert cfg.optimizer == "adam" and cfg.weight_decay == 0.0  # share's training defaults stay
+    finetune_centroids(tiny_mlp, fmnist_small, cfg=cfg)
     assert on_centroids(tiny_mlp)
     for n, mask in keep.items():
         m = getattr(tiny_mlp, n)

@@ -14,18 +14,29 @@ from netslim.distill import DistillConfig, DistillTask, distill
 
 
 def test_config_round_trips_through_yaml():
-    cfg = DistillConfig(teacher="reference", temperature=2.0, alpha=0.5, epochs=1, hints={"layer3": "layer3"})
+    cfg = DistillConfig(teacher="reference", distill_temperature=2.0, distill=0.5, finetune={"epochs": 1},
+                        hints={"layer3": "layer3"})
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
-    with pytest.raises(NetslimError, match="'alpha'"):
-        make_config({"method": "distill", "alpha": 2})
+    with pytest.raises(NetslimError, match="'distill'"):
+        make_config({"method": "distill", "distill": 2})
+
+
+def test_old_spellings_are_refused_naming_the_new_ones():
+    for old, new in [({"alpha": 0.5}, "'alpha' is now spelled 'distill'"),
+                     ({"temperature": 2.0}, "'temperature' is now spelled 'distill_temperature'"),
+                     ({"epochs": 3}, "'epochs' is a training option: set it under 'finetune:'")]:
+        with pytest.raises(NetslimError, match=new):
+            make_config({"method": "distill", **old})
+    # the other keys of a partial finetune block keep distill's own training defaults
+    assert make_config({"method": "distill", "finetune": {"lr": 0.05}}).finetune.epochs == 3
 
 
 def test_alpha_zero_task_loss_equals_the_plain_task_loss(tiny_mlp, fmnist_small):
     batch = next(fmnist_small.train_batches(0, 32))
     teacher = netslim.build_model("lenet300")
-    wrapped = DistillTask(fmnist_small, teacher, DistillConfig(alpha=0.0))
+    wrapped = DistillTask(fmnist_small, teacher, DistillConfig(distill=0.0))
     torch.testing.assert_close(wrapped.loss(tiny_mlp, batch), fmnist_small.loss(tiny_mlp, batch))
-    same = DistillTask(fmnist_small, tiny_mlp, DistillConfig(alpha=1.0))
+    same = DistillTask(fmnist_small, tiny_mlp, DistillConfig(distill=1.0))
     assert same.loss(tiny_mlp, batch).abs().item() < 1e-5  # teacher = student: no soft loss
 
 
@@ -40,7 +51,7 @@ def test_distill_trains_the_student_only(fmnist_small):
     teacher, student = _convnet(8), _convnet(4)
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
-    summary = distill(student, teacher, task=fmnist_small, epochs=1, max_steps=3, batch_size=32,
+    summary = distill(student, teacher, task=fmnist_small, finetune={"epochs": 1, "max_steps": 3, "batch_size": 32},
                       hints={"3": "3"})
     assert summary["steps"] == 3
     assert [n for n, _ in student.named_children()] == [str(i) for i in range(7)]  # no adapter left
@@ -51,34 +62,33 @@ def test_distill_trains_the_student_only(fmnist_small):
 def test_mismatched_outputs_are_refused_before_training(tiny_mlp, fmnist_small):
     teacher = netslim.build_model("lenet300", num_classes=7)
     with pytest.raises(NetslimError, match=r"teacher \(2, 7\), student \(2, 10\)"):
-        distill(tiny_mlp, teacher, task=fmnist_small, max_steps=1)
+        distill(tiny_mlp, teacher, task=fmnist_small, finetune={"max_steps": 1})
 
 
 def test_hint_features_of_different_resolution_are_refused(fmnist_small):
     student, teacher = _convnet(4), _convnet(8)
     with pytest.raises(NetslimError, match="Hint '1'"):
-        distill(student, teacher, task=fmnist_small, max_steps=1, hints={"1": "3"})
+        distill(student, teacher, task=fmnist_small, finetune={"max_steps": 1}, hints={"1": "3"})
 
 
 def test_recipe_step_uses_the_reference_teacher(tiny_mlp, fmnist_small, tmp_path):
     ref = tmp_path / "ref.safetensors"
     netslim.save(tiny_mlp, ref)
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path, reference=lambda: netslim.load(ref))
-    model = apply(tiny_mlp, DistillConfig(epochs=1, max_steps=2, batch_size=32), ctx)
+    model = apply(tiny_mlp, DistillConfig(finetune={"epochs": 1, "max_steps": 2, "batch_size": 32}), ctx)
     assert ctx.notes["distill"]["steps"] == 2 and ctx.notes["distill"]["teacher"] == "reference"
     assert isinstance(model.fc1, nn.Linear)
     with pytest.raises(NetslimError, match="'teacher'.*no such file"):
-        apply(model, DistillConfig(teacher=str(tmp_path / "missing.safetensors"), max_steps=1), ctx)
+        apply(model, DistillConfig(teacher=str(tmp_path / "missing.safetensors"), finetune={"max_steps": 1}), ctx)
 
 
 def test_fresh_student_from_the_current_model(tiny_mlp, fmnist_small, tmp_path):
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    cfg = DistillConfig(teacher="current", student="lenet300", max_steps=1,
-                        batch_size=16)
+    cfg = DistillConfig(teacher="current", student="lenet300", finetune={"max_steps": 1, "batch_size": 16})
     student = apply(tiny_mlp, cfg, ctx)
     assert student.netslim_arch == {"name": "lenet300", "kwargs": {}} and student is not tiny_mlp
     with pytest.raises(NetslimError, match="set 'student'"):
-        apply(tiny_mlp, DistillConfig(teacher="current", max_steps=1), ctx)
+        apply(tiny_mlp, DistillConfig(teacher="current", finetune={"max_steps": 1}), ctx)
 
 
 def _grads(model: nn.Module) -> list[torch.Tensor]:
@@ -95,7 +105,8 @@ def test_soft_term_sends_its_gradient_into_the_student(fmnist_small, alpha):
     torch.manual_seed(0)
     student, teacher = _convnet(4), _convnet(8)
     x, y = batch = next(fmnist_small.train_batches(0, 32))
-    loss = DistillTask(fmnist_small, teacher, DistillConfig(alpha=alpha, temperature=2.0)).loss(student, batch)
+    kd = DistillConfig(distill=alpha, distill_temperature=2.0)
+    loss = DistillTask(fmnist_small, teacher, kd).loss(student, batch)
     loss.backward()
     got = _grads(student)
     student.zero_grad()
@@ -125,8 +136,8 @@ def test_pure_distillation_moves_the_student_towards_the_teacher(fmnist_small):
             return soft_target_loss(student(x), teacher(x), 1.0).item()
 
     before = gap()
-    distill(student, teacher, task=fmnist_small, alpha=1.0, temperature=1.0, epochs=1, max_steps=30,
-            batch_size=32, lr=0.05, select_best=False)
+    distill(student, teacher, task=fmnist_small, distill=1.0, distill_temperature=1.0,
+            finetune={"epochs": 1, "max_steps": 30, "batch_size": 32, "lr": 0.05, "select_best": False})
     assert gap() < 0.5 * before
 
 

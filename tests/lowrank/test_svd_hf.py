@@ -62,5 +62,6 @@ def test_embedding_distillation_runs_on_an_encoder(bert_task):
     teacher = netslim.build_model("tiny-bert")
     student = netslim.build_model("tiny-bert")
     svd_compress(student, select="rank", rank=4, include=(FFN,), example=bert_task.example_inputs(1))
-    summary = distill(student, teacher, task=bert_task, max_steps=2, batch_size=8, lr=1e-3, optimizer="adamw")
+    summary = distill(student, teacher, task=bert_task, finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3,
+                                                                  "optimizer": "adamw"})
     assert summary["steps"] == 2

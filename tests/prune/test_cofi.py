@@ -187,8 +187,8 @@ def test_masks_at_each_granularity_shrink_the_right_tensors(name, key, tmp_path)
 def test_lagrangian_drives_the_model_to_the_target_size():
     model = bert()
     before = sum(p.numel() for p in model.parameters())
-    model, report = cofi_prune(model, task(), sparsity=0.5, epochs=40, batch_size=8, gate_lr=0.05, lambda_lr=0.05,
-                               lr=1e-4)
+    model, report = cofi_prune(model, task(), sparsity=0.5, train={"epochs": 40, "batch_size": 8, "lr": 1e-4},
+                               gate_lr=0.05, lambda_lr=0.05)
     assert report["expected_sparsity_end"] == pytest.approx(0.5, abs=0.05)
     step = 4 * 16 * 64 / report["block_size_full"]  # one head: the largest unit (exact fit stays below it)
     assert 0.5 <= report["sparsity"] <= 0.5 + step
@@ -196,7 +196,7 @@ def test_lagrangian_drives_the_model_to_the_target_size():
 
 
 def test_cofi_step_with_recovery_records_its_plans(tmp_path):
-    cfg = make_config({"method": "cofi", "sparsity": 0.4, "epochs": 1, "max_steps": 3, "batch_size": 8,
+    cfg = make_config({"method": "cofi", "sparsity": 0.4, "train": {"epochs": 1, "max_steps": 3, "batch_size": 8},
                        "prune": ["heads", "neurons", "hidden"],
                        "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 1e-4}})
     ctx = StepContext(task=task(), out_dir=tmp_path, reference=bert)

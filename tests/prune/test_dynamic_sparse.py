@@ -19,7 +19,7 @@ LENET300 = {"fc1": (300, 784), "fc2": (100, 300), "fc3": (10, 100)}
 
 
 def small_train(steps=12):
-    return {"epochs": 1, "max_steps": steps, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}
+    return {"finetune": {"epochs": 1, "max_steps": steps, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}}
 
 
 # ---------------------------------------------------------------------- ERK
@@ -194,19 +194,20 @@ def test_from_scratch_reinitialises_and_dense_start_keeps_largest(tiny_mlp, fmni
 @pytest.mark.parametrize("cls", [RigLConfig, SETConfig])
 def test_config_yaml_round_trip(cls):
     cfg = cls(sparsity=0.95, distribution="uniform", exclude=("fc3",), frequency=50, alpha=0.5,
-              decay="constant", end_step=400, from_scratch=False, epochs=3, lr=0.02, amp="bf16")
+              decay="constant", end_step=400, from_scratch=False, finetune={"epochs": 3, "lr": 0.02, "amp": "bf16"})
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
-    assert again == cfg and type(again) is cls and again.train_config().epochs == 3
+    assert again == cfg and type(again) is cls and again.finetune.epochs == 3
 
 
 @pytest.mark.parametrize("field,value,needle", [
     ("sparsity", 1.0, "[0, 1)"), ("sparsity", -0.1, "[0, 1)"), ("alpha", 0.0, "greater than 0"),
     ("frequency", 0, "greater than or equal to 1"), ("distribution", "er", "'erk' or 'uniform'"),
-    ("end_step", 0, "greater than or equal to 1"), ("epochs", 0, "greater than or equal to 1"),
+    ("end_step", 0, "greater than or equal to 1"), ("finetune.epochs", 0, "must be >= 1"),
 ])
 def test_bad_config_values_name_the_field(field, value, needle):
+    data = {"finetune": {field.split(".")[1]: value}} if field.startswith("finetune.") else {field: value}
     with pytest.raises(NetslimError) as e:
-        make_config({"method": "rigl", field: value}, "recipe step 1")
+        make_config({"method": "rigl", **data}, "recipe step 1")
     assert repr(field) in str(e.value) and needle in str(e.value) and repr(value) in str(e.value)
 
 

@@ -18,7 +18,7 @@ from netslim.train.loop import fit
 
 
 def short(steps=20):
-    return {"epochs": 1, "max_steps": steps, "batch_size": 64, "lr": 0.01}
+    return {"finetune": {"epochs": 1, "max_steps": steps, "batch_size": 64, "lr": 0.01}}
 
 
 def test_prob_nonzero_matches_sampling_frequency():
@@ -84,7 +84,7 @@ def test_penalty_drives_expected_l0_down_toward_target(tiny_mlp, fmnist_small):
     gates = attach_gates(layers, cfg)
     start = float(expected_density(gates))
     cb = L0Gates(gates, cfg)
-    fit(tiny_mlp, fmnist_small, cfg.train_config(), [cb])
+    fit(tiny_mlp, fmnist_small, cfg.finetune, [cb])
     end = float(expected_density(gates))
     assert start > 0.98 and end < start - 0.2
     assert cb.lam > cfg.lambda_init  # the multiplier grew while the model was too dense
@@ -122,11 +122,11 @@ def test_l0_prune_reports_the_sparsity_it_produced(exact, tiny_mlp, fmnist_small
 
 def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
     cfg = L0Config(sparsity=0.95, granularity="unit", exclude=("fc3",), init_keep=0.9, gate_lr=0.1,
-                   lambda_init=0.1, lambda_lr=0.2, warmup_fraction=0.3, exact=False, epochs=4, lr=0.02)
+                   lambda_init=0.1, lambda_lr=0.2, warmup_fraction=0.3, exact=False, finetune={"epochs": 4, "lr": 0.02})
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and type(again) is L0Config
     for bad in ({"sparsity": 1.0}, {"sparsity": -0.5}, {"init_keep": 1.0}, {"granularity": "row"},
-                {"epochs": 0}, {"lambda_init": 0.0}):
+                {"finetune": {"epochs": 0}}, {"lambda_init": 0.0}):
         with pytest.raises(NetslimError, match="method 'l0'"):
             make_config({"method": "l0", **bad})
     with pytest.raises(NetslimError, match="no prunable layers"):
@@ -136,7 +136,8 @@ def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
 def test_gates_do_not_run_away_past_the_target(tiny_mlp, fmnist_small):
     # With the penalty on below the target, lam (wound up while the gates lagged) kept pushing
     # them down: this run ended at density 0.12 for a 0.5 target. Penalty off below it: ~0.34.
-    cfg = L0Config(sparsity=0.5, warmup_fraction=0.0, gate_lr=0.1, lambda_lr=0.2, epochs=4, batch_size=64, lr=0.01)
+    cfg = L0Config(sparsity=0.5, warmup_fraction=0.0, gate_lr=0.1, lambda_lr=0.2,
+                   finetune={"epochs": 4, "batch_size": 64, "lr": 0.01})
     gates = attach_gates(prunable_layers(tiny_mlp), cfg)
-    fit(tiny_mlp, fmnist_small, cfg.train_config(), [L0Gates(gates, cfg)])
+    fit(tiny_mlp, fmnist_small, cfg.finetune, [L0Gates(gates, cfg)])
     assert 0.25 < float(expected_density(gates)) < 0.6

@@ -51,7 +51,7 @@ def test_record_at_step_k_is_the_weights_before_that_step(fmnist_small):
 def test_lottery_step_prunes_rewinds_and_retrains(fmnist_small, tmp_path):
     model = net()
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    cfg = LotteryConfig(sparsity=0.75, rounds=2, epochs=1, max_steps=3, rewind_step=1, init="reset")
+    cfg = LotteryConfig(sparsity=0.75, rounds=2, finetune={"epochs": 1, "max_steps": 3}, rewind_step=1, init="reset")
     apply(model, cfg, ctx)
     notes = ctx.notes["lottery"]
     assert [t["run"] for t in notes["trainings"]] == ["dense", "round 1", "round 2"]
@@ -64,21 +64,22 @@ def test_reset_init_reinitialises(fmnist_small):
     model = net()
     with torch.no_grad():
         model[1].weight.fill_(0.5)
-    lottery_ticket(model, fmnist_small, sparsity=0.5, epochs=1, max_steps=1, init="reset")
+    lottery_ticket(model, fmnist_small, sparsity=0.5, finetune={"epochs": 1, "max_steps": 1}, init="reset")
     assert not (model[1].weight == 0.5).any()
 
 
 def test_bad_input(fmnist_small):
     with pytest.raises(NetslimError, match="rewind_step"):
-        lottery_ticket(net(), fmnist_small, sparsity=0.5, epochs=1, max_steps=3, rewind_step=3)
+        lottery_ticket(net(), fmnist_small, sparsity=0.5, finetune={"epochs": 1, "max_steps": 3}, rewind_step=3)
     with pytest.raises(NetslimError, match="sparsity"):
         make_config({"method": "lottery", "sparsity": 1.0})
     with pytest.raises(NetslimError, match="init"):
         make_config({"method": "lottery", "init": "random"})
     with pytest.raises(NetslimError, match="'nope'"):
-        lottery_ticket(net(), fmnist_small, sparsity=0.5, epochs=1, max_steps=3, include="nope")
+        lottery_ticket(net(), fmnist_small, sparsity=0.5, finetune={"epochs": 1, "max_steps": 3}, include="nope")
 
 
 def test_config_round_trips_through_yaml():
-    cfg = LotteryConfig(sparsity=0.95, rounds=3, epochs=10, init="reset", rewind_step=200, exclude=("fc3",))
+    cfg = LotteryConfig(sparsity=0.95, rounds=3, finetune={"epochs": 10}, init="reset", rewind_step=200,
+                        exclude=("fc3",))
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg

@@ -16,7 +16,7 @@ from netslim.train.loop import Callback
 
 
 def short(steps):
-    return {"epochs": 1, "max_steps": steps, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-3}
+    return {"finetune": {"epochs": 1, "max_steps": steps, "batch_size": 32, "lr": 0.05, "weight_decay": 1e-3}}
 
 
 class Recorder(Callback):
@@ -121,7 +121,7 @@ def test_soft_movement_masks_scores_below_threshold(tiny_mlp, fmnist_small):
 
 def test_a_schedule_that_cannot_finish_in_training_is_refused(tiny_mlp, fmnist_small):
     cfg = MovementConfig(sparsity=0.7, scope="global", start_step=0, end_step=1000, frequency=10,
-                         epochs=1, batch_size=32, max_steps=2000)
+                         finetune={"epochs": 1, "batch_size": 32, "max_steps": 2000})
     # the fixture's 2000 images give 62 steps per epoch: the schedule cannot fit
     with pytest.raises(NetslimError, match="'end_step'.*< the number of training steps \\(62\\).*got 1000"):
         movement_prune(tiny_mlp, fmnist_small, cfg=cfg)
@@ -129,11 +129,13 @@ def test_a_schedule_that_cannot_finish_in_training_is_refused(tiny_mlp, fmnist_s
 
 def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
     cfg = MovementConfig(mode="soft", sparsity=0.95, initial_sparsity=0.1, scope="global", exclude=("fc3",),
-                         start_step=10, end_step=500, frequency=20, threshold=0.1, reg_lambda=0.01, epochs=3)
+                         start_step=10, end_step=500, frequency=20, threshold=0.1, reg_lambda=0.01,
+                         finetune={"epochs": 3})
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and type(again) is MovementConfig
     for bad, needle in [({"sparsity": 1.0}, r"\[0, 1\)"), ({"initial_sparsity": 0.9, "sparsity": 0.5}, "<= 'sparsity'"),
-                        ({"start_step": 100, "end_step": 50}, "ends before it starts"), ({"epochs": 0}, "'epochs'"),
+                        ({"start_step": 100, "end_step": 50}, "ends before it starts"),
+                        ({"finetune": {"epochs": 0}}, "'finetune.epochs'"),
                         ({"mode": "medium"}, "'hard' or 'soft'"), ({"reg_lambda": -1}, "'reg_lambda'")]:
         with pytest.raises(NetslimError, match=needle):
             make_config({"method": "movement", **bad})

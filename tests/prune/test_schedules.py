@@ -45,7 +45,7 @@ def test_imp_rounds_are_geometric():
 def test_gradual_reaches_final_sparsity_exactly_and_checkpoints_only_after(fmnist_small):
     model = mlp()
     ctx = StepContext(task=fmnist_small, out_dir=None)
-    cfg = GradualConfig(sparsity=0.9, epochs=1, frequency=3, start_step=1, end_step=13, lr=0.05)
+    cfg = GradualConfig(sparsity=0.9, finetune={"epochs": 1, "lr": 0.05}, frequency=3, start_step=1, end_step=13)
     apply(model, cfg, ctx)
     events = ctx.notes["gradual"]["events"]
     assert [t for t, _ in events] == [1, 4, 7, 10, 13]
@@ -70,7 +70,7 @@ def test_gradual_callback_blocks_checkpoints_until_final():
 
 def test_imp_applies_rounds_and_ends_at_target(fmnist_small):
     model = mlp()
-    imp_prune(model, fmnist_small, sparsity=0.75, rounds=2, epochs=1, max_steps=3)
+    imp_prune(model, fmnist_small, sparsity=0.75, rounds=2, finetune={"epochs": 1, "max_steps": 3})
     rep = sparsity_report(model)
     assert rep["global"]["zeros"] == round(0.75 * N)
 
@@ -82,7 +82,7 @@ def test_schedule_ending_before_it_starts_is_rejected(fmnist_small):
         gradual_prune(mlp(), fmnist_small, sparsity=0.9, start_step=10, end_step=10, frequency=1)
     # end_step past the run: the final sparsity would never be reached
     with pytest.raises(NetslimError, match="'end_step'.*number of training steps"):
-        gradual_schedule(GradualConfig(sparsity=0.9, end_step=500, epochs=1), steps=100)
+        gradual_schedule(GradualConfig(sparsity=0.9, end_step=500, finetune={"epochs": 1}), steps=100)
     # default end (75 % of the run) before start_step + frequency
     with pytest.raises(NetslimError, match="'start_step'.*ends before it starts"):
         gradual_schedule(GradualConfig(sparsity=0.9, start_step=70, frequency=10), steps=100)
@@ -90,7 +90,7 @@ def test_schedule_ending_before_it_starts_is_rejected(fmnist_small):
 
 @pytest.mark.parametrize("bad, field", [
     ({"sparsity": 1.0}, "sparsity"), ({"sparsity": 0.5, "initial_sparsity": 0.6}, "initial_sparsity"),
-    ({"frequency": 0}, "frequency"), ({"epochs": 0}, "epochs"),
+    ({"frequency": 0}, "frequency"), ({"finetune": {"epochs": 0}}, "finetune.epochs"),
 ])
 def test_bad_gradual_input(bad, field):
     with pytest.raises(NetslimError, match=field):
@@ -98,7 +98,7 @@ def test_bad_gradual_input(bad, field):
 
 
 @pytest.mark.parametrize("bad, field", [({"sparsity": -0.5}, "sparsity"), ({"rounds": 0}, "rounds"),
-                                        ({"lr": 0}, "lr")])
+                                        ({"finetune": {"lr": 0}}, "finetune.lr")])
 def test_bad_imp_input(bad, field):
     with pytest.raises(NetslimError, match=field):
         make_config({"method": "imp", **bad})
@@ -109,8 +109,8 @@ def test_training_needs_a_task():
         apply(mlp(), IMPConfig(), StepContext(task=None, out_dir=None))
 
 
-@pytest.mark.parametrize("cfg", [IMPConfig(sparsity=0.8, rounds=4, exclude=("fc3",), lr=0.02),
-                                 GradualConfig(sparsity=0.95, end_step=400, frequency=50, amp="bf16")])
+@pytest.mark.parametrize("cfg", [IMPConfig(sparsity=0.8, rounds=4, exclude=("fc3",), finetune={"lr": 0.02}),
+                                 GradualConfig(sparsity=0.95, end_step=400, frequency=50, finetune={"amp": "bf16"})])
 def test_configs_round_trip_through_yaml(cfg):
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 

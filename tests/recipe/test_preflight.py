@@ -77,10 +77,14 @@ def _tiny(name: str):
 
 # ------------------------------------------------------------------------------ selectors
 def test_bad_regex_and_unmatched_selectors_name_step_field_and_modules(lenet300):
-    msg = _fails(lenet300, ImageTask(), {"method": "magnitude", "sparsity": 0.5, "include": ["re:fc(1"]},
+    # a regex that does not compile is refused with the recipe itself (netslim.core.selectors.Selector)
+    with pytest.raises(NetslimError) as err:
+        _recipe({"method": "magnitude", "sparsity": 0.5, "include": ["re:fc(1"]})
+    assert "step 1 (method 'magnitude'): field 'include' value error, selector 're:fc(1' is not a valid " \
+           "regular expression" in str(err.value)
+    msg = _fails(lenet300, ImageTask(), {"method": "magnitude", "sparsity": 0.5, "include": ["fc1"]},
                  {"method": "finetune", "epochs": 1},
                  {"method": "nm", "exclude": ["fc9"]})
-    assert "step 1 (magnitude): field 'include': selector 're:fc(1' is not a valid regular expression" in msg
     assert "step 3 (nm): field 'exclude': selector 'fc9' matches no module of LeNet300" in msg
     assert "fc1, fc2, fc3" in msg
 
@@ -120,16 +124,17 @@ def test_oneshot_nm_needs_every_layer_divisible(lenet300):
 
 # ----------------------------------------------------------------------------- schedules
 @pytest.mark.parametrize("step, words", [  # 429 steps per epoch at batch size 128
-    ({"method": "gradual", "epochs": 1, "start_step": 5000, "end_step": 6000}, "'end_step' parameter of "
-     "GradualConfig must be < the number of training steps (429)"),
-    ({"method": "gradual", "epochs": 1, "start_step": 400, "frequency": 100}, "'start_step' parameter of "
-     "GradualConfig must be at least 'frequency' (100) steps before the end of the schedule (step 321)"),
-    ({"method": "rigl", "epochs": 1, "end_step": 10_000}, "'end_step' parameter of RigLConfig must be <= the "
-     "number of training steps (429)"),
-    ({"method": "movement", "epochs": 1, "end_step": 500}, "'end_step' parameter of MovementConfig must be < "
-     "the number of training steps (429)"),
-    ({"method": "lottery", "epochs": 1, "rewind_step": 430}, "'rewind_step' parameter of LotteryConfig must be "
-     "< the steps of one training run (429)"),
+    ({"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000, "end_step": 6000},
+     "'end_step' parameter of GradualConfig must be < the number of training steps (429)"),
+    ({"method": "gradual", "finetune": {"epochs": 1}, "start_step": 400, "frequency": 100},
+     "'start_step' parameter of GradualConfig must be at least 'frequency' (100) steps before the end of the "
+     "schedule (step 321)"),
+    ({"method": "rigl", "finetune": {"epochs": 1}, "end_step": 10_000},
+     "'end_step' parameter of RigLConfig must be <= the number of training steps (429)"),
+    ({"method": "movement", "finetune": {"epochs": 1}, "end_step": 500},
+     "'end_step' parameter of MovementConfig must be < the number of training steps (429)"),
+    ({"method": "lottery", "finetune": {"epochs": 1}, "rewind_step": 430},
+     "'rewind_step' parameter of LotteryConfig must be < the steps of one training run (429)"),
 ])
 def test_schedules_must_lie_within_their_run(lenet300, step, words):
     msg = _fails(lenet300, ImageTask(), {"method": "magnitude", "sparsity": 0.5}, step)
@@ -170,7 +175,7 @@ def test_pruning_after_weight_sharing_names_the_share_step(lenet300):
 
 def test_all_problems_of_a_recipe_in_one_error(lenet300):
     msg = _fails(lenet300, ImageTask(), {"method": "nm", "include": "fc9"},
-                 {"method": "share", "bits": 4}, {"method": "gradual", "epochs": 1, "start_step": 5000})
+                 {"method": "share", "bits": 4}, {"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000})
     assert msg.count("\n  step ") == 2 and "step 1 (nm)" in msg and "step 3 (gradual)" in msg
 
 
@@ -218,12 +223,12 @@ def test_unknown_distill_student(lenet300):
 
 def test_after_a_step_that_rewrites_modules_only_model_free_checks_run(lenet300):
     # svd replaces layers: a later selector may name the new modules, so it is not resolved
-    # against the original model; a regex that does not compile is still an error.
+    # against the original model; a regex that does not compile is still an error (of the recipe itself).
     check_recipe(_recipe({"method": "svd", "select": "rank", "rank": 8}, {"method": "magnitude", "sparsity": 0.5,
                                                                          "include": ["fc1.*"]}), lenet300, ImageTask())
-    msg = _fails(lenet300, ImageTask(), {"method": "svd", "select": "rank", "rank": 8},
-                 {"method": "magnitude", "sparsity": 0.5, "include": ["re:("]})
-    assert "step 2 (magnitude): field 'include'" in msg
+    with pytest.raises(NetslimError, match=r"step 2 \(method 'magnitude'\): field 'include'"):
+        _recipe({"method": "svd", "select": "rank", "rank": 8}, {"method": "magnitude", "sparsity": 0.5,
+                                                                 "include": ["re:("]})
 
 
 # ------------------------------------------------------------------- shipped recipes pass

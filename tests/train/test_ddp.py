@@ -47,6 +47,7 @@ TASK = task_from_object((X, Y), nn.Linear(1, 1))
 XC = torch.randn(64, 1, 12, 12, generator=gen)
 YC = (XC.mean((1, 2, 3)) > 0).long() + 2 * (XC[:, 0, :6].mean((1, 2)) > 0).long()
 SMALL = {"epochs": 1, "max_steps": 8, "batch_size": 16}
+FT = {"finetune": SMALL}  # the training options of a step that trains
 
 
 def _mlp(width: int = 32, seed: int = 0) -> nn.Module:
@@ -82,19 +83,19 @@ def _qat(model: nn.Module) -> nn.Module:
 
 
 def _distill(model: nn.Module) -> nn.Module:  # a narrower student: a learned hint adapter (outside forward)
-    distill(model, _mlp(seed=1), DistillConfig(alpha=0.5, hints={"2": "2"}, adapter_samples=64, **SMALL), task=TASK)
+    distill(model, _mlp(seed=1), DistillConfig(distill=0.5, hints={"2": "2"}, adapter_samples=64, **FT), task=TASK)
     return model
 
 
 METHODS = {
-    "rigl": (lambda m: rigl_train(m, TASK, sparsity=0.5, frequency=2, from_scratch=False, **SMALL), 32),
-    "set": (lambda m: set_train(m, TASK, sparsity=0.5, frequency=2, from_scratch=False, **SMALL), 32),
-    "movement": (lambda m: movement_prune(m, TASK, sparsity=0.5, frequency=2, **SMALL), 32),
+    "rigl": (lambda m: rigl_train(m, TASK, sparsity=0.5, frequency=2, from_scratch=False, **FT), 32),
+    "set": (lambda m: set_train(m, TASK, sparsity=0.5, frequency=2, from_scratch=False, **FT), 32),
+    "movement": (lambda m: movement_prune(m, TASK, sparsity=0.5, frequency=2, **FT), 32),
     # start_step 2: the masks are first registered mid-training (the DDP wrapper is rebuilt)
-    "gradual": (lambda m: gradual_prune(m, TASK, sparsity=0.5, start_step=2, frequency=2, end_step=6, **SMALL), 32),
-    "l0": (lambda m: l0_prune(m, TASK, sparsity=0.5, **SMALL), 32),
-    "imp": (lambda m: imp_prune(m, TASK, sparsity=0.5, rounds=2, **SMALL), 32),
-    "lottery": (lambda m: lottery_ticket(m, TASK, sparsity=0.5, rewind_step=1, **SMALL), 32),
+    "gradual": (lambda m: gradual_prune(m, TASK, sparsity=0.5, start_step=2, frequency=2, end_step=6, **FT), 32),
+    "l0": (lambda m: l0_prune(m, TASK, sparsity=0.5, **FT), 32),
+    "imp": (lambda m: imp_prune(m, TASK, sparsity=0.5, rounds=2, **FT), 32),
+    "lottery": (lambda m: lottery_ticket(m, TASK, sparsity=0.5, rewind_step=1, **FT), 32),
     "qat": (_qat, 32),
     "distill": (_distill, 16),
 }
@@ -102,8 +103,8 @@ METHODS = {
 RECIPE = {"name": "ddp", "measure": {"batch_size": 2, "repeats": 1, "paired": False},
           "steps": [{"method": "channels", "ratio": 0.5, "scope": "uniform"},    # rank 0 alone, then loaded
                     {"method": "finetune", "epochs": 2, "batch_size": 16, "lr": 0.02, "select_best": False},
-                    {"method": "gradual", "sparsity": 0.5, "frequency": 1, "end_step": 3, "epochs": 1,
-                     "batch_size": 16, "lr": 0.02},
+                    {"method": "gradual", "sparsity": 0.5, "frequency": 1, "end_step": 3,
+                     "finetune": {"epochs": 1, "batch_size": 16, "lr": 0.02}},
                     {"method": "evaluate"}, {"method": "export"}]}
 
 
@@ -286,10 +287,10 @@ def test_the_batch_sizes_a_step_trains_with_are_found_nested_too():
 
     found = {m: list(batch_sizes(make_config(c))) for m, c in {
         "finetune": {"method": "finetune", "batch_size": 30},
-        "rigl": {"method": "rigl", "batch_size": 48},
+        "rigl": {"method": "rigl", "finetune": {"batch_size": 48}},
         "qat": {"method": "qat", "finetune": {"batch_size": 20}},
         "magnitude": {"method": "magnitude", "sparsity": 0.5}}.items()}
-    assert found == {"finetune": [("batch_size", 30)], "rigl": [("batch_size", 48)],
+    assert found == {"finetune": [("batch_size", 30)], "rigl": [("finetune.batch_size", 48)],
                      "qat": [("finetune.batch_size", 20)], "magnitude": []}
     check_batch_size(48, 4)
     with pytest.raises(NetslimError, match=r"finetune.batch_size 20 must be a multiple of the number of processes "

@@ -10,13 +10,13 @@ from .container import MAGIC, decode, encode_model, export_nsz, load_nsz, model_
 from .kmeans import cluster_1d
 from .modules import SharedConv2d, SharedLinear, SharedWeight
 from .pipeline import bit_exact, dense_param_bytes, run_share
-from .sharing import CentroidFinetune, ShareConfig, finetune_centroids, on_centroids, round_codebooks, share_weights
+from .sharing import ShareConfig, finetune_centroids, on_centroids, round_codebooks, share_weights
 
 register_exporter("nsz", export_nsz, ".nsz")
 register_loader(MAGIC, load_nsz)
 
 __all__ = [
-    "CentroidFinetune", "MAGIC", "ShareConfig", "SharedConv2d", "SharedLinear", "SharedWeight", "bit_exact",
+    "MAGIC", "ShareConfig", "SharedConv2d", "SharedLinear", "SharedWeight", "bit_exact",
     "cluster_1d", "decode", "dense_param_bytes", "encode_model", "export_nsz", "finetune_centroids", "load_nsz",
     "model_from_bytes", "nsz_breakdown", "on_centroids", "read_nsz_info", "round_codebooks", "run_share",
     "share_weights",

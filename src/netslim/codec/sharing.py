@@ -5,13 +5,16 @@
   bits: {"type:Conv2d": 8, "type:Linear": 5}   # or one int for every selected layer
   init: linear              # linear | density | random (Lloyd's initialisations)
   algorithm: auto           # optimal (exact DP) | lloyd | auto (DP when k * distinct <= 4M)
-  finetune: {epochs: 2, lr: 0.0001, optimizer: adam}
+  finetune: {epochs: 2, lr: 0.0001, optimizer: adam}   # centroid training (a FinetuneConfig)
 ```
 
 Each selected Linear/Conv2d becomes a :class:`~netslim.codec.modules.SharedLinear` /
 ``SharedConv2d``: its non-zero weights are clustered per layer into k = 2^bits shared
 values; pruned (zero) weights stay exactly zero. ``share_weights(model, bits=5)`` is the
 same without a recipe; ``finetune_centroids(model, task)`` trains the centroids.
+
+The centroids train with Adam by default: a centroid's gradient is the *sum* over its cluster,
+so its scale grows with the cluster size; Adam's normalisation makes one ``lr`` fit every layer.
 """
 from __future__ import annotations
 
@@ -20,16 +23,15 @@ import time
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pydantic
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, _format_validation_error
+from netslim.core.config import build_config
 from netslim.core.errors import NetslimError
-from netslim.core.selectors import select, settings_for
+from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import get_module, replace_module
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.train.loop import FinetuneConfig, TrainingStep, finetune_field, fit
 
 from .kmeans import cluster_1d
 from .modules import SharedConv2d, SharedLinear, SharedWeight
@@ -37,32 +39,11 @@ from .modules import SharedConv2d, SharedLinear, SharedWeight
 log = logging.getLogger(__name__)
 SHAREABLE: tuple[type, ...] = (nn.Linear, nn.Conv2d)
 MAX_BITS = 8
-Selector = str | tuple[str, ...] | None
+# The training defaults of the centroids (and biases, norms) after clustering: Adam (module docstring).
+CENTROID_TRAINING: dict[str, Any] = {"epochs": 2, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0}
 
 
-class CentroidFinetune(BaseModel):
-    """Training of the centroids (and biases, norms) after clustering.
-
-    Adam by default: a centroid's gradient is the *sum* over its cluster, so its scale
-    grows with the cluster size; Adam's normalisation makes one ``lr`` fit every layer.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    epochs: int = Field(2, ge=0)
-    max_steps: int | None = Field(None, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    batch_size: int = Field(128, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    seed: int = 0
-
-    def train_config(self) -> FinetuneConfig:
-        return FinetuneConfig(**self.model_dump())
-
-
-class ShareConfig(MethodConfig):
+class ShareConfig(TrainingStep):
     """Per-layer k-means weight sharing with centroid fine-tuning."""
 
     method = "share"
@@ -80,8 +61,9 @@ class ShareConfig(MethodConfig):
     dense: Literal["float32", "float16"] = Field(
         "float32", description="float16 rounds the other float tensors (biases, norms) to half values, "
                                "which the .nsz stores losslessly in 2 bytes (accuracy measured after)")
-    finetune: CentroidFinetune = CentroidFinetune()
-    seed: int = 0
+    finetune: FinetuneConfig = finetune_field("training of the centroids (and biases, norms) after clustering; "
+                                              "epochs: 0 = none", **CENTROID_TRAINING)
+    seed: int = Field(0, description="k-means initialisation seed (the training's: finetune.seed)")
 
     @field_validator("bits", mode="before")
     @classmethod
@@ -95,19 +77,11 @@ class ShareConfig(MethodConfig):
 
     @classmethod
     def example(cls) -> "ShareConfig":
-        return cls(bits=3, algorithm="lloyd", finetune=CentroidFinetune(epochs=1, max_steps=2))
+        return cls(bits=3, algorithm="lloyd", finetune={"epochs": 1, "max_steps": 2})
 
     def preflight(self, model, task) -> list[dict] | None:
         """Before a recipe runs: some selected layer gets a width from 'bits'; returns the skipped ones."""
         return None if model is None else _plan(model, self)[1]
-
-
-def as_share_config(cfg: ShareConfig | None, overrides: dict[str, Any]) -> ShareConfig:
-    data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
-    try:
-        return ShareConfig(**data)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, "ShareConfig")) from None
 
 
 def _bits_for(name: str, module: nn.Module, cfg: ShareConfig) -> int | None:
@@ -152,7 +126,7 @@ def share_weights(model: nn.Module, cfg: ShareConfig | None = None, **overrides:
 
     Returns ``{"layers": {name: facts}, "skipped": [{name, reason}]}``.
     """
-    cfg = as_share_config(cfg, overrides)
+    cfg = build_config(ShareConfig, cfg, overrides)
     todo, skipped = _plan(model, cfg)
     layers = {}
     for name, bits in todo:
@@ -181,13 +155,14 @@ def _plan(model: nn.Module, cfg: ShareConfig) -> tuple[list[tuple[str, int]], li
     return todo, skipped
 
 
-def finetune_centroids(model: nn.Module, task, *, cfg: CentroidFinetune | None = None) -> dict[str, Any]:
+def finetune_centroids(model: nn.Module, task, *, cfg: FinetuneConfig | None = None) -> dict[str, Any]:
     """Train the centroids (gradients summed per cluster by the gather) and the other
-    parameters; every weight stays on a centroid and pruned weights stay zero."""
-    cfg = cfg or CentroidFinetune()
+    parameters; every weight stays on a centroid and pruned weights stay zero. ``cfg``
+    defaults to ShareConfig's ``finetune`` (:data:`CENTROID_TRAINING`)."""
+    cfg = cfg or FinetuneConfig(**CENTROID_TRAINING)
     if cfg.epochs == 0:
         return {"steps": 0}
-    summary = fit(model, task, cfg.train_config())
+    summary = fit(model, task, cfg)
     return {k: v for k, v in summary.items() if k != "history"}
 
 

@@ -93,7 +93,7 @@ class LayerwiseDistillTask(DistillTask):
                  layer_map: Sequence[int | None] = (), dims: Sequence[int] | None = None,
                  dynamic: Sequence[int] | None = None, candidates: Callable[[], list[int]] | None = None,
                  transform: nn.Module | None = None):
-        super().__init__(task, teacher, DistillConfig(alpha=alpha, temperature=temperature))
+        super().__init__(task, teacher, DistillConfig(distill=alpha, distill_temperature=temperature))
         self.hidden_weight, self.layer_map, self.dynamic = hidden_weight, list(layer_map), dynamic
         self.dims = None if dims is None else torch.as_tensor(list(dims), dtype=torch.long)
         self.candidates, self.transform = candidates, transform
@@ -113,10 +113,10 @@ class LayerwiseDistillTask(DistillTask):
         t_caps = [_Capture(False) for _ in t_blocks]
         with hooked(list(zip(t_blocks, t_caps)), kind="forward_kwargs"), torch.no_grad():
             t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
-        loss = (1 - cfg.alpha) * hard
-        if cfg.alpha:
+        loss = (1 - cfg.distill) * hard
+        if cfg.distill:
             soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
-            loss = loss + cfg.alpha * soft / len(root.calls)
+            loss = loss + cfg.distill * soft / len(root.calls)
         if self.hidden_weight:
             mask = root.calls[-1][1].get("attention_mask")
             student = [_first(c.calls[-1][2]) for c in s_caps]

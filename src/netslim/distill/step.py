@@ -3,15 +3,19 @@
 ```yaml
 - method: distill
   teacher: reference      # the model as it was before this recipe, or an artifact path
-  temperature: 4.0
-  alpha: 0.9              # weight of the soft loss; 1 - alpha on the task's own loss
-  epochs: 3
+  distill: 0.9            # weight of the soft loss; 1 - distill on the task's own loss
+  distill_temperature: 4.0
+  finetune: {epochs: 3}   # the student's training (a FinetuneConfig, as in every step that trains)
   hints: {layer3: layer3} # optional FitNets hints: student module -> teacher module
   adapter_init: lstsq     # hint adapters start as the least-squares map student -> teacher features
 ```
 
+``distill`` / ``distill_temperature`` are the KD spelling of every step that distils (the
+structured steps and ``cofi`` fine-tune with the same two keys); ``alpha`` / ``temperature`` are
+refused with a message naming them.
+
 It reuses :func:`netslim.train.loop.fit` through a :class:`DistillTask`, a Task wrapper
-whose ``loss`` is ``(1 − α)·task.loss + α·soft + hint_weight·Σ hints``. The student's
+whose ``loss`` is ``(1 − distill)·task.loss + distill·soft + hint_weight·Σ hints``. The student's
 inputs and outputs are captured with a forward hook while the wrapped task computes its
 own loss, so any task (image classification, sentence encoder, causal LM) works
 unchanged; the teacher runs on the same inputs in eval mode under ``no_grad``.
@@ -22,19 +26,18 @@ attention-mask mean-pooled embeddings.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import pydantic
 import torch
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import _format_validation_error, register
+from netslim.core.config import build_config, register
 from netslim.core.distributed import unwrap
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode, hooked
 from netslim.core.surgery import get_module
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.train.loop import FinetuneConfig, TrainingStep, finetune_field, fit
 from netslim.train.tasks import Task
 
 from .losses import attention_transfer_loss, check_shapes, embedding_loss, hint_loss, soft_target_loss
@@ -57,17 +60,19 @@ class WithAdapters(nn.Module):
         return self.student(*args, **kwargs)
 
 
-class DistillConfig(FinetuneConfig):
+class DistillConfig(TrainingStep):
     """Fine-tune with a teacher: Hinton soft targets, embedding and hint distillation."""
 
     method = "distill"
+    data_parallel: ClassVar[bool] = True  # under torchrun: every rank trains (netslim.train.parallel)
+    renamed: ClassVar[dict[str, str]] = {"alpha": "distill", "temperature": "distill_temperature"}
     teacher: str = Field("reference", description="'reference' (the model before the recipe), 'current' (the "
                          "model entering this step), a zoo name (its trained checkpoint) or an artifact path")
     student: str | None = Field(None, description="zoo name: train a fresh student of this architecture "
                                 "(with student_kwargs) instead of the model entering this step")
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft loss (1 - alpha: task loss)")
+    distill: float = Field(0.9, ge=0, le=1, description="weight of the soft loss (1 - distill: the task loss)")
+    distill_temperature: float = Field(4.0, gt=0)
     output_loss: Literal["auto", "kl", "cosine", "mse"] = "auto"
     hints: dict[str, str] = Field(default_factory=dict, description="student module -> teacher module")
     hint_loss: Literal["mse", "attention"] = "mse"
@@ -77,7 +82,12 @@ class DistillConfig(FinetuneConfig):
         "map of the student's features onto the teacher's on calibration data (a pruned student's kept "
         "channels then start matched, not scrambled); 'random' = PyTorch's default init")
     adapter_samples: int = Field(256, ge=1, description="calibration samples for adapter_init 'lstsq'")
-    epochs: int = Field(3, ge=0)
+    finetune: FinetuneConfig = finetune_field("the student's training; its seed also seeds a fresh 'student' and "
+                                              "the adapters' calibration rows", epochs=3)
+
+    @classmethod
+    def example(cls) -> "DistillConfig":
+        return cls(finetune={"epochs": 1, "max_steps": 2, "batch_size": 32})
 
     @property
     def keeps_modules(self) -> bool:
@@ -112,7 +122,7 @@ def output_distance(student: Any, teacher: Any, kwargs: dict, cfg: DistillConfig
         s = student.logits if hasattr(student, "logits") else student
         t = teacher.logits if hasattr(teacher, "logits") else teacher
         if kind in ("auto", "kl"):
-            return soft_target_loss(s, t, cfg.temperature)
+            return soft_target_loss(s, t, cfg.distill_temperature)
         return embedding_loss(s, t, kind)
     if hasattr(student, "last_hidden_state"):
         if kind == "kl":
@@ -179,7 +189,7 @@ class DistillTask(Task):
                 torch.no_grad():
             t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
-        loss = (1 - cfg.alpha) * hard + cfg.alpha * soft / len(root.calls)
+        loss = (1 - cfg.distill) * hard + cfg.distill * soft / len(root.calls)
         if cfg.hints:
             loss = loss + cfg.hint_weight * self._hints(inner, feats, t_feats)
         return loss
@@ -261,7 +271,7 @@ def init_adapters(adapters: dict[str, nn.Module], student: nn.Module, teacher: n
     names = [s for s in cfg.hints if _key(s) in adapters and any(True for _ in adapters[_key(s)].parameters())]
     if not names:
         return
-    inputs = task.calibration_inputs(cfg.adapter_samples, seed=cfg.seed)
+    inputs = task.calibration_inputs(cfg.adapter_samples, seed=cfg.finetune.seed)
     # The student's features as training sees them (train mode: a pruned model's BatchNorm
     # running statistics can be far from its batch statistics); the teacher runs in eval mode.
     s = _features(student, names, task, inputs, train=True)
@@ -316,11 +326,7 @@ def load_teacher(ref: str, reference=None) -> nn.Module:
 def distill(student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = None, *, task: Task,
             **overrides: Any) -> dict[str, Any]:
     """Train ``student`` in place on ``task`` with ``teacher``; returns the fit summary."""
-    data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
-    try:
-        cfg = DistillConfig(**data)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, "DistillConfig")) from None
+    cfg = build_config(DistillConfig, cfg, overrides)
     device = next(student.parameters()).device
     teacher = teacher.to(device).eval().requires_grad_(False)
     adapters = {k: a.to(device) for k, a in check_compatible(student, teacher, task, cfg).items()
@@ -329,14 +335,14 @@ def distill(student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = 
     # Wrap only when there is something to learn besides the student: tasks may rely on
     # the student's own attributes (e.g. a Hugging Face config).
     trained = WithAdapters(student, adapters).to(device) if adapters else student
-    return fit(trained, DistillTask(task, teacher, cfg), cfg)
+    return fit(trained, DistillTask(task, teacher, cfg), cfg.finetune)
 
 
 def fresh_student(cfg: DistillConfig) -> nn.Module:
-    """A randomly initialised zoo model (seeded by ``cfg.seed``) to train from the teacher."""
+    """A randomly initialised zoo model (seeded by ``cfg.finetune.seed``) to train from the teacher."""
     from netslim.models import build_model
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.finetune.seed)
     return build_model(cfg.student, **cfg.student_kwargs)
 
 

@@ -26,22 +26,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Literal
 
-import pydantic
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import MethodConfig, _format_validation_error, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module, replace_module
 
 from .calib import _chunks, _run
 from .svd import LowRankLinear, linalg_threads
-
-Selector = str | tuple[str, ...] | None
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "identity": lambda z: z}
 
@@ -189,10 +186,6 @@ def run_activation_rank(model: nn.Module, cfg: ActivationRankConfig, ctx) -> nn.
 def activation_rank(model: nn.Module, calibration: Any, cfg: ActivationRankConfig | None = None,
                     **overrides: Any) -> nn.Module:
     """``activation_rank(model, x, tolerance=0.02)``: prune Linear ranks in place (see module doc)."""
-    data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
-    try:
-        cfg = ActivationRankConfig(**data)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, "ActivationRankConfig")) from None
+    cfg = build_config(ActivationRankConfig, cfg, overrides)
     prune_ranks(model, cfg, calibration)
     return model

@@ -20,14 +20,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pydantic
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, _format_validation_error, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
-from netslim.core.selectors import select, settings_for
+from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import replace_module
 
 from .calib import (input_grams, layer_geometry, model_outputs, output_distortion, output_gradient_grams,
@@ -35,8 +34,6 @@ from .calib import (input_grams, layer_geometry, model_outputs, output_distortio
 from .conv import conv_matrix, factorize_conv, supported, tucker2, tucker_energy_ranks
 from .rank import LayerBudget, allocate_ranks, break_even_rank, energy_rank, energy_share
 from .svd import check_rank, damped_cholesky, factorize_linear, linalg_threads, spectrum, whitening_factor
-
-Selector = str | tuple[str, ...] | None
 
 
 class SVDConfig(MethodConfig):
@@ -385,11 +382,7 @@ def svd_compress(model: nn.Module, cfg: SVDConfig | None = None, *, example=None
 
     ``example`` defaults to the first calibration sample.
     """
-    data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
-    try:
-        cfg = SVDConfig(**data)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, "SVDConfig")) from None
+    cfg = build_config(SVDConfig, cfg, overrides)
     if example is None:
         if calibration is None:
             raise NetslimError("svd_compress needs 'example' inputs (or 'calibration' inputs).")

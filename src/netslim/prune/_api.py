@@ -1,33 +1,17 @@
-"""Helpers shared by the pruning configs: building a config from a function call,
-validating selectors and fractions with the house error messages."""
+"""Helpers shared by the pruning configs: the fields of a masking schedule, validating
+fractions with the house error messages. (Configs are built from a call with
+:func:`netslim.core.config.build_config`; training options are a nested
+:class:`~netslim.train.loop.FinetuneConfig`, see :class:`~netslim.train.loop.TrainingStep`.)"""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import ClassVar, Literal
 
-import pydantic
 from pydantic import Field, field_validator
 
-from netslim.core.config import MethodConfig, _format_validation_error
+from netslim.core.config import MethodConfig
 from netslim.core.errors import NetslimError
+from netslim.core.selectors import Selector
 from netslim.train.loop import FinetuneConfig
-
-C = TypeVar("C", bound=MethodConfig)
-Selector = str | tuple[str, ...] | None
-
-
-def as_config(cls: type[C], cfg: C | None, overrides: dict[str, Any]) -> C:
-    """``cfg`` updated with ``overrides`` (or a new ``cls(**overrides)``), validated.
-
-    Lets the plain-Python API take either a config or keyword arguments, with the same
-    NetslimError messages a recipe gets.
-    """
-    if cfg is not None and not isinstance(cfg, cls):
-        raise NetslimError(f"Expected a {cls.__name__} (method {cls.method!r}); got {type(cfg).__name__}.")
-    data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
-    try:
-        return cls(**data)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, cls.__name__)) from None
 
 
 def check_fraction(value: float | None, *, closed: bool = False) -> float | None:
@@ -64,31 +48,6 @@ class PruneTargetFields(MethodConfig):
     @classmethod
     def _max(cls, v):
         return check_fraction(v, closed=True)
-
-
-class TrainFields(MethodConfig):
-    """The (re)training a schedule runs between or while pruning; see TrainConfig."""
-
-    epochs: int = Field(2, ge=0, description="epochs of each training run")
-    max_steps: int | None = Field(None, ge=1, description="cap on steps per training run (smoke runs)")
-    lr: float = Field(0.01, gt=0)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    lr_schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    seed: int = 0
-
-    def train_config(self, **overrides: Any) -> FinetuneConfig:
-        """The FinetuneConfig of one training run."""
-        return FinetuneConfig(
-            epochs=self.epochs, max_steps=self.max_steps, lr=self.lr, batch_size=self.batch_size,
-            optimizer=self.optimizer, momentum=self.momentum, weight_decay=self.weight_decay,
-            schedule=self.lr_schedule, warmup_epochs=self.warmup_epochs, amp=self.amp, seed=self.seed,
-            **overrides,
-        )
 
 
 def total_steps(task, cfg: FinetuneConfig) -> int:

@@ -4,7 +4,7 @@
 - method: cofi
   sparsity: 0.5            # share of the blocks' attention + FFN weight elements removed
   prune: [attention, heads, ffn, neurons, hidden]
-  epochs: 3                # mask learning, with distillation from the unpruned model
+  train: {epochs: 3}       # mask learning, with distillation from the unpruned model
   distill: 0.5             # (1 - 0.5) x task loss + 0.5 x KD(logits, T = distill_temperature)
   distill_hidden: 1.0      # + hidden-state loss, CoFi's dynamic layer mapping
   finetune: {epochs: 2, optimizer: adamw, lr: 5.0e-5}   # after shrinking, same distillation
@@ -42,12 +42,12 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
 from netslim.measure.counts import count_params
-from netslim.prune._api import TrainFields, check_fraction, need_task
-from netslim.train.loop import Callback, FinetuneConfig, TrainState, fit
+from netslim.prune._api import check_fraction, need_task
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 from .cofi_masks import GRANULARITIES, CoFiMasks, CoFiStructure, cofi_structure, fold, mask_hooks, size_of
 
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 Granularity = Literal["attention", "heads", "ffn", "neurons", "hidden"]
 
 
-class CoFiConfig(TrainFields):
+class CoFiConfig(TrainingStep):
     """CoFi: hard-concrete masks on layers, heads, FFN layers, neurons and hidden dims, learned toward
     a target share of the blocks' parameters with distillation, then made permanent (shrunk)."""
 
@@ -77,13 +77,12 @@ class CoFiConfig(TrainFields):
     norm_correction: bool = Field(True, description="rescale the norms when hidden dims go (see method width)")
     calibration_batches: int = Field(4, ge=1, description="for the norm correction")
     calibration_batch_size: int = Field(16, ge=1)
+    # CoFi trains twice: the mask learning (train:, transformer defaults) and the recovery (finetune:)
+    train: FinetuneConfig = finetune_field("mask learning, with the distillation; its seed also picks the "
+                                           "calibration batches", epochs=3, lr=5e-5, batch_size=32,
+                                           optimizer="adamw", weight_decay=0.0)
     finetune: FinetuneConfig | None = Field(None, description="recovery after shrinking, with the same distillation")
-    # mask learning (TrainFields) with transformer defaults
-    epochs: int = Field(3, ge=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["sgd", "adamw", "adam"] = "adamw"
-    weight_decay: float = Field(0.0, ge=0)
+    training_key: ClassVar[str] = "train"  # the old flat training options were the mask learning's
 
     keeps_modules: ClassVar[bool] = False
 
@@ -103,7 +102,7 @@ class CoFiConfig(TrainFields):
 
     @classmethod
     def example(cls) -> "CoFiConfig":
-        return cls(sparsity=0.5, epochs=1, max_steps=2, batch_size=8)
+        return cls(sparsity=0.5, train={"epochs": 1, "max_steps": 2, "batch_size": 8})
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the blocks resolve (one trace) and the target is reachable."""
@@ -153,7 +152,7 @@ class CoFiLagrangian(Callback):
         for p in (*gates, *self.extra):
             p.requires_grad_(True)
         self.opt = torch.optim.Adam(gates, lr=self.cfg.gate_lr)
-        self.opt_extra = torch.optim.AdamW(self.extra, lr=self.cfg.lr) if self.extra else None
+        self.opt_extra = torch.optim.AdamW(self.extra, lr=self.cfg.train.lr) if self.extra else None
         self.opt_lam = torch.optim.Adam([self.lam], lr=self.cfg.lambda_lr, maximize=True)
         self.total = max(1, state.total_steps)
         state.can_checkpoint = False  # the structure changes until the end: no earlier best epoch
@@ -224,7 +223,7 @@ def cofi_train(model: nn.Module, task, *, cfg: CoFiConfig, teacher: nn.Module | 
     dtask, transform = _distill_task(task, model, teacher, cfg, masks)
     cb = CoFiLagrangian(masks, cfg, list(transform.parameters()) if transform is not None else [])
     with hooked(mask_hooks(model, masks), root=model):
-        summary = fit(model, dtask, cfg.train_config(), [cb])
+        summary = fit(model, dtask, cfg.train, [cb])
     expected_end = float(masks.expected_sparsity())
     z = masks.final((1 - cfg.sparsity) * struct.full_size() if cfg.exact else None)
     batches = _calibration(task, cfg) if cfg.norm_correction and "hidden" in z else None
@@ -236,7 +235,7 @@ def cofi_train(model: nn.Module, task, *, cfg: CoFiConfig, teacher: nn.Module | 
 def _calibration(task, cfg: CoFiConfig) -> list[Any]:
     import itertools
 
-    return list(itertools.islice(task.train_batches(cfg.seed + 1, cfg.calibration_batch_size),
+    return list(itertools.islice(task.train_batches(cfg.train.seed + 1, cfg.calibration_batch_size),
                                  cfg.calibration_batches))
 
 
@@ -334,11 +333,9 @@ def run_cofi(model: nn.Module, cfg: CoFiConfig, ctx) -> nn.Module:
 
 def cofi_prune(model: nn.Module, task, *, teacher: nn.Module | None = None, cfg: CoFiConfig | None = None,
                **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """CoFi without a recipe, in place: ``cofi_prune(model, task, sparsity=0.5, epochs=3)``;
+    """CoFi without a recipe, in place: ``cofi_prune(model, task, sparsity=0.5, train={"epochs": 3})``;
     the teacher defaults to a copy of ``model`` as it is now. Returns ``(model, report)``."""
-    from netslim.prune._api import as_config
-
-    cfg = as_config(CoFiConfig, cfg, kwargs)
+    cfg = build_config(CoFiConfig, cfg, kwargs)
     if teacher is None and (cfg.distill or cfg.distill_hidden):
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     return model, cofi_train(model, task, cfg=cfg, teacher=teacher)

@@ -17,8 +17,7 @@ so each layer drops and grows the same count and its sparsity never changes.
   distribution: erk       # or uniform
   frequency: 100          # ΔT
   alpha: 0.3
-  epochs: 15              # trains from scratch (from_scratch: true re-initialises first)
-  lr: 0.05
+  finetune: {epochs: 15, lr: 0.05}   # trains from scratch (from_scratch: true re-initialises first)
 ```
 
 The dense gradient RigL needs is read only at update steps, from a tensor hook on the
@@ -40,13 +39,13 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from netslim.core import distributed
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.masks import Mask, get_mask, make_permanent, set_mask
-from netslim.prune._api import (Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight,
-                               total_steps)
+from netslim.core.selectors import Selector
+from netslim.prune._api import check_fraction, need_task, prunable_preflight, total_steps
 from netslim.prune.criteria import prunable_layers, sparsity_report
-from netslim.train.loop import Callback, TrainState, fit
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def reset_optimizer_entries(opt: torch.optim.Optimizer, param: torch.Tensor, whe
 
 
 # ------------------------------------------------------------------------- configs
-class _DynamicSparseConfig(TrainFields):
+class _DynamicSparseConfig(TrainingStep):
     """Shared fields of SET and RigL (``grow`` is what tells them apart)."""
 
     grow: ClassVar[str] = ""
@@ -163,8 +162,9 @@ class _DynamicSparseConfig(TrainFields):
     from_scratch: bool = Field(True, description="re-initialise weights and draw a random mask first; "
                                                  "False keeps the weights and starts from a per-layer magnitude mask")
     # Training from scratch: the baseline's budget, not a fine-tune's.
-    epochs: int = Field(10, ge=1, description="training epochs")
-    lr: float = Field(0.05, gt=0)
+    finetune: FinetuneConfig = finetune_field("the sparse training run; its seed also seeds the masks and the "
+                                              "re-initialisation", epochs=10, lr=0.05)
+    min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity")
     @classmethod
@@ -176,13 +176,13 @@ class _DynamicSparseConfig(TrainFields):
 
     @classmethod
     def example(cls):
-        return cls(sparsity=0.5, frequency=2, epochs=1, max_steps=6, batch_size=64)
+        return cls(sparsity=0.5, frequency=2, finetune={"epochs": 1, "max_steps": 6, "batch_size": 64})
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the layers resolve and mask updates end within the run."""
         prunable_preflight(self, model)
         if task is not None:
-            _check_end_step(self, total_steps(task, self.train_config()))
+            _check_end_step(self, total_steps(task, self.finetune))
 
 
 class RigLConfig(_DynamicSparseConfig):
@@ -214,7 +214,7 @@ class DynamicSparsity(Callback):
         default_end = int(0.75 * state.total_steps)  # RigL's default: stop at 3/4 of training
         self.end_step = self.cfg.end_step if self.cfg.end_step is not None else default_end
         device = original(self.layers[0][1]).device
-        self.gen = torch.Generator(device=device).manual_seed(self.cfg.seed + 1)
+        self.gen = torch.Generator(device=device).manual_seed(self.cfg.finetune.seed + 1)
 
     def is_update(self, step: int) -> bool:
         return step > 0 and step % self.cfg.frequency == 0 and step < self.end_step
@@ -297,7 +297,7 @@ def initial_masks(layers: list[tuple[str, nn.Module]], cfg: _DynamicSparseConfig
     """Masks with ERK/uniform densities: random (from scratch) or largest magnitude."""
     shapes = {n: tuple(m.weight.shape) for n, m in layers}
     dens = layer_densities(shapes, cfg.sparsity, cfg.distribution)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.finetune.seed)
     masks = {}
     for name, module in layers:
         w = module.weight
@@ -312,10 +312,10 @@ def initial_masks(layers: list[tuple[str, nn.Module]], cfg: _DynamicSparseConfig
 def dynamic_sparse_train(model: nn.Module, task, *, cfg: _DynamicSparseConfig) -> dict[str, Any]:
     """Train ``model`` sparse (in place) with SET or RigL; returns the fit summary + updates."""
     layers = prunable_layers(model, cfg.include, cfg.exclude)  # validates before touching weights
-    train_cfg = cfg.train_config()
+    train_cfg = cfg.finetune
     _check_end_step(cfg, total_steps(task, train_cfg))
     if cfg.from_scratch:
-        _reinitialise(model, cfg.seed)
+        _reinitialise(model, train_cfg.seed)
     masks = distributed.from_main(initial_masks(layers, cfg))
     for name, module in layers:
         set_mask(module, masks[name])
@@ -344,12 +344,12 @@ register(SETConfig)(_run)
 
 
 def rigl_train(model: nn.Module, task, *, cfg: RigLConfig | None = None, **kwargs: Any) -> nn.Module:
-    """RigL without a recipe, in place: ``rigl_train(model, task, sparsity=0.9, epochs=15)``."""
-    dynamic_sparse_train(model, task, cfg=as_config(RigLConfig, cfg, kwargs))
+    """RigL without a recipe, in place: ``rigl_train(model, task, sparsity=0.9, finetune={"epochs": 15})``."""
+    dynamic_sparse_train(model, task, cfg=build_config(RigLConfig, cfg, kwargs))
     return model
 
 
 def set_train(model: nn.Module, task, *, cfg: SETConfig | None = None, **kwargs: Any) -> nn.Module:
-    """SET without a recipe, in place: ``set_train(model, task, sparsity=0.9, epochs=15)``."""
-    dynamic_sparse_train(model, task, cfg=as_config(SETConfig, cfg, kwargs))
+    """SET without a recipe, in place: ``set_train(model, task, sparsity=0.9, finetune={"epochs": 15})``."""
+    dynamic_sparse_train(model, task, cfg=build_config(SETConfig, cfg, kwargs))
     return model

@@ -45,11 +45,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from netslim.core import distributed
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune._api import Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight
+from netslim.core.selectors import Selector
+from netslim.prune._api import check_fraction, need_task, prunable_preflight
 from netslim.prune.criteria import masks_from_scores, prunable_layers, sparsity_report
-from netslim.train.loop import Callback, TrainState, fit
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1  # temperature and stretch of Louizos et al.
@@ -79,7 +80,7 @@ class HardConcreteGate(nn.Module):
         return torch.sigmoid(self.log_alpha - BETA * math.log(-GAMMA / ZETA))
 
 
-class L0Config(TrainFields):
+class L0Config(TrainingStep):
     """Hard-concrete L0 gates trained toward a target sparsity, then made masks."""
 
     method = "l0"
@@ -93,7 +94,8 @@ class L0Config(TrainFields):
     lambda_lr: float = Field(0.05, gt=0, description="log-space ascent rate of the multiplier")
     warmup_fraction: float = Field(0.5, ge=0, le=1, description="target density ramps 1 -> 1 - sparsity over it")
     exact: bool = Field(True, description="final mask = top (1 - sparsity) of log_alpha, not just z > 0")
-    epochs: int = Field(2, ge=1, description="fine-tuning epochs (the gates are learned by training)")
+    finetune: FinetuneConfig = finetune_field("the fine-tune the gates are learned in")
+    min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity")
     @classmethod
@@ -107,7 +109,7 @@ class L0Config(TrainFields):
 
     @classmethod
     def example(cls) -> "L0Config":
-        return cls(sparsity=0.5, epochs=1, max_steps=6, batch_size=64)
+        return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 6, "batch_size": 64})
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the layers resolve."""
@@ -227,7 +229,7 @@ def l0_train(model: nn.Module, task, *, cfg: L0Config) -> dict[str, Any]:
     gates = attach_gates(layers, cfg)
     cb = L0Gates(gates, cfg)
     try:
-        summary = fit(model, task, cfg.train_config(), [cb])
+        summary = fit(model, task, cfg.finetune, [cb])
     finally:
         end_density = float(expected_density(gates))
         with torch.no_grad():  # what the gates alone closed, before ``exact`` fixes the count
@@ -248,6 +250,6 @@ def run_l0(model: nn.Module, cfg: L0Config, ctx) -> nn.Module:
 
 
 def l0_prune(model: nn.Module, task, *, cfg: L0Config | None = None, **kwargs: Any) -> nn.Module:
-    """L0 pruning without a recipe, in place: ``l0_prune(model, task, sparsity=0.9, epochs=3)``."""
-    l0_train(model, task, cfg=as_config(L0Config, cfg, kwargs))
+    """L0 pruning without a recipe, in place: ``l0_prune(model, task, sparsity=0.9, finetune={"epochs": 3})``."""
+    l0_train(model, task, cfg=build_config(L0Config, cfg, kwargs))
     return model

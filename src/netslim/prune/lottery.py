@@ -22,7 +22,7 @@ weights stay zero.
 - method: lottery
   sparsity: 0.95
   rounds: 3          # trainings: rounds + 1
-  epochs: 10         # per training run
+  finetune: {epochs: 10}   # each training run
   init: reset
   rewind_step: 0
 ```
@@ -38,18 +38,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from netslim.core import distributed
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import bad_param
-from netslim.prune._api import PruneTargetFields, TrainFields, as_config, check_fraction, need_task, total_steps
+from netslim.prune._api import PruneTargetFields, check_fraction, need_task, total_steps
 from netslim.prune.criteria import apply_masks, current_mask, sparsity_report
 from netslim.prune.schedules import _Ctx, imp_sparsities
 from netslim.prune.unstructured import target_masks
-from netslim.train.loop import Callback, TrainState, fit
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)
 
 
-class LotteryConfig(PruneTargetFields, TrainFields):
+class LotteryConfig(PruneTargetFields, TrainingStep):
     """Lottery ticket: train, prune, rewind survivors, retrain; ``rounds`` times."""
 
     method = "lottery"
@@ -58,6 +58,7 @@ class LotteryConfig(PruneTargetFields, TrainFields):
     rounds: int = Field(1, ge=1, description="prune/rewind/retrain rounds (trainings: rounds + 1)")
     init: Literal["given", "reset"] = Field("given", description="where the initialisation comes from")
     rewind_step: int = Field(0, ge=0, description="rewind to the weights before this optimizer step")
+    finetune: FinetuneConfig = finetune_field("each training run; its seed also seeds the masks and 'init: reset'")
 
     @field_validator("sparsity")
     @classmethod
@@ -66,12 +67,12 @@ class LotteryConfig(PruneTargetFields, TrainFields):
 
     @classmethod
     def example(cls) -> "LotteryConfig":
-        return cls(sparsity=0.5, epochs=1, max_steps=2, rewind_step=1)
+        return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 2}, rewind_step=1)
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the rewind point lies within one training run; the layers resolve."""
         if task is not None:
-            steps = total_steps(task, self.train_config())
+            steps = total_steps(task, self.finetune)
             if self.rewind_step >= max(1, steps):
                 raise bad_param("LotteryConfig", "rewind_step", f"< the steps of one training run ({steps})",
                                 self.rewind_step)
@@ -137,14 +138,14 @@ def reset_weights(model: nn.Module, seed: int) -> None:
 @register(LotteryConfig)
 def run_lottery(model: nn.Module, cfg: LotteryConfig, ctx) -> nn.Module:
     task = need_task(ctx, cfg.method)
-    train_cfg = cfg.train_config()
+    train_cfg = cfg.finetune
     cfg.preflight(model, task)  # fail before training on a late rewind point or bad selectors
     if cfg.init == "reset":
-        reset_weights(model, cfg.seed)
+        reset_weights(model, train_cfg.seed)
     recorder = RecordAt(cfg.rewind_step)
     history = [_train(model, task, train_cfg, [recorder], "dense", 0.0)]
     for r, s in enumerate(imp_sparsities(cfg.sparsity, cfg.rounds), start=1):
-        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.seed + r)))
+        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=train_cfg.seed + r)))
         rewind(model, recorder.weights)
         history.append(_train(model, task, train_cfg, [], f"round {r}", s))
     ctx.notes[cfg.method] = {"trainings": history, "rewind_step": cfg.rewind_step, "init": cfg.init,
@@ -162,4 +163,4 @@ def _train(model, task, train_cfg, callbacks, label: str, sparsity: float) -> di
 
 def lottery_ticket(model: nn.Module, task, cfg: LotteryConfig | None = None, **kwargs: Any) -> nn.Module:
     """Find a lottery ticket of ``model`` on ``task`` (in place); see the module docstring."""
-    return run_lottery(model, as_config(LotteryConfig, cfg, kwargs), _Ctx(task))
+    return run_lottery(model, build_config(LotteryConfig, cfg, kwargs), _Ctx(task))

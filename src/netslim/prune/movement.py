@@ -29,8 +29,7 @@ already masked when the step began score -inf and stay pruned.
   sparsity: 0.9
   scope: layer        # scores of different layers have different scales
   frequency: 50
-  epochs: 4           # fine-tuning of the trained model
-  lr: 0.01
+  finetune: {epochs: 4, lr: 0.01}   # fine-tuning of the trained model
 ```
 """
 from __future__ import annotations
@@ -44,20 +43,20 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from netslim.core import distributed
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import bad_param
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune._api import (Selector, TrainFields, as_config, check_fraction, need_task, prunable_preflight,
-                               total_steps)
+from netslim.core.selectors import Selector
+from netslim.prune._api import check_fraction, need_task, prunable_preflight, total_steps
 from netslim.prune.criteria import masks_from_scores, prunable_layers, sparsity_report
 from netslim.prune.dynamic import DenseGradTap, original, reset_optimizer_entries
 from netslim.prune.schedules import cubic_sparsity
-from netslim.train.loop import Callback, TrainState, fit
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)
 
 
-class MovementConfig(TrainFields):
+class MovementConfig(TrainingStep):
     """Movement pruning during fine-tuning (``mode``: hard top-k or soft threshold)."""
 
     method = "movement"
@@ -72,7 +71,8 @@ class MovementConfig(TrainFields):
     frequency: int = Field(50, ge=1, description="dt: optimizer steps between mask updates")
     threshold: float = Field(0.0, description="soft: keep weights with score > threshold")
     reg_lambda: float = Field(0.0, ge=0, description="soft: weight of sum(sigmoid(scores))")
-    epochs: int = Field(2, ge=1, description="fine-tuning epochs (scores come from training steps)")
+    finetune: FinetuneConfig = finetune_field("the fine-tune whose steps move the scores")
+    min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity", "initial_sparsity")
     @classmethod
@@ -93,13 +93,13 @@ class MovementConfig(TrainFields):
 
     @classmethod
     def example(cls) -> "MovementConfig":
-        return cls(sparsity=0.5, frequency=2, epochs=1, max_steps=6, batch_size=64)
+        return cls(sparsity=0.5, frequency=2, finetune={"epochs": 1, "max_steps": 6, "batch_size": 64})
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the layers resolve and the schedule fits in the run."""
         prunable_preflight(self, model)
         if task is not None:
-            movement_schedule(self, total_steps(task, self.train_config()))
+            movement_schedule(self, total_steps(task, self.finetune))
 
 
 def movement_schedule(cfg: MovementConfig, steps: int) -> tuple[int, int]:
@@ -186,7 +186,7 @@ class MovementPruning(Callback):
 def movement_train(model: nn.Module, task, *, cfg: MovementConfig) -> dict[str, Any]:
     """Fine-tune ``model`` with movement pruning (in place); the fit summary + scores + events."""
     layers = prunable_layers(model, cfg.include, cfg.exclude)
-    train_cfg = cfg.train_config()
+    train_cfg = cfg.finetune
     t0, n = movement_schedule(cfg, total_steps(task, train_cfg))
     for _, module in layers:
         if get_mask(module) is None:  # an all-ones mask gives the gradient tap its hook point
@@ -206,5 +206,5 @@ def run_movement(model: nn.Module, cfg: MovementConfig, ctx) -> nn.Module:
 
 def movement_prune(model: nn.Module, task, *, cfg: MovementConfig | None = None, **kwargs: Any) -> nn.Module:
     """Movement pruning without a recipe, in place: ``movement_prune(model, task, sparsity=0.9)``."""
-    movement_train(model, task, cfg=as_config(MovementConfig, cfg, kwargs))
+    movement_train(model, task, cfg=build_config(MovementConfig, cfg, kwargs))
     return model

@@ -19,10 +19,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.patterns import declare_nm
-from netslim.prune._api import Selector, as_config
+from netslim.core.selectors import Selector
 from netslim.prune.criteria import apply_masks, prunable_layers, sparsity_report
 from netslim.prune.unstructured import score_layers
 
@@ -105,4 +105,4 @@ def run_nm(model: nn.Module, cfg: NMConfig, ctx=None) -> nn.Module:
 
 def nm_prune(model: nn.Module, cfg: NMConfig | None = None, **kwargs: Any) -> nn.Module:
     """Apply an N:M mask in place: ``nm_prune(model, n=2, m=4)``."""
-    return run_nm(model, as_config(NMConfig, cfg, kwargs))
+    return run_nm(model, build_config(NMConfig, cfg, kwargs))

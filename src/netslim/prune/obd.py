@@ -24,10 +24,11 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
-from netslim.prune._api import Selector, as_config, check_fraction, need_task, prunable_preflight
+from netslim.core.selectors import Selector
+from netslim.prune._api import check_fraction, need_task, prunable_preflight
 from netslim.prune.criteria import apply_masks, masks_from_scores, prunable_layers, sparsity_report
 
 
@@ -104,7 +105,7 @@ def obd_scores(model: nn.Module, task, *, layers: list[tuple[str, nn.Module]], n
 
 def obd_prune(model: nn.Module, task, *, cfg: OBDConfig | None = None, **kwargs: Any) -> nn.Module:
     """Mask the lowest-saliency weights in place: ``obd_prune(m, task, sparsity=0.9)``."""
-    cfg = as_config(OBDConfig, cfg, kwargs)
+    cfg = build_config(OBDConfig, cfg, kwargs)
     layers = prunable_layers(model, cfg.include, cfg.exclude)
     scores = obd_scores(model, task, layers=layers, num_samples=cfg.num_samples, batch_size=cfg.batch_size)
     masks = masks_from_scores(scores, cfg.sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity,

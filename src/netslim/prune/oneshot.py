@@ -31,14 +31,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
                                     block_linears, planned_linears, weight_2d, set_weight_2d)
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming
-from netslim.prune._api import Selector, as_config, check_fraction
+from netslim.prune._api import check_fraction
 from netslim.prune.criteria import apply_masks, sparsity_report
 from netslim.prune.nm import nm_mask
 
@@ -213,7 +214,7 @@ def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, strea
           **kwargs: Any) -> nn.Module:
     """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    cfg = as_config(WandaConfig, cfg, kwargs)
+    cfg = build_config(WandaConfig, cfg, kwargs)
     sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
@@ -229,7 +230,7 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
               **kwargs: Any) -> nn.Module:
     """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    cfg = as_config(SparseGPTConfig, cfg, kwargs)
+    cfg = build_config(SparseGPTConfig, cfg, kwargs)
     sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
@@ -253,7 +254,7 @@ def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = 
                       **kwargs: Any) -> nn.Module:
     """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise).
     ``stream``: the model's tensors are on disk; each block is read, pruned, written, released."""
-    cfg = as_config(OneShotMagnitudeConfig, cfg, kwargs)
+    cfg = build_config(OneShotMagnitudeConfig, cfg, kwargs)
     if stream is not None:
         _stream_magnitude(model, cfg, stream)
         return model

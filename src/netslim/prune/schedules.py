@@ -9,18 +9,17 @@ One-shot pruning is :mod:`netslim.prune.unstructured` followed by a ``finetune``
 - method: imp
   sparsity: 0.95
   rounds: 3
-  epochs: 2          # fine-tuning epochs per round
-  lr: 0.01
+  finetune: {epochs: 2, lr: 0.01}   # the fine-tune of every round
 ```
 
 ``gradual`` -- sparsity follows s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, re-pruned
-every dt optimizer steps from t0 until t0 + n dt (Zhu & Gupta 2017), during ``epochs`` of
-training; the rest of the run fine-tunes at the final sparsity.
+every dt optimizer steps from t0 until t0 + n dt (Zhu & Gupta 2017), during the training run of
+``finetune:``; the rest of the run fine-tunes at the final sparsity.
 
 ```yaml
 - method: gradual
   sparsity: 0.95
-  epochs: 6
+  finetune: {epochs: 6}
   start_step: 0        # t0
   end_step: null       # t0 + n dt; default: end_fraction (0.75) of the training steps
   frequency: 100       # dt
@@ -35,12 +34,12 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from netslim.core import distributed
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.prune._api import PruneTargetFields, TrainFields, as_config, check_fraction, need_task, total_steps
+from netslim.prune._api import PruneTargetFields, check_fraction, need_task, total_steps
 from netslim.prune.criteria import apply_masks, sparsity_report
 from netslim.prune.unstructured import target_masks
-from netslim.train.loop import Callback, TrainState, fit
+from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +60,14 @@ def imp_sparsities(final: float, rounds: int) -> list[float]:
 
 
 # ------------------------------------------------------------------------------- IMP
-class IMPConfig(PruneTargetFields, TrainFields):
-    """Iterative magnitude pruning: ``rounds`` x (prune, fine-tune ``epochs``) to ``sparsity``."""
+class IMPConfig(PruneTargetFields, TrainingStep):
+    """Iterative magnitude pruning: ``rounds`` x (prune, ``finetune``) to ``sparsity``."""
 
     method = "imp"
     data_parallel: ClassVar[bool] = True  # under torchrun: each round's masks are rank 0's
     sparsity: float = Field(0.9, description="final sparsity, in [0, 1)")
     rounds: int = Field(3, ge=1)
+    finetune: FinetuneConfig = finetune_field("the fine-tune of every round; its seed also seeds the masks")
 
     @field_validator("sparsity")
     @classmethod
@@ -76,7 +76,7 @@ class IMPConfig(PruneTargetFields, TrainFields):
 
     @classmethod
     def example(cls) -> "IMPConfig":
-        return cls(sparsity=0.5, rounds=2, epochs=1, max_steps=2)
+        return cls(sparsity=0.5, rounds=2, finetune={"epochs": 1, "max_steps": 2})
 
 
 @register(IMPConfig)
@@ -84,8 +84,8 @@ def run_imp(model: nn.Module, cfg: IMPConfig, ctx) -> nn.Module:
     task = need_task(ctx, cfg.method)
     history = []
     for r, s in enumerate(imp_sparsities(cfg.sparsity, cfg.rounds), start=1):
-        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.seed + r)))
-        summary = fit(model, task, cfg.train_config())
+        apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.finetune.seed + r)))
+        summary = fit(model, task, cfg.finetune)
         history.append({"round": r, "sparsity": s, "best_" + task.metric: summary["best_" + task.metric],
                         "steps": summary["steps"]})
         log.info("IMP round %d/%d at sparsity %.4f: %s", r, cfg.rounds, s, history[-1])
@@ -95,12 +95,12 @@ def run_imp(model: nn.Module, cfg: IMPConfig, ctx) -> nn.Module:
 
 def imp_prune(model: nn.Module, task, cfg: IMPConfig | None = None, **kwargs: Any) -> nn.Module:
     """Iterative magnitude pruning of ``model`` (in place) on ``task``."""
-    return run_imp(model, as_config(IMPConfig, cfg, kwargs), _Ctx(task))
+    return run_imp(model, build_config(IMPConfig, cfg, kwargs), _Ctx(task))
 
 
 # ---------------------------------------------------------------------------- gradual
-class GradualConfig(PruneTargetFields, TrainFields):
-    """Gradual magnitude pruning on the cubic schedule during ``epochs`` of training."""
+class GradualConfig(PruneTargetFields, TrainingStep):
+    """Gradual magnitude pruning on the cubic schedule during the training of ``finetune``."""
 
     method = "gradual"
     data_parallel: ClassVar[bool] = True  # under torchrun: each pruning event's masks are rank 0's
@@ -110,7 +110,9 @@ class GradualConfig(PruneTargetFields, TrainFields):
     end_step: int | None = Field(None, ge=1, description="t0 + n*dt: last pruning step (default: end_fraction)")
     end_fraction: float = Field(0.75, gt=0, lt=1, description="without end_step: end at this fraction of the run")
     frequency: int = Field(100, ge=1, description="dt: optimizer steps between pruning events")
-    epochs: int = Field(4, ge=1)
+    finetune: FinetuneConfig = finetune_field("the training run the schedule prunes during; its seed also seeds "
+                                              "the masks", epochs=4)
+    min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity", "initial_sparsity")
     @classmethod
@@ -128,13 +130,13 @@ class GradualConfig(PruneTargetFields, TrainFields):
 
     @classmethod
     def example(cls) -> "GradualConfig":
-        return cls(sparsity=0.5, epochs=1, max_steps=4, frequency=1, end_step=2)
+        return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 4}, frequency=1, end_step=2)
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the layers resolve and the schedule fits in the run."""
         super().preflight(model, task)
         if task is not None:
-            gradual_schedule(self, total_steps(task, self.train_config()))
+            gradual_schedule(self, total_steps(task, self.finetune))
 
 
 class CubicPruning(Callback):
@@ -156,7 +158,7 @@ class CubicPruning(Callback):
         if t < self.t0 or t > last or (t - self.t0) % self.dt:
             return
         s = cubic_sparsity(t, self.cfg.initial_sparsity, self.cfg.sparsity, self.t0, self.n, self.dt)
-        masks = target_masks(state.model, self.cfg, s, seed=self.cfg.seed + t)
+        masks = target_masks(state.model, self.cfg, s, seed=self.cfg.finetune.seed + t)
         apply_masks(state.model, distributed.from_main(masks))  # rank 0's decision on every rank
         self.events.append((t, s))
         if t == last:
@@ -179,10 +181,9 @@ def gradual_schedule(cfg: GradualConfig, steps: int) -> tuple[int, int, int]:
 @register(GradualConfig)
 def run_gradual(model: nn.Module, cfg: GradualConfig, ctx) -> nn.Module:
     task = need_task(ctx, cfg.method)
-    train_cfg = cfg.train_config()
-    t0, n, dt = gradual_schedule(cfg, total_steps(task, train_cfg))
+    t0, n, dt = gradual_schedule(cfg, total_steps(task, cfg.finetune))
     callback = CubicPruning(cfg, t0, n, dt)
-    summary = fit(model, task, train_cfg, callbacks=[callback])
+    summary = fit(model, task, cfg.finetune, callbacks=[callback])
     ctx.notes[cfg.method] = {"events": callback.events, "best_" + task.metric: summary["best_" + task.metric],
                              "history": summary["history"], **sparsity_report(model)}
     return model
@@ -190,7 +191,7 @@ def run_gradual(model: nn.Module, cfg: GradualConfig, ctx) -> nn.Module:
 
 def gradual_prune(model: nn.Module, task, cfg: GradualConfig | None = None, **kwargs: Any) -> nn.Module:
     """Train ``model`` on ``task`` while pruning it on the cubic schedule (in place)."""
-    return run_gradual(model, as_config(GradualConfig, cfg, kwargs), _Ctx(task))
+    return run_gradual(model, build_config(GradualConfig, cfg, kwargs), _Ctx(task))
 
 
 class _Ctx:

@@ -28,12 +28,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.masks import make_permanent
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.latency import interleaved_latency
-from netslim.prune._api import Selector, as_config
 from netslim.prune.criteria import PRUNABLE_TYPES, prunable_layers
 from netslim.prune.kernels import kernel_available
 from netslim.prune.sparse import SparseLinear, baked_copy
@@ -152,4 +151,4 @@ def _skip(ctx, name: str, reason: str) -> None:
 def sparsify(model: nn.Module, cfg: SparsifyConfig | None = None, example: Any = None, **kwargs: Any) -> nn.Module:
     """Make masks permanent and run Linear (and static int8) layers sparse where measured faster
     (in place); ``example``: a batch of model inputs (the input shapes of int8 convolutions)."""
-    return run_sparsify(model, as_config(SparsifyConfig, cfg, kwargs), example=example)
+    return run_sparsify(model, build_config(SparsifyConfig, cfg, kwargs), example=example)

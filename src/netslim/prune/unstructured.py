@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import register
-from netslim.prune._api import PruneTargetFields, as_config, check_fraction
+from netslim.core.config import build_config, register
+from netslim.prune._api import PruneTargetFields, check_fraction
 from netslim.prune.criteria import (apply_masks, magnitude_scores, masks_from_counts, masks_from_scores,
                                     prunable_layers, random_scores, sparsity_report, threshold_counts)
 
@@ -87,4 +87,4 @@ def run_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx=None) -> nn.M
 
 def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig | None = None, **kwargs: Any) -> nn.Module:
     """Mask the smallest weights of ``model`` in place: ``magnitude_prune(m, sparsity=0.9)``."""
-    return run_magnitude(model, as_config(MagnitudePruneConfig, cfg, kwargs))
+    return run_magnitude(model, build_config(MagnitudePruneConfig, cfg, kwargs))

@@ -41,7 +41,7 @@ from torch import nn
 from netslim.core.artifact_schema import check_layer_tensors, check_positive, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
@@ -336,8 +336,8 @@ class DynamicInt8Config(MethodConfig):
         True, description="a GELU that directly follows a converted Linear (Hugging Face '*Intermediate' "
         "blocks: dense -> intermediate_act_fn) runs in the int8 GEMM's epilogue (per_tensor; per_token "
         "applies it after the token scale) and its module becomes Identity")
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: some nn.Linear layer is selected."""
@@ -353,8 +353,8 @@ class BF16Config(MethodConfig):
     scope: Literal["linear", "model"] = Field(
         "linear", description="linear: the selected Linear layers, fp32 in and out; model: every floating "
         "parameter and buffer, so the whole forward runs in bf16 (outputs are bf16)")
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: include / exclude fit the scope; some nn.Linear layer is selected."""

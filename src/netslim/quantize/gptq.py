@@ -38,13 +38,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, planned_linears,
                                     weight_2d)
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming
 from netslim.core.surgery import replace_module
 
@@ -80,8 +81,8 @@ class GPTQConfig(MethodConfig):
     offload_dir: str | None = None
     offload_blocks: bool = Field(False, description="also park every block but the current one in offload_dir")
     device: str | None = None
-    include: str | list[str] | None = None
-    exclude: str | list[str] | None = None
+    include: Selector = None
+    exclude: Selector = None
 
     @classmethod
     def example(cls) -> "GPTQConfig":
@@ -232,8 +233,7 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
          **kwargs: Any) -> nn.Module:
     """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    if cfg is None:
-        cfg = GPTQConfig(**kwargs)
+    cfg = build_config(GPTQConfig, cfg, kwargs)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
     nm = None if cfg.n is None else (cfg.n, cfg.m)
     done: list[str] = []

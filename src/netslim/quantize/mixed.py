@@ -23,7 +23,7 @@ from torch import nn
 
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module
 
 from .ptq import PTQInt8Config, ptq_int8, quantize_weight_rows, static_int8_preflight
@@ -104,8 +104,8 @@ class MixedPrecisionConfig(MethodConfig):
     choices: list[int] = Field(default_factory=lambda: [2, 4, 8])
     sensitivity: Literal["kl", "hessian"] = "kl"
     calibration_samples: int = Field(512, ge=1)
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the widths offered can meet the budget; see

@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_leaves
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
-from netslim.core.selectors import select, settings_for
+from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import get_module, replace_module
 
 from .core import QScheme
@@ -48,8 +48,8 @@ class PTQInt8Config(MethodConfig):
     batch_size: int = Field(64, ge=1)
     weight_bits: dict[str, int] = Field(
         default_factory=dict, description="selector -> weight bits (2..8, default 8; e.g. from mixed precision)")
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     @field_validator("weight_bits")
     @classmethod

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
 from netslim.core.masks import get_mask, set_mask
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.train.loop import FinetuneConfig, TrainingStep, finetune_field, fit
 
 from .int8_modules import Int8Conv2d, Int8Linear
 from .observers import make_observer
@@ -196,7 +196,7 @@ def _from_qat(layer: nn.Module, relu: bool, out_qp) -> nn.Module:
     return new
 
 
-class QATConfig(MethodConfig):
+class QATConfig(TrainingStep):
     """prepare (BN fold + LSQ fake quant) -> fine-tune -> convert to the int8 artifact."""
 
     method = "qat"
@@ -206,12 +206,13 @@ class QATConfig(MethodConfig):
     data_parallel: ClassVar[bool] = True
     weight_bits: int = Field(4, ge=2, le=8)
     act_bits: Literal[8] = 8
-    finetune: FinetuneConfig = FinetuneConfig(epochs=3, lr=0.001, optimizer="adamw", weight_decay=0.0)
+    finetune: FinetuneConfig = finetune_field("the quantization-aware training", epochs=3, lr=0.001,
+                                              optimizer="adamw", weight_decay=0.0)
     calibration_samples: int = Field(512, ge=1)
     prune: QATPrune | None = Field(None, description="prune while training quantized (joint, or quantize -> prune); "
                                    "masks already on the model stay fixed either way")
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: see :func:`~netslim.quantize.ptq.static_int8_preflight`."""

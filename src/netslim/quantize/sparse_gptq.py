@@ -35,7 +35,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from netslim.core.config import register
+from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks, is_conv1d, weight_2d
@@ -121,7 +121,7 @@ def sparse_gptq_layer(w: torch.Tensor, h: torch.Tensor, cfg: SparseGPTQConfig,
 def sparse_gptq(model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = None, ctx: Any = None,
                 **kwargs: Any) -> nn.Module:
     """Prune and quantize ``model``'s decoder-block Linears in place, in ``cfg.order``."""
-    cfg = cfg or SparseGPTQConfig(**kwargs)
+    cfg = build_config(SparseGPTQConfig, cfg, kwargs)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
     done: list[str] = []
     errors: dict[str, float] = {}

@@ -19,7 +19,7 @@ from torch import nn
 from netslim.core.artifact_schema import check_layer_tensors, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.core.selectors import select
+from netslim.core.selectors import Selector, select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
@@ -186,8 +186,8 @@ class WeightOnlyConfig(MethodConfig):
     symmetric: bool = False
     rounding: Literal["rtn", "hqq"] = "rtn"
     embeddings: bool = Field(False, description="also quantize nn.Embedding tables")
-    include: list[str] | None = None
-    exclude: list[str] = Field(default_factory=list)
+    include: Selector = None
+    exclude: Selector = None
 
     @classmethod
     def example(cls) -> "WeightOnlyConfig":

@@ -70,12 +70,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 from torch import nn
 
-from netslim.core.config import _format_validation_error
+from netslim.core.config import build_config
 from netslim.core.errors import NetslimError
 from netslim.data import files
 from netslim.data.calibration import take_samples
@@ -158,10 +157,7 @@ def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = 
     if not isinstance(value, Mapping):
         raise NetslimError(f"{where}: expected a path or a mapping with 'path' (and task, text_column, ...); "
                            f"got {type(value).__name__}.")
-    try:
-        return DataSpec(**value)
-    except pydantic.ValidationError as err:
-        raise NetslimError(_format_validation_error(err, where)) from None  # echoed values are capped there
+    return build_config(DataSpec, None, value, where)  # echoed values are capped there
 
 
 # ----------------------------------------------------------------------- the model

@@ -12,10 +12,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from netslim.core.config import MethodConfig
@@ -62,12 +62,68 @@ class TrainConfig(MethodConfig):
 
 
 class FinetuneConfig(TrainConfig):
-    """Fine-tuning after compression: the same loop with gentler defaults."""
+    """Fine-tuning after compression: the same loop with gentler defaults. Also the one shape
+    of the training options of every step that trains (see :class:`TrainingStep`)."""
 
     method = "finetune"
     epochs: int = Field(2, ge=0, le=MAX_EPOCHS)
     lr: float = Field(0.01, gt=0)
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
+
+
+# Keys of the training options; at the top level of a TrainingStep they are the old (flat) spelling.
+TRAINING_OPTIONS: frozenset[str] = frozenset(FinetuneConfig.model_fields) | {"lr_schedule"}
+
+
+def finetune_field(description: str, **defaults: Any) -> Any:
+    """The ``finetune:`` field of a :class:`TrainingStep` whose training defaults are ``defaults``
+    (the rest: FinetuneConfig's); a partial ``finetune:`` mapping keeps them for the keys it omits."""
+    return Field(default_factory=lambda: FinetuneConfig(**defaults), description=description)
+
+
+class TrainingStep(MethodConfig):
+    """Base of a step that trains as part of its work. Its training options are one
+    :class:`FinetuneConfig` nested under ``finetune:`` (cofi, which trains twice, nests its
+    mask-learning run under ``train:`` too): ``finetune: {epochs: 3, lr: 0.05}``.
+
+    * A ``finetune:`` mapping is read over the step's own training defaults (those of
+      :func:`finetune_field`): keys it leaves out keep the method's values, not FinetuneConfig's.
+      A :class:`FinetuneConfig` instance is taken as it is.
+    * The old flat spelling (``epochs: 3`` beside the step's other fields, ``lr_schedule``) and
+      the names in ``renamed`` are refused with a message naming the new spelling.
+    """
+
+    training_key: ClassVar[str] = "finetune"  # where the old flat training options moved
+    min_epochs: ClassVar[int] = 0             # of that run; >= 1 where the work happens while training
+    renamed: ClassVar[dict[str, str]] = {}    # old field name -> new one
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_options(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        for old, new in cls.renamed.items():
+            if old in data:
+                raise ValueError(f"'{old}' is now spelled '{new}' ({new}: ...)")
+        flat = [k for k in data if k in TRAINING_OPTIONS and k not in cls.model_fields]
+        if flat:
+            new = "schedule" if flat[0] == "lr_schedule" else flat[0]
+            raise ValueError(f"'{flat[0]}' is a training option: set it under '{cls.training_key}:' "
+                             f"({cls.training_key}: {{{new}: ...}})")
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, FinetuneConfig) and isinstance(data.get(name), Mapping):
+                merged[name] = {**default.model_dump(include=default.model_fields_set), **data[name]}
+        return merged
+
+    @model_validator(mode="after")
+    def _enough_epochs(self):
+        value = getattr(self, self.training_key, None)
+        if isinstance(value, FinetuneConfig) and value.epochs < self.min_epochs:
+            raise ValueError(f"'{self.training_key}.epochs' must be >= {self.min_epochs}: {self.method} does its "
+                             "work while training")
+        return self
 
 
 @dataclass

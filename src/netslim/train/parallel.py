@@ -38,11 +38,11 @@ from netslim.core.errors import NetslimError
 
 def batch_sizes(cfg: BaseModel, where: str = "") -> Iterator[tuple[str, int]]:
     """``(field path, global batch size)`` of every training run a step config describes: its own
-    ``batch_size`` when it trains (a TrainConfig, or a schedule's training fields) and those of
-    nested training configs (e.g. ``qat``'s ``finetune``)."""
+    ``batch_size`` when it is one (a TrainConfig) and those of nested training configs (a training
+    step's ``finetune``, e.g. ``qat``'s or ``rigl``'s)."""
     from netslim.train.loop import TrainConfig
 
-    if isinstance(cfg, TrainConfig) or callable(getattr(cfg, "train_config", None)):
+    if isinstance(cfg, TrainConfig):
         yield f"{where}batch_size", cfg.batch_size
     for name in type(cfg).model_fields:
         value = getattr(cfg, name)

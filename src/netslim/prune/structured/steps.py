@@ -8,7 +8,12 @@
   iterations: 2           # prune in steps, fine-tuning between them
   finetune: {epochs: 1, lr: 0.01}
   distill: 0.5            # fine-tune with the unpruned model's soft targets (KD weight; 0 = plain)
+  exclude: [conv1]        # selectors of layers that keep their channels
 ```
+
+``distill`` / ``distill_temperature`` are the KD spelling of every step that distils (the
+``distill`` method and ``cofi`` too); the training options are one ``finetune:`` block (None:
+no fine-tune), as in every step that trains (:class:`netslim.train.loop.TrainingStep`).
 
 Every step shrinks the model physically and appends its prune plan to the artifact's
 ``info["prune_plans"]`` (replayable with :func:`netslim.prune.structured.replay`).
@@ -30,9 +35,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.core.selectors import Selector
+from netslim.train.loop import FinetuneConfig, TrainingStep, fit
 
 from .channels import prune_channels, total_macs
 from .importance import BNSparsity
@@ -41,7 +47,7 @@ log = logging.getLogger(__name__)
 Criterion = Literal["l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random"]
 
 
-class _StructuredBase(MethodConfig):
+class _StructuredBase(TrainingStep):
     criterion: Criterion = "l2"
     calibration_batches: int = Field(8, ge=1, description="taylor: batches of the training split")
     calibration_batch_size: int = Field(64, ge=1)
@@ -54,7 +60,7 @@ class _StructuredBase(MethodConfig):
     min_keep_ratio: float = Field(0.1, gt=0, le=1)
     round_to: int = Field(1, ge=1, description="kept counts rounded up to a multiple of this")
     on_empty: Literal["clamp", "fail"] = "clamp"
-    exclude: tuple[str, ...] = ()
+    exclude: Selector = None
 
 
 class ChannelsConfig(_StructuredBase):
@@ -113,7 +119,8 @@ def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
             raise NetslimError(f"{cfg.method}: 'distill_hidden' matches transformer block outputs; a "
                                f"{type(model).__name__} has none (use 'distill', or method distill with hints).")
 
-        task = DistillTask(task, teacher, DistillConfig(alpha=cfg.distill, temperature=cfg.distill_temperature))
+        kd = DistillConfig(distill=cfg.distill, distill_temperature=cfg.distill_temperature)
+        task = DistillTask(task, teacher, kd)
     summary = fit(model.to(ctx.device), task, cfg.finetune, list(callbacks))
     return {k: v for k, v in summary.items() if k != "history"}
 
@@ -144,7 +151,7 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
     teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
         kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
-                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
+                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude or (), seed=ctx.seed + it)
         frac = it / cfg.iterations
         if cfg.target_macs is not None:
             # geometric steps towards the target: each iteration removes the same share of MACs
@@ -205,7 +212,7 @@ class FFNConfig(_TransformerBase):
         return cls(ratio=0.25)
 
 
-class LayersConfig(MethodConfig):
+class LayersConfig(TrainingStep):
     """Drop whole blocks, the ones that change their input least (block influence): transformer
     blocks of a Hugging Face model, or residual blocks (``y = f(x) + x``) of a CNN, which become
     the identity."""
@@ -294,7 +301,7 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
     teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
         kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
-                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude, seed=ctx.seed + it)
+                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude or (), seed=ctx.seed + it)
         if cfg.criterion in ("taylor", "activation"):
             kwargs.update(batches=_taylor_batches(ctx.task, cfg, ctx.seed + it), loss_fn=ctx.task.loss)
         ratio = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
@@ -385,7 +392,7 @@ def run_layers(model, cfg: LayersConfig, ctx):
 
 
 # ---------------------------------------------------------------------------- width
-class WidthConfig(MethodConfig):
+class WidthConfig(TrainingStep):
     """Hidden-size pruning of a Hugging Face transformer (BERT, GPT-2, Llama family): the residual
     stream narrower in the embeddings, every block, every norm and the head; config updated."""
 
