@@ -1,18 +1,25 @@
 """Issue 22 coverage table: structured pruning on many architectures, netslim vs Torch-Pruning.
 
 For each tiny random-config family of ``tests/structured/test_structured_families.py`` and each
-unit kind (channels, heads, FFN neurons), netslim prunes 50 % through its public API
-(``prune_channels`` / ``prune_heads`` / ``prune_ffn``) and the result is checked: forward works,
-parameters fewer, ``netslim.save`` + ``netslim.load`` gives the same outputs. A kind that removes
-nothing is recorded with the reason netslim gives. Torch-Pruning (the ``bench`` extra) runs on
-the same models in the same process: ``MetaPruner`` at 50 % with the output layer ignored,
-heads pruned where its ``num_heads`` dict can be filled from the config (as its HF examples
-do), and its result counts as pruned when the forward works and parameters drop.
+kind (channels, heads, FFN neurons, width, layers), netslim prunes 50 % through its public API
+(``prune_channels`` / ``prune_heads`` / ``prune_ffn``; ``prune_width`` at half the hidden size,
+its default criterion and norm correction calibrated on the example batch; ``drop_layers`` of
+half the blocks by influence, what the ``layers`` step runs on a Hugging Face model) and the
+result is checked: forward works, output shape kept, parameters fewer, ``netslim.save`` +
+``netslim.load`` gives the same outputs. Statuses: ``pruned`` (with ``reloaded``), ``skipped``
+(the model came back unchanged; the reason netslim gives), ``refused`` (one NetslimError line,
+e.g. no width rule for the family, no block list found), ``crash`` (any other exception: a bug).
+Torch-Pruning (the ``bench`` extra) runs on the same models in the same process: ``MetaPruner``
+at 50 % with the output layer ignored, heads pruned where its ``num_heads`` dict can be filled
+from the config (as its HF examples do), and its result counts as pruned when the forward works
+and parameters drop; it has no FFN-only, hidden-size-only or block-removal mode (its channel
+pruning covers FFN Linears and the hidden size).
 
-    OMP_NUM_THREADS=1 python benchmarks/structured_coverage.py
+    OMP_NUM_THREADS=1 python benchmarks/structured_coverage.py [--families bert llama] [--kinds width layers]
 
-writes ``benchmarks/results/issue22_coverage.json`` and ``issue22_coverage.md`` (the table),
-plus the time to build the generic graph of each family.
+writes ``benchmarks/results/issue22_coverage.json`` (a ``record.py`` record: machine, load,
+commit) and ``issue22_coverage.md`` (the table), plus the time to build the generic graph of
+each family.
 
     OMP_NUM_THREADS=2 python benchmarks/structured_coverage.py --real [--repeats 5]
 
@@ -45,7 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "structured"))
 
 import netslim  # noqa: E402
-from netslim.prune.structured import prune_channels, prune_ffn, prune_heads  # noqa: E402
+from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, prune_width  # noqa: E402
+from netslim.prune.structured.hf import _block_list  # noqa: E402
 from netslim.prune.structured.generic import structured_graph  # noqa: E402
 from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
 
@@ -55,21 +63,36 @@ from record import finish, start, write  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+KINDS = ("channels", "heads", "ffn", "width", "layers")
+
+
+def _prune(model, x, kind: str):
+    if kind == "channels":
+        return prune_channels(model, x, ratio=0.5, scope="uniform")
+    if kind in ("heads", "ffn"):
+        return (prune_heads if kind == "heads" else prune_ffn)(model, 0.5, example_inputs=x)
+    if kind == "width":
+        return prune_width(model, ratio=0.5, batches=[x])
+    return drop_layers(model, len(_block_list(model)[0]) // 2, [x])
+
+
 def _netslim(family: str, kind: str, tmp: Path) -> dict:
     model, x = build(family)
     before = n_params(model)
+    y_ref = out(model, x)
     try:
-        if kind == "channels":
-            model, r = prune_channels(model, x, ratio=0.5, scope="uniform")
-        else:
-            model, r = (prune_heads if kind == "heads" else prune_ffn)(model, 0.5, example_inputs=x)
+        model, r = _prune(model, x, kind)
     except netslim.NetslimError as e:
-        return {"status": "error", "reason": str(e)[:200]}
+        return {"status": "refused", "reason": str(e)[:200]}
+    except Exception as e:  # noqa: BLE001 - a crash is a result (and a bug to file)
+        return {"status": "crash", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
     after = n_params(model)
     if after >= before:
         reasons = [s["reason"] for s in r.get("skipped", [])]
         return {"status": "skipped", "reason": (reasons[-1] if reasons else "nothing removed")[:200]}
     y = out(model, x)
+    if y.shape != y_ref.shape:
+        return {"status": "crash", "reason": f"output shape {tuple(y.shape)}, was {tuple(y_ref.shape)}"}
     try:
         back = netslim.load(netslim.save(model, tmp / f"{family}-{kind}.safetensors"))
         reloaded = bool(torch.allclose(out(back, x), y, atol=1e-5))
@@ -109,8 +132,10 @@ def _torch_pruning(family: str, kind: str) -> dict:
         import torch_pruning as tp
     except ImportError:
         return {"status": "absent", "reason": "pip install netslim[bench] (torch-pruning)"}
-    if kind == "ffn":
-        return {"status": "n/a", "reason": "no FFN-only mode: its channel pruning covers FFN Linears"}
+    if kind in ("ffn", "width", "layers"):
+        return {"status": "n/a", "reason": {"ffn": "no FFN-only mode: its channel pruning covers FFN Linears",
+                                            "width": "no hidden-size-only mode: its channel pruning covers it",
+                                            "layers": "no block removal"}[kind]}
     model, x = build(family)
     before = n_params(model)
     head = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]  # the output layer
@@ -253,6 +278,7 @@ def run_real(repeats: int, tiny: bool, out_path: Path | None) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="*", default=list(FAMILIES))
+    p.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     p.add_argument("--real", action="store_true", help="time the graph of the zoo's SmolLM2 and MobileNetV2 instead "
                    "(record: benchmarks/results/issue22_real.json)")
     p.add_argument("--repeats", type=int, default=3, help="--real: builds timed after the first one")
@@ -265,6 +291,7 @@ def main() -> None:
         return
     if args.tiny or args.out or args.repeats != 3:
         p.error("--tiny, --out and --repeats go with --real")
+    rec = start("issue22_coverage")
     tmp = RESULTS / ".issue22_tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     rows, times = {}, {}
@@ -274,12 +301,12 @@ def main() -> None:
         structured_graph(model, x)
         times[fam] = round(time.perf_counter() - t0, 4)
         rows[fam] = {kind: {"netslim": _netslim(fam, kind, tmp), "torch_pruning": _torch_pruning(fam, kind)}
-                     for kind in ("channels", "heads", "ffn")}
+                     for kind in args.kinds}
         print(fam, {k: (v["netslim"]["status"], v["torch_pruning"]["status"]) for k, v in rows[fam].items()},
               flush=True)
-    data = {"torch": torch.__version__, "torch_pruning": getattr(sys.modules.get("torch_pruning"), "__version__", None),
-            "rows": rows, "graph_seconds": times}
-    (RESULTS / "issue22_coverage.json").write_text(json.dumps(data, indent=1))
+    metrics = {"torch_pruning": getattr(sys.modules.get("torch_pruning"), "__version__", None),
+               "kinds": list(args.kinds), "rows": rows, "graph_seconds": times}
+    write(RESULTS / "issue22_coverage.json", finish(rec, metrics))
     lines = ["| family | kind | netslim | Torch-Pruning |", "|---|---|---|---|"]
     for fam, kinds in rows.items():
         for kind, r in kinds.items():
