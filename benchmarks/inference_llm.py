@@ -19,7 +19,9 @@ the prompt's prefill and every new token, so tokens/s = new tokens / median call
   :mod:`netslim.quantize.onnx_io`), so there is no ORT decoding row; the record says so.
 
 Fidelity: the index of the first generated token that differs from fp32's greedy output
-(``None``: all equal) and the number of equal tokens.
+(``None``: all equal), the number of equal tokens, and the top-1 agreement under teacher forcing
+(each variant fed fp32's greedy prefix: the fraction of positions where it predicts fp32's next
+token; one early near-tie, which ends the first measure, barely moves it).
 """
 from __future__ import annotations
 
@@ -59,6 +61,13 @@ class Greedy(nn.Module):
             toks.append(tok)
         return torch.cat(toks, 1)
 
+    @torch.inference_mode()
+    def teacher_forced(self, input_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Argmax after the prompt and each prefix of ``target`` (1, n): (1, n) predicted ids."""
+        n = target.shape[1]
+        logits = self.model(input_ids=torch.cat([input_ids, target[:, :-1]], 1), logits_to_keep=n).logits
+        return logits.argmax(-1)
+
 
 class LlamaCppGreedy(nn.Module):
     """llama.cpp on a GGUF file behind the same call: the prompt ids evaluated, then argmax per token."""
@@ -85,6 +94,18 @@ class LlamaCppGreedy(nn.Module):
             if i + 1 < self.new_tokens:
                 llm.eval([toks[-1]])
         return torch.tensor([toks])
+
+    def teacher_forced(self, input_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        llm, out = self.llm, []
+        llm.reset()
+        llm.eval(input_ids[0].tolist())
+        for t in target[0].tolist():
+            logits = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
+            out.append(int(logits.argmax()))
+            llm.eval([t])
+        return torch.tensor([out])
 
 
 def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
@@ -161,12 +182,14 @@ def run_llm(args) -> tuple[dict, str]:
         variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}
     rows: dict[str, dict] = {}
     with torch.inference_mode():
-        ref = variants["fp32"](ids)[0]
+        ref = variants["fp32"](ids)                                         # (1, n)
         for k, m in variants.items():
             out = m(ids)[0]
-            same = (out == ref).tolist()
+            same = (out == ref[0]).tolist()
             first = next((i for i, s in enumerate(same) if not s), None)
-            rows[k] = {"first_divergence": first, "tokens_equal_to_fp32": int(sum(same)), "tokens": out.tolist()}
+            forced = (m.teacher_forced(ids, ref)[0] == ref[0]).float().mean().item()
+            rows[k] = {"first_divergence": first, "tokens_equal_to_fp32": int(sum(same)),
+                       "top1_agreement_teacher_forced": forced, "tokens": out.tolist()}
     record["load_at_timing_start"] = loadavg()
     times = timed(variants, {"input_ids": ids}, args, number=1)
     for k, t in times.items():
@@ -175,7 +198,9 @@ def run_llm(args) -> tuple[dict, str]:
         rows[k]["vs_fp32"] = rows[k]["tokens_per_s"] / rows["fp32"]["tokens_per_s"]
     record |= {"model": name, "prompt": PROMPT, "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens,
                "variants": list(variants), "notes": notes, "rows": rows, "load_after": loadavg(),
-               "fidelity": "first generated token index where the greedy output differs from fp32's (None: none)"}
+               "fidelity": "first generated token index where the greedy output differs from fp32's (None: none); "
+                           "top-1 agreement: fraction of fp32's greedy tokens each variant predicts itself when fed "
+                           "fp32's prefix (teacher forcing), robust to one early near-tie"}
     return record, llm_markdown(record)
 
 
@@ -185,12 +210,13 @@ def llm_markdown(record: dict) -> str:
              f"{record['git']['commit'][:10]}, {record['machine']['cpu_model']}, {record['threads']} threads, "
              f"load {record['load_before']} -> {record['load_after']}.", "",
              f"Protocol: {record['protocol']}. {record['notes'].get('source', '')}.", "",
-             "| variant | tokens/s | median s per call (IQR) | vs fp32 | first token differing from fp32 |",
-             "|---|---:|---:|---:|---:|"]
+             "| variant | tokens/s | median s per call (IQR) | vs fp32 | first token differing from fp32 | "
+             "top-1 agreement (teacher-forced) |", "|---|---:|---:|---:|---:|---:|"]
     for k in record["variants"]:
         r = record["rows"][k]
         first = "none" if r["first_divergence"] is None else str(r["first_divergence"])
         lines.append(f"| {k} | {r['tokens_per_s']:.1f} | {r['median_ms'] / 1e3:.3f} ({r['iqr_ms'] / 1e3:.3f}) | "
-                     f"{r['vs_fp32']:.2f}x | {first} ({r['tokens_equal_to_fp32']}/{record['new_tokens']} equal) |")
+                     f"{r['vs_fp32']:.2f}x | {first} ({r['tokens_equal_to_fp32']}/{record['new_tokens']} equal) | "
+                     f"{r['top1_agreement_teacher_forced']:.3f} |")
     lines += ["", *notes_lines(record["notes"]), "", f"Command: `{record['command']}`"]
     return "\n".join(lines) + "\n"

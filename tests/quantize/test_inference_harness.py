@@ -69,3 +69,13 @@ def test_tiny_run_writes_every_shape_and_variant(harness, tmp_path):
             assert row["median_ms"] > 0 and row["calls_per_block"] >= 1 and 0.99 < row["fidelity"] <= 1.0 + 1e-6
     assert record["notes"]["netslim int8"]["command"].startswith("netslim compress int8_minilm")
     assert out.with_suffix(".md").read_text().count("| netslim int8 |") == 1
+
+
+def test_teacher_forced_agreement_of_the_model_itself_is_one(harness):
+    from netslim.models import build_model
+
+    _, llm = harness
+    g = llm.Greedy(build_model("tiny-llama").eval(), 10)
+    ids = torch.tensor([[5, 17, 99, 3]])
+    out = g(ids)
+    assert torch.equal(g.teacher_forced(ids, out), out)
