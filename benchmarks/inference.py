@@ -381,7 +381,7 @@ def run_minilm(args) -> tuple[dict, str]:
         ref = embeddings(variants["fp32 eager"], shapes[s]["batches"])
         for k, m in variants.items():
             rows[s][k] = {"fidelity": float((embeddings(m, shapes[s]["batches"]) * ref).sum(-1).mean())}
-    for s in SHAPES:
+    for s in SHAPES if not args.fidelity_only else ():
         for k, t in timed(variants, shapes[s]["timed"], args).items():
             rows[s][k] |= t | {"speedup_vs_fp32": None}
         base = rows[s]["fp32 eager"]["median_ms"]
@@ -389,6 +389,8 @@ def run_minilm(args) -> tuple[dict, str]:
             rows[s][k]["speedup_vs_fp32"] = base / rows[s][k]["median_ms"]
         print(f"{s}: " + ", ".join(f"{k} {r['median_ms']:.2f} ms" for k, r in rows[s].items()), flush=True)
     record |= {"rows": rows, "load_after": loadavg()}
+    if args.fidelity_only:
+        return record, "\n".join(f"{s} {k}: cos {r['fidelity']:.4f}" for s in SHAPES for k, r in rows[s].items())
     if args.profile:
         record["profile"] = profile_batch1(variants, shapes["b1"]["timed"], args)
     return record, minilm_markdown(record)
@@ -507,6 +509,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128, help="--llm: greedy tokens per call")
     p.add_argument("--only", nargs="*", help="variants whose name contains one of these (fp32 always)")
     p.add_argument("--profile", action="store_true", help="MiniLM: torch.profiler of netslim int8 at batch 1")
+    p.add_argument("--fidelity-only", action="store_true", help="MiniLM: build and score every variant, time "
+                                                                "nothing (a correctness check; writes no result)")
     p.add_argument("--build-only", action="store_true", help="build / cache every artifact and exported file, "
                                                              "time nothing (run it before a timing job)")
     p.add_argument("--cache", default=None, help="artifacts / exported files (default $NETSLIM_CACHE/bench/issue25)")
@@ -529,8 +533,8 @@ def main(argv=None) -> int:
     else:
         record, markdown = run_minilm(args)
         stem = "issue25_minilm"
-    if args.build_only:
-        print(json.dumps(record["notes"], indent=2, default=str))
+    if args.build_only or args.fidelity_only:
+        print(markdown if args.fidelity_only else json.dumps(record["notes"], indent=2, default=str))
         return 0
     path = write_outputs(record, markdown, stem, args)
     print(markdown)
