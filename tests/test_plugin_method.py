@@ -128,16 +128,34 @@ def toy(model, cfg, ctx):
 
 CHECK = '''
 import sys, netslim
-assert "toy_plugin_ok" not in sys.modules and "netslim.prune" not in sys.modules  # nothing loaded at import
-model = netslim.load(netslim.save(netslim.build_model("lenet300"), sys.argv[1]))
+families = lambda: sorted(m for m in ("netslim.prune", "netslim.quantize", "netslim.codec", "toy_plugin_ok")
+                          if m in sys.modules)
+assert families() == [], families()  # import netslim loads no family, no plugin
+for path in sys.argv[1:]:
+    model = netslim.load(path)
+    print(path.rsplit("/", 1)[-1], families())
 from netslim.core.config import methods
 from netslim.core.registry import failed_sources
-assert "toy_plugin_method" in methods() and "netslim.prune" in sys.modules
+assert "toy_plugin_method" in methods()
 print(sorted(failed_sources()))
 '''
 
 
-def test_installed_plugins_load_lazily_and_a_broken_one_does_not_break_load(tmp_path):
+def _run(site, *paths):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    run = subprocess.run([sys.executable, "-c", CHECK, *map(str, paths)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines(), run.stderr
+
+
+def test_plugins_and_families_load_lazily_and_a_broken_plugin_does_not_break_load(tmp_path):
+    """A fresh process: a dense artifact loads without importing a family; a quantized one (its
+    module types) and an .nsz file (its format's loader) load the sources on the miss; the broken
+    plugin is one warning line, listed by failed_sources."""
+    from netslim.codec import export_nsz
+
     site = tmp_path / "site"
     dist = site / "toy_plugins-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -145,11 +163,14 @@ def test_installed_plugins_load_lazily_and_a_broken_one_does_not_break_load(tmp_
     (dist / "entry_points.txt").write_text("[netslim.plugins]\nok = toy_plugin_ok\nbroken = toy_plugin_broken\n")
     (site / "toy_plugin_ok.py").write_text(textwrap.dedent(PLUGIN))
     (site / "toy_plugin_broken.py").write_text("raise ImportError('toy plugin cannot start')\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    run = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path / "m.safetensors")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split("\n")[0] == "[\"plugin 'broken' (toy_plugin_broken)\"]"
-    reported = [line for line in run.stderr.splitlines() if "toy_plugin_broken" in line]
+    dense = netslim.save(netslim.build_model("lenet300"), tmp_path / "dense.safetensors")
+    quantized = netslim.save(netslim.apply(netslim.build_model("lenet300"), "weight_only", bits=8, group_size=None),
+                             tmp_path / "int8.safetensors")
+    nsz = export_nsz(netslim.build_model("lenet300"), tmp_path / "m.nsz")
+
+    out, err = _run(site, dense, quantized)
+    everything = "['netslim.codec', 'netslim.prune', 'netslim.quantize', 'toy_plugin_ok']"
+    assert out == ["dense.safetensors []", f"int8.safetensors {everything}", "[\"plugin 'broken' (toy_plugin_broken)\"]"]
+    reported = [line for line in err.splitlines() if "toy_plugin_broken" in line]
     assert len(reported) == 1 and "ImportError: toy plugin cannot start" in reported[0]
+    assert _run(site, nsz)[0][0] == f"m.nsz {everything}"

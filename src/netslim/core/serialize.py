@@ -18,8 +18,10 @@ An artifact is a safetensors file whose metadata holds a JSON description:
 
 Other container formats (e.g. the Huffman-coded ``.nsz``) plug in with
 :func:`register_loader` keyed by their magic bytes. Every register_* here is filled by the
-modules that define the types, found through :mod:`netslim.core.registry` (its sources are
-loaded before save, load and any architecture lookup).
+modules that define the types, found through :mod:`netslim.core.registry`: ``save`` loads its
+sources first (a storage form or an architecture kind may come from any of them); ``load``
+only when the file needs something not registered yet (a module type, an architecture kind,
+a format's loader, plan replay), so a dense model loads without importing the method families.
 
 Integrity and validation (the file format is in :mod:`netslim.core.artifact_schema`):
 :func:`save` stores a **SHA-256** of the description JSON and of every tensor's raw bytes
@@ -102,12 +104,14 @@ def describe_arch(model: nn.Module) -> dict:
 
 def build_arch(arch: dict, device: str | torch.device = "cpu", base: Base = None) -> nn.Module:
     """The base model of ``arch``; a user model (kind "user") is ``base`` (an instance or a factory)."""
-    load_sources()
     kind = arch.get("kind")
     if kind == USER_KIND:
         return _user_base(arch, base)
     if kind not in _ARCHS:
-        raise unknown_name("architecture kind", kind, [*_ARCHS, USER_KIND])
+        load_sources()
+    if kind not in _ARCHS:
+        err = unknown_name("architecture kind", kind, [*_ARCHS, USER_KIND])
+        raise type(err)(str(err) + failure_note())
     with torch.device(device):
         return _ARCHS[kind].build(arch)
 
@@ -341,6 +345,8 @@ def register_plan_replay(fn: Callable[[nn.Module, list], nn.Module]) -> None:
 def _replay_plans(model: nn.Module, plans: list) -> None:
     if plans:
         if not _PLAN_REPLAY:
+            load_sources()
+        if not _PLAN_REPLAY:
             raise NetslimError("This artifact holds structured prune plans; netslim.prune.structured is not loaded.")
         _PLAN_REPLAY[0](model, plans)
 
@@ -456,6 +462,20 @@ def register_loader(magic: bytes, fn: Callable[..., nn.Module]) -> None:
     _LOADERS[magic] = fn
 
 
+def _loader(head: bytes) -> Callable[..., nn.Module] | None:
+    """The registered loader whose magic bytes start the file, or None (a safetensors file: an
+    8-byte header length, then the JSON header). A file that is neither loads the registry's
+    sources first: its format may be a method family's or a plugin's."""
+    for attempt in range(2):
+        for magic, fn in _LOADERS.items():
+            if head.startswith(magic):
+                return fn
+        if attempt or head[8:9] == b"{":
+            return None
+        load_sources()
+    return None
+
+
 def read_description(path: str | os.PathLike, *, verify: bool = True) -> dict:
     """The validated JSON description of a safetensors artifact, without loading tensors.
 
@@ -495,12 +515,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: B
     registered with :func:`register_loader` (``.nsz``) check their own CRCs either way.
     """
     path = _existing(path)
-    load_sources()  # loaders of other formats, architectures, module types
     with open(path, "rb") as f:
         head = f.read(16)
-    for magic, fn in _LOADERS.items():
-        if head.startswith(magic):
-            return fn(path, base=base).to(device)
+    fn = _loader(head)
+    if fn is not None:
+        return fn(path, base=base).to(device)
     header = read_header(path)
     text, raw = parse_description(header)
     if verify:
@@ -566,6 +585,7 @@ def check_against_header(desc: dict, header: Header, base: Base = None) -> None:
     instance) the recorded modules are built and checked one by one.
     """
     where = str(header.path)
+    _ensure_registered(desc)  # before the meta device context below: imports build nothing on it
     expected = {k: (e.dtype, e.shape) for k, e in header.tensors.items()}
     for alias, target in desc["aliases"].items():
         expected[alias] = expected[target]
@@ -582,6 +602,27 @@ def check_against_header(desc: dict, header: Header, base: Base = None) -> None:
             module = build_module(spec, name)
             _attach_masks(module, desc["masks"], prefix=f"{name}.")
             _compare(module.state_dict(prefix=f"{name}."), expected, where, arch, complete=False)
+
+
+def _ensure_registered(desc: dict) -> None:
+    """Load the registry's sources when ``desc`` names what is not registered yet: an
+    architecture kind, a module type (any ``"type"`` string in ``modules``, nested specs
+    included), or plans to replay."""
+    def types(value: Any):
+        if isinstance(value, dict):
+            if isinstance(value.get("type"), str):
+                yield value["type"]
+            for v in value.values():
+                yield from types(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from types(v)
+
+    known = set(_MODULES) | {_type_name(c) for c in _CONTAINERS}
+    kind = desc["arch"].get("kind")
+    if ((kind != USER_KIND and kind not in _ARCHS) or (desc.get("plans") and not _PLAN_REPLAY)
+            or any(t not in known for t in types(desc.get("modules", {})))):
+        load_sources()
 
 
 @contextlib.contextmanager

@@ -345,13 +345,11 @@ def open_artifact(path: str | os.PathLike, *, verify: bool = True) -> StreamedMo
     from the description (checked against the header first), its tensors read on demand and
     checked against their SHA-256 as they are read (``verify``)."""
     from .artifact_schema import parse_description, read_integrity, validate_description, verify_description
-    from .registry import load_sources
     from .serialize import USER_KIND, build_arch, check_against_header, restore_structure
 
     path = Path(path)
     if not path.is_file():
         raise NetslimError(f"Artifact {shown(str(path))} does not exist.")
-    load_sources()  # architectures, module types
     header = read_header(path)
     text, raw = parse_description(header)
     record = read_integrity(header) if verify else None
