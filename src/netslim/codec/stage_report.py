@@ -41,7 +41,7 @@ def stage_markdown(notes: dict[str, Any]) -> str:
 
 def stage_plot(points: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy versus compression ratio: dense, pruning only, quantization only, both."""
-    from netslim.report.plots import _save, plt
+    from netslim.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for p in points:
@@ -55,7 +55,7 @@ def stage_plot(points: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlabel("compression ratio (dense fp32 bytes / .nsz bytes)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Deep Compression: accuracy vs compression")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_stage_report(out_dir: Path, notes: dict[str, Any]) -> dict[str, str]:

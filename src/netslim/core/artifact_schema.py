@@ -354,7 +354,7 @@ def validate_description(header: Header, raw: dict) -> dict:
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise NetslimError(f"{path} was written by a newer netslim (format {version}); "
                            f"this one reads <= {FORMAT_VERSION}.")
-    deep = _too_deep(raw, MAX_DEPTH)
+    deep = too_deep(raw, MAX_DEPTH)
     if deep is not None:
         raise NetslimError(f"{path}: invalid description: field {shown(deep)} is nested deeper than {MAX_DEPTH} "
                            "levels.")
@@ -412,7 +412,7 @@ def _check_aliases(header: Header, aliases: dict[str, str]) -> None:
                                "stored tensor.")
 
 
-def _too_deep(obj: Any, limit: int) -> str | None:
+def too_deep(obj: Any, limit: int) -> str | None:
     """The path of the first value nested deeper than ``limit`` (iterative: no recursion)."""
     stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
     while stack:

@@ -197,9 +197,9 @@ def _tied(model: nn.Module) -> bool:
 
 
 def _packed(module: nn.Module) -> bool:
-    from netslim.quantize.weight_only import _Packed
+    from netslim.quantize.weight_only import PackedWeight
 
-    return isinstance(module, _Packed)
+    return isinstance(module, PackedWeight)
 
 
 def float_weight(module: nn.Module) -> torch.Tensor:

@@ -158,9 +158,9 @@ def _description(proto, path: Path) -> dict | None:
         raise NetslimError(f"{where}: nested too deeply.") from None
     except ValueError as e:  # JSON errors and pydantic's ValidationError
         raise NetslimError(f"{where}: {_schema_error(e)}.") from None
-    from netslim.core.artifact_schema import _too_deep
+    from netslim.core.artifact_schema import too_deep
 
-    if _too_deep(raw, MAX_DEPTH) is not None:
+    if too_deep(raw, MAX_DEPTH) is not None:
         raise NetslimError(f"{where}: nested deeper than {MAX_DEPTH} levels.")
     graph_inputs = _graph_inputs(proto)
     if set(raw["inputs"]) != set(graph_inputs) or len(raw["outputs"]) != len(proto.graph.output):

@@ -17,7 +17,7 @@ from torch import nn
 from netslim.core.surgery import get_module
 
 from .dynamic import DynamicInt8Linear
-from .weight_only import QuantizedEmbedding, _Packed
+from .weight_only import PackedWeight, QuantizedEmbedding
 
 
 def gelu_kind(act: nn.Module) -> str | None:
@@ -62,5 +62,5 @@ def cast_body(model: nn.Module, dtype: torch.dtype) -> None:
     for m in model.modules():
         if isinstance(m, QuantizedEmbedding):
             m.out_dtype = str(dtype).removeprefix("torch.")
-        elif not isinstance(m, (DynamicInt8Linear, _Packed)):  # int8 codes, fp32 scales and biases stay
+        elif not isinstance(m, (DynamicInt8Linear, PackedWeight)):  # int8 codes, fp32 scales and biases stay
             m._apply(lambda t: t.to(dtype) if t.is_floating_point() else t, recurse=False)

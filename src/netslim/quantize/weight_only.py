@@ -30,7 +30,7 @@ from .packing import (PARAM_DTYPE, check_group, check_pack_bits, dequantize_grou
 log = logging.getLogger(__name__)
 
 
-class _Packed(nn.Module):
+class PackedWeight(nn.Module):
     """Shared storage of a packed (rows, cols) weight: ``weight_packed``, ``scales``, ``zeros``."""
 
     def __init__(self, rows: int, cols: int, bits: int, group_size: int | None, device=None):
@@ -92,7 +92,7 @@ class _Packed(nn.Module):
         return (self.weight_packed.numel() * 8 + (self.scales.numel() + self.zeros.numel()) * 16) / n
 
 
-class QuantizedLinear(_Packed):
+class QuantizedLinear(PackedWeight):
     """``y = x @ dequant(W).T + b`` with W stored as packed group-wise codes."""
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = 128,
@@ -126,7 +126,7 @@ class QuantizedLinear(_Packed):
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
 
-class QuantizedEmbedding(_Packed):
+class QuantizedEmbedding(PackedWeight):
     """An embedding table stored packed; only the looked-up rows are dequantized."""
 
     OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -25,7 +25,8 @@ LABEL_CHARS = 28     # longer bar labels keep their tail: "…layers.12.mlp.down
 DPI = 110
 
 
-def _save(fig, path: Path, layout: bool = True) -> Path:
+def save_figure(fig, path: Path, layout: bool = True) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI` (tight layout unless ``layout`` is False) and close it."""
     if layout:  # not after labels were placed by pixel positions: it would move the points
         fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -86,7 +87,7 @@ def _bar(groups: list[dict[str, Any]], field: str, ylabel: str, title: str, path
                   fontsize=7 if n <= 25 else 6)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _size_breakdown(layers: list[dict[str, Any]], groups: list[dict[str, Any]], rule: str, path: Path) -> Path:
@@ -107,7 +108,7 @@ def _size_breakdown(layers: list[dict[str, Any]], groups: list[dict[str, Any]], 
     right.set_xlabel("KiB stored")
     right.set_title(f"Largest, {rule}", fontsize=10)
     fig.suptitle("Size breakdown: bytes of the tensors each layer stores", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layer_plots(layers: list[dict[str, Any]], out: Path) -> dict[str, Path]:
@@ -177,4 +178,4 @@ def tradeoff_figure(points: list[tuple[str, float, float]], metric: str):
 def tradeoff_plot(points: list[tuple[str, float, float]], metric: str, out: Path) -> Path:
     """Metric versus size on disk for the baseline, every step and the final artifact."""
     fig, _, _ = tradeoff_figure(points, metric)
-    return _save(fig, out / "tradeoff.png", layout=False)
+    return save_figure(fig, out / "tradeoff.png", layout=False)

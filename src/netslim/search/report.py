@@ -33,7 +33,7 @@ def pareto_markdown(points: Sequence[dict[str, Any]], cost: str = "cost", metric
 def pareto_plot(groups: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, *, cost: str = "cost",
                 metric: str = "accuracy", title: str = "") -> Path:
     """One scatter per named group (e.g. searched architectures, compressed big model); fronts as lines."""
-    from netslim.report.plots import _save, plt
+    from netslim.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = "os^Dv<>P*"
@@ -48,7 +48,7 @@ def pareto_plot(groups: dict[str, Sequence[dict[str, Any]]], path: str | os.Path
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} vs {cost}")
     ax.legend(fontsize=7)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_recipe(path: str | os.PathLike, recipe: dict[str, Any]) -> Path:

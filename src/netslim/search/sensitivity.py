@@ -58,7 +58,7 @@ class SensitivityTable:
                           f"{self.baseline:.4f})", "", head, rule, *rows])
 
     def plot(self, path: str | os.PathLike) -> Path:
-        from netslim.report.plots import _save, plt
+        from netslim.report.plots import plt, save_figure
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         cmap = plt.get_cmap("viridis", max(len(self.curves), 2))
@@ -69,7 +69,7 @@ class SensitivityTable:
         ax.set_ylabel(self.metric)
         ax.set_title(f"Sensitivity: {self.metric} vs one layer's {self.knob}")
         ax.legend(fontsize=6, ncol=2)
-        return _save(fig, Path(path))
+        return save_figure(fig, Path(path))
 
 
 def model_digest(model: nn.Module) -> str:
