@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "tests" / "structured"))
 
 import netslim  # noqa: E402
 from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, prune_width  # noqa: E402
-from netslim.prune.structured.hf import _block_list  # noqa: E402
+from netslim.prune.structured.hf import block_list  # noqa: E402
 from netslim.prune.structured.generic import structured_graph  # noqa: E402
 from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
 
@@ -73,7 +73,7 @@ def _prune(model, x, kind: str):
         return (prune_heads if kind == "heads" else prune_ffn)(model, 0.5, example_inputs=x)
     if kind == "width":
         return prune_width(model, ratio=0.5, batches=[x])
-    return drop_layers(model, len(_block_list(model)[0]) // 2, [x])
+    return drop_layers(model, len(block_list(model)[0]) // 2, [x])
 
 
 def _netslim(family: str, kind: str, tmp: Path) -> dict:

@@ -46,7 +46,7 @@ from netslim.distill.layerwise import layerwise_task
 from netslim.measure import count_params, interleaved_latency
 from netslim.prune.cofi import CoFiConfig, cofi_train
 from netslim.prune.structured import drop_layers, prune_ffn, prune_heads, prune_width
-from netslim.prune.structured.hf import _block_list
+from netslim.prune.structured.hf import block_list
 from netslim.train.loop import FinetuneConfig, fit
 from netslim.train.tasks import get_task
 
@@ -123,7 +123,8 @@ class Run:
         return round(self.task.evaluate(model.to(self.device), "test")["accuracy"] * 100, 2)
 
     def recover(self, model: nn.Module, epochs: float) -> dict:
-        t = layerwise_task(self.task, model, teacher=self.base_model(), alpha=0.5, temperature=4.0, hidden_weight=1.0)
+        t = layerwise_task(self.task, model, teacher=self.base_model(), distill=0.5, distill_temperature=4.0,
+                           hidden_weight=1.0)
         s = fit(model.to(self.device), t, self.train_cfg(epochs))
         return {"steps": s["steps"], "seconds": round(s["seconds"], 1)}
 
@@ -144,7 +145,7 @@ class Run:
 
 def block_params(model: nn.Module) -> int:
     """Weight elements of the encoder blocks' Linear layers (CoFi's "encoder parameters")."""
-    return sum(m.weight.numel() for b in _block_list(model)[0] for m in b.modules() if isinstance(m, nn.Linear))
+    return sum(m.weight.numel() for b in block_list(model)[0] for m in b.modules() if isinstance(m, nn.Linear))
 
 
 def log(name: str, row: dict) -> None:
@@ -203,11 +204,11 @@ def heads(run: Run) -> dict:
 def _heads_per_block(model: nn.Module) -> list[int]:
     cfg = model.config
     return [b.attention.self.query.out_features // (cfg.hidden_size // cfg.num_attention_heads)
-            for b in _block_list(model)[0]]
+            for b in block_list(model)[0]]
 
 
 def layers(run: Run) -> dict:
-    n = len(_block_list(run.base_model())[0])
+    n = len(block_list(run.base_model())[0])
     calib = run.task.calibration_inputs(16, seed=0)
     batches = [{k: v[i:i + 4] for k, v in calib.items()} for i in range(0, 16, 4)]
     out = {}
@@ -273,8 +274,9 @@ def cofi(run: Run) -> dict:
     for sparsity in (0.5, 0.75):
         tag = f"{int(sparsity * 100)}"
         model = copy.deepcopy(run.base_model())
-        cfg = CoFiConfig(sparsity=sparsity, epochs=epochs, max_steps=run.args.max_steps or None,
-                         batch_size=run.args.batch_size, lr=run.lr, warmup_epochs=0.1)
+        cfg = CoFiConfig(sparsity=sparsity, train={"epochs": epochs, "max_steps": run.args.max_steps or None,
+                                                   "batch_size": run.args.batch_size, "lr": run.lr,
+                                                   "warmup_epochs": 0.1})
         rep = cofi_train(model, run.task, cfg=cfg, teacher=run.base_model().eval())
         row = {k: rep[k] for k in ("sparsity", "expected_sparsity_end", "heads_kept", "neurons_kept", "hidden_kept",
                                    "attention_layers_removed", "ffn_layers_removed", "block_size_after")}

@@ -84,7 +84,7 @@ def test_hidden_loss_is_zero_for_a_student_that_computes_the_teachers_kept_dims(
             self.seq_len, self.limit, self.seed, self.eval_batch_size = 10, None, 0, 4
             self._blocks = {c: IDS for c in ("calibration", "validation", "test")}
 
-    t = LayerwiseDistillTask(Blocks(), teacher, alpha=0.0, temperature=2.0, hidden_weight=1.0,
+    t = LayerwiseDistillTask(Blocks(), teacher, distill=0.0, distill_temperature=2.0, hidden_weight=1.0,
                              layer_map=[0, 1], dims=keep.tolist())
     loss = t.loss(student, {"input_ids": IDS[:4]})
     assert t.last["hidden"] < 1e-9

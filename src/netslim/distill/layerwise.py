@@ -3,7 +3,7 @@
 :class:`LayerwiseDistillTask` wraps a task as :class:`~netslim.distill.step.DistillTask` does and
 adds a hidden-state term::
 
-    loss = (1 - alpha) * task loss + alpha * soft loss (Hinton KD at T, on the logits)
+    loss = (1 - distill) * task loss + distill * soft loss (Hinton KD at distill_temperature, on the logits)
            + hidden_weight * mean over matched blocks of relMSE(h_student, h_teacher)
 
 ``relMSE(s, t) = sum ||s - t||^2 / sum ||t||^2`` over the non-padding tokens: a block output
@@ -33,9 +33,9 @@ from .step import DistillConfig, DistillTask, _Capture, output_distance
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
-    from netslim.prune.structured.hf import _block_list
+    from netslim.prune.structured.hf import block_list
 
-    return list(_block_list(model)[0])
+    return list(block_list(model)[0])
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -89,11 +89,11 @@ class LayerwiseDistillTask(DistillTask):
     mapping instead — a sequence of teacher blocks, each matched to the closest student block
     among ``candidates()``, through ``transform`` (a module applied to student hidden states)."""
 
-    def __init__(self, task: Task, teacher: nn.Module, *, alpha: float, temperature: float, hidden_weight: float,
-                 layer_map: Sequence[int | None] = (), dims: Sequence[int] | None = None,
+    def __init__(self, task: Task, teacher: nn.Module, *, distill: float, distill_temperature: float,
+                 hidden_weight: float, layer_map: Sequence[int | None] = (), dims: Sequence[int] | None = None,
                  dynamic: Sequence[int] | None = None, candidates: Callable[[], list[int]] | None = None,
                  transform: nn.Module | None = None):
-        super().__init__(task, teacher, DistillConfig(distill=alpha, distill_temperature=temperature))
+        super().__init__(task, teacher, DistillConfig(distill=distill, distill_temperature=distill_temperature))
         self.hidden_weight, self.layer_map, self.dynamic = hidden_weight, list(layer_map), dynamic
         self.dims = None if dims is None else torch.as_tensor(list(dims), dtype=torch.long)
         self.candidates, self.transform = candidates, transform
@@ -150,9 +150,9 @@ class LayerwiseDistillTask(DistillTask):
         return torch.stack(terms).mean()
 
 
-def layerwise_task(task: Task, student: nn.Module, *, teacher: nn.Module, alpha: float, temperature: float,
-                   hidden_weight: float) -> Task:
+def layerwise_task(task: Task, student: nn.Module, *, teacher: nn.Module, distill: float,
+                   distill_temperature: float, hidden_weight: float) -> Task:
     """:class:`LayerwiseDistillTask` for a pruned ``student`` of ``teacher`` (blocks and dims by :func:`lineage`)."""
     layer_map, dims = lineage(student, teacher) if hidden_weight else ([], None)
-    return LayerwiseDistillTask(task, teacher, alpha=alpha, temperature=temperature, hidden_weight=hidden_weight,
-                                layer_map=layer_map, dims=dims)
+    return LayerwiseDistillTask(task, teacher, distill=distill, distill_temperature=distill_temperature,
+                                hidden_weight=hidden_weight, layer_map=layer_map, dims=dims)

@@ -206,7 +206,7 @@ def _distill_task(task, model: nn.Module, teacher: nn.Module | None, cfg: CoFiCo
             return list(range(n))
         return [i for i, p in enumerate(masks._layer_open("ffn").tolist()) if p >= 0.5] or list(range(n))
 
-    t = LayerwiseDistillTask(task, teacher, alpha=cfg.distill, temperature=cfg.distill_temperature,
+    t = LayerwiseDistillTask(task, teacher, distill=cfg.distill, distill_temperature=cfg.distill_temperature,
                              hidden_weight=cfg.distill_hidden, dynamic=_teacher_blocks(n, cfg.hidden_layers),
                              candidates=alive, transform=transform)
     return t, transform
@@ -322,8 +322,8 @@ def run_cofi(model: nn.Module, cfg: CoFiConfig, ctx) -> nn.Module:
     if cfg.finetune is not None:
         from netslim.distill.layerwise import layerwise_task
 
-        ft_task = task if teacher is None else layerwise_task(task, model, teacher=teacher, alpha=cfg.distill,
-                                                              temperature=cfg.distill_temperature,
+        ft_task = task if teacher is None else layerwise_task(task, model, teacher=teacher, distill=cfg.distill,
+                                                              distill_temperature=cfg.distill_temperature,
                                                               hidden_weight=cfg.distill_hidden)
         ft = fit(model, ft_task, cfg.finetune)
         note["finetune"] = {k: v for k, v in ft.items() if k != "history"}

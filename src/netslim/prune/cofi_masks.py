@@ -85,9 +85,9 @@ class CoFiStructure:
 
 
 def _block_names(model: nn.Module) -> list[str]:
-    from netslim.prune.structured.hf import _block_list
+    from netslim.prune.structured.hf import block_list
 
-    layers, owner, attr = _block_list(model)
+    layers, owner, attr = block_list(model)
     owner_name = next(n for n, m in model.named_modules() if m is owner)
     prefix = f"{owner_name}.{attr}" if owner_name else attr
     return [f"{prefix}.{i}" for i in range(len(layers))]

@@ -185,7 +185,7 @@ def hf_fixups(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Te
 
 def drop_blocks(model: nn.Module, indices: list[int]) -> nn.Module:
     """Remove whole decoder/encoder blocks, renumbering layer indices (KV cache) and the config."""
-    layers, owner, attr = _block_list(model)
+    layers, owner, attr = block_list(model)
     drop = set(int(i) for i in indices)
     kept = [blk for i, blk in enumerate(layers) if i not in drop]
     setattr(owner, attr, nn.ModuleList(kept))
@@ -202,7 +202,9 @@ def drop_blocks(model: nn.Module, indices: list[int]) -> nn.Module:
     return model
 
 
-def _block_list(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, str]:
+def block_list(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, str]:
+    """The transformer's list of blocks, with the module holding it and its attribute name:
+    ``(blocks, owner, attr)``; a NetslimError when the model has none of the known layouts."""
     for path in ("model.layers", "layers", "encoder.layer", "bert.encoder.layer", "transformer.h", "h"):
         owner_path, _, attr = path.rpartition(".")
         try:

@@ -110,8 +110,9 @@ def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
     if teacher is not None and is_hf(model):
         from netslim.distill.layerwise import layerwise_task
 
-        task = layerwise_task(task, model, teacher=teacher.to(ctx.device), alpha=cfg.distill,
-                              temperature=cfg.distill_temperature, hidden_weight=getattr(cfg, "distill_hidden", 0.0))
+        task = layerwise_task(task, model, teacher=teacher.to(ctx.device), distill=cfg.distill,
+                              distill_temperature=cfg.distill_temperature,
+                              hidden_weight=getattr(cfg, "distill_hidden", 0.0))
     elif teacher is not None:
         from netslim.distill.step import DistillConfig, DistillTask
 

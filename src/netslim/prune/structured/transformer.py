@@ -20,7 +20,7 @@ from netslim.measure.counts import count_params
 from .blocks import mean_influence
 from .channels import check_exclude, excluded_groups
 from .generic import nothing_removed, report_empty, structured_graph
-from .hf import _block_list, _is_hf, transformer_graph, hf_fixups
+from .hf import block_list, _is_hf, transformer_graph, hf_fixups
 from .importance import group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
@@ -96,14 +96,14 @@ def prune_ffn(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module,
 
 def block_influence(model: nn.Module, batches: Iterable[Any]) -> torch.Tensor:
     """Per block: mean over tokens of 1 - cos(block input, block output) (low = removable)."""
-    blocks, _, _ = _block_list(model)
+    blocks, _, _ = block_list(model)
     return mean_influence(model, list(blocks), batches, dim=-1)
 
 
 def check_layer_choice(model: nn.Module, count: int | None, indices: Sequence[int] | None = None) -> None:
     """``indices`` (block positions, not all of them) or ``count`` (fewer than there are) can be
     dropped from the transformer ``model``; raises otherwise."""
-    n = len(_block_list(model)[0])
+    n = len(block_list(model)[0])
     if indices is None:
         if not isinstance(count, int) or not 0 < count < n:
             raise bad_param("drop_layers", "count", f"an int in [1, {n - 1}] (the model has {n} blocks)", count)
