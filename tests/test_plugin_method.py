@@ -131,9 +131,13 @@ import sys, netslim
 families = lambda: sorted(m for m in ("netslim.prune", "netslim.quantize", "netslim.codec", "toy_plugin_ok")
                           if m in sys.modules)
 assert families() == [], families()  # import netslim loads no family, no plugin
-for path in sys.argv[1:]:
-    model = netslim.load(path)
-    print(path.rsplit("/", 1)[-1], families())
+for arg in sys.argv[1:]:
+    if arg == "ExportConfig":  # the export formats are looked up, whichever families were imported before
+        from netslim.recipe.steps import ExportConfig
+        assert ExportConfig(format="nsz").format == "nsz"
+    else:
+        netslim.load(arg)
+    print(arg.rsplit("/", 1)[-1], families())
 from netslim.core.config import methods
 from netslim.core.registry import failed_sources
 assert "toy_plugin_method" in methods()
@@ -152,8 +156,8 @@ def _run(site, *paths):
 
 def test_plugins_and_families_load_lazily_and_a_broken_plugin_does_not_break_load(tmp_path):
     """A fresh process: a dense artifact loads without importing a family; a quantized one (its
-    module types) and an .nsz file (its format's loader) load the sources on the miss; the broken
-    plugin is one warning line, listed by failed_sources."""
+    module types), an .nsz file (its format's loader) and ``ExportConfig(format="nsz")`` load the
+    sources on the lookup; the broken plugin is one warning line, listed by failed_sources."""
     from netslim.codec import export_nsz
 
     site = tmp_path / "site"
@@ -170,7 +174,9 @@ def test_plugins_and_families_load_lazily_and_a_broken_plugin_does_not_break_loa
 
     out, err = _run(site, dense, quantized)
     everything = "['netslim.codec', 'netslim.prune', 'netslim.quantize', 'toy_plugin_ok']"
-    assert out == ["dense.safetensors []", f"int8.safetensors {everything}", "[\"plugin 'broken' (toy_plugin_broken)\"]"]
+    assert out == ["dense.safetensors []", f"int8.safetensors {everything}",
+                   "[\"plugin 'broken' (toy_plugin_broken)\"]"]
     reported = [line for line in err.splitlines() if "toy_plugin_broken" in line]
     assert len(reported) == 1 and "ImportError: toy plugin cannot start" in reported[0]
     assert _run(site, nsz)[0][0] == f"m.nsz {everything}"
+    assert _run(site, "ExportConfig")[0][0] == f"ExportConfig {everything}"
