@@ -41,7 +41,7 @@ import yaml
 import netslim
 from netslim.codec import (dense_param_bytes, encode_model, finetune_centroids, nsz_breakdown, round_codebooks,
                            share_weights)
-from netslim.codec.sharing import CentroidFinetune
+from netslim.codec.sharing import ShareConfig
 from netslim.codec.huffman import code_cost_bits
 from netslim.codec.indices import gaps_of, paper_index_bits
 from netslim.codec.records import PAPER_INDEX_WIDTH
@@ -64,8 +64,9 @@ def _smoke(data: dict) -> dict:
     for s in data["steps"]:
         s = dict(s)
         if s["method"] in ("gradual", "imp"):
-            s.update(epochs=1, max_steps=8, frequency=2, end_step=6) if s["method"] == "gradual" else \
-                s.update(epochs=1, max_steps=4)
+            s["finetune"] = {**s.get("finetune", {}), "epochs": 1, "max_steps": 8 if s["method"] == "gradual" else 4}
+            if s["method"] == "gradual":
+                s.update(frequency=2, end_step=6)
         if s["method"] == "share":
             s["finetune"] = {**s.get("finetune", {}), "epochs": 1, "max_steps": 4}
         steps.append(s)
@@ -164,7 +165,7 @@ def tradeoff(name: str, smoke: bool, limit: int | None) -> list[dict]:
     dense = dense_param_bytes(base)
     points = [{"kind": "dense", "ratio": dense / len(encode_model(base)[0]),
                "accuracy": task.evaluate(base, "test")["accuracy"]}]
-    ft = CentroidFinetune(epochs=1, max_steps=4 if smoke else None, lr=1e-4)
+    ft = ShareConfig(finetune={"epochs": 1, "max_steps": 4 if smoke else None, "lr": 1e-4}).finetune
     for bits in (2, 3, 4, 5, 6, 8):                               # sharing alone
         m = netslim.load(checkpoint_path(name))
         share_weights(m, bits=bits, algorithm="lloyd")             # dense layers: Lloyd (DP too slow at 235k)
@@ -291,7 +292,9 @@ def _steps(recipe: dict) -> str:
     out = []
     for s in recipe["steps"]:
         if s["method"] in ("gradual", "imp"):
-            out.append(f"{s['method']} magnitude pruning to {s['sparsity']:.0%} over {s['epochs']} epochs (lr {s['lr']})")
+            t = s.get("finetune", s)  # records before issue 24 spelled the training options flat
+            out.append(f"{s['method']} magnitude pruning to {s['sparsity']:.0%} over {t['epochs']} epochs "
+                       f"(lr {t['lr']})")
         elif s["method"] == "share":
             ft = s.get("finetune", {})
             out.append(f"weight sharing, bits {json.dumps(s['bits'])}, {ft.get('epochs', 2)} epoch(s) of centroid "

@@ -104,7 +104,8 @@ def prune_distill(args) -> dict:
     def run_kd(seed, t, a, split="test"):
         train = _train_task(seed)
         m = copy.deepcopy(pruned)
-        distill(m, base, task=train, epochs=args.ft_epochs, lr=0.01, seed=seed, temperature=t, alpha=a)
+        distill(m, base, task=train, finetune={"epochs": args.ft_epochs, "lr": 0.01, "seed": seed},
+                distill_temperature=t, distill=a)
         return _acc(m, task) if split == "test" else round(train.evaluate(m, "val")["accuracy"] * 100, 2)
 
     grid = [(4.0, 0.9), (4.0, 0.5), (2.0, 0.5), (1.0, 0.5)]
@@ -205,7 +206,7 @@ def kd_resnet20(args) -> dict:
         fit(_channels_last(s), train, TrainConfig(**cfg))
         plain.append(_acc(s, task))
         s.load_state_dict(init)
-        distill(_channels_last(s), teacher, task=train, temperature=4.0, alpha=0.9, **cfg)
+        distill(_channels_last(s), teacher, task=train, distill_temperature=4.0, distill=0.9, finetune=cfg)
         kd.append(_acc(s, task))
     res["student_params"] = count_params(s)
     res["no_kd"], res["kd"] = _spread(plain), _spread(kd)
@@ -218,7 +219,7 @@ def _pd_variant(spec: str) -> dict:
     parts = [float(v) for v in spec.split(":")]
     if len(parts) not in (2, 3):
         raise SystemExit(f"--pd-variants: expected 'T:alpha' or 'T:alpha:hint_weight', got {spec!r}")
-    kw = {"temperature": parts[0], "alpha": parts[1]}
+    kw = {"distill_temperature": parts[0], "distill": parts[1]}
     if len(parts) == 3 and parts[2] > 0:
         kw.update(hints={s: s for s in ("layer1", "layer2", "layer3")}, hint_weight=parts[2])
     return kw
@@ -260,7 +261,7 @@ def prune_distill_resnet20(args) -> dict:
             if spec is None:
                 summary = fit(m, train, FinetuneConfig(**cfg))
             else:
-                summary = distill(m, teacher, task=train, **_pd_variant(spec), **cfg)
+                summary = distill(m, teacher, task=train, **_pd_variant(spec), finetune=cfg)
             test.setdefault(name, []).append(_acc(m, task))
             val.setdefault(name, []).append(round(summary["best_accuracy"] * 100, 2))
             row[name] = (test[name][-1], val[name][-1])

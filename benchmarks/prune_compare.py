@@ -74,7 +74,7 @@ def run_dst(cls, model, task, s: float, name: str, args) -> dict[str, Any]:
         base = DEFAULT_TRAINING[name]
         fields |= {"epochs": args.scratch_epochs, "lr": base["lr"], "warmup_epochs": base.get("warmup_epochs", 0.0)}
     cfg = cls(sparsity=s, distribution="erk", frequency=frequency(task, fields, 100), alpha=0.3,
-              from_scratch=scratch, **fields)
+              from_scratch=scratch, finetune=fields)
     summary = dynamic_sparse_train(model, task, cfg=cfg)
     return {"config": cfg.to_dict(), "budget_epochs": fields["epochs"],
             "budget": f"{fields['epochs']} from scratch" if scratch else f"{fields['epochs']} from dense (+baseline)",
@@ -83,14 +83,15 @@ def run_dst(cls, model, task, s: float, name: str, args) -> dict[str, Any]:
 
 def run_movement_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fields = train_fields(name, args)
-    cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50), **fields)
+    cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50),
+                         finetune=fields)
     run_movement(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)"}
 
 
 def run_l0_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     l0_opts = {k: v for k, v in (("gate_lr", args.gate_lr), ("lambda_lr", args.lambda_lr)) if v}
-    cfg = L0Config(sparsity=s, exact=True, **l0_opts, **train_fields(name, args))
+    cfg = L0Config(sparsity=s, exact=True, **l0_opts, finetune=train_fields(name, args))
     ctx = StepContext(task=task, out_dir=None, device=args.device)
     run_l0(model, cfg, ctx)
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)",
@@ -104,7 +105,7 @@ def run_obd_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fisher_s = time.perf_counter() - t0
     one_shot = task.evaluate(model, "test")["accuracy"]
     fields = train_fields(name, args)
-    ft = FinetuneConfig(**{k: v for k, v in fields.items()})
+    ft = FinetuneConfig(**fields)
     fit(model, task, ft)
     return {"config": {"method": "obd", "sparsity": s, "scope": "global", "num_samples": n,
                        "finetune": ft.model_dump(mode="json")},

@@ -182,12 +182,17 @@ def run_lenet300(args) -> None:
               "sparsity": report["steps"][0]["notes"]["gradual"]["global"]["sparsity"],
               "layers": report["steps"][0]["notes"]["gradual"]["layers"],
               "baseline": report["baseline"], "final": report["final"], "skipped": report["skipped"],
-              "budget_epochs": sum(s["params"].get("epochs", 0) for s in report["steps"])}
+              "budget_epochs": sum(_step_epochs(s["params"]) for s in report["steps"])}
     pruned = _gradual_model_from_report(out_dir)
     result["size"] = run_size(pruned, args)
     result["round_trip"] = round_trip(out_dir, report, args)
     print(json.dumps({k: v for k, v in result.items() if k not in ("baseline", "final", "layers")}, indent=1))
     save_result(args.out, "lenet300_95", result, DESCRIPTION)
+
+
+def _step_epochs(params: dict[str, Any]) -> int:
+    """Training epochs of one report step: a ``finetune`` step's own, or its nested ``finetune:`` block's."""
+    return params.get("epochs", (params.get("finetune") or {}).get("epochs", 0))
 
 
 def round_trip(out_dir: Path, report: dict[str, Any], args) -> dict[str, Any]:
@@ -229,7 +234,7 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     dense = task.evaluate(model, "test")["accuracy"]
     fields = {"lr": args.lr, "batch_size": base["batch_size"], "weight_decay": base["weight_decay"],
               "amp": base.get("amp", "none"), "max_steps": args.max_steps}
-    cfg = GradualConfig(sparsity=sparsity, epochs=epochs, frequency=args.frequency, **fields)
+    cfg = GradualConfig(sparsity=sparsity, frequency=args.frequency, finetune={**fields, "epochs": epochs})
     t0 = time.perf_counter()
     run_gradual(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
     after_gradual = task.evaluate(model, "test")["accuracy"]
@@ -260,14 +265,14 @@ def compare_rows(args) -> None:
     for s in args.sparsity:
         runs = {
             "one-shot": lambda m: _one_shot(m, task, s, fields, e),
-            "imp": lambda m: _step(run_imp, m, task, IMPConfig(sparsity=s, rounds=e, **{**fields, "epochs": 1}),
+            "imp": lambda m: _step(run_imp, m, task, IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
                                    f"{e} fine-tune ({e} rounds x 1) (+baseline)", e),
-            "gradual": lambda m: _step(run_gradual, m, task, GradualConfig(sparsity=s, epochs=e, frequency=
-                                       args.frequency, **fields), f"{e} fine-tune (+baseline)", e),
+            "gradual": lambda m: _step(run_gradual, m, task, GradualConfig(sparsity=s, frequency=args.frequency,
+                                       finetune={**fields, "epochs": e}), f"{e} fine-tune (+baseline)", e),
             "lottery": lambda m: _step(run_lottery, m, task, LotteryConfig(
                 sparsity=s, rounds=args.lottery_rounds, init="reset", rewind_step=0,
-                **{**fields, "epochs": args.lottery_epochs, "lr": base["lr"],
-                   "warmup_epochs": base.get("warmup_epochs", 0.0)}),
+                finetune={**fields, "epochs": args.lottery_epochs, "lr": base["lr"],
+                          "warmup_epochs": base.get("warmup_epochs", 0.0)}),
                 f"{(args.lottery_rounds + 1) * args.lottery_epochs} from scratch "
                 f"({args.lottery_rounds + 1} x {args.lottery_epochs})", (args.lottery_rounds + 1) * args.lottery_epochs),
         }

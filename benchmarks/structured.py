@@ -120,7 +120,7 @@ def _finetune_and_report(args, model, state: dict, t0: float, teacher=None) -> d
     if args.distill:  # soft targets of the unpruned model (Hinton KD), weight args.distill, T = 4
         from netslim.distill.step import DistillConfig, DistillTask
 
-        train_task = DistillTask(task, teacher.eval(), DistillConfig(alpha=args.distill, temperature=4.0))
+        train_task = DistillTask(task, teacher.eval(), DistillConfig(distill=args.distill, distill_temperature=4.0))
     summary = fit(model.to(memory_format=torch.channels_last), train_task, ft, [resume])
     if resume.stopped:
         return None
