@@ -509,8 +509,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128, help="--llm: greedy tokens per call")
     p.add_argument("--only", nargs="*", help="variants whose name contains one of these (fp32 always)")
     p.add_argument("--profile", action="store_true", help="MiniLM: torch.profiler of netslim int8 at batch 1")
-    p.add_argument("--fidelity-only", action="store_true", help="MiniLM: build and score every variant, time "
-                                                                "nothing (a correctness check; writes no result)")
+    p.add_argument("--fidelity-only", action="store_true", help="build and score every variant, time nothing "
+                                                                "(a correctness check; writes no result)")
     p.add_argument("--build-only", action="store_true", help="build / cache every artifact and exported file, "
                                                              "time nothing (run it before a timing job)")
     p.add_argument("--cache", default=None, help="artifacts / exported files (default $NETSLIM_CACHE/bench/issue25)")

@@ -26,6 +26,7 @@ token; one early near-tie, which ends the first measure, barely moves it).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,14 @@ class Greedy(nn.Module):
 
     @torch.inference_mode()
     def teacher_forced(self, input_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Argmax after the prompt and each prefix of ``target`` (1, n): (1, n) predicted ids."""
-        n = target.shape[1]
-        logits = self.model(input_ids=torch.cat([input_ids, target[:, :-1]], 1), logits_to_keep=n).logits
-        return logits.argmax(-1)
+        """Argmax after the prompt and each prefix of ``target`` (1, n), fed token by token through
+        the KV cache as in decoding (and as llama.cpp is fed): (1, n) predicted ids."""
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        preds = [out.logits[:, -1].argmax(-1, keepdim=True)]
+        for i in range(target.shape[1] - 1):
+            out = self.model(input_ids=target[:, i : i + 1], past_key_values=out.past_key_values, use_cache=True)
+            preds.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        return torch.cat(preds, 1)
 
 
 class LlamaCppGreedy(nn.Module):
@@ -114,15 +119,18 @@ def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     from netslim.quantize import WeightOnlyConfig, quantize_weights
 
     cache.mkdir(parents=True, exist_ok=True)
-    files, notes = {"llama.cpp Q8_0": cache / "q8_0.gguf", "llama.cpp Q4_0": cache / "q4_0.gguf"}, {}
+    files, new = {"llama.cpp Q8_0": cache / "q8_0.gguf", "llama.cpp Q4_0": cache / "q4_0.gguf"}, {}
     if not files["llama.cpp Q8_0"].is_file():
-        _, notes["q8_0"] = export_gguf(fp32, files["llama.cpp Q8_0"], {"model": "smollm2-q8_0"}, dtype="q8_0")
+        _, new["q8_0"] = export_gguf(fp32, files["llama.cpp Q8_0"], {"model": "smollm2-q8_0"}, dtype="q8_0")
     if not files["llama.cpp Q4_0"].is_file():
         q4 = quantize_weights(copy.deepcopy(fp32), WeightOnlyConfig(bits=4, group_size=32, symmetric=True,
                                                                     rounding="rtn", include="re:model[.]layers[.].*"))
-        _, notes["q4_0"] = export_gguf(q4, files["llama.cpp Q4_0"], {"model": "smollm2-q4_0"}, dtype="q4_0")
+        _, new["q4_0"] = export_gguf(q4, files["llama.cpp Q4_0"], {"model": "smollm2-q4_0"}, dtype="q4_0")
         del q4
-    notes = {k: {kk: v.get(kk) for kk in ("tensor_types", "exact_layers", "weight_error")} for k, v in notes.items()}
+    saved = cache / "export_notes.json"  # the export's notes, kept for the runs that reuse the files
+    notes = json.loads(saved.read_text()) if saved.is_file() else {}
+    notes |= {k: {kk: v.get(kk) for kk in ("tensor_types", "exact_layers", "weight_error")} for k, v in new.items()}
+    saved.write_text(json.dumps(notes))
     return files, notes | {"bytes": {k: p.stat().st_size for k, p in files.items()}}
 
 
@@ -190,6 +198,9 @@ def run_llm(args) -> tuple[dict, str]:
             forced = (m.teacher_forced(ids, ref)[0] == ref[0]).float().mean().item()
             rows[k] = {"first_divergence": first, "tokens_equal_to_fp32": int(sum(same)),
                        "top1_agreement_teacher_forced": forced, "tokens": out.tolist()}
+    if args.fidelity_only:
+        return record, "\n".join(f"{k}: first divergence {r['first_divergence']}, teacher-forced agreement "
+                                  f"{r['top1_agreement_teacher_forced']:.3f}" for k, r in rows.items())
     record["load_at_timing_start"] = loadavg()
     times = timed(variants, {"input_ids": ids}, args, number=1)
     for k, t in times.items():
