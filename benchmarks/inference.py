@@ -30,9 +30,11 @@ the machine (CPU model and flags, cores), load average before and after, the com
 commit, versions, and per variant and shape the median, IQR, block size and fidelity.
 
     NETSLIM_CACHE=$PWD/.cache/netslim HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 .venv/bin/python benchmarks/inference.py
+    ... benchmarks/inference.py [--llm] --build-only      # build the artifacts / exports into the cache, time nothing
+    ... benchmarks/inference.py [--llm] --fidelity-only   # build and score every variant, time nothing
     ... benchmarks/inference.py --llm              # SmolLM2 decoding
     ... benchmarks/inference.py --quick            # 2 rounds x 3 blocks (a look, not a figure)
-    ... benchmarks/inference.py --profile          # also torch.profiler of netslim int8 at batch 1
+    ... benchmarks/inference.py --profile          # also torch.profiler of netslim int8 and fp32 per shape
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference.py --tiny [--llm]   # random tiny BERT / Llama: smoke
 
 Results: ``benchmarks/results/issue25_minilm.{json,md}`` (``--llm``: ``issue25_smollm2.{json,md}``;
@@ -392,7 +394,7 @@ def run_minilm(args) -> tuple[dict, str]:
     if args.fidelity_only:
         return record, "\n".join(f"{s} {k}: cos {r['fidelity']:.4f}" for s in SHAPES for k, r in rows[s].items())
     if args.profile:
-        record["profile"] = profile_batch1(variants, shapes["b1"]["timed"], args)
+        record["profile"] = profile_shapes(variants, {s: shapes[s]["timed"] for s in SHAPES}, args)
     return record, minilm_markdown(record)
 
 
@@ -447,44 +449,15 @@ def python_calls(model: nn.Module, inputs: dict) -> dict[str, int]:
     return {"python_functions": counts["call"], "builtin_calls": counts["c_call"]}
 
 
-def profile_batch1(variants: dict, inputs: dict, args, iters: int = 20) -> dict:
-    """Where netslim int8's batch-1 forward spends its time (torch.profiler, fp32 eager beside it):
-    ops and Python calls per forward, self CPU by op, and the time outside every op (Python,
-    module calls, argument handling) per forward and per encoder layer, bounded: at least the
-    unprofiled wall minus the ops' profiled self time (the profiler inflates op times), at most
-    the profiled wall minus it (which includes the profiler's own bookkeeping). A profile, not a
-    timing claim."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_shapes(variants: dict, inputs: dict[str, dict], args) -> dict:
+    """:func:`profile_forward` of netslim int8 and fp32 eager at each shape (20 forwards at batch 1,
+    3 at batch 32); the profiler tables to ``issue25_minilm_profile.txt`` beside the result."""
     out, parts = {}, []
-    for name in ("netslim int8", "fp32 eager"):
-        m = variants[name]
-        layers = len(getattr(getattr(m, "encoder", None), "layer", [])) or 1
-        with torch.inference_mode():
-            for _ in range(5):
-                m(**inputs)
-            walls = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                m(**inputs)
-                walls.append((time.perf_counter() - t0) * 1e3)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    m(**inputs)
-                profiled = (time.perf_counter() - t0) * 1e3 / iters
-        events = prof.key_averages()
-        ops = {e.key: {"calls": e.count / iters, "self_ms": e.self_cpu_time_total / 1e3 / iters} for e in events}
-        op_ms = sum(v["self_ms"] for v in ops.values())
-        wall = sorted(walls)[len(walls) // 2]
-        top = dict(sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:15])
-        out[name] = {"wall_ms_per_forward_unprofiled": wall, "wall_ms_per_forward_profiled": profiled,
-                     "op_self_ms_per_forward_profiled": op_ms, "ops_per_forward": sum(v["calls"] for v in ops.values()),
-                     **python_calls(m, inputs), "layers": layers,
-                     "outside_ops_ms_per_layer_bounds": [(wall - op_ms) / layers, (profiled - op_ms) / layers],
-                     "top_ops": top}
-        parts.append(f"== {name}: {iters} forwards at batch 1 ({inputs['input_ids'].shape[1]} tokens)\n"
-                     f"{events.table(sort_by='self_cpu_time_total', row_limit=25)}")
+    for shape, x in inputs.items():
+        out[shape] = {}
+        for name in ("netslim int8", "fp32 eager"):
+            out[shape][name], table = profile_forward(variants[name], x, 20 if shape == "b1" else 3)
+            parts.append(f"== {shape}, {name}: {tuple(x['input_ids'].shape)} tokens\n{table}")
     path = Path(args.out).with_name("issue25_minilm_profile.txt") if args.out else (
         RESULTS / "issue25_minilm_profile.txt")
     if not args.tiny or args.out:
@@ -492,6 +465,42 @@ def profile_batch1(variants: dict, inputs: dict, args, iters: int = 20) -> dict:
         path.write_text("\n".join(parts))
         out["table_file"] = str(path)
     return out
+
+
+def profile_forward(m: nn.Module, inputs: dict, iters: int) -> tuple[dict, str]:
+    """Where a forward spends its time (torch.profiler):
+    ops and Python calls per forward, self CPU by op, and the time outside every op (Python,
+    module calls, argument handling) per forward and per encoder layer, bounded: at least the
+    unprofiled wall minus the ops' profiled self time (the profiler inflates op times), at most
+    the profiled wall minus it (which includes the profiler's own bookkeeping). A profile, not a
+    timing claim."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layers = len(getattr(getattr(m, "encoder", None), "layer", [])) or 1
+    with torch.inference_mode():
+        for _ in range(3):
+            m(**inputs)
+        walls = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            m(**inputs)
+            walls.append((time.perf_counter() - t0) * 1e3)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                m(**inputs)
+            profiled = (time.perf_counter() - t0) * 1e3 / iters
+    events = prof.key_averages()
+    ops = {e.key: {"calls": e.count / iters, "self_ms": e.self_cpu_time_total / 1e3 / iters} for e in events}
+    op_ms = sum(v["self_ms"] for v in ops.values())
+    wall = sorted(walls)[len(walls) // 2]
+    top = dict(sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:15])
+    return ({"forwards": iters, "wall_ms_per_forward_unprofiled": wall, "wall_ms_per_forward_profiled": profiled,
+             "op_self_ms_per_forward_profiled": op_ms, "ops_per_forward": sum(v["calls"] for v in ops.values()),
+             **python_calls(m, inputs), "layers": layers,
+             "outside_ops_ms_per_layer_bounds": [(wall - op_ms) / layers, (profiled - op_ms) / layers],
+             "top_ops": top},
+            events.table(sort_by="self_cpu_time_total", row_limit=25))
 
 
 # ---------------------------------------------------------------------------------- main
@@ -508,7 +517,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block-ms", type=float, default=20.0, help="target duration of one timed block")
     p.add_argument("--new-tokens", type=int, default=128, help="--llm: greedy tokens per call")
     p.add_argument("--only", nargs="*", help="variants whose name contains one of these (fp32 always)")
-    p.add_argument("--profile", action="store_true", help="MiniLM: torch.profiler of netslim int8 at batch 1")
+    p.add_argument("--profile", action="store_true", help="MiniLM: torch.profiler of netslim int8 and fp32 at each "
+                                                          "shape, after the timing")
     p.add_argument("--fidelity-only", action="store_true", help="build and score every variant, time nothing "
                                                                 "(a correctness check; writes no result)")
     p.add_argument("--build-only", action="store_true", help="build / cache every artifact and exported file, "
