@@ -337,7 +337,7 @@ def cmd_mbv2(args) -> None:
     (OUT / f"mbv2{t}_cem").mkdir(parents=True, exist_ok=True)
     policies["cem"], cem = channel_policy(space, task, cfg, seed=0, out_dir=OUT / f"mbv2{t}_cem")
     info["cem"] = {k: cem[k] for k in ("reward", "trials", "resumed_trials", "seconds")}
-    na_cfg = NetAdaptConfig(target="latency", budget=args.budget, step=args.step, finetune_steps=args.na_steps,
+    na_cfg = NetAdaptConfig(target="latency", budget=args.budget, step=args.step, candidate_steps=args.na_steps,
                             train_samples=5000, val_samples=args.val, trials=trials)
     (OUT / f"mbv2{t}_netadapt").mkdir(parents=True, exist_ok=True)
     models = {"dense": model, "uniform": space.apply(policies["uniform"]), "cem": space.apply(policies["cem"])}

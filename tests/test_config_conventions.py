@@ -43,7 +43,7 @@ def test_every_selector_field_takes_a_string_or_a_list_and_checks_regexes(name, 
 
 def test_the_training_methods_are_training_steps():
     assert {"imp", "gradual", "lottery", "l0", "movement", "rigl", "set", "cofi", "distill", "share", "qat",
-            "channels", "heads", "ffn", "layers", "width"} <= set(TRAINING)
+            "channels", "heads", "ffn", "layers", "width", "search_channels", "netadapt"} <= set(TRAINING)
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -53,6 +53,10 @@ def test_training_options_nest_under_one_finetune_block(name):
     assert key in cls.model_fields
     for old, new in [("epochs", "epochs"), ("lr", "lr"), ("lr_schedule", "schedule"), ("batch_size", "batch_size")]:
         if old in cls.model_fields:
+            continue
+        if old in cls.renamed:  # a field of the method's own under the old name (netadapt's lr: candidate_lr)
+            with pytest.raises(NetslimError, match=rf"'{old}' is now spelled '{cls.renamed[old]}'"):
+                make_config({**_base(name), old: 1})
             continue
         with pytest.raises(NetslimError, match=rf"'{old}' is a training option: set it under '{key}:' "
                                                rf"\({key}: \{{{new}: \.\.\.\}}\)"):

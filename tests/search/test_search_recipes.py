@@ -36,6 +36,9 @@ def test_recipes_state_their_targets():
     na = load_recipe(RECIPES / "netadapt_mobilenetv2.yaml")
     assert (na.steps[0].method, na.steps[0].target, na.steps[0].budget) == ("netadapt", "latency", 0.6)
     assert na.steps[0].latency_batch == 1 and na.measure.batch_size == 1
+    # "20 SGD steps of fine-tuning" per candidate, "then 2 epochs of fine-tuning"
+    assert (na.steps[0].candidate_steps, na.steps[0].candidate_lr) == (20, 0.01)
+    assert (na.steps[0].finetune.epochs, na.steps[0].finetune.lr) == (2, 0.01)
 
     nas = load_recipe(RECIPES / "nas_fmnist.yaml")
     step = nas.steps[0]
@@ -93,7 +96,7 @@ def test_netadapt_recipe_runs_shrunk(tmp_path, cache_dir):
     path = _saved(build_model("mbnet", width_mult=1.0, expansion=4, depth=1), tmp_path, "mbnet")
     # A one-block-per-stage net is mostly per-call overhead at batch 1 (at width 0.35 the floor
     # is ~0.9x the dense latency: an "unreachable budget" error at 0.6): the shrunk run asks for 0.8x.
-    recipe = _shrunk("netadapt_mobilenetv2", {"budget": 0.8, "step": 0.1, "finetune_steps": 1,
+    recipe = _shrunk("netadapt_mobilenetv2", {"budget": 0.8, "step": 0.1, "candidate_steps": 1,
                                               "train_samples": 32, "val_samples": 16})
     report = run_recipe(recipe, tmp_path / "out", model_ref=str(path), data_options={"limit": 300})
     note = report["steps"][0]["notes"]["netadapt"]

@@ -3,11 +3,14 @@ import pytest
 import torch
 import yaml
 
+from netslim.core.config import get_method, make_config
+from netslim.core.errors import NetslimError
 from netslim.core.serialize import load, save
 from netslim.models import build_model
 from netslim.prune.structured import total_macs
 from netslim.recipe.runner import run_recipe
 from netslim.recipe.spec import load_recipe, parse_recipe
+from netslim.train.loop import FinetuneConfig, TrainingStep
 
 
 @pytest.fixture
@@ -43,15 +46,48 @@ def test_search_channels_meets_budget_and_emits_a_reproducing_recipe(strategy, s
     assert (out / "search" / ("pareto.png" if strategy == "cem" else "sensitivity.png")).is_file()
 
 
-def test_netadapt_step_meets_budget(saved_resnet, tmp_path):
-    step = {"method": "netadapt", "target": "params", "budget": 0.7, "step": 0.15, "finetune_steps": 2,
-            "train_samples": 64, "val_samples": 40}
+def test_netadapt_step_meets_budget(saved_resnet, tmp_path, monkeypatch):
+    import netslim.search.netadapt as na
+
+    seen, real = [], na.short_finetune
+
+    def spy(model, data, *, steps, lr, **kw):
+        seen.append((steps, lr))
+        return real(model, data, steps=steps, lr=lr, **kw)
+
+    monkeypatch.setattr(na, "short_finetune", spy)
+    step = {"method": "netadapt", "target": "params", "budget": 0.7, "step": 0.15, "candidate_steps": 2,
+            "candidate_lr": 0.02, "train_samples": 64, "val_samples": 40}
     report = run_recipe(parse_recipe(_recipe(step)), tmp_path / "na", model_ref=str(saved_resnet))
+    assert seen and set(seen) == {(2, 0.02)}  # every candidate's short fine-tune: candidate_steps at candidate_lr
     note = report["steps"][0]["notes"]["netadapt"]
     assert report["steps"][0]["metrics"]["params"] <= 0.7 * note["dense_cost"]
     assert note["iterations"] >= 2
     emitted = yaml.safe_load((tmp_path / "na" / "search" / "best_recipe.yaml").read_text())
     assert emitted["steps"][0]["method"] == "channels"
+
+
+@pytest.mark.parametrize("method", ["search_channels", "netadapt"])
+def test_training_options_nest_under_finetune(method):
+    base = {"method": method, "budget": 0.5}
+    assert issubclass(get_method(method).config_cls, TrainingStep)
+    assert make_config(base).finetune is None  # no final fine-tune unless asked
+    for old, new in [("epochs", "epochs"), ("lr_schedule", "schedule"), ("batch_size", "batch_size")]:
+        with pytest.raises(NetslimError, match=rf"'{old}' is a training option: set it under 'finetune:' "
+                                               rf"\(finetune: \{{{new}: \.\.\.\}}\)"):
+            make_config({**base, old: 2})
+    cfg = make_config({**base, "finetune": {"epochs": 3, "amp": "bf16"}})
+    assert cfg.finetune == FinetuneConfig(epochs=3, amp="bf16")  # the rest: FinetuneConfig's defaults
+    assert make_config(cfg.to_dict()) == cfg  # round trip through the recipe form
+
+
+def test_netadapt_candidate_training_is_its_own_and_its_old_names_are_refused():
+    base = {"method": "netadapt", "budget": 0.5}
+    for old, new in [("lr", "candidate_lr"), ("finetune_steps", "candidate_steps")]:
+        with pytest.raises(NetslimError, match=rf"'{old}' is now spelled '{new}' \({new}: \.\.\.\)"):
+            make_config({**base, old: 1})
+    cfg = make_config({**base, "candidate_steps": 5, "candidate_lr": 0.02, "finetune": {"lr": 0.001}})
+    assert (cfg.candidate_steps, cfg.candidate_lr, cfg.finetune.lr) == (5, 0.02, 0.001)
 
 
 def test_unreachable_budget_in_a_recipe_is_a_clear_error(saved_resnet, tmp_path):

@@ -113,11 +113,12 @@ def netadapt_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path 
     val = Subset.from_task(task, "val", cfg.val_samples, seed=seed + 1)
     budget = cfg.budget * space.dense_cost()
     fp = {"search": "netadapt", "budget": budget, "target": cfg.target, "step": cfg.step, "seed": seed,
-          "granularity": cfg.granularity, "finetune_steps": cfg.finetune_steps, "lr": cfg.lr,
+          # the candidates' short fine-tune under its keys of before issue 24 (resumes those trial logs)
+          "granularity": cfg.granularity, "finetune_steps": cfg.candidate_steps, "lr": cfg.candidate_lr,
           "train": len(train), "val": len(val)}
     runner = make_runner(candidate_trial, None, cfg.trials, seed=seed, out_dir=out_dir, fingerprint=fp)
     res = netadapt(space, runner, budget, step=cfg.step, granularity=cfg.granularity, train=train, val=val,
-                   finetune_steps=cfg.finetune_steps, lr=cfg.lr)
+                   candidate_steps=cfg.candidate_steps, candidate_lr=cfg.candidate_lr)
     if space.latency is not None:
         space.latency.save()
     points = [{"label": f"it{h['iteration']}:{c['group']}", "cost": space.cost(_abs(space, h, c)),

@@ -51,7 +51,8 @@ def candidate_model(shared: dict, params: dict, seed: int) -> nn.Module:
     plan, _, _ = plan_channels(model, space.example, ratios={params["group"]: ratio}, criterion=space.criterion,
                                min_keep_ratio=1e-6, round_to=1, exclude=space.exclude)
     apply_plan(model, plan, "shrink")
-    return short_finetune(model, shared["train"], steps=shared["finetune_steps"], lr=shared["lr"], seed=seed)
+    return short_finetune(model, shared["train"], steps=shared["candidate_steps"], lr=shared["candidate_lr"],
+                          seed=seed)
 
 
 def candidate_trial(shared: dict, params: dict, seed: int) -> dict:
@@ -59,7 +60,7 @@ def candidate_trial(shared: dict, params: dict, seed: int) -> dict:
 
 
 def netadapt(space, runner, budget: float, *, step: float = 0.05, granularity: int = 0, train=None, val=None,
-             finetune_steps: int = 20, lr: float = 0.01, max_iterations: int = 50) -> NetAdaptResult:
+             candidate_steps: int = 20, candidate_lr: float = 0.01, max_iterations: int = 50) -> NetAdaptResult:
     """Shrink ``space.model`` until ``space.cost <= budget``; ``runner`` runs :func:`candidate_trial`."""
     if not 0 < step < 1:
         raise bad_param("netadapt", "step", "a float in (0, 1) (share of the dense cost per iteration)", step)
@@ -93,7 +94,7 @@ def netadapt(space, runner, budget: float, *, step: float = 0.05, granularity: i
                 break
             cands = [{"group": best[1], "keep": floor[best[1]]}]
         shared = {"space": space, "current": current, "kept": dict(kept), "train": train, "val": val,
-                  "finetune_steps": finetune_steps, "lr": lr}
+                  "candidate_steps": candidate_steps, "candidate_lr": candidate_lr}
         runner.set_shared(shared)
         first = runner.next_index
         results = runner.run(cands)

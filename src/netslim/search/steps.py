@@ -5,7 +5,7 @@
   target: macs            # macs | params | bytes | latency
   budget: 0.5             # keep half of the dense cost
   strategy: knapsack      # knapsack (sensitivity curves, exact DP) | greedy | cem (AMC-style agent)
-  finetune: {epochs: 1}
+  finetune: {epochs: 1}   # fine-tuning of the shrunk model (a FinetuneConfig, as in every step that trains)
 ```
 
 Both steps shrink the model physically with the found per-group ratios (the plan goes to
@@ -13,19 +13,24 @@ Both steps shrink the model physically with the found per-group ratios (the plan
 sensitivity table and plot, the trial log, ``policy.json``, the Pareto table / plot of the
 evaluated candidates and ``best_recipe.yaml`` (a ``channels`` step with these ratios, then the
 fine-tuning), which reproduces the policy from the original model.
+
+Both configs are training steps (:class:`~netslim.train.loop.TrainingStep`): the options of the
+final fine-tune nest under ``finetune:`` (none by default); a flat ``epochs`` / ``lr`` / ... is
+refused naming it. NetAdapt's short fine-tune of every candidate is its own: ``candidate_steps`` SGD steps at
+``candidate_lr`` (formerly ``finetune_steps`` / ``lr``, refused naming the new names).
 """
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from netslim.core.config import MethodConfig, register
+from netslim.core.config import register
 from netslim.core.serialize import atomic_write
-from netslim.train.loop import FinetuneConfig, fit
+from netslim.train.loop import FinetuneConfig, TrainingStep, fit
 
 from .options import ChannelSpaceOptions, TrialOptions
 
@@ -33,7 +38,7 @@ log = logging.getLogger(__name__)
 Target = Literal["macs", "params", "bytes", "latency"]
 
 
-class SearchChannelsConfig(MethodConfig):
+class SearchChannelsConfig(TrainingStep):
     """Per-group channel ratios meeting a cost budget, chosen from sensitivity curves or by a CEM agent."""
 
     method = "search_channels"
@@ -53,7 +58,8 @@ class SearchChannelsConfig(MethodConfig):
     sensitivity_cache: Literal["shared", "run"] = Field(
         "shared", description="shared: $NETSLIM_CACHE/search (reused by later searches); run: OUT/search")
     trials: TrialOptions = TrialOptions()
-    finetune: FinetuneConfig | None = None
+    finetune: FinetuneConfig | None = Field(None, description="fine-tuning of the shrunk model (also the last "
+                                            "step of best_recipe.yaml); none by default")
 
     @classmethod
     def example(cls) -> "SearchChannelsConfig":
@@ -62,26 +68,29 @@ class SearchChannelsConfig(MethodConfig):
                    sensitivity_cache="run")
 
 
-class NetAdaptConfig(MethodConfig):
+class NetAdaptConfig(TrainingStep):
     """NetAdapt: per iteration, shrink each group until the cost drops by ``step``, fine-tune briefly, keep the best."""
 
     method = "netadapt"
+    renamed: ClassVar[dict[str, str]] = {"finetune_steps": "candidate_steps", "lr": "candidate_lr"}
     target: Target = "latency"
     budget: float = Field(..., gt=0, lt=1, description="share of the dense model's cost to keep")
     step: float = Field(0.05, gt=0, lt=1, description="cost reduction per iteration (share of the dense cost)")
     granularity: int = Field(0, ge=0, description="channels removed at a time (0: 1/16 of the group)")
     space: ChannelSpaceOptions = ChannelSpaceOptions()
-    finetune_steps: int = Field(20, ge=0, description="short fine-tune of every candidate (SGD steps)")
-    lr: float = Field(0.01, gt=0)
+    candidate_steps: int = Field(20, ge=0, description="short fine-tune of every candidate (SGD steps)")
+    candidate_lr: float = Field(0.01, gt=0, description="learning rate of that short fine-tune (the final "
+                                "fine-tune's: finetune.lr)")
     train_samples: int = Field(5000, ge=10)
     val_samples: int = Field(1000, ge=10)
     latency_batch: int = Field(1, ge=1)
     trials: TrialOptions = TrialOptions()
-    finetune: FinetuneConfig | None = None
+    finetune: FinetuneConfig | None = Field(None, description="fine-tuning of the searched model (also the last "
+                                            "step of best_recipe.yaml); none by default")
 
     @classmethod
     def example(cls) -> "NetAdaptConfig":
-        return cls(target="macs", budget=0.8, step=0.1, finetune_steps=1, train_samples=20, val_samples=20,
+        return cls(target="macs", budget=0.8, step=0.1, candidate_steps=1, train_samples=20, val_samples=20,
                    trials=TrialOptions(log=None))
 
 
