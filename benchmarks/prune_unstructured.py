@@ -39,7 +39,6 @@ from torch import nn
 
 import netslim
 from netslim.core.context import StepContext
-from netslim.core.masks import make_permanent
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
 from netslim.prune import (GradualConfig, IMPConfig, LotteryConfig, SparseLinear, magnitude_prune, prunable_layers,
