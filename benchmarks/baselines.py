@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
+        atomic_write(args.out, lambda tmp, doc=doc: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
     table = markdown_table(results)
     print()
     print(table)

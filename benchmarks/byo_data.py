@@ -55,19 +55,35 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
 from netslim.core.errors import NetslimError
 from netslim.data import fashion_mnist, pydocs
+
 # The docs-jsonl records and rules live in the library (the ``docs-sections`` task reads them too);
 # these names stay importable from here.
-from netslim.data.docs_sections import (DEFAULT_MIN_CHARS, DEFAULT_MIN_CLASS, HELD_OUT_PERCENT,  # noqa: F401
-                                        OTHER, SPLIT_NAMES, SPLIT_RULES, build, count_table, docs_records,
-                                        merge_small_classes, paragraphs, path_hash, rules_text, section_of,
-                                        sorted_relpaths, split_files, stratified_split)
+from netslim.data.docs_sections import (  # noqa: F401
+    DEFAULT_MIN_CHARS,
+    DEFAULT_MIN_CLASS,
+    HELD_OUT_PERCENT,
+    OTHER,
+    SPLIT_NAMES,
+    SPLIT_RULES,
+    build,
+    count_table,
+    docs_records,
+    merge_small_classes,
+    paragraphs,
+    path_hash,
+    rules_text,
+    section_of,
+    sorted_relpaths,
+    split_files,
+    stratified_split,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO / ".cache" / "byo"

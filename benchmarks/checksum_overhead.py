@@ -70,8 +70,13 @@ def timed_load(path: Path, verify: bool) -> float:
 
 def hash_only(path: Path) -> float:
     """Seconds of the checksum verification alone (header parse included)."""
-    from netslim.core.artifact_schema import (hash_threads, parse_description, read_header, read_integrity,
-                                              verify_integrity)
+    from netslim.core.artifact_schema import (
+        hash_threads,
+        parse_description,
+        read_header,
+        read_integrity,
+        verify_integrity,
+    )
 
     t0 = time.perf_counter()
     header = read_header(path)

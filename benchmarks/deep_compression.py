@@ -39,12 +39,18 @@ import torch
 import yaml
 
 import netslim
-from netslim.codec import (dense_param_bytes, encode_model, finetune_centroids, nsz_breakdown, round_codebooks,
-                           share_weights)
-from netslim.codec.sharing import ShareConfig
+from netslim.codec import (
+    dense_param_bytes,
+    encode_model,
+    finetune_centroids,
+    nsz_breakdown,
+    round_codebooks,
+    share_weights,
+)
 from netslim.codec.huffman import code_cost_bits
 from netslim.codec.indices import gaps_of, paper_index_bits
 from netslim.codec.records import PAPER_INDEX_WIDTH
+from netslim.codec.sharing import ShareConfig
 from netslim.core.serialize import atomic_write
 from netslim.prune import magnitude_prune
 from netslim.recipe import parse_recipe, run_recipe

@@ -57,9 +57,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from baselines import cpu_name  # benchmarks/ is on sys.path when this runs as a script
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

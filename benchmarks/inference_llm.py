@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from inference import loadavg, new_record, notes_lines, timed
+from torch import nn
 
 PROMPT = "The Python standard library provides modules for"
 SOURCE_NOTE = ("SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
@@ -135,14 +134,14 @@ def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
 
 
 def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
+    from inference import cached_artifact
+
     import netslim
     from netslim.api import recipe_path
     from netslim.core.config import make_config
     from netslim.models import build_model
     from netslim.quantize import DynamicInt8Config, dynamic_int8
     from netslim.recipe.spec import load_yaml
-
-    from inference import cached_artifact
 
     name = "tiny-llama" if args.tiny else "smollm2"
     fp32 = build_model(name).eval()

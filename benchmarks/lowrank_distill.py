@@ -24,10 +24,10 @@ import statistics
 import time
 from pathlib import Path
 
+import record
 import torch
 
 import netslim
-import record
 from netslim.distill import distill
 from netslim.lowrank import svd_compress
 from netslim.measure import count_params, interleaved_latency

@@ -41,8 +41,16 @@ import netslim
 from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
-from netslim.prune import (GradualConfig, IMPConfig, LotteryConfig, SparseLinear, magnitude_prune, prunable_layers,
-                           save_sparse, sparsity_report)
+from netslim.prune import (
+    GradualConfig,
+    IMPConfig,
+    LotteryConfig,
+    SparseLinear,
+    magnitude_prune,
+    prunable_layers,
+    save_sparse,
+    sparsity_report,
+)
 from netslim.prune.kernels import _torch_csr_matmul, kernel_available
 from netslim.prune.lottery import run_lottery
 from netslim.prune.schedules import run_gradual, run_imp
@@ -263,12 +271,12 @@ def compare_rows(args) -> None:
     e = args.epochs
     for s in args.sparsity:
         runs = {
-            "one-shot": lambda m: _one_shot(m, task, s, fields, e),
-            "imp": lambda m: _step(run_imp, m, task, IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
+            "one-shot": lambda m, s=s: _one_shot(m, task, s, fields, e),
+            "imp": lambda m, s=s: _step(run_imp, m, task, IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
                                    f"{e} fine-tune ({e} rounds x 1) (+baseline)", e),
-            "gradual": lambda m: _step(run_gradual, m, task, GradualConfig(sparsity=s, frequency=args.frequency,
+            "gradual": lambda m, s=s: _step(run_gradual, m, task, GradualConfig(sparsity=s, frequency=args.frequency,
                                        finetune={**fields, "epochs": e}), f"{e} fine-tune (+baseline)", e),
-            "lottery": lambda m: _step(run_lottery, m, task, LotteryConfig(
+            "lottery": lambda m, s=s: _step(run_lottery, m, task, LotteryConfig(
                 sparsity=s, rounds=args.lottery_rounds, init="reset", rewind_step=0,
                 finetune={**fields, "epochs": args.lottery_epochs, "lr": base["lr"],
                           "warmup_epochs": base.get("warmup_epochs", 0.0)}),

@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import record
 import torch
 
 import netslim
-import record
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
 from netslim.models import build_model

@@ -13,8 +13,8 @@ function ``(results: Path, **options) -> str`` and list it in ``TABLES``.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import record
 import run_all
@@ -54,7 +54,7 @@ def run(*ids: str) -> str:
 def llm_run(row: str) -> str:
     """The run_all.py run whose ``--rows`` list holds this llm_oneshot row."""
     for r in run_all.RUNS:
-        if any(f"--rows " in c and row in c.split("--rows ")[1].split()[0].split(",") for c in r.cmds):
+        if any("--rows " in c and row in c.split("--rows ")[1].split()[0].split(",") for c in r.cmds):
             return r.id
     return "?"
 

@@ -215,8 +215,9 @@ STEPS_HEAD = "name: probe\nmeasure: {batch_size: 4, repeats: 1}\nsteps:\n  - met
 
 def make_artifacts(d: Path) -> dict[str, Path]:
     """The six formats of the fuzz suite, saved with their model and dataset (so eval runs)."""
-    import netslim
     import test_fuzz as fz
+
+    import netslim
     from netslim.codec import export_nsz
 
     out = {}
@@ -293,8 +294,8 @@ def recipe_texts() -> dict[str, tuple[bytes, str]]:
         "schedule_after_the_run": (STEPS_HEAD + step.format("gradual") +
                                    "    epochs: 1\n    start_step: 5000\n    end_step: 6000\n").encode(),
         "rigl_end_after_the_run": (STEPS_HEAD + step.format("rigl") + "    epochs: 1\n    end_step: 10000\n").encode(),
-        "prune_after_share": ("name: probe\nsteps:\n  - method: share\n    bits: 4\n  - method: magnitude\n"
-                              "    sparsity: 0.5\n").encode(),
+        "prune_after_share": (b"name: probe\nsteps:\n  - method: share\n    bits: 4\n  - method: magnitude\n"
+                              b"    sparsity: 0.5\n"),
     }
     expect = {"control_utf8_bom": (b"\xef\xbb\xbf" + ok, "ok"), "control_ok": (ok, "ok"),
               "control_anchors": (b"name: &n probe\ndescription: *n\n" + ok[ok.index(b"measure"):], "ok")}

@@ -190,7 +190,7 @@ RUNS: tuple[Run, ...] = (
         ("quantize_resnet20_int8_rerun2.json",), minutes=2, estimated=True, quick=True),
     Run("int8-resnet20-r9", "quantization", (f"{Q} resnet20 --only minmax --rounds 9 --tag _int8_rerun",),
         ("quantize_resnet20_int8_rerun.json",)),
-    recipe("int8-resnet20-recipe", "quantization", "int8_resnet20", report=f"quantize_int8_resnet20_recipe.json"),
+    recipe("int8-resnet20-recipe", "quantization", "int8_resnet20", report="quantize_int8_resnet20_recipe.json"),
     Run("int8-minilm", "quantization",
         (f"{Q} minilm --sentences 300 --rounds 5 --repeats 3 --tag _bf16body",
          f"{Q} minilm --sentences 300 --rounds 9 --repeats 3 --tag _bf16body_r9"),

@@ -81,11 +81,11 @@ def structured_policy_model(model, task, scope: str, target: float):
 
 
 def cmd_prep(args) -> None:
+    from netslim.prune.structured import total_macs
     from netslim.search.api import allocate_from_sensitivity, channel_policy, sensitivity_for
     from netslim.search.evaluate import Subset
-    from netslim.search.steps import SearchChannelsConfig
     from netslim.search.options import TrialOptions
-    from netslim.prune.structured import total_macs
+    from netslim.search.steps import SearchChannelsConfig
 
     torch.set_num_threads(THREADS)
     model, task, space = resnet20_setup()
@@ -218,8 +218,8 @@ def cmd_ray(args) -> None:
 def cmd_mixed(args) -> None:
     """Per-layer weight bits from the KL sensitivity curves (exact knapsack) vs uniform bits, equal size."""
     from netslim.core.selectors import select
-    from netslim.quantize.ptq import quantize_weight_rows
     from netslim.models.sources import open_model
+    from netslim.quantize.ptq import quantize_weight_rows
     from netslim.search.allocate import knapsack
     from netslim.search.sensitivity import bits_sensitivity, default_cache_dir
     from netslim.train.tasks import get_task
@@ -275,6 +275,7 @@ def cmd_mbv2(args) -> None:
     OUT/mbv2_* so a job killed at its time limit resumes; then the four shapes timed interleaved.
     ``--phase finetune`` (accuracy only): the same short fine-tuning of every pruned model.
     """
+    import netslim
     from netslim.core.errors import NetslimError
     from netslim.measure.latency import interleaved_latency
     from netslim.models.sources import open_model
@@ -284,8 +285,6 @@ def cmd_mbv2(args) -> None:
     from netslim.search.options import ChannelSpaceOptions, TrialOptions
     from netslim.search.steps import NetAdaptConfig, SearchChannelsConfig
     from netslim.train.tasks import get_task
-
-    import netslim
 
     torch.set_num_threads(THREADS)
     model = open_model("mobilenetv2").model

@@ -42,8 +42,14 @@ import torch
 import netslim
 from netslim.core.serialize import atomic_write
 from netslim.measure import count_params, interleaved_latency
-from netslim.prune.structured import (drop_layers, drop_residual_blocks, prune_channels, prune_ffn, prune_heads,
-                                     total_macs)
+from netslim.prune.structured import (
+    drop_layers,
+    drop_residual_blocks,
+    prune_channels,
+    prune_ffn,
+    prune_heads,
+    total_macs,
+)
 from netslim.train.loop import Callback, FinetuneConfig, fit
 from netslim.train.pretrain import cache_dir, checkpoint_path
 from netslim.train.tasks import get_task
@@ -342,6 +348,7 @@ def tp_scores(args) -> dict:
     correlation and spread (std of the normalised scores) — and the channels each saved
     artifact (``--tag netslim_tag,tp_tag``) kept per conv."""
     import torch_pruning as tp
+
     from netslim.core.graph import trace_graph
     from netslim.prune.structured import group_scores
 
@@ -549,8 +556,9 @@ def smollm2(args) -> dict:
     """``--what ffn``: -25 % FFN neurons (activation criterion; ``--with-l2`` adds the L2 control);
     ``--what layers``: drop the 4 least influential of 30 blocks. Both: perplexity on the pydocs
     test split and a ``save_pretrained`` -> ``LlamaForCausalLM.from_pretrained`` reload check."""
-    from netslim.models import build_model
     from transformers import LlamaForCausalLM
+
+    from netslim.models import build_model
 
     task = get_task("pydocs", limit=args.blocks)
     base = build_model("smollm2")  # weights dequantised from the SmolLM2-135M-Instruct Q4_1 GGUF

@@ -51,11 +51,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "structured"))
 
+from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
+
 import netslim  # noqa: E402
 from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, prune_width  # noqa: E402
-from netslim.prune.structured.hf import block_list  # noqa: E402
 from netslim.prune.structured.generic import structured_graph  # noqa: E402
-from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
+from netslim.prune.structured.hf import block_list  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from record import finish, start, write  # noqa: E402
@@ -253,16 +254,16 @@ def run_real(repeats: int, tiny: bool, out_path: Path | None) -> dict:
             t0 = time.perf_counter()
             graph = structured_graph(model, x)
             cold = round(time.perf_counter() - t0, 4)
-        warm = _timed(lambda: structured_graph(model, x), repeats)
+        warm = _timed(lambda m=model, x=x: structured_graph(m, x), repeats)
         row = {"source": source, "params": n_params(model), "inputs": "2 x 8 token ids" if x is None else
                "x".join(map(str, x.shape)), **_summary(graph), "cold_s": cold, "stages_cold_s": stages,
                "warm_s": warm, "warm_median_s": statistics.median(warm)}
         if name == "smollm2":
-            other = _timed(lambda: transformer_graph(model), repeats)
+            other = _timed(lambda m=model: transformer_graph(m), repeats)
             row["family_rules_s"] = {"warm_s": other, "median_s": statistics.median(other),
                                      "what": "hf.transformer_graph: BERT / Llama / GPT-2 rules, no tracing"}
         else:
-            other = _timed(lambda: export_graph(model, x), repeats)
+            other = _timed(lambda m=model, x=x: export_graph(m, x), repeats)
             row["export_graph_s"] = {"warm_s": other, "median_s": statistics.median(other),
                                      "what": "core.trace.export_graph: the generic torch.export path"}
         models[name] = row

@@ -16,7 +16,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 from PIL import Image  # noqa: E402
-
 from test_cli import run_cli  # noqa: E402  (the CLI helper of tests/test_cli.py)
 
 CNN = textwrap.dedent('''

@@ -24,8 +24,8 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
 def test_the_files_the_readme_names_for_the_demo_are_the_ones_it_writes():
     """``make demo`` runs recipes/demo.yaml into runs/demo: every ``runs/demo/<file>`` the README
     names is a file that run writes (the report, or the export step's filename + format suffix)."""
-    from netslim.core.registry import load_sources
     from netslim.core.export import exporter
+    from netslim.core.registry import load_sources
     from netslim.recipe import load_recipe
 
     load_sources()

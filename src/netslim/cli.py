@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -30,7 +31,7 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     return t
 
 
-def _limit_options(limit: Optional[int]) -> dict:
+def _limit_options(limit: int | None) -> dict:
     return {"limit": limit} if limit is not None else {}
 
 
@@ -40,7 +41,7 @@ _DATA_HELP = "your data: an image folder, a CSV/JSONL file, text files (.txt/.md
 _TASK_HELP = "auto | image-classification | text-classification | causal-lm | embedding (default: inferred)"
 
 
-def _data(data: Optional[str], task: Optional[str]):
+def _data(data: str | None, task: str | None):
     if task is not None:
         import typing
 
@@ -81,21 +82,21 @@ def _limit(help: str = "use a data subset: at most N samples per split") -> Any:
 
 
 @app.command()
-def train(model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help=_MODEL_HELP),
-          model: Optional[str] = typer.Option(None, "--model", help="the model (instead of the argument)"),
-          data: Optional[str] = typer.Option(None, help=_DATA_HELP),
-          task: Optional[str] = typer.Option(None, help=_TASK_HELP),
-          weights: Optional[Path] = typer.Option(None, help="initial weights for file.py:factory models"),
-          epochs: Optional[int] = typer.Option(None, callback=_bounded("--epochs", 0, 10_000),
+def train(model_arg: str | None = typer.Argument(None, metavar="[MODEL]", help=_MODEL_HELP),
+          model: str | None = typer.Option(None, "--model", help="the model (instead of the argument)"),
+          data: str | None = typer.Option(None, help=_DATA_HELP),
+          task: str | None = typer.Option(None, help=_TASK_HELP),
+          weights: Path | None = typer.Option(None, help="initial weights for file.py:factory models"),
+          epochs: int | None = typer.Option(None, callback=_bounded("--epochs", 0, 10_000),
                                                 help="override the default epochs"),
-          lr: Optional[float] = typer.Option(None, callback=_bounded("--lr", 0, kind=float),
+          lr: float | None = typer.Option(None, callback=_bounded("--lr", 0, kind=float),
                                              help="override the default learning rate"),
-          batch_size: Optional[int] = typer.Option(None, callback=_bounded("--batch-size", 1, 1 << 20),
+          batch_size: int | None = typer.Option(None, callback=_bounded("--batch-size", 1, 1 << 20),
                                                     help="override the default batch size"),
-          out: Optional[Path] = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
+          out: Path | None = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
           skip_existing: bool = typer.Option(False, help="do nothing if the output exists"),
           seed: int = typer.Option(0, callback=_bounded("--seed", 0, _MAX_SEED)),
-          limit: Optional[int] = _limit("train on a data subset")):
+          limit: int | None = _limit("train on a data subset")):
     """Train a model on its dataset (zoo) or on your data (--data) and save the artifact."""
     from netslim.train.user import train_model
 
@@ -110,16 +111,16 @@ def train(model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", hel
 
 @app.command()
 def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped recipe name"),
-             model: Optional[str] = typer.Option(None, help=_MODEL_HELP),
-             data: Optional[str] = typer.Option(None, help=_DATA_HELP),
-             task: Optional[str] = typer.Option(None, help=_TASK_HELP),
-             weights: Optional[Path] = typer.Option(None, help="weights for a file.py:factory model"),
-             base: Optional[str] = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
+             model: str | None = typer.Option(None, help=_MODEL_HELP),
+             data: str | None = typer.Option(None, help=_DATA_HELP),
+             task: str | None = typer.Option(None, help=_TASK_HELP),
+             weights: Path | None = typer.Option(None, help="weights for a file.py:factory model"),
+             base: str | None = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
              out: Path = typer.Option(Path("runs/latest"), help="output directory"),
              resume: bool = typer.Option(False, help="continue after the last completed step"),
              force: bool = typer.Option(False, help="replace the run in OUT, or resume one whose recipe, model "
                                                     "or data differ (recorded in the report)"),
-             limit: Optional[int] = _limit("use a data subset (smoke runs)"),
+             limit: int | None = _limit("use a data subset (smoke runs)"),
              no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Run a compression recipe; writes the artifact and OUT/report.{json,md,html}."""
     from netslim.recipe import load_recipe, run_recipe
@@ -135,8 +136,8 @@ def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped
     console.print(f"artifact: {report['artifact']}\nreport: {out / 'report.html'}")
 
 
-def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset: Optional[str],
-          data: Optional[str], task: Optional[str], limit: Optional[int], verify: bool = True):
+def _open(artifact: str, model: str | None, weights: Path | None, dataset: str | None,
+          data: str | None, task: str | None, limit: int | None, verify: bool = True):
     """The model and task of ``eval`` / ``bench`` / ``inspect``, and a line saying which data."""
     from netslim.models.sources import open_model
     from netslim.recipe.inputs import resolve_task, stored_reference
@@ -152,7 +153,7 @@ def _open(artifact: str, model: Optional[str], weights: Optional[Path], dataset:
     return opened.model, t, _data_line(opened.info.get("data"), t)
 
 
-def _data_line(stored: Optional[dict], task) -> str:
+def _data_line(stored: dict | None, task) -> str:
     spec = getattr(task, "spec", None)
     if spec is None:
         return f"data: {task.describe().get('dataset', '?')}"
@@ -179,11 +180,11 @@ _BASE_HELP = "path/to/file.py:factory: rebuilds artifacts of your own model clas
 
 @app.command(name="eval")
 def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
-          model: Optional[str] = typer.Option(None, help=_BASE_HELP),
-          weights: Optional[Path] = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
-          dataset: Optional[str] = typer.Option(None, help="a named dataset instead of the stored one"),
-          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
-          split: str = typer.Option("test", callback=_split), limit: Optional[int] = _limit(),
+          model: str | None = typer.Option(None, help=_BASE_HELP),
+          weights: Path | None = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
+          dataset: str | None = typer.Option(None, help="a named dataset instead of the stored one"),
+          data: str | None = typer.Option(None, help=_DATA_HELP), task: str | None = typer.Option(None),
+          split: str = typer.Option("test", callback=_split), limit: int | None = _limit(),
           no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Evaluate a model on the data it was made on (stored in the artifact), or on --data."""
     net, t, line = _open(artifact, model, weights, dataset, data, task, limit, not no_verify)
@@ -194,12 +195,12 @@ def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
 
 @app.command()
 def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
-          model: Optional[str] = typer.Option(None, help=_BASE_HELP),
+          model: str | None = typer.Option(None, help=_BASE_HELP),
           batch_size: int = typer.Option(64, callback=_bounded("--batch-size", 1, 65_536)),
-          threads: Optional[int] = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
+          threads: int | None = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
           repeats: int = typer.Option(30, callback=_bounded("--repeats", 1, 10_000)),
-          dataset: Optional[str] = typer.Option(None),
-          data: Optional[str] = typer.Option(None, help=_DATA_HELP), task: Optional[str] = typer.Option(None),
+          dataset: str | None = typer.Option(None),
+          data: str | None = typer.Option(None, help=_DATA_HELP), task: str | None = typer.Option(None),
           no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Measure an artifact: metric, params, non-zeros, MACs, bytes on disk, latency."""
     from netslim.measure import model_summary
@@ -214,8 +215,8 @@ def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
 
 @app.command()
 def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
-            model: Optional[str] = typer.Option(None, help=_BASE_HELP),
-            dataset: Optional[str] = typer.Option(None), data: Optional[str] = typer.Option(None, help=_DATA_HELP),
+            model: str | None = typer.Option(None, help=_BASE_HELP),
+            dataset: str | None = typer.Option(None), data: str | None = typer.Option(None, help=_DATA_HELP),
             no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
     """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go;
     .onnx: its ops, QDQ layers and the ONNX Runtime check made at export)."""

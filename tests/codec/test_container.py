@@ -5,13 +5,22 @@ import pytest
 import torch
 
 import netslim
-from netslim.codec import (MAGIC, SharedConv2d, SharedLinear, encode_model, export_nsz, model_from_bytes,
-                           nsz_breakdown, round_codebooks, share_weights)
+from netslim.codec import (
+    MAGIC,
+    SharedConv2d,
+    SharedLinear,
+    encode_model,
+    export_nsz,
+    model_from_bytes,
+    nsz_breakdown,
+    round_codebooks,
+    share_weights,
+)
 from netslim.codec.container import VERSION
 from netslim.codec.inspect import breakdown_table
 from netslim.core.errors import NetslimError
-from netslim.core.masks import set_mask
 from netslim.core.export import exporter
+from netslim.core.masks import set_mask
 from netslim.models import build_model
 from netslim.prune import magnitude_prune
 
@@ -23,7 +32,7 @@ def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
         if not k.endswith("codebook"):  # unused centroids are not stored
             assert torch.equal(sa[k], sb[k]), k
     for (n, m), (_, m2) in zip(a.named_modules(), b.named_modules()):
-        if hasattr(m, "weight") and isinstance(getattr(m, "weight"), torch.Tensor):
+        if hasattr(m, "weight") and isinstance(m.weight, torch.Tensor):
             assert torch.equal(m.weight, m2.weight), n
 
 

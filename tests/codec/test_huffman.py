@@ -7,8 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netslim.codec.bitio import CorruptError, Reader, Writer
-from netslim.codec.huffman import (BLOCK, MAX_LEN, code_lengths, decode, encode, entropy_bits, read_stream,
-                                   write_stream)
+from netslim.codec.huffman import BLOCK, MAX_LEN, code_lengths, decode, encode, entropy_bits, read_stream, write_stream
 from netslim.core.errors import NetslimError
 
 

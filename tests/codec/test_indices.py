@@ -4,8 +4,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netslim.codec.bitio import Reader, Writer
-from netslim.codec.indices import (MAX_WIDTH, choose_code, gap_symbols, gaps_of, paper_index_bits,
-                                   positions_from_symbols, read_positions, write_positions)
+from netslim.codec.indices import (
+    MAX_WIDTH,
+    choose_code,
+    gap_symbols,
+    gaps_of,
+    paper_index_bits,
+    positions_from_symbols,
+    read_positions,
+    write_positions,
+)
 
 
 @settings(max_examples=80, deadline=None)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import netslim
-from netslim.codec import SharedConv2d, SharedLinear, ShareConfig, finetune_centroids, on_centroids, share_weights
+from netslim.codec import ShareConfig, SharedConv2d, SharedLinear, finetune_centroids, on_centroids, share_weights
 from netslim.codec.sharing import round_codebooks
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from netslim.core.errors import NetslimError
-from netslim.distill import (attention_kl, attention_transfer_loss, embedding_loss, hint_loss, kd_loss,
-                             soft_target_loss)
+from netslim.distill import attention_kl, attention_transfer_loss, embedding_loss, hint_loss, kd_loss, soft_target_loss
 
 
 def _logits(seed=0, shape=(8, 10)):

@@ -25,8 +25,7 @@ from netslim.export.compressed import ct_pack, ct_unpack, module_tensors, quanti
 from netslim.export.hf import save_hf  # noqa: E402
 from netslim.models.sources import open_model  # noqa: E402
 from netslim.quantize.dynamic import DynamicInt8Config, DynamicInt8Linear, dynamic_int8  # noqa: E402
-from netslim.quantize.weight_only import (QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig,  # noqa: E402
-                                          quantize_weights)
+from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 

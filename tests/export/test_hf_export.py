@@ -30,8 +30,7 @@ from netslim.prune.sparse import SparseLinear  # noqa: E402
 from netslim.prune.structured import drop_layers, prune_ffn, prune_heads  # noqa: E402
 from netslim.quantize.dynamic import DynamicInt8Config, dynamic_int8  # noqa: E402
 from netslim.quantize.gptq import gptq  # noqa: E402
-from netslim.quantize.weight_only import (QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig,  # noqa: E402
-                                          quantize_weights)
+from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 

@@ -7,8 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netslim.core.errors import NetslimError
-from netslim.lowrank.rank import (LayerBudget, allocate_ranks, allocation_cost, break_even_rank, energy_rank,
-                                  energy_share)
+from netslim.lowrank.rank import (
+    LayerBudget,
+    allocate_ranks,
+    allocation_cost,
+    break_even_rank,
+    energy_rank,
+    energy_share,
+)
 
 
 def test_energy_rank():

@@ -1,11 +1,17 @@
-import pytest
 import torch
 from torch import nn
 
 import netslim
 from netslim.core.masks import set_mask
-from netslim.measure import (count_nonzero, count_params, interleaved_latency, layer_table, macs_per_layer,
-                             measure_latency, model_summary)
+from netslim.measure import (
+    count_nonzero,
+    count_params,
+    interleaved_latency,
+    layer_table,
+    macs_per_layer,
+    measure_latency,
+    model_summary,
+)
 from netslim.models import build_model
 
 

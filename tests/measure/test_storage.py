@@ -11,8 +11,17 @@ from torch import nn
 import netslim
 from netslim.codec.modules import SharedLinear
 from netslim.core.masks import set_mask
-from netslim.measure import (Latency, artifact_layer_table, count_nonzero, count_params, interleaved_latency,
-                             interleaved_timings, layer_table, measure_latency, stored_bytes)
+from netslim.measure import (
+    Latency,
+    artifact_layer_table,
+    count_nonzero,
+    count_params,
+    interleaved_latency,
+    interleaved_timings,
+    layer_table,
+    measure_latency,
+    stored_bytes,
+)
 from netslim.prune.sparse import SparseConv2d, SparseLinear, save_sparse
 from netslim.quantize.dynamic import BF16Linear, DynamicInt8Linear
 from netslim.quantize.int8_modules import Int8Linear

@@ -13,8 +13,11 @@ from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.core.serialize import read_description  # noqa: E402
 from netslim.core.surgery import replace_module  # noqa: E402
 from netslim.measure.counts import macs_per_layer  # noqa: E402
-from netslim.models import build_model, model_entry  # noqa: E402
-from netslim.models import hf  # noqa: E402
+from netslim.models import (  # noqa: E402
+    build_model,
+    hf,  # noqa: E402
+    model_entry,
+)
 
 hf.register_hf_models()
 

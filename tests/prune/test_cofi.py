@@ -105,7 +105,7 @@ def test_expected_size_equals_the_brute_force_sum_over_weight_elements(name):
         for slot, seg in units.group.slots:
             if slot.param != "weight":
                 continue
-            w = getattr(model.get_submodule(slot.module), "weight")
+            w = model.get_submodule(slot.module).weight
             per = p_unit.repeat_interleave(slot.layout[seg].factor)  # probability of each index along slot.dim
             probs = torch.ones(w.shape)
             probs *= per.view([-1 if d == slot.dim else 1 for d in range(w.dim())])

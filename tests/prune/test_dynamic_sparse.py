@@ -11,8 +11,18 @@ import netslim
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune.dynamic import (DenseGradTap, DynamicSparsity, RigLConfig, SETConfig, dynamic_sparse_train,
-                                   erk_densities, initial_masks, original, rigl_train, set_train)
+from netslim.prune.dynamic import (
+    DenseGradTap,
+    DynamicSparsity,
+    RigLConfig,
+    SETConfig,
+    dynamic_sparse_train,
+    erk_densities,
+    initial_masks,
+    original,
+    rigl_train,
+    set_train,
+)
 from netslim.train.loop import Callback
 
 LENET300 = {"fc1": (300, 784), "fc2": (100, 300), "fc3": (10, 100)}
@@ -135,7 +145,7 @@ class Spy(Callback):
         if self.dyn.is_update(state.step - 1):
             for n, m in self.layers:  # the optimizer step (momentum, weight decay) kept them at zero
                 assert torch.all(original(m)[self.born[n]] == 0)
-        for n, m in self.layers:  # masked entries are zero in the stored weights, always
+        for _n, m in self.layers:  # masked entries are zero in the stored weights, always
             assert torch.all(original(m)[~get_mask(m)] == 0)
 
 

@@ -8,12 +8,23 @@ from torch import nn
 
 import netslim
 from netslim.core.config import make_config
+from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.masks import get_mask, set_mask
 from netslim.prune.criteria import prunable_layers, sparsity_report
-from netslim.core.context import StepContext
-from netslim.prune.l0 import (BETA, GAMMA, ZETA, HardConcreteGate, L0Config, L0Gates, attach_gates,
-                              expected_density, gates_to_masks, l0_prune, run_l0)
+from netslim.prune.l0 import (
+    BETA,
+    GAMMA,
+    ZETA,
+    HardConcreteGate,
+    L0Config,
+    L0Gates,
+    attach_gates,
+    expected_density,
+    gates_to_masks,
+    l0_prune,
+    run_l0,
+)
 from netslim.train.loop import fit
 
 

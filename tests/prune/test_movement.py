@@ -53,6 +53,7 @@ def test_scores_equal_minus_sum_w_times_grad_before_pruning(tiny_mlp, fmnist_sma
 def test_hand_computed_two_steps_on_a_single_linear():
     """-sum_t w_t * g_t for plain SGD on a 1-layer model, computed by hand."""
     from torch import nn
+
     from netslim.core.masks import set_mask
     from netslim.prune.movement import MovementPruning
 

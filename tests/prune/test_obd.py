@@ -58,7 +58,7 @@ def test_masked_model_uses_original_grad_and_keeps_pruned(tiny_mlp, fmnist_small
     obd_prune(tiny_mlp, fmnist_small, sparsity=0.5, scope="layer", num_samples=8)
     new = get_mask(tiny_mlp.fc1)
     assert not (new & ~mask).any()  # zero weights have zero saliency: they stay pruned
-    for name, stats in sparsity_report(tiny_mlp)["layers"].items():
+    for _name, stats in sparsity_report(tiny_mlp)["layers"].items():
         assert stats["zeros"] >= round(0.5 * stats["params"])
 
 

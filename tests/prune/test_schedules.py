@@ -7,8 +7,15 @@ from torch import nn
 from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
-from netslim.prune import (GradualConfig, IMPConfig, cubic_sparsity, gradual_prune, imp_prune, imp_sparsities,
-                           sparsity_report)
+from netslim.prune import (
+    GradualConfig,
+    IMPConfig,
+    cubic_sparsity,
+    gradual_prune,
+    imp_prune,
+    imp_sparsities,
+    sparsity_report,
+)
 from netslim.prune.schedules import CubicPruning, gradual_schedule
 from netslim.train.loop import FinetuneConfig, TrainState, fit
 

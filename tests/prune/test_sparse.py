@@ -14,8 +14,7 @@ from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.export import exporter
 from netslim.core.masks import make_permanent, masked_params
-from netslim.prune import SparseConv2d, SparseLinear, magnitude_prune, save_sparse
-from netslim.prune import kernels
+from netslim.prune import SparseConv2d, SparseLinear, kernels, magnitude_prune, save_sparse
 from netslim.prune.sparse import from_csr, to_csr
 
 

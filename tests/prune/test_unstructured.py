@@ -10,8 +10,14 @@ from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.masks import get_mask, make_permanent
-from netslim.prune import (MagnitudePruneConfig, apply_masks, magnitude_prune, masks_from_scores, prunable_layers,
-                           sparsity_report)
+from netslim.prune import (
+    MagnitudePruneConfig,
+    apply_masks,
+    magnitude_prune,
+    masks_from_scores,
+    prunable_layers,
+    sparsity_report,
+)
 
 
 def small_mlp(seed=0):

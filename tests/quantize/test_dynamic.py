@@ -11,8 +11,8 @@ import netslim
 from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
-from netslim.quantize.core import QScheme, fake_quantize, qparams_from_range
 from netslim.quantize import dynamic
+from netslim.quantize.core import QScheme, fake_quantize, qparams_from_range
 from netslim.quantize.dynamic import BF16Linear, DynamicInt8Linear, int8_matmul
 from netslim.quantize.int8_body import gelu_kind
 

@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 from netslim.core.errors import NetslimError
 from netslim.models import build_model
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
-from netslim.quantize.mixed import (MixedPrecisionConfig, allocate_bits, hessian_sensitivity, kl_sensitivity,
-                                    mixed_precision)
+from netslim.quantize.mixed import (
+    MixedPrecisionConfig,
+    allocate_bits,
+    hessian_sensitivity,
+    kl_sensitivity,
+    mixed_precision,
+)
 
 
 @settings(max_examples=40, deadline=None)

@@ -22,8 +22,16 @@ from netslim.core.config import make_config  # noqa: E402
 from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.models import build_model  # noqa: E402
-from netslim.quantize import (DynamicInt8Config, PTQInt8Config, WeightOnlyConfig, check_onnx, dynamic_int8,  # noqa: E402
-                              export_onnx, ptq_int8, quantize_weights)
+from netslim.quantize import (  # noqa: E402
+    DynamicInt8Config,
+    PTQInt8Config,
+    WeightOnlyConfig,
+    check_onnx,
+    dynamic_int8,
+    export_onnx,
+    ptq_int8,
+    quantize_weights,
+)
 from netslim.quantize.onnx_export import onnx_session, run_onnx  # noqa: E402
 from netslim.quantize.qat import convert_qat, prepare_qat  # noqa: E402
 

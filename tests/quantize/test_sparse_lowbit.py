@@ -26,8 +26,14 @@ from netslim.quantize import sparse_int8
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
 from netslim.quantize.ptq import ptq_int8
 from netslim.quantize.qat import convert_qat, prepare_qat
-from netslim.quantize.sparse_lowbit import (SparseInt8Conv2d, SparseInt8Linear, SparseQuantizedLinear, compact_form,
-                                            fill_violations, sparse_static)
+from netslim.quantize.sparse_lowbit import (
+    SparseInt8Conv2d,
+    SparseInt8Linear,
+    SparseQuantizedLinear,
+    compact_form,
+    fill_violations,
+    sparse_static,
+)
 from netslim.quantize.weight_only import QuantizedLinear, WeightOnlyConfig, quantize_weights
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))

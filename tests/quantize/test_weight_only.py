@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netslim
-from netslim.core.context import StepContext
 from netslim.core.config import apply, make_config
+from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.quantize.packing import dequantize_groups, pack, quantize_groups, unpack
 from netslim.quantize.weight_only import QuantizedLinear, WeightOnlyConfig, quantize_weights
@@ -108,7 +108,6 @@ def test_save_load_exact_and_file_shrinks(tiny_mlp, tmp_path, bits):
 
 def test_embedding_and_per_channel(tmp_path):
     emb = nn.Embedding(100, 64)
-    model = nn.Sequential(emb)
     from netslim.quantize.weight_only import QuantizedEmbedding
 
     q = QuantizedEmbedding.from_float(emb, bits=4, group_size=None)

@@ -68,7 +68,7 @@ def lenet300():
     return _untouchable(netslim.build_model("lenet300"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny(name: str):
     model = netslim.build_model(name)
     opened = OpenedModel(model, name, dataset=model_entry(name).dataset, source=module_source(model))
@@ -252,7 +252,7 @@ CASES = [(p.stem, m) for p in sorted(recipes_dir().glob("*.yaml"))
          for m in TARGETS.get(p.stem) or [load_recipe(p).model]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task(name: str, data: tuple, dataset: str | None):
     model = netslim.build_model("tiny-llama" if name == "smollm2" else name)
     opened = OpenedModel(model, name, dataset=model_entry(name).dataset, source=module_source(model))

@@ -52,7 +52,6 @@ def test_order_validation_uses_requires_and_freezes():
     from typing import ClassVar
 
     from netslim.core.config import MethodConfig, register
-    from netslim.recipe.spec import validate_order
 
     class FreezeCfg(MethodConfig):
         method: ClassVar[str] = "test_freeze"

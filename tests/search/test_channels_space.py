@@ -6,8 +6,8 @@ import torch
 from netslim.core.errors import NetslimError
 from netslim.measure.counts import count_params
 from netslim.prune.structured import total_macs
-from netslim.search.api import allocate_from_sensitivity
 from netslim.search.allocate import UnreachableBudget
+from netslim.search.api import allocate_from_sensitivity
 from netslim.search.channels import ChannelSpace
 from netslim.search.sensitivity import SensitivityTable
 

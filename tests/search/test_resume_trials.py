@@ -122,9 +122,9 @@ def killer(shared, params, seed):
 @pytest.mark.slow
 def test_a_ray_worker_killed_mid_search_and_the_search_ends_as_undisturbed(space, val_subset, tmp_path):
     ray = pytest.importorskip("ray")
-    import ray.cloudpickle
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     shared = {"space": space, "val": val_subset}
     serial = _search(space, TrialRunner(policy_accuracy, shared, seed=SEED))
     marker = tmp_path / "killed"

@@ -15,8 +15,17 @@ from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import read_description
 from netslim.models import build_model
-from netslim.prune.structured import (PrunePlan, apply_plan, block_costs, drop_residual_blocks, prune_channels,
-                                      residual_block_influence, residual_blocks, replay, total_macs)
+from netslim.prune.structured import (
+    PrunePlan,
+    apply_plan,
+    block_costs,
+    drop_residual_blocks,
+    prune_channels,
+    replay,
+    residual_block_influence,
+    residual_blocks,
+    total_macs,
+)
 
 RESNET20_BLOCKS = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
 

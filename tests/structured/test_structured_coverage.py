@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from structured_helpers import X, check_mask_equals_shrink, half_plan, n_params, randomize_bn
 from torch import nn
 
 import netslim
@@ -22,9 +23,16 @@ from netslim.core.graph import check_attention_leaf, trace_graph
 from netslim.core.serialize import register_module
 from netslim.models import build_model
 from netslim.models.registry import ModelEntry, register_model
-from netslim.prune.structured import (PrunePlan, apply_plan, plan_from_keep, plan_transformer, prune_channels,
-                                      prune_ffn, prune_heads, transformer_graph)
-from structured_helpers import X, check_mask_equals_shrink, half_plan, n_params, randomize_bn
+from netslim.prune.structured import (
+    PrunePlan,
+    apply_plan,
+    plan_from_keep,
+    plan_transformer,
+    prune_channels,
+    prune_ffn,
+    prune_heads,
+    transformer_graph,
+)
 
 IDS = {"input_ids": torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))}
 

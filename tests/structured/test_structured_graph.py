@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
+from structured_helpers import X, half_plan, n_params, randomize_bn
 from torch import nn
 
 import netslim
 from netslim.core.graph import trace_graph
 from netslim.models import build_model
 from netslim.prune.structured import PrunePlan, apply_plan, plan_from_keep, replay
-from structured_helpers import X, half_plan, n_params, randomize_bn
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5", "resnet20", "mobilenetv2", "vgg11bn"])

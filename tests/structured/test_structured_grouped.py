@@ -8,13 +8,13 @@ import copy
 
 import pytest
 import torch
+from structured_helpers import X, check_mask_equals_shrink, half_plan, randomize_bn
 from torch import nn
 
 from netslim.core.graph import GraphBuilder, Segment, trace_graph
 from netslim.models import build_model
 from netslim.models.registry import ModelEntry, register_model
 from netslim.prune.structured import apply_plan, plan_from_keep, prune_channels, total_macs
-from structured_helpers import X, check_mask_equals_shrink, half_plan, randomize_bn
 
 
 class ResNeXtNet(nn.Module):

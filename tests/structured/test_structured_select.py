@@ -13,8 +13,15 @@ from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.graph import trace_graph
 from netslim.models import build_model
-from netslim.prune.structured import (ChannelsConfig, choose_keep, group_scores, plan_channels, prune_channels,
-                                      replay, total_macs)
+from netslim.prune.structured import (
+    ChannelsConfig,
+    choose_keep,
+    group_scores,
+    plan_channels,
+    prune_channels,
+    replay,
+    total_macs,
+)
 
 X = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 

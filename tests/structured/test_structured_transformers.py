@@ -8,8 +8,14 @@ import torch
 
 import netslim
 from netslim.models import build_model
-from netslim.prune.structured import (apply_plan, drop_layers, plan_transformer, prune_ffn, prune_heads,
-                                      transformer_graph)
+from netslim.prune.structured import (
+    apply_plan,
+    drop_layers,
+    plan_transformer,
+    prune_ffn,
+    prune_heads,
+    transformer_graph,
+)
 
 IDS = {"input_ids": torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(0))}
 

@@ -10,14 +10,13 @@ import copy
 
 import pytest
 import torch
+from structured_helpers import n_params
 from torch import nn
 
 import netslim
 from netslim.core.trace import export_graph
 from netslim.prune.structured import apply_plan, plan_from_keep, prune_heads
 from netslim.prune.structured.generic import structured_graph
-
-from structured_helpers import n_params
 
 
 def _half(graph, kinds=None):

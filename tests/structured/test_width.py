@@ -172,7 +172,9 @@ def test_gpt2_states_its_ffn_size_and_head_count():
 
 @pytest.mark.parametrize("criterion", ["l2", "taylor", "random"])
 def test_other_criteria_keep_the_asked_width(criterion):
-    loss = (lambda m, b: m(**b, labels=b["input_ids"]).loss)
+    def loss(m, b):
+        return m(**b, labels=b["input_ids"]).loss
+
     model, report = prune_width(llama(), ratio=0.25, criterion=criterion, batches=BATCHES, loss_fn=loss)
     assert model.config.hidden_size == 48 and model.model.norm.weight.shape == (48,)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from structured_helpers import randomize_bn
 
 import netslim
 from netslim.core.errors import NetslimError
@@ -44,8 +45,6 @@ from netslim.prune.structured.channels import plan_channels
 from netslim.prune.structured.hf import transformer_graph
 from netslim.prune.structured.plan import plan_from_keep
 from netslim.prune.structured.transformer import plan_transformer
-
-from structured_helpers import randomize_bn
 
 
 # ----------------------------------------------------------------------------- helpers

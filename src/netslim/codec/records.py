@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .bitio import CorruptError, Reader, Writer
+from .bitio import Reader, Writer
 from .huffman import StreamStats, read_stream, write_stream
 from .indices import paper_fillers, paper_index_bits, read_positions, write_positions
 from .modules import SharedWeight, index_dtype

@@ -76,7 +76,7 @@ class ShareConfig(TrainingStep):
         raise ValueError(f"must be an int in [1, {MAX_BITS}] or a non-empty mapping selector -> int in [1, {MAX_BITS}]")
 
     @classmethod
-    def example(cls) -> "ShareConfig":
+    def example(cls) -> ShareConfig:
         return cls(bits=3, algorithm="lloyd", finetune={"epochs": 1, "max_steps": 2})
 
     def preflight(self, model, task) -> list[dict] | None:

@@ -39,11 +39,20 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import NetslimError, clip, shown
 
@@ -259,11 +268,11 @@ class ModuleSpec(_Strict):
     """``{"type", "kwargs"}`` (a registered module type) or ``{"type", "children"}`` (a container)."""
 
     type: StrictStr = Field(min_length=1, max_length=300)
-    kwargs: Optional[dict[str, JsonValue]] = None
-    children: Optional[dict[str, "ModuleSpec"]] = None
+    kwargs: dict[str, JsonValue] | None = None
+    children: dict[str, ModuleSpec] | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "ModuleSpec":
+    def _one_of(self) -> ModuleSpec:
         if (self.kwargs is None) == (self.children is None):
             raise ValueError("a module spec has exactly one of 'kwargs' and 'children'")
         return self
@@ -288,7 +297,7 @@ class _HFArch(_Arch):
 
 class _UserArch(_Arch):
     class_: StrictStr = Field(alias="class", min_length=1, max_length=1000)
-    ref: Optional[StrictStr] = None
+    ref: StrictStr | None = None
 
 
 _ARCH_KINDS: dict[str, type[_Arch]] = {"zoo": _ZooArch, "hf": _HFArch, "user": _UserArch}
@@ -298,7 +307,7 @@ class History(_Strict):
     """The steps applied to the model, in order, and the last one that froze its weights."""
 
     applied: list[Annotated[StrictStr, Field(max_length=100)]] = Field(max_length=10_000)
-    frozen_by: Optional[Annotated[StrictStr, Field(max_length=100)]] = None
+    frozen_by: Annotated[StrictStr, Field(max_length=100)] | None = None
 
 
 class Description(_Strict):
@@ -310,8 +319,8 @@ class Description(_Strict):
     aliases: dict[str, StrictStr] = {}
     info: dict[str, JsonValue] = {}
     plans: list[dict[str, JsonValue]] = []  # structured prune plans, replayed on the base (issue 22)
-    history: Optional[History] = None  # steps applied (netslim.core.history.StepHistory)
-    checksums: Optional[Literal["sha256"]] = None
+    history: History | None = None  # steps applied (netslim.core.history.StepHistory)
+    checksums: Literal["sha256"] | None = None
 
     @field_validator("arch")
     @classmethod

@@ -9,8 +9,9 @@ Handlers have the signature ``handler(model, config, ctx) -> model``; ``ctx`` is
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict
@@ -37,7 +38,7 @@ class MethodConfig(BaseModel):
     data_parallel: ClassVar[bool] = False
 
     @classmethod
-    def example(cls) -> "MethodConfig":
+    def example(cls) -> MethodConfig:
         """A small valid instance for contract tests (configs with required fields override)."""
         return cls()
 

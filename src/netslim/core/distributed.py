@@ -25,7 +25,8 @@ import contextlib
 import datetime
 import hashlib
 import os
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn

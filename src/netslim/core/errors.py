@@ -7,7 +7,8 @@ the CLI can print it as one line and exit with code 2. A given value is echoed t
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 SHOWN_LIMIT = 200  # characters of a user's value echoed in a message
 

@@ -2,8 +2,8 @@
 register it where they live (found through :mod:`netslim.core.registry`, loaded before any lookup)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 

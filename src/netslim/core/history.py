@@ -47,7 +47,7 @@ class StepHistory:
             raise NetslimError(f"Method {step.method!r} {problem} (steps applied to this model: "
                                f"{', '.join(self.applied) or 'none'}).")
 
-    def after(self, step: Any) -> "StepHistory":
+    def after(self, step: Any) -> StepHistory:
         """The history once ``step`` has run: recorded if it changed or froze the model (``evaluate``
         and ``export`` leave it as it was, in memory and streamed alike)."""
         freezes = getattr(step, "freezes", False)
@@ -56,7 +56,7 @@ class StepHistory:
         return StepHistory((*self.applied, step.method), step.method if freezes else self.frozen_by)
 
     @classmethod
-    def of(cls, model: Any) -> "StepHistory":
+    def of(cls, model: Any) -> StepHistory:
         """The history recorded on ``model`` (empty for a model no netslim step ran on)."""
         got = getattr(model, "__dict__", {}).get(ATTR)
         return got if isinstance(got, StepHistory) else cls()
@@ -68,7 +68,7 @@ class StepHistory:
         return {"applied": list(self.applied), "frozen_by": self.frozen_by}
 
     @classmethod
-    def from_json(cls, data: Any) -> "StepHistory":
+    def from_json(cls, data: Any) -> StepHistory:
         """From a description's ``history`` field (``{"applied": [str, ...], "frozen_by": str | null}``)."""
         applied = data.get("applied") if isinstance(data, dict) else None
         frozen_by = data.get("frozen_by") if isinstance(data, dict) else None

@@ -27,7 +27,8 @@ hooks on one module, mixed kinds). Kinds, as torch calls them:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Union
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,9 +37,9 @@ from .errors import NetslimError, bad_param, shown, unknown_name
 
 HookKind = Literal["forward", "pre", "forward_kwargs", "pre_kwargs"]
 KINDS: tuple[str, ...] = ("forward", "pre", "forward_kwargs", "pre_kwargs")
-Target = Union[nn.Module, str]
-Hooks = Union[Mapping[Any, Callable[..., Any]], Iterable[tuple]]
-Grad = Union[bool, Literal["inference"], None]
+Target = nn.Module | str
+Hooks = Mapping[Any, Callable[..., Any]] | Iterable[tuple]
+Grad = bool | Literal["inference"] | None
 
 
 def _specs(hooks: Hooks | None, kind: str) -> list[tuple[Target, Callable[..., Any], str]]:

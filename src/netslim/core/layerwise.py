@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -353,7 +354,7 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
                 stream.load(i, f"{name}.{i}", blocks[i])
             block = blocks[i].to(work)
 
-            def feed(block=block) -> None:
+            def feed(block=block, inputs=inputs) -> None:
                 for b in range(len(inputs)):
                     _call_block(block, inputs.get(b), extras[b], work)
 

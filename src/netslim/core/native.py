@@ -16,7 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .cache import cache_dir
@@ -55,7 +55,7 @@ def c_library(source: Path, name: str) -> ctypes.CDLL | None:
     return _compiled(source, name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(source: Path, name: str) -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:

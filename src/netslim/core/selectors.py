@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Annotated, Iterable, Mapping, Sequence, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, TypeVar
 
 from pydantic import BeforeValidator
 from torch import nn

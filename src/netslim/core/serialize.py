@@ -46,9 +46,10 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -57,9 +58,22 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 from torch.nn.utils import parametrize
 
-from .artifact_schema import (ALGORITHM, DESCRIPTION_KEY, DTYPES, FORMAT_VERSION, INTEGRITY_KEY, Header,
-                              hash_threads, integrity_record, parse_description, read_header, read_integrity,
-                              validate_description, verify_description, verify_integrity)
+from .artifact_schema import (
+    ALGORITHM,
+    DESCRIPTION_KEY,
+    DTYPES,
+    FORMAT_VERSION,
+    INTEGRITY_KEY,
+    Header,
+    hash_threads,
+    integrity_record,
+    parse_description,
+    read_header,
+    read_integrity,
+    validate_description,
+    verify_description,
+    verify_integrity,
+)
 from .errors import NetslimError, clip, shown, unknown_name
 from .history import StepHistory
 from .masks import Mask, masked_params
@@ -88,7 +102,7 @@ def register_arch(kind: str, describe: Callable, build: Callable) -> None:
 
 
 USER_KIND = "user"
-Base = Union[nn.Module, Callable[[], nn.Module], None]  # a user model's fresh instance, or its factory
+Base = nn.Module | Callable[[], nn.Module] | None  # a user model's fresh instance, or its factory
 
 
 def describe_arch(model: nn.Module) -> dict:

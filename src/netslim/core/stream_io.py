@@ -22,15 +22,16 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
-from .hooks import hooked
 from .history import StepHistory
+from .hooks import hooked
 from .registry import load_sources
 from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
 
@@ -264,7 +265,7 @@ class BlockStream:
 
 
     # ------------------------------------------------------------- other passes
-    def reader(self) -> "BlockStream":
+    def reader(self) -> BlockStream:
         """A read-only stream over the same model and budget (a statistics pass before the real one)."""
         return BlockStream(self.sm, None, budget=self.budget, solver=self.solver, scratch=self.scratch,
                            device=self.device)

@@ -26,8 +26,15 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from .artifact_schema import (ALGORITHM, DESCRIPTION_KEY, DTYPE_NAMES, INTEGRITY_KEY, _tensor_digest, _text_digest,
-                              tensor_bytes)
+from .artifact_schema import (
+    ALGORITHM,
+    DESCRIPTION_KEY,
+    DTYPE_NAMES,
+    INTEGRITY_KEY,
+    _tensor_digest,
+    _text_digest,
+    tensor_bytes,
+)
 from .errors import NetslimError
 
 GROUPS = (8, 4, 2, 1)     # element sizes, in the order their spill files are laid out

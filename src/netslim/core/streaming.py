@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ class TensorSource:
 
     # -------------------------------------------------------------------- opening
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "TensorSource":
+    def open(cls, path: str | os.PathLike) -> TensorSource:
         """A Hugging Face directory (single or sharded safetensors) or a safetensors file."""
         path = Path(path)
         if path.is_dir():
@@ -68,12 +68,12 @@ class TensorSource:
                            "netslim .safetensors artifact.")
 
     @classmethod
-    def _single(cls, file: Path, where: str) -> "TensorSource":
+    def _single(cls, file: Path, where: str) -> TensorSource:
         header = read_header(file)
         return cls({name: header for name in header.tensors}, where)
 
     @classmethod
-    def _sharded(cls, folder: Path) -> "TensorSource":
+    def _sharded(cls, folder: Path) -> TensorSource:
         weight_map = read_index(folder / INDEX)
         by_file: dict[str, list[str]] = {}
         for name, file in weight_map.items():

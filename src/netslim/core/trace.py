@@ -40,8 +40,8 @@ import torch
 from torch import fx, nn
 
 from .errors import NetslimError
-from .hooks import eval_mode
 from .graph import DependencyGraph, GraphBuilder, Segment
+from .hooks import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -757,7 +757,7 @@ class _AtenTracer:
         if dim != a:
             self.parts[node] = [(lin, a) for _ in outs]
             return None
-        parts, i, offset = [], 0, 0
+        parts, i = [], 0
         for shp in outs:  # every piece must be whole segments of the layout
             width, segs = shp[a], []
             while width > 0 and i < len(lin) and lin[i].width <= width:

@@ -189,7 +189,7 @@ def load(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_
     """:func:`build`, read once per process (the corpus is parsed in ~1.5 s)."""
     _check_options(min_class, min_chars, split)
     rows = _cached(str(pydocs.corpus_root(root).resolve()), min_class, min_chars, split)
-    return {s: [{"text": t, "label": l, "file": f} for t, l, f in part] for s, part in zip(SPLITS, rows)}
+    return {s: [{"text": t, "label": lab, "file": f} for t, lab, f in part] for s, part in zip(SPLITS, rows)}
 
 
 def labels(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_CLASS,
@@ -202,8 +202,8 @@ def labels(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MI
 def count_table(by_split: dict[str, list[dict]]) -> str:
     """Markdown table: paragraphs per label (rows, largest first) and split (columns)."""
     counts = {s: Counter(r["label"] for r in rows) for s, rows in by_split.items()}
-    names = sorted(set().union(*counts.values()), key=lambda l: (-sum(c[l] for c in counts.values()), l))
+    names = sorted(set().union(*counts.values()), key=lambda lab: (-sum(c[lab] for c in counts.values()), lab))
     lines = ["| label | " + " | ".join(by_split) + " |", "|---|" + "---:|" * len(by_split)]
-    lines += [f"| {l} | " + " | ".join(str(counts[s][l]) for s in by_split) + " |" for l in names]
+    lines += [f"| {lab} | " + " | ".join(str(counts[s][lab]) for s in by_split) + " |" for lab in names]
     lines.append("| total | " + " | ".join(str(len(rows)) for rows in by_split.values()) + " |")
     return "\n".join(lines)

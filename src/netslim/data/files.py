@@ -52,9 +52,10 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -208,7 +209,7 @@ class ContentHash:
     def hexdigest(self) -> str:
         h = hashlib.sha256()
         for rel in sorted(self._files):
-            h.update(f"{rel}\0{self._files[rel]}\n".encode("utf-8"))
+            h.update(f"{rel}\0{self._files[rel]}\n".encode())
         return h.hexdigest()
 
 

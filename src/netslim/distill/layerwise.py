@@ -20,7 +20,8 @@ relMSE(W h_s^j, h_t^t)`` among the candidates CoFi allows, with a learned map ``
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -43,7 +43,6 @@ from netslim.train.tasks import Task
 from .losses import attention_transfer_loss, check_shapes, embedding_loss, hint_loss, soft_target_loss
 
 
-
 class WithAdapters(nn.Module):
     """The student plus its learned hint adapters, so that fit's optimizer trains both.
 
@@ -86,7 +85,7 @@ class DistillConfig(TrainingStep):
                                               "the adapters' calibration rows", epochs=3)
 
     @classmethod
-    def example(cls) -> "DistillConfig":
+    def example(cls) -> DistillConfig:
         return cls(finetune={"epochs": 1, "max_steps": 2, "batch_size": 32})
 
     @property

@@ -40,8 +40,16 @@ from torch.nn.utils import parametrize
 
 from netslim.core.errors import NetslimError, bad_param, shown
 from netslim.core.export import register_exporter
-from netslim.models.gguf_io import (BLOCK, FAMILY_TEXT, GGUF_ARCHS, HF_TO_GGUF, gguf_module, permute_rotary,
-                                    rotary_heads, tensor_names)
+from netslim.models.gguf_io import (
+    BLOCK,
+    FAMILY_TEXT,
+    GGUF_ARCHS,
+    HF_TO_GGUF,
+    gguf_module,
+    permute_rotary,
+    rotary_heads,
+    tensor_names,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ saving parameters) meets the tolerance.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -162,7 +163,7 @@ def prune_ranks(model: nn.Module, cfg: ActivationRankConfig, calibration: Any, s
         best = None
         for basis in ("pre",) if cfg.activation == "identity" else (cfg.activation, "pre"):
             U, mu, error = activated_errors(z, basis)
-            k = smallest_rank(lambda r: error(r, cfg.activation), max_rank, cfg.tolerance)
+            k = smallest_rank(lambda r, error=error: error(r, cfg.activation), max_rank, cfg.tolerance)
             if k is not None and (best is None or k < best[0]):
                 best = (k, basis, U, mu, error)
         if best is None:

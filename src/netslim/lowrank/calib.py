@@ -4,7 +4,8 @@ Both are gathered with forward hooks on the original model, one pass over the in
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn

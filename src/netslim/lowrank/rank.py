@@ -16,8 +16,8 @@ everywhere already exceeds the budget.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 

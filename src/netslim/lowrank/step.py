@@ -29,8 +29,7 @@ from netslim.core.errors import NetslimError
 from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import replace_module
 
-from .calib import (input_grams, layer_geometry, model_outputs, output_distortion, output_gradient_grams,
-                    paired_grams)
+from .calib import input_grams, layer_geometry, model_outputs, output_distortion, output_gradient_grams, paired_grams
 from .conv import conv_matrix, factorize_conv, supported, tucker2, tucker_energy_ranks
 from .rank import LayerBudget, allocate_ranks, break_even_rank, energy_rank, energy_share
 from .svd import check_rank, damped_cholesky, factorize_linear, linalg_threads, spectrum, whitening_factor
@@ -90,7 +89,7 @@ class SVDConfig(MethodConfig):
         return self
 
     @classmethod
-    def example(cls) -> "SVDConfig":
+    def example(cls) -> SVDConfig:
         return cls(select="energy", energy=0.9)
 
     def preflight(self, model, task) -> None:

@@ -19,7 +19,7 @@ as in K-FAC), so the SVD of ``Rᵀ W L`` is truncated instead and mapped back by
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

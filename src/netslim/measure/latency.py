@@ -5,8 +5,9 @@ import contextlib
 import gc
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import torch
@@ -62,13 +63,13 @@ class Latency(float):
     q3_ms: float
     repeats: int
 
-    def __new__(cls, median_ms: float, q1_ms: float, q3_ms: float, repeats: int) -> "Latency":
+    def __new__(cls, median_ms: float, q1_ms: float, q3_ms: float, repeats: int) -> Latency:
         obj = super().__new__(cls, median_ms)
         obj.q1_ms, obj.q3_ms, obj.repeats = q1_ms, q3_ms, repeats
         return obj
 
     @classmethod
-    def of(cls, timing: Timing) -> "Latency":
+    def of(cls, timing: Timing) -> Latency:
         return cls(timing.median_ms, timing.q1_ms, timing.q3_ms, timing.repeats)
 
     def __reduce__(self):  # copy / pickle keep the spread

@@ -54,7 +54,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._hwm0 = high_water_rss()
         self.start_rss = self.peak_rss = self._proc.memory_info().rss
         if torch.cuda.is_available() and torch.cuda.is_initialized():

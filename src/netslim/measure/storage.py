@@ -21,8 +21,8 @@ families; :func:`register_storage` adds a layout for a module type of one's own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -406,7 +405,7 @@ def _gpt2_attention_build(kw: dict) -> nn.Module:
 _FAMILIES = {"llama": _register_llama, "bert": _register_bert, "gpt2": _register_gpt2}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register_hf_types(model_type: str) -> None:
     """Save/load specs and MAC counters for one transformers family, on its first use.
 

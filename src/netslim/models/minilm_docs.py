@@ -11,7 +11,7 @@ without reading the corpus or the package weights.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -33,7 +33,7 @@ import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr, ValidationError
@@ -79,7 +79,7 @@ class OnnxDescription(_Strict):
     config: dict[str, JsonValue] = {}        # num_labels / id2label / label2id / num_channels
     packed_bits: dict[StrictStr, StrictInt] = {}  # packed weight initializer -> bits per code
     info: dict[str, JsonValue] = {}          # model, dataset / data spec, source, recipe, reference
-    ort_check: Optional[dict[str, JsonValue]] = None
+    ort_check: dict[str, JsonValue] | None = None
 
 
 def onnx_description(kind: str, example: Any, outputs: list[str], *, config: dict | None = None,
@@ -214,7 +214,7 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None, optimi
 class OnnxOutput(tuple):
     """The graph's outputs in order, each also an attribute by its name (``out.logits``)."""
 
-    def __new__(cls, names: list[str], values: list[torch.Tensor]) -> "OnnxOutput":
+    def __new__(cls, names: list[str], values: list[torch.Tensor]) -> OnnxOutput:
         obj = super().__new__(cls, values)
         obj._names = list(names)
         return obj

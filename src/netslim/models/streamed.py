@@ -15,8 +15,16 @@ from typing import Any
 import torch
 
 from netslim.core.errors import NetslimError, shown
-from netslim.core.streaming import (INDEX, SINGLE, StreamedModel, TensorSource, alias_groups, check_source,
-                                    hf_buffer_init, open_artifact)
+from netslim.core.streaming import (
+    INDEX,
+    SINGLE,
+    StreamedModel,
+    TensorSource,
+    alias_groups,
+    check_source,
+    hf_buffer_init,
+    open_artifact,
+)
 from netslim.models.sources import OpenedModel
 
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}

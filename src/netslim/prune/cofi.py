@@ -101,7 +101,7 @@ class CoFiConfig(TrainingStep):
         return self
 
     @classmethod
-    def example(cls) -> "CoFiConfig":
+    def example(cls) -> CoFiConfig:
         return cls(sparsity=0.5, train={"epochs": 1, "max_steps": 2, "batch_size": 8})
 
     def preflight(self, model, task) -> None:

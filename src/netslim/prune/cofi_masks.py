@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ def _units(model: nn.Module, g: Group, hidden: int) -> Units:
     for s, i in g.slots:
         if s.param != "weight":
             continue
-        w = getattr(model.get_submodule(s.module), "weight")
+        w = model.get_submodule(s.module).weight
         other = [d for j, d in enumerate(w.shape) if j != s.dim]
         if other != [hidden]:
             raise NetslimError(f"CoFi: {s.module}.weight {tuple(w.shape)} is not a (units x hidden) matrix.")
@@ -302,14 +303,14 @@ def fit_to_size(masks: CoFiMasks, z: dict[str, Any], *, target: float) -> dict[s
         return masks.gates[key] if i is None else masks.gates[key][i]
 
     size = size_of(s, z)
-    for a, key, i, j in sorted(cands):
+    for _a, key, i, j in sorted(cands):
         if size <= target:
             break
         v = vec(key, i)
         if v[j] > 0 and not (key == "hidden" and int((v > 0).sum()) == 1):
             v[j] = 0.0
             size = size_of(s, z)
-    for a, key, i, j in sorted(cands, reverse=True):
+    for _a, key, i, j in sorted(cands, reverse=True):
         v = vec(key, i)
         if v[j] == 0:
             v[j] = _value(gate(key, i))[j]

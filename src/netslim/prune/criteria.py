@@ -17,7 +17,8 @@ Masks are keyed by the qualified module name and always apply to ``module.weight
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -199,7 +200,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         targets.append((name, module, mask))
     undo = []
     try:
-        for name, module, mask in targets:
+        for _name, module, mask in targets:
             undo.append(_snapshot(module))
             set_mask(module, mask)
     except BaseException:

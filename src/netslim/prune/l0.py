@@ -108,7 +108,7 @@ class L0Config(TrainingStep):
     data_parallel: ClassVar[bool] = True
 
     @classmethod
-    def example(cls) -> "L0Config":
+    def example(cls) -> L0Config:
         return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 6, "batch_size": 64})
 
     def preflight(self, model, task) -> None:

@@ -66,7 +66,7 @@ class LotteryConfig(PruneTargetFields, TrainingStep):
         return check_fraction(v)
 
     @classmethod
-    def example(cls) -> "LotteryConfig":
+    def example(cls) -> LotteryConfig:
         return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 2}, rewind_step=1)
 
     def preflight(self, model, task) -> None:

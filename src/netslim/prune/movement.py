@@ -80,7 +80,7 @@ class MovementConfig(TrainingStep):
         return check_fraction(v)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "MovementConfig":
+    def _ordered(self) -> MovementConfig:
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"'initial_sparsity' ({self.initial_sparsity}) must be <= 'sparsity' ({self.sparsity})")
         if self.end_step is not None and self.end_step < self.start_step + self.frequency:
@@ -92,7 +92,7 @@ class MovementConfig(TrainingStep):
     data_parallel: ClassVar[bool] = True  # under torchrun: scores from averaged gradients, masks from rank 0
 
     @classmethod
-    def example(cls) -> "MovementConfig":
+    def example(cls) -> MovementConfig:
         return cls(sparsity=0.5, frequency=2, finetune={"epochs": 1, "max_steps": 6, "batch_size": 64})
 
     def preflight(self, model, task) -> None:

@@ -58,7 +58,7 @@ class OBDConfig(MethodConfig):
     keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
 
     @classmethod
-    def example(cls) -> "OBDConfig":
+    def example(cls) -> OBDConfig:
         return cls(sparsity=0.5, num_samples=16, batch_size=4)
 
     def preflight(self, model, task) -> None:

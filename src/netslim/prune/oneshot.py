@@ -34,8 +34,17 @@ from torch import nn
 from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
-from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, run_sequential,
-                                    block_linears, planned_linears, weight_2d, set_weight_2d)
+from netslim.core.layerwise import (
+    block_linears,
+    calibration_for,
+    collect_hessians,
+    compress_blocks,
+    is_conv1d,
+    planned_linears,
+    run_sequential,
+    set_weight_2d,
+    weight_2d,
+)
 from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming

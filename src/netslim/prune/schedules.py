@@ -75,7 +75,7 @@ class IMPConfig(PruneTargetFields, TrainingStep):
         return check_fraction(v)
 
     @classmethod
-    def example(cls) -> "IMPConfig":
+    def example(cls) -> IMPConfig:
         return cls(sparsity=0.5, rounds=2, finetune={"epochs": 1, "max_steps": 2})
 
 
@@ -129,7 +129,7 @@ class GradualConfig(PruneTargetFields, TrainingStep):
         return self
 
     @classmethod
-    def example(cls) -> "GradualConfig":
+    def example(cls) -> GradualConfig:
         return cls(sparsity=0.5, finetune={"epochs": 1, "max_steps": 4}, frequency=1, end_step=2)
 
     def preflight(self, model, task) -> None:

@@ -142,7 +142,7 @@ class SparseLinear(_CSRWeight):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_dense(cls, linear: nn.Module, kernel: str = "sparse") -> "SparseLinear":
+    def from_dense(cls, linear: nn.Module, kernel: str = "sparse") -> SparseLinear:
         """From an nn.Linear (masked or not): its effective weight, zeros dropped."""
         w = linear.weight.detach()
         out = cls(linear.in_features, linear.out_features, 0, linear.bias is not None, kernel)
@@ -192,7 +192,7 @@ class SparseConv2d(_CSRWeight):
         self.bias = nn.Parameter(torch.zeros(out_channels), requires_grad=False) if bias else None
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d) -> "SparseConv2d":
+    def from_dense(cls, conv: nn.Conv2d) -> SparseConv2d:
         if conv.padding_mode != "zeros":
             raise NetslimError(f"SparseConv2d supports padding_mode 'zeros' only; got {conv.padding_mode!r}.")
         w = conv.weight.detach()

@@ -54,7 +54,7 @@ class SparsifyConfig(MethodConfig):
     threads: int | None = Field(None, ge=1)
 
     @classmethod
-    def example(cls) -> "SparsifyConfig":
+    def example(cls) -> SparsifyConfig:
         return cls(batch_sizes=(1,), rounds=1, repeats=2)
 
 

@@ -20,8 +20,16 @@ from torch import nn
 
 from netslim.core.config import build_config, register
 from netslim.prune._api import PruneTargetFields, check_fraction
-from netslim.prune.criteria import (apply_masks, magnitude_scores, masks_from_counts, masks_from_scores,
-                                    prunable_layers, random_scores, sparsity_report, threshold_counts)
+from netslim.prune.criteria import (
+    apply_masks,
+    magnitude_scores,
+    masks_from_counts,
+    masks_from_scores,
+    prunable_layers,
+    random_scores,
+    sparsity_report,
+    threshold_counts,
+)
 
 
 class MagnitudePruneConfig(PruneTargetFields):
@@ -48,7 +56,7 @@ class MagnitudePruneConfig(PruneTargetFields):
         return self
 
     @classmethod
-    def example(cls) -> "MagnitudePruneConfig":
+    def example(cls) -> MagnitudePruneConfig:
         return cls(sparsity=0.5)
 
 

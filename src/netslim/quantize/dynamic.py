@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import lru_cache
 import weakref
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -177,7 +177,7 @@ class DynamicInt8Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, activations: str = "per_tensor", post_op: str = "none") -> "DynamicInt8Linear":
+    def from_float(cls, linear: nn.Linear, activations: str = "per_tensor", post_op: str = "none") -> DynamicInt8Linear:
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise NetslimError("Cannot quantize a Linear weight with NaN or Inf values.")
@@ -294,7 +294,7 @@ class BF16Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.bfloat16, device=device)) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> "BF16Linear":
+    def from_float(cls, linear: nn.Linear) -> BF16Linear:
         m = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
         m.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16))
         if linear.bias is not None:

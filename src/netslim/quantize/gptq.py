@@ -41,8 +41,14 @@ from torch import nn
 from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.hooks import eval_mode
-from netslim.core.layerwise import (calibration_for, is_conv1d, collect_hessians, compress_blocks, planned_linears,
-                                    weight_2d)
+from netslim.core.layerwise import (
+    calibration_for,
+    collect_hessians,
+    compress_blocks,
+    is_conv1d,
+    planned_linears,
+    weight_2d,
+)
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.core.selectors import Selector
@@ -85,7 +91,7 @@ class GPTQConfig(MethodConfig):
     exclude: Selector = None
 
     @classmethod
-    def example(cls) -> "GPTQConfig":
+    def example(cls) -> GPTQConfig:
         return cls(group_size=None, num_samples=16)  # per channel: fits every zoo model's Linear
 
     @field_validator("group_size")

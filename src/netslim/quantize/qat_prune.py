@@ -29,7 +29,6 @@ from torch import nn
 from netslim.train.loop import Callback, FinetuneConfig, TrainState
 
 
-
 class QATPrune(BaseModel):
     """Pruning during QAT: the final ``sparsity`` and when masks are set."""
 

@@ -44,7 +44,7 @@ from netslim.core.obs import inverse_cholesky, layer_error, obs_solve
 from netslim.core.patterns import declare_nm
 from netslim.core.surgery import replace_module
 
-from .gptq import GPTQConfig, group_misfit, gptq_quantize
+from .gptq import GPTQConfig, gptq_quantize, group_misfit
 from .packing import PARAM_DTYPE, check_group, codes_for
 from .weight_only import QuantizedLinear
 
@@ -61,7 +61,7 @@ class SparseGPTQConfig(GPTQConfig):
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction pruned per layer (unstructured); ignored with n/m")
 
     @classmethod
-    def example(cls) -> "SparseGPTQConfig":
+    def example(cls) -> SparseGPTQConfig:
         return cls(group_size=None, num_samples=16)
 
     @model_validator(mode="after")

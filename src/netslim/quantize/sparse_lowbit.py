@@ -72,7 +72,7 @@ class _SparseCodes:
     def _init_sparse(self, nnz: int, layout: str, n: int, m: int, device, index_bytes: int = 0) -> None:
         owner = type(self).__name__
         self.layout = sc.check_layout(layout, n, m, owner, index_bytes)
-        shape, bits = self._shape(), self._bits()
+        shape = self._shape()
         if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= math.prod(shape):
             raise NetslimError(f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; "
                                f"got {nnz!r}.")

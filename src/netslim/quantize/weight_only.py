@@ -24,8 +24,7 @@ from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import register_macs
 
-from .packing import (PARAM_DTYPE, check_group, check_pack_bits, dequantize_groups, pack, quantize_groups,
-                      unpack)
+from .packing import PARAM_DTYPE, check_group, check_pack_bits, dequantize_groups, pack, quantize_groups, unpack
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class QuantizedLinear(PackedWeight):
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
-                   group_size: int | None, bias: torch.Tensor | None = None) -> "QuantizedLinear":
+                   group_size: int | None, bias: torch.Tensor | None = None) -> QuantizedLinear:
         """The entry point for any rounding method (RTN, HQQ, GPTQ): codes (out, in) uint8."""
         out_f, in_f = codes.shape
         m = cls(in_f, out_f, bits, group_size, bias is not None, device=codes.device)
@@ -114,7 +113,7 @@ class QuantizedLinear(PackedWeight):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, bits: int = 4, group_size: int | None = 128,
-                   symmetric: bool = False, method: str = "rtn") -> "QuantizedLinear":
+                   symmetric: bool = False, method: str = "rtn") -> QuantizedLinear:
         codes, scale, zero = quantize_groups(linear.weight, bits, group_size, symmetric=symmetric, method=method)
         return cls.from_codes(codes, scale, zero, bits=bits, group_size=group_size, bias=linear.bias)
 
@@ -141,7 +140,7 @@ class QuantizedEmbedding(PackedWeight):
 
     @classmethod
     def from_float(cls, emb: nn.Embedding, *, bits: int = 4, group_size: int | None = 128,
-                   symmetric: bool = False, method: str = "rtn") -> "QuantizedEmbedding":
+                   symmetric: bool = False, method: str = "rtn") -> QuantizedEmbedding:
         codes, scale, zero = quantize_groups(emb.weight, bits, group_size, symmetric=symmetric, method=method)
         m = cls(emb.num_embeddings, emb.embedding_dim, bits, group_size, emb.padding_idx, device=codes.device)
         m.set_codes(codes, scale, zero)
@@ -190,7 +189,7 @@ class WeightOnlyConfig(MethodConfig):
     exclude: Selector = None
 
     @classmethod
-    def example(cls) -> "WeightOnlyConfig":
+    def example(cls) -> WeightOnlyConfig:
         return cls(group_size=None)  # per channel: fits every layer of the small zoo models
 
     @field_validator("group_size")

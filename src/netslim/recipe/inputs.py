@@ -18,9 +18,9 @@ so bad input fails before any work and leaves nothing behind.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

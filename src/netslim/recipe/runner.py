@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from netslim.core import distributed
 from netslim.core.config import apply
 from netslim.core.context import StepContext

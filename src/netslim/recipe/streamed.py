@@ -25,8 +25,16 @@ import torch
 from torch import nn
 
 from netslim.core.errors import NetslimError
-from netslim.core.stream_io import (IN_MEMORY_HINT, STREAM_FRACTION, BlockStream, available_memory, fmt_bytes,
-                                    parse_bytes, stream_step, streaming_methods)
+from netslim.core.stream_io import (
+    IN_MEMORY_HINT,
+    STREAM_FRACTION,
+    BlockStream,
+    available_memory,
+    fmt_bytes,
+    parse_bytes,
+    stream_step,
+    streaming_methods,
+)
 from netslim.core.streaming import StreamedModel, materialize, open_artifact, release
 
 log = logging.getLogger(__name__)
@@ -229,10 +237,11 @@ def streamed_layers(sm: StreamedModel, example_inputs: Any, macs_model: nn.Modul
     a streamed model, one unit (the modules outside the blocks, then each block) in memory at a
     time. MACs: a forward of ``macs_model`` (default: the model's skeleton) on the meta device
     (an export's CSR layers cannot run there: its source model stands in, same MACs)."""
+    from torch.nn.utils import parametrize
+
     from netslim.core.layerwise import decoder_blocks
     from netslim.measure.counts import LayerStats
     from netslim.measure.storage import module_storage
-    from torch.nn.utils import parametrize
 
     model = sm.model
     macs = _meta_macs(macs_model if macs_model is not None else model, example_inputs)
@@ -304,7 +313,7 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
         ids = task.example_inputs(batch)["input_ids"]
         parts: list[list[float]] = []
 
-        def timed(fn) -> list[float]:
+        def timed(fn, reps: int = reps) -> list[float]:
             fn()  # warm-up
             times = []
             for _ in range(reps):
@@ -314,7 +323,7 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
             return times
 
         with fixed_threads(measure.threads):
-            run_sequential(sm.model, ids, lambda i, name, block, feed: parts.append(timed(feed)), batch_size=batch,
+            run_sequential(sm.model, ids, lambda i, name, block, feed, parts=parts: parts.append(timed(feed)), batch_size=batch,
                            stream=BlockStream(sm, None, budget=budget), calibrating=False, return_outputs=False,
                            desc="latency")
             _prefix, blocks = decoder_blocks(sm.model)
@@ -326,7 +335,7 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
                     blocks[j] = _Skip()
                 materialize(sm, first[1], first[0], recurse=False)
                 with io.outer(blocks):
-                    parts.append(timed(lambda: sm.model(input_ids=ids, use_cache=False)))
+                    parts.append(timed(lambda ids=ids: sm.model(input_ids=ids, use_cache=False)))
             finally:
                 for j, b in enumerate(originals):
                     blocks[j] = b

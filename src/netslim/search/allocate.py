@@ -21,7 +21,7 @@ costs more than the budget, and :class:`NetslimError` for an empty option list.
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from netslim.core.errors import NetslimError
 

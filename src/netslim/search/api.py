@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .allocate import greedy_allocate, knapsack, repair, UnreachableBudget
+from .allocate import UnreachableBudget, greedy_allocate, knapsack, repair
 from .channels import ChannelSpace
 from .evaluate import Subset, accuracy
 from .options import ChannelSpaceOptions, TrialOptions

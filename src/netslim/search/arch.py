@@ -28,7 +28,7 @@ class MBNet(nn.Module):
         c0 = max(8, int(32 * width_mult))
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c0, 3, 1, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU6())
         blocks, cin = [], c0
-        for i, (t, c, n, s) in enumerate(MobileNetV2.SETTINGS):
+        for i, (_t, c, n, s) in enumerate(MobileNetV2.SETTINGS):
             cout = max(8, int(c * width_mult))
             for j in range(min(n, depth)):
                 blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, 1 if i == 0 else expansion, kernel))

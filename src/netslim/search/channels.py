@@ -13,8 +13,9 @@ per-layer-shape lookup table (:class:`~netslim.search.latency.LatencyTable`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ class Subset:
     y: torch.Tensor  # (N,)
 
     @classmethod
-    def from_task(cls, task: Any, split: str, limit: int, seed: int = 0) -> "Subset":
+    def from_task(cls, task: Any, split: str, limit: int, seed: int = 0) -> Subset:
         x, y = task.splits[split]
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
         return cls(x[idx].contiguous(), y[idx].contiguous())

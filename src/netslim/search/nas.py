@@ -21,7 +21,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from netslim.core.config import MethodConfig, register
@@ -100,7 +100,7 @@ def evolve(space: NASSpace, runner, *, population: int = 8, generations: int = 3
     key = lambda g: repr(sorted(g.items()))  # noqa: E731
     points: list[dict[str, Any]] = []
 
-    def evaluate(genos: list[dict]) -> None:
+    def evaluate(genos: list[dict], gen: int) -> None:
         results = runner.run(genos)
         for g, r in zip(genos, results):
             p = {"genotype": g, **r, "generation": gen}
@@ -109,7 +109,6 @@ def evolve(space: NASSpace, runner, *, population: int = 8, generations: int = 3
             seen[key(g)] = p
             points.append(p)
 
-    gen = 0
     init: list[dict] = []
     for _ in range(population * 20):
         if len(init) >= population:
@@ -117,7 +116,7 @@ def evolve(space: NASSpace, runner, *, population: int = 8, generations: int = 3
         g = space.sample(rng)
         if key(g) not in {key(x) for x in init}:
             init.append(g)
-    evaluate(init)
+    evaluate(init, 0)
     for gen in range(1, generations):
         ranked = _rank(points, cost)
         parents = ranked[: max(1, population // 2)]
@@ -130,7 +129,7 @@ def evolve(space: NASSpace, runner, *, population: int = 8, generations: int = 3
                 children.append(g)
         if not children:
             break  # the space is exhausted
-        evaluate(children)
+        evaluate(children, gen)
     return points
 
 
@@ -170,7 +169,7 @@ class NASConfig(MethodConfig):
         return v
 
     @classmethod
-    def example(cls) -> "NASConfig":
+    def example(cls) -> NASConfig:
         return cls(families={"resnet": {"depth": [8], "width": [4, 8]}}, population=2, generations=1,
                    train_samples=32, train_steps=1, val_samples=16, trials=TrialOptions(log=None))
 

@@ -16,9 +16,10 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ class SensitivityTable:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SensitivityTable":
+    def from_dict(cls, d: dict[str, Any]) -> SensitivityTable:
         return cls(**d)
 
     def to_markdown(self) -> str:

@@ -62,7 +62,7 @@ class SearchChannelsConfig(TrainingStep):
                                             "step of best_recipe.yaml); none by default")
 
     @classmethod
-    def example(cls) -> "SearchChannelsConfig":
+    def example(cls) -> SearchChannelsConfig:
         return cls(budget=0.7, val_samples=50, space=ChannelSpaceOptions(ratios=(0.0, 0.5)),
                    trials=TrialOptions(log=None),
                    sensitivity_cache="run")
@@ -89,7 +89,7 @@ class NetAdaptConfig(TrainingStep):
                                             "step of best_recipe.yaml); none by default")
 
     @classmethod
-    def example(cls) -> "NetAdaptConfig":
+    def example(cls) -> NetAdaptConfig:
         return cls(target="macs", budget=0.8, step=0.1, candidate_steps=1, train_samples=20, val_samples=20,
                    trials=TrialOptions(log=None))
 

@@ -37,9 +37,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -90,7 +91,7 @@ class TrialLog:
     records: dict[int, dict] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, fingerprint: str) -> "TrialLog":
+    def open(cls, path: str | os.PathLike, fingerprint: str) -> TrialLog:
         path = Path(path)
         self = cls(path, fingerprint)
         lines = path.read_text().splitlines() if path.is_file() else []
@@ -231,7 +232,7 @@ class TrialRunner:
             self._record(i, p, outcome)
         return done
 
-    def _pool(self) -> "RayPool":
+    def _pool(self) -> RayPool:
         ray = self._ensure_ray()
         if self._shared_ref is None:
             self._shared_ref = ray.put(self.shared)

@@ -11,8 +11,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -20,8 +21,8 @@ from torch import nn
 
 from netslim.core.config import MethodConfig
 from netslim.core.errors import NetslimError
-from netslim.train.parallel import DataParallel
 from netslim.core.progress import progress
+from netslim.train.parallel import DataParallel
 from netslim.train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class TrainConfig(MethodConfig):
     data_parallel: ClassVar[bool] = True  # under torchrun: every rank trains (netslim.train.parallel)
 
     @classmethod
-    def example(cls) -> "TrainConfig":
+    def example(cls) -> TrainConfig:
         return cls(epochs=1, max_steps=2, batch_size=32)
 
 
@@ -157,7 +158,7 @@ class Callback:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm scales (standard practice; they don't overfit).
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for _n, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -13,7 +13,8 @@ classification pieces that tasks on a user's files share (:mod:`netslim.train.fi
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F

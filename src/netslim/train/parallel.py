@@ -25,7 +25,8 @@ L0 gate noise) use the same seed on every rank.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from pydantic import BaseModel

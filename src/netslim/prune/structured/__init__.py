@@ -17,10 +17,10 @@ from netslim.core.serialize import register_plan_replay
 
 from .blocks import block_costs, drop_residual_blocks, residual_block_influence, residual_blocks
 from .channels import plan_channels, prune_channels, total_macs
+from .hf import transformer_graph
 from .importance import CRITERIA, group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
-from .hf import transformer_graph
 from .steps import ChannelsConfig, FFNConfig, HeadsConfig, LayersConfig, WidthConfig
 from .transformer import block_influence, drop_layers, plan_transformer, prune_ffn, prune_heads
 from .width import WIDTH_RULES, plan_width, prune_width

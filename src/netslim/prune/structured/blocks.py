@@ -15,7 +15,8 @@ time, while removing the block saves all of it (see BENCHMARKS.md, issue 4).
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn

@@ -7,7 +7,8 @@ a report with the plan, the groups touched and every module skipped with its rea
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -35,7 +36,7 @@ def estimate_macs(model: nn.Module, layer_macs: Mapping[str, int], plan: PrunePl
     share: dict[str, float] = {}
     for e in plan.entries:
         if e["param"] == "weight" and e["module"] in layer_macs:
-            size = getattr(model.get_submodule(e["module"]), "weight").shape[e["dim"]]
+            size = model.get_submodule(e["module"]).weight.shape[e["dim"]]
             share[e["module"]] = share.get(e["module"], 1.0) * len(e["keep"]) / size
     return sum(m * share.get(name, 1.0) for name, m in layer_macs.items())
 

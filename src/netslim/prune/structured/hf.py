@@ -133,7 +133,7 @@ def transformer_graph(model: nn.Module, kinds: tuple[str, ...] = ("head", "neuro
             if "neuron" in kinds:
                 _ffn(b, name, [(f"{name}.gate_proj", m.gate_proj), (f"{name}.up_proj", m.up_proj)],
                      [(f"{name}.down_proj", m.down_proj)], m.up_proj.out_features)
-        elif hasattr(m, "intermediate") and hasattr(m, "output") and hasattr(getattr(m, "intermediate"), "dense"):
+        elif hasattr(m, "intermediate") and hasattr(m, "output") and hasattr(m.intermediate, "dense"):
             found = True
             if "neuron" in kinds:
                 _ffn(b, f"{name}.intermediate", [(f"{name}.intermediate.dense", m.intermediate.dense)],

@@ -20,8 +20,9 @@ Scores are aggregated by summing over slots; globally ranked scores are normalis
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn

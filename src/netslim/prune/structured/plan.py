@@ -52,7 +52,7 @@ class PrunePlan:
                 "attrs": self.attrs, "drop_layers": self.drop_layers, "drop_modules": self.drop_modules}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrunePlan":
+    def from_dict(cls, data: dict[str, Any]) -> PrunePlan:
         """Inverse of :meth:`to_dict`; also reads plans whose entries hold their index lists inline."""
         if not isinstance(data, dict):
             raise NetslimError(f"A prune plan must be a JSON object; got {type(data).__name__}.")
@@ -303,6 +303,6 @@ def _shrunk(module: nn.Module, entries: list[dict], where: str) -> nn.Module | d
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
         raise NetslimError(f"Prune plan does not fit module {where!r}: {detail}") from None
     new.train(module.training)
-    for (n1, p1), (_, p2) in zip(module.named_parameters(), new.named_parameters()):
+    for (_n1, p1), (_, p2) in zip(module.named_parameters(), new.named_parameters()):
         p2.requires_grad_(p1.requires_grad)
     return new

@@ -83,7 +83,7 @@ class ChannelsConfig(_StructuredBase):
         return self
 
     @classmethod
-    def example(cls) -> "ChannelsConfig":
+    def example(cls) -> ChannelsConfig:
         return cls(ratio=0.25)
 
 
@@ -199,7 +199,7 @@ class HeadsConfig(_TransformerBase):
     method = "heads"
 
     @classmethod
-    def example(cls) -> "HeadsConfig":
+    def example(cls) -> HeadsConfig:
         return cls(ratio=0.25)
 
 
@@ -209,7 +209,7 @@ class FFNConfig(_TransformerBase):
     method = "ffn"
 
     @classmethod
-    def example(cls) -> "FFNConfig":
+    def example(cls) -> FFNConfig:
         return cls(ratio=0.25)
 
 
@@ -241,7 +241,7 @@ class LayersConfig(TrainingStep):
         return self
 
     @classmethod
-    def example(cls) -> "LayersConfig":
+    def example(cls) -> LayersConfig:
         return cls(count=1)
 
     def preflight(self, model, task) -> None:
@@ -421,7 +421,7 @@ class WidthConfig(TrainingStep):
         return self
 
     @classmethod
-    def example(cls) -> "WidthConfig":
+    def example(cls) -> WidthConfig:
         return cls(ratio=0.25)
 
     def preflight(self, model, task) -> None:

@@ -9,7 +9,8 @@ change their input least (block influence, 1 - cosine(input, output), as in Shor
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from netslim.measure.counts import count_params
 from .blocks import mean_influence
 from .channels import check_exclude, excluded_groups
 from .generic import nothing_removed, report_empty, structured_graph
-from .hf import block_list, _is_hf, transformer_graph, hf_fixups
+from .hf import _is_hf, block_list, hf_fixups, transformer_graph
 from .importance import group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
