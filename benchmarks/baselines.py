@@ -13,6 +13,7 @@ atomically) and a markdown table is printed.
     .venv/bin/python benchmarks/baselines.py --models lenet5 --epochs-scale 0.1 --limit 2000 \\
         --out /tmp/smoke.json                                                             # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, baseline_config, c
 from netslim.train.tasks import get_task
 
 MODELS = ("lenet300", "lenet5", "resnet20", "mobilenetv2", "vgg11bn")
-TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20",
-          "mobilenetv2": "MobileNetV2", "vgg11bn": "VGG11-BN"}
+TITLES = {
+    "lenet300": "LeNet-300-100",
+    "lenet5": "LeNet-5",
+    "resnet20": "ResNet-20",
+    "mobilenetv2": "MobileNetV2",
+    "vgg11bn": "VGG11-BN",
+}
 TARGETS = {"lenet300": 0.89, "lenet5": 0.90, "resnet20": 0.92}  # the issue sets none for mobilenetv2 / vgg11bn
 ROOT = Path(__file__).resolve().parent
 DEFAULT_OUT = ROOT / "results" / "baselines.json"
@@ -69,8 +75,11 @@ def train_or_reuse(name: str, args) -> tuple[torch.nn.Module, dict, Path, object
     if args.epochs_scale != 1.0:
         overrides["epochs"] = max(1, round(DEFAULT_TRAINING[name]["epochs"] * args.epochs_scale))
     cfg = baseline_config(name, seed=args.seed, **overrides)
-    print(f"[{name}] training: {cfg.model_dump(exclude={'method'}) if hasattr(cfg, 'model_dump') else cfg}, "
-          f"augment={AUGMENT.get(name, False)}", flush=True)
+    print(
+        f"[{name}] training: {cfg.model_dump(exclude={'method'}) if hasattr(cfg, 'model_dump') else cfg}, "
+        f"augment={AUGMENT.get(name, False)}",
+        flush=True,
+    )
     torch.set_num_threads(args.train_threads or args.threads)
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -79,17 +88,26 @@ def train_or_reuse(name: str, args) -> tuple[torch.nn.Module, dict, Path, object
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     training = {
-        "epochs": summary["epochs"], "steps": summary["steps"], "seconds": round(summary["seconds"], 1),
-        "wall_seconds": round(wall, 1), "best_val_accuracy": summary.get("best_accuracy"),
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "seconds": round(summary["seconds"], 1),
+        "wall_seconds": round(wall, 1),
+        "best_val_accuracy": summary.get("best_accuracy"),
         "config": {k: v for k, v in DEFAULT_TRAINING[name].items()} | overrides,
-        "augment": AUGMENT.get(name, False), "seed": args.seed, "limit": args.limit,
-        "torch_threads": threads, "load_avg_start_end": [load0, os.getloadavg()[0]],
+        "augment": AUGMENT.get(name, False),
+        "seed": args.seed,
+        "limit": args.limit,
+        "torch_threads": threads,
+        "load_avg_start_end": [load0, os.getloadavg()[0]],
         "history": summary["history"],
         "date": dt.date.today().isoformat(),
     }
     netslim.save(model, path, {"model": name, "dataset": entry.dataset, "training": training})
-    print(f"[{name}] trained {training['epochs']} epochs in {training['seconds']:.0f} s "
-          f"(best val acc {training['best_val_accuracy']:.4f}); saved {path}", flush=True)
+    print(
+        f"[{name}] trained {training['epochs']} epochs in {training['seconds']:.0f} s "
+        f"(best val acc {training['best_val_accuracy']:.4f}); saved {path}",
+        flush=True,
+    )
     return model, training, path, task
 
 
@@ -100,11 +118,14 @@ def measure(name: str, model: torch.nn.Module, task, path: Path, args) -> dict:
     lat1 = measure_latency(model, x1, warmup=args.warmup, repeats=args.repeats_b1, threads=args.threads)
     latn = measure_latency(model, xn, warmup=args.warmup, repeats=args.repeats_bn, threads=args.threads)
     return {
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "params": count_params(model), "nonzero": count_nonzero(model),
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "params": count_params(model),
+        "nonzero": count_nonzero(model),
         "macs": int(sum(macs_per_layer(model, x1).values())),
         "size_bytes": size_on_disk(model, path),
-        "latency_b1": lat1.as_dict(), f"latency_b{BATCH_N}": latn.as_dict(),
+        "latency_b1": lat1.as_dict(),
+        f"latency_b{BATCH_N}": latn.as_dict(),
         "load_avg_at_measure": os.getloadavg()[0],
     }
 
@@ -120,8 +141,10 @@ def fmt_count(n: int) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    rows = ["| model | test acc | target | epochs | train time | params | MACs | size on disk | latency b1 | latency b64 |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | test acc | target | epochs | train time | params | MACs | size on disk | latency b1 | latency b64 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in MODELS:
         r = results.get(name)
         if r is None:
@@ -163,14 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="train/test on a data subset (smoke runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for the latency measurements")
-    p.add_argument("--train-threads", type=int, default=None,
-                   help="torch threads for training (default: --threads); 1 is far faster on an oversubscribed machine")
+    p.add_argument(
+        "--train-threads",
+        type=int,
+        default=None,
+        help="torch threads for training (default: --threads); 1 is far faster on an oversubscribed machine",
+    )
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats-b1", type=int, default=200)
     p.add_argument("--repeats-bn", type=int, default=50)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--markdown", type=Path, default=ROOT.parent / "BENCHMARKS.md",
-                   help="refresh the table between the baselines markers of this file (if it has them)")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        default=ROOT.parent / "BENCHMARKS.md",
+        help="refresh the table between the baselines markers of this file (if it has them)",
+    )
     p.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -187,20 +218,37 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         model, training, path, task = train_or_reuse(name, args)
         metrics = measure(name, model, task, path, args)
-        results[name] = {"checkpoint": str(path), "training": training, "metrics": metrics,
-                         "measured": dt.datetime.now().isoformat(timespec="seconds")}
-        print(f"[{name}] test acc {metrics['test_accuracy']:.4f}, params {metrics['params']}, "
-              f"MACs {metrics['macs']}, size {metrics['size_bytes']} B, "
-              f"latency b1 {metrics['latency_b1']['median_ms']:.3f} ms, "
-              f"b{BATCH_N} {metrics[f'latency_b{BATCH_N}']['median_ms']:.2f} ms", flush=True)
+        results[name] = {
+            "checkpoint": str(path),
+            "training": training,
+            "metrics": metrics,
+            "measured": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        print(
+            f"[{name}] test acc {metrics['test_accuracy']:.4f}, params {metrics['params']}, "
+            f"MACs {metrics['macs']}, size {metrics['size_bytes']} B, "
+            f"latency b1 {metrics['latency_b1']['median_ms']:.3f} ms, "
+            f"b{BATCH_N} {metrics[f'latency_b{BATCH_N}']['median_ms']:.2f} ms",
+            flush=True,
+        )
         doc = {
             "description": "Fashion-MNIST baselines of the netslim CNN zoo (benchmarks/baselines.py)",
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "environment": {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name(),
-                            "cpu_count": os.cpu_count(), "threads": args.threads},
-            "latency_protocol": {"threads": args.threads, "warmup": args.warmup, "repeats_b1": args.repeats_b1,
-                                 f"repeats_b{BATCH_N}": args.repeats_bn, "statistic": "median",
-                                 "inputs": "first test images, fp32, eval mode, torch.inference_mode"},
+            "environment": {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "cpu": cpu_name(),
+                "cpu_count": os.cpu_count(),
+                "threads": args.threads,
+            },
+            "latency_protocol": {
+                "threads": args.threads,
+                "warmup": args.warmup,
+                "repeats_b1": args.repeats_b1,
+                f"repeats_b{BATCH_N}": args.repeats_bn,
+                "statistic": "median",
+                "inputs": "first test images, fp32, eval mode, torch.inference_mode",
+            },
             "models": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ cleaned by ``netslim.data.pydocs``, the same paragraphs docs-jsonl reads, no len
 no de-duplication) of the first ``--files`` files (default 150, ~1.4 MB) in sorted relative
 path order, joined with blank lines.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -162,7 +163,9 @@ def write_docs_jsonl(tmp: Path, root: Path, min_class: int, min_chars: int, spli
     (tmp / "README.md").write_text(
         f"# Python docs paragraphs labelled by top-level section\n\nSource: `{root}`, written by "
         f"`benchmarks/byo_data.py docs-jsonl`. One JSON object per line: `text`, `label`, `file`.\n\n"
-        f"## Rules\n\n{rules}\n## Paragraphs per label and split\n\n{table}\n", encoding="utf-8")
+        f"## Rules\n\n{rules}\n## Paragraphs per label and split\n\n{table}\n",
+        encoding="utf-8",
+    )
     records = [r for rows in by_split.values() for r in rows]
     labels = sorted({r["label"] for r in records})
     files = len({r["file"] for r in records})
@@ -242,9 +245,11 @@ def write_smollm2_dir(tmp: Path) -> str:
     if tok2(SMOLLM2_PROBE)["input_ids"] != ids[0].tolist():
         raise NetslimError(f"AutoTokenizer reloaded from {tmp} gives other ids for {SMOLLM2_PROBE!r}.")
     n = sum(p.numel() for p in model.parameters())
-    return (f"{type(model).__name__} ({n:,} params, fp32 from the Q4_1 GGUF); reload checked: "
-            f"{type(reloaded).__name__} max abs logit diff {diff:.1e} on {ids.shape[1]} tokens, "
-            f"{type(tok2).__name__} same ids")
+    return (
+        f"{type(model).__name__} ({n:,} params, fp32 from the Q4_1 GGUF); reload checked: "
+        f"{type(reloaded).__name__} max abs logit diff {diff:.1e} on {ids.shape[1]} tokens, "
+        f"{type(tok2).__name__} same ids"
+    )
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -269,25 +274,45 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     def docs_root(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--root", type=Path, default=None,
-                       help=f"docs _sources folder (default ${pydocs.ENV_VAR} or {pydocs.DEFAULT_ROOT})")
+        p.add_argument(
+            "--root",
+            type=Path,
+            default=None,
+            help=f"docs _sources folder (default ${pydocs.ENV_VAR} or {pydocs.DEFAULT_ROOT})",
+        )
 
     p = command("images", "Fashion-MNIST as class folders of PNGs", "output folder")
     p.add_argument("--limit", type=_positive, default=None, help="at most N images per split")
     p = command("docs-jsonl", "Python docs paragraphs labelled by section (JSONL)", "output folder")
-    p.add_argument("--min-class", type=_positive, default=DEFAULT_MIN_CLASS,
-                   help=f"smaller sections merge into 'other' (default {DEFAULT_MIN_CLASS})")
-    p.add_argument("--min-chars", type=_positive, default=DEFAULT_MIN_CHARS,
-                   help=f"shorter paragraphs are dropped (default {DEFAULT_MIN_CHARS})")
-    p.add_argument("--split", choices=SPLIT_RULES, default=SPLIT_RULES[0],
-                   help="whole files per split: stratified by label (default) or the plain pydocs.split_of hash")
+    p.add_argument(
+        "--min-class",
+        type=_positive,
+        default=DEFAULT_MIN_CLASS,
+        help=f"smaller sections merge into 'other' (default {DEFAULT_MIN_CLASS})",
+    )
+    p.add_argument(
+        "--min-chars",
+        type=_positive,
+        default=DEFAULT_MIN_CHARS,
+        help=f"shorter paragraphs are dropped (default {DEFAULT_MIN_CHARS})",
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLIT_RULES,
+        default=SPLIT_RULES[0],
+        help="whole files per split: stratified by label (default) or the plain pydocs.split_of hash",
+    )
     docs_root(p)
     p = command("minilm-classifier", "MiniLM + untrained classification head (HF dir)", "output folder")
     p.add_argument("--labels", type=Path, required=True, help="folder of the docs-jsonl output")
     command("smollm2-dir", "SmolLM2-135M as a save_pretrained folder", "output folder")
     p = command("text-corpus", "Python docs prose as one .txt file", "output .txt file")
-    p.add_argument("--files", type=_positive, default=DEFAULT_CORPUS_FILES,
-                   help=f"first N docs files in sorted order (default {DEFAULT_CORPUS_FILES})")
+    p.add_argument(
+        "--files",
+        type=_positive,
+        default=DEFAULT_CORPUS_FILES,
+        help=f"first N docs files in sorted order (default {DEFAULT_CORPUS_FILES})",
+    )
     docs_root(p)
     command("all", "everything above, under one folder", f"root folder (default {DEFAULT_ROOT})", DEFAULT_ROOT)
     return ap
@@ -313,12 +338,20 @@ def run(args: argparse.Namespace) -> Iterator[str]:
         docs = out / "docs_sections"
         for step in (
             argparse.Namespace(command="images", out=out / "fmnist_png", force=force, limit=None),
-            argparse.Namespace(command="docs-jsonl", out=docs, force=force, root=None,
-                               min_class=DEFAULT_MIN_CLASS, min_chars=DEFAULT_MIN_CHARS, split=SPLIT_RULES[0]),
+            argparse.Namespace(
+                command="docs-jsonl",
+                out=docs,
+                force=force,
+                root=None,
+                min_class=DEFAULT_MIN_CLASS,
+                min_chars=DEFAULT_MIN_CHARS,
+                split=SPLIT_RULES[0],
+            ),
             argparse.Namespace(command="minilm-classifier", out=out / "minilm_docs_init", force=force, labels=docs),
             argparse.Namespace(command="smollm2-dir", out=out / "smollm2_hf", force=force),
-            argparse.Namespace(command="text-corpus", out=out / "pydocs.txt", force=force, root=None,
-                               files=DEFAULT_CORPUS_FILES),
+            argparse.Namespace(
+                command="text-corpus", out=out / "pydocs.txt", force=force, root=None, files=DEFAULT_CORPUS_FILES
+            ),
         ):
             yield from run(step)
 

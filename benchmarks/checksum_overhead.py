@@ -20,6 +20,7 @@ packaged 4-bit GGUF).
 Results: ``benchmarks/results/checksum_overhead.json`` with the command, date, machine (nproc,
 CPU model from /proc/cpuinfo) and load average before and after each model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,13 @@ MODELS = ("lenet300", "resnet20", "smollm2")
 
 def machine() -> dict:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"nproc": affinity or os.cpu_count(), "cpu_count": os.cpu_count(), "cpu_model": cpu_name(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "nproc": affinity or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_name(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def loadavg() -> list[float]:
@@ -53,8 +59,12 @@ def loadavg() -> list[float]:
 
 def summary(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_s": round(statistics.median(times), 5), "iqr_s": round(q[2] - q[0], 5),
-            "min_s": round(min(times), 5), "runs": [round(t, 5) for t in times]}
+    return {
+        "median_s": round(statistics.median(times), 5),
+        "iqr_s": round(q[2] - q[0], 5),
+        "min_s": round(min(times), 5),
+        "runs": [round(t, 5) for t in times],
+    }
 
 
 def timed_load(path: Path, verify: bool) -> float:
@@ -101,24 +111,34 @@ def bench_model(name: str, work: Path, repeats: int) -> dict:
     for verify in (True, False):  # warm-up: page cache, lazy imports, the kernel build
         timed_load(path, verify)
     for r in range(repeats):
-        for verify in ((True, False) if r % 2 == 0 else (False, True)):
+        for verify in (True, False) if r % 2 == 0 else (False, True):
             times[verify].append(timed_load(path, verify))
     hashing = [hash_only(path) for _ in range(max(3, repeats // 2))]
     on, off = summary(times[True]), summary(times[False])
     overhead = on["median_s"] - off["median_s"]
     size = path.stat().st_size
     result = {
-        "model": name, "file_bytes": size, "tensors": n_tensors, "save_s": round(save_s, 4),
-        "verify_on": on, "verify_off": off, "overhead_s": round(overhead, 5),
+        "model": name,
+        "file_bytes": size,
+        "tensors": n_tensors,
+        "save_s": round(save_s, 4),
+        "verify_on": on,
+        "verify_off": off,
+        "overhead_s": round(overhead, 5),
         "overhead_ratio": round(on["median_s"] / off["median_s"], 4) if off["median_s"] else None,
         "hash_only_s": summary(hashing),
         "hash_mb_per_s": round(size / 1e6 / statistics.median(hashing), 1),
-        "started": started, "load_before": load_before, "load_after": loadavg(),
+        "started": started,
+        "load_before": load_before,
+        "load_after": loadavg(),
     }
     path.unlink()
-    print(f"{name}: {size / 1e6:.1f} MB, load verify on {on['median_s'] * 1e3:.1f} ms / off "
-          f"{off['median_s'] * 1e3:.1f} ms (+{overhead * 1e3:.1f} ms, x{result['overhead_ratio']}), "
-          f"hashing alone {statistics.median(hashing) * 1e3:.1f} ms", flush=True)
+    print(
+        f"{name}: {size / 1e6:.1f} MB, load verify on {on['median_s'] * 1e3:.1f} ms / off "
+        f"{off['median_s'] * 1e3:.1f} ms (+{overhead * 1e3:.1f} ms, x{result['overhead_ratio']}), "
+        f"hashing alone {statistics.median(hashing) * 1e3:.1f} ms",
+        flush=True,
+    )
     return result
 
 
@@ -137,13 +157,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("NETSLIM_PROGRESS", "0")
-    out = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-           "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
-           "method": "netslim.load wall time, warm page cache, A/B interleaved (order alternating per round), "
-                     "medians; overhead = median(verify on) - median(verify off)",
-           "load_before": loadavg(), "models": {}}
+    out = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "method": "netslim.load wall time, warm page cache, A/B interleaved (order alternating per round), "
+        "medians; overhead = median(verify on) - median(verify off)",
+        "load_before": loadavg(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         for name in args.models:
             out["models"][name] = bench_model(name, Path(tmp), args.repeats)

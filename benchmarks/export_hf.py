@@ -17,6 +17,7 @@ bytes against the fp32 model's, the export's notes and the GPTQ layer count.
     /tmp/cpu .venv/bin/python benchmarks/export_hf.py                 # the real run (minutes)
     .venv/bin/python benchmarks/export_hf.py --tiny                   # smoke test: tiny-llama, seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,15 @@ def compress(args, task):
 
     model = open_model(args.model).model
     ids = calibration_from_task(task, args.num_samples, args.seq_len, 0)
-    cfg = GPTQConfig(bits=4, group_size=args.group_size, symmetric=False, act_order=True,
-                     num_samples=args.num_samples, seq_len=args.seq_len, batch_size=args.batch_size)
+    cfg = GPTQConfig(
+        bits=4,
+        group_size=args.group_size,
+        symmetric=False,
+        act_order=True,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+    )
 
     class Notes:  # gptq's ctx: it records skipped layers and its notes here
         notes: dict = {}
@@ -99,8 +107,14 @@ def compress(args, task):
     t0 = time.perf_counter()
     with torch.no_grad():
         model = gptq(model, ids, cfg=cfg, ctx=ctx)
-    return model, {"gptq": {**ctx.notes.get("gptq", {}), "seconds": round(time.perf_counter() - t0, 1),
-                            "skipped_layers": len(ctx.skipped), "calibration_tokens": list(ids.shape)}}
+    return model, {
+        "gptq": {
+            **ctx.notes.get("gptq", {}),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "skipped_layers": len(ctx.skipped),
+            "calibration_tokens": list(ids.shape),
+        }
+    }
 
 
 def main() -> None:
@@ -135,8 +149,9 @@ def main() -> None:
     from netslim.train.lm_tasks import CausalLMTask
 
     register_hf_models()
-    task = CausalLMTask(model_name=args.model, seq_len=args.seq_len, limit=args.eval_blocks,
-                        eval_batch_size=args.eval_batch)
+    task = CausalLMTask(
+        model_name=args.model, seq_len=args.seq_len, limit=args.eval_blocks, eval_batch_size=args.eval_batch
+    )
     model, made = compress(args, task)
     t0 = time.perf_counter()
     ours = task.evaluate(model)["perplexity"]
@@ -147,8 +162,13 @@ def main() -> None:
     blocks = work / "test_blocks.safetensors"
     save_file({"input_ids": task.blocks("test").contiguous()}, str(blocks))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", PLAIN, str(directory), str(blocks), str(args.eval_batch),
-                           str(args.threads)], capture_output=True, text=True, env=env, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(directory), str(blocks), str(args.eval_batch), str(args.threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         sys.exit(f"plain transformers failed:\n{proc.stderr[-4000:]}")
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -156,16 +176,38 @@ def main() -> None:
     weights = (directory / "model.safetensors").stat().st_size
     dense = fp32_bytes(model)
     result = {
-        "model": args.model, "made": made, "eval_tokens": args.eval_blocks * args.seq_len,
-        "netslim_perplexity": ours, "transformers_perplexity": theirs["perplexity"],
+        "model": args.model,
+        "made": made,
+        "eval_tokens": args.eval_blocks * args.seq_len,
+        "netslim_perplexity": ours,
+        "transformers_perplexity": theirs["perplexity"],
         "relative_difference": abs(theirs["perplexity"] - ours) / ours,
-        "directory_bytes": dir_bytes, "weights_file_bytes": weights, "fp32_bytes": dense,
-        "directory_vs_fp32": dir_bytes / dense, "netslim_eval_s": round(eval_s, 1), "export_s": round(export_s, 1),
-        "transformers": theirs, "export_notes": notes, "threads": args.threads,
+        "directory_bytes": dir_bytes,
+        "weights_file_bytes": weights,
+        "fp32_bytes": dense,
+        "directory_vs_fp32": dir_bytes / dense,
+        "netslim_eval_s": round(eval_s, 1),
+        "export_s": round(export_s, 1),
+        "transformers": theirs,
+        "export_notes": notes,
+        "threads": args.threads,
     }
     record.write(out, record.finish(rec, result))
-    print(json.dumps({k: result[k] for k in ("netslim_perplexity", "transformers_perplexity", "relative_difference",
-                                             "directory_bytes", "fp32_bytes", "directory_vs_fp32")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "netslim_perplexity",
+                    "transformers_perplexity",
+                    "relative_difference",
+                    "directory_bytes",
+                    "fp32_bytes",
+                    "directory_vs_fp32",
+                )
+            }
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -13,6 +13,7 @@ cannot hold 8 heads of 32 with hidden 384).
 Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/export_hf_encoder.py`` (``--tiny``: 64
 sentences). Writes benchmarks/results/issue18_hf_minilm.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,23 +77,40 @@ def main() -> None:
     batch = task.encode(texts)
     save_file({k: v.contiguous() for k, v in batch.items()}, str(work / "batch.safetensors"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(work / "batch.safetensors"),
-                           str(work / "theirs.safetensors")], capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(directory),
+            str(work / "batch.safetensors"),
+            str(work / "theirs.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     cls, params = proc.stdout.split()[-2:]
     theirs = load_file(str(work / "theirs.safetensors"))["emb"]
     result = {
-        "sentences": len(texts), "heads_kept": notes.get("pruned_heads", {}).get("heads_kept"),
+        "sentences": len(texts),
+        "heads_kept": notes.get("pruned_heads", {}).get("heads_kept"),
         "intermediate_size": model.config.intermediate_size,
         "max_abs_diff": float((ours - theirs).abs().max()),
         "mean_cosine_netslim_vs_transformers": float((ours * theirs).sum(-1).mean()),
         "fidelity_to_dense_netslim": float((ours * ref).sum(-1).mean()),
         "fidelity_to_dense_transformers": float((theirs * ref).sum(-1).mean()),
-        "params_netslim": sum(p.numel() for p in model.parameters()), "params_transformers": int(params),
-        "params_dense": sum(p.numel() for p in dense.parameters()), "transformers_class": cls,
+        "params_netslim": sum(p.numel() for p in model.parameters()),
+        "params_transformers": int(params),
+        "params_dense": sum(p.numel() for p in dense.parameters()),
+        "transformers_class": cls,
         "directory_bytes": sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()),
-        "export_notes": notes, "threads": args.threads, "load_avg": os.getloadavg()[0],
+        "export_notes": notes,
+        "threads": args.threads,
+        "load_avg": os.getloadavg()[0],
         "command": "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/export_hf_encoder.py " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out if not args.tiny else work / "tiny.json")

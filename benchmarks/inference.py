@@ -40,6 +40,7 @@ commit, versions, and per variant and shape the median, IQR, block size and fide
 Results: ``benchmarks/results/issue25_minilm.{json,md}`` (``--llm``: ``issue25_smollm2.{json,md}``;
 ``--profile``: ``issue25_minilm_profile.txt``); ``--tiny`` writes to a temporary folder unless ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,9 +79,14 @@ def machine() -> dict:
     except OSError:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"cpu_model": cpu_name(), "cores_usable": affinity or os.cpu_count(), "cpu_count": os.cpu_count(),
-            "cpu_flags": {f: f in flags for f in CPU_FLAGS},
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform()}
+    return {
+        "cpu_model": cpu_name(),
+        "cores_usable": affinity or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+    }
 
 
 def git_state() -> dict:
@@ -105,25 +111,39 @@ def loadavg() -> list[float]:
 
 
 def new_record(args, what: str, block: str) -> dict:
-    return {"issue": 25, "what": what, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "git": git_state(),
-            "machine": machine(), "versions": versions(), "threads": args.threads, "tiny": args.tiny,
-            "protocol": protocol_text(args, block), "load_before": loadavg()}
+    return {
+        "issue": 25,
+        "what": what,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git": git_state(),
+        "machine": machine(),
+        "versions": versions(),
+        "threads": args.threads,
+        "tiny": args.tiny,
+        "protocol": protocol_text(args, block),
+        "load_before": loadavg(),
+    }
 
 
 def protocol_text(args, block: str) -> str:
-    return (f"one process; every variant built and scored first; then A/B interleaved rounds per shape "
-            f"({args.rounds} rounds, each 2 warm-up calls then {args.repeats} timed blocks per variant; a block = "
-            f"{block}, its mean one sample), median and IQR of all samples pooled "
-            f"(netslim.measure.latency.interleaved_timings); {args.threads} intra-op threads in torch, ONNX Runtime "
-            "and llama.cpp")
+    return (
+        f"one process; every variant built and scored first; then A/B interleaved rounds per shape "
+        f"({args.rounds} rounds, each 2 warm-up calls then {args.repeats} timed blocks per variant; a block = "
+        f"{block}, its mean one sample), median and IQR of all samples pooled "
+        f"(netslim.measure.latency.interleaved_timings); {args.threads} intra-op threads in torch, ONNX Runtime "
+        "and llama.cpp"
+    )
 
 
 def write_outputs(record: dict, markdown: str, stem: str, args) -> Path:
     from netslim.core.serialize import atomic_write
 
-    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="issue25_")) / f"{stem}.json" if args.tiny
-                                            else RESULTS / f"{stem}.json")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(tempfile.mkdtemp(prefix="issue25_")) / f"{stem}.json" if args.tiny else RESULTS / f"{stem}.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda t: Path(t).write_text(json.dumps(record, indent=2, default=float) + "\n"))
     md = out.with_suffix(".md")
@@ -153,10 +173,20 @@ def timed(models: dict[str, nn.Module], inputs: dict, args, number: int | None =
 
     number = block_sizes(models, inputs, args.block_ms) if number is None else dict.fromkeys(models, number)
     with torch.inference_mode():
-        t = interleaved_timings(models, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads,
-                                number=number)
-    return {k: {"median_ms": v.median_ms, "q1_ms": v.q1_ms, "q3_ms": v.q3_ms, "iqr_ms": v.iqr_ms,
-                "samples": v.repeats, "calls_per_block": number[k]} for k, v in t.items()}
+        t = interleaved_timings(
+            models, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads, number=number
+        )
+    return {
+        k: {
+            "median_ms": v.median_ms,
+            "q1_ms": v.q1_ms,
+            "q3_ms": v.q3_ms,
+            "iqr_ms": v.iqr_ms,
+            "samples": v.repeats,
+            "calls_per_block": number[k],
+        }
+        for k, v in t.items()
+    }
 
 
 # ------------------------------------------------------------------------- MiniLM inputs
@@ -170,14 +200,23 @@ def minilm_inputs(task) -> dict[str, dict]:
     padded = [task.encode(h) for h in halves]
     fixed = [task.encode(h, fixed=True) for h in halves]
     return {
-        "b1": {"timed": singles[median], "batches": singles,
-               "tokens": f"1 x {lengths[median]} (sentence #{median}, median length of the 64; "
-                         f"lengths {min(lengths)}-{max(lengths)})"},
-        "b32": {"timed": padded[0], "batches": padded,
-                "tokens": f"32 x {padded[0]['input_ids'].shape[1]} (sentences 0-31 padded to the longest; "
-                          f"32-63: 32 x {padded[1]['input_ids'].shape[1]})"},
-        "b32x128": {"timed": fixed[0], "batches": fixed,
-                    "tokens": f"32 x {fixed[0]['input_ids'].shape[1]} (padded to the task's max_length)"},
+        "b1": {
+            "timed": singles[median],
+            "batches": singles,
+            "tokens": f"1 x {lengths[median]} (sentence #{median}, median length of the 64; "
+            f"lengths {min(lengths)}-{max(lengths)})",
+        },
+        "b32": {
+            "timed": padded[0],
+            "batches": padded,
+            "tokens": f"32 x {padded[0]['input_ids'].shape[1]} (sentences 0-31 padded to the longest; "
+            f"32-63: 32 x {padded[1]['input_ids'].shape[1]})",
+        },
+        "b32x128": {
+            "timed": fixed[0],
+            "batches": fixed,
+            "tokens": f"32 x {fixed[0]['input_ids'].shape[1]} (padded to the task's max_length)",
+        },
     }
 
 
@@ -202,8 +241,7 @@ class OrtEncoder(nn.Module):
         self.names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, input_ids, attention_mask, **_):
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
-                "token_type_ids": torch.zeros_like(input_ids)}
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": torch.zeros_like(input_ids)}
         return (torch.from_numpy(self.session.run(None, {k: feed[k].numpy() for k in self.names})[0]),)
 
 
@@ -233,8 +271,9 @@ def ort_files(fp32: nn.Module, example: dict, cache: Path) -> tuple[dict[str, Pa
 
             legacy = legacy_export(fp32, example, cache / "fp32_torchscript_eager_attention.onnx")
             cfg = fp32.config
-            opt = optimize_model(str(legacy), model_type="bert", num_heads=cfg.num_attention_heads,
-                                 hidden_size=cfg.hidden_size)
+            opt = optimize_model(
+                str(legacy), model_type="bert", num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size
+            )
             stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(fused))
             (cache / "fp32_fused.json").write_text(json.dumps(stats))
@@ -248,8 +287,9 @@ def ort_files(fp32: nn.Module, example: dict, cache: Path) -> tuple[dict[str, Pa
             path = cache / f"{src.stem}_int8_{'pc' if per_channel else 'pt'}.onnx"
             if not path.is_file():  # QInt8 weights, dynamic uint8 activations; the optimizer's contrib ops
                 # (Attention, SkipLayerNormalization) defeat ORT's shape inference: their outputs are float
-                quantize_dynamic(src, path, per_channel=per_channel,
-                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                quantize_dynamic(
+                    src, path, per_channel=per_channel, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}
+                )
             files[name] = path
     return files, notes
 
@@ -275,10 +315,16 @@ def legacy_export(fp32: nn.Module, example: dict, path: Path) -> Path:
     axes = {0: "batch", 1: "sequence"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Hidden(model), (example["input_ids"], example["attention_mask"]), str(path),
-                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Hidden(model),
+            (example["input_ids"], example["attention_mask"]),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 
@@ -312,15 +358,23 @@ def cached_artifact(model_ref: str | None, recipe: str, out: Path, limit: int | 
     if not report_path.is_file() or not Path(json.loads(report_path.read_text())["artifact"]).is_file():
         netslim.compress(model_ref, recipe, out=out, limit=limit, force=True)
     report = json.loads(report_path.read_text())
-    facts = {"recipe": recipe, "out": str(out), "artifact": report["artifact"],
-             "artifact_bytes": Path(report["artifact"]).stat().st_size,
-             "command": f"netslim compress {recipe}" + (f" --model {model_ref}" if model_ref else "")
-                        + (f" --limit {limit}" if limit else "") + f" --out {out}",
-             "built": dt.datetime.fromtimestamp(report_path.stat().st_mtime, dt.timezone.utc).isoformat(
-                 timespec="seconds")}
+    facts = {
+        "recipe": recipe,
+        "out": str(out),
+        "artifact": report["artifact"],
+        "artifact_bytes": Path(report["artifact"]).stat().st_size,
+        "command": f"netslim compress {recipe}"
+        + (f" --model {model_ref}" if model_ref else "")
+        + (f" --limit {limit}" if limit else "")
+        + f" --out {out}",
+        "built": dt.datetime.fromtimestamp(report_path.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     final, metric = report.get("final", {}), report.get("metric")
-    facts |= {"recipe_metric": metric, "recipe_score": final.get(metric), "recipe_baseline_score":
-              report.get("baseline", {}).get(metric)}  # the run's own evaluation (its data, its limit)
+    facts |= {
+        "recipe_metric": metric,
+        "recipe_score": final.get(metric),
+        "recipe_baseline_score": report.get("baseline", {}).get(metric),
+    }  # the run's own evaluation (its data, its limit)
     return Path(report["artifact"]), facts
 
 
@@ -331,17 +385,24 @@ def minilm_variants(args, cache: Path, example: dict) -> tuple[dict[str, nn.Modu
 
     name = "tiny-bert" if args.tiny else "minilm"
     fp32 = build_model(name).eval()
-    notes: dict[str, Any] = {"fp32 eager": "PyTorch eager mode (no torch.compile), transformers' default attention "
-                                           f"({fp32.config._attn_implementation})"}
+    notes: dict[str, Any] = {
+        "fp32 eager": "PyTorch eager mode (no torch.compile), transformers' default attention "
+        f"({fp32.config._attn_implementation})"
+    }
     eager_attn = copy.deepcopy(fp32)
     eager_attn.set_attn_implementation("eager")  # transformers' matmul-softmax-matmul attention
-    variants = {"fp32 eager": fp32, "fp32 eager, HF eager attention": eager_attn,
-                "bf16": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")).eval()}
-    artifact, facts = cached_artifact(name if args.tiny else None, "int8_minilm", cache / "int8_minilm",
-                                      limit=40 if args.tiny else None)
+    variants = {
+        "fp32 eager": fp32,
+        "fp32 eager, HF eager attention": eager_attn,
+        "bf16": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")).eval(),
+    }
+    artifact, facts = cached_artifact(
+        name if args.tiny else None, "int8_minilm", cache / "int8_minilm", limit=40 if args.tiny else None
+    )
     variants["netslim int8"] = netslim.load(artifact).eval()
-    notes["netslim int8"] = facts | {"attn_implementation": getattr(
-        getattr(variants["netslim int8"], "config", None), "_attn_implementation", None)}
+    notes["netslim int8"] = facts | {
+        "attn_implementation": getattr(getattr(variants["netslim int8"], "config", None), "_attn_implementation", None)
+    }
     files, notes["onnxruntime"] = ort_files(fp32, example, cache / "onnx")
     for k, path in files.items():
         variants[k] = OrtEncoder(path, args.threads)
@@ -363,18 +424,25 @@ def run_minilm(args) -> tuple[dict, str]:
     task = EmbeddingTask(model_name="tiny-bert" if args.tiny else "minilm", limit=SENTENCES)
     shapes = minilm_inputs(task)
     cache = Path(args.cache) if args.cache else cache_dir() / "bench" / "issue25" / ("tiny" if args.tiny else "real")
-    record = new_record(args, "MiniLM inference: fp32 / bf16 / netslim int8 / every peer, three shapes",
-                        f"back-to-back calls sized to ~{args.block_ms:g} ms")
+    record = new_record(
+        args,
+        "MiniLM inference: fp32 / bf16 / netslim int8 / every peer, three shapes",
+        f"back-to-back calls sized to ~{args.block_ms:g} ms",
+    )
     example = {k: v[:2] for k, v in shapes["b32"]["timed"].items()}
     variants, notes = minilm_variants(args, cache, example)
     if args.build_only:
         return record | {"variants": list(variants), "notes": notes, "build_only": True}, ""
     if args.only:
         variants = {k: v for k, v in variants.items() if k == "fp32 eager" or any(o in k for o in args.only)}
-    record |= {"model": "tiny-bert (random, smoke)" if args.tiny else "minilm (all-MiniLM-L6-v2)",
-               "inputs": {s: shapes[s]["tokens"] for s in SHAPES}, "variants": list(variants), "notes": notes,
-               "fidelity": "mean cosine of L2-normalised mean-pooled last hidden states to fp32 eager's at the "
-                           "same shape, over the 64 sentences"}
+    record |= {
+        "model": "tiny-bert (random, smoke)" if args.tiny else "minilm (all-MiniLM-L6-v2)",
+        "inputs": {s: shapes[s]["tokens"] for s in SHAPES},
+        "variants": list(variants),
+        "notes": notes,
+        "fidelity": "mean cosine of L2-normalised mean-pooled last hidden states to fp32 eager's at the "
+        "same shape, over the 64 sentences",
+    }
     torch.set_num_threads(args.threads)
     record["load_at_timing_start"] = loadavg()
     rows: dict[str, dict] = {s: {} for s in SHAPES}
@@ -400,15 +468,22 @@ def run_minilm(args) -> tuple[dict, str]:
 def minilm_markdown(record: dict) -> str:
     rows = record["rows"]
     head = "| variant | " + " | ".join(f"{s}: {record['inputs'][s].split(' (')[0]}" for s in SHAPES) + " |"
-    lines = [f"MiniLM inference, {record['date']}, commit {record['git']['commit'][:10]}, {record['machine']['cpu_model']}, "
-             f"{record['threads']} threads, load {record['load_before']} -> {record['load_after']}.", "",
-             f"Protocol: {record['protocol']}. Cell: median ms (IQR) speed-up vs fp32 eager, cosine to fp32.", "",
-             head, "|---|" + "---|" * len(SHAPES)]
+    lines = [
+        f"MiniLM inference, {record['date']}, commit {record['git']['commit'][:10]}, {record['machine']['cpu_model']}, "
+        f"{record['threads']} threads, load {record['load_before']} -> {record['load_after']}.",
+        "",
+        f"Protocol: {record['protocol']}. Cell: median ms (IQR) speed-up vs fp32 eager, cosine to fp32.",
+        "",
+        head,
+        "|---|" + "---|" * len(SHAPES),
+    ]
     for k in record["variants"]:
         cells = []
         for s in SHAPES:
             r = rows[s][k]
-            cells.append(f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) {r['speedup_vs_fp32']:.2f}x, cos {r['fidelity']:.4f}")
+            cells.append(
+                f"{r['median_ms']:.2f} ({r['iqr_ms']:.2f}) {r['speedup_vs_fp32']:.2f}x, cos {r['fidelity']:.4f}"
+            )
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", *notes_lines(record["notes"]), "", f"Command: `{record['command']}`"]
     return "\n".join(lines) + "\n"
@@ -421,8 +496,11 @@ def notes_lines(notes: dict) -> list[str]:
         if isinstance(v, str) or "error" in k:
             out.append(f"- {k}: {v}")
         elif isinstance(v, dict):
-            facts = {kk: vv for kk, vv in v.items() if kk in ("command", "recipe_score", "recipe_metric",
-                                                               "artifact_bytes", "fused_operators")}
+            facts = {
+                kk: vv
+                for kk, vv in v.items()
+                if kk in ("command", "recipe_score", "recipe_metric", "artifact_bytes", "fused_operators")
+            }
             errors = {kk: vv for kk, vv in v.items() if "error" in kk}
             if facts or errors:
                 out.append(f"- {k}: " + ", ".join(f"{kk} {vv}" for kk, vv in (facts | errors).items()))
@@ -457,8 +535,9 @@ def profile_shapes(variants: dict, inputs: dict[str, dict], args) -> dict:
         for name in ("netslim int8", "fp32 eager"):
             out[shape][name], table = profile_forward(variants[name], x, 20 if shape == "b1" else 3)
             parts.append(f"== {shape}, {name}: {tuple(x['input_ids'].shape)} tokens\n{table}")
-    path = Path(args.out).with_name("issue25_minilm_profile.txt") if args.out else (
-        RESULTS / "issue25_minilm_profile.txt")
+    path = (
+        Path(args.out).with_name("issue25_minilm_profile.txt") if args.out else (RESULTS / "issue25_minilm_profile.txt")
+    )
     if not args.tiny or args.out:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(parts))
@@ -494,34 +573,56 @@ def profile_forward(m: nn.Module, inputs: dict, iters: int) -> tuple[dict, str]:
     op_ms = sum(v["self_ms"] for v in ops.values())
     wall = sorted(walls)[len(walls) // 2]
     top = dict(sorted(ops.items(), key=lambda kv: -kv[1]["self_ms"])[:15])
-    return ({"forwards": iters, "wall_ms_per_forward_unprofiled": wall, "wall_ms_per_forward_profiled": profiled,
-             "op_self_ms_per_forward_profiled": op_ms, "ops_per_forward": sum(v["calls"] for v in ops.values()),
-             **python_calls(m, inputs), "layers": layers,
-             "outside_ops_ms_per_layer_bounds": [(wall - op_ms) / layers, (profiled - op_ms) / layers],
-             "top_ops": top},
-            events.table(sort_by="self_cpu_time_total", row_limit=25))
+    return (
+        {
+            "forwards": iters,
+            "wall_ms_per_forward_unprofiled": wall,
+            "wall_ms_per_forward_profiled": profiled,
+            "op_self_ms_per_forward_profiled": op_ms,
+            "ops_per_forward": sum(v["calls"] for v in ops.values()),
+            **python_calls(m, inputs),
+            "layers": layers,
+            "outside_ops_ms_per_layer_bounds": [(wall - op_ms) / layers, (profiled - op_ms) / layers],
+            "top_ops": top,
+        },
+        events.table(sort_by="self_cpu_time_total", row_limit=25),
+    )
 
 
 # ---------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--llm", action="store_true", help="SmolLM2 greedy decoding instead of MiniLM")
     p.add_argument("--tiny", action="store_true", help="random tiny BERT / Llama: a smoke test of the harness")
     p.add_argument("--quick", action="store_true", help="2 rounds x 3 blocks (a look, not a figure)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7; --llm 5; --quick 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed blocks per variant and round (default 10; "
-                                                             "--llm 2; --quick 3, --llm --quick 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed blocks per variant and round (default 10; --llm 2; --quick 3, --llm --quick 1)",
+    )
     p.add_argument("--block-ms", type=float, default=20.0, help="target duration of one timed block")
     p.add_argument("--new-tokens", type=int, default=128, help="--llm: greedy tokens per call")
     p.add_argument("--only", nargs="*", help="variants whose name contains one of these (fp32 always)")
-    p.add_argument("--profile", action="store_true", help="MiniLM: torch.profiler of netslim int8 and fp32 at each "
-                                                          "shape, after the timing")
-    p.add_argument("--fidelity-only", action="store_true", help="build and score every variant, time nothing "
-                                                                "(a correctness check; writes no result)")
-    p.add_argument("--build-only", action="store_true", help="build / cache every artifact and exported file, "
-                                                             "time nothing (run it before a timing job)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="MiniLM: torch.profiler of netslim int8 and fp32 at each shape, after the timing",
+    )
+    p.add_argument(
+        "--fidelity-only",
+        action="store_true",
+        help="build and score every variant, time nothing (a correctness check; writes no result)",
+    )
+    p.add_argument(
+        "--build-only",
+        action="store_true",
+        help="build / cache every artifact and exported file, time nothing (run it before a timing job)",
+    )
     p.add_argument("--cache", default=None, help="artifacts / exported files (default $NETSLIM_CACHE/bench/issue25)")
     p.add_argument("--out", default=None, help="result JSON (the .md beside it)")
     args = p.parse_args(argv)

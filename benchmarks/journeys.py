@@ -10,6 +10,7 @@ seconds) and its peak RSS read from ``wait4``; each journey's ``report.json`` an
 
 SmolLM2's weights are dequantized from a 4-bit GGUF (Q4_1): see BENCHMARKS.md's note.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,13 @@ def run(cmd: list[str]) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
-    record = {"command": " ".join(c if " " not in c else repr(c) for c in cmd), "seconds": round(seconds, 1),
-              "peak_rss_mib": round(usage.ru_maxrss / 1024), "exit": code, "output": out.strip().splitlines()[-12:]}
+    record = {
+        "command": " ".join(c if " " not in c else repr(c) for c in cmd),
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024),
+        "exit": code,
+        "output": out.strip().splitlines()[-12:],
+    }
     print(f"[{seconds:7.1f} s, {record['peak_rss_mib']} MiB, exit {code}] {record['command']}", flush=True)
     if code != 0:
         print(out, file=sys.stderr)
@@ -51,8 +57,11 @@ def run(cmd: list[str]) -> dict:
 def _report(out: Path) -> dict:
     rep = json.loads((out / "report.json").read_text())
     keep = ("recipe", "model", "dataset", "metric", "artifact", "baseline", "final", "skipped")
-    return {k: rep[k] for k in keep} | {"steps": [{"method": s["method"], "seconds": round(s["seconds"], 1),
-                                                   "metrics": s["metrics"]} for s in rep["steps"]]}
+    return {k: rep[k] for k in keep} | {
+        "steps": [
+            {"method": s["method"], "seconds": round(s["seconds"], 1), "metrics": s["metrics"]} for s in rep["steps"]
+        ]
+    }
 
 
 def _eval_value(record: dict, metric: str) -> float | None:
@@ -64,10 +73,35 @@ def journey_a(work: Path, epochs: int) -> dict:
     trained = work / "a_cnn.safetensors"
     out = work / "a_run"
     cmds = [
-        run([*NETSLIM, "train", "--model", CNN, "--data", str(BYO / "fmnist_png"), "--epochs", str(epochs),
-             "--out", str(trained)]),
-        run([*NETSLIM, "compress", "channels_50_int8", "--model", CNN, "--weights", str(trained),
-             "--data", str(BYO / "fmnist_png"), "--out", str(out)]),
+        run(
+            [
+                *NETSLIM,
+                "train",
+                "--model",
+                CNN,
+                "--data",
+                str(BYO / "fmnist_png"),
+                "--epochs",
+                str(epochs),
+                "--out",
+                str(trained),
+            ]
+        ),
+        run(
+            [
+                *NETSLIM,
+                "compress",
+                "channels_50_int8",
+                "--model",
+                CNN,
+                "--weights",
+                str(trained),
+                "--data",
+                str(BYO / "fmnist_png"),
+                "--out",
+                str(out),
+            ]
+        ),
     ]
     rep = _report(out)
     cmds.append(run([*NETSLIM, "eval", rep["artifact"], "--model", CNN]))
@@ -78,8 +112,21 @@ def journey_b(work: Path, limit: int, epochs: int) -> dict:
     trained = work / "b_minilm_docs.safetensors"
     out = work / "b_run"
     cmds = [
-        run([*NETSLIM, "train", str(BYO / "minilm_docs_init"), "--data", str(BYO / "docs_sections"),
-             "--limit", str(limit), "--epochs", str(epochs), "--out", str(trained)]),
+        run(
+            [
+                *NETSLIM,
+                "train",
+                str(BYO / "minilm_docs_init"),
+                "--data",
+                str(BYO / "docs_sections"),
+                "--limit",
+                str(limit),
+                "--epochs",
+                str(epochs),
+                "--out",
+                str(trained),
+            ]
+        ),
         run([*NETSLIM, "compress", "heads_ffn_distill", "--model", str(trained), "--out", str(out)]),
     ]
     rep = _report(out)
@@ -91,8 +138,21 @@ def journey_c(work: Path, recipes: list[str]) -> dict:
     res = {}
     for recipe in recipes:
         out = work / f"c_{recipe}"
-        cmds = [run([*NETSLIM, "compress", recipe, "--model", str(BYO / "smollm2_hf"),
-                     "--data", str(BYO / "pydocs.txt"), "--out", str(out)])]
+        cmds = [
+            run(
+                [
+                    *NETSLIM,
+                    "compress",
+                    recipe,
+                    "--model",
+                    str(BYO / "smollm2_hf"),
+                    "--data",
+                    str(BYO / "pydocs.txt"),
+                    "--out",
+                    str(out),
+                ]
+            )
+        ]
         rep = _report(out)
         cmds.append(run([*NETSLIM, "eval", rep["artifact"]]))
         res[recipe] = {"commands": cmds, "report": rep, "eval": _eval_value(cmds[-1], "perplexity")}
@@ -121,9 +181,14 @@ def main() -> None:
             res = journey_b(args.work, args.b_limit, args.b_epochs)
         else:
             res = journey_c(args.work, args.c_recipes)
-        results[j] = {"started": started, "load_before": [round(x, 2) for x in load],
-                      "load_after": [round(x, 2) for x in os.getloadavg()], "machine": platform.processor() or
-                      platform.machine(), "cpus": os.cpu_count(), "result": res}
+        results[j] = {
+            "started": started,
+            "load_before": [round(x, 2) for x in load],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "result": res,
+        }
         RESULTS.write_text(json.dumps(results, indent=1, default=str))
     print(f"wrote {RESULTS}")
 

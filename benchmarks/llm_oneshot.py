@@ -19,6 +19,7 @@ same task as netslim's rows. Time and peak RSS of those rows are the llmc proces
 
     /tmp/cpu .venv/bin/python benchmarks/llm_oneshot.py --rows dense,sparsegpt50 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ ROWS = {
     # the memory row: one sequence per forward (small transients), block activations on disk
     "sparsegpt50_lowmem": {"method": "sparsegpt", "sparsity": 0.5, "batch_size": 1, "offload_dir": "/tmp"},
     # + every block but the current one parked on disk, zeros baked in (no 1-byte-per-weight mask buffers)
-    "sparsegpt50_stream": {"method": "sparsegpt", "sparsity": 0.5, "batch_size": 1, "offload_dir": "/tmp",
-                           "offload_blocks": True, "permanent": True},
+    "sparsegpt50_stream": {
+        "method": "sparsegpt",
+        "sparsity": 0.5,
+        "batch_size": 1,
+        "offload_dir": "/tmp",
+        "offload_blocks": True,
+        "permanent": True,
+    },
     "sparsegpt24_exact": {"method": "sparsegpt", "n": 2, "m": 4, "nm_select": "exact"},  # exact 2:4 pattern choice
     "rtn_g64": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": False},
     "rtn_g64_sym": {"method": "weight_only", "bits": 4, "group_size": 64, "symmetric": True},
@@ -177,9 +184,24 @@ def run_llmc(row: str, model, task, calib: Path, args) -> tuple[dict, dict]:
     for f in (weights, result):
         f.unlink(missing_ok=True)
     here = Path(__file__).resolve().parent
-    cmd = [args.llmc_python, str(here / "llmc_run.py"), "--method", method, "--model-dir", str(ckpt),
-           "--calib", str(calib), "--weights", str(weights), "--result", str(result),
-           "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    cmd = [
+        args.llmc_python,
+        str(here / "llmc_run.py"),
+        "--method",
+        method,
+        "--model-dir",
+        str(ckpt),
+        "--calib",
+        str(calib),
+        "--weights",
+        str(weights),
+        "--result",
+        str(result),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+    ]
     subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     figures = json.loads(result.read_text())
     state = load_file(str(weights))
@@ -197,8 +219,10 @@ def prepare(args) -> None:
     steps = [ROWS[r] for r in args.rows.split(",") if ROWS[r] is not None]
     need_calib = any("llmc" in s or s["method"] in CALIBRATED for s in steps)
     need_ckpt = any("llmc" in s for s in steps)
-    if not need_calib or (calib_path(args.model, args.num_samples).exists()
-                          and (not need_ckpt or (ckpt_path(args.model) / "done").exists())):
+    if not need_calib or (
+        calib_path(args.model, args.num_samples).exists()
+        and (not need_ckpt or (ckpt_path(args.model) / "done").exists())
+    ):
         return
     from netslim.models import build_model
     from netslim.models.hf import register_hf_models
@@ -239,8 +263,11 @@ def run_row(row: str, args) -> dict:
     rss_loaded = psutil.Process().memory_info().rss
     step = ROWS[row]
     seconds, compress_peak, extra = 0.0, rss_loaded, {}
-    calib = calibration_file(task, args.num_samples) if step is not None and (
-        "llmc" in step or step["method"] in CALIBRATED) else None
+    calib = (
+        calibration_file(task, args.num_samples)
+        if step is not None and ("llmc" in step or step["method"] in CALIBRATED)
+        else None
+    )
     if calib is not None:
         ids = load_file(str(calib))["input_ids"]
         extra = {"calib_sha256": _sha256(calib)[:16], "calib_tokens": list(ids.shape)}
@@ -274,12 +301,24 @@ def run_row(row: str, args) -> dict:
         rss_before_model = extra.pop("rss_before_model_mb", 0) * 2**20  # 0: an older llmc_run.py
     ppl = task.evaluate(model)["perplexity"]
     sample = task.generate_sample(model, PROMPT, max_new_tokens=args.gen_tokens) if args.gen_tokens else ""
-    return {"row": row, "model": args.model, "step": step, "perplexity": ppl, "compress_s": round(seconds, 1),
-            "process_peak_rss_mb": round(rss_peak / 2**20), "rss_after_load_mb": round(rss_loaded / 2**20),
-            "compress_peak_rss_mb": round(compress_peak / 2**20), "rss_before_model_mb": round(rss_before_model / 2**20),
-            "fp32_model_mb": round(fp32_bytes / 2**20), "num_samples": args.num_samples if calib else 0,
-            "eval_tokens": args.eval_blocks * 512, "threads": args.threads, "sample": sample,
-            "load_avg": os.getloadavg()[0], **extra}
+    return {
+        "row": row,
+        "model": args.model,
+        "step": step,
+        "perplexity": ppl,
+        "compress_s": round(seconds, 1),
+        "process_peak_rss_mb": round(rss_peak / 2**20),
+        "rss_after_load_mb": round(rss_loaded / 2**20),
+        "compress_peak_rss_mb": round(compress_peak / 2**20),
+        "rss_before_model_mb": round(rss_before_model / 2**20),
+        "fp32_model_mb": round(fp32_bytes / 2**20),
+        "num_samples": args.num_samples if calib else 0,
+        "eval_tokens": args.eval_blocks * 512,
+        "threads": args.threads,
+        "sample": sample,
+        "load_avg": os.getloadavg()[0],
+        **extra,
+    }
 
 
 def table(path: str, num_samples: int) -> str:
@@ -289,17 +328,22 @@ def table(path: str, num_samples: int) -> str:
         r = json.loads(line)
         if r.get("model") == "smollm2" and r["num_samples"] in (0, num_samples):
             latest[r["row"]] = r
-    out = ["| row | perplexity | compress s | load avg | RSS before model MB | RSS loaded MB | peak RSS "
-           "compressing MB | peak - before model MB | greedy sample |", "|---" * 9 + "|"]
+    out = [
+        "| row | perplexity | compress s | load avg | RSS before model MB | RSS loaded MB | peak RSS "
+        "compressing MB | peak - before model MB | greedy sample |",
+        "|---" * 9 + "|",
+    ]
     for name in ROWS:
         r = latest.get(name)
         if r is None:
             continue
         before = r.get("rss_before_model_mb")
         sample = r["sample"].replace("\n", " ").replace("|", "\\|").strip()
-        out.append(f"| {name} | {r['perplexity']:.2f} | {r['compress_s']:.1f} | {r['load_avg']:.1f} | "
-                   f"{before if before else '-'} | {r['rss_after_load_mb']} | {r['compress_peak_rss_mb']} | "
-                   f"{r['compress_peak_rss_mb'] - before if before else '-'} | {sample[:70]} |")
+        out.append(
+            f"| {name} | {r['perplexity']:.2f} | {r['compress_s']:.1f} | {r['load_avg']:.1f} | "
+            f"{before if before else '-'} | {r['rss_after_load_mb']} | {r['compress_peak_rss_mb']} | "
+            f"{r['compress_peak_rss_mb'] - before if before else '-'} | {sample[:70]} |"
+        )
     return "\n".join(out)
 
 
@@ -339,10 +383,31 @@ def main() -> None:
     # calibration ids / HF checkpoint are made in a process of their own: no row's peak RSS includes it
     subprocess.run([sys.executable, __file__, "--prepare", "--rows", args.rows, *common], check=True)
     for row in rows:
-        cmd = [sys.executable, __file__, "--child", "--rows", row, "--num-samples", str(args.num_samples),
-               "--batch-size", str(args.batch_size), "--eval-blocks", str(args.eval_blocks),
-               "--gen-tokens", str(args.gen_tokens), "--threads", str(args.threads), "--out", args.out,
-               "--tmp", args.tmp, "--llmc-python", args.llmc_python, "--model", args.model]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--rows",
+            row,
+            "--num-samples",
+            str(args.num_samples),
+            "--batch-size",
+            str(args.batch_size),
+            "--eval-blocks",
+            str(args.eval_blocks),
+            "--gen-tokens",
+            str(args.gen_tokens),
+            "--threads",
+            str(args.threads),
+            "--out",
+            args.out,
+            "--tmp",
+            args.tmp,
+            "--llmc-python",
+            args.llmc_python,
+            "--model",
+            args.model,
+        ]
         subprocess.run(cmd, check=True)
 
 

@@ -18,6 +18,7 @@ same ``CausalLMTask`` as its own rows.
     .cache/venv-llmc/bin/python benchmarks/llmc_run.py --method sparsegpt50 \\
         --model-dir DIR --calib calib.safetensors --weights out.safetensors --result out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def modifier(method: str):
     if method in ("sparsegpt50", "sparsegpt24"):
         from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
 
-        return SparseGPTModifier(sparsity=0.5, mask_structure="2:4" if method.endswith("24") else "0:0",
-                                 block_size=128, dampening_frac=0.01, targets=["Linear"], ignore=IGNORE)
+        return SparseGPTModifier(
+            sparsity=0.5,
+            mask_structure="2:4" if method.endswith("24") else "0:0",
+            block_size=128,
+            dampening_frac=0.01,
+            targets=["Linear"],
+            ignore=IGNORE,
+        )
     if method in ("wanda50", "wanda50_owl"):
         from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
 
@@ -51,12 +58,22 @@ def modifier(method: str):
     if method in ("gptq_g64", "gptq_g64_sym", "gptq_g64_mse"):
         from llmcompressor.modifiers.gptq import GPTQModifier
 
-        weights = {"num_bits": 4, "type": "int", "symmetric": method.endswith("_sym"), "strategy": "group",
-                   "group_size": 64}  # asymmetric by default, as netslim's gptq_g64 row
+        weights = {
+            "num_bits": 4,
+            "type": "int",
+            "symmetric": method.endswith("_sym"),
+            "strategy": "group",
+            "group_size": 64,
+        }  # asymmetric by default, as netslim's gptq_g64 row
         if method.endswith("_mse"):  # range shrink search by |w - q|^2.4 (as netslim's clip_search)
             weights["observer"] = "mse"
-        return GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
-                            ignore=IGNORE, block_size=128, dampening_frac=0.01, actorder="static")
+        return GPTQModifier(
+            config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+            ignore=IGNORE,
+            block_size=128,
+            dampening_frac=0.01,
+            actorder="static",
+        )
     raise SystemExit(f"unknown --method {method!r}; known: {', '.join(METHODS)}")
 
 
@@ -80,8 +97,11 @@ def main() -> None:
     ap.add_argument("--result", required=True, help="output JSON of the figures")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--save-compressed", default=None,
-                    help="also save the model as llm-compressor's compressed-tensors directory here (issue 18)")
+    ap.add_argument(
+        "--save-compressed",
+        default=None,
+        help="also save the model as llm-compressor's compressed-tensors directory here (issue 18)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -107,9 +127,17 @@ def main() -> None:
     mod = modifier(args.method)
     t0 = time.perf_counter()
     with PeakRSS() as peak:
-        oneshot(model=model, tokenizer=tokenizer, dataset=ds, recipe=[mod], num_calibration_samples=len(ids),
-                max_seq_length=ids.shape[1], batch_size=args.batch_size, shuffle_calibration_samples=False,
-                pipeline="sequential")
+        oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            dataset=ds,
+            recipe=[mod],
+            num_calibration_samples=len(ids),
+            max_seq_length=ids.shape[1],
+            batch_size=args.batch_size,
+            shuffle_calibration_samples=False,
+            pipeline="sequential",
+        )
     seconds = time.perf_counter() - t0
     weights = block_weights(model)
     tmp = Path(args.weights).with_suffix(".tmp")
@@ -119,14 +147,23 @@ def main() -> None:
         out_dir = Path(args.save_compressed)
         model.save_pretrained(out_dir, save_compressed=True)
         tokenizer.save_pretrained(out_dir)
-    res = {"compress_s": round(seconds, 1), "compress_peak_rss_mb": round(peak.peak / 2**20),
-           "rss_after_load_mb": round(rss_loaded / 2**20),
-           "rss_before_model_mb": round(rss_before_model / 2**20), "first_nll_llmc": round(first_nll, 5),
-           "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-           "modifier": repr(mod), "llmcompressor": llmcompressor.__version__,
-           "transformers": transformers.__version__, "torch": torch.__version__,
-           "num_samples": len(ids), "seq_len": ids.shape[1], "batch_size": args.batch_size,
-           "threads": args.threads, "load_avg": os.getloadavg()[0]}
+    res = {
+        "compress_s": round(seconds, 1),
+        "compress_peak_rss_mb": round(peak.peak / 2**20),
+        "rss_after_load_mb": round(rss_loaded / 2**20),
+        "rss_before_model_mb": round(rss_before_model / 2**20),
+        "first_nll_llmc": round(first_nll, 5),
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "modifier": repr(mod),
+        "llmcompressor": llmcompressor.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "num_samples": len(ids),
+        "seq_len": ids.shape[1],
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "load_avg": os.getloadavg()[0],
+    }
     tmp = Path(args.result).with_suffix(".tmp")
     tmp.write_text(json.dumps(res))
     os.replace(tmp, args.result)

@@ -15,6 +15,7 @@ Sections (``--only`` picks some; results merge into benchmarks/results/lowrank_d
 
     NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/lowrank_distill.py --only svd_lenet300
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def _train_task(seed: int, augment: bool = False):
 
 
 def _spread(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 2),
-            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "values": values}
+    return {
+        "mean": round(statistics.mean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 def svd_lenet300(args) -> dict:
@@ -63,8 +67,9 @@ def svd_lenet300(args) -> dict:
         row = {"rank": r}
         for aware in (False, True):
             m = copy.deepcopy(base)
-            svd_compress(m, select="rank", rank=r, exclude=("fc3",), data_aware=aware, example=example,
-                         calibration=calib)
+            svd_compress(
+                m, select="rank", rank=r, exclude=("fc3",), data_aware=aware, example=example, calibration=calib
+            )
             row["data_aware" if aware else "plain"] = _acc(m, task)
             row["params"] = count_params(m)
         out["ranks"].append(row)
@@ -76,7 +81,8 @@ def svd_lenet300(args) -> dict:
             row["data_aware" if aware else "plain"] = _acc(m, task)
             row["params"] = count_params(m)
             row["ranks_" + ("data_aware" if aware else "plain")] = {
-                n: getattr(mod, "rank", "dense") for n, mod in m.named_children() if n.startswith("fc")}
+                n: getattr(mod, "rank", "dense") for n, mod in m.named_children() if n.startswith("fc")
+            }
         out["budgets"].append(row)
     finetuned = []
     for seed in range(args.seeds):
@@ -84,8 +90,14 @@ def svd_lenet300(args) -> dict:
         svd_compress(m, select="budget", target=0.5, data_aware=True, example=example, calibration=calib)
         fit(m, _train_task(seed), FinetuneConfig(epochs=args.ft_epochs, lr=0.01, seed=seed))
         finetuned.append(_acc(m, task))
-    out["finetuned_2x"] = {"target": 0.5, "data_aware": True, "epochs": args.ft_epochs, "lr": 0.01,
-                           "params": count_params(m), **_spread(finetuned)}
+    out["finetuned_2x"] = {
+        "target": 0.5,
+        "data_aware": True,
+        "epochs": args.ft_epochs,
+        "lr": 0.01,
+        "params": count_params(m),
+        **_spread(finetuned),
+    }
     return out
 
 
@@ -104,8 +116,14 @@ def prune_distill(args) -> dict:
     def run_kd(seed, t, a, split="test"):
         train = _train_task(seed)
         m = copy.deepcopy(pruned)
-        distill(m, base, task=train, finetune={"epochs": args.ft_epochs, "lr": 0.01, "seed": seed},
-                distill_temperature=t, distill=a)
+        distill(
+            m,
+            base,
+            task=train,
+            finetune={"epochs": args.ft_epochs, "lr": 0.01, "seed": seed},
+            distill_temperature=t,
+            distill=a,
+        )
         return _acc(m, task) if split == "test" else round(train.evaluate(m, "val")["accuracy"] * 100, 2)
 
     grid = [(4.0, 0.9), (4.0, 0.5), (2.0, 0.5), (1.0, 0.5)]
@@ -146,30 +164,49 @@ def svd_minilm(args) -> dict:
     ffn = r"re:encoder\.layer\.\d+\.(intermediate|output)\.dense"
 
     def ffn_params(m):
-        return sum(p.numel() for n, p in m.named_parameters()
-                   if (".intermediate.dense" in n or (".output.dense" in n and "attention" not in n))
-                   and n.endswith("weight"))
+        return sum(
+            p.numel()
+            for n, p in m.named_parameters()
+            if (".intermediate.dense" in n or (".output.dense" in n and "attention" not in n)) and n.endswith("weight")
+        )
 
-    res = {"ffn_params_before": ffn_params(base), "params_before": count_params(base),
-           "target": args.minilm_target, "calibration_sentences": args.minilm_calib,
-           "damping": args.minilm_damping, "variants": {}}
+    res = {
+        "ffn_params_before": ffn_params(base),
+        "params_before": count_params(base),
+        "target": args.minilm_target,
+        "calibration_sentences": args.minilm_calib,
+        "damping": args.minilm_damping,
+        "variants": {},
+    }
     models = {"original": base}
     for key in args.minilm_variants:
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
-        svd_compress(m, select="budget", target=args.minilm_target, target_scope="selected", include=(ffn,),
-                     damping=args.minilm_damping, example=example, calibration=calib, **MINILM_VARIANTS[key])
-        res["variants"][key] = {"fidelity": round(task.evaluate(m, "test")["fidelity"], 4),
-                                "ffn_params": ffn_params(m), "params": count_params(m),
-                                "compress_s": round(time.perf_counter() - t0, 1),
-                                "ranks": {n: mod.rank for n, mod in m.named_modules()
-                                          if type(mod).__name__ == "LowRankLinear"}}
+        svd_compress(
+            m,
+            select="budget",
+            target=args.minilm_target,
+            target_scope="selected",
+            include=(ffn,),
+            damping=args.minilm_damping,
+            example=example,
+            calibration=calib,
+            **MINILM_VARIANTS[key],
+        )
+        res["variants"][key] = {
+            "fidelity": round(task.evaluate(m, "test")["fidelity"], 4),
+            "ffn_params": ffn_params(m),
+            "params": count_params(m),
+            "compress_s": round(time.perf_counter() - t0, 1),
+            "ranks": {n: mod.rank for n, mod in m.named_modules() if type(mod).__name__ == "LowRankLinear"},
+        }
         print(key, res["variants"][key], flush=True)
         models = {"original": base, key: m}
     if args.minilm_latency and len(models) > 1:
         lat_inputs = task.example_inputs(8)
-        res["latency_ms_b8"] = {k: round(v, 2) for k, v in interleaved_latency(
-            models, lat_inputs, rounds=5, repeats=5).items()}
+        res["latency_ms_b8"] = {
+            k: round(v, 2) for k, v in interleaved_latency(models, lat_inputs, rounds=5, repeats=5).items()
+        }
     return res
 
 
@@ -192,9 +229,16 @@ def kd_resnet20(args) -> dict:
     if teacher is None:
         return {"skipped": "no ResNet-20 checkpoint"}
     task = get_task("fashion-mnist")
-    res: dict = {"teacher_acc": _acc(teacher, task), "teacher_params": count_params(teacher),
-                 "epochs": args.kd_epochs, "lr": 0.05, "temperature": 4.0, "alpha": 0.9,
-                 "student": "resnet20 width=8", "seeds": list(_seeds(args))}
+    res: dict = {
+        "teacher_acc": _acc(teacher, task),
+        "teacher_params": count_params(teacher),
+        "epochs": args.kd_epochs,
+        "lr": 0.05,
+        "temperature": 4.0,
+        "alpha": 0.9,
+        "student": "resnet20 width=8",
+        "seeds": list(_seeds(args)),
+    }
     _channels_last(teacher)
     plain, kd = [], []
     for seed in _seeds(args):
@@ -236,21 +280,30 @@ def prune_distill_resnet20(args) -> dict:
     if teacher is None:
         return {"skipped": "no ResNet-20 checkpoint"}
     task = get_task("fashion-mnist")
-    pruned, report = prune_channels(copy.deepcopy(teacher), task.example_inputs(1), target_macs=args.pd_macs,
-                                    criterion="l2", scope="global")
+    pruned, report = prune_channels(
+        copy.deepcopy(teacher), task.example_inputs(1), target_macs=args.pd_macs, criterion="l2", scope="global"
+    )
     variants = args.pd_variants or [f"4:{args.pd_alpha}"]
-    res: dict = {"baseline_acc": _acc(teacher, task), "params_before": report["params_before"],
-                 "params_after": report["params_after"], "macs_kept": round(report["macs_after"] / report[
-                     "macs_before"], 4), "pruned_acc": _acc(pruned, task), "epochs": args.kd_epochs,
-                 "lr": args.pd_lr, "variants": variants, "teacher_split": args.pd_teacher_split}
+    res: dict = {
+        "baseline_acc": _acc(teacher, task),
+        "params_before": report["params_before"],
+        "params_after": report["params_after"],
+        "macs_kept": round(report["macs_after"] / report["macs_before"], 4),
+        "pruned_acc": _acc(pruned, task),
+        "epochs": args.kd_epochs,
+        "lr": args.pd_lr,
+        "variants": variants,
+        "teacher_split": args.pd_teacher_split,
+    }
     _channels_last(teacher)
     test: dict[str, list] = {}
     val: dict[str, list] = {}
     for seed in _seeds(args):
         cfg = dict(epochs=args.kd_epochs, lr=args.pd_lr, seed=seed, amp="bf16")
         row = {"seed": seed}
-        arms = ([("finetune", None)] if "finetune" in args.pd_arms else []) + \
-            ([(f"distill_{v}", v) for v in variants] if "distill" in args.pd_arms else [])
+        arms = ([("finetune", None)] if "finetune" in args.pd_arms else []) + (
+            [(f"distill_{v}", v) for v in variants] if "distill" in args.pd_arms else []
+        )
         for name, spec in arms:
             m = _channels_last(copy.deepcopy(pruned))
             train = _train_task(0 if args.pd_teacher_split else seed, augment=True)
@@ -284,8 +337,11 @@ def svd_resnet20(args) -> dict:
     res: dict = {"baseline_acc": _acc(base, task), "baseline_params": count_params(base)}
 
     def convs(m):
-        return {n: getattr(mod, "rank", getattr(mod, "ranks", "dense")) for n, mod in m.named_modules()
-                if type(mod).__name__ in ("LowRankConv2d", "TuckerConv2d", "LowRankLinear")}
+        return {
+            n: getattr(mod, "rank", getattr(mod, "ranks", "dense"))
+            for n, mod in m.named_modules()
+            if type(mod).__name__ in ("LowRankConv2d", "TuckerConv2d", "LowRankLinear")
+        }
 
     if args.table:
         res["budgets"], res["tucker"] = [], []
@@ -293,8 +349,7 @@ def svd_resnet20(args) -> dict:
             row = {"target": target}
             for aware in (False, True):
                 m = copy.deepcopy(base)
-                svd_compress(m, select="budget", target=target, data_aware=aware, example=example,
-                             calibration=calib)
+                svd_compress(m, select="budget", target=target, data_aware=aware, example=example, calibration=calib)
                 key = "data_aware" if aware else "plain"
                 row[key], row["params_" + key], row["ranks_" + key] = _acc(m, task), count_params(m), convs(m)
             res["budgets"].append(row)
@@ -307,19 +362,29 @@ def svd_resnet20(args) -> dict:
         m = copy.deepcopy(base)
         svd_compress(m, select="budget", target=0.5, data_aware=True, example=example, calibration=calib)
         res["before_ft_2x"] = _acc(m, task)
-        fit(_channels_last(m), _train_task(seed, augment=True),
-            FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, seed=seed, amp="bf16"))
+        fit(
+            _channels_last(m),
+            _train_task(seed, augment=True),
+            FinetuneConfig(epochs=args.ft_epochs, lr=args.ft_lr, seed=seed, amp="bf16"),
+        )
         finetuned.append(_acc(m.to(memory_format=torch.contiguous_format), task))
     if finetuned:
-        res["finetuned_2x"] = {"target": 0.5, "data_aware": True, "epochs": args.ft_epochs, "lr": args.ft_lr,
-                               "seeds": list(_seeds(args)), "params": count_params(m), **_spread(finetuned)}
+        res["finetuned_2x"] = {
+            "target": 0.5,
+            "data_aware": True,
+            "epochs": args.ft_epochs,
+            "lr": args.ft_lr,
+            "seeds": list(_seeds(args)),
+            "params": count_params(m),
+            **_spread(finetuned),
+        }
     return res
+
 
 def _mlp(h1: int, h2: int) -> torch.nn.Module:
     """A LeNet-300-100-shaped MLP with hidden widths h1, h2 (the small dense baseline)."""
     nn = torch.nn
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(),
-                         nn.Linear(h2, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, 10))
 
 
 def _mlp_width_for(params: int) -> tuple[int, int]:
@@ -347,8 +412,7 @@ def train_big(args) -> dict:
             big_params = count_params(big)
             fit(big, train, TrainConfig(epochs=big_epochs, lr=lr, seed=seed))
             big_acc.append(_acc(big, task))
-            svd_compress(big, select="budget", target=target, data_aware=True, example=example,
-                         calibration=calib)
+            svd_compress(big, select="budget", target=target, data_aware=True, example=example, calibration=calib)
             final = count_params(big)
             fit(big, train, FinetuneConfig(epochs=ft_epochs, lr=0.01, seed=seed))
             comp_acc.append(_acc(big, task))
@@ -360,11 +424,20 @@ def train_big(args) -> dict:
                 small = _mlp(h1, h2)
                 fit(small, train, TrainConfig(epochs=epochs, lr=lr, seed=seed))
                 acc.append(_acc(small, task))
-        res["rows"].append({"target": target, "big_params": big_params, "compressed_params": final,
-                            "small_widths": [h1, h2], "small_params": count_params(_mlp(h1, h2)),
-                            "small_epochs_same_macs": mac_epochs, "big_before_svd": _spread(big_acc),
-                            "big_svd_finetuned": _spread(comp_acc), "small_same_epochs": _spread(same_ep),
-                            "small_same_macs": _spread(same_mac)})
+        res["rows"].append(
+            {
+                "target": target,
+                "big_params": big_params,
+                "compressed_params": final,
+                "small_widths": [h1, h2],
+                "small_params": count_params(_mlp(h1, h2)),
+                "small_epochs_same_macs": mac_epochs,
+                "big_before_svd": _spread(big_acc),
+                "big_svd_finetuned": _spread(comp_acc),
+                "small_same_epochs": _spread(same_ep),
+                "small_same_macs": _spread(same_mac),
+            }
+        )
     return res
 
 
@@ -381,9 +454,11 @@ def activation_rank_lenet300(args) -> dict:
         for act in ("relu", "identity"):
             m = copy.deepcopy(base)
             activation_rank(m, calib, tolerance=tol, activation=act, exclude=("fc3",))
-            row[act] = {"acc": _acc(m, task), "params": count_params(m),
-                        "ranks": {n: getattr(m, n).rank if hasattr(getattr(m, n), "rank") else "dense"
-                                  for n in ("fc1", "fc2")}}
+            row[act] = {
+                "acc": _acc(m, task),
+                "params": count_params(m),
+                "ranks": {n: getattr(m, n).rank if hasattr(getattr(m, n), "rank") else "dense" for n in ("fc1", "fc2")},
+            }
         res["rows"].append(row)
     return res
 
@@ -397,17 +472,40 @@ def svd_minilm_calib(args) -> dict:
     rows = []
     for n, damping, target in ((2000, 0.01, 0.7), (2000, 0.01, 0.8)):
         m = copy.deepcopy(base)
-        svd_compress(m, select="budget", target=target, target_scope="selected", include=(ffn,), data_aware=True,
-                     damping=damping, example=example, calibration=task.calibration_inputs(n, seed=0))
-        rows.append({"calibration_sentences": n, "damping": damping, "target": target,
-                     "fidelity": round(task.evaluate(m, "test")["fidelity"], 4)})
+        svd_compress(
+            m,
+            select="budget",
+            target=target,
+            target_scope="selected",
+            include=(ffn,),
+            data_aware=True,
+            damping=damping,
+            example=example,
+            calibration=task.calibration_inputs(n, seed=0),
+        )
+        rows.append(
+            {
+                "calibration_sentences": n,
+                "damping": damping,
+                "target": target,
+                "fidelity": round(task.evaluate(m, "test")["fidelity"], 4),
+            }
+        )
         print(rows[-1], flush=True)
     return {"rows": rows}
 
-SECTIONS = {"svd_lenet300": svd_lenet300, "prune_distill": prune_distill, "svd_minilm": svd_minilm,
-            "kd_resnet20": kd_resnet20, "train_big": train_big,
-            "svd_resnet20": svd_resnet20, "activation_rank": activation_rank_lenet300,
-            "svd_minilm_calib": svd_minilm_calib, "prune_distill_resnet20": prune_distill_resnet20}
+
+SECTIONS = {
+    "svd_lenet300": svd_lenet300,
+    "prune_distill": prune_distill,
+    "svd_minilm": svd_minilm,
+    "kd_resnet20": kd_resnet20,
+    "train_big": train_big,
+    "svd_resnet20": svd_resnet20,
+    "activation_rank": activation_rank_lenet300,
+    "svd_minilm_calib": svd_minilm_calib,
+    "prune_distill_resnet20": prune_distill_resnet20,
+}
 
 
 def main() -> None:
@@ -417,16 +515,27 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--kd-epochs", type=int, default=5)
     ap.add_argument("--seed-start", type=int, default=0)
-    ap.add_argument("--table", action=argparse.BooleanOptionalAction, default=True,
-                    help="svd_resnet20: the before-fine-tuning table")
+    ap.add_argument(
+        "--table",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="svd_resnet20: the before-fine-tuning table",
+    )
     ap.add_argument("--ft-lr", type=float, default=0.01)
     ap.add_argument("--pd-macs", type=float, default=0.5, help="prune_distill_resnet20: share of MACs kept")
     ap.add_argument("--pd-lr", type=float, default=0.02, help="prune_distill_resnet20: recovery lr (both arms)")
     ap.add_argument("--pd-alpha", type=float, default=0.9, help="prune_distill_resnet20: soft-loss weight")
-    ap.add_argument("--pd-variants", nargs="*", default=None,
-                    help="prune_distill_resnet20: distill settings 'T:alpha[:hint_weight]' (default 4:<pd-alpha>)")
-    ap.add_argument("--pd-teacher-split", action="store_true",
-                    help="prune_distill_resnet20: keep the teacher's train/val split, vary only the order")
+    ap.add_argument(
+        "--pd-variants",
+        nargs="*",
+        default=None,
+        help="prune_distill_resnet20: distill settings 'T:alpha[:hint_weight]' (default 4:<pd-alpha>)",
+    )
+    ap.add_argument(
+        "--pd-teacher-split",
+        action="store_true",
+        help="prune_distill_resnet20: keep the teacher's train/val split, vary only the order",
+    )
     ap.add_argument("--pd-arms", nargs="+", default=["finetune", "distill"], choices=["finetune", "distill"])
     ap.add_argument("--tag", default="", help="suffix of the result key (split runs by seed)")
     ap.add_argument("--big-epochs", type=int, default=3)

@@ -21,6 +21,7 @@ Stated tolerance of "equal": accuracy within 0.2 pp (ResNet-20, 10,000 test imag
 
 Results: ``benchmarks/results/issue18_onnx.json`` (``--tiny``: a temporary file unless ``--out``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ CASES = {
     "minilm": ("int8_minilm", "minilm", {}),
 }
 TINY = {
-    "resnet20": ("int8_resnet20", None, {"dataset": "fashion-mnist", "data": {"limit": 200},
-                                        "step": {"calibration_samples": 32}}),
+    "resnet20": (
+        "int8_resnet20",
+        None,
+        {"dataset": "fashion-mnist", "data": {"limit": 200}, "step": {"calibration_samples": 32}},
+    ),
     "minilm": ("int8_minilm", "tiny-bert", {"data": {"limit": 40}}),
 }
 
@@ -62,8 +66,10 @@ def _recipe(name: str, case: str, overrides: dict) -> dict:
     rec = load_yaml(recipe_path(name))
     steps = [s for s in rec["steps"] if s["method"] != "export"]
     steps[0] = {**steps[0], **overrides.get("step", {})}
-    rec.update(steps=[*steps, {"method": "export", "format": "onnx", "filename": f"{case}_int8"}],
-               measure={"batch_size": 32, "repeats": 3})
+    rec.update(
+        steps=[*steps, {"method": "export", "format": "onnx", "filename": f"{case}_int8"}],
+        measure={"batch_size": 32, "repeats": 3},
+    )
     rec.update({k: v for k, v in overrides.items() if k in ("dataset", "data")})
     return rec
 
@@ -94,19 +100,31 @@ def run_case(case: str, spec: tuple, args, work: Path) -> dict:
         scores = {"pytorch_int8": task.evaluate(torch_int8)[metric], "onnx_ort": task.evaluate(ort_model)[metric]}
     latency = {}
     for batch in (1, 32):
-        t = interleaved_timings({"pytorch_int8": torch_int8, "onnx_ort": ort_model}, task.example_inputs(batch),
-                                rounds=args.rounds, repeats=args.repeats, threads=args.threads)
+        t = interleaved_timings(
+            {"pytorch_int8": torch_int8, "onnx_ort": ort_model},
+            task.example_inputs(batch),
+            rounds=args.rounds,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
         latency[f"batch_{batch}"] = {k: _timing(v) for k, v in t.items()} | {
-            "onnx_over_pytorch": t["onnx_ort"].median_ms / t["pytorch_int8"].median_ms}
+            "onnx_over_pytorch": t["onnx_ort"].median_ms / t["pytorch_int8"].median_ms
+        }
     safet = netslim.save(torch_int8, work / f"{case}_int8.safetensors", opened.info)
     export_notes = result.report["steps"][-1]["notes"]["export"]
     delta = scores["onnx_ort"] - scores["pytorch_int8"]
     return {
-        "recipe": recipe_name, "model": result.report["model"], "dataset": result.report["dataset"],
-        "metric": metric, "scores": scores, "delta": delta, "tolerance": TOLERANCE[metric],
+        "recipe": recipe_name,
+        "model": result.report["model"],
+        "dataset": result.report["dataset"],
+        "metric": metric,
+        "scores": scores,
+        "delta": delta,
+        "tolerance": TOLERANCE[metric],
         "equal_within_tolerance": abs(delta) <= TOLERANCE[metric],
         "baseline_fp32": result.report["baseline"].get(metric),
-        "ort_check_at_export": export_notes.get("ort_check"), "export_warnings": export_notes.get("warnings", []),
+        "ort_check_at_export": export_notes.get("ort_check"),
+        "export_warnings": export_notes.get("warnings", []),
         "latency": latency,
         "bytes": {"onnx": onnx_path.stat().st_size, "int8_safetensors": safet.stat().st_size},
         "compress_seconds": compress_s,
@@ -124,30 +142,43 @@ def main() -> None:
     args = ap.parse_args()
     args.rounds = args.rounds or (2 if args.tiny else 7)
     args.repeats = args.repeats or (3 if args.tiny else 30)
-    out = args.out or (Path(tempfile.mkdtemp()) / "issue18_onnx_tiny.json" if args.tiny
-                       else ROOT / "results" / "issue18_onnx.json")
+    out = args.out or (
+        Path(tempfile.mkdtemp()) / "issue18_onnx_tiny.json" if args.tiny else ROOT / "results" / "issue18_onnx.json"
+    )
     cases = TINY if args.tiny else CASES
     import onnxruntime
 
     result = {
-        "issue": 18, "what": "int8 model of the shipped recipe: PyTorch vs its ONNX export in ONNX Runtime",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"), "tiny": args.tiny,
+        "issue": 18,
+        "what": "int8 model of the shipped recipe: PyTorch vs its ONNX export in ONNX Runtime",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+        "tiny": args.tiny,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_before": [round(x, 2) for x in os.getloadavg()]},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
         "protocol": f"A/B interleaved, {args.rounds} rounds x {args.repeats} calls (2 warm-up calls per round), "
-                    f"median and IQR of all rounds pooled, {args.threads} intra-op thread(s) in both runtimes; "
-                    "metric on the run's test split rebuilt from the .onnx as `netslim eval` does",
-        "threads": args.threads, "models": {},
+        f"median and IQR of all rounds pooled, {args.threads} intra-op thread(s) in both runtimes; "
+        "metric on the run's test split rebuilt from the .onnx as `netslim eval` does",
+        "threads": args.threads,
+        "models": {},
     }
     with tempfile.TemporaryDirectory(prefix="netslim_issue18_") as tmp:
         for case in args.only or list(cases):
             result["models"][case] = run_case(case, cases[case], args, Path(tmp))
-            print(f"{case}: {json.dumps(result['models'][case]['scores'])}, ORT/PyTorch latency b1 "
-                  f"{result['models'][case]['latency']['batch_1']['onnx_over_pytorch']:.2f}x, b32 "
-                  f"{result['models'][case]['latency']['batch_32']['onnx_over_pytorch']:.2f}x", flush=True)
+            print(
+                f"{case}: {json.dumps(result['models'][case]['scores'])}, ORT/PyTorch latency b1 "
+                f"{result['models'][case]['latency']['batch_1']['onnx_over_pytorch']:.2f}x, b32 "
+                f"{result['models'][case]['latency']['batch_32']['onnx_over_pytorch']:.2f}x",
+                flush=True,
+            )
     result["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda t: Path(t).write_text(json.dumps(result, indent=2, default=float)))

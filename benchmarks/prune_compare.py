@@ -19,6 +19,7 @@ the Fashion-MNIST test set; the dense baseline is the cached checkpoint.
         --model resnet20 --sparsity 0.8 --epochs 3 --dst-from dense
     .venv/bin/python benchmarks/prune_compare.py --table        # merged markdown table
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,14 @@ TITLES = {"lenet300": "LeNet-300-100", "resnet20": "ResNet-20", "lenet5": "LeNet
 def train_fields(name: str, args) -> dict[str, Any]:
     """Fine-tuning hyper-parameters shared by every fine-tuning row of a model."""
     base = DEFAULT_TRAINING[name]
-    return {"epochs": args.epochs, "lr": args.lr, "batch_size": base["batch_size"],
-            "weight_decay": base["weight_decay"], "amp": base.get("amp", "none"),
-            "max_steps": args.max_steps}
+    return {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": base["batch_size"],
+        "weight_decay": base["weight_decay"],
+        "amp": base.get("amp", "none"),
+        "max_steps": args.max_steps,
+    }
 
 
 def frequency(task, fields: dict[str, Any], default: int) -> int:
@@ -74,18 +80,26 @@ def run_dst(cls, model, task, s: float, name: str, args) -> dict[str, Any]:
     if scratch:  # the dense baseline's own recipe, for as many epochs as asked
         base = DEFAULT_TRAINING[name]
         fields |= {"epochs": args.scratch_epochs, "lr": base["lr"], "warmup_epochs": base.get("warmup_epochs", 0.0)}
-    cfg = cls(sparsity=s, distribution="erk", frequency=frequency(task, fields, 100), alpha=0.3,
-              from_scratch=scratch, finetune=fields)
+    cfg = cls(
+        sparsity=s,
+        distribution="erk",
+        frequency=frequency(task, fields, 100),
+        alpha=0.3,
+        from_scratch=scratch,
+        finetune=fields,
+    )
     summary = dynamic_sparse_train(model, task, cfg=cfg)
-    return {"config": cfg.to_dict(), "budget_epochs": fields["epochs"],
-            "budget": f"{fields['epochs']} from scratch" if scratch else f"{fields['epochs']} from dense (+baseline)",
-            "mask_updates": len(summary["mask_updates"])}
+    return {
+        "config": cfg.to_dict(),
+        "budget_epochs": fields["epochs"],
+        "budget": f"{fields['epochs']} from scratch" if scratch else f"{fields['epochs']} from dense (+baseline)",
+        "mask_updates": len(summary["mask_updates"]),
+    }
 
 
 def run_movement_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fields = train_fields(name, args)
-    cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50),
-                         finetune=fields)
+    cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50), finetune=fields)
     run_movement(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)"}
 
@@ -95,8 +109,12 @@ def run_l0_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     cfg = L0Config(sparsity=s, exact=True, **l0_opts, finetune=train_fields(name, args))
     ctx = StepContext(task=task, out_dir=None, device=args.device)
     run_l0(model, cfg, ctx)
-    return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)",
-            **{k: ctx.notes["l0"][k] for k in ("expected_density_end", "gate_sparsity", "lambda_end")}}
+    return {
+        "config": cfg.to_dict(),
+        "budget_epochs": args.epochs,
+        "budget": f"{args.epochs} fine-tune (+baseline)",
+        **{k: ctx.notes["l0"][k] for k in ("expected_density_end", "gate_sparsity", "lambda_end")},
+    }
 
 
 def run_obd_row(model, task, s: float, name: str, args) -> dict[str, Any]:
@@ -108,15 +126,27 @@ def run_obd_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fields = train_fields(name, args)
     ft = FinetuneConfig(**fields)
     fit(model, task, ft)
-    return {"config": {"method": "obd", "sparsity": s, "scope": "global", "num_samples": n,
-                       "finetune": ft.model_dump(mode="json")},
-            "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)",
-            "obd_seconds": round(fisher_s, 1), "test_accuracy_before_finetune": one_shot}
+    return {
+        "config": {
+            "method": "obd",
+            "sparsity": s,
+            "scope": "global",
+            "num_samples": n,
+            "finetune": ft.model_dump(mode="json"),
+        },
+        "budget_epochs": args.epochs,
+        "budget": f"{args.epochs} fine-tune (+baseline)",
+        "obd_seconds": round(fisher_s, 1),
+        "test_accuracy_before_finetune": one_shot,
+    }
 
 
 RUNNERS: dict[str, Callable] = {
-    "rigl": lambda *a: run_dst(RigLConfig, *a), "set": lambda *a: run_dst(SETConfig, *a),
-    "movement": run_movement_row, "l0": run_l0_row, "obd": run_obd_row,
+    "rigl": lambda *a: run_dst(RigLConfig, *a),
+    "set": lambda *a: run_dst(SETConfig, *a),
+    "movement": run_movement_row,
+    "l0": run_l0_row,
+    "obd": run_obd_row,
 }
 
 
@@ -153,9 +183,12 @@ def run(args) -> None:
     limit = {"limit": args.limit} if args.limit else {}
     task = get_task(model_entry(name).dataset, augment=AUGMENT.get(name, False), seed=0, **limit)
     dense_acc = task.evaluate(base, "test")["accuracy"]
-    header = {"description": "Issue 3 method comparison (benchmarks/prune_compare.py)",
-              "machine": machine(args.device),
-              "date": dt.date.today().isoformat(), "rows": {}}
+    header = {
+        "description": "Issue 3 method comparison (benchmarks/prune_compare.py)",
+        "machine": machine(args.device),
+        "date": dt.date.today().isoformat(),
+        "rows": {},
+    }
     print(f"[{name}] dense test accuracy {dense_acc:.4f}", flush=True)
     for s in args.sparsity:
         for method in args.methods:
@@ -165,14 +198,27 @@ def run(args) -> None:
             extra = RUNNERS[method](model, task, s, name, args)
             seconds = time.perf_counter() - t0
             acc = task.evaluate(model, "test")["accuracy"]
-            row = {"model": name, "sparsity": s, "method": method, "test_accuracy": acc, "dense_accuracy": dense_acc,
-                   "drop_pt": round(100 * (dense_acc - acc), 2), "achieved_sparsity": achieved_sparsity(model),
-                   "seconds": round(seconds, 1), "threads": args.threads, "limit": args.limit,
-                   "device": str(args.device), **extra}
+            row = {
+                "model": name,
+                "sparsity": s,
+                "method": method,
+                "test_accuracy": acc,
+                "dense_accuracy": dense_acc,
+                "drop_pt": round(100 * (dense_acc - acc), 2),
+                "achieved_sparsity": achieved_sparsity(model),
+                "seconds": round(seconds, 1),
+                "threads": args.threads,
+                "limit": args.limit,
+                "device": str(args.device),
+                **extra,
+            }
             key = f"{name}/{s}/{method}" + (f"/{args.dst_from}" if method in ("rigl", "set") else "")
             save_row(args.out, key, row, header)
-            print(f"[{key}] acc {acc:.4f} (dense {dense_acc:.4f}, drop {row['drop_pt']} pt) sparsity "
-                  f"{row['achieved_sparsity']:.4f} budget {row['budget']} {seconds:.0f}s", flush=True)
+            print(
+                f"[{key}] acc {acc:.4f} (dense {dense_acc:.4f}, drop {row['drop_pt']} pt) sparsity "
+                f"{row['achieved_sparsity']:.4f} budget {row['budget']} {seconds:.0f}s",
+                flush=True,
+            )
 
 
 # ------------------------------------------------------------------------------ table
@@ -187,17 +233,23 @@ def table(args) -> str:
     rows = _rows_3a() + mine
     order = {m: i for i, m in enumerate(("one-shot", "magnitude", "imp", "gradual", "lottery", *METHODS))}
     lines = []
-    for (model, s) in sorted({(r["model"], r["sparsity"]) for r in rows}, key=lambda k: (k[0] != "lenet300", k)):
-        group = sorted((r for r in rows if (r["model"], r["sparsity"]) == (model, s)),
-                       key=lambda r: (order.get(r["method"], 99), r.get("budget", "")))
+    for model, s in sorted({(r["model"], r["sparsity"]) for r in rows}, key=lambda k: (k[0] != "lenet300", k)):
+        group = sorted(
+            (r for r in rows if (r["model"], r["sparsity"]) == (model, s)),
+            key=lambda r: (order.get(r["method"], 99), r.get("budget", "")),
+        )
         dense = group[0]["dense_accuracy"]
-        lines += [f"\n**{TITLES.get(model, model)} at {100 * s:g} % sparsity** (dense baseline {100 * dense:.2f} %)\n",
-                  "| method | training budget (epochs) | achieved sparsity | test acc. | Δ vs dense (pt) | wall s |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            f"\n**{TITLES.get(model, model)} at {100 * s:g} % sparsity** (dense baseline {100 * dense:.2f} %)\n",
+            "| method | training budget (epochs) | achieved sparsity | test acc. | Δ vs dense (pt) | wall s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for r in group:
-            lines.append(f"| {r['method']} | {r.get('budget', r.get('budget_epochs'))} | "
-                         f"{100 * r['achieved_sparsity']:.2f} % | {100 * r['test_accuracy']:.2f} % | "
-                         f"{-r['drop_pt']:+.2f} | {r.get('seconds', '')} |")
+            lines.append(
+                f"| {r['method']} | {r.get('budget', r.get('budget_epochs'))} | "
+                f"{100 * r['achieved_sparsity']:.2f} % | {100 * r['test_accuracy']:.2f} % | "
+                f"{-r['drop_pt']:+.2f} | {r.get('seconds', '')} |"
+            )
     return "\n".join(lines)
 
 

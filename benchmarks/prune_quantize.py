@@ -37,6 +37,7 @@ Results: ``benchmarks/results/issue21_cnn.json`` and ``issue21_llm.json`` (``--t
 temporary folder unless ``--out``), rewritten after every run: an interrupted run keeps what it
 finished, and a rerun skips the cases already in the file (``--redo`` to run them again).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,10 +69,16 @@ ROOT = Path(__file__).resolve().parent
 ORDERS = ("prune_ptq", "quantize_prune", "joint", "prune_qat")
 MODELS = ("resnet20", "lenet5")
 TRAIN = {  # per model: optimizer settings of the pruning / QAT runs (those of the shipped recipes)
-    "resnet20": {"gradual": {"lr": 0.02, "weight_decay": 0.0005, "amp": "bf16"}, "data": {"augment": True},
-                 "qat": {"lr": 0.0005, "optimizer": "adamw", "weight_decay": 0.0}},
-    "lenet5": {"gradual": {"lr": 0.01, "weight_decay": 0.0001}, "data": {},
-               "qat": {"lr": 0.0005, "optimizer": "adamw", "weight_decay": 0.0}},
+    "resnet20": {
+        "gradual": {"lr": 0.02, "weight_decay": 0.0005, "amp": "bf16"},
+        "data": {"augment": True},
+        "qat": {"lr": 0.0005, "optimizer": "adamw", "weight_decay": 0.0},
+    },
+    "lenet5": {
+        "gradual": {"lr": 0.01, "weight_decay": 0.0001},
+        "data": {},
+        "qat": {"lr": 0.0005, "optimizer": "adamw", "weight_decay": 0.0},
+    },
 }
 
 
@@ -81,31 +88,48 @@ def order_steps(order: str, sparsity: float, bits: int, epochs: int, model: str,
     t = TRAIN[model]
     cap = {"max_steps": 3, "batch_size": 32} if tiny else {}
     half = max(1, epochs // 2)
-    gradual = lambda e: {"method": "gradual", "sparsity": sparsity, "scope": "global",  # noqa: E731
-                         "finetune": {"epochs": e, **t["gradual"], **cap},
-                         "frequency": 1 if tiny else 100, **({"end_step": 2} if tiny else {})}
-    qat = lambda e, prune=None: {"method": "qat", "weight_bits": bits,  # noqa: E731
-                                 "finetune": {"epochs": e, **t["qat"], **cap, **({"select_best": False} if tiny else {})},
-                                 "calibration_samples": 64 if tiny else 512, **({"prune": prune} if prune else {})}
+    gradual = lambda e: {
+        "method": "gradual",
+        "sparsity": sparsity,
+        "scope": "global",  # noqa: E731
+        "finetune": {"epochs": e, **t["gradual"], **cap},
+        "frequency": 1 if tiny else 100,
+        **({"end_step": 2} if tiny else {}),
+    }
+    qat = lambda e, prune=None: {
+        "method": "qat",
+        "weight_bits": bits,  # noqa: E731
+        "finetune": {"epochs": e, **t["qat"], **cap, **({"select_best": False} if tiny else {})},
+        "calibration_samples": 64 if tiny else 512,
+        **({"prune": prune} if prune else {}),
+    }
     scheduled = {"sparsity": sparsity, "scope": "global"}
     steps = {
-        "prune_ptq": [gradual(epochs), {"method": "ptq_int8", "weight_bits": {"*": bits},
-                                         "calibration_samples": 64 if tiny else 512}],
+        "prune_ptq": [
+            gradual(epochs),
+            {"method": "ptq_int8", "weight_bits": {"*": bits}, "calibration_samples": 64 if tiny else 512},
+        ],
         "quantize_prune": [qat(epochs, {**scheduled, "schedule": "oneshot", "at": 0.5})],
-        "joint": [qat(epochs, {**scheduled, "schedule": "cubic", "end_fraction": 0.75,
-                               "frequency": 1 if tiny else 100})],
+        "joint": [
+            qat(epochs, {**scheduled, "schedule": "cubic", "end_fraction": 0.75, "frequency": 1 if tiny else 100})
+        ],
         "prune_qat": [gradual(half), qat(half)],
     }[order]
-    return steps + [{"method": "sparsify", "batch_sizes": [1, 64], "rounds": 1 if tiny else 3,
-                     "repeats": 2 if tiny else 10},
-                    {"method": "export", "filename": "model"}]
+    return steps + [
+        {"method": "sparsify", "batch_sizes": [1, 64], "rounds": 1 if tiny else 3, "repeats": 2 if tiny else 10},
+        {"method": "export", "filename": "model"},
+    ]
 
 
 def order_recipe(order: str, sparsity: float, bits: int, epochs: int, model: str, tiny: bool) -> dict:
     data = {**TRAIN[model]["data"], **({"limit": 200} if tiny else {})}
-    return {"name": f"{model}_{order}_s{int(sparsity * 100)}_w{bits}", "dataset": "fashion-mnist", "data": data,
-            "measure": {"batch_size": 64, "repeats": 3}, "steps": order_steps(order, sparsity, bits, epochs, model,
-                                                                               tiny)}
+    return {
+        "name": f"{model}_{order}_s{int(sparsity * 100)}_w{bits}",
+        "dataset": "fashion-mnist",
+        "data": data,
+        "measure": {"batch_size": 64, "repeats": 3},
+        "steps": order_steps(order, sparsity, bits, epochs, model, tiny),
+    }
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -130,8 +154,9 @@ def _kernels(model: torch.nn.Module) -> dict:
 def latency(models: dict, task, args) -> dict:
     out = {}
     for batch in (1, 64):
-        t = interleaved_timings(models, task.example_inputs(batch), rounds=args.rounds, repeats=args.repeats,
-                                threads=args.threads)
+        t = interleaved_timings(
+            models, task.example_inputs(batch), rounds=args.rounds, repeats=args.repeats, threads=args.threads
+        )
         out[f"batch_{batch}"] = {k: _timing(v) for k, v in t.items()}
     return out
 
@@ -182,23 +207,43 @@ def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, b
     task, metric = base.task, base.task.metric
     dense_q, dense_acc, dense_bytes = base.int8(bits, args.tiny)
     acc = task.evaluate(stored)[metric]
-    models = {"fp32": base.fp32, f"dense_int{bits}": dense_q, "artifact": stored,
-              "artifact_all_dense_int8": with_kernels(stored, "dense"),
-              "artifact_all_sparse_int8": with_kernels(stored, "sparse")}
+    models = {
+        "fp32": base.fp32,
+        f"dense_int{bits}": dense_q,
+        "artifact": stored,
+        "artifact_all_dense_int8": with_kernels(stored, "dense"),
+        "artifact_all_sparse_int8": with_kernels(stored, "sparse"),
+    }
     lat = latency(models, task, args)
     sparsify = next((s["notes"].get("sparsify", {}) for s in result.report["steps"] if s["method"] == "sparsify"), {})
     w = [m for m in stored.modules() if hasattr(m, "int_weight")]
     zeros = sum(int((m.int_weight() == 0).sum()) for m in w) / max(1, sum(m.weight_numel for m in w))
     return {
-        "model": model_name, "order": order, "sparsity": sparsity, "weight_bits": bits, "epochs": args.epochs,
-        "recipe": recipe, "compress_seconds": seconds,
-        "accuracy": {"fp32": base.accuracy, f"dense_int{bits}": dense_acc, "artifact": acc,
-                     "drop_vs_fp32_pt": 100 * (base.accuracy - acc)},
-        "bytes": {"fp32_file": base.fp32_bytes, f"dense_int{bits}_file": dense_bytes, "artifact": artifact.stat().st_size,
-                  "header": int.from_bytes(artifact.read_bytes()[:8], "little") + 8},
-        "compression": {"vs_fp32": base.fp32_bytes / artifact.stat().st_size,
-                        f"dense_int{bits}_vs_fp32": base.fp32_bytes / dense_bytes},
-        "zero_codes": zeros, "kernels": _kernels(stored),
+        "model": model_name,
+        "order": order,
+        "sparsity": sparsity,
+        "weight_bits": bits,
+        "epochs": args.epochs,
+        "recipe": recipe,
+        "compress_seconds": seconds,
+        "accuracy": {
+            "fp32": base.accuracy,
+            f"dense_int{bits}": dense_acc,
+            "artifact": acc,
+            "drop_vs_fp32_pt": 100 * (base.accuracy - acc),
+        },
+        "bytes": {
+            "fp32_file": base.fp32_bytes,
+            f"dense_int{bits}_file": dense_bytes,
+            "artifact": artifact.stat().st_size,
+            "header": int.from_bytes(artifact.read_bytes()[:8], "little") + 8,
+        },
+        "compression": {
+            "vs_fp32": base.fp32_bytes / artifact.stat().st_size,
+            f"dense_int{bits}_vs_fp32": base.fp32_bytes / dense_bytes,
+        },
+        "zero_codes": zeros,
+        "kernels": _kernels(stored),
         "sparsify_int8_layers": sparsify.get("int8_layers", {}),
         "latency": lat,
         "speedup_vs_dense_int8_b64": lat["batch_64"][f"dense_int{bits}"]["median_ms"]
@@ -227,8 +272,11 @@ def llm_recipe(case: str, tiny: bool) -> dict:
         rec.update(data={"limit": 4}, model=None, dataset="pydocs")
     # The study reports perplexity, bytes and load memory, not latency: one unpaired timing per
     # stage (the shipped recipe's paired rounds cost ~15 min per case on this machine).
-    rec.update(name=f"smollm2_{case}", steps=[step, {"method": "evaluate"}, {"method": "export", "filename": "model"}],
-               measure={"batch_size": 1, "repeats": 1, "paired": False})
+    rec.update(
+        name=f"smollm2_{case}",
+        steps=[step, {"method": "evaluate"}, {"method": "export", "filename": "model"}],
+        measure={"batch_size": 1, "repeats": 1, "paired": False},
+    )
     return rec
 
 
@@ -236,18 +284,26 @@ def loaded_peak_rss_mb(path: Path) -> dict:
     """Memory (MiB) of a fresh process loading ``path``, with netslim, its method families and
     transformers imported first: peak RSS before and after the load and their difference
     (``model``), and the resident set before and after (``resident_model``: what stays)."""
-    code = ("import gc, json, resource, sys, psutil, netslim, transformers\n"
-            "from netslim.core.registry import load_sources\n"
-            "load_sources()\n"
-            "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-            "rss = lambda: (gc.collect(), psutil.Process().memory_info().rss / 2**20)[1]\n"
-            "before, rss0 = peak(), rss()\n"
-            "m = netslim.load(sys.argv[1])\n"
-            "after, rss1 = peak(), rss()\n"
-            "print(json.dumps({'peak_before': before, 'peak_after': after, 'model': after - before,\n"
-            "                  'rss_before': rss0, 'rss_after': rss1, 'resident_model': rss1 - rss0}))")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=1800,
-                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import gc, json, resource, sys, psutil, netslim, transformers\n"
+        "from netslim.core.registry import load_sources\n"
+        "load_sources()\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "rss = lambda: (gc.collect(), psutil.Process().memory_info().rss / 2**20)[1]\n"
+        "before, rss0 = peak(), rss()\n"
+        "m = netslim.load(sys.argv[1])\n"
+        "after, rss1 = peak(), rss()\n"
+        "print(json.dumps({'peak_before': before, 'peak_after': after, 'model': after - before,\n"
+        "                  'rss_before': rss0, 'rss_after': rss1, 'resident_model': rss1 - rss0}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -263,10 +319,17 @@ def run_llm_case(case: str, args, work: Path) -> dict:
     metric = result.report["metric"]
     rss = {"artifact": loaded_peak_rss_mb(artifact), "same_weights_dense_int4": loaded_peak_rss_mb(dense)}
     return {
-        "case": case, "recipe": recipe, "compress_seconds": seconds, "metric": metric,
-        "baseline_fp32": result.report["baseline"].get(metric), "final": result.report["final"].get(metric),
-        "bytes": {"artifact": artifact.stat().st_size, "same_weights_dense_int4": dense.stat().st_size,
-                  "fp32_baseline": result.report["baseline"].get("size_bytes")},
+        "case": case,
+        "recipe": recipe,
+        "compress_seconds": seconds,
+        "metric": metric,
+        "baseline_fp32": result.report["baseline"].get(metric),
+        "final": result.report["final"].get(metric),
+        "bytes": {
+            "artifact": artifact.stat().st_size,
+            "same_weights_dense_int4": dense.stat().st_size,
+            "fp32_baseline": result.report["baseline"].get("size_bytes"),
+        },
         "peak_rss_mb_when_loaded": rss,
         "step_notes": notes,
     }
@@ -274,14 +337,22 @@ def run_llm_case(case: str, args, work: Path) -> dict:
 
 # ---------------------------------------------------------------------------------- main
 def _header(args, what: str) -> dict:
-    return {"issue": 21, "what": what, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
-            "tiny": args.tiny, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                        "load_before": [round(x, 2) for x in os.getloadavg()]},
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "protocol": f"A/B interleaved, {args.rounds} rounds x {args.repeats} calls (2 warm-up calls per round), "
-                        f"median and IQR of all rounds pooled, {args.threads} intra-op thread(s)",
-            "runs": []}
+    return {
+        "issue": 21,
+        "what": what,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+        "tiny": args.tiny,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_before": [round(x, 2) for x in os.getloadavg()],
+        },
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "protocol": f"A/B interleaved, {args.rounds} rounds x {args.repeats} calls (2 warm-up calls per round), "
+        f"median and IQR of all rounds pooled, {args.threads} intra-op thread(s)",
+        "runs": [],
+    }
 
 
 def _write(path: Path, result: dict) -> None:
@@ -311,9 +382,12 @@ def main_cnn(args, out: Path) -> None:
                         run = run_cnn_case(base, model_name, order, sparsity, bits, args)
                         result["runs"].append(run)
                         _write(out, result)
-                        print(f"{model_name} {order} s={sparsity} w{bits}: acc {run['accuracy']['artifact']:.4f} "
-                              f"(fp32 {base.accuracy:.4f}), {run['compression']['vs_fp32']:.1f}x smaller, b64 "
-                              f"{run['speedup_vs_dense_int8_b64']:.2f}x vs dense int{bits}", flush=True)
+                        print(
+                            f"{model_name} {order} s={sparsity} w{bits}: acc {run['accuracy']['artifact']:.4f} "
+                            f"(fp32 {base.accuracy:.4f}), {run['compression']['vs_fp32']:.1f}x smaller, b64 "
+                            f"{run['speedup_vs_dense_int8_b64']:.2f}x vs dense int{bits}",
+                            flush=True,
+                        )
     print(f"wrote {out}")
 
 
@@ -327,12 +401,15 @@ def main_llm(args, out: Path) -> None:
             run = run_llm_case(case, args, Path(tmp))
             result["runs"].append(run)
             _write(out, result)
-            print(f"{case}: {run['metric']} {run['final']:.3f} (fp32 {run['baseline_fp32']:.3f}), "
-                  f"{run['bytes']['artifact']:,} B vs dense int4 {run['bytes']['same_weights_dense_int4']:,} B, "
-                  f"loaded: peak +{run['peak_rss_mb_when_loaded']['artifact']['model']:.0f} MiB, resident "
-                  f"+{run['peak_rss_mb_when_loaded']['artifact']['resident_model']:.0f} MiB (dense int4: peak "
-                  f"+{run['peak_rss_mb_when_loaded']['same_weights_dense_int4']['model']:.0f}, resident "
-                  f"+{run['peak_rss_mb_when_loaded']['same_weights_dense_int4']['resident_model']:.0f})", flush=True)
+            print(
+                f"{case}: {run['metric']} {run['final']:.3f} (fp32 {run['baseline_fp32']:.3f}), "
+                f"{run['bytes']['artifact']:,} B vs dense int4 {run['bytes']['same_weights_dense_int4']:,} B, "
+                f"loaded: peak +{run['peak_rss_mb_when_loaded']['artifact']['model']:.0f} MiB, resident "
+                f"+{run['peak_rss_mb_when_loaded']['artifact']['resident_model']:.0f} MiB (dense int4: peak "
+                f"+{run['peak_rss_mb_when_loaded']['same_weights_dense_int4']['model']:.0f}, resident "
+                f"+{run['peak_rss_mb_when_loaded']['same_weights_dense_int4']['resident_model']:.0f})",
+                flush=True,
+            )
     print(f"wrote {out}")
 
 

@@ -24,6 +24,7 @@ Sections (``--only``; default: all, in this order):
     .venv/bin/python benchmarks/prune_unstructured.py --only compare --limit 2000 --max-steps 20 \\
         --out /tmp/p.json --compare-out /tmp/c.json                                   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -114,16 +115,38 @@ def run_speed(args) -> None:
             for b in (1, 64):
                 x = torch.randn(b, in_f)
                 big = out_f * in_f * b > 1e8  # 4096^2 at b64: ~100 ms a call on this machine
-                ms = interleaved_latency({"dense": lin, "sparse": sp, "torch_csr": TorchCSR(sp)}, x,
-                                         rounds=args.rounds, repeats=5 if big else 20, threads=args.threads)
-                row = {"shape": f"{out_f}x{in_f}", "sparsity": s, "batch": b, **{f"{k}_ms": v for k, v in ms.items()},
-                       "speedup": ms["dense"] / ms["sparse"], "torch_csr_speedup": ms["dense"] / ms["torch_csr"]}
+                ms = interleaved_latency(
+                    {"dense": lin, "sparse": sp, "torch_csr": TorchCSR(sp)},
+                    x,
+                    rounds=args.rounds,
+                    repeats=5 if big else 20,
+                    threads=args.threads,
+                )
+                row = {
+                    "shape": f"{out_f}x{in_f}",
+                    "sparsity": s,
+                    "batch": b,
+                    **{f"{k}_ms": v for k, v in ms.items()},
+                    "speedup": ms["dense"] / ms["sparse"],
+                    "torch_csr_speedup": ms["dense"] / ms["torch_csr"],
+                }
                 rows.append(row)
-                print(f"{row['shape']:>9} s={s:.2f} b={b:<3} dense {ms['dense']:.4f} ms  sparse {ms['sparse']:.4f} ms "
-                      f"({row['speedup']:.2f}x)  torch CSR {ms['torch_csr']:.4f} ms ({row['torch_csr_speedup']:.2f}x)",
-                      flush=True)
-    save_result(args.out, "speed", {"kernel": "compiled" if kernel_available() else "fallback",
-                                    "threads": args.threads, "rounds": args.rounds, "rows": rows}, DESCRIPTION)
+                print(
+                    f"{row['shape']:>9} s={s:.2f} b={b:<3} dense {ms['dense']:.4f} ms  sparse {ms['sparse']:.4f} ms "
+                    f"({row['speedup']:.2f}x)  torch CSR {ms['torch_csr']:.4f} ms ({row['torch_csr_speedup']:.2f}x)",
+                    flush=True,
+                )
+    save_result(
+        args.out,
+        "speed",
+        {
+            "kernel": "compiled" if kernel_available() else "fallback",
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "rows": rows,
+        },
+        DESCRIPTION,
+    )
 
 
 # ---------------------------------------------------------------------- index codings
@@ -133,9 +156,12 @@ def index_coding_bytes(w: torch.Tensor) -> dict[str, int]:
     rows, cols = nz.shape
     flat = nz.flatten().nonzero().flatten()
     gaps = torch.diff(flat, prepend=torch.tensor([-1])) - 1
-    escapes = int((gaps // 255).sum())            # uint8 relative index: a filler entry per 255 skipped
-    return {"bitmap_1bit": (rows * cols + 7) // 8, "delta_uint8": int(flat.numel()) + escapes * 5,
-            "csr_uint16": 2 * int(flat.numel()) + 4 * (rows + 1)}
+    escapes = int((gaps // 255).sum())  # uint8 relative index: a filler entry per 255 skipped
+    return {
+        "bitmap_1bit": (rows * cols + 7) // 8,
+        "delta_uint8": int(flat.numel()) + escapes * 5,
+        "csr_uint16": 2 * int(flat.numel()) + 4 * (rows + 1),
+    }
 
 
 def run_size(model: nn.Module, args) -> dict[str, Any]:
@@ -183,13 +209,20 @@ def run_lenet300(args) -> None:
         t0 = time.perf_counter()
         report = run_recipe(recipe, out_dir, data_options={"limit": args.limit} if args.limit else None)
         seconds = time.perf_counter() - t0
-    result = {"recipe": "recipes/prune_lenet300_95.yaml", "out_dir": str(out_dir), "seconds": round(seconds, 1),
-              "dense_accuracy": report["baseline"]["accuracy"], "test_accuracy": report["final"]["accuracy"],
-              "drop_pt": round(100 * (report["baseline"]["accuracy"] - report["final"]["accuracy"]), 2),
-              "sparsity": report["steps"][0]["notes"]["gradual"]["global"]["sparsity"],
-              "layers": report["steps"][0]["notes"]["gradual"]["layers"],
-              "baseline": report["baseline"], "final": report["final"], "skipped": report["skipped"],
-              "budget_epochs": sum(_step_epochs(s["params"]) for s in report["steps"])}
+    result = {
+        "recipe": "recipes/prune_lenet300_95.yaml",
+        "out_dir": str(out_dir),
+        "seconds": round(seconds, 1),
+        "dense_accuracy": report["baseline"]["accuracy"],
+        "test_accuracy": report["final"]["accuracy"],
+        "drop_pt": round(100 * (report["baseline"]["accuracy"] - report["final"]["accuracy"]), 2),
+        "sparsity": report["steps"][0]["notes"]["gradual"]["global"]["sparsity"],
+        "layers": report["steps"][0]["notes"]["gradual"]["layers"],
+        "baseline": report["baseline"],
+        "final": report["final"],
+        "skipped": report["skipped"],
+        "budget_epochs": sum(_step_epochs(s["params"]) for s in report["steps"]),
+    }
     pruned = _gradual_model_from_report(out_dir)
     result["size"] = run_size(pruned, args)
     result["round_trip"] = round_trip(out_dir, report, args)
@@ -215,8 +248,12 @@ def round_trip(out_dir: Path, report: dict[str, Any], args) -> dict[str, Any]:
     with torch.no_grad():
         same_out = torch.equal(first.eval()(x), second.eval()(x))
     acc = task_for("lenet300", args).evaluate(first, "test")["accuracy"]
-    return {"tensors_bit_exact": same, "outputs_bit_exact": same_out, "accuracy_loaded": acc,
-            "accuracy_in_report": report["final"]["accuracy"]}
+    return {
+        "tensors_bit_exact": same,
+        "outputs_bit_exact": same_out,
+        "accuracy_loaded": acc,
+        "accuracy_in_report": report["final"]["accuracy"],
+    }
 
 
 def _gradual_model_from_report(out_dir: Path) -> nn.Module:
@@ -239,8 +276,13 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     task = task_for(name, args)
     model = netslim.load(checkpoint_path(name)).to(args.device)
     dense = task.evaluate(model, "test")["accuracy"]
-    fields = {"lr": args.lr, "batch_size": base["batch_size"], "weight_decay": base["weight_decay"],
-              "amp": base.get("amp", "none"), "max_steps": args.max_steps}
+    fields = {
+        "lr": args.lr,
+        "batch_size": base["batch_size"],
+        "weight_decay": base["weight_decay"],
+        "amp": base.get("amp", "none"),
+        "max_steps": args.max_steps,
+    }
     cfg = GradualConfig(sparsity=sparsity, frequency=args.frequency, finetune={**fields, "epochs": epochs})
     t0 = time.perf_counter()
     run_gradual(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
@@ -249,13 +291,25 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     if ft_epochs:
         fit(model, task, ft)
     acc = task.evaluate(model, "test")["accuracy"]
-    row = {"model": name, "dense_accuracy": dense, "test_accuracy": acc, "drop_pt": round(100 * (dense - acc), 2),
-           "accuracy_after_gradual": after_gradual, "sparsity": global_sparsity(model),
-           "layers": sparsity_report(model)["layers"], "gradual": cfg.to_dict(), "finetune": ft.to_dict(),
-           "budget_epochs": epochs + ft_epochs, "seconds": round(time.perf_counter() - t0, 1),
-           "device": str(args.device)}
-    print(f"[{name}] {100 * sparsity:g} %: acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) "
-          f"sparsity {row['sparsity']:.4f} {row['seconds']} s", flush=True)
+    row = {
+        "model": name,
+        "dense_accuracy": dense,
+        "test_accuracy": acc,
+        "drop_pt": round(100 * (dense - acc), 2),
+        "accuracy_after_gradual": after_gradual,
+        "sparsity": global_sparsity(model),
+        "layers": sparsity_report(model)["layers"],
+        "gradual": cfg.to_dict(),
+        "finetune": ft.to_dict(),
+        "budget_epochs": epochs + ft_epochs,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "device": str(args.device),
+    }
+    print(
+        f"[{name}] {100 * sparsity:g} %: acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) "
+        f"sparsity {row['sparsity']:.4f} {row['seconds']} s",
+        flush=True,
+    )
     return row
 
 
@@ -266,22 +320,53 @@ def compare_rows(args) -> None:
     base_model = netslim.load(checkpoint_path(name)).to(args.device)
     dense = task.evaluate(base_model, "test")["accuracy"]
     base = DEFAULT_TRAINING[name]
-    fields = {"lr": args.lr, "batch_size": base["batch_size"], "weight_decay": base["weight_decay"],
-              "amp": base.get("amp", "none"), "max_steps": args.max_steps}
+    fields = {
+        "lr": args.lr,
+        "batch_size": base["batch_size"],
+        "weight_decay": base["weight_decay"],
+        "amp": base.get("amp", "none"),
+        "max_steps": args.max_steps,
+    }
     e = args.epochs
     for s in args.sparsity:
         runs = {
             "one-shot": lambda m, s=s: _one_shot(m, task, s, fields, e),
-            "imp": lambda m, s=s: _step(run_imp, m, task, IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
-                                   f"{e} fine-tune ({e} rounds x 1) (+baseline)", e),
-            "gradual": lambda m, s=s: _step(run_gradual, m, task, GradualConfig(sparsity=s, frequency=args.frequency,
-                                       finetune={**fields, "epochs": e}), f"{e} fine-tune (+baseline)", e),
-            "lottery": lambda m, s=s: _step(run_lottery, m, task, LotteryConfig(
-                sparsity=s, rounds=args.lottery_rounds, init="reset", rewind_step=0,
-                finetune={**fields, "epochs": args.lottery_epochs, "lr": base["lr"],
-                          "warmup_epochs": base.get("warmup_epochs", 0.0)}),
+            "imp": lambda m, s=s: _step(
+                run_imp,
+                m,
+                task,
+                IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
+                f"{e} fine-tune ({e} rounds x 1) (+baseline)",
+                e,
+            ),
+            "gradual": lambda m, s=s: _step(
+                run_gradual,
+                m,
+                task,
+                GradualConfig(sparsity=s, frequency=args.frequency, finetune={**fields, "epochs": e}),
+                f"{e} fine-tune (+baseline)",
+                e,
+            ),
+            "lottery": lambda m, s=s: _step(
+                run_lottery,
+                m,
+                task,
+                LotteryConfig(
+                    sparsity=s,
+                    rounds=args.lottery_rounds,
+                    init="reset",
+                    rewind_step=0,
+                    finetune={
+                        **fields,
+                        "epochs": args.lottery_epochs,
+                        "lr": base["lr"],
+                        "warmup_epochs": base.get("warmup_epochs", 0.0),
+                    },
+                ),
                 f"{(args.lottery_rounds + 1) * args.lottery_epochs} from scratch "
-                f"({args.lottery_rounds + 1} x {args.lottery_epochs})", (args.lottery_rounds + 1) * args.lottery_epochs),
+                f"({args.lottery_rounds + 1} x {args.lottery_epochs})",
+                (args.lottery_rounds + 1) * args.lottery_epochs,
+            ),
         }
         for method in args.methods:
             torch.manual_seed(0)
@@ -289,14 +374,31 @@ def compare_rows(args) -> None:
             t0 = time.perf_counter()
             extra = runs[method](model)
             acc = task.evaluate(model, "test")["accuracy"]
-            row = {"model": name, "sparsity": s, "method": method, "test_accuracy": acc, "dense_accuracy": dense,
-                   "drop_pt": round(100 * (dense - acc), 2), "achieved_sparsity": global_sparsity(model),
-                   "seconds": round(time.perf_counter() - t0, 1), "threads": args.threads, "limit": args.limit,
-                   "device": str(args.device), **extra}
-            save_result(args.compare_out, f"{name}/{s}/{method}", row,
-                        "Issue 3 method comparison, rows of benchmarks/prune_unstructured.py (3a)")
-            print(f"[{name}/{s}/{method}] acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) sparsity "
-                  f"{row['achieved_sparsity']:.4f} budget {row['budget']} {row['seconds']} s", flush=True)
+            row = {
+                "model": name,
+                "sparsity": s,
+                "method": method,
+                "test_accuracy": acc,
+                "dense_accuracy": dense,
+                "drop_pt": round(100 * (dense - acc), 2),
+                "achieved_sparsity": global_sparsity(model),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "threads": args.threads,
+                "limit": args.limit,
+                "device": str(args.device),
+                **extra,
+            }
+            save_result(
+                args.compare_out,
+                f"{name}/{s}/{method}",
+                row,
+                "Issue 3 method comparison, rows of benchmarks/prune_unstructured.py (3a)",
+            )
+            print(
+                f"[{name}/{s}/{method}] acc {acc:.4f} (dense {dense:.4f}, drop {row['drop_pt']} pt) sparsity "
+                f"{row['achieved_sparsity']:.4f} budget {row['budget']} {row['seconds']} s",
+                flush=True,
+            )
 
 
 def _one_shot(model, task, s, fields, e) -> dict[str, Any]:
@@ -304,8 +406,12 @@ def _one_shot(model, task, s, fields, e) -> dict[str, Any]:
     before = task.evaluate(model, "test")["accuracy"]
     ft = FinetuneConfig(epochs=e, **fields)
     fit(model, task, ft)
-    return {"config": {"method": "magnitude", "sparsity": s, "scope": "global", "finetune": ft.to_dict()},
-            "budget_epochs": e, "budget": f"{e} fine-tune (+baseline)", "test_accuracy_before_finetune": before}
+    return {
+        "config": {"method": "magnitude", "sparsity": s, "scope": "global", "finetune": ft.to_dict()},
+        "budget_epochs": e,
+        "budget": f"{e} fine-tune (+baseline)",
+        "test_accuracy_before_finetune": before,
+    }
 
 
 def _step(handler, model, task, cfg, budget: str, epochs: int) -> dict[str, Any]:
@@ -330,13 +436,29 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["one-shot", "imp", "gradual", "lottery"])
     p.add_argument("--limit", type=int, default=None, help="data subset (smoke runs)")
     p.add_argument("--max-steps", type=int, default=None, help="cap per training run (smoke runs)")
-    p.add_argument("--from-run", type=Path, default=None,
-                   help="lenet300 section: read the output folder of `netslim compress` instead of running")
+    p.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="lenet300 section: read the output folder of `netslim compress` instead of running",
+    )
     p.add_argument("--model", default="lenet300", help="model of the compare section")
-    p.add_argument("--lenet5-epochs", type=int, nargs=2, default=[8, 2], metavar=("PRUNE", "FINETUNE"),
-                   help="LeNet-5 section: epochs of gradual pruning, then of fine-tuning")
-    p.add_argument("--resnet-epochs", type=int, nargs=2, default=[4, 1], metavar=("PRUNE", "FINETUNE"),
-                   help="ResNet-20 section: epochs of gradual pruning, then of fine-tuning")
+    p.add_argument(
+        "--lenet5-epochs",
+        type=int,
+        nargs=2,
+        default=[8, 2],
+        metavar=("PRUNE", "FINETUNE"),
+        help="LeNet-5 section: epochs of gradual pruning, then of fine-tuning",
+    )
+    p.add_argument(
+        "--resnet-epochs",
+        type=int,
+        nargs=2,
+        default=[4, 1],
+        metavar=("PRUNE", "FINETUNE"),
+        help="ResNet-20 section: epochs of gradual pruning, then of fine-tuning",
+    )
     p.add_argument("--device", default="cpu", help="where to train (cuda: accuracy sections only, never speed)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--compare-out", type=Path, default=COMPARE_OUT)
@@ -352,13 +474,21 @@ def main() -> None:
         elif section == "lenet300":
             run_lenet300(args)
         elif section == "lenet5":
-            save_result(args.out, "lenet5_93", prune_and_finetune("lenet5", 0.93, args, epochs=args.lenet5_epochs[0],
-                                                                 ft_epochs=args.lenet5_epochs[1]),
-                        DESCRIPTION)
+            save_result(
+                args.out,
+                "lenet5_93",
+                prune_and_finetune("lenet5", 0.93, args, epochs=args.lenet5_epochs[0], ft_epochs=args.lenet5_epochs[1]),
+                DESCRIPTION,
+            )
         elif section == "resnet20":
-            save_result(args.out, "resnet20_80", prune_and_finetune("resnet20", 0.8, args, epochs=args.resnet_epochs[0],
-                                                                     ft_epochs=args.resnet_epochs[1]),
-                        DESCRIPTION)
+            save_result(
+                args.out,
+                "resnet20_80",
+                prune_and_finetune(
+                    "resnet20", 0.8, args, epochs=args.resnet_epochs[0], ft_epochs=args.resnet_epochs[1]
+                ),
+                DESCRIPTION,
+            )
         elif section == "compare":
             compare_rows(args)
 

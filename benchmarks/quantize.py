@@ -7,6 +7,7 @@
 Timings are ratios measured in the same run (interleaved rounds, medians) on a shared
 machine; absolute milliseconds drift with the other jobs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ def _ort_variants(fp32, int8, example: dict, threads: int, tmp: Path) -> tuple[d
     quantize_dynamic(fp32_path, ort_path)  # defaults: QInt8 weights per tensor, uint8 activations
     ns_path = export_onnx(int8, tmp / "minilm_netslim_int8.onnx", example)
     names = {"onnxruntime quantize_dynamic (default)": ort_path, "netslim dynamic_int8 -> ONNX (ORT)": ns_path}
-    return ({k: _OrtEncoder(p, threads) for k, p in names.items()},
-            {k: p.stat().st_size for k, p in names.items()} | {"onnx fp32": fp32_path.stat().st_size})
+    return (
+        {k: _OrtEncoder(p, threads) for k, p in names.items()},
+        {k: p.stat().st_size for k, p in names.items()} | {"onnx fp32": fp32_path.stat().st_size},
+    )
 
 
 def minilm(args) -> dict:
@@ -96,18 +99,22 @@ def minilm(args) -> dict:
     fp32 = build_model(args.encoder).eval()
 
     def int8(activations: str, body: str, **kw):
-        return dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(activations=activations, embeddings=True,
-                                                                   compute_dtype=body, **kw))
+        return dynamic_int8(
+            copy.deepcopy(fp32), DynamicInt8Config(activations=activations, embeddings=True, compute_dtype=body, **kw)
+        )
 
-    variants = {"fp32": fp32,
-                # the recipe's setting (recipes/int8_minilm.yaml): int8 GEMMs inside a bf16 body
-                "netslim dynamic_int8 (per-tensor activations, bf16 body)": int8("per_tensor", "bfloat16"),
-                "netslim dynamic_int8 (per-token activations, bf16 body)": int8("per_token", "bfloat16"),
-                "netslim dynamic_int8 (per-tensor activations, fp32 body)": int8("per_tensor", "float32"),
-                "netslim dynamic_int8 (per-tensor activations, fp32 body, GELU unfused)": int8(
-                    "per_tensor", "float32", fuse_activations=False),
-                "netslim dynamic_int8 (per-token activations, fp32 body)": int8("per_token", "float32"),
-                "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model"))}
+    variants = {
+        "fp32": fp32,
+        # the recipe's setting (recipes/int8_minilm.yaml): int8 GEMMs inside a bf16 body
+        "netslim dynamic_int8 (per-tensor activations, bf16 body)": int8("per_tensor", "bfloat16"),
+        "netslim dynamic_int8 (per-token activations, bf16 body)": int8("per_token", "bfloat16"),
+        "netslim dynamic_int8 (per-tensor activations, fp32 body)": int8("per_tensor", "float32"),
+        "netslim dynamic_int8 (per-tensor activations, fp32 body, GELU unfused)": int8(
+            "per_tensor", "float32", fuse_activations=False
+        ),
+        "netslim dynamic_int8 (per-token activations, fp32 body)": int8("per_token", "float32"),
+        "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")),
+    }
     recipe_int8 = variants["netslim dynamic_int8 (per-tensor activations, bf16 body)"]
     default_engine = torch.backends.quantized.engine
     ao_name = f"torch.ao quantize_dynamic ({default_engine}, default)"
@@ -133,16 +140,28 @@ def minilm(args) -> dict:
         ms = interleaved_latency(variants, inputs, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
     for name in rows:
         rows[name] |= {"latency_ms": ms[name], "speedup": ms["fp32"] / ms[name]}
-    profiled = [k for k in ("fp32", "netslim dynamic_int8 (per-tensor activations, bf16 body)",
-                            "netslim bf16 (whole model)") if k in variants]
+    profiled = [
+        k
+        for k in ("fp32", "netslim dynamic_int8 (per-tensor activations, bf16 body)", "netslim bf16 (whole model)")
+        if k in variants
+    ]
     _profile({k: variants[k] for k in profiled}, inputs, ROOT / "results" / f"quantize_minilm{args.tag}_profile.txt")
-    return {"model": args.encoder, "batch": args.batch, "seq_len": inputs["input_ids"].shape[1],
-            "sentences": args.sentences, "threads": args.threads,
-            "onnx_fp32_bytes": onnx_bytes["onnx fp32"], "rows": rows,
-            "notes": {"torchao": "quantize_(model, Int8DynamicActivationInt8WeightConfig()) on the Linear layers",
-                      "onnxruntime": "onnxruntime.quantization.quantize_dynamic(fp32 export) with default "
-                                     "options; sessions with intra_op_num_threads = threads, full graph "
-                                     "optimisation", "torch.ao": f"engine {default_engine}, qint8 weights"}}
+    return {
+        "model": args.encoder,
+        "batch": args.batch,
+        "seq_len": inputs["input_ids"].shape[1],
+        "sentences": args.sentences,
+        "threads": args.threads,
+        "onnx_fp32_bytes": onnx_bytes["onnx fp32"],
+        "rows": rows,
+        "notes": {
+            "torchao": "quantize_(model, Int8DynamicActivationInt8WeightConfig()) on the Linear layers",
+            "onnxruntime": "onnxruntime.quantization.quantize_dynamic(fp32 export) with default "
+            "options; sessions with intra_op_num_threads = threads, full graph "
+            "optimisation",
+            "torch.ao": f"engine {default_engine}, qint8 weights",
+        },
+    }
 
 
 def _profile(models: dict, inputs: dict, path: Path) -> None:
@@ -166,29 +185,37 @@ def smollm2(args) -> dict:
     task = get_task("pydocs", limit=args.blocks)
     fp32 = build_model("smollm2").eval()
     base_bytes = _size(fp32)
-    rows = {"fp32 (dequantized Q4_1 GGUF)": {"perplexity": task.evaluate(fp32, "test")["perplexity"],
-                                             "bytes": base_bytes}}
+    rows = {
+        "fp32 (dequantized Q4_1 GGUF)": {"perplexity": task.evaluate(fp32, "test")["perplexity"], "bytes": base_bytes}
+    }
     # g32 asym is the trap: the GGUF source is Q4_1 (asymmetric 4-bit, groups of 32), so RTN at
     # g32 reproduces it (near) exactly - listed only to show that; the comparison is g64 / g128.
-    settings = [("int8 g64 asym rtn", 8, 64, False, "rtn"), ("int4 g32 asym rtn (trap)", 4, 32, False, "rtn"),
-                ("int4 g64 asym rtn", 4, 64, False, "rtn"),
-                ("int4 g64 sym rtn", 4, 64, True, "rtn"), ("int4 g64 asym hqq", 4, 64, False, "hqq"),
-                ("int4 g64 sym hqq", 4, 64, True, "hqq"),
-                ("int4 g128 asym rtn", 4, 128, False, "rtn"), ("int4 g128 asym hqq", 4, 128, False, "hqq"),
-                ("int4 per-channel asym hqq", 4, None, False, "hqq")]
+    settings = [
+        ("int8 g64 asym rtn", 8, 64, False, "rtn"),
+        ("int4 g32 asym rtn (trap)", 4, 32, False, "rtn"),
+        ("int4 g64 asym rtn", 4, 64, False, "rtn"),
+        ("int4 g64 sym rtn", 4, 64, True, "rtn"),
+        ("int4 g64 asym hqq", 4, 64, False, "hqq"),
+        ("int4 g64 sym hqq", 4, 64, True, "hqq"),
+        ("int4 g128 asym rtn", 4, 128, False, "rtn"),
+        ("int4 g128 asym hqq", 4, 128, False, "hqq"),
+        ("int4 per-channel asym hqq", 4, None, False, "hqq"),
+    ]
     for name, bits, g, sym, rounding in settings:
         if args.only and not any(o in name for o in args.only):
             continue
         cfg = WeightOnlyConfig(bits=bits, group_size=g, symmetric=sym, rounding=rounding, embeddings=True)
         m = quantize_weights(copy.deepcopy(fp32), cfg)
         n_q = sum(1 for mod in m.modules() if hasattr(mod, "weight_packed"))
-        rows[name] = {"perplexity": task.evaluate(m, "test")["perplexity"], "bytes": _size(m),
-                      "quantized_layers": n_q}
+        rows[name] = {"perplexity": task.evaluate(m, "test")["perplexity"], "bytes": _size(m), "quantized_layers": n_q}
         rows[name]["size_vs_fp32"] = rows[name]["bytes"] / base_bytes
         logging.info("%s: %s", name, rows[name])
         del m
-        _write(f"smollm2{args.tag}", {"model": "smollm2", "blocks": args.blocks, "rows": rows, "partial": True},
-               args.record)
+        _write(
+            f"smollm2{args.tag}",
+            {"model": "smollm2", "blocks": args.blocks, "rows": rows, "partial": True},
+            args.record,
+        )
     return {"model": "smollm2", "blocks": args.blocks, "rows": rows}
 
 
@@ -211,19 +238,23 @@ def resnet20(args) -> dict:
     def mixed(sens: str, avg: float, widths: list[int]):
         def build():
             ctx = SimpleNamespace(notes={})  # mixed_precision records per-layer sensitivity and bits here
-            m = mixed_precision(copy.deepcopy(fp32), calib,
-                                MixedPrecisionConfig(avg_bits=avg, sensitivity=sens, choices=widths), ctx)
+            m = mixed_precision(
+                copy.deepcopy(fp32), calib, MixedPrecisionConfig(avg_bits=avg, sensitivity=sens, choices=widths), ctx
+            )
             notes[f"{sens} {widths}"] = ctx.notes["mixed_precision"]
             return m
+
         return build
 
     builders = {
         "int8 PTQ (minmax)": lambda: ptq_int8(copy.deepcopy(fp32), calib),
         "int8 PTQ (percentile)": lambda: ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(observer="percentile")),
-        "uniform W4A8": lambda: ptq_int8(copy.deepcopy(fp32), calib,
-                                         PTQInt8Config(weight_bits={"type:Conv2d": 4, "type:Linear": 4})),
-        "uniform W3A8": lambda: ptq_int8(copy.deepcopy(fp32), calib,
-                                         PTQInt8Config(weight_bits={"type:Conv2d": 3, "type:Linear": 3})),
+        "uniform W4A8": lambda: ptq_int8(
+            copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits={"type:Conv2d": 4, "type:Linear": 4})
+        ),
+        "uniform W3A8": lambda: ptq_int8(
+            copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits={"type:Conv2d": 3, "type:Linear": 3})
+        ),
     }
     for sens in ("kl", "hessian"):
         builders[f"mixed W{{2,4,8}}A8 avg<=4 ({sens})"] = mixed(sens, 4.0, [2, 4, 8])
@@ -245,20 +276,23 @@ def resnet20(args) -> dict:
         logging.info("%s: %s", name, {k: v for k, v in rows[name].items() if k != "bits_per_layer"})
     if "int8 PTQ (minmax)" in variants and not args.no_latency:
         # fp32 also in channels-last, oneDNN's preferred conv layout: the strongest float baseline
-        timed = {"fp32": fp32, "fp32 channels-last": copy.deepcopy(fp32).to(memory_format=torch.channels_last),
-                 "int8 PTQ (minmax)": variants["int8 PTQ (minmax)"]}
+        timed = {
+            "fp32": fp32,
+            "fp32 channels-last": copy.deepcopy(fp32).to(memory_format=torch.channels_last),
+            "int8 PTQ (minmax)": variants["int8 PTQ (minmax)"],
+        }
         x = task.example_inputs(args.batch)
         with torch.inference_mode():
             ms = interleaved_latency(timed, x, rounds=args.rounds, repeats=args.repeats, threads=args.threads)
         for name in timed:
             rows.setdefault(name, {}).update(latency_ms=ms[name], speedup=ms["fp32"] / ms[name])
-    return {"model": args.model, "batch": args.batch, "threads": args.threads, "rows": rows,
-            "mixed_precision": notes}
+    return {"model": args.model, "batch": args.batch, "threads": args.threads, "rows": rows, "mixed_precision": notes}
 
 
 def _sensitivity_plot(notes: dict, path: Path) -> None:
     """Per-layer sensitivity at each width (log scale) and the chosen bits, one panel per proxy."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -297,7 +331,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.part == "resnet20" and args.batch == 32:
         args.batch = 64
-    smoke = (args.part == "resnet20" and args.model != "resnet20") or (args.part == "minilm" and args.encoder != "minilm")
+    smoke = (args.part == "resnet20" and args.model != "resnet20") or (
+        args.part == "minilm" and args.encoder != "minilm"
+    )
     suffix = f"_{args.model if args.part == 'resnet20' else args.encoder}" if smoke else ""
     args.record = record.start(f"quantize_{args.part}{suffix}{args.tag}")
     result = {"minilm": minilm, "smollm2": smollm2, "resnet20": resnet20}[args.part](args)

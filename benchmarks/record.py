@@ -28,6 +28,7 @@ number or a list, ``load_avg_at_measure``, ``load_avg_start_end``, ``load_before
 what BENCHMARKS.md quotes (date, command, machine). This module imports neither torch nor netslim:
 ``compose.py`` reads records with it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -47,8 +48,19 @@ SCHEMA = "netslim-bench/1"
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 # CPU features the figures depend on (int8 / bf16 kernels, AMX tiles); reported present or absent.
-FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
-         "amx_tile", "amx_int8", "amx_bf16")
+FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 VERSIONED = ("torch", "transformers", "compressed-tensors", "numpy", "safetensors", "onnxruntime", "netslim")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -127,6 +139,7 @@ def versions() -> dict[str, str | None]:
 
 def git_state(root: Path = ROOT) -> dict[str, Any]:
     """The commit the run started from and whether tracked files differed from it."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -164,10 +177,22 @@ def _command(argv: list[str]) -> str:
 def start(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     """A new record for ``name``: command, start time, load average before, commit, machine, versions."""
     argv = list(sys.argv if argv is None else argv)
-    return {"schema": SCHEMA, "name": name, "command": _command(argv), "argv": argv,
-            "started_utc": _now(), "_t0": time.time(), "finished_utc": None, "wall_s": None,
-            "git": git_state(), "machine": machine_info(), "load_avg": {"before": _loadavg(), "after": None},
-            "versions": versions(), "threads": {}, "metrics": {}}
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "command": _command(argv),
+        "argv": argv,
+        "started_utc": _now(),
+        "_t0": time.time(),
+        "finished_utc": None,
+        "wall_s": None,
+        "git": git_state(),
+        "machine": machine_info(),
+        "load_avg": {"before": _loadavg(), "after": None},
+        "versions": versions(),
+        "threads": {},
+        "metrics": {},
+    }
 
 
 def finish(rec: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -177,8 +202,10 @@ def finish(rec: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[s
     rec["finished_utc"] = _now()
     rec["wall_s"] = round(time.time() - rec.get("_t0", time.time()), 1)
     torch = sys.modules.get("torch")
-    rec["threads"] = {**({"torch": torch.get_num_threads()} if torch is not None else {}),
-                      **{k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
+    rec["threads"] = {
+        **({"torch": torch.get_num_threads()} if torch is not None else {}),
+        **{k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+    }
     if metrics is not None:
         rec["metrics"] = dict(metrics)
     return rec
@@ -270,8 +297,14 @@ def describe(obj: dict[str, Any]) -> dict[str, Any]:
         machine = obj.get("environment", {}).get("cpu") if isinstance(obj.get("environment"), dict) else None
     date = obj.get("started_utc") or obj.get("date") or obj.get("started") or obj.get("measured")
     git = obj.get("git") if isinstance(obj.get("git"), dict) else {"commit": obj.get("git_commit"), "dirty": None}
-    return {"date": str(date)[:10] if date else None, "command": obj.get("command"), "machine": machine,
-            "commit": git.get("commit"), "dirty": git.get("dirty"), "load_avg": load_average(obj)}
+    return {
+        "date": str(date)[:10] if date else None,
+        "command": obj.get("command"),
+        "machine": machine,
+        "commit": git.get("commit"),
+        "dirty": git.get("dirty"),
+        "load_avg": load_average(obj),
+    }
 
 
 def read(path: Path) -> Any:

@@ -10,6 +10,7 @@ files under ``benchmarks/results/`` (through ``record.py``), formats numbers the
 sections quote them, and links every row to the file it came from. Adding a table: write a
 function ``(results: Path, **options) -> str`` and list it in ``TABLES``.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -41,8 +42,7 @@ def date(results: Path, name: str) -> str:
     own = _meta(results, name)["date"] if (results / name).suffix == ".json" else None
     if own:
         return own
-    done = subprocess.run(["git", "log", "-1", "--format=%cs", "--", name], cwd=results, capture_output=True,
-                          text=True)
+    done = subprocess.run(["git", "log", "-1", "--format=%cs", "--", name], cwd=results, capture_output=True, text=True)
     return f"{done.stdout.strip()} (committed)" if done.returncode == 0 and done.stdout.strip() else "?"
 
 
@@ -76,8 +76,15 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # ---------------------------------------------------------------------------------- baselines
-TITLES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20", "mobilenetv2": "MobileNetV2",
-          "vgg11bn": "VGG11-BN", "minilm": "MiniLM (all-MiniLM-L6-v2)", "smollm2": "SmolLM2-135M"}
+TITLES = {
+    "lenet300": "LeNet-300-100",
+    "lenet5": "LeNet-5",
+    "resnet20": "ResNet-20",
+    "mobilenetv2": "MobileNetV2",
+    "vgg11bn": "VGG11-BN",
+    "minilm": "MiniLM (all-MiniLM-L6-v2)",
+    "smollm2": "SmolLM2-135M",
+}
 
 
 def _count(n: float) -> str:
@@ -92,33 +99,72 @@ def baselines(results: Path) -> str:
         if name not in cnn:
             continue
         m, t = cnn[name]["metrics"], cnn[name]["training"]
-        rows.append([TITLES[name], f"test acc {_pct(m['test_accuracy'])} ({t.get('epochs', '?')} epochs)",
-                     _count(m["params"]), _count(m["macs"]) + " / image", f"{m['size_bytes'] / 1024:.0f} KiB",
-                     f"{m['latency_b1']['median_ms']:.2f} ms", f"{m['latency_b64']['median_ms']:.1f} ms (64)",
-                     cnn[name]["measured"][:10], f"{m['load_avg_at_measure']:.1f}", run("baselines"),
-                     link("baselines.json", name)])
+        rows.append(
+            [
+                TITLES[name],
+                f"test acc {_pct(m['test_accuracy'])} ({t.get('epochs', '?')} epochs)",
+                _count(m["params"]),
+                _count(m["macs"]) + " / image",
+                f"{m['size_bytes'] / 1024:.0f} KiB",
+                f"{m['latency_b1']['median_ms']:.2f} ms",
+                f"{m['latency_b64']['median_ms']:.1f} ms (64)",
+                cnn[name]["measured"][:10],
+                f"{m['load_avg_at_measure']:.1f}",
+                run("baselines"),
+                link("baselines.json", name),
+            ]
+        )
     hf = load(results, "hf_baselines.json")
     for name, m in hf["models"].items():
         n = m["batch_n"]
-        metric = (f"ppl {m['perplexity_test']:.2f} ({m['eval']['blocks']} x {m['eval']['seq_len']} pydocs test tokens)"
-                  if "perplexity_test" in m else "— (encoder)")
-        rows.append([TITLES.get(name, name), metric, _count(m["params"]),
-                     _count(m["macs_one_sequence"]) + f" / {m['seq_len_latency']} tokens",
-                     f"{m['size_bytes'] / 2**20:.1f} MiB", f"{m['latency_b1']['median_ms']:.1f} ms",
-                     f"{m[f'latency_b{n}']['median_ms']:.0f} ms ({n})", hf["date"], f"{m['load_avg_at_measure']:.1f}",
-                     run("hf-baselines"), link("hf_baselines.json", name)])
-    return _table(["model", "metric", "params", "MACs", "size on disk", "latency b1", "latency bN (batch)",
-                   "measured", "load", "run", "record"], rows)
+        metric = (
+            f"ppl {m['perplexity_test']:.2f} ({m['eval']['blocks']} x {m['eval']['seq_len']} pydocs test tokens)"
+            if "perplexity_test" in m
+            else "— (encoder)"
+        )
+        rows.append(
+            [
+                TITLES.get(name, name),
+                metric,
+                _count(m["params"]),
+                _count(m["macs_one_sequence"]) + f" / {m['seq_len_latency']} tokens",
+                f"{m['size_bytes'] / 2**20:.1f} MiB",
+                f"{m['latency_b1']['median_ms']:.1f} ms",
+                f"{m[f'latency_b{n}']['median_ms']:.0f} ms ({n})",
+                hf["date"],
+                f"{m['load_avg_at_measure']:.1f}",
+                run("hf-baselines"),
+                link("hf_baselines.json", name),
+            ]
+        )
+    return _table(
+        [
+            "model",
+            "metric",
+            "params",
+            "MACs",
+            "size on disk",
+            "latency b1",
+            "latency bN (batch)",
+            "measured",
+            "load",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------------- pruning
 PRUNE_FILES = ("prune_compare_3a.json", "prune_compare.json")
 PRUNE_SETTINGS = (("lenet300", 0.9), ("lenet300", 0.95), ("resnet20", 0.8))
 PRUNE_ORDER = ("one-shot", "imp", "gradual", "lottery", "obd", "rigl", "set", "movement", "l0")
-PRUNE_RUNS = {("prune_compare_3a.json", "lenet300"): "prune-compare-lenet300-magnitude",
-              ("prune_compare_3a.json", "resnet20"): "prune-compare-resnet20-magnitude",
-              ("prune_compare.json", "lenet300"): "prune-compare-lenet300",
-              ("prune_compare.json", "resnet20"): "prune-compare-resnet20"}
+PRUNE_RUNS = {
+    ("prune_compare_3a.json", "lenet300"): "prune-compare-lenet300-magnitude",
+    ("prune_compare_3a.json", "resnet20"): "prune-compare-resnet20-magnitude",
+    ("prune_compare.json", "lenet300"): "prune-compare-lenet300",
+    ("prune_compare.json", "resnet20"): "prune-compare-resnet20",
+}
 
 
 def prune_methods(results: Path, methods: str = ",".join(PRUNE_ORDER)) -> str:
@@ -139,16 +185,31 @@ def prune_methods(results: Path, methods: str = ",".join(PRUNE_ORDER)) -> str:
             files.append(name)
             runs.append(PRUNE_RUNS[(name, model)])
             off = abs(row["achieved_sparsity"] - s) > 5e-4
-            cells.append(f"{_pct(row['test_accuracy'])} ({-row['drop_pt']:+.2f})"
-                         + (f" at {_pct(row['achieved_sparsity'])}" if off else ""))
+            cells.append(
+                f"{_pct(row['test_accuracy'])} ({-row['drop_pt']:+.2f})"
+                + (f" at {_pct(row['achieved_sparsity'])}" if off else "")
+            )
             budgets.setdefault(TITLES[model], row.get("budget", row.get("budget_epochs")))
         budget = "; ".join(f"{m}: {b}" for m, b in budgets.items())
-        out.append([method, *cells, budget, ", ".join(date(results, f) for f in dict.fromkeys(files)),
-                    run(*dict.fromkeys(runs)), ", ".join(link(f) for f in dict.fromkeys(files))])
-    dense = {model: next(r for (m, _, _), (r, _) in rows_by.items() if m == model)["dense_accuracy"]
-             for model, _ in PRUNE_SETTINGS}
-    head = [f"LeNet-300-100 90 % (dense {_pct(dense['lenet300'])})", "LeNet-300-100 95 %",
-            f"ResNet-20 80 % (dense {_pct(dense['resnet20'])})"]
+        out.append(
+            [
+                method,
+                *cells,
+                budget,
+                ", ".join(date(results, f) for f in dict.fromkeys(files)),
+                run(*dict.fromkeys(runs)),
+                ", ".join(link(f) for f in dict.fromkeys(files)),
+            ]
+        )
+    dense = {
+        model: next(r for (m, _, _), (r, _) in rows_by.items() if m == model)["dense_accuracy"]
+        for model, _ in PRUNE_SETTINGS
+    }
+    head = [
+        f"LeNet-300-100 90 % (dense {_pct(dense['lenet300'])})",
+        "LeNet-300-100 95 %",
+        f"ResNet-20 80 % (dense {_pct(dense['resnet20'])})",
+    ]
     return _table(["method", *head, "training budget, epochs", "date", "run", "record"], out)
 
 
@@ -164,8 +225,11 @@ LLM_PAIRS = (  # (what, netslim row, llm-compressor row)
     ("GPTQ int4 g64, min-max, fp16 scales rounded up (old behaviour)", "gptq_g64_up", "llmc_gptq_g64"),
     ("GPTQ int4 g64 vs llm-compressor's mse observer", "gptq_g64_clip", "llmc_gptq_g64_mse"),
 )
-LLM_REFERENCES = (("dense (fp32 of the Q4_1 GGUF)", "dense"), ("magnitude 50 % (one core)", "magnitude50"),
-                  ("RTN int4 g64 asym (one core)", "rtn_g64"))
+LLM_REFERENCES = (
+    ("dense (fp32 of the Q4_1 GGUF)", "dense"),
+    ("magnitude 50 % (one core)", "magnitude50"),
+    ("RTN int4 g64 asym (one core)", "rtn_g64"),
+)
 
 
 def _ppl(a: float, b: float | None = None) -> tuple[str, str]:
@@ -181,19 +245,51 @@ def llm_oneshot(results: Path) -> str:
         a, b = latest[ours], latest[theirs]
         pa, pb = _ppl(a["perplexity"], b["perplexity"])
         verdict = "lower" if a["perplexity"] < b["perplexity"] else "**higher: miss**"
-        rows.append([what, f"`{ours}`", pa, pb, f"{100 * (a['perplexity'] / b['perplexity'] - 1):+.2f} % ({verdict})",
-                     f"{a['compress_s']:.1f} / {b['compress_s']:.1f}",
-                     f"{a['compress_peak_rss_mb']} / {b['compress_peak_rss_mb']}",
-                     f"{a['load_avg']:.1f} / {b['load_avg']:.1f}",
-                     run(*dict.fromkeys([llm_run(ours), llm_run(theirs)])),
-                     link("llm_oneshot.jsonl", f"{ours}, {theirs}")])
+        rows.append(
+            [
+                what,
+                f"`{ours}`",
+                pa,
+                pb,
+                f"{100 * (a['perplexity'] / b['perplexity'] - 1):+.2f} % ({verdict})",
+                f"{a['compress_s']:.1f} / {b['compress_s']:.1f}",
+                f"{a['compress_peak_rss_mb']} / {b['compress_peak_rss_mb']}",
+                f"{a['load_avg']:.1f} / {b['load_avg']:.1f}",
+                run(*dict.fromkeys([llm_run(ours), llm_run(theirs)])),
+                link("llm_oneshot.jsonl", f"{ours}, {theirs}"),
+            ]
+        )
     for what, ours in LLM_REFERENCES:
         a = latest[ours]
-        rows.append([what, f"`{ours}`", _ppl(a["perplexity"])[0], "—", "—", f"{a['compress_s']:.1f} / —",
-                     f"{a['compress_peak_rss_mb']} / —", f"{a['load_avg']:.1f} / —", run(llm_run(ours)),
-                     link("llm_oneshot.jsonl", ours)])
-    table = _table(["method", "netslim row", "netslim ppl", "llm-compressor ppl", "netslim vs llm-compressor",
-                    "compress s (netslim / llmc)", "peak RSS compressing MB", "load", "run", "record"], rows)
+        rows.append(
+            [
+                what,
+                f"`{ours}`",
+                _ppl(a["perplexity"])[0],
+                "—",
+                "—",
+                f"{a['compress_s']:.1f} / —",
+                f"{a['compress_peak_rss_mb']} / —",
+                f"{a['load_avg']:.1f} / —",
+                run(llm_run(ours)),
+                link("llm_oneshot.jsonl", ours),
+            ]
+        )
+    table = _table(
+        [
+            "method",
+            "netslim row",
+            "netslim ppl",
+            "llm-compressor ppl",
+            "netslim vs llm-compressor",
+            "compress s (netslim / llmc)",
+            "peak RSS compressing MB",
+            "load",
+            "run",
+            "record",
+        ],
+        rows,
+    )
     changed = date(results, "llm_oneshot.jsonl")
     return f"{table}\n\nRows carry no date of their own; the file was last changed {changed}."
 
@@ -202,16 +298,43 @@ def llm_oneshot(results: Path) -> str:
 def int8_resnet20(results: Path) -> str:
     """ResNet-20 static int8 PTQ, batch 64, int8 end to end: the quiet reruns (interleaved medians)."""
     rows = []
-    for name, rid in (("quantize_resnet20_int8_rerun2.json", "int8-resnet20"),
-                      ("quantize_resnet20_int8_rerun.json", "int8-resnet20-r9")):
+    for name, rid in (
+        ("quantize_resnet20_int8_rerun2.json", "int8-resnet20"),
+        ("quantize_resnet20_int8_rerun.json", "int8-resnet20-r9"),
+    ):
         d, meta = load(results, name), _meta(results, name)
         fp, q, cl = d["rows"]["fp32"], d["rows"]["int8 PTQ (minmax)"], d["rows"]["fp32 channels-last"]
-        rows.append([_pct(fp["accuracy"]), f"**{_pct(q['accuracy'])}**", f"{q['bytes']:,} B ({q['size_vs_fp32']:.3f}x)",
-                     f"{fp['latency_ms']:.2f} → {q['latency_ms']:.2f} ms", f"**{q['speedup']:.2f}x**",
-                     f"{cl['latency_ms'] / q['latency_ms']:.2f}x", f"{d['threads']}", meta["date"],
-                     _load_text(meta["load_avg"]), run(rid), link(name)])
-    return _table(["fp32 acc", "int8 acc", "int8 file", "b64 latency fp32 → int8", "vs fp32 NCHW",
-                   "vs fp32 channels-last", "threads", "date", "load", "run", "record"], rows)
+        rows.append(
+            [
+                _pct(fp["accuracy"]),
+                f"**{_pct(q['accuracy'])}**",
+                f"{q['bytes']:,} B ({q['size_vs_fp32']:.3f}x)",
+                f"{fp['latency_ms']:.2f} → {q['latency_ms']:.2f} ms",
+                f"**{q['speedup']:.2f}x**",
+                f"{cl['latency_ms'] / q['latency_ms']:.2f}x",
+                f"{d['threads']}",
+                meta["date"],
+                _load_text(meta["load_avg"]),
+                run(rid),
+                link(name),
+            ]
+        )
+    return _table(
+        [
+            "fp32 acc",
+            "int8 acc",
+            "int8 file",
+            "b64 latency fp32 → int8",
+            "vs fp32 NCHW",
+            "vs fp32 channels-last",
+            "threads",
+            "date",
+            "load",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 def int8_minilm(results: Path) -> str:
@@ -222,16 +345,41 @@ def int8_minilm(results: Path) -> str:
     for variant, first in data[0]["rows"].items():
         second = data[1]["rows"].get(variant, {})
         size = f"{first['bytes'] / 1e6:.1f} MB" if "bytes" in first else "—"
-        rows.append([variant, f"{first['fidelity']:.4f}", f"{first['speedup']:.2f}x",
-                     f"{second['speedup']:.2f}x" if second else "—", size])
+        rows.append(
+            [
+                variant,
+                f"{first['fidelity']:.4f}",
+                f"{first['speedup']:.2f}x",
+                f"{second['speedup']:.2f}x" if second else "—",
+                size,
+            ]
+        )
     metas = [_meta(results, n) for n in runs]
     both = ", ".join(f"[run {i + 1}]({RESULTS_LINK}/{n})" for i, n in enumerate(runs))
     for row in rows:
         row += [run("int8-minilm"), both]
-    rows.append(["(date, load average before → after)", "",
-                 *(f"{m['date']}, {_load_text(m['load_avg'])}" for m in metas), "", "", both])
-    return _table(["variant", "fidelity (cosine to fp32)", "vs fp32, run 1 (5 rounds)", "vs fp32, run 2 (9 rounds)",
-                   "file", "run", "record"], rows)
+    rows.append(
+        [
+            "(date, load average before → after)",
+            "",
+            *(f"{m['date']}, {_load_text(m['load_avg'])}" for m in metas),
+            "",
+            "",
+            both,
+        ]
+    )
+    return _table(
+        [
+            "variant",
+            "fidelity (cosine to fp32)",
+            "vs fp32, run 1 (5 rounds)",
+            "vs fp32, run 2 (9 rounds)",
+            "file",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 def weight_only_smollm2(results: Path) -> str:
@@ -243,8 +391,17 @@ def weight_only_smollm2(results: Path) -> str:
             if variant.startswith("fp32") and name.endswith("_b.json"):
                 continue
             ratio = f"{r['size_vs_fp32']:.2f}x" if "size_vs_fp32" in r else f"{r['bytes']:,} B"
-            rows.append([variant, f"{r['perplexity']:.2f}", ratio, str(r.get("quantized_layers", "—")), meta["date"],
-                         run("weight-only-smollm2"), link(name)])
+            rows.append(
+                [
+                    variant,
+                    f"{r['perplexity']:.2f}",
+                    ratio,
+                    str(r.get("quantized_layers", "—")),
+                    meta["date"],
+                    run("weight-only-smollm2"),
+                    link(name),
+                ]
+            )
     return _table(["variant", "perplexity", "file vs fp32", "layers quantized", "date", "run", "record"], rows)
 
 
@@ -257,11 +414,22 @@ def mixed_resnet20(results: Path) -> str:
         for variant, r in d["rows"].items():
             if variant == "fp32":
                 continue
-            rows.append([variant, f"{r['avg_weight_bits']:.3f}", _pct(r["accuracy"]),
-                         f"{100 * (r['accuracy'] - fp):+.2f} pt", f"{r['bytes']:,} B ({r['size_vs_fp32']:.3f}x)",
-                         meta["date"], _load_text(meta["load_avg"]), run("mixed-resnet20"), link(name)])
-    return _table(["variant", "avg weight bits", "test acc", "Δ vs fp32", "file", "date", "load", "run", "record"],
-                  rows)
+            rows.append(
+                [
+                    variant,
+                    f"{r['avg_weight_bits']:.3f}",
+                    _pct(r["accuracy"]),
+                    f"{100 * (r['accuracy'] - fp):+.2f} pt",
+                    f"{r['bytes']:,} B ({r['size_vs_fp32']:.3f}x)",
+                    meta["date"],
+                    _load_text(meta["load_avg"]),
+                    run("mixed-resnet20"),
+                    link(name),
+                ]
+            )
+    return _table(
+        ["variant", "avg weight bits", "test acc", "Δ vs fp32", "file", "date", "load", "run", "record"], rows
+    )
 
 
 # ---------------------------------------------------------------------------------- deep compression
@@ -279,21 +447,46 @@ def deep_compression(results: Path) -> str:
             m = d["models"][key]
             stages, entropy = m["stages"], m["entropy"]
         dense, final = stages[0], stages[-1]
-        rows.append([title, f"{dense['bytes']:,} → {final['bytes']:,} B", f"**{final['ratio']:.2f}x**",
-                     f"{_pct(dense['accuracy'])} → {_pct(final['accuracy'])}",
-                     f"{100 * (dense['accuracy'] - final['accuracy']):.2f} pt",
-                     f"{entropy['payload_over_entropy']:.4f}", date(results, name), run(rid), link(name, key)])
-    return _table(["model", "bytes (dense fp32 → .nsz)", "ratio", "test acc", "drop", "Huffman payload / entropy",
-                   "date", "run", "record"], rows)
+        rows.append(
+            [
+                title,
+                f"{dense['bytes']:,} → {final['bytes']:,} B",
+                f"**{final['ratio']:.2f}x**",
+                f"{_pct(dense['accuracy'])} → {_pct(final['accuracy'])}",
+                f"{100 * (dense['accuracy'] - final['accuracy']):.2f} pt",
+                f"{entropy['payload_over_entropy']:.4f}",
+                date(results, name),
+                run(rid),
+                link(name, key),
+            ]
+        )
+    return _table(
+        [
+            "model",
+            "bytes (dense fp32 → .nsz)",
+            "ratio",
+            "test acc",
+            "drop",
+            "Huffman payload / entropy",
+            "date",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------------- export
-HF_EXPORTS = (("GPTQ w4 g64 asym, act-order, 32 x 512 calibration", "issue18_hf_g64.json", "export-hf-gptq"),
-              ("GPTQ w4 g128 asym (only the 30 `down_proj` fit g128)", "issue18_hf.json", "export-hf-gptq"),
-              ("`gptq_int8emb_smollm2` artifact (its int8 embedding written as float)", "issue18_hf_int8emb.json",
-               "export-hf-int8emb"),
-              ("`sparsegpt_smollm2_50` artifact (50 % zeros, written dense)", "issue18_hf_sparsegpt50.json",
-               "export-hf-sparse"))
+HF_EXPORTS = (
+    ("GPTQ w4 g64 asym, act-order, 32 x 512 calibration", "issue18_hf_g64.json", "export-hf-gptq"),
+    ("GPTQ w4 g128 asym (only the 30 `down_proj` fit g128)", "issue18_hf.json", "export-hf-gptq"),
+    (
+        "`gptq_int8emb_smollm2` artifact (its int8 embedding written as float)",
+        "issue18_hf_int8emb.json",
+        "export-hf-int8emb",
+    ),
+    ("`sparsegpt_smollm2_50` artifact (50 % zeros, written dense)", "issue18_hf_sparsegpt50.json", "export-hf-sparse"),
+)
 
 
 def export_hf(results: Path) -> str:
@@ -301,13 +494,35 @@ def export_hf(results: Path) -> str:
     rows = []
     for what, name, rid in HF_EXPORTS:
         d, meta = load(results, name), _meta(results, name)
-        rows.append([what, f"{d['directory_bytes'] / 1e6:.1f} MB", f"{d['directory_vs_fp32']:.3f}x",
-                     f"{d['netslim_perplexity']:.5f}", f"{d['transformers_perplexity']:.5f}",
-                     f"{d['relative_difference']:.1e}" if d["relative_difference"] else "0", date(results, name),
-                     _load_text(meta["load_avg"]), run(rid),
-                     link(name)])
-    return _table(["SmolLM2-135M compressed by", "directory", "vs fp32", "netslim ppl", "plain transformers ppl",
-                   "relative difference", "date", "load", "run", "record"], rows)
+        rows.append(
+            [
+                what,
+                f"{d['directory_bytes'] / 1e6:.1f} MB",
+                f"{d['directory_vs_fp32']:.3f}x",
+                f"{d['netslim_perplexity']:.5f}",
+                f"{d['transformers_perplexity']:.5f}",
+                f"{d['relative_difference']:.1e}" if d["relative_difference"] else "0",
+                date(results, name),
+                _load_text(meta["load_avg"]),
+                run(rid),
+                link(name),
+            ]
+        )
+    return _table(
+        [
+            "SmolLM2-135M compressed by",
+            "directory",
+            "vs fp32",
+            "netslim ppl",
+            "plain transformers ppl",
+            "relative difference",
+            "date",
+            "load",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------------------- reliability
@@ -319,18 +534,46 @@ def checksum_overhead(results: Path) -> str:
     for name, m in d["models"].items():
         on, off = m["verify_on"]["median_s"], m["verify_off"]["median_s"]
         scale, unit = (1e3, "ms")
-        rows.append([TITLES.get(name, name), f"{m['file_bytes'] / 1e6:.1f} MB", f"{on * scale:,.1f} {unit}",
-                     f"{off * scale:,.1f} {unit}",
-                     f"+{m['overhead_s'] * scale:,.1f} {unit} ({m['overhead_ratio']:.2f}x)",
-                     f"{m['hash_only_s']['median_s'] * scale:,.1f} {unit}", _load_text(record.load_average(m)),
-                     meta["date"], run("checksum-overhead"), link("checksum_overhead.json", name)])
-    return _table(["model", "artifact", "load, verify on", "load, --no-verify", "overhead", "SHA-256 alone",
-                   "load avg", "date", "run", "record"], rows)
+        rows.append(
+            [
+                TITLES.get(name, name),
+                f"{m['file_bytes'] / 1e6:.1f} MB",
+                f"{on * scale:,.1f} {unit}",
+                f"{off * scale:,.1f} {unit}",
+                f"+{m['overhead_s'] * scale:,.1f} {unit} ({m['overhead_ratio']:.2f}x)",
+                f"{m['hash_only_s']['median_s'] * scale:,.1f} {unit}",
+                _load_text(record.load_average(m)),
+                meta["date"],
+                run("checksum-overhead"),
+                link("checksum_overhead.json", name),
+            ]
+        )
+    return _table(
+        [
+            "model",
+            "artifact",
+            "load, verify on",
+            "load, --no-verify",
+            "overhead",
+            "SHA-256 alone",
+            "load avg",
+            "date",
+            "run",
+            "record",
+        ],
+        rows,
+    )
 
 
 TABLES: dict[str, Callable[..., str]] = {
-    "baselines": baselines, "prune_methods": prune_methods, "llm_oneshot": llm_oneshot,
-    "int8_resnet20": int8_resnet20, "int8_minilm": int8_minilm, "weight_only_smollm2": weight_only_smollm2,
-    "mixed_resnet20": mixed_resnet20, "deep_compression": deep_compression, "export_hf": export_hf,
+    "baselines": baselines,
+    "prune_methods": prune_methods,
+    "llm_oneshot": llm_oneshot,
+    "int8_resnet20": int8_resnet20,
+    "int8_minilm": int8_minilm,
+    "weight_only_smollm2": weight_only_smollm2,
+    "mixed_resnet20": mixed_resnet20,
+    "deep_compression": deep_compression,
+    "export_hf": export_hf,
     "checksum_overhead": checksum_overhead,
 }

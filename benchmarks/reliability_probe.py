@@ -29,6 +29,7 @@ probe needs the ``test`` extra: pytest, hypothesis).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reliability_probe.py            # ~10 min, 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reliability_probe.py --quick    # a subset, ~1-2 min
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 NETSLIM = str(Path(sys.executable).parent / "netslim")
 AS_LIMIT = 8 << 30  # address space per command (the machine has more; a blow-up stops here)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NETSLIM_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "NETSLIM_PROGRESS": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 @dataclass
@@ -64,8 +71,8 @@ class Case:
     category: str
     name: str
     argv: list[str]
-    expect: str = "error"           # "error" | "ok" | "error_or_identical" | "no_crash"
-    out: Path | None = None         # must not be created (or must stay as it was) when the command fails
+    expect: str = "error"  # "error" | "ok" | "error_or_identical" | "no_crash"
+    out: Path | None = None  # must not be created (or must stay as it was) when the command fails
     artifact: tuple[str, Path] | None = None  # (format, path): a success is checked for identical weights
     timeout: float = 60.0
     result: dict = field(default_factory=dict)
@@ -77,8 +84,11 @@ def _snapshot(path: Path | None):
         return None
     if path.is_file():
         return ("file", path.stat().st_size, path.read_bytes()[:4096])
-    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in path.rglob("*") if p.is_file() and p.name != ".netslim.lock")  # the lock is no work
+    return sorted(
+        (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in path.rglob("*")
+        if p.is_file() and p.name != ".netslim.lock"
+    )  # the lock is no work
 
 
 # Commands start from a small spawner process, not from this one: Linux charges a child the
@@ -128,11 +138,11 @@ _all_spawners: list[subprocess.Popen] = []
 def _spawn(argv: list[str], stderr: Path, cwd: Path, timeout: float) -> dict:
     sp = getattr(_spawners, "proc", None)
     if sp is None or sp.poll() is not None:
-        sp = _spawners.proc = subprocess.Popen([sys.executable, "-S", "-c", SPAWNER], stdin=subprocess.PIPE,
-                                               stdout=subprocess.PIPE, text=True)
+        sp = _spawners.proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         _all_spawners.append(sp)
-    job = {"argv": argv, "stderr": str(stderr), "cwd": str(cwd), "timeout": timeout, "as_limit": AS_LIMIT,
-           "env": ENV}
+    job = {"argv": argv, "stderr": str(stderr), "cwd": str(cwd), "timeout": timeout, "as_limit": AS_LIMIT, "env": ENV}
     sp.stdin.write(json.dumps(job) + "\n")
     sp.stdin.flush()
     return json.loads(sp.stdout.readline())
@@ -147,8 +157,15 @@ def execute(case: Case, workdir: Path) -> dict:
     size = err_path.stat().st_size
     with open(err_path, "rb") as f:
         stderr = f.read(1 << 16).decode("utf-8", "replace")
-    return {"rc": r["rc"], "killed": r["killed"], "wall_s": r["wall_s"], "peak_rss_mb": round(r["maxrss_kb"] / 1024, 1),
-            "stderr": stderr, "stderr_bytes": size, "out_untouched": before == _snapshot(case.out)}
+    return {
+        "rc": r["rc"],
+        "killed": r["killed"],
+        "wall_s": r["wall_s"],
+        "peak_rss_mb": round(r["maxrss_kb"] / 1024, 1),
+        "stderr": stderr,
+        "stderr_bytes": size,
+        "out_untouched": before == _snapshot(case.out),
+    }
 
 
 def classify(r: dict) -> str:
@@ -208,8 +225,10 @@ def check_identity(cases: list[Case], pristine: dict[str, Path]) -> None:
 
 # ------------------------------------------------------------------------------- inputs
 RECIPE_OK = "name: probe\nmeasure: {batch_size: 4, repeats: 1}\nsteps:\n  - method: evaluate\n"
-RECIPE_PRUNE = ("name: probe\nmeasure: {batch_size: 4, repeats: 1}\nsteps:\n  - method: magnitude\n"
-                "    sparsity: 0.5\n  - method: evaluate\n")
+RECIPE_PRUNE = (
+    "name: probe\nmeasure: {batch_size: 4, repeats: 1}\nsteps:\n  - method: magnitude\n"
+    "    sparsity: 0.5\n  - method: evaluate\n"
+)
 STEPS_HEAD = "name: probe\nmeasure: {batch_size: 4, repeats: 1}\nsteps:\n  - method: magnitude\n    sparsity: 0.5\n"
 
 
@@ -234,26 +253,40 @@ def make_artifacts(d: Path) -> dict[str, Path]:
 def usage_cases(d: Path, art: Path, quick: bool) -> list[Case]:
     out = d / "out_usage"
     rows = [
-        ("unknown_command", ["bogus"]), ("eval_no_argument", ["eval"]), ("compress_no_argument", ["compress"]),
-        ("inspect_no_argument", ["inspect"]), ("limit_not_a_number", ["eval", art, "--limit", "abc"]),
-        ("limit_negative", ["eval", art, "--limit", "-5"]), ("limit_zero", ["eval", art, "--limit", "0"]),
-        ("limit_float", ["eval", art, "--limit", "1e3"]), ("limit_30_digits", ["eval", art, "--limit", "9" * 30]),
-        ("limit_without_value", ["eval", art, "--limit"]), ("unknown_option", ["eval", art, "--frobnicate"]),
-        ("split_bogus", ["eval", art, "--split", "bogus"]), ("batch_size_zero", ["bench", art, "--batch-size", "0"]),
-        ("repeats_negative", ["bench", art, "--repeats", "-1"]), ("threads_zero", ["bench", art, "--threads", "0"]),
+        ("unknown_command", ["bogus"]),
+        ("eval_no_argument", ["eval"]),
+        ("compress_no_argument", ["compress"]),
+        ("inspect_no_argument", ["inspect"]),
+        ("limit_not_a_number", ["eval", art, "--limit", "abc"]),
+        ("limit_negative", ["eval", art, "--limit", "-5"]),
+        ("limit_zero", ["eval", art, "--limit", "0"]),
+        ("limit_float", ["eval", art, "--limit", "1e3"]),
+        ("limit_30_digits", ["eval", art, "--limit", "9" * 30]),
+        ("limit_without_value", ["eval", art, "--limit"]),
+        ("unknown_option", ["eval", art, "--frobnicate"]),
+        ("split_bogus", ["eval", art, "--split", "bogus"]),
+        ("batch_size_zero", ["bench", art, "--batch-size", "0"]),
+        ("repeats_negative", ["bench", art, "--repeats", "-1"]),
+        ("threads_zero", ["bench", art, "--threads", "0"]),
         ("epochs_negative", ["train", "lenet300", "--epochs", "-1", "--out", str(out / "m.safetensors")]),
         ("lr_nan", ["train", "lenet300", "--lr", "nan", "--out", str(out / "m.safetensors")]),
         ("seed_negative", ["train", "lenet300", "--seed", "-1", "--out", str(out / "m.safetensors")]),
         ("task_bogus", ["compress", str(d / "ok.yaml"), "--model", art, "--task", "bogus", "--out", str(out)]),
-        ("compress_limit_negative", ["compress", str(d / "ok.yaml"), "--model", art, "--limit", "-5",
-                                     "--out", str(out)]),
+        (
+            "compress_limit_negative",
+            ["compress", str(d / "ok.yaml"), "--model", art, "--limit", "-5", "--out", str(out)],
+        ),
         ("artifact_missing", ["eval", str(d / "nothing.safetensors")]),
-        ("artifact_is_a_directory", ["inspect", str(d)]), ("recipes_extra_argument", ["recipes", "extra"]),
+        ("artifact_is_a_directory", ["inspect", str(d)]),
+        ("recipes_extra_argument", ["recipes", "extra"]),
         ("recipe_name_unknown", ["compress", "no_such_recipe", "--model", art, "--out", str(out)]),
     ]
     cases = [Case("cli_usage", n, [str(a) for a in argv], out=out) for n, argv in rows]
-    cases += [Case("cli_usage", "control_help", ["--help"], "ok"), Case("cli_usage", "control_no_arguments", [], "ok"),
-              Case("cli_usage", "control_recipes", ["recipes"], "ok")]
+    cases += [
+        Case("cli_usage", "control_help", ["--help"], "ok"),
+        Case("cli_usage", "control_no_arguments", [], "ok"),
+        Case("cli_usage", "control_recipes", ["recipes"], "ok"),
+    ]
     return cases[:4] + cases[-1:] if quick else cases
 
 
@@ -265,10 +298,16 @@ def recipe_texts() -> dict[str, tuple[bytes, str]]:
     step = "  - method: {}\n"
     texts = {
         "latin1": ("name: caf\xe9\n" + RECIPE_OK[12:]).encode("latin-1"),
-        "utf16_bom": RECIPE_OK.encode("utf-16"), "utf16_no_bom": RECIPE_OK.encode("utf-16-le"),
-        "utf32": RECIPE_OK.encode("utf-32"), "binary_garbage": random.Random(1).randbytes(512),
-        "empty": b"", "only_a_comment": b"# nothing\n", "null_document": b"null\n", "a_list": b"- method: evaluate\n",
-        "two_documents": ok + b"---\n" + ok, "control_character": ok.replace(b"probe", b"pro\x07be"),
+        "utf16_bom": RECIPE_OK.encode("utf-16"),
+        "utf16_no_bom": RECIPE_OK.encode("utf-16-le"),
+        "utf32": RECIPE_OK.encode("utf-32"),
+        "binary_garbage": random.Random(1).randbytes(512),
+        "empty": b"",
+        "only_a_comment": b"# nothing\n",
+        "null_document": b"null\n",
+        "a_list": b"- method: evaluate\n",
+        "two_documents": ok + b"---\n" + ok,
+        "control_character": ok.replace(b"probe", b"pro\x07be"),
         "billion_laughs_9x9": fz._billion_laughs(9, 9).encode() + ok,
         "billion_laughs_wide": fz._billion_laughs(40, 6).encode() + ok,
         "recursive_alias": b"loop: &a [*a]\n" + ok,
@@ -284,21 +323,28 @@ def recipe_texts() -> dict[str, tuple[bytes, str]]:
         "python_tag": b"name: !!python/object/apply:os.system ['true']\n" + ok[12:],
         "unknown_method": (STEPS_HEAD + step.format("frobnicate")).encode(),
         "unknown_field": (STEPS_HEAD + "    sparsityy: 0.9\n").encode(),
-        "steps_empty": b"name: probe\nsteps: []\n", "steps_a_string": b"name: probe\nsteps: evaluate\n",
+        "steps_empty": b"name: probe\nsteps: []\n",
+        "steps_a_string": b"name: probe\nsteps: evaluate\n",
         "non_string_key": (STEPS_HEAD + "    1: 2\n").encode(),
-        "data_limit_negative": ok + b"data: {limit: -5}\n", "data_limit_zero": ok + b"data: {limit: 0}\n",
+        "data_limit_negative": ok + b"data: {limit: -5}\n",
+        "data_limit_zero": ok + b"data: {limit: 0}\n",
         "measure_batch_zero": ok.replace(b"batch_size: 4", b"batch_size: 0"),
         "bad_regex_selector": (STEPS_HEAD + "    include: 're:fc(1'\n" + step.format("evaluate")).encode(),
         "selector_matches_nothing": (STEPS_HEAD + "    include: fc9\n" + step.format("evaluate")).encode(),
         "nm_not_divisible": (STEPS_HEAD + step.format("nm") + "    n: 2\n    m: 64\n").encode(),
-        "schedule_after_the_run": (STEPS_HEAD + step.format("gradual") +
-                                   "    epochs: 1\n    start_step: 5000\n    end_step: 6000\n").encode(),
+        "schedule_after_the_run": (
+            STEPS_HEAD + step.format("gradual") + "    epochs: 1\n    start_step: 5000\n    end_step: 6000\n"
+        ).encode(),
         "rigl_end_after_the_run": (STEPS_HEAD + step.format("rigl") + "    epochs: 1\n    end_step: 10000\n").encode(),
-        "prune_after_share": (b"name: probe\nsteps:\n  - method: share\n    bits: 4\n  - method: magnitude\n"
-                              b"    sparsity: 0.5\n"),
+        "prune_after_share": (
+            b"name: probe\nsteps:\n  - method: share\n    bits: 4\n  - method: magnitude\n    sparsity: 0.5\n"
+        ),
     }
-    expect = {"control_utf8_bom": (b"\xef\xbb\xbf" + ok, "ok"), "control_ok": (ok, "ok"),
-              "control_anchors": (b"name: &n probe\ndescription: *n\n" + ok[ok.index(b"measure"):], "ok")}
+    expect = {
+        "control_utf8_bom": (b"\xef\xbb\xbf" + ok, "ok"),
+        "control_ok": (ok, "ok"),
+        "control_anchors": (b"name: &n probe\ndescription: *n\n" + ok[ok.index(b"measure") :], "ok"),
+    }
     return {**{k: (v, "error") for k, v in texts.items()}, **expect}
 
 
@@ -312,8 +358,15 @@ def recipe_cases(d: Path, art: Path, quick: bool) -> list[Case]:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(text)
         out = d / "out_recipes" / name
-        cases.append(Case("recipes", name, ["compress", str(path), "--model", str(art), "--limit", "64",
-                                            "--out", str(out)], expect, out=out))
+        cases.append(
+            Case(
+                "recipes",
+                name,
+                ["compress", str(path), "--model", str(art), "--limit", "64", "--out", str(out)],
+                expect,
+                out=out,
+            )
+        )
     return cases
 
 
@@ -327,9 +380,11 @@ def _crafted(fmt: str, src: Path, dst: Path) -> dict[str, Path]:
     big = max(tensors, key=lambda k: tensors[k].numel())
     out["huge_shape_in_header"] = fz._rewrite_header(src.read_bytes(), (sorted(tensors).index(big), "shape", [2**40]))
     mods = desc["modules"]
-    crafts = {"nested_info_10k": lambda d: d["info"].update(deep=fz._nested(10_000, True)),
-              "arch_kwargs_huge": lambda d: d["arch"]["kwargs"].update(num_classes=10**12),
-              "module_type_os_system": lambda d: d["modules"].update(fc1={"type": "os.system", "kwargs": {}})}
+    crafts = {
+        "nested_info_10k": lambda d: d["info"].update(deep=fz._nested(10_000, True)),
+        "arch_kwargs_huge": lambda d: d["arch"]["kwargs"].update(num_classes=10**12),
+        "module_type_os_system": lambda d: d["modules"].update(fc1={"type": "os.system", "kwargs": {}}),
+    }
     if mods:
         first = sorted(mods)[0]
         size_key = next((k for k in ("in_features", "in_channels") if k in mods[first]["kwargs"]), None)
@@ -342,11 +397,13 @@ def _crafted(fmt: str, src: Path, dst: Path) -> dict[str, Path]:
         mutate(d)
         out[name] = fz._write_crafted(src, dst / f"{fmt}.{name}.safetensors", d, tensors)
     if fmt == "sparse":
-        for name, edit in {"col_idx_out_of_range": ("fc1.col_idx", "set", 5, 784),
-                           "col_idx_negative": ("fc1.col_idx", "set", 9, -1),
-                           "crow_not_monotonic": ("fc2.crow", "swap", 40, 0),
-                           "crow_truncated": ("fc1.crow", "truncate", 150, 0),
-                           "crow_shifted": ("fc2.crow", "shift", 0, 7)}.items():
+        for name, edit in {
+            "col_idx_out_of_range": ("fc1.col_idx", "set", 5, 784),
+            "col_idx_negative": ("fc1.col_idx", "set", 9, -1),
+            "crow_not_monotonic": ("fc2.crow", "swap", 40, 0),
+            "crow_truncated": ("fc1.crow", "truncate", 150, 0),
+            "crow_shifted": ("fc2.crow", "shift", 0, 7),
+        }.items():
             t = dict(tensors)
             t[edit[0]] = fz._edit_index(t[edit[0]], edit)
             out[name] = fz._write_crafted(src, dst / f"{fmt}.{name}.safetensors", desc, t)
@@ -367,10 +424,11 @@ def artifact_cases(d: Path, arts: dict[str, Path], quick: bool) -> list[Case]:
         per_region = 1 if quick else (6 if fmt == "nsz" else 4)
         for region in regions:
             for i in range(per_region):
-                damaged[f"flip_{region}_{i}"] = fz.damage(data, fmt, ("flip", region, rng.randrange(2**32),
-                                                                       rng.randrange(1, 256)))
+                damaged[f"flip_{region}_{i}"] = fz.damage(
+                    data, fmt, ("flip", region, rng.randrange(2**32), rng.randrange(1, 256))
+                )
         for i in range(1 if quick else 4):
-            damaged[f"cut_{i}"] = data[:rng.randrange(len(data))]
+            damaged[f"cut_{i}"] = data[: rng.randrange(len(data))]
         damaged["append_garbage"] = data + b"\x00garbage"
         if fmt != "nsz" and not quick:
             damaged.update(_crafted(fmt, src, folder))
@@ -378,14 +436,24 @@ def artifact_cases(d: Path, arts: dict[str, Path], quick: bool) -> list[Case]:
             path = content if isinstance(content, Path) else folder / f"{fmt}.{name}{src.suffix}"
             if not isinstance(content, Path):
                 path.write_bytes(content)
-            command = ["eval", str(path), "--limit", "32"] if i % 3 == 0 or fmt in ("sparse", "static8") else \
-                ["inspect", str(path)]
-            cases.append(Case("artifacts", f"{fmt}.{name}.{command[0]}", command, "error_or_identical",
-                              artifact=(fmt, path)))
+            command = (
+                ["eval", str(path), "--limit", "32"]
+                if i % 3 == 0 or fmt in ("sparse", "static8")
+                else ["inspect", str(path)]
+            )
+            cases.append(
+                Case("artifacts", f"{fmt}.{name}.{command[0]}", command, "error_or_identical", artifact=(fmt, path))
+            )
             if fmt in ("sparse", "static8", "dyn8", "int4") and name.startswith(("flip_data", "col_idx", "crow")):
-                cases.append(Case("artifacts", f"{fmt}.{name}.eval_no_verify", ["eval", str(path), "--limit", "32",
-                                                                               "--no-verify"], "no_crash",
-                                  artifact=(fmt, path)))
+                cases.append(
+                    Case(
+                        "artifacts",
+                        f"{fmt}.{name}.eval_no_verify",
+                        ["eval", str(path), "--limit", "32", "--no-verify"],
+                        "no_crash",
+                        artifact=(fmt, path),
+                    )
+                )
         cases.append(Case("artifacts", f"{fmt}.control_pristine", ["eval", str(src), "--limit", "32"], "ok"))
     return cases
 
@@ -395,13 +463,30 @@ def out_cases(d: Path, art: Path, quick: bool) -> list[Case]:
     existing = d / "existing_file.txt"
     existing.write_text("keep me\n")
     (d / "a_file").write_text("x")
-    rows = {"existing_file": existing, "under_proc": Path("/proc/netslim_probe/out"),
-            "proc_self_status": Path("/proc/self/status"), "dev_null": Path("/dev/null"),
-            "under_a_file": d / "a_file" / "sub"}
-    cases = [Case("out_dir", name, ["compress", recipe, "--model", str(art), "--limit", "64", "--out", str(out)],
-                  out=None if str(out).startswith(("/proc", "/dev")) else out) for name, out in rows.items()]
-    cases.append(Case("out_dir", "control_fresh", ["compress", recipe, "--model", str(art), "--limit", "64",
-                                                  "--out", str(d / "out_fresh")], "ok"))
+    rows = {
+        "existing_file": existing,
+        "under_proc": Path("/proc/netslim_probe/out"),
+        "proc_self_status": Path("/proc/self/status"),
+        "dev_null": Path("/dev/null"),
+        "under_a_file": d / "a_file" / "sub",
+    }
+    cases = [
+        Case(
+            "out_dir",
+            name,
+            ["compress", recipe, "--model", str(art), "--limit", "64", "--out", str(out)],
+            out=None if str(out).startswith(("/proc", "/dev")) else out,
+        )
+        for name, out in rows.items()
+    ]
+    cases.append(
+        Case(
+            "out_dir",
+            "control_fresh",
+            ["compress", recipe, "--model", str(art), "--limit", "64", "--out", str(d / "out_fresh")],
+            "ok",
+        )
+    )
     return cases[:2] + cases[-1:] if quick else cases
 
 
@@ -409,15 +494,27 @@ def locked_out_cases(d: Path, art: Path, workdir: Path) -> list[Case]:
     """A run into an OUT that another process holds locked, and two runs started together."""
     out = d / "out_locked"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(out / '.netslim.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(300)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(out / '.netslim.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(300)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         holder.stdout.readline()
-        case = Case("out_dir", "locked_by_another_process", ["compress", str(d / "ok.yaml"), "--model", str(art),
-                                                             "--limit", "64", "--out", str(out)], out=out)
+        case = Case(
+            "out_dir",
+            "locked_by_another_process",
+            ["compress", str(d / "ok.yaml"), "--model", str(art), "--limit", "64", "--out", str(out)],
+            out=out,
+        )
         case.result = execute(case, workdir)
         case.result["outcome"] = classify(case.result)
     finally:
@@ -426,8 +523,15 @@ def locked_out_cases(d: Path, art: Path, workdir: Path) -> list[Case]:
     slow = d / "slow.yaml"
     slow.write_text(STEPS_HEAD + "  - method: finetune\n    epochs: 1\n  - method: evaluate\n")
     together = d / "out_together"
-    pair = [Case("out_dir", f"two_runs_at_once_{i}", ["compress", str(slow), "--model", str(art), "--limit", "1024",
-                                                     "--out", str(together)], "error_or_ok") for i in (1, 2)]
+    pair = [
+        Case(
+            "out_dir",
+            f"two_runs_at_once_{i}",
+            ["compress", str(slow), "--model", str(art), "--limit", "1024", "--out", str(together)],
+            "error_or_ok",
+        )
+        for i in (1, 2)
+    ]
     run_all(pair, workdir, 2)
     first_ok = next((c for c in pair if c.result["outcome"] == "success"), pair[0])
     for c in pair:  # exactly one of the two runs, the other fails at once
@@ -440,23 +544,36 @@ def resume_cases(d: Path, art: Path, other_art: Path, workdir: Path, quick: bool
     corrupt state.json files; each on its own copy of the finished folder."""
     base_out = d / "out_finished"
     recipe = d / "prune.yaml"
-    setup = Case("resume", "setup", ["compress", str(recipe), "--model", str(art), "--limit", "64",
-                                     "--out", str(base_out)], "ok")
+    setup = Case(
+        "resume", "setup", ["compress", str(recipe), "--model", str(art), "--limit", "64", "--out", str(base_out)], "ok"
+    )
     setup.result = execute(setup, workdir)
     changed = d / "prune_changed.yaml"
     changed.write_text(RECIPE_PRUNE.replace("0.5", "0.7"))
     args = ["--model", str(art), "--limit", "64"]
-    rows = [("resume", "changed_limit", [str(recipe), "--model", str(art), "--limit", "128", "--resume"], "error"),
-            ("resume", "changed_recipe", [str(changed), *args, "--resume"], "error"),
-            ("resume", "changed_model", [str(recipe), "--model", str(other_art), "--limit", "64", "--resume"], "error"),
-            ("resume", "fresh_run_into_a_finished_out", [str(recipe), *args], "error"),
-            ("resume", "control_same_inputs", [str(recipe), *args, "--resume"], "ok"),
-            ("resume", "control_changed_limit_with_force", [str(recipe), "--model", str(art), "--limit", "128",
-                                                            "--resume", "--force"], "ok")]
-    states = {"garbage_bytes": random.Random(2).randbytes(300), "truncated": b'{"steps": [{"name": "magn',
-              "empty": b"", "a_list": b"[]", "wrong_types": b'{"steps": "x", "fingerprint": 5}',
-              "deep_nesting": b"[" * 100_000 + b"]" * 100_000, "nan_and_huge": b'{"steps": [NaN, 1e999]}',
-              "not_utf8": b'{"steps": "\xff\xfe"}'}
+    rows = [
+        ("resume", "changed_limit", [str(recipe), "--model", str(art), "--limit", "128", "--resume"], "error"),
+        ("resume", "changed_recipe", [str(changed), *args, "--resume"], "error"),
+        ("resume", "changed_model", [str(recipe), "--model", str(other_art), "--limit", "64", "--resume"], "error"),
+        ("resume", "fresh_run_into_a_finished_out", [str(recipe), *args], "error"),
+        ("resume", "control_same_inputs", [str(recipe), *args, "--resume"], "ok"),
+        (
+            "resume",
+            "control_changed_limit_with_force",
+            [str(recipe), "--model", str(art), "--limit", "128", "--resume", "--force"],
+            "ok",
+        ),
+    ]
+    states = {
+        "garbage_bytes": random.Random(2).randbytes(300),
+        "truncated": b'{"steps": [{"name": "magn',
+        "empty": b"",
+        "a_list": b"[]",
+        "wrong_types": b'{"steps": "x", "fingerprint": 5}',
+        "deep_nesting": b"[" * 100_000 + b"]" * 100_000,
+        "nan_and_huge": b'{"steps": [NaN, 1e999]}',
+        "not_utf8": b'{"steps": "\xff\xfe"}',
+    }
     rows += [("state_json", f"corrupt_{k}", [str(recipe), *args, "--resume"], "error") for k in states]
     if quick:
         rows = [r for r in rows if r[1] in ("changed_limit", "control_same_inputs", "corrupt_garbage_bytes")]
@@ -466,9 +583,10 @@ def resume_cases(d: Path, art: Path, other_art: Path, workdir: Path, quick: bool
         if setup.result.get("rc") == 0:
             shutil.copytree(base_out, out)
         if name.startswith("corrupt_"):
-            (out / "state.json").write_bytes(states[name[len("corrupt_"):]])
-        cases.append(Case(category, name, ["compress", *argv, "--out", str(out)], expect,
-                          out=out if expect == "error" else None))
+            (out / "state.json").write_bytes(states[name[len("corrupt_") :]])
+        cases.append(
+            Case(category, name, ["compress", *argv, "--out", str(out)], expect, out=out if expect == "error" else None)
+        )
     return cases
 
 
@@ -485,25 +603,49 @@ def user_input_cases(d: Path, quick: bool) -> list[Case]:
     rows = [(n, line, "error") for n, line, *_ in ci.CASES] + [(n, line, "ok") for n, line in ci.CONTROLS]
     if quick:
         rows = rows[:3] + rows[-1:]
-    return [Case("user_inputs", n, shlex.split(line.format(d=d, out=outs / n)), expect,
-                 out=outs / n if expect == "error" else None, timeout=120) for n, line, expect in rows]
+    return [
+        Case(
+            "user_inputs",
+            n,
+            shlex.split(line.format(d=d, out=outs / n)),
+            expect,
+            out=outs / n if expect == "error" else None,
+            timeout=120,
+        )
+        for n, line, expect in rows
+    ]
 
 
 # ------------------------------------------------------------------------------- summary
 
 
-COLUMNS = {"clean_error": "clean error (exit 2, one line)", "success_identical": "loaded, identical model",
-           "success": "success (controls)", "different_unverified": "different weights under --no-verify (documented)",
-           "success_different": "silently different weights",
-           "traceback": "traceback", "segfault": "segfault", "hang": "hang", "other": "other"}
+COLUMNS = {
+    "clean_error": "clean error (exit 2, one line)",
+    "success_identical": "loaded, identical model",
+    "success": "success (controls)",
+    "different_unverified": "different weights under --no-verify (documented)",
+    "success_different": "silently different weights",
+    "traceback": "traceback",
+    "segfault": "segfault",
+    "hang": "hang",
+    "other": "other",
+}
 
 
 def summarize(cases: list[Case], baseline_mb: float) -> dict:
     cats: dict[str, dict] = {}
     for c in cases:
-        s = cats.setdefault(c.category, {"inputs": 0, "outcomes": {k: 0 for k in COLUMNS}, "as_expected": 0,
-                                         "max_peak_rss_mb_rejected": 0.0, "errors_before_work": [0, 0],
-                                         "unexpected": []})
+        s = cats.setdefault(
+            c.category,
+            {
+                "inputs": 0,
+                "outcomes": {k: 0 for k in COLUMNS},
+                "as_expected": 0,
+                "max_peak_rss_mb_rejected": 0.0,
+                "errors_before_work": [0, 0],
+                "unexpected": [],
+            },
+        )
         r, outcome = c.result, c.result["outcome"]
         s["inputs"] += 1
         s["outcomes"][outcome] += 1
@@ -516,8 +658,9 @@ def summarize(cases: list[Case], baseline_mb: float) -> dict:
                 s["errors_before_work"][1] += 1
         if not ok:
             first = (r["stderr"].strip().splitlines() or [""])[-1 if outcome == "traceback" else 0]
-            s["unexpected"].append({"name": c.name, "outcome": outcome, "rc": r["rc"], "wall_s": r["wall_s"],
-                                    "stderr": first[:300]})
+            s["unexpected"].append(
+                {"name": c.name, "outcome": outcome, "rc": r["rc"], "wall_s": r["wall_s"], "stderr": first[:300]}
+            )
     for s in cats.values():
         s["max_peak_rss_over_baseline_mb"] = round(max(0.0, s["max_peak_rss_mb_rejected"] - baseline_mb), 1)
         s["outcomes"] = {k: v for k, v in s["outcomes"].items() if v}
@@ -541,25 +684,41 @@ def _inputs(cases: list[dict]) -> str:
 def markdown(report: dict) -> str:
     """BENCHMARKS.md's tables: one row per category, then per category its inputs by outcome
     (artifacts: per format)."""
-    head = ["category", "inputs", "as expected", *COLUMNS.values(), "max peak RSS of a rejected input "
-            f"(above the {report['baseline_rss_mb']:.0f} MB of `netslim bogus`)", "errors before work"]
+    head = [
+        "category",
+        "inputs",
+        "as expected",
+        *COLUMNS.values(),
+        f"max peak RSS of a rejected input (above the {report['baseline_rss_mb']:.0f} MB of `netslim bogus`)",
+        "errors before work",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for name, s in report["categories"].items():
-        cells = [name, s["inputs"], s["as_expected"], *(s["outcomes"].get(k, 0) for k in COLUMNS),
-                 f"{s['max_peak_rss_mb_rejected']:.0f} MB (+{s['max_peak_rss_over_baseline_mb']:.0f} MB)",
-                 s["errors_before_work"]]
+        cells = [
+            name,
+            s["inputs"],
+            s["as_expected"],
+            *(s["outcomes"].get(k, 0) for k in COLUMNS),
+            f"{s['max_peak_rss_mb_rejected']:.0f} MB (+{s['max_peak_rss_over_baseline_mb']:.0f} MB)",
+            s["errors_before_work"],
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     for name in report["categories"]:
         cases = [c for c in report["cases"] if c["category"] == name]
         lines += ["", f"**{name}**", ""]
         if name == "artifacts":
-            lines += ["| format | inputs | " + " | ".join(COLUMNS.values()) + " | kinds |",
-                      "|---|--:|" + "--:|" * len(COLUMNS) + "---|"]
+            lines += [
+                "| format | inputs | " + " | ".join(COLUMNS.values()) + " | kinds |",
+                "|---|--:|" + "--:|" * len(COLUMNS) + "---|",
+            ]
             for fmt in dict.fromkeys(c["name"].split(".")[0] for c in cases):
                 mine = [c for c in cases if c["name"].startswith(fmt + ".")]
                 counts = Counter(c["outcome"] for c in mine)
-                lines.append(f"| {fmt} | {len(mine)} | " + " | ".join(str(counts.get(k, 0)) for k in COLUMNS)
-                             + f" | {_inputs(mine)} |")
+                lines.append(
+                    f"| {fmt} | {len(mine)} | "
+                    + " | ".join(str(counts.get(k, 0)) for k in COLUMNS)
+                    + f" | {_inputs(mine)} |"
+                )
         else:
             lines += ["| outcome | as expected | inputs |", "|---|---|---|"]
             groups = Counter((c["outcome"], c["as_expected"]) for c in cases)
@@ -570,12 +729,19 @@ def markdown(report: dict) -> str:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     import torch
 
-    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def main() -> None:
@@ -602,8 +768,12 @@ def main() -> None:
     bogus.result = execute(bogus, workdir)
     baseline_mb = bogus.result["peak_rss_mb"]
 
-    cases = (usage_cases(d, arts["plain"], args.quick) + recipe_cases(d, arts["plain"], args.quick)
-             + artifact_cases(d, arts, args.quick) + out_cases(d, arts["plain"], args.quick))
+    cases = (
+        usage_cases(d, arts["plain"], args.quick)
+        + recipe_cases(d, arts["plain"], args.quick)
+        + artifact_cases(d, arts, args.quick)
+        + out_cases(d, arts["plain"], args.quick)
+    )
     run_all(cases, workdir, args.jobs)
     cases += locked_out_cases(d, arts["plain"], workdir)
     resume = resume_cases(d, arts["plain"], arts["int4"], workdir, args.quick)
@@ -616,22 +786,45 @@ def main() -> None:
         sp.wait()
 
     report = {
-        "command": " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""), ".venv/bin/python",
-                             *[shlex.quote(a) for a in sys.argv]]),
+        "command": " ".join(
+            [
+                "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", ""),
+                ".venv/bin/python",
+                *[shlex.quote(a) for a in sys.argv],
+            ]
+        ),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip(),
-        "machine": machine(), "load_average_start": [round(x, 2) for x in load_start],
-        "load_average_end": [round(x, 2) for x in os.getloadavg()], "quick": args.quick, "jobs": args.jobs,
-        "timeout_s": {"default": 60, "user_inputs": 120}, "address_space_limit_gib": AS_LIMIT >> 30,
-        "wall_s": round(time.time() - start, 1), "baseline_rss_mb": baseline_mb,
-        "inputs": len(cases), "categories": summarize(cases, baseline_mb),
-        "cases": [{"category": c.category, "name": c.name, "expect": c.expect, "outcome": c.result["outcome"],
-                   "as_expected": as_expected(c, c.result["outcome"]), "rc": c.result["rc"],
-                   "wall_s": c.result["wall_s"], "peak_rss_mb": c.result["peak_rss_mb"],
-                   "stderr_bytes": c.result["stderr_bytes"], "out_untouched": c.result["out_untouched"],
-                   "stderr_first_line": (c.result["stderr"].strip().splitlines() or [""])[0][:300],
-                   "argv": [a.replace(str(workdir), "WORK") for a in c.argv]} for c in cases],
+        "git_commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine(),
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "quick": args.quick,
+        "jobs": args.jobs,
+        "timeout_s": {"default": 60, "user_inputs": 120},
+        "address_space_limit_gib": AS_LIMIT >> 30,
+        "wall_s": round(time.time() - start, 1),
+        "baseline_rss_mb": baseline_mb,
+        "inputs": len(cases),
+        "categories": summarize(cases, baseline_mb),
+        "cases": [
+            {
+                "category": c.category,
+                "name": c.name,
+                "expect": c.expect,
+                "outcome": c.result["outcome"],
+                "as_expected": as_expected(c, c.result["outcome"]),
+                "rc": c.result["rc"],
+                "wall_s": c.result["wall_s"],
+                "peak_rss_mb": c.result["peak_rss_mb"],
+                "stderr_bytes": c.result["stderr_bytes"],
+                "out_untouched": c.result["out_untouched"],
+                "stderr_first_line": (c.result["stderr"].strip().splitlines() or [""])[0][:300],
+                "argv": [a.replace(str(workdir), "WORK") for a in c.argv],
+            }
+            for c in cases
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -640,8 +833,10 @@ def main() -> None:
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     bad = sum(c["inputs"] - c["as_expected"] for c in report["categories"].values())
-    print(f"{len(cases)} inputs in {report['wall_s']} s; {bad} not as expected; report: {args.out}"
-          + (f"; work folder kept: {workdir}" if args.keep else ""))
+    print(
+        f"{len(cases)} inputs in {report['wall_s']} s; {bad} not as expected; report: {args.out}"
+        + (f"; work folder kept: {workdir}" if args.keep else "")
+    )
 
 
 if __name__ == "__main__":

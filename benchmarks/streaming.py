@@ -22,6 +22,7 @@ first, in its own command, so that neither measured run pays for it.
 
 Results: ``benchmarks/results/issue19_streaming.json`` (``issue19_streaming_tiny.json`` with --tiny).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,24 @@ PY = str(ROOT / ".venv" / "bin" / "python")
 NETSLIM = [PY, "-m", "netslim"]
 RESULTS = ROOT / "benchmarks" / "results"
 
-BIG = {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
-       "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048}
-TINY = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+BIG = {
+    "vocab_size": 32000,
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 2048,
+}
+TINY = {
+    "vocab_size": 512,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
 
 
 # ------------------------------------------------------------------------ the model
@@ -77,16 +92,20 @@ def write_random_llama(path: Path, geometry: dict, shard_bytes: int, seed: int =
             shard, size = {}, 0
 
     for name, t in skeleton.state_dict().items():
-        value = torch.ones(t.shape) if name.endswith("norm.weight") else torch.empty(t.shape).normal_(0, 0.02,
-                                                                                                        generator=gen)
+        value = (
+            torch.ones(t.shape)
+            if name.endswith("norm.weight")
+            else torch.empty(t.shape).normal_(0, 0.02, generator=gen)
+        )
         shard[name] = value
         size += value.numel() * 4
         total += value.numel() * 4
         if size >= shard_bytes:
             flush()
     flush()
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": weight_map}))
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     cfg.architectures = ["LlamaForCausalLM"]
     cfg.save_pretrained(tmp)
     byte_tokenizer("causal").save_pretrained(tmp)
@@ -107,12 +126,18 @@ def write_corpus(path: Path, lines: int) -> Path:
 # --------------------------------------------------------------------- the limit
 def limiter(fp32: int, limit_x: float | None) -> tuple[list[str], str, int]:
     """The command prefix that caps a run's memory below ``fp32`` bytes, how, and the limit."""
-    probe = subprocess.run(["systemd-run", "--user", "--scope", "-q", "true"], capture_output=True) \
-        if shutil.which("systemd-run") else None
+    probe = (
+        subprocess.run(["systemd-run", "--user", "--scope", "-q", "true"], capture_output=True)
+        if shutil.which("systemd-run")
+        else None
+    )
     if probe is not None and probe.returncode == 0:
         limit = int((limit_x or 0.5) * fp32)
-        return (["systemd-run", "--user", "--scope", "-q", "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0"],
-                f"systemd-run --user --scope MemoryMax={limit}", limit)
+        return (
+            ["systemd-run", "--user", "--scope", "-q", "-p", f"MemoryMax={limit}", "-p", "MemorySwapMax=0"],
+            f"systemd-run --user --scope MemoryMax={limit}",
+            limit,
+        )
     if shutil.which("prlimit"):
         limit = int((limit_x or 0.75) * fp32)
         return ["prlimit", f"--as={limit}"], f"prlimit --as={limit} (address space)", limit
@@ -121,8 +146,13 @@ def limiter(fp32: int, limit_x: float | None) -> tuple[list[str], str, int]:
 
 def run(cmd: list[str], prefix: list[str] = ()) -> dict:
     """Run ``cmd`` from the repo root: wall seconds, peak RSS (bytes, wait4), exit code, last lines."""
-    env = {**os.environ, "NETSLIM_PROGRESS": "0", "COLUMNS": "160", "MALLOC_ARENA_MAX": "2",  # fewer 64 MB arenas
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    env = {
+        **os.environ,
+        "NETSLIM_PROGRESS": "0",
+        "COLUMNS": "160",
+        "MALLOC_ARENA_MAX": "2",  # fewer 64 MB arenas
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+    }
     full = [*prefix, *map(str, cmd)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(full, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,21 +160,34 @@ def run(cmd: list[str], prefix: list[str] = ()) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
-    record = {"command": " ".join(full), "seconds": round(seconds, 1), "peak_rss_bytes": usage.ru_maxrss * 1024,
-              "exit": code, "output": out.strip().splitlines()[-8:]}
+    record = {
+        "command": " ".join(full),
+        "seconds": round(seconds, 1),
+        "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "exit": code,
+        "output": out.strip().splitlines()[-8:],
+    }
     print(f"[{seconds:7.1f} s, {usage.ru_maxrss / 1024:,.0f} MiB, exit {code}] {record['command']}", flush=True)
     if code != 0:
         print(out[-4000:], file=sys.stderr)
     return record
 
 
-def recipe(path: Path, step: dict, *, stream: bool, budget: str | None, export: dict, data: dict,
-           base: str | None = None) -> Path:
+def recipe(
+    path: Path, step: dict, *, stream: bool, budget: str | None, export: dict, data: dict, base: str | None = None
+) -> Path:
     import yaml
 
-    spec = yaml.safe_load((ROOT / "src" / "netslim" / "recipes" / f"{base}.yaml").read_text()) if base else {
-        "name": path.stem, "data": data, "measure": {"batch_size": 1, "repeats": 3, "paired": False},
-        "steps": [step, {"method": "evaluate"}, {"method": "export", **export}]}
+    spec = (
+        yaml.safe_load((ROOT / "src" / "netslim" / "recipes" / f"{base}.yaml").read_text())
+        if base
+        else {
+            "name": path.stem,
+            "data": data,
+            "measure": {"batch_size": 1, "repeats": 3, "paired": False},
+            "steps": [step, {"method": "evaluate"}, {"method": "export", **export}],
+        }
+    )
     spec["stream"] = stream
     if budget is not None:
         spec["memory_budget"] = budget
@@ -155,11 +198,16 @@ def recipe(path: Path, step: dict, *, stream: bool, budget: str | None, export: 
 def summary(out: Path, run_record: dict, fp32: int) -> dict:
     rep = json.loads((out / "report.json").read_text())
     step = rep["steps"][0]
-    return {"run": run_record, "peak_rss_x_fp32": round(run_record["peak_rss_bytes"] / fp32, 3),
-            "perplexity": {"baseline": rep["baseline"].get("perplexity"), "final": rep["final"].get("perplexity")},
-            "size_bytes": {"baseline": rep["baseline"]["size_bytes"], "final": rep["final"]["size_bytes"]},
-            "step_seconds": round(step["seconds"], 1), "stream": step["notes"].get("stream"),
-            "memory": rep["memory"], "artifact": rep["artifact"]}
+    return {
+        "run": run_record,
+        "peak_rss_x_fp32": round(run_record["peak_rss_bytes"] / fp32, 3),
+        "perplexity": {"baseline": rep["baseline"].get("perplexity"), "final": rep["final"].get("perplexity")},
+        "size_bytes": {"baseline": rep["baseline"]["size_bytes"], "final": rep["final"]["size_bytes"]},
+        "step_seconds": round(step["seconds"], 1),
+        "stream": step["notes"].get("stream"),
+        "memory": rep["memory"],
+        "artifact": rep["artifact"],
+    }
 
 
 # -------------------------------------------------------------------------- parts
@@ -174,14 +222,29 @@ def part_big(work: Path, tiny: bool, samples: int, seq_len: int, limit_x: float)
     # What a step may use beyond the interpreter and libraries (~0.4 GB): the RSS target less that.
     budget = "256MiB" if tiny else f"{max(256, (fp32 // 2 - (400 << 20)) >> 20)}MiB"
     data = {"seq_len": seq_len, "limit": 2 if tiny else 4, "eval_batch_size": 1}
-    out: dict = {"model": {"path": str(model), "geometry": geometry, "fp32_bytes": fp32, "written_seconds": made},
-                 "limit": {"bytes": limit, "how": how, "x_fp32": None if tiny else round(limit / fp32, 3)},
-                 "memory_budget": budget}
+    out: dict = {
+        "model": {"path": str(model), "geometry": geometry, "fp32_bytes": fp32, "written_seconds": made},
+        "limit": {"bytes": limit, "how": how, "x_fp32": None if tiny else round(limit / fp32, 3)},
+        "memory_budget": budget,
+    }
     for name, step, export in (
-        ("gptq_w4g128", {"method": "gptq", "bits": 4, "group_size": 128 if not tiny else 64, "num_samples": samples,
-                         "seq_len": seq_len, "batch_size": 1}, {"filename": "gptq"}),
-        ("sparsegpt_50", {"method": "sparsegpt", "sparsity": 0.5, "num_samples": samples, "seq_len": seq_len,
-                          "batch_size": 1}, {"format": "sparse", "filename": "sparsegpt"}),
+        (
+            "gptq_w4g128",
+            {
+                "method": "gptq",
+                "bits": 4,
+                "group_size": 128 if not tiny else 64,
+                "num_samples": samples,
+                "seq_len": seq_len,
+                "batch_size": 1,
+            },
+            {"filename": "gptq"},
+        ),
+        (
+            "sparsegpt_50",
+            {"method": "sparsegpt", "sparsity": 0.5, "num_samples": samples, "seq_len": seq_len, "batch_size": 1},
+            {"format": "sparse", "filename": "sparsegpt"},
+        ),
     ):
         rec = recipe(work / f"{name}_stream.yaml", step, stream=True, budget=budget, export=export, data=data)
         dest = work / f"run_{name}"
@@ -202,9 +265,15 @@ def part_smollm2(work: Path, tiny: bool) -> dict:
     for stream in (True, False):
         base = None if tiny else "sparsegpt_smollm2_50"
         step = {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2}
-        rec = recipe(work / f"smollm2_{stream}.yaml", step, stream=stream, budget="384MiB" if stream else None,
-                     export={"format": "sparse", "filename": "sparsegpt"}, data={"limit": 2, "seq_len": 64},
-                     base=base)
+        rec = recipe(
+            work / f"smollm2_{stream}.yaml",
+            step,
+            stream=stream,
+            budget="384MiB" if stream else None,
+            export={"format": "sparse", "filename": "sparsegpt"},
+            data={"limit": 2, "seq_len": 64},
+            base=base,
+        )
         dest = work / f"run_smollm2_{'stream' if stream else 'memory'}"
         shutil.rmtree(dest, ignore_errors=True)
         r = run([*NETSLIM, "compress", rec, "--model", name, "--out", dest])
@@ -236,27 +305,39 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a 2-block model and short runs: checks the script")
     ap.add_argument("--samples", type=int, default=16, help="calibration sequences of the 1B runs")
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--limit-x", type=float, default=None,
-                    help="hard limit as a multiple of fp32 bytes (default 0.5 with systemd-run, 0.75 with prlimit --as)")
+    ap.add_argument(
+        "--limit-x",
+        type=float,
+        default=None,
+        help="hard limit as a multiple of fp32 bytes (default 0.5 with systemd-run, 0.75 with prlimit --as)",
+    )
     args = ap.parse_args()
     work = args.work / ("tiny" if args.tiny else "real")
     work.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         os.environ.setdefault("NETSLIM_CACHE", str(work / "cache"))
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-              "cpus": os.cpu_count(), "tiny": args.tiny}
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "tiny": args.tiny,
+    }
     parts = args.parts.split(",")
     if "big" in parts:
-        result["big"] = part_big(work, args.tiny, 8 if args.tiny else args.samples, 64 if args.tiny else args.seq_len,
-                                 args.limit_x)
+        result["big"] = part_big(
+            work, args.tiny, 8 if args.tiny else args.samples, 64 if args.tiny else args.seq_len, args.limit_x
+        )
     if "smollm2" in parts:
         result["smollm2"] = part_smollm2(work, args.tiny)
     RESULTS.mkdir(parents=True, exist_ok=True)
     dest = RESULTS / f"issue19_streaming{'_tiny' if args.tiny else ''}.json"
     if dest.is_file() and not args.tiny:  # one part per run: keep the other part's record
         previous = json.loads(dest.read_text())
-        result = {**previous, **result, "part_dates": {**previous.get("part_dates", {}),
-                                                       **{p: result["date"] for p in parts}}}
+        result = {
+            **previous,
+            **result,
+            "part_dates": {**previous.get("part_dates", {}), **{p: result["date"] for p in parts}},
+        }
     tmp = dest.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(dest)

@@ -25,6 +25,7 @@ benchmarks/results/structured.json):
 
     /tmp/cpu env NETSLIM_CACHE=$PWD/.cache/netslim .venv/bin/python benchmarks/structured.py cnn --model resnet20
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,13 @@ def _merge(key: str, value: dict) -> None:
     with open(cache_dir() / "bench" / "structured.json.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        data[key] = {**value, "date": dt.date.today().isoformat(), "torch": torch.__version__,
-                     "load_avg": os.getloadavg()[0], "machine": platform.processor() or platform.machine()}
+        data[key] = {
+            **value,
+            "date": dt.date.today().isoformat(),
+            "torch": torch.__version__,
+            "load_avg": os.getloadavg()[0],
+            "machine": platform.processor() or platform.machine(),
+        }
         atomic_write(OUT, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
 
 
@@ -102,8 +108,14 @@ class _Resume(Callback):
         now = time.perf_counter()
         took, self.last = now - self.last, now
         self.seconds += took
-        ck = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(), "step": state.step,
-              "epoch": state.epoch, "history": state.history, "seconds": self.seconds}
+        ck = {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "step": state.step,
+            "epoch": state.epoch,
+            "history": state.history,
+            "seconds": self.seconds,
+        }
         atomic_write(self.path, lambda tmp: torch.save(ck, tmp))
         print(f"epoch {state.epoch}: {took:.0f} s, {state.history[-1]}", flush=True)
         if now - self.t0 + 1.2 * took > self.budget and state.step < state.total_steps:
@@ -119,8 +131,9 @@ def _finetune_and_report(args, model, state: dict, t0: float, teacher=None) -> d
     x1 = task.example_inputs(1)
     # select_best off: a resumed run cannot restore a best epoch of an earlier job; the last
     # epoch's weights are what every method reports
-    ft = FinetuneConfig(epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4,
-                        select_best=False, seed=args.seed)
+    ft = FinetuneConfig(
+        epochs=args.epochs, lr=args.lr, amp="bf16", batch_size=128, weight_decay=5e-4, select_best=False, seed=args.seed
+    )
     resume = _Resume(_artifact(f"{args.model}_{args.tag}").with_suffix(".ckpt"), t0, args.budget)
     train_task = task
     if args.distill:  # soft targets of the unpruned model (Hinton KD), weight args.distill, T = 4
@@ -136,15 +149,30 @@ def _finetune_and_report(args, model, state: dict, t0: float, teacher=None) -> d
     back = netslim.load(path)
     resume.path.unlink(missing_ok=True)  # finished: the next run of this command starts afresh
     before = state["before"]
-    after = {"accuracy_pruned_no_ft": state["pruned_acc"], "accuracy": acc(back), "params": count_params(back),
-             "macs": total_macs(back, x1), "bytes": path.stat().st_size,
-             "bytes_without_plan": _size(back)}  # the stored prune plan (keep indices) is part of "bytes"
-    return {"model": args.model, "seed": args.seed, "target_macs": args.macs, "finetune": ft.model_dump(mode="json"),
-            "distill_alpha": args.distill,
-            "finetune_seconds": round(resume.seconds, 1), "history": summary["history"],
-            "prune_seconds": state["prune_s"], "before": before, "after": after, "artifact": str(path), **extra,
-            "ratios": {k: round(after[k] / before[k], 4) for k in ("params", "macs", "bytes")},
-            "accuracy_drop": round(before["accuracy"] - after["accuracy"], 2)}
+    after = {
+        "accuracy_pruned_no_ft": state["pruned_acc"],
+        "accuracy": acc(back),
+        "params": count_params(back),
+        "macs": total_macs(back, x1),
+        "bytes": path.stat().st_size,
+        "bytes_without_plan": _size(back),
+    }  # the stored prune plan (keep indices) is part of "bytes"
+    return {
+        "model": args.model,
+        "seed": args.seed,
+        "target_macs": args.macs,
+        "finetune": ft.model_dump(mode="json"),
+        "distill_alpha": args.distill,
+        "finetune_seconds": round(resume.seconds, 1),
+        "history": summary["history"],
+        "prune_seconds": state["prune_s"],
+        "before": before,
+        "after": after,
+        "artifact": str(path),
+        **extra,
+        "ratios": {k: round(after[k] / before[k], 4) for k in ("params", "macs", "bytes")},
+        "accuracy_drop": round(before["accuracy"] - after["accuracy"], 2),
+    }
 
 
 def _pruned_run(args, prune) -> dict | None:
@@ -160,10 +188,18 @@ def _pruned_run(args, prune) -> dict | None:
     if meta_path.is_file():
         state = json.loads(meta_path.read_text())
     else:
-        before = {"accuracy": round(task.evaluate(base, "test")["accuracy"] * 100, 2),
-                  "params": count_params(base), "macs": total_macs(base, x1), "bytes": _size(base)}
-        state = {"before": before, "pruned_acc": round(task.evaluate(model, "test")["accuracy"] * 100, 2),
-                 "prune_s": prune_s, "extra": extra}
+        before = {
+            "accuracy": round(task.evaluate(base, "test")["accuracy"] * 100, 2),
+            "params": count_params(base),
+            "macs": total_macs(base, x1),
+            "bytes": _size(base),
+        }
+        state = {
+            "before": before,
+            "pruned_acc": round(task.evaluate(model, "test")["accuracy"] * 100, 2),
+            "prune_s": prune_s,
+            "extra": extra,
+        }
         atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(state)))
     out = _finetune_and_report(args, model, state, t0, teacher=base)
     if out is not None:
@@ -181,8 +217,14 @@ def _stage_ratios(widths: str) -> dict[str, float]:
     r = [1 - k / f for k, f in zip(w, full)]
     # the stream of stage 1 is the stem's group; those of stages 2 and 3 are named after their first
     # block's conv2 (which, with the shortcut, produces them)
-    return {"conv1": r[0], "layer1.*.conv1": r[1], "layer2.0.conv2": r[2], "layer2.*.conv1": r[3],
-            "layer3.0.conv2": r[4], "layer3.*.conv1": r[5]}
+    return {
+        "conv1": r[0],
+        "layer1.*.conv1": r[1],
+        "layer2.0.conv2": r[2],
+        "layer2.*.conv1": r[3],
+        "layer3.0.conv2": r[4],
+        "layer3.*.conv1": r[5],
+    }
 
 
 def _per_layer_plan(args) -> dict[str, float] | None:
@@ -203,8 +245,9 @@ def convs(args) -> dict:
     cells = {}
     for hw, chans in ((28, (8, 16)), (14, (8, 16, 32)), (7, (16, 32, 48, 64))):
         for ci, co, cl in itertools.product(chans, chans, (False, True)):
-            layer = torch.nn.Sequential(torch.nn.Conv2d(ci, co, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(co),
-                                        torch.nn.ReLU()).eval()
+            layer = torch.nn.Sequential(
+                torch.nn.Conv2d(ci, co, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(co), torch.nn.ReLU()
+            ).eval()
             x = torch.randn(64, ci, hw, hw)
             if cl:
                 layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -261,15 +304,21 @@ def plans(args) -> dict:
             m = prune_channels(m, x1, ratios=_stage_ratios(widths), min_keep_ratio=1e-6)[0]
         models[spec] = m
     macs = {k: total_macs(m, x1) for k, m in models.items()}
-    out = {"model": args.model, "threads": args.threads, "widths": list(models)[1:],
-           "macs_share": {k: round(macs[k] / macs["base"], 4) for k in models if k != "base"}}
+    out = {
+        "model": args.model,
+        "threads": args.threads,
+        "widths": list(models)[1:],
+        "macs_share": {k: round(macs[k] / macs["base"], 4) for k in models if k != "base"},
+    }
     x = task.example_inputs(64)
     for variant in (args.variants or "plain,fold+cl").split(","):
         prepared = {k: _variant(m, variant) for k, m in models.items()}
         xv = x.contiguous(memory_format=torch.channels_last) if "cl" in variant else x
         t = interleaved_latency(prepared, xv, rounds=args.rounds, repeats=10, threads=args.threads)
-        out[variant] = {"b64_ms": {k: round(v, 3) for k, v in t.items()},
-                        "speedup": {k: round(t["base"] / t[k], 3) for k in models if k != "base"}}
+        out[variant] = {
+            "b64_ms": {k: round(v, 3) for k, v in t.items()},
+            "speedup": {k: round(t["base"] / t[k], 3) for k in models if k != "base"},
+        }
         print(variant, json.dumps(out[variant]["speedup"]), flush=True)
     return out
 
@@ -279,6 +328,7 @@ def cnn(args) -> dict | None:
         kwargs = {}
         if args.criterion in ("taylor", "activation"):
             import itertools
+
             kwargs = {"batches": list(itertools.islice(task.train_batches(0, 64), 16)), "loss_fn": task.loss}
         model, plans, extra = copy.deepcopy(base), [], {}
         if args.drop:  # whole residual blocks first, then channels of what is left
@@ -287,18 +337,28 @@ def cnn(args) -> dict | None:
             extra["dropped_blocks"] = rep["dropped"]
         # --ratios / --widths: a per-layer plan ({selector: share removed}) instead of the global MAC target
         per_layer = _per_layer_plan(args)
-        target = {"ratios": per_layer} if per_layer else {
-            "target_macs": args.macs * total_macs(base, x1) / total_macs(model, x1), "scope": args.scope}
-        model, report = prune_channels(model, x1, criterion=args.criterion, round_to=args.round_to,
-                                       **target, **kwargs)
+        target = (
+            {"ratios": per_layer}
+            if per_layer
+            else {"target_macs": args.macs * total_macs(base, x1) / total_macs(model, x1), "scope": args.scope}
+        )
+        model, report = prune_channels(model, x1, criterion=args.criterion, round_to=args.round_to, **target, **kwargs)
         plans.append(report["plan"])
         # keys of their own: "ratios" and "target_macs" of the report say something else
-        plan_args = {{"ratios": "layer_ratios", "target_macs": "channels_target_macs"}.get(k, k): v
-                     for k, v in target.items()}
-        return model, {"method": "netslim", "criterion": args.criterion, **plan_args, **extra,
-                       **({"widths": args.widths} if args.widths else {}),
-                       "round_to": args.round_to, "pruned_share": report.get("ratio"), "groups": report["groups"],
-                       "info": {"prune_plans": plans}}
+        plan_args = {
+            {"ratios": "layer_ratios", "target_macs": "channels_target_macs"}.get(k, k): v for k, v in target.items()
+        }
+        return model, {
+            "method": "netslim",
+            "criterion": args.criterion,
+            **plan_args,
+            **extra,
+            **({"widths": args.widths} if args.widths else {}),
+            "round_to": args.round_to,
+            "pruned_share": report.get("ratio"),
+            "groups": report["groups"],
+            "info": {"prune_plans": plans},
+        }
 
     return _pruned_run(args, prune)
 
@@ -321,9 +381,15 @@ def torch_pruning(args) -> dict | None:
         def pruned(ratio: float):
             m = copy.deepcopy(base).eval()
             imp = tp.importance.GroupMagnitudeImportance(p=1 if args.criterion == "l1" else 2)
-            pr = tp.pruner.MetaPruner(m, x1, importance=imp, global_pruning=args.scope == "global",
-                                      pruning_ratio=ratio, ignored_layers=[m.get_submodule(ignored_name)],
-                                      round_to=args.round_to if args.round_to > 1 else None)
+            pr = tp.pruner.MetaPruner(
+                m,
+                x1,
+                importance=imp,
+                global_pruning=args.scope == "global",
+                pruning_ratio=ratio,
+                ignored_layers=[m.get_submodule(ignored_name)],
+                round_to=args.round_to if args.round_to > 1 else None,
+            )
             pr.step()
             return m
 
@@ -335,9 +401,13 @@ def torch_pruning(args) -> dict | None:
                 hi, model = mid, cand
             else:
                 lo = mid
-        return model, {"method": f"torch-pruning {tp.__version__}",
-                       "criterion": f"GroupMagnitudeImportance(p={1 if args.criterion == 'l1' else 2})",
-                       "scope": args.scope, "pruning_ratio": round(hi, 4), "round_to": args.round_to}
+        return model, {
+            "method": f"torch-pruning {tp.__version__}",
+            "criterion": f"GroupMagnitudeImportance(p={1 if args.criterion == 'l1' else 2})",
+            "scope": args.scope,
+            "pruning_ratio": round(hi, 4),
+            "round_to": args.round_to,
+        }
 
     return _pruned_run(args, prune)
 
@@ -367,16 +437,27 @@ def tp_scores(args) -> dict:
         grp = dg.get_pruning_group(model.get_submodule(g.name), tp.prune_conv_out_channels, idxs=list(range(g.size)))
         b, c = (i(grp).float().cpu() for i in (imp, imp_w))
         rho = lambda u, v: round(float(torch.corrcoef(torch.stack([rank(u), rank(v)]))[0, 1]), 3)  # noqa: E731
-        rows.append({"group": g.name, "size": g.size, "spearman": rho(a, b), "std_netslim": round(float(a.std()), 3),
-                     "std_tp": round(float(b.std()), 3), "spearman_tp_without_bn": rho(a, c),
-                     "std_tp_without_bn": round(float(c.std()), 3)})
+        rows.append(
+            {
+                "group": g.name,
+                "size": g.size,
+                "spearman": rho(a, b),
+                "std_netslim": round(float(a.std()), 3),
+                "std_tp": round(float(b.std()), 3),
+                "spearman_tp_without_bn": rho(a, c),
+                "std_tp_without_bn": round(float(c.std()), 3),
+            }
+        )
     kept = {}
     for tag in args.tag.split(","):
         m = netslim.load(_artifact(f"{args.model}_{tag}"))
         kept[tag] = {n: c.out_channels for n, c in m.named_modules() if isinstance(c, torch.nn.Conv2d)}
-    return {"model": args.model, "groups": rows, "kept_out_channels": kept,
-            "base_out_channels": {n: c.out_channels for n, c in model.named_modules()
-                                  if isinstance(c, torch.nn.Conv2d)}}
+    return {
+        "model": args.model,
+        "groups": rows,
+        "kept_out_channels": kept,
+        "base_out_channels": {n: c.out_channels for n, c in model.named_modules() if isinstance(c, torch.nn.Conv2d)},
+    }
 
 
 def criteria(args) -> dict:
@@ -389,17 +470,28 @@ def criteria(args) -> dict:
     x1 = task.example_inputs(1)
     macs0 = total_macs(base, x1)
     batches = list(itertools.islice(task.train_batches(0, 64), 16))
-    out = {"model": args.model, "target_macs": args.macs, "split": "val",
-           "base_accuracy": round(task.evaluate(base, "val")["accuracy"] * 100, 2), "runs": []}
+    out = {
+        "model": args.model,
+        "target_macs": args.macs,
+        "split": "val",
+        "base_accuracy": round(task.evaluate(base, "val")["accuracy"] * 100, 2),
+        "runs": [],
+    }
     for crit in ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
         for scope in ("global", "uniform"):
             kw = {"batches": batches, "loss_fn": task.loss} if crit in ("taylor", "activation") else {}
-            model, rep = prune_channels(copy.deepcopy(base), x1, target_macs=args.macs, criterion=crit,
-                                        scope=scope, **kw)
-            out["runs"].append({"criterion": crit, "scope": scope,
-                                "accuracy": round(task.evaluate(model, "val")["accuracy"] * 100, 2),
-                                "macs_ratio": round(total_macs(model, x1) / macs0, 4),
-                                "params": count_params(model)})
+            model, rep = prune_channels(
+                copy.deepcopy(base), x1, target_macs=args.macs, criterion=crit, scope=scope, **kw
+            )
+            out["runs"].append(
+                {
+                    "criterion": crit,
+                    "scope": scope,
+                    "accuracy": round(task.evaluate(model, "val")["accuracy"] * 100, 2),
+                    "macs_ratio": round(total_macs(model, x1) / macs0, 4),
+                    "params": count_params(model),
+                }
+            )
             print(out["runs"][-1], flush=True)
     return out
 
@@ -428,7 +520,8 @@ def _timings(models: dict, task, args, variant: str) -> dict:
             x = x.contiguous(memory_format=torch.channels_last)
         t = interleaved_latency(models, x, rounds=args.rounds, repeats=20 if b == 1 else 10, threads=args.threads)
         out[f"b{b}"] = {k: round(v, 4) for k, v in t.items()} | {
-            f"speedup_{k}": round(t["base"] / t[k], 3) for k in tags}
+            f"speedup_{k}": round(t["base"] / t[k], 3) for k in tags
+        }
     # per-call overhead at batch 1: the part of its time that does not scale with the batch,
     # 1 - (t64 / 64) / t1 (Python, dispatch, small-kernel launch costs)
     for k in models:
@@ -454,8 +547,9 @@ def _profile(models: dict, task, variant: str, calls: int = 10) -> dict:
         ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
         # keyed by op and first input's shape: which layer a slow op is
         shape = lambda e: e.input_shapes[0] if e.input_shapes else ""  # noqa: E731
-        out[k] = {f"{e.key} {shape(e)}": round(e.self_cpu_time_total / 1e3 / calls, 3)
-                  for e in ops[:8]} | {"total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)}
+        out[k] = {f"{e.key} {shape(e)}": round(e.self_cpu_time_total / 1e3 / calls, 3) for e in ops[:8]} | {
+            "total": round(sum(e.self_cpu_time_total for e in ops) / 1e3 / calls, 3)
+        }
     return out
 
 
@@ -472,21 +566,37 @@ def latency(args) -> dict:
     models = {"base": base} | {t: netslim.load(_artifact(f"{args.model}_{t}")) for t in tags}
     task = get_task("fashion-mnist")
     x1 = task.example_inputs(1)
-    out = {"model": args.model, "tags": tags, "missing": missing, "threads": args.threads,
-           "macs": {k: total_macs(m, x1) for k, m in models.items()},
-           "channels": {k: [m.out_channels for m in v.modules() if isinstance(m, torch.nn.Conv2d)]
-                        for k, v in models.items()}}
+    out = {
+        "model": args.model,
+        "tags": tags,
+        "missing": missing,
+        "threads": args.threads,
+        "macs": {k: total_macs(m, x1) for k, m in models.items()},
+        "channels": {
+            k: [m.out_channels for m in v.modules() if isinstance(m, torch.nn.Conv2d)] for k, v in models.items()
+        },
+    }
     out["macs_reduction"] = {k: round(out["macs"]["base"] / out["macs"][k], 3) for k in tags}
     variants = args.variants.split(",") if args.variants else ["plain"]
     x = task.example_inputs(8)
     for variant in variants:
         prepared = {k: _variant(m, variant) for k, m in models.items()}
         with torch.no_grad():  # a preparation must not change what the model computes
-            err = max(float((prepared[k](x.contiguous(memory_format=torch.channels_last) if "cl" in variant else x)
-                             - models[k](x)).abs().max()) for k in models)
+            err = max(
+                float(
+                    (
+                        prepared[k](x.contiguous(memory_format=torch.channels_last) if "cl" in variant else x)
+                        - models[k](x)
+                    )
+                    .abs()
+                    .max()
+                )
+                for k in models
+            )
         res = _timings(prepared, task, args, variant) | {"max_abs_output_diff": err}
         res["b64_speedup_over_macs_reduction"] = {
-            k: round(res["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags}
+            k: round(res["b64"][f"speedup_{k}"] / out["macs_reduction"][k], 3) for k in tags
+        }
         if args.profile:
             res["profile_b64_ms"] = _profile(prepared, task, variant)
         if args.variants:
@@ -515,11 +625,17 @@ def sizes(args) -> dict:
         plans = [PrunePlan.from_dict(p).to_dict() for p in plans]
         with tempfile.TemporaryDirectory() as d:
             size = netslim.save(model, Path(d) / "m.safetensors", info={"prune_plans": plans}).stat().st_size
-        row = {"params": count_params(model), "bytes": size, "bytes_without_plan": _size(model),
-               "plan_json_bytes": len(json.dumps(plans))}
-        row["ratios"] = {"params": round(row["params"] / out["base"]["params"], 4),
-                         "bytes": round(size / out["base"]["bytes"], 4),
-                         "bytes_without_plan": round(row["bytes_without_plan"] / out["base"]["bytes"], 4)}
+        row = {
+            "params": count_params(model),
+            "bytes": size,
+            "bytes_without_plan": _size(model),
+            "plan_json_bytes": len(json.dumps(plans)),
+        }
+        row["ratios"] = {
+            "params": round(row["params"] / out["base"]["params"], 4),
+            "bytes": round(size / out["base"]["bytes"], 4),
+            "bytes_without_plan": round(row["bytes_without_plan"] / out["base"]["bytes"], 4),
+        }
         out[tag] = row
     return out
 
@@ -531,9 +647,12 @@ def minilm(args) -> dict:
     base = build_model("minilm")
     ref_fid = task.evaluate(base, "test")["fidelity"]
     calib = task.calibration_inputs(64, seed=0)  # dict of (64, max_length) tensors
-    batches = [{k: v[i:i + 16] for k, v in calib.items()} for i in range(0, 64, 16)]
-    kw = {"criterion": args.criterion, "batches": batches} if args.criterion == "activation" else {
-        "criterion": args.criterion}
+    batches = [{k: v[i : i + 16] for k, v in calib.items()} for i in range(0, 64, 16)]
+    kw = (
+        {"criterion": args.criterion, "batches": batches}
+        if args.criterion == "activation"
+        else {"criterion": args.criterion}
+    )
     model, r1 = prune_ffn(copy.deepcopy(base), 0.5, **kw)
     fid_ffn = task.evaluate(model, "test")["fidelity"]
     model, r2 = prune_heads(model, 1 / 3, **kw)
@@ -544,12 +663,20 @@ def minilm(args) -> dict:
     x = task.example_inputs(32)
     torch.set_num_threads(args.threads)
     t = interleaved_latency({"base": base, "pruned": back}, x, rounds=args.rounds, repeats=5, threads=args.threads)
-    return {"criterion": args.criterion, "fidelity_base": ref_fid, "fidelity_ffn50": fid_ffn,
-            "fidelity_ffn50_heads33": fid,
-            "fidelity_reloaded": fid_back, "params": [count_params(base), count_params(back)],
-            "bytes": [_size(base), path.stat().st_size], "latency_ms_b32": t,
-            "speedup_b32": round(t["base"] / t["pruned"], 3), "heads_kept": r2["groups"][:1],
-            "ffn_kept": r1["groups"][:1], "sentences": args.sentences}
+    return {
+        "criterion": args.criterion,
+        "fidelity_base": ref_fid,
+        "fidelity_ffn50": fid_ffn,
+        "fidelity_ffn50_heads33": fid,
+        "fidelity_reloaded": fid_back,
+        "params": [count_params(base), count_params(back)],
+        "bytes": [_size(base), path.stat().st_size],
+        "latency_ms_b32": t,
+        "speedup_b32": round(t["base"] / t["pruned"], 3),
+        "heads_kept": r2["groups"][:1],
+        "ffn_kept": r1["groups"][:1],
+        "sentences": args.sentences,
+    }
 
 
 def smollm2(args) -> dict:
@@ -565,11 +692,17 @@ def smollm2(args) -> dict:
     t0 = time.perf_counter()
     ppl_base = task.evaluate(base, "test")["perplexity"]
     eval_s = time.perf_counter() - t0
-    out = {"what": args.what, "blocks_512": args.blocks, "ppl_base": ppl_base, "eval_seconds": round(eval_s, 1),
-           "params_base": count_params(base), "bytes_base": _size(base)}
+    out = {
+        "what": args.what,
+        "blocks_512": args.blocks,
+        "ppl_base": ppl_base,
+        "eval_seconds": round(eval_s, 1),
+        "params_base": count_params(base),
+        "bytes_base": _size(base),
+    }
     n = 8
     calib = task.calibration_inputs(n, seed=0)  # (n, 512) token blocks of the calibration split
-    batches = [calib[i:i + 2] for i in range(0, n, 2)]
+    batches = [calib[i : i + 2] for i in range(0, n, 2)]
     if args.what == "ffn":
         if args.with_l2:
             model, _ = prune_ffn(copy.deepcopy(base), 0.25, criterion="l2")
@@ -579,8 +712,11 @@ def smollm2(args) -> dict:
         res = {"criterion": "activation", "calibration_blocks_512": n, "config": r["config"]}
     else:
         model, r = drop_layers(copy.deepcopy(base), 4, batches)
-        res = {"criterion": "block influence (1 - cos)", "dropped": r["dropped"],
-               "num_hidden_layers": model.config.num_hidden_layers}
+        res = {
+            "criterion": "block influence (1 - cos)",
+            "dropped": r["dropped"],
+            "num_hidden_layers": model.config.num_hidden_layers,
+        }
     res.update(ppl=task.evaluate(model, "test")["perplexity"], params=count_params(model))
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
@@ -589,40 +725,81 @@ def smollm2(args) -> dict:
         ids = task.example_inputs(1)["input_ids"][:, :128]
         with torch.no_grad():
             res["from_pretrained_max_abs_diff"] = float((back(ids).logits - model(ids).logits).abs().max())
-        res["from_pretrained_config"] = {k: getattr(back.config, k) for k in
-                                         ("intermediate_size", "num_hidden_layers", "num_attention_heads")}
+        res["from_pretrained_config"] = {
+            k: getattr(back.config, k) for k in ("intermediate_size", "num_hidden_layers", "num_attention_heads")
+        }
     out["ffn25" if args.what == "ffn" else "drop4"] = res
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=["cnn", "torch_pruning", "tp_scores", "criteria", "convs", "blocks", "plans",
-                                    "latency", "sizes", "minilm", "smollm2"])
+    p.add_argument(
+        "part",
+        choices=[
+            "cnn",
+            "torch_pruning",
+            "tp_scores",
+            "criteria",
+            "convs",
+            "blocks",
+            "plans",
+            "latency",
+            "sizes",
+            "minilm",
+            "smollm2",
+        ],
+    )
     p.add_argument("--model", default="resnet20")
     p.add_argument("--macs", type=float, default=0.5)
     p.add_argument("--criterion", default="l2", help="l1 | l2 | taylor | activation (minilm: l2 or activation)")
     p.add_argument("--scope", default="global")
-    p.add_argument("--ratios", default="", help='cnn: per-layer plan as JSON {selector: share removed}, e.g. '
-                   '\'{"conv1": 0.5, "layer1.*.conv1": 0.5}\' (replaces --macs/--scope)')
-    p.add_argument("--distill", type=float, default=0.0, help="cnn: fine-tune with soft targets of the unpruned "
-                   "model (KD, T = 4) with this weight (0: plain fine-tuning, as Torch-Pruning's runs)")
-    p.add_argument("--drop", default="", help="cnn: residual blocks replaced by the identity before channel "
-                   "pruning, comma-separated module names (e.g. layer1.1,layer1.2)")
-    p.add_argument("--widths", default="", help="cnn/plans, ResNet-20: kept channels per stage 's1,i1,s2,i2,s3,i3' "
-                   "(residual stream and inner channels of stages 1-3); plans: several, ';'-separated, each optionally "
-                   "followed by '|' and blocks to drop")
+    p.add_argument(
+        "--ratios",
+        default="",
+        help="cnn: per-layer plan as JSON {selector: share removed}, e.g. "
+        '\'{"conv1": 0.5, "layer1.*.conv1": 0.5}\' (replaces --macs/--scope)',
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="cnn: fine-tune with soft targets of the unpruned "
+        "model (KD, T = 4) with this weight (0: plain fine-tuning, as Torch-Pruning's runs)",
+    )
+    p.add_argument(
+        "--drop",
+        default="",
+        help="cnn: residual blocks replaced by the identity before channel "
+        "pruning, comma-separated module names (e.g. layer1.1,layer1.2)",
+    )
+    p.add_argument(
+        "--widths",
+        default="",
+        help="cnn/plans, ResNet-20: kept channels per stage 's1,i1,s2,i2,s3,i3' "
+        "(residual stream and inner channels of stages 1-3); plans: several, ';'-separated, each optionally "
+        "followed by '|' and blocks to drop",
+    )
     p.add_argument("--round-to", type=int, default=1)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--tag", default="2x")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--variants", default="", help="latency: comma-separated preparations of every model: "
-                   "plain, cl (channels_last), fold (BN folded), fold+cl")
+    p.add_argument(
+        "--variants",
+        default="",
+        help="latency: comma-separated preparations of every model: "
+        "plain, cl (channels_last), fold (BN folded), fold+cl",
+    )
     p.add_argument("--profile", action="store_true", help="latency: per-op self CPU time at batch 64")
-    p.add_argument("--seed", type=int, default=0, help="cnn/torch_pruning: fine-tuning seed (data order, "
-                   "augmentation and the 5,000-image validation hold-out; the test set is fixed)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="cnn/torch_pruning: fine-tuning seed (data order, "
+        "augmentation and the 5,000-image validation hold-out; the test set is fixed)",
+    )
     p.add_argument("--budget", type=float, default=540, help="cnn/torch_pruning: seconds this job may run")
     p.add_argument("--sentences", type=int, default=500)
     p.add_argument("--blocks", type=int, default=16)
@@ -632,20 +809,33 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    parts = {"cnn": cnn, "torch_pruning": torch_pruning, "tp_scores": tp_scores, "criteria": criteria, "convs": convs,
-             "blocks": blocks, "plans": plans,
-             "latency": latency, "sizes": sizes,
-             "minilm": minilm, "smollm2": smollm2}
+    parts = {
+        "cnn": cnn,
+        "torch_pruning": torch_pruning,
+        "tp_scores": tp_scores,
+        "criteria": criteria,
+        "convs": convs,
+        "blocks": blocks,
+        "plans": plans,
+        "latency": latency,
+        "sizes": sizes,
+        "minilm": minilm,
+        "smollm2": smollm2,
+    }
     result = parts[args.part](args)
     if result is None:
         print("time budget reached: fine-tuning checkpointed; run the same command again to resume")
         return
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    key = {"minilm": f"minilm_{args.criterion}", "smollm2": f"smollm2_{args.what}",
-           "plans": f"plans_{args.model}_{args.tag}_t{args.threads}", "convs": f"convs_t{args.threads}",
-           "latency": f"latency_{args.model}_{args.tag}_t{args.threads}" + (
-               f"_{args.variants.replace(',', '_')}" if args.variants else ""), "sizes": f"sizes_{args.model}"}.get(
-        args.part, f"{args.part}_{args.model}_{args.tag}")
+    key = {
+        "minilm": f"minilm_{args.criterion}",
+        "smollm2": f"smollm2_{args.what}",
+        "plans": f"plans_{args.model}_{args.tag}_t{args.threads}",
+        "convs": f"convs_t{args.threads}",
+        "latency": f"latency_{args.model}_{args.tag}_t{args.threads}"
+        + (f"_{args.variants.replace(',', '_')}" if args.variants else ""),
+        "sizes": f"sizes_{args.model}",
+    }.get(args.part, f"{args.part}_{args.model}_{args.tag}")
     _merge(key, {"command": "benchmarks/structured.py " + " ".join(os.sys.argv[1:]), **result})
     print(json.dumps(result, indent=1)[:3000])
 

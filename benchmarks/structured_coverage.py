@@ -34,6 +34,7 @@ BERT / Llama family rules, no tracing). Writes ``benchmarks/results/issue22_real
 ``record.py`` record: machine, load average, commit). ``--real --tiny`` runs the same code on the
 zoo's tiny-llama instead of SmolLM2 and writes nothing unless ``--out`` is given (a smoke run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,9 +112,21 @@ def _heads_dict(model) -> dict:
         return heads
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Linear) and name.rpartition(".")[2] in (
-                "query", "key", "value", "q_proj", "k_proj", "v_proj", "q_lin", "k_lin", "v_lin"):
-            heads[m] = n if name.rpartition(".")[2] not in ("k_proj", "v_proj") else \
-                getattr(cfg, "num_key_value_heads", None) or n
+            "query",
+            "key",
+            "value",
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "q_lin",
+            "k_lin",
+            "v_lin",
+        ):
+            heads[m] = (
+                n
+                if name.rpartition(".")[2] not in ("k_proj", "v_proj")
+                else getattr(cfg, "num_key_value_heads", None) or n
+            )
     return heads
 
 
@@ -134,9 +147,14 @@ def _torch_pruning(family: str, kind: str) -> dict:
     except ImportError:
         return {"status": "absent", "reason": "pip install netslim[bench] (torch-pruning)"}
     if kind in ("ffn", "width", "layers"):
-        return {"status": "n/a", "reason": {"ffn": "no FFN-only mode: its channel pruning covers FFN Linears",
-                                            "width": "no hidden-size-only mode: its channel pruning covers it",
-                                            "layers": "no block removal"}[kind]}
+        return {
+            "status": "n/a",
+            "reason": {
+                "ffn": "no FFN-only mode: its channel pruning covers FFN Linears",
+                "width": "no hidden-size-only mode: its channel pruning covers it",
+                "layers": "no block removal",
+            }[kind],
+        }
     model, x = build(family)
     before = n_params(model)
     head = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]  # the output layer
@@ -148,11 +166,19 @@ def _torch_pruning(family: str, kind: str) -> dict:
     signal.signal(signal.SIGALRM, _too_long)
     signal.alarm(PEER_TIMEOUT_S)
     try:
-        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=0.5, ignored_layers=head,
-                                      num_heads=heads, prune_head_dims=False, prune_num_heads=kind == "heads",
-                                      head_pruning_ratio=0.5, global_pruning=False,
-                                      output_transform=lambda y: y.logits if hasattr(y, "logits") else y)
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            ignored_layers=head,
+            num_heads=heads,
+            prune_head_dims=False,
+            prune_num_heads=kind == "heads",
+            head_pruning_ratio=0.5,
+            global_pruning=False,
+            output_transform=lambda y: y.logits if hasattr(y, "logits") else y,
+        )
         pruner.step()
         y = out(model, x)
     except _TooLong:
@@ -186,8 +212,11 @@ def _stage_timer():
 
     seconds: dict[str, float] = {}
     saved = []
-    for mod, attr, key in ((trace, "export_program", "export"), (heads, "find_heads", "find_heads"),
-                           (generic, "verify_heads", "verify_heads")):
+    for mod, attr, key in (
+        (trace, "export_program", "export"),
+        (heads, "find_heads", "find_heads"),
+        (generic, "verify_heads", "verify_heads"),
+    ):
         fn = getattr(mod, attr)
         saved.append((mod, attr, fn))
 
@@ -255,20 +284,32 @@ def run_real(repeats: int, tiny: bool, out_path: Path | None) -> dict:
             graph = structured_graph(model, x)
             cold = round(time.perf_counter() - t0, 4)
         warm = _timed(lambda m=model, x=x: structured_graph(m, x), repeats)
-        row = {"source": source, "params": n_params(model), "inputs": "2 x 8 token ids" if x is None else
-               "x".join(map(str, x.shape)), **_summary(graph), "cold_s": cold, "stages_cold_s": stages,
-               "warm_s": warm, "warm_median_s": statistics.median(warm)}
+        row = {
+            "source": source,
+            "params": n_params(model),
+            "inputs": "2 x 8 token ids" if x is None else "x".join(map(str, x.shape)),
+            **_summary(graph),
+            "cold_s": cold,
+            "stages_cold_s": stages,
+            "warm_s": warm,
+            "warm_median_s": statistics.median(warm),
+        }
         if name == "smollm2":
             other = _timed(lambda m=model: transformer_graph(m), repeats)
-            row["family_rules_s"] = {"warm_s": other, "median_s": statistics.median(other),
-                                     "what": "hf.transformer_graph: BERT / Llama / GPT-2 rules, no tracing"}
+            row["family_rules_s"] = {
+                "warm_s": other,
+                "median_s": statistics.median(other),
+                "what": "hf.transformer_graph: BERT / Llama / GPT-2 rules, no tracing",
+            }
         else:
             other = _timed(lambda m=model, x=x: export_graph(m, x), repeats)
-            row["export_graph_s"] = {"warm_s": other, "median_s": statistics.median(other),
-                                     "what": "core.trace.export_graph: the generic torch.export path"}
+            row["export_graph_s"] = {
+                "warm_s": other,
+                "median_s": statistics.median(other),
+                "what": "core.trace.export_graph: the generic torch.export path",
+            }
         models[name] = row
-        print(name, json.dumps({k: row[k] for k in ("path", "cold_s", "stages_cold_s", "warm_median_s")}),
-              flush=True)
+        print(name, json.dumps({k: row[k] for k in ("path", "cold_s", "stages_cold_s", "warm_median_s")}), flush=True)
         del model, graph
     rec = finish(rec, {"repeats": repeats, "tiny": tiny, "models": models})
     if out_path is not None:
@@ -280,12 +321,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", nargs="*", default=list(FAMILIES))
     p.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
-    p.add_argument("--real", action="store_true", help="time the graph of the zoo's SmolLM2 and MobileNetV2 instead "
-                   "(record: benchmarks/results/issue22_real.json)")
+    p.add_argument(
+        "--real",
+        action="store_true",
+        help="time the graph of the zoo's SmolLM2 and MobileNetV2 instead "
+        "(record: benchmarks/results/issue22_real.json)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="--real: builds timed after the first one")
     p.add_argument("--tiny", action="store_true", help="--real: tiny-llama for SmolLM2, nothing written (smoke)")
-    p.add_argument("--out", type=Path, default=None, help="--real: the record (default: issue22_real.json, "
-                   "none with --tiny)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="--real: the record (default: issue22_real.json, none with --tiny)"
+    )
     args = p.parse_args()
     if args.real:
         run_real(args.repeats, args.tiny, args.out or (None if args.tiny else RESULTS / "issue22_real.json"))
@@ -301,12 +347,19 @@ def main() -> None:
         t0 = time.perf_counter()
         structured_graph(model, x)
         times[fam] = round(time.perf_counter() - t0, 4)
-        rows[fam] = {kind: {"netslim": _netslim(fam, kind, tmp), "torch_pruning": _torch_pruning(fam, kind)}
-                     for kind in args.kinds}
-        print(fam, {k: (v["netslim"]["status"], v["torch_pruning"]["status"]) for k, v in rows[fam].items()},
-              flush=True)
-    metrics = {"torch_pruning": getattr(sys.modules.get("torch_pruning"), "__version__", None),
-               "kinds": list(args.kinds), "rows": rows, "graph_seconds": times}
+        rows[fam] = {
+            kind: {"netslim": _netslim(fam, kind, tmp), "torch_pruning": _torch_pruning(fam, kind)}
+            for kind in args.kinds
+        }
+        print(
+            fam, {k: (v["netslim"]["status"], v["torch_pruning"]["status"]) for k, v in rows[fam].items()}, flush=True
+        )
+    metrics = {
+        "torch_pruning": getattr(sys.modules.get("torch_pruning"), "__version__", None),
+        "kinds": list(args.kinds),
+        "rows": rows,
+        "graph_seconds": times,
+    }
     write(RESULTS / "issue22_coverage.json", finish(rec, metrics))
     lines = ["| family | kind | netslim | Torch-Pruning |", "|---|---|---|---|"]
     for fam, kinds in rows.items():

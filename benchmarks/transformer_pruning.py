@@ -26,6 +26,7 @@ again; both accuracies are in the results with ``reload_identical``.
     .venv/bin/python benchmarks/transformer_pruning.py --device cuda       # the real thing (GPU)
     .venv/bin/python benchmarks/transformer_pruning.py --only heads --checkpoint ~/.cache/netslim/models/minilm-docs.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,11 @@ class Run:
 
     def __init__(self, args):
         self.args, self.tiny = args, args.tiny
-        self.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if args.device == "auto" else args.device))
+        self.device = torch.device(
+            "cuda"
+            if args.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if args.device == "auto" else args.device)
+        )
         opts = {"limit": args.limit} if args.limit else {}
         if self.tiny:
             opts = {"model_name": "tiny-bert", "limit": args.limit or 96, "max_length": 32}
@@ -75,8 +79,15 @@ class Run:
 
     def train_cfg(self, epochs: float) -> FinetuneConfig:
         steps = self.args.max_steps or None
-        return FinetuneConfig(epochs=max(1, int(round(epochs))), max_steps=steps, optimizer="adamw", lr=self.lr,
-                              weight_decay=0.01, warmup_epochs=0.1, batch_size=self.args.batch_size)
+        return FinetuneConfig(
+            epochs=max(1, int(round(epochs))),
+            max_steps=steps,
+            optimizer="adamw",
+            lr=self.lr,
+            weight_decay=0.01,
+            warmup_epochs=0.1,
+            batch_size=self.args.batch_size,
+        )
 
     def fresh(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -85,10 +96,18 @@ class Run:
         from transformers import BertConfig, BertForSequenceClassification
 
         labels = list(self.task.classes)
-        cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=64, num_labels=len(labels),
-                         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                         pad_token_id=256)
+        cfg = BertConfig(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+            pad_token_id=256,
+        )
         return BertForSequenceClassification(cfg).eval()
 
     def base_model(self) -> nn.Module:
@@ -107,8 +126,13 @@ class Run:
         task = get_task("docs-sections", **{**self._task_options(), "seed": seed})
         model = self.fresh(seed).to(self.device)
         steps = self.args.base_steps or self.args.max_steps
-        cfg = baseline_config("minilm-docs", seed=seed, **({"max_steps": steps} if steps else {}),
-                              batch_size=self.args.batch_size, lr=self.lr)
+        cfg = baseline_config(
+            "minilm-docs",
+            seed=seed,
+            **({"max_steps": steps} if steps else {}),
+            batch_size=self.args.batch_size,
+            lr=self.lr,
+        )
         summary = fit(model, task, cfg)
         model.eval()
         path = self.art / ("base.safetensors" if seed == self.args.seeds[0] else f"seed{seed}.safetensors")
@@ -123,8 +147,9 @@ class Run:
         return round(self.task.evaluate(model.to(self.device), "test")["accuracy"] * 100, 2)
 
     def recover(self, model: nn.Module, epochs: float) -> dict:
-        t = layerwise_task(self.task, model, teacher=self.base_model(), distill=0.5, distill_temperature=4.0,
-                           hidden_weight=1.0)
+        t = layerwise_task(
+            self.task, model, teacher=self.base_model(), distill=0.5, distill_temperature=4.0, hidden_weight=1.0
+        )
         s = fit(model.to(self.device), t, self.train_cfg(epochs))
         return {"steps": s["steps"], "seconds": round(s["seconds"], 1)}
 
@@ -132,13 +157,20 @@ class Run:
         """Save, reload, evaluate both: the row gets params, block size, file size and both accuracies."""
         model = model.eval()
         row["test_accuracy"] = self.acc(model)
-        path = netslim.save(copy.deepcopy(model).cpu(), self.art / f"{name}.safetensors",
-                            {"model": "minilm-docs", "dataset": "docs-sections", "variant": name})
+        path = netslim.save(
+            copy.deepcopy(model).cpu(),
+            self.art / f"{name}.safetensors",
+            {"model": "minilm-docs", "dataset": "docs-sections", "variant": name},
+        )
         back = netslim.load(path).eval()
         row["reloaded_test_accuracy"] = self.acc(back)
         row["reload_identical"] = row["reloaded_test_accuracy"] == row["test_accuracy"]
-        row.update(params=count_params(model), block_params=block_params(model), file_bytes=Path(path).stat().st_size,
-                   artifact=str(path))
+        row.update(
+            params=count_params(model),
+            block_params=block_params(model),
+            file_bytes=Path(path).stat().st_size,
+            artifact=str(path),
+        )
         log(name, row)
         return row
 
@@ -154,8 +186,11 @@ def log(name: str, row: dict) -> None:
 
 
 def _spread(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 2),
-            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "values": values}
+    return {
+        "mean": round(statistics.mean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+        "values": values,
+    }
 
 
 # -------------------------------------------------------------------------- sections
@@ -166,21 +201,34 @@ def baseline(run: Run) -> dict:
         if seed == run.args.seeds[0] and not run.args.checkpoint:
             run.base = model  # the base of the other sections (unless --checkpoint names one)
         accs.append(run.acc(model))
-        rows.append({"seed": seed, "test_accuracy": accs[-1], "best_val_accuracy": summary.get("best_accuracy"),
-                     "seconds": round(summary["seconds"], 1)})
+        rows.append(
+            {
+                "seed": seed,
+                "test_accuracy": accs[-1],
+                "best_val_accuracy": summary.get("best_accuracy"),
+                "seconds": round(summary["seconds"], 1),
+            }
+        )
         print(f"  seed {seed}: test accuracy {accs[-1]}", flush=True)
     base = run.base_model()
-    return {"seeds": rows, "test_accuracy": _spread(accs), "params": count_params(base),
-            "block_params": block_params(base), "classes": list(run.task.classes),
-            "test_size": len(run.task.splits["test"][0])}
+    return {
+        "seeds": rows,
+        "test_accuracy": _spread(accs),
+        "params": count_params(base),
+        "block_params": block_params(base),
+        "classes": list(run.task.classes),
+        "test_size": len(run.task.splits["test"][0]),
+    }
 
 
 def _calibration(run: Run, n: int = 8, batch: int = 16) -> list:
     """Training batches on the run's device (activation statistics read them as they are)."""
     import itertools
 
-    return [({k: v.to(run.device) for k, v in x.items()}, y.to(run.device))
-            for x, y in itertools.islice(run.task.train_batches(123, batch), n)]
+    return [
+        ({k: v.to(run.device) for k, v in x.items()}, y.to(run.device))
+        for x, y in itertools.islice(run.task.train_batches(123, batch), n)
+    ]
 
 
 def heads(run: Run) -> dict:
@@ -189,40 +237,52 @@ def heads(run: Run) -> dict:
     for ratio in (0.2, 0.3, 0.4):
         for recover in (False, True):
             model = copy.deepcopy(run.base_model())
-            model, rep = prune_heads(model, ratio, criterion="taylor", scope="global", batches=batches,
-                                     loss_fn=run.task.loss)
-            row = {"ratio": ratio, "heads_removed": sum(g["size"] - g["kept"] for g in rep["groups"]),
-                   "heads_total": sum(_heads_per_block(run.base_model())), "heads_per_block": _heads_per_block(model)}
+            model, rep = prune_heads(
+                model, ratio, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss
+            )
+            row = {
+                "ratio": ratio,
+                "heads_removed": sum(g["size"] - g["kept"] for g in rep["groups"]),
+                "heads_total": sum(_heads_per_block(run.base_model())),
+                "heads_per_block": _heads_per_block(model),
+            }
             if recover:
                 row["accuracy_before_recovery"] = run.acc(model)
                 row["recovery"] = run.recover(model, run.args.recovery_epochs)
             out[f"heads_{int(ratio * 100)}{'_recovered' if recover else ''}"] = run.finish(
-                f"heads_{int(ratio * 100)}{'_rec' if recover else ''}", model, row)
+                f"heads_{int(ratio * 100)}{'_rec' if recover else ''}", model, row
+            )
     return out
 
 
 def _heads_per_block(model: nn.Module) -> list[int]:
     cfg = model.config
-    return [b.attention.self.query.out_features // (cfg.hidden_size // cfg.num_attention_heads)
-            for b in block_list(model)[0]]
+    return [
+        b.attention.self.query.out_features // (cfg.hidden_size // cfg.num_attention_heads)
+        for b in block_list(model)[0]
+    ]
 
 
 def layers(run: Run) -> dict:
     n = len(block_list(run.base_model())[0])
     calib = run.task.calibration_inputs(16, seed=0)
-    batches = [{k: v[i:i + 4] for k, v in calib.items()} for i in range(0, 16, 4)]
+    batches = [{k: v[i : i + 4] for k, v in calib.items()} for i in range(0, 16, 4)]
     out = {}
     for count in (2, 3):
         start = (n - count) // 2
-        choices = {"influence": None, "first": list(range(count)), "last": list(range(n - count, n)),
-                   "middle": list(range(start, start + count))}
+        choices = {
+            "influence": None,
+            "first": list(range(count)),
+            "last": list(range(n - count, n)),
+            "middle": list(range(start, start + count)),
+        }
         for how, indices in choices.items():
             for recover in (False, True):
                 model = copy.deepcopy(run.base_model())
-                model, rep = drop_layers(model, count, [{k: v.to(run.device) for k, v in b.items()} for b in batches],
-                                         indices=indices)
-                row = {"count": count, "of": n, "choice": how, "dropped": rep["dropped"],
-                       "influence": rep["influence"]}
+                model, rep = drop_layers(
+                    model, count, [{k: v.to(run.device) for k, v in b.items()} for b in batches], indices=indices
+                )
+                row = {"count": count, "of": n, "choice": how, "dropped": rep["dropped"], "influence": rep["influence"]}
                 if recover:
                     row["accuracy_before_recovery"] = run.acc(model)
                     row["recovery"] = run.recover(model, run.args.recovery_epochs)
@@ -240,8 +300,13 @@ def width(run: Run) -> dict:
         for variant in ("no_correction", "plain", "recovered"):
             model = copy.deepcopy(run.base_model())
             model, rep = prune_width(model, target, batches=batches, norm_correction=variant != "no_correction")
-            row = {"hidden_size": target, "of": d, "heads_per_block": model.config.num_attention_heads,
-                   "from_pretrained": rep["from_pretrained"], "norm_correction": variant != "no_correction"}
+            row = {
+                "hidden_size": target,
+                "of": d,
+                "heads_per_block": model.config.num_attention_heads,
+                "from_pretrained": rep["from_pretrained"],
+                "norm_correction": variant != "no_correction",
+            }
             if variant == "recovered":
                 row["accuracy_before_recovery"] = run.acc(model)
                 row["recovery"] = run.recover(model, run.args.recovery_epochs)
@@ -274,12 +339,30 @@ def cofi(run: Run) -> dict:
     for sparsity in (0.5, 0.75):
         tag = f"{int(sparsity * 100)}"
         model = copy.deepcopy(run.base_model())
-        cfg = CoFiConfig(sparsity=sparsity, train={"epochs": epochs, "max_steps": run.args.max_steps or None,
-                                                   "batch_size": run.args.batch_size, "lr": run.lr,
-                                                   "warmup_epochs": 0.1})
+        cfg = CoFiConfig(
+            sparsity=sparsity,
+            train={
+                "epochs": epochs,
+                "max_steps": run.args.max_steps or None,
+                "batch_size": run.args.batch_size,
+                "lr": run.lr,
+                "warmup_epochs": 0.1,
+            },
+        )
         rep = cofi_train(model, run.task, cfg=cfg, teacher=run.base_model().eval())
-        row = {k: rep[k] for k in ("sparsity", "expected_sparsity_end", "heads_kept", "neurons_kept", "hidden_kept",
-                                   "attention_layers_removed", "ffn_layers_removed", "block_size_after")}
+        row = {
+            k: rep[k]
+            for k in (
+                "sparsity",
+                "expected_sparsity_end",
+                "heads_kept",
+                "neurons_kept",
+                "hidden_kept",
+                "attention_layers_removed",
+                "ffn_layers_removed",
+                "block_size_after",
+            )
+        }
         row["accuracy_before_recovery"] = run.acc(model)
         row["recovery"] = run.recover(model, ft)
         out[f"cofi_{tag}"] = run.finish(f"cofi_{tag}", model, row)
@@ -289,8 +372,9 @@ def cofi(run: Run) -> dict:
         hf = copy.deepcopy(run.base_model())
         batches = _calibration(run)
         hf, _ = prune_heads(hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss)
-        hf, _ = prune_ffn(hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss,
-                          min_keep_ratio=0.01)
+        hf, _ = prune_ffn(
+            hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss, min_keep_ratio=0.01
+        )
         row = {"ratio": round(s, 4), "accuracy_before_recovery": run.acc(hf)}
         row["recovery"] = run.recover(hf, epochs + ft)
         out[f"heads_ffn_{tag}"] = run.finish(f"heads_ffn_{tag}", hf, row)
@@ -305,8 +389,10 @@ def _latency(run: Run, models: dict[str, nn.Module]) -> dict:
     for batch in (1, 32):
         lat = interleaved_latency(cpu, _inputs(run, batch, "cpu"), rounds=run.args.rounds, repeats=run.args.repeats)
         dense = float(lat["dense"])
-        res[f"cpu_b{batch}"] = {k: {"ms": round(float(v), 3), "iqr_ms": round(v.iqr_ms, 3),
-                                    "speedup": round(dense / float(v), 3)} for k, v in lat.items()}
+        res[f"cpu_b{batch}"] = {
+            k: {"ms": round(float(v), 3), "iqr_ms": round(v.iqr_ms, 3), "speedup": round(dense / float(v), 3)}
+            for k, v in lat.items()
+        }
         print(f"  cpu b{batch}: " + ", ".join(f"{k} {float(v):.1f} ms" for k, v in lat.items()), flush=True)
     if run.device.type == "cuda":
         for batch in (1, 32):

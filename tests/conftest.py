@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models and a small Fashion-MNIST subset (real data, few rows)."""
+
 from __future__ import annotations
 
 import os

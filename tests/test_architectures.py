@@ -11,6 +11,7 @@ does it (the artifact's stored data) and must give the report's final metric.
 The steps are the shipped technique recipes' steps (``gptq_w4g128``, ``sparsegpt_50``,
 ``wanda_50``, ``int8_dynamic``, ``heads_ffn_distill``) with tiny calibration sizes.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,11 +50,22 @@ def _causal_config(arch: str):
     common = dict(vocab_size=VOCAB, bos_token_id=256, eos_token_id=256, pad_token_id=256)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=64, **common)
-    cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-           "starcoder2": tf.Starcoder2Config}[arch]
+    cls = {
+        "llama": tf.LlamaConfig,
+        "mistral": tf.MistralConfig,
+        "qwen2": tf.Qwen2Config,
+        "starcoder2": tf.Starcoder2Config,
+    }[arch]
     # 4 query heads reading 2 key/value heads: grouped-query attention, as in the real models
-    return cls(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-               num_key_value_heads=2, max_position_embeddings=64, **common)
+    return cls(
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **common,
+    )
 
 
 def _encoder_config(arch: str, num_labels: int = 2):
@@ -61,8 +73,16 @@ def _encoder_config(arch: str, num_labels: int = 2):
     cls = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig}[arch]
     # RoBERTa numbers positions from pad + 1: room for 64 tokens after it
     positions = 64 if arch == "bert" else pad + 2 + 64
-    return cls(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-               intermediate_size=FFN, max_position_embeddings=positions, pad_token_id=pad, num_labels=num_labels)
+    return cls(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=positions,
+        pad_token_id=pad,
+        num_labels=num_labels,
+    )
 
 
 def _build(arch: str):
@@ -75,9 +95,18 @@ def _build(arch: str):
     if arch == "bert":
         return tf.BertModel(_encoder_config("bert")), byte_tokenizer("bert")  # a bare encoder: embeddings
     assert arch == "vit"
-    cfg = tf.ViTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                       intermediate_size=FFN, image_size=16, patch_size=4, num_channels=3, num_labels=2,
-                       id2label={0: "dark", 1: "light"}, label2id={"dark": 0, "light": 1})
+    cfg = tf.ViTConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        num_labels=2,
+        id2label={0: "dark", 1: "light"},
+        label2id={"dark": 0, "light": 1},
+    )
     processor_cls = getattr(tf, "ViTImageProcessorPil", tf.ViTImageProcessor)  # Pillow: no torchvision needed
     processor = processor_cls(size={"height": 16, "width": 16}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return tf.ViTForImageClassification(cfg), processor
@@ -111,8 +140,9 @@ def data(tmp_path_factory):
     """One tiny data set per modality: a text file, a labelled JSONL, an image folder."""
     root = tmp_path_factory.mktemp("data")
     (root / "corpus.txt").write_text(_prose(120))
-    rows = [{"text": f"{WORDS[i % 12]} {WORDS[(3 * i) % 12]} number {i}", "label": ["neg", "pos"][i % 2]}
-            for i in range(48)]
+    rows = [
+        {"text": f"{WORDS[i % 12]} {WORDS[(3 * i) % 12]} number {i}", "label": ["neg", "pos"][i % 2]} for i in range(48)
+    ]
     (root / "labelled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     g = np.random.default_rng(0)
     for split, n in (("train", 6), ("val", 2), ("test", 3)):  # explicit split folders: no hash split
@@ -160,14 +190,23 @@ EXPORT = {"sparsegpt": {"format": "sparse"}, "wanda": {"format": "sparse"}}
 CHANGED = "changed"
 NO_RULE_VIT = r"no attention/FFN structure netslim knows in model_type 'vit'"
 CASES = [
-    *[(arch, "text", m, CHANGED) for arch in ("llama", "mistral", "qwen2", "gpt2")
-      for m in ("gptq", "sparsegpt", "wanda", "dynamic_int8", "heads", "ffn")],
+    *[
+        (arch, "text", m, CHANGED)
+        for arch in ("llama", "mistral", "qwen2", "gpt2")
+        for m in ("gptq", "sparsegpt", "wanda", "dynamic_int8", "heads", "ffn")
+    ],
     ("llama", "text", "heads@0.25", r"heads: ratio 0.25 removes no head: groups have 2 heads, too few"),
     ("starcoder2", "text", "heads", CHANGED),  # Llama-style attention: the same rule applies
     ("starcoder2", "text", "ffn", CHANGED),  # c_fc/c_proj Linears: the generic graph (issue 22) finds them
-    *[(arch, d, m, CHANGED) for arch, d in (("bert-cls", "labelled"), ("roberta-cls", "labelled"),
-                                            ("bert", "sentences"))  # the bare encoder: embedding fidelity
-      for m in ("heads", "ffn", "dynamic_int8", "magnitude")],
+    *[
+        (arch, d, m, CHANGED)
+        for arch, d in (
+            ("bert-cls", "labelled"),
+            ("roberta-cls", "labelled"),
+            ("bert", "sentences"),
+        )  # the bare encoder: embedding fidelity
+        for m in ("heads", "ffn", "dynamic_int8", "magnitude")
+    ],
     ("vit", "images", "magnitude", CHANGED),
     ("vit", "images", "dynamic_int8", CHANGED),
     # issue 22: the generic graph (torch.export) prunes what no family rule knew
@@ -180,16 +219,22 @@ PARTIAL = {("gpt2", "dynamic_int8"): r"dynamic_int8: a transformers Conv1D .* is
 
 
 def _compress(model_dir, method: str, data_spec: dict, out):
-    recipe = {"name": f"{model_dir.name}-{method}", "measure": MEASURE,
-              "steps": [STEPS[method](), {"method": "export", **EXPORT.get(method, {})}]}
+    recipe = {
+        "name": f"{model_dir.name}-{method}",
+        "measure": MEASURE,
+        "steps": [STEPS[method](), {"method": "export", **EXPORT.get(method, {})}],
+    }
     return netslim.compress(str(model_dir), recipe, data=data_spec, out=out)
 
 
 def _block_weights(model) -> dict[str, torch.Tensor]:
     """The (effective, masked) weights of the Linear / Conv1D layers inside the blocks."""
     blocks = re.compile(r"\.(layers|h|layer)\.\d+\.")
-    return {n: effective_weight(m).detach() for n, m in model.named_modules()
-            if (isinstance(m, PRUNABLE_TYPES) or is_conv1d(m)) and blocks.search(f".{n}")}
+    return {
+        n: effective_weight(m).detach()
+        for n, m in model.named_modules()
+        if (isinstance(m, PRUNABLE_TYPES) or is_conv1d(m)) and blocks.search(f".{n}")
+    }
 
 
 def _params(model) -> int:

@@ -1,4 +1,5 @@
 """The benchmark harness: the record schema and writer, the composer of BENCHMARKS.md, run_all's registry."""
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,9 @@ def test_update_keeps_the_other_keys(tmp_path):
 
 def test_benchmarks_md_is_composed_from_its_sources():
     text, _ = compose.compose()
-    assert (BENCH.parent / "BENCHMARKS.md").read_text() == text, \
+    assert (BENCH.parent / "BENCHMARKS.md").read_text() == text, (
         "BENCHMARKS.md differs from benchmarks/reference + records: run `python benchmarks/compose.py`"
+    )
 
 
 def test_every_reference_row_names_a_record_and_a_known_run():
@@ -133,10 +135,17 @@ def test_dry_run_prints_every_command(capsys):
 
 def test_generated_tables_read_records_of_the_new_schema(tmp_path):
     """A converted script (quantize.py) writes its rows under ``metrics``; the table reads them and the header."""
-    rows = {"fp32": {"accuracy": 0.939, "bytes": 1000, "size_vs_fp32": 1.0, "latency_ms": 14.0, "speedup": 1.0},
-            "fp32 channels-last": {"latency_ms": 13.0, "speedup": 1.08},
-            "int8 PTQ (minmax)": {"accuracy": 0.9384, "bytes": 267, "size_vs_fp32": 0.267, "latency_ms": 5.0,
-                                  "speedup": 2.8}}
+    rows = {
+        "fp32": {"accuracy": 0.939, "bytes": 1000, "size_vs_fp32": 1.0, "latency_ms": 14.0, "speedup": 1.0},
+        "fp32 channels-last": {"latency_ms": 13.0, "speedup": 1.08},
+        "int8 PTQ (minmax)": {
+            "accuracy": 0.9384,
+            "bytes": 267,
+            "size_vs_fp32": 0.267,
+            "latency_ms": 5.0,
+            "speedup": 2.8,
+        },
+    }
     for name in ("quantize_resnet20_int8_rerun2.json", "quantize_resnet20_int8_rerun.json"):
         rec = record.start(name[:-5], argv=["benchmarks/quantize.py", "resnet20"])
         record.write(tmp_path / name, record.finish(rec, {"model": "resnet20", "threads": 2, "rows": rows}))

@@ -1,4 +1,5 @@
 """End-to-end: `netslim train` + `netslim compress` on a data subset, report checked independently."""
+
 import json
 import os
 import subprocess
@@ -17,8 +18,9 @@ LIMIT = 2000
 
 def run_cli(*args, env_extra=None, check=True):
     env = {**os.environ, "NETSLIM_PROGRESS": "0", **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netslim.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -35,9 +37,11 @@ def trained(tmp_path_factory):
 def test_compress_end_to_end_report_matches_independent_measurements(trained, tmp_path):
     env, cache = trained
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: e2e\nmodel: lenet300\nmeasure: {batch_size: 16, repeats: 3}\nsteps:\n"
-                      "  - method: finetune\n    epochs: 1\n    max_steps: 5\n  - method: evaluate\n"
-                      "  - method: export\n    filename: slim\n")
+    recipe.write_text(
+        "name: e2e\nmodel: lenet300\nmeasure: {batch_size: 16, repeats: 3}\nsteps:\n"
+        "  - method: finetune\n    epochs: 1\n    max_steps: 5\n  - method: evaluate\n"
+        "  - method: export\n    filename: slim\n"
+    )
     out = tmp_path / "out"
     proc = run_cli("compress", recipe, "--out", out, "--limit", LIMIT, env_extra=env)
     assert "accuracy" in proc.stdout
@@ -80,8 +84,9 @@ def test_resume_continues_after_last_completed_step(trained, tmp_path):
     os.environ["NETSLIM_CACHE"] = env["NETSLIM_CACHE"]
     try:
         steps = [{"method": "finetune", "epochs": 1, "max_steps": 3}, {"method": "evaluate"}]
-        recipe = parse_recipe({"name": "r", "model": "lenet300", "measure": {"repeats": 2, "batch_size": 4},
-                               "steps": steps})
+        recipe = parse_recipe(
+            {"name": "r", "model": "lenet300", "measure": {"repeats": 2, "batch_size": 4}, "steps": steps}
+        )
         out = tmp_path / "o"
         first = run_recipe(recipe, out, data_options={"limit": LIMIT})
         state = json.loads((out / "state.json").read_text())

@@ -5,6 +5,7 @@ run's own data (stored in its metadata) in ONNX Runtime as the PyTorch int8 mode
 bench measures it from what it stores, inspect lists its QDQ layers and the check made at export;
 a damaged .onnx, or a model no graph can express, is one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from PIL import Image  # noqa: E402
 from test_cli import run_cli  # noqa: E402  (the CLI helper of tests/test_cli.py)
 
-CNN = textwrap.dedent('''
+CNN = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -41,7 +42,7 @@ CNN = textwrap.dedent('''
     def branchy():
         torch.manual_seed(0)
         return Branchy()
-''')
+""")
 RECIPE = """name: onnx_cnn
 measure: {batch_size: 4, repeats: 3}
 steps:
@@ -121,8 +122,17 @@ def test_damaged_onnx_and_inexpressible_model_exit_2_with_one_line(run, tmp_path
     assert proc.stderr.startswith(f"netslim: error: {bad}: not a readable ONNX model")
 
     target = tmp_path / "out"
-    proc = run_cli("compress", d / "r.yaml", "--model", f"{d / 'cnn.py'}:branchy", "--data", d / "imgs",
-                   "--out", target, check=False)
+    proc = run_cli(
+        "compress",
+        d / "r.yaml",
+        "--model",
+        f"{d / 'cnn.py'}:branchy",
+        "--data",
+        d / "imgs",
+        "--out",
+        target,
+        check=False,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert re.match(r"netslim: error: step 3 \(export\): ONNX export of Branchy failed: .*data-dependent", proc.stderr)
     assert not [p.name for p in target.iterdir() if "q.onnx" in p.name]  # no file, no temporary left

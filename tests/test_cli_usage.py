@@ -1,6 +1,7 @@
 """Every usage error of the CLI is one line on stderr, ``netslim: error: ...``, exit code 2,
 no traceback: typer's own exception types (missing argument, unknown command or option,
 bad value, missing option value), range-checked numbers, bad choices, unreadable recipes."""
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,11 @@ def test_unreadable_recipes_and_a_bad_out_are_one_line(monkeypatch, capsys, tmp_
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("name: café\nsteps:\n  - method: evaluate\n".encode("latin-1"))
     bomb = tmp_path / "bomb.yaml"
-    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 9)) + "steps: *a8\n")
+    bomb.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 9))
+        + "steps: *a8\n"
+    )
     deep = tmp_path / "deep.yaml"
     deep.write_text("steps: " + "[" * 100_000 + "]" * 100_000 + "\n")
     a_file = tmp_path / "taken"
@@ -101,8 +105,9 @@ def test_unreadable_recipes_and_a_bad_out_are_one_line(monkeypatch, capsys, tmp_
 
 def test_the_installed_entry_point_behaves_the_same(tmp_path):
     env = {**os.environ, "NETSLIM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    bad = subprocess.run([sys.executable, "-m", "netslim.cli", "eval", "--bogus"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "netslim.cli", "eval", "--bogus"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("netslim: error: ") and len(bad.stderr.splitlines()) == 1, bad.stderr
     bare = subprocess.run([sys.executable, "-m", "netslim.cli"], capture_output=True, text=True, env=env, timeout=120)

@@ -2,6 +2,7 @@
 ``include`` / ``exclude``, one nested ``finetune:`` block for the training options of a step that
 trains (old flat spellings refused naming the new one), one KD spelling (``distill`` /
 ``distill_temperature``)."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,9 @@ TRAINING = sorted(n for n, m in methods().items() if issubclass(m.config_cls, Tr
 
 
 def test_the_selecting_methods_include_every_family():
-    assert {"magnitude", "dynamic_int8", "ptq_int8", "gptq", "weight_only", "qat", "share", "svd",
-            "sparsegpt"} <= set(SELECTING)
+    assert {"magnitude", "dynamic_int8", "ptq_int8", "gptq", "weight_only", "qat", "share", "svd", "sparsegpt"} <= set(
+        SELECTING
+    )
 
 
 @pytest.mark.parametrize("name", SELECTING)
@@ -42,8 +44,26 @@ def test_every_selector_field_takes_a_string_or_a_list_and_checks_regexes(name, 
 
 
 def test_the_training_methods_are_training_steps():
-    assert {"imp", "gradual", "lottery", "l0", "movement", "rigl", "set", "cofi", "distill", "share", "qat",
-            "channels", "heads", "ffn", "layers", "width", "search_channels", "netadapt"} <= set(TRAINING)
+    assert {
+        "imp",
+        "gradual",
+        "lottery",
+        "l0",
+        "movement",
+        "rigl",
+        "set",
+        "cofi",
+        "distill",
+        "share",
+        "qat",
+        "channels",
+        "heads",
+        "ffn",
+        "layers",
+        "width",
+        "search_channels",
+        "netadapt",
+    } <= set(TRAINING)
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -58,8 +78,11 @@ def test_training_options_nest_under_one_finetune_block(name):
             with pytest.raises(NetslimError, match=rf"'{old}' is now spelled '{cls.renamed[old]}'"):
                 make_config({**_base(name), old: 1})
             continue
-        with pytest.raises(NetslimError, match=rf"'{old}' is a training option: set it under '{key}:' "
-                                               rf"\({key}: \{{{new}: \.\.\.\}}\)"):
+        with pytest.raises(
+            NetslimError,
+            match=rf"'{old}' is a training option: set it under '{key}:' "
+            rf"\({key}: \{{{new}: \.\.\.\}}\)",
+        ):
             make_config({**_base(name), old: 1})
     # a partial block keeps the method's own training defaults for the keys it leaves out
     for field, info in cls.model_fields.items():

@@ -23,6 +23,7 @@ with the example that caused it instead of killing pytest.
 Reproducible: ``derandomize=True`` and no example database; the sizes keep the file under a
 minute on one core (``OMP_NUM_THREADS=1``).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,9 +57,19 @@ EXAMPLE_SECONDS = 60  # one recipe example; a hang is an example that outlives i
 
 
 def fuzz_settings(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much, HealthCheck.large_base_example])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+            HealthCheck.large_base_example,
+        ],
+    )
 
 
 # ===================================================================================== recipes
@@ -68,6 +79,7 @@ class Hang(BaseException):
 
 def _bounded(fn, *args):
     """``fn(*args)``: a Recipe or NetslimError (returned), within EXAMPLE_SECONDS."""
+
     def alarm(signum, frame):
         raise Hang(f"no answer in {EXAMPLE_SECONDS} s")
 
@@ -92,25 +104,43 @@ def _check_outcome(result) -> None:
 
 # Values of any type a YAML document can hold (and a Python caller can pass).
 _SCALARS = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(-2**70, 2**70), st.sampled_from([0, -1, 1, 2**31, 2**63, 10**12, 10**400]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, -0.0, 1e-320]),
-    st.text(max_size=30), st.sampled_from(["", "x" * 5_000, "re:(", "re:conv.*", "*", "fc1", "\x00", "é" * 300]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, -1, 1, 2**31, 2**63, 10**12, 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -0.0, 1e-320]),
+    st.text(max_size=30),
+    st.sampled_from(["", "x" * 5_000, "re:(", "re:conv.*", "*", "fc1", "\x00", "é" * 300]),
 )
 HOSTILE = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.text(max_size=10), st.integers(), st.none()), inner,
-                                            max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=10), st.integers(), st.none()), inner, max_size=4),
+    ),
     max_leaves=12,
 )
-SELECTORS = st.sampled_from(["fc1", "fc*", "re:fc[12]", "re:(", "re:", "nothing_here", "conv1", "Linear",
-                             "torch.nn.Linear", "layer1.0.conv1", "*"])
+SELECTORS = st.sampled_from(
+    [
+        "fc1",
+        "fc*",
+        "re:fc[12]",
+        "re:(",
+        "re:",
+        "nothing_here",
+        "conv1",
+        "Linear",
+        "torch.nn.Linear",
+        "layer1.0.conv1",
+        "*",
+    ]
+)
 
 
 def _number(lo, hi, integer: bool):
     if integer:
-        return st.integers(-10**13 if lo is None else int(lo), 10**13 if hi is None else int(hi))
+        return st.integers(-(10**13) if lo is None else int(lo), 10**13 if hi is None else int(hi))
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
 
 
@@ -143,8 +173,9 @@ def from_schema(schema: dict, defs: dict, depth: int = 0) -> st.SearchStrategy:
         return st.lists(from_schema(schema.get("items", {}), defs, depth + 1), max_size=4)
     if kind == "object":
         if "properties" in schema:
-            return st.fixed_dictionaries({}, optional={k: from_schema(v, defs, depth + 1)
-                                                       for k, v in schema["properties"].items()})
+            return st.fixed_dictionaries(
+                {}, optional={k: from_schema(v, defs, depth + 1) for k, v in schema["properties"].items()}
+            )
         extra = schema.get("additionalProperties")
         values = from_schema(extra, defs, depth + 1) if isinstance(extra, dict) else HOSTILE
         return st.dictionaries(st.one_of(SELECTORS, st.text(max_size=8)), values, max_size=3)
@@ -177,15 +208,25 @@ def steps(draw):
 
 @st.composite
 def recipes(draw) -> dict:
-    recipe: dict = {"name": draw(st.one_of(st.text(max_size=12), HOSTILE)),
-                    "steps": draw(st.one_of(st.lists(steps(), min_size=1, max_size=3), HOSTILE))}
+    recipe: dict = {
+        "name": draw(st.one_of(st.text(max_size=12), HOSTILE)),
+        "steps": draw(st.one_of(st.lists(steps(), min_size=1, max_size=3), HOSTILE)),
+    }
     optional = {
         "model": st.one_of(st.sampled_from(["lenet300", "lenet5", "nope"]), HOSTILE),
         "description": st.one_of(st.text(max_size=20), HOSTILE),
         "data": st.one_of(st.fixed_dictionaries({"limit": st.one_of(st.integers(-10, 10**15), HOSTILE)}), HOSTILE),
-        "measure": st.one_of(st.fixed_dictionaries({}, optional={"batch_size": st.integers(-2, 10**7),
-                                                                 "repeats": st.integers(-2, 10**5),
-                                                                 "threads": st.integers(-2, 10**5)}), HOSTILE),
+        "measure": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "batch_size": st.integers(-2, 10**7),
+                    "repeats": st.integers(-2, 10**5),
+                    "threads": st.integers(-2, 10**5),
+                },
+            ),
+            HOSTILE,
+        ),
         "seed": st.one_of(st.integers(-1, 2**64), HOSTILE),
         "unknown_key": HOSTILE,
     }
@@ -238,8 +279,12 @@ CORRUPTIONS = st.one_of(
     st.tuples(st.just("merge"), st.integers(1, 50)),
     st.tuples(st.just("encoding"), st.sampled_from(["utf-16", "utf-16-le", "utf-32", "latin-1", "bom"])),
     st.tuples(st.just("long_number"), st.integers(50, 200_000), st.sampled_from(["9", "1:", "0x", "1e", "."])),
-    st.tuples(st.just("tag"), st.sampled_from(["!!python/object:os.system", "!!binary", "!!set", "!!omap",
-                                               "!!timestamp", "!custom", "!!float"])),
+    st.tuples(
+        st.just("tag"),
+        st.sampled_from(
+            ["!!python/object:os.system", "!!binary", "!!set", "!!omap", "!!timestamp", "!custom", "!!float"]
+        ),
+    ),
 )
 
 
@@ -250,14 +295,14 @@ def _corrupt_yaml(data: bytes, op: tuple) -> bytes:
         b[args[0] % len(b)] ^= args[1]
         return bytes(b)
     if kind == "cut":
-        return data[:args[0] % (len(data) + 1)]
+        return data[: args[0] % (len(data) + 1)]
     if kind == "insert":
         at = args[0] % (len(data) + 1)
         return data[:at] + args[1] + data[at:]
     if kind == "duplicate_line":  # a key given twice (or a list item repeated)
         lines = data.splitlines(keepends=True) or [b""]
         at = args[0] % len(lines)
-        return b"".join(lines[:at + 1] + [lines[at]] + lines[at + 1:])
+        return b"".join(lines[: at + 1] + [lines[at]] + lines[at + 1 :])
     if kind == "nest":
         return _nested(args[0] if args[1] else min(args[0], 300), args[1]).encode() + data
     if kind == "laughs":
@@ -265,8 +310,9 @@ def _corrupt_yaml(data: bytes, op: tuple) -> bytes:
     if kind == "recursive_alias":
         return f"loop: {args[0]}\n".encode() + data
     if kind == "merge":
-        base = "base: &b {epochs: 1}\n" + "".join(f"m{i}: &m{i} {{<<: *{'b' if i == 0 else f'm{i - 1}'}}}\n"
-                                                   for i in range(args[0]))
+        base = "base: &b {epochs: 1}\n" + "".join(
+            f"m{i}: &m{i} {{<<: *{'b' if i == 0 else f'm{i - 1}'}}}\n" for i in range(args[0])
+        )
         return base.encode() + data
     if kind == "encoding":
         text = data.decode("utf-8", "replace")
@@ -356,8 +402,11 @@ def _lowbit8() -> torch.nn.Module:
     model = netslim.build_model("lenet5").eval()
     magnitude_prune(model, sparsity=0.8, scope="layer", exclude="fc2")
     nm_prune(model, n=2, m=4, include="fc2")
-    model = ptq_int8(model, torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
-                     PTQInt8Config(weight_bits={"conv1": 4, "fc1": 4}))
+    model = ptq_int8(
+        model,
+        torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
+        PTQInt8Config(weight_bits={"conv1": 4, "fc1": 4}),
+    )
     model.conv2, model.fc1 = sparse_static(model.conv2, "sparse"), sparse_static(model.fc1, "sparse")
     return model
 
@@ -372,15 +421,24 @@ def _lowbit4() -> torch.nn.Module:
     return quantize_weights(model, WeightOnlyConfig(bits=4, group_size=None))
 
 
-BUILDERS = {"plain": _lenet300, "sparse": _sparse, "int4": _int4, "dyn8": _dyn8, "static8": _static8,
-            "nsz": _nsz_model, "lowbit8": _lowbit8, "lowbit4": _lowbit4}
+BUILDERS = {
+    "plain": _lenet300,
+    "sparse": _sparse,
+    "int4": _int4,
+    "dyn8": _dyn8,
+    "static8": _static8,
+    "nsz": _nsz_model,
+    "lowbit8": _lowbit8,
+    "lowbit4": _lowbit4,
+}
 RUNS = ("sparse", "static8", "dyn8", "int4", "lowbit8", "lowbit4")  # formats whose loaded models run a forward pass
 FORMATS = tuple(BUILDERS)
 
 
 def _same_state(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                        and torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +458,7 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
 
 # The worker: loads references once, then forks a child per job (a load of one damaged file,
 # and a forward pass at batch 1 and 64 when asked), under an alarm and an address-space limit.
-_WORKER = textwrap.dedent(r'''
+_WORKER = textwrap.dedent(r"""
     import json, logging, os, resource, signal, sys, traceback
     import torch
     torch.set_num_threads(1)
@@ -478,7 +536,7 @@ _WORKER = textwrap.dedent(r'''
         else:
             result = json.loads(b"".join(chunks))
         print(json.dumps(result), flush=True)
-''')
+""")
 
 
 class Worker:
@@ -494,9 +552,14 @@ class Worker:
     def _start(self):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "NETSLIM_PROGRESS": "0"}
         self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty worker never blocks on it
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, self.refs, str(self.EXTRA_BYTES)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, self.refs, str(self.EXTRA_BYTES)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env=env,
+        )
 
     def load(self, path: Path, fmt: str, *, verify: bool = True, run: bool = False) -> dict:
         if self.proc is None or self.proc.poll() is not None:
@@ -565,9 +628,14 @@ def regions(data: bytes, fmt: str) -> dict[str, tuple[int, int]]:
     if fmt == "nsz":
         return {"head": (0, min(64, len(data))), "any": (0, len(data))}
     end = min(8 + int.from_bytes(data[:8], "little"), len(data))
-    return {"length": (0, 8), "header": (8, end), "description": _string_value(data, DESCRIPTION_KEY.encode(), 8, end),
-            "integrity": _string_value(data, INTEGRITY_KEY.encode(), 8, end), "data": (end, len(data)),
-            "any": (0, len(data))}
+    return {
+        "length": (0, 8),
+        "header": (8, end),
+        "description": _string_value(data, DESCRIPTION_KEY.encode(), 8, end),
+        "integrity": _string_value(data, INTEGRITY_KEY.encode(), 8, end),
+        "data": (end, len(data)),
+        "any": (0, len(data)),
+    }
 
 
 REGIONS = ("length", "header", "description", "integrity", "data", "any", "head")
@@ -595,7 +663,7 @@ def damage(data: bytes, fmt: str, op: tuple) -> bytes:
     if kind == "flip":
         b[pos] ^= args[2]
     else:  # a run of zero bytes (a torn write)
-        b[pos:pos + args[2]] = bytes(len(b[pos:pos + args[2]]))
+        b[pos : pos + args[2]] = bytes(len(b[pos : pos + args[2]]))
     return bytes(b)
 
 
@@ -646,30 +714,32 @@ def test_damaged_artifact_unverified_never_reaches_a_kernel_unchecked(artifacts,
 HEADER_EDIT = st.tuples(
     st.integers(0, 1000),
     st.sampled_from(["shape", "dtype", "data_offsets"]),
-    st.one_of(st.lists(st.one_of(st.integers(-2, 4), st.integers(0, 2**62), st.sampled_from([2**31, 2**40])),
-                       max_size=20),
-              st.sampled_from(["F32", "F16", "BF16", "F64", "I8", "U8", "I16", "I32", "I64", "BOOL", "X9", ""]),
-              HOSTILE),
+    st.one_of(
+        st.lists(st.one_of(st.integers(-2, 4), st.integers(0, 2**62), st.sampled_from([2**31, 2**40])), max_size=20),
+        st.sampled_from(["F32", "F16", "BF16", "F64", "I8", "U8", "I16", "I32", "I64", "BOOL", "X9", ""]),
+        HOSTILE,
+    ),
 )
 
 
 def _rewrite_header(data: bytes, edit: tuple) -> bytes:
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     names = sorted(k for k in header if k != "__metadata__")
     index, field, value = edit
     header[names[index % len(names)]][field] = value
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 @pytest.mark.parametrize("fmt", ["plain", "sparse", "static8"])
 @fuzz_settings(40)
 @given(edit=HEADER_EDIT, verify=st.booleans())
 @example(edit=(0, "dtype", []), verify=True)  # a JSON list where the dtype name belongs
-def test_rewritten_header_entry_is_rejected_before_any_allocation(artifacts, worker, tmp_path_factory, fmt, edit,
-                                                                  verify):
+def test_rewritten_header_entry_is_rejected_before_any_allocation(
+    artifacts, worker, tmp_path_factory, fmt, edit, verify
+):
     """A header whose tensor table lies (a 2^62-element shape, an unknown dtype, offsets past the
     end): rejected from the file's byte counts, in a child limited to 1 GiB more address space."""
     path = tmp_path_factory.getbasetemp() / f"table_{artifacts[fmt].name}"
@@ -678,8 +748,9 @@ def test_rewritten_header_entry_is_rejected_before_any_allocation(artifacts, wor
     if verify:
         _assert_rejected_or_identical(out, path, edit)
     else:
-        assert out["load"] in ("rejected", "same", "different") and out.get("forward") in (None, "ok", "rejected"), \
+        assert out["load"] in ("rejected", "same", "different") and out.get("forward") in (None, "ok", "rejected"), (
             f"{edit}: {out}"
+        )
 
 
 # ----------------------------------------------- crafted files with valid checksums
@@ -691,13 +762,14 @@ def _write_crafted(src: Path, dst: Path, desc: dict, tensors: dict[str, torch.Te
 
 def _raw_description(path: Path) -> dict:
     n = int.from_bytes(path.read_bytes()[:8], "little")
-    return json.loads(json.loads(path.read_bytes()[8:8 + n])["__metadata__"][DESCRIPTION_KEY])
+    return json.loads(json.loads(path.read_bytes()[8 : 8 + n])["__metadata__"][DESCRIPTION_KEY])
 
 
 CSR_EDIT = st.tuples(
     st.sampled_from(["fc1.crow", "fc1.col_idx", "fc2.crow", "fc2.col_idx"]),
     st.sampled_from(["set", "swap", "reverse", "shift", "truncate"]),
-    st.integers(0, 2**31), st.one_of(st.integers(-2**15, 2**15 - 1), st.sampled_from([-1, 0, 783, 784, 299, 300])),
+    st.integers(0, 2**31),
+    st.one_of(st.integers(-(2**15), 2**15 - 1), st.sampled_from([-1, 0, 783, 784, 299, 300])),
 )
 
 
@@ -732,8 +804,9 @@ def test_crafted_csr_indices_are_rejected_or_run(artifacts, worker, tmp_path_fac
     tensors = load_file(str(src))
     for edit in edits:
         tensors[edit[0]] = _edit_index(tensors[edit[0]], edit)
-    path = _write_crafted(src, tmp_path_factory.getbasetemp() / "crafted_csr.safetensors", _raw_description(src),
-                          tensors)
+    path = _write_crafted(
+        src, tmp_path_factory.getbasetemp() / "crafted_csr.safetensors", _raw_description(src), tensors
+    )
     out = worker.load(path, "sparse", verify=verify, run=True)
     assert out["load"] in ("rejected", "same", "different"), f"{edits}: {out}"
     if out["load"] == "rejected":
@@ -751,11 +824,25 @@ def _leaves(obj, prefix=()):
 
 
 JSON_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**40, 2**40), st.sampled_from([10**6, 10**9, 10**12, 2**63, -1, 0]),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
-    st.sampled_from(["torch.nn.modules.linear.Linear", "os.system", "netslim.prune.sparse.SparseLinear",
-                     "builtins.eval", "zoo", "user", "hf"]),
-    st.lists(st.integers(-2, 2**20), max_size=4), st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.sampled_from([10**6, 10**9, 10**12, 2**63, -1, 0]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "torch.nn.modules.linear.Linear",
+            "os.system",
+            "netslim.prune.sparse.SparseLinear",
+            "builtins.eval",
+            "zoo",
+            "user",
+            "hf",
+        ]
+    ),
+    st.lists(st.integers(-2, 2**20), max_size=4),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=3),
 )
 
 
@@ -786,8 +873,10 @@ def test_crafted_description_is_rejected_or_loads(artifacts, worker, tmp_path_fa
         assert out.get("forward") in ("ok", "rejected", "other"), f"{path_in} = {value!r}: {out}"
 
 
-@pytest.mark.parametrize("field, value", [("padding", [0, 475_552]), ("padding", [3_000, 3_000]),
-                                          ("dilation", [10**6, 10**6]), ("stride", [10**9, 1])])
+@pytest.mark.parametrize(
+    "field, value",
+    [("padding", [0, 475_552]), ("padding", [3_000, 3_000]), ("dilation", [10**6, 10**6]), ("stride", [10**9, 1])],
+)
 def test_crafted_layer_arguments_do_not_hang_the_forward_pass(artifacts, worker, tmp_path, field, value):
     """A static-int8 conv whose padding / dilation / stride a crafted file (valid checksums) changes:
     rejected on load, or a forward pass that ends within the job's time - a 12x12 activation padded

@@ -5,6 +5,7 @@
 (c) a Hugging Face causal LM directory quantized (GPTQ) and pruned (SparseGPT) on one text file.
 Each re-scores the artifact with ``netslim eval`` and must reproduce the report's figure.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,14 @@ USER_CNN = f"{ROOT / 'benchmarks' / 'user_models' / 'fmnist_cnn.py'}:build"
 
 
 def cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, env={**__import__("os").environ, "NETSLIM_PROGRESS": "0",
-                                                     "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "netslim.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**__import__("os").environ, "NETSLIM_PROGRESS": "0", "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -69,10 +75,18 @@ def _tiny_classifier_dir(path: Path, labels: list[str]) -> None:
     from netslim.models.hf import TINY_VOCAB, byte_tokenizer
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=256, num_labels=len(labels),
-                     id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-                     pad_token_id=256)
+    cfg = BertConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        pad_token_id=256,
+    )
     BertForSequenceClassification(cfg).save_pretrained(path)
     byte_tokenizer("bert").save_pretrained(path)
 
@@ -104,9 +118,18 @@ def _tiny_llama_dir(path: Path) -> None:
 
     torch.manual_seed(0)
     # hidden 128 so that group size 128 fits every projection
-    cfg = LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=256, eos_token_id=256, pad_token_id=256)
+    cfg = LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=256,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     byte_tokenizer("causal").save_pretrained(path)
 

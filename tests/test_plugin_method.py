@@ -2,6 +2,7 @@
 files), it validates, runs in a recipe through ``netslim.compress``, saves and loads. Plugins of
 installed distributions (entry-point group ``netslim.plugins``) load the same lazy way, and a
 broken one is reported in one line without breaking ``netslim.load``."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def zero_smallest_rows(model: nn.Module, cfg: ZeroRowsConfig, ctx) -> nn.Module:
     with torch.no_grad():
         for name, m in model.named_modules():
             if isinstance(m, nn.Linear) and m.out_features > cfg.rows:
-                rows = m.weight.norm(dim=1).argsort()[:cfg.rows]
+                rows = m.weight.norm(dim=1).argsort()[: cfg.rows]
                 m.weight[rows] = 0
                 if m.bias is not None:
                     m.bias[rows] = 0
@@ -57,8 +58,11 @@ def _zero_rows(linear: nn.Linear) -> set[int]:
 def test_the_method_is_registered_and_validates():
     assert methods()["zero_smallest_row"].handler is zero_smallest_rows
     assert make_config({"method": "zero_smallest_row", "rows": 3}) == ZeroRowsConfig(rows=3)
-    with pytest.raises(netslim.NetslimError, match=r"method 'zero_smallest_row'.*'rows'.*greater than or equal "
-                                                   r"to 1; got 0"):
+    with pytest.raises(
+        netslim.NetslimError,
+        match=r"method 'zero_smallest_row'.*'rows'.*greater than or equal "
+        r"to 1; got 0",
+    ):
         make_config({"method": "zero_smallest_row", "rows": 0}, "recipe step 1")
     with pytest.raises(netslim.NetslimError, match="unknown field 'row'"):
         netslim.apply(netslim.build_model("lenet300"), "zero_smallest_row", row=2)
@@ -88,14 +92,19 @@ def test_a_name_taken_by_a_builtin_method_is_refused_at_the_decorator():
     class Clash(netslim.MethodConfig):
         method: ClassVar[str] = "magnitude"
 
-    with pytest.raises(netslim.NetslimError, match=r"Method 'magnitude' is registered twice: by netslim\.prune.* and "
-                                                   r"by test_plugin_method\..*another name"):
+    with pytest.raises(
+        netslim.NetslimError,
+        match=r"Method 'magnitude' is registered twice: by netslim\.prune.* and "
+        r"by test_plugin_method\..*another name",
+    ):
         netslim.register(Clash)(lambda model, cfg, ctx: model)
     assert methods()["magnitude"].config_cls is not Clash
 
 
-@pytest.mark.parametrize("bad, match", [(dict, "expected a MethodConfig subclass"),
-                                        (netslim.MethodConfig, "MethodConfig.method must be set")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [(dict, "expected a MethodConfig subclass"), (netslim.MethodConfig, "MethodConfig.method must be set")],
+)
 def test_register_refuses_what_is_not_a_method(bad, match):
     with pytest.raises(netslim.NetslimError, match=match):
         netslim.register(bad)
@@ -109,12 +118,15 @@ def test_a_failing_source_is_reported_in_one_line_and_skipped(monkeypatch, caplo
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "\n" not in lines[0]
     assert "plugin 'broken' (no_such_package_xyz) failed to load" in lines[0] and "ModuleNotFoundError" in lines[0]
-    with pytest.raises(netslim.NetslimError, match=r"Unknown method 'broken_method'.*Not loaded \(failed at import\): "
-                                                   r"plugin 'broken'"):
+    with pytest.raises(
+        netslim.NetslimError,
+        match=r"Unknown method 'broken_method'.*Not loaded \(failed at import\): "
+        r"plugin 'broken'",
+    ):
         make_config({"method": "broken_method"})
 
 
-PLUGIN = '''
+PLUGIN = """
 from typing import ClassVar
 import netslim
 
@@ -124,9 +136,9 @@ class ToyConfig(netslim.MethodConfig):
 @netslim.register(ToyConfig)
 def toy(model, cfg, ctx):
     return model
-'''
+"""
 
-CHECK = '''
+CHECK = """
 import sys, netslim
 families = lambda: sorted(m for m in ("netslim.prune", "netslim.quantize", "netslim.codec", "toy_plugin_ok")
                           if m in sys.modules)
@@ -142,14 +154,18 @@ from netslim.core.config import methods
 from netslim.core.registry import failed_sources
 assert "toy_plugin_method" in methods()
 print(sorted(failed_sources()))
-'''
+"""
 
 
 def _run(site, *paths):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    run = subprocess.run([sys.executable, "-c", CHECK, *map(str, paths)], env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK, *map(str, paths)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout.splitlines(), run.stderr
 
@@ -168,14 +184,19 @@ def test_plugins_and_families_load_lazily_and_a_broken_plugin_does_not_break_loa
     (site / "toy_plugin_ok.py").write_text(textwrap.dedent(PLUGIN))
     (site / "toy_plugin_broken.py").write_text("raise ImportError('toy plugin cannot start')\n")
     dense = netslim.save(netslim.build_model("lenet300"), tmp_path / "dense.safetensors")
-    quantized = netslim.save(netslim.apply(netslim.build_model("lenet300"), "weight_only", bits=8, group_size=None),
-                             tmp_path / "int8.safetensors")
+    quantized = netslim.save(
+        netslim.apply(netslim.build_model("lenet300"), "weight_only", bits=8, group_size=None),
+        tmp_path / "int8.safetensors",
+    )
     nsz = export_nsz(netslim.build_model("lenet300"), tmp_path / "m.nsz")
 
     out, err = _run(site, dense, quantized)
     everything = "['netslim.codec', 'netslim.prune', 'netslim.quantize', 'toy_plugin_ok']"
-    assert out == ["dense.safetensors []", f"int8.safetensors {everything}",
-                   "[\"plugin 'broken' (toy_plugin_broken)\"]"]
+    assert out == [
+        "dense.safetensors []",
+        f"int8.safetensors {everything}",
+        "[\"plugin 'broken' (toy_plugin_broken)\"]",
+    ]
     reported = [line for line in err.splitlines() if "toy_plugin_broken" in line]
     assert len(reported) == 1 and "ImportError: toy plugin cannot start" in reported[0]
     assert _run(site, nsz)[0][0] == f"m.nsz {everything}"

@@ -1,4 +1,5 @@
 """Every Python code block of the README runs as written (in a fresh working directory)."""
+
 from __future__ import annotations
 
 import re

@@ -14,6 +14,7 @@ channels, 28 -> 14 -> 7) -> flatten (64*7*7 = 3136) -> Linear 32 -> ReLU -> Line
 About 120k parameters; most of them sit in the first Linear, which reads the flattened
 conv channels (channel pruning of the second block must shrink it too).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,14 +25,14 @@ class FashionCNN(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            self._block(1, width),          # (B, 32, 14, 14)
+            self._block(1, width),  # (B, 32, 14, 14)
             self._block(width, 2 * width),  # (B, 64, 7, 7)
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(),                            # (B, 3136)
-            nn.Linear(2 * width * 7 * 7, hidden),    # (B, 32)
+            nn.Flatten(),  # (B, 3136)
+            nn.Linear(2 * width * 7 * 7, hidden),  # (B, 32)
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),          # (B, 10)
+            nn.Linear(hidden, num_classes),  # (B, 10)
         )
 
     @staticmethod

@@ -5,6 +5,7 @@ Methods register themselves where they live (``@netslim.register(MyConfig)`` on 
 lookup (:mod:`netslim.core.registry`): the families below, then the plugins of installed
 distributions (entry-point group ``netslim.plugins``). ``import netslim`` loads none of them.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -48,5 +49,15 @@ from .core.serialize import load, save  # noqa: E402
 from .models import build_model  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["CompressResult", "MethodConfig", "NetslimError", "apply", "build_model", "compress", "load", "register",
-           "save", "__version__"]
+__all__ = [
+    "CompressResult",
+    "MethodConfig",
+    "NetslimError",
+    "apply",
+    "build_model",
+    "compress",
+    "load",
+    "register",
+    "save",
+    "__version__",
+]

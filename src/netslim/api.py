@@ -12,6 +12,7 @@ text files), a ``{path: ..., task: ...}`` mapping, a ``DataLoader``, a tensor, a
 pair or a ``Task``; ``recipe`` is a YAML path, a shipped recipe name, a mapping, or a list of
 method configs (``MethodConfig`` objects or ``{"method": ..., ...}`` mappings).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -30,9 +31,9 @@ from netslim.core.errors import NetslimError
 
 @dataclass
 class CompressResult:
-    model: nn.Module        # the compressed model, in memory
+    model: nn.Module  # the compressed model, in memory
     report: dict[str, Any]  # the content of OUT/report.json
-    artifact: Path          # the file the run wrote last (its export, else OUT/model.safetensors)
+    artifact: Path  # the file the run wrote last (its export, else OUT/model.safetensors)
     out_dir: Path
 
 
@@ -52,8 +53,10 @@ def load_any_recipe(recipe: Any):
     if isinstance(recipe, Sequence):
         steps = [s.to_dict() if isinstance(s, MethodConfig) else s for s in recipe]
         return parse_recipe({"name": "recipe", "steps": steps}, "recipe")
-    raise NetslimError(f"recipe must be a path, a shipped recipe name, a mapping or a list of method configs; "
-                       f"got {type(recipe).__name__}.")
+    raise NetslimError(
+        f"recipe must be a path, a shipped recipe name, a mapping or a list of method configs; "
+        f"got {type(recipe).__name__}."
+    )
 
 
 def recipes_dir() -> Path:
@@ -71,9 +74,18 @@ def recipe_path(ref: str) -> Path:
     return recipes_dir() / f"{ref}.yaml"
 
 
-def compress(model: Any, recipe: Any, data: Any = None, out: str | Path | None = None, *,
-             weights: str | Path | None = None, limit: int | None = None, resume: bool = False,
-             force: bool = False, verify: bool = True) -> CompressResult:
+def compress(
+    model: Any,
+    recipe: Any,
+    data: Any = None,
+    out: str | Path | None = None,
+    *,
+    weights: str | Path | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    verify: bool = True,
+) -> CompressResult:
     """Run ``recipe`` on ``model`` with ``data``; writes OUT/report.{json,md,html} and the artifact.
 
     ``out``: the output folder (default: a new temporary folder, named in the result).
@@ -84,14 +96,23 @@ def compress(model: Any, recipe: Any, data: Any = None, out: str | Path | None =
 
     rec = load_any_recipe(recipe)
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"netslim-{rec.name}-"))
-    report, final = execute_recipe(rec, out_dir, model_ref=model, data=data, weights=weights, resume=resume,
-                                   force=force, verify=verify,
-                                   data_options={"limit": limit} if limit is not None else None)
+    report, final = execute_recipe(
+        rec,
+        out_dir,
+        model_ref=model,
+        data=data,
+        weights=weights,
+        resume=resume,
+        force=force,
+        verify=verify,
+        data_options={"limit": limit} if limit is not None else None,
+    )
     return CompressResult(final, report, Path(report["artifact"]), out_dir)
 
 
-def apply(model: nn.Module, config: Any = None, ctx: StepContext | None = None, *, data: Any = None,
-          **options: Any) -> nn.Module:
+def apply(
+    model: nn.Module, config: Any = None, ctx: StepContext | None = None, *, data: Any = None, **options: Any
+) -> nn.Module:
     """Apply one registered method to ``model``; returns the (possibly new) model.
 
     ``config``: a ``MethodConfig``, a ``{"method": ..., ...}`` mapping, or a method name with
@@ -116,8 +137,9 @@ def _config(config: Any, options: Mapping[str, Any]) -> MethodConfig:
         return make_config({"method": config, **options}, f"method {config!r}")
     if isinstance(config, Mapping):
         return make_config({**config, **options}, "config")
-    raise NetslimError(f"apply: config must be a MethodConfig, a mapping or a method name; got "
-                       f"{type(config).__name__}.")
+    raise NetslimError(
+        f"apply: config must be a MethodConfig, a mapping or a method name; got {type(config).__name__}."
+    )
 
 
 class _NoData:

@@ -1,4 +1,5 @@
 """The ``netslim`` command line. Bad input: one line on stderr, exit code 2."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,9 @@ from netslim.api import recipes_dir  # noqa: F401  (netslim.cli.recipes_dir: whe
 from netslim.core.errors import NetslimError
 from netslim.recipe.spec import MAX_LIMIT
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="netslim: compress trained PyTorch networks and prove the result.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="netslim: compress trained PyTorch networks and prove the result."
+)
 console = Console()
 
 
@@ -82,21 +84,26 @@ def _limit(help: str = "use a data subset: at most N samples per split") -> Any:
 
 
 @app.command()
-def train(model_arg: str | None = typer.Argument(None, metavar="[MODEL]", help=_MODEL_HELP),
-          model: str | None = typer.Option(None, "--model", help="the model (instead of the argument)"),
-          data: str | None = typer.Option(None, help=_DATA_HELP),
-          task: str | None = typer.Option(None, help=_TASK_HELP),
-          weights: Path | None = typer.Option(None, help="initial weights for file.py:factory models"),
-          epochs: int | None = typer.Option(None, callback=_bounded("--epochs", 0, 10_000),
-                                                help="override the default epochs"),
-          lr: float | None = typer.Option(None, callback=_bounded("--lr", 0, kind=float),
-                                             help="override the default learning rate"),
-          batch_size: int | None = typer.Option(None, callback=_bounded("--batch-size", 1, 1 << 20),
-                                                    help="override the default batch size"),
-          out: Path | None = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
-          skip_existing: bool = typer.Option(False, help="do nothing if the output exists"),
-          seed: int = typer.Option(0, callback=_bounded("--seed", 0, _MAX_SEED)),
-          limit: int | None = _limit("train on a data subset")):
+def train(
+    model_arg: str | None = typer.Argument(None, metavar="[MODEL]", help=_MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", help="the model (instead of the argument)"),
+    data: str | None = typer.Option(None, help=_DATA_HELP),
+    task: str | None = typer.Option(None, help=_TASK_HELP),
+    weights: Path | None = typer.Option(None, help="initial weights for file.py:factory models"),
+    epochs: int | None = typer.Option(
+        None, callback=_bounded("--epochs", 0, 10_000), help="override the default epochs"
+    ),
+    lr: float | None = typer.Option(
+        None, callback=_bounded("--lr", 0, kind=float), help="override the default learning rate"
+    ),
+    batch_size: int | None = typer.Option(
+        None, callback=_bounded("--batch-size", 1, 1 << 20), help="override the default batch size"
+    ),
+    out: Path | None = typer.Option(None, help="artifact to write (zoo default: the checkpoint cache)"),
+    skip_existing: bool = typer.Option(False, help="do nothing if the output exists"),
+    seed: int = typer.Option(0, callback=_bounded("--seed", 0, _MAX_SEED)),
+    limit: int | None = _limit("train on a data subset"),
+):
     """Train a model on its dataset (zoo) or on your data (--data) and save the artifact."""
     from netslim.train.user import train_model
 
@@ -104,52 +111,89 @@ def train(model_arg: str | None = typer.Argument(None, metavar="[MODEL]", help=_
     if ref is None or (model and model_arg and model != model_arg):
         raise NetslimError("Give the model once: netslim train MODEL or netslim train --model MODEL.")
     overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    result = train_model(ref, data=_data(data, task), weights=weights, out=out, seed=seed, limit=limit,
-                         skip_existing=skip_existing, **overrides)
+    result = train_model(
+        ref,
+        data=_data(data, task),
+        weights=weights,
+        out=out,
+        seed=seed,
+        limit=limit,
+        skip_existing=skip_existing,
+        **overrides,
+    )
     console.print(result)
 
 
 @app.command()
-def compress(recipe: str = typer.Argument(..., help="recipe YAML path or shipped recipe name"),
-             model: str | None = typer.Option(None, help=_MODEL_HELP),
-             data: str | None = typer.Option(None, help=_DATA_HELP),
-             task: str | None = typer.Option(None, help=_TASK_HELP),
-             weights: Path | None = typer.Option(None, help="weights for a file.py:factory model"),
-             base: str | None = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
-             out: Path = typer.Option(Path("runs/latest"), help="output directory"),
-             resume: bool = typer.Option(False, help="continue after the last completed step"),
-             force: bool = typer.Option(False, help="replace the run in OUT, or resume one whose recipe, model "
-                                                    "or data differ (recorded in the report)"),
-             limit: int | None = _limit("use a data subset (smoke runs)"),
-             no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
+def compress(
+    recipe: str = typer.Argument(..., help="recipe YAML path or shipped recipe name"),
+    model: str | None = typer.Option(None, help=_MODEL_HELP),
+    data: str | None = typer.Option(None, help=_DATA_HELP),
+    task: str | None = typer.Option(None, help=_TASK_HELP),
+    weights: Path | None = typer.Option(None, help="weights for a file.py:factory model"),
+    base: str | None = typer.Option(None, help="file.py:factory when --model is an artifact of your class"),
+    out: Path = typer.Option(Path("runs/latest"), help="output directory"),
+    resume: bool = typer.Option(False, help="continue after the last completed step"),
+    force: bool = typer.Option(
+        False, help="replace the run in OUT, or resume one whose recipe, model or data differ (recorded in the report)"
+    ),
+    limit: int | None = _limit("use a data subset (smoke runs)"),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
+):
     """Run a compression recipe; writes the artifact and OUT/report.{json,md,html}."""
     from netslim.recipe import load_recipe, run_recipe
     from netslim.report import summary_rows
 
     rec = load_recipe(_recipe_path(recipe))
-    report = run_recipe(rec, out, model_ref=model, resume=resume, force=force, data_options=_limit_options(limit),
-                        data=_data(data, task), weights=weights, base=base, verify=not no_verify)
+    report = run_recipe(
+        rec,
+        out,
+        model_ref=model,
+        resume=resume,
+        force=force,
+        data_options=_limit_options(limit),
+        data=_data(data, task),
+        weights=weights,
+        base=base,
+        verify=not no_verify,
+    )
     if not report:  # another rank of a torchrun: rank 0 writes and prints the report
         return
-    console.print(_table(f"{report['recipe']}: {report['model']} on {report['dataset']}",
-                         ["quantity", "baseline", "compressed", "ratio"], [list(r) for r in summary_rows(report)]))
+    console.print(
+        _table(
+            f"{report['recipe']}: {report['model']} on {report['dataset']}",
+            ["quantity", "baseline", "compressed", "ratio"],
+            [list(r) for r in summary_rows(report)],
+        )
+    )
     console.print(f"artifact: {report['artifact']}\nreport: {out / 'report.html'}")
 
 
-def _open(artifact: str, model: str | None, weights: Path | None, dataset: str | None,
-          data: str | None, task: str | None, limit: int | None, verify: bool = True):
+def _open(
+    artifact: str,
+    model: str | None,
+    weights: Path | None,
+    dataset: str | None,
+    data: str | None,
+    task: str | None,
+    limit: int | None,
+    verify: bool = True,
+):
     """The model and task of ``eval`` / ``bench`` / ``inspect``, and a line saying which data."""
     from netslim.models.sources import open_model
     from netslim.recipe.inputs import resolve_task, stored_reference
 
     opened = open_model(artifact, weights=weights, base=model, verify=verify)
     reference = stored_reference(opened)
-    t = resolve_task(opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit),
-                     reference=reference)
+    t = resolve_task(
+        opened, data=_data(data, task), dataset=dataset, options=_limit_options(limit), reference=reference
+    )
     if t.metric == "fidelity" and reference is None and opened.info.get("recipe"):
-        raise NetslimError(f"{artifact}: fidelity compares to the run's original model, whose file "
-                           f"{opened.info.get('reference', '(not recorded)')!r} is gone; score it against "
-                           "another original with netslim.compress or re-run the recipe.")
+        raise NetslimError(
+            f"{artifact}: fidelity compares to the run's original model, whose file "
+            f"{opened.info.get('reference', '(not recorded)')!r} is gone; score it against "
+            "another original with netslim.compress or re-run the recipe."
+        )
     return opened.model, t, _data_line(opened.info.get("data"), t)
 
 
@@ -162,8 +206,11 @@ def _data_line(stored: dict | None, task) -> str:
         if stored.get("path") != spec.path:
             return line + "; not the data of the run that made this artifact (--data given)"
         same = stored["sha256"] == spec.sha256
-        return line + ("; the data of the run that made this artifact" if same
-                       else f"; WARNING: changed since the run (was sha256 {stored['sha256'][:12]})")
+        return line + (
+            "; the data of the run that made this artifact"
+            if same
+            else f"; WARNING: changed since the run (was sha256 {stored['sha256'][:12]})"
+        )
     return line
 
 
@@ -179,13 +226,17 @@ _BASE_HELP = "path/to/file.py:factory: rebuilds artifacts of your own model clas
 
 
 @app.command(name="eval")
-def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
-          model: str | None = typer.Option(None, help=_BASE_HELP),
-          weights: Path | None = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
-          dataset: str | None = typer.Option(None, help="a named dataset instead of the stored one"),
-          data: str | None = typer.Option(None, help=_DATA_HELP), task: str | None = typer.Option(None),
-          split: str = typer.Option("test", callback=_split), limit: int | None = _limit(),
-          no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
+def eval_(
+    artifact: str = typer.Argument(..., help=_ART_HELP),
+    model: str | None = typer.Option(None, help=_BASE_HELP),
+    weights: Path | None = typer.Option(None, help="weights when ARTIFACT is file.py:factory"),
+    dataset: str | None = typer.Option(None, help="a named dataset instead of the stored one"),
+    data: str | None = typer.Option(None, help=_DATA_HELP),
+    task: str | None = typer.Option(None),
+    split: str = typer.Option("test", callback=_split),
+    limit: int | None = _limit(),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
+):
     """Evaluate a model on the data it was made on (stored in the artifact), or on --data."""
     net, t, line = _open(artifact, model, weights, dataset, data, task, limit, not no_verify)
     res = t.evaluate(net, split)
@@ -194,14 +245,17 @@ def eval_(artifact: str = typer.Argument(..., help=_ART_HELP),
 
 
 @app.command()
-def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
-          model: str | None = typer.Option(None, help=_BASE_HELP),
-          batch_size: int = typer.Option(64, callback=_bounded("--batch-size", 1, 65_536)),
-          threads: int | None = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
-          repeats: int = typer.Option(30, callback=_bounded("--repeats", 1, 10_000)),
-          dataset: str | None = typer.Option(None),
-          data: str | None = typer.Option(None, help=_DATA_HELP), task: str | None = typer.Option(None),
-          no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
+def bench(
+    artifact: str = typer.Argument(..., help=_ART_HELP),
+    model: str | None = typer.Option(None, help=_BASE_HELP),
+    batch_size: int = typer.Option(64, callback=_bounded("--batch-size", 1, 65_536)),
+    threads: int | None = typer.Option(None, callback=_bounded("--threads", 1, 4096)),
+    repeats: int = typer.Option(30, callback=_bounded("--repeats", 1, 10_000)),
+    dataset: str | None = typer.Option(None),
+    data: str | None = typer.Option(None, help=_DATA_HELP),
+    task: str | None = typer.Option(None),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
+):
     """Measure an artifact: metric, params, non-zeros, MACs, bytes on disk, latency."""
     from netslim.measure import model_summary
 
@@ -209,15 +263,23 @@ def bench(artifact: str = typer.Argument(..., help=_ART_HELP),
     path = Path(artifact) if Path(artifact).is_file() else None
     s = model_summary(net, t, artifact=path, batch_size=batch_size, threads=threads, repeats=repeats)
     console.print(line)
-    console.print(_table(str(artifact), ["quantity", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else f"{v:,}"]
-                                                                  for k, v in s.items()]))
+    console.print(
+        _table(
+            str(artifact),
+            ["quantity", "value"],
+            [[k, f"{v:.4g}" if isinstance(v, float) else f"{v:,}"] for k, v in s.items()],
+        )
+    )
 
 
 @app.command()
-def inspect(artifact: str = typer.Argument(..., help=_ART_HELP),
-            model: str | None = typer.Option(None, help=_BASE_HELP),
-            dataset: str | None = typer.Option(None), data: str | None = typer.Option(None, help=_DATA_HELP),
-            no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP)):
+def inspect(
+    artifact: str = typer.Argument(..., help=_ART_HELP),
+    model: str | None = typer.Option(None, help=_BASE_HELP),
+    dataset: str | None = typer.Option(None),
+    data: str | None = typer.Option(None, help=_DATA_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help=_NO_VERIFY_HELP),
+):
     """Per-layer table of an artifact: shape, params, non-zeros, bits, MACs (.nsz: where its bits go;
     .onnx: its ops, QDQ layers and the ONNX Runtime check made at export)."""
     from netslim.measure import layer_table

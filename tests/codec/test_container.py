@@ -1,4 +1,5 @@
 """The .nsz container: bit-exact round trips, corruption and version handling, inspect."""
+
 import zlib
 
 import pytest
@@ -74,10 +75,12 @@ def test_breakdown_reports_bits_per_layer(shared_cnn, tmp_path):
     path = export_nsz(shared_cnn, tmp_path / "m.nsz")
     rows = {r["name"]: r for r in nsz_breakdown(path)}
     fc1 = rows["fc1"]
-    assert fc1["kind"] == "shared" and fc1["clusters"] == 8 and fc1["nonzero"] == int((shared_cnn.fc1.weight != 0).sum())
+    assert (
+        fc1["kind"] == "shared" and fc1["clusters"] == 8 and fc1["nonzero"] == int((shared_cnn.fc1.weight != 0).sum())
+    )
     assert fc1["weight_entropy_bits"] <= fc1["weight_bits"] <= fc1["weight_entropy_bits"] + fc1["nonzero"]
     assert 0 < fc1["huffman_saving"] < 1 and fc1["index_bits"] > 0
-    assert rows["conv1"]["index_bits"] == 0                      # dense: no positions stored
+    assert rows["conv1"]["index_bits"] == 0  # dense: no positions stored
     assert sum(r["record_bytes"] for r in rows.values()) < path.stat().st_size
 
 

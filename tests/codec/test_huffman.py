@@ -1,4 +1,5 @@
 """Huffman coding: round trips on random and adversarial distributions, optimality, limits."""
+
 import heapq
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Sparse index coding: positions round-trip for any mask, shape and density."""
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,12 +18,17 @@ from netslim.codec.indices import (
 
 
 @settings(max_examples=80, deadline=None)
-@given(rows=st.integers(1, 60), cols=st.integers(1, 80), density=st.sampled_from([0.0, 0.001, 0.05, 0.3, 0.9, 1.0]),
-       pattern=st.sampled_from(["random", "columns", "rows"]), seed=st.integers(0, 2**31))
+@given(
+    rows=st.integers(1, 60),
+    cols=st.integers(1, 80),
+    density=st.sampled_from([0.0, 0.001, 0.05, 0.3, 0.9, 1.0]),
+    pattern=st.sampled_from(["random", "columns", "rows"]),
+    seed=st.integers(0, 2**31),
+)
 def test_positions_round_trip(rows, cols, density, pattern, seed):
     rng = np.random.default_rng(seed)
     mask = rng.random((rows, cols)) < density
-    if pattern == "columns":      # whole dead input columns, like pruned border pixels
+    if pattern == "columns":  # whole dead input columns, like pruned border pixels
         mask &= rng.random(cols) < 0.5
     elif pattern == "rows":
         mask &= (rng.random(rows) < 0.5)[:, None]

@@ -1,4 +1,5 @@
 """1-D k-means: the DP is exactly optimal (brute force) and never worse than Lloyd's."""
+
 import itertools
 
 import numpy as np
@@ -19,8 +20,11 @@ def brute_force_sse(x: np.ndarray, k: int) -> float:
 
 
 @settings(max_examples=150, deadline=None)
-@given(values=st.lists(st.integers(-6, 6), min_size=1, max_size=9), k=st.integers(1, 6),
-       scale=st.sampled_from([1.0, 1e-3, 37.5]))
+@given(
+    values=st.lists(st.integers(-6, 6), min_size=1, max_size=9),
+    k=st.integers(1, 6),
+    scale=st.sampled_from([1.0, 1e-3, 37.5]),
+)
 def test_dp_matches_brute_force(values, k, scale):
     x = np.array(values, dtype=np.float64) * scale
     res = cluster_1d(x, k, algorithm="optimal")
@@ -32,12 +36,19 @@ def test_dp_matches_brute_force(values, k, scale):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 3000), k=st.sampled_from([2, 4, 16, 32]), seed=st.integers(0, 2**31),
-       dist=st.sampled_from(["normal", "laplace", "bimodal"]))
+@given(
+    n=st.integers(2, 3000),
+    k=st.sampled_from([2, 4, 16, 32]),
+    seed=st.integers(0, 2**31),
+    dist=st.sampled_from(["normal", "laplace", "bimodal"]),
+)
 def test_dp_never_worse_than_lloyd(n, k, seed, dist):
     rng = np.random.default_rng(seed)
-    x = {"normal": rng.normal(size=n), "laplace": rng.laplace(size=n),
-         "bimodal": np.concatenate([rng.normal(-1, 0.1, n // 2), rng.normal(1, 0.1, n - n // 2)])}[dist]
+    x = {
+        "normal": rng.normal(size=n),
+        "laplace": rng.laplace(size=n),
+        "bimodal": np.concatenate([rng.normal(-1, 0.1, n // 2), rng.normal(1, 0.1, n - n // 2)]),
+    }[dist]
     best = cluster_1d(x, k, algorithm="optimal").sse
     for init in ("linear", "density", "random"):
         lloyd = cluster_1d(x, k, algorithm="lloyd", init=init, seed=seed)

@@ -1,4 +1,5 @@
 """Weight sharing: clustering, centroid fine-tuning invariants, config errors, save/load."""
+
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ def test_clusters_non_zeros_and_keeps_outputs_close(tiny_mlp, fmnist_small):
     for name, mask in keep.items():
         m = getattr(tiny_mlp, name)
         assert isinstance(m, SharedLinear) and m.num_clusters == 64
-        assert torch.equal(m.weight != 0, mask)            # pruned zeros stay, nothing else becomes zero
+        assert torch.equal(m.weight != 0, mask)  # pruned zeros stay, nothing else becomes zero
         assert facts["layers"][name]["nonzero"] == int(mask.sum())
     assert on_centroids(tiny_mlp)
     rel = (tiny_mlp(x).detach() - before).norm() / before.norm()
@@ -48,8 +49,8 @@ def test_centroid_finetuning_keeps_weights_on_centroids_and_pruned_at_zero(tiny_
     assert on_centroids(tiny_mlp)
     for n, mask in keep.items():
         m = getattr(tiny_mlp, n)
-        assert torch.equal(m.weight_index, indices[n])       # assignments are fixed
-        assert torch.equal(m.weight != 0, mask)              # pruned weights still exactly zero
+        assert torch.equal(m.weight_index, indices[n])  # assignments are fixed
+        assert torch.equal(m.weight != 0, mask)  # pruned weights still exactly zero
         assert len(torch.unique(m.weight)) <= 2**3 + 1
     assert any(not torch.equal(getattr(tiny_mlp, n).codebook, codebooks[n]) for n in keep)  # centroids trained
 

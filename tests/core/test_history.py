@@ -1,5 +1,6 @@
 """The ordering rule (requires / freezes) is state on the model, checked by apply(); the recipe
 validator runs the same rule over a whole recipe."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,7 @@ def _data(n: int = 64):
 @pytest.fixture(scope="module")
 def gptq_lenet():
     torch.manual_seed(0)
-    return netslim.apply(netslim.build_model("lenet300"), "gptq", data=_data(), bits=8, group_size=None,
-                         num_samples=32)
+    return netslim.apply(netslim.build_model("lenet300"), "gptq", data=_data(), bits=8, group_size=None, num_samples=32)
 
 
 def _state(model):
@@ -35,8 +35,11 @@ def _state(model):
 def test_magnitude_after_gptq_is_refused_naming_both_steps(gptq_lenet):
     assert StepHistory.of(gptq_lenet) == StepHistory(("gptq",), "gptq")
     before = _state(gptq_lenet)
-    with pytest.raises(NetslimError, match=r"^Method 'magnitude' changes weights after 'gptq' froze them.*"
-                                           r"steps applied to this model: gptq\)"):
+    with pytest.raises(
+        NetslimError,
+        match=r"^Method 'magnitude' changes weights after 'gptq' froze them.*"
+        r"steps applied to this model: gptq\)",
+    ):
         netslim.apply(gptq_lenet, "magnitude", sparsity=0.5)
     after = _state(gptq_lenet)
     assert all(torch.equal(before[k], after[k]) for k in before)  # refused before any work
@@ -123,7 +126,9 @@ def test_recipe_validation_and_apply_give_the_same_verdict(gptq_lenet):
     """weight_only after gptq: allowed by both (float layers only); magnitude after gptq: refused by both."""
     steps = [{"method": "gptq", "bits": 8, "group_size": None}]
     parse_recipe({"steps": [*steps, {"method": "weight_only", "bits": 8, "group_size": None}]})
-    assert StepHistory.of(gptq_lenet).problem(make_config(
-        {"method": "weight_only", "bits": 8, "group_size": None})) is None
+    assert (
+        StepHistory.of(gptq_lenet).problem(make_config({"method": "weight_only", "bits": 8, "group_size": None}))
+        is None
+    )
     with pytest.raises(NetslimError, match=r"step 2 \('magnitude'\) changes weights after 'gptq' froze them"):
         parse_recipe({"steps": [*steps, {"method": "magnitude", "sparsity": 0.5}]})

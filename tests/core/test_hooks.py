@@ -52,10 +52,12 @@ def test_a_module_added_in_the_block_takes_its_parents_flag():
 def test_hooks_of_every_kind_run_and_are_removed():
     model = _net()
     calls = []
-    hooks = [(model[0], lambda m, a: calls.append("pre"), "pre"),
-             ("2.0", lambda m, a, o: calls.append("forward")),  # the default kind, a name
-             (model[3], lambda m, a, kw: calls.append(("pre_kwargs", kw)), "pre_kwargs"),
-             ("3", lambda m, a, kw, o: calls.append("forward_kwargs"), "forward_kwargs")]
+    hooks = [
+        (model[0], lambda m, a: calls.append("pre"), "pre"),
+        ("2.0", lambda m, a, o: calls.append("forward")),  # the default kind, a name
+        (model[3], lambda m, a, kw: calls.append(("pre_kwargs", kw)), "pre_kwargs"),
+        ("3", lambda m, a, kw, o: calls.append("forward_kwargs"), "forward_kwargs"),
+    ]
     with eval_mode(model, hooks):
         model(torch.randn(2, 4))
     assert calls == ["pre", "forward", ("pre_kwargs", {}), "forward_kwargs"]
@@ -96,12 +98,15 @@ def test_a_bad_name_registers_nothing():
     assert _hook_count(model) == 0 and model.training
 
 
-@pytest.mark.parametrize("hooks,match", [
-    ({"0": lambda m, a: None}, "Unknown hook kind"),
-    ([("0",)], "must be a"),
-    ([(3, lambda m, a, o: None)], "target must be a module"),
-    ({"0": "not callable"}, "must be callable"),
-])
+@pytest.mark.parametrize(
+    "hooks,match",
+    [
+        ({"0": lambda m, a: None}, "Unknown hook kind"),
+        ([("0",)], "must be a"),
+        ([(3, lambda m, a, o: None)], "target must be a module"),
+        ({"0": "not callable"}, "must be callable"),
+    ],
+)
 def test_bad_hook_specs_are_one_line_errors(hooks, match):
     model = _net()
     kind = "post" if match == "Unknown hook kind" else "forward"

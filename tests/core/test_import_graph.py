@@ -1,5 +1,6 @@
 """The layering, read from the source with ``ast``: core imports nothing above it, and the
 top-level subpackages import each other (at module level) without a cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -46,15 +47,19 @@ def imported(path: Path, module_level_only: bool, root: Path = PACKAGE) -> list[
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             out.append((node.lineno, target))
             out += [(node.lineno, f"{target}.{a.name}") for a in node.names if f"{target}.{a.name}" in MODULES]
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+        ):
             out.append((node.lineno, node.args[0].value))
     return [(line, t) for line, t in out if t == "netslim" or t.startswith("netslim.")]
 
@@ -67,31 +72,46 @@ def subpackage(module: str) -> str | None:
 def test_the_parser_sees_every_kind_of_import(tmp_path):
     probe = tmp_path / "netslim" / "core" / "probe.py"
     probe.parent.mkdir(parents=True)
-    probe.write_text("import netslim.models\nfrom ..train import loop\nfrom . import errors\n"
-                     "try:\n    from ..export import hf\nexcept ImportError:\n    pass\n"
-                     "def f():\n    from netslim.data import files\n    importlib.import_module('netslim.prune')\n")
+    probe.write_text(
+        "import netslim.models\nfrom ..train import loop\nfrom . import errors\n"
+        "try:\n    from ..export import hf\nexcept ImportError:\n    pass\n"
+        "def f():\n    from netslim.data import files\n    importlib.import_module('netslim.prune')\n"
+    )
     everything = {t for _, t in imported(probe, False, root=tmp_path / "netslim")}
     top = {t for _, t in imported(probe, True, root=tmp_path / "netslim")}
-    assert {"netslim.models", "netslim.train", "netslim.core", "netslim.export", "netslim.data",
-            "netslim.prune"} <= everything
+    assert {
+        "netslim.models",
+        "netslim.train",
+        "netslim.core",
+        "netslim.export",
+        "netslim.data",
+        "netslim.prune",
+    } <= everything
     assert {"netslim.train", "netslim.export"} <= top and not {"netslim.data", "netslim.prune"} & top
 
 
 def test_core_imports_nothing_above_it():
     core = [p for p in SOURCES if module_name(p).startswith("netslim.core")]
     assert len(core) > 15
-    upward = [f"{p.relative_to(PACKAGE.parent)}:{line}: {t}" for p in core
-              for line, t in imported(p, module_level_only=False)
-              if t != "netslim.core" and not t.startswith("netslim.core.")]
+    upward = [
+        f"{p.relative_to(PACKAGE.parent)}:{line}: {t}"
+        for p in core
+        for line, t in imported(p, module_level_only=False)
+        if t != "netslim.core" and not t.startswith("netslim.core.")
+    ]
     assert not upward, "netslim.core imports above itself:\n" + "\n".join(upward)
 
 
 def test_core_names_no_module_above_it_to_import_later():
     """A hand-kept list of module names (imported by string at run time) is an upward import too."""
     above = {m for m in MODULES if not m.startswith("netslim.core")} - {"netslim"}
-    named = [f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
-             for p in SOURCES if module_name(p).startswith("netslim.core")
-             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.Constant) and node.value in above]
+    named = [
+        f"{p.relative_to(PACKAGE.parent)}:{node.lineno}: {node.value!r}"
+        for p in SOURCES
+        if module_name(p).startswith("netslim.core")
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Constant) and node.value in above
+    ]
     assert not named, "netslim.core names modules above it:\n" + "\n".join(named)
 
 
@@ -105,7 +125,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(v)
         for w in sorted(graph.get(v, ())):
             if state.get(w) == 1:
-                return stack[stack.index(w):] + [w]
+                return stack[stack.index(w) :] + [w]
             if w not in state:
                 found = visit(w)
                 if found:
@@ -140,5 +160,9 @@ def test_top_level_subpackages_have_no_import_cycle_at_module_level():
     assert "core" not in graph  # core depends on no other subpackage
     assert {"prune", "quantize", "recipe"} <= set(graph)  # the graph was read
     cycle = _cycle(graph)
-    assert cycle is None, "import cycle between subpackages: " + " -> ".join(cycle) + "\n" + "\n".join(
-        why[(a, b)] for a, b in zip(cycle, cycle[1:]))
+    assert cycle is None, (
+        "import cycle between subpackages: "
+        + " -> ".join(cycle)
+        + "\n"
+        + "\n".join(why[(a, b)] for a, b in zip(cycle, cycle[1:]))
+    )

@@ -5,6 +5,7 @@ whose state dict is bit-identical to the original - never another exception type
 or silently different weights. Loads that reach native code (the sparse CSR kernel) run in a
 subprocess, so that a segfault fails a test instead of killing pytest.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def _craft(src: Path, dst: Path, mutate_desc=None, mutate_tensors=None, checksum
 
 
 def _run_child(code: str, *args: str, stdin: str = "", timeout: int = 120) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
-                       env=CHILD_ENV, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True, env=CHILD_ENV, timeout=timeout
+    )
     assert r.returncode == 0, f"child died with rc {r.returncode} (a crash?): {r.stderr[-2000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -142,7 +144,7 @@ def test_tensors_hash_the_same_in_parallel(artifacts, tmp_path, threads):
 def _corrupt(data: bytes, op: str, pos: int, xor: int) -> bytes:
     header_end = 8 + int.from_bytes(data[:8], "little")
     if op == "cut":
-        return data[:pos % len(data)]
+        return data[: pos % len(data)]
     b = bytearray(data)
     b[pos % (header_end if op == "flip_header" else len(b))] ^= xor
     return bytes(b)
@@ -210,6 +212,7 @@ def _set(path: str, value):
         for k in keys[:-1]:
             d = d[k]
         d[keys[-1]] = value
+
     return mutate
 
 
@@ -220,19 +223,22 @@ def _nested(depth: int) -> list:
     return out
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (_set("aliases", {"fc9.weight": "nope"}), "aliases"),
-    (_set("masks", ["fc1.nothing"]), "masks[0]"),
-    (_set("masks", ["fc1.weight", "fc1.weight"]), "masks"),
-    (_set("modules", {"fc1": {"type": "torch.nn.modules.linear.Linear", "kwargs": {"in_features": "784"}}}), "fc1"),
-    (_set("modules", {"fc1": {"type": "os.system", "kwargs": {}}}), "fc1"),
-    (_set("modules", {"fc1": {"type": "torch.nn.modules.linear.Linear"}}), "modules.fc1"),
-    (_set("arch/kind", ["zoo"]), "arch"),
-    (_set("arch/kwargs", {"num_classes": 10**15}), "arch.kwargs.num_classes"),
-    (_set("info", {"a": _nested(70)}), "info.a"),
-    (_set("version", "1"), "version"),
-    (_set("format", "other"), "format"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (_set("aliases", {"fc9.weight": "nope"}), "aliases"),
+        (_set("masks", ["fc1.nothing"]), "masks[0]"),
+        (_set("masks", ["fc1.weight", "fc1.weight"]), "masks"),
+        (_set("modules", {"fc1": {"type": "torch.nn.modules.linear.Linear", "kwargs": {"in_features": "784"}}}), "fc1"),
+        (_set("modules", {"fc1": {"type": "os.system", "kwargs": {}}}), "fc1"),
+        (_set("modules", {"fc1": {"type": "torch.nn.modules.linear.Linear"}}), "modules.fc1"),
+        (_set("arch/kind", ["zoo"]), "arch"),
+        (_set("arch/kwargs", {"num_classes": 10**15}), "arch.kwargs.num_classes"),
+        (_set("info", {"a": _nested(70)}), "info.a"),
+        (_set("version", "1"), "version"),
+        (_set("format", "other"), "format"),
+    ],
+)
 def test_crafted_description_is_a_netslim_error_naming_file_and_field(artifacts, tmp_path, mutate, field):
     bad = _craft(artifacts["lenet300"], tmp_path / "crafted.safetensors", mutate)
     with pytest.raises(NetslimError) as e:
@@ -240,18 +246,21 @@ def test_crafted_description_is_a_netslim_error_naming_file_and_field(artifacts,
     assert str(bad) in str(e.value) and field in str(e.value)
 
 
-@pytest.mark.parametrize("header", [
-    b"[" * 100_000 + b"]" * 100_000,                              # RecursionError in a parser
-    b'{"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
-    b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}',
-    b'{"w": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}',
-    b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, "v": {"dtype": "F32", "shape": [1], '
-    b'"data_offsets": [4, 8]}}',
-    b'{"__metadata__": {"netslim": 5}}',
-    b'{"__metadata__": {"netslim": "{\\"format\\": \\"netslim\\""}}',  # description cut short
-    b"\xff\xfe{}",
-    b"{" + b'"' * 5000,
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError in a parser
+        b'{"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}',
+        b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 8]}}',
+        b'{"w": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}',
+        b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, "v": {"dtype": "F32", "shape": [1], '
+        b'"data_offsets": [4, 8]}}',
+        b'{"__metadata__": {"netslim": 5}}',
+        b'{"__metadata__": {"netslim": "{\\"format\\": \\"netslim\\""}}',  # description cut short
+        b"\xff\xfe{}",
+        b"{" + b'"' * 5000,
+    ],
+)
 def test_corrupt_safetensors_header_is_one_netslim_error(tmp_path, header):
     bad = tmp_path / "h.safetensors"
     bad.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
@@ -285,26 +294,39 @@ def test_huge_sizes_in_a_small_file_fail_fast_without_allocating(artifacts, tmp_
         # 1.25 GB (allocatable, so a missing check would show in the peak memory) and 4 TB
         _set("modules", {"fc1": {"type": lin, "kwargs": {"in_features": 784, "out_features": 400_000}}}),
         _set("modules", {"fc1": {"type": lin, "kwargs": {"in_features": 10**6, "out_features": 10**6}}}),
-        _set("modules", {"fc1": {"type": "netslim.prune.sparse.SparseLinear",
-                                 "kwargs": {"in_features": 784, "out_features": 300, "nnz": 200_000_000}}}),
+        _set(
+            "modules",
+            {
+                "fc1": {
+                    "type": "netslim.prune.sparse.SparseLinear",
+                    "kwargs": {"in_features": 784, "out_features": 300, "nnz": 200_000_000},
+                }
+            },
+        ),
         _set("arch/kwargs", {"in_features": 784 * 500}),
     ]
     paths = [str(_craft(artifacts["lenet300"], tmp_path / f"big{i}.safetensors", m)) for i, m in enumerate(crafted)]
-    resnet = _craft(netslim.save(netslim.build_model("resnet20"), tmp_path / "r.safetensors"),
-                    tmp_path / "deep.safetensors", _set("arch/kwargs", {"depth": 6 * 2_000_000 + 2}))
+    resnet = _craft(
+        netslim.save(netslim.build_model("resnet20"), tmp_path / "r.safetensors"),
+        tmp_path / "deep.safetensors",
+        _set("arch/kwargs", {"depth": 6 * 2_000_000 + 2}),
+    )
     out = _run_child(_MEMORY, *paths, str(resnet))
     assert all(r.startswith("NetslimError") for r in out["results"]), out["results"]
     assert out["grew_mb"] < 200 and out["seconds"] < 10, out
 
 
 # ---------------------------------------------------------------------- layer checks
-@pytest.mark.parametrize("field, change", [
-    ("fc1.col_idx", lambda t: t.index_fill_(0, torch.tensor([5]), 999)),              # column >= in_features
-    ("fc1.col_idx", lambda t: t.index_fill_(0, torch.tensor([5]), -1)),               # 65535 read unsigned
-    ("fc1.crow", lambda t: t.index_fill_(0, torch.tensor([7]), 10**6)),               # beyond nnz
-    ("fc1.crow", lambda t: t.index_fill_(0, torch.tensor([7]), 0)),                   # decreasing
-    ("fc2.col_idx", lambda t: t.copy_(t.flip(0))),                                    # unsorted rows
-])
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("fc1.col_idx", lambda t: t.index_fill_(0, torch.tensor([5]), 999)),  # column >= in_features
+        ("fc1.col_idx", lambda t: t.index_fill_(0, torch.tensor([5]), -1)),  # 65535 read unsigned
+        ("fc1.crow", lambda t: t.index_fill_(0, torch.tensor([7]), 10**6)),  # beyond nnz
+        ("fc1.crow", lambda t: t.index_fill_(0, torch.tensor([7]), 0)),  # decreasing
+        ("fc2.col_idx", lambda t: t.copy_(t.flip(0))),  # unsorted rows
+    ],
+)
 def test_sparse_index_arrays_are_checked_on_load(artifacts, tmp_path, field, change):
     bad = _craft(artifacts["sparse"], tmp_path / "idx.safetensors", mutate_tensors=lambda ts: change(ts[field]))
     layer, _, name = field.partition(".")
@@ -355,7 +377,8 @@ def test_packed_layers_check_what_they_load():
     state = q.state_dict()
     with pytest.raises(NetslimError, match=r"field 'weight_packed' must be torch\.uint8"):
         QuantizedLinear(64, 8, bits=4, group_size=32).load_state_dict(
-            {**state, "weight_packed": state["weight_packed"].float()}, assign=True)
+            {**state, "weight_packed": state["weight_packed"].float()}, assign=True
+        )
 
     from netslim.quantize.int8_modules import Int8Linear
 

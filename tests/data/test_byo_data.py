@@ -1,4 +1,5 @@
 """benchmarks/byo_data.py (inputs of the bring-your-own journeys) and the user's CNN file, at tiny sizes."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """netslim.data.docs_sections and the ``docs-sections`` task on a fake docs tree; the minilm-docs zoo entry."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,9 @@ def docs_root(tmp_path) -> Path:
     i = 0
     for section, n in SECTIONS.items():
         for _ in range(n):
-            extra = "".join(f"\nExtra paragraph {k} of page {i} in {section}, long enough to be kept.\n"
-                            for k in range(i % 3))
+            extra = "".join(
+                f"\nExtra paragraph {k} of page {i} in {section}, long enough to be kept.\n" for k in range(i % 3)
+            )
             path = root / section / f"p{i}.rst.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(PAGE.format(i=i, section=section, extra=extra))
@@ -57,8 +59,9 @@ def test_splits_are_by_file_and_labels_follow_the_rules(docs_root):
     for name, rows in built.items():
         for r in rows:
             split_of.setdefault(r["file"], set()).add(name)
-            assert r["label"] == (r["file"].split("/")[0] if r["file"].split("/")[0] in
-                                  ("library", "tutorial", "howto") else "other")
+            assert r["label"] == (
+                r["file"].split("/")[0] if r["file"].split("/")[0] in ("library", "tutorial", "howto") else "other"
+            )
     assert all(len(s) == 1 for s in split_of.values())  # no file in two splits
     texts = [r["text"] for rows in built.values() for r in rows]
     assert len(texts) == len(set(texts)) and not any("same in every page" in t for t in texts)
@@ -89,7 +92,7 @@ def test_task_batches_limit_and_describe_round_trip(docs_root):
     assert all(len(texts) <= 3 for texts, _ in task.splits.values())
     x = task.example_inputs(2)
     assert x["input_ids"].shape == (2, 16) and x["attention_mask"].dtype == torch.long
-    (inputs, y), = list(task.train_batches(0, 3))[:1]
+    ((inputs, y),) = list(task.train_batches(0, 3))[:1]
     assert inputs["input_ids"].shape[0] == 3 and y.shape == (3,)
     info = task_info(task)  # what an artifact stores: the task rebuilds from it
     assert info["dataset"] == "docs-sections" and info["data_options"]["limit"] == 3
@@ -120,6 +123,7 @@ def test_minilm_docs_is_a_trainable_zoo_classifier_over_the_task_labels():
     assert baseline_config("minilm-docs").optimizer == "adamw"
     model = build_model("minilm-docs")
     assert type(model).__name__ == "BertForSequenceClassification" and not hasattr(model, "netslim_arch")
-    assert [model.config.id2label[i] for i in range(model.config.num_labels)] == \
-        docs_sections.labels()  # class id = position in the task's sorted labels
+    assert [
+        model.config.id2label[i] for i in range(model.config.num_labels)
+    ] == docs_sections.labels()  # class id = position in the task's sorted labels
     assert model.netslim_source == "minilm"

@@ -25,8 +25,10 @@ def _lines(n: int) -> str:
 # ------------------------------------------------------------------------ splitting
 def test_hash_split_is_the_pydocs_rule_with_80_10_10_shares():
     keys = [f"dir/file{i}.txt" for i in range(4000)]
-    assert all(pydocs.split_of(k) == {"train": "calibration", "val": "validation", "test": "test"}[files.hash_split(k)]
-               for k in keys[:500])
+    assert all(
+        pydocs.split_of(k) == {"train": "calibration", "val": "validation", "test": "test"}[files.hash_split(k)]
+        for k in keys[:500]
+    )
     share = {s: sum(files.hash_split(k) == s for k in keys) / len(keys) for s in SPLITS}
     assert share["train"] == pytest.approx(0.8, abs=0.03) and share["val"] == pytest.approx(0.1, abs=0.02)
 
@@ -129,11 +131,14 @@ def test_data_kind_and_listing(tmp_path):
     assert files.data_kind(tmp_path / "imgs", ("table", "text")) == "text"
 
 
-@pytest.mark.parametrize("entries, match", [
-    (["train", "cat"], "mixes split entries"),
-    (["train", "val", "validation"], "both 'val' and 'validation'"),
-    (["val", "test"], "no train split"),
-])
+@pytest.mark.parametrize(
+    "entries, match",
+    [
+        (["train", "cat"], "mixes split entries"),
+        (["train", "val", "validation"], "both 'val' and 'validation'"),
+        (["val", "test"], "no train split"),
+    ],
+)
 def test_bad_explicit_split_layouts(entries, match):
     with pytest.raises(NetslimError, match=match):
         files.explicit_splits(entries, "data")
@@ -162,8 +167,11 @@ def test_text_folder_with_split_files(tmp_path):
     for name in ("train.txt", "validation.md", "test.txt"):
         (tmp_path / name).write_text(f"{name}\n")
     docs = files.read_documents(tmp_path, files.ContentHash())
-    assert {s: [d.text for d in v] for s, v in docs.items()} == \
-        {"train": ["train.txt\n"], "val": ["validation.md\n"], "test": ["test.txt\n"]}
+    assert {s: [d.text for d in v] for s, v in docs.items()} == {
+        "train": ["train.txt\n"],
+        "val": ["validation.md\n"],
+        "test": ["test.txt\n"],
+    }
 
 
 def test_units_are_sentences_of_paragraphs():
@@ -187,7 +195,7 @@ def test_token_blocks_error_names_the_split_and_fix():
 
 # -------------------------------------------------------------------------- tables
 def test_csv_and_jsonl_rows_name_their_lines(tmp_path):
-    (tmp_path / "d.csv").write_text("text,label\nhello,a\n\"two\nlines\",3\n")
+    (tmp_path / "d.csv").write_text('text,label\nhello,a\n"two\nlines",3\n')
     t = files.read_table(tmp_path / "d.csv", files.ContentHash())
     rows = t.rows["train"]
     assert t.columns == ("text", "label") and [r.where for r in rows] == [f"{tmp_path}/d.csv:2", f"{tmp_path}/d.csv:4"]
@@ -226,8 +234,11 @@ def test_table_folder_of_split_files(tmp_path):
     for split in ("train", "val", "test"):
         (tmp_path / f"{split}.jsonl").write_text(json.dumps({"text": split, "label": 0}) + "\n")
     t = files.read_table(tmp_path, files.ContentHash())
-    assert {s: [r.values["text"] for r in rows] for s, rows in t.rows.items()} == \
-        {"train": ["train"], "val": ["val"], "test": ["test"]}
+    assert {s: [r.values["text"] for r in rows] for s, rows in t.rows.items()} == {
+        "train": ["train"],
+        "val": ["val"],
+        "test": ["test"],
+    }
     (tmp_path / "extra.jsonl").write_text("{}\n")
     with pytest.raises(NetslimError, match="mixes split entries"):
         files.read_table(tmp_path, files.ContentHash())
@@ -235,6 +246,7 @@ def test_table_folder_of_split_files(tmp_path):
 
 def _fake_datasets(monkeypatch, saved):
     """A stand-in for the optional ``datasets`` package: what netslim calls of it, no more."""
+
     class Dataset(list):
         column_names = ("text", "label")
 
@@ -247,8 +259,11 @@ def _fake_datasets(monkeypatch, saved):
 
     mod = types.ModuleType("datasets")
     mod.Dataset, mod.DatasetDict = Dataset, DatasetDict
-    mod.load_from_disk = lambda path: DatasetDict({k: Dataset(v) for k, v in saved[path].items()}) \
-        if isinstance(saved[path], dict) else Dataset(saved[path])
+    mod.load_from_disk = lambda path: (
+        DatasetDict({k: Dataset(v) for k, v in saved[path].items()})
+        if isinstance(saved[path], dict)
+        else Dataset(saved[path])
+    )
     monkeypatch.setitem(sys.modules, "datasets", mod)
 
 
@@ -256,8 +271,11 @@ def test_parquet_and_saved_datasets_rows(tmp_path, monkeypatch):
     rows = [{"text": f"t{i}", "label": i % 2} for i in range(4)]
     (tmp_path / "d.parquet").write_bytes(b"PAR1")
     saved = {str(tmp_path / "d.parquet"): rows}
-    for name, parts in (("dd", {"train": rows[:2], "validation": rows[2:3], "test": rows[3:]}),
-                        ("one", rows), ("odd", {"a": rows, "b": rows})):
+    for name, parts in (
+        ("dd", {"train": rows[:2], "validation": rows[2:3], "test": rows[3:]}),
+        ("one", rows),
+        ("odd", {"a": rows, "b": rows}),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / ("dataset_dict.json" if isinstance(parts, dict) else "dataset_info.json")).write_text("{}")
         saved[str(tmp_path / name)] = parts
@@ -265,8 +283,11 @@ def test_parquet_and_saved_datasets_rows(tmp_path, monkeypatch):
     t = files.read_table(tmp_path / "d.parquet", files.ContentHash())
     assert t.columns == ("text", "label") and [r.where for r in t.rows["train"]][-1].endswith("d.parquet row 3")
     t = files.read_table(tmp_path / "dd", files.ContentHash())
-    assert {s: [r.values["text"] for r in v] for s, v in t.rows.items()} == \
-        {"train": ["t0", "t1"], "val": ["t2"], "test": ["t3"]}
+    assert {s: [r.values["text"] for r in v] for s, v in t.rows.items()} == {
+        "train": ["t0", "t1"],
+        "val": ["t2"],
+        "test": ["t3"],
+    }
     assert len(files.read_table(tmp_path / "one", files.ContentHash()).rows["train"]) == 4
     with pytest.raises(NetslimError, match="DatasetDict splits a, b are not train / val / test"):
         files.read_table(tmp_path / "odd", files.ContentHash())
@@ -293,8 +314,12 @@ def test_image_folder_classes_and_explicit_splits(tmp_path):
     assert folder.classes == ("cat", "dog")
     assert len(folder.files["test"]) == 6 and all(rel.startswith("test/") for rel, _ in folder.files["test"])
     train = [rel for rel, _ in folder.files["train"]]
-    assert {rel for rel, _ in folder.files["val"]} == {f"train/{c}/{i}.png" for c in ("cat", "dog") for i in range(30)
-                                                       if files.hash_split(f"train/{c}/{i}.png") == "val"}
+    assert {rel for rel, _ in folder.files["val"]} == {
+        f"train/{c}/{i}.png"
+        for c in ("cat", "dog")
+        for i in range(30)
+        if files.hash_split(f"train/{c}/{i}.png") == "val"
+    }
     assert all(files.hash_split(r) != "val" for r in train)
     assert all(c == (0 if "/cat/" in rel else 1) for s in SPLITS for rel, c in folder.files[s])
 

@@ -59,7 +59,7 @@ def test_splits_are_disjoint_deterministic_and_cover_every_file(tmp_path):
     files = {s: pydocs.list_files(s, root) for s in pydocs.SPLITS}
     assert all(len(f) == 3 for f in files.values())
     every = sorted(p for f in files.values() for p in f)
-    assert every == sorted(root.glob("**/*.rst.txt"))           # covered, and disjoint (no repeats)
+    assert every == sorted(root.glob("**/*.rst.txt"))  # covered, and disjoint (no repeats)
     assert files == {s: pydocs.list_files(s, root) for s in pydocs.SPLITS}
     assert all(f == sorted(f) for f in files.values())
 
@@ -142,8 +142,8 @@ def test_sentences_are_prose_without_markup_or_code(tmp_path):
     s = pydocs.sentences("test", root=root)
     assert s == pydocs.sentences("test", root=root)
     assert any(x.startswith("It accepts any iterable of tasks") for x in s)
-    assert any("Stop the engine that run started" in x for x in s)           # directive body is prose
-    assert all("code block" not in x and ">>>" not in x for x in s)          # code is not
+    assert any("Stop the engine that run started" in x for x in s)  # directive body is prose
+    assert all("code block" not in x and ">>>" not in x for x in s)  # code is not
     assert all(":func:" not in x and "``" not in x and "*" not in x for x in s)
     assert len(s) == len(set(s))
     assert pydocs.sentences("test", root=root, limit=2) == s[:2]

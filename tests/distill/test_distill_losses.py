@@ -1,4 +1,5 @@
 """Distillation losses: oracles against their definitions, gradients, bad shapes."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The ``distill`` step: trains through fit, leaves no adapters, checks teacher/student fit."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,17 +15,20 @@ from netslim.distill import DistillConfig, DistillTask, distill
 
 
 def test_config_round_trips_through_yaml():
-    cfg = DistillConfig(teacher="reference", distill_temperature=2.0, distill=0.5, finetune={"epochs": 1},
-                        hints={"layer3": "layer3"})
+    cfg = DistillConfig(
+        teacher="reference", distill_temperature=2.0, distill=0.5, finetune={"epochs": 1}, hints={"layer3": "layer3"}
+    )
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
     with pytest.raises(NetslimError, match="'distill'"):
         make_config({"method": "distill", "distill": 2})
 
 
 def test_old_spellings_are_refused_naming_the_new_ones():
-    for old, new in [({"alpha": 0.5}, "'alpha' is now spelled 'distill'"),
-                     ({"temperature": 2.0}, "'temperature' is now spelled 'distill_temperature'"),
-                     ({"epochs": 3}, "'epochs' is a training option: set it under 'finetune:'")]:
+    for old, new in [
+        ({"alpha": 0.5}, "'alpha' is now spelled 'distill'"),
+        ({"temperature": 2.0}, "'temperature' is now spelled 'distill_temperature'"),
+        ({"epochs": 3}, "'epochs' is a training option: set it under 'finetune:'"),
+    ]:
         with pytest.raises(NetslimError, match=new):
             make_config({"method": "distill", **old})
     # the other keys of a partial finetune block keep distill's own training defaults
@@ -42,8 +46,15 @@ def test_alpha_zero_task_loss_equals_the_plain_task_loss(tiny_mlp, fmnist_small)
 
 def _convnet(width: int) -> nn.Module:
     # (B, 1, 28, 28) -> "features" (B, width, 7, 7) -> logits (B, 10)
-    return nn.Sequential(nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 10),
+    )
 
 
 def test_distill_trains_the_student_only(fmnist_small):
@@ -51,8 +62,9 @@ def test_distill_trains_the_student_only(fmnist_small):
     teacher, student = _convnet(8), _convnet(4)
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
-    summary = distill(student, teacher, task=fmnist_small, finetune={"epochs": 1, "max_steps": 3, "batch_size": 32},
-                      hints={"3": "3"})
+    summary = distill(
+        student, teacher, task=fmnist_small, finetune={"epochs": 1, "max_steps": 3, "batch_size": 32}, hints={"3": "3"}
+    )
     assert summary["steps"] == 3
     assert [n for n, _ in student.named_children()] == [str(i) for i in range(7)]  # no adapter left
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
@@ -113,7 +125,9 @@ def test_soft_term_sends_its_gradient_into_the_student(fmnist_small, alpha):
     with torch.no_grad():
         t_logits = teacher(x)
     s_logits = student(x)
-    ref = (1 - alpha) * torch.nn.functional.cross_entropy(s_logits, y) + alpha * soft_target_loss(s_logits, t_logits, 2.0)
+    ref = (1 - alpha) * torch.nn.functional.cross_entropy(s_logits, y) + alpha * soft_target_loss(
+        s_logits, t_logits, 2.0
+    )
     ref.backward()
     want = _grads(student)
     torch.testing.assert_close(loss.detach(), ref.detach())
@@ -136,8 +150,14 @@ def test_pure_distillation_moves_the_student_towards_the_teacher(fmnist_small):
             return soft_target_loss(student(x), teacher(x), 1.0).item()
 
     before = gap()
-    distill(student, teacher, task=fmnist_small, distill=1.0, distill_temperature=1.0,
-            finetune={"epochs": 1, "max_steps": 30, "batch_size": 32, "lr": 0.05, "select_best": False})
+    distill(
+        student,
+        teacher,
+        task=fmnist_small,
+        distill=1.0,
+        distill_temperature=1.0,
+        finetune={"epochs": 1, "max_steps": 30, "batch_size": 32, "lr": 0.05, "select_best": False},
+    )
     assert gap() < 0.5 * before
 
 
@@ -145,8 +165,9 @@ def test_shape_probe_leaves_batchnorm_statistics_alone(fmnist_small):
     from netslim.distill.step import check_compatible
 
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                            nn.Linear(4, 10)).train()
+    student = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+    ).train()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     check_compatible(student, _convnet(8), fmnist_small, DistillConfig())
     assert student.training
@@ -157,10 +178,24 @@ def _mixed_pair(mix: torch.Tensor) -> tuple[nn.Module, nn.Module]:
     """Student conv stack whose feature '2' (3 channels) maps linearly onto the teacher's (5 channels):
     the teacher's conv '2' is ``mix`` (5×3) applied to the student's output channels."""
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 3, 3, 2, 1), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10))
-    teacher = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 5, 3, 2, 1), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 10))
+    student = nn.Sequential(
+        nn.Conv2d(1, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 10),
+    )
+    teacher = nn.Sequential(
+        nn.Conv2d(1, 4, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3, 2, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 10),
+    )
     with torch.no_grad():
         teacher[0].load_state_dict(student[0].state_dict())
         teacher[2].weight.copy_(torch.einsum("ts,sihw->tihw", mix, student[2].weight))
@@ -228,8 +263,9 @@ def test_adapter_init_sees_train_mode_features_and_leaves_batchnorm_alone(fmnist
     from netslim.distill.step import check_compatible, init_adapters
 
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Conv2d(1, 3, 3, 2, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                            nn.Flatten(), nn.Linear(3, 10))
+    student = nn.Sequential(
+        nn.Conv2d(1, 3, 3, 2, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 10)
+    )
     with torch.no_grad():
         student[1].running_mean.fill_(5.0)  # stale: eval-mode features differ from train-mode ones
     teacher = _convnet(5)

@@ -1,5 +1,6 @@
 """Layer-wise distillation of pruned transformers: lineage of blocks and dims, the hidden-state loss,
 and the ``distill`` / ``distill_hidden`` options of the heads / ffn / layers / width steps."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,16 @@ IDS = torch.randint(0, 256, (16, 10), generator=G)
 
 def bert_classifier(layers=3):
     torch.manual_seed(0)
-    cfg = tf.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=96, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = tf.BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=96,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return tf.BertForSequenceClassification(cfg).eval()
 
 
@@ -65,9 +74,16 @@ def test_hidden_loss_is_zero_for_a_student_that_computes_the_teachers_kept_dims(
     """Zeroed-first oracle: a Llama whose removed dims are zero everywhere, width-pruned with the
     norm correction, outputs the teacher's residual stream on the kept dims: the hidden term ~ 0."""
     torch.manual_seed(0)
-    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=96,
-                                               num_hidden_layers=2, num_attention_heads=4,
-                                               num_key_value_heads=2)).eval()
+    model = tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     keep = torch.tensor([i for i in range(64) if i % 4])
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(50.0)  # unit-RMS activations: the norms' epsilon is negligible
@@ -84,23 +100,33 @@ def test_hidden_loss_is_zero_for_a_student_that_computes_the_teachers_kept_dims(
             self.seq_len, self.limit, self.seed, self.eval_batch_size = 10, None, 0, 4
             self._blocks = {c: IDS for c in ("calibration", "validation", "test")}
 
-    t = LayerwiseDistillTask(Blocks(), teacher, distill=0.0, distill_temperature=2.0, hidden_weight=1.0,
-                             layer_map=[0, 1], dims=keep.tolist())
+    t = LayerwiseDistillTask(
+        Blocks(), teacher, distill=0.0, distill_temperature=2.0, hidden_weight=1.0, layer_map=[0, 1], dims=keep.tolist()
+    )
     loss = t.loss(student, {"input_ids": IDS[:4]})
     assert t.last["hidden"] < 1e-9
     hard = Blocks().loss(student, {"input_ids": IDS[:4]})
     assert float(loss.detach()) == pytest.approx(float(hard.detach()) + t.last["hidden"], rel=1e-5)
 
 
-@pytest.mark.parametrize("step", [
-    {"method": "heads", "ratio": 0.5, "criterion": "l2"},
-    {"method": "ffn", "ratio": 0.5, "criterion": "l2"},
-    {"method": "layers", "count": 1, "calibration_samples": 4},
-    {"method": "width", "hidden_size": 48},
-])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"method": "heads", "ratio": 0.5, "criterion": "l2"},
+        {"method": "ffn", "ratio": 0.5, "criterion": "l2"},
+        {"method": "layers", "count": 1, "calibration_samples": 4},
+        {"method": "width", "hidden_size": 48},
+    ],
+)
 def test_every_transformer_step_distills_logits_and_hidden_states(step, tmp_path):
-    cfg = make_config({**step, "distill": 0.5, "distill_hidden": 1.0,
-                       "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 1e-4}})
+    cfg = make_config(
+        {
+            **step,
+            "distill": 0.5,
+            "distill_hidden": 1.0,
+            "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 1e-4},
+        }
+    )
     t = task()
     reference = bert_classifier()
     ctx = StepContext(task=t, out_dir=tmp_path, reference=lambda: copy.deepcopy(reference))
@@ -108,8 +134,12 @@ def test_every_transformer_step_distills_logits_and_hidden_states(step, tmp_path
     original = LayerwiseDistillTask._hidden
 
     def spy(self, student, teacher, mask):
-        seen.update(map=list(self.layer_map), dims=None if self.dims is None else self.dims.tolist(),
-                    student=len(student), teacher=len(teacher))
+        seen.update(
+            map=list(self.layer_map),
+            dims=None if self.dims is None else self.dims.tolist(),
+            student=len(student),
+            teacher=len(teacher),
+        )
         return original(self, student, teacher, mask)
 
     LayerwiseDistillTask._hidden = spy

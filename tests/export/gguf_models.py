@@ -1,6 +1,7 @@
 """Helpers of the GGUF tests: tiny Llama / Mistral / Qwen2 models with a tiny trained BPE
 tokenizer, and an independent numpy implementation of llama.cpp's reference dequantization
 (ggml-quants.c ``dequantize_row_q4_0`` / ``dequantize_row_q8_0``) used as the oracle."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,10 @@ import torch
 
 VOCAB = 300
 SPM_VOCAB = 360  # byte fallback: 256 byte tokens + characters + merges
-TEXT = ("def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
-        "The Python standard library module provides functions for working with files and text. ") * 4
+TEXT = (
+    "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
+    "The Python standard library module provides functions for working with files and text. "
+) * 4
 
 
 def bpe_tokenizer_dir(path: Path, *, byte_fallback: bool = False) -> Path:
@@ -23,39 +26,58 @@ def bpe_tokenizer_dir(path: Path, *, byte_fallback: bool = False) -> Path:
     if byte_fallback:
         tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
         tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
         specials = ["<unk>", "<s>", "</s>"]
         alphabet = [f"<0x{i:02X}>" for i in range(256)]
-        trainer = trainers.BpeTrainer(vocab_size=SPM_VOCAB - 10, special_tokens=specials + alphabet,
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=SPM_VOCAB - 10, special_tokens=specials + alphabet, show_progress=False
+        )
         tok.train_from_iterator([TEXT], trainer)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                                    eos_token="</s>", model_max_length=256)
+        fast = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=256
+        )
     else:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=VOCAB - 20, special_tokens=["<|endoftext|>"], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=VOCAB - 20,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train_from_iterator([TEXT], trainer)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                                                    bos_token="<|endoftext|>", model_max_length=256)
+        fast = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", model_max_length=256
+        )
     fast.save_pretrained(str(path))
     return path
 
 
-def tiny_lm(kind: str, tokenizer_dir: Path, *, seed: int = 0, tie: bool = False, vocab: int = VOCAB,
-            intermediate: int = 128):
+def tiny_lm(
+    kind: str, tokenizer_dir: Path, *, seed: int = 0, tie: bool = False, vocab: int = VOCAB, intermediate: int = 128
+):
     """A 2-layer random ``kind`` (llama / mistral / qwen2) causal LM with GQA (4 heads, 2 KV heads),
     hidden 64, vocabulary 300; its tokenizer is ``tokenizer_dir``."""
     import transformers
 
     name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[kind]
     cfg = getattr(transformers, f"{name}Config")(
-        vocab_size=vocab, hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=50000.0,
-        tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0)
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=50000.0,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = getattr(transformers, f"{name}ForCausalLM")(cfg)

@@ -2,6 +2,7 @@
 compressed-tensors package itself (the oracle), export -> open_model round trips (same codes,
 scales, zeros; same logits), a checkpoint written by compressed-tensors' own compressor, and
 one clear line for every scheme netslim cannot hold exactly."""
+
 from __future__ import annotations
 
 import json
@@ -31,24 +32,38 @@ IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
 def _llama(hidden=64, dtype=torch.float32):
-    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=2 * hidden,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
 
 
 def _gpt2():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=256,
-                                  eos_token_id=256)
+    cfg = transformers.GPT2Config(
+        vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=256, eos_token_id=256
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
 def _bert():
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=128)
+    cfg = transformers.BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     return transformers.BertModel(cfg).eval()
 
 
@@ -75,8 +90,10 @@ def test_ct_pack_is_compressed_tensors_pack_to_int32(bits, cols):
 
 
 # ------------------------------------------------------ dequantization (oracle: the package)
-@pytest.mark.parametrize("bits,group,symmetric", [(4, 32, True), (4, 32, False), (4, None, False), (8, None, True),
-                                                  (8, 16, False), (2, 32, False)])
+@pytest.mark.parametrize(
+    "bits,group,symmetric",
+    [(4, 32, True), (4, 32, False), (4, None, False), (8, None, True), (8, 16, False), (2, 32, False)],
+)
 def test_packed_layer_decodes_in_compressed_tensors_to_netslims_weight(bits, group, symmetric):
     torch.manual_seed(bits)
     lin = nn.Linear(64, 24)
@@ -126,8 +143,9 @@ def _quantize(model, **kw):
 CASES = {
     "llama_int4_g32_asym": lambda: _quantize(_llama(), bits=4, group_size=32),
     "llama_int4_channel_sym": lambda: _quantize(_llama(), bits=4, group_size=None, symmetric=True),
-    "llama_int8_g32_mixed_emb": lambda: _quantize(_quantize(_llama(), bits=4, group_size=32, symmetric=True),
-                                                  bits=8, group_size=None, embeddings=True),
+    "llama_int8_g32_mixed_emb": lambda: _quantize(
+        _quantize(_llama(), bits=4, group_size=32, symmetric=True), bits=8, group_size=None, embeddings=True
+    ),
     "gpt2_int8_tied_emb": lambda: _quantize(_gpt2(), bits=8, group_size=None, embeddings=True),
     "bert_w8a8": lambda: dynamic_int8(_bert(), DynamicInt8Config(activations="per_tensor")),
 }
@@ -174,9 +192,17 @@ def test_a_checkpoint_written_by_compressed_tensors_opens_as_netslim_layers(tmp_
     from compressed_tensors.quantization.utils import calculate_qparams
 
     model = _llama(dtype=torch.bfloat16)
-    qcfg = QuantizationConfig.model_validate({"config_groups": {"group_0": {"targets": ["Linear"], "weights": {
-        "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32}}},
-        "ignore": ["lm_head"]})
+    qcfg = QuantizationConfig.model_validate(
+        {
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 32},
+                }
+            },
+            "ignore": ["lm_head"],
+        }
+    )
     apply_quantization_config(model, qcfg)
     for m in model.modules():
         if hasattr(m, "weight_scale"):
@@ -213,13 +239,20 @@ def _group0(q):
 
 REFUSED = {
     "fp8": (lambda q: _group0(q)["weights"].update(type="float", num_bits=8), "float"),
-    "nvfp4": (lambda q: q.update(format="nvfp4-pack-quantized") or _group0(q).update(format=None),
-              "nvfp4-pack-quantized"),
-    "block": (lambda q: _group0(q)["weights"].update(strategy="block", block_structure=[16, 16], group_size=None),
-              "strategy"),
-    "per_token_acts": (lambda q: _group0(q).update(input_activations={"num_bits": 8, "type": "int", "dynamic": True,
-                                                                      "strategy": "token", "symmetric": True}),
-                       "input activations"),
+    "nvfp4": (
+        lambda q: q.update(format="nvfp4-pack-quantized") or _group0(q).update(format=None),
+        "nvfp4-pack-quantized",
+    ),
+    "block": (
+        lambda q: _group0(q)["weights"].update(strategy="block", block_structure=[16, 16], group_size=None),
+        "strategy",
+    ),
+    "per_token_acts": (
+        lambda q: _group0(q).update(
+            input_activations={"num_bits": 8, "type": "int", "dynamic": True, "strategy": "token", "symmetric": True}
+        ),
+        "input activations",
+    ),
     "sparsity": (lambda q: q.update(sparsity_config={"format": "sparse-bitmask"}), "sparsity_config"),
     "actorder_group": (lambda q: _group0(q)["weights"].update(actorder="group"), "actorder"),
     "redos_target": (lambda q: _group0(q).update(targets=["re:(a+)+$"]), "pattern"),
@@ -295,8 +328,9 @@ def test_a_sharded_directory_opens_and_shard_names_stay_inside_it(tmp_path):
 def test_cli_says_one_line_and_exits_2(tmp_path):
     path = _exported(tmp_path, bits=4, group_size=32, symmetric=True)
     _edit(path, REFUSED["fp8"][0])
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "inspect", str(path)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "netslim.cli", "inspect", str(path)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "compressed-tensors" in lines[0]

@@ -2,6 +2,7 @@
 independent numpy copy of llama.cpp's reference formulas (gguf_models.ref_dequantize) must equal
 netslim's weights — exactly for F32 and for layers already on the Q4_0 / Q8_0 grids — and the
 file read back by netslim gives the source model's logits."""
+
 from __future__ import annotations
 
 import os
@@ -55,11 +56,22 @@ def _expected(model, key: str, arch: str) -> np.ndarray:
     return w
 
 
-HF_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-            "output.weight": "lm_head.weight"}
-BLK = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-       "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-       "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+HF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+BLK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
 
 
 def _hf_key(name: str) -> str:
@@ -103,8 +115,12 @@ def test_f32_is_exact_with_llama_cpp_metadata_and_round_trips_logits(kind, tok_d
     _, meta = _read(path)
     p = f"{arch}."
     assert meta["general.architecture"] == arch and meta["general.name"] == "tiny"
-    assert (meta[p + "context_length"], meta[p + "embedding_length"], meta[p + "block_count"],
-            meta[p + "feed_forward_length"]) == (256, 64, 2, 128)
+    assert (
+        meta[p + "context_length"],
+        meta[p + "embedding_length"],
+        meta[p + "block_count"],
+        meta[p + "feed_forward_length"],
+    ) == (256, 64, 2, 128)
     assert (meta[p + "attention.head_count"], meta[p + "attention.head_count_kv"]) == (4, 2)
     assert meta[p + "vocab_size"] == VOCAB
     assert meta[p + "rope.freq_base"] == 50000.0 and meta[p + "rope.dimension_count"] == 16
@@ -234,8 +250,11 @@ def test_q8_0_exact_for_int8_symmetric_and_4bit_integer_zero_layers(tok_dir, tmp
 
 def test_q4_0_refuses_off_grid_layers_unless_requantize(tok_dir, tmp_path):
     model = _quantized(tiny_lm("llama", tok_dir), bits=4, symmetric=False)
-    with pytest.raises(NetslimError, match=r"layer model\.embed_tokens is not on llama\.cpp's Q4_0 grid "
-                                           r"\(code - zero spans .*\(\+15 more\).*requantize: true"):
+    with pytest.raises(
+        NetslimError,
+        match=r"layer model\.embed_tokens is not on llama\.cpp's Q4_0 grid "
+        r"\(code - zero spans .*\(\+15 more\).*requantize: true",
+    ):
         export_gguf(model, tmp_path / "m.gguf", dtype="q4_0")
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
     ref = {n: m.dequantize_weight() for n, m in model.named_modules() if hasattr(m, "dequantize_weight")}
@@ -258,7 +277,8 @@ def test_q4_0_refusals_name_the_problem(tok_dir, tmp_path):
         export_gguf(tiny_lm("llama", tok_dir), tmp_path / "f.gguf", dtype="q4_0")
     model = _quantized(tiny_lm("llama", tok_dir), bits=4, symmetric=True)
     model.model.layers[1].mlp.down_proj = QuantizedLinear.from_float(
-        torch.nn.Linear(128, 64, bias=False), bits=4, group_size=16, symmetric=True)
+        torch.nn.Linear(128, 64, bias=False), bits=4, group_size=16, symmetric=True
+    )
     with pytest.raises(NetslimError, match=r"model\.layers\.1\.mlp\.down_proj .*group_size 16 is not a multiple of 32"):
         export_gguf(model, tmp_path / "g.gguf", dtype="q4_0")
     assert list(tmp_path.iterdir()) == []
@@ -271,22 +291,28 @@ def test_float_model_with_requantize_is_all_q4_0(tok_dir, tmp_path):
     # llama.cpp's own Q4_0 rounding (gguf.quants is its bit-exact port) of every matrix
     reader, _ = _read(path)
     t = next(t for t in reader.tensors if t.name == "blk.0.attn_v.weight")
-    ref = gguf.quants.quantize(model.model.layers[0].self_attn.v_proj.weight.detach().numpy(),
-                               gguf.GGMLQuantizationType.Q4_0)
+    ref = gguf.quants.quantize(
+        model.model.layers[0].self_attn.v_proj.weight.detach().numpy(), gguf.GGMLQuantizationType.Q4_0
+    )
     assert np.array_equal(np.asarray(t.data).reshape(ref.shape), ref)
 
 
 def test_non_llama_models_and_bad_options_are_one_line_errors(tmp_path):
     from netslim.models import build_model
 
-    with pytest.raises(NetslimError, match=r"GGUF export supports Llama-family causal LMs \(LlamaForCausalLM, "
-                                           r"MistralForCausalLM, Qwen2ForCausalLM\); got GPT2LMHeadModel"):
+    with pytest.raises(
+        NetslimError,
+        match=r"GGUF export supports Llama-family causal LMs \(LlamaForCausalLM, "
+        r"MistralForCausalLM, Qwen2ForCausalLM\); got GPT2LMHeadModel",
+    ):
         export_gguf(build_model("tiny-gpt2"), tmp_path / "x.gguf")
     with pytest.raises(NetslimError, match="got BertModel"):
         export_gguf(build_model("tiny-bert"), tmp_path / "x.gguf")
-    for bad, match in (({"format": "safetensors", "dtype": "q4_0"}, "options of format 'gguf'"),
-                       ({"format": "gguf", "dtype": "q5_1"}, "dtype"),
-                       ({"format": "gguf", "dtype": "f16", "requantize": True}, "goes with dtype 'q4_0'")):
+    for bad, match in (
+        ({"format": "safetensors", "dtype": "q4_0"}, "options of format 'gguf'"),
+        ({"format": "gguf", "dtype": "q5_1"}, "dtype"),
+        ({"format": "gguf", "dtype": "f16", "requantize": True}, "goes with dtype 'q4_0'"),
+    ):
         with pytest.raises(NetslimError, match=match):
             make_config({"method": "export", **bad})
     assert list(tmp_path.iterdir()) == []
@@ -315,14 +341,33 @@ def test_failed_write_leaves_nothing(tok_dir, tmp_path, monkeypatch):
 
 def test_cli_refuses_a_gpt2_gguf_export_with_exit_2(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: g\nmeasure: {batch_size: 1, repeats: 1}\nsteps:\n  - method: export\n    format: gguf\n"
-                      "    dtype: q8_0\n")
+    recipe.write_text(
+        "name: g\nmeasure: {batch_size: 1, repeats: 1}\nsteps:\n  - method: export\n    format: gguf\n    dtype: q8_0\n"
+    )
     text = tmp_path / "t.txt"
     text.write_text("def f(x):\n    return x + 1\n" * 200)
     env = {**os.environ, "NETSLIM_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(recipe), "--model", "tiny-gpt2",
-                           "--data", str(text), "--out", str(tmp_path / "out"), "--limit", "8"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netslim.cli",
+            "compress",
+            str(recipe),
+            "--model",
+            "tiny-gpt2",
+            "--data",
+            str(text),
+            "--out",
+            str(tmp_path / "out"),
+            "--limit",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "GGUF export supports Llama-family" in lines[0], proc.stderr

@@ -2,6 +2,7 @@
 gguf.quants, the bit-exact port of ggml's reference quantizers) read back to the weights the file
 holds — Q4_0 / Q8_0 as netslim packed layers with the file's codes — and damaged or unsupported
 files refused with one NetslimError line."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,12 @@ def rewrite(src, dst, kind=None, *, arch=None, drop=(), meta=None, raw=None):
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
         value = (meta or {}).get(key, f.contents())
-        w.add_key_value(key.replace(reader.fields["general.architecture"].contents() + ".", arch + ".", 1), value,
-                        f.types[0], sub_type=f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+        w.add_key_value(
+            key.replace(reader.fields["general.architecture"].contents() + ".", arch + ".", 1),
+            value,
+            f.types[0],
+            sub_type=f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None,
+        )
     for t in reader.tensors:
         if t.name in drop:
             continue
@@ -86,9 +91,13 @@ def _file_weights(path, model):
         if len(shape) != 2:
             continue
         kind = t.tensor_type.name
-        w = _q4_1(t.data, shape) if kind == "Q4_1" else \
-            gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape) if kind == "BF16" else \
-            ref_dequantize(kind, t.data, shape)
+        w = (
+            _q4_1(t.data, shape)
+            if kind == "Q4_1"
+            else gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+            if kind == "BF16"
+            else ref_dequantize(kind, t.data, shape)
+        )
         w = torch.from_numpy(np.ascontiguousarray(w))
         part = t.name.split(".")
         if len(part) == 4 and part[2] in heads:
@@ -106,14 +115,20 @@ def test_llama_cpp_files_read_back_to_the_weights_they_hold(kind, f32_file, tmp_
     path = rewrite(f32_file, tmp_path / "m.gguf", kind if kind != T.F16 else None) if kind != T.F16 else None
     if kind == T.F16:
         reader = gguf.GGUFReader(str(f32_file))
-        path = rewrite(f32_file, tmp_path / "m.gguf", raw={t.name: (np.array(t.data).astype(np.float16), None)
-                                                           for t in reader.tensors if len(t.shape) == 2})
+        path = rewrite(
+            f32_file,
+            tmp_path / "m.gguf",
+            raw={t.name: (np.array(t.data).astype(np.float16), None) for t in reader.tensors if len(t.shape) == 2},
+        )
     model = load_gguf_model(path)
     held = _file_weights(path, model)
-    names = {"token_embd.weight": model.model.embed_tokens, "output.weight": model.lm_head,
-             "blk.0.attn_q.weight": model.model.layers[0].self_attn.q_proj,
-             "blk.1.attn_k.weight": model.model.layers[1].self_attn.k_proj,
-             "blk.1.ffn_down.weight": model.model.layers[1].mlp.down_proj}
+    names = {
+        "token_embd.weight": model.model.embed_tokens,
+        "output.weight": model.lm_head,
+        "blk.0.attn_q.weight": model.model.layers[0].self_attn.q_proj,
+        "blk.1.attn_k.weight": model.model.layers[1].self_attn.k_proj,
+        "blk.1.ffn_down.weight": model.model.layers[1].mlp.down_proj,
+    }
     for name, mod in names.items():
         assert torch.equal(_weight(mod), held[name]), name
         packed = kind in (T.Q4_0, T.Q8_0)
@@ -174,10 +189,12 @@ def _tensor(path, name):
 
 def test_damaged_and_unsupported_files_are_one_line_errors(f32_file, tmp_path):
     data = f32_file.read_bytes()
-    cases = {"truncated": (data[: len(data) // 2], "not a readable GGUF file"),
-             "header": (data[:64], "not a readable GGUF file"),
-             "magic": (b"GGUX" + data[4:], "not a readable GGUF file .*magic"),
-             "empty": (b"", "not a readable GGUF file")}
+    cases = {
+        "truncated": (data[: len(data) // 2], "not a readable GGUF file"),
+        "header": (data[:64], "not a readable GGUF file"),
+        "magic": (b"GGUX" + data[4:], "not a readable GGUF file .*magic"),
+        "empty": (b"", "not a readable GGUF file"),
+    }
     for name, (blob, match) in cases.items():
         p = tmp_path / f"{name}.gguf"
         p.write_bytes(blob)
@@ -188,13 +205,19 @@ def test_damaged_and_unsupported_files_are_one_line_errors(f32_file, tmp_path):
     nan[3, 5] = np.nan
     made = {
         "arch": (dict(arch="gpt2"), r"GGUF architecture 'gpt2' is not supported; netslim reads 'llama', 'qwen2'"),
-        "type": (dict(raw={"blk.0.attn_v.weight": (iq, T.IQ4_NL)}),
-                 "tensor blk.0.attn_v.weight has type IQ4_NL, which netslim does not read; supported: F32, F16"),
+        "type": (
+            dict(raw={"blk.0.attn_v.weight": (iq, T.IQ4_NL)}),
+            "tensor blk.0.attn_v.weight has type IQ4_NL, which netslim does not read; supported: F32, F16",
+        ),
         "missing": (dict(drop=("blk.1.ffn_up.weight",)), "tensor blk.1.ffn_up.weight is missing"),
-        "shape": (dict(meta={"llama.feed_forward_length": 100}),
-                  r"tensor blk.0.ffn_gate.weight has shape \[256, 64\]; the metadata implies \[100, 64\]"),
-        "heads": (dict(meta={"llama.attention.head_count": 0}),
-                  r"'llama.attention.head_count' must be an integer in \[1, 4096\]; got 0"),
+        "shape": (
+            dict(meta={"llama.feed_forward_length": 100}),
+            r"tensor blk.0.ffn_gate.weight has shape \[256, 64\]; the metadata implies \[100, 64\]",
+        ),
+        "heads": (
+            dict(meta={"llama.attention.head_count": 0}),
+            r"'llama.attention.head_count' must be an integer in \[1, 4096\]; got 0",
+        ),
         "nan": (dict(raw={"blk.0.attn_v.weight": (nan, None)}), "blk.0.attn_v.weight holds NaN or infinite values"),
     }
     for name, (kw, match) in made.items():
@@ -214,6 +237,7 @@ def test_cli_reads_a_gguf_and_refuses_a_truncated_one(f32_file, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "not a readable GGUF file" in lines[0], proc.stderr
     good = rewrite(f32_file, tmp_path / "q8.gguf", T.Q8_0)
-    proc = subprocess.run(run + [str(good), "--data", str(text), "--limit", "4"], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        run + [str(good), "--data", str(text), "--limit", "4"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0 and "perplexity=" in proc.stdout, proc.stderr

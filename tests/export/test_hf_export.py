@@ -4,6 +4,7 @@ quantized models; for layers transformers decodes at load time (asymmetric zero 
 quantized embeddings) equal to netslim's weights with each product rounded once to fp16, the
 arithmetic transformers uses there (an exact oracle, not a tolerance). One test per refusal;
 nothing is ever half-written."""
+
 from __future__ import annotations
 
 import copy
@@ -38,23 +39,37 @@ IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 # ------------------------------------------------------------- tiny random-config models
 def llama(hidden=64, layers=2, tie=False):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=2 * hidden,
-                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, tie_word_embeddings=tie)
+    cfg = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def bert():  # MiniLM-like: a BertModel encoder
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=128)
+    cfg = transformers.BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     return transformers.BertModel(cfg).eval()
 
 
 def gpt2():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=256,
-                                  eos_token_id=256)
+    cfg = transformers.GPT2Config(
+        vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=256, eos_token_id=256
+    )
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
@@ -121,12 +136,21 @@ CASES = {
     "gpt2_int8_tied_embeddings": (lambda: _wo(gpt2(), bits=8, group_size=None, embeddings=True), None),
     "bert_int4_asym": (lambda: _wo(bert(), bits=4, group_size=32), None),
     # gptq_int8emb_smollm2's shape: int4 asym blocks + tied int8 embedding (two schemes, dequantize on load)
-    "llama_int4_asym_int8_tied_emb": (lambda: _wo(_wo(llama(tie=True), bits=4, group_size=32), bits=8,
-                                                  group_size=None, embeddings=True), None),
+    "llama_int4_asym_int8_tied_emb": (
+        lambda: _wo(_wo(llama(tie=True), bits=4, group_size=32), bits=8, group_size=None, embeddings=True),
+        None,
+    ),
     "bert_w8a8": (lambda: dynamic_int8(bert(), DynamicInt8Config(activations="per_tensor")), None),
 }
-EXACT = {"llama_dense", "llama_structured", "gpt2_ffn", "bert_unstructured", "llama_int4_g32_sym",
-         "llama_int4_g128_sym", "llama_int8_channel_sym"}
+EXACT = {
+    "llama_dense",
+    "llama_structured",
+    "gpt2_ffn",
+    "bert_unstructured",
+    "llama_int4_g32_sym",
+    "llama_int4_g128_sym",
+    "llama_int8_channel_sym",
+}
 
 
 def fp16_decoded(model: nn.Module, exact: set[str] = frozenset()) -> nn.Module:
@@ -137,8 +161,11 @@ def fp16_decoded(model: nn.Module, exact: set[str] = frozenset()) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, (QuantizedLinear, QuantizedEmbedding)) and name in exact:
             w = m.dequantize_weight(torch.float32)
-            new = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx) if isinstance(
-                m, QuantizedEmbedding) else nn.Linear(m.in_features, m.out_features, m.bias is not None)
+            new = (
+                nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx)
+                if isinstance(m, QuantizedEmbedding)
+                else nn.Linear(m.in_features, m.out_features, m.bias is not None)
+            )
             if isinstance(new, nn.Linear) and m.bias is not None:
                 new.bias = nn.Parameter(m.bias.detach().clone())
             new.weight = nn.Parameter(w)
@@ -187,8 +214,13 @@ torch.save(results, out_file)
 def load_plainly(dirs: list, out_file) -> dict:
     """Load every directory with plain transformers in one fresh interpreter that never imports netslim."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOADER, str(out_file), *map(str, dirs)], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADER, str(out_file), *map(str, dirs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out_file, weights_only=True)
 
@@ -262,6 +294,7 @@ def test_quantized_directory_is_smaller_than_fp32(exported):
 
     def size(d):
         return sum(f.stat().st_size for f in (root / d).iterdir() if f.name == "model.safetensors")
+
     assert size("llama_int4_g32_sym") < 0.4 * size("llama_dense")  # the fp32 embedding table is a quarter
 
 
@@ -288,10 +321,17 @@ def _bitmask_dir(root):
             out[k] = t
     save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
     cfg = json.loads((src / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "sparse-bitmask",
-                                  "config_groups": None, "sparsity_config": {
-                                      "format": "sparse-bitmask", "global_sparsity": 0.5,
-                                      "sparsity_structure": "unstructured", "targets": ["Linear"]}}
+    cfg["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "format": "sparse-bitmask",
+        "config_groups": None,
+        "sparsity_config": {
+            "format": "sparse-bitmask",
+            "global_sparsity": 0.5,
+            "sparsity_structure": "unstructured",
+            "targets": ["Linear"],
+        },
+    }
     (dst / "config.json").write_text(json.dumps(cfg))
     return dst
 

@@ -1,4 +1,5 @@
 """Rank pruning after training that measures the error after the nonlinearity."""
+
 from __future__ import annotations
 
 import pytest

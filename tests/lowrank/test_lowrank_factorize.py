@@ -1,4 +1,5 @@
 """Oracles for the factorizations: full rank reproduces the layer; error falls with rank."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,8 +64,10 @@ def test_hooi_never_worse_than_hosvd():
     torch.manual_seed(1)
     w = torch.randn(16, 12, 3, 3)
     for r in (2, 5, 8):
-        e = [(torch.einsum("rsyx,or,is->oiyx", c, uo, ui) - w.double()).norm()
-             for uo, c, ui in (tucker_factors(w, (r, r), it) for it in (0, 3))]
+        e = [
+            (torch.einsum("rsyx,or,is->oiyx", c, uo, ui) - w.double()).norm()
+            for uo, c, ui in (tucker_factors(w, (r, r), it) for it in (0, 3))
+        ]
         assert e[1] <= e[0] + 1e-9
 
 
@@ -82,8 +85,9 @@ def test_data_aware_beats_plain_svd_on_correlated_inputs():
         e_aware = (aware(X) - layer(X)).norm()
         assert e_aware < 0.9 * e_plain, (r, e_aware, e_plain)
         # Factors balanced per rank-1 term, as plain SVD's are (fine-tuning needs it).
-        torch.testing.assert_close(aware.first.weight.norm(dim=1), aware.second.weight.norm(dim=0), rtol=1e-4,
-                                   atol=1e-6)
+        torch.testing.assert_close(
+            aware.first.weight.norm(dim=1), aware.second.weight.norm(dim=0), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_rank_above_min_dimension_is_rejected_with_the_allowed_range():

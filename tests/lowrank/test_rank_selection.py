@@ -1,4 +1,5 @@
 """Rank selection: energy threshold and budgets met exactly (or refused)."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,8 @@ def test_energy_rank():
 
 
 def test_break_even_rank():
-    assert break_even_rank(110, 1000, 10) == 9   # 9·110 = 990 < 1000
-    assert break_even_rank(100, 1000, 50) == 9   # 10·100 = 1000 is not a saving
+    assert break_even_rank(110, 1000, 10) == 9  # 9·110 = 990 < 1000
+    assert break_even_rank(100, 1000, 50) == 9  # 10·100 = 1000 is not a saving
     assert break_even_rank(2000, 1000, 5) == 0
 
 
@@ -39,8 +40,7 @@ def _layers(seed: int, count: int) -> dict[str, LayerBudget]:
         m, n = (int(v) for v in torch.randint(4, 60, (2,), generator=g))
         sigma = torch.rand(min(m, n), generator=g).sort(descending=True).values
         top = min(m, n)
-        out[f"l{i}"] = LayerBudget(tuple(energy_share(sigma)), m + n, m * n,
-                                   max(1, break_even_rank(m + n, m * n, top)))
+        out[f"l{i}"] = LayerBudget(tuple(energy_share(sigma)), m + n, m * n, max(1, break_even_rank(m + n, m * n, top)))
     return out
 
 

@@ -1,4 +1,5 @@
 """SVD and distillation on a Hugging Face encoder (random tiny BERT, byte tokenizer)."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,16 @@ def _tokens(n: int, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_data_aware_ffn_budget_round_trips(tmp_path):
     model = netslim.build_model("tiny-bert").eval()
     before = count_params(model)
-    svd_compress(model, select="budget", target=0.7, target_scope="selected", include=(FFN,), data_aware=True,
-                 example=_tokens(1), calibration=_tokens(32))
+    svd_compress(
+        model,
+        select="budget",
+        target=0.7,
+        target_scope="selected",
+        include=(FFN,),
+        data_aware=True,
+        example=_tokens(1),
+        calibration=_tokens(32),
+    )
     assert isinstance(model.encoder.layer[0].intermediate.dense, LowRankLinear)
     assert count_params(model) < before
     x = _tokens(2, seed=1)
@@ -62,6 +71,7 @@ def test_embedding_distillation_runs_on_an_encoder(bert_task):
     teacher = netslim.build_model("tiny-bert")
     student = netslim.build_model("tiny-bert")
     svd_compress(student, select="rank", rank=4, include=(FFN,), example=bert_task.example_inputs(1))
-    summary = distill(student, teacher, task=bert_task, finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3,
-                                                                  "optimizer": "adamw"})
+    summary = distill(
+        student, teacher, task=bert_task, finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3, "optimizer": "adamw"}
+    )
     assert summary["steps"] == 2

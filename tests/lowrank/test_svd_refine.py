@@ -1,4 +1,5 @@
 """Sequential refit and output-sensitivity rank allocation of the ``svd`` step."""
+
 from __future__ import annotations
 
 import copy
@@ -59,8 +60,9 @@ def test_sequential_refit_is_the_best_rank_r_least_squares_fit():
     x = torch.randn(2048, 24)
     model = nn.Sequential(nn.Linear(24, 30), nn.Tanh(), nn.Linear(30, 60)).eval()  # break-even rank 20 > 16
     original = copy.deepcopy(model)
-    svd_compress(model, select="rank", ranks={"0": 6, "2": 16}, data_aware=True, sequential=True, calibration=x,
-                 damping=1e-9)
+    svd_compress(
+        model, select="rank", ranks={"0": 6, "2": 16}, data_aware=True, sequential=True, calibration=x, damping=1e-9
+    )
     with torch.no_grad():
         h, h_hat = original[:2](x), model[:2](x)  # (N, 30): layer 2's inputs, original and factorized
         target = h @ original[2].weight.T  # (N, 60)
@@ -105,12 +107,15 @@ def test_output_allocation_gives_rank_to_the_layer_the_output_depends_on():
     assert err["output"] < err["spectral"]
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"select": "budget", "target": 0.5, "sequential": True}, "sequential needs data_aware"),
-    ({"select": "energy", "allocation": "output"}, "allocation 'output' needs select 'budget'"),
-    ({"select": "budget", "target": 0.5, "allocation": "best"}, "allocation"),
-    ({"select": "budget", "target": 0.5, "output_aware": True}, "output_aware needs data_aware"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"select": "budget", "target": 0.5, "sequential": True}, "sequential needs data_aware"),
+        ({"select": "energy", "allocation": "output"}, "allocation 'output' needs select 'budget'"),
+        ({"select": "budget", "target": 0.5, "allocation": "best"}, "allocation"),
+        ({"select": "budget", "target": 0.5, "output_aware": True}, "output_aware needs data_aware"),
+    ],
+)
 def test_invalid_refine_options_name_the_field(bad, match):
     with pytest.raises(NetslimError, match=match):
         make_config({"method": "svd", **bad})
@@ -124,8 +129,9 @@ def test_output_allocation_without_calibration_is_a_clear_error():
 # ------------------------------------------------------------------ output-aware (two-sided)
 def _lower(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, n, generator=g, dtype=torch.float64).tril(-1) * 0.3
-            + torch.diag(torch.rand(n, generator=g, dtype=torch.float64) + 0.2))
+    return torch.randn(n, n, generator=g, dtype=torch.float64).tril(-1) * 0.3 + torch.diag(
+        torch.rand(n, generator=g, dtype=torch.float64) + 0.2
+    )
 
 
 def test_two_sided_factors_reach_the_eckart_young_bound():

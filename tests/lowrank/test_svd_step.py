@@ -1,4 +1,5 @@
 """The ``svd`` step: config validation and YAML round-trip, budgets on real models, skips."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,20 +17,24 @@ X1 = torch.zeros(1, 1, 28, 28)
 
 
 def test_config_round_trips_through_yaml():
-    cfg = SVDConfig(select="budget", target=0.5, target_metric="macs", data_aware=True, exclude=("fc3",),
-                    ranks={"fc1": 10})
+    cfg = SVDConfig(
+        select="budget", target=0.5, target_metric="macs", data_aware=True, exclude=("fc3",), ranks={"fc1": 10}
+    )
     back = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert back == cfg
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"select": "budget"}, "needs 'target'"),
-    ({"select": "rank"}, "needs 'rank' or 'ranks'"),
-    ({"select": "budget", "target": 1.5}, "'target'"),
-    ({"select": "budget", "target": 0.5, "conv_scheme": "tucker"}, "tucker"),
-    ({"data_aware": True, "conv_scheme": "spatial"}, "data_aware needs conv_scheme 'channel'"),
-    ({"energy": 0}, "'energy'"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"select": "budget"}, "needs 'target'"),
+        ({"select": "rank"}, "needs 'rank' or 'ranks'"),
+        ({"select": "budget", "target": 1.5}, "'target'"),
+        ({"select": "budget", "target": 0.5, "conv_scheme": "tucker"}, "tucker"),
+        ({"data_aware": True, "conv_scheme": "spatial"}, "data_aware needs conv_scheme 'channel'"),
+        ({"energy": 0}, "'energy'"),
+    ],
+)
 def test_invalid_configs_name_the_field(bad, match):
     with pytest.raises(NetslimError, match=match):
         make_config({"method": "svd", **bad})
@@ -83,8 +88,7 @@ def test_tucker_step_on_resnet(tmp_path, fmnist_small):
     model = netslim.build_model("resnet20", width=4).eval()
     x = fmnist_small.example_inputs(2)
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    model = apply(model, SVDConfig(select="rank", rank=2, conv_scheme="tucker", include=("re:layer3.*conv.*",)),
-                  ctx)
+    model = apply(model, SVDConfig(select="rank", rank=2, conv_scheme="tucker", include=("re:layer3.*conv.*",)), ctx)
     assert isinstance(model.layer3[1].conv1, TuckerConv2d)
     assert model(x).shape == (2, 10)
     back = netslim.load(netslim.save(model, tmp_path / "t.safetensors"))
@@ -93,7 +97,6 @@ def test_tucker_step_on_resnet(tmp_path, fmnist_small):
 
 def test_budget_of_the_selected_layers_only(tiny_mlp):
     before = tiny_mlp.fc1.weight.numel() + tiny_mlp.fc2.weight.numel()
-    svd_compress(tiny_mlp, select="budget", target=0.7, target_scope="selected", include=("fc1", "fc2"),
-                 example=X1)
+    svd_compress(tiny_mlp, select="budget", target=0.7, target_scope="selected", include=("fc1", "fc2"), example=X1)
     after = sum(count_params(getattr(tiny_mlp, n)) - getattr(tiny_mlp, n).out_features for n in ("fc1", "fc2"))
     assert after <= 0.7 * before and 0.7 * before - after < 784 + 300

@@ -16,8 +16,10 @@ from netslim.models import build_model
 
 
 def test_macs_lenet300_and_lenet5_by_hand():
-    assert sum(macs_per_layer(build_model("lenet300"), torch.zeros(1, 1, 28, 28)).values()) == \
-        784 * 300 + 300 * 100 + 100 * 10
+    assert (
+        sum(macs_per_layer(build_model("lenet300"), torch.zeros(1, 1, 28, 28)).values())
+        == 784 * 300 + 300 * 100 + 100 * 10
+    )
     m = macs_per_layer(build_model("lenet5"), torch.zeros(2, 1, 28, 28))
     assert m["conv1"] == 2 * 20 * 24 * 24 * 25
     assert m["conv2"] == 2 * 50 * 8 * 8 * 20 * 25

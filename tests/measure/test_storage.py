@@ -1,4 +1,5 @@
 """Per-layer figures come from the tensors a layer actually stores, for every storage kind."""
+
 import copy
 import json
 import math
@@ -72,8 +73,10 @@ def test_sparse_conv_rows_and_totals_match_the_dense_model():
 def test_packed_weights_count_elements_not_bytes(bits):
     torch.manual_seed(0)
     fp32 = nn.Sequential(nn.Embedding(40, 64), nn.Linear(64, 32))
-    q = nn.Sequential(QuantizedEmbedding.from_float(fp32[0], bits=bits, group_size=32),
-                      QuantizedLinear.from_float(fp32[1], bits=bits, group_size=32))
+    q = nn.Sequential(
+        QuantizedEmbedding.from_float(fp32[0], bits=bits, group_size=32),
+        QuantizedLinear.from_float(fp32[1], bits=bits, group_size=32),
+    )
     x = torch.zeros(1, 3, dtype=torch.long)
     assert count_params(q) == count_params(fp32)  # not bits / 32 of it
     rows, ref = _rows(q, x), _rows(fp32, x)
@@ -91,19 +94,27 @@ def test_int8_static_dynamic_shared_bf16_bits():
     torch.manual_seed(0)
     lin = nn.Linear(16, 8)
     static4 = Int8Linear(16, 8, weight_bits=4)
-    static4.set_quantized(torch.randint(-8, 8, (8, 16), dtype=torch.int8), torch.ones(8), torch.zeros(8),
-                          (0.1, 128.0, 0.1, 128.0))
+    static4.set_quantized(
+        torch.randint(-8, 8, (8, 16), dtype=torch.int8), torch.ones(8), torch.zeros(8), (0.1, 128.0, 0.1, 128.0)
+    )
     static8 = Int8Linear(16, 8)
-    static8.set_quantized(torch.randint(-128, 128, (8, 16), dtype=torch.int8), torch.ones(8), torch.zeros(8),
-                          (0.1, 128.0, 0.1, 128.0))
+    static8.set_quantized(
+        torch.randint(-128, 128, (8, 16), dtype=torch.int8), torch.ones(8), torch.zeros(8), (0.1, 128.0, 0.1, 128.0)
+    )
     shared = SharedLinear(16, 8, num_clusters=32)
     idx = torch.randint(0, 33, (8, 16))
     shared.assign(torch.linspace(-1, 1, 32), idx)
     layers = (static4, static8, DynamicInt8Linear.from_float(lin), shared, BF16Linear.from_float(lin), lin)
     x = torch.zeros(1, 16)
     rows = [layer_table(nn.Sequential(m), x.to(torch.bfloat16) if isinstance(m, BF16Linear) else x)[0] for m in layers]
-    assert [(r.kind, r.bits) for r in rows] == [("int4 static", 4), ("int8 static", 8), ("int8 dynamic", 8),
-                                                ("shared", 5), ("dense bf16", 16), ("dense fp32", 32)]
+    assert [(r.kind, r.bits) for r in rows] == [
+        ("int4 static", 4),
+        ("int8 static", 8),
+        ("int8 dynamic", 8),
+        ("shared", 5),
+        ("dense bf16", 16),
+        ("dense fp32", 32),
+    ]
     assert all(r.params == 16 * 8 + 8 and r.shape == [8, 16] for r in rows)  # weights + bias, as fp32
     assert rows[0].stored_bytes == 16 * 8 // 2 + 4 * 8 + 4 * 4 + 4 * 8  # packed codes, scales, act qparams, bias
     assert rows[3].nonzero == int((shared.weight != 0).sum()) + int((shared.bias != 0).sum())
@@ -115,8 +126,14 @@ def test_stored_bytes_are_the_tensors_in_the_file(tmp_path):
     lin = nn.Linear(32, 32)
     masked = nn.Linear(32, 32)
     set_mask(masked, torch.rand(32, 32) > 0.5)
-    model = nn.Sequential(SparseLinear.from_dense(masked), QuantizedLinear.from_float(lin, bits=4, group_size=None),
-                          masked, DynamicInt8Linear.from_float(lin), nn.LayerNorm(32), nn.BatchNorm1d(32))
+    model = nn.Sequential(
+        SparseLinear.from_dense(masked),
+        QuantizedLinear.from_float(lin, bits=4, group_size=None),
+        masked,
+        DynamicInt8Linear.from_float(lin),
+        nn.LayerNorm(32),
+        nn.BatchNorm1d(32),
+    )
     path = netslim.save(model, tmp_path / "m.safetensors")
     with safe_open(str(path), "pt") as f:
         payload = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())

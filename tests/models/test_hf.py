@@ -46,9 +46,11 @@ def no_network(monkeypatch):
 
 
 def test_registration_imports_no_transformers():
-    code = ("import sys, netslim.models.hf as h; h.register_hf_models(); import netslim.train.lm_tasks; "
-            "from netslim.models import model_entry; model_entry('smollm2'); "
-            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    code = (
+        "import sys, netslim.models.hf as h; h.register_hf_models(); import netslim.train.lm_tasks; "
+        "from netslim.models import model_entry; model_entry('smollm2'); "
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -158,8 +160,11 @@ def test_sentence_embeddings_ignore_padding():
     m = build_model("tiny-bert")
     tok = hf.load_tokenizer("tiny-bert")
     one = tok(["The engine starts."], return_tensors="pt")
-    padded = tok(["The engine starts.", "A much longer sentence that forces padding of the first."],
-                 padding=True, return_tensors="pt")
+    padded = tok(
+        ["The engine starts.", "A much longer sentence that forces padding of the first."],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         a = hf.sentence_embeddings(m, {"input_ids": one["input_ids"], "attention_mask": one["attention_mask"]})
         b = hf.sentence_embeddings(m, {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]})

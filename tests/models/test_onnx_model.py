@@ -1,5 +1,6 @@
 """An .onnx file as a model (netslim.models.onnx_model): measured from what it stores, run by ONNX
 Runtime like the PyTorch model it came from, and every damaged file one NetslimError naming it."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,12 @@ from netslim.quantize import export_onnx, ptq_int8  # noqa: E402
 def lenet_int8(tmp_path_factory):
     torch.manual_seed(0)
     q = ptq_int8(netslim.build_model("lenet5").eval(), torch.randn(64, 1, 28, 28))
-    path = export_onnx(q, tmp_path_factory.mktemp("onnx") / "q.onnx", torch.randn(2, 1, 28, 28),
-                       info={"model": "lenet5", "dataset": "fashion-mnist"})
+    path = export_onnx(
+        q,
+        tmp_path_factory.mktemp("onnx") / "q.onnx",
+        torch.randn(2, 1, 28, 28),
+        info={"model": "lenet5", "dataset": "fashion-mnist"},
+    )
     return q, path
 
 
@@ -99,6 +104,7 @@ def _set_meta(value: str):
         for p in proto.metadata_props:
             if p.key == META_KEY:
                 p.value = value
+
     return edit
 
 
@@ -120,8 +126,10 @@ def test_damaged_files_are_one_error_naming_the_file(lenet_int8, tmp_path):
     bad_meta = {
         "json.onnx": ("{not json", r"invalid netslim description \(metadata 'netslim'\)"),
         "schema.onnx": (json.dumps({**desc, "model_kind": "rocket"}), r"field 'model_kind'"),
-        "inputs.onnx": (json.dumps({**desc, "inputs": {"ids": {"shape": [1, 4], "dtype": "int64"}}}),
-                        r"it names inputs \['ids'\] .* the graph has inputs \['x'\]"),
+        "inputs.onnx": (
+            json.dumps({**desc, "inputs": {"ids": {"shape": [1, 4], "dtype": "int64"}}}),
+            r"it names inputs \['ids'\] .* the graph has inputs \['x'\]",
+        ),
         "deep.onnx": (json.dumps({**desc, "info": {"a": json.loads("[" * 40 + "]" * 40)}}), r"nested deeper"),
     }
     for name, (value, pattern) in bad_meta.items():

@@ -1,4 +1,5 @@
 """Models in: the user's own class (no registration), file.py:factory + weights, Hugging Face directories."""
+
 from __future__ import annotations
 
 import textwrap
@@ -14,7 +15,7 @@ from netslim.core.serialize import read_description
 from netslim.models.sources import open_model
 from netslim.prune.structured import prune_channels
 
-CNN_FILE = textwrap.dedent('''
+CNN_FILE = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -37,7 +38,7 @@ CNN_FILE = textwrap.dedent('''
 
     def not_a_model():
         return 3
-''')
+""")
 
 
 @pytest.fixture
@@ -99,13 +100,16 @@ def test_an_artifact_of_the_user_model_is_accepted_as_weights(user_file, tmp_pat
     assert torch.equal(model(_x()), src(_x()))
 
 
-@pytest.mark.parametrize("ref, pattern", [
-    ("{dir}/missing.py:build", "does not exist"),
-    ("{file}:nope", "has no function 'nope'; callables there: UserCNN, build, not_a_model"),
-    ("{file}:not_a_model", r"must return a torch.nn.Module; it returned int"),
-    ("{dir}/nothing_here", "does not exist"),
-    ("no_such_zoo_model", "Unknown model 'no_such_zoo_model'"),
-])
+@pytest.mark.parametrize(
+    "ref, pattern",
+    [
+        ("{dir}/missing.py:build", "does not exist"),
+        ("{file}:nope", "has no function 'nope'; callables there: UserCNN, build, not_a_model"),
+        ("{file}:not_a_model", r"must return a torch.nn.Module; it returned int"),
+        ("{dir}/nothing_here", "does not exist"),
+        ("no_such_zoo_model", "Unknown model 'no_such_zoo_model'"),
+    ],
+)
 def test_bad_model_references_are_one_clear_error(user_file, tmp_path, ref, pattern):
     with pytest.raises(NetslimError, match=pattern):
         open_model(ref.format(dir=tmp_path, file=user_file))
@@ -158,8 +162,15 @@ def test_any_transformers_class_saves_and_loads(tmp_path):
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=40, num_labels=3)
+    cfg = RobertaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        num_labels=3,
+    )
     model = RobertaForSequenceClassification(cfg).eval()
     again = netslim.load(netslim.save(model, tmp_path / "r.safetensors"))
     ids = torch.tensor([[0, 5, 6, 7, 2]])
@@ -199,13 +210,24 @@ def test_masked_lm_directory_is_scored_by_fidelity_of_its_hidden_states(tmp_path
 
     torch.manual_seed(0)
     d = tmp_path / "mlm"
-    BertForMaskedLM(BertConfig(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, pad_token_id=256)).save_pretrained(d)
+    BertForMaskedLM(
+        BertConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            pad_token_id=256,
+        )
+    ).save_pretrained(d)
     byte_tokenizer("bert").save_pretrained(d)
     text = tmp_path / "notes.txt"
     text.write_text("\n".join(f"Sentence number {i} talks about topic {i % 7} at some length." for i in range(300)))
-    recipe = {"name": "mlm", "measure": {"batch_size": 2, "repeats": 1},
-              "steps": [{"method": "magnitude", "sparsity": 0.6}, {"method": "export"}]}
+    recipe = {
+        "name": "mlm",
+        "measure": {"batch_size": 2, "repeats": 1},
+        "steps": [{"method": "magnitude", "sparsity": 0.6}, {"method": "export"}],
+    }
     result = netslim.compress(str(d), recipe, data=str(text), out=tmp_path / "out")
     rep = result.report
     assert rep["metric"] == "fidelity" and rep["baseline"]["fidelity"] == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,5 @@
 """One-shot LLM methods calibrate on the run's own text: the user's file, not a built-in corpus."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace

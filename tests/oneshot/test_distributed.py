@@ -2,6 +2,7 @@
 samples, per-layer statistics all-reduced before each layer is solved. Every rank ends with the
 same weights, bit for bit, and they equal the single-process result up to the order of the
 floating-point sums. The processes are forked once for the whole module (torch.multiprocessing)."""
+
 from __future__ import annotations
 
 import os
@@ -34,17 +35,23 @@ METHODS = {
 
 def _hessian(x: torch.Tensor) -> torch.Tensor:
     lin = torch.nn.Linear(32, 4)
-    return collect_hessians([("lin", lin)], lambda: [lin(x[i:i + 1]) for i in range(len(x))])["lin"]
+    return collect_hessians([("lin", lin)], lambda: [lin(x[i : i + 1]) for i in range(len(x))])["lin"]
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-STREAMED_RECIPE = {"name": "dist", "stream": True, "data": {"seq_len": 64, "limit": 2},
-                   "measure": {"batch_size": 1, "repeats": 1, "paired": False},
-                   "steps": [{"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
-                             {"method": "export"}]}
+STREAMED_RECIPE = {
+    "name": "dist",
+    "stream": True,
+    "data": {"seq_len": 64, "limit": 2},
+    "measure": {"batch_size": 1, "repeats": 1, "paired": False},
+    "steps": [
+        {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
+        {"method": "export"},
+    ],
+}
 
 
 def _streamed_run(model_dir: Path, corpus: Path, out: Path) -> dict:
@@ -59,7 +66,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         share = len(X) // world
-        save_file({"h": _hessian(X[rank * share:(rank + 1) * share])}, f"{out}/hessian_{rank}.safetensors")
+        save_file({"h": _hessian(X[rank * share : (rank + 1) * share])}, f"{out}/hessian_{rank}.safetensors")
         for name, (fn, kw) in METHODS.items():
             model = tiny_llama()
             fn(model, IDS, **kw)  # the engine takes this rank's half of IDS
@@ -88,8 +95,9 @@ def _model_dir(path: Path) -> None:
 def ranks(tmp_path_factory, fork_ranks):
     out = tmp_path_factory.mktemp("dist")
     _model_dir(out / "model")
-    (out / "corpus.txt").write_text("".join(f"Line {i} of a text to calibrate and score a model on.\n"
-                                            for i in range(300)))
+    (out / "corpus.txt").write_text(
+        "".join(f"Line {i} of a text to calibrate and score a model on.\n" for i in range(300))
+    )
     fork_ranks(_worker, out)
     return out
 
@@ -134,8 +142,16 @@ def test_samples_that_do_not_divide_over_the_ranks(ranks):
 def test_a_torchrun_of_a_streamed_recipe_writes_once_what_one_process_writes(ranks, tmp_path):
     assert (ranks / "run_0.txt").read_text() == "report" and (ranks / "run_1.txt").read_text() == "no report"
     files = sorted(p.name for p in (ranks / "run").iterdir())
-    assert files == [".netslim.lock", "checkpoints", "model.safetensors", "plots", "report.html", "report.json",
-                     "report.md", "state.json"]
+    assert files == [
+        ".netslim.lock",
+        "checkpoints",
+        "model.safetensors",
+        "plots",
+        "report.html",
+        "report.json",
+        "report.md",
+        "state.json",
+    ]
     single = _streamed_run(ranks / "model", ranks / "corpus.txt", tmp_path / "single")
     a, b = load_file(ranks / "run" / "model.safetensors"), load_file(single["artifact"])
     assert a.keys() == b.keys()

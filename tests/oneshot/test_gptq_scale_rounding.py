@@ -1,4 +1,5 @@
 """GPTQ's fp16 scale rounded to nearest (packing.round_params(nearest_scale=True)) vs the RTN default (up)."""
+
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ def _exact_scale(x, bits):
 def test_default_still_rounds_the_scale_up():
     s = torch.rand(1000) * 3 + 1e-3
     up, _ = round_params(s, torch.zeros_like(s))
-    assert (up >= s).all()                               # backward compatible: no group clips
+    assert (up >= s).all()  # backward compatible: no group clips
     near, _ = round_params(s, torch.zeros_like(s), nearest_scale=True)
     assert torch.equal(near, s.to(torch.float16).float())  # nearest fp16
     assert ((near - s).abs() <= (up - s).abs()).all()

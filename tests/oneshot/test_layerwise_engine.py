@@ -1,4 +1,5 @@
 """The sequential block engine: same activations as a full forward, same Hessians as capturing all at once."""
+
 import pytest
 import torch
 
@@ -29,8 +30,13 @@ def _last_block_output(model, ids):
 def test_nothing_compressed_gives_the_full_forward(build, offload, tmp_path):
     model, ids = build(), _ids()
     calls = []
-    out = run_sequential(model, ids, lambda i, name, block, feed: calls.append(name), batch_size=4,
-                         offload_dir=tmp_path if offload else None)
+    out = run_sequential(
+        model,
+        ids,
+        lambda i, name, block, feed: calls.append(name),
+        batch_size=4,
+        offload_dir=tmp_path if offload else None,
+    )
     assert calls == [f"{decoder_blocks(model)[0]}.{i}" for i in range(2)]
     got = torch.cat([out.get(i) for i in range(len(out))])
     assert torch.allclose(got, _last_block_output(model, ids), atol=1e-5, rtol=1e-4)

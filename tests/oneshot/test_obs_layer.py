@@ -1,4 +1,5 @@
 """Single-layer oracles for SparseGPT / Wanda / magnitude / GPTQ on correlated inputs."""
+
 import pytest
 import torch
 
@@ -13,8 +14,8 @@ def _layer(seed=0, rows=48, cols=128, tokens=2048):
     """W (rows, cols) and H = 2 XᵀX / n for inputs X with correlated, unevenly scaled columns."""
     g = torch.Generator().manual_seed(seed)
     mix = torch.randn(cols, cols, generator=g) / cols**0.5 + torch.eye(cols)
-    scale = torch.exp(torch.randn(cols, generator=g))              # some inputs far larger than others
-    x = (torch.randn(tokens, cols, generator=g) @ mix) * scale      # (n, cols)
+    scale = torch.exp(torch.randn(cols, generator=g))  # some inputs far larger than others
+    x = (torch.randn(tokens, cols, generator=g) @ mix) * scale  # (n, cols)
     w = torch.randn(rows, cols, generator=g)
     return w, 2 * x.T @ x / tokens, x
 
@@ -47,15 +48,28 @@ def test_sparsegpt_without_pruning_reproduces_the_weights():
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
 def test_nm_pattern_is_exact(n, m):
     w, h, _ = _layer(5)
-    for keep in (sparsegpt_prune(w, h, sparsity=0.0, nm=(n, m))[1], wanda_mask(w, torch.diag(h), sparsity=0.5, nm=(n, m))):
+    for keep in (
+        sparsegpt_prune(w, h, sparsity=0.0, nm=(n, m))[1],
+        wanda_mask(w, torch.diag(h), sparsity=0.5, nm=(n, m)),
+    ):
         assert (keep.reshape(-1, m).sum(1) == n).all()
     w_new, keep = sparsegpt_prune(w, h, sparsity=0.0, nm=(n, m))
     assert ((w_new != 0).reshape(-1, m).sum(1) <= n).all()
 
 
-@pytest.mark.parametrize("bits,group,act_order", [(4, 32, False), (4, 32, True), (3, 32, False), (3, 32, True),
-                                                  (4, None, False), (4, None, True), (8, 128, False),
-                                                  (2, 64, True)])  # 2-bit needs act-order to beat RTN here
+@pytest.mark.parametrize(
+    "bits,group,act_order",
+    [
+        (4, 32, False),
+        (4, 32, True),
+        (3, 32, False),
+        (3, 32, True),
+        (4, None, False),
+        (4, None, True),
+        (8, 128, False),
+        (2, 64, True),
+    ],
+)  # 2-bit needs act-order to beat RTN here
 def test_gptq_beats_round_to_nearest(bits, group, act_order):
     w, h, _ = _layer(6)
     codes, scale, zero, w_hat = gptq_quantize(w, h, bits=bits, group_size=group, act_order=act_order)
@@ -65,6 +79,7 @@ def test_gptq_beats_round_to_nearest(bits, group, act_order):
     rtn_bits = 4 if bits == 3 else bits
     if bits == 3:  # RTN at 3 bits: min-max codes on the 3-bit grid
         from netslim.quantize.packing import codes_for, minmax_params
+
         g = group or w.shape[1]
         s, z = minmax_params(w.reshape(-1, g), 3, False)
         w_rtn = ((codes_for(w.reshape(-1, g), s, z, 3) - z[:, None]) * s[:, None]).reshape(w.shape)

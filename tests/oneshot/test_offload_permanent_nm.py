@@ -1,4 +1,5 @@
 """Blocks parked on disk during the pass, made-permanent pruning, and the exact N:M pattern choice."""
+
 import itertools
 
 import pytest
@@ -67,8 +68,7 @@ def test_block_store_round_trip_keeps_identity_dtype_and_masks(tmp_path):
     assert all(t.numel() == 0 for t in objs.values())
     store.restore(0, block)
     now = BlockStore._tensors(block)
-    assert all(now[n] is objs[n] and now[n].dtype == before[n].dtype and torch.equal(now[n], before[n])
-               for n in before)
+    assert all(now[n] is objs[n] and now[n].dtype == before[n].dtype and torch.equal(now[n], before[n]) for n in before)
     assert not list(tmp_path.iterdir())
 
 
@@ -104,8 +104,17 @@ def test_exact_nm_choice_is_the_best_pattern_of_a_group(n, m):
     u, _, _ = inverse_cholesky(h, w.clone())
     w_exact, keep, loss_exact = obs_solve(w, u, nm=(n, m), nm_select="exact")
     assert (keep.sum(1) == n).all()
-    losses = torch.stack([torch.tensor([obs_solve(w[r:r + 1], u, fixed_prune=torch.tensor([[j in p for j in range(m)]]))[2]
-                                        for p in itertools.combinations(range(m), m - n)]) for r in range(len(w))])
+    losses = torch.stack(
+        [
+            torch.tensor(
+                [
+                    obs_solve(w[r : r + 1], u, fixed_prune=torch.tensor([[j in p for j in range(m)]]))[2]
+                    for p in itertools.combinations(range(m), m - n)
+                ]
+            )
+            for r in range(len(w))
+        ]
+    )
     assert loss_exact == pytest.approx(float(losses.min(1).values.sum()), rel=1e-5)
     _, _, loss_diag = obs_solve(w, u, nm=(n, m), nm_select="diag")
     assert loss_exact <= loss_diag + 1e-6

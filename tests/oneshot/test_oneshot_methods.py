@@ -1,4 +1,5 @@
 """The registered one-shot methods end to end on tiny models: recipes, reports, save/load."""
+
 import shutil
 
 import pytest
@@ -99,13 +100,16 @@ def test_owl_spreads_sparsity_around_the_target():
     assert got == pytest.approx(s, abs=0.01)
 
 
-@pytest.mark.parametrize("step,match", [
-    ({"method": "sparsegpt", "n": 2}, "'n' and 'm' go together"),
-    ({"method": "wanda", "n": 4, "m": 4}, "'n' must be < 'm'"),
-    ({"method": "sparsegpt", "sparsity": 1.0}, "sparsity"),
-    ({"method": "gptq", "bits": 5}, "bits"),
-    ({"method": "gptq", "group_size": 48}, "power of two"),
-])
+@pytest.mark.parametrize(
+    "step,match",
+    [
+        ({"method": "sparsegpt", "n": 2}, "'n' and 'm' go together"),
+        ({"method": "wanda", "n": 4, "m": 4}, "'n' must be < 'm'"),
+        ({"method": "sparsegpt", "sparsity": 1.0}, "sparsity"),
+        ({"method": "gptq", "bits": 5}, "bits"),
+        ({"method": "gptq", "group_size": 48}, "power of two"),
+    ],
+)
 def test_invalid_configs_are_rejected(step, match):
     with pytest.raises(NetslimError, match=match):
         make_config(step)
@@ -116,8 +120,9 @@ def test_too_little_calibration_data_is_a_clear_error(ctx):
         apply(tiny_llama(), make_config({"method": "wanda", "num_samples": 100000, "seq_len": 64}), ctx)
 
 
-@pytest.mark.parametrize("name", ["sparsegpt_smollm2_50", "sparsegpt_smollm2_24", "wanda_smollm2_50",
-                                  "gptq_smollm2_w4g64"])
+@pytest.mark.parametrize(
+    "name", ["sparsegpt_smollm2_50", "sparsegpt_smollm2_24", "wanda_smollm2_50", "gptq_smollm2_w4g64"]
+)
 def test_shipped_recipes_validate(name):
     from pathlib import Path
 

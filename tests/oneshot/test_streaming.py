@@ -1,6 +1,7 @@
 """Streaming one-shot compression: the model stays on disk (3 safetensors shards), one decoder
 block in memory at a time, and the artifact is the in-memory path's, bit for bit (tensors and
 description); the memory budget decides where activations live; bad checkpoints are one line."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,16 @@ IDS = torch.randint(0, 256, (8, 48), generator=torch.Generator().manual_seed(0))
 
 def tiny(kind: str, tied: bool = False) -> torch.nn.Module:
     """A 2-block random model of the family (GQA: 4 query heads, 2 KV heads; Qwen2 has q/k/v biases)."""
-    cfg = getattr(tf, f"{kind}Config")(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                       tie_word_embeddings=tied)
+    cfg = getattr(tf, f"{kind}Config")(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return _finish(getattr(tf, f"{kind}ForCausalLM")(cfg), "tiny")
@@ -46,8 +54,9 @@ def save_3_shards(model: torch.nn.Module, path: Path, dtype: torch.dtype | None 
     for k in range(3):
         part = names[k::3]
         file = f"model-{k + 1:05d}-of-00003.safetensors"
-        save_file({n: state[n].to(dtype) if dtype else state[n] for n in part}, str(path / file),
-                  metadata={"format": "pt"})
+        save_file(
+            {n: state[n].to(dtype) if dtype else state[n] for n in part}, str(path / file), metadata={"format": "pt"}
+        )
         weight_map.update({n: file for n in part})
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
@@ -63,8 +72,14 @@ def _ctx(tmp_path: Path) -> StepContext:
     return StepContext(task=_Text(), out_dir=tmp_path, info={"run": "test"})
 
 
-def _both(tmp_path: Path, kind: str, step: dict, tied: bool = False, budget: str | None = "64MiB",
-          dtype: torch.dtype | None = None) -> tuple[Path, Path, StepContext]:
+def _both(
+    tmp_path: Path,
+    kind: str,
+    step: dict,
+    tied: bool = False,
+    budget: str | None = "64MiB",
+    dtype: torch.dtype | None = None,
+) -> tuple[Path, Path, StepContext]:
     """The step applied in memory and streamed from 3 shards; the two artifacts and the streamed ctx."""
     model_dir = tmp_path / "model"
     save_3_shards(tiny(kind, tied), model_dir, dtype)
@@ -92,8 +107,9 @@ def assert_same_artifact(a: Path, b: Path) -> None:
 # ------------------------------------------------------------------------------ oracle
 @pytest.mark.parametrize("kind", ["Llama", "Mistral", "Qwen2"])
 def test_streamed_sparsegpt_is_the_in_memory_result(tmp_path, kind):
-    a, b, ctx = _both(tmp_path, kind, {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 48,
-                                       "batch_size": 4})
+    a, b, ctx = _both(
+        tmp_path, kind, {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 48, "batch_size": 4}
+    )
     assert_same_artifact(a, b)
     assert ctx.notes["stream"]["blocks"] == 2 and len(ctx.notes["stream"]["seconds_per_block"]) == 2
     ids = IDS[:2]
@@ -101,24 +117,41 @@ def test_streamed_sparsegpt_is_the_in_memory_result(tmp_path, kind):
         assert torch.equal(load(a)(input_ids=ids).logits, load(b)(input_ids=ids).logits)
 
 
-@pytest.mark.parametrize("kind, step, tied", [
-    ("Llama", {"method": "gptq", "bits": 4, "group_size": 32, "num_samples": 8, "seq_len": 48}, True),
-    ("Mistral", {"method": "wanda", "sparsity": 0.5, "owl": True, "owl_samples": 8, "num_samples": 8,
-                 "seq_len": 48}, False),
-    ("Qwen2", {"method": "magnitude_oneshot", "n": 2, "m": 4, "permanent": True}, True),
-    ("Qwen2", {"method": "weight_only", "bits": 4, "group_size": 32, "embeddings": True}, True),
-    ("Llama", {"method": "dynamic_int8", "embeddings": True}, False),
-    ("Llama", {"method": "weight_only", "bits": 4, "group_size": 64, "rounding": "hqq"}, False),
-], ids=["gptq-tied", "wanda-owl", "magnitude-nm-permanent", "weight_only-embeddings-tied", "dynamic_int8",
-        "weight_only-hqq"])
+@pytest.mark.parametrize(
+    "kind, step, tied",
+    [
+        ("Llama", {"method": "gptq", "bits": 4, "group_size": 32, "num_samples": 8, "seq_len": 48}, True),
+        (
+            "Mistral",
+            {"method": "wanda", "sparsity": 0.5, "owl": True, "owl_samples": 8, "num_samples": 8, "seq_len": 48},
+            False,
+        ),
+        ("Qwen2", {"method": "magnitude_oneshot", "n": 2, "m": 4, "permanent": True}, True),
+        ("Qwen2", {"method": "weight_only", "bits": 4, "group_size": 32, "embeddings": True}, True),
+        ("Llama", {"method": "dynamic_int8", "embeddings": True}, False),
+        ("Llama", {"method": "weight_only", "bits": 4, "group_size": 64, "rounding": "hqq"}, False),
+    ],
+    ids=[
+        "gptq-tied",
+        "wanda-owl",
+        "magnitude-nm-permanent",
+        "weight_only-embeddings-tied",
+        "dynamic_int8",
+        "weight_only-hqq",
+    ],
+)
 def test_every_streamed_method_is_the_in_memory_result(tmp_path, kind, step, tied):
     a, b, _ = _both(tmp_path, kind, step, tied)
     assert_same_artifact(a, b)
 
 
 def test_a_bf16_checkpoint_streams_to_the_in_memory_fp32_result(tmp_path):
-    a, b, _ = _both(tmp_path, "Llama", {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 48},
-                    dtype=torch.bfloat16)
+    a, b, _ = _both(
+        tmp_path,
+        "Llama",
+        {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 48},
+        dtype=torch.bfloat16,
+    )
     assert_same_artifact(a, b)
 
 
@@ -136,8 +169,11 @@ def test_activations_go_to_disk_when_the_budget_says_so(tmp_path):
     stream_step(sm, make_config(step), ctx, tmp_path / "streamed.safetensors", budget=budget)
     assert ctx.notes["stream"]["activations"] == "disk"
     ctx0 = _ctx(tmp_path)
-    save(apply(open_hf_dir(tmp_path / "model").model, make_config(step), ctx0), tmp_path / "memory.safetensors",
-         ctx0.info)
+    save(
+        apply(open_hf_dir(tmp_path / "model").model, make_config(step), ctx0),
+        tmp_path / "memory.safetensors",
+        ctx0.info,
+    )
     assert_same_artifact(tmp_path / "memory.safetensors", tmp_path / "streamed.safetensors")
 
 
@@ -145,14 +181,18 @@ def test_a_budget_below_one_block_says_how_much_is_needed(tmp_path):
     save_3_shards(tiny("Llama"), tmp_path / "model")
     _, sm = open_streamed(tmp_path / "model")
     step = make_config({"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 48, "batch_size": 8})
-    with pytest.raises(NetslimError, match=r"memory_budget 1 MiB is below what one decoder block needs: about "
-                                           r"[\d.]+ MiB .*raise memory_budget to at least \d+MiB"):
+    with pytest.raises(
+        NetslimError,
+        match=r"memory_budget 1 MiB is below what one decoder block needs: about "
+        r"[\d.]+ MiB .*raise memory_budget to at least \d+MiB",
+    ):
         stream_step(sm, step, _ctx(tmp_path), tmp_path / "out" / "streamed.safetensors", budget=2**20)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-@pytest.mark.parametrize("text, expected", [("2GiB", 2 * 2**30), ("512MB", 512 * 10**6), ("1.5 GiB", 3 * 2**29),
-                                            (2**24, 2**24)])
+@pytest.mark.parametrize(
+    "text, expected", [("2GiB", 2 * 2**30), ("512MB", 512 * 10**6), ("1.5 GiB", 3 * 2**29), (2**24, 2**24)]
+)
 def test_memory_budget_sizes(text, expected):
     assert parse_bytes(text) == expected
 
@@ -224,7 +264,9 @@ def test_a_tensor_that_is_not_in_the_model(tmp_path):
     state = load_file(d / "model.safetensors")
     state["model.extra.weight"] = torch.zeros(2)
     save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(NetslimError, match=r"the weights hold 'model.extra.weight', which is not a tensor of the model"):
+    with pytest.raises(
+        NetslimError, match=r"the weights hold 'model.extra.weight', which is not a tensor of the model"
+    ):
         open_streamed(d)
 
 
@@ -232,8 +274,9 @@ def test_a_method_that_cannot_stream_names_the_alternative(tmp_path):
     save_3_shards(tiny("Llama"), tmp_path / "model")
     _, sm = open_streamed(tmp_path / "model")
     with pytest.raises(NetslimError, match="'magnitude' cannot stream .*set stream: false"):
-        stream_step(sm, make_config({"method": "magnitude", "sparsity": 0.5}), _ctx(tmp_path),
-                    tmp_path / "streamed.safetensors")
+        stream_step(
+            sm, make_config({"method": "magnitude", "sparsity": 0.5}), _ctx(tmp_path), tmp_path / "streamed.safetensors"
+        )
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*"))
 
 

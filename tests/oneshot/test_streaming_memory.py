@@ -1,4 +1,5 @@
 """Measured memory accounting (issue 19, part 2) on synthetic allocations and models."""
+
 from __future__ import annotations
 
 import time
@@ -13,7 +14,7 @@ MB = 2**20
 
 def _hold(n_bytes: int, seconds: float = 0.15) -> None:
     x = torch.ones(n_bytes // 4)  # written: every page resident
-    time.sleep(seconds)            # long enough for several samples
+    time.sleep(seconds)  # long enough for several samples
     del x
 
 
@@ -41,7 +42,7 @@ def test_a_new_process_peak_is_at_least_the_kernel_high_water_mark():
     before = high_water_rss() or 0
     above = before - current_rss() + 64 * MB  # past the process's peak so far
     with PeakMemory() as mem:
-        _hold(above, seconds=0.0)             # too short to be sampled: the kernel's counter has it
+        _hold(above, seconds=0.0)  # too short to be sampled: the kernel's counter has it
     after = high_water_rss()
     assert after >= before + 32 * MB
     assert mem.peak_rss >= after
@@ -53,9 +54,9 @@ def test_fp32_bytes_counts_stored_elements_once_on_any_device():
             super().__init__()
             self.emb = nn.Embedding(100, 8)
             self.head = nn.Linear(8, 100, bias=False)
-            self.head.weight = self.emb.weight            # tied: stored once
+            self.head.weight = self.emb.weight  # tied: stored once
             self.norm = nn.LayerNorm(8)
-            self.register_buffer("steps", torch.zeros(3, dtype=torch.long))   # not floating
+            self.register_buffer("steps", torch.zeros(3, dtype=torch.long))  # not floating
             self.register_buffer("cache", torch.zeros(50), persistent=False)  # not stored
 
     expected = 4 * (100 * 8 + 8 + 8)

@@ -2,6 +2,7 @@
 Hugging Face directory and reports what the in-memory run reports (same artifact tensors, same
 perplexity, params, non-zeros, MACs), every stage's measured peak memory and time; bad input
 is one line, exit code 2, nothing written."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,11 @@ tf = pytest.importorskip("transformers")
 import netslim  # noqa: E402
 from netslim.models.hf import TINY_VOCAB, byte_tokenizer  # noqa: E402
 
-STEPS = [{"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
-         {"method": "evaluate"}, {"method": "export", "format": "sparse"}]
+STEPS = [
+    {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
+    {"method": "evaluate"},
+    {"method": "export", "format": "sparse"},
+]
 MEASURE = {"batch_size": 1, "repeats": 2, "paired": False}
 
 
@@ -40,16 +44,26 @@ def save_3_shards(model: torch.nn.Module, path: Path) -> None:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("stream_run")
-    cfg = tf.LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=256, eos_token_id=256, pad_token_id=256)
+    cfg = tf.LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=256,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = tf.LlamaForCausalLM(cfg)
     save_3_shards(model, root / "model")
     byte_tokenizer("causal").save_pretrained(root / "model")
-    (root / "corpus.txt").write_text("".join(f"Line {i} of a text to score a language model on, with words.\n"
-                                             for i in range(400)))
+    (root / "corpus.txt").write_text(
+        "".join(f"Line {i} of a text to score a language model on, with words.\n" for i in range(400))
+    )
     return root / "model", root / "corpus.txt"
 
 
@@ -78,8 +92,10 @@ def test_streamed_run_reports_the_same_numbers(runs, block):
         assert st[key] == mem[key], key
     assert st["latency_ms_b1"] > 0 and st["latency_ms_b1_iqr"] >= 0 and st["latency_ms_bN"] > 0  # summed per block
     assert runs[True]["latency_protocol"].startswith("baseline, steps and final: streamed")
-    assert runs[True]["steps"][1]["notes"]["evaluate"]["perplexity"] == \
-        runs[False]["steps"][1]["notes"]["evaluate"]["perplexity"]
+    assert (
+        runs[True]["steps"][1]["notes"]["evaluate"]["perplexity"]
+        == runs[False]["steps"][1]["notes"]["evaluate"]["perplexity"]
+    )
     rows = {r["name"]: r for r in runs[False]["layers"]}
     assert [r["name"] for r in runs[True]["layers"]] == list(rows)
     assert all(r == rows[r["name"]] for r in runs[True]["layers"])
@@ -130,21 +146,53 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
     return exit_.value.code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("recipe, model, expected", [
-    ({"stream": True, "steps": [{"method": "magnitude", "sparsity": 0.5}]}, "dir",
-     r"has stream: true but step 1 \(magnitude\) cannot stream: it needs the whole model in memory .*set stream: false"),
-    ({"stream": True, "steps": [{"method": "export", "format": "onnx"}]}, "dir",
-     r"step 1 \(export format 'onnx'\) cannot stream"),
-    ({"stream": True, "steps": [{"method": "sparsegpt", "num_samples": 8, "seq_len": 64}]}, "lenet300",
-     r"stream: true needs the model's weights on disk as safetensors .*got 'lenet300'"),
-    ({"stream": True, "memory_budget": "1MiB", "steps": [{"method": "sparsegpt", "num_samples": 8, "seq_len": 64}]},
-     "dir", r"memory_budget 1 MiB is below what one decoder block needs: about .* raise memory_budget to at least"),
-    ({"memory_budget": "lots", "steps": [{"method": "sparsegpt"}]}, "dir",
-     r"field 'memory_budget'.*must be a size such as 2GiB"),
-    ({"stream": True, "steps": [{"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True}]},
-     "dir", r"step 1 \(weight_only with embeddings: true\) cannot stream: a quantized embedding / LM head"),
-], ids=["method", "export-format", "built-in-memory", "budget-below-one-block", "budget-not-a-size",
-        "quantized-embeddings"])
+@pytest.mark.parametrize(
+    "recipe, model, expected",
+    [
+        (
+            {"stream": True, "steps": [{"method": "magnitude", "sparsity": 0.5}]},
+            "dir",
+            r"has stream: true but step 1 \(magnitude\) cannot stream: it needs the whole model in memory .*set stream: false",
+        ),
+        (
+            {"stream": True, "steps": [{"method": "export", "format": "onnx"}]},
+            "dir",
+            r"step 1 \(export format 'onnx'\) cannot stream",
+        ),
+        (
+            {"stream": True, "steps": [{"method": "sparsegpt", "num_samples": 8, "seq_len": 64}]},
+            "lenet300",
+            r"stream: true needs the model's weights on disk as safetensors .*got 'lenet300'",
+        ),
+        (
+            {
+                "stream": True,
+                "memory_budget": "1MiB",
+                "steps": [{"method": "sparsegpt", "num_samples": 8, "seq_len": 64}],
+            },
+            "dir",
+            r"memory_budget 1 MiB is below what one decoder block needs: about .* raise memory_budget to at least",
+        ),
+        (
+            {"memory_budget": "lots", "steps": [{"method": "sparsegpt"}]},
+            "dir",
+            r"field 'memory_budget'.*must be a size such as 2GiB",
+        ),
+        (
+            {"stream": True, "steps": [{"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True}]},
+            "dir",
+            r"step 1 \(weight_only with embeddings: true\) cannot stream: a quantized embedding / LM head",
+        ),
+    ],
+    ids=[
+        "method",
+        "export-format",
+        "built-in-memory",
+        "budget-below-one-block",
+        "budget-not-a-size",
+        "quantized-embeddings",
+    ],
+)
 def test_bad_streaming_input_is_one_line_and_writes_nothing(inputs, tmp_path, capsys, recipe, model, expected):
     import re
 
@@ -154,8 +202,9 @@ def test_bad_streaming_input_is_one_line_and_writes_nothing(inputs, tmp_path, ca
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "data": {"seq_len": 64}, **recipe}))
     out = tmp_path / "out"
-    code, err = _cli(["compress", path, "--model", model_dir if model == "dir" else model, "--data", corpus,
-                      "--out", out], capsys)
+    code, err = _cli(
+        ["compress", path, "--model", model_dir if model == "dir" else model, "--data", corpus, "--out", out], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and err.startswith("netslim: error: "), err
     assert re.search(expected, err), err
     assert not out.exists()
@@ -174,14 +223,23 @@ def test_every_shipped_recipe_that_streams_can_stream():
         assert r.measure.batch_size == 1 and r.measure.repeats <= 3 and r.data.get("eval_batch_size") == 1, r.name
 
 
-
 def test_a_tied_lm_head_is_stored_once_as_in_memory(tmp_path):
     """SmolLM2's LM head is tied to the embedding: the streamed sparse export stores it once
     (an alias), as the in-memory export does - same tensors, same aliases, same file size
     (it was written twice: 545.9 vs 432.7 MB on SmolLM2)."""
-    cfg = tf.LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=256, eos_token_id=256, pad_token_id=256, tie_word_embeddings=True)
+    cfg = tf.LlamaConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=256,
+        eos_token_id=256,
+        pad_token_id=256,
+        tie_word_embeddings=True,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = tf.LlamaForCausalLM(cfg)
@@ -189,17 +247,24 @@ def test_a_tied_lm_head_is_stored_once_as_in_memory(tmp_path):
     save_3_shards(model, tmp_path / "model")
     byte_tokenizer("causal").save_pretrained(tmp_path / "model")
     (tmp_path / "c.txt").write_text("".join(f"Line {i} of a text with words.\n" for i in range(200)))
-    steps = [{"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 32, "batch_size": 2},
-             {"method": "export", "format": "sparse"}]
+    steps = [
+        {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 32, "batch_size": 2},
+        {"method": "export", "format": "sparse"},
+    ]
     files = {}
     for stream in (False, True):
         recipe = {"name": "t", "stream": stream, "data": {"seq_len": 32}, "measure": MEASURE, "steps": steps}
-        files[stream] = Path(netslim.compress(str(tmp_path / "model"), recipe, data=str(tmp_path / "c.txt"),
-                                              out=tmp_path / str(stream)).report["artifact"])
+        files[stream] = Path(
+            netslim.compress(
+                str(tmp_path / "model"), recipe, data=str(tmp_path / "c.txt"), out=tmp_path / str(stream)
+            ).report["artifact"]
+        )
     a, b = load_file(files[False]), load_file(files[True])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "lm_head.weight" not in b
-    data_bytes = [f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in (files[False], files[True])]
+    data_bytes = [
+        f.stat().st_size - 8 - int.from_bytes(f.read_bytes()[:8], "little") for f in (files[False], files[True])
+    ]
     assert data_bytes[0] == data_bytes[1]  # the headers differ only in info.reference (the source path)
     loaded = netslim.load(files[True])
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight

@@ -1,5 +1,6 @@
 """CoFi on tiny BERT / Llama (GQA): hard-concrete statistics, the expected-size formula against brute
 force, what each granularity shrinks, the Lagrangian reaching its target, reloads, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -31,16 +32,34 @@ def task():
 
 def bert(layers=2):
     torch.manual_seed(0)
-    return tf.BertForSequenceClassification(tf.BertConfig(
-        vocab_size=512, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=96,
-        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).eval()
+    return tf.BertForSequenceClassification(
+        tf.BertConfig(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            intermediate_size=96,
+            num_labels=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    ).eval()
 
 
 def llama():
     torch.manual_seed(0)
-    return tf.LlamaForSequenceClassification(tf.LlamaConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_labels=3, pad_token_id=0)).eval()
+    return tf.LlamaForSequenceClassification(
+        tf.LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_labels=3,
+            pad_token_id=0,
+        )
+    ).eval()
 
 
 MODELS = {"bert": bert, "llama": llama}
@@ -63,8 +82,8 @@ def test_hard_concrete_sampling_statistics():
     with torch.no_grad():
         z = g.gate()  # (n, 4): n independent draws per log_alpha
     log11 = math.log((1 - GAMMA) / (ZETA - 1))  # = log(11) = -log(-gamma / zeta)
-    p_open = torch.sigmoid(la + BETA * log11)     # P(z > 0)
-    p_one = torch.sigmoid(la - BETA * log11)      # P(z = 1)
+    p_open = torch.sigmoid(la + BETA * log11)  # P(z > 0)
+    p_one = torch.sigmoid(la - BETA * log11)  # P(z = 1)
     for got, want in (((z > 0).float().mean(0), p_open), ((z == 1).float().mean(0), p_one)):
         sd = (want * (1 - want) / n).sqrt()
         assert torch.all((got - want).abs() <= 5 * sd + 1e-6), (got, want)
@@ -134,8 +153,13 @@ def test_size_of_fixed_masks_counts_the_shrunk_matrices(name):
 # ------------------------------------------------------------- granularities
 def _closed(struct, key):
     n, d = len(struct.blocks), struct.hidden
-    z = {"attention": torch.ones(n), "ffn": torch.ones(n), "hidden": torch.ones(d),
-         "heads": [torch.ones(u.size) for u in struct.heads], "neurons": [torch.ones(u.size) for u in struct.neurons]}
+    z = {
+        "attention": torch.ones(n),
+        "ffn": torch.ones(n),
+        "hidden": torch.ones(d),
+        "heads": [torch.ones(u.size) for u in struct.heads],
+        "neurons": [torch.ones(u.size) for u in struct.neurons],
+    }
     if key == "attention":
         z["attention"][1] = 0
     elif key == "ffn":
@@ -172,12 +196,17 @@ def test_masks_at_each_granularity_shrink_the_right_tensors(name, key, tmp_path)
     else:
         prefix = struct.blocks[block] + "."
         assert changed and all(n.startswith(prefix) for n in changed)  # only that block's tensors
-        part = {"attention": ("attention", "attn"), "heads": ("attention", "attn"), "ffn": ("intermediate", "output",
-                "mlp"), "neurons": ("intermediate", "output.dense", "mlp")}[key]
+        part = {
+            "attention": ("attention", "attn"),
+            "heads": ("attention", "attn"),
+            "ffn": ("intermediate", "output", "mlp"),
+            "neurons": ("intermediate", "output.dense", "mlp"),
+        }[key]
         assert all(any(p in n for p in part) for n in changed), changed
         if key in ("attention", "ffn"):
-            assert report[f"{key}_layers_removed"] == [block] and not any(n in after for n in changed
-                                                                          if "dense" in n or "proj" in n)
+            assert report[f"{key}_layers_removed"] == [block] and not any(
+                n in after for n in changed if "dense" in n or "proj" in n
+            )
         torch.testing.assert_close(_logits(model), masked, atol=1e-5, rtol=1e-5)  # masked == shrunk
     back = netslim.load(netslim.save(model, tmp_path / "c.safetensors"))
     torch.testing.assert_close(_logits(back), _logits(model), atol=0, rtol=0)
@@ -187,8 +216,9 @@ def test_masks_at_each_granularity_shrink_the_right_tensors(name, key, tmp_path)
 def test_lagrangian_drives_the_model_to_the_target_size():
     model = bert()
     before = sum(p.numel() for p in model.parameters())
-    model, report = cofi_prune(model, task(), sparsity=0.5, train={"epochs": 40, "batch_size": 8, "lr": 1e-4},
-                               gate_lr=0.05, lambda_lr=0.05)
+    model, report = cofi_prune(
+        model, task(), sparsity=0.5, train={"epochs": 40, "batch_size": 8, "lr": 1e-4}, gate_lr=0.05, lambda_lr=0.05
+    )
     assert report["expected_sparsity_end"] == pytest.approx(0.5, abs=0.05)
     step = 4 * 16 * 64 / report["block_size_full"]  # one head: the largest unit (exact fit stays below it)
     assert 0.5 <= report["sparsity"] <= 0.5 + step
@@ -196,9 +226,15 @@ def test_lagrangian_drives_the_model_to_the_target_size():
 
 
 def test_cofi_step_with_recovery_records_its_plans(tmp_path):
-    cfg = make_config({"method": "cofi", "sparsity": 0.4, "train": {"epochs": 1, "max_steps": 3, "batch_size": 8},
-                       "prune": ["heads", "neurons", "hidden"],
-                       "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 1e-4}})
+    cfg = make_config(
+        {
+            "method": "cofi",
+            "sparsity": 0.4,
+            "train": {"epochs": 1, "max_steps": 3, "batch_size": 8},
+            "prune": ["heads", "neurons", "hidden"],
+            "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 8, "optimizer": "adamw", "lr": 1e-4},
+        }
+    )
     ctx = StepContext(task=task(), out_dir=tmp_path, reference=bert)
     model = apply(bert(), cfg, ctx)
     note = ctx.notes["cofi"]
@@ -209,13 +245,16 @@ def test_cofi_step_with_recovery_records_its_plans(tmp_path):
 
 
 # ----------------------------------------------------------------- bad input
-@pytest.mark.parametrize("fields, match", [
-    ({"sparsity": 1.0}, "'sparsity'.*\\[0, 1\\)"),
-    ({"sparsity": 0.0}, "'sparsity'.*removes nothing"),
-    ({"sparsity": -0.2}, "'sparsity'"),
-    ({"prune": ["heads", "bogus"]}, "'prune.1'"),
-    ({"prune": ["heads", "heads"]}, "twice"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"sparsity": 1.0}, "'sparsity'.*\\[0, 1\\)"),
+        ({"sparsity": 0.0}, "'sparsity'.*removes nothing"),
+        ({"sparsity": -0.2}, "'sparsity'"),
+        ({"prune": ["heads", "bogus"]}, "'prune.1'"),
+        ({"prune": ["heads", "heads"]}, "twice"),
+    ],
+)
 def test_bad_configs_are_one_line(fields, match):
     with pytest.raises(NetslimError, match=match):
         make_config({"method": "cofi", **fields})
@@ -241,11 +280,28 @@ def test_cli_unreachable_cofi_target_is_exit_2_with_one_line(tmp_path):
     import sys
 
     recipe = tmp_path / "c.yaml"
-    recipe.write_text("name: c\nsteps:\n  - method: cofi\n    sparsity: 0.9\n    prune: [heads, neurons]\n"
-                      "    exclude_layers: [0]\n  - method: evaluate\n")
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(recipe), "--model", "tiny-llama",
-                           "--out", str(tmp_path / "run"), "--limit", "2"], capture_output=True, text=True,
-                          timeout=300)
+    recipe.write_text(
+        "name: c\nsteps:\n  - method: cofi\n    sparsity: 0.9\n    prune: [heads, neurons]\n"
+        "    exclude_layers: [0]\n  - method: evaluate\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netslim.cli",
+            "compress",
+            str(recipe),
+            "--model",
+            "tiny-llama",
+            "--out",
+            str(tmp_path / "run"),
+            "--limit",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "sparsity 0.9 cannot be reached" in lines[0] and "at most 0.5" in lines[0]

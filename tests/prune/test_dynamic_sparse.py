@@ -1,4 +1,5 @@
 """SET / RigL: ERK densities, constant sparsity across updates, zero-initialised growth."""
+
 import math
 
 import pytest
@@ -46,8 +47,14 @@ def test_erk_matches_hand_computed_lenet300():
 
 @pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.95, 0.99])
 def test_erk_properties_on_resnet_like_shapes(sparsity):
-    shapes = {"conv1": (16, 1, 3, 3), "a": (16, 16, 3, 3), "b": (32, 16, 3, 3), "c": (64, 64, 3, 3),
-              "down": (64, 32, 1, 1), "fc": (10, 64)}
+    shapes = {
+        "conv1": (16, 1, 3, 3),
+        "a": (16, 16, 3, 3),
+        "b": (32, 16, 3, 3),
+        "c": (64, 64, 3, 3),
+        "down": (64, 32, 1, 1),
+        "fc": (10, 64),
+    }
     d = erk_densities(shapes, sparsity)
     n = {k: math.prod(v) for k, v in shapes.items()}
     # total kept is exactly the budget, every density in (0, 1]
@@ -156,6 +163,7 @@ def test_sparsity_is_constant_per_layer_across_updates(cls, tiny_mlp, fmnist_sma
 
     # Put a Spy after the method's own callback in the training loop.
     import netslim.prune.dynamic as dyn
+
     real_fit = dyn.fit
 
     def fit_with_spy(model, task, tcfg, callbacks):
@@ -203,17 +211,33 @@ def test_from_scratch_reinitialises_and_dense_start_keeps_largest(tiny_mlp, fmni
 # ------------------------------------------------------------ configs, errors
 @pytest.mark.parametrize("cls", [RigLConfig, SETConfig])
 def test_config_yaml_round_trip(cls):
-    cfg = cls(sparsity=0.95, distribution="uniform", exclude=("fc3",), frequency=50, alpha=0.5,
-              decay="constant", end_step=400, from_scratch=False, finetune={"epochs": 3, "lr": 0.02, "amp": "bf16"})
+    cfg = cls(
+        sparsity=0.95,
+        distribution="uniform",
+        exclude=("fc3",),
+        frequency=50,
+        alpha=0.5,
+        decay="constant",
+        end_step=400,
+        from_scratch=False,
+        finetune={"epochs": 3, "lr": 0.02, "amp": "bf16"},
+    )
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and type(again) is cls and again.finetune.epochs == 3
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("sparsity", 1.0, "[0, 1)"), ("sparsity", -0.1, "[0, 1)"), ("alpha", 0.0, "greater than 0"),
-    ("frequency", 0, "greater than or equal to 1"), ("distribution", "er", "'erk' or 'uniform'"),
-    ("end_step", 0, "greater than or equal to 1"), ("finetune.epochs", 0, "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("sparsity", 1.0, "[0, 1)"),
+        ("sparsity", -0.1, "[0, 1)"),
+        ("alpha", 0.0, "greater than 0"),
+        ("frequency", 0, "greater than or equal to 1"),
+        ("distribution", "er", "'erk' or 'uniform'"),
+        ("end_step", 0, "greater than or equal to 1"),
+        ("finetune.epochs", 0, "must be >= 1"),
+    ],
+)
 def test_bad_config_values_name_the_field(field, value, needle):
     data = {"finetune": {field.split(".")[1]: value}} if field.startswith("finetune.") else {field: value}
     with pytest.raises(NetslimError) as e:

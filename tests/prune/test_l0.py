@@ -1,4 +1,5 @@
 """L0 / hard-concrete gates: the distribution, the penalty, and the final masks."""
+
 import math
 
 import pytest
@@ -132,12 +133,28 @@ def test_l0_prune_reports_the_sparsity_it_produced(exact, tiny_mlp, fmnist_small
 
 
 def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
-    cfg = L0Config(sparsity=0.95, granularity="unit", exclude=("fc3",), init_keep=0.9, gate_lr=0.1,
-                   lambda_init=0.1, lambda_lr=0.2, warmup_fraction=0.3, exact=False, finetune={"epochs": 4, "lr": 0.02})
+    cfg = L0Config(
+        sparsity=0.95,
+        granularity="unit",
+        exclude=("fc3",),
+        init_keep=0.9,
+        gate_lr=0.1,
+        lambda_init=0.1,
+        lambda_lr=0.2,
+        warmup_fraction=0.3,
+        exact=False,
+        finetune={"epochs": 4, "lr": 0.02},
+    )
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and type(again) is L0Config
-    for bad in ({"sparsity": 1.0}, {"sparsity": -0.5}, {"init_keep": 1.0}, {"granularity": "row"},
-                {"finetune": {"epochs": 0}}, {"lambda_init": 0.0}):
+    for bad in (
+        {"sparsity": 1.0},
+        {"sparsity": -0.5},
+        {"init_keep": 1.0},
+        {"granularity": "row"},
+        {"finetune": {"epochs": 0}},
+        {"lambda_init": 0.0},
+    ):
         with pytest.raises(NetslimError, match="method 'l0'"):
             make_config({"method": "l0", **bad})
     with pytest.raises(NetslimError, match="no prunable layers"):
@@ -147,8 +164,13 @@ def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
 def test_gates_do_not_run_away_past_the_target(tiny_mlp, fmnist_small):
     # With the penalty on below the target, lam (wound up while the gates lagged) kept pushing
     # them down: this run ended at density 0.12 for a 0.5 target. Penalty off below it: ~0.34.
-    cfg = L0Config(sparsity=0.5, warmup_fraction=0.0, gate_lr=0.1, lambda_lr=0.2,
-                   finetune={"epochs": 4, "batch_size": 64, "lr": 0.01})
+    cfg = L0Config(
+        sparsity=0.5,
+        warmup_fraction=0.0,
+        gate_lr=0.1,
+        lambda_lr=0.2,
+        finetune={"epochs": 4, "batch_size": 64, "lr": 0.01},
+    )
     gates = attach_gates(prunable_layers(tiny_mlp), cfg)
     fit(tiny_mlp, fmnist_small, cfg.finetune, [L0Gates(gates, cfg)])
     assert 0.25 < float(expected_density(gates)) < 0.6

@@ -1,4 +1,5 @@
 """Lottery tickets: rewinding restores the exact early values of the surviving weights."""
+
 import pytest
 import torch
 import yaml
@@ -27,8 +28,8 @@ def test_rewind_restores_exact_initial_values_of_survivors(fmnist_small):
     mask = get_mask(model[1]).clone()
     rewind(model, init)
     w = model[1].weight
-    assert torch.equal(w[mask], init["1.weight"][mask])        # survivors: bit-exact initial values
-    assert (w[~mask] == 0).all()                               # pruned: still zero
+    assert torch.equal(w[mask], init["1.weight"][mask])  # survivors: bit-exact initial values
+    assert (w[~mask] == 0).all()  # pruned: still zero
     assert torch.equal(model[2].running_mean, init["2.running_mean"])  # buffers rewound too
     assert torch.equal(model[4].bias, init["4.bias"])
 
@@ -42,8 +43,12 @@ def test_record_at_step_k_is_the_weights_before_that_step(fmnist_small):
         def on_step_begin(self, state):
             seen.append(state.model[1].weight.detach().clone())
 
-    fit(model, fmnist_small, FinetuneConfig(epochs=1, max_steps=4, lr=0.1, select_best=False),
-        callbacks=[recorder, Spy(0)])
+    fit(
+        model,
+        fmnist_small,
+        FinetuneConfig(epochs=1, max_steps=4, lr=0.1, select_best=False),
+        callbacks=[recorder, Spy(0)],
+    )
     assert torch.equal(recorder.weights["1.weight"], seen[2])
     assert not torch.equal(seen[2], seen[0])
 
@@ -80,6 +85,7 @@ def test_bad_input(fmnist_small):
 
 
 def test_config_round_trips_through_yaml():
-    cfg = LotteryConfig(sparsity=0.95, rounds=3, finetune={"epochs": 10}, init="reset", rewind_step=200,
-                        exclude=("fc3",))
+    cfg = LotteryConfig(
+        sparsity=0.95, rounds=3, finetune={"epochs": 10}, init="reset", rewind_step=200, exclude=("fc3",)
+    )
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg

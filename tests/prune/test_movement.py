@@ -1,4 +1,5 @@
 """Movement pruning: the scores are -sum_t W_t * dL/dW'_t, the schedule is the cubic one."""
+
 import pytest
 import torch
 import yaml
@@ -121,23 +122,43 @@ def test_soft_movement_masks_scores_below_threshold(tiny_mlp, fmnist_small):
 
 
 def test_a_schedule_that_cannot_finish_in_training_is_refused(tiny_mlp, fmnist_small):
-    cfg = MovementConfig(sparsity=0.7, scope="global", start_step=0, end_step=1000, frequency=10,
-                         finetune={"epochs": 1, "batch_size": 32, "max_steps": 2000})
+    cfg = MovementConfig(
+        sparsity=0.7,
+        scope="global",
+        start_step=0,
+        end_step=1000,
+        frequency=10,
+        finetune={"epochs": 1, "batch_size": 32, "max_steps": 2000},
+    )
     # the fixture's 2000 images give 62 steps per epoch: the schedule cannot fit
     with pytest.raises(NetslimError, match="'end_step'.*< the number of training steps \\(62\\).*got 1000"):
         movement_prune(tiny_mlp, fmnist_small, cfg=cfg)
 
 
 def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):
-    cfg = MovementConfig(mode="soft", sparsity=0.95, initial_sparsity=0.1, scope="global", exclude=("fc3",),
-                         start_step=10, end_step=500, frequency=20, threshold=0.1, reg_lambda=0.01,
-                         finetune={"epochs": 3})
+    cfg = MovementConfig(
+        mode="soft",
+        sparsity=0.95,
+        initial_sparsity=0.1,
+        scope="global",
+        exclude=("fc3",),
+        start_step=10,
+        end_step=500,
+        frequency=20,
+        threshold=0.1,
+        reg_lambda=0.01,
+        finetune={"epochs": 3},
+    )
     again = make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and type(again) is MovementConfig
-    for bad, needle in [({"sparsity": 1.0}, r"\[0, 1\)"), ({"initial_sparsity": 0.9, "sparsity": 0.5}, "<= 'sparsity'"),
-                        ({"start_step": 100, "end_step": 50}, "ends before it starts"),
-                        ({"finetune": {"epochs": 0}}, "'finetune.epochs'"),
-                        ({"mode": "medium"}, "'hard' or 'soft'"), ({"reg_lambda": -1}, "'reg_lambda'")]:
+    for bad, needle in [
+        ({"sparsity": 1.0}, r"\[0, 1\)"),
+        ({"initial_sparsity": 0.9, "sparsity": 0.5}, "<= 'sparsity'"),
+        ({"start_step": 100, "end_step": 50}, "ends before it starts"),
+        ({"finetune": {"epochs": 0}}, "'finetune.epochs'"),
+        ({"mode": "medium"}, "'hard' or 'soft'"),
+        ({"reg_lambda": -1}, "'reg_lambda'"),
+    ]:
         with pytest.raises(NetslimError, match=needle):
             make_config({"method": "movement", **bad})
     with pytest.raises(NetslimError, match="'sparsity'.*got 1.5"):
@@ -149,8 +170,9 @@ def test_weights_pruned_by_an_earlier_step_stay_pruned(tiny_mlp, fmnist_small):
 
     magnitude_prune(tiny_mlp, sparsity=0.5, scope="layer")
     before = {n: get_mask(m).clone() for n, m in prunable_layers(tiny_mlp)}
-    movement_prune(tiny_mlp, fmnist_small, sparsity=0.7, scope="layer", start_step=0, end_step=4, frequency=2,
-                   **short(6))
+    movement_prune(
+        tiny_mlp, fmnist_small, sparsity=0.7, scope="layer", start_step=0, end_step=4, frequency=2, **short(6)
+    )
     for name, module in prunable_layers(tiny_mlp):
         assert not (get_mask(module) & ~before[name]).any()
         assert int((~get_mask(module)).sum()) == round(0.7 * module.weight.numel())

@@ -1,4 +1,5 @@
 """N:M pruning: exactly N kept in every block of M consecutive input weights."""
+
 import pytest
 import torch
 import yaml
@@ -13,17 +14,26 @@ from netslim.prune import NMConfig, nm_mask, nm_prune, prunable_layers
 
 def small_cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(16 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 12),
+        nn.ReLU(),
+        nn.Linear(12, 10),
+    )
 
 
 def blocks(w: torch.Tensor, m: int) -> torch.Tensor:
     """Independent oracle layout: for a conv, blocks run along in-channels at each (kh, kw)."""
     if w.dim() == 4:
         out_, in_, kh, kw = w.shape
-        return torch.stack([w[o, i:i + m, y, x] for o in range(out_) for y in range(kh) for x in range(kw)
-                            for i in range(0, in_, m)])
-    return torch.stack([w[o, i:i + m] for o in range(w.shape[0]) for i in range(0, w.shape[1], m)])
+        return torch.stack(
+            [w[o, i : i + m, y, x] for o in range(out_) for y in range(kh) for x in range(kw) for i in range(0, in_, m)]
+        )
+    return torch.stack([w[o, i : i + m] for o in range(w.shape[0]) for i in range(0, w.shape[1], m)])
 
 
 @pytest.mark.parametrize("n, m", [(2, 4), (4, 8), (1, 4), (3, 4)])
@@ -35,7 +45,7 @@ def test_every_block_keeps_exactly_n_largest(n, m):
         if mod.weight.shape[1] % m:
             assert get_mask(mod) is None, name  # skipped: input dim not a multiple of m
             continue
-        kept = blocks(get_mask(mod), m)                                     # (blocks, m)
+        kept = blocks(get_mask(mod), m)  # (blocks, m)
         assert (kept.sum(1) == n).all(), name
         mags = blocks(before[name].abs(), m)
         smallest_kept = torch.where(kept, mags, torch.inf).min(1).values
@@ -58,8 +68,15 @@ def test_skipped_layers_are_reported(fmnist_small, tmp_path):
     assert ctx.notes["nm"]["layers"]["5"]["sparsity"] == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("bad, field", [({"n": 5, "m": 4}, "'n' must be <= 'm'"), ({"n": 0}, "'n'"),
-                                        ({"m": 0}, "'m'"), ({"criterion": "hessian"}, "criterion")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"n": 5, "m": 4}, "'n' must be <= 'm'"),
+        ({"n": 0}, "'n'"),
+        ({"m": 0}, "'m'"),
+        ({"criterion": "hessian"}, "criterion"),
+    ],
+)
 def test_bad_input_names_the_field(bad, field):
     with pytest.raises(NetslimError, match=field):
         make_config({"method": "nm", **bad})

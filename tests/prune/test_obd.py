@@ -1,4 +1,5 @@
 """OBD: saliency 1/2 * F_ii * w^2 with the per-sample empirical Fisher, checked independently."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def test_batched_fisher_is_b_times_mean_squared_batch_gradient(tiny_mlp, fmnist_
     for i, (x, y) in enumerate(fmnist_small.train_batches(0, 8)):
         if i == 2:
             break
-        g, = torch.autograd.grad(F.cross_entropy(tiny_mlp(x), y), [tiny_mlp.fc2.weight])
+        (g,) = torch.autograd.grad(F.cross_entropy(tiny_mlp(x), y), [tiny_mlp.fc2.weight])
         acc += 8 * g.square()
     torch.testing.assert_close(got["fc2"], acc / 2)
 

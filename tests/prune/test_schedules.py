@@ -1,4 +1,5 @@
 """Pruning schedules: cubic values, IMP rounds, gradual pruning inside the training loop."""
+
 import pytest
 import torch
 import yaml
@@ -32,10 +33,10 @@ def test_cubic_values_at_known_steps():
     # s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 with s_i=0, s_f=0.8, t0=100, n=10, dt=10
     f = lambda t: cubic_sparsity(t, 0.0, 0.8, 100, 10, 10)  # noqa: E731
     assert f(0) == 0.0 and f(100) == 0.0
-    assert f(150) == pytest.approx(0.8 - 0.8 * 0.5 ** 3)    # half way: 0.7
-    assert f(125) == pytest.approx(0.8 - 0.8 * 0.75 ** 3)
+    assert f(150) == pytest.approx(0.8 - 0.8 * 0.5**3)  # half way: 0.7
+    assert f(125) == pytest.approx(0.8 - 0.8 * 0.75**3)
     assert f(200) == pytest.approx(0.8) and f(10_000) == pytest.approx(0.8)
-    assert cubic_sparsity(50, 0.2, 0.9, 0, 5, 20) == pytest.approx(0.9 - 0.7 * 0.5 ** 3)
+    assert cubic_sparsity(50, 0.2, 0.9, 0, 5, 20) == pytest.approx(0.9 - 0.7 * 0.5**3)
     values = [f(t) for t in range(100, 201, 10)]
     assert all(b >= a for a, b in zip(values, values[1:]))  # monotone
     gaps = [b - a for a, b in zip(values, values[1:])]
@@ -95,17 +96,24 @@ def test_schedule_ending_before_it_starts_is_rejected(fmnist_small):
         gradual_schedule(GradualConfig(sparsity=0.9, start_step=70, frequency=10), steps=100)
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": 0.5, "initial_sparsity": 0.6}, "initial_sparsity"),
-    ({"frequency": 0}, "frequency"), ({"finetune": {"epochs": 0}}, "finetune.epochs"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": 0.5, "initial_sparsity": 0.6}, "initial_sparsity"),
+        ({"frequency": 0}, "frequency"),
+        ({"finetune": {"epochs": 0}}, "finetune.epochs"),
+    ],
+)
 def test_bad_gradual_input(bad, field):
     with pytest.raises(NetslimError, match=field):
         make_config({"method": "gradual", **bad})
 
 
-@pytest.mark.parametrize("bad, field", [({"sparsity": -0.5}, "sparsity"), ({"rounds": 0}, "rounds"),
-                                        ({"finetune": {"lr": 0}}, "finetune.lr")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [({"sparsity": -0.5}, "sparsity"), ({"rounds": 0}, "rounds"), ({"finetune": {"lr": 0}}, "finetune.lr")],
+)
 def test_bad_imp_input(bad, field):
     with pytest.raises(NetslimError, match=field):
         make_config({"method": "imp", **bad})
@@ -116,8 +124,13 @@ def test_training_needs_a_task():
         apply(mlp(), IMPConfig(), StepContext(task=None, out_dir=None))
 
 
-@pytest.mark.parametrize("cfg", [IMPConfig(sparsity=0.8, rounds=4, exclude=("fc3",), finetune={"lr": 0.02}),
-                                 GradualConfig(sparsity=0.95, end_step=400, frequency=50, finetune={"amp": "bf16"})])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        IMPConfig(sparsity=0.8, rounds=4, exclude=("fc3",), finetune={"lr": 0.02}),
+        GradualConfig(sparsity=0.95, end_step=400, frequency=50, finetune={"amp": "bf16"}),
+    ],
+)
 def test_configs_round_trip_through_yaml(cfg):
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
@@ -134,7 +147,8 @@ def test_finetune_keeps_masked_zeros(fmnist_small):
 
 def test_default_end_is_a_fraction_of_the_run():
     assert gradual_schedule(GradualConfig(sparsity=0.9, frequency=10), steps=1000) == (0, 75, 10)
-    assert gradual_schedule(GradualConfig(sparsity=0.9, frequency=10, end_fraction=0.6, start_step=100),
-                            steps=1000) == (100, 50, 10)
+    assert gradual_schedule(
+        GradualConfig(sparsity=0.9, frequency=10, end_fraction=0.6, start_step=100), steps=1000
+    ) == (100, 50, 10)
     with pytest.raises(NetslimError, match="end_fraction"):
         make_config({"method": "gradual", "end_fraction": 1.0})

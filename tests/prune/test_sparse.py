@@ -1,4 +1,5 @@
 """Sparse storage and execution: CSR round-trips, kernel == dense, smaller files, sparsify."""
+
 import shutil
 
 import pytest

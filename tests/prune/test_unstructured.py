@@ -1,4 +1,5 @@
 """Magnitude / random pruning: exact counts, clamps, masks that survive training, bad input."""
+
 import math
 
 import pytest
@@ -27,8 +28,9 @@ def small_mlp(seed=0):
 
 def small_cnn(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(16 * 4 * 4, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10)
+    )
 
 
 @pytest.fixture
@@ -164,11 +166,19 @@ def test_apply_masks_restores_state_when_set_mask_fails_midway(mlp, monkeypatch)
     assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"), ({"sparsity": 1.5}, "sparsity"),
-    ({"sparsity": 0.5, "min_sparsity": 1.0}, "min_sparsity"), ({"sparsity": 0.5, "max_sparsity": 1.2}, "max_sparsity"),
-    ({"sparsity": 0.5, "scope": "row"}, "scope"), ({}, "threshold"), ({"sparsity": 0.5, "threshold": 0.1}, "threshold"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": -0.1}, "sparsity"),
+        ({"sparsity": 1.5}, "sparsity"),
+        ({"sparsity": 0.5, "min_sparsity": 1.0}, "min_sparsity"),
+        ({"sparsity": 0.5, "max_sparsity": 1.2}, "max_sparsity"),
+        ({"sparsity": 0.5, "scope": "row"}, "scope"),
+        ({}, "threshold"),
+        ({"sparsity": 0.5, "threshold": 0.1}, "threshold"),
+    ],
+)
 def test_bad_parameters_name_the_field(bad, field, mlp):
     with pytest.raises(NetslimError, match=field):
         make_config({"method": "magnitude", **bad}, "step 1")
@@ -209,8 +219,10 @@ def test_contract_yaml_round_trip_and_output_shape(method, fmnist_small, tmp_pat
 
     cfg = methods()[method].config_cls.example()
     assert make_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
-    for build in (lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)),
-                  lambda: nn.Sequential(nn.Conv2d(1, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))):
+    for build in (
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)),
+        lambda: nn.Sequential(nn.Conv2d(1, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)),
+    ):
         torch.manual_seed(0)
         out = apply(build(), cfg, StepContext(task=fmnist_small, out_dir=tmp_path))
         assert out(fmnist_small.example_inputs(3)).shape == (3, 10)

@@ -1,4 +1,5 @@
 """Run-time activation quantization (netslim.quantize.act_quant): native C kernels vs torch oracles."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,7 @@ def path(request, monkeypatch):
 def _inputs(dtype):
     torch.manual_seed(0)
     x = torch.randn(67, 129) * 3 + 0.5  # odd sizes: no vector-width multiples
-    x[5, 7] = 40.0                       # an outlier sets the per-tensor range
+    x[5, 7] = 40.0  # an outlier sets the per-tensor range
     return x.to(dtype)
 
 
@@ -45,8 +46,7 @@ def test_per_row_equals_quantize_per_channel(path, dtype):
     xf = x.float()
     expect = xf.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
     assert scales.shape == (67, 1) and torch.equal(scales, expect)
-    ref = torch.quantize_per_channel(xf, expect.squeeze(1).double(), torch.full((67,), 128), 0,
-                                     torch.quint8).int_repr()
+    ref = torch.quantize_per_channel(xf, expect.squeeze(1).double(), torch.full((67,), 128), 0, torch.quint8).int_repr()
     diff = (codes.int() - ref.int()).abs()
     # x * (1 / s) vs torch's x / s may fall on the other side of a rounding tie: one code, rarely
     assert diff.max() <= 1 and diff.float().mean() < 1e-3
@@ -83,8 +83,8 @@ def test_per_tensor_parallel_and_serial_paths_agree(dtype):
     if act_quant._lib() is None:
         pytest.skip("no C compiler: the native kernels are not built")
     torch.manual_seed(1)
-    big = torch.randn(333, 401) * 2 - 0.3       # 133,533 elements: 2 threads' chunks of odd length
-    big[300, 400] = -25.0                       # the minimum sits in the last thread's chunk
+    big = torch.randn(333, 401) * 2 - 0.3  # 133,533 elements: 2 threads' chunks of odd length
+    big[300, 400] = -25.0  # the minimum sits in the last thread's chunk
     old = torch.get_num_threads()
     try:
         for x in (big.to(dtype), big[:7].to(dtype)):

@@ -1,4 +1,5 @@
 """Quantization configs: YAML round-trip, recipe validation, shipped recipes parse."""
+
 from __future__ import annotations
 
 from pathlib import Path

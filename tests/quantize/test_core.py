@@ -1,4 +1,5 @@
 """Quantizer core and observers: error bounds, torch oracle, bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,10 @@ from netslim.quantize.observers import OBSERVERS, make_observer
 
 @settings(max_examples=60, deadline=None)
 @given(
-    bits=st.integers(2, 8), symmetric=st.booleans(),
-    gran=st.sampled_from(["tensor", "channel", "group"]), seed=st.integers(0, 10_000),
+    bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+    gran=st.sampled_from(["tensor", "channel", "group"]),
+    seed=st.integers(0, 10_000),
     scale_exp=st.floats(-4, 3),
 )
 def test_qdq_error_at_most_half_a_step(bits, symmetric, gran, seed, scale_exp):
@@ -43,8 +46,7 @@ def test_per_channel_matches_torch(bits, symmetric, axis):
     obs = make_observer("minmax", scheme)
     obs.observe(w)
     qp = obs.qparams()
-    ref = torch.fake_quantize_per_channel_affine(
-        w, qp.scale, qp.zero_point.int(), axis, scheme.qmin, scheme.qmax)
+    ref = torch.fake_quantize_per_channel_affine(w, qp.scale, qp.zero_point.int(), axis, scheme.qmin, scheme.qmax)
     assert torch.equal(fake_quantize(w, qp), ref)
 
 
@@ -59,8 +61,12 @@ def test_per_tensor_matches_torch():
 @pytest.mark.parametrize("bad", ["empty", "nan", "inf", "constant"])
 def test_observers_reject_bad_input(name, bad):
     obs = make_observer(name)
-    x = {"empty": torch.empty(0), "nan": torch.tensor([1.0, float("nan")]),
-         "inf": torch.tensor([1.0, float("inf")]), "constant": torch.full((10,), 3.0)}[bad]
+    x = {
+        "empty": torch.empty(0),
+        "nan": torch.tensor([1.0, float("nan")]),
+        "inf": torch.tensor([1.0, float("inf")]),
+        "constant": torch.full((10,), 3.0),
+    }[bad]
     with pytest.raises(NetslimError, match="empty|non-finite|constant"):
         obs.observe(x)
         obs.qparams()

@@ -1,4 +1,5 @@
 """Dynamic int8 (oneDNN qlinear on CPU, torch._int_mm elsewhere) and bf16: oracles, save/load, recipes."""
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,9 @@ def test_int8_linear_matches_fake_quant_model(kernel):
     lin = nn.Linear(64, 32)
     x = torch.randn(2, 5, 64)
     q = DynamicInt8Linear.from_float(lin, activations="per_token")
-    w_fq = fake_quantize(lin.weight, qparams_from_range(
-        -lin.weight.abs().amax(1), lin.weight.abs().amax(1), QScheme(8, True, "channel")))
+    w_fq = fake_quantize(
+        lin.weight, qparams_from_range(-lin.weight.abs().amax(1), lin.weight.abs().amax(1), QScheme(8, True, "channel"))
+    )
     # core's symmetric scale uses the half-width 127.5, dynamic int8 uses 127: compare to
     # the module's own dequantized weight, and to fake-quant with a loose bound.
     x2 = x.reshape(-1, 64)
@@ -65,9 +67,14 @@ def test_zero_rows_and_bad_weight(kernel, activations):
         DynamicInt8Linear.from_float(lin)
 
 
-@pytest.mark.parametrize("method,cls,extra", [("dynamic_int8", DynamicInt8Linear, {}),
-                                              ("dynamic_int8", DynamicInt8Linear, {"activations": "per_token"}),
-                                              ("bf16", BF16Linear, {})])
+@pytest.mark.parametrize(
+    "method,cls,extra",
+    [
+        ("dynamic_int8", DynamicInt8Linear, {}),
+        ("dynamic_int8", DynamicInt8Linear, {"activations": "per_token"}),
+        ("bf16", BF16Linear, {}),
+    ],
+)
 def test_recipe_step_save_load(tiny_mlp, tmp_path, method, cls, extra):
     x = torch.randn(4, 1, 28, 28)
     ref = tiny_mlp(x)
@@ -95,7 +102,9 @@ def test_per_tensor_matches_quantize_per_tensor_oracle(kernel, tmp_path):
         scale = (hi - lo) / 255
         xq = torch.fake_quantize_per_tensor_affine(x, scale, round(-lo / scale), 0, 255)
         torch_own = torch.quantize_per_tensor_dynamic(x, torch.quint8, False)
-        assert abs(torch_own.q_scale() - scale) < 1e-6 * scale and abs(torch_own.q_zero_point() - round(-lo / scale)) <= 1
+        assert (
+            abs(torch_own.q_scale() - scale) < 1e-6 * scale and abs(torch_own.q_zero_point() - round(-lo / scale)) <= 1
+        )
     else:
         sx = x.abs().max() / 127
         xq = torch.round(x / sx) * sx
@@ -151,8 +160,9 @@ def test_bf16_whole_model_scope(tiny_mlp, tmp_path):
     with pytest.raises(NetslimError, match="after 'bf16' froze them"):  # model is tiny_mlp, now frozen
         apply(tiny_mlp, make_config({"method": "bf16", "scope": "model"}), ctx)
     with pytest.raises(Exception, match="scope"):
-        apply(netslim.build_model("lenet300"), make_config({"method": "bf16", "scope": "model", "exclude": ["fc3"]}),
-              ctx)
+        apply(
+            netslim.build_model("lenet300"), make_config({"method": "bf16", "scope": "model", "exclude": ["fc3"]}), ctx
+        )
 
 
 @pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
@@ -197,7 +207,7 @@ def test_fused_epilogue_equals_dequantized_reference(kernel, dtype, post_op, alg
     ref = xq @ q.dequantize_weight().T + lin.bias
     ref = ref if algo is None else torch.nn.functional.gelu(ref, approximate=algo)
     # fp32: the same arithmetic; bf16: the output rounded once to bf16 (2^-8 relative)
-    tol = 1e-4 if dtype == torch.float32 else 2 ** -8 * ref.abs().max().item()
+    tol = 1e-4 if dtype == torch.float32 else 2**-8 * ref.abs().max().item()
     assert (y.float().reshape(-1, 40) - ref).abs().max() <= tol
     with pytest.raises(NetslimError, match="post_op"):
         DynamicInt8Linear(4, 4, post_op="relu6")
@@ -271,15 +281,15 @@ def test_siblings_share_one_gemm_equal_to_separate_linears(activations, monkeypa
         return out
 
     x1, x2 = torch.randn(2, 7, 48), torch.randn(2, 7, 48).bfloat16()
-    first = [m(x1) for m in mods]           # learns the group: three GEMMs
+    first = [m(x1) for m in mods]  # learns the group: three GEMMs
     assert mods[0]._followers == mods[1:] and all(m._leader is mods[0] for m in mods[1:])
     gemms.clear()
-    second = [m(x2) for m in mods]          # one GEMM for all three
+    second = [m(x2) for m in mods]  # one GEMM for all three
     assert gemms == [3]
     for got, ref in zip(first + second, separate(x1) + separate(x2)):
         assert got.dtype == ref.dtype and got.shape == ref.shape
         assert torch.allclose(got.float(), ref.float(), atol=1e-5, rtol=1e-5)
-    y = mods[1](x1 * 2)                     # key alone on another tensor: computed by itself, unlinked
+    y = mods[1](x1 * 2)  # key alone on another tensor: computed by itself, unlinked
     assert torch.allclose(y, separate(x1 * 2)[1], atol=1e-5) and mods[1]._leader is None
     assert mods[0]._followers == [mods[2]]
 
@@ -301,8 +311,10 @@ def test_tiny_bert_learns_qkv_groups_and_keeps_outputs(monkeypatch, tmp_path):
     assert attn.query._followers == [attn.key, attn.value]
     assert not q.encoder.layer[0].output.dense._followers  # different inputs: never grouped
     assert torch.equal(q(**inputs).last_hidden_state, ref)  # the same int32 sums and epilogue per column
-    assert torch.equal(netslim.load(netslim.save(q, tmp_path / "q.safetensors"))(**inputs).last_hidden_state,
-                       q(**inputs).last_hidden_state)
+    assert torch.equal(
+        netslim.load(netslim.save(q, tmp_path / "q.safetensors"))(**inputs).last_hidden_state,
+        q(**inputs).last_hidden_state,
+    )
 
 
 def test_a_model_loaded_under_inference_mode_runs(tmp_path):

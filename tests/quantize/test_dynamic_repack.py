@@ -1,5 +1,6 @@
 """The packed-weight key of dynamic int8 Linears (checked on every call): any change to a weight,
 scale or bias of any member of a fused q/k/v-style group repacks the group's GEMM."""
+
 from __future__ import annotations
 
 import copy
@@ -24,14 +25,15 @@ def _alone(mods, x, monkeypatch):
     return out
 
 
-@pytest.mark.parametrize("change", ["follower_codes_in_place", "follower_bias_in_place", "leader_scale_in_place",
-                                    "follower_state_dict"])
+@pytest.mark.parametrize(
+    "change", ["follower_codes_in_place", "follower_bias_in_place", "leader_scale_in_place", "follower_state_dict"]
+)
 def test_any_member_change_repacks_the_fused_gemm(change, monkeypatch):
     if not dynamic._onednn_ok():
         pytest.skip("this torch build has no oneDNN qlinear")
     mods = _group()
     x = torch.randn(5, 32)
-    for _ in range(2):                      # the first call learns the group, the second runs one GEMM
+    for _ in range(2):  # the first call learns the group, the second runs one GEMM
         [m(x) for m in mods]
     assert mods[0]._followers == mods[1:]
     with torch.no_grad():
@@ -53,9 +55,9 @@ def test_key_is_identity_storage_and_version():
     mods = _group()
     key = dynamic._weights_key(mods)
     assert key == dynamic._weights_key(mods)
-    assert len(key) == 3 + 2 * 8           # per member its id, then (data_ptr, version) of codes, scale and bias
+    assert len(key) == 3 + 2 * 8  # per member its id, then (data_ptr, version) of codes, scale and bias
     with torch.no_grad():
-        mods[2].weight_scale.add_(0.0)      # an in-place op bumps the version even when values stay
+        mods[2].weight_scale.add_(0.0)  # an in-place op bumps the version even when values stay
     assert key != dynamic._weights_key(mods)
     with torch.inference_mode():
         frozen = [DynamicInt8Linear.from_float(nn.Linear(32, 4))]

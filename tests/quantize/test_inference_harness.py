@@ -1,4 +1,5 @@
 """benchmarks/inference.py (the issue-25 inference harness) at tiny sizes: its greedy loop, inputs and a smoke run."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def test_greedy_loop_equals_generate(harness):
     ids = torch.tensor([[5, 17, 99, 3, 42, 8]])
     ours = llm.Greedy(model, 12)(ids)
     with torch.inference_mode():
-        ref = model.generate(ids, do_sample=False, max_new_tokens=12, min_new_tokens=12,
-                             attention_mask=torch.ones_like(ids))[:, ids.shape[1]:]
+        ref = model.generate(
+            ids, do_sample=False, max_new_tokens=12, min_new_tokens=12, attention_mask=torch.ones_like(ids)
+        )[:, ids.shape[1] :]
     assert ours.shape == (1, 12) and torch.equal(ours, ref)
 
 
@@ -58,8 +60,25 @@ def test_minilm_inputs_are_the_three_shapes(harness):
 def test_tiny_run_writes_every_shape_and_variant(harness, tmp_path):
     inference, _ = harness
     out = tmp_path / "m.json"
-    argv = ["--tiny", "--quick", "--threads", "1", "--rounds", "1", "--repeats", "1", "--block-ms", "1",
-            "--cache", str(tmp_path / "cache"), "--out", str(out), "--only", "netslim", "ORT int8 per-channel"]
+    argv = [
+        "--tiny",
+        "--quick",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--repeats",
+        "1",
+        "--block-ms",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--only",
+        "netslim",
+        "ORT int8 per-channel",
+    ]
     assert inference.main(argv) == 0
     record = json.loads(out.read_text())
     assert record["variants"] == ["fp32 eager", "netslim int8", "ORT int8 per-channel"]

@@ -1,4 +1,5 @@
 """Int8 residual blocks and quantized hand-offs (static PTQ): oracles, exactness, save/load, ONNX."""
+
 from __future__ import annotations
 
 import copy
@@ -19,9 +20,16 @@ from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear, _Int8Base
 def _two_block_net(randomize_bn) -> nn.Module:
     """Stem, an identity-shortcut block, a strided block with a 1x1 conv + BN shortcut, classifier."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          BasicBlock(8, 8), BasicBlock(8, 16, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(16, 5)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        BasicBlock(8, 8),
+        BasicBlock(8, 16, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    ).eval()
     return randomize_bn(model)
 
 
@@ -193,8 +201,9 @@ def test_onnx_export_of_int8_resnet20_matches_onnxruntime(fmnist_small, tmp_path
     path = export_onnx(q, tmp_path / "r20.onnx", fmnist_small.example_inputs(2))
     proto = onnx.load(str(path))
     ops = [n.op_type for n in proto.graph.node]
-    int8_w = [i.name for i in proto.graph.initializer if i.name.endswith("w_int8")
-              and i.data_type == onnx.TensorProto.INT8]
+    int8_w = [
+        i.name for i in proto.graph.initializer if i.name.endswith("w_int8") and i.data_type == onnx.TensorProto.INT8
+    ]
     assert len(int8_w) == 22 and ops.count("Add") >= 9  # 19 + 2 shortcut convs + fc; one add per block
     x = fmnist_small.example_inputs(64)
     # op by op: a value on a rounding boundary flips by one step now and then (oneDNN's int32
@@ -227,8 +236,15 @@ def test_user_registered_block_converts_and_zoo_block_still_does(randomize_bn):
 
     register_residual(_MyBlock, ("a", "b"), "skip", relu=False)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _MyBlock(8), BasicBlock(8, 8),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        _MyBlock(8),
+        BasicBlock(8, 8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
     randomize_bn(model)
     x = torch.randn(16, 3, 10, 10)
     q = ptq_int8(copy.deepcopy(model), torch.randn(128, 3, 10, 10))

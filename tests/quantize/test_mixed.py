@@ -1,4 +1,5 @@
 """Mixed precision: exact allocation (brute-force oracle), sensitivities, end-to-end widths."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,12 +27,12 @@ def test_allocation_is_exact(n, seed, avg):
     g = torch.Generator().manual_seed(seed)
     names = [f"l{i}" for i in range(n)]
     sizes = {k: int(torch.randint(1, 50, (1,), generator=g)) for k in names}
-    sens = {k: {2: float(torch.rand(1, generator=g)) + 1, 4: float(torch.rand(1, generator=g)), 8: 0.0}
-            for k in names}
+    sens = {k: {2: float(torch.rand(1, generator=g)) + 1, 4: float(torch.rand(1, generator=g)), 8: 0.0} for k in names}
     budget = avg * sum(sizes.values())
-    best = min((c for c in itertools.product([2, 4, 8], repeat=n)
-                if sum(b * sizes[k] for b, k in zip(c, names)) <= budget),
-               key=lambda c: sum(sens[k][b] for b, k in zip(c, names)))
+    best = min(
+        (c for c in itertools.product([2, 4, 8], repeat=n) if sum(b * sizes[k] for b, k in zip(c, names)) <= budget),
+        key=lambda c: sum(sens[k][b] for b, k in zip(c, names)),
+    )
     got = allocate_bits(sens, sizes, avg)
     assert sum(sens[k][got[k]] for k in names) == pytest.approx(sum(sens[k][b] for b, k in zip(best, names)))
     assert sum(got[k] * sizes[k] for k in names) <= budget

@@ -7,6 +7,7 @@ Tolerances (stated in netslim.quantize.onnx_export):
   agreement >= 90 % (untrained models: logits within a few steps; PTQ gives 100 %);
 * dynamic int8 / weight-only / float: the same arithmetic in float, 1e-3 of the output range.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,9 @@ def _initializer_dtypes(path) -> dict[str, int]:
     return {i.name: i.data_type for i in model.graph.initializer}, [n.op_type for n in model.graph.node]
 
 
-@pytest.mark.parametrize("name,variant", [("lenet5", "ptq"), ("lenet300", "ptq"), ("lenet5", "qat4"),
-                                          ("lenet5", "mixed")])
+@pytest.mark.parametrize(
+    "name,variant", [("lenet5", "ptq"), ("lenet300", "ptq"), ("lenet5", "qat4"), ("lenet5", "mixed")]
+)
 def test_static_int8_qdq_matches_pytorch(fmnist_small, tmp_path, name, variant):
     torch.manual_seed(0)
     fp32 = build_model(name).eval()
@@ -116,8 +118,11 @@ class _Opaque(nn.Module):
 
 def test_unsupported_module_is_named(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), _Opaque())
-    with pytest.raises(NetslimError, match=r"no ONNX mapping for 1 module.*1 \(_Opaque: integer tensors codes\)"
-                       r".*Int8Conv2d"):
+    with pytest.raises(
+        NetslimError,
+        match=r"no ONNX mapping for 1 module.*1 \(_Opaque: integer tensors codes\)"
+        r".*Int8Conv2d",
+    ):
         export_onnx(model, tmp_path / "x.onnx", torch.randn(2, 4))
     assert not (tmp_path / "x.onnx").exists()
 

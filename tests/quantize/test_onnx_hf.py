@@ -5,6 +5,7 @@ Oracle: the PyTorch model. Tolerance (stated in netslim.quantize.onnx_runtime): 
 int8 graphs compute the same arithmetic in float, max |diff| <= 1e-3 x max |PyTorch output|;
 checked here on another batch size and sequence length than the traced example, with padding.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ def _tokens(batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 250, (batch, length), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, length // 2:] = 0  # a padded row
+    mask[0, length // 2 :] = 0  # a padded row
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -51,8 +52,8 @@ def _graph(path):
 
 
 CASES = [  # (model, quantize, graph outputs, the PyTorch output each one reproduces)
-    ("tiny-llama", True, ["logits"], lambda out: [out.logits]),            # GQA, RoPE, causal LM
-    ("tiny-gpt2", False, ["logits"], lambda out: [out.logits]),            # Conv1D, tied head
+    ("tiny-llama", True, ["logits"], lambda out: [out.logits]),  # GQA, RoPE, causal LM
+    ("tiny-gpt2", False, ["logits"], lambda out: [out.logits]),  # Conv1D, tied head
     ("masked-lm", True, ["logits", "last_hidden_state"], lambda out: [out.logits, out.hidden_states[-1]]),
     ("classifier", False, ["logits"], lambda out: [out.logits]),
 ]
@@ -118,7 +119,9 @@ def test_export_step_records_the_ort_check_and_warns_above_tolerance(tmp_path, b
     assert 0 <= check["max_abs_diff"] <= REL * check["ref_abs_max"]  # the real tolerance holds
     assert check["within_tolerance"] is False and check["tolerance"]["metric"] == "max_abs_diff"
     [warning] = notes["warnings"]
-    assert warning.startswith("ONNX Runtime check of m.onnx: max_abs_diff ") and "exceeds the stated tolerance" in warning
+    assert (
+        warning.startswith("ONNX Runtime check of m.onnx: max_abs_diff ") and "exceeds the stated tolerance" in warning
+    )
     loaded = OnnxModel(path)
     assert loaded.description["ort_check"] == check and loaded.info["data"]["path"] == str(corpus)
     assert loaded.netslim_model_kind == "embedding" and list(loaded.description["outputs"]) == ["last_hidden_state"]

@@ -4,6 +4,7 @@ Oracles: unpack(pack(c)) == c for every width 2..8; the bit stream equals the ni
 at 2/4 bits; a 4-bit artifact is smaller than the 8-bit one by exactly the packed weight
 bytes saved (up to the JSON header); save/load restores codes and outputs bit for bit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,9 @@ def test_module_stores_packed_codes_and_restores_them(bits):
     assert conv.weight_packed.numel() == -(-135 // 8) * bits  # bits/8 bytes per weight (+ padding to 8 codes)
     assert torch.equal(conv.int_weight(), codes)
     with pytest.raises(NetslimError, match=rf"\[{lo}, {hi}\]"):
-        conv.set_quantized(torch.full((5, 3, 3, 3), hi + 1, dtype=torch.int8), torch.ones(5), torch.zeros(5),
-                           (0.1, 128.0, 0.1, 0.0))
+        conv.set_quantized(
+            torch.full((5, 3, 3, 3), hi + 1, dtype=torch.int8), torch.ones(5), torch.zeros(5), (0.1, 128.0, 0.1, 0.0)
+        )
     with pytest.raises(NetslimError, match="weight_bits"):
         Int8Linear(4, 4, weight_bits=1)
 

@@ -1,4 +1,5 @@
 """Issue 21: the prune/quantize orders as steps, their invariants, and the bad inputs they refuse."""
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,15 @@ from netslim.train.loop import FinetuneConfig
 
 
 # ------------------------------------------------------------------------- recipe order
-@pytest.mark.parametrize("first, then", [("ptq_int8", {"method": "magnitude", "sparsity": 0.5}),
-                                         ("qat", {"method": "nm", "n": 2, "m": 4}),
-                                         ("gptq", {"method": "sparsegpt", "sparsity": 0.5}),
-                                         ("sparsegpt_gptq", {"method": "wanda", "sparsity": 0.5})])
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        ("ptq_int8", {"method": "magnitude", "sparsity": 0.5}),
+        ("qat", {"method": "nm", "n": 2, "m": 4}),
+        ("gptq", {"method": "sparsegpt", "sparsity": 0.5}),
+        ("sparsegpt_gptq", {"method": "wanda", "sparsity": 0.5}),
+    ],
+)
 def test_pruning_after_a_freezing_quantization_step_is_refused_naming_both(first, then):
     with pytest.raises(NetslimError, match=rf"step 2 \('{then['method']}'\) changes weights after '{first}' froze"):
         parse_recipe({"steps": [{"method": first}, then]})
@@ -37,8 +43,23 @@ def test_recipe_pruning_after_quantization_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "q_then_p.yaml"
     bad.write_text("steps:\n  - method: ptq_int8\n  - method: magnitude\n    sparsity: 0.5\n")
     env = {**os.environ, "NETSLIM_PROGRESS": "0", "NETSLIM_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(bad), "--model", "lenet5",
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netslim.cli",
+            "compress",
+            str(bad),
+            "--model",
+            "lenet5",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "step 2 ('magnitude')" in proc.stderr and "'ptq_int8'" in proc.stderr
     assert not (tmp_path / "run").exists()
@@ -53,8 +74,11 @@ def test_a_step_that_breaks_the_nm_pattern_fails_naming_itself(fmnist_small, tmp
     assert declared_nm(model) == {"conv2": (2, 4), "fc1": (2, 4), "fc2": (2, 4)}
     # a new, looser unstructured mask: the 2:4 zeros become trainable again (still zero: passes)
     model = apply(model, MagnitudePruneConfig(sparsity=0.3, scope="layer"), ctx)
-    with pytest.raises(NetslimError, match=r"finetune broke the 2:4 pattern of layer '(conv2|fc1|fc2)': \d+ "
-                                           r"group\(s\) of 4 inputs hold up to [34] non-zeros"):
+    with pytest.raises(
+        NetslimError,
+        match=r"finetune broke the 2:4 pattern of layer '(conv2|fc1|fc2)': \d+ "
+        r"group\(s\) of 4 inputs hold up to [34] non-zeros",
+    ):
         apply(model, FinetuneConfig(epochs=1, max_steps=2, batch_size=32, lr=0.5, select_best=False), ctx)
 
 
@@ -84,8 +108,7 @@ def test_sparsegpt_gptq_orders_store_sparse_int4(order, calib, tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny-llama").eval()
     ids = calib[:2]
-    cfg = SparseGPTQConfig(order=order, sparsity=0.5, bits=4, group_size=32, num_samples=8, seq_len=32,
-                           batch_size=4)
+    cfg = SparseGPTQConfig(order=order, sparsity=0.5, bits=4, group_size=32, num_samples=8, seq_len=32, batch_size=4)
     sparse_gptq(model, calib, cfg=cfg)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     assert len(layers) == 14  # 7 Linears x 2 blocks
@@ -122,12 +145,30 @@ def test_hqq_after_pruning_exits_2_naming_the_step(tmp_path):
     torch.manual_seed(0)
     art = netslim.save(build_model("lenet300").eval(), tmp_path / "lenet300.safetensors")
     recipe = tmp_path / "p_then_hqq.yaml"
-    recipe.write_text("dataset: fashion-mnist\nsteps:\n  - method: magnitude\n    sparsity: 0.5\n"
-                      "  - method: weight_only\n    bits: 4\n    group_size: null\n    rounding: hqq\n")
+    recipe.write_text(
+        "dataset: fashion-mnist\nsteps:\n  - method: magnitude\n    sparsity: 0.5\n"
+        "  - method: weight_only\n    bits: 4\n    group_size: null\n    rounding: hqq\n"
+    )
     env = {**os.environ, "NETSLIM_PROGRESS": "0", "NETSLIM_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(recipe), "--model", str(art),
-                           "--limit", "64", "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netslim.cli",
+            "compress",
+            str(recipe),
+            "--model",
+            str(art),
+            "--limit",
+            "64",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in proc.stderr and len(lines) <= 3, proc.stderr

@@ -1,4 +1,5 @@
 """Static int8 PTQ: BN folding exact, int8 kernels vs fake-quant emulation, accuracy, save/load."""
+
 from __future__ import annotations
 
 import copy

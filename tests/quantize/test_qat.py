@@ -1,4 +1,5 @@
 """QAT: LSQ/STE fake quant trains, converts into the PTQ int8 artifact, round-trips."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,10 @@ def test_qat_step_trains(fmnist_small, tmp_path):
     torch.manual_seed(0)
     model = build_model("lenet5")
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    cfg = QATConfig(finetune={"epochs": 1, "max_steps": 20, "lr": 0.003, "optimizer": "adamw",
-                              "select_best": False}, calibration_samples=64)
+    cfg = QATConfig(
+        finetune={"epochs": 1, "max_steps": 20, "lr": 0.003, "optimizer": "adamw", "select_best": False},
+        calibration_samples=64,
+    )
     q = apply(model, cfg, ctx)
     assert ctx.notes["qat"]["weight_bits"] == 4
     acc = fmnist_small.evaluate(q, "test")

@@ -1,4 +1,5 @@
 """Issue 21: pruned + quantized layers - sparse low-bit storage, the sparse int8 kernel, masks through quantization."""
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,9 @@ def _codes(shape, bits, keep_share, seed=0, fill_value=None):
 def _roundtrip(codes, fill, layout, bits):
     index, values, nnz = sc.encode(codes, fill, layout, bits)
     shape = tuple(codes.shape)
-    assert index.numel() == sc.index_bytes(layout, shape, nnz) and values.numel() == sc.value_bytes(layout, shape,
-                                                                                                  nnz, bits)
+    assert index.numel() == sc.index_bytes(layout, shape, nnz) and values.numel() == sc.value_bytes(
+        layout, shape, nnz, bits
+    )
     sc.check_stored("t", index, values, layout, bits, shape, nnz)
     assert torch.equal(sc.decode(index, values, fill, layout, bits, shape, nnz), codes)
     return index, values, nnz
@@ -111,12 +113,21 @@ def test_two_four_takes_the_nm_layout_with_two_bit_indices():
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 9), cols=st.integers(1, 40), bits=st.integers(2, 8), keep=st.floats(0, 1),
-       seed=st.integers(0, 2**16), per_group=st.booleans())
+@given(
+    rows=st.integers(1, 9),
+    cols=st.integers(1, 40),
+    bits=st.integers(2, 8),
+    keep=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+    per_group=st.booleans(),
+)
 def test_codec_roundtrip_property(rows, cols, bits, keep, seed, per_group):
     g = torch.Generator().manual_seed(seed)
-    fill = (torch.randint(0, 2**bits, (rows, 1), generator=g).to(torch.uint8).expand(rows, cols) if per_group
-            else torch.full((rows, cols), 2 ** (bits - 1), dtype=torch.uint8))
+    fill = (
+        torch.randint(0, 2**bits, (rows, 1), generator=g).to(torch.uint8).expand(rows, cols)
+        if per_group
+        else torch.full((rows, cols), 2 ** (bits - 1), dtype=torch.uint8)
+    )
     codes = torch.randint(0, 2**bits, (rows, cols), generator=g).to(torch.uint8)
     codes = torch.where(torch.rand(rows, cols, generator=g) < keep, codes, fill)
     _roundtrip(codes, fill, sc.Layout("mask"), bits)
@@ -311,15 +322,24 @@ def test_qat_with_masks_keeps_sparsity_exact():
         assert int((layer.int_weight() != 0).sum()) <= int(keep.sum())
 
 
-@pytest.mark.parametrize("prune", [{"sparsity": 0.6, "schedule": "cubic", "frequency": 1, "end_fraction": 0.5},
-                                   {"sparsity": 0.6, "schedule": "oneshot", "at": 0.5},
-                                   {"sparsity": 0.6, "schedule": "oneshot", "at": 1.0}])
+@pytest.mark.parametrize(
+    "prune",
+    [
+        {"sparsity": 0.6, "schedule": "cubic", "frequency": 1, "end_fraction": 0.5},
+        {"sparsity": 0.6, "schedule": "oneshot", "at": 0.5},
+        {"sparsity": 0.6, "schedule": "oneshot", "at": 1.0},
+    ],
+)
 def test_qat_prune_orders_reach_the_sparsity(prune, fmnist_small, tmp_path):
     from netslim.quantize.qat import QATConfig
 
     torch.manual_seed(0)
-    cfg = QATConfig(weight_bits=4, prune=prune, calibration_samples=32,
-                    finetune={"epochs": 1, "max_steps": 4, "batch_size": 16, "select_best": False})
+    cfg = QATConfig(
+        weight_bits=4,
+        prune=prune,
+        calibration_samples=32,
+        finetune={"epochs": 1, "max_steps": 4, "batch_size": 16, "select_best": False},
+    )
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
     q = apply(build_model("lenet5"), cfg, ctx)
     assert ctx.notes["qat"]["prune_events"]
@@ -330,10 +350,13 @@ def test_qat_prune_orders_reach_the_sparsity(prune, fmnist_small, tmp_path):
 
 # ------------------------------------------------------------------------------- kernel
 KERNEL_CASES = [  # (kind, shape args, sparsity or "2:4", stride, padding, dilation)
-    ("linear", (1, 30, 7), 0.8, 1, 0, 1), ("linear", (1, 300, 9), 0.3, 1, 0, 1),  # batch 1: gathered quads
+    ("linear", (1, 30, 7), 0.8, 1, 0, 1),
+    ("linear", (1, 300, 9), 0.3, 1, 0, 1),  # batch 1: gathered quads
     ("linear", (64, 100, 33), 0.5, 1, 0, 1),
-    ("linear", (5, 64, 16), "2:4", 1, 0, 1), ("conv", (2, 16, 9, 9, 5, 3), 0.7, 1, 1, 1),
-    ("conv", (3, 5, 8, 7, 4, 3), 0.9, 2, 1, 1), ("conv", (2, 8, 10, 10, 3, 3), "2:4", 1, 2, 2),
+    ("linear", (5, 64, 16), "2:4", 1, 0, 1),
+    ("conv", (2, 16, 9, 9, 5, 3), 0.7, 1, 1, 1),
+    ("conv", (3, 5, 8, 7, 4, 3), 0.9, 2, 1, 1),
+    ("conv", (2, 8, 10, 10, 3, 3), "2:4", 1, 2, 2),
     ("conv", (1, 8, 6, 6, 3, 1), 0.5, 2, 0, 1),
 ]
 
@@ -356,16 +379,22 @@ def _check_kernel_exact(case, seed=0):
         w = _int_weight((r, k), sparsity, seed)
         x = torch.randint(0, 256, (b, k), generator=g).to(torch.uint8)
         rq = sparse_int8.Requant(0.1, 7, torch.rand(r) + 0.1, torch.randn(r))
-        got = sparse_int8.linear(torch._make_per_tensor_quantized_tensor(x, 0.1, 7), sparse_int8.prepare_linear(w),
-                                 rq, "int32")
+        got = sparse_int8.linear(
+            torch._make_per_tensor_quantized_tensor(x, 0.1, 7), sparse_int8.prepare_linear(w), rq, "int32"
+        )
         assert torch.equal(got.long(), (x.long() - 7) @ w.long().T)
         return
     b, c, h, wd, o, k = dims
     w = _int_weight((o, c, k, k), sparsity, seed)
     x = torch.randint(0, 256, (b, c, h, wd), generator=g).to(torch.uint8).contiguous(memory_format=torch.channels_last)
     rq = sparse_int8.Requant(0.1, 9, torch.rand(o) + 0.1, torch.randn(o))
-    got = sparse_int8.conv2d(torch._make_per_tensor_quantized_tensor(x, 0.1, 9), sparse_int8.prepare_conv(w), rq,
-                             sparse_int8.ConvGeometry(stride, (pad, pad), dil), "int32")
+    got = sparse_int8.conv2d(
+        torch._make_per_tensor_quantized_tensor(x, 0.1, 9),
+        sparse_int8.prepare_conv(w),
+        rq,
+        sparse_int8.ConvGeometry(stride, (pad, pad), dil),
+        "int32",
+    )
     ref = F.conv2d(x.double() - 9, w.double(), stride=stride, padding=pad, dilation=dil)
     assert torch.equal(got.double(), ref)
 
@@ -383,8 +412,12 @@ def test_portable_kernel_without_vnni_is_exact(tmp_path, monkeypatch):
         pytest.skip("no gcc")
     out = tmp_path / "portable.so"
     src = sparse_int8._SOURCE
-    subprocess.run([cc, "-O2", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-mno-avx512vnni", "-o", str(out),
-                    str(src)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [cc, "-O2", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-mno-avx512vnni", "-o", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     monkeypatch.setattr(sparse_int8, "_lib", lambda: sparse_int8.bind(ctypes.CDLL(str(out))))
     for case in KERNEL_CASES:
         _check_kernel_exact(case, seed=5)
@@ -411,8 +444,11 @@ def test_sparse_kernel_layers_match_the_dense_int8_layers():
     q = ptq_int8(model, X)
     ref = q(X)
     inputs = {}
-    hooks = [mod.register_forward_pre_hook(lambda mod, inp, n=n: inputs.__setitem__(n, inp[0]))
-             for n, mod in q.named_modules() if isinstance(mod, (Int8Conv2d, Int8Linear))]
+    hooks = [
+        mod.register_forward_pre_hook(lambda mod, inp, n=n: inputs.__setitem__(n, inp[0]))
+        for n, mod in q.named_modules()
+        if isinstance(mod, (Int8Conv2d, Int8Linear))
+    ]
     q(X)
     for h in hooks:
         h.remove()

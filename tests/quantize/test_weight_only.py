@@ -1,4 +1,5 @@
 """Packed weight-only int8/int4/int2: packing, module oracle, HQQ, save/load and file size."""
+
 from __future__ import annotations
 
 import pytest
@@ -155,8 +156,10 @@ def test_second_weight_only_step_converts_only_float_layers():
     ids = torch.arange(50)
     step = table.abs().amax(dim=1, keepdim=True) / 127
     assert ((model[0](ids) - table).abs() <= step / 2 + 1e-6).all()
-    steps = [{"method": "weight_only", "bits": 4, "group_size": 32},
-             {"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True}]
+    steps = [
+        {"method": "weight_only", "bits": 4, "group_size": 32},
+        {"method": "weight_only", "bits": 8, "group_size": None, "embeddings": True},
+    ]
     assert len(parse_recipe({"name": "r", "steps": steps}).steps) == 2
     with pytest.raises(NetslimError, match="changes weights after 'weight_only' froze them"):
         parse_recipe({"name": "r", "steps": [steps[0], {"method": "finetune", "epochs": 1}]})

@@ -1,5 +1,6 @@
 """The output directory of a run: unusable paths, the lock (two processes), another run's
 state, corrupt state on resume, and resume with changed inputs (refused unless force)."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,9 @@ def test_a_locked_out_fails_at_once_and_a_dead_runs_lock_does_not_block(model_pa
             print("locked", flush=True)
             time.sleep(120)
     """)
-    child = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         t0 = time.perf_counter()
@@ -104,11 +106,11 @@ def test_a_fresh_run_refuses_another_runs_out_unless_force(model_path, finished,
 
 
 CORRUPT = {
-    "not_json": b"{\"recipe\": ",
+    "not_json": b'{"recipe": ',
     "binary": bytes(range(256)),
     "a_list": b"[]",
     "no_steps": json.dumps({"recipe": RECIPE.to_dict(), "model_ref": "m", "baseline": {}, "skipped": []}).encode(),
-    "bad_step": None,        # filled from the finished run's state below
+    "bad_step": None,  # filled from the finished run's state below
     "empty_baseline": None,
     "escaping_checkpoint": None,
     "missing_checkpoint": None,
@@ -119,10 +121,13 @@ CORRUPT = {
 def _corrupt(name: str, state: dict) -> bytes:
     if CORRUPT[name] is not None:
         return CORRUPT[name]
-    changed = {"bad_step": {"steps": ["evaluate"]}, "empty_baseline": {"baseline": {}},
-               "escaping_checkpoint": {"checkpoint": "../../../../../../etc/hostname"},
-               "missing_checkpoint": {"checkpoint": "checkpoints/gone.safetensors"},
-               "other_steps": {"steps": [{**state["steps"][0], "method": "export"}]}}[name]
+    changed = {
+        "bad_step": {"steps": ["evaluate"]},
+        "empty_baseline": {"baseline": {}},
+        "escaping_checkpoint": {"checkpoint": "../../../../../../etc/hostname"},
+        "missing_checkpoint": {"checkpoint": "checkpoints/gone.safetensors"},
+        "other_steps": {"steps": [{**state["steps"][0], "method": "export"}]},
+    }[name]
     return json.dumps({**state, **changed}).encode()
 
 
@@ -131,8 +136,11 @@ def _corrupt(name: str, state: dict) -> bytes:
 def test_resume_from_a_corrupt_state_is_a_clear_error(model_path, finished, tmp_path, name, force):
     out = copy_of(finished, tmp_path)
     (out / STATE).write_bytes(_corrupt(name, json.loads((finished / STATE).read_text())))
-    with pytest.raises(NetslimError, match=rf"Cannot resume: {out / STATE} is unreadable or corrupt \(.+\); start "
-                                           "a fresh run with --force"):
+    with pytest.raises(
+        NetslimError,
+        match=rf"Cannot resume: {out / STATE} is unreadable or corrupt \(.+\); start "
+        "a fresh run with --force",
+    ):
         run(out, model_path, resume=True, force=force)
 
 

@@ -1,5 +1,6 @@
 """Recipes are package data: a built wheel ships every recipe, and an installed copy (outside
 the repository, no NETSLIM_RECIPES) finds and lists them, technique recipes as "any (--model)"."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,23 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     dist = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", dist, src], cwd=dist, env=_clean_env())
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            dist,
+            src,
+        ],
+        cwd=dist,
+        env=_clean_env(),
+    )
     (whl,) = dist.glob("netslim-*.whl")
     return whl
 
@@ -47,8 +63,11 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def site(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", target, wheel],
-         cwd=target, env=_clean_env())
+    _run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", target, wheel],
+        cwd=target,
+        env=_clean_env(),
+    )
     return target
 
 
@@ -56,8 +75,9 @@ def site(wheel, tmp_path_factory) -> Path:
 def listing(site, tmp_path_factory) -> str:
     """`python -m netslim.cli recipes` of the installed copy, run outside the repository."""
     cwd = tmp_path_factory.mktemp("elsewhere")
-    return _run([sys.executable, "-m", "netslim.cli", "recipes"], cwd=cwd,
-                env=_clean_env(PYTHONPATH=str(site), COLUMNS="200")).stdout
+    return _run(
+        [sys.executable, "-m", "netslim.cli", "recipes"], cwd=cwd, env=_clean_env(PYTHONPATH=str(site), COLUMNS="200")
+    ).stdout
 
 
 def test_the_repository_recipes_link_points_at_the_package_data():
@@ -73,8 +93,10 @@ def test_the_wheel_ships_every_recipe(wheel):
 
 
 def test_an_installed_copy_finds_its_recipes(site, tmp_path):
-    code = ("import netslim.cli as c; d = c.recipes_dir(); print(d.resolve()); "
-            "print(' '.join(sorted(p.name for p in d.glob('*.yaml'))))")
+    code = (
+        "import netslim.cli as c; d = c.recipes_dir(); print(d.resolve()); "
+        "print(' '.join(sorted(p.name for p in d.glob('*.yaml'))))"
+    )
     out = _run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(PYTHONPATH=str(site))).stdout
     where, listed = out.strip().splitlines()[-2:]
     assert Path(where).is_relative_to(site.resolve()), where

@@ -1,6 +1,7 @@
 """Recipe preflight: every problem knowable from the recipe, the model and the task is one
 NetslimError before any step runs (no forward pass, no training, weights untouched); every
 shipped recipe passes on the models it is for."""
+
 from __future__ import annotations
 
 import functools
@@ -43,6 +44,7 @@ class ImageTask:
 
 def _untouchable(model: nn.Module) -> nn.Module:
     """Any forward pass raises: preflight of the steps below needs none."""
+
     def refuse(module, args):
         raise AssertionError("preflight must not run the model")
 
@@ -80,11 +82,17 @@ def test_bad_regex_and_unmatched_selectors_name_step_field_and_modules(lenet300)
     # a regex that does not compile is refused with the recipe itself (netslim.core.selectors.Selector)
     with pytest.raises(NetslimError) as err:
         _recipe({"method": "magnitude", "sparsity": 0.5, "include": ["re:fc(1"]})
-    assert "step 1 (method 'magnitude'): field 'include' value error, selector 're:fc(1' is not a valid " \
-           "regular expression" in str(err.value)
-    msg = _fails(lenet300, ImageTask(), {"method": "magnitude", "sparsity": 0.5, "include": ["fc1"]},
-                 {"method": "finetune", "epochs": 1},
-                 {"method": "nm", "exclude": ["fc9"]})
+    assert (
+        "step 1 (method 'magnitude'): field 'include' value error, selector 're:fc(1' is not a valid "
+        "regular expression" in str(err.value)
+    )
+    msg = _fails(
+        lenet300,
+        ImageTask(),
+        {"method": "magnitude", "sparsity": 0.5, "include": ["fc1"]},
+        {"method": "finetune", "epochs": 1},
+        {"method": "nm", "exclude": ["fc9"]},
+    )
     assert "step 3 (nm): field 'exclude': selector 'fc9' matches no module of LeNet300" in msg
     assert "fc1, fc2, fc3" in msg
 
@@ -123,19 +131,32 @@ def test_oneshot_nm_needs_every_layer_divisible(lenet300):
 
 
 # ----------------------------------------------------------------------------- schedules
-@pytest.mark.parametrize("step, words", [  # 429 steps per epoch at batch size 128
-    ({"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000, "end_step": 6000},
-     "'end_step' parameter of GradualConfig must be < the number of training steps (429)"),
-    ({"method": "gradual", "finetune": {"epochs": 1}, "start_step": 400, "frequency": 100},
-     "'start_step' parameter of GradualConfig must be at least 'frequency' (100) steps before the end of the "
-     "schedule (step 321)"),
-    ({"method": "rigl", "finetune": {"epochs": 1}, "end_step": 10_000},
-     "'end_step' parameter of RigLConfig must be <= the number of training steps (429)"),
-    ({"method": "movement", "finetune": {"epochs": 1}, "end_step": 500},
-     "'end_step' parameter of MovementConfig must be < the number of training steps (429)"),
-    ({"method": "lottery", "finetune": {"epochs": 1}, "rewind_step": 430},
-     "'rewind_step' parameter of LotteryConfig must be < the steps of one training run (429)"),
-])
+@pytest.mark.parametrize(
+    "step, words",
+    [  # 429 steps per epoch at batch size 128
+        (
+            {"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000, "end_step": 6000},
+            "'end_step' parameter of GradualConfig must be < the number of training steps (429)",
+        ),
+        (
+            {"method": "gradual", "finetune": {"epochs": 1}, "start_step": 400, "frequency": 100},
+            "'start_step' parameter of GradualConfig must be at least 'frequency' (100) steps before the end of the "
+            "schedule (step 321)",
+        ),
+        (
+            {"method": "rigl", "finetune": {"epochs": 1}, "end_step": 10_000},
+            "'end_step' parameter of RigLConfig must be <= the number of training steps (429)",
+        ),
+        (
+            {"method": "movement", "finetune": {"epochs": 1}, "end_step": 500},
+            "'end_step' parameter of MovementConfig must be < the number of training steps (429)",
+        ),
+        (
+            {"method": "lottery", "finetune": {"epochs": 1}, "rewind_step": 430},
+            "'rewind_step' parameter of LotteryConfig must be < the steps of one training run (429)",
+        ),
+    ],
+)
 def test_schedules_must_lie_within_their_run(lenet300, step, words):
     msg = _fails(lenet300, ImageTask(), {"method": "magnitude", "sparsity": 0.5}, step)
     assert f"step 2 ({step['method']}): The {words}" in msg
@@ -158,8 +179,16 @@ def test_gptq_w4g128_on_tiny_llama_skips_the_64_wide_layers_like_the_run():
     recipe = load_recipe(recipes_dir() / "gptq_w4g128.yaml")
     assert recipe.steps[0].preflight(model, task) == [
         {"name": f"model.layers.{i}.{p}", "reason": "group_size 128 does not divide its 64 input features"}
-        for i in range(2) for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                    "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj")]
+        for i in range(2)
+        for p in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+        )
+    ]
     msg = _fails(model, task, {"method": "gptq", "group_size": 256})
     assert "fits no selected layer" in msg and "group_size 64 (divides every width)" in msg
 
@@ -169,13 +198,21 @@ def test_pruning_after_weight_sharing_names_the_share_step(lenet300):
     msg = _fails(lenet300, ImageTask(), {"method": "share", "bits": 4}, {"method": "magnitude", "sparsity": 0.5})
     assert "step 2 (magnitude): changes the weights of layers that step 1 (share) froze" in msg
     assert "shared-weight layers" in msg and "no prunable layers" not in msg
-    check_recipe(_recipe({"method": "share", "bits": 4}, {"method": "finetune", "epochs": 1}, {"method": "export"}),
-                 lenet300, ImageTask())  # training the centroids is fine
+    check_recipe(
+        _recipe({"method": "share", "bits": 4}, {"method": "finetune", "epochs": 1}, {"method": "export"}),
+        lenet300,
+        ImageTask(),
+    )  # training the centroids is fine
 
 
 def test_all_problems_of_a_recipe_in_one_error(lenet300):
-    msg = _fails(lenet300, ImageTask(), {"method": "nm", "include": "fc9"},
-                 {"method": "share", "bits": 4}, {"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000})
+    msg = _fails(
+        lenet300,
+        ImageTask(),
+        {"method": "nm", "include": "fc9"},
+        {"method": "share", "bits": 4},
+        {"method": "gradual", "finetune": {"epochs": 1}, "start_step": 5000},
+    )
     assert msg.count("\n  step ") == 2 and "step 1 (nm)" in msg and "step 3 (gradual)" in msg
 
 
@@ -195,8 +232,13 @@ def test_oneshot_llm_methods_on_an_encoder_name_the_supported_families():
 
 
 def test_structured_steps_with_nothing_to_prune_are_skips_not_errors(lenet300):
-    check_recipe(_recipe({"method": "heads", "ratio": 0.5}, {"method": "ffn", "ratio": 0.5},
-                         {"method": "channels", "ratio": 0.5}), lenet300, ImageTask())
+    check_recipe(
+        _recipe(
+            {"method": "heads", "ratio": 0.5}, {"method": "ffn", "ratio": 0.5}, {"method": "channels", "ratio": 0.5}
+        ),
+        lenet300,
+        ImageTask(),
+    )
     model, task = _tiny("tiny-bert")
     check_recipe(_recipe({"method": "channels", "ratio": 0.5}), model, task)
 
@@ -204,7 +246,8 @@ def test_structured_steps_with_nothing_to_prune_are_skips_not_errors(lenet300):
 def test_layers_choices_are_checked_before_work():
     model, task = _tiny("tiny-llama")
     assert "'count' parameter of drop_layers must be an int in [1, 1]" in _fails(
-        model, task, {"method": "layers", "count": 4})
+        model, task, {"method": "layers", "count": 4}
+    )
     assert "'names' parameter of layers" in _fails(model, task, {"method": "layers", "names": ["model.layers.0"]})
     resnet = netslim.build_model("resnet20")
     calls = []
@@ -224,11 +267,19 @@ def test_unknown_distill_student(lenet300):
 def test_after_a_step_that_rewrites_modules_only_model_free_checks_run(lenet300):
     # svd replaces layers: a later selector may name the new modules, so it is not resolved
     # against the original model; a regex that does not compile is still an error (of the recipe itself).
-    check_recipe(_recipe({"method": "svd", "select": "rank", "rank": 8}, {"method": "magnitude", "sparsity": 0.5,
-                                                                         "include": ["fc1.*"]}), lenet300, ImageTask())
+    check_recipe(
+        _recipe(
+            {"method": "svd", "select": "rank", "rank": 8},
+            {"method": "magnitude", "sparsity": 0.5, "include": ["fc1.*"]},
+        ),
+        lenet300,
+        ImageTask(),
+    )
     with pytest.raises(NetslimError, match=r"step 2 \(method 'magnitude'\): field 'include'"):
-        _recipe({"method": "svd", "select": "rank", "rank": 8}, {"method": "magnitude", "sparsity": 0.5,
-                                                                 "include": ["re:("]})
+        _recipe(
+            {"method": "svd", "select": "rank", "rank": 8},
+            {"method": "magnitude", "sparsity": 0.5, "include": ["re:("]},
+        )
 
 
 # ------------------------------------------------------------------- shipped recipes pass
@@ -236,20 +287,31 @@ def _smollm2_shape() -> nn.Module:
     """SmolLM2-135M's architecture on the meta device (no weights read: preflight needs shapes)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
     with torch.device("meta"):
         return LlamaForCausalLM(cfg)
 
 
 TARGETS = {  # technique recipes (no model:) on the models they are written for
-    "channels_50_int8": ["lenet5", "resnet20"], "gptq_w4g128": ["tiny-llama"],
-    "heads_ffn_distill": ["tiny-bert", "tiny-llama"], "int8_dynamic": ["tiny-bert", "tiny-gpt2", "lenet300"],
-    "sparsegpt_50": ["tiny-llama", "tiny-gpt2"], "wanda_50": ["tiny-llama", "tiny-gpt2"],
+    "channels_50_int8": ["lenet5", "resnet20"],
+    "gptq_w4g128": ["tiny-llama"],
+    "heads_ffn_distill": ["tiny-bert", "tiny-llama"],
+    "int8_dynamic": ["tiny-bert", "tiny-gpt2", "lenet300"],
+    "sparsegpt_50": ["tiny-llama", "tiny-gpt2"],
+    "wanda_50": ["tiny-llama", "tiny-gpt2"],
 }
-CASES = [(p.stem, m) for p in sorted(recipes_dir().glob("*.yaml"))
-         for m in TARGETS.get(p.stem) or [load_recipe(p).model]]
+CASES = [
+    (p.stem, m) for p in sorted(recipes_dir().glob("*.yaml")) for m in TARGETS.get(p.stem) or [load_recipe(p).model]
+]
 
 
 @functools.cache

@@ -14,8 +14,13 @@ def _write(tmp_path, text):
 
 
 def test_parse_valid_recipe_round_trips(tmp_path):
-    r = load_recipe(_write(tmp_path, "name: x\nmodel: lenet300\nsteps:\n  - method: finetune\n    epochs: 1\n"
-                                     "  - method: evaluate\n    split: val\n  - method: export\n"))
+    r = load_recipe(
+        _write(
+            tmp_path,
+            "name: x\nmodel: lenet300\nsteps:\n  - method: finetune\n    epochs: 1\n"
+            "  - method: evaluate\n    split: val\n  - method: export\n",
+        )
+    )
     assert [s.method for s in r.steps] == ["finetune", "evaluate", "export"]
     assert parse_recipe(yaml.safe_load(yaml.safe_dump(r.to_dict()))) == r
 
@@ -85,5 +90,7 @@ def test_masked_sparse_recipes_bake_masks_before_export():
     # Recipes that train with masks must bake them (`sparsify`) before timing and export:
     # a parametrized model runs weight * mask on every call and times slower than dense.
     for name in ("rigl_lenet300_90", "lottery_lenet300", "nm24_resnet20", "prune_lenet300_95"):
-        methods = [s.method for s in load_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml").steps]
+        methods = [
+            s.method for s in load_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml").steps
+        ]
         assert "sparsify" in methods and methods.index("sparsify") < methods.index("export"), name

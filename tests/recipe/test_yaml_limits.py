@@ -1,5 +1,6 @@
 """Hostile and broken recipe files: one NetslimError each, fast, in bounded memory, with a
 capped message; and the same caps on every echoed value (errors.shown)."""
+
 from __future__ import annotations
 
 import json
@@ -27,30 +28,38 @@ def laughs(levels: int = 9, width: int = 9) -> str:
 
 HOSTILE = {  # name -> (file content, pattern of the one error)
     "billion_laughs": (laughs(), rf"expands to more than {MAX_YAML_VALUES:,} values"),
-    "merge_key_bomb": ("a0: &a0 {x: 1, y: 2}\n" + "".join(
-        f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}], k{i}: 1}}\n" for i in range(1, 30)) + OK_STEPS,
-        "expands to more than"),
+    "merge_key_bomb": (
+        "a0: &a0 {x: 1, y: 2}\n"
+        + "".join(f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}], k{i}: 1}}\n" for i in range(1, 30))
+        + OK_STEPS,
+        "expands to more than",
+    ),
     "recursive_alias": ("a: &a [1, *a]\n" + OK_STEPS, "recursive YAML alias"),
     "deep_flow": ("[" * 200_000 + "]" * 200_000, f"nested more than {MAX_YAML_DEPTH} levels"),
     "deep_block": ("".join(" " * i + f"k{i}:\n" for i in range(200)), "nested more than"),
     "flat_list": ("x: [" + ", ".join(["1"] * 200_000) + "]\n" + OK_STEPS, "expands to more than"),
     "long_int": ("seed: " + "9" * 100_000 + "\n" + OK_STEPS, r"a number of 100,000 characters \(at most 100\)"),
     "sexagesimal_int": ("seed: 1" + ":59" * 100_000 + "\n" + OK_STEPS, "a number of"),
-    "duplicate_key": ("name: a\nsteps:\n  - method: evaluate\nname: b\n",
-                      r"at line 4: duplicate key 'name' \(first given at line 1\)"),
-    "duplicate_key_in_step": ("steps:\n  - method: finetune\n    epochs: 1\n    epochs: 2\n",
-                              r"at line 4: duplicate key 'epochs' \(first given at line 3\)"),
+    "duplicate_key": (
+        "name: a\nsteps:\n  - method: evaluate\nname: b\n",
+        r"at line 4: duplicate key 'name' \(first given at line 1\)",
+    ),
+    "duplicate_key_in_step": (
+        "steps:\n  - method: finetune\n    epochs: 1\n    epochs: 2\n",
+        r"at line 4: duplicate key 'epochs' \(first given at line 3\)",
+    ),
     "duplicate_flow_key": ("steps: [{method: evaluate, method: export}]\n", "duplicate key 'method'"),
     "huge_string_echoed": ("name: [" + "x" * 900_000 + "]\n" + OK_STEPS, r"field 'name'.*\(900,000 chars\)"),
     "huge_unknown_key": ("? " + "k" * 500_000 + "\n: 1\n" + OK_STEPS, r"field 'kkkk.*\(500,000 chars\)"),
-    "huge_step_value": ("steps:\n  - method: finetune\n    lr: [" + ", ".join(["x" * 50] * 5000) + "]\n",
-                        r"'lr'.*\(5,000 items\)"),
+    "huge_step_value": (
+        "steps:\n  - method: finetune\n    lr: [" + ", ".join(["x" * 50] * 5000) + "]\n",
+        r"'lr'.*\(5,000 items\)",
+    ),
     "c1_control": ("name: a\x85b\x86\n" + OK_STEPS, r"is not YAML text: character U\+0086"),
 }
 
 BINARY = {  # name -> (bytes, pattern)
-    "latin1": ("name: café\n".encode("latin-1") + OK_STEPS.encode(),
-               r"is not UTF-8 text \(byte 0xe9 at offset 9\)"),
+    "latin1": ("name: café\n".encode("latin-1") + OK_STEPS.encode(), r"is not UTF-8 text \(byte 0xe9 at offset 9\)"),
     "utf16_bom": (("name: x\n" + OK_STEPS).encode("utf-16"), r"is not UTF-8 text \(byte 0xff at offset 0\)"),
     "utf16le_no_bom": (("name: x\n" + OK_STEPS).encode("utf-16-le"), r"is not UTF-8 text \(byte 0x00 at offset 1\)"),
     "binary": (bytes(range(256)) * 4, r"is not UTF-8 text \(byte 0x00 at offset 0\)"),
@@ -83,13 +92,16 @@ def test_files_that_are_not_utf8_text_say_so(tmp_path, name):
 
 def test_a_utf8_bom_anchors_and_merge_keys_within_budget_are_fine(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_bytes(b"\xef\xbb\xbf" + textwrap.dedent("""\
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + textwrap.dedent("""\
         name: caf\u00e9
         steps:
           - &tune {method: finetune, epochs: 1, max_steps: 2}
           - {<<: *tune, epochs: 2}
           - *tune
-    """).encode("utf-8"))
+    """).encode("utf-8")
+    )
     recipe = load_recipe(path)
     assert recipe.name == "caf\u00e9"
     assert [(s.method, s.epochs) for s in recipe.steps] == [("finetune", 1), ("finetune", 2), ("finetune", 1)]
@@ -120,8 +132,13 @@ def test_rejected_hostile_yaml_stays_within_200_mb_and_1_s(tmp_path):
         out["grew_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         print(json.dumps(out))
     """)
-    proc = subprocess.run([sys.executable, "-c", child, *map(str, files)], capture_output=True, text=True,
-                          timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", child, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res.pop("grew_kb") < 200 * 1024
@@ -156,18 +173,21 @@ def test_messages_from_configs_and_names_are_capped():
 
 
 # --------------------------------------------------------- values that could run forever
-@pytest.mark.parametrize("recipe, pattern", [
-    ({"data": {"limit": -5}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got -5"),
-    ({"data": {"limit": 2**31}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 2147483648"),
-    ({"data": {"limit": 0}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 0"),
-    ({"data": {"limit": "all"}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 'all'"),
-    ({"data": {"limit": True}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got True"),
-    ({"steps": [{"method": "finetune", "epochs": 10**12}]}, r"'epochs'.*less than or equal to 10000"),
-    ({"steps": [{"method": "train", "max_steps": 10**12}]}, r"'max_steps'.*less than or equal to"),
-    ({"steps": [{"method": "finetune", "warmup_epochs": 1e9}]}, r"'warmup_epochs'.*less than or equal to"),
-    ({"seed": 10**30}, r"'seed'.*less than or equal to"),
-    ({"measure": {"repeats": 10**9}}, r"'measure.repeats'.*less than or equal to 10000"),
-])
+@pytest.mark.parametrize(
+    "recipe, pattern",
+    [
+        ({"data": {"limit": -5}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got -5"),
+        ({"data": {"limit": 2**31}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 2147483648"),
+        ({"data": {"limit": 0}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 0"),
+        ({"data": {"limit": "all"}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got 'all'"),
+        ({"data": {"limit": True}}, r"'limit' must be an int in \[1, 2,147,483,647\].*got True"),
+        ({"steps": [{"method": "finetune", "epochs": 10**12}]}, r"'epochs'.*less than or equal to 10000"),
+        ({"steps": [{"method": "train", "max_steps": 10**12}]}, r"'max_steps'.*less than or equal to"),
+        ({"steps": [{"method": "finetune", "warmup_epochs": 1e9}]}, r"'warmup_epochs'.*less than or equal to"),
+        ({"seed": 10**30}, r"'seed'.*less than or equal to"),
+        ({"measure": {"repeats": 10**9}}, r"'measure.repeats'.*less than or equal to 10000"),
+    ],
+)
 def test_counts_that_could_run_forever_are_rejected(recipe, pattern):
     with pytest.raises(NetslimError, match=pattern):
         parse_recipe({"steps": [{"method": "evaluate"}], **recipe})

@@ -1,4 +1,5 @@
 """Reports tell the truth: stored figures, readable plots, a self-contained HTML, latency spread."""
+
 import base64
 import json
 import re
@@ -85,16 +86,44 @@ def test_every_latency_has_its_spread(sparse_run):
 
 
 def _report(layers, baseline_ms=1.0, final_ms=1.0, iqr=0.01):
-    block = lambda ms, size: {"accuracy": 0.9, "params": 10, "nonzero": 10, "macs": 10, "size_bytes": size,  # noqa: E731
-                              "latency_ms_b1": ms, "latency_ms_b1_iqr": iqr * ms, "latency_ms_bN": ms,
-                              "latency_ms_bN_iqr": iqr * ms, "batch_N": 8}
-    return {"recipe": "r", "model": "m", "dataset": "d", "metric": "accuracy", "artifact": "/x/model.nsz",
-            "baseline": block(baseline_ms, 4000), "final": block(final_ms, 1000), "layers": layers, "skipped": [],
-            "steps": [{"method": "magnitude", "seconds": 1.0, "metrics": block(final_ms, 5000)}]}
+    block = lambda ms, size: {
+        "accuracy": 0.9,
+        "params": 10,
+        "nonzero": 10,
+        "macs": 10,
+        "size_bytes": size,  # noqa: E731
+        "latency_ms_b1": ms,
+        "latency_ms_b1_iqr": iqr * ms,
+        "latency_ms_bN": ms,
+        "latency_ms_bN_iqr": iqr * ms,
+        "batch_N": 8,
+    }
+    return {
+        "recipe": "r",
+        "model": "m",
+        "dataset": "d",
+        "metric": "accuracy",
+        "artifact": "/x/model.nsz",
+        "baseline": block(baseline_ms, 4000),
+        "final": block(final_ms, 1000),
+        "layers": layers,
+        "skipped": [],
+        "steps": [{"method": "magnitude", "seconds": 1.0, "metrics": block(final_ms, 5000)}],
+    }
 
 
-LAYER = {"name": "fc", "type": "Linear", "shape": [4, 4], "params": 20, "nonzero": 20, "bits": 32.0, "macs": 16,
-         "kind": "dense fp32", "sparsity": 0.0, "stored_bytes": 80}
+LAYER = {
+    "name": "fc",
+    "type": "Linear",
+    "shape": [4, 4],
+    "params": 20,
+    "nonzero": 20,
+    "bits": 32.0,
+    "macs": 16,
+    "kind": "dense fp32",
+    "sparsity": 0.0,
+    "stored_bytes": 80,
+}
 
 
 @pytest.mark.parametrize("final_ms, iqr, warned", [(1.1, 0.05, False), (900.0, 0.05, True), (1.1, 0.4, True)])
@@ -114,12 +143,19 @@ def _layers(names, type_="Linear"):
     return [{**LAYER, "name": n, "type": type_, "stored_bytes": 80 + i} for i, n in enumerate(names)]
 
 
-@pytest.mark.parametrize("names, rule, groups", [
-    ([f"fc{i}" for i in range(6)], "per layer", 6),
-    ([f"model.layers.{b}.{p}" for b in range(30) for p in ("q", "k", "v", "o", "up", "gate", "down", "n1", "n2")]
-     + ["model.embed_tokens", "model.norm", "lm_head"], "per block", 33),
-    ([str(i) for i in range(300)], "per module type", 1),
-])
+@pytest.mark.parametrize(
+    "names, rule, groups",
+    [
+        ([f"fc{i}" for i in range(6)], "per layer", 6),
+        (
+            [f"model.layers.{b}.{p}" for b in range(30) for p in ("q", "k", "v", "o", "up", "gate", "down", "n1", "n2")]
+            + ["model.embed_tokens", "model.norm", "lm_head"],
+            "per block",
+            33,
+        ),
+        ([str(i) for i in range(300)], "per module type", 1),
+    ],
+)
 def test_plots_stay_readable(tmp_path, names, rule, groups):
     layers = _layers(names)
     got_rule, got = layer_groups(layers)
@@ -130,8 +166,10 @@ def test_plots_stay_readable(tmp_path, names, rule, groups):
 
 
 def test_group_sparsity_and_bits_are_weighted_by_weights():
-    layers = [{**LAYER, "name": "b.0.x", "shape": [10, 10], "sparsity": 0.9, "bits": 4.0},
-              {**LAYER, "name": "b.0.y", "shape": [30, 10], "sparsity": 0.1, "bits": 8.0}]
+    layers = [
+        {**LAYER, "name": "b.0.x", "shape": [10, 10], "sparsity": 0.9, "bits": 4.0},
+        {**LAYER, "name": "b.0.y", "shape": [30, 10], "sparsity": 0.1, "bits": 8.0},
+    ]
     layers += _layers([f"l{i}" for i in range(MAX_BARS - 1)])  # 41 layers: aggregated per block
     _, groups = layer_groups(layers)
     block = next(g for g in groups if g["name"] == "b.0")
@@ -146,7 +184,7 @@ def test_tradeoff_labels_do_not_overlap():
     boxes = [t.get_window_extent(renderer) for t in texts]
     assert sorted(int(n) for t in texts for n in t.get_text().split(",")) == list(range(len(points)))
     for i, a in enumerate(boxes):
-        assert not any(a.overlaps(b) for b in boxes[i + 1:])
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
     assert len(ax.get_legend().get_texts()) == len(points)
     assert fig.get_size_inches()[0] <= MAX_WIDTH_IN
     plt.close(fig)
@@ -162,5 +200,8 @@ def test_int4_report_counts_elements_and_stored_bytes(tmp_path):
     assert kinds["packed int4"]["stored_bytes"] == sum(r["stored_bytes"] for r in rep["layers"])
     q = [m for m in result.model.modules() if hasattr(m, "weight_packed")]
     assert kinds["packed int4"]["stored_bytes"] == sum(
-        t.numel() * t.element_size() for m in q for t in (m.weight_packed, m.scales, m.zeros, m.bias))
-    assert re.search(r"\| 0 \| QuantizedLinear \| packed int4 \| 64x20 \| 1,344 \|", (tmp_path / "report.md").read_text())
+        t.numel() * t.element_size() for m in q for t in (m.weight_packed, m.scales, m.zeros, m.bias)
+    )
+    assert re.search(
+        r"\| 0 \| QuantizedLinear \| packed int4 \| 64x20 \| 1,344 \|", (tmp_path / "report.md").read_text()
+    )

@@ -93,7 +93,8 @@ def test_knapsack_equals_mixed_precision_allocation_oracle():
         budget = avg * sum(sizes.values())
         got = knapsack(opts, int(budget), resolution=int(budget) + 1)
         assert sum(sens[n][(2, 4, 8)[k]] for n, k in got.items()) == pytest.approx(
-            sum(sens[n][b] for n, b in ref.items()), abs=1e-12)
+            sum(sens[n][b] for n, b in ref.items()), abs=1e-12
+        )
 
 
 def test_greedy_meets_budget_on_a_non_additive_cost():
@@ -108,6 +109,9 @@ def test_greedy_meets_budget_on_a_non_additive_cost():
         for n in pol:
             if pol[n] > 0:
                 assert cost({**pol, n: pol[n] - 1}) > budget
-    best = min((sum(losses[n][k] for n, k in zip("ab", ks)), ks)
-               for ks in itertools.product(range(4), repeat=2) if cost(dict(zip("ab", ks))) <= 50)
+    best = min(
+        (sum(losses[n][k] for n, k in zip("ab", ks)), ks)
+        for ks in itertools.product(range(4), repeat=2)
+        if cost(dict(zip("ab", ks))) <= 50
+    )
     assert sum(losses[n][k] for n, k in greedy_allocate(losses, cost, 50).items()) <= best[0] + 1.0

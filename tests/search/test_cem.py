@@ -1,4 +1,5 @@
 """CEM (AMC-style) agent: projection onto the budget and the fill-back that gives the slack back."""
+
 import random
 
 import pytest

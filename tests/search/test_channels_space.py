@@ -45,8 +45,9 @@ def test_separable_cost_is_an_upper_bound_tight_for_uniform(tiny_resnet):
 
 def _fake_table(space, seed=0):
     rng = random.Random(seed)
-    curves = {n: [0.9 - sum(rng.uniform(0, 0.1) for _ in range(k)) for k in range(len(space.options))]
-              for n in space.names}
+    curves = {
+        n: [0.9 - sum(rng.uniform(0, 0.1) for _ in range(k)) for k in range(len(space.options))] for n in space.names
+    }
     return SensitivityTable("channels", "accuracy", True, 0.9, list(space.options), curves)
 
 

@@ -5,6 +5,7 @@ oracle is exact: a table whose entries are the layers' MACs and "real" latencies
 ``alpha + beta * LUT sum`` must give back alpha and beta, and the space's latency cost of a
 policy must be that line at the shrunk model's LUT sum.
 """
+
 import pytest
 import torch
 from torch import nn

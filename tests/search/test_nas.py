@@ -9,8 +9,10 @@ from netslim.search.options import TrialOptions
 from netslim.search.report import pareto
 from netslim.search.trials import TrialRunner
 
-TINY = {"resnet": {"depth": [8], "width": [4, 6, 8]}, "mbnet": {"width_mult": [0.35], "expansion": [2],
-                                                                 "kernel": [3, 5], "depth": [1]}}
+TINY = {
+    "resnet": {"depth": [8], "width": [4, 6, 8]},
+    "mbnet": {"width_mult": [0.35], "expansion": [2], "kernel": [3, 5], "depth": [1]},
+}
 
 
 def test_pareto_is_exactly_the_non_dominated_set():
@@ -48,8 +50,13 @@ def test_mbnet_default_is_the_zoo_layout_and_reloads(tmp_path):
 def test_evolution_is_deterministic_and_resumable(fmnist_small, tmp_path):
     from netslim.search.evaluate import Subset
 
-    shared = {"train": Subset.from_task(fmnist_small, "train", 64), "val": Subset.from_task(fmnist_small, "val", 32),
-              "steps": 2, "lr": 0.05, "batch_size": 16}
+    shared = {
+        "train": Subset.from_task(fmnist_small, "train", 64),
+        "val": Subset.from_task(fmnist_small, "val", 32),
+        "steps": 2,
+        "lr": 0.05,
+        "batch_size": 16,
+    }
     space = NASSpace(TINY)
     runs = []
     for _ in range(2):
@@ -63,7 +70,15 @@ def test_evolution_is_deterministic_and_resumable(fmnist_small, tmp_path):
 
 
 def test_nas_max_cost_unreachable(fmnist_small):
-    cfg = NASConfig(families={"resnet": {"depth": [8], "width": [4]}}, population=2, generations=1,
-                    train_samples=16, train_steps=1, val_samples=16, max_cost=10, trials=TrialOptions(log=None))
+    cfg = NASConfig(
+        families={"resnet": {"depth": [8], "width": [4]}},
+        population=2,
+        generations=1,
+        train_samples=16,
+        train_steps=1,
+        val_samples=16,
+        max_cost=10,
+        trials=TrialOptions(log=None),
+    )
     with pytest.raises(NetslimError, match="No searched architecture meets max_cost"):
         nas_search(fmnist_small, cfg, seed=0)

@@ -6,6 +6,7 @@ process SIGKILLs itself mid-search. Either way the search ends with the best pol
 history of an undisturbed serial search; a trial whose worker dies more often than ``retries``
 stops the search with one clear error, and the same search started again resumes from its log.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,9 @@ def _logged(path: Path) -> list[int]:
 def test_a_dead_worker_costs_one_rerun_and_changes_no_decision(space, val_subset, tmp_path):
     shared = {"space": space, "val": val_subset}
     serial = _search(space, TrialRunner(policy_accuracy, shared, seed=SEED))
-    runner = DyingRunner(policy_accuracy, shared, seed=SEED, deaths={2: 1, 5: 2}, log_path=tmp_path / "t.jsonl",
-                         fingerprint="f")
+    runner = DyingRunner(
+        policy_accuracy, shared, seed=SEED, deaths={2: 1, 5: 2}, log_path=tmp_path / "t.jsonl", fingerprint="f"
+    )
     got = _search(space, runner)
     assert got.best == serial.best and got.best_reward == serial.best_reward
     assert [h["rewards"] for h in got.history] == [h["rewards"] for h in serial.history]
@@ -89,12 +91,14 @@ def test_a_dead_worker_costs_one_rerun_and_changes_no_decision(space, val_subset
 def test_a_worker_dying_too_often_stops_the_search_and_the_log_resumes_it(space, val_subset, tmp_path):
     shared, log = {"space": space, "val": val_subset}, tmp_path / "t.jsonl"
     serial = _search(space, TrialRunner(policy_accuracy, shared, seed=SEED))
-    runner = DyingRunner(policy_accuracy, shared, seed=SEED, deaths={6: 3}, retries=2, log_path=log,
-                         fingerprint="f")
+    runner = DyingRunner(policy_accuracy, shared, seed=SEED, deaths={6: 3}, retries=2, log_path=log, fingerprint="f")
     # generation 2 (trials 4-7) hands back trial 7, then trial 6 three times: 4 and 5 never finish
-    with pytest.raises(NetslimError, match=r"Trial 6: its worker died 3 times \(WorkerCrashedError.*\); the 5 "
-                                           r"finished trials are recorded in '.*t\.jsonl': start the same "
-                                           r"search again to resume after them, or raise 'retries'\."):
+    with pytest.raises(
+        NetslimError,
+        match=r"Trial 6: its worker died 3 times \(WorkerCrashedError.*\); the 5 "
+        r"finished trials are recorded in '.*t\.jsonl': start the same "
+        r"search again to resume after them, or raise 'retries'\.",
+    ):
         _search(space, runner)
     assert sorted(_logged(log)) == [0, 1, 2, 3, 7]
     again = DyingRunner(policy_accuracy, shared, seed=SEED, deaths={}, log_path=log, fingerprint="f")
@@ -128,8 +132,15 @@ def test_a_ray_worker_killed_mid_search_and_the_search_ends_as_undisturbed(space
     shared = {"space": space, "val": val_subset}
     serial = _search(space, TrialRunner(policy_accuracy, shared, seed=SEED))
     marker = tmp_path / "killed"
-    runner = TrialRunner(killer, {**shared, "victim": 5, "marker": str(marker)}, seed=SEED, backend="ray",
-                         workers=2, log_path=tmp_path / "ray.jsonl", fingerprint="f")
+    runner = TrialRunner(
+        killer,
+        {**shared, "victim": 5, "marker": str(marker)},
+        seed=SEED,
+        backend="ray",
+        workers=2,
+        log_path=tmp_path / "ray.jsonl",
+        fingerprint="f",
+    )
     try:
         got = _search(space, runner)
     finally:

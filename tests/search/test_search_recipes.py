@@ -1,5 +1,6 @@
 """The shipped search recipes validate, say what they claim, and run end to end when shrunk
 (tiny models, a few images, one or two steps of everything)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,8 +56,7 @@ def _shrunk(name: str, step_update: dict, finetune_key: str = "finetune"):
     recipe = load_recipe(RECIPES / f"{name}.yaml")
     step = recipe.steps[0]
     ft = getattr(step, finetune_key)
-    step = step.model_copy(update={**step_update, finetune_key: ft.model_copy(update={"max_steps": 1,
-                                                                                       "amp": "none"})})
+    step = step.model_copy(update={**step_update, finetune_key: ft.model_copy(update={"max_steps": 1, "amp": "none"})})
     return recipe.model_copy(update={"measure": SMALL, "data": {}, "steps": (step, *recipe.steps[1:])})
 
 
@@ -77,10 +77,15 @@ def test_nas_recipe_runs_shrunk(tmp_path, cache_dir):
     from netslim.recipe.runner import run_recipe
 
     path = _saved(build_model("resnet20", depth=8, width=4), tmp_path, "resnet20")
-    tiny = {"resnet": {"depth": [8], "width": [4, 6]}, "mbnet": {"width_mult": [0.35], "expansion": [2],
-                                                                 "kernel": [3], "depth": [1]}}
-    recipe = _shrunk("nas_fmnist", {"families": tiny, "population": 2, "generations": 2, "train_samples": 32,
-                                    "train_steps": 1, "val_samples": 16}, finetune_key="train")
+    tiny = {
+        "resnet": {"depth": [8], "width": [4, 6]},
+        "mbnet": {"width_mult": [0.35], "expansion": [2], "kernel": [3], "depth": [1]},
+    }
+    recipe = _shrunk(
+        "nas_fmnist",
+        {"families": tiny, "population": 2, "generations": 2, "train_samples": 32, "train_steps": 1, "val_samples": 16},
+        finetune_key="train",
+    )
     report = run_recipe(recipe, tmp_path / "out", model_ref=str(path), data_options={"limit": 300})
     note = report["steps"][0]["notes"]["nas"]
     assert report["final"]["macs"] == note["best"]["macs"] <= recipe.steps[0].max_cost
@@ -96,8 +101,10 @@ def test_netadapt_recipe_runs_shrunk(tmp_path, cache_dir):
     path = _saved(build_model("mbnet", width_mult=1.0, expansion=4, depth=1), tmp_path, "mbnet")
     # A one-block-per-stage net is mostly per-call overhead at batch 1 (at width 0.35 the floor
     # is ~0.9x the dense latency: an "unreachable budget" error at 0.6): the shrunk run asks for 0.8x.
-    recipe = _shrunk("netadapt_mobilenetv2", {"budget": 0.8, "step": 0.1, "candidate_steps": 1,
-                                              "train_samples": 32, "val_samples": 16})
+    recipe = _shrunk(
+        "netadapt_mobilenetv2",
+        {"budget": 0.8, "step": 0.1, "candidate_steps": 1, "train_samples": 32, "val_samples": 16},
+    )
     report = run_recipe(recipe, tmp_path / "out", model_ref=str(path), data_options={"limit": 300})
     note = report["steps"][0]["notes"]["netadapt"]
     assert note["cost"] <= 0.8 * note["dense_cost"]  # predicted (calibrated table) latency meets the budget

@@ -34,8 +34,14 @@ def test_channel_curves_start_at_baseline_and_are_cached(tiny_resnet, val_subset
 
 def test_sparsity_curves_restore_weights(tiny_cnn, val_subset, tmp_path):
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
-    t = sparsity_sensitivity(tiny_cnn, ["conv1", "fc1"], [0.0, 0.9, 0.99], lambda m: accuracy(m, val_subset),
-                             eval_key="x", cache_dir=tmp_path)
+    t = sparsity_sensitivity(
+        tiny_cnn,
+        ["conv1", "fc1"],
+        [0.0, 0.9, 0.99],
+        lambda m: accuracy(m, val_subset),
+        eval_key="x",
+        cache_dir=tmp_path,
+    )
     assert all(torch.equal(v, tiny_cnn.state_dict()[k]) for k, v in before.items())
     assert t.curves["fc1"][0] == t.baseline
 

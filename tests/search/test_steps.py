@@ -1,4 +1,5 @@
 """The recipe steps end to end on a small saved model; the emitted recipe reproduces the policy."""
+
 import pytest
 import torch
 import yaml
@@ -22,16 +23,22 @@ def saved_resnet(tmp_path):
 
 
 def _recipe(step: dict) -> dict:
-    return {"name": "t", "dataset": "fashion-mnist", "data": {"limit": 300}, "measure": {"repeats": 2},
-            "steps": [step]}
+    return {"name": "t", "dataset": "fashion-mnist", "data": {"limit": 300}, "measure": {"repeats": 2}, "steps": [step]}
 
 
 @pytest.mark.slow  # two recipe runs with measurements: ~15 s each on a shared 2-core CPU
 @pytest.mark.parametrize("strategy", ["knapsack", "cem"])
 def test_search_channels_meets_budget_and_emits_a_reproducing_recipe(strategy, saved_resnet, tmp_path):
-    step = {"method": "search_channels", "budget": 0.6, "strategy": strategy, "val_samples": 40,
-            "population": 4, "generations": 2, "sensitivity_cache": "run",
-            "space": {"ratios": [0.0, 0.25, 0.5, 0.75]}}
+    step = {
+        "method": "search_channels",
+        "budget": 0.6,
+        "strategy": strategy,
+        "val_samples": 40,
+        "population": 4,
+        "generations": 2,
+        "sensitivity_cache": "run",
+        "space": {"ratios": [0.0, 0.25, 0.5, 0.75]},
+    }
     out = tmp_path / "run"
     report = run_recipe(parse_recipe(_recipe(step)), out, model_ref=str(saved_resnet))
     note = report["steps"][0]["notes"]["search_channels"]
@@ -56,8 +63,16 @@ def test_netadapt_step_meets_budget(saved_resnet, tmp_path, monkeypatch):
         return real(model, data, steps=steps, lr=lr, **kw)
 
     monkeypatch.setattr(na, "short_finetune", spy)
-    step = {"method": "netadapt", "target": "params", "budget": 0.7, "step": 0.15, "candidate_steps": 2,
-            "candidate_lr": 0.02, "train_samples": 64, "val_samples": 40}
+    step = {
+        "method": "netadapt",
+        "target": "params",
+        "budget": 0.7,
+        "step": 0.15,
+        "candidate_steps": 2,
+        "candidate_lr": 0.02,
+        "train_samples": 64,
+        "val_samples": 40,
+    }
     report = run_recipe(parse_recipe(_recipe(step)), tmp_path / "na", model_ref=str(saved_resnet))
     assert seen and set(seen) == {(2, 0.02)}  # every candidate's short fine-tune: candidate_steps at candidate_lr
     note = report["steps"][0]["notes"]["netadapt"]
@@ -73,8 +88,11 @@ def test_training_options_nest_under_finetune(method):
     assert issubclass(get_method(method).config_cls, TrainingStep)
     assert make_config(base).finetune is None  # no final fine-tune unless asked
     for old, new in [("epochs", "epochs"), ("lr_schedule", "schedule"), ("batch_size", "batch_size")]:
-        with pytest.raises(NetslimError, match=rf"'{old}' is a training option: set it under 'finetune:' "
-                                               rf"\(finetune: \{{{new}: \.\.\.\}}\)"):
+        with pytest.raises(
+            NetslimError,
+            match=rf"'{old}' is a training option: set it under 'finetune:' "
+            rf"\(finetune: \{{{new}: \.\.\.\}}\)",
+        ):
             make_config({**base, old: 2})
     cfg = make_config({**base, "finetune": {"epochs": 3, "amp": "bf16"}})
     assert cfg.finetune == FinetuneConfig(epochs=3, amp="bf16")  # the rest: FinetuneConfig's defaults
@@ -93,7 +111,12 @@ def test_netadapt_candidate_training_is_its_own_and_its_old_names_are_refused():
 def test_unreachable_budget_in_a_recipe_is_a_clear_error(saved_resnet, tmp_path):
     from netslim.core.errors import NetslimError
 
-    step = {"method": "search_channels", "budget": 0.01, "val_samples": 20, "sensitivity_cache": "run",
-            "space": {"ratios": [0.0, 0.5]}}
+    step = {
+        "method": "search_channels",
+        "budget": 0.01,
+        "val_samples": 20,
+        "sensitivity_cache": "run",
+        "space": {"ratios": [0.0, 0.5]},
+    }
     with pytest.raises(NetslimError, match="step 1 \\(search_channels\\).*cannot be met by any policy"):
         run_recipe(parse_recipe(_recipe(step)), tmp_path / "u", model_ref=str(saved_resnet))

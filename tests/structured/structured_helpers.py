@@ -3,6 +3,7 @@
 A plain module, imported as ``from structured_helpers import ...``: pytest's default
 (prepend) import mode puts this folder on ``sys.path`` for the test modules in it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,9 @@ def n_params(m: nn.Module) -> int:
 def half_plan(graph, seed: int = 0):
     """A plan keeping a random half (at least one) of the units of every prunable group."""
     gen = torch.Generator().manual_seed(seed)
-    return plan_from_keep(graph, {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)]
-                                  for g in graph.prunable()})
+    return plan_from_keep(
+        graph, {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)] for g in graph.prunable()}
+    )
 
 
 def check_mask_equals_shrink(model, plan, x, tmp_path, out=lambda m, x: m(x)):

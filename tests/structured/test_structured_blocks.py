@@ -1,5 +1,6 @@
 """CNN residual blocks removed whole (replaced by the identity): candidates, influence, plan
 round trip, recipe step and bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -127,8 +128,9 @@ def test_blocks_then_channels_replay_on_the_original(tmp_path):
 
 def test_recipe_step_layers_on_a_cnn(fmnist_small, tmp_path):
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    model = apply(build_model("resnet20"), make_config({"method": "layers", "count": 2, "calibration_samples": 32}),
-                  ctx)
+    model = apply(
+        build_model("resnet20"), make_config({"method": "layers", "count": 2, "calibration_samples": 32}), ctx
+    )
     assert sum(isinstance(m, nn.Identity) for m in model.modules()) == 2
     note = ctx.notes["layers"][0]
     assert len(note["dropped"]) == 2 and set(note["dropped"]) <= set(RESNET20_BLOCKS)

@@ -7,6 +7,7 @@ fewer, ``netslim.save``/``netslim.load`` round-trip, masked model == shrunk mode
 The hand-written models are registered as zoo models here (as a user would) so that the
 artifact knows how to build their base.
 """
+
 from __future__ import annotations
 
 import copy
@@ -92,7 +93,7 @@ class Attention(nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        a = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim**-0.5, dim=-1)
         return self.proj((a @ v).transpose(1, 2).reshape(b, t, -1))
 
 
@@ -147,8 +148,13 @@ def test_vit_channels_ffn_and_heads(tmp_path):
     graph = trace_graph(model, X)
     kinds = {g.name: g.kind for g in graph.prunable()}
     # the conv stem's channels, each block's heads and FFN neurons; nothing else
-    assert kinds == {"stem.0": "channel", "blocks.0.attn": "head", "blocks.0.fc1": "channel",
-                     "blocks.1.attn": "head", "blocks.1.fc1": "channel"}
+    assert kinds == {
+        "stem.0": "channel",
+        "blocks.0.attn": "head",
+        "blocks.0.fc1": "channel",
+        "blocks.1.attn": "head",
+        "blocks.1.fc1": "channel",
+    }
     # the residual stream (patch conv -> tokens -> every block -> norm) is locked: LayerNorm
     stream = next(g for g in graph.groups if g.name == "patch")
     assert stream.locked and any(s.module == "blocks.1.attn.proj" for s, _ in stream.slots)
@@ -301,9 +307,13 @@ def test_plan_json_is_compact_and_decodes_exactly():
     inline = {**d, "entries": plan.entries}
     del inline["keeps"]
     assert PrunePlan.from_dict(inline).entries == plan.entries
-    odd = PrunePlan([{"module": "fc", "param": "weight", "dim": 1, "keep": [3, 1, 200, 0]},
-                     {"module": "fc", "param": "bias", "dim": 0, "keep": []},
-                     {"module": "fc", "param": "x", "dim": 0, "keep": [0, 7, 8, 1000]}])
+    odd = PrunePlan(
+        [
+            {"module": "fc", "param": "weight", "dim": 1, "keep": [3, 1, 200, 0]},
+            {"module": "fc", "param": "bias", "dim": 0, "keep": []},
+            {"module": "fc", "param": "x", "dim": 0, "keep": [0, 7, 8, 1000]},
+        ]
+    )
     assert PrunePlan.from_dict(odd.to_dict()).entries == odd.entries
     with pytest.raises(NetslimError, match="keep list 5"):
         PrunePlan.from_dict({"keeps": ["f"], "entries": [{"module": "fc", "param": "weight", "dim": 0, "keep": 5}]})

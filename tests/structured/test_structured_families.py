@@ -8,6 +8,7 @@ the same outputs. Where a kind does not apply (or its groups are locked), the AP
 ``report["skipped"]`` and ``on_empty='fail'`` raises. Hand-written family rules (BERT, Llama GQA,
 GPT-2) are checked against the generic graph: the same slots, so the same plans.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,61 +34,246 @@ def _text(cls: str, cfg: str, **kw):
 
 LM = dict(vocab_size=V)
 FAMILIES = {
-    "bert": _text("BertForSequenceClassification", "BertConfig", hidden_size=H, num_hidden_layers=L,
-                  num_attention_heads=NH, intermediate_size=F, max_position_embeddings=64, **LM),
-    "roberta": _text("RobertaForSequenceClassification", "RobertaConfig", hidden_size=H, num_hidden_layers=L,
-                     num_attention_heads=NH, intermediate_size=F, max_position_embeddings=80, pad_token_id=1, **LM),
-    "distilbert": _text("DistilBertForSequenceClassification", "DistilBertConfig", dim=H, n_layers=L, n_heads=NH,
-                        hidden_dim=F, max_position_embeddings=64, **LM),
-    "albert": _text("AlbertForSequenceClassification", "AlbertConfig", hidden_size=H, embedding_size=16,
-                    num_hidden_layers=L, num_attention_heads=NH, intermediate_size=F, max_position_embeddings=64, **LM),
-    "electra": _text("ElectraForSequenceClassification", "ElectraConfig", hidden_size=H, embedding_size=16,
-                     num_hidden_layers=L, num_attention_heads=NH, intermediate_size=F, max_position_embeddings=64,
-                     **LM),
-    "gpt2": _text("GPT2LMHeadModel", "GPT2Config", n_embd=H, n_layer=L, n_head=NH, n_inner=F, n_positions=64,
-                  bos_token_id=0, eos_token_id=0, **LM),
-    "gpt_neo": _text("GPTNeoForCausalLM", "GPTNeoConfig", hidden_size=H, num_layers=L, num_heads=NH,
-                     intermediate_size=F, max_position_embeddings=64, attention_types=[[["global", "local"], 1]],
-                     window_size=8, bos_token_id=0, eos_token_id=0, **LM),
-    "opt": _text("OPTForCausalLM", "OPTConfig", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH, ffn_dim=F,
-                 word_embed_proj_dim=H, max_position_embeddings=64, **LM),
+    "bert": _text(
+        "BertForSequenceClassification",
+        "BertConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "roberta": _text(
+        "RobertaForSequenceClassification",
+        "RobertaConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=80,
+        pad_token_id=1,
+        **LM,
+    ),
+    "distilbert": _text(
+        "DistilBertForSequenceClassification",
+        "DistilBertConfig",
+        dim=H,
+        n_layers=L,
+        n_heads=NH,
+        hidden_dim=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "albert": _text(
+        "AlbertForSequenceClassification",
+        "AlbertConfig",
+        hidden_size=H,
+        embedding_size=16,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "electra": _text(
+        "ElectraForSequenceClassification",
+        "ElectraConfig",
+        hidden_size=H,
+        embedding_size=16,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "gpt2": _text(
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        n_embd=H,
+        n_layer=L,
+        n_head=NH,
+        n_inner=F,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        **LM,
+    ),
+    "gpt_neo": _text(
+        "GPTNeoForCausalLM",
+        "GPTNeoConfig",
+        hidden_size=H,
+        num_layers=L,
+        num_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        attention_types=[[["global", "local"], 1]],
+        window_size=8,
+        bos_token_id=0,
+        eos_token_id=0,
+        **LM,
+    ),
+    "opt": _text(
+        "OPTForCausalLM",
+        "OPTConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        ffn_dim=F,
+        word_embed_proj_dim=H,
+        max_position_embeddings=64,
+        **LM,
+    ),
     "bloom": _text("BloomForCausalLM", "BloomConfig", hidden_size=H, n_layer=L, n_head=NH, **LM),
-    "falcon": _text("FalconForCausalLM", "FalconConfig", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                    new_decoder_architecture=True, num_kv_heads=2, **LM),
-    "phi": _text("PhiForCausalLM", "PhiConfig", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                 intermediate_size=F, max_position_embeddings=64, **LM),
-    "gemma": _text("GemmaForCausalLM", "GemmaConfig", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                   num_key_value_heads=2, head_dim=8, intermediate_size=F, max_position_embeddings=64, **LM),
-    "llama": _text("LlamaForCausalLM", "LlamaConfig", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                   num_key_value_heads=2, intermediate_size=F, max_position_embeddings=64, **LM),
-    "mistral": _text("MistralForCausalLM", "MistralConfig", hidden_size=H, num_hidden_layers=L,
-                     num_attention_heads=NH, num_key_value_heads=2, intermediate_size=F, max_position_embeddings=64,
-                     **LM),
-    "qwen2": _text("Qwen2ForCausalLM", "Qwen2Config", hidden_size=H, num_hidden_layers=L, num_attention_heads=NH,
-                   num_key_value_heads=2, intermediate_size=F, max_position_embeddings=64, **LM),
-    "vit": _text("ViTForImageClassification", "ViTConfig", hidden_size=H, num_hidden_layers=L,
-                 num_attention_heads=NH, intermediate_size=F, image_size=16, patch_size=4),
-    "deit": _text("DeiTForImageClassification", "DeiTConfig", hidden_size=H, num_hidden_layers=L,
-                  num_attention_heads=NH, intermediate_size=F, image_size=16, patch_size=4),
-    "swin": _text("SwinForImageClassification", "SwinConfig", embed_dim=16, depths=[1, 1], num_heads=[2, 4],
-                  image_size=16, patch_size=2, window_size=4),
-    "resnet": _text("ResNetForImageClassification", "ResNetConfig", embedding_size=8, hidden_sizes=[8, 16],
-                    depths=[1, 1], layer_type="bottleneck"),
-    "convnext": _text("ConvNextForImageClassification", "ConvNextConfig", num_stages=2, hidden_sizes=[8, 16],
-                      depths=[1, 1]),
-    "mobilenet_v2": _text("MobileNetV2ForImageClassification", "MobileNetV2Config", depth_multiplier=0.25,
-                          image_size=32),
-    "regnet": _text("RegNetForImageClassification", "RegNetConfig", embedding_size=8, hidden_sizes=[8, 16],
-                    depths=[1, 1], groups_width=4),
-    "efficientnet": _text("EfficientNetForImageClassification", "EfficientNetConfig", width_coefficient=0.1,
-                          depth_coefficient=0.1, image_size=32, hidden_dim=128),
+    "falcon": _text(
+        "FalconForCausalLM",
+        "FalconConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        new_decoder_architecture=True,
+        num_kv_heads=2,
+        **LM,
+    ),
+    "phi": _text(
+        "PhiForCausalLM",
+        "PhiConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "gemma": _text(
+        "GemmaForCausalLM",
+        "GemmaConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "llama": _text(
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=2,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "mistral": _text(
+        "MistralForCausalLM",
+        "MistralConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=2,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "qwen2": _text(
+        "Qwen2ForCausalLM",
+        "Qwen2Config",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        num_key_value_heads=2,
+        intermediate_size=F,
+        max_position_embeddings=64,
+        **LM,
+    ),
+    "vit": _text(
+        "ViTForImageClassification",
+        "ViTConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        image_size=16,
+        patch_size=4,
+    ),
+    "deit": _text(
+        "DeiTForImageClassification",
+        "DeiTConfig",
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=NH,
+        intermediate_size=F,
+        image_size=16,
+        patch_size=4,
+    ),
+    "swin": _text(
+        "SwinForImageClassification",
+        "SwinConfig",
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 4],
+        image_size=16,
+        patch_size=2,
+        window_size=4,
+    ),
+    "resnet": _text(
+        "ResNetForImageClassification",
+        "ResNetConfig",
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="bottleneck",
+    ),
+    "convnext": _text(
+        "ConvNextForImageClassification", "ConvNextConfig", num_stages=2, hidden_sizes=[8, 16], depths=[1, 1]
+    ),
+    "mobilenet_v2": _text(
+        "MobileNetV2ForImageClassification", "MobileNetV2Config", depth_multiplier=0.25, image_size=32
+    ),
+    "regnet": _text(
+        "RegNetForImageClassification",
+        "RegNetConfig",
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        groups_width=4,
+    ),
+    "efficientnet": _text(
+        "EfficientNetForImageClassification",
+        "EfficientNetConfig",
+        width_coefficient=0.1,
+        depth_coefficient=0.1,
+        image_size=32,
+        hidden_dim=128,
+    ),
 }
-TEXT = {"bert", "roberta", "distilbert", "albert", "electra", "gpt2", "gpt_neo", "opt", "bloom", "falcon", "phi",
-        "gemma", "llama", "mistral", "qwen2"}
+TEXT = {
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "gpt2",
+    "gpt_neo",
+    "opt",
+    "bloom",
+    "falcon",
+    "phi",
+    "gemma",
+    "llama",
+    "mistral",
+    "qwen2",
+}
 CNN = {"resnet", "convnext", "mobilenet_v2", "regnet", "efficientnet"}
 # heads kept, with the reason the graph gives
-HEADS_KEPT = {"bloom": "forward fails with one head fewer",  # ALiBi slopes are built for the config's head count
-              "swin": "forward fails with one head fewer"}  # a relative-position bias table per head
+HEADS_KEPT = {
+    "bloom": "forward fails with one head fewer",  # ALiBi slopes are built for the config's head count
+    "swin": "forward fails with one head fewer",
+}  # a relative-position bias table per head
 CHANNELS_KEPT: dict[str, str] = {}
 FFN_KEPT = {"resnet": "locked", "regnet": "locked", "mobilenet_v2": "no ffn", "efficientnet": "no ffn"}
 
@@ -115,9 +301,14 @@ def n_params(model) -> int:
 
 
 KINDS = {"heads": ("head",), "ffn": ("neuron",), "channels": None}
-CASES = [(f, k) for f in FAMILIES for k in KINDS
-         if not (k == "heads" and (f in HEADS_KEPT or f in CNN)) and not (k == "ffn" and f in FFN_KEPT)
-         and not (k == "channels" and f in CHANNELS_KEPT)]
+CASES = [
+    (f, k)
+    for f in FAMILIES
+    for k in KINDS
+    if not (k == "heads" and (f in HEADS_KEPT or f in CNN))
+    and not (k == "ffn" and f in FFN_KEPT)
+    and not (k == "channels" and f in CHANNELS_KEPT)
+]
 
 
 @pytest.mark.parametrize("family,kind", CASES)
@@ -128,8 +319,9 @@ def test_half_of_every_group_goes_and_reloads(family, kind, tmp_path):
     groups = [g for g in graph.prunable() if kinds is None or g.kind in kinds]
     assert groups, graph.skipped
     gen = torch.Generator().manual_seed(0)
-    plan = plan_from_keep(graph, {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)].sort().values
-                                  for g in groups})
+    plan = plan_from_keep(
+        graph, {g.id: torch.randperm(g.size, generator=gen)[: max(1, g.size // 2)].sort().values for g in groups}
+    )
     y_ref = out(model, x)
     masked = apply_plan(copy.deepcopy(model), plan, "mask")
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink")
@@ -174,8 +366,17 @@ def test_untraceable_hf_module_and_bad_exclude():
         prune_channels(model, x, ratio=0.5, exclude=["nope"])
 
 
-@pytest.mark.parametrize("family,kind", [("bert", "head"), ("bert", "neuron"), ("llama", "head"),
-                                         ("llama", "neuron"), ("gpt2", "head"), ("gpt2", "neuron")])
+@pytest.mark.parametrize(
+    "family,kind",
+    [
+        ("bert", "head"),
+        ("bert", "neuron"),
+        ("llama", "head"),
+        ("llama", "neuron"),
+        ("gpt2", "head"),
+        ("gpt2", "neuron"),
+    ],
+)
 def test_family_rules_agree_with_the_generic_graph(family, kind):
     """The hand-written rules and the generic graph give the same slots, hence the same plans."""
     model, x = build(family)

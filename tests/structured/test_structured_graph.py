@@ -1,4 +1,5 @@
 """Dependency graph + prune plans on CNNs: masked model == physically shrunk model."""
+
 from __future__ import annotations
 
 import copy

@@ -2,6 +2,7 @@
 pruned as positions within a group, alike in every group, so the conv stays a valid G-group
 conv. Oracle: the shrunk model's output equals the dense model's with the removed channels
 zeroed (by a forward hook on the activation, independent of the plan's mask mode)."""
+
 from __future__ import annotations
 
 import copy
@@ -131,8 +132,9 @@ class CatIntoGrouped(nn.Module):
 def test_grouped_conv_reading_a_concatenation_keeps_its_inputs(tmp_path):
     model = build_model("test-cat-grouped").eval()
     graph = trace_graph(model, X)
-    assert graph.skipped == [{"name": "g", "reason": "grouped conv (groups=2) reads a concatenation: "
-                                                     "its input channels are kept"}]
+    assert graph.skipped == [
+        {"name": "g", "reason": "grouped conv (groups=2) reads a concatenation: its input channels are kept"}
+    ]
     assert _group(graph, "a").locked and _group(graph, "b").locked
     assert [g.name for g in graph.prunable()] == ["g"]
     shrunk = check_mask_equals_shrink(model, half_plan(graph), X, tmp_path)
@@ -161,8 +163,9 @@ def test_prune_channels_on_grouped_convs_meets_the_mac_target(criterion):
     batches = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(2)]
     loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
     base = total_macs(model, X[:1])
-    shrunk, report = prune_channels(copy.deepcopy(model), X[:1], target_macs=0.5, criterion=criterion,
-                                    batches=batches, loss_fn=loss)
+    shrunk, report = prune_channels(
+        copy.deepcopy(model), X[:1], target_macs=0.5, criterion=criterion, batches=batches, loss_fn=loss
+    )
     assert total_macs(shrunk, X[:1]) <= 0.5 * base and not report["skipped"]
     assert shrunk.conv2.groups == 4 and shrunk.conv2.out_channels % 4 == 0
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """The shipped structured-pruning recipes parse; the channel recipe runs end to end on a small CNN."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,10 +27,16 @@ def test_channels_recipe_runs_and_the_artifact_is_smaller(tmp_path, cache_dir):
     path = netslim.save(model, tmp_path / "resnet20.safetensors", {"model": "resnet20", "dataset": "fashion-mnist"})
     recipe = load_recipe(RECIPES / "channels_resnet20_2x.yaml")  # as shipped, with a 2-step fine-tune
     layers, channels = recipe.steps[:2]
-    channels = channels.model_copy(update={"finetune": channels.finetune.model_copy(
-        update={"epochs": 1, "max_steps": 2, "amp": "none", "batch_size": 32})})
-    recipe = recipe.model_copy(update={"measure": MeasureOptions(batch_size=8, repeats=1),
-                                       "steps": (layers, channels, *recipe.steps[2:])})
+    channels = channels.model_copy(
+        update={
+            "finetune": channels.finetune.model_copy(
+                update={"epochs": 1, "max_steps": 2, "amp": "none", "batch_size": 32}
+            )
+        }
+    )
+    recipe = recipe.model_copy(
+        update={"measure": MeasureOptions(batch_size=8, repeats=1), "steps": (layers, channels, *recipe.steps[2:])}
+    )
     report = run_recipe(recipe, tmp_path / "out", model_ref=str(path), data_options={"limit": 600})
     assert 0.45 <= report["final"]["macs"] / report["baseline"]["macs"] <= 0.5
     # the file shrinks with the parameters: a dense model, no masks, no padding
@@ -40,7 +47,8 @@ def test_channels_recipe_runs_and_the_artifact_is_smaller(tmp_path, cache_dir):
     assert isinstance(back.layer1[1], torch.nn.Identity) and isinstance(back.layer1[2], torch.nn.Identity)
     widths = [m.out_channels for m in back.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w % 16 == 0 for w in widths) and sum(widths) < sum(
-        m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    )
     plans = netslim.core.serialize.read_description(report["artifact"])["info"]["prune_plans"]
     assert len(plans) == 2 and plans[0]["drop_modules"] == ["layer1.1", "layer1.2"]
     again = replay(netslim.build_model("resnet20"), plans)

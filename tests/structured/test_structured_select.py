@@ -1,4 +1,5 @@
 """Importance criteria, selection rules, MAC targets and the recipe steps."""
+
 from __future__ import annotations
 
 import copy
@@ -119,8 +120,16 @@ def test_channels_step_iterates_finetunes_and_stores_a_replayable_plan(fmnist_sm
     model = build_model("lenet5")
     original = copy.deepcopy(model)
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    cfg = make_config({"method": "channels", "ratio": 0.5, "criterion": "taylor", "iterations": 2,
-                       "calibration_batches": 2, "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 32}})
+    cfg = make_config(
+        {
+            "method": "channels",
+            "ratio": 0.5,
+            "criterion": "taylor",
+            "iterations": 2,
+            "calibration_batches": 2,
+            "finetune": {"epochs": 1, "max_steps": 2, "batch_size": 32},
+        }
+    )
     model = apply(model, cfg, ctx)
     assert isinstance(cfg, ChannelsConfig) and len(ctx.info["prune_plans"]) == 2
     assert [n["iteration"] for n in ctx.notes["channels"]] == [1, 2] and "finetune" in ctx.notes["channels"][0]
@@ -173,9 +182,14 @@ def test_finetune_with_distillation_uses_the_unpruned_teacher(fmnist_small, tmp_
     model = build_model("lenet300")  # no BatchNorm, no dropout: train and eval outputs agree
     before = copy.deepcopy(model)
     ctx = StepContext(task=fmnist_small, out_dir=tmp_path)
-    cfg = make_config({"method": "channels", "ratio": 0.0, "distill": distill,
-                       "finetune": {"epochs": 1, "max_steps": 3, "batch_size": 32, "lr": 0.1, "amp": "none",
-                                    "weight_decay": 0.0}})
+    cfg = make_config(
+        {
+            "method": "channels",
+            "ratio": 0.0,
+            "distill": distill,
+            "finetune": {"epochs": 1, "max_steps": 3, "batch_size": 32, "lr": 0.1, "amp": "none", "weight_decay": 0.0},
+        }
+    )
     model = apply(model, cfg, ctx)
     moved = max(float((a - b).detach().abs().max()) for a, b in zip(model.parameters(), before.parameters()))
     assert (moved < 1e-6) if distill == 1.0 else (moved > 1e-3)

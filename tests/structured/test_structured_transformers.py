@@ -1,4 +1,5 @@
 """Heads, FFN neurons and blocks of tiny BERT / Llama (GQA) / GPT-2: masked == shrunk, reloads."""
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,16 @@ def _params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name,kind", [("tiny-bert", "head"), ("tiny-bert", "neuron"), ("tiny-llama", "head"),
-                                       ("tiny-llama", "neuron"), ("tiny-gpt2", "neuron")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("tiny-bert", "head"),
+        ("tiny-bert", "neuron"),
+        ("tiny-llama", "head"),
+        ("tiny-llama", "neuron"),
+        ("tiny-gpt2", "neuron"),
+    ],
+)
 def test_masked_equals_shrunk_and_reloads(name, kind, tmp_path):
     model = build_model(name)
     plan, graph = plan_transformer(model, kind, 0.5, criterion="random", scope="global")
@@ -51,8 +60,11 @@ def test_gqa_unit_is_a_kv_head_with_its_query_heads():
     g = graph.groups[0]
     assert g.size == 2
     plan, _ = plan_transformer(model, "head", 0.5)
-    keeps = {(e["module"].rsplit(".", 1)[-1], e["param"]): e["keep"] for e in plan.entries
-             if e["module"].startswith("model.layers.0.")}
+    keeps = {
+        (e["module"].rsplit(".", 1)[-1], e["param"]): e["keep"]
+        for e in plan.entries
+        if e["module"].startswith("model.layers.0.")
+    }
     kv = keeps[("k_proj", "weight")]
     assert len(kv) == 16 and kv == keeps[("v_proj", "weight")]
     head = kv[0] // 16
@@ -94,7 +106,6 @@ def test_drop_layers_picks_low_influence_and_renumbers(tmp_path):
     torch.testing.assert_close(_out(back), _out(model), atol=1e-6, rtol=1e-6)
     again = netslim.load(netslim.save(model, tmp_path / "l.safetensors"))
     torch.testing.assert_close(_out(again), _out(model), atol=0, rtol=0)
-
 
 
 def test_non_transformer_is_reported_not_pruned():

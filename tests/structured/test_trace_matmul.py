@@ -4,6 +4,7 @@ after are slots, inside an attention core too (fused q|k|v with a bias), so Falc
 FFN neurons and channels prune. A product of two computed tensors is still not understood: the
 units reaching it are kept, and ``skipped`` says so.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,9 @@ from netslim.prune.structured.generic import structured_graph
 
 
 def _half(graph, kinds=None):
-    return plan_from_keep(graph, {g.id: torch.arange(0, g.size, 2) for g in graph.prunable()
-                                  if kinds is None or g.kind in kinds})
+    return plan_from_keep(
+        graph, {g.id: torch.arange(0, g.size, 2) for g in graph.prunable() if kinds is None or g.kind in kinds}
+    )
 
 
 def _check(model, plan, x, out, tmp_path):
@@ -55,8 +57,13 @@ def test_matrix_products_by_a_parameter_are_dense_layers(tmp_path):
     graph = export_graph(model, x)
     slots = {(s.module, s.param, s.dim, s.role) for s in graph.slots}
     # hidden units of w1: its rows, b1, and the rows of w2 (stored (in, out)); w2's outputs: its columns
-    assert {("", "w1", 0, "out"), ("", "b1", 0, "out"), ("", "w2", 0, "in"), ("", "w2", 1, "out"),
-            ("head", "weight", 1, "in")} <= slots
+    assert {
+        ("", "w1", 0, "out"),
+        ("", "b1", 0, "out"),
+        ("", "w2", 0, "in"),
+        ("", "w2", 1, "out"),
+        ("head", "weight", 1, "in"),
+    } <= slots
     assert sorted(g.size for g in graph.prunable()) == [5, 12]
     _check(model, _half(graph), x, lambda m, x: m(x), tmp_path)
 
@@ -91,11 +98,18 @@ def logits(model, x):
     return model(**x).logits
 
 
-@pytest.mark.parametrize("kw,heads", [
-    (dict(new_decoder_architecture=True, num_kv_heads=2), 2),  # GQA: per-group q|q|k|v blocks of one fused matrix
-    (dict(new_decoder_architecture=True, num_kv_heads=2, bias=True), 2),  # with the bias added after the product
-    (dict(new_decoder_architecture=False, multi_query=False, bias=True), 4),  # classic multi-head, interleaved q|k|v
-], ids=["gqa", "gqa-bias", "mha-bias"])
+@pytest.mark.parametrize(
+    "kw,heads",
+    [
+        (dict(new_decoder_architecture=True, num_kv_heads=2), 2),  # GQA: per-group q|q|k|v blocks of one fused matrix
+        (dict(new_decoder_architecture=True, num_kv_heads=2, bias=True), 2),  # with the bias added after the product
+        (
+            dict(new_decoder_architecture=False, multi_query=False, bias=True),
+            4,
+        ),  # classic multi-head, interleaved q|k|v
+    ],
+    ids=["gqa", "gqa-bias", "mha-bias"],
+)
 def test_falcon_heads_ffn_and_channels_prune(kw, heads, tmp_path):
     model, x = falcon(**kw)
     graph = structured_graph(model, x)

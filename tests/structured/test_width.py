@@ -1,4 +1,5 @@
 """Width (hidden-size) pruning of tiny BERT / Llama / Mistral / Qwen2 / GPT-2: oracles, reloads, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,10 @@ from netslim.prune.structured import PrunePlan, prune_width
 
 tf = pytest.importorskip("transformers")
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
-BATCHES = [{"input_ids": IDS, "attention_mask": torch.ones_like(IDS)},
-           {"input_ids": IDS.flip(1), "attention_mask": torch.ones_like(IDS)}]
+BATCHES = [
+    {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)},
+    {"input_ids": IDS.flip(1), "attention_mask": torch.ones_like(IDS)},
+]
 
 
 def _seeded(cls, config, seed=0):
@@ -27,36 +30,80 @@ def _seeded(cls, config, seed=0):
 
 
 def bert_classifier():
-    return _seeded(tf.BertForSequenceClassification, tf.BertConfig(
-        vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return _seeded(
+        tf.BertForSequenceClassification,
+        tf.BertConfig(
+            vocab_size=512,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            num_labels=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        ),
+    )
 
 
 def llama(tied=False):
-    return _seeded(tf.LlamaForCausalLM, tf.LlamaConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=tied))
+    return _seeded(
+        tf.LlamaForCausalLM,
+        tf.LlamaConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tied,
+        ),
+    )
 
 
 def mistral():
-    return _seeded(tf.MistralForCausalLM, tf.MistralConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16))
+    return _seeded(
+        tf.MistralForCausalLM,
+        tf.MistralConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        ),
+    )
 
 
 def qwen2():
-    return _seeded(tf.Qwen2ForCausalLM, tf.Qwen2Config(
-        vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2))
+    return _seeded(
+        tf.Qwen2ForCausalLM,
+        tf.Qwen2Config(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+    )
 
 
 def gpt2():
-    return _seeded(tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4,
-                                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return _seeded(
+        tf.GPT2LMHeadModel,
+        tf.GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    )
 
 
-MODELS = {"bert-cls": bert_classifier, "llama": llama, "llama-tied": lambda: llama(True), "mistral": mistral,
-          "qwen2": qwen2, "gpt2": gpt2}
+MODELS = {
+    "bert-cls": bert_classifier,
+    "llama": llama,
+    "llama-tied": lambda: llama(True),
+    "mistral": mistral,
+    "qwen2": qwen2,
+    "gpt2": gpt2,
+}
 
 
 def _out(model, x=IDS):
@@ -192,12 +239,15 @@ def test_activation_criterion_drops_the_dims_the_norms_never_output():
 
 
 # ----------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("step, match", [
-    ({"method": "width", "ratio": 1.0}, "'ratio'.*less than 1"),
-    ({"method": "width", "ratio": -0.1}, "'ratio'.*greater than or equal to 0"),
-    ({"method": "width"}, "exactly one of 'hidden_size' or 'ratio'"),
-    ({"method": "width", "ratio": 0.5, "distill": 0.5}, "give 'finetune' too"),
-])
+@pytest.mark.parametrize(
+    "step, match",
+    [
+        ({"method": "width", "ratio": 1.0}, "'ratio'.*less than 1"),
+        ({"method": "width", "ratio": -0.1}, "'ratio'.*greater than or equal to 0"),
+        ({"method": "width"}, "exactly one of 'hidden_size' or 'ratio'"),
+        ({"method": "width", "ratio": 0.5, "distill": 0.5}, "give 'finetune' too"),
+    ],
+)
 def test_bad_configs_are_one_line(step, match):
     with pytest.raises(NetslimError, match=match):
         make_config(step)
@@ -213,14 +263,20 @@ def test_bad_widths_and_families_fail_before_work():
     with pytest.raises(NetslimError, match=r"'hidden_size'.*\[1, 63\]"):
         WidthConfig(hidden_size=64).preflight(model, None)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # untouched
-    neox = _seeded(tf.GPTNeoXForCausalLM, tf.GPTNeoXConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1,
-                                                            num_attention_heads=2, intermediate_size=64))
+    neox = _seeded(
+        tf.GPTNeoXForCausalLM,
+        tf.GPTNeoXConfig(
+            vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        ),
+    )
     with pytest.raises(NetslimError, match="no width rule for model_type 'gpt_neox'"):
         WidthConfig(ratio=0.5).preflight(neox, None)
     with pytest.raises(NetslimError, match="not a Hugging Face transformer"):
         WidthConfig(ratio=0.5).preflight(nn.Linear(3, 3), None)
-    encoder = _seeded(tf.BertModel, tf.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1,
-                                                  num_attention_heads=4, intermediate_size=96))
+    encoder = _seeded(
+        tf.BertModel,
+        tf.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96),
+    )
     with pytest.raises(NetslimError, match="its hidden states are its output"):
         prune_width(encoder, 48, batches=BATCHES)
 
@@ -228,9 +284,24 @@ def test_bad_widths_and_families_fail_before_work():
 def test_cli_bad_width_is_exit_2_with_one_line(tmp_path):
     recipe = tmp_path / "w.yaml"
     recipe.write_text("name: w\nsteps:\n  - method: width\n    hidden_size: 64\n  - method: evaluate\n")
-    proc = subprocess.run([sys.executable, "-m", "netslim.cli", "compress", str(recipe), "--model", "tiny-llama",
-                           "--out", str(tmp_path / "run"), "--limit", "2"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netslim.cli",
+            "compress",
+            str(recipe),
+            "--model",
+            "tiny-llama",
+            "--out",
+            str(tmp_path / "run"),
+            "--limit",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "'hidden_size'" in lines[0] and "[1, 63]" in lines[0]

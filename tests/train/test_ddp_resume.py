@@ -3,6 +3,7 @@ the run is killed (SIGKILL, every process) after its first step, resumed with ``
 torchrun, and ends with the artifact of an uninterrupted 2-process run, bit for bit (same files,
 every rank loading the checkpoint).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,11 @@ from torchrun_util import LIMIT, TORCHRUN, descendants, model_file, recipe_file,
 if not dist.is_available() or not hasattr(os, "fork") or TORCHRUN is None:
     pytest.skip("needs torch.distributed (gloo), fork and torchrun", allow_module_level=True)
 
-STEPS = [{"method": "finetune", "epochs": 1, "max_steps": 4, "batch_size": 32, "lr": 0.01},
-         {"method": "finetune", "epochs": 4, "batch_size": 32, "lr": 0.01, "select_best": False},
-         {"method": "export"}]
+STEPS = [
+    {"method": "finetune", "epochs": 1, "max_steps": 4, "batch_size": 32, "lr": 0.01},
+    {"method": "finetune", "epochs": 4, "batch_size": 32, "lr": 0.01, "select_best": False},
+    {"method": "export"},
+]
 
 
 def _uninterrupted(recipe: Path, model: Path, out: Path) -> None:

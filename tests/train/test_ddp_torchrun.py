@@ -3,6 +3,7 @@ two processes cannot share: a worker prints one ``netslim: error:`` line and exi
 reports the exit code) before any work; OUT is not created. The kill-and-resume test is in
 test_ddp_resume.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ def test_a_batch_size_two_processes_cannot_share_is_one_line_and_exit_2(tmp_path
     lines = [line for line in err.splitlines() if line.startswith("netslim: error:")]
     # one line per worker (torchrun may stop the second worker before it prints its own)
     assert len(lines) in (1, 2) and len(set(lines)) == 1, err[-2000:]
-    assert lines[0] == ("netslim: error: step 1 (finetune): batch_size 33 must be a multiple of the number of "
-                        "processes (2): every rank trains on an equal share of each batch; use 32 or 34, or "
-                        "another --nproc-per-node.")
+    assert lines[0] == (
+        "netslim: error: step 1 (finetune): batch_size 33 must be a multiple of the number of "
+        "processes (2): every rank trains on an equal share of each batch; use 32 or 34, or "
+        "another --nproc-per-node."
+    )
     assert "exitcode  : 2" in err and proc.returncode != 0  # torchrun's report of the worker's exit code
     assert not (tmp_path / "out").exists()

@@ -31,14 +31,23 @@ def _png(path, value, size=(4, 4), mode="L"):
 
 def _prose(n_lines: int, seed: int = 0) -> str:
     g = np.random.default_rng(seed)
-    return "".join(" ".join(g.choice(WORDS, 8)).capitalize() + ". " + " ".join(g.choice(WORDS, 5)) + ".\n"
-                   for _ in range(n_lines))
+    return "".join(
+        " ".join(g.choice(WORDS, 8)).capitalize() + ". " + " ".join(g.choice(WORDS, 5)) + ".\n" for _ in range(n_lines)
+    )
 
 
 def _classifier(num_labels: int = 3, **config) -> nn.Module:
-    cfg = tf.BertConfig(vocab_size=512, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=128, num_labels=num_labels, pad_token_id=256,
-                        **config)
+    cfg = tf.BertConfig(
+        vocab_size=512,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        pad_token_id=256,
+        **config,
+    )
     torch.manual_seed(0)
     return tf.BertForSequenceClassification(cfg).eval()
 
@@ -72,8 +81,11 @@ def test_parse_data_spec_messages():
 
 
 def test_model_kind_from_class_and_config():
-    vit = tf.ViTForImageClassification(tf.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                                    intermediate_size=32, image_size=8, patch_size=4))
+    vit = tf.ViTForImageClassification(
+        tf.ViTConfig(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=8, patch_size=4
+        )
+    )
     kinds = {name: model_kind(build_model(name)) for name in ("tiny-llama", "tiny-gpt2", "tiny-bert")}
     assert kinds == {"tiny-llama": "causal_lm", "tiny-gpt2": "causal_lm", "tiny-bert": "embedding"}
     assert model_kind(_classifier()) == "text_classification"
@@ -98,8 +110,9 @@ def test_image_accuracy_and_loss_equal_a_hand_computation(image_folder):
     task = open_data(DataSpec(path=str(image_folder)), MeanSign())
     assert task.classes == ("a", "b") and task.metric == "accuracy"
     mean, std = task.spec.mean[0], task.spec.std[0]
-    train = np.array([np.asarray(Image.open(p), dtype=np.float64) / 255
-                      for p in sorted(image_folder.glob("train/*/*"))])
+    train = np.array(
+        [np.asarray(Image.open(p), dtype=np.float64) / 255 for p in sorted(image_folder.glob("train/*/*"))]
+    )
     assert mean == pytest.approx(train.mean()) and std == pytest.approx(train.std())
     nll, correct, paths = 0.0, 0, sorted(image_folder.glob("test/*/*.png"))
     for p in paths:
@@ -135,8 +148,11 @@ def test_rgb_resize_and_mixed_sizes(tmp_path):
     for i in range(20):
         _png(root / "x" / f"{i}.png", 10 * i, size=(4, 4))
         _png(root / "y" / f"{i}.png", 10 * i, size=(6, 5))
-    with pytest.raises(NetslimError, match=r"images differ in size \(x/0.png is 4x4, y/0.png is 6x5, WxH\); "
-                                           r"set image_size"):
+    with pytest.raises(
+        NetslimError,
+        match=r"images differ in size \(x/0.png is 4x4, y/0.png is 6x5, WxH\); "
+        r"set image_size",
+    ):
         open_data(DataSpec(path=str(root)), MeanSign())
     _png(root / "y" / "c.png", 30, mode="RGB")
     task = open_data(DataSpec(path=str(root), image_size=[3, 5], limit=2), MeanSign())
@@ -226,8 +242,9 @@ def test_text_classification_labels_sorted_and_accuracy(tmp_path):
 
 def test_duplicate_texts_land_in_one_split(tmp_path):
     rows = [{"text": f"same text {i % 40}", "label": i % 2} for i in range(120)]
-    task = open_data(DataSpec(path=str(_jsonl(tmp_path / "d.jsonl", rows)), limit=5), _classifier(2),
-                     source="tiny-bert")
+    task = open_data(
+        DataSpec(path=str(_jsonl(tmp_path / "d.jsonl", rows)), limit=5), _classifier(2), source="tiny-bert"
+    )
     seen = [set(task.splits[s][0]) for s in SPLITS]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
     assert all(len(task.splits[s][0]) <= 5 for s in SPLITS)
@@ -241,8 +258,11 @@ def test_label2id_ints_and_label_errors(tmp_path):
     by_text = {r["text"]: r["label"] for r in _labelled_rows()}
     assert all(task.classes[i] == by_text[t] for t, i in zip(*task.splits["train"]))
     _jsonl(tmp_path / "u.jsonl", _labelled_rows(labels=("neg", "pos", "odd")))
-    with pytest.raises(NetslimError, match=r"u\.jsonl:3: label 'odd' is not one of the model's labels "
-                                           r"\(mid, neg, pos\)"):
+    with pytest.raises(
+        NetslimError,
+        match=r"u\.jsonl:3: label 'odd' is not one of the model's labels "
+        r"\(mid, neg, pos\)",
+    ):
         open_data(DataSpec(path=str(tmp_path / "u.jsonl")), named, source="tiny-bert")
     (tmp_path / "i.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(40)))
     ints = open_data(DataSpec(path=str(tmp_path / "i.csv")), _classifier(3), source="tiny-bert")
@@ -312,8 +332,11 @@ def test_one_text_file_perplexity_is_exp_of_mean_nll(tmp_path):
     assert d["dataset"] == "files" and d["metric"] == "perplexity" and d["data"]["sha256"] == task.spec.sha256
     again = open_data(DataSpec(**d["data"]), model)  # as a runner rebuilds it from an artifact
     assert all(torch.equal(again.blocks(s), task.blocks(s)) for s in SPLITS)
-    with pytest.raises(NetslimError, match=r"corpus\.txt: split 'val' has \d+ tokens: fewer than one block of 1024 "
-                                           r"\(seq_len=1024\); set seq_len lower"):
+    with pytest.raises(
+        NetslimError,
+        match=r"corpus\.txt: split 'val' has \d+ tokens: fewer than one block of 1024 "
+        r"\(seq_len=1024\); set seq_len lower",
+    ):
         open_data(DataSpec(path=str(f), seq_len=1024), model, source="tiny-llama")
 
 
@@ -325,8 +348,9 @@ def test_text_folder_splits_by_file_and_jsonl_text(tmp_path):
     model = build_model("tiny-llama")
     task = open_data(DataSpec(path=str(folder), seq_len=8, limit=3), model)  # tokenizer: the model's zoo name
     for s, corpus in zip(SPLITS, ("calibration", "validation", "test")):
-        assert sorted(int(t.split()[1]) for t in task.texts[corpus]) == \
-            [i for i in range(40) if files.hash_split(f"doc{i}.md") == s]
+        assert sorted(int(t.split()[1]) for t in task.texts[corpus]) == [
+            i for i in range(40) if files.hash_split(f"doc{i}.md") == s
+        ]
         assert task.blocks(s).shape == (3, 8)
     rows = _jsonl(tmp_path / "t.jsonl", [{"text": _prose(4, seed=i)} for i in range(3)])
     lm = open_data(DataSpec(path=str(rows), seq_len=8), model)
@@ -351,16 +375,29 @@ def test_embedding_fidelity_against_the_users_original(tmp_path):
     assert task.evaluate(mine, "test")["fidelity"] < 0.999  # the snapshot taken at open stays the reference
 
 
-@pytest.mark.parametrize("setup, model_name, task, match", [
-    ("text", "tiny-bert", "causal-lm", "task 'causal-lm' does not fit an encoder \\(BertModel\\).*set --task embedding"),
-    ("text", "tiny-llama", "embedding", "task 'embedding' does not fit a causal LM.*set --task causal-lm"),
-    ("images", "tiny-llama", "auto", "task 'image-classification' does not fit a causal LM \\(LlamaForCausalLM\\)"),
-    ("labelled", "tiny-llama", "auto", "task 'text-classification' does not fit a causal LM.*set --task causal-lm"),
-    ("images", "tiny-llama", "causal-lm", "d' holds no tables .* or text files"),
-    ("text", "tiny-llama", "text-classification", r"d\.txt': expected tables \(\.csv"),
-    ("labelled", "tiny-llama", "image-classification", r"d\.jsonl': expected class subfolders of images \(.*"
-                                                       r"\(images: give their folder\)"),
-])
+@pytest.mark.parametrize(
+    "setup, model_name, task, match",
+    [
+        (
+            "text",
+            "tiny-bert",
+            "causal-lm",
+            "task 'causal-lm' does not fit an encoder \\(BertModel\\).*set --task embedding",
+        ),
+        ("text", "tiny-llama", "embedding", "task 'embedding' does not fit a causal LM.*set --task causal-lm"),
+        ("images", "tiny-llama", "auto", "task 'image-classification' does not fit a causal LM \\(LlamaForCausalLM\\)"),
+        ("labelled", "tiny-llama", "auto", "task 'text-classification' does not fit a causal LM.*set --task causal-lm"),
+        ("images", "tiny-llama", "causal-lm", "d' holds no tables .* or text files"),
+        ("text", "tiny-llama", "text-classification", r"d\.txt': expected tables \(\.csv"),
+        (
+            "labelled",
+            "tiny-llama",
+            "image-classification",
+            r"d\.jsonl': expected class subfolders of images \(.*"
+            r"\(images: give their folder\)",
+        ),
+    ],
+)
 def test_tasks_that_do_not_fit_the_model(tmp_path, setup, model_name, task, match):
     if setup == "images":
         for c in ("a", "b"):
@@ -378,7 +415,9 @@ def test_tasks_that_do_not_fit_the_model(tmp_path, setup, model_name, task, matc
 
 def test_text_for_a_plain_module_says_what_fits(tmp_path):
     (tmp_path / "d.txt").write_text(_prose(10))
-    with pytest.raises(NetslimError, match="text without labels scores a causal LM .* got a plain nn.Module \\(MeanSign\\)"):
+    with pytest.raises(
+        NetslimError, match="text without labels scores a causal LM .* got a plain nn.Module \\(MeanSign\\)"
+    ):
         open_data(DataSpec(path=str(tmp_path / "d.txt")), MeanSign())
 
 

@@ -13,8 +13,10 @@ from netslim.models import build_model  # noqa: E402
 from netslim.train.lm_tasks import CausalLMTask, EmbeddingTask  # noqa: E402
 from netslim.train.tasks import get_task  # noqa: E402
 
-WORDS = ("module function value engine buffer socket thread parser object caller handle file "
-         "returns accepts raises creates stores reads writes every new default small").split()
+WORDS = (
+    "module function value engine buffer socket thread parser object caller handle file "
+    "returns accepts raises creates stores reads writes every new default small"
+).split()
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,9 @@ def corpus(tmp_path_factory):
         if counts[split] >= 2:
             continue
         counts[split] += 1
-        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(7, 14))).capitalize() + "."
-                     for _ in range(30)]
+        sentences = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(7, 14))).capitalize() + "." for _ in range(30)
+        ]
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("\n\n".join(" ".join(sentences[j : j + 3]) for j in range(0, 30, 3)))
     return str(root)

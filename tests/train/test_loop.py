@@ -24,10 +24,18 @@ def test_callbacks_are_called_at_boundaries_and_extra_loss_applies(fmnist_small)
     calls = {"begin": 0, "step": 0, "epoch": 0, "end": 0, "after_backward": 0}
 
     class Count(Callback):
-        def on_train_begin(self, s): calls["begin"] += 1
-        def on_step_end(self, s): calls["step"] += 1
-        def on_epoch_end(self, s): calls["epoch"] += 1
-        def on_train_end(self, s): calls["end"] += 1
+        def on_train_begin(self, s):
+            calls["begin"] += 1
+
+        def on_step_end(self, s):
+            calls["step"] += 1
+
+        def on_epoch_end(self, s):
+            calls["epoch"] += 1
+
+        def on_train_end(self, s):
+            calls["end"] += 1
+
         def on_after_backward(self, s):
             calls["after_backward"] += 1
             assert s.model.fc1.weight.grad is not None

@@ -1,5 +1,6 @@
 """Helpers of the torchrun tests (test_ddp_torchrun.py, test_ddp_resume.py): a recipe, a model
 artifact, ``torchrun --nproc-per-node 2 -m netslim compress`` in a subprocess, its processes."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ def recipe_file(tmp: Path, steps: list) -> Path:
     import yaml
 
     path = tmp / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"name": "ddp-resume", "dataset": "fashion-mnist", "steps": steps,
-                                    "measure": {"batch_size": 2, "repeats": 1, "paired": False}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ddp-resume",
+                "dataset": "fashion-mnist",
+                "steps": steps,
+                "measure": {"batch_size": 2, "repeats": 1, "paired": False},
+            }
+        )
+    )
     return path
 
 
@@ -36,10 +45,27 @@ def model_file(tmp: Path) -> Path:
 
 def torchrun(recipe: Path, model: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NETSLIM_PROGRESS": "0"}
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "netslim", "compress",
-           str(recipe), "--model", str(model), "--limit", str(LIMIT), "--out", str(out), *extra]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        TORCHRUN,
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "netslim",
+        "compress",
+        str(recipe),
+        "--model",
+        str(model),
+        "--limit",
+        str(LIMIT),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 Importing this family registers the ``share`` method, the ``nsz`` export format, the
 ``.nsz`` loader (by magic bytes) and the shared-weight module types.
 """
+
 from netslim.core.export import register_exporter
 from netslim.core.serialize import register_loader
 
@@ -16,8 +17,24 @@ register_exporter("nsz", export_nsz, ".nsz")
 register_loader(MAGIC, load_nsz)
 
 __all__ = [
-    "MAGIC", "ShareConfig", "SharedConv2d", "SharedLinear", "SharedWeight", "bit_exact",
-    "cluster_1d", "decode", "dense_param_bytes", "encode_model", "export_nsz", "finetune_centroids", "load_nsz",
-    "model_from_bytes", "nsz_breakdown", "on_centroids", "read_nsz_info", "round_codebooks", "run_share",
+    "MAGIC",
+    "ShareConfig",
+    "SharedConv2d",
+    "SharedLinear",
+    "SharedWeight",
+    "bit_exact",
+    "cluster_1d",
+    "decode",
+    "dense_param_bytes",
+    "encode_model",
+    "export_nsz",
+    "finetune_centroids",
+    "load_nsz",
+    "model_from_bytes",
+    "nsz_breakdown",
+    "on_centroids",
+    "read_nsz_info",
+    "round_codebooks",
+    "run_share",
     "share_weights",
 ]

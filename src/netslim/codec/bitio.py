@@ -4,6 +4,7 @@ Everything a decoder reads from a file goes through :class:`Reader`, whose every
 is bounds-checked, so a truncated or corrupted file raises :class:`CorruptError` (a
 ``NetslimError``) instead of an ``IndexError``, a hang or a huge allocation.
 """
+
 from __future__ import annotations
 
 import struct
@@ -123,13 +124,13 @@ def pack_codes(codes: np.ndarray, lengths: np.ndarray, *, chunk: int = 1 << 20) 
         total = int(ln.sum())
         if total == 0:
             continue
-        start = np.cumsum(ln) - ln                               # (n,) first bit of each code
+        start = np.cumsum(ln) - ln  # (n,) first bit of each code
         within = np.arange(total, dtype=np.int64) - np.repeat(start, ln)  # (total,)
         shift = (np.repeat(ln, ln) - 1 - within).astype(np.uint32)
         parts.append(((np.repeat(c, ln) >> shift) & 1).astype(np.uint8))
     if not parts:
         return b"", 0
-    bits = np.concatenate(parts)                                 # (nbits,) one byte per bit
+    bits = np.concatenate(parts)  # (nbits,) one byte per bit
     return np.packbits(bits).tobytes(), len(bits)
 
 
@@ -150,7 +151,7 @@ def bit_windows(data: bytes, positions: np.ndarray, *, width: int) -> np.ndarray
     if not 0 < width <= 25:
         raise ValueError(f"window width must be in [1, 25]; got {width}")
     b = np.frombuffer(bytes(data) + b"\0\0\0\0", dtype=np.uint8).astype(np.uint32)
-    word = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]   # (nbytes+1,) 32-bit windows
+    word = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]  # (nbytes+1,) 32-bit windows
     p = np.asarray(positions, dtype=np.int64)
     shift = (32 - width - (p & 7)).astype(np.uint32)
     return (word[p >> 3] >> shift) & np.uint32((1 << width) - 1)
@@ -170,5 +171,5 @@ def unpack_uint(data: bytes, *, count: int, width: int) -> np.ndarray:
 def _unpack_bits_generic(data: bytes, count: int, width: int) -> np.ndarray:
     """Slow path for widths above 25 bits (rare: offsets of huge streams)."""
     bits = np.unpackbits(np.frombuffer(data, np.uint8))[: count * width].reshape(count, width)
-    weights = (1 << np.arange(width - 1, -1, -1, dtype=np.int64))
+    weights = 1 << np.arange(width - 1, -1, -1, dtype=np.int64)
     return (bits.astype(np.int64) * weights).sum(1)

@@ -15,6 +15,7 @@ error burst up to 32 bits, so any flipped byte and any cut is caught before pars
 then each record's CRC. Every length is bounds-checked, so nothing it reads can crash,
 hang or build a wrong model: the failures are :class:`NetslimError` with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,9 @@ def _write_tensor(w: Writer, name: str, t: torch.Tensor) -> RecordStats:
     return write_raw(w, t, name=name)
 
 
-def encode_model(model: nn.Module, info: dict | None = None, *,
-                 codebook_dtype: torch.dtype | None = None) -> tuple[bytes, list[RecordStats]]:
+def encode_model(
+    model: nn.Module, info: dict | None = None, *, codebook_dtype: torch.dtype | None = None
+) -> tuple[bytes, list[RecordStats]]:
     """The ``.nsz`` bytes of ``model`` and the bits spent per record.
 
     ``codebook_dtype`` (float16/float32): how centroids are stored; default: float16 when

@@ -10,6 +10,7 @@
   followed by pointer doubling (log2(BLOCK) vectorised gathers), from block starts
   stored every ``BLOCK`` symbols. No Python loop runs per bit or per symbol.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from .bitio import CorruptError, Reader, Writer, bit_windows, pack_codes, pack_uint, unpack_uint
 
 MAX_LEN = 15
-BLOCK_LOG2 = 12          # a stored bit offset every 4096 symbols: ~0.005 bits/symbol
+BLOCK_LOG2 = 12  # a stored bit offset every 4096 symbols: ~0.005 bits/symbol
 BLOCK = 1 << BLOCK_LOG2
 
 
@@ -45,15 +46,15 @@ def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
         return lengths
     if n > (1 << max_len):
         raise ValueError(f"{n} symbols cannot be coded within {max_len} bits")
-    order = used[np.argsort(counts[used], kind="stable")]     # lightest first
-    w = counts[order]                                          # (n,)
+    order = used[np.argsort(counts[used], kind="stable")]  # lightest first
+    w = counts[order]  # (n,)
     # levels[d]: for the merged list at depth max_len - d, which items are leaves.
     levels = [np.ones(n, dtype=bool)]
     cur = w
     for _ in range(max_len - 1):
         packages = cur[: len(cur) // 2 * 2].reshape(-1, 2).sum(1)
         merged = np.concatenate([w, packages])
-        idx = np.argsort(merged, kind="stable")                # leaves win ties: they come first
+        idx = np.argsort(merged, kind="stable")  # leaves win ties: they come first
         cur = merged[idx]
         levels.append(idx < n)
     # Select the 2n-2 lightest items at depth 1 and expand packages downwards: in each
@@ -72,7 +73,7 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Canonical codes for ``lengths``: (codes per symbol, symbols in canonical order)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     used = np.flatnonzero(lengths)
-    order = used[np.lexsort((used, lengths[used]))]            # by length, then symbol
+    order = used[np.lexsort((used, lengths[used]))]  # by length, then symbol
     ln = lengths[order]
     # Code i = (sum of 2^-L_j over j < i) * 2^L_i: exact in integers scaled by 2^MAX_LEN.
     span = np.int64(1) << (MAX_LEN - ln)
@@ -84,16 +85,16 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class DecodeTable:
-    width: int            # bits looked up at once (the longest code)
-    symbol: np.ndarray    # (2^width,) symbol whose code prefixes the window
-    length: np.ndarray    # (2^width,) its code length
+    width: int  # bits looked up at once (the longest code)
+    symbol: np.ndarray  # (2^width,) symbol whose code prefixes the window
+    length: np.ndarray  # (2^width,) its code length
 
 
 def decode_table(lengths: np.ndarray) -> DecodeTable:
     lengths = np.asarray(lengths, dtype=np.int64)
     codes, order = canonical_codes(lengths)
     width = int(lengths.max())
-    reps = np.int64(1) << (width - lengths[order])             # table entries per code
+    reps = np.int64(1) << (width - lengths[order])  # table entries per code
     # Canonical codes are increasing in this order, so the ranges tile the table.
     return DecodeTable(width, np.repeat(order, reps), np.repeat(lengths[order], reps))
 
@@ -115,8 +116,8 @@ def validate_lengths(lengths: np.ndarray, where: str) -> None:
 def _delta_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exp-Golomb (order 0) codes of the zigzagged differences between successive lengths."""
     d = np.diff(lengths.astype(np.int64), prepend=0)
-    v = np.where(d >= 0, 2 * d, -2 * d - 1) + 1                 # zigzag, then +1 (>= 1)
-    nbits = np.floor(np.log2(v)).astype(np.int64)               # leading zeros
+    v = np.where(d >= 0, 2 * d, -2 * d - 1) + 1  # zigzag, then +1 (>= 1)
+    nbits = np.floor(np.log2(v)).astype(np.int64)  # leading zeros
     return v.astype(np.uint32), (2 * nbits + 1).astype(np.int32)
 
 
@@ -145,7 +146,7 @@ def write_table(w: Writer, lengths: np.ndarray) -> None:
 
 def _read_delta_table(r: Reader, a: int) -> np.ndarray:
     """Inverse of the Exp-Golomb delta layout; a Python loop over at most 4096 entries."""
-    bits = np.unpackbits(np.frombuffer(r.data[r.pos:], dtype=np.uint8))
+    bits = np.unpackbits(np.frombuffer(r.data[r.pos :], dtype=np.uint8))
     out = np.zeros(a, dtype=np.int64)
     pos, prev = 0, 0
     for i in range(a):
@@ -176,7 +177,7 @@ def read_table(r: Reader, max_alphabet: int) -> np.ndarray:
         if sym_bits > 21:
             raise r.fail(f"alphabet of {a} symbols is too large")
         data = r.take((n * (sym_bits + 4) + 7) // 8)
-        at = np.arange(n, dtype=np.int64) * (sym_bits + 4)    # bit offset of each pair
+        at = np.arange(n, dtype=np.int64) * (sym_bits + 4)  # bit offset of each pair
         syms = bit_windows(data, at, width=sym_bits).astype(np.int64)
         lens = bit_windows(data, at + sym_bits, width=4).astype(np.int64)
         if n and (syms.max() >= a or np.any(np.diff(syms) <= 0) or lens.min() == 0):
@@ -196,12 +197,12 @@ def read_table(r: Reader, max_alphabet: int) -> np.ndarray:
 def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int, np.ndarray]:
     """(payload, number of bits, bit offsets of symbol blocks 1, 2, ...)."""
     symbols = np.asarray(symbols, dtype=np.int64)
-    if np.count_nonzero(lengths) == 1:                         # one symbol: zero bits each
+    if np.count_nonzero(lengths) == 1:  # one symbol: zero bits each
         return b"", 0, np.zeros(0, np.int64)
     codes, _ = canonical_codes(lengths)
-    ln = lengths[symbols].astype(np.int64)                     # (n,)
+    ln = lengths[symbols].astype(np.int64)  # (n,)
     payload, nbits = pack_codes(codes[symbols], ln)
-    starts = (np.cumsum(ln) - ln)[BLOCK::BLOCK]                # (nblocks-1,)
+    starts = (np.cumsum(ln) - ln)[BLOCK::BLOCK]  # (nblocks-1,)
     return payload, nbits, starts
 
 
@@ -218,20 +219,20 @@ def decode(payload: bytes, lengths: np.ndarray, *, nbits: int, count: int, block
         return np.zeros(0, np.int64)
     table = decode_table(lengths)
     dt = np.int32 if nbits < (1 << 30) else np.int64
-    win = bit_windows(payload, np.arange(nbits, dtype=np.int64), width=table.width)    # (nbits,)
-    nxt = np.arange(nbits, dtype=dt) + table.length[win].astype(dt)             # successor of each bit
+    win = bit_windows(payload, np.arange(nbits, dtype=np.int64), width=table.width)  # (nbits,)
+    nxt = np.arange(nbits, dtype=dt) + table.length[win].astype(dt)  # successor of each bit
     # Sentinels: nbits = "stream ended", nbits + 1 = "ran past the end" (absorbing).
     jump = np.concatenate([np.minimum(nxt, nbits + 1), np.array([nbits + 1, nbits + 1], dt)])
     starts = np.concatenate([[0], np.asarray(block_starts, np.int64)]).astype(dt)
     if np.any(np.diff(starts) <= 0) or starts[-1] >= nbits:
         raise CorruptError("Huffman block offsets are out of order or out of range; the file is corrupted.")
-    pos = starts[:, None]                                      # (nblocks, 1) known symbol starts
+    pos = starts[:, None]  # (nblocks, 1) known symbol starts
     per_block = min(count, BLOCK)
-    while pos.shape[1] < per_block:                            # doubling: 2^k -> 2^(k+1) starts
+    while pos.shape[1] < per_block:  # doubling: 2^k -> 2^(k+1) starts
         pos = np.concatenate([pos, jump[pos]], axis=1)
         if pos.shape[1] < per_block:
             jump = jump[jump]
-    flat = pos[:, :per_block].reshape(-1)[:count]              # (count,) bit offset of each symbol
+    flat = pos[:, :per_block].reshape(-1)[:count]  # (count,) bit offset of each symbol
     if len(flat) < count or flat.max() >= nbits:
         raise CorruptError("Huffman stream ends before all symbols were decoded; the file is corrupted.")
     ends = nxt[flat]
@@ -249,7 +250,7 @@ class StreamStats:
     table_bits: int = 0
     payload_bits: int = 0
     entropy_bits: float = 0.0
-    fixed_bits: int = 0   # the same symbols at a fixed width of ceil(log2(alphabet)) bits
+    fixed_bits: int = 0  # the same symbols at a fixed width of ceil(log2(alphabet)) bits
 
 
 def write_stream(w: Writer, symbols: np.ndarray, *, alphabet: int) -> StreamStats:
@@ -257,7 +258,7 @@ def write_stream(w: Writer, symbols: np.ndarray, *, alphabet: int) -> StreamStat
     symbols = np.asarray(symbols, dtype=np.int64)
     counts = np.bincount(symbols, minlength=alphabet) if len(symbols) else np.zeros(alphabet, np.int64)
     if len(symbols) == 0:
-        counts[0] = 1                                          # a valid table for an empty stream
+        counts[0] = 1  # a valid table for an empty stream
     lengths = code_lengths(counts)
     before = len(w.buf)
     write_table(w, lengths)
@@ -268,8 +269,13 @@ def write_stream(w: Writer, symbols: np.ndarray, *, alphabet: int) -> StreamStat
     if len(starts):
         w.raw(pack_uint(starts, max(1, nbits.bit_length())))
     w.raw(payload)
-    return StreamStats(len(symbols), table_bits, nbits, entropy_bits(counts) if len(symbols) else 0.0,
-                       len(symbols) * max(1, (alphabet - 1).bit_length()))
+    return StreamStats(
+        len(symbols),
+        table_bits,
+        nbits,
+        entropy_bits(counts) if len(symbols) else 0.0,
+        len(symbols) * max(1, (alphabet - 1).bit_length()),
+    )
 
 
 def read_stream(r: Reader, *, max_alphabet: int, max_count: int) -> tuple[np.ndarray, int, StreamStats]:
@@ -287,8 +293,7 @@ def read_stream(r: Reader, *, max_alphabet: int, max_count: int) -> tuple[np.nda
     payload = r.take((nbits + 7) // 8)
     symbols = decode(payload, lengths, nbits=nbits, count=count, block_starts=starts)
     counts = np.bincount(symbols, minlength=len(lengths)) if count else np.zeros(1)
-    stats = StreamStats(count, table_bits, nbits, entropy_bits(counts),
-                        count * max(1, (len(lengths) - 1).bit_length()))
+    stats = StreamStats(count, table_bits, nbits, entropy_bits(counts), count * max(1, (len(lengths) - 1).bit_length()))
     return symbols, len(lengths), stats
 
 

@@ -15,6 +15,7 @@ improvements, each chosen per tensor only when it gives fewer bits:
 
 :func:`paper_index_bits` gives the paper's fixed-width scheme for comparison.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ MAX_WIDTH = 12
 
 @dataclass(frozen=True)
 class PositionCode:
-    width: int          # gap symbols are 0 .. 2^width - 1; the largest is the escape
+    width: int  # gap symbols are 0 .. 2^width - 1; the largest is the escape
     column_major: bool  # scan order of the 2-D view (rows = dim 0)
 
 
@@ -51,7 +52,7 @@ def gaps_of(positions: np.ndarray) -> np.ndarray:
 def gap_symbols(gaps: np.ndarray, width: int) -> np.ndarray:
     """Each gap g becomes g // E escapes followed by g % E (E = 2^width - 1)."""
     esc = (1 << width) - 1
-    q = gaps // esc                                    # (nnz,) escapes before each non-zero
+    q = gaps // esc  # (nnz,) escapes before each non-zero
     out = np.full(len(gaps) + int(q.sum()), esc, dtype=np.int64)
     out[np.cumsum(q + 1) - 1] = gaps % esc
     return out
@@ -60,7 +61,7 @@ def gap_symbols(gaps: np.ndarray, width: int) -> np.ndarray:
 def positions_from_symbols(symbols: np.ndarray, *, width: int, numel: int) -> np.ndarray:
     esc = (1 << width) - 1
     is_esc = symbols == esc
-    advance = np.where(is_esc, esc, symbols + 1)       # escapes skip, data symbols land
+    advance = np.where(is_esc, esc, symbols + 1)  # escapes skip, data symbols land
     pos = np.cumsum(advance)[~is_esc] - 1
     if len(pos) and pos[-1] >= numel:
         raise CorruptError(f"sparse positions run past the tensor's {numel} elements; the file is corrupted.")
@@ -126,7 +127,7 @@ def read_positions(r: Reader, *, numel: int, shape: tuple[int, ...]) -> tuple[np
 def paper_index_bits(flat_mask: np.ndarray, width: int) -> int:
     """Deep Compression's scheme: ``width`` bits per entry, a filler entry per overflow."""
     gaps = gaps_of(np.flatnonzero(flat_mask))
-    span = 1 << width                                  # largest relative step it can express
+    span = 1 << width  # largest relative step it can express
     fillers = int((gaps // span).sum())
     return width * (len(gaps) + fillers)
 

@@ -14,6 +14,7 @@ Lloyd's algorithm on sorted data is also vectorised: assignments are boundaries
 (``searchsorted`` of centroid midpoints) and the update uses the prefix sums, so an
 iteration costs O(k log n).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ AUTO_OPTIMAL_LIMIT = 1 << 22
 
 @dataclass(frozen=True)
 class Clustering:
-    centroids: np.ndarray   # (k',) ascending, k' <= k (fewer when there are fewer distinct values)
-    labels: np.ndarray      # (n,) index into centroids
-    sse: float              # sum of squared errors
-    algorithm: str          # "optimal" or "lloyd"
+    centroids: np.ndarray  # (k',) ascending, k' <= k (fewer when there are fewer distinct values)
+    labels: np.ndarray  # (n,) index into centroids
+    sse: float  # sum of squared errors
+    algorithm: str  # "optimal" or "lloyd"
 
 
 def init_centroids(x_sorted: np.ndarray, k: int, *, init: Init, seed: int = 0) -> np.ndarray:
@@ -50,8 +51,11 @@ def init_centroids(x_sorted: np.ndarray, k: int, *, init: Init, seed: int = 0) -
 
 def _prefix(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z = np.zeros(1)
-    return (np.concatenate([z, np.cumsum(w)]), np.concatenate([z, np.cumsum(w * x)]),
-            np.concatenate([z, np.cumsum(w * x * x)]))
+    return (
+        np.concatenate([z, np.cumsum(w)]),
+        np.concatenate([z, np.cumsum(w * x)]),
+        np.concatenate([z, np.cumsum(w * x * x)]),
+    )
 
 
 def _sse(p0, p1, p2, i, j):
@@ -66,7 +70,7 @@ def lloyd(x_sorted: np.ndarray, init: np.ndarray, *, max_iter: int = 300) -> np.
     p0, p1, _ = _prefix(x_sorted, np.ones_like(x_sorted))
     c = np.sort(init.astype(np.float64))
     for _ in range(max_iter):
-        b = np.searchsorted(x_sorted, (c[1:] + c[:-1]) / 2, side="right")   # (k-1,) run ends
+        b = np.searchsorted(x_sorted, (c[1:] + c[:-1]) / 2, side="right")  # (k-1,) run ends
         bounds = np.concatenate([[0], b, [len(x_sorted)]])
         cnt = p0[bounds[1:]] - p0[bounds[:-1]]
         new = np.where(cnt > 0, (p1[bounds[1:]] - p1[bounds[:-1]]) / np.maximum(cnt, 1), c)
@@ -88,46 +92,49 @@ def _dp_row(prev: np.ndarray, prev_arg: np.ndarray, pre: tuple, t: int, m: int) 
     jlo, jhi = np.array([t]), np.array([m])
     ilo, ihi = np.array([t - 1]), np.array([m - 1])
     while len(jlo):
-        mid = (jlo + jhi) // 2                                  # (Q,) one j per open interval
+        mid = (jlo + jhi) // 2  # (Q,) one j per open interval
         hi = np.minimum(ihi, mid - 1)
         lo = np.minimum(np.maximum(ilo, prev_arg[mid]), hi)
-        span = hi - lo + 1                                      # (Q,) candidates per interval
+        span = hi - lo + 1  # (Q,) candidates per interval
         starts = np.cumsum(span) - span
-        seg = np.repeat(np.arange(len(mid)), span)              # (C,) interval of each candidate
-        i = lo[seg] + np.arange(len(seg)) - starts[seg]         # (C,) candidate split points
+        seg = np.repeat(np.arange(len(mid)), span)  # (C,) interval of each candidate
+        i = lo[seg] + np.arange(len(seg)) - starts[seg]  # (C,) candidate split points
         val = prev[i] + _sse(*pre, i, mid[seg])
-        best = np.minimum.reduceat(val, starts)                 # (Q,)
+        best = np.minimum.reduceat(val, starts)  # (Q,)
         first = np.minimum.reduceat(np.where(val <= best[seg], np.arange(len(val)), len(val)), starts)
         opt = i[first]
         cur[mid], arg[mid] = best, opt
         left, right = jlo <= mid - 1, mid + 1 <= jhi
-        jlo, jhi, ilo, ihi = (np.concatenate([jlo[left], mid[right] + 1]),
-                              np.concatenate([mid[left] - 1, jhi[right]]),
-                              np.concatenate([ilo[left], opt[right]]),
-                              np.concatenate([opt[left], ihi[right]]))
+        jlo, jhi, ilo, ihi = (
+            np.concatenate([jlo[left], mid[right] + 1]),
+            np.concatenate([mid[left] - 1, jhi[right]]),
+            np.concatenate([ilo[left], opt[right]]),
+            np.concatenate([opt[left], ihi[right]]),
+        )
     return cur, arg
 
 
 def optimal_1d(u: np.ndarray, weights: np.ndarray, *, k: int) -> np.ndarray:
     """Exact k-means of distinct sorted values ``u`` with multiplicities; returns run starts."""
     m = len(u)
-    centre = float(np.average(u, weights=weights))              # centring keeps the sums exact-ish
+    centre = float(np.average(u, weights=weights))  # centring keeps the sums exact-ish
     pre = _prefix(u - centre, weights.astype(np.float64))
     prev = _sse(*pre, np.zeros(m + 1, dtype=np.int64), np.arange(m + 1))
     args = []
-    arg = np.zeros(m + 1, dtype=np.int32)                       # one run: it starts at 0
+    arg = np.zeros(m + 1, dtype=np.int32)  # one run: it starts at 0
     for t in range(2, k + 1):
         prev, arg = _dp_row(prev, arg, pre, t, m)
         args.append(arg)
     starts, j = [], m
-    for arg in reversed(args):                                  # back-track the run boundaries
+    for arg in reversed(args):  # back-track the run boundaries
         j = int(arg[j])
         starts.append(j)
     return np.array([0] + starts[::-1], dtype=np.int64)
 
 
-def cluster_1d(values: np.ndarray, k: int, *, init: Init = "linear", algorithm: Algorithm = "auto",
-               seed: int = 0) -> Clustering:
+def cluster_1d(
+    values: np.ndarray, k: int, *, init: Init = "linear", algorithm: Algorithm = "auto", seed: int = 0
+) -> Clustering:
     """Cluster ``values`` into at most ``k`` shared values."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(x) == 0:
@@ -138,7 +145,7 @@ def cluster_1d(values: np.ndarray, k: int, *, init: Init = "linear", algorithm: 
     use_dp = algorithm == "optimal" or (algorithm == "auto" and k * len(u) <= AUTO_OPTIMAL_LIMIT)
     if use_dp:
         starts = optimal_1d(u, counts, k=k)
-        run_of_u = np.searchsorted(starts, np.arange(len(u)), side="right") - 1     # (m,)
+        run_of_u = np.searchsorted(starts, np.arange(len(u)), side="right") - 1  # (m,)
         sums = np.bincount(run_of_u, weights=u * counts, minlength=k)
         centroids = sums / np.bincount(run_of_u, weights=counts, minlength=k)
         labels = run_of_u[inverse]

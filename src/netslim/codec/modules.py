@@ -6,6 +6,7 @@ from the codebook, autograd sums the gradients of all weights of a cluster into 
 centroid, which is exactly Deep Compression's centroid fine-tuning; pruned weights get
 no gradient, and every weight stays on a centroid by construction.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,8 @@ class SharedWeight(nn.Module):
         self.register_buffer("weight_index", torch.zeros(shape, dtype=index_dtype(num_clusters)))
 
     def _gather(self) -> torch.Tensor:
-        table = torch.cat([self.codebook.new_zeros(1), self.codebook])   # (k+1,) slot 0 = pruned
-        flat = self.weight_index.reshape(-1).to(torch.int32)             # (n,) int32: index_select's
+        table = torch.cat([self.codebook.new_zeros(1), self.codebook])  # (k+1,) slot 0 = pruned
+        flat = self.weight_index.reshape(-1).to(torch.int32)  # (n,) int32: index_select's
         return table.index_select(0, flat).view(self.weight_index.shape)  # backward is a fast index_add
 
     @property
@@ -75,17 +76,29 @@ class SharedLinear(SharedWeight):
         self._init_shared((out_features, in_features), num_clusters)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., in) -> (..., out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"bias={self.bias is not None}, num_clusters={self.num_clusters}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, num_clusters={self.num_clusters}"
+        )
 
 
 class SharedConv2d(SharedWeight):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, num_clusters: int = 256):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        num_clusters: int = 256,
+    ):
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -94,24 +107,37 @@ class SharedConv2d(SharedWeight):
         self._init_shared((out_channels, in_channels // groups, *self.kernel_size), num_clusters)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (B, C_in, H, W) -> (B, C_out, H', W')
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, " \
-               f"stride={self.stride}, num_clusters={self.num_clusters}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, num_clusters={self.num_clusters}"
+        )
 
 
 def _linear_kwargs(m: SharedLinear) -> dict:
-    return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
-            "num_clusters": m.num_clusters}
+    return {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "bias": m.bias is not None,
+        "num_clusters": m.num_clusters,
+    }
 
 
 def _conv_kwargs(m: SharedConv2d) -> dict:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-            "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
-            "num_clusters": m.num_clusters}
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "num_clusters": m.num_clusters,
+    }
 
 
 def _linear_macs(m, inputs, out) -> int:

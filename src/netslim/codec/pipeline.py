@@ -11,6 +11,7 @@ The step records in ``ctx.notes["share"]``:
   over tensors; "nsz" sizes are whole files;
 * ``entropy``: Huffman payload bits versus the Shannon entropy of the coded symbols.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,9 +54,14 @@ def entropy_summary(stats: list[RecordStats]) -> dict[str, Any]:
     i_ent = sum(s.index_entropy_bits for s in coded)
     total_bits, total_ent = w_bits + i_bits, w_ent + i_ent
     tables = sum(s.weight_table_bits + s.index_table_bits for s in coded)
-    return {"weight_payload_bits": w_bits, "weight_entropy_bits": round(w_ent, 1),
-            "index_payload_bits": i_bits, "index_entropy_bits": round(i_ent, 1), "table_bits": tables,
-            "payload_over_entropy": total_bits / total_ent if total_ent else 1.0}
+    return {
+        "weight_payload_bits": w_bits,
+        "weight_entropy_bits": round(w_ent, 1),
+        "index_payload_bits": i_bits,
+        "index_entropy_bits": round(i_ent, 1),
+        "table_bits": tables,
+        "payload_over_entropy": total_bits / total_ent if total_ent else 1.0,
+    }
 
 
 def _accuracy(model: nn.Module, task) -> float | None:
@@ -72,16 +78,21 @@ def bit_exact(model: nn.Module, data: bytes) -> bool:
         return False
     same = all(torch.equal(a[k].cpu(), b[k]) for k in a if not k.endswith(".codebook"))  # unused centroids: not stored
     mods = dict(loaded.named_modules())
-    return same and all(torch.equal(m.weight.detach().cpu(), mods[n].weight) for n, m in model.named_modules()
-                        if isinstance(m, SharedWeight))
+    return same and all(
+        torch.equal(m.weight.detach().cpu(), mods[n].weight)
+        for n, m in model.named_modules()
+        if isinstance(m, SharedWeight)
+    )
 
 
 def _stage_rows(dense: int, pruned: dict, quantized: dict, data: bytes) -> list[dict[str, Any]]:
-    rows = [dict(stage="dense fp32", bytes=dense, accuracy=pruned.get("dense_accuracy")),
-            dict(stage="pruned (fixed-width)", bytes=pruned["fixed"], accuracy=pruned["accuracy"]),
-            dict(stage="pruned (.nsz, fp32 values)", bytes=pruned["nsz"], accuracy=pruned["accuracy"]),
-            dict(stage="quantized (fixed-width)", bytes=quantized["fixed"], accuracy=quantized["accuracy"]),
-            dict(stage="huffman (.nsz)", bytes=len(data), accuracy=quantized["accuracy"])]
+    rows = [
+        dict(stage="dense fp32", bytes=dense, accuracy=pruned.get("dense_accuracy")),
+        dict(stage="pruned (fixed-width)", bytes=pruned["fixed"], accuracy=pruned["accuracy"]),
+        dict(stage="pruned (.nsz, fp32 values)", bytes=pruned["nsz"], accuracy=pruned["accuracy"]),
+        dict(stage="quantized (fixed-width)", bytes=quantized["fixed"], accuracy=quantized["accuracy"]),
+        dict(stage="huffman (.nsz)", bytes=len(data), accuracy=quantized["accuracy"]),
+    ]
     for r in rows:
         r["ratio"] = round(dense / r["bytes"], 2) if r["bytes"] else None
     return rows
@@ -92,10 +103,14 @@ def run_share(model: nn.Module, cfg: ShareConfig, ctx) -> nn.Module:
     task = getattr(ctx, "task", None)
     dense = dense_param_bytes(model)
     reference = getattr(ctx, "reference", None)
-    info = getattr(ctx, "info", None) or None   # what ``export`` writes: stage bytes == file bytes
+    info = getattr(ctx, "info", None) or None  # what ``export`` writes: stage bytes == file bytes
     pruned_bytes, pruned_stats = encode_model(model, info)
-    pruned = {"accuracy": _accuracy(model, task), "fixed": fixed_width_bytes(pruned_stats), "nsz": len(pruned_bytes),
-              "dense_accuracy": _accuracy(reference(), task) if reference is not None else None}
+    pruned = {
+        "accuracy": _accuracy(model, task),
+        "fixed": fixed_width_bytes(pruned_stats),
+        "nsz": len(pruned_bytes),
+        "dense_accuracy": _accuracy(reference(), task) if reference is not None else None,
+    }
     shared = share_weights(model, cfg)
     for s in shared["skipped"]:
         ctx.skip(s["name"], f"share: {s['reason']}")
@@ -109,12 +124,18 @@ def run_share(model: nn.Module, cfg: ShareConfig, ctx) -> nn.Module:
     quantized = {"accuracy": _accuracy(model, task), "fixed": fixed_width_bytes(stats)}
     stages = _stage_rows(dense, pruned, quantized, data)
     notes = ctx.notes[cfg.method] = {
-        "layers": shared["layers"], "accuracy_before_finetune": clustered_accuracy, "finetune": train,
-        "stages": stages, "entropy": entropy_summary(stats),
-        "records": [s.as_dict() for s in stats], "on_centroids": on_centroids(model),
+        "layers": shared["layers"],
+        "accuracy_before_finetune": clustered_accuracy,
+        "finetune": train,
+        "stages": stages,
+        "entropy": entropy_summary(stats),
+        "records": [s.as_dict() for s in stats],
+        "on_centroids": on_centroids(model),
         "nsz_bit_exact": bit_exact(model, data),
-        "tradeoff": [dict(kind="pruning only", ratio=stages[2]["ratio"], accuracy=pruned["accuracy"]),
-                     dict(kind="pruning + quantization", ratio=stages[-1]["ratio"], accuracy=quantized["accuracy"])],
+        "tradeoff": [
+            dict(kind="pruning only", ratio=stages[2]["ratio"], accuracy=pruned["accuracy"]),
+            dict(kind="pruning + quantization", ratio=stages[-1]["ratio"], accuracy=quantized["accuracy"]),
+        ],
     }
     if reference is not None:
         notes["tradeoff"] = _reference_points(reference, cfg, task, dense, pruned["dense_accuracy"]) + notes["tradeoff"]
@@ -134,6 +155,11 @@ def _reference_points(reference, cfg: ShareConfig, task, dense: int, accuracy: f
         round_codebooks(ref)
     if cfg.dense == "float16":
         round_dense(ref)
-    points.append(dict(kind="quantization only (no fine-tuning)", ratio=round(dense / len(encode_model(ref)[0]), 2),
-                       accuracy=_accuracy(ref, task)))
+    points.append(
+        dict(
+            kind="quantization only (no fine-tuning)",
+            ratio=round(dense / len(encode_model(ref)[0]), 2),
+            accuracy=_accuracy(ref, task),
+        )
+    )
     return points

@@ -16,6 +16,7 @@ A record body (little-endian; framing and CRC live in :mod:`.container`)::
 
 ``positions`` = mode u8 (0: every element is present, 1: coded) + :mod:`.indices` stream.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -30,8 +31,18 @@ from .modules import SharedWeight, index_dtype
 
 RAW, SPARSE, SHARED = 0, 1, 2
 KIND_NAMES = {RAW: "raw", SPARSE: "sparse", SHARED: "shared"}
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
-          torch.int16, torch.int8, torch.uint8, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
 PAPER_INDEX_WIDTH = {2: 5, 4: 8}  # Deep Compression: 5-bit relative index for FC, 8 for conv
 MAX_DIMS = 8
@@ -48,15 +59,15 @@ class RecordStats:
     numel: int
     nonzero: int = 0
     clusters: int = 0
-    weight_bits: int = 0            # Huffman payload of the cluster indices (or raw value bits)
+    weight_bits: int = 0  # Huffman payload of the cluster indices (or raw value bits)
     weight_table_bits: int = 0
     weight_entropy_bits: float = 0.0
-    index_bits: int = 0             # Huffman payload of the positions (gap symbols)
+    index_bits: int = 0  # Huffman payload of the positions (gap symbols)
     index_table_bits: int = 0
     index_entropy_bits: float = 0.0
     codebook_bytes: int = 0
-    record_bytes: int = 0           # the whole record on disk (framing and CRC included)
-    fixed_bits: int = 0             # the paper's fixed-width coding of the same tensor
+    record_bytes: int = 0  # the whole record on disk (framing and CRC included)
+    fixed_bits: int = 0  # the paper's fixed-width coding of the same tensor
     extra: dict = field(default_factory=dict)
 
     @property
@@ -116,21 +127,39 @@ def _paper_bits(shape: list[int], numel: int, pos: np.ndarray) -> tuple[int, int
 
 def _sparse_stats(name, shape, numel, pos, pos_stats, itemsize) -> RecordStats:
     _, index_fixed = _paper_bits(shape, numel, pos)
-    return RecordStats(name, "sparse", list(shape), numel, len(pos), weight_bits=8 * itemsize * len(pos),
-                       index_bits=pos_stats.payload_bits, index_table_bits=pos_stats.table_bits,
-                       index_entropy_bits=pos_stats.entropy_bits,
-                       fixed_bits=8 * itemsize * len(pos) + index_fixed)
+    return RecordStats(
+        name,
+        "sparse",
+        list(shape),
+        numel,
+        len(pos),
+        weight_bits=8 * itemsize * len(pos),
+        index_bits=pos_stats.payload_bits,
+        index_table_bits=pos_stats.table_bits,
+        index_entropy_bits=pos_stats.entropy_bits,
+        fixed_bits=8 * itemsize * len(pos) + index_fixed,
+    )
 
 
 def _shared_stats(name, shape, numel, pos, k, pos_stats, cl_stats, cb_bytes) -> RecordStats:
     entries, index_fixed = _paper_bits(shape, numel, pos)
     bits = max(1, (k - 1).bit_length())
-    return RecordStats(name, "shared", list(shape), numel, len(pos), clusters=k,
-                       weight_bits=cl_stats.payload_bits, weight_table_bits=cl_stats.table_bits,
-                       weight_entropy_bits=cl_stats.entropy_bits,
-                       index_bits=pos_stats.payload_bits, index_table_bits=pos_stats.table_bits,
-                       index_entropy_bits=pos_stats.entropy_bits, codebook_bytes=cb_bytes,
-                       fixed_bits=bits * entries + index_fixed + 8 * cb_bytes)
+    return RecordStats(
+        name,
+        "shared",
+        list(shape),
+        numel,
+        len(pos),
+        clusters=k,
+        weight_bits=cl_stats.payload_bits,
+        weight_table_bits=cl_stats.table_bits,
+        weight_entropy_bits=cl_stats.entropy_bits,
+        index_bits=pos_stats.payload_bits,
+        index_table_bits=pos_stats.table_bits,
+        index_entropy_bits=pos_stats.entropy_bits,
+        codebook_bytes=cb_bytes,
+        fixed_bits=bits * entries + index_fixed + 8 * cb_bytes,
+    )
 
 
 def storage_dtype(t: torch.Tensor) -> torch.dtype:
@@ -166,8 +195,15 @@ def write_raw(w: Writer, t: torch.Tensor, *, name: str) -> RecordStats:
     stored = storage_dtype(t)
     w.u8(DTYPE_CODE[stored])
     nbytes = _write_values(w, t, stored)
-    return RecordStats(name, "raw", list(t.shape), t.numel(), int(torch.count_nonzero(t)),
-                       weight_bits=8 * nbytes, fixed_bits=8 * nbytes)
+    return RecordStats(
+        name,
+        "raw",
+        list(t.shape),
+        t.numel(),
+        int(torch.count_nonzero(t)),
+        weight_bits=8 * nbytes,
+        fixed_bits=8 * nbytes,
+    )
 
 
 def write_sparse(w: Writer, t: torch.Tensor, *, name: str) -> RecordStats:
@@ -190,7 +226,7 @@ def write_shared(w: Writer, m: SharedWeight, *, name: str, codebook_dtype: torch
     w.u8(DTYPE_CODE[codebook_dtype])
     flat = index.reshape(-1).numpy()
     pos_stats, pos = _write_mask(w, flat != 0, shape)
-    clusters = flat[pos] - 1                                    # (nnz,) in scan order
+    clusters = flat[pos] - 1  # (nnz,) in scan order
     cl_stats = write_stream(w, clusters, alphabet=k)
     used = np.flatnonzero(np.bincount(clusters, minlength=k))
     codebook = m.codebook.detach().to("cpu").float()
@@ -218,9 +254,16 @@ def read_record(r: Reader) -> tuple[dict[str, torch.Tensor], RecordStats]:
     itemsize = torch.empty(0, dtype=stored).element_size()
     if kind == RAW:
         t = _read_values(r, stored, dtype, shape)
-        return {name: t}, RecordStats(name, "raw", shape, numel, int(torch.count_nonzero(t)),
-                                      weight_bits=8 * numel * itemsize, fixed_bits=8 * numel * itemsize)
-    pos, pos_stats = _read_mask(r, numel, tuple(shape))          # SPARSE
+        return {name: t}, RecordStats(
+            name,
+            "raw",
+            shape,
+            numel,
+            int(torch.count_nonzero(t)),
+            weight_bits=8 * numel * itemsize,
+            fixed_bits=8 * numel * itemsize,
+        )
+    pos, pos_stats = _read_mask(r, numel, tuple(shape))  # SPARSE
     values = _read_values(r, stored, dtype, [len(pos)])
     flat = torch.zeros(numel, dtype=dtype)
     flat[torch.from_numpy(pos)] = values
@@ -240,7 +283,9 @@ def _read_shared(r: Reader, name: str, shape: list[int], numel: int):
     cdtype = DTYPES[cdcode]
     cb = r.take(len(used) * torch.empty(0, dtype=cdtype).element_size())
     codebook = torch.zeros(k, dtype=torch.float32)
-    codebook[torch.from_numpy(used)] = bytes_tensor(cb, dtype=cdtype, shape=[len(used)]).float()  # unused: never referenced
+    codebook[torch.from_numpy(used)] = bytes_tensor(
+        cb, dtype=cdtype, shape=[len(used)]
+    ).float()  # unused: never referenced
     index = torch.zeros(numel, dtype=index_dtype(k))
     index[torch.from_numpy(pos)] = torch.from_numpy(clusters + 1).to(index.dtype)
     stats = _shared_stats(name, shape, numel, pos, k, pos_stats, cl_stats, len(cb))

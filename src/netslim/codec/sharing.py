@@ -16,6 +16,7 @@ same without a recipe; ``finetune_centroids(model, task)`` trains the centroids.
 The centroids train with Adam by default: a centroid's gradient is the *sum* over its cluster,
 so its scale grows with the cluster size; Adam's normalisation makes one ``lr`` fit every layer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,18 +52,23 @@ class ShareConfig(TrainingStep):
     converts_layers: ClassVar[str] = "replaced them by shared-weight layers (each weight tied to a k-means centroid)"
     bits: int | dict[str, int] = Field(
         default_factory=lambda: {"type:Conv2d": 8, "type:Linear": 5},
-        description="bits per cluster index (k = 2^bits): one int, or selector -> int")
+        description="bits per cluster index (k = 2^bits): one int, or selector -> int",
+    )
     init: Literal["linear", "density", "random"] = "linear"
     algorithm: Literal["auto", "optimal", "lloyd"] = "auto"
     include: Selector = None
     exclude: Selector = None
     codebook: Literal["float16", "float32"] = Field(
-        "float16", description="centroid storage; float16 rounds the trained centroids (measured)")
+        "float16", description="centroid storage; float16 rounds the trained centroids (measured)"
+    )
     dense: Literal["float32", "float16"] = Field(
-        "float32", description="float16 rounds the other float tensors (biases, norms) to half values, "
-                               "which the .nsz stores losslessly in 2 bytes (accuracy measured after)")
-    finetune: FinetuneConfig = finetune_field("training of the centroids (and biases, norms) after clustering; "
-                                              "epochs: 0 = none", **CENTROID_TRAINING)
+        "float32",
+        description="float16 rounds the other float tensors (biases, norms) to half values, "
+        "which the .nsz stores losslessly in 2 bytes (accuracy measured after)",
+    )
+    finetune: FinetuneConfig = finetune_field(
+        "training of the centroids (and biases, norms) after clustering; epochs: 0 = none", **CENTROID_TRAINING
+    )
     seed: int = Field(0, description="k-means initialisation seed (the training's: finetune.seed)")
 
     @field_validator("bits", mode="before")
@@ -94,8 +100,17 @@ def _shared_twin(module: nn.Module, k: int) -> SharedWeight:
     if isinstance(module, nn.Linear):
         new = SharedLinear(module.in_features, module.out_features, bias, num_clusters=k)
     else:
-        new = SharedConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                           module.padding, module.dilation, module.groups, bias, num_clusters=k)
+        new = SharedConv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            bias,
+            num_clusters=k,
+        )
     new = new.to(module.weight.device)
     if bias:
         with torch.no_grad():
@@ -106,18 +121,25 @@ def _shared_twin(module: nn.Module, k: int) -> SharedWeight:
 def share_layer(module: nn.Module, *, bits: int, cfg: ShareConfig) -> tuple[SharedWeight, dict[str, Any]]:
     """Cluster the non-zero weights of one Linear/Conv2d; returns its shared twin and facts."""
     t0 = time.perf_counter()
-    w = module.weight.detach()                                   # effective (masked) weight
-    keep = w != 0                                                # pruned weights stay zero
+    w = module.weight.detach()  # effective (masked) weight
+    keep = w != 0  # pruned weights stay zero
     k = 1 << bits
     result = cluster_1d(w[keep].double().cpu().numpy(), k, init=cfg.init, algorithm=cfg.algorithm, seed=cfg.seed)
     codebook = torch.zeros(k, dtype=torch.float32)
     codebook[: len(result.centroids)] = torch.from_numpy(result.centroids).float()
     index = torch.zeros(w.shape, dtype=torch.long)
-    index[keep.cpu()] = torch.from_numpy(result.labels + 1)      # 0 = pruned, 1..k = centroid
+    index[keep.cpu()] = torch.from_numpy(result.labels + 1)  # 0 = pruned, 1..k = centroid
     new = _shared_twin(module, k)
     new.assign(codebook, index)
-    facts = {"bits": bits, "clusters": k, "nonzero": int(keep.sum()), "numel": w.numel(),
-             "algorithm": result.algorithm, "sse": result.sse, "seconds": time.perf_counter() - t0}
+    facts = {
+        "bits": bits,
+        "clusters": k,
+        "nonzero": int(keep.sum()),
+        "numel": w.numel(),
+        "algorithm": result.algorithm,
+        "sse": result.sse,
+        "seconds": time.perf_counter() - t0,
+    }
     return new, facts
 
 
@@ -150,8 +172,10 @@ def _plan(model: nn.Module, cfg: ShareConfig) -> tuple[list[tuple[str, int]], li
         else:
             todo.append((name, bits))
     if not todo:
-        raise NetslimError(f"share: no layer would be shared (include={cfg.include!r}, exclude={cfg.exclude!r}, "
-                           f"bits={cfg.bits!r}); supported types: Linear, Conv2d.")
+        raise NetslimError(
+            f"share: no layer would be shared (include={cfg.include!r}, exclude={cfg.exclude!r}, "
+            f"bits={cfg.bits!r}); supported types: Linear, Conv2d."
+        )
     return todo, skipped
 
 
@@ -205,5 +229,8 @@ def on_centroids(model: nn.Module) -> bool:
 
 
 def codebook_usage(model: nn.Module) -> dict[str, int]:
-    return {n: int(np.count_nonzero(np.bincount(m.weight_index.cpu().numpy().reshape(-1), minlength=2)[1:]))
-            for n, m in model.named_modules() if isinstance(m, SharedWeight)}
+    return {
+        n: int(np.count_nonzero(np.bincount(m.weight_index.cpu().numpy().reshape(-1), minlength=2)[1:]))
+        for n, m in model.named_modules()
+        if isinstance(m, SharedWeight)
+    }

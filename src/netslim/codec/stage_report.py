@@ -5,6 +5,7 @@ Written next to the run's report (``<out>/deep_compression.md`` and
 not this step's per-stage table; the same facts are in ``report.json`` under the share
 step's ``notes``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,23 +20,40 @@ def _pct(v: float | None) -> str:
 
 def stage_markdown(notes: dict[str, Any]) -> str:
     """Per-stage sizes and accuracies, the entropy check and the per-layer clustering."""
-    lines = ["# Deep Compression stages", "",
-             "| stage | bytes | ratio vs dense fp32 | accuracy |", "|---|---:|---:|---:|"]
+    lines = [
+        "# Deep Compression stages",
+        "",
+        "| stage | bytes | ratio vs dense fp32 | accuracy |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {r['stage']} | {r['bytes']:,} | {r['ratio']}x | {_pct(r['accuracy'])} |" for r in notes["stages"]]
     e = notes["entropy"]
-    lines += ["", "Fixed-width rows follow the paper's accounting (32-bit values or `bits`-bit cluster indices, "
-              "5/8-bit relative indices with filler entries); `.nsz` rows are whole files.", "",
-              "## Huffman payload vs Shannon entropy of the coded symbols", "",
-              "| stream | payload bits | entropy bits |", "|---|---:|---:|",
-              f"| cluster indices | {e['weight_payload_bits']:,} | {e['weight_entropy_bits']:,} |",
-              f"| positions (gap symbols) | {e['index_payload_bits']:,} | {e['index_entropy_bits']:,} |",
-              f"| code tables | {e['table_bits']:,} | - |", "",
-              f"Payload / entropy: {e['payload_over_entropy']:.4f}. Accuracy after clustering, before centroid "
-              f"fine-tuning: {_pct(notes.get('accuracy_before_finetune'))}. Decoded .nsz bit-exact: "
-              f"{notes.get('nsz_bit_exact')}.", "",
-              "## Layers", "", "| layer | bits | clusters | non-zeros | of | algorithm |", "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {n} | {f['bits']} | {f['clusters']} | {f['nonzero']:,} | {f['numel']:,} | {f['algorithm']} |"
-              for n, f in notes["layers"].items()]
+    lines += [
+        "",
+        "Fixed-width rows follow the paper's accounting (32-bit values or `bits`-bit cluster indices, "
+        "5/8-bit relative indices with filler entries); `.nsz` rows are whole files.",
+        "",
+        "## Huffman payload vs Shannon entropy of the coded symbols",
+        "",
+        "| stream | payload bits | entropy bits |",
+        "|---|---:|---:|",
+        f"| cluster indices | {e['weight_payload_bits']:,} | {e['weight_entropy_bits']:,} |",
+        f"| positions (gap symbols) | {e['index_payload_bits']:,} | {e['index_entropy_bits']:,} |",
+        f"| code tables | {e['table_bits']:,} | - |",
+        "",
+        f"Payload / entropy: {e['payload_over_entropy']:.4f}. Accuracy after clustering, before centroid "
+        f"fine-tuning: {_pct(notes.get('accuracy_before_finetune'))}. Decoded .nsz bit-exact: "
+        f"{notes.get('nsz_bit_exact')}.",
+        "",
+        "## Layers",
+        "",
+        "| layer | bits | clusters | non-zeros | of | algorithm |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {n} | {f['bits']} | {f['clusters']} | {f['nonzero']:,} | {f['numel']:,} | {f['algorithm']} |"
+        for n, f in notes["layers"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -48,10 +66,9 @@ def stage_plot(points: list[dict[str, Any]], path: Path) -> Path:
         if p["accuracy"] is None:
             continue
         ax.scatter([p["ratio"]], [100 * p["accuracy"]], s=40)
-        ax.annotate(p["kind"], (p["ratio"], 100 * p["accuracy"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
+        ax.annotate(p["kind"], (p["ratio"], 100 * p["accuracy"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
-    ax.margins(x=0.3, y=0.15)   # room for the labels
+    ax.margins(x=0.3, y=0.15)  # room for the labels
     ax.set_xlabel("compression ratio (dense fp32 bytes / .nsz bytes)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Deep Compression: accuracy vs compression")

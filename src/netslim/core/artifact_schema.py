@@ -27,6 +27,7 @@ digests. Every failure is a :class:`NetslimError` naming the file and the field.
 modules against the header's shapes happens in :mod:`netslim.core.serialize` (on the meta
 device, before any allocation).
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,17 +62,29 @@ DESCRIPTION_KEY = "netslim"
 INTEGRITY_KEY = "netslim.sha256"
 ALGORITHM = "sha256"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-MAX_DEPTH = 64                  # JSON nesting of a description (real ones: < 15)
+MAX_DEPTH = 64  # JSON nesting of a description (real ones: < 15)
 MAX_DIMS = 16
 
 # safetensors dtype name -> (torch dtype, bytes per element)
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1), "U8": (torch.uint8, 1), "I8": (torch.int8, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
-    "F8_E4M3FNUZ": (torch.float8_e4m3fnuz, 1), "F8_E5M2FNUZ": (torch.float8_e5m2fnuz, 1),
-    "I16": (torch.int16, 2), "U16": (torch.uint16, 2), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
-    "I32": (torch.int32, 4), "U32": (torch.uint32, 4), "F32": (torch.float32, 4),
-    "I64": (torch.int64, 8), "U64": (torch.uint64, 8), "F64": (torch.float64, 8), "C64": (torch.complex64, 8),
+    "BOOL": (torch.bool, 1),
+    "U8": (torch.uint8, 1),
+    "I8": (torch.int8, 1),
+    "F8_E4M3": (torch.float8_e4m3fn, 1),
+    "F8_E5M2": (torch.float8_e5m2, 1),
+    "F8_E4M3FNUZ": (torch.float8_e4m3fnuz, 1),
+    "F8_E5M2FNUZ": (torch.float8_e5m2fnuz, 1),
+    "I16": (torch.int16, 2),
+    "U16": (torch.uint16, 2),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "I32": (torch.int32, 4),
+    "U32": (torch.uint32, 4),
+    "F32": (torch.float32, 4),
+    "I64": (torch.int64, 8),
+    "U64": (torch.uint64, 8),
+    "F64": (torch.float64, 8),
+    "C64": (torch.complex64, 8),
 }
 DTYPE_NAMES = {dt: name for name, (dt, _) in DTYPES.items()}
 
@@ -109,8 +122,10 @@ def read_header(path: Path) -> Header:
             raw_len = f.read(8)
             n = int.from_bytes(raw_len, "little") if len(raw_len) == 8 else -1
             if n < 2 or n > min(MAX_HEADER_BYTES, size - 8):
-                raise NetslimError(f"{path} is not a readable netslim artifact: truncated or not safetensors "
-                                   f"(header length {n} for a file of {size} bytes).")
+                raise NetslimError(
+                    f"{path} is not a readable netslim artifact: truncated or not safetensors "
+                    f"(header length {n} for a file of {size} bytes)."
+                )
             text = f.read(n)
     except OSError as e:
         raise NetslimError(f"{path}: cannot read the file: {e}.") from None
@@ -136,12 +151,15 @@ def _entry(path: Path, name: str, e: Any) -> TensorEntry:
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise NetslimError(f"{where}: field 'dtype' must be one of {', '.join(DTYPES)}; got {shown(dtype)}.")
     if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_nat(d) for d in shape)):
-        raise NetslimError(f"{where}: field 'shape' must be a list of <= {MAX_DIMS} non-negative integers; "
-                           f"got {shown(shape)}.")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_nat(o) for o in offsets)
-            and offsets[0] <= offsets[1]):
-        raise NetslimError(f"{where}: field 'data_offsets' must be [begin, end] with 0 <= begin <= end; "
-                           f"got {shown(offsets)}.")
+        raise NetslimError(
+            f"{where}: field 'shape' must be a list of <= {MAX_DIMS} non-negative integers; got {shown(shape)}."
+        )
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(_nat(o) for o in offsets) and offsets[0] <= offsets[1]
+    ):
+        raise NetslimError(
+            f"{where}: field 'data_offsets' must be [begin, end] with 0 <= begin <= end; got {shown(offsets)}."
+        )
     entry = TensorEntry(dtype, tuple(shape), offsets[0], offsets[1])
     if entry.numel * DTYPES[dtype][1] != entry.end - entry.begin:
         raise NetslimError(f"{where}: {entry.end - entry.begin} bytes do not hold shape {list(shape)} of {dtype}.")
@@ -157,12 +175,15 @@ def _check_layout(path: Path, tensors: dict[str, TensorEntry], data_len: int) ->
     pos = 0
     for name, e in sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
         if e.begin != pos:
-            raise NetslimError(f"{path}: corrupt safetensors header: tensor {shown(name)} starts at byte {e.begin} "
-                               f"of the data, expected {pos} (a gap or an overlap).")
+            raise NetslimError(
+                f"{path}: corrupt safetensors header: tensor {shown(name)} starts at byte {e.begin} "
+                f"of the data, expected {pos} (a gap or an overlap)."
+            )
         pos = e.end
     if pos != data_len:
-        raise NetslimError(f"{path}: the data holds {data_len} bytes, the header describes {pos}: "
-                           "the file is truncated or corrupted.")
+        raise NetslimError(
+            f"{path}: the data holds {data_len} bytes, the header describes {pos}: the file is truncated or corrupted."
+        )
 
 
 # --------------------------------------------------------------------------- integrity
@@ -187,10 +208,15 @@ def _text_digest(text: str) -> str:
 
 def integrity_record(description_json: str, tensors: dict[str, torch.Tensor]) -> str:
     """The ``"netslim.sha256"`` metadata entry for these (CPU, contiguous) tensors."""
-    digests = b"".join(_tensor_digest(k, DTYPE_NAMES[tensors[k].dtype], tensors[k].shape, tensor_bytes(tensors[k]))
-                       for k in sorted(tensors))
-    record = {"algorithm": ALGORITHM, "description": _text_digest(description_json),
-              "tensors": base64.b64encode(digests).decode("ascii")}
+    digests = b"".join(
+        _tensor_digest(k, DTYPE_NAMES[tensors[k].dtype], tensors[k].shape, tensor_bytes(tensors[k]))
+        for k in sorted(tensors)
+    )
+    record = {
+        "algorithm": ALGORITHM,
+        "description": _text_digest(description_json),
+        "tensors": base64.b64encode(digests).decode("ascii"),
+    }
     return json.dumps(record, separators=(",", ":"))
 
 
@@ -203,8 +229,8 @@ class _Integrity(BaseModel):
 
 @dataclass(frozen=True)
 class Integrity:
-    description: str            # base64 SHA-256 of the description text
-    tensors: list[bytes]        # SHA-256 per tensor, tensors sorted by name
+    description: str  # base64 SHA-256 of the description text
+    tensors: list[bytes]  # SHA-256 per tensor, tensors sorted by name
 
 
 def read_integrity(header: Header) -> Integrity | None:
@@ -216,18 +242,23 @@ def read_integrity(header: Header) -> Integrity | None:
         rec = _Integrity.model_validate(json.loads(text))
         digests = base64.b64decode(rec.tensors, validate=True)
     except (ValueError, RecursionError, binascii.Error) as e:  # JSONDecodeError, ValidationError: ValueErrors
-        raise NetslimError(f"{header.path}: corrupt integrity record (metadata {INTEGRITY_KEY!r}): "
-                           f"{_first_error(e)}.") from None
+        raise NetslimError(
+            f"{header.path}: corrupt integrity record (metadata {INTEGRITY_KEY!r}): {_first_error(e)}."
+        ) from None
     if len(digests) != DIGEST_BYTES * len(header.tensors):
-        raise NetslimError(f"{header.path}: the integrity record covers {len(digests) / DIGEST_BYTES:g} tensors, the "
-                           f"header lists {len(header.tensors)}: the file is corrupted.")
-    return Integrity(rec.description, [digests[i:i + DIGEST_BYTES] for i in range(0, len(digests), DIGEST_BYTES)])
+        raise NetslimError(
+            f"{header.path}: the integrity record covers {len(digests) / DIGEST_BYTES:g} tensors, the "
+            f"header lists {len(header.tensors)}: the file is corrupted."
+        )
+    return Integrity(rec.description, [digests[i : i + DIGEST_BYTES] for i in range(0, len(digests), DIGEST_BYTES)])
 
 
 def verify_description(header: Header, record: Integrity, description_json: str) -> None:
     if _text_digest(description_json) != record.description:
-        raise NetslimError(f"{header.path}: checksum mismatch in field 'description' (metadata "
-                           f"{DESCRIPTION_KEY!r}): the file is corrupted.")
+        raise NetslimError(
+            f"{header.path}: checksum mismatch in field 'description' (metadata "
+            f"{DESCRIPTION_KEY!r}): the file is corrupted."
+        )
 
 
 def verify_integrity(header: Header, record: Integrity, description_json: str, threads: int = 1) -> None:
@@ -237,10 +268,11 @@ def verify_integrity(header: Header, record: Integrity, description_json: str, t
     with open(header.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)
         try:
+
             def digest(name: str) -> bytes:
                 e = header.tensors[name]
                 start = header.data_start
-                return _tensor_digest(name, e.dtype, e.shape, view[start + e.begin:start + e.end])
+                return _tensor_digest(name, e.dtype, e.shape, view[start + e.begin : start + e.end])
 
             # hashlib releases the GIL on large buffers: tensors hash in parallel
             if threads > 1 and len(names) > 1:
@@ -349,8 +381,9 @@ def parse_description(header: Header) -> tuple[str, dict]:
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise NetslimError(f"{path}: corrupt description (metadata {DESCRIPTION_KEY!r}): "
-                           f"{type(e).__name__}: {clip(str(e))}.") from None
+        raise NetslimError(
+            f"{path}: corrupt description (metadata {DESCRIPTION_KEY!r}): {type(e).__name__}: {clip(str(e))}."
+        ) from None
     if not isinstance(raw, dict):
         raise NetslimError(f"{path}: corrupt description: not a JSON object; got {shown(raw)}.")
     return text, raw
@@ -361,12 +394,14 @@ def validate_description(header: Header, raw: dict) -> dict:
     path = header.path
     version = raw.get("version", 0)
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise NetslimError(f"{path} was written by a newer netslim (format {version}); "
-                           f"this one reads <= {FORMAT_VERSION}.")
+        raise NetslimError(
+            f"{path} was written by a newer netslim (format {version}); this one reads <= {FORMAT_VERSION}."
+        )
     deep = too_deep(raw, MAX_DEPTH)
     if deep is not None:
-        raise NetslimError(f"{path}: invalid description: field {shown(deep)} is nested deeper than {MAX_DEPTH} "
-                           "levels.")
+        raise NetslimError(
+            f"{path}: invalid description: field {shown(deep)} is nested deeper than {MAX_DEPTH} levels."
+        )
     try:
         Description.model_validate(raw)
     except ValidationError as e:
@@ -377,8 +412,10 @@ def validate_description(header: Header, raw: dict) -> dict:
     for field in ("arch", "modules"):
         big = _first_big_int(desc[field], bound, field)
         if big is not None:
-            raise NetslimError(f"{path}: invalid description: field {big[0]!r} is {shown(big[1])}, more than this "
-                               f"file's {bound} stored elements could fill.")
+            raise NetslimError(
+                f"{path}: invalid description: field {big[0]!r} is {shown(big[1])}, more than this "
+                f"file's {bound} stored elements could fill."
+            )
     _check_geometry(path, desc["modules"], "modules")
     return desc
 
@@ -396,8 +433,10 @@ def _check_geometry(path: Path, obj: Any, where: str) -> None:
             if k in _WINDOW_KEYS and not isinstance(v, str):
                 values = v if isinstance(v, list) else [v]
                 if any(isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_WINDOW for x in values):
-                    raise NetslimError(f"{path}: invalid description: field {where}.{k} is {shown(v)}; a convolution "
-                                       f"or pooling window is at most {MAX_WINDOW} positions.")
+                    raise NetslimError(
+                        f"{path}: invalid description: field {where}.{k} is {shown(v)}; a convolution "
+                        f"or pooling window is at most {MAX_WINDOW} positions."
+                    )
             _check_geometry(path, v, f"{where}.{k}")
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
@@ -414,11 +453,14 @@ def size_bound(header: Header) -> int:
 def _check_aliases(header: Header, aliases: dict[str, str]) -> None:
     for alias, target in aliases.items():
         if target not in header.tensors:
-            raise NetslimError(f"{header.path}: invalid description: field 'aliases.{clip(alias)}' names "
-                               f"{shown(target)}, which is not a tensor of the file.")
+            raise NetslimError(
+                f"{header.path}: invalid description: field 'aliases.{clip(alias)}' names "
+                f"{shown(target)}, which is not a tensor of the file."
+            )
         if alias in header.tensors:
-            raise NetslimError(f"{header.path}: invalid description: field 'aliases.{clip(alias)}' shadows a "
-                               "stored tensor.")
+            raise NetslimError(
+                f"{header.path}: invalid description: field 'aliases.{clip(alias)}' shadows a stored tensor."
+            )
 
 
 def too_deep(obj: Any, limit: int) -> str | None:
@@ -470,8 +512,9 @@ def check_layer_tensors(where: str, fields: dict[str, tuple[torch.Tensor, tuple,
         dtype_ok = t.is_floating_point() if dtype is None else t.dtype == dtype
         if tuple(t.shape) != tuple(shape) or not dtype_ok:
             want = "floats" if dtype is None else str(dtype)
-            raise NetslimError(f"{where}: field {field!r} must be {want} of shape {list(shape)}; "
-                               f"got {t.dtype} {list(t.shape)}.")
+            raise NetslimError(
+                f"{where}: field {field!r} must be {want} of shape {list(shape)}; got {t.dtype} {list(t.shape)}."
+            )
 
 
 def check_positive(where: str, field: str, t: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
 """netslim's cache folder: trained baselines, compiled C kernels, search tables, streamed copies."""
+
 from __future__ import annotations
 
 import os

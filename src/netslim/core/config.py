@@ -7,6 +7,7 @@ one entry point: a recipe is just a list of configs.
 Handlers have the signature ``handler(model, config, ctx) -> model``; ``ctx`` is a
 :class:`netslim.core.context.StepContext` giving data, device and the report.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ class MethodConfig(BaseModel):
     method: ClassVar[str] = ""
     # The ordering rule (netslim.core.history), checked by apply() and by recipe validation:
     requires: ClassVar[tuple[str, ...]] = ()  # methods that must run earlier
-    freezes: ClassVar[bool] = False           # after it, nothing may change weights
+    freezes: ClassVar[bool] = False  # after it, nothing may change weights
     modifies_weights: ClassVar[bool] = True
     # Converts only layers still in float form and leaves converted ones (packed, sparse)
     # alone, so it may follow a freezing step (e.g. int8 embeddings after GPTQ's blocks).
@@ -68,19 +69,25 @@ def register(config_cls: type[MethodConfig]) -> Callable[[Callable], Callable]:
         raise NetslimError(f"register: expected a MethodConfig subclass; got {shown(config_cls)}.")
     name = config_cls.method
     if not isinstance(name, str) or not name:
-        raise NetslimError(f"register: {config_cls.__name__}.method must be set to the method's name (e.g. "
-                           "method: ClassVar[str] = 'my_method'); it is empty.")
+        raise NetslimError(
+            f"register: {config_cls.__name__}.method must be set to the method's name (e.g. "
+            "method: ClassVar[str] = 'my_method'); it is empty."
+        )
 
     def deco(handler: Callable) -> Callable:
         if not callable(handler):
-            raise NetslimError(f"register({config_cls.__name__}): the handler must be a function "
-                               f"(model, cfg, ctx) -> model; got {shown(handler)}.")
+            raise NetslimError(
+                f"register({config_cls.__name__}): the handler must be a function "
+                f"(model, cfg, ctx) -> model; got {shown(handler)}."
+            )
         if not registry.loading() and not _where(handler).startswith("netslim."):
             registry.load_sources()
         old = _METHODS.get(name)
         if old is not None and old.handler is not handler:
-            raise NetslimError(f"Method {name!r} is registered twice: by {_where(old.handler)} and by "
-                               f"{_where(handler)}; give {config_cls.__name__}.method another name.")
+            raise NetslimError(
+                f"Method {name!r} is registered twice: by {_where(old.handler)} and by "
+                f"{_where(handler)}; give {config_cls.__name__}.method another name."
+            )
         _METHODS[name] = Method(name, config_cls, handler)
         return handler
 
@@ -124,8 +131,9 @@ def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
 C = TypeVar("C", bound=BaseModel)
 
 
-def build_config(cls: type[C], cfg: C | None = None, overrides: Mapping[str, Any] | None = None,
-                 where: str | None = None) -> C:
+def build_config(
+    cls: type[C], cfg: C | None = None, overrides: Mapping[str, Any] | None = None, where: str | None = None
+) -> C:
     """The one way to build a config from a call: ``cfg`` (an instance of ``cls`` or None)
     updated with ``overrides`` (keyword arguments or a dict), validated, errors in the house
     style (one :class:`NetslimError` line naming ``where`` - default the class name - and the

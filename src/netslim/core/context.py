@@ -1,4 +1,5 @@
 """What a step handler gets besides the model and its config."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,7 +27,7 @@ class StepContext:
     skipped: list[dict[str, str]] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # per-step facts for the report
-    info: dict[str, Any] = field(default_factory=dict)   # model/dataset description saved with artifacts
+    info: dict[str, Any] = field(default_factory=dict)  # model/dataset description saved with artifacts
 
     def skip(self, name: str, reason: str) -> None:
         """Record a module a step left alone, and why (it goes into the report)."""

@@ -19,6 +19,7 @@ data-parallel run on rank 0 alone (:func:`alone`) and the other ranks load its c
 Backends: gloo on CPU, nccl on CUDA (:func:`init_from_env`). Without a process group all
 of this is a no-op: world size 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -106,11 +107,13 @@ def shard_rows(x: torch.Tensor, what: str = "calibration num_samples") -> torch.
     if size == 1:
         return x
     if len(x) % size:
-        raise NetslimError(f"{what} ({len(x)}) must be a multiple of the number of processes ({size}) so that "
-                           f"every rank calibrates on an equal share; use {len(x) // size * size or size} or "
-                           f"{(len(x) // size + 1) * size}, or run with --nproc-per-node dividing {len(x)}.")
+        raise NetslimError(
+            f"{what} ({len(x)}) must be a multiple of the number of processes ({size}) so that "
+            f"every rank calibrates on an equal share; use {len(x) // size * size or size} or "
+            f"{(len(x) // size + 1) * size}, or run with --nproc-per-node dividing {len(x)}."
+        )
     k = len(x) // size
-    return x[rank * k:(rank + 1) * k]
+    return x[rank * k : (rank + 1) * k]
 
 
 def all_reduce_mean(mean: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
@@ -120,7 +123,7 @@ def all_reduce_mean(mean: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     if dist is None or dist.get_world_size() == 1:
         return mean, count
     dev = device()
-    total = mean.detach().to(dev, torch.float64) * count                  # Σ over this rank's samples
+    total = mean.detach().to(dev, torch.float64) * count  # Σ over this rank's samples
     n = torch.tensor([float(count)], dtype=torch.float64, device=dev)
     dist.all_reduce(total)
     dist.all_reduce(n)
@@ -161,8 +164,10 @@ def from_main(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     mine = [(k, tuple(masks[k].shape)) for k in keys]
     theirs = broadcast_object(mine)
     if theirs != mine:
-        raise NetslimError(f"Rank {world()[0]} took a pruning decision over other layers than rank 0 "
-                           f"({_first_difference(mine, theirs)}); every rank must hold the same model.")
+        raise NetslimError(
+            f"Rank {world()[0]} took a pruning decision over other layers than rank 0 "
+            f"({_first_difference(mine, theirs)}); every rank must hold the same model."
+        )
     broadcast_tensors([masks[k] for k in keys])
     return masks
 
@@ -223,13 +228,17 @@ def shard_batch(batch: Any) -> Any:
         return batch
     rows = {len(t) for t in _leaves(batch) if t.ndim}
     if len(rows) != 1:
-        raise NetslimError(f"A training batch must be tensors sharing their first (batch) dimension to be split "
-                           f"over {size} processes; got first dimensions {sorted(rows) or 'none'}.")
+        raise NetslimError(
+            f"A training batch must be tensors sharing their first (batch) dimension to be split "
+            f"over {size} processes; got first dimensions {sorted(rows) or 'none'}."
+        )
     n = rows.pop()
     if n % size:
-        raise NetslimError(f"A training batch of {n} rows cannot be split evenly over {size} processes; make "
-                           f"every batch a multiple of {size} rows (batch_size; a DataLoader: drop_last=True and "
-                           f"a batch_size that {size} divides).")
+        raise NetslimError(
+            f"A training batch of {n} rows cannot be split evenly over {size} processes; make "
+            f"every batch a multiple of {size} rows (batch_size; a DataLoader: drop_last=True and "
+            f"a batch_size that {size} divides)."
+        )
     k = n // size
     return _slice(batch, slice(rank * k, (rank + 1) * k))
 
@@ -244,8 +253,10 @@ def _leaves(batch: Any) -> Iterator[torch.Tensor]:
         for v in batch:
             yield from _leaves(v)
     elif not (batch is None or isinstance(batch, (bool, int, float))):  # a str: a row or not? refuse
-        raise NetslimError(f"Cannot split a training batch holding a {type(batch).__name__} over processes; "
-                           "batches must be tensors, or tuples / lists / dicts of tensors.")
+        raise NetslimError(
+            f"Cannot split a training batch holding a {type(batch).__name__} over processes; "
+            "batches must be tensors, or tuples / lists / dicts of tensors."
+        )
 
 
 def _slice(batch: Any, rows: slice) -> Any:
@@ -282,9 +293,11 @@ def check_identical(module: nn.Module, what: str) -> None:
     for rank, theirs in enumerate(every[1:], 1):
         if theirs != every[0]:
             names = sorted(set(theirs) ^ set(every[0])) or [k for k in every[0] if theirs[k] != every[0][k]]
-            raise NetslimError(f"{what}: the processes hold different weights ({names[0]!r} differs between rank 0 "
-                               f"and rank {rank}); netslim keeps every rank identical, so this is a bug in the "
-                               "step's distributed support - run it in one process.")
+            raise NetslimError(
+                f"{what}: the processes hold different weights ({names[0]!r} differs between rank 0 "
+                f"and rank {rank}); netslim keeps every rank identical, so this is a bug in the "
+                "step's distributed support - run it in one process."
+            )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

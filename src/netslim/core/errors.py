@@ -5,6 +5,7 @@ the CLI can print it as one line and exit with code 2. A given value is echoed t
 :func:`shown`: capped (a 1 MiB YAML string or a billion-laughs list must not become a
 1 MiB error line).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -56,13 +57,16 @@ def _container(value: Any, budget: int, depth: int) -> str:
         return "..."
     brackets = "[]" if isinstance(value, list) else "()" if isinstance(value, tuple) else "{}"
     parts, used = [], 0
-    for item in (value.items() if isinstance(value, dict) else value):
+    for item in value.items() if isinstance(value, dict) else value:
         if used > budget:
             parts.append("...")
             break
         inner = max(budget // 2, 20)  # an item's own cap keeps its "(N chars)" inside the outer one
-        text = (f"{_container(item[0], inner, depth + 1)}: {_container(item[1], inner, depth + 1)}"
-                if isinstance(value, dict) else _container(item, inner, depth + 1))
+        text = (
+            f"{_container(item[0], inner, depth + 1)}: {_container(item[1], inner, depth + 1)}"
+            if isinstance(value, dict)
+            else _container(item, inner, depth + 1)
+        )
         parts.append(text)
         used += len(text) + 2
     return brackets[0] + ", ".join(parts) + brackets[1]

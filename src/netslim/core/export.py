@@ -1,5 +1,6 @@
 """Artifact formats for the ``export`` step: name -> writer. The modules that write a format
 register it where they live (found through :mod:`netslim.core.registry`, loaded before any lookup)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

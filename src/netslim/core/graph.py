@@ -22,6 +22,7 @@ are walked by module structure (:mod:`netslim.prune.structured.hf`). Anything th
 not understand locks the spaces it touches (with the reason in ``graph.skipped``): the graph
 prunes only what is provably safe.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,17 +55,17 @@ class Segment:
 @dataclass(frozen=True)
 class Slot:
     module: str
-    param: str             # parameter or buffer name inside ``module``
+    param: str  # parameter or buffer name inside ``module``
     dim: int
     layout: tuple[Segment, ...]
-    role: str = "out"      # "out": the unit's producer/carrier; "in": a consumer's input slice
+    role: str = "out"  # "out": the unit's producer/carrier; "in": a consumer's input slice
 
 
 @dataclass
 class Group:
     id: int
-    name: str              # a representative module name (the first producer)
-    size: int              # units
+    name: str  # a representative module name (the first producer)
+    size: int  # units
     kind: str = "channel"  # channel | head | neuron
     slots: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, segment index)
     locked: str | None = None
@@ -181,8 +182,9 @@ class GraphBuilder:
         for s in range(len(self.parent)):
             r = self.find(s)
             if r not in roots:
-                roots[r] = Group(len(roots), self.name[r], self.size[r] // tiles.get(r, 1), self.kind[r],
-                                 locked=self.locks.get(r))
+                roots[r] = Group(
+                    len(roots), self.name[r], self.size[r] // tiles.get(r, 1), self.kind[r], locked=self.locks.get(r)
+                )
         self.slots = [replace(slot, layout=self._tiled(slot.layout, tiles)) for slot in self.slots]
         for slot in self.slots:
             for i, seg in enumerate(slot.layout):
@@ -196,11 +198,45 @@ class GraphBuilder:
 
 
 # ------------------------------------------------------------------------ fx tracing
-_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
-                 nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Dropout, nn.Dropout2d, nn.Identity, nn.MaxPool2d,
-                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AvgPool1d)
-_PASS_FUNCTIONS = {F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.hardswish, F.dropout, F.max_pool2d,
-                   F.avg_pool2d, F.adaptive_avg_pool2d, torch.relu, torch.sigmoid, torch.tanh, F.leaky_relu}
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+)
+_PASS_FUNCTIONS = {
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.sigmoid,
+    F.hardswish,
+    F.dropout,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.leaky_relu,
+}
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float"}
 _REDUCE = {"mean", "sum", "amax"}
 _LN_LOCK = "LayerNorm statistics span these features (removing one renormalises the others)"
@@ -210,8 +246,14 @@ def is_attention_leaf(m: nn.Module) -> bool:
     """A timm-style self-attention: fused ``qkv`` and ``proj`` Linears, ``num_heads`` x ``head_dim``."""
     qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
     n, hd = getattr(m, "num_heads", None), getattr(m, "head_dim", None)
-    return (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(n, int)
-            and isinstance(hd, int) and qkv.out_features == 3 * n * hd and proj.in_features == n * hd)
+    return (
+        isinstance(qkv, nn.Linear)
+        and isinstance(proj, nn.Linear)
+        and isinstance(n, int)
+        and isinstance(hd, int)
+        and qkv.out_features == 3 * n * hd
+        and proj.in_features == n * hd
+    )
 
 
 @torch.no_grad()
@@ -255,6 +297,8 @@ def check_attention_leaf(m: nn.Module) -> str | None:
     if y0.shape != y1.shape or not torch.allclose(y0, y1, atol=1e-5, rtol=1e-4):
         return "removing a head does not equal zeroing it (the forward does not follow num_heads)"
     return None
+
+
 _ADD = {operator.add, operator.iadd, torch.add, operator.sub, torch.sub}
 
 
@@ -338,8 +382,11 @@ class _Tracer:
         if src is not None and isinstance(m, nn.Linear | nn.LayerNorm) or is_attention_leaf(m):
             self.on_axis(src, -1)
         lin = self.layout.get(src) if src is not None else None
-        if lin is not None and self.axis[src] != 1 and isinstance(m, nn.Conv2d | nn.Conv1d | nn.BatchNorm2d
-                                                                  | nn.BatchNorm1d):
+        if (
+            lin is not None
+            and self.axis[src] != 1
+            and isinstance(m, nn.Conv2d | nn.Conv1d | nn.BatchNorm2d | nn.BatchNorm1d)
+        ):
             self.b.skip(name, "its channel dim does not carry the traced units")
             return self.opaque(node, f"{name}: units not on dim 1")
         if isinstance(m, nn.Conv2d | nn.Conv1d):
@@ -354,8 +401,12 @@ class _Tracer:
                     self.b.add(name, p, 0, lin)
             self.set(node, lin)
             return None
-        if isinstance(m, nn.LayerNorm) and lin is not None and len(m.normalized_shape) == 1 \
-                and self.axis[src] == len(_shape(src) or ()) - 1:
+        if (
+            isinstance(m, nn.LayerNorm)
+            and lin is not None
+            and len(m.normalized_shape) == 1
+            and self.axis[src] == len(_shape(src) or ()) - 1
+        ):
             for p in ("weight", "bias"):
                 if getattr(m, p, None) is not None:
                     self.b.add(name, p, 0, lin)
@@ -409,8 +460,13 @@ class _Tracer:
     def _features_in(self, src, lin, width: int) -> bool:
         """``src`` carries traced units on its last dim, ``width`` indices in all."""
         shape = _shape(src) if src is not None else None
-        return (lin is not None and shape is not None and len(shape) >= 2 and self.axis[src] == len(shape) - 1
-                and sum(s.width for s in lin) == width)
+        return (
+            lin is not None
+            and shape is not None
+            and len(shape) >= 2
+            and self.axis[src] == len(shape) - 1
+            and sum(s.width for s in lin) == width
+        )
 
     def linear(self, node, name: str, m, src, lin) -> None:
         if not self._features_in(src, lin, m.in_features):
@@ -478,8 +534,11 @@ class _Tracer:
             return
         if t in _ADD or (t in (operator.mul, torch.mul) and len(tensors) == 2):
             return self.add(node, tensors)
-        if t in (operator.mul, operator.truediv, torch.mul) and len(tensors) == 1 and not any(
-                isinstance(a, fx.Node) and a not in self.layout for a in node.args):
+        if (
+            t in (operator.mul, operator.truediv, torch.mul)
+            and len(tensors) == 1
+            and not any(isinstance(a, fx.Node) and a not in self.layout for a in node.args)
+        ):
             if _shape(tensors[0]) == out_shape:  # scaling by a python number
                 self.set(node, self.layout[tensors[0]], self.axis[tensors[0]])
                 return None
@@ -488,8 +547,11 @@ class _Tracer:
                 return None
         if (t is torch.transpose or (node.op == "call_method" and t == "transpose")) and tensors:
             return self.transpose(node)
-        if (getattr(t, "__name__", None) in _REDUCE and node.op == "call_function" and t in
-                (torch.mean, torch.sum, torch.amax)) or (node.op == "call_method" and t in _REDUCE):
+        if (
+            getattr(t, "__name__", None) in _REDUCE
+            and node.op == "call_function"
+            and t in (torch.mean, torch.sum, torch.amax)
+        ) or (node.op == "call_method" and t in _REDUCE):
             return self.reduce(node)
         if t is torch.flatten or (node.op == "call_method" and t == "flatten"):
             start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
@@ -507,8 +569,11 @@ class _Tracer:
 
     def add(self, node: fx.Node, tensors: list[fx.Node]) -> None:
         shapes = [_shape(a) for a in tensors]
-        if len(tensors) == 1 and shapes[0] == _shape(node) and not any(
-                isinstance(a, fx.Node) and a not in self.layout for a in node.args):
+        if (
+            len(tensors) == 1
+            and shapes[0] == _shape(node)
+            and not any(isinstance(a, fx.Node) and a not in self.layout for a in node.args)
+        ):
             self.set(node, self.layout[tensors[0]], self.axis[tensors[0]])  # x + python number
             return None
         full = [a for a, s in zip(tensors, shapes) if s == _shape(node)]
@@ -522,8 +587,9 @@ class _Tracer:
         if len(tensors) == 1 or any(s != _shape(node) for s in shapes):  # broadcasting: not a channel sum
             return self.opaque(node, "broadcasting add/mul")
         a, b = (self.layout[x] for x in tensors)
-        if self.axis[tensors[0]] != self.axis[tensors[1]] or \
-                [(s.units, s.factor) for s in a] != [(s.units, s.factor) for s in b]:
+        if self.axis[tensors[0]] != self.axis[tensors[1]] or [(s.units, s.factor) for s in a] != [
+            (s.units, s.factor) for s in b
+        ]:
             self.b.lock_layout(a, "sum of differently concatenated tensors")
             self.b.lock_layout(b, "sum of differently concatenated tensors")
         else:
@@ -567,7 +633,8 @@ class _Tracer:
         if dim < 0:
             dim += len(out_shape)
         if not all(isinstance(x, fx.Node) and x in self.layout for x in items) or any(
-                self.axis[x] != dim for x in items):
+            self.axis[x] != dim for x in items
+        ):
             return self.opaque(node, "concatenation not along the traced units")
         self.set(node, tuple(seg for x in items for seg in self.layout[x]), dim)  # index offsets
         return None
@@ -585,8 +652,11 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from .selectors import matches
 
-        return (is_attention_leaf(m) or any(matches(sel, qualname, m) for sel in self.leaves)
-                or super().is_leaf_module(m, qualname))
+        return (
+            is_attention_leaf(m)
+            or any(matches(sel, qualname, m) for sel in self.leaves)
+            or super().is_leaf_module(m, qualname)
+        )
 
     def call_module(self, m, forward, args, kwargs):
         self.stack.append(self.path_of_module(m))

@@ -17,6 +17,7 @@ its heads, with the reason. The counts a module keeps (``num_heads``, ``split_si
 candidate attributes; :mod:`netslim.prune.structured.generic` checks on the captured inputs
 that removing a head equals zeroing it before a head group is offered for pruning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,16 @@ from .trace import _ATTENTION, Core, _op, dense_parts, example_call
 
 log = logging.getLogger(__name__)
 _MAX_WALK = 4000
-_SIZE_ATTRS = {"head_dim", "head_size", "attention_head_size", "dim_head", "kv_head_dim", "qk_head_dim",
-               "v_head_dim", "head_dim_kv"}
+_SIZE_ATTRS = {
+    "head_dim",
+    "head_size",
+    "attention_head_size",
+    "dim_head",
+    "kv_head_dim",
+    "qk_head_dim",
+    "v_head_dim",
+    "head_dim_kv",
+}
 
 
 def _projection(node: fx.Node, params: dict[str, str]) -> str | None:
@@ -111,18 +120,21 @@ def find_heads(model: nn.Module, example_inputs: Any, cores: list[Core]) -> None
             leaf = out.detach().requires_grad_(True)
             leaves[name] = leaf
             return leaf
+
         return fn
 
     def grab_ctx(name):
         def fn(mod, args):
             if name not in ctx and args and isinstance(args[0], torch.Tensor):
                 ctx[name] = args[0]
+
         return fn
 
     def grab_call(name):
         def fn(mod, args, kwargs):
             if name not in calls:
                 calls[name] = (_detached(args), _detached(kwargs))
+
         return fn
 
     for c in cores:
@@ -188,7 +200,7 @@ def _layout(model: nn.Module, c: Core, leaves: list, out: torch.Tensor | None) -
     cols = _segments([unit[r] for r in roots[:d]], n)
     rows, offset = {}, d
     for m, r in zip(c.ins, sizes):
-        rows[m] = _segments([unit[x] for x in roots[offset:offset + r]], n)
+        rows[m] = _segments([unit[x] for x in roots[offset : offset + r]], n)
         offset += r
     if cols is None or any(v is None for v in rows.values()):
         c.reason = "its heads are not laid out as equal consecutive blocks"

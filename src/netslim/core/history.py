@@ -13,6 +13,7 @@ steps; the recipe validator (``netslim.recipe.spec.validate_order``) runs the sa
 whole recipe before any work. Artifacts keep the history (the description's ``history``
 field), so a loaded model still refuses a pruning step after GPTQ.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ ATTR = "netslim_history"
 @dataclass(frozen=True)
 class StepHistory:
     applied: tuple[str, ...] = ()  # the steps that changed or froze the model, in the order they ran
-    frozen_by: str | None = None   # the last step that froze the weights
+    frozen_by: str | None = None  # the last step that froze the weights
 
     def problem(self, step: Any) -> str | None:
         """Why ``step`` (a config or config class) may not run now, or None: each of its
@@ -35,8 +36,7 @@ class StepHistory:
         for need in getattr(step, "requires", ()):
             if need not in self.applied:
                 return f"needs a {need!r} step before it"
-        if (self.frozen_by and getattr(step, "modifies_weights", True)
-                and not getattr(step, "float_layers_only", False)):
+        if self.frozen_by and getattr(step, "modifies_weights", True) and not getattr(step, "float_layers_only", False):
             return f"changes weights after {self.frozen_by!r} froze them; move it before that step"
         return None
 
@@ -44,8 +44,9 @@ class StepHistory:
         """One NetslimError naming ``step`` and the step it conflicts with, when :meth:`problem` finds one."""
         problem = self.problem(step)
         if problem:
-            raise NetslimError(f"Method {step.method!r} {problem} (steps applied to this model: "
-                               f"{', '.join(self.applied) or 'none'}).")
+            raise NetslimError(
+                f"Method {step.method!r} {problem} (steps applied to this model: {', '.join(self.applied) or 'none'})."
+            )
 
     def after(self, step: Any) -> StepHistory:
         """The history once ``step`` has run: recorded if it changed or froze the model (``evaluate``
@@ -72,8 +73,13 @@ class StepHistory:
         """From a description's ``history`` field (``{"applied": [str, ...], "frozen_by": str | null}``)."""
         applied = data.get("applied") if isinstance(data, dict) else None
         frozen_by = data.get("frozen_by") if isinstance(data, dict) else None
-        if (not isinstance(applied, list) or not all(isinstance(m, str) for m in applied)
-                or not (frozen_by is None or isinstance(frozen_by, str))):
-            raise NetslimError(f"field 'history' must be {{'applied': [method names], 'frozen_by': a method name or "
-                               f"null}}; got {shown(data)}.")
+        if (
+            not isinstance(applied, list)
+            or not all(isinstance(m, str) for m in applied)
+            or not (frozen_by is None or isinstance(frozen_by, str))
+        ):
+            raise NetslimError(
+                f"field 'history' must be {{'applied': [method names], 'frozen_by': a method name or "
+                f"null}}; got {shown(data)}."
+            )
         return cls(tuple(applied), frozen_by)

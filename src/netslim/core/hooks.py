@@ -24,6 +24,7 @@ hooks on one module, mixed kinds). Kinds, as torch calls them:
 :func:`hooked` registers hooks alone, for code that runs a model in the mode it is in
 (a block of a model that the caller already put in eval mode, a training step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,9 @@ def _specs(hooks: Hooks | None, kind: str) -> list[tuple[Target, Callable[..., A
         items = []
         for item in hooks:
             if not isinstance(item, tuple) or len(item) not in (2, 3):
-                raise NetslimError(f"A hook must be a (module or name, hook) or (module or name, hook, kind) tuple; "
-                                   f"got {shown(item)}.")
+                raise NetslimError(
+                    f"A hook must be a (module or name, hook) or (module or name, hook, kind) tuple; got {shown(item)}."
+                )
             items.append(item if len(item) == 3 else (*item, kind))
     for target, hook, k in items:
         if k not in KINDS:
@@ -61,8 +63,10 @@ def _specs(hooks: Hooks | None, kind: str) -> list[tuple[Target, Callable[..., A
         if not isinstance(target, (nn.Module, str)):
             raise NetslimError(f"A hook's target must be a module or a module's qualified name; got {shown(target)}.")
         if not callable(hook):
-            raise NetslimError(f"The hook for {shown(target if isinstance(target, str) else type(target).__name__)} "
-                               f"must be callable; got {shown(hook)}.")
+            raise NetslimError(
+                f"The hook for {shown(target if isinstance(target, str) else type(target).__name__)} "
+                f"must be callable; got {shown(hook)}."
+            )
     return items
 
 
@@ -74,8 +78,9 @@ def _register(root: nn.Module | None, target: Target, hook: Callable[..., Any], 
         try:
             module = root.get_submodule(target)
         except AttributeError:
-            raise NetslimError(f"Cannot hook {shown(target)}: {type(root).__name__} has no module of that name."
-                               ) from None
+            raise NetslimError(
+                f"Cannot hook {shown(target)}: {type(root).__name__} has no module of that name."
+            ) from None
     kwargs = kind.endswith("_kwargs")
     if kind.startswith("pre"):
         return module.register_forward_pre_hook(hook, with_kwargs=kwargs)
@@ -118,8 +123,14 @@ def _restore(model: nn.Module, saved: list[tuple[nn.Module, bool]]) -> None:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module, hooks: Hooks | None = None, *, kind: HookKind = "forward", training: bool = False,
-              grad: Grad = None) -> Iterator[nn.Module]:
+def eval_mode(
+    model: nn.Module,
+    hooks: Hooks | None = None,
+    *,
+    kind: HookKind = "forward",
+    training: bool = False,
+    grad: Grad = None,
+) -> Iterator[nn.Module]:
     """Run the block with ``model`` in eval mode (``training=True``: train mode) and ``hooks``
     registered (see the module docstring; names are looked up in ``model``); on exit the hooks
     are removed and every module's own training flag is restored, also on an exception.

@@ -22,6 +22,7 @@ the compressed blocks come back.
 Supported decoder stacks (:func:`decoder_blocks`): ``model.layers`` (Llama, Mistral,
 Qwen2/3, Gemma, Phi), ``transformer.h`` (GPT-2), ``model.decoder.layers`` (OPT).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,8 +61,10 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(obj, nn.ModuleList) and len(obj):
             return path, obj
     families = "; ".join(f"{p} ({f})" for p, f in DECODER_PATHS.items())
-    raise NetslimError(f"{type(model).__name__} is not a supported decoder stack: one-shot LLM compression needs "
-                       f"a causal LM with its blocks at one of: {families}.")
+    raise NetslimError(
+        f"{type(model).__name__} is not a supported decoder stack: one-shot LLM compression needs "
+        f"a causal LM with its blocks at one of: {families}."
+    )
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -88,7 +91,9 @@ def set_weight_2d(module: nn.Module, w: torch.Tensor) -> None:
         from torch.nn.utils import parametrize
 
         # A masked layer: write the stored original (the mask multiplies it on access).
-        target = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
+        target = (
+            module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
+        )
         target.copy_((w.T if is_conv1d(module) else w).to(target.dtype))
 
 
@@ -103,8 +108,10 @@ def context_length(model: nn.Module) -> int | None:
 def check_calibration(model: nn.Module, ids: torch.Tensor) -> None:
     """Bad-input checks: a (N, L) int tensor, enough tokens, L within the model's context."""
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32):
-        raise NetslimError(f"Calibration inputs must be token ids of shape (num_samples, seq_len); got "
-                           f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))}.")
+        raise NetslimError(
+            f"Calibration inputs must be token ids of shape (num_samples, seq_len); got "
+            f"{type(ids).__name__} {tuple(getattr(ids, 'shape', ()))}."
+        )
     ctx = context_length(model)
     if ctx is not None and ids.shape[1] > ctx:
         raise bad_param("calibration", "seq_len", f"<= the model's context length {ctx}", ids.shape[1])
@@ -117,8 +124,10 @@ def calibration_from_task(task: Any, num_samples: int, seq_len: int, seed: int =
     ``calibration_tokens``: the task's own text — the user's files, or the pydocs corpus)."""
     draw = getattr(task, "calibration_tokens", None)
     if draw is None:
-        raise NetslimError("One-shot LLM compression needs a causal-LM text task (text files via --data, or "
-                           f"dataset 'pydocs'); got {type(task).__name__}.")
+        raise NetslimError(
+            "One-shot LLM compression needs a causal-LM text task (text files via --data, or "
+            f"dataset 'pydocs'); got {type(task).__name__}."
+        )
     return draw(num_samples, seq_len, seed)
 
 
@@ -260,8 +269,14 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, batch_size: int,
-                         store: ActivationStore, device: torch.device | None = None) -> list[tuple[tuple, dict]]:
+def capture_block_inputs(
+    model: nn.Module,
+    first: nn.Module,
+    ids: torch.Tensor,
+    batch_size: int,
+    store: ActivationStore,
+    device: torch.device | None = None,
+) -> list[tuple[tuple, dict]]:
     """Fill ``store`` with block 0's hidden-state inputs; return the other (args, kwargs) per batch.
     ``device``: where the ids go (default: the model's first parameter's)."""
     extras: list[tuple[tuple, dict]] = []
@@ -276,7 +291,7 @@ def capture_block_inputs(model: nn.Module, first: nn.Module, ids: torch.Tensor, 
     with hooked([(first, hook, "pre_kwargs")]):
         for i in range(0, len(ids), batch_size):
             try:
-                model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False)
+                model(input_ids=ids[i : i + batch_size].to(dev), use_cache=False)
             except _Stop:
                 pass
     return extras
@@ -293,10 +308,21 @@ CompressFn = Callable[[int, str, nn.Module, Callable[[], None]], None]
 
 
 @torch.no_grad()
-def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *, batch_size: int = 4,
-                   device: str | torch.device | None = None, offload_dir: str | Path | None = None,
-                   propagate: bool = True, desc: str = "one-shot", offload_blocks: bool = False,
-                   return_outputs: bool = True, stream: Any = None, calibrating: bool = True) -> ActivationStore | None:
+def run_sequential(
+    model: nn.Module,
+    ids: torch.Tensor,
+    compress: CompressFn,
+    *,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    offload_dir: str | Path | None = None,
+    propagate: bool = True,
+    desc: str = "one-shot",
+    offload_blocks: bool = False,
+    return_outputs: bool = True,
+    stream: Any = None,
+    calibrating: bool = True,
+) -> ActivationStore | None:
     """Compress ``model``'s decoder blocks one at a time on calibration token ids (N, L).
 
     ``compress(i, name, block, feed)``: ``feed()`` runs every calibration batch through the
@@ -323,8 +349,12 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
     if not isinstance(batch_size, int) or batch_size < 1:
         raise bad_param("run_sequential", "batch_size", "an int >= 1", batch_size)
     if offload_blocks and offload_dir is None and stream is None:
-        raise bad_param("run_sequential", "offload_blocks", "False unless offload_dir is given (blocks are "
-                        "parked in files there)", offload_blocks)
+        raise bad_param(
+            "run_sequential",
+            "offload_blocks",
+            "False unless offload_dir is given (blocks are parked in files there)",
+            offload_blocks,
+        )
     name, blocks = decoder_blocks(model)
     if calibrating:
         ids = distributed.shard_rows(ids)
@@ -394,8 +424,9 @@ def run_sequential(model: nn.Module, ids: torch.Tensor, compress: CompressFn, *,
             tmp.cleanup()
 
 
-def _forward_all(block: nn.Module, inputs: ActivationStore, extras: list, work: torch.device,
-                 where: Path | None) -> ActivationStore:
+def _forward_all(
+    block: nn.Module, inputs: ActivationStore, extras: list, work: torch.device, where: Path | None
+) -> ActivationStore:
     out = ActivationStore(where)
     for b in range(len(inputs)):
         x = inputs.get(b)
@@ -403,7 +434,9 @@ def _forward_all(block: nn.Module, inputs: ActivationStore, extras: list, work: 
     return out
 
 
-def block_linears(block: nn.Module, prefix: str, include: Any = None, exclude: Any = None) -> list[tuple[str, nn.Module]]:
+def block_linears(
+    block: nn.Module, prefix: str, include: Any = None, exclude: Any = None
+) -> list[tuple[str, nn.Module]]:
     """``[(qualified name, module)]`` of the block's Linear / Conv1D layers the selectors keep."""
     from .selectors import _as_list, matches
 
@@ -421,8 +454,9 @@ def block_linears(block: nn.Module, prefix: str, include: Any = None, exclude: A
     return out
 
 
-def collect_hessians(layers: list[tuple[str, nn.Module]], feed: Callable[[], None],
-                     diag_only: bool = False) -> dict[str, torch.Tensor]:
+def collect_hessians(
+    layers: list[tuple[str, nn.Module]], feed: Callable[[], None], diag_only: bool = False
+) -> dict[str, torch.Tensor]:
     """Run ``feed`` with hooks on ``layers``; ``{name: H (in, in)}`` or ``{name: diag H (in,)}``."""
     from .obs import HessianAccumulator, SharedInput
 
@@ -458,23 +492,37 @@ def _is_transformers(model: nn.Module) -> bool:
     return type(model).__module__.startswith("transformers.")
 
 
-def planned_linears(model: nn.Module, include: Any = None, exclude: Any = None, *,
-                    token_inputs: bool = False) -> list[tuple[str, nn.Module]]:
+def planned_linears(
+    model: nn.Module, include: Any = None, exclude: Any = None, *, token_inputs: bool = False
+) -> list[tuple[str, nn.Module]]:
     """The ``(qualified name, module)`` of the layers :func:`compress_blocks` will visit, found
     without running anything (recipe preflight): the Linear / Conv1D layers of each decoder block
     of an LLM (a Hugging Face model, or any model calibrated on token ids, that is no supported
     decoder stack raises the supported-families error), else of the whole model."""
     if _is_transformers(model) or token_inputs:
         prefix, blocks = decoder_blocks(model)
-        return [pair for i, block in enumerate(blocks) for pair in block_linears(block, f"{prefix}.{i}", include, exclude)]
+        return [
+            pair for i, block in enumerate(blocks) for pair in block_linears(block, f"{prefix}.{i}", include, exclude)
+        ]
     return block_linears(model, "", include, exclude)
 
 
 @torch.no_grad()
-def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any = None, exclude: Any = None,
-                    batch_size: int = 4, device: str | torch.device | None = None,
-                    offload_dir: str | Path | None = None, propagate: bool = True, desc: str = "one-shot",
-                    offload_blocks: bool = False, stream: Any = None) -> None:
+def compress_blocks(
+    model: nn.Module,
+    calib: Any,
+    fn: BlockFn,
+    *,
+    include: Any = None,
+    exclude: Any = None,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    offload_dir: str | Path | None = None,
+    propagate: bool = True,
+    desc: str = "one-shot",
+    offload_blocks: bool = False,
+    stream: Any = None,
+) -> None:
     """Call ``fn(root, prefix, layers, feed)`` per unit of work: each decoder block of an LLM.
 
     ``layers`` are ``(name relative to root, module)`` of the selected Linear/Conv1D layers.
@@ -487,25 +535,39 @@ def compress_blocks(model: nn.Module, calib: Any, fn: BlockFn, *, include: Any =
         decoder_blocks(model)  # the supported-families error, before any work
 
         def per_block(i: int, name: str, block: nn.Module, feed: Callable[[], None]) -> None:
-            layers = [(full[len(name) + 1:], m) for full, m in block_linears(block, name, include, exclude)]
+            layers = [(full[len(name) + 1 :], m) for full, m in block_linears(block, name, include, exclude)]
             if layers:
                 fn(block, name, layers, feed)
 
-        run_sequential(model, calib, per_block, batch_size=batch_size, device=device, offload_dir=offload_dir,
-                       propagate=propagate, desc=desc, offload_blocks=offload_blocks, return_outputs=False,
-                       stream=stream)
+        run_sequential(
+            model,
+            calib,
+            per_block,
+            batch_size=batch_size,
+            device=device,
+            offload_dir=offload_dir,
+            propagate=propagate,
+            desc=desc,
+            offload_blocks=offload_blocks,
+            return_outputs=False,
+            stream=stream,
+        )
         return
     if stream is not None:
-        raise NetslimError(f"Streaming works on decoder-stack LLMs calibrated on token ids; {type(model).__name__} "
-                           "is not one: set stream: false.")
+        raise NetslimError(
+            f"Streaming works on decoder-stack LLMs calibrated on token ids; {type(model).__name__} "
+            "is not one: set stream: false."
+        )
     layers = block_linears(model, "", include, exclude)
     if not layers:
-        raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (include={include!r}, "
-                           f"exclude={exclude!r}); nothing to compress.")
+        raise NetslimError(
+            f"No Linear layer of {type(model).__name__} is selected (include={include!r}, "
+            f"exclude={exclude!r}); nothing to compress."
+        )
     dev = next(model.parameters()).device
 
     def feed() -> None:
         for i in range(0, len(calib), batch_size):
-            model(calib[i:i + batch_size].to(dev))
+            model(calib[i : i + batch_size].to(dev))
 
     fn(model, "", [(n.lstrip("."), m) for n, m in layers], feed)

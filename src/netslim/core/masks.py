@@ -5,6 +5,7 @@ becomes ``original * mask`` on every access, so optimizer updates (momentum, wei
 decay included) never revive a masked weight in the forward pass, and the gradient of
 masked entries is zero. ``make_permanent`` bakes the product into a plain parameter.
 """
+
 from __future__ import annotations
 
 import torch

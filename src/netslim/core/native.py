@@ -6,6 +6,7 @@ changed source or another machine rebuilds) and loads it; no torch headers, so a
 about a second. It returns None - and callers fall back to plain torch - without a compiler,
 with ``NETSLIM_NO_EXT=1``, or when the build fails (logged once).
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -17,6 +17,7 @@ one matmul per block (the "lazy batch" trick: the same result, far fewer passes 
 * :func:`obs_solve` -- the column loop with adaptive N:M / unstructured mask selection and
   an optional quantizer callback (joint sparsity + quantization in one pass).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -75,8 +76,9 @@ class SharedInput:
         self._last = None
 
 
-def inverse_cholesky(h: torch.Tensor, w: torch.Tensor, damp: float = 0.01,
-                     max_tries: int = 6) -> tuple[torch.Tensor, torch.Tensor, float]:
+def inverse_cholesky(
+    h: torch.Tensor, w: torch.Tensor, damp: float = 0.01, max_tries: int = 6
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Upper Cholesky factor of ``(H + λI)^-1`` with λ = ``damp`` · mean(diag H).
 
     Dead inputs (diag H == 0: the column never saw a non-zero activation) get H[j, j] = 1
@@ -85,12 +87,14 @@ def inverse_cholesky(h: torch.Tensor, w: torch.Tensor, damp: float = 0.01,
     NetslimError explains what to do. Returns (U (C, C) float32, dead mask (C,), λ used).
     """
     if not torch.isfinite(h).all():
-        raise NetslimError("The calibration Hessian has NaN/Inf entries: the block's inputs overflowed; "
-                           "check the model in float32 and the calibration tokens.")
+        raise NetslimError(
+            "The calibration Hessian has NaN/Inf entries: the block's inputs overflowed; "
+            "check the model in float32 and the calibration tokens."
+        )
     # float64: C <= a few thousand, and the factorisation must not fail on rounding. At most three
     # (C, C) float64 matrices live at once (H, a factor, the inverse): no identity, no H + λI copy.
     h = h.to(torch.float64, copy=True)
-    diag = h.diagonal()                                          # a view: damping is added in place
+    diag = h.diagonal()  # a view: damping is added in place
     dead = diag == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0
@@ -102,23 +106,24 @@ def inverse_cholesky(h: torch.Tensor, w: torch.Tensor, damp: float = 0.01,
         added = lam
         chol, info = torch.linalg.cholesky_ex(h)
         if int(info) == 0:
-            chol = torch.cholesky_inverse(chol)                  # H^-1 (the factor is dropped)
+            chol = torch.cholesky_inverse(chol)  # H^-1 (the factor is dropped)
             chol, info = torch.linalg.cholesky_ex(chol, upper=True)
             if int(info) == 0 and torch.isfinite(chol).all():
                 if attempt:
-                    log.warning("Hessian was singular: damping raised to %.3g (x%d of the requested)",
-                                lam, 10**attempt)
+                    log.warning("Hessian was singular: damping raised to %.3g (x%d of the requested)", lam, 10**attempt)
                 return chol.float(), dead, lam
         del chol
         lam = max(lam * 10, 1e-6 * max(mean_diag, 1.0))
-    raise NetslimError(f"The calibration Hessian stays singular even with damping {lam:.3g} "
-                       f"(mean diagonal {mean_diag:.3g}): the layer's inputs are (nearly) linearly dependent. "
-                       "Use more calibration tokens or a larger 'damp'.")
+    raise NetslimError(
+        f"The calibration Hessian stays singular even with damping {lam:.3g} "
+        f"(mean diagonal {mean_diag:.3g}): the layer's inputs are (nearly) linearly dependent. "
+        "Use more calibration tokens or a larger 'damp'."
+    )
 
 
 def _block_mask(w1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Unstructured prune mask (True = prune) of one column block: the lowest w²/d² (OBS saliency)."""
-    sal = (w1 / d).pow(2).reshape(-1)                                   # (R * b,)
+    sal = (w1 / d).pow(2).reshape(-1)  # (R * b,)
     k = int(round(sal.numel() * sparsity))
     mask = torch.zeros_like(sal, dtype=torch.bool)
     if k:
@@ -147,19 +152,27 @@ def _nm_exact(wg: torch.Tensor, ug: torch.Tensor, patterns: torch.Tensor) -> tor
     add, where the diagonal rule (w²/U_kk², picked before any update) ignores those updates.
     Returns the (R, m) prune mask.
     """
-    x = wg[:, None, :].expand(-1, patterns.shape[0], -1).clone()   # (R, K, m)
-    loss = torch.zeros(x.shape[:2], device=wg.device)               # (R, K)
+    x = wg[:, None, :].expand(-1, patterns.shape[0], -1).clone()  # (R, K, m)
+    loss = torch.zeros(x.shape[:2], device=wg.device)  # (R, K)
     pf = patterns.to(wg.dtype)
     for k in range(wg.shape[1]):
-        e = x[:, :, k] / ug[k, k] * pf[:, k]                         # (R, K): 0 where column k is kept
+        e = x[:, :, k] / ug[k, k] * pf[:, k]  # (R, K): 0 where column k is kept
         loss += e.pow(2)
         x[:, :, k:] -= e[:, :, None] * ug[k, k:]
     return patterns[loss.argmin(dim=1)]
 
 
-def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tuple[int, int] | None = None,
-              quantizer: Quantizer | None = None, blocksize: int = 128,
-              fixed_prune: torch.Tensor | None = None, nm_select: str = "diag") -> tuple[torch.Tensor, torch.Tensor, float]:
+def obs_solve(
+    w: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    sparsity: float = 0.0,
+    nm: tuple[int, int] | None = None,
+    quantizer: Quantizer | None = None,
+    blocksize: int = 128,
+    fixed_prune: torch.Tensor | None = None,
+    nm_select: str = "diag",
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """SparseGPT / GPTQ column loop on ``w`` (R, C) with ``u`` = upper Cholesky of H^-1 (C, C).
 
     Masks are chosen adaptively per block of ``blocksize`` columns from the *updated*
@@ -182,11 +195,13 @@ def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tu
     patterns = _nm_patterns(*nm, w.device) if nm is not None and nm_select == "exact" else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        w1 = w[:, i1:i2].clone()                                   # (R, b): eager updates here
-        u1 = u[i1:i2, i1:i2]                                       # (b, b)
+        w1 = w[:, i1:i2].clone()  # (R, b): eager updates here
+        u1 = u[i1:i2, i1:i2]  # (b, b)
         err1 = torch.zeros_like(w1)
-        d = torch.diag(u1)                                         # (b,)
-        prune1 = _block_mask(w1, d, sparsity) if (nm is None and sparsity > 0) else torch.zeros_like(w1, dtype=torch.bool)
+        d = torch.diag(u1)  # (b,)
+        prune1 = (
+            _block_mask(w1, d, sparsity) if (nm is None and sparsity > 0) else torch.zeros_like(w1, dtype=torch.bool)
+        )
         if fixed_prune is not None:
             prune1 |= fixed_prune[:, i1:i2]
         for i in range(i2 - i1):
@@ -194,25 +209,27 @@ def obs_solve(w: torch.Tensor, u: torch.Tensor, *, sparsity: float = 0.0, nm: tu
             if nm is not None and i % nm[1] == 0:
                 m = nm[1]
                 if patterns is not None and quantizer is None and fixed_prune is None:
-                    prune1[:, i:i + m] = _nm_exact(w1[:, i:i + m], u1[i:i + m, i:i + m], patterns)
+                    prune1[:, i : i + m] = _nm_exact(w1[:, i : i + m], u1[i : i + m, i : i + m], patterns)
                 else:
-                    sal = (w1[:, i:i + m] / d[i:i + m]).pow(2)      # (R, m)
+                    sal = (w1[:, i : i + m] / d[i : i + m]).pow(2)  # (R, m)
                     idx = torch.topk(sal, m - nm[0], dim=1, largest=False).indices
-                    prune1[:, i:i + m].scatter_(1, idx, True)
+                    prune1[:, i : i + m].scatter_(1, idx, True)
             q = col.masked_fill(prune1[:, i], 0.0)
             if quantizer is not None:
                 q = quantizer(i1 + i, q, w1, i).masked_fill(prune1[:, i], 0.0)
-            e = (col - q) / d[i]                                   # (R,)
+            e = (col - q) / d[i]  # (R,)
             loss += e.pow(2) / 2
-            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]           # eager update inside the block
+            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]  # eager update inside the block
             w1[:, i] = q
             err1[:, i] = e
         w[:, i1:i2] = w1
         keep[:, i1:i2] = ~prune1
-        w[:, i2:] -= err1 @ u[i1:i2, i2:]                          # lazy update of later blocks
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]  # lazy update of later blocks
     if not torch.isfinite(w).all():
-        raise NetslimError("The OBS update produced NaN/Inf weights (ill-conditioned Hessian); "
-                           "raise 'damp' or use more calibration tokens.")
+        raise NetslimError(
+            "The OBS update produced NaN/Inf weights (ill-conditioned Hessian); "
+            "raise 'damp' or use more calibration tokens."
+        )
     return w, keep, float(loss.sum())
 
 

@@ -13,6 +13,7 @@ quantized layers, ``weight`` otherwise (masks applied, CSR decoded). The declara
 state on the model object (``netslim_nm``): it is not stored in artifacts, so a run resumed
 from a checkpoint no longer checks it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,16 +60,25 @@ def check_patterns(model: nn.Module, method: str) -> None:
         try:
             layer = model.get_submodule(name)
         except AttributeError:
-            raise NetslimError(f"{method} removed layer {name!r}, which an earlier step pruned {n}:{m}; "
-                               "the N:M pattern cannot be kept.") from None
+            raise NetslimError(
+                f"{method} removed layer {name!r}, which an earlier step pruned {n}:{m}; "
+                "the N:M pattern cannot be kept."
+            ) from None
         w = effective_weight(layer)
         if w is None or w.dim() < 2:
-            raise NetslimError(f"{method} turned layer {name!r} (pruned {n}:{m} earlier) into a "
-                               f"{type(layer).__name__} without a weight matrix; the N:M pattern is broken.")
+            raise NetslimError(
+                f"{method} turned layer {name!r} (pruned {n}:{m} earlier) into a "
+                f"{type(layer).__name__} without a weight matrix; the N:M pattern is broken."
+            )
         with torch.no_grad():
             bad, most = nm_excess(w, n, m)
         if bad:
-            what = (f"its input width {w.shape[1]} is no longer a multiple of {m}" if bad < 0 else
-                    f"{bad} group(s) of {m} inputs hold up to {most} non-zeros")
-            raise NetslimError(f"{method} broke the {n}:{m} pattern of layer {name!r}: {what} (at most {n} "
-                               f"allowed). Keep the N:M masks through this step, or prune N:M again after it.")
+            what = (
+                f"its input width {w.shape[1]} is no longer a multiple of {m}"
+                if bad < 0
+                else f"{bad} group(s) of {m} inputs hold up to {most} non-zeros"
+            )
+            raise NetslimError(
+                f"{method} broke the {n}:{m} pattern of layer {name!r}: {what} (at most {n} "
+                f"allowed). Keep the N:M masks through this step, or prune N:M again after it."
+            )

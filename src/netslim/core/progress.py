@@ -1,4 +1,5 @@
 """Progress bars that are quiet when output is not a terminal."""
+
 from __future__ import annotations
 
 import os

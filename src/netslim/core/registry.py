@@ -18,6 +18,7 @@ netslim`` alone loads none. A source that raises is reported with one warning li
 and skipped - one broken plugin does not break ``netslim.load`` - and is listed by
 :func:`failed_sources` (an unknown-name error mentions it: :func:`failure_note`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,6 +48,7 @@ def add_source(name: str, load: Callable[[], Any]) -> None:
 def add_entry_points(group: str = PLUGIN_GROUP) -> None:
     """Each entry point of ``group`` becomes a source (listed on the first lookup, not now):
     loading one imports the module (or object) it names."""
+
     def expand() -> None:
         seen = set()
         for ep in sorted(metadata.entry_points(group=group), key=lambda e: (e.name, e.value)):
@@ -74,8 +76,11 @@ def load_sources() -> None:
                 load()
             except Exception as e:  # reported and skipped: one broken plugin must not break netslim.load
                 _FAILED[name] = clip(f"{type(e).__name__}: {' '.join(str(e).split())}")
-                log.warning("netslim: %s failed to load and is skipped (what it registers is unavailable): %s",
-                            name, _FAILED[name])
+                log.warning(
+                    "netslim: %s failed to load and is skipped (what it registers is unavailable): %s",
+                    name,
+                    _FAILED[name],
+                )
             finally:
                 _LOADING.depth -= 1
 

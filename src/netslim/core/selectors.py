@@ -10,6 +10,7 @@ A selector is a string (or a list of them):
 When several selectors map to different settings (``settings_for``), the most specific
 kind wins: exact name > regex > glob > type; within one kind, the first listed wins.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -145,8 +146,9 @@ def selector_problems(model: nn.Module | None, selectors: str | Sequence[str] | 
         if named is None:
             named = [(n, m) for n, m in model.named_modules() if n]
         if not any(matches(sel, n, m) for n, m in named):
-            problems.append(f"selector {_shown(sel)} matches no module of {type(model).__name__}; "
-                            f"{_some_modules(named, sel)}")
+            problems.append(
+                f"selector {_shown(sel)} matches no module of {type(model).__name__}; {_some_modules(named, sel)}"
+            )
     return problems
 
 

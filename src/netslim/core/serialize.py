@@ -37,6 +37,7 @@ built for real and filled. Layers holding index data (sparse CSR, packed integer
 their tensors when loaded. Files written before checksums existed load with one warning.
 Every failure is a :class:`NetslimError` naming the file and the field.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,19 @@ from .surgery import get_module, replace_module
 log = logging.getLogger(__name__)
 MAX_MODULE_DEPTH = 32  # module specs nested in module specs (containers, Int8Residual bodies)
 # What a constructor may raise on arguments from a file: reported as a NetslimError naming the field.
-_BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError, OverflowError,
-                ZeroDivisionError, AssertionError, RecursionError, NotImplementedError)
+_BUILD_ERRORS = (
+    TypeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RuntimeError,
+    OverflowError,
+    ZeroDivisionError,
+    AssertionError,
+    RecursionError,
+    NotImplementedError,
+)
 
 
 # --------------------------------------------------------------------------- archs
@@ -175,17 +187,26 @@ def _lin(m):
 
 def _conv(m):
     return {
-        "in_channels": m.in_channels, "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size), "stride": list(m.stride),
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
         "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-        "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None,
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
         "padding_mode": m.padding_mode,
     }
 
 
 def _bn(m):
-    return {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
-            "affine": m.affine, "track_running_stats": m.track_running_stats}
+    return {
+        "num_features": m.num_features,
+        "eps": m.eps,
+        "momentum": m.momentum,
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
 
 
 register_module(nn.Linear, _lin)
@@ -193,12 +214,19 @@ register_module(nn.Conv1d, _conv)
 register_module(nn.Conv2d, _conv)
 register_module(nn.BatchNorm1d, _bn)
 register_module(nn.BatchNorm2d, _bn)
-register_module(nn.LayerNorm, lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
-                                         "elementwise_affine": m.elementwise_affine,
-                                         "bias": m.bias is not None})
-register_module(nn.Embedding, lambda m: {"num_embeddings": m.num_embeddings,
-                                         "embedding_dim": m.embedding_dim,
-                                         "padding_idx": m.padding_idx})
+register_module(
+    nn.LayerNorm,
+    lambda m: {
+        "normalized_shape": list(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+        "bias": m.bias is not None,
+    },
+)
+register_module(
+    nn.Embedding,
+    lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "padding_idx": m.padding_idx},
+)
 register_module(nn.Dropout, lambda m: {"p": m.p})
 for _cls in (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.Sigmoid, nn.Tanh):
     register_module(_cls, lambda m: {"inplace": bool(getattr(m, "inplace", False))} if hasattr(m, "inplace") else {})
@@ -241,8 +269,7 @@ def _build_module(spec: dict, where: str) -> nn.Module:
     if name in (_type_name(c) for c in _CONTAINERS):
         specs = spec.get("children", {})
         if not isinstance(specs, dict):
-            raise NetslimError(f"Module spec {shown(where)}: 'children' must be an object; "
-                               f"got {type(specs).__name__}.")
+            raise NetslimError(f"Module spec {shown(where)}: 'children' must be an object; got {type(specs).__name__}.")
         children = {k: build_module(s, f"{where}.{k}") for k, s in specs.items()}
         if name == _type_name(nn.ModuleDict):
             return nn.ModuleDict(children)
@@ -262,8 +289,10 @@ def _build_module(spec: dict, where: str) -> nn.Module:
     except NetslimError as e:
         raise NetslimError(f"Module {shown(where)} ({name.rpartition('.')[2]}): {e}") from None
     except _BUILD_ERRORS as e:
-        raise NetslimError(f"Module {shown(where)} ({name.rpartition('.')[2]}) cannot be built from its kwargs: "
-                           f"{type(e).__name__}: {clip(str(e))}") from None
+        raise NetslimError(
+            f"Module {shown(where)} ({name.rpartition('.')[2]}) cannot be built from its kwargs: "
+            f"{type(e).__name__}: {clip(str(e))}"
+        ) from None
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:
@@ -398,8 +427,14 @@ def describe(model: nn.Module, info: dict | None = None) -> dict:
             with torch.device("meta"):
                 base = build_arch(arch, device="meta")
         modules = _changed_modules(model, base)
-    desc = {"format": "netslim", "version": FORMAT_VERSION, "arch": arch,
-            "modules": modules, "masks": masked_params(model), "info": info or {}}
+    desc = {
+        "format": "netslim",
+        "version": FORMAT_VERSION,
+        "arch": arch,
+        "modules": modules,
+        "masks": masked_params(model),
+        "info": info or {},
+    }
     if plans:
         desc["plans"] = plans
     history = StepHistory.of(model)
@@ -516,8 +551,9 @@ def _existing(path) -> Path:
     return path
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, base: Base = None,
-         verify: bool = True) -> nn.Module:
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, base: Base = None, verify: bool = True
+) -> nn.Module:
     """Rebuild the module saved at ``path``. Never unpickles anything.
 
     ``base``: for a model of the user's own class, a fresh instance (or a function that makes
@@ -560,12 +596,17 @@ def _integrity(header: Header, raw: dict):
     global _warned_unverified
     record = read_integrity(header)
     if record is None and raw.get("checksums") is not None:
-        raise NetslimError(f"{header.path}: its description says it carries checksums but the metadata "
-                           f"{INTEGRITY_KEY!r} is missing: the file is corrupted.")
+        raise NetslimError(
+            f"{header.path}: its description says it carries checksums but the metadata "
+            f"{INTEGRITY_KEY!r} is missing: the file is corrupted."
+        )
     if record is None and not _warned_unverified:
         _warned_unverified = True
-        log.warning("%s has no checksums (saved by a netslim before they were stored): loaded unverified. "
-                    "Save it again to add them.", header.path)
+        log.warning(
+            "%s has no checksums (saved by a netslim before they were stored): loaded unverified. "
+            "Save it again to add them.",
+            header.path,
+        )
     return record
 
 
@@ -585,8 +626,9 @@ def _errors_in(where: str, field: str):
     except NetslimError as e:
         raise NetslimError(str(e) if where in str(e) else f"{where}: {e}") from None
     except _BUILD_ERRORS as e:
-        raise NetslimError(f"{where}: field {field!r}: cannot build the model: {type(e).__name__}: "
-                           f"{clip(str(e))}") from None
+        raise NetslimError(
+            f"{where}: field {field!r}: cannot build the model: {type(e).__name__}: {clip(str(e))}"
+        ) from None
 
 
 # ----------------------------------------------------------- the plan, against the header
@@ -604,8 +646,7 @@ def check_against_header(desc: dict, header: Header, base: Base = None) -> None:
     for alias, target in desc["aliases"].items():
         expected[alias] = expected[target]
     arch = desc["arch"]
-    with _errors_in(where, "modules" if arch["kind"] == USER_KIND else "arch"), _budget(header), \
-            torch.device("meta"):
+    with _errors_in(where, "modules" if arch["kind"] == USER_KIND else "arch"), _budget(header), torch.device("meta"):
         if arch["kind"] != USER_KIND:
             model = build_arch(arch, device="meta")
             _replay_plans(model, desc.get("plans", []))
@@ -622,6 +663,7 @@ def _ensure_registered(desc: dict) -> None:
     """Load the registry's sources when ``desc`` names what is not registered yet: an
     architecture kind, a module type (any ``"type"`` string in ``modules``, nested specs
     included), or plans to replay."""
+
     def types(value: Any):
         if isinstance(value, dict):
             if isinstance(value.get("type"), str):
@@ -634,8 +676,11 @@ def _ensure_registered(desc: dict) -> None:
 
     known = set(_MODULES) | {_type_name(c) for c in _CONTAINERS}
     kind = desc["arch"].get("kind")
-    if ((kind != USER_KIND and kind not in _ARCHS) or (desc.get("plans") and not _PLAN_REPLAY)
-            or any(t not in known for t in types(desc.get("modules", {})))):
+    if (
+        (kind != USER_KIND and kind not in _ARCHS)
+        or (desc.get("plans") and not _PLAN_REPLAY)
+        or any(t not in known for t in types(desc.get("modules", {})))
+    ):
         load_sources()
 
 
@@ -652,9 +697,11 @@ def _budget(header: Header):
             return
         seen[kind] += n
         if seen[kind] > limit:
-            raise NetslimError(f"the description (fields 'arch', 'modules') asks for more than {limit} {kind}, "
-                               f"more than the file's {len(header.tensors)} tensors ({header.total_elements} "
-                               "elements) account for")
+            raise NetslimError(
+                f"the description (fields 'arch', 'modules') asks for more than {limit} {kind}, "
+                f"more than the file's {len(header.tensors)} tensors ({header.total_elements} "
+                "elements) account for"
+            )
 
     def on_tensor(module, name, t):
         if t is not None:
@@ -663,9 +710,11 @@ def _budget(header: Header):
     def on_module(module, name, sub):
         count("modules", 1, max_modules)
 
-    handles = [_torch_module.register_module_parameter_registration_hook(on_tensor),
-               _torch_module.register_module_buffer_registration_hook(on_tensor),
-               _torch_module.register_module_module_registration_hook(on_module)]
+    handles = [
+        _torch_module.register_module_parameter_registration_hook(on_tensor),
+        _torch_module.register_module_buffer_registration_hook(on_tensor),
+        _torch_module.register_module_module_registration_hook(on_module),
+    ]
     try:
         yield
     finally:
@@ -680,11 +729,13 @@ def _compare(state: dict, expected: dict, where: str, arch: dict, complete: bool
             raise NetslimError(f"{what}: missing tensor {shown(k)}.")
         dtype, shape = expected[k]
         if tuple(t.shape) != shape:
-            raise NetslimError(f"{what}: tensor {shown(k)} is {list(shape)} in the file; the description "
-                               f"builds {list(t.shape)}.")
+            raise NetslimError(
+                f"{what}: tensor {shown(k)} is {list(shape)} in the file; the description builds {list(t.shape)}."
+            )
         stored = DTYPES[dtype][0]
-        if (stored.is_floating_point != t.dtype.is_floating_point) or (not t.dtype.is_floating_point
-                                                                       and stored != t.dtype):
+        if (stored.is_floating_point != t.dtype.is_floating_point) or (
+            not t.dtype.is_floating_point and stored != t.dtype
+        ):
             raise NetslimError(f"{what}: tensor {shown(k)} is {dtype} in the file; the layer holds {t.dtype}.")
     extra = sorted(set(expected) - set(state)) if complete else []
     if extra:
@@ -706,14 +757,16 @@ def _attach_masks(model: nn.Module, masks: list[str], prefix: str = "") -> None:
     for i, qual in enumerate(masks):
         if not qual.startswith(prefix):
             continue
-        mname, _, pname = qual[len(prefix):].rpartition(".")
+        mname, _, pname = qual[len(prefix) :].rpartition(".")
         try:
             module = get_module(model, mname)
         except NetslimError as e:
             raise NetslimError(f"field 'masks[{i}]': {e}") from None
         if pname not in dict(module.named_parameters(recurse=False)):
             raise NetslimError(f"field 'masks[{i}]': {shown(qual)} is not a parameter of the model.")
-        parametrize.register_parametrization(module, pname, Mask(torch.ones_like(getattr(module, pname), dtype=torch.bool)))
+        parametrize.register_parametrization(
+            module, pname, Mask(torch.ones_like(getattr(module, pname), dtype=torch.bool))
+        )
 
 
 def load_state(model: nn.Module, state: dict, desc: dict, where: str) -> None:

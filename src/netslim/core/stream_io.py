@@ -15,6 +15,7 @@ in memory when they fit beside it, on disk (one file per batch) when they do not
 block's need it stops with the amount needed. The budget covers netslim's working memory,
 not the interpreter and libraries (~0.3 GB for torch + transformers).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,22 @@ from .streaming import StreamedModel, alias_groups, materialize, module_bytes, r
 Solver = Literal["hessian", "diag", "none"]
 GC_BYTES = 16 << 20  # blocks larger than this: a full garbage collection after each (~0.3 s with transformers loaded)
 STREAM_FRACTION = 0.5  # stream: auto streams when the model's fp32 bytes exceed this share of available memory
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -108,8 +123,9 @@ def _cgroup_room() -> int | None:
 
 
 # ----------------------------------------------------------------------- the need
-def block_need(block: nn.Module, config: Any, tokens: tuple[int, int], batch_size: int,
-               solver: Solver) -> dict[str, int]:
+def block_need(
+    block: nn.Module, config: Any, tokens: tuple[int, int], batch_size: int, solver: Solver
+) -> dict[str, int]:
     """Estimated bytes of working memory for one block (a skeleton: shapes only): its
     ``weights`` (and the compressed copy being written), the solver's ``statistics`` (a
     Hessian per Linear for SparseGPT / GPTQ, a diagonal for Wanda) and ``solve`` (the largest
@@ -136,8 +152,14 @@ def block_need(block: nn.Module, config: Any, tokens: tuple[int, int], batch_siz
     batch = 4 * b * length * (6 * hidden + 3 * inter) + 4 * b * heads * length * length
     sample = 4 * length * hidden
     weights = module_bytes(block)
-    return {"weights": weights + weights // 4, "statistics": stats, "solve": solve, "batch": batch,
-            "in_memory": 2 * n * sample, "on_disk": 2 * b * sample}
+    return {
+        "weights": weights + weights // 4,
+        "statistics": stats,
+        "solve": solve,
+        "batch": batch,
+        "in_memory": 2 * n * sample,
+        "on_disk": 2 * b * sample,
+    }
 
 
 # ----------------------------------------------------------------------- the stream
@@ -147,26 +169,41 @@ class BlockStream:
     ``writer`` None: a read-only pass (statistics, evaluation). ``scratch``: where activation
     files go when the budget sends them to disk (default: beside the output)."""
 
-    def __init__(self, sm: StreamedModel, writer: Any = None, *, budget: int | None = None, solver: Solver = "none",
-                 scratch: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        sm: StreamedModel,
+        writer: Any = None,
+        *,
+        budget: int | None = None,
+        solver: Solver = "none",
+        scratch: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.sm, self.writer, self.budget, self.solver = sm, writer, budget, solver
         self.device = torch.device(device)
-        self.scratch = Path(scratch) if scratch is not None else (
-            writer.path.parent if writer is not None else None)
+        self.scratch = Path(scratch) if scratch is not None else (writer.path.parent if writer is not None else None)
         self.block_seconds: list[float] = []
         self.activations = "memory"
         self._t0 = 0.0
 
     # ------------------------------------------------------------------- budget
-    def activations_dir(self, model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, batch_size: int,
-                        offload_dir: str | Path | None) -> str | Path | None:
+    def activations_dir(
+        self,
+        model: nn.Module,
+        blocks: nn.ModuleList,
+        ids: torch.Tensor,
+        batch_size: int,
+        offload_dir: str | Path | None,
+    ) -> str | Path | None:
         """Where the engine keeps activations: None (memory) or a folder; an error when even
         one batch does not fit beside one block within the budget."""
         if self.budget is None:
             self.activations = "disk" if offload_dir is not None else "memory"
             return offload_dir
-        need = max((block_need(b, getattr(model, "config", None), tuple(ids.shape), batch_size, self.solver)
-                    for b in blocks), key=lambda d: sum(d.values()) - d["in_memory"])
+        need = max(
+            (block_need(b, getattr(model, "config", None), tuple(ids.shape), batch_size, self.solver) for b in blocks),
+            key=lambda d: sum(d.values()) - d["in_memory"],
+        )
         fixed = need["weights"] + need["statistics"] + need["solve"] + need["batch"]
         outer = self._outer_bytes(blocks)
         if offload_dir is None and max(fixed, outer) + need["in_memory"] <= self.budget:
@@ -174,12 +211,16 @@ class BlockStream:
             return None
         least = max(fixed, outer) + need["on_disk"]
         if least > self.budget:
-            parts = (f"block weights {fmt_bytes(need['weights'])}, statistics {fmt_bytes(need['statistics'])}, "
-                     f"solver {fmt_bytes(need['solve'])}, one batch of {batch_size} {fmt_bytes(need['batch'])}, "
-                     f"embedding / head {fmt_bytes(outer)}")
-            raise NetslimError(f"memory_budget {fmt_bytes(self.budget)} is below what one decoder block needs: about "
-                               f"{fmt_bytes(least)} ({parts}); raise memory_budget to at least "
-                               f"{math.ceil(least / 2**20)}MiB or lower batch_size.")
+            parts = (
+                f"block weights {fmt_bytes(need['weights'])}, statistics {fmt_bytes(need['statistics'])}, "
+                f"solver {fmt_bytes(need['solve'])}, one batch of {batch_size} {fmt_bytes(need['batch'])}, "
+                f"embedding / head {fmt_bytes(outer)}"
+            )
+            raise NetslimError(
+                f"memory_budget {fmt_bytes(self.budget)} is below what one decoder block needs: about "
+                f"{fmt_bytes(least)} ({parts}); raise memory_budget to at least "
+                f"{math.ceil(least / 2**20)}MiB or lower batch_size."
+            )
         self.activations = "disk"
         where = Path(offload_dir if offload_dir is not None else self.scratch or tempfile.gettempdir())
         where.mkdir(parents=True, exist_ok=True)
@@ -263,12 +304,12 @@ class BlockStream:
             self.writer.add(key, self.sm.source.get(self.sm.stored_key(key), t.dtype))
         return self.writer.finish(describe(model, info))
 
-
     # ------------------------------------------------------------- other passes
     def reader(self) -> BlockStream:
         """A read-only stream over the same model and budget (a statistics pass before the real one)."""
-        return BlockStream(self.sm, None, budget=self.budget, solver=self.solver, scratch=self.scratch,
-                           device=self.device)
+        return BlockStream(
+            self.sm, None, budget=self.budget, solver=self.solver, scratch=self.scratch, device=self.device
+        )
 
     def each_unit(self, names: list[str], fn: Callable[[str, nn.Module, list[str]], None]) -> None:
         """Per-module conversions (no calibration): ``fn(unit name, unit, member names)`` for each
@@ -283,7 +324,7 @@ class BlockStream:
         by_block: dict[int, list[str]] = {}
         outside: list[str] = []
         for n in names:
-            head = n[len(prefix) + 1:].split(".", 1)[0] if n.startswith(prefix + ".") else ""
+            head = n[len(prefix) + 1 :].split(".", 1)[0] if n.startswith(prefix + ".") else ""
             if head.isdigit() and int(head) < len(blocks) and n != f"{prefix}.{head}":
                 by_block.setdefault(int(head), []).append(n)
             else:
@@ -318,6 +359,7 @@ IN_MEMORY_HINT = "set stream: false to run the recipe with the whole model in me
 def register_streaming(config_cls: type, solver: Solver = "none") -> Callable[[StreamFn], StreamFn]:
     """Decorator: ``fn(streamed_model, cfg, ctx, stream)`` applies ``config_cls`` block by block;
     ``solver`` sizes the per-block statistics for the memory budget."""
+
     def deco(fn: StreamFn) -> StreamFn:
         _STREAMERS[config_cls.method] = (fn, solver)
         return fn
@@ -335,8 +377,15 @@ def streaming_methods() -> list[str]:
     return sorted(_STREAMERS)
 
 
-def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLike, *, budget: int | None = None,
-                verify: bool = False) -> StreamedModel:
+def stream_step(
+    sm: StreamedModel,
+    cfg: Any,
+    ctx: Any,
+    out_path: str | os.PathLike,
+    *,
+    budget: int | None = None,
+    verify: bool = False,
+) -> StreamedModel:
     """Apply ``cfg`` to the streamed model block by block, writing the result to ``out_path``
     (a netslim artifact; only on the rank that writes files); returns the result, streamed
     from that file. Nothing is left at ``out_path`` after an error."""
@@ -348,8 +397,10 @@ def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLi
     history.check(cfg)  # the rule apply() enforces in memory
     found = streamer(cfg.method)
     if found is None:
-        raise NetslimError(f"Method {cfg.method!r} cannot stream (it needs the whole model in memory; streamed "
-                           f"methods: {', '.join(streaming_methods())}); {IN_MEMORY_HINT}.")
+        raise NetslimError(
+            f"Method {cfg.method!r} cannot stream (it needs the whole model in memory; streamed "
+            f"methods: {', '.join(streaming_methods())}); {IN_MEMORY_HINT}."
+        )
     fn, solver = found
     writer = ArtifactWriter(out_path) if is_main() else None
     # Tensors are read into CPU memory; a step's ``device`` (CUDA) is where each block is worked on.
@@ -366,8 +417,12 @@ def stream_step(sm: StreamedModel, cfg: Any, ctx: Any, out_path: str | os.PathLi
     notes = getattr(ctx, "notes", None)
     if isinstance(notes, dict):
         secs = io.block_seconds
-        notes["stream"] = {"blocks": len(secs), "seconds_per_block": [round(s, 3) for s in secs],
-                           "activations": io.activations, "memory_budget": budget}
+        notes["stream"] = {
+            "blocks": len(secs),
+            "seconds_per_block": [round(s, 3) for s in secs],
+            "activations": io.activations,
+            "memory_budget": budget,
+        }
     barrier()  # the other ranks read the file rank 0 wrote
     out = open_artifact(out_path, verify=verify)
     return out

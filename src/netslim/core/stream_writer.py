@@ -13,6 +13,7 @@ Alignment: tensors are grouped by element size (8, 4, 2, 1 bytes) and each group
 spill file, so in the final buffer every tensor starts at a multiple of its element size,
 as safetensors' own writer arranges it; the header is padded with spaces to 8 bytes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,8 +38,8 @@ from .artifact_schema import (
 )
 from .errors import NetslimError
 
-GROUPS = (8, 4, 2, 1)     # element sizes, in the order their spill files are laid out
-COPY_CHUNK = 8 << 20      # bytes per read when the spill files are copied into the artifact
+GROUPS = (8, 4, 2, 1)  # element sizes, in the order their spill files are laid out
+COPY_CHUNK = 8 << 20  # bytes per read when the spill files are copied into the artifact
 
 
 class ArtifactWriter:
@@ -108,8 +109,14 @@ class ArtifactWriter:
         desc = {**description, "aliases": dict(self.aliases), "checksums": ALGORITHM}
         text = json.dumps(desc)
         digests = b"".join(self._digests[k] for k in sorted(self._digests))
-        record = json.dumps({"algorithm": ALGORITHM, "description": _text_digest(text),
-                             "tensors": base64.b64encode(digests).decode("ascii")}, separators=(",", ":"))
+        record = json.dumps(
+            {
+                "algorithm": ALGORITHM,
+                "description": _text_digest(text),
+                "tensors": base64.b64encode(digests).decode("ascii"),
+            },
+            separators=(",", ":"),
+        )
         base = {size: 0 for size in GROUPS}
         pos = 0
         for size in GROUPS:
@@ -117,8 +124,11 @@ class ArtifactWriter:
             pos += self._spill[size][1].tell() if size in self._spill else 0
         header: dict = {"__metadata__": {DESCRIPTION_KEY: text, INTEGRITY_KEY: record}}
         for name, (dtype, shape, size, offset, nbytes) in self._entries.items():
-            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [base[size] + offset,
-                                                                             base[size] + offset + nbytes]}
+            header[name] = {
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [base[size] + offset, base[size] + offset + nbytes],
+            }
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)

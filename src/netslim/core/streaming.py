@@ -19,6 +19,7 @@ artifact's tensors are checked against its SHA-256 record as they are read.
 Tensors are read with plain file reads into freshly allocated memory (no memory map: pages
 of a mapped shard would count as resident memory of the process).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,12 +61,16 @@ class TensorSource:
                 return cls._single(path / SINGLE, str(path))
             if (path / INDEX).is_file():
                 return cls._sharded(path)
-            raise NetslimError(f"{path} has no weights to stream: expected {SINGLE} or a sharded {INDEX} "
-                               "(write them with model.save_pretrained(dir)).")
+            raise NetslimError(
+                f"{path} has no weights to stream: expected {SINGLE} or a sharded {INDEX} "
+                "(write them with model.save_pretrained(dir))."
+            )
         if path.is_file():
             return cls._single(path, str(path))
-        raise NetslimError(f"{shown(str(path))} does not exist: streaming reads a Hugging Face directory or a "
-                           "netslim .safetensors artifact.")
+        raise NetslimError(
+            f"{shown(str(path))} does not exist: streaming reads a Hugging Face directory or a "
+            "netslim .safetensors artifact."
+        )
 
     @classmethod
     def _single(cls, file: Path, where: str) -> TensorSource:
@@ -82,21 +87,27 @@ class TensorSource:
         for file, names in by_file.items():
             shard = folder / file
             if not shard.is_file():
-                raise NetslimError(f"{folder / INDEX}: shard {shown(file)} (holding {shown(names[0])}"
-                                   f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}) is missing from "
-                                   f"{folder}; copy the whole checkpoint directory, or re-save it with "
-                                   "model.save_pretrained(dir).")
+                raise NetslimError(
+                    f"{folder / INDEX}: shard {shown(file)} (holding {shown(names[0])}"
+                    f"{f' and {len(names) - 1} more' if len(names) > 1 else ''}) is missing from "
+                    f"{folder}; copy the whole checkpoint directory, or re-save it with "
+                    "model.save_pretrained(dir)."
+                )
             header = read_header(shard)
             absent = [n for n in names if n not in header.tensors]
             if absent:
-                raise NetslimError(f"{folder / INDEX} does not match shard {file}: the index puts {shown(absent[0])} "
-                                   f"there{_more(absent)} but the shard does not hold it; re-save the "
-                                   "checkpoint with model.save_pretrained(dir).")
+                raise NetslimError(
+                    f"{folder / INDEX} does not match shard {file}: the index puts {shown(absent[0])} "
+                    f"there{_more(absent)} but the shard does not hold it; re-save the "
+                    "checkpoint with model.save_pretrained(dir)."
+                )
             unlisted = sorted(set(header.tensors) - set(names))
             if unlisted:
-                raise NetslimError(f"{folder / INDEX} does not match shard {file}: the shard holds "
-                                   f"{shown(unlisted[0])}{_more(unlisted)}, which the index does not "
-                                   "list there; re-save the checkpoint with model.save_pretrained(dir).")
+                raise NetslimError(
+                    f"{folder / INDEX} does not match shard {file}: the shard holds "
+                    f"{shown(unlisted[0])}{_more(unlisted)}, which the index does not "
+                    "list there; re-save the checkpoint with model.save_pretrained(dir)."
+                )
             headers.update({n: header for n in names})
         return cls(headers, str(folder))
 
@@ -157,10 +168,16 @@ def read_index(path: Path) -> dict[str, str]:
     if not isinstance(weight_map, dict) or not weight_map:
         raise NetslimError(f"{path}: field 'weight_map' must be a non-empty object (tensor name -> shard file).")
     for name, file in weight_map.items():
-        if not isinstance(file, str) or not file.endswith(".safetensors") or Path(file).name != file \
-                or file.startswith("."):
-            raise NetslimError(f"{path}: field 'weight_map' entry {shown(name)}: the shard must be a .safetensors "
-                               f"file name inside the directory; got {shown(file)}.")
+        if (
+            not isinstance(file, str)
+            or not file.endswith(".safetensors")
+            or Path(file).name != file
+            or file.startswith(".")
+        ):
+            raise NetslimError(
+                f"{path}: field 'weight_map' entry {shown(name)}: the shard must be a .safetensors "
+                f"file name inside the directory; got {shown(file)}."
+            )
     return weight_map
 
 
@@ -204,17 +221,22 @@ def check_source(model: nn.Module, source: TensorSource, groups: dict[str, str])
     for head, keys in members.items():
         stored = [k for k in keys if k in source]
         if not stored:
-            raise NetslimError(f"{what}: no tensor for {shown(head)}; re-save model and config together with "
-                               "model.save_pretrained(dir).")
+            raise NetslimError(
+                f"{what}: no tensor for {shown(head)}; re-save model and config together with "
+                "model.save_pretrained(dir)."
+            )
         for k in stored:
             shape = source.entry(k).shape
             if tuple(shape) != tuple(state[k].shape):
-                raise NetslimError(f"{what}: {shown(k)} is {list(shape)} in the file, {list(state[k].shape)} in "
-                                   "the model.")
+                raise NetslimError(
+                    f"{what}: {shown(k)} is {list(shape)} in the file, {list(state[k].shape)} in the model."
+                )
     extra = [n for n in source.names if n not in groups]
     if extra:
-        raise NetslimError(f"{what}: the weights hold {shown(extra[0])}{_more(extra)}, which is not a "
-                           "tensor of the model; re-save model and config together with model.save_pretrained(dir).")
+        raise NetslimError(
+            f"{what}: the weights hold {shown(extra[0])}{_more(extra)}, which is not a "
+            "tensor of the model; re-save model and config together with model.save_pretrained(dir)."
+        )
 
 
 @dataclass
@@ -263,7 +285,7 @@ def materialize(sm: StreamedModel, module: nn.Module, prefix: str, recurse: bool
         else:
             owner._buffers[attr] = t
     _tie_outside(sm, module, dot, made)
-    for name, mod in (module.named_modules() if recurse else [("", module)]):
+    for name, mod in module.named_modules() if recurse else [("", module)]:
         if any(b is not None and n in mod._non_persistent_buffers_set for n, b in mod._buffers.items()):
             _fill_computed_buffers(sm, mod, f"{dot}{name}".rstrip("."))
     if sm.validate and (recurse or not any(True for _ in module.children())):
@@ -293,8 +315,10 @@ def _fill_computed_buffers(sm: StreamedModel, mod: nn.Module, where: str) -> Non
         if b is not None and n in mod._non_persistent_buffers_set:
             mod._buffers[n] = torch.zeros(b.shape, dtype=b.dtype)
     if sm.init_buffers is None:
-        raise NetslimError(f"{type(sm.model).__name__} cannot be streamed: module {where or '(root)'} computes its "
-                           f"buffers {sorted(mod._non_persistent_buffers_set)} at construction; set stream: false.")
+        raise NetslimError(
+            f"{type(sm.model).__name__} cannot be streamed: module {where or '(root)'} computes its "
+            f"buffers {sorted(mod._non_persistent_buffers_set)} at construction; set stream: false."
+        )
     sm.init_buffers(mod)
 
 
@@ -357,8 +381,10 @@ def open_artifact(path: str | os.PathLike, *, verify: bool = True) -> StreamedMo
         verify_description(header, record, text)
     desc = validate_description(header, raw)
     if desc["arch"].get("kind") == USER_KIND:
-        raise NetslimError(f"{path} holds a model of your own class ({desc['arch'].get('class')}): netslim streams "
-                           "Hugging Face decoder models only; set stream: false.")
+        raise NetslimError(
+            f"{path} holds a model of your own class ({desc['arch'].get('class')}): netslim streams "
+            "Hugging Face decoder models only; set stream: false."
+        )
     check_against_header(desc, header)
     with torch.device("meta"):
         model = build_arch(desc["arch"], device="meta")
@@ -371,8 +397,9 @@ def open_artifact(path: str | os.PathLike, *, verify: bool = True) -> StreamedMo
     if record is not None:
         digests = dict(zip(sorted(header.tensors), record.tensors))
     source = TensorSource({n: header for n in header.tensors}, str(path), digests)
-    return StreamedModel(model, source, groups, path, init_buffers=hf_buffer_init(model), info=desc.get("info", {}),
-                         validate=True)
+    return StreamedModel(
+        model, source, groups, path, init_buffers=hf_buffer_init(model), info=desc.get("info", {}), validate=True
+    )
 
 
 def hf_buffer_init(model: nn.Module) -> Callable[[nn.Module], None] | None:

@@ -1,4 +1,5 @@
 """Find and replace modules by qualified name."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -26,6 +26,7 @@ about ops, not classes:
 Any other op locks every space that reaches it (``graph.skipped`` says which), so the graph
 prunes only what is provably safe. The model's outputs and tied weights are locked too.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -45,20 +46,90 @@ from .hooks import eval_mode
 
 log = logging.getLogger(__name__)
 
-_UNARY = {"relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh",
-          "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "leaky_relu", "leaky_relu_", "elu",
-          "elu_", "mish", "mish_", "dropout", "dropout_", "feature_dropout", "alpha_dropout", "clone", "contiguous",
-          "alias", "detach", "detach_", "to", "_to_copy", "type_as", "neg", "abs", "exp", "sqrt", "rsqrt", "erf",
-          "softplus", "relu6", "clamp", "clamp_min", "clamp_max", "celu", "selu", "log_sigmoid", "lift_fresh_copy",
-          "pow", "square", "reciprocal", "gelu_tanh", "native_dropout", "identity", "logsigmoid", "sin", "cos"}
+_UNARY = {
+    "relu",
+    "relu_",
+    "gelu",
+    "gelu_",
+    "silu",
+    "silu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "hardtanh",
+    "hardtanh_",
+    "hardswish",
+    "hardswish_",
+    "hardsigmoid",
+    "hardsigmoid_",
+    "leaky_relu",
+    "leaky_relu_",
+    "elu",
+    "elu_",
+    "mish",
+    "mish_",
+    "dropout",
+    "dropout_",
+    "feature_dropout",
+    "alpha_dropout",
+    "clone",
+    "contiguous",
+    "alias",
+    "detach",
+    "detach_",
+    "to",
+    "_to_copy",
+    "type_as",
+    "neg",
+    "abs",
+    "exp",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "softplus",
+    "relu6",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "celu",
+    "selu",
+    "log_sigmoid",
+    "lift_fresh_copy",
+    "pow",
+    "square",
+    "reciprocal",
+    "gelu_tanh",
+    "native_dropout",
+    "identity",
+    "logsigmoid",
+    "sin",
+    "cos",
+}
 _BINARY = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "maximum", "minimum", "rsub"}
-_SPATIAL = {"adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d",
-            "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-            "max_pool2d_with_indices", "upsample_nearest1d", "upsample_nearest2d", "upsample_bilinear2d",
-            "upsample_bicubic2d", "upsample_linear1d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
-            "reflection_pad2d", "replication_pad2d"}
-_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_",
-          "unsqueeze_"}
+_SPATIAL = {
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool2d_with_indices",
+    "upsample_nearest1d",
+    "upsample_nearest2d",
+    "upsample_bilinear2d",
+    "upsample_bicubic2d",
+    "upsample_linear1d",
+    "_upsample_nearest_exact2d",
+    "_upsample_bilinear2d_aa",
+    "reflection_pad2d",
+    "replication_pad2d",
+}
+_VIEWS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "squeeze_", "unsqueeze_"}
 _REDUCE = {"mean", "sum", "amax", "amin", "var", "std", "var_mean", "max", "min"}
 _NORM_LOCK = "normalisation statistics span these features (removing one renormalises the others)"
 _ATTENTION = {"scaled_dot_product_attention", "softmax", "_softmax", "_safe_softmax"}
@@ -132,7 +203,7 @@ class Core:
     owner: str = ""
     units: int = 0
     rows: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # module -> [(units, factor)] segments
-    cols: list[tuple[int, int]] = field(default_factory=list)              # out-projection input segments
+    cols: list[tuple[int, int]] = field(default_factory=list)  # out-projection input segments
     attrs: list[dict[str, Any]] = field(default_factory=list)
     reason: str | None = None
     call: Any = None  # (args, kwargs) the owner module got in the forward pass, for checks
@@ -198,13 +269,16 @@ def trace_error(model: nn.Module, where: str | None, e: BaseException) -> Netsli
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     if where:
         cls = type(model.get_submodule(where)).__name__
-        hint = (f"exclude it (exclude: ['{where}'], traced as one opaque layer whose channels are kept)"
-                if where else "")
-        return NetslimError(f"Cannot trace {type(model).__name__} for structured pruning: module '{where}' ({cls}) "
-                            f"stopped the trace ({type(e).__name__}: {first}); {hint}.")
-    return NetslimError(f"Cannot trace {type(model).__name__} for structured pruning: its own forward stopped the "
-                        f"trace ({type(e).__name__}: {first}); data-dependent control flow in the top-level forward "
-                        "cannot be excluded: move it into a submodule and exclude that.")
+        hint = f"exclude it (exclude: ['{where}'], traced as one opaque layer whose channels are kept)" if where else ""
+        return NetslimError(
+            f"Cannot trace {type(model).__name__} for structured pruning: module '{where}' ({cls}) "
+            f"stopped the trace ({type(e).__name__}: {first}); {hint}."
+        )
+    return NetslimError(
+        f"Cannot trace {type(model).__name__} for structured pruning: its own forward stopped the "
+        f"trace ({type(e).__name__}: {first}); data-dependent control flow in the top-level forward "
+        "cannot be excluded: move it into a submodule and exclude that."
+    )
 
 
 # ------------------------------------------------------------------------ the tracer
@@ -736,8 +810,9 @@ class _AtenTracer:
             # along another dim (tokens): every piece shares the units
             first = self.layout[items[0]]
             axes = {self.axis[x] for x in items}
-            if len(axes) == 1 and all([(s.units, s.factor) for s in self.layout[x]] ==
-                                      [(s.units, s.factor) for s in first] for x in items):
+            if len(axes) == 1 and all(
+                [(s.units, s.factor) for s in self.layout[x]] == [(s.units, s.factor) for s in first] for x in items
+            ):
                 for x in items[1:]:
                     for sa, sb in zip(first, self.layout[x]):
                         self.b.union(sa.space, sb.space)

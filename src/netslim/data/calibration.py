@@ -1,4 +1,5 @@
 """Calibration sets: N samples of a task's training data, reproducible by seed."""
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ Rules (:data:`DOCS_RULES`, also written into the JSONL folder's README):
 
 With the Debian python3.11-doc sources and the defaults: 30,510 paragraphs, 11 labels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,12 +74,17 @@ SPLIT_RULE_TEXT = {
 }
 
 
-def rules_text(min_class: int = DEFAULT_MIN_CLASS, min_chars: int = DEFAULT_MIN_CHARS,
-               split: str = SPLIT_RULES[0]) -> str:
+def rules_text(
+    min_class: int = DEFAULT_MIN_CLASS, min_chars: int = DEFAULT_MIN_CHARS, split: str = SPLIT_RULES[0]
+) -> str:
     """The rules above as Markdown, for a README next to the data."""
     _check_options(min_class, min_chars, split)
-    return DOCS_RULES.format(min_class=min_class, min_chars=min_chars, split=split,
-                             split_rule=SPLIT_RULE_TEXT[split].format(percent=HELD_OUT_PERCENT))
+    return DOCS_RULES.format(
+        min_class=min_class,
+        min_chars=min_chars,
+        split=split,
+        split_rule=SPLIT_RULE_TEXT[split].format(percent=HELD_OUT_PERCENT),
+    )
 
 
 def _check_options(min_class: int, min_chars: int, split: str) -> None:
@@ -106,8 +112,12 @@ def section_of(relpath: str) -> str:
 
 def docs_records(root: Path, min_chars: int) -> list[dict]:
     """Every kept paragraph as ``{"text", "label", "file"}``, labelled by section (before merging)."""
-    records = [{"text": text, "label": section_of(rel), "file": rel}
-               for rel in sorted_relpaths(root) for text in paragraphs(root / rel) if len(text) >= min_chars]
+    records = [
+        {"text": text, "label": section_of(rel), "file": rel}
+        for rel in sorted_relpaths(root)
+        for text in paragraphs(root / rel)
+        if len(text) >= min_chars
+    ]
     copies = Counter(r["text"] for r in records)
     return [r for r in records if copies[r["text"]] == 1]
 
@@ -162,15 +172,22 @@ def split_files(records: list[dict], rule: str) -> dict[str, str]:
     return {rel: split for per_file in sizes.values() for rel, split in stratified_split(per_file).items()}
 
 
-def build(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_CLASS,
-          min_chars: int = DEFAULT_MIN_CHARS, split: str = SPLIT_RULES[0]) -> dict[str, list[dict]]:
+def build(
+    root: str | os.PathLike | None = None,
+    *,
+    min_class: int = DEFAULT_MIN_CLASS,
+    min_chars: int = DEFAULT_MIN_CHARS,
+    split: str = SPLIT_RULES[0],
+) -> dict[str, list[dict]]:
     """The records of each split (``train``, ``val``, ``test``), in corpus order, read now."""
     _check_options(min_class, min_chars, split)
     base = pydocs.corpus_root(root)
     records = merge_small_classes(docs_records(base, min_chars), min_class)
     if len({r["label"] for r in records}) < 2:
-        raise NetslimError(f"Docs sections under {str(base)!r}: fewer than 2 labels have {min_class} paragraphs "
-                           f"of >= {min_chars} characters; lower min_class or point to the full docs sources.")
+        raise NetslimError(
+            f"Docs sections under {str(base)!r}: fewer than 2 labels have {min_class} paragraphs "
+            f"of >= {min_chars} characters; lower min_class or point to the full docs sources."
+        )
     where = split_files(records, split)
     out: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for r in records:
@@ -184,19 +201,24 @@ def _cached(root: str, min_class: int, min_chars: int, split: str) -> tuple[tupl
     return tuple(tuple((r["text"], r["label"], r["file"]) for r in built[s]) for s in SPLITS)
 
 
-def load(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_CLASS,
-         min_chars: int = DEFAULT_MIN_CHARS, split: str = SPLIT_RULES[0]) -> dict[str, list[dict]]:
+def load(
+    root: str | os.PathLike | None = None,
+    *,
+    min_class: int = DEFAULT_MIN_CLASS,
+    min_chars: int = DEFAULT_MIN_CHARS,
+    split: str = SPLIT_RULES[0],
+) -> dict[str, list[dict]]:
     """:func:`build`, read once per process (the corpus is parsed in ~1.5 s)."""
     _check_options(min_class, min_chars, split)
     rows = _cached(str(pydocs.corpus_root(root).resolve()), min_class, min_chars, split)
     return {s: [{"text": t, "label": lab, "file": f} for t, lab, f in part] for s, part in zip(SPLITS, rows)}
 
 
-def labels(root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_CLASS,
-           min_chars: int = DEFAULT_MIN_CHARS) -> list[str]:
+def labels(
+    root: str | os.PathLike | None = None, *, min_class: int = DEFAULT_MIN_CLASS, min_chars: int = DEFAULT_MIN_CHARS
+) -> list[str]:
     """The sorted labels (class ids are positions in this list)."""
-    return sorted({r["label"] for rows in load(root, min_class=min_class, min_chars=min_chars).values()
-                   for r in rows})
+    return sorted({r["label"] for rows in load(root, min_class=min_class, min_chars=min_chars).values() for r in rows})
 
 
 def count_table(by_split: dict[str, list[dict]]) -> str:

@@ -1,4 +1,5 @@
 """Fashion-MNIST from the IDX .gz files of Debian's ``dataset-fashion-mnist``."""
+
 from __future__ import annotations
 
 import gzip

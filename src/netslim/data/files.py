@@ -45,6 +45,7 @@ Content hash
 the SHA-256 of its bytes. Each file is read once; its bytes are hashed and parsed from
 the same buffer.
 """
+
 from __future__ import annotations
 
 import csv
@@ -173,9 +174,11 @@ def split_documents(given: Mapping[str, Sequence[Document]], what: str) -> dict[
             out[split].append(part)
     empty = [s for s in SPLITS if not out[s]]
     if empty:
-        raise NetslimError(f"{what}: too little text to make a {empty[0]!r} split: each file is cut by lines "
-                           "(80/10/10 % of its non-empty lines) and needs at least 3 non-empty lines; add text "
-                           "or give train / val / test files.")
+        raise NetslimError(
+            f"{what}: too little text to make a {empty[0]!r} split: each file is cut by lines "
+            "(80/10/10 % of its non-empty lines) and needs at least 3 non-empty lines; add text "
+            "or give train / val / test files."
+        )
     return out
 
 
@@ -226,8 +229,11 @@ def list_files(root: Path, suffixes: Iterable[str]) -> list[str]:
 
 
 KINDS = ("images", "table", "text")  # "table" includes saved `datasets` folders
-_KIND_TEXT = {"images": "class subfolders of images (.png, .jpg, .jpeg)",
-              "table": "tables (.csv, .jsonl, .parquet, a saved `datasets` folder)", "text": "text files (.txt, .md)"}
+_KIND_TEXT = {
+    "images": "class subfolders of images (.png, .jpg, .jpeg)",
+    "table": "tables (.csv, .jsonl, .parquet, a saved `datasets` folder)",
+    "text": "text files (.txt, .md)",
+}
 _KIND_SUFFIXES = {"images": IMAGE_SUFFIXES, "table": TABLE_SUFFIXES + PARQUET_SUFFIXES, "text": TEXT_SUFFIXES}
 
 
@@ -236,14 +242,18 @@ def data_kind(path: Path, kinds: Sequence[str] = KINDS) -> str:
     only for ``kinds`` (in the order of the module docstring); an error when it holds none."""
     if not path.exists():
         hint = " (wildcards are not expanded: give the folder that holds the files)" if _GLOB.search(str(path)) else ""
-        raise NetslimError(f"Data path {str(path)!r} does not exist{hint}; give an image folder, a CSV / JSONL / "
-                           "parquet file, text files (.txt, .md) or a folder of them.")
+        raise NetslimError(
+            f"Data path {str(path)!r} does not exist{hint}; give an image folder, a CSV / JSONL / "
+            "parquet file, text files (.txt, .md) or a folder of them."
+        )
     wanted = " or ".join(_KIND_TEXT[k] for k in KINDS if k in kinds)
     if path.is_file():
         kind = next((k for k in ("table", "text") if path.suffix.lower() in _KIND_SUFFIXES[k]), None)
         if kind not in kinds:
-            raise NetslimError(f"Data file {str(path)!r}: expected {wanted}" +
-                               (" (images: give their folder)." if "images" in kinds else "."))
+            raise NetslimError(
+                f"Data file {str(path)!r}: expected {wanted}"
+                + (" (images: give their folder)." if "images" in kinds else ".")
+            )
         return kind
     if "table" in kinds and any((path / m).is_file() for m in DATASETS_MARKERS):
         return "datasets"
@@ -262,9 +272,11 @@ def explicit_splits(entries: Iterable[str], where: str) -> dict[str, str] | None
         return None
     others = [n for n in names if n not in splits]
     if others:
-        raise NetslimError(f"{where}: mixes split entries ({', '.join(splits)}) with others "
-                           f"({shorten(', '.join(others))}); use only train / val / test at the top, or no split "
-                           "names at all.")
+        raise NetslimError(
+            f"{where}: mixes split entries ({', '.join(splits)}) with others "
+            f"({shorten(', '.join(others))}); use only train / val / test at the top, or no split "
+            "names at all."
+        )
     out: dict[str, str] = {}
     for name, split in splits.items():
         if split in out:
@@ -290,6 +302,7 @@ def read_documents(path: Path, hasher: ContentHash) -> dict[str, list[Document]]
         rels, base = [path.name], path.parent
     else:
         rels, base = list_files(path, TEXT_SUFFIXES), path
+
     def top(rel: str) -> str:  # what names an explicit split: a top folder, or a top-level file's stem
         return rel.split("/", 1)[0] if "/" in rel else Path(rel).stem
 
@@ -334,8 +347,15 @@ def _token_stream(tokenizer: Any, documents: Iterable[str]) -> Iterator[list[int
             yield [*ids, sep]
 
 
-def token_blocks(tokenizer: Any, documents: Iterable[str], *, seq_len: int, num_blocks: int | None = None,
-                 what: str = "Text", fix: str = "") -> torch.Tensor:
+def token_blocks(
+    tokenizer: Any,
+    documents: Iterable[str],
+    *,
+    seq_len: int,
+    num_blocks: int | None = None,
+    what: str = "Text",
+    fix: str = "",
+) -> torch.Tensor:
     """``documents`` joined with EOS and cut into ``(N, seq_len)`` int64 blocks.
 
     The tail shorter than ``seq_len`` is dropped. ``num_blocks`` keeps the first N blocks
@@ -366,7 +386,7 @@ class Row:
 @dataclass(frozen=True)
 class Table:
     rows: dict[str, list[Row]]  # by explicit split; {"train": every row} when none is given
-    columns: tuple[str, ...]    # every column name seen, in first-seen order
+    columns: tuple[str, ...]  # every column name seen, in first-seen order
     where: str
 
 
@@ -404,8 +424,9 @@ def _datasets_module():
     try:
         import datasets
     except ImportError:
-        raise NetslimError("Parquet files and saved `datasets` folders need the optional package datasets: "
-                           "pip install netslim[data].") from None
+        raise NetslimError(
+            "Parquet files and saved `datasets` folders need the optional package datasets: pip install netslim[data]."
+        ) from None
     return datasets
 
 
@@ -431,8 +452,10 @@ def _read_datasets(path: Path, hasher: ContentHash) -> Table:
         parts = dict(loaded)
         given = explicit_splits(parts, str(path))
         if given is None and len(parts) != 1:
-            raise NetslimError(f"{path}: DatasetDict splits {shorten(', '.join(parts))} are not train / val / test; "
-                               "rename them (or save one Dataset).")
+            raise NetslimError(
+                f"{path}: DatasetDict splits {shorten(', '.join(parts))} are not train / val / test; "
+                "rename them (or save one Dataset)."
+            )
         given = given or {"train": next(iter(parts))}
     else:
         parts, given = {"train": loaded}, {"train": "train"}
@@ -467,8 +490,10 @@ def read_table(path: Path, hasher: ContentHash) -> Table:
         rels, base = list_files(path, TABLE_SUFFIXES + PARQUET_SUFFIXES), path
     given = explicit_splits((Path(r).stem for r in rels), str(path)) if path.is_dir() else None
     if given is not None and len(given) != len(rels):
-        raise NetslimError(f"{path}: split tables must sit at the top of the folder, one file per split; "
-                           f"found {shorten(', '.join(rels))}.")
+        raise NetslimError(
+            f"{path}: split tables must sit at the top of the folder, one file per split; "
+            f"found {shorten(', '.join(rels))}."
+        )
     rows: dict[str, list[Row]] = {}
     columns: dict[str, None] = {}
     for rel in rels:
@@ -481,9 +506,11 @@ def read_table(path: Path, hasher: ContentHash) -> Table:
 
 def require_column(table: Table, column: str, *, field: str) -> None:
     if column not in table.columns:
-        raise NetslimError(f"{table.where}: no column {column!r} (the {field}); columns present: "
-                           f"{shorten(', '.join(table.columns) or '(none)')}; name the right one with {field}: in "
-                           "the data options (a recipe's data:).")
+        raise NetslimError(
+            f"{table.where}: no column {column!r} (the {field}); columns present: "
+            f"{shorten(', '.join(table.columns) or '(none)')}; name the right one with {field}: in "
+            "the data options (a recipe's data:)."
+        )
 
 
 def _value(row: Row, column: str) -> Any:
@@ -513,8 +540,9 @@ def label_of(row: Row, column: str) -> int | str:
             return s
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise NetslimError(f"{row.where}: label {shorten(repr(value))} in column {column!r} must be an integer or a "
-                       "non-empty string.")
+    raise NetslimError(
+        f"{row.where}: label {shorten(repr(value))} in column {column!r} must be an integer or a non-empty string."
+    )
 
 
 def split_of_row(row: Row, column: str) -> str:
@@ -531,11 +559,16 @@ class ImageFolder:
 
 def _class_images(base: Path, prefix: str) -> dict[str, list[str]]:
     """``{class folder: [relative image paths]}`` of ``base``; images directly in it: an error."""
-    loose = [p.name for p in base.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not p.name.startswith(".")]
+    loose = [
+        p.name
+        for p in base.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     if loose:
-        raise NetslimError(f"Image folder {str(base)!r}: images must sit in class subfolders "
-                           f"(e.g. {base / 'cat' / loose[0]}); found {loose[0]!r} at the top.")
+        raise NetslimError(
+            f"Image folder {str(base)!r}: images must sit in class subfolders "
+            f"(e.g. {base / 'cat' / loose[0]}); found {loose[0]!r} at the top."
+        )
     out: dict[str, list[str]] = {}
     for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = list_files(d, IMAGE_SUFFIXES)
@@ -548,24 +581,33 @@ def scan_image_folder(root: Path) -> ImageFolder:
     """The images of ``root`` by split and class (splits by the rules in the module docstring)."""
     tops = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     given = explicit_splits(tops, f"Image folder {str(root)!r}")
-    by_split = {s: _class_images(root / name, f"{name}/") for s, name in (given or {}).items()} \
-        if given else {"train": _class_images(root, "")}
+    by_split = (
+        {s: _class_images(root / name, f"{name}/") for s, name in (given or {}).items()}
+        if given
+        else {"train": _class_images(root, "")}
+    )
     classes = tuple(sorted({c for per_class in by_split.values() for c in per_class}))
     if not classes:
-        raise NetslimError(f"Image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class "
-                           "subfolders.")
+        raise NetslimError(
+            f"Image folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)}) in class subfolders."
+        )
     if len(classes) < 2:
-        raise NetslimError(f"Image folder {str(root)!r} has one class ({classes[0]!r}); classification needs at "
-                           "least two class subfolders.")
+        raise NetslimError(
+            f"Image folder {str(root)!r} has one class ({classes[0]!r}); classification needs at "
+            "least two class subfolders."
+        )
     ids = {c: i for i, c in enumerate(classes)}
-    labelled = {s: sorted((rel, ids[c]) for c, rels in per_class.items() for rel in rels)
-                for s, per_class in by_split.items()}
+    labelled = {
+        s: sorted((rel, ids[c]) for c, rels in per_class.items() for rel in rels) for s, per_class in by_split.items()
+    }
     files = carve_splits(labelled, key=lambda item: item[0])
     for s in SPLITS:
         if not files[s]:
             n = sum(len(v) for v in files.values())
-            raise NetslimError(f"Image folder {str(root)!r}: the {s} split got no images ({n} in all, split "
-                               "80/10/10 by a hash of each path); add images or give train/ val/ test/ folders.")
+            raise NetslimError(
+                f"Image folder {str(root)!r}: the {s} split got no images ({n} in all, split "
+                "80/10/10 by a hash of each path); add images or give train/ val/ test/ folders."
+            )
     return ImageFolder(root, files, classes)
 
 

@@ -13,6 +13,7 @@ text of one document out of two splits. "calibration" is also the training split
 
 Nothing here is cached on disk: the corpus is ~12 MB and tokenises in seconds.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,14 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------- token blocks
-def token_blocks(tokenizer: Any, split: str, *, seq_len: int = 512, num_blocks: int | None = None,
-                 root: str | os.PathLike | None = None) -> torch.Tensor:
+def token_blocks(
+    tokenizer: Any,
+    split: str,
+    *,
+    seq_len: int = 512,
+    num_blocks: int | None = None,
+    root: str | os.PathLike | None = None,
+) -> torch.Tensor:
     """Documents of ``split`` joined with EOS and cut into ``(N, seq_len)`` int64 blocks.
 
     The tail shorter than ``seq_len`` is dropped. ``num_blocks`` keeps the first N blocks
@@ -84,16 +91,34 @@ def token_blocks(tokenizer: Any, split: str, *, seq_len: int = 512, num_blocks: 
     if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 1):
         raise bad_param("token_blocks", "num_blocks", "None or an int >= 1", num_blocks)
     documents = (read_text(p) for p in list_files(split, root))
-    return files.token_blocks(tokenizer, documents, seq_len=seq_len, num_blocks=num_blocks,
-                              what=f"Text split {split!r}")
+    return files.token_blocks(
+        tokenizer, documents, seq_len=seq_len, num_blocks=num_blocks, what=f"Text split {split!r}"
+    )
 
 
 # ------------------------------------------------------------------------ sentences
 # Directives whose indented body is code or markup, not prose.
 _CODE_DIRECTIVES = {
-    "code-block", "code", "sourcecode", "doctest", "testcode", "testoutput", "testsetup",
-    "productionlist", "literalinclude", "highlight", "csv-table", "list-table", "table",
-    "toctree", "index", "raw", "include", "only", "impl-detail", "audit-event-table",
+    "code-block",
+    "code",
+    "sourcecode",
+    "doctest",
+    "testcode",
+    "testoutput",
+    "testsetup",
+    "productionlist",
+    "literalinclude",
+    "highlight",
+    "csv-table",
+    "list-table",
+    "table",
+    "toctree",
+    "index",
+    "raw",
+    "include",
+    "only",
+    "impl-detail",
+    "audit-event-table",
 }
 _ROLE = re.compile(r":[\w:.+-]+:`([^`]*)`")
 _LINK = re.compile(r"`([^`<]*?)\s*<[^>]*>`_{1,2}")
@@ -104,6 +129,7 @@ _UNDERLINE = re.compile(r"^([=\-~^\"'`#*+<>_:.])\1{2,}\s*$")
 
 def _clean_inline(text: str) -> str:
     """Plain text of one paragraph: roles, links, literals and emphasis unwrapped."""
+
     def role(m: re.Match) -> str:
         inner = m.group(1).lstrip("!")
         t = _TITLE_TARGET.match(inner)
@@ -113,7 +139,7 @@ def _clean_inline(text: str) -> str:
 
     text = _ROLE.sub(role, text)
     text = _LINK.sub(r"\1", text)
-    text = re.sub(r"\[#?[\w-]*\]_", "", text)        # footnote references
+    text = re.sub(r"\[#?[\w-]*\]_", "", text)  # footnote references
     text = re.sub(r"``([^`]+)``", r"\1", text)
     text = re.sub(r"`([^`]+)`_{0,2}", r"\1", text)
     text = re.sub(r"\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*", lambda m: m.group(1) or m.group(2), text)
@@ -152,8 +178,14 @@ def _prose_paragraphs(text: str) -> Iterator[str]:
         yield _clean_inline(" ".join(ln.strip() for ln in lines).lstrip("*- ").removesuffix("::") + ".")
 
 
-def sentences(split: str, *, min_chars: int = 40, max_chars: int = 300, limit: int | None = None,
-              root: str | os.PathLike | None = None) -> list[str]:
+def sentences(
+    split: str,
+    *,
+    min_chars: int = 40,
+    max_chars: int = 300,
+    limit: int | None = None,
+    root: str | os.PathLike | None = None,
+) -> list[str]:
     """Distinct English sentences of ``split``, in corpus order (deterministic).
 
     A sentence qualifies if it has ``min_chars..max_chars`` characters, at least six words,

@@ -18,6 +18,7 @@ CoFi (:mod:`netslim.prune.cofi`) uses the same task with its *dynamic* layer map
 2022): for each teacher block ``t`` in a fixed set, the student block ``m(t) = argmin_j
 relMSE(W h_s^j, h_t^t)`` among the candidates CoFi allows, with a learned map ``W``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -46,8 +47,10 @@ def _first(out: Any) -> torch.Tensor:
 def relative_mse(student: torch.Tensor, teacher: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``sum ||s - t||^2 / sum ||t||^2`` over tokens (B, T, D); ``mask`` (B, T) drops padding tokens."""
     if student.shape != teacher.shape:
-        raise NetslimError(f"Hidden-state distillation: student block output {tuple(student.shape)} and teacher "
-                           f"{tuple(teacher.shape)} differ.")
+        raise NetslimError(
+            f"Hidden-state distillation: student block output {tuple(student.shape)} and teacher "
+            f"{tuple(teacher.shape)} differ."
+        )
     err = (student.float() - teacher.detach().float()).pow(2).sum(-1)  # (B, T)
     ref = teacher.detach().float().pow(2).sum(-1)
     if mask is not None and mask.shape == err.shape:
@@ -65,9 +68,9 @@ def lineage(student: nn.Module, teacher: nn.Module) -> tuple[list[int], list[int
     n_s, n_t = len(blocks_of(student)), len(blocks_of(teacher))
     d_s, d_t = int(student.config.hidden_size), int(teacher.config.hidden_size)
     sp, tp = _plans(student), _plans(teacher)
-    if len(sp) >= len(tp) and sp[:len(tp)] == tp:  # the teacher is where the student started
+    if len(sp) >= len(tp) and sp[: len(tp)] == tp:  # the teacher is where the student started
         layers, dims = list(range(n_t)), list(range(d_t))
-        for plan in sp[len(tp):]:
+        for plan in sp[len(tp) :]:
             drop = set(plan.get("drop_layers") or ())
             layers = [layer for i, layer in enumerate(layers) if i not in drop]
             for g in plan.get("groups") or ():
@@ -77,9 +80,11 @@ def lineage(student: nn.Module, teacher: nn.Module) -> tuple[list[int], list[int
             return layers, None if dims == list(range(d_t)) else dims
     if n_s == n_t and d_s == d_t:
         return list(range(n_s)), None
-    raise NetslimError(f"Hidden-state distillation: the student ({n_s} blocks, width {d_s}) does not come from the "
-                       f"teacher ({n_t} blocks, width {d_t}) through recorded prune plans, so its blocks and dims "
-                       "cannot be matched; set distill_hidden: 0 (logits only).")
+    raise NetslimError(
+        f"Hidden-state distillation: the student ({n_s} blocks, width {d_s}) does not come from the "
+        f"teacher ({n_t} blocks, width {d_t}) through recorded prune plans, so its blocks and dims "
+        "cannot be matched; set distill_hidden: 0 (logits only)."
+    )
 
 
 class LayerwiseDistillTask(DistillTask):
@@ -90,10 +95,20 @@ class LayerwiseDistillTask(DistillTask):
     mapping instead — a sequence of teacher blocks, each matched to the closest student block
     among ``candidates()``, through ``transform`` (a module applied to student hidden states)."""
 
-    def __init__(self, task: Task, teacher: nn.Module, *, distill: float, distill_temperature: float,
-                 hidden_weight: float, layer_map: Sequence[int | None] = (), dims: Sequence[int] | None = None,
-                 dynamic: Sequence[int] | None = None, candidates: Callable[[], list[int]] | None = None,
-                 transform: nn.Module | None = None):
+    def __init__(
+        self,
+        task: Task,
+        teacher: nn.Module,
+        *,
+        distill: float,
+        distill_temperature: float,
+        hidden_weight: float,
+        layer_map: Sequence[int | None] = (),
+        dims: Sequence[int] | None = None,
+        dynamic: Sequence[int] | None = None,
+        candidates: Callable[[], list[int]] | None = None,
+        transform: nn.Module | None = None,
+    ):
         super().__init__(task, teacher, DistillConfig(distill=distill, distill_temperature=distill_temperature))
         self.hidden_weight, self.layer_map, self.dynamic = hidden_weight, list(layer_map), dynamic
         self.dims = None if dims is None else torch.as_tensor(list(dims), dtype=torch.long)
@@ -133,8 +148,11 @@ class LayerwiseDistillTask(DistillTask):
     def _hidden(self, student: list[torch.Tensor], teacher: list[torch.Tensor], mask) -> torch.Tensor:
         if self.dynamic is not None:
             return self._dynamic(student, teacher, mask)
-        terms = [relative_mse(s, self._teacher_feature(teacher[j]), mask=mask)
-                 for s, j in zip(student, self.layer_map) if j is not None]
+        terms = [
+            relative_mse(s, self._teacher_feature(teacher[j]), mask=mask)
+            for s, j in zip(student, self.layer_map)
+            if j is not None
+        ]
         if not terms:
             raise NetslimError("Hidden-state distillation: no student block is matched to a teacher block.")
         return torch.stack(terms).mean()
@@ -151,9 +169,23 @@ class LayerwiseDistillTask(DistillTask):
         return torch.stack(terms).mean()
 
 
-def layerwise_task(task: Task, student: nn.Module, *, teacher: nn.Module, distill: float,
-                   distill_temperature: float, hidden_weight: float) -> Task:
+def layerwise_task(
+    task: Task,
+    student: nn.Module,
+    *,
+    teacher: nn.Module,
+    distill: float,
+    distill_temperature: float,
+    hidden_weight: float,
+) -> Task:
     """:class:`LayerwiseDistillTask` for a pruned ``student`` of ``teacher`` (blocks and dims by :func:`lineage`)."""
     layer_map, dims = lineage(student, teacher) if hidden_weight else ([], None)
-    return LayerwiseDistillTask(task, teacher, distill=distill, distill_temperature=distill_temperature,
-                                hidden_weight=hidden_weight, layer_map=layer_map, dims=dims)
+    return LayerwiseDistillTask(
+        task,
+        teacher,
+        distill=distill,
+        distill_temperature=distill_temperature,
+        hidden_weight=hidden_weight,
+        layer_map=layer_map,
+        dims=dims,
+    )

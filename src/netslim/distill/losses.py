@@ -3,6 +3,7 @@
 The teacher side is always detached here, so whatever the caller passes, gradients flow
 only into the student.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -29,8 +30,9 @@ def _check_temperature(temperature: float) -> None:
         raise bad_param("kd_loss", "temperature", "a float > 0", temperature)
 
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     temperature: float = 4.0) -> torch.Tensor:
+def soft_target_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
+) -> torch.Tensor:
     """Hinton et al. (2015): T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over rows.
 
     The T² factor keeps the soft-target gradients on the same scale as the hard-label
@@ -41,11 +43,17 @@ def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     c = student_logits.shape[-1]
     s = F.log_softmax(student_logits.float().reshape(-1, c) / temperature, dim=-1)  # (N, C)
     t = F.log_softmax(teacher_logits.detach().float().reshape(-1, c) / temperature, dim=-1)  # (N, C)
-    return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature ** 2
+    return F.kl_div(s, t, reduction="batchmean", log_target=True) * temperature**2
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor | None = None,
-            *, temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    *,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> torch.Tensor:
     """α · soft-target loss + (1 − α) · cross-entropy with ``targets`` (α = 0: plain CE)."""
     if not 0 <= alpha <= 1:
         raise bad_param("kd_loss", "alpha", "a float in [0, 1]", alpha)
@@ -56,16 +64,16 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
     return alpha * soft + (1 - alpha) * hard
 
 
-def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
-              adapter: nn.Module | None = None) -> torch.Tensor:
+def hint_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, adapter: nn.Module | None = None) -> torch.Tensor:
     """FitNets (Romero et al. 2015): MSE between ``adapter(student)`` and the teacher feature."""
     s = adapter(student_feat) if adapter is not None else student_feat
     check_shapes(s, teacher_feat, "features (after the adapter)")
     return F.mse_loss(s.float(), teacher_feat.detach().float())
 
 
-def embedding_loss(student: torch.Tensor, teacher: torch.Tensor,
-                   kind: Literal["cosine", "mse"] = "cosine") -> torch.Tensor:
+def embedding_loss(
+    student: torch.Tensor, teacher: torch.Tensor, kind: Literal["cosine", "mse"] = "cosine"
+) -> torch.Tensor:
     """Encoder outputs (…, D): mean (1 − cosine similarity) or mean squared error."""
     check_shapes(student, teacher, "embeddings")
     t = teacher.detach().float()

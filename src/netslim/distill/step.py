@@ -23,6 +23,7 @@ Soft loss by output type (``output_loss: auto``): logits (tensor or ``.logits``)
 Hinton KL at temperature T; ``.last_hidden_state`` -> cosine distance of the
 attention-mask mean-pooled embeddings.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,10 +66,16 @@ class DistillConfig(TrainingStep):
     method = "distill"
     data_parallel: ClassVar[bool] = True  # under torchrun: every rank trains (netslim.train.parallel)
     renamed: ClassVar[dict[str, str]] = {"alpha": "distill", "temperature": "distill_temperature"}
-    teacher: str = Field("reference", description="'reference' (the model before the recipe), 'current' (the "
-                         "model entering this step), a zoo name (its trained checkpoint) or an artifact path")
-    student: str | None = Field(None, description="zoo name: train a fresh student of this architecture "
-                                "(with student_kwargs) instead of the model entering this step")
+    teacher: str = Field(
+        "reference",
+        description="'reference' (the model before the recipe), 'current' (the "
+        "model entering this step), a zoo name (its trained checkpoint) or an artifact path",
+    )
+    student: str | None = Field(
+        None,
+        description="zoo name: train a fresh student of this architecture "
+        "(with student_kwargs) instead of the model entering this step",
+    )
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
     distill: float = Field(0.9, ge=0, le=1, description="weight of the soft loss (1 - distill: the task loss)")
     distill_temperature: float = Field(4.0, gt=0)
@@ -77,12 +84,15 @@ class DistillConfig(TrainingStep):
     hint_loss: Literal["mse", "attention"] = "mse"
     hint_weight: float = Field(1.0, ge=0)
     adapter_init: Literal["lstsq", "random"] = Field(
-        "lstsq", description="hint adapters (where widths differ): 'lstsq' starts from the ridge least-squares "
+        "lstsq",
+        description="hint adapters (where widths differ): 'lstsq' starts from the ridge least-squares "
         "map of the student's features onto the teacher's on calibration data (a pruned student's kept "
-        "channels then start matched, not scrambled); 'random' = PyTorch's default init")
+        "channels then start matched, not scrambled); 'random' = PyTorch's default init",
+    )
     adapter_samples: int = Field(256, ge=1, description="calibration samples for adapter_init 'lstsq'")
-    finetune: FinetuneConfig = finetune_field("the student's training; its seed also seeds a fresh 'student' and "
-                                              "the adapters' calibration rows", epochs=3)
+    finetune: FinetuneConfig = finetune_field(
+        "the student's training; its seed also seeds a fresh 'student' and the adapters' calibration rows", epochs=3
+    )
 
     @classmethod
     def example(cls) -> DistillConfig:
@@ -125,11 +135,14 @@ def output_distance(student: Any, teacher: Any, kwargs: dict, cfg: DistillConfig
         return embedding_loss(s, t, kind)
     if hasattr(student, "last_hidden_state"):
         if kind == "kl":
-            raise NetslimError("output_loss 'kl' needs logits; this model returns hidden states "
-                               "(use 'cosine' or 'mse').")
+            raise NetslimError(
+                "output_loss 'kl' needs logits; this model returns hidden states (use 'cosine' or 'mse')."
+            )
         return embedding_loss(_pool(student, kwargs), _pool(teacher, kwargs), "cosine" if kind == "auto" else kind)
-    raise NetslimError(f"Cannot distill a model whose output is a {type(student).__name__}; "
-                       "expected logits or an encoder output with last_hidden_state.")
+    raise NetslimError(
+        f"Cannot distill a model whose output is a {type(student).__name__}; "
+        "expected logits or an encoder output with last_hidden_state."
+    )
 
 
 class _Capture:
@@ -184,8 +197,10 @@ class DistillTask(Task):
         t_feats = {t: _Capture(False) for t in cfg.hints.values()}
         # Only the teacher's forward runs without autograd: the distance to the student's
         # output must stay in the graph, or the soft term would add no gradient at all.
-        with hooked([(get_module(self.teacher, t), c) for t, c in t_feats.items()], kind="forward_kwargs"), \
-                torch.no_grad():
+        with (
+            hooked([(get_module(self.teacher, t), c) for t, c in t_feats.items()], kind="forward_kwargs"),
+            torch.no_grad(),
+        ):
             t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         soft = sum(output_distance(out, t_out, kwargs, cfg) for (_, kwargs, out), t_out in zip(root.calls, t_outs))
         loss = (1 - cfg.distill) * hard + cfg.distill * soft / len(root.calls)
@@ -217,8 +232,9 @@ def _features(model: nn.Module, names, task: Task, example, train: bool = False)
     caps = {n: _Capture(False) for n in names}
     buffers = [(b, b.clone()) for b in model.buffers()] if train else []
     try:
-        with eval_mode(model, [(get_module(model, n), c) for n, c in caps.items()], kind="forward_kwargs",
-                       training=train):
+        with eval_mode(
+            model, [(get_module(model, n), c) for n, c in caps.items()], kind="forward_kwargs", training=train
+        ):
             out = task.forward(model, example)
     finally:
         for b, saved in buffers:
@@ -234,8 +250,10 @@ def _adapter(name: str, s: torch.Tensor, t: torch.Tensor) -> nn.Module:
         return nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)  # 1×1 conv: channels only
     if s.ndim == t.ndim and s.shape[:-1] == t.shape[:-1] and s.ndim != 4:
         return nn.Linear(s.shape[-1], t.shape[-1], bias=False)
-    raise NetslimError(f"Hint {name!r}: student feature {tuple(s.shape)} and teacher feature {tuple(t.shape)} "
-                       "can only differ in channels (dim 1 of a feature map, or the last dim).")
+    raise NetslimError(
+        f"Hint {name!r}: student feature {tuple(s.shape)} and teacher feature {tuple(t.shape)} "
+        "can only differ in channels (dim 1 of a feature map, or the last dim)."
+    )
 
 
 def _rows(feat: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
@@ -246,8 +264,9 @@ def _rows(feat: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_adapter(adapter: nn.Module, student_feat: torch.Tensor, teacher_feat: torch.Tensor,
-                ridge: float = 1e-4) -> nn.Module:
+def fit_adapter(
+    adapter: nn.Module, student_feat: torch.Tensor, teacher_feat: torch.Tensor, ridge: float = 1e-4
+) -> nn.Module:
     """Set a bias-free 1×1-conv / Linear adapter to argmin_A ‖A·s − t‖² + λ‖A‖² over all positions
     (λ = ``ridge`` × mean eigenvalue of SᵀS, so rank-deficient features stay solvable)."""
     if not isinstance(adapter, (nn.Conv2d, nn.Linear)):
@@ -261,8 +280,9 @@ def fit_adapter(adapter: nn.Module, student_feat: torch.Tensor, teacher_feat: to
     return adapter
 
 
-def init_adapters(adapters: dict[str, nn.Module], student: nn.Module, teacher: nn.Module, task: Task,
-                  cfg: DistillConfig) -> None:
+def init_adapters(
+    adapters: dict[str, nn.Module], student: nn.Module, teacher: nn.Module, task: Task, cfg: DistillConfig
+) -> None:
     """``adapter_init: lstsq``: fit each learned adapter on ``adapter_samples`` calibration inputs
     (one batch; BatchNorm buffers are left as they were)."""
     if cfg.adapter_init != "lstsq":
@@ -308,8 +328,10 @@ def load_teacher(ref: str, reference=None) -> nn.Module:
 
     if ref == "reference":
         if reference is None:
-            raise NetslimError("teacher 'reference' needs a recipe run (the model before the recipe); "
-                               "pass an artifact path as 'teacher' instead.")
+            raise NetslimError(
+                "teacher 'reference' needs a recipe run (the model before the recipe); "
+                "pass an artifact path as 'teacher' instead."
+            )
         return reference()
     if ref in model_names() and not Path(ref).suffix:
         path = checkpoint_path(ref)
@@ -317,19 +339,25 @@ def load_teacher(ref: str, reference=None) -> nn.Module:
             raise NetslimError(f"Teacher {ref!r} has no trained checkpoint at {path}; run `netslim train {ref}`.")
         return load(path)
     if not Path(ref).is_file():
-        raise NetslimError(f"The 'teacher' parameter of distill must be 'reference', 'current', a zoo model name "
-                           f"or an existing artifact path; got {ref!r} (no such file).")
+        raise NetslimError(
+            f"The 'teacher' parameter of distill must be 'reference', 'current', a zoo model name "
+            f"or an existing artifact path; got {ref!r} (no such file)."
+        )
     return load(ref)
 
 
-def distill(student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = None, *, task: Task,
-            **overrides: Any) -> dict[str, Any]:
+def distill(
+    student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = None, *, task: Task, **overrides: Any
+) -> dict[str, Any]:
     """Train ``student`` in place on ``task`` with ``teacher``; returns the fit summary."""
     cfg = build_config(DistillConfig, cfg, overrides)
     device = next(student.parameters()).device
     teacher = teacher.to(device).eval().requires_grad_(False)
-    adapters = {k: a.to(device) for k, a in check_compatible(student, teacher, task, cfg).items()
-                if any(True for _ in a.parameters())}
+    adapters = {
+        k: a.to(device)
+        for k, a in check_compatible(student, teacher, task, cfg).items()
+        if any(True for _ in a.parameters())
+    }
     init_adapters(adapters, student, teacher, task, cfg)
     # Wrap only when there is something to learn besides the student: tasks may rely on
     # the student's own attributes (e.g. a Hugging Face config).
@@ -351,8 +379,10 @@ def run_distill(model: nn.Module, cfg: DistillConfig, ctx) -> nn.Module:
     if cfg.student is not None:
         model = fresh_student(cfg)
     elif cfg.teacher == "current":
-        raise NetslimError("teacher 'current' distills the model entering this step into a fresh student; "
-                           "set 'student' (a zoo model name).")
+        raise NetslimError(
+            "teacher 'current' distills the model entering this step into a fresh student; "
+            "set 'student' (a zoo model name)."
+        )
     model = model.to(ctx.device)
     summary = distill(model, teacher, cfg, task=ctx.task)
     ctx.notes[cfg.method] = {k: v for k, v in summary.items()} | {"teacher": cfg.teacher}

@@ -30,6 +30,7 @@ holding the very codes, scales and zero points of the file; a scheme netslim can
 exactly is a :class:`NetslimError` naming it. Neither direction needs the
 ``compressed-tensors`` package (only transformers' loading of the result does).
 """
+
 from __future__ import annotations
 
 import re
@@ -48,8 +49,18 @@ QUANT_METHOD = "compressed-tensors"
 PACK, INT, NAIVE = "pack-quantized", "int-quantized", "naive-quantized"
 READ_FORMATS = (PACK, INT, NAIVE, "mixed-precision")
 CT_MODULES = (QuantizedLinear, QuantizedEmbedding, DynamicInt8Linear)
-SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx",
-            "weight_global_scale", "input_scale", "input_zero_point", "output_scale", "output_zero_point")
+SUFFIXES = (
+    "weight_packed",
+    "weight_scale",
+    "weight_zero_point",
+    "weight_shape",
+    "weight_g_idx",
+    "weight_global_scale",
+    "input_scale",
+    "input_zero_point",
+    "output_scale",
+    "output_zero_point",
+)
 
 
 # ------------------------------------------------------------------------ int32 packing
@@ -59,10 +70,10 @@ def ct_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     rows, cols = codes.shape
     padded = torch.zeros(rows, -(-cols // 32) * 32, dtype=torch.uint8, device=codes.device)
     padded[:, :cols] = codes
-    octets = pack(padded, bits).to(torch.int64).view(rows, -1, 4)       # (R, words, 4) bytes
+    octets = pack(padded, bits).to(torch.int64).view(rows, -1, 4)  # (R, words, 4) bytes
     words = octets[..., 0] | octets[..., 1] << 8 | octets[..., 2] << 16 | octets[..., 3] << 24
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return words[:, :-(-cols * bits // 32)].contiguous()
+    return words[:, : -(-cols * bits // 32)].contiguous()
 
 
 def ct_unpack(words: torch.Tensor, bits: int, *, cols: int) -> torch.Tensor:
@@ -102,14 +113,31 @@ class Scheme:
         return f"int{self.bits} {g} {'sym' if self.symmetric else 'asym'}{act} ({self.format})"
 
     def to_json(self, targets: list[str]) -> dict[str, Any]:
-        weights = {"num_bits": self.bits, "type": "int", "symmetric": self.symmetric, "dynamic": False,
-                   "strategy": "channel" if self.group_size is None else "group", "group_size": self.group_size}
+        weights = {
+            "num_bits": self.bits,
+            "type": "int",
+            "symmetric": self.symmetric,
+            "dynamic": False,
+            "strategy": "channel" if self.group_size is None else "group",
+            "group_size": self.group_size,
+        }
         acts = None
         if self.activations:
-            acts = {"num_bits": 8, "type": "int", "symmetric": False, "strategy": "tensor", "dynamic": True,
-                    "group_size": None}
-        return {"targets": targets, "weights": weights, "input_activations": acts, "output_activations": None,
-                "format": self.format}
+            acts = {
+                "num_bits": 8,
+                "type": "int",
+                "symmetric": False,
+                "strategy": "tensor",
+                "dynamic": True,
+                "group_size": None,
+            }
+        return {
+            "targets": targets,
+            "weights": weights,
+            "input_activations": acts,
+            "output_activations": None,
+            "format": self.format,
+        }
 
 
 def scheme_of(module: nn.Module, name: str) -> Scheme:
@@ -119,7 +147,8 @@ def scheme_of(module: nn.Module, name: str) -> Scheme:
             raise NetslimError(
                 f"format: hf cannot write {name!r} (dynamic int8, activations {module.activations}): netslim scales a "
                 "token by absmax/127, compressed-tensors' dynamic per-token scheme by absmax/127.5, so transformers "
-                "would compute other activations; use activations: per_tensor, or format: safetensors (netslim.load).")
+                "would compute other activations; use activations: per_tensor, or format: safetensors (netslim.load)."
+            )
         return Scheme(8, None, True, "dynamic_per_tensor")
     zeros = module.zeros.float()
     top = 2**module.bits - 1
@@ -127,7 +156,8 @@ def scheme_of(module: nn.Module, name: str) -> Scheme:
         raise NetslimError(
             f"format: hf cannot write {name!r}: its zero points are not integers in [0, {top}] (HQQ rounding), and "
             "compressed-tensors stores integer zero points; use format: safetensors (netslim.load reads it), or "
-            "quantize with rounding: rtn or gptq.")
+            "quantize with rounding: rtn or gptq."
+        )
     symmetric = bool((zeros == 2 ** (module.bits - 1)).all())
     return Scheme(module.bits, module.group_size, symmetric)
 
@@ -135,15 +165,19 @@ def scheme_of(module: nn.Module, name: str) -> Scheme:
 def module_tensors(module: nn.Module, scheme: Scheme) -> dict[str, torch.Tensor]:
     """The tensors compressed-tensors stores for ``module`` (names local to the module)."""
     if isinstance(module, DynamicInt8Linear):
-        out = {"weight": module.weight_int8.detach().cpu().clone(),
-               "weight_scale": module.weight_scale.detach().float().cpu().reshape(-1, 1).clone()}
+        out = {
+            "weight": module.weight_int8.detach().cpu().clone(),
+            "weight_scale": module.weight_scale.detach().float().cpu().reshape(-1, 1).clone(),
+        }
     else:
-        codes = module.codes().cpu()                                     # (R, C) unsigned
-        out = {"weight_packed": ct_pack(codes, scheme.bits),
-               "weight_scale": module.scales.detach().cpu().clone(),     # fp16 (R, G): netslim's own values
-               "weight_shape": torch.tensor(list(codes.shape), dtype=torch.int64)}
+        codes = module.codes().cpu()  # (R, C) unsigned
+        out = {
+            "weight_packed": ct_pack(codes, scheme.bits),
+            "weight_scale": module.scales.detach().cpu().clone(),  # fp16 (R, G): netslim's own values
+            "weight_shape": torch.tensor(list(codes.shape), dtype=torch.int64),
+        }
         if not scheme.symmetric:
-            zeros = module.zeros.detach().cpu().to(torch.uint8)           # integers, checked by scheme_of
+            zeros = module.zeros.detach().cpu().to(torch.uint8)  # integers, checked by scheme_of
             out["weight_zero_point"] = ct_pack(zeros.t(), scheme.bits).t().contiguous()
     bias = getattr(module, "bias", None)
     if bias is not None:
@@ -161,11 +195,15 @@ def quantization_config(groups: dict[Scheme, list[str]], dequantize: bool = Fals
     """
     formats = {s.format for s in groups}
     cfg: dict[str, Any] = {
-        "quant_method": QUANT_METHOD, "format": formats.pop() if len(formats) == 1 else "mixed-precision",
-        "quantization_status": "compressed", "config_groups": {
-            f"group_{i}": s.to_json(sorted(names)) for i, (s, names) in enumerate(groups.items())},
-        "ignore": [], "kv_cache_scheme": None, "global_compression_ratio": None,
-        "sparsity_config": {}, "transform_config": {},
+        "quant_method": QUANT_METHOD,
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": {f"group_{i}": s.to_json(sorted(names)) for i, (s, names) in enumerate(groups.items())},
+        "ignore": [],
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+        "sparsity_config": {},
+        "transform_config": {},
     }
     if dequantize:
         cfg["dequantize"] = True
@@ -192,8 +230,9 @@ def parse_config(qcfg: dict, where: str) -> tuple[list[Group], list[str]]:
         if qcfg.get(key):
             raise _unreadable(where, f"a {key}")
     if qcfg.get("quantization_status", "compressed") != "compressed":
-        raise _unreadable(where, f"quantization_status {shown(qcfg.get('quantization_status'), 40)} (weights "
-                                 "not compressed)")
+        raise _unreadable(
+            where, f"quantization_status {shown(qcfg.get('quantization_status'), 40)} (weights not compressed)"
+        )
     groups_raw = qcfg.get("config_groups")
     if not isinstance(groups_raw, dict) or not groups_raw:
         raise NetslimError(f"{where}: quantization_config has no config_groups.")
@@ -222,8 +261,9 @@ def _group(key: str, raw: Any, fmt: str, where: str) -> Group:
     if not isinstance(w, dict):
         raise _unreadable(where, f"{what} without weight quantization")
     bits, sym = w.get("num_bits"), w.get("symmetric", True)
-    strategy = w.get("strategy") or ("group" if (w.get("group_size") or 0) > 0 else
-                                     "channel" if w.get("group_size") == -1 else "tensor")
+    strategy = w.get("strategy") or (
+        "group" if (w.get("group_size") or 0) > 0 else "channel" if w.get("group_size") == -1 else "tensor"
+    )
     if w.get("type", "int") != "int" or not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
         raise _unreadable(where, f"{what}: {shown(w.get('type'), 20)} weights of {shown(bits, 20)} bits")
     if strategy not in ("group", "channel", "tensor") or w.get("block_structure") or w.get("dynamic"):
@@ -244,12 +284,20 @@ def _activations(a: Any, bits: int, sym: bool, strategy: str, what: str, where: 
         return None
     if not isinstance(a, dict):
         raise NetslimError(f"{where}: {what}: 'input_activations' must be an object.")
-    dynamic_tensor = (a.get("type", "int") == "int" and a.get("num_bits") == 8 and a.get("dynamic") is True
-                      and a.get("strategy", "tensor") == "tensor" and a.get("symmetric", True) is False)
+    dynamic_tensor = (
+        a.get("type", "int") == "int"
+        and a.get("num_bits") == 8
+        and a.get("dynamic") is True
+        and a.get("strategy", "tensor") == "tensor"
+        and a.get("symmetric", True) is False
+    )
     if not (dynamic_tensor and bits == 8 and sym and strategy == "channel"):
-        raise _unreadable(where, f"{what}: input activations {shown(a, 120)} with int{bits} "
-                                 f"{strategy} weights (netslim's W8A8 is int8 symmetric per-channel weights with "
-                                 "dynamic asymmetric per-tensor int8 activations)")
+        raise _unreadable(
+            where,
+            f"{what}: input activations {shown(a, 120)} with int{bits} "
+            f"{strategy} weights (netslim's W8A8 is int8 symmetric per-channel weights with "
+            "dynamic asymmetric per-tensor int8 activations)",
+        )
     return "dynamic_per_tensor"
 
 
@@ -257,7 +305,8 @@ def _unreadable(where: str, what: str) -> NetslimError:
     return NetslimError(
         f"{where}: netslim cannot read compressed-tensors {what}; it reads integer weight-only schemes "
         f"({PACK}, {INT}, {NAIVE}; group, channel or tensor strategy, 1..8 bits) and W8A8 with dynamic "
-        "per-tensor activations.")
+        "per-tensor activations."
+    )
 
 
 _QUANTIFIED_GROUP = re.compile(r"\)(\*|\+|\?|\{)")
@@ -275,8 +324,10 @@ def _check_pattern(target: str, where: str) -> None:
     except re.error:
         bad = True
     if bad:
-        raise NetslimError(f"{where}: target {shown(target, 80)} is not a pattern netslim evaluates (at most 300 "
-                           "characters, 4 '*'/'+' repeats, no repeated group).")
+        raise NetslimError(
+            f"{where}: target {shown(target, 80)} is not a pattern netslim evaluates (at most 300 "
+            "characters, 4 '*'/'+' repeats, no repeated group)."
+        )
 
 
 # --------------------------------------------------------------- one layer from a file
@@ -291,8 +342,10 @@ def _tensor(get, key: str, shape: tuple, dtypes: tuple, where: str) -> torch.Ten
         raise NetslimError(f"{where}: no tensor {key!r}.")
     if tuple(t.shape) != tuple(shape) or (dtypes and t.dtype not in dtypes):
         want = "/".join(str(d).replace("torch.", "") for d in dtypes) or "float"
-        raise NetslimError(f"{where}: tensor {key!r} must be {want} of shape {list(shape)}; got "
-                           f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}.")
+        raise NetslimError(
+            f"{where}: tensor {key!r} must be {want} of shape {list(shape)}; got "
+            f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}."
+        )
     if not dtypes and not t.is_floating_point():
         raise NetslimError(f"{where}: tensor {key!r} must hold floats; got {t.dtype}.")
     return t
@@ -307,8 +360,15 @@ def _fp16_exact(scale: torch.Tensor, key: str, where: str) -> torch.Tensor | Non
     return s16 if bool((s16.to(scale.dtype) == scale).all()) else None
 
 
-def _dense_layer(module: nn.Module, signed: torch.Tensor, zp: torch.Tensor, scale: torch.Tensor, n_groups: int,
-                 bias: torch.Tensor | None, where: str) -> nn.Module:
+def _dense_layer(
+    module: nn.Module,
+    signed: torch.Tensor,
+    zp: torch.Tensor,
+    scale: torch.Tensor,
+    n_groups: int,
+    bias: torch.Tensor | None,
+    where: str,
+) -> nn.Module:
     """The float layer of codes whose scales fp16 cannot hold: ``(q - zero) * scale`` computed in
     the scales' own precision (as compressed-tensors decompresses), stored as fp32 weights."""
     rows, cols = signed.shape
@@ -345,7 +405,7 @@ def read_layer(module: nn.Module, group: Group, *, get, where: str) -> nn.Module
         if shape.tolist() != [rows, cols]:
             raise NetslimError(f"{where}: 'weight_shape' is {shape.tolist()}; the model has {[rows, cols]}.")
         words = _tensor(get, "weight_packed", (rows, -(-cols * s.bits // 32)), (torch.int32,), where)
-        signed = ct_unpack(words, s.bits, cols=cols).to(torch.int16) - half   # (R, C)
+        signed = ct_unpack(words, s.bits, cols=cols).to(torch.int16) - half  # (R, C)
     else:
         signed = _tensor(get, "weight", (rows, cols), (torch.int8,), where).to(torch.int16)
         if int(signed.min()) < -half or int(signed.max()) >= half:

@@ -12,6 +12,7 @@ before any tensor is read (:func:`~netslim.export.compressed.parse_config`), eac
 the shape and dtype its layer needs, ``re:`` targets against patterns that could backtrack for
 long, shard names against the directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,12 +54,12 @@ def match_targets(model: nn.Module, groups: list[Group], *, ignore: list[str], w
             continue
         hits = [g for g in groups if any(_matches(name, module, t) for t in g.targets)]
         if len(hits) > 1:
-            raise NetslimError(f"{where}: module {name!r} is targeted by config groups {hits[0].name!r} and "
-                               f"{hits[1].name!r}.")
+            raise NetslimError(
+                f"{where}: module {name!r} is targeted by config groups {hits[0].name!r} and {hits[1].name!r}."
+            )
         if hits:
             out[name] = hits[0]
     return out
-
 
 
 class DirTensors:
@@ -109,8 +110,9 @@ def open_compressed_dir(path: Path, cfg: dict) -> nn.Module:
     files = DirTensors(path)
     targets = match_targets(model, groups, ignore=ignore, where=where)
     if not targets:
-        raise NetslimError(f"{where}: no Linear or Embedding layer of {cls.__name__} matches the quantization "
-                           "config's targets.")
+        raise NetslimError(
+            f"{where}: no Linear or Embedding layer of {cls.__name__} matches the quantization config's targets."
+        )
     floats = []
     for name, group in targets.items():
         get = lambda local, n=name: files.get(f"{n}.{local}")  # noqa: E731
@@ -119,9 +121,15 @@ def open_compressed_dir(path: Path, cfg: dict) -> nn.Module:
         if getattr(layer, "netslim_float_scales", None):
             floats.append(name)
     if floats:
-        log.warning("%s: %d of %d quantized layers (e.g. %r) have %s scales that are not fp16 values, which netslim's "
-                    "packed layers store: loaded as exact float weights (dense in memory)", path, len(floats),
-                    len(targets), floats[0], get_module(model, floats[0]).netslim_float_scales)
+        log.warning(
+            "%s: %d of %d quantized layers (e.g. %r) have %s scales that are not fp16 values, which netslim's "
+            "packed layers store: loaded as exact float weights (dense in memory)",
+            path,
+            len(floats),
+            len(targets),
+            floats[0],
+            get_module(model, floats[0]).netslim_float_scales,
+        )
     _load_dense(model, files, set(targets), path)
     return model
 
@@ -137,8 +145,10 @@ def _load_dense(model: nn.Module, files: DirTensors, quantized: set[str], path: 
         if got is None:
             continue
         if tuple(got.shape) != tuple(t.shape) or got.is_floating_point() != t.is_floating_point():
-            raise NetslimError(f"{path}: tensor {key!r} is {str(got.dtype).replace('torch.', '')} "
-                               f"{list(got.shape)}; the config builds {list(t.shape)}.")
+            raise NetslimError(
+                f"{path}: tensor {key!r} is {str(got.dtype).replace('torch.', '')} "
+                f"{list(got.shape)}; the config builds {list(t.shape)}."
+            )
         state[key] = got.to(t.dtype)
     stray = sorted(k for k in files.where if k.rpartition(".")[2] in SUFFIXES and k.rpartition(".")[0] not in quantized)
     if stray:
@@ -164,8 +174,9 @@ def _tie_output(model: nn.Module, missing: list[str]) -> list[str]:
     if out_name is None or f"{out_name}.weight" not in missing:
         return missing
     if isinstance(inp, QuantizedEmbedding):
-        head = QuantizedLinear(inp.embedding_dim, inp.num_embeddings, inp.bits, inp.group_size,
-                               bias=getattr(out, "bias", None) is not None)
+        head = QuantizedLinear(
+            inp.embedding_dim, inp.num_embeddings, inp.bits, inp.group_size, bias=getattr(out, "bias", None) is not None
+        )
         head.set_codes(inp.codes(), inp.scales, inp.zeros)
         if out.bias is not None:
             head.bias = out.bias

@@ -25,6 +25,7 @@ What ``dtype`` does to each weight matrix (norms and biases are always F32):
 A matrix whose rows are not a multiple of 32 long cannot be blocked and is written F16 (noted).
 The file is written to a temporary name in the target folder and renamed: nothing half-written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,8 @@ _GRID = {"q4_0": (-8, 7), "q8_0": (-128, 127)}  # code - zero ranges the two blo
 class _Tally:
     """What the export did to each matrix, for the notes."""
 
-    exact: list[str] = field(default_factory=list)        # packed codes copied as they are
-    from_float: list[str] = field(default_factory=list)   # float matrices quantized (Q8_0, or Q4_0 if asked)
+    exact: list[str] = field(default_factory=list)  # packed codes copied as they are
+    from_float: list[str] = field(default_factory=list)  # float matrices quantized (Q8_0, or Q4_0 if asked)
     requantized: list[str] = field(default_factory=list)  # packed layers off the grid, quantized again
     f16_fallback: list[str] = field(default_factory=list)  # rows not a multiple of 32
     off_grid: list[tuple[str, str]] = field(default_factory=list)  # (layer, why): refused without requantize
@@ -72,14 +73,15 @@ class _Tally:
     ref_sq: float = 0.0
 
     def error(self, ref: torch.Tensor, written: torch.Tensor) -> None:
-        d = (written.double() - ref.double())
+        d = written.double() - ref.double()
         self.max_abs_error = max(self.max_abs_error, float(d.abs().max()))
         self.err_sq += float((d * d).sum())
         self.ref_sq += float((ref.double() ** 2).sum())
 
 
-def export_gguf(model: nn.Module, path: Path, info: dict | None = None, *, dtype: str = "f16",
-                requantize: bool = False) -> tuple[Path, dict]:
+def export_gguf(
+    model: nn.Module, path: Path, info: dict | None = None, *, dtype: str = "f16", requantize: bool = False
+) -> tuple[Path, dict]:
     """Write ``model`` to ``path`` as GGUF; returns ``(path, notes)`` (see the module docstring)."""
     gguf = gguf_module()
     if dtype not in DTYPES:
@@ -93,13 +95,17 @@ def export_gguf(model: nn.Module, path: Path, info: dict | None = None, *, dtype
         if tally.off_grid:
             name, why = tally.off_grid[0]
             more = f" (+{len(tally.off_grid) - 1} more)" if len(tally.off_grid) > 1 else ""
-            raise NetslimError(f"GGUF q4_0: layer {name} is not on llama.cpp's Q4_0 grid ({why}){more}; quantize "
-                               "with bits 4, symmetric, group_size a multiple of 32 (weight_only or gptq), export "
-                               "dtype q8_0 or f16, or set requantize: true to re-quantize it.")
+            raise NetslimError(
+                f"GGUF q4_0: layer {name} is not on llama.cpp's Q4_0 grid ({why}){more}; quantize "
+                "with bits 4, symmetric, group_size a multiple of 32 (weight_only or gptq), export "
+                "dtype q8_0 or f16, or set requantize: true to re-quantize it."
+            )
         if not tally.exact:
-            raise NetslimError("GGUF q4_0: no layer is on llama.cpp's Q4_0 grid (the model has no netslim 4-bit "
-                               "symmetric layers with group_size a multiple of 32); quantize it first (weight_only "
-                               "or gptq with bits 4, symmetric: true, group_size 32), or set requantize: true.")
+            raise NetslimError(
+                "GGUF q4_0: no layer is on llama.cpp's Q4_0 grid (the model has no netslim 4-bit "
+                "symmetric layers with group_size a multiple of 32); quantize it first (weight_only "
+                "or gptq with bits 4, symmetric: true, group_size 32), or set requantize: true."
+            )
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
@@ -128,8 +134,9 @@ def family(model: nn.Module) -> str:
     cls = parametrize.type_before_parametrizations(model).__name__
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in HF_TO_GGUF or not cls.endswith("ForCausalLM"):
-        raise NetslimError(f"GGUF export supports {FAMILY_TEXT}; got {cls}"
-                           + (f" (model_type {model_type!r})." if model_type else "."))
+        raise NetslimError(
+            f"GGUF export supports {FAMILY_TEXT}; got {cls}" + (f" (model_type {model_type!r})." if model_type else ".")
+        )
     return HF_TO_GGUF[model_type]
 
 
@@ -143,18 +150,27 @@ def _rope(config: Any) -> tuple[float, str, float | None]:
 def _config_checks(config: Any) -> list[str]:
     """Refuse what llama.cpp's architectures cannot express; return warnings for what they ignore."""
     if getattr(config, "hidden_act", "silu") != "silu":
-        raise NetslimError(f"GGUF export: hidden_act {shown(config.hidden_act, 40)} is not SiLU; llama.cpp's llama "
-                           "and qwen2 architectures compute SiLU-gated MLPs.")
+        raise NetslimError(
+            f"GGUF export: hidden_act {shown(config.hidden_act, 40)} is not SiLU; llama.cpp's llama "
+            "and qwen2 architectures compute SiLU-gated MLPs."
+        )
     _, kind, _ = _rope(config)
     if kind not in ("default", "linear"):
-        raise NetslimError(f"GGUF export: rope type {shown(kind, 40)} is not supported (netslim writes 'default' "
-                           "and 'linear' rope scaling).")
+        raise NetslimError(
+            f"GGUF export: rope type {shown(kind, 40)} is not supported (netslim writes 'default' "
+            "and 'linear' rope scaling)."
+        )
     warnings = []
     window = getattr(config, "sliding_window", None)
-    if window and (config.model_type == "mistral" or getattr(config, "use_sliding_window", False)) \
-            and window < config.max_position_embeddings:
-        warnings.append(f"sliding-window attention ({window} tokens) is not written: llama.cpp attends to the "
-                        "whole context, so outputs differ on sequences longer than the window")
+    if (
+        window
+        and (config.model_type == "mistral" or getattr(config, "use_sliding_window", False))
+        and window < config.max_position_embeddings
+    ):
+        warnings.append(
+            f"sliding-window attention ({window} tokens) is not written: llama.cpp attends to the "
+            "whole context, so outputs differ on sequences longer than the window"
+        )
     return warnings
 
 
@@ -233,8 +249,10 @@ def _matrix(module: nn.Module, where: str, shape: tuple, dtype: str, requantize:
             return encode_blocks(*grid, dtype), (q4 if dtype == "q4_0" else q8)
     w = float_weight(module)
     if tuple(w.shape) != shape:
-        raise NetslimError(f"GGUF export: {where} has a weight of shape {list(w.shape)}; the config implies "
-                           f"{list(shape)} (structurally pruned layers must keep the config's widths).")
+        raise NetslimError(
+            f"GGUF export: {where} has a weight of shape {list(w.shape)}; the config implies "
+            f"{list(shape)} (structurally pruned layers must keep the config's widths)."
+        )
     if not bool(torch.isfinite(w).all()):
         raise NetslimError(f"GGUF export: {where} has NaN or infinite weights.")
     if dtype == "f32":
@@ -324,21 +342,37 @@ def _metadata(writer: Any, gguf: Any, config: Any, arch: str, dtype: str, name: 
 
 
 def _notes(arch: str, dtype: str, requantize: bool, tally: _Tally, vocab: dict, warnings: list[str]) -> dict:
-    notes: dict[str, Any] = {"architecture": arch, "dtype": dtype, "tensor_types": dict(sorted(tally.types.items())),
-                             "exact_layers": len(tally.exact), "tokenizer": vocab}
+    notes: dict[str, Any] = {
+        "architecture": arch,
+        "dtype": dtype,
+        "tensor_types": dict(sorted(tally.types.items())),
+        "exact_layers": len(tally.exact),
+        "tokenizer": vocab,
+    }
     if tally.from_float:
         target = "Q4_0" if dtype == "q4_0" and requantize else "Q8_0"
-        notes["quantized_from_float"] = {"layers": len(tally.from_float), "type": target,
-                                         "examples": tally.from_float[:4]}
+        notes["quantized_from_float"] = {
+            "layers": len(tally.from_float),
+            "type": target,
+            "examples": tally.from_float[:4],
+        }
     if tally.requantized:
-        notes["requantized"] = {"layers": len(tally.requantized), "type": dtype.upper(),
-                                "examples": tally.requantized[:4]}
+        notes["requantized"] = {
+            "layers": len(tally.requantized),
+            "type": dtype.upper(),
+            "examples": tally.requantized[:4],
+        }
     if tally.from_float or tally.requantized:
-        notes["weight_error"] = {"max_abs": tally.max_abs_error,
-                                 "relative_fro": (tally.err_sq / tally.ref_sq) ** 0.5 if tally.ref_sq else 0.0}
+        notes["weight_error"] = {
+            "max_abs": tally.max_abs_error,
+            "relative_fro": (tally.err_sq / tally.ref_sq) ** 0.5 if tally.ref_sq else 0.0,
+        }
     if tally.f16_fallback:
-        notes["f16_fallback"] = {"layers": len(tally.f16_fallback), "why": f"rows not a multiple of {BLOCK}",
-                                 "examples": tally.f16_fallback[:4]}
+        notes["f16_fallback"] = {
+            "layers": len(tally.f16_fallback),
+            "why": f"rows not a multiple of {BLOCK}",
+            "examples": tally.f16_fallback[:4],
+        }
     if warnings:
         notes["warnings"] = warnings
     return notes

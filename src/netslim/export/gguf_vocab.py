@@ -14,6 +14,7 @@ The pre-tokenizer name (``tokenizer.ggml.pre``) is recognised as llama.cpp recog
 sha256 of the ids the tokenizer gives :data:`CHECK_TEXT`. Unknown tokenizers get ``default``,
 and the export notes say so (llama.cpp then splits text with its default regex).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,20 +28,21 @@ from netslim.core.errors import NetslimError, shown
 # llama.cpp's check text (convert_hf_to_gguf.py, get_vocab_base_pre) and the hashes of a few
 # Llama-family pre-tokenizers; the names are llama.cpp's.
 CHECK_TEXT = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001F680 (normal) \U0001F636\u200d\U0001F32B\ufe0f "
-    "(multiple emojis concatenated) \u2705 \U0001F999\U0001F999 3 33 333 3333 33333 333333 3333333 33333333 "
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f "
+    "(multiple emojis concatenated) \u2705 \U0001f999\U0001f999 3 33 333 3333 33333 333333 3333333 33333333 "
     "3.3 3..3 3...3 "
-    "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001F601 "
+    "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 "
     "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
     "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
     "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
-    "'D you like some tea? We'Ve a'lL")
+    "'D you like some tea? We'Ve a'lL"
+)
 KNOWN_PRE = {
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",   # Llama 3
-    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",       # Qwen1.5 / Qwen2
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",      # SmolLM / SmolLM2
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM / SmolLM2
     "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
-    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",      # Mistral Nemo
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
     "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
 }
 
@@ -59,9 +61,11 @@ def source_gguf(source: str | None) -> Path | None:
 def add_tokenizer(writer: Any, source: str | None, vocab_size: int) -> dict:
     """Write ``tokenizer.*`` for the tokenizer ``source`` names; returns what was written (for notes)."""
     if source is None:
-        raise NetslimError("GGUF export needs the model's tokenizer (llama.cpp cannot run without one), and this "
-                           "model names none: open it from a zoo name, a Hugging Face directory or a .gguf file, or "
-                           "set model.netslim_source to its tokenizer directory.")
+        raise NetslimError(
+            "GGUF export needs the model's tokenizer (llama.cpp cannot run without one), and this "
+            "model names none: open it from a zoo name, a Hugging Face directory or a .gguf file, or "
+            "set model.netslim_source to its tokenizer directory."
+        )
     path = source_gguf(source)
     if path is not None:
         return _copy_from_gguf(writer, path, vocab_size)
@@ -69,8 +73,9 @@ def add_tokenizer(writer: Any, source: str | None, vocab_size: int) -> dict:
 
     tok = load_tokenizer(source)
     if not getattr(tok, "is_fast", False):
-        raise NetslimError(f"GGUF export needs a fast (tokenizer.json) tokenizer; {shown(source, 80)} gives "
-                           f"{type(tok).__name__}.")
+        raise NetslimError(
+            f"GGUF export needs a fast (tokenizer.json) tokenizer; {shown(source, 80)} gives {type(tok).__name__}."
+        )
     return _from_hf(writer, tok, vocab_size)
 
 
@@ -105,12 +110,15 @@ def _from_hf(writer: Any, tok: Any, vocab_size: int) -> dict:
     spec = json.loads(tok.backend_tokenizer.to_str())
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
-        raise NetslimError(f"GGUF export writes BPE tokenizers (byte-level or with byte fallback); this one is "
-                           f"{shown(model.get('type'), 40)}.")
+        raise NetslimError(
+            f"GGUF export writes BPE tokenizers (byte-level or with byte fallback); this one is "
+            f"{shown(model.get('type'), 40)}."
+        )
     too_big = [i for i in tok.get_vocab().values() if i >= vocab_size]
     if too_big:
-        raise NetslimError(f"The tokenizer has token id {max(too_big)}, beyond the model's {vocab_size} embedding "
-                           "rows.")
+        raise NetslimError(
+            f"The tokenizer has token id {max(too_big)}, beyond the model's {vocab_size} embedding rows."
+        )
     with tempfile.TemporaryDirectory(prefix="netslim-gguf-tok-") as tmp:
         tok.save_pretrained(tmp)
         if model.get("byte_fallback"):
@@ -131,8 +139,10 @@ def _from_hf(writer: Any, tok: Any, vocab_size: int) -> dict:
     if kind == "gpt2":
         out["pre_recognised"] = pre != "default"
         if not merges:  # GGUF cannot hold an empty array; llama.cpp requires the key for gpt2 vocabularies
-            out["warning"] = ("the tokenizer has no merges, so tokenizer.ggml.merges is not written; llama.cpp "
-                              "and transformers need it to load this vocabulary")
+            out["warning"] = (
+                "the tokenizer has no merges, so tokenizer.ggml.merges is not written; llama.cpp "
+                "and transformers need it to load this vocabulary"
+            )
     return out
 
 
@@ -155,8 +165,10 @@ def _adds_specials(tok: Any) -> dict[str, bool]:
     """Whether encoding a text puts BOS before it / EOS after it."""
     ids = tok("a")["input_ids"]
     bos, eos = tok.bos_token_id, tok.eos_token_id
-    return {"bos": bool(ids) and bos is not None and ids[0] == bos,
-            "eos": len(ids) > 1 and eos is not None and ids[-1] == eos}
+    return {
+        "bos": bool(ids) and bos is not None and ids[0] == bos,
+        "eos": len(ids) > 1 and eos is not None and ids[-1] == eos,
+    }
 
 
 def _pre_name(tok: Any) -> str:
@@ -194,8 +206,10 @@ def _sentencepiece_vocab(writer: Any, gguf: Any, tmp: Path, vocab_size: int, mer
     try:
         vocab = gguf.LlamaHfVocab(tmp)
     except (FileNotFoundError, TypeError, KeyError) as e:
-        raise NetslimError(f"GGUF export cannot read this byte-fallback BPE tokenizer as llama.cpp's 'llama' "
-                           f"vocabulary: {str(e)[:160]}") from None
+        raise NetslimError(
+            f"GGUF export cannot read this byte-fallback BPE tokenizer as llama.cpp's 'llama' "
+            f"vocabulary: {str(e)[:160]}"
+        ) from None
     rank: dict[bytes, int] = {}
     for k, m in enumerate(merges):
         rank.setdefault(m.replace(" ", "", 1).encode(), k)

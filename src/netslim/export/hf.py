@@ -37,6 +37,7 @@ weight-shared layers (``format: nsz``), HQQ's fractional zero points, per-token 
 any other netslim layer type transformers does not build. The directory is written into a
 temporary folder beside the target and renamed into place: never half-written.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,21 @@ from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear
 
 from .compressed import CT_MODULES, Scheme, module_tensors, quantization_config, scheme_of
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja",
-                   "chat_template.json", "preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
 _SAFETENSORS = "format: safetensors (netslim.load reads it)"
 
 
@@ -84,10 +97,10 @@ class Plan:
     """Everything the directory will hold, computed (and every refusal raised) before writing."""
 
     cls_name: str
-    config: Any                                   # the transformers config to write
+    config: Any  # the transformers config to write
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     quantized: dict[str, QLayer] = field(default_factory=dict)
-    dequantize: list[str] = field(default_factory=list)        # why transformers decodes at load time
+    dequantize: list[str] = field(default_factory=list)  # why transformers decodes at load time
     dense_embeddings: list[str] = field(default_factory=list)  # quantized embeddings written dequantized
     dense_mixed: list[str] = field(default_factory=list)  # layers of a second scheme written dequantized
     notes: dict[str, Any] = field(default_factory=dict)
@@ -139,11 +152,13 @@ def plan_hf(model: nn.Module, info: dict | None = None) -> Plan:
     plan.notes = _notes(plan, tied, out_name, dtype, walker.sparse)
     if padded:
         plan.notes["pruned_heads"] = {
-            "heads_kept": padded, "written_as": "zero heads",
+            "heads_kept": padded,
+            "written_as": "zero heads",
             "why": f"{plan.cls_name}'s config derives the head size from hidden_size / num_attention_heads and "
-                   "transformers 5 has no pruned_heads, so the removed heads are written back as all-zero query / "
-                   "key / value rows and output columns: the same outputs, but those bytes are not saved (format: "
-                   "safetensors keeps the smaller model)"}
+            "transformers 5 has no pruned_heads, so the removed heads are written back as all-zero query / "
+            "key / value rows and output columns: the same outputs, but those bytes are not saved (format: "
+            "safetensors keeps the smaller model)",
+        }
     plan.write_tokenizer, plan.notes["tokenizer"] = _tokenizer(model, info)
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         plan.generation_config = model.generation_config
@@ -157,8 +172,10 @@ def _check_hf_model(model: nn.Module) -> None:
 
         ok = isinstance(model, PreTrainedModel)
     if not ok:
-        raise NetslimError(f"format: hf writes Hugging Face transformers models; a {type(model).__name__} is not one "
-                           f"(a zoo model or your own class): use {_SAFETENSORS}.")
+        raise NetslimError(
+            f"format: hf writes Hugging Face transformers models; a {type(model).__name__} is not one "
+            f"(a zoo model or your own class): use {_SAFETENSORS}."
+        )
 
 
 def _tied_output(model: nn.Module, cfg: dict) -> tuple[bool, str | None]:
@@ -172,13 +189,20 @@ def _tied_output(model: nn.Module, cfg: dict) -> tuple[bool, str | None]:
         return False, name
     inp = model.get_input_embeddings()
     if isinstance(inp, CT_MODULES) or isinstance(out, CT_MODULES):
-        same = isinstance(inp, QuantizedEmbedding) and isinstance(out, QuantizedLinear) and all(
-            torch.equal(getattr(inp, b), getattr(out, b)) for b in ("weight_packed", "scales", "zeros")) and (
-            inp.bits, inp.group_size) == (out.bits, out.group_size) and out.bias is None
+        same = (
+            isinstance(inp, QuantizedEmbedding)
+            and isinstance(out, QuantizedLinear)
+            and all(torch.equal(getattr(inp, b), getattr(out, b)) for b in ("weight_packed", "scales", "zeros"))
+            and (inp.bits, inp.group_size) == (out.bits, out.group_size)
+            and out.bias is None
+        )
     else:
         w_in, w_out = getattr(inp, "weight", None), getattr(out, "weight", None)
-        same = isinstance(w_in, torch.Tensor) and isinstance(w_out, torch.Tensor) and (
-            w_in is w_out or (w_in.shape == w_out.shape and torch.equal(w_in, w_out)))
+        same = (
+            isinstance(w_in, torch.Tensor)
+            and isinstance(w_out, torch.Tensor)
+            and (w_in is w_out or (w_in.shape == w_out.shape and torch.equal(w_in, w_out)))
+        )
     return bool(same), name
 
 
@@ -196,8 +220,10 @@ class _Walker:
 
         where = prefix[:-1] or "(model)"
         if isinstance(m, SharedWeight):
-            raise NetslimError(f"format: hf cannot write {where!r}: its weights are shared values from a codebook "
-                               "(weight sharing), which no Hugging Face format holds; use format: nsz.")
+            raise NetslimError(
+                f"format: hf cannot write {where!r}: its weights are shared values from a codebook "
+                "(weight sharing), which no Hugging Face format holds; use format: nsz."
+            )
         if isinstance(m, CT_MODULES):
             return self._quantized(prefix[:-1], m, f)
         if isinstance(m, SparseLinear):
@@ -214,7 +240,8 @@ class _Walker:
             built = "nothing" if f is None else f"a {type(f).__name__}"
             raise NetslimError(
                 f"format: hf cannot write {where!r}: it is a {cls.__name__} where transformers builds {built} from "
-                f"the config, so from_pretrained could not load it; use {_SAFETENSORS}.")
+                f"the config, so from_pretrained could not load it; use {_SAFETENSORS}."
+            )
         names = list(m._parameters)
         if parametrize.is_parametrized(m):
             names += list(m.parametrizations)
@@ -242,7 +269,8 @@ class _Walker:
         if f is not None and type(f).__name__ == "Conv1D":
             raise NetslimError(
                 f"format: hf cannot write {name!r}: it is a quantized transformers Conv1D (GPT-2's linear layers), "
-                f"and compressed-tensors quantizes nn.Linear / nn.Embedding only; use {_SAFETENSORS}.")
+                f"and compressed-tensors quantizes nn.Linear / nn.Embedding only; use {_SAFETENSORS}."
+            )
         shape = (m.num_embeddings, m.embedding_dim) if emb else (m.out_features, m.in_features)
         self._shape(name, f, want, shape)
         scheme = scheme_of(m, name)
@@ -258,7 +286,8 @@ class _Walker:
             what = "nothing" if f is None else f"a {type(f).__name__}" + (f" {list(built)}" if built else "")
             raise NetslimError(
                 f"format: hf cannot write {where!r} ({want.__name__} {list(shape)}): transformers builds {what} there "
-                f"from the exported config, which cannot express this model; use {_SAFETENSORS}.")
+                f"from the exported config, which cannot express this model; use {_SAFETENSORS}."
+            )
 
     def _fused_gelu(self, name: str, f: nn.Module | None) -> bool:
         """dynamic_int8 moved this GELU into the int8 ``dense`` beside it (``post_op``); the
@@ -268,8 +297,12 @@ class _Walker:
 
         parent, _, _ = name.rpartition(".")
         dense = getattr(self.model.get_submodule(parent), "dense", None) if parent else None
-        return (isinstance(dense, DynamicInt8Linear) and f is not None and dense.post_op != "none"
-                and gelu_kind(f) == dense.post_op)
+        return (
+            isinstance(dense, DynamicInt8Linear)
+            and f is not None
+            and dense.post_op != "none"
+            and gelu_kind(f) == dense.post_op
+        )
 
 
 def _loading_route(plan: Plan) -> None:
@@ -290,7 +323,8 @@ def _loading_route(plan: Plan) -> None:
             raise NetslimError(
                 f"format: hf cannot write W8A8 layers beside the asymmetric weight-only layer {asym!r}: transformers "
                 f"loads the latter only by decoding every layer at load time, which drops the activation "
-                f"quantization of the former; use {_SAFETENSORS}.")
+                f"quantization of the former; use {_SAFETENSORS}."
+            )
         return
     if any(not q.scheme.symmetric for q in plan.quantized.values()):
         plan.dequantize.append("asymmetric zero points")
@@ -317,7 +351,7 @@ def _loading_route(plan: Plan) -> None:
 
 
 _HEAD_ROWS = ("query", "key", "value", "q_lin", "k_lin", "v_lin")  # projections whose rows are heads
-_HEAD_COLS = ("output.dense", "out_lin")                           # projections whose columns are heads
+_HEAD_COLS = ("output.dense", "out_lin")  # projections whose columns are heads
 
 
 def _pad_pruned_heads(fresh: nn.Module, plan: Plan) -> dict[str, int]:
@@ -367,17 +401,21 @@ def _check_against(fresh: nn.Module, plan: Plan, skip: set[str]) -> None:
     owned = {f"{n}.{p}" for n in plan.quantized for p in ("weight", "bias")}
     for k, t in plan.dense.items():
         if k not in expected:
-            raise NetslimError(f"format: hf: tensor {k!r} has no place in the transformers model the config builds; "
-                               f"use {_SAFETENSORS}.")
+            raise NetslimError(
+                f"format: hf: tensor {k!r} has no place in the transformers model the config builds; "
+                f"use {_SAFETENSORS}."
+            )
         if tuple(t.shape) != expected[k]:
             raise NetslimError(
                 f"format: hf: {k!r} is {list(t.shape)} but the config builds {list(expected[k])}: the config cannot "
                 f"express this model (sizes differing per block, or pruned heads of a model whose head size is "
-                f"hidden / heads); use {_SAFETENSORS}.")
+                f"hidden / heads); use {_SAFETENSORS}."
+            )
     missing = sorted(k for k in expected if k not in plan.dense and k not in owned)
     if missing:
-        raise NetslimError(f"format: hf: the model has no tensor for {missing[0]!r}, which the config builds; use "
-                           f"{_SAFETENSORS}.")
+        raise NetslimError(
+            f"format: hf: the model has no tensor for {missing[0]!r}, which the config builds; use {_SAFETENSORS}."
+        )
 
 
 def _body_dtype(plan: Plan) -> torch.dtype:
@@ -387,48 +425,65 @@ def _body_dtype(plan: Plan) -> torch.dtype:
             counts[t.dtype] += t.numel()
     if len(counts) > 1:
         kinds = ", ".join(str(d).replace("torch.", "") for d in counts)
-        raise NetslimError(f"format: hf: the model mixes float dtypes ({kinds}), which one transformers config "
-                           f"dtype cannot say; use {_SAFETENSORS}.")
+        raise NetslimError(
+            f"format: hf: the model mixes float dtypes ({kinds}), which one transformers config "
+            f"dtype cannot say; use {_SAFETENSORS}."
+        )
     dtype = next(iter(counts), torch.float32)
     if plan.quantized and dtype != torch.float32:
-        raise NetslimError(f"format: hf: a quantized model with a {str(dtype).replace('torch.', '')} body: "
-                           "compressed-tensors would hold its scales in that dtype (rounded); export the float32 "
-                           f"model, or use {_SAFETENSORS}.")
+        raise NetslimError(
+            f"format: hf: a quantized model with a {str(dtype).replace('torch.', '')} body: "
+            "compressed-tensors would hold its scales in that dtype (rounded); export the float32 "
+            f"model, or use {_SAFETENSORS}."
+        )
     return dtype
 
 
 def _notes(plan: Plan, tied: bool, out_name: str | None, dtype: torch.dtype, sparse: list[int]) -> dict[str, Any]:
-    notes: dict[str, Any] = {"class": plan.cls_name, "loads_with": f"transformers.{plan.cls_name}.from_pretrained(dir)",
-                             "dtype": str(dtype).replace("torch.", "")}
+    notes: dict[str, Any] = {
+        "class": plan.cls_name,
+        "loads_with": f"transformers.{plan.cls_name}.from_pretrained(dir)",
+        "dtype": str(dtype).replace("torch.", ""),
+    }
     if out_name is not None:
         notes["tied_embeddings"] = tied
     if plan.quantized:
         schemes = Counter(("embedding " if q.embedding else "") + q.scheme.label for q in plan.quantized.values())
         notes["quantization"] = {
-            "format": "compressed-tensors", "requires": "pip install compressed-tensors",
-            "layers": len(plan.quantized), "schemes": dict(schemes), "dequantize_on_load": bool(plan.dequantize)}
+            "format": "compressed-tensors",
+            "requires": "pip install compressed-tensors",
+            "layers": len(plan.quantized),
+            "schemes": dict(schemes),
+            "dequantize_on_load": bool(plan.dequantize),
+        }
         if plan.dequantize:
             notes["quantization"]["why_dequantize"] = (
                 f"{' and '.join(plan.dequantize)}: transformers 5 + compressed-tensors 0.20 load them only when "
                 "decoding the weights at load time (quantization_config.dequantize), in fp16 arithmetic, so logits "
-                "match netslim's within fp16 rounding")
+                "match netslim's within fp16 rounding"
+            )
     if plan.dense_embeddings:
         notes["dequantized_embeddings"] = {
             "layers": plan.dense_embeddings,
             "why": "written as dense float weights (their exact dequantized values): transformers loads quantized "
-                   "embeddings only by decoding every layer at load time, which would drop the W8A8 layers' "
-                   "activation quantization"}
+            "embeddings only by decoding every layer at load time, which would drop the W8A8 layers' "
+            "activation quantization",
+        }
     if plan.dense_mixed:
         notes["dequantized_layers"] = {
             "layers": plan.dense_mixed,
             "why": "transformers 5 decodes every layer of a dequantize-on-load checkpoint with one scheme (its first "
-                   "config group), so the layers of the other quantization scheme(s) are written as their exact "
-                   "dequantized float weights; netslim.load / format: safetensors keep them quantized"}
+            "config group), so the layers of the other quantization scheme(s) are written as their exact "
+            "dequantized float weights; netslim.load / format: safetensors keep them quantized",
+        }
     if sparse[0]:
         notes["sparsity"] = {
-            "layers": sparse[0], "zeros": round(sparse[1] / max(sparse[2], 1), 4), "format": "dense",
+            "layers": sparse[0],
+            "zeros": round(sparse[1] / max(sparse[2], 1), 4),
+            "format": "dense",
             "why": "compressed-tensors 0.20 / transformers 5 no longer load sparse-bitmask (sparsity_config is "
-                   "ignored and the weights would load random), so the zeros are kept in dense tensors"}
+            "ignored and the weights would load random), so the zeros are kept in dense tensors",
+        }
     return notes
 
 

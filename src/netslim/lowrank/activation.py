@@ -22,6 +22,7 @@ the outputs of the already-pruned layers before it, so errors do not silently co
 A layer stays dense when no rank below its break-even rank (where two factors stop
 saving parameters) meets the tolerance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -53,7 +54,8 @@ class ActivationRankConfig(MethodConfig):
     method = "activation_rank"
     tolerance: float = Field(0.02, gt=0, lt=1, description="allowed ‖act(Ẑ) − act(Z)‖ / ‖act(Z)‖ per layer")
     activation: Literal["relu", "gelu", "identity"] = Field(
-        "relu", description="the nonlinearity that follows the selected layers")
+        "relu", description="the nonlinearity that follows the selected layers"
+    )
     calibration_samples: int = Field(256, ge=1)
     include: Selector = None
     exclude: Selector = None
@@ -91,8 +93,10 @@ def _principal(zc: torch.Tensor) -> torch.Tensor:
         return torch.linalg.eigh(zc.T @ zc)[1].flip(-1)
 
 
-def activated_errors(z: torch.Tensor, basis: str = "pre",
-                     ) -> tuple[torch.Tensor, torch.Tensor, Callable[..., float]]:
+def activated_errors(
+    z: torch.Tensor,
+    basis: str = "pre",
+) -> tuple[torch.Tensor, torch.Tensor, Callable[..., float]]:
     """``(U, mean, error)`` for outputs ``z`` (N, m): ``error(k, activation)`` is the relative
     post-activation error of projecting the outputs onto the first k columns of U.
 
@@ -136,8 +140,11 @@ def smallest_rank(error, max_rank: int, tolerance: float) -> int | None:
 def project_linear(layer: nn.Linear, U: torch.Tensor, mu: torch.Tensor, rank: int) -> LowRankLinear:
     """The rank-``rank`` layer ``x -> U_k (U_kᵀ W x) + U_k U_kᵀ (b − μ) + μ``."""
     w = layer.weight.detach().double()  # (m, n)
-    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
-                                                                                 device=w.device)
+    b = (
+        layer.bias.detach().double()
+        if layer.bias is not None
+        else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    )
     Uk = U[:, :rank].to(w.device)  # (m, k)
     mu = mu.to(w.device)
     out = LowRankLinear(layer.in_features, layer.out_features, rank, bias=True).to(w.device, layer.weight.dtype)
@@ -167,13 +174,21 @@ def prune_ranks(model: nn.Module, cfg: ActivationRankConfig, calibration: Any, s
             if k is not None and (best is None or k < best[0]):
                 best = (k, basis, U, mu, error)
         if best is None:
-            skip(name, f"no rank <= {max_rank} (break-even) keeps the {cfg.activation} output within "
-                       f"tolerance {cfg.tolerance}")
+            skip(
+                name,
+                f"no rank <= {max_rank} (break-even) keeps the {cfg.activation} output within "
+                f"tolerance {cfg.tolerance}",
+            )
             continue
         k, basis, U, mu, error = best
         replace_module(model, name, project_linear(layer, U, mu, k))
-        notes[name] = {"rank": k, "max_rank": min(m, n), "basis": basis, "error": round(error(k, cfg.activation), 6),
-                       "error_before_activation": round(error(k, "identity"), 6)}
+        notes[name] = {
+            "rank": k,
+            "max_rank": min(m, n),
+            "basis": basis,
+            "error": round(error(k, cfg.activation), 6),
+            "error_before_activation": round(error(k, "identity"), 6),
+        }
     return notes
 
 
@@ -184,8 +199,9 @@ def run_activation_rank(model: nn.Module, cfg: ActivationRankConfig, ctx) -> nn.
     return model
 
 
-def activation_rank(model: nn.Module, calibration: Any, cfg: ActivationRankConfig | None = None,
-                    **overrides: Any) -> nn.Module:
+def activation_rank(
+    model: nn.Module, calibration: Any, cfg: ActivationRankConfig | None = None, **overrides: Any
+) -> nn.Module:
     """``activation_rank(model, x, tolerance=0.02)``: prune Linear ranks in place (see module doc)."""
     cfg = build_config(ActivationRankConfig, cfg, overrides)
     prune_ranks(model, cfg, calibration)

@@ -2,6 +2,7 @@
 
 Both are gathered with forward hooks on the original model, one pass over the inputs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -26,10 +27,10 @@ def _chunks(inputs: Any, batch_size: int) -> Iterator[Any]:
     if isinstance(inputs, dict):
         n = next(len(v) for v in inputs.values() if isinstance(v, torch.Tensor))
         for i in range(0, n, batch_size):
-            yield {k: v[i:i + batch_size] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            yield {k: v[i : i + batch_size] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     else:
         for i in range(0, len(inputs), batch_size):
-            yield inputs[i:i + batch_size]
+            yield inputs[i : i + batch_size]
 
 
 def _run(model: nn.Module, batch: Any) -> None:
@@ -54,8 +55,12 @@ def _rows(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torc
 
 
 @torch.no_grad()
-def input_grams(model: nn.Module, names: Sequence[str], inputs: Any, batch_size: int = 64,
-                ) -> dict[str, torch.Tensor]:
+def input_grams(
+    model: nn.Module,
+    names: Sequence[str],
+    inputs: Any,
+    batch_size: int = 64,
+) -> dict[str, torch.Tensor]:
     """``{name: XᵀX}`` (float64, n×n) of each layer's inputs over ``inputs``, plus "count"."""
     grams: dict[str, torch.Tensor] = {}
     mask: list[torch.Tensor | None] = [None]  # the current batch's attention mask, if any
@@ -65,6 +70,7 @@ def input_grams(model: nn.Module, names: Sequence[str], inputs: Any, batch_size:
             rows = _rows(m, args[0].detach(), mask[0]).double()  # (N, n)
             g = rows.T @ rows
             grams[name] = grams[name] + g if name in grams else g
+
         return fn
 
     with eval_mode(model, [(get_module(model, n), hook(n)) for n in names], kind="pre"):
@@ -84,10 +90,16 @@ def layer_geometry(model: nn.Module, names: Sequence[str], example: Any) -> dict
         def fn(m, args, out):
             x = args[0]
             if isinstance(m, nn.Conv2d):
-                geo[name] = {"h_in": x.shape[-2], "w_in": x.shape[-1], "h_out": out.shape[-2],
-                             "w_out": out.shape[-1], "positions": out.shape[-2] * out.shape[-1]}
+                geo[name] = {
+                    "h_in": x.shape[-2],
+                    "w_in": x.shape[-1],
+                    "h_out": out.shape[-2],
+                    "w_out": out.shape[-1],
+                    "positions": out.shape[-2] * out.shape[-1],
+                }
             else:
                 geo[name] = {"positions": out.numel() // (out.shape[-1] * max(1, x.shape[0]))}
+
         return fn
 
     with eval_mode(model, [(get_module(model, n), hook(n)) for n in names]):
@@ -113,8 +125,9 @@ def model_outputs(model: nn.Module, inputs: Any, batch_size: int = 64) -> list[t
     with eval_mode(model):
         for batch in _chunks(inputs, batch_size):
             if isinstance(batch, dict):
-                y = _main_output(model(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v
-                                          for k, v in batch.items()}))
+                y = _main_output(
+                    model(**{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+                )
                 mask = batch.get("attention_mask")
             else:
                 y, mask = _main_output(model(batch.to(dev))), None
@@ -140,8 +153,13 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any, batch_size: int = 64,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def paired_grams(
+    original: nn.Module,
+    current: nn.Module,
+    name: str,
+    inputs: Any,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For layer ``name``: ``(X̂ᵀX̂, XᵀX̂)`` (float64, n×n), X the rows the layer gets in ``original``
     and X̂ those it gets in ``current`` (e.g. after earlier layers were factorized), same inputs."""
     rows: dict[str, torch.Tensor] = {}
@@ -151,11 +169,14 @@ def paired_grams(original: nn.Module, current: nn.Module, name: str, inputs: Any
         def fn(m, args):
             rows[key] = _rows(m, args[0].detach(), mask[0]).double()  # (N, n)
             raise _Stop  # nothing after this layer is needed
+
         return fn
 
     gram = cross = None
-    with eval_mode(original, [(get_module(original, name), hook("x"))], kind="pre"), \
-            eval_mode(current, [(get_module(current, name), hook("xh"))], kind="pre"):
+    with (
+        eval_mode(original, [(get_module(original, name), hook("x"))], kind="pre"),
+        eval_mode(current, [(get_module(current, name), hook("xh"))], kind="pre"),
+    ):
         for batch in _chunks(inputs, batch_size):
             mask[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
             for model in (original, current):
@@ -185,8 +206,9 @@ def _output_rows(module: nn.Module, g: torch.Tensor, mask: torch.Tensor | None) 
     return g.reshape(-1, g.shape[-1])
 
 
-def output_gradient_grams(model: nn.Module, names: Sequence[str], inputs: Any, batch_size: int = 16,
-                          seed: int = 0) -> dict[str, torch.Tensor]:
+def output_gradient_grams(
+    model: nn.Module, names: Sequence[str], inputs: Any, batch_size: int = 16, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """``{name: GᵀG}`` (float64, out×out): G the rows of ∂(vᵀ f(x))/∂(layer output), v ~ N(0, I)
     drawn per output element (zero on padding tokens), f the model's main output.
 
@@ -202,6 +224,7 @@ def output_gradient_grams(model: nn.Module, names: Sequence[str], inputs: Any, b
     def hook(name):
         def fn(m, args, out):
             outs[name].append(out)
+
         return fn
 
     # The layers' outputs must be in the autograd graph even for a frozen model: let their

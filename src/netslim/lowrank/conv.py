@@ -11,6 +11,7 @@
 Only ordinary convs are factorized (groups = 1, numeric padding, zero padding mode);
 :func:`supported` says why another one is not.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -34,8 +35,18 @@ def _pair(v) -> tuple[int, int]:
 class LowRankConv2d(nn.Module):
     """A conv as ``second(first(x))`` (channel or spatial SVD, see the module docstring)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, scheme: Scheme = "channel"):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        rank: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        scheme: Scheme = "channel",
+    ):
         super().__init__()
         k, s, p, d = (_pair(v) for v in (kernel_size, stride, padding, dilation))
         self.in_channels, self.out_channels, self.rank, self.scheme = in_channels, out_channels, rank, scheme
@@ -52,9 +63,17 @@ class LowRankConv2d(nn.Module):
 
 
 def _lowrank_conv_kwargs(m: LowRankConv2d) -> dict:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-            "rank": m.rank, "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation),
-            "bias": m.second.bias is not None, "scheme": m.scheme}
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "rank": m.rank,
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        "dilation": list(m.dilation),
+        "bias": m.second.bias is not None,
+        "scheme": m.scheme,
+    }
 
 
 register_module(LowRankConv2d, _lowrank_conv_kwargs)
@@ -63,8 +82,17 @@ register_module(LowRankConv2d, _lowrank_conv_kwargs)
 class TuckerConv2d(nn.Module):
     """Tucker-2 conv: 1×1 (in -> r_in), k×k core (r_in -> r_out), 1×1 (r_out -> out)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, ranks, stride=1, padding=0,
-                 dilation=1, bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        ranks,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+    ):
         super().__init__()
         r_in, r_out = int(ranks[0]), int(ranks[1])
         self.in_channels, self.out_channels, self.ranks = in_channels, out_channels, (r_in, r_out)
@@ -78,10 +106,19 @@ class TuckerConv2d(nn.Module):
         return self.last(self.core(self.first(x)))
 
 
-register_module(TuckerConv2d, lambda m: {
-    "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-    "ranks": list(m.ranks), "stride": list(m.stride), "padding": list(m.padding),
-    "dilation": list(m.dilation), "bias": m.last.bias is not None})
+register_module(
+    TuckerConv2d,
+    lambda m: {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "ranks": list(m.ranks),
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        "dilation": list(m.dilation),
+        "bias": m.last.bias is not None,
+    },
+)
 
 
 def supported(conv: nn.Conv2d) -> str | None:
@@ -104,9 +141,15 @@ def conv_matrix(weight: torch.Tensor, scheme: Scheme) -> torch.Tensor:
     return weight.permute(0, 3, 1, 2).reshape(out_c * kw, in_c * kh)  # (out·kw, in·kh)
 
 
-def factorize_conv(conv: nn.Conv2d, rank: int, *, scheme: Scheme = "channel",
-                   whitening: torch.Tensor | None = None, out_whitening: torch.Tensor | None = None,
-                   name: str = "Conv2d") -> LowRankConv2d:
+def factorize_conv(
+    conv: nn.Conv2d,
+    rank: int,
+    *,
+    scheme: Scheme = "channel",
+    whitening: torch.Tensor | None = None,
+    out_whitening: torch.Tensor | None = None,
+    name: str = "Conv2d",
+) -> LowRankConv2d:
     """A :class:`LowRankConv2d` of rank ``rank`` approximating ``conv`` (full rank: exact).
 
     ``whitening`` (channel scheme only) is L for the conv's unfolded input patches,
@@ -127,8 +170,17 @@ def factorize_conv(conv: nn.Conv2d, rank: int, *, scheme: Scheme = "channel",
     check_rank(rank, tuple(mat.shape), f"{name!r} ({scheme} scheme)")
     A, B = svd_factors(mat, rank, whitening, out_whitening)  # (rows, r), (r, cols)
     with torch.device(w.device):
-        out = LowRankConv2d(in_c, out_c, (kh, kw), rank, conv.stride, conv.padding, conv.dilation,
-                            bias=conv.bias is not None, scheme=scheme)
+        out = LowRankConv2d(
+            in_c,
+            out_c,
+            (kh, kw),
+            rank,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            bias=conv.bias is not None,
+            scheme=scheme,
+        )
     out = out.to(w.dtype)
     with torch.no_grad():
         if scheme == "channel":
@@ -148,8 +200,11 @@ def _top_left(mat: torch.Tensor, r: int) -> torch.Tensor:
         return torch.linalg.svd(mat, full_matrices=False)[0][:, :r]  # (rows, r)
 
 
-def tucker_factors(weight: torch.Tensor, ranks: tuple[int, int], iters: int = 0,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tucker_factors(
+    weight: torch.Tensor,
+    ranks: tuple[int, int],
+    iters: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(U_out, core, U_in)`` with W ≈ core ×₀ U_out ×₁ U_in (float64).
 
     HOSVD (leading singular vectors of the mode-0 and mode-1 unfoldings), then ``iters``
@@ -186,8 +241,9 @@ def tucker2(conv: nn.Conv2d, ranks: tuple[int, int], *, iters: int = 0, name: st
     check_rank(r_out, (out_c, in_c * kh * kw), f"{name!r} (Tucker-2 output mode; r_out)")
     U_out, core, U_in = tucker_factors(w, (r_in, r_out), iters)
     with torch.device(w.device):
-        out = TuckerConv2d(in_c, out_c, (kh, kw), (r_in, r_out), conv.stride, conv.padding, conv.dilation,
-                           bias=conv.bias is not None)
+        out = TuckerConv2d(
+            in_c, out_c, (kh, kw), (r_in, r_out), conv.stride, conv.padding, conv.dilation, bias=conv.bias is not None
+        )
     out = out.to(w.dtype)
     with torch.no_grad():
         out.first.weight.copy_(U_in.T.reshape(r_in, in_c, 1, 1).to(w.dtype))

@@ -13,6 +13,7 @@ fits. The result never exceeds the budget, and no further unit fits in what is l
 (the slack is below the cost of every layer's next unit). It raises when rank 1
 everywhere already exceeds the budget.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -49,9 +50,9 @@ class LayerBudget:
     """One layer's cost model and error curve for :func:`allocate_ranks`."""
 
     share: tuple[float, ...]  # normalised σ², descending
-    per_rank: float           # cost of one rank unit
-    dense: float              # cost of the dense layer
-    max_rank: int             # largest rank that still costs less than dense (>= 1)
+    per_rank: float  # cost of one rank unit
+    dense: float  # cost of the dense layer
+    max_rank: int  # largest rank that still costs less than dense (>= 1)
 
 
 def break_even_rank(per_rank: float, dense: float, top: int) -> int:

@@ -13,6 +13,7 @@ Linear layers and ordinary convs are candidates (``conv_scheme``: channel, spati
 tucker). A layer stays dense, with the reason in the report, when its chosen rank would
 not reduce both its parameters and its MACs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,24 +47,33 @@ class SVDConfig(MethodConfig):
     target: float | None = Field(None, gt=0, lt=1, description="select=budget: share of the model to keep")
     target_metric: Literal["params", "macs"] = "params"
     target_scope: Literal["model", "selected"] = Field(
-        "model", description="'target' is a share of the whole model, or of the selected layers only")
+        "model", description="'target' is a share of the whole model, or of the selected layers only"
+    )
     conv_scheme: Literal["channel", "spatial", "tucker"] = "channel"
     tucker_iters: int = Field(0, ge=0, le=50, description="HOOI sweeps after HOSVD")
     data_aware: bool = False
     calibration_samples: int = Field(256, ge=1)
     damping: float = Field(0.01, ge=0, description="whitening: λ = damping × mean diag(XXᵀ)")
     allocation: Literal["spectrum", "output"] = Field(
-        "spectrum", description="select=budget: compare layers by the share of their own output energy a rank "
+        "spectrum",
+        description="select=budget: compare layers by the share of their own output energy a rank "
         "loses ('spectrum'), or by that share scaled by the layer's measured effect on the model's output "
-        "('output': one probe per layer on calibration inputs)")
+        "('output': one probe per layer on calibration inputs)",
+    )
     probe_samples: int = Field(64, ge=1, description="allocation=output: calibration samples per probe")
-    sequential: bool = Field(False, description="data_aware: factorize layers in forward order, each refit to "
-                             "reproduce the original layer's outputs from the inputs the already-factorized "
-                             "model gives it")
-    output_aware: bool = Field(False, description="data_aware: also weight each layer's output error by the "
-                               "model output's sensitivity to it (Gram of output gradients along random "
-                               "directions, one backward pass per calibration batch); ranks are then "
-                               "allocated by estimated model-output error")
+    sequential: bool = Field(
+        False,
+        description="data_aware: factorize layers in forward order, each refit to "
+        "reproduce the original layer's outputs from the inputs the already-factorized "
+        "model gives it",
+    )
+    output_aware: bool = Field(
+        False,
+        description="data_aware: also weight each layer's output error by the "
+        "model output's sensitivity to it (Gram of output gradients along random "
+        "directions, one backward pass per calibration batch); ranks are then "
+        "allocated by estimated model-output error",
+    )
     include: Selector = None
     exclude: Selector = None
 
@@ -166,17 +176,24 @@ def _fixed_ranks(c: Candidate, cfg: SVDConfig) -> int | None:
 
 def _choose_ranks(cands: list[Candidate], cfg: SVDConfig, totals: dict[str, float]) -> dict[str, int | None]:
     if cfg.select == "budget":
-        layers = {c.name: LayerBudget(tuple(c.sensitivity * e for e in energy_share(c.sigma)),
-                                      *c.costs[cfg.target_metric], max_rank=_break_even(c))
-                  for c in cands if _break_even(c) >= 1}
+        layers = {
+            c.name: LayerBudget(
+                tuple(c.sensitivity * e for e in energy_share(c.sigma)),
+                *c.costs[cfg.target_metric],
+                max_rank=_break_even(c),
+            )
+            for c in cands
+            if _break_even(c) >= 1
+        }
         dense = sum(lay.dense for lay in layers.values())
         total = totals[cfg.target_metric] if cfg.target_scope == "model" else dense
         budget = cfg.target * total - (total - dense)
         try:
             chosen = allocate_ranks(layers, budget)
         except NetslimError as e:
-            raise NetslimError(f"svd target={cfg.target} of {total:,.0f} {cfg.target_metric} "
-                               f"({cfg.target_scope}): {e}") from None
+            raise NetslimError(
+                f"svd target={cfg.target} of {total:,.0f} {cfg.target_metric} ({cfg.target_scope}): {e}"
+            ) from None
         return {c.name: chosen.get(c.name) for c in cands}
     if cfg.select == "energy":
         return {c.name: energy_rank(c.sigma, cfg.energy) for c in cands}
@@ -195,8 +212,11 @@ def _prepare(model: nn.Module, cands: list[Candidate], cfg: SVDConfig, example, 
         if calibration is None:
             raise NetslimError("svd with data_aware=true needs calibration inputs (a task or `calibration=`).")
         grams = input_grams(model, [c.name for c in cands if c.kind != "tucker"], calibration)
-    out_grams = (output_gradient_grams(model, [c.name for c in cands if c.kind != "tucker"], calibration)
-                 if cfg.output_aware else {})
+    out_grams = (
+        output_gradient_grams(model, [c.name for c in cands if c.kind != "tucker"], calibration)
+        if cfg.output_aware
+        else {}
+    )
     for c in cands:
         c.geometry = geo[c.name]
         if c.kind == "tucker":
@@ -210,7 +230,7 @@ def _prepare(model: nn.Module, cands: list[Candidate], cfg: SVDConfig, example, 
         if cfg.output_aware:
             # σ² of Rᵀ W L estimate model-output error in the same units for every layer: let
             # the allocator compare absolute, not per-layer relative, energies.
-            c.sensitivity = float((c.sigma ** 2).sum())
+            c.sensitivity = float((c.sigma**2).sum())
 
 
 # ------------------------------------------------------------------------- Tucker-2
@@ -235,21 +255,25 @@ def _tucker_saves(c: Candidate, ranks: tuple[int, int]) -> str | None:
     dense = out_c * in_c * kh * kw
     if params < dense and macs < g["positions"] * dense:
         return None
-    return (f"Tucker-2 at ranks {ranks} would not reduce params ({params} vs {dense}) "
-            f"and MACs ({macs} vs {g['positions'] * dense})")
+    return (
+        f"Tucker-2 at ranks {ranks} would not reduce params ({params} vs {dense}) "
+        f"and MACs ({macs} vs {g['positions'] * dense})"
+    )
 
 
 # --------------------------------------------------------------------------- apply
-def _replace(model: nn.Module, c: Candidate, rank: int, *, module: nn.Module | None = None,
-             whitening=None) -> nn.Module:
+def _replace(
+    model: nn.Module, c: Candidate, rank: int, *, module: nn.Module | None = None, whitening=None
+) -> nn.Module:
     """Put the rank-``rank`` factorization of ``module`` (default: the layer) in the layer's place."""
     module = c.module if module is None else module
     whitening = c.whitening if whitening is None else whitening
     if c.kind == "linear":
         new = factorize_linear(module, rank, whitening=whitening, out_whitening=c.out_whitening, name=c.name)
     else:
-        new = factorize_conv(module, rank, scheme=c.kind, whitening=whitening, out_whitening=c.out_whitening,
-                             name=c.name)
+        new = factorize_conv(
+            module, rank, scheme=c.kind, whitening=whitening, out_whitening=c.out_whitening, name=c.name
+        )
     replace_module(model, c.name, new)
     return new
 
@@ -260,8 +284,9 @@ def _head(inputs: Any, n: int) -> Any:
     return inputs[:n]
 
 
-def _probe_sensitivity(model: nn.Module, cands: list[Candidate], ranks: dict[str, int | None], cfg: SVDConfig,
-                       calibration: Any) -> None:
+def _probe_sensitivity(
+    model: nn.Module, cands: list[Candidate], ranks: dict[str, int | None], cfg: SVDConfig, calibration: Any
+) -> None:
     """allocation=output: ``c.sensitivity`` = D / e, D the relative distortion of the model's
     output when only layer ``c`` is factorized (at its spectrum-allocated rank, or half its
     break-even rank where that kept it dense) and e the share of its spectrum that rank drops.
@@ -290,8 +315,9 @@ def _probe_sensitivity(model: nn.Module, cands: list[Candidate], ranks: dict[str
         c.sensitivity = measured.get(c.name, fallback)
 
 
-def _refit(original: nn.Module, model: nn.Module, c: Candidate, rank: int, cfg: SVDConfig,
-           calibration: Any) -> nn.Module:
+def _refit(
+    original: nn.Module, model: nn.Module, c: Candidate, rank: int, cfg: SVDConfig, calibration: Any
+) -> nn.Module:
     """sequential: the rank-``rank`` W' minimising ‖X Wᵀ − X̂ W'ᵀ‖² + λ‖W' − W‖², X the layer's
     inputs in the original model and X̂ in ``model`` (earlier layers already factorized).
 
@@ -312,9 +338,15 @@ def _refit(original: nn.Module, model: nn.Module, c: Candidate, rank: int, cfg: 
 
 def _layer_note(c: Candidate, rank: int) -> dict[str, Any]:
     share = energy_share(c.sigma)
-    return {"kind": c.kind, "shape": list(c.matrix.shape), "rank": rank, "max_rank": c.top,
-            "energy_kept": round(sum(share[:rank]), 6), "params_before": c.costs["params"][1],
-            "params_after": rank * c.costs["params"][0]}
+    return {
+        "kind": c.kind,
+        "shape": list(c.matrix.shape),
+        "rank": rank,
+        "max_rank": c.top,
+        "energy_kept": round(sum(share[:rank]), 6),
+        "params_before": c.costs["params"][1],
+        "params_after": rank * c.costs["params"][0],
+    }
 
 
 def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, skip=None) -> dict[str, Any]:
@@ -350,12 +382,19 @@ def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, ski
             continue
         r = ranks.get(c.name)
         if r is None:
-            skip(c.name, "rank budget allows this layer to stay dense" if cfg.select == "budget"
-                 else "no rank given for this layer")
+            skip(
+                c.name,
+                "rank budget allows this layer to stay dense"
+                if cfg.select == "budget"
+                else "no rank given for this layer",
+            )
             continue
         if r > _break_even(c):
-            skip(c.name, f"rank {r} would not reduce params and MACs (break-even rank {_break_even(c)} "
-                         f"for a {c.matrix.shape[0]}x{c.matrix.shape[1]} matrix)")
+            skip(
+                c.name,
+                f"rank {r} would not reduce params and MACs (break-even rank {_break_even(c)} "
+                f"for a {c.matrix.shape[0]}x{c.matrix.shape[1]} matrix)",
+            )
             continue
         if original is not None:
             _refit(original, model, c, r, cfg, calibration)
@@ -368,15 +407,18 @@ def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, ski
 @register(SVDConfig)
 def run_svd(model: nn.Module, cfg: SVDConfig, ctx) -> nn.Module:
     task = ctx.task
-    calibration = (task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-                   if cfg.data_aware or cfg.allocation == "output" else None)
-    ctx.notes[cfg.method] = compress(model, cfg, example=task.example_inputs(1), calibration=calibration,
-                                     skip=ctx.skip)
+    calibration = (
+        task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+        if cfg.data_aware or cfg.allocation == "output"
+        else None
+    )
+    ctx.notes[cfg.method] = compress(model, cfg, example=task.example_inputs(1), calibration=calibration, skip=ctx.skip)
     return model
 
 
-def svd_compress(model: nn.Module, cfg: SVDConfig | None = None, *, example=None, calibration=None,
-                 **overrides: Any) -> nn.Module:
+def svd_compress(
+    model: nn.Module, cfg: SVDConfig | None = None, *, example=None, calibration=None, **overrides: Any
+) -> nn.Module:
     """``svd_compress(model, select="budget", target=0.5, example=x)``: factorize in place.
 
     ``example`` defaults to the first calibration sample.
@@ -385,7 +427,6 @@ def svd_compress(model: nn.Module, cfg: SVDConfig | None = None, *, example=None
     if example is None:
         if calibration is None:
             raise NetslimError("svd_compress needs 'example' inputs (or 'calibration' inputs).")
-        example = calibration[:1] if not isinstance(calibration, dict) else {
-            k: v[:1] for k, v in calibration.items()}
+        example = calibration[:1] if not isinstance(calibration, dict) else {k: v[:1] for k, v in calibration.items()}
     compress(model, cfg, example=example, calibration=calibration)
     return model

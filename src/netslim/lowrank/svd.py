@@ -16,6 +16,7 @@ that reaches the model's output is ≈ ``‖Rᵀ(W − W')L‖_F`` (Gauss-Newton
 as in K-FAC), so the SVD of ``Rᵀ W L`` is truncated instead and mapped back by ``R⁻ᵀ`` and
 ``L⁻¹``. Its σ² are then estimates of model-output error, comparable across layers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,15 @@ class LowRankLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
-register_module(LowRankLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-                                          "rank": m.rank, "bias": m.second.bias is not None})
+register_module(
+    LowRankLinear,
+    lambda m: {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "rank": m.rank,
+        "bias": m.second.bias is not None,
+    },
+)
 
 
 @contextlib.contextmanager
@@ -74,8 +82,9 @@ def check_rank(rank: int, shape: tuple[int, int], where: str) -> None:
     """A rank must be an int in [1, min(m, n)] for a (m, n) matrix."""
     top = min(shape)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= top:
-        raise bad_param(f"the factorization of {where} (weight matrix {shape[0]}x{shape[1]})", "rank",
-                        f"an int in [1, {top}]", rank)
+        raise bad_param(
+            f"the factorization of {where} (weight matrix {shape[0]}x{shape[1]})", "rank", f"an int in [1, {top}]", rank
+        )
 
 
 def whitening_factor(gram: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
@@ -98,12 +107,13 @@ def damped_cholesky(gram: torch.Tensor, damping: float = 0.01) -> tuple[torch.Te
         if int(info) == 0:
             return L, lam
         lam *= 10
-    raise NetslimError(f"Cannot whiten calibration inputs: their Gram matrix is not positive definite "
-                       f"even with damping {lam / scale:.3g}; increase 'damping'.")
+    raise NetslimError(
+        f"Cannot whiten calibration inputs: their Gram matrix is not positive definite "
+        f"even with damping {lam / scale:.3g}; increase 'damping'."
+    )
 
 
-def _weighted(weight: torch.Tensor, whitening: torch.Tensor | None,
-              out_whitening: torch.Tensor | None) -> torch.Tensor:
+def _weighted(weight: torch.Tensor, whitening: torch.Tensor | None, out_whitening: torch.Tensor | None) -> torch.Tensor:
     """``Rᵀ W L`` (float64) with whichever factors are given."""
     w = weight.detach().double()  # (m, n)
     if whitening is not None:
@@ -113,8 +123,9 @@ def _weighted(weight: torch.Tensor, whitening: torch.Tensor | None,
     return w
 
 
-def spectrum(weight: torch.Tensor, whitening: torch.Tensor | None = None,
-             out_whitening: torch.Tensor | None = None) -> torch.Tensor:
+def spectrum(
+    weight: torch.Tensor, whitening: torch.Tensor | None = None, out_whitening: torch.Tensor | None = None
+) -> torch.Tensor:
     """Singular values (descending, float64) of ``W``, ``W L`` (data-aware) or ``Rᵀ W L``
     (output-aware)."""
     w = _weighted(weight, whitening, out_whitening)
@@ -122,8 +133,9 @@ def spectrum(weight: torch.Tensor, whitening: torch.Tensor | None = None,
         return torch.linalg.svdvals(w)
 
 
-def svd_factors(weight: torch.Tensor, rank: int, whitening: torch.Tensor | None = None,
-                out_whitening: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_factors(
+    weight: torch.Tensor, rank: int, whitening: torch.Tensor | None = None, out_whitening: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, B)`` with ``A @ B`` the best rank-``rank`` approximation of ``weight`` (m×n).
 
     With ``whitening`` (L from :func:`whitening_factor`) best means least ‖(W − AB)L‖_F;
@@ -155,8 +167,14 @@ def svd_factors(weight: torch.Tensor, rank: int, whitening: torch.Tensor | None 
     return A.to(weight.dtype), B.to(weight.dtype)
 
 
-def factorize_linear(layer: nn.Linear, rank: int, *, whitening: torch.Tensor | None = None,
-                     out_whitening: torch.Tensor | None = None, name: str = "Linear") -> LowRankLinear:
+def factorize_linear(
+    layer: nn.Linear,
+    rank: int,
+    *,
+    whitening: torch.Tensor | None = None,
+    out_whitening: torch.Tensor | None = None,
+    name: str = "Linear",
+) -> LowRankLinear:
     """A :class:`LowRankLinear` of rank ``rank`` approximating ``layer`` (full rank: exact)."""
     if not isinstance(layer, nn.Linear):
         raise NetslimError(f"factorize_linear needs an nn.Linear; {name!r} is a {type(layer).__name__}.")

@@ -1,4 +1,5 @@
 """Parameter, non-zero and MAC counts, per layer and in total."""
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,12 @@ class LayerStats:
 
     name: str
     type: str
-    shape: list[int]     # logical shape of the main weight
-    params: int          # elements (weights at their logical shape + biases), never packed bytes
-    nonzero: int         # non-zeros among ``params``
-    bits: float          # bits of one stored weight value (fp32 32, bf16 16, int4 4, shared log2 k)
+    shape: list[int]  # logical shape of the main weight
+    params: int  # elements (weights at their logical shape + biases), never packed bytes
+    nonzero: int  # non-zeros among ``params``
+    bits: float  # bits of one stored weight value (fp32 32, bf16 16, int4 4, shared log2 k)
     macs: int
-    kind: str = ""       # storage kind: "dense fp32", "masked fp32", "sparse CSR fp32", "packed int4", ...
+    kind: str = ""  # storage kind: "dense fp32", "masked fp32", "sparse CSR fp32", "packed int4", ...
     sparsity: float = 0.0  # zeros of the main weight / its elements
     stored_bytes: int = 0  # bytes of every tensor the layer saves (codes, indices, scales, masks, bias)
 
@@ -93,6 +94,7 @@ def macs_per_layer(model: nn.Module, example_inputs: Any) -> dict[str, int]:
         def count(m, inputs, output):
             out = output[0] if isinstance(output, tuple) else output
             counts[name] = counts.get(name, 0) + fn(m, inputs, out)
+
         return count
 
     counters = ((name, module, _counter_for(module)) for name, module in model.named_modules())
@@ -109,18 +111,29 @@ def layer_table(model: nn.Module, example_inputs: Any) -> list[LayerStats]:
     for name, module, s in stored_modules(model):
         if not s.kind and name not in macs:
             continue
-        rows.append(LayerStats(
-            name=name, type=parametrize.type_before_parametrizations(module).__name__, shape=s.shape,
-            params=s.params, nonzero=s.nonzero, bits=s.bits, macs=int(macs.get(name, 0)), kind=s.kind,
-            sparsity=s.sparsity, stored_bytes=s.stored_bytes))
+        rows.append(
+            LayerStats(
+                name=name,
+                type=parametrize.type_before_parametrizations(module).__name__,
+                shape=s.shape,
+                params=s.params,
+                nonzero=s.nonzero,
+                bits=s.bits,
+                macs=int(macs.get(name, 0)),
+                kind=s.kind,
+                sparsity=s.sparsity,
+                stored_bytes=s.stored_bytes,
+            )
+        )
     return rows
 
 
 LOADABLE = (".safetensors", ".nsz")  # artifact formats netslim reads back (ONNX, GGUF, ... are not)
 
 
-def artifact_layer_table(artifact: str | os.PathLike, example_inputs: Any, *, model: nn.Module | None = None,
-                         base: Any = None) -> list[LayerStats]:
+def artifact_layer_table(
+    artifact: str | os.PathLike, example_inputs: Any, *, model: nn.Module | None = None, base: Any = None
+) -> list[LayerStats]:
     """:func:`layer_table` of the model as stored in ``artifact`` (read back with
     ``netslim.load``, as ``netslim inspect`` does), so a sparse or Huffman-coded export is
     described by what the file holds, not by the in-memory model that wrote it. ``model``

@@ -1,4 +1,5 @@
 """CPU latency (warm-up, median and quartiles of repeats, fixed threads) and peak memory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,7 +35,7 @@ class Timing:
     p90_ms: float
     repeats: int
     threads: int
-    q1_ms: float = 0.0   # quartiles of the repeats: the spread every reported latency carries
+    q1_ms: float = 0.0  # quartiles of the repeats: the spread every reported latency carries
     q3_ms: float = 0.0
 
     @property
@@ -99,8 +100,9 @@ def _call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
 
 
 @torch.inference_mode()
-def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0,
-            number: int = 1) -> list[float]:
+def _sample(
+    model: nn.Module, inputs: Any, warmup: int, repeats: int, min_seconds: float = 0.0, number: int = 1
+) -> list[float]:
     """Per-call wall times (ms) of ``model(inputs)`` in eval mode, after ``warmup`` calls; each
     sample the mean of a block of ``number`` back-to-back calls."""
     fn = _call(model, inputs)
@@ -117,8 +119,15 @@ def _sample(model: nn.Module, inputs: Any, warmup: int, repeats: int, min_second
     return times
 
 
-def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 5, repeats: int = 30,
-                    threads: int | None = None, min_seconds: float = 0.0) -> Timing:
+def measure_latency(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+    min_seconds: float = 0.0,
+) -> Timing:
     """Median wall time of ``model(inputs)`` in eval mode, with its quartiles.
 
     ``threads`` pins torch's intra-op threads for the measurement (None: current).
@@ -130,8 +139,15 @@ def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 5, repeats: 
     return timing_of(times, used)
 
 
-def interleaved_timings(models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5, repeats: int = 10,
-                        threads: int | None = None, number: int | dict[str, int] = 1) -> dict[str, Timing]:
+def interleaved_timings(
+    models: dict[str, nn.Module],
+    inputs: Any,
+    *,
+    rounds: int = 5,
+    repeats: int = 10,
+    threads: int | None = None,
+    number: int | dict[str, int] = 1,
+) -> dict[str, Timing]:
     """A/B(/C...) timing: rounds alternate between models; median and quartiles over the
     repeats of all rounds pooled (the spread includes the drift between rounds).
 
@@ -149,8 +165,9 @@ def interleaved_timings(models: dict[str, nn.Module], inputs: Any, *, rounds: in
     return {k: timing_of(v, used) for k, v in samples.items()}
 
 
-def interleaved_latency(models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5,
-                        repeats: int = 10, threads: int | None = None) -> dict[str, Latency]:
+def interleaved_latency(
+    models: dict[str, nn.Module], inputs: Any, *, rounds: int = 5, repeats: int = 10, threads: int | None = None
+) -> dict[str, Latency]:
     """A/B(/C...) timing: rounds alternate between models; median over all repeats (ms),
     each a :class:`Latency` that also carries its quartiles.
 

@@ -8,6 +8,7 @@ process's earlier high; the figure reported is the larger of the two (``method``
 ``wait4`` / ``time -v`` still sees the true lifetime peak). CUDA: the allocator's exact peak
 (``torch.cuda.max_memory_allocated``) since the stretch began.
 """
+
 from __future__ import annotations
 
 import re
@@ -83,9 +84,14 @@ class PeakMemory:
     def as_dict(self, fp32_bytes: int | None = None) -> dict[str, Any]:
         """``peak_rss_bytes`` (and its ratio to ``fp32_bytes``, the model's fp32 size), RSS at the
         start and end, ``peak_cuda_bytes`` (None without CUDA), wall ``seconds``, ``method``."""
-        out: dict[str, Any] = {"peak_rss_bytes": int(self.peak_rss), "start_rss_bytes": int(self.start_rss),
-                               "end_rss_bytes": int(self.end_rss), "peak_cuda_bytes": self.peak_cuda,
-                               "seconds": round(self.seconds, 3), "method": self.method}
+        out: dict[str, Any] = {
+            "peak_rss_bytes": int(self.peak_rss),
+            "start_rss_bytes": int(self.start_rss),
+            "end_rss_bytes": int(self.end_rss),
+            "peak_cuda_bytes": self.peak_cuda,
+            "seconds": round(self.seconds, 3),
+            "method": self.method,
+        }
         if fp32_bytes:
             out["fp32_model_bytes"] = int(fp32_bytes)
             out["peak_rss_x_fp32"] = round(self.peak_rss / fp32_bytes, 3)

@@ -18,6 +18,7 @@ Layouts are recognised by the tensors a module stores (CSR ``crow/col_idx/weight
 packed ``weight_packed/scales/zeros``, ...), so ``measure`` needs no import of the method
 families; :func:`register_storage` adds a layout for a module type of one's own.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,16 @@ from torch.nn.utils import parametrize
 
 from netslim.core.masks import get_mask
 
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-               torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32"}
+DTYPE_NAMES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int8: "int8",
+    torch.uint8: "uint8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+}
 
 
 @dataclass
@@ -51,11 +60,11 @@ class Weight:
 
 @dataclass
 class Storage:
-    kind: str            # "dense fp32", "masked fp32", "sparse CSR fp32", "packed int4", "int8 static", ...
-    shape: list[int]     # logical shape of the main weight ([] if none)
+    kind: str  # "dense fp32", "masked fp32", "sparse CSR fp32", "packed int4", "int8 static", ...
+    shape: list[int]  # logical shape of the main weight ([] if none)
     weight_nonzero: int  # non-zeros of the main weight (a tied one too: the row describes the layer)
-    bits: float          # bits of one stored weight value (0 without a main weight)
-    params: int          # elements of every parameter, weights at their logical shape
+    bits: float  # bits of one stored weight value (0 without a main weight)
+    params: int  # elements of every parameter, weights at their logical shape
     nonzero: int
     stored_bytes: int
 
@@ -79,8 +88,13 @@ def _csr(m: nn.Module, state: dict) -> Weight:
     rows, cols = state["crow"].numel() - 1, int(m.cols)
     k = getattr(m, "kernel_size", None)
     shape = [rows, cols // math.prod(k), *k] if k else [rows, cols]
-    return Weight(f"sparse CSR {_dtype(values)}", shape, _nz(values), 8 * values.element_size(),
-                  ("crow", "col_idx", "weight_values"))
+    return Weight(
+        f"sparse CSR {_dtype(values)}",
+        shape,
+        _nz(values),
+        8 * values.element_size(),
+        ("crow", "col_idx", "weight_values"),
+    )
 
 
 def _packed(m: nn.Module, state: dict) -> Weight:
@@ -91,8 +105,13 @@ def _packed(m: nn.Module, state: dict) -> Weight:
 
 def _static_int(m: nn.Module, state: dict) -> Weight:
     codes = "weight_int8" if "weight_int8" in state else "weight_packed"
-    return Weight(f"int{m.weight_bits} static", list(m.weight_shape), _nz(m.int_weight()), int(m.weight_bits),
-                  (codes, "weight_scale", "act_qparams"))
+    return Weight(
+        f"int{m.weight_bits} static",
+        list(m.weight_shape),
+        _nz(m.int_weight()),
+        int(m.weight_bits),
+        (codes, "weight_scale", "act_qparams"),
+    )
 
 
 def _dynamic_int8(m: nn.Module, state: dict) -> Weight:
@@ -102,11 +121,16 @@ def _dynamic_int8(m: nn.Module, state: dict) -> Weight:
 
 def _shared(m: nn.Module, state: dict) -> Weight:
     index, codebook = state["weight_index"], state["codebook"]
-    table = torch.cat([codebook.new_zeros(1), codebook.detach()]) != 0      # (k+1,) slot 0: pruned
+    table = torch.cat([codebook.new_zeros(1), codebook.detach()]) != 0  # (k+1,) slot 0: pruned
     nonzero = int(table[index.reshape(-1).long()].sum())
     clusters = codebook.numel()
-    return Weight("shared", list(index.shape), nonzero, float(max(1, math.ceil(math.log2(clusters)))),
-                  ("weight_index", "codebook"))
+    return Weight(
+        "shared",
+        list(index.shape),
+        nonzero,
+        float(max(1, math.ceil(math.log2(clusters)))),
+        ("weight_index", "codebook"),
+    )
 
 
 # (stored tensor names that identify the layout, reader); first match wins. Static int8

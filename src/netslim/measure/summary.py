@@ -1,4 +1,5 @@
 """The metrics block ``M`` of a report: metric, params, non-zeros, MACs, bytes, latency."""
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,17 @@ def size_on_disk(model: nn.Module, path: str | os.PathLike | None = None) -> int
         return save(model, Path(d) / "m.safetensors").stat().st_size
 
 
-def model_summary(model: nn.Module, task, *, artifact: str | os.PathLike | None = None,
-                  batch_size: int = 64, threads: int | None = None, repeats: int = 20,
-                  evaluate: bool = True, split: str = "test") -> dict[str, Any]:
+def model_summary(
+    model: nn.Module,
+    task,
+    *,
+    artifact: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    repeats: int = 20,
+    evaluate: bool = True,
+    split: str = "test",
+) -> dict[str, Any]:
     """``{metric, params, nonzero, macs, size_bytes, latency_ms_b1, latency_ms_bN}``.
 
     ``size_bytes`` is the size of the file at ``artifact`` (or of a temporary save); each

@@ -1,4 +1,5 @@
 """The CNN zoo, sized for 1x28x28 Fashion-MNIST inputs."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -27,9 +28,9 @@ class LeNet5(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 20, 5)  # 28 -> 24
-        self.pool1 = nn.MaxPool2d(2)                 # -> 12
-        self.conv2 = nn.Conv2d(20, 50, 5)            # -> 8
-        self.pool2 = nn.MaxPool2d(2)                 # -> 4
+        self.pool1 = nn.MaxPool2d(2)  # -> 12
+        self.conv2 = nn.Conv2d(20, 50, 5)  # -> 8
+        self.pool2 = nn.MaxPool2d(2)  # -> 4
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(50 * 4 * 4, 500)
         self.relu = nn.ReLU()
@@ -103,9 +104,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
-            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         ]
         self.conv = nn.Sequential(*layers)
 

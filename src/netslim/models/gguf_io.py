@@ -21,6 +21,7 @@ and the reader behind ``--model file.gguf`` (and the ``smollm2`` zoo model).
   ``gguf`` package's reference formulas (Q4_1 is ``d * q + m``, which netslim's
   ``(q - zero) * scale`` cannot hold exactly).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,7 @@ log = logging.getLogger(__name__)
 # HF config.model_type -> llama.cpp architecture (what convert_hf_to_gguf.py writes for it).
 HF_TO_GGUF = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 # llama.cpp architecture -> (transformers model class, its config class, Q/K rows permuted)
-GGUF_ARCHS = {"llama": ("LlamaForCausalLM", "LlamaConfig", True),
-              "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", False)}
+GGUF_ARCHS = {"llama": ("LlamaForCausalLM", "LlamaConfig", True), "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", False)}
 FAMILY_TEXT = "Llama-family causal LMs (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
 BLOCK = 32  # values per Q4_0 / Q8_0 block
 # Tensor types read (names of gguf.GGMLQuantizationType): float, the classic block types and
@@ -111,7 +111,7 @@ class GGUFModel:
     config: Any
     dense: dict[str, torch.Tensor]
     packed: dict[str, tuple] = field(default_factory=dict)  # module name -> (codes, scale, zero, bits)
-    types: dict[str, str] = field(default_factory=dict)    # GGUF tensor name -> its type
+    types: dict[str, str] = field(default_factory=dict)  # GGUF tensor name -> its type
 
 
 def open_reader(path: Path):
@@ -119,11 +119,21 @@ def open_reader(path: Path):
     gguf = gguf_module()
     try:
         return gguf.GGUFReader(str(path))
-    except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError, struct.error,
-            MemoryError, OSError) as e:
+    except (
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        OverflowError,
+        UnicodeDecodeError,
+        struct.error,
+        MemoryError,
+        OSError,
+    ) as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise NetslimError(f"{path}: not a readable GGUF file ({type(e).__name__}: {why}); it may be truncated "
-                           "or damaged.") from None
+        raise NetslimError(
+            f"{path}: not a readable GGUF file ({type(e).__name__}: {why}); it may be truncated or damaged."
+        ) from None
 
 
 def scalar_fields(reader) -> dict[str, Any]:
@@ -148,8 +158,10 @@ def read_gguf(path: str | Path, *, packed: bool = True) -> GGUFModel:
     meta = scalar_fields(reader)
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHS:
-        raise NetslimError(f"{path.name}: GGUF architecture {shown(arch, 60)} is not supported; netslim reads "
-                           f"{', '.join(repr(a) for a in GGUF_ARCHS)} ({FAMILY_TEXT}).")
+        raise NetslimError(
+            f"{path.name}: GGUF architecture {shown(arch, 60)} is not supported; netslim reads "
+            f"{', '.join(repr(a) for a in GGUF_ARCHS)} ({FAMILY_TEXT})."
+        )
     tensors = {}
     for t in reader.tensors:
         if t.name in tensors:
@@ -173,8 +185,13 @@ def read_gguf(path: str | Path, *, packed: bool = True) -> GGUFModel:
         key, kind = to_hf[name], t.tensor_type.name
         out.types[name] = kind
         heads = rotary_heads(arch, name, config)
-        if packed and kind in PACKED_TYPES and key.endswith(".weight") and len(shapes[key]) == 2 \
-                and key != tied_embedding:
+        if (
+            packed
+            and kind in PACKED_TYPES
+            and key.endswith(".weight")
+            and len(shapes[key]) == 2
+            and key != tied_embedding
+        ):
             out.packed[key[: -len(".weight")]] = _packed_codes(path, t, kind, heads)
         else:
             out.dense[key] = _dense(path, t, heads)
@@ -192,8 +209,9 @@ def _int(path: Path, meta: dict, key: str, lo: int, hi: int, default: int | None
     if value is None:
         raise NetslimError(f"{path.name}: GGUF metadata {key!r} is missing.")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
-        raise NetslimError(f"{path.name}: GGUF metadata {key!r} must be an integer in [{lo}, {hi}]; "
-                           f"got {shown(value, 60)}.")
+        raise NetslimError(
+            f"{path.name}: GGUF metadata {key!r} must be an integer in [{lo}, {hi}]; got {shown(value, 60)}."
+        )
     return int(value)
 
 
@@ -201,10 +219,15 @@ def _float(path: Path, meta: dict, key: str, lo: float, hi: float, default: floa
     value = meta.get(key, default)
     if value is None:
         raise NetslimError(f"{path.name}: GGUF metadata {key!r} is missing.")
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)) \
-            or not lo < float(value) <= hi:
-        raise NetslimError(f"{path.name}: GGUF metadata {key!r} must be a number in ({lo}, {hi}]; "
-                           f"got {shown(value, 60)}.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.number))
+        or not math.isfinite(float(value))
+        or not lo < float(value) <= hi
+    ):
+        raise NetslimError(
+            f"{path.name}: GGUF metadata {key!r} must be a number in ({lo}, {hi}]; got {shown(value, 60)}."
+        )
     return float(value)
 
 
@@ -223,34 +246,48 @@ def _config(path: Path, arch: str, meta: dict, tensors: dict) -> Any:
     if _int(path, meta, p + "attention.value_length", 1, _MAX_WIDTH, default=head_dim) != head_dim:
         raise NetslimError(f"{path.name}: key and value head sizes differ; netslim reads equal ones only.")
     if _int(path, meta, p + "rope.dimension_count", 1, _MAX_WIDTH, default=head_dim) != head_dim or head_dim % 2:
-        raise NetslimError(f"{path.name}: rotary embedding over part of a head (rope.dimension_count != "
-                           f"{head_dim}) is not supported.")
+        raise NetslimError(
+            f"{path.name}: rotary embedding over part of a head (rope.dimension_count != {head_dim}) is not supported."
+        )
     if "rope_freqs.weight" in tensors:
-        raise NetslimError(f"{path.name}: per-frequency rope factors (tensor rope_freqs, Llama 3.1-style rope "
-                           "scaling) are not supported by netslim's GGUF reader.")
+        raise NetslimError(
+            f"{path.name}: per-frequency rope factors (tensor rope_freqs, Llama 3.1-style rope "
+            "scaling) are not supported by netslim's GGUF reader."
+        )
     theta = _float(path, meta, p + "rope.freq_base", 0.0, 1e12, default=10000.0)
     rope = {"rope_type": "default", "rope_theta": theta}
     scaling = meta.get(p + "rope.scaling.type", "none")
     if scaling == "linear":
-        rope = {"rope_type": "linear", "rope_theta": theta,
-                "factor": _float(path, meta, p + "rope.scaling.factor", 0.0, 1e6)}
+        rope = {
+            "rope_type": "linear",
+            "rope_theta": theta,
+            "factor": _float(path, meta, p + "rope.scaling.factor", 0.0, 1e6),
+        }
     elif scaling != "none":
-        raise NetslimError(f"{path.name}: rope scaling {shown(scaling, 40)} is not supported; netslim reads "
-                           "'none' and 'linear'.")
+        raise NetslimError(
+            f"{path.name}: rope scaling {shown(scaling, 40)} is not supported; netslim reads 'none' and 'linear'."
+        )
     embd = tensors.get("token_embd.weight")
     if embd is None or len(embd.shape) != 2:
         raise NetslimError(f"{path.name}: no 2-D token_embd.weight tensor (the token embedding).")
     vocab = int(embd.shape[1])  # GGUF shapes list the fastest dim first: (hidden, vocab)
     _int(path, meta, p + "vocab_size", vocab, vocab, default=vocab)
     kwargs = dict(
-        vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, intermediate_size=_int(path, meta, p + "feed_forward_length", 1, _MAX_WIDTH),
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=_int(path, meta, p + "feed_forward_length", 1, _MAX_WIDTH),
         num_hidden_layers=_int(path, meta, p + "block_count", 1, _MAX_LAYERS),
         max_position_embeddings=_int(path, meta, p + "context_length", 1, _MAX_CONTEXT),
         rms_norm_eps=_float(path, meta, p + "attention.layer_norm_rms_epsilon", 0.0, 1.0),
-        rope_parameters=rope, tie_word_embeddings="output.weight" not in tensors,
-        bos_token_id=_token_id(path, meta, "bos", vocab), eos_token_id=_token_id(path, meta, "eos", vocab),
-        pad_token_id=_token_id(path, meta, "padding", vocab))
+        rope_parameters=rope,
+        tie_word_embeddings="output.weight" not in tensors,
+        bos_token_id=_token_id(path, meta, "bos", vocab),
+        eos_token_id=_token_id(path, meta, "eos", vocab),
+        pad_token_id=_token_id(path, meta, "padding", vocab),
+    )
     if arch == "llama":
         kwargs.update(attention_bias="blk.0.attn_q.bias" in tensors, mlp_bias="blk.0.ffn_up.bias" in tensors)
     return getattr(tf, GGUF_ARCHS[arch][1])(**kwargs)
@@ -265,22 +302,28 @@ def _check_tensors(path: Path, tensors: dict, to_hf: dict, shapes: dict) -> None
     """Every tensor known, of a readable type and of the shape the config implies; none missing."""
     unknown = sorted(n for n in tensors if n not in to_hf)
     if unknown:
-        raise NetslimError(f"{path.name}: unexpected tensor {shown(unknown[0], 80)}"
-                           + (f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else "")
-                           + " for the architecture and sizes in its metadata.")
+        raise NetslimError(
+            f"{path.name}: unexpected tensor {shown(unknown[0], 80)}"
+            + (f" (+{len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + " for the architecture and sizes in its metadata."
+        )
     missing = sorted(g for g in to_hf if g not in tensors)
     if missing:
-        raise NetslimError(f"{path.name}: tensor {missing[0]} is missing"
-                           + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "") + ".")
+        raise NetslimError(
+            f"{path.name}: tensor {missing[0]} is missing"
+            + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "."
+        )
     for name, t in tensors.items():
         kind = t.tensor_type.name
         if kind not in READ_TYPES:
-            raise NetslimError(f"{path.name}: tensor {name} has type {kind}, which netslim does not read; "
-                               f"supported: {', '.join(READ_TYPES)}.")
+            raise NetslimError(
+                f"{path.name}: tensor {name} has type {kind}, which netslim does not read; "
+                f"supported: {', '.join(READ_TYPES)}."
+            )
         got, want = tuple(int(d) for d in reversed(t.shape)), shapes[to_hf[name]]
         if got != want:
-            raise NetslimError(f"{path.name}: tensor {name} has shape {list(got)}; the metadata implies "
-                               f"{list(want)}.")
+            raise NetslimError(f"{path.name}: tensor {name} has shape {list(got)}; the metadata implies {list(want)}.")
 
 
 def _dense(path: Path, t, heads: int | None) -> torch.Tensor:
@@ -296,13 +339,13 @@ def _packed_codes(path: Path, t, kind: str, heads: int | None) -> tuple:
     """Q4_0 / Q8_0 blocks -> (codes uint8 (R, C), scale fp16 (R, C/32), zero fp16, bits), exactly."""
     rows, cols = (int(d) for d in reversed(t.shape))
     blocks = np.asarray(t.data, dtype=np.uint8).reshape(rows, cols // BLOCK, -1)  # (R, C/32, bytes per block)
-    scale = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]       # (R, C/32)
+    scale = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0]  # (R, C/32)
     if not np.isfinite(scale).all():
         raise NetslimError(f"{path.name}: tensor {t.name} holds NaN or infinite block scales.")
     if kind == "Q4_0":  # 16 bytes: value j in the low nibble of byte j, value j+16 in its high nibble
         qs = blocks[..., 2:]
         codes, bits, zero = np.concatenate([qs & 0x0F, qs >> 4], axis=-1), 4, 8.0
-    else:                # Q8_0: 32 signed bytes, stored as unsigned codes q + 128
+    else:  # Q8_0: 32 signed bytes, stored as unsigned codes q + 128
         codes, bits, zero = (blocks[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8), 8, 128.0
     codes_t = torch.from_numpy(np.ascontiguousarray(codes.reshape(rows, cols)))
     scale_t = torch.from_numpy(np.ascontiguousarray(scale))
@@ -333,11 +376,14 @@ def load_gguf_model(path: str | Path, *, packed: bool = True, source: str | None
         replace_module(model, name, new)
     result = model.load_state_dict(found.dense, strict=False)
     packed_keys = {k for k in model.state_dict() if k.rpartition(".")[0] in found.packed}
-    missing = set(result.missing_keys) - packed_keys - ({"lm_head.weight"} if found.config.tie_word_embeddings
-                                                         else set())
+    missing = (
+        set(result.missing_keys) - packed_keys - ({"lm_head.weight"} if found.config.tie_word_embeddings else set())
+    )
     if missing or result.unexpected_keys:
-        raise NetslimError(f"{path.name}: tensors do not fit the model: missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(result.unexpected_keys)[:3]}.")
+        raise NetslimError(
+            f"{path.name}: tensors do not fit the model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:3]}."
+        )
     if found.config.tie_word_embeddings:
         model.tie_weights()
     model.netslim_source = source or str(path.resolve())
@@ -355,8 +401,6 @@ def gguf_tokenizer(path: str | Path):
     if "tokenizer.ggml.model" not in reader.fields:
         raise NetslimError(f"{path}: the GGUF file holds no tokenizer (no tokenizer.ggml.model).")
     try:
-        return tf.PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                          local_files_only=True)
+        return tf.PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
     except (ValueError, KeyError, TypeError, OSError, IndexError) as e:
-        raise NetslimError(f"{path}: transformers cannot build its tokenizer: {str(e).splitlines()[0][:200]}") \
-            from None
+        raise NetslimError(f"{path}: transformers cannot build its tokenizer: {str(e).splitlines()[0][:200]}") from None

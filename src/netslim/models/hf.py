@@ -19,6 +19,7 @@ Nothing here touches the network: transformers is imported with ``HF_HUB_OFFLINE
 path. Importing this module does not import transformers; :func:`register_hf_models` only
 registers names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,7 @@ def transformers_module():
     try:
         import transformers
     except ImportError:
-        raise NetslimError(
-            "Hugging Face models need the optional dependencies: pip install netslim[llm]."
-        ) from None
+        raise NetslimError("Hugging Face models need the optional dependencies: pip install netslim[llm].") from None
     return transformers
 
 
@@ -134,27 +133,59 @@ def _seeded(cls_name: str, config_name: str, seed: int, **config: Any) -> nn.Mod
 def tiny_llama(seed: int = 0) -> nn.Module:
     """2-layer Llama with grouped-query attention (4 query heads, 2 KV heads), hidden 64."""
     ids = _byte_special_ids("causal")
-    model = _seeded("LlamaForCausalLM", "LlamaConfig", seed, vocab_size=TINY_VOCAB, hidden_size=64,
-                    intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=ids["eos"],
-                    eos_token_id=ids["eos"], pad_token_id=ids["eos"])
+    model = _seeded(
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        seed,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=ids["eos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["eos"],
+    )
     return _finish(model, "tiny-llama")
 
 
 def tiny_bert(seed: int = 0) -> nn.Module:
     """2-layer BERT encoder, hidden 64, 4 heads."""
     ids = _byte_special_ids("bert")
-    model = _seeded("BertModel", "BertConfig", seed, vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
-                    pad_token_id=ids["pad"])
+    model = _seeded(
+        "BertModel",
+        "BertConfig",
+        seed,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=ids["pad"],
+    )
     return _finish(model, "tiny-bert")
 
 
 def tiny_gpt2(seed: int = 0) -> nn.Module:
     """2-layer GPT-2 (Conv1D projections, tied LM head), hidden 64, 4 heads."""
     ids = _byte_special_ids("causal")
-    model = _seeded("GPT2LMHeadModel", "GPT2Config", seed, vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4,
-                    n_positions=1024, bos_token_id=ids["eos"], eos_token_id=ids["eos"], pad_token_id=ids["eos"])
+    model = _seeded(
+        "GPT2LMHeadModel",
+        "GPT2Config",
+        seed,
+        vocab_size=TINY_VOCAB,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=1024,
+        bos_token_id=ids["eos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["eos"],
+    )
     return _finish(model, "tiny-gpt2")
 
 
@@ -165,8 +196,10 @@ def _finish(model: nn.Module, source: str) -> nn.Module:
 
 
 # ------------------------------------------------------------------------ tokenizers
-_BYTE_SPECIALS = {"causal": {"eos": "<|endoftext|>"},
-                  "bert": {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"}}
+_BYTE_SPECIALS = {
+    "causal": {"eos": "<|endoftext|>"},
+    "bert": {"pad": "[PAD]", "cls": "[CLS]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"},
+}
 
 
 def _byte_special_ids(kind: str) -> dict[str, int]:
@@ -194,8 +227,10 @@ def byte_tokenizer(kind: str = "causal"):
     ids = _byte_special_ids(kind)
     if kind == "bert":
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", ids["cls"]), ("[SEP]", ids["sep"])])
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", ids["cls"]), ("[SEP]", ids["sep"])],
+        )
         roles = {f"{r}_token": t for r, t in specials.items()}
     else:
         roles = {"eos_token": specials["eos"], "bos_token": specials["eos"], "pad_token": specials["eos"]}
@@ -236,18 +271,25 @@ def load_tokenizer(name: str):
         from netslim.models.gguf_io import gguf_tokenizer
 
         return gguf_tokenizer(path)
-    raise unknown_name("Hugging Face model (for its tokenizer; or a model directory or .gguf file)", name,
-                       _TOKENIZERS)
+    raise unknown_name("Hugging Face model (for its tokenizer; or a model directory or .gguf file)", name, _TOKENIZERS)
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json",
-                    "spiece.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+)
 
 
 def _directory_tokenizer(path: Path):
     if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise NetslimError(f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
-                           "tokenizer beside the model (tokenizer.save_pretrained(dir)).")
+        raise NetslimError(
+            f"{path} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...): save the "
+            "tokenizer beside the model (tokenizer.save_pretrained(dir))."
+        )
     tf = transformers_module()
     try:
         return tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -266,8 +308,9 @@ def sentence_embeddings(model: nn.Module, inputs: dict[str, torch.Tensor]) -> to
     """L2-normalised mean-pooled embeddings (B, H) of an encoder's last hidden state."""
     masked_lm = type(model).__name__.endswith("ForMaskedLM")  # its first output is vocabulary logits
     out = model(**inputs, output_hidden_states=True) if masked_lm else model(**inputs)
-    hidden = out.hidden_states[-1] if masked_lm else \
-        (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])  # (B, T, H)
+    hidden = (
+        out.hidden_states[-1] if masked_lm else (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])
+    )  # (B, T, H)
     return F.normalize(mean_pool(hidden.float(), inputs["attention_mask"]), dim=-1)
 
 
@@ -278,8 +321,10 @@ def hf_class(name: Any) -> type:
     cls = getattr(tf, name, None) if isinstance(name, str) and _CLASS_NAME.match(name) else None
     if not (isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel)):
         shown = repr(name)[:100]
-        raise NetslimError(f"Unknown Hugging Face model class {shown}: transformers {tf.__version__} has no such "
-                           "model class (expected a name like LlamaForCausalLM or BertModel).")
+        raise NetslimError(
+            f"Unknown Hugging Face model class {shown}: transformers {tf.__version__} has no such "
+            "model class (expected a name like LlamaForCausalLM or BertModel)."
+        )
     return cls
 
 
@@ -311,8 +356,13 @@ def safe_attn(value: Any, where: str = "config") -> Any:
         return value
     if isinstance(value, dict):  # {"": main, "text_config": ...}: one level, as transformers takes it
         return {k: v if v is None or v in SAFE_ATTN else safe_attn(str(v)[:200], where) for k, v in value.items()}
-    log.warning("%s: attention implementation %s replaced by 'sdpa' (only %s are loaded from a file; "
-                "nothing is fetched or imported)", where, shown(value, 80), " / ".join(SAFE_ATTN))
+    log.warning(
+        "%s: attention implementation %s replaced by 'sdpa' (only %s are loaded from a file; "
+        "nothing is fetched or imported)",
+        where,
+        shown(value, 80),
+        " / ".join(SAFE_ATTN),
+    )
     return "sdpa"
 
 
@@ -320,8 +370,10 @@ def safe_attn_config(config: Any, depth: int = 0) -> Any:
     """A copy of a (nested) config dict whose attention-implementation keys are :func:`safe_attn`."""
     if not isinstance(config, dict) or depth > 8:
         return config
-    return {k: safe_attn(v, f"config {k!r}") if k in _ATTN_KEYS else safe_attn_config(v, depth + 1)
-            for k, v in config.items()}
+    return {
+        k: safe_attn(v, f"config {k!r}") if k in _ATTN_KEYS else safe_attn_config(v, depth + 1)
+        for k, v in config.items()
+    }
 
 
 def build_hf(arch: dict) -> nn.Module:
@@ -330,8 +382,9 @@ def build_hf(arch: dict) -> nn.Module:
     The stored config never chooses a kernel to fetch: see :data:`SAFE_ATTN`."""
     cls = hf_class(arch.get("class"))
     if not isinstance(arch.get("config"), dict):
-        raise NetslimError("A Hugging Face architecture needs its config as a JSON object; "
-                           f"got {type(arch.get('config')).__name__}.")
+        raise NetslimError(
+            f"A Hugging Face architecture needs its config as a JSON object; got {type(arch.get('config')).__name__}."
+        )
     model = cls(cls.config_class.from_dict(safe_attn_config(dict(arch["config"]))))
     register_hf_types(model.config.model_type)
     if arch.get("source"):
@@ -376,14 +429,25 @@ def _register_gpt2() -> None:
     register_macs(GPT2Attention, lambda m, inputs, out: _attention_macs(m.num_heads * m.head_dim, out))
 
 
-_GPT2_ATTN_CONFIG = ("n_embd", "n_head", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
-                     "reorder_and_upcast_attn", "attn_pdrop", "resid_pdrop")
+_GPT2_ATTN_CONFIG = (
+    "n_embd",
+    "n_head",
+    "scale_attn_weights",
+    "scale_attn_by_inverse_layer_idx",
+    "reorder_and_upcast_attn",
+    "attn_pdrop",
+    "resid_pdrop",
+)
 
 
 def _gpt2_attention_kwargs(m: nn.Module) -> dict:
-    return {"config": {k: getattr(m.config, k) for k in _GPT2_ATTN_CONFIG},
-            "attn_implementation": m.config._attn_implementation, "layer_idx": m.layer_idx,
-            "is_cross_attention": m.is_cross_attention, "num_heads": m.num_heads}
+    return {
+        "config": {k: getattr(m.config, k) for k in _GPT2_ATTN_CONFIG},
+        "attn_implementation": m.config._attn_implementation,
+        "layer_idx": m.layer_idx,
+        "is_cross_attention": m.is_cross_attention,
+        "num_heads": m.num_heads,
+    }
 
 
 def _gpt2_attention_build(kw: dict) -> nn.Module:

@@ -9,6 +9,7 @@ It is a zoo model to train (``netslim train minilm-docs``), not a pretrained one
 describe it as any transformers model (class + config, labels included), so they rebuild
 without reading the corpus or the package weights.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,13 @@ def minilm_docs(labels: Sequence[str] | None = None) -> nn.Module:
         tf.logging.set_verbosity_error()  # "newly initialized: classifier.weight" is the point here
         try:
             model = tf.BertForSequenceClassification.from_pretrained(
-                str(minilm_dir()), num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)}, local_files_only=True, dtype=torch.float32)
+                str(minilm_dir()),
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)},
+                local_files_only=True,
+                dtype=torch.float32,
+            )
         finally:
             tf.logging.set_verbosity(level)
     return _finish(model, "minilm")  # the tokenizer is MiniLM's

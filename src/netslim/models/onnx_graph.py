@@ -23,6 +23,7 @@ out elements x (in channels / groups) x kernel elements; ``MatMul`` / ``Gemm`` o
 x the reduced dimension. A ``MatMul`` of two activations (attention) has no layer: its
 MACs are counted under :data:`ACTIVATION_MATMULS`.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,36 +31,57 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # op -> index of its weight operand (the static one)
-WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1, "QLinearConv": 3,
-                "QLinearMatMul": 3, "Gather": 0, "GatherND": 0, "LayerNormalization": 1, "BatchNormalization": 1}
+WEIGHT_INPUT = {
+    "Conv": 1,
+    "Gemm": 1,
+    "MatMul": 1,
+    "ConvInteger": 1,
+    "MatMulInteger": 1,
+    "QLinearConv": 3,
+    "QLinearMatMul": 3,
+    "Gather": 0,
+    "GatherND": 0,
+    "LayerNormalization": 1,
+    "BatchNormalization": 1,
+}
 MAC_OPS = ("Conv", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
-ACTIVATION_MATMULS = "activation_matmuls"   # the layer row of MatMuls between two activations
-_WRAPPER_PREFIX = "model."                  # the attribute the exporter's HF wrapper keeps the model in
-_TENSOR_SUFFIXES = (".w_int8", ".weight_int8", ".weight_packed", ".weight", ".w_scale", ".w_zero", ".scales",
-                    ".zeros", ".bias", ".weight_scale")
+ACTIVATION_MATMULS = "activation_matmuls"  # the layer row of MatMuls between two activations
+_WRAPPER_PREFIX = "model."  # the attribute the exporter's HF wrapper keeps the model in
+_TENSOR_SUFFIXES = (
+    ".w_int8",
+    ".weight_int8",
+    ".weight_packed",
+    ".weight",
+    ".w_scale",
+    ".w_zero",
+    ".scales",
+    ".zeros",
+    ".bias",
+    ".weight_scale",
+)
 
 
 @dataclass
 class Layer:
     name: str
-    op: str                                       # the first compute op that reads it
-    main: str                                     # initializer name of the main weight
+    op: str  # the first compute op that reads it
+    main: str  # initializer name of the main weight
     tensors: list[str] = field(default_factory=list)  # every initializer of the layer, main first
-    bias: list[str] = field(default_factory=list)     # those of them that are biases / norm shifts
-    nodes: list[int] = field(default_factory=list)    # indices of the MAC nodes it feeds
-    qdq: bool = False                             # its weight is dequantized in the graph
+    bias: list[str] = field(default_factory=list)  # those of them that are biases / norm shifts
+    nodes: list[int] = field(default_factory=list)  # indices of the MAC nodes it feeds
+    qdq: bool = False  # its weight is dequantized in the graph
 
 
 @dataclass
 class GraphLayers:
     layers: dict[str, Layer]
-    constants: list[str]                          # initializers in no layer
-    activation_nodes: list[int]                   # MatMuls of two activations
+    constants: list[str]  # initializers in no layer
+    activation_nodes: list[int]  # MatMuls of two activations
 
 
 def layer_name(init: str) -> str:
     """``model.encoder.layer.0.attention.self.query.w_int8`` -> ``encoder.layer.0.attention.self.query``."""
-    name = init[len(_WRAPPER_PREFIX):] if init.startswith(_WRAPPER_PREFIX) else init
+    name = init[len(_WRAPPER_PREFIX) :] if init.startswith(_WRAPPER_PREFIX) else init
     for suffix in _TENSOR_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -127,7 +149,7 @@ def analyse(graph) -> GraphLayers:
     """The layers of ``graph`` (an ``onnx.GraphProto``), see the module docstring."""
     g = _Graph(graph)
     layers: dict[str, Layer] = {}
-    owner: dict[str, str] = {}            # initializer -> layer name
+    owner: dict[str, str] = {}  # initializer -> layer name
     activation: list[int] = []
     for k, node in enumerate(graph.node):
         idx = WEIGHT_INPUT.get(node.op_type)
@@ -136,7 +158,7 @@ def analyse(graph) -> GraphLayers:
         operands = list(node.input)
         w = operands[idx] if idx < len(operands) else ""
         if node.op_type == "MatMul" and w not in g.static and operands and operands[0] in g.static:
-            w = operands[0]                 # W @ x: the static operand comes first
+            w = operands[0]  # W @ x: the static operand comes first
         if not w or w not in g.static:
             if node.op_type == "MatMul":
                 activation.append(k)

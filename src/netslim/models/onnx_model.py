@@ -27,6 +27,7 @@ the graph's inputs and outputs), then ONNX Runtime's own load. Every failure is 
 :class:`NetslimError` naming the file. A file without a description (made elsewhere) opens
 too, as a plain module whose data comes from ``--data`` / ``--dataset``.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,22 @@ from .onnx_graph import ACTIVATION_MATMULS, analyse, node_macs, op_counts
 log = logging.getLogger(__name__)
 META_KEY = "netslim"
 FORMAT_VERSION = 1
-MAX_FILE_BYTES = 2**31 - 1          # protobuf's limit: larger models need external data (refused)
+MAX_FILE_BYTES = 2**31 - 1  # protobuf's limit: larger models need external data (refused)
 MAX_META_CHARS = 1 << 20
 MAX_DEPTH = 32
 IGNORED_KWARGS = ("use_cache", "return_dict", "output_hidden_states", "output_attentions")
 KINDS = ("causal_lm", "text_classification", "image_classification", "embedding", "module")
 _NP_DTYPES = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
-_TORCH = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64, "int64": torch.int64,
-          "int32": torch.int32, "bool": torch.bool, "int8": torch.int8, "uint8": torch.uint8}
+_TORCH = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+}
 
 
 # ------------------------------------------------------------------------- description
@@ -64,7 +73,7 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
-    shape: list[StrictInt] = Field(min_length=1, max_length=16)   # the example's shape at batch 1
+    shape: list[StrictInt] = Field(min_length=1, max_length=16)  # the example's shape at batch 1
     dtype: Literal["float32", "float16", "float64", "int64", "int32", "bool", "int8", "uint8"]
 
 
@@ -76,20 +85,34 @@ class OnnxDescription(_Strict):
     model_kind: Literal[KINDS]
     inputs: dict[StrictStr, InputSpec] = Field(min_length=1, max_length=16)
     outputs: list[StrictStr] = Field(min_length=1, max_length=16)
-    config: dict[str, JsonValue] = {}        # num_labels / id2label / label2id / num_channels
+    config: dict[str, JsonValue] = {}  # num_labels / id2label / label2id / num_channels
     packed_bits: dict[StrictStr, StrictInt] = {}  # packed weight initializer -> bits per code
-    info: dict[str, JsonValue] = {}          # model, dataset / data spec, source, recipe, reference
+    info: dict[str, JsonValue] = {}  # model, dataset / data spec, source, recipe, reference
     ort_check: dict[str, JsonValue] | None = None
 
 
-def onnx_description(kind: str, example: Any, outputs: list[str], *, config: dict | None = None,
-                     info: dict | None = None, packed_bits: dict[str, int] | None = None) -> dict[str, Any]:
+def onnx_description(
+    kind: str,
+    example: Any,
+    outputs: list[str],
+    *,
+    config: dict | None = None,
+    info: dict | None = None,
+    packed_bits: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """The description an exporter stores (``example``: the traced inputs, a tensor or dict)."""
     items = example.items() if isinstance(example, dict) else [("input", example)]
     inputs = {k: {"shape": [1, *v.shape[1:]], "dtype": str(v.dtype).replace("torch.", "")} for k, v in items}
-    desc = {"format": "netslim-onnx", "version": FORMAT_VERSION, "model_kind": kind, "inputs": inputs,
-            "outputs": list(outputs), "config": dict(config or {}), "packed_bits": dict(packed_bits or {}),
-            "info": json.loads(json.dumps(info or {}, default=str))}
+    desc = {
+        "format": "netslim-onnx",
+        "version": FORMAT_VERSION,
+        "model_kind": kind,
+        "inputs": inputs,
+        "outputs": list(outputs),
+        "config": dict(config or {}),
+        "packed_bits": dict(packed_bits or {}),
+        "info": json.loads(json.dumps(info or {}, default=str)),
+    }
     OnnxDescription.model_validate(desc)
     return desc
 
@@ -130,8 +153,10 @@ def load_onnx(path: str | Path):
     if not proto.graph.node or not proto.opset_import:
         raise NetslimError(f"{path}: not a readable ONNX model (no graph nodes or no opset: truncated or not ONNX).")
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer):
-        raise NetslimError(f"{path}: its weights are in external data files, which netslim does not read; "
-                           "save the model as one .onnx file (under 2 GiB).")
+        raise NetslimError(
+            f"{path}: its weights are in external data files, which netslim does not read; "
+            "save the model as one .onnx file (under 2 GiB)."
+        )
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -164,8 +189,10 @@ def _description(proto, path: Path) -> dict | None:
         raise NetslimError(f"{where}: nested deeper than {MAX_DEPTH} levels.")
     graph_inputs = _graph_inputs(proto)
     if set(raw["inputs"]) != set(graph_inputs) or len(raw["outputs"]) != len(proto.graph.output):
-        raise NetslimError(f"{where}: it names inputs {sorted(raw['inputs'])} and {len(raw['outputs'])} output(s); "
-                           f"the graph has inputs {sorted(graph_inputs)} and {len(proto.graph.output)} output(s).")
+        raise NetslimError(
+            f"{where}: it names inputs {sorted(raw['inputs'])} and {len(raw['outputs'])} output(s); "
+            f"the graph has inputs {sorted(graph_inputs)} and {len(proto.graph.output)} output(s)."
+        )
     for name, spec in raw["inputs"].items():
         if not all(1 <= d <= 1 << 20 for d in spec["shape"]) or len(spec["shape"]) != graph_inputs[name]:
             raise NetslimError(f"{where}: input {shown(name)} shape {spec['shape']} does not fit the graph.")
@@ -195,8 +222,9 @@ def ort_session(model: str | Path | bytes, *, threads: int | None = None, optimi
     except ImportError:
         raise NetslimError("Running .onnx files needs onnxruntime: pip install 'netslim[export]'.") from None
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3  # errors only: ORT's warnings would go straight to stderr
     if threads:
         opts.intra_op_num_threads = threads
@@ -231,8 +259,8 @@ class OnnxLayer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.main: str | None = None      # attribute of the main weight
-        self.quant: list[str] = []        # attributes of its scales / zero points
+        self.main: str | None = None  # attribute of the main weight
+        self.quant: list[str] = []  # attributes of its scales / zero points
         self.packed_bits: int | None = None
         self.qdq = False
         self.nodes: list[int] = []
@@ -293,9 +321,14 @@ class OnnxModel(nn.Module):
         self.input_names = list(graph_inputs)
         self.input_dtypes = {n: _TORCH.get(_NP_DTYPES.get(types[n], ""), torch.float32) for n in graph_inputs}
         self.output_names = [o.name for o in proto.graph.output]
-        self.description = desc or {"model_kind": "module", "inputs": _foreign_inputs(proto), "config": {},
-                                    "info": {}, "packed_bits": {}}
-        self.netslim_model_kind = self.description["model_kind"]     # read by train.object_tasks.model_kind
+        self.description = desc or {
+            "model_kind": "module",
+            "inputs": _foreign_inputs(proto),
+            "config": {},
+            "info": {},
+            "packed_bits": {},
+        }
+        self.netslim_model_kind = self.description["model_kind"]  # read by train.object_tasks.model_kind
         self.config = SimpleNamespace(**{k: v for k, v in self.description["config"].items() if isinstance(k, str)})
         self.info = dict(self.description.get("info") or {})
         self._sessions: dict[int, Any] = {}
@@ -362,17 +395,22 @@ class OnnxModel(nn.Module):
         """The numpy feed for the graph from a call's arguments (module docstring)."""
         kwargs = {k: v for k, v in kwargs.items() if k not in IGNORED_KWARGS}
         if kwargs.get("labels") is not None:
-            raise NetslimError(f"{self.path}: an ONNX model runs inference only (no loss from labels); train or "
-                               "fine-tune the PyTorch model, then export it again.")
+            raise NetslimError(
+                f"{self.path}: an ONNX model runs inference only (no loss from labels); train or "
+                "fine-tune the PyTorch model, then export it again."
+            )
         kwargs.pop("labels", None)
         if len(args) > len(self.input_names):
-            raise NetslimError(f"{self.path}: the graph takes {len(self.input_names)} input(s) "
-                               f"({', '.join(self.input_names)}); got {len(args)} positional tensors.")
+            raise NetslimError(
+                f"{self.path}: the graph takes {len(self.input_names)} input(s) "
+                f"({', '.join(self.input_names)}); got {len(args)} positional tensors."
+            )
         given = dict(zip(self.input_names, args))
         unknown = [k for k in kwargs if k not in self.input_names]
         if unknown:
-            raise NetslimError(f"{self.path}: the graph has no input {shown(unknown[0])}; its inputs: "
-                               f"{', '.join(self.input_names)}.")
+            raise NetslimError(
+                f"{self.path}: the graph has no input {shown(unknown[0])}; its inputs: {', '.join(self.input_names)}."
+            )
         given.update(kwargs)
         ids = given.get("input_ids")
         if ids is not None:
@@ -430,13 +468,18 @@ def onnx_overview(model: OnnxModel) -> list[list[str]]:
         k[0] += 1 if st.kind else 0
         k[1] += st.stored_bytes
     qdq = sum(1 for m in model.modules() if isinstance(m, OnnxLayer) and m.qdq)
-    rows = [["file bytes", f"{model.path.stat().st_size:,}"], ["model kind", d["model_kind"]],
-            ["inputs", ", ".join(f"{k} {'x'.join(map(str, v['shape']))} {v['dtype']}" for k, v in d["inputs"].items())],
-            ["outputs", ", ".join(d.get("outputs") or model.output_names)],
-            ["QDQ layers (int8 weights dequantized in the graph)", str(qdq)],
-            ["QuantizeLinear / DequantizeLinear nodes",
-             f"{model.ops.get('QuantizeLinear', 0)} / {model.ops.get('DequantizeLinear', 0)}"],
-            ["ops", ", ".join(f"{op} {n}" for op, n in model.ops.items())]]
+    rows = [
+        ["file bytes", f"{model.path.stat().st_size:,}"],
+        ["model kind", d["model_kind"]],
+        ["inputs", ", ".join(f"{k} {'x'.join(map(str, v['shape']))} {v['dtype']}" for k, v in d["inputs"].items())],
+        ["outputs", ", ".join(d.get("outputs") or model.output_names)],
+        ["QDQ layers (int8 weights dequantized in the graph)", str(qdq)],
+        [
+            "QuantizeLinear / DequantizeLinear nodes",
+            f"{model.ops.get('QuantizeLinear', 0)} / {model.ops.get('DequantizeLinear', 0)}",
+        ],
+        ["ops", ", ".join(f"{op} {n}" for op, n in model.ops.items())],
+    ]
     rows += [[f"stored bytes: {kind}" + (f" ({n} layers)" if n else ""), f"{b:,}"] for kind, (n, b) in by_kind.items()]
     info = d.get("info") or {}
     for key in ("model", "dataset", "recipe"):
@@ -445,8 +488,13 @@ def onnx_overview(model: OnnxModel) -> list[list[str]]:
     check = d.get("ort_check")
     if isinstance(check, dict) and "max_abs_diff" in check:
         verdict = "within" if check.get("within_tolerance") else "ABOVE"
-        rows.append(["ONNX Runtime check at export", f"max |diff| {check['max_abs_diff']:.3g} on inputs "
-                     f"{check.get('inputs')}; {verdict} tolerance ({(check.get('tolerance') or {}).get('rule', '?')})"])
+        rows.append(
+            [
+                "ONNX Runtime check at export",
+                f"max |diff| {check['max_abs_diff']:.3g} on inputs "
+                f"{check.get('inputs')}; {verdict} tolerance ({(check.get('tolerance') or {}).get('rule', '?')})",
+            ]
+        )
     elif not d.get("format"):
         rows.append(["description", "none (not written by netslim): give --data / --dataset to eval or bench it"])
     return rows

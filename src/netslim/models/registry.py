@@ -1,4 +1,5 @@
 """Models by name. Zoo models carry ``netslim_arch`` so that ``netslim.save`` can rebuild them."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,10 +17,10 @@ from netslim.core.serialize import register_arch
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
-    task: str                      # "classification" | "causal_lm" | "embedding"
-    dataset: str                   # default dataset name for this model
+    task: str  # "classification" | "causal_lm" | "embedding"
+    dataset: str  # default dataset name for this model
     description: str = ""
-    pretrained: bool = False       # True: weights come from a package (HF), no training needed
+    pretrained: bool = False  # True: weights come from a package (HF), no training needed
     defaults: dict[str, Any] = field(default_factory=dict)
     # True: the model describes itself to netslim.save (a transformers model: class + config), so
     # no zoo arch is recorded and its artifacts rebuild from the config, not by this builder.

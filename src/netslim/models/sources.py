@@ -21,6 +21,7 @@ It returns an :class:`OpenedModel`: the model, a short name for reports, the def
 dataset (zoo models only), the tokenizer / processor ``source`` and ``base`` (what
 ``netslim.load`` needs to rebuild artifacts of this model: a factory for user models).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,9 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 @dataclass
 class OpenedModel:
     model: nn.Module
-    name: str                                 # for reports: zoo name, directory or file name
-    dataset: str | None = None                # default dataset (zoo models)
-    source: str | None = None                 # tokenizer / image processor: built-in name or HF directory
+    name: str  # for reports: zoo name, directory or file name
+    dataset: str | None = None  # default dataset (zoo models)
+    source: str | None = None  # tokenizer / image processor: built-in name or HF directory
     base: Callable[[], nn.Module] | None = None  # fresh base for artifacts of user models
     info: dict[str, Any] = field(default_factory=dict)  # the artifact's stored info, when opened from one
 
@@ -68,8 +69,10 @@ def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None,
     if isinstance(ref, nn.Module):
         return _module(ref, weights)
     if not isinstance(ref, (str, Path)):
-        raise NetslimError(f"A model is an nn.Module, a zoo name, an artifact path, a Hugging Face directory or "
-                           f"file.py:factory; got {type(ref).__name__}.")
+        raise NetslimError(
+            f"A model is an nn.Module, a zoo name, an artifact path, a Hugging Face directory or "
+            f"file.py:factory; got {type(ref).__name__}."
+        )
     text = str(ref)
     if is_factory_ref(text):
         return _factory(text, weights, verify)
@@ -83,8 +86,10 @@ def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None,
     if path.is_file():
         return _artifact(path, base, verify)
     if path.suffix or "/" in text:
-        raise NetslimError(f"Model {text[:200]!r} does not exist: give a zoo name, an artifact file, a Hugging Face "
-                           "model directory or path/to/file.py:factory.")
+        raise NetslimError(
+            f"Model {text[:200]!r} does not exist: give a zoo name, an artifact file, a Hugging Face "
+            "model directory or path/to/file.py:factory."
+        )
     return _zoo(text)
 
 
@@ -96,15 +101,18 @@ def _zoo(name: str) -> OpenedModel:
     try:
         entry = model_entry(name)
     except NetslimError as e:
-        raise NetslimError(f"{e} A model may also be an artifact file, a Hugging Face model directory or "
-                           "path/to/file.py:factory.") from None
+        raise NetslimError(
+            f"{e} A model may also be an artifact file, a Hugging Face model directory or path/to/file.py:factory."
+        ) from None
     source = name if entry.pretrained else None
     if entry.pretrained:
         return OpenedModel(build_model(name), name, entry.dataset, source)
     ckpt = checkpoint_path(name)
     if not ckpt.is_file():
-        raise NetslimError(f"No trained checkpoint for model {name!r} at {ckpt}; run `netslim train {name}` first "
-                           "(or pass an artifact path with --model).")
+        raise NetslimError(
+            f"No trained checkpoint for model {name!r} at {ckpt}; run `netslim train {name}` first "
+            "(or pass an artifact path with --model)."
+        )
     return OpenedModel(load(ckpt), name, entry.dataset)
 
 
@@ -123,8 +131,10 @@ def _artifact(path: Path, base: Any, verify: bool = True) -> OpenedModel:
 
         return open_onnx(path, _base_factory(base))
     else:
-        raise NetslimError(f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, .gguf, .onnx, a "
-                           "Hugging Face directory or path/to/file.py:factory).")
+        raise NetslimError(
+            f"{path}: not a model file netslim reads (.safetensors artifact, .nsz, .gguf, .onnx, a "
+            "Hugging Face directory or path/to/file.py:factory)."
+        )
     factory = _base_factory(base)
     model = load(path, base=factory, verify=verify)
     source = info.get("source") or (arch.get("source") if isinstance(arch.get("source"), str) else None)
@@ -184,8 +194,10 @@ def _split_factory(ref: str) -> tuple[Path, str]:
     m = _FACTORY.match(ref)
     file, name = Path(m["file"]), m["name"]
     if not file.is_file():
-        raise NetslimError(f"Model file {str(file)!r} (from {ref!r}) does not exist; give path/to/file.py:function "
-                           "with the path of your model's .py file (relative to the current directory, or absolute).")
+        raise NetslimError(
+            f"Model file {str(file)!r} (from {ref!r}) does not exist; give path/to/file.py:function "
+            "with the path of your model's .py file (relative to the current directory, or absolute)."
+        )
     return file.resolve(), name
 
 
@@ -233,8 +245,10 @@ def load_weights(model: nn.Module, weights: str | Path, *, verify: bool = True) 
     structure, e.g. pruned layers, is replayed onto ``model``)."""
     path = Path(weights)
     if not path.is_file():
-        raise NetslimError(f"Weights file {str(path)!r} does not exist; --weights takes a .safetensors file, a "
-                           "torch.save'd state dict (.pt) or a netslim artifact of this model.")
+        raise NetslimError(
+            f"Weights file {str(path)!r} does not exist; --weights takes a .safetensors file, a "
+            "torch.save'd state dict (.pt) or a netslim artifact of this model."
+        )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -249,13 +263,16 @@ def load_weights(model: nn.Module, weights: str | Path, *, verify: bool = True) 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a bad or unsafe file
-            raise NetslimError(f"Weights {path}: torch.load(weights_only=True) cannot read it ({_load_reason(e)}); "
-                               f"{_SAVE_STATE}.") from None
+            raise NetslimError(
+                f"Weights {path}: torch.load(weights_only=True) cannot read it ({_load_reason(e)}); {_SAVE_STATE}."
+            ) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise NetslimError(f"Weights {path}: expected a state dict (parameter name -> tensor); got "
-                               f"{type(state).__name__} holding other values; {_SAVE_STATE}.")
+            raise NetslimError(
+                f"Weights {path}: expected a state dict (parameter name -> tensor); got "
+                f"{type(state).__name__} holding other values; {_SAVE_STATE}."
+            )
     _load_strict(model, state, path)
     return model
 
@@ -291,12 +308,16 @@ def _load_strict(model: nn.Module, state: dict, path: Path) -> None:
         if missing:
             parts.append(f"missing {', '.join(missing[:3])}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                         + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
+            parts.append(
+                f"unexpected {', '.join(unexpected[:3])}"
+                + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else "")
+            )
         for k in sorted(shapes)[:3]:
             parts.append(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        raise NetslimError(f"Weights {path} do not match the model ({type(model).__name__}): {'; '.join(parts)}; "
-                           "give weights saved from this model's class (same layers and sizes).")
+        raise NetslimError(
+            f"Weights {path} do not match the model ({type(model).__name__}): {'; '.join(parts)}; "
+            "give weights saved from this model's class (same layers and sizes)."
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -305,8 +326,10 @@ def hf_dir_config(path: Path) -> dict:
     """``config.json`` of a model directory, checked: a JSON object naming one architecture."""
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise NetslimError(f"{path} is not a Hugging Face model directory: it has no config.json "
-                           "(write one with model.save_pretrained(dir)).")
+        raise NetslimError(
+            f"{path} is not a Hugging Face model directory: it has no config.json "
+            "(write one with model.save_pretrained(dir))."
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -332,8 +355,10 @@ def open_hf_dir(path: Path) -> OpenedModel:
     if not any((path / f).is_file() for f in _WEIGHT_FILES):
         others = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = f" (found {', '.join(others[:3])}: netslim reads weights from safetensors only)" if others else ""
-        raise NetslimError(f"{path} has no weights: expected model.safetensors or a sharded "
-                           f"model.safetensors.index.json{hint}; write them with model.save_pretrained(dir).")
+        raise NetslimError(
+            f"{path} has no weights: expected model.safetensors or a sharded "
+            f"model.safetensors.index.json{hint}; write them with model.save_pretrained(dir)."
+        )
     from netslim.export.compressed_dir import is_compressed_tensors, open_compressed_dir
 
     if is_compressed_tensors(cfg):  # llm-compressor's or format: hf's int4 / int8: into netslim's packed layers
@@ -342,12 +367,18 @@ def open_hf_dir(path: Path) -> OpenedModel:
         return OpenedModel(_finish(model, str(path)), path.name, None, str(path))
     try:
         with _quiet_loading(), _transformers_errors_only():
-            model, loading = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
-                                                 output_loading_info=True, ignore_mismatched_sizes=True)
+            model, loading = cls.from_pretrained(
+                str(path),
+                local_files_only=True,
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+            )
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise NetslimError(f"{path}: transformers cannot load it as {cls.__name__}: {why}; re-save it with "
-                           "model.save_pretrained(dir).") from None
+        raise NetslimError(
+            f"{path}: transformers cannot load it as {cls.__name__}: {why}; re-save it with model.save_pretrained(dir)."
+        ) from None
     _check_loading(path, cls.__name__, loading)
     model = _finish(model, str(path))
     return OpenedModel(model, path.name, None, str(path))
@@ -359,8 +390,10 @@ def _dir_class(path: Path, name: str) -> type:
     try:
         return hf_class(name)
     except NetslimError as e:
-        raise NetslimError(f"{path / 'config.json'}: {str(e).rstrip('.')}; fix 'architectures' or install a "
-                           "transformers version that has this class.") from None
+        raise NetslimError(
+            f"{path / 'config.json'}: {str(e).rstrip('.')}; fix 'architectures' or install a "
+            "transformers version that has this class."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -388,8 +421,12 @@ def _check_loading(path: Path, cls_name: str, loading: dict) -> None:
     missing = sorted(loading.get("missing_keys") or ())
     heads = [k for k in missing if k.startswith(_HEAD_PREFIXES) or ".pooler." in k]
     if heads:
-        log.warning("%s: %s not in the weights; initialised at random (train it: netslim train %s --data ...)",
-                    path, ", ".join(heads[:4]) + (f" (+{len(heads) - 4})" if len(heads) > 4 else ""), path)
+        log.warning(
+            "%s: %s not in the weights; initialised at random (train it: netslim train %s --data ...)",
+            path,
+            ", ".join(heads[:4]) + (f" (+{len(heads) - 4})" if len(heads) > 4 else ""),
+            path,
+        )
         missing = [k for k in missing if k not in heads]
     mismatched = sorted(loading.get("mismatched_keys") or ())
     errors = list(loading.get("error_msgs") or ())
@@ -403,5 +440,7 @@ def _check_loading(path: Path, cls_name: str, loading: dict) -> None:
         parts.append(f"{key}: file {tuple(file_shape)} vs config {tuple(model_shape)}")
     if errors:
         parts.append(str(errors[0]).strip().splitlines()[0][:200])
-    raise NetslimError(f"{path}: the weights do not match config.json ({cls_name}): {'; '.join(parts)}; save model "
-                       "and config together with model.save_pretrained(dir).")
+    raise NetslimError(
+        f"{path}: the weights do not match config.json ({cls_name}): {'; '.join(parts)}; save model "
+        "and config together with model.save_pretrained(dir)."
+    )

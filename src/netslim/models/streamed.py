@@ -6,6 +6,7 @@ config and fp32 parameters), so a streamed run and an in-memory run of the same 
 compute the same numbers; the weights are checked against the model before any work
 (:func:`netslim.core.streaming.check_source`: missing or extra tensors, shapes, the index).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,11 @@ def open_streamed(ref: Any, *, verify: bool = True) -> tuple[OpenedModel, Stream
         source = info.get("source") or getattr(sm.model, "netslim_source", None)
         return OpenedModel(sm.model, info.get("model", path.stem), info.get("dataset"), source, None, info), sm
     what = type(ref).__name__ if path is None else shown(str(ref))
-    raise NetslimError(f"stream: true needs the model's weights on disk as safetensors (a Hugging Face model "
-                       f"directory, a netslim .safetensors artifact or a zoo language model); got {what}. Save it "
-                       "with model.save_pretrained(dir), or set stream: false to load it in memory.")
+    raise NetslimError(
+        f"stream: true needs the model's weights on disk as safetensors (a Hugging Face model "
+        f"directory, a netslim .safetensors artifact or a zoo language model); got {what}. Save it "
+        "with model.save_pretrained(dir), or set stream: false to load it in memory."
+    )
 
 
 def open_hf_dir_streamed(path: Path) -> StreamedModel:
@@ -62,15 +65,19 @@ def open_hf_dir_streamed(path: Path) -> StreamedModel:
     path = path.resolve()
     cfg = hf_dir_config(path)
     if cfg.get("quantization_config") is not None:
-        raise NetslimError(f"{path} holds quantized weights (config.json 'quantization_config'): streaming reads "
-                           "float checkpoints; set stream: false to load it in memory.")
+        raise NetslimError(
+            f"{path} holds quantized weights (config.json 'quantization_config'): streaming reads "
+            "float checkpoints; set stream: false to load it in memory."
+        )
     cls = _dir_class(path, cfg["architectures"][0])
     source = TensorSource.open(path)  # the index and every shard checked
     try:
         config = cls.config_class.from_dict(safe_attn_config(cfg))
     except (ValueError, TypeError, KeyError) as e:
-        raise NetslimError(f"{path / 'config.json'}: transformers cannot read it as {cls.config_class.__name__}: "
-                           f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}.") from None
+        raise NetslimError(
+            f"{path / 'config.json'}: transformers cannot read it as {cls.config_class.__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}."
+        ) from None
     config._name_or_path = str(path)
     with torch.device("meta"):
         model = cls(config)
@@ -110,8 +117,7 @@ def zoo_dir(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-    code = ("import sys; from netslim.models import build_model; "
-            "build_model(sys.argv[1]).save_pretrained(sys.argv[2])")
+    code = "import sys; from netslim.models import build_model; build_model(sys.argv[1]).save_pretrained(sys.argv[2])"
     try:
         done = subprocess.run([sys.executable, "-c", code, name, str(tmp)], capture_output=True, text=True)
         if done.returncode != 0:

@@ -10,34 +10,59 @@ Public API (recipe method names in brackets):
 * :class:`SparseLinear`, :class:`SparseConv2d`, :func:`save_sparse` [export format: sparse];
   :class:`SparsifyConfig` / :func:`sparsify` [sparsify]
 """
+
 from netslim.prune.criteria import (
-                                    apply_masks,
-                                    magnitude_scores,
-                                    masks_from_counts,
-                                    masks_from_scores,
-                                    prunable_layers,
-                                    random_scores,
-                                    sparsity_report,
+    apply_masks,
+    magnitude_scores,
+    masks_from_counts,
+    masks_from_scores,
+    prunable_layers,
+    random_scores,
+    sparsity_report,
 )
 from netslim.prune.lottery import LotteryConfig, lottery_ticket, rewind, snapshot_weights
 from netslim.prune.nm import NMConfig, nm_mask, nm_prune
 from netslim.prune.schedules import (
-                                    CubicPruning,
-                                    GradualConfig,
-                                    IMPConfig,
-                                    cubic_sparsity,
-                                    gradual_prune,
-                                    imp_prune,
-                                    imp_sparsities,
+    CubicPruning,
+    GradualConfig,
+    IMPConfig,
+    cubic_sparsity,
+    gradual_prune,
+    imp_prune,
+    imp_sparsities,
 )
 from netslim.prune.sparse import SparseConv2d, SparseLinear, save_sparse
 from netslim.prune.sparsify import SparsifyConfig, sparsify
 from netslim.prune.unstructured import MagnitudePruneConfig, magnitude_prune, target_masks
 
 __all__ = [
-    "CubicPruning", "GradualConfig", "IMPConfig", "LotteryConfig", "MagnitudePruneConfig", "NMConfig",
-    "SparseConv2d", "SparseLinear", "SparsifyConfig", "apply_masks", "cubic_sparsity", "gradual_prune",
-    "imp_prune", "imp_sparsities", "lottery_ticket", "magnitude_prune", "magnitude_scores",
-    "masks_from_counts", "masks_from_scores", "nm_mask", "nm_prune", "prunable_layers", "random_scores",
-    "rewind", "save_sparse", "snapshot_weights", "sparsify", "sparsity_report", "target_masks",
+    "CubicPruning",
+    "GradualConfig",
+    "IMPConfig",
+    "LotteryConfig",
+    "MagnitudePruneConfig",
+    "NMConfig",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparsifyConfig",
+    "apply_masks",
+    "cubic_sparsity",
+    "gradual_prune",
+    "imp_prune",
+    "imp_sparsities",
+    "lottery_ticket",
+    "magnitude_prune",
+    "magnitude_scores",
+    "masks_from_counts",
+    "masks_from_scores",
+    "nm_mask",
+    "nm_prune",
+    "prunable_layers",
+    "random_scores",
+    "rewind",
+    "save_sparse",
+    "snapshot_weights",
+    "sparsify",
+    "sparsity_report",
+    "target_masks",
 ]

@@ -2,6 +2,7 @@
 fractions with the house error messages. (Configs are built from a call with
 :func:`netslim.core.config.build_config`; training options are a nested
 :class:`~netslim.train.loop.FinetuneConfig`, see :class:`~netslim.train.loop.TrainingStep`.)"""
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal

@@ -31,6 +31,7 @@ closed get a skipped sublayer (:mod:`netslim.prune.structured.skip`). Per-block 
 the result reloads with ``netslim.load`` (plans replayed, skipped sublayers rebuilt), not with
 ``from_pretrained``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,16 +72,25 @@ class CoFiConfig(TrainingStep):
     distill_temperature: float = Field(2.0, gt=0)
     distill_hidden: float = Field(1.0, ge=0, description="weight of the hidden-state loss")
     hidden_layers: Literal["every_other", "all"] = Field(
-        "every_other", description="teacher blocks matched by the hidden-state loss (CoFi: every other one)")
-    exact: bool = Field(True, description="final masks closed / reopened by log_alpha until the blocks' size meets "
-                        "the target (else CoFi's per-vector rounding of the expected counts)")
+        "every_other", description="teacher blocks matched by the hidden-state loss (CoFi: every other one)"
+    )
+    exact: bool = Field(
+        True,
+        description="final masks closed / reopened by log_alpha until the blocks' size meets "
+        "the target (else CoFi's per-vector rounding of the expected counts)",
+    )
     norm_correction: bool = Field(True, description="rescale the norms when hidden dims go (see method width)")
     calibration_batches: int = Field(4, ge=1, description="for the norm correction")
     calibration_batch_size: int = Field(16, ge=1)
     # CoFi trains twice: the mask learning (train:, transformer defaults) and the recovery (finetune:)
-    train: FinetuneConfig = finetune_field("mask learning, with the distillation; its seed also picks the "
-                                           "calibration batches", epochs=3, lr=5e-5, batch_size=32,
-                                           optimizer="adamw", weight_decay=0.0)
+    train: FinetuneConfig = finetune_field(
+        "mask learning, with the distillation; its seed also picks the calibration batches",
+        epochs=3,
+        lr=5e-5,
+        batch_size=32,
+        optimizer="adamw",
+        weight_decay=0.0,
+    )
     finetune: FinetuneConfig | None = Field(None, description="recovery after shrinking, with the same distillation")
     training_key: ClassVar[str] = "train"  # the old flat training options were the mask learning's
 
@@ -131,10 +141,12 @@ def max_sparsity(struct: CoFiStructure, cfg: CoFiConfig) -> float:
 def check_reachable(struct: CoFiStructure, cfg: CoFiConfig) -> None:
     top = max_sparsity(struct, cfg)
     if cfg.sparsity > top:
-        raise NetslimError(f"cofi: sparsity {cfg.sparsity:g} cannot be reached: with prune {list(cfg.prune)} and "
-                           f"exclude_layers {list(cfg.exclude_layers)}, no mask removes more than {top:.4g} of the "
-                           f"blocks' {struct.full_size():,.0f} weight elements; lower 'sparsity' to at most "
-                           f"{math.floor(top * 1000) / 1000:g} or allow more granularities.")
+        raise NetslimError(
+            f"cofi: sparsity {cfg.sparsity:g} cannot be reached: with prune {list(cfg.prune)} and "
+            f"exclude_layers {list(cfg.exclude_layers)}, no mask removes more than {top:.4g} of the "
+            f"blocks' {struct.full_size():,.0f} weight elements; lower 'sparsity' to at most "
+            f"{math.floor(top * 1000) / 1000:g} or allow more granularities."
+        )
 
 
 # --------------------------------------------------------------------------- training
@@ -165,8 +177,13 @@ class CoFiLagrangian(Callback):
         s = self.masks.expected_sparsity()
         t = self.target(state.step)
         gap = s - t
-        self.last = {"step": state.step, "expected_sparsity": float(s.detach()), "target": t,
-                     "lambda_1": float(self.lam[0].detach()), "lambda_2": float(self.lam[1].detach())}
+        self.last = {
+            "step": state.step,
+            "expected_sparsity": float(s.detach()),
+            "target": t,
+            "lambda_1": float(self.lam[0].detach()),
+            "lambda_2": float(self.lam[1].detach()),
+        }
         term = self.lam[0] * gap + self.lam[1] * gap * gap
         dev = next(iter(self.masks.parameters())).device
         return term.to(dev)
@@ -206,9 +223,16 @@ def _distill_task(task, model: nn.Module, teacher: nn.Module | None, cfg: CoFiCo
             return list(range(n))
         return [i for i, p in enumerate(masks._layer_open("ffn").tolist()) if p >= 0.5] or list(range(n))
 
-    t = LayerwiseDistillTask(task, teacher, distill=cfg.distill, distill_temperature=cfg.distill_temperature,
-                             hidden_weight=cfg.distill_hidden, dynamic=_teacher_blocks(n, cfg.hidden_layers),
-                             candidates=alive, transform=transform)
+    t = LayerwiseDistillTask(
+        task,
+        teacher,
+        distill=cfg.distill,
+        distill_temperature=cfg.distill_temperature,
+        hidden_weight=cfg.distill_hidden,
+        dynamic=_teacher_blocks(n, cfg.hidden_layers),
+        candidates=alive,
+        transform=transform,
+    )
     return t, transform
 
 
@@ -228,24 +252,31 @@ def cofi_train(model: nn.Module, task, *, cfg: CoFiConfig, teacher: nn.Module | 
     z = masks.final((1 - cfg.sparsity) * struct.full_size() if cfg.exact else None)
     batches = _calibration(task, cfg) if cfg.norm_correction and "hidden" in z else None
     report = shrink_to_masks(model, struct, z=z, batches=batches)
-    return {k: v for k, v in summary.items() if k != "history"} | report | {
-        "expected_sparsity_end": expected_end, "target_sparsity": cfg.sparsity, "lagrangian_trace": cb.trace}
+    return (
+        {k: v for k, v in summary.items() if k != "history"}
+        | report
+        | {"expected_sparsity_end": expected_end, "target_sparsity": cfg.sparsity, "lagrangian_trace": cb.trace}
+    )
 
 
 def _calibration(task, cfg: CoFiConfig) -> list[Any]:
     import itertools
 
-    return list(itertools.islice(task.train_batches(cfg.train.seed + 1, cfg.calibration_batch_size),
-                                 cfg.calibration_batches))
+    return list(
+        itertools.islice(task.train_batches(cfg.train.seed + 1, cfg.calibration_batch_size), cfg.calibration_batches)
+    )
 
 
 # ------------------------------------------------------------------------ permanent
 def _closed(z: dict[str, Any], layer_key: str, unit_key: str, i: int) -> bool:
-    return (layer_key in z and float(z[layer_key][i]) == 0.0) or (unit_key in z and not bool((z[unit_key][i] > 0).any()))
+    return (layer_key in z and float(z[layer_key][i]) == 0.0) or (
+        unit_key in z and not bool((z[unit_key][i] > 0).any())
+    )
 
 
-def shrink_to_masks(model: nn.Module, struct: CoFiStructure, *, z: dict[str, Any],
-                    batches: list[Any] | None = None) -> dict[str, Any]:
+def shrink_to_masks(
+    model: nn.Module, struct: CoFiStructure, *, z: dict[str, Any], batches: list[Any] | None = None
+) -> dict[str, Any]:
     """Fold the fixed masks ``z`` into ``model`` and shrink it (module docstring); returns the report."""
     from netslim.prune.structured.hf import hf_fixups
     from netslim.prune.structured.plan import apply_plan, plan_from_keep
@@ -277,22 +308,42 @@ def shrink_to_masks(model: nn.Module, struct: CoFiStructure, *, z: dict[str, Any
     if "hidden" in z and int((z["hidden"] > 0).sum()) < struct.hidden:
         keep = (z["hidden"] > 0).nonzero().flatten().cpu()
         example = batches[0] if batches else None
-        model, width_report = prune_width(model, len(keep), keep=keep, coupled=False, batches=batches,
-                                          norm_correction=bool(batches), example_inputs=_inputs(example))
+        model, width_report = prune_width(
+            model,
+            len(keep),
+            keep=keep,
+            coupled=False,
+            batches=batches,
+            norm_correction=bool(batches),
+            example_inputs=_inputs(example),
+        )
         plans.append(width_report["plan"])
     for i in dead_att:
         skip_attention(model.get_submodule(struct.blocks[i]))
     for i in dead_ffn:
         skip_ffn(model.get_submodule(struct.blocks[i]))
-    return {"params_before": before, "params_after": count_params(model), "plans": plans,
-            "block_size_full": int(round(size_full)), "block_size_after": size_left,
-            "sparsity": 1 - size_left / size_full, "attention_layers_removed": dead_att, "ffn_layers_removed": dead_ffn,
-            "heads_kept": [int((z["heads"][i] > 0).sum()) if "heads" in z and i not in dead_att else
-                           (0 if i in dead_att else u.size) for i, u in enumerate(struct.heads)],
-            "neurons_kept": [int((z["neurons"][i] > 0).sum()) if "neurons" in z and i not in dead_ffn else
-                             (0 if i in dead_ffn else u.size) for i, u in enumerate(struct.neurons)],
-            "hidden_kept": int((z["hidden"] > 0).sum()) if "hidden" in z else struct.hidden,
-            "norm_factors": width_report["norm_factors"] if width_report else {}}
+    return {
+        "params_before": before,
+        "params_after": count_params(model),
+        "plans": plans,
+        "block_size_full": int(round(size_full)),
+        "block_size_after": size_left,
+        "sparsity": 1 - size_left / size_full,
+        "attention_layers_removed": dead_att,
+        "ffn_layers_removed": dead_ffn,
+        "heads_kept": [
+            int((z["heads"][i] > 0).sum()) if "heads" in z and i not in dead_att else (0 if i in dead_att else u.size)
+            for i, u in enumerate(struct.heads)
+        ],
+        "neurons_kept": [
+            int((z["neurons"][i] > 0).sum())
+            if "neurons" in z and i not in dead_ffn
+            else (0 if i in dead_ffn else u.size)
+            for i, u in enumerate(struct.neurons)
+        ],
+        "hidden_kept": int((z["hidden"] > 0).sum()) if "hidden" in z else struct.hidden,
+        "norm_factors": width_report["norm_factors"] if width_report else {},
+    }
 
 
 def _inputs(batch: Any) -> Any:
@@ -317,22 +368,37 @@ def run_cofi(model: nn.Module, cfg: CoFiConfig, ctx) -> nn.Module:
     summary = cofi_train(model.to(ctx.device), task, cfg=cfg, teacher=teacher)
     ctx.info.setdefault("prune_plans", []).extend(summary["plans"])
     note = {k: v for k, v in summary.items() if k not in ("plans", "lagrangian_trace")}
-    log.info("cofi: block sparsity %.3f (target %.3f), %d -> %d params", summary["sparsity"], cfg.sparsity,
-             summary["params_before"], summary["params_after"])
+    log.info(
+        "cofi: block sparsity %.3f (target %.3f), %d -> %d params",
+        summary["sparsity"],
+        cfg.sparsity,
+        summary["params_before"],
+        summary["params_after"],
+    )
     if cfg.finetune is not None:
         from netslim.distill.layerwise import layerwise_task
 
-        ft_task = task if teacher is None else layerwise_task(task, model, teacher=teacher, distill=cfg.distill,
-                                                              distill_temperature=cfg.distill_temperature,
-                                                              hidden_weight=cfg.distill_hidden)
+        ft_task = (
+            task
+            if teacher is None
+            else layerwise_task(
+                task,
+                model,
+                teacher=teacher,
+                distill=cfg.distill,
+                distill_temperature=cfg.distill_temperature,
+                hidden_weight=cfg.distill_hidden,
+            )
+        )
         ft = fit(model, ft_task, cfg.finetune)
         note["finetune"] = {k: v for k, v in ft.items() if k != "history"}
     ctx.notes[cfg.method] = note
     return model
 
 
-def cofi_prune(model: nn.Module, task, *, teacher: nn.Module | None = None, cfg: CoFiConfig | None = None,
-               **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def cofi_prune(
+    model: nn.Module, task, *, teacher: nn.Module | None = None, cfg: CoFiConfig | None = None, **kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """CoFi without a recipe, in place: ``cofi_prune(model, task, sparsity=0.5, train={"epochs": 3})``;
     the teacher defaults to a copy of ``model`` as it is now. Returns ``(model, report)``."""
     cfg = build_config(CoFiConfig, cfg, kwargs)
@@ -341,5 +407,12 @@ def cofi_prune(model: nn.Module, task, *, teacher: nn.Module | None = None, cfg:
     return model, cofi_train(model, task, cfg=cfg, teacher=teacher)
 
 
-__all__ = ["CoFiConfig", "CoFiLagrangian", "check_reachable", "cofi_prune", "cofi_train", "max_sparsity",
-           "shrink_to_masks"]
+__all__ = [
+    "CoFiConfig",
+    "CoFiLagrangian",
+    "check_reachable",
+    "cofi_prune",
+    "cofi_train",
+    "max_sparsity",
+    "shrink_to_masks",
+]

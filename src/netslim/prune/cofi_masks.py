@@ -36,6 +36,7 @@ with a target (``exact``, the default of the ``cofi`` step) units are then close
 Kept units carry their deterministic gate value, folded into the weights (:func:`fold`), so the
 shrunk model computes what the masked model computes with those values.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,10 +74,10 @@ class Units:
 class CoFiStructure:
     graph: DependencyGraph
     residual: Group
-    blocks: list[str]                  # block module names, in order
-    heads: list[Units]                 # per block
-    neurons: list[Units]               # per block
-    norms: list[str]                   # residual-stream norms (their outputs are masked)
+    blocks: list[str]  # block module names, in order
+    heads: list[Units]  # per block
+    neurons: list[Units]  # per block
+    norms: list[str]  # residual-stream norms (their outputs are masked)
     writers: list[tuple[str, str, int]]  # (module, param, dim) rows / columns that write the stream
     hidden: int
     excluded: set[int] = field(default_factory=set)  # blocks whose heads / neurons / layers stay
@@ -97,8 +98,10 @@ def _block_names(model: nn.Module) -> list[str]:
 def _units(model: nn.Module, g: Group, hidden: int) -> Units:
     readers = [(s, i) for s, i in g.slots if s.role == "in" and s.param == "weight"]
     if len(readers) != 1 or len(readers[0][0].layout) != 1:
-        raise NetslimError(f"CoFi: the units of {g.name} are read by {len(readers)} projections (or a concatenation); "
-                           "netslim masks one out-projection per head / neuron group.")
+        raise NetslimError(
+            f"CoFi: the units of {g.name} are read by {len(readers)} projections (or a concatenation); "
+            "netslim masks one out-projection per head / neuron group."
+        )
     reader, _ = readers[0]
     cost = 0
     for s, i in g.slots:
@@ -125,8 +128,9 @@ def cofi_structure(model: nn.Module, example_inputs: Any = None, exclude_layers=
     for g in graph.groups:
         if g.kind not in ("head", "neuron") or not g.slots:
             continue
-        b = next((i for i, name in enumerate(blocks) if re.match(rf"{re.escape(name)}\.", g.slots[0][0].module + ".")),
-                 None)
+        b = next(
+            (i for i, name in enumerate(blocks) if re.match(rf"{re.escape(name)}\.", g.slots[0][0].module + ".")), None
+        )
         if b is not None:
             if not g.prunable:
                 raise NetslimError(f"CoFi: the {g.kind}s of {g.name} cannot be removed ({g.locked}).")
@@ -134,8 +138,10 @@ def cofi_structure(model: nn.Module, example_inputs: Any = None, exclude_layers=
     missing = [(i, k) for i in range(len(blocks)) for k in ("head", "neuron") if (i, k) not in per]
     if missing:
         i, k = missing[0]
-        raise NetslimError(f"CoFi: block {blocks[i]} has no {k} group netslim can prune "
-                           f"({'; '.join(s['reason'] for s in graph.skipped[:2]) or 'none traced'}).")
+        raise NetslimError(
+            f"CoFi: block {blocks[i]} has no {k} group netslim can prune "
+            f"({'; '.join(s['reason'] for s in graph.skipped[:2]) or 'none traced'})."
+        )
     norms = norm_names(model, res)
     writers = []
     for s, _ in res.slots:
@@ -147,9 +153,17 @@ def cofi_structure(model: nn.Module, example_inputs: Any = None, exclude_layers=
         from netslim.core.errors import bad_param
 
         raise bad_param("cofi", "exclude_layers", f"block indices in [0, {len(blocks) - 1}]", list(exclude_layers))
-    return CoFiStructure(graph, res, blocks, [_units(model, per[(i, "head")], hidden) for i in range(len(blocks))],
-                         [_units(model, per[(i, "neuron")], hidden) for i in range(len(blocks))], norms, writers,
-                         hidden, set(exclude_layers))
+    return CoFiStructure(
+        graph,
+        res,
+        blocks,
+        [_units(model, per[(i, "head")], hidden) for i in range(len(blocks))],
+        [_units(model, per[(i, "neuron")], hidden) for i in range(len(blocks))],
+        norms,
+        writers,
+        hidden,
+        set(exclude_layers),
+    )
 
 
 # ------------------------------------------------------------------------------ gates
@@ -199,10 +213,16 @@ class CoFiMasks(nn.Module):
         att, ffn = self._layer_open("attention"), self._layer_open("ffn")
         total = 0.0
         for i, (h, f) in enumerate(zip(self.struct.heads, self.struct.neurons)):
-            total = total + att[i].cpu() * (self._unit_open("heads", i).cpu() * h.cost).sum() \
+            total = (
+                total
+                + att[i].cpu() * (self._unit_open("heads", i).cpu() * h.cost).sum()
                 + ffn[i].cpu() * (self._unit_open("neurons", i).cpu() * f.cost).sum()
-        hidden = self.gates["hidden"].prob_nonzero().sum().cpu() if "hidden" in self.gates \
+            )
+        hidden = (
+            self.gates["hidden"].prob_nonzero().sum().cpu()
+            if "hidden" in self.gates
             else torch.tensor(float(self.struct.hidden))
+        )
         return total * hidden
 
     def expected_sparsity(self) -> torch.Tensor:
@@ -278,7 +298,7 @@ def _keep_top(g: HardConcreteGate, k: int, forced: set[int] = frozenset()) -> to
     if forced:
         keep[list(forced)] = True
     order = [int(i) for i in torch.argsort(la, descending=True, stable=True) if int(i) not in forced]
-    keep[order[:max(0, k - len(forced))]] = True
+    keep[order[: max(0, k - len(forced))]] = True
     return torch.where(keep, _value(g), torch.zeros_like(la))
 
 
@@ -293,7 +313,9 @@ def fit_to_size(masks: CoFiMasks, z: dict[str, Any], *, target: float) -> dict[s
                 if i not in s.excluded:
                     cands += [(float(a), key, i, j) for j, a in enumerate(g.log_alpha.detach().tolist())]
     if "hidden" in z:
-        cands += [(float(a), "hidden", None, j) for j, a in enumerate(masks.gates["hidden"].log_alpha.detach().tolist())]
+        cands += [
+            (float(a), "hidden", None, j) for j, a in enumerate(masks.gates["hidden"].log_alpha.detach().tolist())
+        ]
     z = {k: ([t.clone() for t in v] if isinstance(v, list) else v.clone()) for k, v in z.items()}
 
     def vec(key, i):
@@ -350,6 +372,7 @@ def mask_hooks(model: nn.Module, masks: CoFiMasks) -> list[tuple[str, Callable, 
                 return None
             x = args[0]
             return (x * z[i].to(x.dtype).repeat_interleave(factor), *args[1:])
+
         return pre
 
     def writer(layer_key: str | None, i: int | None):
@@ -360,6 +383,7 @@ def mask_hooks(model: nn.Module, masks: CoFiMasks) -> list[tuple[str, Callable, 
             if "hidden" in masks.z:
                 y = y * masks.z["hidden"].to(y.dtype)
             return y
+
         return post
 
     owners: dict[str, tuple[str, int]] = {}

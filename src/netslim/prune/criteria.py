@@ -14,6 +14,7 @@ RigL/SET, movement, OBD):
 Masks are keyed by the qualified module name and always apply to ``module.weight``;
 ``True`` means *keep*.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,9 @@ Scope = Literal["global", "layer"]
 
 
 # ----------------------------------------------------------------------- layers
-def prunable_layers(model: nn.Module, include: str | Sequence[str] | None = None,
-                    exclude: str | Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
+def prunable_layers(
+    model: nn.Module, include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None
+) -> list[tuple[str, nn.Module]]:
     """``[(qualified name, module)]`` of the Linear/Conv1d/Conv2d layers selected.
 
     Raises NetslimError when the model has none, when an ``include`` selector matches no
@@ -110,8 +112,9 @@ def masks_from_counts(scores: Mapping[str, torch.Tensor], counts: Mapping[str, i
     return out
 
 
-def _global_counts(scores: Mapping[str, torch.Tensor], target: int,
-                   bounds: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+def _global_counts(
+    scores: Mapping[str, torch.Tensor], target: int, bounds: Mapping[str, tuple[int, int]]
+) -> dict[str, int]:
     """Per-layer prune counts summing to ``target``: the globally lowest scores, within bounds.
 
     Each layer first gives up its ``lo`` lowest; the rest of the budget goes to the lowest
@@ -136,8 +139,14 @@ def _global_counts(scores: Mapping[str, torch.Tensor], target: int,
     return counts
 
 
-def masks_from_scores(scores: Mapping[str, torch.Tensor], sparsity: float, *, scope: Scope = "global",
-                      min_sparsity: float = 0.0, max_sparsity: float | None = None) -> dict[str, torch.Tensor]:
+def masks_from_scores(
+    scores: Mapping[str, torch.Tensor],
+    sparsity: float,
+    *,
+    scope: Scope = "global",
+    min_sparsity: float = 0.0,
+    max_sparsity: float | None = None,
+) -> dict[str, torch.Tensor]:
     """Boolean keep-masks that prune the lowest scores.
 
     ``scope="layer"``: each layer prunes round(sparsity * n) entries (clamped to its
@@ -171,8 +180,13 @@ def masks_from_scores(scores: Mapping[str, torch.Tensor], sparsity: float, *, sc
     return masks_from_counts(scores, _global_counts(scores, target, bounds))
 
 
-def threshold_counts(scores: Mapping[str, torch.Tensor], threshold: float, *, min_sparsity: float = 0.0,
-                     max_sparsity: float | None = None) -> dict[str, int]:
+def threshold_counts(
+    scores: Mapping[str, torch.Tensor],
+    threshold: float,
+    *,
+    min_sparsity: float = 0.0,
+    max_sparsity: float | None = None,
+) -> dict[str, int]:
     """Per-layer prune counts for ``score < threshold``, clamped to the per-layer bounds."""
     out = {}
     for n, s in scores.items():
@@ -195,8 +209,9 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         if not isinstance(getattr(module, "weight", None), torch.Tensor):
             raise NetslimError(f"Cannot mask module {name!r} ({type(module).__name__}): it has no weight tensor.")
         if tuple(mask.shape) != tuple(module.weight.shape):
-            raise NetslimError(f"Mask for {name!r} has shape {tuple(mask.shape)}; its weight has "
-                               f"{tuple(module.weight.shape)}.")
+            raise NetslimError(
+                f"Mask for {name!r} has shape {tuple(mask.shape)}; its weight has {tuple(module.weight.shape)}."
+            )
         targets.append((name, module, mask))
     undo = []
     try:
@@ -240,7 +255,11 @@ def sparsity_report(model: nn.Module) -> dict:
             continue
         w = effective_weight(module)
         z = int(w.numel() - torch.count_nonzero(w))
-        layers[name] = {"params": w.numel(), "zeros": z, "sparsity": z / max(1, w.numel()),
-                        "masked": get_mask(module) is not None}
+        layers[name] = {
+            "params": w.numel(),
+            "zeros": z,
+            "sparsity": z / max(1, w.numel()),
+            "masked": get_mask(module) is not None,
+        }
         params, zeros = params + w.numel(), zeros + z
     return {"layers": layers, "global": {"params": params, "zeros": zeros, "sparsity": zeros / max(1, params)}}

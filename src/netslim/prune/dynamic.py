@@ -28,6 +28,7 @@ original's gradient is that times the mask).
 Under ``torchrun`` (data-parallel training) the dense gradients are averaged over the ranks
 before growing, and every mask update is rank 0's, broadcast before it is applied.
 """
+
 from __future__ import annotations
 
 import logging
@@ -159,11 +160,15 @@ class _DynamicSparseConfig(TrainingStep):
     alpha: float = Field(0.3, gt=0, le=1, description="initial fraction of active weights moved per update")
     decay: Literal["cosine", "constant"] = "cosine"
     end_step: int | None = Field(None, ge=1, description="no mask updates from this step on (default: 75% of training)")
-    from_scratch: bool = Field(True, description="re-initialise weights and draw a random mask first; "
-                                                 "False keeps the weights and starts from a per-layer magnitude mask")
+    from_scratch: bool = Field(
+        True,
+        description="re-initialise weights and draw a random mask first; "
+        "False keeps the weights and starts from a per-layer magnitude mask",
+    )
     # Training from scratch: the baseline's budget, not a fine-tune's.
-    finetune: FinetuneConfig = finetune_field("the sparse training run; its seed also seeds the masks and the "
-                                              "re-initialisation", epochs=10, lr=0.05)
+    finetune: FinetuneConfig = finetune_field(
+        "the sparse training run; its seed also seeds the masks and the re-initialisation", epochs=10, lr=0.05
+    )
     min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity")
@@ -326,16 +331,21 @@ def dynamic_sparse_train(model: nn.Module, task, *, cfg: _DynamicSparseConfig) -
 
 def _check_end_step(cfg: _DynamicSparseConfig, steps: int) -> None:
     if cfg.end_step is not None and cfg.end_step > steps:
-        raise NetslimError(f"The 'end_step' parameter of {type(cfg).__name__} must be <= the number of training "
-                           f"steps ({steps}); got {cfg.end_step}.")
+        raise NetslimError(
+            f"The 'end_step' parameter of {type(cfg).__name__} must be <= the number of training "
+            f"steps ({steps}); got {cfg.end_step}."
+        )
 
 
 def _run(model: nn.Module, cfg: _DynamicSparseConfig, ctx) -> nn.Module:
     summary = dynamic_sparse_train(model.to(ctx.device), need_task(ctx, cfg.method), cfg=cfg)
     updates = summary.pop("mask_updates")
     summary.pop("history")
-    ctx.notes[cfg.method] = summary | {"mask_updates": len(updates), "connections_moved":
-                                       sum(u["moved"] for u in updates), **sparsity_report(model)}
+    ctx.notes[cfg.method] = summary | {
+        "mask_updates": len(updates),
+        "connections_moved": sum(u["moved"] for u in updates),
+        **sparsity_report(model),
+    }
     return model
 
 

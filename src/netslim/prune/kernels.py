@@ -13,6 +13,7 @@ raised here as a :class:`NetslimError`. The torch fallback builds its ``torch.sp
 with ``check_invariants=True`` (torch's native check of the same rules). Layers loaded from
 a file are validated with :func:`validate_csr` as they are loaded (:mod:`netslim.prune.sparse`).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -55,12 +56,23 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _use_kernel(x: torch.Tensor, values: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and values.dtype == torch.float32
-            and not (torch.is_grad_enabled() and x.requires_grad) and _library() is not None)
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and values.dtype == torch.float32
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and _library() is not None
+    )
 
 
-def csr_matmul(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
-               shape: tuple[int, int], bias: torch.Tensor | None = None) -> torch.Tensor:
+def csr_matmul(
+    x: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    shape: tuple[int, int],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``x @ W.T + bias`` for W (rows, cols) given in CSR; x (..., cols) -> (..., rows).
 
     ``col`` is int16 (read as unsigned: cols <= 65536) or int32; ``crow`` int32.
@@ -69,7 +81,7 @@ def csr_matmul(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: t
     if x.shape[-1] != cols:
         raise NetslimError(f"A CSR weight of shape ({rows}, {cols}) takes inputs of width {cols}; got {list(x.shape)}.")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, cols)                                   # (B, cols)
+    x2 = x.reshape(-1, cols)  # (B, cols)
     if not _use_kernel(x2, values):
         return _torch_csr_matmul(x2, crow, col, values, shape, bias).reshape(*lead, rows)
     lib, batch = _library(), x2.shape[0]
@@ -84,60 +96,92 @@ def csr_matmul(x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: t
     if batch == 1:
         xc = x2.detach().contiguous()
         y = torch.empty(1, rows, dtype=torch.float32)
-        bad = getattr(lib, f"netslim_spmv_{kind}")(*csr, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
-                                                   xc.data_ptr(), _ptr(bias_c), y.data_ptr(), threads)
+        bad = getattr(lib, f"netslim_spmv_{kind}")(
+            *csr, crow.data_ptr(), col.data_ptr(), values.data_ptr(), xc.data_ptr(), _ptr(bias_c), y.data_ptr(), threads
+        )
     else:
-        xt = x2.detach().t().contiguous()                      # (cols, B): a weight's batch slice is contiguous
+        xt = x2.detach().t().contiguous()  # (cols, B): a weight's batch slice is contiguous
         y = torch.empty(batch, rows, dtype=torch.float32)
-        bad = getattr(lib, f"netslim_spmm_{kind}")(*csr, batch, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
-                                                   xt.data_ptr(), _ptr(bias_c), y.data_ptr(), threads)
+        bad = getattr(lib, f"netslim_spmm_{kind}")(
+            *csr,
+            batch,
+            crow.data_ptr(),
+            col.data_ptr(),
+            values.data_ptr(),
+            xt.data_ptr(),
+            _ptr(bias_c),
+            y.data_ptr(),
+            threads,
+        )
     _raise_if_bad(bad, shape)
     return y.reshape(*lead, rows)
 
 
 def _raise_if_bad(bad: int, shape: tuple[int, int]) -> None:
     if bad:
-        raise NetslimError(f"Invalid CSR weight of shape {tuple(shape)}: row pointers or column indices out of "
-                           "range (the kernel computed nothing).")
+        raise NetslimError(
+            f"Invalid CSR weight of shape {tuple(shape)}: row pointers or column indices out of "
+            "range (the kernel computed nothing)."
+        )
 
 
-def check_lengths(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
-                  bias: torch.Tensor | None = None) -> None:
+def check_lengths(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    shape: tuple[int, int],
+    bias: torch.Tensor | None = None,
+) -> None:
     """What the C kernels take on trust, in O(1): 1-D CPU contiguous arrays of the right dtypes
     and lengths (crow rows + 1, col and values nnz, bias rows). Index values are the kernel's check."""
     rows, cols = shape
     arrays = [crow, col, values] + ([] if bias is None else [bias])
-    ok = (crow.dtype == torch.int32 and col.dtype in (torch.int16, torch.int32) and values.dtype == torch.float32
-          and all(t.dim() == 1 and t.device.type == "cpu" and t.is_contiguous() for t in arrays)
-          and crow.numel() == rows + 1 and col.numel() == values.numel()
-          and (col.dtype == torch.int32 or cols <= U16_LIMIT)
-          and (bias is None or (bias.numel() == rows and bias.dtype == torch.float32)))
+    ok = (
+        crow.dtype == torch.int32
+        and col.dtype in (torch.int16, torch.int32)
+        and values.dtype == torch.float32
+        and all(t.dim() == 1 and t.device.type == "cpu" and t.is_contiguous() for t in arrays)
+        and crow.numel() == rows + 1
+        and col.numel() == values.numel()
+        and (col.dtype == torch.int32 or cols <= U16_LIMIT)
+        and (bias is None or (bias.numel() == rows and bias.dtype == torch.float32))
+    )
     if not ok:
-        raise NetslimError(f"CSR arrays do not fit a ({rows}, {cols}) weight: crow {crow.dtype} {list(crow.shape)}, "
-                           f"col {col.dtype} {list(col.shape)}, values {values.dtype} {list(values.shape)}"
-                           + ("" if bias is None else f", bias {bias.dtype} {list(bias.shape)}") + ".")
+        raise NetslimError(
+            f"CSR arrays do not fit a ({rows}, {cols}) weight: crow {crow.dtype} {list(crow.shape)}, "
+            f"col {col.dtype} {list(col.shape)}, values {values.dtype} {list(values.shape)}"
+            + ("" if bias is None else f", bias {bias.dtype} {list(bias.shape)}")
+            + "."
+        )
 
 
-def validate_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
-                 where: str = "CSR weight") -> None:
+def validate_csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], where: str = "CSR weight"
+) -> None:
     """NetslimError unless (crow, col, values) is the canonical CSR form of a (rows, cols)
     matrix, as :func:`netslim.prune.sparse.to_csr` writes it: int32 row pointers of length
     rows + 1 from 0 to nnz, non-decreasing; int16 (read unsigned, cols <= 65536) or int32
     column indices in [0, cols), strictly increasing within each row; nnz float values."""
     rows, cols = shape
     if crow.dtype != torch.int32 or crow.dim() != 1 or crow.numel() != rows + 1:
-        raise NetslimError(f"{where}: field 'crow' must be int32 of length rows + 1 = {rows + 1}; "
-                           f"got {crow.dtype} {list(crow.shape)}.")
+        raise NetslimError(
+            f"{where}: field 'crow' must be int32 of length rows + 1 = {rows + 1}; got {crow.dtype} {list(crow.shape)}."
+        )
     if col.dtype not in (torch.int16, torch.int32) or col.dim() != 1 or (col.dtype == torch.int16 and cols > U16_LIMIT):
-        raise NetslimError(f"{where}: field 'col_idx' must be 1-D int16 (<= {U16_LIMIT} columns) or int32; "
-                           f"got {col.dtype} {list(col.shape)} for {cols} columns.")
+        raise NetslimError(
+            f"{where}: field 'col_idx' must be 1-D int16 (<= {U16_LIMIT} columns) or int32; "
+            f"got {col.dtype} {list(col.shape)} for {cols} columns."
+        )
     if values.dim() != 1 or values.numel() != col.numel() or not values.is_floating_point():
-        raise NetslimError(f"{where}: field 'weight_values' must be 1-D floats as long as 'col_idx' "
-                           f"({col.numel()}); got {values.dtype} {list(values.shape)}.")
+        raise NetslimError(
+            f"{where}: field 'weight_values' must be 1-D floats as long as 'col_idx' "
+            f"({col.numel()}); got {values.dtype} {list(values.shape)}."
+        )
     nnz, ptr = values.numel(), crow.to(torch.int64)
     if int(ptr[0]) != 0 or int(ptr[-1]) != nnz:
-        raise NetslimError(f"{where}: field 'crow' must run from 0 to nnz = {nnz}; "
-                           f"got {int(ptr[0])} .. {int(ptr[-1])}.")
+        raise NetslimError(
+            f"{where}: field 'crow' must run from 0 to nnz = {nnz}; got {int(ptr[0])} .. {int(ptr[-1])}."
+        )
     if bool((ptr[1:] < ptr[:-1]).any()):
         raise NetslimError(f"{where}: field 'crow' (row pointers) must be non-decreasing.")
     if nnz == 0:
@@ -147,7 +191,7 @@ def validate_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, sh
     if lo < 0 or hi >= cols:
         raise NetslimError(f"{where}: field 'col_idx' must lie in [0, {cols}); got [{lo}, {hi}].")
     new_row = torch.zeros(nnz, dtype=torch.bool)
-    new_row[ptr[:-1][ptr[:-1] < nnz]] = True                   # first entry of each non-empty row
+    new_row[ptr[:-1][ptr[:-1] < nnz]] = True  # first entry of each non-empty row
     if not bool(((c[1:] > c[:-1]) | new_row[1:]).all()):
         raise NetslimError(f"{where}: field 'col_idx' must increase strictly within each row.")
 
@@ -174,14 +218,16 @@ class PreparedCSR:
         """x: (B, cols) contiguous fp32 on CPU, no autograd -> (B, rows)."""
         batch = x.shape[0]
         if x.shape[1] != self.cols:
-            raise NetslimError(f"A CSR weight of shape ({self.rows}, {self.cols}) takes inputs of width {self.cols}; "
-                               f"got {list(x.shape)}.")
+            raise NetslimError(
+                f"A CSR weight of shape ({self.rows}, {self.cols}) takes inputs of width {self.cols}; "
+                f"got {list(x.shape)}."
+            )
         threads = torch.get_num_threads() if batch * self.nnz >= _PARALLEL_WORK else 1
         y = torch.empty(batch, self.rows)
         if batch == 1:
             bad = self.spmv(*self.csr, *self.ptrs, x.data_ptr(), self.bias_ptr, y.data_ptr(), threads)
         else:
-            xt = x.t().contiguous()                              # (cols, B): a weight's batch slice is contiguous
+            xt = x.t().contiguous()  # (cols, B): a weight's batch slice is contiguous
             bad = self.spmm(*self.csr, batch, *self.ptrs, xt.data_ptr(), self.bias_ptr, y.data_ptr(), threads)
         _raise_if_bad(bad, (self.rows, self.cols))
         return y
@@ -200,8 +246,13 @@ def prepare_csr(crow, col, values, shape, bias=None) -> PreparedCSR | None:
 
 def fast_path_ok(x: torch.Tensor) -> bool:
     """Inputs the prepared kernel takes directly (else :func:`csr_matmul` handles them)."""
-    return (x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-            and not (x.requires_grad and torch.is_grad_enabled()))
+    return (
+        x.dim() == 2
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
 
 
 def _torch_csr_matmul(x2, crow, col, values, shape, bias):
@@ -210,9 +261,10 @@ def _torch_csr_matmul(x2, crow, col, values, shape, bias):
     with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and only the fallback
         warnings.simplefilter("ignore", UserWarning)
         try:  # torch's own (native) invariant check: row pointers, index ranges, sorted rows
-            w = torch.sparse_csr_tensor(crow.to(torch.int64), col64, values.to(x2.dtype), size=shape,
-                                        check_invariants=True)
+            w = torch.sparse_csr_tensor(
+                crow.to(torch.int64), col64, values.to(x2.dtype), size=shape, check_invariants=True
+            )
         except RuntimeError as e:
             raise NetslimError(f"Invalid CSR weight of shape {tuple(shape)}: {str(e).splitlines()[0][:200]}") from None
-    y = (w @ x2.t()).t()                                       # (B, rows)
+    y = (w @ x2.t()).t()  # (B, rows)
     return y + bias.to(y.dtype) if bias is not None else y

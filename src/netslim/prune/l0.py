@@ -33,6 +33,7 @@ instead keeps the top ``1 - sparsity`` of ``log_alpha`` globally (so every metho
 comparison lands on the same sparsity), and a kept weight whose deterministic gate is 0
 keeps its mean gate ``sigmoid(log_alpha)`` rather than becoming a hidden zero.
 """
+
 from __future__ import annotations
 
 import logging
@@ -198,8 +199,9 @@ class L0Gates(Callback):
 
 
 @torch.no_grad()
-def gates_to_masks(layers: list[tuple[str, nn.Module]], gates: dict[str, HardConcreteGate],
-                   cfg: L0Config) -> dict[str, torch.Tensor]:
+def gates_to_masks(
+    layers: list[tuple[str, nn.Module]], gates: dict[str, HardConcreteGate], cfg: L0Config
+) -> dict[str, torch.Tensor]:
     """Replace each gate by a Mask: weights scaled by the deterministic gate; returns masks."""
     z = {n: g.eval().gate().expand_as(m.weight) for (n, m), g in zip(layers, gates.values())}
     if cfg.exact:
@@ -237,15 +239,21 @@ def l0_train(model: nn.Module, task, *, cfg: L0Config) -> dict[str, Any]:
         masks = gates_to_masks(layers, gates, cfg)
     zeros = sum(int((~m).sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    return summary | {"sparsity": zeros / total, "expected_density_end": end_density, "gate_sparsity": closed / total,
-                      "lambda_end": cb.lam, "lambda_trace": cb.trace}
+    return summary | {
+        "sparsity": zeros / total,
+        "expected_density_end": end_density,
+        "gate_sparsity": closed / total,
+        "lambda_end": cb.lam,
+        "lambda_trace": cb.trace,
+    }
 
 
 @register(L0Config)
 def run_l0(model: nn.Module, cfg: L0Config, ctx) -> nn.Module:
     summary = l0_train(model.to(ctx.device), need_task(ctx, cfg.method), cfg=cfg)
     ctx.notes[cfg.method] = {k: v for k, v in summary.items() if k not in ("lambda_trace", "history")} | {
-        "report": sparsity_report(model)}
+        "report": sparsity_report(model)
+    }
     return model
 
 

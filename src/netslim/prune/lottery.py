@@ -27,6 +27,7 @@ weights stay zero.
   rewind_step: 0
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,9 @@ class LotteryConfig(PruneTargetFields, TrainingStep):
         if task is not None:
             steps = total_steps(task, self.finetune)
             if self.rewind_step >= max(1, steps):
-                raise bad_param("LotteryConfig", "rewind_step", f"< the steps of one training run ({steps})",
-                                self.rewind_step)
+                raise bad_param(
+                    "LotteryConfig", "rewind_step", f"< the steps of one training run ({steps})", self.rewind_step
+                )
         super().preflight(model, task)
 
 
@@ -148,15 +150,23 @@ def run_lottery(model: nn.Module, cfg: LotteryConfig, ctx) -> nn.Module:
         apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=train_cfg.seed + r)))
         rewind(model, recorder.weights)
         history.append(_train(model, task, train_cfg, [], f"round {r}", s))
-    ctx.notes[cfg.method] = {"trainings": history, "rewind_step": cfg.rewind_step, "init": cfg.init,
-                             **sparsity_report(model)}
+    ctx.notes[cfg.method] = {
+        "trainings": history,
+        "rewind_step": cfg.rewind_step,
+        "init": cfg.init,
+        **sparsity_report(model),
+    }
     return model
 
 
 def _train(model, task, train_cfg, callbacks, label: str, sparsity: float) -> dict:
     summary = fit(model, task, train_cfg, callbacks=callbacks)
-    entry = {"run": label, "sparsity": sparsity, "steps": summary["steps"],
-             "best_" + task.metric: summary["best_" + task.metric]}
+    entry = {
+        "run": label,
+        "sparsity": sparsity,
+        "steps": summary["steps"],
+        "best_" + task.metric: summary["best_" + task.metric],
+    }
     log.info("lottery %s: %s", label, entry)
     return entry
 

@@ -32,6 +32,7 @@ already masked when the step began score -inf and stay pruned.
   finetune: {epochs: 4, lr: 0.01}   # fine-tuning of the trained model
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -84,8 +85,10 @@ class MovementConfig(TrainingStep):
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"'initial_sparsity' ({self.initial_sparsity}) must be <= 'sparsity' ({self.sparsity})")
         if self.end_step is not None and self.end_step < self.start_step + self.frequency:
-            raise ValueError(f"'end_step' ({self.end_step}) must be >= 'start_step' + 'frequency' "
-                             f"({self.start_step + self.frequency}): the schedule ends before it starts")
+            raise ValueError(
+                f"'end_step' ({self.end_step}) must be >= 'start_step' + 'frequency' "
+                f"({self.start_step + self.frequency}): the schedule ends before it starts"
+            )
         return self
 
     keeps_modules: ClassVar[bool] = True  # masks only (netslim.recipe.preflight)
@@ -106,12 +109,21 @@ def movement_schedule(cfg: MovementConfig, steps: int) -> tuple[int, int]:
     """(t0, n) of the cubic schedule for a run of ``steps``; checks that it fits."""
     end = cfg.end_step if cfg.end_step is not None else int(0.75 * steps)
     if end >= steps and cfg.mode == "hard":
-        raise bad_param("MovementConfig", "end_step", f"< the number of training steps ({steps}) so the final "
-                        "sparsity is reached while training", end)
+        raise bad_param(
+            "MovementConfig",
+            "end_step",
+            f"< the number of training steps ({steps}) so the final sparsity is reached while training",
+            end,
+        )
     n = (end - cfg.start_step) // cfg.frequency
     if n < 1 and cfg.mode == "hard":
-        raise bad_param("MovementConfig", "start_step", f"at least 'frequency' ({cfg.frequency}) steps before the "
-                        f"end of the schedule (step {end}); the schedule ends before it starts", cfg.start_step)
+        raise bad_param(
+            "MovementConfig",
+            "start_step",
+            f"at least 'frequency' ({cfg.frequency}) steps before the "
+            f"end of the schedule (step {end}); the schedule ends before it starts",
+            cfg.start_step,
+        )
     return cfg.start_step, max(n, 1)
 
 
@@ -122,8 +134,7 @@ class MovementPruning(Callback):
         self.layers, self.cfg, self.t0, self.n, self.dt = layers, cfg, t0, n, cfg.frequency
         self.tap = DenseGradTap(layers)
         # Weights an earlier step pruned start at -inf: movement never revives them.
-        self.scores = {name: torch.zeros_like(original(m)).masked_fill_(~get_mask(m), -math.inf)
-                       for name, m in layers}
+        self.scores = {name: torch.zeros_like(original(m)).masked_fill_(~get_mask(m), -math.inf) for name, m in layers}
         self.done = False
         self.events: list[tuple[int, float]] = []
 
@@ -200,7 +211,8 @@ def movement_train(model: nn.Module, task, *, cfg: MovementConfig) -> dict[str, 
 def run_movement(model: nn.Module, cfg: MovementConfig, ctx) -> nn.Module:
     summary = movement_train(model.to(ctx.device), need_task(ctx, cfg.method), cfg=cfg)
     ctx.notes[cfg.method] = {k: v for k, v in summary.items() if k not in ("scores", "history")} | {
-        **sparsity_report(model)}
+        **sparsity_report(model)
+    }
     return model
 
 

@@ -11,6 +11,7 @@ multiple of M; layers where it is not are skipped and listed in the report.
   m: 4
 ```
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -68,7 +69,7 @@ def from_groups(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep-mask with exactly ``n`` True in every group of ``m`` (highest scores; ties: lower index)."""
-    groups = to_groups(scores, m)                                  # (G, m)
+    groups = to_groups(scores, m)  # (G, m)
     order = torch.sort(groups, dim=1, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(1, order[:, :n], True)

@@ -14,6 +14,7 @@ uncorrelated, so it is faster but approximate. The default 1 is exact.
 The scores go through :func:`~netslim.prune.criteria.masks_from_scores` (global or
 layer-wise, with per-layer bounds). Already-masked weights are zero, so score zero.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,8 +74,9 @@ def weight_param(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-def fisher_diagonal(model: nn.Module, task, *, layers: list[tuple[str, nn.Module]], num_samples: int,
-                    batch_size: int = 1) -> dict[str, torch.Tensor]:
+def fisher_diagonal(
+    model: nn.Module, task, *, layers: list[tuple[str, nn.Module]], num_samples: int, batch_size: int = 1
+) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher of each layer's weight from ``num_samples`` training examples."""
     params = {n: weight_param(m) for n, m in layers}
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
@@ -90,13 +92,16 @@ def fisher_diagonal(model: nn.Module, task, *, layers: list[tuple[str, nn.Module
                     fisher[name].add_(g.float().square(), alpha=batch_size)  # b * g_mean^2 ~ E[g_n^2]
             seen += 1
     if seen < n_batches:
-        raise NetslimError(f"The 'num_samples' parameter of OBD must be at most the training set size "
-                           f"({seen * batch_size}); got {num_samples}.")
+        raise NetslimError(
+            f"The 'num_samples' parameter of OBD must be at most the training set size "
+            f"({seen * batch_size}); got {num_samples}."
+        )
     return {n: f / seen for n, f in fisher.items()}
 
 
-def obd_scores(model: nn.Module, task, *, layers: list[tuple[str, nn.Module]], num_samples: int = 1024,
-               batch_size: int = 1) -> dict[str, torch.Tensor]:
+def obd_scores(
+    model: nn.Module, task, *, layers: list[tuple[str, nn.Module]], num_samples: int = 1024, batch_size: int = 1
+) -> dict[str, torch.Tensor]:
     """Saliency ``0.5 * F_ii * w_i**2`` per weight of each layer in ``layers``."""
     fisher = fisher_diagonal(model, task, layers=layers, num_samples=num_samples, batch_size=batch_size)
     # (out, in[, kh, kw]) each; the effective weight is zero where a mask already pruned it
@@ -108,8 +113,9 @@ def obd_prune(model: nn.Module, task, *, cfg: OBDConfig | None = None, **kwargs:
     cfg = build_config(OBDConfig, cfg, kwargs)
     layers = prunable_layers(model, cfg.include, cfg.exclude)
     scores = obd_scores(model, task, layers=layers, num_samples=cfg.num_samples, batch_size=cfg.batch_size)
-    masks = masks_from_scores(scores, cfg.sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity,
-                              max_sparsity=cfg.max_sparsity)
+    masks = masks_from_scores(
+        scores, cfg.sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity, max_sparsity=cfg.max_sparsity
+    )
     return apply_masks(model, masks)
 
 

@@ -22,6 +22,7 @@ with ``offload_dir`` + ``offload_blocks`` parking activations and idle blocks on
   seq_len: 512
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,11 @@ class _PatternFields(MethodConfig):
     m: int | None = Field(None, ge=2, description="N:M: group size along the input dim")
     include: Selector = None
     exclude: Selector = None
-    permanent: bool = Field(False, description="bake the zeros into the weights (made-permanent state, no mask "
-                                               "buffers: 1 byte per weight less) instead of Mask parametrizations")
+    permanent: bool = Field(
+        False,
+        description="bake the zeros into the weights (made-permanent state, no mask "
+        "buffers: 1 byte per weight less) instead of Mask parametrizations",
+    )
 
     @field_validator("sparsity")
     @classmethod
@@ -85,7 +89,7 @@ class _PatternFields(MethodConfig):
         return None if self.n is None else (self.n, self.m)
 
     keeps_modules: ClassVar[bool] = True  # masks or zeros in place (netslim.recipe.preflight)
-    calibrates: ClassVar[bool] = False    # token-id calibration makes a model a decoder stack
+    calibrates: ClassVar[bool] = False  # token-id calibration makes a model a decoder stack
 
     def preflight(self, model, task) -> None:
         """Before a recipe runs: the layers the method visits exist and fit N:M."""
@@ -94,8 +98,10 @@ class _PatternFields(MethodConfig):
         tokens = self.calibrates and getattr(task, "calibration_tokens", None) is not None
         layers = planned_linears(model, self.include, self.exclude, token_inputs=tokens)
         if not layers:
-            raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (include={self.include!r}, "
-                               f"exclude={self.exclude!r}); nothing to prune.")
+            raise NetslimError(
+                f"No Linear layer of {type(model).__name__} is selected (include={self.include!r}, "
+                f"exclude={self.exclude!r}); nothing to prune."
+            )
         _check_nm_fits(layers, self.nm)
 
 
@@ -136,8 +142,10 @@ class SparseGPTConfig(_OWLFields):
     damp: float = Field(0.01, ge=0, description="relative Hessian damping")
     blocksize: int = Field(128, ge=1, description="columns per lazy-update block (mask selection unit)")
     nm_select: Literal["diag", "exact"] = Field(
-        "diag", description="N:M pattern per group: 'diag' = SparseGPT's lowest w²/[H⁻¹]_jj², "
-                            "'exact' = lowest OBS loss of the whole pattern inside the group")
+        "diag",
+        description="N:M pattern per group: 'diag' = SparseGPT's lowest w²/[H⁻¹]_jj², "
+        "'exact' = lowest OBS loss of the whole pattern inside the group",
+    )
 
 
 # ------------------------------------------------------------------ per-layer math
@@ -157,8 +165,9 @@ def magnitude_mask(w: torch.Tensor, sparsity: float, *, nm: tuple[int, int] | No
     return row_mask(w.abs().float(), sparsity, nm=nm)
 
 
-def wanda_mask(w: torch.Tensor, sq_norms: torch.Tensor, *, sparsity: float = 0.5,
-               nm: tuple[int, int] | None = None) -> torch.Tensor:
+def wanda_mask(
+    w: torch.Tensor, sq_norms: torch.Tensor, *, sparsity: float = 0.5, nm: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``w`` (out, in), ``sq_norms`` (in,) = Σ x_j² (any positive multiple) -> keep-mask."""
     return row_mask(wanda_scores(w, sq_norms), sparsity, nm=nm)
 
@@ -167,8 +176,16 @@ def wanda_scores(w: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
     return w.abs().float() * sq_norms.float().clamp_min(0).sqrt()[None, :]  # (out, in)
 
 
-def sparsegpt_prune(w: torch.Tensor, h: torch.Tensor, *, sparsity: float = 0.5, nm: tuple[int, int] | None = None,
-                    damp: float = 0.01, blocksize: int = 128, nm_select: str = "diag") -> tuple[torch.Tensor, torch.Tensor]:
+def sparsegpt_prune(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    sparsity: float = 0.5,
+    nm: tuple[int, int] | None = None,
+    damp: float = 0.01,
+    blocksize: int = 128,
+    nm_select: str = "diag",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one layer: ``w`` (out, in), ``h`` (in, in) -> (new weight, keep-mask)."""
     w = w.detach().float().clone()
     u, _dead, _lam = inverse_cholesky(h, w, damp)
@@ -182,8 +199,10 @@ def _check_nm_fits(layers: list[tuple[str, nn.Module]], nm: tuple[int, int] | No
     for name, mod in layers:
         cols = weight_2d(mod).shape[1]
         if cols % nm[1]:
-            raise NetslimError(f"N:M needs the input width to be a multiple of m={nm[1]}; {name} has {cols}. "
-                               f"Exclude it (exclude: [{name!r}]) or pick another m.")
+            raise NetslimError(
+                f"N:M needs the input width to be a multiple of m={nm[1]}; {name} has {cols}. "
+                f"Exclude it (exclude: [{name!r}]) or pick another m."
+            )
 
 
 def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor], permanent: bool = False) -> None:
@@ -204,8 +223,9 @@ def _masks_for(root: nn.Module, masks: dict[str, torch.Tensor], permanent: bool 
 
 
 # ------------------------------------------------------------------------ drivers
-def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: list[float] | None = None,
-         stream: Any = None) -> None:
+def _run(
+    model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: list[float] | None = None, stream: Any = None
+) -> None:
     counter = iter(range(10**9))
 
     def per_block(root, prefix, layers, feed):
@@ -214,13 +234,25 @@ def _run(model: nn.Module, calib: Any, cfg: _CalibrationFields, fn, sparsities: 
         fn(root, layers, feed, cfg.sparsity if sparsities is None else sparsities[i])
 
     with eval_mode(model):
-        compress_blocks(model, calib, per_block, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
-                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
-                        offload_blocks=cfg.offload_blocks, stream=stream)
+        compress_blocks(
+            model,
+            calib,
+            per_block,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            offload_dir=cfg.offload_dir,
+            propagate=cfg.sequential,
+            desc=cfg.method,
+            offload_blocks=cfg.offload_blocks,
+            stream=stream,
+        )
 
 
-def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, stream: Any = None,
-          **kwargs: Any) -> nn.Module:
+def wanda(
+    model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, stream: Any = None, **kwargs: Any
+) -> nn.Module:
     """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = build_config(WandaConfig, cfg, kwargs)
@@ -228,15 +260,19 @@ def wanda(model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, strea
 
     def fn(root, layers, feed, sparsity):
         norms = collect_hessians(layers, feed, diag_only=True)
-        _masks_for(root, {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers},
-                   cfg.permanent)
+        _masks_for(
+            root,
+            {n: wanda_mask(weight_2d(m), norms[n], sparsity=sparsity, nm=cfg.nm) for n, m in layers},
+            cfg.permanent,
+        )
 
     _run(model, calib, cfg, fn, sparsities, stream)
     return model
 
 
-def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, stream: Any = None,
-              **kwargs: Any) -> nn.Module:
+def sparsegpt(
+    model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, stream: Any = None, **kwargs: Any
+) -> nn.Module:
     """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = build_config(SparseGPTConfig, cfg, kwargs)
@@ -248,8 +284,9 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
         for name, mod in layers:
             w = weight_2d(mod).float().clone()
             u, _dead, _lam = inverse_cholesky(hs[name], w, cfg.damp)
-            w_new, keep, _loss = obs_solve(w, u, sparsity=sparsity, nm=cfg.nm, blocksize=cfg.blocksize,
-                                           nm_select=cfg.nm_select)
+            w_new, keep, _loss = obs_solve(
+                w, u, sparsity=sparsity, nm=cfg.nm, blocksize=cfg.blocksize, nm_select=cfg.nm_select
+            )
             set_weight_2d(mod, w_new)  # pruned entries are exact zeros already
             masks[name] = keep
         if not cfg.permanent:  # permanent: the zeros written above are the whole result
@@ -259,8 +296,9 @@ def sparsegpt(model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = Non
     return model
 
 
-def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, stream: Any = None,
-                      **kwargs: Any) -> nn.Module:
+def magnitude_oneshot(
+    model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, stream: Any = None, **kwargs: Any
+) -> nn.Module:
     """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise).
     ``stream``: the model's tensors are on disk; each block is read, pruned, written, released."""
     cfg = build_config(OneShotMagnitudeConfig, cfg, kwargs)
@@ -278,16 +316,20 @@ def magnitude_oneshot(model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = 
         roots = [(model, "")]
     done = 0
     for root, prefix in roots:
-        layers = [(full[len(prefix) + 1:] if prefix else full, m)
-                  for full, m in block_linears(root, prefix, cfg.include, cfg.exclude)]
+        layers = [
+            (full[len(prefix) + 1 :] if prefix else full, m)
+            for full, m in block_linears(root, prefix, cfg.include, cfg.exclude)
+        ]
         _check_nm_fits(layers, cfg.nm)
         if layers:
-            _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers},
-                       cfg.permanent)
+            _masks_for(
+                root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers}, cfg.permanent
+            )
             done += len(layers)
     if not done:
-        raise NetslimError(f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, "
-                           f"exclude={cfg.exclude!r}).")
+        raise NetslimError(
+            f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, exclude={cfg.exclude!r})."
+        )
     return model
 
 
@@ -296,16 +338,18 @@ def _stream_magnitude(model: nn.Module, cfg: OneShotMagnitudeConfig, stream: Any
     from netslim.core.layerwise import decoder_blocks
 
     prefix, blocks = decoder_blocks(model)
-    per_block = {f"{prefix}.{i}": block_linears(b, f"{prefix}.{i}", cfg.include, cfg.exclude)
-                 for i, b in enumerate(blocks)}
+    per_block = {
+        f"{prefix}.{i}": block_linears(b, f"{prefix}.{i}", cfg.include, cfg.exclude) for i, b in enumerate(blocks)
+    }
     names = [full for layers in per_block.values() for full, _ in layers]
     if not names:
-        raise NetslimError(f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, "
-                           f"exclude={cfg.exclude!r}).")
+        raise NetslimError(
+            f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, exclude={cfg.exclude!r})."
+        )
     _check_nm_fits([(n, m) for layers in per_block.values() for n, m in layers], cfg.nm)
 
     def prune(unit: str, root: nn.Module, members: list[str]) -> None:
-        layers = [(full[len(unit) + 1:], root.get_submodule(full[len(unit) + 1:])) for full in members]
+        layers = [(full[len(unit) + 1 :], root.get_submodule(full[len(unit) + 1 :])) for full in members]
         _masks_for(root, {n: magnitude_mask(weight_2d(m), cfg.sparsity, nm=cfg.nm) for n, m in layers}, cfg.permanent)
 
     stream.each_unit(names, prune)
@@ -316,15 +360,22 @@ def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields, stream: Any
     ratios: list[float] = []
 
     def stats(i, name, block, feed):
-        layers = [(full[len(name) + 1:], m) for full, m in block_linears(block, name, cfg.include, cfg.exclude)]
+        layers = [(full[len(name) + 1 :], m) for full, m in block_linears(block, name, cfg.include, cfg.exclude)]
         norms = collect_hessians(layers, feed, diag_only=True)
         scores = torch.cat([wanda_scores(weight_2d(m), norms[n]).flatten() for n, m in layers])
         ratios.append(float((scores > cfg.owl_threshold * scores.mean()).float().mean()))
 
     if not (isinstance(calib, torch.Tensor) and calib.dtype == torch.long):
         raise NetslimError("OWL needs a decoder-stack LLM with token-id calibration inputs.")
-    run_sequential(model, calib[: cfg.owl_samples], stats, batch_size=cfg.batch_size, device=cfg.device,
-                   desc="owl statistics", stream=None if stream is None else stream.reader())
+    run_sequential(
+        model,
+        calib[: cfg.owl_samples],
+        stats,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        desc="owl statistics",
+        stream=None if stream is None else stream.reader(),
+    )
     r = torch.tensor(ratios, dtype=torch.float64)
     spread = (r - r.min()) / (r.max() - r.min()).clamp_min(1e-12) * (2 * cfg.owl_lambda)  # in [0, 2λ]
     density = spread - spread.mean() + (1 - cfg.sparsity)

@@ -25,6 +25,7 @@ every dt optimizer steps from t0 until t0 + n dt (Zhu & Gupta 2017), during the 
   frequency: 100       # dt
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,14 @@ def run_imp(model: nn.Module, cfg: IMPConfig, ctx) -> nn.Module:
     for r, s in enumerate(imp_sparsities(cfg.sparsity, cfg.rounds), start=1):
         apply_masks(model, distributed.from_main(target_masks(model, cfg, s, seed=cfg.finetune.seed + r)))
         summary = fit(model, task, cfg.finetune)
-        history.append({"round": r, "sparsity": s, "best_" + task.metric: summary["best_" + task.metric],
-                        "steps": summary["steps"]})
+        history.append(
+            {
+                "round": r,
+                "sparsity": s,
+                "best_" + task.metric: summary["best_" + task.metric],
+                "steps": summary["steps"],
+            }
+        )
         log.info("IMP round %d/%d at sparsity %.4f: %s", r, cfg.rounds, s, history[-1])
     ctx.notes[cfg.method] = {"rounds": history, **sparsity_report(model)}
     return model
@@ -110,8 +117,9 @@ class GradualConfig(PruneTargetFields, TrainingStep):
     end_step: int | None = Field(None, ge=1, description="t0 + n*dt: last pruning step (default: end_fraction)")
     end_fraction: float = Field(0.75, gt=0, lt=1, description="without end_step: end at this fraction of the run")
     frequency: int = Field(100, ge=1, description="dt: optimizer steps between pruning events")
-    finetune: FinetuneConfig = finetune_field("the training run the schedule prunes during; its seed also seeds "
-                                              "the masks", epochs=4)
+    finetune: FinetuneConfig = finetune_field(
+        "the training run the schedule prunes during; its seed also seeds the masks", epochs=4
+    )
     min_epochs: ClassVar[int] = 1
 
     @field_validator("sparsity", "initial_sparsity")
@@ -124,8 +132,10 @@ class GradualConfig(PruneTargetFields, TrainingStep):
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"'initial_sparsity' ({self.initial_sparsity}) must be <= 'sparsity' ({self.sparsity})")
         if self.end_step is not None and self.end_step < self.start_step + self.frequency:
-            raise ValueError(f"'end_step' ({self.end_step}) must be >= 'start_step' + 'frequency' "
-                             f"({self.start_step + self.frequency}): the schedule ends before it starts")
+            raise ValueError(
+                f"'end_step' ({self.end_step}) must be >= 'start_step' + 'frequency' "
+                f"({self.start_step + self.frequency}): the schedule ends before it starts"
+            )
         return self
 
     @classmethod
@@ -169,12 +179,21 @@ def gradual_schedule(cfg: GradualConfig, steps: int) -> tuple[int, int, int]:
     """(t0, n, dt) for a run of ``steps`` optimizer steps; checks the schedule fits in it."""
     end = cfg.end_step if cfg.end_step is not None else int(cfg.end_fraction * steps)
     if end >= steps:
-        raise bad_param("GradualConfig", "end_step", f"< the number of training steps ({steps}) so the final "
-                        "sparsity is reached while training", end)
+        raise bad_param(
+            "GradualConfig",
+            "end_step",
+            f"< the number of training steps ({steps}) so the final sparsity is reached while training",
+            end,
+        )
     n = (end - cfg.start_step) // cfg.frequency
     if n < 1:
-        raise bad_param("GradualConfig", "start_step", f"at least 'frequency' ({cfg.frequency}) steps before the "
-                        f"end of the schedule (step {end}); the schedule ends before it starts", cfg.start_step)
+        raise bad_param(
+            "GradualConfig",
+            "start_step",
+            f"at least 'frequency' ({cfg.frequency}) steps before the "
+            f"end of the schedule (step {end}); the schedule ends before it starts",
+            cfg.start_step,
+        )
     return cfg.start_step, n, cfg.frequency
 
 
@@ -184,8 +203,12 @@ def run_gradual(model: nn.Module, cfg: GradualConfig, ctx) -> nn.Module:
     t0, n, dt = gradual_schedule(cfg, total_steps(task, cfg.finetune))
     callback = CubicPruning(cfg, t0, n, dt)
     summary = fit(model, task, cfg.finetune, callbacks=[callback])
-    ctx.notes[cfg.method] = {"events": callback.events, "best_" + task.metric: summary["best_" + task.metric],
-                             "history": summary["history"], **sparsity_report(model)}
+    ctx.notes[cfg.method] = {
+        "events": callback.events,
+        "best_" + task.metric: summary["best_" + task.metric],
+        "history": summary["history"],
+        **sparsity_report(model),
+    }
     return model
 
 

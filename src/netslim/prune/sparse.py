@@ -17,6 +17,7 @@
 
 Both modules hold buffers, not parameters: they are for inference, after training.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,10 @@ def to_csr(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
     if w.dim() != 2:
         raise NetslimError(f"to_csr expects a 2-D weight; got shape {tuple(w.shape)}.")
-    nz = w != 0                                                     # (rows, cols)
+    nz = w != 0  # (rows, cols)
     crow = torch.zeros(w.shape[0] + 1, dtype=torch.int32, device=w.device)
     crow[1:] = torch.cumsum(nz.sum(1), 0)
-    col = nz.nonzero()[:, 1]                                        # (nnz,) int64, row-major
+    col = nz.nonzero()[:, 1]  # (nnz,) int64, row-major
     if w.shape[1] <= U16_LIMIT:
         col = torch.where(col >= 32768, col - 65536, col).to(torch.int16)
     else:
@@ -80,7 +81,9 @@ class _CSRWeight(nn.Module):
 
     def _init_storage(self, rows: int, cols: int, nnz: int, index_bits: int) -> None:
         if index_bits not in (16, 32):
-            raise NetslimError(f"The 'index_bits' parameter of {type(self).__name__} must be 16 or 32; got {index_bits!r}.")
+            raise NetslimError(
+                f"The 'index_bits' parameter of {type(self).__name__} must be 16 or 32; got {index_bits!r}."
+            )
         if index_bits == 16 and cols > U16_LIMIT:
             raise NetslimError(f"16-bit column indices need <= {U16_LIMIT} columns; got {cols}.")
         self.rows, self.cols, self.index_bits = rows, cols, index_bits
@@ -123,8 +126,9 @@ class _CSRWeight(nn.Module):
         of this layer's (rows, cols) weight - run on load, before any kernel sees them."""
         want = torch.int16 if self.index_bits == 16 else torch.int32
         if self.col_idx.dtype != want:
-            raise NetslimError(f"{where}: field 'col_idx' must be {want} for index_bits={self.index_bits}; "
-                               f"got {self.col_idx.dtype}.")
+            raise NetslimError(
+                f"{where}: field 'col_idx' must be {want} for index_bits={self.index_bits}; got {self.col_idx.dtype}."
+            )
         validate_csr(self.crow, self.col_idx, self.weight_values, (self.rows, self.cols), where)
 
 
@@ -132,8 +136,15 @@ class _CSRWeight(nn.Module):
 class SparseLinear(_CSRWeight):
     """``y = x W^T + b`` with W in CSR. ``kernel``: "sparse" (CSR kernel) or "dense" (decoded)."""
 
-    def __init__(self, in_features: int, out_features: int, nnz: int = 0, bias: bool = True,
-                 kernel: str = "sparse", index_bits: int | None = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nnz: int = 0,
+        bias: bool = True,
+        kernel: str = "sparse",
+        index_bits: int | None = None,
+    ):
         super().__init__()
         if kernel not in ("sparse", "dense"):
             raise NetslimError(f"The 'kernel' parameter of SparseLinear must be 'sparse' or 'dense'; got {kernel!r}.")
@@ -159,29 +170,49 @@ class SparseLinear(_CSRWeight):
         if self.kernel == "dense":
             return F.linear(x, self.dense_2d(), self.bias)
         if self._prepared is None:
-            self._prepared = prepare_csr(self.crow, self.col_idx, self.weight_values, (self.rows, self.cols),
-                                         self.bias) or False
+            self._prepared = (
+                prepare_csr(self.crow, self.col_idx, self.weight_values, (self.rows, self.cols), self.bias) or False
+            )
         if self._prepared and fast_path_ok(x):
             return self._prepared(x)
         return csr_matmul(x, self.crow, self.col_idx, self.weight_values, (self.rows, self.cols), self.bias)
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.rows * self.cols)
-        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} " \
-               f"({density:.1%}), kernel={self.kernel}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz} "
+            f"({density:.1%}), kernel={self.kernel}"
+        )
 
 
 def _sparse_linear_kwargs(m: SparseLinear) -> dict:
-    return {"in_features": m.in_features, "out_features": m.out_features, "nnz": m.nnz,
-            "bias": m.bias is not None, "kernel": m.kernel, "index_bits": m.index_bits}
+    return {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "nnz": m.nnz,
+        "bias": m.bias is not None,
+        "kernel": m.kernel,
+        "index_bits": m.index_bits,
+    }
 
 
 # --------------------------------------------------------------------------- SparseConv2d
 class SparseConv2d(_CSRWeight):
     """A Conv2d whose weight is stored in CSR over (out, in/groups*kh*kw); runs dense."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, nnz: int = 0, index_bits: int | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        nnz: int = 0,
+        index_bits: int | None = None,
+    ):
         super().__init__()
         pair = nn.modules.utils._pair
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
@@ -196,8 +227,16 @@ class SparseConv2d(_CSRWeight):
         if conv.padding_mode != "zeros":
             raise NetslimError(f"SparseConv2d supports padding_mode 'zeros' only; got {conv.padding_mode!r}.")
         w = conv.weight.detach()
-        out = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, conv.bias is not None)
+        out = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+        )
         out._set_csr(w.reshape(w.shape[0], -1))
         if conv.bias is not None:
             out.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
@@ -212,16 +251,26 @@ class SparseConv2d(_CSRWeight):
 
 
 def _sparse_conv_kwargs(m: SparseConv2d) -> dict:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-            "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None, "nnz": m.nnz,
-            "index_bits": m.index_bits}
+    return {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "nnz": m.nnz,
+        "index_bits": m.index_bits,
+    }
 
 
 register_module(SparseLinear, _sparse_linear_kwargs)
 register_module(SparseConv2d, _sparse_conv_kwargs)
-register_macs(SparseLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1])
-              * (m.nnz if m.kernel == "sparse" else m.rows * m.cols))
+register_macs(
+    SparseLinear,
+    lambda m, inputs, out: int(out.numel() // out.shape[-1]) * (m.nnz if m.kernel == "sparse" else m.rows * m.cols),
+)
 register_macs(SparseConv2d, lambda m, inputs, out: int(out.numel()) * m.cols)
 
 
@@ -256,8 +305,19 @@ def baked_copy(m: nn.Module) -> nn.Module:
     if isinstance(m, nn.Linear):
         out = nn.Linear(m.in_features, m.out_features, m.bias is not None, device=w.device, dtype=w.dtype)
     else:
-        out = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                        m.bias is not None, m.padding_mode, device=w.device, dtype=w.dtype)
+        out = nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
     with torch.no_grad():
         out.weight.copy_(w)
         if m.bias is not None:

@@ -5,6 +5,7 @@ dense weight, masks baked in elsewhere), applied per unit: each block is read, i
 swapped for their stored form, written, released; the skeleton gets its own layers back at
 the end, so the run continues with the model it had.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,11 @@ def export_sparse_streamed(sm: StreamedModel, path: Path, info: dict | None, bud
     model = sm.model
     prefix, blocks = decoder_blocks(model)
     inside = {id(m) for m in blocks.modules()}
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-             and (id(m) not in inside or n.startswith(prefix + "."))]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and (id(m) not in inside or n.startswith(prefix + "."))
+    ]
     writer = ArtifactWriter(path)
     io = BlockStream(sm, writer, budget=budget)
     originals: dict[str, nn.Module] = {}

@@ -20,6 +20,7 @@ example inputs), and become :class:`~netslim.quantize.sparse_lowbit.SparseInt8Li
 
 After it, layers hold buffers, not parameters: nothing may train the model (``freezes``).
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -67,10 +68,14 @@ def time_layer(layer: nn.Linear, cfg: SparsifyConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"density": sparse.nnz / layer.weight.numel(), "timings": {}}
     for b in cfg.batch_sizes:
         x = torch.randn(b, layer.in_features, device=device)
-        ms = interleaved_latency({"dense": dense, "sparse": sparse}, x, rounds=cfg.rounds, repeats=cfg.repeats,
-                                 threads=cfg.threads)
-        out["timings"][str(b)] = {"dense_ms": ms["dense"], "sparse_ms": ms["sparse"],
-                                  "speedup": ms["dense"] / max(ms["sparse"], 1e-9)}
+        ms = interleaved_latency(
+            {"dense": dense, "sparse": sparse}, x, rounds=cfg.rounds, repeats=cfg.repeats, threads=cfg.threads
+        )
+        out["timings"][str(b)] = {
+            "dense_ms": ms["dense"],
+            "sparse_ms": ms["sparse"],
+            "speedup": ms["dense"] / max(ms["sparse"], 1e-9),
+        }
     out["faster"] = all(t["speedup"] >= cfg.min_speedup for t in out["timings"].values())
     out["module"] = sparse
     return out
@@ -92,7 +97,9 @@ def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None, example: Any =
         _sparsify_int8(model, quantized, cfg, ctx, notes, example)
     for name, layer in layers:
         if not isinstance(layer, nn.Linear):
-            _skip(ctx, name, f"{type(layer).__name__}: no sparse kernel (runs dense; export 'sparse' stores it compactly)")
+            _skip(
+                ctx, name, f"{type(layer).__name__}: no sparse kernel (runs dense; export 'sparse' stores it compactly)"
+            )
             continue
         result = time_layer(layer, cfg)
         module = result.pop("module")
@@ -101,8 +108,12 @@ def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None, example: Any =
             replace_module(model, name, module)
         else:
             speed = ", ".join(f"b{b}: {t['speedup']:.2f}x" for b, t in result["timings"].items())
-            _skip(ctx, name, f"sparse not faster enough (dense/sparse {speed}; need >= {cfg.min_speedup}x at "
-                             f"density {result['density']:.1%})")
+            _skip(
+                ctx,
+                name,
+                f"sparse not faster enough (dense/sparse {speed}; need >= {cfg.min_speedup}x at "
+                f"density {result['density']:.1%})",
+            )
     if ctx is not None:
         ctx.notes[cfg.method] = notes
     return model
@@ -130,17 +141,28 @@ def _sparsify_int8(model: nn.Module, names: list[str], cfg: SparsifyConfig, ctx,
         if why is not None:
             _skip(ctx, name, f"int8 layer kept dense: {why}")
             continue
-        result = time_static_layer(layer, seen.get(name), cfg.batch_sizes, rounds=cfg.rounds, repeats=cfg.repeats,
-                                   threads=cfg.threads, min_speedup=cfg.min_speedup)
+        result = time_static_layer(
+            layer,
+            seen.get(name),
+            cfg.batch_sizes,
+            rounds=cfg.rounds,
+            repeats=cfg.repeats,
+            threads=cfg.threads,
+            min_speedup=cfg.min_speedup,
+        )
         module = result.pop("module")
         notes["int8_layers"][name] = result
         if result["faster"]:
             replace_module(model, name, module)
         else:
             speed = ", ".join(f"b{b}: {t['speedup']:.2f}x" for b, t in result["timings"].items())
-            _skip(ctx, name, f"sparse int8 not faster enough than dense int8 (dense/sparse {speed}; need >= "
-                             f"{cfg.min_speedup}x at density {result['density']:.1%}, quads "
-                             f"{result['quad_density']:.1%})")
+            _skip(
+                ctx,
+                name,
+                f"sparse int8 not faster enough than dense int8 (dense/sparse {speed}; need >= "
+                f"{cfg.min_speedup}x at density {result['density']:.1%}, quads "
+                f"{result['quad_density']:.1%})",
+            )
 
 
 def _skip(ctx, name: str, reason: str) -> None:

@@ -11,6 +11,7 @@
 ``magnitude_prune(model, sparsity=0.9)`` is the same without a recipe. The masks stay
 trainable (see :mod:`netslim.core.masks`); ``make_permanent`` bakes them in.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,8 +66,9 @@ def score_layers(layers, criterion: str, seed: int = 0):
     return magnitude_scores(layers) if criterion == "magnitude" else random_scores(layers, seed)
 
 
-def target_masks(model: nn.Module, cfg: PruneTargetFields, sparsity: float | None, *,
-                 threshold: float | None = None, seed: int = 0) -> dict:
+def target_masks(
+    model: nn.Module, cfg: PruneTargetFields, sparsity: float | None, *, threshold: float | None = None, seed: int = 0
+) -> dict:
     """Keep-masks for ``sparsity`` (or ``threshold``) over the layers and criterion of ``cfg``.
 
     Shared by one-shot, iterative and gradual pruning and lottery tickets.
@@ -76,8 +78,9 @@ def target_masks(model: nn.Module, cfg: PruneTargetFields, sparsity: float | Non
     if threshold is not None:
         counts = threshold_counts(scores, threshold, min_sparsity=cfg.min_sparsity, max_sparsity=cfg.max_sparsity)
         return masks_from_counts(scores, counts)
-    return masks_from_scores(scores, sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity,
-                             max_sparsity=cfg.max_sparsity)
+    return masks_from_scores(
+        scores, sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity, max_sparsity=cfg.max_sparsity
+    )
 
 
 def prune_masks(model: nn.Module, cfg: MagnitudePruneConfig) -> dict:

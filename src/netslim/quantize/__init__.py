@@ -17,14 +17,15 @@ Public API (recipe method names in brackets):
 * :func:`export_onnx` / :func:`check_onnx` (recipe ``export`` format ``onnx``): QDQ ONNX of the static int8
   layers, checked in ONNX Runtime
 """
+
 from netslim.quantize.core import QParams, QScheme, dequantize, fake_quantize, qparams_from_range, quantize
 from netslim.quantize.dynamic import (
-                                      BF16Config,
-                                      BF16Linear,
-                                      DynamicInt8Config,
-                                      DynamicInt8Linear,
-                                      bf16_linears,
-                                      dynamic_int8,
+    BF16Config,
+    BF16Linear,
+    DynamicInt8Config,
+    DynamicInt8Linear,
+    bf16_linears,
+    dynamic_int8,
 )
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
 from netslim.quantize.mixed import MixedPrecisionConfig, allocate_bits, mixed_precision
@@ -36,11 +37,41 @@ from netslim.quantize.sparse_lowbit import SparseInt8Conv2d, SparseInt8Linear, S
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights
 
 __all__ = [
-    "check_onnx", "export_onnx", "SparseInt8Conv2d", "SparseInt8Linear", "SparseQuantizedLinear",
-    "MixedPrecisionConfig", "allocate_bits", "mixed_precision",
-    "LSQ", "QATConfig", "QATConv2d", "QATLinear", "convert_qat", "prepare_qat",
-    "Int8Conv2d", "Int8Linear", "PTQInt8Config", "fold_bn", "ptq_int8",
-    "BF16Config", "BF16Linear", "DynamicInt8Config", "DynamicInt8Linear", "bf16_linears", "dynamic_int8",
-    "OBSERVERS", "QParams", "QScheme", "QuantizedEmbedding", "QuantizedLinear", "WeightOnlyConfig", "dequantize",
-    "fake_quantize", "make_observer", "qparams_from_range", "quantize", "quantize_weights",
+    "check_onnx",
+    "export_onnx",
+    "SparseInt8Conv2d",
+    "SparseInt8Linear",
+    "SparseQuantizedLinear",
+    "MixedPrecisionConfig",
+    "allocate_bits",
+    "mixed_precision",
+    "LSQ",
+    "QATConfig",
+    "QATConv2d",
+    "QATLinear",
+    "convert_qat",
+    "prepare_qat",
+    "Int8Conv2d",
+    "Int8Linear",
+    "PTQInt8Config",
+    "fold_bn",
+    "ptq_int8",
+    "BF16Config",
+    "BF16Linear",
+    "DynamicInt8Config",
+    "DynamicInt8Linear",
+    "bf16_linears",
+    "dynamic_int8",
+    "OBSERVERS",
+    "QParams",
+    "QScheme",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "WeightOnlyConfig",
+    "dequantize",
+    "fake_quantize",
+    "make_observer",
+    "qparams_from_range",
+    "quantize",
+    "quantize_weights",
 ]

@@ -20,6 +20,7 @@ several. So the per-tensor kernel is one ctypes call that returns the scale and 
 itself, small inputs never enter a parallel region (``GRAIN`` in ``csrc/dynq.c``), and the
 ``torch.profiler`` label around it is only pushed while a profiler is recording.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,8 @@ from netslim.core.native import c_library
 # torch 2.13 flags quantized-tensor creation as deprecated; quantize_per_* is used here only
 # as a fused float -> int8 kernel, so silence exactly that message.
 warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
-QMAX = 127      # symmetric int8 without -128: |q| <= 127 keeps x and -x symmetric
-U8_ZERO = 128   # oneDNN takes uint8 activations: symmetric int8 codes shifted by 128
+QMAX = 127  # symmetric int8 without -128: |q| <= 127 keeps x and -x symmetric
+U8_ZERO = 128  # oneDNN takes uint8 activations: symmetric int8 codes shifted by 128
 _SOURCE = Path(__file__).with_name("csrc") / "dynq.c"
 _KINDS = {torch.float32: "f32", torch.bfloat16: "bf16"}
 _NO_LABEL = contextlib.nullcontext()
@@ -93,15 +94,16 @@ def quantize_u8_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
 def _native_per_tensor(x2: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     codes = torch.empty(x2.shape, dtype=torch.uint8)
     qp = (ctypes.c_double * 2)()  # the kernel writes (scale, zero point): u8_qparams of x's range
-    getattr(_lib(), f"netslim_dynq_u8_{_KINDS[x2.dtype]}")(x2.numel(), x2.data_ptr(), codes.data_ptr(), qp,
-                                                            torch.get_num_threads())
+    getattr(_lib(), f"netslim_dynq_u8_{_KINDS[x2.dtype]}")(
+        x2.numel(), x2.data_ptr(), codes.data_ptr(), qp, torch.get_num_threads()
+    )
     return codes, qp[0], int(qp[1])
 
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax int8 per row: (M, K) float -> (M, K) int8, (M, 1) float32 scale."""
     x = x.float()
-    lo, hi = torch.aminmax(x, dim=1, keepdim=True)          # one pass for both ends
+    lo, hi = torch.aminmax(x, dim=1, keepdim=True)  # one pass for both ends
     scale = torch.maximum(-lo, hi).clamp_min(1e-12) / QMAX  # (M, 1)
     if x.device.type == "cpu":
         # One fused pass (scale, round half to even, saturate); |x / scale| <= 127 by construction.
@@ -120,8 +122,9 @@ def quantize_u8_per_row(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         codes = torch.empty(m, k, dtype=torch.uint8)
         scales = torch.empty(m, 1)
         with torch.profiler.record_function("netslim::quantize_u8_per_row") if _profiling() else _NO_LABEL:
-            getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(m, k, x2.data_ptr(), codes.data_ptr(),
-                                                                   scales.data_ptr(), torch.get_num_threads())
+            getattr(_lib(), f"netslim_rows_u8_{_KINDS[x2.dtype]}")(
+                m, k, x2.data_ptr(), codes.data_ptr(), scales.data_ptr(), torch.get_num_threads()
+            )
         return codes, scales
     q, scale = quantize_per_row(x2)
     return (q.to(torch.int16) + U8_ZERO).to(torch.uint8), scale

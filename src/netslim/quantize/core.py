@@ -11,6 +11,7 @@ with its own scale / zero point.
 Codes follow ``x ~ (q - zero_point) * scale``. Symmetric schemes use the signed range
 ``[-2^(b-1), 2^(b-1) - 1]`` with zero point 0, asymmetric ones the unsigned ``[0, 2^b - 1]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class QScheme:
     bits: int = 8
     symmetric: bool = False
     granularity: Granularity = "tensor"
-    axis: int = 0               # channel axis (granularity "channel")
+    axis: int = 0  # channel axis (granularity "channel")
     group_size: int | None = None  # granularity "group"
 
     def __post_init__(self) -> None:
@@ -79,8 +80,12 @@ def to_rows(x: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     g = scheme.group_size
     if cols % g:
         divisors = [d for d in (16, 32, 64, 128, 256) if cols % d == 0]
-        raise bad_param("QScheme", "group_size",
-                        f"a divisor of the row length {cols} (e.g. {', '.join(map(str, divisors)) or 'none of 16..256'})", g)
+        raise bad_param(
+            "QScheme",
+            "group_size",
+            f"a divisor of the row length {cols} (e.g. {', '.join(map(str, divisors)) or 'none of 16..256'})",
+            g,
+        )
     return x.reshape(-1, g)
 
 
@@ -96,7 +101,7 @@ def from_rows(rows: torch.Tensor, like: torch.Tensor, scheme: QScheme) -> torch.
 class QParams:
     """Per-row scale (float32) and zero point (float32 holding integers, or any float for HQQ)."""
 
-    scale: torch.Tensor       # (R,)
+    scale: torch.Tensor  # (R,)
     zero_point: torch.Tensor  # (R,)
     scheme: QScheme
 

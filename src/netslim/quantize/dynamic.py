@@ -25,6 +25,7 @@
   cast in and out, so the rest of the model stays fp32. ``BF16Config(scope="model")`` instead
   casts the whole model (every floating parameter and buffer) to bf16.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,8 @@ class _Shared:
 
     def __init__(self, x: torch.Tensor, key: tuple, codes: tuple):
         self.ref, self.key, self.codes = weakref.ref(x), key, codes
-        self.readers: list = []     # DynamicInt8Linear modules that read this input, in order
-        self.ready: dict = {}       # id(module) -> its output, from a fused GEMM of its group
+        self.readers: list = []  # DynamicInt8Linear modules that read this input, in order
+        self.ready: dict = {}  # id(module) -> its output, from a fused GEMM of its group
 
 
 def _quantize_input(x: torch.Tensor, mode: str, onednn: bool) -> _Shared:
@@ -157,8 +158,15 @@ class DynamicInt8Linear(nn.Module):
 
     weight_bits = 8
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activations: str = "per_tensor",
-                 post_op: str = "none", device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activations: str = "per_tensor",
+        post_op: str = "none",
+        device=None,
+    ):
         super().__init__()
         if activations not in ACTIVATIONS:
             raise bad_param("DynamicInt8Linear", "activations", f"one of {', '.join(ACTIVATIONS)}", activations)
@@ -181,8 +189,7 @@ class DynamicInt8Linear(nn.Module):
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise NetslimError("Cannot quantize a Linear weight with NaN or Inf values.")
-        m = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, post_op,
-                device=w.device)
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, activations, post_op, device=w.device)
         q, s = quantize_per_row(w)
         m.weight_int8.copy_(q)
         m.weight_scale.copy_(s.squeeze(1))
@@ -198,9 +205,13 @@ class DynamicInt8Linear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if loaded(state_dict, prefix, ("weight_int8", "weight_scale")):
             where = prefix[:-1] or type(self).__name__
-            check_layer_tensors(where, {
-                "weight_int8": (self.weight_int8, (self.out_features, self.in_features), torch.int8),
-                "weight_scale": (self.weight_scale, (self.out_features,), None)})
+            check_layer_tensors(
+                where,
+                {
+                    "weight_int8": (self.weight_int8, (self.out_features, self.in_features), torch.int8),
+                    "weight_scale": (self.weight_scale, (self.out_features,), None),
+                },
+            )
             check_positive(where, "weight_scale", self.weight_scale)
 
     def __getstate__(self):  # copy.deepcopy / pickle: oneDNN's packed weight is opaque (no storage)
@@ -210,12 +221,22 @@ class DynamicInt8Linear(nn.Module):
         """oneDNN-packed weight, zero points, scales and bias of ``group`` stacked along the outputs."""
         key = _weights_key(group)
         if self._packed is None or self._packed[0] != key:  # derived data, rebuilt after load / new weights
-            w = torch.cat([m.weight_int8 for m in group])                       # (sum N, K)
+            w = torch.cat([m.weight_int8 for m in group])  # (sum N, K)
             scales = torch.cat([m.weight_scale for m in group])
-            bias = None if all(m.bias is None for m in group) else torch.cat(  # zeros where a member has none
-                [torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float() for m in group])
-            self._packed = (key, torch.ops.onednn.qlinear_prepack(w, None),
-                            torch.zeros(w.shape[0], dtype=torch.long), scales, bias)
+            bias = (
+                None
+                if all(m.bias is None for m in group)
+                else torch.cat(  # zeros where a member has none
+                    [torch.zeros(m.out_features) if m.bias is None else m.bias.detach().float() for m in group]
+                )
+            )
+            self._packed = (
+                key,
+                torch.ops.onednn.qlinear_prepack(w, None),
+                torch.zeros(w.shape[0], dtype=torch.long),
+                scales,
+                bias,
+            )
         return self._packed[1:]
 
     def _relink(self, entry: _Shared) -> None:
@@ -225,9 +246,16 @@ class DynamicInt8Linear(nn.Module):
                 self._leader._followers.remove(self)
             self._leader = None
         first = entry.readers[0] if entry.readers else None
-        if (_LEARN_GROUPS and first is not None and first is not self and first._leader is None
-                and not self._followers and first.activations == self.activations
-                and first.post_op == self.post_op and self not in first._followers):
+        if (
+            _LEARN_GROUPS
+            and first is not None
+            and first is not self
+            and first._leader is None
+            and not self._followers
+            and first.activations == self.activations
+            and first.post_op == self.post_op
+            and self not in first._followers
+        ):
             first._followers.append(self)
             object.__setattr__(self, "_leader", first)  # a plain reference, not a submodule
         entry.readers.append(self)
@@ -244,18 +272,32 @@ class DynamicInt8Linear(nn.Module):
         codes, scale, zero = entry.codes
         if self.activations == "per_tensor":  # dequantization, bias and activation in the GEMM epilogue
             algo = POST_OPS[self.post_op]
-            y = torch.ops.onednn.qlinear_pointwise(codes, scale, zero, wpk, wscale, wzero, bias,
-                                                   1.0, 0, out_dtype, "none" if algo is None else "gelu", [],
-                                                   "" if algo is None else algo)
+            y = torch.ops.onednn.qlinear_pointwise(
+                codes,
+                scale,
+                zero,
+                wpk,
+                wscale,
+                wzero,
+                bias,
+                1.0,
+                0,
+                out_dtype,
+                "none" if algo is None else "gelu",
+                [],
+                "" if algo is None else algo,
+            )
         else:
             # per token: the GEMM applies the weight scales; the token scale (and bias after it) is one more
             # pass, in fp32 (a bf16 GEMM output would be rounded twice); the activation can't go before it
-            y = torch.ops.onednn.qlinear_pointwise(codes, 1.0, zero, wpk, wscale, wzero, None,
-                                                   1.0, 0, torch.float32, "none", [], "")  # (M, N)
+            y = torch.ops.onednn.qlinear_pointwise(
+                codes, 1.0, zero, wpk, wscale, wzero, None, 1.0, 0, torch.float32, "none", [], ""
+            )  # (M, N)
             scale = scale.detach()  # the int8 GEMM is not differentiable anyway
             out = y if out_dtype == torch.float32 else torch.empty_like(y, dtype=out_dtype)
-            y = self._activation(torch.mul(y, scale, out=out) if bias is None
-                                 else torch.addcmul(bias, y, scale, out=out))
+            y = self._activation(
+                torch.mul(y, scale, out=out) if bias is None else torch.addcmul(bias, y, scale, out=out)
+            )
         if len(group) == 1:
             return y
         parts = y.split([m.out_features for m in group], dim=1)  # column views of the fused output
@@ -264,8 +306,8 @@ class DynamicInt8Linear(nn.Module):
 
     def _int_mm(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (M, N) fp32
         codes, scale, _ = _quantize_input(x, self.activations, False).codes
-        acc = int8_matmul(codes, self.weight_int8.t())               # (M, N) int32
-        y = torch.mul(acc, self.weight_scale).mul_(scale)             # int32 * fp32 -> fp32, then in place
+        acc = int8_matmul(codes, self.weight_int8.t())  # (M, N) int32
+        y = torch.mul(acc, self.weight_scale).mul_(scale)  # int32 * fp32 -> fp32, then in place
         return self._activation(y if self.bias is None else y.add_(self.bias))
 
     def _activation(self, y: torch.Tensor) -> torch.Tensor:
@@ -278,8 +320,10 @@ class DynamicInt8Linear(nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"activations={self.activations}" + ("" if self.post_op == "none" else f", post_op={self.post_op}"))
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"activations={self.activations}" + ("" if self.post_op == "none" else f", post_op={self.post_op}")
+        )
 
 
 class BF16Linear(nn.Module):
@@ -309,8 +353,10 @@ def _kw(m) -> dict:
     return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
 
 
-register_module(DynamicInt8Linear, lambda m: {**_kw(m), "activations": m.activations,
-                                               **({} if m.post_op == "none" else {"post_op": m.post_op})})
+register_module(
+    DynamicInt8Linear,
+    lambda m: {**_kw(m), "activations": m.activations, **({} if m.post_op == "none" else {"post_op": m.post_op})},
+)
 register_module(BF16Linear, _kw)
 for _cls in (DynamicInt8Linear, BF16Linear):
     register_macs(_cls, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
@@ -322,20 +368,28 @@ class DynamicInt8Config(MethodConfig):
     method = "dynamic_int8"
     freezes = True
     activations: Literal["per_tensor", "per_token"] = Field(
-        "per_tensor", description="per_tensor: one scale per call, fully fused GEMM (fastest); per_token: one "
-        "scale per row, robust to outlier tokens, one extra elementwise pass")
+        "per_tensor",
+        description="per_tensor: one scale per call, fully fused GEMM (fastest); per_token: one "
+        "scale per row, robust to outlier tokens, one extra elementwise pass",
+    )
     embeddings: bool = Field(
-        False, description="also store nn.Embedding tables as int8 per row (weight-only: looked-up rows are "
-        "dequantized); for BERT-style models the word table is most of the file")
+        False,
+        description="also store nn.Embedding tables as int8 per row (weight-only: looked-up rows are "
+        "dequantized); for BERT-style models the word table is most of the file",
+    )
     compute_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype of everything between the int8 Linears (attention, softmax, LayerNorm, "
+        "float32",
+        description="dtype of everything between the int8 Linears (attention, softmax, LayerNorm, "
         "GELU, residual adds) and of the Linears' inputs and outputs. bfloat16 halves the bytes of those "
         "passes and runs attention's matmuls in bf16 (AVX512-BF16 / AMX); int8 weights, their scales and "
-        "the Linear biases keep their dtype; the model's outputs are bf16")
+        "the Linear biases keep their dtype; the model's outputs are bf16",
+    )
     fuse_activations: bool = Field(
-        True, description="a GELU that directly follows a converted Linear (Hugging Face '*Intermediate' "
+        True,
+        description="a GELU that directly follows a converted Linear (Hugging Face '*Intermediate' "
         "blocks: dense -> intermediate_act_fn) runs in the int8 GEMM's epilogue (per_tensor; per_token "
-        "applies it after the token scale) and its module becomes Identity")
+        "applies it after the token scale) and its module becomes Identity",
+    )
     include: Selector = None
     exclude: Selector = None
 
@@ -351,8 +405,10 @@ class BF16Config(MethodConfig):
     method = "bf16"
     freezes = True
     scope: Literal["linear", "model"] = Field(
-        "linear", description="linear: the selected Linear layers, fp32 in and out; model: every floating "
-        "parameter and buffer, so the whole forward runs in bf16 (outputs are bf16)")
+        "linear",
+        description="linear: the selected Linear layers, fp32 in and out; model: every floating "
+        "parameter and buffer, so the whole forward runs in bf16 (outputs are bf16)",
+    )
     include: Selector = None
     exclude: Selector = None
 
@@ -365,8 +421,9 @@ class BF16Config(MethodConfig):
 
 def _check_scope(cfg: BF16Config) -> None:
     if cfg.scope == "model" and (cfg.include is not None or cfg.exclude):
-        raise NetslimError("bf16: include/exclude select Linear layers and apply to scope 'linear' only; "
-                           "got them with scope 'model'.")
+        raise NetslimError(
+            "bf16: include/exclude select Linear layers and apply to scope 'linear' only; got them with scope 'model'."
+        )
 
 
 def _linear_names(model: nn.Module, cfg) -> list[str]:
@@ -403,10 +460,15 @@ def _convert_dynamic(model: nn.Module, cfg: DynamicInt8Config) -> dict:
     n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
     if cfg.compute_dtype != "float32":
         cast_body(model, getattr(torch, cfg.compute_dtype))
-    return {"layers": len(names), "embeddings": n_emb, "activations": cfg.activations,
-            "compute_dtype": cfg.compute_dtype, "fused_activations": len(fused),
-            "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm",
-            "activation_quantizer": "native C" if native_ok(torch.empty(1)) else "torch"}
+    return {
+        "layers": len(names),
+        "embeddings": n_emb,
+        "activations": cfg.activations,
+        "compute_dtype": cfg.compute_dtype,
+        "fused_activations": len(fused),
+        "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm",
+        "activation_quantizer": "native C" if native_ok(torch.empty(1)) else "torch",
+    }
 
 
 def dynamic_int8(model: nn.Module, cfg: DynamicInt8Config | None = None) -> nn.Module:
@@ -439,8 +501,11 @@ def _conv1d_layers(model: nn.Module, cfg) -> list[str]:
 @register(DynamicInt8Config)
 def _apply_dynamic(model, cfg: DynamicInt8Config, ctx):
     for name in _conv1d_layers(model, cfg):  # no silent partial conversion: the report lists them
-        ctx.skip(name, "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
-                       "converted, only nn.Linear layers are; it stays fp32")
+        ctx.skip(
+            name,
+            "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
+            "converted, only nn.Linear layers are; it stays fp32",
+        )
     ctx.notes["dynamic_int8"] = _convert_dynamic(model, cfg)
     return model
 

@@ -28,6 +28,7 @@ inputs. 3-bit codes are stored in 4-bit slots (the packing holds 2/4/8 bits per 
   act_order: true
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -117,21 +118,36 @@ class GPTQConfig(MethodConfig):
         tokens = getattr(task, "calibration_tokens", None) is not None
         layers = planned_linears(model, self.include, self.exclude, token_inputs=tokens)
         if not layers:
-            raise NetslimError(f"No Linear layer of {type(model).__name__} is selected (gptq takes those of "
-                               "the decoder blocks, then include / exclude); nothing to quantize.")
+            raise NetslimError(
+                f"No Linear layer of {type(model).__name__} is selected (gptq takes those of "
+                "the decoder blocks, then include / exclude); nothing to quantize."
+            )
         skipped = [{"name": n, "reason": why} for n, m in layers if (why := group_misfit(m, self.group_size))]
         if len(skipped) == len(layers):
             widths = sorted({weight_2d(m).shape[1] for _, m in layers})
-            hint = "" if tokens else (" (gptq is for the Linear layers of an LLM's decoder blocks; for a CNN, "
-                                      "ptq_int8 or weight_only fit)")
-            raise NetslimError(f"The 'group_size' parameter of gptq fits no selected layer: group_size "
-                               f"{self.group_size} divides none of the input widths {widths[:8]} of the "
-                               f"{len(layers)} layers; use {_common_group(widths)}{hint}.")
+            hint = (
+                ""
+                if tokens
+                else (
+                    " (gptq is for the Linear layers of an LLM's decoder blocks; for a CNN, "
+                    "ptq_int8 or weight_only fit)"
+                )
+            )
+            raise NetslimError(
+                f"The 'group_size' parameter of gptq fits no selected layer: group_size "
+                f"{self.group_size} divides none of the input widths {widths[:8]} of the "
+                f"{len(layers)} layers; use {_common_group(widths)}{hint}."
+            )
         if self.m is not None:
             bad = [n for n, m in layers if not group_misfit(m, self.group_size) and weight_2d(m).shape[1] % self.m]
             if bad:
-                raise bad_param("gptq", "m", f"a divisor of every selected layer's input width ({bad[0]} has "
-                                f"{weight_2d(model.get_submodule(bad[0])).shape[1]})", self.m)
+                raise bad_param(
+                    "gptq",
+                    "m",
+                    f"a divisor of every selected layer's input width ({bad[0]} has "
+                    f"{weight_2d(model.get_submodule(bad[0])).shape[1]})",
+                    self.m,
+                )
         return skipped
 
 
@@ -151,8 +167,9 @@ def _common_group(widths: list[int]) -> str:
 
 
 # ------------------------------------------------------------------ group parameters
-def group_params(groups: torch.Tensor, bits: int, symmetric: bool, clip_search: bool,
-                 nearest_scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(
+    groups: torch.Tensor, bits: int, symmetric: bool, clip_search: bool, nearest_scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(G, g) weights -> fp16-exact (scale, zero) (G,), min-max or with the clipping search."""
     best = minmax_params(groups, bits, symmetric, nearest_scale=nearest_scale)
     if not clip_search:
@@ -175,8 +192,17 @@ def _grid_err(groups, scale, zero, bits):
 class _Rounder:
     """The quantizer callback of :func:`obs_solve`; records codes and group parameters."""
 
-    def __init__(self, w: torch.Tensor, bits: int, g: int, symmetric: bool, clip: bool,
-                 perm: torch.Tensor | None, static: bool, nearest: bool):
+    def __init__(
+        self,
+        w: torch.Tensor,
+        bits: int,
+        g: int,
+        symmetric: bool,
+        clip: bool,
+        perm: torch.Tensor | None,
+        static: bool,
+        nearest: bool,
+    ):
         rows, cols = w.shape
         self.bits, self.g, self.symmetric, self.clip, self.nearest = bits, g, symmetric, clip, nearest
         self.perm = perm.tolist() if perm is not None else None
@@ -189,10 +215,10 @@ class _Rounder:
             self.scale, self.zero = s.view(rows, -1), z.view(rows, -1)
 
     def __call__(self, j: int, col: torch.Tensor, w1: torch.Tensor, i: int) -> torch.Tensor:
-        c = self.perm[j] if self.perm is not None else j   # original column index
+        c = self.perm[j] if self.perm is not None else j  # original column index
         grp = c // self.g
-        if not self.static and c % self.g == 0:             # entering a group: params of updated weights
-            s, z = group_params(w1[:, i:i + self.g], self.bits, self.symmetric, self.clip, self.nearest)
+        if not self.static and c % self.g == 0:  # entering a group: params of updated weights
+            s, z = group_params(w1[:, i : i + self.g], self.bits, self.symmetric, self.clip, self.nearest)
             self.scale[:, grp], self.zero[:, grp] = s, z
         s, z = self.scale[:, grp], self.zero[:, grp]
         q = codes_for(col[:, None], s, z, self.bits)[:, 0]  # (R,)
@@ -200,10 +226,22 @@ class _Rounder:
         return (q - z) * s
 
 
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size: int | None = 128,
-                  symmetric: bool = False, act_order: bool = True, clip_search: bool = False, damp: float = 0.01,
-                  blocksize: int = 128, sparsity: float = 0.0, nm: tuple[int, int] | None = None,
-                  keep: torch.Tensor | None = None, scale_rounding: str = "nearest") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq_quantize(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    act_order: bool = True,
+    clip_search: bool = False,
+    damp: float = 0.01,
+    blocksize: int = 128,
+    sparsity: float = 0.0,
+    nm: tuple[int, int] | None = None,
+    keep: torch.Tensor | None = None,
+    scale_rounding: str = "nearest",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ on one layer: ``w`` (R, C), ``h`` (C, C) -> (codes uint8 (R, C), scale, zero fp16 (R, C/g), Ŵ (R, C)).
 
     ``keep`` (R, C): an existing sparsity mask whose zeros must stay zero. ``scale_rounding``:
@@ -224,8 +262,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, *, bits: int = 4, group_size
     wp = w if perm is None else w[:, perm]
     fixed = None if keep is None else ~(keep if perm is None else keep[:, perm])
     u, _dead, _lam = inverse_cholesky(hp, wp, damp)
-    w_hat, _keep, _loss = obs_solve(wp, u, sparsity=sparsity, nm=nm, quantizer=rounder, blocksize=bs,
-                                    fixed_prune=fixed)
+    w_hat, _keep, _loss = obs_solve(wp, u, sparsity=sparsity, nm=nm, quantizer=rounder, blocksize=bs, fixed_prune=fixed)
     if perm is not None:
         w_hat = w_hat[:, torch.argsort(perm)]
     return rounder.codes, rounder.scale.to(PARAM_DTYPE), rounder.zero.to(PARAM_DTYPE), w_hat
@@ -235,8 +272,9 @@ def _bias(mod: nn.Module) -> torch.Tensor | None:
     return None if getattr(mod, "bias", None) is None else mod.bias.detach()
 
 
-def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, stream: Any = None,
-         **kwargs: Any) -> nn.Module:
+def gptq(
+    model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, stream: Any = None, **kwargs: Any
+) -> nn.Module:
     """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = build_config(GPTQConfig, cfg, kwargs)
@@ -262,23 +300,51 @@ def gptq(model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: An
             if keep is None and bool((weight_2d(mod) == 0).any()):  # zeros made permanent earlier stay zeros
                 keep = weight_2d(mod) != 0
             codes, scale, zero, _w = gptq_quantize(
-                weight_2d(mod), hs[name], bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
-                act_order=cfg.act_order, clip_search=cfg.clip_search, damp=cfg.damp, blocksize=cfg.blocksize,
-                sparsity=cfg.sparsity, nm=nm, keep=keep, scale_rounding=cfg.scale_rounding)
-            new = QuantizedLinear.from_codes(codes, scale, zero, bits=storage_bits, group_size=cfg.group_size,
-                                             bias=_bias(mod))
+                weight_2d(mod),
+                hs[name],
+                bits=cfg.bits,
+                group_size=cfg.group_size,
+                symmetric=cfg.symmetric,
+                act_order=cfg.act_order,
+                clip_search=cfg.clip_search,
+                damp=cfg.damp,
+                blocksize=cfg.blocksize,
+                sparsity=cfg.sparsity,
+                nm=nm,
+                keep=keep,
+                scale_rounding=cfg.scale_rounding,
+            )
+            new = QuantizedLinear.from_codes(
+                codes, scale, zero, bits=storage_bits, group_size=cfg.group_size, bias=_bias(mod)
+            )
             replace_module(root, name, new.to(mod.weight.device))
             done.append(f"{prefix}.{name}" if prefix else name)
 
     with eval_mode(model):
-        compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
-                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc="gptq",
-                        offload_blocks=cfg.offload_blocks, stream=stream)
+        compress_blocks(
+            model,
+            calib,
+            fn,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            offload_dir=cfg.offload_dir,
+            propagate=cfg.sequential,
+            desc="gptq",
+            offload_blocks=cfg.offload_blocks,
+            stream=stream,
+        )
     if not done:
         raise NetslimError(f"gptq quantized no layer: none of the selected layers fits group_size={cfg.group_size}.")
     if ctx is not None and hasattr(ctx, "notes"):
-        ctx.notes["gptq"] = {"layers": len(done), "bits": cfg.bits, "storage_bits": storage_bits,
-                             "group_size": cfg.group_size, "act_order": cfg.act_order}
+        ctx.notes["gptq"] = {
+            "layers": len(done),
+            "bits": cfg.bits,
+            "storage_bits": storage_bits,
+            "group_size": cfg.group_size,
+            "act_order": cfg.act_order,
+        }
     return model
 
 

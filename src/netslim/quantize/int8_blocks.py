@@ -19,6 +19,7 @@ quantize per forward). Two things remove them:
   parent's forward, a second branch) stays float. The consumer's input grid is set to the
   producer's output grid, so no value is rounded twice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,8 @@ PASS_THROUGH = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn
 @dataclass(frozen=True)
 class ResidualSpec:
     body: tuple[str, ...]  # child names of the main path's Conv2d layers, in order
-    shortcut: str          # child holding the shortcut (an empty Sequential / Identity, or conv [+ BN])
-    relu: bool             # ReLU after the add
+    shortcut: str  # child holding the shortcut (an empty Sequential / Identity, or conv [+ BN])
+    relu: bool  # ReLU after the add
 
 
 _RESIDUALS: dict[type, ResidualSpec] = {}
@@ -85,11 +86,18 @@ class Int8Residual(nn.Module):
         return y if self.quant_out else y.dequantize()
 
 
-register_module(Int8Residual,
-                lambda m: {"body": module_spec(m.body), "shortcut": module_spec(m.shortcut), "relu": m.relu,
-                           "quant_out": m.quant_out},
-                lambda kw: Int8Residual(build_module(kw["body"], "body"), build_module(kw["shortcut"], "shortcut"),
-                                        kw["relu"], kw["quant_out"]))
+register_module(
+    Int8Residual,
+    lambda m: {
+        "body": module_spec(m.body),
+        "shortcut": module_spec(m.shortcut),
+        "relu": m.relu,
+        "quant_out": m.quant_out,
+    },
+    lambda kw: Int8Residual(
+        build_module(kw["body"], "body"), build_module(kw["shortcut"], "shortcut"), kw["relu"], kw["quant_out"]
+    ),
+)
 
 
 def find_residuals(model: nn.Module, names: list[str]) -> dict[str, ResidualSpec]:
@@ -100,9 +108,11 @@ def find_residuals(model: nn.Module, names: list[str]) -> dict[str, ResidualSpec
         spec = residual_spec(m)
         if spec is None:
             continue
-        convs = [f"{n}.{c}" for c in spec.body] + [f"{n}.{spec.shortcut}.{c}" for c, sub in
-                                                    get_module(m, spec.shortcut).named_modules()
-                                                    if isinstance(sub, nn.Conv2d)]
+        convs = [f"{n}.{c}" for c in spec.body] + [
+            f"{n}.{spec.shortcut}.{c}"
+            for c, sub in get_module(m, spec.shortcut).named_modules()
+            if isinstance(sub, nn.Conv2d)
+        ]
         if all(c in chosen for c in convs):
             out[n] = spec
     return out
@@ -138,8 +148,11 @@ def find_handoffs(model: nn.Module, producers: dict[str, str], int8_units: set[s
     Every tensor of the traced forward is kept alive until the end: use a small batch.
     """
     mods = dict(model.named_modules())
-    units = int8_units | {n for n, m in mods.items() if n and isinstance(m, PASS_THROUGH)
-                          and not any(n.startswith(u + ".") for u in int8_units)}
+    units = int8_units | {
+        n
+        for n, m in mods.items()
+        if n and isinstance(m, PASS_THROUGH) and not any(n.startswith(u + ".") for u in int8_units)
+    }
     tracer = _UseTracer()
     inputs, outputs, alive, hooks = {}, {}, [], []  # hooks: (module, hook, kind)
     for n in units | set(producers.values()):
@@ -157,6 +170,7 @@ def find_handoffs(model: nn.Module, producers: dict[str, str], int8_units: set[s
                 tracer.stack.pop()
             outputs[n] = out
             alive.append(out)  # why: a freed tensor's id could be reused by a later one
+
         hooks += [(m, pre, "pre"), (m, post, "forward")]
     with hooked(hooks), tracer:
         model(batch)

@@ -8,6 +8,7 @@
   scales and the Linear biases keep theirs (oneDNN takes fp32 scales and applies the bias in
   fp32 before writing bf16).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,7 @@ from .weight_only import PackedWeight, QuantizedEmbedding
 
 
 def gelu_kind(act: nn.Module) -> str | None:
-    """"gelu" / "gelu_tanh" when ``act`` computes that GELU (checked on a probe), else None."""
+    """ "gelu" / "gelu_tanh" when ``act`` computes that GELU (checked on a probe), else None."""
     probe = torch.linspace(-8, 8, 513)
     try:
         with torch.no_grad():
@@ -29,8 +30,11 @@ def gelu_kind(act: nn.Module) -> str | None:
     except (RuntimeError, TypeError):
         return None
     for kind, algo in (("gelu", "none"), ("gelu_tanh", "tanh")):
-        if isinstance(y, torch.Tensor) and y.shape == probe.shape and torch.allclose(
-                y, F.gelu(probe, approximate=algo), atol=1e-6, rtol=0):
+        if (
+            isinstance(y, torch.Tensor)
+            and y.shape == probe.shape
+            and torch.allclose(y, F.gelu(probe, approximate=algo), atol=1e-6, rtol=0)
+        ):
             return kind
     return None
 
@@ -46,8 +50,12 @@ def fuse_activations(model: nn.Module, names: list[str]) -> list[str]:
         parent_name, _, child = name.rpartition(".")
         parent = get_module(model, parent_name) if parent_name else model
         act = getattr(parent, "intermediate_act_fn", None)
-        if (child != "dense" or not type(parent).__name__.endswith("Intermediate") or not isinstance(act, nn.Module)
-                or set(dict(parent.named_children())) != {"dense", "intermediate_act_fn"}):
+        if (
+            child != "dense"
+            or not type(parent).__name__.endswith("Intermediate")
+            or not isinstance(act, nn.Module)
+            or set(dict(parent.named_children())) != {"dense", "intermediate_act_fn"}
+        ):
             continue
         kind = gelu_kind(act)
         if kind is not None:

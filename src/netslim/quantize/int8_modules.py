@@ -20,6 +20,7 @@ first use (derived data, not saved).
 The int8 kernels are CPU-only; on other devices the module runs the same arithmetic as
 fake quantization in float (same results up to rounding, no speed-up).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,9 @@ def _engine(name: str = ENGINE):
 
 
 class _Int8Base(nn.Module):
-    def _init_qparams(self, out_ch: int, wshape: tuple, relu: bool, weight_bits: int, device,
-                      quant_out: bool = False) -> None:
+    def _init_qparams(
+        self, out_ch: int, wshape: tuple, relu: bool, weight_bits: int, device, quant_out: bool = False
+    ) -> None:
         check_stream_bits(weight_bits, f"{type(self).__name__}.weight_bits")
         self.relu, self.weight_bits, self.quant_out = relu, weight_bits, quant_out
         self.weight_shape = tuple(wshape)
@@ -86,17 +88,20 @@ class _Int8Base(nn.Module):
         """The signed weight codes as int8, shape ``weight_shape`` (unpacked when stored packed)."""
         if self.weight_bits == 8:
             return self.weight_int8
-        codes = unpack(self.weight_packed.reshape(1, -1), self.weight_bits)[0, :self.weight_numel]
+        codes = unpack(self.weight_packed.reshape(1, -1), self.weight_bits)[0, : self.weight_numel]
         return (codes.to(torch.int16) - 2 ** (self.weight_bits - 1)).to(torch.int8).reshape(self.weight_shape)
 
     def _store_codes(self, codes: torch.Tensor) -> None:
         if tuple(codes.shape) != self.weight_shape:
-            raise NetslimError(f"{type(self).__name__}: weight codes of shape {tuple(codes.shape)} do not fit "
-                               f"{self.weight_shape}.")
+            raise NetslimError(
+                f"{type(self).__name__}: weight codes of shape {tuple(codes.shape)} do not fit {self.weight_shape}."
+            )
         lo, hi = -(2 ** (self.weight_bits - 1)), 2 ** (self.weight_bits - 1) - 1
         if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
-            raise NetslimError(f"{type(self).__name__}: {self.weight_bits}-bit weight codes must lie in "
-                               f"[{lo}, {hi}]; got [{int(codes.min())}, {int(codes.max())}].")
+            raise NetslimError(
+                f"{type(self).__name__}: {self.weight_bits}-bit weight codes must lie in "
+                f"[{lo}, {hi}]; got [{int(codes.min())}, {int(codes.max())}]."
+            )
         if self.weight_bits == 8:
             self.weight_int8.copy_(codes)
             return
@@ -105,8 +110,9 @@ class _Int8Base(nn.Module):
         flat = torch.cat([flat, flat.new_zeros(pad)]).to(torch.uint8)
         self.weight_packed.copy_(pack(flat.reshape(1, -1), self.weight_bits)[0])
 
-    def set_quantized(self, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor,
-                      act: tuple[float, float, float, float]) -> None:
+    def set_quantized(
+        self, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor, act: tuple[float, float, float, float]
+    ) -> None:
         self._store_codes(w_int8)
         self.weight_scale.copy_(w_scale)
         self.bias.data.copy_(bias)
@@ -122,14 +128,20 @@ class _Int8Base(nn.Module):
     def _check_loaded(self, where: str) -> None:
         """Loaded tensors against the constructor's shapes; scales > 0, zero points in [0, 255]."""
         self._check_codes(where)
-        check_layer_tensors(where, {"weight_scale": (self.weight_scale, (self.weight_shape[0],), None),
-                                    "act_qparams": (self.act_qparams, (4,), None)})
+        check_layer_tensors(
+            where,
+            {
+                "weight_scale": (self.weight_scale, (self.weight_shape[0],), None),
+                "act_qparams": (self.act_qparams, (4,), None),
+            },
+        )
         check_positive(where, "weight_scale", self.weight_scale)
         check_positive(where, "act_qparams", self.act_qparams[0::2])  # input, output scales
         zeros = self.act_qparams[1::2]
         if not bool(((zeros >= 0) & (zeros <= 255) & (zeros == zeros.round())).all()):
-            raise NetslimError(f"{where}: field 'act_qparams' zero points must be integers in [0, 255]; "
-                               f"got {zeros.tolist()}.")
+            raise NetslimError(
+                f"{where}: field 'act_qparams' zero points must be integers in [0, 255]; got {zeros.tolist()}."
+            )
 
     def _check_codes(self, where: str) -> None:
         if self.weight_bits == 8:
@@ -143,8 +155,9 @@ class _Int8Base(nn.Module):
         zeros = torch.zeros(self.weight_scale.numel(), dtype=torch.long)
         with warnings.catch_warnings():  # torch marks quantized tensors as deprecated; they are the kernel's API
             warnings.simplefilter("ignore")
-            return torch._make_per_channel_quantized_tensor(self.int_weight().cpu(), self.weight_scale.double().cpu(),
-                                                            zeros, 0)
+            return torch._make_per_channel_quantized_tensor(
+                self.int_weight().cpu(), self.weight_scale.double().cpu(), zeros, 0
+            )
 
     def dequantize_weight(self) -> torch.Tensor:
         shape = (-1,) + (1,) * (len(self.weight_shape) - 1)
@@ -174,28 +187,52 @@ class _Int8Base(nn.Module):
 
 
 class Int8Conv2d(_Int8Base):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int],
-                 padding: list[int], dilation: list[int], groups: int = 1, relu: bool = False, weight_bits: int = 8,
-                 quant_out: bool = False, device=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list[int],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int = 1,
+        relu: bool = False,
+        weight_bits: int = 8,
+        quant_out: bool = False,
+        device=None,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = list(kernel_size), list(stride)
         self.padding, self.dilation = list(padding), list(dilation)
-        self._init_qparams(out_channels, (out_channels, in_channels // groups, *kernel_size), relu, weight_bits,
-                           device, quant_out)
+        self._init_qparams(
+            out_channels, (out_channels, in_channels // groups, *kernel_size), relu, weight_bits, device, quant_out
+        )
 
     def _pack(self):
         if self._packed is None:
             with _engine():
                 self._packed = torch.ops.quantized.conv2d_prepack(
-                    self._qweight(), self.bias.detach().float().cpu(), self.stride, self.padding, self.dilation,
-                    self.groups)
+                    self._qweight(),
+                    self.bias.detach().float().cpu(),
+                    self.stride,
+                    self.padding,
+                    self.dilation,
+                    self.groups,
+                )
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float -> (B, O, H', W') float
         if x.device.type != "cpu":
-            y = F.conv2d(self._fake_input(self._float_in(x)), self.dequantize_weight(), self.bias, self.stride,
-                         self.padding, self.dilation, self.groups)
+            y = F.conv2d(
+                self._fake_input(self._float_in(x)),
+                self.dequantize_weight(),
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
             return self._fake(y).to(x.dtype)
         op = torch.ops.quantized.conv2d_relu if self.relu else torch.ops.quantized.conv2d
         with _engine():
@@ -204,8 +241,15 @@ class Int8Conv2d(_Int8Base):
 
 
 class Int8Linear(_Int8Base):
-    def __init__(self, in_features: int, out_features: int, relu: bool = False, weight_bits: int = 8,
-                 quant_out: bool = False, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        relu: bool = False,
+        weight_bits: int = 8,
+        quant_out: bool = False,
+        device=None,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self._init_qparams(out_features, (out_features, in_features), relu, weight_bits, device, quant_out)
@@ -226,12 +270,33 @@ class Int8Linear(_Int8Base):
         return self._out(y, torch.float32 if x.is_quantized else x.dtype)
 
 
-register_module(Int8Conv2d, lambda m: {
-    "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-    "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups, "relu": m.relu,
-    "weight_bits": m.weight_bits, "quant_out": m.quant_out})
-register_module(Int8Linear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-                                       "relu": m.relu, "weight_bits": m.weight_bits, "quant_out": m.quant_out})
+register_module(
+    Int8Conv2d,
+    lambda m: {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": m.kernel_size,
+        "stride": m.stride,
+        "padding": m.padding,
+        "dilation": m.dilation,
+        "groups": m.groups,
+        "relu": m.relu,
+        "weight_bits": m.weight_bits,
+        "quant_out": m.quant_out,
+    },
+)
+register_module(
+    Int8Linear,
+    lambda m: {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "relu": m.relu,
+        "weight_bits": m.weight_bits,
+        "quant_out": m.quant_out,
+    },
+)
 register_macs(Int8Linear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
-register_macs(Int8Conv2d, lambda m, inputs, out: int(out.numel()) * (m.in_channels // m.groups)
-              * m.kernel_size[0] * m.kernel_size[1])
+register_macs(
+    Int8Conv2d,
+    lambda m, inputs, out: int(out.numel()) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1],
+)

@@ -12,6 +12,7 @@ Sensitivity of layer l at b bits (only that layer's weights quantized, per chann
 layers keeping the Pareto frontier of (bits used, cost) (no rounding of the budget).
 The chosen widths feed :func:`ptq_int8` (``weight_bits`` per layer), activations stay int8.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -52,8 +53,9 @@ def kl_sensitivity(model: nn.Module, batch: torch.Tensor, names: list[str], choi
     return out
 
 
-def hessian_sensitivity(model: nn.Module, batch: torch.Tensor, names: list[str], choices: list[int],
-                        probes: int = 8) -> dict:
+def hessian_sensitivity(
+    model: nn.Module, batch: torch.Tensor, names: list[str], choices: list[int], probes: int = 8
+) -> dict:
     """HAWQ-v2: mean Hessian trace (Hutchinson) x |Q_b(W) - W|^2 / 2 per layer and width."""
     model.eval()
     with torch.no_grad():
@@ -80,8 +82,12 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], sizes: dict[str, int
     budget = avg_bits * sum(sizes.values())
     frontier: list[tuple[float, float, tuple]] = [(0.0, 0.0, ())]  # (bits used, cost, choices)
     for name, table in sensitivity.items():
-        cand = [(u + b * sizes[name], c + s, ch + (b,)) for u, c, ch in frontier for b, s in table.items()
-                if u + b * sizes[name] <= budget]
+        cand = [
+            (u + b * sizes[name], c + s, ch + (b,))
+            for u, c, ch in frontier
+            for b, s in table.items()
+            if u + b * sizes[name] <= budget
+        ]
         cand.sort(key=lambda t: (t[0], t[1]))
         frontier, best = [], float("inf")
         for t in cand:  # keep only states not dominated (more bits used must buy a lower cost)
@@ -89,8 +95,10 @@ def allocate_bits(sensitivity: dict[str, dict[int, float]], sizes: dict[str, int
                 frontier.append(t)
                 best = t[1]
         if not frontier:
-            raise NetslimError(f"avg_bits={avg_bits} is below the smallest width offered "
-                               f"({min(min(t) for t in sensitivity.values())}).")
+            raise NetslimError(
+                f"avg_bits={avg_bits} is below the smallest width offered "
+                f"({min(min(t) for t in sensitivity.values())})."
+            )
     _, _, choice = min(frontier, key=lambda t: t[1])
     return dict(zip(sensitivity, choice))
 
@@ -117,14 +125,19 @@ class MixedPrecisionConfig(MethodConfig):
 def _check_choices(cfg: MixedPrecisionConfig) -> None:
     bad = [b for b in cfg.choices if b not in range(2, 9)]
     if bad or not cfg.choices:
-        raise NetslimError(f"The 'choices' parameter of MixedPrecisionConfig must be widths in [2, 8]; got {cfg.choices}.")
+        raise NetslimError(
+            f"The 'choices' parameter of MixedPrecisionConfig must be widths in [2, 8]; got {cfg.choices}."
+        )
     if cfg.avg_bits < min(cfg.choices):
-        raise NetslimError(f"The 'avg_bits' parameter of MixedPrecisionConfig must be >= the smallest width "
-                           f"offered in 'choices' ({min(cfg.choices)}); got {cfg.avg_bits}.")
+        raise NetslimError(
+            f"The 'avg_bits' parameter of MixedPrecisionConfig must be >= the smallest width "
+            f"offered in 'choices' ({min(cfg.choices)}); got {cfg.avg_bits}."
+        )
 
 
-def mixed_precision(model: nn.Module, calibration: torch.Tensor, cfg: MixedPrecisionConfig | None = None,
-                    ctx=None) -> nn.Module:
+def mixed_precision(
+    model: nn.Module, calibration: torch.Tensor, cfg: MixedPrecisionConfig | None = None, ctx=None
+) -> nn.Module:
     cfg = cfg or MixedPrecisionConfig()
     _check_choices(cfg)
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
@@ -135,9 +148,12 @@ def mixed_precision(model: nn.Module, calibration: torch.Tensor, cfg: MixedPreci
     bits = allocate_bits(sens, sizes, cfg.avg_bits)
     avg = sum(bits[n] * sizes[n] for n in names) / sum(sizes.values())
     if ctx is not None:
-        ctx.notes["mixed_precision"] = {"avg_bits": avg, "budget": cfg.avg_bits, "sensitivity": cfg.sensitivity,
-                                        "layers": [{"name": n, "params": sizes[n], "bits": bits[n],
-                                                    "sensitivity": sens[n]} for n in names]}
+        ctx.notes["mixed_precision"] = {
+            "avg_bits": avg,
+            "budget": cfg.avg_bits,
+            "sensitivity": cfg.sensitivity,
+            "layers": [{"name": n, "params": sizes[n], "bits": bits[n], "sensitivity": sens[n]} for n in names],
+        }
     return ptq_int8(model, calibration, PTQInt8Config(weight_bits=bits), ctx)
 
 

@@ -10,6 +10,7 @@ choose the clipping range that becomes a scale and zero point.
 Bad input fails loudly: empty, NaN/Inf, or an all-constant stream raises NetslimError
 instead of producing a NaN or zero scale.
 """
+
 from __future__ import annotations
 
 import math
@@ -142,8 +143,9 @@ class MSEObserver(_SampleObserver):
 
     name = "mse"
 
-    def __init__(self, scheme: QScheme | None = None, grid: int = 40, min_ratio: float = 0.2,
-                 max_samples: int = 1 << 20):
+    def __init__(
+        self, scheme: QScheme | None = None, grid: int = 40, min_ratio: float = 0.2, max_samples: int = 1 << 20
+    ):
         super().__init__(scheme, max_samples)
         if grid < 1:
             raise bad_param("MSEObserver", "grid", "a positive int", grid)
@@ -221,8 +223,11 @@ def _kl_for_threshold(hist: torch.Tensor, i: int, levels: int) -> float:
 
 
 OBSERVERS: dict[str, type[Observer]] = {
-    "minmax": MinMaxObserver, "moving_avg": MovingAverageObserver, "percentile": PercentileObserver,
-    "mse": MSEObserver, "entropy": EntropyObserver,
+    "minmax": MinMaxObserver,
+    "moving_avg": MovingAverageObserver,
+    "percentile": PercentileObserver,
+    "mse": MSEObserver,
+    "entropy": EntropyObserver,
 }
 
 

@@ -55,6 +55,7 @@ step applies: :mod:`netslim.quantize.onnx_runtime`):
   output steps (untrained test models, whose logits lie within a few steps of each other:
   argmax agreement >= 90 %, and for PTQ every row whose top-2 margin exceeds 2 steps agrees).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,7 +106,9 @@ class _QDQ(nn.Module):
         super().__init__()
         self.register_buffer("w_int8", m.int_weight().detach().clone())
         self.register_buffer("w_scale", m.weight_scale.detach().float().clone())
-        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8))  # DequantizeLinear reads int8 zero points
+        self.register_buffer(
+            "w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8)
+        )  # DequantizeLinear reads int8 zero points
         self.bias = nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         a = [float(v) for v in m.act_qparams]
         self.in_s, self.in_z, self.out_s, self.out_z = a[0], int(a[1]), a[2], int(a[3])
@@ -148,7 +151,9 @@ class _DynamicQDQ(nn.Module):
         super().__init__()
         self.register_buffer("w_int8", m.weight_int8.detach().clone())
         self.register_buffer("w_scale", m.weight_scale.detach().float().clone())
-        self.register_buffer("w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8))  # DequantizeLinear reads int8 zero points
+        self.register_buffer(
+            "w_zero", torch.zeros_like(m.weight_scale, dtype=torch.int8)
+        )  # DequantizeLinear reads int8 zero points
         self.bias = None if m.bias is None else nn.Parameter(m.bias.detach().float().clone(), requires_grad=False)
         self.per_token = m.activations == "per_token"
         self.gelu = POST_OPS[m.post_op]  # fused into the int8 GEMM
@@ -160,7 +165,7 @@ class _DynamicQDQ(nn.Module):
         if self.per_token:  # symmetric, one scale per row (act_quant.quantize_per_row)
             scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127
             x = torch.clamp(torch.round(x / scale), -127, 127) * scale
-        else:               # uint8, [min, max] widened to 0 (dynamic._u8_qparams)
+        else:  # uint8, [min, max] widened to 0 (dynamic._u8_qparams)
             every = list(range(x.dim()))  # explicit dims: torch.onnx has no all-dims amin
             lo, hi = x.amin(dim=every).clamp_max(0), x.amax(dim=every).clamp_min(0)
             scale = ((hi - lo) / 255).clamp_min(1e-8)
@@ -182,8 +187,14 @@ class _ResidualTwin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = _qd()
-        x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, self.in_s, self.in_z, 0, 255, torch.uint8),
-                                     self.in_s, self.in_z, 0, 255, torch.uint8)
+        x = qd.dequantize_per_tensor(
+            qd.quantize_per_tensor(x, self.in_s, self.in_z, 0, 255, torch.uint8),
+            self.in_s,
+            self.in_z,
+            0,
+            255,
+            torch.uint8,
+        )
         y = self.body(x) + self.shortcut(x)
         y = torch.relu(y) if self.relu else y
         yq = qd.quantize_per_tensor(y, self.out_s, self.out_z, 0, 255, torch.uint8)
@@ -194,6 +205,8 @@ register_onnx_twin(Int8Residual, _ResidualTwin)
 register_onnx_twin(Int8Conv2d, _QDQ)
 register_onnx_twin(Int8Linear, _QDQ)
 register_onnx_twin(DynamicInt8Linear, _DynamicQDQ)
+
+
 class _PackedTwin(nn.Module):
     """Export twin of the packed weight-only modules: same storage, ONNX-friendly unpacking."""
 
@@ -208,11 +221,11 @@ class _PackedTwin(nn.Module):
 
     def _dequant(self, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
         per = 8 // self.bits
-        p = packed.to(torch.int32)                                             # (R, B)
+        p = packed.to(torch.int32)  # (R, B)
         parts = [(p // (1 << (self.bits * i))) % (1 << self.bits) for i in range(per)]
-        codes = torch.stack(parts, dim=-1).reshape(*p.shape[:-1], -1).float()   # (R, C), low bits first
+        codes = torch.stack(parts, dim=-1).reshape(*p.shape[:-1], -1).float()  # (R, C), low bits first
         g = codes.shape[-1] // scales.shape[-1]
-        c = codes.reshape(*codes.shape[:-1], -1, g)                           # (R, C/g, g)
+        c = codes.reshape(*codes.shape[:-1], -1, g)  # (R, C/g, g)
         w = (c - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
         return w.reshape(codes.shape)
 
@@ -257,9 +270,11 @@ def onnx_twin(model: nn.Module) -> nn.Module:
             bad.append(f"{name or '(root)'} ({type(m).__name__}: integer tensors {', '.join(ints)})")
     if bad:
         supported = ", ".join(sorted(c.__name__ for c in _TWINS))
-        raise NetslimError(f"ONNX export: no ONNX mapping for {len(bad)} module(s): {'; '.join(bad[:5])}"
-                           f"{' ...' if len(bad) > 5 else ''}. Quantized modules that export: {supported} "
-                           "; float modules export as float.")
+        raise NetslimError(
+            f"ONNX export: no ONNX mapping for {len(bad)} module(s): {'; '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}. Quantized modules that export: {supported} "
+            "; float modules export as float."
+        )
     return twin
 
 
@@ -268,11 +283,19 @@ def _as_args(example: Any) -> tuple[tuple, dict]:
         return (example,), {}
     if isinstance(example, dict):
         return (), dict(example)
-    raise NetslimError(f"ONNX export: example inputs must be a tensor or a dict of tensors; got {type(example).__name__}.")
+    raise NetslimError(
+        f"ONNX export: example inputs must be a tensor or a dict of tensors; got {type(example).__name__}."
+    )
 
 
-def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *,
-                dynamic_dims: dict[int, str] | None = None, info: dict | None = None) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_inputs: Any,
+    *,
+    dynamic_dims: dict[int, str] | None = None,
+    info: dict | None = None,
+) -> Path:
     """Write ``model`` as ONNX (QDQ for the int8 layers) to ``path`` atomically; returns the path.
 
     ``example_inputs``: a tensor or a dict of tensors (keyword inputs, e.g. a tokenizer's).
@@ -287,8 +310,15 @@ def export_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *,
     return write_onnx(model, path, example_inputs, dynamic_dims=dynamic_dims, info=info)[0]
 
 
-def write_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *, dynamic_dims: dict[int, str] | None = None,
-               info: dict | None = None, check_inputs: Any = None) -> tuple[Path, dict | None]:
+def write_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_inputs: Any,
+    *,
+    dynamic_dims: dict[int, str] | None = None,
+    info: dict | None = None,
+    check_inputs: Any = None,
+) -> tuple[Path, dict | None]:
     """:func:`export_onnx`, and with ``check_inputs`` the ONNX Runtime check of the graph on them
     (:func:`check_graph`) before anything is written: ``(path, check or None)``. The check is
     stored in the file's description too."""
@@ -306,8 +336,9 @@ def write_onnx(model: nn.Module, path: str | Path, example_inputs: Any, *, dynam
         _rename_value(proto, proto.graph.output[0].name, "output")  # not the last op's name (dequantize_per_tensor_3)
     outputs = list(spec.outputs) if spec.kind != "module" else [o.name for o in proto.graph.output]
     example = spec.example if isinstance(spec.example, dict) else {proto.graph.input[0].name: spec.example}
-    desc = onnx_description(spec.kind, example, outputs, config=spec.config, info=info,
-                            packed_bits=_packed_bits(twin, proto))
+    desc = onnx_description(
+        spec.kind, example, outputs, config=spec.config, info=info, packed_bits=_packed_bits(twin, proto)
+    )
     check = None
     if check_inputs is not None:
         check = desc["ort_check"] = check_graph(model, spec, proto.SerializeToString(), check_inputs)
@@ -327,13 +358,23 @@ def _trace(twin: nn.Module, spec, dynamic_dims: dict[int, str] | None, who: str)
         return {d: dims[n] for d, n in dynamic_dims.items() if d < t.dim()}
 
     dyn = ((dims_of(args[0]),) if args else {k: dims_of(v) for k, v in kwargs.items()}) if dynamic_dims else None
-    names = {"input_names": ["pixel_values"] if spec.kind == "image_classification" else None,
-             "output_names": list(spec.outputs) if spec.kind != "module" else None}
+    names = {
+        "input_names": ["pixel_values"] if spec.kind == "image_classification" else None,
+        "output_names": list(spec.outputs) if spec.kind != "module" else None,
+    }
     try:
         with torch.no_grad(), _quiet():
-            program = torch.onnx.export(twin, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dyn,
-                                        optimize=False, verbose=False, custom_translation_table=_translations(),
-                                        **names)
+            program = torch.onnx.export(
+                twin,
+                args,
+                kwargs=kwargs or None,
+                dynamo=True,
+                dynamic_shapes=dyn,
+                optimize=False,
+                verbose=False,
+                custom_translation_table=_translations(),
+                **names,
+            )
             # why a small input_size_limit: the default (8192) folds the unpack + dequantize of small
             # layers into float initializers - the file would silently hold fp32 weights for them
             import onnxscript.optimizer
@@ -355,8 +396,13 @@ def _folded_names(graph) -> dict[str, str]:
     origin = {name: name for name in graph.initializers}
     out = {}
     for node in graph:
-        if node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None \
-                and node.inputs[0].name in origin and len(node.outputs) == 1:
+        if (
+            node.op_type in _LAYOUT_OPS
+            and node.inputs
+            and node.inputs[0] is not None
+            and node.inputs[0].name in origin
+            and len(node.outputs) == 1
+        ):
             origin[node.outputs[0].name] = out[node.outputs[0].name] = origin[node.inputs[0].name]
     return out
 
@@ -394,8 +440,11 @@ def _quiet():
     """torch.export prints partial graphs and warnings to stderr on failure: the CLI's error is one line."""
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-                   if n == "torch" or n.startswith(("torch.", "onnxscript"))]
+        loggers = [
+            logging.getLogger(n)
+            for n in list(logging.root.manager.loggerDict)
+            if n == "torch" or n.startswith(("torch.", "onnxscript"))
+        ]
         levels = [lg.level for lg in loggers]
         for lg in loggers:
             lg.setLevel(logging.ERROR)
@@ -450,8 +499,10 @@ def export_step(model: nn.Module, path: Path, info: dict, **options: Any) -> tup
     notes: dict[str, Any] = {"ort_check": check}
     if not check["within_tolerance"]:
         t = check["tolerance"]
-        warning = (f"ONNX Runtime check of {path.name}: {t['metric']} {check[t['metric']]:.3g} vs the PyTorch model "
-                   f"exceeds the stated tolerance {t['bound']:.3g} ({t['rule']}).")
+        warning = (
+            f"ONNX Runtime check of {path.name}: {t['metric']} {check[t['metric']]:.3g} vs the PyTorch model "
+            f"exceeds the stated tolerance {t['bound']:.3g} ({t['rule']})."
+        )
         log.warning("%s", warning)
         notes["warnings"] = [warning]
     return path, notes
@@ -465,13 +516,16 @@ def _task_from_info(model: nn.Module, info: dict) -> Any:
     if isinstance(data, dict):  # the user's files: read again (for the example rows only)
         from netslim.train.file_tasks import open_data, parse_data_spec
 
-        return open_data(parse_data_spec(data, "the run's data"), model, source=info.get("source"),
-                         reference=lambda: model)
+        return open_data(
+            parse_data_spec(data, "the run's data"), model, source=info.get("source"), reference=lambda: model
+        )
     dataset = info.get("dataset")
     if not isinstance(dataset, str) or dataset in ("in-memory", "files"):
-        raise NetslimError("ONNX export needs example inputs from the run's data, and this run's data is "
-                           f"{'in memory' if dataset == 'in-memory' else 'not recorded'}; export with "
-                           "netslim.quantize.export_onnx(model, path, example_inputs) instead.")
+        raise NetslimError(
+            "ONNX export needs example inputs from the run's data, and this run's data is "
+            f"{'in memory' if dataset == 'in-memory' else 'not recorded'}; export with "
+            "netslim.quantize.export_onnx(model, path, example_inputs) instead."
+        )
     options = dict(info.get("data_options") or {})
     if dataset in ("pydocs", "pydocs-sentences") and isinstance(info.get("source"), str):
         options.setdefault("model_name", info["source"])

@@ -21,6 +21,7 @@ what netslim scores it by (embedding fidelity). A task's inputs without ``attent
 (causal-LM blocks) get one of ones. Other Hugging Face models (encoder-decoders, vision
 backbones) are refused before any tracing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,10 +75,10 @@ class GraphSpec:
     """What :func:`graph_module` decided: the module to trace, its example, names and kind."""
 
     module: nn.Module
-    example: Any                   # a tensor, or a dict of tensors in graph-input order
-    kind: str                      # netslim.train.object_tasks.MODEL_KINDS
+    example: Any  # a tensor, or a dict of tensors in graph-input order
+    kind: str  # netslim.train.object_tasks.MODEL_KINDS
     outputs: tuple[str, ...]
-    config: dict[str, Any]         # the labels / channels a task needs from the model
+    config: dict[str, Any]  # the labels / channels a task needs from the model
 
 
 def graph_module(model: nn.Module, example: Any) -> GraphSpec:
@@ -90,7 +91,8 @@ def graph_module(model: nn.Module, example: Any) -> GraphSpec:
             raise NetslimError(
                 f"ONNX export of {type(model).__name__}: a Hugging Face model exports when it is a causal LM, an "
                 "encoder (or masked LM), a sequence classifier or an image classifier; this one is none of them "
-                "(encoder-decoder or vision backbone), whose inputs and outputs netslim cannot name.")
+                "(encoder-decoder or vision backbone), whose inputs and outputs netslim cannot name."
+            )
         return GraphSpec(model, example, kind, ("output",), {})
     masked = type(model).__name__.endswith("ForMaskedLM")
     outputs = ("logits", "last_hidden_state") if masked else _OUTPUTS.get(kind, ("last_hidden_state",))
@@ -110,8 +112,10 @@ def text_example(example: Any, who: str) -> dict[str, torch.Tensor]:
     if isinstance(example, torch.Tensor):
         example = {"input_ids": example}
     if not isinstance(example, dict) or "input_ids" not in example:
-        raise NetslimError(f"ONNX export of {who}: example inputs must hold input_ids; got "
-                           f"{sorted(example) if isinstance(example, dict) else type(example).__name__}.")
+        raise NetslimError(
+            f"ONNX export of {who}: example inputs must hold input_ids; got "
+            f"{sorted(example) if isinstance(example, dict) else type(example).__name__}."
+        )
     ids = example["input_ids"]
     mask = example.get("attention_mask")
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids) if mask is None else mask}

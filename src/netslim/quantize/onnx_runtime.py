@@ -13,6 +13,7 @@ Stated tolerances (measurements in :mod:`netslim.quantize.onnx_export`):
 
 Every output of the graph is checked; the first one's figures are reported at the top level.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,9 +47,9 @@ def run_onnx(session, example: Any) -> torch.Tensor:
 
 
 # Tolerances of the ONNX Runtime check (see the module docstring for the measurements behind them)
-STATIC_STEPS = 2.0      # static int8: mean |diff| <= 2 output steps of the last int8 layer
-FLOAT_REL = 1e-3        # float / dynamic int8 / weight-only: max |diff| <= 1e-3 x max |PyTorch output|
-BF16_REL = 5e-2         # the same with a bf16 body in PyTorch (fp32 in the graph)
+STATIC_STEPS = 2.0  # static int8: mean |diff| <= 2 output steps of the last int8 layer
+FLOAT_REL = 1e-3  # float / dynamic int8 / weight-only: max |diff| <= 1e-3 x max |PyTorch output|
+BF16_REL = 5e-2  # the same with a bf16 body in PyTorch (fp32 in the graph)
 
 
 @torch.no_grad()
@@ -59,7 +60,9 @@ def check_onnx(model: nn.Module, path: str | Path, example_inputs: Any, optimize
 
 
 @torch.no_grad()
-def check_graph(model: nn.Module, spec, graph: str | Path | bytes, inputs: Any, optimize: bool = True) -> dict[str, Any]:
+def check_graph(
+    model: nn.Module, spec, graph: str | Path | bytes, inputs: Any, optimize: bool = True
+) -> dict[str, Any]:
     """ONNX Runtime on ``graph`` (a file or serialized model) vs ``model`` in PyTorch on ``inputs``.
 
     Returns, for the first output, max / mean absolute difference, the fraction of elements
@@ -81,8 +84,12 @@ def check_graph(model: nn.Module, spec, graph: str | Path | bytes, inputs: Any, 
     ok = True
     for i, (name, ref, got) in enumerate(zip(names, refs, gots)):
         diff = (got.float() - ref.float()).abs()
-        stats = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                 "frac_differ": float((diff > 1e-6).float().mean()), "ref_abs_max": float(ref.abs().max())}
+        stats = {
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "frac_differ": float((diff > 1e-6).float().mean()),
+            "ref_abs_max": float(ref.abs().max()),
+        }
         bound = unit if metric == "mean_abs_diff" else unit * max(stats["ref_abs_max"], 1e-12)
         ok = ok and stats[metric] <= bound
         if i == 0:
@@ -94,9 +101,13 @@ def check_graph(model: nn.Module, spec, graph: str | Path | bytes, inputs: Any, 
     if metric == "mean_abs_diff":
         out["last_output_step"] = unit / STATIC_STEPS
     feed = inputs.items() if isinstance(inputs, dict) else [(session.get_inputs()[0].name, inputs)]
-    out.update(within_tolerance=ok, inputs={k: list(v.shape) for k, v in feed},
-               provider=session.get_providers()[0], onnxruntime=onnxruntime.__version__,
-               graph_optimization="all" if optimize else "none")
+    out.update(
+        within_tolerance=ok,
+        inputs={k: list(v.shape) for k, v in feed},
+        provider=session.get_providers()[0],
+        onnxruntime=onnxruntime.__version__,
+        graph_optimization="all" if optimize else "none",
+    )
     return out
 
 
@@ -106,10 +117,19 @@ def tolerance(model: nn.Module) -> tuple[str, float, str]:
     max |PyTorch output| (``bound`` is the factor)."""
     steps = [float(m.act_qparams[2]) for m in model.modules() if isinstance(m, _Int8Base)]
     if steps:
-        return ("mean_abs_diff", STATIC_STEPS * steps[-1],
-                f"static int8: mean |diff| <= {STATIC_STEPS:g} output steps of the last int8 layer")
+        return (
+            "mean_abs_diff",
+            STATIC_STEPS * steps[-1],
+            f"static int8: mean |diff| <= {STATIC_STEPS:g} output steps of the last int8 layer",
+        )
     if any(t.dtype == torch.bfloat16 for t in (*model.parameters(), *model.buffers())):
-        return "max_abs_diff", BF16_REL, f"max |diff| <= {BF16_REL:g} x max |PyTorch output| (a bf16 body in " \
-                                         "PyTorch, fp32 in the graph)"
-    return "max_abs_diff", FLOAT_REL, f"max |diff| <= {FLOAT_REL:g} x max |PyTorch output| (float arithmetic on " \
-                                      "both sides)"
+        return (
+            "max_abs_diff",
+            BF16_REL,
+            f"max |diff| <= {BF16_REL:g} x max |PyTorch output| (a bf16 body in PyTorch, fp32 in the graph)",
+        )
+    return (
+        "max_abs_diff",
+        FLOAT_REL,
+        f"max |diff| <= {FLOAT_REL:g} x max |PyTorch output| (float arithmetic on both sides)",
+    )

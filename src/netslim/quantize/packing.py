@@ -17,6 +17,7 @@ Symmetric schemes are the special case ``zero = 2^(bits-1)``; HQQ's zero is any 
 Scales and zeros are rounded to fp16 *before* codes are chosen, so the codes are optimal
 for the stored parameters (GPTQ must do the same: use :func:`round_params`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ def check_group(cols: int, group_size: int | None, owner: str = "weight-only qua
     if not isinstance(group_size, int) or group_size < 1 or cols % group_size:
         divisors = [g for g in (16, 32, 64, 128, 256) if cols % g == 0]
         allowed = ", ".join(map(str, divisors)) if divisors else "none of 16/32/64/128/256"
-        raise bad_param(owner, "group_size", f"a divisor of in_features={cols} ({allowed}) or None (per channel)",
-                        group_size)
+        raise bad_param(
+            owner, "group_size", f"a divisor of in_features={cols} ({allowed}) or None (per channel)", group_size
+        )
     return group_size
 
 
@@ -49,8 +51,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """``(R, C)`` codes in ``[0, 2^bits)`` -> ``(R, C * bits / 8)`` uint8 (any width 2..8)."""
     check_stream_bits(bits)
     if (codes.shape[-1] * bits) % 8:
-        raise NetslimError(f"Cannot pack {codes.shape[-1]} {bits}-bit codes into whole bytes: "
-                           f"columns x bits must be a multiple of 8.")
+        raise NetslimError(
+            f"Cannot pack {codes.shape[-1]} {bits}-bit codes into whole bytes: columns x bits must be a multiple of 8."
+        )
     if 8 % bits:
         return _pack_stream(codes, bits)
     per = 8 // bits
@@ -85,22 +88,23 @@ def check_stream_bits(bits: int, owner: str = "pack") -> int:
 def _pack_stream(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Widths that do not divide 8: expand to single bits, regroup by 8 (low bit first)."""
     shifts = torch.arange(bits, device=codes.device, dtype=torch.uint8)
-    stream = (codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1       # (R, C, bits)
-    octets = stream.reshape(*codes.shape[:-1], -1, 8)                   # (R, C*bits/8, 8)
-    weights = (1 << torch.arange(8, device=codes.device, dtype=torch.int32))
+    stream = (codes.to(torch.uint8).unsqueeze(-1) >> shifts) & 1  # (R, C, bits)
+    octets = stream.reshape(*codes.shape[:-1], -1, 8)  # (R, C*bits/8, 8)
+    weights = 1 << torch.arange(8, device=codes.device, dtype=torch.int32)
     return (octets.to(torch.int32) * weights).sum(-1).to(torch.uint8)
 
 
 def _unpack_stream(packed: torch.Tensor, bits: int) -> torch.Tensor:
     shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
-    stream = (packed.unsqueeze(-1) >> shifts) & 1                       # (R, B, 8)
-    groups = stream.reshape(*packed.shape[:-1], -1, bits)               # (R, B*8/bits, bits)
-    weights = (1 << torch.arange(bits, device=packed.device, dtype=torch.int32))
+    stream = (packed.unsqueeze(-1) >> shifts) & 1  # (R, B, 8)
+    groups = stream.reshape(*packed.shape[:-1], -1, bits)  # (R, B*8/bits, bits)
+    weights = 1 << torch.arange(bits, device=packed.device, dtype=torch.int32)
     return (groups.to(torch.int32) * weights).sum(-1).to(torch.uint8)
 
 
-def round_params(scale: torch.Tensor, zero: torch.Tensor, *,
-                 nearest_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def round_params(
+    scale: torch.Tensor, zero: torch.Tensor, *, nearest_scale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero as they will be stored (fp16), back in float32. Scale stays > 0.
 
     By default the scale is rounded *up* to the next fp16, so no group's extremes clip.
@@ -115,8 +119,9 @@ def round_params(scale: torch.Tensor, zero: torch.Tensor, *,
     return s16.float(), zero.to(PARAM_DTYPE).float()
 
 
-def minmax_params(groups: torch.Tensor, bits: int, symmetric: bool, *,
-                  nearest_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def minmax_params(
+    groups: torch.Tensor, bits: int, symmetric: bool, *, nearest_scale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest parameters of each group: ``groups`` (G, g) -> scale, zero (G,).
 
     ``nearest_scale``: see :func:`round_params` (default: the scale is rounded up to fp16).
@@ -142,8 +147,15 @@ def codes_for(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
     return torch.clamp(torch.round(groups / scale[:, None] + zero[:, None]), 0, 2**bits - 1)
 
 
-def hqq_params(groups: torch.Tensor, bits: int, symmetric: bool, iters: int = 20,
-               lp_norm: float = 0.7, beta: float = 10.0, kappa: float = 1.01) -> tuple[torch.Tensor, torch.Tensor]:
+def hqq_params(
+    groups: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    iters: int = 20,
+    lp_norm: float = 0.7,
+    beta: float = 10.0,
+    kappa: float = 1.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """HQQ (Badri & Shaji 2023): half-quadratic splitting for a sparsity-promoting l_p error.
 
     Minimises ``|W - dequant(quant(W))|_p^p`` (p < 1: a few large errors are cheaper than many
@@ -164,7 +176,7 @@ def hqq_params(groups: torch.Tensor, bits: int, symmetric: bool, iters: int = 20
         if symmetric:  # least squares scale for fixed codes: <target, q-z> / <q-z, q-z>
             d = q - zero[:, None]
             scale = ((target * d).sum(1) / (d * d).sum(1).clamp_min(1e-12)).where((d * d).sum(1) > 0, scale)
-        else:          # zero = mean(q - target / scale)
+        else:  # zero = mean(q - target / scale)
             zero = (q - target / scale[:, None]).mean(dim=1)
         scale, zero = round_params(scale.abs(), zero)
         e = _group_abs_err(w, scale, zero, bits)
@@ -187,8 +199,15 @@ def _group_abs_err(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
     return (w - (q - zero[:, None]) * scale[:, None]).abs().mean(dim=1)
 
 
-def quantize_groups(weight: torch.Tensor, bits: int, group_size: int | None, *, symmetric: bool = False,
-                    method: str = "rtn", iters: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_groups(
+    weight: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    *,
+    symmetric: bool = False,
+    method: str = "rtn",
+    iters: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``weight`` (R, C) -> (codes uint8 (R, C), scale fp16 (R, C/g), zero fp16 (R, C/g))."""
     check_pack_bits(bits)
     rows, cols = weight.shape
@@ -206,8 +225,9 @@ def quantize_groups(weight: torch.Tensor, bits: int, group_size: int | None, *, 
     return codes, scale.reshape(rows, -1).to(PARAM_DTYPE), zero.reshape(rows, -1).to(PARAM_DTYPE)
 
 
-def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_groups(
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """(R, C) codes + (R, C/g) params -> (R, C) weight in ``dtype``."""
     rows, cols = codes.shape
     g = cols // scale.shape[1]

@@ -11,6 +11,7 @@
    output whose only reader takes quantized input is handed over quantized
    (:mod:`netslim.quantize.int8_blocks`): int8 from the first layer to the classifier.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,8 @@ class PTQInt8Config(MethodConfig):
     calibration_samples: int = Field(512, ge=1)
     batch_size: int = Field(64, ge=1)
     weight_bits: dict[str, int] = Field(
-        default_factory=dict, description="selector -> weight bits (2..8, default 8; e.g. from mixed precision)")
+        default_factory=dict, description="selector -> weight bits (2..8, default 8; e.g. from mixed precision)"
+    )
     include: Selector = None
     exclude: Selector = None
 
@@ -71,10 +73,12 @@ def static_int8_preflight(cfg: MethodConfig, model: nn.Module | None, task) -> N
         sample = task.calibration_inputs(1, seed=0)
         if not isinstance(sample, torch.Tensor):
             keys = f" ({', '.join(map(str, sample))})" if isinstance(sample, dict) else ""
-            raise NetslimError(f"{cfg.method} calibrates static int8 activations on one tensor of model inputs "
-                               f"(images, token ids); this task's inputs are a {type(sample).__name__}{keys}. "
-                               "For a transformer, use dynamic_int8 (activations quantized at run time) or "
-                               "weight_only.")
+            raise NetslimError(
+                f"{cfg.method} calibrates static int8 activations on one tensor of model inputs "
+                f"(images, token ids); this task's inputs are a {type(sample).__name__}{keys}. "
+                "For a transformer, use dynamic_int8 (activations quantized at run time) or "
+                "weight_only."
+            )
     if model is None:
         return
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
@@ -131,6 +135,7 @@ def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tup
             produced[id(out)] = n
             outputs[n] = out
             alive.append(out)
+
         return fn
 
     hooks = {m: hook(n) for n, m in model.named_modules() if n in names or isinstance(m, (nn.BatchNorm2d, nn.ReLU))}
@@ -138,8 +143,11 @@ def _trace_pairs(model: nn.Module, names: list[str], batch: torch.Tensor) -> tup
     with hooked(hooks), counter:
         model(batch)
     mods = dict(model.named_modules())
-    fold = {src: n for n, src in consumers.items()
-            if isinstance(mods[n], nn.BatchNorm2d) and isinstance(mods.get(src), nn.Conv2d)}
+    fold = {
+        src: n
+        for n, src in consumers.items()
+        if isinstance(mods[n], nn.BatchNorm2d) and isinstance(mods.get(src), nn.Conv2d)
+    }
     after = {bn: conv for conv, bn in fold.items()}
     fuse = {}
     for n, src in consumers.items():
@@ -181,6 +189,7 @@ def _calibrate(model, names, fuse, batches, observer: str, outputs: list[str] = 
         def fn(mod, inp, out):
             obs[n][0].observe(inp[0])
             obs[n][1].observe(torch.relu(out) if n in fuse else out)
+
         return fn
 
     hooks = [(n, hook(n)) for n in names] + [(n, lambda mod, inp, out, n=n: outs[n].observe(out)) for n in outputs]
@@ -217,12 +226,23 @@ def bake_masks(model: nn.Module, names: list[str]) -> None:
             continue
         w = layer.weight.detach()
         if isinstance(layer, nn.Conv2d):
-            plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                              layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
-                              device=w.device, dtype=w.dtype)
+            plain = nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+                layer.bias is not None,
+                layer.padding_mode,
+                device=w.device,
+                dtype=w.dtype,
+            )
         else:
-            plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device=w.device,
-                              dtype=w.dtype)
+            plain = nn.Linear(
+                layer.in_features, layer.out_features, layer.bias is not None, device=w.device, dtype=w.dtype
+            )
         with torch.no_grad():
             plain.weight.copy_(w)
             if layer.bias is not None:
@@ -237,8 +257,18 @@ def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out:
     if isinstance(layer, nn.Conv2d):
         if padding_problem(layer):
             raise NetslimError(f"ptq_int8: {padding_problem(layer)}.")
-        new = Int8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
-                         list(layer.padding), list(layer.dilation), layer.groups, relu, bits, quant_out)
+        new = Int8Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            list(layer.kernel_size),
+            list(layer.stride),
+            list(layer.padding),
+            list(layer.dilation),
+            layer.groups,
+            relu,
+            bits,
+            quant_out,
+        )
     else:
         new = Int8Linear(layer.in_features, layer.out_features, relu, bits, quant_out)
     new.set_quantized(q, s, bias, act)
@@ -269,8 +299,9 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
     for conv, bn in fold.items():
         fold_bn(get_module(model, conv), get_module(model, bn))
         replace_module(model, bn, nn.Identity())
-    blocks = {b: spec for b, spec in find_residuals(model, names).items()
-              if _block_flows_as_declared(b, spec, fuse, chain)}
+    blocks = {
+        b: spec for b, spec in find_residuals(model, names).items() if _block_flows_as_declared(b, spec, fuse, chain)
+    }
     body = {b: [f"{b}.{c}" for c in spec.body] for b, spec in blocks.items()}
     shortcut = {b: [c for c in names if c.startswith(f"{b}.{spec.shortcut}.")] for b, spec in blocks.items()}
     in_block = {c for b in blocks for c in body[b] + shortcut[b]}
@@ -302,9 +333,16 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
         new.act_qparams.copy_(torch.tensor(acts[body[b][0]][:2] + block_out[b]))
         replace_module(model, b, new)
     if ctx is not None:
-        ctx.notes["ptq_int8"] = {"layers": len(names), "folded_bn": len(fold), "fused_relu": len(fuse),
-                                 "int8_chains": len(chain), "int8_residual_blocks": len(blocks),
-                                 "quantized_handoffs": len(handoff), "observer": cfg.observer, "engine": "onednn"}
+        ctx.notes["ptq_int8"] = {
+            "layers": len(names),
+            "folded_bn": len(fold),
+            "fused_relu": len(fuse),
+            "int8_chains": len(chain),
+            "int8_residual_blocks": len(blocks),
+            "quantized_handoffs": len(handoff),
+            "observer": cfg.observer,
+            "engine": "onednn",
+        }
     return model
 
 

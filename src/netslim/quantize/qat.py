@@ -8,6 +8,7 @@ output ranges, and builds :class:`Int8Conv2d` / :class:`Int8Linear` (weights of
 ``weight_bits`` < 8 are stored packed at their real width - two 4-bit codes per byte - and
 unpacked to int8 for the int8 kernels).
 """
+
 from __future__ import annotations
 
 import math
@@ -107,24 +108,53 @@ class QATLinear(nn.Linear):
         return F.linear(self.input_fq(x), self.weight_fq(self.weight), self.bias)
 
 
-register_module(QATConv2d, lambda m: {
-    "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-    "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation), "groups": m.groups,
-    "bias": m.bias is not None, "weight_bits": m.weight_bits, "act_bits": m.act_bits})
-register_module(QATLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-                                      "bias": m.bias is not None, "weight_bits": m.weight_bits,
-                                      "act_bits": m.act_bits})
+register_module(
+    QATConv2d,
+    lambda m: {
+        "in_channels": m.in_channels,
+        "out_channels": m.out_channels,
+        "kernel_size": list(m.kernel_size),
+        "stride": list(m.stride),
+        "padding": list(m.padding),
+        "dilation": list(m.dilation),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "weight_bits": m.weight_bits,
+        "act_bits": m.act_bits,
+    },
+)
+register_module(
+    QATLinear,
+    lambda m: {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "bias": m.bias is not None,
+        "weight_bits": m.weight_bits,
+        "act_bits": m.act_bits,
+    },
+)
 register_module(LSQ, lambda m: {"bits": m.bits, "channels": m.channels})
 
 
 def _to_qat(layer: nn.Module, weight_bits: int) -> nn.Module:
     dev = layer.weight.device
     if isinstance(layer, nn.Conv2d):
-        new = QATConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, layer.bias is not None, weight_bits=weight_bits, device=dev)
+        new = QATConv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            layer.bias is not None,
+            weight_bits=weight_bits,
+            device=dev,
+        )
     else:
-        new = QATLinear(layer.in_features, layer.out_features, layer.bias is not None, weight_bits=weight_bits,
-                        device=dev)
+        new = QATLinear(
+            layer.in_features, layer.out_features, layer.bias is not None, weight_bits=weight_bits, device=dev
+        )
     with torch.no_grad():  # the effective weight: a masked layer's pruned entries are zeros
         new.weight.copy_(layer.weight.detach())
         if layer.bias is not None:
@@ -137,8 +167,14 @@ def _to_qat(layer: nn.Module, weight_bits: int) -> nn.Module:
 
 
 @torch.no_grad()
-def prepare_qat(model: nn.Module, example: torch.Tensor, *, weight_bits: int = 4,
-                include: list[str] | None = None, exclude: list[str] | None = None) -> nn.Module:
+def prepare_qat(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    weight_bits: int = 4,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> nn.Module:
     """Fold BN, then swap the selected Conv2d/Linear layers for LSQ fake-quant versions (in place)."""
     if weight_bits not in range(2, 9):
         raise NetslimError(f"The 'weight_bits' parameter of QAT must be an int in [2, 8]; got {weight_bits!r}.")
@@ -169,8 +205,9 @@ def convert_qat(model: nn.Module, calibration: torch.Tensor, batch_size: int = 6
     batches = list(calibration.split(batch_size))
     _, fuse, _ = _trace_pairs(model, names, batches[0])
     outs = {n: make_observer("minmax") for n in names}
-    with hooked({n: lambda m, i, o, n=n: outs[n].observe(torch.relu(o) if n in fuse else o) for n in names},
-                root=model):
+    with hooked(
+        {n: lambda m, i, o, n=n: outs[n].observe(torch.relu(o) if n in fuse else o) for n in names}, root=model
+    ):
         for b in batches:
             model(b)
     for n in names:
@@ -187,8 +224,17 @@ def _from_qat(layer: nn.Module, relu: bool, out_qp) -> nn.Module:
     codes = torch.clamp(torch.round(layer.weight / s.reshape((-1,) + (1,) * (layer.weight.dim() - 1))), qmin, qmax)
     act = (*_lsq_act(layer.input_fq), float(out_qp.scale), float(out_qp.zero_point))
     if isinstance(layer, QATConv2d):
-        new = Int8Conv2d(layer.in_channels, layer.out_channels, list(layer.kernel_size), list(layer.stride),
-                         list(layer.padding), list(layer.dilation), layer.groups, relu, layer.weight_bits)
+        new = Int8Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            list(layer.kernel_size),
+            list(layer.stride),
+            list(layer.padding),
+            list(layer.dilation),
+            layer.groups,
+            relu,
+            layer.weight_bits,
+        )
     else:
         new = Int8Linear(layer.in_features, layer.out_features, relu, layer.weight_bits)
     bias = layer.bias if layer.bias is not None else torch.zeros(codes.shape[0])
@@ -206,11 +252,15 @@ class QATConfig(TrainingStep):
     data_parallel: ClassVar[bool] = True
     weight_bits: int = Field(4, ge=2, le=8)
     act_bits: Literal[8] = 8
-    finetune: FinetuneConfig = finetune_field("the quantization-aware training", epochs=3, lr=0.001,
-                                              optimizer="adamw", weight_decay=0.0)
+    finetune: FinetuneConfig = finetune_field(
+        "the quantization-aware training", epochs=3, lr=0.001, optimizer="adamw", weight_decay=0.0
+    )
     calibration_samples: int = Field(512, ge=1)
-    prune: QATPrune | None = Field(None, description="prune while training quantized (joint, or quantize -> prune); "
-                                   "masks already on the model stay fixed either way")
+    prune: QATPrune | None = Field(
+        None,
+        description="prune while training quantized (joint, or quantize -> prune); "
+        "masks already on the model stay fixed either way",
+    )
     include: Selector = None
     exclude: Selector = None
 
@@ -222,8 +272,9 @@ class QATConfig(TrainingStep):
 @register(QATConfig)
 def _apply_qat(model, cfg: QATConfig, ctx):
     calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed).to(ctx.device)
-    model = prepare_qat(model.to(ctx.device), calib[:64], weight_bits=cfg.weight_bits, include=cfg.include,
-                        exclude=cfg.exclude)
+    model = prepare_qat(
+        model.to(ctx.device), calib[:64], weight_bits=cfg.weight_bits, include=cfg.include, exclude=cfg.exclude
+    )
     events = None
     if cfg.prune is None:
         summary = fit(model, ctx.task, cfg.finetune)
@@ -231,8 +282,11 @@ def _apply_qat(model, cfg: QATConfig, ctx):
         qat_layers = [n for n, m in model.named_modules() if isinstance(m, (QATConv2d, QATLinear))]
         summary, events = run_with_pruning(model, ctx.task, cfg.finetune, cfg.prune, qat_layers, None, fit)
     model = convert_qat(model.cpu(), calib.cpu())
-    ctx.notes["qat"] = {"weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits,
-                        "finetune": {k: v for k, v in summary.items() if k != "history"}}
+    ctx.notes["qat"] = {
+        "weight_bits": cfg.weight_bits,
+        "act_bits": cfg.act_bits,
+        "finetune": {k: v for k, v in summary.items() if k != "history"},
+    }
     if events is not None:
         ctx.notes["qat"]["prune_events"] = events
     return model

@@ -19,6 +19,7 @@ The orders of pruning and quantization a QAT step can run (the issue-21 order st
   prune: {sparsity: 0.7, schedule: cubic}
 ```
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -36,9 +37,15 @@ class QATPrune(BaseModel):
     sparsity: float = Field(..., gt=0, lt=1, description="final fraction of pruned weights")
     scope: Literal["layer", "global"] = Field("layer", description="rank weights per layer or over all of them")
     schedule: Literal["cubic", "oneshot"] = Field(
-        "cubic", description="cubic: joint (masks grow while training quantized); oneshot: one pruning event")
-    at: float = Field(0.5, ge=0, le=1, description="oneshot: fraction of the QAT steps after which masks are set "
-                                                  "(1.0: after training, before conversion)")
+        "cubic", description="cubic: joint (masks grow while training quantized); oneshot: one pruning event"
+    )
+    at: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="oneshot: fraction of the QAT steps after which masks are set "
+        "(1.0: after training, before conversion)",
+    )
     end_fraction: float = Field(0.75, gt=0, lt=1, description="cubic: reach the final sparsity at this fraction")
     frequency: int = Field(50, ge=1, description="cubic: optimizer steps between pruning events")
 
@@ -47,8 +54,14 @@ def _target(prune: QATPrune, include, exclude):
     """The magnitude pruning config whose masks these events apply (the prune family's own)."""
     from netslim.prune import GradualConfig  # pruning's public API; only needed when QAT prunes
 
-    return GradualConfig(sparsity=prune.sparsity, scope=prune.scope, include=include, exclude=exclude,
-                         frequency=prune.frequency, end_fraction=prune.end_fraction)
+    return GradualConfig(
+        sparsity=prune.sparsity,
+        scope=prune.scope,
+        include=include,
+        exclude=exclude,
+        frequency=prune.frequency,
+        end_fraction=prune.end_fraction,
+    )
 
 
 def prune_now(model: nn.Module, prune: QATPrune, include, exclude, sparsity: float | None = None) -> None:
@@ -75,8 +88,10 @@ class QATPruning(Callback):
 
             end = max(1, int(prune.end_fraction * total_steps))
             n = max(1, end // prune.frequency)
-            self.steps = {t: cubic_sparsity(t, 0.0, prune.sparsity, 0, n, prune.frequency)
-                          for t in range(0, n * prune.frequency + 1, prune.frequency)}
+            self.steps = {
+                t: cubic_sparsity(t, 0.0, prune.sparsity, 0, n, prune.frequency)
+                for t in range(0, n * prune.frequency + 1, prune.frequency)
+            }
         self.last = max(self.steps)
 
     def on_train_begin(self, state: TrainState) -> None:
@@ -94,8 +109,9 @@ class QATPruning(Callback):
             state.can_checkpoint = True
 
 
-def run_with_pruning(model: nn.Module, task, finetune: FinetuneConfig, prune: QATPrune, include, exclude,
-                     fit) -> tuple[dict, list]:
+def run_with_pruning(
+    model: nn.Module, task, finetune: FinetuneConfig, prune: QATPrune, include, exclude, fit
+) -> tuple[dict, list]:
     """QAT training with the prune events of ``prune``; returns (fit summary, [(step, sparsity)])."""
     if prune.schedule == "oneshot" and prune.at >= 1.0:  # quantize -> prune, no recovery
         summary = fit(model, task, finetune)

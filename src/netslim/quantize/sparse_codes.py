@@ -31,6 +31,7 @@ validates stored tensors before anything decodes them: byte counts, the bitmask'
 population count against the declared number of kept codes, N:M slot positions in range and
 increasing.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ GAPS_BELOW = 0.35  # densities from which the gap coding is tried (above it a bi
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str   # "mask", "gaps" or "nm"
+    kind: str  # "mask", "gaps" or "nm"
     n: int = 0  # nm: slots per group
     m: int = 0  # nm: positions per group
     size: int = 0  # gaps: bytes of the coded index
@@ -67,11 +68,13 @@ def check_layout(kind: str, n: int, m: int, owner: str, size: int = 0) -> Layout
     if kind not in LAYOUTS:
         raise NetslimError(f"The 'layout' parameter of {owner} must be one of {', '.join(LAYOUTS)}; got {kind!r}.")
     if kind == "nm" and not (m in NM_GROUPS and isinstance(n, int) and 1 <= n < m):
-        raise NetslimError(f"The 'n'/'m' parameters of {owner} must satisfy m in {NM_GROUPS} and 1 <= n < m; "
-                           f"got n={n!r}, m={m!r}.")
+        raise NetslimError(
+            f"The 'n'/'m' parameters of {owner} must satisfy m in {NM_GROUPS} and 1 <= n < m; got n={n!r}, m={m!r}."
+        )
     if kind == "gaps" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise NetslimError(f"The 'index_bytes' parameter of {owner} must be a positive int for layout 'gaps'; "
-                           f"got {size!r}.")
+        raise NetslimError(
+            f"The 'index_bytes' parameter of {owner} must be a positive int for layout 'gaps'; got {size!r}."
+        )
     return {"nm": Layout("nm", n, m), "gaps": Layout("gaps", size=size)}.get(kind, Layout("mask"))
 
 
@@ -203,8 +206,9 @@ def _unpack_stream(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ encode / decode
-def encode(codes: torch.Tensor, fill: torch.Tensor, layout: Layout,
-           bits: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def encode(
+    codes: torch.Tensor, fill: torch.Tensor, layout: Layout, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Unsigned ``codes`` (uint8, the weight's shape, < 2^bits) without the positions equal to
     ``fill`` (uint8, broadcast to the shape) -> (index uint8 (I,), values uint8 (V,), nnz)."""
     fill = fill.expand_as(codes)
@@ -216,19 +220,28 @@ def encode(codes: torch.Tensor, fill: torch.Tensor, layout: Layout,
         data, order = _gap_index(keep)
         index = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return index, _pack_stream(codes.reshape(-1)[order.to(codes.device)], bits), nnz
-    g, keep_g = group_view(codes, layout.m), group_view(keep, layout.m)           # (G, m)
+    g, keep_g = group_view(codes, layout.m), group_view(keep, layout.m)  # (G, m)
     if keep_g.numel() and int(keep_g.sum(1).max()) > layout.n:
-        raise NetslimError(f"The codes do not fit the {layout.describe()} layout: a group of {layout.m} holds "
-                           f"{int(keep_g.sum(1).max())} non-zero codes (at most {layout.n}).")
+        raise NetslimError(
+            f"The codes do not fit the {layout.describe()} layout: a group of {layout.m} holds "
+            f"{int(keep_g.sum(1).max())} non-zero codes (at most {layout.n})."
+        )
     # kept positions first (in order), then the lowest unkept ones as fill slots; sorted per group
     rank = torch.where(keep_g, 0, 1) * layout.m + torch.arange(layout.m, device=codes.device)
-    pos = torch.sort(torch.topk(rank, layout.n, dim=1, largest=False).indices, dim=1).values   # (G, n)
+    pos = torch.sort(torch.topk(rank, layout.n, dim=1, largest=False).indices, dim=1).values  # (G, n)
     values = torch.gather(g, 1, pos)
     return _pack_stream(pos.to(torch.uint8), layout.index_bits), _pack_stream(values, bits), nnz
 
 
-def decode(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, layout: Layout, bits: int,
-           shape: tuple[int, ...], nnz: int) -> torch.Tensor:
+def decode(
+    index: torch.Tensor,
+    values: torch.Tensor,
+    fill: torch.Tensor,
+    layout: Layout,
+    bits: int,
+    shape: tuple[int, ...],
+    nnz: int,
+) -> torch.Tensor:
     """Inverse of :func:`encode`: the unsigned codes (uint8, ``shape``). Validate first (:func:`check_stored`)."""
     out = fill.expand(shape).clone()
     count = slots(layout, shape, nnz)
@@ -239,43 +252,68 @@ def decode(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, layout
     if layout.kind == "gaps":
         out.view(-1)[_gap_positions(index, shape).to(out.device)] = vals
         return out
-    pos = _unpack_stream(index, layout.index_bits, count).long().reshape(-1, layout.n)   # (G, n)
+    pos = _unpack_stream(index, layout.index_bits, count).long().reshape(-1, layout.n)  # (G, n)
     g = group_view(out, layout.m).clone()
     g.scatter_(1, pos, vals.reshape(-1, layout.n))
     return ungroup(g, shape)
 
 
-def check_stored(where: str, index: torch.Tensor, values: torch.Tensor, layout: Layout, bits: int,
-                 shape: tuple[int, ...], nnz: int, fields: tuple[str, str] = ("weight_index", "weight_nz")) -> None:
+def check_stored(
+    where: str,
+    index: torch.Tensor,
+    values: torch.Tensor,
+    layout: Layout,
+    bits: int,
+    shape: tuple[int, ...],
+    nnz: int,
+    fields: tuple[str, str] = ("weight_index", "weight_nz"),
+) -> None:
     """NetslimError (naming ``where`` and the field) unless the stored tensors are a valid
     encoding of a ``shape`` weight with ``nnz`` kept codes of ``bits``: run on load."""
     numel = math.prod(shape)
     if not 0 <= nnz <= numel:
         raise NetslimError(f"{where}: field 'nnz' must lie in [0, {numel}]; got {nnz}.")
-    for field, t, want in ((fields[0], index, index_bytes(layout, shape, nnz)),
-                           (fields[1], values, value_bytes(layout, shape, nnz, bits))):
+    for field, t, want in (
+        (fields[0], index, index_bytes(layout, shape, nnz)),
+        (fields[1], values, value_bytes(layout, shape, nnz, bits)),
+    ):
         if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
-            raise NetslimError(f"{where}: field {field!r} must be uint8 of {want} bytes; "
-                               f"got {t.dtype} {list(t.shape)}.")
+            raise NetslimError(
+                f"{where}: field {field!r} must be uint8 of {want} bytes; got {t.dtype} {list(t.shape)}."
+            )
     if layout.kind in ("mask", "gaps"):
-        kept = (int(unpack_bits(index, numel).sum()) if layout.kind == "mask"
-                else len(_gap_positions(index, shape, f"{where}: field {fields[0]!r}")))
+        kept = (
+            int(unpack_bits(index, numel).sum())
+            if layout.kind == "mask"
+            else len(_gap_positions(index, shape, f"{where}: field {fields[0]!r}"))
+        )
         if kept != nnz:
             raise NetslimError(f"{where}: field {fields[0]!r} marks {kept} kept positions; the layer stores {nnz}.")
         return
     if not nm_fits(shape, layout.m):
-        raise NetslimError(f"{where}: a {layout.describe()} layout needs an input dim divisible by {layout.m}; "
-                           f"the weight is {list(shape)}.")
+        raise NetslimError(
+            f"{where}: a {layout.describe()} layout needs an input dim divisible by {layout.m}; "
+            f"the weight is {list(shape)}."
+        )
     if nnz > slots(layout, shape, nnz):
         raise NetslimError(f"{where}: field 'nnz' ({nnz}) exceeds the {layout.describe()} slots.")
     pos = _unpack_stream(index, layout.index_bits, slots(layout, shape, nnz)).long().reshape(-1, layout.n)
     if pos.numel() and (int(pos.max()) >= layout.m or (layout.n > 1 and not bool((pos[:, 1:] > pos[:, :-1]).all()))):
-        raise NetslimError(f"{where}: field {fields[0]!r} must hold positions in [0, {layout.m}) increasing "
-                           f"within each group of {layout.m}.")
+        raise NetslimError(
+            f"{where}: field {fields[0]!r} must hold positions in [0, {layout.m}) increasing "
+            f"within each group of {layout.m}."
+        )
 
 
-def kept_mask(index: torch.Tensor, values: torch.Tensor, fill: torch.Tensor, layout: Layout, bits: int,
-              shape: tuple[int, ...], nnz: int) -> torch.Tensor:
+def kept_mask(
+    index: torch.Tensor,
+    values: torch.Tensor,
+    fill: torch.Tensor,
+    layout: Layout,
+    bits: int,
+    shape: tuple[int, ...],
+    nnz: int,
+) -> torch.Tensor:
     """Positions whose code differs from the fill (bool, ``shape``)."""
     if layout.kind == "mask":
         return unpack_bits(index, math.prod(shape)).reshape(shape)

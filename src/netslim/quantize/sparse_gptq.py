@@ -27,6 +27,7 @@ prunes a frozen model); ``order: quantize_first`` is that order.
   group_size: 64
 ```
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -56,8 +57,10 @@ class SparseGPTQConfig(GPTQConfig):
 
     method = "sparsegpt_gptq"
     order: Literal["prune_first", "quantize_first", "joint"] = Field(
-        "prune_first", description="prune_first: SparseGPT -> GPTQ; quantize_first: GPTQ -> SparseGPT on its grid; "
-                                   "joint: one quantization-aware OBS pass")
+        "prune_first",
+        description="prune_first: SparseGPT -> GPTQ; quantize_first: GPTQ -> SparseGPT on its grid; "
+        "joint: one quantization-aware OBS pass",
+    )
     sparsity: float = Field(0.5, ge=0, lt=1, description="fraction pruned per layer (unstructured); ignored with n/m")
 
     @classmethod
@@ -86,40 +89,52 @@ class _FixedGrid:
 
     def __call__(self, j: int, col: torch.Tensor, w1: torch.Tensor, i: int) -> torch.Tensor:
         s, z = self.scale[:, j // self.g], self.zero[:, j // self.g]
-        q = codes_for(col[:, None], s, z, self.bits)[:, 0]   # (R,)
+        q = codes_for(col[:, None], s, z, self.bits)[:, 0]  # (R,)
         self.codes[:, j] = q.to(torch.uint8)
         return (q - z) * s
 
 
-def sparse_gptq_layer(w: torch.Tensor, h: torch.Tensor, cfg: SparseGPTQConfig,
-                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+def sparse_gptq_layer(
+    w: torch.Tensor, h: torch.Tensor, cfg: SparseGPTQConfig, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
     """One layer ``w`` (R, C), ``h`` (C, C) -> (codes uint8, scale fp16, zero fp16, Ŵ) in ``cfg.order``.
 
     ``keep``: zeros of an earlier pruning step that must stay zero (combined with this step's pruning)."""
-    opts = dict(bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric, act_order=cfg.act_order,
-                clip_search=cfg.clip_search, damp=cfg.damp, blocksize=cfg.blocksize, scale_rounding=cfg.scale_rounding)
+    opts = dict(
+        bits=cfg.bits,
+        group_size=cfg.group_size,
+        symmetric=cfg.symmetric,
+        act_order=cfg.act_order,
+        clip_search=cfg.clip_search,
+        damp=cfg.damp,
+        blocksize=cfg.blocksize,
+        scale_rounding=cfg.scale_rounding,
+    )
     nm, fixed = cfg.nm, None if keep is None else ~keep
     if cfg.order == "joint":
         return gptq_quantize(w, h, sparsity=cfg.sparsity, nm=nm, keep=keep, **opts)
     if cfg.order == "prune_first":
         wp = w.detach().float().clone()
         u, _dead, _lam = inverse_cholesky(h, wp, cfg.damp)
-        w_s, kept, _ = obs_solve(wp, u, sparsity=0.0 if nm else cfg.sparsity, nm=nm, blocksize=cfg.blocksize,
-                                 fixed_prune=fixed)
+        w_s, kept, _ = obs_solve(
+            wp, u, sparsity=0.0 if nm else cfg.sparsity, nm=nm, blocksize=cfg.blocksize, fixed_prune=fixed
+        )
         return gptq_quantize(w_s, h, keep=kept, **opts)
-    codes, scale, zero, w_q = gptq_quantize(w, h, keep=keep, **opts)         # quantize_first
+    codes, scale, zero, w_q = gptq_quantize(w, h, keep=keep, **opts)  # quantize_first
     g = check_group(w.shape[1], cfg.group_size, cfg.method)
     grid = _FixedGrid(scale, zero, cfg.bits, g)
     u, _dead, _lam = inverse_cholesky(h, w_q, cfg.damp)
     m = nm[1] if nm else 1
     bs = max(cfg.blocksize // m * m, m)  # N:M groups must not straddle a block
-    w_hat, _kept, _ = obs_solve(w_q, u, sparsity=0.0 if nm else cfg.sparsity, nm=nm, quantizer=grid, blocksize=bs,
-                                fixed_prune=fixed)
+    w_hat, _kept, _ = obs_solve(
+        w_q, u, sparsity=0.0 if nm else cfg.sparsity, nm=nm, quantizer=grid, blocksize=bs, fixed_prune=fixed
+    )
     return grid.codes, scale, zero, w_hat
 
 
-def sparse_gptq(model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = None, ctx: Any = None,
-                **kwargs: Any) -> nn.Module:
+def sparse_gptq(
+    model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = None, ctx: Any = None, **kwargs: Any
+) -> nn.Module:
     """Prune and quantize ``model``'s decoder-block Linears in place, in ``cfg.order``."""
     cfg = build_config(SparseGPTQConfig, cfg, kwargs)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
@@ -147,28 +162,50 @@ def sparse_gptq(model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = 
             base = float(((w @ hs[name]) * w).sum())
             errors[full] = layer_error(w, w_hat, h=hs[name]) / max(base, 1e-30)
             bias = None if getattr(mod, "bias", None) is None else mod.bias.detach()
-            new = QuantizedLinear.from_codes(codes, scale.to(PARAM_DTYPE), zero.to(PARAM_DTYPE), bits=storage_bits,
-                                             group_size=cfg.group_size, bias=bias)
+            new = QuantizedLinear.from_codes(
+                codes,
+                scale.to(PARAM_DTYPE),
+                zero.to(PARAM_DTYPE),
+                bits=storage_bits,
+                group_size=cfg.group_size,
+                bias=bias,
+            )
             replace_module(root, name, new.to(mod.weight.device))
             done.append(full)
 
     with eval_mode(model):
-        compress_blocks(model, calib, fn, include=cfg.include, exclude=cfg.exclude, batch_size=cfg.batch_size,
-                        device=cfg.device, offload_dir=cfg.offload_dir, propagate=cfg.sequential, desc=cfg.method,
-                        offload_blocks=cfg.offload_blocks)
+        compress_blocks(
+            model,
+            calib,
+            fn,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            offload_dir=cfg.offload_dir,
+            propagate=cfg.sequential,
+            desc=cfg.method,
+            offload_blocks=cfg.offload_blocks,
+        )
     if not done:
-        raise NetslimError(f"{cfg.method} changed no layer: none of the selected layers fits group_size="
-                           f"{cfg.group_size}" + (f" and m={cfg.nm[1]}." if cfg.nm else "."))
+        raise NetslimError(
+            f"{cfg.method} changed no layer: none of the selected layers fits group_size="
+            f"{cfg.group_size}" + (f" and m={cfg.nm[1]}." if cfg.nm else ".")
+        )
     if cfg.nm:
         declare_nm(model, done, *cfg.nm)
     if ctx is not None and hasattr(ctx, "notes"):
         rel = sorted(errors.values())
-        ctx.notes[cfg.method] = {"order": cfg.order, "layers": len(done), "bits": cfg.bits,
-                                 "storage_bits": storage_bits,
-                                 "group_size": cfg.group_size, "sparsity": None if cfg.nm else cfg.sparsity,
-                                 "nm": list(cfg.nm) if cfg.nm else None,
-                                 "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2],
-                                                          "max": rel[-1]}}
+        ctx.notes[cfg.method] = {
+            "order": cfg.order,
+            "layers": len(done),
+            "bits": cfg.bits,
+            "storage_bits": storage_bits,
+            "group_size": cfg.group_size,
+            "sparsity": None if cfg.nm else cfg.sparsity,
+            "nm": list(cfg.nm) if cfg.nm else None,
+            "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2], "max": rel[-1]},
+        }
     return model
 
 

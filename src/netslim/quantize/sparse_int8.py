@@ -21,6 +21,7 @@ Memory safety: Python checks dtypes, devices, contiguity and lengths (O(1)); the
 points check row pointers and quad indices before computing and return non-zero (raised
 here as a :class:`NetslimError`) instead of reading out of bounds.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -52,8 +53,12 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.netslim_sq8_pack_linear_f32.argtypes = [i64, i64, p, i64, f32, c_int, p, c_int]
     for name in ("netslim_sq8_pack_conv_u8", "netslim_sq8_pack_conv_f32"):
         getattr(lib, name).argtypes = [i64] * 4 + [p] + [i64] * 10 + [f32, c_int, p, c_int]
-    for name in ("netslim_sq8_pack_linear_u8", "netslim_sq8_pack_linear_f32", "netslim_sq8_pack_conv_u8",
-                 "netslim_sq8_pack_conv_f32"):
+    for name in (
+        "netslim_sq8_pack_linear_u8",
+        "netslim_sq8_pack_linear_f32",
+        "netslim_sq8_pack_conv_u8",
+        "netslim_sq8_pack_conv_f32",
+    ):
         getattr(lib, name).restype = None
     # x4, zin, sin, wscale, bias, sout, zout, relu, mode, out, threads
     requant = [p, c_int, f32, p, p, f32, c_int, c_int, c_int, p, c_int]
@@ -72,12 +77,12 @@ def kernel_available() -> bool:
 class Quads:
     """An int8 weight in quad BCSR (see the module docstring), ready for the kernels."""
 
-    rowptr: torch.Tensor   # (rows + 1,) int32
-    qidx: torch.Tensor     # (nq,) int32: k4 (linear) or (c4 * kh + ky) * kw + kx (conv)
-    qw: torch.Tensor       # (nq,) int32: 4 int8 weights
-    rowsum: torch.Tensor   # (rows,) int32
+    rowptr: torch.Tensor  # (rows + 1,) int32
+    qidx: torch.Tensor  # (nq,) int32: k4 (linear) or (c4 * kh + ky) * kw + kx (conv)
+    qw: torch.Tensor  # (nq,) int32: 4 int8 weights
+    rowsum: torch.Tensor  # (rows,) int32
     rows: int
-    groups4: int           # K4 (linear) or C4 (conv): quads along the input channels
+    groups4: int  # K4 (linear) or C4 (conv): quads along the input channels
     kernel: tuple[int, int] = (1, 1)
 
     @property
@@ -89,13 +94,20 @@ class Quads:
 def _quads(w4: torch.Tensor, rowsum: torch.Tensor, kernel: tuple[int, int]) -> Quads:
     """``w4`` (rows, Q, 4) int8, Q enumerating the quad index -> Quads (empty quads dropped)."""
     rows, q = w4.shape[:2]
-    packed = w4.contiguous().view(torch.int32).reshape(rows, q)         # 4 bytes -> one int32 (little-endian)
-    keep = (w4 != 0).any(-1)                                             # (rows, Q)
+    packed = w4.contiguous().view(torch.int32).reshape(rows, q)  # 4 bytes -> one int32 (little-endian)
+    keep = (w4 != 0).any(-1)  # (rows, Q)
     rowptr = torch.zeros(rows + 1, dtype=torch.int32)
     rowptr[1:] = torch.cumsum(keep.sum(1), 0)
-    qidx = keep.nonzero()[:, 1].to(torch.int32)                          # row-major: ascending per row
-    return Quads(rowptr, qidx.contiguous(), packed[keep].contiguous(), rowsum.to(torch.int32).contiguous(),
-                 rows, w4.shape[1] // (kernel[0] * kernel[1]), kernel)
+    qidx = keep.nonzero()[:, 1].to(torch.int32)  # row-major: ascending per row
+    return Quads(
+        rowptr,
+        qidx.contiguous(),
+        packed[keep].contiguous(),
+        rowsum.to(torch.int32).contiguous(),
+        rows,
+        w4.shape[1] // (kernel[0] * kernel[1]),
+        kernel,
+    )
 
 
 def prepare_linear(codes: torch.Tensor) -> Quads:
@@ -109,7 +121,7 @@ def prepare_conv(codes: torch.Tensor) -> Quads:
     """(rows, C, kh, kw) int8 codes (groups 1) -> :class:`Quads`; quad index (c4 * kh + ky) * kw + kx."""
     rows, c, kh, kw = codes.shape
     w = torch.nn.functional.pad(codes.detach().cpu().to(torch.int8), (0, 0, 0, 0, 0, -c % 4))  # (rows, C4*4, kh, kw)
-    w4 = w.reshape(rows, -1, 4, kh, kw).permute(0, 1, 3, 4, 2).reshape(rows, -1, 4)             # (rows, C4*kh*kw, 4)
+    w4 = w.reshape(rows, -1, 4, kh, kw).permute(0, 1, 3, 4, 2).reshape(rows, -1, 4)  # (rows, C4*kh*kw, 4)
     return _quads(w4, codes.detach().cpu().to(torch.int32).reshape(rows, -1).sum(1), (kh, kw))
 
 
@@ -120,7 +132,7 @@ class Requant:
     in_scale: float
     in_zero: int
     weight_scale: torch.Tensor  # (rows,) fp32
-    bias: torch.Tensor | None   # (rows,) fp32
+    bias: torch.Tensor | None  # (rows,) fp32
     out_scale: float = 1.0
     out_zero: int = 0
     relu: bool = False
@@ -132,12 +144,19 @@ def _threads(work: int) -> int:
 
 def _check(q: Quads, rq: Requant) -> None:
     arrays = (q.rowptr, q.qidx, q.qw, q.rowsum)
-    ok = (all(t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous() and t.device.type == "cpu" for t in arrays)
-          and q.rowptr.numel() == q.rows + 1 and q.qidx.numel() == q.qw.numel() and q.rowsum.numel() == q.rows
-          and rq.weight_scale.dtype == torch.float32 and rq.weight_scale.numel() == q.rows
-          and rq.weight_scale.is_contiguous()
-          and (rq.bias is None or (rq.bias.dtype == torch.float32 and rq.bias.numel() == q.rows
-                                   and rq.bias.is_contiguous())))
+    ok = (
+        all(t.dtype == torch.int32 and t.dim() == 1 and t.is_contiguous() and t.device.type == "cpu" for t in arrays)
+        and q.rowptr.numel() == q.rows + 1
+        and q.qidx.numel() == q.qw.numel()
+        and q.rowsum.numel() == q.rows
+        and rq.weight_scale.dtype == torch.float32
+        and rq.weight_scale.numel() == q.rows
+        and rq.weight_scale.is_contiguous()
+        and (
+            rq.bias is None
+            or (rq.bias.dtype == torch.float32 and rq.bias.numel() == q.rows and rq.bias.is_contiguous())
+        )
+    )
     if not ok:
         raise NetslimError(f"sparse int8: quad arrays or scales do not fit a weight of {q.rows} rows.")
     if not (0 <= rq.in_zero <= 255 and 0 <= rq.out_zero <= 255 and rq.in_scale > 0 and rq.out_scale > 0):
@@ -146,14 +165,27 @@ def _check(q: Quads, rq: Requant) -> None:
 
 def _requant_args(rq: Requant, x4: torch.Tensor, mode: int, out: torch.Tensor, threads: int) -> list:
     bias = None if rq.bias is None else rq.bias.data_ptr()
-    return [x4.data_ptr(), rq.in_zero, rq.in_scale, rq.weight_scale.data_ptr(), bias, rq.out_scale, rq.out_zero,
-            int(rq.relu), mode, out.data_ptr(), threads]
+    return [
+        x4.data_ptr(),
+        rq.in_zero,
+        rq.in_scale,
+        rq.weight_scale.data_ptr(),
+        bias,
+        rq.out_scale,
+        rq.out_zero,
+        int(rq.relu),
+        mode,
+        out.data_ptr(),
+        threads,
+    ]
 
 
 def _raise_if_bad(bad: int, what: str) -> None:
     if bad == 1:
-        raise NetslimError(f"Invalid sparse int8 {what} weight: row pointers or quad indices out of range "
-                           "(the kernel computed nothing).")
+        raise NetslimError(
+            f"Invalid sparse int8 {what} weight: row pointers or quad indices out of range "
+            "(the kernel computed nothing)."
+        )
     if bad:
         raise NetslimError(f"sparse int8 {what}: out of memory for the accumulators.")
 
@@ -178,8 +210,9 @@ def linear(x: torch.Tensor, q: Quads, rq: Requant, mode: str = "float") -> torch
     _check(q, rq)
     xa, s_in, z_in = _activations(x, rq)
     if xa.dim() != 2 or -(-xa.shape[1] // 4) != q.groups4:
-        raise NetslimError(f"sparse int8 linear: input {list(x.shape)} does not fit {q.groups4 * 4} "
-                           "(padded) input features.")
+        raise NetslimError(
+            f"sparse int8 linear: input {list(x.shape)} does not fit {q.groups4 * 4} (padded) input features."
+        )
     batch, k = xa.shape
     xa = xa if xa.stride(1) == 1 else xa.contiguous()
     x4 = torch.empty(q.groups4 * batch * 4, dtype=torch.uint8)
@@ -187,13 +220,23 @@ def linear(x: torch.Tensor, q: Quads, rq: Requant, mode: str = "float") -> torch
     if xa.dtype == torch.uint8:
         lib.netslim_sq8_pack_linear_u8(batch, k, xa.data_ptr(), xa.stride(0), z_in, x4.data_ptr(), threads)
     else:
-        lib.netslim_sq8_pack_linear_f32(batch, k, xa.data_ptr(), xa.stride(0), _inverse(s_in), z_in, x4.data_ptr(),
-                                        threads)
+        lib.netslim_sq8_pack_linear_f32(
+            batch, k, xa.data_ptr(), xa.stride(0), _inverse(s_in), z_in, x4.data_ptr(), threads
+        )
     m = MODES[mode]
     out = torch.empty(batch, q.rows, dtype=_OUT_DTYPES[m])
     rq = Requant(s_in, z_in, rq.weight_scale, rq.bias, rq.out_scale, rq.out_zero, rq.relu)
-    bad = lib.netslim_sq8_linear(q.rows, q.groups4, q.qw.numel(), batch, q.rowptr.data_ptr(), q.qidx.data_ptr(),
-                                 q.qw.data_ptr(), q.rowsum.data_ptr(), *_requant_args(rq, x4, m, out, threads))
+    bad = lib.netslim_sq8_linear(
+        q.rows,
+        q.groups4,
+        q.qw.numel(),
+        batch,
+        q.rowptr.data_ptr(),
+        q.qidx.data_ptr(),
+        q.qw.data_ptr(),
+        q.rowsum.data_ptr(),
+        *_requant_args(rq, x4, m, out, threads),
+    )
     _raise_if_bad(bad, "linear")
     return out
 
@@ -207,8 +250,10 @@ class ConvGeometry:
 
 def conv_output_size(h: int, w: int, q: Quads, g: ConvGeometry) -> tuple[int, int]:
     kh, kw = q.kernel
-    return ((h + 2 * g.padding[0] - g.dilation * (kh - 1) - 1) // g.stride + 1,
-            (w + 2 * g.padding[1] - g.dilation * (kw - 1) - 1) // g.stride + 1)
+    return (
+        (h + 2 * g.padding[0] - g.dilation * (kh - 1) - 1) // g.stride + 1,
+        (w + 2 * g.padding[1] - g.dilation * (kw - 1) - 1) // g.stride + 1,
+    )
 
 
 def conv2d(x: torch.Tensor, q: Quads, rq: Requant, g: ConvGeometry, mode: str = "float") -> torch.Tensor:
@@ -227,18 +272,50 @@ def conv2d(x: torch.Tensor, q: Quads, rq: Requant, g: ConvGeometry, mode: str = 
     s, (ph, pw), d = g.stride, g.padding, g.dilation
     hph, wph = -(-(h + 2 * ph) // s), -(-(w + 2 * pw) // s)
     kh, kw = q.kernel
-    plane = hph * wph + ((kw - 1) * d) // s + ((kh - 1) * d) // s * wph + 1   # words per phase plane (with slack)
+    plane = hph * wph + ((kw - 1) * d) // s + ((kh - 1) * d) // s * wph + 1  # words per phase plane (with slack)
     x4 = torch.empty(batch * q.groups4 * s * s * plane * 4, dtype=torch.uint8)
     threads = _threads(batch * ho * wph * q.qw.numel())
     strides = xa.stride()
     fn = lib.netslim_sq8_pack_conv_u8 if xa.dtype == torch.uint8 else lib.netslim_sq8_pack_conv_f32
-    fn(batch, c, h, w, xa.data_ptr(), *strides, ph, pw, s, hph, wph, plane, _inverse(s_in), z_in, x4.data_ptr(),
-       threads)
+    fn(
+        batch,
+        c,
+        h,
+        w,
+        xa.data_ptr(),
+        *strides,
+        ph,
+        pw,
+        s,
+        hph,
+        wph,
+        plane,
+        _inverse(s_in),
+        z_in,
+        x4.data_ptr(),
+        threads,
+    )
     m = MODES[mode]
     out = torch.empty(batch, q.rows, ho, wo, dtype=_OUT_DTYPES[m])
     rq = Requant(s_in, z_in, rq.weight_scale, rq.bias, rq.out_scale, rq.out_zero, rq.relu)
-    bad = lib.netslim_sq8_conv(q.rows, q.groups4, kh, kw, q.qw.numel(), batch, s, d, wph, plane, ho, wo,
-                               q.rowptr.data_ptr(), q.qidx.data_ptr(), q.qw.data_ptr(), q.rowsum.data_ptr(),
-                               *_requant_args(rq, x4, m, out, threads))
+    bad = lib.netslim_sq8_conv(
+        q.rows,
+        q.groups4,
+        kh,
+        kw,
+        q.qw.numel(),
+        batch,
+        s,
+        d,
+        wph,
+        plane,
+        ho,
+        wo,
+        q.rowptr.data_ptr(),
+        q.qidx.data_ptr(),
+        q.qw.data_ptr(),
+        q.rowsum.data_ptr(),
+        *_requant_args(rq, x4, m, out, threads),
+    )
     _raise_if_bad(bad, "conv")
     return out

@@ -33,6 +33,7 @@ Masks survive quantization: a pruned weight is 0.0 before quantization and every
 quantizer maps 0.0 to the fill code (symmetric schemes to 0; asymmetric ones to an integer
 zero point), so ``zeros stay zeros``; :func:`fill_violations` checks it.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,11 +75,14 @@ class _SparseCodes:
         self.layout = sc.check_layout(layout, n, m, owner, index_bytes)
         shape = self._shape()
         if isinstance(nnz, bool) or not isinstance(nnz, int) or not 0 <= nnz <= math.prod(shape):
-            raise NetslimError(f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; "
-                               f"got {nnz!r}.")
+            raise NetslimError(
+                f"The 'nnz' parameter of {owner} must be an int in [0, {math.prod(shape)}]; got {nnz!r}."
+            )
         if self.layout.kind == "nm" and not sc.nm_fits(shape, self.layout.m):
-            raise NetslimError(f"{owner}: a {self.layout.describe()} layout needs an input dim divisible by "
-                               f"{self.layout.m}; the weight is {list(shape)}.")
+            raise NetslimError(
+                f"{owner}: a {self.layout.describe()} layout needs an input dim divisible by "
+                f"{self.layout.m}; the weight is {list(shape)}."
+            )
         self.nnz = nnz
         self._index_bytes = sc.index_bytes(self.layout, shape, nnz)
         self.register_buffer("weight_sparse", torch.zeros(self._sparse_bytes(), dtype=torch.uint8, device=device))
@@ -88,11 +92,11 @@ class _SparseCodes:
 
     @property
     def weight_index(self) -> torch.Tensor:
-        return self.weight_sparse[:self._index_bytes]
+        return self.weight_sparse[: self._index_bytes]
 
     @property
     def weight_nz(self) -> torch.Tensor:
-        return self.weight_sparse[self._index_bytes:]
+        return self.weight_sparse[self._index_bytes :]
 
     def _set_sparse(self, codes: torch.Tensor) -> None:
         """Fill from unsigned codes of ``_shape()`` (the layout and nnz are the constructor's)."""
@@ -102,21 +106,27 @@ class _SparseCodes:
         self.weight_sparse.copy_(torch.cat([index, values]).to(self.weight_sparse.device))
 
     def unsigned_codes(self) -> torch.Tensor:
-        return sc.decode(self.weight_index, self.weight_nz, self._fill(), self.layout, self._bits(), self._shape(),
-                         self.nnz)
+        return sc.decode(
+            self.weight_index, self.weight_nz, self._fill(), self.layout, self._bits(), self._shape(), self.nnz
+        )
 
     def _check_sparse(self, where: str) -> None:
         t = self.weight_sparse
         if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != self._sparse_bytes():
-            raise NetslimError(f"{where}: field 'weight_sparse' must be uint8 of {self._sparse_bytes()} bytes; "
-                               f"got {t.dtype} {list(t.shape)}.")
-        sc.check_stored(where, self.weight_index, self.weight_nz, self.layout, self._bits(), self._shape(), self.nnz,
-                        FIELDS)
+            raise NetslimError(
+                f"{where}: field 'weight_sparse' must be uint8 of {self._sparse_bytes()} bytes; "
+                f"got {t.dtype} {list(t.shape)}."
+            )
+        sc.check_stored(
+            where, self.weight_index, self.weight_nz, self.layout, self._bits(), self._shape(), self.nnz, FIELDS
+        )
 
     def _sparse_kwargs(self) -> dict:
         """Constructor arguments of the storage (defaults left out: every byte of the header counts)."""
-        extra = {"nm": {"layout": "nm", "n": self.layout.n, "m": self.layout.m},
-                 "gaps": {"layout": "gaps", "index_bytes": self.layout.size}}.get(self.layout.kind, {})
+        extra = {
+            "nm": {"layout": "nm", "n": self.layout.n, "m": self.layout.m},
+            "gaps": {"layout": "gaps", "index_bytes": self.layout.size},
+        }.get(self.layout.kind, {})
         return {"nnz": self.nnz} | extra
 
     @property
@@ -151,8 +161,9 @@ class _SparseStatic(_SparseCodes):
         return (self.unsigned_codes().to(torch.int16) - 2 ** (self.weight_bits - 1)).to(torch.int8)
 
     def _store_codes(self, codes: torch.Tensor) -> None:
-        raise NetslimError(f"{type(self).__name__}: codes are set at construction (from_int8); build a new layer "
-                           "to change them.")
+        raise NetslimError(
+            f"{type(self).__name__}: codes are set at construction (from_int8); build a new layer to change them."
+        )
 
     def _reset(self) -> None:
         self._packed, self._quads, self._rq = None, None, None
@@ -171,13 +182,25 @@ class _SparseStatic(_SparseCodes):
     def _requant(self) -> sparse_int8.Requant:
         if self._rq is None:
             s_in, z_in, s_out, z_out = (float(v) for v in self.act_qparams)
-            self._rq = sparse_int8.Requant(s_in, int(z_in), self.weight_scale.detach().float().contiguous(),
-                                           self.bias.detach().float().contiguous(), s_out, int(z_out), self.relu)
+            self._rq = sparse_int8.Requant(
+                s_in,
+                int(z_in),
+                self.weight_scale.detach().float().contiguous(),
+                self.bias.detach().float().contiguous(),
+                s_out,
+                int(z_out),
+                self.relu,
+            )
         return self._rq
 
     def _sparse_ok(self, x: torch.Tensor) -> bool:
-        return (self.kernel == "sparse" and x.device.type == "cpu" and sparse_int8.kernel_available()
-                and not (torch.is_grad_enabled() and x.requires_grad) and self._geometry_ok())
+        return (
+            self.kernel == "sparse"
+            and x.device.type == "cpu"
+            and sparse_int8.kernel_available()
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and self._geometry_ok()
+        )
 
     def _result(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.quant_out:
@@ -186,16 +209,30 @@ class _SparseStatic(_SparseCodes):
 
     def extra_repr(self) -> str:
         density = self.nnz / max(1, self.weight_numel)
-        return (f"{super().extra_repr()}weight_bits={self.weight_bits}, nnz={self.nnz} ({density:.1%}), "
-                f"layout={self.layout.describe()}, kernel={self.kernel}")
+        return (
+            f"{super().extra_repr()}weight_bits={self.weight_bits}, nnz={self.nnz} ({density:.1%}), "
+            f"layout={self.layout.describe()}, kernel={self.kernel}"
+        )
 
 
 class SparseInt8Linear(_SparseStatic, Int8Linear):
     """An :class:`Int8Linear` whose weight codes are stored sparse (``kernel``: "dense" or "sparse")."""
 
-    def __init__(self, in_features: int, out_features: int, relu: bool = False, weight_bits: int = 8,
-                 quant_out: bool = False, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
-                 index_bytes: int = 0, kernel: str = "dense", device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        relu: bool = False,
+        weight_bits: int = 8,
+        quant_out: bool = False,
+        nnz: int = 0,
+        layout: str = "mask",
+        n: int = 0,
+        m: int = 0,
+        index_bytes: int = 0,
+        kernel: str = "dense",
+        device=None,
+    ):
         super().__init__(in_features, out_features, relu, weight_bits, quant_out, device)
         self.kernel = _check_kernel(kernel, type(self).__name__)
         self._init_sparse(nnz, layout, n, m, device, index_bytes)
@@ -210,8 +247,9 @@ class SparseInt8Linear(_SparseStatic, Int8Linear):
         if self._quads is None:
             self._quads = sparse_int8.prepare_linear(self.int_weight())
         lead = x.shape[:-1]
-        y = sparse_int8.linear(x.reshape(-1, self.in_features), self._quads, self._requant(),
-                               "uint8" if self.quant_out else "float")
+        y = sparse_int8.linear(
+            x.reshape(-1, self.in_features), self._quads, self._requant(), "uint8" if self.quant_out else "float"
+        )
         return self._result(y.reshape(*lead, self.out_features), x)
 
 
@@ -219,12 +257,39 @@ class SparseInt8Conv2d(_SparseStatic, Int8Conv2d):
     """An :class:`Int8Conv2d` whose weight codes are stored sparse; the sparse kernel takes groups 1
     with equal strides and dilations along both axes (else the layer runs dense)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list[int], stride: list[int],
-                 padding: list[int], dilation: list[int], groups: int = 1, relu: bool = False, weight_bits: int = 8,
-                 quant_out: bool = False, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
-                 index_bytes: int = 0, kernel: str = "dense", device=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, relu,
-                         weight_bits, quant_out, device)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list[int],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int = 1,
+        relu: bool = False,
+        weight_bits: int = 8,
+        quant_out: bool = False,
+        nnz: int = 0,
+        layout: str = "mask",
+        n: int = 0,
+        m: int = 0,
+        index_bytes: int = 0,
+        kernel: str = "dense",
+        device=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            relu,
+            weight_bits,
+            quant_out,
+            device,
+        )
         self.kernel = _check_kernel(kernel, type(self).__name__)
         self._init_sparse(nnz, layout, n, m, device, index_bytes)
         self._reset()
@@ -244,8 +309,15 @@ class SparseInt8Conv2d(_SparseStatic, Int8Conv2d):
 
 def _static_kwargs(m: _Int8Base) -> dict:
     if isinstance(m, Int8Conv2d):
-        kw = {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-              "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
+        kw = {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": m.kernel_size,
+            "stride": m.stride,
+            "padding": m.padding,
+            "dilation": m.dilation,
+            "groups": m.groups,
+        }
     else:
         kw = {"in_features": m.in_features, "out_features": m.out_features}
     return kw | {"relu": m.relu, "weight_bits": m.weight_bits, "quant_out": m.quant_out}
@@ -258,8 +330,14 @@ def sparse_static(layer: _Int8Base, kernel: str = "dense", layout: sc.Layout | N
     keep = codes != fill
     layout = layout or sc.choose_layout(keep.cpu(), layer.weight_bits, 1 << 62)
     cls = SparseInt8Conv2d if isinstance(layer, Int8Conv2d) else SparseInt8Linear
-    kw = _static_kwargs(layer) | {"nnz": int(keep.sum()), "layout": layout.kind, "n": layout.n, "m": layout.m,
-                                  "index_bytes": layout.size, "kernel": kernel}
+    kw = _static_kwargs(layer) | {
+        "nnz": int(keep.sum()),
+        "layout": layout.kind,
+        "n": layout.n,
+        "m": layout.m,
+        "index_bytes": layout.size,
+        "kernel": kernel,
+    }
     new = cls(**kw, device=layer.weight_scale.device)
     new._set_sparse(codes)
     with torch.no_grad():
@@ -273,8 +351,9 @@ def dense_static(layer: _Int8Base) -> _Int8Base:
     """The dense Int8Linear / Int8Conv2d holding the same codes as a sparse one."""
     cls = Int8Conv2d if isinstance(layer, Int8Conv2d) else Int8Linear
     new = cls(**_static_kwargs(layer), device=layer.weight_scale.device)
-    new.set_quantized(layer.int_weight(), layer.weight_scale.detach(), layer.bias.detach(),
-                      tuple(float(v) for v in layer.act_qparams))
+    new.set_quantized(
+        layer.int_weight(), layer.weight_scale.detach(), layer.bias.detach(), tuple(float(v) for v in layer.act_qparams)
+    )
     return new
 
 
@@ -283,8 +362,9 @@ def dense_layer(m: nn.Module) -> nn.Module:
     if isinstance(m, _SparseStatic):
         return dense_static(m)
     if isinstance(m, SparseQuantizedLinear):
-        return QuantizedLinear.from_codes(m.codes(), m.scales, m.zeros, bits=m.bits, group_size=m.group_size,
-                                          bias=m.bias)
+        return QuantizedLinear.from_codes(
+            m.codes(), m.scales, m.zeros, bits=m.bits, group_size=m.group_size, bias=m.bias
+        )
     return m
 
 
@@ -303,9 +383,20 @@ def densify(model: nn.Module) -> nn.Module:
 class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
     """A :class:`QuantizedLinear` whose packed codes are stored sparse (fill: each group's zero point)."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = 128,
-                 bias: bool = True, nnz: int = 0, layout: str = "mask", n: int = 0, m: int = 0,
-                 index_bytes: int = 0, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int = 4,
+        group_size: int | None = 128,
+        bias: bool = True,
+        nnz: int = 0,
+        layout: str = "mask",
+        n: int = 0,
+        m: int = 0,
+        index_bytes: int = 0,
+        device=None,
+    ):
         super().__init__(in_features, out_features, bits, group_size, bias, device)
         self._init_sparse(nnz, layout, n, m, device, index_bytes)
 
@@ -327,9 +418,11 @@ class SparseQuantizedLinear(_SparseCodes, QuantizedLinear):
 
     def _check_loaded_codes(self, where: str) -> None:
         z = self.zeros.float()
-        if not bool(((z == z.round()) & (z >= 0) & (z < 2 ** self.bits)).all()):
-            raise NetslimError(f"{where}: field 'zeros' must hold integer zero points in [0, {2 ** self.bits - 1}] "
-                               "for a sparse layout (the code of a pruned weight).")
+        if not bool(((z == z.round()) & (z >= 0) & (z < 2**self.bits)).all()):
+            raise NetslimError(
+                f"{where}: field 'zeros' must hold integer zero points in [0, {2**self.bits - 1}] "
+                "for a sparse layout (the code of a pruned weight)."
+            )
         self._check_sparse(where)
 
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
@@ -360,15 +453,28 @@ def integral_zeros(layer: QuantizedLinear) -> bool:
 def sparse_weight_only(layer: QuantizedLinear, layout: sc.Layout | None = None) -> SparseQuantizedLinear:
     """The sparse form of a packed weight-only Linear (its zero points must be integers)."""
     if not integral_zeros(layer):
-        raise NetslimError(f"A {layer.bits}-bit layer with non-integer zero points (HQQ rounding) has no code for "
-                           "0.0; its pruned weights cannot be stored sparse. Use rounding 'rtn' (or GPTQ).")
+        raise NetslimError(
+            f"A {layer.bits}-bit layer with non-integer zero points (HQQ rounding) has no code for "
+            "0.0; its pruned weights cannot be stored sparse. Use rounding 'rtn' (or GPTQ)."
+        )
     rows, cols, g = layer._declared
     codes = layer.codes()
     fill = layer.zeros.round().to(torch.uint8).repeat_interleave(g, dim=1)
     keep = codes != fill
     layout = layout or sc.choose_layout(keep.cpu(), layer.bits, 1 << 62, gaps=False)
-    new = SparseQuantizedLinear(cols, rows, layer.bits, layer.group_size, layer.bias is not None, int(keep.sum()),
-                                layout.kind, layout.n, layout.m, layout.size, device=codes.device)
+    new = SparseQuantizedLinear(
+        cols,
+        rows,
+        layer.bits,
+        layer.group_size,
+        layer.bias is not None,
+        int(keep.sum()),
+        layout.kind,
+        layout.n,
+        layout.m,
+        layout.size,
+        device=codes.device,
+    )
     new.set_codes(codes, layer.scales, layer.zeros)
     if layer.bias is not None:
         new.bias = nn.Parameter(layer.bias.detach().clone())
@@ -410,25 +516,44 @@ def _sparse_static_kwargs(m: _SparseStatic) -> dict:
 
 register_module(SparseInt8Linear, _sparse_static_kwargs)
 register_module(SparseInt8Conv2d, _sparse_static_kwargs)
-register_module(SparseQuantizedLinear, lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-                                                  "bits": m.bits, "group_size": m.group_size,
-                                                  "bias": m.bias is not None} | m._sparse_kwargs())
+register_module(
+    SparseQuantizedLinear,
+    lambda m: (
+        {
+            "in_features": m.in_features,
+            "out_features": m.out_features,
+            "bits": m.bits,
+            "group_size": m.group_size,
+            "bias": m.bias is not None,
+        }
+        | m._sparse_kwargs()
+    ),
+)
 for _cls in (Int8Linear, Int8Conv2d, QuantizedLinear):
     register_storage_form(_cls, compact_form)
-register_macs(SparseInt8Linear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * (
-    m.nnz if m.kernel == "sparse" else m.in_features * m.out_features))
-register_macs(SparseInt8Conv2d, lambda m, inputs, out: int(out.numel() // out.shape[1] if out.dim() == 4 else 0)
-              * (m.nnz if m.kernel == "sparse" else m.weight_numel))
-register_macs(SparseQuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1])
-              * m.in_features * m.out_features)
+register_macs(
+    SparseInt8Linear,
+    lambda m, inputs, out: (
+        int(out.numel() // out.shape[-1]) * (m.nnz if m.kernel == "sparse" else m.in_features * m.out_features)
+    ),
+)
+register_macs(
+    SparseInt8Conv2d,
+    lambda m, inputs, out: (
+        int(out.numel() // out.shape[1] if out.dim() == 4 else 0) * (m.nnz if m.kernel == "sparse" else m.weight_numel)
+    ),
+)
+register_macs(
+    SparseQuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
+)
 
 
 def _weight_row(m: nn.Module, state: dict) -> Weight:
     bits = m._bits()
-    what = "static" if isinstance(m, _SparseStatic) else ("packed" if m.group_size is None
-                                                          else f"packed g{m.group_size}")
-    return Weight(f"sparse int{bits} {what} ({m.layout.describe()})", list(m._shape()), m.nnz, bits,
-                  ("weight_sparse",))
+    what = (
+        "static" if isinstance(m, _SparseStatic) else ("packed" if m.group_size is None else f"packed g{m.group_size}")
+    )
+    return Weight(f"sparse int{bits} {what} ({m.layout.describe()})", list(m._shape()), m.nnz, bits, ("weight_sparse",))
 
 
 for _cls in (SparseInt8Linear, SparseInt8Conv2d, SparseQuantizedLinear):

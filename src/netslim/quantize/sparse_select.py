@@ -8,6 +8,7 @@ pass of an example - at every batch size, the dense int8 path (oneDNN) and the s
 kernel interleaved (medians). The sparse kernel is kept only where it is at least
 ``min_speedup`` times faster at *every* batch size; the other layers stay dense int8.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ def record_inputs(model: nn.Module, names: list[str], example: Any) -> dict[str,
             x = inp[0]
             q = x.is_quantized
             cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            seen[name] = SeenInput(tuple(x.shape[1:]), q, cl, float(x.q_scale()) if q else 1.0,
-                                   int(x.q_zero_point()) if q else 0)
+            seen[name] = SeenInput(
+                tuple(x.shape[1:]), q, cl, float(x.q_scale()) if q else 1.0, int(x.q_zero_point()) if q else 0
+            )
+
         return fn
 
     with hooked({n: hook(n) for n in names}, root=model, kind="pre"):
@@ -78,21 +81,34 @@ def unsupported(layer: _Int8Base) -> str | None:
 
 
 @torch.inference_mode()
-def time_static_layer(layer: _Int8Base, seen: SeenInput | None, batch_sizes, *, rounds: int, repeats: int,
-                      threads: int | None, min_speedup: float) -> dict[str, Any]:
+def time_static_layer(
+    layer: _Int8Base,
+    seen: SeenInput | None,
+    batch_sizes,
+    *,
+    rounds: int,
+    repeats: int,
+    threads: int | None,
+    min_speedup: float,
+) -> dict[str, Any]:
     """Dense int8 vs sparse int8 medians (ms) per batch size; ``module`` the sparse-kernel layer."""
     dense = (dense_static(layer) if hasattr(layer, "nnz") else layer).eval()
     sparse = sparse_static(layer, "sparse").eval()
     if seen is None:  # a Linear's input is known from its width
         seen = SeenInput((layer.in_features,), False, False)
-    out: dict[str, Any] = {"density": sparse.nnz / max(1, layer.weight_numel),
-                           "quad_density": _quad_density(sparse), "timings": {}}
+    out: dict[str, Any] = {
+        "density": sparse.nnz / max(1, layer.weight_numel),
+        "quad_density": _quad_density(sparse),
+        "timings": {},
+    }
     for b in batch_sizes:
         x = timing_input(layer, seen, b)
-        ms = interleaved_latency({"dense": dense, "sparse": sparse}, x, rounds=rounds, repeats=repeats,
-                                 threads=threads)
-        out["timings"][str(b)] = {"dense_int8_ms": ms["dense"], "sparse_int8_ms": ms["sparse"],
-                                  "speedup": ms["dense"] / max(ms["sparse"], 1e-9)}
+        ms = interleaved_latency({"dense": dense, "sparse": sparse}, x, rounds=rounds, repeats=repeats, threads=threads)
+        out["timings"][str(b)] = {
+            "dense_int8_ms": ms["dense"],
+            "sparse_int8_ms": ms["sparse"],
+            "speedup": ms["dense"] / max(ms["sparse"], 1e-9),
+        }
     out["faster"] = all(t["speedup"] >= min_speedup for t in out["timings"].values())
     out["module"] = sparse
     return out
@@ -100,5 +116,6 @@ def time_static_layer(layer: _Int8Base, seen: SeenInput | None, batch_sizes, *, 
 
 def _quad_density(sparse: _Int8Base) -> float:
     quads = (sparse_int8.prepare_conv if isinstance(sparse, SparseInt8Conv2d) else sparse_int8.prepare_linear)(
-        sparse.int_weight())
+        sparse.int_weight()
+    )
     return quads.density

@@ -6,6 +6,7 @@ the same constructors as the in-memory step (:meth:`QuantizedLinear.from_float`,
 :meth:`DynamicInt8Linear.from_float`, ...), writes it and releases it
 (:meth:`netslim.core.stream_io.BlockStream.each_unit`): the same tensors as in memory.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,12 +35,22 @@ def _stream_weight_only(sm, cfg: WeightOnlyConfig, ctx, stream) -> None:
             for name in members:
                 mod = get_module(sm.model, name)
                 cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
-                replace_module(sm.model, name, cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size,
-                                                              symmetric=cfg.symmetric, method=cfg.rounding))
+                replace_module(
+                    sm.model,
+                    name,
+                    cls.from_float(
+                        mod, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric, method=cfg.rounding
+                    ),
+                )
 
     stream.each_unit(names, convert)
-    ctx.notes["weight_only"] = {"layers": len(names), "bits": cfg.bits, "group_size": cfg.group_size,
-                                "rounding": cfg.rounding, "skipped": len(skipped)}
+    ctx.notes["weight_only"] = {
+        "layers": len(names),
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "rounding": cfg.rounding,
+        "skipped": len(skipped),
+    }
 
 
 @register_streaming(DynamicInt8Config)
@@ -47,11 +58,16 @@ def _stream_dynamic_int8(sm, cfg: DynamicInt8Config, ctx, stream) -> None:
     from .int8_body import fuse_activations
 
     if cfg.compute_dtype != "float32":
-        raise NetslimError(f"dynamic_int8 with compute_dtype {cfg.compute_dtype!r} casts the whole model, which "
-                           f"cannot stream; use compute_dtype float32 or {IN_MEMORY_HINT}.")
+        raise NetslimError(
+            f"dynamic_int8 with compute_dtype {cfg.compute_dtype!r} casts the whole model, which "
+            f"cannot stream; use compute_dtype float32 or {IN_MEMORY_HINT}."
+        )
     for name in _conv1d_layers(sm.model, cfg):
-        ctx.skip(name, "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
-                       "converted, only nn.Linear layers are; it stays fp32")
+        ctx.skip(
+            name,
+            "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
+            "converted, only nn.Linear layers are; it stays fp32",
+        )
     linears = _linear_names(sm.model, cfg)
     embeddings = []
     if cfg.embeddings:
@@ -64,13 +80,21 @@ def _stream_dynamic_int8(sm, cfg: DynamicInt8Config, ctx, stream) -> None:
         with torch.no_grad():
             for name in members:
                 mod = get_module(sm.model, name)
-                new = (DynamicInt8Linear.from_float(mod, activations=cfg.activations) if isinstance(mod, nn.Linear)
-                       else QuantizedEmbedding.from_float(mod, bits=8, group_size=None, symmetric=True))
+                new = (
+                    DynamicInt8Linear.from_float(mod, activations=cfg.activations)
+                    if isinstance(mod, nn.Linear)
+                    else QuantizedEmbedding.from_float(mod, bits=8, group_size=None, symmetric=True)
+                )
                 replace_module(sm.model, name, new)
             if cfg.fuse_activations:
                 fused.extend(fuse_activations(sm.model, [n for n in members if n in set(linears)]))
 
     stream.each_unit(linears + embeddings, convert)
-    ctx.notes["dynamic_int8"] = {"layers": len(linears), "embeddings": len(embeddings), "activations": cfg.activations,
-                                 "compute_dtype": cfg.compute_dtype, "fused_activations": len(fused),
-                                 "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm"}
+    ctx.notes["dynamic_int8"] = {
+        "layers": len(linears),
+        "embeddings": len(embeddings),
+        "activations": cfg.activations,
+        "compute_dtype": cfg.compute_dtype,
+        "fused_activations": len(fused),
+        "cpu_kernel": "onednn qlinear" if _onednn_ok() else "torch._int_mm",
+    }

@@ -6,6 +6,7 @@ and drops it (nothing cached, so the memory and file stay ~bits/32 of fp32). RTN
 (here) and GPTQ (LLM one-shot) all produce this format through
 :meth:`QuantizedLinear.from_codes`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,9 @@ class PackedWeight(nn.Module):
     def _init_codes(self, device) -> None:
         """The code buffer (a sparse subclass registers its own: :mod:`.sparse_lowbit`)."""
         rows, cols, _ = self._declared
-        self.register_buffer("weight_packed", torch.zeros(rows, cols * self.bits // 8, dtype=torch.uint8,
-                                                          device=device))
+        self.register_buffer(
+            "weight_packed", torch.zeros(rows, cols * self.bits // 8, dtype=torch.uint8, device=device)
+        )
 
     def _code_fields(self) -> dict:
         rows, cols, _ = self._declared
@@ -57,8 +59,14 @@ class PackedWeight(nn.Module):
         if loaded(state_dict, prefix, (*self._code_fields(), "scales", "zeros")):
             rows, cols, g = self._declared
             where = prefix[:-1] or type(self).__name__
-            check_layer_tensors(where, {**self._code_fields(), "scales": (self.scales, (rows, cols // g), None),
-                                        "zeros": (self.zeros, (rows, cols // g), None)})
+            check_layer_tensors(
+                where,
+                {
+                    **self._code_fields(),
+                    "scales": (self.scales, (rows, cols // g), None),
+                    "zeros": (self.zeros, (rows, cols // g), None),
+                },
+            )
             self._check_loaded_codes(where)
 
     def _check_loaded_codes(self, where: str) -> None:
@@ -67,10 +75,14 @@ class PackedWeight(nn.Module):
     def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
         """Fill from unpacked codes (R, C) in ``[0, 2^bits)`` and (R, C/g) scale / zero."""
         if codes.shape != (self.weight_packed.shape[0], self.weight_packed.shape[1] * 8 // self.bits):
-            raise NetslimError(f"codes of shape {tuple(codes.shape)} do not fit {type(self).__name__} {self.extra_repr()}.")
+            raise NetslimError(
+                f"codes of shape {tuple(codes.shape)} do not fit {type(self).__name__} {self.extra_repr()}."
+            )
         if scale.shape != self.scales.shape or zero.shape != self.zeros.shape:
-            raise NetslimError(f"scale/zero must have shape {tuple(self.scales.shape)}; got "
-                               f"{tuple(scale.shape)} / {tuple(zero.shape)}.")
+            raise NetslimError(
+                f"scale/zero must have shape {tuple(self.scales.shape)}; got "
+                f"{tuple(scale.shape)} / {tuple(zero.shape)}."
+            )
         if int(codes.min()) < 0 or int(codes.max()) >= 2**self.bits:
             raise NetslimError(f"codes must lie in [0, {2**self.bits - 1}] for {self.bits}-bit storage.")
         dev = self.weight_packed.device
@@ -94,15 +106,30 @@ class PackedWeight(nn.Module):
 class QuantizedLinear(PackedWeight):
     """``y = x @ dequant(W).T + b`` with W stored as packed group-wise codes."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = 128,
-                 bias: bool = True, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int = 4,
+        group_size: int | None = 128,
+        bias: bool = True,
+        device=None,
+    ):
         super().__init__(out_features, in_features, bits, group_size, device)
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int,
-                   group_size: int | None, bias: torch.Tensor | None = None) -> QuantizedLinear:
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        *,
+        bits: int,
+        group_size: int | None,
+        bias: torch.Tensor | None = None,
+    ) -> QuantizedLinear:
         """The entry point for any rounding method (RTN, HQQ, GPTQ): codes (out, in) uint8."""
         out_f, in_f = codes.shape
         m = cls(in_f, out_f, bits, group_size, bias is not None, device=codes.device)
@@ -112,8 +139,15 @@ class QuantizedLinear(PackedWeight):
         return m
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, *, bits: int = 4, group_size: int | None = 128,
-                   symmetric: bool = False, method: str = "rtn") -> QuantizedLinear:
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        *,
+        bits: int = 4,
+        group_size: int | None = 128,
+        symmetric: bool = False,
+        method: str = "rtn",
+    ) -> QuantizedLinear:
         codes, scale, zero = quantize_groups(linear.weight, bits, group_size, symmetric=symmetric, method=method)
         return cls.from_codes(codes, scale, zero, bits=bits, group_size=group_size, bias=linear.bias)
 
@@ -121,8 +155,10 @@ class QuantizedLinear(PackedWeight):
         return F.linear(x, self.dequantize_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}"
+        )
 
 
 class QuantizedEmbedding(PackedWeight):
@@ -130,8 +166,16 @@ class QuantizedEmbedding(PackedWeight):
 
     OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4, group_size: int | None = 128,
-                 padding_idx: int | None = None, out_dtype: str = "float32", device=None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        bits: int = 4,
+        group_size: int | None = 128,
+        padding_idx: int | None = None,
+        out_dtype: str = "float32",
+        device=None,
+    ):
         super().__init__(num_embeddings, embedding_dim, bits, group_size, device)
         if out_dtype not in self.OUT_DTYPES:
             raise bad_param("QuantizedEmbedding", "out_dtype", f"one of {', '.join(self.OUT_DTYPES)}", out_dtype)
@@ -139,8 +183,15 @@ class QuantizedEmbedding(PackedWeight):
         self.out_dtype = out_dtype  # dtype of the looked-up rows (the model body's dtype)
 
     @classmethod
-    def from_float(cls, emb: nn.Embedding, *, bits: int = 4, group_size: int | None = 128,
-                   symmetric: bool = False, method: str = "rtn") -> QuantizedEmbedding:
+    def from_float(
+        cls,
+        emb: nn.Embedding,
+        *,
+        bits: int = 4,
+        group_size: int | None = 128,
+        symmetric: bool = False,
+        method: str = "rtn",
+    ) -> QuantizedEmbedding:
         codes, scale, zero = quantize_groups(emb.weight, bits, group_size, symmetric=symmetric, method=method)
         m = cls(emb.num_embeddings, emb.embedding_dim, bits, group_size, emb.padding_idx, device=codes.device)
         m.set_codes(codes, scale, zero)
@@ -148,25 +199,41 @@ class QuantizedEmbedding(PackedWeight):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (...) -> (..., dim)
         flat = ids.reshape(-1)
-        rows = dequantize_groups(unpack(self.weight_packed[flat], self.bits), self.scales[flat], self.zeros[flat],
-                                 self.OUT_DTYPES[self.out_dtype])
+        rows = dequantize_groups(
+            unpack(self.weight_packed[flat], self.bits),
+            self.scales[flat],
+            self.zeros[flat],
+            self.OUT_DTYPES[self.out_dtype],
+        )
         return rows.reshape(*ids.shape, self.embedding_dim)
 
 
 def _lin_kwargs(m: QuantizedLinear) -> dict:
-    return {"in_features": m.in_features, "out_features": m.out_features, "bits": m.bits,
-            "group_size": m.group_size, "bias": m.bias is not None}
+    return {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "bits": m.bits,
+        "group_size": m.group_size,
+        "bias": m.bias is not None,
+    }
 
 
 def _emb_kwargs(m: QuantizedEmbedding) -> dict:
-    return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "bits": m.bits,
-            "group_size": m.group_size, "padding_idx": m.padding_idx,
-            **({} if m.out_dtype == "float32" else {"out_dtype": m.out_dtype})}
+    return {
+        "num_embeddings": m.num_embeddings,
+        "embedding_dim": m.embedding_dim,
+        "bits": m.bits,
+        "group_size": m.group_size,
+        "padding_idx": m.padding_idx,
+        **({} if m.out_dtype == "float32" else {"out_dtype": m.out_dtype}),
+    }
 
 
 register_module(QuantizedLinear, _lin_kwargs)
 register_module(QuantizedEmbedding, _emb_kwargs)
-register_macs(QuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
+register_macs(
+    QuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
+)
 
 
 # ---------------------------------------------------------------------------- method
@@ -214,13 +281,15 @@ def _plan(model: nn.Module, cfg: WeightOnlyConfig) -> tuple[list[str], list[dict
         mod = get_module(model, name)
         cols = mod.in_features if isinstance(mod, nn.Linear) else mod.embedding_dim
         if cfg.group_size is not None and cols % cfg.group_size:
-            skipped.append({"name": name, "reason": f"group_size {cfg.group_size} does not divide its {cols} "
-                                                    "input features"})
+            skipped.append(
+                {"name": name, "reason": f"group_size {cfg.group_size} does not divide its {cols} input features"}
+            )
         else:
             fits.append(name)
     if not fits:
-        raise NetslimError(f"weight_only quantizes no layer: none of {len(names)} selected layers fits "
-                           f"group_size={cfg.group_size}.")
+        raise NetslimError(
+            f"weight_only quantizes no layer: none of {len(names)} selected layers fits group_size={cfg.group_size}."
+        )
     if cfg.rounding == "hqq":
         _refuse_sparse_hqq(model, fits)
     return fits, skipped
@@ -241,10 +310,12 @@ def _refuse_sparse_hqq(model: nn.Module, names: list[str]) -> None:
             continue
         share = float((w == 0).float().mean()) if w.numel() else 0.0
         if get_mask(mod) is not None or share >= SPARSE_SHARE:
-            raise NetslimError(f"weight_only (rounding 'hqq'): layer {name!r} is pruned ({share:.0%} zeros); HQQ's "
-                               "float zero points have no code for 0.0, so its pruned weights would not stay zero "
-                               "and its sparse format cannot carry the scheme; use rounding 'rtn' (integer zero "
-                               "points) or exclude the layer.")
+            raise NetslimError(
+                f"weight_only (rounding 'hqq'): layer {name!r} is pruned ({share:.0%} zeros); HQQ's "
+                "float zero points have no code for 0.0, so its pruned weights would not stay zero "
+                "and its sparse format cannot carry the scheme; use rounding 'rtn' (integer zero "
+                "points) or exclude the layer."
+            )
 
 
 def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
@@ -258,11 +329,19 @@ def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=
     for name in done:
         mod = get_module(model, name)
         cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
-        replace_module(model, name, cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size,
-                                                   symmetric=cfg.symmetric, method=cfg.rounding))
+        replace_module(
+            model,
+            name,
+            cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric, method=cfg.rounding),
+        )
     if ctx is not None:
-        ctx.notes["weight_only"] = {"layers": len(done), "bits": cfg.bits, "group_size": cfg.group_size,
-                                    "rounding": cfg.rounding, "skipped": len(skipped)}
+        ctx.notes["weight_only"] = {
+            "layers": len(done),
+            "bits": cfg.bits,
+            "group_size": cfg.group_size,
+            "rounding": cfg.rounding,
+            "skipped": len(skipped),
+        }
     return model
 
 

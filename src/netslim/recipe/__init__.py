@@ -1,4 +1,5 @@
 """Recipes: YAML lists of registered method configs, validated as a whole and run."""
+
 from . import steps  # noqa: F401  (registers train, finetune, evaluate, export)
 from .spec import Recipe, load_recipe, parse_recipe
 

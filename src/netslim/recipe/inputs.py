@@ -16,6 +16,7 @@ Data comes, in this order of precedence, from
 Nothing here writes anything: a run resolves its inputs before it creates its output folder,
 so bad input fails before any work and leaves nothing behind.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -43,9 +44,15 @@ def file_spec(data: Any, options: Mapping[str, Any] | None = None, where: str = 
     return parse_data_spec(spec, where)
 
 
-def resolve_task(opened: OpenedModel, *, data: Any = None, recipe_data: Mapping[str, Any] | None = None,
-                 dataset: str | None = None, options: Mapping[str, Any] | None = None,
-                 reference: Callable[[], nn.Module] | None = None):
+def resolve_task(
+    opened: OpenedModel,
+    *,
+    data: Any = None,
+    recipe_data: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    reference: Callable[[], nn.Module] | None = None,
+):
     """The Task of a run (see the module docstring); ``options`` are run-level data options (``limit``)."""
     from netslim.train.tasks import Task, get_task
 
@@ -53,8 +60,10 @@ def resolve_task(opened: OpenedModel, *, data: Any = None, recipe_data: Mapping[
     recipe_data = dict(recipe_data or {})
     if data is not None and not _is_files(data):
         if isinstance(data, Mapping):
-            raise NetslimError(f"data: a mapping needs a 'path' key (the data file or folder); got keys "
-                               f"{', '.join(map(str, data))[:200]}.")
+            raise NetslimError(
+                f"data: a mapping needs a 'path' key (the data file or folder); got keys "
+                f"{', '.join(map(str, data))[:200]}."
+            )
         if options:
             raise NetslimError(f"Data options {sorted(options)} apply to data files, not to a {type(data).__name__}.")
         if isinstance(data, Task):
@@ -79,8 +88,11 @@ def resolve_task(opened: OpenedModel, *, data: Any = None, recipe_data: Mapping[
             f"Model {opened.name!r} has no default dataset: pass --data PATH (an image folder, a CSV/JSONL file, "
             "text files) or data= in Python, or set 'dataset:' / 'data: {path: ...}' in the recipe."
         )
-    task_options = {**(opened.info.get("data_options", {}) if opened.info and not dataset else {}),
-                    **recipe_data, **options}
+    task_options = {
+        **(opened.info.get("data_options", {}) if opened.info and not dataset else {}),
+        **recipe_data,
+        **options,
+    }
     if name in _TEXT_DATASETS and opened.source and "model_name" not in task_options:
         task_options["model_name"] = opened.source  # the model's own tokenizer
     if name == "pydocs-sentences" and reference is not None:
@@ -110,13 +122,17 @@ def task_info(task) -> dict[str, Any]:
     if isinstance(d.get("data"), Mapping):
         out["data"] = dict(d["data"])
     else:
-        out["data_options"] = {k: v for k, v in d.items() if k not in ("dataset", "metric", "data")
-                               and isinstance(v, (int, float, str, bool, type(None)))}
+        out["data_options"] = {
+            k: v
+            for k, v in d.items()
+            if k not in ("dataset", "metric", "data") and isinstance(v, (int, float, str, bool, type(None)))
+        }
     return out
 
 
-def run_info(opened: OpenedModel, task, recipe: str | None = None,
-             reference: str | Path | None = None) -> dict[str, Any]:
+def run_info(
+    opened: OpenedModel, task, recipe: str | None = None, reference: str | Path | None = None
+) -> dict[str, Any]:
     """The ``info`` block every artifact of a run carries: model, data, tokenizer source, and
     the run's unmodified model (``reference``: what fidelity is measured against)."""
     info: dict[str, Any] = {"model": opened.name, **task_info(task), "source": opened.source}

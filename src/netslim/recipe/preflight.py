@@ -29,6 +29,7 @@ Class attributes a config may set (read with defaults, like ``freezes``):
   sharing): a later step that selects layers (has an ``include`` field) to change their
   weights is an error naming it; training steps (finetune, distill) may follow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,13 +87,19 @@ def config_problems(step: MethodConfig, model: nn.Module | None) -> list[str]:
 
 def _order_problems(step: MethodConfig, frozen: tuple[str, str] | None) -> list[str]:
     selects_layers = "include" in type(step).model_fields
-    if frozen is None or not selects_layers or not getattr(step, "modifies_weights", True) \
-            or getattr(step, "float_layers_only", False):
+    if (
+        frozen is None
+        or not selects_layers
+        or not getattr(step, "modifies_weights", True)
+        or getattr(step, "float_layers_only", False)
+    ):
         return []
     where, what = frozen
-    return [f"changes the weights of layers that {where} froze: it {what}; nothing can prune, quantize or "
-            f"factorize those layers any more. Move {step.method!r} before that step (training steps such as "
-            "finetune may follow it)."]
+    return [
+        f"changes the weights of layers that {where} froze: it {what}; nothing can prune, quantize or "
+        f"factorize those layers any more. Move {step.method!r} before that step (training steps such as "
+        "finetune may follow it)."
+    ]
 
 
 def _method_problems(step: MethodConfig, model: nn.Module | None, task: Any, where: str) -> list[str]:

@@ -19,6 +19,7 @@ recipe and only rank 0 writes (checkpoints, state, artifacts, report). A step ru
 last checkpoint. Batch sizes that the number of processes does not divide, and calibration
 ``num_samples`` likewise, are refused before any work.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,7 +56,7 @@ except ImportError:  # not POSIX: runs are not locked
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
-LOCK = ".netslim.lock"      # flock-ed for a run's lifetime; the OS drops it when the process ends
+LOCK = ".netslim.lock"  # flock-ed for a run's lifetime; the OS drops it when the process ends
 MAX_STATE_BYTES = 64 << 20  # state.json holds per-step metrics: kilobytes
 
 
@@ -67,8 +68,7 @@ def _measure(model, task, recipe: Recipe, artifact: Path | None, memory: dict | 
     m = recipe.measure
     if isinstance(model, StreamedModel):
         return streamed.streamed_summary(model, task, m, artifact, (memory or {}).get("memory_budget"))
-    return model_summary(model, task, artifact=artifact, batch_size=m.batch_size, threads=m.threads,
-                         repeats=m.repeats)
+    return model_summary(model, task, artifact=artifact, batch_size=m.batch_size, threads=m.threads, repeats=m.repeats)
 
 
 def _paired_latency(baseline, final, task, recipe: Recipe) -> dict[str, dict[str, float]]:
@@ -78,8 +78,13 @@ def _paired_latency(baseline, final, task, recipe: Recipe) -> dict[str, dict[str
     rounds, reps = 5, max(2, m.repeats // 5)
     out: dict[str, dict[str, float]] = {"baseline": {}, "final": {}}
     for key, batch in (("latency_ms_b1", 1), ("latency_ms_bN", m.batch_size)):
-        t = interleaved_latency({"baseline": baseline.eval(), "final": final.eval()}, task.example_inputs(batch),
-                                rounds=rounds, repeats=reps, threads=m.threads)
+        t = interleaved_latency(
+            {"baseline": baseline.eval(), "final": final.eval()},
+            task.example_inputs(batch),
+            rounds=rounds,
+            repeats=reps,
+            threads=m.threads,
+        )
         out["baseline"][key], out["final"][key] = t["baseline"], t["final"]
     return out
 
@@ -94,10 +99,19 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, **kwargs: Any) -> dict[str, 
     return execute_recipe(recipe, out_dir, **kwargs)[0]
 
 
-def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None, resume: bool = False,
-                   force: bool = False, data_options: dict | None = None, data: Any = None,
-                   weights: str | Path | None = None, base: Any = None,
-                   verify: bool = True) -> tuple[dict[str, Any], nn.Module]:
+def execute_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    model_ref: Any = None,
+    resume: bool = False,
+    force: bool = False,
+    data_options: dict | None = None,
+    data: Any = None,
+    weights: str | Path | None = None,
+    base: Any = None,
+    verify: bool = True,
+) -> tuple[dict[str, Any], nn.Module]:
     """Execute ``recipe``; returns ``(report, final model)`` (the report is also in OUT/report.*).
 
     ``model_ref``: anything :func:`netslim.models.sources.open_model` accepts (default: the
@@ -125,8 +139,9 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
     sm = sm[1] if sm else None
     reference_path = out / "baseline.safetensors"
     reference = None if sm else lambda: load(reference_path, base=opened.base)  # noqa: E731
-    task = resolve_task(opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset,
-                        options=data_options, reference=reference)
+    task = resolve_task(
+        opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset, options=data_options, reference=reference
+    )
     check_recipe(recipe, opened.model, task)  # everything knowable before work: selectors, N:M, schedules
     if sm is not None:
         streamed.check_task(task)
@@ -138,8 +153,11 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
         ctx = StepContext(task=task, out_dir=out, seed=recipe.seed, info=info, reference=reference)
         torch.manual_seed(recipe.seed)
         model = sm if sm is not None else opened.model
-        memory = {"fp32_model_bytes": fp32_bytes(opened.model), "rss_before_model_bytes": rss_before_model,
-                  "memory_budget": streamed.budget_of(recipe) if sm is not None else None}
+        memory = {
+            "fp32_model_bytes": fp32_bytes(opened.model),
+            "rss_before_model_bytes": rss_before_model,
+            "memory_budget": streamed.budget_of(recipe) if sm is not None else None,
+        }
         if not main and not state:  # another rank of a torchrun: it works with rank 0 and writes nothing
             state = {"steps": [], "checkpoint": None}
         elif not state:
@@ -147,13 +165,22 @@ def execute_recipe(recipe: Recipe, out_dir: str | Path, *, model_ref: Any = None
                 if sm is None:
                     save(model, reference_path, info)
                 baseline = _measure(model, task, recipe, reference_path if sm is None else None, memory)
-            state = {**fingerprint, "baseline": baseline, "steps": [], "checkpoint": None, "skipped": [],
-                     "memory": {**memory, "baseline": mem.as_dict(memory["fp32_model_bytes"])}}
+            state = {
+                **fingerprint,
+                "baseline": baseline,
+                "steps": [],
+                "checkpoint": None,
+                "skipped": [],
+                "memory": {**memory, "baseline": mem.as_dict(memory["fp32_model_bytes"])},
+            }
             _write_json(out / STATE, state)
         else:
             if state["checkpoint"]:
-                model = streamed.reopen(out / state["checkpoint"]) if sm is not None else \
-                    load(out / state["checkpoint"], base=opened.base)
+                model = (
+                    streamed.reopen(out / state["checkpoint"])
+                    if sm is not None
+                    else load(out / state["checkpoint"], base=opened.base)
+                )
             ctx.skipped.extend(state.get("skipped", []))
             ctx.artifacts.extend(Path(p) for p in state.get("artifacts", []))
         distributed.barrier()  # torchrun: rank 0 has written the baseline (a teacher / reference) and state
@@ -185,15 +212,18 @@ def _distributed(recipe: Recipe) -> bool:
                     raise NetslimError(f"step {i} ({s.method}): {e}") from None
         n = getattr(s, "num_samples", None)
         if isinstance(n, int) and n % size:
-            raise NetslimError(f"step {i} ({s.method}): num_samples {n} must be a multiple of the number of "
-                               f"processes ({size}) so that every rank calibrates on an equal share; use "
-                               f"{max(size, n // size * size)} or {(n // size + 1) * size}, or another --nproc-per-node.")
+            raise NetslimError(
+                f"step {i} ({s.method}): num_samples {n} must be a multiple of the number of "
+                f"processes ({size}) so that every rank calibrates on an equal share; use "
+                f"{max(size, n // size * size)} or {(n // size + 1) * size}, or another --nproc-per-node."
+            )
     distributed.init_from_env()
     return distributed.is_main()
 
 
-def _open_out(out: Path, fingerprint: dict, stack: contextlib.ExitStack, *, resume: bool, force: bool,
-              main: bool) -> dict[str, Any]:
+def _open_out(
+    out: Path, fingerprint: dict, stack: contextlib.ExitStack, *, resume: bool, force: bool, main: bool
+) -> dict[str, Any]:
     """Lock OUT (held until ``stack`` closes) and return the state to continue (:func:`stored_state`).
     Under torchrun rank 0 alone does both, and every rank gets its state or its error: the others
     never read OUT while rank 0 writes it."""
@@ -211,9 +241,11 @@ def _open_out(out: Path, fingerprint: dict, stack: contextlib.ExitStack, *, resu
     if message is not None:
         raise NetslimError(message)
     if not main and not (out / LOCK).is_file():  # rank 0 holds it by now
-        raise NetslimError(f"--out {str(out)!r}: rank {distributed.world()[0]} does not see the files rank 0 writes "
-                           "there; with several machines (torchrun --nnodes) --out must be on a file system they "
-                           "all share: the other ranks read rank 0's checkpoints from it.")
+        raise NetslimError(
+            f"--out {str(out)!r}: rank {distributed.world()[0]} does not see the files rank 0 writes "
+            "there; with several machines (torchrun --nnodes) --out must be on a file system they "
+            "all share: the other ranks read rank 0's checkpoints from it."
+        )
     return state
 
 
@@ -222,8 +254,10 @@ def _open_streamed(recipe: Recipe, ref: Any, weights: Any, verify: bool):
     is too large for memory), else None."""
     if isinstance(ref, nn.Module) or weights is not None or is_factory_ref(str(ref)):
         if recipe.stream is True:
-            raise NetslimError("stream: true reads the model's weights from disk (a Hugging Face directory or a "
-                               "netslim .safetensors artifact); this model is built in memory: set stream: false.")
+            raise NetslimError(
+                "stream: true reads the model's weights from disk (a Hugging Face directory or a "
+                "netslim .safetensors artifact); this model is built in memory: set stream: false."
+            )
         return None
     if not streamed.wants_stream(recipe, ref):
         return None
@@ -243,13 +277,17 @@ def _fingerprint(recipe: Recipe, ref: Any, info: dict | None, data_options: dict
     the model and data are opened)."""
     keys = {"recipe": recipe.to_dict(), "model_ref": _model_key(ref)}
     if info is not None:
-        keys.update(dataset=info["dataset"], data=info.get("data") or info.get("data_options", {}),
-                    data_options=dict(data_options or {}))
+        keys.update(
+            dataset=info["dataset"],
+            data=info.get("data") or info.get("data_options", {}),
+            data_options=dict(data_options or {}),
+        )
     return json.loads(json.dumps(keys, default=str))  # as stored: comparable with state.json
 
 
-def stored_state(out: Path, fingerprint: dict[str, Any], *, resume: bool, force: bool,
-                 dry: bool = False) -> dict[str, Any]:
+def stored_state(
+    out: Path, fingerprint: dict[str, Any], *, resume: bool, force: bool, dry: bool = False
+) -> dict[str, Any]:
     """The state to continue (``{}``: a fresh run), after checking OUT/state.json against
     ``fingerprint``; with ``force`` a differing resume is recorded, a fresh run replaces the
     old one (``dry``: check only, change nothing)."""
@@ -258,8 +296,10 @@ def stored_state(out: Path, fingerprint: dict[str, Any], *, resume: bool, force:
         if not (path.exists() or path.is_symlink()):
             return {}
         if not force:
-            raise NetslimError(f"{out} holds another run ({path}): --resume continues it, --force replaces it "
-                               "(or choose another --out).")
+            raise NetslimError(
+                f"{out} holds another run ({path}): --resume continues it, --force replaces it "
+                "(or choose another --out)."
+            )
         if not dry:
             _discard_run(out, path)
         return {}
@@ -269,13 +309,17 @@ def stored_state(out: Path, fingerprint: dict[str, Any], *, resume: bool, force:
     differ = [k for k, v in fingerprint.items() if k in state and state[k] != v]
     if differ and not force:
         names = " / ".join(_WHAT[k] for k in differ)
-        raise NetslimError(f"Cannot resume: {out} holds a run with a different {names} than this one "
-                           f"(stored in {path}); --force resumes anyway, or start a fresh run in another --out.")
+        raise NetslimError(
+            f"Cannot resume: {out} holds a run with a different {names} than this one "
+            f"(stored in {path}); --force resumes anyway, or start a fresh run in another --out."
+        )
     done = [r["method"] for r in state["steps"]]
     planned = [s["method"] for s in fingerprint["recipe"]["steps"]]
-    if done != planned[:len(done)]:
-        raise NetslimError(f"Cannot resume, even with --force: the steps done in {out} ({', '.join(done)}) are "
-                           f"not the first steps of this recipe ({', '.join(planned)}).")
+    if done != planned[: len(done)]:
+        raise NetslimError(
+            f"Cannot resume, even with --force: the steps done in {out} ({', '.join(done)}) are "
+            f"not the first steps of this recipe ({', '.join(planned)})."
+        )
     if differ and not dry:
         note = {"resumed_with_different": [_WHAT[k] for k in differ], "previous": {k: state[k] for k in differ}}
         log.warning("%s: resuming with a different %s (--force)", out, " / ".join(note["resumed_with_different"]))
@@ -284,8 +328,13 @@ def stored_state(out: Path, fingerprint: dict[str, Any], *, resume: bool, force:
     return state
 
 
-_WHAT = {"recipe": "recipe", "model_ref": "model", "dataset": "dataset", "data": "data",
-         "data_options": "data options (--limit)"}
+_WHAT = {
+    "recipe": "recipe",
+    "model_ref": "model",
+    "dataset": "dataset",
+    "data": "data",
+    "data_options": "data options (--limit)",
+}
 
 
 def _mode(step) -> str:
@@ -299,8 +348,16 @@ def _mode(step) -> str:
     return "calibration split" if step.method in streaming_methods() else "rank 0 alone"
 
 
-def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: Path, memory: dict,
-               main: bool = True, base: Any = None) -> Any:
+def _run_steps(
+    model: Any,
+    recipe: Recipe,
+    ctx: StepContext,
+    state: dict,
+    out: Path,
+    memory: dict,
+    main: bool = True,
+    base: Any = None,
+) -> Any:
     """Apply the steps not done yet, a checkpoint and the state after each (on the rank that
     writes files); peak memory and time of each step and of its measurement recorded. Under
     torchrun, each step as :func:`_mode` says."""
@@ -346,13 +403,21 @@ def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: P
             ckpt = out / previous if previous else None
         with PeakMemory() as measured:
             metrics = _measure(model, ctx.task, recipe, ckpt, memory)
-        record = {"method": step.method, "params": step.model_dump(mode="json"), "seconds": seconds,
-                  "metrics": metrics, "notes": ctx.notes,
-                  "memory": {"step": mem.as_dict(memory["fp32_model_bytes"]),
-                             "measure": measured.as_dict(memory["fp32_model_bytes"])}}
+        record = {
+            "method": step.method,
+            "params": step.model_dump(mode="json"),
+            "seconds": seconds,
+            "metrics": metrics,
+            "notes": ctx.notes,
+            "memory": {
+                "step": mem.as_dict(memory["fp32_model_bytes"]),
+                "measure": measured.as_dict(memory["fp32_model_bytes"]),
+            },
+        }
         if ranks > 1:  # how it ran; "identical": every rank ended with the same weights and masks, bit for bit
             record["torchrun"] = {"processes": ranks, "ran": mode} | (
-                {"identical": True} if mode == "data-parallel" else {})
+                {"identical": True} if mode == "data-parallel" else {}
+            )
         state["steps"].append(record)
         state["checkpoint"] = str(ckpt.relative_to(out)) if ckpt is not None else None
         state["skipped"] = ctx.skipped
@@ -364,8 +429,7 @@ def _run_steps(model: Any, recipe: Recipe, ctx: StepContext, state: dict, out: P
     return model
 
 
-def _finish(model: Any, recipe: Recipe, ctx: StepContext, state: dict, reference, base,
-            memory: dict) -> dict[str, Any]:
+def _finish(model: Any, recipe: Recipe, ctx: StepContext, state: dict, reference, base, memory: dict) -> dict[str, Any]:
     """The final artifact, its measurements beside the baseline's, and OUT/report.*."""
     task, info, out = ctx.task, ctx.info, ctx.out_dir
     sm = model if isinstance(model, StreamedModel) else None
@@ -387,8 +451,14 @@ def _finish(model: Any, recipe: Recipe, ctx: StepContext, state: dict, reference
         else:
             layers = streamed.streamed_layers(streamed.reopen(artifact), task.example_inputs(1), macs_model=sm.model)[0]
     report = {
-        "recipe": recipe.name, "recipe_spec": recipe.to_dict(), "model": info["model"], "dataset": info["dataset"],
-        "metric": task.metric, "artifact": str(artifact), "baseline": baseline, "final": final,
+        "recipe": recipe.name,
+        "recipe_spec": recipe.to_dict(),
+        "model": info["model"],
+        "dataset": info["dataset"],
+        "metric": task.metric,
+        "artifact": str(artifact),
+        "baseline": baseline,
+        "final": final,
         "latency_protocol": _latency_protocol(recipe, sm is not None),
         "steps": state["steps"],
         "layers": [r.as_dict() for r in layers],
@@ -407,10 +477,14 @@ def _latency_protocol(recipe: Recipe, stream: bool) -> str:
     if stream:
         return f"baseline, steps and final: {streamed.LATENCY_PROTOCOL}"
     if not recipe.measure.paired:
-        return ("baseline, steps and final: one measurement each (median, IQR), one model in memory at a time "
-                "(measure.paired: false)")
-    return ("baseline and final: A/B interleaved, 5 rounds, median and IQR of all repeats pooled; "
-            "steps: one measurement each (median, IQR)")
+        return (
+            "baseline, steps and final: one measurement each (median, IQR), one model in memory at a time "
+            "(measure.paired: false)"
+        )
+    return (
+        "baseline and final: A/B interleaved, 5 rounds, median and IQR of all repeats pooled; "
+        "steps: one measurement each (median, IQR)"
+    )
 
 
 def memory_report(state: dict, memory: dict, final: dict, streamed: bool = False) -> dict[str, Any]:
@@ -421,14 +495,21 @@ def memory_report(state: dict, memory: dict, final: dict, streamed: bool = False
     for i, s in enumerate(state["steps"], 1):
         for part in ("step", "measure"):
             if s.get("memory", {}).get(part):
-                stages.append({"stage": f"step {i} ({s['method']}){' measure' if part == 'measure' else ''}",
-                               **s["memory"][part]})
+                stages.append(
+                    {"stage": f"step {i} ({s['method']}){' measure' if part == 'measure' else ''}", **s["memory"][part]}
+                )
     stages.append({"stage": "final (artifact + measure)", **final})
     hwm = max([high_water_rss() or 0, *(s["peak_rss_bytes"] for s in stages)])  # the kernel's can trail a sample
     fp32 = memory["fp32_model_bytes"]
-    return {"fp32_model_bytes": fp32, "rss_before_model_bytes": memory["rss_before_model_bytes"],
-            "process_peak_rss_bytes": hwm, "process_peak_rss_x_fp32": round(hwm / fp32, 3) if hwm and fp32 else None,
-            "streamed": streamed, "memory_budget": memory.get("memory_budget"), "stages": stages}
+    return {
+        "fp32_model_bytes": fp32,
+        "rss_before_model_bytes": memory["rss_before_model_bytes"],
+        "process_peak_rss_bytes": hwm,
+        "process_peak_rss_x_fp32": round(hwm / fp32, 3) if hwm and fp32 else None,
+        "streamed": streamed,
+        "memory_budget": memory.get("memory_budget"),
+        "stages": stages,
+    }
 
 
 # ----------------------------------------------------------------- the output directory
@@ -450,16 +531,18 @@ def _locked(out: Path):
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise NetslimError(f"--out {str(out)!r} cannot be created or written ({e.strerror or e}); "
-                           "choose another --out.") from None
+        raise NetslimError(
+            f"--out {str(out)!r} cannot be created or written ({e.strerror or e}); choose another --out."
+        ) from None
     try:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-                raise NetslimError(f"{out} is in use by another netslim run (pid {owner}); wait for it to end "
-                                   "or choose another --out.") from None
+                raise NetslimError(
+                    f"{out} is in use by another netslim run (pid {owner}); wait for it to end or choose another --out."
+                ) from None
             except OSError as e:  # a file system without locks: run, unprotected
                 log.warning("%s: cannot lock %s (%s); concurrent runs into it are not detected", out, LOCK, e)
         os.ftruncate(fd, 0)
@@ -471,9 +554,12 @@ def _locked(out: Path):
 
 def _read_state(path: Path, out: Path) -> dict[str, Any]:
     """OUT/state.json, checked well enough to resume from (a NetslimError otherwise)."""
+
     def corrupt(why: str) -> NetslimError:
-        return NetslimError(f"Cannot resume: {path} is unreadable or corrupt ({clip(why, 160)}); start a fresh "
-                            "run with --force (it replaces the old one) or in another --out.")
+        return NetslimError(
+            f"Cannot resume: {path} is unreadable or corrupt ({clip(why, 160)}); start a fresh "
+            "run with --force (it replaces the old one) or in another --out."
+        )
 
     try:
         with open(path, "rb") as f:
@@ -504,15 +590,19 @@ def _state_problem(state: Any, out: Path) -> str | None:
     if not _metrics(state["baseline"]):
         return "'baseline' is not a mapping of metric names to values"
     for i, rec in enumerate(state["steps"], 1):
-        if not (isinstance(rec, dict) and isinstance(rec.get("method"), str) and _metrics(rec.get("metrics"))
-                and isinstance(rec.get("seconds"), (int, float))):
+        if not (
+            isinstance(rec, dict)
+            and isinstance(rec.get("method"), str)
+            and _metrics(rec.get("metrics"))
+            and isinstance(rec.get("seconds"), (int, float))
+        ):
             return f"step record {i} is not {{method, seconds, metrics, ...}}"
     if not all(isinstance(x, dict) for x in state["skipped"]):
         return "'skipped' is not a list of {name, reason} objects"
     planned = state["recipe"].get("steps")
     planned = [s.get("method") if isinstance(s, dict) else None for s in planned] if isinstance(planned, list) else []
     done = [r["method"] for r in state["steps"]]
-    if not planned or done != planned[:len(done)]:
+    if not planned or done != planned[: len(done)]:
         return "its completed steps are not those of its recipe"
     ckpt, artifacts = state.get("checkpoint"), state.get("artifacts", [])
     if ckpt is not None and not (isinstance(ckpt, str) and (out / ckpt).is_file() and _inside(out, out / ckpt)):
@@ -527,8 +617,12 @@ def _state_problem(state: Any, out: Path) -> str | None:
 
 def _metrics(d: Any) -> bool:
     """A non-empty ``{name: value}`` with numbers where ``_measure`` always puts them."""
-    return isinstance(d, dict) and bool(d) and all(isinstance(k, str) for k in d) and all(
-        d.get(k) is None or isinstance(d.get(k), (int, float)) for k in ("params", "nonzero", "size_bytes"))
+    return (
+        isinstance(d, dict)
+        and bool(d)
+        and all(isinstance(k, str) for k in d)
+        and all(d.get(k) is None or isinstance(d.get(k), (int, float)) for k in ("params", "nonzero", "size_bytes"))
+    )
 
 
 def _inside(out: Path, path: Path) -> bool:

@@ -23,6 +23,7 @@ anchors and aliases are allowed, but a "billion laughs" file stops at the budget
 it is composed: cost linear in the file's size), numbers at most 100 characters, no
 duplicate keys in a mapping.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,11 +37,11 @@ from netslim.core.config import MethodConfig, make_config
 from netslim.core.errors import NetslimError, clip, shown
 from netslim.core.history import StepHistory
 
-MAX_RECIPE_BYTES = 1 << 20   # a recipe is a page of YAML; 1 MiB is ~1000x the largest shipped one
-MAX_YAML_DEPTH = 50          # shipped recipes nest 4 levels deep
-MAX_YAML_VALUES = 10_000     # nodes once aliases are expanded ("billion laughs"); shipped recipes: <= 87
-MAX_NUMBER_CHARS = 100       # int("1" * 10**6) or a sexagesimal 1:2:3:... costs seconds
-MAX_SEED = 2**63 - 1         # torch.manual_seed's range
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; 1 MiB is ~1000x the largest shipped one
+MAX_YAML_DEPTH = 50  # shipped recipes nest 4 levels deep
+MAX_YAML_VALUES = 10_000  # nodes once aliases are expanded ("billion laughs"); shipped recipes: <= 87
+MAX_NUMBER_CHARS = 100  # int("1" * 10**6) or a sexagesimal 1:2:3:... costs seconds
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
 class MeasureOptions(BaseModel):
@@ -48,8 +49,11 @@ class MeasureOptions(BaseModel):
     batch_size: int = Field(64, ge=1, le=65_536, description="the N of latency_ms_bN")
     repeats: int = Field(20, ge=1, le=10_000)
     threads: int | None = Field(None, ge=1, le=4096)
-    paired: bool = Field(True, description="baseline and final latency A/B interleaved, both models in memory "
-                                           "at once (false: each timed alone, one model in memory)")
+    paired: bool = Field(
+        True,
+        description="baseline and final latency A/B interleaved, both models in memory "
+        "at once (false: each timed alone, one model in memory)",
+    )
 
 
 class Recipe(BaseModel):
@@ -62,8 +66,9 @@ class Recipe(BaseModel):
     measure: MeasureOptions = MeasureOptions()
     seed: int = Field(0, ge=0, le=MAX_SEED)
     # Streaming (netslim.recipe.streamed): the model stays on disk, one decoder block in memory.
-    stream: bool | Literal["auto"] = Field("auto", description="true: stream from disk; auto: when the model's "
-                                           "fp32 size exceeds half the available memory")
+    stream: bool | Literal["auto"] = Field(
+        "auto", description="true: stream from disk; auto: when the model's fp32 size exceeds half the available memory"
+    )
     memory_budget: str | int | None = Field(None, description="working memory of a streamed step, e.g. 2GiB")
     steps: tuple[MethodConfig, ...]
 
@@ -139,9 +144,11 @@ def check_data_options(options: Any, where: str = "data") -> None:
         raise NetslimError(f"{where}: data options must be a mapping; got {type(options).__name__}.")
     limit = options.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT):
-        raise NetslimError(f"{where}: 'limit' must be an int in [1, {MAX_LIMIT:,}] (the number of samples per "
-                           f"split); "
-                           f"got {shown(limit)}.")
+        raise NetslimError(
+            f"{where}: 'limit' must be an int in [1, {MAX_LIMIT:,}] (the number of samples per "
+            f"split); "
+            f"got {shown(limit)}."
+        )
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -167,12 +174,15 @@ def read_text(path: Path, limit: int = MAX_RECIPE_BYTES) -> str:
     except UnicodeDecodeError as e:
         bad = skip + e.start if bad < 0 else min(bad, skip + e.start)
     if bad >= 0:
-        raise NetslimError(f"{path} is not UTF-8 text (byte 0x{raw[bad]:02x} at offset {bad}); "
-                           "save the recipe as UTF-8.")
+        raise NetslimError(
+            f"{path} is not UTF-8 text (byte 0x{raw[bad]:02x} at offset {bad}); save the recipe as UTF-8."
+        )
     odd = yaml.reader.Reader.NON_PRINTABLE.search(text)  # control characters YAML does not allow
     if odd:
-        raise NetslimError(f"{path} is not YAML text: character U+{ord(odd.group()):04X} is not allowed "
-                           f"(offset {skip + len(text[:odd.start()].encode())}).")
+        raise NetslimError(
+            f"{path} is not YAML text: character U+{ord(odd.group()):04X} is not allowed "
+            f"(offset {skip + len(text[: odd.start()].encode())})."
+        )
     return text
 
 
@@ -236,8 +246,11 @@ class _BudgetLoader(_SafeLoader):
     def _count(self, n: int, mark: Any) -> None:
         self._total += n
         if self._total > MAX_YAML_VALUES:
-            raise self._fail(mark, f"YAML expands to more than {MAX_YAML_VALUES:,} values (anchors and aliases "
-                                   "are expanded; a recipe needs a few hundred)")
+            raise self._fail(
+                mark,
+                f"YAML expands to more than {MAX_YAML_VALUES:,} values (anchors and aliases "
+                "are expanded; a recipe needs a few hundred)",
+            )
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         mark = self.peek_event().start_mark
@@ -253,8 +266,13 @@ class _BudgetLoader(_SafeLoader):
         self._count(1, mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
-        children = node.value if isinstance(node, yaml.SequenceNode) else \
-            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else ()
+        children = (
+            node.value
+            if isinstance(node, yaml.SequenceNode)
+            else [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else ()
+        )
         self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
         if isinstance(node, yaml.MappingNode):
             self._check_duplicate_keys(node)
@@ -268,16 +286,19 @@ class _BudgetLoader(_SafeLoader):
             key, line = self.construct_object(key_node), key_node.start_mark.line + 1
             try:
                 if key in seen:
-                    raise self._fail(key_node.start_mark, f"duplicate key {shown(key)} (first given at line "
-                                                          f"{seen[key]}); give each key once")
+                    raise self._fail(
+                        key_node.start_mark,
+                        f"duplicate key {shown(key)} (first given at line {seen[key]}); give each key once",
+                    )
                 seen[key] = line
             except TypeError:  # an unhashable key: the constructor reports it
                 continue
 
     def _number(self, node: Any, construct: Any) -> Any:
         if len(node.value) > MAX_NUMBER_CHARS:
-            raise self._fail(node.start_mark, f"a number of {len(node.value):,} characters "
-                                              f"(at most {MAX_NUMBER_CHARS})")
+            raise self._fail(
+                node.start_mark, f"a number of {len(node.value):,} characters (at most {MAX_NUMBER_CHARS})"
+            )
         return construct(self, node)
 
     def _int(self, node: Any) -> int:

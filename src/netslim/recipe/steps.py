@@ -1,4 +1,5 @@
 """Built-in recipe steps: train / finetune, evaluate, export."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -43,8 +44,9 @@ class ExportConfig(MethodConfig):
     filename: str = Field("model", pattern=r"^[A-Za-z0-9_.-]+$", description="file name without suffix")
     # gguf only (llama.cpp): tensor type of the weight matrices, and whether layers off the Q4_0
     # grid may be quantized again (netslim.export.gguf explains both).
-    dtype: Literal["f32", "f16", "q8_0", "q4_0"] | None = Field(None, description="gguf: f16 (default), f32, "
-                                                                "q8_0 or q4_0")
+    dtype: Literal["f32", "f16", "q8_0", "q4_0"] | None = Field(
+        None, description="gguf: f16 (default), f32, q8_0 or q4_0"
+    )
     requantize: bool = Field(False, description="gguf q4_0: re-quantize layers off the Q4_0 grid instead of refusing")
 
     @field_validator("format")

@@ -13,6 +13,7 @@ for memory): the runner's steps, measurements and exports for a
   timed alone plus the embedding and head (:func:`streamed_latency`; the report names the
   protocol).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,9 +39,11 @@ from netslim.core.stream_io import (
 from netslim.core.streaming import StreamedModel, materialize, open_artifact, release
 
 log = logging.getLogger(__name__)
-LATENCY_PROTOCOL = ("streamed (the model is never whole in memory): per repeat, each decoder block is timed alone on "
-                    "its real inputs, then the embedding and head with the blocks skipped, and the parts summed "
-                    "(one warm-up each); median and IQR of the sums")
+LATENCY_PROTOCOL = (
+    "streamed (the model is never whole in memory): per repeat, each decoder block is timed alone on "
+    "its real inputs, then the embedding and head with the blocks skipped, and the parts summed "
+    "(one warm-up each); median and IQR of the sums"
+)
 EXPORTS = ("safetensors", "sparse")
 
 
@@ -51,16 +54,21 @@ def blockers(recipe: Any) -> list[str]:
     out = []
     for i, step in enumerate(recipe.steps, start=1):
         if step.method == "export" and step.format not in EXPORTS:
-            out.append(f"step {i} (export format {step.format!r}) cannot stream (streamed exports: "
-                       f"{', '.join(EXPORTS)})")
+            out.append(
+                f"step {i} (export format {step.format!r}) cannot stream (streamed exports: {', '.join(EXPORTS)})"
+            )
         elif step.method == "weight_only" and getattr(step, "embeddings", False):
             # the skeleton's embedding / LM head are read from the source for measuring; a packed
             # one exists only in the output (streamed evaluation crashed on its meta tensors)
-            out.append(f"step {i} (weight_only with embeddings: true) cannot stream: a quantized embedding / LM "
-                       f"head is not measured from the streamed output yet")
+            out.append(
+                f"step {i} (weight_only with embeddings: true) cannot stream: a quantized embedding / LM "
+                f"head is not measured from the streamed output yet"
+            )
         elif step.method not in ok and step.method not in ("evaluate", "export"):
-            out.append(f"step {i} ({step.method}) cannot stream: it needs the whole model in memory (streamed "
-                       f"methods: {', '.join(sorted(ok))})")
+            out.append(
+                f"step {i} ({step.method}) cannot stream: it needs the whole model in memory (streamed "
+                f"methods: {', '.join(sorted(ok))})"
+            )
     return out
 
 
@@ -84,11 +92,20 @@ def wants_stream(recipe: Any, ref: Any) -> bool:
     if need <= STREAM_FRACTION * room:
         return False
     if bad:
-        log.warning("the model (%s in fp32) exceeds %d %% of the available memory (%s) but %s: loading it in "
-                    "memory", fmt_bytes(need), 100 * STREAM_FRACTION, fmt_bytes(room), bad[0])
+        log.warning(
+            "the model (%s in fp32) exceeds %d %% of the available memory (%s) but %s: loading it in memory",
+            fmt_bytes(need),
+            100 * STREAM_FRACTION,
+            fmt_bytes(room),
+            bad[0],
+        )
         return False
-    log.info("streaming: the model (%s in fp32) exceeds %d %% of the available memory (%s)", fmt_bytes(need),
-             100 * STREAM_FRACTION, fmt_bytes(room))
+    log.info(
+        "streaming: the model (%s in fp32) exceeds %d %% of the available memory (%s)",
+        fmt_bytes(need),
+        100 * STREAM_FRACTION,
+        fmt_bytes(room),
+    )
     return True
 
 
@@ -99,8 +116,10 @@ def budget_of(recipe: Any) -> int:
 
 def check_task(task: Any) -> None:
     if not (callable(getattr(task, "blocks", None)) and getattr(task, "metric", None) == "perplexity"):
-        raise NetslimError(f"Streaming runs score causal language models on text (perplexity); the task is "
-                           f"{type(task).__name__} ({getattr(task, 'metric', '?')}); {IN_MEMORY_HINT}.")
+        raise NetslimError(
+            f"Streaming runs score causal language models on text (perplexity); the task is "
+            f"{type(task).__name__} ({getattr(task, 'metric', '?')}); {IN_MEMORY_HINT}."
+        )
 
 
 def check_budget(recipe: Any, sm: StreamedModel, task: Any, budget: int) -> None:
@@ -116,13 +135,15 @@ def check_budget(recipe: Any, sm: StreamedModel, task: Any, budget: int) -> None
     for i, step in enumerate(recipe.steps, start=1):
         found = streamer(step.method)
         if found is not None and getattr(step, "num_samples", None):
-            passes.append((f"step {i} ({step.method})", (step.num_samples // size, step.seq_len), step.batch_size,
-                           found[1]))
+            passes.append(
+                (f"step {i} ({step.method})", (step.num_samples // size, step.seq_len), step.batch_size, found[1])
+            )
     for where, shape, batch, solver in passes:
         io = BlockStream(sm, None, budget=budget, solver=solver)
         try:
-            io.activations_dir(sm.model, blocks, torch.empty(tuple(shape), dtype=torch.long, device="meta"), batch,
-                               None)
+            io.activations_dir(
+                sm.model, blocks, torch.empty(tuple(shape), dtype=torch.long, device="meta"), batch, None
+            )
         except NetslimError as e:
             raise NetslimError(f"{where}: {e}") from None
 
@@ -192,8 +213,10 @@ class _Replay(nn.Module):
         out = self.outputs.get(self.i)
         self.i += 1
         if out.shape != hidden_states.shape:
-            raise NetslimError(f"streamed evaluation: batch {self.i} has shape {tuple(hidden_states.shape)}, the "
-                               f"streamed pass computed {tuple(out.shape)}.")
+            raise NetslimError(
+                f"streamed evaluation: batch {self.i} has shape {tuple(hidden_states.shape)}, the "
+                f"streamed pass computed {tuple(out.shape)}."
+            )
         return out
 
 
@@ -207,8 +230,9 @@ def evaluate_streamed(sm: StreamedModel, task: Any, split: str = "test", budget:
     check_task(task)
     ids = task.blocks(split)
     io = BlockStream(sm, None, budget=budget, scratch=None)
-    outputs = run_sequential(sm.model, ids, lambda *a: None, batch_size=task.eval_batch_size, stream=io,
-                             calibrating=False, desc="evaluate")
+    outputs = run_sequential(
+        sm.model, ids, lambda *a: None, batch_size=task.eval_batch_size, stream=io, calibrating=False, desc="evaluate"
+    )
     prefix, blocks = decoder_blocks(sm.model)
     originals = list(blocks)
     first = _first_param_owner(sm.model)
@@ -275,11 +299,25 @@ def streamed_layers(sm: StreamedModel, example_inputs: Any, macs_model: nn.Modul
         s = stats.get(n)
         if s is None or (not s.kind and n not in macs):
             continue
-        rows.append(LayerStats(name=n, type=parametrize.type_before_parametrizations(m).__name__, shape=s.shape,
-                               params=s.params, nonzero=s.nonzero, bits=s.bits, macs=int(macs.get(n, 0)),
-                               kind=s.kind, sparsity=s.sparsity, stored_bytes=s.stored_bytes))
-    totals = {"params": sum(s.params for s in stats.values()), "nonzero": sum(s.nonzero for s in stats.values()),
-              "macs": int(sum(macs.values())) if macs else None}
+        rows.append(
+            LayerStats(
+                name=n,
+                type=parametrize.type_before_parametrizations(m).__name__,
+                shape=s.shape,
+                params=s.params,
+                nonzero=s.nonzero,
+                bits=s.bits,
+                macs=int(macs.get(n, 0)),
+                kind=s.kind,
+                sparsity=s.sparsity,
+                stored_bytes=s.stored_bytes,
+            )
+        )
+    totals = {
+        "params": sum(s.params for s in stats.values()),
+        "nonzero": sum(s.nonzero for s in stats.values()),
+        "macs": int(sum(macs.values())) if macs else None,
+    }
     return rows, totals
 
 
@@ -287,8 +325,11 @@ def _meta_macs(model: nn.Module, example_inputs: Any) -> dict[str, int]:
     """MACs from a forward on the meta device (shapes only); {} when a layer cannot run there."""
     from netslim.measure.counts import macs_per_layer
 
-    meta = {k: v.to("meta") for k, v in example_inputs.items()} if isinstance(example_inputs, dict) \
+    meta = (
+        {k: v.to("meta") for k, v in example_inputs.items()}
+        if isinstance(example_inputs, dict)
         else example_inputs.to("meta")
+    )
     try:
         return macs_per_layer(model, meta)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
@@ -308,8 +349,10 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
     from netslim.measure.latency import fixed_threads, timing_of
 
     out = {}
-    for key, batch, reps in (("latency_ms_b1", 1, measure.repeats),
-                             ("latency_ms_bN", measure.batch_size, max(5, measure.repeats // 2))):
+    for key, batch, reps in (
+        ("latency_ms_b1", 1, measure.repeats),
+        ("latency_ms_bN", measure.batch_size, max(5, measure.repeats // 2)),
+    ):
         ids = task.example_inputs(batch)["input_ids"]
         parts: list[list[float]] = []
 
@@ -323,9 +366,16 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
             return times
 
         with fixed_threads(measure.threads):
-            run_sequential(sm.model, ids, lambda i, name, block, feed, parts=parts: parts.append(timed(feed)), batch_size=batch,
-                           stream=BlockStream(sm, None, budget=budget), calibrating=False, return_outputs=False,
-                           desc="latency")
+            run_sequential(
+                sm.model,
+                ids,
+                lambda i, name, block, feed, parts=parts: parts.append(timed(feed)),
+                batch_size=batch,
+                stream=BlockStream(sm, None, budget=budget),
+                calibrating=False,
+                return_outputs=False,
+                desc="latency",
+            )
             _prefix, blocks = decoder_blocks(sm.model)
             originals = list(blocks)
             first = _first_param_owner(sm.model)
@@ -344,8 +394,9 @@ def streamed_latency(sm: StreamedModel, task: Any, measure: Any, budget: int | N
     return out
 
 
-def streamed_summary(sm: StreamedModel, task: Any, measure: Any, artifact: str | os.PathLike | None,
-                     budget: int | None) -> dict[str, Any]:
+def streamed_summary(
+    sm: StreamedModel, task: Any, measure: Any, artifact: str | os.PathLike | None, budget: int | None
+) -> dict[str, Any]:
     """The metrics block of a report for a streamed model (see the module docstring)."""
     from netslim.measure.latency import Latency, latency_fields
     from netslim.measure.summary import size_on_disk

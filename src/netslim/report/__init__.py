@@ -1,4 +1,5 @@
 """Reports of compress runs: JSON, Markdown, self-contained HTML, plots."""
+
 from .tables import layer_rows, summary_rows
 from .write import write_report
 

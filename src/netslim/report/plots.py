@@ -8,6 +8,7 @@ bits are weighted by the weights' element counts. Figures are at most :data:`MAX
 inches wide. The trade-off plot numbers its points and names them in a legend, with the
 numbers placed so that none overlaps another.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-MAX_BARS = 40        # bars of one per-layer chart; more layers are aggregated
+MAX_BARS = 40  # bars of one per-layer chart; more layers are aggregated
 MAX_WIDTH_IN = 14.0  # widest figure (inches)
-LABEL_CHARS = 28     # longer bar labels keep their tail: "…layers.12.mlp.down_proj"
+LABEL_CHARS = 28  # longer bar labels keep their tail: "…layers.12.mlp.down_proj"
 DPI = 110
 
 
@@ -35,7 +36,7 @@ def save_figure(fig, path: Path, layout: bool = True) -> Path:
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= LABEL_CHARS else "…" + name[-(LABEL_CHARS - 1):]
+    return name if len(name) <= LABEL_CHARS else "…" + name[-(LABEL_CHARS - 1) :]
 
 
 def _weights(row: dict[str, Any]) -> int:
@@ -54,9 +55,15 @@ def block_of(name: str) -> str:
 def _aggregate(key: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     weights = sum(_weights(r) for r in rows)
     mean = (lambda f: sum(f(r) * _weights(r) for r in rows) / weights) if weights else (lambda f: 0.0)
-    return {"name": key, "layers": len(rows), "params": sum(r["params"] for r in rows), "weights": weights,
-            "sparsity": mean(lambda r: r.get("sparsity", 0.0)), "bits": mean(lambda r: r["bits"]),
-            "stored_bytes": sum(r.get("stored_bytes", 0) for r in rows)}
+    return {
+        "name": key,
+        "layers": len(rows),
+        "params": sum(r["params"] for r in rows),
+        "weights": weights,
+        "sparsity": mean(lambda r: r.get("sparsity", 0.0)),
+        "bits": mean(lambda r: r["bits"]),
+        "stored_bytes": sum(r.get("stored_bytes", 0) for r in rows),
+    }
 
 
 def layer_groups(layers: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -83,8 +90,7 @@ def _bar(groups: list[dict[str, Any]], field: str, ylabel: str, title: str, path
     n = len(groups)
     fig, ax = plt.subplots(figsize=(min(MAX_WIDTH_IN, max(6.0, 0.3 * n + 2)), 4))
     ax.bar(range(n), [g[field] for g in groups], color="#3b6ea5")
-    ax.set_xticks(range(n), [_short(g["name"]) for g in groups], rotation=70, ha="right",
-                  fontsize=7 if n <= 25 else 6)
+    ax.set_xticks(range(n), [_short(g["name"]) for g in groups], rotation=70, ha="right", fontsize=7 if n <= 25 else 6)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
@@ -116,16 +122,29 @@ def layer_plots(layers: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     if not groups:
         return {}
     return {
-        "sparsity": _bar(groups, "sparsity", "sparsity", f"Weight sparsity (fraction of zero weights), {rule}",
-                         out / "sparsity.png"),
+        "sparsity": _bar(
+            groups, "sparsity", "sparsity", f"Weight sparsity (fraction of zero weights), {rule}", out / "sparsity.png"
+        ),
         "bits": _bar(groups, "bits", "bits / weight", f"Bits of one stored weight value, {rule}", out / "bits.png"),
         "size": _size_breakdown(layers, groups, rule, out / "size_breakdown.png"),
     }
 
 
 # ------------------------------------------------------------------------- trade-off
-_OFFSETS = [(4, 4), (4, -11), (-11, 4), (-11, -11), (4, 14), (-11, 14), (4, -21), (-11, -21),
-            (14, 4), (-21, 4), (14, -11), (-21, -11)]
+_OFFSETS = [
+    (4, 4),
+    (4, -11),
+    (-11, 4),
+    (-11, -11),
+    (4, 14),
+    (-11, 14),
+    (4, -21),
+    (-11, -21),
+    (14, 4),
+    (-21, 4),
+    (14, -11),
+    (-21, -11),
+]
 
 
 def _overlaps(a, b) -> bool:
@@ -145,8 +164,7 @@ def _place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[str]) 
         for off in _OFFSETS + [(4, 4 + 10 * k) for k in range(3, 40)]:
             if text is not None:
                 text.remove()
-            text = ax.annotate(",".join(labs), (x, y), xytext=off, textcoords="offset points", fontsize=8,
-                               color="#222")
+            text = ax.annotate(",".join(labs), (x, y), xytext=off, textcoords="offset points", fontsize=8, color="#222")
             box = text.get_window_extent(renderer)
             if not any(_overlaps(box, b) for b in placed):
                 break
@@ -167,8 +185,9 @@ def tradeoff_figure(points: list[tuple[str, float, float]], metric: str):
     ax.set_xlabel("bytes on disk, KiB (baseline and step checkpoints: safetensors; final: the artifact)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} versus size on disk")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
-              ncol=1 if len(points) <= 20 else 2)
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, ncol=1 if len(points) <= 20 else 2
+    )
     ax.margins(0.12)
     fig.tight_layout()
     texts = _place_labels(fig, ax, xs, ys, [str(i) for i in range(len(points))])

@@ -10,6 +10,7 @@ CEM agent and architecture search, with trials run serially or on Ray.
 * :mod:`.trials`: serial / Ray trial runner with a resumable JSONL log;
 * recipe steps ``search_channels``, ``netadapt`` (:mod:`.steps`) and ``nas`` (:mod:`.nas`).
 """
+
 from __future__ import annotations
 
 from .allocate import UnreachableBudget, brute_force, greedy_allocate, knapsack, repair
@@ -19,6 +20,22 @@ from .sensitivity import SensitivityTable, bits_sensitivity, channel_sensitivity
 from .steps import NetAdaptConfig, SearchChannelsConfig
 from .trials import TrialLog, TrialRunner, trial_seed
 
-__all__ = ["ChannelSpace", "NASConfig", "NASSpace", "NetAdaptConfig", "SearchChannelsConfig", "SensitivityTable", "TrialLog",
-           "TrialRunner", "UnreachableBudget", "bits_sensitivity", "brute_force", "channel_sensitivity",
-           "greedy_allocate", "knapsack", "repair", "sparsity_sensitivity", "trial_seed"]
+__all__ = [
+    "ChannelSpace",
+    "NASConfig",
+    "NASSpace",
+    "NetAdaptConfig",
+    "SearchChannelsConfig",
+    "SensitivityTable",
+    "TrialLog",
+    "TrialRunner",
+    "UnreachableBudget",
+    "bits_sensitivity",
+    "brute_force",
+    "channel_sensitivity",
+    "greedy_allocate",
+    "knapsack",
+    "repair",
+    "sparsity_sensitivity",
+    "trial_seed",
+]

@@ -18,6 +18,7 @@ minimum total loss.
 Both raise :class:`UnreachableBudget` when even the most compressed option of every layer
 costs more than the budget, and :class:`NetslimError` for an empty option list.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,11 +44,13 @@ def _check(options: Mapping[str, Sequence[Option]]) -> None:
 def unreachable(budget: float, lowest: float, what: str = "cost") -> UnreachableBudget:
     return UnreachableBudget(
         f"The budget cannot be met by any policy in the search space: {what} budget {budget:,.6g} is below "
-        f"{lowest:,.6g}, the {what} of the most compressed policy; raise the budget or widen the ranges.")
+        f"{lowest:,.6g}, the {what} of the most compressed policy; raise the budget or widen the ranges."
+    )
 
 
-def knapsack(options: Mapping[str, Sequence[Option]], budget: float, *, fixed: float = 0.0,
-             resolution: int = 4000) -> dict[str, int]:
+def knapsack(
+    options: Mapping[str, Sequence[Option]], budget: float, *, fixed: float = 0.0, resolution: int = 4000
+) -> dict[str, int]:
     """Exact multiple-choice knapsack on a grid of ``resolution`` cost steps.
 
     ``fixed``: cost outside the allocated layers (counted against the budget). Returns the
@@ -82,8 +85,10 @@ def knapsack(options: Mapping[str, Sequence[Option]], budget: float, *, fixed: f
         choice.append(pick)
     if all(v == inf for v in best):
         # Fits for real but not once rounded up to the grid: the greedy path handles it.
-        raise UnreachableBudget(f"knapsack: budget too tight for the cost grid (resolution {resolution}); "
-                                "raise 'resolution' or use the greedy allocation.")
+        raise UnreachableBudget(
+            f"knapsack: budget too tight for the cost grid (resolution {resolution}); "
+            "raise 'resolution' or use the greedy allocation."
+        )
     w = min(range(cap + 1), key=lambda u: (best[u], u))
     out: dict[str, int] = {}
     for n, pick in zip(reversed(names), reversed(choice)):
@@ -110,8 +115,13 @@ def brute_force(options: Mapping[str, Sequence[Option]], budget: float, fixed: f
     return dict(zip(names, arg))
 
 
-def greedy_allocate(losses: Mapping[str, Sequence[float]], cost: Callable[[dict[str, int]], float],
-                    budget: float, *, start: Mapping[str, int] | None = None) -> dict[str, int]:
+def greedy_allocate(
+    losses: Mapping[str, Sequence[float]],
+    cost: Callable[[dict[str, int]], float],
+    budget: float,
+    *,
+    start: Mapping[str, int] | None = None,
+) -> dict[str, int]:
     """Greedy allocation with an exact (possibly non-additive) ``cost(policy)``.
 
     ``losses[name][k]``: loss of option k of that layer, options ordered from least to most
@@ -145,8 +155,9 @@ def greedy_allocate(losses: Mapping[str, Sequence[float]], cost: Callable[[dict[
     return fill_slack(pol, losses, cost, budget)
 
 
-def fill_slack(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
-                cost: Callable[[dict[str, int]], float], budget: float) -> dict[str, int]:
+def fill_slack(
+    pol: dict[str, int], losses: Mapping[str, Sequence[float]], cost: Callable[[dict[str, int]], float], budget: float
+) -> dict[str, int]:
     """Spend the slack: undo the compression steps that gain most per unit of cost and still fit.
 
     Stops when no single step back (one option of one layer) fits the budget, so the slack left
@@ -175,8 +186,9 @@ def fill_slack(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
         cur = best[2]
 
 
-def repair(pol: dict[str, int], losses: Mapping[str, Sequence[float]],
-           cost: Callable[[dict[str, int]], float], budget: float) -> dict[str, int]:
+def repair(
+    pol: dict[str, int], losses: Mapping[str, Sequence[float]], cost: Callable[[dict[str, int]], float], budget: float
+) -> dict[str, int]:
     """Make a policy found on a surrogate cost fit the exact cost, then spend any slack."""
     if cost(pol) > budget:
         return greedy_allocate(losses, cost, budget, start=pol)

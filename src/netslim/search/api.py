@@ -1,4 +1,5 @@
 """The searches behind the recipe steps, callable from Python and the benchmarks."""
+
 from __future__ import annotations
 
 import time
@@ -15,30 +16,53 @@ from .sensitivity import channel_sensitivity, default_cache_dir
 from .trials import TrialRunner
 
 
-def make_space(model: nn.Module, task, opts: ChannelSpaceOptions, target: str = "macs", latency_batch: int = 1,
-               out_dir: Path | None = None) -> ChannelSpace:
+def make_space(
+    model: nn.Module,
+    task,
+    opts: ChannelSpaceOptions,
+    target: str = "macs",
+    latency_batch: int = 1,
+    out_dir: Path | None = None,
+) -> ChannelSpace:
     latency = None
     if target == "latency":
         from .latency import LatencyTable
 
         latency = LatencyTable(default_cache_dir() / "latency_table.json", batch_size=latency_batch, threads=1)
-    return ChannelSpace(model, task.example_inputs(max(1, latency_batch)), options=opts.ratios,
-                        criterion=opts.criterion, min_keep_ratio=opts.min_keep_ratio, round_to=opts.round_to,
-                        exclude=opts.exclude, metric=target, latency=latency)
+    return ChannelSpace(
+        model,
+        task.example_inputs(max(1, latency_batch)),
+        options=opts.ratios,
+        criterion=opts.criterion,
+        min_keep_ratio=opts.min_keep_ratio,
+        round_to=opts.round_to,
+        exclude=opts.exclude,
+        metric=target,
+        latency=latency,
+    )
 
 
-def make_runner(fn, shared: Any, trials: TrialOptions, *, seed: int, out_dir: Path | None,
-                fingerprint: Any) -> TrialRunner:
+def make_runner(
+    fn, shared: Any, trials: TrialOptions, *, seed: int, out_dir: Path | None, fingerprint: Any
+) -> TrialRunner:
     log_path = Path(out_dir) / trials.log if (out_dir is not None and trials.log) else None
-    return TrialRunner(fn, shared, seed=seed, backend=trials.backend, address=trials.address,
-                       workers=trials.workers, threads=trials.threads, retries=trials.retries, log_path=log_path,
-                       fingerprint=fingerprint)
+    return TrialRunner(
+        fn,
+        shared,
+        seed=seed,
+        backend=trials.backend,
+        address=trials.address,
+        workers=trials.workers,
+        threads=trials.threads,
+        retries=trials.retries,
+        log_path=log_path,
+        fingerprint=fingerprint,
+    )
 
 
 def sensitivity_for(space: ChannelSpace, val: Subset, *, seed: int, out_dir: Path | None, shared_cache: bool = True):
     cache = default_cache_dir() if shared_cache or out_dir is None else Path(out_dir)
-    table = channel_sensitivity(space, lambda m: accuracy(m, val), eval_key=f"val:{len(val)}:{seed}",
-                                cache_dir=cache)
+    table = channel_sensitivity(space, lambda m: accuracy(m, val), eval_key=f"val:{len(val)}:{seed}", cache_dir=cache)
     if out_dir is not None:
         Path(out_dir, "sensitivity.md").write_text(table.to_markdown() + "\n")
         table.plot(Path(out_dir) / "sensitivity.png")
@@ -69,35 +93,69 @@ def channel_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path |
     t0 = time.perf_counter()
     val = Subset.from_task(task, "val", cfg.val_samples, seed=seed)
     budget = cfg.budget * space.dense_cost()
-    info: dict[str, Any] = {"strategy": cfg.strategy, "target": cfg.target, "budget_share": cfg.budget,
-                            "budget": budget}
+    info: dict[str, Any] = {
+        "strategy": cfg.strategy,
+        "target": cfg.target,
+        "budget_share": cfg.budget,
+        "budget": budget,
+    }
     table = None  # the sensitivity curves: the knapsack's input, or the CEM agent's fill-back order
     if cfg.strategy != "cem" or cfg.fill_back == "sensitivity":
-        table = sensitivity_for(space, val, seed=seed, out_dir=out_dir,
-                                shared_cache=cfg.sensitivity_cache == "shared")
+        table = sensitivity_for(space, val, seed=seed, out_dir=out_dir, shared_cache=cfg.sensitivity_cache == "shared")
     if cfg.strategy == "cem":
-        fp = {"search": "cem", "options": list(space.options), "budget": budget, "target": cfg.target,
-              "val": len(val), "population": cfg.population, "generations": cfg.generations, "seed": seed}
+        fp = {
+            "search": "cem",
+            "options": list(space.options),
+            "budget": budget,
+            "target": cfg.target,
+            "val": len(val),
+            "population": cfg.population,
+            "generations": cfg.generations,
+            "seed": seed,
+        }
         losses = None
         if cfg.fill_back == "sensitivity":
             fp["fill_back"] = "sensitivity"  # (absent for 'none': logs of searches without fill-back still resume)
             losses = {n: table.losses(n) for n in space.names}
             info["fill_back"] = "sensitivity"
-        runner = make_runner(policy_accuracy, {"space": space, "val": val}, cfg.trials, seed=seed,
-                             out_dir=out_dir, fingerprint=fp)
-        res = cem_search(space, runner, budget, generations=cfg.generations, population=cfg.population,
-                         elite=cfg.elite, seed=seed, fill_back=losses)
+        runner = make_runner(
+            policy_accuracy, {"space": space, "val": val}, cfg.trials, seed=seed, out_dir=out_dir, fingerprint=fp
+        )
+        res = cem_search(
+            space,
+            runner,
+            budget,
+            generations=cfg.generations,
+            population=cfg.population,
+            elite=cfg.elite,
+            seed=seed,
+            fill_back=losses,
+        )
         policy = res.best
-        info.update({"reward": res.best_reward, "history": res.history, "trials": runner.next_index,
-                     "resumed_trials": runner.resumed, "retried_trials": runner.retried})
-        points = [{"label": f"g{h['generation']}", "cost": c, "accuracy": r}
-                  for h in res.history for c, r in zip(h["costs"], h["rewards"])]
+        info.update(
+            {
+                "reward": res.best_reward,
+                "history": res.history,
+                "trials": runner.next_index,
+                "resumed_trials": runner.resumed,
+                "retried_trials": runner.retried,
+            }
+        )
+        points = [
+            {"label": f"g{h['generation']}", "cost": c, "accuracy": r}
+            for h in res.history
+            for c, r in zip(h["costs"], h["rewards"])
+        ]
         _pareto_outputs(points, out_dir, space.metric)
     else:
         choice = allocate_from_sensitivity(space, table, budget, cfg.strategy)
         policy = space.policy(choice)
-        info.update({"predicted_loss": sum(table.losses(n)[k] for n, k in choice.items()),
-                     "sensitivity_baseline": table.baseline})
+        info.update(
+            {
+                "predicted_loss": sum(table.losses(n)[k] for n, k in choice.items()),
+                "sensitivity_baseline": table.baseline,
+            }
+        )
     if space.metric == "latency" and space.latency is not None:
         space.latency.save()
     info["seconds"] = time.perf_counter() - t0
@@ -112,21 +170,51 @@ def netadapt_policy(space: ChannelSpace, task, cfg, *, seed: int, out_dir: Path 
     train = Subset.from_task(task, "train", cfg.train_samples, seed=seed)
     val = Subset.from_task(task, "val", cfg.val_samples, seed=seed + 1)
     budget = cfg.budget * space.dense_cost()
-    fp = {"search": "netadapt", "budget": budget, "target": cfg.target, "step": cfg.step, "seed": seed,
-          # the candidates' short fine-tune under its keys of before issue 24 (resumes those trial logs)
-          "granularity": cfg.granularity, "finetune_steps": cfg.candidate_steps, "lr": cfg.candidate_lr,
-          "train": len(train), "val": len(val)}
+    fp = {
+        "search": "netadapt",
+        "budget": budget,
+        "target": cfg.target,
+        "step": cfg.step,
+        "seed": seed,
+        # the candidates' short fine-tune under its keys of before issue 24 (resumes those trial logs)
+        "granularity": cfg.granularity,
+        "finetune_steps": cfg.candidate_steps,
+        "lr": cfg.candidate_lr,
+        "train": len(train),
+        "val": len(val),
+    }
     runner = make_runner(candidate_trial, None, cfg.trials, seed=seed, out_dir=out_dir, fingerprint=fp)
-    res = netadapt(space, runner, budget, step=cfg.step, granularity=cfg.granularity, train=train, val=val,
-                   candidate_steps=cfg.candidate_steps, candidate_lr=cfg.candidate_lr)
+    res = netadapt(
+        space,
+        runner,
+        budget,
+        step=cfg.step,
+        granularity=cfg.granularity,
+        train=train,
+        val=val,
+        candidate_steps=cfg.candidate_steps,
+        candidate_lr=cfg.candidate_lr,
+    )
     if space.latency is not None:
         space.latency.save()
-    points = [{"label": f"it{h['iteration']}:{c['group']}", "cost": space.cost(_abs(space, h, c)),
-               "accuracy": c["accuracy"]} for h in res.history for c in h["candidates"]]
+    points = [
+        {"label": f"it{h['iteration']}:{c['group']}", "cost": space.cost(_abs(space, h, c)), "accuracy": c["accuracy"]}
+        for h in res.history
+        for c in h["candidates"]
+    ]
     _pareto_outputs(points, out_dir, space.metric)
-    info = {"strategy": "netadapt", "target": cfg.target, "budget_share": cfg.budget, "budget": budget,
-            "iterations": len(res.history), "history": res.history, "trials": runner.next_index,
-            "resumed_trials": runner.resumed, "retried_trials": runner.retried, "seconds": time.perf_counter() - t0}
+    info = {
+        "strategy": "netadapt",
+        "target": cfg.target,
+        "budget_share": cfg.budget,
+        "budget": budget,
+        "iterations": len(res.history),
+        "history": res.history,
+        "trials": runner.next_index,
+        "resumed_trials": runner.resumed,
+        "retried_trials": runner.retried,
+        "seconds": time.perf_counter() - t0,
+    }
     return res.policy, info, res.model
 
 
@@ -145,4 +233,3 @@ def _pareto_outputs(points: list[dict], out_dir: Path | None, metric: str) -> No
 
     Path(out_dir, "pareto.md").write_text(pareto_markdown(points, "cost", "accuracy") + "\n")
     pareto_plot({"candidates": points}, Path(out_dir) / "pareto.png", cost="cost", title=f"accuracy vs {metric}")
-

@@ -5,6 +5,7 @@ architecture search needs them as knobs, so this family generalises it (``width_
 expansion=6, kernel=3, depth=2`` is the zoo model's layout) and registers as the zoo model
 ``mbnet`` — artifacts of searched architectures save and reload like any zoo model.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -18,8 +19,16 @@ class MBNet(nn.Module):
     """Stages of :attr:`MobileNetV2.SETTINGS` with per-network expansion (stages after the first),
     depthwise kernel, repeats capped at ``depth`` and channel width multiplier."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width_mult: float = 1.0, expansion: int = 6,
-                 kernel: int = 3, depth: int = 2, last_channel: int = 320):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        width_mult: float = 1.0,
+        expansion: int = 6,
+        kernel: int = 3,
+        depth: int = 2,
+        last_channel: int = 320,
+    ):
         super().__init__()
         if kernel not in (3, 5, 7):
             raise bad_param("MBNet", "kernel", "one of 3, 5, 7", kernel)
@@ -34,8 +43,7 @@ class MBNet(nn.Module):
                 blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, 1 if i == 0 else expansion, kernel))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Conv2d(cin, last_channel, 1, bias=False), nn.BatchNorm2d(last_channel),
-                                  nn.ReLU6())
+        self.head = nn.Sequential(nn.Conv2d(cin, last_channel, 1, bias=False), nn.BatchNorm2d(last_channel), nn.ReLU6())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(last_channel, num_classes)
@@ -44,5 +52,12 @@ class MBNet(nn.Module):
         return self.classifier(self.flatten(self.pool(self.head(self.blocks(self.stem(x))))))
 
 
-register_model(ModelEntry("mbnet", MBNet, "classification", "fashion-mnist",
-                          "MobileNetV2-style family with searchable expansion / kernel / depth / width (NAS)"))
+register_model(
+    ModelEntry(
+        "mbnet",
+        MBNet,
+        "classification",
+        "fashion-mnist",
+        "MobileNetV2-style family with searchable expansion / kernel / depth / width (NAS)",
+    )
+)

@@ -24,6 +24,7 @@ until no single step back fits, i.e. the policy sits within one option step of t
 The elite samples' option frequencies (of the evaluated, filled-back policies), smoothed,
 become the next distribution.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,9 @@ def project(space, choice: dict[str, int], budget: float) -> dict[str, int]:
     return choice
 
 
-def fit_budget(space, choice: dict[str, int], budget: float,
-               fill_back: Mapping[str, Sequence[float]] | None = None) -> dict[str, int]:
+def fit_budget(
+    space, choice: dict[str, int], budget: float, fill_back: Mapping[str, Sequence[float]] | None = None
+) -> dict[str, int]:
     """The agent's action made to fit ``budget``: projected (compressed until it fits), then,
     with ``fill_back`` (loss per option of every group), restored most-sensitive-first until
     no single option step back of any group fits."""
@@ -89,9 +91,18 @@ def policy_accuracy(shared: dict, params: dict, seed: int) -> dict:
     return {"accuracy": accuracy(model, shared["val"])}
 
 
-def cem_search(space, runner, budget: float, *, generations: int = 6, population: int = 16,
-               elite: float = 0.25, smoothing: float = 0.7, seed: int = 0,
-               fill_back: Mapping[str, Sequence[float]] | None = None) -> CEMResult:
+def cem_search(
+    space,
+    runner,
+    budget: float,
+    *,
+    generations: int = 6,
+    population: int = 16,
+    elite: float = 0.25,
+    smoothing: float = 0.7,
+    seed: int = 0,
+    fill_back: Mapping[str, Sequence[float]] | None = None,
+) -> CEMResult:
     """Maximise accuracy-without-fine-tuning over policies with ``space.cost <= budget``.
 
     ``fill_back``: per group, the loss at each option (sensitivity curves); given, every
@@ -127,9 +138,14 @@ def cem_search(space, runner, budget: float, *, generations: int = 6, population
             p = smoothing * freq + (1 - smoothing) * probs[n]
             p = np.maximum(p, 1e-3)
             probs[n] = p / p.sum()
-        result.history.append({
-            "generation": gen, "best": results[order[0]]["accuracy"],
-            "mean": float(np.mean([r["accuracy"] for r in results])),
-            "costs": [space.cost(p["policy"]) for p in params], "rewards": [r["accuracy"] for r in results],
-            "policies": [p["policy"] for p in params]})
+        result.history.append(
+            {
+                "generation": gen,
+                "best": results[order[0]]["accuracy"],
+                "mean": float(np.mean([r["accuracy"] for r in results])),
+                "costs": [space.cost(p["policy"]) for p in params],
+                "rewards": [r["accuracy"] for r in results],
+                "policies": [p["policy"] for p in params],
+            }
+        )
     return result

@@ -10,6 +10,7 @@ Costs (``metric``): ``macs`` and ``params`` are computed exactly from the prune 
 building the model; ``bytes`` is the fp32 tensor bytes (4 x params); ``latency`` sums a
 per-layer-shape lookup table (:class:`~netslim.search.latency.LatencyTable`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,9 +43,20 @@ def check_options(options: Sequence[float], field: str = "ratios") -> tuple[floa
 class ChannelSpace:
     """Per-group channel ratios of a traceable CNN (``options``: the ratios each group may take)."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, *, options: Sequence[float],
-                 criterion: str = "l2", min_keep_ratio: float = 0.1, round_to: int = 1,
-                 exclude: Iterable[str] = (), metric: str = "macs", latency=None, calibrate: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        options: Sequence[float],
+        criterion: str = "l2",
+        min_keep_ratio: float = 0.1,
+        round_to: int = 1,
+        exclude: Iterable[str] = (),
+        metric: str = "macs",
+        latency=None,
+        calibrate: bool = True,
+    ):
         if metric not in METRICS:
             raise bad_param("ChannelSpace", "metric", f"one of {', '.join(METRICS)}", metric)
         if metric == "latency" and latency is None:
@@ -58,8 +70,9 @@ class ChannelSpace:
         skip = excluded_groups(model, self.graph, self.exclude)
         self.groups = [g for g in self.graph.prunable() if g.id not in skip]
         if not self.groups:
-            raise NetslimError("The channel search space is empty: no prunable group is left "
-                               f"(excluded: {list(self.exclude)}).")
+            raise NetslimError(
+                f"The channel search space is empty: no prunable group is left (excluded: {list(self.exclude)})."
+            )
         self.names = [g.name for g in self.groups]
         if len(set(self.names)) != len(self.names):
             raise NetslimError("Two channel groups share a name; the policy cannot address them.")
@@ -69,8 +82,10 @@ class ChannelSpace:
         self.calibration: dict[str, Any] | None = None
         if metric == "latency" and calibrate:
             # Calibrate the lookup table on the dense model and the uniform policies, timed for real.
-            samples = [(self.shapes(plan_from_keep(self.graph, self._keep(u))), self.apply(u))
-                       for u in ({n: r for n in self.names} for r in self.options if r > 0)]
+            samples = [
+                (self.shapes(plan_from_keep(self.graph, self._keep(u))), self.apply(u))
+                for u in ({n: r for n in self.names} for r in self.options if r > 0)
+            ]
             self.calibration = latency.calibrate(model, example_inputs, samples)
 
     def __getstate__(self) -> dict:  # trials ship the space to Ray workers: drop the cache
@@ -88,19 +103,37 @@ class ChannelSpace:
         return {n: self.options[k] for n, k in choice.items() if self.options[k] > 0}
 
     def indices(self, policy: Mapping[str, float]) -> dict[str, int]:
-        return {n: self.options.index(float(policy.get(n, 0.0))) if float(policy.get(n, 0.0)) in self.options
-                else _nearest(self.options, float(policy.get(n, 0.0))) for n in self.names}
+        return {
+            n: self.options.index(float(policy.get(n, 0.0)))
+            if float(policy.get(n, 0.0)) in self.options
+            else _nearest(self.options, float(policy.get(n, 0.0)))
+            for n in self.names
+        }
 
     def _keep(self, policy: Mapping[str, float]):
-        return choose_keep(self.model, self.graph, self._zeros, 0.0, scope="uniform", ratios=dict(policy),
-                           min_keep_ratio=self.min_keep_ratio, round_to=self.round_to,
-                           only={g.id for g in self.groups})
+        return choose_keep(
+            self.model,
+            self.graph,
+            self._zeros,
+            0.0,
+            scope="uniform",
+            ratios=dict(policy),
+            min_keep_ratio=self.min_keep_ratio,
+            round_to=self.round_to,
+            only={g.id for g in self.groups},
+        )
 
     def plan(self, policy: Mapping[str, float]):
         """The plan of ``policy`` ranked by the real criterion (what ``apply`` uses)."""
-        plan, _, _ = plan_channels(self.model, self.example, ratios=dict(policy) or {self.names[0]: 0.0},
-                                   criterion=self.criterion, min_keep_ratio=self.min_keep_ratio,
-                                   round_to=self.round_to, exclude=self.exclude)
+        plan, _, _ = plan_channels(
+            self.model,
+            self.example,
+            ratios=dict(policy) or {self.names[0]: 0.0},
+            criterion=self.criterion,
+            min_keep_ratio=self.min_keep_ratio,
+            round_to=self.round_to,
+            exclude=self.exclude,
+        )
         return plan
 
     def apply(self, policy: Mapping[str, float], model: nn.Module | None = None) -> nn.Module:

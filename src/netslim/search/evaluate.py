@@ -3,6 +3,7 @@
 Trials ship these tensors (not a whole :class:`~netslim.train.tasks.Task`, whose training
 split is ~170 MB) to their workers, so a subset is the unit of data here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,13 +44,22 @@ def accuracy(model: nn.Module, data: Subset, batch_size: int = 500) -> float:
     correct = 0
     with eval_mode(model):
         for i in range(0, len(data), batch_size):
-            out = model(data.x[i:i + batch_size].to(dev))
-            correct += int((out.argmax(1) == data.y[i:i + batch_size].to(dev)).sum())
+            out = model(data.x[i : i + batch_size].to(dev))
+            correct += int((out.argmax(1) == data.y[i : i + batch_size].to(dev)).sum())
     return correct / max(len(data), 1)
 
 
-def short_finetune(model: nn.Module, data: Subset, *, steps: int, lr: float = 0.01, batch_size: int = 64,
-                   seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4) -> nn.Module:
+def short_finetune(
+    model: nn.Module,
+    data: Subset,
+    *,
+    steps: int,
+    lr: float = 0.01,
+    batch_size: int = 64,
+    seed: int = 0,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> nn.Module:
     """``steps`` SGD steps (cosine LR) on batches drawn from ``data`` with ``seed``; in place."""
     if steps <= 0:
         return model

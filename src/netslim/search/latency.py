@@ -12,6 +12,7 @@ real (the dense model and uniform prunings, A/B interleaved); without calibratio
 ``overhead`` = dense measured latency minus its LUT sum. The final model is always timed
 for real as well, so the prediction error is reported, not hidden.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ from netslim.measure.latency import interleaved_latency, measure_latency
 
 
 class LatencyTable:
-    def __init__(self, path: str | os.PathLike | None = None, *, batch_size: int = 1, threads: int = 1,
-                 repeats: int = 40):
+    def __init__(
+        self, path: str | os.PathLike | None = None, *, batch_size: int = 1, threads: int = 1, repeats: int = 40
+    ):
         self.path = Path(path) if path else None
         self.batch_size, self.threads, self.repeats = batch_size, threads, repeats
         self.table: dict[str, float] = {}
@@ -44,8 +46,11 @@ class LatencyTable:
         key = id(model)
         if key not in self._hw:
             hw: dict[str, tuple[int, int]] = {}
-            hooks = {m: lambda mod, a, n=n: hw.__setitem__(n, tuple(a[0].shape[2:4]))
-                     for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+            hooks = {
+                m: lambda mod, a, n=n: hw.__setitem__(n, tuple(a[0].shape[2:4]))
+                for n, m in model.named_modules()
+                if isinstance(m, nn.Conv2d)
+            }
             with eval_mode(model, hooks, kind="pre", grad=False):
                 model(example[:1])
             self._hw[key] = hw
@@ -54,8 +59,10 @@ class LatencyTable:
     def _key(self, m: nn.Module, cin: int, cout: int, hw: tuple[int, int] | None) -> str:
         if isinstance(m, nn.Conv2d):
             groups = cin if (m.groups > 1 and m.groups == m.in_channels == m.out_channels) else m.groups
-            return (f"conv|{cin}|{cout}|{m.kernel_size[0]}x{m.kernel_size[1]}|s{m.stride[0]}|p{m.padding[0]}"
-                    f"|g{groups}|{hw[0]}x{hw[1]}|b{self.batch_size}|t{self.threads}")
+            return (
+                f"conv|{cin}|{cout}|{m.kernel_size[0]}x{m.kernel_size[1]}|s{m.stride[0]}|p{m.padding[0]}"
+                f"|g{groups}|{hw[0]}x{hw[1]}|b{self.batch_size}|t{self.threads}"
+            )
         return f"linear|{cin}|{cout}|b{self.batch_size}|t{self.threads}"
 
     def _measure(self, key: str) -> float:
@@ -84,13 +91,19 @@ class LatencyTable:
         total = 0.0
         for name, m in model.named_modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
-                cin, cout = (shapes or {}).get(name, (getattr(m, "in_channels", getattr(m, "in_features", 0)),
-                                                      getattr(m, "out_channels", getattr(m, "out_features", 0))))
+                cin, cout = (shapes or {}).get(
+                    name,
+                    (
+                        getattr(m, "in_channels", getattr(m, "in_features", 0)),
+                        getattr(m, "out_channels", getattr(m, "out_features", 0)),
+                    ),
+                )
                 total += self.lookup(self._key(m, cin, cout, hw.get(name)))
         return total
 
-    def calibrate(self, model: nn.Module, example: Any, samples: list[tuple[dict, nn.Module]],
-                  rounds: int = 9) -> dict[str, float]:
+    def calibrate(
+        self, model: nn.Module, example: Any, samples: list[tuple[dict, nn.Module]], rounds: int = 9
+    ) -> dict[str, float]:
         """Fit ``alpha + beta * LUT sum`` on real timings of ``model`` and ``samples`` ((shapes, pruned model))."""
         import numpy as np
 
@@ -104,8 +117,12 @@ class LatencyTable:
         alpha, beta = np.linalg.lstsq(a, np.array(list(real.values())), rcond=None)[0]
         self._fit[id(model)] = (float(alpha), float(beta))
         pred = [alpha + beta * s for s in sums]
-        return {"alpha": float(alpha), "beta": float(beta), "measured_ms": list(real.values()),
-                "predicted_ms": [float(p) for p in pred]}
+        return {
+            "alpha": float(alpha),
+            "beta": float(beta),
+            "measured_ms": list(real.values()),
+            "predicted_ms": [float(p) for p in pred],
+        }
 
     def predict(self, model: nn.Module, example: Any, shapes: dict[str, tuple[int, int]] | None = None) -> float:
         """Predicted latency (ms) of ``model`` with its Conv/Linear layers resized to ``shapes``."""
@@ -113,8 +130,9 @@ class LatencyTable:
             alpha, beta = self._fit[id(model)]
             return alpha + beta * self.layer_sum(model, example, shapes)
         if id(model) not in self._overhead:
-            dense = measure_latency(model, example[: self.batch_size], warmup=5, repeats=max(self.repeats, 50),
-                                    threads=self.threads).median_ms
+            dense = measure_latency(
+                model, example[: self.batch_size], warmup=5, repeats=max(self.repeats, 50), threads=self.threads
+            ).median_ms
             self._overhead[id(model)] = max(0.0, dense - self.layer_sum(model, example))
         return self._overhead[id(model)] + self.layer_sum(model, example, shapes)
 

@@ -15,6 +15,7 @@ half by (Pareto rank on accuracy vs cost, then accuracy) and fills the rest with
 (one knob moved to a neighbouring value, or the family switched) of the survivors.
 Candidates are trials: parallel on Ray, recorded, resumable.
 """
+
 from __future__ import annotations
 
 import time
@@ -85,13 +86,22 @@ def proxy_trial(shared: dict, params: dict, seed: int) -> dict:
 
     torch.manual_seed(seed)
     model = NASSpace.build(params)
-    short_finetune(model, shared["train"], steps=shared["steps"], lr=shared["lr"], batch_size=shared["batch_size"],
-                   seed=seed)
+    short_finetune(
+        model, shared["train"], steps=shared["steps"], lr=shared["lr"], batch_size=shared["batch_size"], seed=seed
+    )
     return {"accuracy": accuracy(model, shared["val"]), **describe(model, shared["val"].x[:1])}
 
 
-def evolve(space: NASSpace, runner, *, population: int = 8, generations: int = 3, seed: int = 0,
-           cost: str = "macs", latency_fn=None) -> list[dict[str, Any]]:
+def evolve(
+    space: NASSpace,
+    runner,
+    *,
+    population: int = 8,
+    generations: int = 3,
+    seed: int = 0,
+    cost: str = "macs",
+    latency_fn=None,
+) -> list[dict[str, Any]]:
     """All evaluated candidates (genotype, accuracy, macs, params[, latency_ms]) in trial order."""
     if population < 2 or generations < 1:
         raise NetslimError(f"NAS needs population >= 2 and generations >= 1; got {population}, {generations}.")
@@ -148,8 +158,9 @@ class NASConfig(MethodConfig):
     """Evolutionary architecture search (proxy-trained candidates); the model becomes the chosen architecture."""
 
     method = "nas"
-    families: dict[str, dict[str, list]] = Field(default_factory=lambda: {k: dict(v) for k, v in
-                                                                          DEFAULT_FAMILIES.items()})
+    families: dict[str, dict[str, list]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_FAMILIES.items()}
+    )
     cost: Literal["macs", "params", "latency"] = "macs"
     max_cost: float | None = Field(None, gt=0, description="choose the most accurate Pareto point under this cost")
     population: int = Field(8, ge=2)
@@ -170,8 +181,15 @@ class NASConfig(MethodConfig):
 
     @classmethod
     def example(cls) -> NASConfig:
-        return cls(families={"resnet": {"depth": [8], "width": [4, 8]}}, population=2, generations=1,
-                   train_samples=32, train_steps=1, val_samples=16, trials=TrialOptions(log=None))
+        return cls(
+            families={"resnet": {"depth": [8], "width": [4, 8]}},
+            population=2,
+            generations=1,
+            train_samples=32,
+            train_steps=1,
+            val_samples=16,
+            trials=TrialOptions(log=None),
+        )
 
 
 def nas_search(task, cfg: NASConfig, *, seed: int, out_dir=None) -> dict[str, Any]:
@@ -179,24 +197,45 @@ def nas_search(task, cfg: NASConfig, *, seed: int, out_dir=None) -> dict[str, An
 
     t0 = time.perf_counter()
     space = NASSpace(cfg.families)
-    shared = {"train": Subset.from_task(task, "train", cfg.train_samples, seed=seed),
-              "val": Subset.from_task(task, "val", cfg.val_samples, seed=seed + 1),
-              "steps": cfg.train_steps, "lr": cfg.lr, "batch_size": cfg.batch_size}
+    shared = {
+        "train": Subset.from_task(task, "train", cfg.train_samples, seed=seed),
+        "val": Subset.from_task(task, "val", cfg.val_samples, seed=seed + 1),
+        "steps": cfg.train_steps,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+    }
     fp = {"search": "nas", **cfg.model_dump(mode="json", exclude={"trials", "train"}), "seed": seed}
     runner = make_runner(proxy_trial, shared, cfg.trials, seed=seed, out_dir=out_dir, fingerprint=fp)
     latency_fn = _latency_fn(task) if cfg.cost == "latency" else None
     key = "latency_ms" if cfg.cost == "latency" else cfg.cost
-    points = evolve(space, runner, population=cfg.population, generations=cfg.generations, seed=seed,
-                    cost=key, latency_fn=latency_fn)
+    points = evolve(
+        space,
+        runner,
+        population=cfg.population,
+        generations=cfg.generations,
+        seed=seed,
+        cost=key,
+        latency_fn=latency_fn,
+    )
     front = pareto(points, key, "accuracy")
     eligible = [p for p in front if cfg.max_cost is None or p[key] <= cfg.max_cost]
     if not eligible:
         lowest = min(p[key] for p in points)
-        raise NetslimError(f"No searched architecture meets max_cost={cfg.max_cost:,.6g} ({key}); the cheapest "
-                           f"evaluated costs {lowest:,.6g}. Raise max_cost or widen the ranges toward smaller nets.")
+        raise NetslimError(
+            f"No searched architecture meets max_cost={cfg.max_cost:,.6g} ({key}); the cheapest "
+            f"evaluated costs {lowest:,.6g}. Raise max_cost or widen the ranges toward smaller nets."
+        )
     best = max(eligible, key=lambda p: (p["accuracy"], -p[key]))
-    return {"points": points, "pareto": front, "best": best, "cost_key": key, "trials": runner.next_index,
-            "resumed_trials": runner.resumed, "retried_trials": runner.retried, "seconds": time.perf_counter() - t0}
+    return {
+        "points": points,
+        "pareto": front,
+        "best": best,
+        "cost_key": key,
+        "trials": runner.next_index,
+        "resumed_trials": runner.resumed,
+        "retried_trials": runner.retried,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _latency_fn(task):
@@ -231,13 +270,22 @@ def run_nas(model, cfg: NASConfig, ctx):
     pareto_plot({"searched (proxy)": pts}, out / "pareto.png", cost=key, title=f"NAS: proxy accuracy vs {key}")
     torch.manual_seed(ctx.seed)
     chosen = NASSpace.build(res["best"]["genotype"])
-    arch_path = save(chosen, out / "best_arch.safetensors", {"model": _ZOO[res["best"]["genotype"]["family"]],
-                                                             "dataset": ctx.info.get("dataset")})
+    arch_path = save(
+        chosen,
+        out / "best_arch.safetensors",
+        {"model": _ZOO[res["best"]["genotype"]["family"]], "dataset": ctx.info.get("dataset")},
+    )
     steps = [cfg.train.to_dict()] if cfg.train is not None else [{"method": "train"}]
-    write_recipe(out / "best_recipe.yaml", {"name": "nas-best", "description": f"architecture {res['best']['genotype']}"
-                                            " chosen by the nas step, trained from scratch",
-                                            "model": str(arch_path), "dataset": ctx.info.get("dataset"),
-                                            "steps": steps})
+    write_recipe(
+        out / "best_recipe.yaml",
+        {
+            "name": "nas-best",
+            "description": f"architecture {res['best']['genotype']} chosen by the nas step, trained from scratch",
+            "model": str(arch_path),
+            "dataset": ctx.info.get("dataset"),
+            "steps": steps,
+        },
+    )
     write_json(out / "nas.json", {k: v for k, v in res.items()})
     if cfg.train is not None:
         summary = fit(chosen.to(ctx.device), ctx.task, cfg.train)

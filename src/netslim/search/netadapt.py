@@ -13,6 +13,7 @@ candidate of every finished iteration with the same seed (one short fine-tune ea
 Policies are absolute (share of the *original* group removed), so the cost of a candidate is
 the cost of that policy on the original model (MACs, params, bytes or a latency table).
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,19 +49,36 @@ def candidate_model(shared: dict, params: dict, seed: int) -> nn.Module:
     space = shared["space"]
     size_now = shared["kept"][params["group"]]
     ratio = 1 - params["keep"] / size_now
-    plan, _, _ = plan_channels(model, space.example, ratios={params["group"]: ratio}, criterion=space.criterion,
-                               min_keep_ratio=1e-6, round_to=1, exclude=space.exclude)
+    plan, _, _ = plan_channels(
+        model,
+        space.example,
+        ratios={params["group"]: ratio},
+        criterion=space.criterion,
+        min_keep_ratio=1e-6,
+        round_to=1,
+        exclude=space.exclude,
+    )
     apply_plan(model, plan, "shrink")
-    return short_finetune(model, shared["train"], steps=shared["candidate_steps"], lr=shared["candidate_lr"],
-                          seed=seed)
+    return short_finetune(model, shared["train"], steps=shared["candidate_steps"], lr=shared["candidate_lr"], seed=seed)
 
 
 def candidate_trial(shared: dict, params: dict, seed: int) -> dict:
     return {"accuracy": accuracy(candidate_model(shared, params, seed), shared["val"])}
 
 
-def netadapt(space, runner, budget: float, *, step: float = 0.05, granularity: int = 0, train=None, val=None,
-             candidate_steps: int = 20, candidate_lr: float = 0.01, max_iterations: int = 50) -> NetAdaptResult:
+def netadapt(
+    space,
+    runner,
+    budget: float,
+    *,
+    step: float = 0.05,
+    granularity: int = 0,
+    train=None,
+    val=None,
+    candidate_steps: int = 20,
+    candidate_lr: float = 0.01,
+    max_iterations: int = 50,
+) -> NetAdaptResult:
     """Shrink ``space.model`` until ``space.cost <= budget``; ``runner`` runs :func:`candidate_trial`."""
     if not 0 < step < 1:
         raise bad_param("netadapt", "step", "a float in (0, 1) (share of the dense cost per iteration)", step)
@@ -88,27 +106,49 @@ def netadapt(space, runner, budget: float, *, step: float = 0.05, granularity: i
                     cands.append({"group": n, "keep": k})
                     break
         if not cands:  # no single group reaches the target: take the largest single step instead
-            best = min(((space.cost(absolute({**kept, n: floor[n]})), n) for n in space.names if kept[n] > floor[n]),
-                       default=None)
+            best = min(
+                ((space.cost(absolute({**kept, n: floor[n]})), n) for n in space.names if kept[n] > floor[n]),
+                default=None,
+            )
             if best is None:
                 break
             cands = [{"group": best[1], "keep": floor[best[1]]}]
-        shared = {"space": space, "current": current, "kept": dict(kept), "train": train, "val": val,
-                  "candidate_steps": candidate_steps, "candidate_lr": candidate_lr}
+        shared = {
+            "space": space,
+            "current": current,
+            "kept": dict(kept),
+            "train": train,
+            "val": val,
+            "candidate_steps": candidate_steps,
+            "candidate_lr": candidate_lr,
+        }
         runner.set_shared(shared)
         first = runner.next_index
         results = runner.run(cands)
         i = max(range(len(cands)), key=lambda j: (results[j]["accuracy"], -j))
         choice = cands[i]
         # Rebuild the winner in the driver (same seed and threads as its trial).
-        current = run_one(lambda s, p, sd: {"model": candidate_model(s, p, sd)}, shared, choice,
-                          _seed(runner, first + i), runner.threads)["model"]
+        current = run_one(
+            lambda s, p, sd: {"model": candidate_model(s, p, sd)},
+            shared,
+            choice,
+            _seed(runner, first + i),
+            runner.threads,
+        )["model"]
         before = absolute(kept)
         kept[choice["group"]] = choice["keep"]
         cost = space.cost(absolute(kept))
-        history.append({"iteration": it, "target": target, "chosen": choice, "cost": cost, "policy_before": before,
-                        "accuracy": results[i]["accuracy"], "candidates": [
-                            {**c, "accuracy": r["accuracy"]} for c, r in zip(cands, results)]})
+        history.append(
+            {
+                "iteration": it,
+                "target": target,
+                "chosen": choice,
+                "cost": cost,
+                "policy_before": before,
+                "accuracy": results[i]["accuracy"],
+                "candidates": [{**c, "accuracy": r["accuracy"]} for c, r in zip(cands, results)],
+            }
+        )
         it += 1
     return NetAdaptResult(absolute(kept), current, cost, history)
 

@@ -1,4 +1,5 @@
 """Options shared by the search steps: where and how trials run, and the channel space."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -18,13 +19,15 @@ class TrialOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     backend: Literal["serial", "ray"] = "serial"
-    address: str | None = Field(None, description="Ray cluster address: HOST:PORT, ray://HOST:PORT or auto "
-                                                  "(None: a local runtime)")
+    address: str | None = Field(
+        None, description="Ray cluster address: HOST:PORT, ray://HOST:PORT or auto (None: a local runtime)"
+    )
     workers: int = Field(2, ge=1, description="CPUs of the local Ray runtime (a cluster's CPUs decide there)")
     threads: int = Field(1, ge=1, description="torch threads inside each trial (same in both backends)")
     retries: int = Field(2, ge=0, le=100, description="times a trial whose Ray worker or node died is run again")
-    log: str | None = Field("trials.jsonl", description="JSONL trial log under the run's search/ folder "
-                                                        "(resume); null: no log")
+    log: str | None = Field(
+        "trials.jsonl", description="JSONL trial log under the run's search/ folder (resume); null: no log"
+    )
 
 
 class ChannelSpaceOptions(BaseModel):

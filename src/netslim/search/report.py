@@ -1,5 +1,6 @@
 """Search outputs: the Pareto set of (cost, metric) points, its table and plot, and the recipe
 YAML that reproduces the best policy."""
+
 from __future__ import annotations
 
 import os
@@ -16,23 +17,34 @@ def pareto(points: Sequence[dict[str, Any]], cost: str = "cost", metric: str = "
     """Points not dominated by another (lower-or-equal cost and higher-or-equal metric, one strictly)."""
     out = []
     for p in points:
-        dominated = any((q[cost] <= p[cost] and q[metric] >= p[metric]) and (q[cost] < p[cost] or q[metric] > p[metric])
-                        for q in points)
+        dominated = any(
+            (q[cost] <= p[cost] and q[metric] >= p[metric]) and (q[cost] < p[cost] or q[metric] > p[metric])
+            for q in points
+        )
         if not dominated:
             out.append(p)
     return sorted(out, key=lambda p: p[cost])
 
 
-def pareto_markdown(points: Sequence[dict[str, Any]], cost: str = "cost", metric: str = "accuracy",
-                    label: str = "label") -> str:
+def pareto_markdown(
+    points: Sequence[dict[str, Any]], cost: str = "cost", metric: str = "accuracy", label: str = "label"
+) -> str:
     front = {id(p) for p in pareto(points, cost, metric)}
-    rows = [f"| {p.get(label, '')} | {p[cost]:,.4g} | {p[metric]:.4f} | {'yes' if id(p) in front else ''} |"
-            for p in sorted(points, key=lambda p: p[cost])]
+    rows = [
+        f"| {p.get(label, '')} | {p[cost]:,.4g} | {p[metric]:.4f} | {'yes' if id(p) in front else ''} |"
+        for p in sorted(points, key=lambda p: p[cost])
+    ]
     return "\n".join([f"| candidate | {cost} | {metric} | Pareto |", "|---|---|---|---|", *rows])
 
 
-def pareto_plot(groups: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, *, cost: str = "cost",
-                metric: str = "accuracy", title: str = "") -> Path:
+def pareto_plot(
+    groups: dict[str, Sequence[dict[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    cost: str = "cost",
+    metric: str = "accuracy",
+    title: str = "",
+) -> Path:
     """One scatter per named group (e.g. searched architectures, compressed big model); fronts as lines."""
     from netslim.report.plots import plt, save_figure
 
@@ -41,8 +53,14 @@ def pareto_plot(groups: dict[str, Sequence[dict[str, Any]]], path: str | os.Path
     for i, (name, pts) in enumerate(groups.items()):
         if not pts:
             continue
-        ax.scatter([p[cost] for p in pts], [p[metric] for p in pts], s=18, marker=markers[i % len(markers)],
-                   alpha=0.6, label=name)
+        ax.scatter(
+            [p[cost] for p in pts],
+            [p[metric] for p in pts],
+            s=18,
+            marker=markers[i % len(markers)],
+            alpha=0.6,
+            label=name,
+        )
         front = pareto(pts, cost, metric)
         ax.plot([p[cost] for p in front], [p[metric] for p in front], lw=1)
     ax.set_xlabel(cost)

@@ -10,6 +10,7 @@ knob, its options and the evaluation's description, so a search (or a second sea
 another budget) reuses it instead of re-evaluating. It renders as a Markdown table and a
 plot with one curve per layer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,15 @@ class SensitivityTable:
         head = "| layer | " + " | ".join(f"{self.knob}={o:g}" for o in self.options) + " |"
         rule = "|---" * (len(self.options) + 1) + "|"
         rows = [f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + " |" for n, vals in self.curves.items()]
-        return "\n".join([f"{self.metric} per layer ({self.knob} of that layer alone; untouched: "
-                          f"{self.baseline:.4f})", "", head, rule, *rows])
+        return "\n".join(
+            [
+                f"{self.metric} per layer ({self.knob} of that layer alone; untouched: {self.baseline:.4f})",
+                "",
+                head,
+                rule,
+                *rows,
+            ]
+        )
 
     def plot(self, path: str | os.PathLike) -> Path:
         from netslim.report.plots import plt, save_figure
@@ -78,13 +86,13 @@ def model_digest(model: nn.Module) -> str:
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                 if v.numel() else b"")
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
 
 
-def cache_path(model: nn.Module, knob: str, options: Sequence[float], eval_key: str,
-               cache_dir: str | os.PathLike | None) -> Path | None:
+def cache_path(
+    model: nn.Module, knob: str, options: Sequence[float], eval_key: str, cache_dir: str | os.PathLike | None
+) -> Path | None:
     if cache_dir is None:
         return None
     key = hashlib.sha256(json.dumps([model_digest(model), knob, list(options), eval_key]).encode()).hexdigest()
@@ -108,8 +116,14 @@ def cached(path: Path | None, compute: Callable[[], SensitivityTable]) -> Sensit
     return table
 
 
-def channel_sensitivity(space, evaluate: Callable[[nn.Module], float], *, eval_key: str, metric: str = "accuracy",
-                        cache_dir: str | os.PathLike | None = None) -> SensitivityTable:
+def channel_sensitivity(
+    space,
+    evaluate: Callable[[nn.Module], float],
+    *,
+    eval_key: str,
+    metric: str = "accuracy",
+    cache_dir: str | os.PathLike | None = None,
+) -> SensitivityTable:
     """One curve per group of a :class:`~netslim.search.channels.ChannelSpace` (``evaluate``: higher is better)."""
     opts = list(space.options)
     key = f"{eval_key}|{space.criterion}|{space.min_keep_ratio}|{space.round_to}|{sorted(space.exclude)}"
@@ -123,9 +137,16 @@ def channel_sensitivity(space, evaluate: Callable[[nn.Module], float], *, eval_k
 
 
 @torch.no_grad()
-def sparsity_sensitivity(model: nn.Module, names: Sequence[str], options: Sequence[float],
-                         evaluate: Callable[[nn.Module], float], *, eval_key: str, metric: str = "accuracy",
-                         cache_dir: str | os.PathLike | None = None) -> SensitivityTable:
+def sparsity_sensitivity(
+    model: nn.Module,
+    names: Sequence[str],
+    options: Sequence[float],
+    evaluate: Callable[[nn.Module], float],
+    *,
+    eval_key: str,
+    metric: str = "accuracy",
+    cache_dir: str | os.PathLike | None = None,
+) -> SensitivityTable:
     """Magnitude-prune one layer's weight to each sparsity in ``options`` (the others dense)."""
     opts = sorted(float(s) for s in options)
     if not opts:
@@ -153,8 +174,14 @@ def sparsity_sensitivity(model: nn.Module, names: Sequence[str], options: Sequen
     return cached(cache_path(model, "sparsity", opts, eval_key + "|" + ",".join(names), cache_dir), compute)
 
 
-def bits_sensitivity(model: nn.Module, batch: torch.Tensor, names: Sequence[str], choices: Sequence[int], *,
-                     cache_dir: str | os.PathLike | None = None) -> SensitivityTable:
+def bits_sensitivity(
+    model: nn.Module,
+    batch: torch.Tensor,
+    names: Sequence[str],
+    choices: Sequence[int],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> SensitivityTable:
     """KL(fp32 || one layer at b bits) per layer, from :func:`netslim.quantize.mixed.kl_sensitivity`."""
     from netslim.quantize.mixed import kl_sensitivity
 

@@ -19,6 +19,7 @@ final fine-tune nest under ``finetune:`` (none by default); a flat ``epochs`` / 
 refused naming it. NetAdapt's short fine-tune of every candidate is its own: ``candidate_steps`` SGD steps at
 ``candidate_lr`` (formerly ``finetune_steps`` / ``lr``, refused naming the new names).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,21 +52,29 @@ class SearchChannelsConfig(TrainingStep):
     generations: int = Field(6, ge=1, description="cem: generations")
     elite: float = Field(0.25, gt=0, le=1, description="cem: share of a generation kept as elite")
     fill_back: Literal["sensitivity", "none"] = Field(
-        "sensitivity", description="cem: after projecting each sampled policy onto the budget, restore channels "
-                                   "to the most sensitive groups (sensitivity curves) until no step back fits; "
-                                   "none: the projection alone (AMC's action clipping), which undershoots")
+        "sensitivity",
+        description="cem: after projecting each sampled policy onto the budget, restore channels "
+        "to the most sensitive groups (sensitivity curves) until no step back fits; "
+        "none: the projection alone (AMC's action clipping), which undershoots",
+    )
     latency_batch: int = Field(1, ge=1, description="target latency: batch size of the lookup table")
     sensitivity_cache: Literal["shared", "run"] = Field(
-        "shared", description="shared: $NETSLIM_CACHE/search (reused by later searches); run: OUT/search")
+        "shared", description="shared: $NETSLIM_CACHE/search (reused by later searches); run: OUT/search"
+    )
     trials: TrialOptions = TrialOptions()
-    finetune: FinetuneConfig | None = Field(None, description="fine-tuning of the shrunk model (also the last "
-                                            "step of best_recipe.yaml); none by default")
+    finetune: FinetuneConfig | None = Field(
+        None, description="fine-tuning of the shrunk model (also the last step of best_recipe.yaml); none by default"
+    )
 
     @classmethod
     def example(cls) -> SearchChannelsConfig:
-        return cls(budget=0.7, val_samples=50, space=ChannelSpaceOptions(ratios=(0.0, 0.5)),
-                   trials=TrialOptions(log=None),
-                   sensitivity_cache="run")
+        return cls(
+            budget=0.7,
+            val_samples=50,
+            space=ChannelSpaceOptions(ratios=(0.0, 0.5)),
+            trials=TrialOptions(log=None),
+            sensitivity_cache="run",
+        )
 
 
 class NetAdaptConfig(TrainingStep):
@@ -79,19 +88,28 @@ class NetAdaptConfig(TrainingStep):
     granularity: int = Field(0, ge=0, description="channels removed at a time (0: 1/16 of the group)")
     space: ChannelSpaceOptions = ChannelSpaceOptions()
     candidate_steps: int = Field(20, ge=0, description="short fine-tune of every candidate (SGD steps)")
-    candidate_lr: float = Field(0.01, gt=0, description="learning rate of that short fine-tune (the final "
-                                "fine-tune's: finetune.lr)")
+    candidate_lr: float = Field(
+        0.01, gt=0, description="learning rate of that short fine-tune (the final fine-tune's: finetune.lr)"
+    )
     train_samples: int = Field(5000, ge=10)
     val_samples: int = Field(1000, ge=10)
     latency_batch: int = Field(1, ge=1)
     trials: TrialOptions = TrialOptions()
-    finetune: FinetuneConfig | None = Field(None, description="fine-tuning of the searched model (also the last "
-                                            "step of best_recipe.yaml); none by default")
+    finetune: FinetuneConfig | None = Field(
+        None, description="fine-tuning of the searched model (also the last step of best_recipe.yaml); none by default"
+    )
 
     @classmethod
     def example(cls) -> NetAdaptConfig:
-        return cls(target="macs", budget=0.8, step=0.1, candidate_steps=1, train_samples=20, val_samples=20,
-                   trials=TrialOptions(log=None))
+        return cls(
+            target="macs",
+            budget=0.8,
+            step=0.1,
+            candidate_steps=1,
+            train_samples=20,
+            val_samples=20,
+            trials=TrialOptions(log=None),
+        )
 
 
 def search_dir(ctx) -> Path:
@@ -119,19 +137,37 @@ def _finish(model, policy: dict[str, float], cfg, ctx, space, info: dict[str, An
     else:
         model = searched
     out = search_dir(ctx)
-    steps: list[dict[str, Any]] = [{"method": "channels", "ratios": {k: round(v, 6) for k, v in policy.items()},
-                                    "criterion": space.criterion, "min_keep_ratio": space.min_keep_ratio,
-                                    "round_to": space.round_to, "exclude": list(space.exclude)}]
+    steps: list[dict[str, Any]] = [
+        {
+            "method": "channels",
+            "ratios": {k: round(v, 6) for k, v in policy.items()},
+            "criterion": space.criterion,
+            "min_keep_ratio": space.min_keep_ratio,
+            "round_to": space.round_to,
+            "exclude": list(space.exclude),
+        }
+    ]
     if not policy:  # the budget needs no pruning: keep the recipe valid with a no-op ratio
         steps[0]["ratios"] = {space.names[0]: 0.0}
     if cfg.finetune is not None:
         steps.append(cfg.finetune.to_dict())
-    recipe = {"name": f"{cfg.method}-best", "description": f"per-group channel ratios found by {cfg.method} "
-              f"({info.get('strategy', cfg.method)}), {cfg.target} budget {cfg.budget}",
-              "model": ctx.info.get("model"), "steps": steps}
+    recipe = {
+        "name": f"{cfg.method}-best",
+        "description": f"per-group channel ratios found by {cfg.method} "
+        f"({info.get('strategy', cfg.method)}), {cfg.target} budget {cfg.budget}",
+        "model": ctx.info.get("model"),
+        "steps": steps,
+    }
     info["recipe"] = str(write_recipe(out / "best_recipe.yaml", recipe))
-    info.update({"policy": policy, "cost": space.cost(policy), "dense_cost": space.dense_cost(),
-                 "cost_share": space.cost(policy) / space.dense_cost(), "groups": plan.groups})
+    info.update(
+        {
+            "policy": policy,
+            "cost": space.cost(policy),
+            "dense_cost": space.dense_cost(),
+            "cost_share": space.cost(policy) / space.dense_cost(),
+            "groups": plan.groups,
+        }
+    )
     write_json(out / "policy.json", info)
     if cfg.finetune is not None:
         summary = fit(model.to(ctx.device), ctx.task, cfg.finetune)

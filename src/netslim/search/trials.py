@@ -29,6 +29,7 @@ each); ``threads`` stays the torch threads inside each trial, everywhere. What t
 (model, data subsets) is shipped from the driver once per search with ``ray.put``. An address
 that does not answer fails at once with the reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,13 +104,15 @@ class TrialLog:
                 if i == len(lines) - 1:  # a kill mid-write: drop the partial record
                     log.warning("trial log %s: dropping a truncated last line", path)
                     continue
-                raise NetslimError(f"Trial log {str(path)!r}: line {i + 1} is not JSON; "
-                                   "remove the file to start the search afresh.") from None
+                raise NetslimError(
+                    f"Trial log {str(path)!r}: line {i + 1} is not JSON; remove the file to start the search afresh."
+                ) from None
             if i == 0:
                 if rec.get("search") != fingerprint:
                     raise NetslimError(
                         f"Trial log {str(path)!r} was written by a different search (its settings differ); "
-                        "use another 'trial_log' path or remove the file.")
+                        "use another 'trial_log' path or remove the file."
+                    )
             else:
                 self.records[int(rec["index"])] = rec
             good.append(line)
@@ -128,7 +131,8 @@ class TrialLog:
         if rec["params"] != json.loads(canonical(params)):
             raise NetslimError(
                 f"Trial log {str(self.path)!r}: trial {index} was recorded with other parameters "
-                f"({canonical(rec['params'])[:120]}); the search changed. Use another log path.")
+                f"({canonical(rec['params'])[:120]}); the search changed. Use another log path."
+            )
         return rec["result"]
 
     def add(self, index: int, params: dict, seed: int, result: dict) -> None:
@@ -151,9 +155,20 @@ class TrialRunner:
     ``resumed`` / ``retried`` count the trials read back from the log / run again.
     """
 
-    def __init__(self, fn: TrialFn, shared: Any, *, seed: int = 0, backend: str = "serial",
-                 address: str | None = None, workers: int = 2, threads: int = 1, retries: int = 2,
-                 log_path: str | os.PathLike | None = None, fingerprint: Any = None):
+    def __init__(
+        self,
+        fn: TrialFn,
+        shared: Any,
+        *,
+        seed: int = 0,
+        backend: str = "serial",
+        address: str | None = None,
+        workers: int = 2,
+        threads: int = 1,
+        retries: int = 2,
+        log_path: str | os.PathLike | None = None,
+        fingerprint: Any = None,
+    ):
         if backend not in BACKENDS:
             raise bad_param("TrialRunner", "backend", f"one of {', '.join(BACKENDS)}", backend)
         if workers < 1:
@@ -218,13 +233,18 @@ class TrialRunner:
             if isinstance(outcome, WorkerLost):
                 attempts[i] += 1
                 if attempts[i] > self.retries:
-                    kept = (f"the {len(self.log.records)} finished trials are recorded in {str(self.log.path)!r}: "
-                            "start the same search again to resume after them" if self.log else
-                            "no trial log keeps the finished ones (set 'log' to make the search resumable)")
-                    raise NetslimError(f"Trial {i}: its worker died {attempts[i]} times ({outcome}); {kept}, or "
-                                       "raise 'retries'.")
-                log.warning("trial %d: its worker died (%s); running it again (%d/%d)", i, outcome, attempts[i],
-                            self.retries)
+                    kept = (
+                        f"the {len(self.log.records)} finished trials are recorded in {str(self.log.path)!r}: "
+                        "start the same search again to resume after them"
+                        if self.log
+                        else "no trial log keeps the finished ones (set 'log' to make the search resumable)"
+                    )
+                    raise NetslimError(
+                        f"Trial {i}: its worker died {attempts[i]} times ({outcome}); {kept}, or raise 'retries'."
+                    )
+                log.warning(
+                    "trial %d: its worker died (%s); running it again (%d/%d)", i, outcome, attempts[i], self.retries
+                )
                 self.retried += 1
                 pending[pool.submit(i, p)] = (i, p)
                 continue
@@ -264,8 +284,17 @@ class RayPool:
         self.seed, self.threads = seed, threads
         ex = ray.exceptions
         # A dead worker, node or raylet, an OOM kill, a lost result: the trial itself did not fail.
-        self.lost = tuple(getattr(ex, n) for n in ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError",
-                                                   "OutOfMemoryError", "ObjectLostError") if hasattr(ex, n))
+        self.lost = tuple(
+            getattr(ex, n)
+            for n in (
+                "WorkerCrashedError",
+                "NodeDiedError",
+                "LocalRayletDiedError",
+                "OutOfMemoryError",
+                "ObjectLostError",
+            )
+            if hasattr(ex, n)
+        )
 
     def submit(self, index: int, params: dict):
         return self.remote.remote(self.fn, self.shared_ref, params, trial_seed(self.seed, index), self.threads)
@@ -282,8 +311,9 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise NetslimError("backend 'ray' needs the optional extra: pip install 'netslim[search]' "
-                           "(or use backend: serial).") from None
+        raise NetslimError(
+            "backend 'ray' needs the optional extra: pip install 'netslim[search]' (or use backend: serial)."
+        ) from None
     return ray
 
 
@@ -299,8 +329,10 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as e:
-        raise NetslimError(f"Ray cluster address {address!r} cannot be reached ({e.strerror or e}); "
-                           "check the address or leave 'address' unset for a local runtime.") from None
+        raise NetslimError(
+            f"Ray cluster address {address!r} cannot be reached ({e.strerror or e}); "
+            "check the address or leave 'address' unset for a local runtime."
+        ) from None
 
 
 def init_ray(ray, address: str | None, workers: int) -> None:
@@ -309,9 +341,11 @@ def init_ray(ray, address: str | None, workers: int) -> None:
         kwargs["num_cpus"] = workers
         # Workers import netslim from this checkout: give them the same sys.path.
         import netslim
+
         src = str(Path(netslim.__file__).resolve().parents[1])
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}}
+        kwargs["runtime_env"] = {
+            "env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+        }
     else:
         _check_reachable(address)
         kwargs["address"] = address

@@ -12,6 +12,7 @@ N paragraphs per split, evenly spread over it), ``seed`` (training order, calibr
 ``min_class`` / ``min_chars`` (the labelling rules). ``describe()`` lists them, so an artifact
 made on this task is re-scored by ``netslim eval`` on the same paragraphs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,14 +29,27 @@ class DocsSectionsTask(TextClassificationTask):
     name = "docs-sections"
     metric = "accuracy"
 
-    def __init__(self, model_name: str = "minilm", max_length: int = 128, limit: int | None = None, seed: int = 0,
-                 eval_batch_size: int = 64, root: str | None = None,
-                 min_class: int = docs_sections.DEFAULT_MIN_CLASS, min_chars: int = docs_sections.DEFAULT_MIN_CHARS,
-                 *, tokenizer: Any = None):
-        for field, value, allow_none in (("max_length", max_length, False), ("limit", limit, True),
-                                         ("eval_batch_size", eval_batch_size, False)):
-            if not (allow_none and value is None) and (not isinstance(value, int) or isinstance(value, bool)
-                                                       or value < 1):
+    def __init__(
+        self,
+        model_name: str = "minilm",
+        max_length: int = 128,
+        limit: int | None = None,
+        seed: int = 0,
+        eval_batch_size: int = 64,
+        root: str | None = None,
+        min_class: int = docs_sections.DEFAULT_MIN_CLASS,
+        min_chars: int = docs_sections.DEFAULT_MIN_CHARS,
+        *,
+        tokenizer: Any = None,
+    ):
+        for field, value, allow_none in (
+            ("max_length", max_length, False),
+            ("limit", limit, True),
+            ("eval_batch_size", eval_batch_size, False),
+        ):
+            if not (allow_none and value is None) and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
                 raise bad_param("docs-sections", field, "an int >= 1" + (" or None" if allow_none else ""), value)
         if tokenizer is None:
             from netslim.models.hf import load_tokenizer
@@ -50,9 +64,16 @@ class DocsSectionsTask(TextClassificationTask):
             splits[s] = ([r["text"] for r in rows], torch.tensor([ids[r["label"]] for r in rows], dtype=torch.long))
         self.tokenizer, self.splits, self.spec, self.classes = tokenizer, splits, None, tuple(classes)
         self.seed, self.max_length, self.eval_batch_size = seed, max_length, eval_batch_size
-        self.options = {"model_name": model_name, "max_length": max_length, "limit": limit, "seed": seed,
-                        "eval_batch_size": eval_batch_size, "root": None if root is None else str(root),
-                        "min_class": min_class, "min_chars": min_chars}
+        self.options = {
+            "model_name": model_name,
+            "max_length": max_length,
+            "limit": limit,
+            "seed": seed,
+            "eval_batch_size": eval_batch_size,
+            "root": None if root is None else str(root),
+            "min_class": min_class,
+            "min_chars": min_chars,
+        }
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.name, "metric": self.metric, **self.options}

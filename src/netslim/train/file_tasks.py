@@ -61,6 +61,7 @@ spec carried (compare the two to tell whether the data changed since). ``describ
 ``open_data(DataSpec(**d["data"]), model)`` rebuilds the same task. Same data and seed:
 same splits, same batches.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,20 +86,28 @@ from netslim.train.object_tasks import ClassifierTask, TensorClassificationTask,
 from netslim.train.tasks import Task
 
 TaskName = Literal["auto", "image-classification", "text-classification", "causal-lm", "embedding"]
-_FITS = {"image-classification": ("image_classification", "module"), "text-classification": ("text_classification",),
-         "causal-lm": ("causal_lm",), "embedding": ("embedding",)}
+_FITS = {
+    "image-classification": ("image_classification", "module"),
+    "text-classification": ("text_classification",),
+    "causal-lm": ("causal_lm",),
+    "embedding": ("embedding",),
+}
 # How messages name a model kind and a task setting (CLI --task, recipe data: {task: ...}).
-_KIND_WORDS = {"causal_lm": "a causal LM", "text_classification": "a sequence classifier",
-               "image_classification": "an image classifier", "embedding": "an encoder",
-               "module": "a plain nn.Module"}
+_KIND_WORDS = {
+    "causal_lm": "a causal LM",
+    "text_classification": "a sequence classifier",
+    "image_classification": "an image classifier",
+    "embedding": "an encoder",
+    "module": "a plain nn.Module",
+}
 _FIXES = {
     "image-classification": "image folders need a model mapping (N, C, H, W) images to class logits "
-                            "(your CNN, or a *ForImageClassification)",
+    "(your CNN, or a *ForImageClassification)",
     "text-classification": "text classification needs a *ForSequenceClassification with num_labels = the "
-                           "number of classes; to score text only, set --task causal-lm or embedding",
+    "number of classes; to score text only, set --task causal-lm or embedding",
     "causal-lm": "perplexity needs a causal LM (*ForCausalLM / *LMHeadModel); for an encoder set --task embedding",
     "embedding": "embedding fidelity needs a transformers encoder without a head (AutoModel, e.g. BertModel); "
-                 "for a causal LM set --task causal-lm",
+    "for a causal LM set --task causal-lm",
 }
 
 
@@ -108,20 +117,20 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: str = Field(min_length=1)            # a file or folder
+    path: str = Field(min_length=1)  # a file or folder
     task: TaskName = "auto"
     text_column: str = Field("text", min_length=1)
     label_column: str = Field("label", min_length=1)
-    split_column: str | None = None            # explicit split per row: train / val|validation / test
+    split_column: str | None = None  # explicit split per row: train / val|validation / test
     image_size: int | tuple[int, int] | None = None  # resize to (H, W) (an int: square)
-    channels: Literal[1, 3] | None = None      # image channels; None: from the processor / the images
-    mean: tuple[float, ...] | None = None      # per-channel normalisation; None: processor, else train split
+    channels: Literal[1, 3] | None = None  # image channels; None: from the processor / the images
+    mean: tuple[float, ...] | None = None  # per-channel normalisation; None: processor, else train split
     std: tuple[float, ...] | None = None
-    seq_len: StrictInt = Field(512, ge=2)      # causal-LM block length in tokens
-    max_length: StrictInt = Field(128, ge=1)   # truncation for text classification / embedding
+    seq_len: StrictInt = Field(512, ge=2)  # causal-LM block length in tokens
+    max_length: StrictInt = Field(128, ge=1)  # truncation for text classification / embedding
     limit: StrictInt | None = Field(None, ge=1)  # at most this many samples per split (quick runs)
     seed: StrictInt = 0
-    sha256: str | None = None                  # content hash, (re)computed when the data is opened
+    sha256: str | None = None  # content hash, (re)computed when the data is opened
 
     @field_validator("image_size")
     @classmethod
@@ -134,8 +143,9 @@ class DataSpec(BaseModel):
     @classmethod
     def _per_channel(cls, v, info):
         if v is not None and (len(v) not in (1, 3) or (info.field_name == "std" and min(v) <= 0)):
-            raise ValueError("must list 1 or 3 numbers (one per channel)" + (", each > 0" if info.field_name == "std"
-                                                                             else ""))
+            raise ValueError(
+                "must list 1 or 3 numbers (one per channel)" + (", each > 0" if info.field_name == "std" else "")
+            )
         return v
 
     @field_validator("sha256")
@@ -156,8 +166,10 @@ def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = 
     if isinstance(value, (str, os.PathLike)):
         value = {"path": os.fspath(value)}
     if not isinstance(value, Mapping):
-        raise NetslimError(f"{where}: expected a path or a mapping with 'path' (and task, text_column, ...); "
-                           f"got {type(value).__name__}.")
+        raise NetslimError(
+            f"{where}: expected a path or a mapping with 'path' (and task, text_column, ...); "
+            f"got {type(value).__name__}."
+        )
     return build_config(DataSpec, None, value, where)  # echoed values are capped there
 
 
@@ -165,16 +177,24 @@ def parse_data_spec(value: str | os.PathLike | Mapping | DataSpec, where: str = 
 def _check_fit(task: str, model: nn.Module, where: str) -> None:
     kind = model_kind(model)
     if kind not in _FITS[task]:
-        raise NetslimError(f"{where}: task {task!r} does not fit {_KIND_WORDS[kind]} ({type(model).__name__}); "
-                           f"{_FIXES[task]}.")
+        raise NetslimError(
+            f"{where}: task {task!r} does not fit {_KIND_WORDS[kind]} ({type(model).__name__}); {_FIXES[task]}."
+        )
 
 
 # --------------------------------------------------------------------- text classification
 class TextClassificationTask(ClassifierTask):
     """Texts and label ids per split; batches are tokenised on the fly (padded to the longest)."""
 
-    def __init__(self, tokenizer: Any, splits: Mapping[str, tuple[list[str], torch.Tensor]], *, spec: DataSpec,
-                 classes: tuple[str, ...], eval_batch_size: int = 32):
+    def __init__(
+        self,
+        tokenizer: Any,
+        splits: Mapping[str, tuple[list[str], torch.Tensor]],
+        *,
+        spec: DataSpec,
+        classes: tuple[str, ...],
+        eval_batch_size: int = 32,
+    ):
         self.tokenizer, self.splits, self.spec, self.classes = tokenizer, dict(splits), spec, tuple(classes)
         self.seed, self.max_length, self.eval_batch_size = spec.seed, spec.max_length, eval_batch_size
 
@@ -211,8 +231,9 @@ class TextFilesLMTask(CausalLMTask):
     name = "files"
 
     def __init__(self, tokenizer: Any, texts: Mapping[str, list[str]], *, spec: DataSpec):
-        super().__init__(model_name="files", seq_len=spec.seq_len, limit=spec.limit, seed=spec.seed,
-                         tokenizer=tokenizer)
+        super().__init__(
+            model_name="files", seq_len=spec.seq_len, limit=spec.limit, seed=spec.seed, tokenizer=tokenizer
+        )
         self.texts, self.spec = {_corpus_split(s): t for s, t in texts.items()}, spec
 
     def documents(self, corpus: str) -> list[str]:
@@ -230,10 +251,17 @@ class TextFilesEmbeddingTask(EmbeddingTask):
 
     name = "files"
 
-    def __init__(self, tokenizer: Any, sentences: Mapping[str, list[str]], *, spec: DataSpec,
-                 reference: Callable[[], nn.Module]):
-        super().__init__(model_name="files", max_length=spec.max_length, limit=spec.limit, seed=spec.seed,
-                         tokenizer=tokenizer, reference=reference)
+    def __init__(
+        self, tokenizer: Any, sentences: Mapping[str, list[str]], *, spec: DataSpec, reference: Callable[[], nn.Module]
+    ):
+        super().__init__(
+            model_name="files",
+            max_length=spec.max_length,
+            limit=spec.limit,
+            seed=spec.seed,
+            tokenizer=tokenizer,
+            reference=reference,
+        )
         self.units, self.spec = {_corpus_split(s): u for s, u in sentences.items()}, spec
 
     def corpus_sentences(self, corpus: str) -> list[str]:
@@ -259,8 +287,10 @@ def _tokenizer(source: str | None, task: str, where: str) -> Any:
     from netslim.models.hf import load_tokenizer
 
     if source is None:
-        raise NetslimError(f"{where}: task {task!r} needs a tokenizer; pass source= a Hugging Face model directory "
-                           "(with tokenizer files) or a built-in model name (minilm, smollm2, tiny-llama, ...).")
+        raise NetslimError(
+            f"{where}: task {task!r} needs a tokenizer; pass source= a Hugging Face model directory "
+            "(with tokenizer files) or a built-in model name (minilm, smollm2, tiny-llama, ...)."
+        )
     return load_tokenizer(source)
 
 
@@ -290,10 +320,10 @@ def _image_processor(source: str | None) -> Any:
 class _ImagePrep:
     """Mode conversion and resizing of one Pillow image (see "Images" in the module docstring)."""
 
-    mode: str                         # "L" or "RGB"
-    size: tuple[int, int] | None      # (H, W) exact
-    shortest_edge: int | None         # resize the shortest edge to this, keeping the aspect ratio ...
-    crop: tuple[int, int] | None      # ... then centre-crop to (H, W)
+    mode: str  # "L" or "RGB"
+    size: tuple[int, int] | None  # (H, W) exact
+    shortest_edge: int | None  # resize the shortest edge to this, keeping the aspect ratio ...
+    crop: tuple[int, int] | None  # ... then centre-crop to (H, W)
     resample: int
 
     def __call__(self, img):
@@ -318,12 +348,14 @@ def _processor_geometry(proc: Any, where: str) -> tuple[tuple[int, int] | None, 
     if size.get("shortest_edge"):
         has_crop = getattr(proc, "do_center_crop", False) and crop.get("height") and crop.get("width")
         return None, int(size["shortest_edge"]), (int(crop["height"]), int(crop["width"])) if has_crop else None
-    raise NetslimError(f"{where}: the image processor's size {size!r} is not height/width or shortest_edge; "
-                       "set image_size: [H, W].")
+    raise NetslimError(
+        f"{where}: the image processor's size {size!r} is not height/width or shortest_edge; set image_size: [H, W]."
+    )
 
 
-def _image_prep(spec: DataSpec, model: nn.Module, proc: Any, headers: dict[str, tuple[str, tuple[int, int]]],
-                where: str) -> _ImagePrep:
+def _image_prep(
+    spec: DataSpec, model: nn.Module, proc: Any, headers: dict[str, tuple[str, tuple[int, int]]], where: str
+) -> _ImagePrep:
     from PIL import Image
 
     channels = spec.channels or getattr(getattr(model, "config", None), "num_channels", None)
@@ -340,8 +372,10 @@ def _image_prep(spec: DataSpec, model: nn.Module, proc: Any, headers: dict[str, 
             sizes.setdefault(wh, rel)
         if len(sizes) > 1:
             (a, ra), (b, rb) = list(sizes.items())[:2]
-            raise NetslimError(f"{where}: images differ in size ({ra} is {a[0]}x{a[1]}, {rb} is {b[0]}x{b[1]}, WxH); "
-                               "set image_size: [H, W] to resize them all.")
+            raise NetslimError(
+                f"{where}: images differ in size ({ra} is {a[0]}x{a[1]}, {rb} is {b[0]}x{b[1]}, WxH); "
+                "set image_size: [H, W] to resize them all."
+            )
     resample = int(getattr(proc, "resample", None) or Image.Resampling.BILINEAR)
     return _ImagePrep("L" if channels == 1 else "RGB", size, edge, crop, resample)
 
@@ -374,14 +408,19 @@ def _open_images(spec: DataSpec, model: nn.Module, source: str | None, hasher: f
     where = f"Image folder {spec.path!r}"
     prep = _image_prep(spec, model, proc, headers, where)
     rescale = float(getattr(proc, "rescale_factor", 1 / 255)) if getattr(proc, "do_rescale", True) else 1.0
-    x = {s: torch.stack([files.read_image(path / rel, rel, hasher=hasher, prepare=prep) for rel, _ in picked[s]])
-         .float() * rescale for s in SPLITS}                                # (N, C, H, W)
+    x = {
+        s: torch.stack([files.read_image(path / rel, rel, hasher=hasher, prepare=prep) for rel, _ in picked[s]]).float()
+        * rescale
+        for s in SPLITS
+    }  # (N, C, H, W)
     mean, std = _normalisation(spec, proc, x["train"], where)
     m, sd = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     if model_kind(model) == "image_classification" and num_labels != len(folder.classes):
-        raise NetslimError(f"{where}: {len(folder.classes)} class folders but the model has num_labels={num_labels}; "
-                           "load the model with num_labels set to the number of classes.")
+        raise NetslimError(
+            f"{where}: {len(folder.classes)} class folders but the model has num_labels={num_labels}; "
+            "load the model with num_labels set to the number of classes."
+        )
     splits = {s: ((x[s] - m) / sd, torch.tensor([c for _, c in picked[s]], dtype=torch.long)) for s in SPLITS}
     resolved = {"channels": 1 if prep.mode == "L" else 3, "mean": mean, "std": std}
     return splits, folder.classes, resolved
@@ -402,28 +441,36 @@ def _label_ids(rows: list[files.Row], column: str, model: nn.Module, where: str)
     ints = [(r, v) for r, v in labels if isinstance(v, int)]
     names = [(r, v) for r, v in labels if isinstance(v, str)]
     if ints and names:
-        raise NetslimError(f"{where}: column {column!r} mixes integer labels ({ints[0][0].where}: {ints[0][1]}) and "
-                           f"names ({names[0][0].where}: {names[0][1]!r}); use one kind.")
+        raise NetslimError(
+            f"{where}: column {column!r} mixes integer labels ({ints[0][0].where}: {ints[0][1]}) and "
+            f"names ({names[0][0].where}: {names[0][1]!r}); use one kind."
+        )
     known = _meaningful(getattr(config, "label2id", None))
     id2name = {i: n for n, i in known.items()} if known else {}
     classes = tuple(id2name.get(i, str(i)) for i in range(num))
     if ints:
         for r, v in ints:
             if not 0 <= v < num:
-                raise NetslimError(f"{r.where}: label {v} is outside [0, {num}) (the model's num_labels); "
-                                   "fix the label or give the model more labels.")
+                raise NetslimError(
+                    f"{r.where}: label {v} is outside [0, {num}) (the model's num_labels); "
+                    "fix the label or give the model more labels."
+                )
         return {v: v for _, v in ints}, classes
     if known:
         for r, v in names:
             if v not in known:
-                raise NetslimError(f"{r.where}: label {v!r} is not one of the model's labels "
-                                   f"({files.shorten(', '.join(sorted(known)))}).")
+                raise NetslimError(
+                    f"{r.where}: label {v!r} is not one of the model's labels "
+                    f"({files.shorten(', '.join(sorted(known)))})."
+                )
         return known, classes
     distinct = sorted({v for _, v in names})
     if len(distinct) != num:
-        raise NetslimError(f"{where}: {len(distinct)} label names ({files.shorten(', '.join(distinct))}) but the "
-                           f"model has num_labels={num}; build the classifier with num_labels={len(distinct)} "
-                           "(and label2id).")
+        raise NetslimError(
+            f"{where}: {len(distinct)} label names ({files.shorten(', '.join(distinct))}) but the "
+            f"model has num_labels={num}; build the classifier with num_labels={len(distinct)} "
+            "(and label2id)."
+        )
     return {n: i for i, n in enumerate(distinct)}, tuple(distinct)
 
 
@@ -486,8 +533,13 @@ def _sentences(texts: Mapping[str, list[str]], where: str) -> dict[str, list[str
 
 # ---------------------------------------------------------------------- open_data
 # What each task reads (files.data_kind looks for nothing else).
-_READS = {"auto": files.KINDS, "image-classification": ("images",), "text-classification": ("table",),
-          "causal-lm": ("table", "text"), "embedding": ("table", "text")}
+_READS = {
+    "auto": files.KINDS,
+    "image-classification": ("images",),
+    "text-classification": ("table",),
+    "causal-lm": ("table", "text"),
+    "embedding": ("table", "text"),
+}
 
 
 def _infer_task(spec: DataSpec, kind: str, table: files.Table | None, model: nn.Module) -> str:
@@ -503,13 +555,16 @@ def _infer_task(spec: DataSpec, kind: str, table: files.Table | None, model: nn.
     if table is not None and mk == "text_classification":  # a classifier and a table: the label column is missing
         files.require_column(table, spec.label_column, field="label_column")
     labels = "" if table is None else f" (no {spec.label_column!r} column for text classification)"
-    raise NetslimError(f"data {spec.path!r}: text without labels{labels} scores a causal LM (perplexity) or an encoder "
-                       f"(embedding fidelity); got {_KIND_WORDS[mk]} ({type(model).__name__}). Give a *ForCausalLM or "
-                       "an encoder, or a table with a label column.")
+    raise NetslimError(
+        f"data {spec.path!r}: text without labels{labels} scores a causal LM (perplexity) or an encoder "
+        f"(embedding fidelity); got {_KIND_WORDS[mk]} ({type(model).__name__}). Give a *ForCausalLM or "
+        "an encoder, or a table with a label column."
+    )
 
 
-def open_data(spec: DataSpec, model: nn.Module, *, source: str | None = None,
-              reference: Callable[[], nn.Module] | None = None) -> Task:
+def open_data(
+    spec: DataSpec, model: nn.Module, *, source: str | None = None, reference: Callable[[], nn.Module] | None = None
+) -> Task:
     """The task for ``spec`` and ``model`` (module docstring); its ``spec`` is the resolved one.
 
     ``source``: where the tokenizer / image processor come from (a Hugging Face model
@@ -549,5 +604,3 @@ def open_data(spec: DataSpec, model: nn.Module, *, source: str | None = None,
         snapshot = copy.deepcopy(model).eval()
         reference = lambda: snapshot  # noqa: E731
     return TextFilesEmbeddingTask(tokenizer, _sentences(texts, spec.path), spec=spec, reference=reference)
-
-

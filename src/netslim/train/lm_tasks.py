@@ -17,6 +17,7 @@ does for a user's files.
 Importing this module registers both datasets and imports no transformers: tokenizers and
 reference models are loaded by the constructors and on first use.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,13 @@ from netslim.core.errors import bad_param, unknown_name
 from netslim.core.hooks import eval_mode
 from netslim.train.tasks import Task, _device_of, register_task
 
-_SPLITS = {"train": "calibration", "calibration": "calibration", "val": "validation", "validation": "validation",
-           "test": "test"}
+_SPLITS = {
+    "train": "calibration",
+    "calibration": "calibration",
+    "val": "validation",
+    "validation": "validation",
+    "test": "test",
+}
 
 
 def _corpus_split(split: str) -> str:
@@ -64,8 +70,9 @@ def _logits(out: Any) -> torch.Tensor:
 
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int, fixed: bool = False) -> dict[str, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` (B, T): T = ``max_length`` if ``fixed``, else the longest."""
-    enc = tokenizer(texts, padding="max_length" if fixed else True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
+    enc = tokenizer(
+        texts, padding="max_length" if fixed else True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
@@ -84,8 +91,17 @@ class CausalLMTask(Task):
     metric = "perplexity"
     higher_is_better = False
 
-    def __init__(self, model_name: str = "smollm2", seq_len: int = 512, limit: int | None = None, seed: int = 0,
-                 eval_batch_size: int = 4, root: str | None = None, *, tokenizer: Any = None):
+    def __init__(
+        self,
+        model_name: str = "smollm2",
+        seq_len: int = 512,
+        limit: int | None = None,
+        seed: int = 0,
+        eval_batch_size: int = 4,
+        root: str | None = None,
+        *,
+        tokenizer: Any = None,
+    ):
         owner = "CausalLMTask"
         _positive(owner, "limit", limit, allow_none=True)
         _positive(owner, "eval_batch_size", eval_batch_size)
@@ -109,8 +125,9 @@ class CausalLMTask(Task):
         corpus = _corpus_split(split)
         if corpus not in self._blocks:
             what, fix = self._too_short(corpus)
-            self._blocks[corpus] = token_blocks(self.tokenizer, self.documents(corpus), seq_len=self.seq_len,
-                                                num_blocks=self.limit, what=what, fix=fix)
+            self._blocks[corpus] = token_blocks(
+                self.tokenizer, self.documents(corpus), seq_len=self.seq_len, num_blocks=self.limit, what=what, fix=fix
+            )
         return self._blocks[corpus]
 
     def _too_short(self, corpus: str) -> tuple[str, str]:
@@ -144,12 +161,11 @@ class CausalLMTask(Task):
         total, count = 0.0, 0
         with eval_mode(model):
             for i in range(0, len(x), self.eval_batch_size):
-                ids = x[i : i + self.eval_batch_size].to(dev)                       # (B, L)
-                logits = self.forward(model, ids)[:, :-1].float().flatten(0, 1)      # (B * (L-1), V)
+                ids = x[i : i + self.eval_batch_size].to(dev)  # (B, L)
+                logits = self.forward(model, ids)[:, :-1].float().flatten(0, 1)  # (B * (L-1), V)
                 target = ids[:, 1:].flatten()
                 for j in range(0, len(target), CE_CHUNK):  # log-softmax a chunk at a time: not a 2nd logits copy
-                    total += F.cross_entropy(logits[j : j + CE_CHUNK], target[j : j + CE_CHUNK],
-                                             reduction="sum").item()
+                    total += F.cross_entropy(logits[j : j + CE_CHUNK], target[j : j + CE_CHUNK], reduction="sum").item()
                 count += ids[:, 1:].numel()
         return total, count
 
@@ -215,9 +231,18 @@ class EmbeddingTask(Task):
     metric = "fidelity"
     higher_is_better = True
 
-    def __init__(self, model_name: str = "minilm", max_length: int = 128, limit: int | None = 2000, seed: int = 0,
-                 eval_batch_size: int = 64, root: str | None = None, *, tokenizer: Any = None,
-                 reference: Callable[[], nn.Module] | None = None):
+    def __init__(
+        self,
+        model_name: str = "minilm",
+        max_length: int = 128,
+        limit: int | None = 2000,
+        seed: int = 0,
+        eval_batch_size: int = 64,
+        root: str | None = None,
+        *,
+        tokenizer: Any = None,
+        reference: Callable[[], nn.Module] | None = None,
+    ):
         owner = "EmbeddingTask"
         _positive(owner, "max_length", max_length)
         _positive(owner, "limit", limit, allow_none=True)
@@ -292,8 +317,8 @@ class EmbeddingTask(Task):
 
     def loss(self, model: nn.Module, batch: tuple[dict[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         inputs, target = batch
-        emb = self.forward(model, inputs)                                   # (B, H), unit norm
-        return (1 - (emb * target.to(emb.device)).sum(-1)).mean()           # 1 - cosine
+        emb = self.forward(model, inputs)  # (B, H), unit norm
+        return (1 - (emb * target.to(emb.device)).sum(-1)).mean()  # 1 - cosine
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised sentence embeddings (B, H)."""
@@ -304,7 +329,7 @@ class EmbeddingTask(Task):
 
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         ref = self.reference_embeddings(split)
-        cos = (self.embed(model, self.sentences(split)) * ref).sum(-1)      # (N,)
+        cos = (self.embed(model, self.sentences(split)) * ref).sum(-1)  # (N,)
         fidelity = cos.mean().item()
         return {"fidelity": fidelity, "loss": 1 - fidelity}
 
@@ -320,8 +345,7 @@ class EmbeddingTask(Task):
         return self.encode([texts[i] for i in idx.tolist()], fixed=True)  # (n, max_length) each
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "model_name": self.model_name, "max_length": self.max_length,
-                "limit": self.limit}
+        return {**super().describe(), "model_name": self.model_name, "max_length": self.max_length, "limit": self.limit}
 
 
 register_task("pydocs", CausalLMTask)

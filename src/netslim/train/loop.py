@@ -5,6 +5,7 @@ Schedules of later methods (gradual pruning, RigL updates, QAT freezing) hook in
 Under ``torch.distributed`` (e.g. ``torchrun``) the same loop trains data-parallel:
 see :mod:`netslim.train.parallel`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -95,8 +96,8 @@ class TrainingStep(MethodConfig):
     """
 
     training_key: ClassVar[str] = "finetune"  # where the old flat training options moved
-    min_epochs: ClassVar[int] = 0             # of that run; >= 1 where the work happens while training
-    renamed: ClassVar[dict[str, str]] = {}    # old field name -> new one
+    min_epochs: ClassVar[int] = 0  # of that run; >= 1 where the work happens while training
+    renamed: ClassVar[dict[str, str]] = {}  # old field name -> new one
 
     @model_validator(mode="before")
     @classmethod
@@ -109,8 +110,10 @@ class TrainingStep(MethodConfig):
         flat = [k for k in data if k in TRAINING_OPTIONS and k not in cls.model_fields]
         if flat:
             new = "schedule" if flat[0] == "lr_schedule" else flat[0]
-            raise ValueError(f"'{flat[0]}' is a training option: set it under '{cls.training_key}:' "
-                             f"({cls.training_key}: {{{new}: ...}})")
+            raise ValueError(
+                f"'{flat[0]}' is a training option: set it under '{cls.training_key}:' "
+                f"({cls.training_key}: {{{new}: ...}})"
+            )
         merged = dict(data)
         for name, info in cls.model_fields.items():
             default = info.get_default(call_default_factory=True)
@@ -122,8 +125,9 @@ class TrainingStep(MethodConfig):
     def _enough_epochs(self):
         value = getattr(self, self.training_key, None)
         if isinstance(value, FinetuneConfig) and value.epochs < self.min_epochs:
-            raise ValueError(f"'{self.training_key}.epochs' must be >= {self.min_epochs}: {self.method} does its "
-                             "work while training")
+            raise ValueError(
+                f"'{self.training_key}.epochs' must be >= {self.min_epochs}: {self.method} does its work while training"
+            )
         return self
 
 
@@ -148,7 +152,9 @@ class Callback:
 
     def on_train_begin(self, state: TrainState) -> None: ...
     def on_step_begin(self, state: TrainState) -> None: ...
-    def extra_loss(self, state: TrainState) -> torch.Tensor | None: return None
+    def extra_loss(self, state: TrainState) -> torch.Tensor | None:
+        return None
+
     def on_after_backward(self, state: TrainState) -> None: ...
     def on_step_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
@@ -250,8 +256,12 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
             for cb in callbacks:
                 cb.on_step_end(state)
         metrics = par.evaluate(task, cfg.eval_split)  # rank 0's, on every rank
-        entry = {"epoch": state.epoch + 1, "step": state.step, "train_loss": loss_sum / max(n, 1),
-                 **{f"{cfg.eval_split}_{k}": v for k, v in metrics.items()}}
+        entry = {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_loss": loss_sum / max(n, 1),
+            **{f"{cfg.eval_split}_{k}": v for k, v in metrics.items()},
+        }
         state.history.append(entry)
         log.info("epoch %d: %s", state.epoch + 1, entry)
         value = metrics[task.metric]
@@ -267,6 +277,11 @@ def fit(model: nn.Module, task: Task, cfg: TrainConfig, callbacks: Sequence[Call
         model.load_state_dict(best_state)
     par.finish()  # rank 0's buffers everywhere; every rank checked to hold the same weights
     model.eval()
-    summary = {"steps": state.step, "epochs": state.epoch, "seconds": time.perf_counter() - started,
-               "best_" + task.metric: best_metric, "history": state.history}
+    summary = {
+        "steps": state.step,
+        "epochs": state.epoch,
+        "seconds": time.perf_counter() - started,
+        "best_" + task.metric: best_metric,
+        "history": state.history,
+    }
     return summary | ({"processes": par.size} if par.active else {})

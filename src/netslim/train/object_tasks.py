@@ -10,6 +10,7 @@ classification pieces that tasks on a user's files share (:mod:`netslim.train.fi
 * :func:`model_kind`: what a model is (causal LM, classifier, encoder, plain module), from its
   class and config alone.
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,16 +49,19 @@ def model_kind(model: nn.Module) -> str:
     if not isinstance(model, PreTrainedModel):
         return "module"
     name = parametrize.type_before_parametrizations(model).__name__
-    for suffixes, kind in ((("ForCausalLM", "LMHeadModel"), "causal_lm"),
-                           (("ForSequenceClassification",), "text_classification"),
-                           (("ForImageClassification",), "image_classification")):
+    for suffixes, kind in (
+        (("ForCausalLM", "LMHeadModel"), "causal_lm"),
+        (("ForSequenceClassification",), "text_classification"),
+        (("ForImageClassification",), "image_classification"),
+    ):
         if name.endswith(suffixes):
             return kind
     if name.endswith("ForMaskedLM"):  # an encoder with its MLM head: fidelity of its last hidden states
         return "embedding"
     # A bare text encoder (or decoder) embeds; a vision or encoder-decoder base model does not.
-    other = getattr(model.config, "is_encoder_decoder", False) or \
-        any(hasattr(model.config, a) for a in ("num_channels", "image_size"))
+    other = getattr(model.config, "is_encoder_decoder", False) or any(
+        hasattr(model.config, a) for a in ("num_channels", "image_size")
+    )
     return "embedding" if name.endswith("Model") and not other else "module"
 
 
@@ -97,8 +101,10 @@ class ClassifierTask(Task):
 
     def _need_labels(self) -> None:
         if not self.labelled:
-            raise NetslimError("This data has inputs but no labels: training and evaluation need labels; pass "
-                               "(X, y), a DataLoader of (x, y) batches, or a data path.")
+            raise NetslimError(
+                "This data has inputs but no labels: training and evaluation need labels; pass "
+                "(X, y), a DataLoader of (x, y) batches, or a data path."
+            )
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """Class logits (B, K)."""
@@ -118,7 +124,7 @@ class ClassifierTask(Task):
         correct, count, loss_sum = 0, 0, 0.0
         with eval_mode(model):
             for inputs, y in self._eval_batches(files.SPLIT_NAMES[split]):
-                out = self.forward(model, inputs).float()            # (B, K)
+                out = self.forward(model, inputs).float()  # (B, K)
                 y = y.to(out.device)
                 loss_sum += F.cross_entropy(out, y, reduction="sum").item()
                 correct += (out.argmax(-1) == y).sum().item()
@@ -132,8 +138,15 @@ class TensorClassificationTask(ClassifierTask):
     """Inputs held in memory per split (a tensor, or a dict of tensors sharing the first dim) and
     int64 labels (None: inputs only, for calibration). ``splits[split] = (inputs, labels)``."""
 
-    def __init__(self, splits: Mapping[str, tuple[Any, torch.Tensor | None]], *, seed: int = 0,
-                 spec: DataSpec | None = None, classes: tuple[str, ...] = (), eval_batch_size: int = 256):
+    def __init__(
+        self,
+        splits: Mapping[str, tuple[Any, torch.Tensor | None]],
+        *,
+        seed: int = 0,
+        spec: DataSpec | None = None,
+        classes: tuple[str, ...] = (),
+        eval_batch_size: int = 256,
+    ):
         self.splits, self.seed, self.spec, self.classes = dict(splits), seed, spec, tuple(classes)
         self.eval_batch_size = eval_batch_size
         self.labelled = all(y is not None for _, y in self.splits.values())
@@ -177,9 +190,10 @@ def _split_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
         return batch[0], (batch[1] if len(batch) == 2 else None)
     if isinstance(batch, torch.Tensor):
         return batch, None
-    raise NetslimError(f"DataLoader batches must be (x, y), x, or a dict of tensors (optional 'labels'); "
-                       f"got {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list))
-                                                        else "") + ".")
+    raise NetslimError(
+        f"DataLoader batches must be (x, y), x, or a dict of tensors (optional 'labels'); "
+        f"got {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "") + "."
+    )
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -188,8 +202,10 @@ def _concat(parts: list[Any]) -> Any:
     shapes = {k: {tuple(p[k].shape[1:]) for p in parts} for k in parts[0]}
     for k, s in shapes.items():
         if len(s) > 1:
-            raise NetslimError(f"DataLoader batches differ in the shape of {k!r} ({', '.join(map(str, sorted(s)))}); "
-                               "pad every batch to one length (padding='max_length') to draw calibration inputs.")
+            raise NetslimError(
+                f"DataLoader batches differ in the shape of {k!r} ({', '.join(map(str, sorted(s)))}); "
+                "pad every batch to one length (padding='max_length') to draw calibration inputs."
+            )
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -261,18 +277,29 @@ def task_from_object(obj: Any, model: nn.Module) -> Task:
         x, y = obj
         n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
         if y.ndim != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or len(y) != n:
-            raise NetslimError(f"data (X, y): y must be a 1-D integer tensor of {n} class ids; got {y.dtype} of "
-                               f"shape {tuple(y.shape)}.")
+            raise NetslimError(
+                f"data (X, y): y must be a 1-D integer tensor of {n} class ids; got {y.dtype} of "
+                f"shape {tuple(y.shape)}."
+            )
         num = getattr(getattr(model, "config", None), "num_labels", None)
-        if num is not None and model_kind(model).endswith("classification") and len(y) \
-                and not 0 <= y.min() <= y.max() < num:
-            raise NetslimError(f"data (X, y): labels span [{int(y.min())}, {int(y.max())}]; the model has "
-                               f"num_labels={num}: labels must lie in [0, {num}).")
+        if (
+            num is not None
+            and model_kind(model).endswith("classification")
+            and len(y)
+            and not 0 <= y.min() <= y.max() < num
+        ):
+            raise NetslimError(
+                f"data (X, y): labels span [{int(y.min())}, {int(y.max())}]; the model has "
+                f"num_labels={num}: labels must lie in [0, {num})."
+            )
         return TensorClassificationTask(dict.fromkeys(SPLITS, (x, y.long())))
-    if isinstance(obj, torch.Tensor) or (isinstance(obj, Mapping) and obj
-                                         and all(isinstance(v, torch.Tensor) for v in obj.values())):
+    if isinstance(obj, torch.Tensor) or (
+        isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         if isinstance(obj, Mapping) and "labels" in obj:
             return task_from_object(({k: v for k, v in obj.items() if k != "labels"}, obj["labels"]), model)
         return TensorClassificationTask(dict.fromkeys(SPLITS, (obj, None)))
-    raise NetslimError(f"data: expected a path, a DataLoader, (X, y) tensors, a tensor X, a dict of tensors or a "
-                       f"Task; got {type(obj).__name__}.")
+    raise NetslimError(
+        f"data: expected a path, a DataLoader, (X, y) tensors, a tensor X, a dict of tensors or a "
+        f"Task; got {type(obj).__name__}."
+    )

@@ -23,6 +23,7 @@ differently when a process group with more than one rank is initialised (``torch
 The loss a step reports is the mean over the ranks. Random draws inside training (dropout,
 L0 gate noise) use the same seed on every rank.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -56,8 +57,10 @@ def check_batch_size(batch_size: int, size: int, where: str = "batch_size") -> N
     if size > 1 and batch_size % size:
         lower = batch_size // size * size
         fix = f"{lower} or {lower + size}" if lower else f"{size}"
-        raise NetslimError(f"{where} {batch_size} must be a multiple of the number of processes ({size}): every "
-                           f"rank trains on an equal share of each batch; use {fix}, or another --nproc-per-node.")
+        raise NetslimError(
+            f"{where} {batch_size} must be a multiple of the number of processes ({size}): every "
+            f"rank trains on an equal share of each batch; use {fix}, or another --nproc-per-node."
+        )
 
 
 class DataParallel:
@@ -98,8 +101,13 @@ class DataParallel:
         # spells it forward_sync_buffers, older versions broadcast_buffers.
         known = inspect.signature(DistributedDataParallel.__init__).parameters
         no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": False}
-        return DistributedDataParallel(self.model, device_ids=[dev] if dev.type == "cuda" else None,
-                                       process_group=distributed.group_for(dev), static_graph=True, **no_sync)
+        return DistributedDataParallel(
+            self.model,
+            device_ids=[dev] if dev.type == "cuda" else None,
+            process_group=distributed.group_for(dev),
+            static_graph=True,
+            **no_sync,
+        )
 
     def shard(self, batch: Any) -> Any:
         return distributed.shard_batch(batch) if self.active else batch
@@ -125,6 +133,10 @@ class DataParallel:
 def _structure(model: nn.Module) -> tuple:
     """What DDP's bookkeeping depends on: the trainable parameters and the parametrizations."""
     params = tuple(id(p) for p in model.parameters() if p.requires_grad)
-    chains = tuple((name, key, len(plist)) for name, m in model.named_modules() if parametrize.is_parametrized(m)
-                   for key, plist in m.parametrizations.items())
+    chains = tuple(
+        (name, key, len(plist))
+        for name, m in model.named_modules()
+        if parametrize.is_parametrized(m)
+        for key, plist in m.parametrizations.items()
+    )
     return params, chains

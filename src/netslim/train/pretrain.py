@@ -3,6 +3,7 @@
 ``netslim train NAME`` and the benchmarks both use :func:`train_baseline`, so the
 checkpoint the demo compresses is the one BENCHMARKS.md describes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,16 +25,19 @@ from netslim.train.tasks import get_task
 DEFAULT_TRAINING: dict[str, dict] = {
     "lenet300": {"epochs": 20, "lr": 0.05, "batch_size": 128, "weight_decay": 1e-4},
     "lenet5": {"epochs": 10, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4},
-    "resnet20": {"epochs": 15, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16",
-                 "warmup_epochs": 1},
-    "mobilenetv2": {"epochs": 3, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16",
-                    "warmup_epochs": 1},
-    "vgg11bn": {"epochs": 5, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16",
-                "warmup_epochs": 1},
+    "resnet20": {"epochs": 15, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16", "warmup_epochs": 1},
+    "mobilenetv2": {"epochs": 3, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16", "warmup_epochs": 1},
+    "vgg11bn": {"epochs": 5, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "amp": "bf16", "warmup_epochs": 1},
     # The usual BERT fine-tuning setting (AdamW 5e-5, 10 % warm-up then cosine) on docs-sections'
     # 24.5k training paragraphs; the best validation epoch is kept.
-    "minilm-docs": {"epochs": 3, "lr": 5e-5, "batch_size": 32, "weight_decay": 0.01, "optimizer": "adamw",
-                    "warmup_epochs": 0.1},
+    "minilm-docs": {
+        "epochs": 3,
+        "lr": 5e-5,
+        "batch_size": 32,
+        "weight_decay": 0.01,
+        "optimizer": "adamw",
+        "warmup_epochs": 0.1,
+    },
 }
 # Random crop + flip: helps the conv nets, hurts nothing; the MLP trains on plain images.
 AUGMENT = {"lenet300": False, "lenet5": False, "resnet20": True, "mobilenetv2": True, "vgg11bn": True}

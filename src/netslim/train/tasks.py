@@ -9,6 +9,7 @@ a CNN classifier, a causal LM or a sentence encoder:
 * ``calibration_inputs(n)`` for observers and one-shot methods;
 * ``example_inputs(batch_size)`` for MACs and latency.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,15 @@ class ImageClassification(Task):
 
     metric = "accuracy"
 
-    def __init__(self, name: str = "fashion-mnist", val_size: int = 5000, seed: int = 0,
-                 augment: bool = False, limit: int | None = None, eval_batch_size: int = 1000):
+    def __init__(
+        self,
+        name: str = "fashion-mnist",
+        val_size: int = 5000,
+        seed: int = 0,
+        augment: bool = False,
+        limit: int | None = None,
+        eval_batch_size: int = 1000,
+    ):
         from netslim.data import fashion_mnist as fm
 
         self.name, self.seed, self.augment = name, seed, augment
@@ -119,8 +127,11 @@ class ImageClassification(Task):
         return {"accuracy": correct / len(x), "loss": loss_sum / len(x)}
 
     def example_inputs(self, batch_size: int) -> torch.Tensor:
-        return self.splits["test"][0][:batch_size].clone() if batch_size <= len(self.splits["test"][0]) \
+        return (
+            self.splits["test"][0][:batch_size].clone()
+            if batch_size <= len(self.splits["test"][0])
             else torch.randn(batch_size, 1, 28, 28)
+        )
 
     def calibration_inputs(self, num_samples: int, seed: int = 0) -> torch.Tensor:
         from netslim.data.calibration import take_samples

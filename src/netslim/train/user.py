@@ -14,6 +14,7 @@ trains on the given data with stated defaults, overridable:
 The weights with the best validation metric are kept; the artifact records the data spec
 (path, task, columns, split rule, content hash), so ``netslim eval`` re-scores the same data.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,14 @@ import torch
 
 from netslim.core.serialize import save
 
-HF_DEFAULTS = {"optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.01, "epochs": 3, "batch_size": 32,
-               "warmup_epochs": 0.1}
+HF_DEFAULTS = {
+    "optimizer": "adamw",
+    "lr": 5e-5,
+    "weight_decay": 0.01,
+    "epochs": 3,
+    "batch_size": 32,
+    "warmup_epochs": 0.1,
+}
 MODULE_DEFAULTS = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "epochs": 10, "batch_size": 128}
 
 
@@ -43,8 +50,17 @@ def default_out(name: str) -> Path:
     return Path("runs") / "train" / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") + ".safetensors")
 
 
-def train_model(ref: Any, *, data: Any = None, weights=None, out: str | Path | None = None, seed: int = 0,
-                limit: int | None = None, skip_existing: bool = False, **overrides: Any) -> str:
+def train_model(
+    ref: Any,
+    *,
+    data: Any = None,
+    weights=None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    skip_existing: bool = False,
+    **overrides: Any,
+) -> str:
     """Train ``ref`` (anything ``--model`` accepts) and save it; returns a one-line summary."""
     from netslim.models import model_names
     from netslim.models.sources import open_model
@@ -56,8 +72,9 @@ def train_model(ref: Any, *, data: Any = None, weights=None, out: str | Path | N
         return _train_zoo(ref, out=out, seed=seed, limit=limit, skip_existing=skip_existing, **overrides)
     opened = open_model(ref, weights=weights)
     task = resolve_task(opened, data=data, options={"limit": limit})
-    cfg = TrainConfig(**{**(HF_DEFAULTS if _is_transformers(opened.model) else MODULE_DEFAULTS),
-                         **overrides, "seed": seed})
+    cfg = TrainConfig(
+        **{**(HF_DEFAULTS if _is_transformers(opened.model) else MODULE_DEFAULTS), **overrides, "seed": seed}
+    )
     path = Path(out) if out is not None else default_out(opened.name)
     if skip_existing and path.is_file():
         return f"exists: {path}"
@@ -65,9 +82,11 @@ def train_model(ref: Any, *, data: Any = None, weights=None, out: str | Path | N
     summary = fit(opened.model, task, cfg)
     save(opened.model, path, {**run_info(opened, task), "train": cfg.to_dict()})
     test = task.evaluate(opened.model, "test")
-    return (f"trained {opened.name}: {summary['epochs']} epochs in {summary['seconds']:.0f} s "
-            f"({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}); test {task.metric} {test[task.metric]:.4f}; "
-            f"saved {path}")
+    return (
+        f"trained {opened.name}: {summary['epochs']} epochs in {summary['seconds']:.0f} s "
+        f"({cfg.optimizer}, lr {cfg.lr:g}, batch {cfg.batch_size}); test {task.metric} {test[task.metric]:.4f}; "
+        f"saved {path}"
+    )
 
 
 def _train_zoo(name: str, *, out, seed: int, limit: int | None, skip_existing: bool, **overrides: Any) -> str:
@@ -83,5 +102,7 @@ def _train_zoo(name: str, *, out, seed: int, limit: int | None, skip_existing: b
     net, summary = train_baseline(name, task=task, seed=seed, **overrides)
     save(net, path, {"model": name, "dataset": entry.dataset})
     test = task.evaluate(net, "test")
-    return (f"trained {name}: {summary['epochs']} epochs in {summary['seconds']:.0f} s; "
-            f"test {task.metric} {test[task.metric]:.4f}; saved {path}")
+    return (
+        f"trained {name}: {summary['epochs']} epochs in {summary['seconds']:.0f} s; "
+        f"test {task.metric} {test[task.metric]:.4f}; saved {path}"
+    )

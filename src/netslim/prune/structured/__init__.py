@@ -9,6 +9,7 @@
   :func:`drop_layers` [layers]; CNN residual blocks: :func:`drop_residual_blocks` [layers];
 * :func:`prune_width` [width]: the hidden size (residual stream) of a transformer.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -41,8 +42,33 @@ def _replay_records(model: nn.Module, records: list[dict]) -> nn.Module:
 register_plan_replay(_replay_records)
 
 
-__all__ = ["CRITERIA", "ChannelsConfig", "FFNConfig", "HeadsConfig", "LayersConfig", "PrunePlan", "WIDTH_RULES",
-           "WidthConfig", "apply_plan", "plan_width", "prune_width",
-           "block_costs", "block_influence", "choose_keep", "drop_layers", "drop_residual_blocks", "group_scores",
-           "plan_channels", "plan_from_keep", "plan_transformer", "prune_channels", "prune_ffn", "prune_heads",
-           "replay", "residual_block_influence", "residual_blocks", "total_macs", "transformer_graph"]
+__all__ = [
+    "CRITERIA",
+    "ChannelsConfig",
+    "FFNConfig",
+    "HeadsConfig",
+    "LayersConfig",
+    "PrunePlan",
+    "WIDTH_RULES",
+    "WidthConfig",
+    "apply_plan",
+    "plan_width",
+    "prune_width",
+    "block_costs",
+    "block_influence",
+    "choose_keep",
+    "drop_layers",
+    "drop_residual_blocks",
+    "group_scores",
+    "plan_channels",
+    "plan_from_keep",
+    "plan_transformer",
+    "prune_channels",
+    "prune_ffn",
+    "prune_heads",
+    "replay",
+    "residual_block_influence",
+    "residual_blocks",
+    "total_macs",
+    "transformer_graph",
+]

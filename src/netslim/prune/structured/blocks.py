@@ -12,6 +12,7 @@ Depth is the granularity that speeds up small-channel CNNs where width does not:
 convolution at 28x28 runs far below the CPU's peak, and cutting its channels to 8 saves little
 time, while removing the block saves all of it (see BENCHMARKS.md, issue 4).
 """
+
 from __future__ import annotations
 
 import operator
@@ -50,8 +51,9 @@ def _adds_its_input(module: nn.Module) -> bool:
     if len(inputs) != 1:
         return False
     for n in graph.nodes:
-        is_add = ((n.op == "call_function" and n.target in _ADDS)
-                  or (n.op == "call_method" and n.target in ("add", "add_")))
+        is_add = (n.op == "call_function" and n.target in _ADDS) or (
+            n.op == "call_method" and n.target in ("add", "add_")
+        )
         if is_add and any(isinstance(a, fx.Node) and _is_input(a, module, inputs[0]) for a in n.args[:2]):
             return True
     return False
@@ -66,10 +68,14 @@ def residual_blocks(model: nn.Module, example_inputs: Any) -> list[str]:
         def fn(module, args, output):
             if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
                 shapes[name] = (tuple(args[0].shape), tuple(output.shape))
+
         return fn
 
-    hooks = {m: hook(n) for n, m in model.named_modules()
-             if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))}
+    hooks = {
+        m: hook(n)
+        for n, m in model.named_modules()
+        if n and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+    }
     with eval_mode(model, hooks):
         model(example_inputs)
     names = [n for n, (i, o) in shapes.items() if i == o and list(model.get_submodule(n).parameters())]
@@ -91,6 +97,7 @@ def mean_influence(model: nn.Module, blocks: Sequence[nn.Module], batches: Itera
             cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=dim)
             sums[i] += (1 - cos).sum().cpu()
             counts[i] += cos.numel()
+
         return fn
 
     with eval_mode(model, [(blk, hook(i)) for i, blk in enumerate(blocks)], kind="forward_kwargs"):
@@ -118,26 +125,38 @@ def block_costs(model: nn.Module, names: Sequence[str], inputs: Any, repeats: in
     return {n: measure_latency(model.get_submodule(n), seen[n], warmup=3, repeats=repeats).median_ms for n in names}
 
 
-def check_block_choice(model: nn.Module, candidates: Sequence[str], count: int | None = None,
-                       names: Sequence[str] | None = None) -> None:
+def check_block_choice(
+    model: nn.Module, candidates: Sequence[str], count: int | None = None, names: Sequence[str] | None = None
+) -> None:
     """``names`` (distinct residual blocks among ``candidates``) or ``count`` (at most as many as
     there are) can be dropped; raises otherwise."""
     if not candidates:
-        raise NetslimError(f"{type(model).__name__} has no residual block (y = f(x) + x with the input's shape) "
-                           "that can be removed.")
+        raise NetslimError(
+            f"{type(model).__name__} has no residual block (y = f(x) + x with the input's shape) that can be removed."
+        )
     if names is not None:
         bad = [n for n in names if n not in candidates]
         if bad or not names or len(set(names)) != len(names):
             raise bad_param("drop_residual_blocks", "names", f"distinct names among {list(candidates)}", list(names))
     elif not isinstance(count, int) or not 0 < count <= len(candidates):
-        raise bad_param("drop_residual_blocks", "count", f"an int in [1, {len(candidates)}] "
-                        f"(removable blocks: {list(candidates)})", count)
+        raise bad_param(
+            "drop_residual_blocks",
+            "count",
+            f"an int in [1, {len(candidates)}] (removable blocks: {list(candidates)})",
+            count,
+        )
 
 
-def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | None = None, *,
-                         names: Sequence[str] | None = None, batches: Iterable[Any] | None = None,
-                         by: str = "influence", costs: dict[str, float] | None = None,
-                         ) -> tuple[nn.Module, dict[str, Any]]:
+def drop_residual_blocks(
+    model: nn.Module,
+    example_inputs: Any,
+    count: int | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    batches: Iterable[Any] | None = None,
+    by: str = "influence",
+    costs: dict[str, float] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Replace ``count`` residual blocks or the blocks ``names`` by the identity, in place;
     returns ``(model, report)`` with the plan.
 
@@ -164,14 +183,22 @@ def drop_residual_blocks(model: nn.Module, example_inputs: Any, count: int | Non
                 costs = block_costs(model, candidates, first[0] if isinstance(first, (tuple, list)) else first)
             missing = [n for n in candidates if n not in costs]
             if missing:
-                raise bad_param("drop_residual_blocks", "costs", f"a cost in ms for every block of {candidates}",
-                                sorted(costs))
+                raise bad_param(
+                    "drop_residual_blocks", "costs", f"a cost in ms for every block of {candidates}", sorted(costs)
+                )
             score = influence / torch.tensor([max(float(costs[n]), 1e-9) for n in candidates])
         chosen = [candidates[i] for i in sorted(torch.argsort(score)[:count].tolist())]
     before = count_params(model)
     plan = PrunePlan(drop_modules=chosen)
     apply_plan(model, plan, "shrink")
-    return model, {"params_before": before, "params_after": count_params(model), "dropped": chosen,
-                   "candidates": candidates, "plan": plan.to_dict(), "skipped": [],
-                   "influence": None if influence is None else dict(zip(candidates, influence.tolist())),
-                   "by": by, "costs_ms": costs}
+    return model, {
+        "params_before": before,
+        "params_after": count_params(model),
+        "dropped": chosen,
+        "candidates": candidates,
+        "plan": plan.to_dict(),
+        "skipped": [],
+        "influence": None if influence is None else dict(zip(candidates, influence.tolist())),
+        "by": by,
+        "costs_ms": costs,
+    }

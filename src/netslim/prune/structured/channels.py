@@ -4,6 +4,7 @@
 the MACs, found by bisection on the global ratio). Returns the shrunk model (in place) and
 a report with the plan, the groups touched and every module skipped with its reason.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,10 @@ def check_exclude(model: nn.Module, exclude: Iterable[str]) -> None:
     for sel in exclude or ():
         if not any(matches(sel, n, m) for n, m in names):
             sample = ", ".join(n for n, _ in names[:4])
-            raise NetslimError(f"exclude selector {sel!r} matches no module of {type(model).__name__} (module names "
-                               f"look like {sample}, ...; a selector is a name, a glob, 're:' + regex or a type).")
+            raise NetslimError(
+                f"exclude selector {sel!r} matches no module of {type(model).__name__} (module names "
+                f"look like {sample}, ...; a selector is a name, a glob, 're:' + regex or a type)."
+            )
 
 
 def excluded_groups(model: nn.Module, graph: DependencyGraph, exclude: Iterable[str]) -> set[int]:
@@ -65,15 +68,29 @@ def excluded_groups(model: nn.Module, graph: DependencyGraph, exclude: Iterable[
     return out
 
 
-def plan_channels(model: nn.Module, example_inputs: Any, *, ratio: float | None = None,
-                  target_macs: float | None = None, criterion: str = "l2", scope: str = "global",
-                  ratios: Mapping[str, float] | None = None, min_keep_ratio: float = 0.1, round_to: int = 1,
-                  on_empty: str = "clamp", exclude: Iterable[str] = (), batches: Iterable[Any] | None = None,
-                  loss_fn: Callable | None = None, seed: int = 0) -> tuple[PrunePlan, DependencyGraph, dict]:
+def plan_channels(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    criterion: str = "l2",
+    scope: str = "global",
+    ratios: Mapping[str, float] | None = None,
+    min_keep_ratio: float = 0.1,
+    round_to: int = 1,
+    on_empty: str = "clamp",
+    exclude: Iterable[str] = (),
+    batches: Iterable[Any] | None = None,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+) -> tuple[PrunePlan, DependencyGraph, dict]:
     """The prune plan (not applied) for ``model``; see :func:`prune_channels`."""
     if (ratio is None) == (target_macs is None) and not ratios:
-        raise NetslimError("plan_channels: give exactly one of 'ratio' (share of channels removed) "
-                           f"or 'target_macs' (share of MACs kept); got ratio={ratio!r}, target_macs={target_macs!r}.")
+        raise NetslimError(
+            "plan_channels: give exactly one of 'ratio' (share of channels removed) "
+            f"or 'target_macs' (share of MACs kept); got ratio={ratio!r}, target_macs={target_macs!r}."
+        )
     if ratio is not None and not 0 <= ratio < 1:
         raise bad_param("plan_channels", "ratio", "a float in [0, 1)", ratio)
     if target_macs is not None and not 0 < target_macs < 1:
@@ -84,8 +101,18 @@ def plan_channels(model: nn.Module, example_inputs: Any, *, ratio: float | None 
     only = {g.id for g in graph.prunable()} - excluded_groups(model, graph, exclude)
 
     def plan_for(r: float) -> PrunePlan:
-        keep = choose_keep(model, graph, scores, r, scope=scope, ratios=ratios, min_keep_ratio=min_keep_ratio,
-                           round_to=round_to, on_empty=on_empty, only=only)
+        keep = choose_keep(
+            model,
+            graph,
+            scores,
+            r,
+            scope=scope,
+            ratios=ratios,
+            min_keep_ratio=min_keep_ratio,
+            round_to=round_to,
+            on_empty=on_empty,
+            only=only,
+        )
         return plan_from_keep(graph, keep)
 
     info: dict[str, Any] = {}
@@ -93,8 +120,9 @@ def plan_channels(model: nn.Module, example_inputs: Any, *, ratio: float | None 
         plan = plan_for(ratio or 0.0)
     else:
         if ratios:
-            raise NetslimError("plan_channels: 'target_macs' sets one global ratio; it cannot be combined "
-                               "with per-layer 'ratios'.")
+            raise NetslimError(
+                "plan_channels: 'target_macs' sets one global ratio; it cannot be combined with per-layer 'ratios'."
+            )
         layer_macs = macs_per_layer(model, example_inputs)
         base = sum(layer_macs.values())
         lo, hi, plan = 0.0, 0.99, plan_for(0.0)
@@ -124,15 +152,24 @@ def prune_channels(model: nn.Module, example_inputs: Any, **kwargs: Any) -> tupl
     plan, graph, info = plan_channels(model, example_inputs, **kwargs)
     skipped = list(graph.skipped)
     if plan.empty:  # no silent no-op: say which groups were locked or excluded, and why
-        why = nothing_removed(graph, "channels", None, kwargs.get("ratio") or 0.0,
-                              excluded_groups(model, graph, kwargs.get("exclude", ())))
+        why = nothing_removed(
+            graph,
+            "channels",
+            None,
+            kwargs.get("ratio") or 0.0,
+            excluded_groups(model, graph, kwargs.get("exclude", ())),
+        )
         report_empty(why, kwargs.get("on_empty", "clamp"), "channels")
         skipped += why
     apply_plan(model, plan, "shrink")
     report = {
-        **info, "params_before": params_before, "params_after": count_params(model),
-        "macs_after": total_macs(model, example_inputs), "groups": plan.groups,
+        **info,
+        "params_before": params_before,
+        "params_after": count_params(model),
+        "macs_after": total_macs(model, example_inputs),
+        "groups": plan.groups,
         "locked": [{"group": g.name, "reason": g.locked} for g in graph.groups if not g.prunable],
-        "skipped": skipped, "plan": plan.to_dict(),
+        "skipped": skipped,
+        "plan": plan.to_dict(),
     }
     return model, report

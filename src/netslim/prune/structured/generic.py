@@ -10,6 +10,7 @@ updating the counts the module keeps, when it keeps any) gives what zeroing it g
 :func:`nothing_removed` says why a structured step removed nothing — the locked groups and
 their reasons, the ratio that rounds to zero, the exclusions — so no step is a silent no-op.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,9 @@ def is_hf(model: nn.Module) -> bool:
 def example_inputs_for(model: nn.Module) -> Any:
     """One small batch a Hugging Face model accepts (random token ids or pixels), for tracing."""
     if not is_hf(model):
-        raise NetslimError(f"Structured pruning of a {type(model).__name__} needs example inputs (one batch) "
-                           "to trace it.")
+        raise NetslimError(
+            f"Structured pruning of a {type(model).__name__} needs example inputs (one batch) to trace it."
+        )
     cfg = model.config
     name = getattr(model, "main_input_name", "input_ids")
     g = torch.Generator().manual_seed(0)
@@ -73,8 +75,10 @@ def _first_tensor(y: Any) -> torch.Tensor | None:
 
 def _relative(plan: PrunePlan, owner: str) -> PrunePlan:
     cut = len(owner) + 1 if owner else 0
-    return PrunePlan([{**e, "module": e["module"][cut:]} for e in plan.entries],
-                     attrs=[{**a, "module": a["module"][cut:]} for a in plan.attrs])
+    return PrunePlan(
+        [{**e, "module": e["module"][cut:]} for e in plan.entries],
+        attrs=[{**a, "module": a["module"][cut:]} for a in plan.attrs],
+    )
 
 
 @torch.no_grad()
@@ -114,7 +118,7 @@ def verify_heads(model: nn.Module, graph: DependencyGraph) -> None:
             g.locked = "no forward call of its attention module was seen"
         else:
             reason = None
-            for attrs in ([g.attrs, []] if g.attrs else [[]]):
+            for attrs in [g.attrs, []] if g.attrs else [[]]:
                 reason = _removal_equals_zeroing(model, graph, g, attrs)
                 if reason is None:
                     g.attrs = attrs
@@ -124,8 +128,9 @@ def verify_heads(model: nn.Module, graph: DependencyGraph) -> None:
             graph.skipped.append({"name": g.name, "reason": f"attention heads kept: {g.locked}"})
 
 
-def nothing_removed(graph: DependencyGraph, what: str, kinds: tuple[str, ...] | None, ratio: float,
-                    excluded: set[int]) -> list[dict[str, str]]:
+def nothing_removed(
+    graph: DependencyGraph, what: str, kinds: tuple[str, ...] | None, ratio: float, excluded: set[int]
+) -> list[dict[str, str]]:
     """Why a step that should remove ``what`` removed nothing: ``skipped`` entries."""
     mine = [g for g in graph.groups if kinds is None or g.kind in kinds]
     free = [g for g in mine if g.prunable and g.id not in excluded]
@@ -137,8 +142,13 @@ def nothing_removed(graph: DependencyGraph, what: str, kinds: tuple[str, ...] | 
     if free:
         sizes = "/".join(str(s) for s in sorted({g.size for g in free}))
         unit = {("head",): "head", ("neuron",): "neuron"}.get(kinds or (), "channel" if what == "channels" else "unit")
-        return [{"name": "(model)", "reason": f"{what}: ratio {ratio:.3g} removes no {unit}: groups have {sizes} "
-                                              f"{unit}s, too few for that share; raise the ratio"}]
+        return [
+            {
+                "name": "(model)",
+                "reason": f"{what}: ratio {ratio:.3g} removes no {unit}: groups have {sizes} "
+                f"{unit}s, too few for that share; raise the ratio",
+            }
+        ]
     out = []
     if excluded:
         out.append({"name": "(model)", "reason": f"{what}: 'exclude' covers {len(excluded)} group(s)"})

@@ -23,6 +23,7 @@ When every block ends with the same count, the model config is updated
 result also reloads with ``from_pretrained``; otherwise ``netslim.load`` rebuilds the
 per-block shapes from the changed-module specs it stores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,9 @@ def _llama_attention(b: GraphBuilder, name: str, m: nn.Module) -> None:
     _add_linear(b, f"{name}.o_proj", m.o_proj, False, (Segment(s, n_kv, rep * hd),))
 
 
-def _ffn(b: GraphBuilder, name: str, rows: list[tuple[str, nn.Module]], cols: list[tuple[str, nn.Module]],
-         size: int) -> None:
+def _ffn(
+    b: GraphBuilder, name: str, rows: list[tuple[str, nn.Module]], cols: list[tuple[str, nn.Module]], size: int
+) -> None:
     s = b.space(size, name, "neuron")
     lay = (Segment(s, size),)
     for n, m in rows:
@@ -131,20 +133,31 @@ def transformer_graph(model: nn.Module, kinds: tuple[str, ...] = ("head", "neuro
         elif all(hasattr(m, p) for p in ("gate_proj", "up_proj", "down_proj")) and isinstance(m.up_proj, nn.Linear):
             found = True
             if "neuron" in kinds:
-                _ffn(b, name, [(f"{name}.gate_proj", m.gate_proj), (f"{name}.up_proj", m.up_proj)],
-                     [(f"{name}.down_proj", m.down_proj)], m.up_proj.out_features)
+                _ffn(
+                    b,
+                    name,
+                    [(f"{name}.gate_proj", m.gate_proj), (f"{name}.up_proj", m.up_proj)],
+                    [(f"{name}.down_proj", m.down_proj)],
+                    m.up_proj.out_features,
+                )
         elif hasattr(m, "intermediate") and hasattr(m, "output") and hasattr(m.intermediate, "dense"):
             found = True
             if "neuron" in kinds:
-                _ffn(b, f"{name}.intermediate", [(f"{name}.intermediate.dense", m.intermediate.dense)],
-                     [(f"{name}.output.dense", m.output.dense)], m.intermediate.dense.out_features)
+                _ffn(
+                    b,
+                    f"{name}.intermediate",
+                    [(f"{name}.intermediate.dense", m.intermediate.dense)],
+                    [(f"{name}.output.dense", m.output.dense)],
+                    m.intermediate.dense.out_features,
+                )
         elif cls == "GPT2MLP":
             found = True
             if "neuron" in kinds:
                 _gpt2_mlp(b, name, m)
     if not found:
-        b.skip(type(model).__name__, f"no attention/FFN structure netslim knows in model_type "
-                                     f"{model.config.model_type!r}")
+        b.skip(
+            type(model).__name__, f"no attention/FFN structure netslim knows in model_type {model.config.model_type!r}"
+        )
     return b.build("hf")
 
 
@@ -165,8 +178,10 @@ def hf_fixups(model: nn.Module, graph: DependencyGraph, keep: dict[int, torch.Te
         if g.kind == "head" and g.id in keep and graph.kind == "hf":  # the generic graph finds its own attrs
             m = model.get_submodule(g.name)
             if hasattr(m, "attention_head_size"):  # BERT: informative attributes, not used by forward
-                attrs += [{"module": g.name, "attr": "num_attention_heads", "value": n},
-                          {"module": g.name, "attr": "all_head_size", "value": n * m.attention_head_size}]
+                attrs += [
+                    {"module": g.name, "attr": "num_attention_heads", "value": n},
+                    {"module": g.name, "attr": "all_head_size", "value": n * m.attention_head_size},
+                ]
 
     cfg = model.config
     heads, neurons = _uniform(counts["head"]), _uniform(counts["neuron"])
@@ -216,5 +231,7 @@ def block_list(model: nn.Module) -> tuple[nn.ModuleList, nn.Module, str]:
             return blocks, owner, attr
     from netslim.core.errors import NetslimError
 
-    raise NetslimError(f"Cannot find the block list of a {type(model).__name__} (looked for model.layers, "
-                       "encoder.layer, transformer.h).")
+    raise NetslimError(
+        f"Cannot find the block list of a {type(model).__name__} (looked for model.layers, "
+        "encoder.layer, transformer.h)."
+    )

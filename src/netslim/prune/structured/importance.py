@@ -18,6 +18,7 @@
 Scores are aggregated by summing over slots; globally ranked scores are normalised per group
 (divided by the group mean) so that layers of different scale compare (see ``select``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -62,8 +63,9 @@ def _bn_scores(model: nn.Module, g: Group, p: int = 1) -> torch.Tensor | None:
     return total if found else None
 
 
-def taylor_scores(model: nn.Module, graph: DependencyGraph, batches: Iterable[Any],
-                  loss_fn: Callable[[nn.Module, Any], torch.Tensor]) -> dict[int, torch.Tensor]:
+def taylor_scores(
+    model: nn.Module, graph: DependencyGraph, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+) -> dict[int, torch.Tensor]:
     """Accumulated (sum_slice w * g)^2 per unit over ``batches`` (gradients are cleared after)."""
     groups = graph.prunable()
     scores = {g.id: torch.zeros(g.size) for g in groups}
@@ -103,6 +105,7 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
             x = x.movedim(1, -1) if channel_dim_1 else x  # features last
             sq[name] = sq.get(name, 0) + x.pow(2).reshape(-1, x.shape[-1]).sum(0)  # (features,)
             n[name] = n.get(name, 0) + x.numel() // x.shape[-1]
+
         return fn
 
     hooks = {c: hook(c, isinstance(model.get_submodule(c), nn.Conv1d | nn.Conv2d)) for c in consumers}
@@ -110,8 +113,11 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
         dev = next(model.parameters()).device
         for batch in batches:
             x = _inputs_of(batch)
-            x = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) \
-                else x.to(dev)  # calibration data may live on the CPU, the model elsewhere
+            x = (
+                {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+                if isinstance(x, dict)
+                else x.to(dev)
+            )  # calibration data may live on the CPU, the model elsewhere
             model(**x) if isinstance(x, dict) else model(x)
     out = {}
     for g in groups:
@@ -129,9 +135,15 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
     return out
 
 
-def group_scores(model: nn.Module, graph: DependencyGraph, criterion: str = "l2", *,
-                 batches: Iterable[Any] | None = None, loss_fn: Callable | None = None,
-                 seed: int = 0) -> dict[int, torch.Tensor]:
+def group_scores(
+    model: nn.Module,
+    graph: DependencyGraph,
+    criterion: str = "l2",
+    *,
+    batches: Iterable[Any] | None = None,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+) -> dict[int, torch.Tensor]:
     """One score per unit for every prunable group (higher = more important)."""
     if criterion not in CRITERIA:
         raise bad_param("group_scores", "criterion", f"one of {', '.join(CRITERIA)}", criterion)
@@ -171,6 +183,9 @@ class BNSparsity(Callback):
     def extra_loss(self, state) -> torch.Tensor | None:
         if not self.penalty:
             return None
-        terms = [m.weight.abs().sum() for m in state.model.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        terms = [
+            m.weight.abs().sum()
+            for m in state.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+        ]
         return self.penalty * torch.stack(terms).sum() if terms else None

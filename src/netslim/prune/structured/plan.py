@@ -9,6 +9,7 @@ artifact (``info["prune_plans"]``) and replays on a fresh copy of the original m
 * ``apply_plan(model, plan, mode="shrink")``: builds smaller modules (Conv, BN, Linear,
   LayerNorm, GPT-2 Conv1D, ...) with the kept slices and puts them in place.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,11 +30,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class PrunePlan:
     entries: list[dict[str, Any]] = field(default_factory=list)  # {"module","param","dim","keep"}
-    groups: list[dict[str, Any]] = field(default_factory=list)   # {"name","kind","size","kept"} per pruned group
-    config: dict[str, Any] = field(default_factory=dict)         # HF config updates
-    attrs: list[dict[str, Any]] = field(default_factory=list)    # {"module","attr","value"}
-    drop_layers: list[int] = field(default_factory=list)         # whole transformer blocks removed
-    drop_modules: list[str] = field(default_factory=list)        # CNN residual blocks replaced by identity
+    groups: list[dict[str, Any]] = field(default_factory=list)  # {"name","kind","size","kept"} per pruned group
+    config: dict[str, Any] = field(default_factory=dict)  # HF config updates
+    attrs: list[dict[str, Any]] = field(default_factory=list)  # {"module","attr","value"}
+    drop_layers: list[int] = field(default_factory=list)  # whole transformer blocks removed
+    drop_modules: list[str] = field(default_factory=list)  # CNN residual blocks replaced by identity
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON, compact: the slots of one group (a conv's rows, its BN's four vectors, the
@@ -48,8 +49,15 @@ class PrunePlan:
                 where[k] = len(keeps)
                 keeps.append(_encode_keep(k))
             entries.append({**e, "keep": where[k]})
-        return {"keeps": keeps, "entries": entries, "groups": self.groups, "config": self.config,
-                "attrs": self.attrs, "drop_layers": self.drop_layers, "drop_modules": self.drop_modules}
+        return {
+            "keeps": keeps,
+            "entries": entries,
+            "groups": self.groups,
+            "config": self.config,
+            "attrs": self.attrs,
+            "drop_layers": self.drop_layers,
+            "drop_modules": self.drop_modules,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrunePlan:
@@ -62,13 +70,20 @@ class PrunePlan:
             k = e.get("keep")
             if isinstance(k, int):
                 if not 0 <= k < len(keeps):
-                    raise NetslimError(f"Prune plan entry {e.get('module')!r}.{e.get('param')!r} refers to "
-                                       f"keep list {k}; the plan has {len(keeps)}.")
+                    raise NetslimError(
+                        f"Prune plan entry {e.get('module')!r}.{e.get('param')!r} refers to "
+                        f"keep list {k}; the plan has {len(keeps)}."
+                    )
                 e = {**e, "keep": keeps[k]}
             entries.append(e)
-        return cls(entries, list(data.get("groups", [])), dict(data.get("config", {})),
-                   list(data.get("attrs", [])), list(data.get("drop_layers", [])),
-                   [str(n) for n in data.get("drop_modules", [])])
+        return cls(
+            entries,
+            list(data.get("groups", [])),
+            dict(data.get("config", {})),
+            list(data.get("attrs", [])),
+            list(data.get("drop_layers", [])),
+            [str(n) for n in data.get("drop_modules", [])],
+        )
 
     @property
     def empty(self) -> bool:
@@ -90,8 +105,9 @@ def _decode_keep(code: str | list[int]) -> list[int]:
     try:
         bits = int(code, 16)
     except (TypeError, ValueError):
-        raise NetslimError(f"Prune plan: a keep list must be a list of indices or a hex bitmask; got {code!r}.") \
-            from None
+        raise NetslimError(
+            f"Prune plan: a keep list must be a list of indices or a hex bitmask; got {code!r}."
+        ) from None
     return [i for i, b in enumerate(reversed(bin(bits)[2:])) if b == "1"]
 
 
@@ -109,8 +125,9 @@ def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> Pru
             raise NetslimError(f"Group {g.name!r} is locked ({g.locked}); it cannot be pruned.")
         if len(kept) < g.size:
             plan.groups.append({"name": g.name, "kind": g.kind, "size": g.size, "kept": int(len(kept))})
-            plan.attrs += [{"module": a["module"], "attr": a["attr"], "value": int(len(kept)) * a["per_unit"]}
-                           for a in g.attrs]
+            plan.attrs += [
+                {"module": a["module"], "attr": a["attr"], "value": int(len(kept)) * a["per_unit"]} for a in g.attrs
+            ]
     for slot in graph.slots:
         parts, changed = [], False
         for i, seg in enumerate(slot.layout):
@@ -122,8 +139,9 @@ def plan_from_keep(graph: DependencyGraph, keep: dict[int, torch.Tensor]) -> Pru
                 changed = True
             parts.append(unit_indices(slot.layout, i, torch.as_tensor(units, dtype=torch.long).sort().values))
         if changed:
-            plan.entries.append({"module": slot.module, "param": slot.param, "dim": slot.dim,
-                                 "keep": torch.cat(parts).tolist()})
+            plan.entries.append(
+                {"module": slot.module, "param": slot.param, "dim": slot.dim, "keep": torch.cat(parts).tolist()}
+            )
     return plan
 
 
@@ -168,7 +186,8 @@ def apply_plan(model: nn.Module, plan: PrunePlan, mode: str = "shrink") -> nn.Mo
     # What was done, for netslim.save: the base model + these plans rebuild it (the config
     # values they changed are put back to build the base)
     model.__dict__.setdefault("netslim_plans", []).append(
-        {"plan": plan.to_dict(), "config_before": {k: before.get(k) for k in after if after[k] != before.get(k)}})
+        {"plan": plan.to_dict(), "config_before": {k: before.get(k) for k in after if after[k] != before.get(k)}}
+    )
     return model
 
 
@@ -283,8 +302,18 @@ def _shrunk(module: nn.Module, entries: list[dict], where: str) -> nn.Module | d
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
         groups = w.shape[0] if depthwise else module.groups
-        new = type(module)(w.shape[1] * groups, w.shape[0], module.kernel_size, module.stride, module.padding,
-                           module.dilation, groups, module.bias is not None, module.padding_mode, **kw)
+        new = type(module)(
+            w.shape[1] * groups,
+            w.shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups,
+            module.bias is not None,
+            module.padding_mode,
+            **kw,
+        )
     elif isinstance(module, nn.Linear):
         new = nn.Linear(w.shape[1], w.shape[0], module.bias is not None, **kw)
     elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):

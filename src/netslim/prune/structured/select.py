@@ -3,6 +3,7 @@
 ``ratio`` is always the *fraction of units removed* (a float in [0, 1)); counts are never
 passed through the same parameter.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,10 +52,19 @@ def _clamp(g: Group, n_keep: int, floor: int, on_empty: str, ratio: float) -> in
     return floor
 
 
-def choose_keep(model: nn.Module, graph: DependencyGraph, scores: dict[int, torch.Tensor], ratio: float, *,
-                scope: str = "global", ratios: Mapping[str, float] | None = None, min_keep_ratio: float = 0.1,
-                round_to: int = 1, on_empty: str = "clamp",
-                only: set[int] | None = None) -> dict[int, torch.Tensor]:
+def choose_keep(
+    model: nn.Module,
+    graph: DependencyGraph,
+    scores: dict[int, torch.Tensor],
+    ratio: float,
+    *,
+    scope: str = "global",
+    ratios: Mapping[str, float] | None = None,
+    min_keep_ratio: float = 0.1,
+    round_to: int = 1,
+    on_empty: str = "clamp",
+    only: set[int] | None = None,
+) -> dict[int, torch.Tensor]:
     """Kept unit indices (sorted) per group id; groups left whole are omitted.
 
     ``scope="uniform"``: every group loses ``ratio`` of its units (or its entry in ``ratios``,

@@ -14,6 +14,7 @@ one of its two sublayers computes nothing:
 All three are registered module types, so ``netslim.save`` / ``netslim.load`` rebuild them.
 The config cannot say a block without attention: such models reload with ``netslim.load``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -84,8 +85,10 @@ def sublayer_family(block: nn.Module) -> str:
         return "llama"
     if hasattr(block, "attn") and hasattr(block, "mlp"):
         return "gpt2"
-    raise NetslimError(f"Cannot remove a whole sublayer of a {type(block).__name__}: netslim knows BERT blocks "
-                       "(attention / intermediate / output) and pre-norm blocks (self_attn or attn, and mlp).")
+    raise NetslimError(
+        f"Cannot remove a whole sublayer of a {type(block).__name__}: netslim knows BERT blocks "
+        "(attention / intermediate / output) and pre-norm blocks (self_attn or attn, and mlp)."
+    )
 
 
 def _bert_norm(module: nn.Module) -> nn.LayerNorm:

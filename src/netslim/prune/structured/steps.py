@@ -27,6 +27,7 @@ teacher dims it kept: :mod:`netslim.distill.layerwise`)::
     distill: 0.5          # (1 - 0.5) x task loss + 0.5 x KD(logits, T = distill_temperature)
     distill_hidden: 1.0   # + 1.0 x hidden-state loss
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,9 +54,14 @@ class _StructuredBase(TrainingStep):
     calibration_batch_size: int = Field(64, ge=1)
     iterations: int = Field(1, ge=1, le=50, description="prune in this many equal steps")
     finetune: FinetuneConfig | None = Field(None, description="fine-tuning after each iteration")
-    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets (Hinton KD) of the "
-                           "unpruned model (the model before the recipe; outside a recipe, the model entering "
-                           "this step) with this weight; 0 = plain fine-tuning")
+    distill: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fine-tune with the soft targets (Hinton KD) of the "
+        "unpruned model (the model before the recipe; outside a recipe, the model entering "
+        "this step) with this weight; 0 = plain fine-tuning",
+    )
     distill_temperature: float = Field(4.0, gt=0)
     min_keep_ratio: float = Field(0.1, gt=0, le=1)
     round_to: int = Field(1, ge=1, description="kept counts rounded up to a multiple of this")
@@ -110,15 +116,22 @@ def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
     if teacher is not None and is_hf(model):
         from netslim.distill.layerwise import layerwise_task
 
-        task = layerwise_task(task, model, teacher=teacher.to(ctx.device), distill=cfg.distill,
-                              distill_temperature=cfg.distill_temperature,
-                              hidden_weight=getattr(cfg, "distill_hidden", 0.0))
+        task = layerwise_task(
+            task,
+            model,
+            teacher=teacher.to(ctx.device),
+            distill=cfg.distill,
+            distill_temperature=cfg.distill_temperature,
+            hidden_weight=getattr(cfg, "distill_hidden", 0.0),
+        )
     elif teacher is not None:
         from netslim.distill.step import DistillConfig, DistillTask
 
         if getattr(cfg, "distill_hidden", 0.0):
-            raise NetslimError(f"{cfg.method}: 'distill_hidden' matches transformer block outputs; a "
-                               f"{type(model).__name__} has none (use 'distill', or method distill with hints).")
+            raise NetslimError(
+                f"{cfg.method}: 'distill_hidden' matches transformer block outputs; a "
+                f"{type(model).__name__} has none (use 'distill', or method distill with hints)."
+            )
 
         kd = DistillConfig(distill=cfg.distill, distill_temperature=cfg.distill_temperature)
         task = DistillTask(task, teacher, kd)
@@ -151,12 +164,19 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
     base_macs = total_macs(model, example)
     teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
-        kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
-                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude or (), seed=ctx.seed + it)
+        kwargs = dict(
+            criterion=cfg.criterion,
+            scope=cfg.scope,
+            min_keep_ratio=cfg.min_keep_ratio,
+            round_to=cfg.round_to,
+            on_empty=cfg.on_empty,
+            exclude=cfg.exclude or (),
+            seed=ctx.seed + it,
+        )
         frac = it / cfg.iterations
         if cfg.target_macs is not None:
             # geometric steps towards the target: each iteration removes the same share of MACs
-            goal = cfg.target_macs ** frac * base_macs
+            goal = cfg.target_macs**frac * base_macs
             kwargs["target_macs"] = min(0.999, goal / total_macs(model, example))
         elif cfg.ratio is not None:
             # keep (1 - ratio)^(it/n) of the original channels after iteration it
@@ -177,14 +197,19 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
 
 # ---------------------------------------------------------------------- transformers
 def _hidden_field():
-    return Field(0.0, ge=0, description="transformers: weight of the hidden-state loss while fine-tuning (relative "
-                 "MSE of every block output to the unpruned block it came from); 0 = none")
+    return Field(
+        0.0,
+        ge=0,
+        description="transformers: weight of the hidden-state loss while fine-tuning (relative "
+        "MSE of every block output to the unpruned block it came from); 0 = none",
+    )
 
 
 class _TransformerBase(_StructuredBase):
     ratio: float = Field(..., ge=0, lt=1, description="share of units removed")
     scope: Literal["global", "uniform"] = Field(
-        "uniform", description="uniform: the same count in every block (the HF config can say it)")
+        "uniform", description="uniform: the same count in every block (the HF config can say it)"
+    )
     distill_hidden: float = _hidden_field()
 
     @model_validator(mode="after")
@@ -220,16 +245,23 @@ class LayersConfig(TrainingStep):
 
     method = "layers"
     count: int | None = Field(None, ge=1, description="number of blocks removed, chosen on calibration data")
-    indices: tuple[int, ...] | None = Field(None, description="or exactly these blocks (CNNs: positions in "
-                                            "the list of removable residual blocks)")
+    indices: tuple[int, ...] | None = Field(
+        None, description="or exactly these blocks (CNNs: positions in the list of removable residual blocks)"
+    )
     names: tuple[str, ...] | None = Field(None, description="CNNs: or exactly these residual blocks, by module name")
     by: Literal["influence", "influence_per_ms"] = Field(
-        "influence", description="with 'count', CNNs: least influence, or least influence per ms the block "
-        "takes (measured), which removes slow blocks first among equally unimportant ones")
+        "influence",
+        description="with 'count', CNNs: least influence, or least influence per ms the block "
+        "takes (measured), which removes slow blocks first among equally unimportant ones",
+    )
     calibration_samples: int = Field(16, ge=1)
     finetune: FinetuneConfig | None = None
-    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets of the unpruned model "
-                           "with this weight; 0 = plain fine-tuning")
+    distill: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fine-tune with the soft targets of the unpruned model with this weight; 0 = plain fine-tuning",
+    )
     distill_temperature: float = Field(4.0, gt=0)
     distill_hidden: float = _hidden_field()
 
@@ -258,8 +290,10 @@ class LayersConfig(TrainingStep):
             check_layer_choice(model, self.count, self.indices)
             return
         if self.distill_hidden:
-            raise NetslimError("layers: 'distill_hidden' matches transformer block outputs; a "
-                               f"{type(model).__name__} has none (use 'distill').")
+            raise NetslimError(
+                "layers: 'distill_hidden' matches transformer block outputs; a "
+                f"{type(model).__name__} has none (use 'distill')."
+            )
         if task is not None:
             candidates = residual_blocks(model, task.example_inputs(1))
             if candidates or self.names is not None:  # none and no names: skipped at run time
@@ -275,10 +309,14 @@ def _not_transformer(model, ctx, method: str) -> bool:
     return True
 
 
-_UNITS = {"heads": ("head", "attention-head", "BERT-style self.query/key/value, Llama-style q/k/v/o_proj with "
-                     "num_key_value_groups, GPT-2 c_attn"),
-          "ffn": ("neuron", "FFN", "gate/up/down_proj, BERT-style intermediate.dense + output.dense, GPT-2 "
-                  "c_fc + c_proj")}
+_UNITS = {
+    "heads": (
+        "head",
+        "attention-head",
+        "BERT-style self.query/key/value, Llama-style q/k/v/o_proj with num_key_value_groups, GPT-2 c_attn",
+    ),
+    "ffn": ("neuron", "FFN", "gate/up/down_proj, BERT-style intermediate.dense + output.dense, GPT-2 c_fc + c_proj"),
+}
 
 
 def _nothing_pruned(model, cfg: _TransformerBase, ratio: float) -> str:
@@ -288,12 +326,16 @@ def _nothing_pruned(model, cfg: _TransformerBase, ratio: float) -> str:
     kind, what, known = _UNITS[cfg.method]
     sizes = sorted({g.size for g in transformer_graph(model, kinds=(kind,)).prunable()})
     if not sizes:
-        return (f"{cfg.method}: no {what} rule for model_type {model.config.model_type!r} "
-                f"(netslim knows {known}); nothing removed")
+        return (
+            f"{cfg.method}: no {what} rule for model_type {model.config.model_type!r} "
+            f"(netslim knows {known}); nothing removed"
+        )
     gqa = " (key/value groups)" if kind == "head" and getattr(model.config, "num_key_value_heads", None) else ""
     excluded = " or 'exclude' covers them" if cfg.exclude else ""
-    return (f"{cfg.method}: ratio {ratio:.3g} removes no {kind}: blocks have {'/'.join(map(str, sizes))} "
-            f"{kind}s{gqa}, too few for that share{excluded}; raise the ratio")
+    return (
+        f"{cfg.method}: ratio {ratio:.3g} removes no {kind}: blocks have {'/'.join(map(str, sizes))} "
+        f"{kind}s{gqa}, too few for that share{excluded}; raise the ratio"
+    )
 
 
 def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
@@ -301,8 +343,15 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
         return model
     teacher = _teacher(model, cfg, ctx)
     for it in range(1, cfg.iterations + 1):
-        kwargs = dict(criterion=cfg.criterion, scope=cfg.scope, min_keep_ratio=cfg.min_keep_ratio,
-                      round_to=cfg.round_to, on_empty=cfg.on_empty, exclude=cfg.exclude or (), seed=ctx.seed + it)
+        kwargs = dict(
+            criterion=cfg.criterion,
+            scope=cfg.scope,
+            min_keep_ratio=cfg.min_keep_ratio,
+            round_to=cfg.round_to,
+            on_empty=cfg.on_empty,
+            exclude=cfg.exclude or (),
+            seed=ctx.seed + it,
+        )
         if cfg.criterion in ("taylor", "activation"):
             kwargs.update(batches=_taylor_batches(ctx.task, cfg, ctx.seed + it), loss_fn=ctx.task.loss)
         ratio = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
@@ -336,15 +385,19 @@ def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
     example = ctx.task.example_inputs(1)
     candidates = residual_blocks(model, example)
     if not candidates and cfg.names is None:  # nothing provably removable: skipped, with the reason
-        ctx.skip(type(model).__name__, "layers: not a Hugging Face transformer and no residual block "
-                 "(y = f(x) + x with the input's shape) to remove")
+        ctx.skip(
+            type(model).__name__,
+            "layers: not a Hugging Face transformer and no residual block "
+            "(y = f(x) + x with the input's shape) to remove",
+        )
         return model, None
     names = _cnn_block_names(cfg, candidates)
     if names is not None:
         return drop_residual_blocks(model, example, names=list(names))
     x = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-    return drop_residual_blocks(model, example, cfg.count, batches=[x[i:i + 64] for i in range(0, len(x), 64)],
-                                by=cfg.by)
+    return drop_residual_blocks(
+        model, example, cfg.count, batches=[x[i : i + 64] for i in range(0, len(x), 64)], by=cfg.by
+    )
 
 
 def _cnn_block_names(cfg: LayersConfig, candidates: list[str]) -> tuple[str, ...] | None:
@@ -353,18 +406,27 @@ def _cnn_block_names(cfg: LayersConfig, candidates: list[str]) -> tuple[str, ...
         return cfg.names
     bad = [i for i in cfg.indices if not 0 <= i < len(candidates)]
     if bad:
-        raise bad_param("layers", "indices", f"positions in [0, {len(candidates) - 1}] of the removable "
-                        f"residual blocks {candidates}", list(cfg.indices))
+        raise bad_param(
+            "layers",
+            "indices",
+            f"positions in [0, {len(candidates) - 1}] of the removable residual blocks {candidates}",
+            list(cfg.indices),
+        )
     return tuple(candidates[i] for i in cfg.indices)
 
 
 def _check_transformer_options(cfg: LayersConfig) -> None:
     if cfg.names is not None:
-        raise bad_param("layers", "names", "'count' or 'indices' for a transformer ('names' is for CNN "
-                        "residual blocks)", list(cfg.names))
+        raise bad_param(
+            "layers",
+            "names",
+            "'count' or 'indices' for a transformer ('names' is for CNN residual blocks)",
+            list(cfg.names),
+        )
     if cfg.by != "influence":
-        raise bad_param("layers", "by", "'influence' for a transformer ('influence_per_ms' is for CNN "
-                        "residual blocks)", cfg.by)
+        raise bad_param(
+            "layers", "by", "'influence' for a transformer ('influence_per_ms' is for CNN residual blocks)", cfg.by
+        )
 
 
 @register(LayersConfig)
@@ -383,8 +445,10 @@ def run_layers(model, cfg: LayersConfig, ctx):
             model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
         else:
             inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-            batches = [{k: v[i:i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:i + 4]
-                       for i in range(0, cfg.calibration_samples, 4)]
+            batches = [
+                {k: v[i : i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i : i + 4]
+                for i in range(0, cfg.calibration_samples, 4)
+            ]
             model, report = drop_layers(model, cfg.count, batches)
     _record(ctx, "layers", report)
     if cfg.finetune is not None:
@@ -398,18 +462,25 @@ class WidthConfig(TrainingStep):
     stream narrower in the embeddings, every block, every norm and the head; config updated."""
 
     method = "width"
-    hidden_size: int | None = Field(None, ge=1, description="the new width (BERT / GPT-2: a multiple of the "
-                                    "head size; whole heads go with it)")
+    hidden_size: int | None = Field(
+        None, ge=1, description="the new width (BERT / GPT-2: a multiple of the head size; whole heads go with it)"
+    )
     ratio: float | None = Field(None, ge=0, lt=1, description="or the share of hidden dims removed")
     criterion: Literal["activation", "l2", "taylor", "random"] = Field(
-        "activation", description="activation: RMS of every norm's output per dim on calibration data (Minitron)")
+        "activation", description="activation: RMS of every norm's output per dim on calibration data (Minitron)"
+    )
     calibration_batches: int = Field(8, ge=1)
     calibration_batch_size: int = Field(16, ge=1)
-    norm_correction: bool = Field(True, description="rescale each norm by its mean statistic ratio (kept dims / "
-                                  "all dims) on calibration data")
+    norm_correction: bool = Field(
+        True, description="rescale each norm by its mean statistic ratio (kept dims / all dims) on calibration data"
+    )
     finetune: FinetuneConfig | None = None
-    distill: float = Field(0.0, ge=0, le=1, description="fine-tune with the soft targets of the unpruned model "
-                           "with this weight; 0 = plain fine-tuning")
+    distill: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="fine-tune with the soft targets of the unpruned model with this weight; 0 = plain fine-tuning",
+    )
     distill_temperature: float = Field(4.0, gt=0)
     distill_hidden: float = _hidden_field()
 
@@ -443,8 +514,16 @@ def run_width(model, cfg: WidthConfig, ctx):
     batches = None
     if cfg.criterion in ("activation", "taylor") or cfg.norm_correction:
         batches = _taylor_batches(ctx.task, cfg, ctx.seed)
-    model, report = prune_width(model, cfg.hidden_size, ratio=cfg.ratio, criterion=cfg.criterion, batches=batches,
-                                loss_fn=ctx.task.loss, seed=ctx.seed, norm_correction=cfg.norm_correction)
+    model, report = prune_width(
+        model,
+        cfg.hidden_size,
+        ratio=cfg.ratio,
+        criterion=cfg.criterion,
+        batches=batches,
+        loss_fn=ctx.task.loss,
+        seed=ctx.seed,
+        norm_correction=cfg.norm_correction,
+    )
     _record(ctx, "width", report)
     log.info("width %d: %d -> %d params", report["hidden_size"], report["params_before"], report["params_after"])
     if cfg.finetune is not None:

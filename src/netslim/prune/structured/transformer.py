@@ -6,6 +6,7 @@ default here) removes the same count from every block, which lets the model conf
 and ``from_pretrained`` reload it. ``drop_layers(model, 4, inputs)`` removes the blocks that
 change their input least (block influence, 1 - cosine(input, output), as in ShortGPT).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,11 +43,22 @@ def unit_graph(model: nn.Module, kind: str, example_inputs: Any = None):
         return graph
 
 
-def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: str = "l2", scope: str = "uniform",
-                     min_keep_ratio: float = 0.1, round_to: int = 1, on_empty: str = "clamp",
-                     exclude: Iterable[str] = (), batches: Iterable[Any] | None = None,
-                     loss_fn: Callable | None = None, seed: int = 0,
-                     example_inputs: Any = None) -> tuple[PrunePlan, Any]:
+def plan_transformer(
+    model: nn.Module,
+    kind: str,
+    ratio: float,
+    *,
+    criterion: str = "l2",
+    scope: str = "uniform",
+    min_keep_ratio: float = 0.1,
+    round_to: int = 1,
+    on_empty: str = "clamp",
+    exclude: Iterable[str] = (),
+    batches: Iterable[Any] | None = None,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+    example_inputs: Any = None,
+) -> tuple[PrunePlan, Any]:
     """Prune plan removing ``ratio`` of the ``kind`` ("head" or "neuron") units."""
     if kind not in ("head", "neuron"):
         raise bad_param("plan_transformer", "kind", "one of 'head', 'neuron'", kind)
@@ -57,8 +69,17 @@ def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: st
     mine = {g.id for g in graph.prunable() if g.kind == kind}
     excluded = excluded_groups(model, graph, exclude) & mine
     scores = group_scores(model, graph, criterion, batches=batches, loss_fn=loss_fn, seed=seed)
-    keep = choose_keep(model, graph, scores, ratio, scope=scope, min_keep_ratio=min_keep_ratio,
-                       round_to=round_to, on_empty=on_empty, only=mine - excluded)
+    keep = choose_keep(
+        model,
+        graph,
+        scores,
+        ratio,
+        scope=scope,
+        min_keep_ratio=min_keep_ratio,
+        round_to=round_to,
+        on_empty=on_empty,
+        only=mine - excluded,
+    )
     plan = plan_from_keep(graph, keep)
     plan.config, attrs = hf_fixups(model, graph, keep) if _is_hf(model) else ({}, [])
     plan.attrs += attrs
@@ -72,11 +93,19 @@ def plan_transformer(model: nn.Module, kind: str, ratio: float, *, criterion: st
 
 def _report(model: nn.Module, plan: PrunePlan, graph, before: int) -> dict[str, Any]:
     if plan.groups and not plan.config:
-        log.warning("the model config cannot express these counts (blocks differ, BERT or GPT-2 heads): "
-                    "netslim.load reloads the model, from_pretrained does not")
-    return {"params_before": before, "params_after": count_params(model), "groups": plan.groups,
-            "config": plan.config, "skipped": graph.skipped, "plan": plan.to_dict(),
-            "from_pretrained": bool(plan.config) or not plan.groups}
+        log.warning(
+            "the model config cannot express these counts (blocks differ, BERT or GPT-2 heads): "
+            "netslim.load reloads the model, from_pretrained does not"
+        )
+    return {
+        "params_before": before,
+        "params_after": count_params(model),
+        "groups": plan.groups,
+        "config": plan.config,
+        "skipped": graph.skipped,
+        "plan": plan.to_dict(),
+        "from_pretrained": bool(plan.config) or not plan.groups,
+    }
 
 
 def prune_heads(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -112,8 +141,9 @@ def check_layer_choice(model: nn.Module, count: int | None, indices: Sequence[in
         raise bad_param("drop_layers", "indices", f"distinct block indices in [0, {n - 1}], not all", list(indices))
 
 
-def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = None, *,
-                indices: list[int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def drop_layers(
+    model: nn.Module, count: int, batches: Iterable[Any] | None = None, *, indices: list[int] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``count`` whole blocks, the least influential on ``batches`` (or the given ``indices``)."""
     check_layer_choice(model, count, indices)
     if indices is None:
@@ -126,6 +156,11 @@ def drop_layers(model: nn.Module, count: int, batches: Iterable[Any] | None = No
     before = count_params(model)
     plan = PrunePlan(drop_layers=sorted(int(i) for i in indices))
     apply_plan(model, plan, "shrink")
-    return model, {"params_before": before, "params_after": count_params(model), "dropped": plan.drop_layers,
-                   "influence": influence.tolist() if influence is not None else None, "plan": plan.to_dict(),
-                   "skipped": []}
+    return model, {
+        "params_before": before,
+        "params_after": count_params(model),
+        "dropped": plan.drop_layers,
+        "influence": influence.tolist() if influence is not None else None,
+        "plan": plan.to_dict(),
+        "skipped": [],
+    }

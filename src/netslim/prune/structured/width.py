@@ -35,6 +35,7 @@ multiplied by the mean over calibration tokens of ``stat_kept / stat_full`` (RMS
 standard deviation of a LayerNorm) of the input it got in the unpruned model, which makes an
 RMSNorm exact when the removed dims are zero (up to its epsilon) and first-order right otherwise.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,13 @@ class WidthRule:
     ffn_key: str | None = None  # an FFN size that defaults to 4 x hidden_size: written out explicitly
 
 
-WIDTH_RULES = {"bert": WidthRule("num_attention_heads"), "gpt2": WidthRule("n_head", "n_inner"), "llama": WidthRule(None),
-               "mistral": WidthRule(None), "qwen2": WidthRule(None)}
+WIDTH_RULES = {
+    "bert": WidthRule("num_attention_heads"),
+    "gpt2": WidthRule("n_head", "n_inner"),
+    "llama": WidthRule(None),
+    "mistral": WidthRule(None),
+    "qwen2": WidthRule(None),
+}
 WIDTH_CRITERIA = ("activation", "l2", "taylor", "random")
 _SIZE_ATTRS = ("hidden_size", "embed_dim")  # module attributes that hold the width (informative or used)
 
@@ -77,12 +83,16 @@ _SIZE_ATTRS = ("hidden_size", "embed_dim")  # module attributes that hold the wi
 def width_rule(model: nn.Module) -> WidthRule:
     """The width rule of ``model``'s family; one clear error for any other model."""
     if not is_hf(model):
-        raise NetslimError(f"width: a {type(model).__name__} is not a Hugging Face transformer; hidden-size "
-                           "pruning is for transformers (use method 'channels' for other models).")
+        raise NetslimError(
+            f"width: a {type(model).__name__} is not a Hugging Face transformer; hidden-size "
+            "pruning is for transformers (use method 'channels' for other models)."
+        )
     kind = model.config.model_type
     if kind not in WIDTH_RULES:
-        raise NetslimError(f"width: no width rule for model_type {kind!r} (netslim knows "
-                           f"{', '.join(sorted(WIDTH_RULES))}): it cannot say how the config states a new hidden size.")
+        raise NetslimError(
+            f"width: no width rule for model_type {kind!r} (netslim knows "
+            f"{', '.join(sorted(WIDTH_RULES))}): it cannot say how the config states a new hidden size."
+        )
     return WIDTH_RULES[kind]
 
 
@@ -108,8 +118,13 @@ def target_width(model: nn.Module, hidden_size: int | None = None, ratio: float 
     hd = head_size(model, rule)
     if hd is not None and hidden_size % hd:
         lo, hi = hidden_size // hd * hd, (hidden_size // hd + 1) * hd
-        raise bad_param("width", "hidden_size", f"a multiple of the head size {hd} ({type(model).__name__} derives "
-                        f"the head size from hidden_size / {rule.heads_key}), e.g. {lo or hd} or {hi}", hidden_size)
+        raise bad_param(
+            "width",
+            "hidden_size",
+            f"a multiple of the head size {hd} ({type(model).__name__} derives "
+            f"the head size from hidden_size / {rule.heads_key}), e.g. {lo or hd} or {hi}",
+            hidden_size,
+        )
     return hidden_size
 
 
@@ -125,16 +140,21 @@ def residual_group(model: nn.Module, graph: DependencyGraph) -> Group:
             return g
     candidates = [g for g in graph.groups if g.size == d and any(_is_norm(model, s.module) for s, _ in g.slots)]
     if not candidates:
-        raise NetslimError(f"width: no residual stream of {d} features found in {type(model).__name__}'s graph "
-                           f"({'; '.join(s['reason'] for s in graph.skipped[:3]) or 'nothing traced'}).")
+        raise NetslimError(
+            f"width: no residual stream of {d} features found in {type(model).__name__}'s graph "
+            f"({'; '.join(s['reason'] for s in graph.skipped[:3]) or 'nothing traced'})."
+        )
     return max(candidates, key=lambda g: len(g.slots))
 
 
 def _is_norm(model: nn.Module, name: str) -> bool:
     m = model.get_submodule(name)
     w = getattr(m, "weight", None)
-    return (isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("Norm")) and isinstance(w, torch.Tensor) \
+    return (
+        (isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("Norm"))
+        and isinstance(w, torch.Tensor)
         and w.ndim == 1
+    )
 
 
 def norm_names(model: nn.Module, group: Group) -> list[str]:
@@ -145,8 +165,9 @@ def on_device(model: nn.Module, inputs: Any) -> Any:
     """Model inputs (a tensor, a dict of them, or a batch whose first item they are) on ``model``'s device."""
     x = _inputs_of(inputs)
     dev = next(model.parameters()).device
-    return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) \
-        else x.to(dev)
+    return (
+        {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in x.items()} if isinstance(x, dict) else x.to(dev)
+    )
 
 
 def _run(model: nn.Module, batch: Any) -> None:
@@ -155,8 +176,13 @@ def _run(model: nn.Module, batch: Any) -> None:
 
 
 @torch.no_grad()
-def _norm_stats(model: nn.Module, names: list[str], batches: list[Any],
-                fn: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor], pre: bool) -> dict[str, torch.Tensor]:
+def _norm_stats(
+    model: nn.Module,
+    names: list[str],
+    batches: list[Any],
+    fn: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+    pre: bool,
+) -> dict[str, torch.Tensor]:
     """Sum over calibration tokens of ``fn(name, x, weights)`` for each norm's input (``pre``) or output."""
     out: dict[str, torch.Tensor] = {}
     current: dict[str, Any] = {}
@@ -165,10 +191,14 @@ def _norm_stats(model: nn.Module, names: list[str], batches: list[Any],
         def record(module, args, output=None):
             x = (args[0] if pre else output).detach().float()  # (B, T, D)
             mask = current.get("mask")
-            w = mask.to(x.device, x.dtype) if mask is not None and mask.shape == x.shape[:2] else torch.ones(
-                x.shape[:-1], device=x.device)
+            w = (
+                mask.to(x.device, x.dtype)
+                if mask is not None and mask.shape == x.shape[:2]
+                else torch.ones(x.shape[:-1], device=x.device)
+            )
             v = fn(name, x.reshape(-1, x.shape[-1]), w.reshape(-1)).cpu()
             out[name] = out.get(name, 0) + v
+
         return record
 
     with eval_mode(model, {n: hook(n) for n in names}, kind="pre" if pre else "forward"):
@@ -183,18 +213,22 @@ def activation_scores(model: nn.Module, group: Group, batches: list[Any]) -> tor
     """Minitron's width importance: sum over norms of the RMS over tokens of each output feature."""
     names = norm_names(model, group)
     if not names:
-        raise NetslimError("width: criterion 'activation' reads the norm outputs, and this model's residual "
-                           "stream has no LayerNorm / RMSNorm; use criterion 'l2'.")
-    sq = _norm_stats(model, names, batches, lambda n, x, w: torch.cat([(x.pow(2) * w[:, None]).sum(0),
-                                                                       w.sum().view(1)]), pre=False)
+        raise NetslimError(
+            "width: criterion 'activation' reads the norm outputs, and this model's residual "
+            "stream has no LayerNorm / RMSNorm; use criterion 'l2'."
+        )
+    sq = _norm_stats(
+        model, names, batches, lambda n, x, w: torch.cat([(x.pow(2) * w[:, None]).sum(0), w.sum().view(1)]), pre=False
+    )
     total = torch.zeros(group.size)
     for v in sq.values():
         total += (v[:-1] / v[-1].clamp_min(1)).sqrt()
     return total
 
 
-def _scores(model: nn.Module, graph: DependencyGraph, group: Group, criterion: str, batches, loss_fn,
-            seed: int) -> torch.Tensor:
+def _scores(
+    model: nn.Module, graph: DependencyGraph, group: Group, criterion: str, batches, loss_fn, seed: int
+) -> torch.Tensor:
     if criterion == "activation":
         if not batches:
             raise bad_param("width", "batches", "calibration batches for criterion 'activation'", None)
@@ -209,10 +243,19 @@ def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ plan
-def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activation",
-               batches: Iterable[Any] | None = None, loss_fn: Callable | None = None, seed: int = 0,
-               example_inputs: Any = None, graph: DependencyGraph | None = None,
-               keep: torch.Tensor | None = None, coupled: bool = True) -> tuple[PrunePlan, dict[str, Any]]:
+def plan_width(
+    model: nn.Module,
+    hidden_size: int,
+    *,
+    criterion: str = "activation",
+    batches: Iterable[Any] | None = None,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+    example_inputs: Any = None,
+    graph: DependencyGraph | None = None,
+    keep: torch.Tensor | None = None,
+    coupled: bool = True,
+) -> tuple[PrunePlan, dict[str, Any]]:
     """The prune plan of a width ``hidden_size`` (see the module docstring). ``keep``: the hidden
     dims to keep, instead of ranking them (CoFi's learned masks). ``coupled=False``: cut only the
     residual stream, not what the config sizes with it (BERT / GPT-2 heads, BERT's pooler): CoFi's
@@ -233,8 +276,17 @@ def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activati
     for h in graph.groups if coupled else ():  # other spaces the config sizes by hidden_size (BERT's pooler)
         if h is not g and h.kind == "channel" and h.size == d and h.prunable:
             crit = "activation" if criterion == "activation" else criterion
-            keeps[h.id] = _top(group_scores(model, DependencyGraph([h], graph.slots, [], graph.kind), crit,
-                                            batches=batches, loss_fn=loss_fn, seed=seed)[h.id], hidden_size)
+            keeps[h.id] = _top(
+                group_scores(
+                    model,
+                    DependencyGraph([h], graph.slots, [], graph.kind),
+                    crit,
+                    batches=batches,
+                    loss_fn=loss_fn,
+                    seed=seed,
+                )[h.id],
+                hidden_size,
+            )
     if coupled:
         keeps.update(_head_keeps(model, graph, rule, hidden_size, criterion, batches, loss_fn, seed))
     else:
@@ -256,8 +308,9 @@ def plan_width(model: nn.Module, hidden_size: int, *, criterion: str = "activati
     return plan, {"residual": g, "graph": graph, "keep": keep}
 
 
-def _head_keeps(model, graph, rule: WidthRule, width: int, criterion: str, batches, loss_fn,
-                seed: int) -> dict[int, torch.Tensor]:
+def _head_keeps(
+    model, graph, rule: WidthRule, width: int, criterion: str, batches, loss_fn, seed: int
+) -> dict[int, torch.Tensor]:
     """BERT / GPT-2: every block keeps ``width / head_size`` heads, the most important ones."""
     hd = head_size(model, rule)
     if hd is None:
@@ -265,16 +318,22 @@ def _head_keeps(model, graph, rule: WidthRule, width: int, criterion: str, batch
     n = width // hd
     heads = [h for h in graph.groups if h.kind == "head"]
     if not heads:
-        raise NetslimError(f"width: {type(model).__name__} derives its head size from the width, but netslim found "
-                           "no attention heads to cut with it.")
+        raise NetslimError(
+            f"width: {type(model).__name__} derives its head size from the width, but netslim found "
+            "no attention heads to cut with it."
+        )
     locked = [h for h in heads if not h.prunable]
     if locked:
-        raise NetslimError(f"width: the heads of {locked[0].name} cannot be removed ({locked[0].locked}), and a "
-                           f"width of {width} needs {n} heads of {hd} per block.")
+        raise NetslimError(
+            f"width: the heads of {locked[0].name} cannot be removed ({locked[0].locked}), and a "
+            f"width of {width} needs {n} heads of {hd} per block."
+        )
     few = [h for h in heads if h.size < n]
     if few:
-        raise NetslimError(f"width: {few[0].name} has {few[0].size} heads, fewer than the {n} of {hd} a width of "
-                           f"{width} needs; choose a width of at most {few[0].size * hd}.")
+        raise NetslimError(
+            f"width: {few[0].name} has {few[0].size} heads, fewer than the {n} of {hd} a width of "
+            f"{width} needs; choose a width of at most {few[0].size * hd}."
+        )
     crit = "activation" if criterion == "activation" else criterion
     sub = DependencyGraph([h for h in heads if h.size > n], graph.slots, [], graph.kind)
     scores = group_scores(model, sub, crit, batches=batches, loss_fn=loss_fn, seed=seed) if sub.groups else {}
@@ -302,8 +361,10 @@ def _config(model: nn.Module, rule: WidthRule, width: int) -> tuple[dict[str, An
         config[rule.heads_key] = width // hd
         for name, m in model.named_modules():
             if hasattr(m, "attention_head_size") and hasattr(m, "all_head_size"):  # BERT: informative
-                attrs += [{"module": name, "attr": "num_attention_heads", "value": width // hd},
-                          {"module": name, "attr": "all_head_size", "value": width}]
+                attrs += [
+                    {"module": name, "attr": "num_attention_heads", "value": width // hd},
+                    {"module": name, "attr": "all_head_size", "value": width},
+                ]
     elif WIDTH_RULES[cfg.model_type].heads_key is not None:
         pass  # coupled=False: BERT / GPT-2 heads keep their own size, which their config cannot state
     elif getattr(cfg, "head_dim", None) is None:
@@ -349,14 +410,18 @@ def width_reference(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, no
     d = int(model.config.hidden_size)
     for name in norms:
         parent, _, child = name.rpartition(".")
-        setattr(ref.get_submodule(parent) if parent else ref, child,
-                KeptStatsNorm(_kept_norm(model.get_submodule(name), name, plan), keep, d))
+        setattr(
+            ref.get_submodule(parent) if parent else ref,
+            child,
+            KeptStatsNorm(_kept_norm(model.get_submodule(name), name, plan), keep, d),
+        )
     return ref
 
 
 @torch.no_grad()
-def verify_width(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms: list[str], example_inputs: Any,
-                 atol: float = 1e-4) -> float:
+def verify_width(
+    model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms: list[str], example_inputs: Any, atol: float = 1e-4
+) -> float:
     """Raise unless the shrunk model equals :func:`width_reference` on ``example_inputs``; returns the max diff."""
     ref = width_reference(model, plan, keep=keep, norms=norms).eval()
     shrunk = apply_plan(copy.deepcopy(model), plan, "shrink").eval()
@@ -365,15 +430,19 @@ def verify_width(model: nn.Module, plan: PrunePlan, *, keep: torch.Tensor, norms
     y1 = _first_tensor(shrunk(**x) if isinstance(x, dict) else shrunk(x))
     if y0 is None or y1 is None or y0.shape != y1.shape:
         got = None if y1 is None else tuple(y1.shape)
-        raise NetslimError(f"width: the output of {type(model).__name__} changes shape ({got} instead of "
-                           f"{None if y0 is None else tuple(y0.shape)}): its hidden states are its output; prune the "
-                           "width of a model with a head (e.g. a *ForSequenceClassification or *ForCausalLM).")
+        raise NetslimError(
+            f"width: the output of {type(model).__name__} changes shape ({got} instead of "
+            f"{None if y0 is None else tuple(y0.shape)}): its hidden states are its output; prune the "
+            "width of a model with a head (e.g. a *ForSequenceClassification or *ForCausalLM)."
+        )
     diff = float((y0.float() - y1.float()).abs().max())
     scale = float(y0.float().abs().max()) or 1.0
     if not diff <= atol * max(1.0, scale):
-        raise NetslimError(f"width: removing hidden dims of {type(model).__name__} does not equal zeroing them "
-                           f"(max output difference {diff:.3g}): some op reads the hidden features in a way netslim "
-                           "cannot slice; nothing was changed.")
+        raise NetslimError(
+            f"width: removing hidden dims of {type(model).__name__} does not equal zeroing them "
+            f"(max output difference {diff:.3g}): some op reads the hidden features in a way netslim "
+            "cannot slice; nothing was changed."
+        )
     return diff
 
 
@@ -388,8 +457,7 @@ def _stat(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def norm_corrections(model: nn.Module, norms: list[str], *, keep: torch.Tensor,
-                     batches: list[Any]) -> dict[str, float]:
+def norm_corrections(model: nn.Module, norms: list[str], *, keep: torch.Tensor, batches: list[Any]) -> dict[str, float]:
     """Per norm: mean over calibration tokens of stat(kept features) / stat(all features), measured
     on the inputs it gets in ``model`` (unpruned); norms of an unknown kind are left out."""
     known = [n for n in norms if _stat(model.get_submodule(n), torch.ones(1, 2)) is not None]
@@ -411,11 +479,20 @@ def apply_corrections(model: nn.Module, factors: dict[str, float]) -> None:
 
 
 # ------------------------------------------------------------------------------ prune
-def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: float | None = None,
-                criterion: str = "activation", batches: Iterable[Any] | None = None,
-                loss_fn: Callable | None = None, seed: int = 0, norm_correction: bool = True,
-                example_inputs: Any = None, keep: torch.Tensor | None = None,
-                coupled: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def prune_width(
+    model: nn.Module,
+    hidden_size: int | None = None,
+    *,
+    ratio: float | None = None,
+    criterion: str = "activation",
+    batches: Iterable[Any] | None = None,
+    loss_fn: Callable | None = None,
+    seed: int = 0,
+    norm_correction: bool = True,
+    example_inputs: Any = None,
+    keep: torch.Tensor | None = None,
+    coupled: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Make the residual stream ``hidden_size`` wide (or ``ratio`` narrower), in place; returns
     ``(model, report)`` with the plan, the kept dims and the norm factors."""
     width = target_width(model, hidden_size, ratio) if coupled else _free_width(model, hidden_size)
@@ -423,8 +500,17 @@ def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: floa
     if example_inputs is None:
         example_inputs = _inputs_of(batches[0]) if batches else example_inputs_for(model)
     before = count_params(model)
-    plan, info = plan_width(model, width, criterion=criterion, batches=batches, loss_fn=loss_fn, seed=seed,
-                            example_inputs=example_inputs, keep=keep, coupled=coupled)
+    plan, info = plan_width(
+        model,
+        width,
+        criterion=criterion,
+        batches=batches,
+        loss_fn=loss_fn,
+        seed=seed,
+        example_inputs=example_inputs,
+        keep=keep,
+        coupled=coupled,
+    )
     norms = norm_names(model, info["residual"])
     diff = verify_width(model, plan, keep=info["keep"], norms=norms, example_inputs=example_inputs)
     factors = norm_corrections(model, norms, keep=info["keep"], batches=batches) if norm_correction and batches else {}
@@ -433,10 +519,18 @@ def prune_width(model: nn.Module, hidden_size: int | None = None, *, ratio: floa
     skipped = list(info["graph"].skipped)
     if norm_correction and not batches:
         skipped.append({"name": "(norms)", "reason": "width: norm correction needs calibration batches; not applied"})
-    return model, {"params_before": before, "params_after": count_params(model), "hidden_size": width,
-                   "groups": plan.groups, "config": plan.config, "plan": plan.to_dict(), "skipped": skipped,
-                   "verified_max_diff": diff, "norm_factors": factors,
-                   "from_pretrained": coupled and config_shapes_match(model)}
+    return model, {
+        "params_before": before,
+        "params_after": count_params(model),
+        "hidden_size": width,
+        "groups": plan.groups,
+        "config": plan.config,
+        "plan": plan.to_dict(),
+        "skipped": skipped,
+        "verified_max_diff": diff,
+        "norm_factors": factors,
+        "from_pretrained": coupled and config_shapes_match(model),
+    }
 
 
 def _free_width(model: nn.Module, hidden_size: int | None) -> int:
