@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import reference_tables as tables  # noqa: E402
-import run_all  # noqa: E402  (benchmarks/ is not a package)
+import reference_tables as tables
+import run_all
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"

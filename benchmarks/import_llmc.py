@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import export_hf  # noqa: E402  (the plain-transformers child)
-import llm_oneshot as lo  # noqa: E402  (calibration ids and HF checkpoint, shared with issue 6's rows)
+import export_hf
+import llm_oneshot as lo
 
 
 def dir_bytes(d: Path) -> int:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llm_oneshot import PeakRSS  # noqa: E402  (stdlib-only module: importable from either venv)
+from llm_oneshot import PeakRSS
 
 IGNORE = ["re:.*lm_head"]
 METHODS = ("sparsegpt50", "sparsegpt24", "wanda50", "wanda50_owl", "gptq_g64", "gptq_g64_sym", "gptq_g64_mse")

@@ -88,21 +88,26 @@ def order_steps(order: str, sparsity: float, bits: int, epochs: int, model: str,
     t = TRAIN[model]
     cap = {"max_steps": 3, "batch_size": 32} if tiny else {}
     half = max(1, epochs // 2)
-    gradual = lambda e: {
-        "method": "gradual",
-        "sparsity": sparsity,
-        "scope": "global",  # noqa: E731
-        "finetune": {"epochs": e, **t["gradual"], **cap},
-        "frequency": 1 if tiny else 100,
-        **({"end_step": 2} if tiny else {}),
-    }
-    qat = lambda e, prune=None: {
-        "method": "qat",
-        "weight_bits": bits,  # noqa: E731
-        "finetune": {"epochs": e, **t["qat"], **cap, **({"select_best": False} if tiny else {})},
-        "calibration_samples": 64 if tiny else 512,
-        **({"prune": prune} if prune else {}),
-    }
+
+    def gradual(e):
+        return {
+            "method": "gradual",
+            "sparsity": sparsity,
+            "scope": "global",
+            "finetune": {"epochs": e, **t["gradual"], **cap},
+            "frequency": 1 if tiny else 100,
+            **({"end_step": 2} if tiny else {}),
+        }
+
+    def qat(e, prune=None):
+        return {
+            "method": "qat",
+            "weight_bits": bits,
+            "finetune": {"epochs": e, **t["qat"], **cap, **({"select_best": False} if tiny else {})},
+            "calibration_samples": 64 if tiny else 512,
+            **({"prune": prune} if prune else {}),
+        }
+
     scheduled = {"sparsity": sparsity, "scope": "global"}
     steps = {
         "prune_ptq": [

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from PIL import Image  # noqa: E402
-from test_cli import run_cli  # noqa: E402  (the CLI helper of tests/test_cli.py)
+from PIL import Image
+from test_cli import run_cli
 
 CNN = textwrap.dedent("""
     import torch

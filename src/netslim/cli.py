@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from netslim.api import recipe_path as _recipe_path
-from netslim.api import recipes_dir  # noqa: F401  (netslim.cli.recipes_dir: where `recipes` looks)
+from netslim.api import recipes_dir
 from netslim.core.errors import NetslimError
 from netslim.recipe.spec import MAX_LIMIT
 

@@ -10,7 +10,7 @@ from netslim.lowrank import LowRankLinear, svd_compress
 from netslim.measure import count_params
 
 pytest.importorskip("transformers")
-from netslim.models.hf import register_hf_models  # noqa: E402
+from netslim.models.hf import register_hf_models
 
 register_hf_models()  # names only; idempotent
 FFN = r"re:encoder\.layer\.\d+\.(intermediate|output)\.dense"

@@ -15,7 +15,7 @@ from netslim.core.surgery import replace_module  # noqa: E402
 from netslim.measure.counts import macs_per_layer  # noqa: E402
 from netslim.models import (  # noqa: E402
     build_model,
-    hf,  # noqa: E402
+    hf,
     model_entry,
 )
 

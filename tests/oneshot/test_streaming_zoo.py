@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("transformers")
 
-import netslim  # noqa: E402
+import netslim
 
 MEASURE = {"batch_size": 1, "repeats": 2, "paired": False}
 

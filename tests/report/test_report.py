@@ -86,18 +86,20 @@ def test_every_latency_has_its_spread(sparse_run):
 
 
 def _report(layers, baseline_ms=1.0, final_ms=1.0, iqr=0.01):
-    block = lambda ms, size: {
-        "accuracy": 0.9,
-        "params": 10,
-        "nonzero": 10,
-        "macs": 10,
-        "size_bytes": size,  # noqa: E731
-        "latency_ms_b1": ms,
-        "latency_ms_b1_iqr": iqr * ms,
-        "latency_ms_bN": ms,
-        "latency_ms_bN_iqr": iqr * ms,
-        "batch_N": 8,
-    }
+    def block(ms, size):
+        return {
+            "accuracy": 0.9,
+            "params": 10,
+            "nonzero": 10,
+            "macs": 10,
+            "size_bytes": size,
+            "latency_ms_b1": ms,
+            "latency_ms_b1_iqr": iqr * ms,
+            "latency_ms_bN": ms,
+            "latency_ms_bN_iqr": iqr * ms,
+            "batch_N": 8,
+        }
+
     return {
         "recipe": "r",
         "model": "m",

@@ -5,9 +5,9 @@ import torch
 
 pytest.importorskip("ray")
 
-from netslim.search.cem import cem_search, policy_accuracy  # noqa: E402
-from netslim.search.channels import ChannelSpace  # noqa: E402
-from netslim.search.trials import TrialRunner  # noqa: E402
+from netslim.search.cem import cem_search, policy_accuracy
+from netslim.search.channels import ChannelSpace
+from netslim.search.trials import TrialRunner
 
 X = torch.randn(1, 1, 28, 28)
 

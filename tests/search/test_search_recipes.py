@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import netslim
-import netslim.search.arch  # noqa: F401  (registers the zoo model "mbnet")
+import netslim.search.arch
 from netslim.measure.counts import macs_per_layer
 from netslim.models import build_model
 from netslim.recipe.spec import MeasureOptions, load_recipe

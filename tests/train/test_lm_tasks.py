@@ -7,11 +7,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from netslim.core.errors import NetslimError  # noqa: E402
-from netslim.data import pydocs  # noqa: E402
-from netslim.models import build_model  # noqa: E402
-from netslim.train.lm_tasks import CausalLMTask, EmbeddingTask  # noqa: E402
-from netslim.train.tasks import get_task  # noqa: E402
+from netslim.core.errors import NetslimError
+from netslim.data import pydocs
+from netslim.models import build_model
+from netslim.train.lm_tasks import CausalLMTask, EmbeddingTask
+from netslim.train.tasks import get_task
 
 WORDS = (
     "module function value engine buffer socket thread parser object caller handle file "

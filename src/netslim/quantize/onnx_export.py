@@ -94,7 +94,7 @@ def register_onnx_twin(cls: type, make: Callable[[nn.Module], nn.Module] | None)
 
 
 def _qd():
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+    import torch.ao.quantization.fx._decomposed
 
     return torch.ops.quantized_decomposed
 

@@ -138,7 +138,7 @@ def execute_recipe(
     opened = sm[0] if sm else resolve_model(ref, weights=weights, base=base, verify=verify)
     sm = sm[1] if sm else None
     reference_path = out / "baseline.safetensors"
-    reference = None if sm else lambda: load(reference_path, base=opened.base)  # noqa: E731
+    reference = None if sm else lambda: load(reference_path, base=opened.base)
     task = resolve_task(
         opened, data=data, recipe_data=recipe.data, dataset=recipe.dataset, options=data_options, reference=reference
     )

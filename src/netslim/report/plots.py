@@ -18,7 +18,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 MAX_BARS = 40  # bars of one per-layer chart; more layers are aggregated
 MAX_WIDTH_IN = 14.0  # widest figure (inches)

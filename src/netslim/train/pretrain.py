@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from netslim.core.cache import cache_dir  # noqa: F401  (re-exported: its home was here)
+from netslim.core.cache import cache_dir
 from netslim.core.errors import NetslimError
 from netslim.models import build_model, model_entry
 from netslim.train.loop import TrainConfig, fit
