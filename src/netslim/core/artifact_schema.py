@@ -192,7 +192,8 @@ DIGEST_BYTES = 32
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw bytes safetensors stores for the CPU-contiguous tensor ``t`` (no copy)."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12 (PEP 688); it is a buffer on every version.
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 def _tensor_digest(name: str, dtype: str, shape, data) -> bytes:

@@ -142,7 +142,8 @@ def build_config(
     >>> build_config(MagnitudeConfig, None, {"sparsity": 0.5})            # doctest: +SKIP
     """
     if cfg is not None and not isinstance(cfg, cls):
-        what = f" (method {cls.method!r})" if getattr(cls, "method", "") else ""
+        method = getattr(cls, "method", "")
+        what = f" (method {method!r})" if method else ""
         raise NetslimError(f"Expected a {cls.__name__}{what}; got {type(cfg).__name__}.")
     if overrides is not None and not isinstance(overrides, Mapping):
         raise NetslimError(f"{where or cls.__name__}: expected a mapping of fields; got {shown(overrides)}.")

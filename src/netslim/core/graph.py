@@ -257,7 +257,7 @@ def is_attention_leaf(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def check_attention_leaf(m: nn.Module) -> str | None:
+def check_attention_leaf(m: Any) -> str | None:  # duck-typed: num_heads, head_dim, qkv, proj
     """None when removing a head (and lowering ``num_heads``) equals zeroing its slices; else why not.
 
     The forward is user code: this check is what makes its heads provably prunable.
@@ -580,8 +580,8 @@ class _Tracer:
         if len(tensors) == 2 and len(full) == 1:
             # x + a broadcast tensor (a bias, a position table): units stay where x has them,
             # but the other operand cannot be sliced with them: lock
-            for a in tensors:
-                self.b.lock_layout(self.layout[a], "added to a broadcast tensor")
+            for t in tensors:
+                self.b.lock_layout(self.layout[t], "added to a broadcast tensor")
             self.set(node, self.layout[full[0]], self.axis[full[0]])
             return None
         if len(tensors) == 1 or any(s != _shape(node) for s in shapes):  # broadcasting: not a channel sum
@@ -619,11 +619,11 @@ class _Tracer:
         keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         if shape is None or dims is None:
             return self.opaque(node, "reduction over every dim")
-        dims = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+        reduced: set[int] = {d % len(shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
         a = self.axis[src]
-        if a in dims or 0 in dims:
+        if a in reduced or 0 in reduced:
             return self.opaque(node, "reduction over the units or the batch")
-        self.set(node, self.layout[src], a if keep else a - sum(d < a for d in dims))
+        self.set(node, self.layout[src], a if keep else a - sum(d < a for d in reduced))
         return None
 
     def cat(self, node: fx.Node) -> None:
@@ -647,7 +647,8 @@ class _LeafTracer(fx.Tracer):
 
     def __init__(self, leaves: tuple[str, ...] = ()):
         super().__init__()
-        self.leaves, self.stack = tuple(leaves), []
+        self.leaves = tuple(leaves)
+        self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         from .selectors import matches

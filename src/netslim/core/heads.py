@@ -111,7 +111,7 @@ def find_heads(model: nn.Module, example_inputs: Any, cores: list[Core]) -> None
     leaves: dict[str, torch.Tensor] = {}
     ctx: dict[str, torch.Tensor] = {}
     calls: dict[str, tuple] = {}
-    hooks = []
+    hooks: list[tuple] = []
 
     def as_leaf(name):
         def fn(mod, args, out):
@@ -198,14 +198,15 @@ def _layout(model: nn.Module, c: Core, leaves: list, out: torch.Tensor | None) -
         c.reason = "all heads share their keys and values (one group): no head can go alone"
         return
     cols = _segments([unit[r] for r in roots[:d]], n)
-    rows, offset = {}, d
+    rows: dict[str, list[tuple[int, int]] | None] = {}
+    offset = d
     for m, r in zip(c.ins, sizes):
         rows[m] = _segments([unit[x] for x in roots[offset : offset + r]], n)
         offset += r
     if cols is None or any(v is None for v in rows.values()):
         c.reason = "its heads are not laid out as equal consecutive blocks"
         return
-    c.units, c.cols, c.rows = n, cols, rows
+    c.units, c.cols, c.rows = n, cols, {m: v for m, v in rows.items() if v is not None}  # none is None here
     c.attrs = _count_attrs(model, c, n)
 
 

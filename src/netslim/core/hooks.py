@@ -71,8 +71,9 @@ def _specs(hooks: Hooks | None, kind: str) -> list[tuple[Target, Callable[..., A
 
 
 def _register(root: nn.Module | None, target: Target, hook: Callable[..., Any], kind: str):
-    module = target
-    if isinstance(target, str):
+    if not isinstance(target, str):
+        module = target
+    else:
         if root is None:
             raise NetslimError(f"Hook target {shown(target)} is a name: pass the model it names a module of.")
         try:

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -81,7 +81,7 @@ def is_linear(module: nn.Module) -> bool:
 
 def weight_2d(module: nn.Module) -> torch.Tensor:
     """The weight as (out, in), detached (a view; Conv1D's is transposed)."""
-    w = module.weight.detach()
+    w = cast(torch.Tensor, module.weight).detach()  # nn.Module.__getattr__ is typed Tensor | Module
     return w.T if is_conv1d(module) else w
 
 
@@ -91,9 +91,12 @@ def set_weight_2d(module: nn.Module, w: torch.Tensor) -> None:
         from torch.nn.utils import parametrize
 
         # A masked layer: write the stored original (the mask multiplies it on access).
-        target = (
-            module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else module.weight
-        )
+        target: torch.Tensor
+        if parametrize.is_parametrized(module, "weight"):
+            plist: Any = module.parametrizations  # a ModuleDict of ParametrizationList (typed Tensor | Module)
+            target = plist.weight.original
+        else:
+            target = cast(torch.Tensor, module.weight)
         target.copy_((w.T if is_conv1d(module) else w).to(target.dtype))
 
 
@@ -367,7 +370,7 @@ def run_sequential(
 
     tmp = tempfile.TemporaryDirectory(dir=offload_dir, prefix="netslim-act-") if offload_dir is not None else None
     where = Path(tmp.name) if tmp is not None else None
-    parked = BlockStore(where) if offload_blocks else None
+    parked = BlockStore(where) if offload_blocks and where is not None else None  # offload_blocks needs a folder
     inputs = None
     try:
         if parked is not None:  # only block 0 stays: capture stops before block 1
@@ -464,8 +467,8 @@ def collect_hessians(
     accs: dict[str, HessianAccumulator] = {}
     hooks = []
     for name, mod in layers:
-        cols = weight_2d(mod).shape[1]
-        acc = accs[name] = HessianAccumulator(cols, mod.weight.device, diag_only)
+        w = weight_2d(mod)
+        acc = accs[name] = HessianAccumulator(w.shape[1], w.device, diag_only)
 
         def hook(_m, args, _out, acc=acc):
             prod, n = shared.product(args[0], diag_only)

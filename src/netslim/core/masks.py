@@ -8,6 +8,8 @@ masked entries is zero. ``make_permanent`` bakes the product into a plain parame
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -17,6 +19,8 @@ from .errors import NetslimError
 
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask`` with the mask stored as a buffer."""
+
+    mask: torch.Tensor  # a buffer (typed here: nn.Module.__getattr__ says Tensor | Module)
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
@@ -29,7 +33,7 @@ class Mask(nn.Module):
 def get_mask(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     if not parametrize.is_parametrized(module, name):
         return None
-    for p in module.parametrizations[name]:
+    for p in _parametrizations(module)[name]:
         if isinstance(p, Mask):
             return p.mask
     return None
@@ -53,8 +57,16 @@ def set_mask(module: nn.Module, mask: torch.Tensor, name: str = "weight") -> Non
     else:
         parametrize.register_parametrization(module, name, Mask(mask.to(tensor.device)))
     with torch.no_grad():
-        orig = module.parametrizations[name].original
-        orig.mul_(get_mask(module, name).to(orig.dtype))
+        orig = _parametrizations(module)[name].original
+        current = get_mask(module, name)
+        assert current is not None  # attached just above
+        orig.mul_(current.to(orig.dtype))
+
+
+def _parametrizations(module: nn.Module) -> Mapping[str, parametrize.ParametrizationList]:
+    """``module.parametrizations`` (a ModuleDict of ParametrizationList), typed: nn.Module.__getattr__
+    declares every attribute Tensor | Module."""
+    return module.parametrizations  # type: ignore[return-value]
 
 
 def masked_params(model: nn.Module) -> list[str]:
@@ -72,6 +84,6 @@ def make_permanent(model: nn.Module) -> nn.Module:
     """Bake every mask into its tensor (zeros stay), removing the parametrizations."""
     for module in model.modules():
         if parametrize.is_parametrized(module):
-            for pname in list(module.parametrizations):
+            for pname in list(_parametrizations(module)):
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
     return model

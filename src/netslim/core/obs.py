@@ -61,7 +61,7 @@ class HessianAccumulator:
 class SharedInput:
     """Computes ``XᵀX`` (or ``Σ x²``) once per distinct input tensor of a forward pass."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._last: tuple[torch.Tensor, bool, torch.Tensor] | None = None
 
     def product(self, x: torch.Tensor, diag_only: bool) -> tuple[torch.Tensor, int]:

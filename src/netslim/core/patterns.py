@@ -37,8 +37,9 @@ def declared_nm(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 def effective_weight(layer: nn.Module) -> torch.Tensor | None:
     """The weight a layer computes with (quantized: dequantized; masked: masked), or None."""
-    if callable(getattr(layer, "dequantize_weight", None)):
-        return layer.dequantize_weight()
+    dequantize = getattr(layer, "dequantize_weight", None)
+    if callable(dequantize):
+        return dequantize()
     w = getattr(layer, "weight", None)
     return w.detach() if isinstance(w, torch.Tensor) else None
 

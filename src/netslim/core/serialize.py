@@ -228,6 +228,7 @@ register_module(
     lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "padding_idx": m.padding_idx},
 )
 register_module(nn.Dropout, lambda m: {"p": m.p})
+_cls: type[nn.Module]
 for _cls in (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.Sigmoid, nn.Tanh):
     register_module(_cls, lambda m: {"inplace": bool(getattr(m, "inplace", False))} if hasattr(m, "inplace") else {})
 for _cls in (nn.GELU, nn.Identity, nn.Flatten):
@@ -266,7 +267,7 @@ def build_module(spec: dict, where: str = "") -> nn.Module:
 
 def _build_module(spec: dict, where: str) -> nn.Module:
     name = spec.get("type") if isinstance(spec, dict) else None
-    if name in (_type_name(c) for c in _CONTAINERS):
+    if name in {_type_name(c) for c in _CONTAINERS}:
         specs = spec.get("children", {})
         if not isinstance(specs, dict):
             raise NetslimError(f"Module spec {shown(where)}: 'children' must be an object; got {type(specs).__name__}.")

@@ -25,7 +25,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -35,6 +35,9 @@ from .history import StepHistory
 from .hooks import hooked
 from .registry import load_sources
 from .streaming import StreamedModel, alias_groups, materialize, module_bytes, release
+
+if TYPE_CHECKING:
+    from .config import MethodConfig
 
 Solver = Literal["hessian", "diag", "none"]
 GC_BYTES = 16 << 20  # blocks larger than this: a full garbage collection after each (~0.3 s with transformers loaded)
@@ -201,7 +204,10 @@ class BlockStream:
             self.activations = "disk" if offload_dir is not None else "memory"
             return offload_dir
         need = max(
-            (block_need(b, getattr(model, "config", None), tuple(ids.shape), batch_size, self.solver) for b in blocks),
+            (
+                block_need(b, getattr(model, "config", None), (ids.shape[0], ids.shape[1]), batch_size, self.solver)
+                for b in blocks
+            ),
             key=lambda d: sum(d.values()) - d["in_memory"],
         )
         fixed = need["weights"] + need["statistics"] + need["solve"] + need["batch"]
@@ -356,7 +362,7 @@ _STREAMERS: dict[str, tuple[StreamFn, Solver]] = {}  # filled where the methods 
 IN_MEMORY_HINT = "set stream: false to run the recipe with the whole model in memory"
 
 
-def register_streaming(config_cls: type, solver: Solver = "none") -> Callable[[StreamFn], StreamFn]:
+def register_streaming(config_cls: type[MethodConfig], solver: Solver = "none") -> Callable[[StreamFn], StreamFn]:
     """Decorator: ``fn(streamed_model, cfg, ctx, stream)`` applies ``config_cls`` block by block;
     ``solver`` sizes the per-block statistics for the memory budget."""
 

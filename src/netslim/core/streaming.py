@@ -135,7 +135,8 @@ class TensorSource:
         header = self._headers[name]
         e = header.tensors[name]
         out = torch.empty(e.shape, dtype=DTYPES[e.dtype][0])
-        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+        # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12 (PEP 688); it is a buffer on every version.
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")  # type: ignore[arg-type]
         with open(header.path, "rb") as f:
             f.seek(header.data_start + e.begin)
             got = f.readinto(view) if out.numel() else 0
@@ -276,12 +277,13 @@ def materialize(sm: StreamedModel, module: nn.Module, prefix: str, recurse: bool
         full = dot + key
         head = sm.groups.get(full, full)
         meta = owner._parameters[attr] if is_param else owner._buffers[attr]
+        assert meta is not None  # tensor_slots lists set slots only
         t = made.get(head)
         if t is None:
             t = sm.source.get(sm.stored_key(full), meta.dtype)
             made[head] = t = nn.Parameter(t, requires_grad=meta.requires_grad) if is_param else t
         if is_param:
-            owner._parameters[attr] = t
+            owner._parameters[attr] = t  # type: ignore[assignment]  # the nn.Parameter made above
         else:
             owner._buffers[attr] = t
     _tie_outside(sm, module, dot, made)
@@ -307,7 +309,7 @@ def _tie_outside(sm: StreamedModel, module: nn.Module, dot: str, made: dict[str,
     for key, (owner, attr, is_param) in tensor_slots(sm.model).items():
         head = sm.groups.get(key, key)
         if head in made and not key.startswith(dot):
-            (owner._parameters if is_param else owner._buffers)[attr] = made[head]
+            (owner._parameters if is_param else owner._buffers)[attr] = made[head]  # type: ignore[assignment]  # a Parameter where is_param
 
 
 def _fill_computed_buffers(sm: StreamedModel, mod: nn.Module, where: str) -> None:
@@ -336,7 +338,7 @@ def release(module: nn.Module, root: nn.Module | None = None) -> None:
     for mod in module.modules():
         for name, p in list(mod._parameters.items()):
             if p is not None and not p.is_meta:
-                mod._parameters[name] = meta_of(p, True)
+                mod._parameters[name] = meta_of(p, True)  # type: ignore[assignment]  # an nn.Parameter (is_param)
         for name, b in list(mod._buffers.items()):
             if b is not None and not b.is_meta:
                 mod._buffers[name] = meta_of(b, False)
@@ -344,7 +346,7 @@ def release(module: nn.Module, root: nn.Module | None = None) -> None:
         for mod in root.modules():
             for name, p in list(mod._parameters.items()):
                 if p is not None and id(p) in swapped and swapped[id(p)][0] is p:
-                    mod._parameters[name] = swapped[id(p)][1]
+                    mod._parameters[name] = swapped[id(p)][1]  # type: ignore[assignment]  # the meta nn.Parameter
             for name, b in list(mod._buffers.items()):
                 if b is not None and id(b) in swapped and swapped[id(b)][0] is b:
                     mod._buffers[name] = swapped[id(b)][1]

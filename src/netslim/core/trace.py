@@ -34,6 +34,7 @@ import logging
 import math
 import operator
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +213,9 @@ class Core:
 def example_call(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
     """``(args, kwargs)`` of one forward call: a tensor, a tuple of them or a dict of keywords.
     A model whose forward takes ``use_cache`` is called without a cache (none is traced)."""
+    args: tuple
+    kwargs: dict
+    params: Mapping[str, Any]
     if isinstance(example_inputs, dict):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, (tuple, list)):
@@ -230,13 +234,13 @@ def example_call(model: nn.Module, example_inputs: Any) -> tuple[tuple, dict]:
 class TraceStack:
     """Forward pre/post hooks that know which module is running: the one that stopped a trace."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stack: list[str] = []
         self.last: str | None = None
 
     def hooks(self, model: nn.Module) -> list[tuple[nn.Module, Any, str]]:
         """The hooks to register (:mod:`netslim.core.hooks`) while ``model`` runs."""
-        out = []
+        out: list[tuple[nn.Module, Any, str]] = []
         for name, m in model.named_modules():
             out += [(m, lambda mod, a, n=name: self._push(n), "pre"), (m, lambda mod, a, o: self._pop(), "forward")]
         return out
@@ -484,7 +488,9 @@ class _AtenTracer:
 
     def out_projection(self, node: fx.Node) -> None:
         core = self.core_out[self._weight_module(node)]
-        _, w, bias, out_dim = dense_parts(node)
+        dense = dense_parts(node)
+        assert dense is not None  # called for a core's own weight module: a dense layer
+        _, w, bias, out_dim = dense
         s = self._head_space(core)
         self.slot(w, 1 - out_dim, tuple(Segment(s, u, f) for u, f in core.cols), role="in")
         p = self.param(w)
@@ -789,11 +795,11 @@ class _AtenTracer:
             return self.opaque(node, "max/min with indices")
         if dims is None or dims == []:
             return self.opaque(node, "reduction over every dim")
-        dims = {d % len(ins) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+        reduced: set[int] = {d % len(ins) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
         a = self.axis[src]
-        if a in dims:
+        if a in reduced:
             return self.opaque(node, f"{_NORM_LOCK} ({_op(node)} over the units)")
-        self.set(node, self.layout[src], a if keep else a - sum(d < a for d in dims))
+        self.set(node, self.layout[src], a if keep else a - sum(d < a for d in reduced))
         return None
 
     def op_cat(self, node: fx.Node) -> None:
@@ -832,7 +838,8 @@ class _AtenTracer:
         if dim != a:
             self.parts[node] = [(lin, a) for _ in outs]
             return None
-        parts, i = [], 0
+        parts: list[tuple[tuple[Segment, ...], int] | None] = []
+        i = 0
         for shp in outs:  # every piece must be whole segments of the layout
             width, segs = shp[a], []
             while width > 0 and i < len(lin) and lin[i].width <= width:
@@ -864,8 +871,9 @@ class _AtenTracer:
     def op_getitem(self, node: fx.Node) -> None:
         src, i = node.args
         parts = self.parts.get(src)
-        if parts is not None and isinstance(i, int) and i < len(parts) and parts[i] is not None:
-            self.set(node, *parts[i])
+        part = parts[i] if parts is not None and isinstance(i, int) and i < len(parts) else None
+        if part is not None:
+            self.set(node, *part)
         elif src in self.core_nodes:
             self.core_nodes.add(node)
 
