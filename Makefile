@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MPLCONFIGDIR  := $(CURDIR)/.cache/mpl
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo lint test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,13 @@ demo: setup
 	$(BIN)/netslim train lenet300 --skip-existing
 	$(BIN)/netslim compress recipes/demo.yaml --model lenet300 --out runs/demo
 
-test: setup
+# Lint and formatting ([tool.ruff]), then types of netslim.core ([tool.mypy] files; ~2 s warm, ~40 s cold).
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # `make bench`: every command whose figures BENCHMARKS.md quotes (many hours on 2 CPU cores), then
