@@ -329,6 +329,7 @@ def _corrupt_yaml(data: bytes, op: tuple) -> bytes:
 @fuzz_settings(800)
 @given(recipe=recipes(), ops=st.lists(CORRUPTIONS, max_size=3), unicode=st.booleans(), flow=st.booleans())
 @example(recipe={"name": "x", "steps": [{"method": "evaluate"}], 1: 2}, ops=[], unicode=False, flow=False)
+@example(recipe={"name": "", "steps": []}, ops=[("cut", 0), ("tag", "!!timestamp")], unicode=False, flow=False)
 def test_corrupted_recipe_yaml_is_a_recipe_or_netslim_error(tmp_path_factory, recipe, ops, unicode, flow):
     text = yaml.safe_dump(recipe, allow_unicode=unicode, default_flow_style=flow, sort_keys=False)
     data = text.encode("utf-8")

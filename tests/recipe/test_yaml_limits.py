@@ -14,7 +14,7 @@ import pytest
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError, bad_param, shown, unknown_name
 from netslim.recipe import load_recipe, parse_recipe
-from netslim.recipe.spec import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES
+from netslim.recipe.spec import MAX_RECIPE_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, load_yaml
 
 OK_STEPS = "steps:\n  - method: evaluate\n"
 
@@ -210,3 +210,31 @@ def test_stored_hf_config_never_selects_a_hub_kernel(monkeypatch, caplog, key, v
     assert model.config._attn_implementation == "sdpa"
     assert "replaced by 'sdpa'" in caplog.text
     assert build_hf({**arch, "config": {**arch["config"], key: "eager"}}).config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "!!timestamp ''",
+        "!!timestamp abc",
+        "!!int ''",
+        "!!int abc",
+        "!!float ''",
+        "!!float x1",
+        "!!bool ''",
+        "!!bool maybe",
+    ],
+)
+def test_a_tagged_value_that_does_not_parse_is_one_line_naming_it(tmp_path, value):
+    """PyYAML's own constructors fail on these with AttributeError / IndexError / KeyError /
+    ValueError (found by the recipe fuzz test: ``!!timestamp ''``); netslim says which value."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\nsteps: []\nnote: {value}\n")
+    with pytest.raises(NetslimError, match=r"at line 3: .* is not a valid YAML (timestamp|int|float|bool)"):
+        load_yaml(path)
+
+
+def test_tagged_values_that_parse_still_load(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("a: !!int '12'\nb: !!float '0.5'\nc: !!bool 'true'\nd: !!str 12\n")
+    assert load_yaml(path) == {"a": 12, "b": 0.5, "c": True, "d": "12"}

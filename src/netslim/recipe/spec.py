@@ -308,6 +308,27 @@ class _BudgetLoader(_SafeLoader):
         return self._number(node, yaml.SafeLoader.construct_yaml_float)
 
 
-_BudgetLoader.yaml_constructors = dict(yaml.SafeLoader.yaml_constructors)
-_BudgetLoader.add_constructor("tag:yaml.org,2002:int", _BudgetLoader._int)
-_BudgetLoader.add_constructor("tag:yaml.org,2002:float", _BudgetLoader._float)
+def _tag_checked(construct: Any) -> Any:
+    """``construct`` with PyYAML's own failures on an explicitly tagged scalar that does not
+    parse as its tag (``!!timestamp ''``: AttributeError, ``!!bool abc``: KeyError, ``!!int ''``:
+    IndexError) turned into one line naming the tag, the value and the line."""
+
+    def checked(loader: _BudgetLoader, node: Any) -> Any:
+        try:
+            return construct(loader, node)
+        except NetslimError:  # a budget of the loader (a NetslimError is a ValueError)
+            raise
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+            tag = str(node.tag).rsplit(":", 1)[-1]
+            value = node.value if isinstance(node, yaml.ScalarNode) else f"a {type(node).__name__[:-4].lower()}"
+            raise loader._fail(node.start_mark, f"{shown(value)} is not a valid YAML {tag} (tagged !!{tag})") from None
+
+    return checked
+
+
+_BudgetLoader.yaml_constructors = {
+    tag: _tag_checked(fn) for tag, fn in yaml.SafeLoader.yaml_constructors.items() if tag is not None
+}
+_BudgetLoader.yaml_constructors[None] = yaml.SafeLoader.yaml_constructors[None]  # unknown tags: ConstructorError
+_BudgetLoader.add_constructor("tag:yaml.org,2002:int", _tag_checked(_BudgetLoader._int))
+_BudgetLoader.add_constructor("tag:yaml.org,2002:float", _tag_checked(_BudgetLoader._float))
