@@ -580,13 +580,44 @@ def load(
     desc = validate_description(header, raw)
     check_against_header(desc, header, base)
     where = str(path)
-    with _errors_in(where, "arch"):
-        model = build_arch(desc["arch"], base=base)
+    # A Hugging Face model is built on the meta device and takes the file's tensors as they are
+    # (load_state assigns them): no fp32 copy with random weights first - loading a 173 MB int4
+    # SmolLM2 peaked at +758 MB that way (the full fp32 model built and initialised, then replaced).
+    lean = desc["arch"].get("kind") == "hf" and base is None
+    with _errors_in(where, "arch"), torch.device("meta") if lean else contextlib.nullcontext():
+        model = build_arch(desc["arch"], base=base, **({"device": "meta"} if lean else {}))
         _replay_plans(model, desc.get("plans", []))
         restore_structure(model, desc)
     load_state(model, _read_tensors(path), desc, where=where)
+    if lean:
+        _fill_computed_buffers(model, where)
     model.eval()
     return model.to(device)
+
+
+def _fill_computed_buffers(model: nn.Module, where: str) -> None:
+    """After a meta-device build and an assigning load: the non-persistent buffers a module
+    computes at construction (rotary frequencies) filled as transformers fills them, the loaded
+    tensors kept; anything still on the meta device is an error, not a silent garbage weight."""
+    from .streaming import hf_buffer_init
+
+    fill = hf_buffer_init(model)
+    for name, mod in model.named_modules():
+        computed = [
+            n for n, b in mod._buffers.items() if b is not None and b.is_meta and n in mod._non_persistent_buffers_set
+        ]
+        if not computed:
+            continue
+        for n in computed:
+            b = mod._buffers[n]
+            assert b is not None
+            mod._buffers[n] = torch.zeros(b.shape, dtype=b.dtype)
+        if fill is None:
+            raise NetslimError(f"{where}: module {name or '(root)'} computes its buffers {computed} at construction.")
+        fill(mod)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise NetslimError(f"{where}: no value for {shown(left[0])} after loading ({len(left)} tensor(s) left unset).")
 
 
 _warned_unverified = False
