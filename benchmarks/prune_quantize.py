@@ -288,12 +288,19 @@ def llm_recipe(case: str, tiny: bool) -> dict:
 def loaded_peak_rss_mb(path: Path) -> dict:
     """Memory (MiB) of a fresh process loading ``path``, with netslim, its method families and
     transformers imported first: peak RSS before and after the load and their difference
-    (``model``), and the resident set before and after (``resident_model``: what stays)."""
+    (``model``), and the resident set before and after (``resident_model``: what stays).
+
+    The peak is the process's own ``VmHWM`` (/proc/self/status), not ``ru_maxrss``: Linux
+    carries ``ru_maxrss`` over fork + exec, so a child of this (GB-sized) process reported its
+    parent's high-water mark before it loaded anything."""
     code = (
-        "import gc, json, resource, sys, psutil, netslim, transformers\n"
+        "import gc, json, sys, psutil, netslim, transformers\n"
         "from netslim.core.registry import load_sources\n"
         "load_sources()\n"
-        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "def peak():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1]) / 1024\n"
         "rss = lambda: (gc.collect(), psutil.Process().memory_info().rss / 2**20)[1]\n"
         "before, rss0 = peak(), rss()\n"
         "m = netslim.load(sys.argv[1])\n"
@@ -418,6 +425,37 @@ def main_llm(args, out: Path) -> None:
     print(f"wrote {out}")
 
 
+def remeasure_memory(folder: Path, path: Path) -> None:
+    """The LLM study's load memory measured again from kept artifacts (the study's own numbers:
+    ``ru_maxrss`` carried the parent's peak into the child, and the load then built an fp32 copy
+    first); the study's other figures stay as they are."""
+    result = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="netslim_issue21_mem_") as tmp:
+        for run in result["runs"]:
+            artifact = folder / f"{run['case']}.safetensors"
+            if not artifact.is_file():
+                continue
+            dense = _save_dense(netslim.load(artifact), Path(tmp) / f"{run['case']}_dense_int4.safetensors")
+            run["memory_remeasured"] = {
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+                "commit": subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+                ).stdout.strip(),
+                "bytes": {"artifact": artifact.stat().st_size, "same_weights_dense_int4": dense.stat().st_size},
+                "artifact": loaded_peak_rss_mb(artifact),
+                "same_weights_dense_int4": loaded_peak_rss_mb(dense),
+            }
+            m = run["memory_remeasured"]
+            print(
+                f"{run['case']}: load peak +{m['artifact']['model']:.0f} MiB, resident +{m['artifact']['resident_model']:.0f}"
+                f" (dense int4: +{m['same_weights_dense_int4']['model']:.0f}, "
+                f"+{m['same_weights_dense_int4']['resident_model']:.0f})",
+                flush=True,
+            )
+    _write(path, result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cnn", action="store_true", help="the CNN order study (ResNet-20, LeNet-5)")
@@ -434,7 +472,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per round (default 20; --tiny 2)")
     ap.add_argument("--redo", action="store_true", help="run cases already in the result file again")
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results)")
+    ap.add_argument(
+        "--remeasure-memory",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="LLM: measure again the memory of loading each case's artifact kept as DIR/<case>.safetensors "
+        "(and its dense int4 form) with this checkout's netslim.load; stored as 'memory_remeasured'",
+    )
     args = ap.parse_args()
+    if args.remeasure_memory:
+        remeasure_memory(args.remeasure_memory, (args.out or ROOT / "results") / "issue21_llm.json")
+        return
     if args.tiny:
         args.cnn, args.llm = (True, True) if not (args.cnn or args.llm) else (args.cnn, args.llm)
         args.sparsities, args.bits, args.epochs = args.sparsities[:1], args.bits, 2
