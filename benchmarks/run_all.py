@@ -323,6 +323,14 @@ RUNS: tuple[Run, ...] = (
         ("structured.json",),
     ),
     Run(
+        "structured-real",
+        "structured",
+        ("benchmarks/structured_coverage.py --real --repeats 5",),
+        ("issue22_real.json",),
+        minutes=2,
+        env=(("OMP_NUM_THREADS", "2"),),
+    ),
+    Run(
         "structured-coverage",
         "structured",
         ("benchmarks/structured_coverage.py",),
@@ -656,6 +664,31 @@ RUNS: tuple[Run, ...] = (
         ("issue18_llmc_import.json",),
         env=(("OMP_NUM_THREADS", "1"),),
         note="needs .cache/venv-llmc (README)",
+    ),
+    # ---- prune + quantize (issue 21)
+    Run(
+        "prune-quantize-llm",
+        "prune-quantize",
+        ("benchmarks/prune_quantize.py --llm --llm-orders dense_gptq prune_first quantize_first joint",),
+        ("issue21_llm.json",),
+        minutes=46,
+        env=(("OMP_NUM_THREADS", "2"),),
+    ),
+    # ---- int8 transformer inference, shared harness (issue 25)
+    Run(
+        "inference-minilm",
+        "quantization",
+        ("benchmarks/inference.py --out benchmarks/results/issue25_minilm.json",),
+        ("issue25_minilm.json", "issue25_minilm.md"),
+        minutes=6,
+        env=(("OMP_NUM_THREADS", "2"), ("HF_HUB_OFFLINE", "1")),
+    ),
+    Run(
+        "inference-smollm2",
+        "weight-only",
+        ("benchmarks/inference.py --llm --out benchmarks/results/issue25_smollm2.json",),
+        ("issue25_smollm2.json", "issue25_smollm2.md"),
+        env=(("OMP_NUM_THREADS", "2"), ("HF_HUB_OFFLINE", "1")),
     ),
     # ---- scale (issue 19)
     Run(
