@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netslim.core.conv import Conv2dGeometry, conv_kwargs
 from netslim.core.serialize import register_module
-from netslim.measure import register_macs
+from netslim.measure.counts import conv_macs, linear_macs, register_macs
 
 
 def index_dtype(num_clusters: int) -> torch.dtype:
@@ -86,7 +87,7 @@ class SharedLinear(SharedWeight):
         )
 
 
-class SharedConv2d(SharedWeight):
+class SharedConv2d(SharedWeight, Conv2dGeometry):
     def __init__(
         self,
         in_channels: int,
@@ -100,15 +101,9 @@ class SharedConv2d(SharedWeight):
         num_clusters: int = 256,
     ):
         super().__init__()
-        pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
-        self.padding = padding if isinstance(padding, str) else pair(padding)
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_shared((out_channels, in_channels // groups, *self.kernel_size), num_clusters)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W')
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -127,28 +122,10 @@ def _linear_kwargs(m: SharedLinear) -> dict:
 
 
 def _conv_kwargs(m: SharedConv2d) -> dict:
-    return {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size),
-        "stride": list(m.stride),
-        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-        "dilation": list(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-        "num_clusters": m.num_clusters,
-    }
-
-
-def _linear_macs(m, inputs, out) -> int:
-    return int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
-
-
-def _conv_macs(m, inputs, out) -> int:
-    return int(out.numel()) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+    return conv_kwargs(m) | {"num_clusters": m.num_clusters}
 
 
 register_module(SharedLinear, _linear_kwargs)
 register_module(SharedConv2d, _conv_kwargs)
-register_macs(SharedLinear, _linear_macs)
-register_macs(SharedConv2d, _conv_macs)
+register_macs(SharedLinear, linear_macs)
+register_macs(SharedConv2d, conv_macs)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .errors import NetslimError, bad_param
-from .hooks import hooked
+from .hooks import eval_mode, hooked
 
 log = logging.getLogger(__name__)
 
@@ -574,3 +574,26 @@ def compress_blocks(
             model(calib[i : i + batch_size].to(dev))
 
     fn(model, "", [(n.lstrip("."), m) for n, m in layers], feed)
+
+
+def compress_blocks_for(
+    model: nn.Module, calib: Any, fn: BlockFn, *, cfg: Any, desc: str | None = None, stream: Any = None
+) -> None:
+    """:func:`compress_blocks` with ``model`` in eval mode (restored after) and the calibration
+    options of a method config: ``include``, ``exclude``, ``batch_size``, ``device``,
+    ``offload_dir``, ``sequential`` (propagate), ``offload_blocks``; ``desc`` defaults to ``cfg.method``."""
+    with eval_mode(model):
+        compress_blocks(
+            model,
+            calib,
+            fn,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            offload_dir=cfg.offload_dir,
+            propagate=cfg.sequential,
+            desc=cfg.method if desc is None else desc,
+            offload_blocks=cfg.offload_blocks,
+            stream=stream,
+        )

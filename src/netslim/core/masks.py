@@ -9,6 +9,7 @@ masked entries is zero. ``make_permanent`` bakes the product into a plain parame
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,3 +88,36 @@ def make_permanent(model: nn.Module) -> nn.Module:
             for pname in list(_parametrizations(module)):
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
     return model
+
+
+def baked_copy(module: nn.Module) -> nn.Module:
+    """A plain Linear/Conv2d holding ``module``'s effective (masked) weight, on its device and dtype.
+
+    Not ``make_permanent(copy.deepcopy(module))``: a deep copy of a parametrized module shares
+    its dynamically created class, and removing the copy's parametrization deletes the
+    original's ``weight`` property too.
+    """
+    m: Any = module  # its attributes, which nn.Module.__getattr__ types as Tensor | Module
+    w = m.weight.detach()
+    out: Any
+    if isinstance(m, nn.Linear):
+        out = nn.Linear(m.in_features, m.out_features, m.bias is not None, device=w.device, dtype=w.dtype)
+    else:
+        out = nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if m.bias is not None:
+            out.bias.copy_(m.bias.detach())
+    return out

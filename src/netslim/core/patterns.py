@@ -16,9 +16,13 @@ from a checkpoint no longer checks it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import model_validator
 from torch import nn
 
+from .config import MethodConfig
 from .errors import NetslimError
 
 ATTR = "netslim_nm"
@@ -29,6 +33,27 @@ def declare_nm(model: nn.Module, names: list[str], n: int, m: int) -> None:
     table = dict(getattr(model, ATTR, None) or {})
     table.update({name: (int(n), int(m)) for name in names})
     model.__dict__[ATTR] = table  # a plain attribute (not a submodule, not state)
+
+
+class NMFields(MethodConfig):
+    """Base of a method config with optional N:M fields ``n`` / ``m`` (n kept of every m weights),
+    which the subclass declares (in its own field order): given both or neither, with n < m; ``nm``."""
+
+    if TYPE_CHECKING:  # pydantic fields of the subclass
+        n: int | None
+        m: int | None
+
+    @model_validator(mode="after")
+    def _nm_pair(self) -> NMFields:
+        if (self.n is None) != (self.m is None):
+            raise ValueError("'n' and 'm' go together (N:M keeps n of every m weights); give both or neither")
+        if self.n is not None and self.m is not None and self.n >= self.m:
+            raise ValueError("'n' must be < 'm' (N:M keeps n of every m weights)")
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return None if self.n is None or self.m is None else (self.n, self.m)
 
 
 def declared_nm(model: nn.Module) -> dict[str, tuple[int, int]]:

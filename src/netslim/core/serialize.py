@@ -75,6 +75,7 @@ from .artifact_schema import (
     verify_description,
     verify_integrity,
 )
+from .conv import conv_kwargs
 from .errors import NetslimError, clip, shown, unknown_name
 from .history import StepHistory
 from .masks import Mask, masked_params
@@ -186,17 +187,7 @@ def _lin(m):
 
 
 def _conv(m):
-    return {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size),
-        "stride": list(m.stride),
-        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-        "dilation": list(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-        "padding_mode": m.padding_mode,
-    }
+    return conv_kwargs(m) | {"padding_mode": m.padding_mode}
 
 
 def _bn(m):

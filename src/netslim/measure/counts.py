@@ -61,11 +61,14 @@ def register_macs(cls: type, fn: MacsFn) -> None:
     _MAC_COUNTERS[cls] = fn
 
 
-def _linear_macs(m, inputs, out) -> int:
+def linear_macs(m, inputs, out) -> int:
+    """MACs of a Linear-shaped module (``in_features``, ``out_features``): every output row
+    costs in x out multiply-adds."""
     return int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
 
 
-def _conv_macs(m, inputs, out) -> int:
+def conv_macs(m, inputs, out) -> int:
+    """MACs of a convolution-shaped module (``in_channels``, ``groups``, ``kernel_size``)."""
     # Each output element: (in_channels / groups) * prod(kernel) multiply-adds.
     k = 1
     for s in m.kernel_size:
@@ -73,9 +76,9 @@ def _conv_macs(m, inputs, out) -> int:
     return int(out.numel()) * (m.in_channels // m.groups) * k
 
 
-register_macs(nn.Linear, _linear_macs)
-register_macs(nn.Conv1d, _conv_macs)
-register_macs(nn.Conv2d, _conv_macs)
+register_macs(nn.Linear, linear_macs)
+register_macs(nn.Conv1d, conv_macs)
+register_macs(nn.Conv2d, conv_macs)
 
 
 def _counter_for(module: nn.Module) -> MacsFn | None:
@@ -107,25 +110,27 @@ def layer_table(model: nn.Module, example_inputs: Any) -> list[LayerStats]:
     """One row per module that stores a weight (or is counted for MACs), from the tensors
     it actually holds: the rows of the report and of ``netslim inspect``."""
     macs = macs_per_layer(model, example_inputs)
-    rows = []
-    for name, module, s in stored_modules(model):
-        if not s.kind and name not in macs:
-            continue
-        rows.append(
-            LayerStats(
-                name=name,
-                type=parametrize.type_before_parametrizations(module).__name__,
-                shape=s.shape,
-                params=s.params,
-                nonzero=s.nonzero,
-                bits=s.bits,
-                macs=int(macs.get(name, 0)),
-                kind=s.kind,
-                sparsity=s.sparsity,
-                stored_bytes=s.stored_bytes,
-            )
-        )
-    return rows
+    rows = (layer_row(name, module, s, macs) for name, module, s in stored_modules(model))
+    return [row for row in rows if row is not None]
+
+
+def layer_row(name: str, module: nn.Module, storage: Any, macs: dict[str, int]) -> LayerStats | None:
+    """The row of ``module`` (``storage``: its :func:`~netslim.measure.storage.module_storage`,
+    ``macs``: per layer name), or None for a module that neither stores a weight nor is counted for MACs."""
+    if not storage.kind and name not in macs:
+        return None
+    return LayerStats(
+        name=name,
+        type=parametrize.type_before_parametrizations(module).__name__,
+        shape=storage.shape,
+        params=storage.params,
+        nonzero=storage.nonzero,
+        bits=storage.bits,
+        macs=int(macs.get(name, 0)),
+        kind=storage.kind,
+        sparsity=storage.sparsity,
+        stored_bytes=storage.stored_bytes,
+    )
 
 
 LOADABLE = (".safetensors", ".nsz")  # artifact formats netslim reads back (ONNX, GGUF, ... are not)

@@ -29,17 +29,16 @@ import logging
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
-from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (
     block_linears,
     calibration_for,
     collect_hessians,
-    compress_blocks,
+    compress_blocks_for,
     is_conv1d,
     planned_linears,
     run_sequential,
@@ -47,6 +46,7 @@ from netslim.core.layerwise import (
     weight_2d,
 )
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.patterns import NMFields
 from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming
 from netslim.prune._api import check_fraction
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------- configs
-class _PatternFields(MethodConfig):
+class _PatternFields(NMFields):
     """What to prune: ``sparsity`` (unstructured) or ``n`` kept of every ``m`` (N:M)."""
 
     sparsity: float = Field(0.5, description="fraction pruned per layer, in [0, 1); ignored with n/m")
@@ -75,18 +75,6 @@ class _PatternFields(MethodConfig):
     @classmethod
     def _fraction(cls, v):
         return check_fraction(v)
-
-    @model_validator(mode="after")
-    def _nm(self):
-        if (self.n is None) != (self.m is None):
-            raise ValueError("'n' and 'm' go together (N:M keeps n of every m weights); give both or neither")
-        if self.n is not None and self.n >= self.m:
-            raise ValueError("'n' must be < 'm' (N:M keeps n of every m weights)")
-        return self
-
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        return None if self.n is None else (self.n, self.m)
 
     keeps_modules: ClassVar[bool] = True  # masks or zeros in place (netslim.recipe.preflight)
     calibrates: ClassVar[bool] = False  # token-id calibration makes a model a decoder stack
@@ -233,21 +221,7 @@ def _run(
         _check_nm_fits(layers, cfg.nm)
         fn(root, layers, feed, cfg.sparsity if sparsities is None else sparsities[i])
 
-    with eval_mode(model):
-        compress_blocks(
-            model,
-            calib,
-            per_block,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            offload_dir=cfg.offload_dir,
-            propagate=cfg.sequential,
-            desc=cfg.method,
-            offload_blocks=cfg.offload_blocks,
-            stream=stream,
-        )
+    compress_blocks_for(model, calib, per_block, cfg=cfg, stream=stream)
 
 
 def wanda(

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from netslim.core.artifact_schema import loaded
+from netslim.core.conv import Conv2dGeometry, conv_kwargs
 from netslim.core.errors import NetslimError
 from netslim.core.export import register_exporter
-from netslim.core.masks import get_mask
+from netslim.core.masks import baked_copy, get_mask
 from netslim.core.serialize import register_module, save
 from netslim.core.surgery import replace_module
 from netslim.measure.counts import register_macs
@@ -197,7 +198,7 @@ def _sparse_linear_kwargs(m: SparseLinear) -> dict:
 
 
 # --------------------------------------------------------------------------- SparseConv2d
-class SparseConv2d(_CSRWeight):
+class SparseConv2d(_CSRWeight, Conv2dGeometry):
     """A Conv2d whose weight is stored in CSR over (out, in/groups*kh*kw); runs dense."""
 
     def __init__(
@@ -214,10 +215,7 @@ class SparseConv2d(_CSRWeight):
         index_bits: int | None = None,
     ):
         super().__init__()
-        pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = pair(kernel_size), pair(stride), pair(dilation)
-        self.padding = padding if isinstance(padding, str) else pair(padding)
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         cols = in_channels // groups * math.prod(self.kernel_size)
         self._init_storage(out_channels, cols, nnz, index_bits or (16 if cols <= U16_LIMIT else 32))
         self.bias = nn.Parameter(torch.zeros(out_channels), requires_grad=False) if bias else None
@@ -246,23 +244,9 @@ class SparseConv2d(_CSRWeight):
     def weight(self) -> torch.Tensor:  # (out, in/groups, kh, kw)
         return self.dense_2d().view(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in, H, W) -> (B, out, H', W')
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
 
 def _sparse_conv_kwargs(m: SparseConv2d) -> dict:
-    return {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size),
-        "stride": list(m.stride),
-        "padding": m.padding if isinstance(m.padding, str) else list(m.padding),
-        "dilation": list(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-        "nnz": m.nnz,
-        "index_bits": m.index_bits,
-    }
+    return conv_kwargs(m) | {"nnz": m.nnz, "index_bits": m.index_bits}
 
 
 register_module(SparseLinear, _sparse_linear_kwargs)
@@ -292,37 +276,6 @@ def sparse_storage_plan(model: nn.Module) -> dict[str, nn.Module]:
         elif get_mask(m) is not None:
             plan[name] = baked_copy(m)
     return plan
-
-
-def baked_copy(m: nn.Module) -> nn.Module:
-    """A plain Linear/Conv2d holding ``m``'s effective (masked) weight.
-
-    Not ``make_permanent(copy.deepcopy(m))``: a deep copy of a parametrized module shares
-    its dynamically created class, and removing the copy's parametrization deletes the
-    original's ``weight`` property too.
-    """
-    w = m.weight.detach()
-    if isinstance(m, nn.Linear):
-        out = nn.Linear(m.in_features, m.out_features, m.bias is not None, device=w.device, dtype=w.dtype)
-    else:
-        out = nn.Conv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            m.groups,
-            m.bias is not None,
-            m.padding_mode,
-            device=w.device,
-            dtype=w.dtype,
-        )
-    with torch.no_grad():
-        out.weight.copy_(w)
-        if m.bias is not None:
-            out.bias.copy_(m.bias.detach())
-    return out
 
 
 def save_sparse(model: nn.Module, path: str | Path, info: dict | None = None) -> Path:

@@ -30,13 +30,13 @@ from pydantic import Field
 from torch import nn
 
 from netslim.core.config import MethodConfig, build_config, register
-from netslim.core.masks import make_permanent
+from netslim.core.masks import baked_copy, make_permanent
 from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module, replace_module
 from netslim.measure.latency import interleaved_latency
 from netslim.prune.criteria import PRUNABLE_TYPES, prunable_layers
 from netslim.prune.kernels import kernel_available
-from netslim.prune.sparse import SparseLinear, baked_copy
+from netslim.prune.sparse import SparseLinear
 
 
 class SparsifyConfig(MethodConfig):

@@ -45,7 +45,7 @@ from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import Selector, select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
-from netslim.measure.counts import register_macs
+from netslim.measure.counts import linear_macs, register_macs
 
 from .act_quant import QMAX, U8_ZERO, native_ok, quantize_per_row, quantize_u8_per_row, quantize_u8_per_tensor
 
@@ -359,7 +359,7 @@ register_module(
 )
 register_module(BF16Linear, _kw)
 for _cls in (DynamicInt8Linear, BF16Linear):
-    register_macs(_cls, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
+    register_macs(_cls, linear_macs)
 
 
 class DynamicInt8Config(MethodConfig):

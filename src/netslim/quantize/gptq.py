@@ -36,22 +36,22 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError, bad_param
-from netslim.core.hooks import eval_mode
 from netslim.core.layerwise import (
     calibration_for,
     collect_hessians,
-    compress_blocks,
+    compress_blocks_for,
     is_conv1d,
     planned_linears,
     weight_2d,
 )
 from netslim.core.masks import get_mask
 from netslim.core.obs import inverse_cholesky, obs_solve
+from netslim.core.patterns import NMFields
 from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming
 from netslim.core.surgery import replace_module
@@ -65,7 +65,7 @@ CLIP_GRID = torch.linspace(1.0, 0.8, 11).tolist()
 CLIP_NORM = 2.4  # GPTQ's error norm for the range search: between mean-square and max error
 
 
-class GPTQConfig(MethodConfig):
+class GPTQConfig(NMFields):
     """GPTQ weight-only quantization of an LLM's decoder-block Linears into packed codes."""
 
     method = "gptq"
@@ -101,14 +101,6 @@ class GPTQConfig(MethodConfig):
         if v is not None and (v < 8 or v & (v - 1)):
             raise ValueError("must be a power of two >= 8 (32, 64, 128 usual) or None for per channel")
         return v
-
-    @model_validator(mode="after")
-    def _nm(self):
-        if (self.n is None) != (self.m is None):
-            raise ValueError("'n' and 'm' go together (N:M keeps n of every m weights); give both or neither")
-        if self.n is not None and self.n >= self.m:
-            raise ValueError("'n' must be < 'm'")
-        return self
 
     def preflight(self, model, task) -> list[dict] | None:
         """Before a recipe runs: the model is a supported decoder stack (Hugging Face models), some
@@ -268,8 +260,37 @@ def gptq_quantize(
     return rounder.codes, rounder.scale.to(PARAM_DTYPE), rounder.zero.to(PARAM_DTYPE), w_hat
 
 
-def _bias(mod: nn.Module) -> torch.Tensor | None:
-    return None if getattr(mod, "bias", None) is None else mod.bias.detach()
+def gptq_options(cfg: GPTQConfig) -> dict[str, Any]:
+    """The keyword arguments of :func:`gptq_quantize` a GPTQ config sets, but for the pruning
+    ones (``sparsity``, ``nm``, ``keep``)."""
+    return {
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "symmetric": cfg.symmetric,
+        "act_order": cfg.act_order,
+        "clip_search": cfg.clip_search,
+        "damp": cfg.damp,
+        "blocksize": cfg.blocksize,
+        "scale_rounding": cfg.scale_rounding,
+    }
+
+
+def earlier_zeros(mod: nn.Module, w: torch.Tensor) -> torch.Tensor | None:
+    """Keep-mask (out, in) of an earlier pruning step - its Mask, or the zeros it made permanent
+    in ``w`` (the layer's (out, in) weight) - or None."""
+    keep = get_mask(mod)
+    if keep is not None:
+        return keep.T if is_conv1d(mod) else keep  # transformers' Conv1D stores (in, out)
+    return (w != 0) if bool((w == 0).any()) else None
+
+
+def packed_layer(
+    mod: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, *, bits: int, group_size: int | None
+) -> QuantizedLinear:
+    """The QuantizedLinear that replaces ``mod`` with these codes (out, in): ``mod``'s bias, on its device."""
+    bias = None if getattr(mod, "bias", None) is None else mod.bias.detach()
+    new = QuantizedLinear.from_codes(codes, scale, zero, bits=bits, group_size=group_size, bias=bias)
+    return new.to(mod.weight.device)
 
 
 def gptq(
@@ -279,7 +300,6 @@ def gptq(
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
     cfg = build_config(GPTQConfig, cfg, kwargs)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
-    nm = None if cfg.n is None else (cfg.n, cfg.m)
     done: list[str] = []
 
     def fn(root, prefix, layers, feed):
@@ -294,47 +314,17 @@ def gptq(
             fits.append((name, mod))
         hs = collect_hessians(fits, feed)
         for name, mod in fits:
-            keep = get_mask(mod)
-            if keep is not None and is_conv1d(mod):
-                keep = keep.T
-            if keep is None and bool((weight_2d(mod) == 0).any()):  # zeros made permanent earlier stay zeros
-                keep = weight_2d(mod) != 0
+            w = weight_2d(mod)
+            keep = earlier_zeros(mod, w)
             codes, scale, zero, _w = gptq_quantize(
-                weight_2d(mod),
-                hs[name],
-                bits=cfg.bits,
-                group_size=cfg.group_size,
-                symmetric=cfg.symmetric,
-                act_order=cfg.act_order,
-                clip_search=cfg.clip_search,
-                damp=cfg.damp,
-                blocksize=cfg.blocksize,
-                sparsity=cfg.sparsity,
-                nm=nm,
-                keep=keep,
-                scale_rounding=cfg.scale_rounding,
+                w, hs[name], sparsity=cfg.sparsity, nm=cfg.nm, keep=keep, **gptq_options(cfg)
             )
-            new = QuantizedLinear.from_codes(
-                codes, scale, zero, bits=storage_bits, group_size=cfg.group_size, bias=_bias(mod)
+            replace_module(
+                root, name, packed_layer(mod, codes, scale, zero, bits=storage_bits, group_size=cfg.group_size)
             )
-            replace_module(root, name, new.to(mod.weight.device))
             done.append(f"{prefix}.{name}" if prefix else name)
 
-    with eval_mode(model):
-        compress_blocks(
-            model,
-            calib,
-            fn,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            offload_dir=cfg.offload_dir,
-            propagate=cfg.sequential,
-            desc="gptq",
-            offload_blocks=cfg.offload_blocks,
-            stream=stream,
-        )
+    compress_blocks_for(model, calib, fn, cfg=cfg, desc="gptq", stream=stream)
     if not done:
         raise NetslimError(f"gptq quantized no layer: none of the selected layers fits group_size={cfg.group_size}.")
     if ctx is not None and hasattr(ctx, "notes"):

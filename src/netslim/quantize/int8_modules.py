@@ -33,7 +33,7 @@ from torch import nn
 from netslim.core.artifact_schema import check_layer_tensors, check_positive, loaded
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import register_module
-from netslim.measure.counts import register_macs
+from netslim.measure.counts import conv_macs, linear_macs, register_macs
 
 from .packing import check_stream_bits, pack, unpack
 
@@ -270,33 +270,43 @@ class Int8Linear(_Int8Base):
         return self._out(y, torch.float32 if x.is_quantized else x.dtype)
 
 
-register_module(
-    Int8Conv2d,
-    lambda m: {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": m.kernel_size,
-        "stride": m.stride,
-        "padding": m.padding,
-        "dilation": m.dilation,
-        "groups": m.groups,
-        "relu": m.relu,
-        "weight_bits": m.weight_bits,
-        "quant_out": m.quant_out,
-    },
-)
-register_module(
-    Int8Linear,
-    lambda m: {
-        "in_features": m.in_features,
-        "out_features": m.out_features,
-        "relu": m.relu,
-        "weight_bits": m.weight_bits,
-        "quant_out": m.quant_out,
-    },
-)
-register_macs(Int8Linear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features)
-register_macs(
-    Int8Conv2d,
-    lambda m, inputs, out: int(out.numel()) * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1],
-)
+def int8_twin(layer: nn.Module, *, relu: bool, weight_bits: int, quant_out: bool = False) -> _Int8Base:
+    """An empty Int8Conv2d / Int8Linear with the geometry of ``layer`` (a float or QAT Conv2d /
+    Linear); its codes come with :meth:`~_Int8Base.set_quantized`."""
+    if isinstance(layer, nn.Conv2d):
+        return Int8Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            list(layer.kernel_size),
+            list(layer.stride),
+            list(layer.padding),
+            list(layer.dilation),
+            layer.groups,
+            relu,
+            weight_bits,
+            quant_out,
+        )
+    return Int8Linear(layer.in_features, layer.out_features, relu, weight_bits, quant_out)
+
+
+def int8_kwargs(m: _Int8Base) -> dict:
+    """The constructor arguments (JSON) of an Int8Linear / Int8Conv2d, or of a subclass's int8 part."""
+    if isinstance(m, Int8Conv2d):
+        kw = {
+            "in_channels": m.in_channels,
+            "out_channels": m.out_channels,
+            "kernel_size": m.kernel_size,
+            "stride": m.stride,
+            "padding": m.padding,
+            "dilation": m.dilation,
+            "groups": m.groups,
+        }
+    else:
+        kw = {"in_features": m.in_features, "out_features": m.out_features}
+    return kw | {"relu": m.relu, "weight_bits": m.weight_bits, "quant_out": m.quant_out}
+
+
+register_module(Int8Conv2d, int8_kwargs)
+register_module(Int8Linear, int8_kwargs)
+register_macs(Int8Linear, linear_macs)
+register_macs(Int8Conv2d, conv_macs)

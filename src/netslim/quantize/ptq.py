@@ -28,12 +28,13 @@ from torch.utils._pytree import tree_leaves
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
+from netslim.core.masks import baked_copy
 from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import get_module, replace_module
 
 from .core import QScheme
 from .int8_blocks import Int8Residual, find_handoffs, find_residuals
-from .int8_modules import Int8Conv2d, Int8Linear
+from .int8_modules import int8_twin
 from .observers import OBSERVERS, make_observer
 
 log = logging.getLogger(__name__)
@@ -217,60 +218,22 @@ def bake_masks(model: nn.Module, names: list[str]) -> None:
     """Masks of the layers about to be frozen to int8 become plain zeros in their weights: the
     symmetric weight grid maps them to code 0, so the pruned entries stay pruned in the int8 layer.
 
-    Each masked layer is replaced by a plain copy (not ``remove_parametrizations``: a deep copy
-    of a parametrized module shares its generated class, and removing the parametrization from
-    one would delete the other's ``weight``)."""
+    Each masked layer is replaced by a plain copy (:func:`~netslim.core.masks.baked_copy`, which
+    says why not ``remove_parametrizations``)."""
     for name in names:
         layer = get_module(model, name)
         if not parametrize.is_parametrized(layer, "weight"):
             continue
-        w = layer.weight.detach()
-        if isinstance(layer, nn.Conv2d):
-            plain = nn.Conv2d(
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel_size,
-                layer.stride,
-                layer.padding,
-                layer.dilation,
-                layer.groups,
-                layer.bias is not None,
-                layer.padding_mode,
-                device=w.device,
-                dtype=w.dtype,
-            )
-        else:
-            plain = nn.Linear(
-                layer.in_features, layer.out_features, layer.bias is not None, device=w.device, dtype=w.dtype
-            )
-        with torch.no_grad():
-            plain.weight.copy_(w)
-            if layer.bias is not None:
-                plain.bias.copy_(layer.bias.detach())
-        replace_module(model, name, plain.train(layer.training))
+        replace_module(model, name, baked_copy(layer).train(layer.training))
 
 
 def _convert(layer: nn.Module, relu: bool, act: tuple, bits: int = 8, quant_out: bool = False) -> nn.Module:
     w = layer.weight.detach().float()
     q, s = quantize_weight_rows(w, bits)
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
-    if isinstance(layer, nn.Conv2d):
-        if padding_problem(layer):
-            raise NetslimError(f"ptq_int8: {padding_problem(layer)}.")
-        new = Int8Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            list(layer.kernel_size),
-            list(layer.stride),
-            list(layer.padding),
-            list(layer.dilation),
-            layer.groups,
-            relu,
-            bits,
-            quant_out,
-        )
-    else:
-        new = Int8Linear(layer.in_features, layer.out_features, relu, bits, quant_out)
+    if isinstance(layer, nn.Conv2d) and padding_problem(layer):
+        raise NetslimError(f"ptq_int8: {padding_problem(layer)}.")
+    new = int8_twin(layer, relu=relu, weight_bits=bits, quant_out=quant_out)
     new.set_quantized(q, s, bias, act)
     return new
 

@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from netslim.core.config import register
+from netslim.core.conv import conv_kwargs
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
 from netslim.core.masks import get_mask, set_mask
@@ -28,7 +29,7 @@ from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
 from netslim.train.loop import FinetuneConfig, TrainingStep, finetune_field, fit
 
-from .int8_modules import Int8Conv2d, Int8Linear
+from .int8_modules import int8_twin
 from .observers import make_observer
 from .ptq import _trace_pairs, fold_bn, static_int8_preflight
 from .qat_prune import QATPrune, run_with_pruning
@@ -108,21 +109,7 @@ class QATLinear(nn.Linear):
         return F.linear(self.input_fq(x), self.weight_fq(self.weight), self.bias)
 
 
-register_module(
-    QATConv2d,
-    lambda m: {
-        "in_channels": m.in_channels,
-        "out_channels": m.out_channels,
-        "kernel_size": list(m.kernel_size),
-        "stride": list(m.stride),
-        "padding": list(m.padding),
-        "dilation": list(m.dilation),
-        "groups": m.groups,
-        "bias": m.bias is not None,
-        "weight_bits": m.weight_bits,
-        "act_bits": m.act_bits,
-    },
-)
+register_module(QATConv2d, lambda m: conv_kwargs(m) | {"weight_bits": m.weight_bits, "act_bits": m.act_bits})
 register_module(
     QATLinear,
     lambda m: {
@@ -223,20 +210,7 @@ def _from_qat(layer: nn.Module, relu: bool, out_qp) -> nn.Module:
     s = fq.scale.abs().clamp_min(1e-8)  # (out,)
     codes = torch.clamp(torch.round(layer.weight / s.reshape((-1,) + (1,) * (layer.weight.dim() - 1))), qmin, qmax)
     act = (*_lsq_act(layer.input_fq), float(out_qp.scale), float(out_qp.zero_point))
-    if isinstance(layer, QATConv2d):
-        new = Int8Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            list(layer.kernel_size),
-            list(layer.stride),
-            list(layer.padding),
-            list(layer.dilation),
-            layer.groups,
-            relu,
-            layer.weight_bits,
-        )
-    else:
-        new = Int8Linear(layer.in_features, layer.out_features, relu, layer.weight_bits)
+    new = int8_twin(layer, relu=relu, weight_bits=layer.weight_bits)
     bias = layer.bias if layer.bias is not None else torch.zeros(codes.shape[0])
     new.set_quantized(codes.to(torch.int8), s, bias.float(), act)
     return new

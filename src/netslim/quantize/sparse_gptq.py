@@ -38,16 +38,13 @@ from torch import nn
 
 from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError
-from netslim.core.hooks import eval_mode
-from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks, is_conv1d, weight_2d
-from netslim.core.masks import get_mask
+from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks_for, weight_2d
 from netslim.core.obs import inverse_cholesky, layer_error, obs_solve
 from netslim.core.patterns import declare_nm
 from netslim.core.surgery import replace_module
 
-from .gptq import GPTQConfig, gptq_quantize, group_misfit
+from .gptq import GPTQConfig, earlier_zeros, gptq_options, gptq_quantize, group_misfit, packed_layer
 from .packing import PARAM_DTYPE, check_group, codes_for
-from .weight_only import QuantizedLinear
 
 ORDERS = ("prune_first", "quantize_first", "joint")
 
@@ -73,10 +70,6 @@ class SparseGPTQConfig(GPTQConfig):
             raise ValueError("'sparsity' must be > 0 (or give n and m): without pruning this is the 'gptq' step")
         return self
 
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        return None if self.n is None else (self.n, self.m)
-
 
 class _FixedGrid:
     """obs_solve's quantizer for a grid already chosen: each column rounded with its group's
@@ -100,16 +93,7 @@ def sparse_gptq_layer(
     """One layer ``w`` (R, C), ``h`` (C, C) -> (codes uint8, scale fp16, zero fp16, Ŵ) in ``cfg.order``.
 
     ``keep``: zeros of an earlier pruning step that must stay zero (combined with this step's pruning)."""
-    opts = dict(
-        bits=cfg.bits,
-        group_size=cfg.group_size,
-        symmetric=cfg.symmetric,
-        act_order=cfg.act_order,
-        clip_search=cfg.clip_search,
-        damp=cfg.damp,
-        blocksize=cfg.blocksize,
-        scale_rounding=cfg.scale_rounding,
-    )
+    opts = gptq_options(cfg)
     nm, fixed = cfg.nm, None if keep is None else ~keep
     if cfg.order == "joint":
         return gptq_quantize(w, h, sparsity=cfg.sparsity, nm=nm, keep=keep, **opts)
@@ -161,32 +145,13 @@ def sparse_gptq(
             full = f"{prefix}.{name}" if prefix else name
             base = float(((w @ hs[name]) * w).sum())
             errors[full] = layer_error(w, w_hat, h=hs[name]) / max(base, 1e-30)
-            bias = None if getattr(mod, "bias", None) is None else mod.bias.detach()
-            new = QuantizedLinear.from_codes(
-                codes,
-                scale.to(PARAM_DTYPE),
-                zero.to(PARAM_DTYPE),
-                bits=storage_bits,
-                group_size=cfg.group_size,
-                bias=bias,
+            scale, zero = scale.to(PARAM_DTYPE), zero.to(PARAM_DTYPE)
+            replace_module(
+                root, name, packed_layer(mod, codes, scale, zero, bits=storage_bits, group_size=cfg.group_size)
             )
-            replace_module(root, name, new.to(mod.weight.device))
             done.append(full)
 
-    with eval_mode(model):
-        compress_blocks(
-            model,
-            calib,
-            fn,
-            include=cfg.include,
-            exclude=cfg.exclude,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            offload_dir=cfg.offload_dir,
-            propagate=cfg.sequential,
-            desc=cfg.method,
-            offload_blocks=cfg.offload_blocks,
-        )
+    compress_blocks_for(model, calib, fn, cfg=cfg)
     if not done:
         raise NetslimError(
             f"{cfg.method} changed no layer: none of the selected layers fits group_size="
@@ -207,14 +172,6 @@ def sparse_gptq(
             "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2], "max": rel[-1]},
         }
     return model
-
-
-def earlier_zeros(mod: nn.Module, w: torch.Tensor) -> torch.Tensor | None:
-    """Keep-mask (out, in) of an earlier pruning step - its Mask, or the zeros it made permanent - or None."""
-    keep = get_mask(mod)
-    if keep is not None:
-        return keep.T if is_conv1d(mod) else keep  # transformers' Conv1D stores (in, out)
-    return (w != 0) if bool((w == 0).any()) else None
 
 
 @register(SparseGPTQConfig)

@@ -43,15 +43,15 @@ from torch import nn
 
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import register_module, register_storage_form
-from netslim.measure.counts import register_macs
+from netslim.measure.counts import linear_macs, register_macs
 from netslim.measure.storage import Weight, register_storage
 
 from . import sparse_codes as sc
 from . import sparse_int8
-from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base
+from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base, int8_kwargs
 from .onnx_export import register_onnx_twin
 from .packing import PARAM_DTYPE
-from .weight_only import QuantizedLinear
+from .weight_only import QuantizedLinear, quantized_linear_kwargs
 
 KERNELS = ("dense", "sparse")
 
@@ -307,22 +307,6 @@ class SparseInt8Conv2d(_SparseStatic, Int8Conv2d):
         return self._result(y, x)
 
 
-def _static_kwargs(m: _Int8Base) -> dict:
-    if isinstance(m, Int8Conv2d):
-        kw = {
-            "in_channels": m.in_channels,
-            "out_channels": m.out_channels,
-            "kernel_size": m.kernel_size,
-            "stride": m.stride,
-            "padding": m.padding,
-            "dilation": m.dilation,
-            "groups": m.groups,
-        }
-    else:
-        kw = {"in_features": m.in_features, "out_features": m.out_features}
-    return kw | {"relu": m.relu, "weight_bits": m.weight_bits, "quant_out": m.quant_out}
-
-
 def sparse_static(layer: _Int8Base, kernel: str = "dense", layout: sc.Layout | None = None) -> _Int8Base:
     """The sparse form of a static int8 layer (``layout``: the smallest, chosen when None)."""
     codes = (layer.int_weight().to(torch.int16) + 2 ** (layer.weight_bits - 1)).to(torch.uint8)
@@ -330,7 +314,7 @@ def sparse_static(layer: _Int8Base, kernel: str = "dense", layout: sc.Layout | N
     keep = codes != fill
     layout = layout or sc.choose_layout(keep.cpu(), layer.weight_bits, 1 << 62)
     cls = SparseInt8Conv2d if isinstance(layer, Int8Conv2d) else SparseInt8Linear
-    kw = _static_kwargs(layer) | {
+    kw = int8_kwargs(layer) | {
         "nnz": int(keep.sum()),
         "layout": layout.kind,
         "n": layout.n,
@@ -350,7 +334,7 @@ def sparse_static(layer: _Int8Base, kernel: str = "dense", layout: sc.Layout | N
 def dense_static(layer: _Int8Base) -> _Int8Base:
     """The dense Int8Linear / Int8Conv2d holding the same codes as a sparse one."""
     cls = Int8Conv2d if isinstance(layer, Int8Conv2d) else Int8Linear
-    new = cls(**_static_kwargs(layer), device=layer.weight_scale.device)
+    new = cls(**int8_kwargs(layer), device=layer.weight_scale.device)
     new.set_quantized(
         layer.int_weight(), layer.weight_scale.detach(), layer.bias.detach(), tuple(float(v) for v in layer.act_qparams)
     )
@@ -511,24 +495,12 @@ def fill_violations(layer: nn.Module, keep: torch.Tensor) -> int:
 
 
 def _sparse_static_kwargs(m: _SparseStatic) -> dict:
-    return _static_kwargs(m) | m._sparse_kwargs() | ({"kernel": m.kernel} if m.kernel != "dense" else {})
+    return int8_kwargs(m) | m._sparse_kwargs() | ({"kernel": m.kernel} if m.kernel != "dense" else {})
 
 
 register_module(SparseInt8Linear, _sparse_static_kwargs)
 register_module(SparseInt8Conv2d, _sparse_static_kwargs)
-register_module(
-    SparseQuantizedLinear,
-    lambda m: (
-        {
-            "in_features": m.in_features,
-            "out_features": m.out_features,
-            "bits": m.bits,
-            "group_size": m.group_size,
-            "bias": m.bias is not None,
-        }
-        | m._sparse_kwargs()
-    ),
-)
+register_module(SparseQuantizedLinear, lambda m: quantized_linear_kwargs(m) | m._sparse_kwargs())
 for _cls in (Int8Linear, Int8Conv2d, QuantizedLinear):
     register_storage_form(_cls, compact_form)
 register_macs(
@@ -543,9 +515,7 @@ register_macs(
         int(out.numel() // out.shape[1] if out.dim() == 4 else 0) * (m.nnz if m.kernel == "sparse" else m.weight_numel)
     ),
 )
-register_macs(
-    SparseQuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
-)
+register_macs(SparseQuantizedLinear, linear_macs)
 
 
 def _weight_row(m: nn.Module, state: dict) -> Weight:

@@ -23,7 +23,7 @@ from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import Selector, select
 from netslim.core.serialize import register_module
 from netslim.core.surgery import get_module, replace_module
-from netslim.measure.counts import register_macs
+from netslim.measure.counts import linear_macs, register_macs
 
 from .packing import PARAM_DTYPE, check_group, check_pack_bits, dequantize_groups, pack, quantize_groups, unpack
 
@@ -208,7 +208,8 @@ class QuantizedEmbedding(PackedWeight):
         return rows.reshape(*ids.shape, self.embedding_dim)
 
 
-def _lin_kwargs(m: QuantizedLinear) -> dict:
+def quantized_linear_kwargs(m: QuantizedLinear) -> dict:
+    """The constructor arguments (JSON) of a QuantizedLinear, or of a subclass's packed part."""
     return {
         "in_features": m.in_features,
         "out_features": m.out_features,
@@ -229,11 +230,9 @@ def _emb_kwargs(m: QuantizedEmbedding) -> dict:
     }
 
 
-register_module(QuantizedLinear, _lin_kwargs)
+register_module(QuantizedLinear, quantized_linear_kwargs)
 register_module(QuantizedEmbedding, _emb_kwargs)
-register_macs(
-    QuantizedLinear, lambda m, inputs, out: int(out.numel() // out.shape[-1]) * m.in_features * m.out_features
-)
+register_macs(QuantizedLinear, linear_macs)
 
 
 # ---------------------------------------------------------------------------- method

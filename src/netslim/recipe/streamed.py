@@ -261,10 +261,8 @@ def streamed_layers(sm: StreamedModel, example_inputs: Any, macs_model: nn.Modul
     a streamed model, one unit (the modules outside the blocks, then each block) in memory at a
     time. MACs: a forward of ``macs_model`` (default: the model's skeleton) on the meta device
     (an export's CSR layers cannot run there: its source model stands in, same MACs)."""
-    from torch.nn.utils import parametrize
-
     from netslim.core.layerwise import decoder_blocks
-    from netslim.measure.counts import LayerStats
+    from netslim.measure.counts import layer_row
     from netslim.measure.storage import module_storage
 
     model = sm.model
@@ -294,25 +292,8 @@ def streamed_layers(sm: StreamedModel, example_inputs: Any, macs_model: nn.Modul
                     stats[n] = module_storage(m, seen)
         finally:
             release(block, model)
-    rows = []
-    for n, m in model.named_modules():
-        s = stats.get(n)
-        if s is None or (not s.kind and n not in macs):
-            continue
-        rows.append(
-            LayerStats(
-                name=n,
-                type=parametrize.type_before_parametrizations(m).__name__,
-                shape=s.shape,
-                params=s.params,
-                nonzero=s.nonzero,
-                bits=s.bits,
-                macs=int(macs.get(n, 0)),
-                kind=s.kind,
-                sparsity=s.sparsity,
-                stored_bytes=s.stored_bytes,
-            )
-        )
+    found = (layer_row(n, m, stats[n], macs) for n, m in model.named_modules() if n in stats)
+    rows = [row for row in found if row is not None]
     totals = {
         "params": sum(s.params for s in stats.values()),
         "nonzero": sum(s.nonzero for s in stats.values()),
