@@ -165,9 +165,15 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
         name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2", limit=2 if args.tiny else None
     )
     models["netslim int4 (int4_smollm2 artifact)"] = netslim.load(artifact).eval()
+    from netslim.quantize.int4_kernel import use_int4_kernel
+
+    kernel = netslim.load(artifact).eval()
+    kernel_report = use_int4_kernel(kernel)  # the same codes on PyTorch's CPU int4 GEMM (bf16 activations)
+    models["netslim int4, CPU int4 kernel (same artifact)"] = kernel
     notes: dict[str, Any] = {
         "source": "tiny-llama: random weights (smoke)" if args.tiny else SOURCE_NOTE,
         "int4": facts,
+        "int4_kernel": {"swapped": len(kernel_report["swapped"]), "kept": kernel_report["kept"]},
         "int8": {"recipe_step": step},
         "onnxruntime": ORT_NOTE,
     }
