@@ -674,6 +674,13 @@ RUNS: tuple[Run, ...] = (
         minutes=46,
         env=(("OMP_NUM_THREADS", "2"),),
     ),
+    Run(
+        "prune-quantize-cnn",
+        "prune-quantize",
+        ("benchmarks/prune_quantize.py --cnn --only lenet5",),
+        ("issue21_cnn.json",),
+        env=(("OMP_NUM_THREADS", "2"),),
+    ),
     # ---- int8 transformer inference, shared harness (issue 25)
     Run(
         "inference-minilm",
