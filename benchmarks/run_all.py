@@ -697,6 +697,14 @@ RUNS: tuple[Run, ...] = (
         ("issue25_smollm2.json", "issue25_smollm2.md"),
         env=(("OMP_NUM_THREADS", "2"), ("HF_HUB_OFFLINE", "1")),
     ),
+    Run(
+        "inference-smollm2-int4kernel",
+        "weight-only",
+        ("benchmarks/inference.py --llm --only int4 --out benchmarks/results/issue25_smollm2_int4kernel.json",),
+        ("issue25_smollm2_int4kernel.json", "issue25_smollm2_int4kernel.md"),
+        minutes=10,
+        env=(("OMP_NUM_THREADS", "2"), ("HF_HUB_OFFLINE", "1")),
+    ),
     # ---- scale (issue 19)
     Run(
         "streaming-smollm2",
