@@ -590,22 +590,12 @@ def _fill_computed_buffers(model: nn.Module, where: str) -> None:
     """After a meta-device build and an assigning load: the non-persistent buffers a module
     computes at construction (rotary frequencies) filled as transformers fills them, the loaded
     tensors kept; anything still on the meta device is an error, not a silent garbage weight."""
-    from .streaming import hf_buffer_init
+    from .streaming import fill_computed_buffers, hf_buffer_init
 
     fill = hf_buffer_init(model)
     for name, mod in model.named_modules():
-        computed = [
-            n for n, b in mod._buffers.items() if b is not None and b.is_meta and n in mod._non_persistent_buffers_set
-        ]
-        if not computed:
-            continue
-        for n in computed:
-            b = mod._buffers[n]
-            assert b is not None
-            mod._buffers[n] = torch.zeros(b.shape, dtype=b.dtype)
-        if fill is None:
-            raise NetslimError(f"{where}: module {name or '(root)'} computes its buffers {computed} at construction.")
-        fill(mod)
+        if any(b is not None and b.is_meta and n in mod._non_persistent_buffers_set for n, b in mod._buffers.items()):
+            fill_computed_buffers(mod, name, fill, where, "load it with base= (a model of your own class)")
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise NetslimError(f"{where}: no value for {shown(left[0])} after loading ({len(left)} tensor(s) left unset).")

@@ -313,15 +313,26 @@ def _tie_outside(sm: StreamedModel, module: nn.Module, dot: str, made: dict[str,
 
 
 def _fill_computed_buffers(sm: StreamedModel, mod: nn.Module, where: str) -> None:
+    fill_computed_buffers(
+        mod, where, sm.init_buffers, f"{type(sm.model).__name__} cannot be streamed", "set stream: false"
+    )
+
+
+def fill_computed_buffers(
+    mod: nn.Module, name: str, fill: Callable[[nn.Module], None] | None, what: str, fix: str
+) -> None:
+    """``mod``'s non-persistent buffers (computed at construction: rotary frequencies) made real
+    and filled by ``fill`` (:func:`hf_buffer_init`); without ``fill`` one NetslimError
+    ``"{what}: module ... computes its buffers ...; {fix}."``."""
     for n, b in list(mod._buffers.items()):
         if b is not None and n in mod._non_persistent_buffers_set:
             mod._buffers[n] = torch.zeros(b.shape, dtype=b.dtype)
-    if sm.init_buffers is None:
+    if fill is None:
         raise NetslimError(
-            f"{type(sm.model).__name__} cannot be streamed: module {where or '(root)'} computes its "
-            f"buffers {sorted(mod._non_persistent_buffers_set)} at construction; set stream: false."
+            f"{what}: module {name or '(root)'} computes its buffers {sorted(mod._non_persistent_buffers_set)} "
+            f"at construction; {fix}."
         )
-    sm.init_buffers(mod)
+    fill(mod)
 
 
 def release(module: nn.Module, root: nn.Module | None = None) -> None:

@@ -36,9 +36,12 @@ def _kernel_ops() -> tuple | None:
     return None
 
 
+_OPS = _kernel_ops()  # looked up once: the forward runs per decoded token
+
+
 def why_not(m: QuantizedLinear) -> str | None:
     """Why the CPU int4 kernel cannot run ``m`` (None when it can)."""
-    if _kernel_ops() is None:
+    if _OPS is None:
         return "this PyTorch has no aten._weight_int4pack_mm_for_cpu"
     if m.bits != 4:
         return f"{m.bits}-bit codes (the kernel takes 4-bit)"
@@ -59,7 +62,7 @@ class Int4KernelLinear(nn.Module):
         problem = why_not(m)
         if problem is not None:
             raise NetslimError(f"Int4KernelLinear: cannot take this layer: {problem}.")
-        convert, _ = _kernel_ops()  # type: ignore[misc]
+        convert, _ = _OPS  # type: ignore[misc]
         self.in_features, self.out_features, self.group_size = m.in_features, m.out_features, m.group_size
         codes = m.codes().to(torch.int32)  # (out, in) in [0, 16)
         scale = m.scales.float()  # (out, in / g)
@@ -71,7 +74,7 @@ class Int4KernelLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, mm = _kernel_ops()  # type: ignore[misc]
+        _, mm = _OPS  # type: ignore[misc]
         shape = x.shape
         y = mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed, self.group_size, self.scales_and_zeros)
         y = y.float()
