@@ -137,7 +137,7 @@ def _finetune_and_report(args, model, state: dict, t0: float, teacher=None) -> d
     resume = _Resume(_artifact(f"{args.model}_{args.tag}").with_suffix(".ckpt"), t0, args.budget)
     train_task = task
     if args.distill:  # soft targets of the unpruned model (Hinton KD), weight args.distill, T = 4
-        from netslim.distill.step import DistillConfig, DistillTask
+        from netslim.distill import DistillConfig, DistillTask
 
         train_task = DistillTask(task, teacher.eval(), DistillConfig(distill=args.distill, distill_temperature=4.0))
     summary = fit(model.to(memory_format=torch.channels_last), train_task, ft, [resume])

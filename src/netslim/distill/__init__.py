@@ -9,7 +9,8 @@ from .losses import (
     kd_loss,
     soft_target_loss,
 )
-from .step import DistillConfig, DistillTask, distill, load_teacher
+from .step import DistillConfig, distill, load_teacher
+from .task import DistillTask
 
 __all__ = [
     "DistillConfig",

@@ -1,6 +1,6 @@
 """Layer-wise distillation of a pruned transformer from its unpruned self: logits and hidden states.
 
-:class:`LayerwiseDistillTask` wraps a task as :class:`~netslim.distill.step.DistillTask` does and
+:class:`LayerwiseDistillTask` wraps a task as :class:`~netslim.distill.task.DistillTask` does and
 adds a hidden-state term::
 
     loss = (1 - distill) * task loss + distill * soft loss (Hinton KD at distill_temperature, on the logits)
@@ -31,7 +31,8 @@ from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
 from netslim.train.tasks import Task
 
-from .step import DistillConfig, DistillTask, _Capture, output_distance
+from .step import DistillConfig
+from .task import Capture, DistillTask, output_distance
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
@@ -119,14 +120,14 @@ class LayerwiseDistillTask(DistillTask):
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         cfg = self.cfg
         student_blocks = blocks_of(model) if self.hidden_weight else []
-        root = _Capture(with_inputs=True)
-        s_caps = [_Capture(False) for _ in student_blocks]
+        root = Capture(with_inputs=True)
+        s_caps = [Capture(False) for _ in student_blocks]
         with hooked([(model, root), *zip(student_blocks, s_caps)], kind="forward_kwargs"):
             hard = self.inner.loss(model, batch)
         if not root.calls:
             raise NetslimError(f"Task {self.inner.name!r} computed its loss without calling the model.")
         t_blocks = self.teacher_blocks if self.hidden_weight else []
-        t_caps = [_Capture(False) for _ in t_blocks]
+        t_caps = [Capture(False) for _ in t_blocks]
         with hooked(list(zip(t_blocks, t_caps)), kind="forward_kwargs"), torch.no_grad():
             t_outs = [self.teacher(*args, **kwargs) for args, kwargs, _ in root.calls]
         loss = (1 - cfg.distill) * hard

@@ -125,7 +125,7 @@ def _finetune(model, cfg, ctx, teacher, callbacks=()) -> dict:
             hidden_weight=getattr(cfg, "distill_hidden", 0.0),
         )
     elif teacher is not None:
-        from netslim.distill.step import DistillConfig, DistillTask
+        from netslim.distill import DistillConfig, DistillTask
 
         if getattr(cfg, "distill_hidden", 0.0):
             raise NetslimError(
