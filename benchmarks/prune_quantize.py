@@ -195,7 +195,7 @@ class Baseline:
         """(dense int8 model, its test accuracy, its file bytes) at ``bits``-bit weights, unpruned."""
         if bits not in self.dense_int8:
             calib = self.task.calibration_inputs(64 if tiny else 512, seed=0)
-            q = ptq_int8(copy.deepcopy(self.fp32), calib, PTQInt8Config(weight_bits={"*": bits}))
+            q = ptq_int8(copy.deepcopy(self.fp32), calib, weight_bits={"*": bits})
             size = netslim.save(q, self.work / f"dense_int{bits}.safetensors").stat().st_size
             self.dense_int8[bits] = (q, self.task.evaluate(q)[self.task.metric], size)
         return self.dense_int8[bits]
@@ -231,6 +231,7 @@ def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, b
         "epochs": args.epochs,
         "recipe": recipe,
         "compress_seconds": seconds,
+        "artifact_name": artifact.name,
         "accuracy": {
             "fp32": base.accuracy,
             f"dense_int{bits}": dense_acc,
@@ -383,9 +384,10 @@ def main_cnn(args, out: Path) -> None:
     result = _existing(out, args, "order study: prune x quantize on ResNet-20 / LeNet-5 (Fashion-MNIST)")
     done = {(r["model"], r["order"], r["sparsity"], r["weight_bits"]) for r in result["runs"]}
     with tempfile.TemporaryDirectory(prefix="netslim_issue21_") as tmp:
+        work = args.keep or Path(tmp)
         for model_name in args.only or MODELS:
             task = get_task("fashion-mnist", limit=200 if args.tiny else None)
-            base = Baseline(model_name, task, Path(tmp), args.tiny)
+            base = Baseline(model_name, task, work, args.tiny)
             for sparsity in args.sparsities:
                 for bits in args.bits:
                     for order in args.orders:
@@ -423,6 +425,44 @@ def main_llm(args, out: Path) -> None:
                 flush=True,
             )
     print(f"wrote {out}")
+
+
+def remeasure_latency(folder: Path, path: Path, args) -> None:
+    """The CNN cases' latency measured again from the artifacts a ``--keep`` run kept (the study
+    may have trained beside other jobs; timing wants a quiet machine); accuracy and bytes stay."""
+    args.rounds, args.repeats = args.rounds or 7, args.repeats or 20
+    result = json.loads(path.read_text())
+    bases: dict[str, Baseline] = {}
+    for run in result["runs"]:
+        artifact = folder / run["recipe"]["name"] / run.get("artifact_name", "model.safetensors")
+        if (args.only and run["model"] not in args.only) or not artifact.is_file():
+            continue
+        name, bits = run["model"], run["weight_bits"]
+        if name not in bases:
+            bases[name] = Baseline(name, get_task("fashion-mnist"), folder, tiny=False)
+        base = bases[name]
+        stored = netslim.load(artifact)
+        models = {
+            "fp32": base.fp32,
+            f"dense_int{bits}": base.int8(bits, tiny=False)[0],
+            "artifact": stored,
+            "artifact_all_dense_int8": with_kernels(stored, "dense"),
+            "artifact_all_sparse_int8": with_kernels(stored, "sparse"),
+        }
+        lat = latency(models, base.task, args)
+        run["latency_remeasured"] = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
+            "load": [round(x, 2) for x in os.getloadavg()],
+            "latency": lat,
+            "speedup_vs_dense_int8_b64": lat["batch_64"][f"dense_int{bits}"]["median_ms"]
+            / lat["batch_64"]["artifact"]["median_ms"],
+        }
+        print(
+            f"{run['recipe']['name']}: b64 {run['latency_remeasured']['speedup_vs_dense_int8_b64']:.2f}x vs dense",
+            flush=True,
+        )
+        _write(path, result)
 
 
 def remeasure_memory(folder: Path, path: Path) -> None:
@@ -480,7 +520,25 @@ def main() -> None:
         help="LLM: measure again the memory of loading each case's artifact kept as DIR/<case>.safetensors "
         "(and its dense int4 form) with this checkout's netslim.load; stored as 'memory_remeasured'",
     )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="CNN: keep the baselines and every case's output folder (artifact) in DIR instead of a temporary folder",
+    )
+    ap.add_argument(
+        "--remeasure-latency",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="CNN: time again (on a quiet machine) the cases whose artifacts a --keep DIR run kept; the same "
+        "protocol, stored as 'latency_remeasured' beside the study's own timings",
+    )
     args = ap.parse_args()
+    if args.remeasure_latency:
+        remeasure_latency(args.remeasure_latency, (args.out or ROOT / "results") / "issue21_cnn.json", args)
+        return
     if args.remeasure_memory:
         remeasure_memory(args.remeasure_memory, (args.out or ROOT / "results") / "issue21_llm.json")
         return
