@@ -38,10 +38,10 @@ from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.models import model_entry
 from netslim.prune.criteria import prunable_layers, sparsity_report
-from netslim.prune.dynamic import RigLConfig, SETConfig, dynamic_sparse_train
 from netslim.prune.l0 import L0Config, run_l0
 from netslim.prune.movement import MovementConfig, run_movement
 from netslim.prune.obd import obd_prune
+from netslim.prune.sparse_training import RigLConfig, SETConfig, dynamic_sparse_train
 from netslim.train.loop import FinetuneConfig, fit
 from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, checkpoint_path
 from netslim.train.tasks import get_task

@@ -22,7 +22,7 @@ BUILTIN_FAMILIES: tuple[str, ...] = (
     "netslim.distill",
     "netslim.prune",
     "netslim.quantize",
-    "netslim.prune.dynamic",
+    "netslim.prune.sparse_training",
     "netslim.prune.l0",
     "netslim.prune.movement",
     "netslim.prune.obd",

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from netslim.core.brain_surgeon import inverse_cholesky, layer_error, obs_solve
 from netslim.core.errors import NetslimError
-from netslim.core.obs import inverse_cholesky, layer_error, obs_solve
 from netslim.prune.oneshot import magnitude_mask, sparsegpt_prune, wanda_mask
 from netslim.quantize.gptq import gptq_quantize
 from netslim.quantize.packing import dequantize_groups, quantize_groups

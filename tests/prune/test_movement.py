@@ -10,9 +10,9 @@ from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.core.masks import get_mask
 from netslim.prune.criteria import prunable_layers
-from netslim.prune.dynamic import original
 from netslim.prune.movement import MovementConfig, movement_prune, movement_train, run_movement
 from netslim.prune.schedules import cubic_sparsity
+from netslim.prune.sparse_training import original
 from netslim.train.loop import Callback
 
 

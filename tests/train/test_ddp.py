@@ -34,9 +34,9 @@ from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.distill.step import DistillConfig, distill  # noqa: E402
 from netslim.prune import gradual_prune, imp_prune, lottery_ticket  # noqa: E402
-from netslim.prune.dynamic import rigl_train, set_train  # noqa: E402
 from netslim.prune.l0 import l0_prune  # noqa: E402
 from netslim.prune.movement import movement_prune  # noqa: E402
+from netslim.prune.sparse_training import rigl_train, set_train  # noqa: E402
 from netslim.quantize.qat import QATConfig  # noqa: E402
 from netslim.train.loop import FinetuneConfig, fit  # noqa: E402
 from netslim.train.object_tasks import task_from_object  # noqa: E402

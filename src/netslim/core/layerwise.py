@@ -461,7 +461,7 @@ def collect_hessians(
     layers: list[tuple[str, nn.Module]], feed: Callable[[], None], diag_only: bool = False
 ) -> dict[str, torch.Tensor]:
     """Run ``feed`` with hooks on ``layers``; ``{name: H (in, in)}`` or ``{name: diag H (in,)}``."""
-    from .obs import HessianAccumulator, SharedInput
+    from .brain_surgeon import HessianAccumulator, SharedInput
 
     shared = SharedInput()
     accs: dict[str, HessianAccumulator] = {}

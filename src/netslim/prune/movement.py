@@ -50,8 +50,8 @@ from netslim.core.masks import get_mask, set_mask
 from netslim.core.selectors import Selector
 from netslim.prune._api import check_fraction, need_task, prunable_preflight, total_steps
 from netslim.prune.criteria import masks_from_scores, prunable_layers, sparsity_report
-from netslim.prune.dynamic import DenseGradTap, original, reset_optimizer_entries
 from netslim.prune.schedules import cubic_sparsity
+from netslim.prune.sparse_training import DenseGradTap, original, reset_optimizer_entries
 from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.core.brain_surgeon import inverse_cholesky, obs_solve
 from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import (
@@ -45,7 +46,6 @@ from netslim.core.layerwise import (
     set_weight_2d,
     weight_2d,
 )
-from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.core.patterns import NMFields
 from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming

@@ -2,7 +2,7 @@
 
 Each Linear of a decoder block is rounded column by column to a 2/3/4/8-bit group-wise
 grid; the rounding error of a column is pushed onto the columns not yet rounded through
-the inverse Hessian of the layer objective (:func:`netslim.core.obs.obs_solve`). The
+the inverse Hessian of the layer objective (:func:`netslim.core.brain_surgeon.obs_solve`). The
 result is written in the one packed weight-only format (:class:`QuantizedLinear`, the
 same as RTN / HQQ): codes, fp16 scale and zero per group of ``group_size`` consecutive
 inputs. 3-bit codes are stored in 4-bit slots (the packing holds 2/4/8 bits per code).
@@ -39,6 +39,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.core.brain_surgeon import inverse_cholesky, obs_solve
 from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.layerwise import (
@@ -50,7 +51,6 @@ from netslim.core.layerwise import (
     weight_2d,
 )
 from netslim.core.masks import get_mask
-from netslim.core.obs import inverse_cholesky, obs_solve
 from netslim.core.patterns import NMFields
 from netslim.core.selectors import Selector
 from netslim.core.stream_io import register_streaming

@@ -3,7 +3,7 @@
 Per Linear of each decoder block, with one Hessian ``H = 2XᵀX/n`` from the same calibration
 inputs (so the orders differ only in the order of the two decisions):
 
-* ``prune_first`` (SparseGPT -> GPTQ): SparseGPT's OBS pruning (:func:`netslim.core.obs.obs_solve`
+* ``prune_first`` (SparseGPT -> GPTQ): SparseGPT's OBS pruning (:func:`netslim.core.brain_surgeon.obs_solve`
   with ``sparsity`` or N:M), then GPTQ rounds the survivors with the pruned positions held at
   zero (their code is the group's zero point);
 * ``quantize_first`` (GPTQ -> SparseGPT): GPTQ rounds the dense weight, then SparseGPT prunes
@@ -36,10 +36,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from netslim.core.brain_surgeon import inverse_cholesky, layer_error, obs_solve
 from netslim.core.config import build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks_for, weight_2d
-from netslim.core.obs import inverse_cholesky, layer_error, obs_solve
 from netslim.core.patterns import declare_nm
 from netslim.core.surgery import replace_module
 

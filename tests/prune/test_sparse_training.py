@@ -12,7 +12,7 @@ import netslim
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
 from netslim.core.masks import get_mask, set_mask
-from netslim.prune.dynamic import (
+from netslim.prune.sparse_training import (
     DenseGradTap,
     DynamicSparsity,
     RigLConfig,
@@ -162,7 +162,7 @@ def test_sparsity_is_constant_per_layer_across_updates(cls, tiny_mlp, fmnist_sma
     spies = []
 
     # Put a Spy after the method's own callback in the training loop.
-    import netslim.prune.dynamic as dyn
+    import netslim.prune.sparse_training as dyn
 
     real_fit = dyn.fit
 
