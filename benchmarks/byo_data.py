@@ -194,7 +194,7 @@ def write_text_corpus(tmp: Path, root: Path, num_files: int) -> str:
 # ------------------------------------------------------------------------ HF models
 def _quiet_transformers():
     """transformers, offline, without progress bars or load warnings: each command prints one line."""
-    from netslim.models.hf import transformers_module
+    from netslim.models.hf_offline import transformers_module
 
     tf = transformers_module()
     tf.logging.set_verbosity_error()  # "newly initialized: classifier.weight" is the point of minilm-classifier
@@ -214,7 +214,7 @@ def read_labels(folder: Path) -> list[str]:
 
 
 def write_minilm_classifier(tmp: Path, labels_dir: Path) -> str:
-    from netslim.models.hf import minilm_dir
+    from netslim.models.hf_offline import minilm_dir
     from netslim.models.minilm_docs import minilm_docs
 
     tf = _quiet_transformers()
@@ -228,7 +228,7 @@ def write_minilm_classifier(tmp: Path, labels_dir: Path) -> str:
 
 def write_smollm2_dir(tmp: Path) -> str:
     import netslim
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     tf = _quiet_transformers()
     model = netslim.build_model("smollm2")

@@ -65,7 +65,7 @@ def fp32_bytes(model) -> int:
     """Bytes of the uncompressed architecture in fp32 (tied tensors once), from its config."""
     import torch
 
-    from netslim.models.hf import build_hf
+    from netslim.models.hf_arch import build_hf
 
     cfg = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
     with torch.device("meta"):

@@ -193,7 +193,7 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
 
 
 def run_llm(args) -> tuple[dict, str]:
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
     from netslim.train.pretrain import cache_dir
 
     name = "tiny-llama" if args.tiny else "smollm2"

@@ -69,7 +69,7 @@ def write_random_llama(path: Path, geometry: dict, shard_bytes: int, seed: int =
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from netslim.models.hf import byte_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     if (path / "model.safetensors.index.json").is_file():
         return json.loads((path / "model.safetensors.index.json").read_text())["metadata"]["total_size"]

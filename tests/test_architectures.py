@@ -37,7 +37,7 @@ from netslim.recipe.inputs import resolve_task, stored_reference
 
 tf = pytest.importorskip("transformers")
 
-from netslim.models.hf import byte_tokenizer  # noqa: E402
+from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 
 HIDDEN, FFN, HEADS, LAYERS, VOCAB = 32, 64, 4, 2, 512
 SEQ_LEN = 16

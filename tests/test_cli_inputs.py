@@ -31,7 +31,7 @@ if not hasattr(os, "fork"):
     pytest.skip("the cases run in forked children (POSIX)", allow_module_level=True)
 
 import netslim  # noqa: E402
-from netslim.models.hf import byte_tokenizer  # noqa: E402
+from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 
 CNN_FILE = textwrap.dedent("""
     import torch

@@ -72,7 +72,8 @@ def test_journey_a_user_cnn_on_an_image_folder(tmp_path):
 def _tiny_classifier_dir(path: Path, labels: list[str]) -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from netslim.models.hf import TINY_VOCAB, byte_tokenizer
+    from netslim.models.hf_tiny import TINY_VOCAB
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     torch.manual_seed(0)
     cfg = BertConfig(
@@ -114,7 +115,8 @@ def test_journey_b_hf_classifier_on_labelled_jsonl(tmp_path):
 def _tiny_llama_dir(path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from netslim.models.hf import TINY_VOCAB, byte_tokenizer
+    from netslim.models.hf_tiny import TINY_VOCAB
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     torch.manual_seed(0)
     # hidden 128 so that group size 128 fits every projection

@@ -71,7 +71,7 @@ def test_splits_are_by_file_and_labels_follow_the_rules(docs_root):
 
 
 def test_task_reads_the_same_records_byo_data_writes_as_jsonl(docs_root, tmp_path):
-    from netslim.models.hf import byte_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     out = tmp_path / "jsonl"
     assert _byo().main(["docs-jsonl", str(out), "--root", str(docs_root), "--min-class", "5"]) == 0
@@ -85,7 +85,7 @@ def test_task_reads_the_same_records_byo_data_writes_as_jsonl(docs_root, tmp_pat
 
 
 def test_task_batches_limit_and_describe_round_trip(docs_root):
-    from netslim.models.hf import byte_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     tok = byte_tokenizer("bert")
     task = get_task("docs-sections", root=str(docs_root), min_class=5, limit=3, max_length=16, tokenizer=tok)

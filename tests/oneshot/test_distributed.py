@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.core.layerwise import collect_hessians  # noqa: E402
-from netslim.models.hf import tiny_llama  # noqa: E402
+from netslim.models.hf_tiny import tiny_llama  # noqa: E402
 from netslim.prune.oneshot import sparsegpt, wanda  # noqa: E402
 from netslim.quantize.gptq import gptq  # noqa: E402
 
@@ -85,7 +85,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def _model_dir(path: Path) -> None:
-    from netslim.models.hf import byte_tokenizer
+    from netslim.models.hf_tokenizers import byte_tokenizer
 
     tiny_llama().save_pretrained(path)
     byte_tokenizer("causal").save_pretrained(path)

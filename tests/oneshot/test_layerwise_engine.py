@@ -5,7 +5,7 @@ import torch
 
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import block_linears, collect_hessians, decoder_blocks, run_sequential, weight_2d
-from netslim.models.hf import tiny_bert, tiny_gpt2, tiny_llama
+from netslim.models.hf_tiny import tiny_bert, tiny_gpt2, tiny_llama
 from netslim.prune.oneshot import sparsegpt, sparsegpt_prune
 
 BUILDERS = [tiny_llama, tiny_gpt2]

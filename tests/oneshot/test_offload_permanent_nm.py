@@ -9,7 +9,7 @@ from netslim.core.brain_surgeon import inverse_cholesky, obs_solve
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import BlockStore, decoder_blocks, run_sequential
 from netslim.core.masks import make_permanent, masked_params
-from netslim.models.hf import tiny_gpt2, tiny_llama
+from netslim.models.hf_tiny import tiny_gpt2, tiny_llama
 from netslim.prune.oneshot import SparseGPTConfig, sparsegpt, sparsegpt_prune, wanda
 from netslim.quantize.gptq import gptq
 

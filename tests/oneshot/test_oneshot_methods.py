@@ -12,7 +12,7 @@ from netslim.core.errors import NetslimError
 from netslim.core.layerwise import decoder_blocks
 from netslim.core.serialize import load, save
 from netslim.data.pydocs import corpus_root, list_files
-from netslim.models.hf import tiny_gpt2, tiny_llama
+from netslim.models.hf_tiny import tiny_gpt2, tiny_llama
 from netslim.prune.criteria import sparsity_report
 from netslim.prune.oneshot import WandaConfig, owl_sparsities, wanda
 from netslim.quantize.weight_only import QuantizedLinear

@@ -20,7 +20,7 @@ from netslim.core.layerwise import decoder_blocks  # noqa: E402
 from netslim.core.serialize import load, read_description, save  # noqa: E402
 from netslim.core.stream_io import block_need, parse_bytes, stream_step  # noqa: E402
 from netslim.core.streaming import is_meta, open_artifact  # noqa: E402
-from netslim.models.hf import _finish  # noqa: E402
+from netslim.models.hf_arch import finish_hf  # noqa: E402
 from netslim.models.sources import open_hf_dir  # noqa: E402
 from netslim.models.streamed import open_streamed  # noqa: E402
 
@@ -41,7 +41,7 @@ def tiny(kind: str, tied: bool = False) -> torch.nn.Module:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return _finish(getattr(tf, f"{kind}ForCausalLM")(cfg), "tiny")
+        return finish_hf(getattr(tf, f"{kind}ForCausalLM")(cfg), "tiny")
 
 
 def save_3_shards(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 tf = pytest.importorskip("transformers")
 
 import netslim  # noqa: E402
-from netslim.models.hf import TINY_VOCAB, byte_tokenizer  # noqa: E402
+from netslim.models.hf_tiny import TINY_VOCAB  # noqa: E402
+from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 
 STEPS = [
     {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},

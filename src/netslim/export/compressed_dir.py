@@ -100,7 +100,7 @@ class DirTensors:
 def open_compressed_dir(path: Path, cfg: dict) -> nn.Module:
     """The model of a compressed-tensors directory with netslim's own quantized layers (see the
     module docstring); ``cfg`` is its checked config.json. Every other tensor is loaded as is."""
-    from netslim.models.hf import hf_class, safe_attn_config
+    from netslim.models.hf_arch import hf_class, safe_attn_config
 
     where = str(path / "config.json")
     groups, ignore = parse_config(cfg["quantization_config"], where)

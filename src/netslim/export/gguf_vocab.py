@@ -50,7 +50,7 @@ KNOWN_PRE = {
 def source_gguf(source: str | None) -> Path | None:
     """The GGUF file a tokenizer source names (``smollm2``: its packaged file), else None."""
     if source == "smollm2":
-        from netslim.models.hf import smollm2_gguf
+        from netslim.models.hf_offline import smollm2_gguf
 
         return smollm2_gguf()
     if source and str(source).lower().endswith(".gguf") and Path(source).is_file():
@@ -69,7 +69,7 @@ def add_tokenizer(writer: Any, source: str | None, vocab_size: int) -> dict:
     path = source_gguf(source)
     if path is not None:
         return _copy_from_gguf(writer, path, vocab_size)
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     tok = load_tokenizer(source)
     if not getattr(tok, "is_fast", False):

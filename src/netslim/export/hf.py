@@ -128,7 +128,7 @@ def export_hf(model: nn.Module, path: Path, info: dict | None = None) -> tuple[P
 def plan_hf(model: nn.Module, info: dict | None = None) -> Plan:
     """The tensors, config and notes of the export, or a NetslimError saying why there is none."""
     _check_hf_model(model)
-    from netslim.models.hf import build_hf, register_hf_types, safe_attn_config
+    from netslim.models.hf_arch import build_hf, register_hf_types, safe_attn_config
 
     cls = parametrize.type_before_parametrizations(model)
     register_hf_types(model.config.model_type)
@@ -503,7 +503,7 @@ def _tokenizer(model: nn.Module, info: dict | None) -> tuple[Callable[[Path], No
                 shutil.copyfile(f, d / f.name)
 
         return (copy, f"copied from {src}") if files else (None, None)
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     tok = load_tokenizer(str(source))  # a built-in name (smollm2, minilm, tiny-*): read now, before writing
     return (lambda d: tok.save_pretrained(str(d))), f"{source} (saved with save_pretrained)"

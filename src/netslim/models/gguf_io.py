@@ -199,7 +199,7 @@ def read_gguf(path: str | Path, *, packed: bool = True) -> GGUFModel:
 
 
 def _model_class(arch: str) -> type:
-    from netslim.models.hf import transformers_module
+    from netslim.models.hf_offline import transformers_module
 
     return getattr(transformers_module(), GGUF_ARCHS[arch][0])
 
@@ -233,7 +233,7 @@ def _float(path: Path, meta: dict, key: str, lo: float, hi: float, default: floa
 
 def _config(path: Path, arch: str, meta: dict, tensors: dict) -> Any:
     """The transformers config the metadata describes (every field checked)."""
-    from netslim.models.hf import transformers_module
+    from netslim.models.hf_offline import transformers_module
 
     tf = transformers_module()
     p = f"{arch}."
@@ -358,12 +358,13 @@ def load_gguf_model(path: str | Path, *, packed: bool = True, source: str | None
     """The transformers model of a Llama-family GGUF file (see :func:`read_gguf`), in eval mode.
     ``source``: where its tokenizer comes from (default: this file)."""
     from netslim.core.surgery import replace_module
-    from netslim.models.hf import _quiet_loading, register_hf_types
+    from netslim.models.hf_arch import register_hf_types
+    from netslim.models.hf_offline import quiet_loading
     from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear
 
     path = Path(path)
     found = read_gguf(path, packed=packed)
-    with _quiet_loading():
+    with quiet_loading():
         model = _model_class(found.arch)(found.config)
     for name, (codes, scale, zero, bits) in found.packed.items():
         old = model.get_submodule(name)
@@ -393,7 +394,7 @@ def load_gguf_model(path: str | Path, *, packed: bool = True, source: str | None
 
 def gguf_tokenizer(path: str | Path):
     """The HF fast tokenizer a GGUF file describes (transformers' converter of its ``tokenizer.ggml.*``)."""
-    from netslim.models.hf import transformers_module
+    from netslim.models.hf_offline import transformers_module
 
     tf = transformers_module()
     path = Path(path)

@@ -23,7 +23,8 @@ def minilm_docs(labels: Sequence[str] | None = None) -> nn.Module:
     """MiniLM + an untrained classification head over ``labels`` (default: the docs-sections labels)."""
     import torch
 
-    from netslim.models.hf import _finish, _quiet_loading, minilm_dir, transformers_module
+    from netslim.models.hf_arch import finish_hf
+    from netslim.models.hf_offline import minilm_dir, quiet_loading, transformers_module
 
     if labels is None:
         from netslim.data.docs_sections import labels as docs_labels
@@ -33,7 +34,7 @@ def minilm_docs(labels: Sequence[str] | None = None) -> nn.Module:
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise NetslimError(f"minilm-docs: 'labels' must be 2 or more distinct names; got {labels[:20]}.")
     tf = transformers_module()
-    with _quiet_loading():
+    with quiet_loading():
         level = tf.logging.get_verbosity()
         tf.logging.set_verbosity_error()  # "newly initialized: classifier.weight" is the point here
         try:
@@ -47,4 +48,4 @@ def minilm_docs(labels: Sequence[str] | None = None) -> nn.Module:
             )
         finally:
             tf.logging.set_verbosity(level)
-    return _finish(model, "minilm")  # the tokenizer is MiniLM's
+    return finish_hf(model, "minilm")  # the tokenizer is MiniLM's

@@ -347,7 +347,8 @@ def open_hf_dir(path: Path) -> OpenedModel:
     must cover the model exactly (transformers would initialise missing ones at random)."""
     from safetensors import SafetensorError
 
-    from netslim.models.hf import _finish, _quiet_loading
+    from netslim.models.hf_arch import finish_hf
+    from netslim.models.hf_offline import quiet_loading
 
     path = path.resolve()
     cfg = hf_dir_config(path)
@@ -362,11 +363,11 @@ def open_hf_dir(path: Path) -> OpenedModel:
     from netslim.export.compressed_dir import is_compressed_tensors, open_compressed_dir
 
     if is_compressed_tensors(cfg):  # llm-compressor's or format: hf's int4 / int8: into netslim's packed layers
-        with _quiet_loading(), _transformers_errors_only():
+        with quiet_loading(), _transformers_errors_only():
             model = open_compressed_dir(path, cfg)
-        return OpenedModel(_finish(model, str(path)), path.name, None, str(path))
+        return OpenedModel(finish_hf(model, str(path)), path.name, None, str(path))
     try:
-        with _quiet_loading(), _transformers_errors_only():
+        with quiet_loading(), _transformers_errors_only():
             model, loading = cls.from_pretrained(
                 str(path),
                 local_files_only=True,
@@ -380,12 +381,12 @@ def open_hf_dir(path: Path) -> OpenedModel:
             f"{path}: transformers cannot load it as {cls.__name__}: {why}; re-save it with model.save_pretrained(dir)."
         ) from None
     _check_loading(path, cls.__name__, loading)
-    model = _finish(model, str(path))
+    model = finish_hf(model, str(path))
     return OpenedModel(model, path.name, None, str(path))
 
 
 def _dir_class(path: Path, name: str) -> type:
-    from netslim.models.hf import hf_class
+    from netslim.models.hf_arch import hf_class
 
     try:
         return hf_class(name)

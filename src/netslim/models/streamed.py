@@ -59,7 +59,7 @@ def open_streamed(ref: Any, *, verify: bool = True) -> tuple[OpenedModel, Stream
 
 def open_hf_dir_streamed(path: Path) -> StreamedModel:
     """A ``save_pretrained`` directory as a skeleton of its class (fp32, as :func:`open_hf_dir`)."""
-    from netslim.models.hf import _finish, safe_attn_config
+    from netslim.models.hf_arch import finish_hf, safe_attn_config
     from netslim.models.sources import _dir_class, hf_dir_config
 
     path = path.resolve()
@@ -82,7 +82,7 @@ def open_hf_dir_streamed(path: Path) -> StreamedModel:
     with torch.device("meta"):
         model = cls(config)
     model.name_or_path = str(path)
-    model = _finish(model, str(path))
+    model = finish_hf(model, str(path))
     groups = alias_groups(model)
     check_source(model, source, groups)
     return StreamedModel(model, source, groups, path, init_buffers=hf_buffer_init(model))

@@ -52,7 +52,7 @@ class DocsSectionsTask(TextClassificationTask):
             ):
                 raise bad_param("docs-sections", field, "an int >= 1" + (" or None" if allow_none else ""), value)
         if tokenizer is None:
-            from netslim.models.hf import load_tokenizer
+            from netslim.models.hf_tokenizers import load_tokenizer
 
             tokenizer = load_tokenizer(model_name)
         by_split = docs_sections.load(root, min_class=min_class, min_chars=min_chars)

@@ -284,7 +284,7 @@ def _source_of(model: nn.Module, source: str | None) -> str | None:
 
 
 def _tokenizer(source: str | None, task: str, where: str) -> Any:
-    from netslim.models.hf import load_tokenizer
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     if source is None:
         raise NetslimError(
@@ -298,7 +298,7 @@ def _image_processor(source: str | None) -> Any:
     """The Hugging Face image processor in directory ``source``, or None."""
     if source is None or not (Path(source) / "preprocessor_config.json").is_file():
         return None
-    from netslim.models.hf import transformers_module
+    from netslim.models.hf_offline import transformers_module
 
     tf = transformers_module()
     from transformers.utils import logging as hf_logging

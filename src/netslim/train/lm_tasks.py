@@ -48,7 +48,8 @@ def _corpus_split(split: str) -> str:
 
 
 def _tokenizer(model_name: str):
-    from netslim.models.hf import load_tokenizer, register_hf_models
+    from netslim.models.hf import register_hf_models
+    from netslim.models.hf_tokenizers import load_tokenizer
 
     register_hf_models()  # idempotent; makes build_model(model_name) work for the reference too
     return load_tokenizer(model_name)
