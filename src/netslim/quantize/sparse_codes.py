@@ -188,9 +188,26 @@ def pack_bits(flags: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the first ``count`` flags (bool)."""
+    """Inverse of :func:`pack_bits`: the first ``count`` flags (bool). One byte per flag, made
+    once and viewed as bool (no second and third copy: a layer decodes its bitmask per call)."""
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    return ((packed.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:count].bool()
+    flags = packed.reshape(-1, 1) >> shifts
+    flags &= 1
+    return flags.view(torch.bool).reshape(-1)[:count]
+
+
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+
+
+def count_bits(packed: torch.Tensor, count: int) -> int:
+    """Set flags among the first ``count`` of :func:`pack_bits`' stream (``packed`` holds at least
+    ``ceil(count / 8)`` bytes), from a histogram of its bytes: nothing unpacked (the check on load
+    would otherwise allocate a byte per weight, then a bool per weight, for every layer)."""
+    whole, rest = divmod(count, 8)
+    n = int((torch.bincount(packed[:whole].cpu(), minlength=256) * _POPCOUNT).sum()) if whole else 0
+    if rest:
+        n += bin(int(packed[whole]) & ((1 << rest) - 1)).count("1")
+    return n
 
 
 def _pack_stream(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -243,11 +260,12 @@ def decode(
     nnz: int,
 ) -> torch.Tensor:
     """Inverse of :func:`encode`: the unsigned codes (uint8, ``shape``). Validate first (:func:`check_stored`)."""
-    out = fill.expand(shape).clone()
+    out = torch.empty(shape, dtype=torch.uint8, device=fill.device)
+    out.copy_(fill.expand(shape))  # contiguous whatever fill's strides (viewed flat below)
     count = slots(layout, shape, nnz)
     vals = _unpack_stream(values, bits, count)
-    if layout.kind == "mask":
-        out[unpack_bits(index, math.prod(shape)).reshape(shape)] = vals
+    if layout.kind == "mask":  # masked_scatter_: no int64 index of the kept positions (index_put makes one)
+        out.view(-1).masked_scatter_(unpack_bits(index, math.prod(shape)), vals)
         return out
     if layout.kind == "gaps":
         out.view(-1)[_gap_positions(index, shape).to(out.device)] = vals
@@ -283,7 +301,7 @@ def check_stored(
             )
     if layout.kind in ("mask", "gaps"):
         kept = (
-            int(unpack_bits(index, numel).sum())
+            count_bits(index, numel)
             if layout.kind == "mask"
             else len(_gap_positions(index, shape, f"{where}: field {fields[0]!r}"))
         )
@@ -297,7 +315,7 @@ def check_stored(
         )
     if nnz > slots(layout, shape, nnz):
         raise NetslimError(f"{where}: field 'nnz' ({nnz}) exceeds the {layout.describe()} slots.")
-    pos = _unpack_stream(index, layout.index_bits, slots(layout, shape, nnz)).long().reshape(-1, layout.n)
+    pos = _unpack_stream(index, layout.index_bits, slots(layout, shape, nnz)).reshape(-1, layout.n)  # uint8
     if pos.numel() and (int(pos.max()) >= layout.m or (layout.n > 1 and not bool((pos[:, 1:] > pos[:, :-1]).all()))):
         raise NetslimError(
             f"{where}: field {fields[0]!r} must hold positions in [0, {layout.m}) increasing "
