@@ -147,7 +147,7 @@ def main() -> None:
     from netslim.core.layerwise import calibration_from_task
     from netslim.models import build_model
     from netslim.models.hf import register_hf_models
-    from netslim.quantize.gptq import GPTQConfig, gptq
+    from netslim.quantize.gptq import gptq
     from netslim.train.lm_tasks import CausalLMTask
 
     register_hf_models()
@@ -174,18 +174,16 @@ def main() -> None:
         ids = calibration_from_task(task, num_samples, seq_len, seed=0)
         t0 = time.perf_counter()
         with torch.no_grad():
-            gptq(
+            model = gptq(
                 model,
                 ids,
-                cfg=GPTQConfig(
-                    bits=4,
-                    group_size=32,
-                    symmetric=True,
-                    act_order=True,
-                    num_samples=num_samples,
-                    seq_len=seq_len,
-                    include=BLOCKS,
-                ),
+                bits=4,
+                group_size=32,
+                symmetric=True,
+                act_order=True,
+                num_samples=num_samples,
+                seq_len=seq_len,
+                include=BLOCKS,
             )
         gptq_s = time.perf_counter() - t0
         row = run_row("q4_0_gptq", model, task, out_dir, "q4_0", args.threads)

@@ -81,37 +81,31 @@ def compress(args, task):
 
     if args.artifact:
         return open_model(args.artifact).model, {"artifact": str(args.artifact)}
+    import netslim
     from netslim.core.layerwise import calibration_from_task
-    from netslim.quantize.gptq import GPTQConfig, gptq
+    from netslim.quantize.gptq import gptq
 
     model = open_model(args.model).model
     ids = calibration_from_task(task, args.num_samples, args.seq_len, 0)
-    cfg = GPTQConfig(
-        bits=4,
-        group_size=args.group_size,
-        symmetric=False,
-        act_order=True,
-        num_samples=args.num_samples,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-    )
-
-    class Notes:  # gptq's ctx: it records skipped layers and its notes here
-        notes: dict = {}
-        skipped: list = []
-
-        def skip(self, name, reason):
-            self.skipped.append({"name": name, "reason": reason})
-
-    ctx = Notes()
     t0 = time.perf_counter()
     with torch.no_grad():
-        model = gptq(model, ids, cfg=cfg, ctx=ctx)
+        model = gptq(
+            model,
+            ids,
+            bits=4,
+            group_size=args.group_size,
+            symmetric=False,
+            act_order=True,
+            num_samples=args.num_samples,
+            seq_len=args.seq_len,
+            batch_size=args.batch_size,
+        )
+    report = netslim.report_of(model)
     return model, {
         "gptq": {
-            **ctx.notes.get("gptq", {}),
+            **report.notes,
             "seconds": round(time.perf_counter() - t0, 1),
-            "skipped_layers": len(ctx.skipped),
+            "skipped_layers": len(report.skipped),
             "calibration_tokens": list(ids.shape),
         }
     }

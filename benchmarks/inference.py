@@ -381,7 +381,7 @@ def cached_artifact(model_ref: str | None, recipe: str, out: Path, limit: int | 
 def minilm_variants(args, cache: Path, example: dict) -> tuple[dict[str, nn.Module], dict]:
     import netslim
     from netslim.models import build_model
-    from netslim.quantize import BF16Config, bf16_linears
+    from netslim.quantize import bf16_linears
 
     name = "tiny-bert" if args.tiny else "minilm"
     fp32 = build_model(name).eval()
@@ -394,7 +394,7 @@ def minilm_variants(args, cache: Path, example: dict) -> tuple[dict[str, nn.Modu
     variants = {
         "fp32 eager": fp32,
         "fp32 eager, HF eager attention": eager_attn,
-        "bf16": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")).eval(),
+        "bf16": bf16_linears(copy.deepcopy(fp32), scope="model").eval(),
     }
     artifact, facts = cached_artifact(
         name if args.tiny else None, "int8_minilm", cache / "int8_minilm", limit=40 if args.tiny else None
@@ -418,8 +418,8 @@ def minilm_variants(args, cache: Path, example: dict) -> tuple[dict[str, nn.Modu
 
 # ------------------------------------------------------------------------------- MiniLM
 def run_minilm(args) -> tuple[dict, str]:
+    from netslim.core.cache import cache_dir
     from netslim.train.lm_tasks import EmbeddingTask
-    from netslim.train.pretrain import cache_dir
 
     task = EmbeddingTask(model_name="tiny-bert" if args.tiny else "minilm", limit=SENTENCES)
     shapes = minilm_inputs(task)

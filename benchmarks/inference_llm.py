@@ -121,7 +121,7 @@ class LlamaCppGreedy(nn.Module):
 def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     """Q8_0 (the fp32 model) and Q4_0 (RTN 4-bit g32 symmetric blocks, exact) via netslim's export."""
     from netslim.export.gguf import export_gguf
-    from netslim.quantize import WeightOnlyConfig, quantize_weights
+    from netslim.quantize import quantize_weights
 
     cache.mkdir(parents=True, exist_ok=True)
     files, new = {"llama.cpp Q8_0": cache / "q8_0.gguf", "llama.cpp Q4_0": cache / "q4_0.gguf"}, {}
@@ -130,7 +130,11 @@ def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     if not files["llama.cpp Q4_0"].is_file():
         q4 = quantize_weights(
             copy.deepcopy(fp32),
-            WeightOnlyConfig(bits=4, group_size=32, symmetric=True, rounding="rtn", include="re:model[.]layers[.].*"),
+            bits=4,
+            group_size=32,
+            symmetric=True,
+            rounding="rtn",
+            include="re:model[.]layers[.].*",
         )
         _, new["q4_0"] = export_gguf(q4, files["llama.cpp Q4_0"], {"model": "smollm2-q4_0"}, dtype="q4_0")
         del q4
@@ -148,7 +152,7 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
     from netslim.api import recipe_path
     from netslim.core.config import make_config
     from netslim.models import build_model
-    from netslim.quantize import DynamicInt8Config, dynamic_int8
+    from netslim.quantize import dynamic_int8
     from netslim.recipe.spec import load_yaml
 
     name = "tiny-llama" if args.tiny else "smollm2"
@@ -157,9 +161,9 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
     models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16).eval()}
     step = load_yaml(recipe_path("int8_dynamic"))["steps"][0]  # the shipped recipe's own step
     cfg = make_config(step, "recipe int8_dynamic: step 1")
-    models["netslim int8 (int8_dynamic: per-token, fp32 body)"] = dynamic_int8(copy.deepcopy(fp32), cfg).eval()
+    models["netslim int8 (int8_dynamic: per-token, fp32 body)"] = netslim.apply(copy.deepcopy(fp32), cfg).eval()
     models["netslim int8 (per-token, bf16 body)"] = dynamic_int8(
-        copy.deepcopy(fp32), DynamicInt8Config(activations=step["activations"], compute_dtype="bfloat16")
+        copy.deepcopy(fp32), activations=step["activations"], compute_dtype="bfloat16"
     ).eval()
     artifact, facts = cached_artifact(
         name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2", limit=2 if args.tiny else None
@@ -193,8 +197,8 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
 
 
 def run_llm(args) -> tuple[dict, str]:
+    from netslim.core.cache import cache_dir
     from netslim.models.hf_tokenizers import load_tokenizer
-    from netslim.train.pretrain import cache_dir
 
     name = "tiny-llama" if args.tiny else "smollm2"
     cache = Path(args.cache) if args.cache else cache_dir() / "bench" / "issue25" / ("tiny" if args.tiny else "real")

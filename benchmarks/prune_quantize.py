@@ -60,7 +60,7 @@ from netslim.core import serialize
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_timings
 from netslim.models.sources import open_model
-from netslim.quantize.ptq import PTQInt8Config, ptq_int8
+from netslim.quantize.ptq import ptq_int8
 from netslim.quantize.sparse_lowbit import SparseInt8Conv2d, SparseInt8Linear, densify, sparse_static
 from netslim.recipe.spec import load_yaml
 from netslim.train.tasks import get_task

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import record
 import torch
@@ -92,16 +91,14 @@ def _ort_variants(fp32, int8, example: dict, threads: int, tmp: Path) -> tuple[d
 
 def minilm(args) -> dict:
     """All int8 peers and bf16 in one run: fidelity (mean cosine to fp32) and batch-32 latency, interleaved."""
-    from netslim.quantize import BF16Config, DynamicInt8Config, bf16_linears, dynamic_int8
+    from netslim.quantize import bf16_linears, dynamic_int8
     from netslim.train.tasks import get_task
 
     task = get_task("pydocs-sentences", model_name=args.encoder, limit=args.sentences)
     fp32 = build_model(args.encoder).eval()
 
     def int8(activations: str, body: str, **kw):
-        return dynamic_int8(
-            copy.deepcopy(fp32), DynamicInt8Config(activations=activations, embeddings=True, compute_dtype=body, **kw)
-        )
+        return dynamic_int8(copy.deepcopy(fp32), activations=activations, embeddings=True, compute_dtype=body, **kw)
 
     variants = {
         "fp32": fp32,
@@ -113,7 +110,7 @@ def minilm(args) -> dict:
             "per_tensor", "float32", fuse_activations=False
         ),
         "netslim dynamic_int8 (per-token activations, fp32 body)": int8("per_token", "float32"),
-        "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), BF16Config(scope="model")),
+        "netslim bf16 (whole model)": bf16_linears(copy.deepcopy(fp32), scope="model"),
     }
     recipe_int8 = variants["netslim dynamic_int8 (per-tensor activations, bf16 body)"]
     default_engine = torch.backends.quantized.engine
@@ -179,7 +176,7 @@ def _profile(models: dict, inputs: dict, path: Path) -> None:
 
 
 def smollm2(args) -> dict:
-    from netslim.quantize import WeightOnlyConfig, quantize_weights
+    from netslim.quantize import quantize_weights
     from netslim.train.tasks import get_task
 
     task = get_task("pydocs", limit=args.blocks)
@@ -204,8 +201,9 @@ def smollm2(args) -> dict:
     for name, bits, g, sym, rounding in settings:
         if args.only and not any(o in name for o in args.only):
             continue
-        cfg = WeightOnlyConfig(bits=bits, group_size=g, symmetric=sym, rounding=rounding, embeddings=True)
-        m = quantize_weights(copy.deepcopy(fp32), cfg)
+        m = quantize_weights(
+            copy.deepcopy(fp32), bits=bits, group_size=g, symmetric=sym, rounding=rounding, embeddings=True
+        )
         n_q = sum(1 for mod in m.modules() if hasattr(mod, "weight_packed"))
         rows[name] = {"perplexity": task.evaluate(m, "test")["perplexity"], "bytes": _size(m), "quantized_layers": n_q}
         rows[name]["size_vs_fp32"] = rows[name]["bytes"] / base_bytes
@@ -226,8 +224,8 @@ def resnet20(args) -> dict:
     int8 PTQ minmax, interleaved) only when the int8 PTQ (minmax) row is built and not
     ``--no-latency`` - accuracy-only parts run on one core, the timing part on both.
     """
-    from netslim.quantize import MixedPrecisionConfig, PTQInt8Config, mixed_precision, ptq_int8
-    from netslim.train.pretrain import checkpoint_path
+    from netslim.core.cache import checkpoint_path
+    from netslim.quantize import mixed_precision, ptq_int8
     from netslim.train.tasks import get_task
 
     task = get_task("fashion-mnist")
@@ -237,24 +235,17 @@ def resnet20(args) -> dict:
 
     def mixed(sens: str, avg: float, widths: list[int]):
         def build():
-            ctx = SimpleNamespace(notes={})  # mixed_precision records per-layer sensitivity and bits here
-            m = mixed_precision(
-                copy.deepcopy(fp32), calib, MixedPrecisionConfig(avg_bits=avg, sensitivity=sens, choices=widths), ctx
-            )
-            notes[f"{sens} {widths}"] = ctx.notes["mixed_precision"]
+            m = mixed_precision(copy.deepcopy(fp32), calib, avg_bits=avg, sensitivity=sens, choices=widths)
+            notes[f"{sens} {widths}"] = netslim.report_of(m).notes  # per-layer sensitivity and bits
             return m
 
         return build
 
     builders = {
         "int8 PTQ (minmax)": lambda: ptq_int8(copy.deepcopy(fp32), calib),
-        "int8 PTQ (percentile)": lambda: ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(observer="percentile")),
-        "uniform W4A8": lambda: ptq_int8(
-            copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits={"type:Conv2d": 4, "type:Linear": 4})
-        ),
-        "uniform W3A8": lambda: ptq_int8(
-            copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits={"type:Conv2d": 3, "type:Linear": 3})
-        ),
+        "int8 PTQ (percentile)": lambda: ptq_int8(copy.deepcopy(fp32), calib, observer="percentile"),
+        "uniform W4A8": lambda: ptq_int8(copy.deepcopy(fp32), calib, weight_bits={"type:Conv2d": 4, "type:Linear": 4}),
+        "uniform W3A8": lambda: ptq_int8(copy.deepcopy(fp32), calib, weight_bits={"type:Conv2d": 3, "type:Linear": 3}),
     }
     for sens in ("kl", "hessian"):
         builders[f"mixed W{{2,4,8}}A8 avg<=4 ({sens})"] = mixed(sens, 4.0, [2, 4, 8])

@@ -361,15 +361,15 @@ def _sparse() -> torch.nn.Module:
 
 
 def _int4() -> torch.nn.Module:
-    from netslim.quantize.weight_only import WeightOnlyConfig, quantize_weights
+    from netslim.quantize.weight_only import quantize_weights
 
-    return quantize_weights(_lenet300(), WeightOnlyConfig(bits=4, group_size=None))
+    return quantize_weights(_lenet300(), bits=4, group_size=None)
 
 
 def _dyn8() -> torch.nn.Module:
-    from netslim.quantize import DynamicInt8Config, dynamic_int8
+    from netslim.quantize import dynamic_int8
 
-    return dynamic_int8(_lenet300(), DynamicInt8Config())
+    return dynamic_int8(_lenet300())
 
 
 def _static8() -> torch.nn.Module:
@@ -396,7 +396,7 @@ def _lowbit8() -> torch.nn.Module:
     """Issue 21: pruned + static int4/int8 in the sparse low-bit storage (bitmask; fc2 2:4 with 2-bit
     indices), conv2 and fc1 on the sparse int8 kernel."""
     from netslim.prune import magnitude_prune, nm_prune
-    from netslim.quantize.ptq import PTQInt8Config, ptq_int8
+    from netslim.quantize.ptq import ptq_int8
     from netslim.quantize.sparse_lowbit import sparse_static
 
     torch.manual_seed(0)
@@ -406,7 +406,7 @@ def _lowbit8() -> torch.nn.Module:
     model = ptq_int8(
         model,
         torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1)),
-        PTQInt8Config(weight_bits={"conv1": 4, "fc1": 4}),
+        weight_bits={"conv1": 4, "fc1": 4},
     )
     model.conv2, model.fc1 = sparse_static(model.conv2, "sparse"), sparse_static(model.fc1, "sparse")
     return model
@@ -415,11 +415,11 @@ def _lowbit8() -> torch.nn.Module:
 def _lowbit4() -> torch.nn.Module:
     """Issue 21: pruned + weight-only int4 (per channel) in the sparse low-bit storage."""
     from netslim.prune import magnitude_prune
-    from netslim.quantize.weight_only import WeightOnlyConfig, quantize_weights
+    from netslim.quantize.weight_only import quantize_weights
 
     model = _lenet300()
     magnitude_prune(model, sparsity=0.7, scope="layer")
-    return quantize_weights(model, WeightOnlyConfig(bits=4, group_size=None))
+    return quantize_weights(model, bits=4, group_size=None)
 
 
 BUILDERS = {

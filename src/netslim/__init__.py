@@ -45,6 +45,7 @@ _registry.add_entry_points(_registry.PLUGIN_GROUP)
 from .api import CompressResult, apply, compress  # noqa: E402
 from .core.config import MethodConfig, register  # noqa: E402
 from .core.errors import NetslimError  # noqa: E402
+from .core.history import StepReport, report_of  # noqa: E402
 from .core.serialize import load, save  # noqa: E402
 from .models import build_model  # noqa: E402
 
@@ -53,11 +54,13 @@ __all__ = [
     "CompressResult",
     "MethodConfig",
     "NetslimError",
+    "StepReport",
     "apply",
     "build_model",
     "compress",
     "load",
     "register",
+    "report_of",
     "save",
     "__version__",
 ]

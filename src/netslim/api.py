@@ -11,19 +11,32 @@ Hugging Face directory, ``"file.py:factory"``); ``data`` is a path (image folder
 text files), a ``{path: ..., task: ...}`` mapping, a ``DataLoader``, a tensor, an ``(X, y)``
 pair or a ``Task``; ``recipe`` is a YAML path, a shipped recipe name, a mapping, or a list of
 method configs (``MethodConfig`` objects or ``{"method": ..., ...}`` mappings).
+
+Every method also has a plain-Python function in its family, made by :func:`method_function`
+(one convention for all of them)::
+
+    model = netslim.quantize.quantize_weights(model, bits=4, group_size=128)
+    netslim.report_of(model).notes  # what the step reported (a recipe records the same)
+
+``fn(model, data=None, **options) -> nn.Module``: the model first, the data (anything ``data=``
+takes here) second, the method's options keyword-only and validated by its config class; it
+runs through :func:`apply` (the same ordering check and validation as a recipe step) and returns
+the model, which may be a new object. The step's report is on the returned model
+(:func:`~netslim.core.history.report_of`).
 """
 
 from __future__ import annotations
 
+import inspect
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from netslim.core.config import MethodConfig, make_config
+from netslim.core.config import MethodConfig, build_config, make_config
 from netslim.core.config import apply as apply_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
@@ -161,3 +174,48 @@ def _context(model: nn.Module, data: Any) -> StepContext:
         task = resolve_task(OpenedModel(model, type(model).__name__, source=module_source(model)), data=data)
     out = Path(tempfile.mkdtemp(prefix="netslim-apply-"))
     return StepContext(task=task, out_dir=out, info={"model": type(model).__name__})
+
+
+def method_function(config_cls: type[MethodConfig], name: str) -> Callable[..., nn.Module]:
+    """The plain-Python function of the method ``config_cls`` names, called ``name`` in its family:
+    ``name(model, data=None, **options) -> nn.Module`` (see the module docstring). Its signature
+    lists the config's fields as keyword-only options; a wrong option is one NetslimError naming
+    the function, the method and the field. The one way a family exposes a method in Python."""
+    method = config_cls.method
+    where = f"{name} (method {method!r})"
+
+    def run(model: nn.Module, data: Any = None, **options: Any) -> nn.Module:
+        if isinstance(data, MethodConfig):
+            raise NetslimError(
+                f"{name}: data must be data, got a {type(data).__name__}; pass the method's options as "
+                f"keywords ({name}(model, data, **cfg.model_dump())) or run the config with netslim.apply(model, cfg)."
+            )
+        return apply(model, build_config(config_cls, None, options, where), data=data)
+
+    fields = [
+        inspect.Parameter(
+            field,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=inspect.Parameter.empty if info.is_required() else info.get_default(call_default_factory=True),
+            annotation=info.annotation,
+        )
+        for field, info in config_cls.model_fields.items()
+    ]
+    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=nn.Module),
+            inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+            *fields,
+        ],
+        return_annotation=nn.Module,
+    )
+    run.__name__ = run.__qualname__ = name
+    run.__module__ = config_cls.__module__
+    run.__doc__ = (
+        f"Apply method {method!r} to ``model`` (``data``: calibration / training data, anything "
+        f"``netslim.apply(data=)`` takes); returns the model (maybe a new object), its report on it "
+        f"(``netslim.report_of(model)``). Options: the fields of :class:`{config_cls.__name__}`.\n\n"
+        + inspect.cleandoc(config_cls.__doc__ or "")
+    )
+    run.config_cls = config_cls  # type: ignore[attr-defined]
+    return run

@@ -28,8 +28,8 @@ from netslim.core.artifact_schema import INTEGRITY_KEY, integrity_record
 from netslim.core.errors import NetslimError
 from netslim.core.masks import make_permanent
 from netslim.prune import SparseLinear, magnitude_prune
-from netslim.quantize import DynamicInt8Config, dynamic_int8
-from netslim.quantize.weight_only import QuantizedLinear, WeightOnlyConfig, quantize_weights
+from netslim.quantize import dynamic_int8
+from netslim.quantize.weight_only import QuantizedLinear, quantize_weights
 
 KINDS = ("lenet300", "sparse", "int4", "dyn8")
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NETSLIM_PROGRESS": "0"}
@@ -45,9 +45,9 @@ def _model(kind: str) -> torch.nn.Module:
         m.fc2 = SparseLinear.from_dense(m.fc2, "sparse")
         m.fc3 = SparseLinear.from_dense(m.fc3, "dense")
     elif kind == "int4":
-        quantize_weights(m, WeightOnlyConfig(bits=4, group_size=None))
+        quantize_weights(m, bits=4, group_size=None)
     elif kind == "dyn8":
-        dynamic_int8(m, DynamicInt8Config())
+        dynamic_int8(m)
     return m
 
 

@@ -25,8 +25,8 @@ from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.export.compressed import ct_pack, ct_unpack, module_tensors, quantization_config, scheme_of  # noqa: E402
 from netslim.export.hf import save_hf  # noqa: E402
 from netslim.models.sources import open_model  # noqa: E402
-from netslim.quantize.dynamic import DynamicInt8Config, DynamicInt8Linear, dynamic_int8  # noqa: E402
-from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights  # noqa: E402
+from netslim.quantize.dynamic import DynamicInt8Linear, dynamic_int8  # noqa: E402
+from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, quantize_weights  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -137,7 +137,7 @@ def test_quantization_config_is_valid_for_compressed_tensors_and_transformers():
 
 # ------------------------------------------------------------------ export -> open_model
 def _quantize(model, **kw):
-    return quantize_weights(model, WeightOnlyConfig(**kw))
+    return quantize_weights(model, **kw)
 
 
 CASES = {
@@ -147,7 +147,7 @@ CASES = {
         _quantize(_llama(), bits=4, group_size=32, symmetric=True), bits=8, group_size=None, embeddings=True
     ),
     "gpt2_int8_tied_emb": lambda: _quantize(_gpt2(), bits=8, group_size=None, embeddings=True),
-    "bert_w8a8": lambda: dynamic_int8(_bert(), DynamicInt8Config(activations="per_tensor")),
+    "bert_w8a8": lambda: dynamic_int8(_bert(), activations="per_tensor"),
 }
 
 

@@ -23,7 +23,7 @@ from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.export.gguf import export_gguf  # noqa: E402
 from netslim.models.gguf_io import load_gguf_model  # noqa: E402
-from netslim.quantize.weight_only import QuantizedLinear, WeightOnlyConfig, quantize_weights  # noqa: E402
+from netslim.quantize.weight_only import QuantizedLinear, quantize_weights  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 200, 33, 90, 1, 250, 64, 12, 7, 140, 99]])
 
@@ -176,7 +176,7 @@ def test_f16_within_one_rounding_and_tied_embedding_has_no_output_tensor(tok_dir
 
 
 def _quantized(model, **cfg):
-    quantize_weights(model, WeightOnlyConfig(group_size=32, embeddings=True, **cfg))
+    quantize_weights(model, group_size=32, embeddings=True, **cfg)
     return model
 
 
@@ -202,11 +202,11 @@ def test_q4_0_copies_netslim_4bit_symmetric_codes_bit_for_bit(kind, tok_dir, tmp
 
 
 def test_gptq_symmetric_g32_is_on_the_q4_0_grid_float_ends_go_q8_0(tok_dir, tmp_path):
-    from netslim.quantize.gptq import GPTQConfig, gptq
+    from netslim.quantize.gptq import gptq
 
     model = tiny_lm("llama", tok_dir)
     calib = torch.randint(0, VOCAB, (8, 32), generator=torch.Generator().manual_seed(0))
-    gptq(model, calib, cfg=GPTQConfig(bits=4, group_size=32, symmetric=True, num_samples=8, seq_len=32))
+    gptq(model, calib, bits=4, group_size=32, symmetric=True, num_samples=8, seq_len=32)
     path, notes = export_gguf(model, tmp_path / "m.gguf", dtype="q4_0")
     reader, _ = _read(path)
     types = {t.name: t.tensor_type.name for t in reader.tensors}

@@ -29,9 +29,9 @@ from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 from netslim.prune import magnitude_prune, nm_prune  # noqa: E402
 from netslim.prune.sparse import SparseLinear  # noqa: E402
 from netslim.prune.structured import drop_layers, prune_ffn, prune_heads  # noqa: E402
-from netslim.quantize.dynamic import DynamicInt8Config, dynamic_int8  # noqa: E402
+from netslim.quantize.dynamic import dynamic_int8  # noqa: E402
 from netslim.quantize.gptq import gptq  # noqa: E402
-from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights  # noqa: E402
+from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, quantize_weights  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -80,7 +80,7 @@ def _out(model):
 
 
 def _wo(model, **kw):
-    return quantize_weights(model, WeightOnlyConfig(**kw))
+    return quantize_weights(model, **kw)
 
 
 def _structured():
@@ -140,7 +140,7 @@ CASES = {
         lambda: _wo(_wo(llama(tie=True), bits=4, group_size=32), bits=8, group_size=None, embeddings=True),
         None,
     ),
-    "bert_w8a8": (lambda: dynamic_int8(bert(), DynamicInt8Config(activations="per_tensor")), None),
+    "bert_w8a8": (lambda: dynamic_int8(bert(), activations="per_tensor"), None),
 }
 EXACT = {
     "llama_dense",
@@ -376,7 +376,7 @@ def test_refuses_hqq_zero_points(tmp_path):
 
 
 def test_refuses_per_token_dynamic_int8(tmp_path):
-    _refused(dynamic_int8(bert(), DynamicInt8Config(activations="per_token")), tmp_path, "per_tensor")
+    _refused(dynamic_int8(bert(), activations="per_token"), tmp_path, "per_tensor")
 
 
 def test_pruned_bert_heads_are_written_as_zero_heads(exported):
@@ -414,8 +414,8 @@ def test_refuses_a_block_part_transformers_does_not_build(tmp_path):
 
 
 def test_refuses_w8a8_beside_asymmetric_weight_only(tmp_path):
-    m = _wo(llama(), bits=4, group_size=32, include=["model.layers.0.*"])
-    dynamic_int8(m, DynamicInt8Config(include=["model.layers.1.*"]))
+    m = dynamic_int8(llama(), include=["model.layers.1.*"])  # weight_only may follow it (float layers only)
+    m = _wo(m, bits=4, group_size=32, include=["model.layers.0.*"])
     _refused(m, tmp_path, "W8A8")
 
 

@@ -38,9 +38,9 @@ def _tiny(kind: str) -> torch.nn.Module:
 def test_an_hf_artifact_loads_without_a_random_fp32_copy(tmp_path, monkeypatch, kind, quantize):
     model = _tiny(kind)
     if quantize:
-        from netslim.quantize.weight_only import WeightOnlyConfig, quantize_weights
+        from netslim.quantize.weight_only import quantize_weights
 
-        model = quantize_weights(model, WeightOnlyConfig(bits=4, group_size=32))
+        model = quantize_weights(model, bits=4, group_size=32)
     path = netslim.save(model, tmp_path / "m.safetensors")
     ids = torch.randint(0, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -168,7 +168,7 @@ def test_bf16_whole_model_scope(tiny_mlp, tmp_path):
 @pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
 def test_tiny_bert_int8_with_embeddings_round_trips(tmp_path, activations):
     """A transformer end to end: close to fp32, int8 embedding tables, ~4x smaller, same after load."""
-    from netslim.quantize import DynamicInt8Config, QuantizedEmbedding, dynamic_int8
+    from netslim.quantize import QuantizedEmbedding, dynamic_int8
 
     torch.manual_seed(0)
     model = netslim.build_model("tiny-bert").eval()
@@ -176,7 +176,7 @@ def test_tiny_bert_int8_with_embeddings_round_trips(tmp_path, activations):
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     ref = model(**inputs).last_hidden_state
     fp32 = netslim.save(model, tmp_path / "fp32.safetensors").stat().st_size
-    q = dynamic_int8(model, DynamicInt8Config(activations=activations, embeddings=True))
+    q = dynamic_int8(model, activations=activations, embeddings=True)
     assert isinstance(q.embeddings.word_embeddings, QuantizedEmbedding)
     y = q(**inputs).last_hidden_state
     cos = torch.nn.functional.cosine_similarity(y, ref, dim=-1)
@@ -229,7 +229,7 @@ def test_tiny_bert_bf16_body_and_fused_gelu(kernel, tmp_path, activations):
     ids = torch.randint(5, 200, (3, 16))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     ref = model(**inputs).last_hidden_state
-    make = lambda **kw: dynamic_int8(copy.deepcopy(model), DynamicInt8Config(activations=activations, **kw))  # noqa: E731
+    make = lambda **kw: dynamic_int8(copy.deepcopy(model), activations=activations, **kw)  # noqa: E731
     fp32_fused, fp32_plain = make(), make(fuse_activations=False)
     inter = fp32_fused.encoder.layer[0].intermediate
     assert inter.dense.post_op == "gelu" and isinstance(inter.intermediate_act_fn, nn.Identity)
@@ -295,12 +295,12 @@ def test_siblings_share_one_gemm_equal_to_separate_linears(activations, monkeypa
 
 
 def test_tiny_bert_learns_qkv_groups_and_keeps_outputs(monkeypatch, tmp_path):
-    from netslim.quantize import DynamicInt8Config, dynamic_int8
+    from netslim.quantize import dynamic_int8
 
     if not dynamic._onednn_ok():
         pytest.skip("this torch build has no oneDNN qlinear")
     torch.manual_seed(0)
-    q = dynamic_int8(netslim.build_model("tiny-bert").eval(), DynamicInt8Config(compute_dtype="bfloat16"))
+    q = dynamic_int8(netslim.build_model("tiny-bert").eval(), compute_dtype="bfloat16")
     ids = torch.randint(5, 200, (3, 16))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     monkeypatch.setattr(dynamic, "_LEARN_GROUPS", False)

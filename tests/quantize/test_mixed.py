@@ -13,7 +13,6 @@ from netslim.core.errors import NetslimError
 from netslim.models import build_model
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
 from netslim.quantize.mixed import (
-    MixedPrecisionConfig,
     allocate_bits,
     hessian_sensitivity,
     kl_sensitivity,
@@ -59,7 +58,7 @@ def test_mixed_precision_end_to_end(fmnist_small, tmp_path):
     torch.manual_seed(0)
     model = build_model("lenet5")
     calib = fmnist_small.calibration_inputs(64)
-    q = mixed_precision(model, calib, MixedPrecisionConfig(avg_bits=5.0))
+    q = mixed_precision(model, calib, avg_bits=5.0)
     layers = [m for m in q.modules() if isinstance(m, (Int8Conv2d, Int8Linear))]
     sizes = [m.weight_numel for m in layers]
     avg = sum(m.weight_bits * s for m, s in zip(layers, sizes)) / sum(sizes)

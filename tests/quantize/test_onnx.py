@@ -24,9 +24,6 @@ from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.models import build_model  # noqa: E402
 from netslim.quantize import (  # noqa: E402
-    DynamicInt8Config,
-    PTQInt8Config,
-    WeightOnlyConfig,
     check_onnx,
     dynamic_int8,
     export_onnx,
@@ -54,7 +51,7 @@ def test_static_int8_qdq_matches_pytorch(fmnist_small, tmp_path, name, variant):
     elif variant == "qat4":
         q = convert_qat(prepare_qat(copy.deepcopy(fp32), calib, weight_bits=4), calib)
     else:
-        q = ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits={"conv2": 3, "fc1": 5, "fc2": 4}))
+        q = ptq_int8(copy.deepcopy(fp32), calib, weight_bits={"conv2": 3, "fc1": 5, "fc2": 4})
     path = export_onnx(q, tmp_path / "m.onnx", fmnist_small.example_inputs(2))
     inits, ops = _initializer_dtypes(path)
     n_layers = sum(1 for m in q.modules() if hasattr(m, "act_qparams"))
@@ -83,7 +80,7 @@ def test_static_int8_qdq_matches_pytorch(fmnist_small, tmp_path, name, variant):
 @pytest.mark.parametrize("activations", ["per_tensor", "per_token"])
 def test_dynamic_int8_mlp_matches_pytorch(fmnist_small, tmp_path, activations):
     torch.manual_seed(0)
-    q = dynamic_int8(build_model("lenet300").eval(), DynamicInt8Config(activations=activations))
+    q = dynamic_int8(build_model("lenet300").eval(), activations=activations)
     path = export_onnx(q, tmp_path / "d.onnx", fmnist_small.example_inputs(2))
     inits, ops = _initializer_dtypes(path)
     assert sum(1 for k, t in inits.items() if k.endswith("w_int8") and t == onnx.TensorProto.INT8) == 3
@@ -98,7 +95,7 @@ def test_weight_only_and_float_export_match(fmnist_small, tmp_path):
     torch.manual_seed(0)
     fp32 = build_model("lenet300").eval()
     x = fmnist_small.example_inputs(32)
-    w4 = quantize_weights(copy.deepcopy(fp32), WeightOnlyConfig(bits=4, group_size=None))
+    w4 = quantize_weights(copy.deepcopy(fp32), bits=4, group_size=None)
     for model, fname in ((fp32, "f.onnx"), (w4, "w4.onnx")):
         res = check_onnx(model, export_onnx(model, tmp_path / fname, x[:2]), x)
         assert res["max_abs_diff"] <= 1e-4 * res["ref_abs_max"], (fname, res)
@@ -145,8 +142,8 @@ def test_dynamic_int8_bf16_body_with_fused_gelu_exports(tmp_path):
     fp32 = build_model("tiny-bert").eval()
     ids = torch.randint(5, 200, (2, 16))
     example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    body32 = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config())  # GELU fused, fp32 body
-    bf = dynamic_int8(copy.deepcopy(fp32), DynamicInt8Config(compute_dtype="bfloat16"))
+    body32 = dynamic_int8(copy.deepcopy(fp32))  # GELU fused, fp32 body
+    bf = dynamic_int8(copy.deepcopy(fp32), compute_dtype="bfloat16")
     assert bf.encoder.layer[0].intermediate.dense.post_op == "gelu"
     path = export_onnx(bf, tmp_path / "bf.onnx", example)
     _, ops = _initializer_dtypes(path)

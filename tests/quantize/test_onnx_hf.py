@@ -20,7 +20,7 @@ tf = pytest.importorskip("transformers")
 import netslim  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.models.onnx_model import OnnxModel  # noqa: E402
-from netslim.quantize import DynamicInt8Config, dynamic_int8, export_onnx  # noqa: E402
+from netslim.quantize import dynamic_int8, export_onnx  # noqa: E402
 from netslim.quantize.onnx_export import export_step  # noqa: E402
 
 REL = 1e-3
@@ -42,7 +42,7 @@ def _bert(cls_name: str, **extra) -> torch.nn.Module:
 
 
 def _int8(model):
-    return dynamic_int8(copy.deepcopy(model), DynamicInt8Config())
+    return dynamic_int8(copy.deepcopy(model))
 
 
 def _graph(path):

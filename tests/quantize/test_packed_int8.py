@@ -19,7 +19,7 @@ from netslim.core.errors import NetslimError
 from netslim.models import build_model
 from netslim.quantize.int8_modules import Int8Conv2d, Int8Linear
 from netslim.quantize.packing import _pack_stream, pack, unpack
-from netslim.quantize.ptq import PTQInt8Config, ptq_int8
+from netslim.quantize.ptq import ptq_int8
 from netslim.quantize.qat import convert_qat, prepare_qat
 
 
@@ -95,7 +95,7 @@ def test_mixed_widths_ptq_roundtrips_and_shrinks_with_bits(fmnist_small, tmp_pat
     fp32 = build_model("lenet5").eval()
     calib = fmnist_small.calibration_inputs(64)
     widths = {"conv1": 6, "conv2": 3, "fc1": 5, "fc2": 8}
-    q = ptq_int8(copy.deepcopy(fp32), calib, PTQInt8Config(weight_bits=widths))
+    q = ptq_int8(copy.deepcopy(fp32), calib, weight_bits=widths)
     assert {n: m.weight_bits for n, m in q.named_modules() if hasattr(m, "weight_bits")} == widths
     path, size = _sizes(q, tmp_path, "mixed")
     _, size8 = _sizes(ptq_int8(copy.deepcopy(fp32), calib), tmp_path, "int8")

@@ -35,7 +35,7 @@ from netslim.quantize.sparse_lowbit import (
     fill_violations,
     sparse_static,
 )
-from netslim.quantize.weight_only import QuantizedLinear, WeightOnlyConfig, quantize_weights
+from netslim.quantize.weight_only import QuantizedLinear, quantize_weights
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3))
 
@@ -168,13 +168,7 @@ def _pruned_int8(bits: int = 8, sparsity: float = 0.7, nm: bool = False, model: 
     torch.manual_seed(0)
     m = build_model(model).eval()
     nm_prune(m, n=2, m=4) if nm else magnitude_prune(m, sparsity=sparsity, scope="layer")
-    return ptq_int8(m, X, None if bits == 8 else _bits_cfg(bits))
-
-
-def _bits_cfg(bits):
-    from netslim.quantize.ptq import PTQInt8Config
-
-    return PTQInt8Config(weight_bits={"*": bits})
+    return ptq_int8(m, X, **({} if bits == 8 else {"weight_bits": {"*": bits}}))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
@@ -215,7 +209,7 @@ def test_weight_only_sparse_roundtrip(bits, group, tmp_path):
     m = build_model("lenet300").eval()
     magnitude_prune(m, sparsity=0.6, scope="layer")
     masks = {n: get_mask(mod).clone() for n, mod in m.named_modules() if get_mask(mod) is not None}
-    q = quantize_weights(m, WeightOnlyConfig(bits=bits, group_size=group))
+    q = quantize_weights(m, bits=bits, group_size=group)
     masks = {n: k for n, k in masks.items() if isinstance(q.get_submodule(n), QuantizedLinear)}  # group fits
     assert "fc1" in masks
     for n, keep in masks.items():
@@ -299,7 +293,7 @@ def test_hqq_on_a_pruned_layer_is_refused_naming_it():
     m = build_model("lenet300").eval()
     magnitude_prune(m, sparsity=0.5, include="fc1")
     with pytest.raises(NetslimError, match=r"rounding 'hqq'.*layer 'fc1' is pruned .*cannot carry the scheme"):
-        quantize_weights(m, WeightOnlyConfig(bits=4, group_size=None, rounding="hqq"))
+        quantize_weights(m, bits=4, group_size=None, rounding="hqq")
     assert isinstance(m.fc2, nn.Linear)  # refused before any layer changed
 
 

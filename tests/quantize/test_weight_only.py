@@ -130,7 +130,7 @@ def test_tiny_llama_int4_with_embeddings_roundtrips(tmp_path):
     ids = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
-        q = quantize_weights(model, WeightOnlyConfig(bits=4, group_size=32, rounding="hqq", embeddings=True))
+        q = quantize_weights(model, bits=4, group_size=32, rounding="hqq", embeddings=True)
         out = q(input_ids=ids).logits
     assert sum(isinstance(m, QuantizedLinear) for m in q.modules()) >= 7
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.95
@@ -147,10 +147,10 @@ def test_second_weight_only_step_converts_only_float_layers():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(50, 64), nn.Linear(64, 64))
-    quantize_weights(model, WeightOnlyConfig(bits=4, group_size=32))
+    quantize_weights(model, bits=4, group_size=32)
     before = {k: v.clone() for k, v in model[1].state_dict().items()}
     table = model[0].weight.detach().clone()
-    quantize_weights(model, WeightOnlyConfig(bits=8, group_size=None, embeddings=True))
+    quantize_weights(model, bits=8, group_size=None, embeddings=True)
     assert isinstance(model[0], QuantizedEmbedding) and isinstance(model[1], QuantizedLinear)
     assert all(torch.equal(before[k], v) for k, v in model[1].state_dict().items())
     ids = torch.arange(50)

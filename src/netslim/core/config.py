@@ -4,8 +4,11 @@ A config is a frozen, validated pydantic model with no runtime state; a handler 
 function that applies it. ``register(Config)`` ties them together and ``apply`` is the
 one entry point: a recipe is just a list of configs.
 
-Handlers have the signature ``handler(model, config, ctx) -> model``; ``ctx`` is a
-:class:`netslim.core.context.StepContext` giving data, device and the report.
+Handlers have the signature ``handler(model, config, ctx) -> model`` and are named
+``run_<method>``; ``ctx`` is a :class:`netslim.core.context.StepContext` giving data, device
+and the report. A handler writes its notes under ``ctx.notes[cfg.method]`` (and nowhere else):
+the recipe records them as the step's notes, ``apply`` keeps them on the model's
+:class:`~netslim.core.history.StepReport`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from . import registry
 from .errors import NetslimError, clip, shown, unknown_name
-from .history import StepHistory
+from .history import StepHistory, StepReport
 
 
 class MethodConfig(BaseModel):
@@ -185,14 +188,19 @@ def apply(model, config: MethodConfig, ctx):
     ``freezes``: :class:`~netslim.core.history.StepHistory`, recorded on the model), else one
     NetslimError naming both steps. After: the step is recorded, and the invariants declared on
     the model hold, or the step fails naming itself: layers pruned N:M by an earlier step are
-    still N:M (:mod:`netslim.core.patterns`)."""
+    still N:M (:mod:`netslim.core.patterns`). The step's report (its options and
+    ``ctx.notes[method]``: :class:`~netslim.core.history.StepReport`) is kept on the model."""
     from .patterns import check_patterns
 
     method = get_method(config.method)
     history = StepHistory.of(model)
     history.check(config)
+    skipped_before = len(getattr(ctx, "skipped", ()))
     model = method.handler(model, config, ctx)
     if model is not None and hasattr(model, "get_submodule"):
         check_patterns(model, config.method)
         history.after(config).store(model)
+        notes = getattr(ctx, "notes", {}).get(config.method)
+        skipped = tuple(getattr(ctx, "skipped", ())[skipped_before:])
+        StepReport(config.method, config.model_dump(mode="json"), notes, skipped).store(model)
     return model

@@ -12,6 +12,11 @@ the plain attribute ``netslim_history``) and refuses a step that breaks the rule
 steps; the recipe validator (``netslim.recipe.spec.validate_order``) runs the same rule over a
 whole recipe before any work. Artifacts keep the history (the description's ``history``
 field), so a loaded model still refuses a pruning step after GPTQ.
+
+The same ``apply`` keeps on the model what its last step reported (:class:`StepReport`, the
+plain attribute ``netslim_report``, read with :func:`report_of` / ``netslim.report_of``): the
+method, its validated options, its notes (what a recipe records as the step's
+``notes[method]``) and the modules it skipped. It lives in memory only (not saved).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from .errors import NetslimError, shown
 
 ATTR = "netslim_history"
+REPORT_ATTR = "netslim_report"
 
 
 @dataclass(frozen=True)
@@ -83,3 +89,33 @@ class StepHistory:
                 f"null}}; got {shown(data)}."
             )
         return cls(tuple(applied), frozen_by)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one applied step reported, kept on the model it returned (see :func:`report_of`).
+
+    ``options``: the step's validated config (JSON form, without ``method``); ``notes``: what the
+    step wrote under ``ctx.notes[method]`` - the same value a recipe records as the step's
+    ``notes[method]`` (None for a step that notes nothing); ``skipped``: the modules the step
+    left alone, ``{"name", "reason"}`` each."""
+
+    method: str
+    options: dict[str, Any]
+    notes: Any = None
+    skipped: tuple[dict[str, str], ...] = ()
+
+    def store(self, model: Any) -> None:
+        model.__dict__[REPORT_ATTR] = self  # a plain attribute, like the history
+
+
+def report_of(model: Any) -> StepReport:
+    """The report of the last netslim step applied to ``model`` (by a family's function, by
+    ``netslim.apply`` or by a recipe step); one NetslimError when none ran on it."""
+    got = getattr(model, "__dict__", {}).get(REPORT_ATTR)
+    if not isinstance(got, StepReport):
+        raise NetslimError(
+            f"report_of: no netslim step was applied to this {type(model).__name__} in this process "
+            "(reports live in memory; a loaded model has its history, not its reports)."
+        )
+    return got

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.artifact_schema import check_layer_tensors, check_positive, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
@@ -471,24 +472,12 @@ def _convert_dynamic(model: nn.Module, cfg: DynamicInt8Config) -> dict:
     }
 
 
-def dynamic_int8(model: nn.Module, cfg: DynamicInt8Config | None = None) -> nn.Module:
-    """Replace the selected Linear layers by :class:`DynamicInt8Linear` (in place)."""
-    _convert_dynamic(model, cfg or DynamicInt8Config())
-    return model
-
-
 def _bf16(model: nn.Module, cfg: BF16Config) -> int:
     if cfg.scope == "linear":
         return len(_swap_linears(model, cfg, BF16Linear))
     _check_scope(cfg)
     model.to(torch.bfloat16)  # floating parameters and buffers only; integer buffers keep their dtype
     return sum(1 for m in model.modules() if isinstance(m, nn.Linear))
-
-
-def bf16_linears(model: nn.Module, cfg: BF16Config | None = None) -> nn.Module:
-    """bf16 for the selected Linear layers (``scope="linear"``) or the whole model (in place)."""
-    _bf16(model, cfg or BF16Config())
-    return model
 
 
 def _conv1d_layers(model: nn.Module, cfg) -> list[str]:
@@ -499,18 +488,24 @@ def _conv1d_layers(model: nn.Module, cfg) -> list[str]:
 
 
 @register(DynamicInt8Config)
-def _apply_dynamic(model, cfg: DynamicInt8Config, ctx):
+def run_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx) -> nn.Module:
+    """Replace the selected Linear layers by :class:`DynamicInt8Linear` (in place)."""
     for name in _conv1d_layers(model, cfg):  # no silent partial conversion: the report lists them
         ctx.skip(
             name,
             "dynamic_int8: a transformers Conv1D (GPT-2's Linear, weight stored (in, out)) is not "
             "converted, only nn.Linear layers are; it stays fp32",
         )
-    ctx.notes["dynamic_int8"] = _convert_dynamic(model, cfg)
+    ctx.notes[cfg.method] = _convert_dynamic(model, cfg)
     return model
 
 
 @register(BF16Config)
-def _apply_bf16(model, cfg: BF16Config, ctx):
-    ctx.notes["bf16"] = {"scope": cfg.scope, "linear_layers": _bf16(model, cfg)}
+def run_bf16(model: nn.Module, cfg: BF16Config, ctx) -> nn.Module:
+    """bf16 for the selected Linear layers (``scope="linear"``) or the whole model (in place)."""
+    ctx.notes[cfg.method] = {"scope": cfg.scope, "linear_layers": _bf16(model, cfg)}
     return model
+
+
+dynamic_int8 = method_function(DynamicInt8Config, "dynamic_int8")
+bf16_linears = method_function(BF16Config, "bf16_linears")

@@ -39,8 +39,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.brain_surgeon import inverse_cholesky, obs_solve
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.layerwise import (
     calibration_for,
@@ -293,12 +294,10 @@ def packed_layer(
     return new.to(mod.weight.device)
 
 
-def gptq(
-    model: nn.Module, calib: Any, *, cfg: GPTQConfig | None = None, ctx: Any = None, stream: Any = None, **kwargs: Any
-) -> nn.Module:
-    """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM).
-    ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    cfg = build_config(GPTQConfig, cfg, kwargs)
+def _gptq(model: nn.Module, calib: Any, cfg: GPTQConfig, ctx: Any, stream: Any = None) -> None:
+    """Quantize ``model`` in place with GPTQ on calibration inputs (token ids (N, L) for an LLM);
+    skipped layers and the notes go to ``ctx``. ``stream``: the model's tensors are on disk
+    (:class:`netslim.core.stream_io.BlockStream`)."""
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
     done: list[str] = []
 
@@ -308,8 +307,7 @@ def gptq(
             reason = group_misfit(mod, cfg.group_size)
             if reason:
                 log.info("gptq: skipping %s.%s: %s", prefix, name, reason)
-                if ctx is not None:
-                    ctx.skip(f"{prefix}.{name}" if prefix else name, reason)
+                ctx.skip(f"{prefix}.{name}" if prefix else name, reason)
                 continue
             fits.append((name, mod))
         hs = collect_hessians(fits, feed)
@@ -327,22 +325,24 @@ def gptq(
     compress_blocks_for(model, calib, fn, cfg=cfg, desc="gptq", stream=stream)
     if not done:
         raise NetslimError(f"gptq quantized no layer: none of the selected layers fits group_size={cfg.group_size}.")
-    if ctx is not None and hasattr(ctx, "notes"):
-        ctx.notes["gptq"] = {
-            "layers": len(done),
-            "bits": cfg.bits,
-            "storage_bits": storage_bits,
-            "group_size": cfg.group_size,
-            "act_order": cfg.act_order,
-        }
-    return model
+    ctx.notes[cfg.method] = {
+        "layers": len(done),
+        "bits": cfg.bits,
+        "storage_bits": storage_bits,
+        "group_size": cfg.group_size,
+        "act_order": cfg.act_order,
+    }
 
 
 @register(GPTQConfig)
-def _apply_gptq(model, cfg: GPTQConfig, ctx):
-    return gptq(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx)
+def run_gptq(model: nn.Module, cfg: GPTQConfig, ctx) -> nn.Module:
+    _gptq(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg, ctx)
+    return model
 
 
 @register_streaming(GPTQConfig, solver="hessian")
 def _stream_gptq(sm, cfg: GPTQConfig, ctx, stream):
-    gptq(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx, stream=stream)
+    _gptq(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg, ctx, stream=stream)
+
+
+gptq = method_function(GPTQConfig, "gptq")

@@ -10,7 +10,8 @@ Sensitivity of layer l at b bits (only that layer's weights quantized, per chann
 :func:`allocate_bits` then picks one width per layer minimising the summed sensitivity with
 ``sum(bits_l * params_l) <= avg_bits * sum(params_l)``, exactly: a dynamic programme over
 layers keeping the Pareto frontier of (bits used, cost) (no rounding of the budget).
-The chosen widths feed :func:`ptq_int8` (``weight_bits`` per layer), activations stay int8.
+The chosen widths feed :func:`~netslim.quantize.ptq.static_int8` (``weight_bits`` per layer),
+activations stay int8.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module
 
-from .ptq import PTQInt8Config, ptq_int8, quantize_weight_rows, static_int8_preflight
+from .ptq import PTQInt8Config, quantize_weight_rows, static_int8, static_int8_preflight
 
 
 def _qdq(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -135,11 +137,12 @@ def _check_choices(cfg: MixedPrecisionConfig) -> None:
         )
 
 
-def mixed_precision(
-    model: nn.Module, calibration: torch.Tensor, cfg: MixedPrecisionConfig | None = None, ctx=None
-) -> nn.Module:
-    cfg = cfg or MixedPrecisionConfig()
+@register(MixedPrecisionConfig)
+def run_mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx) -> nn.Module:
+    """Per-layer widths from the sensitivity on the calibration inputs, then static int8 PTQ with them."""
     _check_choices(cfg)
+    calibration = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
+    calibration = calibration.to(next(model.parameters()).device)
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
     batch = calibration[:256]
     fn = kl_sensitivity if cfg.sensitivity == "kl" else hessian_sensitivity
@@ -147,17 +150,14 @@ def mixed_precision(
     sizes = {n: get_module(model, n).weight.numel() for n in names}
     bits = allocate_bits(sens, sizes, cfg.avg_bits)
     avg = sum(bits[n] * sizes[n] for n in names) / sum(sizes.values())
-    if ctx is not None:
-        ctx.notes["mixed_precision"] = {
-            "avg_bits": avg,
-            "budget": cfg.avg_bits,
-            "sensitivity": cfg.sensitivity,
-            "layers": [{"name": n, "params": sizes[n], "bits": bits[n], "sensitivity": sens[n]} for n in names],
-        }
-    return ptq_int8(model, calibration, PTQInt8Config(weight_bits=bits), ctx)
+    ctx.notes[cfg.method] = {
+        "avg_bits": avg,
+        "budget": cfg.avg_bits,
+        "sensitivity": cfg.sensitivity,
+        "layers": [{"name": n, "params": sizes[n], "bits": bits[n], "sensitivity": sens[n]} for n in names],
+        "ptq_int8": static_int8(model, calibration, PTQInt8Config(weight_bits=bits)),
+    }
+    return model
 
 
-@register(MixedPrecisionConfig)
-def _apply_mixed(model, cfg: MixedPrecisionConfig, ctx):
-    calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-    return mixed_precision(model, calib.to(next(model.parameters()).device), cfg, ctx)
+mixed_precision = method_function(MixedPrecisionConfig, "mixed_precision")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from netslim.api import method_function
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
@@ -249,9 +250,9 @@ def _block_flows_as_declared(block: str, spec, fuse: dict, chain: dict) -> bool:
     return ok
 
 
-def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | None = None, ctx=None) -> nn.Module:
-    """Static int8 PTQ of ``model`` in place; ``calibration`` is a (N, ...) input tensor."""
-    cfg = cfg or PTQInt8Config()
+def static_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config) -> dict[str, Any]:
+    """Static int8 PTQ of ``model`` in place on ``calibration`` (a (N, ...) input tensor); returns
+    the step's notes. The building block of the ``ptq_int8`` and ``mixed_precision`` methods."""
     model.eval()
     names = select(model, cfg.include, cfg.exclude, types=(nn.Conv2d, nn.Linear))
     if not names:
@@ -295,21 +296,23 @@ def ptq_int8(model: nn.Module, calibration: torch.Tensor, cfg: PTQInt8Config | N
         new = Int8Residual(main, getattr(block, spec.shortcut), spec.relu, quant_out=b in handoff)
         new.act_qparams.copy_(torch.tensor(acts[body[b][0]][:2] + block_out[b]))
         replace_module(model, b, new)
-    if ctx is not None:
-        ctx.notes["ptq_int8"] = {
-            "layers": len(names),
-            "folded_bn": len(fold),
-            "fused_relu": len(fuse),
-            "int8_chains": len(chain),
-            "int8_residual_blocks": len(blocks),
-            "quantized_handoffs": len(handoff),
-            "observer": cfg.observer,
-            "engine": "onednn",
-        }
-    return model
+    return {
+        "layers": len(names),
+        "folded_bn": len(fold),
+        "fused_relu": len(fuse),
+        "int8_chains": len(chain),
+        "int8_residual_blocks": len(blocks),
+        "quantized_handoffs": len(handoff),
+        "observer": cfg.observer,
+        "engine": "onednn",
+    }
 
 
 @register(PTQInt8Config)
-def _apply_ptq(model, cfg: PTQInt8Config, ctx):
+def run_ptq_int8(model: nn.Module, cfg: PTQInt8Config, ctx) -> nn.Module:
     calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
-    return ptq_int8(model, calib.to(next(model.parameters()).device), cfg, ctx)
+    ctx.notes[cfg.method] = static_int8(model, calib.to(next(model.parameters()).device), cfg)
+    return model
+
+
+ptq_int8 = method_function(PTQInt8Config, "ptq_int8")

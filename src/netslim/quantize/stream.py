@@ -44,7 +44,7 @@ def _stream_weight_only(sm, cfg: WeightOnlyConfig, ctx, stream) -> None:
                 )
 
     stream.each_unit(names, convert)
-    ctx.notes["weight_only"] = {
+    ctx.notes[cfg.method] = {
         "layers": len(names),
         "bits": cfg.bits,
         "group_size": cfg.group_size,
@@ -90,7 +90,7 @@ def _stream_dynamic_int8(sm, cfg: DynamicInt8Config, ctx, stream) -> None:
                 fused.extend(fuse_activations(sm.model, [n for n in members if n in set(linears)]))
 
     stream.each_unit(linears + embeddings, convert)
-    ctx.notes["dynamic_int8"] = {
+    ctx.notes[cfg.method] = {
         "layers": len(linears),
         "embeddings": len(embeddings),
         "activations": cfg.activations,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.artifact_schema import check_layer_tensors, loaded
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError, bad_param
@@ -317,34 +318,29 @@ def _refuse_sparse_hqq(model: nn.Module, names: list[str]) -> None:
             )
 
 
-def quantize_weights(model: nn.Module, cfg: WeightOnlyConfig | None = None, ctx=None) -> nn.Module:
+@register(WeightOnlyConfig)
+def run_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx) -> nn.Module:
     """Replace the selected Linear/Embedding layers of ``model`` (in place) by packed ones."""
-    cfg = cfg or WeightOnlyConfig()
     done, skipped = _plan(model, cfg)
     for s in skipped:
         log.info("weight_only: skipping %s: %s", s["name"], s["reason"])
-        if ctx is not None:
-            ctx.skip(s["name"], s["reason"])
-    for name in done:
-        mod = get_module(model, name)
-        cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
-        replace_module(
-            model,
-            name,
-            cls.from_float(mod, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric, method=cfg.rounding),
-        )
-    if ctx is not None:
-        ctx.notes["weight_only"] = {
-            "layers": len(done),
-            "bits": cfg.bits,
-            "group_size": cfg.group_size,
-            "rounding": cfg.rounding,
-            "skipped": len(skipped),
-        }
+        ctx.skip(s["name"], s["reason"])
+    with torch.no_grad():
+        for name in done:
+            mod = get_module(model, name)
+            cls = QuantizedLinear if isinstance(mod, nn.Linear) else QuantizedEmbedding
+            new = cls.from_float(
+                mod, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric, method=cfg.rounding
+            )
+            replace_module(model, name, new)
+    ctx.notes[cfg.method] = {
+        "layers": len(done),
+        "bits": cfg.bits,
+        "group_size": cfg.group_size,
+        "rounding": cfg.rounding,
+        "skipped": len(skipped),
+    }
     return model
 
 
-@register(WeightOnlyConfig)
-def _apply_weight_only(model, cfg: WeightOnlyConfig, ctx):
-    with torch.no_grad():
-        return quantize_weights(model, cfg, ctx)
+quantize_weights = method_function(WeightOnlyConfig, "quantize_weights")

@@ -178,7 +178,10 @@ class TensorClassificationTask(ClassifierTask):
         return _rows(self.splits["test"][0], torch.arange(batch_size) % self._size("test"))  # repeats if short
 
     def calibration_inputs(self, num_samples: int, seed: int = 0) -> Any:
-        idx = take_samples(torch.arange(self._size("train")), num_samples, seed)
+        """``num_samples`` rows drawn with ``seed``; every row when the data holds fewer (the
+        tensors a Python call passes are its calibration set)."""
+        n = self._size("train")
+        idx = take_samples(torch.arange(n), min(num_samples, n), seed)
         return _rows(self.splits["train"][0], idx)
 
 
