@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 import netslim
+from netslim.core.cache import checkpoint_path
 from netslim.core.serialize import atomic_write, read_description
 from netslim.measure import count_nonzero, count_params, macs_per_layer, measure_latency, size_on_disk
 from netslim.models import model_entry
-from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, baseline_config, checkpoint_path, train_baseline
+from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, baseline_config, train_baseline
 from netslim.train.tasks import get_task
 
 MODELS = ("lenet300", "lenet5", "resnet20", "mobilenetv2", "vgg11bn")

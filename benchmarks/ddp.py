@@ -67,7 +67,7 @@ def write_recipe(path: Path, args: argparse.Namespace, seed: int) -> Path:
 
 def model_ref(args: argparse.Namespace, work: Path) -> str:
     if not args.tiny:
-        from netslim.train.pretrain import checkpoint_path
+        from netslim.core.cache import checkpoint_path
 
         if not checkpoint_path("resnet20").is_file():
             sys.exit(f"no trained ResNet-20 at {checkpoint_path('resnet20')}: run `netslim train resnet20` first")

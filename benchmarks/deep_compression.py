@@ -52,11 +52,11 @@ from netslim.codec.huffman import code_cost_bits
 from netslim.codec.indices import gaps_of, paper_index_bits
 from netslim.codec.records import PAPER_INDEX_WIDTH
 from netslim.codec.sharing import ShareConfig
+from netslim.core.cache import checkpoint_path
 from netslim.core.serialize import atomic_write
 from netslim.prune import magnitude_prune
 from netslim.recipe import parse_recipe, run_recipe
 from netslim.train.loop import FinetuneConfig, fit
-from netslim.train.pretrain import checkpoint_path
 from netslim.train.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent

@@ -29,11 +29,11 @@ import record
 import torch
 
 import netslim
+from netslim.core.cache import checkpoint_path
 from netslim.distill import distill
 from netslim.lowrank import svd_compress
 from netslim.measure import count_params, interleaved_latency
 from netslim.train.loop import FinetuneConfig, TrainConfig, fit
-from netslim.train.pretrain import checkpoint_path
 from netslim.train.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent

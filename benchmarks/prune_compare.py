@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 import netslim
+from netslim.core.cache import checkpoint_path
 from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.models import model_entry
@@ -43,7 +44,7 @@ from netslim.prune.movement import MovementConfig, run_movement
 from netslim.prune.obd import obd_prune
 from netslim.prune.sparse_training import RigLConfig, SETConfig, dynamic_sparse_train
 from netslim.train.loop import FinetuneConfig, fit
-from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, checkpoint_path
+from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING
 from netslim.train.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent

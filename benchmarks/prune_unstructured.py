@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import netslim
+from netslim.core.cache import checkpoint_path
 from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
@@ -56,7 +57,7 @@ from netslim.prune.kernels import _torch_csr_matmul, kernel_available
 from netslim.prune.lottery import run_lottery
 from netslim.prune.schedules import run_gradual, run_imp
 from netslim.train.loop import FinetuneConfig, fit
-from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING, checkpoint_path
+from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING
 from netslim.train.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import netslim
+from netslim.core.cache import cache_dir, checkpoint_path
 from netslim.core.serialize import atomic_write
 from netslim.measure import count_params, interleaved_latency
 from netslim.prune.structured import (
@@ -52,7 +53,6 @@ from netslim.prune.structured import (
     total_macs,
 )
 from netslim.train.loop import Callback, FinetuneConfig, fit
-from netslim.train.pretrain import cache_dir, checkpoint_path
 from netslim.train.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent

@@ -193,9 +193,9 @@ def check_compatible(student: nn.Module, teacher: nn.Module, task: Task, cfg: Di
 def load_teacher(ref: str, reference=None) -> nn.Module:
     """'reference' -> ``reference()`` (the model before the recipe); a zoo name -> its trained
     checkpoint; else an artifact path."""
+    from netslim.core.cache import checkpoint_path
     from netslim.core.serialize import load
     from netslim.models import model_names
-    from netslim.train.pretrain import checkpoint_path
 
     if ref == "reference":
         if reference is None:

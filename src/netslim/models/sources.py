@@ -95,8 +95,8 @@ def open_model(ref: Any, *, weights: str | Path | None = None, base: Any = None,
 
 # ------------------------------------------------------------------------------ kinds
 def _zoo(name: str) -> OpenedModel:
+    from netslim.core.cache import checkpoint_path
     from netslim.models import build_model, model_entry
-    from netslim.train.pretrain import checkpoint_path
 
     try:
         entry = model_entry(name)

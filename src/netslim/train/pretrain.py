@@ -1,16 +1,14 @@
 """Baseline training of zoo models, with one default configuration per model.
 
 ``netslim train NAME`` and the benchmarks both use :func:`train_baseline`, so the
-checkpoint the demo compresses is the one BENCHMARKS.md describes.
+checkpoint the demo compresses is the one BENCHMARKS.md describes. Where a trained baseline
+is kept: :func:`netslim.core.cache.checkpoint_path`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
-from netslim.core.cache import cache_dir
 from netslim.core.errors import NetslimError
 from netslim.models import build_model, model_entry
 from netslim.train.loop import TrainConfig, fit
@@ -49,10 +47,6 @@ CHANNELS_LAST = {"resnet20", "mobilenetv2", "vgg11bn"}
 def augment_option(name: str) -> dict:
     """``{"augment": ...}`` for the image models, nothing for the others (their tasks take no such option)."""
     return {"augment": AUGMENT[name]} if name in AUGMENT else {}
-
-
-def checkpoint_path(name: str) -> Path:
-    return cache_dir() / "models" / f"{name}.safetensors"
 
 
 def baseline_config(name: str, **overrides) -> TrainConfig:

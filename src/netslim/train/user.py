@@ -90,8 +90,9 @@ def train_model(
 
 
 def _train_zoo(name: str, *, out, seed: int, limit: int | None, skip_existing: bool, **overrides: Any) -> str:
+    from netslim.core.cache import checkpoint_path
     from netslim.models import model_entry
-    from netslim.train.pretrain import augment_option, checkpoint_path, train_baseline
+    from netslim.train.pretrain import augment_option, train_baseline
     from netslim.train.tasks import get_task
 
     entry = model_entry(name)
