@@ -293,9 +293,18 @@ def loaded_peak_rss_mb(path: Path) -> dict:
 
     The peak is the process's own ``VmHWM`` (/proc/self/status), not ``ru_maxrss``: Linux
     carries ``ru_maxrss`` over fork + exec, so a child of this (GB-sized) process reported its
-    parent's high-water mark before it loaded anything."""
+    parent's high-water mark before it loaded anything.
+
+    The loaded tensors map the file (safetensors): after the load only the pages something read
+    are resident - the sparse layers' bitmasks (checked at load), not yet the dense codes - so
+    ``resident_model`` is not what the model takes. Hence also: ``held`` (the bytes of the
+    model's distinct tensors, parameters and buffers: what its layers keep), and after one
+    forward pass of 16 tokens (every weight read): ``forward_peak`` (peak over load + forward)
+    and ``resident_forward`` (resident set after it, glibc's freed heap returned first with
+    ``malloc_trim``: what is live, not what the allocator keeps cached), all from the same
+    starting point."""
     code = (
-        "import gc, json, sys, psutil, netslim, transformers\n"
+        "import ctypes, gc, json, sys, psutil, torch, netslim, transformers\n"
         "from netslim.core.registry import load_sources\n"
         "load_sources()\n"
         "def peak():\n"
@@ -306,8 +315,16 @@ def loaded_peak_rss_mb(path: Path) -> dict:
         "before, rss0 = peak(), rss()\n"
         "m = netslim.load(sys.argv[1])\n"
         "after, rss1 = peak(), rss()\n"
+        "held = {t.data_ptr(): t.nbytes for t in [*m.parameters(), *m.buffers()]}\n"
+        "with torch.no_grad():\n"
+        "    m(input_ids=torch.arange(16)[None])\n"
+        "fwd = peak()\n"
+        "ctypes.CDLL('libc.so.6').malloc_trim(0)\n"
+        "rss2 = rss()\n"
         "print(json.dumps({'peak_before': before, 'peak_after': after, 'model': after - before,\n"
-        "                  'rss_before': rss0, 'rss_after': rss1, 'resident_model': rss1 - rss0}))"
+        "                  'rss_before': rss0, 'rss_after': rss1, 'resident_model': rss1 - rss0,\n"
+        "                  'held': sum(held.values()) / 2**20, 'forward_peak': fwd - before,\n"
+        "                  'resident_forward': rss2 - rss0}))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(path)],
@@ -487,10 +504,12 @@ def remeasure_memory(folder: Path, path: Path) -> None:
                 "same_weights_dense_int4": loaded_peak_rss_mb(dense),
             }
             m = run["memory_remeasured"]
+            a, d = m["artifact"], m["same_weights_dense_int4"]
             print(
-                f"{run['case']}: load peak +{m['artifact']['model']:.0f} MiB, resident +{m['artifact']['resident_model']:.0f}"
-                f" (dense int4: +{m['same_weights_dense_int4']['model']:.0f}, "
-                f"+{m['same_weights_dense_int4']['resident_model']:.0f})",
+                f"{run['case']}: held {a['held']:.1f} MiB (dense int4 {d['held']:.1f}); load peak / resident "
+                f"+{a['model']:.0f} / +{a['resident_model']:.0f} (dense +{d['model']:.0f} / +{d['resident_model']:.0f}); "
+                f"after a forward: peak / resident +{a['forward_peak']:.0f} / +{a['resident_forward']:.0f} "
+                f"(dense +{d['forward_peak']:.0f} / +{d['resident_forward']:.0f})",
                 flush=True,
             )
     _write(path, result)
