@@ -108,8 +108,7 @@ def test_sparsegpt_gptq_orders_store_sparse_int4(order, calib, tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny-llama").eval()
     ids = calib[:2]
-    cfg = SparseGPTQConfig(order=order, sparsity=0.5, bits=4, group_size=32, num_samples=8, seq_len=32, batch_size=4)
-    sparse_gptq(model, calib, cfg=cfg)
+    sparse_gptq(model, calib, order=order, sparsity=0.5, bits=4, group_size=32, num_samples=8, seq_len=32, batch_size=4)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     assert len(layers) == 14  # 7 Linears x 2 blocks
     for name, layer in layers.items():
@@ -127,8 +126,7 @@ def test_sparsegpt_gptq_orders_store_sparse_int4(order, calib, tmp_path):
 def test_sparsegpt_gptq_nm_declares_and_keeps_the_pattern(calib):
     torch.manual_seed(0)
     model = build_model("tiny-llama").eval()
-    cfg = SparseGPTQConfig(order="joint", n=2, m=4, bits=4, group_size=32, num_samples=8, seq_len=32)
-    sparse_gptq(model, calib, cfg=cfg)
+    sparse_gptq(model, calib, order="joint", n=2, m=4, bits=4, group_size=32, num_samples=8, seq_len=32)
     assert len(declared_nm(model)) == 14
     for name in declared_nm(model):
         w = model.get_submodule(name).dequantize_weight()

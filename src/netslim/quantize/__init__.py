@@ -16,6 +16,14 @@ Public API (recipe method names in brackets):
   layer that way when it is smaller; the sparse int8 kernel runs where ``sparsify`` measured it faster
 * :func:`export_onnx` / :func:`check_onnx` (recipe ``export`` format ``onnx``): QDQ ONNX of the static int8
   layers, checked in ONNX Runtime
+
+The methods among these names (each ``fn(model, data=None, **options) -> model``, made by
+:func:`netslim.api.method_function`; the step's notes on ``netslim.report_of(model)``):
+:func:`quantize_weights`, :func:`ptq_int8`, :func:`mixed_precision`, :func:`dynamic_int8`,
+:func:`bf16_linears`, and in their own modules :func:`netslim.quantize.gptq.gptq` [gptq] and
+:func:`netslim.quantize.sparse_gptq.sparse_gptq` [sparsegpt_gptq]. ``qat`` trains inside a
+recipe step; :func:`prepare_qat` / :func:`convert_qat` are its building blocks. Everything
+else here is a building block (quantizers, observers, layer types, :func:`allocate_bits`).
 """
 
 from netslim.quantize.core import QParams, QScheme, dequantize, fake_quantize, qparams_from_range, quantize

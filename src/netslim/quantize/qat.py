@@ -244,7 +244,7 @@ class QATConfig(TrainingStep):
 
 
 @register(QATConfig)
-def _apply_qat(model, cfg: QATConfig, ctx):
+def run_qat(model: nn.Module, cfg: QATConfig, ctx) -> nn.Module:
     calib = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed).to(ctx.device)
     model = prepare_qat(
         model.to(ctx.device), calib[:64], weight_bits=cfg.weight_bits, include=cfg.include, exclude=cfg.exclude
@@ -256,11 +256,11 @@ def _apply_qat(model, cfg: QATConfig, ctx):
         qat_layers = [n for n, m in model.named_modules() if isinstance(m, (QATConv2d, QATLinear))]
         summary, events = run_with_pruning(model, ctx.task, cfg.finetune, cfg.prune, qat_layers, None, fit)
     model = convert_qat(model.cpu(), calib.cpu())
-    ctx.notes["qat"] = {
+    ctx.notes[cfg.method] = {
         "weight_bits": cfg.weight_bits,
         "act_bits": cfg.act_bits,
         "finetune": {k: v for k, v in summary.items() if k != "history"},
     }
     if events is not None:
-        ctx.notes["qat"]["prune_events"] = events
+        ctx.notes[cfg.method]["prune_events"] = events
     return model

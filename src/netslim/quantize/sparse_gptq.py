@@ -30,14 +30,15 @@ prunes a frozen model); ``order: quantize_first`` is that order.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.brain_surgeon import inverse_cholesky, layer_error, obs_solve
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import calibration_for, collect_hessians, compress_blocks_for, weight_2d
 from netslim.core.patterns import declare_nm
@@ -116,11 +117,10 @@ def sparse_gptq_layer(
     return grid.codes, scale, zero, w_hat
 
 
-def sparse_gptq(
-    model: nn.Module, calib: Any, *, cfg: SparseGPTQConfig | None = None, ctx: Any = None, **kwargs: Any
-) -> nn.Module:
+@register(SparseGPTQConfig)
+def run_sparsegpt_gptq(model: nn.Module, cfg: SparseGPTQConfig, ctx) -> nn.Module:
     """Prune and quantize ``model``'s decoder-block Linears in place, in ``cfg.order``."""
-    cfg = build_config(SparseGPTQConfig, cfg, kwargs)
+    calib = calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len)
     storage_bits = 4 if cfg.bits == 3 else cfg.bits
     done: list[str] = []
     errors: dict[str, float] = {}
@@ -133,8 +133,7 @@ def sparse_gptq(
             if reason is None and cfg.nm and weight_2d(mod).shape[1] % cfg.nm[1]:
                 reason = f"its {weight_2d(mod).shape[1]} input features are not a multiple of m={cfg.nm[1]}"
             if reason:
-                if ctx is not None:
-                    ctx.skip(full, reason)
+                ctx.skip(full, reason)
                 continue
             fits.append((name, mod))
         hs = collect_hessians(fits, feed)
@@ -159,21 +158,18 @@ def sparse_gptq(
         )
     if cfg.nm:
         declare_nm(model, done, *cfg.nm)
-    if ctx is not None and hasattr(ctx, "notes"):
-        rel = sorted(errors.values())
-        ctx.notes[cfg.method] = {
-            "order": cfg.order,
-            "layers": len(done),
-            "bits": cfg.bits,
-            "storage_bits": storage_bits,
-            "group_size": cfg.group_size,
-            "sparsity": None if cfg.nm else cfg.sparsity,
-            "nm": list(cfg.nm) if cfg.nm else None,
-            "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2], "max": rel[-1]},
-        }
+    rel = sorted(errors.values())
+    ctx.notes[cfg.method] = {
+        "order": cfg.order,
+        "layers": len(done),
+        "bits": cfg.bits,
+        "storage_bits": storage_bits,
+        "group_size": cfg.group_size,
+        "sparsity": None if cfg.nm else cfg.sparsity,
+        "nm": list(cfg.nm) if cfg.nm else None,
+        "relative_layer_error": {"mean": sum(rel) / len(rel), "median": rel[len(rel) // 2], "max": rel[-1]},
+    }
     return model
 
 
-@register(SparseGPTQConfig)
-def _apply_sparse_gptq(model, cfg: SparseGPTQConfig, ctx):
-    return sparse_gptq(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, ctx=ctx)
+sparse_gptq = method_function(SparseGPTQConfig, "sparse_gptq")
