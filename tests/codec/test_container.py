@@ -22,7 +22,9 @@ from netslim.codec.inspect import breakdown_table
 from netslim.core.errors import NetslimError
 from netslim.core.export import exporter
 from netslim.core.masks import set_mask
+from netslim.core.serialize import read_info
 from netslim.models import build_model
+from netslim.models.sources import open_model
 from netslim.prune import magnitude_prune
 
 
@@ -55,6 +57,19 @@ def test_round_trip_is_bit_exact_for_shared_sparse_and_dense_tensors(shared_cnn,
     x = torch.randn(3, 1, 28, 28)
     assert torch.equal(loaded(x), shared_cnn(x))
     assert exporter("nsz")[1] == ".nsz"
+
+
+def test_info_block_is_read_through_the_format_registered_by_its_magic(shared_cnn, tmp_path):
+    """core.serialize.read_info finds the codec's reader by the file's first bytes, so opening an
+    .nsz (netslim.models.sources) needs no import of the codec; a safetensors artifact's info
+    comes from its description."""
+    info = {"model": "lenet5", "dataset": "fashion-mnist"}
+    nsz = export_nsz(shared_cnn, tmp_path / "m.nsz", info)
+    assert read_info(nsz) == info
+    opened = open_model(str(nsz))
+    assert (opened.name, opened.dataset, opened.info) == ("lenet5", "fashion-mnist", info)
+    dense = netslim.save(build_model("lenet300"), tmp_path / "d.safetensors", {"model": "lenet300"})
+    assert read_info(dense) == {"model": "lenet300"}
 
 
 def test_masked_unshared_model_is_stored_sparse_and_loads_plain(tmp_path):

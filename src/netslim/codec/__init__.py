@@ -14,7 +14,7 @@ from .pipeline import bit_exact, dense_param_bytes, run_share
 from .sharing import ShareConfig, finetune_centroids, on_centroids, round_codebooks, share_weights
 
 register_exporter("nsz", export_nsz, ".nsz")
-register_loader(MAGIC, load_nsz)
+register_loader(MAGIC, load_nsz, info=read_nsz_info)
 
 __all__ = [
     "MAGIC",

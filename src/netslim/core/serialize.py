@@ -496,25 +496,49 @@ def _save(model: nn.Module, path: Path, info: dict | None) -> Path:
 
 
 _LOADERS: dict[bytes, Callable[..., nn.Module]] = {}
+_INFO_READERS: dict[bytes, Callable[[Path], dict]] = {}
 
 
-def register_loader(magic: bytes, fn: Callable[..., nn.Module]) -> None:
-    """Another artifact format, recognised by the first bytes of the file: ``fn(path, base=None)``."""
+def register_loader(magic: bytes, fn: Callable[..., nn.Module], info: Callable[[Path], dict] | None = None) -> None:
+    """Another artifact format, recognised by the first bytes of the file: ``fn(path, base=None)``;
+    ``info(path)``: the file's ``info`` block without building the model (:func:`read_info`)."""
     _LOADERS[magic] = fn
+    if info is not None:
+        _INFO_READERS[magic] = info
 
 
-def _loader(head: bytes) -> Callable[..., nn.Module] | None:
-    """The registered loader whose magic bytes start the file, or None (a safetensors file: an
-    8-byte header length, then the JSON header). A file that is neither loads the registry's
-    sources first: its format may be a method family's or a plugin's."""
+def _magic(head: bytes) -> bytes | None:
+    """The registered magic bytes that start the file, or None (a safetensors file: an 8-byte
+    header length, then the JSON header). A file that is neither loads the registry's sources
+    first: its format may be a method family's or a plugin's."""
     for attempt in range(2):
-        for magic, fn in _LOADERS.items():
+        for magic in _LOADERS:
             if head.startswith(magic):
-                return fn
+                return magic
         if attempt or head[8:9] == b"{":
             return None
         load_sources()
     return None
+
+
+def _loader(head: bytes) -> Callable[..., nn.Module] | None:
+    """The registered loader of the file's format, or None for a safetensors artifact."""
+    magic = _magic(head)
+    return None if magic is None else _LOADERS[magic]
+
+
+def read_info(path: str | os.PathLike, *, verify: bool = True) -> dict:
+    """The ``info`` block (model, dataset, recipe) of an artifact in any format, without loading
+    the model: a safetensors artifact's description (``verify`` as in :func:`read_description`),
+    or the reader registered with the file's format (``{}`` when it has none)."""
+    path = _existing(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    magic = _magic(head)
+    if magic is None:
+        return read_description(path, verify=verify).get("info", {})
+    reader = _INFO_READERS.get(magic)
+    return reader(path) if reader is not None else {}
 
 
 def read_description(path: str | os.PathLike, *, verify: bool = True) -> dict:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from netslim.core.errors import NetslimError
-from netslim.core.serialize import load, read_description
+from netslim.core.serialize import load, read_description, read_info
 
 log = logging.getLogger(__name__)
 _FACTORY = re.compile(r"^(?P<file>.+\.py):(?P<name>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -123,9 +123,7 @@ def _artifact(path: Path, base: Any, verify: bool = True) -> OpenedModel:
         info = desc.get("info", {})
         arch = desc.get("arch", {})
     elif path.suffix == ".nsz":
-        from netslim.codec import read_nsz_info
-
-        info, arch = read_nsz_info(path), {}
+        info, arch = read_info(path), {}  # the format's own reader (codec's), found by magic
     elif path.suffix.lower() == ".onnx":  # run by ONNX Runtime (netslim.models.onnx_model)
         from netslim.models.onnx_model import open_onnx
 
