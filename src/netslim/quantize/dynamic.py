@@ -49,6 +49,7 @@ from netslim.core.surgery import get_module, replace_module
 from netslim.measure.counts import linear_macs, register_macs
 
 from .act_quant import QMAX, U8_ZERO, native_ok, quantize_per_row, quantize_u8_per_row, quantize_u8_per_tensor
+from .int8_body import cast_body, fuse_activations
 
 log = logging.getLogger(__name__)
 ACTIVATIONS = ("per_tensor", "per_token")
@@ -454,13 +455,11 @@ def _int8_embeddings(model: nn.Module, cfg: DynamicInt8Config) -> int:
 
 
 def _convert_dynamic(model: nn.Module, cfg: DynamicInt8Config) -> dict:
-    from .int8_body import cast_body, fuse_activations  # they import this module's Linear
-
     names = _swap_linears(model, cfg, DynamicInt8Linear, activations=cfg.activations)
     fused = fuse_activations(model, names) if cfg.fuse_activations else []
     n_emb = _int8_embeddings(model, cfg) if cfg.embeddings else 0
     if cfg.compute_dtype != "float32":
-        cast_body(model, getattr(torch, cfg.compute_dtype))
+        cast_body(model, getattr(torch, cfg.compute_dtype), keep=(DynamicInt8Linear,))
     return {
         "layers": len(names),
         "embeddings": n_emb,

@@ -7,6 +7,9 @@
   another float dtype); int8 embedding tables emit that dtype. The int8 codes, their fp32
   scales and the Linear biases keep theirs (oneDNN takes fp32 scales and applies the bias in
   fp32 before writing bf16).
+
+:mod:`.dynamic` calls both; this module does not import it (the int8 Linear type to keep is
+passed in), so the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from torch import nn
 
 from netslim.core.surgery import get_module
 
-from .dynamic import DynamicInt8Linear
 from .weight_only import PackedWeight, QuantizedEmbedding
 
 
@@ -65,10 +67,11 @@ def fuse_activations(model: nn.Module, names: list[str]) -> list[str]:
     return fused
 
 
-def cast_body(model: nn.Module, dtype: torch.dtype) -> None:
-    """Every floating parameter and buffer outside the int8 modules to ``dtype``; int8 embeddings emit it."""
+def cast_body(model: nn.Module, dtype: torch.dtype, *, keep: tuple[type[nn.Module], ...] = ()) -> None:
+    """Every floating parameter and buffer outside the int8 modules (packed weights and the
+    ``keep`` types: the int8 Linears) to ``dtype``; int8 embeddings emit it."""
     for m in model.modules():
         if isinstance(m, QuantizedEmbedding):
             m.out_dtype = str(dtype).removeprefix("torch.")
-        elif not isinstance(m, (DynamicInt8Linear, PackedWeight)):  # int8 codes, fp32 scales and biases stay
+        elif not isinstance(m, (*keep, PackedWeight)):  # int8 codes, fp32 scales and biases stay
             m._apply(lambda t: t.to(dtype) if t.is_floating_point() else t, recurse=False)
