@@ -1,11 +1,14 @@
-"""The layering, read from the source with ``ast``: core imports nothing above it, and the
-top-level subpackages import each other (at module level) without a cycle."""
+"""The layering, read from the source with ``ast``: core imports nothing above it, the
+top-level subpackages import each other (at module level) without a cycle, and the places
+where a cycle used to be closed by an import inside a function import one way only."""
 
 from __future__ import annotations
 
 import ast
 from collections import defaultdict
 from pathlib import Path
+
+import pytest
 
 import netslim
 
@@ -147,22 +150,81 @@ def test_cycle_finder_finds_a_cycle_and_accepts_a_dag():
     assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_top_level_subpackages_have_no_import_cycle_at_module_level():
+def _import_graph(node_of, module_level_only: bool) -> tuple[dict[str, set[str]], dict[tuple[str, str], str]]:
+    """Edges between the nodes ``node_of(module)`` names (None: left out), and one import that
+    makes each edge (``file:line imports target``)."""
     graph: dict[str, set[str]] = defaultdict(set)
     why: dict[tuple[str, str], str] = {}
     for path in SOURCES:
-        src = subpackage(module_name(path))
-        for line, target in imported(path, module_level_only=True):
-            dst = subpackage(target)
+        src = node_of(module_name(path))
+        for line, target in imported(path, module_level_only=module_level_only):
+            dst = node_of(target)
             if src and dst and src != dst:
                 graph[src].add(dst)
                 why.setdefault((src, dst), f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
-    assert "core" not in graph  # core depends on no other subpackage
-    assert {"prune", "quantize", "recipe"} <= set(graph)  # the graph was read
+    return graph, why
+
+
+def _assert_no_cycle(graph: dict[str, set[str]], why: dict[tuple[str, str], str], what: str) -> None:
     cycle = _cycle(graph)
     assert cycle is None, (
-        "import cycle between subpackages: "
-        + " -> ".join(cycle)
-        + "\n"
-        + "\n".join(why[(a, b)] for a, b in zip(cycle, cycle[1:]))
+        f"import cycle {what}: " + " -> ".join(cycle) + "\n" + "\n".join(why[(a, b)] for a, b in zip(cycle, cycle[1:]))
     )
+
+
+def test_top_level_subpackages_have_no_import_cycle_at_module_level():
+    graph, why = _import_graph(subpackage, module_level_only=True)
+    assert "core" not in graph  # core depends on no other subpackage
+    assert {"prune", "quantize", "recipe"} <= set(graph)  # the graph was read
+    _assert_no_cycle(graph, why, "between subpackages")
+
+
+def test_train_models_and_codec_import_one_way_even_inside_functions():
+    """codec -> train -> models: the codec fine-tunes with train's loop, tasks load models and
+    tokenizers; models opens an .nsz through core.serialize.read_info and finds a baseline
+    checkpoint through core.cache, importing neither codec nor train (not even lazily)."""
+    three = {"train", "models", "codec"}
+    graph, why = _import_graph(lambda m: subpackage(m) if subpackage(m) in three else None, module_level_only=False)
+    assert {"train", "codec"} <= set(graph)  # the graph was read
+    assert not graph["models"], "models imports above itself:\n" + "\n".join(
+        why[("models", d)] for d in sorted(graph["models"])
+    )
+    _assert_no_cycle(graph, why, "between train, models and codec")
+
+
+# Modules whose cycle was closed by an import inside a function (issue 24). A lazy import kept
+# for start-up cost (transformers, GGUF reading) is fine, as long as nothing imports back.
+ONE_WAY_GROUPS = {
+    "int8 body surgery": ["netslim.quantize.dynamic", "netslim.quantize.int8_body"],
+    "HF models and GGUF": [
+        "netslim.models.gguf_io",
+        "netslim.models.hf",
+        "netslim.models.hf_arch",
+        "netslim.models.hf_offline",
+        "netslim.models.hf_tiny",
+        "netslim.models.hf_tokenizers",
+    ],
+}
+
+
+@pytest.mark.parametrize("group", sorted(ONE_WAY_GROUPS))
+def test_modules_once_in_a_lazy_import_cycle_import_one_way(group):
+    members = set(ONE_WAY_GROUPS[group])
+    assert members <= MODULES, f"not modules (renamed?): {sorted(members - MODULES)}"
+    graph, why = _import_graph(lambda m: m if m in members else None, module_level_only=False)
+    assert graph  # they do import each other, one way
+    _assert_no_cycle(graph, why, f"({group}, function-level imports included)")
+
+
+def test_the_one_way_check_sees_a_cycle_through_a_function_level_import(tmp_path):
+    pkg = tmp_path / "netslim" / "quantize"
+    pkg.mkdir(parents=True)
+    (pkg / "a.py").write_text("from .b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from netslim.quantize.a import y\n")
+    edges = {
+        (module_name(p, tmp_path / "netslim"), t)
+        for p in pkg.glob("*.py")
+        for _, t in imported(p, False, root=tmp_path / "netslim")
+    }
+    assert {("netslim.quantize.a", "netslim.quantize.b"), ("netslim.quantize.b", "netslim.quantize.a")} <= edges
+    assert _cycle({a: {b} for a, b in edges}) is not None
