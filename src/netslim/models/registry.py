@@ -56,7 +56,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
             )
     model = entry.builder(**{**entry.defaults, **kwargs})
     if not (entry.pretrained or entry.self_described):
-        # HF models describe themselves through their config instead (see models.hf).
+        # HF models describe themselves through their config instead (see models.hf_arch).
         model.netslim_arch = {"name": name, "kwargs": {**entry.defaults, **kwargs}}
     return model
 
