@@ -61,7 +61,7 @@ def main() -> None:
     from netslim.export.hf import export_hf
     from netslim.models import build_model
     from netslim.models.hf import register_hf_models
-    from netslim.prune.structured import prune_ffn, prune_heads
+    from netslim.prune.structured import shrink_ffn, shrink_heads
     from netslim.train.lm_tasks import EmbeddingTask
 
     register_hf_models()
@@ -69,8 +69,8 @@ def main() -> None:
     task = EmbeddingTask(limit=n)
     texts = task.sentences("test")
     model = build_model("minilm").eval()
-    prune_heads(model, 1 / 3)
-    prune_ffn(model, 0.5)
+    shrink_heads(model, 1 / 3)
+    shrink_ffn(model, 0.5)
     ours = task.embed(model, texts)
     ref = task.embed(dense, texts)
     directory, notes = export_hf(model, work / "minilm_heads_ffn", {"source": "minilm"})

@@ -274,13 +274,13 @@ def prune_distill_resnet20(args) -> dict:
     fine-tuning vs distillation from the unpruned model (each ``--pd-variants`` entry): same
     epochs, lr, batches, augmentation and data order per seed. Test accuracy of the epoch best
     on validation, and that validation accuracy (for choosing a variant without the test set)."""
-    from netslim.prune.structured.channels import prune_channels
+    from netslim.prune.structured.channels import shrink_channels
 
     teacher = _resnet20_teacher()
     if teacher is None:
         return {"skipped": "no ResNet-20 checkpoint"}
     task = get_task("fashion-mnist")
-    pruned, report = prune_channels(
+    pruned, report = shrink_channels(
         copy.deepcopy(teacher), task.example_inputs(1), target_macs=args.pd_macs, criterion="l2", scope="global"
     )
     variants = args.pd_variants or [f"4:{args.pd_alpha}"]

@@ -80,9 +80,9 @@ def resnet20_setup(seed: int = 0):
 
 def structured_policy_model(model, task, scope: str, target: float):
     """Uniform or global-ranking pruning at a MAC target, by the structured engine itself."""
-    from netslim.prune.structured import prune_channels
+    from netslim.prune.structured import shrink_channels
 
-    m, rep = prune_channels(
+    m, rep = shrink_channels(
         copy.deepcopy(model), task.example_inputs(1), target_macs=target, criterion="l2", scope=scope
     )
     return m, {"ratio": rep.get("ratio"), "groups": rep["groups"]}

@@ -45,11 +45,11 @@ from netslim.core.cache import cache_dir, checkpoint_path
 from netslim.core.serialize import atomic_write
 from netslim.measure import count_params, interleaved_latency
 from netslim.prune.structured import (
-    drop_layers,
     drop_residual_blocks,
-    prune_channels,
-    prune_ffn,
-    prune_heads,
+    drop_transformer_blocks,
+    shrink_channels,
+    shrink_ffn,
+    shrink_heads,
     total_macs,
 )
 from netslim.train.loop import Callback, FinetuneConfig, fit
@@ -301,7 +301,7 @@ def plans(args) -> dict:
         if drop:
             m = drop_residual_blocks(m, x1, names=drop.split(","))[0]
         if widths:
-            m = prune_channels(m, x1, ratios=_stage_ratios(widths), min_keep_ratio=1e-6)[0]
+            m = shrink_channels(m, x1, ratios=_stage_ratios(widths), min_keep_ratio=1e-6)[0]
         models[spec] = m
     macs = {k: total_macs(m, x1) for k, m in models.items()}
     out = {
@@ -342,7 +342,7 @@ def cnn(args) -> dict | None:
             if per_layer
             else {"target_macs": args.macs * total_macs(base, x1) / total_macs(model, x1), "scope": args.scope}
         )
-        model, report = prune_channels(model, x1, criterion=args.criterion, round_to=args.round_to, **target, **kwargs)
+        model, report = shrink_channels(model, x1, criterion=args.criterion, round_to=args.round_to, **target, **kwargs)
         plans.append(report["plan"])
         # keys of their own: "ratios" and "target_macs" of the report say something else
         plan_args = {
@@ -480,7 +480,7 @@ def criteria(args) -> dict:
     for crit in ("l1", "l2", "bn_scale", "taylor", "activation", "random"):
         for scope in ("global", "uniform"):
             kw = {"batches": batches, "loss_fn": task.loss} if crit in ("taylor", "activation") else {}
-            model, rep = prune_channels(
+            model, rep = shrink_channels(
                 copy.deepcopy(base), x1, target_macs=args.macs, criterion=crit, scope=scope, **kw
             )
             out["runs"].append(
@@ -653,9 +653,9 @@ def minilm(args) -> dict:
         if args.criterion == "activation"
         else {"criterion": args.criterion}
     )
-    model, r1 = prune_ffn(copy.deepcopy(base), 0.5, **kw)
+    model, r1 = shrink_ffn(copy.deepcopy(base), 0.5, **kw)
     fid_ffn = task.evaluate(model, "test")["fidelity"]
-    model, r2 = prune_heads(model, 1 / 3, **kw)
+    model, r2 = shrink_heads(model, 1 / 3, **kw)
     fid = task.evaluate(model, "test")["fidelity"]
     path = netslim.save(model, _artifact("minilm"))
     back = netslim.load(path)
@@ -705,13 +705,13 @@ def smollm2(args) -> dict:
     batches = [calib[i : i + 2] for i in range(0, n, 2)]
     if args.what == "ffn":
         if args.with_l2:
-            model, _ = prune_ffn(copy.deepcopy(base), 0.25, criterion="l2")
+            model, _ = shrink_ffn(copy.deepcopy(base), 0.25, criterion="l2")
             out["ffn25_l2"] = {"ppl": task.evaluate(model, "test")["perplexity"]}
             del model
-        model, r = prune_ffn(copy.deepcopy(base), 0.25, criterion="activation", batches=batches)
+        model, r = shrink_ffn(copy.deepcopy(base), 0.25, criterion="activation", batches=batches)
         res = {"criterion": "activation", "calibration_blocks_512": n, "config": r["config"]}
     else:
-        model, r = drop_layers(copy.deepcopy(base), 4, batches)
+        model, r = drop_transformer_blocks(copy.deepcopy(base), 4, batches)
         res = {
             "criterion": "block influence (1 - cos)",
             "dropped": r["dropped"],

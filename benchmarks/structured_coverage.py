@@ -2,8 +2,8 @@
 
 For each tiny random-config family of ``tests/structured/test_structured_families.py`` and each
 kind (channels, heads, FFN neurons, width, layers), netslim prunes 50 % through its public API
-(``prune_channels`` / ``prune_heads`` / ``prune_ffn``; ``prune_width`` at half the hidden size,
-its default criterion and norm correction calibrated on the example batch; ``drop_layers`` of
+(``shrink_channels`` / ``shrink_heads`` / ``shrink_ffn``; ``shrink_width`` at half the hidden size,
+its default criterion and norm correction calibrated on the example batch; ``drop_transformer_blocks`` of
 half the blocks by influence, what the ``layers`` step runs on a Hugging Face model) and the
 result is checked: forward works, output shape kept, parameters fewer, ``netslim.save`` +
 ``netslim.load`` gives the same outputs. Statuses: ``pruned`` (with ``reloaded``), ``skipped``
@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tests" / "structured"))
 from test_structured_families import FAMILIES, build, n_params, out  # noqa: E402
 
 import netslim  # noqa: E402
-from netslim.prune.structured import drop_layers, prune_channels, prune_ffn, prune_heads, prune_width  # noqa: E402
+from netslim.prune.structured import drop_transformer_blocks, shrink_channels, shrink_ffn, shrink_heads, shrink_width  # noqa: E402
 from netslim.prune.structured.generic import structured_graph  # noqa: E402
 from netslim.prune.structured.hf import block_list  # noqa: E402
 
@@ -70,12 +70,12 @@ KINDS = ("channels", "heads", "ffn", "width", "layers")
 
 def _prune(model, x, kind: str):
     if kind == "channels":
-        return prune_channels(model, x, ratio=0.5, scope="uniform")
+        return shrink_channels(model, x, ratio=0.5, scope="uniform")
     if kind in ("heads", "ffn"):
-        return (prune_heads if kind == "heads" else prune_ffn)(model, 0.5, example_inputs=x)
+        return (shrink_heads if kind == "heads" else shrink_ffn)(model, 0.5, example_inputs=x)
     if kind == "width":
-        return prune_width(model, ratio=0.5, batches=[x])
-    return drop_layers(model, len(block_list(model)[0]) // 2, [x])
+        return shrink_width(model, ratio=0.5, batches=[x])
+    return drop_transformer_blocks(model, len(block_list(model)[0]) // 2, [x])
 
 
 def _netslim(family: str, kind: str, tmp: Path) -> dict:

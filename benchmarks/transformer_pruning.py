@@ -46,7 +46,7 @@ from netslim.core.serialize import atomic_write
 from netslim.distill.layerwise import layerwise_task
 from netslim.measure import count_params, interleaved_latency
 from netslim.prune.cofi import CoFiConfig, cofi_train
-from netslim.prune.structured import drop_layers, prune_ffn, prune_heads, prune_width
+from netslim.prune.structured import drop_transformer_blocks, shrink_ffn, shrink_heads, shrink_width
 from netslim.prune.structured.hf import block_list
 from netslim.train.loop import FinetuneConfig, fit
 from netslim.train.tasks import get_task
@@ -242,7 +242,7 @@ def heads(run: Run) -> dict:
     for ratio in (0.2, 0.3, 0.4):
         for recover in (False, True):
             model = copy.deepcopy(run.base_model())
-            model, rep = prune_heads(
+            model, rep = shrink_heads(
                 model, ratio, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss
             )
             row = {
@@ -284,7 +284,7 @@ def layers(run: Run) -> dict:
         for how, indices in choices.items():
             for recover in (False, True):
                 model = copy.deepcopy(run.base_model())
-                model, rep = drop_layers(
+                model, rep = drop_transformer_blocks(
                     model, count, [{k: v.to(run.device) for k, v in b.items()} for b in batches], indices=indices
                 )
                 row = {"count": count, "of": n, "choice": how, "dropped": rep["dropped"], "influence": rep["influence"]}
@@ -304,7 +304,7 @@ def width(run: Run) -> dict:
         target = int(d * frac)
         for variant in ("no_correction", "plain", "recovered"):
             model = copy.deepcopy(run.base_model())
-            model, rep = prune_width(model, target, batches=batches, norm_correction=variant != "no_correction")
+            model, rep = shrink_width(model, target, batches=batches, norm_correction=variant != "no_correction")
             row = {
                 "hidden_size": target,
                 "of": d,
@@ -376,8 +376,8 @@ def cofi(run: Run) -> dict:
         s = rep["sparsity"]
         hf = copy.deepcopy(run.base_model())
         batches = _calibration(run)
-        hf, _ = prune_heads(hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss)
-        hf, _ = prune_ffn(
+        hf, _ = shrink_heads(hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss)
+        hf, _ = shrink_ffn(
             hf, s, criterion="taylor", scope="global", batches=batches, loss_fn=run.task.loss, min_keep_ratio=0.01
         )
         row = {"ratio": round(s, 4), "accuracy_before_recovery": run.acc(hf)}

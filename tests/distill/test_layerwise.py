@@ -12,7 +12,7 @@ from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
 from netslim.distill.layerwise import LayerwiseDistillTask, lineage, relative_mse
-from netslim.prune.structured import drop_layers, prune_heads, prune_width
+from netslim.prune.structured import drop_transformer_blocks, shrink_heads, shrink_width
 from netslim.train.object_tasks import TensorClassificationTask
 
 tf = pytest.importorskip("transformers")
@@ -59,11 +59,11 @@ def test_lineage_follows_dropped_blocks_and_kept_dims():
     teacher = bert_classifier()
     student = copy.deepcopy(teacher)
     assert lineage(student, teacher) == ([0, 1, 2], None)
-    drop_layers(student, 1, indices=[1])
-    student, report = prune_width(student, 48, batches=BATCHES)
+    drop_transformer_blocks(student, 1, indices=[1])
+    student, report = shrink_width(student, 48, batches=BATCHES)
     keep = next(g["keep"] for g in report["groups"] if g["kind"] == "hidden")
     assert lineage(student, teacher) == ([0, 2], keep)
-    prune_heads(student, 0.25)  # later plans that keep blocks and dims change nothing
+    shrink_heads(student, 0.25)  # later plans that keep blocks and dims change nothing
     assert lineage(student, teacher) == ([0, 2], keep)
     stranger = bert_classifier(layers=2)
     with pytest.raises(NetslimError, match="cannot be matched; set distill_hidden: 0"):
@@ -92,7 +92,7 @@ def test_hidden_loss_is_zero_for_a_student_that_computes_the_teachers_kept_dims(
             layer.self_attn.o_proj.weight[0::4] = 0
             layer.mlp.down_proj.weight[0::4] = 0
     teacher = copy.deepcopy(model)
-    student, _ = prune_width(model, 48, batches=BATCHES, keep=keep)
+    student, _ = shrink_width(model, 48, batches=BATCHES, keep=keep)
     from netslim.train.lm_tasks import CausalLMTask
 
     class Blocks(CausalLMTask):  # a causal LM task on fixed token blocks, no corpus

@@ -28,7 +28,7 @@ from netslim.export.hf import export_hf, save_hf  # noqa: E402
 from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
 from netslim.prune import magnitude_prune, nm_prune  # noqa: E402
 from netslim.prune.sparse import SparseLinear  # noqa: E402
-from netslim.prune.structured import drop_layers, prune_ffn, prune_heads  # noqa: E402
+from netslim.prune.structured import drop_transformer_blocks, shrink_ffn, shrink_heads  # noqa: E402
 from netslim.quantize.dynamic import dynamic_int8  # noqa: E402
 from netslim.quantize.gptq import gptq  # noqa: E402
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, quantize_weights  # noqa: E402
@@ -85,23 +85,23 @@ def _wo(model, **kw):
 
 def _structured():
     m = llama(layers=3)
-    prune_ffn(m, 0.25)
-    prune_heads(m, 0.5)
-    drop_layers(m, 1, indices=[1])
+    shrink_ffn(m, 0.25)
+    shrink_heads(m, 0.5)
+    drop_transformer_blocks(m, 1, indices=[1])
     assert m.config.intermediate_size == 96 and m.config.num_key_value_heads == 1 and m.config.num_hidden_layers == 2
     return m
 
 
 def _bert_heads():  # 2 of 4 heads per block pruned + FFN: the config cannot hold 2 heads of size 16
     m = bert()
-    prune_heads(m, 0.5)
-    prune_ffn(m, 0.25)
+    shrink_heads(m, 0.5)
+    shrink_ffn(m, 0.25)
     return m
 
 
 def _gpt2_ffn():
     m = gpt2()
-    prune_ffn(m, 0.5)
+    shrink_ffn(m, 0.5)
     return m
 
 
@@ -388,13 +388,13 @@ def test_pruned_bert_heads_are_written_as_zero_heads(exported):
 
 def test_refuses_pruned_gpt2_heads_the_config_cannot_express(tmp_path):
     m = gpt2()
-    prune_heads(m, 0.5)
+    shrink_heads(m, 0.5)
     _refused(m, tmp_path, "netslim.load")
 
 
 def test_refuses_ffn_sizes_that_differ_per_block(tmp_path):
     m = llama()
-    prune_ffn(m, 0.5, criterion="random", scope="global", min_keep_ratio=0.1)
+    shrink_ffn(m, 0.5, criterion="random", scope="global", min_keep_ratio=0.1)
     sizes = {blk.mlp.up_proj.out_features for blk in m.model.layers}
     assert len(sizes) > 1
     _refused(m, tmp_path, "cannot express")

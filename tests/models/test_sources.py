@@ -13,7 +13,7 @@ import netslim
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import read_description
 from netslim.models.sources import open_model
-from netslim.prune.structured import prune_channels
+from netslim.prune.structured import shrink_channels
 
 CNN_FILE = textwrap.dedent("""
     import torch
@@ -68,7 +68,7 @@ def test_user_model_saves_without_registration_and_loads_only_with_a_base(user_f
 
 def test_pruned_user_model_round_trips_through_its_base(user_file, tmp_path):
     opened = open_model(f"{user_file}:build")
-    model, report = prune_channels(opened.model.eval(), _x()[:1], ratio=0.5, scope="uniform")
+    model, report = shrink_channels(opened.model.eval(), _x()[:1], ratio=0.5, scope="uniform")
     assert report["params_after"] < report["params_before"]
     assert model.features[0].out_channels == 4 and model.head.in_features == 8 * 14 * 14
     path = netslim.save(model, tmp_path / "pruned.safetensors")

@@ -21,10 +21,10 @@ from netslim.prune.structured import (
     apply_plan,
     block_costs,
     drop_residual_blocks,
-    prune_channels,
     replay,
     residual_block_influence,
     residual_blocks,
+    shrink_channels,
     total_macs,
 )
 
@@ -117,7 +117,7 @@ def test_influence_per_ms_removes_slow_blocks_first():
 def test_blocks_then_channels_replay_on_the_original(tmp_path):
     model = randomize_bn(build_model("resnet20"))
     pruned, r1 = drop_residual_blocks(copy.deepcopy(model), X, names=["layer1.0", "layer1.2"])
-    pruned, r2 = prune_channels(pruned, X[:1], target_macs=0.6, round_to=4)
+    pruned, r2 = shrink_channels(pruned, X[:1], target_macs=0.6, round_to=4)
     plans = [r1["plan"], r2["plan"]]
     path = netslim.save(pruned, tmp_path / "m.safetensors", info={"prune_plans": plans})
     again = replay(copy.deepcopy(model), read_description(path)["info"]["prune_plans"])

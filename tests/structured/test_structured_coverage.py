@@ -29,9 +29,9 @@ from netslim.prune.structured import (
     apply_plan,
     plan_from_keep,
     plan_transformer,
-    prune_channels,
-    prune_ffn,
-    prune_heads,
+    shrink_channels,
+    shrink_ffn,
+    shrink_heads,
     transformer_graph,
 )
 
@@ -61,7 +61,7 @@ def test_gpt2_heads_and_ffn_reload(tmp_path):
     tf = pytest.importorskip("transformers")
     model = build_model("tiny-gpt2")
     ref = copy.deepcopy(model)
-    model, r_ffn = prune_ffn(model, 0.5, criterion="l2")
+    model, r_ffn = shrink_ffn(model, 0.5, criterion="l2")
     assert r_ffn["from_pretrained"] and model.config.n_inner == 128
     # FFN only: GPT-2's config says it (n_inner), so from_pretrained reloads it
     model.save_pretrained(tmp_path / "ffn")
@@ -69,7 +69,7 @@ def test_gpt2_heads_and_ffn_reload(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(_logits(back, IDS), _logits(model, IDS), atol=1e-5, rtol=1e-5)
     # heads: GPT-2's config cannot say them (head size = n_embd / n_head); netslim.load can
-    model, r_heads = prune_heads(model, 0.5, criterion="l2")
+    model, r_heads = shrink_heads(model, 0.5, criterion="l2")
     assert not r_heads["from_pretrained"] and model.transformer.h[1].attn.num_heads == 2
     y = _logits(model, IDS)
     # the blocks lose about half their weights (the 1024 x 64 position table is not prunable)
@@ -169,7 +169,7 @@ def test_vit_channels_ffn_and_heads(tmp_path):
 def test_vit_prune_channels_end_to_end():
     model = randomize_bn(build_model("test-tiny-vit"))
     y = model(X)
-    model, report = prune_channels(model, X, ratio=0.5, scope="uniform")
+    model, report = shrink_channels(model, X, ratio=0.5, scope="uniform")
     assert model(X).shape == y.shape and report["params_after"] < report["params_before"]
     assert {g["kind"] for g in report["groups"]} == {"channel", "head"}
 

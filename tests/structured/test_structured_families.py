@@ -18,7 +18,7 @@ import torch
 
 import netslim
 from netslim.core.errors import NetslimError
-from netslim.prune.structured import apply_plan, plan_from_keep, prune_channels, prune_ffn, prune_heads
+from netslim.prune.structured import apply_plan, plan_from_keep, shrink_channels, shrink_ffn, shrink_heads
 from netslim.prune.structured.generic import structured_graph
 from netslim.prune.structured.hf import transformer_graph
 from netslim.prune.structured.transformer import plan_transformer
@@ -337,33 +337,33 @@ def test_half_of_every_group_goes_and_reloads(family, kind, tmp_path):
 def test_heads_that_cannot_go_say_why(family):
     model, x = build(family)
     before = n_params(model)
-    model, report = prune_heads(model, 0.5)
+    model, report = shrink_heads(model, 0.5)
     assert n_params(model) == before
     text = " ".join(s["reason"] for s in report["skipped"])
     assert HEADS_KEPT.get(family, "no attention") in text
     with pytest.raises(NetslimError, match="heads removed nothing"):
-        prune_heads(model, 0.5, on_empty="fail")
+        shrink_heads(model, 0.5, on_empty="fail")
 
 
 @pytest.mark.parametrize("family", ["opt", "vit", "convnext", "distilbert"])
 def test_api_prunes_unknown_families(family):
-    """The families issue 22 found untouched: prune_heads / prune_ffn / prune_channels now remove half."""
+    """The families issue 22 found untouched: shrink_heads / shrink_ffn / shrink_channels now remove half."""
     model, x = build(family)
     y = out(model, x)
     before = n_params(model)
     if family != "convnext":
-        model, r = prune_heads(model, 0.5)
+        model, r = shrink_heads(model, 0.5)
         assert {g["kind"] for g in r["groups"]} == {"head"} and all(g["kept"] == 2 for g in r["groups"])
-    model, r = prune_ffn(model, 0.5)
+    model, r = shrink_ffn(model, 0.5)
     assert r["groups"] and all(g["kept"] * 2 == g["size"] for g in r["groups"])
-    model, r = prune_channels(model, x, ratio=0.5, scope="uniform")
+    model, r = shrink_channels(model, x, ratio=0.5, scope="uniform")
     assert out(model, x).shape == y.shape and n_params(model) < 0.8 * before
 
 
 def test_untraceable_hf_module_and_bad_exclude():
     model, x = build("resnet")
     with pytest.raises(NetslimError, match="exclude selector 'nope' matches no module"):
-        prune_channels(model, x, ratio=0.5, exclude=["nope"])
+        shrink_channels(model, x, ratio=0.5, exclude=["nope"])
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from torch import nn
 from netslim.core.graph import GraphBuilder, Segment, trace_graph
 from netslim.models import build_model
 from netslim.models.registry import ModelEntry, register_model
-from netslim.prune.structured import apply_plan, plan_from_keep, prune_channels, total_macs
+from netslim.prune.structured import apply_plan, plan_from_keep, shrink_channels, total_macs
 
 
 class ResNeXtNet(nn.Module):
@@ -163,7 +163,7 @@ def test_prune_channels_on_grouped_convs_meets_the_mac_target(criterion):
     batches = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(2)]
     loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
     base = total_macs(model, X[:1])
-    shrunk, report = prune_channels(
+    shrunk, report = shrink_channels(
         copy.deepcopy(model), X[:1], target_macs=0.5, criterion=criterion, batches=batches, loss_fn=loss
     )
     assert total_macs(shrunk, X[:1]) <= 0.5 * base and not report["skipped"]

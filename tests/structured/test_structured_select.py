@@ -19,8 +19,8 @@ from netslim.prune.structured import (
     choose_keep,
     group_scores,
     plan_channels,
-    prune_channels,
     replay,
+    shrink_channels,
     total_macs,
 )
 
@@ -92,7 +92,7 @@ def test_min_keep_round_to_and_on_empty():
 def test_target_macs_is_met_closely():
     model = build_model("mobilenetv2").eval()
     base = total_macs(model, X[:1])
-    shrunk, report = prune_channels(copy.deepcopy(model), X[:1], target_macs=0.5)
+    shrunk, report = shrink_channels(copy.deepcopy(model), X[:1], target_macs=0.5)
     after = total_macs(shrunk, X[:1])
     assert 0.45 * base <= after <= 0.5 * base
     # the bisection's analytic estimate is exact for the pruned layers

@@ -11,10 +11,10 @@ import netslim
 from netslim.models import build_model
 from netslim.prune.structured import (
     apply_plan,
-    drop_layers,
+    drop_transformer_blocks,
     plan_transformer,
-    prune_ffn,
-    prune_heads,
+    shrink_ffn,
+    shrink_heads,
     transformer_graph,
 )
 
@@ -76,8 +76,8 @@ def test_gqa_unit_is_a_kv_head_with_its_query_heads():
 def test_uniform_llama_reloads_with_from_pretrained(tmp_path):
     tf = pytest.importorskip("transformers")
     model = build_model("tiny-llama")
-    model, report = prune_ffn(model, 0.25)
-    model, _ = prune_heads(model, 0.5)
+    model, report = shrink_ffn(model, 0.25)
+    model, _ = shrink_heads(model, 0.5)
     assert report["from_pretrained"] and model.config.intermediate_size == 96
     model.save_pretrained(tmp_path / "hf")
     back = tf.LlamaForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -87,7 +87,7 @@ def test_uniform_llama_reloads_with_from_pretrained(tmp_path):
 def test_bert_heads_per_block_counts_reload_through_netslim(tmp_path):
     model = build_model("tiny-bert")
     # global scope: blocks may keep different head counts; netslim.load rebuilds them from specs
-    model, report = prune_heads(model, 0.5, criterion="random", scope="global", min_keep_ratio=0.25)
+    model, report = shrink_heads(model, 0.5, criterion="random", scope="global", min_keep_ratio=0.25)
     back = netslim.load(netslim.save(model, tmp_path / "b.safetensors"))
     torch.testing.assert_close(_out(back), _out(model), atol=0, rtol=0)
 
@@ -98,7 +98,7 @@ def test_drop_layers_picks_low_influence_and_renumbers(tmp_path):
     with torch.no_grad():  # make block 1 a near-identity: its output projections ~ 0
         model.model.layers[1].self_attn.o_proj.weight.mul_(1e-4)
         model.model.layers[1].mlp.down_proj.weight.mul_(1e-4)
-    model, report = drop_layers(model, 1, [IDS])
+    model, report = drop_transformer_blocks(model, 1, [IDS])
     assert report["dropped"] == [1] and model.config.num_hidden_layers == 1
     assert model.model.layers[0].self_attn.layer_idx == 0
     model.save_pretrained(tmp_path / "hf")
@@ -115,5 +115,5 @@ def test_non_transformer_is_reported_not_pruned():
 
 def test_activation_criterion_on_hf_inputs():
     model = build_model("tiny-llama")
-    model, report = prune_ffn(model, 0.5, criterion="activation", batches=[IDS, IDS["input_ids"]])
+    model, report = shrink_ffn(model, 0.5, criterion="activation", batches=[IDS, IDS["input_ids"]])
     assert model.config.intermediate_size == 64 and report["from_pretrained"]

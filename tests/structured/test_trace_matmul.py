@@ -16,7 +16,7 @@ from torch import nn
 
 import netslim
 from netslim.core.trace import export_graph
-from netslim.prune.structured import apply_plan, plan_from_keep, prune_heads
+from netslim.prune.structured import apply_plan, plan_from_keep, shrink_heads
 from netslim.prune.structured.generic import structured_graph
 
 
@@ -127,7 +127,7 @@ def test_falcon_heads_ffn_and_channels_prune(kw, heads, tmp_path):
 def test_falcon_multi_query_keeps_its_heads_and_says_why():
     model, x = falcon(new_decoder_architecture=False, multi_query=True)
     before = n_params(model)
-    model, report = prune_heads(model, 0.5, example_inputs=x)
+    model, report = shrink_heads(model, 0.5, example_inputs=x)
     assert n_params(model) == before
     assert "all heads share their keys and values" in " ".join(s["reason"] for s in report["skipped"])
     graph = structured_graph(model, x)

@@ -14,7 +14,7 @@ from torch import nn
 import netslim
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
-from netslim.prune.structured import PrunePlan, prune_width
+from netslim.prune.structured import PrunePlan, shrink_width
 
 tf = pytest.importorskip("transformers")
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -155,7 +155,7 @@ def zeroed_reference(model, plan_dict, keep, kept_stats: bool):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_shrunk_equals_zeroed_dims_with_norms_over_the_kept_dims(name):
     model = MODELS[name]()
-    shrunk, report = prune_width(copy.deepcopy(model), 48, batches=BATCHES, norm_correction=False)
+    shrunk, report = shrink_width(copy.deepcopy(model), 48, batches=BATCHES, norm_correction=False)
     keep = torch.tensor(report["groups"][[g["kind"] for g in report["groups"]].index("hidden")]["keep"])
     assert len(keep) == 48 and shrunk.config.hidden_size == 48
     ref = zeroed_reference(model, report["plan"], keep, kept_stats=True)
@@ -173,9 +173,9 @@ def test_rmsnorm_family_is_exact_when_the_removed_dims_are_zeroed_first(name):
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(50.0)
     keep = torch.tensor([i for i in range(64) if i % 4 != 3])  # 16 dims removed: 3, 7, ..., 63
-    _, report = prune_width(copy.deepcopy(model), 48, batches=BATCHES, keep=keep, norm_correction=False)
+    _, report = shrink_width(copy.deepcopy(model), 48, batches=BATCHES, keep=keep, norm_correction=False)
     zeroed = zeroed_reference(model, report["plan"], keep, kept_stats=False)  # standard modules
-    shrunk, report = prune_width(copy.deepcopy(zeroed), 48, batches=BATCHES, keep=keep)
+    shrunk, report = shrink_width(copy.deepcopy(zeroed), 48, batches=BATCHES, keep=keep)
     assert all(1.15 < f < 1.16 for f in report["norm_factors"].values())  # sqrt(64 / 48) = 1.1547
     torch.testing.assert_close(_out(shrunk), _out(zeroed), atol=2e-5, rtol=1e-4)
     hidden = {}
@@ -187,7 +187,7 @@ def test_rmsnorm_family_is_exact_when_the_removed_dims_are_zeroed_first(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_reloads_with_from_pretrained_and_netslim_load(name, tmp_path):
-    model, report = prune_width(MODELS[name](), 48, batches=BATCHES, criterion="activation")
+    model, report = shrink_width(MODELS[name](), 48, batches=BATCHES, criterion="activation")
     cls = type(model)
     model.save_pretrained(tmp_path / "hf")
     back = cls.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -200,7 +200,7 @@ def test_reloads_with_from_pretrained_and_netslim_load(name, tmp_path):
 
 
 def test_bert_keeps_whole_heads_and_its_pooler_follows():
-    model, report = prune_width(bert_classifier(), 32, batches=BATCHES)  # head size 16: 2 of 4 heads
+    model, report = shrink_width(bert_classifier(), 32, batches=BATCHES)  # head size 16: 2 of 4 heads
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_attention_heads) == (32, 2)
     att = model.bert.encoder.layer[0].attention
@@ -211,7 +211,7 @@ def test_bert_keeps_whole_heads_and_its_pooler_follows():
 
 
 def test_gpt2_states_its_ffn_size_and_head_count():
-    model, report = prune_width(gpt2(), 32, batches=BATCHES)
+    model, report = shrink_width(gpt2(), 32, batches=BATCHES)
     assert report["config"] == {"hidden_size": 32, "n_inner": 256, "n_head": 2}
     assert model.transformer.h[0].attn.c_attn.weight.shape == (32, 96)
     assert model.transformer.h[0].mlp.c_fc.weight.shape == (32, 256)
@@ -222,7 +222,7 @@ def test_other_criteria_keep_the_asked_width(criterion):
     def loss(m, b):
         return m(**b, labels=b["input_ids"]).loss
 
-    model, report = prune_width(llama(), ratio=0.25, criterion=criterion, batches=BATCHES, loss_fn=loss)
+    model, report = shrink_width(llama(), ratio=0.25, criterion=criterion, batches=BATCHES, loss_fn=loss)
     assert model.config.hidden_size == 48 and model.model.norm.weight.shape == (48,)
 
 
@@ -233,7 +233,7 @@ def test_activation_criterion_drops_the_dims_the_norms_never_output():
         for m in model.modules():
             if type(m).__name__ == "LlamaRMSNorm":
                 m.weight[dead] = 0.0  # these dims read as zero everywhere
-    _, report = prune_width(model, 60, batches=BATCHES, norm_correction=False)
+    _, report = shrink_width(model, 60, batches=BATCHES, norm_correction=False)
     keep = report["groups"][[g["kind"] for g in report["groups"]].index("hidden")]["keep"]
     assert sorted(set(range(64)) - set(keep)) == dead
 
@@ -259,7 +259,7 @@ def test_bad_widths_and_families_fail_before_work():
     model = bert_classifier()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NetslimError, match=r"'hidden_size'.*multiple of the head size 16.*e\.g\. 48 or 64"):
-        prune_width(model, 50, batches=BATCHES)
+        shrink_width(model, 50, batches=BATCHES)
     with pytest.raises(NetslimError, match=r"'hidden_size'.*\[1, 63\]"):
         WidthConfig(hidden_size=64).preflight(model, None)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # untouched
@@ -278,7 +278,7 @@ def test_bad_widths_and_families_fail_before_work():
         tf.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=96),
     )
     with pytest.raises(NetslimError, match="its hidden states are its output"):
-        prune_width(encoder, 48, batches=BATCHES)
+        shrink_width(encoder, 48, batches=BATCHES)
 
 
 def test_cli_bad_width_is_exit_2_with_one_line(tmp_path):

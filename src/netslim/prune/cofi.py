@@ -281,7 +281,7 @@ def shrink_to_masks(
     from netslim.prune.structured.hf import hf_fixups
     from netslim.prune.structured.plan import apply_plan, plan_from_keep
     from netslim.prune.structured.skip import skip_attention, skip_ffn
-    from netslim.prune.structured.width import prune_width
+    from netslim.prune.structured.width import shrink_width
 
     before = count_params(model)
     size_full, size_left = struct.full_size(), size_of(struct, z)
@@ -308,7 +308,7 @@ def shrink_to_masks(
     if "hidden" in z and int((z["hidden"] > 0).sum()) < struct.hidden:
         keep = (z["hidden"] > 0).nonzero().flatten().cpu()
         example = batches[0] if batches else None
-        model, width_report = prune_width(
+        model, width_report = shrink_width(
             model,
             len(keep),
             keep=keep,

@@ -5,9 +5,14 @@
 * :func:`group_scores` (l1, l2, l2_bn, bn_scale, taylor, activation, random) and :func:`choose_keep`
   (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
 * :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
-* :func:`prune_channels` [channels], :func:`prune_heads`, :func:`prune_ffn` [heads, ffn],
-  :func:`drop_layers` [layers]; CNN residual blocks: :func:`drop_residual_blocks` [layers];
-* :func:`prune_width` [width]: the hidden size (residual stream) of a transformer.
+* the methods (recipe steps; in Python ``fn(model, data=None, **options) -> model``, made by
+  :func:`netslim.api.method_function`, the step's notes on ``netslim.report_of(model)``):
+  :func:`prune_channels` [channels], :func:`prune_heads` [heads], :func:`prune_ffn` [ffn],
+  :func:`drop_layers` [layers], :func:`prune_width` [width];
+* their building blocks, one pass without fine-tuning, ``(model, report)``: :func:`shrink_channels`
+  (CNN channels, on example inputs), :func:`shrink_heads`, :func:`shrink_ffn`,
+  :func:`drop_transformer_blocks`, CNN residual blocks: :func:`drop_residual_blocks`;
+  :func:`shrink_width`: the hidden size (residual stream) of a transformer.
 """
 
 from __future__ import annotations
@@ -17,14 +22,25 @@ from torch import nn
 from netslim.core.serialize import register_plan_replay
 
 from .blocks import block_costs, drop_residual_blocks, residual_block_influence, residual_blocks
-from .channels import plan_channels, prune_channels, total_macs
+from .channels import plan_channels, shrink_channels, total_macs
 from .hf import transformer_graph
 from .importance import CRITERIA, group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
-from .steps import ChannelsConfig, FFNConfig, HeadsConfig, LayersConfig, WidthConfig
-from .transformer import block_influence, drop_layers, plan_transformer, prune_ffn, prune_heads
-from .width import WIDTH_RULES, plan_width, prune_width
+from .steps import (
+    ChannelsConfig,
+    FFNConfig,
+    HeadsConfig,
+    LayersConfig,
+    WidthConfig,
+    drop_layers,
+    prune_channels,
+    prune_ffn,
+    prune_heads,
+    prune_width,
+)
+from .transformer import block_influence, drop_transformer_blocks, plan_transformer, shrink_ffn, shrink_heads
+from .width import WIDTH_RULES, plan_width, shrink_width
 
 
 def replay(model: nn.Module, plans: list[dict], mode: str = "shrink") -> nn.Module:
@@ -53,12 +69,13 @@ __all__ = [
     "WidthConfig",
     "apply_plan",
     "plan_width",
-    "prune_width",
+    "shrink_width",
     "block_costs",
     "block_influence",
     "choose_keep",
     "drop_layers",
     "drop_residual_blocks",
+    "drop_transformer_blocks",
     "group_scores",
     "plan_channels",
     "plan_from_keep",
@@ -66,6 +83,10 @@ __all__ = [
     "prune_channels",
     "prune_ffn",
     "prune_heads",
+    "prune_width",
+    "shrink_channels",
+    "shrink_ffn",
+    "shrink_heads",
     "replay",
     "residual_block_influence",
     "residual_blocks",

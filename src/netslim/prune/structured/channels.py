@@ -1,6 +1,6 @@
 """CNN channel/filter pruning: graph -> scores -> kept channels -> smaller dense model.
 
-``prune_channels(model, example_inputs, ratio=0.3)`` or ``target_macs=0.5`` (keep half of
+``shrink_channels(model, example_inputs, ratio=0.3)`` or ``target_macs=0.5`` (keep half of
 the MACs, found by bisection on the global ratio). Returns the shrunk model (in place) and
 a report with the plan, the groups touched and every module skipped with its reason.
 """
@@ -85,7 +85,7 @@ def plan_channels(
     loss_fn: Callable | None = None,
     seed: int = 0,
 ) -> tuple[PrunePlan, DependencyGraph, dict]:
-    """The prune plan (not applied) for ``model``; see :func:`prune_channels`."""
+    """The prune plan (not applied) for ``model``; see :func:`shrink_channels`."""
     if (ratio is None) == (target_macs is None) and not ratios:
         raise NetslimError(
             "plan_channels: give exactly one of 'ratio' (share of channels removed) "
@@ -140,7 +140,7 @@ def plan_channels(
     return plan, graph, info
 
 
-def prune_channels(model: nn.Module, example_inputs: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def shrink_channels(model: nn.Module, example_inputs: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Prune coupled channel groups of a traceable CNN physically; returns ``(model, report)``.
 
     Keyword arguments: ``ratio`` (share of channels removed) or ``target_macs`` (share of

@@ -26,6 +26,10 @@ teacher dims it kept: :mod:`netslim.distill.layerwise`)::
     finetune: {epochs: 1, optimizer: adamw, lr: 5.0e-5}
     distill: 0.5          # (1 - 0.5) x task loss + 0.5 x KD(logits, T = distill_temperature)
     distill_hidden: 1.0   # + 1.0 x hidden-state loss
+
+In Python each step is a method function (``fn(model, data=None, **options) -> model``, the
+step's notes on ``netslim.report_of(model)``): :func:`prune_channels`, :func:`prune_heads`,
+:func:`prune_ffn`, :func:`drop_layers`, :func:`prune_width`.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from netslim.api import method_function
 from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import Selector
 from netslim.train.loop import FinetuneConfig, TrainingStep, fit
 
-from .channels import prune_channels, total_macs
+from .channels import shrink_channels, total_macs
 from .importance import BNSparsity
 
 log = logging.getLogger(__name__)
@@ -185,13 +190,13 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
             kwargs["ratios"] = {k: 1 - (1 - v) ** (1 / cfg.iterations) for k, v in cfg.ratios.items()}
         if cfg.criterion in ("taylor", "activation"):
             kwargs.update(batches=_taylor_batches(task, cfg, ctx.seed + it), loss_fn=task.loss)
-        model, report = prune_channels(model, example, **kwargs)
+        model, report = shrink_channels(model, example, **kwargs)
         report["iteration"] = it
-        _record(ctx, "channels", report)
+        _record(ctx, cfg.method, report)
         log.info("channels iteration %d: %d -> %d params", it, report["params_before"], report["params_after"])
         if cfg.finetune is not None:
             callbacks = [BNSparsity(cfg.bn_l1)] if cfg.bn_l1 else []
-            ctx.notes["channels"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher, callbacks)
+            ctx.notes[cfg.method][-1]["finetune"] = _finetune(model, cfg, ctx, teacher, callbacks)
     return model
 
 
@@ -338,7 +343,7 @@ def _nothing_pruned(model, cfg: _TransformerBase, ratio: float) -> str:
     )
 
 
-def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
+def _run_transformer(model, cfg: _TransformerBase, ctx, fn):
     if _not_transformer(model, ctx, cfg.method):
         return model
     teacher = _teacher(model, cfg, ctx)
@@ -359,24 +364,24 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn, note: str):
         report["iteration"] = it
         if not report["groups"] and not report["skipped"]:  # no silent no-op: say why nothing changed
             report["skipped"] = [{"name": type(model).__name__, "reason": _nothing_pruned(model, cfg, ratio)}]
-        _record(ctx, note, report)
+        _record(ctx, cfg.method, report)
         if cfg.finetune is not None:
-            ctx.notes[note][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
+            ctx.notes[cfg.method][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
     return model
 
 
 @register(HeadsConfig)
 def run_heads(model, cfg: HeadsConfig, ctx):
-    from .transformer import prune_heads
+    from .transformer import shrink_heads
 
-    return _run_transformer(model, cfg, ctx, prune_heads, "heads")
+    return _run_transformer(model, cfg, ctx, shrink_heads)
 
 
 @register(FFNConfig)
 def run_ffn(model, cfg: FFNConfig, ctx):
-    from .transformer import prune_ffn
+    from .transformer import shrink_ffn
 
-    return _run_transformer(model, cfg, ctx, prune_ffn, "ffn")
+    return _run_transformer(model, cfg, ctx, shrink_ffn)
 
 
 def _drop_cnn_blocks(model, cfg: LayersConfig, ctx):
@@ -432,7 +437,7 @@ def _check_transformer_options(cfg: LayersConfig) -> None:
 @register(LayersConfig)
 def run_layers(model, cfg: LayersConfig, ctx):
     from .hf import _is_hf
-    from .transformer import drop_layers
+    from .transformer import drop_transformer_blocks
 
     teacher = _teacher(model, cfg, ctx)
     if not _is_hf(model):
@@ -442,17 +447,17 @@ def run_layers(model, cfg: LayersConfig, ctx):
     else:
         _check_transformer_options(cfg)
         if cfg.indices is not None:
-            model, report = drop_layers(model, len(cfg.indices), indices=list(cfg.indices))
+            model, report = drop_transformer_blocks(model, len(cfg.indices), indices=list(cfg.indices))
         else:
             inputs = ctx.task.calibration_inputs(cfg.calibration_samples, seed=ctx.seed)
             batches = [
                 {k: v[i : i + 4] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i : i + 4]
                 for i in range(0, cfg.calibration_samples, 4)
             ]
-            model, report = drop_layers(model, cfg.count, batches)
-    _record(ctx, "layers", report)
+            model, report = drop_transformer_blocks(model, cfg.count, batches)
+    _record(ctx, cfg.method, report)
     if cfg.finetune is not None:
-        ctx.notes["layers"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
+        ctx.notes[cfg.method][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
     return model
 
 
@@ -506,7 +511,7 @@ class WidthConfig(TrainingStep):
 
 @register(WidthConfig)
 def run_width(model, cfg: WidthConfig, ctx):
-    from .width import prune_width
+    from .width import shrink_width
 
     if _not_transformer(model, ctx, cfg.method):
         return model
@@ -514,7 +519,7 @@ def run_width(model, cfg: WidthConfig, ctx):
     batches = None
     if cfg.criterion in ("activation", "taylor") or cfg.norm_correction:
         batches = _taylor_batches(ctx.task, cfg, ctx.seed)
-    model, report = prune_width(
+    model, report = shrink_width(
         model,
         cfg.hidden_size,
         ratio=cfg.ratio,
@@ -524,8 +529,16 @@ def run_width(model, cfg: WidthConfig, ctx):
         seed=ctx.seed,
         norm_correction=cfg.norm_correction,
     )
-    _record(ctx, "width", report)
+    _record(ctx, cfg.method, report)
     log.info("width %d: %d -> %d params", report["hidden_size"], report["params_before"], report["params_after"])
     if cfg.finetune is not None:
-        ctx.notes["width"][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
+        ctx.notes[cfg.method][-1]["finetune"] = _finetune(model, cfg, ctx, teacher)
     return model
+
+
+# The methods in plain Python (netslim.api.method_function): fn(model, data=None, **options) -> model.
+prune_channels = method_function(ChannelsConfig, "prune_channels")
+prune_heads = method_function(HeadsConfig, "prune_heads")
+prune_ffn = method_function(FFNConfig, "prune_ffn")
+drop_layers = method_function(LayersConfig, "drop_layers")
+prune_width = method_function(WidthConfig, "prune_width")

@@ -1,9 +1,9 @@
 """Attention heads, FFN neurons and whole blocks of Hugging Face transformers.
 
-``prune_heads(model, ratio=1/3)``, ``prune_ffn(model, ratio=0.5)``: physically smaller
+``shrink_heads(model, ratio=1/3)``, ``shrink_ffn(model, ratio=0.5)``: physically smaller
 q/k/v/o and FFN projections (see :mod:`.hf` for the groups). ``scope="uniform"`` (the
 default here) removes the same count from every block, which lets the model config say it
-and ``from_pretrained`` reload it. ``drop_layers(model, 4, inputs)`` removes the blocks that
+and ``from_pretrained`` reload it. ``drop_transformer_blocks(model, 4, inputs)`` removes the blocks that
 change their input least (block influence, 1 - cosine(input, output), as in ShortGPT).
 """
 
@@ -108,7 +108,7 @@ def _report(model: nn.Module, plan: PrunePlan, graph, before: int) -> dict[str, 
     }
 
 
-def prune_heads(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def shrink_heads(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``ratio`` of the attention heads (Llama GQA: of the key/value groups); returns (model, report)."""
     before = count_params(model)
     plan, graph = plan_transformer(model, "head", ratio, **kwargs)
@@ -116,7 +116,7 @@ def prune_heads(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Modul
     return model, _report(model, plan, graph, before)
 
 
-def prune_ffn(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def shrink_ffn(model: nn.Module, ratio: float, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``ratio`` of the FFN intermediate neurons of every block; returns (model, report)."""
     before = count_params(model)
     plan, graph = plan_transformer(model, "neuron", ratio, **kwargs)
@@ -141,7 +141,7 @@ def check_layer_choice(model: nn.Module, count: int | None, indices: Sequence[in
         raise bad_param("drop_layers", "indices", f"distinct block indices in [0, {n - 1}], not all", list(indices))
 
 
-def drop_layers(
+def drop_transformer_blocks(
     model: nn.Module, count: int, batches: Iterable[Any] | None = None, *, indices: list[int] | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove ``count`` whole blocks, the least influential on ``batches`` (or the given ``indices``)."""

@@ -1,6 +1,6 @@
 """Hidden-size (width) pruning of Hugging Face transformers: a narrower residual stream.
 
-``prune_width(model, hidden_size=288, batches=...)`` removes the same hidden dimensions
+``shrink_width(model, hidden_size=288, batches=...)`` removes the same hidden dimensions
 everywhere the residual stream goes: the embeddings' columns (word, position, token type; a
 tied LM head with them), every block's output-projection rows and biases, every input
 projection's columns (q/k/v, FFN in), every LayerNorm / RMSNorm, the final norm and the head's
@@ -479,7 +479,7 @@ def apply_corrections(model: nn.Module, factors: dict[str, float]) -> None:
 
 
 # ------------------------------------------------------------------------------ prune
-def prune_width(
+def shrink_width(
     model: nn.Module,
     hidden_size: int | None = None,
     *,
