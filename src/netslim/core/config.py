@@ -21,7 +21,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from . import registry
-from .errors import NetslimError, clip, shown, unknown_name
+from .errors import NetslimError, clip, shown
 from .history import StepHistory, StepReport
 
 
@@ -57,7 +57,7 @@ class Method:
     handler: Callable[..., Any]
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: registry.Registry[Method] = registry.Registry("method")
 
 
 def register(config_cls: type[MethodConfig]) -> Callable[[Callable], Callable]:
@@ -83,35 +83,20 @@ def register(config_cls: type[MethodConfig]) -> Callable[[Callable], Callable]:
                 f"register({config_cls.__name__}): the handler must be a function "
                 f"(model, cfg, ctx) -> model; got {shown(handler)}."
             )
-        if not registry.loading() and not _where(handler).startswith("netslim."):
-            registry.load_sources()
-        old = _METHODS.get(name)
-        if old is not None and old.handler is not handler:
-            raise NetslimError(
-                f"Method {name!r} is registered twice: by {_where(old.handler)} and by "
-                f"{_where(handler)}; give {config_cls.__name__}.method another name."
-            )
-        _METHODS[name] = Method(name, config_cls, handler)
+        _METHODS.add(
+            name, Method(name, config_cls, handler), handler, f"give {config_cls.__name__}.method another name"
+        )
         return handler
 
     return deco
 
 
-def _where(handler: Callable) -> str:
-    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', type(handler).__name__)}"
-
-
 def methods() -> dict[str, Method]:
-    registry.load_sources()
-    return dict(_METHODS)
+    return _METHODS.entries()
 
 
 def get_method(name: str) -> Method:
-    registry.load_sources()
-    if name not in _METHODS:
-        err = unknown_name("method", name, _METHODS)
-        raise type(err)(str(err) + registry.failure_note())
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def _format_validation_error(err: pydantic.ValidationError, owner: str) -> str:
