@@ -249,14 +249,8 @@ def ort_files(fp32: nn.Module, example: dict, cache: Path) -> tuple[dict[str, Pa
     """fp32 ONNX (netslim's export), ORT's transformer optimizer on the TorchScript export
     (:func:`legacy_export`), and ORT dynamic int8 of both (per tensor = ORT's default, per
     channel): name -> file, plus notes. Cached in ``cache``."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer logs "consider pre-processing" per file
-
     from netslim.quantize import export_onnx
+    from netslim.quantize.onnx_runtime import ort_dynamic_int8
 
     cache.mkdir(parents=True, exist_ok=True)
     notes: dict[str, Any] = {}
@@ -285,11 +279,8 @@ def ort_files(fp32: nn.Module, example: dict, cache: Path) -> tuple[dict[str, Pa
         for per_channel in (False, True):
             name = src_name.replace("fp32", "int8") + (" per-channel" if per_channel else " per-tensor")
             path = cache / f"{src.stem}_int8_{'pc' if per_channel else 'pt'}.onnx"
-            if not path.is_file():  # QInt8 weights, dynamic uint8 activations; the optimizer's contrib ops
-                # (Attention, SkipLayerNormalization) defeat ORT's shape inference: their outputs are float
-                quantize_dynamic(
-                    src, path, per_channel=per_channel, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}
-                )
+            if not path.is_file():  # QInt8 weights, dynamic uint8 activations
+                ort_dynamic_int8(src, path, per_channel=per_channel)
             files[name] = path
     return files, notes
 

@@ -5,8 +5,10 @@ session and returns torch tensors, so every task scores it as it scores a PyTorc
 
 * inputs by the graph's names (``input_ids``, ``attention_mask``, ``pixel_values``, or one
   positional tensor); a missing ``attention_mask`` is ones, a missing ``token_type_ids``
-  zeros; ``use_cache`` / ``return_dict`` / ``output_hidden_states`` are ignored (the graph
-  has no cache); ``labels`` (training) are refused: an ONNX file runs inference only;
+  zeros; ``use_cache`` / ``return_dict`` / ``output_hidden_states`` are ignored (the model
+  runs without a cache); a KV-cache decoder step (``export_onnx(..., kv_cache=True)``) runs
+  as a whole-sequence model: missing ``past_key_values.*`` are empty (past length 0) and
+  ``position_ids`` count from 0; ``labels`` (training) are refused: an ONNX file runs inference only;
 * outputs: one tensor for a plain module; for a Hugging Face kind an :class:`OnnxOutput`,
   a tuple whose items are also attributes by name (``out.logits``, ``out.last_hidden_state``);
 * ONNX Runtime's intra-op threads follow ``torch.get_num_threads()`` at each call (a session
@@ -83,8 +85,9 @@ class OnnxDescription(_Strict):
     format: Literal["netslim-onnx"]
     version: StrictInt = Field(ge=1, le=FORMAT_VERSION)
     model_kind: Literal[KINDS]
-    inputs: dict[StrictStr, InputSpec] = Field(min_length=1, max_length=16)
-    outputs: list[StrictStr] = Field(min_length=1, max_length=16)
+    # a KV-cache decoder step has 2 past inputs and 2 present outputs per layer
+    inputs: dict[StrictStr, InputSpec] = Field(min_length=1, max_length=1024)
+    outputs: list[StrictStr] = Field(min_length=1, max_length=1024)
     config: dict[str, JsonValue] = {}  # num_labels / id2label / label2id / num_channels
     packed_bits: dict[StrictStr, StrictInt] = {}  # packed weight initializer -> bits per code
     info: dict[str, JsonValue] = {}  # model, dataset / data spec, source, recipe, reference
@@ -418,10 +421,19 @@ class OnnxModel(nn.Module):
                 given["attention_mask"] = torch.ones_like(ids)
             if "token_type_ids" in self.input_names and given.get("token_type_ids") is None:
                 given["token_type_ids"] = torch.zeros_like(ids)
+            if "position_ids" in self.input_names and given.get("position_ids") is None and self._past():
+                given["position_ids"] = torch.arange(ids.shape[-1]).expand(ids.shape)
+            for name in self._past():  # a decoder step run on whole sequences: an empty past
+                shape = self.description["inputs"][name]["shape"]
+                given.setdefault(name, torch.zeros(ids.shape[0], shape[1], 0, *shape[3:]))
         missing = [n for n in self.input_names if given.get(n) is None]
         if missing:
             raise NetslimError(f"{self.path}: the graph needs input(s) {', '.join(missing)}.")
         return {n: given[n].detach().to("cpu", self.input_dtypes[n]).contiguous().numpy() for n in self.input_names}
+
+    def _past(self) -> list[str]:
+        """The past key / value inputs of a KV-cache decoder step (none for other graphs)."""
+        return [n for n in self.input_names if n.startswith("past_key_values.") and n in self.description["inputs"]]
 
     def forward(self, *args: Any, **kwargs: Any):
         feed = self.feed(*args, **kwargs)
@@ -444,9 +456,10 @@ class OnnxModel(nn.Module):
         return self._macs_cache[key]
 
     def example_inputs(self, batch_size: int = 1) -> Any:
-        """Inputs of the stored example's shape (ids 1, mask 1, pixels 0) with batch ``batch_size``."""
+        """Inputs of the stored example's shape (ids 1, mask 1, pixels 0) with batch ``batch_size``;
+        of a KV-cache decoder step the ids only (:meth:`feed` completes a whole-sequence call)."""
         out = {}
-        for name in self.input_names:
+        for name in self.input_names if not self._past() else ["input_ids"]:
             spec = self.description["inputs"].get(name, {"shape": [1], "dtype": "float32"})
             dtype = self.input_dtypes[name]
             out[name] = torch.ones if dtype != torch.float32 else torch.zeros

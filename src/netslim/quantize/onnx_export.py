@@ -2,7 +2,8 @@
 
 What the graph takes and returns: :mod:`netslim.quantize.onnx_io` (a Hugging Face causal LM,
 encoder or classifier exports through a wrapper: token tensors in, ``logits`` /
-``last_hidden_state`` out, no KV cache, symbolic batch and sequence). The file's metadata
+``last_hidden_state`` out, symbolic batch and sequence; a causal LM with ``kv_cache=True`` as a
+decoder step: past keys / values in, present ones out). The file's metadata
 ``netslim`` holds the run's description (model, data, task kind, inputs, outputs, the check made
 at export) so that ``netslim eval / bench / inspect`` open it (:mod:`netslim.models.onnx_model`).
 The check and its stated tolerances: :mod:`netslim.quantize.onnx_runtime`; the recipe step
@@ -80,7 +81,7 @@ from .dynamic import POST_OPS, DynamicInt8Linear
 from .int8_blocks import Int8Residual
 from .int8_modules import Int8Conv2d, Int8Linear, _Int8Base
 from .onnx_io import graph_module
-from .onnx_runtime import check_graph, check_onnx, onnx_session, run_onnx  # noqa: F401  (public here too)
+from .onnx_runtime import check_decoder, check_graph, check_onnx, onnx_session, run_onnx  # noqa: F401  (public here too)
 from .weight_only import QuantizedEmbedding, QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -295,19 +296,23 @@ def export_onnx(
     *,
     dynamic_dims: dict[int, str] | None = None,
     info: dict | None = None,
+    kv_cache: bool = False,
 ) -> Path:
     """Write ``model`` as ONNX (QDQ for the int8 layers) to ``path`` atomically; returns the path.
 
     ``example_inputs``: a tensor or a dict of tensors (keyword inputs, e.g. a tokenizer's).
     A Hugging Face model exports through :func:`netslim.quantize.onnx_io.graph_module`: token
-    tensors in, ``logits`` / ``last_hidden_state`` out, no KV cache. ``dynamic_dims``: input
-    dims left symbolic, by name (a name shared by several inputs is one symbol); default
-    ``{0: "batch"}`` for a tensor and ``{0: "batch", 1: "sequence"}`` for a dict of token
-    tensors; ``{}`` exports fixed shapes. ``info``: the run's description (model, data, ...),
-    stored with the graph's inputs and outputs in the file's metadata ``netslim`` so that
-    ``netslim eval`` re-scores the file on the same data.
+    tensors in, ``logits`` / ``last_hidden_state`` out. ``kv_cache``: a causal LM exports as
+    its decoder step with a KV cache (past keys / values in, present ones out; the inputs,
+    outputs and supported families: :mod:`netslim.quantize.onnx_io`), ``example_inputs`` its
+    prompt ids. ``dynamic_dims``: input dims left symbolic, by name (a name shared by several
+    inputs is one symbol); default ``{0: "batch"}`` for a tensor and ``{0: "batch", 1:
+    "sequence"}`` for a dict of token tensors; ``{}`` exports fixed shapes (with ``kv_cache``
+    the axes are fixed by the step's layout: leave it None). ``info``: the run's description
+    (model, data, ...), stored with the graph's inputs and outputs in the file's metadata
+    ``netslim`` so that ``netslim eval`` re-scores the file on the same data.
     """
-    return write_onnx(model, path, example_inputs, dynamic_dims=dynamic_dims, info=info)[0]
+    return write_onnx(model, path, example_inputs, dynamic_dims=dynamic_dims, info=info, kv_cache=kv_cache)[0]
 
 
 def write_onnx(
@@ -318,15 +323,22 @@ def write_onnx(
     dynamic_dims: dict[int, str] | None = None,
     info: dict | None = None,
     check_inputs: Any = None,
+    kv_cache: bool = False,
 ) -> tuple[Path, dict | None]:
     """:func:`export_onnx`, and with ``check_inputs`` the ONNX Runtime check of the graph on them
-    (:func:`check_graph`) before anything is written: ``(path, check or None)``. The check is
+    (:func:`check_graph`; with ``kv_cache`` :func:`check_decoder`: a prefill of the ids and
+    cached greedy steps) before anything is written: ``(path, check or None)``. The check is
     stored in the file's description too."""
     import onnx
 
     path = Path(path)
+    if kv_cache and dynamic_dims is not None:
+        raise NetslimError(
+            "ONNX export with kv_cache: the decoder step's symbolic axes are fixed (batch, sequence, "
+            "past_sequence); leave dynamic_dims unset."
+        )
     _qd()  # why first: torch.onnx builds its op table at export start; ops registered later have no ONNX function
-    spec = graph_module(model, example_inputs)
+    spec = graph_module(model, example_inputs, kv_cache=kv_cache)
     twin = onnx_twin(spec.module)
     proto = _trace(twin, spec, dynamic_dims, type(model).__name__)
     for node in proto.graph.node:  # per-node debug metadata (source stack, FX node text): ~45 % of a small file
@@ -341,7 +353,10 @@ def write_onnx(
     )
     check = None
     if check_inputs is not None:
-        check = desc["ort_check"] = check_graph(model, spec, proto.SerializeToString(), check_inputs)
+        graph = proto.SerializeToString()
+        check = desc["ort_check"] = (
+            check_decoder(model, graph, check_inputs) if kv_cache else check_graph(model, spec, graph, check_inputs)
+        )
     set_description(proto, desc)
     atomic_write(path, lambda tmp: onnx.save(proto, tmp))
     return path, check
@@ -350,16 +365,26 @@ def write_onnx(
 def _trace(twin: nn.Module, spec, dynamic_dims: dict[int, str] | None, who: str):
     """The optimised ModelProto of ``twin`` traced on ``spec.example`` (torch.onnx, dynamo)."""
     args, kwargs = _as_args(spec.example)
-    if dynamic_dims is None:
-        dynamic_dims = {0: "batch"} if args else {0: "batch", 1: "sequence"}
-    dims = {n: torch.export.Dim(n, min=1 if d == 0 else 2) for d, n in dynamic_dims.items()}
+    if spec.dims is not None:  # the spec's own axes, inputs in its forward's order: named ones, then *varargs
+        import inspect
 
-    def dims_of(t: torch.Tensor) -> dict:
-        return {d: dims[n] for d, n in dynamic_dims.items() if d < t.dim()}
+        symbols = {n: torch.export.Dim(n, min=low) for axes in spec.dims.values() for n, low in axes.values()}
+        per_input = [{d: symbols[n] for d, (n, _) in spec.dims[k].items()} for k in kwargs]
+        params = inspect.signature(spec.module.forward).parameters.values()
+        named = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        args, kwargs, dyn = tuple(kwargs.values()), {}, (*per_input[:named], tuple(per_input[named:]))
+    else:
+        if dynamic_dims is None:
+            dynamic_dims = {0: "batch"} if args else {0: "batch", 1: "sequence"}
+        dims = {n: torch.export.Dim(n, min=1 if d == 0 else 2) for d, n in dynamic_dims.items()}
 
-    dyn = ((dims_of(args[0]),) if args else {k: dims_of(v) for k, v in kwargs.items()}) if dynamic_dims else None
+        def dims_of(t: torch.Tensor) -> dict:
+            return {d: dims[n] for d, n in dynamic_dims.items() if d < t.dim()}
+
+        dyn = ((dims_of(args[0]),) if args else {k: dims_of(v) for k, v in kwargs.items()}) if dynamic_dims else None
+    inputs = list(spec.dims) if spec.dims else ["pixel_values"] if spec.kind == "image_classification" else None
     names = {
-        "input_names": ["pixel_values"] if spec.kind == "image_classification" else None,
+        "input_names": inputs,
         "output_names": list(spec.outputs) if spec.kind != "module" else None,
     }
     try:
@@ -480,22 +505,26 @@ def _packed_bits(twin: nn.Module, proto) -> dict[str, int]:
 
 
 # -------------------------------------------------------------------------- recipe step
-def export_step(model: nn.Module, path: Path, info: dict, **options: Any) -> tuple[Path, dict]:
+def export_step(model: nn.Module, path: Path, info: dict, kv_cache: bool = False, **options: Any) -> tuple[Path, dict]:
     """The recipe ``export`` step's ``onnx`` format: ``(path, notes)``.
 
     The run's task, rebuilt from ``info`` as ``netslim eval`` rebuilds it (a named dataset with
     its options, or the stored spec of the user's files), gives the traced example (2 rows)
-    and the check batch (8 rows of the test split; 2 for a causal LM). ``notes``:
-    ``{"ort_check": ...}`` (:func:`netslim.quantize.onnx_runtime.check_graph`), and
-    ``{"warnings": [...]}`` when the difference exceeds the stated tolerance (also logged).
+    and the check batch (8 rows of the test split; 2 for a causal LM). ``kv_cache`` (a causal
+    LM): the decoder step with a KV cache, checked by decoding (:func:`check_decoder`: a
+    prefill of the 2 rows and 4 cached greedy steps). ``notes``: ``{"ort_check": ...}``
+    (:func:`netslim.quantize.onnx_runtime.check_graph`), and ``{"warnings": [...]}`` when the
+    difference exceeds the stated tolerance (also logged).
     """
     from netslim.train.object_tasks import model_kind
 
     if options:
-        raise NetslimError(f"export format 'onnx' takes no options; got {', '.join(sorted(options))}.")
+        raise NetslimError(f"export format 'onnx' takes only the option kv_cache; got {', '.join(sorted(options))}.")
     task = _task_from_info(model, info or {})
     rows = 2 if model_kind(model) == "causal_lm" else 8
-    path, check = write_onnx(model, path, task.example_inputs(2), info=info, check_inputs=task.example_inputs(rows))
+    path, check = write_onnx(
+        model, path, task.example_inputs(2), info=info, check_inputs=task.example_inputs(rows), kv_cache=kv_cache
+    )
     notes: dict[str, Any] = {"ort_check": check}
     if not check["within_tolerance"]:
         t = check["tolerance"]

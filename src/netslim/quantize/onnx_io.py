@@ -2,9 +2,8 @@
 
 A CNN or any plain module exports as it is: its ``forward`` on one tensor (or keyword tensors).
 A Hugging Face model exports through :class:`GraphForward`, a wrapper whose traced forward
-takes tensors only and returns tensors only - never the model's ``ModelOutput``, and never a
-KV cache (``use_cache=False``: a causal LM's ``DynamicCache`` is what ``torch.export`` cannot
-put in a graph):
+takes tensors only and returns tensors only - never the model's ``ModelOutput``, and by default
+never a KV cache (``use_cache=False``):
 
 ==========================  =====================================  ==============================
 model kind                  graph inputs                           graph outputs
@@ -20,6 +19,23 @@ Batch and sequence axes are symbolic. A masked LM also returns its last hidden s
 what netslim scores it by (embedding fidelity). A task's inputs without ``attention_mask``
 (causal-LM blocks) get one of ones. Other Hugging Face models (encoder-decoders, vision
 backbones) are refused before any tracing.
+
+**Decoder step with a KV cache** (``kv_cache=True``, a causal LM of a family in
+:data:`KV_CACHE_FAMILIES`): :class:`CachedGraphForward` - one call is a prefill (past length 0)
+or any number of new tokens after a cached past, the names Optimum / ONNX Runtime GenAI use:
+
+* inputs ``input_ids`` (B, T), ``attention_mask`` (B, P + T: the past's positions and the new
+  ones, 0 = padding), ``position_ids`` (B, T), and per layer ``past_key_values.<i>.key`` /
+  ``.value`` (B, kv heads, P, head dim), float32;
+* outputs ``logits`` (B, T, vocab) and per layer ``present.<i>.key`` / ``.value``
+  (B, kv heads, P + T, head dim): the next call's past.
+
+Batch, T, P (from 0) and P + T are symbolic. Inside the traced forward the past tensors fill
+transformers' own ``DynamicCache``, which the model updates as in PyTorch (the attention, its
+mask and the cache concatenation are the model's code), so the graph computes what
+``model(..., past_key_values=cache, use_cache=True)`` computes. A family whose cache is not
+one key / value pair per layer of full attention (sliding windows, hybrid or recurrent state,
+encoder-decoders) is refused by name.
 """
 
 from __future__ import annotations
@@ -33,6 +49,10 @@ from torch import nn
 from netslim.core.errors import NetslimError
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
+# families whose KV-cache decoder step is exported and checked (tests/quantize/test_onnx_kv_cache.py):
+# one key / value pair per layer, full causal attention, DynamicCache
+KV_CACHE_FAMILIES = ("llama",)
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _OUTPUTS = {"causal_lm": ("logits",), "text_classification": ("logits",), "image_classification": ("logits",)}
 CONFIG_KEYS = ("num_labels", "id2label", "label2id", "num_channels", "image_size", "model_type")
 
@@ -63,6 +83,32 @@ class GraphForward(nn.Module):
         return (out.logits,)
 
 
+class CachedGraphForward(GraphForward):
+    """:class:`GraphForward` of a causal LM's decoder step with a KV cache (module docstring):
+    ``(input_ids, attention_mask, position_ids, *past)`` -> ``(logits, *present)``, the past and
+    present as ``key, value`` of layer 0, then layer 1, ..."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model, "causal_lm", False)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        from netslim.models.hf_offline import transformers_module
+
+        cache = transformers_module().DynamicCache([(past[i], past[i + 1]) for i in range(0, len(past), 2)])
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+        )
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)
+
+
 class ImageGraphForward(GraphForward):
     """:class:`GraphForward` of an image classifier: ``pixel_values`` in, ``logits`` out."""
 
@@ -79,13 +125,18 @@ class GraphSpec:
     kind: str  # netslim.train.object_tasks.MODEL_KINDS
     outputs: tuple[str, ...]
     config: dict[str, Any]  # the labels / channels a task needs from the model
+    # symbolic axes per input, name -> {axis: (symbol, minimum)}; None: the exporter's default
+    dims: dict[str, dict[int, tuple[str, int]]] | None = None
 
 
-def graph_module(model: nn.Module, example: Any) -> GraphSpec:
-    """The module and example to trace for ``model`` (see the module docstring)."""
+def graph_module(model: nn.Module, example: Any, kv_cache: bool = False) -> GraphSpec:
+    """The module and example to trace for ``model`` (see the module docstring); ``kv_cache``:
+    the decoder step of a causal LM (:func:`decoder_spec`)."""
     from netslim.train.object_tasks import model_kind
 
     kind = model_kind(model)
+    if kv_cache:
+        return decoder_spec(model, example, kind)
     if kind == "module":
         if _is_hf(model):
             raise NetslimError(
@@ -105,6 +156,58 @@ def graph_module(model: nn.Module, example: Any) -> GraphSpec:
         example = text_example(example, type(model).__name__)
     wrapper = ImageGraphForward if kind == "image_classification" else GraphForward
     return GraphSpec(wrapper(model, kind, masked), example, kind, outputs, hf_config(model))
+
+
+def kv_layout(model: nn.Module) -> tuple[int, int, int]:
+    """``(layers, kv heads, head dim)`` of a causal LM's KV cache, from its config."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return cfg.num_hidden_layers, kv_heads, head_dim
+
+
+def kv_names(layers: int) -> tuple[list[str], list[str]]:
+    """Graph names of the past inputs and present outputs: key then value, layer by layer."""
+    parts = [f"{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return [PAST_PREFIX + p for p in parts], [PRESENT_PREFIX + p for p in parts]
+
+
+def decoder_spec(model: nn.Module, example: Any, kind: str) -> GraphSpec:
+    """:class:`GraphSpec` of :class:`CachedGraphForward`: traced on the example's ids after a past
+    of 2 positions (zeros), mask of ones, positions counted on from the past."""
+    who = type(model).__name__
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if kind != "causal_lm" or family not in KV_CACHE_FAMILIES:
+        what = f"model kind {kind!r}" if kind != "causal_lm" else f"model type {family!r}"
+        raise NetslimError(
+            f"ONNX export of {who} with kv_cache: {what} is not supported; a KV-cache decoder step exports for "
+            f"causal LMs of model type {', '.join(KV_CACHE_FAMILIES)} (export without kv_cache for the others)."
+        )
+    ids = text_example(example, who)["input_ids"]
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise NetslimError(
+            f"ONNX export of {who} with kv_cache: example input_ids must be (batch, tokens) with at least 2 "
+            f"tokens; got shape {list(ids.shape)}."
+        )
+    layers, kv_heads, head_dim = kv_layout(model)
+    (b, t), past_len = ids.shape, 2
+    past_names, present_names = kv_names(layers)
+    example = {
+        "input_ids": ids,
+        "attention_mask": torch.ones(b, past_len + t, dtype=torch.long),
+        "position_ids": torch.arange(past_len, past_len + t).expand(b, t).contiguous(),
+        **{n: torch.zeros(b, kv_heads, past_len, head_dim) for n in past_names},
+    }
+    batch, seq = ("batch", 1), ("sequence", 1)
+    dims = {
+        "input_ids": {0: batch, 1: seq},
+        "attention_mask": {0: batch, 1: ("total_sequence", 1)},
+        "position_ids": {0: batch, 1: seq},
+        **{n: {0: batch, 2: ("past_sequence", 0)} for n in past_names},
+    }
+    outputs = ("logits", *present_names)
+    return GraphSpec(CachedGraphForward(model), example, kind, outputs, hf_config(model), dims)
 
 
 def text_example(example: Any, who: str) -> dict[str, torch.Tensor]:

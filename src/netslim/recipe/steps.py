@@ -48,6 +48,8 @@ class ExportConfig(MethodConfig):
         None, description="gguf: f16 (default), f32, q8_0 or q4_0"
     )
     requantize: bool = Field(False, description="gguf q4_0: re-quantize layers off the Q4_0 grid instead of refusing")
+    # onnx only: a causal LM as its decoder step with a KV cache (netslim.quantize.onnx_io)
+    kv_cache: bool = Field(False, description="onnx, causal LM: the decoder step with past / present keys and values")
 
     @field_validator("format")
     @classmethod
@@ -62,11 +64,15 @@ class ExportConfig(MethodConfig):
             raise ValueError(f"'dtype' and 'requantize' are options of format 'gguf'; format is {self.format!r}")
         if self.requantize and self.dtype != "q4_0":
             raise ValueError("'requantize' goes with dtype 'q4_0' (q8_0 quantizes any layer it cannot copy)")
+        if self.kv_cache and self.format != "onnx":
+            raise ValueError(f"'kv_cache' is an option of format 'onnx'; format is {self.format!r}")
         return self
 
     def format_options(self) -> dict:
         """Options handed to the exporter (only those given)."""
-        return {k: getattr(self, k) for k in ("dtype", "requantize") if getattr(self, k) not in (None, False)}
+        return {
+            k: getattr(self, k) for k in ("dtype", "requantize", "kv_cache") if getattr(self, k) not in (None, False)
+        }
 
 
 @register(ExportConfig)
