@@ -41,12 +41,12 @@ import yaml
 
 import netslim
 from netslim.codec import (
+    cluster_weights,
     dense_param_bytes,
     encode_model,
     finetune_centroids,
     nsz_breakdown,
     round_codebooks,
-    share_weights,
 )
 from netslim.codec.huffman import code_cost_bits
 from netslim.codec.indices import gaps_of, paper_index_bits
@@ -209,7 +209,7 @@ def tradeoff(name: str, smoke: bool, limit: int | None) -> list[dict]:
     ft = ShareConfig(finetune={"epochs": 1, "max_steps": 4 if smoke else None, "lr": 1e-4}).finetune
     for bits in (2, 3, 4, 5, 6, 8):  # sharing alone
         m = netslim.load(checkpoint_path(name))
-        share_weights(m, bits=bits, algorithm="lloyd")  # dense layers: Lloyd (DP too slow at 235k)
+        cluster_weights(m, ShareConfig(bits=bits, algorithm="lloyd"))  # dense layers: Lloyd (DP too slow at 235k)
         finetune_centroids(m, task, cfg=ft)
         round_codebooks(m)
         points.append({"kind": "quantization only", "bits": bits, **_point(m, task, dense)})
@@ -220,7 +220,7 @@ def tradeoff(name: str, smoke: bool, limit: int | None) -> list[dict]:
         points.append({"kind": "pruning only", "sparsity": sparsity, **_point(m, task, dense)})
         for bits in (3, 4, 5):
             s = netslim.load(_tmp_save(m))
-            share_weights(s, bits=bits)
+            cluster_weights(s, ShareConfig(bits=bits))
             finetune_centroids(s, task, cfg=ft)
             round_codebooks(s)
             points.append(

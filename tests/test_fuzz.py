@@ -381,13 +381,13 @@ def _static8() -> torch.nn.Module:
 
 
 def _nsz_model() -> torch.nn.Module:
-    from netslim.codec import round_codebooks, share_weights
+    from netslim.codec import ShareConfig, cluster_weights, round_codebooks
     from netslim.prune import magnitude_prune
 
     torch.manual_seed(0)
     m = netslim.build_model("lenet5").eval()
     magnitude_prune(m, sparsity=0.8, exclude="conv1")
-    share_weights(m, bits={"conv2": 4, "fc1": 3, "fc2": 5}, algorithm="lloyd")
+    cluster_weights(m, ShareConfig(bits={"conv2": 4, "fc1": 3, "fc2": 5}, algorithm="lloyd"))
     round_codebooks(m)
     return m
 

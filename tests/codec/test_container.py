@@ -8,14 +8,15 @@ import torch
 import netslim
 from netslim.codec import (
     MAGIC,
+    ShareConfig,
     SharedConv2d,
     SharedLinear,
+    cluster_weights,
     encode_model,
     export_nsz,
     model_from_bytes,
     nsz_breakdown,
     round_codebooks,
-    share_weights,
 )
 from netslim.codec.container import VERSION
 from netslim.codec.inspect import breakdown_table
@@ -44,7 +45,9 @@ def shared_cnn():
     torch.manual_seed(0)
     m = build_model("lenet5")
     magnitude_prune(m, sparsity=0.85, exclude="conv1")
-    share_weights(m, bits={"conv1": 3, "conv2": 4, "fc1": 3, "fc2": 5}, algorithm="lloyd")  # conv1: dense
+    cluster_weights(
+        m, ShareConfig(bits={"conv1": 3, "conv2": 4, "fc1": 3, "fc2": 5}, algorithm="lloyd")
+    )  # conv1: dense
     round_codebooks(m)
     return m.eval()
 
@@ -116,7 +119,7 @@ def small_file():
     torch.manual_seed(0)
     m = build_model("lenet300")
     magnitude_prune(m, sparsity=0.9995)
-    share_weights(m, bits=1)
+    cluster_weights(m, ShareConfig(bits=1))
     round_codebooks(m)
     data, _ = encode_model(m.eval())
     return data

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import netslim
-from netslim.codec import ShareConfig, SharedConv2d, SharedLinear, finetune_centroids, on_centroids, share_weights
+from netslim.codec import ShareConfig, SharedConv2d, SharedLinear, cluster_weights, finetune_centroids, on_centroids
 from netslim.codec.sharing import round_codebooks
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
@@ -20,7 +20,7 @@ def test_clusters_non_zeros_and_keeps_outputs_close(tiny_mlp, fmnist_small):
     keep = _pruned(tiny_mlp)
     x = fmnist_small.example_inputs(16)
     before = tiny_mlp(x).detach()
-    facts = share_weights(tiny_mlp, bits=6)
+    facts = cluster_weights(tiny_mlp, ShareConfig(bits=6))
     for name, mask in keep.items():
         m = getattr(tiny_mlp, name)
         assert isinstance(m, SharedLinear) and m.num_clusters == 64
@@ -32,7 +32,7 @@ def test_clusters_non_zeros_and_keeps_outputs_close(tiny_mlp, fmnist_small):
 
 
 def test_bits_per_layer_by_selector(tiny_cnn):
-    facts = share_weights(tiny_cnn, bits={"type:Conv2d": 3, "fc2": 2}, algorithm="lloyd")
+    facts = cluster_weights(tiny_cnn, ShareConfig(bits={"type:Conv2d": 3, "fc2": 2}, algorithm="lloyd"))
     assert isinstance(tiny_cnn.conv1, SharedConv2d) and tiny_cnn.conv1.num_clusters == 8
     assert tiny_cnn.fc2.num_clusters == 4
     assert [s["name"] for s in facts["skipped"]] == ["fc1"]  # no selector gives it bits
@@ -40,7 +40,7 @@ def test_bits_per_layer_by_selector(tiny_cnn):
 
 def test_centroid_finetuning_keeps_weights_on_centroids_and_pruned_at_zero(tiny_mlp, fmnist_small):
     keep = _pruned(tiny_mlp, 0.9)
-    share_weights(tiny_mlp, bits=3)
+    cluster_weights(tiny_mlp, ShareConfig(bits=3))
     codebooks = {n: getattr(tiny_mlp, n).codebook.detach().clone() for n in keep}
     indices = {n: getattr(tiny_mlp, n).weight_index.clone() for n in keep}
     cfg = ShareConfig(finetune={"epochs": 1, "max_steps": 15, "lr": 1e-3}).finetune
@@ -69,7 +69,7 @@ def test_centroid_gradient_is_the_sum_over_its_cluster():
 
 
 def test_round_codebooks_is_exact_half_precision(tiny_mlp):
-    share_weights(tiny_mlp, bits=4, algorithm="lloyd")
+    cluster_weights(tiny_mlp, ShareConfig(bits=4, algorithm="lloyd"))
     round_codebooks(tiny_mlp)
     cb = tiny_mlp.fc1.codebook.detach()
     assert torch.equal(cb.half().float(), cb)
@@ -77,7 +77,7 @@ def test_round_codebooks_is_exact_half_precision(tiny_mlp):
 
 def test_shared_model_round_trips_through_safetensors(tiny_cnn, tmp_path):
     _pruned(tiny_cnn, 0.7)
-    share_weights(tiny_cnn, bits=4)
+    cluster_weights(tiny_cnn, ShareConfig(bits=4))
     x = torch.randn(2, 1, 28, 28)
     loaded = netslim.load(netslim.save(tiny_cnn.eval(), tmp_path / "m.safetensors"))
     assert isinstance(loaded.conv2, SharedConv2d)
@@ -97,4 +97,4 @@ def test_share_config_defaults_follow_the_paper():
 
 def test_selector_that_matches_nothing_is_an_error(tiny_mlp):
     with pytest.raises(NetslimError, match="nope"):
-        share_weights(tiny_mlp, bits=4, include="nope")
+        cluster_weights(tiny_mlp, ShareConfig(bits=4, include="nope"))

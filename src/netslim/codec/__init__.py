@@ -2,6 +2,12 @@
 
 Importing this family registers the ``share`` method, the ``nsz`` export format, the
 ``.nsz`` loader (by magic bytes) and the shared-weight module types.
+
+The method: :func:`share_weights` [share] (``fn(model, data=None, **options) -> model``, made
+by :func:`netslim.api.method_function`: clustering, centroid fine-tuning on ``data``, the
+per-stage table; its notes on ``netslim.report_of(model)``). Every other name is a building
+block: :func:`cluster_weights` (the clustering alone), :func:`finetune_centroids`,
+:func:`round_codebooks`, the container's encode / decode / export functions, the module types.
 """
 
 from netslim.core.export import register_exporter
@@ -10,8 +16,8 @@ from netslim.core.serialize import register_loader
 from .container import MAGIC, decode, encode_model, export_nsz, load_nsz, model_from_bytes, nsz_breakdown, read_nsz_info
 from .kmeans import cluster_1d
 from .modules import SharedConv2d, SharedLinear, SharedWeight
-from .pipeline import bit_exact, dense_param_bytes, run_share
-from .sharing import ShareConfig, finetune_centroids, on_centroids, round_codebooks, share_weights
+from .pipeline import bit_exact, dense_param_bytes, share_weights
+from .sharing import ShareConfig, cluster_weights, finetune_centroids, on_centroids, round_codebooks
 
 register_exporter("nsz", export_nsz, ".nsz")
 register_loader(MAGIC, load_nsz, info=read_nsz_info)
@@ -23,6 +29,7 @@ __all__ = [
     "SharedLinear",
     "SharedWeight",
     "bit_exact",
+    "cluster_weights",
     "cluster_1d",
     "decode",
     "dense_param_bytes",
@@ -35,6 +42,5 @@ __all__ = [
     "on_centroids",
     "read_nsz_info",
     "round_codebooks",
-    "run_share",
     "share_weights",
 ]

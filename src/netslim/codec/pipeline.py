@@ -1,6 +1,8 @@
 """The ``share`` recipe step and Deep Compression's per-stage table (the paper's Table 1).
 
-The step records in ``ctx.notes["share"]``:
+In Python: ``share_weights(model, data, **options) -> model`` (:func:`share_weights`, the
+method function; the notes below on ``netslim.report_of(model)``). The step records in
+``ctx.notes["share"]``:
 
 * ``layers``: per layer bits, clusters, non-zeros, algorithm, SSE, seconds;
 * ``stages``: size and accuracy after pruning (the model the step received), after
@@ -20,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.config import register
 
 from .container import encode_model, model_from_bytes
 from .modules import SharedWeight
 from .records import RecordStats
-from .sharing import ShareConfig, finetune_centroids, on_centroids, round_codebooks, round_dense, share_weights
+from .sharing import ShareConfig, cluster_weights, finetune_centroids, on_centroids, round_codebooks, round_dense
 from .stage_report import write_stage_report
 
 log = logging.getLogger(__name__)
@@ -111,7 +114,7 @@ def run_share(model: nn.Module, cfg: ShareConfig, ctx) -> nn.Module:
         "nsz": len(pruned_bytes),
         "dense_accuracy": _accuracy(reference(), task) if reference is not None else None,
     }
-    shared = share_weights(model, cfg)
+    shared = cluster_weights(model, cfg)
     for s in shared["skipped"]:
         ctx.skip(s["name"], f"share: {s['reason']}")
     clustered_accuracy = _accuracy(model, task)
@@ -150,7 +153,7 @@ def _reference_points(reference, cfg: ShareConfig, task, dense: int, accuracy: f
     same settings, without pruning and without centroid fine-tuning."""
     ref = reference()
     points = [dict(kind="dense", ratio=round(dense / len(encode_model(ref)[0]), 2), accuracy=accuracy)]
-    share_weights(ref, cfg)
+    cluster_weights(ref, cfg)
     if cfg.codebook == "float16":
         round_codebooks(ref)
     if cfg.dense == "float16":
@@ -163,3 +166,6 @@ def _reference_points(reference, cfg: ShareConfig, task, dense: int, accuracy: f
         )
     )
     return points
+
+
+share_weights = method_function(ShareConfig, "share_weights")

@@ -10,8 +10,10 @@
 
 Each selected Linear/Conv2d becomes a :class:`~netslim.codec.modules.SharedLinear` /
 ``SharedConv2d``: its non-zero weights are clustered per layer into k = 2^bits shared
-values; pruned (zero) weights stay exactly zero. ``share_weights(model, bits=5)`` is the
-same without a recipe; ``finetune_centroids(model, task)`` trains the centroids.
+values; pruned (zero) weights stay exactly zero. In Python the method is
+:func:`netslim.codec.share_weights` (``share_weights(model, data, bits=5)``); its building
+blocks are :func:`cluster_weights` (the clustering alone, no data) and
+``finetune_centroids(model, task)`` (the centroid training).
 
 The centroids train with Adam by default: a centroid's gradient is the *sum* over its cluster,
 so its scale grows with the cluster size; Adam's normalisation makes one ``lr`` fit every layer.
@@ -28,7 +30,6 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from netslim.core.config import build_config
 from netslim.core.errors import NetslimError
 from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import get_module, replace_module
@@ -143,12 +144,10 @@ def share_layer(module: nn.Module, *, bits: int, cfg: ShareConfig) -> tuple[Shar
     return new, facts
 
 
-def share_weights(model: nn.Module, cfg: ShareConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Replace the selected layers by shared-weight twins, in place (no training).
-
-    Returns ``{"layers": {name: facts}, "skipped": [{name, reason}]}``.
+def cluster_weights(model: nn.Module, cfg: ShareConfig) -> dict[str, Any]:
+    """Replace the layers ``cfg`` selects by shared-weight twins, in place (no training): the
+    clustering of the ``share`` method. Returns ``{"layers": {name: facts}, "skipped": [{name, reason}]}``.
     """
-    cfg = build_config(ShareConfig, cfg, overrides)
     todo, skipped = _plan(model, cfg)
     layers = {}
     for name, bits in todo:
