@@ -3,6 +3,8 @@
 Public API (recipe method names in brackets):
 
 * :func:`prunable_layers`, :func:`masks_from_scores`, :func:`apply_masks`, :func:`sparsity_report`
+* importance criteria: :class:`Criterion`, :func:`register_criterion` (a user's own, by name in
+  any step's ``criterion``), :func:`get_criterion`, :func:`registered_criteria`
 * :class:`MagnitudePruneConfig` / :func:`magnitude_prune` [magnitude]
 * :class:`NMConfig` / :func:`nm_prune` [nm]
 * :class:`IMPConfig` / :func:`imp_prune` [imp]; :class:`GradualConfig` / :func:`gradual_prune` [gradual]
@@ -12,12 +14,16 @@ Public API (recipe method names in brackets):
 """
 
 from netslim.prune.criteria import (
+    Criterion,
     apply_masks,
+    get_criterion,
     magnitude_scores,
     masks_from_counts,
     masks_from_scores,
     prunable_layers,
     random_scores,
+    register_criterion,
+    registered_criteria,
     sparsity_report,
 )
 from netslim.prune.lottery import LotteryConfig, lottery_ticket, rewind, snapshot_weights
@@ -36,6 +42,7 @@ from netslim.prune.sparsify import SparsifyConfig, sparsify
 from netslim.prune.unstructured import MagnitudePruneConfig, magnitude_prune, target_masks
 
 __all__ = [
+    "Criterion",
     "CubicPruning",
     "GradualConfig",
     "IMPConfig",
@@ -47,6 +54,7 @@ __all__ = [
     "SparsifyConfig",
     "apply_masks",
     "cubic_sparsity",
+    "get_criterion",
     "gradual_prune",
     "imp_prune",
     "imp_sparsities",
@@ -59,6 +67,8 @@ __all__ = [
     "nm_prune",
     "prunable_layers",
     "random_scores",
+    "register_criterion",
+    "registered_criteria",
     "rewind",
     "save_sparse",
     "snapshot_weights",

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from netslim.core.config import MethodConfig
 from netslim.core.errors import NetslimError
 from netslim.core.selectors import Selector
+from netslim.prune.criteria import WeightCriterion
 from netslim.train.loop import FinetuneConfig
 
 
@@ -29,7 +30,11 @@ class PruneTargetFields(MethodConfig):
     """Which layers a pruning schedule touches and how it ranks weights (shared fields)."""
 
     scope: Literal["global", "layer"] = "global"
-    criterion: Literal["magnitude", "random"] = "magnitude"
+    criterion: WeightCriterion = Field(
+        "magnitude",
+        description="how weights rank, the lowest pruned first: 'magnitude' (|w|), 'random' (a "
+        "control, from 'seed') or a weight criterion registered with netslim.prune.register_criterion",
+    )
     include: Selector = None
     exclude: Selector = None
     min_sparsity: float = Field(0.0, description="per-layer lower bound, in [0, 1)")

@@ -4,6 +4,12 @@ The pieces every unstructured method shares (magnitude, N:M, schedules, lottery 
 RigL/SET, movement, OBD):
 
 * :func:`prunable_layers` -- the Linear/Conv weights a step may touch (selectors);
+* importance criteria -- :class:`Criterion` objects in one registry per unit they score
+  (``weights``: one score per weight, for the unstructured steps; ``groups``: one per channel,
+  head or neuron of a coupled group, for structured pruning), built-ins and a user's own
+  registered alike with :func:`register_criterion`, looked up by name (:func:`get_criterion`);
+  a config's ``criterion`` field is checked against them (:data:`WeightCriterion`,
+  :func:`criterion_field`);
 * score functions -- one tensor per layer, higher = more important;
 * :func:`masks_from_scores` -- exact top-k masks, layer-wise or global, with per-layer
   minimum/maximum sparsity;
@@ -18,20 +24,158 @@ Masks are keyed by the qualified module name and always apply to ``module.weight
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import torch
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netslim.core.errors import NetslimError, bad_param
+from netslim.core.errors import NetslimError, bad_param, shown
 from netslim.core.masks import get_mask, set_mask
+from netslim.core.registry import Registry
 from netslim.core.selectors import select
 from netslim.core.surgery import get_module
 
 PRUNABLE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 Scope = Literal["global", "layer"]
+Unit = Literal["weights", "groups"]
+Needs = Literal["weights", "activations", "gradients"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --------------------------------------------------------------------- criteria
+@dataclass(frozen=True)
+class Criterion:
+    """An importance criterion: higher scores are more important, the lowest are pruned.
+
+    ``unit`` is what it scores, and fixes how ``score`` is called:
+
+    * ``"weights"``: ``score(layers, *, seed) -> {layer name: tensor of the weight's shape}``,
+      ``layers`` the ``[(name, module)]`` of :func:`prunable_layers` (steps magnitude, nm, imp,
+      gradual, lottery, sparsify);
+    * ``"groups"``: ``score(model, graph, *, batches, loss_fn, seed) -> {group id: (units,)}`` for
+      every group of ``graph.prunable()`` (a :class:`~netslim.core.graph.DependencyGraph`; steps
+      channels, heads, ffn, width, and the channel search).
+
+    ``needs`` says what the step must hand it: ``"weights"`` (the model alone), ``"activations"``
+    (calibration ``batches``) or ``"gradients"`` (``batches`` and ``loss_fn(model, batch)``); the
+    structured steps draw calibration batches only for a criterion that needs them. Unstructured
+    steps have no calibration data: a weight criterion needs the weights only."""
+
+    name: str
+    unit: Unit
+    score: Callable[..., Mapping[Any, torch.Tensor]]
+    needs: Needs = "weights"
+    description: str = ""
+
+
+_CRITERIA: dict[str, Registry[Criterion]] = {
+    "weights": Registry("weight criterion"),
+    "groups": Registry("group criterion"),
+}
+
+
+def _registry(unit: Any) -> Registry[Criterion]:
+    if unit not in _CRITERIA:
+        raise bad_param("register_criterion", "unit", f"one of {', '.join(_CRITERIA)}", unit)
+    return _CRITERIA[unit]
+
+
+def register_criterion(name: str, unit: Unit, *, needs: Needs = "weights", description: str = "") -> Callable[[F], F]:
+    """Decorator, the one way an importance criterion joins netslim (``netslim.prune.register_criterion``)::
+
+        @register_criterion("last_first", "groups")
+        def last_first(model, graph, *, batches, loss_fn, seed):
+            return {g.id: torch.arange(g.size, dtype=torch.float) for g in graph.prunable()}
+
+    after which ``criterion: last_first`` works in a recipe step and in the Python call. The
+    built-ins (weights: magnitude, random; groups: l1, l2, l2_bn, bn_scale, taylor, activation,
+    random) are registered the same way. ``description`` defaults to the docstring's first line. A
+    name already taken (per unit) by another function is a NetslimError naming both."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise bad_param("register_criterion", "name", "an identifier-like string (e.g. 'my_criterion')", name)
+    registry = _registry(unit)
+    if needs not in get_args(Needs):
+        raise bad_param("register_criterion", "needs", f"one of {', '.join(get_args(Needs))}", needs)
+    if unit == "weights" and needs != "weights":
+        raise bad_param(
+            "register_criterion",
+            "needs",
+            "'weights' for a weight criterion (unstructured steps have no calibration data)",
+            needs,
+        )
+
+    def deco(fn: F) -> F:
+        if not callable(fn):
+            raise NetslimError(f"register_criterion({name!r}): expected a score function; got {shown(fn)}.")
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        registry.add(name, Criterion(name, unit, fn, needs, doc), fn)
+        return fn
+
+    return deco
+
+
+def get_criterion(name: str, unit: Unit) -> Criterion:
+    """The criterion registered as ``name`` for ``unit``; an unknown name is one error listing them."""
+    return _registry(unit).get(name)
+
+
+def registered_criteria(unit: Unit) -> dict[str, Criterion]:
+    """Every registered criterion of ``unit``: name -> :class:`Criterion` (built-ins first)."""
+    return _registry(unit).entries()
+
+
+def criterion_field(unit: Unit, needs: Collection[str] = get_args(Needs)) -> Any:
+    """The type of a config's ``criterion`` field: a name registered for ``unit`` (and, where a step
+    cannot give calibration data, one that ``needs`` only what is listed); checked when the config
+    is built, the message listing the names allowed."""
+
+    def check(name: str) -> str:
+        try:
+            ok = get_criterion(name, unit).needs in needs
+        except NetslimError:
+            ok = False
+        if not ok:
+            allowed = sorted(n for n, c in registered_criteria(unit).items() if c.needs in needs)
+            some = not set(needs) >= set(get_args(Needs))
+            what = f"{unit[:-1]} criterion" + (f" needing only {' or '.join(needs)}" if some else "")
+            raise PydanticCustomError(
+                "criterion",
+                "must be a registered {what} ({allowed}; netslim.prune.register_criterion adds one)",
+                {"what": what, "allowed": ", ".join(allowed)},
+            )
+        return name
+
+    return Annotated[str, AfterValidator(check)]
+
+
+WeightCriterion = criterion_field("weights")
+"""A config field naming a weight criterion (``magnitude``, ``random`` or a registered one)."""
+
+
+def checked_scores(crit: Criterion, scores: Any, expected: Mapping[Any, tuple[int, ...]]) -> dict[Any, torch.Tensor]:
+    """``scores`` as ``crit`` returned them, checked: a tensor of the expected shape (numel, for a
+    group) for every key of ``expected`` (layer names or group ids); else one NetslimError."""
+    if not isinstance(scores, Mapping):
+        raise NetslimError(
+            f"Criterion {crit.name!r} returned {shown(scores)}; expected a dict of score tensors "
+            f"({'layer name' if crit.unit == 'weights' else 'group id'} -> tensor)."
+        )
+    for key, shape in expected.items():
+        s = scores.get(key)
+        if not isinstance(s, torch.Tensor) or (
+            tuple(s.shape) != shape if crit.unit == "weights" else s.numel() != math.prod(shape)
+        ):
+            got = f"shape {tuple(s.shape)}" if isinstance(s, torch.Tensor) else shown(s)
+            raise NetslimError(
+                f"Criterion {crit.name!r} gave {key!r} {got}; expected a tensor of shape {shape} (one score per "
+                f"{'weight' if crit.unit == 'weights' else 'unit'})."
+            )
+    return dict(scores)
 
 
 # ----------------------------------------------------------------------- layers
@@ -82,6 +226,25 @@ def random_scores(layers: Sequence[tuple[str, nn.Module]], seed: int = 0) -> dic
         s = torch.rand(m.weight.shape, generator=gen).to(m.weight.device)
         out[n] = torch.where(current_mask(m), s, torch.full_like(s, -1.0))
     return out
+
+
+@register_criterion("magnitude", "weights")
+def _magnitude(layers: Sequence[tuple[str, nn.Module]], *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """|w|: the smallest weights go first (already masked ones are zero)."""
+    return magnitude_scores(layers)
+
+
+@register_criterion("random", "weights")
+def _random(layers: Sequence[tuple[str, nn.Module]], *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores from ``seed`` (the control); masked weights stay pruned."""
+    return random_scores(layers, seed)
+
+
+def weight_scores(layers: Sequence[tuple[str, nn.Module]], criterion: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Scores of ``layers`` by the weight criterion registered as ``criterion``, checked."""
+    crit = get_criterion(criterion, "weights")
+    expected = {n: tuple(m.weight.shape) for n, m in layers}
+    return checked_scores(crit, crit.score(layers, seed=seed), expected)
 
 
 # ------------------------------------------------------------------------ masks

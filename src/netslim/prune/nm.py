@@ -14,7 +14,7 @@ multiple of M; layers where it is not are skipped and listed in the report.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
@@ -24,8 +24,7 @@ from netslim.core.config import MethodConfig, build_config, register
 from netslim.core.errors import NetslimError
 from netslim.core.patterns import declare_nm
 from netslim.core.selectors import Selector
-from netslim.prune.criteria import apply_masks, prunable_layers, sparsity_report
-from netslim.prune.unstructured import score_layers
+from netslim.prune.criteria import WeightCriterion, apply_masks, prunable_layers, sparsity_report, weight_scores
 
 
 class NMConfig(MethodConfig):
@@ -34,7 +33,9 @@ class NMConfig(MethodConfig):
     method = "nm"
     n: int = Field(2, ge=1)
     m: int = Field(4, ge=1)
-    criterion: Literal["magnitude", "random"] = "magnitude"
+    criterion: WeightCriterion = Field(
+        "magnitude", description="ranks the weights of each group of m: magnitude, random or a registered one"
+    )
     include: Selector = None
     exclude: Selector = None
     seed: int = 0
@@ -96,7 +97,7 @@ def run_nm(model: nn.Module, cfg: NMConfig, ctx=None) -> nn.Module:
     usable, skipped = fitting_layers(prunable_layers(model, cfg.include, cfg.exclude), cfg.m)
     for s in skipped if ctx is not None else ():
         ctx.skip(s["name"], s["reason"])
-    scores = score_layers(usable, cfg.criterion, cfg.seed)
+    scores = weight_scores(usable, cfg.criterion, cfg.seed)
     apply_masks(model, {name: nm_mask(s, cfg.n, cfg.m) for name, s in scores.items()})
     declare_nm(model, list(scores), cfg.n, cfg.m)  # later steps must keep it (netslim.core.patterns)
     if ctx is not None:

@@ -23,13 +23,12 @@ from netslim.core.config import build_config, register
 from netslim.prune._api import PruneTargetFields, check_fraction
 from netslim.prune.criteria import (
     apply_masks,
-    magnitude_scores,
     masks_from_counts,
     masks_from_scores,
     prunable_layers,
-    random_scores,
     sparsity_report,
     threshold_counts,
+    weight_scores,
 )
 
 
@@ -61,11 +60,6 @@ class MagnitudePruneConfig(PruneTargetFields):
         return cls(sparsity=0.5)
 
 
-def score_layers(layers, criterion: str, seed: int = 0):
-    """Scores of ``layers`` for a criterion name ("magnitude" or "random")."""
-    return magnitude_scores(layers) if criterion == "magnitude" else random_scores(layers, seed)
-
-
 def target_masks(
     model: nn.Module, cfg: PruneTargetFields, sparsity: float | None, *, threshold: float | None = None, seed: int = 0
 ) -> dict:
@@ -74,7 +68,7 @@ def target_masks(
     Shared by one-shot, iterative and gradual pruning and lottery tickets.
     """
     layers = prunable_layers(model, cfg.include, cfg.exclude)
-    scores = score_layers(layers, cfg.criterion, seed)
+    scores = weight_scores(layers, cfg.criterion, seed)
     if threshold is not None:
         counts = threshold_counts(scores, threshold, min_sparsity=cfg.min_sparsity, max_sparsity=cfg.max_sparsity)
         return masks_from_counts(scores, counts)

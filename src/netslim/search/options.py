@@ -6,7 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from netslim.prune.criteria import criterion_field
+
 DEFAULT_RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+# The search ranks channels without calibration data: a group criterion of the weights alone.
+ChannelCriterion = criterion_field("groups", needs=("weights",))
 
 
 class TrialOptions(BaseModel):
@@ -33,7 +37,11 @@ class TrialOptions(BaseModel):
 class ChannelSpaceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     ratios: tuple[float, ...] = Field(DEFAULT_RATIOS, description="share of each group's channels removed")
-    criterion: Literal["l1", "l2", "l2_bn", "bn_scale", "random"] = "l2"
+    criterion: ChannelCriterion = Field(
+        "l2",
+        description="ranks the channels a ratio removes: a group criterion that needs only the weights "
+        "(l1, l2, l2_bn, bn_scale, random, or one registered with netslim.prune.register_criterion)",
+    )
     min_keep_ratio: float = Field(0.1, gt=0, le=1)
     round_to: int = Field(1, ge=1)
     exclude: tuple[str, ...] = ()

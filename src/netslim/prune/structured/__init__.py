@@ -2,7 +2,8 @@
 
 * :func:`netslim.core.graph.trace_graph`: coupled-channel groups of a traceable CNN;
   :func:`transformer_graph`: attention-head and FFN-neuron groups of a Hugging Face model;
-* :func:`group_scores` (l1, l2, l2_bn, bn_scale, taylor, activation, random) and :func:`choose_keep`
+* :func:`group_scores` (l1, l2, l2_bn, bn_scale, taylor, activation, random, or a group criterion
+  registered with :func:`netslim.prune.register_criterion`) and :func:`choose_keep`
   (global / uniform / per-layer ratios, minimum keep ratio, rounding to multiples);
 * :class:`PrunePlan` / :func:`apply_plan` (``mode="mask"`` or ``"shrink"``) / :func:`replay`;
 * the methods (recipe steps; in Python ``fn(model, data=None, **options) -> model``, made by
@@ -24,7 +25,7 @@ from netslim.core.serialize import register_plan_replay
 from .blocks import block_costs, drop_residual_blocks, residual_block_influence, residual_blocks
 from .channels import plan_channels, shrink_channels, total_macs
 from .hf import transformer_graph
-from .importance import CRITERIA, group_scores
+from .importance import group_scores
 from .plan import PrunePlan, apply_plan, plan_from_keep
 from .select import choose_keep
 from .steps import (
@@ -59,7 +60,6 @@ register_plan_replay(_replay_records)
 
 
 __all__ = [
-    "CRITERIA",
     "ChannelsConfig",
     "FFNConfig",
     "HeadsConfig",

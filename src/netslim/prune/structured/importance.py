@@ -1,5 +1,9 @@
 """Importance of each unit (channel, head, neuron) of each group: one score per unit.
 
+The group criteria, registered here as :class:`~netslim.prune.criteria.Criterion` objects of unit
+``"groups"`` (a user's own joins with :func:`netslim.prune.register_criterion`; every config's
+``criterion`` field is checked against the registry, :data:`GroupCriterion`):
+
 * ``l1`` / ``l2``: norm of every weight slice of the group (producers' rows and consumers'
   columns alike, as Torch-Pruning's group magnitude does);
 * ``l2_bn``: ``l2`` plus the squared BatchNorm scales (gamma^2) of the group, the terms
@@ -31,9 +35,11 @@ from torch import nn
 from netslim.core.errors import bad_param
 from netslim.core.graph import DependencyGraph, Group, slot_view
 from netslim.core.hooks import eval_mode
+from netslim.prune.criteria import checked_scores, criterion_field, get_criterion, register_criterion
 from netslim.train.loop import Callback
 
-CRITERIA = ("l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random")
+GroupCriterion = criterion_field("groups")
+"""A config field naming a group criterion (the built-ins above or a registered one)."""
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -135,6 +141,59 @@ def activation_scores(model: nn.Module, graph: DependencyGraph, batches: Iterabl
     return out
 
 
+# ------------------------------------------------------------------ the built-ins
+@register_criterion("l1", "groups")
+def _l1(model: nn.Module, graph: DependencyGraph, **_: Any) -> dict[int, torch.Tensor]:
+    """Sum of |w| over every weight slice of the unit."""
+    return {g.id: _norm_scores(model, g, 1) for g in graph.prunable()}
+
+
+@register_criterion("l2", "groups")
+def _l2(model: nn.Module, graph: DependencyGraph, **_: Any) -> dict[int, torch.Tensor]:
+    """Sum of w^2 over every weight slice of the unit."""
+    return {g.id: _norm_scores(model, g, 2) for g in graph.prunable()}
+
+
+@register_criterion("l2_bn", "groups")
+def _l2_bn(model: nn.Module, graph: DependencyGraph, **_: Any) -> dict[int, torch.Tensor]:
+    """l2 plus the squared BatchNorm scales of the group (Torch-Pruning's group magnitude, p=2)."""
+    out = {}
+    for g in graph.prunable():
+        out[g.id] = _norm_scores(model, g, 2)
+        if (bn := _bn_scores(model, g, p=2)) is not None:
+            out[g.id] = out[g.id] + bn
+    return out
+
+
+@register_criterion("bn_scale", "groups")
+def _bn_scale(model: nn.Module, graph: DependencyGraph, **_: Any) -> dict[int, torch.Tensor]:
+    """|gamma| of the group's BatchNorms (network slimming); l2 where the group has none."""
+    out = {}
+    for g in graph.prunable():
+        s = _bn_scores(model, g)
+        out[g.id] = s if s is not None else _norm_scores(model, g, 2)
+    return out
+
+
+@register_criterion("taylor", "groups", needs="gradients")
+def _taylor(model: nn.Module, graph: DependencyGraph, *, batches, loss_fn, **_: Any) -> dict[int, torch.Tensor]:
+    """First-order Taylor: (sum of w * dL/dw over the unit's slices)^2, summed over batches."""
+    return taylor_scores(model, graph, batches, loss_fn)
+
+
+@register_criterion("activation", "groups", needs="activations")
+def _activation(model: nn.Module, graph: DependencyGraph, *, batches, **_: Any) -> dict[int, torch.Tensor]:
+    """||W[:, j]|| * RMS of input feature j over the unit's consumers (a structured Wanda score)."""
+    return activation_scores(model, graph, batches)
+
+
+@register_criterion("random", "groups")
+def _random(model: nn.Module, graph: DependencyGraph, *, seed: int = 0, **_: Any) -> dict[int, torch.Tensor]:
+    """Uniform random scores from ``seed`` (the control)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {g.id: torch.rand(g.size, generator=gen) for g in graph.prunable()}
+
+
 def group_scores(
     model: nn.Module,
     graph: DependencyGraph,
@@ -144,28 +203,15 @@ def group_scores(
     loss_fn: Callable | None = None,
     seed: int = 0,
 ) -> dict[int, torch.Tensor]:
-    """One score per unit for every prunable group (higher = more important)."""
-    if criterion not in CRITERIA:
-        raise bad_param("group_scores", "criterion", f"one of {', '.join(CRITERIA)}", criterion)
-    groups = graph.prunable()
-    if criterion == "random":
-        gen = torch.Generator().manual_seed(seed)
-        return {g.id: torch.rand(g.size, generator=gen) for g in groups}
-    if criterion == "activation":
-        if batches is None:
-            raise bad_param("group_scores", "batches", "calibration batches for criterion 'activation'", None)
-        return activation_scores(model, graph, batches)
-    if criterion == "taylor":
-        if batches is None or loss_fn is None:
-            raise bad_param("group_scores", "batches", "calibration batches and a loss for criterion 'taylor'", None)
-        return taylor_scores(model, graph, batches, loss_fn)
-    out = {}
-    for g in groups:
-        s = _bn_scores(model, g) if criterion == "bn_scale" else None
-        out[g.id] = s if s is not None else _norm_scores(model, g, 1 if criterion == "l1" else 2)
-        if criterion == "l2_bn" and (bn := _bn_scores(model, g, p=2)) is not None:
-            out[g.id] = out[g.id] + bn
-    return out
+    """One score per unit for every prunable group (higher = more important), by the group
+    criterion registered as ``criterion``; ``batches`` / ``loss_fn`` as it needs them."""
+    crit = get_criterion(criterion, "groups")
+    if crit.needs == "activations" and batches is None:
+        raise bad_param("group_scores", "batches", f"calibration batches for criterion {criterion!r}", None)
+    if crit.needs == "gradients" and (batches is None or loss_fn is None):
+        raise bad_param("group_scores", "batches", f"calibration batches and a loss for criterion {criterion!r}", None)
+    scores = crit.score(model, graph, batches=batches, loss_fn=loss_fn, seed=seed)
+    return checked_scores(crit, scores, {g.id: (g.size,) for g in graph.prunable()})
 
 
 class BNSparsity(Callback):

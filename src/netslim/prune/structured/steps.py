@@ -3,7 +3,7 @@
 ```yaml
 - method: channels
   target_macs: 0.5        # keep half of the MACs (or: ratio: 0.3, the share of channels removed)
-  criterion: taylor       # l1 | l2 | l2_bn | bn_scale | taylor | activation | random
+  criterion: taylor       # l1 | l2 | l2_bn | bn_scale | taylor | activation | random | a registered one
   scope: global           # global | uniform   (or ratios: {"layer3.*": 0.5})
   iterations: 2           # prune in steps, fine-tuning between them
   finetune: {epochs: 1, lr: 0.01}
@@ -44,18 +44,25 @@ from netslim.api import method_function
 from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.core.selectors import Selector
+from netslim.prune.criteria import get_criterion
 from netslim.train.loop import FinetuneConfig, TrainingStep, fit
 
 from .channels import shrink_channels, total_macs
-from .importance import BNSparsity
+from .importance import BNSparsity, GroupCriterion
 
 log = logging.getLogger(__name__)
-Criterion = Literal["l1", "l2", "l2_bn", "bn_scale", "taylor", "activation", "random"]
 
 
 class _StructuredBase(TrainingStep):
-    criterion: Criterion = "l2"
-    calibration_batches: int = Field(8, ge=1, description="taylor: batches of the training split")
+    criterion: GroupCriterion = Field(
+        "l2",
+        description="how units rank, the lowest removed first: l1, l2, l2_bn, bn_scale (weights only), "
+        "taylor (gradients), activation (calibration activations), random, or a group criterion "
+        "registered with netslim.prune.register_criterion (netslim.prune.structured.importance)",
+    )
+    calibration_batches: int = Field(
+        8, ge=1, description="batches of the training split for a criterion that needs data (taylor, activation)"
+    )
     calibration_batch_size: int = Field(64, ge=1)
     iterations: int = Field(1, ge=1, le=50, description="prune in this many equal steps")
     finetune: FinetuneConfig | None = Field(None, description="fine-tuning after each iteration")
@@ -100,6 +107,11 @@ class ChannelsConfig(_StructuredBase):
 
 def _taylor_batches(task, cfg: _StructuredBase, seed: int):
     return list(itertools.islice(task.train_batches(seed, cfg.calibration_batch_size), cfg.calibration_batches))
+
+
+def _needs_data(criterion: str) -> bool:
+    """The criterion reads calibration batches (activations) or a loss on them (gradients)."""
+    return get_criterion(criterion, "groups").needs != "weights"
 
 
 def _distills(cfg) -> bool:
@@ -188,7 +200,7 @@ def run_channels(model, cfg: ChannelsConfig, ctx):
             kwargs["ratio"] = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
         else:
             kwargs["ratios"] = {k: 1 - (1 - v) ** (1 / cfg.iterations) for k, v in cfg.ratios.items()}
-        if cfg.criterion in ("taylor", "activation"):
+        if _needs_data(cfg.criterion):
             kwargs.update(batches=_taylor_batches(task, cfg, ctx.seed + it), loss_fn=task.loss)
         model, report = shrink_channels(model, example, **kwargs)
         report["iteration"] = it
@@ -357,7 +369,7 @@ def _run_transformer(model, cfg: _TransformerBase, ctx, fn):
             exclude=cfg.exclude or (),
             seed=ctx.seed + it,
         )
-        if cfg.criterion in ("taylor", "activation"):
+        if _needs_data(cfg.criterion):
             kwargs.update(batches=_taylor_batches(ctx.task, cfg, ctx.seed + it), loss_fn=ctx.task.loss)
         ratio = 1 - (1 - cfg.ratio) ** (1 / cfg.iterations)
         model, report = fn(model, ratio, **kwargs)
@@ -471,8 +483,11 @@ class WidthConfig(TrainingStep):
         None, ge=1, description="the new width (BERT / GPT-2: a multiple of the head size; whole heads go with it)"
     )
     ratio: float | None = Field(None, ge=0, lt=1, description="or the share of hidden dims removed")
-    criterion: Literal["activation", "l2", "taylor", "random"] = Field(
-        "activation", description="activation: RMS of every norm's output per dim on calibration data (Minitron)"
+    criterion: GroupCriterion = Field(
+        "activation",
+        description="how hidden dims rank: activation (Minitron: RMS of every norm's output per dim on "
+        "calibration data), or any group criterion over the residual stream's weight slices (l2, taylor, "
+        "random, ... or one registered with netslim.prune.register_criterion)",
     )
     calibration_batches: int = Field(8, ge=1)
     calibration_batch_size: int = Field(16, ge=1)
@@ -517,7 +532,7 @@ def run_width(model, cfg: WidthConfig, ctx):
         return model
     teacher = _teacher(model, cfg, ctx)
     batches = None
-    if cfg.criterion in ("activation", "taylor") or cfg.norm_correction:
+    if _needs_data(cfg.criterion) or cfg.norm_correction:
         batches = _taylor_batches(ctx.task, cfg, ctx.seed)
     model, report = shrink_width(
         model,

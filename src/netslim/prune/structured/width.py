@@ -16,8 +16,9 @@ encoder) is refused: its output would change size.
 **Ranking** (``criterion``): ``activation`` (default, Minitron, Muralidharan et al. 2024): dim
 ``j`` scores ``sum over norms n of sqrt(mean over tokens of LN_n(x)_j^2)``, the root mean square
 of every LayerNorm / RMSNorm output of the residual stream on calibration batches (padding
-tokens excluded); ``l2`` / ``taylor`` / ``random`` as in :mod:`.importance` over the group's
-weight slices.
+tokens excluded); any other group criterion (``l2``, ``taylor``, ``random``, ... or one registered
+with :func:`netslim.prune.register_criterion`) as in :mod:`.importance`, over the group's weight
+slices.
 
 **Config** (the family's width rule, :data:`WIDTH_RULES`): ``hidden_size`` becomes the new width.
 BERT and GPT-2 derive the head size from ``hidden_size / num_heads``, so there the width must be
@@ -51,6 +52,7 @@ from netslim.core.errors import NetslimError, bad_param
 from netslim.core.graph import DependencyGraph, Group
 from netslim.core.hooks import eval_mode
 from netslim.measure.counts import count_params
+from netslim.prune.criteria import get_criterion
 
 from .generic import _first_tensor, example_inputs_for, is_hf, structured_graph
 from .importance import _inputs_of, group_scores
@@ -75,7 +77,6 @@ WIDTH_RULES = {
     "mistral": WidthRule(None),
     "qwen2": WidthRule(None),
 }
-WIDTH_CRITERIA = ("activation", "l2", "taylor", "random")
 _SIZE_ATTRS = ("hidden_size", "embed_dim")  # module attributes that hold the width (informative or used)
 
 
@@ -260,8 +261,7 @@ def plan_width(
     dims to keep, instead of ranking them (CoFi's learned masks). ``coupled=False``: cut only the
     residual stream, not what the config sizes with it (BERT / GPT-2 heads, BERT's pooler): CoFi's
     per-block head counts reload with ``netslim.load`` only anyway; the config states the width."""
-    if criterion not in WIDTH_CRITERIA:
-        raise bad_param("width", "criterion", f"one of {', '.join(WIDTH_CRITERIA)}", criterion)
+    get_criterion(criterion, "groups")  # an unknown name fails here, listing the registered ones
     rule = width_rule(model)
     d = int(model.config.hidden_size)
     batches = list(batches) if batches is not None else None
