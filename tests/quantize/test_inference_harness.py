@@ -98,3 +98,22 @@ def test_teacher_forced_agreement_of_the_model_itself_is_one(harness):
     ids = torch.tensor([[5, 17, 99, 3]])
     out = g(ids)
     assert torch.equal(g.teacher_forced(ids, out), out)
+
+
+def test_ort_rows_alone_decode_as_pytorch(harness, tmp_path):
+    """``--llm --only ORT`` builds fp32 and the ONNX Runtime rows only (netslim's KV-cache export and
+    ORT's int8 of it); the fp32 decoder step decodes exactly what PyTorch decodes."""
+    from types import SimpleNamespace
+
+    _, llm = harness
+    args = SimpleNamespace(tiny=True, new_tokens=10, only=["ORT"], threads=1)
+    ids = torch.tensor([[5, 17, 99, 3, 42, 8]])
+    variants, notes = llm.llm_variants(args, tmp_path, ids)
+    assert list(variants) == ["fp32", "ORT fp32 (KV cache)", "ORT int8 per-channel (KV cache)"]
+    ref = variants["fp32"](ids)
+    ort = variants["ORT fp32 (KV cache)"]
+    assert torch.equal(ort(ids), ref) and torch.equal(ort.teacher_forced(ids, ref), ref)
+    assert notes["onnxruntime_files"]["export_check"]["greedy_tokens_equal"]
+    assert "greedy tokens equal True" in notes["onnxruntime"]
+    agreement = (variants["ORT int8 per-channel (KV cache)"].teacher_forced(ids, ref) == ref).float().mean()
+    assert agreement >= 0.7
