@@ -245,3 +245,24 @@ def test_width_ranks_hidden_dims_by_a_user_group_criterion():
     assert info["keep"].tolist() == list(range(8, 32))
     hidden = next(g for g in plan.groups if g["kind"] == "hidden")
     assert hidden["keep"] == list(range(8, 32))
+
+
+def test_a_plugins_criterion_registers_when_its_source_loads():
+    # a plugin (an entry point of group netslim.plugins) is a registry source: imported on the
+    # first lookup of a name not registered yet, as its methods are
+    from netslim.core import registry
+
+    def plugin_module():
+        @register_criterion("plugin_first", "groups")
+        def plugin_first(model, graph, **_):
+            """From a plugin."""
+            return last_first(model, graph)
+
+    registry.add_source("plugin 'test_criteria' (test module)", plugin_module)
+    assert get_criterion("plugin_first", "groups").description == "From a plugin."
+    model = build_model("lenet300")
+    graph = trace_graph(model, X[:1])
+    assert all(
+        torch.equal(s, torch.arange(s.numel(), dtype=torch.float))
+        for s in group_scores(model, graph, "plugin_first").values()
+    )
