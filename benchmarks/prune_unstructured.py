@@ -40,7 +40,6 @@ from torch import nn
 
 import netslim
 from netslim.core.cache import checkpoint_path
-from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.measure.latency import interleaved_latency
 from netslim.prune import (
@@ -54,8 +53,6 @@ from netslim.prune import (
     sparsity_report,
 )
 from netslim.prune.kernels import _torch_csr_matmul, kernel_available
-from netslim.prune.lottery import run_lottery
-from netslim.prune.schedules import run_gradual, run_imp
 from netslim.train.loop import FinetuneConfig, fit
 from netslim.train.pretrain import AUGMENT, DEFAULT_TRAINING
 from netslim.train.tasks import get_task
@@ -286,7 +283,7 @@ def prune_and_finetune(name: str, sparsity: float, args, *, epochs: int, ft_epoc
     }
     cfg = GradualConfig(sparsity=sparsity, frequency=args.frequency, finetune={**fields, "epochs": epochs})
     t0 = time.perf_counter()
-    run_gradual(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
+    netslim.apply(model, cfg, data=task)  # on the model's device
     after_gradual = task.evaluate(model, "test")["accuracy"]
     ft = FinetuneConfig(epochs=ft_epochs, **{**fields, "lr": args.lr / 4})
     if ft_epochs:
@@ -333,7 +330,6 @@ def compare_rows(args) -> None:
         runs = {
             "one-shot": lambda m, s=s: _one_shot(m, task, s, fields, e),
             "imp": lambda m, s=s: _step(
-                run_imp,
                 m,
                 task,
                 IMPConfig(sparsity=s, rounds=e, finetune={**fields, "epochs": 1}),
@@ -341,7 +337,6 @@ def compare_rows(args) -> None:
                 e,
             ),
             "gradual": lambda m, s=s: _step(
-                run_gradual,
                 m,
                 task,
                 GradualConfig(sparsity=s, frequency=args.frequency, finetune={**fields, "epochs": e}),
@@ -349,7 +344,6 @@ def compare_rows(args) -> None:
                 e,
             ),
             "lottery": lambda m, s=s: _step(
-                run_lottery,
                 m,
                 task,
                 LotteryConfig(
@@ -415,8 +409,8 @@ def _one_shot(model, task, s, fields, e) -> dict[str, Any]:
     }
 
 
-def _step(handler, model, task, cfg, budget: str, epochs: int) -> dict[str, Any]:
-    handler(model, cfg, StepContext(task=task, out_dir=None, device=next(model.parameters()).device))
+def _step(model, task, cfg, budget: str, epochs: int) -> dict[str, Any]:
+    netslim.apply(model, cfg, data=task)  # on the model's device
     return {"config": cfg.to_dict(), "budget_epochs": epochs, "budget": budget}
 
 

@@ -46,6 +46,15 @@ EXPECTED = {
     "drop_layers": "layers",
     "prune_width": "width",
     "share_weights": "share",
+    "magnitude_prune": "magnitude",
+    "nm_prune": "nm",
+    "imp_prune": "imp",
+    "gradual_prune": "gradual",
+    "lottery_ticket": "lottery",
+    "sparsify": "sparsify",
+    "wanda": "wanda",
+    "sparsegpt": "sparsegpt",
+    "magnitude_oneshot": "magnitude_oneshot",
 }
 
 
@@ -101,6 +110,9 @@ def test_a_config_passed_as_data_is_refused():
 # name -> (zoo model, data, options); each runs in a second or two on lenet
 CASES = {
     "quantize_weights": ("lenet300", None, {"bits": 4, "group_size": None}),
+    "magnitude_prune": ("lenet300", None, {"sparsity": 0.5}),
+    "nm_prune": ("lenet300", None, {"n": 2, "m": 4}),
+    "magnitude_oneshot": ("lenet300", None, {"sparsity": 0.5}),
     "ptq_int8": ("lenet5", "inputs", {"calibration_samples": 32}),
     "dynamic_int8": ("lenet300", None, {}),
     "gptq": ("lenet300", "labelled", {"bits": 8, "group_size": None, "num_samples": 32}),

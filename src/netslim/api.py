@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from netslim.core.config import MethodConfig, build_config, make_config
@@ -173,7 +174,8 @@ def _context(model: nn.Module, data: Any) -> StepContext:
     if data is not None:
         task = resolve_task(OpenedModel(model, type(model).__name__, source=module_source(model)), data=data)
     out = Path(tempfile.mkdtemp(prefix="netslim-apply-"))
-    return StepContext(task=task, out_dir=out, info={"model": type(model).__name__})
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # train where the model is
+    return StepContext(task=task, out_dir=out, device=device, info={"model": type(model).__name__})
 
 
 def method_function(config_cls: type[MethodConfig], name: str) -> Callable[..., nn.Module]:

@@ -95,7 +95,7 @@ def test_owl_spreads_sparsity_around_the_target():
     cfg = WandaConfig(sparsity=0.5, owl=True, owl_lambda=0.1, owl_threshold=3.0)
     s = owl_sparsities(tiny_llama(), ids, cfg=cfg)
     assert len(s) == 2 and sum(s) / 2 == pytest.approx(0.5) and max(s) - min(s) == pytest.approx(0.2)
-    model = wanda(tiny_llama(), ids, cfg=cfg)
+    model = wanda(tiny_llama(), ids, **cfg.model_dump())
     got = [model.model.layers[i].mlp.up_proj.weight.eq(0).float().mean().item() for i in range(2)]
     assert got == pytest.approx(s, abs=0.01)
 

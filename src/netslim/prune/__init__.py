@@ -11,6 +11,13 @@ Public API (recipe method names in brackets):
 * :class:`LotteryConfig` / :func:`lottery_ticket` [lottery]
 * :class:`SparseLinear`, :class:`SparseConv2d`, :func:`save_sparse` [export format: sparse];
   :class:`SparsifyConfig` / :func:`sparsify` [sparsify]
+
+The methods among these names - :func:`magnitude_prune`, :func:`nm_prune`, :func:`imp_prune`,
+:func:`gradual_prune`, :func:`lottery_ticket`, :func:`sparsify`, and in
+:mod:`netslim.prune.oneshot` ``wanda``, ``sparsegpt``, ``magnitude_oneshot`` - are each
+``fn(model, data=None, **options) -> model`` (made by :func:`netslim.api.method_function`; data
+is a task or what ``netslim.apply(data=)`` takes; the step's notes on ``netslim.report_of(model)``).
+The rest are building blocks.
 """
 
 from netslim.prune.criteria import (

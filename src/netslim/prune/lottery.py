@@ -31,19 +31,20 @@ weights stay zero.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from netslim.api import method_function
 from netslim.core import distributed
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.prune._api import PruneTargetFields, check_fraction, need_task, total_steps
 from netslim.prune.criteria import apply_masks, current_mask, sparsity_report
-from netslim.prune.schedules import _Ctx, imp_sparsities
+from netslim.prune.schedules import imp_sparsities
 from netslim.prune.unstructured import target_masks
 from netslim.train.loop import Callback, FinetuneConfig, TrainingStep, TrainState, finetune_field, fit
 
@@ -171,6 +172,4 @@ def _train(model, task, train_cfg, callbacks, label: str, sparsity: float) -> di
     return entry
 
 
-def lottery_ticket(model: nn.Module, task, cfg: LotteryConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Find a lottery ticket of ``model`` on ``task`` (in place); see the module docstring."""
-    return run_lottery(model, build_config(LotteryConfig, cfg, kwargs), _Ctx(task))
+lottery_ticket = method_function(LotteryConfig, "lottery_ticket")  # lottery_ticket(model, task, sparsity=0.8)

@@ -14,13 +14,14 @@ multiple of M; layers where it is not are skipped and listed in the report.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.api import method_function
+from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.patterns import declare_nm
 from netslim.core.selectors import Selector
@@ -93,18 +94,16 @@ def fitting_layers(layers: list[tuple[str, nn.Module]], m: int) -> tuple[list[tu
 
 
 @register(NMConfig)
-def run_nm(model: nn.Module, cfg: NMConfig, ctx=None) -> nn.Module:
+def run_nm(model: nn.Module, cfg: NMConfig, ctx) -> nn.Module:
+    """Apply an N:M mask in place."""
     usable, skipped = fitting_layers(prunable_layers(model, cfg.include, cfg.exclude), cfg.m)
-    for s in skipped if ctx is not None else ():
+    for s in skipped:
         ctx.skip(s["name"], s["reason"])
     scores = weight_scores(usable, cfg.criterion, cfg.seed)
     apply_masks(model, {name: nm_mask(s, cfg.n, cfg.m) for name, s in scores.items()})
     declare_nm(model, list(scores), cfg.n, cfg.m)  # later steps must keep it (netslim.core.patterns)
-    if ctx is not None:
-        ctx.notes[cfg.method] = sparsity_report(model)
+    ctx.notes[cfg.method] = sparsity_report(model)
     return model
 
 
-def nm_prune(model: nn.Module, cfg: NMConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Apply an N:M mask in place: ``nm_prune(model, n=2, m=4)``."""
-    return run_nm(model, build_config(NMConfig, cfg, kwargs))
+nm_prune = method_function(NMConfig, "nm_prune")  # nm_prune(model, n=2, m=4)

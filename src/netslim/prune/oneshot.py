@@ -32,8 +32,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.brain_surgeon import inverse_cholesky, obs_solve
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.layerwise import (
     block_linears,
@@ -224,12 +225,9 @@ def _run(
     compress_blocks_for(model, calib, per_block, cfg=cfg, stream=stream)
 
 
-def wanda(
-    model: nn.Module, calib: Any, *, cfg: WandaConfig | None = None, stream: Any = None, **kwargs: Any
-) -> nn.Module:
+def _wanda(model: nn.Module, calib: Any, cfg: WandaConfig, stream: Any = None) -> None:
     """Wanda-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    cfg = build_config(WandaConfig, cfg, kwargs)
     sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
@@ -241,15 +239,11 @@ def wanda(
         )
 
     _run(model, calib, cfg, fn, sparsities, stream)
-    return model
 
 
-def sparsegpt(
-    model: nn.Module, calib: Any, *, cfg: SparseGPTConfig | None = None, stream: Any = None, **kwargs: Any
-) -> nn.Module:
+def _sparsegpt(model: nn.Module, calib: Any, cfg: SparseGPTConfig, stream: Any = None) -> None:
     """SparseGPT-prune ``model`` in place on calibration inputs (token ids (N, L) for an LLM).
     ``stream``: the model's tensors are on disk (:class:`netslim.core.stream_io.BlockStream`)."""
-    cfg = build_config(SparseGPTConfig, cfg, kwargs)
     sparsities = owl_sparsities(model, calib, cfg=cfg, stream=stream) if cfg.owl and cfg.nm is None else None
 
     def fn(root, layers, feed, sparsity):
@@ -267,18 +261,14 @@ def sparsegpt(
             _masks_for(root, masks)
 
     _run(model, calib, cfg, fn, sparsities, stream)
-    return model
 
 
-def magnitude_oneshot(
-    model: nn.Module, *, cfg: OneShotMagnitudeConfig | None = None, stream: Any = None, **kwargs: Any
-) -> nn.Module:
+def _magnitude_oneshot(model: nn.Module, cfg: OneShotMagnitudeConfig, stream: Any = None) -> None:
     """Per-row magnitude pruning of the same layers (decoder blocks of an LLM; every Linear otherwise).
     ``stream``: the model's tensors are on disk; each block is read, pruned, written, released."""
-    cfg = build_config(OneShotMagnitudeConfig, cfg, kwargs)
     if stream is not None:
         _stream_magnitude(model, cfg, stream)
-        return model
+        return
     try:
         from netslim.core.layerwise import decoder_blocks
 
@@ -304,7 +294,6 @@ def magnitude_oneshot(
         raise NetslimError(
             f"magnitude_oneshot: no Linear layer selected (include={cfg.include!r}, exclude={cfg.exclude!r})."
         )
-    return model
 
 
 def _stream_magnitude(model: nn.Module, cfg: OneShotMagnitudeConfig, stream: Any) -> None:
@@ -360,44 +349,49 @@ def owl_sparsities(model: nn.Module, calib: Any, *, cfg: _OWLFields, stream: Any
 
 # ------------------------------------------------------------------------ handlers
 def _report(model: nn.Module, cfg: MethodConfig, ctx: Any) -> None:
-    if ctx is not None and hasattr(ctx, "notes"):
-        ctx.notes[cfg.method] = sparsity_report(model)["global"]
+    ctx.notes[cfg.method] = sparsity_report(model)["global"]
 
 
 @register(WandaConfig)
-def _apply_wanda(model, cfg: WandaConfig, ctx):
-    wanda(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg)
+def run_wanda(model: nn.Module, cfg: WandaConfig, ctx) -> nn.Module:
+    _wanda(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg)
     _report(model, cfg, ctx)
     return model
 
 
 @register(SparseGPTConfig)
-def _apply_sparsegpt(model, cfg: SparseGPTConfig, ctx):
-    sparsegpt(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg)
+def run_sparsegpt(model: nn.Module, cfg: SparseGPTConfig, ctx) -> nn.Module:
+    _sparsegpt(model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg)
     _report(model, cfg, ctx)
     return model
 
 
 @register(OneShotMagnitudeConfig)
-def _apply_magnitude_oneshot(model, cfg: OneShotMagnitudeConfig, ctx):
+def run_magnitude_oneshot(model: nn.Module, cfg: OneShotMagnitudeConfig, ctx) -> nn.Module:
     with torch.no_grad():
-        magnitude_oneshot(model, cfg=cfg)
+        _magnitude_oneshot(model, cfg)
     _report(model, cfg, ctx)
     return model
+
+
+# The methods in plain Python (netslim.api.method_function): fn(model, data=None, **options) -> model.
+wanda = method_function(WandaConfig, "wanda")
+sparsegpt = method_function(SparseGPTConfig, "sparsegpt")
+magnitude_oneshot = method_function(OneShotMagnitudeConfig, "magnitude_oneshot")
 
 
 # ---------------------------------------------------------- streamed (model on disk)
 @register_streaming(WandaConfig, solver="diag")
 def _stream_wanda(sm, cfg: WandaConfig, ctx, stream):
-    wanda(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, stream=stream)
+    _wanda(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg, stream=stream)
 
 
 @register_streaming(SparseGPTConfig, solver="hessian")
 def _stream_sparsegpt(sm, cfg: SparseGPTConfig, ctx, stream):
-    sparsegpt(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg=cfg, stream=stream)
+    _sparsegpt(sm.model, calibration_for(ctx, cfg.method, cfg.num_samples, cfg.seq_len), cfg, stream=stream)
 
 
 @register_streaming(OneShotMagnitudeConfig)
 def _stream_magnitude_oneshot(sm, cfg: OneShotMagnitudeConfig, ctx, stream):
     with torch.no_grad():
-        magnitude_oneshot(sm.model, cfg=cfg, stream=stream)
+        _magnitude_oneshot(sm.model, cfg, stream=stream)

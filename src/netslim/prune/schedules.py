@@ -29,13 +29,14 @@ every dt optimizer steps from t0 until t0 + n dt (Zhu & Gupta 2017), during the 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core import distributed
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError, bad_param
 from netslim.prune._api import PruneTargetFields, check_fraction, need_task, total_steps
 from netslim.prune.criteria import apply_masks, sparsity_report
@@ -100,9 +101,7 @@ def run_imp(model: nn.Module, cfg: IMPConfig, ctx) -> nn.Module:
     return model
 
 
-def imp_prune(model: nn.Module, task, cfg: IMPConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Iterative magnitude pruning of ``model`` (in place) on ``task``."""
-    return run_imp(model, build_config(IMPConfig, cfg, kwargs), _Ctx(task))
+imp_prune = method_function(IMPConfig, "imp_prune")  # imp_prune(model, task, sparsity=0.9, rounds=3)
 
 
 # ---------------------------------------------------------------------------- gradual
@@ -212,16 +211,4 @@ def run_gradual(model: nn.Module, cfg: GradualConfig, ctx) -> nn.Module:
     return model
 
 
-def gradual_prune(model: nn.Module, task, cfg: GradualConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Train ``model`` on ``task`` while pruning it on the cubic schedule (in place)."""
-    return run_gradual(model, build_config(GradualConfig, cfg, kwargs), _Ctx(task))
-
-
-class _Ctx:
-    """The parts of a StepContext the plain-Python API needs."""
-
-    def __init__(self, task):
-        self.task, self.notes, self.skipped = task, {}, []
-
-    def skip(self, name: str, reason: str) -> None:
-        self.skipped.append({"name": name, "reason": reason})
+gradual_prune = method_function(GradualConfig, "gradual_prune")  # gradual_prune(model, task, sparsity=0.9)

@@ -29,7 +29,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.api import method_function
+from netslim.core.config import MethodConfig, register
 from netslim.core.masks import baked_copy, make_permanent
 from netslim.core.selectors import Selector, select
 from netslim.core.surgery import get_module, replace_module
@@ -88,13 +89,15 @@ def _float_layers(model: nn.Module, cfg: SparsifyConfig, quantized: list[str]) -
 
 
 @register(SparsifyConfig)
-def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None, example: Any = None) -> nn.Module:
+def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx) -> nn.Module:
+    """Make masks permanent and run Linear (and static int8) layers sparse where measured faster
+    (in place); the task's example inputs give the input shapes of int8 convolutions."""
     make_permanent(model)
     quantized = _static_int8_names(model, cfg)
     layers = _float_layers(model, cfg, quantized)
     notes: dict[str, Any] = {"kernel": "compiled" if kernel_available() else "torch.sparse fallback", "layers": {}}
     if quantized:
-        _sparsify_int8(model, quantized, cfg, ctx, notes, example)
+        _sparsify_int8(model, quantized, cfg, ctx, notes)
     for name, layer in layers:
         if not isinstance(layer, nn.Linear):
             _skip(
@@ -114,8 +117,7 @@ def run_sparsify(model: nn.Module, cfg: SparsifyConfig, ctx=None, example: Any =
                 f"sparse not faster enough (dense/sparse {speed}; need >= {cfg.min_speedup}x at "
                 f"density {result['density']:.1%})",
             )
-    if ctx is not None:
-        ctx.notes[cfg.method] = notes
+    ctx.notes[cfg.method] = notes
     return model
 
 
@@ -125,19 +127,18 @@ def _static_int8_names(model: nn.Module, cfg: SparsifyConfig) -> list[str]:
     return select(model, cfg.include, cfg.exclude, types=STATIC_TYPES, required=False)
 
 
-def _sparsify_int8(model: nn.Module, names: list[str], cfg: SparsifyConfig, ctx, notes: dict, example) -> None:
+def _sparsify_int8(model: nn.Module, names: list[str], cfg: SparsifyConfig, ctx, notes: dict) -> None:
     """Dense int8 vs sparse int8 per static int8 layer (see the module docstring)."""
     from netslim.quantize.sparse_select import record_inputs, time_static_layer, unsupported
 
-    if example is None and ctx is not None and getattr(ctx, "task", None) is not None:
-        example = ctx.task.example_inputs(2)
+    example = ctx.task.example_inputs(2) if getattr(ctx, "task", None) is not None else None
     seen = record_inputs(model, names, example) if example is not None else {}
     notes["int8_layers"] = {}
     for name in names:
         layer = get_module(model, name)
         why = unsupported(layer)
         if why is None and name not in seen and not hasattr(layer, "in_features"):
-            why = "no example input to learn its input shape (give the step a task, or example= in Python)"
+            why = "no example input to learn its input shape (give the step a task, or data= in Python)"
         if why is not None:
             _skip(ctx, name, f"int8 layer kept dense: {why}")
             continue
@@ -166,11 +167,7 @@ def _sparsify_int8(model: nn.Module, names: list[str], cfg: SparsifyConfig, ctx,
 
 
 def _skip(ctx, name: str, reason: str) -> None:
-    if ctx is not None:
-        ctx.skip(name, reason)
+    ctx.skip(name, reason)
 
 
-def sparsify(model: nn.Module, cfg: SparsifyConfig | None = None, example: Any = None, **kwargs: Any) -> nn.Module:
-    """Make masks permanent and run Linear (and static int8) layers sparse where measured faster
-    (in place); ``example``: a batch of model inputs (the input shapes of int8 convolutions)."""
-    return run_sparsify(model, build_config(SparsifyConfig, cfg, kwargs), example=example)
+sparsify = method_function(SparsifyConfig, "sparsify")  # sparsify(model, example_inputs)

@@ -14,12 +14,11 @@ trainable (see :mod:`netslim.core.masks`); ``make_permanent`` bakes them in.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import build_config, register
+from netslim.api import method_function
+from netslim.core.config import register
 from netslim.prune._api import PruneTargetFields, check_fraction
 from netslim.prune.criteria import (
     apply_masks,
@@ -83,13 +82,11 @@ def prune_masks(model: nn.Module, cfg: MagnitudePruneConfig) -> dict:
 
 
 @register(MagnitudePruneConfig)
-def run_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx=None) -> nn.Module:
+def run_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx) -> nn.Module:
+    """Mask the smallest weights of ``model`` in place."""
     apply_masks(model, prune_masks(model, cfg))
-    if ctx is not None:
-        ctx.notes[cfg.method] = sparsity_report(model)
+    ctx.notes[cfg.method] = sparsity_report(model)
     return model
 
 
-def magnitude_prune(model: nn.Module, cfg: MagnitudePruneConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Mask the smallest weights of ``model`` in place: ``magnitude_prune(m, sparsity=0.9)``."""
-    return run_magnitude(model, build_config(MagnitudePruneConfig, cfg, kwargs))
+magnitude_prune = method_function(MagnitudePruneConfig, "magnitude_prune")  # magnitude_prune(m, sparsity=0.9)
