@@ -59,6 +59,35 @@ def _llama_mha_tied() -> torch.nn.Module:
         return tf.LlamaForCausalLM(cfg).eval()
 
 
+def _tiny(family: str) -> torch.nn.Module:
+    """A seeded 2-layer model of ``family`` (GQA where the family has it)."""
+    if family == "gpt2":
+        return netslim.build_model("tiny-gpt2").eval()
+    tf = transformers_module()
+    cls, config = {
+        "mistral": ("MistralForCausalLM", "MistralConfig"),
+        "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+        "phi3": ("Phi3ForCausalLM", "Phi3Config"),
+        "gemma2": ("Gemma2ForCausalLM", "Gemma2Config"),
+    }[family]
+    extra = {"sliding_window": 4} if family in ("mistral", "gemma2") else {}  # shorter than the check's prompt
+    cfg = getattr(tf, config)(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        **extra,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        return getattr(tf, cls)(cfg).eval()
+
+
 @pytest.fixture(scope="module")
 def gqa(tmp_path_factory):
     """tiny-llama (2 layers, 4 query heads on 2 KV heads) and its decoder step, with the check."""
@@ -130,6 +159,18 @@ def test_mha_tied_llama_and_netslim_int8_body(tmp_path):
         assert check["steps_max_abs_diff"] <= REL * check["ref_abs_max"]
 
 
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "phi3", "gpt2"])
+def test_other_families(family, tmp_path):
+    """The other families of KV_CACHE_FAMILIES: Mistral with a sliding window shorter than the
+    prompt (a mask over a full past), Qwen2 (q / k / v biases), Phi-3 (fused qkv), GPT-2 (Conv1D,
+    learned positions, tied head)."""
+    _, check = write_onnx(
+        _tiny(family), tmp_path / "m.onnx", _ids(1, 4), check_inputs=_ids(2, 7, seed=8), kv_cache=True
+    )
+    assert check["within_tolerance"] and check["greedy_tokens_equal"], check
+    assert check["steps_max_abs_diff"] <= REL * check["ref_abs_max"]
+
+
 def test_ort_int8_decoder_agrees(gqa, tmp_path):
     model, path, _ = gqa
     int8 = ort_dynamic_int8(path, tmp_path / "int8.onnx", per_channel=True)
@@ -155,10 +196,14 @@ def test_whole_sequence_run_of_the_decoder_file(gqa):
 
 
 def test_unsupported_models_refused_in_one_line(tmp_path):
-    for name, needle in (("tiny-gpt2", "model type 'gpt2'"), ("tiny-bert", "model kind 'embedding'")):
+    # Gemma-2: sliding and global layers alternate (a hybrid cache); BERT: no decoder
+    for model, needle in (
+        (_tiny("gemma2"), "model type 'gemma2'"),
+        (netslim.build_model("tiny-bert"), "kind 'embedding'"),
+    ):
         with pytest.raises(NetslimError, match=needle) as e:
-            export_onnx(netslim.build_model(name), tmp_path / "x.onnx", _ids(1, 4), kv_cache=True)
-        assert "\n" not in str(e.value) and "llama" in str(e.value)
+            export_onnx(model, tmp_path / "x.onnx", _ids(1, 4), kv_cache=True)
+        assert "\n" not in str(e.value) and "llama, mistral, qwen2, phi3, gpt2" in str(e.value)
     llama = netslim.build_model("tiny-llama")
     with pytest.raises(NetslimError, match="at least 2 tokens"):
         export_onnx(llama, tmp_path / "x.onnx", _ids(1, 1), kv_cache=True)

@@ -21,7 +21,8 @@ what netslim scores it by (embedding fidelity). A task's inputs without ``attent
 backbones) are refused before any tracing.
 
 **Decoder step with a KV cache** (``kv_cache=True``, a causal LM of a family in
-:data:`KV_CACHE_FAMILIES`): :class:`CachedGraphForward` - one call is a prefill (past length 0)
+:data:`KV_CACHE_FAMILIES`: Llama (SmolLM2), Mistral, Qwen2, Phi-3, GPT-2):
+:class:`CachedGraphForward` - one call is a prefill (past length 0)
 or any number of new tokens after a cached past, the names Optimum / ONNX Runtime GenAI use:
 
 * inputs ``input_ids`` (B, T), ``attention_mask`` (B, P + T: the past's positions and the new
@@ -33,9 +34,10 @@ or any number of new tokens after a cached past, the names Optimum / ONNX Runtim
 Batch, T, P (from 0) and P + T are symbolic. Inside the traced forward the past tensors fill
 transformers' own ``DynamicCache``, which the model updates as in PyTorch (the attention, its
 mask and the cache concatenation are the model's code), so the graph computes what
-``model(..., past_key_values=cache, use_cache=True)`` computes. A family whose cache is not
-one key / value pair per layer of full attention (sliding windows, hybrid or recurrent state,
-encoder-decoders) is refused by name.
+``model(..., past_key_values=cache, use_cache=True)`` computes (a sliding window, Mistral's,
+stays a mask: the present keeps every position). Other families - a cache that is not one key /
+value pair per layer (hybrid sliding / global layers, recurrent state, encoder-decoders), or one
+not checked yet - are refused by name.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ from netslim.core.errors import NetslimError
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 # families whose KV-cache decoder step is exported and checked (tests/quantize/test_onnx_kv_cache.py):
-# one key / value pair per layer, full causal attention, DynamicCache
-KV_CACHE_FAMILIES = ("llama",)
+# one key / value pair per layer in DynamicCache (mistral's sliding window is a mask on a full past)
+KV_CACHE_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "gpt2")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 _OUTPUTS = {"causal_lm": ("logits",), "text_classification": ("logits",), "image_classification": ("logits",)}
 CONFIG_KEYS = ("num_labels", "id2label", "label2id", "num_channels", "image_size", "model_type")
