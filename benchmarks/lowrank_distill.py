@@ -31,7 +31,7 @@ import torch
 import netslim
 from netslim.core.cache import checkpoint_path
 from netslim.distill import distill
-from netslim.lowrank import svd_compress
+from netslim.lowrank import SVDConfig, svd_compress, svd_layers
 from netslim.measure import count_params, interleaved_latency
 from netslim.train.loop import FinetuneConfig, TrainConfig, fit
 from netslim.train.tasks import get_task
@@ -67,8 +67,11 @@ def svd_lenet300(args) -> dict:
         row = {"rank": r}
         for aware in (False, True):
             m = copy.deepcopy(base)
-            svd_compress(
-                m, select="rank", rank=r, exclude=("fc3",), data_aware=aware, example=example, calibration=calib
+            svd_layers(
+                m,
+                SVDConfig(select="rank", rank=r, exclude=("fc3",), data_aware=aware),
+                example=example,
+                calibration=calib,
             )
             row["data_aware" if aware else "plain"] = _acc(m, task)
             row["params"] = count_params(m)
@@ -77,7 +80,9 @@ def svd_lenet300(args) -> dict:
         row = {"target": target}
         for aware in (False, True):
             m = copy.deepcopy(base)
-            svd_compress(m, select="budget", target=target, data_aware=aware, example=example, calibration=calib)
+            svd_layers(
+                m, SVDConfig(select="budget", target=target, data_aware=aware), example=example, calibration=calib
+            )
             row["data_aware" if aware else "plain"] = _acc(m, task)
             row["params"] = count_params(m)
             row["ranks_" + ("data_aware" if aware else "plain")] = {
@@ -87,7 +92,7 @@ def svd_lenet300(args) -> dict:
     finetuned = []
     for seed in range(args.seeds):
         m = copy.deepcopy(base)
-        svd_compress(m, select="budget", target=0.5, data_aware=True, example=example, calibration=calib)
+        svd_layers(m, SVDConfig(select="budget", target=0.5, data_aware=True), example=example, calibration=calib)
         fit(m, _train_task(seed), FinetuneConfig(epochs=args.ft_epochs, lr=0.01, seed=seed))
         finetuned.append(_acc(m, task))
     out["finetuned_2x"] = {
@@ -182,16 +187,18 @@ def svd_minilm(args) -> dict:
     for key in args.minilm_variants:
         m = copy.deepcopy(base)
         t0 = time.perf_counter()
-        svd_compress(
+        svd_layers(
             m,
-            select="budget",
-            target=args.minilm_target,
-            target_scope="selected",
-            include=(ffn,),
-            damping=args.minilm_damping,
+            SVDConfig(
+                select="budget",
+                target=args.minilm_target,
+                target_scope="selected",
+                include=(ffn,),
+                damping=args.minilm_damping,
+                **MINILM_VARIANTS[key],
+            ),
             example=example,
             calibration=calib,
-            **MINILM_VARIANTS[key],
         )
         res["variants"][key] = {
             "fidelity": round(task.evaluate(m, "test")["fidelity"], 4),
@@ -349,18 +356,20 @@ def svd_resnet20(args) -> dict:
             row = {"target": target}
             for aware in (False, True):
                 m = copy.deepcopy(base)
-                svd_compress(m, select="budget", target=target, data_aware=aware, example=example, calibration=calib)
+                svd_layers(
+                    m, SVDConfig(select="budget", target=target, data_aware=aware), example=example, calibration=calib
+                )
                 key = "data_aware" if aware else "plain"
                 row[key], row["params_" + key], row["ranks_" + key] = _acc(m, task), count_params(m), convs(m)
             res["budgets"].append(row)
         for energy in (0.8, 0.9):
             m = copy.deepcopy(base)
-            svd_compress(m, select="energy", energy=energy, conv_scheme="tucker", example=example)
+            svd_compress(m, example, select="energy", energy=energy, conv_scheme="tucker")
             res["tucker"].append({"energy": energy, "acc": _acc(m, task), "params": count_params(m)})
     finetuned = []
     for seed in _seeds(args):
         m = copy.deepcopy(base)
-        svd_compress(m, select="budget", target=0.5, data_aware=True, example=example, calibration=calib)
+        svd_layers(m, SVDConfig(select="budget", target=0.5, data_aware=True), example=example, calibration=calib)
         res["before_ft_2x"] = _acc(m, task)
         fit(
             _channels_last(m),
@@ -412,7 +421,9 @@ def train_big(args) -> dict:
             big_params = count_params(big)
             fit(big, train, TrainConfig(epochs=big_epochs, lr=lr, seed=seed))
             big_acc.append(_acc(big, task))
-            svd_compress(big, select="budget", target=target, data_aware=True, example=example, calibration=calib)
+            svd_layers(
+                big, SVDConfig(select="budget", target=target, data_aware=True), example=example, calibration=calib
+            )
             final = count_params(big)
             fit(big, train, FinetuneConfig(epochs=ft_epochs, lr=0.01, seed=seed))
             comp_acc.append(_acc(big, task))
@@ -443,7 +454,7 @@ def train_big(args) -> dict:
 
 def activation_rank_lenet300(args) -> dict:
     """Rank pruning measured after the ReLU vs before it (identity), same tolerance, no training."""
-    from netslim.lowrank import activation_rank
+    from netslim.lowrank import ActivationRankConfig, prune_ranks
 
     task = get_task("fashion-mnist")
     base = netslim.load(checkpoint_path("lenet300"))
@@ -453,7 +464,7 @@ def activation_rank_lenet300(args) -> dict:
         row = {"tolerance": tol}
         for act in ("relu", "identity"):
             m = copy.deepcopy(base)
-            activation_rank(m, calib, tolerance=tol, activation=act, exclude=("fc3",))
+            prune_ranks(m, ActivationRankConfig(tolerance=tol, activation=act, exclude=("fc3",)), calib)
             row[act] = {
                 "acc": _acc(m, task),
                 "params": count_params(m),
@@ -472,14 +483,16 @@ def svd_minilm_calib(args) -> dict:
     rows = []
     for n, damping, target in ((2000, 0.01, 0.7), (2000, 0.01, 0.8)):
         m = copy.deepcopy(base)
-        svd_compress(
+        svd_layers(
             m,
-            select="budget",
-            target=target,
-            target_scope="selected",
-            include=(ffn,),
-            data_aware=True,
-            damping=damping,
+            SVDConfig(
+                select="budget",
+                target=target,
+                target_scope="selected",
+                include=(ffn,),
+                data_aware=True,
+                damping=damping,
+            ),
             example=example,
             calibration=task.calibration_inputs(n, seed=0),
         )

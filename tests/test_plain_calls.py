@@ -55,6 +55,8 @@ EXPECTED = {
     "wanda": "wanda",
     "sparsegpt": "sparsegpt",
     "magnitude_oneshot": "magnitude_oneshot",
+    "svd_compress": "svd",
+    "activation_rank": "activation_rank",
 }
 
 
@@ -113,6 +115,8 @@ CASES = {
     "magnitude_prune": ("lenet300", None, {"sparsity": 0.5}),
     "nm_prune": ("lenet300", None, {"n": 2, "m": 4}),
     "magnitude_oneshot": ("lenet300", None, {"sparsity": 0.5}),
+    "svd_compress": ("lenet300", "inputs", {"select": "rank", "rank": 16, "data_aware": True}),
+    "activation_rank": ("lenet300", "inputs", {"tolerance": 0.2, "exclude": "fc3"}),
     "ptq_int8": ("lenet5", "inputs", {"calibration_samples": 32}),
     "dynamic_int8": ("lenet300", None, {}),
     "gptq": ("lenet300", "labelled", {"bits": 8, "group_size": None, "num_samples": 32}),

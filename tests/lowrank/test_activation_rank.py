@@ -41,7 +41,7 @@ def test_activated_error_stays_within_tolerance_on_calibration_data():
     model = _mlp(decay=0.5)
     x = torch.randn(512, 20)
     ref = model[:2](x)
-    activation_rank(model, x, tolerance=0.05, exclude=("4",))
+    activation_rank(model, x, tolerance=0.05, exclude=("4",), calibration_samples=len(x))
     assert isinstance(model[0], LowRankLinear)
     err = (model[:2](x) - ref).norm() / ref.norm()
     assert err <= 0.05 + 1e-6
@@ -77,7 +77,7 @@ def test_step_picks_the_basis_that_needs_fewer_directions():
         wide[0].weight.copy_(w)
         wide[0].bias.copy_(torch.tensor([3.0, 3.0, 3.0, 3.0, -100.0, -100.0, -100.0, -100.0]))
     ref = wide(x)
-    activation_rank(wide, x, tolerance=1e-6)
+    activation_rank(wide, x, tolerance=1e-6, calibration_samples=len(x))
     assert isinstance(wide[0], LowRankLinear) and wide[0].rank == 2
     torch.testing.assert_close(wide(x), ref, atol=1e-4, rtol=1e-4)
 

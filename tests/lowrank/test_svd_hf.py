@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import netslim
-from netslim.lowrank import LowRankLinear, svd_compress
+from netslim.lowrank import LowRankLinear, SVDConfig, svd_compress, svd_layers
 from netslim.measure import count_params
 
 pytest.importorskip("transformers")
@@ -32,13 +32,9 @@ def _tokens(n: int, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_data_aware_ffn_budget_round_trips(tmp_path):
     model = netslim.build_model("tiny-bert").eval()
     before = count_params(model)
-    svd_compress(
+    svd_layers(
         model,
-        select="budget",
-        target=0.7,
-        target_scope="selected",
-        include=(FFN,),
-        data_aware=True,
+        SVDConfig(select="budget", target=0.7, target_scope="selected", include=(FFN,), data_aware=True),
         example=_tokens(1),
         calibration=_tokens(32),
     )
@@ -70,7 +66,7 @@ def test_embedding_distillation_runs_on_an_encoder(bert_task):
 
     teacher = netslim.build_model("tiny-bert")
     student = netslim.build_model("tiny-bert")
-    svd_compress(student, select="rank", rank=4, include=(FFN,), example=bert_task.example_inputs(1))
+    svd_compress(student, bert_task.example_inputs(1), select="rank", rank=4, include=(FFN,))
     summary = distill(
         student, teacher, task=bert_task, finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3, "optimizer": "adamw"}
     )

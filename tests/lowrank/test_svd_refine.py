@@ -10,7 +10,7 @@ from torch import nn
 
 from netslim.core.config import make_config
 from netslim.core.errors import NetslimError
-from netslim.lowrank import LowRankLinear, svd_compress
+from netslim.lowrank import LowRankLinear, SVDConfig, svd_compress, svd_layers
 
 
 def _correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -34,8 +34,8 @@ def test_sequential_equals_data_aware_when_earlier_layers_are_untouched():
     """X̂ = X for the first factorized layer, so its refit target W* is W itself."""
     x = _correlated_inputs(512, 32)
     a, b = _mlp(), _mlp()
-    svd_compress(a, select="rank", ranks={"2": 8}, data_aware=True, calibration=x)
-    svd_compress(b, select="rank", ranks={"2": 8}, data_aware=True, sequential=True, calibration=x)
+    svd_compress(a, x, select="rank", ranks={"2": 8}, data_aware=True, calibration_samples=len(x))
+    svd_compress(b, x, select="rank", ranks={"2": 8}, data_aware=True, sequential=True, calibration_samples=len(x))
     torch.testing.assert_close(b[2].dense_weight(), a[2].dense_weight(), rtol=1e-4, atol=1e-5)
 
 
@@ -44,8 +44,10 @@ def test_sequential_refit_reduces_the_error_after_a_factorized_layer():
     original = _mlp()
     oneshot, seq = copy.deepcopy(original), copy.deepcopy(original)
     ranks = {"0": 4, "2": 10}
-    svd_compress(oneshot, select="rank", ranks=ranks, data_aware=True, calibration=x, damping=1e-6)
-    svd_compress(seq, select="rank", ranks=ranks, data_aware=True, sequential=True, calibration=x, damping=1e-6)
+    svd_compress(oneshot, x, select="rank", ranks=ranks, data_aware=True, damping=1e-6, calibration_samples=len(x))
+    svd_compress(
+        seq, x, select="rank", ranks=ranks, data_aware=True, sequential=True, damping=1e-6, calibration_samples=len(x)
+    )
     assert isinstance(seq[0], LowRankLinear) and isinstance(seq[2], LowRankLinear)
     # Layer 0 sees the same inputs either way: identical factorization.
     torch.testing.assert_close(seq[0].dense_weight(), oneshot[0].dense_weight())
@@ -61,7 +63,14 @@ def test_sequential_refit_is_the_best_rank_r_least_squares_fit():
     model = nn.Sequential(nn.Linear(24, 30), nn.Tanh(), nn.Linear(30, 60)).eval()  # break-even rank 20 > 16
     original = copy.deepcopy(model)
     svd_compress(
-        model, select="rank", ranks={"0": 6, "2": 16}, data_aware=True, sequential=True, calibration=x, damping=1e-9
+        model,
+        x,
+        select="rank",
+        ranks={"0": 6, "2": 16},
+        data_aware=True,
+        sequential=True,
+        damping=1e-9,
+        calibration_samples=len(x),
     )
     with torch.no_grad():
         h, h_hat = original[:2](x), model[:2](x)  # (N, 30): layer 2's inputs, original and factorized
@@ -92,9 +101,9 @@ class _TwoBranch(nn.Module):
 def test_output_allocation_gives_rank_to_the_layer_the_output_depends_on():
     x = torch.randn(256, 64)
     spectral, output = _TwoBranch(0.05), _TwoBranch(0.05)
-    budget = dict(select="budget", target=0.5, target_scope="selected", calibration=x)
-    svd_compress(spectral, **budget)
-    svd_compress(output, allocation="output", **budget)
+    budget = dict(select="budget", target=0.5, target_scope="selected", calibration_samples=len(x))
+    svd_compress(spectral, x, **budget)
+    svd_compress(output, x, allocation="output", **budget)
     assert abs(spectral.a.rank - spectral.b.rank) <= 1  # same spectra: an even split
     assert output.a.rank > output.b.rank + 5
     # The budget holds, and the model's output error is lower.
@@ -123,7 +132,7 @@ def test_invalid_refine_options_name_the_field(bad, match):
 
 def test_output_allocation_without_calibration_is_a_clear_error():
     with pytest.raises(NetslimError, match="allocation='output' needs calibration"):
-        svd_compress(_mlp(), select="budget", target=0.5, allocation="output", example=torch.randn(1, 32))
+        svd_layers(_mlp(), SVDConfig(select="budget", target=0.5, allocation="output"), example=torch.randn(1, 32))
 
 
 # ------------------------------------------------------------------ output-aware (two-sided)
@@ -179,9 +188,9 @@ def test_output_aware_lowers_the_error_at_the_model_output():
     with torch.no_grad():
         original[2].weight.mul_(torch.logspace(0, -2, 48)[torch.randperm(48)])  # anisotropic reader
     one, two = copy.deepcopy(original), copy.deepcopy(original)
-    opts = dict(select="rank", ranks={"0": 4}, data_aware=True, calibration=x, damping=1e-4)
-    svd_compress(one, **opts)
-    svd_compress(two, output_aware=True, **opts)
+    opts = dict(select="rank", ranks={"0": 4}, data_aware=True, damping=1e-4, calibration_samples=len(x))
+    svd_compress(one, x, **opts)
+    svd_compress(two, x, output_aware=True, **opts)
     with torch.no_grad():
         ref = original(x)
         e_one, e_two = (float((m(x) - ref).pow(2).sum()) for m in (one, two))

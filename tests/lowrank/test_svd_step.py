@@ -46,7 +46,7 @@ def test_budget_is_met_on_lenet300(tiny_mlp, metric):
         return count_params(m) if metric == "params" else sum(macs_per_layer(m, X1).values())
 
     before = total(tiny_mlp)
-    svd_compress(tiny_mlp, select="budget", target=0.5, target_metric=metric, example=X1)
+    svd_compress(tiny_mlp, X1, select="budget", target=0.5, target_metric=metric)
     after = total(tiny_mlp)
     assert after <= 0.5 * before
     # Within one rank unit of the target (fc1 costs 784 + 300 per rank).
@@ -56,12 +56,12 @@ def test_budget_is_met_on_lenet300(tiny_mlp, metric):
 
 def test_budget_below_rank_one_raises(tiny_mlp):
     with pytest.raises(NetslimError, match="budget cannot be met"):
-        svd_compress(tiny_mlp, select="budget", target=0.001, example=X1)
+        svd_compress(tiny_mlp, X1, select="budget", target=0.001)
 
 
 def test_explicit_rank_above_the_matrix_raises_naming_the_layer(tiny_mlp):
     with pytest.raises(NetslimError, match=r"fc2.*\[1, 100\]; got 150"):
-        svd_compress(tiny_mlp, select="rank", ranks={"fc2": 150}, example=X1)
+        svd_compress(tiny_mlp, X1, select="rank", ranks={"fc2": 150})
 
 
 def test_layers_that_would_not_shrink_stay_dense_with_a_reason(tiny_mlp, fmnist_small, tmp_path):
@@ -97,6 +97,6 @@ def test_tucker_step_on_resnet(tmp_path, fmnist_small):
 
 def test_budget_of_the_selected_layers_only(tiny_mlp):
     before = tiny_mlp.fc1.weight.numel() + tiny_mlp.fc2.weight.numel()
-    svd_compress(tiny_mlp, select="budget", target=0.7, target_scope="selected", include=("fc1", "fc2"), example=X1)
+    svd_compress(tiny_mlp, X1, select="budget", target=0.7, target_scope="selected", include=("fc1", "fc2"))
     after = sum(count_params(getattr(tiny_mlp, n)) - getattr(tiny_mlp, n).out_features for n in ("fc1", "fc2"))
     assert after <= 0.7 * before and 0.7 * before - after < 784 + 300

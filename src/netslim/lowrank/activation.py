@@ -2,7 +2,8 @@
 
 Method (output-space PCA with a post-activation stopping rule; cf. Zhang et al. 2015,
 "Accelerating very deep convolutional networks", who also reconstruct responses after
-the nonlinearity):
+the nonlinearity; in Python :func:`activation_rank`, ``fn(model, data=None, **options) -> model``,
+and its building block :func:`prune_ranks` on given calibration inputs):
 
 1. Run calibration data and collect each selected Linear's outputs Z (N×m, bias included).
 2. Eigenvectors U of the covariance of Z (descending): the directions the layer actually
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.api import method_function
+from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
 from netslim.core.selectors import Selector, select
@@ -199,10 +201,4 @@ def run_activation_rank(model: nn.Module, cfg: ActivationRankConfig, ctx) -> nn.
     return model
 
 
-def activation_rank(
-    model: nn.Module, calibration: Any, cfg: ActivationRankConfig | None = None, **overrides: Any
-) -> nn.Module:
-    """``activation_rank(model, x, tolerance=0.02)``: prune Linear ranks in place (see module doc)."""
-    cfg = build_config(ActivationRankConfig, cfg, overrides)
-    prune_ranks(model, cfg, calibration)
-    return model
+activation_rank = method_function(ActivationRankConfig, "activation_rank")  # activation_rank(model, x, tolerance=0.02)

@@ -1,4 +1,7 @@
-"""The ``svd`` recipe step and :func:`svd_compress`, its plain-Python twin.
+"""The ``svd`` recipe step; in Python :func:`svd_compress` (``fn(model, data=None, **options) ->
+model``: the example input is the data's first row, calibration inputs are drawn from it) and
+its building block :func:`svd_layers` (separate ``example`` / ``calibration`` inputs, returns
+the notes).
 
 ```yaml
 - method: svd
@@ -25,7 +28,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.api import method_function
+from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.selectors import Selector, select, settings_for
 from netslim.core.surgery import replace_module
@@ -349,13 +353,20 @@ def _layer_note(c: Candidate, rank: int) -> dict[str, Any]:
     }
 
 
-def compress(model: nn.Module, cfg: SVDConfig, *, example, calibration=None, skip=None) -> dict[str, Any]:
-    """Factorize ``model`` in place as ``cfg`` says; returns per-layer notes.
+def svd_layers(model: nn.Module, cfg: SVDConfig, *, example=None, calibration=None, skip=None) -> dict[str, Any]:
+    """Factorize ``model`` in place as ``cfg`` says; returns per-layer notes (the building block
+    of the ``svd`` method).
 
-    ``example``: inputs for one forward (layer geometry, MACs); ``calibration``: inputs for
-    data-aware SVD; ``skip(name, reason)`` records layers left dense.
+    ``example``: inputs for one forward (layer geometry, MACs; default: the first calibration
+    sample); ``calibration``: inputs for data-aware SVD; ``skip(name, reason)`` records layers
+    left dense.
     """
     from netslim.measure import count_params, macs_per_layer
+
+    if example is None:
+        if calibration is None:
+            raise NetslimError("svd_layers needs 'example' inputs (or 'calibration' inputs).")
+        example = calibration[:1] if not isinstance(calibration, dict) else {k: v[:1] for k, v in calibration.items()}
 
     skip = skip or (lambda name, reason: None)
     if cfg.allocation == "output" and calibration is None:
@@ -412,21 +423,10 @@ def run_svd(model: nn.Module, cfg: SVDConfig, ctx) -> nn.Module:
         if cfg.data_aware or cfg.allocation == "output"
         else None
     )
-    ctx.notes[cfg.method] = compress(model, cfg, example=task.example_inputs(1), calibration=calibration, skip=ctx.skip)
+    ctx.notes[cfg.method] = svd_layers(
+        model, cfg, example=task.example_inputs(1), calibration=calibration, skip=ctx.skip
+    )
     return model
 
 
-def svd_compress(
-    model: nn.Module, cfg: SVDConfig | None = None, *, example=None, calibration=None, **overrides: Any
-) -> nn.Module:
-    """``svd_compress(model, select="budget", target=0.5, example=x)``: factorize in place.
-
-    ``example`` defaults to the first calibration sample.
-    """
-    cfg = build_config(SVDConfig, cfg, overrides)
-    if example is None:
-        if calibration is None:
-            raise NetslimError("svd_compress needs 'example' inputs (or 'calibration' inputs).")
-        example = calibration[:1] if not isinstance(calibration, dict) else {k: v[:1] for k, v in calibration.items()}
-    compress(model, cfg, example=example, calibration=calibration)
-    return model
+svd_compress = method_function(SVDConfig, "svd_compress")  # svd_compress(model, x, select="budget", target=0.5)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from netslim.core.errors import NetslimError
@@ -59,7 +60,7 @@ def resolve_task(
     options = {k: v for k, v in (options or {}).items() if v is not None}
     recipe_data = dict(recipe_data or {})
     if data is not None and not _is_files(data):
-        if isinstance(data, Mapping):
+        if isinstance(data, Mapping) and not all(isinstance(v, torch.Tensor) for v in data.values()):
             raise NetslimError(
                 f"data: a mapping needs a 'path' key (the data file or folder); got keys "
                 f"{', '.join(map(str, data))[:200]}."
