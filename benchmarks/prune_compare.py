@@ -35,12 +35,11 @@ import torch
 
 import netslim
 from netslim.core.cache import checkpoint_path
-from netslim.core.context import StepContext
 from netslim.core.serialize import atomic_write
 from netslim.models import model_entry
 from netslim.prune.criteria import prunable_layers, sparsity_report
-from netslim.prune.l0 import L0Config, run_l0
-from netslim.prune.movement import MovementConfig, run_movement
+from netslim.prune.l0 import L0Config
+from netslim.prune.movement import MovementConfig
 from netslim.prune.obd import obd_prune
 from netslim.prune.sparse_training import RigLConfig, SETConfig, dynamic_sparse_train
 from netslim.train.loop import FinetuneConfig, fit
@@ -101,20 +100,19 @@ def run_dst(cls, model, task, s: float, name: str, args) -> dict[str, Any]:
 def run_movement_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     fields = train_fields(name, args)
     cfg = MovementConfig(sparsity=s, scope=args.movement_scope, frequency=frequency(task, fields, 50), finetune=fields)
-    run_movement(model, cfg, StepContext(task=task, out_dir=None, device=args.device))
+    netslim.apply(model, cfg, data=task)  # on the model's device
     return {"config": cfg.to_dict(), "budget_epochs": args.epochs, "budget": f"{args.epochs} fine-tune (+baseline)"}
 
 
 def run_l0_row(model, task, s: float, name: str, args) -> dict[str, Any]:
     l0_opts = {k: v for k, v in (("gate_lr", args.gate_lr), ("lambda_lr", args.lambda_lr)) if v}
     cfg = L0Config(sparsity=s, exact=True, **l0_opts, finetune=train_fields(name, args))
-    ctx = StepContext(task=task, out_dir=None, device=args.device)
-    run_l0(model, cfg, ctx)
+    notes = netslim.report_of(netslim.apply(model, cfg, data=task)).notes  # on the model's device
     return {
         "config": cfg.to_dict(),
         "budget_epochs": args.epochs,
         "budget": f"{args.epochs} fine-tune (+baseline)",
-        **{k: ctx.notes["l0"][k] for k in ("expected_density_end", "gate_sparsity", "lambda_end")},
+        **{k: notes[k] for k in ("expected_density_end", "gate_sparsity", "lambda_end")},
     }
 
 

@@ -56,6 +56,12 @@ EXPECTED = {
     "sparsegpt": "sparsegpt",
     "magnitude_oneshot": "magnitude_oneshot",
     "svd_compress": "svd",
+    "rigl_train": "rigl",
+    "set_train": "set",
+    "l0_prune": "l0",
+    "movement_prune": "movement",
+    "obd_prune": "obd",
+    "cofi_prune": "cofi",
     "activation_rank": "activation_rank",
 }
 
@@ -115,6 +121,7 @@ CASES = {
     "magnitude_prune": ("lenet300", None, {"sparsity": 0.5}),
     "nm_prune": ("lenet300", None, {"n": 2, "m": 4}),
     "magnitude_oneshot": ("lenet300", None, {"sparsity": 0.5}),
+    "obd_prune": ("lenet300", "labelled", {"sparsity": 0.5, "num_samples": 16, "batch_size": 8}),
     "svd_compress": ("lenet300", "inputs", {"select": "rank", "rank": 16, "data_aware": True}),
     "activation_rank": ("lenet300", "inputs", {"tolerance": 0.2, "exclude": "fc3"}),
     "ptq_int8": ("lenet5", "inputs", {"calibration_samples": 32}),

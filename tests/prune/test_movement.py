@@ -132,7 +132,7 @@ def test_a_schedule_that_cannot_finish_in_training_is_refused(tiny_mlp, fmnist_s
     )
     # the fixture's 2000 images give 62 steps per epoch: the schedule cannot fit
     with pytest.raises(NetslimError, match="'end_step'.*< the number of training steps \\(62\\).*got 1000"):
-        movement_prune(tiny_mlp, fmnist_small, cfg=cfg)
+        movement_prune(tiny_mlp, fmnist_small, **cfg.model_dump())
 
 
 def test_config_yaml_round_trip_and_bad_input(tiny_mlp, fmnist_small):

@@ -202,7 +202,7 @@ def test_rigl_trains_and_round_trips_through_save_load(tiny_mlp, fmnist_small, t
 def test_from_scratch_reinitialises_and_dense_start_keeps_largest(tiny_mlp, fmnist_small):
     w0 = tiny_mlp.fc1.weight.detach().clone()
     cfg = SETConfig(sparsity=0.5, from_scratch=False, end_step=1, **small_train(1))
-    set_train(tiny_mlp, fmnist_small, cfg=cfg)
+    set_train(tiny_mlp, fmnist_small, **cfg.model_dump())
     mask = get_mask(tiny_mlp.fc1)
     kept = w0.abs()[mask]
     assert kept.min() >= w0.abs()[~mask].max()  # magnitude start, per layer

@@ -13,8 +13,10 @@ Public API (recipe method names in brackets):
   :class:`SparsifyConfig` / :func:`sparsify` [sparsify]
 
 The methods among these names - :func:`magnitude_prune`, :func:`nm_prune`, :func:`imp_prune`,
-:func:`gradual_prune`, :func:`lottery_ticket`, :func:`sparsify`, and in
-:mod:`netslim.prune.oneshot` ``wanda``, ``sparsegpt``, ``magnitude_oneshot`` - are each
+:func:`gradual_prune`, :func:`lottery_ticket`, :func:`sparsify`, and in their own modules
+``oneshot.wanda`` / ``sparsegpt`` / ``magnitude_oneshot``, ``sparse_training.rigl_train`` /
+``set_train``, ``l0.l0_prune``, ``movement.movement_prune``, ``obd.obd_prune``,
+``cofi.cofi_prune`` - are each
 ``fn(model, data=None, **options) -> model`` (made by :func:`netslim.api.method_function`; data
 is a task or what ``netslim.apply(data=)`` takes; the step's notes on ``netslim.report_of(model)``).
 The rest are building blocks.

@@ -43,7 +43,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from netslim.core.config import build_config, register
+from netslim.api import method_function
+from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import hooked
 from netslim.measure.counts import count_params
@@ -396,15 +397,7 @@ def run_cofi(model: nn.Module, cfg: CoFiConfig, ctx) -> nn.Module:
     return model
 
 
-def cofi_prune(
-    model: nn.Module, task, *, teacher: nn.Module | None = None, cfg: CoFiConfig | None = None, **kwargs: Any
-) -> tuple[nn.Module, dict[str, Any]]:
-    """CoFi without a recipe, in place: ``cofi_prune(model, task, sparsity=0.5, train={"epochs": 3})``;
-    the teacher defaults to a copy of ``model`` as it is now. Returns ``(model, report)``."""
-    cfg = build_config(CoFiConfig, cfg, kwargs)
-    if teacher is None and (cfg.distill or cfg.distill_hidden):
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    return model, cofi_train(model, task, cfg=cfg, teacher=teacher)
+cofi_prune = method_function(CoFiConfig, "cofi_prune")  # cofi_prune(model, task, sparsity=0.5)
 
 
 __all__ = [

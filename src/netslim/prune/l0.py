@@ -45,8 +45,9 @@ from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
+from netslim.api import method_function
 from netslim.core import distributed
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.masks import get_mask, set_mask
 from netslim.core.selectors import Selector
 from netslim.prune._api import check_fraction, need_task, prunable_preflight
@@ -257,7 +258,4 @@ def run_l0(model: nn.Module, cfg: L0Config, ctx) -> nn.Module:
     return model
 
 
-def l0_prune(model: nn.Module, task, *, cfg: L0Config | None = None, **kwargs: Any) -> nn.Module:
-    """L0 pruning without a recipe, in place: ``l0_prune(model, task, sparsity=0.9, finetune={"epochs": 3})``."""
-    l0_train(model, task, cfg=build_config(L0Config, cfg, kwargs))
-    return model
+l0_prune = method_function(L0Config, "l0_prune")  # l0_prune(model, task, sparsity=0.9, finetune={"epochs": 3})

@@ -43,8 +43,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core import distributed
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import bad_param
 from netslim.core.masks import get_mask, set_mask
 from netslim.core.selectors import Selector
@@ -216,7 +217,4 @@ def run_movement(model: nn.Module, cfg: MovementConfig, ctx) -> nn.Module:
     return model
 
 
-def movement_prune(model: nn.Module, task, *, cfg: MovementConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Movement pruning without a recipe, in place: ``movement_prune(model, task, sparsity=0.9)``."""
-    movement_train(model, task, cfg=build_config(MovementConfig, cfg, kwargs))
-    return model
+movement_prune = method_function(MovementConfig, "movement_prune")  # movement_prune(model, task, sparsity=0.9)

@@ -18,14 +18,15 @@ layer-wise, with per-layer bounds). Already-masked weights are zero, so score ze
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
-from netslim.core.config import MethodConfig, build_config, register
+from netslim.api import method_function
+from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
 from netslim.core.selectors import Selector
@@ -108,19 +109,18 @@ def obd_scores(
     return {n: 0.5 * fisher[n] * m.weight.detach().float().square() for n, m in layers}
 
 
-def obd_prune(model: nn.Module, task, *, cfg: OBDConfig | None = None, **kwargs: Any) -> nn.Module:
-    """Mask the lowest-saliency weights in place: ``obd_prune(m, task, sparsity=0.9)``."""
-    cfg = build_config(OBDConfig, cfg, kwargs)
+@register(OBDConfig)
+def run_obd(model: nn.Module, cfg: OBDConfig, ctx) -> nn.Module:
+    """Mask the lowest-saliency weights in place."""
+    model, task = model.to(ctx.device), need_task(ctx, cfg.method)
     layers = prunable_layers(model, cfg.include, cfg.exclude)
     scores = obd_scores(model, task, layers=layers, num_samples=cfg.num_samples, batch_size=cfg.batch_size)
     masks = masks_from_scores(
         scores, cfg.sparsity, scope=cfg.scope, min_sparsity=cfg.min_sparsity, max_sparsity=cfg.max_sparsity
     )
-    return apply_masks(model, masks)
-
-
-@register(OBDConfig)
-def run_obd(model: nn.Module, cfg: OBDConfig, ctx) -> nn.Module:
-    model = obd_prune(model.to(ctx.device), need_task(ctx, cfg.method), cfg=cfg)
+    model = apply_masks(model, masks)
     ctx.notes[cfg.method] = sparsity_report(model)
     return model
+
+
+obd_prune = method_function(OBDConfig, "obd_prune")  # obd_prune(m, task, sparsity=0.9)

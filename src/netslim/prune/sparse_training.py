@@ -39,8 +39,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core import distributed
-from netslim.core.config import build_config, register
+from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.masks import Mask, get_mask, make_permanent, set_mask
 from netslim.core.selectors import Selector
@@ -337,7 +338,7 @@ def _check_end_step(cfg: _DynamicSparseConfig, steps: int) -> None:
         )
 
 
-def _run(model: nn.Module, cfg: _DynamicSparseConfig, ctx) -> nn.Module:
+def _train_and_note(model: nn.Module, cfg: _DynamicSparseConfig, ctx) -> nn.Module:
     summary = dynamic_sparse_train(model.to(ctx.device), need_task(ctx, cfg.method), cfg=cfg)
     updates = summary.pop("mask_updates")
     summary.pop("history")
@@ -349,17 +350,16 @@ def _run(model: nn.Module, cfg: _DynamicSparseConfig, ctx) -> nn.Module:
     return model
 
 
-register(RigLConfig)(_run)
-register(SETConfig)(_run)
+@register(RigLConfig)
+def run_rigl(model: nn.Module, cfg: RigLConfig, ctx) -> nn.Module:
+    return _train_and_note(model, cfg, ctx)
 
 
-def rigl_train(model: nn.Module, task, *, cfg: RigLConfig | None = None, **kwargs: Any) -> nn.Module:
-    """RigL without a recipe, in place: ``rigl_train(model, task, sparsity=0.9, finetune={"epochs": 15})``."""
-    dynamic_sparse_train(model, task, cfg=build_config(RigLConfig, cfg, kwargs))
-    return model
+@register(SETConfig)
+def run_set(model: nn.Module, cfg: SETConfig, ctx) -> nn.Module:
+    return _train_and_note(model, cfg, ctx)
 
 
-def set_train(model: nn.Module, task, *, cfg: SETConfig | None = None, **kwargs: Any) -> nn.Module:
-    """SET without a recipe, in place: ``set_train(model, task, sparsity=0.9, finetune={"epochs": 15})``."""
-    dynamic_sparse_train(model, task, cfg=build_config(SETConfig, cfg, kwargs))
-    return model
+# In Python: rigl_train(model, task, sparsity=0.9, finetune={"epochs": 15}) (netslim.api.method_function)
+rigl_train = method_function(RigLConfig, "rigl_train")
+set_train = method_function(SETConfig, "set_train")
