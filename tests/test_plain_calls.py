@@ -76,6 +76,11 @@ def test_the_family_functions_are_method_functions():
     assert {k: got.get(k) for k in EXPECTED} == EXPECTED
 
 
+def test_every_handler_is_named_after_its_method():
+    named = {n: m.handler.__name__ for n, m in methods().items() if m.handler.__module__.startswith("netslim.")}
+    assert len(named) > 30 and {n: h for n, h in named.items() if h != f"run_{n}"} == {}
+
+
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))
 def test_the_signature_follows_the_convention(name):
     fn = FUNCTIONS[name]
@@ -181,6 +186,7 @@ def test_the_call_returns_the_model_and_its_report_equals_the_recipe_step(name, 
     )
     step = run.report["steps"][0]
     assert step["method"] == method and step["params"] == report.options
+    assert list(step["notes"]) == [method]  # the handler notes under its method's name only
     assert _jsonable(_without(step["notes"][method], RUN_SPECIFIC.get(name, ()))) == _jsonable(
         _without(report.notes, RUN_SPECIFIC.get(name, ()))
     )

@@ -11,14 +11,20 @@ from netslim.core.export import export_formats, exporter
 from netslim.train.loop import FinetuneConfig, TrainConfig, fit
 
 
-@register(TrainConfig)
-def run_train(model, cfg: TrainConfig, ctx):
+def _fit_and_note(model, cfg: TrainConfig | FinetuneConfig, ctx):
     summary = fit(model.to(ctx.device), ctx.task, cfg)
-    ctx.notes["train"] = {k: v for k, v in summary.items() if k != "history"} | {"history": summary["history"]}
+    ctx.notes[cfg.method] = {k: v for k, v in summary.items() if k != "history"} | {"history": summary["history"]}
     return model
 
 
-register(FinetuneConfig)(run_train)
+@register(TrainConfig)
+def run_train(model, cfg: TrainConfig, ctx):
+    return _fit_and_note(model, cfg, ctx)
+
+
+@register(FinetuneConfig)
+def run_finetune(model, cfg: FinetuneConfig, ctx):
+    return _fit_and_note(model, cfg, ctx)
 
 
 class EvaluateConfig(MethodConfig):
@@ -31,7 +37,7 @@ class EvaluateConfig(MethodConfig):
 
 @register(EvaluateConfig)
 def run_evaluate(model, cfg: EvaluateConfig, ctx):
-    ctx.notes["evaluate"] = ctx.task.evaluate(model, cfg.split) | {"split": cfg.split}
+    ctx.notes[cfg.method] = ctx.task.evaluate(model, cfg.split) | {"split": cfg.split}
     return model
 
 
@@ -84,5 +90,5 @@ def run_export(model, cfg: ExportConfig, ctx):
     result = write(model, ctx.out_dir / f"{cfg.filename}{suffix}", ctx.info, **cfg.format_options())
     path, extra = result if isinstance(result, tuple) else (result, {})
     ctx.artifacts.append(path)
-    ctx.notes["export"] = {"path": str(path), "format": cfg.format, "size_bytes": size_on_disk(model, path), **extra}
+    ctx.notes[cfg.method] = {"path": str(path), "format": cfg.format, "size_bytes": size_on_disk(model, path), **extra}
     return model

@@ -153,12 +153,12 @@ def stream_apply(sm: StreamedModel, step: Any, ctx: Any, ckpt: Path, budget: int
     """Apply one step; ``(model, wrote_checkpoint)``. Compressing steps write ``ckpt``;
     ``evaluate`` scores, ``export`` writes the artifact; neither changes the model."""
     if step.method == "evaluate":
-        ctx.notes["evaluate"] = evaluate_streamed(sm, ctx.task, step.split, budget) | {"split": step.split}
+        ctx.notes[step.method] = evaluate_streamed(sm, ctx.task, step.split, budget) | {"split": step.split}
         return sm, False
     if step.method == "export":
         path = export_streamed(sm, step, ctx, budget)
         ctx.artifacts.append(path)
-        ctx.notes["export"] = {"path": str(path), "format": step.format, "size_bytes": path.stat().st_size}
+        ctx.notes[step.method] = {"path": str(path), "format": step.format, "size_bytes": path.stat().st_size}
         return sm, False
     return stream_step(sm, step, ctx, ckpt, budget=budget), True
 

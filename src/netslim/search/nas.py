@@ -290,5 +290,5 @@ def run_nas(model, cfg: NASConfig, ctx):
     if cfg.train is not None:
         summary = fit(chosen.to(ctx.device), ctx.task, cfg.train)
         res["train"] = {k: v for k, v in summary.items() if k != "history"}
-    ctx.notes["nas"] = {k: v for k, v in res.items() if k != "points"}
+    ctx.notes[cfg.method] = {k: v for k, v in res.items() if k != "points"}
     return chosen
