@@ -30,7 +30,7 @@ import torch
 
 import netslim
 from netslim.core.cache import checkpoint_path
-from netslim.distill import distill
+from netslim.distill import DistillConfig, distill_from
 from netslim.lowrank import SVDConfig, svd_compress, svd_layers
 from netslim.measure import count_params, interleaved_latency
 from netslim.train.loop import FinetuneConfig, TrainConfig, fit
@@ -121,13 +121,13 @@ def prune_distill(args) -> dict:
     def run_kd(seed, t, a, split="test"):
         train = _train_task(seed)
         m = copy.deepcopy(pruned)
-        distill(
+        distill_from(
             m,
             base,
+            DistillConfig(
+                finetune={"epochs": args.ft_epochs, "lr": 0.01, "seed": seed}, distill_temperature=t, distill=a
+            ),
             task=train,
-            finetune={"epochs": args.ft_epochs, "lr": 0.01, "seed": seed},
-            distill_temperature=t,
-            distill=a,
         )
         return _acc(m, task) if split == "test" else round(train.evaluate(m, "val")["accuracy"] * 100, 2)
 
@@ -257,7 +257,9 @@ def kd_resnet20(args) -> dict:
         fit(_channels_last(s), train, TrainConfig(**cfg))
         plain.append(_acc(s, task))
         s.load_state_dict(init)
-        distill(_channels_last(s), teacher, task=train, distill_temperature=4.0, distill=0.9, finetune=cfg)
+        distill_from(
+            _channels_last(s), teacher, DistillConfig(distill_temperature=4.0, distill=0.9, finetune=cfg), task=train
+        )
         kd.append(_acc(s, task))
     res["student_params"] = count_params(s)
     res["no_kd"], res["kd"] = _spread(plain), _spread(kd)
@@ -321,7 +323,7 @@ def prune_distill_resnet20(args) -> dict:
             if spec is None:
                 summary = fit(m, train, FinetuneConfig(**cfg))
             else:
-                summary = distill(m, teacher, task=train, **_pd_variant(spec), finetune=cfg)
+                summary = distill_from(m, teacher, DistillConfig(**_pd_variant(spec), finetune=cfg), task=train)
             test.setdefault(name, []).append(_acc(m, task))
             val.setdefault(name, []).append(round(summary["best_accuracy"] * 100, 2))
             row[name] = (test[name][-1], val[name][-1])

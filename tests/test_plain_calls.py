@@ -56,6 +56,7 @@ EXPECTED = {
     "sparsegpt": "sparsegpt",
     "magnitude_oneshot": "magnitude_oneshot",
     "svd_compress": "svd",
+    "distill": "distill",
     "rigl_train": "rigl",
     "set_train": "set",
     "l0_prune": "l0",
@@ -204,6 +205,17 @@ def test_pruning_after_gptq_is_refused_in_the_direct_call_too():
     with pytest.raises(netslim.NetslimError, match=r"^Method 'channels' changes weights after 'gptq' froze them"):
         prune_channels(q, _data(), ratio=0.5)
     assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())
+
+
+def test_distill_takes_its_teacher_as_a_recipe_does(tmp_path):
+    from netslim.distill import distill
+
+    teacher = netslim.save(netslim.build_model("lenet300"), tmp_path / "teacher.safetensors")
+    student = distill(netslim.build_model("lenet300"), _data(), teacher=str(teacher), finetune={"max_steps": 1})
+    report = netslim.report_of(student)
+    assert report.method == "distill" and report.notes["steps"] == 1 and report.notes["teacher"] == str(teacher)
+    with pytest.raises(netslim.NetslimError, match=r"teacher 'reference' needs a recipe run"):
+        distill(netslim.build_model("lenet300"), _data(), finetune={"max_steps": 1})
 
 
 def test_report_of_a_model_no_step_ran_on_is_one_error():

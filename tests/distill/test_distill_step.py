@@ -11,7 +11,7 @@ import netslim
 from netslim.core.config import apply, make_config
 from netslim.core.context import StepContext
 from netslim.core.errors import NetslimError
-from netslim.distill import DistillConfig, DistillTask, distill
+from netslim.distill import DistillConfig, DistillTask, distill_from
 
 
 def test_config_round_trips_through_yaml():
@@ -62,8 +62,11 @@ def test_distill_trains_the_student_only(fmnist_small):
     teacher, student = _convnet(8), _convnet(4)
     t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     s_before = {k: v.clone() for k, v in student.state_dict().items()}
-    summary = distill(
-        student, teacher, task=fmnist_small, finetune={"epochs": 1, "max_steps": 3, "batch_size": 32}, hints={"3": "3"}
+    summary = distill_from(
+        student,
+        teacher,
+        DistillConfig(finetune={"epochs": 1, "max_steps": 3, "batch_size": 32}, hints={"3": "3"}),
+        task=fmnist_small,
     )
     assert summary["steps"] == 3
     assert [n for n, _ in student.named_children()] == [str(i) for i in range(7)]  # no adapter left
@@ -74,13 +77,13 @@ def test_distill_trains_the_student_only(fmnist_small):
 def test_mismatched_outputs_are_refused_before_training(tiny_mlp, fmnist_small):
     teacher = netslim.build_model("lenet300", num_classes=7)
     with pytest.raises(NetslimError, match=r"teacher \(2, 7\), student \(2, 10\)"):
-        distill(tiny_mlp, teacher, task=fmnist_small, finetune={"max_steps": 1})
+        distill_from(tiny_mlp, teacher, DistillConfig(finetune={"max_steps": 1}), task=fmnist_small)
 
 
 def test_hint_features_of_different_resolution_are_refused(fmnist_small):
     student, teacher = _convnet(4), _convnet(8)
     with pytest.raises(NetslimError, match="Hint '1'"):
-        distill(student, teacher, task=fmnist_small, finetune={"max_steps": 1}, hints={"1": "3"})
+        distill_from(student, teacher, DistillConfig(finetune={"max_steps": 1}, hints={"1": "3"}), task=fmnist_small)
 
 
 def test_recipe_step_uses_the_reference_teacher(tiny_mlp, fmnist_small, tmp_path):
@@ -150,13 +153,15 @@ def test_pure_distillation_moves_the_student_towards_the_teacher(fmnist_small):
             return soft_target_loss(student(x), teacher(x), 1.0).item()
 
     before = gap()
-    distill(
+    distill_from(
         student,
         teacher,
+        DistillConfig(
+            distill=1.0,
+            distill_temperature=1.0,
+            finetune={"epochs": 1, "max_steps": 30, "batch_size": 32, "lr": 0.05, "select_best": False},
+        ),
         task=fmnist_small,
-        distill=1.0,
-        distill_temperature=1.0,
-        finetune={"epochs": 1, "max_steps": 30, "batch_size": 32, "lr": 0.05, "select_best": False},
     )
     assert gap() < 0.5 * before
 

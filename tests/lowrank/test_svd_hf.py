@@ -62,12 +62,15 @@ def test_padding_tokens_are_left_out_of_the_calibration_gram():
 
 @pytest.mark.slow
 def test_embedding_distillation_runs_on_an_encoder(bert_task):
-    from netslim.distill import distill
+    from netslim.distill import DistillConfig, distill_from
 
     teacher = netslim.build_model("tiny-bert")
     student = netslim.build_model("tiny-bert")
     svd_compress(student, bert_task.example_inputs(1), select="rank", rank=4, include=(FFN,))
-    summary = distill(
-        student, teacher, task=bert_task, finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3, "optimizer": "adamw"}
+    summary = distill_from(
+        student,
+        teacher,
+        DistillConfig(finetune={"max_steps": 2, "batch_size": 8, "lr": 1e-3, "optimizer": "adamw"}),
+        task=bert_task,
     )
     assert summary["steps"] == 2

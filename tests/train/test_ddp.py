@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from netslim.core.config import apply  # noqa: E402
 from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
-from netslim.distill.step import DistillConfig, distill  # noqa: E402
+from netslim.distill.step import DistillConfig, distill_from  # noqa: E402
 from netslim.prune import gradual_prune, imp_prune, lottery_ticket  # noqa: E402
 from netslim.prune.l0 import l0_prune  # noqa: E402
 from netslim.prune.movement import movement_prune  # noqa: E402
@@ -94,7 +94,7 @@ def _qat(model: nn.Module) -> nn.Module:
 
 
 def _distill(model: nn.Module) -> nn.Module:  # a narrower student: a learned hint adapter (outside forward)
-    distill(model, _mlp(seed=1), DistillConfig(distill=0.5, hints={"2": "2"}, adapter_samples=64, **FT), task=TASK)
+    distill_from(model, _mlp(seed=1), DistillConfig(distill=0.5, hints={"2": "2"}, adapter_samples=64, **FT), task=TASK)
     return model
 
 

@@ -16,7 +16,10 @@ refused with a message naming them.
 
 It reuses :func:`netslim.train.loop.fit` through a :class:`~netslim.distill.task.DistillTask`
 (:mod:`netslim.distill.task`: the loss, any task); this module holds the config, the hint
-adapters' set-up, the teacher's loading and the handler.
+adapters' set-up, the teacher's loading and the handler. In Python the method is
+:func:`distill` (``fn(model, data=None, **options) -> model``; ``teacher`` an artifact path or a
+zoo name there, as 'reference' needs a recipe run) and its building block :func:`distill_from`
+(a teacher module at hand).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from netslim.core.config import build_config, register
+from netslim.api import method_function
+from netslim.core.config import register
 from netslim.core.errors import NetslimError
 from netslim.core.hooks import eval_mode
 from netslim.core.surgery import get_module
@@ -217,11 +221,9 @@ def load_teacher(ref: str, reference=None) -> nn.Module:
     return load(ref)
 
 
-def distill(
-    student: nn.Module, teacher: nn.Module, cfg: DistillConfig | None = None, *, task: Task, **overrides: Any
-) -> dict[str, Any]:
-    """Train ``student`` in place on ``task`` with ``teacher``; returns the fit summary."""
-    cfg = build_config(DistillConfig, cfg, overrides)
+def distill_from(student: nn.Module, teacher: nn.Module, cfg: DistillConfig, *, task: Task) -> dict[str, Any]:
+    """Train ``student`` in place on ``task`` with the ``teacher`` module as ``cfg`` says (the building
+    block of the ``distill`` method, whose ``teacher`` option names a model); returns the fit summary."""
     device = next(student.parameters()).device
     teacher = teacher.to(device).eval().requires_grad_(False)
     adapters = {
@@ -255,6 +257,11 @@ def run_distill(model: nn.Module, cfg: DistillConfig, ctx) -> nn.Module:
             "set 'student' (a zoo model name)."
         )
     model = model.to(ctx.device)
-    summary = distill(model, teacher, cfg, task=ctx.task)
+    summary = distill_from(model, teacher, cfg, task=ctx.task)
     ctx.notes[cfg.method] = {k: v for k, v in summary.items()} | {"teacher": cfg.teacher}
     return model
+
+
+# In Python: distill(model, data, teacher="teacher.safetensors", distill=0.9) (netslim.api.method_function);
+# with a teacher module at hand, distill_from(student, teacher, cfg, task=task).
+distill = method_function(DistillConfig, "distill")
