@@ -124,22 +124,17 @@ def compress(
     return CompressResult(final, report, Path(report["artifact"]), out_dir)
 
 
-def apply(
-    model: nn.Module, config: Any = None, ctx: StepContext | None = None, *, data: Any = None, **options: Any
-) -> nn.Module:
-    """Apply one registered method to ``model``; returns the (possibly new) model.
+def apply(model: nn.Module, config: Any = None, *, data: Any = None, **options: Any) -> nn.Module:
+    """Apply one registered method to ``model``; returns the (possibly new) model, the step's
+    report on it (:func:`~netslim.core.history.report_of`).
 
     ``config``: a ``MethodConfig``, a ``{"method": ..., ...}`` mapping, or a method name with
-    its options as keywords (``netslim.apply(model, "magnitude", sparsity=0.5)``). Without a
-    recipe context, ``data`` (anything ``compress`` takes) supplies calibration / training
-    data; a method that needs data and gets none says so.
+    its options as keywords (``netslim.apply(model, "magnitude", sparsity=0.5)``). ``data``
+    (anything ``compress`` takes) supplies calibration / training data; a method that needs data
+    and gets none says so. (A recipe's steps run through :func:`netslim.core.config.apply`, which
+    takes the run's step context.)
     """
-    cfg = _config(config, options)
-    if ctx is None:
-        ctx = _context(model, data)
-    elif data is not None:
-        raise NetslimError("apply: pass either ctx (a recipe step context) or data, not both.")
-    return apply_config(model, cfg, ctx)
+    return apply_config(model, _config(config, options), _context(model, data))
 
 
 def _config(config: Any, options: Mapping[str, Any]) -> MethodConfig:

@@ -20,7 +20,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 
-import netslim  # noqa: E402
+from netslim.core.config import apply  # noqa: E402
 from netslim.core.context import StepContext  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
 from netslim.core.surgery import replace_module  # noqa: E402
@@ -32,6 +32,7 @@ from netslim.prune.structured import drop_transformer_blocks, shrink_ffn, shrink
 from netslim.quantize.dynamic import dynamic_int8  # noqa: E402
 from netslim.quantize.gptq import gptq  # noqa: E402
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, quantize_weights  # noqa: E402
+from netslim.recipe.steps import ExportConfig  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
 
@@ -449,7 +450,7 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_previous_export(tmp_path, m
 
 def test_export_step_writes_the_directory_and_its_size(tmp_path):
     ctx = StepContext(task=None, out_dir=tmp_path, info={"source": "tiny-llama"})
-    netslim.apply(_wo(llama(), bits=4, group_size=32), {"method": "export", "format": "hf", "filename": "m"}, ctx)
+    apply(_wo(llama(), bits=4, group_size=32), ExportConfig(format="hf", filename="m"), ctx)
     notes = ctx.notes["export"]
     path = tmp_path / "m"
     assert ctx.artifacts == [path] and notes["path"] == str(path) and path.is_dir()
