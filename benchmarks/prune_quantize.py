@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -201,12 +202,32 @@ class Baseline:
         return self.dense_int8[bits]
 
 
+def _within(want, got) -> bool:
+    """Whether ``got`` (a recipe as the runner expanded it) holds every value of ``want``."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(k in got and _within(v, got[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list) and len(want) == len(got) and all(map(_within, want, got))
+    return want == got
+
+
 def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, bits: int, args) -> dict:
     recipe = order_recipe(order, sparsity, bits, args.epochs, model_name, args.tiny)
     out_dir = base.work / recipe["name"]
-    t0 = time.perf_counter()
-    result = netslim.compress(copy.deepcopy(base.fp32), recipe, out=out_dir, limit=200 if args.tiny else None)
-    seconds = time.perf_counter() - t0
+    finished = out_dir / "report.json"
+    reused = bool(args.keep) and finished.is_file()
+    if reused:
+        # A --keep run that compressed this case and stopped later (e.g. while measuring) left its
+        # finished recipe output: use it, do not train again (the record says so).
+        report = json.loads(finished.read_text())
+        if not _within(recipe["steps"], report["recipe_spec"]["steps"]):
+            raise SystemExit(f"{finished}: a kept case with other steps; remove {out_dir} to run it again")
+        result = SimpleNamespace(report=report, artifact=report["artifact"])
+        seconds = sum(s.get("seconds") or 0.0 for s in report["steps"])
+    else:
+        t0 = time.perf_counter()
+        result = netslim.compress(copy.deepcopy(base.fp32), recipe, out=out_dir, limit=200 if args.tiny else None)
+        seconds = time.perf_counter() - t0
     artifact = Path(result.artifact)
     stored = netslim.load(artifact)  # what is on disk, as netslim.load rebuilds it
     task, metric = base.task, base.task.metric
@@ -230,7 +251,8 @@ def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, b
         "weight_bits": bits,
         "epochs": args.epochs,
         "recipe": recipe,
-        "compress_seconds": seconds,
+        "compress_seconds": seconds,  # the steps' own seconds when reused
+        "compress_reused": reused,
         "artifact_name": artifact.name,
         "accuracy": {
             "fp32": base.accuracy,
