@@ -218,6 +218,14 @@ def test_distill_takes_its_teacher_as_a_recipe_does(tmp_path):
         distill(netslim.build_model("lenet300"), _data(), finetune={"max_steps": 1})
 
 
+def test_a_call_that_writes_no_file_leaves_no_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    netslim.prune.magnitude_prune(netslim.build_model("lenet300"), sparsity=0.5)
+    assert not list(tmp_path.glob("netslim-apply-*"))
+
+
 def test_report_of_a_model_no_step_ran_on_is_one_error():
     with pytest.raises(netslim.NetslimError, match=r"^report_of: no netslim step was applied to this LeNet300"):
         netslim.report_of(netslim.build_model("lenet300"))

@@ -131,10 +131,17 @@ def apply(model: nn.Module, config: Any = None, *, data: Any = None, **options: 
     ``config``: a ``MethodConfig``, a ``{"method": ..., ...}`` mapping, or a method name with
     its options as keywords (``netslim.apply(model, "magnitude", sparsity=0.5)``). ``data``
     (anything ``compress`` takes) supplies calibration / training data; a method that needs data
-    and gets none says so. (A recipe's steps run through :func:`netslim.core.config.apply`, which
-    takes the run's step context.)
+    and gets none says so. Files a step writes (an export, a stage report) go to a new temporary
+    folder, named in its notes; a step that writes none leaves no folder behind. (A recipe's steps
+    run through :func:`netslim.core.config.apply`, which takes the run's step context.)
     """
-    return apply_config(model, _config(config, options), _context(model, data))
+    cfg = _config(config, options)
+    ctx = _context(model, data)
+    try:
+        return apply_config(model, cfg, ctx)
+    finally:
+        if not any(ctx.out_dir.iterdir()):
+            ctx.out_dir.rmdir()
 
 
 def _config(config: Any, options: Mapping[str, Any]) -> MethodConfig:
