@@ -146,13 +146,11 @@ def apply(model: nn.Module, config: Any = None, *, data: Any = None, **options: 
 
 def _config(config: Any, options: Mapping[str, Any]) -> MethodConfig:
     if isinstance(config, MethodConfig):
-        if options:
-            return make_config({**config.to_dict(), **options}, f"method {config.method!r}")
-        return config
+        return make_config({**config.to_dict(), **options}, "apply") if options else config
     if isinstance(config, str):
-        return make_config({"method": config, **options}, f"method {config!r}")
+        return make_config({"method": config, **options}, "apply")
     if isinstance(config, Mapping):
-        return make_config({**config, **options}, "config")
+        return make_config({**config, **options}, "apply")
     raise NetslimError(
         f"apply: config must be a MethodConfig, a mapping or a method name; got {type(config).__name__}."
     )
