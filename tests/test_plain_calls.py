@@ -64,7 +64,14 @@ EXPECTED = {
     "obd_prune": "obd",
     "cofi_prune": "cofi",
     "activation_rank": "activation_rank",
+    "qat_train": "qat",
+    "search_channels": "search_channels",
+    "netadapt": "netadapt",
+    "architecture_search": "nas",
 }
+# Steps of a recipe run, not methods on a model: Python calls what they wrap (netslim.train.loop.fit,
+# task.evaluate, netslim.save / the export functions); every other method has a function.
+RUN_STEPS = {"train", "finetune", "evaluate", "export"}
 
 
 def _data(n: int = 64):
@@ -75,6 +82,12 @@ def _data(n: int = 64):
 def test_the_family_functions_are_method_functions():
     got = {name: fn.config_cls.method for name, fn in FUNCTIONS.items()}
     assert {k: got.get(k) for k in EXPECTED} == EXPECTED
+
+
+def test_every_method_has_a_family_function():
+    with_function = {fn.config_cls.method for fn in FUNCTIONS.values()}
+    builtin = {n for n, m in methods().items() if m.handler.__module__.startswith("netslim.")}
+    assert builtin - with_function == RUN_STEPS
 
 
 def test_every_handler_is_named_after_its_method():

@@ -6,7 +6,7 @@ Public API (recipe method names in brackets):
 * :class:`WeightOnlyConfig` / :func:`quantize_weights` [weight_only]; :class:`QuantizedLinear`
   (the one packed format RTN, HQQ and GPTQ write), :class:`QuantizedEmbedding`
 * :class:`PTQInt8Config` / :func:`ptq_int8` [ptq_int8]: BN folding, calibration, real int8 Conv2d/Linear
-* :class:`QATConfig` [qat]: :func:`prepare_qat` (LSQ/STE fake quant) -> train -> :func:`convert_qat`
+* :class:`QATConfig` / :func:`qat_train` [qat]: :func:`prepare_qat` (LSQ/STE fake quant) -> train -> :func:`convert_qat`
 * :class:`MixedPrecisionConfig` [mixed_precision]: sensitivity (KL or Hessian trace) + exact bit allocation
 * :class:`DynamicInt8Config` / :func:`dynamic_int8` [dynamic_int8]: oneDNN int8 GEMM on CPU, per-tensor or
   per-token activations, fp32 or bf16 body, GELU in the GEMM epilogue; :class:`BF16Config` /
@@ -40,7 +40,7 @@ from netslim.quantize.mixed import MixedPrecisionConfig, allocate_bits, mixed_pr
 from netslim.quantize.observers import OBSERVERS, make_observer
 from netslim.quantize.onnx_export import check_onnx, export_onnx
 from netslim.quantize.ptq import PTQInt8Config, fold_bn, ptq_int8
-from netslim.quantize.qat import LSQ, QATConfig, QATConv2d, QATLinear, convert_qat, prepare_qat
+from netslim.quantize.qat import LSQ, QATConfig, QATConv2d, QATLinear, convert_qat, prepare_qat, qat_train
 from netslim.quantize.sparse_lowbit import SparseInt8Conv2d, SparseInt8Linear, SparseQuantizedLinear
 from netslim.quantize.weight_only import QuantizedEmbedding, QuantizedLinear, WeightOnlyConfig, quantize_weights
 
@@ -59,6 +59,7 @@ __all__ = [
     "QATLinear",
     "convert_qat",
     "prepare_qat",
+    "qat_train",
     "Int8Conv2d",
     "Int8Linear",
     "PTQInt8Config",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.config import register
 from netslim.core.conv import conv_kwargs
 from netslim.core.errors import NetslimError
@@ -264,3 +265,6 @@ def run_qat(model: nn.Module, cfg: QATConfig, ctx) -> nn.Module:
     if events is not None:
         ctx.notes[cfg.method]["prune_events"] = events
     return model
+
+
+qat_train = method_function(QATConfig, "qat_train")  # qat_train(model, data, weight_bits=8, finetune={"epochs": 1})

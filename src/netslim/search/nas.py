@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from torch import nn
 
+from netslim.api import method_function
 from netslim.core.config import MethodConfig, register
 from netslim.core.errors import NetslimError
 from netslim.measure.counts import count_params, macs_per_layer
@@ -292,3 +293,8 @@ def run_nas(model, cfg: NASConfig, ctx):
         res["train"] = {k: v for k, v in summary.items() if k != "history"}
     ctx.notes[cfg.method] = {k: v for k, v in res.items() if k != "points"}
     return chosen
+
+
+architecture_search = method_function(
+    NASConfig, "architecture_search"
+)  # architecture_search(model, data, max_cost=2e6)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from netslim.api import method_function
 from netslim.core.config import register
 from netslim.core.serialize import atomic_write
 from netslim.train.loop import FinetuneConfig, TrainingStep, fit
@@ -192,3 +193,7 @@ def run_netadapt(model, cfg: NetAdaptConfig, ctx):
     space = make_space(model, ctx.task, cfg.space, cfg.target, cfg.latency_batch, search_dir(ctx))
     policy, info, searched = netadapt_policy(space, ctx.task, cfg, seed=ctx.seed, out_dir=search_dir(ctx))
     return _finish(model, policy, cfg, ctx, space, info, searched)
+
+
+search_channels = method_function(SearchChannelsConfig, "search_channels")  # search_channels(model, data, budget=0.5)
+netadapt = method_function(NetAdaptConfig, "netadapt")  # netadapt(model, data, budget=0.5)
