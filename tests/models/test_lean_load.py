@@ -11,22 +11,13 @@ import torch
 tf = pytest.importorskip("transformers")
 
 import netslim  # noqa: E402
-from netslim.models.hf_tiny import TINY_VOCAB  # noqa: E402
+from netslim.models.hf_tiny import TINY_VOCAB, tiny_decoder  # noqa: E402
 
 
 def _tiny(kind: str) -> torch.nn.Module:
-    torch.manual_seed(0)
     if kind == "llama":
-        cfg = tf.LlamaConfig(
-            vocab_size=TINY_VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-        return tf.LlamaForCausalLM(cfg).eval()
+        return tiny_decoder("Llama", 0, tie_word_embeddings=True)
+    torch.manual_seed(0)
     cfg = tf.BertConfig(
         vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
     )

@@ -11,37 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-tf = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-from netslim.core.config import apply, make_config  # noqa: E402
-from netslim.core.context import StepContext  # noqa: E402
-from netslim.core.errors import NetslimError  # noqa: E402
-from netslim.core.layerwise import decoder_blocks  # noqa: E402
-from netslim.core.serialize import load, read_description, save  # noqa: E402
-from netslim.core.stream_io import block_need, parse_bytes, stream_step  # noqa: E402
-from netslim.core.streaming import is_meta, open_artifact  # noqa: E402
-from netslim.models.hf_arch import finish_hf  # noqa: E402
-from netslim.models.sources import open_hf_dir  # noqa: E402
-from netslim.models.streamed import open_streamed  # noqa: E402
+from netslim.core.config import apply, make_config
+from netslim.core.context import StepContext
+from netslim.core.errors import NetslimError
+from netslim.core.layerwise import decoder_blocks
+from netslim.core.serialize import load, read_description, save
+from netslim.core.stream_io import block_need, parse_bytes, stream_step
+from netslim.core.streaming import is_meta, open_artifact
+from netslim.models.hf_tiny import tiny_decoder
+from netslim.models.sources import open_hf_dir
+from netslim.models.streamed import open_streamed
 
 IDS = torch.randint(0, 256, (8, 48), generator=torch.Generator().manual_seed(0))
 
 
 def tiny(kind: str, tied: bool = False) -> torch.nn.Module:
     """A 2-block random model of the family (GQA: 4 query heads, 2 KV heads; Qwen2 has q/k/v biases)."""
-    cfg = getattr(tf, f"{kind}Config")(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return finish_hf(getattr(tf, f"{kind}ForCausalLM")(cfg), "tiny")
+    return tiny_decoder(kind, 0, max_position_embeddings=256, tie_word_embeddings=tied)
 
 
 def save_3_shards(model: torch.nn.Module, path: Path, dtype: torch.dtype | None = None) -> None:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-tf = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-import netslim  # noqa: E402
-from netslim.models.hf_tiny import TINY_VOCAB  # noqa: E402
-from netslim.models.hf_tokenizers import byte_tokenizer  # noqa: E402
+import netslim
+from netslim.models.hf_tiny import tiny_decoder, tiny_llama
+from netslim.models.hf_tokenizers import byte_tokenizer
 
 STEPS = [
     {"method": "sparsegpt", "sparsity": 0.5, "num_samples": 8, "seq_len": 64, "batch_size": 2},
@@ -45,22 +45,7 @@ def save_3_shards(model: torch.nn.Module, path: Path) -> None:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("stream_run")
-    cfg = tf.LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=256,
-        eos_token_id=256,
-        pad_token_id=256,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = tf.LlamaForCausalLM(cfg)
-    save_3_shards(model, root / "model")
+    save_3_shards(tiny_llama(), root / "model")
     byte_tokenizer("causal").save_pretrained(root / "model")
     (root / "corpus.txt").write_text(
         "".join(f"Line {i} of a text to score a language model on, with words.\n" for i in range(400))
@@ -228,22 +213,8 @@ def test_a_tied_lm_head_is_stored_once_as_in_memory(tmp_path):
     """SmolLM2's LM head is tied to the embedding: the streamed sparse export stores it once
     (an alias), as the in-memory export does - same tensors, same aliases, same file size
     (it was written twice: 545.9 vs 432.7 MB on SmolLM2)."""
-    cfg = tf.LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=256,
-        eos_token_id=256,
-        pad_token_id=256,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = tf.LlamaForCausalLM(cfg)
+    specials = {"bos_token_id": 256, "eos_token_id": 256, "pad_token_id": 256}
+    model = tiny_decoder("Llama", 1, max_position_embeddings=256, tie_word_embeddings=True, **specials)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     save_3_shards(model, tmp_path / "model")
     byte_tokenizer("causal").save_pretrained(tmp_path / "model")

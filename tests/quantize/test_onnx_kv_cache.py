@@ -21,8 +21,7 @@ pytest.importorskip("transformers")
 import netslim  # noqa: E402
 from netslim.core.config import make_config  # noqa: E402
 from netslim.core.errors import NetslimError  # noqa: E402
-from netslim.models.hf_offline import transformers_module  # noqa: E402
-from netslim.models.hf_tiny import TINY_VOCAB  # noqa: E402
+from netslim.models.hf_tiny import TINY_VOCAB, tiny_decoder  # noqa: E402
 from netslim.models.onnx_model import OnnxModel  # noqa: E402
 from netslim.quantize import dynamic_int8, export_onnx  # noqa: E402
 from netslim.quantize.onnx_export import write_onnx  # noqa: E402
@@ -43,49 +42,17 @@ def _ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 
 def _llama_mha_tied() -> torch.nn.Module:
     """A tiny Llama without GQA (4 KV heads) and with a tied LM head, as SmolLM2 ties it."""
-    tf = transformers_module()
-    cfg = tf.LlamaConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
+    return tiny_decoder(
+        "Llama", 1, num_hidden_layers=3, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        return tf.LlamaForCausalLM(cfg).eval()
 
 
 def _tiny(family: str) -> torch.nn.Module:
     """A seeded 2-layer model of ``family`` (GQA where the family has it)."""
     if family == "gpt2":
         return netslim.build_model("tiny-gpt2").eval()
-    tf = transformers_module()
-    cls, config = {
-        "mistral": ("MistralForCausalLM", "MistralConfig"),
-        "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
-        "phi3": ("Phi3ForCausalLM", "Phi3Config"),
-        "gemma2": ("Gemma2ForCausalLM", "Gemma2Config"),
-    }[family]
     extra = {"sliding_window": 4} if family in ("mistral", "gemma2") else {}  # shorter than the check's prompt
-    cfg = getattr(tf, config)(
-        vocab_size=TINY_VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        **extra,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(2)
-        return getattr(tf, cls)(cfg).eval()
+    return tiny_decoder(family.capitalize(), 2, head_dim=16, max_position_embeddings=256, pad_token_id=0, **extra)
 
 
 @pytest.fixture(scope="module")

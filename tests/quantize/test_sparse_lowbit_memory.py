@@ -17,11 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netslim
+from netslim.models.hf_tiny import tiny_decoder
 from netslim.quantize import sparse_codes as sc
 from netslim.quantize.sparse_lowbit import SparseQuantizedLinear, dense_layer
 from netslim.quantize.weight_only import QuantizedLinear
 
-tf = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 VOCAB, GROUP = 128, 32
 
@@ -29,17 +30,7 @@ VOCAB, GROUP = 128, 32
 def _pruned_int4_llama() -> torch.nn.Module:
     """A seeded random Llama (2 blocks), every block Linear 50 % pruned by magnitude per row and
     quantized to 4-bit RTN with integer zero points, group 32 (pruned weights at the zero point)."""
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = tf.LlamaForCausalLM(cfg).eval()
+    model = tiny_decoder("Llama", 0, vocab_size=VOCAB, tie_word_embeddings=True)
     for name, mod in list(model.model.layers.named_modules()):
         if isinstance(mod, torch.nn.Linear):
             with torch.no_grad():
