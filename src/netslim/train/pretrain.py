@@ -15,8 +15,8 @@ from netslim.train.loop import TrainConfig, fit
 from netslim.train.tasks import get_task
 
 # Hyper-parameters per zoo model: the smallest budgets found to reach the targets
-# on 2 shared CPU cores (BENCHMARKS.md, "Baselines"). Conv nets use bf16 autocast: AMX
-# makes it ~2x faster than fp32 with no accuracy cost. Per-epoch cost (bf16, batch 128,
+# on 2 shared CPU cores (BENCHMARKS.md, "Baselines"). Conv nets use bf16 autocast: on this CPU
+# (AVX-512 BF16, no AMX) it measured ~2x faster than fp32 with no accuracy cost. Per-epoch cost (bf16, batch 128,
 # quiet machine): resnet20 ~37 s, vgg11bn ~38 s, mobilenetv2 ~195 s (depthwise convs are
 # slow on CPU), lenet5 ~11 s (fp32), lenet300 ~1 s. vgg11bn and mobilenetv2 have no
 # accuracy target and get short budgets to spare the shared CPU.
