@@ -29,6 +29,7 @@ from torch import nn
 
 from netslim.core.artifact_schema import loaded
 from netslim.core.conv import Conv2dGeometry, conv_kwargs
+from netslim.core.derived import DerivedState
 from netslim.core.errors import NetslimError
 from netslim.core.export import register_exporter
 from netslim.core.masks import baked_copy, get_mask
@@ -73,7 +74,7 @@ def csr_bytes(rows: int, cols: int, nnz: int, value_bytes: int = 4) -> int:
     return 4 * (rows + 1) + (2 if cols <= U16_LIMIT else 4) * nnz + value_bytes * nnz
 
 
-class _CSRWeight(nn.Module):
+class _CSRWeight(DerivedState):
     """Storage shared by the sparse modules: buffers ``crow``, ``col_idx``, ``weight_values``.
 
     The values buffer's name contains "weight" so netslim's parameter counts see the
@@ -97,9 +98,9 @@ class _CSRWeight(nn.Module):
     def _set_csr(self, w2d: torch.Tensor) -> None:
         crow, col, values = to_csr(w2d)
         self.crow, self.col_idx, self.weight_values = crow, col, values
-        self._reset_caches()
+        self._reset_derived()
 
-    def _reset_caches(self) -> None:
+    def _reset_derived(self) -> None:
         self._dense, self._prepared = None, None
 
     @property
@@ -112,13 +113,8 @@ class _CSRWeight(nn.Module):
             self._dense = from_csr(self.crow, self.col_idx, self.weight_values, (self.rows, self.cols))
         return self._dense
 
-    def _apply(self, fn, recurse=True):
-        self._reset_caches()
-        return super()._apply(fn, recurse)
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._reset_caches()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # drops _dense, _prepared
         if loaded(state_dict, prefix, ("crow", "col_idx", "weight_values")):
             self.check_storage(prefix[:-1] or type(self).__name__)
 

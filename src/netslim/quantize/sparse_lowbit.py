@@ -41,6 +41,7 @@ import math
 import torch
 from torch import nn
 
+from netslim.core.derived import DerivedState
 from netslim.core.errors import NetslimError
 from netslim.core.serialize import register_module, register_storage_form
 from netslim.measure.counts import linear_macs, register_macs
@@ -135,7 +136,7 @@ class _SparseCodes:
 
 
 # ------------------------------------------------------------------------- static int8
-class _SparseStatic(_SparseCodes):
+class _SparseStatic(_SparseCodes, DerivedState):
     """What SparseInt8Linear and SparseInt8Conv2d share (mixed in before the Int8 module)."""
 
     def _init_codes(self, device) -> None:
@@ -165,16 +166,8 @@ class _SparseStatic(_SparseCodes):
             f"{type(self).__name__}: codes are set at construction (from_int8); build a new layer to change them."
         )
 
-    def _reset(self) -> None:
+    def _reset_derived(self) -> None:
         self._packed, self._quads, self._rq = None, None, None
-
-    def _apply(self, fn, recurse=True):
-        self._reset()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._reset()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __getstate__(self):  # deepcopy / pickle: the oneDNN packed weight is opaque, the rest derived
         return {**self.__dict__, "_packed": None, "_quads": None, "_rq": None}
@@ -236,7 +229,7 @@ class SparseInt8Linear(_SparseStatic, Int8Linear):
         super().__init__(in_features, out_features, relu, weight_bits, quant_out, device)
         self.kernel = _check_kernel(kernel, type(self).__name__)
         self._init_sparse(nnz, layout, n, m, device, index_bytes)
-        self._reset()
+        self._reset_derived()
 
     def _geometry_ok(self) -> bool:
         return True
@@ -292,7 +285,7 @@ class SparseInt8Conv2d(_SparseStatic, Int8Conv2d):
         )
         self.kernel = _check_kernel(kernel, type(self).__name__)
         self._init_sparse(nnz, layout, n, m, device, index_bytes)
-        self._reset()
+        self._reset_derived()
 
     def _geometry_ok(self) -> bool:
         return self.groups == 1 and self.stride[0] == self.stride[1] and self.dilation[0] == self.dilation[1]
