@@ -22,6 +22,7 @@ of this is a no-op: world size 1.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import hashlib
@@ -90,7 +91,18 @@ def init_from_env() -> bool:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=TIMEOUT)
+        # Leave the group before the interpreter tears down: a process that exits with the
+        # group's threads still running can abort ("terminate called without an active
+        # exception", seen on a loaded machine in the kill-and-resume test).
+        atexit.register(_leave)
     return True
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device() -> torch.device:
