@@ -73,10 +73,10 @@ def test_hostile_yaml_is_one_capped_error_fast(tmp_path, name):
     text, pattern = HOSTILE[name]
     path = tmp_path / "r.yaml"
     path.write_text(text, encoding="utf-8")
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: a loaded machine stretches the wall clock, not the work
     with pytest.raises(NetslimError, match=pattern) as err:
         load_recipe(path)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     msg = str(err.value)
     assert len(msg) < 800 and "\n" not in msg, msg[:1000]
 
@@ -157,8 +157,8 @@ def test_shown_caps_strings_containers_and_big_ints():
     nested: list = ["lol"] * 10
     for _ in range(9):
         nested = [nested] * 10  # 10^10 leaves, shared
-    t0 = time.perf_counter()
-    assert len(shown(nested)) < 300 and time.perf_counter() - t0 < 0.5
+    t0 = time.process_time()
+    assert len(shown(nested)) < 300 and time.process_time() - t0 < 0.5
     assert shown(list(range(10**6))).endswith("(1,000,000 items)")
 
 
