@@ -705,6 +705,24 @@ RUNS: tuple[Run, ...] = (
         estimated=True,
         note="re-times the kept artifacts on a quiet machine (latency_remeasured in the record)",
     ),
+    Run(
+        "train-minilm-docs",
+        "structured",
+        ("netslim train minilm-docs --epochs 1",),
+        (),
+        minutes=47,
+        note="one epoch (the shipped default is 3); beside other jobs; writes the cache's models/minilm-docs.safetensors",
+    ),
+    Run(
+        "transformer-pruning-heads",
+        "structured",
+        (
+            "benchmarks/transformer_pruning.py --only heads --checkpoint .cache/netslim/models/minilm-docs.safetensors "
+            "--max-steps 100 --artifacts .cache/issue20",
+        ),
+        ("issue20_transformer_pruning.json",),
+        minutes=20,
+    ),
     # ---- int8 transformer inference, shared harness (issue 25)
     Run(
         "inference-minilm",
