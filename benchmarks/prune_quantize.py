@@ -202,6 +202,18 @@ class Baseline:
         return self.dense_int8[bits]
 
 
+def timed_models(base: Baseline, dense_q: torch.nn.Module, stored: torch.nn.Module, bits: int) -> dict:
+    """The variants a CNN case times: fp32, the dense int model, the artifact as ``sparsify`` left
+    it, and its codes with every layer on the dense / on the sparse int8 kernel."""
+    return {
+        "fp32": base.fp32,
+        f"dense_int{bits}": dense_q,
+        "artifact": stored,
+        "artifact_all_dense_int8": with_kernels(stored, "dense"),
+        "artifact_all_sparse_int8": with_kernels(stored, "sparse"),
+    }
+
+
 def _within(want, got) -> bool:
     """Whether ``got`` (a recipe as the runner expanded it) holds every value of ``want``."""
     if isinstance(want, dict):
@@ -233,14 +245,7 @@ def run_cnn_case(base: Baseline, model_name: str, order: str, sparsity: float, b
     task, metric = base.task, base.task.metric
     dense_q, dense_acc, dense_bytes = base.int8(bits, args.tiny)
     acc = task.evaluate(stored)[metric]
-    models = {
-        "fp32": base.fp32,
-        f"dense_int{bits}": dense_q,
-        "artifact": stored,
-        "artifact_all_dense_int8": with_kernels(stored, "dense"),
-        "artifact_all_sparse_int8": with_kernels(stored, "sparse"),
-    }
-    lat = latency(models, task, args)
+    lat = latency(timed_models(base, dense_q, stored, bits), task, args)
     sparsify = next((s["notes"].get("sparsify", {}) for s in result.report["steps"] if s["method"] == "sparsify"), {})
     w = [m for m in stored.modules() if hasattr(m, "int_weight")]
     zeros = sum(int((m.int_weight() == 0).sum()) for m in w) / max(1, sum(m.weight_numel for m in w))
@@ -481,14 +486,7 @@ def remeasure_latency(folder: Path, path: Path, args) -> None:
             bases[name] = Baseline(name, get_task("fashion-mnist"), folder, tiny=False)
         base = bases[name]
         stored = netslim.load(artifact)
-        models = {
-            "fp32": base.fp32,
-            f"dense_int{bits}": base.int8(bits, tiny=False)[0],
-            "artifact": stored,
-            "artifact_all_dense_int8": with_kernels(stored, "dense"),
-            "artifact_all_sparse_int8": with_kernels(stored, "sparse"),
-        }
-        lat = latency(models, base.task, args)
+        lat = latency(timed_models(base, base.int8(bits, tiny=False)[0], stored, bits), base.task, args)
         run["latency_remeasured"] = {
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="minutes"),
