@@ -242,3 +242,17 @@ def test_a_call_that_writes_no_file_leaves_no_folder(tmp_path, monkeypatch):
 def test_report_of_a_model_no_step_ran_on_is_one_error():
     with pytest.raises(netslim.NetslimError, match=r"^report_of: no netslim step was applied to this LeNet300"):
         netslim.report_of(netslim.build_model("lenet300"))
+
+
+def test_families_are_attributes_of_netslim_imported_on_first_use():
+    import subprocess
+
+    code = (
+        "import sys, netslim; assert 'netslim.prune' not in sys.modules; "
+        "f = netslim.prune.magnitude_prune; assert f.__name__ == 'magnitude_prune'; "
+        "assert netslim.quantize.qat_train.config_cls.method == 'qat'; "
+        "try:\n    netslim.nothing\nexcept AttributeError as e:\n    print(e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "has no attribute 'nothing'" in out.stdout

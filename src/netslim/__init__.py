@@ -49,6 +49,33 @@ from .core.history import StepReport, report_of  # noqa: E402
 from .core.serialize import load, save  # noqa: E402
 from .models import build_model  # noqa: E402
 
+# The families as attributes, imported on first use (``import netslim`` stays light):
+# ``netslim.prune.magnitude_prune(model, sparsity=0.5)`` works after a plain ``import netslim``.
+_SUBPACKAGES = frozenset(
+    {
+        "codec",
+        "data",
+        "distill",
+        "export",
+        "lowrank",
+        "measure",
+        "models",
+        "prune",
+        "quantize",
+        "recipe",
+        "report",
+        "search",
+        "train",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 __all__ = [
     "CompressResult",
