@@ -250,7 +250,7 @@ def test_families_are_attributes_of_netslim_imported_on_first_use():
     code = (
         "import sys, netslim; assert 'netslim.prune' not in sys.modules; "
         "f = netslim.prune.magnitude_prune; assert f.__name__ == 'magnitude_prune'; "
-        "assert netslim.quantize.qat_train.config_cls.method == 'qat'; "
+        "assert netslim.quantize.qat_train.config_cls.method == 'qat'\n"
         "try:\n    netslim.nothing\nexcept AttributeError as e:\n    print(e)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
